@@ -1,0 +1,692 @@
+//! The bus: subscription, emission, delivery to native handlers and plugin
+//! queues, plugin loading and unloading, flush and shutdown.
+//!
+//! Ownership: [`Bus`] is a cheap handle to one [`Shared`]. The subscription
+//! index is an immutable snapshot behind `arc-swap` (emit never locks); each
+//! plugin's store lives in its worker task and nowhere else; the bus holds
+//! only the worker's queue sender, counters and stop signal. Workers and
+//! plugin stores refer back to the bus weakly, so dropping every `Bus`
+//! handle closes the queues and stops the workers.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::engine::PluginEngine;
+use crate::error::Error;
+use crate::event::Event;
+use crate::history::History;
+use crate::limits::Limits;
+use crate::native::{AsyncHandler, BoxFuture, CatchUnwind, SyncHandler, panic_message};
+use crate::outcome::{Delivery, DeliveryReport, DropReason, Failure, Outcome};
+use crate::pattern::{Pattern, PatternError};
+use crate::plugin::{Instance, LoadError, LoadErrorKind, PluginCheck, PluginInfo, PluginSpec};
+use crate::registry::{Entry, Registry, Target};
+use crate::stats::StatsCell;
+use crate::worker::{Job, PluginHandle, Worker, WorkerState};
+
+/// Called for every hard failure: `(event, handler name, failure)`.
+pub type FailureHook = Arc<dyn Fn(&Event, &str, &Failure) + Send + Sync>;
+
+/// How long [`Bus::shutdown`] waits for native async handlers after the
+/// plugin queues are drained. Plugins are bounded by their own deadlines; a
+/// native task is not, so it gets a grace period rather than forever.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A handle to an event bus. Cheap to clone, `Send + Sync`.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use serde_json::json;
+/// let bus = plugbus::Bus::builder().plugin_dir("plugins/dist").history(100).build().await?;
+/// bus.on("llm.*", |e| println!("{} {}", e.name(), e.payload()))?;
+/// bus.emit("llm.call", json!({ "model": "m" }));
+/// bus.flush().await;
+/// bus.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Bus {
+    shared: Arc<Shared>,
+}
+
+/// A native subscription, returned by [`Bus::on`] and friends; pass it to
+/// [`Bus::off`] to unsubscribe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    id: u64,
+    pattern: String,
+}
+
+impl Subscription {
+    /// The id, also the handler's name in reports: `native#<id>`.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The pattern subscribed to.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+}
+
+/// A plugin file that could not be loaded from the plugin directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadFailure {
+    /// The file at fault.
+    pub path: PathBuf,
+    /// Why (the [`LoadError`] text).
+    pub reason: String,
+}
+
+/// Configures and builds a [`Bus`].
+#[must_use]
+pub struct BusBuilder {
+    plugin_dir: Option<PathBuf>,
+    limits: Limits,
+    queue_capacity: Option<usize>,
+    history: usize,
+    on_failure: Option<FailureHook>,
+}
+
+impl BusBuilder {
+    /// Loads every `*.wasm` in `dir` (in name order) when the bus is built.
+    /// A file that fails to load is logged and listed in
+    /// [`Bus::load_failures`]; the others load normally.
+    pub fn plugin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.plugin_dir = Some(dir.into());
+        self
+    }
+
+    /// Limits for every plugin (a plugin's manifest may override them).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Queue capacity per plugin (overrides `limits.queue_capacity`; at least 1).
+    pub fn queue_capacity(mut self, capacity: usize) -> Self {
+        self.queue_capacity = Some(capacity);
+        self
+    }
+
+    /// Keeps the last `n` events for [`Bus::history`]. Default 0 (off).
+    pub fn history(mut self, n: usize) -> Self {
+        self.history = n;
+        self
+    }
+
+    /// Called on every hard failure of a native handler or plugin, after it
+    /// is logged. Runs on the thread that saw the failure; keep it short. A
+    /// panic inside it is caught.
+    pub fn on_failure(
+        mut self,
+        hook: impl Fn(&Event, &str, &Failure) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_failure = Some(Arc::new(hook));
+        self
+    }
+
+    /// Builds the bus: creates the engine and loads the plugin directory.
+    ///
+    /// # Errors
+    /// [`Error::PluginDir`] if the directory cannot be read,
+    /// [`Error::Engine`] if wasmtime cannot start, [`Error::NoRuntime`]
+    /// outside a tokio runtime. Individual bad plugins are not errors.
+    pub async fn build(self) -> Result<Bus, Error> {
+        let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let mut limits = self.limits;
+        if let Some(q) = self.queue_capacity {
+            limits.queue_capacity = q;
+        }
+        limits.queue_capacity = limits.queue_capacity.max(1);
+        let files = match &self.plugin_dir {
+            Some(dir) => wasm_files(dir).map_err(|source| Error::PluginDir {
+                path: dir.clone(),
+                source,
+            })?,
+            None => Vec::new(),
+        };
+        let engine = PluginEngine::new().map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let bus = Bus {
+            shared: Arc::new(Shared {
+                registry: ArcSwap::from_pointee(Registry::default()),
+                writer: Mutex::new(()),
+                next_seq: AtomicU64::new(1),
+                plugins: Mutex::new(BTreeMap::new()),
+                engine: Arc::new(engine),
+                limits,
+                history: (self.history > 0).then(|| History::new(self.history)),
+                on_failure: self.on_failure,
+                pending: AtomicUsize::new(0),
+                idle: Notify::new(),
+                closed: AtomicBool::new(false),
+                runtime,
+                load_failures: Mutex::new(Vec::new()),
+            }),
+        };
+        for file in files {
+            if let Err(e) = bus.load_plugin(&file).await {
+                tracing::error!(file = %file.display(), error = %e.kind, "plugin not loaded");
+                lock(&bus.shared.load_failures).push(LoadFailure {
+                    path: file,
+                    reason: e.kind.to_string(),
+                });
+            }
+        }
+        Ok(bus)
+    }
+}
+
+/// The `*.wasm` files of `dir`, sorted by name.
+fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked
+/// (every critical section here is a single insert, remove or read).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn native_name(id: u64) -> String {
+    format!("native#{id}")
+}
+
+pub(crate) struct Shared {
+    registry: ArcSwap<Registry>,
+    /// Serialises registry updates (copy, modify, swap).
+    writer: Mutex<()>,
+    next_seq: AtomicU64,
+    plugins: Mutex<BTreeMap<String, Arc<PluginHandle>>>,
+    engine: Arc<PluginEngine>,
+    limits: Limits,
+    history: Option<History>,
+    on_failure: Option<FailureHook>,
+    /// Jobs queued or running, plus native async handlers running: what
+    /// [`Bus::flush`] waits for.
+    pending: AtomicUsize,
+    idle: Notify,
+    closed: AtomicBool,
+    runtime: Handle,
+    load_failures: Mutex<Vec<LoadFailure>>,
+}
+
+/// What `emit_and_wait` collects per handler.
+enum Wait {
+    Ready(Outcome),
+    Task(tokio::task::JoinHandle<Outcome>),
+    Reply(oneshot::Receiver<Outcome>),
+}
+
+impl Shared {
+    /// Publishes an event: records it, runs native sync handlers inline,
+    /// spawns async ones and queues it for plugins. Never blocks, never fails.
+    pub(crate) fn publish(self: &Arc<Self>, event: Event) -> Event {
+        self.dispatch(&event, None);
+        event
+    }
+
+    fn dispatch(self: &Arc<Self>, event: &Event, mut waits: Option<&mut Vec<(String, Wait)>>) {
+        if self.closed.load(Ordering::Acquire) {
+            tracing::debug!(
+                event = event.name(),
+                "bus is shut down; event not delivered"
+            );
+            return;
+        }
+        if let Some(history) = &self.history {
+            history.push(event);
+        }
+        let registry = self.registry.load_full();
+        registry.for_each_match(event.name(), |entry| match &entry.target {
+            Target::Sync(h) => {
+                if !h.claim() {
+                    return;
+                }
+                if h.once.is_some() {
+                    self.remove(entry.seq);
+                }
+                let outcome = h.call(event);
+                if let Outcome::Failed(f) = &outcome {
+                    let name = native_name(h.id);
+                    tracing::error!(handler = %name, event = event.name(), event_id = event.id(), failure = f.kind(), "native handler failed: {f}");
+                    self.report_failure(event, &name, f);
+                }
+                if let Some(waits) = waits.as_deref_mut() {
+                    waits.push((native_name(h.id), Wait::Ready(outcome)));
+                }
+            }
+            Target::Async(h) => {
+                let task = self.spawn_async(h, event);
+                if let Some(waits) = waits.as_deref_mut() {
+                    waits.push((native_name(h.id), Wait::Task(task)));
+                }
+            }
+            Target::Plugin(p) => {
+                let (reply, rx) = match waits {
+                    Some(_) => {
+                        let (tx, rx) = oneshot::channel();
+                        (Some(tx), Some(rx))
+                    }
+                    None => (None, None),
+                };
+                self.pending.fetch_add(1, Ordering::AcqRel);
+                if !p.offer(Job { event: event.clone(), reply }) {
+                    self.done();
+                }
+                if let (Some(waits), Some(rx)) = (waits.as_deref_mut(), rx) {
+                    waits.push((p.spec.name.to_string(), Wait::Reply(rx)));
+                }
+            }
+        });
+    }
+
+    fn spawn_async(
+        self: &Arc<Self>,
+        h: &Arc<AsyncHandler>,
+        event: &Event,
+    ) -> tokio::task::JoinHandle<Outcome> {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        let fut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (h.f)(event.clone())));
+        let shared = self.clone();
+        let event = event.clone();
+        let id = h.id;
+        self.runtime.spawn(async move {
+            let outcome = match fut {
+                Ok(fut) => CatchUnwind(fut).await,
+                Err(panic) => Outcome::Failed(Failure::Panic(panic_message(&*panic))),
+            };
+            if let Outcome::Failed(f) = &outcome {
+                let name = native_name(id);
+                tracing::error!(handler = %name, event = event.name(), event_id = event.id(), failure = f.kind(), "native async handler failed: {f}");
+                shared.report_failure(&event, &name, f);
+            }
+            shared.done();
+            outcome
+        })
+    }
+
+    /// One queued job or async handler finished.
+    pub(crate) fn done(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Runs the embedder's failure hook, isolated like any handler.
+    pub(crate) fn report_failure(&self, event: &Event, handler: &str, failure: &Failure) {
+        if let Some(hook) = &self.on_failure {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                hook(event, handler, failure)
+            }))
+            .is_err()
+            {
+                tracing::error!(
+                    handler,
+                    event = event.name(),
+                    "the on_failure hook panicked"
+                );
+            }
+        }
+    }
+
+    fn subscribe(&self, patterns: &[Pattern], make: impl FnOnce(u64) -> Target) -> u64 {
+        let _guard = lock(&self.writer);
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let mut next = Registry::clone(&self.registry.load());
+        next.insert(
+            patterns,
+            Entry {
+                seq,
+                target: make(seq),
+            },
+        );
+        self.registry.store(Arc::new(next));
+        seq
+    }
+
+    fn remove(&self, seq: u64) -> bool {
+        let _guard = lock(&self.writer);
+        let mut next = Registry::clone(&self.registry.load());
+        let removed = next.remove(seq);
+        if removed {
+            self.registry.store(Arc::new(next));
+        }
+        removed
+    }
+}
+
+impl Bus {
+    /// Starts configuring a bus.
+    pub fn builder() -> BusBuilder {
+        BusBuilder {
+            plugin_dir: None,
+            limits: Limits::default(),
+            queue_capacity: None,
+            history: 0,
+            on_failure: None,
+        }
+    }
+
+    /// Subscribes a native handler. It runs inline on the emitting thread, in
+    /// registration order with the other native handlers; a panic is caught
+    /// and reported, never propagated.
+    ///
+    /// # Errors
+    /// [`PatternError`] for an invalid pattern.
+    pub fn on<F>(&self, pattern: &str, f: F) -> Result<Subscription, PatternError>
+    where
+        F: Fn(&Event) + Send + Sync + 'static,
+    {
+        self.sync_handler(pattern, Box::new(f), false)
+    }
+
+    /// Like [`on`](Self::on), but the handler runs at most once, even when
+    /// several threads emit matching events at the same moment; it then
+    /// unsubscribes itself.
+    ///
+    /// # Errors
+    /// [`PatternError`] for an invalid pattern.
+    pub fn once<F>(&self, pattern: &str, f: F) -> Result<Subscription, PatternError>
+    where
+        F: Fn(&Event) + Send + Sync + 'static,
+    {
+        self.sync_handler(pattern, Box::new(f), true)
+    }
+
+    fn sync_handler(
+        &self,
+        pattern: &str,
+        f: Box<crate::native::SyncFn>,
+        once: bool,
+    ) -> Result<Subscription, PatternError> {
+        let p = Pattern::parse(pattern)?;
+        let id = self.shared.subscribe(std::slice::from_ref(&p), |id| {
+            Target::Sync(Arc::new(SyncHandler {
+                id,
+                f,
+                once: once.then(|| AtomicBool::new(false)),
+            }))
+        });
+        Ok(Subscription {
+            id,
+            pattern: pattern.to_owned(),
+        })
+    }
+
+    /// Subscribes an async native handler: each matching event spawns
+    /// `f(event)` as a task on the bus's runtime. A panic is caught and
+    /// reported. [`flush`](Self::flush) waits for these tasks too.
+    ///
+    /// # Errors
+    /// [`PatternError`] for an invalid pattern.
+    pub fn on_async<F, Fut>(&self, pattern: &str, f: F) -> Result<Subscription, PatternError>
+    where
+        F: Fn(Event) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let p = Pattern::parse(pattern)?;
+        let f = move |e: Event| -> BoxFuture { Box::pin(f(e)) };
+        let id = self.shared.subscribe(std::slice::from_ref(&p), |id| {
+            Target::Async(Arc::new(AsyncHandler { id, f: Box::new(f) }))
+        });
+        Ok(Subscription {
+            id,
+            pattern: pattern.to_owned(),
+        })
+    }
+
+    /// Removes a native subscription. Returns false if it was already gone
+    /// (removed before, or a `once` handler that fired).
+    pub fn off(&self, subscription: &Subscription) -> bool {
+        self.shared.remove(subscription.id)
+    }
+
+    /// Emits an event from the host. Returns at once: native handlers have
+    /// run, plugins have it queued. Never fails because of a handler.
+    pub fn emit(&self, name: &str, payload: Value) -> Event {
+        self.shared.publish(Event::new(name, payload))
+    }
+
+    /// Publishes a prepared event (for a correlation id, say).
+    pub fn publish(&self, event: Event) -> Event {
+        self.shared.publish(event)
+    }
+
+    /// Emits an event and waits until every handler it matched has finished
+    /// with it, reporting each outcome.
+    pub async fn emit_and_wait(&self, name: &str, payload: Value) -> DeliveryReport {
+        self.publish_and_wait(Event::new(name, payload)).await
+    }
+
+    /// [`publish`](Self::publish), waiting for every handler like
+    /// [`emit_and_wait`](Self::emit_and_wait).
+    pub async fn publish_and_wait(&self, event: Event) -> DeliveryReport {
+        let mut waits = Vec::new();
+        self.shared.dispatch(&event, Some(&mut waits));
+        let mut deliveries = Vec::with_capacity(waits.len());
+        for (handler, wait) in waits {
+            let outcome = match wait {
+                Wait::Ready(outcome) => outcome,
+                Wait::Task(task) => task
+                    .await
+                    .unwrap_or_else(|e| Outcome::Failed(Failure::Host(e.to_string()))),
+                Wait::Reply(rx) => rx.await.unwrap_or(Outcome::Dropped(DropReason::Unloaded)),
+            };
+            deliveries.push(Delivery { handler, outcome });
+        }
+        DeliveryReport { event, deliveries }
+    }
+
+    /// Waits until every queued event (including follow-ups emitted while
+    /// waiting) has been processed and every async handler has finished.
+    pub async fn flush(&self) {
+        loop {
+            let notified = self.shared.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.shared.pending.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Loads one plugin (and its manifest, `<name>.toml` beside it).
+    /// Compilation runs on a blocking thread. The plugin receives events
+    /// emitted after this returns.
+    ///
+    /// # Errors
+    /// [`LoadError`] naming the file and the reason: not wasm, a core module,
+    /// invalid, the wrong world, a bad manifest, a failure while starting,
+    /// or a name already loaded.
+    pub async fn load_plugin(&self, path: impl AsRef<Path>) -> Result<PluginInfo, LoadError> {
+        let path = path.as_ref();
+        let shared = &self.shared;
+        let err = |kind| LoadError {
+            path: path.to_owned(),
+            kind,
+        };
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(err(LoadErrorKind::Closed));
+        }
+        let spec =
+            PluginSpec::load(&shared.engine, path, &shared.limits, Arc::downgrade(shared)).await?;
+        if lock(&shared.plugins).contains_key(&*spec.name) {
+            return Err(err(LoadErrorKind::AlreadyLoaded(spec.name.to_string())));
+        }
+        let mut instance = spec
+            .instantiate()
+            .await
+            .map_err(|e| err(LoadErrorKind::Start(e.failure)))?;
+        let subscriptions = spec.subscriptions(&mut instance).await.map_err(err)?;
+        self.install(spec, instance, subscriptions).map_err(err)
+    }
+
+    fn install(
+        &self,
+        spec: PluginSpec,
+        instance: Instance,
+        patterns: Vec<Pattern>,
+    ) -> Result<PluginInfo, LoadErrorKind> {
+        let shared = &self.shared;
+        let mut plugins = lock(&shared.plugins);
+        if plugins.contains_key(&*spec.name) {
+            return Err(LoadErrorKind::AlreadyLoaded(spec.name.to_string()));
+        }
+        let spec = Arc::new(spec);
+        let (tx, rx) = mpsc::channel(spec.limits.queue_capacity);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let stats = Arc::new(StatsCell::default());
+        let state = Arc::new(WorkerState::default());
+        let worker = Worker {
+            spec: spec.clone(),
+            instance: Some(instance),
+            stats: stats.clone(),
+            state: state.clone(),
+            bus: Arc::downgrade(shared),
+        };
+        let task = shared.runtime.spawn(worker.run(rx, stop_rx));
+        let mut handle = PluginHandle {
+            spec: spec.clone(),
+            seq: 0,
+            subscriptions: patterns.iter().map(|p| p.as_str().to_owned()).collect(),
+            tx,
+            stats,
+            state,
+            stop: Mutex::new(Some(stop_tx)),
+            task: Mutex::new(Some(task)),
+        };
+        let handle = {
+            let _guard = lock(&shared.writer);
+            handle.seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
+            let handle = Arc::new(handle);
+            let mut next = Registry::clone(&shared.registry.load());
+            next.insert(
+                &patterns,
+                Entry {
+                    seq: handle.seq,
+                    target: Target::Plugin(handle.clone()),
+                },
+            );
+            shared.registry.store(Arc::new(next));
+            handle
+        };
+        plugins.insert(spec.name.to_string(), handle.clone());
+        tracing::info!(plugin = &*spec.name, file = %spec.path.display(), subscriptions = ?handle.subscriptions, "plugin loaded");
+        Ok(info(&handle))
+    }
+
+    /// Unloads a plugin: it stops receiving events, finishes what is queued,
+    /// and its instance is dropped. Returns false if no plugin has that name.
+    pub async fn unload_plugin(&self, name: &str) -> bool {
+        let Some(handle) = lock(&self.shared.plugins).remove(name) else {
+            return false;
+        };
+        self.shared.remove(handle.seq);
+        handle.stop_and_join().await;
+        tracing::info!(plugin = name, "plugin unloaded");
+        true
+    }
+
+    /// A snapshot of every loaded plugin, by name.
+    pub fn plugins(&self) -> Vec<PluginInfo> {
+        lock(&self.shared.plugins)
+            .values()
+            .map(|h| info(h))
+            .collect()
+    }
+
+    /// Plugin files from the plugin directory that failed to load at build.
+    pub fn load_failures(&self) -> Vec<LoadFailure> {
+        lock(&self.shared.load_failures).clone()
+    }
+
+    /// The last `n` events published (oldest first), if history is enabled.
+    pub fn history(&self, n: usize) -> Vec<Event> {
+        self.shared
+            .history
+            .as_ref()
+            .map(|h| h.last(n))
+            .unwrap_or_default()
+    }
+
+    /// Stops accepting events, lets every plugin finish its queue, stops the
+    /// workers, and waits (up to a grace period) for native async handlers.
+    /// Events emitted afterwards are ignored.
+    pub async fn shutdown(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        let handles: Vec<_> = std::mem::take(&mut *lock(&self.shared.plugins))
+            .into_values()
+            .collect();
+        for h in &handles {
+            self.shared.remove(h.seq);
+        }
+        for h in handles {
+            h.stop_and_join().await;
+        }
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pending = self.shared.pending.load(Ordering::Acquire),
+                "native async handlers still running after the shutdown grace period"
+            );
+        }
+    }
+
+    /// Validates one plugin file without adding it to the bus: compiles it,
+    /// instantiates it and asks for its subscriptions.
+    ///
+    /// # Errors
+    /// The same [`LoadError`]s as [`load_plugin`](Self::load_plugin).
+    pub async fn check_plugin(&self, path: impl AsRef<Path>) -> Result<PluginCheck, LoadError> {
+        let path = path.as_ref();
+        let err = |kind| LoadError {
+            path: path.to_owned(),
+            kind,
+        };
+        let spec = PluginSpec::load(
+            &self.shared.engine,
+            path,
+            &self.shared.limits,
+            std::sync::Weak::new(),
+        )
+        .await?;
+        let mut instance = spec
+            .instantiate()
+            .await
+            .map_err(|e| err(LoadErrorKind::Start(e.failure)))?;
+        let subs = spec.subscriptions(&mut instance).await.map_err(err)?;
+        Ok(spec.check(&subs))
+    }
+}
+
+fn info(h: &PluginHandle) -> PluginInfo {
+    PluginInfo {
+        name: h.spec.name.to_string(),
+        path: h.spec.path.clone(),
+        subscriptions: h.subscriptions.clone(),
+        state: h.state.get(),
+        stats: h.stats.snapshot(),
+    }
+}

@@ -1,0 +1,28 @@
+//! `plugbus check FILE.wasm`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+pub async fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let bus = plugbus::Bus::builder().build().await?;
+    let result = bus.check_plugin(file).await;
+    bus.shutdown().await;
+    match result {
+        Ok(c) if json => println!("{}", serde_json::to_string_pretty(&c)?),
+        Ok(c) => {
+            println!("name:          {}", c.name);
+            println!("world:         {}", c.world);
+            println!("size:          {} bytes", c.size);
+            println!("subscriptions: {}", c.subscriptions.join(", "));
+            println!("imports:");
+            for i in &c.imports {
+                println!("  {i}");
+            }
+        }
+        Err(e) => {
+            eprintln!("plugbus: invalid plugin {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

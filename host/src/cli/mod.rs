@@ -1,0 +1,87 @@
+//! Argument parsing and the subcommands.
+
+mod check;
+mod report;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// plugbus: an event bus whose observers are sandboxed WebAssembly plugins.
+#[derive(Parser)]
+#[command(version, about, propagate_version = true)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Only warnings and errors on stderr (RUST_LOG overrides).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Debug logging on stderr (RUST_LOG overrides).
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    pub verbose: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Emit JSON Lines events from FILE (or stdin) through the plugins in DIR,
+    /// then print a per-plugin report.
+    Run {
+        /// Directory of `*.wasm` plugins (with optional `<name>.toml` manifests).
+        #[arg(long, value_name = "DIR")]
+        plugins: PathBuf,
+        /// Report format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        report: ReportFormat,
+        /// Events, one JSON object per line: {"name", "payload", "correlation_id"}. `-` for stdin.
+        #[arg(value_name = "FILE", default_value = "-")]
+        input: String,
+    },
+    /// Load and validate one plugin; print its name, world, subscriptions and imports.
+    Check {
+        /// The plugin's `.wasm` file.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How `run` prints its report.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// A table for people.
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+pub fn init_tracing(quiet: bool, verbose: bool) {
+    let default = if quiet {
+        "warn"
+    } else if verbose {
+        "debug,cranelift_codegen=info,wasmtime=info"
+    } else {
+        "info"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .compact()
+        .init();
+}
+
+pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            plugins,
+            report,
+            input,
+        } => run::run(&plugins, report, &input).await,
+        Command::Check { file, json } => check::check(&file, json).await,
+    }
+}

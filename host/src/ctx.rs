@@ -1,0 +1,442 @@
+//! The per-plugin store data: what a running plugin instance can reach.
+//!
+//! A [`PluginCtx`] lives inside its plugin's `Store`, which the plugin's
+//! worker task owns. It implements the WIT `host` interface (log, emit,
+//! config, abort), the WASI view (an empty context plus the manifest's
+//! directory grants), the memory limiter, and the per-event budgets.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::plugbus::observer::{host, types};
+use crate::bus::Shared;
+use crate::event::Event;
+use crate::limits::{Limits, MAX_CASCADE_DEPTH};
+use crate::manifest::DirGrant;
+use crate::outcome::GuestAbort;
+use crate::pattern::validate_event_name;
+
+/// Largest payload a plugin may emit, in bytes. Bounds host memory per emit;
+/// 1 MiB is far above any observer's follow-up event.
+const MAX_EMIT_PAYLOAD: usize = 1 << 20;
+
+/// Store data for one plugin instance.
+pub(crate) struct PluginCtx {
+    pub plugin: Arc<str>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    config: Arc<BTreeMap<String, String>>,
+    bus: Weak<Shared>,
+    /// The event being handled; `None` during `subscriptions()`.
+    pub current: Option<Event>,
+    pub emits_left: u32,
+    pub logs: Arc<LogBudget>,
+    log_line_bytes: usize,
+}
+
+impl PluginCtx {
+    /// A context granting exactly what the manifest lists: nothing else.
+    pub fn new(
+        plugin: Arc<str>,
+        limits: &Limits,
+        config: Arc<BTreeMap<String, String>>,
+        dirs: &[DirGrant],
+        bus: Weak<Shared>,
+    ) -> wasmtime::Result<PluginCtx> {
+        let logs = Arc::new(LogBudget::default());
+        let mut wasi = WasiCtx::builder();
+        for d in dirs {
+            let perms = if d.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            wasi.preopened_dir(&d.host, &d.guest, perms)?;
+        }
+        wasi.stdout(GuestOutput::new(
+            plugin.clone(),
+            "stdout",
+            logs.clone(),
+            limits.log_line_bytes,
+        ));
+        wasi.stderr(GuestOutput::new(
+            plugin.clone(),
+            "stderr",
+            logs.clone(),
+            limits.log_line_bytes,
+        ));
+        Ok(PluginCtx {
+            plugin,
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(limits.memory_bytes),
+            config,
+            bus,
+            current: None,
+            emits_left: limits.emits_per_event,
+            logs,
+            log_line_bytes: limits.log_line_bytes,
+        })
+    }
+
+    /// Resets the per-event budgets before a call.
+    pub fn begin(&mut self, event: Option<Event>, limits: &Limits) {
+        self.current = event;
+        self.emits_left = limits.emits_per_event;
+        self.limiter.refused = false;
+        self.logs.reset(limits.log_lines_per_event);
+    }
+
+    fn event_name(&self) -> &str {
+        self.current.as_ref().map_or("", Event::name)
+    }
+}
+
+impl WasiView for PluginCtx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for PluginCtx {}
+
+impl host::Host for PluginCtx {
+    fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
+        if !self.logs.take() {
+            return Ok(());
+        }
+        let message = truncate(&message, self.log_line_bytes);
+        let (plugin, event) = (&*self.plugin, self.event_name());
+        match level {
+            types::Level::Trace => {
+                tracing::trace!(target: "plugbus::guest", plugin, event, "{message}")
+            }
+            types::Level::Debug => {
+                tracing::debug!(target: "plugbus::guest", plugin, event, "{message}")
+            }
+            types::Level::Info => {
+                tracing::info!(target: "plugbus::guest", plugin, event, "{message}")
+            }
+            types::Level::Warn => {
+                tracing::warn!(target: "plugbus::guest", plugin, event, "{message}")
+            }
+            types::Level::Error => {
+                tracing::error!(target: "plugbus::guest", plugin, event, "{message}")
+            }
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, name: String, payload: String) -> wasmtime::Result<Result<(), String>> {
+        let Some(parent) = self.current.clone() else {
+            return Ok(Err("emit is only allowed while handling an event".into()));
+        };
+        if self.emits_left == 0 {
+            return Ok(Err("emit budget for this event is used up".into()));
+        }
+        self.emits_left -= 1;
+        if parent.depth() >= MAX_CASCADE_DEPTH {
+            tracing::warn!(plugin = &*self.plugin, event = parent.name(), emitted = %name, "follow-up refused: cascade depth limit");
+            return Ok(Err(format!(
+                "cascade depth limit ({MAX_CASCADE_DEPTH}) reached"
+            )));
+        }
+        if let Err(e) = validate_event_name(&name) {
+            return Ok(Err(e.to_string()));
+        }
+        if payload.len() > MAX_EMIT_PAYLOAD {
+            return Ok(Err(format!(
+                "payload is larger than {MAX_EMIT_PAYLOAD} bytes"
+            )));
+        }
+        let payload = match serde_json::from_str(&payload) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(format!("payload is not valid JSON: {e}"))),
+        };
+        let Some(bus) = self.bus.upgrade() else {
+            return Ok(Err("the bus is shutting down".into()));
+        };
+        bus.publish(Event::follow_up(&parent, &self.plugin, name, payload));
+        Ok(Ok(()))
+    }
+
+    fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.config.get(&key).cloned())
+    }
+
+    fn abort(&mut self, message: String) -> wasmtime::Result<()> {
+        Err(wasmtime::Error::new(GuestAbort(
+            truncate(&message, self.log_line_bytes).into_owned(),
+        )))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let cut = (0..=max)
+        .rev()
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(0);
+    format!("{}… [{} bytes truncated]", &s[..cut], s.len() - cut).into()
+}
+
+/// The memory cap, recording whether it refused a grow so that the trap that
+/// usually follows is reported as [`Failure::MemoryLimit`](crate::Failure::MemoryLimit).
+pub(crate) struct MemoryLimiter {
+    limits: StoreLimits,
+    pub refused: bool,
+}
+
+/// Core instances, tables and memories per plugin. Components built by
+/// wit-component hold 3–5 core instances; interpreted runtimes more. 64 is
+/// ample while stopping a component that instantiates without bound.
+const MAX_INSTANCES: usize = 64;
+/// Table elements per table: interpreted runtimes have large function tables.
+const MAX_TABLE_ELEMENTS: usize = 200_000;
+
+impl MemoryLimiter {
+    fn new(memory_bytes: usize) -> MemoryLimiter {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(memory_bytes)
+            .table_elements(MAX_TABLE_ELEMENTS)
+            .instances(MAX_INSTANCES)
+            .tables(MAX_INSTANCES)
+            .memories(MAX_INSTANCES)
+            .build();
+        MemoryLimiter {
+            limits,
+            refused: false,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        self.refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+/// Log lines left for the current event, shared by `host.log` and the
+/// stdout/stderr capture. Lines past the budget are dropped and counted.
+#[derive(Default)]
+pub(crate) struct LogBudget {
+    left: AtomicU32,
+    dropped: AtomicU32,
+}
+
+impl LogBudget {
+    fn reset(&self, lines: u32) {
+        self.left.store(lines, Ordering::Relaxed);
+        self.dropped.store(0, Ordering::Relaxed);
+    }
+
+    fn take(&self) -> bool {
+        let ok = self
+            .left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if !ok {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Lines dropped during the current event.
+    pub fn dropped(&self) -> u32 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Guest stdout or stderr, forwarded line by line into `tracing`.
+struct GuestOutput {
+    plugin: Arc<str>,
+    stream: &'static str,
+    logs: Arc<LogBudget>,
+    max_line: usize,
+}
+
+impl GuestOutput {
+    fn new(
+        plugin: Arc<str>,
+        stream: &'static str,
+        logs: Arc<LogBudget>,
+        max_line: usize,
+    ) -> GuestOutput {
+        GuestOutput {
+            plugin,
+            stream,
+            logs,
+            max_line,
+        }
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(LineWriter {
+            plugin: self.plugin.clone(),
+            stream: self.stream,
+            logs: self.logs.clone(),
+            max_line: self.max_line,
+            line: Vec::new(),
+            overflow: 0,
+        })
+    }
+}
+
+/// Buffers one line at most `max_line` bytes long; the rest of a longer line
+/// is counted, not kept, so a guest cannot grow host memory by never writing
+/// a newline.
+struct LineWriter {
+    plugin: Arc<str>,
+    stream: &'static str,
+    logs: Arc<LogBudget>,
+    max_line: usize,
+    line: Vec<u8>,
+    overflow: usize,
+}
+
+impl LineWriter {
+    fn push(&mut self, bytes: &[u8]) {
+        for chunk in bytes.split_inclusive(|b| *b == b'\n') {
+            let (body, ends) = match chunk.strip_suffix(b"\n") {
+                Some(body) => (body, true),
+                None => (chunk, false),
+            };
+            let room = self.max_line.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&body[..body.len().min(room)]);
+            self.overflow += body.len().saturating_sub(room);
+            if ends {
+                self.emit_line();
+            }
+        }
+    }
+
+    fn emit_line(&mut self) {
+        if self.logs.take() {
+            let text = String::from_utf8_lossy(&self.line);
+            let text = text.trim_end_matches('\r');
+            if self.overflow > 0 {
+                tracing::info!(target: "plugbus::guest", plugin = &*self.plugin, stream = self.stream, "{text}… [{} bytes truncated]", self.overflow);
+            } else {
+                tracing::info!(target: "plugbus::guest", plugin = &*self.plugin, stream = self.stream, "{text}");
+            }
+        }
+        self.line.clear();
+        self.overflow = 0;
+    }
+}
+
+impl tokio::io::AsyncWrite for LineWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.get_mut().push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.line.is_empty() {
+            this.emit_line();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        if !self.line.is_empty() {
+            self.emit_line();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_are_truncated_and_budget_counts() {
+        let logs = Arc::new(LogBudget::default());
+        logs.reset(2);
+        let mut w = LineWriter {
+            plugin: "p".into(),
+            stream: "stdout",
+            logs: logs.clone(),
+            max_line: 8,
+            line: vec![],
+            overflow: 0,
+        };
+        w.push(b"0123456789abcdef");
+        assert_eq!(w.line.len(), 8, "never buffers more than one line's limit");
+        assert_eq!(w.overflow, 8);
+        w.push(b"\nshort\nthird\n");
+        assert!(w.line.is_empty());
+        assert_eq!(
+            logs.dropped(),
+            1,
+            "the third line is over the budget of two"
+        );
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h… [4 bytes truncated]");
+        assert_eq!(truncate("abc", 3), "abc");
+    }
+}

@@ -1,0 +1,130 @@
+//! The wasmtime engine shared by every plugin of a bus, its linker, and the
+//! epoch ticker that enforces wall-clock deadlines.
+//!
+//! Settings and why:
+//! - fuel: bounds the work of one event deterministically;
+//! - epoch interruption: bounds its wall-clock time (fuel alone does not see
+//!   a slow host or a contended machine);
+//! - `concurrency_support(false)`: observers are plain synchronous exports and
+//!   the component-model-async machinery makes each call ~2.5x slower;
+//! - pooling allocator with copy-on-write memory images: re-instantiating a
+//!   plugin after a trap costs microseconds, not a fresh mmap;
+//! - everything else (Cranelift, guard pages, Spectre mitigations) stays at
+//!   wasmtime's secure defaults.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::bindings::Observer;
+use crate::ctx::PluginCtx;
+use crate::manifest::MAX_MEMORY_MIB;
+
+/// Period of the epoch ticker: the granularity of wall-clock deadlines. One
+/// millisecond keeps a 100 ms deadline within 1% while the ticker thread
+/// costs nothing measurable.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Plugin instances the pool holds at once (each plugin keeps one). A memory
+/// slot reserves address space, not memory: 256 slots of 4 GiB + guard use
+/// about 1 TiB of the 128 TiB user address space. Past it, loading fails
+/// with a clear error.
+const POOL_INSTANCES: u32 = 256;
+/// Core instances per plugin: a Rust component has 3–5, an interpreted one
+/// (Python, JavaScript) a dozen or more.
+const POOL_CORE_INSTANCES: u32 = POOL_INSTANCES * 16;
+/// Table slots; interpreted runtimes need large function tables.
+const POOL_TABLE_ELEMENTS: usize = 200_000;
+
+/// Engine + linker + ticker. Dropping it stops the ticker thread.
+pub(crate) struct PluginEngine {
+    pub engine: Engine,
+    pub linker: Linker<PluginCtx>,
+    _ticker: EpochTicker,
+}
+
+impl PluginEngine {
+    pub fn new() -> wasmtime::Result<PluginEngine> {
+        let engine = match Engine::new(&config(true)) {
+            Ok(engine) => (engine, true),
+            Err(e) => {
+                // A pool needs a large address-space reservation, which some
+                // sandboxes (ulimit -v) refuse. On-demand allocation works
+                // everywhere, just slower to instantiate.
+                tracing::warn!(error = %e, "pooling allocator unavailable; allocating instances on demand");
+                (Engine::new(&config(false))?, false)
+            }
+        };
+        let (engine, pooled) = engine;
+        tracing::debug!(pooled, "wasm engine ready");
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Observer::add_to_linker::<_, HasSelf<_>>(&mut linker, |ctx| ctx)?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(PluginEngine {
+            engine,
+            linker,
+            _ticker: ticker,
+        })
+    }
+}
+
+fn config(pooling: bool) -> Config {
+    let mut config = Config::new();
+    config
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .concurrency_support(false);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(POOL_INSTANCES)
+            .total_core_instances(POOL_CORE_INSTANCES)
+            .total_memories(POOL_INSTANCES * 2)
+            .total_tables(POOL_CORE_INSTANCES)
+            .total_stacks(POOL_INSTANCES)
+            .table_elements(POOL_TABLE_ELEMENTS)
+            // The per-plugin cap is enforced by the store limiter; the slot
+            // only has to be able to hold the largest cap a manifest may ask.
+            .max_memory_size((MAX_MEMORY_MIB as usize) << 20);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+/// Increments the engine's epoch every [`EPOCH_TICK`] on a dedicated OS
+/// thread (not a tokio task: runtime workers may all be busy running wasm).
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> EpochTicker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("plugbus-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| tracing::error!(error = %e, "cannot start the epoch ticker; deadlines rely on timers only"))
+            .ok();
+        EpochTicker { stop, thread }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

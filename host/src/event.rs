@@ -1,0 +1,210 @@
+//! The event type carried on the bus.
+//!
+//! An [`Event`] is an immutable, cheaply clonable handle (`Arc` inside): the
+//! same event goes to every handler and every plugin queue without copying.
+//! Its payload is serialised to JSON text at most once, the first time a
+//! plugin needs it, and that text is shared by all plugins.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::ser::SerializeStruct;
+use serde_json::Value;
+
+use crate::bindings::plugbus::observer::types as wit;
+
+/// `source` of events emitted by the embedding application.
+pub const HOST_SOURCE: &str = "host";
+
+/// One event on the bus.
+///
+/// ```
+/// use serde_json::json;
+/// let ev = plugbus::Event::new("tool.called", json!({ "tool": "search" }))
+///     .with_correlation_id("run-7");
+/// assert_eq!(ev.name(), "tool.called");
+/// assert_eq!(ev.correlation_id(), Some("run-7"));
+/// assert_eq!(ev.source(), "host");
+/// assert_eq!(ev.payload()["tool"], "search");
+/// ```
+#[derive(Clone)]
+pub struct Event(Arc<EventData>);
+
+#[derive(Clone)]
+struct EventData {
+    name: String,
+    id: String,
+    time_unix_nanos: u64,
+    correlation_id: Option<String>,
+    source: String,
+    payload: Value,
+    /// How many plugin emits led here: 0 for the embedder's events.
+    depth: u8,
+    /// The WIT record handed to plugins, built once on first use.
+    wire: OnceLock<wit::Event>,
+}
+
+impl Event {
+    /// A new event from the host with a fresh id (UUIDv7: unique and
+    /// time-ordered) and the current time.
+    pub fn new(name: impl Into<String>, payload: Value) -> Event {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        Event(Arc::new(EventData {
+            name: name.into(),
+            id: uuid::Uuid::now_v7().to_string(),
+            time_unix_nanos: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
+            correlation_id: None,
+            source: HOST_SOURCE.to_owned(),
+            payload,
+            depth: 0,
+            wire: OnceLock::new(),
+        }))
+    }
+
+    /// Sets the correlation id that ties this event to an agent run or request.
+    pub fn with_correlation_id(mut self, id: impl Into<String>) -> Event {
+        let data = Arc::make_mut(&mut self.0);
+        data.correlation_id = Some(id.into());
+        data.wire = OnceLock::new();
+        self
+    }
+
+    /// A follow-up event emitted by plugin `source` while it handled `parent`.
+    /// It inherits the parent's correlation id, or, when the parent has none,
+    /// takes the parent's id as its correlation id so the chain stays linked.
+    pub(crate) fn follow_up(parent: &Event, source: &str, name: String, payload: Value) -> Event {
+        let mut ev = Event::new(name, payload);
+        let data = Arc::make_mut(&mut ev.0);
+        data.source = source.to_owned();
+        data.correlation_id = Some(parent.correlation_id().unwrap_or(parent.id()).to_owned());
+        data.depth = parent.0.depth.saturating_add(1);
+        ev
+    }
+
+    /// The dot-separated event name.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// Unique, time-ordered id (UUIDv7 text).
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    /// Creation time in nanoseconds since the Unix epoch.
+    pub fn time_unix_nanos(&self) -> u64 {
+        self.0.time_unix_nanos
+    }
+
+    /// Creation time.
+    pub fn time(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.0.time_unix_nanos)
+    }
+
+    /// The correlation id, if any.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.0.correlation_id.as_deref()
+    }
+
+    /// `"host"`, or the name of the plugin that emitted this event.
+    pub fn source(&self) -> &str {
+        &self.0.source
+    }
+
+    /// The JSON payload.
+    pub fn payload(&self) -> &Value {
+        &self.0.payload
+    }
+
+    /// How many plugin emits led to this event (0 for the embedder's own).
+    pub fn depth(&self) -> u8 {
+        self.0.depth
+    }
+
+    /// The record given to plugins; the payload is serialised on first use
+    /// and the same text serves every plugin.
+    pub(crate) fn wire(&self) -> &wit::Event {
+        self.0.wire.get_or_init(|| wit::Event {
+            name: self.0.name.clone(),
+            id: self.0.id.clone(),
+            time_unix_nanos: self.0.time_unix_nanos,
+            correlation_id: self.0.correlation_id.clone(),
+            source: self.0.source.clone(),
+            payload: self.0.payload.to_string(),
+        })
+    }
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("name", &self.0.name)
+            .field("id", &self.0.id)
+            .field("source", &self.0.source)
+            .field("correlation_id", &self.0.correlation_id)
+            .field("payload", &self.0.payload)
+            .finish()
+    }
+}
+
+/// Serialises as `{name, id, time_unix_nanos, correlation_id, source, payload}`,
+/// the shape the audit log and the CLI write.
+impl serde::Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Event", 6)?;
+        st.serialize_field("name", &self.0.name)?;
+        st.serialize_field("id", &self.0.id)?;
+        st.serialize_field("time_unix_nanos", &self.0.time_unix_nanos)?;
+        st.serialize_field("correlation_id", &self.0.correlation_id)?;
+        st.serialize_field("source", &self.0.source)?;
+        st.serialize_field("payload", &self.0.payload)?;
+        st.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ids_are_unique_and_time_ordered() {
+        let ids: Vec<String> = (0..1000)
+            .map(|_| Event::new("a", Value::Null).id().to_owned())
+            .collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(
+            sorted, ids,
+            "UUIDv7 ids must be unique and sort in creation order"
+        );
+    }
+
+    #[test]
+    fn follow_ups_inherit_correlation_and_depth() {
+        let root = Event::new("a", json!(1)).with_correlation_id("run-1");
+        let child = Event::follow_up(&root, "p", "b".into(), json!(2));
+        assert_eq!(child.correlation_id(), Some("run-1"));
+        assert_eq!(child.source(), "p");
+        assert_eq!(child.depth(), 1);
+        let orphan = Event::follow_up(&Event::new("x", Value::Null), "p", "y".into(), Value::Null);
+        assert!(orphan.correlation_id().is_some());
+    }
+
+    #[test]
+    fn wire_payload_is_serialised_once_and_reset_by_builders() {
+        let ev = Event::new("a", json!({"k": 1}));
+        let first: *const wit::Event = ev.wire();
+        assert!(
+            std::ptr::eq(first, ev.clone().wire()),
+            "clones share the serialised payload"
+        );
+        assert_eq!(ev.wire().payload, r#"{"k":1}"#);
+        let ev = ev.with_correlation_id("c");
+        assert_eq!(ev.wire().correlation_id.as_deref(), Some("c"));
+    }
+}

@@ -1,0 +1,73 @@
+//! plugbus: an in-process event bus whose observers are sandboxed
+//! WebAssembly components.
+//!
+//! An agent loop emits events (`model_responded`, `tool.called`, …);
+//! observers subscribe by pattern. Observers are either native Rust closures
+//! or `.wasm` plugins implementing the `plugbus:observer` WIT world. Each
+//! plugin runs in its own wasmtime `Store` with fuel, a wall-clock deadline
+//! and a memory cap, on its own queue and worker task: a plugin that panics,
+//! loops, exhausts memory or returns an error fails alone. The emitter never
+//! sees an error and never waits for a plugin.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use serde_json::json;
+//! let bus = plugbus::Bus::builder()
+//!     .plugin_dir("plugins/dist")          // every *.wasm there
+//!     .limits(plugbus::Limits::default())   // fuel, deadline, memory, queue
+//!     .history(100)
+//!     .build()
+//!     .await?;
+//! let sub = bus.on("llm.*", |e| println!("{}", e.name()))?;
+//! bus.emit("llm.call", json!({ "tokens": 12 }));
+//! let report = bus.emit_and_wait("model_responded", json!({ "tokens": 12 })).await;
+//! println!("{:?}", report.deliveries);
+//! bus.off(&sub);
+//! bus.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`bus`]: the [`Bus`] handle, its builder, emit/flush/shutdown, plugin loading;
+//! - [`event`]: the [`Event`] type;
+//! - [`pattern`]: event names and subscription patterns;
+//! - `registry`: the lock-free subscription index;
+//! - `native`: native handlers, isolated with `catch_unwind`;
+//! - [`plugin`]: loading and validating a `.wasm`, building instances;
+//! - `worker`: the task that owns a plugin's store and runs its queue;
+//! - `ctx`: what a plugin instance can reach (host imports, WASI, budgets);
+//! - `engine`: the wasmtime engine, linker and epoch ticker;
+//! - [`limits`], [`manifest`]: per-plugin limits and the plugin manifest;
+//! - [`outcome`]: outcomes, failure kinds and their classification;
+//! - [`stats`]: per-plugin counters;
+//! - [`ingest`]: JSON Lines events (the CLI's input).
+
+pub mod bus;
+pub mod error;
+pub mod event;
+pub mod ingest;
+pub mod limits;
+pub mod manifest;
+pub mod outcome;
+pub mod pattern;
+pub mod plugin;
+pub mod stats;
+
+mod bindings;
+mod ctx;
+mod engine;
+mod history;
+mod native;
+mod registry;
+mod worker;
+
+pub use bus::{Bus, BusBuilder, FailureHook, LoadFailure, Subscription};
+pub use error::Error;
+pub use event::Event;
+pub use ingest::{IngestError, parse_event_line};
+pub use limits::{Limits, MAX_CASCADE_DEPTH};
+pub use manifest::{Manifest, ManifestError};
+pub use outcome::{Delivery, DeliveryReport, DropReason, Failure, Outcome};
+pub use pattern::{Pattern, PatternError, validate_event_name};
+pub use plugin::{LoadError, LoadErrorKind, PluginCheck, PluginInfo, PluginState};
+pub use stats::{FailureCounts, PluginStats};

@@ -1,0 +1,67 @@
+//! Resource limits for plugins.
+//!
+//! Every limit applies to one plugin, per event, unless it says otherwise. The
+//! defaults suit small observers written in compiled languages; interpreted
+//! plugins (Python, JavaScript) usually need more memory and fuel, set per
+//! plugin in its manifest.
+
+use std::time::Duration;
+
+/// Limits applied to each plugin. Set per bus with
+/// [`BusBuilder::limits`](crate::BusBuilder::limits); a plugin's manifest may
+/// override any of them for that plugin.
+///
+/// ```
+/// use std::time::Duration;
+/// let limits = plugbus::Limits { deadline: Duration::from_millis(20), ..Default::default() };
+/// assert_eq!(limits.fuel, 50_000_000);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Fuel (roughly, wasm instructions) one event may burn. Default
+    /// 50 million, about 20–50 ms of straight-line work here. When it runs
+    /// out the call traps with [`Failure::OutOfFuel`](crate::Failure::OutOfFuel)
+    /// and the instance is rebuilt before the next event.
+    pub fuel: u64,
+    /// Wall-clock time one event may take, including time spent waiting in
+    /// host calls (a WASI sleep). Default 100 ms. When it passes the call is
+    /// stopped with [`Failure::Deadline`](crate::Failure::Deadline).
+    pub deadline: Duration,
+    /// Most linear memory a plugin instance may hold, in bytes. Default
+    /// 64 MiB. A `memory.grow` beyond it fails inside the guest; if the guest
+    /// then traps the failure is [`Failure::MemoryLimit`](crate::Failure::MemoryLimit).
+    pub memory_bytes: usize,
+    /// Events waiting in a plugin's queue. Default 1024: a few seconds of a
+    /// busy agent's events, while bounding the memory a stalled plugin can
+    /// hold. When full, new events are dropped for that plugin and counted.
+    pub queue_capacity: usize,
+    /// Follow-up events one event's handler may emit. Default 64; past it
+    /// `host.emit` returns an error to the guest.
+    pub emits_per_event: u32,
+    /// Log lines (`host.log` plus stdout/stderr lines) one event may write.
+    /// Default 256; later lines are dropped and counted in one warning.
+    pub log_lines_per_event: u32,
+    /// Longest log line kept, in bytes; longer lines are truncated. Default 4 KiB.
+    pub log_line_bytes: usize,
+}
+
+/// Deepest chain of follow-up events: an event emitted by a plugin while
+/// handling an event emitted by a plugin… at most this many levels. Eight is
+/// deeper than any real observer chain and stops two plugins that answer each
+/// other after a few microseconds. Not configurable: it is what makes cascades
+/// terminate.
+pub const MAX_CASCADE_DEPTH: u8 = 8;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: 50_000_000,
+            deadline: Duration::from_millis(100),
+            memory_bytes: 64 << 20,
+            queue_capacity: 1024,
+            emits_per_event: 64,
+            log_lines_per_event: 256,
+            log_line_bytes: 4096,
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! The optional plugin manifest, `<name>.toml` beside `<name>.wasm`.
+//!
+//! Parsing happens in two steps: the TOML text becomes a [`RawManifest`]
+//! (serde, unknown fields refused), which is then validated into a
+//! [`Manifest`] with resolved paths and limits. Nothing is granted to a plugin
+//! unless its manifest says so.
+//!
+//! ```toml
+//! subscriptions = ["model_responded"]   # replaces what the plugin asks for
+//!
+//! [limits]                               # any subset; the bus defaults fill the rest
+//! fuel = 100_000_000
+//! deadline_ms = 200
+//! memory_mib = 128
+//! queue_capacity = 4096
+//!
+//! [config]                               # served by host.config(key)
+//! budget_usd = "5.00"
+//!
+//! [[dirs]]                               # WASI directory grants
+//! host = "audit"                         # relative to this file
+//! guest = "/audit"
+//! writable = true
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::limits::Limits;
+use crate::pattern::Pattern;
+
+/// A manifest that could not be used. Names the file and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("manifest {}: {reason}", path.display())]
+pub struct ManifestError {
+    /// The manifest file.
+    pub path: PathBuf,
+    /// What is wrong, naming the field (and line, for syntax errors).
+    pub reason: String,
+}
+
+/// The manifest as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawManifest {
+    /// Replaces the plugin's own `subscriptions()` answer.
+    pub subscriptions: Option<Vec<String>>,
+    /// Per-plugin limit overrides.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// String values served by `host.config`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Directory grants.
+    #[serde(default)]
+    pub dirs: Vec<RawDir>,
+}
+
+/// `[limits]` as written; absent fields keep the bus defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Fuel per event.
+    pub fuel: Option<u64>,
+    /// Wall-clock deadline per event, in milliseconds.
+    pub deadline_ms: Option<u64>,
+    /// Memory cap in MiB.
+    pub memory_mib: Option<u64>,
+    /// Queue capacity in events.
+    pub queue_capacity: Option<usize>,
+    /// Follow-up events per event.
+    pub emits_per_event: Option<u32>,
+    /// Log lines per event.
+    pub log_lines_per_event: Option<u32>,
+}
+
+/// One `[[dirs]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDir {
+    /// Host directory, relative to the manifest's folder (or absolute).
+    pub host: PathBuf,
+    /// Where the plugin sees it; absolute, e.g. `/audit`.
+    pub guest: String,
+    /// Whether the plugin may create and write files there. Default false.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// A validated manifest.
+#[derive(Debug, Clone, Default)]
+pub struct Manifest {
+    /// Subscription override, already parsed.
+    pub subscriptions: Option<Vec<Pattern>>,
+    /// Limit overrides, applied with [`Manifest::apply_limits`].
+    limits: LimitOverrides,
+    /// `[config]` values.
+    pub config: BTreeMap<String, String>,
+    /// Directory grants with resolved host paths.
+    pub dirs: Vec<DirGrant>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct LimitOverrides {
+    fuel: Option<u64>,
+    deadline: Option<Duration>,
+    memory_bytes: Option<usize>,
+    queue_capacity: Option<usize>,
+    emits_per_event: Option<u32>,
+    log_lines_per_event: Option<u32>,
+}
+
+/// A directory the plugin may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirGrant {
+    /// Absolute host path.
+    pub host: PathBuf,
+    /// Path inside the guest.
+    pub guest: String,
+    /// Read-write (true) or read-only.
+    pub writable: bool,
+}
+
+/// Upper bounds on what a manifest may ask for: beyond them a typo (an extra
+/// zero) is more likely than intent, and the memory cap must fit the pooling
+/// allocator's slots.
+const MAX_DEADLINE_MS: u64 = 60_000;
+/// See [`MAX_DEADLINE_MS`]; also the size of the engine's memory slots.
+pub const MAX_MEMORY_MIB: u64 = 4096;
+const MAX_QUEUE: usize = 1 << 20;
+
+impl Manifest {
+    /// Reads and validates the manifest at `path`. Writable directory grants
+    /// that do not exist yet are created; read-only ones must exist.
+    ///
+    /// # Errors
+    /// [`ManifestError`] naming the file and the field at fault.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let err = |reason: String| ManifestError {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let raw: RawManifest =
+            toml::from_str(&text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Manifest::validate(raw, base).map_err(err)
+    }
+
+    /// Validates a parsed manifest; relative directory grants resolve
+    /// against `base`. The error names the field.
+    ///
+    /// # Errors
+    /// A message naming the field at fault.
+    pub fn validate(raw: RawManifest, base: &Path) -> Result<Manifest, String> {
+        let subscriptions = raw
+            .subscriptions
+            .map(|subs| {
+                subs.iter()
+                    .map(|s| Pattern::parse(s).map_err(|e| format!("subscriptions: {e}")))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        let l = raw.limits;
+        let in_range = |field: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(v)
+            } else {
+                Err(format!("limits.{field}: {v} is outside {lo}..={hi}"))
+            }
+        };
+        let limits = LimitOverrides {
+            fuel: l
+                .fuel
+                .map(|v| in_range("fuel", v, 1, u64::MAX))
+                .transpose()?,
+            deadline: l
+                .deadline_ms
+                .map(|v| in_range("deadline_ms", v, 1, MAX_DEADLINE_MS).map(Duration::from_millis))
+                .transpose()?,
+            memory_bytes: l
+                .memory_mib
+                .map(|v| in_range("memory_mib", v, 1, MAX_MEMORY_MIB).map(|m| (m as usize) << 20))
+                .transpose()?,
+            queue_capacity: l
+                .queue_capacity
+                .map(|v| {
+                    in_range("queue_capacity", v as u64, 1, MAX_QUEUE as u64).map(|v| v as usize)
+                })
+                .transpose()?,
+            emits_per_event: l.emits_per_event,
+            log_lines_per_event: l.log_lines_per_event,
+        };
+        let mut dirs = Vec::with_capacity(raw.dirs.len());
+        for (i, d) in raw.dirs.into_iter().enumerate() {
+            if !d.guest.starts_with('/') {
+                return Err(format!(
+                    "dirs[{i}].guest: `{}` must be an absolute path like `/data`",
+                    d.guest
+                ));
+            }
+            let host = base.join(&d.host);
+            if d.writable && !host.exists() {
+                std::fs::create_dir_all(&host).map_err(|e| {
+                    format!("dirs[{i}].host: cannot create `{}`: {e}", host.display())
+                })?;
+            }
+            let host = host
+                .canonicalize()
+                .map_err(|e| format!("dirs[{i}].host: `{}`: {e}", host.display()))?;
+            if !host.is_dir() {
+                return Err(format!(
+                    "dirs[{i}].host: `{}` is not a directory",
+                    host.display()
+                ));
+            }
+            dirs.push(DirGrant {
+                host,
+                guest: d.guest,
+                writable: d.writable,
+            });
+        }
+        Ok(Manifest {
+            subscriptions,
+            limits,
+            config: raw.config,
+            dirs,
+        })
+    }
+
+    /// `base` with this manifest's overrides applied.
+    pub fn apply_limits(&self, base: &Limits) -> Limits {
+        let o = &self.limits;
+        Limits {
+            fuel: o.fuel.unwrap_or(base.fuel),
+            deadline: o.deadline.unwrap_or(base.deadline),
+            memory_bytes: o.memory_bytes.unwrap_or(base.memory_bytes),
+            queue_capacity: o.queue_capacity.unwrap_or(base.queue_capacity),
+            emits_per_event: o.emits_per_event.unwrap_or(base.emits_per_event),
+            log_lines_per_event: o.log_lines_per_event.unwrap_or(base.log_lines_per_event),
+            log_line_bytes: base.log_line_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Manifest, ManifestError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, text).unwrap();
+        Manifest::load(&path)
+    }
+
+    #[test]
+    fn full_manifest_parses_and_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            r#"
+subscriptions = ["model_responded", "tool.*"]
+[limits]
+fuel = 7
+deadline_ms = 20
+memory_mib = 8
+queue_capacity = 16
+[config]
+budget_usd = "1.5"
+[[dirs]]
+host = "out"
+guest = "/out"
+writable = true
+"#,
+        )
+        .unwrap();
+        let m = Manifest::load(&path).unwrap();
+        assert_eq!(m.subscriptions.as_ref().unwrap().len(), 2);
+        assert_eq!(m.config["budget_usd"], "1.5");
+        assert!(
+            dir.path().join("out").is_dir(),
+            "a writable grant is created"
+        );
+        assert_eq!(m.dirs[0].guest, "/out");
+        let l = m.apply_limits(&Limits::default());
+        assert_eq!(
+            (l.fuel, l.deadline, l.memory_bytes, l.queue_capacity),
+            (7, Duration::from_millis(20), 8 << 20, 16)
+        );
+        assert_eq!(l.emits_per_event, Limits::default().emits_per_event);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_field() {
+        let e = load("[limits]\nfule = 3\n").unwrap_err().to_string();
+        assert!(e.contains("p.toml") && e.contains("fule"), "{e}");
+        let e = load("[limits]\nmemory_mib = 100000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.memory_mib"), "{e}");
+        let e = load("[config]\nbudget_usd = 5\n").unwrap_err().to_string();
+        assert!(e.contains("budget_usd"), "{e}");
+        let e = load("subscriptions = [\"a..b\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("subscriptions") && e.contains("a..b"), "{e}");
+        let e = load("[[dirs]]\nhost = \"nope\"\nguest = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dirs[0].host"), "{e}");
+        let e = load("[[dirs]]\nhost = \".\"\nguest = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dirs[0].guest"), "{e}");
+        let e = load("this is not toml").unwrap_err().to_string();
+        assert!(e.contains("p.toml"), "{e}");
+    }
+
+    #[test]
+    fn empty_manifest_grants_nothing() {
+        let m = load("").unwrap();
+        assert!(m.subscriptions.is_none() && m.config.is_empty() && m.dirs.is_empty());
+        assert_eq!(m.apply_limits(&Limits::default()), Limits::default());
+    }
+}

@@ -1,0 +1,425 @@
+//! Loading a plugin: reading and validating the `.wasm` and its manifest,
+//! compiling, linking (`InstancePre`), and building instances with the
+//! plugin's limits applied.
+//!
+//! A [`PluginSpec`] is everything needed to (re)build the plugin's instance;
+//! it is immutable and shared. An [`Instance`] (store + bindings) belongs to
+//! the plugin's worker alone.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+
+use serde::Serialize;
+use wasmtime::Store;
+use wasmtime::component::Component;
+
+use crate::bindings::{HANDLER_EXPORT, Observer, ObserverPre};
+use crate::bus::Shared;
+use crate::ctx::PluginCtx;
+use crate::engine::{EPOCH_TICK, PluginEngine};
+use crate::event::Event;
+use crate::limits::Limits;
+use crate::manifest::{Manifest, ManifestError};
+use crate::outcome::{Failure, backtrace_frames, classify};
+use crate::pattern::{Pattern, PatternError};
+use crate::stats::PluginStats;
+
+/// A plugin that could not be loaded. Names the file and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {kind}", path.display())]
+pub struct LoadError {
+    /// The `.wasm` (or manifest) at fault.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub kind: LoadErrorKind,
+}
+
+/// Why a plugin was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadErrorKind {
+    /// The file could not be read.
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file is empty or lacks the `\0asm` magic number.
+    #[error("not a WebAssembly file (no `\\0asm` header)")]
+    NotWasm,
+    /// A core module rather than a component.
+    #[error(
+        "a core WebAssembly module, not a component: build it for wasm32-wasip2 \
+         (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    /// The component failed to parse, validate or compile.
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    /// A valid component, but not of the `plugbus:observer/observer@0.1.0` world.
+    #[error("not a plugbus observer: {0}")]
+    WrongWorld(String),
+    /// The manifest beside the plugin is invalid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The file name cannot be a plugin name.
+    #[error("`{0}` is not a valid plugin name (letters, digits, `-`, `_`, `.`; at most 64)")]
+    BadName(String),
+    /// The plugin's own `subscriptions()` answer is invalid.
+    #[error("invalid subscription: {0}")]
+    Subscription(#[from] PatternError),
+    /// The plugin failed while starting (instantiating or answering `subscriptions()`).
+    #[error("failed to start: {0}")]
+    Start(Failure),
+    /// A plugin with this name is already loaded.
+    #[error("a plugin named `{0}` is already loaded")]
+    AlreadyLoaded(String),
+    /// The bus is shut down.
+    #[error("the bus is shut down")]
+    Closed,
+}
+
+/// Lifecycle state of a loaded plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginState {
+    /// Running with a live instance.
+    Ready,
+    /// Its last event failed hard; a fresh instance is built before the next.
+    Recovering,
+    /// Unloaded, or the bus shut down.
+    Unloaded,
+}
+
+/// A snapshot of one plugin, from [`Bus::plugins`](crate::Bus::plugins).
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginInfo {
+    /// The plugin's name (its file name without `.wasm`).
+    pub name: String,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// The patterns it is subscribed to.
+    pub subscriptions: Vec<String>,
+    /// Its state.
+    pub state: PluginState,
+    /// Its counters.
+    pub stats: PluginStats,
+}
+
+/// What `plugbus check` reports about a plugin file.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginCheck {
+    /// The plugin's name.
+    pub name: String,
+    /// The world it implements.
+    pub world: String,
+    /// Its subscriptions (after any manifest override).
+    pub subscriptions: Vec<String>,
+    /// The interfaces it imports.
+    pub imports: Vec<String>,
+    /// The size of the `.wasm` file in bytes.
+    pub size: u64,
+}
+
+/// Everything needed to build instances of one plugin.
+pub(crate) struct PluginSpec {
+    pub name: Arc<str>,
+    pub path: PathBuf,
+    pub pre: ObserverPre<PluginCtx>,
+    pub limits: Limits,
+    pub config: Arc<BTreeMap<String, String>>,
+    pub manifest: Manifest,
+    pub imports: Vec<String>,
+    pub size: u64,
+    pub bus: Weak<Shared>,
+}
+
+/// A live instance: the plugin's store and its bindings.
+pub(crate) struct Instance {
+    pub store: Store<PluginCtx>,
+    pub bindings: Observer,
+}
+
+/// A failed call: what kind, plus the wasm backtrace when there is one.
+pub(crate) struct CallError {
+    pub failure: Failure,
+    pub frames: Vec<String>,
+}
+
+impl From<Failure> for CallError {
+    fn from(failure: Failure) -> Self {
+        CallError {
+            failure,
+            frames: Vec::new(),
+        }
+    }
+}
+
+/// Most bytes a `.wasm` may have: far above the largest interpreted plugin
+/// (~20 MB) while bounding what a stray file costs to read.
+const MAX_WASM_BYTES: u64 = 256 << 20;
+
+impl PluginSpec {
+    /// Reads, validates, compiles and links the plugin at `path`.
+    /// Compilation runs on a blocking thread, off the async runtime.
+    pub async fn load(
+        engine: &Arc<PluginEngine>,
+        path: &Path,
+        bus_limits: &Limits,
+        bus: Weak<Shared>,
+    ) -> Result<PluginSpec, LoadError> {
+        let err = |kind: LoadErrorKind| LoadError {
+            path: path.to_owned(),
+            kind,
+        };
+        let name = plugin_name(path).map_err(err)?;
+        let manifest_path = path.with_extension("toml");
+        let manifest = if manifest_path.exists() {
+            Manifest::load(&manifest_path).map_err(|e| err(e.into()))?
+        } else {
+            Manifest::default()
+        };
+        let size = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| err(e.into()))?
+            .len();
+        if size > MAX_WASM_BYTES {
+            return Err(err(LoadErrorKind::Invalid(format!(
+                "{size} bytes is more than the {MAX_WASM_BYTES}-byte limit"
+            ))));
+        }
+        let bytes = tokio::fs::read(path).await.map_err(|e| err(e.into()))?;
+        check_header(&bytes).map_err(err)?;
+
+        let eng = engine.clone();
+        let component =
+            tokio::task::spawn_blocking(move || Component::from_binary(&eng.engine, &bytes))
+                .await
+                .map_err(|e| err(LoadErrorKind::Invalid(format!("compiler task failed: {e}"))))?
+                .map_err(|e| err(LoadErrorKind::Invalid(format!("{e:#}"))))?;
+
+        let ty = component.component_type();
+        let imports: Vec<String> = ty
+            .imports(&engine.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        if ty.get_export(&engine.engine, HANDLER_EXPORT).is_none() {
+            let exports: Vec<&str> = ty.exports(&engine.engine).map(|(n, _)| n).collect();
+            return Err(err(LoadErrorKind::WrongWorld(format!(
+                "it does not export `{HANDLER_EXPORT}` (it exports: {})",
+                if exports.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    exports.join(", ")
+                }
+            ))));
+        }
+        let instance_pre = engine.linker.instantiate_pre(&component).map_err(|e| {
+            err(LoadErrorKind::WrongWorld(format!(
+                "it imports something plugbus does not provide ({e:#}); its imports: {}",
+                imports.join(", ")
+            )))
+        })?;
+        let pre = ObserverPre::new(instance_pre)
+            .map_err(|e| err(LoadErrorKind::WrongWorld(format!("{e:#}"))))?;
+        let limits = manifest.apply_limits(bus_limits);
+        Ok(PluginSpec {
+            name: name.into(),
+            path: path.to_owned(),
+            pre,
+            limits,
+            config: Arc::new(manifest.config.clone()),
+            manifest,
+            imports,
+            size,
+            bus,
+        })
+    }
+
+    /// Builds a fresh instance with this plugin's limits.
+    pub async fn instantiate(&self) -> Result<Instance, CallError> {
+        let ctx = PluginCtx::new(
+            self.name.clone(),
+            &self.limits,
+            self.config.clone(),
+            &self.manifest.dirs,
+            self.bus.clone(),
+        )
+        .map_err(|e| Failure::Host(format!("cannot grant directories: {e:#}")))?;
+        let mut store = Store::new(self.pre.engine(), ctx);
+        store.limiter(|ctx| &mut ctx.limiter);
+        store.epoch_deadline_trap();
+        self.arm(&mut store, None);
+        let bindings = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| self.call_error(&e, &store))?;
+        Ok(Instance { store, bindings })
+    }
+
+    /// The plugin's subscriptions: the manifest's, or the instance's answer.
+    pub async fn subscriptions(
+        &self,
+        instance: &mut Instance,
+    ) -> Result<Vec<Pattern>, LoadErrorKind> {
+        if let Some(subs) = &self.manifest.subscriptions {
+            return Ok(subs.clone());
+        }
+        self.arm(&mut instance.store, None);
+        let call = instance
+            .bindings
+            .plugbus_observer_handler()
+            .call_subscriptions(&mut instance.store);
+        let raw = match tokio::time::timeout(self.timeout(), call).await {
+            Ok(Ok(raw)) => raw,
+            Ok(Err(e)) => {
+                return Err(LoadErrorKind::Start(
+                    self.call_error(&e, &instance.store).failure,
+                ));
+            }
+            Err(_) => return Err(LoadErrorKind::Start(Failure::Deadline)),
+        };
+        Ok(raw
+            .iter()
+            .map(|s| Pattern::parse(s))
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Runs `on-event` with fresh budgets. Returns the guest's answer and the
+    /// fuel burned, or the failure.
+    pub async fn on_event(
+        &self,
+        instance: &mut Instance,
+        event: &Event,
+    ) -> (Result<Result<(), String>, CallError>, u64) {
+        self.arm(&mut instance.store, Some(event.clone()));
+        let call = instance
+            .bindings
+            .plugbus_observer_handler()
+            .call_on_event(&mut instance.store, event.wire());
+        let result = match tokio::time::timeout(self.timeout(), call).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(self.call_error(&e, &instance.store)),
+            Err(_) => Err(CallError::from(Failure::Deadline)),
+        };
+        let fuel = self
+            .limits
+            .fuel
+            .saturating_sub(instance.store.get_fuel().unwrap_or(0));
+        instance.store.data_mut().current = None;
+        let dropped = instance.store.data().logs.dropped();
+        if dropped > 0 {
+            tracing::warn!(
+                plugin = &*self.name,
+                event = event.name(),
+                dropped,
+                "log lines over the per-event budget were dropped"
+            );
+        }
+        (result, fuel)
+    }
+
+    /// Refills fuel, arms the epoch deadline and resets per-event budgets.
+    fn arm(&self, store: &mut Store<PluginCtx>, event: Option<Event>) {
+        // `set_fuel` only fails when fuel is not enabled, which the engine
+        // always enables; nothing to handle.
+        let _ = store.set_fuel(self.limits.fuel);
+        let ticks = (self.limits.deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        // Long computations yield to the async runtime every ~1 ms of fuel so
+        // one plugin never holds a runtime thread for its whole deadline.
+        let _ = store.fuel_async_yield_interval(Some(YIELD_FUEL));
+        let limits = self.limits.clone();
+        store.data_mut().begin(event, &limits);
+    }
+
+    /// The host-side bound on one call: the deadline plus a little slack so
+    /// the epoch trap, which keeps the backtrace, normally fires first; the
+    /// timer catches a guest blocked inside a host call.
+    fn timeout(&self) -> std::time::Duration {
+        self.limits.deadline + EPOCH_TICK * 5
+    }
+
+    fn call_error(&self, err: &wasmtime::Error, store: &Store<PluginCtx>) -> CallError {
+        CallError {
+            failure: classify(err, store.data().limiter.refused),
+            frames: backtrace_frames(err),
+        }
+    }
+
+    /// What `plugbus check` prints.
+    pub fn check(&self, subscriptions: &[Pattern]) -> PluginCheck {
+        PluginCheck {
+            name: self.name.to_string(),
+            world: "plugbus:observer/observer@0.1.0".to_owned(),
+            subscriptions: subscriptions
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect(),
+            imports: self.imports.clone(),
+            size: self.size,
+        }
+    }
+}
+
+/// Fuel between two yields to the async runtime (~1 ms of work here).
+const YIELD_FUEL: u64 = 2_000_000;
+
+fn plugin_name(path: &Path) -> Result<String, LoadErrorKind> {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    let ok = !stem.is_empty()
+        && !stem.starts_with('.')
+        && stem.len() <= 64
+        && stem
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(stem.to_owned())
+    } else {
+        Err(LoadErrorKind::BadName(stem.to_owned()))
+    }
+}
+
+/// Distinguishes "not wasm" and "core module" from a component before handing
+/// the bytes to the compiler, for a clearer message.
+fn check_header(bytes: &[u8]) -> Result<(), LoadErrorKind> {
+    const MAGIC: &[u8; 4] = b"\0asm";
+    match bytes {
+        [m0, m1, m2, m3, rest @ ..] if [*m0, *m1, *m2, *m3] == *MAGIC => match rest {
+            // version 1, layer 0: a core module
+            [1, 0, 0, 0, ..] => Err(LoadErrorKind::CoreModule),
+            _ => Ok(()),
+        },
+        _ => Err(LoadErrorKind::NotWasm),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_classified() {
+        assert!(matches!(check_header(b""), Err(LoadErrorKind::NotWasm)));
+        assert!(matches!(
+            check_header(b"hello world"),
+            Err(LoadErrorKind::NotWasm)
+        ));
+        assert!(matches!(
+            check_header(b"\0asm\x01\0\0\0"),
+            Err(LoadErrorKind::CoreModule)
+        ));
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    #[test]
+    fn plugin_names_come_from_the_file() {
+        assert_eq!(
+            plugin_name(Path::new("/x/cost-tracker.wasm")).unwrap(),
+            "cost-tracker"
+        );
+        assert!(plugin_name(Path::new("/x/bad name.wasm")).is_err());
+        assert!(plugin_name(Path::new("/x/.wasm")).is_err());
+    }
+}

@@ -1,0 +1,140 @@
+//! The subscription index: which handlers an event name reaches.
+//!
+//! An immutable snapshot, swapped atomically (`arc-swap`) on every `on`,
+//! `off`, load and unload, so `emit` reads it without a lock and never
+//! contends with subscribers. Exact names go into a hash index and wildcard
+//! patterns into a short list, so an emit costs one hash lookup plus the
+//! wildcard patterns, however many unrelated exact subscriptions exist.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::native::{AsyncHandler, SyncHandler};
+use crate::pattern::Pattern;
+use crate::worker::PluginHandle;
+
+/// What a subscription leads to.
+#[derive(Clone)]
+pub(crate) enum Target {
+    Sync(Arc<SyncHandler>),
+    Async(Arc<AsyncHandler>),
+    Plugin(Arc<PluginHandle>),
+}
+
+/// One subscription. `seq` orders delivery (registration order) and
+/// identifies the subscriber: a plugin's patterns all share its `seq`, so an
+/// event matching several of them is delivered once.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub seq: u64,
+    pub target: Target,
+}
+
+#[derive(Clone, Default)]
+pub(crate) struct Registry {
+    exact: HashMap<String, Vec<Entry>>,
+    wildcard: Vec<(Pattern, Entry)>,
+}
+
+impl Registry {
+    /// Adds `entry` under each pattern. `entry.seq` must be larger than every
+    /// seq already present, which keeps each list sorted.
+    pub fn insert(&mut self, patterns: &[Pattern], entry: Entry) {
+        for p in patterns {
+            if p.is_exact() {
+                self.exact
+                    .entry(p.as_str().to_owned())
+                    .or_default()
+                    .push(entry.clone());
+            } else {
+                self.wildcard.push((p.clone(), entry.clone()));
+            }
+        }
+    }
+
+    /// Removes every pattern of subscriber `seq`; true if there was one.
+    pub fn remove(&mut self, seq: u64) -> bool {
+        let before = self.len();
+        self.exact.retain(|_, list| {
+            list.retain(|e| e.seq != seq);
+            !list.is_empty()
+        });
+        self.wildcard.retain(|(_, e)| e.seq != seq);
+        self.len() != before
+    }
+
+    fn len(&self) -> usize {
+        self.exact.values().map(Vec::len).sum::<usize>() + self.wildcard.len()
+    }
+
+    /// Calls `f` for each subscriber matching `name`, once each, in
+    /// registration order. Allocates nothing.
+    pub fn for_each_match(&self, name: &str, mut f: impl FnMut(&Entry)) {
+        let mut exact = self
+            .exact
+            .get(name)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .peekable();
+        let mut wild = self
+            .wildcard
+            .iter()
+            .filter(|(p, _)| p.matches(name))
+            .map(|(_, e)| e)
+            .peekable();
+        let mut last = None;
+        loop {
+            let next = match (exact.peek(), wild.peek()) {
+                (Some(a), Some(b)) if a.seq <= b.seq => exact.next(),
+                (_, Some(_)) => wild.next(),
+                (Some(_), None) => exact.next(),
+                (None, None) => break,
+            };
+            let Some(entry) = next else { break };
+            if last != Some(entry.seq) {
+                last = Some(entry.seq);
+                f(entry);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::native::SyncHandler;
+
+    fn entry(seq: u64) -> Entry {
+        Entry {
+            seq,
+            target: Target::Sync(Arc::new(SyncHandler {
+                id: seq,
+                f: Box::new(|_| {}),
+                once: None,
+            })),
+        }
+    }
+
+    fn matches(r: &Registry, name: &str) -> Vec<u64> {
+        let mut seqs = vec![];
+        r.for_each_match(name, |e| seqs.push(e.seq));
+        seqs
+    }
+
+    #[test]
+    fn merges_exact_and_wildcards_in_order_without_duplicates() {
+        let mut r = Registry::default();
+        let p = |s: &str| Pattern::parse(s).unwrap();
+        r.insert(&[p("*")], entry(1));
+        r.insert(&[p("llm.call")], entry(2));
+        r.insert(&[p("llm.*"), p("llm.call")], entry(3));
+        r.insert(&[p("other")], entry(4));
+        r.insert(&[p("llm.**")], entry(5));
+        assert_eq!(matches(&r, "llm.call"), vec![1, 2, 3, 5]);
+        assert_eq!(matches(&r, "other"), vec![1, 4]);
+        assert_eq!(matches(&r, "llm"), vec![1]);
+        assert!(r.remove(3));
+        assert!(!r.remove(3));
+        assert_eq!(matches(&r, "llm.call"), vec![1, 2, 5]);
+    }
+}

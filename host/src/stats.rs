@@ -1,0 +1,138 @@
+//! Per-plugin counters, updated by the plugin's worker and the emit path
+//! (atomics, no locks) and read as a [`PluginStats`] snapshot.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+use crate::outcome::{Failure, Outcome};
+
+/// Counters of one plugin. Once its queue is drained,
+/// `delivered + dropped` equals the events that matched its subscriptions,
+/// and `ok + errors + failures.total() == delivered`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PluginStats {
+    /// Events the plugin ran (whatever the outcome).
+    pub delivered: u64,
+    /// Events it accepted.
+    pub ok: u64,
+    /// Events for which it returned `err`.
+    pub errors: u64,
+    /// Hard failures, by kind.
+    pub failures: FailureCounts,
+    /// Events that never reached it (queue full, unloaded).
+    pub dropped: u64,
+    /// Times its instance was rebuilt after a failure.
+    pub restarts: u64,
+    /// Fuel burned over all events.
+    pub fuel_consumed: u64,
+    /// The most recent error or failure, described.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Hard failures by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FailureCounts {
+    /// See [`Failure::Panic`].
+    pub panic: u64,
+    /// See [`Failure::OutOfFuel`].
+    pub out_of_fuel: u64,
+    /// See [`Failure::Deadline`].
+    pub deadline: u64,
+    /// See [`Failure::MemoryLimit`].
+    pub memory_limit: u64,
+    /// See [`Failure::StackOverflow`].
+    pub stack_overflow: u64,
+    /// See [`Failure::Trap`].
+    pub trap: u64,
+    /// See [`Failure::Host`].
+    pub host: u64,
+}
+
+impl FailureCounts {
+    /// All failures together.
+    pub fn total(&self) -> u64 {
+        self.panic
+            + self.out_of_fuel
+            + self.deadline
+            + self.memory_limit
+            + self.stack_overflow
+            + self.trap
+            + self.host
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct StatsCell {
+    delivered: AtomicU64,
+    ok: AtomicU64,
+    errors: AtomicU64,
+    failures: [AtomicU64; 7],
+    dropped: AtomicU64,
+    restarts: AtomicU64,
+    fuel: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl StatsCell {
+    pub fn record(&self, outcome: &Outcome, fuel: u64) {
+        self.fuel.fetch_add(fuel, Relaxed);
+        match outcome {
+            Outcome::Ok => {
+                self.delivered.fetch_add(1, Relaxed);
+                self.ok.fetch_add(1, Relaxed);
+            }
+            Outcome::Error(msg) => {
+                self.delivered.fetch_add(1, Relaxed);
+                self.errors.fetch_add(1, Relaxed);
+                self.set_last_error(msg.clone());
+            }
+            Outcome::Failed(f) => {
+                self.delivered.fetch_add(1, Relaxed);
+                self.failures[f.index()].fetch_add(1, Relaxed);
+                self.set_last_error(f.to_string());
+            }
+            Outcome::Dropped(_) => {
+                self.dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    pub fn restarted(&self) {
+        self.restarts.fetch_add(1, Relaxed);
+    }
+
+    fn set_last_error(&self, msg: String) {
+        // Poisoning only happens if a panic occurred while holding the lock,
+        // which `replace` cannot do; recover the value either way.
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+    }
+
+    pub fn snapshot(&self) -> PluginStats {
+        let f = |k: usize| self.failures[k].load(Relaxed);
+        PluginStats {
+            delivered: self.delivered.load(Relaxed),
+            ok: self.ok.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            failures: FailureCounts {
+                panic: f(Failure::Panic(String::new()).index()),
+                out_of_fuel: f(Failure::OutOfFuel.index()),
+                deadline: f(Failure::Deadline.index()),
+                memory_limit: f(Failure::MemoryLimit.index()),
+                stack_overflow: f(Failure::StackOverflow.index()),
+                trap: f(Failure::Trap(String::new()).index()),
+                host: f(Failure::Host(String::new()).index()),
+            },
+            dropped: self.dropped.load(Relaxed),
+            restarts: self.restarts.load(Relaxed),
+            fuel_consumed: self.fuel.load(Relaxed),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+}
