@@ -86,8 +86,7 @@ impl Event {
     /// # Errors
     /// When the payload does not fit `T`.
     pub fn payload<T: serde::de::DeserializeOwned>(&self) -> std::result::Result<T, Error> {
-        serde_json::from_str(&self.payload)
-            .map_err(|e| Error(format!("event `{}`: bad payload: {e}", self.name)))
+        serde_json::from_str(&self.payload).map_err(|e| Error(format!("event `{}`: bad payload: {e}", self.name)))
     }
 
     /// Parses the payload into a `serde_json::Value`.
@@ -235,13 +234,11 @@ macro_rules! export_plugin {
                     event: $crate::bindings::plugbus::observer::types::Event,
                 ) -> ::core::result::Result<(), ::std::string::String> {
                     let event = $crate::Event::from(event);
-                    $crate::__with_state(&STATE, |p| {
-                        <$plugin as $crate::Plugin>::on_event(p, &event)
-                    })
-                    .map_err(|e| e.message().to_owned())
-        }
+                    $crate::__with_state(&STATE, |p| <$plugin as $crate::Plugin>::on_event(p, &event))
+                        .map_err(|e| e.message().to_owned())
+                }
             }
-            $crate::bindings::__export_observer!(Export with_types_in $crate::bindings);
+    $crate::bindings::__export_observer!(Export with_types_in $crate::bindings);
         };
     };
 }

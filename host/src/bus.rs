@@ -128,10 +128,7 @@ impl BusBuilder {
     /// Called on every hard failure of a native handler or plugin, after it
     /// is logged. Runs on the thread that saw the failure; keep it short. A
     /// panic inside it is caught.
-    pub fn on_failure(
-        mut self,
-        hook: impl Fn(&Event, &str, &Failure) + Send + Sync + 'static,
-    ) -> Self {
+    pub fn on_failure(mut self, hook: impl Fn(&Event, &str, &Failure) + Send + Sync + 'static) -> Self {
         self.on_failure = Some(Arc::new(hook));
         self
     }
@@ -161,6 +158,7 @@ impl BusBuilder {
             shared: Arc::new(Shared {
                 registry: ArcSwap::from_pointee(Registry::default()),
                 writer: Mutex::new(()),
+                publish_lock: Mutex::new(()),
                 next_seq: AtomicU64::new(1),
                 plugins: Mutex::new(BTreeMap::new()),
                 engine: Arc::new(engine),
@@ -214,6 +212,8 @@ pub(crate) struct Shared {
     registry: ArcSwap<Registry>,
     /// Serialises registry updates (copy, modify, swap).
     writer: Mutex<()>,
+    /// Orders the enqueue phase of publishing; see `dispatch`.
+    publish_lock: Mutex<()>,
     next_seq: AtomicU64,
     plugins: Mutex<BTreeMap<String, Arc<PluginHandle>>>,
     engine: Arc<PluginEngine>,
@@ -244,18 +244,45 @@ impl Shared {
         event
     }
 
+    /// Two phases. First, under `publish_lock`, the event is recorded in the
+    /// history and offered to every matching plugin queue (`try_send`, never
+    /// blocking): so all plugins and the history see one global order, and a
+    /// follow-up emitted by a fast plugin can never reach another plugin's
+    /// queue before its parent. Then, outside the lock, native handlers run
+    /// in registration order (they may emit themselves).
     fn dispatch(self: &Arc<Self>, event: &Event, mut waits: Option<&mut Vec<(String, Wait)>>) {
         if self.closed.load(Ordering::Acquire) {
-            tracing::debug!(
-                event = event.name(),
-                "bus is shut down; event not delivered"
-            );
+            tracing::debug!(event = event.name(), "bus is shut down; event not delivered");
             return;
         }
-        if let Some(history) = &self.history {
-            history.push(event);
-        }
         let registry = self.registry.load_full();
+        {
+            let _order = lock(&self.publish_lock);
+            if let Some(history) = &self.history {
+                history.push(event);
+            }
+            registry.for_each_match(event.name(), |entry| {
+                if let Target::Plugin(p) = &entry.target {
+                    let (reply, rx) = match waits {
+                        Some(_) => {
+                            let (tx, rx) = oneshot::channel();
+                            (Some(tx), Some(rx))
+                        }
+                        None => (None, None),
+                    };
+                    self.pending.fetch_add(1, Ordering::AcqRel);
+                    if !p.offer(Job {
+                        event: event.clone(),
+                        reply,
+                    }) {
+                        self.done();
+                    }
+                    if let (Some(waits), Some(rx)) = (waits.as_deref_mut(), rx) {
+                        waits.push((p.spec.name.to_string(), Wait::Reply(rx)));
+                    }
+                }
+            });
+        }
         registry.for_each_match(event.name(), |entry| match &entry.target {
             Target::Sync(h) => {
                 if !h.claim() {
@@ -280,30 +307,11 @@ impl Shared {
                     waits.push((native_name(h.id), Wait::Task(task)));
                 }
             }
-            Target::Plugin(p) => {
-                let (reply, rx) = match waits {
-                    Some(_) => {
-                        let (tx, rx) = oneshot::channel();
-                        (Some(tx), Some(rx))
-                    }
-                    None => (None, None),
-                };
-                self.pending.fetch_add(1, Ordering::AcqRel);
-                if !p.offer(Job { event: event.clone(), reply }) {
-                    self.done();
-                }
-                if let (Some(waits), Some(rx)) = (waits.as_deref_mut(), rx) {
-                    waits.push((p.spec.name.to_string(), Wait::Reply(rx)));
-                }
-            }
+            Target::Plugin(_) => {}
         });
     }
 
-    fn spawn_async(
-        self: &Arc<Self>,
-        h: &Arc<AsyncHandler>,
-        event: &Event,
-    ) -> tokio::task::JoinHandle<Outcome> {
+    fn spawn_async(self: &Arc<Self>, h: &Arc<AsyncHandler>, event: &Event) -> tokio::task::JoinHandle<Outcome> {
         self.pending.fetch_add(1, Ordering::AcqRel);
         let fut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (h.f)(event.clone())));
         let shared = self.clone();
@@ -333,18 +341,10 @@ impl Shared {
 
     /// Runs the embedder's failure hook, isolated like any handler.
     pub(crate) fn report_failure(&self, event: &Event, handler: &str, failure: &Failure) {
-        if let Some(hook) = &self.on_failure {
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                hook(event, handler, failure)
-            }))
-            .is_err()
-            {
-                tracing::error!(
-                    handler,
-                    event = event.name(),
-                    "the on_failure hook panicked"
-                );
-            }
+        if let Some(hook) = &self.on_failure
+            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(event, handler, failure))).is_err()
+        {
+            tracing::error!(handler, event = event.name(), "the on_failure hook panicked");
         }
     }
 
@@ -352,13 +352,7 @@ impl Shared {
         let _guard = lock(&self.writer);
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let mut next = Registry::clone(&self.registry.load());
-        next.insert(
-            patterns,
-            Entry {
-                seq,
-                target: make(seq),
-            },
-        );
+        next.insert(patterns, Entry { seq, target: make(seq) });
         self.registry.store(Arc::new(next));
         seq
     }
@@ -528,8 +522,7 @@ impl Bus {
         if shared.closed.load(Ordering::Acquire) {
             return Err(err(LoadErrorKind::Closed));
         }
-        let spec =
-            PluginSpec::load(&shared.engine, path, &shared.limits, Arc::downgrade(shared)).await?;
+        let spec = PluginSpec::load(&shared.engine, path, &shared.limits, Arc::downgrade(shared)).await?;
         if lock(&shared.plugins).contains_key(&*spec.name) {
             return Err(err(LoadErrorKind::AlreadyLoaded(spec.name.to_string())));
         }
@@ -609,10 +602,7 @@ impl Bus {
 
     /// A snapshot of every loaded plugin, by name.
     pub fn plugins(&self) -> Vec<PluginInfo> {
-        lock(&self.shared.plugins)
-            .values()
-            .map(|h| info(h))
-            .collect()
+        lock(&self.shared.plugins).values().map(|h| info(h)).collect()
     }
 
     /// Plugin files from the plugin directory that failed to load at build.
@@ -622,11 +612,7 @@ impl Bus {
 
     /// The last `n` events published (oldest first), if history is enabled.
     pub fn history(&self, n: usize) -> Vec<Event> {
-        self.shared
-            .history
-            .as_ref()
-            .map(|h| h.last(n))
-            .unwrap_or_default()
+        self.shared.history.as_ref().map(|h| h.last(n)).unwrap_or_default()
     }
 
     /// Stops accepting events, lets every plugin finish its queue, stops the
@@ -634,19 +620,14 @@ impl Bus {
     /// Events emitted afterwards are ignored.
     pub async fn shutdown(&self) {
         self.shared.closed.store(true, Ordering::Release);
-        let handles: Vec<_> = std::mem::take(&mut *lock(&self.shared.plugins))
-            .into_values()
-            .collect();
+        let handles: Vec<_> = std::mem::take(&mut *lock(&self.shared.plugins)).into_values().collect();
         for h in &handles {
             self.shared.remove(h.seq);
         }
         for h in handles {
             h.stop_and_join().await;
         }
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.flush())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.flush()).await.is_err() {
             tracing::warn!(
                 pending = self.shared.pending.load(Ordering::Acquire),
                 "native async handlers still running after the shutdown grace period"
@@ -665,13 +646,7 @@ impl Bus {
             path: path.to_owned(),
             kind,
         };
-        let spec = PluginSpec::load(
-            &self.shared.engine,
-            path,
-            &self.shared.limits,
-            std::sync::Weak::new(),
-        )
-        .await?;
+        let spec = PluginSpec::load(&self.shared.engine, path, &self.shared.limits, std::sync::Weak::new()).await?;
         let mut instance = spec
             .instantiate()
             .await

@@ -149,17 +149,13 @@ impl host::Host for PluginCtx {
         self.emits_left -= 1;
         if parent.depth() >= MAX_CASCADE_DEPTH {
             tracing::warn!(plugin = &*self.plugin, event = parent.name(), emitted = %name, "follow-up refused: cascade depth limit");
-            return Ok(Err(format!(
-                "cascade depth limit ({MAX_CASCADE_DEPTH}) reached"
-            )));
+            return Ok(Err(format!("cascade depth limit ({MAX_CASCADE_DEPTH}) reached")));
         }
         if let Err(e) = validate_event_name(&name) {
             return Ok(Err(e.to_string()));
         }
         if payload.len() > MAX_EMIT_PAYLOAD {
-            return Ok(Err(format!(
-                "payload is larger than {MAX_EMIT_PAYLOAD} bytes"
-            )));
+            return Ok(Err(format!("payload is larger than {MAX_EMIT_PAYLOAD} bytes")));
         }
         let payload = match serde_json::from_str(&payload) {
             Ok(v) => v,
@@ -187,10 +183,7 @@ fn truncate(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     if s.len() <= max {
         return s.into();
     }
-    let cut = (0..=max)
-        .rev()
-        .find(|i| s.is_char_boundary(*i))
-        .unwrap_or(0);
+    let cut = (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
     format!("{}… [{} bytes truncated]", &s[..cut], s.len() - cut).into()
 }
 
@@ -217,31 +210,18 @@ impl MemoryLimiter {
             .tables(MAX_INSTANCES)
             .memories(MAX_INSTANCES)
             .build();
-        MemoryLimiter {
-            limits,
-            refused: false,
-        }
+        MemoryLimiter { limits, refused: false }
     }
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         let allowed = self.limits.memory_growing(current, desired, maximum)?;
         self.refused |= !allowed;
         Ok(allowed)
     }
 
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         self.limits.table_growing(current, desired, maximum)
     }
 
@@ -298,12 +278,7 @@ struct GuestOutput {
 }
 
 impl GuestOutput {
-    fn new(
-        plugin: Arc<str>,
-        stream: &'static str,
-        logs: Arc<LogBudget>,
-        max_line: usize,
-    ) -> GuestOutput {
+    fn new(plugin: Arc<str>, stream: &'static str, logs: Arc<LogBudget>, max_line: usize) -> GuestOutput {
         GuestOutput {
             plugin,
             stream,
@@ -376,11 +351,7 @@ impl LineWriter {
 }
 
 impl tokio::io::AsyncWrite for LineWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         self.get_mut().push(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -427,16 +398,16 @@ mod tests {
         assert_eq!(w.overflow, 8);
         w.push(b"\nshort\nthird\n");
         assert!(w.line.is_empty());
-        assert_eq!(
-            logs.dropped(),
-            1,
-            "the third line is over the budget of two"
-        );
+        assert_eq!(logs.dropped(), 1, "the third line is over the budget of two");
     }
 
     #[test]
     fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "h… [4 bytes truncated]");
+        assert_eq!(
+            truncate("héllo", 2),
+            "h… [5 bytes truncated]",
+            "é is two bytes: the cut falls before it"
+        );
         assert_eq!(truncate("abc", 3), "abc");
     }
 }

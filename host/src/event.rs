@@ -49,9 +49,7 @@ impl Event {
     /// A new event from the host with a fresh id (UUIDv7: unique and
     /// time-ordered) and the current time.
     pub fn new(name: impl Into<String>, payload: Value) -> Event {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
         Event(Arc::new(EventData {
             name: name.into(),
             id: uuid::Uuid::now_v7().to_string(),
@@ -178,10 +176,7 @@ mod tests {
         let mut sorted = ids.clone();
         sorted.sort();
         sorted.dedup();
-        assert_eq!(
-            sorted, ids,
-            "UUIDv7 ids must be unique and sort in creation order"
-        );
+        assert_eq!(sorted, ids, "UUIDv7 ids must be unique and sort in creation order");
     }
 
     #[test]

@@ -30,11 +30,7 @@ impl History {
     /// The last `n` events, oldest first.
     pub fn last(&self, n: usize) -> Vec<Event> {
         let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        events
-            .iter()
-            .skip(events.len().saturating_sub(n))
-            .cloned()
-            .collect()
+        events.iter().skip(events.len().saturating_sub(n)).cloned().collect()
     }
 }
 

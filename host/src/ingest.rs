@@ -55,10 +55,7 @@ mod tests {
 
     #[test]
     fn malformed_lines_are_refused_with_reasons() {
-        assert!(matches!(
-            parse_event_line("{not json"),
-            Err(IngestError::Json(_))
-        ));
+        assert!(matches!(parse_event_line("{not json"), Err(IngestError::Json(_))));
         assert!(matches!(
             parse_event_line(r#"{"payload":{}}"#),
             Err(IngestError::Json(_))
@@ -71,10 +68,7 @@ mod tests {
             parse_event_line(r#"{"name":"a.*"}"#),
             Err(IngestError::Name(_))
         ));
-        assert!(matches!(
-            parse_event_line(r#"[1,2]"#),
-            Err(IngestError::Json(_))
-        ));
+        assert!(matches!(parse_event_line(r#"[1,2]"#), Err(IngestError::Json(_))));
         let ev = parse_event_line(r#"{"name":"a"}"#).unwrap();
         assert!(ev.payload().is_null());
     }

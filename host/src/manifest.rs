@@ -144,8 +144,7 @@ impl Manifest {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let raw: RawManifest =
-            toml::from_str(&text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        let raw: RawManifest = toml::from_str(&text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Manifest::validate(raw, base).map_err(err)
     }
@@ -173,10 +172,7 @@ impl Manifest {
             }
         };
         let limits = LimitOverrides {
-            fuel: l
-                .fuel
-                .map(|v| in_range("fuel", v, 1, u64::MAX))
-                .transpose()?,
+            fuel: l.fuel.map(|v| in_range("fuel", v, 1, u64::MAX)).transpose()?,
             deadline: l
                 .deadline_ms
                 .map(|v| in_range("deadline_ms", v, 1, MAX_DEADLINE_MS).map(Duration::from_millis))
@@ -187,9 +183,7 @@ impl Manifest {
                 .transpose()?,
             queue_capacity: l
                 .queue_capacity
-                .map(|v| {
-                    in_range("queue_capacity", v as u64, 1, MAX_QUEUE as u64).map(|v| v as usize)
-                })
+                .map(|v| in_range("queue_capacity", v as u64, 1, MAX_QUEUE as u64).map(|v| v as usize))
                 .transpose()?,
             emits_per_event: l.emits_per_event,
             log_lines_per_event: l.log_lines_per_event,
@@ -204,18 +198,14 @@ impl Manifest {
             }
             let host = base.join(&d.host);
             if d.writable && !host.exists() {
-                std::fs::create_dir_all(&host).map_err(|e| {
-                    format!("dirs[{i}].host: cannot create `{}`: {e}", host.display())
-                })?;
+                std::fs::create_dir_all(&host)
+                    .map_err(|e| format!("dirs[{i}].host: cannot create `{}`: {e}", host.display()))?;
             }
             let host = host
                 .canonicalize()
                 .map_err(|e| format!("dirs[{i}].host: `{}`: {e}", host.display()))?;
             if !host.is_dir() {
-                return Err(format!(
-                    "dirs[{i}].host: `{}` is not a directory",
-                    host.display()
-                ));
+                return Err(format!("dirs[{i}].host: `{}` is not a directory", host.display()));
             }
             dirs.push(DirGrant {
                 host,
@@ -282,10 +272,7 @@ writable = true
         let m = Manifest::load(&path).unwrap();
         assert_eq!(m.subscriptions.as_ref().unwrap().len(), 2);
         assert_eq!(m.config["budget_usd"], "1.5");
-        assert!(
-            dir.path().join("out").is_dir(),
-            "a writable grant is created"
-        );
+        assert!(dir.path().join("out").is_dir(), "a writable grant is created");
         assert_eq!(m.dirs[0].guest, "/out");
         let l = m.apply_limits(&Limits::default());
         assert_eq!(
@@ -299,23 +286,17 @@ writable = true
     fn errors_name_the_file_and_field() {
         let e = load("[limits]\nfule = 3\n").unwrap_err().to_string();
         assert!(e.contains("p.toml") && e.contains("fule"), "{e}");
-        let e = load("[limits]\nmemory_mib = 100000\n")
-            .unwrap_err()
-            .to_string();
+        let e = load("[limits]\nmemory_mib = 100000\n").unwrap_err().to_string();
         assert!(e.contains("limits.memory_mib"), "{e}");
         let e = load("[config]\nbudget_usd = 5\n").unwrap_err().to_string();
         assert!(e.contains("budget_usd"), "{e}");
-        let e = load("subscriptions = [\"a..b\"]\n")
-            .unwrap_err()
-            .to_string();
+        let e = load("subscriptions = [\"a..b\"]\n").unwrap_err().to_string();
         assert!(e.contains("subscriptions") && e.contains("a..b"), "{e}");
         let e = load("[[dirs]]\nhost = \"nope\"\nguest = \"/x\"\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("dirs[0].host"), "{e}");
-        let e = load("[[dirs]]\nhost = \".\"\nguest = \"x\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = load("[[dirs]]\nhost = \".\"\nguest = \"x\"\n").unwrap_err().to_string();
         assert!(e.contains("dirs[0].guest"), "{e}");
         let e = load("this is not toml").unwrap_err().to_string();
         assert!(e.contains("p.toml"), "{e}");

@@ -129,8 +129,8 @@ pub struct Delivery {
 pub struct DeliveryReport {
     /// The event as published.
     pub event: Event,
-    /// One entry per handler the event matched: native handlers in
-    /// registration order, then plugins.
+    /// One entry per handler the event matched: plugins first, then native
+    /// handlers, each group in registration order.
     pub deliveries: Vec<Delivery>,
 }
 

@@ -183,10 +183,7 @@ fn check_text(text: &str) -> Result<(), PatternError> {
         return Err(PatternError::Empty(String::new()));
     }
     if text.len() > MAX_NAME_LEN {
-        let cut = (0..=64)
-            .rev()
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(0);
+        let cut = (0..=64).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
         return Err(PatternError::TooLong(text[..cut].to_owned()));
     }
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -244,18 +241,9 @@ mod tests {
     #[test]
     fn invalid_patterns_are_refused_with_a_reason() {
         assert!(matches!(Pattern::parse(""), Err(PatternError::Empty(_))));
-        assert!(matches!(
-            Pattern::parse("a..b"),
-            Err(PatternError::EmptySegment(_))
-        ));
-        assert!(matches!(
-            Pattern::parse("a."),
-            Err(PatternError::EmptySegment(_))
-        ));
-        assert!(matches!(
-            Pattern::parse(".a"),
-            Err(PatternError::EmptySegment(_))
-        ));
+        assert!(matches!(Pattern::parse("a..b"), Err(PatternError::EmptySegment(_))));
+        assert!(matches!(Pattern::parse("a."), Err(PatternError::EmptySegment(_))));
+        assert!(matches!(Pattern::parse(".a"), Err(PatternError::EmptySegment(_))));
         assert!(matches!(
             Pattern::parse("**.a"),
             Err(PatternError::MisplacedDoubleStar(_))
@@ -264,14 +252,8 @@ mod tests {
             Pattern::parse("a.**.b"),
             Err(PatternError::MisplacedDoubleStar(_))
         ));
-        assert!(matches!(
-            Pattern::parse("llm*"),
-            Err(PatternError::PartialWildcard(_))
-        ));
-        assert!(matches!(
-            Pattern::parse("a b"),
-            Err(PatternError::BadCharacter(_))
-        ));
+        assert!(matches!(Pattern::parse("llm*"), Err(PatternError::PartialWildcard(_))));
+        assert!(matches!(Pattern::parse("a b"), Err(PatternError::BadCharacter(_))));
         assert!(matches!(
             Pattern::parse(&"x".repeat(300)),
             Err(PatternError::TooLong(_))

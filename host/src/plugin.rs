@@ -176,10 +176,7 @@ impl PluginSpec {
         } else {
             Manifest::default()
         };
-        let size = tokio::fs::metadata(path)
-            .await
-            .map_err(|e| err(e.into()))?
-            .len();
+        let size = tokio::fs::metadata(path).await.map_err(|e| err(e.into()))?.len();
         if size > MAX_WASM_BYTES {
             return Err(err(LoadErrorKind::Invalid(format!(
                 "{size} bytes is more than the {MAX_WASM_BYTES}-byte limit"
@@ -189,17 +186,13 @@ impl PluginSpec {
         check_header(&bytes).map_err(err)?;
 
         let eng = engine.clone();
-        let component =
-            tokio::task::spawn_blocking(move || Component::from_binary(&eng.engine, &bytes))
-                .await
-                .map_err(|e| err(LoadErrorKind::Invalid(format!("compiler task failed: {e}"))))?
-                .map_err(|e| err(LoadErrorKind::Invalid(format!("{e:#}"))))?;
+        let component = tokio::task::spawn_blocking(move || Component::from_binary(&eng.engine, &bytes))
+            .await
+            .map_err(|e| err(LoadErrorKind::Invalid(format!("compiler task failed: {e}"))))?
+            .map_err(|e| err(LoadErrorKind::Invalid(format!("{e:#}"))))?;
 
         let ty = component.component_type();
-        let imports: Vec<String> = ty
-            .imports(&engine.engine)
-            .map(|(n, _)| n.to_owned())
-            .collect();
+        let imports: Vec<String> = ty.imports(&engine.engine).map(|(n, _)| n.to_owned()).collect();
         if ty.get_export(&engine.engine, HANDLER_EXPORT).is_none() {
             let exports: Vec<&str> = ty.exports(&engine.engine).map(|(n, _)| n).collect();
             return Err(err(LoadErrorKind::WrongWorld(format!(
@@ -217,8 +210,7 @@ impl PluginSpec {
                 imports.join(", ")
             )))
         })?;
-        let pre = ObserverPre::new(instance_pre)
-            .map_err(|e| err(LoadErrorKind::WrongWorld(format!("{e:#}"))))?;
+        let pre = ObserverPre::new(instance_pre).map_err(|e| err(LoadErrorKind::WrongWorld(format!("{e:#}"))))?;
         let limits = manifest.apply_limits(bus_limits);
         Ok(PluginSpec {
             name: name.into(),
@@ -256,10 +248,7 @@ impl PluginSpec {
     }
 
     /// The plugin's subscriptions: the manifest's, or the instance's answer.
-    pub async fn subscriptions(
-        &self,
-        instance: &mut Instance,
-    ) -> Result<Vec<Pattern>, LoadErrorKind> {
+    pub async fn subscriptions(&self, instance: &mut Instance) -> Result<Vec<Pattern>, LoadErrorKind> {
         if let Some(subs) = &self.manifest.subscriptions {
             return Ok(subs.clone());
         }
@@ -271,16 +260,11 @@ impl PluginSpec {
         let raw = match tokio::time::timeout(self.timeout(), call).await {
             Ok(Ok(raw)) => raw,
             Ok(Err(e)) => {
-                return Err(LoadErrorKind::Start(
-                    self.call_error(&e, &instance.store).failure,
-                ));
+                return Err(LoadErrorKind::Start(self.call_error(&e, &instance.store).failure));
             }
             Err(_) => return Err(LoadErrorKind::Start(Failure::Deadline)),
         };
-        Ok(raw
-            .iter()
-            .map(|s| Pattern::parse(s))
-            .collect::<Result<Vec<_>, _>>()?)
+        Ok(raw.iter().map(|s| Pattern::parse(s)).collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Runs `on-event` with fresh budgets. Returns the guest's answer and the
@@ -300,10 +284,7 @@ impl PluginSpec {
             Ok(Err(e)) => Err(self.call_error(&e, &instance.store)),
             Err(_) => Err(CallError::from(Failure::Deadline)),
         };
-        let fuel = self
-            .limits
-            .fuel
-            .saturating_sub(instance.store.get_fuel().unwrap_or(0));
+        let fuel = self.limits.fuel.saturating_sub(instance.store.get_fuel().unwrap_or(0));
         instance.store.data_mut().current = None;
         let dropped = instance.store.data().logs.dropped();
         if dropped > 0 {
@@ -350,10 +331,7 @@ impl PluginSpec {
         PluginCheck {
             name: self.name.to_string(),
             world: "plugbus:observer/observer@0.1.0".to_owned(),
-            subscriptions: subscriptions
-                .iter()
-                .map(|p| p.as_str().to_owned())
-                .collect(),
+            subscriptions: subscriptions.iter().map(|p| p.as_str().to_owned()).collect(),
             imports: self.imports.clone(),
             size: self.size,
         }
@@ -364,10 +342,7 @@ impl PluginSpec {
 const YIELD_FUEL: u64 = 2_000_000;
 
 fn plugin_name(path: &Path) -> Result<String, LoadErrorKind> {
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or_default();
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
     let ok = !stem.is_empty()
         && !stem.starts_with('.')
         && stem.len() <= 64
@@ -402,10 +377,7 @@ mod tests {
     #[test]
     fn headers_are_classified() {
         assert!(matches!(check_header(b""), Err(LoadErrorKind::NotWasm)));
-        assert!(matches!(
-            check_header(b"hello world"),
-            Err(LoadErrorKind::NotWasm)
-        ));
+        assert!(matches!(check_header(b"hello world"), Err(LoadErrorKind::NotWasm)));
         assert!(matches!(
             check_header(b"\0asm\x01\0\0\0"),
             Err(LoadErrorKind::CoreModule)
@@ -415,10 +387,7 @@ mod tests {
 
     #[test]
     fn plugin_names_come_from_the_file() {
-        assert_eq!(
-            plugin_name(Path::new("/x/cost-tracker.wasm")).unwrap(),
-            "cost-tracker"
-        );
+        assert_eq!(plugin_name(Path::new("/x/cost-tracker.wasm")).unwrap(), "cost-tracker");
         assert!(plugin_name(Path::new("/x/bad name.wasm")).is_err());
         assert!(plugin_name(Path::new("/x/.wasm")).is_err());
     }

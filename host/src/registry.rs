@@ -42,10 +42,7 @@ impl Registry {
     pub fn insert(&mut self, patterns: &[Pattern], entry: Entry) {
         for p in patterns {
             if p.is_exact() {
-                self.exact
-                    .entry(p.as_str().to_owned())
-                    .or_default()
-                    .push(entry.clone());
+                self.exact.entry(p.as_str().to_owned()).or_default().push(entry.clone());
             } else {
                 self.wildcard.push((p.clone(), entry.clone()));
             }
@@ -70,12 +67,7 @@ impl Registry {
     /// Calls `f` for each subscriber matching `name`, once each, in
     /// registration order. Allocates nothing.
     pub fn for_each_match(&self, name: &str, mut f: impl FnMut(&Entry)) {
-        let mut exact = self
-            .exact
-            .get(name)
-            .map_or(&[][..], Vec::as_slice)
-            .iter()
-            .peekable();
+        let mut exact = self.exact.get(name).map_or(&[][..], Vec::as_slice).iter().peekable();
         let mut wild = self
             .wildcard
             .iter()

@@ -54,13 +54,7 @@ pub struct FailureCounts {
 impl FailureCounts {
     /// All failures together.
     pub fn total(&self) -> u64 {
-        self.panic
-            + self.out_of_fuel
-            + self.deadline
-            + self.memory_limit
-            + self.stack_overflow
-            + self.trap
-            + self.host
+        self.panic + self.out_of_fuel + self.deadline + self.memory_limit + self.stack_overflow + self.trap + self.host
     }
 }
 
@@ -128,11 +122,7 @@ impl StatsCell {
             dropped: self.dropped.load(Relaxed),
             restarts: self.restarts.load(Relaxed),
             fuel_consumed: self.fuel.load(Relaxed),
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            last_error: self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 }

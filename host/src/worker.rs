@@ -188,10 +188,10 @@ impl PluginHandle {
             let _ = stop.send(());
         }
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(task) = task {
-            if let Err(e) = task.await {
-                tracing::error!(plugin = &*self.spec.name, error = %e, "plugin worker ended abnormally");
-            }
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            tracing::error!(plugin = &*self.spec.name, error = %e, "plugin worker ended abnormally");
         }
         self.state.set(PluginState::Unloaded);
     }

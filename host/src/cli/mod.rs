@@ -77,11 +77,7 @@ pub fn init_tracing(quiet: bool, verbose: bool) {
 
 pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run {
-            plugins,
-            report,
-            input,
-        } => run::run(&plugins, report, &input).await,
+        Command::Run { plugins, report, input } => run::run(&plugins, report, &input).await,
         Command::Check { file, json } => check::check(&file, json).await,
     }
 }

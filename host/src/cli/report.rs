@@ -22,11 +22,8 @@ impl Report {
             .plugins
             .iter()
             .map(|p| {
-                let mut v =
-                    json!({ "name": p.name, "state": p.state, "subscriptions": p.subscriptions });
-                if let (Value::Object(obj), Ok(Value::Object(stats))) =
-                    (&mut v, serde_json::to_value(&p.stats))
-                {
+                let mut v = json!({ "name": p.name, "state": p.state, "subscriptions": p.subscriptions });
+                if let (Value::Object(obj), Ok(Value::Object(stats))) = (&mut v, serde_json::to_value(&p.stats)) {
                     obj.extend(stats);
                 }
                 v

@@ -33,9 +33,7 @@ impl AuditLog {
                 .create(true)
                 .append(true)
                 .open(&path)
-                .map_err(|e| {
-                    format!("cannot open {path} (is /audit granted in the manifest?): {e}")
-                })?;
+                .map_err(|e| format!("cannot open {path} (is /audit granted in the manifest?): {e}"))?;
             self.file = Some(file);
         }
         // Just set above when it was empty.

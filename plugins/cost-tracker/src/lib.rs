@@ -42,16 +42,13 @@ struct CostTracker {
 
 impl Default for CostTracker {
     fn default() -> Self {
-        let budget_usd =
-            plugbus_guest::config("budget_usd").and_then(|b| match b.trim().parse::<f64>() {
-                Ok(v) if v.is_finite() && v >= 0.0 => Some(v),
-                _ => {
-                    warn!(
-                        "config budget_usd = {b:?} is not a non-negative number; no budget enforced"
-                    );
-                    None
-                }
-            });
+        let budget_usd = plugbus_guest::config("budget_usd").and_then(|b| match b.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => Some(v),
+            _ => {
+                warn!("config budget_usd = {b:?} is not a non-negative number; no budget enforced");
+                None
+            }
+        });
         CostTracker {
             total: Totals::default(),
             by_model: BTreeMap::new(),
@@ -72,10 +69,7 @@ impl Plugin for CostTracker {
             return Err(format!("cost_usd {} is not a non-negative number", r.cost_usd).into());
         }
         let model = r.model.unwrap_or_else(|| "unknown".into());
-        for t in [
-            &mut self.total,
-            self.by_model.entry(model.clone()).or_default(),
-        ] {
+        for t in [&mut self.total, self.by_model.entry(model.clone()).or_default()] {
             t.calls += 1;
             t.prompt_tokens += r.usage.prompt_tokens;
             t.completion_tokens += r.usage.completion_tokens;
@@ -84,27 +78,24 @@ impl Plugin for CostTracker {
         let t = &self.total;
         info!(
             "{} calls, {} prompt + {} completion tokens, ${:.4} total ({model}: ${:.4})",
-            t.calls,
-            t.prompt_tokens,
-            t.completion_tokens,
-            t.cost_usd,
-            self.by_model[&model].cost_usd
+            t.calls, t.prompt_tokens, t.completion_tokens, t.cost_usd, self.by_model[&model].cost_usd
         );
-        if let Some(budget) = self.budget_usd {
-            if !self.budget_reported && t.cost_usd > budget {
-                self.budget_reported = true;
-                warn!("budget of ${budget:.2} exceeded: ${:.4} spent", t.cost_usd);
-                plugbus_guest::emit(
-                    "budget_exceeded",
-                    &json!({
-                        "budget_usd": budget,
-                        "spent_usd": t.cost_usd,
-                        "calls": t.calls,
-                        "tokens": t.prompt_tokens + t.completion_tokens,
-                        "trigger_event_id": event.id,
-                    }),
-                )?;
-            }
+        if let Some(budget) = self.budget_usd
+            && !self.budget_reported
+            && t.cost_usd > budget
+        {
+            self.budget_reported = true;
+            warn!("budget of ${budget:.2} exceeded: ${:.4} spent", t.cost_usd);
+            plugbus_guest::emit(
+                "budget_exceeded",
+                &json!({
+                    "budget_usd": budget,
+                    "spent_usd": t.cost_usd,
+                    "calls": t.calls,
+                    "tokens": t.prompt_tokens + t.completion_tokens,
+                    "trigger_event_id": event.id,
+                }),
+            )?;
         }
         Ok(())
     }
