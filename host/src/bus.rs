@@ -456,6 +456,10 @@ impl Bus {
 
     /// Emits an event from the host. Returns at once: native handlers have
     /// run, plugins have it queued. Never fails because of a handler.
+    ///
+    /// The name is not validated (the embedder is trusted); check names that
+    /// come from outside with [`validate_event_name`](crate::validate_event_name),
+    /// as `plugbus run` does. Names emitted by plugins are always validated.
     pub fn emit(&self, name: &str, payload: Value) -> Event {
         self.shared.publish(Event::new(name, payload))
     }

@@ -78,6 +78,7 @@ impl Failure {
         "host",
     ];
 
+    /// Position of this kind in [`Failure::KINDS`].
     pub(crate) fn index(&self) -> usize {
         match self {
             Failure::Panic(_) => 0,

@@ -129,6 +129,9 @@ pub(crate) struct PluginSpec {
     pub imports: Vec<String>,
     pub size: u64,
     pub bus: Weak<Shared>,
+    /// Keeps the engine's epoch ticker running while any worker of this
+    /// plugin is still draining, even after the bus itself is dropped.
+    _engine: Arc<PluginEngine>,
 }
 
 /// A live instance: the plugin's store and its bindings.
@@ -222,6 +225,7 @@ impl PluginSpec {
             imports,
             size,
             bus,
+            _engine: engine.clone(),
         })
     }
 

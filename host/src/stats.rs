@@ -54,7 +54,35 @@ pub struct FailureCounts {
 impl FailureCounts {
     /// All failures together.
     pub fn total(&self) -> u64 {
-        self.panic + self.out_of_fuel + self.deadline + self.memory_limit + self.stack_overflow + self.trap + self.host
+        self.iter().map(|(_, n)| n).sum()
+    }
+
+    /// `(kind, count)` pairs in [`Failure::KINDS`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        let counts = [
+            self.panic,
+            self.out_of_fuel,
+            self.deadline,
+            self.memory_limit,
+            self.stack_overflow,
+            self.trap,
+            self.host,
+        ];
+        Failure::KINDS.into_iter().zip(counts)
+    }
+
+    /// Builds the counts from an array indexed like [`Failure::KINDS`].
+    fn from_array(counts: [u64; 7]) -> FailureCounts {
+        let [panic, out_of_fuel, deadline, memory_limit, stack_overflow, trap, host] = counts;
+        FailureCounts {
+            panic,
+            out_of_fuel,
+            deadline,
+            memory_limit,
+            stack_overflow,
+            trap,
+            host,
+        }
     }
 }
 
@@ -105,20 +133,11 @@ impl StatsCell {
     }
 
     pub fn snapshot(&self) -> PluginStats {
-        let f = |k: usize| self.failures[k].load(Relaxed);
         PluginStats {
             delivered: self.delivered.load(Relaxed),
             ok: self.ok.load(Relaxed),
             errors: self.errors.load(Relaxed),
-            failures: FailureCounts {
-                panic: f(Failure::Panic(String::new()).index()),
-                out_of_fuel: f(Failure::OutOfFuel.index()),
-                deadline: f(Failure::Deadline.index()),
-                memory_limit: f(Failure::MemoryLimit.index()),
-                stack_overflow: f(Failure::StackOverflow.index()),
-                trap: f(Failure::Trap(String::new()).index()),
-                host: f(Failure::Host(String::new()).index()),
-            },
+            failures: FailureCounts::from_array(self.failures.each_ref().map(|n| n.load(Relaxed))),
             dropped: self.dropped.load(Relaxed),
             restarts: self.restarts.load(Relaxed),
             fuel_consumed: self.fuel.load(Relaxed),

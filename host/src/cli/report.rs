@@ -52,19 +52,11 @@ impl Report {
         for p in &self.plugins {
             let s = &p.stats;
             let f = &s.failures;
-            let kinds: Vec<String> = [
-                ("panic", f.panic),
-                ("out_of_fuel", f.out_of_fuel),
-                ("deadline", f.deadline),
-                ("memory_limit", f.memory_limit),
-                ("stack_overflow", f.stack_overflow),
-                ("trap", f.trap),
-                ("host", f.host),
-            ]
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(k, n)| format!("{k}={n}"))
-            .collect();
+            let kinds: Vec<String> = f
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect();
             let state = serde_json::to_value(p.state)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
