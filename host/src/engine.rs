@@ -21,6 +21,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::bindings::Observer;
+use crate::cache::ArtifactCache;
 use crate::ctx::PluginCtx;
 use crate::manifest::MAX_MEMORY_MIB;
 
@@ -44,11 +45,14 @@ const POOL_TABLE_ELEMENTS: usize = 200_000;
 pub(crate) struct PluginEngine {
     pub engine: Engine,
     pub linker: Linker<PluginCtx>,
+    /// Compiled artifacts on disk; `None` when caching is off or unavailable.
+    pub cache: Option<ArtifactCache>,
     _ticker: EpochTicker,
 }
 
 impl PluginEngine {
-    pub fn new() -> wasmtime::Result<PluginEngine> {
+    /// Creates the engine; `cache_root` enables the artifact cache there.
+    pub fn new(cache_root: Option<&std::path::Path>) -> wasmtime::Result<PluginEngine> {
         let engine = match Engine::new(&config(true)) {
             Ok(engine) => (engine, true),
             Err(e) => {
@@ -64,10 +68,18 @@ impl PluginEngine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Observer::add_to_linker::<_, HasSelf<_>>(&mut linker, |ctx| ctx)?;
+        let cache = cache_root.and_then(|root| match ArtifactCache::open(root, &engine) {
+            Ok(cache) => Some(cache),
+            Err(e) => {
+                tracing::warn!(dir = %root.display(), error = %e, "compiled-artifact cache unavailable; plugins compile on every load");
+                None
+            }
+        });
         let ticker = EpochTicker::start(engine.clone());
         Ok(PluginEngine {
             engine,
             linker,
+            cache,
             _ticker: ticker,
         })
     }

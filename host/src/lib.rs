@@ -37,12 +37,14 @@
 //! - `worker`: the task that owns a plugin's store and runs its queue;
 //! - `ctx`: what a plugin instance can reach (host imports, WASI, budgets);
 //! - `engine`: the wasmtime engine, linker and epoch ticker;
+//! - [`cache`]: compiled artifacts on disk, verified before use;
 //! - [`limits`], [`manifest`]: per-plugin limits and the plugin manifest;
 //! - [`outcome`]: outcomes, failure kinds and their classification;
 //! - [`stats`]: per-plugin counters;
 //! - [`ingest`]: JSON Lines events (the CLI's input).
 
 pub mod bus;
+pub mod cache;
 pub mod error;
 pub mod event;
 pub mod ingest;
@@ -62,6 +64,7 @@ mod registry;
 mod worker;
 
 pub use bus::{Bus, BusBuilder, FailureHook, LoadFailure, Subscription};
+pub use cache::{CacheStats, default_cache_dir};
 pub use error::Error;
 pub use event::Event;
 pub use ingest::{IngestError, parse_event_line};

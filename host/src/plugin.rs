@@ -16,6 +16,7 @@ use wasmtime::component::Component;
 
 use crate::bindings::{HANDLER_EXPORT, Observer, ObserverPre};
 use crate::bus::Shared;
+use crate::cache::content_hash;
 use crate::ctx::PluginCtx;
 use crate::engine::{EPOCH_TICK, PluginEngine};
 use crate::event::Event;
@@ -95,6 +96,8 @@ pub struct PluginInfo {
     pub name: String,
     /// Where it was loaded from.
     pub path: PathBuf,
+    /// sha256 of the loaded `.wasm`, in hex.
+    pub version: String,
     /// The patterns it is subscribed to.
     pub subscriptions: Vec<String>,
     /// Its state.
@@ -116,6 +119,8 @@ pub struct PluginCheck {
     pub imports: Vec<String>,
     /// The size of the `.wasm` file in bytes.
     pub size: u64,
+    /// sha256 of the `.wasm`, in hex.
+    pub version: String,
 }
 
 /// Everything needed to build instances of one plugin.
@@ -128,6 +133,8 @@ pub(crate) struct PluginSpec {
     pub manifest: Manifest,
     pub imports: Vec<String>,
     pub size: u64,
+    /// sha256 of the `.wasm`, in hex.
+    pub version: String,
     pub bus: Weak<Shared>,
     /// Keeps the engine's epoch ticker running while any worker of this
     /// plugin is still draining, even after the bus itself is dropped.
@@ -172,7 +179,7 @@ impl PluginSpec {
             path: path.to_owned(),
             kind,
         };
-        let name = plugin_name(path).map_err(err)?;
+        let name: Arc<str> = plugin_name(path).map_err(err)?.into();
         let manifest_path = path.with_extension("toml");
         let manifest = if manifest_path.exists() {
             Manifest::load(&manifest_path).map_err(|e| err(e.into()))?
@@ -188,11 +195,21 @@ impl PluginSpec {
         let bytes = tokio::fs::read(path).await.map_err(|e| err(e.into()))?;
         check_header(&bytes).map_err(err)?;
 
+        // Hashing and compiling are CPU-bound: keep them off the async runtime.
         let eng = engine.clone();
-        let component = tokio::task::spawn_blocking(move || Component::from_binary(&eng.engine, &bytes))
-            .await
-            .map_err(|e| err(LoadErrorKind::Invalid(format!("compiler task failed: {e}"))))?
-            .map_err(|e| err(LoadErrorKind::Invalid(format!("{e:#}"))))?;
+        let plugin = name.clone();
+        let (component, version) = tokio::task::spawn_blocking(move || {
+            let version = content_hash(&bytes);
+            let _span = tracing::info_span!("compile", plugin = %plugin, bytes = bytes.len()).entered();
+            let component = match &eng.cache {
+                Some(cache) => cache.load_or_compile(&eng.engine, &bytes, &version, &plugin),
+                None => Component::from_binary(&eng.engine, &bytes),
+            };
+            component.map(|c| (c, version))
+        })
+        .await
+        .map_err(|e| err(LoadErrorKind::Invalid(format!("compiler task failed: {e}"))))?
+        .map_err(|e| err(LoadErrorKind::Invalid(format!("{e:#}"))))?;
 
         let ty = component.component_type();
         let imports: Vec<String> = ty.imports(&engine.engine).map(|(n, _)| n.to_owned()).collect();
@@ -216,7 +233,7 @@ impl PluginSpec {
         let pre = ObserverPre::new(instance_pre).map_err(|e| err(LoadErrorKind::WrongWorld(format!("{e:#}"))))?;
         let limits = manifest.apply_limits(bus_limits);
         Ok(PluginSpec {
-            name: name.into(),
+            name,
             path: path.to_owned(),
             pre,
             limits,
@@ -224,6 +241,7 @@ impl PluginSpec {
             manifest,
             imports,
             size,
+            version,
             bus,
             _engine: engine.clone(),
         })
@@ -338,6 +356,7 @@ impl PluginSpec {
             subscriptions: subscriptions.iter().map(|p| p.as_str().to_owned()).collect(),
             imports: self.imports.clone(),
             size: self.size,
+            version: self.version.clone(),
         }
     }
 }

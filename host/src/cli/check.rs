@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-pub async fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let bus = plugbus::Bus::builder().build().await?;
+pub async fn check(file: &Path, json: bool, cache: &super::CacheArgs) -> anyhow::Result<ExitCode> {
+    let bus = cache.apply(plugbus::Bus::builder()).build().await?;
     let result = bus.check_plugin(file).await;
     bus.shutdown().await;
     match result {
@@ -13,6 +13,7 @@ pub async fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
             println!("name:          {}", c.name);
             println!("world:         {}", c.world);
             println!("size:          {} bytes", c.size);
+            println!("version:       sha256:{}", c.version);
             println!("subscriptions: {}", c.subscriptions.join(", "));
             println!("imports:");
             for i in &c.imports {

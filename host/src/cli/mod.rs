@@ -38,6 +38,8 @@ pub enum Command {
         /// Events, one JSON object per line: {"name", "payload", "correlation_id"}. `-` for stdin.
         #[arg(value_name = "FILE", default_value = "-")]
         input: String,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Load and validate one plugin; print its name, world, subscriptions and imports.
     Check {
@@ -46,7 +48,30 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
+}
+
+/// Where compiled plugins are cached.
+#[derive(clap::Args)]
+pub struct CacheArgs {
+    /// Cache compiled plugins here (default: the platform cache directory, e.g. ~/.cache/plugbus).
+    #[arg(long, value_name = "DIR", global = true)]
+    cache_dir: Option<PathBuf>,
+    /// Compile every plugin on every load.
+    #[arg(long, global = true, conflicts_with = "cache_dir")]
+    no_cache: bool,
+}
+
+impl CacheArgs {
+    pub fn apply(&self, builder: plugbus::BusBuilder) -> plugbus::BusBuilder {
+        match (&self.cache_dir, self.no_cache) {
+            (_, true) => builder.no_cache(),
+            (Some(dir), false) => builder.cache_dir(dir),
+            (None, false) => builder,
+        }
+    }
 }
 
 /// How `run` prints its report.
@@ -77,7 +102,12 @@ pub fn init_tracing(quiet: bool, verbose: bool) {
 
 pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { plugins, report, input } => run::run(&plugins, report, &input).await,
-        Command::Check { file, json } => check::check(&file, json).await,
+        Command::Run {
+            plugins,
+            report,
+            input,
+            cache,
+        } => run::run(&plugins, report, &input, &cache).await,
+        Command::Check { file, json, cache } => check::check(&file, json, &cache).await,
     }
 }

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
-use super::ReportFormat;
 use super::report::Report;
+use super::{CacheArgs, ReportFormat};
 
 /// Events emitted between two waits for the plugins. A replayed file arrives
 /// far faster than plugins run, and a plugin queue (1024 by default) that
@@ -15,7 +15,7 @@ use super::report::Report;
 /// serialising it event by event.
 const BATCH: u64 = 256;
 
-pub async fn run(plugins: &Path, format: ReportFormat, input: &str) -> anyhow::Result<ExitCode> {
+pub async fn run(plugins: &Path, format: ReportFormat, input: &str, cache: &CacheArgs) -> anyhow::Result<ExitCode> {
     let reader: Box<dyn AsyncBufRead + Unpin> = if input == "-" {
         Box::new(BufReader::new(tokio::io::stdin()))
     } else {
@@ -24,7 +24,7 @@ pub async fn run(plugins: &Path, format: ReportFormat, input: &str) -> anyhow::R
             .with_context(|| format!("cannot open events file {input}"))?;
         Box::new(BufReader::new(file))
     };
-    let bus = plugbus::Bus::builder().plugin_dir(plugins).build().await?;
+    let bus = cache.apply(plugbus::Bus::builder()).plugin_dir(plugins).build().await?;
     for f in bus.load_failures() {
         eprintln!("plugbus: skipped {}: {}", f.path.display(), f.reason);
     }

@@ -1,0 +1,193 @@
+//! The compiled-artifact cache: Cranelift output kept on disk so a plugin
+//! compiles once per engine configuration, not on every start.
+//!
+//! Entries live in `<dir>/<engine key>/<wasm sha256>.cwasm`. The engine key
+//! hashes wasmtime's own compatibility hash (version, target, settings), so
+//! artifacts from another wasmtime or configuration are never even looked
+//! at. Each file is `MAGIC`, the artifact's sha256, then the artifact; it is
+//! checked before wasmtime deserialises it, so a truncated or corrupted file
+//! is detected, discarded and rebuilt rather than trusted. Files are written
+//! to a temporary name and renamed into place (atomic on one filesystem),
+//! and read into memory rather than mapped, so replacing one is always safe.
+//!
+//! Trust: deserialising runs native code. Only artifacts this host wrote into
+//! a directory it owns are loaded; the directory is created private (0700)
+//! and must not be writable by anyone who should not run code as this user.
+
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+const MAGIC: &[u8; 8] = b"PLUGBUS1";
+const HEADER: usize = MAGIC.len() + 32;
+
+/// Counters of the artifact cache, from [`Bus::cache_stats`](crate::Bus::cache_stats).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CacheStats {
+    /// Plugins loaded from a cached artifact.
+    pub hits: u64,
+    /// Plugins compiled because no artifact was cached.
+    pub misses: u64,
+    /// Cached artifacts found corrupt or incompatible, removed and rebuilt.
+    pub discarded: u64,
+    /// Artifacts that could not be written (the plugin still loaded).
+    pub write_errors: u64,
+}
+
+pub(crate) struct ArtifactCache {
+    dir: PathBuf,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    discarded: AtomicU64,
+    write_errors: AtomicU64,
+}
+
+/// The platform's cache directory for plugbus: `$XDG_CACHE_HOME/plugbus` or
+/// `~/.cache/plugbus` on Linux, `~/Library/Caches/plugbus` on macOS.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    dirs::cache_dir().map(|d| d.join("plugbus"))
+}
+
+/// Feeds `Hash` output into sha256, so the engine key is stable across runs
+/// (std's `DefaultHasher` makes no such promise).
+struct ShaHasher(Sha256);
+
+impl Hasher for ShaHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        // Never called by `Hash` implementations; the digest is read directly.
+        0
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The sha256 of `bytes` in hex: the plugin's version in logs and meta-events.
+pub(crate) fn content_hash(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+impl ArtifactCache {
+    /// Opens (creating if needed) the cache for `engine` under `root`.
+    pub fn open(root: &Path, engine: &Engine) -> std::io::Result<ArtifactCache> {
+        let mut h = ShaHasher(Sha256::new());
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let dir = root.join(&hex(&h.0.finalize())[..16]);
+        create_private_dir(&dir)?;
+        Ok(ArtifactCache {
+            dir,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            discarded: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+        })
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            discarded: self.discarded.load(Relaxed),
+            write_errors: self.write_errors.load(Relaxed),
+        }
+    }
+
+    /// The component for `wasm`, from the cache or compiled (and then
+    /// cached). Blocking: call from a blocking thread.
+    pub fn load_or_compile(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+        hash: &str,
+        plugin: &str,
+    ) -> wasmtime::Result<Component> {
+        let path = self.dir.join(format!("{hash}.cwasm"));
+        match std::fs::read(&path) {
+            Ok(file) => match self.deserialize(engine, &file) {
+                Ok(component) => {
+                    self.hits.fetch_add(1, Relaxed);
+                    tracing::debug!(plugin, artifact = %path.display(), "compiled artifact loaded from cache");
+                    return Ok(component);
+                }
+                Err(reason) => {
+                    self.discarded.fetch_add(1, Relaxed);
+                    tracing::warn!(plugin, artifact = %path.display(), %reason, "discarding cached artifact");
+                    let _ = std::fs::remove_file(&path);
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(plugin, artifact = %path.display(), error = %e, "cannot read cached artifact"),
+        }
+        self.misses.fetch_add(1, Relaxed);
+        let started = std::time::Instant::now();
+        let artifact = engine.precompile_component(wasm)?;
+        // SAFETY: `artifact` was produced just now by this engine.
+        let component = unsafe { Component::deserialize(engine, &artifact)? };
+        tracing::info!(
+            plugin,
+            bytes = wasm.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "plugin compiled"
+        );
+        if let Err(e) = self.write(&path, &artifact) {
+            self.write_errors.fetch_add(1, Relaxed);
+            tracing::warn!(plugin, artifact = %path.display(), error = %e, "cannot write compiled artifact to the cache");
+        }
+        Ok(component)
+    }
+
+    fn deserialize(&self, engine: &Engine, file: &[u8]) -> Result<Component, String> {
+        if file.len() < HEADER || &file[..MAGIC.len()] != MAGIC {
+            return Err("not a plugbus artifact (bad header)".into());
+        }
+        let (sum, artifact) = file[MAGIC.len()..].split_at(32);
+        if Sha256::digest(artifact).as_slice() != sum {
+            return Err("checksum mismatch (truncated or corrupted)".into());
+        }
+        // SAFETY: the bytes are an artifact this host wrote (the cache
+        // directory is private to it) and are intact (checksum verified);
+        // wasmtime itself refuses artifacts from another version or config.
+        unsafe { Component::deserialize(engine, artifact) }.map_err(|e| format!("{e:#}"))
+    }
+
+    fn write(&self, path: &Path, artifact: &[u8]) -> std::io::Result<()> {
+        // Unique per process (pid) and per write within it (counter).
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let tmp = path.with_extension(format!("{}.{}.tmp", std::process::id(), WRITES.fetch_add(1, Relaxed)));
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(MAGIC)?;
+            f.write_all(&Sha256::digest(artifact))?;
+            f.write_all(artifact)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir)
+    }
+}
