@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::runtime::Handle;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 
 use crate::engine::PluginEngine;
 use crate::error::Error;
@@ -29,10 +29,9 @@ use crate::limits::Limits;
 use crate::native::{AsyncHandler, BoxFuture, CatchUnwind, SyncHandler, panic_message};
 use crate::outcome::{Delivery, DeliveryReport, DropReason, Failure, Outcome};
 use crate::pattern::{Pattern, PatternError};
-use crate::plugin::{Instance, LoadError, LoadErrorKind, PluginCheck, PluginInfo, PluginSpec};
+use crate::plugin::PluginInfo;
 use crate::registry::{Entry, Registry, Target};
-use crate::stats::StatsCell;
-use crate::worker::{Job, PluginHandle, Worker, WorkerState};
+use crate::worker::{Job, PluginHandle};
 
 /// Called for every hard failure: `(event, handler name, failure)`.
 pub type FailureHook = Arc<dyn Fn(&Event, &str, &Failure) + Send + Sync>;
@@ -56,7 +55,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// ```
 #[derive(Clone)]
 pub struct Bus {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 /// A native subscription, returned by [`Bus::on`] and friends; pass it to
@@ -100,8 +99,9 @@ enum CacheSetting {
 #[must_use]
 pub struct BusBuilder {
     plugin_dir: Option<PathBuf>,
+    watch: bool,
     cache: CacheSetting,
-    limits: Limits,
+    pub(crate) limits: Limits,
     queue_capacity: Option<usize>,
     history: usize,
     on_failure: Option<FailureHook>,
@@ -113,6 +113,17 @@ impl BusBuilder {
     /// [`Bus::load_failures`]; the others load normally.
     pub fn plugin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.plugin_dir = Some(dir.into());
+        self
+    }
+
+    /// Watches the plugin directory while the bus runs: new `.wasm` files
+    /// are loaded, replaced ones hot-swapped (after the new version
+    /// validates), removed ones unloaded, and manifest changes reload their
+    /// plugin. A plugin receives the events published after it is ready.
+    /// Each change is announced as a `plugbus.plugin.*` meta-event.
+    /// Requires [`plugin_dir`](Self::plugin_dir).
+    pub fn watch(mut self, enable: bool) -> Self {
+        self.watch = enable;
         self
     }
 
@@ -199,10 +210,25 @@ impl BusBuilder {
                 closed: AtomicBool::new(false),
                 runtime,
                 load_failures: Mutex::new(Vec::new()),
+                lifecycle: tokio::sync::Mutex::new(()),
+                watcher: Mutex::new(None),
             }),
         };
+        // Watch before the first scan, so nothing changed during it is missed
+        // (a change to a file the scan loaded is then simply "unchanged").
+        if self.watch {
+            let dir = self
+                .plugin_dir
+                .clone()
+                .ok_or_else(|| Error::Watch("watch(true) needs a plugin_dir".into()))?;
+            let handle = crate::watch::start(Arc::downgrade(&bus.shared), dir.clone(), &bus.shared.runtime)
+                .map_err(|e| Error::Watch(format!("{}: {e}", dir.display())))?;
+            *lock(&bus.shared.watcher) = Some(handle);
+        }
         for file in files {
-            if let Err(e) = bus.load_plugin(&file).await {
+            // `reload_plugin`, not `load_plugin`: the watcher may already have
+            // loaded this file, in which case it is simply unchanged.
+            if let Err(e) = bus.reload_plugin(&file).await {
                 tracing::error!(file = %file.display(), error = %e.kind, "plugin not loaded");
                 lock(&bus.shared.load_failures).push(LoadFailure {
                     path: file,
@@ -229,7 +255,7 @@ fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Locks a mutex whose data stays consistent even if a holder panicked
 /// (every critical section here is a single insert, remove or read).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -238,24 +264,29 @@ fn native_name(id: u64) -> String {
 }
 
 pub(crate) struct Shared {
-    registry: ArcSwap<Registry>,
+    pub(crate) registry: ArcSwap<Registry>,
     /// Serialises registry updates (copy, modify, swap).
-    writer: Mutex<()>,
+    pub(crate) writer: Mutex<()>,
     /// Orders the enqueue phase of publishing; see `dispatch`.
-    publish_lock: Mutex<()>,
-    next_seq: AtomicU64,
-    plugins: Mutex<BTreeMap<String, Arc<PluginHandle>>>,
-    engine: Arc<PluginEngine>,
-    limits: Limits,
+    pub(crate) publish_lock: Mutex<()>,
+    pub(crate) next_seq: AtomicU64,
+    pub(crate) plugins: Mutex<BTreeMap<String, Arc<PluginHandle>>>,
+    pub(crate) engine: Arc<PluginEngine>,
+    pub(crate) limits: Limits,
     history: Option<History>,
     on_failure: Option<FailureHook>,
     /// Jobs queued or running, plus native async handlers running: what
     /// [`Bus::flush`] waits for.
     pending: AtomicUsize,
     idle: Notify,
-    closed: AtomicBool,
-    runtime: Handle,
-    load_failures: Mutex<Vec<LoadFailure>>,
+    pub(crate) closed: AtomicBool,
+    pub(crate) runtime: Handle,
+    pub(crate) load_failures: Mutex<Vec<LoadFailure>>,
+    /// Serialises load, swap and unload, so two changes to one plugin never
+    /// interleave.
+    pub(crate) lifecycle: tokio::sync::Mutex<()>,
+    /// The directory watcher, when watching; dropping it stops it.
+    watcher: Mutex<Option<crate::watch::WatchHandle>>,
 }
 
 /// What `emit_and_wait` collects per handler.
@@ -284,9 +315,12 @@ impl Shared {
             tracing::debug!(event = event.name(), "bus is shut down; event not delivered");
             return;
         }
-        let registry = self.registry.load_full();
-        {
+        // The snapshot is taken under the publish lock, where every plugin
+        // change is stored too: once a plugin is swapped or unloaded, no
+        // publish can still offer events to its old queue.
+        let registry = {
             let _order = lock(&self.publish_lock);
+            let registry = self.registry.load_full();
             if let Some(history) = &self.history {
                 history.push(event);
             }
@@ -311,7 +345,8 @@ impl Shared {
                     }
                 }
             });
-        }
+            registry
+        };
         registry.for_each_match(event.name(), |entry| match &entry.target {
             Target::Sync(h) => {
                 if !h.claim() {
@@ -378,22 +413,26 @@ impl Shared {
     }
 
     fn subscribe(&self, patterns: &[Pattern], make: impl FnOnce(u64) -> Target) -> u64 {
-        let _guard = lock(&self.writer);
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let mut next = Registry::clone(&self.registry.load());
-        next.insert(patterns, Entry { seq, target: make(seq) });
-        self.registry.store(Arc::new(next));
+        let entry = Entry { seq, target: make(seq) };
+        self.update_registry(|r| r.insert(patterns, entry));
         seq
     }
 
-    fn remove(&self, seq: u64) -> bool {
+    pub(crate) fn remove(&self, seq: u64) -> bool {
+        let mut removed = false;
+        self.update_registry(|r| removed = r.remove(seq));
+        removed
+    }
+
+    /// Copy, modify, swap. Writers are serialised by `writer`; the swap
+    /// itself happens under `publish_lock` (see `dispatch`).
+    pub(crate) fn update_registry(&self, f: impl FnOnce(&mut Registry)) {
         let _guard = lock(&self.writer);
         let mut next = Registry::clone(&self.registry.load());
-        let removed = next.remove(seq);
-        if removed {
-            self.registry.store(Arc::new(next));
-        }
-        removed
+        f(&mut next);
+        let _order = lock(&self.publish_lock);
+        self.registry.store(Arc::new(next));
     }
 }
 
@@ -402,6 +441,7 @@ impl Bus {
     pub fn builder() -> BusBuilder {
         BusBuilder {
             plugin_dir: None,
+            watch: false,
             cache: CacheSetting::Default,
             limits: Limits::default(),
             queue_capacity: None,
@@ -538,102 +578,6 @@ impl Bus {
         }
     }
 
-    /// Loads one plugin (and its manifest, `<name>.toml` beside it).
-    /// Compilation runs on a blocking thread. The plugin receives events
-    /// emitted after this returns.
-    ///
-    /// # Errors
-    /// [`LoadError`] naming the file and the reason: not wasm, a core module,
-    /// invalid, the wrong world, a bad manifest, a failure while starting,
-    /// or a name already loaded.
-    pub async fn load_plugin(&self, path: impl AsRef<Path>) -> Result<PluginInfo, LoadError> {
-        let path = path.as_ref();
-        let shared = &self.shared;
-        let err = |kind| LoadError {
-            path: path.to_owned(),
-            kind,
-        };
-        if shared.closed.load(Ordering::Acquire) {
-            return Err(err(LoadErrorKind::Closed));
-        }
-        let spec = PluginSpec::load(&shared.engine, path, &shared.limits, Arc::downgrade(shared)).await?;
-        if lock(&shared.plugins).contains_key(&*spec.name) {
-            return Err(err(LoadErrorKind::AlreadyLoaded(spec.name.to_string())));
-        }
-        let mut instance = spec
-            .instantiate()
-            .await
-            .map_err(|e| err(LoadErrorKind::Start(e.failure)))?;
-        let subscriptions = spec.subscriptions(&mut instance).await.map_err(err)?;
-        self.install(spec, instance, subscriptions).map_err(err)
-    }
-
-    fn install(
-        &self,
-        spec: PluginSpec,
-        instance: Instance,
-        patterns: Vec<Pattern>,
-    ) -> Result<PluginInfo, LoadErrorKind> {
-        let shared = &self.shared;
-        let mut plugins = lock(&shared.plugins);
-        if plugins.contains_key(&*spec.name) {
-            return Err(LoadErrorKind::AlreadyLoaded(spec.name.to_string()));
-        }
-        let spec = Arc::new(spec);
-        let (tx, rx) = mpsc::channel(spec.limits.queue_capacity);
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let stats = Arc::new(StatsCell::default());
-        let state = Arc::new(WorkerState::default());
-        let worker = Worker {
-            spec: spec.clone(),
-            instance: Some(instance),
-            stats: stats.clone(),
-            state: state.clone(),
-            bus: Arc::downgrade(shared),
-        };
-        let task = shared.runtime.spawn(worker.run(rx, stop_rx));
-        let mut handle = PluginHandle {
-            spec: spec.clone(),
-            seq: 0,
-            subscriptions: patterns.iter().map(|p| p.as_str().to_owned()).collect(),
-            tx,
-            stats,
-            state,
-            stop: Mutex::new(Some(stop_tx)),
-            task: Mutex::new(Some(task)),
-        };
-        let handle = {
-            let _guard = lock(&shared.writer);
-            handle.seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
-            let handle = Arc::new(handle);
-            let mut next = Registry::clone(&shared.registry.load());
-            next.insert(
-                &patterns,
-                Entry {
-                    seq: handle.seq,
-                    target: Target::Plugin(handle.clone()),
-                },
-            );
-            shared.registry.store(Arc::new(next));
-            handle
-        };
-        plugins.insert(spec.name.to_string(), handle.clone());
-        tracing::info!(plugin = &*spec.name, file = %spec.path.display(), subscriptions = ?handle.subscriptions, "plugin loaded");
-        Ok(info(&handle))
-    }
-
-    /// Unloads a plugin: it stops receiving events, finishes what is queued,
-    /// and its instance is dropped. Returns false if no plugin has that name.
-    pub async fn unload_plugin(&self, name: &str) -> bool {
-        let Some(handle) = lock(&self.shared.plugins).remove(name) else {
-            return false;
-        };
-        self.shared.remove(handle.seq);
-        handle.stop_and_join().await;
-        tracing::info!(plugin = name, "plugin unloaded");
-        true
-    }
-
     /// A snapshot of every loaded plugin, by name.
     pub fn plugins(&self) -> Vec<PluginInfo> {
         lock(&self.shared.plugins).values().map(|h| info(h)).collect()
@@ -658,6 +602,10 @@ impl Bus {
     /// workers, and waits (up to a grace period) for native async handlers.
     /// Events emitted afterwards are ignored.
     pub async fn shutdown(&self) {
+        let watcher = lock(&self.shared.watcher).take();
+        if let Some(watcher) = watcher {
+            watcher.stop().await;
+        }
         self.shared.closed.store(true, Ordering::Release);
         let handles: Vec<_> = std::mem::take(&mut *lock(&self.shared.plugins)).into_values().collect();
         for h in &handles {
@@ -673,33 +621,14 @@ impl Bus {
             );
         }
     }
-
-    /// Validates one plugin file without adding it to the bus: compiles it,
-    /// instantiates it and asks for its subscriptions.
-    ///
-    /// # Errors
-    /// The same [`LoadError`]s as [`load_plugin`](Self::load_plugin).
-    pub async fn check_plugin(&self, path: impl AsRef<Path>) -> Result<PluginCheck, LoadError> {
-        let path = path.as_ref();
-        let err = |kind| LoadError {
-            path: path.to_owned(),
-            kind,
-        };
-        let spec = PluginSpec::load(&self.shared.engine, path, &self.shared.limits, std::sync::Weak::new()).await?;
-        let mut instance = spec
-            .instantiate()
-            .await
-            .map_err(|e| err(LoadErrorKind::Start(e.failure)))?;
-        let subs = spec.subscriptions(&mut instance).await.map_err(err)?;
-        Ok(spec.check(&subs))
-    }
 }
 
-fn info(h: &PluginHandle) -> PluginInfo {
+pub(crate) fn info(h: &PluginHandle) -> PluginInfo {
     PluginInfo {
         name: h.spec.name.to_string(),
         path: h.spec.path.clone(),
         version: h.spec.version.clone(),
+        reload_error: lock(&h.reload_error).clone(),
         subscriptions: h.subscriptions.clone(),
         state: h.state.get(),
         stats: h.stats.snapshot(),

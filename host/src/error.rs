@@ -17,6 +17,10 @@ pub enum Error {
     /// The wasmtime engine could not be created.
     #[error("cannot create the WebAssembly engine: {0}")]
     Engine(String),
+    /// The plugin directory cannot be watched (or `watch` was asked for
+    /// without a plugin directory).
+    #[error("cannot watch the plugin directory: {0}")]
+    Watch(String),
     /// `build()` was awaited outside a tokio runtime.
     #[error("the bus must be built inside a tokio runtime")]
     NoRuntime,

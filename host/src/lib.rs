@@ -28,7 +28,9 @@
 //! ```
 //!
 //! # Layout
-//! - [`bus`]: the [`Bus`] handle, its builder, emit/flush/shutdown, plugin loading;
+//! - [`bus`]: the [`Bus`] handle, its builder, emit/flush/shutdown;
+//! - `lifecycle`: loading, hot-swapping and unloading plugins;
+//! - `watch`: the plugin directory watcher (hot reload);
 //! - [`event`]: the [`Event`] type;
 //! - [`pattern`]: event names and subscription patterns;
 //! - `registry`: the lock-free subscription index;
@@ -59,8 +61,10 @@ mod bindings;
 mod ctx;
 mod engine;
 mod history;
+mod lifecycle;
 mod native;
 mod registry;
+mod watch;
 mod worker;
 
 pub use bus::{Bus, BusBuilder, FailureHook, LoadFailure, Subscription};
@@ -68,6 +72,7 @@ pub use cache::{CacheStats, default_cache_dir};
 pub use error::Error;
 pub use event::Event;
 pub use ingest::{IngestError, parse_event_line};
+pub use lifecycle::Reload;
 pub use limits::{Limits, MAX_CASCADE_DEPTH};
 pub use manifest::{Manifest, ManifestError};
 pub use outcome::{Delivery, DeliveryReport, DropReason, Failure, Outcome};

@@ -98,6 +98,8 @@ pub struct PluginInfo {
     pub path: PathBuf,
     /// sha256 of the loaded `.wasm`, in hex.
     pub version: String,
+    /// Why the last hot reload failed, if it did (this version keeps running).
+    pub reload_error: Option<String>,
     /// The patterns it is subscribed to.
     pub subscriptions: Vec<String>,
     /// Its state.
@@ -135,6 +137,8 @@ pub(crate) struct PluginSpec {
     pub size: u64,
     /// sha256 of the `.wasm`, in hex.
     pub version: String,
+    /// sha256 of the manifest, when there is one: a change reloads the plugin.
+    pub manifest_version: Option<String>,
     pub bus: Weak<Shared>,
     /// Keeps the engine's epoch ticker running while any worker of this
     /// plugin is still draining, even after the bus itself is dropped.
@@ -181,10 +185,18 @@ impl PluginSpec {
         };
         let name: Arc<str> = plugin_name(path).map_err(err)?.into();
         let manifest_path = path.with_extension("toml");
-        let manifest = if manifest_path.exists() {
-            Manifest::load(&manifest_path).map_err(|e| err(e.into()))?
-        } else {
-            Manifest::default()
+        let (manifest, manifest_version) = match std::fs::read(&manifest_path) {
+            Ok(bytes) => (
+                Manifest::load(&manifest_path).map_err(|e| err(e.into()))?,
+                Some(content_hash(&bytes)),
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Manifest::default(), None),
+            Err(e) => {
+                return Err(err(LoadErrorKind::Manifest(ManifestError {
+                    path: manifest_path,
+                    reason: format!("cannot read: {e}"),
+                })));
+            }
         };
         let size = tokio::fs::metadata(path).await.map_err(|e| err(e.into()))?.len();
         if size > MAX_WASM_BYTES {
@@ -242,6 +254,7 @@ impl PluginSpec {
             imports,
             size,
             version,
+            manifest_version,
             bus,
             _engine: engine.clone(),
         })

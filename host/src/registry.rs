@@ -37,14 +37,18 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    /// Adds `entry` under each pattern. `entry.seq` must be larger than every
-    /// seq already present, which keeps each list sorted.
+    /// Adds `entry` under each pattern, keeping every list sorted by seq (a
+    /// swapped plugin keeps its predecessor's seq, so inserts are not always
+    /// at the end).
     pub fn insert(&mut self, patterns: &[Pattern], entry: Entry) {
         for p in patterns {
             if p.is_exact() {
-                self.exact.entry(p.as_str().to_owned()).or_default().push(entry.clone());
+                let list = self.exact.entry(p.as_str().to_owned()).or_default();
+                let at = list.partition_point(|e| e.seq <= entry.seq);
+                list.insert(at, entry.clone());
             } else {
-                self.wildcard.push((p.clone(), entry.clone()));
+                let at = self.wildcard.partition_point(|(_, e)| e.seq <= entry.seq);
+                self.wildcard.insert(at, (p.clone(), entry.clone()));
             }
         }
     }
@@ -128,5 +132,8 @@ mod tests {
         assert!(r.remove(3));
         assert!(!r.remove(3));
         assert_eq!(matches(&r, "llm.call"), vec![1, 2, 5]);
+        // Re-inserting under an old seq (a hot swap) keeps its place.
+        r.insert(&[p("llm.call")], entry(3));
+        assert_eq!(matches(&r, "llm.call"), vec![1, 2, 3, 5]);
     }
 }

@@ -56,8 +56,19 @@ pub(crate) struct Worker {
 
 impl Worker {
     /// Runs until `stop` fires (then drains what is queued) or every sender
-    /// is gone.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Job>, mut stop: oneshot::Receiver<()>) {
+    /// is gone. With a `gate`, waits for it first: a hot-swapped version
+    /// starts only once its predecessor has drained, so a plugin's events
+    /// stay in order across the swap.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Job>,
+        mut stop: oneshot::Receiver<()>,
+        gate: Option<oneshot::Receiver<()>>,
+    ) {
+        if let Some(gate) = gate {
+            // An error only means the swap was abandoned: run anyway.
+            let _ = gate.await;
+        }
         let mut stopping = false;
         loop {
             let job = if stopping {
@@ -158,6 +169,9 @@ pub(crate) struct PluginHandle {
     pub tx: mpsc::Sender<Job>,
     pub stats: Arc<StatsCell>,
     pub state: Arc<WorkerState>,
+    /// Why the last hot reload of this plugin failed (the old version keeps
+    /// running); cleared by a successful one.
+    pub reload_error: std::sync::Mutex<Option<String>>,
     /// Fired to make the worker drain its queue and stop.
     pub stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
     pub task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,

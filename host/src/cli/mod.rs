@@ -35,6 +35,10 @@ pub enum Command {
         /// Report format.
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         report: ReportFormat,
+        /// Keep watching DIR while events are read: plugins added, replaced or
+        /// removed there are loaded, hot-swapped or unloaded.
+        #[arg(long)]
+        watch: bool,
         /// Events, one JSON object per line: {"name", "payload", "correlation_id"}. `-` for stdin.
         #[arg(value_name = "FILE", default_value = "-")]
         input: String,
@@ -105,9 +109,10 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run {
             plugins,
             report,
+            watch,
             input,
             cache,
-        } => run::run(&plugins, report, &input, &cache).await,
+        } => run::run(&plugins, report, watch, &input, &cache).await,
         Command::Check { file, json, cache } => check::check(&file, json, &cache).await,
     }
 }

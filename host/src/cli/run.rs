@@ -15,7 +15,13 @@ use super::{CacheArgs, ReportFormat};
 /// serialising it event by event.
 const BATCH: u64 = 256;
 
-pub async fn run(plugins: &Path, format: ReportFormat, input: &str, cache: &CacheArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    plugins: &Path,
+    format: ReportFormat,
+    watch: bool,
+    input: &str,
+    cache: &CacheArgs,
+) -> anyhow::Result<ExitCode> {
     let reader: Box<dyn AsyncBufRead + Unpin> = if input == "-" {
         Box::new(BufReader::new(tokio::io::stdin()))
     } else {
@@ -24,7 +30,12 @@ pub async fn run(plugins: &Path, format: ReportFormat, input: &str, cache: &Cach
             .with_context(|| format!("cannot open events file {input}"))?;
         Box::new(BufReader::new(file))
     };
-    let bus = cache.apply(plugbus::Bus::builder()).plugin_dir(plugins).build().await?;
+    let bus = cache
+        .apply(plugbus::Bus::builder())
+        .plugin_dir(plugins)
+        .watch(watch)
+        .build()
+        .await?;
     for f in bus.load_failures() {
         eprintln!("plugbus: skipped {}: {}", f.path.display(), f.reason);
     }

@@ -1,0 +1,215 @@
+//! Plugin lifecycle on a bus: load, hot swap, unload, validate.
+//!
+//! Loading is split in two: `prepare` does the slow, fallible part (read,
+//! compile, instantiate, ask for subscriptions) without touching the bus;
+//! `spawn` + a registry update make the plugin live. A swap prepares the new
+//! version first, so an invalid replacement leaves the old one running, then
+//! takes over the old version's place (its seq, so delivery order among
+//! handlers is unchanged) and its counters, and starts the new worker only
+//! when the old one has drained its queue: no event is lost, duplicated or
+//! reordered across the swap.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::bus::{Bus, Shared, info, lock};
+use crate::pattern::Pattern;
+use crate::plugin::{Instance, LoadError, LoadErrorKind, PluginCheck, PluginInfo, PluginSpec};
+use crate::registry::{Entry, Target};
+use crate::stats::StatsCell;
+use crate::worker::{PluginHandle, Worker, WorkerState};
+
+/// A plugin ready to go live.
+struct Prepared {
+    spec: PluginSpec,
+    instance: Instance,
+    patterns: Vec<Pattern>,
+}
+
+async fn prepare(shared: &Arc<Shared>, path: &Path) -> Result<Prepared, LoadError> {
+    let err = |kind| LoadError {
+        path: path.to_owned(),
+        kind,
+    };
+    if shared.closed.load(Ordering::Acquire) {
+        return Err(err(LoadErrorKind::Closed));
+    }
+    let spec = PluginSpec::load(&shared.engine, path, &shared.limits, Arc::downgrade(shared)).await?;
+    let mut instance = spec
+        .instantiate()
+        .await
+        .map_err(|e| err(LoadErrorKind::Start(e.failure)))?;
+    let patterns = spec.subscriptions(&mut instance).await.map_err(err)?;
+    Ok(Prepared {
+        spec,
+        instance,
+        patterns,
+    })
+}
+
+/// Starts the plugin's worker (held at `gate`, if any) and returns its handle.
+fn spawn(
+    shared: &Arc<Shared>,
+    prepared: Prepared,
+    seq: u64,
+    stats: Arc<StatsCell>,
+    gate: Option<oneshot::Receiver<()>>,
+) -> Arc<PluginHandle> {
+    let spec = Arc::new(prepared.spec);
+    let (tx, rx) = mpsc::channel(spec.limits.queue_capacity);
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let state = Arc::new(WorkerState::default());
+    let worker = Worker {
+        spec: spec.clone(),
+        instance: Some(prepared.instance),
+        stats: stats.clone(),
+        state: state.clone(),
+        bus: Arc::downgrade(shared),
+    };
+    let task = shared.runtime.spawn(worker.run(rx, stop_rx, gate));
+    Arc::new(PluginHandle {
+        spec,
+        seq,
+        subscriptions: prepared.patterns.iter().map(|p| p.as_str().to_owned()).collect(),
+        tx,
+        stats,
+        state,
+        reload_error: Mutex::new(None),
+        stop: Mutex::new(Some(stop_tx)),
+        task: Mutex::new(Some(task)),
+    })
+}
+
+/// Makes `handle` reachable: registry (under the publish lock) and by name.
+fn publish_handle(shared: &Shared, handle: &Arc<PluginHandle>, patterns: &[Pattern]) {
+    let entry = Entry {
+        seq: handle.seq,
+        target: Target::Plugin(handle.clone()),
+    };
+    shared.update_registry(|r| {
+        r.remove(handle.seq);
+        r.insert(patterns, entry);
+    });
+    lock(&shared.plugins).insert(handle.spec.name.to_string(), handle.clone());
+}
+
+/// What [`Bus::reload_plugin`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// No plugin of that name was loaded; it is now.
+    Loaded,
+    /// The running version was replaced.
+    Replaced,
+    /// The file and manifest are the ones already running: nothing to do.
+    Unchanged,
+}
+
+impl Bus {
+    /// Loads one plugin (and its manifest, `<name>.toml` beside it).
+    /// Compilation runs on a blocking thread. The plugin receives events
+    /// published after this returns.
+    ///
+    /// # Errors
+    /// [`LoadError`] naming the file and the reason: not wasm, a core module,
+    /// invalid, the wrong world, a bad manifest, a failure while starting,
+    /// or a name already loaded.
+    pub async fn load_plugin(&self, path: impl AsRef<Path>) -> Result<PluginInfo, LoadError> {
+        let path = path.as_ref();
+        let shared = &self.shared;
+        let prepared = prepare(shared, path).await?;
+        let _serial = shared.lifecycle.lock().await;
+        let name = prepared.spec.name.to_string();
+        if lock(&shared.plugins).contains_key(&name) {
+            return Err(LoadError {
+                path: path.to_owned(),
+                kind: LoadErrorKind::AlreadyLoaded(name),
+            });
+        }
+        let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
+        let patterns = prepared.patterns.clone();
+        let handle = spawn(shared, prepared, seq, Arc::new(StatsCell::default()), None);
+        publish_handle(shared, &handle, &patterns);
+        tracing::info!(plugin = %name, file = %path.display(), subscriptions = ?handle.subscriptions, "plugin loaded");
+        Ok(info(&handle))
+    }
+
+    /// Loads the plugin at `path`, or hot-swaps it if a plugin of that name is
+    /// running. The new version is fully prepared first; events queued for
+    /// the old version are finished by it, later ones go to the new one, and
+    /// the plugin's counters carry over. A file and manifest identical to
+    /// the running ones are left alone.
+    ///
+    /// # Errors
+    /// [`LoadError`] if the new version cannot be loaded; the old version, if
+    /// any, keeps running and [`PluginInfo::reload_error`] says why.
+    pub async fn reload_plugin(&self, path: impl AsRef<Path>) -> Result<(PluginInfo, Reload), LoadError> {
+        let path = path.as_ref();
+        let shared = &self.shared;
+        let prepared = match prepare(shared, path).await {
+            Ok(p) => p,
+            Err(e) => {
+                let running = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .and_then(|n| lock(&shared.plugins).get(n).cloned());
+                if let Some(old) = running {
+                    *lock(&old.reload_error) = Some(e.to_string());
+                    tracing::error!(plugin = &*old.spec.name, file = %path.display(), error = %e.kind, "reload failed; the running version stays");
+                }
+                return Err(e);
+            }
+        };
+        let _serial = shared.lifecycle.lock().await;
+        let name = prepared.spec.name.to_string();
+        let Some(old) = lock(&shared.plugins).get(&name).cloned() else {
+            drop(_serial);
+            let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
+            let patterns = prepared.patterns.clone();
+            let handle = spawn(shared, prepared, seq, Arc::new(StatsCell::default()), None);
+            publish_handle(shared, &handle, &patterns);
+            tracing::info!(plugin = %name, file = %path.display(), "plugin loaded");
+            return Ok((info(&handle), Reload::Loaded));
+        };
+        if old.spec.version == prepared.spec.version && old.spec.manifest_version == prepared.spec.manifest_version {
+            *lock(&old.reload_error) = None;
+            return Ok((info(&old), Reload::Unchanged));
+        }
+        let (gate_tx, gate_rx) = oneshot::channel();
+        let patterns = prepared.patterns.clone();
+        let new = spawn(shared, prepared, old.seq, old.stats.clone(), Some(gate_rx));
+        publish_handle(shared, &new, &patterns);
+        // From here on no publish reaches the old queue; let it drain, then
+        // open the gate for the new version.
+        old.stop_and_join().await;
+        let _ = gate_tx.send(());
+        tracing::info!(plugin = %name, file = %path.display(), from = &old.spec.version[..12], to = &new.spec.version[..12], "plugin replaced");
+        Ok((info(&new), Reload::Replaced))
+    }
+
+    /// Unloads a plugin: it stops receiving events, finishes what is queued,
+    /// and its instance is dropped. Returns false if no plugin has that name.
+    pub async fn unload_plugin(&self, name: &str) -> bool {
+        let shared = &self.shared;
+        let _serial = shared.lifecycle.lock().await;
+        let Some(handle) = lock(&shared.plugins).remove(name) else {
+            return false;
+        };
+        shared.remove(handle.seq);
+        handle.stop_and_join().await;
+        tracing::info!(plugin = name, "plugin unloaded");
+        true
+    }
+
+    /// Validates one plugin file without adding it to the bus: compiles it,
+    /// instantiates it and asks for its subscriptions.
+    ///
+    /// # Errors
+    /// The same [`LoadError`]s as [`load_plugin`](Self::load_plugin).
+    pub async fn check_plugin(&self, path: impl AsRef<Path>) -> Result<PluginCheck, LoadError> {
+        let prepared = prepare(&self.shared, path.as_ref()).await?;
+        Ok(prepared.spec.check(&prepared.patterns))
+    }
+}

@@ -1,0 +1,250 @@
+//! Hot reload against a real directory: add, replace, corrupt replacement,
+//! remove, slow partial write, manifest change. Timing is tolerated by
+//! polling with a deadline; nothing asserts on how fast a change lands.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use plugbus::{Bus, Outcome, PluginInfo};
+use serde_json::json;
+use support::{Recorder, plugin_dir, wasm};
+
+/// Generous: a change normally lands in well under a second.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn plugin(bus: &Bus, name: &str) -> Option<PluginInfo> {
+    bus.plugins().into_iter().find(|p| p.name == name)
+}
+
+/// Installs `src` as `dir/name.wasm` the recommended way: write elsewhere
+/// in the same directory (a hidden name), then rename into place.
+fn install(src: &Path, dir: &Path, name: &str) {
+    let tmp = dir.join(format!(".{name}.wasm.tmp"));
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join(format!("{name}.wasm"))).unwrap();
+}
+
+async fn watched(dir: &Path) -> (Bus, Recorder) {
+    let bus = Bus::builder()
+        .plugin_dir(dir)
+        .watch(true)
+        .history(100_000)
+        .build()
+        .await
+        .unwrap();
+    let meta = Recorder::attach(&bus, "plugbus.plugin.*");
+    (bus, meta)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_plugins_load_and_removed_ones_unload() {
+    let dir = plugin_dir(&["console-logger"]);
+    let (bus, meta) = watched(dir.path()).await;
+    install(&wasm("misbehave"), dir.path(), "misbehave");
+    let info = until("misbehave loaded", || plugin(&bus, "misbehave")).await;
+    assert_eq!(info.subscriptions, ["misbehave.*"]);
+    let report = bus.emit_and_wait("misbehave.ok", json!({})).await;
+    assert_eq!(report.outcome("misbehave"), Some(&Outcome::Ok));
+    let loaded = until("loaded meta-event", || meta.named("plugbus.plugin.loaded").pop()).await;
+    assert_eq!(loaded.payload()["name"], "misbehave");
+    assert_eq!(loaded.payload()["version"], info.version.as_str());
+
+    std::fs::remove_file(dir.path().join("misbehave.wasm")).unwrap();
+    until("misbehave unloaded", || {
+        plugin(&bus, "misbehave").is_none().then_some(())
+    })
+    .await;
+    until("unloaded meta-event", || meta.named("plugbus.plugin.unloaded").pop()).await;
+    let report = bus.emit_and_wait("misbehave.ok", json!({})).await;
+    assert_eq!(report.outcome("misbehave"), None);
+    assert_eq!(report.outcome("console-logger"), Some(&Outcome::Ok));
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_swaps_without_losing_or_repeating_an_event() {
+    let dir = plugin_dir(&["misbehave"]);
+    let (bus, meta) = watched(dir.path()).await;
+    let v1 = plugin(&bus, "misbehave").unwrap();
+    let counts = Recorder::attach(&bus, "fixture.count");
+
+    // Publish steadily while the file is replaced by a different program
+    // under the same name (console-logger's code: it subscribes to `*` and
+    // never emits `fixture.count`), and for a while after the swap.
+    let swapped = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (bus, swapped) = (bus.clone(), swapped.clone());
+        tokio::spawn(async move {
+            let (mut sent, mut after_swap) = (0u64, 0u64);
+            while after_swap < 100 {
+                bus.emit("misbehave.count", json!({ "seq": sent }));
+                sent += 1;
+                if swapped.load(Ordering::SeqCst) {
+                    after_swap += 1;
+                }
+                if sent.is_multiple_of(20) {
+                    bus.flush().await; // stay well below the queue capacity
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    install(&wasm("console-logger"), dir.path(), "misbehave");
+    let v2 = until("misbehave replaced", || {
+        plugin(&bus, "misbehave").filter(|p| p.version != v1.version)
+    })
+    .await;
+    swapped.store(true, Ordering::SeqCst);
+    let sent = publisher.await.unwrap();
+    bus.flush().await;
+
+    assert_eq!(v2.subscriptions, ["*"], "the new version's subscriptions apply");
+    let stats = plugin(&bus, "misbehave").unwrap().stats;
+    // Every event of the stream was delivered exactly once, to one version
+    // or the other; the counters carried over the swap.
+    let handled_by_v1 = counts.events().len() as u64;
+    assert!(handled_by_v1 > 0, "v1 handled the early events");
+    let stream: u64 = sent;
+    assert_eq!(stats.dropped, 0);
+    assert!(
+        stats.delivered >= stream,
+        "delivered {} < sent {stream}",
+        stats.delivered
+    );
+    // v2 also sees every other event (`*`): fixture.count follow-ups emitted
+    // by v1 before the swap, and the meta-events after it.
+    let v2_extra = bus
+        .history(100_000)
+        .iter()
+        .filter(|e| e.name() != "misbehave.count")
+        .count() as u64;
+    assert!(stats.delivered <= stream + v2_extra);
+    // v1 emitted exactly one follow-up per event it handled, with a strictly
+    // increasing sequence: no event was handled twice.
+    let seen: Vec<u64> = counts
+        .events()
+        .iter()
+        .map(|e| e.payload()["seen"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seen, (1..=handled_by_v1).collect::<Vec<_>>());
+    assert!(handled_by_v1 < stream, "v2 handled the later events");
+    until("reloaded meta-event", || meta.named("plugbus.plugin.reloaded").pop()).await;
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_replacement_keeps_the_old_version_running() {
+    let dir = plugin_dir(&["misbehave"]);
+    let (bus, meta) = watched(dir.path()).await;
+    let v1 = plugin(&bus, "misbehave").unwrap();
+    std::fs::write(dir.path().join("misbehave.wasm"), b"\0asm garbage, not a component").unwrap();
+    let failed = until("load_failed meta-event", || {
+        meta.named("plugbus.plugin.load_failed").pop()
+    })
+    .await;
+    assert!(
+        failed.payload()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("invalid component"),
+        "{failed:?}"
+    );
+    let info = plugin(&bus, "misbehave").unwrap();
+    assert_eq!(info.version, v1.version, "the old version keeps running");
+    let err = info.reload_error.expect("plugins() shows the failed reload");
+    assert!(err.contains("misbehave.wasm"), "{err}");
+    let report = bus.emit_and_wait("misbehave.ok", json!({})).await;
+    assert_eq!(report.outcome("misbehave"), Some(&Outcome::Ok));
+
+    // A wrong-world component is refused the same way.
+    install(&wasm("wrong-world"), dir.path(), "misbehave");
+    until("second load_failed", || {
+        (meta.named("plugbus.plugin.load_failed").len() >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(plugin(&bus, "misbehave").unwrap().version, v1.version);
+
+    // Putting a good file back clears the error.
+    install(&wasm("misbehave"), dir.path(), "misbehave");
+    until("reload error cleared", || {
+        plugin(&bus, "misbehave").filter(|p| p.reload_error.is_none())
+    })
+    .await;
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_partial_write_is_not_loaded_half_written() {
+    let dir = plugin_dir(&["console-logger"]);
+    let (bus, meta) = watched(dir.path()).await;
+    let bytes = std::fs::read(wasm("misbehave")).unwrap();
+    let target = dir.path().join("misbehave.wasm");
+    // First half, then a pause longer than the debounce, then the rest.
+    std::fs::write(&target, &bytes[..bytes.len() / 2]).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(plugin(&bus, "misbehave").is_none(), "half a component must not load");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&target).unwrap();
+        f.write_all(&bytes[bytes.len() / 2..]).unwrap();
+    }
+    let info = until("misbehave loaded once complete", || plugin(&bus, "misbehave")).await;
+    assert_eq!(info.subscriptions, ["misbehave.*"]);
+    // The half file was refused along the way; the complete one cleared it.
+    assert!(!meta.named("plugbus.plugin.load_failed").is_empty());
+    until("load failure cleared", || bus.load_failures().is_empty().then_some(())).await;
+    let report = bus.emit_and_wait("misbehave.ok", json!({})).await;
+    assert_eq!(report.outcome("misbehave"), Some(&Outcome::Ok));
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_change_reloads_with_new_settings() {
+    let dir = plugin_dir(&["misbehave"]);
+    let (bus, meta) = watched(dir.path()).await;
+    assert_eq!(plugin(&bus, "misbehave").unwrap().subscriptions, ["misbehave.*"]);
+    std::fs::write(
+        dir.path().join("misbehave.toml"),
+        "subscriptions = [\"custom.**\"]\n[limits]\nmemory_mib = 4\n",
+    )
+    .unwrap();
+    until("new subscriptions", || {
+        plugin(&bus, "misbehave").filter(|p| p.subscriptions == ["custom.**"])
+    })
+    .await;
+    until("reloaded meta-event", || meta.named("plugbus.plugin.reloaded").pop()).await;
+    let report = bus.emit_and_wait("custom.memory", json!({})).await;
+    assert_eq!(
+        report.outcome("misbehave"),
+        Some(&Outcome::Failed(plugbus::Failure::MemoryLimit))
+    );
+    // A broken manifest keeps the running version.
+    std::fs::write(dir.path().join("misbehave.toml"), "[limits]\nbogus = 1\n").unwrap();
+    let failed = until("load_failed", || meta.named("plugbus.plugin.load_failed").pop()).await;
+    assert!(failed.payload()["reason"].as_str().unwrap().contains("bogus"));
+    assert_eq!(plugin(&bus, "misbehave").unwrap().subscriptions, ["custom.**"]);
+    bus.shutdown().await;
+}
+
+#[tokio::test]
+async fn watch_without_a_directory_is_an_error() {
+    let err = Bus::builder().watch(true).build().await.err().expect("must fail");
+    assert!(matches!(err, plugbus::Error::Watch(_)), "{err}");
+}
