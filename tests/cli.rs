@@ -111,3 +111,71 @@ fn bad_arguments_exit_with_2() {
     assert_eq!(plugbus(&["run"]).status.code(), Some(2));
     assert_eq!(plugbus(&["frobnicate"]).status.code(), Some(2));
 }
+
+#[test]
+fn new_scaffolds_a_plugin_that_builds_and_runs() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("long-answers");
+    let out = plugbus(&["new", "long-answers", "--dir", root.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in [
+        "Cargo.toml",
+        "src/lib.rs",
+        "README.md",
+        "events.jsonl",
+        "long-answers.toml",
+        ".cargo/config.toml",
+    ] {
+        assert!(root.join(file).is_file(), "missing {file}");
+    }
+    // Build it exactly as its README says (target dir shared to keep reruns fast).
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = support::workspace_root().join("target/scaffold-test");
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet"])
+        .current_dir(&root)
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the scaffold does not build");
+
+    let plugins = work.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(
+        target.join("wasm32-wasip2/release/long_answers.wasm"),
+        plugins.join("long-answers.wasm"),
+    )
+    .unwrap();
+    std::fs::copy(root.join("long-answers.toml"), plugins.join("long-answers.toml")).unwrap();
+    let out = plugbus(&[
+        "run",
+        "--plugins",
+        plugins.to_str().unwrap(),
+        "--report",
+        "json",
+        root.join("events.jsonl").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &report["plugins"][0];
+    assert_eq!(p["name"], "long-answers");
+    // 5 events from the file + its own `long-answers.long_answer` follow-up (it subscribes to `*`).
+    assert_eq!((p["delivered"].as_u64(), p["ok"].as_u64()), (Some(6), Some(6)), "{p}");
+}
+
+#[test]
+fn new_refuses_bad_names_and_existing_folders() {
+    let work = tempfile::tempdir().unwrap();
+    let out = plugbus(&["new", "Bad Name", "--dir", work.path().join("x").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid plugin name"));
+    std::fs::write(work.path().join("keep.txt"), "mine").unwrap();
+    let out = plugbus(&["new", "ok-name", "--dir", work.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("keep.txt")).unwrap(),
+        "mine",
+        "nothing overwritten"
+    );
+}

@@ -1,6 +1,7 @@
 //! Argument parsing and the subcommands.
 
 mod check;
+mod new;
 mod report;
 mod run;
 
@@ -45,6 +46,21 @@ pub enum Command {
         #[command(flatten)]
         cache: CacheArgs,
     },
+    /// Scaffold a new plugin that builds as-is: a folder with the code, a
+    /// manifest, a README and a test event file.
+    New {
+        /// The plugin's name (lowercase letters, digits, `-`, `_`).
+        name: String,
+        /// Language of the plugin.
+        #[arg(long, value_enum, default_value_t = Lang::Rust)]
+        lang: Lang,
+        /// Where to create it (default: ./NAME).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Path to the plugbus-guest SDK (default: this checkout's, else the published crate).
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
     /// Load and validate one plugin; print its name, world, subscriptions and imports.
     Check {
         /// The plugin's `.wasm` file.
@@ -55,6 +71,13 @@ pub enum Command {
         #[command(flatten)]
         cache: CacheArgs,
     },
+}
+
+/// Languages `plugbus new` can scaffold.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Lang {
+    /// Rust with the plugbus-guest SDK.
+    Rust,
 }
 
 /// Where compiled plugins are cached.
@@ -113,6 +136,12 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             input,
             cache,
         } => run::run(&plugins, report, watch, &input, &cache).await,
+        Command::New {
+            name,
+            lang: Lang::Rust,
+            dir,
+            sdk,
+        } => new::new(&name, dir.as_deref(), sdk.as_deref()),
         Command::Check { file, json, cache } => check::check(&file, json, &cache).await,
     }
 }
