@@ -179,3 +179,130 @@ fn new_refuses_bad_names_and_existing_folders() {
         "nothing overwritten"
     );
 }
+
+/// A minimal HTTP/1.1 exchange over loopback: `(status, body)`.
+fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    // A server may answer (413) and close before reading a large body.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn serve_accepts_events_over_http_reports_and_drains_on_sigterm() {
+    use std::io::BufRead;
+    let dir = plugin_dir(&["console-logger", "misbehave"]);
+    let mut child = Command::new(plugbus_bin())
+        .args([
+            "serve",
+            "--plugins",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited before listening"
+        );
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    let log = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut all);
+        all
+    });
+
+    let lines = "{\"name\":\"agent.step\",\"payload\":{\"n\":1}}\n{\"name\":\"misbehave.spin\"}\n{\"name\":\"tool.called\",\"correlation_id\":\"r\"}\n";
+    let (status, body) = http(&addr, "POST", "/events", lines.as_bytes());
+    assert_eq!(status, 202, "{body}");
+    let ids: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ids["ids"].as_array().unwrap().len(), 3);
+
+    // Malformed input: 400 naming the line, and nothing from that request is published.
+    let (status, body) = http(&addr, "POST", "/events", b"{\"name\":\"fine\"}\nnot json\n");
+    assert_eq!(status, 400);
+    assert!(body.contains("line 2"), "{body}");
+    let (status, _) = http(&addr, "POST", "/events", b"");
+    assert_eq!(status, 400);
+    let (status, _) = http(&addr, "POST", "/events", &vec![b' '; 2 << 20]);
+    assert_eq!(status, 413, "bodies are bounded");
+
+    let start = std::time::Instant::now();
+    let plugins = loop {
+        let (status, body) = http(&addr, "GET", "/plugins", b"");
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["stats"]["delivered"].as_u64() > Some(0))
+        {
+            break v;
+        }
+        assert!(start.elapsed().as_secs() < 30, "events never delivered: {v}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let misbehave = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "misbehave")
+        .unwrap();
+    assert_eq!(misbehave["stats"]["failures"]["out_of_fuel"], 1);
+    assert!(misbehave["stats"]["last_error"].as_str().unwrap().contains("fuel"));
+
+    let (status, metrics) = http(&addr, "GET", "/metrics", b"");
+    assert_eq!(status, 200);
+    // Every line is a comment, `# EOF`, or `name{labels} value`.
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
+        assert!(value.parse::<f64>().is_ok(), "bad value in {line:?}");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+            "bad name in {line:?}"
+        );
+    }
+    assert!(metrics.contains("plugbus_events_published_total 3"), "{metrics}");
+    assert!(metrics.contains("plugbus_plugin_delivered_total{plugin=\"console-logger\"} 3"));
+    assert!(metrics.contains("plugbus_plugin_failures_total{plugin=\"misbehave\",kind=\"out_of_fuel\"} 1"));
+    assert!(metrics.contains("plugbus_plugin_handler_seconds_count{plugin=\"console-logger\"} 3"));
+    assert!(metrics.contains("plugbus_plugin_handler_seconds_bucket{le=\"+Inf\",plugin=\"console-logger\"} 3"));
+    assert!(metrics.trim_end().ends_with("# EOF"));
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
+    let log = log.join().unwrap();
+    assert!(log.contains("console-logger: delivered 3, dropped 0"), "{log}");
+}

@@ -13,8 +13,7 @@ async fn a_missing_plugin_directory_is_a_clear_error() {
         .plugin_dir("/no/such/plugbus-dir")
         .build()
         .await
-        .err()
-        .expect("must fail");
+        .expect_err("must fail");
     assert!(matches!(err, Error::PluginDir { .. }));
     assert!(err.to_string().contains("/no/such/plugbus-dir"), "{err}");
 }

@@ -245,6 +245,6 @@ async fn a_manifest_change_reloads_with_new_settings() {
 
 #[tokio::test]
 async fn watch_without_a_directory_is_an_error() {
-    let err = Bus::builder().watch(true).build().await.err().expect("must fail");
+    let err = Bus::builder().watch(true).build().await.expect_err("must fail");
     assert!(matches!(err, plugbus::Error::Watch(_)), "{err}");
 }

@@ -58,6 +58,15 @@ pub struct Bus {
     pub(crate) shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("plugins", &lock(&self.shared.plugins).keys().collect::<Vec<_>>())
+            .field("published", &self.published())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A native subscription, returned by [`Bus::on`] and friends; pass it to
 /// [`Bus::off`] to unsubscribe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +214,7 @@ impl BusBuilder {
                 limits,
                 history: (self.history > 0).then(|| History::new(self.history)),
                 on_failure: self.on_failure,
+                published: AtomicU64::new(0),
                 pending: AtomicUsize::new(0),
                 idle: Notify::new(),
                 closed: AtomicBool::new(false),
@@ -275,6 +285,8 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     history: Option<History>,
     on_failure: Option<FailureHook>,
+    /// Events published since the bus was built.
+    published: AtomicU64,
     /// Jobs queued or running, plus native async handlers running: what
     /// [`Bus::flush`] waits for.
     pending: AtomicUsize,
@@ -321,6 +333,7 @@ impl Shared {
         let registry = {
             let _order = lock(&self.publish_lock);
             let registry = self.registry.load_full();
+            self.published.fetch_add(1, Ordering::Relaxed);
             if let Some(history) = &self.history {
                 history.push(event);
             }
@@ -581,6 +594,11 @@ impl Bus {
     /// A snapshot of every loaded plugin, by name.
     pub fn plugins(&self) -> Vec<PluginInfo> {
         lock(&self.shared.plugins).values().map(|h| info(h)).collect()
+    }
+
+    /// Events published since the bus was built (by the host and by plugins).
+    pub fn published(&self) -> u64 {
+        self.shared.published.load(Ordering::Relaxed)
     }
 
     /// Counters of the compiled-artifact cache; `None` when it is off.

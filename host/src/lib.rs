@@ -78,4 +78,4 @@ pub use manifest::{Manifest, ManifestError};
 pub use outcome::{Delivery, DeliveryReport, DropReason, Failure, Outcome};
 pub use pattern::{Pattern, PatternError, validate_event_name};
 pub use plugin::{LoadError, LoadErrorKind, PluginCheck, PluginInfo, PluginState};
-pub use stats::{FailureCounts, PluginStats};
+pub use stats::{FailureCounts, LATENCY_BOUNDS, LatencyHistogram, PluginStats};

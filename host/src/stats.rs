@@ -30,7 +30,32 @@ pub struct PluginStats {
     /// The most recent error or failure, described.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// How long the plugin took per event (queue wait excluded).
+    #[serde(skip)]
+    pub latency: LatencyHistogram,
 }
+
+/// Upper bounds of the latency buckets, in seconds: from 10 µs (a small
+/// plugin's call) to 1 s (far past the default deadline).
+pub const LATENCY_BOUNDS: [f64; 14] = [
+    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// A latency histogram snapshot.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatencyHistogram {
+    /// Events per bucket (not cumulative): `buckets[i]` counts durations
+    /// `<= LATENCY_BOUNDS[i]` and above the previous bound; the last entry
+    /// counts everything above the last bound.
+    pub buckets: Vec<u64>,
+    /// Sum of all durations, in seconds.
+    pub sum_seconds: f64,
+    /// Number of durations recorded.
+    pub count: u64,
+}
+
+// `f64` is not `Eq`, but a snapshot compares equal exactly when its counts do.
+impl Eq for LatencyHistogram {}
 
 /// Hard failures by kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -96,6 +121,8 @@ pub(crate) struct StatsCell {
     restarts: AtomicU64,
     fuel: AtomicU64,
     last_error: Mutex<Option<String>>,
+    latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    latency_nanos: AtomicU64,
 }
 
 impl StatsCell {
@@ -122,6 +149,18 @@ impl StatsCell {
         }
     }
 
+    /// Records how long one event took the plugin.
+    pub fn observe(&self, elapsed: std::time::Duration) {
+        let secs = elapsed.as_secs_f64();
+        let bucket = LATENCY_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.latency[bucket].fetch_add(1, Relaxed);
+        self.latency_nanos
+            .fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
     pub fn restarted(&self) {
         self.restarts.fetch_add(1, Relaxed);
     }
@@ -142,6 +181,14 @@ impl StatsCell {
             restarts: self.restarts.load(Relaxed),
             fuel_consumed: self.fuel.load(Relaxed),
             last_error: self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            latency: {
+                let buckets: Vec<u64> = self.latency.iter().map(|n| n.load(Relaxed)).collect();
+                LatencyHistogram {
+                    count: buckets.iter().sum(),
+                    buckets,
+                    sum_seconds: self.latency_nanos.load(Relaxed) as f64 / 1e9,
+                }
+            },
         }
     }
 }

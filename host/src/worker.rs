@@ -86,7 +86,9 @@ impl Worker {
                 }
             };
             let Some(job) = job else { break };
+            let started = std::time::Instant::now();
             let outcome = self.handle(&job.event).await;
+            self.stats.observe(started.elapsed());
             if let Some(reply) = job.reply {
                 let _ = reply.send(outcome);
             }

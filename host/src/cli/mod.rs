@@ -4,6 +4,7 @@ mod check;
 mod new;
 mod report;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,18 @@ pub enum Command {
         /// Events, one JSON object per line: {"name", "payload", "correlation_id"}. `-` for stdin.
         #[arg(value_name = "FILE", default_value = "-")]
         input: String,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Serve a plugin directory over HTTP for agents in any language:
+    /// POST /events, GET /plugins, GET /metrics. The directory is watched.
+    Serve {
+        /// Directory of `*.wasm` plugins (with optional manifests); watched for changes.
+        #[arg(long, value_name = "DIR")]
+        plugins: PathBuf,
+        /// Address to listen on (port 0 picks a free port; the address is printed).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
+        listen: std::net::SocketAddr,
         #[command(flatten)]
         cache: CacheArgs,
     },
@@ -142,6 +155,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             dir,
             sdk,
         } => new::new(&name, dir.as_deref(), sdk.as_deref()),
+        Command::Serve { plugins, listen, cache } => serve::serve(&plugins, listen, &cache).await,
         Command::Check { file, json, cache } => check::check(&file, json, &cache).await,
     }
 }

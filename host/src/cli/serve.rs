@@ -1,0 +1,262 @@
+//! `plugbus serve`: a long-running host for agents written in any language.
+//!
+//! - `POST /events`: one JSON event, or JSON Lines; answers 202 with the
+//!   assigned ids. A request with any malformed line is refused whole (400,
+//!   naming the line), so a client never has to guess what was accepted.
+//! - `GET /plugins`: state, subscriptions, counters, last error per plugin.
+//! - `GET /metrics`: Prometheus (OpenMetrics) text.
+//! - `GET /healthz`: liveness.
+//!
+//! The plugin directory is watched (hot reload). SIGINT or SIGTERM stops
+//! accepting requests, drains every plugin queue and exits 0.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+use super::CacheArgs;
+
+/// Largest request body: 1 MiB holds thousands of events per request while
+/// bounding what one client can make the host buffer.
+const MAX_BODY: usize = 1 << 20;
+
+pub async fn serve(plugins: &Path, listen: SocketAddr, cache: &CacheArgs) -> anyhow::Result<ExitCode> {
+    let bus = cache
+        .apply(plugbus::Bus::builder())
+        .plugin_dir(plugins)
+        .watch(true)
+        .build()
+        .await?;
+    for f in bus.load_failures() {
+        eprintln!("plugbus: skipped {}: {}", f.path.display(), f.reason);
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let app = router(bus.clone());
+    eprintln!("plugbus: listening on http://{addr} (plugins in {})", plugins.display());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+    eprintln!("plugbus: shutting down; draining plugin queues");
+    bus.flush().await;
+    let plugins = bus.plugins();
+    bus.shutdown().await;
+    for p in plugins {
+        eprintln!(
+            "plugbus: {}: delivered {}, dropped {}",
+            p.name, p.stats.delivered, p.stats.dropped
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn router(bus: plugbus::Bus) -> Router {
+    Router::new()
+        .route("/events", post(post_events))
+        .route("/plugins", get(get_plugins))
+        .route("/metrics", get(get_metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(bus)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn bad_request(reason: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": reason }))).into_response()
+}
+
+async fn post_events(State(bus): State<plugbus::Bus>, body: String) -> Response {
+    // One JSON object (possibly pretty-printed), or one per line.
+    let events = match plugbus::parse_event_line(&body) {
+        Ok(event) => vec![event],
+        Err(_) => {
+            let mut events = Vec::new();
+            for (i, line) in body.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                match plugbus::parse_event_line(line) {
+                    Ok(event) => events.push(event),
+                    Err(e) => return bad_request(format!("line {}: {e}", i + 1)),
+                }
+            }
+            events
+        }
+    };
+    if events.is_empty() {
+        return bad_request("no events in the request body".into());
+    }
+    let ids: Vec<String> = events.into_iter().map(|e| bus.publish(e).id().to_owned()).collect();
+    (StatusCode::ACCEPTED, Json(json!({ "ids": ids }))).into_response()
+}
+
+async fn get_plugins(State(bus): State<plugbus::Bus>) -> Response {
+    Json(json!({ "plugins": bus.plugins(), "load_failures": bus.load_failures() })).into_response()
+}
+
+async fn get_metrics(State(bus): State<plugbus::Bus>) -> Response {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(BusMetrics(bus)));
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")).into_response(),
+    }
+}
+
+/// Reads the bus's counters at scrape time.
+#[derive(Debug)]
+struct BusMetrics(plugbus::Bus);
+
+impl Collector for BusMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let plugins = self.0.plugins();
+        let published = prometheus_client::metrics::counter::ConstCounter::new(self.0.published());
+        published.encode(encoder.encode_descriptor(
+            "plugbus_events_published",
+            "Events published on the bus, by the host and by plugins",
+            None,
+            MetricType::Counter,
+        )?)?;
+        type Field = fn(&plugbus::PluginStats) -> u64;
+        let counters: [(&str, &str, Field); 6] = [
+            ("plugbus_plugin_delivered", "Events the plugin ran", |s| s.delivered),
+            ("plugbus_plugin_ok", "Events the plugin accepted", |s| s.ok),
+            (
+                "plugbus_plugin_errors",
+                "Events for which the plugin returned an error",
+                |s| s.errors,
+            ),
+            (
+                "plugbus_plugin_dropped",
+                "Events dropped for the plugin (queue full, unloaded)",
+                |s| s.dropped,
+            ),
+            ("plugbus_plugin_restarts", "Instances rebuilt after a failure", |s| {
+                s.restarts
+            }),
+            ("plugbus_plugin_fuel_consumed", "Fuel burned by the plugin", |s| {
+                s.fuel_consumed
+            }),
+        ];
+        for (name, help, field) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for p in &plugins {
+                let labels = [("plugin", p.name.as_str())];
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&field(&p.stats), None)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "plugbus_plugin_failures",
+            "Hard failures of the plugin, by kind",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in &plugins {
+            for (kind, n) in p.stats.failures.iter() {
+                let labels = [("plugin", p.name.as_str()), ("kind", kind)];
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "plugbus_plugin_ready",
+            "1 when the plugin has a live instance",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in &plugins {
+            let ready = i64::from(p.state == plugbus::PluginState::Ready);
+            family
+                .encode_family(&[("plugin", p.name.as_str())])?
+                .encode_gauge(&ready)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "plugbus_plugin_handler_seconds",
+            "Time the plugin took per event",
+            None,
+            MetricType::Histogram,
+        )?;
+        for p in &plugins {
+            let h = &p.stats.latency;
+            let buckets: Vec<(f64, u64)> = plugbus::LATENCY_BOUNDS
+                .iter()
+                .copied()
+                .chain([f64::MAX]) // the text encoder writes f64::MAX as +Inf
+                .zip(h.buckets.iter().copied())
+                .collect();
+            family
+                .encode_family(&[("plugin", p.name.as_str())])?
+                .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &buckets, None)?;
+        }
+        if let Some(cache) = self.0.cache_stats() {
+            for (name, help, n) in [
+                (
+                    "plugbus_cache_hits",
+                    "Plugins loaded from a cached compiled artifact",
+                    cache.hits,
+                ),
+                (
+                    "plugbus_cache_misses",
+                    "Plugins compiled because nothing was cached",
+                    cache.misses,
+                ),
+                (
+                    "plugbus_cache_discarded",
+                    "Cached artifacts found corrupt and rebuilt",
+                    cache.discarded,
+                ),
+            ] {
+                prometheus_client::metrics::counter::ConstCounter::new(n).encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    MetricType::Counter,
+                )?)?;
+            }
+        }
+        Ok(())
+    }
+}
