@@ -2,6 +2,7 @@
 
 mod check;
 mod new;
+mod progress;
 mod report;
 mod run;
 mod serve;
@@ -131,13 +132,17 @@ pub fn init_tracing(quiet: bool, verbose: bool) {
     } else {
         "info"
     };
+    use std::io::IsTerminal;
+    use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
         .compact()
-        .init();
+        .with_filter(filter);
+    // The spinner sees `compile` spans whatever the log level; only on a terminal.
+    let spinner = std::io::stderr().is_terminal().then(progress::CompileSpinner::default);
+    tracing_subscriber::registry().with(fmt).with(spinner).init();
 }
 
 pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
