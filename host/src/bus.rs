@@ -36,10 +36,24 @@ use crate::worker::{Job, PluginHandle};
 /// Called for every hard failure: `(event, handler name, failure)`.
 pub type FailureHook = Arc<dyn Fn(&Event, &str, &Failure) + Send + Sync>;
 
-/// How long [`Bus::shutdown`] waits for native async handlers after the
-/// plugin queues are drained. Plugins are bounded by their own deadlines; a
-/// native task is not, so it gets a grace period rather than forever.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long [`Bus::shutdown`] lets plugins drain their queues (and native
+/// async handlers finish) before giving up on what is left. Ten seconds
+/// drains a full default queue (1024 events) of any healthy plugin many
+/// times over; a plugin that needs longer is stuck, not busy.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What [`Bus::shutdown_with`] did.
+#[derive(Debug, Clone)]
+pub struct ShutdownReport {
+    /// Events plugins processed while shutting down (their queued backlog).
+    pub drained: u64,
+    /// Events dropped because the grace period ran out (0 when it did not).
+    pub dropped: u64,
+    /// True when the grace period ran out before every queue was drained.
+    pub timed_out: bool,
+    /// Every plugin's final state and counters.
+    pub plugins: Vec<PluginInfo>,
+}
 
 /// A handle to an event bus. Cheap to clone, `Send + Sync`.
 ///
@@ -616,29 +630,74 @@ impl Bus {
         self.shared.history.as_ref().map(|h| h.last(n)).unwrap_or_default()
     }
 
-    /// Stops accepting events, lets every plugin finish its queue, stops the
-    /// workers, and waits (up to a grace period) for native async handlers.
-    /// Events emitted afterwards are ignored.
-    pub async fn shutdown(&self) {
+    /// [`shutdown_with`](Self::shutdown_with) the default grace period
+    /// ([`DEFAULT_SHUTDOWN_GRACE`]).
+    pub async fn shutdown(&self) -> ShutdownReport {
+        self.shutdown_with(DEFAULT_SHUTDOWN_GRACE).await
+    }
+
+    /// Stops accepting events (later ones are ignored), stops watching, lets
+    /// every plugin finish what is queued, and waits for native async
+    /// handlers, all within `grace`. Past it, what is still queued is
+    /// dropped and counted (a plugin in the middle of an event finishes
+    /// that event, which its deadline bounds).
+    pub async fn shutdown_with(&self, grace: Duration) -> ShutdownReport {
+        let started = std::time::Instant::now();
         let watcher = lock(&self.shared.watcher).take();
         if let Some(watcher) = watcher {
             watcher.stop().await;
         }
         self.shared.closed.store(true, Ordering::Release);
+        let _serial = self.shared.lifecycle.lock().await;
         let handles: Vec<_> = std::mem::take(&mut *lock(&self.shared.plugins)).into_values().collect();
+        let before: Vec<(u64, u64)> = handles.iter().map(|h| counts(h)).collect();
         for h in &handles {
             self.shared.remove(h.seq);
+            h.signal_stop();
         }
-        for h in handles {
-            h.stop_and_join().await;
+        let join_all = async {
+            for h in &handles {
+                h.join().await;
+            }
+        };
+        let timed_out = tokio::time::timeout(grace, join_all).await.is_err();
+        if timed_out {
+            for h in &handles {
+                h.abandon();
+            }
+            for h in &handles {
+                h.join().await;
+            }
         }
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.flush()).await.is_err() {
+        let left = grace.saturating_sub(started.elapsed());
+        let native_timed_out = tokio::time::timeout(left, self.flush()).await.is_err();
+        if native_timed_out {
             tracing::warn!(
                 pending = self.shared.pending.load(Ordering::Acquire),
                 "native async handlers still running after the shutdown grace period"
             );
         }
+        let (mut drained, mut dropped) = (0, 0);
+        for (h, (delivered0, dropped0)) in handles.iter().zip(before) {
+            let (delivered1, dropped1) = counts(h);
+            drained += delivered1 - delivered0;
+            dropped += dropped1 - dropped0;
+        }
+        if dropped > 0 {
+            tracing::warn!(dropped, "shutdown grace period ran out; queued events dropped");
+        }
+        ShutdownReport {
+            drained,
+            dropped,
+            timed_out: timed_out || native_timed_out,
+            plugins: handles.iter().map(|h| info(h)).collect(),
+        }
     }
+}
+
+fn counts(h: &PluginHandle) -> (u64, u64) {
+    let s = h.stats.snapshot();
+    (s.delivered, s.dropped)
 }
 
 pub(crate) fn info(h: &PluginHandle) -> PluginInfo {

@@ -67,7 +67,7 @@ mod registry;
 mod watch;
 mod worker;
 
-pub use bus::{Bus, BusBuilder, FailureHook, LoadFailure, Subscription};
+pub use bus::{Bus, BusBuilder, DEFAULT_SHUTDOWN_GRACE, FailureHook, LoadFailure, ShutdownReport, Subscription};
 pub use cache::{CacheStats, default_cache_dir};
 pub use error::Error;
 pub use event::Event;

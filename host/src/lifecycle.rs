@@ -62,13 +62,13 @@ fn spawn(
     let (tx, rx) = mpsc::channel(spec.limits.queue_capacity);
     let (stop_tx, stop_rx) = oneshot::channel();
     let state = Arc::new(WorkerState::default());
-    let worker = Worker {
-        spec: spec.clone(),
-        instance: Some(prepared.instance),
-        stats: stats.clone(),
-        state: state.clone(),
-        bus: Arc::downgrade(shared),
-    };
+    let worker = Worker::new(
+        spec.clone(),
+        prepared.instance,
+        stats.clone(),
+        state.clone(),
+        Arc::downgrade(shared),
+    );
     let task = shared.runtime.spawn(worker.run(rx, stop_rx, gate));
     Arc::new(PluginHandle {
         spec,

@@ -43,6 +43,17 @@ pub struct Limits {
     pub log_lines_per_event: u32,
     /// Longest log line kept, in bytes; longer lines are truncated. Default 4 KiB.
     pub log_line_bytes: usize,
+    /// Consecutive hard failures (traps, limits, panics; not returned
+    /// errors) after which the plugin is quarantined: it stops receiving
+    /// events, which are counted as dropped (`quarantined`), until a backoff
+    /// passes. Default 5; 0 disables quarantine.
+    pub quarantine_after: u32,
+    /// First quarantine backoff. Each failed retry doubles it, up to
+    /// [`quarantine_backoff_max`](Self::quarantine_backoff_max); one success
+    /// resets it. Default 1 s.
+    pub quarantine_backoff: Duration,
+    /// Longest quarantine backoff. Default 5 min.
+    pub quarantine_backoff_max: Duration,
 }
 
 /// Deepest chain of follow-up events: an event emitted by a plugin while
@@ -62,6 +73,9 @@ impl Default for Limits {
             emits_per_event: 64,
             log_lines_per_event: 256,
             log_line_bytes: 4096,
+            quarantine_after: 5,
+            quarantine_backoff: Duration::from_secs(1),
+            quarantine_backoff_max: Duration::from_secs(300),
         }
     }
 }

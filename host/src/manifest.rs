@@ -13,6 +13,7 @@
 //! deadline_ms = 200
 //! memory_mib = 128
 //! queue_capacity = 4096
+//! quarantine_after = 5                   # consecutive failures; 0 = never
 //!
 //! [config]                               # served by host.config(key)
 //! budget_usd = "5.00"
@@ -75,6 +76,8 @@ pub struct RawLimits {
     pub emits_per_event: Option<u32>,
     /// Log lines per event.
     pub log_lines_per_event: Option<u32>,
+    /// Consecutive hard failures before quarantine (0: never).
+    pub quarantine_after: Option<u32>,
 }
 
 /// One `[[dirs]]` entry as written.
@@ -111,6 +114,7 @@ struct LimitOverrides {
     queue_capacity: Option<usize>,
     emits_per_event: Option<u32>,
     log_lines_per_event: Option<u32>,
+    quarantine_after: Option<u32>,
 }
 
 /// A directory the plugin may see.
@@ -187,6 +191,7 @@ impl Manifest {
                 .transpose()?,
             emits_per_event: l.emits_per_event,
             log_lines_per_event: l.log_lines_per_event,
+            quarantine_after: l.quarantine_after,
         };
         let mut dirs = Vec::with_capacity(raw.dirs.len());
         for (i, d) in raw.dirs.into_iter().enumerate() {
@@ -232,6 +237,9 @@ impl Manifest {
             emits_per_event: o.emits_per_event.unwrap_or(base.emits_per_event),
             log_lines_per_event: o.log_lines_per_event.unwrap_or(base.log_lines_per_event),
             log_line_bytes: base.log_line_bytes,
+            quarantine_after: o.quarantine_after.unwrap_or(base.quarantine_after),
+            quarantine_backoff: base.quarantine_backoff,
+            quarantine_backoff_max: base.quarantine_backoff_max,
         }
     }
 }

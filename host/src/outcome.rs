@@ -50,6 +50,8 @@ pub enum DropReason {
     QueueFull,
     /// The plugin was unloaded, or the bus shut down, before the event ran.
     Unloaded,
+    /// The plugin is quarantined after repeated failures.
+    Quarantined,
 }
 
 impl Failure {
@@ -111,6 +113,7 @@ impl fmt::Display for DropReason {
         f.write_str(match self {
             DropReason::QueueFull => "queue full",
             DropReason::Unloaded => "unloaded",
+            DropReason::Quarantined => "quarantined",
         })
     }
 }

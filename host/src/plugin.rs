@@ -85,6 +85,9 @@ pub enum PluginState {
     Ready,
     /// Its last event failed hard; a fresh instance is built before the next.
     Recovering,
+    /// Failed on too many consecutive events: receives nothing until its
+    /// backoff passes, then the next event is a probe.
+    Quarantined,
     /// Unloaded, or the bus shut down.
     Unloaded,
 }

@@ -5,14 +5,17 @@
 //! once a call traps) and a fresh instance is built from the `InstancePre`
 //! before the next event. A guest `err` keeps the instance and its state.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::Shared;
 use crate::event::Event;
-use crate::outcome::Outcome;
+use crate::outcome::{DropReason, Outcome};
 use crate::plugin::{Instance, PluginSpec, PluginState};
 use crate::stats::StatsCell;
 
@@ -23,13 +26,52 @@ pub(crate) struct Job {
     pub reply: Option<oneshot::Sender<Outcome>>,
 }
 
-/// Shared, read-mostly view of a worker's state.
-#[derive(Default)]
-pub(crate) struct WorkerState(AtomicU8);
+/// Shared, read-mostly view of a worker's state: its lifecycle state, its
+/// quarantine deadline (read by the emit path to drop events early), and the
+/// shutdown "abandon" flag.
+pub(crate) struct WorkerState {
+    state: AtomicU8,
+    /// While quarantined: when the next event may run (nanoseconds after
+    /// `base`), 0 otherwise. Non-zero also during the probe itself.
+    quarantined_until: AtomicU64,
+    base: Instant,
+    /// Set when the shutdown grace period ran out: drop the rest of the queue.
+    abandon: AtomicBool,
+    /// Set (and notified) when the worker task has ended, however it ended.
+    finished: AtomicBool,
+    finished_notify: tokio::sync::Notify,
+}
+
+impl Default for WorkerState {
+    fn default() -> Self {
+        WorkerState {
+            state: AtomicU8::new(0),
+            quarantined_until: AtomicU64::new(0),
+            base: Instant::now(),
+            abandon: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            finished_notify: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+/// Marks the worker finished when its task ends, even by a panic.
+struct FinishGuard(Arc<WorkerState>);
+
+impl Drop for FinishGuard {
+    fn drop(&mut self) {
+        self.0.set(PluginState::Unloaded);
+        self.0.finished.store(true, Ordering::Release);
+        self.0.finished_notify.notify_waiters();
+    }
+}
 
 impl WorkerState {
     pub fn get(&self) -> PluginState {
-        match self.0.load(Ordering::Relaxed) {
+        if self.state.load(Ordering::Relaxed) != 2 && self.quarantined_until.load(Ordering::Relaxed) != 0 {
+            return PluginState::Quarantined;
+        }
+        match self.state.load(Ordering::Relaxed) {
             0 => PluginState::Ready,
             1 => PluginState::Recovering,
             _ => PluginState::Unloaded,
@@ -38,12 +80,49 @@ impl WorkerState {
 
     fn set(&self, s: PluginState) {
         let v = match s {
-            PluginState::Ready => 0,
+            PluginState::Ready | PluginState::Quarantined => 0,
             PluginState::Recovering => 1,
             PluginState::Unloaded => 2,
         };
-        self.0.store(v, Ordering::Relaxed);
+        self.state.store(v, Ordering::Relaxed);
     }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// True while events must be dropped: quarantined and the backoff has
+    /// not passed yet.
+    pub fn quarantined_now(&self) -> bool {
+        let until = self.quarantined_until.load(Ordering::Acquire);
+        until != 0 && self.now() < until
+    }
+
+    fn in_quarantine(&self) -> bool {
+        self.quarantined_until.load(Ordering::Acquire) != 0
+    }
+
+    fn quarantine(&self, backoff: Duration) {
+        let until = self
+            .now()
+            .saturating_add(u64::try_from(backoff.as_nanos()).unwrap_or(u64::MAX))
+            .max(1);
+        self.quarantined_until.store(until, Ordering::Release);
+    }
+
+    fn release(&self) {
+        self.quarantined_until.store(0, Ordering::Release);
+    }
+
+    fn abandoned(&self) -> bool {
+        self.abandon.load(Ordering::Acquire)
+    }
+}
+
+/// Consecutive-failure counting and backoff: owned by the worker alone.
+struct Breaker {
+    consecutive: u32,
+    backoff: Duration,
 }
 
 pub(crate) struct Worker {
@@ -52,9 +131,31 @@ pub(crate) struct Worker {
     pub stats: Arc<StatsCell>,
     pub state: Arc<WorkerState>,
     pub bus: Weak<Shared>,
+    breaker: Breaker,
 }
 
 impl Worker {
+    pub fn new(
+        spec: Arc<PluginSpec>,
+        instance: Instance,
+        stats: Arc<StatsCell>,
+        state: Arc<WorkerState>,
+        bus: Weak<Shared>,
+    ) -> Worker {
+        let backoff = spec.limits.quarantine_backoff;
+        Worker {
+            spec,
+            instance: Some(instance),
+            stats,
+            state,
+            bus,
+            breaker: Breaker {
+                consecutive: 0,
+                backoff,
+            },
+        }
+    }
+
     /// Runs until `stop` fires (then drains what is queued) or every sender
     /// is gone. With a `gate`, waits for it first: a hot-swapped version
     /// starts only once its predecessor has drained, so a plugin's events
@@ -65,6 +166,7 @@ impl Worker {
         mut stop: oneshot::Receiver<()>,
         gate: Option<oneshot::Receiver<()>>,
     ) {
+        let _finished = FinishGuard(self.state.clone());
         if let Some(gate) = gate {
             // An error only means the swap was abandoned: run anyway.
             let _ = gate.await;
@@ -86,9 +188,17 @@ impl Worker {
                 }
             };
             let Some(job) = job else { break };
-            let started = std::time::Instant::now();
-            let outcome = self.handle(&job.event).await;
-            self.stats.observe(started.elapsed());
+            let outcome = if self.state.abandoned() {
+                self.drop_job(&job, DropReason::Unloaded)
+            } else if self.state.quarantined_now() {
+                self.drop_job(&job, DropReason::Quarantined)
+            } else {
+                let started = Instant::now();
+                let outcome = self.handle(&job.event).await;
+                self.stats.observe(started.elapsed());
+                self.update_breaker(&outcome);
+                outcome
+            };
             if let Some(reply) = job.reply {
                 let _ = reply.send(outcome);
             }
@@ -98,6 +208,76 @@ impl Worker {
         }
         self.state.set(PluginState::Unloaded);
         tracing::debug!(plugin = &*self.spec.name, "plugin worker stopped");
+    }
+
+    fn drop_job(&self, job: &Job, reason: DropReason) -> Outcome {
+        let outcome = Outcome::Dropped(reason);
+        self.stats.record(&outcome, 0);
+        tracing::debug!(plugin = &*self.spec.name, event = job.event.name(), %reason, "event dropped for plugin");
+        outcome
+    }
+
+    /// Counts consecutive hard failures; quarantines the plugin past the
+    /// limit (or when the probe after a quarantine fails, with a doubled
+    /// backoff); releases it after a success.
+    fn update_breaker(&mut self, outcome: &Outcome) {
+        let limits = &self.spec.limits;
+        let name = &*self.spec.name;
+        match outcome {
+            Outcome::Failed(failure) => {
+                self.breaker.consecutive = self.breaker.consecutive.saturating_add(1);
+                let probe_failed = self.state.in_quarantine();
+                if limits.quarantine_after == 0
+                    || !(probe_failed || self.breaker.consecutive >= limits.quarantine_after)
+                {
+                    return;
+                }
+                if probe_failed {
+                    self.breaker.backoff = (self.breaker.backoff * 2).min(limits.quarantine_backoff_max);
+                }
+                let backoff = self.breaker.backoff;
+                self.state.quarantine(backoff);
+                tracing::warn!(
+                    plugin = name,
+                    failure = failure.kind(),
+                    consecutive = self.breaker.consecutive,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "plugin quarantined"
+                );
+                self.meta(
+                    "plugbus.plugin.quarantined",
+                    json!({
+                        "name": name,
+                        "failure": failure.kind(),
+                        "count": self.breaker.consecutive,
+                        "retry_in_ms": backoff.as_millis() as u64,
+                    }),
+                );
+            }
+            Outcome::Ok | Outcome::Error(_) => {
+                if self.state.in_quarantine() {
+                    self.state.release();
+                    tracing::info!(
+                        plugin = name,
+                        after_failures = self.breaker.consecutive,
+                        "plugin recovered from quarantine"
+                    );
+                    self.meta(
+                        "plugbus.plugin.recovered",
+                        json!({ "name": name, "after_failures": self.breaker.consecutive }),
+                    );
+                }
+                self.breaker.consecutive = 0;
+                self.breaker.backoff = limits.quarantine_backoff;
+            }
+            Outcome::Dropped(_) => {}
+        }
+    }
+
+    fn meta(&self, name: &str, payload: serde_json::Value) {
+        if let Some(bus) = self.bus.upgrade() {
+            bus.publish(Event::new(name, payload));
+        }
     }
 
     async fn handle(&mut self, event: &Event) -> Outcome {
@@ -184,10 +364,14 @@ impl PluginHandle {
     /// for this plugin, counts it, and answers the waiter if there is one.
     /// Returns whether the job was queued.
     pub fn offer(&self, job: Job) -> bool {
-        let (job, reason) = match self.tx.try_send(job) {
-            Ok(()) => return true,
-            Err(mpsc::error::TrySendError::Full(job)) => (job, crate::DropReason::QueueFull),
-            Err(mpsc::error::TrySendError::Closed(job)) => (job, crate::DropReason::Unloaded),
+        let (job, reason) = if self.state.quarantined_now() {
+            (job, crate::DropReason::Quarantined)
+        } else {
+            match self.tx.try_send(job) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Full(job)) => (job, crate::DropReason::QueueFull),
+                Err(mpsc::error::TrySendError::Closed(job)) => (job, crate::DropReason::Unloaded),
+            }
         };
         let outcome = Outcome::Dropped(reason);
         self.stats.record(&outcome, 0);
@@ -200,8 +384,34 @@ impl PluginHandle {
 
     /// Asks the worker to drain and stop, and waits for it.
     pub async fn stop_and_join(&self) {
+        self.signal_stop();
+        self.join().await;
+    }
+
+    /// Asks the worker to refuse new events and stop once its queue is empty.
+    pub fn signal_stop(&self) {
         if let Some(stop) = self.stop.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = stop.send(());
+        }
+    }
+
+    /// Makes the worker drop (and count) what is left in its queue instead
+    /// of running it: the shutdown grace period is over.
+    pub fn abandon(&self) {
+        self.state.abandon.store(true, Ordering::Release);
+    }
+
+    /// Waits for the worker task to end. Cancel-safe: a timed-out wait can
+    /// simply be started again.
+    pub async fn join(&self) {
+        loop {
+            let notified = self.state.finished_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.state.finished.load(Ordering::Acquire) {
+                break;
+            }
+            notified.await;
         }
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(task) = task
@@ -209,6 +419,5 @@ impl PluginHandle {
         {
             tracing::error!(plugin = &*self.spec.name, error = %e, "plugin worker ended abnormally");
         }
-        self.state.set(PluginState::Unloaded);
     }
 }

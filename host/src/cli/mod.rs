@@ -9,6 +9,7 @@ mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
@@ -42,6 +43,9 @@ pub enum Command {
         /// removed there are loaded, hot-swapped or unloaded.
         #[arg(long)]
         watch: bool,
+        /// At the end (or on Ctrl-C), how long plugins may take to drain their queues.
+        #[arg(long, value_name = "MS", default_value_t = 10_000)]
+        grace_ms: u64,
         /// Events, one JSON object per line: {"name", "payload", "correlation_id"}. `-` for stdin.
         #[arg(value_name = "FILE", default_value = "-")]
         input: String,
@@ -57,6 +61,9 @@ pub enum Command {
         /// Address to listen on (port 0 picks a free port; the address is printed).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
         listen: std::net::SocketAddr,
+        /// On SIGINT/SIGTERM, how long plugins may take to drain their queues.
+        #[arg(long, value_name = "MS", default_value_t = 10_000)]
+        grace_ms: u64,
         #[command(flatten)]
         cache: CacheArgs,
     },
@@ -151,16 +158,22 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             plugins,
             report,
             watch,
+            grace_ms,
             input,
             cache,
-        } => run::run(&plugins, report, watch, &input, &cache).await,
+        } => run::run(&plugins, report, watch, Duration::from_millis(grace_ms), &input, &cache).await,
         Command::New {
             name,
             lang: Lang::Rust,
             dir,
             sdk,
         } => new::new(&name, dir.as_deref(), sdk.as_deref()),
-        Command::Serve { plugins, listen, cache } => serve::serve(&plugins, listen, &cache).await,
+        Command::Serve {
+            plugins,
+            listen,
+            grace_ms,
+            cache,
+        } => serve::serve(&plugins, listen, Duration::from_millis(grace_ms), &cache).await,
         Command::Check { file, json, cache } => check::check(&file, json, &cache).await,
     }
 }

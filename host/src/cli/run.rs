@@ -19,6 +19,7 @@ pub async fn run(
     plugins: &Path,
     format: ReportFormat,
     watch: bool,
+    grace: std::time::Duration,
     input: &str,
     cache: &CacheArgs,
 ) -> anyhow::Result<ExitCode> {
@@ -69,10 +70,20 @@ pub async fn run(
             }
         }
     }
-    bus.flush().await;
-    report.plugins = bus.plugins();
+    // States as the run left them; counters after the queues drained.
+    let states: std::collections::HashMap<String, plugbus::PluginState> =
+        bus.plugins().into_iter().map(|p| (p.name, p.state)).collect();
     report.load_failures = bus.load_failures();
-    bus.shutdown().await;
+    let shutdown = bus.shutdown_with(grace).await;
+    if shutdown.dropped > 0 {
+        eprintln!("plugbus: grace period over: {} queued events dropped", shutdown.dropped);
+    }
+    report.plugins = shutdown.plugins;
+    for p in &mut report.plugins {
+        if let Some(state) = states.get(&p.name) {
+            p.state = *state;
+        }
+    }
     match format {
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report.to_json())?),
         ReportFormat::Text => print!("{}", report.to_text()),

@@ -32,7 +32,12 @@ use super::CacheArgs;
 /// bounding what one client can make the host buffer.
 const MAX_BODY: usize = 1 << 20;
 
-pub async fn serve(plugins: &Path, listen: SocketAddr, cache: &CacheArgs) -> anyhow::Result<ExitCode> {
+pub async fn serve(
+    plugins: &Path,
+    listen: SocketAddr,
+    grace: std::time::Duration,
+    cache: &CacheArgs,
+) -> anyhow::Result<ExitCode> {
     let bus = cache
         .apply(plugbus::Bus::builder())
         .plugin_dir(plugins)
@@ -53,14 +58,15 @@ pub async fn serve(plugins: &Path, listen: SocketAddr, cache: &CacheArgs) -> any
         .await
         .context("HTTP server failed")?;
     eprintln!("plugbus: shutting down; draining plugin queues");
-    bus.flush().await;
-    let plugins = bus.plugins();
-    bus.shutdown().await;
-    for p in plugins {
+    let report = bus.shutdown_with(grace).await;
+    for p in &report.plugins {
         eprintln!(
             "plugbus: {}: delivered {}, dropped {}",
             p.name, p.stats.delivered, p.stats.dropped
         );
+    }
+    if report.dropped > 0 {
+        eprintln!("plugbus: grace period over: {} queued events dropped", report.dropped);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -212,6 +218,16 @@ impl Collector for BusMetrics {
             family
                 .encode_family(&[("plugin", p.name.as_str())])?
                 .encode_gauge(&ready)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "plugbus_plugin_quarantined",
+            "1 while the plugin is quarantined after repeated failures",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in &plugins {
+            let q = i64::from(p.state == plugbus::PluginState::Quarantined);
+            family.encode_family(&[("plugin", p.name.as_str())])?.encode_gauge(&q)?;
         }
         let mut family = encoder.encode_descriptor(
             "plugbus_plugin_handler_seconds",
