@@ -258,3 +258,62 @@ async fn a_follow_up_never_reaches_a_plugin_before_its_parent() {
         .collect();
     assert_eq!(audited, published);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_plugins_answering_each_other_stop_at_the_cascade_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, from, to) in [
+        ("ping", "ping.relay", "pong.relay"),
+        ("pong", "pong.relay", "ping.relay"),
+    ] {
+        std::fs::copy(support::wasm("misbehave"), dir.path().join(format!("{name}.wasm"))).unwrap();
+        std::fs::write(
+            dir.path().join(format!("{name}.toml")),
+            format!("subscriptions = [\"{from}\"]\n[config]\nrelay_to = \"{to}\"\n"),
+        )
+        .unwrap();
+    }
+    let bus = Bus::builder().plugin_dir(dir.path()).build().await.unwrap();
+    let chain = Recorder::attach(&bus, "*.relay");
+    bus.emit("ping.relay", json!({}));
+    bus.flush().await;
+    let names: Vec<String> = chain.events().iter().map(|e| e.name().to_owned()).collect();
+    assert_eq!(names.len(), 1 + plugbus::MAX_CASCADE_DEPTH as usize, "{names:?}");
+    assert!(
+        names
+            .iter()
+            .enumerate()
+            .all(|(i, n)| n == if i % 2 == 0 { "ping.relay" } else { "pong.relay" })
+    );
+    for p in bus.plugins() {
+        assert_eq!(
+            p.stats.failures.total(),
+            0,
+            "{}: refusing the emit is not a failure",
+            p.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_table_bomb_is_stopped_and_the_plugin_recovers() {
+    // Grows a table by 64k entries until the host refuses, then traps.
+    let body = r#"(loop $grow
+      (br_if $grow (i32.ne (table.grow $t (ref.null func) (i32.const 65536)) (i32.const -1))))
+    unreachable"#;
+    let component = support::component_from_wat(&support::wat_observer("bomb.table", body), "0.1.0");
+    let dir = plugin_dir(&["console-logger"]);
+    std::fs::write(dir.path().join("table-bomb.wasm"), component).unwrap();
+    let bus = Bus::builder().plugin_dir(dir.path()).build().await.unwrap();
+    assert_eq!(bus.plugins().len(), 2, "{:?}", bus.load_failures());
+    for round in 0..3 {
+        let report = bus.emit_and_wait("bomb.table", json!({})).await;
+        assert!(
+            matches!(report.outcome("table-bomb"), Some(Outcome::Failed(Failure::Trap(_)))),
+            "round {round}: {report:?}"
+        );
+        assert_eq!(report.outcome("console-logger"), Some(&Outcome::Ok));
+    }
+    let p = bus.plugins().into_iter().find(|p| p.name == "table-bomb").unwrap();
+    assert_eq!((p.stats.failures.trap, p.stats.restarts), (3, 2));
+}

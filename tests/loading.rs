@@ -154,3 +154,33 @@ async fn malformed_payloads_are_guest_errors_not_crashes() {
         other => panic!("expected a guest error, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_component_built_for_another_wit_version_is_refused() {
+    let returns_ok = "(i32.store8 (i32.const 8) (i32.const 0)) (i32.const 8)";
+    let dir = tempfile::tempdir().unwrap();
+    for version in ["0.9.0", "1.0.0"] {
+        let component = support::component_from_wat(&support::wat_observer("x", returns_ok), version);
+        std::fs::write(
+            dir.path().join(format!("v{}.wasm", version.replace('.', "_"))),
+            component,
+        )
+        .unwrap();
+    }
+    // The same WAT built for 0.1.0 is accepted: the refusal is about the version alone.
+    let ok = support::component_from_wat(&support::wat_observer("x", returns_ok), "0.1.0");
+    std::fs::write(dir.path().join("v0_1_0.wasm"), ok).unwrap();
+    let bus = Bus::builder().plugin_dir(dir.path()).build().await.unwrap();
+    let loaded: Vec<String> = bus.plugins().into_iter().map(|p| p.name).collect();
+    assert_eq!(loaded, ["v0_1_0"]);
+    let failures = bus.load_failures();
+    assert_eq!(failures.len(), 2);
+    for f in failures {
+        assert!(
+            f.reason.contains("not a plugbus observer") && f.reason.contains("plugbus:observer/handler@"),
+            "{f:?}"
+        );
+    }
+    let report = bus.emit_and_wait("x", json!({})).await;
+    assert_eq!(report.outcome("v0_1_0"), Some(&Outcome::Ok));
+}

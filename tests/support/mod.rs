@@ -130,3 +130,55 @@ pub fn audit_lines(dir: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
         .collect()
 }
+
+/// A minimal observer written as a core module in WAT, whose `on-event`
+/// body is `on_event` (it must end by leaving an `i32` result pointer, or
+/// never return). It subscribes to `subscription` and imports nothing.
+/// Used for misbehaviours Rust cannot express (growing a table) and for
+/// components built against another version of the WIT package.
+pub fn wat_observer(subscription: &str, on_event: &str) -> String {
+    format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (table $t 1 funcref)
+  (global $heap (mut i32) (i32.const 4096))
+  (data (i32.const 64) "{subscription}")
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $p i32)
+    (local.set $p (i32.and (i32.add (global.get $heap) (i32.const 7)) (i32.const -8)))
+    (global.set $heap (i32.add (local.get $p) (local.get 3)))
+    (local.get $p))
+  (func (export "plugbus:observer/handler@VERSION#subscriptions") (result i32)
+    (i32.store (i32.const 16) (i32.const 32))
+    (i32.store (i32.const 20) (i32.const 1))
+    (i32.store (i32.const 32) (i32.const 64))
+    (i32.store (i32.const 36) (i32.const {len}))
+    (i32.const 16))
+  (func (export "plugbus:observer/handler@VERSION#on-event")
+    (param i32 i32 i32 i32 i64 i32 i32 i32 i32 i32 i32 i32) (result i32)
+    {on_event}))"#,
+        len = subscription.len(),
+    )
+}
+
+/// Builds a real component from `wat` against the `wit/` package, with its
+/// version rewritten to `version` (the WAT's `VERSION` placeholders too).
+pub fn component_from_wat(wat: &str, version: &str) -> Vec<u8> {
+    let wit = std::fs::read_to_string(workspace_root().join("wit/observer.wit")).unwrap();
+    let wit = wit.replace(
+        "package plugbus:observer@0.1.0;",
+        &format!("package plugbus:observer@{version};"),
+    );
+    let mut resolve = wit_parser::Resolve::default();
+    let pkg = resolve.push_str("observer.wit", &wit).unwrap();
+    let world = resolve.select_world(&[pkg], Some("observer")).unwrap();
+    let mut module = wat::parse_str(wat.replace("VERSION", version)).unwrap();
+    wit_component::embed_component_metadata(&mut module, &resolve, world, wit_component::StringEncoding::UTF8, false)
+        .unwrap();
+    wit_component::ComponentEncoder::default()
+        .module(&module)
+        .unwrap()
+        .validate(true)
+        .encode()
+        .unwrap()
+}
