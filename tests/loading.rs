@@ -184,3 +184,29 @@ async fn a_component_built_for_another_wit_version_is_refused() {
     let report = bus.emit_and_wait("x", json!({})).await;
     assert_eq!(report.outcome("v0_1_0"), Some(&Outcome::Ok));
 }
+
+/// SECURITY.md promises wasmtime >= 48.0.4 (RUSTSEC-2026-0314..0327). The
+/// advisory database is out of reach from CI here, so the floor itself is
+/// checked against what Cargo.lock actually resolved.
+#[test]
+fn the_locked_wasmtime_is_at_least_the_advisory_floor() {
+    let lock = std::fs::read_to_string(support::workspace_root().join("Cargo.lock")).unwrap();
+    for krate in ["wasmtime", "wasmtime-wasi"] {
+        let header = format!("name = \"{krate}\"\nversion = \"");
+        let at = lock
+            .find(&header)
+            .unwrap_or_else(|| panic!("{krate} not in Cargo.lock"));
+        let version: Vec<u64> = lock[at + header.len()..]
+            .split('"')
+            .next()
+            .unwrap()
+            .split('.')
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert!(
+            version.as_slice() >= [48, 0, 4].as_slice(),
+            "{krate} {version:?} is below 48.0.4"
+        );
+        assert_eq!(version[0], 48, "{krate}: the host is written against the 48 LTS line");
+    }
+}
