@@ -12,7 +12,7 @@ WASM_OUT := target/wasm32-wasip2/plugin
 TEST_WASM := target/plugbus-test-wasm
 MANIFESTS := plugins/cost-tracker/cost-tracker.toml plugins/audit-log/audit-log.toml
 
-.PHONY: demo test setup plugins lint example clean
+.PHONY: demo test setup plugins lint example fuzz clean
 
 setup:
 	@command -v $(CARGO) >/dev/null || { echo "plugbus: cargo not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
@@ -46,6 +46,21 @@ lint: setup
 test: plugins lint
 	$(CARGO) build --all-targets
 	PLUGBUS_WASM_DIR=$(CURDIR)/$(TEST_WASM) PLUGBUS_BIN=$(CURDIR)/target/debug/plugbus $(CARGO) test
+
+# Fuzzing (not part of `make test`): JSON Lines ingestion, the pattern parser,
+# the manifest parser and plugin loading from arbitrary bytes, each for
+# FUZZ_SECONDS from the committed seeds in host/fuzz/seeds, with a fixed seed.
+# Needs the nightly toolchain; installs cargo-fuzz the first time.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := jsonl pattern manifest load
+fuzz: setup
+	@cargo +nightly fuzz --help >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p target/fuzz-corpus/$$t; \
+		echo "== fuzz $$t for $(FUZZ_SECONDS)s"; \
+		(cd host && cargo +nightly fuzz run $$t ../target/fuzz-corpus/$$t fuzz/seeds/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -seed=1 -timeout=10 -print_final_stats=1) || exit 1; \
+	done
 
 clean:
 	rm -rf $(DIST) $(TEST_WASM)

@@ -161,8 +161,12 @@ impl host::Host for PluginCtx {
             Ok(v) => v,
             Err(e) => return Ok(Err(format!("payload is not valid JSON: {e}"))),
         };
-        let Some(bus) = self.bus.upgrade() else {
-            return Ok(Err("the bus is shutting down".into()));
+        let Some(bus) = self
+            .bus
+            .upgrade()
+            .filter(|b| !b.closed.load(std::sync::atomic::Ordering::Acquire))
+        else {
+            return Ok(Err("the bus is shutting down; event not accepted".into()));
         };
         bus.publish(Event::follow_up(&parent, &self.plugin, name, payload));
         Ok(Ok(()))

@@ -28,7 +28,8 @@
 //! ```
 //!
 //! # Layout
-//! - [`bus`]: the [`Bus`] handle, its builder, emit/flush/shutdown;
+//! - [`builder`]: [`BusBuilder`], configuration resolved before anything starts;
+//! - [`bus`]: the [`Bus`] handle, emit/flush/shutdown;
 //! - `lifecycle`: loading, hot-swapping and unloading plugins;
 //! - `watch`: the plugin directory watcher (hot reload);
 //! - [`event`]: the [`Event`] type;
@@ -45,6 +46,7 @@
 //! - [`stats`]: per-plugin counters;
 //! - [`ingest`]: JSON Lines events (the CLI's input).
 
+pub mod builder;
 pub mod bus;
 pub mod cache;
 pub mod error;
@@ -67,7 +69,8 @@ mod registry;
 mod watch;
 mod worker;
 
-pub use bus::{Bus, BusBuilder, DEFAULT_SHUTDOWN_GRACE, FailureHook, LoadFailure, ShutdownReport, Subscription};
+pub use builder::BusBuilder;
+pub use bus::{Bus, DEFAULT_SHUTDOWN_GRACE, FailureHook, LoadFailure, ShutdownReport, Subscription};
 pub use cache::{CacheStats, default_cache_dir};
 pub use error::Error;
 pub use event::Event;

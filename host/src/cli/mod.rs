@@ -152,6 +152,20 @@ pub fn init_tracing(quiet: bool, verbose: bool) {
     tracing_subscriber::registry().with(fmt).with(spinner).init();
 }
 
+/// Builds the bus for `run` and `serve`, reporting plugins that failed to load.
+async fn open_bus(plugins: &std::path::Path, watch: bool, cache: &CacheArgs) -> anyhow::Result<plugbus::Bus> {
+    let bus = cache
+        .apply(plugbus::Bus::builder())
+        .plugin_dir(plugins)
+        .watch(watch)
+        .build()
+        .await?;
+    for f in bus.load_failures() {
+        eprintln!("plugbus: skipped {}: {}", f.path.display(), f.reason);
+    }
+    Ok(bus)
+}
+
 pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {

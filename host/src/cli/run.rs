@@ -31,23 +31,17 @@ pub async fn run(
             .with_context(|| format!("cannot open events file {input}"))?;
         Box::new(BufReader::new(file))
     };
-    let bus = cache
-        .apply(plugbus::Bus::builder())
-        .plugin_dir(plugins)
-        .watch(watch)
-        .build()
-        .await?;
-    for f in bus.load_failures() {
-        eprintln!("plugbus: skipped {}: {}", f.path.display(), f.reason);
-    }
+    let bus = super::open_bus(plugins, watch, cache).await?;
     let mut report = Report::default();
     let mut lines = reader.lines();
     let mut lineno = 0u64;
+    let mut interrupted = false;
     loop {
         let line = tokio::select! {
             line = lines.next_line() => line.with_context(|| format!("reading {input}"))?,
             _ = tokio::signal::ctrl_c() => {
                 eprintln!("plugbus: interrupted; draining queues");
+                interrupted = true;
                 break;
             }
         };
@@ -69,6 +63,12 @@ pub async fn run(
                 report.invalid_lines += 1;
             }
         }
+    }
+    // At the end of the input, let every queued event and every follow-up it
+    // causes run (shutdown below refuses new events, follow-ups included).
+    // When interrupted, only the grace-bounded drain of shutdown applies.
+    if !interrupted {
+        bus.flush().await;
     }
     // States as the run left them; counters after the queues drained.
     let states: std::collections::HashMap<String, plugbus::PluginState> =

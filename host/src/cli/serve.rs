@@ -38,15 +38,7 @@ pub async fn serve(
     grace: std::time::Duration,
     cache: &CacheArgs,
 ) -> anyhow::Result<ExitCode> {
-    let bus = cache
-        .apply(plugbus::Bus::builder())
-        .plugin_dir(plugins)
-        .watch(true)
-        .build()
-        .await?;
-    for f in bus.load_failures() {
-        eprintln!("plugbus: skipped {}: {}", f.path.display(), f.reason);
-    }
+    let bus = super::open_bus(plugins, true, cache).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -58,7 +50,11 @@ pub async fn serve(
         .await
         .context("HTTP server failed")?;
     eprintln!("plugbus: shutting down; draining plugin queues");
-    let report = bus.shutdown_with(grace).await;
+    // No more requests: let queued events and their follow-ups run within
+    // the grace period, then stop the workers with what is left of it.
+    let started = std::time::Instant::now();
+    let _ = tokio::time::timeout(grace, bus.flush()).await;
+    let report = bus.shutdown_with(grace.saturating_sub(started.elapsed())).await;
     for p in &report.plugins {
         eprintln!(
             "plugbus: {}: delivered {}, dropped {}",
@@ -207,27 +203,22 @@ impl Collector for BusMetrics {
                     .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
             }
         }
-        let mut family = encoder.encode_descriptor(
-            "plugbus_plugin_ready",
-            "1 when the plugin has a live instance",
-            None,
-            MetricType::Gauge,
-        )?;
-        for p in &plugins {
-            let ready = i64::from(p.state == plugbus::PluginState::Ready);
-            family
-                .encode_family(&[("plugin", p.name.as_str())])?
-                .encode_gauge(&ready)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "plugbus_plugin_quarantined",
-            "1 while the plugin is quarantined after repeated failures",
-            None,
-            MetricType::Gauge,
-        )?;
-        for p in &plugins {
-            let q = i64::from(p.state == plugbus::PluginState::Quarantined);
-            family.encode_family(&[("plugin", p.name.as_str())])?.encode_gauge(&q)?;
+        use plugbus::PluginState::{Quarantined, Ready};
+        for (name, help, state) in [
+            ("plugbus_plugin_ready", "1 when the plugin has a live instance", Ready),
+            (
+                "plugbus_plugin_quarantined",
+                "1 while the plugin is quarantined after repeated failures",
+                Quarantined,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for p in &plugins {
+                let value = i64::from(p.state == state);
+                family
+                    .encode_family(&[("plugin", p.name.as_str())])?
+                    .encode_gauge(&value)?;
+            }
         }
         let mut family = encoder.encode_descriptor(
             "plugbus_plugin_handler_seconds",
