@@ -5,14 +5,14 @@
 # clippy, rustfmt); the Rust toolchain itself comes from rustup.
 
 CARGO    ?= cargo
-PLUGINS  := cost-tracker audit-log console-logger misbehave
+PLUGINS  := cost-tracker audit-log console-logger token-counter misbehave
 FIXTURES := wrong-world
 DIST     := plugins/dist
 WASM_OUT := target/wasm32-wasip2/plugin
 TEST_WASM := target/plugbus-test-wasm
 MANIFESTS := plugins/cost-tracker/cost-tracker.toml plugins/audit-log/audit-log.toml
 
-.PHONY: demo test setup plugins lint example fuzz clean
+.PHONY: demo test setup plugins lint example bench fuzz clean
 
 setup:
 	@command -v $(CARGO) >/dev/null || { echo "plugbus: cargo not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
@@ -46,6 +46,12 @@ lint: setup
 test: plugins lint
 	$(CARGO) build --all-targets
 	PLUGBUS_WASM_DIR=$(CURDIR)/$(TEST_WASM) PLUGBUS_BIN=$(CURDIR)/target/debug/plugbus $(CARGO) test
+
+# Benchmarks (not part of `make test`): ratios measured side by side in one
+# run, on a release build. Results also go to target/bench.json.
+BENCH_EVENTS ?= 20000
+bench: plugins
+	$(CARGO) run -q --release -p plugbus -- -q bench --plugins $(DIST) --events $(BENCH_EVENTS) --json target/bench.json
 
 # Fuzzing (not part of `make test`): JSON Lines ingestion, the pattern parser,
 # the manifest parser and plugin loading from arbitrary bytes, each for

@@ -306,3 +306,34 @@ fn serve_accepts_events_over_http_reports_and_drains_on_sigterm() {
     let log = log.join().unwrap();
     assert!(log.contains("console-logger: delivered 3, dropped 0"), "{log}");
 }
+
+/// The benchmark harness keeps working: every scenario produces a row. No
+/// figure is asserted (timing belongs in benchmarks, not tests).
+#[test]
+fn bench_runs_every_scenario_and_writes_json() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let json = out_dir.path().join("bench.json");
+    let out = plugbus(&[
+        "-q",
+        "bench",
+        "--plugins",
+        support::wasm_dir().to_str().unwrap(),
+        "--events",
+        "300",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = doc["rows"].as_array().unwrap();
+    for scenario in [
+        "1 emit latency",
+        "2 handler throughput",
+        "4 runaway tax",
+        "5 recovery",
+        "6 start-up",
+    ] {
+        assert!(rows.iter().any(|r| r["scenario"] == scenario), "no row for {scenario}");
+    }
+    assert!(rows.iter().all(|r| r["value"].as_f64().is_some_and(f64::is_finite)));
+}

@@ -117,6 +117,12 @@ impl Event {
         &self.0.payload
     }
 
+    /// The payload as JSON text: serialised once, on first use, and the very
+    /// text every plugin receives.
+    pub fn payload_json(&self) -> &str {
+        &self.wire().payload
+    }
+
     /// How many plugin emits led to this event (0 for the embedder's own).
     pub fn depth(&self) -> u8 {
         self.0.depth

@@ -1,5 +1,6 @@
 //! Argument parsing and the subcommands.
 
+mod bench;
 mod check;
 mod new;
 mod progress;
@@ -66,6 +67,19 @@ pub enum Command {
         grace_ms: u64,
         #[command(flatten)]
         cache: CacheArgs,
+    },
+    /// Measure plugbus side by side with its baselines (mpsc floor, native
+    /// handler, no runaway, warm cache) and print ratios.
+    Bench {
+        /// Directory holding the built token-counter.wasm and misbehave.wasm.
+        #[arg(long, value_name = "DIR", default_value = "plugins/dist")]
+        plugins: PathBuf,
+        /// Events per scenario.
+        #[arg(long, default_value_t = 20_000)]
+        events: u64,
+        /// Also write the results as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
     /// Scaffold a new plugin that builds as-is: a folder with the code, a
     /// manifest, a README and a test event file.
@@ -189,5 +203,6 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             cache,
         } => serve::serve(&plugins, listen, Duration::from_millis(grace_ms), &cache).await,
         Command::Check { file, json, cache } => check::check(&file, json, &cache).await,
+        Command::Bench { plugins, events, json } => bench::bench(&plugins, events, json.as_ref()).await,
     }
 }

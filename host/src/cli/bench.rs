@@ -1,0 +1,382 @@
+//! `plugbus bench`: side-by-side measurements in one run, reported as ratios
+//! (these machines are shared and noisy: absolute numbers drift between
+//! runs, ratios measured together do not). Nothing here is asserted; the
+//! figures go to a table and, with `--json`, to a file.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// The payload every scenario emits: a realistic ~200-byte `model_responded`.
+fn payload(i: u64) -> Value {
+    json!({
+        "model": "gpt-4.1-mini",
+        "usage": { "prompt_tokens": 1200 + (i % 7), "completion_tokens": 300 + (i % 5) },
+        "cost_usd": 0.00123,
+        "latency_ms": 840,
+        "request_id": "req_7f3a9c21",
+        "finish_reason": "stop"
+    })
+}
+
+/// Events between two flushes: well below the default queue of 1024, so
+/// no plugin ever drops during a measurement.
+const BATCH: u64 = 512;
+
+#[derive(Serialize)]
+struct Row {
+    scenario: String,
+    measure: String,
+    value: f64,
+    unit: &'static str,
+    baseline: Option<f64>,
+    ratio: Option<f64>,
+}
+
+#[derive(Default)]
+struct Table(Vec<Row>);
+
+impl Table {
+    fn add(&mut self, scenario: &str, measure: &str, value: f64, unit: &'static str, baseline: Option<f64>) {
+        let ratio = baseline.filter(|b| *b > 0.0).map(|b| value / b);
+        self.0.push(Row {
+            scenario: scenario.into(),
+            measure: measure.into(),
+            value,
+            unit,
+            baseline,
+            ratio,
+        });
+    }
+
+    fn print(&self) {
+        println!(
+            "{:<22} {:<50} {:>16} {:>16} {:>7}",
+            "scenario", "measure", "value", "baseline", "ratio"
+        );
+        for r in &self.0 {
+            let fmt = |v: f64| format!("{v:.3} {}", r.unit);
+            println!(
+                "{:<22} {:<50} {:>16} {:>16} {:>7}",
+                r.scenario,
+                r.measure,
+                fmt(r.value),
+                r.baseline.map(fmt).unwrap_or_default(),
+                r.ratio.map(|x| format!("{x:.3}")).unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// A plugin directory with `n` copies of token-counter, plus an optional
+/// runaway plugin that spins on every `model_responded` (quarantine off, to
+/// measure the raw tax, or at its default).
+fn plugin_dir(src: &Path, n: usize, runaway: Option<(&Path, bool)>) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    for i in 0..n {
+        std::fs::copy(
+            src.join("token-counter.wasm"),
+            dir.path().join(format!("tc-{i:03}.wasm")),
+        )?;
+    }
+    if let Some((misbehave, quarantine)) = runaway {
+        std::fs::copy(misbehave, dir.path().join("runaway.wasm"))?;
+        let limits = if quarantine {
+            ""
+        } else {
+            "[limits]\nquarantine_after = 0\n"
+        };
+        std::fs::write(
+            dir.path().join("runaway.toml"),
+            format!("subscriptions = [\"model_responded\"]\n{limits}[config]\nalways = \"spin\"\n"),
+        )?;
+    }
+    Ok(dir)
+}
+
+async fn open(dir: &Path, cache: &Path) -> anyhow::Result<plugbus::Bus> {
+    let bus = plugbus::Bus::builder().plugin_dir(dir).cache_dir(cache).build().await?;
+    anyhow::ensure!(
+        bus.load_failures().is_empty(),
+        "plugins failed to load: {:?}",
+        bus.load_failures()
+    );
+    Ok(bus)
+}
+
+/// p50/p99 of `emit` alone (flushes excluded), in µs.
+async fn emit_latency(bus: &plugbus::Bus, events: u64) -> (f64, f64) {
+    let mut samples = Vec::with_capacity(events as usize);
+    for i in 0..events {
+        let p = payload(i);
+        let t = Instant::now();
+        bus.emit("model_responded", p);
+        samples.push(micros(t.elapsed()));
+        if i % BATCH == BATCH - 1 {
+            bus.flush().await;
+        }
+    }
+    bus.flush().await;
+    samples.sort_by(f64::total_cmp);
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
+/// The floor: the same payload handed to `queues` bounded channels with
+/// `try_send`, consumers draining them.
+async fn mpsc_floor(queues: usize, events: u64) -> (f64, f64) {
+    let mut senders = Vec::new();
+    let mut consumers = Vec::new();
+    for _ in 0..queues {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::sync::Arc<Value>>(1024);
+        senders.push(tx);
+        consumers.push(tokio::spawn(async move { while rx.recv().await.is_some() {} }));
+    }
+    let mut samples = Vec::with_capacity(events as usize);
+    for i in 0..events {
+        let p = std::sync::Arc::new(payload(i));
+        let t = Instant::now();
+        for tx in &senders {
+            let _ = tx.try_send(p.clone());
+        }
+        samples.push(micros(t.elapsed()));
+        if i % BATCH == BATCH - 1 {
+            tokio::task::yield_now().await;
+        }
+    }
+    drop(senders);
+    for c in consumers {
+        let _ = c.await;
+    }
+    samples.sort_by(f64::total_cmp);
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
+/// Events per second through plugin `name` alone: batches are paced on its
+/// own progress, so a runaway neighbour (whose queue simply overflows)
+/// does not enter the measurement.
+async fn plugin_throughput(bus: &plugbus::Bus, events: u64, name: &str) -> f64 {
+    let delivered = || {
+        bus.plugins()
+            .into_iter()
+            .find(|p| p.name == name)
+            .map_or(0, |p| p.stats.delivered)
+    };
+    let start = delivered();
+    let t = Instant::now();
+    for i in 0..events {
+        bus.emit("model_responded", payload(i));
+        if i % BATCH == BATCH - 1 || i == events - 1 {
+            while delivered() - start < i + 1 {
+                tokio::time::sleep(Duration::from_micros(50)).await;
+            }
+        }
+    }
+    events as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Events per second through the bus until every handler has finished.
+async fn throughput(bus: &plugbus::Bus, events: u64) -> f64 {
+    let t = Instant::now();
+    for i in 0..events {
+        bus.emit("model_responded", payload(i));
+        if i % BATCH == BATCH - 1 {
+            bus.flush().await;
+        }
+    }
+    bus.flush().await;
+    events as f64 / t.elapsed().as_secs_f64()
+}
+
+fn rss_kib() -> Option<f64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4.0)
+}
+
+pub async fn bench(plugins: &Path, events: u64, json_out: Option<&PathBuf>) -> anyhow::Result<std::process::ExitCode> {
+    let misbehave = plugins.join("misbehave.wasm");
+    anyhow::ensure!(
+        plugins.join("token-counter.wasm").is_file(),
+        "{}: token-counter.wasm not found (make plugins)",
+        plugins.display()
+    );
+    let cache = tempfile::tempdir().context("temporary cache directory")?;
+    let mut table = Table::default();
+    eprintln!(
+        "plugbus bench: {events} events per scenario, {} cores",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    // 1. Emit cost (emitter side) vs the mpsc floor; 4. with a runaway plugin.
+    for n in [0usize, 1, 10, 100] {
+        let dir = plugin_dir(plugins, n, None)?;
+        let bus = open(dir.path(), cache.path()).await?;
+        let (p50, p99) = emit_latency(&bus, events).await;
+        let (f50, f99) = mpsc_floor(n, events).await;
+        table.add(
+            "1 emit latency",
+            &format!("p50, {n} wasm subscribers (vs mpsc)"),
+            p50,
+            "µs",
+            Some(f50),
+        );
+        table.add(
+            "1 emit latency",
+            &format!("p99, {n} wasm subscribers (vs mpsc)"),
+            p99,
+            "µs",
+            Some(f99),
+        );
+        bus.shutdown().await;
+        if n == 10 {
+            for (quarantine, label) in [(false, "runaway, no quarantine"), (true, "runaway, quarantined")] {
+                let dir = plugin_dir(plugins, n, Some((&misbehave, quarantine)))?;
+                let bus = open(dir.path(), cache.path()).await?;
+                let (r50, r99) = emit_latency(&bus, events / 4).await;
+                table.add(
+                    "4 runaway tax",
+                    &format!("emit p50, 10 subscribers + {label}"),
+                    r50,
+                    "µs",
+                    Some(p50),
+                );
+                table.add(
+                    "4 runaway tax",
+                    &format!("emit p99, 10 subscribers + {label}"),
+                    r99,
+                    "µs",
+                    Some(p99),
+                );
+                bus.shutdown_with(Duration::ZERO).await;
+            }
+        }
+    }
+
+    // 2. Handler cost: one Rust-SDK plugin vs a native handler doing the same work.
+    let dir = plugin_dir(plugins, 1, None)?;
+    let wasm_bus = open(dir.path(), cache.path()).await?;
+    // Paced on the plugin's own progress, like the runaway runs below.
+    let wasm_rate = plugin_throughput(&wasm_bus, events, "tc-000").await;
+    wasm_bus.shutdown().await;
+    let native_bus = plugbus::Bus::builder().no_cache().build().await?;
+    let total = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let t2 = total.clone();
+    native_bus.on("model_responded", move |e| {
+        // The same work as token-counter: parse the shared payload text, add up.
+        if let Ok(v) = serde_json::from_str::<Value>(e.payload_json()) {
+            let u = &v["usage"];
+            let n = u["prompt_tokens"].as_u64().unwrap_or(0) + u["completion_tokens"].as_u64().unwrap_or(0);
+            t2.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    })?;
+    let native_rate = throughput(&native_bus, events).await;
+    table.add(
+        "2 handler throughput",
+        "1 wasm plugin vs native handler",
+        wasm_rate,
+        "ev/s",
+        Some(native_rate),
+    );
+    let dir = plugin_dir(plugins, 10, None)?;
+    let bus10 = open(dir.path(), cache.path()).await?;
+    let rate10 = throughput(&bus10, events).await;
+    table.add(
+        "2 handler throughput",
+        "10 wasm plugins (events/s, all done)",
+        rate10,
+        "ev/s",
+        Some(native_rate),
+    );
+    bus10.shutdown().await;
+    for (quarantine, label) in [(false, "no quarantine"), (true, "quarantined")] {
+        let dir = plugin_dir(plugins, 1, Some((&misbehave, quarantine)))?;
+        let bus_r = open(dir.path(), cache.path()).await?;
+        let rate_r = plugin_throughput(&bus_r, events / 4, "tc-000").await;
+        table.add(
+            "4 runaway tax",
+            &format!("healthy plugin + runaway, {label}"),
+            rate_r,
+            "ev/s",
+            Some(wasm_rate),
+        );
+        bus_r.shutdown_with(Duration::ZERO).await;
+    }
+
+    // 5. Recovery: serving the next event right after a trap vs normally.
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(&misbehave, dir.path().join("misbehave.wasm"))?;
+    std::fs::write(dir.path().join("misbehave.toml"), "[limits]\nquarantine_after = 0\n")?;
+    let bus5 = open(dir.path(), cache.path()).await?;
+    let (mut after_trap, mut normal) = (Vec::new(), Vec::new());
+    for _ in 0..200 {
+        bus5.emit_and_wait("misbehave.unreachable", Value::Null).await;
+        let t = Instant::now();
+        bus5.emit_and_wait("misbehave.ok", Value::Null).await;
+        after_trap.push(micros(t.elapsed()));
+        let t = Instant::now();
+        bus5.emit_and_wait("misbehave.ok", Value::Null).await;
+        normal.push(micros(t.elapsed()));
+    }
+    after_trap.sort_by(f64::total_cmp);
+    normal.sort_by(f64::total_cmp);
+    let (a, n) = (percentile(&after_trap, 0.5), percentile(&normal, 0.5));
+    table.add("5 recovery", "next event after a trap (p50)", a, "µs", Some(n));
+    table.add("5 recovery", "re-instantiation cost (difference)", a - n, "µs", None);
+    bus5.shutdown().await;
+
+    // 6. Start-up: cold compile vs cached artifact; RSS per idle plugin.
+    for n in [1usize, 10, 100] {
+        let dir = plugin_dir(plugins, n, None)?;
+        let cold_cache = tempfile::tempdir()?;
+        let t = Instant::now();
+        let b = open(dir.path(), cold_cache.path()).await?;
+        let cold = t.elapsed().as_secs_f64() * 1e3;
+        b.shutdown().await;
+        let t = Instant::now();
+        let b = open(dir.path(), cold_cache.path()).await?;
+        let warm = t.elapsed().as_secs_f64() * 1e3;
+        b.shutdown().await;
+        table.add(
+            "6 start-up",
+            &format!("load {n} plugins, cached (vs cold)"),
+            warm,
+            "ms",
+            Some(cold),
+        );
+    }
+    let dir = plugin_dir(plugins, 100, None)?;
+    let before = rss_kib();
+    let b = open(dir.path(), cache.path()).await?;
+    if let (Some(before), Some(after)) = (before, rss_kib()) {
+        table.add(
+            "6 start-up",
+            "RSS per idle plugin (100 loaded)",
+            (after - before) / 100.0 / 1024.0,
+            "MiB",
+            None,
+        );
+    }
+    b.shutdown().await;
+
+    table.print();
+    if let Some(path) = json_out {
+        let doc = json!({ "events": events, "cores": std::thread::available_parallelism().map_or(1, |n| n.get()), "rows": table.0 });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
