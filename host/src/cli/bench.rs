@@ -108,6 +108,26 @@ fn plugin_dir(src: &Path, n: usize, runaway: Option<(&Path, bool)>) -> anyhow::R
     Ok(dir)
 }
 
+/// Like [`plugin_dir`] without a runaway, but every copy differs by a custom
+/// section holding its index, so each has its own cache key: a cold start
+/// really compiles `n` plugins instead of compiling one and hitting the
+/// cache `n - 1` times.
+fn distinct_plugin_dir(src: &Path, n: usize) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    let wasm = std::fs::read(src.join("token-counter.wasm"))?;
+    let name = b"plugbus-bench";
+    for i in 0..n {
+        let payload = (i as u32).to_le_bytes();
+        let mut bytes = wasm.clone();
+        // A custom section (id 0): its size, the length-prefixed name, the payload.
+        bytes.extend_from_slice(&[0, (1 + name.len() + payload.len()) as u8, name.len() as u8]);
+        bytes.extend_from_slice(name);
+        bytes.extend_from_slice(&payload);
+        std::fs::write(dir.path().join(format!("tc-{i:03}.wasm")), bytes)?;
+    }
+    Ok(dir)
+}
+
 async fn open(dir: &Path, cache: &Path) -> anyhow::Result<plugbus::Bus> {
     let bus = plugbus::Bus::builder().plugin_dir(dir).cache_dir(cache).build().await?;
     anyhow::ensure!(
@@ -246,7 +266,7 @@ pub async fn bench(plugins: &Path, events: u64, json_out: Option<&PathBuf>) -> a
             for (quarantine, label) in [(false, "runaway, no quarantine"), (true, "runaway, quarantined")] {
                 let dir = plugin_dir(plugins, n, Some((&misbehave, quarantine)))?;
                 let bus = open(dir.path(), cache.path()).await?;
-                let (r50, r99) = emit_latency(&bus, events / 4).await;
+                let (r50, r99) = emit_latency(&bus, events).await;
                 table.add(
                     "4 runaway tax",
                     &format!("emit p50, 10 subscribers + {label}"),
@@ -305,7 +325,7 @@ pub async fn bench(plugins: &Path, events: u64, json_out: Option<&PathBuf>) -> a
     for (quarantine, label) in [(false, "no quarantine"), (true, "quarantined")] {
         let dir = plugin_dir(plugins, 1, Some((&misbehave, quarantine)))?;
         let bus_r = open(dir.path(), cache.path()).await?;
-        let rate_r = plugin_throughput(&bus_r, events / 4, "tc-000").await;
+        let rate_r = plugin_throughput(&bus_r, events, "tc-000").await;
         table.add(
             "4 runaway tax",
             &format!("healthy plugin + runaway, {label}"),
@@ -340,7 +360,7 @@ pub async fn bench(plugins: &Path, events: u64, json_out: Option<&PathBuf>) -> a
 
     // 6. Start-up: cold compile vs cached artifact; RSS per idle plugin.
     for n in [1usize, 10, 100] {
-        let dir = plugin_dir(plugins, n, None)?;
+        let dir = distinct_plugin_dir(plugins, n)?;
         let cold_cache = tempfile::tempdir()?;
         let t = Instant::now();
         let b = open(dir.path(), cold_cache.path()).await?;
