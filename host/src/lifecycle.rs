@@ -96,6 +96,17 @@ fn publish_handle(shared: &Shared, handle: &Arc<PluginHandle>, patterns: &[Patte
     lock(&shared.plugins).insert(handle.spec.name.to_string(), handle.clone());
 }
 
+/// Makes a plugin that is not loaded yet live, with fresh counters. The
+/// caller holds the lifecycle lock and has checked the name is free.
+fn install_new(shared: &Arc<Shared>, prepared: Prepared, path: &Path) -> Arc<PluginHandle> {
+    let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
+    let patterns = prepared.patterns.clone();
+    let handle = spawn(shared, prepared, seq, Arc::new(StatsCell::default()), None);
+    publish_handle(shared, &handle, &patterns);
+    tracing::info!(plugin = &*handle.spec.name, file = %path.display(), subscriptions = ?handle.subscriptions, "plugin loaded");
+    handle
+}
+
 /// What [`Bus::reload_plugin`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reload {
@@ -128,12 +139,7 @@ impl Bus {
                 kind: LoadErrorKind::AlreadyLoaded(name),
             });
         }
-        let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
-        let patterns = prepared.patterns.clone();
-        let handle = spawn(shared, prepared, seq, Arc::new(StatsCell::default()), None);
-        publish_handle(shared, &handle, &patterns);
-        tracing::info!(plugin = %name, file = %path.display(), subscriptions = ?handle.subscriptions, "plugin loaded");
-        Ok(info(&handle))
+        Ok(info(&install_new(shared, prepared, path)))
     }
 
     /// Loads the plugin at `path`, or hot-swaps it if a plugin of that name is
@@ -165,13 +171,7 @@ impl Bus {
         let _serial = shared.lifecycle.lock().await;
         let name = prepared.spec.name.to_string();
         let Some(old) = lock(&shared.plugins).get(&name).cloned() else {
-            drop(_serial);
-            let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
-            let patterns = prepared.patterns.clone();
-            let handle = spawn(shared, prepared, seq, Arc::new(StatsCell::default()), None);
-            publish_handle(shared, &handle, &patterns);
-            tracing::info!(plugin = %name, file = %path.display(), "plugin loaded");
-            return Ok((info(&handle), Reload::Loaded));
+            return Ok((info(&install_new(shared, prepared, path)), Reload::Loaded));
         };
         if old.spec.version == prepared.spec.version && old.spec.manifest_version == prepared.spec.manifest_version {
             *lock(&old.reload_error) = None;

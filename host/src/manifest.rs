@@ -148,7 +148,21 @@ impl Manifest {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let raw: RawManifest = toml::from_str(&text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        Manifest::parse(path, &text)
+    }
+
+    /// Parses and validates the text of the manifest at `path` (relative
+    /// directory grants resolve against its folder), for callers that have
+    /// read the file already.
+    ///
+    /// # Errors
+    /// [`ManifestError`] naming the file and the field at fault.
+    pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
+        let err = |reason: String| ManifestError {
+            path: path.to_owned(),
+            reason,
+        };
+        let raw: RawManifest = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Manifest::validate(raw, base).map_err(err)
     }

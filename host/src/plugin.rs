@@ -188,11 +188,20 @@ impl PluginSpec {
         };
         let name: Arc<str> = plugin_name(path).map_err(err)?.into();
         let manifest_path = path.with_extension("toml");
-        let (manifest, manifest_version) = match std::fs::read(&manifest_path) {
-            Ok(bytes) => (
-                Manifest::load(&manifest_path).map_err(|e| err(e.into()))?,
-                Some(content_hash(&bytes)),
-            ),
+        // Read once: the same bytes are hashed (a change reloads the plugin) and parsed.
+        let (manifest, manifest_version) = match tokio::fs::read(&manifest_path).await {
+            Ok(bytes) => {
+                let manifest_err = |reason: String| ManifestError {
+                    path: manifest_path.clone(),
+                    reason,
+                };
+                let text =
+                    std::str::from_utf8(&bytes).map_err(|e| err(manifest_err(format!("not UTF-8: {e}")).into()))?;
+                (
+                    Manifest::parse(&manifest_path, text).map_err(|e| err(e.into()))?,
+                    Some(content_hash(&bytes)),
+                )
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Manifest::default(), None),
             Err(e) => {
                 return Err(err(LoadErrorKind::Manifest(ManifestError {

@@ -206,7 +206,7 @@ impl Worker {
                 bus.done();
             }
         }
-        self.state.set(PluginState::Unloaded);
+        // `_finished` marks the state unloaded when it drops, panics included.
         tracing::debug!(plugin = &*self.spec.name, "plugin worker stopped");
     }
 
