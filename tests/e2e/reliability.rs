@@ -1,7 +1,7 @@
 //! Reliability: quarantine with backoff, exact accounting under load,
 //! graceful shutdown.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -164,7 +164,7 @@ async fn accounting_is_exact_under_load() {
     accounting_under_load(events).await;
 }
 
-/// The full-size run: `cargo test --test reliability -- --ignored`.
+/// The full-size run: `cargo test -p plugbus-tests -- --ignored reliability::`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a million events: run on demand"]
 async fn accounting_is_exact_for_a_million_events() {

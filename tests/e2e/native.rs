@@ -1,7 +1,7 @@
 //! Native Rust handlers on the bus: patterns, order, `once` under
 //! concurrency, `off`, panic isolation, async handlers, history.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

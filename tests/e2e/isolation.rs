@@ -3,7 +3,7 @@
 //! failure is classified, the faulty plugin is rebuilt and serves the next
 //! event, and nothing escapes the sandbox.
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 

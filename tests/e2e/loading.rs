@@ -1,7 +1,7 @@
 //! Loading plugins: bad files and manifests are refused with a clear error
 //! naming the file while the others load; load, unload, and configuration.
 
-mod support;
+use crate::support;
 
 use plugbus::{Bus, Error, LoadErrorKind, Outcome, PluginState};
 use serde_json::json;

@@ -2,7 +2,7 @@
 //! remove, slow partial write, manifest change. Timing is tolerated by
 //! polling with a deadline; nothing asserts on how fast a change lands.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The compiled-artifact cache: a second load is served from it, and a
 //! corrupted or foreign entry is detected, discarded and rebuilt.
 
-mod support;
+use crate::support;
 
 use plugbus::{Bus, CacheStats, Outcome};
 use serde_json::json;

@@ -3,9 +3,7 @@
 //!
 //! `make test` builds the plugins and the binary first and points
 //! `PLUGBUS_WASM_DIR` / `PLUGBUS_BIN` at them; a plain `cargo test` builds
-//! them here, once per test binary (cargo serialises concurrent builds).
-
-#![allow(dead_code)] // each test binary uses a different subset
+//! them here, once per test run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,6 +1,6 @@
 //! The `plugbus` binary, driven end to end.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Output};
 
