@@ -1,8 +1,11 @@
 # The two commands of the README:
 #   make demo   set up, build the plugins, replay a sample agent session through them
 #   make test   set up, build the plugins, lint, and run every test
-# Everything they need is installed by `make setup` (the wasm32-wasip2 target,
-# clippy, rustfmt); the Rust toolchain itself comes from rustup.
+# Everything they need is installed by `make setup`: the wasm32-wasip2 target,
+# clippy and rustfmt (rustup), and the guest-language toolchains, all pinned
+# and from the package registries: clang-14 and wasi-libc (Debian), the
+# componentize-py wheel (PyPI, hash-checked, in a venv) and componentize-qjs
+# (npm, installed from a lock file). The Rust toolchain itself comes from rustup.
 
 CARGO    ?= cargo
 PLUGINS  := cost-tracker audit-log console-logger token-counter misbehave
@@ -10,25 +13,107 @@ FIXTURES := wrong-world
 DIST     := plugins/dist
 WASM_OUT := target/wasm32-wasip2/plugin
 TEST_WASM := target/plugbus-test-wasm
-MANIFESTS := plugins/cost-tracker/cost-tracker.toml plugins/audit-log/audit-log.toml
+MANIFESTS := plugins/cost-tracker/cost-tracker.toml plugins/audit-log/audit-log.toml \
+	plugins/event-counter/event-counter.toml plugins/secret-scanner/secret-scanner.toml \
+	plugins/latency-watch/latency-watch.toml
 
-.PHONY: demo test setup plugins lint example bench fuzz clean
+# ---- guest-language toolchains (pinned in plugins/toolchain) ----------------
+TOOLS      := target/guest-tools
+C_PACKAGES := clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32
+CLANG      := clang-14
+WASM_LD    := /usr/bin/wasm-ld-14
+# rustup ships wasm-component-ld (the wasm32-wasip2 linker): it links with
+# wasm-ld and embeds the WASI adapter, so C needs no wasm-tools install.
+HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+WASM_COMPONENT_LD := $(shell rustc --print sysroot 2>/dev/null)/lib/rustlib/$(HOST_TRIPLE)/bin/wasm-component-ld
+C_FLAGS    := --target=wasm32-wasi --sysroot=/usr -mexec-model=reactor -O2 -Wall -Wextra -Werror \
+	-fuse-ld=$(WASM_COMPONENT_LD) -Wl,--wasm-ld-path=$(WASM_LD) -Wl,--strip-debug
+C_BINDINGS := target/c-bindings
+VENV       := $(TOOLS)/venv
+COMPONENTIZE_PY  := $(VENV)/bin/componentize-py
+COMPONENTIZE_QJS := $(TOOLS)/js/node_modules/.bin/componentize-qjs
+# As root (CI, containers) apt-get runs directly; otherwise through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-setup:
+# The guest-language plugins: name, source, and how to build it.
+C_PLUGINS  := event-counter:plugins/event-counter/event_counter.c tokens-c:plugins/fixtures/tokens-c/tokens.c
+PY_PLUGINS := secret-scanner:plugins/secret-scanner:secret_scanner tokens-py:plugins/fixtures/tokens-py:tokens
+JS_PLUGINS := latency-watch:plugins/latency-watch/latency-watch.js tokens-js:plugins/fixtures/tokens-js/tokens.js
+# Which of them are first-party plugins (into plugins/dist) rather than fixtures.
+LANG_DIST  := event-counter secret-scanner latency-watch
+
+.PHONY: demo test setup setup-rust setup-c setup-python setup-js plugins rust-plugins lang-plugins lint example bench fuzz clean
+
+setup: setup-rust setup-c setup-python setup-js
+
+setup-rust:
 	@command -v $(CARGO) >/dev/null || { echo "plugbus: cargo not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 
-# Builds every plugin for wasm32-wasip2 and installs the first-party ones
-# (with their manifests) into plugins/dist, the fixtures into target/.
-plugins: setup
+# C: Debian's clang-14 with wasi-libc (clang-14 targets wasm32-wasi; the
+# component is made by rustup's wasm-component-ld).
+setup-c:
+	@missing=$$(for p in $(C_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		command -v apt-get >/dev/null || { echo "plugbus: the C toolchain needs Debian/Ubuntu packages: $$missing" >&2; exit 1; }; \
+		echo "installing $$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@test -x $(WASM_COMPONENT_LD) || { echo "plugbus: $(WASM_COMPONENT_LD) missing: run 'rustup target add wasm32-wasip2'" >&2; exit 1; }
+
+# Python: componentize-py, hash-checked, in a venv of our own.
+setup-python: $(COMPONENTIZE_PY)
+$(COMPONENTIZE_PY): plugins/toolchain/requirements.txt
+	@command -v python3 >/dev/null || { echo "plugbus: python3 (3.9 or later) is needed for the Python plugins" >&2; exit 1; }
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check --require-hashes -r plugins/toolchain/requirements.txt
+	@touch $@
+
+# JavaScript: componentize-qjs (QuickJS), exactly as locked. Not `npm ci`:
+# componentize-qjs 0.4.5 lists optional platform bindings that were never
+# published (win32, linux-arm64-musl), and `npm ci` refuses any lock without
+# them. `npm install --no-save` installs the same locked, integrity-checked tree.
+setup-js: $(COMPONENTIZE_QJS)
+$(COMPONENTIZE_QJS): plugins/toolchain/package.json plugins/toolchain/package-lock.json
+	@command -v npm >/dev/null || { echo "plugbus: npm (Node.js 18 or later) is needed for the JavaScript plugins" >&2; exit 1; }
+	@mkdir -p $(TOOLS)/js
+	cp plugins/toolchain/package.json plugins/toolchain/package-lock.json $(TOOLS)/js/
+	cd $(TOOLS)/js && npm install --no-save --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $@
+
+# Builds every plugin and installs the first-party ones (with their
+# manifests) into plugins/dist, and every plugin and fixture into target/.
+plugins: rust-plugins lang-plugins
+	@cp $(MANIFESTS) $(DIST)/
+	@ls -l $(DIST)/*.wasm
+
+rust-plugins: setup-rust
 	$(CARGO) build --profile plugin --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS) $(FIXTURES))
 	@mkdir -p $(DIST) $(TEST_WASM)
 	@for p in $(PLUGINS); do cp $(WASM_OUT)/$$(echo $$p | tr - _).wasm $(DIST)/$$p.wasm; done
 	@for p in $(PLUGINS) $(FIXTURES); do cp $(WASM_OUT)/$$(echo $$p | tr - _).wasm $(TEST_WASM)/$$p.wasm; done
-	@cp $(MANIFESTS) $(DIST)/
-	@ls -l $(DIST)/*.wasm
+
+# C, Python and JavaScript, each from the WIT in wit/: the C bindings are
+# generated by `plugbus bindgen c`, the other two toolchains read wit/ directly.
+lang-plugins: setup
+	@mkdir -p $(DIST) $(TEST_WASM)
+	$(CARGO) run -q -p plugbus -- -q bindgen c --wit wit --out $(C_BINDINGS) >/dev/null
+	@for spec in $(C_PLUGINS); do name=$${spec%%:*}; src=$${spec#*:}; \
+		echo "  C       $$name"; \
+		$(CLANG) $(C_FLAGS) -I $(C_BINDINGS) $$src $(C_BINDINGS)/observer.c $(C_BINDINGS)/observer_component_type.o \
+			-o $(TEST_WASM)/$$name.wasm || exit 1; \
+	done
+	@for spec in $(PY_PLUGINS); do name=$${spec%%:*}; rest=$${spec#*:}; dir=$${rest%%:*}; module=$${rest#*:}; \
+		echo "  Python  $$name"; \
+		$(COMPONENTIZE_PY) -d wit -w observer componentize -p $$dir $$module -o $(TEST_WASM)/$$name.wasm >/dev/null || exit 1; \
+	done
+	@for spec in $(JS_PLUGINS); do name=$${spec%%:*}; src=$${spec#*:}; \
+		echo "  JS      $$name"; \
+		$(COMPONENTIZE_QJS) --sync --wit wit --world observer --js $$src -o $(TEST_WASM)/$$name.wasm >/dev/null || exit 1; \
+	done
+	@for p in $(LANG_DIST); do cp $(TEST_WASM)/$$p.wasm $(DIST)/$$p.wasm; done
 
 demo: plugins
 	@rm -f $(DIST)/audit/events.jsonl
@@ -38,7 +123,7 @@ demo: plugins
 example: plugins
 	$(CARGO) run -q -p agent-service -- $(DIST)
 
-lint: setup
+lint: setup-rust
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS) $(FIXTURES)) -- -D warnings
@@ -59,7 +144,7 @@ bench: plugins
 # Needs the nightly toolchain; installs cargo-fuzz the first time.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := jsonl pattern manifest load
-fuzz: setup
+fuzz: setup-rust
 	@cargo +nightly fuzz --help >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 	@for t in $(FUZZ_TARGETS); do \
 		mkdir -p target/fuzz-corpus/$$t; \
@@ -69,5 +154,5 @@ fuzz: setup
 	done
 
 clean:
-	rm -rf $(DIST) $(TEST_WASM)
+	rm -rf $(DIST) $(TEST_WASM) $(C_BINDINGS)
 	$(CARGO) clean

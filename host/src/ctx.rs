@@ -196,6 +196,10 @@ fn truncate(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
 pub(crate) struct MemoryLimiter {
     limits: StoreLimits,
     pub refused: bool,
+    /// Linear memory granted to the instance so far, over all its memories:
+    /// every memory is created and grown through `memory_growing`, so this is
+    /// what the instance holds (wasm memories never shrink).
+    pub granted: usize,
 }
 
 /// Core instances, tables and memories per plugin. Components built by
@@ -214,7 +218,11 @@ impl MemoryLimiter {
             .tables(MAX_INSTANCES)
             .memories(MAX_INSTANCES)
             .build();
-        MemoryLimiter { limits, refused: false }
+        MemoryLimiter {
+            limits,
+            refused: false,
+            granted: 0,
+        }
     }
 }
 
@@ -222,6 +230,9 @@ impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         let allowed = self.limits.memory_growing(current, desired, maximum)?;
         self.refused |= !allowed;
+        if allowed {
+            self.granted = self.granted.saturating_add(desired.saturating_sub(current));
+        }
         Ok(allowed)
     }
 

@@ -27,6 +27,11 @@ pub struct PluginStats {
     pub restarts: u64,
     /// Fuel burned over all events.
     pub fuel_consumed: u64,
+    /// Linear memory held by the plugin's current instance, in bytes (0
+    /// before the first instance and while it is being rebuilt). Interpreted
+    /// runtimes start with tens of MiB; this is what to compare with the
+    /// `memory_mib` limit.
+    pub memory_bytes: u64,
     /// The most recent error or failure, described.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -120,6 +125,7 @@ pub(crate) struct StatsCell {
     dropped: AtomicU64,
     restarts: AtomicU64,
     fuel: AtomicU64,
+    memory: AtomicU64,
     last_error: Mutex<Option<String>>,
     latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
     latency_nanos: AtomicU64,
@@ -161,6 +167,11 @@ impl StatsCell {
             .fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
+    /// Records the linear memory the current instance holds.
+    pub fn set_memory(&self, bytes: usize) {
+        self.memory.store(bytes as u64, Relaxed);
+    }
+
     pub fn restarted(&self) {
         self.restarts.fetch_add(1, Relaxed);
     }
@@ -180,6 +191,7 @@ impl StatsCell {
             dropped: self.dropped.load(Relaxed),
             restarts: self.restarts.load(Relaxed),
             fuel_consumed: self.fuel.load(Relaxed),
+            memory_bytes: self.memory.load(Relaxed),
             last_error: self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             latency: {
                 let buckets: Vec<u64> = self.latency.iter().map(|n| n.load(Relaxed)).collect();

@@ -143,6 +143,7 @@ impl Worker {
         bus: Weak<Shared>,
     ) -> Worker {
         let backoff = spec.limits.quarantine_backoff;
+        stats.set_memory(instance.store.data().limiter.granted);
         Worker {
             spec,
             instance: Some(instance),
@@ -308,8 +309,10 @@ impl Worker {
         if matches!(outcome, Outcome::Failed(_)) {
             // The store is poisoned: drop it; the next event gets a fresh one.
             self.state.set(PluginState::Recovering);
+            self.stats.set_memory(0);
         } else {
             self.state.set(PluginState::Ready);
+            self.stats.set_memory(instance.store.data().limiter.granted);
             self.instance = Some(instance);
         }
         self.finish(event, &outcome, fuel, &frames);

@@ -163,6 +163,114 @@ fn new_scaffolds_a_plugin_that_builds_and_runs() {
     assert_eq!((p["delivered"].as_u64(), p["ok"].as_u64()), (Some(6), Some(6)), "{p}");
 }
 
+/// `plugbus new --lang c|python|js`, built with each folder's own Makefile
+/// (the toolchains `make setup` installed), then run by the real binary.
+#[test]
+fn new_scaffolds_c_python_and_js_plugins_that_build_and_run() {
+    let tools = support::guest_tools();
+    let work = tempfile::tempdir().unwrap();
+    let plugins = work.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let langs = [
+        ("c", "my-c", vec![]),
+        (
+            "python",
+            "my-py",
+            vec![format!(
+                "COMPONENTIZE_PY={}",
+                tools.join("venv/bin/componentize-py").display()
+            )],
+        ),
+        (
+            "js",
+            "my-js",
+            vec![format!(
+                "COMPONENTIZE_QJS={}",
+                tools.join("js/node_modules/.bin/componentize-qjs").display()
+            )],
+        ),
+    ];
+    for (lang, name, tool_vars) in &langs {
+        let root = work.path().join(name);
+        let out = plugbus(&["new", name, "--lang", lang, "--dir", root.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        for file in ["Makefile", "README.md", "events.jsonl", &format!("{name}.toml")] {
+            assert!(root.join(file).is_file(), "{lang}: missing {file}");
+        }
+        let out = Command::new("make")
+            .arg(format!("PLUGBUS={}", plugbus_bin().display()))
+            .args(tool_vars)
+            .current_dir(&root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the {lang} scaffold does not build (toolchains come from `make setup`):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for ext in ["wasm", "toml"] {
+            std::fs::copy(
+                root.join(format!("{name}.{ext}")),
+                plugins.join(format!("{name}.{ext}")),
+            )
+            .unwrap();
+        }
+    }
+    let events = work.path().join("my-c/events.jsonl");
+    let out = plugbus(&[
+        "run",
+        "--plugins",
+        plugins.to_str().unwrap(),
+        "--cache-dir",
+        support::shared_cache().to_str().unwrap(),
+        "--report",
+        "json",
+        events.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plugins = report["plugins"].as_array().unwrap();
+    assert_eq!(plugins.len(), 3, "{report}");
+    for p in plugins {
+        // 5 events from the file + one `<name>.long_answer` from each of the
+        // three plugins (each subscribes to `*`).
+        assert_eq!((p["delivered"].as_u64(), p["ok"].as_u64()), (Some(8), Some(8)), "{p}");
+    }
+}
+
+#[test]
+fn wit_and_bindgen_hand_out_the_contract_the_host_speaks() {
+    let out = plugbus(&["wit"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let repo = std::fs::read_to_string(support::workspace_root().join("wit/observer.wit")).unwrap();
+    assert_eq!(text, repo, "`plugbus wit` prints wit/ as built in");
+
+    let work = tempfile::tempdir().unwrap();
+    let out = plugbus(&["bindgen", "c", "--out", work.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let header = std::fs::read_to_string(work.path().join("observer.h")).unwrap();
+    assert!(header.contains("exports_plugbus_observer_handler_on_event"));
+    assert!(work.path().join("observer_component_type.o").is_file());
+
+    // A missing or broken WIT directory is an error naming it.
+    let missing = work.path().join("no-such-wit");
+    let out = plugbus(&["bindgen", "c", "--out", "x", "--wit", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-wit"));
+    let broken = work.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(broken.join("x.wit"), "package a:b; world observer { import nope; }").unwrap();
+    let out = plugbus(&["bindgen", "c", "--out", "x", "--wit", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("broken"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn new_refuses_bad_names_and_existing_folders() {
     let work = tempfile::tempdir().unwrap();

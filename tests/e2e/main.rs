@@ -12,6 +12,7 @@ mod support;
 mod cache;
 mod cli;
 mod isolation;
+mod languages;
 mod loading;
 mod native;
 mod reliability;

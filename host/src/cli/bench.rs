@@ -227,7 +227,99 @@ fn rss_kib() -> Option<f64> {
     Some(pages * 4.0)
 }
 
-pub async fn bench(plugins: &Path, events: u64, json_out: Option<&PathBuf>) -> anyhow::Result<std::process::ExitCode> {
+/// The same observer (parse the `model_responded` payload, add up its
+/// tokens) in each plugin language: the Rust `token-counter` plugin and the
+/// `tokens-*` fixtures.
+const LANGUAGES: [(&str, &str); 4] = [
+    ("Rust", "token-counter"),
+    ("C", "tokens-c"),
+    ("Python", "tokens-py"),
+    ("JavaScript", "tokens-js"),
+];
+
+/// Scenario 3, per-language cost: events/s through each language's observer
+/// against the native handler, its memory, and its cold compile against a
+/// cached load. Languages whose fixture is not built are skipped with a note.
+async fn per_language(
+    table: &mut Table,
+    plugins: &Path,
+    fixtures: &Path,
+    events: u64,
+    native_rate: f64,
+) -> anyhow::Result<()> {
+    for (lang, plugin) in LANGUAGES {
+        let file = [plugins, fixtures]
+            .iter()
+            .map(|d| d.join(format!("{plugin}.wasm")))
+            .find(|f| f.is_file());
+        let Some(file) = file else {
+            eprintln!("plugbus bench: skipping {lang}: {plugin}.wasm not built (make lang-plugins)");
+            continue;
+        };
+        let dir = tempfile::tempdir()?;
+        std::fs::copy(&file, dir.path().join("tok.wasm"))?;
+        // One budget for all, so the comparison is of the languages alone:
+        // the Python and JavaScript manifests' limits.
+        std::fs::write(
+            dir.path().join("tok.toml"),
+            "subscriptions = [\"model_responded\"]\n[limits]\nmemory_mib = 128\nfuel = 500_000_000\n",
+        )?;
+        let cold_cache = tempfile::tempdir()?;
+        let t = Instant::now();
+        let bus = open(dir.path(), cold_cache.path()).await?;
+        let cold = t.elapsed().as_secs_f64() * 1e3;
+        bus.shutdown().await;
+        let t = Instant::now();
+        let bus = open(dir.path(), cold_cache.path()).await?;
+        let warm = t.elapsed().as_secs_f64() * 1e3;
+        let rate = plugin_throughput(&bus, events, "tok").await;
+        let memory = bus
+            .plugins()
+            .into_iter()
+            .find(|p| p.name == "tok")
+            .map_or(0, |p| p.stats.memory_bytes);
+        bus.shutdown().await;
+        let size = std::fs::metadata(&file)?.len() as f64 / (1024.0 * 1024.0);
+        let scenario = "3 per language";
+        table.add(
+            scenario,
+            &format!("{lang}: events/s (vs native)"),
+            rate,
+            "ev/s",
+            Some(native_rate),
+        );
+        table.add(
+            scenario,
+            &format!("{lang}: per event (vs native)"),
+            1e6 / rate,
+            "µs",
+            Some(1e6 / native_rate),
+        );
+        table.add(
+            scenario,
+            &format!("{lang}: linear memory"),
+            memory as f64 / (1024.0 * 1024.0),
+            "MiB",
+            None,
+        );
+        table.add(scenario, &format!("{lang}: component size"), size, "MiB", None);
+        table.add(
+            scenario,
+            &format!("{lang}: load, cached (vs cold compile)"),
+            warm,
+            "ms",
+            Some(cold),
+        );
+    }
+    Ok(())
+}
+
+pub async fn bench(
+    plugins: &Path,
+    fixtures: &Path,
+    events: u64,
+    json_out: Option<&PathBuf>,
+) -> anyhow::Result<std::process::ExitCode> {
     let misbehave = plugins.join("misbehave.wasm");
     anyhow::ensure!(
         plugins.join("token-counter.wasm").is_file(),
@@ -314,6 +406,7 @@ pub async fn bench(plugins: &Path, events: u64, json_out: Option<&PathBuf>) -> a
     let dir = plugin_dir(plugins, 10, None)?;
     let bus10 = open(dir.path(), cache.path()).await?;
     let rate10 = throughput(&bus10, events).await;
+    per_language(&mut table, plugins, fixtures, events, native_rate).await?;
     table.add(
         "2 handler throughput",
         "10 wasm plugins (events/s, all done)",

@@ -7,6 +7,7 @@ mod progress;
 mod report;
 mod run;
 mod serve;
+mod wit;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,6 +75,9 @@ pub enum Command {
         /// Directory holding the built token-counter.wasm and misbehave.wasm.
         #[arg(long, value_name = "DIR", default_value = "plugins/dist")]
         plugins: PathBuf,
+        /// Directory holding the per-language fixtures (tokens-c, tokens-py, tokens-js).
+        #[arg(long, value_name = "DIR", default_value = "target/plugbus-test-wasm")]
+        fixtures: PathBuf,
         /// Events per scenario.
         #[arg(long, default_value_t = 20_000)]
         events: u64,
@@ -92,9 +96,28 @@ pub enum Command {
         /// Where to create it (default: ./NAME).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
-        /// Path to the plugbus-guest SDK (default: this checkout's, else the published crate).
+        /// Rust only: path to the plugbus-guest SDK (default: this checkout's, else the published crate).
         #[arg(long, value_name = "PATH")]
         sdk: Option<PathBuf>,
+    },
+    /// Print the WIT package plugins implement (`plugbus:observer`), or write
+    /// it into DIR for a toolchain that reads WIT (componentize-py, componentize-qjs).
+    Wit {
+        /// Write `observer.wit` into this directory instead of printing it.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Generate bindings for a plugin language that needs them (C).
+    Bindgen {
+        /// The language.
+        #[arg(value_enum)]
+        lang: BindgenLang,
+        /// Directory to write the bindings into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// A WIT package directory to use instead of the one built into this binary.
+        #[arg(long, value_name = "DIR")]
+        wit: Option<PathBuf>,
     },
     /// Load and validate one plugin; print its name, world, subscriptions and imports.
     Check {
@@ -113,6 +136,19 @@ pub enum Command {
 pub enum Lang {
     /// Rust with the plugbus-guest SDK.
     Rust,
+    /// C with clang and wasi-libc; bindings from `plugbus bindgen c`.
+    C,
+    /// Python with componentize-py.
+    Python,
+    /// JavaScript with componentize-qjs (QuickJS).
+    Js,
+}
+
+/// Languages `plugbus bindgen` generates bindings for.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BindgenLang {
+    /// `observer.h`, `observer.c`, `observer_component_type.o` (wit-bindgen-c).
+    C,
 }
 
 /// Where compiled plugins are cached.
@@ -190,12 +226,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             input,
             cache,
         } => run::run(&plugins, report, watch, Duration::from_millis(grace_ms), &input, &cache).await,
-        Command::New {
-            name,
-            lang: Lang::Rust,
-            dir,
-            sdk,
-        } => new::new(&name, dir.as_deref(), sdk.as_deref()),
+        Command::New { name, lang, dir, sdk } => new::new(&name, lang, dir.as_deref(), sdk.as_deref()),
         Command::Serve {
             plugins,
             listen,
@@ -203,6 +234,17 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             cache,
         } => serve::serve(&plugins, listen, Duration::from_millis(grace_ms), &cache).await,
         Command::Check { file, json, cache } => check::check(&file, json, &cache).await,
-        Command::Bench { plugins, events, json } => bench::bench(&plugins, events, json.as_ref()).await,
+        Command::Wit { out } => wit::wit(out.as_deref()),
+        Command::Bindgen {
+            lang: BindgenLang::C,
+            out,
+            wit,
+        } => wit::bindgen_c(&out, wit.as_deref()),
+        Command::Bench {
+            plugins,
+            fixtures,
+            events,
+            json,
+        } => bench::bench(&plugins, &fixtures, events, json.as_ref()).await,
     }
 }

@@ -1,22 +1,70 @@
-//! `plugbus new NAME [--lang rust]`: scaffold a plugin that builds as-is.
+//! `plugbus new NAME [--lang rust|c|python|js]`: scaffold a plugin that builds as-is.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 
-/// The Rust template, embedded so the binary works from anywhere.
-const RUST: &[(&str, &str)] = &[
+use super::Lang;
+
+/// A template: (file name, contents); both may hold `{{name}}`, `{{crate}}`,
+/// `{{type}}` and (Rust) `{{sdk}}`. Embedded, so the binary works from anywhere.
+type Template = &'static [(&'static str, &'static str)];
+
+const EVENTS: &str = include_str!("../../templates/events.jsonl.tmpl");
+
+const RUST: Template = &[
     ("Cargo.toml", include_str!("../../templates/rust/Cargo.toml.tmpl")),
     (
         ".cargo/config.toml",
         include_str!("../../templates/rust/.cargo/config.toml.tmpl"),
     ),
     ("src/lib.rs", include_str!("../../templates/rust/src/lib.rs.tmpl")),
-    ("events.jsonl", include_str!("../../templates/rust/events.jsonl.tmpl")),
+    ("events.jsonl", EVENTS),
     ("{{name}}.toml", include_str!("../../templates/rust/manifest.toml.tmpl")),
     ("README.md", include_str!("../../templates/rust/README.md.tmpl")),
     (".gitignore", "/target\n"),
+];
+
+const C: Template = &[
+    ("{{crate}}.c", include_str!("../../templates/c/plugin.c.tmpl")),
+    ("Makefile", include_str!("../../templates/c/Makefile.tmpl")),
+    ("events.jsonl", EVENTS),
+    ("{{name}}.toml", include_str!("../../templates/c/manifest.toml.tmpl")),
+    ("README.md", include_str!("../../templates/c/README.md.tmpl")),
+    (".gitignore", "/build\n/*.wasm\n"),
+];
+
+const PYTHON: Template = &[
+    ("{{crate}}.py", include_str!("../../templates/python/plugin.py.tmpl")),
+    ("Makefile", include_str!("../../templates/python/Makefile.tmpl")),
+    // The same pinned, hash-checked componentize-py the repository builds with.
+    (
+        "requirements.txt",
+        include_str!("../../../plugins/toolchain/requirements.txt"),
+    ),
+    ("events.jsonl", EVENTS),
+    (
+        "{{name}}.toml",
+        include_str!("../../templates/python/manifest.toml.tmpl"),
+    ),
+    ("README.md", include_str!("../../templates/python/README.md.tmpl")),
+    (".gitignore", "/build\n/.venv\n/*.wasm\n"),
+];
+
+const JS: Template = &[
+    ("{{name}}.js", include_str!("../../templates/js/plugin.js.tmpl")),
+    ("Makefile", include_str!("../../templates/js/Makefile.tmpl")),
+    ("package.json", include_str!("../../templates/js/package.json.tmpl")),
+    // The repository's lock for the same componentize-qjs, renamed below.
+    (
+        "package-lock.json",
+        include_str!("../../../plugins/toolchain/package-lock.json"),
+    ),
+    ("events.jsonl", EVENTS),
+    ("{{name}}.toml", include_str!("../../templates/js/manifest.toml.tmpl")),
+    ("README.md", include_str!("../../templates/js/README.md.tmpl")),
+    (".gitignore", "/build\n/node_modules\n/*.wasm\n"),
 ];
 
 /// The guest SDK of the checkout this binary was built from, if it is still there.
@@ -47,7 +95,7 @@ fn type_name(name: &str) -> String {
         .collect()
 }
 
-pub fn new(name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> anyhow::Result<ExitCode> {
+pub fn new(name: &str, lang: Lang, dir: Option<&Path>, sdk: Option<&Path>) -> anyhow::Result<ExitCode> {
     if !valid_name(name) {
         bail!(
             "`{name}` is not a valid plugin name: use lowercase letters, digits, `-` and `_`, starting with a letter"
@@ -66,21 +114,44 @@ pub fn new(name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> anyhow::Result
         ("{{crate}}", name.replace('-', "_")),
         ("{{type}}", type_name(name)),
         ("{{sdk}}", sdk_dep),
+        // The JavaScript lock file is the repository's own, under its name.
+        ("\"plugbus-js-toolchain\"", format!("{name:?}")),
     ];
     let fill = |text: &str| vars.iter().fold(text.to_owned(), |t, (k, v)| t.replace(k, v));
-    for (file, template) in RUST {
+    let template = match lang {
+        Lang::Rust => RUST,
+        Lang::C => C,
+        Lang::Python => PYTHON,
+        Lang::Js => JS,
+    };
+    for (file, contents) in template {
         let path = root.join(fill(file));
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
-        std::fs::write(&path, fill(template)).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, fill(contents)).with_context(|| format!("writing {}", path.display()))?;
     }
     println!("created plugin `{name}` in {}", root.display());
-    println!("  cd {} && cargo build --release", root.display());
-    println!(
-        "  then copy target/wasm32-wasip2/release/{}.wasm into your plugin directory",
-        name.replace('-', "_")
-    );
+    let root = root.display();
+    match lang {
+        Lang::Rust => {
+            println!("  cd {root} && cargo build --release");
+            println!(
+                "  then copy target/wasm32-wasip2/release/{}.wasm into your plugin directory",
+                name.replace('-', "_")
+            );
+        }
+        Lang::C | Lang::Js => println!("  cd {root} && make       # see README.md for the toolchain"),
+        Lang::Python => {
+            println!(
+                "  cd {root} && python3 -m venv .venv && .venv/bin/pip install --require-hashes -r requirements.txt"
+            );
+            println!("  make COMPONENTIZE_PY=.venv/bin/componentize-py");
+        }
+    }
+    if lang != Lang::Rust {
+        println!("  then copy {name}.wasm (and {name}.toml) into your plugin directory");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

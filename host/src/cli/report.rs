@@ -15,7 +15,7 @@ pub struct Report {
 
 impl Report {
     /// `{"events", "invalid_lines", "plugins": [{name, state, delivered, ok,
-    /// errors, failures{…}, dropped, restarts, fuel_consumed, last_error?}],
+    /// errors, failures{…}, dropped, restarts, fuel_consumed, memory_bytes, last_error?}],
     /// "load_failures": [{path, reason}]}`.
     pub fn to_json(&self) -> Value {
         let plugins: Vec<Value> = self
@@ -46,8 +46,8 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<16} {:<10} {:>9} {:>7} {:>6} {:>8} {:>7} {:>8} {:>14}  failures",
-            "plugin", "state", "delivered", "ok", "errors", "failed", "dropped", "restarts", "fuel"
+            "{:<16} {:<10} {:>9} {:>7} {:>6} {:>8} {:>7} {:>8} {:>14} {:>8}  failures",
+            "plugin", "state", "delivered", "ok", "errors", "failed", "dropped", "restarts", "fuel", "memory"
         );
         for p in &self.plugins {
             let s = &p.stats;
@@ -63,7 +63,7 @@ impl Report {
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "{:<16} {:<10} {:>9} {:>7} {:>6} {:>8} {:>7} {:>8} {:>14}  {}",
+                "{:<16} {:<10} {:>9} {:>7} {:>6} {:>8} {:>7} {:>8} {:>14} {:>8}  {}",
                 p.name,
                 state,
                 s.delivered,
@@ -73,6 +73,7 @@ impl Report {
                 s.dropped,
                 s.restarts,
                 s.fuel_consumed,
+                mib(s.memory_bytes),
                 if kinds.is_empty() {
                     "-".to_owned()
                 } else {
@@ -84,5 +85,14 @@ impl Report {
             let _ = writeln!(out, "not loaded: {}: {}", l.path.display(), l.reason);
         }
         out
+    }
+}
+
+/// `12.3 MiB`, or `-` with no instance.
+fn mib(bytes: u64) -> String {
+    if bytes == 0 {
+        "-".to_owned()
+    } else {
+        format!("{:.1}MiB", bytes as f64 / (1024.0 * 1024.0))
     }
 }

@@ -221,6 +221,18 @@ impl Collector for BusMetrics {
             }
         }
         let mut family = encoder.encode_descriptor(
+            "plugbus_plugin_memory_bytes",
+            "Linear memory held by the plugin's instance",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in &plugins {
+            let bytes = i64::try_from(p.stats.memory_bytes).unwrap_or(i64::MAX);
+            family
+                .encode_family(&[("plugin", p.name.as_str())])?
+                .encode_gauge(&bytes)?;
+        }
+        let mut family = encoder.encode_descriptor(
             "plugbus_plugin_handler_seconds",
             "Time the plugin took per event",
             None,

@@ -72,6 +72,30 @@ pub fn wasm(plugin: &str) -> PathBuf {
     wasm_dir().join(format!("{plugin}.wasm"))
 }
 
+/// The path of a plugin written in C, Python or JavaScript. Those need their
+/// language toolchains, which `make lang-plugins` (part of `make test`)
+/// installs and runs; a plain `cargo test` cannot build them.
+pub fn lang_wasm(plugin: &str) -> PathBuf {
+    let path = wasm(plugin);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the C/Python/JavaScript plugins with `make lang-plugins` (or run `make test`)",
+        path.display()
+    );
+    path
+}
+
+/// A compiled-artifact cache shared by every test in the run: an 18 MB
+/// Python plugin takes seconds to compile cold, once is enough.
+pub fn shared_cache() -> PathBuf {
+    target_dir().join("plugbus-test-cache")
+}
+
+/// The installed guest-language toolchains (`make setup`).
+pub fn guest_tools() -> PathBuf {
+    target_dir().join("guest-tools")
+}
+
 /// The `plugbus` binary.
 pub fn plugbus_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -91,7 +115,9 @@ pub fn plugbus_bin() -> &'static Path {
 pub fn plugin_dir(plugins: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for p in plugins {
-        std::fs::copy(wasm(p), dir.path().join(format!("{p}.wasm"))).unwrap();
+        let built = wasm(p);
+        let built = if built.is_file() { built } else { lang_wasm(p) };
+        std::fs::copy(built, dir.path().join(format!("{p}.wasm"))).unwrap();
         let manifest = workspace_root().join("plugins").join(p).join(format!("{p}.toml"));
         if manifest.exists() {
             std::fs::copy(&manifest, dir.path().join(format!("{p}.toml"))).unwrap();
