@@ -437,11 +437,41 @@ fn bench_runs_every_scenario_and_writes_json() {
     for scenario in [
         "1 emit latency",
         "2 handler throughput",
+        "3 per language",
         "4 runaway tax",
         "5 recovery",
         "6 start-up",
+        "7 python peer",
     ] {
         assert!(rows.iter().any(|r| r["scenario"] == scenario), "no row for {scenario}");
     }
     assert!(rows.iter().all(|r| r["value"].as_f64().is_some_and(f64::is_finite)));
+    for lang in ["Rust", "C", "Python", "JavaScript"] {
+        let measure = format!("{lang}: events/s (vs native)");
+        assert!(
+            rows.iter().any(|r| r["measure"] == measure.as_str()),
+            "no row for {measure}"
+        );
+    }
+
+    // `--only` runs the groups holding the given scenarios, nothing else.
+    let out = plugbus(&[
+        "-q",
+        "bench",
+        "--plugins",
+        support::wasm_dir().to_str().unwrap(),
+        "--events",
+        "100",
+        "--only",
+        "5",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = doc["rows"].as_array().unwrap();
+    assert!(
+        !rows.is_empty() && rows.iter().all(|r| r["scenario"] == "5 recovery"),
+        "{rows:?}"
+    );
 }

@@ -81,6 +81,9 @@ pub enum Command {
         /// Events per scenario.
         #[arg(long, default_value_t = 20_000)]
         events: u64,
+        /// Only the scenarios with these numbers (and those measured with them), e.g. `--only 5,6`.
+        #[arg(long, value_delimiter = ',', value_name = "N,...")]
+        only: Vec<u32>,
         /// Also write the results as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -244,7 +247,8 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             plugins,
             fixtures,
             events,
+            only,
             json,
-        } => bench::bench(&plugins, &fixtures, events, json.as_ref()).await,
+        } => bench::bench(&plugins, &fixtures, events, &only, json.as_ref()).await,
     }
 }
