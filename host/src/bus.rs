@@ -227,12 +227,17 @@ impl Shared {
                         }
                         None => (None, None),
                     };
-                    self.pending.fetch_add(1, Ordering::AcqRel);
-                    if !p.offer(Job {
+                    let job = Job {
                         event: event.clone(),
                         reply,
-                    }) {
-                        self.done();
+                    };
+                    if p.quarantined_now() {
+                        p.refuse(job, crate::DropReason::Quarantined);
+                    } else {
+                        self.pending.fetch_add(1, Ordering::AcqRel);
+                        if !p.offer(job) {
+                            self.done();
+                        }
                     }
                     if let (Some(waits), Some(rx)) = (waits.as_deref_mut(), rx) {
                         waits.push((p.spec.name.to_string(), Wait::Reply(rx)));

@@ -376,13 +376,25 @@ impl PluginHandle {
                 Err(mpsc::error::TrySendError::Closed(job)) => (job, crate::DropReason::Unloaded),
             }
         };
+        self.refuse(job, reason);
+        false
+    }
+
+    /// True while the plugin is quarantined: the publisher drops its events
+    /// up front ([`refuse`](Self::refuse)) without queueing or counting them
+    /// as in flight, so a quarantined plugin costs an emit next to nothing.
+    pub fn quarantined_now(&self) -> bool {
+        self.state.quarantined_now()
+    }
+
+    /// Drops `job` for this plugin: counts it and answers its waiter.
+    pub fn refuse(&self, job: Job, reason: crate::DropReason) {
         let outcome = Outcome::Dropped(reason);
         self.stats.record(&outcome, 0);
         tracing::debug!(plugin = &*self.spec.name, event = job.event.name(), %reason, "event dropped for plugin");
         if let Some(reply) = job.reply {
             let _ = reply.send(outcome);
         }
-        false
     }
 
     /// Asks the worker to drain and stop, and waits for it.
