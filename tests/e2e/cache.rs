@@ -16,11 +16,16 @@ async fn load(plugins: &std::path::Path, cache: &std::path::Path) -> Bus {
         .unwrap()
 }
 
+/// The cached artifacts (`.cwasm`; each has a `.sum` beside it).
 fn entries(cache: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     for engine_dir in std::fs::read_dir(cache).unwrap() {
         for f in std::fs::read_dir(engine_dir.unwrap().path()).unwrap() {
-            files.push(f.unwrap().path());
+            let path = f.unwrap().path();
+            if path.extension().is_some_and(|e| e == "cwasm") {
+                assert!(path.with_extension("sum").is_file(), "{} has no .sum", path.display());
+                files.push(path);
+            }
         }
     }
     files.sort();
@@ -67,12 +72,13 @@ async fn second_load_is_served_from_the_cache() {
 
 #[tokio::test]
 async fn corrupted_entries_are_discarded_and_rebuilt() {
-    let plugins = plugin_dir(&["console-logger", "misbehave", "cost-tracker"]);
+    let plugins = plugin_dir(&["console-logger", "misbehave", "cost-tracker", "token-counter"]);
     let cache = tempfile::tempdir().unwrap();
     load(plugins.path(), cache.path()).await.shutdown().await;
     let files = entries(cache.path());
-    assert_eq!(files.len(), 3);
-    // One flipped byte deep in the code, one truncated file, one replaced by garbage.
+    assert_eq!(files.len(), 4);
+    // One flipped byte deep in the code, one truncated file, one replaced by
+    // garbage, one whose checksum file is gone.
     let mut bytes = std::fs::read(&files[0]).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
@@ -80,17 +86,18 @@ async fn corrupted_entries_are_discarded_and_rebuilt() {
     let bytes = std::fs::read(&files[1]).unwrap();
     std::fs::write(&files[1], &bytes[..bytes.len() / 3]).unwrap();
     std::fs::write(&files[2], b"not an artifact").unwrap();
+    std::fs::remove_file(files[3].with_extension("sum")).unwrap();
 
     let bus = load(plugins.path(), cache.path()).await;
     assert_eq!(
         bus.cache_stats().unwrap(),
         CacheStats {
-            misses: 3,
-            discarded: 3,
+            misses: 4,
+            discarded: 4,
             ..Default::default()
         }
     );
-    assert_eq!(bus.plugins().len(), 3, "{:?}", bus.load_failures());
+    assert_eq!(bus.plugins().len(), 4, "{:?}", bus.load_failures());
     let report = bus.emit_and_wait("misbehave.ok", json!({})).await;
     assert_eq!(report.outcome("misbehave"), Some(&Outcome::Ok));
     bus.shutdown().await;
@@ -99,7 +106,7 @@ async fn corrupted_entries_are_discarded_and_rebuilt() {
     assert_eq!(
         bus.cache_stats().unwrap(),
         CacheStats {
-            hits: 3,
+            hits: 4,
             ..Default::default()
         },
         "rebuilt entries are reused"
