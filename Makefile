@@ -42,7 +42,7 @@ JS_PLUGINS := latency-watch:plugins/latency-watch/latency-watch.js tokens-js:plu
 # Which of them are first-party plugins (into plugins/dist) rather than fixtures.
 LANG_DIST  := event-counter secret-scanner latency-watch
 
-.PHONY: demo test setup setup-rust setup-c setup-python setup-js plugins rust-plugins lang-plugins lint example bench fuzz clean
+.PHONY: demo test setup setup-rust setup-c setup-python setup-js plugins rust-plugins lang-plugins lint example bench criterion fuzz clean
 
 setup: setup-rust setup-c setup-python setup-js
 
@@ -137,6 +137,11 @@ test: plugins lint
 BENCH_EVENTS ?= 20000
 bench: plugins
 	$(CARGO) run -q --release -p plugbus -- -q bench --plugins $(DIST) --events $(BENCH_EVENTS) --json target/bench.json
+
+# Criterion benchmarks of the emit path (not part of `make test`): emit vs the
+# mpsc floor, a plugin vs the native handler, recovery.
+criterion: plugins
+	$(CARGO) bench -p plugbus --bench emit
 
 # Fuzzing (not part of `make test`): JSON Lines ingestion, the pattern parser,
 # the manifest parser and plugin loading from arbitrary bytes, each for
