@@ -474,4 +474,8 @@ fn bench_runs_every_scenario_and_writes_json() {
         !rows.is_empty() && rows.iter().all(|r| r["scenario"] == "5 recovery"),
         "{rows:?}"
     );
+    // A scenario that does not exist is a usage error, not an empty table.
+    let out = plugbus(&["bench", "--only", "9"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--only"));
 }
