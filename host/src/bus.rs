@@ -232,7 +232,7 @@ impl Shared {
                         reply,
                     };
                     if p.quarantined_now() {
-                        p.refuse(job, crate::DropReason::Quarantined);
+                        p.refuse(job, DropReason::Quarantined);
                     } else {
                         self.pending.fetch_add(1, Ordering::AcqRel);
                         if !p.offer(job) {

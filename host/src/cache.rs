@@ -12,7 +12,7 @@
 //! hash: it guards against accidents, which is all a checksum stored beside
 //! the data can do; against tampering the guard is the private directory
 //! below. Mapping and the CRC instead of reading and sha256 took the cached
-//! load of an 18 MB Python plugin from about 64 ms to about 35 ms.)
+//! load of an 18 MB Python plugin from 64–171 ms to 18–26 ms here.)
 //!
 //! Files are written to a temporary name and renamed into place (atomic on
 //! one filesystem) and never modified in place, so a mapped artifact stays

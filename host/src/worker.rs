@@ -212,10 +212,7 @@ impl Worker {
     }
 
     fn drop_job(&self, job: &Job, reason: DropReason) -> Outcome {
-        let outcome = Outcome::Dropped(reason);
-        self.stats.record(&outcome, 0);
-        tracing::debug!(plugin = &*self.spec.name, event = job.event.name(), %reason, "event dropped for plugin");
-        outcome
+        count_drop(&self.stats, &self.spec.name, job, reason)
     }
 
     /// Counts consecutive hard failures; quarantines the plugin past the
@@ -366,15 +363,15 @@ impl PluginHandle {
     /// Queues `job` without waiting. A full or closed queue drops the event
     /// for this plugin, counts it, and answers the waiter if there is one.
     /// Returns whether the job was queued.
+    ///
+    /// Quarantine is not checked here: the publisher checks
+    /// [`quarantined_now`](Self::quarantined_now) first, and a job that slips
+    /// in as quarantine begins is dropped by the worker with the same reason.
     pub fn offer(&self, job: Job) -> bool {
-        let (job, reason) = if self.state.quarantined_now() {
-            (job, crate::DropReason::Quarantined)
-        } else {
-            match self.tx.try_send(job) {
-                Ok(()) => return true,
-                Err(mpsc::error::TrySendError::Full(job)) => (job, crate::DropReason::QueueFull),
-                Err(mpsc::error::TrySendError::Closed(job)) => (job, crate::DropReason::Unloaded),
-            }
+        let (job, reason) = match self.tx.try_send(job) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Full(job)) => (job, DropReason::QueueFull),
+            Err(mpsc::error::TrySendError::Closed(job)) => (job, DropReason::Unloaded),
         };
         self.refuse(job, reason);
         false
@@ -388,10 +385,8 @@ impl PluginHandle {
     }
 
     /// Drops `job` for this plugin: counts it and answers its waiter.
-    pub fn refuse(&self, job: Job, reason: crate::DropReason) {
-        let outcome = Outcome::Dropped(reason);
-        self.stats.record(&outcome, 0);
-        tracing::debug!(plugin = &*self.spec.name, event = job.event.name(), %reason, "event dropped for plugin");
+    pub fn refuse(&self, job: Job, reason: DropReason) {
+        let outcome = count_drop(&self.stats, &self.spec.name, &job, reason);
         if let Some(reply) = job.reply {
             let _ = reply.send(outcome);
         }
@@ -435,4 +430,13 @@ impl PluginHandle {
             tracing::error!(plugin = &*self.spec.name, error = %e, "plugin worker ended abnormally");
         }
     }
+}
+
+/// Counts an event dropped for `plugin` (by the publisher or the worker) and
+/// logs it; the caller answers the waiter.
+fn count_drop(stats: &StatsCell, plugin: &str, job: &Job, reason: DropReason) -> Outcome {
+    let outcome = Outcome::Dropped(reason);
+    stats.record(&outcome, 0);
+    tracing::debug!(plugin, event = job.event.name(), %reason, "event dropped for plugin");
+    outcome
 }

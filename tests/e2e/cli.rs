@@ -415,25 +415,24 @@ fn serve_accepts_events_over_http_reports_and_drains_on_sigterm() {
     assert!(log.contains("console-logger: delivered 3, dropped 0"), "{log}");
 }
 
+/// `plugbus -q bench --plugins <test plugins> ARGS --json FILE`: the rows it wrote.
+fn bench_rows(args: &[&str]) -> Vec<serde_json::Value> {
+    let out_dir = tempfile::tempdir().unwrap();
+    let json = out_dir.path().join("bench.json");
+    let mut all = vec!["-q", "bench", "--plugins", support::wasm_dir().to_str().unwrap()];
+    all.extend_from_slice(args);
+    all.extend(["--json", json.to_str().unwrap()]);
+    let out = plugbus(&all);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    doc["rows"].as_array().unwrap().clone()
+}
+
 /// The benchmark harness keeps working: every scenario produces a row. No
 /// figure is asserted (timing belongs in benchmarks, not tests).
 #[test]
 fn bench_runs_every_scenario_and_writes_json() {
-    let out_dir = tempfile::tempdir().unwrap();
-    let json = out_dir.path().join("bench.json");
-    let out = plugbus(&[
-        "-q",
-        "bench",
-        "--plugins",
-        support::wasm_dir().to_str().unwrap(),
-        "--events",
-        "300",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let rows = doc["rows"].as_array().unwrap();
+    let rows = bench_rows(&["--events", "300"]);
     for scenario in [
         "1 emit latency",
         "2 handler throughput",
@@ -455,21 +454,7 @@ fn bench_runs_every_scenario_and_writes_json() {
     }
 
     // `--only` runs the groups holding the given scenarios, nothing else.
-    let out = plugbus(&[
-        "-q",
-        "bench",
-        "--plugins",
-        support::wasm_dir().to_str().unwrap(),
-        "--events",
-        "100",
-        "--only",
-        "5",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let rows = doc["rows"].as_array().unwrap();
+    let rows = bench_rows(&["--events", "100", "--only", "5"]);
     assert!(
         !rows.is_empty() && rows.iter().all(|r| r["scenario"] == "5 recovery"),
         "{rows:?}"

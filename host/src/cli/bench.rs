@@ -120,6 +120,20 @@ fn distinct_plugin_dir(src: &Path, n: usize) -> anyhow::Result<tempfile::TempDir
     Ok(dir)
 }
 
+/// Opens `dir` twice over the empty cache `cache`: once compiling every
+/// plugin, once from the artifacts that wrote. Returns both times in ms and
+/// the second bus, still open.
+async fn cold_then_cached(dir: &Path, cache: &Path) -> anyhow::Result<(f64, f64, plugbus::Bus)> {
+    let t = Instant::now();
+    let bus = open(dir, cache).await?;
+    let cold = t.elapsed().as_secs_f64() * 1e3;
+    bus.shutdown().await;
+    let t = Instant::now();
+    let bus = open(dir, cache).await?;
+    let warm = t.elapsed().as_secs_f64() * 1e3;
+    Ok((cold, warm, bus))
+}
+
 async fn open(dir: &Path, cache: &Path) -> anyhow::Result<plugbus::Bus> {
     let bus = plugbus::Bus::builder().plugin_dir(dir).cache_dir(cache).build().await?;
     anyhow::ensure!(
@@ -307,13 +321,7 @@ async fn per_language(
             "subscriptions = [\"model_responded\"]\n[limits]\nmemory_mib = 128\nfuel = 500_000_000\n",
         )?;
         let cold_cache = tempfile::tempdir()?;
-        let t = Instant::now();
-        let bus = open(dir.path(), cold_cache.path()).await?;
-        let cold = t.elapsed().as_secs_f64() * 1e3;
-        bus.shutdown().await;
-        let t = Instant::now();
-        let bus = open(dir.path(), cold_cache.path()).await?;
-        let warm = t.elapsed().as_secs_f64() * 1e3;
+        let (cold, warm, bus) = cold_then_cached(dir.path(), cold_cache.path()).await?;
         let rate = plugin_throughput(&bus, events, "tok").await;
         let memory = bus
             .plugins()
@@ -540,13 +548,7 @@ pub async fn bench(
         for n in [1usize, 10, 100] {
             let dir = distinct_plugin_dir(plugins, n)?;
             let cold_cache = tempfile::tempdir()?;
-            let t = Instant::now();
-            let b = open(dir.path(), cold_cache.path()).await?;
-            let cold = t.elapsed().as_secs_f64() * 1e3;
-            b.shutdown().await;
-            let t = Instant::now();
-            let b = open(dir.path(), cold_cache.path()).await?;
-            let warm = t.elapsed().as_secs_f64() * 1e3;
+            let (cold, warm, b) = cold_then_cached(dir.path(), cold_cache.path()).await?;
             b.shutdown().await;
             table.add(
                 "6 start-up",
