@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::event::Event;
 use crate::history::History;
 use crate::limits::Limits;
+use crate::log::{Durability, EventLog, LogOptions};
 use crate::outcome::Failure;
 
 /// Where compiled artifacts are cached.
@@ -34,6 +35,8 @@ pub struct BusBuilder {
     queue_capacity: Option<usize>,
     history: usize,
     on_failure: Option<FailureHook>,
+    log_dir: Option<PathBuf>,
+    log_options: LogOptions,
 }
 
 impl BusBuilder {
@@ -46,6 +49,8 @@ impl BusBuilder {
             queue_capacity: None,
             history: 0,
             on_failure: None,
+            log_dir: None,
+            log_options: LogOptions::default(),
         }
     }
 
@@ -101,6 +106,28 @@ impl BusBuilder {
         self
     }
 
+    /// Keeps an event log in `dir` (created if missing): every published
+    /// event (the host's, plugins' follow-ups, meta-events) is appended in
+    /// publish order and numbered ([`Event::seq`]), numbering continuing
+    /// from the events already there. See [`crate::log`] for the format and
+    /// exactly what each durability policy promises.
+    pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.log_dir = Some(dir.into());
+        self
+    }
+
+    /// How the log is written (durability, buffer, segments, retention).
+    pub fn log_options(mut self, options: LogOptions) -> Self {
+        self.log_options = options;
+        self
+    }
+
+    /// Shorthand for setting only the log's durability policy.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.log_options.durability = durability;
+        self
+    }
+
     /// Called on every hard failure of a native handler or plugin, after it
     /// is logged. Runs on the thread that saw the failure; keep it short. A
     /// panic inside it is caught.
@@ -136,9 +163,38 @@ impl BusBuilder {
         };
         let engine = PluginEngine::new(cache_root.as_deref()).map_err(|e| Error::Engine(format!("{e:#}")))?;
         let history = (self.history > 0).then(|| History::new(self.history));
-        let bus = Bus {
-            shared: Arc::new(Shared::new(engine, limits, history, self.on_failure, runtime)),
+        let log = match self.log_dir {
+            Some(dir) => {
+                let options = self.log_options;
+                // Opening checks the last segment: file I/O, off the runtime.
+                let log = tokio::task::spawn_blocking(move || EventLog::open(dir, options))
+                    .await
+                    .map_err(|e| Error::Engine(format!("log open task failed: {e}")))??;
+                Some(log)
+            }
+            None => None,
         };
+        let bus = Bus {
+            shared: Arc::new(Shared::new(
+                engine,
+                limits,
+                history,
+                self.on_failure,
+                runtime,
+                log.clone(),
+            )),
+        };
+        if let Some(log) = &log {
+            let weak = Arc::downgrade(&bus.shared);
+            log.on_overflow(move |lost, first_seq, last_seq| {
+                if let Some(shared) = weak.upgrade() {
+                    shared.publish(Event::new(
+                        "plugbus.log.overflow",
+                        serde_json::json!({ "lost": lost, "first_seq": first_seq, "last_seq": last_seq }),
+                    ));
+                }
+            });
+        }
         // Watch before the first scan, so nothing changed during it is missed
         // (a change to a file the scan loaded is then simply "unchanged").
         if self.watch {

@@ -26,6 +26,7 @@ use crate::engine::PluginEngine;
 use crate::event::Event;
 use crate::history::History;
 use crate::limits::Limits;
+use crate::log::{EventLog, LogError, LogStatus};
 use crate::native::{AsyncHandler, BoxFuture, CatchUnwind, SyncHandler, panic_message};
 use crate::outcome::{Delivery, DeliveryReport, DropReason, Failure, Outcome};
 use crate::pattern::{Pattern, PatternError};
@@ -126,7 +127,12 @@ pub(crate) struct Shared {
     pub(crate) writer: Mutex<()>,
     /// Orders the enqueue phase of publishing; see `dispatch`.
     pub(crate) publish_lock: Mutex<()>,
-    pub(crate) next_seq: AtomicU64,
+    /// Registry entry numbers (subscription ids): delivery order among handlers.
+    pub(crate) next_entry: AtomicU64,
+    /// The event log, when the bus has one: it numbers events.
+    pub(crate) log: Option<EventLog>,
+    /// The last event sequence number handed out, when there is no log.
+    event_seq: AtomicU64,
     pub(crate) plugins: Mutex<BTreeMap<String, Arc<PluginHandle>>>,
     pub(crate) engine: Arc<PluginEngine>,
     pub(crate) limits: Limits,
@@ -155,12 +161,15 @@ impl Shared {
         history: Option<History>,
         on_failure: Option<FailureHook>,
         runtime: Handle,
+        log: Option<EventLog>,
     ) -> Shared {
         Shared {
             registry: ArcSwap::from_pointee(Registry::default()),
             writer: Mutex::new(()),
             publish_lock: Mutex::new(()),
-            next_seq: AtomicU64::new(1),
+            next_entry: AtomicU64::new(1),
+            log,
+            event_seq: AtomicU64::new(0),
             plugins: Mutex::new(BTreeMap::new()),
             engine: Arc::new(engine),
             limits,
@@ -193,8 +202,23 @@ impl Shared {
     /// Publishes an event: records it, runs native sync handlers inline,
     /// spawns async ones and queues it for plugins. Never blocks, never fails.
     pub(crate) fn publish(self: &Arc<Self>, event: Event) -> Event {
-        self.dispatch(&event, None);
+        let event = event.unpublished();
+        self.dispatch(&event, None, false);
         event
+    }
+
+    /// Numbers the event (and queues it for the log). Called under the
+    /// publish lock, so sequence order is publish order.
+    fn sequence(&self, event: &Event, durable: bool) {
+        match &self.log {
+            Some(log) => {
+                log.append(event, durable);
+            }
+            None => {
+                let seq = self.event_seq.fetch_add(1, Ordering::Relaxed) + 1;
+                event.set_seq(seq);
+            }
+        }
     }
 
     /// Two phases. First, under `publish_lock`, the event is recorded in the
@@ -203,7 +227,7 @@ impl Shared {
     /// follow-up emitted by a fast plugin can never reach another plugin's
     /// queue before its parent. Then, outside the lock, native handlers run
     /// in registration order (they may emit themselves).
-    fn dispatch(self: &Arc<Self>, event: &Event, mut waits: Option<&mut Vec<(String, Wait)>>) {
+    fn dispatch(self: &Arc<Self>, event: &Event, mut waits: Option<&mut Vec<(String, Wait)>>, durable: bool) {
         if self.closed.load(Ordering::Acquire) {
             tracing::debug!(event = event.name(), "bus is shut down; event not delivered");
             return;
@@ -214,6 +238,7 @@ impl Shared {
         let registry = {
             let _order = lock(&self.publish_lock);
             let registry = self.registry.load_full();
+            self.sequence(event, durable);
             self.published.fetch_add(1, Ordering::Relaxed);
             if let Some(history) = &self.history {
                 history.push(event);
@@ -312,7 +337,7 @@ impl Shared {
     }
 
     fn subscribe(&self, patterns: &[Pattern], make: impl FnOnce(u64) -> Target) -> u64 {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let seq = self.next_entry.fetch_add(1, Ordering::Relaxed);
         let entry = Entry { seq, target: make(seq) };
         self.update_registry(|r| r.insert(patterns, entry));
         seq
@@ -430,6 +455,60 @@ impl Bus {
         self.shared.publish(event)
     }
 
+    /// Emits an event and returns once it is durable in the event log under
+    /// the log's [`Durability`](crate::Durability) policy. Handlers get it
+    /// exactly as with [`emit`](Self::emit) (this does not wait for them).
+    /// Unlike `emit`, the event is never refused by a full log buffer.
+    ///
+    /// # Errors
+    /// [`LogError::Disabled`] when the bus has no log, [`LogError::Closed`]
+    /// when the bus is shut down, [`LogError::Failed`] when the log stopped
+    /// on a write error.
+    pub async fn emit_durable(&self, name: &str, payload: Value) -> Result<Event, LogError> {
+        self.publish_durable(Event::new(name, payload)).await
+    }
+
+    /// [`publish`](Self::publish), returning once the event is durable like
+    /// [`emit_durable`](Self::emit_durable).
+    ///
+    /// # Errors
+    /// As for [`emit_durable`](Self::emit_durable).
+    pub async fn publish_durable(&self, event: Event) -> Result<Event, LogError> {
+        let mut events = self.publish_durable_all([event]).await?;
+        events.pop().ok_or(LogError::Closed)
+    }
+
+    /// Publishes several events in order, returning once all of them are
+    /// durable (one wait for the group: the log is written in order).
+    ///
+    /// # Errors
+    /// As for [`emit_durable`](Self::emit_durable).
+    pub async fn publish_durable_all(&self, events: impl IntoIterator<Item = Event>) -> Result<Vec<Event>, LogError> {
+        let Some(log) = &self.shared.log else {
+            return Err(LogError::Disabled);
+        };
+        let mut published = Vec::new();
+        let mut last = 0;
+        for event in events {
+            let event = event.unpublished();
+            self.shared.dispatch(&event, None, true);
+            last = last.max(event.seq().ok_or(LogError::Closed)?);
+            published.push(event);
+        }
+        log.wait_durable(last).await?;
+        Ok(published)
+    }
+
+    /// The event log's progress and counters, when the bus has a log.
+    pub fn log_status(&self) -> Option<LogStatus> {
+        self.shared.log.as_ref().map(EventLog::status)
+    }
+
+    /// The event log, when the bus has one (for reading it back, say).
+    pub fn event_log(&self) -> Option<&EventLog> {
+        self.shared.log.as_ref()
+    }
+
     /// Emits an event and waits until every handler it matched has finished
     /// with it, reporting each outcome.
     pub async fn emit_and_wait(&self, name: &str, payload: Value) -> DeliveryReport {
@@ -439,8 +518,9 @@ impl Bus {
     /// [`publish`](Self::publish), waiting for every handler like
     /// [`emit_and_wait`](Self::emit_and_wait).
     pub async fn publish_and_wait(&self, event: Event) -> DeliveryReport {
+        let event = event.unpublished();
         let mut waits = Vec::new();
-        self.shared.dispatch(&event, Some(&mut waits));
+        self.shared.dispatch(&event, Some(&mut waits), false);
         let mut deliveries = Vec::with_capacity(waits.len());
         for (handler, wait) in waits {
             let outcome = match wait {
@@ -549,6 +629,12 @@ impl Bus {
         }
         if dropped > 0 {
             tracing::warn!(dropped, "shutdown grace period ran out; queued events dropped");
+        }
+        if let Some(log) = self.shared.log.clone() {
+            // Writes and syncs what is queued; joining the writer thread blocks.
+            if let Err(e) = tokio::task::spawn_blocking(move || log.close()).await {
+                tracing::error!(error = %e, "closing the event log failed");
+            }
         }
         ShutdownReport {
             drained,

@@ -23,6 +23,7 @@ use crate::limits::{Limits, MAX_CASCADE_DEPTH};
 use crate::manifest::DirGrant;
 use crate::outcome::GuestAbort;
 use crate::pattern::validate_event_name;
+use crate::text::truncate;
 
 /// Largest payload a plugin may emit, in bytes. Bounds host memory per emit;
 /// 1 MiB is far above any observer's follow-up event.
@@ -181,14 +182,6 @@ impl host::Host for PluginCtx {
             truncate(&message, self.log_line_bytes).into_owned(),
         )))
     }
-}
-
-fn truncate(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if s.len() <= max {
-        return s.into();
-    }
-    let cut = (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
-    format!("{}… [{} bytes truncated]", &s[..cut], s.len() - cut).into()
 }
 
 /// The memory cap, recording whether it refused a grow so that the trap that
@@ -414,15 +407,5 @@ mod tests {
         w.push(b"\nshort\nthird\n");
         assert!(w.line.is_empty());
         assert_eq!(logs.dropped(), 1, "the third line is over the budget of two");
-    }
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(
-            truncate("héllo", 2),
-            "h… [5 bytes truncated]",
-            "é is two bytes: the cut falls before it"
-        );
-        assert_eq!(truncate("abc", 3), "abc");
     }
 }

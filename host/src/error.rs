@@ -21,6 +21,9 @@ pub enum Error {
     /// without a plugin directory).
     #[error("cannot watch the plugin directory: {0}")]
     Watch(String),
+    /// The event log could not be opened.
+    #[error(transparent)]
+    Log(#[from] crate::log::LogError),
     /// `build()` was awaited outside a tokio runtime.
     #[error("the bus must be built inside a tokio runtime")]
     NoRuntime,

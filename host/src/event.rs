@@ -6,6 +6,7 @@
 //! plugin needs it, and that text is shared by all plugins.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,7 +32,6 @@ pub const HOST_SOURCE: &str = "host";
 #[derive(Clone)]
 pub struct Event(Arc<EventData>);
 
-#[derive(Clone)]
 struct EventData {
     name: String,
     id: String,
@@ -41,8 +41,29 @@ struct EventData {
     payload: Value,
     /// How many plugin emits led here: 0 for the embedder's events.
     depth: u8,
+    /// Position in publish order (the log's sequence number when the bus
+    /// has a log); 0 until published. Set once, by the bus, under its
+    /// publish lock.
+    seq: AtomicU64,
     /// The WIT record handed to plugins, built once on first use.
     wire: OnceLock<wit::Event>,
+}
+
+impl Clone for EventData {
+    fn clone(&self) -> Self {
+        EventData {
+            name: self.name.clone(),
+            id: self.id.clone(),
+            time_unix_nanos: self.time_unix_nanos,
+            correlation_id: self.correlation_id.clone(),
+            source: self.source.clone(),
+            payload: self.payload.clone(),
+            depth: self.depth,
+            // A copy is a new event: it gets its own place when published.
+            seq: AtomicU64::new(0),
+            wire: OnceLock::new(),
+        }
+    }
 }
 
 impl Event {
@@ -58,8 +79,68 @@ impl Event {
             source: HOST_SOURCE.to_owned(),
             payload,
             depth: 0,
+            seq: AtomicU64::new(0),
             wire: OnceLock::new(),
         }))
+    }
+
+    /// An event read back from the log, with its original fields and place.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn restore(
+        seq: u64,
+        name: String,
+        id: String,
+        time_unix_nanos: u64,
+        correlation_id: Option<String>,
+        source: String,
+        depth: u8,
+        payload: Value,
+    ) -> Event {
+        Event(Arc::new(EventData {
+            name,
+            id,
+            time_unix_nanos,
+            correlation_id,
+            source,
+            payload,
+            depth,
+            seq: AtomicU64::new(seq),
+            wire: OnceLock::new(),
+        }))
+    }
+
+    /// Its position in the bus's publish order: the event log's sequence
+    /// number when the bus has a log (continuing across restarts), else a
+    /// count from 1 per bus. `None` until the event is published.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), plugbus::Error> {
+    /// let bus = plugbus::Bus::builder().build().await?;
+    /// let first = bus.emit("a", serde_json::Value::Null);
+    /// let second = bus.emit("b", serde_json::Value::Null);
+    /// assert_eq!((first.seq(), second.seq()), (Some(1), Some(2)));
+    /// # Ok(()) }
+    /// ```
+    pub fn seq(&self) -> Option<u64> {
+        match self.0.seq.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    /// Numbers the event; the bus calls this once, under its publish lock.
+    pub(crate) fn set_seq(&self, seq: u64) {
+        self.0.seq.store(seq, Ordering::Release);
+    }
+
+    /// This event ready to be published: itself, or a copy when it was
+    /// published before (each publish is its own place in the order).
+    pub(crate) fn unpublished(self) -> Event {
+        if self.0.seq.load(Ordering::Acquire) == 0 {
+            self
+        } else {
+            Event(Arc::new(EventData::clone(&self.0)))
+        }
     }
 
     /// Sets the correlation id that ties this event to an agent run or request.

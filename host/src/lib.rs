@@ -33,6 +33,7 @@
 //! - `lifecycle`: loading, hot-swapping and unloading plugins;
 //! - `watch`: the plugin directory watcher (hot reload);
 //! - [`event`]: the [`Event`] type;
+//! - [`log`]: the embedded event log (segments, writer thread, reader);
 //! - [`pattern`]: event names and subscription patterns;
 //! - `registry`: the lock-free subscription index;
 //! - `native`: native handlers, isolated with `catch_unwind`;
@@ -44,6 +45,7 @@
 //! - [`limits`], [`manifest`]: per-plugin limits and the plugin manifest;
 //! - [`outcome`]: outcomes, failure kinds and their classification;
 //! - [`stats`]: per-plugin counters;
+//! - [`text`]: bounds on guest-supplied text;
 //! - [`ingest`]: JSON Lines events (the CLI's input).
 
 pub mod builder;
@@ -53,11 +55,13 @@ pub mod error;
 pub mod event;
 pub mod ingest;
 pub mod limits;
+pub mod log;
 pub mod manifest;
 pub mod outcome;
 pub mod pattern;
 pub mod plugin;
 pub mod stats;
+pub mod text;
 
 mod bindings;
 mod ctx;
@@ -77,6 +81,7 @@ pub use event::Event;
 pub use ingest::{IngestError, parse_event_line};
 pub use lifecycle::Reload;
 pub use limits::{Limits, MAX_CASCADE_DEPTH};
+pub use log::{Durability, EventLog, LogError, LogOptions, LogReader, LogStats, LogStatus, Record};
 pub use manifest::{Manifest, ManifestError};
 pub use outcome::{Delivery, DeliveryReport, DropReason, Failure, Outcome};
 pub use pattern::{Pattern, PatternError, validate_event_name};

@@ -99,7 +99,7 @@ fn publish_handle(shared: &Shared, handle: &Arc<PluginHandle>, patterns: &[Patte
 /// Makes a plugin that is not loaded yet live, with fresh counters. The
 /// caller holds the lifecycle lock and has checked the name is free.
 fn install_new(shared: &Arc<Shared>, prepared: Prepared, path: &Path) -> Arc<PluginHandle> {
-    let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
+    let seq = shared.next_entry.fetch_add(1, Ordering::Relaxed);
     let patterns = prepared.patterns.clone();
     let handle = spawn(shared, prepared, seq, Arc::new(StatsCell::default()), None);
     publish_handle(shared, &handle, &patterns);

@@ -164,7 +164,7 @@ pub(crate) fn classify(err: &wasmtime::Error, memory_refused: bool) -> Failure {
         if memory_refused {
             return Failure::MemoryLimit;
         }
-        return Failure::Panic(msg.clone());
+        return Failure::Panic(crate::text::cap(msg.clone()));
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Failure::OutOfFuel,
@@ -173,7 +173,8 @@ pub(crate) fn classify(err: &wasmtime::Error, memory_refused: bool) -> Failure {
         Some(_) if memory_refused => Failure::MemoryLimit,
         Some(trap) => Failure::Trap(trap.to_string()),
         None if memory_refused => Failure::MemoryLimit,
-        None => Failure::Host(format!("{err:#}")),
+        // Host errors can quote guest data: capped like any guest text.
+        None => Failure::Host(crate::text::cap(format!("{err:#}"))),
     }
 }
 
@@ -186,7 +187,12 @@ pub(crate) fn backtrace_frames(err: &wasmtime::Error) -> Vec<String> {
                 .iter()
                 .take(16)
                 .map(|f| match f.func_name() {
-                    Some(name) => format!("{:#}", rustc_demangle::demangle(name)),
+                    // Names come from the guest's name section: bounded.
+                    Some(name) => crate::text::truncate(
+                        &format!("{:#}", rustc_demangle::demangle(name)),
+                        crate::text::MAX_FRAME_NAME,
+                    )
+                    .into_owned(),
                     None => format!("func[{}]", f.func_index()),
                 })
                 .collect()

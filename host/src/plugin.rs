@@ -66,6 +66,9 @@ pub enum LoadErrorKind {
     /// The plugin's own `subscriptions()` answer is invalid.
     #[error("invalid subscription: {0}")]
     Subscription(#[from] PatternError),
+    /// The plugin asked for more subscriptions than the host keeps.
+    #[error("{0} subscriptions is more than the limit of {MAX_SUBSCRIPTIONS}")]
+    TooManySubscriptions(usize),
     /// The plugin failed while starting (instantiating or answering `subscriptions()`).
     #[error("failed to start: {0}")]
     Start(Failure),
@@ -305,6 +308,9 @@ impl PluginSpec {
             .plugbus_observer_handler()
             .call_subscriptions(&mut instance.store);
         let raw = match tokio::time::timeout(self.timeout(), call).await {
+            Ok(Ok(raw)) if raw.len() > MAX_SUBSCRIPTIONS => {
+                return Err(LoadErrorKind::TooManySubscriptions(raw.len()));
+            }
             Ok(Ok(raw)) => raw,
             Ok(Err(e)) => {
                 return Err(LoadErrorKind::Start(self.call_error(&e, &instance.store).failure));
@@ -327,7 +333,8 @@ impl PluginSpec {
             .plugbus_observer_handler()
             .call_on_event(&mut instance.store, event.wire());
         let result = match tokio::time::timeout(self.timeout(), call).await {
-            Ok(Ok(answer)) => Ok(answer),
+            // The guest's error text is capped before anything keeps or logs it.
+            Ok(Ok(answer)) => Ok(answer.map_err(crate::text::cap)),
             Ok(Err(e)) => Err(self.call_error(&e, &instance.store)),
             Err(_) => Err(CallError::from(Failure::Deadline)),
         };
@@ -385,6 +392,10 @@ impl PluginSpec {
         }
     }
 }
+
+/// Most patterns one plugin may subscribe to: far more than any observer
+/// needs, while bounding the registry entries a guest can make the host keep.
+pub const MAX_SUBSCRIPTIONS: usize = 256;
 
 /// Fuel between two yields to the async runtime (~1 ms of work here).
 const YIELD_FUEL: u64 = 2_000_000;

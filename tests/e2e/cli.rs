@@ -4,7 +4,7 @@ use crate::support;
 
 use std::process::{Command, Output};
 
-use support::{plugbus_bin, plugin_dir, wasm};
+use support::{http, plugbus_bin, plugin_dir, wasm};
 
 fn plugbus(args: &[&str]) -> Output {
     Command::new(plugbus_bin())
@@ -288,62 +288,10 @@ fn new_refuses_bad_names_and_existing_folders() {
     );
 }
 
-/// A minimal HTTP/1.1 exchange over loopback: `(status, body)`.
-fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    // A server may answer (413) and close before reading a large body.
-    let _ = s.write_all(body);
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 #[test]
 fn serve_accepts_events_over_http_reports_and_drains_on_sigterm() {
-    use std::io::BufRead;
     let dir = plugin_dir(&["console-logger", "misbehave"]);
-    let mut child = Command::new(plugbus_bin())
-        .args([
-            "serve",
-            "--plugins",
-            dir.path().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "serve exited before listening"
-        );
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    let log = std::thread::spawn(move || {
-        let mut all = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut all);
-        all
-    });
+    let (mut child, addr, log) = support::serve(&["--plugins", dir.path().to_str().unwrap()]);
 
     let lines = "{\"name\":\"agent.step\",\"payload\":{\"n\":1}}\n{\"name\":\"misbehave.spin\"}\n{\"name\":\"tool.called\",\"correlation_id\":\"r\"}\n";
     let (status, body) = http(&addr, "POST", "/events", lines.as_bytes());

@@ -2,6 +2,7 @@
 
 mod bench;
 mod check;
+mod log;
 mod new;
 mod progress;
 mod report;
@@ -53,6 +54,8 @@ pub enum Command {
         input: String,
         #[command(flatten)]
         cache: CacheArgs,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Serve a plugin directory over HTTP for agents in any language:
     /// POST /events, GET /plugins, GET /metrics. The directory is watched.
@@ -68,6 +71,13 @@ pub enum Command {
         grace_ms: u64,
         #[command(flatten)]
         cache: CacheArgs,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// Read an event log: `stats`, `show`, `tail`.
+    Log {
+        #[command(subcommand)]
+        command: log::LogCommand,
     },
     /// Measure plugbus side by side with its baselines (mpsc floor, native
     /// handler, no runaway, warm cache) and print ratios.
@@ -175,6 +185,26 @@ impl CacheArgs {
     }
 }
 
+/// The event log of `run` and `serve`.
+#[derive(clap::Args)]
+pub struct LogArgs {
+    /// Append every event to the event log in DIR (created if missing; numbering continues).
+    #[arg(long = "log", value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// When a logged event counts as durable: always (fsync per batch), batched (group sync every 5 ms), off.
+    #[arg(long, value_name = "POLICY", default_value = "batched", requires = "dir")]
+    durability: plugbus::Durability,
+}
+
+impl LogArgs {
+    pub fn apply(&self, builder: plugbus::BusBuilder) -> plugbus::BusBuilder {
+        match &self.dir {
+            Some(dir) => builder.log_dir(dir).durability(self.durability),
+            None => builder,
+        }
+    }
+}
+
 /// How `run` prints its report.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ReportFormat {
@@ -206,9 +236,14 @@ pub fn init_tracing(quiet: bool, verbose: bool) {
 }
 
 /// Builds the bus for `run` and `serve`, reporting plugins that failed to load.
-async fn open_bus(plugins: &std::path::Path, watch: bool, cache: &CacheArgs) -> anyhow::Result<plugbus::Bus> {
-    let bus = cache
-        .apply(plugbus::Bus::builder())
+async fn open_bus(
+    plugins: &std::path::Path,
+    watch: bool,
+    cache: &CacheArgs,
+    log: &LogArgs,
+) -> anyhow::Result<plugbus::Bus> {
+    let bus = log
+        .apply(cache.apply(plugbus::Bus::builder()))
         .plugin_dir(plugins)
         .watch(watch)
         .build()
@@ -228,14 +263,28 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             grace_ms,
             input,
             cache,
-        } => run::run(&plugins, report, watch, Duration::from_millis(grace_ms), &input, &cache).await,
+            log,
+        } => {
+            run::run(
+                &plugins,
+                report,
+                watch,
+                Duration::from_millis(grace_ms),
+                &input,
+                &cache,
+                &log,
+            )
+            .await
+        }
+        Command::Log { command } => log::log(command).await,
         Command::New { name, lang, dir, sdk } => new::new(&name, lang, dir.as_deref(), sdk.as_deref()),
         Command::Serve {
             plugins,
             listen,
             grace_ms,
             cache,
-        } => serve::serve(&plugins, listen, Duration::from_millis(grace_ms), &cache).await,
+            log,
+        } => serve::serve(&plugins, listen, Duration::from_millis(grace_ms), &cache, &log).await,
         Command::Check { file, json, cache } => check::check(&file, json, &cache).await,
         Command::Wit { out } => wit::wit(out.as_deref()),
         Command::Bindgen {

@@ -7,7 +7,7 @@ use anyhow::Context;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use super::report::Report;
-use super::{CacheArgs, ReportFormat};
+use super::{CacheArgs, LogArgs, ReportFormat};
 
 /// Events emitted between two waits for the plugins. A replayed file arrives
 /// far faster than plugins run, and a plugin queue (1024 by default) that
@@ -22,6 +22,7 @@ pub async fn run(
     grace: std::time::Duration,
     input: &str,
     cache: &CacheArgs,
+    log: &LogArgs,
 ) -> anyhow::Result<ExitCode> {
     let reader: Box<dyn AsyncBufRead + Unpin> = if input == "-" {
         Box::new(BufReader::new(tokio::io::stdin()))
@@ -31,7 +32,7 @@ pub async fn run(
             .with_context(|| format!("cannot open events file {input}"))?;
         Box::new(BufReader::new(file))
     };
-    let bus = super::open_bus(plugins, watch, cache).await?;
+    let bus = super::open_bus(plugins, watch, cache, log).await?;
     let mut report = Report::default();
     let mut lines = reader.lines();
     let mut lineno = 0u64;

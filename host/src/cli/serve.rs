@@ -1,9 +1,14 @@
 //! `plugbus serve`: a long-running host for agents written in any language.
 //!
 //! - `POST /events`: one JSON event, or JSON Lines; answers 202 with the
-//!   assigned ids. A request with any malformed line is refused whole (400,
+//!   assigned ids. With `--log`, the answer comes once every event of the
+//!   request is durable under the log's policy, and carries their sequence
+//!   numbers and the policy (`{"ids", "seqs", "durable": true, "durability"}`);
+//!   503 if the log has failed. A request with any malformed line is refused whole (400,
 //!   naming the line), so a client never has to guess what was accepted.
-//! - `GET /plugins`: state, subscriptions, counters, last error per plugin.
+//! - `GET /plugins`: state, subscriptions, counters, last error per plugin;
+//!   with `--log`, the log's position (`log`: last, written and durable seq,
+//!   queued, lost).
 //! - `GET /metrics`: Prometheus (OpenMetrics) text.
 //! - `GET /healthz`: liveness.
 //!
@@ -26,7 +31,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
-use super::CacheArgs;
+use super::{CacheArgs, LogArgs};
 
 /// Largest request body: 1 MiB holds thousands of events per request while
 /// bounding what one client can make the host buffer.
@@ -37,8 +42,9 @@ pub async fn serve(
     listen: SocketAddr,
     grace: std::time::Duration,
     cache: &CacheArgs,
+    log: &LogArgs,
 ) -> anyhow::Result<ExitCode> {
-    let bus = super::open_bus(plugins, true, cache).await?;
+    let bus = super::open_bus(plugins, true, cache, log).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -120,12 +126,29 @@ async fn post_events(State(bus): State<plugbus::Bus>, body: String) -> Response 
     if events.is_empty() {
         return bad_request("no events in the request body".into());
     }
-    let ids: Vec<String> = events.into_iter().map(|e| bus.publish(e).id().to_owned()).collect();
-    (StatusCode::ACCEPTED, Json(json!({ "ids": ids }))).into_response()
+    if bus.event_log().is_none() {
+        let ids: Vec<String> = events.into_iter().map(|e| bus.publish(e).id().to_owned()).collect();
+        return (StatusCode::ACCEPTED, Json(json!({ "ids": ids }))).into_response();
+    }
+    // With a log, acknowledge once every event of the request is durable.
+    let durability = bus.log_status().map(|s| s.durability);
+    match bus.publish_durable_all(events).await {
+        Ok(events) => {
+            let ids: Vec<&str> = events.iter().map(|e| e.id()).collect();
+            let seqs: Vec<Option<u64>> = events.iter().map(|e| e.seq()).collect();
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "ids": ids, "seqs": seqs, "durable": true, "durability": durability })),
+            )
+                .into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e.to_string() }))).into_response(),
+    }
 }
 
 async fn get_plugins(State(bus): State<plugbus::Bus>) -> Response {
-    Json(json!({ "plugins": bus.plugins(), "load_failures": bus.load_failures() })).into_response()
+    Json(json!({ "plugins": bus.plugins(), "load_failures": bus.load_failures(), "log": bus.log_status() }))
+        .into_response()
 }
 
 async fn get_metrics(State(bus): State<plugbus::Bus>) -> Response {
@@ -249,6 +272,41 @@ impl Collector for BusMetrics {
             family
                 .encode_family(&[("plugin", p.name.as_str())])?
                 .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &buckets, None)?;
+        }
+        if let Some(log) = self.0.log_status() {
+            prometheus_client::metrics::counter::ConstCounter::new(log.lost).encode(encoder.encode_descriptor(
+                "plugbus_log_lost",
+                "Events delivered live but not written to the event log (buffer full or log failed)",
+                None,
+                MetricType::Counter,
+            )?)?;
+            for (name, help, value) in [
+                (
+                    "plugbus_log_last_seq",
+                    "Highest sequence number handed to an event",
+                    log.last_seq,
+                ),
+                (
+                    "plugbus_log_written_seq",
+                    "Highest sequence number written to the log file",
+                    log.written_seq,
+                ),
+                (
+                    "plugbus_log_durable_seq",
+                    "Highest sequence number durable under the log's policy",
+                    log.durable_seq,
+                ),
+                (
+                    "plugbus_log_queued",
+                    "Events waiting for the log writer",
+                    log.queued as u64,
+                ),
+            ] {
+                let value = i64::try_from(value).unwrap_or(i64::MAX);
+                encoder
+                    .encode_descriptor(name, help, None, MetricType::Gauge)?
+                    .encode_gauge(&value)?;
+            }
         }
         if let Some(cache) = self.0.cache_stats() {
             for (name, help, n) in [

@@ -1,0 +1,243 @@
+//! `plugbus log stats|show|tail`: read an event log directory, also while a
+//! bus is writing it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use plugbus::{LogReader, LogStats, Pattern, Record};
+use serde_json::json;
+
+/// Which events to print.
+#[derive(clap::Args, Clone)]
+pub struct Filter {
+    /// The log directory (as given to `--log`).
+    #[arg(long = "log", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Start at this sequence number.
+    #[arg(long, value_name = "SEQ")]
+    pub from: Option<u64>,
+    /// Only events whose name matches this pattern (`*` one segment, trailing `**` one or more).
+    #[arg(long, value_name = "PATTERN")]
+    pub name: Option<String>,
+    /// Only events with this correlation id.
+    #[arg(long, value_name = "ID")]
+    pub correlation: Option<String>,
+    /// One JSON object per line: seq, name, id, time_unix_nanos, correlation_id, source, payload.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum LogCommand {
+    /// Check every frame and print counts, sequence range, time range and size.
+    Stats {
+        /// The log directory.
+        #[arg(long = "log", value_name = "DIR")]
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print logged events.
+    Show(Filter),
+    /// Print the last events, then follow the log as it grows (Ctrl-C stops).
+    Tail {
+        #[command(flatten)]
+        filter: Filter,
+        /// Without --from, start this many events before the end.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: u64,
+    },
+}
+
+pub async fn log(command: LogCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        LogCommand::Stats { dir, json } => stats(&dir, json),
+        LogCommand::Show(filter) => {
+            let matcher = Matcher::new(&filter)?;
+            let mut out = std::io::stdout().lock();
+            print_from(&filter.dir, filter.from.unwrap_or(0), &matcher, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        LogCommand::Tail { filter, lines } => tail(&filter, lines).await,
+    }
+}
+
+fn check_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        anyhow::bail!("event log {}: no such directory", dir.display());
+    }
+    Ok(())
+}
+
+fn stats(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    check_dir(dir)?;
+    let s = LogStats::read(dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("log       {}", s.dir.display());
+    println!("segments  {} ({} bytes)", s.segments, s.bytes);
+    println!("events    {}", s.events);
+    match (s.first_seq, s.last_seq) {
+        (Some(first), Some(last)) => println!("sequence  {first}..={last}"),
+        _ => println!("sequence  (empty)"),
+    }
+    if let (Some(first), Some(last)) = (s.first_time_unix_nanos, s.last_time_unix_nanos) {
+        println!("time      {} .. {}", rfc3339(first), rfc3339(last));
+    }
+    if s.gaps > 0 {
+        println!(
+            "gaps      {} events delivered live but not logged (see plugbus.log.overflow)",
+            s.gaps
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Clone)]
+struct Matcher {
+    name: Option<Pattern>,
+    correlation: Option<String>,
+    json: bool,
+}
+
+impl Matcher {
+    fn new(filter: &Filter) -> anyhow::Result<Matcher> {
+        check_dir(&filter.dir)?;
+        let name = filter
+            .name
+            .as_deref()
+            .map(Pattern::parse)
+            .transpose()
+            .context("--name")?;
+        Ok(Matcher {
+            name,
+            correlation: filter.correlation.clone(),
+            json: filter.json,
+        })
+    }
+
+    fn matches(&self, r: &Record) -> bool {
+        self.name.as_ref().is_none_or(|p| p.matches(&r.name))
+            && self
+                .correlation
+                .as_deref()
+                .is_none_or(|c| r.correlation_id.as_deref() == Some(c))
+    }
+
+    fn print(&self, r: &Record, out: &mut impl Write) -> std::io::Result<()> {
+        if self.json {
+            let line = json!({
+                "seq": r.seq,
+                "name": r.name,
+                "id": r.id,
+                "time_unix_nanos": r.time_unix_nanos,
+                "correlation_id": r.correlation_id,
+                "source": r.source,
+                "payload": r.payload,
+            });
+            writeln!(out, "{line}")
+        } else {
+            let payload = r.payload.to_string();
+            let payload = match payload.char_indices().nth(120) {
+                Some((cut, _)) => format!("{}…", &payload[..cut]),
+                None => payload,
+            };
+            writeln!(
+                out,
+                "{:>8}  {}  {:<28} {:<16} {:<14} {}",
+                r.seq,
+                rfc3339(r.time_unix_nanos),
+                r.name,
+                r.source,
+                r.correlation_id.as_deref().unwrap_or("-"),
+                payload
+            )
+        }
+    }
+}
+
+/// Prints matching events from `from`; returns the last sequence number read.
+fn print_from(dir: &Path, from: u64, m: &Matcher, out: &mut impl Write) -> anyhow::Result<Option<u64>> {
+    let mut last = None;
+    for record in LogReader::open(dir, from)? {
+        let record = record?;
+        last = Some(record.seq);
+        if m.matches(&record) {
+            match m.print(&record, out) {
+                Ok(()) => {}
+                // `plugbus log show | head`: stop quietly.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(last),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    out.flush()?;
+    Ok(last)
+}
+
+/// How often `tail` looks for new events.
+const TAIL_POLL: Duration = Duration::from_millis(200);
+
+async fn tail(filter: &Filter, lines: u64) -> anyhow::Result<ExitCode> {
+    let matcher = Matcher::new(filter)?;
+    let from = match filter.from {
+        Some(from) => from,
+        None => {
+            let stats = LogStats::read(&filter.dir)?;
+            stats
+                .last_seq
+                .map_or(0, |last| last.saturating_sub(lines.saturating_sub(1)).max(1))
+        }
+    };
+    let mut next = from;
+    loop {
+        let dir = filter.dir.clone();
+        let m = matcher.clone();
+        let last =
+            tokio::task::spawn_blocking(move || print_from(&dir, next, &m, &mut std::io::stdout().lock())).await??;
+        if let Some(last) = last {
+            next = last + 1;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TAIL_POLL) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+/// `2026-12-01T21:03:44.123Z` from nanoseconds since the epoch (UTC).
+pub fn rfc3339(nanos: u64) -> String {
+    let secs = nanos / 1_000_000_000;
+    let millis = (nanos / 1_000_000) % 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if mo <= 2 { y + 1 } else { y };
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{millis:03}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::rfc3339(1_796_158_224_123_000_000), "2026-12-01T20:50:24.123Z");
+    }
+}

@@ -1,0 +1,65 @@
+//! Bounds on text a plugin hands the host.
+//!
+//! Everything a guest controls and the host keeps, logs, reports or writes
+//! to disk is capped: error messages returned from `on-event`, abort
+//! messages, log lines, trap descriptions and backtrace frame names (the
+//! wasm name section is guest data). Event names and patterns have their
+//! own limit ([`MAX_NAME_LEN`](crate::pattern::MAX_NAME_LEN)) and emitted
+//! payloads theirs (1 MiB). A truncated text says how much was cut.
+
+use std::borrow::Cow;
+
+/// Longest guest-supplied message the host keeps: an error returned by
+/// `on-event`, an abort message, a failure description. 4 KiB holds any
+/// useful message with its context; a hostile 8 MiB `Err` costs 4 KiB per
+/// occurrence in logs and reports instead of 8 MiB.
+pub const MAX_GUEST_TEXT: usize = 4096;
+
+/// Longest function name kept per backtrace frame. Demangled Rust names
+/// with generics run to a few hundred bytes.
+pub(crate) const MAX_FRAME_NAME: usize = 512;
+
+/// `s` cut to at most `max` bytes at a character boundary, with a marker
+/// saying how many bytes were cut.
+pub(crate) fn truncate(s: &str, max: usize) -> Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let cut = (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+    format!("{}… [{} bytes truncated]", &s[..cut], s.len() - cut).into()
+}
+
+/// [`truncate`] to [`MAX_GUEST_TEXT`], for an owned string.
+pub(crate) fn cap(s: String) -> String {
+    if s.len() <= MAX_GUEST_TEXT {
+        return s;
+    }
+    truncate(&s, MAX_GUEST_TEXT).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(
+            truncate("héllo", 2),
+            "h… [5 bytes truncated]",
+            "é is two bytes: the cut falls before it"
+        );
+        assert_eq!(truncate("abc", 3), "abc");
+    }
+
+    #[test]
+    fn cap_bounds_a_hostile_message() {
+        let huge = "x".repeat(8 << 20);
+        let capped = cap(huge);
+        assert!(capped.len() < MAX_GUEST_TEXT + 64, "{}", capped.len());
+        assert!(
+            capped.ends_with("[8384512 bytes truncated]"),
+            "{}",
+            &capped[capped.len() - 40..]
+        );
+    }
+}
