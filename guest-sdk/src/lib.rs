@@ -36,9 +36,26 @@
 //! ```
 //!
 //! The plugin's state (`self`) lives as long as its instance: across events,
-//! until the plugin traps (panic, fuel, deadline, memory), after which the
-//! host starts a fresh instance from `Default`. Returning `Err` keeps the
-//! state. A panic is reported to the host with its message.
+//! and returning `Err` keeps it. When the plugin traps (panic, fuel,
+//! deadline, memory) the host builds a fresh instance from `Default` and
+//! brings the state back by replaying the events handled since (without the
+//! one that trapped), up to a bound. A panic is reported with its message.
+//!
+//! # State that survives traps, reloads and restarts
+//! A plugin whose state type is `Serialize + Deserialize` opts in with one
+//! word, and the host then snapshots it every so often (JSON, via serde) so a
+//! trap replays only the events since the last snapshot:
+//!
+//! ```ignore
+//! #[derive(Default, serde::Serialize, serde::Deserialize)]
+//! struct TokenCounter { total: u64 }
+//! // impl Plugin for TokenCounter { … }
+//! export_plugin!(TokenCounter, state);
+//! ```
+//!
+//! Fields that come from configuration rather than events can be left out
+//! of the snapshot with `#[serde(skip, default = "…")]`, so a hot-reloaded
+//! version with a new manifest reads them afresh.
 
 // Lets the generated bindings name this crate as `::plugbus_guest` both here
 // and in the plugins that expand `export_plugin!`.
@@ -60,6 +77,90 @@ pub mod bindings {
     });
 }
 
+/// The `stateful-observer` world encoded as a component-type section (see
+/// `build.rs`). `export_plugin!(T, state)` places it, with the `state`
+/// export written out by hand below, in the plugins that opt in and only
+/// there: wit-bindgen would embed its section in every plugin that links the
+/// SDK, making each claim a `state` export it lacks.
+#[doc(hidden)]
+pub const __STATEFUL_WORLD_TYPE: [u8; include_bytes!(concat!(env!("OUT_DIR"), "/stateful-observer.type")).len()] =
+    *include_bytes!(concat!(env!("OUT_DIR"), "/stateful-observer.type"));
+
+/// The canonical ABI of `state.snapshot` and `state.restore` (WIT 0.1.1):
+/// both return a `result` through a 12-byte return area (discriminant at 0,
+/// the list or string at 4 and 8), released by their post-return functions.
+#[doc(hidden)]
+pub mod __state_abi {
+    use std::cell::UnsafeCell;
+
+    #[repr(C, align(4))]
+    pub struct RetArea(UnsafeCell<[u8; 12]>);
+    // A component instance is single-threaded: one call at a time.
+    unsafe impl Sync for RetArea {}
+    static RET: RetArea = RetArea(UnsafeCell::new([0; 12]));
+
+    /// Writes `result` into the return area, handing the bytes to the host.
+    fn ret(result: Result<Option<Box<[u8]>>, Box<[u8]>>) -> *mut u8 {
+        let (disc, bytes) = match result {
+            Ok(bytes) => (0u8, bytes),
+            Err(msg) => (1u8, Some(msg)),
+        };
+        let area = RET.0.get().cast::<u8>();
+        // SAFETY: the area is 12 bytes, 4-aligned, and only this call uses it.
+        unsafe {
+            *area = disc;
+            let (ptr, len) = match bytes {
+                Some(b) => {
+                    let len = b.len();
+                    (Box::into_raw(b).cast::<u8>() as usize, len)
+                }
+                None => (0, 0),
+            };
+            area.add(4).cast::<u32>().write(ptr as u32);
+            area.add(8).cast::<u32>().write(len as u32);
+        }
+        area
+    }
+
+    /// Frees what `ret` handed out, once the host has copied it.
+    ///
+    /// # Safety
+    /// `area` is the pointer `ret` returned.
+    pub unsafe fn post_return(area: *mut u8) {
+        // SAFETY: per the contract, `area` holds what `ret` wrote.
+        unsafe {
+            let ptr = area.add(4).cast::<u32>().read() as usize as *mut u8;
+            let len = area.add(8).cast::<u32>().read() as usize;
+            if !ptr.is_null() {
+                drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)));
+            }
+        }
+    }
+
+    pub fn snapshot(result: Result<Vec<u8>, String>) -> *mut u8 {
+        ret(result
+            .map(|v| Some(v.into_boxed_slice()))
+            .map_err(|e| e.into_bytes().into_boxed_slice()))
+    }
+
+    /// Takes ownership of the list the host wrote with `cabi_realloc`.
+    ///
+    /// # Safety
+    /// `ptr`/`len` are the arguments of the `restore` export.
+    pub unsafe fn restore_arg(ptr: *mut u8, len: usize) -> Vec<u8> {
+        if len == 0 {
+            return Vec::new();
+        }
+        // SAFETY: the host allocated `len` bytes at `ptr` with alignment 1
+        // through this module's `cabi_realloc` (the global allocator).
+        unsafe { Vec::from_raw_parts(ptr, len, len) }
+    }
+
+    pub fn restore(result: Result<(), String>) -> *mut u8 {
+        ret(result.map(|()| None).map_err(|e| e.into_bytes().into_boxed_slice()))
+    }
+}
+
 use bindings::plugbus::observer::host;
 pub use bindings::plugbus::observer::types::Level;
 
@@ -78,6 +179,9 @@ pub struct Event {
     pub source: String,
     /// The payload as JSON text.
     pub payload: String,
+    /// Its place in the bus's publish order (the event log's sequence
+    /// number when the host keeps a log). `None` on hosts older than WIT 0.1.1.
+    pub seq: Option<u64>,
 }
 
 impl Event {
@@ -108,6 +212,7 @@ impl From<bindings::plugbus::observer::types::Event> for Event {
             correlation_id: e.correlation_id,
             source: e.source,
             payload: e.payload,
+            seq: host::event_seq(),
         }
     }
 }
@@ -216,25 +321,79 @@ pub fn __with_state<P: Plugin, R>(
     })
 }
 
-/// Exports a [`Plugin`] type as the component's `handler`.
+/// The plugin's state as JSON, for the `state.snapshot` export.
+#[doc(hidden)]
+pub fn __snapshot<P: Plugin + serde::Serialize>(
+    state: &'static std::thread::LocalKey<std::cell::RefCell<Option<P>>>,
+) -> std::result::Result<Vec<u8>, String> {
+    __with_state(state, |p| {
+        serde_json::to_vec(p).map_err(|e| format!("cannot serialise the state: {e}"))
+    })
+}
+
+/// Replaces the plugin's state with a snapshot, for the `state.restore` export.
+#[doc(hidden)]
+pub fn __restore<P: Plugin + serde::de::DeserializeOwned>(
+    state: &'static std::thread::LocalKey<std::cell::RefCell<Option<P>>>,
+    bytes: &[u8],
+) -> std::result::Result<(), String> {
+    let restored: P = serde_json::from_slice(bytes).map_err(|e| format!("cannot read the snapshot: {e}"))?;
+    __with_state(state, |p| *p = restored);
+    Ok(())
+}
+
+/// Exports a [`Plugin`] type as the component's `handler`; with `, state`
+/// also as its `state` (snapshot and restore through serde JSON, for a type
+/// that is `Serialize + Deserialize`), so the host can bring its state back
+/// after a trap, a hot reload or a restart without replaying every event.
 #[macro_export]
 macro_rules! export_plugin {
-    ($plugin:ty) => {
+    ($plugin:ty, state) => {
+        $crate::export_plugin!(@handler $plugin);
         const _: () = {
-            ::std::thread_local! {
-                static STATE: ::core::cell::RefCell<::core::option::Option<$plugin>> =
-                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
+            #[cfg(target_arch = "wasm32")]
+            #[unsafe(link_section = "component-type:plugbus:observer@0.1.1:stateful-observer")]
+            #[used]
+            static __PLUGBUS_STATEFUL_WORLD: [u8; $crate::__STATEFUL_WORLD_TYPE.len()] = $crate::__STATEFUL_WORLD_TYPE;
+
+            #[unsafe(export_name = "plugbus:observer/state@0.1.1#snapshot")]
+            unsafe extern "C" fn __plugbus_export_snapshot() -> *mut u8 {
+                $crate::__state_abi::snapshot($crate::__snapshot::<$plugin>(&__PLUGBUS_STATE))
             }
+            #[unsafe(export_name = "cabi_post_plugbus:observer/state@0.1.1#snapshot")]
+            unsafe extern "C" fn __plugbus_post_snapshot(area: *mut u8) {
+                unsafe { $crate::__state_abi::post_return(area) }
+            }
+            #[unsafe(export_name = "plugbus:observer/state@0.1.1#restore")]
+            unsafe extern "C" fn __plugbus_export_restore(ptr: *mut u8, len: usize) -> *mut u8 {
+                let bytes = unsafe { $crate::__state_abi::restore_arg(ptr, len) };
+                $crate::__state_abi::restore($crate::__restore::<$plugin>(&__PLUGBUS_STATE, &bytes))
+            }
+            #[unsafe(export_name = "cabi_post_plugbus:observer/state@0.1.1#restore")]
+            unsafe extern "C" fn __plugbus_post_restore(area: *mut u8) {
+                unsafe { $crate::__state_abi::post_return(area) }
+            }
+        };
+    };
+    ($plugin:ty) => {
+        $crate::export_plugin!(@handler $plugin);
+    };
+    (@handler $plugin:ty) => {
+        ::std::thread_local! {
+            static __PLUGBUS_STATE: ::core::cell::RefCell<::core::option::Option<$plugin>> =
+                const { ::core::cell::RefCell::new(::core::option::Option::None) };
+        }
+        const _: () = {
             struct Export;
             impl $crate::bindings::exports::plugbus::observer::handler::Guest for Export {
                 fn subscriptions() -> ::std::vec::Vec<::std::string::String> {
-                    $crate::__with_state(&STATE, |p| <$plugin as $crate::Plugin>::subscriptions(p))
+                    $crate::__with_state(&__PLUGBUS_STATE, |p| <$plugin as $crate::Plugin>::subscriptions(p))
                 }
                 fn on_event(
                     event: $crate::bindings::plugbus::observer::types::Event,
                 ) -> ::core::result::Result<(), ::std::string::String> {
                     let event = $crate::Event::from(event);
-                    $crate::__with_state(&STATE, |p| <$plugin as $crate::Plugin>::on_event(p, &event))
+                    $crate::__with_state(&__PLUGBUS_STATE, |p| <$plugin as $crate::Plugin>::on_event(p, &event))
                         .map_err(|e| e.message().to_owned())
                 }
             }

@@ -3,6 +3,11 @@
 //! Imports are synchronous and `trappable` (so `host.abort` can stop the
 //! guest); exports are called with wasmtime's async entry points so a plugin
 //! waiting inside WASI can be bounded by a timer.
+//!
+//! Two worlds: `observer` (what every plugin exports) and
+//! `stateful-observer` (the optional `state` export, since 0.1.1). The second
+//! reuses the first's types and host imports; only its `state` export is
+//! used, looked up per plugin, so plugins without it load unchanged.
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -11,5 +16,26 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-/// The export every plugin must provide.
-pub(crate) const HANDLER_EXPORT: &str = "plugbus:observer/handler@0.1.0";
+/// Bindings of the `stateful-observer` world; only `exports::…::state` is used.
+#[allow(dead_code)]
+pub(crate) mod stateful {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "stateful-observer",
+        imports: { default: trappable },
+        exports: { default: async },
+        with: {
+            "plugbus:observer/types": crate::bindings::plugbus::observer::types,
+            "plugbus:observer/host": crate::bindings::plugbus::observer::host,
+        },
+    });
+}
+
+pub(crate) use stateful::exports::plugbus::observer::state::{Guest as StateExport, GuestIndices as StateIndices};
+
+/// The export every plugin must provide. Found in components built against
+/// any 0.1.x version of the package (wasmtime matches the `0.1` track).
+pub(crate) const HANDLER_EXPORT: &str = "plugbus:observer/handler@0.1.1";
+
+/// The optional export of plugins whose state survives traps (since 0.1.1).
+pub(crate) const STATE_EXPORT: &str = "plugbus:observer/state@0.1.1";

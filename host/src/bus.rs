@@ -554,6 +554,13 @@ impl Bus {
         lock(&self.shared.plugins).values().map(|h| info(h)).collect()
     }
 
+    /// The dead letters of the named plugin (the events that made it fail
+    /// hard, newest [`MAX_KEPT`](crate::dead_letter::MAX_KEPT)), oldest
+    /// first; `None` if no plugin has that name.
+    pub fn dead_letters(&self, plugin: &str) -> Option<Vec<crate::DeadLetter>> {
+        lock(&self.shared.plugins).get(plugin).map(|h| h.dead_letters.list())
+    }
+
     /// Events published since the bus was built (by the host and by plugins).
     pub fn published(&self) -> u64 {
         self.shared.published.load(Ordering::Relaxed)

@@ -18,6 +18,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::plugbus::observer::{host, types};
 use crate::bus::Shared;
+use crate::determinism::Determinism;
 use crate::event::Event;
 use crate::limits::{Limits, MAX_CASCADE_DEPTH};
 use crate::manifest::DirGrant;
@@ -40,6 +41,13 @@ pub(crate) struct PluginCtx {
     /// The event being handled; `None` during `subscriptions()`.
     pub current: Option<Event>,
     pub emits_left: u32,
+    /// Follow-ups emitted while handling `current`: part of their ids.
+    emit_index: u32,
+    /// True while the host replays events to rebuild the plugin's state:
+    /// follow-ups were published the first time, so `emit` drops them, and
+    /// log lines were written the first time, so they are dropped too.
+    replaying: bool,
+    determinism: Determinism,
     pub logs: Arc<LogBudget>,
     log_line_bytes: usize,
 }
@@ -54,7 +62,13 @@ impl PluginCtx {
         bus: Weak<Shared>,
     ) -> wasmtime::Result<PluginCtx> {
         let logs = Arc::new(LogBudget::default());
+        let determinism = Determinism::new(plugin.clone());
         let mut wasi = WasiCtx::builder();
+        wasi.wall_clock(determinism.wall_clock())
+            .monotonic_clock(determinism.monotonic_clock())
+            .secure_random(determinism.random())
+            .insecure_random(determinism.random())
+            .insecure_random_seed(determinism.insecure_seed());
         for d in dirs {
             let perms = if d.writable {
                 FsPerms::ReadWrite
@@ -84,17 +98,24 @@ impl PluginCtx {
             bus,
             current: None,
             emits_left: limits.emits_per_event,
+            emit_index: 0,
+            replaying: false,
+            determinism,
             logs,
             log_line_bytes: limits.log_line_bytes,
         })
     }
 
-    /// Resets the per-event budgets before a call.
-    pub fn begin(&mut self, event: Option<Event>, limits: &Limits) {
+    /// Resets the per-event budgets, virtual time and randomness before a
+    /// call; `replaying` silences emits and logs (see the field).
+    pub fn begin(&mut self, event: Option<Event>, limits: &Limits, replaying: bool) {
+        self.determinism.begin(event.as_ref());
         self.current = event;
         self.emits_left = limits.emits_per_event;
+        self.emit_index = 0;
+        self.replaying = replaying;
         self.limiter.refused = false;
-        self.logs.reset(limits.log_lines_per_event);
+        self.logs.reset(if replaying { 0 } else { limits.log_lines_per_event });
     }
 
     fn event_name(&self) -> &str {
@@ -162,6 +183,12 @@ impl host::Host for PluginCtx {
             Ok(v) => v,
             Err(e) => return Ok(Err(format!("payload is not valid JSON: {e}"))),
         };
+        let index = self.emit_index;
+        self.emit_index += 1;
+        if self.replaying {
+            // Published when the event was first handled.
+            return Ok(Ok(()));
+        }
         let Some(bus) = self
             .bus
             .upgrade()
@@ -169,8 +196,12 @@ impl host::Host for PluginCtx {
         else {
             return Ok(Err("the bus is shutting down; event not accepted".into()));
         };
-        bus.publish(Event::follow_up(&parent, &self.plugin, name, payload));
+        bus.publish(Event::follow_up(&parent, &self.plugin, index, name, payload));
         Ok(Ok(()))
+    }
+
+    fn event_seq(&mut self) -> wasmtime::Result<Option<u64>> {
+        Ok(self.current.as_ref().and_then(Event::seq))
     }
 
     fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {

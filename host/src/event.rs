@@ -151,16 +151,42 @@ impl Event {
         self
     }
 
-    /// A follow-up event emitted by plugin `source` while it handled `parent`.
-    /// It inherits the parent's correlation id, or, when the parent has none,
-    /// takes the parent's id as its correlation id so the chain stays linked.
-    pub(crate) fn follow_up(parent: &Event, source: &str, name: String, payload: Value) -> Event {
-        let mut ev = Event::new(name, payload);
-        let data = Arc::make_mut(&mut ev.0);
-        data.source = source.to_owned();
-        data.correlation_id = Some(parent.correlation_id().unwrap_or(parent.id()).to_owned());
-        data.depth = parent.0.depth.saturating_add(1);
-        ev
+    /// A follow-up event emitted by plugin `source` while it handled
+    /// `parent`, as its `index`-th emit. It inherits the parent's
+    /// correlation id, or, when the parent has none, takes the parent's id as
+    /// its correlation id so the chain stays linked.
+    ///
+    /// Its id and time derive from (parent id, plugin, index) alone, never
+    /// from the clock: replaying the parent into the same plugin yields the
+    /// very same follow-up, which downstream consumers can de-duplicate. The
+    /// id is a UUIDv7 whose timestamp is the parent's and whose other bits
+    /// are a SHA-256 of the three; the time is the parent's plus `index + 1`
+    /// nanoseconds, so siblings keep their emit order.
+    pub(crate) fn follow_up(parent: &Event, source: &str, index: u32, name: String, payload: Value) -> Event {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"plugbus-follow-up\0");
+        h.update(parent.id().as_bytes());
+        h.update([0]);
+        h.update(source.as_bytes());
+        h.update([0]);
+        h.update(index.to_le_bytes());
+        let digest = h.finalize();
+        let mut rand = [0u8; 10];
+        rand.copy_from_slice(&digest[..10]);
+        let millis = parent.time_unix_nanos() / 1_000_000;
+        let id = uuid::Builder::from_unix_timestamp_millis(millis, &rand).into_uuid();
+        Event(Arc::new(EventData {
+            name,
+            id: id.to_string(),
+            time_unix_nanos: parent.time_unix_nanos().saturating_add(u64::from(index) + 1),
+            correlation_id: Some(parent.correlation_id().unwrap_or(parent.id()).to_owned()),
+            source: source.to_owned(),
+            payload,
+            depth: parent.0.depth.saturating_add(1),
+            seq: AtomicU64::new(0),
+            wire: OnceLock::new(),
+        }))
     }
 
     /// The dot-separated event name.
@@ -269,12 +295,23 @@ mod tests {
     #[test]
     fn follow_ups_inherit_correlation_and_depth() {
         let root = Event::new("a", json!(1)).with_correlation_id("run-1");
-        let child = Event::follow_up(&root, "p", "b".into(), json!(2));
+        let child = Event::follow_up(&root, "p", 0, "b".into(), json!(2));
         assert_eq!(child.correlation_id(), Some("run-1"));
         assert_eq!(child.source(), "p");
         assert_eq!(child.depth(), 1);
-        let orphan = Event::follow_up(&Event::new("x", Value::Null), "p", "y".into(), Value::Null);
+        let orphan = Event::follow_up(&Event::new("x", Value::Null), "p", 0, "y".into(), Value::Null);
         assert!(orphan.correlation_id().is_some());
+        // Derived, not drawn: the same parent, plugin and index give the same event.
+        let again = Event::follow_up(&root, "p", 0, "b".into(), json!(2));
+        assert_eq!(
+            (again.id(), again.time_unix_nanos()),
+            (child.id(), child.time_unix_nanos())
+        );
+        let sibling = Event::follow_up(&root, "p", 1, "b".into(), json!(2));
+        assert_ne!(sibling.id(), child.id());
+        assert!(sibling.time_unix_nanos() > child.time_unix_nanos());
+        assert_ne!(Event::follow_up(&root, "q", 0, "b".into(), json!(2)).id(), child.id());
+        assert_eq!(uuid::Uuid::parse_str(child.id()).unwrap().get_version_num(), 7);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::{Bus, Shared, info, lock};
+use crate::dead_letter::DeadLetters;
 use crate::pattern::Pattern;
 use crate::plugin::{Instance, LoadError, LoadErrorKind, PluginCheck, PluginInfo, PluginSpec};
 use crate::registry::{Entry, Target};
@@ -62,12 +63,14 @@ fn spawn(
     let (tx, rx) = mpsc::channel(spec.limits.queue_capacity);
     let (stop_tx, stop_rx) = oneshot::channel();
     let state = Arc::new(WorkerState::default());
+    let dead_letters = Arc::new(DeadLetters::new(&spec.name, shared.log.as_ref().map(|l| l.dir())));
     let worker = Worker::new(
         spec.clone(),
         prepared.instance,
         stats.clone(),
         state.clone(),
         Arc::downgrade(shared),
+        dead_letters.clone(),
     );
     let task = shared.runtime.spawn(worker.run(rx, stop_rx, gate));
     Arc::new(PluginHandle {
@@ -77,6 +80,7 @@ fn spawn(
         tx,
         stats,
         state,
+        dead_letters,
         reload_error: Mutex::new(None),
         stop: Mutex::new(Some(stop_tx)),
         task: Mutex::new(Some(task)),

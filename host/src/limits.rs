@@ -54,6 +54,23 @@ pub struct Limits {
     pub quarantine_backoff: Duration,
     /// Longest quarantine backoff. Default 5 min.
     pub quarantine_backoff_max: Duration,
+    /// For plugins that export `state`: take a snapshot after a successful
+    /// event once this many events were handled since the last one. Default
+    /// 1000: after a trap at most this many events are replayed (a few
+    /// milliseconds for a compiled plugin), while snapshotting costs a small
+    /// fraction of the events' own time. 0 turns periodic snapshots off.
+    pub snapshot_every: u32,
+    /// …or once this much time passed since the last snapshot (checked after
+    /// each event). Default 10 s: bounds what a restart re-reads from the log
+    /// for a plugin that sees few events.
+    pub snapshot_interval: Duration,
+    /// Events the host keeps (in memory, shared with the queues) to rebuild
+    /// a plugin's state by replay after a trap: those handled since its last
+    /// snapshot, or, for a plugin without `state`, since its instance
+    /// started. Default 10,000 (about 30 ms of replay for a compiled
+    /// plugin). Past it a stateless plugin's state cannot be rebuilt: after
+    /// its next trap it starts empty and `plugbus.plugin.state_lost` says so.
+    pub replay_max_events: usize,
 }
 
 /// Deepest chain of follow-up events: an event emitted by a plugin while
@@ -76,6 +93,9 @@ impl Default for Limits {
             quarantine_after: 5,
             quarantine_backoff: Duration::from_secs(1),
             quarantine_backoff_max: Duration::from_secs(300),
+            snapshot_every: 1000,
+            snapshot_interval: Duration::from_secs(10),
+            replay_max_events: 10_000,
         }
     }
 }

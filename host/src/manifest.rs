@@ -14,6 +14,9 @@
 //! memory_mib = 128
 //! queue_capacity = 4096
 //! quarantine_after = 5                   # consecutive failures; 0 = never
+//! snapshot_every = 1000                  # stateful plugins: events between snapshots
+//! snapshot_interval_ms = 10_000          # …or time between snapshots
+//! replay_max_events = 10_000             # events kept to rebuild state after a trap
 //!
 //! [config]                               # served by host.config(key)
 //! budget_usd = "5.00"
@@ -78,6 +81,12 @@ pub struct RawLimits {
     pub log_lines_per_event: Option<u32>,
     /// Consecutive hard failures before quarantine (0: never).
     pub quarantine_after: Option<u32>,
+    /// Events between two snapshots of a stateful plugin (0: none).
+    pub snapshot_every: Option<u32>,
+    /// Most time between two snapshots, in milliseconds.
+    pub snapshot_interval_ms: Option<u64>,
+    /// Events kept to rebuild the plugin's state by replay after a trap.
+    pub replay_max_events: Option<usize>,
 }
 
 /// One `[[dirs]]` entry as written.
@@ -115,6 +124,9 @@ struct LimitOverrides {
     emits_per_event: Option<u32>,
     log_lines_per_event: Option<u32>,
     quarantine_after: Option<u32>,
+    snapshot_every: Option<u32>,
+    snapshot_interval: Option<Duration>,
+    replay_max_events: Option<usize>,
 }
 
 /// A directory the plugin may see.
@@ -135,6 +147,8 @@ const MAX_DEADLINE_MS: u64 = 60_000;
 /// See [`MAX_DEADLINE_MS`]; also the size of the engine's memory slots.
 pub const MAX_MEMORY_MIB: u64 = 4096;
 const MAX_QUEUE: usize = 1 << 20;
+/// Events kept for replay, at most: a million events is minutes of replay.
+const MAX_REPLAY: usize = 1 << 20;
 
 impl Manifest {
     /// Reads and validates the manifest at `path`. Writable directory grants
@@ -206,6 +220,15 @@ impl Manifest {
             emits_per_event: l.emits_per_event,
             log_lines_per_event: l.log_lines_per_event,
             quarantine_after: l.quarantine_after,
+            snapshot_every: l.snapshot_every,
+            snapshot_interval: l
+                .snapshot_interval_ms
+                .map(|v| in_range("snapshot_interval_ms", v, 1, u64::MAX).map(Duration::from_millis))
+                .transpose()?,
+            replay_max_events: l
+                .replay_max_events
+                .map(|v| in_range("replay_max_events", v as u64, 0, MAX_REPLAY as u64).map(|v| v as usize))
+                .transpose()?,
         };
         let mut dirs = Vec::with_capacity(raw.dirs.len());
         for (i, d) in raw.dirs.into_iter().enumerate() {
@@ -254,6 +277,9 @@ impl Manifest {
             quarantine_after: o.quarantine_after.unwrap_or(base.quarantine_after),
             quarantine_backoff: base.quarantine_backoff,
             quarantine_backoff_max: base.quarantine_backoff_max,
+            snapshot_every: o.snapshot_every.unwrap_or(base.snapshot_every),
+            snapshot_interval: o.snapshot_interval.unwrap_or(base.snapshot_interval),
+            replay_max_events: o.replay_max_events.unwrap_or(base.replay_max_events),
         }
     }
 }

@@ -12,9 +12,9 @@ use std::sync::{Arc, Weak};
 
 use serde::Serialize;
 use wasmtime::Store;
-use wasmtime::component::Component;
+use wasmtime::component::{Component, InstancePre};
 
-use crate::bindings::{HANDLER_EXPORT, Observer, ObserverPre};
+use crate::bindings::{HANDLER_EXPORT, Observer, ObserverIndices, STATE_EXPORT, StateExport, StateIndices};
 use crate::bus::Shared;
 use crate::cache::content_hash;
 use crate::ctx::PluginCtx;
@@ -54,7 +54,7 @@ pub enum LoadErrorKind {
     /// The component failed to parse, validate or compile.
     #[error("invalid component: {0}")]
     Invalid(String),
-    /// A valid component, but not of the `plugbus:observer/observer@0.1.0` world.
+    /// A valid component, but not of the `plugbus:observer/observer@0.1.x` world.
     #[error("not a plugbus observer: {0}")]
     WrongWorld(String),
     /// The manifest beside the plugin is invalid.
@@ -135,7 +135,10 @@ pub struct PluginCheck {
 pub(crate) struct PluginSpec {
     pub name: Arc<str>,
     pub path: PathBuf,
-    pub pre: ObserverPre<PluginCtx>,
+    pub pre: InstancePre<PluginCtx>,
+    indices: ObserverIndices,
+    /// The optional `state` export, when the plugin has one.
+    state: Option<StateIndices>,
     pub limits: Limits,
     pub config: Arc<BTreeMap<String, String>>,
     pub manifest: Manifest,
@@ -155,6 +158,7 @@ pub(crate) struct PluginSpec {
 pub(crate) struct Instance {
     pub store: Store<PluginCtx>,
     pub bindings: Observer,
+    state: Option<StateExport>,
 }
 
 /// A failed call: what kind, plus the wasm backtrace when there is one.
@@ -240,7 +244,9 @@ impl PluginSpec {
 
         let ty = component.component_type();
         let imports: Vec<String> = ty.imports(&engine.engine).map(|(n, _)| n.to_owned()).collect();
-        if ty.get_export(&engine.engine, HANDLER_EXPORT).is_none() {
+        // `get_export_index` matches the semver track: a 0.1.0 plugin's
+        // `handler@0.1.0` answers to the host's `handler@0.1.1`.
+        if component.get_export_index(None, HANDLER_EXPORT).is_none() {
             let exports: Vec<&str> = ty.exports(&engine.engine).map(|(n, _)| n).collect();
             return Err(err(LoadErrorKind::WrongWorld(format!(
                 "it does not export `{HANDLER_EXPORT}` (it exports: {})",
@@ -257,12 +263,22 @@ impl PluginSpec {
                 imports.join(", ")
             )))
         })?;
-        let pre = ObserverPre::new(instance_pre).map_err(|e| err(LoadErrorKind::WrongWorld(format!("{e:#}"))))?;
+        let indices =
+            ObserverIndices::new(&instance_pre).map_err(|e| err(LoadErrorKind::WrongWorld(format!("{e:#}"))))?;
+        let state = match component.get_export_index(None, STATE_EXPORT) {
+            None => None,
+            Some(_) => Some(
+                StateIndices::new(&instance_pre)
+                    .map_err(|e| err(LoadErrorKind::WrongWorld(format!("its `state` export: {e:#}"))))?,
+            ),
+        };
         let limits = manifest.apply_limits(bus_limits);
         Ok(PluginSpec {
             name,
             path: path.to_owned(),
-            pre,
+            pre: instance_pre,
+            indices,
+            state,
             limits,
             config: Arc::new(manifest.config.clone()),
             manifest,
@@ -288,13 +304,69 @@ impl PluginSpec {
         let mut store = Store::new(self.pre.engine(), ctx);
         store.limiter(|ctx| &mut ctx.limiter);
         store.epoch_deadline_trap();
-        self.arm(&mut store, None);
-        let bindings = self
+        self.arm(&mut store, None, false);
+        let instance = self
             .pre
             .instantiate_async(&mut store)
             .await
             .map_err(|e| self.call_error(&e, &store))?;
-        Ok(Instance { store, bindings })
+        let bindings = self
+            .indices
+            .load(&mut store, &instance)
+            .map_err(|e| self.call_error(&e, &store))?;
+        let state = match &self.state {
+            Some(indices) => Some(
+                indices
+                    .load(&mut store, &instance)
+                    .map_err(|e| self.call_error(&e, &store))?,
+            ),
+            None => None,
+        };
+        Ok(Instance { store, bindings, state })
+    }
+
+    /// Whether the plugin exports `state` (snapshot and restore).
+    pub fn has_state(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// Asks the instance for a snapshot of its state. `Ok(None)` when the
+    /// plugin has no `state` export; `Ok(Some(Err(reason)))` when it declined
+    /// or its snapshot is over [`MAX_SNAPSHOT_BYTES`].
+    pub async fn snapshot(&self, instance: &mut Instance) -> Result<Option<Result<Vec<u8>, String>>, CallError> {
+        let Some(state) = instance.state.clone() else {
+            return Ok(None);
+        };
+        self.arm(&mut instance.store, None, true);
+        let call = state.call_snapshot(&mut instance.store);
+        let answer = match tokio::time::timeout(self.timeout(), call).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => return Err(self.call_error(&e, &instance.store)),
+            Err(_) => return Err(CallError::from(Failure::Deadline)),
+        };
+        Ok(Some(match answer {
+            Ok(bytes) if bytes.len() > MAX_SNAPSHOT_BYTES => Err(format!(
+                "a {}-byte snapshot is over the {MAX_SNAPSHOT_BYTES}-byte limit",
+                bytes.len()
+            )),
+            Ok(bytes) => Ok(bytes),
+            Err(reason) => Err(crate::text::cap(reason)),
+        }))
+    }
+
+    /// Hands a snapshot to a fresh instance. `Ok(Err(reason))` when the
+    /// plugin refused it.
+    pub async fn restore(&self, instance: &mut Instance, bytes: &[u8]) -> Result<Result<(), String>, CallError> {
+        let Some(state) = instance.state.clone() else {
+            return Ok(Err("the plugin has no `state` export".into()));
+        };
+        self.arm(&mut instance.store, None, true);
+        let call = state.call_restore(&mut instance.store, bytes);
+        match tokio::time::timeout(self.timeout(), call).await {
+            Ok(Ok(answer)) => Ok(answer.map_err(crate::text::cap)),
+            Ok(Err(e)) => Err(self.call_error(&e, &instance.store)),
+            Err(_) => Err(CallError::from(Failure::Deadline)),
+        }
     }
 
     /// The plugin's subscriptions: the manifest's, or the instance's answer.
@@ -302,7 +374,7 @@ impl PluginSpec {
         if let Some(subs) = &self.manifest.subscriptions {
             return Ok(subs.clone());
         }
-        self.arm(&mut instance.store, None);
+        self.arm(&mut instance.store, None, false);
         let call = instance
             .bindings
             .plugbus_observer_handler()
@@ -321,13 +393,15 @@ impl PluginSpec {
     }
 
     /// Runs `on-event` with fresh budgets. Returns the guest's answer and the
-    /// fuel burned, or the failure.
+    /// fuel burned, or the failure. `replaying` silences the plugin's emits
+    /// and logs: the event is being replayed to rebuild state.
     pub async fn on_event(
         &self,
         instance: &mut Instance,
         event: &Event,
+        replaying: bool,
     ) -> (Result<Result<(), String>, CallError>, u64) {
-        self.arm(&mut instance.store, Some(event.clone()));
+        self.arm(&mut instance.store, Some(event.clone()), replaying);
         let call = instance
             .bindings
             .plugbus_observer_handler()
@@ -341,7 +415,8 @@ impl PluginSpec {
         let fuel = self.limits.fuel.saturating_sub(instance.store.get_fuel().unwrap_or(0));
         instance.store.data_mut().current = None;
         let dropped = instance.store.data().logs.dropped();
-        if dropped > 0 {
+        // While replaying, every line is dropped on purpose.
+        if dropped > 0 && !replaying {
             tracing::warn!(
                 plugin = &*self.name,
                 event = event.name(),
@@ -353,7 +428,7 @@ impl PluginSpec {
     }
 
     /// Refills fuel, arms the epoch deadline and resets per-event budgets.
-    fn arm(&self, store: &mut Store<PluginCtx>, event: Option<Event>) {
+    fn arm(&self, store: &mut Store<PluginCtx>, event: Option<Event>, quiet: bool) {
         // `set_fuel` only fails when fuel is not enabled, which the engine
         // always enables; nothing to handle.
         let _ = store.set_fuel(self.limits.fuel);
@@ -363,7 +438,7 @@ impl PluginSpec {
         // one plugin never holds a runtime thread for its whole deadline.
         let _ = store.fuel_async_yield_interval(Some(YIELD_FUEL));
         let limits = self.limits.clone();
-        store.data_mut().begin(event, &limits);
+        store.data_mut().begin(event, &limits, quiet);
     }
 
     /// The host-side bound on one call: the deadline plus a little slack so
@@ -384,7 +459,12 @@ impl PluginSpec {
     pub fn check(&self, subscriptions: &[Pattern]) -> PluginCheck {
         PluginCheck {
             name: self.name.to_string(),
-            world: "plugbus:observer/observer@0.1.0".to_owned(),
+            world: if self.state.is_some() {
+                "plugbus:observer/stateful-observer@0.1.1"
+            } else {
+                "plugbus:observer/observer@0.1.1"
+            }
+            .to_owned(),
             subscriptions: subscriptions.iter().map(|p| p.as_str().to_owned()).collect(),
             imports: self.imports.clone(),
             size: self.size,
@@ -392,6 +472,11 @@ impl PluginSpec {
         }
     }
 }
+
+/// Largest snapshot the host keeps, in bytes. A snapshot is held in memory
+/// and written beside the log; 16 MiB is far above an observer's totals and
+/// indexes while bounding what a plugin can make the host store.
+pub const MAX_SNAPSHOT_BYTES: usize = 16 << 20;
 
 /// Most patterns one plugin may subscribe to: far more than any observer
 /// needs, while bounding the registry entries a guest can make the host keep.

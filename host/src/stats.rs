@@ -27,6 +27,18 @@ pub struct PluginStats {
     pub restarts: u64,
     /// Fuel burned over all events.
     pub fuel_consumed: u64,
+    /// Snapshots taken of its state (plugins with the `state` export).
+    pub snapshots: u64,
+    /// Rebuilds after a failure that brought its state back (restore of the
+    /// last snapshot and/or replay of the events handled since).
+    pub state_restored: u64,
+    /// Rebuilds after which its state could not be brought back (announced
+    /// as `plugbus.plugin.state_lost`).
+    pub state_lost: u64,
+    /// Events replayed into it to rebuild its state.
+    pub replayed: u64,
+    /// Events that failed it hard and went to its dead-letter list.
+    pub dead_letters: u64,
     /// Linear memory held by the plugin's current instance, in bytes (0
     /// before the first instance and while it is being rebuilt). Interpreted
     /// runtimes start with tens of MiB; this is what to compare with the
@@ -125,6 +137,11 @@ pub(crate) struct StatsCell {
     dropped: AtomicU64,
     restarts: AtomicU64,
     fuel: AtomicU64,
+    snapshots: AtomicU64,
+    state_restored: AtomicU64,
+    state_lost: AtomicU64,
+    replayed: AtomicU64,
+    dead_letters: AtomicU64,
     memory: AtomicU64,
     last_error: Mutex<Option<String>>,
     latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
@@ -176,6 +193,25 @@ impl StatsCell {
         self.restarts.fetch_add(1, Relaxed);
     }
 
+    pub fn snapshotted(&self) {
+        self.snapshots.fetch_add(1, Relaxed);
+    }
+
+    /// A rebuild after a failure: whether the state came back, and how many
+    /// events were replayed for it.
+    pub fn rebuilt(&self, restored: bool, replayed: u64) {
+        if restored {
+            self.state_restored.fetch_add(1, Relaxed);
+        } else {
+            self.state_lost.fetch_add(1, Relaxed);
+        }
+        self.replayed.fetch_add(replayed, Relaxed);
+    }
+
+    pub fn dead_lettered(&self) {
+        self.dead_letters.fetch_add(1, Relaxed);
+    }
+
     fn set_last_error(&self, msg: String) {
         // Poisoning only happens if a panic occurred while holding the lock,
         // which `replace` cannot do; recover the value either way.
@@ -191,6 +227,11 @@ impl StatsCell {
             dropped: self.dropped.load(Relaxed),
             restarts: self.restarts.load(Relaxed),
             fuel_consumed: self.fuel.load(Relaxed),
+            snapshots: self.snapshots.load(Relaxed),
+            state_restored: self.state_restored.load(Relaxed),
+            state_lost: self.state_lost.load(Relaxed),
+            replayed: self.replayed.load(Relaxed),
+            dead_letters: self.dead_letters.load(Relaxed),
             memory_bytes: self.memory.load(Relaxed),
             last_error: self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             latency: {

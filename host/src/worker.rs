@@ -3,7 +3,10 @@
 //!
 //! After a hard failure the store is thrown away (wasmtime poisons a store
 //! once a call traps) and a fresh instance is built from the `InstancePre`
-//! before the next event. A guest `err` keeps the instance and its state.
+//! before the next event, with its state brought back (see `recovery`):
+//! the last snapshot restored and the events handled since replayed, the
+//! failing event left out and kept as a dead letter. A guest `err` keeps the
+//! instance and its state.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -14,9 +17,11 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::Shared;
+use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::event::Event;
-use crate::outcome::{DropReason, Outcome};
-use crate::plugin::{Instance, PluginSpec, PluginState};
+use crate::outcome::{DropReason, Failure, Outcome};
+use crate::plugin::{CallError, Instance, PluginSpec, PluginState};
+use crate::recovery::{Plan, Recovery, Snapshot};
 use crate::stats::StatsCell;
 
 /// One queued event, with an optional channel for its outcome
@@ -132,6 +137,8 @@ pub(crate) struct Worker {
     pub state: Arc<WorkerState>,
     pub bus: Weak<Shared>,
     breaker: Breaker,
+    recovery: Recovery,
+    dead_letters: Arc<DeadLetters>,
 }
 
 impl Worker {
@@ -141,6 +148,7 @@ impl Worker {
         stats: Arc<StatsCell>,
         state: Arc<WorkerState>,
         bus: Weak<Shared>,
+        dead_letters: Arc<DeadLetters>,
     ) -> Worker {
         let backoff = spec.limits.quarantine_backoff;
         stats.set_memory(instance.store.data().limiter.granted);
@@ -154,6 +162,8 @@ impl Worker {
                 consecutive: 0,
                 backoff,
             },
+            recovery: Recovery::default(),
+            dead_letters,
         }
     }
 
@@ -280,15 +290,10 @@ impl Worker {
 
     async fn handle(&mut self, event: &Event) -> Outcome {
         let spec = self.spec.clone();
-        let name = &*spec.name;
         let instance = match self.instance.take() {
             Some(instance) => instance,
-            None => match spec.instantiate().await {
-                Ok(instance) => {
-                    self.stats.restarted();
-                    tracing::info!(plugin = name, "plugin re-instantiated");
-                    instance
-                }
+            None => match self.rebuild().await {
+                Ok(instance) => instance,
                 Err(e) => {
                     let outcome = Outcome::Failed(e.failure);
                     self.finish(event, &outcome, 0, &e.frames);
@@ -297,23 +302,143 @@ impl Worker {
             },
         };
         let mut instance = instance;
-        let (result, fuel) = spec.on_event(&mut instance, event).await;
+        let (result, fuel) = spec.on_event(&mut instance, event, false).await;
         let (outcome, frames) = match result {
             Ok(Ok(())) => (Outcome::Ok, Vec::new()),
             Ok(Err(msg)) => (Outcome::Error(msg), Vec::new()),
             Err(e) => (Outcome::Failed(e.failure), e.frames),
         };
-        if matches!(outcome, Outcome::Failed(_)) {
-            // The store is poisoned: drop it; the next event gets a fresh one.
+        if let Outcome::Failed(failure) = &outcome {
+            // The store is poisoned: drop it; the next event gets a fresh
+            // instance with the state rebuilt, without this event.
             self.state.set(PluginState::Recovering);
             self.stats.set_memory(0);
+            self.recovery.needs_rebuild = true;
+            self.dead_letters.add(DeadLetter::new(&spec.name, event, failure));
+            self.stats.dead_lettered();
         } else {
             self.state.set(PluginState::Ready);
             self.stats.set_memory(instance.store.data().limiter.granted);
+            self.recovery.handled(event, &spec.limits);
             self.instance = Some(instance);
+            self.maybe_snapshot(event).await;
         }
         self.finish(event, &outcome, fuel, &frames);
         outcome
+    }
+
+    /// Takes a snapshot of a plugin with `state` when one is due. A snapshot
+    /// that traps poisons the instance like any trap: it is dropped and
+    /// rebuilt (the events since the last good snapshot are still kept).
+    async fn maybe_snapshot(&mut self, event: &Event) {
+        let spec = self.spec.clone();
+        if !spec.has_state() || !self.recovery.snapshot_due(&spec.limits) {
+            return;
+        }
+        let Some(instance) = self.instance.as_mut() else { return };
+        match spec.snapshot(instance).await {
+            Ok(Some(Ok(bytes))) => {
+                let snapshot = Snapshot {
+                    bytes: bytes.into(),
+                    seq: event.seq(),
+                };
+                tracing::debug!(plugin = &*spec.name, event = event.name(), seq = ?snapshot.seq, bytes = snapshot.bytes.len(), "snapshot taken");
+                self.recovery.snapshotted(snapshot);
+                self.stats.snapshotted();
+            }
+            Ok(Some(Err(reason))) => {
+                tracing::warn!(plugin = &*spec.name, event = event.name(), %reason, "plugin declined a snapshot; keeping the previous one");
+                self.recovery.snapshot_declined();
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(plugin = &*spec.name, event = event.name(), failure = e.failure.kind(), backtrace = ?e.frames, "plugin failed while taking a snapshot: {}", e.failure);
+                self.instance = None;
+                self.state.set(PluginState::Recovering);
+                self.recovery.needs_rebuild = true;
+                self.recovery.snapshot_declined();
+            }
+        }
+    }
+
+    /// A fresh instance after a failure, with the plugin's state brought
+    /// back when a failure dropped the previous one: the last snapshot
+    /// restored, the events handled since replayed (emits and logs silenced).
+    /// When that is impossible, or the restore or a replayed event fails, the
+    /// plugin starts with empty state, `plugbus.plugin.state_lost` says why,
+    /// and a failed restore or replay counts toward quarantine.
+    async fn rebuild(&mut self) -> Result<Instance, CallError> {
+        let spec = self.spec.clone();
+        let name = &*spec.name;
+        let mut instance = spec.instantiate().await?;
+        self.stats.restarted();
+        if !std::mem::take(&mut self.recovery.needs_rebuild) {
+            tracing::info!(plugin = name, "plugin re-instantiated");
+            return Ok(instance);
+        }
+        let started = Instant::now();
+        let lost = match self.recovery.plan(&spec.limits) {
+            Plan::Lost(reason) => Some((reason, None)),
+            Plan::Rebuild { snapshot, events } => match self.restore_into(&mut instance, snapshot, &events).await {
+                Ok(()) => {
+                    self.stats.rebuilt(true, events.len() as u64);
+                    tracing::info!(
+                        plugin = name,
+                        replayed = events.len(),
+                        elapsed_us = started.elapsed().as_micros() as u64,
+                        "plugin re-instantiated with its state restored"
+                    );
+                    return Ok(instance);
+                }
+                Err(lost) => Some(lost),
+            },
+        };
+        let Some((reason, failure)) = lost else {
+            return Ok(instance);
+        };
+        self.stats.rebuilt(false, 0);
+        tracing::warn!(plugin = name, %reason, "plugin state lost; it starts empty");
+        self.meta("plugbus.plugin.state_lost", json!({ "name": name, "reason": reason }));
+        self.recovery.reset();
+        if let Some(failure) = failure {
+            self.update_breaker(&Outcome::Failed(failure));
+            // The failed restore or replay poisoned that instance.
+            instance = spec.instantiate().await?;
+        }
+        Ok(instance)
+    }
+
+    /// Restores `snapshot` into `instance` and replays `events`. On failure:
+    /// why, and the hard failure if there was one (the instance is then poisoned).
+    async fn restore_into(
+        &mut self,
+        instance: &mut Instance,
+        snapshot: Option<Snapshot>,
+        events: &[Event],
+    ) -> Result<(), (String, Option<Failure>)> {
+        let spec = self.spec.clone();
+        if let Some(snapshot) = snapshot {
+            match spec.restore(instance, &snapshot.bytes).await {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => return Err((format!("restore refused the snapshot: {reason}"), None)),
+                Err(e) => return Err((format!("restore failed: {}", e.failure), Some(e.failure))),
+            }
+        }
+        for event in events {
+            let (result, _fuel) = spec.on_event(instance, event, true).await;
+            if let Err(e) = result {
+                return Err((
+                    format!(
+                        "replaying event {} ({}) failed: {}",
+                        event.seq().unwrap_or(0),
+                        event.name(),
+                        e.failure
+                    ),
+                    Some(e.failure),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn finish(&self, event: &Event, outcome: &Outcome, fuel: u64, frames: &[String]) {
@@ -351,6 +476,7 @@ pub(crate) struct PluginHandle {
     pub tx: mpsc::Sender<Job>,
     pub stats: Arc<StatsCell>,
     pub state: Arc<WorkerState>,
+    pub dead_letters: Arc<DeadLetters>,
     /// Why the last hot reload of this plugin failed (the old version keeps
     /// running); cleared by a successful one.
     pub reload_error: std::sync::Mutex<Option<String>>,

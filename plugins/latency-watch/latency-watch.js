@@ -16,7 +16,7 @@
 // Host calls are not possible while the engine snapshots the module at build
 // time, so configuration is read on the first event, never at import.
 
-import * as host from "plugbus:observer/host@0.1.0";
+import * as host from "plugbus:observer/host@0.1.1";
 
 let settings = null;
 const windows = new Map(); // key -> { samples: number[], next: number, count: number }

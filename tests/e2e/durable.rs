@@ -372,3 +372,148 @@ async fn a_full_log_buffer_still_delivers_live_and_announces_the_gap() {
     let stats = plugbus::LogStats::read(log.path()).unwrap();
     assert_eq!(stats.gaps, 5, "{stats:?}");
 }
+
+/// The reproduction: a cost-tracker with a $1.00 budget, four calls
+/// of $0.40 and, between the second and third, one whose payload is a
+/// 1.5-million-element array. Parsing it traps the plugin; its totals must
+/// come back (restore + replay), the budget must fire exactly once, and the
+/// oversize event must be a dead letter. Run for today's cost-tracker (with
+/// `state`) and for the committed 0.1.0 build (no `state`: rebuilt by replay).
+#[test]
+fn a_trap_no_longer_resets_the_cost_trackers_totals() {
+    for wasm in [support::wasm("cost-tracker"), support::compat_cost_tracker()] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(&wasm, dir.path().join("cost-tracker.wasm")).unwrap();
+        std::fs::write(
+            dir.path().join("cost-tracker.toml"),
+            "[config]\nbudget_usd = \"1.00\"\n",
+        )
+        .unwrap();
+        let call = |extra: Option<Value>| {
+            let mut payload =
+                json!({"model": "m", "usage": {"prompt_tokens": 1000, "completion_tokens": 500}, "cost_usd": 0.40});
+            if let Some(extra) = extra {
+                payload["messages"] = extra;
+            }
+            json!({"name": "model_responded", "payload": payload, "correlation_id": "run-1"}).to_string()
+        };
+        let poison = call(Some(Value::Array(vec![json!(0); 1_500_000])));
+        let lines = [call(None), call(None), poison, call(None), call(None)].join("\n");
+        let events = dir.path().join("events.jsonl");
+        std::fs::write(&events, lines).unwrap();
+        let log = dir.path().join("log");
+        let log_dir = log.to_str().unwrap();
+        let out = Command::new(plugbus_bin())
+            .args([
+                "run",
+                "--plugins",
+                dir.path().to_str().unwrap(),
+                "--log",
+                log_dir,
+                "--report",
+                "json",
+            ])
+            .arg(&events)
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let which = wasm.display();
+        assert!(
+            stderr.contains("4 calls, 4000 prompt + 2000 completion tokens, $1.6000 total"),
+            "{which}: final totals exact: {stderr}"
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let tracker = &report["plugins"][0];
+        assert_eq!(tracker["ok"], 4, "{which}: {tracker}");
+        assert_eq!(tracker["state_restored"], 1, "{which}: {tracker}");
+        assert_eq!(tracker["state_lost"], 0, "{which}: {tracker}");
+        assert_eq!(
+            tracker["replayed"], 2,
+            "{which}: the two calls before the trap: {tracker}"
+        );
+
+        let logged = json_lines(&plugbus(&[
+            "log",
+            "show",
+            "--log",
+            log_dir,
+            "--json",
+            "--name",
+            "budget_exceeded",
+        ]));
+        assert_eq!(logged.len(), 1, "{which}: budget_exceeded exactly once: {logged:?}");
+        assert_eq!(logged[0]["payload"]["calls"], 3, "{which}");
+
+        let letters = json_lines(&plugbus(&["dlq", "list", "--log", log_dir, "--json"]));
+        assert_eq!(letters.len(), 1, "{which}: {letters:?}");
+        assert_eq!(letters[0]["plugin"], "cost-tracker");
+        assert_eq!(letters[0]["event"]["seq"], 3, "the oversize event");
+        assert!(
+            ["out_of_fuel", "deadline"].contains(&letters[0]["failure"].as_str().unwrap()),
+            "{}",
+            letters[0]["failure"]
+        );
+    }
+}
+
+/// 10,000 events into a stateful plugin with 50 poison events interleaved:
+/// its final state equals a native computation over the other events, and
+/// the 50 are dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_poison_events_in_ten_thousand_leave_the_state_exact() {
+    let dir = plugin_dir(&["token-counter"]);
+    // A small fuel budget makes a 20,000-element payload a poison event
+    // (deterministic, unlike a deadline); a normal event burns a few
+    // thousand units.
+    std::fs::write(
+        dir.path().join("token-counter.toml"),
+        "[limits]\nfuel = 300_000\nsnapshot_every = 700\n",
+    )
+    .unwrap();
+    let bus = plugbus::Bus::builder().plugin_dir(dir.path()).build().await.unwrap();
+    assert!(bus.load_failures().is_empty(), "{:?}", bus.load_failures());
+    let totals = support::Recorder::attach(&bus, "token-counter.totals");
+    let poison_payload = Value::Array(vec![json!(1); 20_000]);
+    let (mut tokens, mut events) = (0u64, 0u64);
+    for i in 0..10_000u64 {
+        let poison = i % 200 == 199;
+        let usage = json!({ "prompt_tokens": i % 97, "completion_tokens": i % 13 });
+        let mut payload = json!({ "usage": usage });
+        if poison {
+            payload["padding"] = poison_payload.clone();
+        } else {
+            tokens += i % 97 + i % 13;
+            events += 1;
+        }
+        bus.emit("model_responded", payload);
+        if i % 250 == 0 {
+            bus.flush().await;
+        }
+    }
+    bus.flush().await;
+    bus.emit("token-counter.report", Value::Null);
+    bus.flush().await;
+    let report = totals.events();
+    assert_eq!(report.len(), 1);
+    assert_eq!(
+        report[0].payload()["tokens"],
+        tokens,
+        "tokens over the non-poison events"
+    );
+    assert_eq!(report[0].payload()["events"], events);
+    let info = bus.plugins().into_iter().find(|p| p.name == "token-counter").unwrap();
+    assert_eq!(info.stats.failures.out_of_fuel, 50, "{:?}", info.stats);
+    assert_eq!(info.stats.dropped, 0, "{:?}", info.stats);
+    assert_eq!(info.stats.state_restored, 50, "{:?}", info.stats);
+    assert!(info.stats.snapshots >= 10, "{:?}", info.stats);
+    let letters = bus.dead_letters("token-counter").unwrap();
+    assert_eq!(letters.len(), 50);
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.failure == "out_of_fuel" && l.event.payload.get("padding").is_some())
+    );
+    bus.shutdown().await;
+}

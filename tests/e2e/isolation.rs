@@ -50,7 +50,7 @@ async fn every_misbehaviour_fails_alone_and_the_plugin_recovers() {
         ("memory", |f| *f == Failure::MemoryLimit),
         ("stack", |f| *f == Failure::StackOverflow),
     ];
-    // Build up state in the instance first, so a rebuild is visible.
+    // Build up state in the instance first, so losing it would be visible.
     assert_eq!(fixture_count(&bus, &counts).await, 1);
     assert_eq!(fixture_count(&bus, &counts).await, 2);
     for (i, (action, expected)) in cases.iter().enumerate() {
@@ -68,10 +68,18 @@ async fn every_misbehaviour_fails_alone_and_the_plugin_recovers() {
                 "{action}: {healthy} affected"
             );
         }
-        // A fresh instance handles the next event: its state starts over.
-        assert_eq!(fixture_count(&bus, &counts).await, 1, "{action}: not re-instantiated");
+        // A fresh instance handles the next event, its state rebuilt by
+        // replaying what the old one handled, without the failing event:
+        // the two counts before, one more after each case, and this one.
+        assert_eq!(
+            fixture_count(&bus, &counts).await,
+            3 + i as u64,
+            "{action}: state not rebuilt"
+        );
         let info = bus.plugins().into_iter().find(|p| p.name == "misbehave").unwrap();
         assert_eq!(info.stats.restarts, i as u64 + 1, "{action}");
+        assert_eq!(info.stats.state_restored, i as u64 + 1, "{action}");
+        assert_eq!(info.stats.dead_letters, i as u64 + 1, "{action}");
     }
     bus.flush().await;
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod check;
+mod dlq;
 mod log;
 mod new;
 mod progress;
@@ -73,6 +74,11 @@ pub enum Command {
         cache: CacheArgs,
         #[command(flatten)]
         log: LogArgs,
+    },
+    /// Dead letters (events that made a plugin fail hard) recorded in a log directory.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
     },
     /// Read an event log: `stats`, `show`, `tail`.
     Log {
@@ -277,6 +283,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             .await
         }
         Command::Log { command } => log::log(command).await,
+        Command::Dlq { command } => dlq::dlq(command),
         Command::New { name, lang, dir, sdk } => new::new(&name, lang, dir.as_deref(), sdk.as_deref()),
         Command::Serve {
             plugins,

@@ -9,6 +9,7 @@
 //! - `GET /plugins`: state, subscriptions, counters, last error per plugin;
 //!   with `--log`, the log's position (`log`: last, written and durable seq,
 //!   queued, lost).
+//! - `GET /plugins/<name>/dead-letters`: the events that made it fail hard.
 //! - `GET /metrics`: Prometheus (OpenMetrics) text.
 //! - `GET /healthz`: liveness.
 //!
@@ -16,11 +17,11 @@
 //! accepting requests, drains every plugin queue and exits 0.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::Path as FsPath;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,7 +39,7 @@ use super::{CacheArgs, LogArgs};
 const MAX_BODY: usize = 1 << 20;
 
 pub async fn serve(
-    plugins: &Path,
+    plugins: &FsPath,
     listen: SocketAddr,
     grace: std::time::Duration,
     cache: &CacheArgs,
@@ -77,6 +78,7 @@ fn router(bus: plugbus::Bus) -> Router {
     Router::new()
         .route("/events", post(post_events))
         .route("/plugins", get(get_plugins))
+        .route("/plugins/{name}/dead-letters", get(get_dead_letters))
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -149,6 +151,17 @@ async fn post_events(State(bus): State<plugbus::Bus>, body: String) -> Response 
 async fn get_plugins(State(bus): State<plugbus::Bus>) -> Response {
     Json(json!({ "plugins": bus.plugins(), "load_failures": bus.load_failures(), "log": bus.log_status() }))
         .into_response()
+}
+
+async fn get_dead_letters(State(bus): State<plugbus::Bus>, Path(name): Path<String>) -> Response {
+    match bus.dead_letters(&name) {
+        Some(letters) => Json(json!({ "plugin": name, "dead_letters": letters })).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": format!("no plugin named `{name}`") })),
+        )
+            .into_response(),
+    }
 }
 
 async fn get_metrics(State(bus): State<plugbus::Bus>) -> Response {

@@ -76,7 +76,7 @@ pub(crate) fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 
 /// One event as stored: the JSON body of a frame, and the shape
 /// `plugbus log show --json` prints (`depth` aside).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
     /// Position in the log.
     pub seq: u64,
@@ -111,6 +111,20 @@ struct RecordRef<'a> {
 }
 
 impl Record {
+    /// The record of a published event (`seq` 0 if it never was).
+    pub fn from_event(event: &Event) -> Record {
+        Record {
+            seq: event.seq().unwrap_or(0),
+            name: event.name().to_owned(),
+            id: event.id().to_owned(),
+            time_unix_nanos: event.time_unix_nanos(),
+            correlation_id: event.correlation_id().map(str::to_owned),
+            source: event.source().to_owned(),
+            depth: event.depth(),
+            payload: event.payload().clone(),
+        }
+    }
+
     /// The event this record holds, carrying its sequence number.
     pub fn into_event(self) -> Event {
         Event::restore(

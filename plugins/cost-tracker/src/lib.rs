@@ -1,11 +1,15 @@
 //! cost-tracker: sums tokens and USD from `model_responded` events, logs the
 //! running totals, and emits `budget_exceeded` once when spending passes the
 //! budget set in the manifest (`[config] budget_usd = "5.00"`).
+//!
+//! Its totals are durable (`export_plugin!(CostTracker, state)`): a trap, a
+//! hot reload or a restart with the event log brings them back, so the
+//! budget is enforced over the whole run and reported once.
 
 use std::collections::BTreeMap;
 
 use plugbus_guest::{Event, Plugin, export_plugin, info, warn};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 #[derive(Deserialize, Default)]
@@ -25,7 +29,7 @@ struct ModelResponded {
     cost_usd: f64,
 }
 
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct Totals {
     calls: u64,
     prompt_tokens: u64,
@@ -33,26 +37,33 @@ struct Totals {
     cost_usd: f64,
 }
 
+#[derive(Serialize, Deserialize)]
 struct CostTracker {
     total: Totals,
     by_model: BTreeMap<String, Totals>,
+    /// From the manifest, not the snapshot: a reloaded manifest's budget applies.
+    #[serde(skip, default = "configured_budget")]
     budget_usd: Option<f64>,
     budget_reported: bool,
 }
 
+/// The manifest's `budget_usd`, if it is a non-negative number.
+fn configured_budget() -> Option<f64> {
+    plugbus_guest::config("budget_usd").and_then(|b| match b.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Some(v),
+        _ => {
+            warn!("config budget_usd = {b:?} is not a non-negative number; no budget enforced");
+            None
+        }
+    })
+}
+
 impl Default for CostTracker {
     fn default() -> Self {
-        let budget_usd = plugbus_guest::config("budget_usd").and_then(|b| match b.trim().parse::<f64>() {
-            Ok(v) if v.is_finite() && v >= 0.0 => Some(v),
-            _ => {
-                warn!("config budget_usd = {b:?} is not a non-negative number; no budget enforced");
-                None
-            }
-        });
         CostTracker {
             total: Totals::default(),
             by_model: BTreeMap::new(),
-            budget_usd,
+            budget_usd: configured_budget(),
             budget_reported: false,
         }
     }
@@ -101,4 +112,4 @@ impl Plugin for CostTracker {
     }
 }
 
-export_plugin!(CostTracker);
+export_plugin!(CostTracker, state);

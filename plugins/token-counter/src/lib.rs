@@ -2,9 +2,13 @@
 //! silent on purpose: it is the observer `plugbus bench` compares with a
 //! native Rust handler doing exactly the same work (parse the payload JSON,
 //! add two numbers).
+//!
+//! Its totals are durable (`export_plugin!(TokenCounter, state)`), and a
+//! `token-counter.report` event makes it emit `token-counter.totals` with
+//! them, which is how the tests read its state from outside.
 
 use plugbus_guest::{Event, Plugin, export_plugin};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
@@ -19,7 +23,7 @@ struct ModelResponded {
     usage: Usage,
 }
 
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct TokenCounter {
     tokens: u64,
     events: u64,
@@ -27,10 +31,16 @@ struct TokenCounter {
 
 impl Plugin for TokenCounter {
     fn subscriptions(&self) -> Vec<String> {
-        vec!["model_responded".into()]
+        vec!["model_responded".into(), "token-counter.report".into()]
     }
 
     fn on_event(&mut self, event: &Event) -> plugbus_guest::Result {
+        if event.name == "token-counter.report" {
+            return plugbus_guest::emit(
+                "token-counter.totals",
+                &serde_json::json!({ "tokens": self.tokens, "events": self.events }),
+            );
+        }
         let r: ModelResponded = event.payload()?;
         self.tokens += r.usage.prompt_tokens + r.usage.completion_tokens;
         self.events += 1;
@@ -41,4 +51,4 @@ impl Plugin for TokenCounter {
     }
 }
 
-export_plugin!(TokenCounter);
+export_plugin!(TokenCounter, state);

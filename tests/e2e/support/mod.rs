@@ -16,6 +16,7 @@ pub const PLUGINS: &[&str] = &[
     "cost-tracker",
     "audit-log",
     "console-logger",
+    "token-counter",
     "misbehave",
     "wrong-world",
 ];
@@ -110,6 +111,11 @@ pub fn plugbus_bin() -> &'static Path {
     })
 }
 
+/// The committed cost-tracker built against WIT 0.1.0 (no `state` export).
+pub fn compat_cost_tracker() -> PathBuf {
+    workspace_root().join("plugins/fixtures/compat-0.1.0/cost-tracker-0.1.0.wasm")
+}
+
 /// A temp directory holding the given plugins, each with its first-party
 /// manifest (`plugins/<name>/<name>.toml`) when there is one.
 pub fn plugin_dir(plugins: &[&str]) -> tempfile::TempDir {
@@ -190,7 +196,7 @@ pub fn wat_observer(subscription: &str, on_event: &str) -> String {
 pub fn component_from_wat(wat: &str, version: &str) -> Vec<u8> {
     let wit = std::fs::read_to_string(workspace_root().join("wit/observer.wit")).unwrap();
     let wit = wit.replace(
-        "package plugbus:observer@0.1.0;",
+        "package plugbus:observer@0.1.1;",
         &format!("package plugbus:observer@{version};"),
     );
     let mut resolve = wit_parser::Resolve::default();
