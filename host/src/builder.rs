@@ -37,6 +37,7 @@ pub struct BusBuilder {
     on_failure: Option<FailureHook>,
     log_dir: Option<PathBuf>,
     log_options: LogOptions,
+    pub(crate) follow_ups: crate::bus::FollowUps,
 }
 
 impl BusBuilder {
@@ -51,6 +52,7 @@ impl BusBuilder {
             on_failure: None,
             log_dir: None,
             log_options: LogOptions::default(),
+            follow_ups: crate::bus::FollowUps::Publish,
         }
     }
 
@@ -122,6 +124,14 @@ impl BusBuilder {
         self
     }
 
+    pub(crate) fn clear_plugin_dir(&mut self) {
+        self.plugin_dir = None;
+    }
+
+    pub(crate) fn clear_log_dir(&mut self) {
+        self.log_dir = None;
+    }
+
     /// Shorthand for setting only the log's durability policy.
     pub fn durability(mut self, durability: Durability) -> Self {
         self.log_options.durability = durability;
@@ -182,6 +192,7 @@ impl BusBuilder {
                 self.on_failure,
                 runtime,
                 log.clone(),
+                self.follow_ups,
             )),
         };
         if let Some(log) = &log {
@@ -222,7 +233,7 @@ impl BusBuilder {
 }
 
 /// The `*.wasm` files of `dir`, sorted by name.
-fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub(crate) fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();

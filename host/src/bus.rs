@@ -34,6 +34,18 @@ use crate::plugin::PluginInfo;
 use crate::registry::{Entry, Registry, Target};
 use crate::worker::{Job, PluginHandle};
 
+/// What becomes of the follow-up events plugins emit.
+#[derive(Clone, Default)]
+pub(crate) enum FollowUps {
+    /// Published on the bus (the live behaviour).
+    #[default]
+    Publish,
+    /// Sent to a replay, which orders and prints them; never published.
+    Capture(std::sync::mpsc::Sender<crate::replay::Captured>),
+    /// Dropped.
+    Discard,
+}
+
 /// Called for every hard failure: `(event, handler name, failure)`.
 pub type FailureHook = Arc<dyn Fn(&Event, &str, &Failure) + Send + Sync>;
 
@@ -131,6 +143,9 @@ pub(crate) struct Shared {
     pub(crate) next_entry: AtomicU64,
     /// The event log, when the bus has one: it numbers events.
     pub(crate) log: Option<EventLog>,
+    /// What becomes of plugins' follow-up events (published, or captured
+    /// by a replay).
+    pub(crate) follow_ups: FollowUps,
     /// The last event sequence number handed out, when there is no log.
     event_seq: AtomicU64,
     pub(crate) plugins: Mutex<BTreeMap<String, Arc<PluginHandle>>>,
@@ -162,6 +177,7 @@ impl Shared {
         on_failure: Option<FailureHook>,
         runtime: Handle,
         log: Option<EventLog>,
+        follow_ups: FollowUps,
     ) -> Shared {
         Shared {
             registry: ArcSwap::from_pointee(Registry::default()),
@@ -169,6 +185,7 @@ impl Shared {
             publish_lock: Mutex::new(()),
             next_entry: AtomicU64::new(1),
             log,
+            follow_ups,
             event_seq: AtomicU64::new(0),
             plugins: Mutex::new(BTreeMap::new()),
             engine: Arc::new(engine),
@@ -207,6 +224,12 @@ impl Shared {
         event
     }
 
+    /// Delivers an event read back from a log, keeping its sequence number
+    /// (and not logging it again): what replay feeds plugins.
+    pub(crate) fn publish_replayed(self: &Arc<Self>, event: &Event) {
+        self.dispatch(event, None, false);
+    }
+
     /// Numbers the event (and queues it for the log). Called under the
     /// publish lock, so sequence order is publish order.
     fn sequence(&self, event: &Event, durable: bool) {
@@ -238,7 +261,10 @@ impl Shared {
         let registry = {
             let _order = lock(&self.publish_lock);
             let registry = self.registry.load_full();
-            self.sequence(event, durable);
+            // A replayed event keeps the place it has in the log.
+            if event.seq().is_none() {
+                self.sequence(event, durable);
+            }
             self.published.fetch_add(1, Ordering::Relaxed);
             if let Some(history) = &self.history {
                 history.push(event);

@@ -17,13 +17,14 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::plugbus::observer::{host, types};
-use crate::bus::Shared;
+use crate::bus::{FollowUps, Shared};
 use crate::determinism::Determinism;
 use crate::event::Event;
 use crate::limits::{Limits, MAX_CASCADE_DEPTH};
 use crate::manifest::DirGrant;
 use crate::outcome::GuestAbort;
 use crate::pattern::validate_event_name;
+use crate::replay::Captured;
 use crate::text::truncate;
 
 /// Largest payload a plugin may emit, in bytes. Bounds host memory per emit;
@@ -196,7 +197,21 @@ impl host::Host for PluginCtx {
         else {
             return Ok(Err("the bus is shutting down; event not accepted".into()));
         };
-        bus.publish(Event::follow_up(&parent, &self.plugin, index, name, payload));
+        let event = Event::follow_up(&parent, &self.plugin, index, name, payload);
+        match &bus.follow_ups {
+            FollowUps::Publish => {
+                bus.publish(event);
+            }
+            FollowUps::Capture(sink) => {
+                let _ = sink.send(Captured {
+                    parent_seq: parent.seq().unwrap_or(0),
+                    plugin: self.plugin.clone(),
+                    index,
+                    event,
+                });
+            }
+            FollowUps::Discard => {}
+        }
         Ok(Ok(()))
     }
 

@@ -9,6 +9,10 @@
 //!   the component-model-async machinery makes each call ~2.5x slower;
 //! - pooling allocator with copy-on-write memory images: re-instantiating a
 //!   plugin after a trap costs microseconds, not a fresh mmap;
+//! - NaN canonicalisation: float results carry the same NaN bits on every
+//!   run and machine, so replaying events gives byte-identical results (it
+//!   changes the generated code, so it is part of wasmtime's compatibility
+//!   hash, which keys the artifact cache);
 //! - everything else (Cranelift, guard pages, Spectre mitigations) stays at
 //!   wasmtime's secure defaults.
 
@@ -99,7 +103,8 @@ fn config(pooling: bool) -> Config {
     config
         .consume_fuel(true)
         .epoch_interruption(true)
-        .concurrency_support(false);
+        .concurrency_support(false)
+        .cranelift_nan_canonicalization(true);
     if pooling {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(POOL_INSTANCES)
@@ -151,5 +156,29 @@ impl Drop for EpochTicker {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::{Hash, Hasher};
+
+    fn compat_hash(config: &wasmtime::Config) -> u64 {
+        let engine = wasmtime::Engine::new(config).unwrap();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        h.finish()
+    }
+
+    #[test]
+    fn nan_canonicalisation_is_part_of_the_cache_key() {
+        let ours = super::config(false);
+        let mut without = super::config(false);
+        without.cranelift_nan_canonicalization(false);
+        assert_ne!(
+            compat_hash(&ours),
+            compat_hash(&without),
+            "an artifact compiled without NaN canonicalisation must not be reused"
+        );
     }
 }

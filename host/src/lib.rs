@@ -44,6 +44,7 @@
 //! - `ctx`: what a plugin instance can reach (host imports, WASI, budgets);
 //! - `determinism`: virtual clocks and seeded randomness per event;
 //! - `engine`: the wasmtime engine, linker and epoch ticker;
+//! - [`replay`]: feeding logged events into fresh plugins;
 //! - [`cache`]: compiled artifacts on disk, verified before use;
 //! - [`limits`], [`manifest`]: per-plugin limits and the plugin manifest;
 //! - [`outcome`]: outcomes, failure kinds and their classification;
@@ -64,6 +65,7 @@ pub mod manifest;
 pub mod outcome;
 pub mod pattern;
 pub mod plugin;
+pub mod replay;
 pub mod stats;
 pub mod text;
 
@@ -93,4 +95,5 @@ pub use manifest::{Manifest, ManifestError};
 pub use outcome::{Delivery, DeliveryReport, DropReason, Failure, Outcome};
 pub use pattern::{Pattern, PatternError, validate_event_name};
 pub use plugin::{LoadError, LoadErrorKind, PluginCheck, PluginInfo, PluginState};
+pub use replay::{Replay, ReplayEmit, ReplayError, ReplayReport};
 pub use stats::{FailureCounts, LATENCY_BOUNDS, LatencyHistogram, PluginStats};

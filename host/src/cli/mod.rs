@@ -6,6 +6,7 @@ mod dlq;
 mod log;
 mod new;
 mod progress;
+mod replay;
 mod report;
 mod run;
 mod serve;
@@ -79,6 +80,30 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         command: dlq::DlqCommand,
+    },
+    /// Feed a log's events into fresh instances of the plugins in DIR and print
+    /// the follow-ups they emit, as JSON Lines (deterministic: twice gives the same bytes).
+    Replay {
+        /// Directory of `*.wasm` plugins (with optional manifests).
+        #[arg(long, value_name = "DIR")]
+        plugins: PathBuf,
+        /// The event log to read.
+        #[arg(long = "log", value_name = "DIR")]
+        log: PathBuf,
+        /// Start at this sequence number.
+        #[arg(long, value_name = "SEQ", conflicts_with = "correlation")]
+        from: Option<u64>,
+        /// Only the events of this correlation id.
+        #[arg(long, value_name = "ID")]
+        correlation: Option<String>,
+        /// Only this plugin (`DIR/NAME.wasm`).
+        #[arg(long, value_name = "NAME")]
+        only: Option<String>,
+        /// Follow-ups: capture (print, never publish), discard, or publish (append to the log).
+        #[arg(long, value_name = "MODE", default_value = "capture")]
+        emit: plugbus::ReplayEmit,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Read an event log: `stats`, `show`, `tail`.
     Log {
@@ -284,6 +309,26 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Log { command } => log::log(command).await,
         Command::Dlq { command } => dlq::dlq(command),
+        Command::Replay {
+            plugins,
+            log,
+            from,
+            correlation,
+            only,
+            emit,
+            cache,
+        } => {
+            replay::replay(replay::Args {
+                plugins: &plugins,
+                log: &log,
+                from,
+                correlation,
+                only,
+                emit,
+                cache: &cache,
+            })
+            .await
+        }
         Command::New { name, lang, dir, sdk } => new::new(&name, lang, dir.as_deref(), sdk.as_deref()),
         Command::Serve {
             plugins,

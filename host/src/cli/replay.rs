@@ -1,0 +1,85 @@
+//! `plugbus replay`: feed an event log into fresh plugins and print what
+//! they emit.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use serde_json::json;
+
+use super::CacheArgs;
+
+pub struct Args<'a> {
+    pub plugins: &'a Path,
+    pub log: &'a Path,
+    pub from: Option<u64>,
+    pub correlation: Option<String>,
+    pub only: Option<String>,
+    pub emit: plugbus::ReplayEmit,
+    pub cache: &'a CacheArgs,
+}
+
+pub async fn replay(args: Args<'_>) -> anyhow::Result<ExitCode> {
+    if !args.log.is_dir() {
+        anyhow::bail!("event log {}: no such directory", args.log.display());
+    }
+    let mut replay = plugbus::Replay::new(args.plugins, args.log)
+        .emit(args.emit)
+        .bus(args.cache.apply(plugbus::Bus::builder()));
+    if let Some(from) = args.from {
+        replay = replay.from(from);
+    }
+    if let Some(id) = args.correlation {
+        replay = replay.correlation(id);
+    }
+    if let Some(name) = args.only {
+        replay = replay.only(name);
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut write_error = None;
+    let report = replay
+        .run(|parent_seq, event| {
+            if write_error.is_some() {
+                return;
+            }
+            let line = json!({
+                "parent_seq": parent_seq,
+                "name": event.name(),
+                "id": event.id(),
+                "time_unix_nanos": event.time_unix_nanos(),
+                "correlation_id": event.correlation_id(),
+                "source": event.source(),
+                "payload": event.payload(),
+            });
+            if let Err(e) = writeln!(out, "{line}") {
+                write_error = Some(e);
+            }
+        })
+        .await?;
+    match write_error {
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {
+            let _ = out.flush();
+        }
+    }
+    drop(out);
+    eprintln!(
+        "plugbus: replayed {} events into {} plugins; {} follow-ups",
+        report.events,
+        report.plugins.len(),
+        report.follow_ups
+    );
+    for p in &report.plugins {
+        let f = p.stats.failures.total();
+        if f > 0 || p.stats.errors > 0 {
+            eprintln!(
+                "plugbus: {}: {} errors, {} failures during the replay ({})",
+                p.name,
+                p.stats.errors,
+                f,
+                p.stats.last_error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

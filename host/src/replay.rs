@@ -1,0 +1,289 @@
+//! Replay: feeding logged events into freshly instantiated plugins, to
+//! rebuild a read model, check a fixed plugin against history, or see what
+//! a plugin would have emitted.
+//!
+//! Events are fed in log order with their original sequence numbers, ids
+//! and times; with deterministic execution (see `determinism`) a plugin
+//! replayed twice produces the same follow-ups, byte for byte, and the same
+//! ones it produced live (when it saw the same events from a fresh start).
+//! Follow-ups are, by [`ReplayEmit`]:
+//! - `capture` (default): handed to the caller, ordered by (parent sequence
+//!   number, plugin, emit index), never published: the logged events already
+//!   include the follow-ups the plugins emitted live, and they are fed too;
+//! - `discard`: dropped;
+//! - `publish`: published on the replay bus and appended to the log (their
+//!   ids are derived from their parent, so a consumer can de-duplicate).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), plugbus::ReplayError> {
+//! let report = plugbus::Replay::new("plugins/dist", "agent-log")
+//!     .only("cost-tracker")
+//!     .run(|parent_seq, follow_up| println!("{parent_seq}: {}", follow_up.name()))
+//!     .await?;
+//! println!("{} events replayed", report.events);
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::builder::BusBuilder;
+use crate::bus::{Bus, FollowUps};
+use crate::error::Error;
+use crate::event::Event;
+use crate::log::{LogError, LogReader, LogStats, Record};
+use crate::plugin::{LoadError, PluginInfo};
+
+/// What becomes of the follow-ups plugins emit during a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplayEmit {
+    /// Handed to the caller in a deterministic order; never published.
+    #[default]
+    Capture,
+    /// Dropped.
+    Discard,
+    /// Published and appended to the log.
+    Publish,
+}
+
+impl FromStr for ReplayEmit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "capture" => Ok(ReplayEmit::Capture),
+            "discard" => Ok(ReplayEmit::Discard),
+            "publish" => Ok(ReplayEmit::Publish),
+            other => Err(format!("unknown emit mode `{other}` (capture, discard or publish)")),
+        }
+    }
+}
+
+/// A follow-up captured during a replay, with what orders it.
+pub(crate) struct Captured {
+    pub parent_seq: u64,
+    pub plugin: Arc<str>,
+    pub index: u32,
+    pub event: Event,
+}
+
+/// Why a replay could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The log could not be read.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The replay bus could not be built.
+    #[error(transparent)]
+    Bus(#[from] Error),
+    /// A plugin could not be loaded.
+    #[error(transparent)]
+    Plugin(#[from] LoadError),
+    /// The plugin directory could not be read, or holds no such plugin.
+    #[error("{}: {reason}", path.display())]
+    Plugins {
+        /// The plugin directory or file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What a replay did.
+#[derive(Debug, Clone)]
+pub struct ReplayReport {
+    /// Logged events fed to the plugins.
+    pub events: u64,
+    /// Follow-ups the plugins emitted.
+    pub follow_ups: u64,
+    /// The plugins, with their counters for the replay.
+    pub plugins: Vec<PluginInfo>,
+}
+
+/// A replay of a log directory into the plugins of a directory.
+#[must_use]
+pub struct Replay {
+    plugins: PathBuf,
+    log: PathBuf,
+    from: u64,
+    correlation: Option<String>,
+    only: Option<String>,
+    emit: ReplayEmit,
+    bus: BusBuilder,
+}
+
+/// Events fed between two waits for the plugins: a plugin queue (1024 by
+/// default) never overflows, and the follow-ups of a batch are ordered
+/// together.
+const BATCH: usize = 256;
+
+impl Replay {
+    /// Replays the log in `log` into every plugin of `plugins`.
+    pub fn new(plugins: impl Into<PathBuf>, log: impl Into<PathBuf>) -> Replay {
+        Replay {
+            plugins: plugins.into(),
+            log: log.into(),
+            from: 0,
+            correlation: None,
+            only: None,
+            emit: ReplayEmit::Capture,
+            bus: BusBuilder::new(),
+        }
+    }
+
+    /// Starts at sequence number `seq`.
+    pub fn from(mut self, seq: u64) -> Self {
+        self.from = seq;
+        self
+    }
+
+    /// Feeds only the events of this correlation id.
+    pub fn correlation(mut self, id: impl Into<String>) -> Self {
+        self.correlation = Some(id.into());
+        self
+    }
+
+    /// Replays into this plugin only (`<plugins>/<name>.wasm`).
+    pub fn only(mut self, name: impl Into<String>) -> Self {
+        self.only = Some(name.into());
+        self
+    }
+
+    /// What becomes of follow-ups.
+    pub fn emit(mut self, emit: ReplayEmit) -> Self {
+        self.emit = emit;
+        self
+    }
+
+    /// The bus settings (limits, cache) to replay with. Its plugin
+    /// directory, watching and log settings are ignored.
+    pub fn bus(mut self, builder: BusBuilder) -> Self {
+        self.bus = builder;
+        self
+    }
+
+    /// Runs the replay. `on_follow_up(parent_seq, event)` gets each captured
+    /// follow-up ([`ReplayEmit::Capture`] only), in order.
+    ///
+    /// # Errors
+    /// [`ReplayError`] naming the log file, the plugin or the directory.
+    pub async fn run(self, mut on_follow_up: impl FnMut(u64, &Event)) -> Result<ReplayReport, ReplayError> {
+        let files = self.plugin_files()?;
+        // Read the end first: in `publish` mode the log grows as we go.
+        let log = self.log.clone();
+        let end = tokio::task::spawn_blocking(move || LogStats::read(&log))
+            .await
+            .map_err(|e| Error::Engine(format!("log reader task failed: {e}")))??
+            .last_seq
+            .unwrap_or(0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut builder = self.bus.watch(false);
+        builder.follow_ups = match self.emit {
+            ReplayEmit::Capture => FollowUps::Capture(tx),
+            ReplayEmit::Discard => FollowUps::Discard,
+            ReplayEmit::Publish => FollowUps::Publish,
+        };
+        builder.clear_plugin_dir();
+        if self.emit == ReplayEmit::Publish {
+            builder = builder.log_dir(&self.log);
+        } else {
+            builder.clear_log_dir();
+        }
+        let bus = builder.build().await?;
+        for file in &files {
+            bus.load_plugin(file).await?;
+        }
+        let reader = spawn_reader(self.log.clone(), self.from, end);
+        let result = feed(&bus, reader, self.correlation.as_deref(), &rx, &mut on_follow_up).await;
+        let shutdown = bus.shutdown().await;
+        let (events, follow_ups) = result?;
+        Ok(ReplayReport {
+            events,
+            follow_ups,
+            plugins: shutdown.plugins,
+        })
+    }
+
+    fn plugin_files(&self) -> Result<Vec<PathBuf>, ReplayError> {
+        let err = |path: &Path, reason: String| ReplayError::Plugins {
+            path: path.to_owned(),
+            reason,
+        };
+        if let Some(name) = &self.only {
+            let file = self.plugins.join(format!("{name}.wasm"));
+            if !file.is_file() {
+                return Err(err(&file, format!("no plugin named `{name}`")));
+            }
+            return Ok(vec![file]);
+        }
+        let files = crate::builder::wasm_files(&self.plugins).map_err(|e| err(&self.plugins, e.to_string()))?;
+        if files.is_empty() {
+            return Err(err(&self.plugins, "no *.wasm plugins".into()));
+        }
+        Ok(files)
+    }
+}
+
+/// Reads `[from, end]` of the log on a thread of its own, in batches.
+fn spawn_reader(log: PathBuf, from: u64, end: u64) -> tokio::sync::mpsc::Receiver<Result<Vec<Record>, LogError>> {
+    // Four batches ahead: reading stays ahead of the plugins with bounded memory.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    std::thread::spawn(move || {
+        let reader = match LogReader::open(&log, from) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        let mut batch = Vec::with_capacity(BATCH);
+        for record in reader {
+            match record {
+                Ok(r) if r.seq > end => break,
+                Ok(r) => {
+                    batch.push(r);
+                    if batch.len() == BATCH && tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let _ = tx.blocking_send(Ok(batch));
+        }
+    });
+    rx
+}
+
+async fn feed(
+    bus: &Bus,
+    mut reader: tokio::sync::mpsc::Receiver<Result<Vec<Record>, LogError>>,
+    correlation: Option<&str>,
+    captured: &std::sync::mpsc::Receiver<Captured>,
+    on_follow_up: &mut impl FnMut(u64, &Event),
+) -> Result<(u64, u64), ReplayError> {
+    let (mut events, mut follow_ups) = (0u64, 0u64);
+    let mut order = Vec::new();
+    while let Some(batch) = reader.recv().await {
+        for record in batch? {
+            if correlation.is_some_and(|c| record.correlation_id.as_deref() != Some(c)) {
+                continue;
+            }
+            bus.shared.publish_replayed(&record.into_event());
+            events += 1;
+        }
+        bus.flush().await;
+        order.extend(captured.try_iter());
+        order.sort_by(|a, b| (a.parent_seq, &a.plugin, a.index).cmp(&(b.parent_seq, &b.plugin, b.index)));
+        for c in order.drain(..) {
+            follow_ups += 1;
+            on_follow_up(c.parent_seq, &c.event);
+        }
+    }
+    Ok((events, follow_ups))
+}
