@@ -378,11 +378,22 @@ impl Shared {
     /// Copy, modify, swap. Writers are serialised by `writer`; the swap
     /// itself happens under `publish_lock` (see `dispatch`).
     pub(crate) fn update_registry(&self, f: impl FnOnce(&mut Registry)) {
+        self.update_registry_at(f);
+    }
+
+    /// [`update_registry`](Self::update_registry), returning the last event
+    /// sequence number handed out before the swap: events after it see the
+    /// new registry, events up to it the old one (the catch-up cut).
+    pub(crate) fn update_registry_at(&self, f: impl FnOnce(&mut Registry)) -> u64 {
         let _guard = lock(&self.writer);
         let mut next = Registry::clone(&self.registry.load());
         f(&mut next);
         let _order = lock(&self.publish_lock);
         self.registry.store(Arc::new(next));
+        match &self.log {
+            Some(log) => log.last_seq(),
+            None => self.event_seq.load(Ordering::Relaxed),
+        }
     }
 }
 

@@ -39,6 +39,7 @@
 //! - `native`: native handlers, isolated with `catch_unwind`;
 //! - [`plugin`]: loading and validating a `.wasm`, building instances;
 //! - `worker`: the task that owns a plugin's store and runs its queue;
+//! - `catch_up`: a plugin loaded with `replay = "all"` handles the log first;
 //! - `recovery`: snapshots and replay that bring a plugin's state back after a trap;
 //! - [`dead_letter`]: the events that failed a plugin hard;
 //! - `ctx`: what a plugin instance can reach (host imports, WASI, budgets);
@@ -70,6 +71,7 @@ pub mod stats;
 pub mod text;
 
 mod bindings;
+mod catch_up;
 mod ctx;
 mod determinism;
 mod engine;

@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::{Bus, Shared, info, lock};
+use crate::catch_up::Cursor;
 use crate::dead_letter::DeadLetters;
+use crate::manifest::CatchUp;
 use crate::pattern::Pattern;
 use crate::plugin::{Instance, LoadError, LoadErrorKind, PluginCheck, PluginInfo, PluginSpec};
 use crate::registry::{Entry, Target};
@@ -52,13 +54,35 @@ async fn prepare(shared: &Arc<Shared>, path: &Path) -> Result<Prepared, LoadErro
 }
 
 /// Starts the plugin's worker (held at `gate`, if any) and returns its handle.
+/// When the plugin catches up with the log, returns the two ends of the
+/// install handshake too (see `catch_up`).
 fn spawn(
     shared: &Arc<Shared>,
     prepared: Prepared,
     seq: u64,
     stats: Arc<StatsCell>,
     gate: Option<oneshot::Receiver<()>>,
-) -> Arc<PluginHandle> {
+) -> (Arc<PluginHandle>, Option<Handshake>) {
+    let (plan, handshake) = match (&shared.log, prepared.spec.manifest.replay) {
+        (Some(log), mode) if mode != CatchUp::None => {
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let (cut_tx, cut_rx) = oneshot::channel();
+            let plan = crate::catch_up::Plan {
+                log: log.clone(),
+                cursor: Cursor::new(log, mode, prepared.patterns.clone()),
+                ready: ready_tx,
+                cut: cut_rx,
+            };
+            (
+                Some(plan),
+                Some(Handshake {
+                    ready: ready_rx,
+                    cut: cut_tx,
+                }),
+            )
+        }
+        _ => (None, None),
+    };
     let spec = Arc::new(prepared.spec);
     let (tx, rx) = mpsc::channel(spec.limits.queue_capacity);
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -72,8 +96,8 @@ fn spawn(
         Arc::downgrade(shared),
         dead_letters.clone(),
     );
-    let task = shared.runtime.spawn(worker.run(rx, stop_rx, gate));
-    Arc::new(PluginHandle {
+    let task = shared.runtime.spawn(worker.run(rx, stop_rx, gate, plan));
+    let handle = Arc::new(PluginHandle {
         spec,
         seq,
         subscriptions: prepared.patterns.iter().map(|p| p.as_str().to_owned()).collect(),
@@ -84,29 +108,55 @@ fn spawn(
         reload_error: Mutex::new(None),
         stop: Mutex::new(Some(stop_tx)),
         task: Mutex::new(Some(task)),
-    })
+    });
+    (handle, handshake)
+}
+
+/// The bus's side of a catch-up: the worker says when history is done, the
+/// bus answers with the cut.
+struct Handshake {
+    ready: oneshot::Receiver<()>,
+    cut: oneshot::Sender<u64>,
 }
 
 /// Makes `handle` reachable: registry (under the publish lock) and by name.
-fn publish_handle(shared: &Shared, handle: &Arc<PluginHandle>, patterns: &[Pattern]) {
+/// A plugin catching up is registered once its worker has handled the bulk
+/// of the log, and told the cut.
+async fn publish_handle(
+    shared: &Shared,
+    handle: &Arc<PluginHandle>,
+    patterns: &[Pattern],
+    handshake: Option<Handshake>,
+) {
+    let handshake = match handshake {
+        Some(h) => {
+            // An error means the worker ended early: register all the same.
+            let _ = h.ready.await;
+            Some(h.cut)
+        }
+        None => None,
+    };
     let entry = Entry {
         seq: handle.seq,
         target: Target::Plugin(handle.clone()),
     };
-    shared.update_registry(|r| {
+    let cut = shared.update_registry_at(|r| {
         r.remove(handle.seq);
         r.insert(patterns, entry);
     });
+    if let Some(tx) = handshake {
+        let _ = tx.send(cut);
+    }
     lock(&shared.plugins).insert(handle.spec.name.to_string(), handle.clone());
 }
 
 /// Makes a plugin that is not loaded yet live, with fresh counters. The
 /// caller holds the lifecycle lock and has checked the name is free.
-fn install_new(shared: &Arc<Shared>, prepared: Prepared, path: &Path) -> Arc<PluginHandle> {
+async fn install_new(shared: &Arc<Shared>, prepared: Prepared, path: &Path) -> Arc<PluginHandle> {
     let seq = shared.next_entry.fetch_add(1, Ordering::Relaxed);
     let patterns = prepared.patterns.clone();
-    let handle = spawn(shared, prepared, seq, Arc::new(StatsCell::default()), None);
-    publish_handle(shared, &handle, &patterns);
+    let (handle, handshake) = spawn(shared, prepared, seq, Arc::new(StatsCell::default()), None);
+    publish_handle(shared, &handle, &patterns, handshake).await;
     tracing::info!(plugin = &*handle.spec.name, file = %path.display(), subscriptions = ?handle.subscriptions, "plugin loaded");
     handle
 }
@@ -143,7 +193,7 @@ impl Bus {
                 kind: LoadErrorKind::AlreadyLoaded(name),
             });
         }
-        Ok(info(&install_new(shared, prepared, path)))
+        Ok(info(&*install_new(shared, prepared, path).await))
     }
 
     /// Loads the plugin at `path`, or hot-swaps it if a plugin of that name is
@@ -175,7 +225,7 @@ impl Bus {
         let _serial = shared.lifecycle.lock().await;
         let name = prepared.spec.name.to_string();
         let Some(old) = lock(&shared.plugins).get(&name).cloned() else {
-            return Ok((info(&install_new(shared, prepared, path)), Reload::Loaded));
+            return Ok((info(&*install_new(shared, prepared, path).await), Reload::Loaded));
         };
         if old.spec.version == prepared.spec.version && old.spec.manifest_version == prepared.spec.manifest_version {
             *lock(&old.reload_error) = None;
@@ -183,8 +233,8 @@ impl Bus {
         }
         let (gate_tx, gate_rx) = oneshot::channel();
         let patterns = prepared.patterns.clone();
-        let new = spawn(shared, prepared, old.seq, old.stats.clone(), Some(gate_rx));
-        publish_handle(shared, &new, &patterns);
+        let (new, handshake) = spawn(shared, prepared, old.seq, old.stats.clone(), Some(gate_rx));
+        publish_handle(shared, &new, &patterns, handshake).await;
         // From here on no publish reaches the old queue; let it drain, then
         // open the gate for the new version.
         old.stop_and_join().await;

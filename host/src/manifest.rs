@@ -7,6 +7,7 @@
 //!
 //! ```toml
 //! subscriptions = ["model_responded"]   # replaces what the plugin asks for
+//! replay = "all"                         # with a log: catch up on history first ("none", "all", "since:2h")
 //!
 //! [limits]                               # any subset; the bus defaults fill the rest
 //! fuel = 100_000_000
@@ -61,6 +62,9 @@ pub struct RawManifest {
     /// Directory grants.
     #[serde(default)]
     pub dirs: Vec<RawDir>,
+    /// Catch-up from the event log when loaded: `none` (default), `all`,
+    /// or `since:<duration>` (`since:30m`, `since:2h`, `since:7d`).
+    pub replay: Option<String>,
 }
 
 /// `[limits]` as written; absent fields keep the bus defaults.
@@ -113,6 +117,56 @@ pub struct Manifest {
     pub config: BTreeMap<String, String>,
     /// Directory grants with resolved host paths.
     pub dirs: Vec<DirGrant>,
+    /// Catch-up from the event log when the plugin is loaded.
+    pub replay: CatchUp,
+}
+
+/// How much of the event log a plugin handles when it is loaded (at start,
+/// added while the bus runs, or hot-reloaded), before the live events: the
+/// manifest's `replay`. Needs a bus with a log; without one it is `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CatchUp {
+    /// Live events only (the default).
+    #[default]
+    None,
+    /// Every event the log retains.
+    All,
+    /// The events of the last this-long.
+    Since(Duration),
+}
+
+impl CatchUp {
+    /// Parses `none`, `all` or `since:<n><s|m|h|d>`.
+    ///
+    /// # Errors
+    /// A message saying what is accepted.
+    ///
+    /// ```
+    /// use plugbus::manifest::CatchUp;
+    /// use std::time::Duration;
+    /// assert_eq!(CatchUp::parse("since:2h"), Ok(CatchUp::Since(Duration::from_secs(7200))));
+    /// assert!(CatchUp::parse("since:soon").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<CatchUp, String> {
+        let bad = || format!("`{text}`: expected \"none\", \"all\" or \"since:<n>s|m|h|d\" (e.g. \"since:30m\")");
+        match text {
+            "none" => Ok(CatchUp::None),
+            "all" => Ok(CatchUp::All),
+            _ => {
+                let spec = text.strip_prefix("since:").ok_or_else(bad)?;
+                let (n, unit) = spec.split_at(spec.len().saturating_sub(1));
+                let n: u64 = n.parse().map_err(|_| bad())?;
+                let secs = match unit {
+                    "s" => 1,
+                    "m" => 60,
+                    "h" => 3600,
+                    "d" => 86_400,
+                    _ => return Err(bad()),
+                };
+                Ok(CatchUp::Since(Duration::from_secs(n.saturating_mul(secs))))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -255,11 +309,16 @@ impl Manifest {
                 writable: d.writable,
             });
         }
+        let replay = match raw.replay.as_deref() {
+            None => CatchUp::None,
+            Some(text) => CatchUp::parse(text).map_err(|e| format!("replay: {e}"))?,
+        };
         Ok(Manifest {
             subscriptions,
             limits,
             config: raw.config,
             dirs,
+            replay,
         })
     }
 

@@ -35,7 +35,8 @@ pub struct PluginStats {
     /// Rebuilds after which its state could not be brought back (announced
     /// as `plugbus.plugin.state_lost`).
     pub state_lost: u64,
-    /// Events replayed into it to rebuild its state.
+    /// Logged or kept events replayed into it: to rebuild its state after a
+    /// trap, and to catch up with the log when loaded with `replay`.
     pub replayed: u64,
     /// Events that failed it hard and went to its dead-letter list.
     pub dead_letters: u64,
@@ -205,7 +206,12 @@ impl StatsCell {
         } else {
             self.state_lost.fetch_add(1, Relaxed);
         }
-        self.replayed.fetch_add(replayed, Relaxed);
+        self.add_replayed(replayed);
+    }
+
+    /// Events replayed into the plugin (rebuilding state, or catching up).
+    pub fn add_replayed(&self, n: u64) {
+        self.replayed.fetch_add(n, Relaxed);
     }
 
     pub fn dead_lettered(&self) {

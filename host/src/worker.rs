@@ -176,8 +176,14 @@ impl Worker {
         mut rx: mpsc::Receiver<Job>,
         mut stop: oneshot::Receiver<()>,
         gate: Option<oneshot::Receiver<()>>,
+        catch_up: Option<crate::catch_up::Plan>,
     ) {
         let _finished = FinishGuard(self.state.clone());
+        if let Some(plan) = catch_up
+            && let Err(e) = self.catch_up(plan).await
+        {
+            tracing::error!(plugin = &*self.spec.name, error = %e, "catch-up from the event log stopped; the plugin goes on with live events");
+        }
         if let Some(gate) = gate {
             // An error only means the swap was abandoned: run anyway.
             let _ = gate.await;
@@ -205,7 +211,7 @@ impl Worker {
                 self.drop_job(&job, DropReason::Quarantined)
             } else {
                 let started = Instant::now();
-                let outcome = self.handle(&job.event).await;
+                let outcome = self.handle(&job.event, false).await;
                 self.stats.observe(started.elapsed());
                 self.update_breaker(&outcome);
                 outcome
@@ -219,6 +225,57 @@ impl Worker {
         }
         // `_finished` marks the state unloaded when it drops, panics included.
         tracing::debug!(plugin = &*self.spec.name, "plugin worker stopped");
+    }
+
+    /// Handles the logged history (see `catch_up`): phase 1, then tells the
+    /// bus it may register the plugin, waits for the cut, and reads on to it.
+    async fn catch_up(&mut self, plan: crate::catch_up::Plan) -> Result<(), crate::LogError> {
+        let crate::catch_up::Plan {
+            log,
+            mut cursor,
+            ready,
+            cut,
+        } = plan;
+        let started = Instant::now();
+        let mut handled = 0u64;
+        loop {
+            let batch = cursor.read(log.status().written_seq).await?;
+            if batch.is_empty() {
+                break;
+            }
+            handled += self.handle_history(&batch).await;
+        }
+        let _ = ready.send(());
+        // An error means the install was abandoned (shutdown): stop here.
+        let Ok(cut) = cut.await else { return Ok(()) };
+        log.wait_written(cut).await?;
+        loop {
+            let batch = cursor.read(cut).await?;
+            if batch.is_empty() {
+                break;
+            }
+            handled += self.handle_history(&batch).await;
+        }
+        tracing::info!(
+            plugin = &*self.spec.name,
+            events = handled,
+            up_to_seq = cut,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "caught up with the event log"
+        );
+        Ok(())
+    }
+
+    /// Handles logged events, emits and logs silenced; returns how many.
+    async fn handle_history(&mut self, events: &[Event]) -> u64 {
+        for event in events {
+            let started = Instant::now();
+            let outcome = self.handle(event, true).await;
+            self.stats.observe(started.elapsed());
+            self.update_breaker(&outcome);
+            self.stats.add_replayed(1);
+        }
+        events.len() as u64
     }
 
     fn drop_job(&self, job: &Job, reason: DropReason) -> Outcome {
@@ -288,7 +345,9 @@ impl Worker {
         }
     }
 
-    async fn handle(&mut self, event: &Event) -> Outcome {
+    /// Runs one event (`quiet`: a logged one being caught up on, its emits
+    /// and logs silenced), rebuilding the instance first if needed.
+    async fn handle(&mut self, event: &Event, quiet: bool) -> Outcome {
         let spec = self.spec.clone();
         let instance = match self.instance.take() {
             Some(instance) => instance,
@@ -302,7 +361,7 @@ impl Worker {
             },
         };
         let mut instance = instance;
-        let (result, fuel) = spec.on_event(&mut instance, event, false).await;
+        let (result, fuel) = spec.on_event(&mut instance, event, quiet).await;
         let (outcome, frames) = match result {
             Ok(Ok(())) => (Outcome::Ok, Vec::new()),
             Ok(Err(msg)) => (Outcome::Error(msg), Vec::new()),

@@ -594,3 +594,70 @@ fn replay_is_byte_identical_and_matches_the_live_follow_ups() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no plugin named `nope`"));
 }
+
+/// A plugin loaded with `replay = "all"` while events flow handles every
+/// logged event and then the live ones: sequence 0..N exactly once, in
+/// order (the fixture's checker role returns an error on any gap,
+/// duplicate or reordering).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_added_with_replay_all_catches_up_without_gap_or_duplicate() {
+    const N: u64 = 6000;
+    let log = tempfile::tempdir().unwrap();
+    let bus = plugbus::Bus::builder().log_dir(log.path()).build().await.unwrap();
+    let counts = support::Recorder::attach(&bus, "fixture.count");
+    let emitter = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            for seq in 0..N {
+                bus.emit("misbehave.seq", json!({ "seq": seq }));
+                if seq % 50 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        })
+    };
+    while bus.published() < N / 3 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(support::wasm("misbehave"), dir.path().join("late.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("late.toml"),
+        "replay = \"all\"\n[config]\nrole = \"checker\"\n",
+    )
+    .unwrap();
+    bus.load_plugin(dir.path().join("late.wasm")).await.unwrap();
+    let loaded_at = bus.published();
+    emitter.await.unwrap();
+    bus.flush().await;
+    let report = bus.emit_and_wait("misbehave.count", Value::Null).await;
+    assert_eq!(report.outcome("late"), Some(&plugbus::Outcome::Ok));
+    bus.flush().await;
+    let stats = bus.plugins().into_iter().find(|p| p.name == "late").unwrap().stats;
+    assert_eq!(
+        stats.errors, 0,
+        "no gap, duplicate or reordering: {:?}",
+        stats.last_error
+    );
+    assert_eq!(stats.ok, N + 1, "{stats:?}");
+    assert_eq!(stats.dropped, 0, "{stats:?}");
+    assert!(
+        stats.replayed >= N / 3 && stats.replayed < N,
+        "history from the log, the rest live: {stats:?} (loaded after {loaded_at})"
+    );
+    assert_eq!(counts.events().last().unwrap().payload()["seen"], N + 1);
+    bus.shutdown().await;
+}
+
+#[test]
+fn a_manifest_with_a_bad_replay_value_is_refused_naming_it() {
+    let dir = plugin_dir(&["console-logger"]);
+    std::fs::write(dir.path().join("console-logger.toml"), "replay = \"sometimes\"\n").unwrap();
+    let out = plugbus(&["check", dir.path().join("console-logger.wasm").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("console-logger.toml") && stderr.contains("replay"),
+        "{stderr}"
+    );
+}

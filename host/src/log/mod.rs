@@ -388,6 +388,26 @@ impl EventLog {
         }
     }
 
+    /// Waits until the event numbered `seq` is written to the file (readable
+    /// by a [`LogReader`]), whatever the durability policy.
+    ///
+    /// # Errors
+    /// As for [`wait_durable`](Self::wait_durable).
+    pub async fn wait_written(&self, seq: u64) -> Result<(), LogError> {
+        let mut rx = self.inner.progress.clone();
+        let p = rx
+            .wait_for(|p| p.written >= seq || p.failed.is_some() || p.closed)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        if p.written >= seq {
+            Ok(())
+        } else if let Some(reason) = &p.failed {
+            Err(LogError::Failed(reason.clone()))
+        } else {
+            Err(LogError::Closed)
+        }
+    }
+
     /// Progress and counters.
     pub fn status(&self) -> LogStatus {
         let p = self.inner.progress.borrow().clone();

@@ -1,0 +1,105 @@
+//! Catch-up: a plugin loaded with `replay = "all"` or `"since:<duration>"`
+//! (manifest) on a bus with an event log handles the logged history before
+//! its live events, with no gap and no duplicate, while emits continue.
+//!
+//! Two phases, both on the plugin's worker (so traps during catch-up are
+//! recovered like any other):
+//! 1. before the plugin is registered, it reads the log up to what is
+//!    written, in batches, until nothing new is left: the bulk of history;
+//! 2. the bus then registers it under the publish lock and notes the last
+//!    sequence number handed out there, the *cut*: events after it reach
+//!    the plugin's queue, events up to it are read from the log (after
+//!    waiting for the writer to reach it). The stretch between the two
+//!    phases is what was published meanwhile, so the queue does not fill.
+//!
+//! Follow-ups and log lines are silenced during catch-up (it is history;
+//! the originals are in the log), as in any replay.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+
+use crate::event::Event;
+use crate::log::{EventLog, LogError, LogReader};
+use crate::manifest::CatchUp;
+use crate::pattern::Pattern;
+
+/// Records read per step: bounds the memory of one batch.
+const BATCH: usize = 1024;
+
+/// A position in the log and the filter of one plugin's catch-up.
+pub(crate) struct Cursor {
+    dir: PathBuf,
+    next: u64,
+    /// Skip events older than this (nanoseconds since the epoch).
+    since_nanos: u64,
+    patterns: Vec<Pattern>,
+}
+
+impl Cursor {
+    /// A cursor at the start of what `mode` asks for.
+    pub fn new(log: &EventLog, mode: CatchUp, patterns: Vec<Pattern>) -> Cursor {
+        let since_nanos = match mode {
+            CatchUp::Since(age) => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+                u64::try_from(now.saturating_sub(age).as_nanos()).unwrap_or(0)
+            }
+            CatchUp::All | CatchUp::None => 0,
+        };
+        Cursor {
+            dir: log.dir().to_owned(),
+            next: 0,
+            since_nanos,
+            patterns,
+        }
+    }
+
+    /// The next events for this plugin with sequence numbers up to `upto`
+    /// (at most [`BATCH`] records read); empty when there are none left.
+    pub async fn read(&mut self, upto: u64) -> Result<Vec<Event>, LogError> {
+        if self.next > upto {
+            return Ok(Vec::new());
+        }
+        let (dir, from, since) = (self.dir.clone(), self.next, self.since_nanos);
+        let records = tokio::task::spawn_blocking(move || -> Result<Vec<crate::log::Record>, LogError> {
+            let mut out = Vec::new();
+            for record in LogReader::open(&dir, from)?.take(BATCH) {
+                let record = record?;
+                if record.seq > upto {
+                    break;
+                }
+                out.push(record);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| LogError::Failed(format!("log reader task failed: {e}").into()))??;
+        let Some(last) = records.last() else {
+            // Nothing left up to `upto` (a gap at the end, or the end).
+            self.next = upto + 1;
+            return Ok(Vec::new());
+        };
+        self.next = last.seq + 1;
+        let events: Vec<Event> = records
+            .into_iter()
+            .filter(|r| r.time_unix_nanos >= since && self.patterns.iter().any(|p| p.matches(&r.name)))
+            .map(crate::log::Record::into_event)
+            .collect();
+        if events.is_empty() {
+            // A batch with nothing for this plugin: keep reading.
+            return Box::pin(self.read(upto)).await;
+        }
+        Ok(events)
+    }
+}
+
+/// What a worker needs to catch up, and how it talks to the bus installing it.
+pub(crate) struct Plan {
+    pub log: EventLog,
+    pub cursor: Cursor,
+    /// Sent when phase 1 is done: the bus may register the plugin.
+    pub ready: oneshot::Sender<()>,
+    /// The cut, once registered.
+    pub cut: oneshot::Receiver<u64>,
+}
