@@ -55,6 +55,18 @@ impl Cursor {
         }
     }
 
+    /// Starts at sequence number `seq` instead (after a kept snapshot).
+    pub fn starting_at(mut self, seq: u64) -> Cursor {
+        self.next = self.next.max(seq);
+        self
+    }
+
+    /// Back to the start of the log (a kept snapshot could not be used).
+    pub fn rewind(&mut self) {
+        self.next = 0;
+        self.since_nanos = 0;
+    }
+
     /// The next events for this plugin with sequence numbers up to `upto`
     /// (at most [`BATCH`] records read); empty when there are none left.
     pub async fn read(&mut self, upto: u64) -> Result<Vec<Event>, LogError> {

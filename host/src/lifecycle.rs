@@ -21,6 +21,7 @@ use crate::dead_letter::DeadLetters;
 use crate::manifest::CatchUp;
 use crate::pattern::Pattern;
 use crate::plugin::{Instance, LoadError, LoadErrorKind, PluginCheck, PluginInfo, PluginSpec};
+use crate::recovery::KeptState;
 use crate::registry::{Entry, Target};
 use crate::stats::StatsCell;
 use crate::worker::{PluginHandle, Worker, WorkerState};
@@ -63,13 +64,32 @@ fn spawn(
     stats: Arc<StatsCell>,
     gate: Option<oneshot::Receiver<()>>,
 ) -> (Arc<PluginHandle>, Option<Handshake>) {
-    let (plan, handshake) = match (&shared.log, prepared.spec.manifest.replay) {
-        (Some(log), mode) if mode != CatchUp::None => {
+    // A stateful plugin on a bus with a log resumes from the snapshot a
+    // previous run kept there, then catches up from just after it.
+    let resume = match &shared.log {
+        Some(log) if prepared.spec.has_state() => {
+            match crate::recovery::load(&crate::recovery::snapshot_path(log.dir(), &prepared.spec.name)) {
+                Ok(snapshot) => snapshot,
+                Err(reason) => {
+                    tracing::warn!(plugin = &*prepared.spec.name, %reason, "kept snapshot unusable; the plugin starts empty");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let mode = prepared.spec.manifest.replay;
+    let (plan, handshake) = match &shared.log {
+        Some(log) if mode != CatchUp::None || resume.is_some() => {
             let (ready_tx, ready_rx) = oneshot::channel();
             let (cut_tx, cut_rx) = oneshot::channel();
+            let mut cursor = Cursor::new(log, mode, prepared.patterns.clone());
+            if let Some(seq) = resume.as_ref().and_then(|s| s.seq) {
+                cursor = cursor.starting_at(seq + 1);
+            }
             let plan = crate::catch_up::Plan {
                 log: log.clone(),
-                cursor: Cursor::new(log, mode, prepared.patterns.clone()),
+                cursor,
                 ready: ready_tx,
                 cut: cut_rx,
             };
@@ -95,6 +115,15 @@ fn spawn(
         state.clone(),
         Arc::downgrade(shared),
         dead_letters.clone(),
+        KeptState {
+            file: shared.log.as_ref().map(|log| {
+                (
+                    crate::recovery::snapshot_path(log.dir(), &spec.name),
+                    log.options().durability != crate::Durability::Off,
+                )
+            }),
+            resume,
+        },
     );
     let task = shared.runtime.spawn(worker.run(rx, stop_rx, gate, plan));
     let handle = Arc::new(PluginHandle {

@@ -21,7 +21,7 @@ use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::event::Event;
 use crate::outcome::{DropReason, Failure, Outcome};
 use crate::plugin::{CallError, Instance, PluginSpec, PluginState};
-use crate::recovery::{Plan, Recovery, Snapshot};
+use crate::recovery::{KeptState, Plan, Recovery, Snapshot};
 use crate::stats::StatsCell;
 
 /// One queued event, with an optional channel for its outcome
@@ -139,6 +139,13 @@ pub(crate) struct Worker {
     breaker: Breaker,
     recovery: Recovery,
     dead_letters: Arc<DeadLetters>,
+    /// Where snapshots are kept beside the log (and whether to sync them),
+    /// when the bus has a log.
+    snapshot_file: Option<(std::path::PathBuf, bool)>,
+    /// A snapshot kept beside the log by a previous run, to restore first.
+    resume: Option<Snapshot>,
+    /// Sequence number of the last event the plugin handled.
+    last_seq: Option<u64>,
 }
 
 impl Worker {
@@ -149,6 +156,7 @@ impl Worker {
         state: Arc<WorkerState>,
         bus: Weak<Shared>,
         dead_letters: Arc<DeadLetters>,
+        kept: KeptState,
     ) -> Worker {
         let backoff = spec.limits.quarantine_backoff;
         stats.set_memory(instance.store.data().limiter.granted);
@@ -164,6 +172,9 @@ impl Worker {
             },
             recovery: Recovery::default(),
             dead_letters,
+            snapshot_file: kept.file,
+            resume: kept.resume,
+            last_seq: None,
         }
     }
 
@@ -179,6 +190,14 @@ impl Worker {
         catch_up: Option<crate::catch_up::Plan>,
     ) {
         let _finished = FinishGuard(self.state.clone());
+        let mut catch_up = catch_up;
+        if let Some(snapshot) = self.resume.take()
+            && !self.resume_from(snapshot).await
+            && let Some(plan) = catch_up.as_mut()
+        {
+            // The snapshot is unusable: rebuild from the whole log instead.
+            plan.cursor.rewind();
+        }
         if let Some(plan) = catch_up
             && let Err(e) = self.catch_up(plan).await
         {
@@ -222,6 +241,10 @@ impl Worker {
             if let Some(bus) = self.bus.upgrade() {
                 bus.done();
             }
+        }
+        // The queue is drained: keep the final state for the next run.
+        if self.recovery.handled_since_snapshot() > 0 {
+            self.take_snapshot(self.last_seq).await;
         }
         // `_finished` marks the state unloaded when it drops, panics included.
         tracing::debug!(plugin = &*self.spec.name, "plugin worker stopped");
@@ -379,6 +402,9 @@ impl Worker {
             self.state.set(PluginState::Ready);
             self.stats.set_memory(instance.store.data().limiter.granted);
             self.recovery.handled(event, &spec.limits);
+            if event.seq().is_some() {
+                self.last_seq = event.seq();
+            }
             self.instance = Some(instance);
             self.maybe_snapshot(event).await;
         }
@@ -386,12 +412,50 @@ impl Worker {
         outcome
     }
 
+    /// Restores the snapshot a previous run (or the version this one
+    /// replaces) kept beside the log; the catch-up that follows reads the log
+    /// from just after it. Returns false when the snapshot was refused.
+    async fn resume_from(&mut self, snapshot: Snapshot) -> bool {
+        let spec = self.spec.clone();
+        let Some(instance) = self.instance.as_mut() else {
+            return false;
+        };
+        let reason = match spec.restore(instance, &snapshot.bytes).await {
+            Ok(Ok(())) => {
+                tracing::info!(plugin = &*spec.name, seq = ?snapshot.seq, bytes = snapshot.bytes.len(), "state restored from the snapshot kept with the log");
+                self.last_seq = snapshot.seq;
+                self.recovery.snapshotted(snapshot);
+                return true;
+            }
+            Ok(Err(reason)) => format!("restore refused the kept snapshot: {reason}"),
+            Err(e) => {
+                // That call poisoned the instance: start from a fresh one.
+                match spec.instantiate().await {
+                    Ok(fresh) => self.instance = Some(fresh),
+                    Err(_) => self.instance = None,
+                }
+                format!("restore of the kept snapshot failed: {}", e.failure)
+            }
+        };
+        tracing::warn!(plugin = &*spec.name, %reason, "rebuilding the plugin's state from the whole event log instead");
+        false
+    }
+
     /// Takes a snapshot of a plugin with `state` when one is due. A snapshot
     /// that traps poisons the instance like any trap: it is dropped and
     /// rebuilt (the events since the last good snapshot are still kept).
     async fn maybe_snapshot(&mut self, event: &Event) {
+        if !self.spec.has_state() || !self.recovery.snapshot_due(&self.spec.limits) {
+            return;
+        }
+        self.take_snapshot(event.seq()).await;
+    }
+
+    /// Takes a snapshot now (`seq`: of the last event handled) and keeps it,
+    /// beside the log too when there is one.
+    async fn take_snapshot(&mut self, seq: Option<u64>) {
         let spec = self.spec.clone();
-        if !spec.has_state() || !self.recovery.snapshot_due(&spec.limits) {
+        if !spec.has_state() {
             return;
         }
         let Some(instance) = self.instance.as_mut() else { return };
@@ -399,19 +463,27 @@ impl Worker {
             Ok(Some(Ok(bytes))) => {
                 let snapshot = Snapshot {
                     bytes: bytes.into(),
-                    seq: event.seq(),
+                    seq,
                 };
-                tracing::debug!(plugin = &*spec.name, event = event.name(), seq = ?snapshot.seq, bytes = snapshot.bytes.len(), "snapshot taken");
+                tracing::debug!(plugin = &*spec.name, seq = ?snapshot.seq, bytes = snapshot.bytes.len(), "snapshot taken");
+                if let Some((path, sync)) = self.snapshot_file.clone() {
+                    let kept = snapshot.clone();
+                    let written =
+                        tokio::task::spawn_blocking(move || crate::recovery::persist(&path, &kept, sync)).await;
+                    if let Ok(Err(e)) | Err(e) = written.map_err(std::io::Error::other) {
+                        tracing::error!(plugin = &*spec.name, error = %e, "cannot keep the snapshot beside the log");
+                    }
+                }
                 self.recovery.snapshotted(snapshot);
                 self.stats.snapshotted();
             }
             Ok(Some(Err(reason))) => {
-                tracing::warn!(plugin = &*spec.name, event = event.name(), %reason, "plugin declined a snapshot; keeping the previous one");
+                tracing::warn!(plugin = &*spec.name, ?seq, %reason, "plugin declined a snapshot; keeping the previous one");
                 self.recovery.snapshot_declined();
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::error!(plugin = &*spec.name, event = event.name(), failure = e.failure.kind(), backtrace = ?e.frames, "plugin failed while taking a snapshot: {}", e.failure);
+                tracing::error!(plugin = &*spec.name, ?seq, failure = e.failure.kind(), backtrace = ?e.frames, "plugin failed while taking a snapshot: {}", e.failure);
                 self.instance = None;
                 self.state.set(PluginState::Recovering);
                 self.recovery.needs_rebuild = true;

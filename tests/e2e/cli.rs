@@ -389,6 +389,9 @@ fn bench_runs_every_scenario_and_writes_json() {
         "5 recovery",
         "6 start-up",
         "7 python peer",
+        "8 event log",
+        "9 state recovery",
+        "10 replay",
     ] {
         assert!(rows.iter().any(|r| r["scenario"] == scenario), "no row for {scenario}");
     }
@@ -408,7 +411,7 @@ fn bench_runs_every_scenario_and_writes_json() {
         "{rows:?}"
     );
     // A scenario that does not exist is a usage error, not an empty table.
-    let out = plugbus(&["bench", "--only", "9"]);
+    let out = plugbus(&["bench", "--only", "11"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--only"));
 }

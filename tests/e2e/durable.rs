@@ -98,20 +98,20 @@ fn run_with_log_records_every_event_and_log_show_reads_them_back() {
     assert_eq!(only(&["--name", "model_responded", "--from", "3"]), [3, 4]);
     assert_eq!(only(&["--name", "**"]).len(), 5);
 
-    // A second run continues the numbering.
+    // A second run continues the numbering, and cost-tracker its totals:
+    // the budget was reported already, so it is not reported again.
     let out = plugbus(&["run", "--plugins", plugins, "--log", log_dir, events.to_str().unwrap()]);
     assert!(out.status.success());
     let out = plugbus(&["log", "stats", "--log", log_dir, "--json"]);
     let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
-    // A new run starts the plugin afresh: four events and the budget passed once more.
-    assert_eq!(stats["events"], 10, "{stats}");
+    assert_eq!(stats["events"], 9, "{stats}");
     assert_eq!(stats["first_seq"], 1);
-    assert_eq!(stats["last_seq"], 10);
+    assert_eq!(stats["last_seq"], 9);
     assert_eq!(stats["gaps"], 0);
 
     let out = plugbus(&["log", "show", "--log", log_dir]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.lines().count(), 10, "{text}");
+    assert_eq!(text.lines().count(), 9, "{text}");
     assert!(
         text.contains("budget_exceeded") && text.contains("cost-tracker"),
         "{text}"
@@ -658,6 +658,80 @@ fn a_manifest_with_a_bad_replay_value_is_refused_naming_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("console-logger.toml") && stderr.contains("replay"),
+        "{stderr}"
+    );
+}
+
+/// Plugin state survives a killed process: token-counter (stateful) behind
+/// `plugbus serve --log`, killed with SIGKILL after every event was
+/// acknowledged, comes back on restart from its kept snapshot plus the
+/// logged events after it, and reports totals over every event.
+#[test]
+fn plugin_state_comes_back_after_the_server_is_killed() {
+    let plugins = plugin_dir(&["token-counter"]);
+    std::fs::write(
+        plugins.path().join("token-counter.toml"),
+        "[limits]\nsnapshot_every = 700\n",
+    )
+    .unwrap();
+    let log = tempfile::tempdir().unwrap();
+    let log_dir = log.path().to_str().unwrap().to_owned();
+    let args = ["--plugins", plugins.path().to_str().unwrap(), "--log", &log_dir];
+    let (mut child, addr, stderr) = support::serve(&args);
+    let (mut tokens, mut count) = (0u64, 0u64);
+    for batch in 0..25u64 {
+        let body: String = (0..100u64)
+            .map(|i| {
+                let n = batch * 100 + i;
+                tokens += n % 7 + 1;
+                count += 1;
+                format!("{}\n", json!({"name": "model_responded", "payload": {"usage": {"prompt_tokens": n % 7, "completion_tokens": 1}}}))
+            })
+            .collect();
+        let (status, reply) = http(&addr, "POST", "/events", body.as_bytes());
+        assert_eq!(status, 202, "{reply}");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stderr.join());
+    let kept = log.path().join("snapshots/token-counter.snap");
+    assert!(kept.is_file(), "a snapshot was kept beside the log");
+    // 2,500 is not a multiple of 700: the restart must read events after
+    // the kept snapshot from the log.
+
+    let (mut child, addr, stderr) = support::serve(&args);
+    let (status, reply) = http(&addr, "POST", "/events", b"{\"name\":\"token-counter.report\"}");
+    assert_eq!(status, 202, "{reply}");
+    // The report's follow-up is published once the plugin has caught up.
+    let start = std::time::Instant::now();
+    loop {
+        let (_, body) = http(&addr, "GET", "/plugins", b"");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if v["log"]["written_seq"].as_u64() >= Some(2502) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no report: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let stderr = stderr.join().unwrap();
+    let totals = json_lines(&plugbus(&[
+        "log",
+        "show",
+        "--log",
+        &log_dir,
+        "--json",
+        "--name",
+        "token-counter.totals",
+    ]));
+    assert_eq!(totals.len(), 1, "{stderr}");
+    assert_eq!(
+        totals[0]["payload"],
+        json!({"tokens": tokens, "events": count}),
         "{stderr}"
     );
 }

@@ -345,3 +345,45 @@ async fn a_table_bomb_is_stopped_and_the_plugin_recovers() {
     let p = bus.plugins().into_iter().find(|p| p.name == "table-bomb").unwrap();
     assert_eq!((p.stats.failures.trap, p.stats.restarts), (3, 2));
 }
+
+/// A hostile plugin returning an 8 MiB `Err` on every event: the host keeps,
+/// logs and reports at most 4 KiB of it (marked as truncated), and the run
+/// report stays small.
+#[test]
+fn an_eight_mib_error_message_is_capped_everywhere() {
+    let dir = plugin_dir(&["misbehave"]);
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        "{\"name\":\"misbehave.bigerror\"}\n{\"name\":\"misbehave.bigerror\"}\n",
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let out = std::process::Command::new(support::plugbus_bin())
+        .args(["run", "--report", "json", "--plugins"])
+        .arg(dir.path())
+        .arg("--log")
+        .arg(&log)
+        .arg(&events)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.len() < 64 << 10,
+        "stderr holds {} bytes for two errors",
+        out.stderr.len()
+    );
+    assert!(out.stdout.len() < 64 << 10, "the report is {} bytes", out.stdout.len());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let last_error = report["plugins"][0]["last_error"].as_str().unwrap();
+    assert!(
+        last_error.len() <= plugbus::text::MAX_GUEST_TEXT + 64,
+        "{}",
+        last_error.len()
+    );
+    assert!(last_error.ends_with("bytes truncated]"), "the cut is marked");
+    // Nothing the guest said reaches the log either: its two events are 2 frames of a few bytes.
+    let stats = plugbus::LogStats::read(&log).unwrap();
+    assert!(stats.bytes < 4096, "{stats:?}");
+}

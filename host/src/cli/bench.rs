@@ -572,6 +572,15 @@ pub async fn bench(
         }
         b.shutdown().await;
     }
+    if want(&[8]) {
+        log_scenarios(&mut table, plugins, cache.path(), events).await?;
+    }
+    if want(&[9]) {
+        state_recovery(&mut table, plugins, cache.path()).await?;
+    }
+    if want(&[10]) {
+        replay_throughput(&mut table, plugins, cache.path(), events).await?;
+    }
     table.print();
     if let Some(path) = json_out {
         let doc = json!({ "events": events, "cores": std::thread::available_parallelism().map_or(1, |n| n.get()), "rows": table.0 });
@@ -579,4 +588,204 @@ pub async fn bench(
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A bus over `dir` with an event log in `log`.
+async fn open_logged(
+    dir: &Path,
+    cache: &Path,
+    log: &Path,
+    durability: plugbus::Durability,
+) -> anyhow::Result<plugbus::Bus> {
+    let bus = plugbus::Bus::builder()
+        .plugin_dir(dir)
+        .cache_dir(cache)
+        .log_dir(log)
+        .durability(durability)
+        .build()
+        .await?;
+    anyhow::ensure!(bus.load_failures().is_empty(), "{:?}", bus.load_failures());
+    Ok(bus)
+}
+
+/// Sequential write rate of the disk under `dir`: 256 MiB in 1 MiB writes,
+/// then `fdatasync`: the ceiling of any log on it.
+fn disk_write_rate(dir: &Path) -> anyhow::Result<f64> {
+    use std::io::Write;
+    let path = dir.join("plugbus-bench-disk");
+    let chunk = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    let mut f = std::fs::File::create(&path)?;
+    for _ in 0..256 {
+        f.write_all(&chunk)?;
+    }
+    f.sync_data()?;
+    let rate = 256.0 / t.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(rate)
+}
+
+/// Scenario 8: the event log. Emit latency with the log on (batched) against
+/// off, 10 subscribers; sustained append rate of the bench payload under
+/// `batched` and `always`, against the disk's own sequential write rate.
+async fn log_scenarios(table: &mut Table, plugins: &Path, cache: &Path, events: u64) -> anyhow::Result<()> {
+    let dir = plugin_dir(plugins, 10, None)?;
+    let bus = open(dir.path(), cache).await?;
+    let (off50, off99) = emit_latency(&bus, events).await;
+    bus.shutdown().await;
+    let log = tempfile::tempdir_in(std::env::temp_dir())?;
+    let bus = open_logged(dir.path(), cache, log.path(), plugbus::Durability::Batched).await?;
+    let (on50, on99) = emit_latency(&bus, events).await;
+    bus.shutdown().await;
+    table.add(
+        "8 event log",
+        "emit p50, 10 subscribers, log batched (vs off)",
+        on50,
+        "µs",
+        Some(off50),
+    );
+    table.add(
+        "8 event log",
+        "emit p99, 10 subscribers, log batched (vs off)",
+        on99,
+        "µs",
+        Some(off99),
+    );
+
+    let disk = disk_write_rate(log.path())?;
+    table.add(
+        "8 event log",
+        "disk sequential write (fdatasync at end)",
+        disk,
+        "MiB/s",
+        None,
+    );
+    let empty = tempfile::tempdir()?;
+    for durability in [plugbus::Durability::Batched, plugbus::Durability::Always] {
+        let log = tempfile::tempdir_in(std::env::temp_dir())?;
+        let bus = open_logged(empty.path(), cache, log.path(), durability).await?;
+        // Ten times the scenario's events: long enough to be sustained.
+        let n = events * 10;
+        let t = Instant::now();
+        for i in 0..n {
+            bus.emit("model_responded", payload(i));
+        }
+        bus.emit_durable("bench.end", Value::Null).await?;
+        let secs = t.elapsed().as_secs_f64();
+        let status = bus.log_status().context("log status")?;
+        bus.shutdown().await;
+        let bytes = plugbus::LogStats::read(log.path())?.bytes as f64;
+        let written = (n - status.lost) as f64;
+        table.add(
+            "8 event log",
+            &format!("sustained append, {durability} (events/s logged)"),
+            written / secs,
+            "ev/s",
+            None,
+        );
+        table.add(
+            "8 event log",
+            &format!("sustained append, {durability} (vs disk rate)"),
+            bytes / (1 << 20) as f64 / secs,
+            "MiB/s",
+            Some(disk),
+        );
+        if status.lost > 0 {
+            table.add(
+                "8 event log",
+                &format!("sustained append, {durability}: not logged (overflow)"),
+                status.lost as f64,
+                "events",
+                None,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Scenario 9: recovery with state. token-counter (with `state`, snapshot
+/// every 1000) traps on a poison event after 999 events past its last
+/// snapshot; the next event pays for a fresh instance, the restore and the
+/// replay of those 999. Against a normal event.
+async fn state_recovery(table: &mut Table, plugins: &Path, cache: &Path) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(plugins.join("token-counter.wasm"), dir.path().join("tc.wasm"))?;
+    std::fs::write(
+        dir.path().join("tc.toml"),
+        "[limits]\nfuel = 300_000\nsnapshot_every = 1000\nquarantine_after = 0\n",
+    )?;
+    let bus = open(dir.path(), cache).await?;
+    let poison = json!({ "usage": { "prompt_tokens": 1 }, "padding": vec![1; 20_000] });
+    let mut i = 0u64;
+    let mut feed = |bus: &plugbus::Bus, n: u64| {
+        for _ in 0..n {
+            bus.emit("model_responded", payload(i));
+            i += 1;
+        }
+    };
+    // Reach the first snapshot.
+    feed(&bus, 1000);
+    bus.flush().await;
+    let (mut after, mut normal) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        feed(&bus, 998);
+        bus.flush().await;
+        let t = Instant::now();
+        bus.emit_and_wait("model_responded", payload(0)).await;
+        normal.push(micros(t.elapsed()));
+        bus.emit_and_wait("model_responded", poison.clone()).await;
+        let t = Instant::now();
+        bus.emit_and_wait("model_responded", payload(0)).await;
+        after.push(micros(t.elapsed()));
+    }
+    let stats = bus.plugins().into_iter().find(|p| p.name == "tc").map(|p| p.stats);
+    bus.shutdown().await;
+    after.sort_by(f64::total_cmp);
+    normal.sort_by(f64::total_cmp);
+    let (a, n) = (percentile(&after, 0.5), percentile(&normal, 0.5));
+    table.add(
+        "9 state recovery",
+        "next event after a trap: restore + replay 999 (p50)",
+        a,
+        "µs",
+        Some(n),
+    );
+    table.add("9 state recovery", "recovery cost (difference)", a - n, "µs", None);
+    if let Some(s) = stats {
+        table.add(
+            "9 state recovery",
+            "rebuilds with state restored",
+            s.state_restored as f64,
+            "",
+            None,
+        );
+    }
+    Ok(())
+}
+
+/// Scenario 10: replay throughput into one plugin (token-counter, from the
+/// log, `--emit discard`) against its live throughput, measured here too.
+async fn replay_throughput(table: &mut Table, plugins: &Path, cache: &Path, events: u64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(plugins.join("token-counter.wasm"), dir.path().join("tc.wasm"))?;
+    let log = tempfile::tempdir_in(std::env::temp_dir())?;
+    let bus = open_logged(dir.path(), cache, log.path(), plugbus::Durability::Batched).await?;
+    let live = plugin_throughput(&bus, events, "tc").await;
+    bus.shutdown().await;
+    let t = Instant::now();
+    let report = plugbus::Replay::new(dir.path(), log.path())
+        .emit(plugbus::ReplayEmit::Discard)
+        .bus(plugbus::Bus::builder().cache_dir(cache))
+        .run(|_, _| {})
+        .await?;
+    let rate = report.events as f64 / t.elapsed().as_secs_f64();
+    table.add(
+        "10 replay",
+        "replay into one plugin (vs live)",
+        rate,
+        "ev/s",
+        Some(live),
+    );
+    Ok(())
 }

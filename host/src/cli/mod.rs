@@ -123,7 +123,7 @@ pub enum Command {
         #[arg(long, default_value_t = 20_000)]
         events: u64,
         /// Only the scenarios with these numbers (and those measured with them), e.g. `--only 5,6`.
-        #[arg(long, value_delimiter = ',', value_name = "N,...", value_parser = clap::value_parser!(u32).range(1..=7))]
+        #[arg(long, value_delimiter = ',', value_name = "N,...", value_parser = clap::value_parser!(u32).range(1..=10))]
         only: Vec<u32>,
         /// Also write the results as JSON.
         #[arg(long, value_name = "FILE")]
@@ -162,6 +162,10 @@ pub enum Command {
         /// A WIT package directory to use instead of the one built into this binary.
         #[arg(long, value_name = "DIR")]
         wit: Option<PathBuf>,
+        /// The world: `observer`, or `stateful-observer` for a plugin that exports `state`
+        /// (snapshot and restore, so its state survives traps, reloads and restarts).
+        #[arg(long, value_name = "WORLD", default_value = "observer")]
+        world: String,
     },
     /// Load and validate one plugin; print its name, world, subscriptions and imports.
     Check {
@@ -343,7 +347,8 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             lang: BindgenLang::C,
             out,
             wit,
-        } => wit::bindgen_c(&out, wit.as_deref()),
+            world,
+        } => wit::bindgen_c(&out, wit.as_deref(), &world),
         Command::Bench {
             plugins,
             fixtures,

@@ -33,16 +33,17 @@ pub fn wit(out: Option<&Path>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `plugbus bindgen c --out DIR [--wit DIR]`: C bindings for the observer world.
+/// `plugbus bindgen c --out DIR [--wit DIR] [--world WORLD]`: C bindings for
+/// a world of the package (`observer` by default).
 ///
-/// Writes `observer.h`, `observer.c` and `observer_component_type.o` (the
+/// Writes `<world>.h`, `<world>.c` and `<world>_component_type.o` (the
 /// component type, which the linker embeds so the result is a component of
-/// the right world).
-pub fn bindgen_c(out: &Path, wit: Option<&Path>) -> anyhow::Result<ExitCode> {
+/// the right world), with the world's name in snake case.
+pub fn bindgen_c(out: &Path, wit: Option<&Path>, world: &str) -> anyhow::Result<ExitCode> {
     let (mut resolve, package) = resolve(wit)?;
     let world = resolve
-        .select_world(&[package], Some(WORLD))
-        .with_context(|| format!("the WIT package has no world `{WORLD}`"))?;
+        .select_world(&[package], Some(world))
+        .with_context(|| format!("the WIT package has no world `{world}` (worlds: {WORLD}, stateful-observer)"))?;
     let mut files = wit_bindgen_core::Files::default();
     wit_bindgen_c::Opts::default()
         .build()

@@ -41,6 +41,7 @@ use tokio::sync::watch;
 
 pub use segment::Record;
 use segment::{Damage, SegmentReader, list_segments};
+pub(crate) use writer::sync_dir;
 use writer::{Msg, Progress, Writer, WriterShared};
 
 use crate::event::Event;
