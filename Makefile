@@ -39,6 +39,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 C_PLUGINS  := event-counter:plugins/event-counter/event_counter.c tokens-c:plugins/fixtures/tokens-c/tokens.c
 PY_PLUGINS := secret-scanner:plugins/secret-scanner:secret_scanner tokens-py:plugins/fixtures/tokens-py:tokens
 JS_PLUGINS := latency-watch:plugins/latency-watch/latency-watch.js tokens-js:plugins/fixtures/tokens-js/tokens.js
+# Plugins that export `state` (world stateful-observer).
+PY_STATE_PLUGINS := state-py:plugins/fixtures/state-py:state
+JS_STATE_PLUGINS := state-js:plugins/fixtures/state-js/state.js
 # Which of them are first-party plugins (into plugins/dist) rather than fixtures.
 LANG_DIST  := event-counter secret-scanner latency-watch
 
@@ -113,12 +116,24 @@ lang-plugins: setup
 		echo "  JS      $$name"; \
 		$(COMPONENTIZE_QJS) --sync --wit wit --world observer --js $$src -o $(TEST_WASM)/$$name.wasm >/dev/null || exit 1; \
 	done
+	@for spec in $(PY_STATE_PLUGINS); do name=$${spec%%:*}; rest=$${spec#*:}; dir=$${rest%%:*}; module=$${rest#*:}; \
+		echo "  Python  $$name (stateful-observer)"; \
+		$(COMPONENTIZE_PY) -d wit -w stateful-observer componentize -p $$dir $$module -o $(TEST_WASM)/$$name.wasm >/dev/null || exit 1; \
+	done
+	@for spec in $(JS_STATE_PLUGINS); do name=$${spec%%:*}; src=$${spec#*:}; \
+		echo "  JS      $$name (stateful-observer)"; \
+		$(COMPONENTIZE_QJS) --sync --wit wit --world stateful-observer --js $$src -o $(TEST_WASM)/$$name.wasm >/dev/null || exit 1; \
+	done
 	@for p in $(LANG_DIST); do cp $(TEST_WASM)/$$p.wasm $(DIST)/$$p.wasm; done
 
+DEMO_LOG := target/demo-log
 demo: plugins
-	@rm -f $(DIST)/audit/events.jsonl
-	$(CARGO) run -q -p plugbus -- run --plugins $(DIST) examples/agent-session.jsonl
+	@rm -rf $(DIST)/audit/events.jsonl $(DEMO_LOG)
+	$(CARGO) run -q -p plugbus -- run --plugins $(DIST) --log $(DEMO_LOG) examples/agent-session.jsonl
 	@echo; echo "audit log written by the audit-log plugin: $$(wc -l < $(DIST)/audit/events.jsonl) lines in $(DIST)/audit/events.jsonl"
+	@echo; echo "event log ($(DEMO_LOG)):"; $(CARGO) run -q -p plugbus -- log stats --log $(DEMO_LOG)
+	@echo; echo "dead letters (events that made a plugin fail hard; the plugins kept their state):"
+	@$(CARGO) run -q -p plugbus -- dlq list --log $(DEMO_LOG)
 
 example: plugins
 	$(CARGO) run -q -p agent-service -- $(DIST)

@@ -62,17 +62,24 @@ impl VirtualTime {
 
 /// SHA-256 in counter mode over a 32-byte seed: portable and stable forever
 /// (unlike a library generator whose algorithm may change between versions).
+/// The seed is computed on first use: most events never read randomness,
+/// and a replay of thousands of events should not hash each one's id.
 struct Stream {
-    seed: [u8; 32],
+    plugin: Arc<str>,
+    /// The event whose id seeds the stream (none outside events).
+    event: Option<Event>,
+    seed: Option<[u8; 32]>,
     counter: u64,
     block: [u8; 32],
     used: usize,
 }
 
 impl Stream {
-    fn new(seed: [u8; 32]) -> Stream {
+    fn new(plugin: Arc<str>, event: Option<Event>) -> Stream {
         Stream {
-            seed,
+            plugin,
+            event,
+            seed: None,
             counter: 0,
             block: [0; 32],
             used: 32,
@@ -80,10 +87,13 @@ impl Stream {
     }
 
     fn fill(&mut self, dst: &mut [u8]) {
+        let seed = *self
+            .seed
+            .get_or_insert_with(|| seed(&self.plugin, self.event.as_ref().map_or("", Event::id)));
         for byte in dst {
             if self.used == self.block.len() {
                 let mut h = Sha256::new();
-                h.update(self.seed);
+                h.update(seed);
                 h.update(self.counter.to_le_bytes());
                 self.block = h.finalize().into();
                 self.counter += 1;
@@ -108,7 +118,7 @@ impl Determinism {
     pub fn new(plugin: Arc<str>) -> Determinism {
         Determinism {
             time: Arc::default(),
-            rng: Arc::new(Mutex::new(Stream::new(seed(&plugin, "")))),
+            rng: Arc::new(Mutex::new(Stream::new(plugin.clone(), None))),
             plugin,
         }
     }
@@ -120,7 +130,7 @@ impl Determinism {
             .store(event.map_or(0, Event::time_unix_nanos), Ordering::Relaxed);
         self.time.reads.store(0, Ordering::Relaxed);
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        *rng = Stream::new(seed(&self.plugin, event.map_or("", Event::id)));
+        *rng = Stream::new(self.plugin.clone(), event.cloned());
     }
 
     /// The fixed `insecure-seed` of this plugin.

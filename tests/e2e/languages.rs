@@ -266,3 +266,53 @@ async fn interpreted_plugins_hold_what_their_manifests_allow() {
         assert!(mib > low && mib < high, "{}: {mib:.1} MiB", p.name);
     }
 }
+
+/// Python and JavaScript plugins that export `state` (built for the
+/// `stateful-observer` world): the totals they kept come back on a new bus
+/// over the same log, from the snapshot taken when the first one stopped.
+#[tokio::test]
+async fn python_and_javascript_plugins_keep_their_state_across_restarts() {
+    for plugin in ["state-py", "state-js"] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(support::lang_wasm(plugin), dir.path().join(format!("{plugin}.wasm"))).unwrap();
+        std::fs::write(
+            dir.path().join(format!("{plugin}.toml")),
+            "[limits]\nmemory_mib = 128\nfuel = 500_000_000\n",
+        )
+        .unwrap();
+        let log = tempfile::tempdir().unwrap();
+        let open = || async {
+            Bus::builder()
+                .plugin_dir(dir.path())
+                .cache_dir(support::shared_cache())
+                .log_dir(log.path())
+                .build()
+                .await
+                .unwrap()
+        };
+        let bus = open().await;
+        let info = bus.plugins();
+        assert_eq!(info.len(), 1, "{plugin}: {:?}", bus.load_failures());
+        for (p, c) in [(10, 5), (1, 2)] {
+            let usage = json!({"usage": {"prompt_tokens": p, "completion_tokens": c}});
+            let r = bus.emit_and_wait("model_responded", usage).await;
+            assert_eq!(r.outcome(plugin), Some(&Outcome::Ok), "{plugin}: {r:?}");
+        }
+        bus.shutdown().await;
+        assert!(
+            log.path().join(format!("snapshots/{plugin}.snap")).is_file(),
+            "{plugin}"
+        );
+
+        let bus = open().await;
+        let reports = Recorder::attach(&bus, "fixture.tokens");
+        bus.emit_and_wait("tokens.report", json!({})).await;
+        bus.flush().await;
+        assert_eq!(
+            payloads(&reports, "fixture.tokens"),
+            vec![json!({"tokens": 18, "events": 2})],
+            "{plugin}: totals restored from its snapshot"
+        );
+        bus.shutdown().await;
+    }
+}
