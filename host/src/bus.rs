@@ -157,7 +157,7 @@ pub(crate) struct Shared {
     published: AtomicU64,
     /// Jobs queued or running, plus native async handlers running: what
     /// [`Bus::flush`] waits for.
-    pending: AtomicUsize,
+    pub(crate) pending: AtomicUsize,
     idle: Notify,
     pub(crate) closed: AtomicBool,
     pub(crate) runtime: Handle,
@@ -596,6 +596,46 @@ impl Bus {
     /// first; `None` if no plugin has that name.
     pub fn dead_letters(&self, plugin: &str) -> Option<Vec<crate::DeadLetter>> {
         lock(&self.shared.plugins).get(plugin).map(|h| h.dead_letters.list())
+    }
+
+    /// Sends the named plugin's dead letters to it again, oldest first (after
+    /// a fixed version was loaded, say), and waits for each outcome. Those
+    /// that fail hard again, or cannot be delivered, stay dead letters.
+    /// `None` if no plugin has that name.
+    pub async fn redrive(&self, plugin: &str) -> Option<crate::dead_letter::Redrive> {
+        let handle = lock(&self.shared.plugins).get(plugin).cloned()?;
+        let letters = handle.dead_letters.take_all();
+        let mut report = crate::dead_letter::Redrive::default();
+        for letter in letters {
+            let (tx, rx) = oneshot::channel();
+            let job = Job {
+                event: letter.event.clone().into_event(),
+                reply: Some(tx),
+            };
+            self.shared.pending.fetch_add(1, Ordering::AcqRel);
+            if !handle.offer(job) {
+                self.shared.done();
+            }
+            report.redriven += 1;
+            match rx.await.unwrap_or(Outcome::Dropped(DropReason::Unloaded)) {
+                Outcome::Ok => report.ok += 1,
+                Outcome::Error(_) => report.errors += 1,
+                Outcome::Failed(_) => report.failed += 1,
+                Outcome::Dropped(_) => {
+                    // Not delivered: it stays a dead letter.
+                    report.dropped += 1;
+                    handle.dead_letters.add(letter);
+                }
+            }
+        }
+        tracing::info!(
+            plugin,
+            redriven = report.redriven,
+            ok = report.ok,
+            failed = report.failed,
+            "dead letters redriven"
+        );
+        Some(report)
     }
 
     /// Events published since the bus was built (by the host and by plugins).

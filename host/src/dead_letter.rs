@@ -55,6 +55,21 @@ impl DeadLetter {
     }
 }
 
+/// What [`Bus::redrive`](crate::Bus::redrive) did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Redrive {
+    /// Dead letters sent to the plugin again.
+    pub redriven: u64,
+    /// Handled this time.
+    pub ok: u64,
+    /// Answered with an `Err` (handled; not dead letters).
+    pub errors: u64,
+    /// Failed hard again: dead letters again.
+    pub failed: u64,
+    /// Not delivered (queue full, quarantined, unloaded): lost to the redrive.
+    pub dropped: u64,
+}
+
 /// A plugin's dead letters: shared by its worker (which adds) and the bus
 /// (which reads and redrives).
 pub(crate) struct DeadLetters {
@@ -64,11 +79,33 @@ pub(crate) struct DeadLetters {
 }
 
 impl DeadLetters {
+    /// The plugin's dead letters; with a log, those a previous run recorded
+    /// are read back (the newest [`MAX_KEPT`]), so they can be redriven.
     pub fn new(plugin: &str, log_dir: Option<&Path>) -> DeadLetters {
+        let mut kept = VecDeque::new();
+        if let Some(dir) = log_dir {
+            match read_dead_letters(dir, Some(plugin)) {
+                Ok(letters) => kept.extend(letters.into_iter().rev().take(MAX_KEPT).rev()),
+                Err(reason) => tracing::warn!(plugin, %reason, "cannot read the recorded dead letters"),
+            }
+        }
         DeadLetters {
-            kept: Mutex::new(VecDeque::new()),
+            kept: Mutex::new(kept),
             file: log_dir.map(|d| d.join(DIR).join(format!("{plugin}.jsonl"))),
         }
+    }
+
+    /// Takes every letter out (memory and file), for a redrive: those that
+    /// fail again are added back by the worker as new letters.
+    pub fn take_all(&self) -> Vec<DeadLetter> {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = &self.file
+            && let Err(e) = std::fs::write(file, b"")
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::error!(file = %file.display(), error = %e, "cannot clear the dead-letter file");
+        }
+        kept.drain(..).collect()
     }
 
     /// Keeps `letter`, and appends it to the file (an I/O error is logged:

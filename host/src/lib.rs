@@ -86,7 +86,7 @@ mod worker;
 pub use builder::BusBuilder;
 pub use bus::{Bus, DEFAULT_SHUTDOWN_GRACE, FailureHook, LoadFailure, ShutdownReport, Subscription};
 pub use cache::{CacheStats, default_cache_dir};
-pub use dead_letter::{DeadLetter, read_dead_letters};
+pub use dead_letter::{DeadLetter, Redrive, read_dead_letters};
 pub use error::Error;
 pub use event::Event;
 pub use ingest::{IngestError, parse_event_line};

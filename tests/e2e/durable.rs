@@ -455,6 +455,46 @@ fn a_trap_no_longer_resets_the_cost_trackers_totals() {
             "{}",
             letters[0]["failure"]
         );
+
+        // The fix: the same plugin with limits that fit the big payload.
+        // Redriven on a bus over the log, it resumes from its kept snapshot
+        // (today's build) and handles the dead letter: five calls, $2.00.
+        if wasm == support::wasm("cost-tracker") {
+            let fixed = tempfile::tempdir().unwrap();
+            std::fs::copy(&wasm, fixed.path().join("cost-tracker.wasm")).unwrap();
+            std::fs::write(
+                fixed.path().join("cost-tracker.toml"),
+                "[limits]\nfuel = 5_000_000_000\ndeadline_ms = 20_000\nmemory_mib = 512\n[config]\nbudget_usd = \"1.00\"\n",
+            )
+            .unwrap();
+            let out = Command::new(plugbus_bin())
+                .args([
+                    "dlq",
+                    "redrive",
+                    "--log",
+                    log_dir,
+                    "--plugin",
+                    "cost-tracker",
+                    "--plugins",
+                ])
+                .arg(fixed.path())
+                .env("RUST_LOG", "info")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{stderr}");
+            let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(
+                (report["redriven"].as_u64(), report["ok"].as_u64()),
+                (Some(1), Some(1)),
+                "{report}"
+            );
+            assert!(
+                stderr.contains("5 calls") && stderr.contains("$2.0000 total"),
+                "{stderr}"
+            );
+            assert!(json_lines(&plugbus(&["dlq", "list", "--log", log_dir, "--json"])).is_empty());
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! `plugbus dlq list`: the dead letters recorded in a log directory.
 
 use std::path::PathBuf;
+
+use super::CacheArgs;
 use std::process::ExitCode;
 
 use clap::Subcommand;
@@ -19,10 +21,48 @@ pub enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Send a plugin's dead letters to it again (its fixed version, from DIR), on a bus
+    /// over the log; those that fail again stay. For a running `plugbus serve`, use
+    /// POST /plugins/NAME/dead-letters/redrive instead (the log is locked by it).
+    Redrive {
+        /// The log directory.
+        #[arg(long = "log", value_name = "DIR")]
+        dir: PathBuf,
+        /// Directory holding the plugin's (fixed) `NAME.wasm`.
+        #[arg(long, value_name = "DIR")]
+        plugins: PathBuf,
+        /// The plugin.
+        #[arg(long, value_name = "NAME")]
+        plugin: String,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
 }
 
-pub fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
+pub async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
     match command {
+        DlqCommand::Redrive {
+            dir,
+            plugins,
+            plugin,
+            cache,
+        } => {
+            if !dir.is_dir() {
+                anyhow::bail!("event log {}: no such directory", dir.display());
+            }
+            let bus = cache.apply(plugbus::Bus::builder()).log_dir(&dir).build().await?;
+            bus.load_plugin(plugins.join(format!("{plugin}.wasm"))).await?;
+            let report = bus.redrive(&plugin).await;
+            bus.flush().await;
+            bus.shutdown().await;
+            let report = report.unwrap_or_default();
+            println!("{}", serde_json::to_string(&report)?);
+            eprintln!(
+                "plugbus: {plugin}: {} redriven, {} ok, {} errors, {} failed again",
+                report.redriven, report.ok, report.errors, report.failed
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         DlqCommand::List { dir, plugin, json } => {
             if !dir.is_dir() {
                 anyhow::bail!("event log {}: no such directory", dir.display());

@@ -76,7 +76,7 @@ pub enum Command {
         #[command(flatten)]
         log: LogArgs,
     },
-    /// Dead letters (events that made a plugin fail hard) recorded in a log directory.
+    /// Dead letters (events that made a plugin fail hard): list, redrive.
     Dlq {
         #[command(subcommand)]
         command: dlq::DlqCommand,
@@ -312,7 +312,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             .await
         }
         Command::Log { command } => log::log(command).await,
-        Command::Dlq { command } => dlq::dlq(command),
+        Command::Dlq { command } => dlq::dlq(command).await,
         Command::Replay {
             plugins,
             log,

@@ -9,7 +9,9 @@
 //! - `GET /plugins`: state, subscriptions, counters, last error per plugin;
 //!   with `--log`, the log's position (`log`: last, written and durable seq,
 //!   queued, lost).
-//! - `GET /plugins/<name>/dead-letters`: the events that made it fail hard.
+//! - `GET /plugins/<name>/dead-letters`: the events that made it fail hard;
+//!   `POST /plugins/<name>/dead-letters/redrive` sends them to it again
+//!   (after a fixed version was dropped into the directory).
 //! - `GET /metrics`: Prometheus (OpenMetrics) text.
 //! - `GET /healthz`: liveness.
 //!
@@ -79,6 +81,7 @@ fn router(bus: plugbus::Bus) -> Router {
         .route("/events", post(post_events))
         .route("/plugins", get(get_plugins))
         .route("/plugins/{name}/dead-letters", get(get_dead_letters))
+        .route("/plugins/{name}/dead-letters/redrive", post(post_redrive))
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -156,6 +159,17 @@ async fn get_plugins(State(bus): State<plugbus::Bus>) -> Response {
 async fn get_dead_letters(State(bus): State<plugbus::Bus>, Path(name): Path<String>) -> Response {
     match bus.dead_letters(&name) {
         Some(letters) => Json(json!({ "plugin": name, "dead_letters": letters })).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": format!("no plugin named `{name}`") })),
+        )
+            .into_response(),
+    }
+}
+
+async fn post_redrive(State(bus): State<plugbus::Bus>, Path(name): Path<String>) -> Response {
+    match bus.redrive(&name).await {
+        Some(report) => Json(json!({ "plugin": name, "redrive": report })).into_response(),
         None => (
             StatusCode::NOT_FOUND,
             Json(json!({ "error": format!("no plugin named `{name}`") })),
