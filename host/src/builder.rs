@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 
-use crate::bus::{Bus, FailureHook, LoadFailure, Shared, lock};
+use crate::bus::{Bus, FailureHook, LoadFailure, Parts, Shared, lock};
 use crate::engine::PluginEngine;
 use crate::error::Error;
 use crate::event::Event;
@@ -37,7 +37,14 @@ pub struct BusBuilder {
     on_failure: Option<FailureHook>,
     log_dir: Option<PathBuf>,
     log_options: LogOptions,
-    pub(crate) follow_ups: crate::bus::FollowUps,
+    pub(crate) follow_ups: crate::port::FollowUps,
+}
+
+impl Bus {
+    /// Starts configuring a bus.
+    pub fn builder() -> BusBuilder {
+        BusBuilder::new()
+    }
 }
 
 impl BusBuilder {
@@ -52,7 +59,7 @@ impl BusBuilder {
             on_failure: None,
             log_dir: None,
             log_options: LogOptions::default(),
-            follow_ups: crate::bus::FollowUps::Publish,
+            follow_ups: crate::port::FollowUps::Publish,
         }
     }
 
@@ -184,16 +191,17 @@ impl BusBuilder {
             }
             None => None,
         };
+        let parts = Parts {
+            engine,
+            limits,
+            history,
+            on_failure: self.on_failure,
+            runtime,
+            log: log.clone(),
+            follow_ups: self.follow_ups,
+        };
         let bus = Bus {
-            shared: Arc::new(Shared::new(
-                engine,
-                limits,
-                history,
-                self.on_failure,
-                runtime,
-                log.clone(),
-                self.follow_ups,
-            )),
+            shared: Arc::new_cyclic(|me| Shared::new(parts, me.clone())),
         };
         if let Some(log) = &log {
             let weak = Arc::downgrade(&bus.shared);
@@ -215,7 +223,7 @@ impl BusBuilder {
                 .ok_or_else(|| Error::Watch("watch(true) needs a plugin_dir".into()))?;
             let handle = crate::watch::start(Arc::downgrade(&bus.shared), dir.clone(), &bus.shared.runtime)
                 .map_err(|e| Error::Watch(format!("{}: {e}", dir.display())))?;
-            bus.shared.set_watcher(handle);
+            bus.shared.set_watcher(Box::new(move || Box::pin(handle.stop())));
         }
         for file in files {
             // `reload_plugin`, not `load_plugin`: the watcher may already have

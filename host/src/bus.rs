@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -21,7 +21,6 @@ use serde_json::Value;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, oneshot};
 
-use crate::builder::BusBuilder;
 use crate::engine::PluginEngine;
 use crate::event::Event;
 use crate::history::History;
@@ -31,20 +30,12 @@ use crate::native::{AsyncHandler, BoxFuture, CatchUnwind, SyncHandler, panic_mes
 use crate::outcome::{Delivery, DeliveryReport, DropReason, Failure, Outcome};
 use crate::pattern::{Pattern, PatternError};
 use crate::plugin::PluginInfo;
+use crate::port::{BusPort, Captured, FollowUps};
 use crate::registry::{Entry, Registry, Target};
 use crate::worker::{Job, PluginHandle};
 
-/// What becomes of the follow-up events plugins emit.
-#[derive(Clone, Default)]
-pub(crate) enum FollowUps {
-    /// Published on the bus (the live behaviour).
-    #[default]
-    Publish,
-    /// Sent to a replay, which orders and prints them; never published.
-    Capture(std::sync::mpsc::Sender<crate::replay::Captured>),
-    /// Dropped.
-    Discard,
-}
+/// Stops a helper task of the bus (the directory watcher) and waits for it.
+pub(crate) type Stopper = Box<dyn FnOnce() -> BoxFuture + Send>;
 
 /// Called for every hard failure: `(event, handler name, failure)`.
 pub type FailureHook = Arc<dyn Fn(&Event, &str, &Failure) + Send + Sync>;
@@ -165,20 +156,34 @@ pub(crate) struct Shared {
     /// Serialises load, swap and unload, so two changes to one plugin never
     /// interleave.
     pub(crate) lifecycle: tokio::sync::Mutex<()>,
-    /// The directory watcher, when watching; dropping it stops it.
-    watcher: Mutex<Option<crate::watch::WatchHandle>>,
+    /// Stops the directory watcher, when watching (dropping it stops it too).
+    watcher: Mutex<Option<Stopper>>,
+    /// This very `Shared`, for the calls through [`BusPort`] that need its `Arc`.
+    me: Weak<Shared>,
+}
+
+/// Everything a bus is built from, resolved by the builder.
+pub(crate) struct Parts {
+    pub engine: PluginEngine,
+    pub limits: Limits,
+    pub history: Option<History>,
+    pub on_failure: Option<FailureHook>,
+    pub runtime: Handle,
+    pub log: Option<EventLog>,
+    pub follow_ups: FollowUps,
 }
 
 impl Shared {
-    pub(crate) fn new(
-        engine: PluginEngine,
-        limits: Limits,
-        history: Option<History>,
-        on_failure: Option<FailureHook>,
-        runtime: Handle,
-        log: Option<EventLog>,
-        follow_ups: FollowUps,
-    ) -> Shared {
+    pub(crate) fn new(parts: Parts, me: Weak<Shared>) -> Shared {
+        let Parts {
+            engine,
+            limits,
+            history,
+            on_failure,
+            runtime,
+            log,
+            follow_ups,
+        } = parts;
         Shared {
             registry: ArcSwap::from_pointee(Registry::default()),
             writer: Mutex::new(()),
@@ -200,11 +205,43 @@ impl Shared {
             load_failures: Mutex::new(Vec::new()),
             lifecycle: tokio::sync::Mutex::new(()),
             watcher: Mutex::new(None),
+            me,
         }
     }
 
-    pub(crate) fn set_watcher(&self, handle: crate::watch::WatchHandle) {
-        *lock(&self.watcher) = Some(handle);
+    pub(crate) fn set_watcher(&self, stopper: Stopper) {
+        *lock(&self.watcher) = Some(stopper);
+    }
+}
+
+impl BusPort for Shared {
+    fn publish(&self, event: Event) {
+        // Dispatch spawns tasks that hold the bus: it needs the `Arc`.
+        if let Some(me) = self.me.upgrade() {
+            me.publish(event);
+        }
+    }
+
+    fn follow_up(&self, follow_up: Captured) -> Result<(), String> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err("the bus is shutting down; event not accepted".into());
+        }
+        match &self.follow_ups {
+            FollowUps::Publish => BusPort::publish(self, follow_up.event),
+            FollowUps::Capture(sink) => {
+                let _ = sink.send(follow_up);
+            }
+            FollowUps::Discard => {}
+        }
+        Ok(())
+    }
+
+    fn job_done(&self) {
+        self.done();
+    }
+
+    fn report_failure(&self, event: &Event, handler: &str, failure: &Failure) {
+        Shared::report_failure(self, event, handler, failure);
     }
 }
 
@@ -398,11 +435,6 @@ impl Shared {
 }
 
 impl Bus {
-    /// Starts configuring a bus.
-    pub fn builder() -> BusBuilder {
-        BusBuilder::new()
-    }
-
     /// Subscribes a native handler. It runs inline on the emitting thread, in
     /// registration order with the other native handlers; a panic is caught
     /// and reported, never propagated.
@@ -672,8 +704,8 @@ impl Bus {
     pub async fn shutdown_with(&self, grace: Duration) -> ShutdownReport {
         let started = std::time::Instant::now();
         let watcher = lock(&self.shared.watcher).take();
-        if let Some(watcher) = watcher {
-            watcher.stop().await;
+        if let Some(stop) = watcher {
+            stop().await;
         }
         self.shared.closed.store(true, Ordering::Release);
         let _serial = self.shared.lifecycle.lock().await;

@@ -17,14 +17,13 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::plugbus::observer::{host, types};
-use crate::bus::{FollowUps, Shared};
 use crate::determinism::Determinism;
 use crate::event::Event;
 use crate::limits::{Limits, MAX_CASCADE_DEPTH};
 use crate::manifest::DirGrant;
 use crate::outcome::GuestAbort;
 use crate::pattern::validate_event_name;
-use crate::replay::Captured;
+use crate::port::{BusPort, Captured};
 use crate::text::truncate;
 
 /// Largest payload a plugin may emit, in bytes. Bounds host memory per emit;
@@ -38,7 +37,7 @@ pub(crate) struct PluginCtx {
     table: ResourceTable,
     pub limiter: MemoryLimiter,
     config: Arc<BTreeMap<String, String>>,
-    bus: Weak<Shared>,
+    bus: Weak<dyn BusPort>,
     /// The event being handled; `None` during `subscriptions()`.
     pub current: Option<Event>,
     pub emits_left: u32,
@@ -60,7 +59,7 @@ impl PluginCtx {
         limits: &Limits,
         config: Arc<BTreeMap<String, String>>,
         dirs: &[DirGrant],
-        bus: Weak<Shared>,
+        bus: Weak<dyn BusPort>,
     ) -> wasmtime::Result<PluginCtx> {
         let logs = Arc::new(LogBudget::default());
         let determinism = Determinism::new(plugin.clone());
@@ -190,29 +189,17 @@ impl host::Host for PluginCtx {
             // Published when the event was first handled.
             return Ok(Ok(()));
         }
-        let Some(bus) = self
-            .bus
-            .upgrade()
-            .filter(|b| !b.closed.load(std::sync::atomic::Ordering::Acquire))
-        else {
+        let Some(bus) = self.bus.upgrade() else {
             return Ok(Err("the bus is shutting down; event not accepted".into()));
         };
         let event = Event::follow_up(&parent, &self.plugin, index, name, payload);
-        match &bus.follow_ups {
-            FollowUps::Publish => {
-                bus.publish(event);
-            }
-            FollowUps::Capture(sink) => {
-                let _ = sink.send(Captured {
-                    parent_seq: parent.seq().unwrap_or(0),
-                    plugin: self.plugin.clone(),
-                    index,
-                    event,
-                });
-            }
-            FollowUps::Discard => {}
-        }
-        Ok(Ok(()))
+        let captured = Captured {
+            parent_seq: parent.seq().unwrap_or(0),
+            plugin: self.plugin.clone(),
+            index,
+            event,
+        };
+        Ok(bus.follow_up(captured))
     }
 
     fn event_seq(&mut self) -> wasmtime::Result<Option<u64>> {

@@ -42,6 +42,7 @@
 //! - `catch_up`: a plugin loaded with `replay = "all"` handles the log first;
 //! - `recovery`: snapshots and replay that bring a plugin's state back after a trap;
 //! - [`dead_letter`]: the events that failed a plugin hard;
+//! - `port`: the narrow handle plugin code reaches the bus through;
 //! - `ctx`: what a plugin instance can reach (host imports, WASI, budgets);
 //! - `determinism`: virtual clocks and seeded randomness per event;
 //! - `engine`: the wasmtime engine, linker and epoch ticker;
@@ -78,6 +79,7 @@ mod engine;
 mod history;
 mod lifecycle;
 mod native;
+mod port;
 mod recovery;
 mod registry;
 mod watch;

@@ -11,7 +11,7 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -21,10 +21,17 @@ use crate::dead_letter::DeadLetters;
 use crate::manifest::CatchUp;
 use crate::pattern::Pattern;
 use crate::plugin::{Instance, LoadError, LoadErrorKind, PluginCheck, PluginInfo, PluginSpec};
+use crate::port::BusPort;
 use crate::recovery::KeptState;
 use crate::registry::{Entry, Target};
 use crate::stats::StatsCell;
 use crate::worker::{PluginHandle, Worker, WorkerState};
+
+/// The narrow handle plugin code gets to the bus.
+fn port(shared: &Arc<Shared>) -> Weak<dyn BusPort> {
+    let weak: Weak<Shared> = Arc::downgrade(shared);
+    weak
+}
 
 /// A plugin ready to go live.
 struct Prepared {
@@ -41,7 +48,7 @@ async fn prepare(shared: &Arc<Shared>, path: &Path) -> Result<Prepared, LoadErro
     if shared.closed.load(Ordering::Acquire) {
         return Err(err(LoadErrorKind::Closed));
     }
-    let spec = PluginSpec::load(&shared.engine, path, &shared.limits, Arc::downgrade(shared)).await?;
+    let spec = PluginSpec::load(&shared.engine, path, &shared.limits, port(shared)).await?;
     let mut instance = spec
         .instantiate()
         .await
@@ -113,7 +120,7 @@ fn spawn(
         prepared.instance,
         stats.clone(),
         state.clone(),
-        Arc::downgrade(shared),
+        port(shared),
         dead_letters.clone(),
         KeptState {
             file: shared.log.as_ref().map(|log| {

@@ -15,7 +15,6 @@ use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre};
 
 use crate::bindings::{HANDLER_EXPORT, Observer, ObserverIndices, STATE_EXPORT, StateExport, StateIndices};
-use crate::bus::Shared;
 use crate::cache::content_hash;
 use crate::ctx::PluginCtx;
 use crate::engine::{EPOCH_TICK, PluginEngine};
@@ -24,6 +23,7 @@ use crate::limits::Limits;
 use crate::manifest::{Manifest, ManifestError};
 use crate::outcome::{Failure, backtrace_frames, classify};
 use crate::pattern::{Pattern, PatternError};
+use crate::port::BusPort;
 use crate::stats::PluginStats;
 
 /// A plugin that could not be loaded. Names the file and the reason.
@@ -148,7 +148,7 @@ pub(crate) struct PluginSpec {
     pub version: String,
     /// sha256 of the manifest, when there is one: a change reloads the plugin.
     pub manifest_version: Option<String>,
-    pub bus: Weak<Shared>,
+    pub bus: Weak<dyn BusPort>,
     /// Keeps the engine's epoch ticker running while any worker of this
     /// plugin is still draining, even after the bus itself is dropped.
     _engine: Arc<PluginEngine>,
@@ -187,7 +187,7 @@ impl PluginSpec {
         engine: &Arc<PluginEngine>,
         path: &Path,
         bus_limits: &Limits,
-        bus: Weak<Shared>,
+        bus: Weak<dyn BusPort>,
     ) -> Result<PluginSpec, LoadError> {
         let err = |kind: LoadErrorKind| LoadError {
             path: path.to_owned(),

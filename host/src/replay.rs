@@ -26,14 +26,14 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 
 use crate::builder::BusBuilder;
-use crate::bus::{Bus, FollowUps};
+use crate::bus::Bus;
 use crate::error::Error;
 use crate::event::Event;
 use crate::log::{LogError, LogReader, LogStats, Record};
 use crate::plugin::{LoadError, PluginInfo};
+use crate::port::{Captured, FollowUps};
 
 /// What becomes of the follow-ups plugins emit during a replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -58,14 +58,6 @@ impl FromStr for ReplayEmit {
             other => Err(format!("unknown emit mode `{other}` (capture, discard or publish)")),
         }
     }
-}
-
-/// A follow-up captured during a replay, with what orders it.
-pub(crate) struct Captured {
-    pub parent_seq: u64,
-    pub plugin: Arc<str>,
-    pub index: u32,
-    pub event: Event,
 }
 
 /// Why a replay could not run.

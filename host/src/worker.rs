@@ -16,11 +16,11 @@ use serde_json::json;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::bus::Shared;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::event::Event;
 use crate::outcome::{DropReason, Failure, Outcome};
 use crate::plugin::{CallError, Instance, PluginSpec, PluginState};
+use crate::port::BusPort;
 use crate::recovery::{KeptState, Plan, Recovery, Snapshot};
 use crate::stats::StatsCell;
 
@@ -135,7 +135,7 @@ pub(crate) struct Worker {
     pub instance: Option<Instance>,
     pub stats: Arc<StatsCell>,
     pub state: Arc<WorkerState>,
-    pub bus: Weak<Shared>,
+    pub bus: Weak<dyn BusPort>,
     breaker: Breaker,
     recovery: Recovery,
     dead_letters: Arc<DeadLetters>,
@@ -154,7 +154,7 @@ impl Worker {
         instance: Instance,
         stats: Arc<StatsCell>,
         state: Arc<WorkerState>,
-        bus: Weak<Shared>,
+        bus: Weak<dyn BusPort>,
         dead_letters: Arc<DeadLetters>,
         kept: KeptState,
     ) -> Worker {
@@ -239,7 +239,7 @@ impl Worker {
                 let _ = reply.send(outcome);
             }
             if let Some(bus) = self.bus.upgrade() {
-                bus.done();
+                bus.job_done();
             }
         }
         // The queue is drained: keep the final state for the next run.

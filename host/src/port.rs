@@ -1,0 +1,49 @@
+//! The narrow handle through which a plugin's instance and its worker reach
+//! the bus: publish an event, hand over a follow-up, report a failure, say a
+//! queued job is done. The bus implements it; plugin code holds a
+//! `Weak<dyn BusPort>` and never the bus's internals, so dependencies run one
+//! way: `bus` → `worker` → `plugin` → `ctx` → `port`.
+
+use std::sync::Arc;
+
+use crate::event::Event;
+use crate::outcome::Failure;
+
+/// What plugin code may ask of the bus.
+pub(crate) trait BusPort: Send + Sync {
+    /// Publishes an event (a follow-up or a `plugbus.*` meta-event).
+    fn publish(&self, event: Event);
+
+    /// Takes a plugin's follow-up: published, captured by a replay, or
+    /// dropped, as the bus is configured. `Err` with the reason when the bus
+    /// no longer accepts events.
+    fn follow_up(&self, follow_up: Captured) -> Result<(), String>;
+
+    /// One queued job (or async handler) finished.
+    fn job_done(&self);
+
+    /// Runs the embedder's failure hook, isolated like any handler.
+    fn report_failure(&self, event: &Event, handler: &str, failure: &Failure);
+}
+
+/// A follow-up with what orders it in a replay's output.
+pub(crate) struct Captured {
+    /// Sequence number of the event being handled when it was emitted.
+    pub parent_seq: u64,
+    pub plugin: Arc<str>,
+    /// Its place among that event's emits.
+    pub index: u32,
+    pub event: Event,
+}
+
+/// What becomes of the follow-up events plugins emit.
+#[derive(Clone, Default)]
+pub(crate) enum FollowUps {
+    /// Published on the bus (the live behaviour).
+    #[default]
+    Publish,
+    /// Sent to a replay, which orders and prints them; never published.
+    Capture(std::sync::mpsc::Sender<Captured>),
+    /// Dropped.
+    Discard,
+}
