@@ -681,8 +681,10 @@ async fn a_plugin_added_with_replay_all_catches_up_without_gap_or_duplicate() {
     );
     assert_eq!(stats.ok, N + 1, "{stats:?}");
     assert_eq!(stats.dropped, 0, "{stats:?}");
+    // At least what was published before the load began came from the log;
+    // how much more depends on how long loading took on this machine.
     assert!(
-        stats.replayed >= N / 3 && stats.replayed < N,
+        stats.replayed >= N / 3 && stats.replayed <= N,
         "history from the log, the rest live: {stats:?} (loaded after {loaded_at})"
     );
     assert_eq!(counts.events().last().unwrap().payload()["seen"], N + 1);
