@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::ser::SerializeStruct;
 use serde_json::Value;
 
-use crate::bindings::plugbus::observer::types as wit;
+use crate::plugin::bindings::plugbus::observer::types as wit;
 
 /// `source` of events emitted by the embedding application.
 pub const HOST_SOURCE: &str = "host";

@@ -28,33 +28,32 @@
 //! ```
 //!
 //! # Layout
-//! - [`builder`]: [`BusBuilder`], configuration resolved before anything starts;
-//! - [`bus`]: the [`Bus`] handle, emit/flush/shutdown;
-//! - `lifecycle`: loading, hot-swapping and unloading plugins;
-//! - `watch`: the plugin directory watcher (hot reload);
-//! - [`event`]: the [`Event`] type;
+//! Dependencies run one way, top to bottom; no module imports one above it.
+//!
+//! - [`replay`]: feeding logged events into fresh plugins (`plugbus replay`);
+//! - [`bus`]: the [`Bus`] handle and its state (`Shared`, one home): emit,
+//!   flush, shutdown, redrive;
+//!   - [`bus::builder`]: [`BusBuilder`], configuration resolved before anything starts;
+//!   - `bus::lifecycle`: loading, hot-swapping and unloading plugins;
+//!   - `bus::watch`: the plugin directory watcher (hot reload);
+//!   - `bus::registry`: the lock-free subscription index;
+//!   - `bus::native`: native handlers, isolated with `catch_unwind`;
+//!   - `bus::history`: the optional ring of recent events;
+//! - [`plugin`]: one plugin: loading and validating a `.wasm`, building
+//!   instances, calling them; it reaches the bus only through `plugin::port`;
+//!   - `plugin::worker`: the task that owns a plugin's store and runs its queue;
+//!   - `plugin::recovery`: snapshots and replay that bring state back after a trap;
+//!   - `plugin::catch_up`: a plugin loaded with `replay = "all"` handles the log first;
+//!   - `plugin::ctx`: what an instance can reach (host imports, WASI, budgets);
+//!   - `plugin::determinism`: virtual clocks and seeded randomness per event;
+//!   - `plugin::engine`, `plugin::bindings`: the wasmtime engine, linker and WIT bindings;
+//!   - `plugin::port`: the narrow handle plugin code reaches the bus through;
 //! - [`log`]: the embedded event log (segments, writer thread, reader);
-//! - [`pattern`]: event names and subscription patterns;
-//! - `registry`: the lock-free subscription index;
-//! - `native`: native handlers, isolated with `catch_unwind`;
-//! - [`plugin`]: loading and validating a `.wasm`, building instances;
-//! - `worker`: the task that owns a plugin's store and runs its queue;
-//! - `catch_up`: a plugin loaded with `replay = "all"` handles the log first;
-//! - `recovery`: snapshots and replay that bring a plugin's state back after a trap;
 //! - [`dead_letter`]: the events that failed a plugin hard;
-//! - `port`: the narrow handle plugin code reaches the bus through;
-//! - `ctx`: what a plugin instance can reach (host imports, WASI, budgets);
-//! - `determinism`: virtual clocks and seeded randomness per event;
-//! - `engine`: the wasmtime engine, linker and epoch ticker;
-//! - [`replay`]: feeding logged events into fresh plugins;
 //! - [`cache`]: compiled artifacts on disk, verified before use;
-//! - [`limits`], [`manifest`]: per-plugin limits and the plugin manifest;
-//! - [`outcome`]: outcomes, failure kinds and their classification;
-//! - [`stats`]: per-plugin counters;
-//! - [`text`]: bounds on guest-supplied text;
-//! - [`ingest`]: JSON Lines events (the CLI's input).
+//! - [`event`], [`pattern`], [`limits`], [`manifest`], [`outcome`], [`stats`],
+//!   [`text`], [`ingest`], [`error`]: the vocabulary every layer shares.
 
-pub mod builder;
 pub mod bus;
 pub mod cache;
 pub mod dead_letter;
@@ -71,28 +70,14 @@ pub mod replay;
 pub mod stats;
 pub mod text;
 
-mod bindings;
-mod catch_up;
-mod ctx;
-mod determinism;
-mod engine;
-mod history;
-mod lifecycle;
-mod native;
-mod port;
-mod recovery;
-mod registry;
-mod watch;
-mod worker;
-
-pub use builder::BusBuilder;
+pub use bus::builder::BusBuilder;
+pub use bus::lifecycle::Reload;
 pub use bus::{Bus, DEFAULT_SHUTDOWN_GRACE, FailureHook, LoadFailure, ShutdownReport, Subscription};
 pub use cache::{CacheStats, default_cache_dir};
 pub use dead_letter::{DeadLetter, Redrive, read_dead_letters};
 pub use error::Error;
 pub use event::Event;
 pub use ingest::{IngestError, parse_event_line};
-pub use lifecycle::Reload;
 pub use limits::{Limits, MAX_CASCADE_DEPTH};
 pub use log::{Durability, EventLog, LogError, LogOptions, LogReader, LogStats, LogStatus, Record};
 pub use manifest::{Manifest, ManifestError};

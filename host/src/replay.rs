@@ -27,13 +27,13 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::builder::BusBuilder;
 use crate::bus::Bus;
+use crate::bus::builder::BusBuilder;
 use crate::error::Error;
 use crate::event::Event;
 use crate::log::{LogError, LogReader, LogStats, Record};
+use crate::plugin::port::{Captured, FollowUps};
 use crate::plugin::{LoadError, PluginInfo};
-use crate::port::{Captured, FollowUps};
 
 /// What becomes of the follow-ups plugins emit during a replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -209,7 +209,7 @@ impl Replay {
             }
             return Ok(vec![file]);
         }
-        let files = crate::builder::wasm_files(&self.plugins).map_err(|e| err(&self.plugins, e.to_string()))?;
+        let files = crate::bus::builder::wasm_files(&self.plugins).map_err(|e| err(&self.plugins, e.to_string()))?;
         if files.is_empty() {
             return Err(err(&self.plugins, "no *.wasm plugins".into()));
         }

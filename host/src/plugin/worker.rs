@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::event::Event;
 use crate::outcome::{DropReason, Failure, Outcome};
+use crate::plugin::port::BusPort;
+use crate::plugin::recovery::{KeptState, Plan, Recovery, Snapshot};
 use crate::plugin::{CallError, Instance, PluginSpec, PluginState};
-use crate::port::BusPort;
-use crate::recovery::{KeptState, Plan, Recovery, Snapshot};
 use crate::stats::StatsCell;
 
 /// One queued event, with an optional channel for its outcome
@@ -187,7 +187,7 @@ impl Worker {
         mut rx: mpsc::Receiver<Job>,
         mut stop: oneshot::Receiver<()>,
         gate: Option<oneshot::Receiver<()>>,
-        catch_up: Option<crate::catch_up::Plan>,
+        catch_up: Option<crate::plugin::catch_up::Plan>,
     ) {
         let _finished = FinishGuard(self.state.clone());
         let mut catch_up = catch_up;
@@ -252,8 +252,8 @@ impl Worker {
 
     /// Handles the logged history (see `catch_up`): phase 1, then tells the
     /// bus it may register the plugin, waits for the cut, and reads on to it.
-    async fn catch_up(&mut self, plan: crate::catch_up::Plan) -> Result<(), crate::LogError> {
-        let crate::catch_up::Plan {
+    async fn catch_up(&mut self, plan: crate::plugin::catch_up::Plan) -> Result<(), crate::LogError> {
+        let crate::plugin::catch_up::Plan {
             log,
             mut cursor,
             ready,
@@ -469,7 +469,7 @@ impl Worker {
                 if let Some((path, sync)) = self.snapshot_file.clone() {
                     let kept = snapshot.clone();
                     let written =
-                        tokio::task::spawn_blocking(move || crate::recovery::persist(&path, &kept, sync)).await;
+                        tokio::task::spawn_blocking(move || crate::plugin::recovery::persist(&path, &kept, sync)).await;
                     if let Ok(Err(e)) | Err(e) = written.map_err(std::io::Error::other) {
                         tracing::error!(plugin = &*spec.name, error = %e, "cannot keep the snapshot beside the log");
                     }

@@ -24,8 +24,8 @@ use notify::{RecursiveMode, Watcher as _};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::bus::lifecycle::Reload;
 use crate::bus::{Bus, LoadFailure, Shared, lock};
-use crate::lifecycle::Reload;
 
 /// Quiet time after the last file event before acting. Long enough to
 /// coalesce the burst of events one copy or rename produces, short enough

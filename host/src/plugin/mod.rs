@@ -6,6 +6,15 @@
 //! it is immutable and shared. An [`Instance`] (store + bindings) belongs to
 //! the plugin's worker alone.
 
+pub(crate) mod bindings;
+pub(crate) mod catch_up;
+pub(crate) mod ctx;
+pub(crate) mod determinism;
+pub(crate) mod engine;
+pub(crate) mod port;
+pub(crate) mod recovery;
+pub(crate) mod worker;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -14,16 +23,16 @@ use serde::Serialize;
 use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre};
 
-use crate::bindings::{HANDLER_EXPORT, Observer, ObserverIndices, STATE_EXPORT, StateExport, StateIndices};
 use crate::cache::content_hash;
-use crate::ctx::PluginCtx;
-use crate::engine::{EPOCH_TICK, PluginEngine};
 use crate::event::Event;
 use crate::limits::Limits;
 use crate::manifest::{Manifest, ManifestError};
 use crate::outcome::{Failure, backtrace_frames, classify};
 use crate::pattern::{Pattern, PatternError};
-use crate::port::BusPort;
+use crate::plugin::bindings::{HANDLER_EXPORT, Observer, ObserverIndices, STATE_EXPORT, StateExport, StateIndices};
+use crate::plugin::ctx::PluginCtx;
+use crate::plugin::engine::{EPOCH_TICK, PluginEngine};
+use crate::plugin::port::BusPort;
 use crate::stats::PluginStats;
 
 /// A plugin that could not be loaded. Names the file and the reason.

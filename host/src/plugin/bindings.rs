@@ -25,8 +25,8 @@ pub(crate) mod stateful {
         imports: { default: trappable },
         exports: { default: async },
         with: {
-            "plugbus:observer/types": crate::bindings::plugbus::observer::types,
-            "plugbus:observer/host": crate::bindings::plugbus::observer::host,
+            "plugbus:observer/types": crate::plugin::bindings::plugbus::observer::types,
+            "plugbus:observer/host": crate::plugin::bindings::plugbus::observer::host,
         },
     });
 }

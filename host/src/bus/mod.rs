@@ -1,12 +1,19 @@
 //! The bus: subscription, emission, delivery to native handlers and plugin
 //! queues, plugin loading and unloading, flush and shutdown.
 //!
-//! Ownership: [`Bus`] is a cheap handle to one [`Shared`]. The subscription
+//! Ownership: [`Bus`] is a cheap handle to one `Shared`. The subscription
 //! index is an immutable snapshot behind `arc-swap` (emit never locks); each
 //! plugin's store lives in its worker task and nowhere else; the bus holds
 //! only the worker's queue sender, counters and stop signal. Workers and
 //! plugin stores refer back to the bus weakly, so dropping every `Bus`
 //! handle closes the queues and stops the workers.
+
+pub mod builder;
+pub(crate) mod history;
+pub(crate) mod lifecycle;
+pub(crate) mod native;
+pub(crate) mod registry;
+pub(crate) mod watch;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -21,18 +28,18 @@ use serde_json::Value;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, oneshot};
 
-use crate::engine::PluginEngine;
+use crate::bus::history::History;
+use crate::bus::native::{AsyncHandler, BoxFuture, CatchUnwind, SyncHandler, panic_message};
+use crate::bus::registry::{Entry, Registry, Target};
 use crate::event::Event;
-use crate::history::History;
 use crate::limits::Limits;
 use crate::log::{EventLog, LogError, LogStatus};
-use crate::native::{AsyncHandler, BoxFuture, CatchUnwind, SyncHandler, panic_message};
 use crate::outcome::{Delivery, DeliveryReport, DropReason, Failure, Outcome};
 use crate::pattern::{Pattern, PatternError};
 use crate::plugin::PluginInfo;
-use crate::port::{BusPort, Captured, FollowUps};
-use crate::registry::{Entry, Registry, Target};
-use crate::worker::{Job, PluginHandle};
+use crate::plugin::engine::PluginEngine;
+use crate::plugin::port::{BusPort, Captured, FollowUps};
+use crate::plugin::worker::{Job, PluginHandle};
 
 /// Stops a helper task of the bus (the directory watcher) and waits for it.
 pub(crate) type Stopper = Box<dyn FnOnce() -> BoxFuture + Send>;
@@ -110,7 +117,7 @@ impl Subscription {
 pub struct LoadFailure {
     /// The file at fault.
     pub path: PathBuf,
-    /// Why (the [`LoadError`] text).
+    /// Why (the [`LoadError`](crate::LoadError) text).
     pub reason: String,
 }
 
@@ -464,7 +471,7 @@ impl Bus {
     fn sync_handler(
         &self,
         pattern: &str,
-        f: Box<crate::native::SyncFn>,
+        f: Box<crate::bus::native::SyncFn>,
         once: bool,
     ) -> Result<Subscription, PatternError> {
         let p = Pattern::parse(pattern)?;

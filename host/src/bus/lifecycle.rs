@@ -15,17 +15,17 @@ use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::bus::registry::{Entry, Target};
 use crate::bus::{Bus, Shared, info, lock};
-use crate::catch_up::Cursor;
 use crate::dead_letter::DeadLetters;
 use crate::manifest::CatchUp;
 use crate::pattern::Pattern;
+use crate::plugin::catch_up::Cursor;
+use crate::plugin::port::BusPort;
+use crate::plugin::recovery::KeptState;
+use crate::plugin::worker::{PluginHandle, Worker, WorkerState};
 use crate::plugin::{Instance, LoadError, LoadErrorKind, PluginCheck, PluginInfo, PluginSpec};
-use crate::port::BusPort;
-use crate::recovery::KeptState;
-use crate::registry::{Entry, Target};
 use crate::stats::StatsCell;
-use crate::worker::{PluginHandle, Worker, WorkerState};
 
 /// The narrow handle plugin code gets to the bus.
 fn port(shared: &Arc<Shared>) -> Weak<dyn BusPort> {
@@ -75,7 +75,8 @@ fn spawn(
     // previous run kept there, then catches up from just after it.
     let resume = match &shared.log {
         Some(log) if prepared.spec.has_state() => {
-            match crate::recovery::load(&crate::recovery::snapshot_path(log.dir(), &prepared.spec.name)) {
+            match crate::plugin::recovery::load(&crate::plugin::recovery::snapshot_path(log.dir(), &prepared.spec.name))
+            {
                 Ok(snapshot) => snapshot,
                 Err(reason) => {
                     tracing::warn!(plugin = &*prepared.spec.name, %reason, "kept snapshot unusable; the plugin starts empty");
@@ -94,7 +95,7 @@ fn spawn(
             if let Some(seq) = resume.as_ref().and_then(|s| s.seq) {
                 cursor = cursor.starting_at(seq + 1);
             }
-            let plan = crate::catch_up::Plan {
+            let plan = crate::plugin::catch_up::Plan {
                 log: log.clone(),
                 cursor,
                 ready: ready_tx,
@@ -125,7 +126,7 @@ fn spawn(
         KeptState {
             file: shared.log.as_ref().map(|log| {
                 (
-                    crate::recovery::snapshot_path(log.dir(), &spec.name),
+                    crate::plugin::recovery::snapshot_path(log.dir(), &spec.name),
                     log.options().durability != crate::Durability::Off,
                 )
             }),

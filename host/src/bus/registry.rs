@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::native::{AsyncHandler, SyncHandler};
+use crate::bus::native::{AsyncHandler, SyncHandler};
 use crate::pattern::Pattern;
-use crate::worker::PluginHandle;
+use crate::plugin::worker::PluginHandle;
 
 /// What a subscription leads to.
 #[derive(Clone)]
@@ -98,7 +98,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::native::SyncHandler;
+    use crate::bus::native::SyncHandler;
 
     fn entry(seq: u64) -> Entry {
         Entry {

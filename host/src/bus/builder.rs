@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 
+use crate::bus::history::History;
 use crate::bus::{Bus, FailureHook, LoadFailure, Parts, Shared, lock};
-use crate::engine::PluginEngine;
 use crate::error::Error;
 use crate::event::Event;
-use crate::history::History;
 use crate::limits::Limits;
 use crate::log::{Durability, EventLog, LogOptions};
 use crate::outcome::Failure;
+use crate::plugin::engine::PluginEngine;
 
 /// Where compiled artifacts are cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub struct BusBuilder {
     on_failure: Option<FailureHook>,
     log_dir: Option<PathBuf>,
     log_options: LogOptions,
-    pub(crate) follow_ups: crate::port::FollowUps,
+    pub(crate) follow_ups: crate::plugin::port::FollowUps,
 }
 
 impl Bus {
@@ -59,7 +59,7 @@ impl BusBuilder {
             on_failure: None,
             log_dir: None,
             log_options: LogOptions::default(),
-            follow_ups: crate::port::FollowUps::Publish,
+            follow_ups: crate::plugin::port::FollowUps::Publish,
         }
     }
 
@@ -221,7 +221,7 @@ impl BusBuilder {
                 .plugin_dir
                 .clone()
                 .ok_or_else(|| Error::Watch("watch(true) needs a plugin_dir".into()))?;
-            let handle = crate::watch::start(Arc::downgrade(&bus.shared), dir.clone(), &bus.shared.runtime)
+            let handle = crate::bus::watch::start(Arc::downgrade(&bus.shared), dir.clone(), &bus.shared.runtime)
                 .map_err(|e| Error::Watch(format!("{}: {e}", dir.display())))?;
             bus.shared.set_watcher(Box::new(move || Box::pin(handle.stop())));
         }

@@ -24,10 +24,10 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::bindings::Observer;
 use crate::cache::ArtifactCache;
-use crate::ctx::PluginCtx;
 use crate::manifest::MAX_MEMORY_MIB;
+use crate::plugin::bindings::Observer;
+use crate::plugin::ctx::PluginCtx;
 
 /// Period of the epoch ticker: the granularity of wall-clock deadlines. One
 /// millisecond keeps a 100 ms deadline within 1% while the ticker thread

@@ -16,14 +16,14 @@ use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::plugbus::observer::{host, types};
-use crate::determinism::Determinism;
 use crate::event::Event;
 use crate::limits::{Limits, MAX_CASCADE_DEPTH};
 use crate::manifest::DirGrant;
 use crate::outcome::GuestAbort;
 use crate::pattern::validate_event_name;
-use crate::port::{BusPort, Captured};
+use crate::plugin::bindings::plugbus::observer::{host, types};
+use crate::plugin::determinism::Determinism;
+use crate::plugin::port::{BusPort, Captured};
 use crate::text::truncate;
 
 /// Largest payload a plugin may emit, in bytes. Bounds host memory per emit;
