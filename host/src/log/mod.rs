@@ -12,8 +12,8 @@
 //! | `batched` (default) | the next group sync (every [`LogOptions::sync_interval`], 5 ms) is done | every durable event, and every written one | every durable event |
 //! | `off` | written to the OS (page cache) | every durable event | what the OS had flushed |
 //!
-//! A plain `emit` never waits: its event is written in the writer's next
-//! batch (microseconds later). What a crash can lose is only what had not
+//! A plain `emit` never waits: its event is written within a millisecond
+//! (the writer groups frames into one `write` of up to 256 KiB or 1 ms). What a crash can lose is only what had not
 //! reached the writer yet, plus, on power loss, what was not synced. On
 //! reopening, a frame cut short by the crash (a *torn tail*) is truncated
 //! with a warning; damage anywhere else is an error naming file and offset.

@@ -71,6 +71,14 @@ const OVERFLOW_REPORT_EVERY: Duration = Duration::from_secs(1);
 /// Most bytes encoded before one `write`: bounds the batch buffer while
 /// keeping the syscall count low at high rates.
 const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Under `batched` and `off`, encoded frames wait for more before one
+/// `write`, until there are this many bytes…
+const COALESCE_BYTES: usize = 256 << 10;
+/// …or the oldest has waited this long. Without it a writer that keeps up
+/// makes one `write` per event; 1 ms is a fifth of the group-sync period, so
+/// durable acknowledgements are not delayed beyond it, and a reader of the
+/// log (catch-up, `plugbus log tail`) sees an event at most 1 ms later.
+const COALESCE_TIME: Duration = Duration::from_millis(1);
 
 /// A segment that is not written any more, kept for retention.
 struct Sealed {
@@ -95,6 +103,8 @@ pub(crate) struct Writer {
     failed: Option<Arc<str>>,
     /// Highest sequence number encoded into `buf`, written or not.
     written_pending: u64,
+    /// When the oldest frame not yet written was encoded.
+    unwritten_since: Option<Instant>,
     /// The segment being appended to.
     active_path: PathBuf,
 }
@@ -126,6 +136,7 @@ impl Writer {
             reported_lost: 0,
             failed: None,
             written_pending: written,
+            unwritten_since: None,
             active_path,
         }
     }
@@ -135,21 +146,20 @@ impl Writer {
         self.apply_retention();
         let mut closing = false;
         while !closing {
-            let first = if self.durable < self.written && self.options.durability == Durability::Batched {
-                let due = self.options.sync_interval.saturating_sub(self.last_sync.elapsed());
-                match rx.recv_timeout(due) {
+            let first = match self.next_deadline() {
+                Some(wait) => match rx.recv_timeout(wait) {
                     Ok(msg) => Some(msg),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => Some(Msg::Close),
-                }
-            } else {
-                Some(rx.recv().unwrap_or(Msg::Close))
+                },
+                None => Some(rx.recv().unwrap_or(Msg::Close)),
             };
+            let mut taken = 0usize;
             let mut next = first;
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Append(seq, event) => {
-                        self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                        taken += 1;
                         self.append(seq, &event);
                     }
                     Msg::Close => {
@@ -162,7 +172,16 @@ impl Writer {
                 }
                 next = rx.try_recv().ok();
             }
-            self.write_out();
+            // One atomic per batch, not per event: the emitter's counter
+            // stays off this thread's cache line most of the time.
+            self.shared.queued.fetch_sub(taken, Ordering::AcqRel);
+            let write_due = closing
+                || self.options.durability == Durability::Always
+                || self.buf.len() >= COALESCE_BYTES
+                || self.unwritten_since.is_some_and(|t| t.elapsed() >= COALESCE_TIME);
+            if write_due {
+                self.write_out();
+            }
             self.sync(closing);
             self.report_overflow();
         }
@@ -170,6 +189,21 @@ impl Writer {
         p.closed = true;
         self.shared.progress.send_replace(p);
         tracing::debug!(dir = %self.dir.display(), written = self.written, "event log closed");
+    }
+
+    /// How long the thread may wait for the next message: until encoded
+    /// frames must be written, or the group sync is due; `None`: no limit.
+    fn next_deadline(&self) -> Option<Duration> {
+        let write = self
+            .unwritten_since
+            .map(|t| COALESCE_TIME.saturating_sub(t.elapsed()));
+        let unsynced = self.durable < self.written_pending;
+        let sync = (unsynced && self.options.durability == Durability::Batched)
+            .then(|| self.options.sync_interval.saturating_sub(self.last_sync.elapsed()));
+        match (write, sync) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn append(&mut self, seq: u64, event: &Event) {
@@ -188,10 +222,12 @@ impl Writer {
         }
         segment::encode(&mut self.buf, seq, event);
         self.written_pending = seq;
+        self.unwritten_since.get_or_insert_with(Instant::now);
     }
 
     /// Writes the encoded batch with one `write`.
     fn write_out(&mut self) {
+        self.unwritten_since = None;
         if self.buf.is_empty() {
             return;
         }
@@ -215,6 +251,10 @@ impl Writer {
             Durability::Batched => force || self.last_sync.elapsed() >= self.options.sync_interval,
             Durability::Off => force,
         };
+        if due {
+            // A sync covers everything encoded so far.
+            self.write_out();
+        }
         if due && self.durable < self.written && self.failed.is_none() {
             match self.file.sync_data() {
                 Ok(()) => {
