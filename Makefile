@@ -29,6 +29,7 @@ WASM_COMPONENT_LD := $(shell rustc --print sysroot 2>/dev/null)/lib/rustlib/$(HO
 C_FLAGS    := --target=wasm32-wasi --sysroot=/usr -mexec-model=reactor -O2 -Wall -Wextra -Werror \
 	-fuse-ld=$(WASM_COMPONENT_LD) -Wl,--wasm-ld-path=$(WASM_LD) -Wl,--strip-debug
 C_BINDINGS := target/c-bindings
+C_STATE_BINDINGS := target/c-bindings-stateful
 VENV       := $(TOOLS)/venv
 COMPONENTIZE_PY  := $(VENV)/bin/componentize-py
 COMPONENTIZE_QJS := $(TOOLS)/js/node_modules/.bin/componentize-qjs
@@ -36,12 +37,14 @@ COMPONENTIZE_QJS := $(TOOLS)/js/node_modules/.bin/componentize-qjs
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # The guest-language plugins: name, source, and how to build it.
-C_PLUGINS  := event-counter:plugins/event-counter/event_counter.c tokens-c:plugins/fixtures/tokens-c/tokens.c
+C_PLUGINS  := tokens-c:plugins/fixtures/tokens-c/tokens.c
+# C plugins that export `state` (world stateful-observer, bindings of their own).
+C_STATE_PLUGINS := event-counter:plugins/event-counter/event_counter.c
 PY_PLUGINS := secret-scanner:plugins/secret-scanner:secret_scanner tokens-py:plugins/fixtures/tokens-py:tokens
-JS_PLUGINS := latency-watch:plugins/latency-watch/latency-watch.js tokens-js:plugins/fixtures/tokens-js/tokens.js
+JS_PLUGINS := tokens-js:plugins/fixtures/tokens-js/tokens.js
 # Plugins that export `state` (world stateful-observer).
 PY_STATE_PLUGINS := state-py:plugins/fixtures/state-py:state
-JS_STATE_PLUGINS := state-js:plugins/fixtures/state-js/state.js
+JS_STATE_PLUGINS := latency-watch:plugins/latency-watch/latency-watch.js state-js:plugins/fixtures/state-js/state.js
 # Which of them are first-party plugins (into plugins/dist) rather than fixtures.
 LANG_DIST  := event-counter secret-scanner latency-watch
 
@@ -103,10 +106,16 @@ rust-plugins: setup-rust
 lang-plugins: setup
 	@mkdir -p $(DIST) $(TEST_WASM)
 	$(CARGO) run -q -p plugbus -- -q bindgen c --wit wit --out $(C_BINDINGS) >/dev/null
+	$(CARGO) run -q -p plugbus -- -q bindgen c --wit wit --world stateful-observer --out $(C_STATE_BINDINGS) >/dev/null
 	@for spec in $(C_PLUGINS); do name=$${spec%%:*}; src=$${spec#*:}; \
 		echo "  C       $$name"; \
 		$(CLANG) $(C_FLAGS) -I $(C_BINDINGS) $$src $(C_BINDINGS)/observer.c $(C_BINDINGS)/observer_component_type.o \
 			-o $(TEST_WASM)/$$name.wasm || exit 1; \
+	done
+	@for spec in $(C_STATE_PLUGINS); do name=$${spec%%:*}; src=$${spec#*:}; \
+		echo "  C       $$name (stateful-observer)"; \
+		$(CLANG) $(C_FLAGS) -I $(C_STATE_BINDINGS) $$src $(C_STATE_BINDINGS)/stateful_observer.c \
+			$(C_STATE_BINDINGS)/stateful_observer_component_type.o -o $(TEST_WASM)/$$name.wasm || exit 1; \
 	done
 	@for spec in $(PY_PLUGINS); do name=$${spec%%:*}; rest=$${spec#*:}; dir=$${rest%%:*}; module=$${rest#*:}; \
 		echo "  Python  $$name"; \
@@ -174,5 +183,5 @@ fuzz: setup-rust
 	done
 
 clean:
-	rm -rf $(DIST) $(TEST_WASM) $(C_BINDINGS)
+	rm -rf $(DIST) $(TEST_WASM) $(C_BINDINGS) $(C_STATE_BINDINGS)
 	$(CARGO) clean

@@ -186,7 +186,7 @@ impl Replay {
         for file in &files {
             bus.load_plugin(file).await?;
         }
-        let reader = spawn_reader(self.log.clone(), self.from, end);
+        let reader = spawn_reader(self.log.clone(), self.from, end, self.correlation.clone());
         let result = feed(&bus, reader, self.correlation.as_deref(), &rx, &mut on_follow_up).await;
         let shutdown = bus.shutdown().await;
         let (events, follow_ups) = result?;
@@ -218,12 +218,20 @@ impl Replay {
 }
 
 /// Reads `[from, end]` of the log on a thread of its own, in batches.
-fn spawn_reader(log: PathBuf, from: u64, end: u64) -> tokio::sync::mpsc::Receiver<Result<Vec<Record>, LogError>> {
+fn spawn_reader(
+    log: PathBuf,
+    from: u64,
+    end: u64,
+    correlation: Option<String>,
+) -> tokio::sync::mpsc::Receiver<Result<Vec<Record>, LogError>> {
     // Four batches ahead: reading stays ahead of the plugins with bounded memory.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     std::thread::spawn(move || {
         let reader = match LogReader::open(&log, from) {
-            Ok(r) => r,
+            Ok(r) => match correlation {
+                Some(id) => r.correlation(id),
+                None => r,
+            },
             Err(e) => {
                 let _ = tx.blocking_send(Err(e));
                 return;

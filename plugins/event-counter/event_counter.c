@@ -7,17 +7,20 @@
 // counted under "(other)", so a stream of unique names cannot grow the
 // plugin's memory without bound.
 //
-// Bindings: `plugbus bindgen c --out build` generates observer.h/.c from the
-// WIT. Ownership follows the canonical ABI: the event argument is ours to
-// free; strings and lists we return are malloc'd and freed by the generated
-// post-return code.
+// Its counts are durable: it exports `state` (snapshot and restore), so the
+// host hands them back after a trap, a hot reload or a restart with the log.
+//
+// Bindings: `plugbus bindgen c --world stateful-observer --out build`
+// generates stateful_observer.h/.c from the WIT. Ownership follows the
+// canonical ABI: arguments are ours to free; strings and lists we return are
+// malloc'd and freed by the generated post-return code.
 
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "observer.h"
+#include "stateful_observer.h"
 
 typedef plugbus_observer_types_event_t event_t;
 
@@ -32,14 +35,14 @@ static struct {
 
 // Reads a positive integer from the manifest's [config], or `fallback`.
 static uint64_t config_u64(const char *key, uint64_t fallback) {
-    observer_string_t k, value;
-    observer_string_set(&k, key);
+    stateful_observer_string_t k, value;
+    stateful_observer_string_set(&k, key);
     if (!plugbus_observer_host_config(&k, &value)) return fallback;
     char buf[32];
     size_t n = value.len < sizeof buf - 1 ? value.len : sizeof buf - 1;
     memcpy(buf, value.ptr, n);
     buf[n] = 0;
-    observer_string_free(&value);
+    stateful_observer_string_free(&value);
     char *end;
     unsigned long long v = strtoull(buf, &end, 10);
     return (*end == 0 && v > 0) ? (uint64_t)v : fallback;
@@ -91,7 +94,7 @@ static int grow(void) {
     return 1;
 }
 
-static void count(const observer_string_t *name) {
+static void count(const stateful_observer_string_t *name) {
     total++;
     entry_t *e = capacity ? find(slots, capacity, name->ptr, name->len) : NULL;
     if (e != NULL && e->name != NULL) {
@@ -175,13 +178,13 @@ static int by_count_then_name(const void *a, const void *b) {
 }
 
 static void log_line(plugbus_observer_host_level_t level, const char *text, size_t len) {
-    observer_string_t message = {(uint8_t *)text, len};
+    stateful_observer_string_t message = {(uint8_t *)text, len};
     plugbus_observer_host_log(level, &message);
 }
 
 // Logs the table and emits it as `stats.event_counts`. Returns 0 if the host
 // refused the follow-up event (its message goes to `err`).
-static int report(observer_string_t *err) {
+static int report(stateful_observer_string_t *err) {
     entry_t **rows = malloc((distinct ? distinct : 1) * sizeof *rows);
     if (rows == NULL) return 1;  // no memory for a report: skip this one
     size_t n = 0;
@@ -223,8 +226,8 @@ static int report(observer_string_t *err) {
     int ok = 1;
     if (!line.failed) log_line(PLUGBUS_OBSERVER_TYPES_LEVEL_INFO, line.data, line.len);
     if (!json.failed) {
-        observer_string_t name, payload = {(uint8_t *)json.data, json.len};
-        observer_string_set(&name, "stats.event_counts");
+        stateful_observer_string_t name, payload = {(uint8_t *)json.data, json.len};
+        stateful_observer_string_set(&name, "stats.event_counts");
         ok = plugbus_observer_host_emit(&name, &payload, err);
     }
     free(line.data);
@@ -234,14 +237,14 @@ static int report(observer_string_t *err) {
 
 // ---- the exports --------------------------------------------------------------
 
-void exports_plugbus_observer_handler_subscriptions(observer_list_string_t *ret) {
+void exports_plugbus_observer_handler_subscriptions(stateful_observer_list_string_t *ret) {
     static const char pattern[] = "**";
     ret->len = 1;
     ret->ptr = malloc(sizeof *ret->ptr);
-    observer_string_dup(&ret->ptr[0], pattern);
+    stateful_observer_string_dup(&ret->ptr[0], pattern);
 }
 
-bool exports_plugbus_observer_handler_on_event(event_t *event, observer_string_t *err) {
+bool exports_plugbus_observer_handler_on_event(event_t *event, stateful_observer_string_t *err) {
     if (!config.loaded) load_config();
     bool ok = true;
     static const char own[] = "stats.event_counts";
@@ -252,5 +255,82 @@ bool exports_plugbus_observer_handler_on_event(event_t *event, observer_string_t
         if (total % config.every == 0) ok = report(err);
     }
     plugbus_observer_types_event_free(event);
+    return ok;
+}
+
+// ---- state: snapshot and restore ----------------------------------------------
+//
+// Little-endian binary: "EC01", total (u64), other (u64), entries (u32), then
+// per entry its count (u64), name length (u32) and name bytes.
+
+static void put_le(buf_t *b, uint64_t v, int bytes) {
+    char raw[8];
+    for (int i = 0; i < bytes; i++) raw[i] = (char)(v >> (8 * i));
+    put(b, raw, (size_t)bytes);
+}
+
+static uint64_t get_le(const uint8_t *p, int bytes) {
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+static void set_err(stateful_observer_string_t *err, const char *text) {
+    stateful_observer_string_dup(err, text);
+}
+
+bool exports_plugbus_observer_state_snapshot(stateful_observer_list_u8_t *ret, stateful_observer_string_t *err) {
+    buf_t b = {0};
+    put(&b, "EC01", 4);
+    put_le(&b, total, 8);
+    put_le(&b, other, 8);
+    put_le(&b, distinct, 4);
+    for (size_t i = 0; i < capacity; i++) {
+        if (!slots[i].name) continue;
+        put_le(&b, slots[i].count, 8);
+        put_le(&b, slots[i].len, 4);
+        put(&b, slots[i].name, slots[i].len);
+    }
+    if (b.failed) {
+        free(b.data);
+        set_err(err, "out of memory for a snapshot");
+        return false;
+    }
+    ret->ptr = (uint8_t *)b.data;
+    ret->len = b.len;
+    return true;
+}
+
+bool exports_plugbus_observer_state_restore(stateful_observer_list_u8_t *state, stateful_observer_string_t *err) {
+    if (!config.loaded) load_config();
+    const uint8_t *p = state->ptr, *end = state->ptr + state->len;
+    bool ok = false;
+    if (state->len < 24 || memcmp(p, "EC01", 4) != 0) {
+        set_err(err, "not an event-counter snapshot");
+        goto done;
+    }
+    uint64_t saved_total = get_le(p + 4, 8), saved_other = get_le(p + 12, 8);
+    size_t entries = (size_t)get_le(p + 20, 4);
+    p += 24;
+    for (size_t i = 0; i < entries; i++) {
+        if (end - p < 12) goto cut;
+        uint64_t n = get_le(p, 8);
+        size_t len = (size_t)get_le(p + 8, 4);
+        p += 12;
+        if ((size_t)(end - p) < len) goto cut;
+        stateful_observer_string_t name = {(uint8_t *)p, len};
+        count(&name);  // a new entry with count 1, or "(other)"
+        entry_t *e = capacity ? find(slots, capacity, p, len) : NULL;
+        if (e != NULL && e->name != NULL) e->count = n;
+        p += len;
+    }
+    total = saved_total;
+    other = saved_other;
+    ok = true;
+    goto done;
+cut:
+    set_err(err, "event-counter snapshot cut short");
+done:
+    stateful_observer_list_u8_free(state);
     return ok;
 }

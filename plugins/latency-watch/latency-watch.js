@@ -15,11 +15,15 @@
 //
 // Host calls are not possible while the engine snapshots the module at build
 // time, so configuration is read on the first event, never at import.
+//
+// Its windows are durable: it exports `state` (world `stateful-observer`), so
+// the host snapshots them and hands them back after a trap, a hot reload or a
+// restart with the event log, and the p95s go on from where they were.
 
 import * as host from "plugbus:observer/host@0.1.1";
 
 let settings = null;
-const windows = new Map(); // key -> { samples: number[], next: number, count: number }
+let windows = new Map(); // key -> { samples: number[], next: number, count: number }
 let seen = 0;
 
 function configNumber(key, fallback) {
@@ -123,5 +127,36 @@ export const handler = {
     }
     seen += 1;
     if (settings.reportEvery > 0 && seen % settings.reportEvery === 0) report();
+  },
+};
+
+// Text to bytes and back as UTF-8 (QuickJS has no TextEncoder).
+function utf8(text) {
+  return Uint8Array.from(unescape(encodeURIComponent(text)), (c) => c.charCodeAt(0));
+}
+
+function fromUtf8(bytes) {
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 8192) {
+    text += String.fromCharCode(...bytes.subarray(i, i + 8192));
+  }
+  return decodeURIComponent(escape(text));
+}
+
+export const state = {
+  snapshot() {
+    return utf8(JSON.stringify({ seen, windows: [...windows.entries()] }));
+  },
+
+  restore(bytes) {
+    let kept;
+    try {
+      kept = JSON.parse(fromUtf8(bytes));
+    } catch (e) {
+      throw `not a latency-watch snapshot: ${e}`;
+    }
+    if (!Array.isArray(kept.windows)) throw "not a latency-watch snapshot: no windows";
+    seen = kept.seen ?? 0;
+    windows = new Map(kept.windows);
   },
 };

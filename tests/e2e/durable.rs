@@ -777,3 +777,56 @@ fn plugin_state_comes_back_after_the_server_is_killed() {
         "{stderr}"
     );
 }
+
+/// `plugbus log tail` prints the last events, then follows the log as
+/// another process appends to it.
+#[test]
+fn log_tail_follows_a_growing_log() {
+    use std::io::BufRead;
+    let log = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir(&[]);
+    // Appends events to the log from another process.
+    let run = |names: &[&str]| {
+        let input = log.path().join("in.jsonl");
+        let lines: Vec<String> = names.iter().map(|n| json!({ "name": n }).to_string()).collect();
+        std::fs::write(&input, lines.join("\n")).unwrap();
+        let out = Command::new(plugbus_bin())
+            .args(["run", "--plugins", plugins.path().to_str().unwrap(), "--log"])
+            .arg(log.path().join("events"))
+            .arg(&input)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["a.one", "a.two", "a.three"]);
+    let mut tail = Command::new(plugbus_bin())
+        .args(["log", "tail", "--json", "-n", "2", "--log"])
+        .arg(log.path().join("events"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A tail that never prints must fail the test, not hang it.
+    let pid = tail.id().to_string();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let finished = done.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        if !finished.load(std::sync::atomic::Ordering::Acquire) {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+        }
+    });
+    let mut lines = std::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    assert_eq!(next()["name"], "a.two", "the last two events first");
+    assert_eq!(next()["name"], "a.three");
+    run(&["b.four"]);
+    let followed = next();
+    assert_eq!(
+        (followed["name"].as_str(), followed["seq"].as_u64()),
+        (Some("b.four"), Some(4))
+    );
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+    done.store(true, std::sync::atomic::Ordering::Release);
+}

@@ -316,3 +316,56 @@ async fn python_and_javascript_plugins_keep_their_state_across_restarts() {
         bus.shutdown().await;
     }
 }
+
+/// The first-party C and JavaScript plugins export `state`: event-counter's
+/// counts and latency-watch's windows come back on a new bus over the same
+/// log, from the snapshots taken when the first one stopped.
+#[tokio::test]
+async fn event_counter_and_latency_watch_keep_their_state_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    for plugin in ["event-counter", "latency-watch"] {
+        std::fs::copy(support::lang_wasm(plugin), dir.path().join(format!("{plugin}.wasm"))).unwrap();
+    }
+    std::fs::write(dir.path().join("event-counter.toml"), "[config]\nevery = \"3\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("latency-watch.toml"),
+        "[limits]\nfuel = 200_000_000\n[config]\nthreshold_ms = \"1000\"\n",
+    )
+    .unwrap();
+    let log = tempfile::tempdir().unwrap();
+    let open = || async {
+        let bus = Bus::builder()
+            .plugin_dir(dir.path())
+            .cache_dir(support::shared_cache())
+            .log_dir(log.path())
+            .build()
+            .await
+            .unwrap();
+        assert!(bus.load_failures().is_empty(), "{:?}", bus.load_failures());
+        bus
+    };
+    let call = |ms: u64| json!({ "tool": "search", "latency_ms": ms });
+    let bus = open().await;
+    for _ in 0..2 {
+        bus.emit_and_wait("tool.called", call(10)).await;
+    }
+    bus.shutdown().await;
+
+    let bus = open().await;
+    let counts = Recorder::attach(&bus, "stats.event_counts");
+    let alerts = Recorder::attach(&bus, "alert.latency");
+    bus.emit_and_wait("tool.called", call(5000)).await;
+    bus.flush().await;
+    // The third event overall: event-counter's `every = 3` report fires.
+    let report = payloads(&counts, "stats.event_counts");
+    assert_eq!(report.len(), 1, "event-counter kept its count of 2");
+    assert_eq!(report[0]["total"], 3);
+    let alert = payloads(&alerts, "alert.latency");
+    assert_eq!(alert.len(), 1);
+    assert_eq!(
+        alert[0]["samples"], 3,
+        "latency-watch kept its two samples: {}",
+        alert[0]
+    );
+    bus.shutdown().await;
+}

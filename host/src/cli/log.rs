@@ -166,7 +166,11 @@ impl Matcher {
 /// Prints matching events from `from`; returns the last sequence number read.
 fn print_from(dir: &Path, from: u64, m: &Matcher, out: &mut impl Write) -> anyhow::Result<Option<u64>> {
     let mut last = None;
-    for record in LogReader::open(dir, from)? {
+    let mut reader = LogReader::open(dir, from)?;
+    if let Some(id) = &m.correlation {
+        reader = reader.correlation(id.clone());
+    }
+    for record in reader {
         let record = record?;
         last = Some(record.seq);
         if m.matches(&record) {

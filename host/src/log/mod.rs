@@ -20,12 +20,14 @@
 //!
 //! # Layout
 //! - `segment`: the file format, encoding and checked reading;
+//! - `index`: per-segment correlation-id sidecars;
 //! - `writer`: the thread that owns the active segment (batching, syncing,
 //!   rolling, retention, overflow accounting);
 //! - this module: [`EventLog`] (the writing handle the bus holds),
 //!   [`LogReader`] (reading any log directory, also while it is written) and
 //!   [`LogStats`].
 
+mod index;
 mod segment;
 mod writer;
 
@@ -39,6 +41,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use index::CorrelationIndex;
 pub use segment::Record;
 use segment::{Damage, SegmentReader, list_segments};
 pub(crate) use writer::sync_dir;
@@ -242,12 +245,12 @@ impl EventLog {
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
         }
         let mut segments = list_segments(&dir).map_err(io_err(&dir))?;
-        let (active_path, last_seq) = match segments.pop() {
+        let (active_path, (last_seq, index)) = match segments.pop() {
             Some((first, path)) => (path.clone(), recover(&path, first)?),
             None => {
                 let path = dir.join(segment::segment_name(1));
                 writer::create_segment(&path, &dir, options.durability).map_err(io_err(&path))?;
-                (path, 0)
+                (path, (0, CorrelationIndex::default()))
             }
         };
         let file = std::fs::OpenOptions::new()
@@ -286,6 +289,7 @@ impl EventLog {
             last_seq,
             sealed,
             shared.clone(),
+            index,
         );
         let thread = std::thread::Builder::new()
             .name("plugbus-log".into())
@@ -459,8 +463,11 @@ impl std::fmt::Debug for EventLog {
 
 /// Checks the last segment of a log being opened for writing; truncates a
 /// torn tail. Returns the last sequence number in it (or the one before its
-/// first, when it is empty).
-fn recover(path: &Path, first: u64) -> Result<u64, LogError> {
+/// first, when it is empty), and its correlation index so far.
+fn recover(path: &Path, first: u64) -> Result<(u64, CorrelationIndex), LogError> {
+    let mut index = CorrelationIndex::default();
+    // A sidecar of the active segment would go stale as it grows.
+    let _ = std::fs::remove_file(index::index_path(path));
     let corrupt = |offset, reason| LogError::Corrupt {
         path: path.to_owned(),
         offset,
@@ -471,14 +478,21 @@ fn recover(path: &Path, first: u64) -> Result<u64, LogError> {
         Err(d) => Some(d),
         Ok(mut r) => loop {
             match r.next_frame(0).map_err(io_err(path))? {
-                Ok(Some(frame)) => last = frame.seq,
+                Ok(Some(frame)) => {
+                    last = frame.seq;
+                    if let Ok(record) = frame.record()
+                        && let Some(correlation) = &record.correlation_id
+                    {
+                        index.add(correlation, frame.seq);
+                    }
+                }
                 Ok(None) => break None,
                 Err(d) => break Some(d),
             }
         },
     };
     match damage {
-        None => Ok(last),
+        None => Ok((last, index)),
         Some(Damage::Corrupt { offset, reason }) => Err(corrupt(offset, reason)),
         Some(Damage::TornTail { offset, reason }) => {
             let file = std::fs::OpenOptions::new()
@@ -502,7 +516,7 @@ fn recover(path: &Path, first: u64) -> Result<u64, LogError> {
                 last_seq = last,
                 "event log: torn tail truncated ({reason})"
             );
-            Ok(last)
+            Ok((last, index))
         }
     }
 }
@@ -526,6 +540,11 @@ pub struct LogReader {
     current: Option<(PathBuf, SegmentReader, bool)>,
     from: u64,
     done: bool,
+    /// Only the events of this correlation id.
+    correlation: Option<String>,
+    /// In the current segment, the sequence numbers its correlation index
+    /// lists for `correlation` (none: scanning).
+    wanted: Option<std::collections::VecDeque<u64>>,
 }
 
 impl LogReader {
@@ -545,7 +564,17 @@ impl LogReader {
             current: None,
             from,
             done: false,
+            correlation: None,
+            wanted: None,
         })
+    }
+
+    /// Only the events whose correlation id is `id`. Sealed segments are
+    /// looked up in their correlation index (those without `id` are not
+    /// even opened); the active one is scanned.
+    pub fn correlation(mut self, id: impl Into<String>) -> LogReader {
+        self.correlation = Some(id.into());
+        self
     }
 
     fn advance(&mut self) -> Result<Option<segment::Frame>, LogError> {
@@ -556,6 +585,18 @@ impl LogReader {
                 };
                 let last = self.next + 1 == self.segments.len();
                 self.next += 1;
+                self.wanted = None;
+                if let Some(id) = &self.correlation
+                    && !last
+                    && let Some(seqs) = CorrelationIndex::lookup(&path, id)
+                {
+                    let wanted: std::collections::VecDeque<u64> =
+                        seqs.into_iter().filter(|s| *s >= self.from).collect();
+                    if wanted.is_empty() {
+                        continue;
+                    }
+                    self.wanted = Some(wanted);
+                }
                 let reader = match SegmentReader::open(&path, first) {
                     Ok(Ok(r)) => r,
                     Ok(Err(Damage::TornTail { .. })) if last => return Ok(None),
@@ -571,9 +612,27 @@ impl LogReader {
             let Some((path, reader, last)) = self.current.as_mut() else {
                 continue;
             };
-            match reader.next_frame(self.from).map_err(io_err(path))? {
+            let skip = match &self.wanted {
+                Some(wanted) => match wanted.front() {
+                    Some(seq) => *seq,
+                    None => {
+                        // Every indexed frame of this segment was read.
+                        self.current = None;
+                        continue;
+                    }
+                },
+                None => self.from,
+            };
+            match reader.next_frame(skip).map_err(io_err(path))? {
                 Ok(Some(frame)) if frame.seq < self.from => continue,
-                Ok(Some(frame)) => return Ok(Some(frame)),
+                Ok(Some(frame)) => {
+                    if let Some(wanted) = &mut self.wanted {
+                        while wanted.front().is_some_and(|s| *s <= frame.seq) {
+                            wanted.pop_front();
+                        }
+                    }
+                    return Ok(Some(frame));
+                }
                 Ok(None) => self.current = None,
                 Err(Damage::TornTail { .. }) if *last => return Ok(None),
                 Err(Damage::TornTail { offset, reason } | Damage::Corrupt { offset, reason }) => {
@@ -592,31 +651,44 @@ impl Iterator for LogReader {
     type Item = Result<Record, LogError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let item = match self.advance() {
-            Ok(Some(frame)) => match frame.record() {
-                Ok(record) => Ok(record),
-                Err(e) => {
-                    let path = self.current.as_ref().map(|c| c.0.clone()).unwrap_or_default();
-                    Err(LogError::Corrupt {
-                        path,
-                        offset: frame.offset,
-                        reason: format!("frame {} holds invalid JSON: {e}", frame.seq),
-                    })
-                }
-            },
-            Ok(None) => {
-                self.done = true;
+        loop {
+            if self.done {
                 return None;
             }
-            Err(e) => Err(e),
-        };
-        if item.is_err() {
-            self.done = true;
+            let item = match self.advance() {
+                Ok(Some(frame)) => match frame.record() {
+                    Ok(record) => Ok(record),
+                    Err(e) => {
+                        let path = self.current.as_ref().map(|c| c.0.clone()).unwrap_or_default();
+                        Err(LogError::Corrupt {
+                            path,
+                            offset: frame.offset,
+                            reason: format!("frame {} holds invalid JSON: {e}", frame.seq),
+                        })
+                    }
+                },
+                Ok(None) => {
+                    self.done = true;
+                    return None;
+                }
+                Err(e) => Err(e),
+            };
+            match item {
+                Ok(record)
+                    if self
+                        .correlation
+                        .as_deref()
+                        .is_some_and(|c| record.correlation_id.as_deref() != Some(c)) =>
+                {
+                    continue;
+                }
+                Ok(record) => return Some(Ok(record)),
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
         }
-        Some(item)
     }
 }
 
@@ -810,6 +882,65 @@ mod tests {
         assert_eq!(*reports.lock().unwrap(), [(3, 1, 3)]);
         let stats = LogStats::read(dir.path()).unwrap();
         assert_eq!((stats.events, stats.gaps), (1, 3));
+    }
+
+    #[tokio::test]
+    async fn sealed_segments_index_correlation_ids_and_a_missing_index_means_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = LogOptions {
+            segment_bytes: 1_500,
+            ..options()
+        };
+        let log = EventLog::open(dir.path(), opts.clone()).unwrap();
+        let mut last = 0;
+        for i in 0..60u64 {
+            let run = ["a", "b", "c"][(i % 3) as usize];
+            let ev = Event::new("e", json!({ "i": i })).with_correlation_id(run);
+            last = log.append(&ev, true).0;
+        }
+        log.wait_durable(last).await.unwrap();
+        log.close();
+        drop(log);
+        let indexes = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "cidx"))
+            .count();
+        assert!(indexes >= 3, "one sidecar per sealed segment: {indexes}");
+        let of = |id: &str| -> Vec<u64> {
+            LogReader::open(dir.path(), 0)
+                .unwrap()
+                .correlation(id)
+                .map(|r| r.unwrap().seq)
+                .collect()
+        };
+        let expected: Vec<u64> = (1..=60).filter(|s| (s - 1) % 3 == 1).collect();
+        assert_eq!(of("b"), expected);
+        assert!(of("zzz").is_empty());
+        // From a sequence number, across the index.
+        let from: Vec<u64> = LogReader::open(dir.path(), 30)
+            .unwrap()
+            .correlation("b")
+            .map(|r| r.unwrap().seq)
+            .collect();
+        assert_eq!(from, expected.iter().copied().filter(|s| *s >= 30).collect::<Vec<_>>());
+        // Without sidecars (deleted, or a log from before them): the same, by scanning.
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "cidx") {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+        assert_eq!(of("b"), expected);
+        // Reopening keeps indexing the active segment, including what it held.
+        let log = EventLog::open(dir.path(), opts).unwrap();
+        for i in 0..30u64 {
+            let ev = Event::new("e", json!({ "i": i })).with_correlation_id("b");
+            last = log.append(&ev, true).0;
+        }
+        log.wait_durable(last).await.unwrap();
+        log.close();
+        let all_b = of("b");
+        assert_eq!(all_b.len(), expected.len() + 30, "{all_b:?}");
     }
 
     #[test]

@@ -97,9 +97,10 @@ pub struct Record {
     pub payload: Value,
 }
 
-/// The borrowed twin of [`Record`], written without copying the event.
+/// The borrowed twin of [`Record`] without its payload, written without
+/// copying the event; the payload follows as the event's JSON text.
 #[derive(Serialize)]
-struct RecordRef<'a> {
+struct RecordHead<'a> {
     seq: u64,
     name: &'a str,
     id: &'a str,
@@ -107,7 +108,6 @@ struct RecordRef<'a> {
     correlation_id: Option<&'a str>,
     source: &'a str,
     depth: u8,
-    payload: &'a Value,
 }
 
 impl Record {
@@ -146,7 +146,7 @@ pub(crate) fn encode(buf: &mut Vec<u8>, seq: u64, event: &Event) {
     buf.extend_from_slice(&[0; FRAME_PREFIX]);
     buf.extend_from_slice(&seq.to_le_bytes());
     buf.extend_from_slice(&event.time_unix_nanos().to_le_bytes());
-    let record = RecordRef {
+    let head = RecordHead {
         seq,
         name: event.name(),
         id: event.id(),
@@ -154,11 +154,15 @@ pub(crate) fn encode(buf: &mut Vec<u8>, seq: u64, event: &Event) {
         correlation_id: event.correlation_id(),
         source: event.source(),
         depth: event.depth(),
-        payload: event.payload(),
     };
-    // Serialising a `Value` into a `Vec` cannot fail: every key is a string
-    // and the writer is infallible.
-    serde_json::to_writer(&mut *buf, &record).expect("JSON into a Vec");
+    // Serialising plain fields into a `Vec` cannot fail.
+    serde_json::to_writer(&mut *buf, &head).expect("JSON into a Vec");
+    // `{…}` becomes `{…,"payload":<text>}`. The payload's JSON text is the
+    // one the plugins receive: serialised once per event, for both.
+    buf.pop();
+    buf.extend_from_slice(b",\"payload\":");
+    buf.extend_from_slice(event.payload_json().as_bytes());
+    buf.push(b'}');
     let len = u32::try_from(buf.len() - start - FRAME_PREFIX).unwrap_or(u32::MAX);
     let crc = crc32fast::hash(&buf[start + FRAME_PREFIX..]);
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());

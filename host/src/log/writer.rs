@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
+use super::index::CorrelationIndex;
 use super::segment::{self, MAGIC};
 use super::{Durability, LogOptions};
 use crate::event::Event;
@@ -107,6 +108,8 @@ pub(crate) struct Writer {
     unwritten_since: Option<Instant>,
     /// The segment being appended to.
     active_path: PathBuf,
+    /// Correlation ids of the active segment, sealed beside it when it rolls.
+    index: CorrelationIndex,
 }
 
 impl Writer {
@@ -120,6 +123,7 @@ impl Writer {
         written: u64,
         sealed: Vec<(PathBuf, u64)>,
         shared: Arc<WriterShared>,
+        index: CorrelationIndex,
     ) -> Writer {
         Writer {
             dir,
@@ -138,6 +142,7 @@ impl Writer {
             written_pending: written,
             unwritten_since: None,
             active_path,
+            index,
         }
     }
 
@@ -194,9 +199,7 @@ impl Writer {
     /// How long the thread may wait for the next message: until encoded
     /// frames must be written, or the group sync is due; `None`: no limit.
     fn next_deadline(&self) -> Option<Duration> {
-        let write = self
-            .unwritten_since
-            .map(|t| COALESCE_TIME.saturating_sub(t.elapsed()));
+        let write = self.unwritten_since.map(|t| COALESCE_TIME.saturating_sub(t.elapsed()));
         let unsynced = self.durable < self.written_pending;
         let sync = (unsynced && self.options.durability == Durability::Batched)
             .then(|| self.options.sync_interval.saturating_sub(self.last_sync.elapsed()));
@@ -221,6 +224,9 @@ impl Writer {
             }
         }
         segment::encode(&mut self.buf, seq, event);
+        if let Some(correlation) = event.correlation_id() {
+            self.index.add(correlation, seq);
+        }
         self.written_pending = seq;
         self.unwritten_since.get_or_insert_with(Instant::now);
     }
@@ -299,6 +305,10 @@ impl Writer {
         let old = std::mem::replace(&mut self.file, file);
         drop(old);
         let previous = std::mem::replace(&mut self.active_path, path);
+        if let Err(e) = self.index.seal(&previous) {
+            // Only a speed-up is lost: readers scan that segment.
+            tracing::warn!(file = %previous.display(), error = %e, "cannot write the correlation index");
+        }
         self.sealed.push_back(Sealed {
             path: previous,
             bytes: self.segment_bytes,
@@ -328,6 +338,7 @@ impl Writer {
             }
             match std::fs::remove_file(&oldest.path) {
                 Ok(()) => {
+                    let _ = std::fs::remove_file(super::index::index_path(&oldest.path));
                     tracing::info!(file = %oldest.path.display(), bytes = oldest.bytes, "event log segment removed by retention");
                     self.sealed.pop_front();
                 }
