@@ -830,3 +830,44 @@ fn log_tail_follows_a_growing_log() {
     tail.wait().unwrap();
     done.store(true, std::sync::atomic::Ordering::Release);
 }
+
+/// A hot-swapped version starts from its predecessor's state, without a
+/// log: token-counter (with `state`) from its final snapshot, misbehave
+/// (without) by replaying what the old version handled.
+#[tokio::test]
+async fn a_hot_swapped_version_keeps_the_previous_versions_state() {
+    let dir = plugin_dir(&["token-counter", "misbehave"]);
+    let bus = plugbus::Bus::builder().plugin_dir(dir.path()).build().await.unwrap();
+    let totals = support::Recorder::attach(&bus, "token-counter.totals");
+    let counts = support::Recorder::attach(&bus, "fixture.count");
+    for (p, c) in [(10, 1), (20, 2), (30, 3)] {
+        bus.emit(
+            "model_responded",
+            json!({"usage": {"prompt_tokens": p, "completion_tokens": c}}),
+        );
+        bus.emit("misbehave.ok", Value::Null);
+    }
+    bus.flush().await;
+    // A new manifest makes each a new version: both are replaced.
+    for (name, manifest) in [
+        ("token-counter", "[limits]\nfuel = 60_000_000\n"),
+        ("misbehave", "[limits]\nfuel = 60_000_000\n"),
+    ] {
+        std::fs::write(dir.path().join(format!("{name}.toml")), manifest).unwrap();
+        let (_, reload) = bus
+            .reload_plugin(dir.path().join(format!("{name}.wasm")))
+            .await
+            .unwrap();
+        assert_eq!(reload, plugbus::Reload::Replaced);
+    }
+    bus.emit("token-counter.report", Value::Null);
+    bus.emit("misbehave.count", Value::Null);
+    bus.flush().await;
+    assert_eq!(totals.events()[0].payload(), &json!({"tokens": 66, "events": 3}));
+    assert_eq!(
+        counts.events()[0].payload()["seen"],
+        4,
+        "three before the swap, this one after"
+    );
+    bus.shutdown().await;
+}

@@ -22,7 +22,7 @@ use crate::manifest::CatchUp;
 use crate::pattern::Pattern;
 use crate::plugin::catch_up::Cursor;
 use crate::plugin::port::BusPort;
-use crate::plugin::recovery::KeptState;
+use crate::plugin::recovery::{KeptState, Recovery};
 use crate::plugin::worker::{PluginHandle, Worker, WorkerState};
 use crate::plugin::{Instance, LoadError, LoadErrorKind, PluginCheck, PluginInfo, PluginSpec};
 use crate::stats::StatsCell;
@@ -69,7 +69,7 @@ fn spawn(
     prepared: Prepared,
     seq: u64,
     stats: Arc<StatsCell>,
-    gate: Option<oneshot::Receiver<()>>,
+    gate: Option<oneshot::Receiver<Option<Recovery>>>,
 ) -> (Arc<PluginHandle>, Option<Handshake>) {
     // A stateful plugin on a bus with a log resumes from the snapshot a
     // previous run kept there, then catches up from just after it.
@@ -116,6 +116,7 @@ fn spawn(
     let (stop_tx, stop_rx) = oneshot::channel();
     let state = Arc::new(WorkerState::default());
     let dead_letters = Arc::new(DeadLetters::new(&spec.name, shared.log.as_ref().map(|l| l.dir())));
+    let handoff = Arc::new(Mutex::new(None));
     let worker = Worker::new(
         spec.clone(),
         prepared.instance,
@@ -131,6 +132,7 @@ fn spawn(
                 )
             }),
             resume,
+            handoff: Some(handoff.clone()),
         },
     );
     let task = shared.runtime.spawn(worker.run(rx, stop_rx, gate, plan));
@@ -142,6 +144,7 @@ fn spawn(
         stats,
         state,
         dead_letters,
+        handoff,
         reload_error: Mutex::new(None),
         stop: Mutex::new(Some(stop_tx)),
         task: Mutex::new(Some(task)),
@@ -275,7 +278,9 @@ impl Bus {
         // From here on no publish reaches the old queue; let it drain, then
         // open the gate for the new version.
         old.stop_and_join().await;
-        let _ = gate_tx.send(());
+        // The old version left its state: the new one starts from it.
+        let state = lock(&old.handoff).take();
+        let _ = gate_tx.send(state);
         tracing::info!(plugin = %name, file = %path.display(), from = &old.spec.version[..12], to = &new.spec.version[..12], "plugin replaced");
         Ok((info(&new), Reload::Replaced))
     }

@@ -93,6 +93,8 @@ pub(crate) fn load(path: &Path) -> Result<Option<Snapshot>, String> {
 pub(crate) struct KeptState {
     pub file: Option<(PathBuf, bool)>,
     pub resume: Option<Snapshot>,
+    /// Where to leave the final state for a hot-swapped successor.
+    pub handoff: Option<Arc<std::sync::Mutex<Option<Recovery>>>>,
 }
 
 /// Owned by the plugin's worker alone.

@@ -146,6 +146,8 @@ pub(crate) struct Worker {
     resume: Option<Snapshot>,
     /// Sequence number of the last event the plugin handled.
     last_seq: Option<u64>,
+    /// Where the worker leaves its state when it stops, for a successor.
+    handoff: Option<Arc<std::sync::Mutex<Option<Recovery>>>>,
 }
 
 impl Worker {
@@ -175,6 +177,7 @@ impl Worker {
             snapshot_file: kept.file,
             resume: kept.resume,
             last_seq: None,
+            handoff: kept.handoff,
         }
     }
 
@@ -186,7 +189,7 @@ impl Worker {
         mut self,
         mut rx: mpsc::Receiver<Job>,
         mut stop: oneshot::Receiver<()>,
-        gate: Option<oneshot::Receiver<()>>,
+        gate: Option<oneshot::Receiver<Option<Recovery>>>,
         catch_up: Option<crate::plugin::catch_up::Plan>,
     ) {
         let _finished = FinishGuard(self.state.clone());
@@ -205,7 +208,9 @@ impl Worker {
         }
         if let Some(gate) = gate {
             // An error only means the swap was abandoned: run anyway.
-            let _ = gate.await;
+            if let Ok(Some(predecessor)) = gate.await {
+                self.take_over(predecessor).await;
+            }
         }
         let mut stopping = false;
         loop {
@@ -242,12 +247,66 @@ impl Worker {
                 bus.job_done();
             }
         }
-        // The queue is drained: keep the final state for the next run.
+        // The queue is drained: keep the final state for the next run, and
+        // for a hot-swapped successor.
         if self.recovery.handled_since_snapshot() > 0 {
             self.take_snapshot(self.last_seq).await;
         }
+        if let Some(slot) = &self.handoff {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::mem::take(&mut self.recovery));
+        }
         // `_finished` marks the state unloaded when it drops, panics included.
         tracing::debug!(plugin = &*self.spec.name, "plugin worker stopped");
+    }
+
+    /// A hot-swapped version on a bus without a log starts from its
+    /// predecessor's state: the predecessor's last snapshot restored (if this
+    /// version's `restore` accepts it) and the events it handled since
+    /// replayed, as after a trap. With a log the kept snapshot and the log
+    /// already did this (see `resume_from`).
+    async fn take_over(&mut self, predecessor: Recovery) {
+        if self.snapshot_file.is_some() {
+            return;
+        }
+        self.recovery = predecessor;
+        let spec = self.spec.clone();
+        let Some(mut instance) = self.instance.take() else {
+            return;
+        };
+        let lost = match self.recovery.plan(&spec.limits) {
+            Plan::Lost(reason) => Some(reason),
+            Plan::Rebuild { snapshot, events } => {
+                match self.restore_into(&mut instance, snapshot, &events).await {
+                    Ok(()) => {
+                        tracing::info!(
+                            plugin = &*spec.name,
+                            replayed = events.len(),
+                            "new version started from the previous version's state"
+                        );
+                        self.stats.add_replayed(events.len() as u64);
+                        None
+                    }
+                    Err((reason, failure)) => {
+                        if failure.is_some() {
+                            // That call poisoned the instance.
+                            match spec.instantiate().await {
+                                Ok(fresh) => instance = fresh,
+                                Err(_) => return,
+                            }
+                        }
+                        Some(reason)
+                    }
+                }
+            }
+        };
+        self.instance = Some(instance);
+        if let Some(reason) = lost {
+            let name = &*spec.name;
+            tracing::warn!(plugin = name, %reason, "the new version starts without the previous version's state");
+            self.stats.rebuilt(false, 0);
+            self.meta("plugbus.plugin.state_lost", json!({ "name": name, "reason": reason }));
+            self.recovery.reset();
+        }
     }
 
     /// Handles the logged history (see `catch_up`): phase 1, then tells the
@@ -608,6 +667,8 @@ pub(crate) struct PluginHandle {
     pub stats: Arc<StatsCell>,
     pub state: Arc<WorkerState>,
     pub dead_letters: Arc<DeadLetters>,
+    /// The state the worker left when it stopped, for a hot-swapped successor.
+    pub handoff: Arc<std::sync::Mutex<Option<Recovery>>>,
     /// Why the last hot reload of this plugin failed (the old version keeps
     /// running); cleared by a successful one.
     pub reload_error: std::sync::Mutex<Option<String>>,
