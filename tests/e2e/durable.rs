@@ -383,12 +383,7 @@ async fn a_full_log_buffer_still_delivers_live_and_announces_the_gap() {
 fn a_trap_no_longer_resets_the_cost_trackers_totals() {
     for wasm in [support::wasm("cost-tracker"), support::compat_cost_tracker()] {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::copy(&wasm, dir.path().join("cost-tracker.wasm")).unwrap();
-        std::fs::write(
-            dir.path().join("cost-tracker.toml"),
-            "[config]\nbudget_usd = \"1.00\"\n",
-        )
-        .unwrap();
+        support::install(dir.path(), &wasm, "cost-tracker", "[config]\nbudget_usd = \"1.00\"\n");
         let call = |extra: Option<Value>| {
             let mut payload =
                 json!({"model": "m", "usage": {"prompt_tokens": 1000, "completion_tokens": 500}, "cost_usd": 0.40});
@@ -461,12 +456,8 @@ fn a_trap_no_longer_resets_the_cost_trackers_totals() {
         // (today's build) and handles the dead letter: five calls, $2.00.
         if wasm == support::wasm("cost-tracker") {
             let fixed = tempfile::tempdir().unwrap();
-            std::fs::copy(&wasm, fixed.path().join("cost-tracker.wasm")).unwrap();
-            std::fs::write(
-                fixed.path().join("cost-tracker.toml"),
-                "[limits]\nfuel = 5_000_000_000\ndeadline_ms = 20_000\nmemory_mib = 512\n[config]\nbudget_usd = \"1.00\"\n",
-            )
-            .unwrap();
+            let manifest = "[limits]\nfuel = 5_000_000_000\ndeadline_ms = 20_000\nmemory_mib = 512\n[config]\nbudget_usd = \"1.00\"\n";
+            support::install(fixed.path(), &wasm, "cost-tracker", manifest);
             let out = Command::new(plugbus_bin())
                 .args([
                     "dlq",

@@ -111,6 +111,13 @@ pub fn plugbus_bin() -> &'static Path {
     })
 }
 
+/// Copies `wasm` into `dir` as `<name>.wasm` with `manifest` as its
+/// `<name>.toml`.
+pub fn install(dir: &Path, wasm: &Path, name: &str, manifest: &str) {
+    std::fs::copy(wasm, dir.join(format!("{name}.wasm"))).unwrap();
+    std::fs::write(dir.join(format!("{name}.toml")), manifest).unwrap();
+}
+
 /// The committed cost-tracker built against WIT 0.1.0 (no `state` export).
 pub fn compat_cost_tracker() -> PathBuf {
     workspace_root().join("plugins/fixtures/compat-0.1.0/cost-tracker-0.1.0.wasm")
