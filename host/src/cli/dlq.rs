@@ -79,7 +79,8 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
                         l.failure,
                         l.event.seq,
                         l.event.name,
-                        l.reason
+                        // One line per letter: a panic message may hold several.
+                        l.reason.replace('\n', " ")
                     );
                 }
             }
