@@ -862,3 +862,62 @@ async fn a_hot_swapped_version_keeps_the_previous_versions_state() {
     );
     bus.shutdown().await;
 }
+
+/// `replay --emit publish` appends the follow-ups the plugins emit again to
+/// the log, with the very ids of the originals (so a consumer can drop the
+/// duplicates), and `replay = "since:<duration>"` catches up on that window only.
+#[tokio::test]
+async fn replay_can_publish_and_catch_up_can_take_a_window() {
+    let dir = plugin_dir(&["misbehave"]);
+    let log = tempfile::tempdir().unwrap();
+    let bus = plugbus::Bus::builder()
+        .plugin_dir(dir.path())
+        .log_dir(log.path())
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        bus.emit("misbehave.clock", Value::Null);
+    }
+    bus.flush().await;
+    bus.shutdown().await;
+    let originals: Vec<String> = plugbus::LogReader::open(log.path(), 0)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .filter(|r| r.name == "fixture.clock")
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(originals.len(), 5);
+
+    let report = plugbus::Replay::new(dir.path(), log.path())
+        .emit(plugbus::ReplayEmit::Publish)
+        .run(|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(report.events, 10, "five events and their five follow-ups were fed");
+    let again: Vec<String> = plugbus::LogReader::open(log.path(), 11)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .filter(|r| r.name == "fixture.clock")
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(again, originals, "republished with the same ids");
+
+    // Catch-up windows: nothing is older than an hour, everything is older than now.
+    // `late` subscribes to `misbehave.*`: the five `misbehave.clock` events.
+    for (window, expected) in [("since:1h", 5u64), ("since:0s", 0)] {
+        let late = tempfile::tempdir().unwrap();
+        support::install(
+            late.path(),
+            &support::wasm("misbehave"),
+            "late",
+            &format!("replay = \"{window}\"\n"),
+        );
+        let bus = plugbus::Bus::builder().log_dir(log.path()).build().await.unwrap();
+        bus.load_plugin(late.path().join("late.wasm")).await.unwrap();
+        bus.flush().await;
+        let stats = bus.plugins().into_iter().find(|p| p.name == "late").unwrap().stats;
+        assert_eq!(stats.replayed, expected, "{window}: {stats:?}");
+        bus.shutdown().await;
+    }
+}

@@ -761,6 +761,7 @@ impl LogStats {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::time::SystemTime;
 
     fn options() -> LogOptions {
         LogOptions {
@@ -941,6 +942,49 @@ mod tests {
         log.close();
         let all_b = of("b");
         assert_eq!(all_b.len(), expected.len() + 30, "{all_b:?}");
+    }
+
+    #[tokio::test]
+    async fn retention_by_age_removes_old_sealed_segments_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = LogOptions {
+            segment_bytes: 1_000,
+            ..options()
+        };
+        let log = EventLog::open(dir.path(), opts.clone()).unwrap();
+        append_n(&log, 100).await;
+        log.close();
+        drop(log);
+        let segments = list_segments(dir.path()).unwrap();
+        assert!(segments.len() >= 3);
+        // Age the two oldest segments by two hours.
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        for (_, path) in &segments[..2] {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        let log = EventLog::open(
+            dir.path(),
+            LogOptions {
+                retention_age: Some(Duration::from_secs(3600)),
+                ..opts
+            },
+        )
+        .unwrap();
+        let seq = log.append(&Event::new("after", json!(null)), true).0;
+        log.wait_durable(seq).await.unwrap();
+        log.close();
+        let left = list_segments(dir.path()).unwrap();
+        assert_eq!(
+            left.len(),
+            segments.len() - 2,
+            "the two aged segments are gone, the rest kept"
+        );
+        assert_eq!(left[0].0, segments[2].0);
     }
 
     #[test]
