@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{self, http, plugbus_bin, plugin_dir};
+use crate::support::{self, http, plugbus_bin, plugin_dir, try_http};
 
 fn plugbus(args: &[&str]) -> Output {
     Command::new(plugbus_bin())
@@ -275,25 +275,6 @@ fn serve_killed_mid_load_keeps_every_acknowledged_event() {
         "nothing corrupt: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Like [`http`], but `None` when the server is gone (refused, reset, or no answer).
-fn try_http(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
 }
 
 #[tokio::test]

@@ -132,7 +132,7 @@ fn spawn(
                 )
             }),
             resume,
-            handoff: Some(handoff.clone()),
+            handoff: handoff.clone(),
         },
     );
     let task = shared.runtime.spawn(worker.run(rx, stop_rx, gate, plan));

@@ -155,7 +155,7 @@ pub(crate) struct Shared {
     published: AtomicU64,
     /// Jobs queued or running, plus native async handlers running: what
     /// [`Bus::flush`] waits for.
-    pub(crate) pending: AtomicUsize,
+    pending: AtomicUsize,
     idle: Notify,
     pub(crate) closed: AtomicBool,
     pub(crate) runtime: Handle,
@@ -322,18 +322,13 @@ impl Shared {
                         }
                         None => (None, None),
                     };
-                    let job = Job {
-                        event: event.clone(),
-                        reply,
-                    };
-                    if p.quarantined_now() {
-                        p.refuse(job, DropReason::Quarantined);
-                    } else {
-                        self.pending.fetch_add(1, Ordering::AcqRel);
-                        if !p.offer(job) {
-                            self.done();
-                        }
-                    }
+                    self.enqueue(
+                        p,
+                        Job {
+                            event: event.clone(),
+                            reply,
+                        },
+                    );
                     if let (Some(waits), Some(rx)) = (waits.as_deref_mut(), rx) {
                         waits.push((p.spec.name.to_string(), Wait::Reply(rx)));
                     }
@@ -367,6 +362,19 @@ impl Shared {
             }
             Target::Plugin(_) => {}
         });
+    }
+
+    /// Offers `job` to plugin `p`'s queue, counted as in flight for
+    /// [`Bus::flush`]; a quarantined plugin refuses it at once.
+    fn enqueue(&self, p: &PluginHandle, job: Job) {
+        if p.quarantined_now() {
+            p.refuse(job, DropReason::Quarantined);
+        } else {
+            self.pending.fetch_add(1, Ordering::AcqRel);
+            if !p.offer(job) {
+                self.done();
+            }
+        }
     }
 
     fn spawn_async(self: &Arc<Self>, h: &Arc<AsyncHandler>, event: &Event) -> tokio::task::JoinHandle<Outcome> {
@@ -651,10 +659,7 @@ impl Bus {
                 event: letter.event.clone().into_event(),
                 reply: Some(tx),
             };
-            self.shared.pending.fetch_add(1, Ordering::AcqRel);
-            if !handle.offer(job) {
-                self.shared.done();
-            }
+            self.shared.enqueue(&handle, job);
             report.redriven += 1;
             match rx.await.unwrap_or(Outcome::Dropped(DropReason::Unloaded)) {
                 Outcome::Ok => report.ok += 1,

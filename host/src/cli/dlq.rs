@@ -47,9 +47,7 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             plugin,
             cache,
         } => {
-            if !dir.is_dir() {
-                anyhow::bail!("event log {}: no such directory", dir.display());
-            }
+            super::log::check_dir(&dir)?;
             let bus = cache.apply(plugbus::Bus::builder()).log_dir(&dir).build().await?;
             bus.load_plugin(plugins.join(format!("{plugin}.wasm"))).await?;
             let report = bus.redrive(&plugin).await;
@@ -64,9 +62,7 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::List { dir, plugin, json } => {
-            if !dir.is_dir() {
-                anyhow::bail!("event log {}: no such directory", dir.display());
-            }
+            super::log::check_dir(&dir)?;
             let letters = plugbus::read_dead_letters(&dir, plugin.as_deref()).map_err(anyhow::Error::msg)?;
             for l in &letters {
                 if json {

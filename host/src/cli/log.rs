@@ -67,7 +67,8 @@ pub async fn log(command: LogCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn check_dir(dir: &Path) -> anyhow::Result<()> {
+/// Fails naming `dir` when it is not a directory (a log given by mistake).
+pub(super) fn check_dir(dir: &Path) -> anyhow::Result<()> {
     if !dir.is_dir() {
         anyhow::bail!("event log {}: no such directory", dir.display());
     }

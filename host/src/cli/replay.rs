@@ -20,9 +20,7 @@ pub struct Args<'a> {
 }
 
 pub async fn replay(args: Args<'_>) -> anyhow::Result<ExitCode> {
-    if !args.log.is_dir() {
-        anyhow::bail!("event log {}: no such directory", args.log.display());
-    }
+    super::log::check_dir(args.log)?;
     let mut replay = plugbus::Replay::new(args.plugins, args.log)
         .emit(args.emit)
         .bus(args.cache.apply(plugbus::Bus::builder()));

@@ -102,7 +102,7 @@ pub struct LogOptions {
     /// a durable emit waits 2.5 ms on average, and one `fdatasync` per
     /// period costs a few percent of one core at any event rate.
     pub sync_interval: Duration,
-    /// Events waiting for the writer, at most. Default 65,536: about a third
+    /// Events waiting for the writer, at most. Default 65,536: about a sixth
     /// of a second of the writer's measured throughput, and a bounded amount
     /// of memory (the events themselves are shared with the plugins' queues).
     /// When full, a plain emit is still delivered live but not logged; the
@@ -379,18 +379,7 @@ impl EventLog {
     /// [`LogError::Failed`] if the log stopped on a write error first,
     /// [`LogError::Closed`] if it was closed first.
     pub async fn wait_durable(&self, seq: u64) -> Result<(), LogError> {
-        let mut rx = self.inner.progress.clone();
-        let p = rx
-            .wait_for(|p| p.durable >= seq || p.failed.is_some() || p.closed)
-            .await
-            .map_err(|_| LogError::Closed)?;
-        if p.durable >= seq {
-            Ok(())
-        } else if let Some(reason) = &p.failed {
-            Err(LogError::Failed(reason.clone()))
-        } else {
-            Err(LogError::Closed)
-        }
+        self.wait_until(seq, |p| p.durable).await
     }
 
     /// Waits until the event numbered `seq` is written to the file (readable
@@ -399,12 +388,17 @@ impl EventLog {
     /// # Errors
     /// As for [`wait_durable`](Self::wait_durable).
     pub async fn wait_written(&self, seq: u64) -> Result<(), LogError> {
+        self.wait_until(seq, |p| p.written).await
+    }
+
+    /// Waits until `reached(progress) >= seq`, or the log fails or closes.
+    async fn wait_until(&self, seq: u64, reached: fn(&Progress) -> u64) -> Result<(), LogError> {
         let mut rx = self.inner.progress.clone();
         let p = rx
-            .wait_for(|p| p.written >= seq || p.failed.is_some() || p.closed)
+            .wait_for(|p| reached(p) >= seq || p.failed.is_some() || p.closed)
             .await
             .map_err(|_| LogError::Closed)?;
-        if p.written >= seq {
+        if reached(&p) >= seq {
             Ok(())
         } else if let Some(reason) = &p.failed {
             Err(LogError::Failed(reason.clone()))

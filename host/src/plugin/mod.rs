@@ -348,12 +348,8 @@ impl PluginSpec {
         };
         self.arm(&mut instance.store, None, true);
         let call = state.call_snapshot(&mut instance.store);
-        let answer = match tokio::time::timeout(self.timeout(), call).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => return Err(self.call_error(&e, &instance.store)),
-            Err(_) => return Err(CallError::from(Failure::Deadline)),
-        };
-        Ok(Some(match answer {
+        let answer = tokio::time::timeout(self.timeout(), call).await;
+        Ok(Some(match self.settle(answer, &instance.store)? {
             Ok(bytes) if bytes.len() > MAX_SNAPSHOT_BYTES => Err(format!(
                 "a {}-byte snapshot is over the {MAX_SNAPSHOT_BYTES}-byte limit",
                 bytes.len()
@@ -371,11 +367,8 @@ impl PluginSpec {
         };
         self.arm(&mut instance.store, None, true);
         let call = state.call_restore(&mut instance.store, bytes);
-        match tokio::time::timeout(self.timeout(), call).await {
-            Ok(Ok(answer)) => Ok(answer.map_err(crate::text::cap)),
-            Ok(Err(e)) => Err(self.call_error(&e, &instance.store)),
-            Err(_) => Err(CallError::from(Failure::Deadline)),
-        }
+        let answer = tokio::time::timeout(self.timeout(), call).await;
+        Ok(self.settle(answer, &instance.store)?.map_err(crate::text::cap))
     }
 
     /// The plugin's subscriptions: the manifest's, or the instance's answer.
@@ -388,16 +381,13 @@ impl PluginSpec {
             .bindings
             .plugbus_observer_handler()
             .call_subscriptions(&mut instance.store);
-        let raw = match tokio::time::timeout(self.timeout(), call).await {
-            Ok(Ok(raw)) if raw.len() > MAX_SUBSCRIPTIONS => {
-                return Err(LoadErrorKind::TooManySubscriptions(raw.len()));
-            }
-            Ok(Ok(raw)) => raw,
-            Ok(Err(e)) => {
-                return Err(LoadErrorKind::Start(self.call_error(&e, &instance.store).failure));
-            }
-            Err(_) => return Err(LoadErrorKind::Start(Failure::Deadline)),
-        };
+        let answer = tokio::time::timeout(self.timeout(), call).await;
+        let raw = self
+            .settle(answer, &instance.store)
+            .map_err(|e| LoadErrorKind::Start(e.failure))?;
+        if raw.len() > MAX_SUBSCRIPTIONS {
+            return Err(LoadErrorKind::TooManySubscriptions(raw.len()));
+        }
         Ok(raw.iter().map(|s| Pattern::parse(s)).collect::<Result<Vec<_>, _>>()?)
     }
 
@@ -415,12 +405,11 @@ impl PluginSpec {
             .bindings
             .plugbus_observer_handler()
             .call_on_event(&mut instance.store, event.wire());
-        let result = match tokio::time::timeout(self.timeout(), call).await {
-            // The guest's error text is capped before anything keeps or logs it.
-            Ok(Ok(answer)) => Ok(answer.map_err(crate::text::cap)),
-            Ok(Err(e)) => Err(self.call_error(&e, &instance.store)),
-            Err(_) => Err(CallError::from(Failure::Deadline)),
-        };
+        let answer = tokio::time::timeout(self.timeout(), call).await;
+        // The guest's error text is capped before anything keeps or logs it.
+        let result = self
+            .settle(answer, &instance.store)
+            .map(|answer| answer.map_err(crate::text::cap));
         let fuel = self.limits.fuel.saturating_sub(instance.store.get_fuel().unwrap_or(0));
         instance.store.data_mut().current = None;
         let dropped = instance.store.data().logs.dropped();
@@ -455,6 +444,20 @@ impl PluginSpec {
     /// timer catches a guest blocked inside a host call.
     fn timeout(&self) -> std::time::Duration {
         self.limits.deadline + EPOCH_TICK * 5
+    }
+
+    /// The result of a call bounded by [`timeout`](Self::timeout): its
+    /// value, or its failure classified (a timer that fired: the deadline).
+    fn settle<T>(
+        &self,
+        answer: Result<wasmtime::Result<T>, tokio::time::error::Elapsed>,
+        store: &Store<PluginCtx>,
+    ) -> Result<T, CallError> {
+        match answer {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.call_error(&e, store)),
+            Err(_) => Err(CallError::from(Failure::Deadline)),
+        }
     }
 
     fn call_error(&self, err: &wasmtime::Error, store: &Store<PluginCtx>) -> CallError {

@@ -89,12 +89,11 @@ pub(crate) fn load(path: &Path) -> Result<Option<Snapshot>, String> {
 
 /// What a worker keeps beside the log: where its snapshots go (and whether
 /// to sync them), and the snapshot a previous run left, to resume from.
-#[derive(Default)]
 pub(crate) struct KeptState {
     pub file: Option<(PathBuf, bool)>,
     pub resume: Option<Snapshot>,
     /// Where to leave the final state for a hot-swapped successor.
-    pub handoff: Option<Arc<std::sync::Mutex<Option<Recovery>>>>,
+    pub handoff: Arc<std::sync::Mutex<Option<Recovery>>>,
 }
 
 /// Owned by the plugin's worker alone.

@@ -147,7 +147,7 @@ pub(crate) struct Worker {
     /// Sequence number of the last event the plugin handled.
     last_seq: Option<u64>,
     /// Where the worker leaves its state when it stops, for a successor.
-    handoff: Option<Arc<std::sync::Mutex<Option<Recovery>>>>,
+    handoff: Arc<std::sync::Mutex<Option<Recovery>>>,
 }
 
 impl Worker {
@@ -234,11 +234,7 @@ impl Worker {
             } else if self.state.quarantined_now() {
                 self.drop_job(&job, DropReason::Quarantined)
             } else {
-                let started = Instant::now();
-                let outcome = self.handle(&job.event, false).await;
-                self.stats.observe(started.elapsed());
-                self.update_breaker(&outcome);
-                outcome
+                self.run_one(&job.event, false).await
             };
             if let Some(reply) = job.reply {
                 let _ = reply.send(outcome);
@@ -252,9 +248,7 @@ impl Worker {
         if self.recovery.handled_since_snapshot() > 0 {
             self.take_snapshot(self.last_seq).await;
         }
-        if let Some(slot) = &self.handoff {
-            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::mem::take(&mut self.recovery));
-        }
+        *self.handoff.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::mem::take(&mut self.recovery));
         // `_finished` marks the state unloaded when it drops, panics included.
         tracing::debug!(plugin = &*self.spec.name, "plugin worker stopped");
     }
@@ -269,44 +263,23 @@ impl Worker {
             return;
         }
         self.recovery = predecessor;
-        let spec = self.spec.clone();
         let Some(mut instance) = self.instance.take() else {
             return;
         };
-        let lost = match self.recovery.plan(&spec.limits) {
-            Plan::Lost(reason) => Some(reason),
-            Plan::Rebuild { snapshot, events } => {
-                match self.restore_into(&mut instance, snapshot, &events).await {
-                    Ok(()) => {
-                        tracing::info!(
-                            plugin = &*spec.name,
-                            replayed = events.len(),
-                            "new version started from the previous version's state"
-                        );
-                        self.stats.add_replayed(events.len() as u64);
-                        None
-                    }
-                    Err((reason, failure)) => {
-                        if failure.is_some() {
-                            // That call poisoned the instance.
-                            match spec.instantiate().await {
-                                Ok(fresh) => instance = fresh,
-                                Err(_) => return,
-                            }
-                        }
-                        Some(reason)
-                    }
-                }
+        match self.bring_back(&mut instance).await {
+            Ok(Ok(replayed)) => {
+                tracing::info!(
+                    plugin = &*self.spec.name,
+                    replayed,
+                    "new version started from the previous version's state"
+                );
+                self.stats.add_replayed(replayed as u64);
             }
-        };
-        self.instance = Some(instance);
-        if let Some(reason) = lost {
-            let name = &*spec.name;
-            tracing::warn!(plugin = name, %reason, "the new version starts without the previous version's state");
-            self.stats.rebuilt(false, 0);
-            self.meta("plugbus.plugin.state_lost", json!({ "name": name, "reason": reason }));
-            self.recovery.reset();
+            Ok(Err((reason, _))) => self.state_lost(&reason),
+            // No instance at all: the next event builds one.
+            Err(_) => return,
         }
+        self.instance = Some(instance);
     }
 
     /// Handles the logged history (see `catch_up`): phase 1, then tells the
@@ -351,13 +324,19 @@ impl Worker {
     /// Handles logged events, emits and logs silenced; returns how many.
     async fn handle_history(&mut self, events: &[Event]) -> u64 {
         for event in events {
-            let started = Instant::now();
-            let outcome = self.handle(event, true).await;
-            self.stats.observe(started.elapsed());
-            self.update_breaker(&outcome);
+            self.run_one(event, true).await;
             self.stats.add_replayed(1);
         }
         events.len() as u64
+    }
+
+    /// Runs one event, timed, its outcome fed to the breaker.
+    async fn run_one(&mut self, event: &Event, quiet: bool) -> Outcome {
+        let started = Instant::now();
+        let outcome = self.handle(event, quiet).await;
+        self.stats.observe(started.elapsed());
+        self.update_breaker(&outcome);
+        outcome
     }
 
     fn drop_job(&self, job: &Job, reason: DropReason) -> Outcome {
@@ -504,10 +483,9 @@ impl Worker {
     /// that traps poisons the instance like any trap: it is dropped and
     /// rebuilt (the events since the last good snapshot are still kept).
     async fn maybe_snapshot(&mut self, event: &Event) {
-        if !self.spec.has_state() || !self.recovery.snapshot_due(&self.spec.limits) {
-            return;
+        if self.recovery.snapshot_due(&self.spec.limits) {
+            self.take_snapshot(event.seq()).await;
         }
-        self.take_snapshot(event.seq()).await;
     }
 
     /// Takes a snapshot now (`seq`: of the last event handled) and keeps it,
@@ -567,35 +545,59 @@ impl Worker {
             return Ok(instance);
         }
         let started = Instant::now();
-        let lost = match self.recovery.plan(&spec.limits) {
-            Plan::Lost(reason) => Some((reason, None)),
-            Plan::Rebuild { snapshot, events } => match self.restore_into(&mut instance, snapshot, &events).await {
-                Ok(()) => {
-                    self.stats.rebuilt(true, events.len() as u64);
-                    tracing::info!(
-                        plugin = name,
-                        replayed = events.len(),
-                        elapsed_us = started.elapsed().as_micros() as u64,
-                        "plugin re-instantiated with its state restored"
-                    );
-                    return Ok(instance);
+        match self.bring_back(&mut instance).await? {
+            Ok(replayed) => {
+                self.stats.rebuilt(true, replayed as u64);
+                tracing::info!(
+                    plugin = name,
+                    replayed,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "plugin re-instantiated with its state restored"
+                );
+            }
+            Err((reason, failure)) => {
+                self.state_lost(&reason);
+                if let Some(failure) = failure {
+                    self.update_breaker(&Outcome::Failed(failure));
                 }
-                Err(lost) => Some(lost),
+            }
+        }
+        Ok(instance)
+    }
+
+    /// Brings the state `recovery` holds into `instance`: the snapshot
+    /// restored, the events since replayed. `Ok(Ok(n))`: restored, `n`
+    /// events replayed. `Ok(Err((why, failure)))`: it could not be; when the
+    /// attempt failed hard, `instance` was replaced by a fresh one. `Err`:
+    /// that fresh instance could not be built.
+    async fn bring_back(
+        &mut self,
+        instance: &mut Instance,
+    ) -> Result<Result<usize, (String, Option<Failure>)>, CallError> {
+        let spec = self.spec.clone();
+        match self.recovery.plan(&spec.limits) {
+            Plan::Lost(reason) => Ok(Err((reason, None))),
+            Plan::Rebuild { snapshot, events } => match self.restore_into(instance, snapshot, &events).await {
+                Ok(()) => Ok(Ok(events.len())),
+                Err((reason, failure)) => {
+                    if failure.is_some() {
+                        // That call poisoned the instance.
+                        *instance = spec.instantiate().await?;
+                    }
+                    Ok(Err((reason, failure)))
+                }
             },
-        };
-        let Some((reason, failure)) = lost else {
-            return Ok(instance);
-        };
+        }
+    }
+
+    /// The state could not be brought back: the plugin starts empty, and
+    /// `plugbus.plugin.state_lost` says why.
+    fn state_lost(&mut self, reason: &str) {
+        let name = &*self.spec.name;
         self.stats.rebuilt(false, 0);
         tracing::warn!(plugin = name, %reason, "plugin state lost; it starts empty");
         self.meta("plugbus.plugin.state_lost", json!({ "name": name, "reason": reason }));
         self.recovery.reset();
-        if let Some(failure) = failure {
-            self.update_breaker(&Outcome::Failed(failure));
-            // The failed restore or replay poisoned that instance.
-            instance = spec.instantiate().await?;
-        }
-        Ok(instance)
     }
 
     /// Restores `snapshot` into `instance` and replays `events`. On failure:

@@ -222,25 +222,31 @@ pub fn component_from_wat(wat: &str, version: &str) -> Vec<u8> {
 
 /// A minimal HTTP/1.1 exchange over loopback: `(status, body)`.
 pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    try_http(addr, method, path, body).unwrap_or_else(|| panic!("no HTTP answer from {addr} to {method} {path}"))
+}
+
+/// Like [`http`], but `None` when the server is gone (refused, reset, or no
+/// answer at all).
+pub fn try_http(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).ok()?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(head.as_bytes()).ok()?;
     // A server may answer (413) and close before reading a large body.
     let _ = s.write_all(body);
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = text.split(' ').nth(1)?.parse().ok()?;
     let body = text
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
-    (status, body)
+    Some((status, body))
 }
 
 /// Starts `plugbus serve ARGS --listen 127.0.0.1:0` and waits until it
