@@ -8,14 +8,14 @@
 # (npm, installed from a lock file). The Rust toolchain itself comes from rustup.
 
 CARGO    ?= cargo
-PLUGINS  := cost-tracker audit-log console-logger token-counter misbehave
+PLUGINS  := cost-tracker audit-log console-logger token-counter agent-runs misbehave
 FIXTURES := wrong-world
 DIST     := plugins/dist
 WASM_OUT := target/wasm32-wasip2/plugin
 TEST_WASM := target/plugbus-test-wasm
 MANIFESTS := plugins/cost-tracker/cost-tracker.toml plugins/audit-log/audit-log.toml \
 	plugins/event-counter/event-counter.toml plugins/secret-scanner/secret-scanner.toml \
-	plugins/latency-watch/latency-watch.toml
+	plugins/latency-watch/latency-watch.toml plugins/agent-runs/agent-runs.toml
 
 # ---- guest-language toolchains (pinned in plugins/toolchain) ----------------
 TOOLS      := target/guest-tools
@@ -29,7 +29,7 @@ WASM_COMPONENT_LD := $(shell rustc --print sysroot 2>/dev/null)/lib/rustlib/$(HO
 C_FLAGS    := --target=wasm32-wasi --sysroot=/usr -mexec-model=reactor -O2 -Wall -Wextra -Werror \
 	-fuse-ld=$(WASM_COMPONENT_LD) -Wl,--wasm-ld-path=$(WASM_LD) -Wl,--strip-debug
 C_BINDINGS := target/c-bindings
-C_STATE_BINDINGS := target/c-bindings-stateful
+C_PROJECTION_BINDINGS := target/c-bindings-projection
 VENV       := $(TOOLS)/venv
 COMPONENTIZE_PY  := $(VENV)/bin/componentize-py
 COMPONENTIZE_QJS := $(TOOLS)/js/node_modules/.bin/componentize-qjs
@@ -38,13 +38,15 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # The guest-language plugins: name, source, and how to build it.
 C_PLUGINS  := tokens-c:plugins/fixtures/tokens-c/tokens.c
-# C plugins that export `state` (world stateful-observer, bindings of their own).
-C_STATE_PLUGINS := event-counter:plugins/event-counter/event_counter.c
+# C plugins that export `state` and `query` (world projection, bindings of their own).
+C_PROJECTION_PLUGINS := event-counter:plugins/event-counter/event_counter.c
 PY_PLUGINS := secret-scanner:plugins/secret-scanner:secret_scanner tokens-py:plugins/fixtures/tokens-py:tokens
 JS_PLUGINS := tokens-js:plugins/fixtures/tokens-js/tokens.js
 # Plugins that export `state` (world stateful-observer).
-PY_STATE_PLUGINS := state-py:plugins/fixtures/state-py:state
-JS_STATE_PLUGINS := latency-watch:plugins/latency-watch/latency-watch.js state-js:plugins/fixtures/state-js/state.js
+JS_STATE_PLUGINS := latency-watch:plugins/latency-watch/latency-watch.js
+# Plugins that export `state` and `query` (world projection).
+PY_PROJECTION_PLUGINS := state-py:plugins/fixtures/state-py:state
+JS_PROJECTION_PLUGINS := state-js:plugins/fixtures/state-js/state.js
 # Which of them are first-party plugins (into plugins/dist) rather than fixtures.
 LANG_DIST  := event-counter secret-scanner latency-watch
 
@@ -96,8 +98,11 @@ plugins: rust-plugins lang-plugins
 	@ls -l $(DIST)/*.wasm
 
 rust-plugins: setup-rust
-	$(CARGO) build --profile plugin --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS) $(FIXTURES))
 	@mkdir -p $(DIST) $(TEST_WASM)
+	@# agent-runs as "v1", with its deliberate bug, for the rebuild test.
+	$(CARGO) build --profile plugin --target wasm32-wasip2 -p agent-runs --features v1-bug
+	@cp $(WASM_OUT)/agent_runs.wasm $(TEST_WASM)/agent-runs-v1.wasm
+	$(CARGO) build --profile plugin --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS) $(FIXTURES))
 	@for p in $(PLUGINS); do cp $(WASM_OUT)/$$(echo $$p | tr - _).wasm $(DIST)/$$p.wasm; done
 	@for p in $(PLUGINS) $(FIXTURES); do cp $(WASM_OUT)/$$(echo $$p | tr - _).wasm $(TEST_WASM)/$$p.wasm; done
 
@@ -106,16 +111,16 @@ rust-plugins: setup-rust
 lang-plugins: setup
 	@mkdir -p $(DIST) $(TEST_WASM)
 	$(CARGO) run -q -p plugbus -- -q bindgen c --wit wit --out $(C_BINDINGS) >/dev/null
-	$(CARGO) run -q -p plugbus -- -q bindgen c --wit wit --world stateful-observer --out $(C_STATE_BINDINGS) >/dev/null
+	$(CARGO) run -q -p plugbus -- -q bindgen c --wit wit --world projection --out $(C_PROJECTION_BINDINGS) >/dev/null
 	@for spec in $(C_PLUGINS); do name=$${spec%%:*}; src=$${spec#*:}; \
 		echo "  C       $$name"; \
 		$(CLANG) $(C_FLAGS) -I $(C_BINDINGS) $$src $(C_BINDINGS)/observer.c $(C_BINDINGS)/observer_component_type.o \
 			-o $(TEST_WASM)/$$name.wasm || exit 1; \
 	done
-	@for spec in $(C_STATE_PLUGINS); do name=$${spec%%:*}; src=$${spec#*:}; \
-		echo "  C       $$name (stateful-observer)"; \
-		$(CLANG) $(C_FLAGS) -I $(C_STATE_BINDINGS) $$src $(C_STATE_BINDINGS)/stateful_observer.c \
-			$(C_STATE_BINDINGS)/stateful_observer_component_type.o -o $(TEST_WASM)/$$name.wasm || exit 1; \
+	@for spec in $(C_PROJECTION_PLUGINS); do name=$${spec%%:*}; src=$${spec#*:}; \
+		echo "  C       $$name (projection)"; \
+		$(CLANG) $(C_FLAGS) -I $(C_PROJECTION_BINDINGS) $$src $(C_PROJECTION_BINDINGS)/projection.c \
+			$(C_PROJECTION_BINDINGS)/projection_component_type.o -o $(TEST_WASM)/$$name.wasm || exit 1; \
 	done
 	@for spec in $(PY_PLUGINS); do name=$${spec%%:*}; rest=$${spec#*:}; dir=$${rest%%:*}; module=$${rest#*:}; \
 		echo "  Python  $$name"; \
@@ -125,13 +130,17 @@ lang-plugins: setup
 		echo "  JS      $$name"; \
 		$(COMPONENTIZE_QJS) --sync --wit wit --world observer --js $$src -o $(TEST_WASM)/$$name.wasm >/dev/null || exit 1; \
 	done
-	@for spec in $(PY_STATE_PLUGINS); do name=$${spec%%:*}; rest=$${spec#*:}; dir=$${rest%%:*}; module=$${rest#*:}; \
-		echo "  Python  $$name (stateful-observer)"; \
-		$(COMPONENTIZE_PY) -d wit -w stateful-observer componentize -p $$dir $$module -o $(TEST_WASM)/$$name.wasm >/dev/null || exit 1; \
+	@for spec in $(PY_PROJECTION_PLUGINS); do name=$${spec%%:*}; rest=$${spec#*:}; dir=$${rest%%:*}; module=$${rest#*:}; \
+		echo "  Python  $$name (projection)"; \
+		$(COMPONENTIZE_PY) -d wit -w projection componentize -p $$dir $$module -o $(TEST_WASM)/$$name.wasm >/dev/null || exit 1; \
 	done
 	@for spec in $(JS_STATE_PLUGINS); do name=$${spec%%:*}; src=$${spec#*:}; \
 		echo "  JS      $$name (stateful-observer)"; \
 		$(COMPONENTIZE_QJS) --sync --wit wit --world stateful-observer --js $$src -o $(TEST_WASM)/$$name.wasm >/dev/null || exit 1; \
+	done
+	@for spec in $(JS_PROJECTION_PLUGINS); do name=$${spec%%:*}; src=$${spec#*:}; \
+		echo "  JS      $$name (projection)"; \
+		$(COMPONENTIZE_QJS) --sync --wit wit --world projection --js $$src -o $(TEST_WASM)/$$name.wasm >/dev/null || exit 1; \
 	done
 	@for p in $(LANG_DIST); do cp $(TEST_WASM)/$$p.wasm $(DIST)/$$p.wasm; done
 
@@ -143,6 +152,8 @@ demo: plugins
 	@echo; echo "event log ($(DEMO_LOG)):"; $(CARGO) run -q -p plugbus -- log stats --log $(DEMO_LOG)
 	@echo; echo "dead letters (events that made a plugin fail hard; the plugins kept their state):"
 	@$(CARGO) run -q -p plugbus -- dlq list --log $(DEMO_LOG)
+	@echo; echo "the run as the agent-runs projection sees it, rebuilt from the event log (plugbus query):"
+	@$(CARGO) run -q -p plugbus -- -q query --pretty --plugins $(DIST) --log $(DEMO_LOG) agent-runs '{"run": "run-42"}'
 
 example: plugins
 	$(CARGO) run -q -p agent-service -- $(DIST)
@@ -183,5 +194,5 @@ fuzz: setup-rust
 	done
 
 clean:
-	rm -rf $(DIST) $(TEST_WASM) $(C_BINDINGS) $(C_STATE_BINDINGS)
+	rm -rf $(DIST) $(TEST_WASM) $(C_BINDINGS) $(C_PROJECTION_BINDINGS)
 	$(CARGO) clean

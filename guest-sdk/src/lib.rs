@@ -56,6 +56,21 @@
 //! Fields that come from configuration rather than events can be left out
 //! of the snapshot with `#[serde(skip, default = "…")]`, so a hot-reloaded
 //! version with a new manifest reads them afresh.
+//!
+//! # A read model the host can query
+//! Implement [`Plugin::query`] and add `query` to the export: the plugin
+//! becomes a projection that `Bus::query`, `GET /plugins/<name>/query` and
+//! `plugbus query` can ask. With `state` too, it survives traps and restarts:
+//!
+//! ```ignore
+//! impl Plugin for TokenCounter {
+//!     // subscriptions, on_event as above
+//!     fn query(&self, _request: &serde_json::Value) -> plugbus_guest::QueryResult {
+//!         Ok(serde_json::json!({ "total": self.total }))
+//!     }
+//! }
+//! export_plugin!(TokenCounter, state, query);
+//! ```
 
 // Lets the generated bindings name this crate as `::plugbus_guest` both here
 // and in the plugins that expand `export_plugin!`.
@@ -77,20 +92,30 @@ pub mod bindings {
     });
 }
 
-/// The `stateful-observer` world encoded as a component-type section (see
-/// `build.rs`). `export_plugin!(T, state)` places it, with the `state`
-/// export written out by hand below, in the plugins that opt in and only
-/// there: wit-bindgen would embed its section in every plugin that links the
-/// SDK, making each claim a `state` export it lacks.
+/// The worlds a plugin opts into, encoded as component-type sections (see
+/// `build.rs`). `export_plugin!` places one, with the exports written out by
+/// hand below, in the plugins that opt in and only there: wit-bindgen would
+/// embed its section in every plugin that links the SDK, making each claim
+/// exports it lacks.
 #[doc(hidden)]
-pub const __STATEFUL_WORLD_TYPE: [u8; include_bytes!(concat!(env!("OUT_DIR"), "/stateful-observer.type")).len()] =
-    *include_bytes!(concat!(env!("OUT_DIR"), "/stateful-observer.type"));
+pub mod __world_types {
+    macro_rules! world_type {
+        ($name:ident, $file:literal) => {
+            pub const $name: [u8; include_bytes!(concat!(env!("OUT_DIR"), "/", $file)).len()] =
+                *include_bytes!(concat!(env!("OUT_DIR"), "/", $file));
+        };
+    }
+    world_type!(STATEFUL, "stateful-observer.type");
+    world_type!(QUERYABLE, "queryable-observer.type");
+    world_type!(PROJECTION, "projection.type");
+}
 
-/// The canonical ABI of `state.snapshot` and `state.restore` (WIT 0.1.1):
-/// both return a `result` through a 12-byte return area (discriminant at 0,
-/// the list or string at 4 and 8), released by their post-return functions.
+/// The canonical ABI of `state.snapshot`, `state.restore` and
+/// `query.query` (WIT 0.1.2): each returns a `result` through a 12-byte
+/// return area (discriminant at 0, the list or string at 4 and 8), released
+/// by its post-return function.
 #[doc(hidden)]
-pub mod __state_abi {
+pub mod __export_abi {
     use std::cell::UnsafeCell;
 
     #[repr(C, align(4))]
@@ -143,11 +168,11 @@ pub mod __state_abi {
             .map_err(|e| e.into_bytes().into_boxed_slice()))
     }
 
-    /// Takes ownership of the list the host wrote with `cabi_realloc`.
+    /// Takes ownership of the list or string the host wrote with `cabi_realloc`.
     ///
     /// # Safety
-    /// `ptr`/`len` are the arguments of the `restore` export.
-    pub unsafe fn restore_arg(ptr: *mut u8, len: usize) -> Vec<u8> {
+    /// `ptr`/`len` are the arguments of the `restore` or `query` export.
+    pub unsafe fn take_arg(ptr: *mut u8, len: usize) -> Vec<u8> {
         if len == 0 {
             return Vec::new();
         }
@@ -158,6 +183,12 @@ pub mod __state_abi {
 
     pub fn restore(result: Result<(), String>) -> *mut u8 {
         ret(result.map(|()| None).map_err(|e| e.into_bytes().into_boxed_slice()))
+    }
+
+    pub fn query(result: Result<String, String>) -> *mut u8 {
+        ret(result
+            .map(|v| Some(v.into_bytes().into_boxed_slice()))
+            .map_err(|e| e.into_bytes().into_boxed_slice()))
     }
 }
 
@@ -253,7 +284,36 @@ pub trait Plugin: Default + 'static {
     /// # Errors
     /// An `Err` is reported to the host as a handled error.
     fn on_event(&mut self, event: &Event) -> Result;
+
+    /// Answers a query about the state (a read model's question: "what did
+    /// run 42 cost?"). Exported only by `export_plugin!(T, query)` or
+    /// `export_plugin!(T, state, query)`; otherwise the host knows the
+    /// plugin answers no queries and never calls it.
+    ///
+    /// The host calls it between two events, so `self` is the state after
+    /// exactly the events handled so far. It takes `&self`: a query must not
+    /// change what later events see (replays never run queries), and the
+    /// host refuses [`emit`] meanwhile.
+    ///
+    /// ```ignore
+    /// fn query(&self, request: &serde_json::Value) -> plugbus_guest::QueryResult {
+    ///     match request.get("total") {
+    ///         Some(_) => Ok(serde_json::json!({ "total": self.total })),
+    ///         None => Err("ask for {\"total\": true}".into()),
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    /// An `Err` is passed to the caller as the plugin's refusal (an HTTP 422).
+    fn query(&self, request: &serde_json::Value) -> QueryResult {
+        let _ = request;
+        Err(Error("this plugin answers no queries".into()))
+    }
 }
+
+/// What [`Plugin::query`] returns: the answer as JSON, or a refusal.
+pub type QueryResult = std::result::Result<serde_json::Value, Error>;
 
 /// Writes a log line through the host (tagged with the plugin and event).
 pub fn log(level: Level, message: &str) {
@@ -342,41 +402,90 @@ pub fn __restore<P: Plugin + serde::de::DeserializeOwned>(
     Ok(())
 }
 
-/// Exports a [`Plugin`] type as the component's `handler`; with `, state`
-/// also as its `state` (snapshot and restore through serde JSON, for a type
-/// that is `Serialize + Deserialize`), so the host can bring its state back
-/// after a trap, a hot reload or a restart without replaying every event.
+/// Answers a query with the plugin's state, for the `query.query` export.
+#[doc(hidden)]
+pub fn __query<P: Plugin>(
+    state: &'static std::thread::LocalKey<std::cell::RefCell<Option<P>>>,
+    request: &[u8],
+) -> std::result::Result<String, String> {
+    let request: serde_json::Value =
+        serde_json::from_slice(request).map_err(|e| format!("the query is not JSON: {e}"))?;
+    let answer = __with_state(state, |p| p.query(&request)).map_err(|e| e.0)?;
+    serde_json::to_string(&answer).map_err(|e| format!("cannot serialise the answer: {e}"))
+}
+
+/// Exports a [`Plugin`] type as the component's `handler`. Options, in this
+/// order:
+/// - `state`: also as its `state` (snapshot and restore through serde JSON,
+///   for a type that is `Serialize + Deserialize`), so the host can bring
+///   its state back after a trap, a hot reload or a restart without
+///   replaying every event;
+/// - `query`: also as its `query`, answered by [`Plugin::query`], making
+///   the plugin a read model the host can ask (`Bus::query`, HTTP, CLI).
+///
+/// `export_plugin!(T, state, query)` makes a durable, queryable projection.
 #[macro_export]
 macro_rules! export_plugin {
+    ($plugin:ty, state, query) => {
+        $crate::export_plugin!(@handler $plugin);
+        $crate::export_plugin!(@world "component-type:plugbus:observer@0.1.2:projection", PROJECTION);
+        $crate::export_plugin!(@state $plugin);
+        $crate::export_plugin!(@query $plugin);
+    };
     ($plugin:ty, state) => {
         $crate::export_plugin!(@handler $plugin);
-        const _: () = {
-            #[cfg(target_arch = "wasm32")]
-            #[unsafe(link_section = "component-type:plugbus:observer@0.1.1:stateful-observer")]
-            #[used]
-            static __PLUGBUS_STATEFUL_WORLD: [u8; $crate::__STATEFUL_WORLD_TYPE.len()] = $crate::__STATEFUL_WORLD_TYPE;
-
-            #[unsafe(export_name = "plugbus:observer/state@0.1.1#snapshot")]
-            unsafe extern "C" fn __plugbus_export_snapshot() -> *mut u8 {
-                $crate::__state_abi::snapshot($crate::__snapshot::<$plugin>(&__PLUGBUS_STATE))
-            }
-            #[unsafe(export_name = "cabi_post_plugbus:observer/state@0.1.1#snapshot")]
-            unsafe extern "C" fn __plugbus_post_snapshot(area: *mut u8) {
-                unsafe { $crate::__state_abi::post_return(area) }
-            }
-            #[unsafe(export_name = "plugbus:observer/state@0.1.1#restore")]
-            unsafe extern "C" fn __plugbus_export_restore(ptr: *mut u8, len: usize) -> *mut u8 {
-                let bytes = unsafe { $crate::__state_abi::restore_arg(ptr, len) };
-                $crate::__state_abi::restore($crate::__restore::<$plugin>(&__PLUGBUS_STATE, &bytes))
-            }
-            #[unsafe(export_name = "cabi_post_plugbus:observer/state@0.1.1#restore")]
-            unsafe extern "C" fn __plugbus_post_restore(area: *mut u8) {
-                unsafe { $crate::__state_abi::post_return(area) }
-            }
-        };
+        $crate::export_plugin!(@world "component-type:plugbus:observer@0.1.2:stateful-observer", STATEFUL);
+        $crate::export_plugin!(@state $plugin);
+    };
+    ($plugin:ty, query) => {
+        $crate::export_plugin!(@handler $plugin);
+        $crate::export_plugin!(@world "component-type:plugbus:observer@0.1.2:queryable-observer", QUERYABLE);
+        $crate::export_plugin!(@query $plugin);
     };
     ($plugin:ty) => {
         $crate::export_plugin!(@handler $plugin);
+    };
+    (@world $section:literal, $world:ident) => {
+        const _: () = {
+            #[cfg(target_arch = "wasm32")]
+            #[unsafe(link_section = $section)]
+            #[used]
+            static __PLUGBUS_WORLD: [u8; $crate::__world_types::$world.len()] = $crate::__world_types::$world;
+        };
+    };
+    (@state $plugin:ty) => {
+        const _: () = {
+            #[unsafe(export_name = "plugbus:observer/state@0.1.2#snapshot")]
+            unsafe extern "C" fn __plugbus_export_snapshot() -> *mut u8 {
+                $crate::__export_abi::snapshot($crate::__snapshot::<$plugin>(&__PLUGBUS_STATE))
+            }
+            #[unsafe(export_name = "cabi_post_plugbus:observer/state@0.1.2#snapshot")]
+            unsafe extern "C" fn __plugbus_post_snapshot(area: *mut u8) {
+                unsafe { $crate::__export_abi::post_return(area) }
+            }
+            #[unsafe(export_name = "plugbus:observer/state@0.1.2#restore")]
+            unsafe extern "C" fn __plugbus_export_restore(ptr: *mut u8, len: usize) -> *mut u8 {
+                let bytes = unsafe { $crate::__export_abi::take_arg(ptr, len) };
+                $crate::__export_abi::restore($crate::__restore::<$plugin>(&__PLUGBUS_STATE, &bytes))
+            }
+            #[unsafe(export_name = "cabi_post_plugbus:observer/state@0.1.2#restore")]
+            unsafe extern "C" fn __plugbus_post_restore(area: *mut u8) {
+                unsafe { $crate::__export_abi::post_return(area) }
+            }
+        };
+    };
+    (@query $plugin:ty) => {
+        const _: () = {
+            #[unsafe(export_name = "plugbus:observer/query@0.1.2#query")]
+            unsafe extern "C" fn __plugbus_export_query(ptr: *mut u8, len: usize) -> *mut u8 {
+                let request = unsafe { $crate::__export_abi::take_arg(ptr, len) };
+                $crate::__export_abi::query($crate::__query::<$plugin>(&__PLUGBUS_STATE, &request))
+            }
+            #[unsafe(export_name = "cabi_post_plugbus:observer/query@0.1.2#query")]
+            unsafe extern "C" fn __plugbus_post_query(area: *mut u8) {
+                unsafe { $crate::__export_abi::post_return(area) }
+            }
+        };
     };
     (@handler $plugin:ty) => {
         ::std::thread_local! {

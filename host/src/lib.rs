@@ -50,6 +50,7 @@
 //!   - `plugin::port`: the narrow handle plugin code reaches the bus through;
 //! - [`log`]: the embedded event log (segments, writer thread, reader);
 //! - [`dead_letter`]: the events that failed a plugin hard;
+//! - [`query`]: asking a plugin's read model (answers, typed errors, bounds);
 //! - [`cache`]: compiled artifacts on disk, verified before use;
 //! - [`event`], [`pattern`], [`limits`], [`manifest`], [`outcome`], [`stats`],
 //!   [`text`], [`ingest`], [`error`]: the vocabulary every layer shares.
@@ -66,6 +67,7 @@ pub mod manifest;
 pub mod outcome;
 pub mod pattern;
 pub mod plugin;
+pub mod query;
 pub mod replay;
 pub mod stats;
 pub mod text;
@@ -84,5 +86,6 @@ pub use manifest::{Manifest, ManifestError};
 pub use outcome::{Delivery, DeliveryReport, DropReason, Failure, Outcome};
 pub use pattern::{Pattern, PatternError, validate_event_name};
 pub use plugin::{LoadError, LoadErrorKind, PluginCheck, PluginInfo, PluginState};
+pub use query::{QueryAnswer, QueryError};
 pub use replay::{Replay, ReplayEmit, ReplayError, ReplayReport};
 pub use stats::{FailureCounts, LATENCY_BOUNDS, LatencyHistogram, PluginStats};

@@ -71,6 +71,18 @@ pub struct Limits {
     /// plugin). Past it a stateless plugin's state cannot be rebuilt: after
     /// its next trap it starts empty and `plugbus.plugin.state_lost` says so.
     pub replay_max_events: usize,
+    /// For plugins that export `query`: fuel one query may burn. Default
+    /// 100 million, twice an event's: an event touches one entry of a read
+    /// model while a query may scan all of it (listing 50 of `agent-runs`'
+    /// 10,000 runs by status takes about 5 million). When it runs out the
+    /// caller gets [`QueryError::Limit`](crate::QueryError::Limit) and the
+    /// plugin is rebuilt with its state, as after any trap.
+    pub query_fuel: u64,
+    /// Wall-clock time one query may take. Default 200 ms: the plugin's
+    /// events wait while a query runs, so this bounds how long one query
+    /// can hold them up. When it passes the caller gets
+    /// [`QueryError::Limit`](crate::QueryError::Limit), as for fuel.
+    pub query_deadline: Duration,
 }
 
 /// Deepest chain of follow-up events: an event emitted by a plugin while
@@ -96,6 +108,8 @@ impl Default for Limits {
             snapshot_every: 1000,
             snapshot_interval: Duration::from_secs(10),
             replay_max_events: 10_000,
+            query_fuel: 100_000_000,
+            query_deadline: Duration::from_millis(200),
         }
     }
 }

@@ -18,6 +18,8 @@
 //! snapshot_every = 1000                  # stateful plugins: events between snapshots
 //! snapshot_interval_ms = 10_000          # …or time between snapshots
 //! replay_max_events = 10_000             # events kept to rebuild state after a trap
+//! query_fuel = 100_000_000               # plugins with `query`: budget of one query
+//! query_deadline_ms = 200
 //!
 //! [config]                               # served by host.config(key)
 //! budget_usd = "5.00"
@@ -91,6 +93,10 @@ pub struct RawLimits {
     pub snapshot_interval_ms: Option<u64>,
     /// Events kept to rebuild the plugin's state by replay after a trap.
     pub replay_max_events: Option<usize>,
+    /// Fuel one query may burn.
+    pub query_fuel: Option<u64>,
+    /// Wall-clock time one query may take, in milliseconds.
+    pub query_deadline_ms: Option<u64>,
 }
 
 /// One `[[dirs]]` entry as written.
@@ -181,6 +187,8 @@ struct LimitOverrides {
     snapshot_every: Option<u32>,
     snapshot_interval: Option<Duration>,
     replay_max_events: Option<usize>,
+    query_fuel: Option<u64>,
+    query_deadline: Option<Duration>,
 }
 
 /// A directory the plugin may see.
@@ -283,6 +291,14 @@ impl Manifest {
                 .replay_max_events
                 .map(|v| in_range("replay_max_events", v as u64, 0, MAX_REPLAY as u64).map(|v| v as usize))
                 .transpose()?,
+            query_fuel: l
+                .query_fuel
+                .map(|v| in_range("query_fuel", v, 1, u64::MAX))
+                .transpose()?,
+            query_deadline: l
+                .query_deadline_ms
+                .map(|v| in_range("query_deadline_ms", v, 1, MAX_DEADLINE_MS).map(Duration::from_millis))
+                .transpose()?,
         };
         let mut dirs = Vec::with_capacity(raw.dirs.len());
         for (i, d) in raw.dirs.into_iter().enumerate() {
@@ -339,6 +355,8 @@ impl Manifest {
             snapshot_every: o.snapshot_every.unwrap_or(base.snapshot_every),
             snapshot_interval: o.snapshot_interval.unwrap_or(base.snapshot_interval),
             replay_max_events: o.replay_max_events.unwrap_or(base.replay_max_events),
+            query_fuel: o.query_fuel.unwrap_or(base.query_fuel),
+            query_deadline: o.query_deadline.unwrap_or(base.query_deadline),
         }
     }
 }

@@ -34,6 +34,7 @@ use crate::event::Event;
 use crate::log::{LogError, LogReader, LogStats, Record};
 use crate::plugin::port::{Captured, FollowUps};
 use crate::plugin::{LoadError, PluginInfo};
+use crate::query::{QueryAnswer, QueryError};
 
 /// What becomes of the follow-ups plugins emit during a replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -160,7 +161,53 @@ impl Replay {
     ///
     /// # Errors
     /// [`ReplayError`] naming the log file, the plugin or the directory.
-    pub async fn run(self, mut on_follow_up: impl FnMut(u64, &Event)) -> Result<ReplayReport, ReplayError> {
+    pub async fn run(self, on_follow_up: impl FnMut(u64, &Event)) -> Result<ReplayReport, ReplayError> {
+        Ok(self.run_then(on_follow_up, None).await?.0)
+    }
+
+    /// Rebuilds the read model of the plugin named by [`only`](Self::only)
+    /// from the log (a fresh instance, every logged event from
+    /// [`from`](Self::from), follow-ups discarded), then asks it `request`:
+    /// the "fix the projection, rebuild it from history" workflow.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (report, answer) = plugbus::Replay::new("plugins/dist", "agent-log")
+    ///     .only("agent-runs")
+    ///     .query(r#"{"agents": true}"#)
+    ///     .await?;
+    /// println!("{} events: {}", report.events, answer?.answer.get());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ReplayError`] when the replay cannot run (no plugin named with
+    /// `only`, an unreadable log or plugin); the query's own outcome is the
+    /// inner `Result`.
+    pub async fn query(
+        mut self,
+        request: &str,
+    ) -> Result<(ReplayReport, Result<QueryAnswer, QueryError>), ReplayError> {
+        let Some(name) = self.only.clone() else {
+            return Err(ReplayError::Plugins {
+                path: self.plugins.clone(),
+                reason: "a query rebuilds one plugin: name it with `only`".into(),
+            });
+        };
+        self.emit = ReplayEmit::Discard;
+        let (report, answer) = self.run_then(|_, _| {}, Some((&name, request))).await?;
+        // `run_then` answers whenever it is given a query.
+        let answer = answer.unwrap_or(Err(QueryError::UnknownPlugin(name)));
+        Ok((report, answer))
+    }
+
+    /// The replay, then (with `query`) one query to a plugin before the
+    /// replay bus shuts down.
+    async fn run_then(
+        self,
+        mut on_follow_up: impl FnMut(u64, &Event),
+        query: Option<(&str, &str)>,
+    ) -> Result<(ReplayReport, Option<Result<QueryAnswer, QueryError>>), ReplayError> {
         let files = self.plugin_files()?;
         // Read the end first: in `publish` mode the log grows as we go.
         let log = self.log.clone();
@@ -188,13 +235,20 @@ impl Replay {
         }
         let reader = spawn_reader(self.log.clone(), self.from, end, self.correlation.clone());
         let result = feed(&bus, reader, self.correlation.as_deref(), &rx, &mut on_follow_up).await;
+        let answer = match (&result, query) {
+            (Ok(_), Some((plugin, request))) => Some(bus.query(plugin, request).await),
+            _ => None,
+        };
         let shutdown = bus.shutdown().await;
         let (events, follow_ups) = result?;
-        Ok(ReplayReport {
-            events,
-            follow_ups,
-            plugins: shutdown.plugins,
-        })
+        Ok((
+            ReplayReport {
+                events,
+                follow_ups,
+                plugins: shutdown.plugins,
+            },
+            answer,
+        ))
     }
 
     fn plugin_files(&self) -> Result<Vec<PathBuf>, ReplayError> {

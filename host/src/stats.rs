@@ -40,6 +40,12 @@ pub struct PluginStats {
     pub replayed: u64,
     /// Events that failed it hard and went to its dead-letter list.
     pub dead_letters: u64,
+    /// Queries answered (plugins with the `query` export), its own refusals
+    /// included.
+    pub queries: u64,
+    /// Queries that failed hard (trap, fuel, deadline): each one rebuilt the
+    /// instance with its state, as a failed event does.
+    pub query_failures: u64,
     /// Linear memory held by the plugin's current instance, in bytes (0
     /// before the first instance and while it is being rebuilt). Interpreted
     /// runtimes start with tens of MiB; this is what to compare with the
@@ -143,6 +149,8 @@ pub(crate) struct StatsCell {
     state_lost: AtomicU64,
     replayed: AtomicU64,
     dead_letters: AtomicU64,
+    queries: AtomicU64,
+    query_failures: AtomicU64,
     memory: AtomicU64,
     last_error: Mutex<Option<String>>,
     latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
@@ -214,6 +222,15 @@ impl StatsCell {
         self.replayed.fetch_add(n, Relaxed);
     }
 
+    /// A query ran: answered (or refused by the plugin), or failed hard.
+    pub fn queried(&self, failed: bool) {
+        if failed {
+            self.query_failures.fetch_add(1, Relaxed);
+        } else {
+            self.queries.fetch_add(1, Relaxed);
+        }
+    }
+
     pub fn dead_lettered(&self) {
         self.dead_letters.fetch_add(1, Relaxed);
     }
@@ -238,6 +255,8 @@ impl StatsCell {
             state_lost: self.state_lost.load(Relaxed),
             replayed: self.replayed.load(Relaxed),
             dead_letters: self.dead_letters.load(Relaxed),
+            queries: self.queries.load(Relaxed),
+            query_failures: self.query_failures.load(Relaxed),
             memory_bytes: self.memory.load(Relaxed),
             last_error: self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             latency: {

@@ -9,9 +9,12 @@
 //
 // Its counts are durable: it exports `state` (snapshot and restore), so the
 // host hands them back after a trap, a hot reload or a restart with the log.
+// They are a read model too: it exports `query`, answering any request with
+// the table (`{"total", "distinct", "other", "top": [{"name", "count"}]}`),
+// `{"top": N}` for the N first rows instead of the configured `top`.
 //
-// Bindings: `plugbus bindgen c --world stateful-observer --out build`
-// generates stateful_observer.h/.c from the WIT. Ownership follows the
+// Bindings: `plugbus bindgen c --world projection --out build`
+// generates projection.h/.c from the WIT. Ownership follows the
 // canonical ABI: arguments are ours to free; strings and lists we return are
 // malloc'd and freed by the generated post-return code.
 
@@ -20,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "stateful_observer.h"
+#include "projection.h"
 
 typedef plugbus_observer_types_event_t event_t;
 
@@ -35,14 +38,14 @@ static struct {
 
 // Reads a positive integer from the manifest's [config], or `fallback`.
 static uint64_t config_u64(const char *key, uint64_t fallback) {
-    stateful_observer_string_t k, value;
-    stateful_observer_string_set(&k, key);
+    projection_string_t k, value;
+    projection_string_set(&k, key);
     if (!plugbus_observer_host_config(&k, &value)) return fallback;
     char buf[32];
     size_t n = value.len < sizeof buf - 1 ? value.len : sizeof buf - 1;
     memcpy(buf, value.ptr, n);
     buf[n] = 0;
-    stateful_observer_string_free(&value);
+    projection_string_free(&value);
     char *end;
     unsigned long long v = strtoull(buf, &end, 10);
     return (*end == 0 && v > 0) ? (uint64_t)v : fallback;
@@ -94,7 +97,7 @@ static int grow(void) {
     return 1;
 }
 
-static void count(const stateful_observer_string_t *name) {
+static void count(const projection_string_t *name) {
     total++;
     entry_t *e = capacity ? find(slots, capacity, name->ptr, name->len) : NULL;
     if (e != NULL && e->name != NULL) {
@@ -178,56 +181,68 @@ static int by_count_then_name(const void *a, const void *b) {
 }
 
 static void log_line(plugbus_observer_host_level_t level, const char *text, size_t len) {
-    stateful_observer_string_t message = {(uint8_t *)text, len};
+    projection_string_t message = {(uint8_t *)text, len};
     plugbus_observer_host_log(level, &message);
 }
 
-// Logs the table and emits it as `stats.event_counts`. Returns 0 if the host
-// refused the follow-up event (its message goes to `err`).
-static int report(stateful_observer_string_t *err) {
+// Writes the table as JSON into `json` and, when `line` is not NULL, as one
+// log line: the `shown` names with the highest counts.
+static void table(buf_t *json, buf_t *line, size_t shown) {
     entry_t **rows = malloc((distinct ? distinct : 1) * sizeof *rows);
-    if (rows == NULL) return 1;  // no memory for a report: skip this one
+    if (rows == NULL) {
+        json->failed = 1;  // no memory for a table
+        return;
+    }
     size_t n = 0;
     for (size_t i = 0; i < capacity; i++)
         if (slots[i].name) rows[n++] = &slots[i];
     qsort(rows, n, sizeof *rows, by_count_then_name);
-    size_t shown = n < config.top ? n : config.top;
+    if (shown > n) shown = n;
 
-    buf_t line = {0}, json = {0};
-    puts_(&line, "events: ");
-    put_u64(&line, total);
-    puts_(&json, "{\"total\":");
-    put_u64(&json, total);
-    puts_(&json, ",\"distinct\":");
-    put_u64(&json, distinct);
-    puts_(&json, ",\"other\":");
-    put_u64(&json, other);
-    puts_(&json, ",\"top\":[");
+    if (line) {
+        puts_(line, "events: ");
+        put_u64(line, total);
+    }
+    puts_(json, "{\"total\":");
+    put_u64(json, total);
+    puts_(json, ",\"distinct\":");
+    put_u64(json, distinct);
+    puts_(json, ",\"other\":");
+    put_u64(json, other);
+    puts_(json, ",\"top\":[");
     for (size_t i = 0; i < shown; i++) {
-        puts_(&line, i == 0 ? " | " : ", ");
-        put(&line, rows[i]->name, rows[i]->len);
-        puts_(&line, "=");
-        put_u64(&line, rows[i]->count);
-        if (i) puts_(&json, ",");
-        puts_(&json, "{\"name\":");
-        put_json_string(&json, rows[i]->name, rows[i]->len);
-        puts_(&json, ",\"count\":");
-        put_u64(&json, rows[i]->count);
-        puts_(&json, "}");
+        if (line) {
+            puts_(line, i == 0 ? " | " : ", ");
+            put(line, rows[i]->name, rows[i]->len);
+            puts_(line, "=");
+            put_u64(line, rows[i]->count);
+        }
+        if (i) puts_(json, ",");
+        puts_(json, "{\"name\":");
+        put_json_string(json, rows[i]->name, rows[i]->len);
+        puts_(json, ",\"count\":");
+        put_u64(json, rows[i]->count);
+        puts_(json, "}");
     }
-    if (n > shown) {
-        puts_(&line, ", ... ");
-        put_u64(&line, n - shown);
-        puts_(&line, " more");
+    if (line && n > shown) {
+        puts_(line, ", ... ");
+        put_u64(line, n - shown);
+        puts_(line, " more");
     }
-    puts_(&json, "]}");
+    puts_(json, "]}");
     free(rows);
+}
 
+// Logs the table and emits it as `stats.event_counts`. Returns 0 if the host
+// refused the follow-up event (its message goes to `err`).
+static int report(projection_string_t *err) {
+    buf_t line = {0}, json = {0};
+    table(&json, &line, config.top);
     int ok = 1;
     if (!line.failed) log_line(PLUGBUS_OBSERVER_TYPES_LEVEL_INFO, line.data, line.len);
     if (!json.failed) {
-        stateful_observer_string_t name, payload = {(uint8_t *)json.data, json.len};
-        stateful_observer_string_set(&name, "stats.event_counts");
+        projection_string_t name, payload = {(uint8_t *)json.data, json.len};
+        projection_string_set(&name, "stats.event_counts");
         ok = plugbus_observer_host_emit(&name, &payload, err);
     }
     free(line.data);
@@ -237,14 +252,14 @@ static int report(stateful_observer_string_t *err) {
 
 // ---- the exports --------------------------------------------------------------
 
-void exports_plugbus_observer_handler_subscriptions(stateful_observer_list_string_t *ret) {
+void exports_plugbus_observer_handler_subscriptions(projection_list_string_t *ret) {
     static const char pattern[] = "**";
     ret->len = 1;
     ret->ptr = malloc(sizeof *ret->ptr);
-    stateful_observer_string_dup(&ret->ptr[0], pattern);
+    projection_string_dup(&ret->ptr[0], pattern);
 }
 
-bool exports_plugbus_observer_handler_on_event(event_t *event, stateful_observer_string_t *err) {
+bool exports_plugbus_observer_handler_on_event(event_t *event, projection_string_t *err) {
     if (!config.loaded) load_config();
     bool ok = true;
     static const char own[] = "stats.event_counts";
@@ -275,11 +290,11 @@ static uint64_t get_le(const uint8_t *p, int bytes) {
     return v;
 }
 
-static void set_err(stateful_observer_string_t *err, const char *text) {
-    stateful_observer_string_dup(err, text);
+static void set_err(projection_string_t *err, const char *text) {
+    projection_string_dup(err, text);
 }
 
-bool exports_plugbus_observer_state_snapshot(stateful_observer_list_u8_t *ret, stateful_observer_string_t *err) {
+bool exports_plugbus_observer_state_snapshot(projection_list_u8_t *ret, projection_string_t *err) {
     buf_t b = {0};
     put(&b, "EC01", 4);
     put_le(&b, total, 8);
@@ -301,7 +316,7 @@ bool exports_plugbus_observer_state_snapshot(stateful_observer_list_u8_t *ret, s
     return true;
 }
 
-bool exports_plugbus_observer_state_restore(stateful_observer_list_u8_t *state, stateful_observer_string_t *err) {
+bool exports_plugbus_observer_state_restore(projection_list_u8_t *state, projection_string_t *err) {
     if (!config.loaded) load_config();
     const uint8_t *p = state->ptr, *end = state->ptr + state->len;
     bool ok = false;
@@ -318,7 +333,7 @@ bool exports_plugbus_observer_state_restore(stateful_observer_list_u8_t *state, 
         size_t len = (size_t)get_le(p + 8, 4);
         p += 12;
         if ((size_t)(end - p) < len) goto cut;
-        stateful_observer_string_t name = {(uint8_t *)p, len};
+        projection_string_t name = {(uint8_t *)p, len};
         count(&name);  // a new entry with count 1, or "(other)"
         entry_t *e = capacity ? find(slots, capacity, p, len) : NULL;
         if (e != NULL && e->name != NULL) e->count = n;
@@ -331,6 +346,44 @@ bool exports_plugbus_observer_state_restore(stateful_observer_list_u8_t *state, 
 cut:
     set_err(err, "event-counter snapshot cut short");
 done:
-    stateful_observer_list_u8_free(state);
+    projection_list_u8_free(state);
     return ok;
+}
+
+// ---- query: the table as a read model ----------------------------------------
+
+// The whole number after `"key":` in JSON text `s`, or 0 (a request is a
+// few bytes of JSON; wasi-libc has no JSON parser).
+static uint64_t number_after(const char *s, size_t len, const char *key) {
+    size_t n = strlen(key);
+    const char *end = s + len;
+    for (const char *p = s; p + n + 2 <= end; p++) {
+        if (p[0] != '"' || memcmp(p + 1, key, n) != 0 || p[n + 1] != '"') continue;
+        p += n + 2;
+        while (p < end && (*p == ' ' || *p == ':')) p++;
+        uint64_t v = 0;
+        while (p < end && *p >= '0' && *p <= '9' && v < 1000000) v = v * 10 + (uint64_t)(*p++ - '0');
+        return v;
+    }
+    return 0;
+}
+
+bool exports_plugbus_observer_query_query(projection_string_t *request, projection_string_t *ret,
+                                          projection_string_t *err) {
+    if (!config.loaded) load_config();
+    size_t shown = config.top;
+    // `{"top": N}` overrides the configured number of rows.
+    uint64_t asked = number_after((const char *)request->ptr, request->len, "top");
+    if (asked > 0) shown = (size_t)asked;
+    projection_string_free(request);
+    buf_t json = {0};
+    table(&json, NULL, shown);
+    if (json.failed) {
+        free(json.data);
+        set_err(err, "no memory for the table");
+        return false;
+    }
+    ret->ptr = (uint8_t *)json.data;  // malloc'd: the host's post-return frees it
+    ret->len = json.len;
+    return true;
 }

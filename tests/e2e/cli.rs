@@ -91,7 +91,7 @@ fn check_describes_a_plugin_and_refuses_a_bad_one() {
         stdout.contains("cost-tracker") && stdout.contains("model_responded"),
         "{stdout}"
     );
-    assert!(stdout.contains("plugbus:observer/host@0.1.1"), "{stdout}");
+    assert!(stdout.contains("plugbus:observer/host@0.1.2"), "{stdout}");
 
     let out = plugbus(&["check", "--json", wasm("misbehave").to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -369,3 +369,56 @@ async fn event_counter_and_latency_watch_keep_their_state_across_restarts() {
     );
     bus.shutdown().await;
 }
+
+/// A read model in each guest language (world `projection`, built as the
+/// guides say): the C event-counter, and the Python and JavaScript fixtures,
+/// answer queries from their state; a refusal reaches the caller as it is.
+#[tokio::test]
+async fn c_python_and_javascript_projections_answer_queries() {
+    let dir = plugin_dir(&["event-counter", "state-py", "state-js"]);
+    for plugin in ["state-py", "state-js"] {
+        std::fs::write(
+            dir.path().join(format!("{plugin}.toml")),
+            "[limits]\nmemory_mib = 128\nfuel = 500_000_000\nquery_fuel = 500_000_000\n",
+        )
+        .unwrap();
+    }
+    let bus = bus_over(dir.path()).await;
+    for (p, c) in [(10, 5), (1, 2)] {
+        bus.emit(
+            "model_responded",
+            json!({"usage": {"prompt_tokens": p, "completion_tokens": c}}),
+        );
+    }
+    bus.emit("tool.called", json!({}));
+    bus.flush().await;
+    for plugin in ["state-py", "state-js"] {
+        let answer = bus.query(plugin, r#"{"totals": true}"#).await.unwrap();
+        assert_eq!(
+            answer.parse::<Value>().unwrap(),
+            json!({"tokens": 18, "events": 2}),
+            "{plugin}"
+        );
+        assert!(answer.as_of_seq.is_some(), "{plugin}");
+        match bus.query(plugin, "{}").await {
+            Err(plugbus::QueryError::Plugin { message, .. }) => {
+                assert!(message.contains(r#"ask {"totals": true}"#), "{plugin}: {message}")
+            }
+            other => panic!("{plugin}: {other:?}"),
+        }
+    }
+    let table = bus
+        .query("event-counter", r#"{"top": 1}"#)
+        .await
+        .unwrap()
+        .parse::<Value>()
+        .unwrap();
+    assert_eq!(table["total"], 3, "{table}");
+    assert_eq!(table["distinct"], 2, "{table}");
+    assert_eq!(
+        table["top"],
+        json!([{"name": "model_responded", "count": 2}]),
+        "{table}"
+    );
+    bus.shutdown().await;
+}

@@ -167,15 +167,15 @@ async fn a_component_built_for_another_wit_version_is_refused() {
         )
         .unwrap();
     }
-    // The same WAT built for 0.1.0 and 0.1.1 is accepted: one semver track
-    // on wasmtime; the refusal is about the version alone.
-    for version in ["0.1.0", "0.1.1"] {
+    // The same WAT built for 0.1.0, 0.1.1 and 0.1.2 is accepted: one semver
+    // track on wasmtime; the refusal is about the version alone.
+    for version in ["0.1.0", "0.1.1", "0.1.2"] {
         let ok = support::component_from_wat(&support::wat_observer("x", returns_ok), version);
         std::fs::write(dir.path().join(format!("v{}.wasm", version.replace('.', "_"))), ok).unwrap();
     }
     let bus = Bus::builder().plugin_dir(dir.path()).build().await.unwrap();
     let loaded: Vec<String> = bus.plugins().into_iter().map(|p| p.name).collect();
-    assert_eq!(loaded, ["v0_1_0", "v0_1_1"]);
+    assert_eq!(loaded, ["v0_1_0", "v0_1_1", "v0_1_2"]);
     let failures = bus.load_failures();
     assert_eq!(failures.len(), 2);
     for f in failures {
@@ -187,6 +187,7 @@ async fn a_component_built_for_another_wit_version_is_refused() {
     let report = bus.emit_and_wait("x", json!({})).await;
     assert_eq!(report.outcome("v0_1_0"), Some(&Outcome::Ok));
     assert_eq!(report.outcome("v0_1_1"), Some(&Outcome::Ok));
+    assert_eq!(report.outcome("v0_1_2"), Some(&Outcome::Ok));
 }
 
 /// SECURITY.md promises wasmtime >= 48.0.4 (RUSTSEC-2026-0314..0327). The

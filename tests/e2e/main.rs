@@ -16,5 +16,6 @@ mod isolation;
 mod languages;
 mod loading;
 mod native;
+mod projections;
 mod reliability;
 mod watch;

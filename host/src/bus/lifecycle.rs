@@ -113,6 +113,7 @@ fn spawn(
     };
     let spec = Arc::new(prepared.spec);
     let (tx, rx) = mpsc::channel(spec.limits.queue_capacity);
+    let (queries_tx, queries_rx) = mpsc::channel(crate::query::QUERY_QUEUE);
     let (stop_tx, stop_rx) = oneshot::channel();
     let state = Arc::new(WorkerState::default());
     let dead_letters = Arc::new(DeadLetters::new(&spec.name, shared.log.as_ref().map(|l| l.dir())));
@@ -135,12 +136,13 @@ fn spawn(
             handoff: handoff.clone(),
         },
     );
-    let task = shared.runtime.spawn(worker.run(rx, stop_rx, gate, plan));
+    let task = shared.runtime.spawn(worker.run(rx, queries_rx, stop_rx, gate, plan));
     let handle = Arc::new(PluginHandle {
         spec,
         seq,
         subscriptions: prepared.patterns.iter().map(|p| p.as_str().to_owned()).collect(),
         tx,
+        queries: queries_tx,
         stats,
         state,
         dead_letters,

@@ -638,6 +638,56 @@ impl Bus {
         lock(&self.shared.plugins).values().map(|h| info(h)).collect()
     }
 
+    /// Asks the named plugin's read model a question: `request` (JSON text
+    /// by convention) goes to the plugin's `query` export, on its own worker
+    /// between two events, under its `query_fuel` and `query_deadline`.
+    /// The answer carries the sequence number of the last event the plugin
+    /// had handled, so it reflects exactly the events up to that one.
+    ///
+    /// ```no_run
+    /// # async fn demo(bus: plugbus::Bus) {
+    /// match bus.query("agent-runs", r#"{"run": "run-42"}"#).await {
+    ///     Ok(a) => println!("as of {:?}: {}", a.as_of_seq, a.answer.get()),
+    ///     Err(e) => eprintln!("{e}"),
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`QueryError`](crate::QueryError): no such plugin, no `query` export,
+    /// a request over [`MAX_QUERY_REQUEST_BYTES`](crate::query::MAX_QUERY_REQUEST_BYTES),
+    /// the plugin's refusal, a limit hit or a trap (the plugin is rebuilt
+    /// with its state), too many queries waiting, or shutting down.
+    pub async fn query(&self, plugin: &str, request: &str) -> Result<crate::QueryAnswer, crate::QueryError> {
+        use crate::query::{MAX_QUERY_REQUEST_BYTES, QueryError, QueryJob};
+        if request.len() > MAX_QUERY_REQUEST_BYTES {
+            return Err(QueryError::TooLarge(request.len()));
+        }
+        let sender = {
+            let plugins = lock(&self.shared.plugins);
+            let handle = plugins
+                .get(plugin)
+                .ok_or_else(|| QueryError::UnknownPlugin(plugin.to_owned()))?;
+            if !handle.spec.has_query() {
+                return Err(QueryError::NoQueryExport(plugin.to_owned()));
+            }
+            handle.queries.clone()
+        };
+        let (reply, answer) = oneshot::channel();
+        let job = QueryJob {
+            request: request.to_owned(),
+            reply,
+        };
+        sender.try_send(job).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => QueryError::Busy(plugin.to_owned()),
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => QueryError::ShuttingDown(plugin.to_owned()),
+        })?;
+        // A dropped reply: the worker stopped before reaching the query.
+        answer
+            .await
+            .unwrap_or_else(|_| Err(QueryError::ShuttingDown(plugin.to_owned())))
+    }
+
     /// The dead letters of the named plugin (the events that made it fail
     /// hard, newest [`MAX_KEPT`](crate::dead_letter::MAX_KEPT)), oldest
     /// first; `None` if no plugin has that name.

@@ -6,6 +6,7 @@ mod dlq;
 mod log;
 mod new;
 mod progress;
+mod query;
 mod replay;
 mod report;
 mod run;
@@ -102,6 +103,27 @@ pub enum Command {
         /// Follow-ups: capture (print, never publish), discard, or publish (append to the log).
         #[arg(long, value_name = "MODE", default_value = "capture")]
         emit: plugbus::ReplayEmit,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Rebuild a plugin's read model from an event log (a fresh instance,
+    /// every logged event) and ask it REQUEST; prints {"as_of_seq", "answer"}.
+    Query {
+        /// Directory of `*.wasm` plugins (with optional manifests).
+        #[arg(long, value_name = "DIR")]
+        plugins: PathBuf,
+        /// The event log to rebuild from.
+        #[arg(long = "log", value_name = "DIR")]
+        log: PathBuf,
+        /// The plugin (`DIR/NAME.wasm`); it must export `query`.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The query, JSON text (e.g. '{"run": "run-42"}').
+        #[arg(value_name = "REQUEST")]
+        request: String,
+        /// Indent the JSON for reading.
+        #[arg(long)]
+        pretty: bool,
         #[command(flatten)]
         cache: CacheArgs,
     },
@@ -333,6 +355,14 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             })
             .await
         }
+        Command::Query {
+            plugins,
+            log,
+            name,
+            request,
+            pretty,
+            cache,
+        } => query::query(&plugins, &log, &name, &request, pretty, &cache).await,
         Command::New { name, lang, dir, sdk } => new::new(&name, lang, dir.as_deref(), sdk.as_deref()),
         Command::Serve {
             plugins,

@@ -12,6 +12,13 @@
 //! - `GET /plugins/<name>/dead-letters`: the events that made it fail hard;
 //!   `POST /plugins/<name>/dead-letters/redrive` sends them to it again
 //!   (after a fixed version was dropped into the directory).
+//! - `GET /plugins/<name>/query?q=<urlencoded JSON>` and `POST
+//!   /plugins/<name>/query` with a JSON body: asks a plugin that exports
+//!   `query` (a read model); 200 `{"as_of_seq", "answer"}`. Errors are
+//!   `{"error", "kind"}`: 400 a missing or malformed request, 404 no such
+//!   plugin, 413 a request over 64 KiB, 422 the plugin refused, 500 it
+//!   trapped, 501 it has no `query` export, 503 busy or shutting down, 504
+//!   it ran out of query fuel or time.
 //! - `GET /metrics`: Prometheus (OpenMetrics) text.
 //! - `GET /healthz`: liveness.
 //!
@@ -23,7 +30,7 @@ use std::path::Path as FsPath;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -82,6 +89,7 @@ fn router(bus: plugbus::Bus) -> Router {
         .route("/plugins", get(get_plugins))
         .route("/plugins/{name}/dead-letters", get(get_dead_letters))
         .route("/plugins/{name}/dead-letters/redrive", post(post_redrive))
+        .route("/plugins/{name}/query", get(get_query).post(post_query))
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -175,6 +183,62 @@ async fn post_redrive(State(bus): State<plugbus::Bus>, Path(name): Path<String>)
             Json(json!({ "error": format!("no plugin named `{name}`") })),
         )
             .into_response(),
+    }
+}
+
+/// `?q=` of `GET /plugins/<name>/query`.
+#[derive(serde::Deserialize)]
+struct QueryParams {
+    q: Option<String>,
+}
+
+async fn get_query(
+    State(bus): State<plugbus::Bus>,
+    Path(name): Path<String>,
+    params: Result<Query<QueryParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    match params {
+        Ok(Query(QueryParams { q: Some(q) })) => answer_query(&bus, &name, &q).await,
+        Ok(_) => {
+            bad_request("missing `q`: the query as URL-encoded JSON, e.g. ?q=%7B%22run%22%3A%22run-42%22%7D".into())
+        }
+        Err(e) => bad_request(format!("malformed query string: {e}")),
+    }
+}
+
+async fn post_query(State(bus): State<plugbus::Bus>, Path(name): Path<String>, body: String) -> Response {
+    answer_query(&bus, &name, &body).await
+}
+
+/// Checks the request is JSON, asks the plugin, maps a [`plugbus::QueryError`]
+/// to its status code.
+async fn answer_query(bus: &plugbus::Bus, name: &str, request: &str) -> Response {
+    use plugbus::QueryError as E;
+    if request.len() > plugbus::query::MAX_QUERY_REQUEST_BYTES {
+        let e = E::TooLarge(request.len());
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Json(json!({ "error": e.to_string(), "kind": e.kind() })),
+        )
+            .into_response();
+    }
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(request) {
+        return bad_request(format!("the query is not JSON: {e}"));
+    }
+    match bus.query(name, request).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(e) => {
+            let status = match &e {
+                E::UnknownPlugin(_) => StatusCode::NOT_FOUND,
+                E::NoQueryExport(_) => StatusCode::NOT_IMPLEMENTED,
+                E::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                E::Plugin { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                E::Limit { .. } => StatusCode::GATEWAY_TIMEOUT,
+                E::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                E::Busy(_) | E::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            (status, Json(json!({ "error": e.to_string(), "kind": e.kind() }))).into_response()
+        }
     }
 }
 

@@ -43,7 +43,7 @@ pub fn bindgen_c(out: &Path, wit: Option<&Path>, world: &str) -> anyhow::Result<
     let (mut resolve, package) = resolve(wit)?;
     let world = resolve
         .select_world(&[package], Some(world))
-        .with_context(|| format!("the WIT package has no world `{world}` (worlds: {WORLD}, stateful-observer)"))?;
+        .with_context(|| format!("the WIT package has no world `{world}` (worlds: {WORLD}, stateful-observer, queryable-observer, projection)"))?;
     let mut files = wit_bindgen_core::Files::default();
     wit_bindgen_c::Opts::default()
         .build()
@@ -104,6 +104,6 @@ mod tests {
     fn the_built_in_package_has_the_observer_world() {
         let (resolve, package) = resolve(None).unwrap();
         assert!(resolve.select_world(&[package], Some(WORLD)).is_ok());
-        assert_eq!(resolve.packages[package].name.to_string(), "plugbus:observer@0.1.1");
+        assert_eq!(resolve.packages[package].name.to_string(), "plugbus:observer@0.1.2");
     }
 }

@@ -47,6 +47,9 @@ pub(crate) struct PluginCtx {
     /// follow-ups were published the first time, so `emit` drops them, and
     /// log lines were written the first time, so they are dropped too.
     replaying: bool,
+    /// True during a `query` call: a query may not change what later events
+    /// see, so `emit` is refused.
+    pub querying: bool,
     determinism: Determinism,
     pub logs: Arc<LogBudget>,
     log_line_bytes: usize,
@@ -100,6 +103,7 @@ impl PluginCtx {
             emits_left: limits.emits_per_event,
             emit_index: 0,
             replaying: false,
+            querying: false,
             determinism,
             logs,
             log_line_bytes: limits.log_line_bytes,
@@ -114,6 +118,7 @@ impl PluginCtx {
         self.emits_left = limits.emits_per_event;
         self.emit_index = 0;
         self.replaying = replaying;
+        self.querying = false;
         self.limiter.refused = false;
         self.logs.reset(if replaying { 0 } else { limits.log_lines_per_event });
     }
@@ -162,6 +167,11 @@ impl host::Host for PluginCtx {
     }
 
     fn emit(&mut self, name: String, payload: String) -> wasmtime::Result<Result<(), String>> {
+        if self.querying {
+            return Ok(Err(
+                "emit is refused during a query: a query may not change what later events see".into(),
+            ));
+        }
         let Some(parent) = self.current.clone() else {
             return Ok(Err("emit is only allowed while handling an event".into()));
         };

@@ -29,7 +29,10 @@ use crate::limits::Limits;
 use crate::manifest::{Manifest, ManifestError};
 use crate::outcome::{Failure, backtrace_frames, classify};
 use crate::pattern::{Pattern, PatternError};
-use crate::plugin::bindings::{HANDLER_EXPORT, Observer, ObserverIndices, STATE_EXPORT, StateExport, StateIndices};
+use crate::plugin::bindings::{
+    HANDLER_EXPORT, Observer, ObserverIndices, QUERY_EXPORT, QueryExport, QueryIndices, STATE_EXPORT, StateExport,
+    StateIndices,
+};
 use crate::plugin::ctx::PluginCtx;
 use crate::plugin::engine::{EPOCH_TICK, PluginEngine};
 use crate::plugin::port::BusPort;
@@ -148,6 +151,8 @@ pub(crate) struct PluginSpec {
     indices: ObserverIndices,
     /// The optional `state` export, when the plugin has one.
     state: Option<StateIndices>,
+    /// The optional `query` export, when the plugin has one.
+    query: Option<QueryIndices>,
     pub limits: Limits,
     pub config: Arc<BTreeMap<String, String>>,
     pub manifest: Manifest,
@@ -168,6 +173,7 @@ pub(crate) struct Instance {
     pub store: Store<PluginCtx>,
     pub bindings: Observer,
     state: Option<StateExport>,
+    query: Option<QueryExport>,
 }
 
 /// A failed call: what kind, plus the wasm backtrace when there is one.
@@ -254,7 +260,7 @@ impl PluginSpec {
         let ty = component.component_type();
         let imports: Vec<String> = ty.imports(&engine.engine).map(|(n, _)| n.to_owned()).collect();
         // `get_export_index` matches the semver track: a 0.1.0 plugin's
-        // `handler@0.1.0` answers to the host's `handler@0.1.1`.
+        // `handler@0.1.0` answers to the host's `handler@0.1.2`.
         if component.get_export_index(None, HANDLER_EXPORT).is_none() {
             let exports: Vec<&str> = ty.exports(&engine.engine).map(|(n, _)| n).collect();
             return Err(err(LoadErrorKind::WrongWorld(format!(
@@ -281,6 +287,13 @@ impl PluginSpec {
                     .map_err(|e| err(LoadErrorKind::WrongWorld(format!("its `state` export: {e:#}"))))?,
             ),
         };
+        let query = match component.get_export_index(None, QUERY_EXPORT) {
+            None => None,
+            Some(_) => Some(
+                QueryIndices::new(&instance_pre)
+                    .map_err(|e| err(LoadErrorKind::WrongWorld(format!("its `query` export: {e:#}"))))?,
+            ),
+        };
         let limits = manifest.apply_limits(bus_limits);
         Ok(PluginSpec {
             name,
@@ -288,6 +301,7 @@ impl PluginSpec {
             pre: instance_pre,
             indices,
             state,
+            query,
             limits,
             config: Arc::new(manifest.config.clone()),
             manifest,
@@ -331,12 +345,54 @@ impl PluginSpec {
             ),
             None => None,
         };
-        Ok(Instance { store, bindings, state })
+        let query = match &self.query {
+            Some(indices) => Some(
+                indices
+                    .load(&mut store, &instance)
+                    .map_err(|e| self.call_error(&e, &store))?,
+            ),
+            None => None,
+        };
+        Ok(Instance {
+            store,
+            bindings,
+            state,
+            query,
+        })
     }
 
     /// Whether the plugin exports `state` (snapshot and restore).
     pub fn has_state(&self) -> bool {
         self.state.is_some()
+    }
+
+    /// Whether the plugin exports `query` (a read model).
+    pub fn has_query(&self) -> bool {
+        self.query.is_some()
+    }
+
+    /// Runs `query` with the query budgets (`query_fuel`,
+    /// `query_deadline`); emits are refused meanwhile. `Ok(Err(reason))`
+    /// when the plugin refused it or has no `query` export.
+    pub async fn query(&self, instance: &mut Instance, request: &str) -> Result<Result<String, String>, CallError> {
+        let Some(query) = instance.query.clone() else {
+            return Ok(Err("the plugin has no `query` export".into()));
+        };
+        self.arm_with(
+            &mut instance.store,
+            None,
+            false,
+            self.limits.query_fuel,
+            self.limits.query_deadline,
+        );
+        instance.store.data_mut().querying = true;
+        let call = query.call_query(&mut instance.store, request);
+        let answer = tokio::time::timeout(self.limits.query_deadline + EPOCH_TICK * 5, call).await;
+        let result = self
+            .settle(answer, &instance.store)
+            .map(|a| a.map_err(crate::text::cap));
+        instance.store.data_mut().querying = false;
+        result
     }
 
     /// Asks the instance for a snapshot of its state. `Ok(None)` when the
@@ -427,10 +483,22 @@ impl PluginSpec {
 
     /// Refills fuel, arms the epoch deadline and resets per-event budgets.
     fn arm(&self, store: &mut Store<PluginCtx>, event: Option<Event>, quiet: bool) {
+        self.arm_with(store, event, quiet, self.limits.fuel, self.limits.deadline);
+    }
+
+    /// [`arm`](Self::arm) with a given fuel and deadline (a query's).
+    fn arm_with(
+        &self,
+        store: &mut Store<PluginCtx>,
+        event: Option<Event>,
+        quiet: bool,
+        fuel: u64,
+        deadline: std::time::Duration,
+    ) {
         // `set_fuel` only fails when fuel is not enabled, which the engine
         // always enables; nothing to handle.
-        let _ = store.set_fuel(self.limits.fuel);
-        let ticks = (self.limits.deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1;
+        let _ = store.set_fuel(fuel);
+        let ticks = (deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1;
         store.set_epoch_deadline(ticks);
         // Long computations yield to the async runtime every ~1 ms of fuel so
         // one plugin never holds a runtime thread for its whole deadline.
@@ -471,10 +539,11 @@ impl PluginSpec {
     pub fn check(&self, subscriptions: &[Pattern]) -> PluginCheck {
         PluginCheck {
             name: self.name.to_string(),
-            world: if self.state.is_some() {
-                "plugbus:observer/stateful-observer@0.1.1"
-            } else {
-                "plugbus:observer/observer@0.1.1"
+            world: match (self.state.is_some(), self.query.is_some()) {
+                (true, true) => "plugbus:observer/projection@0.1.2",
+                (true, false) => "plugbus:observer/stateful-observer@0.1.2",
+                (false, true) => "plugbus:observer/queryable-observer@0.1.2",
+                (false, false) => "plugbus:observer/observer@0.1.2",
             }
             .to_owned(),
             subscriptions: subscriptions.iter().map(|p| p.as_str().to_owned()).collect(),

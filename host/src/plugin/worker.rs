@@ -22,6 +22,7 @@ use crate::outcome::{DropReason, Failure, Outcome};
 use crate::plugin::port::BusPort;
 use crate::plugin::recovery::{KeptState, Plan, Recovery, Snapshot};
 use crate::plugin::{CallError, Instance, PluginSpec, PluginState};
+use crate::query::{QueryAnswer, QueryError, QueryJob};
 use crate::stats::StatsCell;
 
 /// One queued event, with an optional channel for its outcome
@@ -29,6 +30,12 @@ use crate::stats::StatsCell;
 pub(crate) struct Job {
     pub event: Event,
     pub reply: Option<oneshot::Sender<Outcome>>,
+}
+
+/// What the worker takes next.
+enum Next {
+    Query(QueryJob),
+    Job(Option<Job>),
 }
 
 /// Shared, read-mostly view of a worker's state: its lifecycle state, its
@@ -188,6 +195,7 @@ impl Worker {
     pub async fn run(
         mut self,
         mut rx: mpsc::Receiver<Job>,
+        mut queries: mpsc::Receiver<QueryJob>,
         mut stop: oneshot::Receiver<()>,
         gate: Option<oneshot::Receiver<Option<Recovery>>>,
         catch_up: Option<crate::plugin::catch_up::Plan>,
@@ -214,8 +222,14 @@ impl Worker {
         }
         let mut stopping = false;
         loop {
-            let job = if stopping {
-                rx.recv().await
+            // Queries go ahead of queued events: each runs between two
+            // events, and a caller is not kept behind a full queue.
+            let next = if stopping {
+                tokio::select! {
+                    biased;
+                    Some(query) = queries.recv() => Next::Query(query),
+                    job = rx.recv() => Next::Job(job),
+                }
             } else {
                 tokio::select! {
                     biased;
@@ -225,8 +239,21 @@ impl Worker {
                         stopping = true;
                         continue;
                     }
-                    job = rx.recv() => job,
+                    Some(query) = queries.recv() => Next::Query(query),
+                    job = rx.recv() => Next::Job(job),
                 }
+            };
+            let job = match next {
+                Next::Query(query) => {
+                    let answer = if self.state.abandoned() {
+                        Err(QueryError::ShuttingDown(self.spec.name.to_string()))
+                    } else {
+                        self.query(&query.request).await
+                    };
+                    let _ = query.reply.send(answer);
+                    continue;
+                }
+                Next::Job(job) => job,
             };
             let Some(job) = job else { break };
             let outcome = if self.state.abandoned() {
@@ -242,6 +269,14 @@ impl Worker {
             if let Some(bus) = self.bus.upgrade() {
                 bus.job_done();
             }
+        }
+        // Queries that arrive from here on are answered by their dropped
+        // reply channel: the caller sees `ShuttingDown`.
+        queries.close();
+        while let Ok(query) = queries.try_recv() {
+            let _ = query
+                .reply
+                .send(Err(QueryError::ShuttingDown(self.spec.name.to_string())));
         }
         // The queue is drained: keep the final state for the next run, and
         // for a hot-swapped successor.
@@ -337,6 +372,60 @@ impl Worker {
         self.stats.observe(started.elapsed());
         self.update_breaker(&outcome);
         outcome
+    }
+
+    /// Answers one query from the state after the events handled so far,
+    /// rebuilding the instance first if a failure dropped it. A query that
+    /// fails hard drops the instance like a failed event (its state comes
+    /// back before the next call) but leaves no dead letter and does not
+    /// count toward quarantine: no event failed.
+    async fn query(&mut self, request: &str) -> Result<QueryAnswer, QueryError> {
+        let spec = self.spec.clone();
+        let name = &*spec.name;
+        if !spec.has_query() {
+            return Err(QueryError::NoQueryExport(name.to_owned()));
+        }
+        let mut instance = match self.instance.take() {
+            Some(instance) => instance,
+            None => match self.rebuild().await {
+                Ok(instance) => instance,
+                Err(e) => return Err(QueryError::failed(name, e.failure)),
+            },
+        };
+        let started = Instant::now();
+        match spec.query(&mut instance, request).await {
+            Ok(answer) => {
+                self.stats.queried(false);
+                self.instance = Some(instance);
+                tracing::debug!(
+                    plugin = name,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    ok = answer.is_ok(),
+                    "query answered"
+                );
+                match answer {
+                    Ok(text) => crate::query::answer(name, self.last_seq, text),
+                    Err(message) => Err(QueryError::Plugin {
+                        plugin: name.to_owned(),
+                        message,
+                    }),
+                }
+            }
+            Err(e) => {
+                self.stats.queried(true);
+                self.state.set(PluginState::Recovering);
+                self.stats.set_memory(0);
+                self.recovery.needs_rebuild = true;
+                tracing::error!(
+                    plugin = name,
+                    failure = e.failure.kind(),
+                    backtrace = ?e.frames,
+                    "plugin failed answering a query: {}; it is rebuilt with its state",
+                    e.failure
+                );
+                Err(QueryError::failed(name, e.failure))
+            }
+        }
     }
 
     fn drop_job(&self, job: &Job, reason: DropReason) -> Outcome {
@@ -666,6 +755,8 @@ pub(crate) struct PluginHandle {
     pub seq: u64,
     pub subscriptions: Vec<String>,
     pub tx: mpsc::Sender<Job>,
+    /// Queries for the worker, answered between two events.
+    pub queries: mpsc::Sender<QueryJob>,
     pub stats: Arc<StatsCell>,
     pub state: Arc<WorkerState>,
     pub dead_letters: Arc<DeadLetters>,

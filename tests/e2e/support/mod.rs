@@ -17,6 +17,7 @@ pub const PLUGINS: &[&str] = &[
     "audit-log",
     "console-logger",
     "token-counter",
+    "agent-runs",
     "misbehave",
     "wrong-world",
 ];
@@ -51,13 +52,21 @@ pub fn wasm_dir() -> &'static Path {
         if let Some(dir) = std::env::var_os("PLUGBUS_WASM_DIR") {
             return PathBuf::from(dir);
         }
+        let out = target_dir().join("plugbus-test-wasm");
+        std::fs::create_dir_all(&out).unwrap();
         let mut args = vec!["build", "--quiet", "--profile", "plugin", "--target", "wasm32-wasip2"];
+        // agent-runs "v1", with its deliberate bug, first: the build below
+        // replaces agent_runs.wasm with the fixed version.
+        cargo(&[&args[..], &["-p", "agent-runs", "--features", "v1-bug"]].concat());
+        std::fs::copy(
+            target_dir().join("wasm32-wasip2/plugin/agent_runs.wasm"),
+            out.join("agent-runs-v1.wasm"),
+        )
+        .unwrap();
         for p in PLUGINS {
             args.extend(["-p", p]);
         }
         cargo(&args);
-        let out = target_dir().join("plugbus-test-wasm");
-        std::fs::create_dir_all(&out).unwrap();
         for p in PLUGINS {
             let built = target_dir()
                 .join("wasm32-wasip2/plugin")
@@ -121,6 +130,11 @@ pub fn install(dir: &Path, wasm: &Path, name: &str, manifest: &str) {
 /// The committed cost-tracker built against WIT 0.1.0 (no `state` export).
 pub fn compat_cost_tracker() -> PathBuf {
     workspace_root().join("plugins/fixtures/compat-0.1.0/cost-tracker-0.1.0.wasm")
+}
+
+/// The committed cost-tracker built against WIT 0.1.1 (`state`, no `query`).
+pub fn compat_cost_tracker_0_1_1() -> PathBuf {
+    workspace_root().join("plugins/fixtures/compat-0.1.1/cost-tracker-0.1.1.wasm")
 }
 
 /// A temp directory holding the given plugins, each with its first-party
@@ -203,7 +217,7 @@ pub fn wat_observer(subscription: &str, on_event: &str) -> String {
 pub fn component_from_wat(wat: &str, version: &str) -> Vec<u8> {
     let wit = std::fs::read_to_string(workspace_root().join("wit/observer.wit")).unwrap();
     let wit = wit.replace(
-        "package plugbus:observer@0.1.1;",
+        "package plugbus:observer@0.1.2;",
         &format!("package plugbus:observer@{version};"),
     );
     let mut resolve = wit_parser::Resolve::default();

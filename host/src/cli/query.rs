@@ -1,0 +1,50 @@
+//! `plugbus query`: rebuild a plugin's read model from an event log and ask
+//! it one question (event sourcing's "fix the projection, rebuild it").
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::CacheArgs;
+
+pub async fn query(
+    plugins: &Path,
+    log: &Path,
+    name: &str,
+    request: &str,
+    pretty: bool,
+    cache: &CacheArgs,
+) -> anyhow::Result<ExitCode> {
+    super::log::check_dir(log)?;
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(request) {
+        anyhow::bail!("the query is not JSON: {e}");
+    }
+    let (report, answer) = plugbus::Replay::new(plugins, log)
+        .only(name)
+        .bus(cache.apply(plugbus::Bus::builder()))
+        .query(request)
+        .await?;
+    let failures: u64 = report.plugins.iter().map(|p| p.stats.failures.total()).sum();
+    tracing::info!(
+        plugin = name,
+        events = report.events,
+        failures,
+        "read model rebuilt from the log"
+    );
+    match answer {
+        Ok(answer) => {
+            let text = if pretty {
+                // The raw answer is printed as the plugin wrote it: parse it to indent it.
+                let answer: serde_json::Value = serde_json::to_value(&answer)?;
+                serde_json::to_string_pretty(&answer)?
+            } else {
+                serde_json::to_string(&answer)?
+            };
+            println!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("plugbus: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
