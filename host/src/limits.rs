@@ -83,6 +83,17 @@ pub struct Limits {
     /// can hold them up. When it passes the caller gets
     /// [`QueryError::Limit`](crate::QueryError::Limit), as for fuel.
     pub query_deadline: Duration,
+    /// For plugins that export `state`: fuel one `snapshot` or `restore` may
+    /// burn. Default 1 billion, twenty events' worth: unlike an event, these
+    /// serialise or parse the whole state (`agent-runs` holding 10,000 runs
+    /// writes about 3 MB of JSON for ~100 million). When it runs out the
+    /// snapshot is skipped (the previous one is kept) or the restore
+    /// fails, and the state is rebuilt by replay instead, as the durability
+    /// guide describes.
+    pub state_fuel: u64,
+    /// Wall-clock time one `snapshot` or `restore` may take. Default 1 s:
+    /// the plugin's events wait meanwhile.
+    pub state_deadline: Duration,
 }
 
 /// Deepest chain of follow-up events: an event emitted by a plugin while
@@ -110,6 +121,8 @@ impl Default for Limits {
             replay_max_events: 10_000,
             query_fuel: 100_000_000,
             query_deadline: Duration::from_millis(200),
+            state_fuel: 1_000_000_000,
+            state_deadline: Duration::from_secs(1),
         }
     }
 }

@@ -20,6 +20,8 @@
 //! replay_max_events = 10_000             # events kept to rebuild state after a trap
 //! query_fuel = 100_000_000               # plugins with `query`: budget of one query
 //! query_deadline_ms = 200
+//! state_fuel = 1_000_000_000             # plugins with `state`: budget of one snapshot or restore
+//! state_deadline_ms = 1000
 //!
 //! [config]                               # served by host.config(key)
 //! budget_usd = "5.00"
@@ -97,6 +99,10 @@ pub struct RawLimits {
     pub query_fuel: Option<u64>,
     /// Wall-clock time one query may take, in milliseconds.
     pub query_deadline_ms: Option<u64>,
+    /// Fuel one snapshot or restore may burn.
+    pub state_fuel: Option<u64>,
+    /// Wall-clock time one snapshot or restore may take, in milliseconds.
+    pub state_deadline_ms: Option<u64>,
 }
 
 /// One `[[dirs]]` entry as written.
@@ -189,6 +195,8 @@ struct LimitOverrides {
     replay_max_events: Option<usize>,
     query_fuel: Option<u64>,
     query_deadline: Option<Duration>,
+    state_fuel: Option<u64>,
+    state_deadline: Option<Duration>,
 }
 
 /// A directory the plugin may see.
@@ -299,6 +307,14 @@ impl Manifest {
                 .query_deadline_ms
                 .map(|v| in_range("query_deadline_ms", v, 1, MAX_DEADLINE_MS).map(Duration::from_millis))
                 .transpose()?,
+            state_fuel: l
+                .state_fuel
+                .map(|v| in_range("state_fuel", v, 1, u64::MAX))
+                .transpose()?,
+            state_deadline: l
+                .state_deadline_ms
+                .map(|v| in_range("state_deadline_ms", v, 1, MAX_DEADLINE_MS).map(Duration::from_millis))
+                .transpose()?,
         };
         let mut dirs = Vec::with_capacity(raw.dirs.len());
         for (i, d) in raw.dirs.into_iter().enumerate() {
@@ -357,6 +373,8 @@ impl Manifest {
             replay_max_events: o.replay_max_events.unwrap_or(base.replay_max_events),
             query_fuel: o.query_fuel.unwrap_or(base.query_fuel),
             query_deadline: o.query_deadline.unwrap_or(base.query_deadline),
+            state_fuel: o.state_fuel.unwrap_or(base.state_fuel),
+            state_deadline: o.state_deadline.unwrap_or(base.state_deadline),
         }
     }
 }
@@ -385,6 +403,10 @@ fuel = 7
 deadline_ms = 20
 memory_mib = 8
 queue_capacity = 16
+query_fuel = 9
+query_deadline_ms = 30
+state_fuel = 11
+state_deadline_ms = 40
 [config]
 budget_usd = "1.5"
 [[dirs]]
@@ -405,6 +427,10 @@ writable = true
             (7, Duration::from_millis(20), 8 << 20, 16)
         );
         assert_eq!(l.emits_per_event, Limits::default().emits_per_event);
+        assert_eq!(
+            (l.query_fuel, l.query_deadline, l.state_fuel, l.state_deadline),
+            (9, Duration::from_millis(30), 11, Duration::from_millis(40))
+        );
     }
 
     #[test]
@@ -413,6 +439,8 @@ writable = true
         assert!(e.contains("p.toml") && e.contains("fule"), "{e}");
         let e = load("[limits]\nmemory_mib = 100000\n").unwrap_err().to_string();
         assert!(e.contains("limits.memory_mib"), "{e}");
+        let e = load("[limits]\nquery_deadline_ms = 0\n").unwrap_err().to_string();
+        assert!(e.contains("limits.query_deadline_ms"), "{e}");
         let e = load("[config]\nbudget_usd = 5\n").unwrap_err().to_string();
         assert!(e.contains("budget_usd"), "{e}");
         let e = load("subscriptions = [\"a..b\"]\n").unwrap_err().to_string();

@@ -392,6 +392,7 @@ fn bench_runs_every_scenario_and_writes_json() {
         "8 event log",
         "9 state recovery",
         "10 replay",
+        "11 projection queries",
     ] {
         assert!(rows.iter().any(|r| r["scenario"] == scenario), "no row for {scenario}");
     }
@@ -411,7 +412,7 @@ fn bench_runs_every_scenario_and_writes_json() {
         "{rows:?}"
     );
     // A scenario that does not exist is a usage error, not an empty table.
-    let out = plugbus(&["bench", "--only", "11"]);
+    let out = plugbus(&["bench", "--only", "12"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--only"));
 }

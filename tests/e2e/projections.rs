@@ -651,6 +651,56 @@ fn http_queries_answer_with_the_documented_status_codes() {
         .find(|p| p["name"] == "misbehave")
         .unwrap();
     assert_eq!(mis["stats"]["query_failures"], 2);
+    let (_, metrics) = support::http(&addr, "GET", "/metrics", b"");
+    assert!(
+        metrics.contains(r#"plugbus_plugin_query_failures_total{plugin="misbehave"} 2"#),
+        "{metrics}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// A projection with `state` that runs out of query fuel is rebuilt like
+/// after any trap: its last snapshot restored and the events since replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateful_projection_that_fails_a_query_comes_back_from_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    // Enough fuel to look one run up, not to list 300 of them.
+    support::install(
+        dir.path(),
+        &support::wasm("agent-runs"),
+        "agent-runs",
+        "[limits]\nquery_fuel = 300_000\nsnapshot_every = 100\nqueue_capacity = 4096\n",
+    );
+    let bus = Bus::builder()
+        .plugin_dir(dir.path())
+        .watch(false)
+        .build()
+        .await
+        .unwrap();
+    for i in 0..1_050u64 {
+        let event = Event::new(
+            "model_responded",
+            json!({ "usage": { "prompt_tokens": i, "completion_tokens": 1 } }),
+        );
+        bus.publish(event.with_correlation_id(format!("run-{}", i % 300)));
+    }
+    bus.flush().await;
+    let before = bus.query("agent-runs", r#"{"run": "run-7"}"#).await.unwrap();
+    match bus.query("agent-runs", r#"{"runs": {"limit": 1000}}"#).await {
+        Err(QueryError::Limit { failure, .. }) => assert_eq!(failure.kind(), "out_of_fuel"),
+        other => panic!("{other:?}"),
+    }
+    let after = bus.query("agent-runs", r#"{"run": "run-7"}"#).await.unwrap();
+    assert_eq!(after.as_of_seq, before.as_of_seq);
+    assert_eq!(after.parse::<Value>().unwrap(), before.parse::<Value>().unwrap());
+    let info = bus.plugins().into_iter().find(|p| p.name == "agent-runs").unwrap();
+    assert_eq!(info.stats.state_restored, 1, "{:?}", info.stats);
+    assert!(info.stats.snapshots >= 10, "{:?}", info.stats);
+    assert!(
+        info.stats.replayed <= 100,
+        "only the events since the snapshot: {:?}",
+        info.stats
+    );
+    bus.shutdown().await;
 }

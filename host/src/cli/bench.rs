@@ -195,6 +195,14 @@ async fn mpsc_floor(queues: usize, events: u64) -> (f64, f64) {
 /// own progress, so a runaway neighbour (whose queue simply overflows)
 /// does not enter the measurement.
 async fn plugin_throughput(bus: &plugbus::Bus, events: u64, name: &str) -> f64 {
+    paced_throughput(bus, events, name, |i| {
+        plugbus::Event::new("model_responded", payload(i))
+    })
+    .await
+}
+
+/// [`plugin_throughput`] with the events `event(i)` makes.
+async fn paced_throughput(bus: &plugbus::Bus, events: u64, name: &str, event: impl Fn(u64) -> plugbus::Event) -> f64 {
     let delivered = || {
         bus.plugins()
             .into_iter()
@@ -204,7 +212,7 @@ async fn plugin_throughput(bus: &plugbus::Bus, events: u64, name: &str) -> f64 {
     let start = delivered();
     let t = Instant::now();
     for i in 0..events {
-        bus.emit("model_responded", payload(i));
+        bus.publish(event(i));
         if i % BATCH == BATCH - 1 || i == events - 1 {
             while delivered() - start < i + 1 {
                 // A thread sleep, not `tokio::time::sleep`: tokio's timer has
@@ -589,6 +597,9 @@ pub async fn bench(
     if want(&[10]) {
         replay_throughput(&mut table, plugins, cache.path(), events).await?;
     }
+    if want(&[11]) {
+        projection_queries(&mut table, plugins, cache.path(), events).await?;
+    }
     table.print();
     if let Some(path) = json_out {
         let doc = json!({ "events": events, "cores": std::thread::available_parallelism().map_or(1, |n| n.get()), "rows": table.0 });
@@ -803,6 +814,153 @@ async fn replay_throughput(table: &mut Table, plugins: &Path, cache: &Path, even
         rate,
         "ev/s",
         Some(live),
+    );
+    Ok(())
+}
+
+/// Runs `agent-runs` holds in scenario 11.
+const RUNS: u64 = 10_000;
+
+/// One event of run `i % RUNS` in scenario 11: a model call, a tool call,
+/// and the run's start, in turn.
+fn run_event(i: u64) -> plugbus::Event {
+    let payload = match i / RUNS % 3 {
+        0 => json!({ "agent": format!("agent-{}", i % 7) }),
+        1 => json!({ "usage": { "prompt_tokens": 900 + i % 100, "completion_tokens": 120 }, "cost_usd": 0.0021 }),
+        _ => json!({ "tool": "web_search" }),
+    };
+    let name = ["agent.run_started", "model_responded", "tool.called"][(i / RUNS % 3) as usize];
+    plugbus::Event::new(name, payload).with_correlation_id(format!("run-{}", i % RUNS))
+}
+
+/// The native twin of one `agent-runs` run: what a map in the agent's own
+/// process would hold.
+#[derive(Serialize, Default)]
+struct NativeRun {
+    agent: String,
+    status: &'static str,
+    tools: Vec<String>,
+    tokens: u64,
+    cost_usd: f64,
+    errors: Vec<String>,
+    events: u64,
+    first_ns: u64,
+    last_ns: u64,
+}
+
+/// Scenario 11: projection queries. `agent-runs` holding 10,000 runs:
+/// p50/p99 of `{"run": …}` through `Bus::query` (request in, JSON out),
+/// beside the same lookup in a native `BTreeMap` (parse the request, look
+/// up, serialise the run). Then event throughput into `agent-runs` with a
+/// query every millisecond, against none, alternated twice.
+async fn projection_queries(table: &mut Table, plugins: &Path, cache: &Path, events: u64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(plugins.join("agent-runs.wasm"), dir.path().join("agent-runs.wasm"))
+        .with_context(|| format!("{}/agent-runs.wasm (run `make plugins`)", plugins.display()))?;
+    // Its first-party manifest's snapshot period (a snapshot writes every run).
+    std::fs::write(
+        dir.path().join("agent-runs.toml"),
+        "[limits]\nsnapshot_every = 10_000\n",
+    )?;
+    let bus = open(dir.path(), cache).await?;
+    let mut native: std::collections::BTreeMap<String, NativeRun> = std::collections::BTreeMap::new();
+    for i in 0..RUNS * 3 {
+        let event = run_event(i);
+        let run = native
+            .entry(event.correlation_id().unwrap_or_default().to_owned())
+            .or_default();
+        run.events += 1;
+        run.first_ns = event.time_unix_nanos();
+        run.last_ns = event.time_unix_nanos();
+        match event.name() {
+            "agent.run_started" => (run.agent, run.status) = (format!("agent-{}", i % 7), "running"),
+            "model_responded" => (run.tokens, run.cost_usd) = (run.tokens + 1020, run.cost_usd + 0.0021),
+            _ => run.tools.push("web_search".into()),
+        }
+        bus.publish(event);
+        if i % BATCH == BATCH - 1 {
+            bus.flush().await;
+        }
+    }
+    bus.flush().await;
+    let held = bus
+        .query("agent-runs", r#"{"summary": true}"#)
+        .await?
+        .parse::<Value>()?;
+    anyhow::ensure!(held["runs"] == RUNS, "agent-runs holds {held}");
+
+    let (mut wasm, mut map) = (Vec::new(), Vec::new());
+    for i in 0..5_000u64 {
+        let request = format!(r#"{{"run": "run-{}"}}"#, i * 7919 % RUNS);
+        let t = Instant::now();
+        let answer = bus.query("agent-runs", &request).await?;
+        wasm.push(micros(t.elapsed()));
+        std::hint::black_box(answer);
+        let t = Instant::now();
+        let asked: Value = serde_json::from_str(&request)?;
+        let id = asked["run"].as_str().unwrap_or_default();
+        let text = native.get(id).map(|run| serde_json::to_string(&(id, run)));
+        map.push(micros(t.elapsed()));
+        std::hint::black_box(text);
+    }
+    wasm.sort_by(f64::total_cmp);
+    map.sort_by(f64::total_cmp);
+    for (label, p) in [("p50", 0.5), ("p99", 0.99)] {
+        table.add(
+            "11 projection queries",
+            &format!("{{\"run\"}} on 10,000 runs {label} (vs native map)"),
+            percentile(&wasm, p),
+            "µs",
+            Some(percentile(&map, p)),
+        );
+    }
+
+    // Throughput with a query every millisecond, alternated with none in
+    // eight rounds each: the machine's drift hits both sides alike, and the
+    // medians are compared.
+    let (mut quiet, mut queried, mut asked) = (Vec::new(), Vec::new(), 0u64);
+    let mut offset = RUNS * 3;
+    for _ in 0..8 {
+        quiet.push(paced_throughput(&bus, events, "agent-runs", |i| run_event(offset + i)).await);
+        offset += events;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let asker = {
+            let (bus, stop) = (bus.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tick.tick().await;
+                    let _ = bus
+                        .query("agent-runs", &format!(r#"{{"run": "run-{}"}}"#, n % RUNS))
+                        .await;
+                    n += 1;
+                }
+                n
+            })
+        };
+        queried.push(paced_throughput(&bus, events, "agent-runs", |i| run_event(offset + i)).await);
+        offset += events;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        asked += asker.await?;
+    }
+    bus.shutdown().await;
+    quiet.sort_by(f64::total_cmp);
+    queried.sort_by(f64::total_cmp);
+    table.add(
+        "11 projection queries",
+        "events into agent-runs, a query every ms (vs none), median",
+        percentile(&queried, 0.5),
+        "ev/s",
+        Some(percentile(&quiet, 0.5)),
+    );
+    table.add(
+        "11 projection queries",
+        "queries answered during those runs",
+        asked as f64,
+        "",
+        None,
     );
     Ok(())
 }

@@ -274,7 +274,7 @@ impl Collector for BusMetrics {
             MetricType::Counter,
         )?)?;
         type Field = fn(&plugbus::PluginStats) -> u64;
-        let counters: [(&str, &str, Field); 6] = [
+        let counters: [(&str, &str, Field); 8] = [
             ("plugbus_plugin_delivered", "Events the plugin ran", |s| s.delivered),
             ("plugbus_plugin_ok", "Events the plugin accepted", |s| s.ok),
             (
@@ -293,6 +293,16 @@ impl Collector for BusMetrics {
             ("plugbus_plugin_fuel_consumed", "Fuel burned by the plugin", |s| {
                 s.fuel_consumed
             }),
+            (
+                "plugbus_plugin_queries",
+                "Queries the plugin answered or refused",
+                |s| s.queries,
+            ),
+            (
+                "plugbus_plugin_query_failures",
+                "Queries that failed hard (trap, fuel, deadline)",
+                |s| s.query_failures,
+            ),
         ];
         for (name, help, field) in counters {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

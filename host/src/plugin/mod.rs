@@ -378,16 +378,11 @@ impl PluginSpec {
         let Some(query) = instance.query.clone() else {
             return Ok(Err("the plugin has no `query` export".into()));
         };
-        self.arm_with(
-            &mut instance.store,
-            None,
-            false,
-            self.limits.query_fuel,
-            self.limits.query_deadline,
-        );
+        let (fuel, deadline) = (self.limits.query_fuel, self.limits.query_deadline);
+        self.arm_with(&mut instance.store, None, false, fuel, deadline);
         instance.store.data_mut().querying = true;
         let call = query.call_query(&mut instance.store, request);
-        let answer = tokio::time::timeout(self.limits.query_deadline + EPOCH_TICK * 5, call).await;
+        let answer = tokio::time::timeout(Self::timeout(deadline), call).await;
         let result = self
             .settle(answer, &instance.store)
             .map(|a| a.map_err(crate::text::cap));
@@ -395,16 +390,18 @@ impl PluginSpec {
         result
     }
 
-    /// Asks the instance for a snapshot of its state. `Ok(None)` when the
+    /// Asks the instance for a snapshot of its state, under the state
+    /// budgets (`state_fuel`, `state_deadline`). `Ok(None)` when the
     /// plugin has no `state` export; `Ok(Some(Err(reason)))` when it declined
     /// or its snapshot is over [`MAX_SNAPSHOT_BYTES`].
     pub async fn snapshot(&self, instance: &mut Instance) -> Result<Option<Result<Vec<u8>, String>>, CallError> {
         let Some(state) = instance.state.clone() else {
             return Ok(None);
         };
-        self.arm(&mut instance.store, None, true);
+        let (fuel, deadline) = (self.limits.state_fuel, self.limits.state_deadline);
+        self.arm_with(&mut instance.store, None, true, fuel, deadline);
         let call = state.call_snapshot(&mut instance.store);
-        let answer = tokio::time::timeout(self.timeout(), call).await;
+        let answer = tokio::time::timeout(Self::timeout(deadline), call).await;
         Ok(Some(match self.settle(answer, &instance.store)? {
             Ok(bytes) if bytes.len() > MAX_SNAPSHOT_BYTES => Err(format!(
                 "a {}-byte snapshot is over the {MAX_SNAPSHOT_BYTES}-byte limit",
@@ -415,15 +412,17 @@ impl PluginSpec {
         }))
     }
 
-    /// Hands a snapshot to a fresh instance. `Ok(Err(reason))` when the
+    /// Hands a snapshot to a fresh instance, under the state budgets.
+    /// `Ok(Err(reason))` when the
     /// plugin refused it.
     pub async fn restore(&self, instance: &mut Instance, bytes: &[u8]) -> Result<Result<(), String>, CallError> {
         let Some(state) = instance.state.clone() else {
             return Ok(Err("the plugin has no `state` export".into()));
         };
-        self.arm(&mut instance.store, None, true);
+        let (fuel, deadline) = (self.limits.state_fuel, self.limits.state_deadline);
+        self.arm_with(&mut instance.store, None, true, fuel, deadline);
         let call = state.call_restore(&mut instance.store, bytes);
-        let answer = tokio::time::timeout(self.timeout(), call).await;
+        let answer = tokio::time::timeout(Self::timeout(deadline), call).await;
         Ok(self.settle(answer, &instance.store)?.map_err(crate::text::cap))
     }
 
@@ -437,7 +436,7 @@ impl PluginSpec {
             .bindings
             .plugbus_observer_handler()
             .call_subscriptions(&mut instance.store);
-        let answer = tokio::time::timeout(self.timeout(), call).await;
+        let answer = tokio::time::timeout(Self::timeout(self.limits.deadline), call).await;
         let raw = self
             .settle(answer, &instance.store)
             .map_err(|e| LoadErrorKind::Start(e.failure))?;
@@ -461,7 +460,7 @@ impl PluginSpec {
             .bindings
             .plugbus_observer_handler()
             .call_on_event(&mut instance.store, event.wire());
-        let answer = tokio::time::timeout(self.timeout(), call).await;
+        let answer = tokio::time::timeout(Self::timeout(self.limits.deadline), call).await;
         // The guest's error text is capped before anything keeps or logs it.
         let result = self
             .settle(answer, &instance.store)
@@ -507,11 +506,12 @@ impl PluginSpec {
         store.data_mut().begin(event, &limits, quiet);
     }
 
-    /// The host-side bound on one call: the deadline plus a little slack so
-    /// the epoch trap, which keeps the backtrace, normally fires first; the
-    /// timer catches a guest blocked inside a host call.
-    fn timeout(&self) -> std::time::Duration {
-        self.limits.deadline + EPOCH_TICK * 5
+    /// The host-side bound on one call with this `deadline`: the deadline
+    /// plus a little slack so the epoch trap, which keeps the backtrace,
+    /// normally fires first; the timer catches a guest blocked inside a host
+    /// call.
+    fn timeout(deadline: std::time::Duration) -> std::time::Duration {
+        deadline + EPOCH_TICK * 5
     }
 
     /// The result of a call bounded by [`timeout`](Self::timeout): its

@@ -23,7 +23,7 @@
 //! (newest first; both fields optional, `limit` at most 1000),
 //! `{"agents": true}` and `{"summary": true}`.
 //!
-//! Memory is bounded by `[config] max_runs` (default 50,000): past it the
+//! Memory is bounded by `[config] max_runs` (default 20,000): past it the
 //! oldest finished runs are evicted and counted (their agents' totals
 //! stay). State is durable (`export_plugin!(AgentRuns, state, query)`).
 
@@ -33,9 +33,10 @@ use plugbus_guest::{Event, Plugin, QueryResult, export_plugin, warn};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// Runs held when the manifest does not say: 50,000 runs of a few hundred
-/// bytes each stay well inside the default 64 MiB memory cap.
-const DEFAULT_MAX_RUNS: usize = 50_000;
+/// Runs held when the manifest does not say: 20,000 runs of a few hundred
+/// bytes each stay well inside the default 64 MiB memory cap, and their
+/// snapshot (~6 MB of JSON) inside the host's 16 MiB bound.
+const DEFAULT_MAX_RUNS: usize = 20_000;
 
 /// Most runs one `{"runs": …}` answer lists.
 const MAX_LIMIT: u64 = 1000;
