@@ -1,5 +1,6 @@
 //! A plugin's worker: the task that owns the plugin's `Store` and runs its
-//! events one at a time, in queue order.
+//! events one at a time, in queue order, and answers queries between two
+//! events (ahead of queued events, from a queue of their own).
 //!
 //! After a hard failure the store is thrown away (wasmtime poisons a store
 //! once a call traps) and a fresh instance is built from the `InstancePre`
