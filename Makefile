@@ -50,9 +50,15 @@ JS_PROJECTION_PLUGINS := state-js:plugins/fixtures/state-js/state.js
 # Which of them are first-party plugins (into plugins/dist) rather than fixtures.
 LANG_DIST  := event-counter secret-scanner latency-watch
 
-.PHONY: demo test setup setup-rust setup-c setup-python setup-js plugins rust-plugins lang-plugins lint example bench criterion fuzz clean
+# The Python package (bindings/python): PyO3 + maturin, built in debug into
+# the workspace's target/ (wasmtime is shared with the cargo build), installed
+# with pytest into a venv of its own.
+PY_PKG  := bindings/python
+PY_VENV := target/python-venv
 
-setup: setup-rust setup-c setup-python setup-js
+.PHONY: demo test setup setup-rust setup-c setup-python setup-js setup-python-pkg python python-test bench-python plugins rust-plugins lang-plugins lint example bench criterion fuzz clean
+
+setup: setup-rust setup-c setup-python setup-js setup-python-pkg
 
 setup-rust:
 	@command -v $(CARGO) >/dev/null || { echo "plugbus: cargo not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
@@ -78,6 +84,32 @@ $(COMPONENTIZE_PY): plugins/toolchain/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check --require-hashes -r plugins/toolchain/requirements.txt
 	@touch $@
+
+# The Python package's tools: maturin and pytest, hash-checked, in a venv.
+setup-python-pkg: $(PY_VENV)/bin/maturin
+$(PY_VENV)/bin/maturin: $(PY_PKG)/requirements-dev.txt
+	@command -v python3 >/dev/null || { echo "plugbus: python3 (3.10 or later) is needed for the Python package" >&2; exit 1; }
+	python3 -m venv $(PY_VENV)
+	$(PY_VENV)/bin/pip install -q --disable-pip-version-check --require-hashes -r $(PY_PKG)/requirements-dev.txt
+	@touch $@
+
+# Builds the `plugbus` Python package and installs it into the venv (editable:
+# the Python half is read from bindings/python/python).
+python: setup-python-pkg setup-rust
+	VIRTUAL_ENV=$(CURDIR)/$(PY_VENV) PATH="$(CURDIR)/$(PY_VENV)/bin:$$PATH" \
+		$(PY_VENV)/bin/maturin develop -q -m $(PY_PKG)/Cargo.toml
+
+python-test: python
+	$(PY_VENV)/bin/mypy --strict $(PY_PKG)/python/plugbus
+	PLUGBUS_WASM_DIR=$(CURDIR)/$(TEST_WASM) $(PY_VENV)/bin/python -m pytest -q $(PY_PKG)/tests
+
+# The Python emit benchmark, on a release build of the package in a venv of its own.
+PY_BENCH_VENV := target/python-bench-venv
+bench-python: plugins setup-python-pkg
+	@test -x $(PY_BENCH_VENV)/bin/python || python3 -m venv $(PY_BENCH_VENV)
+	VIRTUAL_ENV=$(CURDIR)/$(PY_BENCH_VENV) PATH="$(CURDIR)/$(PY_BENCH_VENV)/bin:$$PATH" \
+		$(PY_VENV)/bin/maturin develop -q --release -m $(PY_PKG)/Cargo.toml
+	$(PY_BENCH_VENV)/bin/python $(PY_PKG)/bench/emit.py --plugins $(DIST) --json target/bench-python.json
 
 # JavaScript: componentize-qjs (QuickJS), exactly as locked. Not `npm ci`:
 # componentize-qjs 0.4.5 lists optional platform bindings that were never
@@ -154,6 +186,9 @@ demo: plugins
 	@$(CARGO) run -q -p plugbus -- dlq list --log $(DEMO_LOG)
 	@echo; echo "the run as the agent-runs projection sees it, rebuilt from the event log (plugbus query):"
 	@$(CARGO) run -q -p plugbus -- -q query --pretty --plugins $(DIST) --log $(DEMO_LOG) agent-runs '{"run": "run-42"}'
+	@$(MAKE) -s python
+	@echo; echo "a Python agent on the same plugins (examples/python-agent, the plugbus Python package):"
+	$(PY_VENV)/bin/python examples/python-agent/agent.py $(DIST)
 
 example: plugins
 	$(CARGO) run -q -p agent-service -- $(DIST)
@@ -162,10 +197,12 @@ lint: setup-rust
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS) $(FIXTURES)) -- -D warnings
+	$(CARGO) clippy -p plugbus-python -- -D warnings
 
 test: plugins lint
 	$(CARGO) build --all-targets
 	PLUGBUS_WASM_DIR=$(CURDIR)/$(TEST_WASM) PLUGBUS_BIN=$(CURDIR)/target/debug/plugbus $(CARGO) test
+	$(MAKE) python-test
 
 # Benchmarks (not part of `make test`): ratios measured side by side in one
 # run, on a release build. Results also go to target/bench.json.

@@ -157,6 +157,11 @@ fn article_run(id: &str) -> Vec<Event> {
     ]
 }
 
+/// A query's answer, parsed; the test fails on an error.
+async fn ask(bus: &Bus, plugin: &str, request: &str) -> Value {
+    bus.query(plugin, request).await.unwrap().parse().unwrap()
+}
+
 fn demo_session() -> Vec<Event> {
     let text = std::fs::read_to_string(support::workspace_root().join("examples/agent-session.jsonl")).unwrap();
     text.lines().map(|l| plugbus::parse_event_line(l).unwrap()).collect()
@@ -214,20 +219,10 @@ async fn agent_runs_answers_match_a_native_projection_of_the_same_events() {
     let agents = bus.query("agent-runs", r#"{"agents": true}"#).await.unwrap();
     assert_eq!(agents.parse::<Value>().unwrap(), native.agents());
 
-    let listed = bus
-        .query("agent-runs", r#"{"runs": {"status": "failed", "limit": 5}}"#)
-        .await
-        .unwrap()
-        .parse::<Value>()
-        .unwrap();
+    let listed = ask(&bus, "agent-runs", r#"{"runs": {"status": "failed", "limit": 5}}"#).await;
     assert_eq!(listed["runs"].as_array().unwrap().len(), 1);
     assert_eq!(listed["runs"][0]["run"], "trip-7");
-    let all = bus
-        .query("agent-runs", r#"{"runs": {}}"#)
-        .await
-        .unwrap()
-        .parse::<Value>()
-        .unwrap();
+    let all = ask(&bus, "agent-runs", r#"{"runs": {}}"#).await;
     let names: Vec<&str> = all["runs"]
         .as_array()
         .unwrap()
@@ -235,12 +230,7 @@ async fn agent_runs_answers_match_a_native_projection_of_the_same_events() {
         .map(|r| r["run"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["trip-7", "run-42"], "newest first");
-    let summary = bus
-        .query("agent-runs", r#"{"summary": true}"#)
-        .await
-        .unwrap()
-        .parse::<Value>()
-        .unwrap();
+    let summary = ask(&bus, "agent-runs", r#"{"summary": true}"#).await;
     assert_eq!(summary["uncorrelated"], 1);
     assert_eq!(summary["runs"], 2);
 
@@ -362,12 +352,7 @@ async fn a_query_that_traps_or_spins_is_a_typed_error_and_the_plugin_keeps_its_s
         assert_eq!(seen(bus.query("misbehave", "{}").await.unwrap()), 3, "after {action}");
     }
     // A query may not emit; its refusal is the plugin's answer as it is.
-    let emit = bus
-        .query("misbehave", r#"{"do": "emit"}"#)
-        .await
-        .unwrap()
-        .parse::<Value>()
-        .unwrap();
+    let emit = ask(&bus, "misbehave", r#"{"do": "emit"}"#).await;
     assert!(
         emit["emit"]
             .as_str()
@@ -512,12 +497,7 @@ async fn a_fixed_projection_is_rebuilt_from_the_log_and_runs_beside_the_buggy_on
         json!(["search_flights", "book_hotel"])
     );
     assert_eq!(v1.parse::<Value>().unwrap()["tools"], json!([]));
-    let v2_bulk = bus
-        .query("agent-runs-v2", r#"{"run": "bulk-3"}"#)
-        .await
-        .unwrap()
-        .parse::<Value>()
-        .unwrap();
+    let v2_bulk = ask(&bus, "agent-runs-v2", r#"{"run": "bulk-3"}"#).await;
     assert_eq!(v2_bulk, native.run("bulk-3"));
     assert_eq!(v2_bulk["tools"].as_array().unwrap().len(), 300);
     let last = v2.as_of_seq.unwrap();

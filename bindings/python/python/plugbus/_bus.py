@@ -1,0 +1,546 @@
+"""`EventBus`: agent-event-bus's API and semantics, with plugbus's sandboxed
+Wasm observers in the same bus.
+
+Python handlers behave exactly as in agent-event-bus: sync handlers run
+inline, in registration order, on the emitting thread; async handlers are
+awaited together by `emit_async`, and run under `asyncio.run` by `emit` when
+no loop is running (scheduled on the running loop otherwise). Handler errors
+go to `handler_error_callback(event, handler, exc)`; strict mode re-raises
+the first one.
+
+With `plugin_dir` (or `log_dir`), a native plugbus bus runs beside: every
+emitted event whose data is JSON-serialisable is published to the matching
+Wasm plugins first (they run on the bus's own threads, never holding the
+GIL), then the Python handlers run. Events the plugins emit (follow-ups such
+as `budget_exceeded`) and the host's `plugbus.*` announcements reach the
+Python handlers on a dispatcher thread of the bus's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import inspect
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
+
+from . import _patterns
+from ._native import NativeBus, PlugbusError
+from ._native import QueryError as _NativeQueryError
+
+logger = logging.getLogger("plugbus")
+
+Handler = Callable[["Event"], Any]
+"""A sync handler, or an async one (returning an awaitable)."""
+ErrorCallback = Callable[["Event", Handler, BaseException], None]
+H = TypeVar("H", bound=Handler)
+
+#: How long the dispatcher thread waits for a follow-up before it checks
+#: whether the bus is shutting down: bounds how long `shutdown` waits for it.
+_POLL_MS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An emitted event (frozen: assigning a field raises).
+
+    The first four fields are agent-event-bus's, in its order: `type`, `data`,
+    `timestamp` (`time.monotonic()` at emit), `id` (a unique string; with
+    plugins, the event's UUIDv7 on the bus). The rest are plugbus's:
+    `correlation_id` ties the events of one agent run together, `source` is
+    `"host"` or the plugin that emitted it, `seq` its place in the bus's
+    publish order (the event log's number with a log).
+    """
+
+    type: str
+    data: Any = None
+    timestamp: float = field(default_factory=time.monotonic)
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    correlation_id: str | None = None
+    source: str = "host"
+    seq: int | None = None
+
+
+class QueryError(Exception):
+    """A query got no answer. `kind` says why: `unknown_plugin`,
+    `no_query_export`, `too_large`, `plugin_error` (the plugin refused;
+    `str(e)` has its reason), `limit`, `failed`, `busy` or `shutting_down`."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _default_error_callback(event: Event, handler: Handler, exc: BaseException) -> None:
+    logger.warning(
+        "plugbus: handler %r raised on event %r: %r",
+        getattr(handler, "__name__", handler),
+        event.type,
+        exc,
+    )
+
+
+def _limits_toml(limits: Mapping[str, int | str | bool]) -> str:
+    """The manifest's `[limits]` table for `limits` (validated natively)."""
+    lines = ["[limits]"]
+    for key, value in limits.items():
+        if not isinstance(key, str) or not key.replace("_", "").isalnum():
+            raise ValueError(f"limits: {key!r} is not a limit name")
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int):
+            text = str(value)
+        else:
+            raise ValueError(f"limits.{key}: {value!r} is not a whole number")
+        lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+class _Subscription:
+    __slots__ = ("pattern", "handler", "once")
+
+    def __init__(self, pattern: str, handler: Handler, once: bool) -> None:
+        self.pattern = pattern
+        self.handler = handler
+        self.once = once
+
+
+_live_buses: weakref.WeakSet[EventBus] = weakref.WeakSet()
+
+
+class EventBus:
+    """In-process pub/sub for agent loop events, with sandboxed Wasm observers.
+
+    A drop-in for agent-event-bus's `EventBus`: the same constructor
+    keywords, methods and semantics. The extra keywords load plugbus plugins:
+
+    - `plugin_dir`: a directory of `*.wasm` plugins (with `<name>.toml`
+      manifests), loaded as `plugbus serve` loads them;
+    - `watch`: keep watching it (hot reload);
+    - `limits`: the manifest's `[limits]` keys (`fuel`, `deadline_ms`,
+      `memory_mib`, `queue_capacity`, ...) as the defaults for every plugin;
+    - `log_dir`: keep every event in a plugbus event log there;
+    - `cache_dir` / `no_cache`: where compiled plugins are cached.
+
+    Raises `ValueError` for a bad `history_size` or limit, and
+    `PlugbusError` for a plugin directory or log that cannot be used.
+    """
+
+    def __init__(
+        self,
+        *,
+        keep_history: bool = False,
+        history_size: int = 100,
+        handler_error_callback: ErrorCallback | None = None,
+        plugin_dir: str | os.PathLike[str] | None = None,
+        limits: Mapping[str, int | str | bool] | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
+        watch: bool = False,
+        cache_dir: str | os.PathLike[str] | None = None,
+        no_cache: bool = False,
+    ) -> None:
+        if history_size < 1:
+            raise ValueError("history_size must be >= 1")
+        self._subs: list[_Subscription] = []
+        # Matching subscriptions per event name, rebuilt after any change
+        # to `_subs`: an agent emits a handful of names many times.
+        self._matched: dict[str, tuple[_Subscription, ...]] = {}
+        self._lock = threading.RLock()
+        self._strict = False
+        self._history: deque[Event] | None = deque(maxlen=history_size) if keep_history else None
+        self._error_callback: ErrorCallback = handler_error_callback or _default_error_callback
+        self._unserialisable = 0
+        self._native: NativeBus | None = None
+        self._dispatcher: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._dispatched = 0
+        self._dispatched_cond = threading.Condition()
+        if plugin_dir is not None or log_dir is not None:
+            self._native = NativeBus(
+                plugin_dir=None if plugin_dir is None else os.fspath(plugin_dir),
+                log_dir=None if log_dir is None else os.fspath(log_dir),
+                watch=watch,
+                limits=None if limits is None else _limits_toml(limits),
+                cache_dir=None if cache_dir is None else os.fspath(cache_dir),
+                no_cache=no_cache,
+            )
+            self._dispatcher = threading.Thread(
+                target=self._dispatch_follow_ups, name="plugbus-follow-ups", daemon=True
+            )
+            self._dispatcher.start()
+        elif limits is not None:
+            _limits_toml(limits)  # still validate what was asked
+        _live_buses.add(self)
+
+    # ---- subscription ----
+
+    @overload
+    def on(self, pattern: str, handler: None = None) -> Callable[[H], H]: ...
+    @overload
+    def on(self, pattern: str, handler: H) -> H: ...
+    def on(self, pattern: str, handler: Handler | None = None) -> Any:
+        """Register `handler` for `pattern`; as a decorator (`@bus.on("llm.*")`)
+        or a call (`bus.on("llm.*", h)`). Returns the handler. Raises
+        `ValueError` for an invalid pattern."""
+        return self._subscribe(pattern, handler, once=False)
+
+    @overload
+    def once(self, pattern: str, handler: None = None) -> Callable[[H], H]: ...
+    @overload
+    def once(self, pattern: str, handler: H) -> H: ...
+    def once(self, pattern: str, handler: Handler | None = None) -> Any:
+        """Like `on`, but the handler runs for the first matching event only,
+        exactly once even when several threads emit at the same time."""
+        return self._subscribe(pattern, handler, once=True)
+
+    def _subscribe(self, pattern: str, handler: Handler | None, once: bool) -> Any:
+        _patterns.validate(pattern)
+
+        def register(h: H) -> H:
+            with self._lock:
+                self._subs.append(_Subscription(pattern, h, once))
+                self._matched = {}
+            return h
+
+        return register if handler is None else register(handler)
+
+    def off(self, pattern: str, handler: Handler) -> bool:
+        """Remove the first registration of `handler` (by identity) for
+        `pattern`. Returns whether one was removed."""
+        with self._lock:
+            for i, sub in enumerate(self._subs):
+                if sub.pattern == pattern and sub.handler is handler:
+                    del self._subs[i]
+                    self._matched = {}
+                    return True
+        return False
+
+    def clear(self) -> None:
+        """Remove every Python handler (plugins stay)."""
+        with self._lock:
+            self._subs.clear()
+            self._matched = {}
+
+    def subscribers(self, pattern: str | None = None) -> list[tuple[str, Handler]]:
+        """The registered `(pattern, handler)` pairs, in registration order;
+        with `pattern`, those registered with exactly that pattern."""
+        with self._lock:
+            return [(s.pattern, s.handler) for s in self._subs if pattern is None or s.pattern == pattern]
+
+    # ---- emission ----
+
+    def emit(self, type: str, data: Any = None, *, correlation_id: str | None = None) -> Event:
+        """Emit an event: to the matching plugins (without waiting for them),
+        then to the matching Python handlers, inline. Returns the event."""
+        event = self._publish(type, data, correlation_id)
+        self._deliver(event, self._strict)
+        return event
+
+    async def emit_async(self, type: str, data: Any = None, *, correlation_id: str | None = None) -> Event:
+        """Emit an event; sync handlers run inline, async ones are awaited
+        together. Returns the event."""
+        event = self._publish(type, data, correlation_id)
+        pending: list[Awaitable[Any]] = []
+        waiting: list[Handler] = []
+        for sub in self._match(type):
+            try:
+                result = sub.handler(event)
+            except BaseException as exc:
+                if self._strict:
+                    raise
+                self._report(event, sub.handler, exc)
+                continue
+            if inspect.isawaitable(result):
+                pending.append(result)
+                waiting.append(sub.handler)
+        if pending:
+            results = await asyncio.gather(*pending, return_exceptions=True)
+            for handler, result in zip(waiting, results):
+                if isinstance(result, BaseException):
+                    if self._strict:
+                        raise result
+                    self._report(event, handler, result)
+        return event
+
+    def emit_and_wait(
+        self, type: str, data: Any = None, *, correlation_id: str | None = None
+    ) -> dict[str, Any]:
+        """Emit an event, wait until every plugin it matched has handled it,
+        run the Python handlers, and return the delivery report:
+        `{"event": Event, "deliveries": [{"handler", "outcome", ...}]}`
+        where `outcome` is `ok`, `error` (`message`), `failed` (`kind`,
+        `message`) or `dropped` (`reason`). The GIL is released while waiting."""
+        event = None
+        deliveries: list[dict[str, Any]] = []
+        if self._native is not None:
+            try:
+                report = json.loads(self._native.emit_and_wait(type, data, correlation_id))
+                event = Event(type, data, time.monotonic(), report["id"], correlation_id, "host", report["seq"])
+                deliveries = report["deliveries"]
+            except ValueError as why:
+                self._unserialisable_data(type, why)
+        if event is None:
+            event = Event(type, data, correlation_id=correlation_id)
+        self._record(event)
+        self._deliver(event, self._strict)
+        return {"event": event, "deliveries": deliveries}
+
+    # ---- options ----
+
+    def set_strict(self, strict: bool = True) -> None:
+        """Strict mode: the first handler error is re-raised from `emit` and
+        the remaining handlers are not called. (Follow-ups from plugins are
+        dispatched on the bus's own thread, where errors always go to the
+        error callback.)"""
+        self._strict = bool(strict)
+
+    @property
+    def strict(self) -> bool:
+        """Whether strict mode is on."""
+        return self._strict
+
+    # ---- history ----
+
+    def history(self, n: int = 100) -> list[Event]:
+        """Up to the last `n` events, oldest first; `[]` when history is off.
+        Raises `ValueError` for a negative `n`."""
+        if self._history is None:
+            return []
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        with self._lock:
+            events = list(self._history)
+        return events[len(events) - n :] if n < len(events) else events
+
+    # ---- plugins ----
+
+    def plugins(self) -> list[dict[str, Any]]:
+        """Every loaded plugin: `name`, `path`, `version`, `subscriptions`,
+        `state` and `stats` (delivered, ok, errors, failures by kind, ...)."""
+        if self._native is None:
+            return []
+        result: list[dict[str, Any]] = json.loads(self._native.plugins())
+        return result
+
+    def load_failures(self) -> list[dict[str, Any]]:
+        """The plugins that could not be loaded, with the file and reason."""
+        if self._native is None:
+            return []
+        result: list[dict[str, Any]] = json.loads(self._native.load_failures())
+        return result
+
+    def query(self, plugin: str, request: Any) -> dict[str, Any]:
+        """Ask a plugin's read model (a plugin exporting `query`). `request`
+        is JSON text or a JSON-serialisable object. Returns
+        `{"as_of_seq": int | None, "answer": <parsed JSON>}`; the answer
+        reflects exactly the plugin's events up to `as_of_seq`. Raises
+        `QueryError` (with `kind`). The GIL is released while waiting."""
+        text = request if isinstance(request, str) else json.dumps(request)
+        if self._native is None:
+            raise QueryError("unknown_plugin", f"no plugin named `{plugin}` is loaded")
+        try:
+            as_of_seq, answer = self._native.query(plugin, text)
+        except _NativeQueryError as e:
+            kind, message = e.args
+            raise QueryError(kind, message) from None
+        return {"as_of_seq": as_of_seq, "answer": json.loads(answer)}
+
+    @property
+    def unserialisable(self) -> int:
+        """Events whose data could not be serialised to JSON: Python handlers
+        got them, plugins did not."""
+        return self._unserialisable
+
+    def flush(self) -> None:
+        """Wait until every plugin has handled every queued event, and every
+        follow-up has been through the Python handlers. The GIL is released
+        while waiting for the plugins."""
+        native = self._native
+        if native is None:
+            return
+        on_dispatcher = threading.current_thread() is self._dispatcher
+        while True:
+            native.flush()
+            forwarded = native.forwarded()
+            if on_dispatcher:
+                return
+            with self._dispatched_cond:
+                self._dispatched_cond.wait_for(
+                    lambda: self._dispatched >= forwarded or self._stopping.is_set()
+                )
+            # Python handlers may have emitted more: done once nothing moved.
+            native.flush()
+            if native.forwarded() == forwarded:
+                return
+
+    async def aflush(self) -> None:
+        """`flush` for async code: waits on a worker thread."""
+        await asyncio.to_thread(self.flush)
+
+    def shutdown(self) -> None:
+        """Stop the plugins (their queues drained) and the follow-up
+        dispatcher. Idempotent; the bus is unusable for plugins afterwards."""
+        self._stopping.set()
+        dispatcher = self._dispatcher
+        if dispatcher is not None and dispatcher is not threading.current_thread():
+            dispatcher.join(timeout=5)
+        if self._native is not None:
+            self._native.shutdown()
+        with self._dispatched_cond:
+            self._dispatched_cond.notify_all()
+        _live_buses.discard(self)
+
+    def __enter__(self) -> EventBus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # ---- internals ----
+
+    def _unserialisable_data(self, type: str, why: ValueError) -> None:
+        """Counts an event whose data has no JSON form; logs the first one."""
+        self._unserialisable += 1
+        if self._unserialisable == 1:
+            logger.warning(
+                "plugbus: event %r: %s; Python handlers get it, plugins do not "
+                "(counted in EventBus.unserialisable; logged once)",
+                type,
+                why,
+            )
+
+    def _publish(self, type: str, data: Any, correlation_id: str | None) -> Event:
+        native = self._native
+        event = None
+        if native is not None:
+            try:
+                event_id, _time_ns, seq = native.publish(type, data, correlation_id)
+                event = Event(type, data, time.monotonic(), event_id, correlation_id, "host", seq)
+            except ValueError as why:
+                self._unserialisable_data(type, why)
+        if event is None:
+            event = Event(type, data, correlation_id=correlation_id)
+        if self._history is not None:
+            with self._lock:
+                self._history.append(event)
+        return event
+
+    def _record(self, event: Event) -> None:
+        if self._history is not None:
+            with self._lock:
+                self._history.append(event)
+
+    def _match(self, name: str) -> tuple[_Subscription, ...]:
+        """The subscriptions matching `name`, in registration order; a `once`
+        subscription is claimed (and removed) here, so it fires once."""
+        with self._lock:
+            matched = self._matched.get(name)
+            if matched is None:
+                matched = tuple(s for s in self._subs if _patterns.matches(s.pattern, name))
+                self._matched[name] = matched
+            if any(s.once for s in matched):
+                for s in matched:
+                    if s.once:
+                        self._subs.remove(s)
+                self._matched = {}
+            return matched
+
+    def _deliver(self, event: Event, strict: bool) -> None:
+        """Runs the matching handlers on this thread, in registration order:
+        a sync handler inline, an async one as `emit` runs it. Errors go to
+        the callback, or (`strict`) the first is re-raised."""
+        for sub in self._match(event.type):
+            try:
+                result = sub.handler(event)
+                if result is not None and inspect.isawaitable(result):
+                    self._run_awaitable(result)
+            except BaseException as exc:
+                if strict:
+                    raise
+                self._report(event, sub.handler, exc)
+
+    def _report(self, event: Event, handler: Handler, exc: BaseException) -> None:
+        try:
+            self._error_callback(event, handler, exc)
+        except BaseException:
+            logger.exception("plugbus: handler_error_callback raised")
+
+    @staticmethod
+    def _run_awaitable(awaitable: Awaitable[Any]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(_await(awaitable))
+            return
+        loop.create_task(_await(awaitable))
+
+    def _dispatch_follow_ups(self) -> None:
+        """The dispatcher thread: plugins' follow-ups to Python handlers."""
+        native = self._native
+        assert native is not None
+        while not self._stopping.is_set():
+            try:
+                received = native.next_follow_up(_POLL_MS)
+            except PlugbusError:
+                break
+            if received is None:
+                continue
+            name, payload, event_id, _time_ns, correlation_id, source, seq = received
+            event = Event(name, json.loads(payload), time.monotonic(), event_id, correlation_id, source, seq)
+            self._record(event)
+            self._deliver(event, strict=False)
+            with self._dispatched_cond:
+                self._dispatched += 1
+                self._dispatched_cond.notify_all()
+
+
+_named: dict[str, EventBus] = {}
+_named_lock = threading.Lock()
+
+
+def get_bus(name: str = "default", **options: Any) -> EventBus:
+    """The process-wide bus called `name`, created with `options` (the
+    `EventBus` keywords) on first use: the same bus anywhere in the process.
+    Options given later are ignored."""
+    with _named_lock:
+        bus = _named.get(name)
+        if bus is None or bus._stopping.is_set():
+            bus = _named[name] = EventBus(**options)
+        return bus
+
+
+def _shutdown_all() -> None:
+    """At interpreter exit: stop every live bus's plugins and threads."""
+    for bus in list(_live_buses):
+        try:
+            bus.shutdown()
+        except Exception:
+            logger.exception("plugbus: shutting a bus down at exit failed")
+
+
+def _after_fork_in_child() -> None:
+    """The parent's runtimes do not exist in a forked child: its buses with
+    plugins raise `PlugbusError` when used, and named buses start afresh."""
+    global _named_lock
+    _named_lock = threading.Lock()
+    _named.clear()
+    for bus in list(_live_buses):
+        bus._dispatcher = None
+
+
+atexit.register(_shutdown_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
