@@ -103,12 +103,15 @@ python-test: python
 	$(PY_VENV)/bin/mypy --strict $(PY_PKG)/python/plugbus
 	PLUGBUS_WASM_DIR=$(CURDIR)/$(TEST_WASM) $(PY_VENV)/bin/python -m pytest -q $(PY_PKG)/tests
 
-# The Python emit benchmark, on a release build of the package in a venv of its own.
+# The Python emit benchmark, on a release build of the package installed (as
+# a wheel, not editable: an editable install shares the source tree's native
+# module with `make python`'s debug build) into a venv of its own.
 PY_BENCH_VENV := target/python-bench-venv
 bench-python: plugins setup-python-pkg
 	@test -x $(PY_BENCH_VENV)/bin/python || python3 -m venv $(PY_BENCH_VENV)
-	VIRTUAL_ENV=$(CURDIR)/$(PY_BENCH_VENV) PATH="$(CURDIR)/$(PY_BENCH_VENV)/bin:$$PATH" \
-		$(PY_VENV)/bin/maturin develop -q --release -m $(PY_PKG)/Cargo.toml
+	rm -rf target/wheels
+	$(PY_VENV)/bin/maturin build -q --release -m $(PY_PKG)/Cargo.toml -i $(PY_BENCH_VENV)/bin/python -o target/wheels
+	$(PY_BENCH_VENV)/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps target/wheels/plugbus-*.whl
 	$(PY_BENCH_VENV)/bin/python $(PY_PKG)/bench/emit.py --plugins $(DIST) --json target/bench-python.json
 
 # JavaScript: componentize-qjs (QuickJS), exactly as locked. Not `npm ci`:
