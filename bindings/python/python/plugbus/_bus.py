@@ -378,9 +378,11 @@ class EventBus:
             if on_dispatcher:
                 return
             with self._dispatched_cond:
-                self._dispatched_cond.wait_for(
-                    lambda: self._dispatched >= forwarded or self._stopping.is_set()
-                )
+                while self._dispatched < forwarded and not self._stopping.is_set():
+                    dispatcher = self._dispatcher
+                    if dispatcher is None or not dispatcher.is_alive():
+                        break  # nobody left to dispatch: do not wait forever
+                    self._dispatched_cond.wait(timeout=0.1)
             # Python handlers may have emitted more: done once nothing moved.
             native.flush()
             if native.forwarded() == forwarded:
