@@ -101,7 +101,7 @@ python: setup-python-pkg setup-rust
 
 python-test: python
 	$(PY_VENV)/bin/mypy --strict $(PY_PKG)/python/plugbus
-	PLUGBUS_WASM_DIR=$(CURDIR)/$(TEST_WASM) $(PY_VENV)/bin/python -m pytest -q $(PY_PKG)/tests
+	PLUGBUS_WASM_DIR=$(CURDIR)/$(TEST_WASM) PLUGBUS_BIN=$(CURDIR)/target/debug/plugbus $(PY_VENV)/bin/python -m pytest -q $(PY_PKG)/tests
 
 # The Python emit benchmark, on a release build of the package installed (as
 # a wheel, not editable: an editable install shares the source tree's native

@@ -84,6 +84,33 @@ impl Event {
         }))
     }
 
+    /// An event from outside plugbus (a CloudEvent) with its own id, source
+    /// and time (now when `None`).
+    pub(crate) fn external(
+        name: &str,
+        id: &str,
+        source: &str,
+        time_unix_nanos: Option<u64>,
+        correlation_id: Option<String>,
+        payload: Value,
+    ) -> Event {
+        let now = || {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+            u64::try_from(now.as_nanos()).unwrap_or(u64::MAX)
+        };
+        Event(Arc::new(EventData {
+            name: name.to_owned(),
+            id: id.to_owned(),
+            time_unix_nanos: time_unix_nanos.unwrap_or_else(now),
+            correlation_id,
+            source: source.to_owned(),
+            payload,
+            depth: 0,
+            seq: AtomicU64::new(0),
+            wire: OnceLock::new(),
+        }))
+    }
+
     /// An event read back from the log, with its original fields and place.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn restore(

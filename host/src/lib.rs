@@ -51,12 +51,14 @@
 //! - [`log`]: the embedded event log (segments, writer thread, reader);
 //! - [`dead_letter`]: the events that failed a plugin hard;
 //! - [`query`]: asking a plugin's read model (answers, typed errors, bounds);
+//! - [`cloudevents`]: CloudEvents 1.0 in (structured, batch, binary) and out;
 //! - [`cache`]: compiled artifacts on disk, verified before use;
 //! - [`event`], [`pattern`], [`limits`], [`manifest`], [`outcome`], [`stats`],
 //!   [`text`], [`ingest`], [`error`]: the vocabulary every layer shares.
 
 pub mod bus;
 pub mod cache;
+pub mod cloudevents;
 pub mod dead_letter;
 pub mod error;
 pub mod event;

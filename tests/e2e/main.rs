@@ -11,6 +11,7 @@ mod support;
 
 mod cache;
 mod cli;
+mod cloudevents;
 mod durable;
 mod isolation;
 mod languages;

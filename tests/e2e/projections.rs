@@ -551,12 +551,7 @@ fn urlencode(s: &str) -> String {
 fn http_queries_answer_with_the_documented_status_codes() {
     let dir = support::plugin_dir(&["agent-runs", "misbehave", "cost-tracker"]);
     let log = tempfile::tempdir().unwrap();
-    let (mut child, addr, _stderr) = support::serve(&[
-        "--plugins",
-        dir.path().to_str().unwrap(),
-        "--log",
-        log.path().to_str().unwrap(),
-    ]);
+    let (mut child, addr, _stderr) = support::serve_logged(dir.path(), log.path());
     let session = std::fs::read(support::workspace_root().join("examples/agent-session.jsonl")).unwrap();
     let (status, body) = support::http(&addr, "POST", "/events", &session);
     assert_eq!(status, 202, "{body}");

@@ -242,11 +242,22 @@ pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) 
 /// Like [`http`], but `None` when the server is gone (refused, reset, or no
 /// answer at all).
 pub fn try_http(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
+    try_http_with(addr, method, path, &[], body)
+}
+
+/// [`http`] with extra request headers.
+pub fn http_with(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    try_http_with(addr, method, path, headers, body)
+        .unwrap_or_else(|| panic!("no HTTP answer from {addr} to {method} {path}"))
+}
+
+fn try_http_with(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(30))).ok()?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).ok()?;
@@ -261,6 +272,11 @@ pub fn try_http(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u1
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Some((status, body))
+}
+
+/// [`serve`] over the plugins in `plugins` with an event log in `log`.
+pub fn serve_logged(plugins: &Path, log: &Path) -> (std::process::Child, String, std::thread::JoinHandle<String>) {
+    serve(&["--plugins", plugins.to_str().unwrap(), "--log", log.to_str().unwrap()])
 }
 
 /// Starts `plugbus serve ARGS --listen 127.0.0.1:0` and waits until it
