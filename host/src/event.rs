@@ -66,15 +66,20 @@ impl Clone for EventData {
     }
 }
 
+/// The current time in nanoseconds since the Unix epoch.
+fn now_nanos() -> u64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    u64::try_from(now.as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl Event {
     /// A new event from the host with a fresh id (UUIDv7: unique and
     /// time-ordered) and the current time.
     pub fn new(name: impl Into<String>, payload: Value) -> Event {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
         Event(Arc::new(EventData {
             name: name.into(),
             id: uuid::Uuid::now_v7().to_string(),
-            time_unix_nanos: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
+            time_unix_nanos: now_nanos(),
             correlation_id: None,
             source: HOST_SOURCE.to_owned(),
             payload,
@@ -94,14 +99,10 @@ impl Event {
         correlation_id: Option<String>,
         payload: Value,
     ) -> Event {
-        let now = || {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-            u64::try_from(now.as_nanos()).unwrap_or(u64::MAX)
-        };
         Event(Arc::new(EventData {
             name: name.to_owned(),
             id: id.to_owned(),
-            time_unix_nanos: time_unix_nanos.unwrap_or_else(now),
+            time_unix_nanos: time_unix_nanos.unwrap_or_else(now_nanos),
             correlation_id,
             source: source.to_owned(),
             payload,

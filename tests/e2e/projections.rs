@@ -171,17 +171,20 @@ fn demo_session() -> Vec<Event> {
 /// every event handled (the default 1024 drops, and counts, the excess).
 const DEEP_QUEUE: &str = "[limits]\nqueue_capacity = 16384\n";
 
+/// A bus over the plugins in `dir` (not watched), with a log in `log` if given.
+async fn open(dir: &Path, log: Option<&Path>) -> Bus {
+    let builder = Bus::builder().plugin_dir(dir).watch(false);
+    let builder = match log {
+        Some(log) => builder.log_dir(log),
+        None => builder,
+    };
+    builder.build().await.unwrap()
+}
+
 async fn bus_with(plugins: &[&str], log: &Path) -> (Bus, tempfile::TempDir) {
     let dir = support::plugin_dir(plugins);
     support::install(dir.path(), &support::wasm("agent-runs"), "agent-runs", DEEP_QUEUE);
-    let bus = Bus::builder()
-        .plugin_dir(dir.path())
-        .log_dir(log)
-        .watch(false)
-        .build()
-        .await
-        .unwrap();
-    (bus, dir)
+    (open(dir.path(), Some(log)).await, dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,12 +325,7 @@ async fn queries_interleaved_with_events_from_several_threads_see_exactly_a_pref
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_that_traps_or_spins_is_a_typed_error_and_the_plugin_keeps_its_state() {
     let dir = support::plugin_dir(&["misbehave"]);
-    let bus = Bus::builder()
-        .plugin_dir(dir.path())
-        .watch(false)
-        .build()
-        .await
-        .unwrap();
+    let bus = open(dir.path(), None).await;
     for _ in 0..3 {
         bus.emit("misbehave.noop", json!({}));
     }
@@ -381,12 +379,7 @@ async fn query_errors_are_typed() {
     let dir = support::plugin_dir(&["misbehave", "agent-runs"]);
     // A stateful plugin built against 0.1.1 loads and keeps working; it has no `query`.
     support::install(dir.path(), &support::compat_cost_tracker_0_1_1(), "old-costs", "");
-    let bus = Bus::builder()
-        .plugin_dir(dir.path())
-        .watch(false)
-        .build()
-        .await
-        .unwrap();
+    let bus = open(dir.path(), None).await;
     assert_eq!(
         bus.query("nobody", "{}").await.unwrap_err(),
         QueryError::UnknownPlugin("nobody".into())
@@ -453,13 +446,7 @@ async fn a_fixed_projection_is_rebuilt_from_the_log_and_runs_beside_the_buggy_on
     let dir = tempfile::tempdir().unwrap();
     // v1 has a deliberate bug: it misses `agent.tool_called`.
     support::install(dir.path(), &support::wasm("agent-runs-v1"), "agent-runs", DEEP_QUEUE);
-    let bus = Bus::builder()
-        .plugin_dir(dir.path())
-        .log_dir(log.path())
-        .watch(false)
-        .build()
-        .await
-        .unwrap();
+    let bus = open(dir.path(), Some(log.path())).await;
     for event in article_run("trip-7") {
         bus.publish(event);
     }
@@ -647,12 +634,7 @@ async fn a_stateful_projection_that_fails_a_query_comes_back_from_its_snapshot()
         "agent-runs",
         "[limits]\nquery_fuel = 300_000\nsnapshot_every = 100\nqueue_capacity = 4096\n",
     );
-    let bus = Bus::builder()
-        .plugin_dir(dir.path())
-        .watch(false)
-        .build()
-        .await
-        .unwrap();
+    let bus = open(dir.path(), None).await;
     for i in 0..1_050u64 {
         let event = Event::new(
             "model_responded",

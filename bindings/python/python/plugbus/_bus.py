@@ -435,9 +435,7 @@ class EventBus:
                 self._unserialisable_data(type, why)
         if event is None:
             event = Event(type, data, correlation_id=correlation_id)
-        if self._history is not None:
-            with self._lock:
-                self._history.append(event)
+        self._record(event)
         return event
 
     def _record(self, event: Event) -> None:
