@@ -6,6 +6,8 @@
 # and from the package registries: clang-14 and wasi-libc (Debian), the
 # componentize-py wheel (PyPI, hash-checked, in a venv) and componentize-qjs
 # (npm, installed from a lock file). The Rust toolchain itself comes from rustup.
+# `make test` also installs Debian's Chromium and chromedriver for the
+# dashboard's browser test (`make setup-browser`; the demo does not need them).
 
 CARGO    ?= cargo
 PLUGINS  := cost-tracker audit-log console-logger token-counter agent-runs misbehave
@@ -56,7 +58,7 @@ LANG_DIST  := event-counter secret-scanner latency-watch
 PY_PKG  := bindings/python
 PY_VENV := target/python-venv
 
-.PHONY: demo test setup setup-rust setup-c setup-python setup-js setup-python-pkg python python-test bench-python plugins rust-plugins lang-plugins lint example bench criterion fuzz clean
+.PHONY: demo test setup setup-rust setup-c setup-python setup-js setup-python-pkg setup-browser browser-test python python-test bench-python plugins rust-plugins lang-plugins lint example bench criterion fuzz clean
 
 setup: setup-rust setup-c setup-python setup-js setup-python-pkg
 
@@ -76,6 +78,17 @@ setup-c:
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@test -x $(WASM_COMPONENT_LD) || { echo "plugbus: $(WASM_COMPONENT_LD) missing: run 'rustup target add wasm32-wasip2'" >&2; exit 1; }
+
+# The dashboard's browser test: Debian's Chromium and its chromedriver
+# (Selenium, hash-pinned in the Python package's venv, drives them).
+BROWSER_PACKAGES := chromium chromium-driver
+setup-browser:
+	@missing=$$(for p in $(BROWSER_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		command -v apt-get >/dev/null || { echo "plugbus: the browser test needs Debian/Ubuntu packages: $$missing" >&2; exit 1; }; \
+		echo "installing $$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 # Python: componentize-py, hash-checked, in a venv of our own.
 setup-python: $(COMPONENTIZE_PY)
@@ -206,6 +219,13 @@ test: plugins lint
 	$(CARGO) build --all-targets
 	PLUGBUS_WASM_DIR=$(CURDIR)/$(TEST_WASM) PLUGBUS_BIN=$(CURDIR)/target/debug/plugbus $(CARGO) test
 	$(MAKE) python-test
+	$(MAKE) browser-test
+
+# The dashboard in headless Chromium against a real `plugbus serve`; leaves
+# a screenshot in target/dashboard.png.
+browser-test: setup-browser setup-python-pkg
+	$(PY_VENV)/bin/mypy --strict tests/browser
+	PLUGBUS_BIN=$(CURDIR)/target/debug/plugbus $(PY_VENV)/bin/python -m pytest -q tests/browser
 
 # Benchmarks (not part of `make test`): ratios measured side by side in one
 # run, on a release build. Results also go to target/bench.json.

@@ -24,6 +24,9 @@ pub enum Error {
     /// The event log could not be opened.
     #[error(transparent)]
     Log(#[from] crate::log::LogError),
+    /// A schema could not be read or compiled.
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaLoadError),
     /// `build()` was awaited outside a tokio runtime.
     #[error("the bus must be built inside a tokio runtime")]
     NoRuntime,

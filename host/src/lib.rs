@@ -52,6 +52,7 @@
 //! - [`dead_letter`]: the events that failed a plugin hard;
 //! - [`query`]: asking a plugin's read model (answers, typed errors, bounds);
 //! - [`cloudevents`]: CloudEvents 1.0 in (structured, batch, binary) and out;
+//! - [`schema`]: JSON Schemas per event name, checked at emit;
 //! - [`cache`]: compiled artifacts on disk, verified before use;
 //! - [`event`], [`pattern`], [`limits`], [`manifest`], [`outcome`], [`stats`],
 //!   [`text`], [`ingest`], [`error`]: the vocabulary every layer shares.
@@ -71,11 +72,13 @@ pub mod pattern;
 pub mod plugin;
 pub mod query;
 pub mod replay;
+pub mod schema;
 pub mod stats;
 pub mod text;
 
 pub use bus::builder::BusBuilder;
 pub use bus::lifecycle::Reload;
+pub use bus::native::HandlerOptions;
 pub use bus::{Bus, DEFAULT_SHUTDOWN_GRACE, FailureHook, LoadFailure, ShutdownReport, Subscription};
 pub use cache::{CacheStats, default_cache_dir};
 pub use dead_letter::{DeadLetter, Redrive, read_dead_letters};
@@ -90,4 +93,5 @@ pub use pattern::{Pattern, PatternError, validate_event_name};
 pub use plugin::{LoadError, LoadErrorKind, PluginCheck, PluginInfo, PluginState};
 pub use query::{QueryAnswer, QueryError};
 pub use replay::{Replay, ReplayEmit, ReplayError, ReplayReport};
-pub use stats::{FailureCounts, LATENCY_BOUNDS, LatencyHistogram, PluginStats};
+pub use schema::{SchemaError, SchemaPolicy};
+pub use stats::{FailureCounts, LATENCY_BOUNDS, LastFailure, LatencyHistogram, PluginStats};

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::dispatch(args.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("plugbus: {e:#}");
+            eprintln!("plugbus: {}", cli::error_text(&e));
             ExitCode::FAILURE
         }
     }

@@ -15,6 +15,8 @@
 //! memory_mib = 128
 //! queue_capacity = 4096
 //! quarantine_after = 5                   # consecutive failures; 0 = never
+//! quarantine_backoff_ms = 1000           # first quarantine; doubles on each failed probe…
+//! quarantine_backoff_max_ms = 300_000    # …up to this
 //! snapshot_every = 1000                  # stateful plugins: events between snapshots
 //! snapshot_interval_ms = 10_000          # …or time between snapshots
 //! replay_max_events = 10_000             # events kept to rebuild state after a trap
@@ -89,6 +91,10 @@ pub struct RawLimits {
     pub log_lines_per_event: Option<u32>,
     /// Consecutive hard failures before quarantine (0: never).
     pub quarantine_after: Option<u32>,
+    /// First quarantine backoff, in milliseconds.
+    pub quarantine_backoff_ms: Option<u64>,
+    /// Longest quarantine backoff, in milliseconds.
+    pub quarantine_backoff_max_ms: Option<u64>,
     /// Events between two snapshots of a stateful plugin (0: none).
     pub snapshot_every: Option<u32>,
     /// Most time between two snapshots, in milliseconds.
@@ -190,6 +196,8 @@ struct LimitOverrides {
     emits_per_event: Option<u32>,
     log_lines_per_event: Option<u32>,
     quarantine_after: Option<u32>,
+    quarantine_backoff: Option<Duration>,
+    quarantine_backoff_max: Option<Duration>,
     snapshot_every: Option<u32>,
     snapshot_interval: Option<Duration>,
     replay_max_events: Option<usize>,
@@ -217,6 +225,9 @@ const MAX_DEADLINE_MS: u64 = 60_000;
 /// See [`MAX_DEADLINE_MS`]; also the size of the engine's memory slots.
 pub const MAX_MEMORY_MIB: u64 = 4096;
 const MAX_QUEUE: usize = 1 << 20;
+/// Longest quarantine backoff a manifest may ask for: a day. A plugin that
+/// has failed every probe for that long needs a person, not a timer.
+const MAX_BACKOFF_MS: u64 = 86_400_000;
 /// Events kept for replay, at most: a million events is minutes of replay.
 const MAX_REPLAY: usize = 1 << 20;
 
@@ -290,6 +301,14 @@ impl Manifest {
             emits_per_event: l.emits_per_event,
             log_lines_per_event: l.log_lines_per_event,
             quarantine_after: l.quarantine_after,
+            quarantine_backoff: l
+                .quarantine_backoff_ms
+                .map(|v| in_range("quarantine_backoff_ms", v, 1, MAX_BACKOFF_MS).map(Duration::from_millis))
+                .transpose()?,
+            quarantine_backoff_max: l
+                .quarantine_backoff_max_ms
+                .map(|v| in_range("quarantine_backoff_max_ms", v, 1, MAX_BACKOFF_MS).map(Duration::from_millis))
+                .transpose()?,
             snapshot_every: l.snapshot_every,
             snapshot_interval: l
                 .snapshot_interval_ms
@@ -366,8 +385,12 @@ impl Manifest {
             log_lines_per_event: o.log_lines_per_event.unwrap_or(base.log_lines_per_event),
             log_line_bytes: base.log_line_bytes,
             quarantine_after: o.quarantine_after.unwrap_or(base.quarantine_after),
-            quarantine_backoff: base.quarantine_backoff,
-            quarantine_backoff_max: base.quarantine_backoff_max,
+            quarantine_backoff: o.quarantine_backoff.unwrap_or(base.quarantine_backoff),
+            // Never below the first backoff, wherever each came from.
+            quarantine_backoff_max: o
+                .quarantine_backoff_max
+                .unwrap_or(base.quarantine_backoff_max)
+                .max(o.quarantine_backoff.unwrap_or(base.quarantine_backoff)),
             snapshot_every: o.snapshot_every.unwrap_or(base.snapshot_every),
             snapshot_interval: o.snapshot_interval.unwrap_or(base.snapshot_interval),
             replay_max_events: o.replay_max_events.unwrap_or(base.replay_max_events),

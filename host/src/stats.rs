@@ -54,9 +54,31 @@ pub struct PluginStats {
     /// The most recent error or failure, described.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The most recent hard failure handling an event, with its backtrace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<LastFailure>,
     /// How long the plugin took per event (queue wait excluded).
     #[serde(skip)]
     pub latency: LatencyHistogram,
+}
+
+/// A plugin's most recent hard failure on an event (a query's failure is
+/// reported to the asker instead).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastFailure {
+    /// The failure's kind, one of [`Failure::KINDS`].
+    pub kind: &'static str,
+    /// The failure, described.
+    pub message: String,
+    /// The event's name.
+    pub event: String,
+    /// The event's id.
+    pub event_id: String,
+    /// When it failed, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// The wasm backtrace's function names, innermost first (empty when the
+    /// failure has none, as for a host-side error).
+    pub backtrace: Vec<String>,
 }
 
 /// Upper bounds of the latency buckets, in seconds: from 10 µs (a small
@@ -76,6 +98,40 @@ pub struct LatencyHistogram {
     pub sum_seconds: f64,
     /// Number of durations recorded.
     pub count: u64,
+}
+
+impl LatencyHistogram {
+    /// The `q` quantile (0.0..=1.0) in seconds, interpolated linearly inside
+    /// its bucket as Prometheus' `histogram_quantile` does; durations past
+    /// the last bound count as that bound. `None` before the first event.
+    ///
+    /// ```
+    /// # use plugbus::stats::LatencyHistogram;
+    /// let mut buckets = vec![0; 15];
+    /// buckets[1] = 100; // 100 events in (10 µs, 50 µs]
+    /// let h = LatencyHistogram { buckets, sum_seconds: 0.003, count: 100 };
+    /// let p50 = h.quantile(0.5).unwrap();
+    /// assert!((p50 - 0.00003).abs() < 1e-9);
+    /// ```
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * self.count as f64;
+        let mut below = 0u64;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            if n > 0 && (below + n) as f64 >= rank {
+                let Some(&upper) = LATENCY_BOUNDS.get(i) else {
+                    return LATENCY_BOUNDS.last().copied();
+                };
+                let lower = if i == 0 { 0.0 } else { LATENCY_BOUNDS[i - 1] };
+                let within = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
+                return Some(lower + (upper - lower) * within);
+            }
+            below += n;
+        }
+        LATENCY_BOUNDS.last().copied()
+    }
 }
 
 // `f64` is not `Eq`, but a snapshot compares equal exactly when its counts do.
@@ -153,6 +209,7 @@ pub(crate) struct StatsCell {
     query_failures: AtomicU64,
     memory: AtomicU64,
     last_error: Mutex<Option<String>>,
+    last_failure: Mutex<Option<LastFailure>>,
     latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
     latency_nanos: AtomicU64,
 }
@@ -179,6 +236,22 @@ impl StatsCell {
                 self.dropped.fetch_add(1, Relaxed);
             }
         }
+    }
+
+    /// Keeps `failure` on `event`, with its backtrace, as the last failure.
+    pub fn failed(&self, event: &crate::Event, failure: &Failure, frames: &[String]) {
+        let at_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let record = LastFailure {
+            kind: failure.kind(),
+            message: failure.to_string(),
+            event: event.name().to_owned(),
+            event_id: event.id().to_owned(),
+            at_unix_ms,
+            backtrace: frames.to_vec(),
+        };
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
     }
 
     /// Records how long one event took the plugin.
@@ -259,6 +332,7 @@ impl StatsCell {
             query_failures: self.query_failures.load(Relaxed),
             memory_bytes: self.memory.load(Relaxed),
             last_error: self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            last_failure: self.last_failure.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             latency: {
                 let buckets: Vec<u64> = self.latency.iter().map(|n| n.load(Relaxed)).collect();
                 LatencyHistogram {

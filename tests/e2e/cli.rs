@@ -82,6 +82,55 @@ fn run_with_a_missing_directory_fails_naming_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/dir"));
 }
 
+/// Every CLI error path names the thing at fault once, on one line, with
+/// no part of the message repeated (an error that both showed and chained
+/// its OS error used to print it twice).
+#[test]
+fn cli_errors_name_the_thing_at_fault_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let file = file.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["run", "--plugins", "/no/such/dir", "-"],
+            "plugin directory /no/such/dir",
+        ),
+        (&["serve", "--plugins", "/no/such/dir"], "plugin directory /no/such/dir"),
+        (&["run", "--plugins", file, "-"], "plugin directory"),
+        (&["check", "/no/such.wasm"], "/no/such.wasm"),
+        (&["check", file], "a-file"),
+        (&["run", "--plugins", "/no/such/dir", "/no/events.jsonl"], "/no/"),
+        (
+            &["replay", "--plugins", "/no/such/dir", "--log", "/no/log"],
+            "event log /no/log",
+        ),
+        (
+            &["query", "--plugins", "/no/such/dir", "--log", "/no/log", "p", "{}"],
+            "event log /no/log",
+        ),
+        (
+            &["run", "--plugins", "/no/such/dir", "--schemas", "/no/schemas", "-"],
+            "/no/",
+        ),
+        (
+            &["serve", "--plugins", file, "--listen", "127.0.0.1:1"],
+            "plugin directory",
+        ),
+    ];
+    for (args, names) in cases {
+        let out = plugbus(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let line = stderr.lines().rfind(|l| l.starts_with("plugbus: ")).unwrap_or_default();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(line.contains(names), "{args:?} should name `{names}`: {stderr}");
+        let parts: Vec<&str> = line.split(": ").collect();
+        for (i, part) in parts.iter().enumerate() {
+            assert!(!parts[i + 1..].contains(part), "{args:?} repeats `{part}`: {line}");
+        }
+    }
+}
+
 #[test]
 fn check_describes_a_plugin_and_refuses_a_bad_one() {
     let out = plugbus(&["check", wasm("cost-tracker").to_str().unwrap()]);
@@ -393,6 +442,7 @@ fn bench_runs_every_scenario_and_writes_json() {
         "9 state recovery",
         "10 replay",
         "11 projection queries",
+        "12 schema at emit",
     ] {
         assert!(rows.iter().any(|r| r["scenario"] == scenario), "no row for {scenario}");
     }
@@ -412,7 +462,7 @@ fn bench_runs_every_scenario_and_writes_json() {
         "{rows:?}"
     );
     // A scenario that does not exist is a usage error, not an empty table.
-    let out = plugbus(&["bench", "--only", "12"]);
+    let out = plugbus(&["bench", "--only", "13"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--only"));
 }

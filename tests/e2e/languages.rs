@@ -422,3 +422,28 @@ async fn c_python_and_javascript_projections_answer_queries() {
     );
     bus.shutdown().await;
 }
+
+/// The host tells each plugin's language from what its toolchain left in
+/// the component (the interpreters' runtimes are compiled from C and Rust,
+/// and a C plugin carries a Rust WASI adapter: neither may mislead it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_plugin_reports_the_language_it_was_written_in() {
+    let dir = plugin_dir(&["cost-tracker", "event-counter", "secret-scanner", "latency-watch"]);
+    let bus = bus_over(dir.path()).await;
+    let mut languages: Vec<(String, Option<&str>)> = bus.plugins().into_iter().map(|p| (p.name, p.language)).collect();
+    languages.sort();
+    assert_eq!(
+        languages,
+        [
+            ("cost-tracker".to_owned(), Some("Rust")),
+            ("event-counter".to_owned(), Some("C")),
+            ("latency-watch".to_owned(), Some("JavaScript")),
+            ("secret-scanner".to_owned(), Some("Python")),
+        ]
+    );
+    for p in bus.plugins() {
+        let on_disk = std::fs::metadata(&p.path).unwrap().len();
+        assert_eq!(p.size, on_disk, "{}", p.name);
+    }
+    bus.shutdown().await;
+}

@@ -160,3 +160,66 @@ async fn events_after_shutdown_are_ignored() {
     bus.emit("b", json!({}));
     assert_eq!(rec.events().len(), 1);
 }
+
+#[tokio::test]
+async fn priority_orders_native_handlers_and_ties_keep_registration_order() {
+    use plugbus::HandlerOptions;
+    use std::sync::Mutex;
+    let bus = bus().await;
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let subscribe = |label: &'static str, pattern: &str, priority: Option<i32>| {
+        let order = order.clone();
+        let f = move |_: &plugbus::Event| order.lock().unwrap().push(label);
+        match priority {
+            None => bus.on(pattern, f).unwrap(),
+            Some(p) => bus.on_with(pattern, HandlerOptions::new().priority(p), f).unwrap(),
+        }
+    };
+    subscribe("audit", "tool.*", None);
+    subscribe("late", "tool.called", Some(-1));
+    subscribe("guard", "**", Some(10));
+    subscribe("metrics", "tool.called", None);
+    let guard_too = subscribe("guard-2", "tool.called", Some(10));
+    let once_first = bus
+        .on_with("tool.called", HandlerOptions::new().priority(99).once(), {
+            let order = order.clone();
+            move |_| order.lock().unwrap().push("once")
+        })
+        .unwrap();
+    bus.emit("tool.called", json!({}));
+    bus.emit("tool.called", json!({}));
+    let seen = std::mem::take(&mut *order.lock().unwrap());
+    assert_eq!(
+        seen,
+        [
+            "once", "guard", "guard-2", "audit", "metrics", "late", // first event
+            "guard", "guard-2", "audit", "metrics", "late", // `once` is gone
+        ]
+    );
+    assert!(!bus.off(&once_first), "the once handler removed itself");
+    assert!(bus.off(&guard_too));
+    bus.emit("tool.done", json!({}));
+    assert_eq!(*order.lock().unwrap(), ["guard", "audit"]);
+}
+
+#[tokio::test]
+async fn async_handlers_are_spawned_in_priority_order() {
+    use plugbus::HandlerOptions;
+    use std::sync::Mutex;
+    let bus = bus().await;
+    let order = Arc::new(Mutex::new(Vec::new()));
+    for (label, priority) in [("low", -3), ("default", 0), ("high", 7)] {
+        let order = order.clone();
+        bus.on_async_with("run.*", HandlerOptions::new().priority(priority), move |_| {
+            // Recorded before the first await: the spawn order.
+            order.lock().unwrap().push(label);
+            async {}
+        })
+        .unwrap();
+    }
+    bus.emit("run.started", json!({}));
+    bus.flush().await;
+    // Tasks may be polled in any order on a multi-threaded runtime; the
+    // closure (which records) runs at spawn time, in priority order.
+    assert_eq!(*order.lock().unwrap(), ["high", "default", "low"]);
+}

@@ -38,6 +38,9 @@ pub struct BusBuilder {
     log_dir: Option<PathBuf>,
     log_options: LogOptions,
     pub(crate) follow_ups: crate::plugin::port::FollowUps,
+    schemas: Vec<(String, serde_json::Value)>,
+    schema_dirs: Vec<PathBuf>,
+    schema_policy: crate::SchemaPolicy,
 }
 
 impl Bus {
@@ -57,6 +60,9 @@ impl BusBuilder {
             queue_capacity: None,
             history: 0,
             on_failure: None,
+            schemas: Vec::new(),
+            schema_dirs: Vec::new(),
+            schema_policy: crate::SchemaPolicy::default(),
             log_dir: None,
             log_options: LogOptions::default(),
             follow_ups: crate::plugin::port::FollowUps::Publish,
@@ -159,8 +165,60 @@ impl BusBuilder {
     /// [`Error::PluginDir`] if the directory cannot be read,
     /// [`Error::Engine`] if wasmtime cannot start, [`Error::NoRuntime`]
     /// outside a tokio runtime. Individual bad plugins are not errors.
+    /// Checks every event named `name` against the JSON Schema `schema` at
+    /// emit (see [`crate::schema`]). A later schema for the same name
+    /// replaces an earlier one.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), plugbus::Error> {
+    /// let bus = plugbus::Bus::builder()
+    ///     .schema("model_responded", serde_json::json!({"type": "object", "required": ["usage"]}))
+    ///     .build()
+    ///     .await?;
+    /// assert!(bus.try_emit("model_responded", serde_json::json!({})).is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn schema(mut self, name: impl Into<String>, schema: serde_json::Value) -> Self {
+        self.schemas.push((name.into(), schema));
+        self
+    }
+
+    /// Loads every `<event-name>.schema.json` file of `dir` as
+    /// [`schema`](Self::schema) does (read when the bus is built).
+    pub fn schema_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.schema_dirs.push(dir.into());
+        self
+    }
+
+    /// What plain `emit` does with an event its schema refuses (default:
+    /// [`SchemaPolicy::Reject`](crate::SchemaPolicy::Reject)).
+    pub fn schema_policy(mut self, policy: crate::SchemaPolicy) -> Self {
+        self.schema_policy = policy;
+        self
+    }
+
+    /// Compiles the schemas: `None` when there are none (the emit path then
+    /// never looks).
+    fn compile_schemas(&self) -> Result<Option<crate::schema::Schemas>, Error> {
+        let mut all = Vec::new();
+        for dir in &self.schema_dirs {
+            all.extend(crate::schema::read_dir(dir)?);
+        }
+        all.extend(self.schemas.iter().cloned());
+        if all.is_empty() {
+            return Ok(None);
+        }
+        let mut by_name = std::collections::HashMap::new();
+        for (name, schema) in all {
+            let validator = crate::schema::compile(&name, &schema)?;
+            by_name.insert(name, validator);
+        }
+        Ok(Some(crate::schema::Schemas::new(by_name, self.schema_policy)))
+    }
+
     pub async fn build(self) -> Result<Bus, Error> {
         let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let schemas = self.compile_schemas()?;
         let mut limits = self.limits;
         if let Some(q) = self.queue_capacity {
             limits.queue_capacity = q;
@@ -199,6 +257,7 @@ impl BusBuilder {
             runtime,
             log: log.clone(),
             follow_ups: self.follow_ups,
+            schemas,
         };
         let bus = Bus {
             shared: Arc::new_cyclic(|me| Shared::new(parts, me.clone())),

@@ -180,6 +180,7 @@ async fn publish_handle(
     };
     let entry = Entry {
         seq: handle.seq,
+        priority: 0,
         target: Target::Plugin(handle.clone()),
     };
     let cut = shared.update_registry_at(|r| {

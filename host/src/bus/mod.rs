@@ -29,17 +29,17 @@ use tokio::runtime::Handle;
 use tokio::sync::{Notify, oneshot};
 
 use crate::bus::history::History;
-use crate::bus::native::{AsyncHandler, BoxFuture, CatchUnwind, SyncHandler, panic_message};
+use crate::bus::native::{AsyncHandler, BoxFuture, CatchUnwind, HandlerOptions, SyncHandler, panic_message};
 use crate::bus::registry::{Entry, Registry, Target};
 use crate::event::Event;
 use crate::limits::Limits;
 use crate::log::{EventLog, LogError, LogStatus};
 use crate::outcome::{Delivery, DeliveryReport, DropReason, Failure, Outcome};
 use crate::pattern::{Pattern, PatternError};
-use crate::plugin::PluginInfo;
 use crate::plugin::engine::PluginEngine;
 use crate::plugin::port::{BusPort, Captured, FollowUps};
 use crate::plugin::worker::{Job, PluginHandle};
+use crate::plugin::{PluginInfo, PluginState};
 
 /// Stops a helper task of the bus (the directory watcher) and waits for it.
 pub(crate) type Stopper = Box<dyn FnOnce() -> BoxFuture + Send>;
@@ -144,6 +144,8 @@ pub(crate) struct Shared {
     /// What becomes of plugins' follow-up events (published, or captured
     /// by a replay).
     pub(crate) follow_ups: FollowUps,
+    /// Event schemas checked at emit; `None` when none are registered.
+    schemas: Option<crate::schema::Schemas>,
     /// The last event sequence number handed out, when there is no log.
     event_seq: AtomicU64,
     pub(crate) plugins: Mutex<BTreeMap<String, Arc<PluginHandle>>>,
@@ -178,6 +180,7 @@ pub(crate) struct Parts {
     pub runtime: Handle,
     pub log: Option<EventLog>,
     pub follow_ups: FollowUps,
+    pub schemas: Option<crate::schema::Schemas>,
 }
 
 impl Shared {
@@ -190,6 +193,7 @@ impl Shared {
             runtime,
             log,
             follow_ups,
+            schemas,
         } = parts;
         Shared {
             registry: ArcSwap::from_pointee(Registry::default()),
@@ -198,6 +202,7 @@ impl Shared {
             next_entry: AtomicU64::new(1),
             log,
             follow_ups,
+            schemas,
             event_seq: AtomicU64::new(0),
             plugins: Mutex::new(BTreeMap::new()),
             engine: Arc::new(engine),
@@ -247,6 +252,13 @@ impl BusPort for Shared {
         self.done();
     }
 
+    fn check_schema(&self, name: &str, payload: &Value) -> Result<(), String> {
+        match &self.schemas {
+            Some(schemas) => schemas.check(name, payload).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
     fn report_failure(&self, event: &Event, handler: &str, failure: &Failure) {
         Shared::report_failure(self, event, handler, failure);
     }
@@ -260,6 +272,27 @@ enum Wait {
 }
 
 impl Shared {
+    /// Applies the schema policy to a new event from the embedder: `Err`
+    /// when it must not be delivered (policy `Reject`). Counted and logged
+    /// either way.
+    fn admit(&self, event: &Event) -> Result<(), crate::SchemaError> {
+        let Some(schemas) = &self.schemas else { return Ok(()) };
+        let Err(e) = schemas.check(event.name(), event.payload()) else {
+            return Ok(());
+        };
+        schemas.count_rejected();
+        match schemas.policy {
+            crate::SchemaPolicy::Reject => {
+                tracing::warn!(event = event.name(), event_id = event.id(), path = %e.path, "event refused by its schema: {}", e.message);
+                Err(e)
+            }
+            crate::SchemaPolicy::Warn => {
+                tracing::warn!(event = event.name(), event_id = event.id(), path = %e.path, "event does not fit its schema (delivered: schema policy warn): {}", e.message);
+                Ok(())
+            }
+        }
+    }
+
     /// Publishes an event: records it, runs native sync handlers inline,
     /// spawns async ones and queues it for plugins. Never blocks, never fails.
     pub(crate) fn publish(self: &Arc<Self>, event: Event) -> Event {
@@ -414,9 +447,13 @@ impl Shared {
         }
     }
 
-    fn subscribe(&self, patterns: &[Pattern], make: impl FnOnce(u64) -> Target) -> u64 {
+    fn subscribe(&self, patterns: &[Pattern], priority: i32, make: impl FnOnce(u64) -> Target) -> u64 {
         let seq = self.next_entry.fetch_add(1, Ordering::Relaxed);
-        let entry = Entry { seq, target: make(seq) };
+        let entry = Entry {
+            seq,
+            priority,
+            target: make(seq),
+        };
         self.update_registry(|r| r.insert(patterns, entry));
         seq
     }
@@ -451,8 +488,9 @@ impl Shared {
 
 impl Bus {
     /// Subscribes a native handler. It runs inline on the emitting thread, in
-    /// registration order with the other native handlers; a panic is caught
-    /// and reported, never propagated.
+    /// registration order with the other native handlers of the same
+    /// priority (see [`on_with`](Self::on_with)); a panic is caught and
+    /// reported, never propagated.
     ///
     /// # Errors
     /// [`PatternError`] for an invalid pattern.
@@ -460,7 +498,7 @@ impl Bus {
     where
         F: Fn(&Event) + Send + Sync + 'static,
     {
-        self.sync_handler(pattern, Box::new(f), false)
+        self.on_with(pattern, HandlerOptions::new(), f)
     }
 
     /// Like [`on`](Self::on), but the handler runs at most once, even when
@@ -473,23 +511,46 @@ impl Bus {
     where
         F: Fn(&Event) + Send + Sync + 'static,
     {
-        self.sync_handler(pattern, Box::new(f), true)
+        self.on_with(pattern, HandlerOptions::new().once(), f)
     }
 
-    fn sync_handler(
-        &self,
-        pattern: &str,
-        f: Box<crate::bus::native::SyncFn>,
-        once: bool,
-    ) -> Result<Subscription, PatternError> {
+    /// Subscribes a native handler with [`HandlerOptions`]: a priority
+    /// (higher runs first; ties in registration order) and/or `once`.
+    ///
+    /// Priority orders the native handlers of one event among themselves.
+    /// Plugins are not part of that order: every matching plugin has the
+    /// event queued before any native handler runs, and each runs on its own
+    /// queue, concurrently with the emitter.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use plugbus::HandlerOptions;
+    /// let bus = plugbus::Bus::builder().build().await?;
+    /// bus.on("tool.*", |e| println!("audit (registered first) {}", e.name()))?;
+    /// bus.on_with("tool.*", HandlerOptions::new().priority(10), |e| {
+    ///     println!("guard (runs first) {}", e.name())
+    /// })?;
+    /// bus.emit("tool.called", serde_json::json!({}));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`PatternError`] for an invalid pattern.
+    pub fn on_with<F>(&self, pattern: &str, options: HandlerOptions, f: F) -> Result<Subscription, PatternError>
+    where
+        F: Fn(&Event) + Send + Sync + 'static,
+    {
         let p = Pattern::parse(pattern)?;
-        let id = self.shared.subscribe(std::slice::from_ref(&p), |id| {
-            Target::Sync(Arc::new(SyncHandler {
-                id,
-                f,
-                once: once.then(|| AtomicBool::new(false)),
-            }))
-        });
+        let once = options.is_once();
+        let id = self
+            .shared
+            .subscribe(std::slice::from_ref(&p), options.priority_value(), |id| {
+                Target::Sync(Arc::new(SyncHandler {
+                    id,
+                    f: Box::new(f),
+                    once: once.then(|| AtomicBool::new(false)),
+                }))
+            });
         Ok(Subscription {
             id,
             pattern: pattern.to_owned(),
@@ -507,11 +568,32 @@ impl Bus {
         F: Fn(Event) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.on_async_with(pattern, HandlerOptions::new(), f)
+    }
+
+    /// [`on_async`](Self::on_async) with a priority: tasks are spawned in
+    /// priority order, then run concurrently. `once` is not available for
+    /// async handlers (it is ignored).
+    ///
+    /// # Errors
+    /// [`PatternError`] for an invalid pattern.
+    pub fn on_async_with<F, Fut>(
+        &self,
+        pattern: &str,
+        options: HandlerOptions,
+        f: F,
+    ) -> Result<Subscription, PatternError>
+    where
+        F: Fn(Event) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let p = Pattern::parse(pattern)?;
         let f = move |e: Event| -> BoxFuture { Box::pin(f(e)) };
-        let id = self.shared.subscribe(std::slice::from_ref(&p), |id| {
-            Target::Async(Arc::new(AsyncHandler { id, f: Box::new(f) }))
-        });
+        let id = self
+            .shared
+            .subscribe(std::slice::from_ref(&p), options.priority_value(), |id| {
+                Target::Async(Arc::new(AsyncHandler { id, f: Box::new(f) }))
+            });
         Ok(Subscription {
             id,
             pattern: pattern.to_owned(),
@@ -531,12 +613,53 @@ impl Bus {
     /// come from outside with [`validate_event_name`](crate::validate_event_name),
     /// as `plugbus run` does. Names emitted by plugins are always validated.
     pub fn emit(&self, name: &str, payload: Value) -> Event {
-        self.shared.publish(Event::new(name, payload))
+        self.publish(Event::new(name, payload))
     }
 
     /// Publishes a prepared event (for a correlation id, say).
     pub fn publish(&self, event: Event) -> Event {
-        self.shared.publish(event)
+        match self.shared.admit(&event) {
+            Ok(()) => self.shared.publish(event),
+            // Refused by its schema: counted and logged; nobody gets it.
+            Err(_) => event.unpublished(),
+        }
+    }
+
+    /// Emits an event after checking it against its schema (see
+    /// [`crate::schema`]); like [`emit`](Self::emit) otherwise.
+    ///
+    /// # Errors
+    /// [`SchemaError`](crate::SchemaError) naming the failing path: nothing
+    /// was published.
+    pub fn try_emit(&self, name: &str, payload: Value) -> Result<Event, crate::SchemaError> {
+        self.try_publish(Event::new(name, payload))
+    }
+
+    /// [`publish`](Self::publish) after checking the event against its schema.
+    ///
+    /// # Errors
+    /// As for [`try_emit`](Self::try_emit).
+    pub fn try_publish(&self, event: Event) -> Result<Event, crate::SchemaError> {
+        self.check_schema(&event)?;
+        Ok(self.shared.publish(event))
+    }
+
+    /// Checks an event against the schema registered for its name, without
+    /// publishing it (`Ok` when there is none).
+    ///
+    /// # Errors
+    /// As for [`try_emit`](Self::try_emit).
+    pub fn check_schema(&self, event: &Event) -> Result<(), crate::SchemaError> {
+        match &self.shared.schemas {
+            Some(schemas) => schemas.check(event.name(), event.payload()),
+            None => Ok(()),
+        }
+    }
+
+    /// Events plain `emit` met that did not fit their schema (refused, or
+    /// delivered under [`SchemaPolicy::Warn`](crate::SchemaPolicy::Warn)).
+    pub fn schema_rejected(&self) -> u64 {
+        self.shared.schemas.as_ref().map_or(0, |s| s.rejected())
     }
 
     /// Emits an event and returns once it is durable in the event log under
@@ -571,6 +694,11 @@ impl Bus {
         let Some(log) = &self.shared.log else {
             return Err(LogError::Disabled);
         };
+        let events: Vec<Event> = events.into_iter().collect();
+        // All or nothing: one event its schema refuses refuses the group.
+        for event in &events {
+            self.shared.admit(event).map_err(|e| LogError::Refused(e.to_string()))?;
+        }
         let mut published = Vec::new();
         let mut last = 0;
         for event in events {
@@ -603,6 +731,12 @@ impl Bus {
     /// [`emit_and_wait`](Self::emit_and_wait).
     pub async fn publish_and_wait(&self, event: Event) -> DeliveryReport {
         let event = event.unpublished();
+        if self.shared.admit(&event).is_err() {
+            return DeliveryReport {
+                event,
+                deliveries: Vec::new(),
+            };
+        }
         let mut waits = Vec::new();
         self.shared.dispatch(&event, Some(&mut waits), false);
         let mut deliveries = Vec::with_capacity(waits.len());
@@ -829,13 +963,26 @@ fn counts(h: &PluginHandle) -> (u64, u64) {
 }
 
 pub(crate) fn info(h: &PluginHandle) -> PluginInfo {
+    let state = h.state.get();
     PluginInfo {
         name: h.spec.name.to_string(),
         path: h.spec.path.clone(),
         version: h.spec.version.clone(),
+        language: h.spec.language,
+        size: h.spec.size,
         reload_error: lock(&h.reload_error).clone(),
         subscriptions: h.subscriptions.clone(),
-        state: h.state.get(),
+        state,
+        quarantine_retry_in_ms: match state {
+            PluginState::Quarantined => h
+                .state
+                .retry_in()
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            _ => None,
+        },
+        queue_depth: h.tx.max_capacity() - h.tx.capacity(),
+        queue_capacity: h.tx.max_capacity(),
+        memory_limit_bytes: h.spec.limits.memory_bytes,
         stats: h.stats.snapshot(),
     }
 }

@@ -16,6 +16,50 @@ pub(crate) type SyncFn = dyn Fn(&Event) + Send + Sync;
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub(crate) type AsyncFn = dyn Fn(Event) -> BoxFuture + Send + Sync;
 
+/// How a native handler is subscribed ([`Bus::on_with`](crate::Bus::on_with),
+/// [`Bus::on_async_with`](crate::Bus::on_async_with)).
+///
+/// ```
+/// use plugbus::HandlerOptions;
+/// let guard = HandlerOptions::new().priority(100);
+/// let first_only = HandlerOptions::new().once();
+/// # let _ = (guard, first_only);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandlerOptions {
+    priority: i32,
+    once: bool,
+}
+
+impl HandlerOptions {
+    /// Priority 0, every matching event.
+    pub fn new() -> HandlerOptions {
+        HandlerOptions::default()
+    }
+
+    /// Native handlers of one event run from the highest priority to the
+    /// lowest; ties run in registration order. Default 0; negative values
+    /// run after the default.
+    pub fn priority(mut self, priority: i32) -> HandlerOptions {
+        self.priority = priority;
+        self
+    }
+
+    /// Run at most once, then unsubscribe (synchronous handlers only).
+    pub fn once(mut self) -> HandlerOptions {
+        self.once = true;
+        self
+    }
+
+    pub(crate) fn priority_value(&self) -> i32 {
+        self.priority
+    }
+
+    pub(crate) fn is_once(&self) -> bool {
+        self.once
+    }
+}
+
 /// A native synchronous handler.
 pub(crate) struct SyncHandler {
     pub id: u64,

@@ -21,13 +21,25 @@ pub(crate) enum Target {
     Plugin(Arc<PluginHandle>),
 }
 
-/// One subscription. `seq` orders delivery (registration order) and
-/// identifies the subscriber: a plugin's patterns all share its `seq`, so an
-/// event matching several of them is delivered once.
+/// One subscription. `seq` identifies the subscriber: a plugin's patterns
+/// all share its `seq`, so an event matching several of them is delivered
+/// once. Delivery order is [`order`](Entry::order): higher `priority` first,
+/// then registration order (`seq`).
 #[derive(Clone)]
 pub(crate) struct Entry {
     pub seq: u64,
+    /// Native handlers' priority (0 by default; plugins are always 0: they
+    /// run on their own queues, so their order only fixes who is offered an
+    /// event first).
+    pub priority: i32,
     pub target: Target,
+}
+
+impl Entry {
+    /// The delivery-order key: smaller runs first.
+    fn order(&self) -> (std::cmp::Reverse<i32>, u64) {
+        (std::cmp::Reverse(self.priority), self.seq)
+    }
 }
 
 #[derive(Clone, Default)]
@@ -37,17 +49,18 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    /// Adds `entry` under each pattern, keeping every list sorted by seq (a
-    /// swapped plugin keeps its predecessor's seq, so inserts are not always
-    /// at the end).
+    /// Adds `entry` under each pattern, keeping every list sorted by
+    /// delivery order (a priority, or a swapped plugin keeping its
+    /// predecessor's seq, puts inserts anywhere, not only at the end).
     pub fn insert(&mut self, patterns: &[Pattern], entry: Entry) {
+        let key = entry.order();
         for p in patterns {
             if p.is_exact() {
                 let list = self.exact.entry(p.as_str().to_owned()).or_default();
-                let at = list.partition_point(|e| e.seq <= entry.seq);
+                let at = list.partition_point(|e| e.order() <= key);
                 list.insert(at, entry.clone());
             } else {
-                let at = self.wildcard.partition_point(|(_, e)| e.seq <= entry.seq);
+                let at = self.wildcard.partition_point(|(_, e)| e.order() <= key);
                 self.wildcard.insert(at, (p.clone(), entry.clone()));
             }
         }
@@ -68,8 +81,8 @@ impl Registry {
         self.exact.values().map(Vec::len).sum::<usize>() + self.wildcard.len()
     }
 
-    /// Calls `f` for each subscriber matching `name`, once each, in
-    /// registration order. Allocates nothing.
+    /// Calls `f` for each subscriber matching `name`, once each, in delivery
+    /// order (priority, then registration). Allocates nothing.
     pub fn for_each_match(&self, name: &str, mut f: impl FnMut(&Entry)) {
         let mut exact = self.exact.get(name).map_or(&[][..], Vec::as_slice).iter().peekable();
         let mut wild = self
@@ -81,7 +94,7 @@ impl Registry {
         let mut last = None;
         loop {
             let next = match (exact.peek(), wild.peek()) {
-                (Some(a), Some(b)) if a.seq <= b.seq => exact.next(),
+                (Some(a), Some(b)) if a.order() <= b.order() => exact.next(),
                 (_, Some(_)) => wild.next(),
                 (Some(_), None) => exact.next(),
                 (None, None) => break,
@@ -101,8 +114,13 @@ mod tests {
     use crate::bus::native::SyncHandler;
 
     fn entry(seq: u64) -> Entry {
+        prioritised(seq, 0)
+    }
+
+    fn prioritised(seq: u64, priority: i32) -> Entry {
         Entry {
             seq,
+            priority,
             target: Target::Sync(Arc::new(SyncHandler {
                 id: seq,
                 f: Box::new(|_| {}),
@@ -135,5 +153,18 @@ mod tests {
         // Re-inserting under an old seq (a hot swap) keeps its place.
         r.insert(&[p("llm.call")], entry(3));
         assert_eq!(matches(&r, "llm.call"), vec![1, 2, 3, 5]);
+    }
+
+    #[test]
+    fn higher_priority_first_then_registration_order() {
+        let mut r = Registry::default();
+        let p = |s: &str| Pattern::parse(s).unwrap();
+        r.insert(&[p("tool.*")], prioritised(1, 0));
+        r.insert(&[p("tool.called")], prioritised(2, 10));
+        r.insert(&[p("**"), p("tool.called")], prioritised(3, 10));
+        r.insert(&[p("tool.called")], prioritised(4, -5));
+        r.insert(&[p("tool.*")], prioritised(5, 0));
+        assert_eq!(matches(&r, "tool.called"), vec![2, 3, 1, 5, 4]);
+        assert_eq!(matches(&r, "tool.done"), vec![3, 1, 5]);
     }
 }

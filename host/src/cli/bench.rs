@@ -600,6 +600,9 @@ pub async fn bench(
     if want(&[11]) {
         projection_queries(&mut table, plugins, cache.path(), events).await?;
     }
+    if want(&[12]) {
+        schema_cost(&mut table, events).await?;
+    }
     table.print();
     if let Some(path) = json_out {
         let doc = json!({ "events": events, "cores": std::thread::available_parallelism().map_or(1, |n| n.get()), "rows": table.0 });
@@ -961,6 +964,71 @@ async fn projection_queries(table: &mut Table, plugins: &Path, cache: &Path, eve
         asked as f64,
         "",
         None,
+    );
+    Ok(())
+}
+
+/// Scenario 12: the cost of a schema at emit. Emit p50/p99 of the bench
+/// payload with a typical `model_responded` schema (types, required fields,
+/// a minimum, an enum) against the same bus without one, alternated over
+/// four rounds; one native handler subscribed, so the emit does real work.
+async fn schema_cost(table: &mut Table, events: u64) -> anyhow::Result<()> {
+    let schema = json!({
+        "type": "object",
+        "required": ["model", "usage"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1},
+            "usage": {
+                "type": "object",
+                "required": ["prompt_tokens", "completion_tokens"],
+                "properties": {
+                    "prompt_tokens": {"type": "integer", "minimum": 0},
+                    "completion_tokens": {"type": "integer", "minimum": 0}
+                }
+            },
+            "cost_usd": {"type": "number", "minimum": 0},
+            "finish_reason": {"enum": ["stop", "length", "tool_calls"]}
+        }
+    });
+    let with = plugbus::Bus::builder()
+        .schema("model_responded", schema)
+        .build()
+        .await?;
+    let without = plugbus::Bus::builder().build().await?;
+    for bus in [&with, &without] {
+        bus.on("model_responded", |e| {
+            std::hint::black_box(e.payload());
+        })?;
+    }
+    let (mut w50, mut w99, mut n50, mut n99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..4 {
+        let (a, b) = emit_latency(&with, events).await;
+        w50.push(a);
+        w99.push(b);
+        let (a, b) = emit_latency(&without, events).await;
+        n50.push(a);
+        n99.push(b);
+    }
+    anyhow::ensure!(with.schema_rejected() == 0, "the bench payload must fit the schema");
+    with.shutdown().await;
+    without.shutdown().await;
+    for v in [&mut w50, &mut w99, &mut n50, &mut n99] {
+        v.sort_by(f64::total_cmp);
+    }
+    let median = |v: &[f64]| percentile(v, 0.5);
+    table.add(
+        "12 schema at emit",
+        "emit p50 with a schema (vs none)",
+        median(&w50),
+        "µs",
+        Some(median(&n50)),
+    );
+    table.add(
+        "12 schema at emit",
+        "emit p99 with a schema (vs none)",
+        median(&w99),
+        "µs",
+        Some(median(&n99)),
     );
     Ok(())
 }

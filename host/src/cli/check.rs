@@ -12,6 +12,7 @@ pub async fn check(file: &Path, json: bool, cache: &super::CacheArgs) -> anyhow:
         Ok(c) => {
             println!("name:          {}", c.name);
             println!("world:         {}", c.world);
+            println!("language:      {}", c.language.unwrap_or("unknown"));
             println!("size:          {} bytes", c.size);
             println!("version:       sha256:{}", c.version);
             println!("subscriptions: {}", c.subscriptions.join(", "));

@@ -2,6 +2,7 @@
 
 mod bench;
 mod check;
+mod dashboard;
 mod dlq;
 mod log;
 mod new;
@@ -145,7 +146,7 @@ pub enum Command {
         #[arg(long, default_value_t = 20_000)]
         events: u64,
         /// Only the scenarios with these numbers (and those measured with them), e.g. `--only 5,6`.
-        #[arg(long, value_delimiter = ',', value_name = "N,...", value_parser = clap::value_parser!(u32).range(1..=11))]
+        #[arg(long, value_delimiter = ',', value_name = "N,...", value_parser = clap::value_parser!(u32).range(1..=12))]
         only: Vec<u32>,
         /// Also write the results as JSON.
         #[arg(long, value_name = "FILE")]
@@ -242,7 +243,7 @@ impl CacheArgs {
     }
 }
 
-/// The event log of `run` and `serve`.
+/// The event log and the event schemas of `run` and `serve`.
 #[derive(clap::Args)]
 pub struct LogArgs {
     /// Append every event to the event log in DIR (created if missing; numbering continues).
@@ -251,12 +252,34 @@ pub struct LogArgs {
     /// When a logged event counts as durable: always (fsync per batch), batched (group sync every 5 ms), off.
     #[arg(long, value_name = "POLICY", default_value = "batched", requires = "dir")]
     durability: plugbus::Durability,
+    /// Check events against the JSON Schemas in DIR (`<event-name>.schema.json`).
+    #[arg(long, value_name = "DIR")]
+    schemas: Option<PathBuf>,
+    /// An event its schema refuses: `reject` (not delivered; POST /events answers 422) or `warn` (delivered, logged).
+    #[arg(long, value_name = "POLICY", default_value = "reject", requires = "schemas")]
+    schema_policy: SchemaPolicyArg,
+}
+
+/// `--schema-policy`.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SchemaPolicyArg {
+    /// Refuse and count.
+    Reject,
+    /// Deliver, count and log.
+    Warn,
 }
 
 impl LogArgs {
     pub fn apply(&self, builder: plugbus::BusBuilder) -> plugbus::BusBuilder {
-        match &self.dir {
+        let builder = match &self.dir {
             Some(dir) => builder.log_dir(dir).durability(self.durability),
+            None => builder,
+        };
+        match &self.schemas {
+            Some(dir) => builder.schema_dir(dir).schema_policy(match self.schema_policy {
+                SchemaPolicyArg::Reject => plugbus::SchemaPolicy::Reject,
+                SchemaPolicyArg::Warn => plugbus::SchemaPolicy::Warn,
+            }),
             None => builder,
         }
     }
@@ -386,5 +409,53 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             only,
             json,
         } => bench::bench(&plugins, &fixtures, events, &only, json.as_ref()).await,
+    }
+}
+
+/// An error with its causes, as one line: `context: cause: cause`. A cause
+/// whose text the message before it already ends with (an error that both
+/// shows and chains its source, like an I/O error inside a library error)
+/// is printed once, not twice.
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.ends_with(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("plugin directory /x: {0}")]
+    struct ShowsAndChains(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_already_shown_is_not_repeated() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
+        let e = anyhow::Error::new(ShowsAndChains(io()));
+        assert_eq!(
+            error_text(&e),
+            "plugin directory /x: No such file or directory (os error 2)"
+        );
+        let e = anyhow::Error::new(io()).context("cannot read events.jsonl");
+        assert_eq!(
+            error_text(&e),
+            "cannot read events.jsonl: No such file or directory (os error 2)"
+        );
+        let e = anyhow::Error::new(ShowsAndChains(io())).context("cannot open the bus");
+        assert_eq!(
+            error_text(&e),
+            "cannot open the bus: plugin directory /x: No such file or directory (os error 2)"
+        );
     }
 }

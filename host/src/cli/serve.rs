@@ -9,7 +9,9 @@
 //!   CloudEvents 1.0 too: structured (`application/cloudevents+json`),
 //!   batched (`application/cloudevents-batch+json`) and binary mode (`ce-*`
 //!   headers); an invalid one is refused with 400 naming the attribute (see
-//!   `plugbus::cloudevents` for the mapping).
+//!   `plugbus::cloudevents` for the mapping). With `--schemas`, an event that
+//!   does not fit its schema refuses the request with 422 `{"error", "index",
+//!   "event", "path"}`.
 //! - `GET /plugins`: state, subscriptions, counters, last error per plugin;
 //!   with `--log`, the log's position (`log`: last, written and durable seq,
 //!   queued, lost).
@@ -25,6 +27,9 @@
 //!   it ran out of query fuel or time.
 //! - `GET /metrics`: Prometheus (OpenMetrics) text.
 //! - `GET /healthz`: liveness.
+//! - `GET /`: the live dashboard, and behind it `GET /dashboard/stream`,
+//!   `/dashboard/snapshot` and the event export `GET /events/stream`
+//!   (plugbus JSON or CloudEvents; see `cli::dashboard`).
 //!
 //! The plugin directory is watched (hot reload). SIGINT or SIGTERM stops
 //! accepting requests, drains every plugin queue and exits 0.
@@ -45,6 +50,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
+use super::dashboard::Dashboard;
 use super::{CacheArgs, LogArgs};
 
 /// Largest request body: 1 MiB holds thousands of events per request while
@@ -63,12 +69,23 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let app = router(bus.clone());
-    eprintln!("plugbus: listening on http://{addr} (plugins in {})", plugins.display());
+    // Open dashboard streams never end by themselves: they end when this
+    // turns true, so the graceful shutdown is not held up by a browser tab.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let dashboard = Dashboard::start(&bus, stopping);
+    let app = router(bus.clone()).merge(dashboard.routes());
+    eprintln!(
+        "plugbus: listening on http://{addr} (plugins in {}; dashboard at /)",
+        plugins.display()
+    );
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = stopping_tx.send(true);
+        })
         .await
         .context("HTTP server failed")?;
+    drop(dashboard);
     eprintln!("plugbus: shutting down; draining plugin queues");
     // No more requests: let queued events and their follow-ups run within
     // the grace period, then stop the workers with what is left of it.
@@ -172,6 +189,13 @@ async fn post_events(
         Ok(events) => events,
         Err(reason) => return bad_request(reason),
     };
+    // Schemas: the request is refused whole, naming the event and the path.
+    for (index, event) in events.iter().enumerate() {
+        if let Err(e) = bus.check_schema(event) {
+            let body = json!({ "error": e.to_string(), "index": index, "event": e.event, "path": e.path });
+            return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
+        }
+    }
     if events.is_empty() {
         return bad_request("no events in the request body".into());
     }

@@ -162,6 +162,9 @@ pub enum LogError {
     /// The bus was built without a log.
     #[error("the bus has no event log (BusBuilder::log_dir)")]
     Disabled,
+    /// The event does not fit its schema (policy `Reject`): not published.
+    #[error("not published: {0}")]
+    Refused(String),
     /// The log stopped after a write failure; the reason.
     #[error("the event log stopped: {0}")]
     Failed(Arc<str>),

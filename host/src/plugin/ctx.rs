@@ -202,6 +202,9 @@ impl host::Host for PluginCtx {
         let Some(bus) = self.bus.upgrade() else {
             return Ok(Err("the bus is shutting down; event not accepted".into()));
         };
+        if let Err(reason) = bus.check_schema(&name, &payload) {
+            return Ok(Err(reason));
+        }
         let event = Event::follow_up(&parent, &self.plugin, index, name, payload);
         let captured = Captured {
             parent_seq: parent.seq().unwrap_or(0),

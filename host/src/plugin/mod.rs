@@ -12,6 +12,7 @@ pub(crate) mod ctx;
 pub(crate) mod determinism;
 pub(crate) mod engine;
 pub(crate) mod port;
+pub(crate) mod producers;
 pub(crate) mod recovery;
 pub(crate) mod worker;
 
@@ -116,12 +117,27 @@ pub struct PluginInfo {
     pub path: PathBuf,
     /// sha256 of the loaded `.wasm`, in hex.
     pub version: String,
+    /// The language it was written in, when its toolchain recorded it
+    /// (`Rust`, `C`, `Python`, `JavaScript`).
+    pub language: Option<&'static str>,
+    /// The size of its `.wasm` file in bytes.
+    pub size: u64,
     /// Why the last hot reload failed, if it did (this version keeps running).
     pub reload_error: Option<String>,
     /// The patterns it is subscribed to.
     pub subscriptions: Vec<String>,
     /// Its state.
     pub state: PluginState,
+    /// While quarantined: milliseconds until the next event may run as a
+    /// probe (0 once it is due).
+    pub quarantine_retry_in_ms: Option<u64>,
+    /// Events waiting in its queue.
+    pub queue_depth: usize,
+    /// Its queue's capacity (the `queue_capacity` limit).
+    pub queue_capacity: usize,
+    /// Its memory cap in bytes (the `memory_mib` limit), to compare with
+    /// `stats.memory_bytes`.
+    pub memory_limit_bytes: usize,
     /// Its counters.
     pub stats: PluginStats,
 }
@@ -141,6 +157,8 @@ pub struct PluginCheck {
     pub size: u64,
     /// sha256 of the `.wasm`, in hex.
     pub version: String,
+    /// The language it was written in, when its toolchain recorded it.
+    pub language: Option<&'static str>,
 }
 
 /// Everything needed to build instances of one plugin.
@@ -160,6 +178,8 @@ pub(crate) struct PluginSpec {
     pub size: u64,
     /// sha256 of the `.wasm`, in hex.
     pub version: String,
+    /// From the component's producers sections.
+    pub language: Option<&'static str>,
     /// sha256 of the manifest, when there is one: a change reloads the plugin.
     pub manifest_version: Option<String>,
     pub bus: Weak<dyn BusPort>,
@@ -244,14 +264,15 @@ impl PluginSpec {
         // Hashing and compiling are CPU-bound: keep them off the async runtime.
         let eng = engine.clone();
         let plugin = name.clone();
-        let (component, version) = tokio::task::spawn_blocking(move || {
+        let (component, version, language) = tokio::task::spawn_blocking(move || {
             let version = content_hash(&bytes);
+            let language = producers::language(&bytes);
             let _span = tracing::info_span!("compile", plugin = %plugin, bytes = bytes.len()).entered();
             let component = match &eng.cache {
                 Some(cache) => cache.load_or_compile(&eng.engine, &bytes, &version, &plugin),
                 None => Component::from_binary(&eng.engine, &bytes),
             };
-            component.map(|c| (c, version))
+            component.map(|c| (c, version, language))
         })
         .await
         .map_err(|e| err(LoadErrorKind::Invalid(format!("compiler task failed: {e}"))))?
@@ -308,6 +329,7 @@ impl PluginSpec {
             imports,
             size,
             version,
+            language,
             manifest_version,
             bus,
             _engine: engine.clone(),
@@ -550,6 +572,7 @@ impl PluginSpec {
             imports: self.imports.clone(),
             size: self.size,
             version: self.version.clone(),
+            language: self.language,
         }
     }
 }

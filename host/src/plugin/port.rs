@@ -22,6 +22,10 @@ pub(crate) trait BusPort: Send + Sync {
     /// One queued job (or async handler) finished.
     fn job_done(&self);
 
+    /// Checks a follow-up against the schema of its name: `Err` with the
+    /// reason, which the guest's `emit` returns.
+    fn check_schema(&self, name: &str, payload: &serde_json::Value) -> Result<(), String>;
+
     /// Runs the embedder's failure hook, isolated like any handler.
     fn report_failure(&self, event: &Event, handler: &str, failure: &Failure);
 }

@@ -111,6 +111,13 @@ impl WorkerState {
         until != 0 && self.now() < until
     }
 
+    /// While quarantined: how long until the next event may run as a probe
+    /// (zero once it is due). `None` when not quarantined.
+    pub fn retry_in(&self) -> Option<Duration> {
+        let until = self.quarantined_until.load(Ordering::Acquire);
+        (until != 0).then(|| Duration::from_nanos(until.saturating_sub(self.now())))
+    }
+
     fn in_quarantine(&self) -> bool {
         self.quarantined_until.load(Ordering::Acquire) != 0
     }
@@ -726,6 +733,9 @@ impl Worker {
     fn finish(&self, event: &Event, outcome: &Outcome, fuel: u64, frames: &[String]) {
         let plugin = &*self.spec.name;
         self.stats.record(outcome, fuel);
+        if let Outcome::Failed(failure) = outcome {
+            self.stats.failed(event, failure, frames);
+        }
         match outcome {
             Outcome::Ok | Outcome::Dropped(_) => {}
             Outcome::Error(msg) => {

@@ -312,3 +312,107 @@ pub fn serve(args: &[&str]) -> (std::process::Child, String, std::thread::JoinHa
     });
     (child, addr, log)
 }
+
+/// One server-sent event: its `event:` type (`message` when absent), its
+/// `id:` and its `data:`.
+#[derive(Debug, Clone)]
+pub struct SseMessage {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+/// A server-sent event stream read over a plain loopback connection.
+pub struct SseStream {
+    reader: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl SseStream {
+    /// `GET path` with `Accept: text/event-stream`: the status, and the
+    /// stream when it is 200.
+    pub fn open(addr: &str, path: &str) -> (u16, Option<SseStream>) {
+        use std::io::{BufRead, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+        let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        let mut reader = std::io::BufReader::new(s);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut status_line = String::new();
+        while status_line.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no answer to GET {path}");
+            let _ = reader.read_line(&mut status_line);
+        }
+        let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, (status == 200).then_some(SseStream { reader }))
+    }
+
+    /// The next message before `timeout` passes; `None` on timeout or
+    /// when the server closed the stream. Keep-alive comments and the
+    /// chunked encoding's size lines are skipped (the server writes each
+    /// message as one chunk).
+    pub fn next(&mut self, timeout: std::time::Duration) -> Option<SseMessage> {
+        use std::io::BufRead;
+        let deadline = std::time::Instant::now() + timeout;
+        let (mut event, mut id, mut data) = (None, None, None::<String>);
+        let mut line = String::new();
+        while std::time::Instant::now() < deadline {
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return None,
+                Ok(_) if line.ends_with('\n') => {}
+                Ok(_) => continue,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    continue;
+                }
+                Err(_) => return None,
+            }
+            let text = std::mem::take(&mut line);
+            let text = text.trim_end_matches(['\r', '\n']);
+            if let Some(v) = text.strip_prefix("event:") {
+                event = Some(v.trim_start().to_owned());
+            } else if let Some(v) = text.strip_prefix("id:") {
+                id = Some(v.trim_start().to_owned());
+            } else if let Some(v) = text.strip_prefix("data:") {
+                let v = v.strip_prefix(' ').unwrap_or(v);
+                data = Some(match data {
+                    Some(before) => format!("{before}\n{v}"),
+                    None => v.to_owned(),
+                });
+            } else if text.is_empty()
+                && let Some(data) = data.take()
+            {
+                return Some(SseMessage {
+                    event: event.take().unwrap_or_else(|| "message".to_owned()),
+                    id: id.take(),
+                    data,
+                });
+            }
+        }
+        None
+    }
+
+    /// Messages until one satisfies `found`, for at most `timeout`.
+    pub fn until(
+        &mut self,
+        timeout: std::time::Duration,
+        mut found: impl FnMut(&SseMessage) -> bool,
+    ) -> Option<SseMessage> {
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            let message = self.next(left)?;
+            if found(&message) {
+                return Some(message);
+            }
+        }
+        None
+    }
+}
+
+/// Sends SIGTERM to `child`.
+pub fn terminate(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}

@@ -110,12 +110,13 @@ async def _await(awaitable: Awaitable[Any]) -> Any:
 
 
 class _Subscription:
-    __slots__ = ("pattern", "handler", "once")
+    __slots__ = ("pattern", "handler", "once", "priority")
 
-    def __init__(self, pattern: str, handler: Handler, once: bool) -> None:
+    def __init__(self, pattern: str, handler: Handler, once: bool, priority: int) -> None:
         self.pattern = pattern
         self.handler = handler
         self.once = once
+        self.priority = priority
 
 
 _live_buses: weakref.WeakSet[EventBus] = weakref.WeakSet()
@@ -188,30 +189,40 @@ class EventBus:
     # ---- subscription ----
 
     @overload
-    def on(self, pattern: str, handler: None = None) -> Callable[[H], H]: ...
+    def on(self, pattern: str, handler: None = None, *, priority: int = 0) -> Callable[[H], H]: ...
     @overload
-    def on(self, pattern: str, handler: H) -> H: ...
-    def on(self, pattern: str, handler: Handler | None = None) -> Any:
+    def on(self, pattern: str, handler: H, *, priority: int = 0) -> H: ...
+    def on(self, pattern: str, handler: Handler | None = None, *, priority: int = 0) -> Any:
         """Register `handler` for `pattern`; as a decorator (`@bus.on("llm.*")`)
         or a call (`bus.on("llm.*", h)`). Returns the handler. Raises
-        `ValueError` for an invalid pattern."""
-        return self._subscribe(pattern, handler, once=False)
+        `ValueError` for an invalid pattern.
+
+        Handlers of one event run from the highest `priority` to the lowest
+        (default 0; ties in registration order). Wasm plugins are not part of
+        that order: they have the event queued before any Python handler
+        runs, and run on their own queues, concurrently."""
+        return self._subscribe(pattern, handler, once=False, priority=priority)
 
     @overload
-    def once(self, pattern: str, handler: None = None) -> Callable[[H], H]: ...
+    def once(self, pattern: str, handler: None = None, *, priority: int = 0) -> Callable[[H], H]: ...
     @overload
-    def once(self, pattern: str, handler: H) -> H: ...
-    def once(self, pattern: str, handler: Handler | None = None) -> Any:
+    def once(self, pattern: str, handler: H, *, priority: int = 0) -> H: ...
+    def once(self, pattern: str, handler: Handler | None = None, *, priority: int = 0) -> Any:
         """Like `on`, but the handler runs for the first matching event only,
         exactly once even when several threads emit at the same time."""
-        return self._subscribe(pattern, handler, once=True)
+        return self._subscribe(pattern, handler, once=True, priority=priority)
 
-    def _subscribe(self, pattern: str, handler: Handler | None, once: bool) -> Any:
+    def _subscribe(self, pattern: str, handler: Handler | None, once: bool, priority: int) -> Any:
         _patterns.validate(pattern)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority must be an int, not {type(priority).__name__}")
 
         def register(h: H) -> H:
             with self._lock:
-                self._subs.append(_Subscription(pattern, h, once))
+                # `_subs` is kept in delivery order: after every handler of a
+                # higher or equal priority, before the first of a lower one.
+                at = next((i for i, s in enumerate(self._subs) if s.priority < priority), len(self._subs))
+                self._subs.insert(at, _Subscription(pattern, h, once, priority))
                 self._matched = {}
             return h
 
@@ -235,8 +246,9 @@ class EventBus:
             self._matched = {}
 
     def subscribers(self, pattern: str | None = None) -> list[tuple[str, Handler]]:
-        """The registered `(pattern, handler)` pairs, in registration order;
-        with `pattern`, those registered with exactly that pattern."""
+        """The registered `(pattern, handler)` pairs, in delivery order
+        (priority, then registration); with `pattern`, those registered with
+        exactly that pattern."""
         with self._lock:
             return [(s.pattern, s.handler) for s in self._subs if pattern is None or s.pattern == pattern]
 
@@ -444,7 +456,7 @@ class EventBus:
                 self._history.append(event)
 
     def _match(self, name: str) -> tuple[_Subscription, ...]:
-        """The subscriptions matching `name`, in registration order; a `once`
+        """The subscriptions matching `name`, in delivery order; a `once`
         subscription is claimed (and removed) here, so it fires once."""
         with self._lock:
             matched = self._matched.get(name)
@@ -459,7 +471,7 @@ class EventBus:
             return matched
 
     def _deliver(self, event: Event, strict: bool) -> None:
-        """Runs the matching handlers on this thread, in registration order:
+        """Runs the matching handlers on this thread, in delivery order:
         a sync handler inline, an async one as `emit` runs it. Errors go to
         the callback, or (`strict`) the first is re-raised."""
         for sub in self._match(event.type):

@@ -1,0 +1,485 @@
+//! The live dashboard of `plugbus serve`, and the event export stream.
+//!
+//! - `GET /`, `/dashboard.js`, `/dashboard.css`: the page, built into the
+//!   binary (plain HTML/CSS/JS, no network at run time).
+//! - `GET /dashboard/stream?pattern=P&correlation_id=C`: server-sent events,
+//!   one `snapshot` every [`SNAPSHOT_INTERVAL`]: every plugin, the bus's
+//!   event rate over the last [`RATE_WINDOW`] seconds, the log's position,
+//!   and the events published since the previous snapshot that match the
+//!   filter (at most [`TAIL_PER_SNAPSHOT`]; the rest are counted in
+//!   `events_skipped`). What one snapshot costs is bounded by the number of
+//!   plugins, never by the event rate.
+//! - `GET /dashboard/snapshot?pattern=P&correlation_id=C`: the same snapshot,
+//!   once, as JSON (its `events` are the latest matching ones).
+//! - `GET /events/stream?format=plugbus|cloudevents&pattern=P&correlation_id=C`:
+//!   every matching event as one server-sent event (`id:` the event id,
+//!   `data:` the plugbus JSON envelope or a structured CloudEvent). A client
+//!   that falls more than [`EXPORT_BUFFER`] events behind is told with an
+//!   `event: lagged` message (`{"skipped": n}`) and goes on from there.
+//!
+//! The events reach the dashboard through one native handler on `**` that
+//! the dashboard subscribes at the lowest priority: it copies each event
+//! into a bounded ring (and into the export channel while someone listens).
+//! Every stream ends when the server shuts down.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::stream::{self, Stream};
+use plugbus::{Bus, Event, HandlerOptions, Pattern, PluginInfo};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, watch};
+
+/// How often a dashboard gets a snapshot: twice a second keeps the page
+/// under a second behind, and 100 plugins' rows twice a second are a few
+/// tens of KiB/s.
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Events kept for the tail: enough for a filter to find matches among the
+/// last seconds of a busy bus, bounded to a few hundred KiB.
+pub const TAIL_CAPACITY: usize = 1000;
+
+/// Events sent per snapshot at most: 100 rows a second is more than anyone
+/// reads, and keeps the page's work bounded at 10,000 events/s.
+pub const TAIL_PER_SNAPSHOT: usize = 50;
+
+/// Seconds of event-rate history: the chart's five minutes at 1 s resolution.
+pub const RATE_WINDOW: usize = 300;
+
+/// Events an export client may fall behind before it is told it lagged:
+/// half a second at 8,000 events/s.
+pub const EXPORT_BUFFER: usize = 4096;
+
+/// Characters of payload a tail row carries: a preview, not the event.
+const PAYLOAD_PREVIEW: usize = 200;
+
+const INDEX_HTML: &str = include_str!("index.html");
+const DASHBOARD_JS: &str = include_str!("dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("dashboard.css");
+
+/// The dashboard's state: a cheap handle (clone it into handlers); the
+/// rate sampler task stops when the last handle is dropped.
+#[derive(Clone)]
+pub struct Dashboard {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    bus: Bus,
+    tail: Mutex<Tail>,
+    export: broadcast::Sender<Event>,
+    rate: Mutex<VecDeque<(u64, f64)>>,
+    /// Becomes true when the server shuts down: every stream ends.
+    stopping: watch::Receiver<bool>,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.sampler.abort();
+    }
+}
+
+/// The most recent events, each with its position in the tap's count.
+#[derive(Default)]
+struct Tail {
+    /// Events seen so far; the newest has number `seen`.
+    seen: u64,
+    events: VecDeque<(u64, Event)>,
+}
+
+/// Which events a stream wants.
+struct Filter {
+    pattern: Option<Pattern>,
+    correlation_id: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, event: &Event) -> bool {
+        self.pattern.as_ref().is_none_or(|p| p.matches(event.name()))
+            && self
+                .correlation_id
+                .as_deref()
+                .is_none_or(|c| event.correlation_id() == Some(c))
+    }
+}
+
+/// `?pattern=&correlation_id=&format=` of the stream endpoints.
+#[derive(serde::Deserialize, Default)]
+pub struct StreamParams {
+    pattern: Option<String>,
+    correlation_id: Option<String>,
+    format: Option<String>,
+}
+
+impl StreamParams {
+    /// The filter asked for; `Err` is a 400 answer naming the parameter.
+    fn filter(&self) -> Result<Filter, String> {
+        let pattern = match self.pattern.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+            None => None,
+            Some(p) => Some(Pattern::parse(p).map_err(|e| format!("pattern: {e}"))?),
+        };
+        let correlation_id = self
+            .correlation_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned);
+        Ok(Filter {
+            pattern,
+            correlation_id,
+        })
+    }
+}
+
+fn bad_request(reason: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": reason }))).into_response()
+}
+
+impl Dashboard {
+    /// Subscribes the dashboard's tap to `bus` and starts sampling its event
+    /// rate. `stopping` turning true ends every stream (the server is
+    /// shutting down and waits for open connections).
+    pub fn start(bus: &Bus, stopping: watch::Receiver<bool>) -> Dashboard {
+        let (export, _) = broadcast::channel(EXPORT_BUFFER);
+        let inner = Arc::new_cyclic(|me: &std::sync::Weak<Inner>| Inner {
+            bus: bus.clone(),
+            tail: Mutex::new(Tail::default()),
+            export,
+            rate: Mutex::new(VecDeque::with_capacity(RATE_WINDOW)),
+            stopping,
+            sampler: tokio::spawn(sample_rate_into(me.clone())),
+        });
+        let tap = Arc::downgrade(&inner);
+        // The lowest priority: the embedder's own handlers run first. `**`
+        // is valid, so subscribing cannot fail.
+        let subscribed = bus.on_with("**", HandlerOptions::new().priority(i32::MIN), move |event| {
+            if let Some(inner) = tap.upgrade() {
+                inner.observe(event);
+            }
+        });
+        if let Err(e) = subscribed {
+            tracing::error!(error = %e, "the dashboard could not subscribe to events");
+        }
+        Dashboard { inner }
+    }
+
+    /// The routes of the page and its streams.
+    pub fn routes(&self) -> Router {
+        Router::new()
+            .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+            .route(
+                "/dashboard.js",
+                get(|| async { asset("text/javascript; charset=utf-8", DASHBOARD_JS) }),
+            )
+            .route(
+                "/dashboard.css",
+                get(|| async { asset("text/css; charset=utf-8", DASHBOARD_CSS) }),
+            )
+            .route("/dashboard/snapshot", get(get_snapshot))
+            .route("/dashboard/stream", get(get_stream))
+            .route("/events/stream", get(get_export))
+            .with_state(self.clone())
+    }
+}
+
+impl Inner {
+    fn observe(&self, event: &Event) {
+        {
+            let mut tail = lock(&self.tail);
+            tail.seen += 1;
+            let n = tail.seen;
+            if tail.events.len() == TAIL_CAPACITY {
+                tail.events.pop_front();
+            }
+            tail.events.push_back((n, event.clone()));
+        }
+        if self.export.receiver_count() > 0 {
+            // Only fails when nobody listens any more.
+            let _ = self.export.send(event.clone());
+        }
+    }
+
+    /// The matching events after number `after` (oldest first, at most
+    /// [`TAIL_PER_SNAPSHOT`], the newest kept), how many matching ones did
+    /// not fit, and the number of the newest event seen.
+    fn events_after(&self, after: u64, filter: &Filter) -> (Vec<Event>, u64, u64) {
+        let tail = lock(&self.tail);
+        let mut picked: Vec<Event> = Vec::new();
+        let mut skipped = 0u64;
+        for (n, event) in tail.events.iter().rev() {
+            if *n <= after {
+                break;
+            }
+            if filter.matches(event) {
+                if picked.len() < TAIL_PER_SNAPSHOT {
+                    picked.push(event.clone());
+                } else {
+                    skipped += 1;
+                }
+            }
+        }
+        picked.reverse();
+        (picked, skipped, tail.seen)
+    }
+
+    fn snapshot(&self, events: &[Event], skipped: u64) -> Value {
+        let bus = &self.bus;
+        let mut plugins = bus.plugins();
+        // A stable order, so the page's rows stay where they are.
+        plugins.sort_by(|a, b| a.name.cmp(&b.name));
+        let plugins: Vec<Value> = plugins.iter().map(plugin_json).collect();
+        let rate: Vec<Value> = lock(&self.rate).iter().map(|(t, r)| json!([t, r])).collect();
+        json!({
+            "time_unix_ms": unix_ms(),
+            "published": bus.published(),
+            "schema_rejected": bus.schema_rejected(),
+            "rate": rate,
+            "plugins": plugins,
+            "load_failures": bus.load_failures(),
+            "log": bus.log_status(),
+            "events": events.iter().map(event_row).collect::<Vec<_>>(),
+            "events_skipped": skipped,
+        })
+    }
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked
+/// (each critical section is a push, a pop or a read).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Samples the bus's published count once a second into the rate window,
+/// until the dashboard is dropped.
+async fn sample_rate_into(inner: std::sync::Weak<Inner>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<(Instant, u64)> = None;
+    loop {
+        ticker.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let now = Instant::now();
+        let published = inner.bus.published();
+        if let Some((then, before)) = last {
+            let secs = now.duration_since(then).as_secs_f64().max(1e-3);
+            let rate = published.saturating_sub(before) as f64 / secs;
+            let mut window = lock(&inner.rate);
+            if window.len() == RATE_WINDOW {
+                window.pop_front();
+            }
+            window.push_back((unix_ms() / 1000, (rate * 10.0).round() / 10.0));
+        }
+        last = Some((now, published));
+    }
+}
+
+/// One plugin's row: [`PluginInfo`] flattened, with the figures the page
+/// shows computed here (latency quantiles, fuel per event).
+fn plugin_json(p: &PluginInfo) -> Value {
+    let s = &p.stats;
+    let micros = |q: f64| s.latency.quantile(q).map(|secs| (secs * 1e7).round() / 10.0);
+    let failures: serde_json::Map<String, Value> = s.failures.iter().map(|(k, n)| (k.to_owned(), n.into())).collect();
+    json!({
+        "name": p.name,
+        "state": p.state,
+        "language": p.language,
+        "size_bytes": p.size,
+        "version": p.version,
+        "subscriptions": p.subscriptions,
+        "delivered": s.delivered,
+        "ok": s.ok,
+        "errors": s.errors,
+        "failures": failures,
+        "dropped": s.dropped,
+        "restarts": s.restarts,
+        "queue_depth": p.queue_depth,
+        "queue_capacity": p.queue_capacity,
+        "latency_p50_us": micros(0.5),
+        "latency_p99_us": micros(0.99),
+        "fuel_per_event": s.fuel_consumed.checked_div(s.delivered),
+        "memory_bytes": s.memory_bytes,
+        "memory_limit_bytes": p.memory_limit_bytes,
+        "quarantine_retry_in_ms": p.quarantine_retry_in_ms,
+        "dead_letters": s.dead_letters,
+        "reload_error": p.reload_error,
+        "last_error": s.last_error,
+        "last_failure": s.last_failure,
+    })
+}
+
+/// One tail row: the event with its payload cut to a preview.
+fn event_row(e: &Event) -> Value {
+    let payload = e.payload_json();
+    let preview = match payload.char_indices().nth(PAYLOAD_PREVIEW) {
+        Some((at, _)) => format!("{}…", &payload[..at]),
+        None => payload.to_owned(),
+    };
+    json!({
+        "seq": e.seq(),
+        "id": e.id(),
+        "name": e.name(),
+        "correlation_id": e.correlation_id(),
+        "source": e.source(),
+        "time_unix_nanos": e.time_unix_nanos(),
+        "payload": preview,
+    })
+}
+
+async fn get_snapshot(State(dash): State<Dashboard>, Query(params): Query<StreamParams>) -> Response {
+    let filter = match params.filter() {
+        Ok(f) => f,
+        Err(reason) => return bad_request(reason),
+    };
+    let (events, _, _) = dash.inner.events_after(0, &filter);
+    Json(dash.inner.snapshot(&events, 0)).into_response()
+}
+
+/// What a snapshot stream carries from one tick to the next.
+struct Ticking {
+    dash: Dashboard,
+    filter: Filter,
+    /// The newest tap number already looked at; `None` before the first.
+    after: Option<u64>,
+    ticker: tokio::time::Interval,
+    stopping: watch::Receiver<bool>,
+}
+
+async fn get_stream(State(dash): State<Dashboard>, Query(params): Query<StreamParams>) -> Response {
+    let filter = match params.filter() {
+        Ok(f) => f,
+        Err(reason) => return bad_request(reason),
+    };
+    let mut ticker = tokio::time::interval(SNAPSHOT_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stopping = dash.inner.stopping.clone();
+    let state = Ticking {
+        dash,
+        filter,
+        after: None,
+        ticker,
+        stopping,
+    };
+    let snapshots = stream::unfold(state, |mut s| async move {
+        // The first tick of an interval is immediate: a new page fills at once.
+        if !wait_or_stop(s.ticker.tick(), &mut s.stopping).await {
+            return None;
+        }
+        let (events, skipped, newest) = s.dash.inner.events_after(s.after.unwrap_or(0), &s.filter);
+        // The first snapshot's events are the latest ones, not "skipped".
+        let skipped = if s.after.is_some() { skipped } else { 0 };
+        s.after = Some(newest);
+        let data = s.dash.inner.snapshot(&events, skipped);
+        let message = SseEvent::default().event("snapshot").data(data.to_string());
+        Some((Ok::<_, Infallible>(message), s))
+    });
+    sse(snapshots)
+}
+
+/// Waits for `work`, or returns false as soon as the server is stopping.
+async fn wait_or_stop<T>(work: impl Future<Output = T>, stopping: &mut watch::Receiver<bool>) -> bool {
+    if *stopping.borrow() {
+        return false;
+    }
+    tokio::select! {
+        _ = work => !*stopping.borrow(),
+        // A closed channel means the server is gone too.
+        _ = stopping.changed() => false,
+    }
+}
+
+fn sse<S>(events: S) -> Response
+where
+    S: Stream<Item = Result<SseEvent, Infallible>> + Send + 'static,
+{
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// The export stream's formats.
+#[derive(Clone, Copy)]
+enum Format {
+    Plugbus,
+    CloudEvents,
+}
+
+struct Exporting {
+    events: broadcast::Receiver<Event>,
+    filter: Filter,
+    format: Format,
+    stopping: watch::Receiver<bool>,
+}
+
+async fn get_export(State(dash): State<Dashboard>, Query(params): Query<StreamParams>) -> Response {
+    let filter = match params.filter() {
+        Ok(f) => f,
+        Err(reason) => return bad_request(reason),
+    };
+    let format = match params.format.as_deref() {
+        None | Some("plugbus") => Format::Plugbus,
+        Some("cloudevents") => Format::CloudEvents,
+        Some(other) => {
+            return bad_request(format!("format: `{other}` is neither `plugbus` nor `cloudevents`"));
+        }
+    };
+    let state = Exporting {
+        events: dash.inner.export.subscribe(),
+        filter,
+        format,
+        stopping: dash.inner.stopping.clone(),
+    };
+    let events = stream::unfold(state, |mut s| async move {
+        loop {
+            if *s.stopping.borrow() {
+                return None;
+            }
+            let next = tokio::select! {
+                next = s.events.recv() => next,
+                _ = s.stopping.changed() => return None,
+            };
+            let message = match next {
+                Ok(event) if s.filter.matches(&event) => export_message(&event, s.format),
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(skipped)) => SseEvent::default()
+                    .event("lagged")
+                    .data(json!({ "skipped": skipped }).to_string()),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            return Some((Ok::<_, Infallible>(message), s));
+        }
+    });
+    sse(events)
+}
+
+fn export_message(event: &Event, format: Format) -> SseEvent {
+    let data = match format {
+        Format::Plugbus => serde_json::to_string(event).unwrap_or_default(),
+        Format::CloudEvents => plugbus::cloudevents::to_json(event).to_string(),
+    };
+    SseEvent::default().id(event.id()).data(data)
+}
