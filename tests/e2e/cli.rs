@@ -443,6 +443,7 @@ fn bench_runs_every_scenario_and_writes_json() {
         "10 replay",
         "11 projection queries",
         "12 schema at emit",
+        "13 dashboard",
     ] {
         assert!(rows.iter().any(|r| r["scenario"] == scenario), "no row for {scenario}");
     }
@@ -462,7 +463,7 @@ fn bench_runs_every_scenario_and_writes_json() {
         "{rows:?}"
     );
     // A scenario that does not exist is a usage error, not an empty table.
-    let out = plugbus(&["bench", "--only", "13"]);
+    let out = plugbus(&["bench", "--only", "14"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--only"));
 }

@@ -603,6 +603,9 @@ pub async fn bench(
     if want(&[12]) {
         schema_cost(&mut table, events).await?;
     }
+    if want(&[13]) {
+        dashboard_cost(&mut table, plugins, cache.path(), events).await?;
+    }
     table.print();
     if let Some(path) = json_out {
         let doc = json!({ "events": events, "cores": std::thread::available_parallelism().map_or(1, |n| n.get()), "rows": table.0 });
@@ -1029,6 +1032,104 @@ async fn schema_cost(table: &mut Table, events: u64) -> anyhow::Result<()> {
         median(&w99),
         "µs",
         Some(median(&n99)),
+    );
+    Ok(())
+}
+
+/// Scenario 13: the dashboard. (a) Its tap's cost at emit: emit p50 on a bus
+/// with a dashboard attached against one without, alternated over four
+/// rounds. (b) 100 plugins while events flow at 10,000/s for 2 s (names no
+/// plugin subscribes to, so the bus, not the plugins, sets the pace): the
+/// time to build one stream snapshot and write its JSON, its size, and the
+/// events it carries.
+async fn dashboard_cost(table: &mut Table, plugins: &Path, cache: &Path, events: u64) -> anyhow::Result<()> {
+    use super::dashboard::{Dashboard, Filter, SNAPSHOT_INTERVAL};
+    let (_stop, stopping) = tokio::sync::watch::channel(false);
+    let with = plugbus::Bus::builder().build().await?;
+    let without = plugbus::Bus::builder().build().await?;
+    let dashboard = Dashboard::start(&with, stopping.clone());
+    let (mut w50, mut n50) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        w50.push(emit_latency(&with, events).await.0);
+        n50.push(emit_latency(&without, events).await.0);
+    }
+    drop(dashboard);
+    with.shutdown().await;
+    without.shutdown().await;
+    w50.sort_by(f64::total_cmp);
+    n50.sort_by(f64::total_cmp);
+    table.add(
+        "13 dashboard",
+        "emit p50 with the dashboard attached (vs none)",
+        percentile(&w50, 0.5),
+        "µs",
+        Some(percentile(&n50, 0.5)),
+    );
+
+    const RATE: u64 = 10_000;
+    let dir = plugin_dir(plugins, 100, None)?;
+    let bus = open(dir.path(), cache).await?;
+    let dashboard = Dashboard::start(&bus, stopping);
+    let filter = Filter::all();
+    let mut after = Some(dashboard.next_snapshot(&filter, None).1);
+    let emitter = {
+        let bus = bus.clone();
+        tokio::task::spawn_blocking(move || {
+            // 10 events a millisecond, on time: sleep to each millisecond's start.
+            let start = Instant::now();
+            for ms in 0..2 * RATE / 10 {
+                for i in 0..10 {
+                    bus.emit("tool.called", json!({"tool": "search", "n": ms * 10 + i}));
+                }
+                let next = start + Duration::from_millis(ms + 1);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            (2 * RATE) as f64 / start.elapsed().as_secs_f64()
+        })
+    };
+    let (mut build, mut bytes, mut carried) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..4 {
+        tokio::time::sleep(SNAPSHOT_INTERVAL).await;
+        let t = Instant::now();
+        let (snapshot, newest) = dashboard.next_snapshot(&filter, after);
+        build.push(micros(t.elapsed()));
+        bytes.push(snapshot.len() as f64 / 1024.0);
+        let doc: Value = serde_json::from_str(&snapshot)?;
+        carried.push(doc["events"].as_array().map_or(0, Vec::len) as f64);
+        after = Some(newest);
+    }
+    let achieved = emitter.await?;
+    drop(dashboard);
+    bus.shutdown().await;
+    build.sort_by(f64::total_cmp);
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    table.add(
+        "13 dashboard",
+        "events/s while snapshotting (target 10,000)",
+        achieved,
+        "ev/s",
+        None,
+    );
+    table.add(
+        "13 dashboard",
+        "snapshot of 100 plugins: build + JSON, p50",
+        percentile(&build, 0.5),
+        "µs",
+        None,
+    );
+    table.add(
+        "13 dashboard",
+        "snapshot of 100 plugins: size",
+        max(&bytes),
+        "KiB",
+        None,
+    );
+    table.add(
+        "13 dashboard",
+        "events per snapshot (bounded at 50)",
+        max(&carried),
+        "events",
+        None,
     );
     Ok(())
 }

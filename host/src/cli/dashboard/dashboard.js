@@ -440,12 +440,14 @@ function renderLog(log, plugins) {
 function createEventRow(ev) {
   const ms = ev.time_unix_nanos == null ? null : ev.time_unix_nanos / 1e6;
   const cell = (field, text, extra) => el('td', { 'data-field': field, text, ...extra });
+  // The server cuts long payloads to a preview and says so.
+  const payload = (ev.payload || '') + (ev.truncated ? '…' : '');
   return el('tr', { 'data-event-id': ev.id || '' },
     cell('time', ms == null ? '—' : fmtClock(ms, true), { class: 'mono' }),
     cell('seq', ev.seq == null ? '—' : String(ev.seq), { class: 'num' }),
     cell('name', ev.name || '', { class: 'mono', title: ev.source ? `source: ${ev.source}` : '' }),
     cell('correlation_id', ev.correlation_id || '', { class: 'mono corr' }),
-    cell('payload', ev.payload || '', { class: 'payload', title: ev.payload || '' }));
+    cell('payload', payload, { class: 'payload', title: payload }));
 }
 
 function renderEvents(events, skipped) {

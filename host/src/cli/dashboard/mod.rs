@@ -35,8 +35,11 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::stream::{self, Stream};
-use plugbus::{Bus, Event, HandlerOptions, Pattern, PluginInfo};
-use serde_json::{Value, json};
+use plugbus::{
+    Bus, Event, FailureCounts, HandlerOptions, LastFailure, LoadFailure, LogStatus, Pattern, PluginInfo, PluginState,
+};
+use serde::Serialize;
+use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
 /// How often a dashboard gets a snapshot: twice a second keeps the page
@@ -71,6 +74,16 @@ const DASHBOARD_CSS: &str = include_str!("dashboard.css");
 #[derive(Clone)]
 pub struct Dashboard {
     inner: Arc<Inner>,
+    _sampler: Arc<AbortOnDrop>,
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct Inner {
@@ -80,13 +93,6 @@ struct Inner {
     rate: Mutex<VecDeque<(u64, f64)>>,
     /// Becomes true when the server shuts down: every stream ends.
     stopping: watch::Receiver<bool>,
-    sampler: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.sampler.abort();
-    }
 }
 
 /// The most recent events, each with its position in the tap's count.
@@ -98,12 +104,20 @@ struct Tail {
 }
 
 /// Which events a stream wants.
-struct Filter {
+pub(super) struct Filter {
     pattern: Option<Pattern>,
     correlation_id: Option<String>,
 }
 
 impl Filter {
+    /// Every event.
+    pub(super) fn all() -> Filter {
+        Filter {
+            pattern: None,
+            correlation_id: None,
+        }
+    }
+
     fn matches(&self, event: &Event) -> bool {
         self.pattern.as_ref().is_none_or(|p| p.matches(event.name()))
             && self
@@ -151,14 +165,14 @@ impl Dashboard {
     /// shutting down and waits for open connections).
     pub fn start(bus: &Bus, stopping: watch::Receiver<bool>) -> Dashboard {
         let (export, _) = broadcast::channel(EXPORT_BUFFER);
-        let inner = Arc::new_cyclic(|me: &std::sync::Weak<Inner>| Inner {
+        let inner = Arc::new(Inner {
             bus: bus.clone(),
             tail: Mutex::new(Tail::default()),
             export,
             rate: Mutex::new(VecDeque::with_capacity(RATE_WINDOW)),
             stopping,
-            sampler: tokio::spawn(sample_rate_into(me.clone())),
         });
+        let sampler = tokio::spawn(sample_rate_into(Arc::downgrade(&inner)));
         let tap = Arc::downgrade(&inner);
         // The lowest priority: the embedder's own handlers run first. `**`
         // is valid, so subscribing cannot fail.
@@ -170,7 +184,19 @@ impl Dashboard {
         if let Err(e) = subscribed {
             tracing::error!(error = %e, "the dashboard could not subscribe to events");
         }
-        Dashboard { inner }
+        Dashboard {
+            inner,
+            _sampler: Arc::new(AbortOnDrop(sampler.abort_handle())),
+        }
+    }
+
+    /// The next snapshot of a stream that has seen the tap's events up to
+    /// number `after` (`None`: a new stream, which gets the latest matching
+    /// events, none of them "skipped"), and the number to pass next time.
+    pub(super) fn next_snapshot(&self, filter: &Filter, after: Option<u64>) -> (String, u64) {
+        let (events, skipped, newest) = self.inner.events_after(after.unwrap_or(0), filter);
+        let skipped = if after.is_some() { skipped } else { 0 };
+        (self.inner.snapshot(&events, skipped), newest)
     }
 
     /// The routes of the page and its streams.
@@ -232,24 +258,27 @@ impl Inner {
         (picked, skipped, tail.seen)
     }
 
-    fn snapshot(&self, events: &[Event], skipped: u64) -> Value {
+    /// One snapshot, as JSON text (serialised straight from the borrowed
+    /// figures: no intermediate `Value` tree).
+    fn snapshot(&self, events: &[Event], skipped: u64) -> String {
         let bus = &self.bus;
         let mut plugins = bus.plugins();
         // A stable order, so the page's rows stay where they are.
         plugins.sort_by(|a, b| a.name.cmp(&b.name));
-        let plugins: Vec<Value> = plugins.iter().map(plugin_json).collect();
-        let rate: Vec<Value> = lock(&self.rate).iter().map(|(t, r)| json!([t, r])).collect();
-        json!({
-            "time_unix_ms": unix_ms(),
-            "published": bus.published(),
-            "schema_rejected": bus.schema_rejected(),
-            "rate": rate,
-            "plugins": plugins,
-            "load_failures": bus.load_failures(),
-            "log": bus.log_status(),
-            "events": events.iter().map(event_row).collect::<Vec<_>>(),
-            "events_skipped": skipped,
-        })
+        let rate: Vec<(u64, f64)> = lock(&self.rate).iter().copied().collect();
+        let doc = Snapshot {
+            time_unix_ms: unix_ms(),
+            published: bus.published(),
+            schema_rejected: bus.schema_rejected(),
+            rate,
+            plugins: plugins.iter().map(PluginRow::of).collect(),
+            load_failures: bus.load_failures(),
+            log: bus.log_status(),
+            events: events.iter().map(EventRow::of).collect(),
+            events_skipped: skipped,
+        };
+        // Plain data with string keys: serialising cannot fail.
+        serde_json::to_string(&doc).unwrap_or_default()
     }
 }
 
@@ -300,56 +329,119 @@ async fn sample_rate_into(inner: std::sync::Weak<Inner>) {
     }
 }
 
+/// What `/dashboard/stream` and `/dashboard/snapshot` send (documented in
+/// docs/dashboard.md).
+#[derive(Serialize)]
+struct Snapshot<'a> {
+    time_unix_ms: u64,
+    published: u64,
+    schema_rejected: u64,
+    /// `[unix seconds, events/s]`, oldest first.
+    rate: Vec<(u64, f64)>,
+    plugins: Vec<PluginRow<'a>>,
+    load_failures: Vec<LoadFailure>,
+    log: Option<LogStatus>,
+    events: Vec<EventRow<'a>>,
+    events_skipped: u64,
+}
+
 /// One plugin's row: [`PluginInfo`] flattened, with the figures the page
 /// shows computed here (latency quantiles, fuel per event).
-fn plugin_json(p: &PluginInfo) -> Value {
-    let s = &p.stats;
-    let micros = |q: f64| s.latency.quantile(q).map(|secs| (secs * 1e7).round() / 10.0);
-    let failures: serde_json::Map<String, Value> = s.failures.iter().map(|(k, n)| (k.to_owned(), n.into())).collect();
-    json!({
-        "name": p.name,
-        "state": p.state,
-        "language": p.language,
-        "size_bytes": p.size,
-        "version": p.version,
-        "subscriptions": p.subscriptions,
-        "delivered": s.delivered,
-        "ok": s.ok,
-        "errors": s.errors,
-        "failures": failures,
-        "dropped": s.dropped,
-        "restarts": s.restarts,
-        "queue_depth": p.queue_depth,
-        "queue_capacity": p.queue_capacity,
-        "latency_p50_us": micros(0.5),
-        "latency_p99_us": micros(0.99),
-        "fuel_per_event": s.fuel_consumed.checked_div(s.delivered),
-        "memory_bytes": s.memory_bytes,
-        "memory_limit_bytes": p.memory_limit_bytes,
-        "quarantine_retry_in_ms": p.quarantine_retry_in_ms,
-        "dead_letters": s.dead_letters,
-        "reload_error": p.reload_error,
-        "last_error": s.last_error,
-        "last_failure": s.last_failure,
-    })
+#[derive(Serialize)]
+struct PluginRow<'a> {
+    name: &'a str,
+    state: PluginState,
+    language: Option<&'static str>,
+    size_bytes: u64,
+    version: &'a str,
+    subscriptions: &'a [String],
+    delivered: u64,
+    ok: u64,
+    errors: u64,
+    failures: &'a FailureCounts,
+    dropped: u64,
+    restarts: u64,
+    queue_depth: usize,
+    queue_capacity: usize,
+    latency_p50_us: Option<f64>,
+    latency_p99_us: Option<f64>,
+    fuel_per_event: Option<u64>,
+    memory_bytes: u64,
+    memory_limit_bytes: usize,
+    quarantine_retry_in_ms: Option<u64>,
+    dead_letters: u64,
+    reload_error: Option<&'a str>,
+    last_error: Option<&'a str>,
+    last_failure: Option<&'a LastFailure>,
+}
+
+impl<'a> PluginRow<'a> {
+    fn of(p: &'a PluginInfo) -> PluginRow<'a> {
+        let s = &p.stats;
+        // Microseconds with one decimal.
+        let micros = |q: f64| s.latency.quantile(q).map(|secs| (secs * 1e7).round() / 10.0);
+        PluginRow {
+            name: &p.name,
+            state: p.state,
+            language: p.language,
+            size_bytes: p.size,
+            version: &p.version,
+            subscriptions: &p.subscriptions,
+            delivered: s.delivered,
+            ok: s.ok,
+            errors: s.errors,
+            failures: &s.failures,
+            dropped: s.dropped,
+            restarts: s.restarts,
+            queue_depth: p.queue_depth,
+            queue_capacity: p.queue_capacity,
+            latency_p50_us: micros(0.5),
+            latency_p99_us: micros(0.99),
+            fuel_per_event: s.fuel_consumed.checked_div(s.delivered),
+            memory_bytes: s.memory_bytes,
+            memory_limit_bytes: p.memory_limit_bytes,
+            quarantine_retry_in_ms: p.quarantine_retry_in_ms,
+            dead_letters: s.dead_letters,
+            reload_error: p.reload_error.as_deref(),
+            last_error: s.last_error.as_deref(),
+            last_failure: s.last_failure.as_ref(),
+        }
+    }
 }
 
 /// One tail row: the event with its payload cut to a preview.
-fn event_row(e: &Event) -> Value {
-    let payload = e.payload_json();
-    let preview = match payload.char_indices().nth(PAYLOAD_PREVIEW) {
-        Some((at, _)) => format!("{}…", &payload[..at]),
-        None => payload.to_owned(),
-    };
-    json!({
-        "seq": e.seq(),
-        "id": e.id(),
-        "name": e.name(),
-        "correlation_id": e.correlation_id(),
-        "source": e.source(),
-        "time_unix_nanos": e.time_unix_nanos(),
-        "payload": preview,
-    })
+#[derive(Serialize)]
+struct EventRow<'a> {
+    seq: Option<u64>,
+    id: &'a str,
+    name: &'a str,
+    correlation_id: Option<&'a str>,
+    source: &'a str,
+    time_unix_nanos: u64,
+    payload: &'a str,
+    /// Whether `payload` was cut.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    truncated: bool,
+}
+
+impl<'a> EventRow<'a> {
+    fn of(e: &'a Event) -> EventRow<'a> {
+        let payload = e.payload_json();
+        let (payload, truncated) = match payload.char_indices().nth(PAYLOAD_PREVIEW) {
+            Some((at, _)) => (&payload[..at], true),
+            None => (payload, false),
+        };
+        EventRow {
+            seq: e.seq(),
+            id: e.id(),
+            name: e.name(),
+            correlation_id: e.correlation_id(),
+            source: e.source(),
+            time_unix_nanos: e.time_unix_nanos(),
+            payload,
+            truncated,
+        }
+    }
 }
 
 async fn get_snapshot(State(dash): State<Dashboard>, Query(params): Query<StreamParams>) -> Response {
@@ -357,8 +449,8 @@ async fn get_snapshot(State(dash): State<Dashboard>, Query(params): Query<Stream
         Ok(f) => f,
         Err(reason) => return bad_request(reason),
     };
-    let (events, _, _) = dash.inner.events_after(0, &filter);
-    Json(dash.inner.snapshot(&events, 0)).into_response()
+    let (text, _) = dash.next_snapshot(&filter, None);
+    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
 /// What a snapshot stream carries from one tick to the next.
@@ -391,12 +483,9 @@ async fn get_stream(State(dash): State<Dashboard>, Query(params): Query<StreamPa
         if !wait_or_stop(s.ticker.tick(), &mut s.stopping).await {
             return None;
         }
-        let (events, skipped, newest) = s.dash.inner.events_after(s.after.unwrap_or(0), &s.filter);
-        // The first snapshot's events are the latest ones, not "skipped".
-        let skipped = if s.after.is_some() { skipped } else { 0 };
+        let (data, newest) = s.dash.next_snapshot(&s.filter, s.after);
         s.after = Some(newest);
-        let data = s.dash.inner.snapshot(&events, skipped);
-        let message = SseEvent::default().event("snapshot").data(data.to_string());
+        let message = SseEvent::default().event("snapshot").data(data);
         Some((Ok::<_, Infallible>(message), s))
     });
     sse(snapshots)
