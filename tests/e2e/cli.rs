@@ -100,6 +100,7 @@ fn cli_errors_name_the_thing_at_fault_once() {
         (&["run", "--plugins", file, "-"], "plugin directory"),
         (&["check", "/no/such.wasm"], "/no/such.wasm"),
         (&["check", file], "a-file"),
+        (&["check", "Cargo.toml"], "Cargo.toml: not a WebAssembly file"),
         (&["run", "--plugins", "/no/such/dir", "/no/events.jsonl"], "/no/"),
         (
             &["replay", "--plugins", "/no/such/dir", "--log", "/no/log"],

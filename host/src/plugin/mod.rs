@@ -230,8 +230,15 @@ impl PluginSpec {
         };
         let name: Arc<str> = plugin_name(path).map_err(err)?.into();
         let manifest_path = path.with_extension("toml");
-        // Read once: the same bytes are hashed (a change reloads the plugin) and parsed.
-        let (manifest, manifest_version) = match tokio::fs::read(&manifest_path).await {
+        // Read once: the same bytes are hashed (a change reloads the plugin) and
+        // parsed. A `.toml` given as the plugin is not its own manifest: the
+        // header check below says what it is.
+        let manifest_bytes = if manifest_path == path {
+            Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+        } else {
+            tokio::fs::read(&manifest_path).await
+        };
+        let (manifest, manifest_version) = match manifest_bytes {
             Ok(bytes) => {
                 let manifest_err = |reason: String| ManifestError {
                     path: manifest_path.clone(),
