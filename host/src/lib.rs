@@ -37,7 +37,7 @@
 //!   - `bus::lifecycle`: loading, hot-swapping and unloading plugins;
 //!   - `bus::watch`: the plugin directory watcher (hot reload);
 //!   - `bus::registry`: the lock-free subscription index;
-//!   - `bus::native`: native handlers, isolated with `catch_unwind`;
+//!   - `bus::native`: native handlers (priority, `once`), isolated with `catch_unwind`;
 //!   - `bus::history`: the optional ring of recent events;
 //! - [`plugin`]: one plugin: loading and validating a `.wasm`, building
 //!   instances, calling them; it reaches the bus only through `plugin::port`;
@@ -48,6 +48,7 @@
 //!   - `plugin::determinism`: virtual clocks and seeded randomness per event;
 //!   - `plugin::engine`, `plugin::bindings`: the wasmtime engine, linker and WIT bindings;
 //!   - `plugin::port`: the narrow handle plugin code reaches the bus through;
+//!   - `plugin::producers`: a plugin's source language, read from the component;
 //! - [`log`]: the embedded event log (segments, writer thread, reader);
 //! - [`dead_letter`]: the events that failed a plugin hard;
 //! - [`query`]: asking a plugin's read model (answers, typed errors, bounds);
