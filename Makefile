@@ -7,7 +7,8 @@
 # componentize-py wheel (PyPI, hash-checked, in a venv) and componentize-qjs
 # (npm, installed from a lock file). The Rust toolchain itself comes from rustup.
 # `make test` also installs Debian's Chromium and chromedriver for the
-# dashboard's browser test (`make setup-browser`; the demo does not need them).
+# dashboard's browser test (`make setup-browser`) and nats-server for the
+# scale-out tests (`make setup-nats`); the demo needs neither.
 
 CARGO    ?= cargo
 PLUGINS  := cost-tracker audit-log console-logger token-counter agent-runs misbehave
@@ -58,7 +59,7 @@ LANG_DIST  := event-counter secret-scanner latency-watch
 PY_PKG  := bindings/python
 PY_VENV := target/python-venv
 
-.PHONY: demo test setup setup-rust setup-c setup-python setup-js setup-python-pkg setup-browser browser-test python python-test bench-python plugins rust-plugins lang-plugins lint example bench criterion fuzz clean
+.PHONY: demo test setup setup-rust setup-c setup-python setup-js setup-python-pkg setup-browser setup-nats browser-test python python-test bench-python plugins rust-plugins lang-plugins lint example bench criterion fuzz clean
 
 setup: setup-rust setup-c setup-python setup-js setup-python-pkg
 
@@ -89,6 +90,15 @@ setup-browser:
 		echo "installing $$missing"; \
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+
+# Scale-out tests: Debian's nats-server (2.9.10, JetStream); each test starts
+# its own on a free loopback port with a temporary store.
+setup-nats:
+	@dpkg-query -W -f='$${Status}' nats-server 2>/dev/null | grep -q 'ok installed' || { \
+		command -v apt-get >/dev/null || { echo "plugbus: the NATS tests need the Debian/Ubuntu package nats-server" >&2; exit 1; }; \
+		echo "installing nats-server"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nats-server >/dev/null; \
+	}
 
 # Python: componentize-py, hash-checked, in a venv of our own.
 setup-python: $(COMPONENTIZE_PY)
@@ -215,7 +225,7 @@ lint: setup-rust
 	$(CARGO) clippy --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS) $(FIXTURES)) -- -D warnings
 	$(CARGO) clippy -p plugbus-python -- -D warnings
 
-test: plugins lint
+test: plugins lint setup-nats
 	$(CARGO) build --all-targets
 	PLUGBUS_WASM_DIR=$(CURDIR)/$(TEST_WASM) PLUGBUS_BIN=$(CURDIR)/target/debug/plugbus $(CARGO) test
 	$(MAKE) python-test

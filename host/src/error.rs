@@ -27,6 +27,10 @@ pub enum Error {
     /// A schema could not be read or compiled.
     #[error(transparent)]
     Schema(#[from] crate::schema::SchemaLoadError),
+    /// The NATS server or stream could not be used.
+    #[cfg(feature = "nats")]
+    #[error(transparent)]
+    Nats(#[from] crate::nats::NatsError),
     /// `build()` was awaited outside a tokio runtime.
     #[error("the bus must be built inside a tokio runtime")]
     NoRuntime,

@@ -67,7 +67,7 @@ impl Clone for EventData {
 }
 
 /// The current time in nanoseconds since the Unix epoch.
-fn now_nanos() -> u64 {
+pub(crate) fn now_nanos() -> u64 {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     u64::try_from(now.as_nanos()).unwrap_or(u64::MAX)
 }

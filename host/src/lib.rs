@@ -54,6 +54,7 @@
 //! - [`query`]: asking a plugin's read model (answers, typed errors, bounds);
 //! - [`cloudevents`]: CloudEvents 1.0 in (structured, batch, binary) and out;
 //! - [`schema`]: JSON Schemas per event name, checked at emit;
+//! - [`nats`]: scale-out on NATS JetStream (publisher, per-plugin consumers);
 //! - [`cache`]: compiled artifacts on disk, verified before use;
 //! - [`event`], [`pattern`], [`limits`], [`manifest`], [`outcome`], [`stats`],
 //!   [`text`], [`ingest`], [`error`]: the vocabulary every layer shares.
@@ -68,6 +69,8 @@ pub mod ingest;
 pub mod limits;
 pub mod log;
 pub mod manifest;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod outcome;
 pub mod pattern;
 pub mod plugin;
@@ -89,6 +92,8 @@ pub use ingest::{IngestError, parse_event_line};
 pub use limits::{Limits, MAX_CASCADE_DEPTH};
 pub use log::{Durability, EventLog, LogError, LogOptions, LogReader, LogStats, LogStatus, Record};
 pub use manifest::{Manifest, ManifestError};
+#[cfg(feature = "nats")]
+pub use nats::{NatsError, NatsOptions, NatsStatus};
 pub use outcome::{Delivery, DeliveryReport, DropReason, Failure, Outcome};
 pub use pattern::{Pattern, PatternError, validate_event_name};
 pub use plugin::{LoadError, LoadErrorKind, PluginCheck, PluginInfo, PluginState};

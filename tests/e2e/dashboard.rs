@@ -88,8 +88,12 @@ fn snapshots_show_plugins_failures_with_backtraces_quarantine_and_the_log() {
             json!({"name": "misbehave.panic", "correlation_id": "run-2", "payload": {}}),
         ],
     );
+    // Ready once the bus's own `plugbus.plugin.quarantined` has reached the
+    // tail too (it is published just after the state changes).
     let snapshot = snapshot_until(&addr, |s| {
-        plugin(s, "misbehave")["state"] == "quarantined" && plugin(s, "cost-tracker")["delivered"] == 1
+        plugin(s, "misbehave")["state"] == "quarantined"
+            && plugin(s, "cost-tracker")["delivered"] == 1
+            && s["events"].as_array().unwrap().len() == 4
     });
 
     let bad = plugin(&snapshot, "misbehave");

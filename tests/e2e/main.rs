@@ -18,6 +18,7 @@ mod isolation;
 mod languages;
 mod loading;
 mod native;
+mod nats;
 mod projections;
 mod reliability;
 mod schemas;

@@ -41,6 +41,8 @@ pub struct BusBuilder {
     schemas: Vec<(String, serde_json::Value)>,
     schema_dirs: Vec<PathBuf>,
     schema_policy: crate::SchemaPolicy,
+    #[cfg(feature = "nats")]
+    nats: Option<crate::nats::NatsOptions>,
 }
 
 impl Bus {
@@ -66,6 +68,8 @@ impl BusBuilder {
             log_dir: None,
             log_options: LogOptions::default(),
             follow_ups: crate::plugin::port::FollowUps::Publish,
+            #[cfg(feature = "nats")]
+            nats: None,
         }
     }
 
@@ -216,6 +220,25 @@ impl BusBuilder {
         Ok(Some(crate::schema::Schemas::new(by_name, self.schema_policy)))
     }
 
+    /// Joins a NATS JetStream stream (see [`crate::nats`]): events go to the
+    /// stream, and each plugin pulls its share from a durable consumer
+    /// shared with every other host that loads it.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), plugbus::Error> {
+    /// let bus = plugbus::Bus::builder()
+    ///     .plugin_dir("plugins/dist")
+    ///     .nats(plugbus::NatsOptions::new("nats://127.0.0.1:4222"))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "nats")]
+    pub fn nats(mut self, options: crate::nats::NatsOptions) -> BusBuilder {
+        self.nats = Some(options);
+        self
+    }
+
     pub async fn build(self) -> Result<Bus, Error> {
         let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let schemas = self.compile_schemas()?;
@@ -249,7 +272,14 @@ impl BusBuilder {
             }
             None => None,
         };
+        #[cfg(feature = "nats")]
+        let nats = match self.nats {
+            Some(options) => Some(crate::nats::NatsLink::connect(options).await?),
+            None => None,
+        };
         let parts = Parts {
+            #[cfg(feature = "nats")]
+            nats,
             engine,
             limits,
             history,

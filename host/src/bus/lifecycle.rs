@@ -200,6 +200,16 @@ async fn install_new(shared: &Arc<Shared>, prepared: Prepared, path: &Path) -> A
     let patterns = prepared.patterns.clone();
     let (handle, handshake) = spawn(shared, prepared, seq, Arc::new(StatsCell::default()), None);
     publish_handle(shared, &handle, &patterns, handshake).await;
+    #[cfg(feature = "nats")]
+    if let Some(nats) = &shared.nats {
+        nats.start_consumer(
+            &handle.spec.name,
+            patterns,
+            handle.spec.limits.queue_capacity,
+            matches!(handle.spec.manifest.replay, crate::manifest::CatchUp::All),
+            Arc::downgrade(shared),
+        );
+    }
     tracing::info!(plugin = &*handle.spec.name, file = %path.display(), subscriptions = ?handle.subscriptions, "plugin loaded");
     handle
 }
@@ -293,6 +303,11 @@ impl Bus {
     pub async fn unload_plugin(&self, name: &str) -> bool {
         let shared = &self.shared;
         let _serial = shared.lifecycle.lock().await;
+        // On NATS: stop pulling first; what was taken finishes and is acked.
+        #[cfg(feature = "nats")]
+        if let Some(nats) = &shared.nats {
+            nats.stop_consumer(name).await;
+        }
         let Some(handle) = lock(&shared.plugins).remove(name) else {
             return false;
         };

@@ -146,6 +146,9 @@ pub(crate) struct Shared {
     pub(crate) follow_ups: FollowUps,
     /// Event schemas checked at emit; `None` when none are registered.
     schemas: Option<crate::schema::Schemas>,
+    /// On NATS: events go to the stream, plugins pull from their consumers.
+    #[cfg(feature = "nats")]
+    pub(crate) nats: Option<crate::nats::NatsLink>,
     /// The last event sequence number handed out, when there is no log.
     event_seq: AtomicU64,
     pub(crate) plugins: Mutex<BTreeMap<String, Arc<PluginHandle>>>,
@@ -181,6 +184,8 @@ pub(crate) struct Parts {
     pub log: Option<EventLog>,
     pub follow_ups: FollowUps,
     pub schemas: Option<crate::schema::Schemas>,
+    #[cfg(feature = "nats")]
+    pub nats: Option<crate::nats::NatsLink>,
 }
 
 impl Shared {
@@ -194,6 +199,8 @@ impl Shared {
             log,
             follow_ups,
             schemas,
+            #[cfg(feature = "nats")]
+            nats,
         } = parts;
         Shared {
             registry: ArcSwap::from_pointee(Registry::default()),
@@ -203,6 +210,8 @@ impl Shared {
             log,
             follow_ups,
             schemas,
+            #[cfg(feature = "nats")]
+            nats,
             event_seq: AtomicU64::new(0),
             plugins: Mutex::new(BTreeMap::new()),
             engine: Arc::new(engine),
@@ -346,7 +355,22 @@ impl Shared {
             if let Some(history) = &self.history {
                 history.push(event);
             }
+            // On NATS the stream is the queue: plugins pull their events
+            // from their consumers, on whichever host takes them.
+            #[cfg(feature = "nats")]
+            let local_plugins = match &self.nats {
+                Some(nats) => {
+                    nats.publisher.publish(event);
+                    false
+                }
+                None => true,
+            };
+            #[cfg(not(feature = "nats"))]
+            let local_plugins = true;
             registry.for_each_match(event.name(), |entry| {
+                if !local_plugins {
+                    return;
+                }
                 if let Target::Plugin(p) = &entry.target {
                     let (reply, rx) = match waits {
                         Some(_) => {
@@ -395,6 +419,20 @@ impl Shared {
             }
             Target::Plugin(_) => {}
         });
+    }
+
+    /// Offers `job` to the plugin named `plugin` (the current version, after
+    /// a hot swap), as a publish would; false when no such plugin is loaded.
+    #[cfg(feature = "nats")]
+    pub(crate) fn offer_to(&self, plugin: &str, job: Job) -> bool {
+        let handle = lock(&self.plugins).get(plugin).cloned();
+        match handle {
+            Some(p) => {
+                self.enqueue(&p, job);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Offers `job` to plugin `p`'s queue, counted as in flight for
@@ -761,10 +799,56 @@ impl Bus {
             tokio::pin!(notified);
             notified.as_mut().enable();
             if self.shared.pending.load(Ordering::Acquire) == 0 {
-                return;
+                break;
             }
             notified.await;
         }
+        // On NATS, what was published is in the stream (or given up).
+        #[cfg(feature = "nats")]
+        if let Some(nats) = &self.shared.nats {
+            nats.publisher.flush().await;
+        }
+    }
+
+    /// Publishes `events` (as [`publish`](Self::publish) does, schemas
+    /// included) and waits until the stream has stored each: their stream
+    /// sequence numbers. What `POST /events` answers with on NATS, so a
+    /// client that got its answer knows the events survive this host.
+    ///
+    /// # Errors
+    /// [`LogError::Refused`] naming the first event that is not in the
+    /// stream (refused by its schema, publish queue full, or every publish
+    /// attempt failed); `Closed` when the bus is not on NATS or shut down.
+    #[cfg(feature = "nats")]
+    pub async fn publish_to_stream(&self, events: impl IntoIterator<Item = Event>) -> Result<Vec<u64>, LogError> {
+        let Some(nats) = &self.shared.nats else {
+            return Err(LogError::Refused("this bus is not on NATS".into()));
+        };
+        let events: Vec<Event> = events.into_iter().collect();
+        for event in &events {
+            self.shared.admit(event).map_err(|e| LogError::Refused(e.to_string()))?;
+        }
+        let mut confirmations = Vec::with_capacity(events.len());
+        for event in events {
+            confirmations.push((event.id().to_owned(), nats.publisher.confirm(event.id())));
+            self.shared.publish(event);
+        }
+        let mut seqs = Vec::with_capacity(confirmations.len());
+        for (id, confirmation) in confirmations {
+            match confirmation.await {
+                Ok(Ok(seq)) => seqs.push(seq),
+                Ok(Err(reason)) => return Err(LogError::Refused(format!("event {id}: {reason}"))),
+                Err(_) => return Err(LogError::Refused(format!("event {id}: the bus shut down"))),
+            }
+        }
+        Ok(seqs)
+    }
+
+    /// The bus's NATS side: the publisher's counters and each plugin's
+    /// consumer; `None` when the bus is not on NATS.
+    #[cfg(feature = "nats")]
+    pub fn nats_status(&self) -> Option<crate::NatsStatus> {
+        self.shared.nats.as_ref().map(|n| n.status())
     }
 
     /// A snapshot of every loaded plugin, by name.
@@ -903,6 +987,12 @@ impl Bus {
         if let Some(stop) = watcher {
             stop().await;
         }
+        // On NATS: stop pulling; what was taken finishes (its follow-ups are
+        // still published) and is acknowledged, all within the grace period.
+        #[cfg(feature = "nats")]
+        if let Some(nats) = &self.shared.nats {
+            let _ = tokio::time::timeout(grace, nats.stop_all()).await;
+        }
         self.shared.closed.store(true, Ordering::Release);
         let _serial = self.shared.lifecycle.lock().await;
         let handles: Vec<_> = std::mem::take(&mut *lock(&self.shared.plugins)).into_values().collect();
@@ -941,6 +1031,15 @@ impl Bus {
         }
         if dropped > 0 {
             tracing::warn!(dropped, "shutdown grace period ran out; queued events dropped");
+        }
+        // On NATS: what was published gets its ack (or is given up) before
+        // the connection goes, within what is left of the grace period.
+        #[cfg(feature = "nats")]
+        if let Some(nats) = &self.shared.nats {
+            let left = grace.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+            if tokio::time::timeout(left, nats.publisher.flush()).await.is_err() {
+                tracing::warn!(stats = ?nats.publisher.stats(), "events still unacknowledged by the NATS server at shutdown");
+            }
         }
         if let Some(log) = self.shared.log.clone() {
             // Writes and syncs what is queued; joining the writer thread blocks.

@@ -243,7 +243,7 @@ impl CacheArgs {
     }
 }
 
-/// The event log and the event schemas of `run` and `serve`.
+/// The event log, the event schemas and NATS of `run` and `serve`.
 #[derive(clap::Args)]
 pub struct LogArgs {
     /// Append every event to the event log in DIR (created if missing; numbering continues).
@@ -258,6 +258,19 @@ pub struct LogArgs {
     /// An event its schema refuses: `reject` (not delivered; POST /events answers 422) or `warn` (delivered, logged).
     #[arg(long, value_name = "POLICY", default_value = "reject", requires = "schemas")]
     schema_policy: SchemaPolicyArg,
+    /// Share the bus through this NATS JetStream server (`nats://HOST:PORT`): events go to the stream,
+    /// plugins pull their share from durable consumers shared with every host that loads them.
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// The JetStream stream's name.
+    #[arg(long, value_name = "NAME", default_value = "PLUGBUS", requires = "nats")]
+    stream: String,
+    /// Partitions of the subject space (events of one correlation id share one).
+    #[arg(long, value_name = "N", default_value_t = 8, requires = "nats", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    partitions: u32,
+    /// How long a message taken by a host may stay unacknowledged before the server gives it to another.
+    #[arg(long, value_name = "MS", default_value_t = 30_000, requires = "nats", value_parser = clap::value_parser!(u64).range(100..))]
+    ack_wait_ms: u64,
 }
 
 /// `--schema-policy`.
@@ -275,11 +288,20 @@ impl LogArgs {
             Some(dir) => builder.log_dir(dir).durability(self.durability),
             None => builder,
         };
-        match &self.schemas {
+        let builder = match &self.schemas {
             Some(dir) => builder.schema_dir(dir).schema_policy(match self.schema_policy {
                 SchemaPolicyArg::Reject => plugbus::SchemaPolicy::Reject,
                 SchemaPolicyArg::Warn => plugbus::SchemaPolicy::Warn,
             }),
+            None => builder,
+        };
+        match &self.nats {
+            Some(url) => builder.nats(
+                plugbus::NatsOptions::new(url)
+                    .stream(&self.stream)
+                    .partitions(self.partitions)
+                    .ack_wait(Duration::from_millis(self.ack_wait_ms)),
+            ),
             None => builder,
         }
     }

@@ -4,6 +4,8 @@
 //!   assigned ids. With `--log`, the answer comes once every event of the
 //!   request is durable under the log's policy, and carries their sequence
 //!   numbers and the policy (`{"ids", "seqs", "durable": true, "durability"}`);
+//!   with `--nats`, once the stream stored them (`{"ids", "stream_seqs",
+//!   "durable": true, "durability": "nats"}`);
 //!   503 if the log has failed. A request with any malformed line is refused whole (400,
 //!   naming the line), so a client never has to guess what was accepted.
 //!   CloudEvents 1.0 too: structured (`application/cloudevents+json`),
@@ -199,6 +201,19 @@ async fn post_events(
     if events.is_empty() {
         return bad_request("no events in the request body".into());
     }
+    // On NATS, acknowledge once the stream has stored every event of the
+    // request: then they outlive this host.
+    if bus.nats_status().is_some() {
+        let ids: Vec<String> = events.iter().map(|e| e.id().to_owned()).collect();
+        return match bus.publish_to_stream(events).await {
+            Ok(seqs) => (
+                StatusCode::ACCEPTED,
+                Json(json!({ "ids": ids, "stream_seqs": seqs, "durable": true, "durability": "nats" })),
+            )
+                .into_response(),
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e.to_string() }))).into_response(),
+        };
+    }
     if bus.event_log().is_none() {
         let ids: Vec<String> = events.into_iter().map(|e| bus.publish(e).id().to_owned()).collect();
         return (StatusCode::ACCEPTED, Json(json!({ "ids": ids }))).into_response();
@@ -220,8 +235,13 @@ async fn post_events(
 }
 
 async fn get_plugins(State(bus): State<plugbus::Bus>) -> Response {
-    Json(json!({ "plugins": bus.plugins(), "load_failures": bus.load_failures(), "log": bus.log_status() }))
-        .into_response()
+    Json(json!({
+        "plugins": bus.plugins(),
+        "load_failures": bus.load_failures(),
+        "log": bus.log_status(),
+        "nats": bus.nats_status(),
+    }))
+    .into_response()
 }
 
 async fn get_dead_letters(State(bus): State<plugbus::Bus>, Path(name): Path<String>) -> Response {

@@ -251,7 +251,14 @@ pub fn http_with(addr: &str, method: &str, path: &str, headers: &[(&str, &str)],
         .unwrap_or_else(|| panic!("no HTTP answer from {addr} to {method} {path}"))
 }
 
-fn try_http_with(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<(u16, String)> {
+/// [`try_http`] with extra request headers.
+pub fn try_http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(30))).ok()?;
@@ -415,4 +422,83 @@ pub fn terminate(child: &std::process::Child) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// A real `nats-server` (Debian's, JetStream on) on a free loopback port
+/// with a store in a temporary directory; killed when dropped.
+pub struct NatsServer {
+    child: std::process::Child,
+    pub url: String,
+    dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts one; panics with the reason (naming `make setup-nats`) if it
+    /// cannot.
+    pub fn start() -> NatsServer {
+        let dir = tempfile::tempdir().unwrap();
+        NatsServer::start_in(dir)
+    }
+
+    fn start_in(dir: tempfile::TempDir) -> NatsServer {
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .expect("nats-server is not installed: run `make setup-nats` (Debian's nats-server)");
+        let store = dir.path().join("store");
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(&store)
+            .arg("--ports_file_dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let ports = dir.path().join(format!("nats-server_{}.ports", child.id()));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let url = loop {
+            if let Ok(text) = std::fs::read_to_string(&ports)
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+                && let Some(url) = v["nats"][0].as_str()
+            {
+                break url.to_owned();
+            }
+            assert!(std::time::Instant::now() < deadline, "nats-server wrote no ports file");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        NatsServer { child, url, dir }
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same store and
+    /// port: what a crash and a restart look like to its clients.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.url.rsplit(':').next().unwrap().to_owned();
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .unwrap();
+        self.child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+            .arg(self.dir.path().join("store"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = self.url.trim_start_matches("nats://").to_owned();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nats-server did not come back");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,294 @@
+//! Scale-out on NATS JetStream: many processes and hosts share one logical
+//! bus (see docs/scale-out.md).
+//!
+//! With [`BusBuilder::nats`](crate::BusBuilder::nats), every event published
+//! on the bus (by the embedder, `POST /events`, or a plugin's follow-up) goes
+//! to a JetStream stream instead of straight to the local plugins; each
+//! plugin then pulls its events from a durable consumer shared by every
+//! host that loads it, so the work is shared and an event a host took but
+//! never acknowledged (it died) goes to another one.
+//!
+//! - `nats::wire`: subjects, partitions and the JSON envelope;
+//! - `nats::publisher`: the non-blocking publish path (window, retries);
+//! - `nats::consumer`: one plugin's consumer and the outcome → ack mapping.
+//!
+//! What a host promises: an event is in the stream once its publish is
+//! acknowledged (`PublishStats::acked`); a plugin handles every event of
+//! the stream at least once across hosts (a redelivery after a host died,
+//! or a lost ack, is handled again: follow-ups keep their deterministic ids,
+//! so the stream drops their second copy); native handlers run only on the
+//! host that emitted the event.
+
+pub(crate) mod consumer;
+pub(crate) mod publisher;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, Weak};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use serde::Serialize;
+
+pub use consumer::ConsumerStats;
+pub use publisher::PublishStats;
+
+use crate::bus::Shared;
+use crate::pattern::Pattern;
+
+/// How a bus joins a NATS JetStream stream. Defaults: stream `PLUGBUS`, 8
+/// partitions, events kept 7 days, 2-minute duplicate window, `ack_wait` 30 s,
+/// `max_deliver` 5.
+///
+/// ```
+/// let nats = plugbus::NatsOptions::new("nats://127.0.0.1:4222").stream("AGENTS").partitions(16);
+/// # let _ = nats;
+/// ```
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    pub(crate) url: String,
+    pub(crate) stream: String,
+    pub(crate) partitions: u32,
+    pub(crate) max_age: Duration,
+    pub(crate) max_bytes: i64,
+    pub(crate) duplicate_window: Duration,
+    pub(crate) ack_wait: Duration,
+    pub(crate) max_deliver: i64,
+    pub(crate) publish_queue: usize,
+    pub(crate) publish_window: usize,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl NatsOptions {
+    /// The server at `url` (`nats://host:port`), with the defaults.
+    pub fn new(url: impl Into<String>) -> NatsOptions {
+        NatsOptions {
+            url: url.into(),
+            stream: "PLUGBUS".into(),
+            partitions: 8,
+            // A week of history for replay and new plugins.
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            // No byte limit by default (-1): age bounds the stream.
+            max_bytes: -1,
+            // A retried or replayed publish within two minutes is dropped
+            // by the server as a duplicate.
+            duplicate_window: Duration::from_secs(120),
+            // Far above any handler's deadline (100 ms by default): a
+            // message is redelivered after this only when its host is gone.
+            ack_wait: Duration::from_secs(30),
+            // A message that came back this often without an ack is given
+            // up (NATS publishes a MAX_DELIVERIES advisory).
+            max_deliver: 5,
+            // 8,192 events buffered on the way out: ~0.8 s at 10,000/s
+            // while the server is briefly away.
+            publish_queue: 8192,
+            // 256 unanswered publishes: enough to keep a loopback server busy.
+            publish_window: 256,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The stream's name (default `PLUGBUS`).
+    pub fn stream(mut self, name: impl Into<String>) -> NatsOptions {
+        self.stream = name.into();
+        self
+    }
+
+    /// Partitions of the subject space (default 8, at least 1): events of
+    /// one correlation id are always in one partition.
+    pub fn partitions(mut self, n: u32) -> NatsOptions {
+        self.partitions = n.max(1);
+        self
+    }
+
+    /// How long the stream keeps events (default 7 days).
+    pub fn max_age(mut self, age: Duration) -> NatsOptions {
+        self.max_age = age;
+        self
+    }
+
+    /// The stream's size cap in bytes (default none): the oldest go first.
+    pub fn max_bytes(mut self, bytes: i64) -> NatsOptions {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// How long an unacknowledged message waits before the server gives it
+    /// to another host (default 30 s).
+    pub fn ack_wait(mut self, wait: Duration) -> NatsOptions {
+        self.ack_wait = wait;
+        self
+    }
+
+    /// Deliveries of one message at most (default 5).
+    pub fn max_deliver(mut self, n: i64) -> NatsOptions {
+        self.max_deliver = n;
+        self
+    }
+}
+
+/// Why the bus could not join NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    /// The server could not be reached.
+    #[error("NATS server {url}: {reason}")]
+    Connect {
+        /// The URL given.
+        url: String,
+        /// What the client said.
+        reason: String,
+    },
+    /// The stream could not be created or used.
+    #[error("NATS stream `{stream}`: {reason}")]
+    Stream {
+        /// The stream's name.
+        stream: String,
+        /// What the server said.
+        reason: String,
+    },
+}
+
+/// The bus's view of NATS (`Bus::nats_status`, `GET /plugins`, `/metrics`).
+#[derive(Debug, Clone, Serialize)]
+pub struct NatsStatus {
+    /// The server URL.
+    pub url: String,
+    /// The stream.
+    pub stream: String,
+    /// Partitions.
+    pub partitions: u32,
+    /// The publisher's counters.
+    pub publish: PublishStats,
+    /// Each loaded plugin's consumer, by plugin name.
+    pub consumers: BTreeMap<String, ConsumerStats>,
+}
+
+/// What a bus holds when it is on NATS.
+pub(crate) struct NatsLink {
+    options: NatsOptions,
+    js: jetstream::Context,
+    pub publisher: publisher::Publisher,
+    consumers: Mutex<BTreeMap<String, consumer::ConsumerHandle>>,
+}
+
+impl NatsLink {
+    /// Connects, creates the stream or checks the existing one, and starts
+    /// the publisher.
+    pub async fn connect(options: NatsOptions) -> Result<NatsLink, NatsError> {
+        let connect_err = |reason: String| NatsError::Connect {
+            url: options.url.clone(),
+            reason,
+        };
+        let client = tokio::time::timeout(
+            options.connect_timeout,
+            async_nats::ConnectOptions::new()
+                .connection_timeout(options.connect_timeout)
+                // Reconnect forever once connected: acknowledged events are
+                // in the stream, and pulls resume where they stopped.
+                .max_reconnects(None)
+                .connect(options.url.as_str()),
+        )
+        .await
+        .map_err(|_| connect_err(format!("no answer within {:?}", options.connect_timeout)))?
+        .map_err(|e| connect_err(e.to_string()))?;
+        let js = jetstream::ContextBuilder::new()
+            .max_ack_inflight(options.publish_window)
+            .backpressure_on_inflight(true)
+            .build(client);
+        let stream_err = |reason: String| NatsError::Stream {
+            stream: options.stream.clone(),
+            reason,
+        };
+        let config = jetstream::stream::Config {
+            name: options.stream.clone(),
+            subjects: vec![format!("{}.>", wire::SUBJECT_PREFIX)],
+            max_age: options.max_age,
+            max_bytes: options.max_bytes,
+            duplicate_window: options.duplicate_window,
+            ..Default::default()
+        };
+        let mut stream = js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| stream_err(e.to_string()))?;
+        let info = stream.info().await.map_err(|e| stream_err(e.to_string()))?;
+        let wanted = format!("{}.>", wire::SUBJECT_PREFIX);
+        if !info.config.subjects.contains(&wanted) {
+            return Err(stream_err(format!(
+                "it exists with subjects {:?}, not `{wanted}`",
+                info.config.subjects
+            )));
+        }
+        let publisher = publisher::Publisher::start(
+            js.clone(),
+            options.partitions,
+            options.publish_queue,
+            options.publish_window,
+            &tokio::runtime::Handle::current(),
+        );
+        Ok(NatsLink {
+            options,
+            js,
+            publisher,
+            consumers: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Starts plugin `plugin`'s consumer (once per name: a hot swap keeps it).
+    pub fn start_consumer(
+        &self,
+        plugin: &str,
+        patterns: Vec<Pattern>,
+        capacity: usize,
+        replay_all: bool,
+        shared: Weak<Shared>,
+    ) {
+        let mut consumers = crate::bus::lock(&self.consumers);
+        if consumers.contains_key(plugin) {
+            return;
+        }
+        let handle = consumer::start(
+            self.js.clone(),
+            &self.options,
+            plugin,
+            patterns,
+            capacity,
+            replay_all,
+            shared,
+        );
+        consumers.insert(plugin.to_owned(), handle);
+    }
+
+    /// Stops plugin `plugin`'s consumer: no more pulls; in-flight events
+    /// finish and are acknowledged.
+    pub async fn stop_consumer(&self, plugin: &str) {
+        let handle = crate::bus::lock(&self.consumers).remove(plugin);
+        if let Some(handle) = handle {
+            handle.stop().await;
+        }
+    }
+
+    /// Stops every consumer (shutdown).
+    pub async fn stop_all(&self) {
+        let handles: Vec<_> = std::mem::take(&mut *crate::bus::lock(&self.consumers))
+            .into_values()
+            .collect();
+        for h in &handles {
+            h.stop().await;
+        }
+    }
+
+    pub fn status(&self) -> NatsStatus {
+        let consumers = crate::bus::lock(&self.consumers)
+            .iter()
+            .map(|(name, h)| (name.clone(), h.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()))
+            .collect();
+        NatsStatus {
+            url: self.options.url.clone(),
+            stream: self.options.stream.clone(),
+            partitions: self.options.partitions,
+            publish: self.publisher.stats(),
+            consumers,
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The wire format on JetStream: subjects, partitions and the JSON envelope
+//! (documented for other languages in docs/scale-out.md).
+//!
+//! - Subject: `plugbus.events.<partition>.<event name>`, the name's segments
+//!   kept as subject tokens, each character outside `A-Z a-z 0-9 _ -` made
+//!   `_` (so `*`, `>` and other specials never reach a subject). The
+//!   envelope keeps the real name; the subject only routes.
+//! - Partition: FNV-1a (64-bit) of the correlation id's UTF-8 bytes, modulo
+//!   the partition count; of the event id when there is no correlation id.
+//! - Headers: `Nats-Msg-Id` is the event id (the server drops a repeat within
+//!   the stream's duplicate window).
+//! - Body: `{"name", "id", "time_unix_nanos", "correlation_id", "source",
+//!   "payload", "depth"}`; `depth` (the follow-up depth) may be absent (0).
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::event::Event;
+
+/// The subject prefix of every event.
+pub const SUBJECT_PREFIX: &str = "plugbus.events";
+
+/// 64-bit FNV-1a: stable across processes, machines and languages (unlike
+/// Rust's seeded hashers), and a dozen lines in any of them.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// The partition of `event` among `partitions` (at least 1).
+pub fn partition_of(event: &Event, partitions: u32) -> u32 {
+    let key = event.correlation_id().unwrap_or(event.id());
+    (fnv1a(key.as_bytes()) % u64::from(partitions.max(1))) as u32
+}
+
+/// `name` as subject tokens: segments kept, unsafe characters made `_`.
+pub fn subject_tokens(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c == '.' || c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The subject `event` is published on.
+pub fn subject_for(event: &Event, partitions: u32) -> String {
+    format!(
+        "{SUBJECT_PREFIX}.{}.{}",
+        partition_of(event, partitions),
+        subject_tokens(event.name())
+    )
+}
+
+/// The subject filter for events matching plugbus pattern `pattern`, in
+/// any partition: `*` stays one token, a final `**` becomes `>`, literal
+/// segments are made tokens as names are.
+pub fn filter_for(pattern: &str) -> String {
+    if pattern == "*" || pattern == "**" {
+        return format!("{SUBJECT_PREFIX}.*.>");
+    }
+    let tokens: Vec<String> = pattern
+        .split('.')
+        .map(|segment| match segment {
+            "*" => "*".to_owned(),
+            "**" => ">".to_owned(),
+            literal => subject_tokens(literal),
+        })
+        .collect();
+    format!("{SUBJECT_PREFIX}.*.{}", tokens.join("."))
+}
+
+/// The envelope's JSON body.
+pub fn encode(event: &Event) -> Vec<u8> {
+    let mut body = serde_json::to_value(event).unwrap_or(Value::Null);
+    if event.depth() > 0
+        && let Value::Object(map) = &mut body
+    {
+        map.insert("depth".into(), event.depth().into());
+    }
+    // A `Value` of strings, numbers and the payload: writing it cannot fail.
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    name: String,
+    id: String,
+    time_unix_nanos: Option<u64>,
+    correlation_id: Option<String>,
+    source: Option<String>,
+    #[serde(default)]
+    payload: Value,
+    #[serde(default)]
+    depth: u8,
+}
+
+/// An event from an envelope, numbered `seq` (its stream sequence).
+///
+/// # Errors
+/// What is wrong with the body: not JSON, a missing `name` or `id`, or a
+/// name plugbus would refuse.
+pub fn decode(body: &[u8], seq: u64) -> Result<Event, String> {
+    let e: Envelope = serde_json::from_slice(body).map_err(|e| format!("not a plugbus envelope: {e}"))?;
+    crate::pattern::validate_event_name(&e.name).map_err(|err| format!("event name: {err}"))?;
+    if e.id.is_empty() {
+        return Err("`id` is empty".into());
+    }
+    Ok(Event::restore(
+        seq,
+        e.name,
+        e.id,
+        e.time_unix_nanos.unwrap_or_else(crate::event::now_nanos),
+        e.correlation_id,
+        e.source.unwrap_or_else(|| "nats".to_owned()),
+        e.depth,
+        e.payload,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fnv1a_is_the_published_function() {
+        // Reference values of 64-bit FNV-1a.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn subjects_keep_segments_and_lose_specials() {
+        let e = Event::new("tool.called", json!({})).with_correlation_id("run-42");
+        let p = partition_of(&e, 8);
+        assert_eq!(subject_for(&e, 8), format!("plugbus.events.{p}.tool.called"));
+        assert_eq!(p, (fnv1a(b"run-42") % 8) as u32);
+        assert_eq!(subject_tokens("a>b.c*d.é"), "a_b.c_d._");
+        assert_eq!(filter_for("tool.*"), "plugbus.events.*.tool.*");
+        assert_eq!(filter_for("llm.**"), "plugbus.events.*.llm.>");
+        assert_eq!(filter_for("**"), "plugbus.events.*.>");
+        assert_eq!(filter_for("model_responded"), "plugbus.events.*.model_responded");
+    }
+
+    #[test]
+    fn envelopes_round_trip_and_bad_ones_are_named() {
+        let e = Event::new("tool.called", json!({"tool": "search"})).with_correlation_id("run-1");
+        let back = decode(&encode(&e), 7).unwrap();
+        assert_eq!(back.id(), e.id());
+        assert_eq!(back.name(), "tool.called");
+        assert_eq!(back.correlation_id(), Some("run-1"));
+        assert_eq!(back.payload(), &json!({"tool": "search"}));
+        assert_eq!(back.seq(), Some(7));
+        assert!(decode(b"{", 1).unwrap_err().contains("not a plugbus envelope"));
+        assert!(decode(br#"{"id": "x"}"#, 1).unwrap_err().contains("name"));
+        assert!(
+            decode(br#"{"name": "a..b", "id": "x"}"#, 1)
+                .unwrap_err()
+                .contains("event name")
+        );
+        let minimal = decode(br#"{"name": "ping", "id": "p-1"}"#, 3).unwrap();
+        assert_eq!(minimal.source(), "nats");
+        assert_eq!(minimal.payload(), &Value::Null);
+    }
+}

@@ -1,0 +1,379 @@
+//! Scale-out on NATS JetStream, with a real `nats-server` (Debian's 2.9.10)
+//! and real `plugbus serve` processes on loopback: hosts share a plugin's
+//! work, a host killed with SIGKILL loses nothing, a poison event is
+//! terminated after one recovery, a repeated event id is stored once, and
+//! bad set-ups fail clearly.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull};
+use serde_json::{Value, json};
+
+use crate::support::{self, NatsServer};
+
+async fn client(url: &str) -> jetstream::Context {
+    jetstream::new(async_nats::connect(url).await.unwrap())
+}
+
+/// The stream's last sequence, and consumer `plugbus-<plugin>`'s
+/// acknowledged floor, pending and unacknowledged counts.
+async fn progress(js: &jetstream::Context, plugin: &str) -> (u64, u64, u64, usize, usize) {
+    let mut stream = js.get_stream("PLUGBUS").await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut consumer: jetstream::consumer::Consumer<pull::Config> =
+        stream.get_consumer(&format!("plugbus-{plugin}")).await.unwrap();
+    let info = consumer.info().await.unwrap();
+    (
+        last,
+        info.ack_floor.stream_sequence,
+        info.num_pending,
+        info.num_ack_pending,
+        info.num_redelivered,
+    )
+}
+
+/// Waits until every message of the stream is acknowledged for `plugin`.
+async fn all_acknowledged(js: &jetstream::Context, plugin: &str, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let (last, floor, pending, ack_pending, _) = progress(js, plugin).await;
+        if last > 0 && floor == last && pending == 0 && ack_pending == 0 {
+            return last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{plugin}: acknowledged floor {floor} of {last}, {pending} pending, {ack_pending} unacknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn host(plugins: &std::path::Path, url: &str) -> (std::process::Child, String, std::thread::JoinHandle<String>) {
+    support::serve(&[
+        "--plugins",
+        plugins.to_str().unwrap(),
+        "--nats",
+        url,
+        "--ack-wait-ms",
+        "1000",
+    ])
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn plugins_of(addr: &str) -> Value {
+    let (status, body) = support::http(addr, "GET", "/plugins", b"");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn delivered(addr: &str, plugin: &str) -> u64 {
+    let v = plugins_of(addr);
+    v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == plugin)
+        .map_or(0, |p| p["stats"]["delivered"].as_u64().unwrap())
+}
+
+/// Posts `events` as JSON Lines; the stream sequences when the host
+/// answered 202 (the stream holds them), `None` when it did not answer.
+fn post(addr: &str, events: &[Value]) -> Option<Vec<u64>> {
+    let body: String = events.iter().map(|e| format!("{e}\n")).collect();
+    let (status, answer) = support::try_http(addr, "POST", "/events", body.as_bytes())?;
+    assert_eq!(status, 202, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["durability"], "nats", "{v}");
+    Some(
+        v["stream_seqs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_u64().unwrap())
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_share_a_plugin_and_a_host_killed_mid_stream_loses_nothing() {
+    let nats = NatsServer::start();
+    let dir = support::plugin_dir(&["console-logger"]);
+    // A slow plugin (~100k fuel an event) with a small window: B dies with
+    // some of its events taken and not yet acknowledged.
+    support::install(
+        dir.path(),
+        &support::wasm("misbehave"),
+        "slow",
+        "subscriptions = [\"step\"]\n[limits]\nqueue_capacity = 64\n[config]\nalways = \"seq\"\nrole = \"slow\"\n",
+    );
+    let (a, addr_a, _log_a) = host(dir.path(), &nats.url);
+    let (mut b, addr_b, _log_b) = host(dir.path(), &nats.url);
+    let js = client(&nats.url).await;
+
+    let mut stored: HashSet<u64> = HashSet::new();
+    let batch = |round: usize| -> Vec<Value> {
+        (0..50)
+            .map(|i| json!({"name": "step", "correlation_id": format!("run-{}", i % 7), "payload": {"round": round, "seq": i}}))
+            .collect()
+    };
+    for round in 0..20 {
+        let addr = if round % 2 == 0 { &addr_a } else { &addr_b };
+        stored.extend(post(addr, &batch(round)).expect("both hosts answer"));
+    }
+    // Both hosts took a share of the work.
+    let (on_a, on_b) = (
+        delivered(&addr_a, "console-logger"),
+        delivered(&addr_b, "console-logger"),
+    );
+    assert!(on_a > 0 && on_b > 0, "work is shared: a {on_a}, b {on_b}");
+    assert!(delivered(&addr_b, "slow") > 0);
+
+    // B freezes (SIGSTOP): its outstanding pulls still take messages, which
+    // it never handles; then it dies without warning. A goes on alone.
+    signal(&b, "-STOP");
+    for round in 20..30 {
+        stored.extend(post(&addr_a, &batch(round)).expect("host a answers"));
+    }
+    b.kill().unwrap();
+    let _ = b.wait();
+    for round in 30..40 {
+        stored.extend(post(&addr_a, &batch(round)).expect("host a answers"));
+    }
+    assert_eq!(
+        stored.len(),
+        2000,
+        "every answered event has its own place in the stream"
+    );
+
+    // Nothing lost: every message of the stream is acknowledged for both
+    // plugins (handled ok: neither fails), B's unacknowledged ones by A
+    // once `ack_wait` passed.
+    for plugin in ["console-logger", "slow"] {
+        let last = all_acknowledged(&js, plugin, Duration::from_secs(60)).await;
+        assert!(stored.iter().all(|s| *s <= last));
+        assert_eq!(last, 2000, "no event stored twice");
+    }
+    // Duplicates are what B had taken and not acknowledged when it died: at
+    // most the consumer's window, the plugin's queue capacity (64 for slow).
+    // (The server's `num_redelivered` is a gauge of redelivered messages not
+    // yet acknowledged: 0 once all are; the host counts them as they come.)
+    let (_, _, _, _, unacked_redeliveries) = progress(&js, "slow").await;
+    assert_eq!(unacked_redeliveries, 0);
+    let status = plugins_of(&addr_a);
+    let counted = status["nats"]["consumers"]["slow"]["redelivered"].as_u64().unwrap();
+    eprintln!("slow: A handled {counted} messages redelivered after B's death");
+    assert!(counted > 0 && counted <= 64, "{counted} redelivered");
+    let slow_on_a = status["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "slow")
+        .unwrap()["stats"]["ok"]
+        .as_u64()
+        .unwrap();
+    assert!(slow_on_a > 0);
+    support::terminate(&a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_is_terminated_and_dead_lettered_after_one_recovery() {
+    let nats = NatsServer::start();
+    let dir = support::plugin_dir(&[]);
+    support::install(
+        dir.path(),
+        &support::wasm("misbehave"),
+        "misbehave",
+        "[limits]\nquarantine_after = 0\n",
+    );
+    let (a, addr, _log) = host(dir.path(), &nats.url);
+    let js = client(&nats.url).await;
+    post(
+        &addr,
+        &[
+            json!({"name": "misbehave.ok", "payload": {}}),
+            json!({"name": "misbehave.panic", "payload": {}}),
+            json!({"name": "misbehave.ok", "payload": {}}),
+        ],
+    )
+    .unwrap();
+    all_acknowledged(&js, "misbehave", Duration::from_secs(20)).await;
+    // Past ack_wait (1 s): a terminated message never comes back.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, _, _, _, redelivered) = progress(&js, "misbehave").await;
+    assert_eq!(redelivered, 0);
+    assert_eq!(plugins_of(&addr)["nats"]["consumers"]["misbehave"]["redelivered"], 0);
+    let status = plugins_of(&addr);
+    let consumer = &status["nats"]["consumers"]["misbehave"];
+    assert_eq!(consumer["terminated"], 1, "{consumer}");
+    assert_eq!(consumer["acked"], 2, "{consumer}");
+    let plugin = &status["plugins"][0];
+    assert_eq!(plugin["stats"]["failures"]["panic"], 1, "{plugin}");
+    assert_eq!(plugin["stats"]["restarts"], 1, "one recovery: {plugin}");
+    let (status, letters) = support::http(&addr, "GET", "/plugins/misbehave/dead-letters", b"");
+    assert_eq!(status, 200);
+    let letters: Value = serde_json::from_str(&letters).unwrap();
+    assert_eq!(letters["dead_letters"].as_array().unwrap().len(), 1, "{letters}");
+    support::terminate(&a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_event_id_is_stored_and_handled_once() {
+    let nats = NatsServer::start();
+    let dir = support::plugin_dir(&["console-logger"]);
+    let (a, addr, _log) = host(dir.path(), &nats.url);
+    let js = client(&nats.url).await;
+    let event = json!({
+        "specversion": "1.0", "id": "dup-1", "source": "/agents/a", "type": "retried", "data": {"n": 1}
+    });
+    let answers: Vec<Value> = (0..2)
+        .map(|_| {
+            let (status, body) = support::http_with(
+                &addr,
+                "POST",
+                "/events",
+                &[("Content-Type", "application/cloudevents+json")],
+                event.to_string().as_bytes(),
+            );
+            assert_eq!(status, 202, "{body}");
+            serde_json::from_str(&body).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        answers[0]["stream_seqs"], answers[1]["stream_seqs"],
+        "the second is the first's place"
+    );
+    assert_eq!(
+        all_acknowledged(&js, "console-logger", Duration::from_secs(20)).await,
+        1
+    );
+    let status = plugins_of(&addr);
+    assert_eq!(status["nats"]["publish"]["duplicates"], 1, "{}", status["nats"]);
+    assert_eq!(delivered(&addr, "console-logger"), 1);
+    support::terminate(&a);
+}
+
+#[test]
+fn an_unreachable_server_is_a_clear_error_naming_it() {
+    let dir = support::plugin_dir(&["console-logger"]);
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let out = std::process::Command::new(support::plugbus_bin())
+        .args(["serve", "--plugins", dir.path().to_str().unwrap(), "--nats", &url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("NATS server {url}")), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_configured_differently_on_the_server_is_reported_not_reused() {
+    let nats = NatsServer::start();
+    let js = client(&nats.url).await;
+    // Someone made the stream and the consumer already, with another max_deliver.
+    let stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: "PLUGBUS".into(),
+            subjects: vec!["plugbus.events.>".into()],
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some("plugbus-console-logger".into()),
+            filter_subject: "plugbus.events.*.*".into(),
+            max_deliver: 99,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let dir = support::plugin_dir(&["console-logger"]);
+    let (a, addr, _log) = host(dir.path(), &nats.url);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let error = loop {
+        let status = plugins_of(&addr);
+        if let Some(e) = status["nats"]["consumers"]["console-logger"]["error"].as_str() {
+            break e.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no mismatch reported: {}", status["nats"]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        error.contains("different configuration") && error.contains("max_deliver 99"),
+        "{error}"
+    );
+    support::terminate(&a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restarted_mid_run_loses_no_acknowledged_event() {
+    let mut nats = NatsServer::start();
+    let dir = support::plugin_dir(&["console-logger"]);
+    let (a, addr, _log) = host(dir.path(), &nats.url);
+    // CloudEvents with our own ids: a POST retried after an error is
+    // de-duplicated by the stream, whatever reached it the first time.
+    let batch = |from: usize| -> String {
+        let events: Vec<Value> = (from..from + 50)
+            .map(|i| json!({"specversion": "1.0", "id": format!("e-{i}"), "source": "/t", "type": "step", "data": {"i": i}}))
+            .collect();
+        Value::Array(events).to_string()
+    };
+    let post_until_stored = |from: usize| -> Vec<u64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((202, body)) = support::try_http_with(
+                &addr,
+                "POST",
+                "/events",
+                &[("Content-Type", "application/cloudevents-batch+json")],
+                batch(from).as_bytes(),
+            ) {
+                let v: Value = serde_json::from_str(&body).unwrap();
+                return v["stream_seqs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.as_u64().unwrap())
+                    .collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the host never stored batch {from} after the restart"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let mut stored: HashSet<u64> = HashSet::new();
+    for from in [0, 50] {
+        stored.extend(post_until_stored(from));
+    }
+    // The server dies (SIGKILL) and comes back on the same store and port:
+    // the host reconnects by itself.
+    nats.restart();
+    for from in [100, 150] {
+        stored.extend(post_until_stored(from));
+    }
+    assert_eq!(stored.len(), 200);
+    let js = client(&nats.url).await;
+    assert_eq!(
+        all_acknowledged(&js, "console-logger", Duration::from_secs(30)).await,
+        200
+    );
+    assert!(delivered(&addr, "console-logger") >= 200);
+    support::terminate(&a);
+}
