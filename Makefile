@@ -59,7 +59,7 @@ LANG_DIST  := event-counter secret-scanner latency-watch
 PY_PKG  := bindings/python
 PY_VENV := target/python-venv
 
-.PHONY: demo test setup setup-rust setup-c setup-python setup-js setup-python-pkg setup-browser setup-nats browser-test python python-test bench-python plugins rust-plugins lang-plugins lint example bench criterion fuzz clean
+.PHONY: demo test setup setup-rust setup-c setup-python setup-js setup-python-pkg setup-browser setup-nats browser-test interop-test python python-test bench-python plugins rust-plugins lang-plugins lint example bench criterion fuzz clean
 
 setup: setup-rust setup-c setup-python setup-js setup-python-pkg
 
@@ -230,6 +230,13 @@ test: plugins lint setup-nats
 	PLUGBUS_WASM_DIR=$(CURDIR)/$(TEST_WASM) PLUGBUS_BIN=$(CURDIR)/target/debug/plugbus $(CARGO) test
 	$(MAKE) python-test
 	$(MAKE) browser-test
+	$(MAKE) interop-test
+
+# The scale-out wire format spoken by a plain NATS client (nats-py) to a real
+# `plugbus serve --nats` over a real nats-server.
+interop-test: setup-nats setup-python-pkg
+	$(PY_VENV)/bin/mypy --strict tests/interop
+	PLUGBUS_WASM_DIR=$(CURDIR)/$(TEST_WASM) PLUGBUS_BIN=$(CURDIR)/target/debug/plugbus $(PY_VENV)/bin/python -m pytest -q tests/interop
 
 # The dashboard in headless Chromium against a real `plugbus serve`; leaves
 # a screenshot in target/dashboard.png.

@@ -377,3 +377,44 @@ async fn a_server_restarted_mid_run_loses_no_acknowledged_event() {
     assert!(delivered(&addr, "console-logger") >= 200);
     support::terminate(&a);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_added_with_replay_all_starts_at_the_first_retained_event() {
+    let nats = NatsServer::start();
+    // Copies of console-logger that see `step` only (`*` would also see the
+    // bus's own announcements of the plugins loading).
+    let dir = support::plugin_dir(&[]);
+    let logger = support::wasm("console-logger");
+    support::install(dir.path(), &logger, "console-logger", "subscriptions = [\"step\"]\n");
+    let (a, addr, _log) = host(dir.path(), &nats.url);
+    let events: Vec<Value> = (0..10).map(|i| json!({"name": "step", "payload": {"i": i}})).collect();
+    post(&addr, &events).unwrap();
+    // Two more copies dropped into the watched directory: one asks for the
+    // history, the other starts with the next event. (The manifest goes
+    // first: the `.wasm` appearing is what loads a plugin.)
+    for (name, manifest) in [
+        ("late-all", "subscriptions = [\"step\"]\nreplay = \"all\"\n"),
+        ("late-new", "subscriptions = [\"step\"]\n"),
+    ] {
+        std::fs::write(dir.path().join(format!("{name}.toml")), manifest).unwrap();
+        std::fs::copy(&logger, dir.path().join(format!("{name}.wasm"))).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while delivered(&addr, "late-all") < 10 || plugins_of(&addr)["nats"]["consumers"]["late-new"].is_null() {
+        assert!(Instant::now() < deadline, "{}", plugins_of(&addr));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    post(&addr, &[json!({"name": "step", "payload": {"i": 10}})]).unwrap();
+    let js = client(&nats.url).await;
+    for plugin in ["console-logger", "late-all", "late-new"] {
+        all_acknowledged(&js, plugin, Duration::from_secs(20)).await;
+    }
+    assert_eq!(delivered(&addr, "late-all"), 11, "{}", plugins_of(&addr));
+    assert_eq!(
+        delivered(&addr, "late-new"),
+        1,
+        "a new consumer starts at the next event"
+    );
+    assert_eq!(delivered(&addr, "console-logger"), 11);
+    support::terminate(&a);
+}
