@@ -445,6 +445,7 @@ fn bench_runs_every_scenario_and_writes_json() {
         "11 projection queries",
         "12 schema at emit",
         "13 dashboard",
+        "14 nats",
     ] {
         assert!(rows.iter().any(|r| r["scenario"] == scenario), "no row for {scenario}");
     }
@@ -464,7 +465,7 @@ fn bench_runs_every_scenario_and_writes_json() {
         "{rows:?}"
     );
     // A scenario that does not exist is a usage error, not an empty table.
-    let out = plugbus(&["bench", "--only", "14"]);
+    let out = plugbus(&["bench", "--only", "15"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--only"));
 }

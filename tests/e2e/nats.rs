@@ -257,6 +257,15 @@ async fn a_repeated_event_id_is_stored_and_handled_once() {
     let status = plugins_of(&addr);
     assert_eq!(status["nats"]["publish"]["duplicates"], 1, "{}", status["nats"]);
     assert_eq!(delivered(&addr, "console-logger"), 1);
+    let (_, metrics) = support::http(&addr, "GET", "/metrics", b"");
+    for line in [
+        "plugbus_nats_published_total 2",
+        "plugbus_nats_publish_duplicates_total 1",
+        "plugbus_nats_consumer_acked_total{plugin=\"console-logger\"} 1",
+        "plugbus_nats_consumer_pending{plugin=\"console-logger\"} 0",
+    ] {
+        assert!(metrics.contains(line), "no `{line}` in {metrics}");
+    }
     support::terminate(&a);
 }
 

@@ -208,7 +208,8 @@ async fn install_new(shared: &Arc<Shared>, prepared: Prepared, path: &Path) -> A
             handle.spec.limits.queue_capacity,
             matches!(handle.spec.manifest.replay, crate::manifest::CatchUp::All),
             Arc::downgrade(shared),
-        );
+        )
+        .await;
     }
     tracing::info!(plugin = &*handle.spec.name, file = %path.display(), subscriptions = ?handle.subscriptions, "plugin loaded");
     handle

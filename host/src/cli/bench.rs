@@ -606,6 +606,9 @@ pub async fn bench(
     if want(&[13]) {
         dashboard_cost(&mut table, plugins, cache.path(), events).await?;
     }
+    if want(&[14]) {
+        nats_scenarios(&mut table, plugins, cache.path(), events).await?;
+    }
     table.print();
     if let Some(path) = json_out {
         let doc = json!({ "events": events, "cores": std::thread::available_parallelism().map_or(1, |n| n.get()), "rows": table.0 });
@@ -1131,5 +1134,212 @@ async fn dashboard_cost(table: &mut Table, plugins: &Path, cache: &Path, events:
         "events",
         None,
     );
+    Ok(())
+}
+
+/// A `nats-server` with JetStream on a free loopback port and a temporary
+/// store, for scenario 14; killed when dropped.
+struct BenchNats {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl BenchNats {
+    fn start() -> anyhow::Result<Option<BenchNats>> {
+        let Some(bin) = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+        else {
+            return Ok(None);
+        };
+        let dir = tempfile::tempdir()?;
+        let child = std::process::Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(dir.path().join("store"))
+            .arg("--ports_file_dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting nats-server")?;
+        let ports = dir.path().join(format!("nats-server_{}.ports", child.id()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut server = BenchNats {
+            child,
+            url: String::new(),
+            _dir: dir,
+        };
+        server.url = loop {
+            let url = std::fs::read_to_string(&ports)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| v["nats"][0].as_str().map(str::to_owned));
+            if let Some(url) = url {
+                break url;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "nats-server wrote no ports file");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Ok(Some(server))
+    }
+}
+
+impl Drop for BenchNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Scenario 14: NATS JetStream, on a real `nats-server` (Debian's) on
+/// loopback. (a) Publishing: `emit` into the stream until every publish is
+/// acknowledged. (b) Consuming the same events: a bare async-nats pull
+/// consumer acknowledging each message (the engine's limit) against
+/// token-counter on one host pulling them through its consumer (created with
+/// `replay = "all"`, loaded from a warm cache). (c) Latency publish →
+/// handled: misbehave answers each `bench.ping` with a follow-up whose
+/// native handler stops the clock, on one host and on two sharing the
+/// plugin.
+async fn nats_scenarios(table: &mut Table, plugins: &Path, cache: &Path, events: u64) -> anyhow::Result<()> {
+    use async_nats::jetstream::{self, consumer::pull};
+    use futures_util::StreamExt;
+    let Some(server) = BenchNats::start()? else {
+        eprintln!("plugbus bench: nats-server is not installed (make setup-nats); scenario 14 skipped");
+        return Ok(());
+    };
+    let nats = || plugbus::NatsOptions::new(&server.url);
+
+    let filler = plugbus::Bus::builder().nats(nats()).build().await?;
+    let t = Instant::now();
+    for i in 0..events {
+        filler.emit("model_responded", payload(i));
+    }
+    filler.flush().await;
+    let published = events as f64 / t.elapsed().as_secs_f64();
+    let stats = filler.nats_status().map(|s| s.publish);
+    filler.shutdown().await;
+    anyhow::ensure!(
+        stats.as_ref().is_some_and(|s| s.acked == events),
+        "not every event reached the stream: {stats:?}"
+    );
+    table.add("14 nats", "publish: emit → stored, events/s", published, "ev/s", None);
+
+    let js = jetstream::new(async_nats::connect(&server.url).await?);
+    let stream = js.get_stream("PLUGBUS").await?;
+    let bare: jetstream::consumer::Consumer<pull::Config> = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("bench-bare".into()),
+            filter_subject: "plugbus.events.>".into(),
+            max_ack_pending: 1024,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = bare.stream().max_messages_per_batch(256).messages().await?;
+    let t = Instant::now();
+    for _ in 0..events {
+        let message = messages.next().await.context("the bare consumer's stream ended")?;
+        message
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .ack()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let bare_rate = events as f64 / t.elapsed().as_secs_f64();
+    drop(messages);
+
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(
+        plugins.join("token-counter.wasm"),
+        dir.path().join("token-counter.wasm"),
+    )?;
+    std::fs::write(dir.path().join("token-counter.toml"), "replay = \"all\"\n")?;
+    // Compile once into the cache, without NATS, so the timed load is quick.
+    open(dir.path(), cache).await?.shutdown().await;
+    let t = Instant::now();
+    let bus = plugbus::Bus::builder()
+        .plugin_dir(dir.path())
+        .cache_dir(cache)
+        .nats(nats())
+        .build()
+        .await?;
+    let acked = |bus: &plugbus::Bus| {
+        bus.nats_status()
+            .and_then(|s| s.consumers.get("token-counter").map(|c| c.acked))
+            .unwrap_or(0)
+    };
+    while acked(&bus) < events {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(120),
+            "token-counter consumed {} of {events}",
+            acked(&bus)
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let host_rate = events as f64 / t.elapsed().as_secs_f64();
+    bus.shutdown().await;
+    table.add(
+        "14 nats",
+        "consume: events/s through one plugin, one host (vs bare async-nats consumer)",
+        host_rate,
+        "ev/s",
+        Some(bare_rate),
+    );
+
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(plugins.join("misbehave.wasm"), dir.path().join("misbehave.wasm"))?;
+    std::fs::write(
+        dir.path().join("misbehave.toml"),
+        "subscriptions = [\"bench.ping\"]\n[config]\nalways = \"count\"\n",
+    )?;
+    open(dir.path(), cache).await?.shutdown().await;
+    let samples = events.min(2000);
+    for hosts in [1usize, 2] {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        let mut buses = Vec::new();
+        for _ in 0..hosts {
+            let bus = plugbus::Bus::builder()
+                .plugin_dir(dir.path())
+                .cache_dir(cache)
+                .nats(nats())
+                .build()
+                .await?;
+            let tx = tx.clone();
+            bus.on("fixture.count", move |_| {
+                let _ = tx.send(Instant::now());
+            })?;
+            buses.push(bus);
+        }
+        let mut latencies = Vec::with_capacity(samples as usize);
+        for i in 0..samples {
+            let sent = Instant::now();
+            buses[0].emit("bench.ping", json!({"i": i}));
+            let handled = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .context("no follow-up within 10 s")?
+                .context("channel closed")?;
+            latencies.push(micros(handled.duration_since(sent)));
+        }
+        for bus in &buses {
+            bus.shutdown().await;
+        }
+        latencies.sort_by(f64::total_cmp);
+        let label = if hosts == 1 { "one host" } else { "two hosts" };
+        table.add(
+            "14 nats",
+            &format!("publish → handled p50, {label}"),
+            percentile(&latencies, 0.5),
+            "µs",
+            None,
+        );
+        table.add(
+            "14 nats",
+            &format!("publish → handled p99, {label}"),
+            percentile(&latencies, 0.99),
+            "µs",
+            None,
+        );
+    }
+    drop(server);
     Ok(())
 }

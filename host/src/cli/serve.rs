@@ -515,6 +515,93 @@ impl Collector for BusMetrics {
                 )?)?;
             }
         }
+        if let Some(nats) = self.0.nats_status() {
+            encode_nats(&nats, &mut encoder)?;
+        }
         Ok(())
     }
+}
+
+/// The NATS publisher's counters and each plugin consumer's.
+fn encode_nats(nats: &plugbus::NatsStatus, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let p = &nats.publish;
+    for (name, help, n) in [
+        ("plugbus_nats_published", "Events the stream acknowledged", p.acked),
+        (
+            "plugbus_nats_publish_duplicates",
+            "Publishes the stream answered as duplicates",
+            p.duplicates,
+        ),
+        ("plugbus_nats_publish_retries", "Publish attempts retried", p.retries),
+        (
+            "plugbus_nats_publish_failed",
+            "Events given up after every publish attempt failed",
+            p.failed,
+        ),
+        (
+            "plugbus_nats_publish_dropped",
+            "Events dropped because the publish queue was full",
+            p.dropped,
+        ),
+    ] {
+        prometheus_client::metrics::counter::ConstCounter::new(n).encode(encoder.encode_descriptor(
+            name,
+            help,
+            None,
+            MetricType::Counter,
+        )?)?;
+    }
+    type Field = fn(&plugbus::nats::ConsumerStats) -> u64;
+    let counters: [(&str, &str, Field); 4] = [
+        (
+            "plugbus_nats_consumer_acked",
+            "Messages this host acknowledged as handled",
+            |c| c.acked,
+        ),
+        (
+            "plugbus_nats_consumer_nakked",
+            "Messages this host handed back (Nak)",
+            |c| c.nakked,
+        ),
+        (
+            "plugbus_nats_consumer_terminated",
+            "Messages this host ended (Term)",
+            |c| c.terminated,
+        ),
+        (
+            "plugbus_nats_consumer_redelivered",
+            "Redelivered messages this host took",
+            |c| c.redelivered,
+        ),
+    ];
+    for (name, help, field) in counters {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (plugin, c) in &nats.consumers {
+            family
+                .encode_family(&[("plugin", plugin.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&field(c), None)?;
+        }
+    }
+    let gauges: [(&str, &str, Field); 2] = [
+        (
+            "plugbus_nats_consumer_pending",
+            "Messages not yet delivered (from the server)",
+            |c| c.pending,
+        ),
+        (
+            "plugbus_nats_consumer_ack_pending",
+            "Messages delivered and not yet acknowledged, over all hosts (from the server)",
+            |c| c.ack_pending,
+        ),
+    ];
+    for (name, help, field) in gauges {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (plugin, c) in &nats.consumers {
+            let value = i64::try_from(field(c)).unwrap_or(i64::MAX);
+            family
+                .encode_family(&[("plugin", plugin.as_str())])?
+                .encode_gauge(&value)?;
+        }
+    }
+    Ok(())
 }

@@ -75,10 +75,11 @@ pub(crate) fn durable_name(plugin: &str) -> String {
     format!("plugbus-{}", plugin.replace('.', "_"))
 }
 
-/// Creates (or binds to) plugin `plugin`'s consumer and starts pulling for
-/// it. `replay_all`: a new consumer starts at the first retained message
+/// Creates (or binds to) plugin `plugin`'s consumer, then starts pulling
+/// for it: once this returns, every event published next reaches the
+/// plugin. `replay_all`: a new consumer starts at the first retained message
 /// instead of the next one.
-pub(crate) fn start(
+pub(crate) async fn start(
     js: jetstream::Context,
     options: &NatsOptions,
     plugin: &str,
@@ -122,10 +123,17 @@ pub(crate) fn start(
         shared,
         stats: stats.clone(),
     };
-    let task = tokio::spawn(run.run(stopping));
+    let task = match run.bind().await {
+        Ok(consumer) => Some(tokio::spawn(run.run(consumer, stopping))),
+        Err(reason) => {
+            tracing::error!(plugin, %reason, "the plugin's NATS consumer does not run");
+            run.record(|s| s.error = Some(reason));
+            None
+        }
+    };
     ConsumerHandle {
         stop,
-        task: Mutex::new(Some(task)),
+        task: Mutex::new(task),
         stats,
     }
 }
@@ -146,15 +154,7 @@ impl Run {
         f(&mut self.stats.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
-    async fn run(self, mut stopping: watch::Receiver<bool>) {
-        let consumer = match self.bind().await {
-            Ok(c) => c,
-            Err(reason) => {
-                tracing::error!(plugin = %self.plugin, %reason, "the plugin's NATS consumer does not run");
-                self.record(|s| s.error = Some(reason));
-                return;
-            }
-        };
+    async fn run(self, consumer: jetstream::consumer::Consumer<pull::Config>, mut stopping: watch::Receiver<bool>) {
         let batch = self.capacity.clamp(1, 256);
         let mut messages = match consumer.stream().max_messages_per_batch(batch).messages().await {
             Ok(m) => m,

@@ -234,8 +234,10 @@ impl NatsLink {
         })
     }
 
-    /// Starts plugin `plugin`'s consumer (once per name: a hot swap keeps it).
-    pub fn start_consumer(
+    /// Starts plugin `plugin`'s consumer (once per name: a hot swap keeps
+    /// it); returns once it is bound on the server. Callers serialise loads
+    /// (the bus's lifecycle lock), so two starts never race for one name.
+    pub async fn start_consumer(
         &self,
         plugin: &str,
         patterns: Vec<Pattern>,
@@ -243,8 +245,7 @@ impl NatsLink {
         replay_all: bool,
         shared: Weak<Shared>,
     ) {
-        let mut consumers = crate::bus::lock(&self.consumers);
-        if consumers.contains_key(plugin) {
+        if crate::bus::lock(&self.consumers).contains_key(plugin) {
             return;
         }
         let handle = consumer::start(
@@ -255,8 +256,9 @@ impl NatsLink {
             capacity,
             replay_all,
             shared,
-        );
-        consumers.insert(plugin.to_owned(), handle);
+        )
+        .await;
+        crate::bus::lock(&self.consumers).insert(plugin.to_owned(), handle);
     }
 
     /// Stops plugin `plugin`'s consumer: no more pulls; in-flight events
