@@ -8,6 +8,7 @@
 //! ```toml
 //! subscriptions = ["model_responded"]   # replaces what the plugin asks for
 //! replay = "all"                         # with a log: catch up on history first ("none", "all", "since:2h")
+//! ordered = true                         # on NATS: each correlation id's events in publish order, across hosts
 //!
 //! [limits]                               # any subset; the bus defaults fill the rest
 //! fuel = 100_000_000
@@ -71,6 +72,10 @@ pub struct RawManifest {
     /// Catch-up from the event log when loaded: `none` (default), `all`,
     /// or `since:<duration>` (`since:30m`, `since:2h`, `since:7d`).
     pub replay: Option<String>,
+    /// On NATS: handle the events of each correlation id in publish order,
+    /// across hosts (one consumer per partition, one message in flight).
+    #[serde(default)]
+    pub ordered: bool,
 }
 
 /// `[limits]` as written; absent fields keep the bus defaults.
@@ -137,6 +142,8 @@ pub struct Manifest {
     pub dirs: Vec<DirGrant>,
     /// Catch-up from the event log when the plugin is loaded.
     pub replay: CatchUp,
+    /// On NATS: per-correlation-id order across hosts.
+    pub ordered: bool,
 }
 
 /// How much of the event log a plugin handles when it is loaded (at start,
@@ -370,6 +377,7 @@ impl Manifest {
             config: raw.config,
             dirs,
             replay,
+            ordered: raw.ordered,
         })
     }
 

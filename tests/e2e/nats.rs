@@ -427,3 +427,137 @@ async fn a_plugin_added_with_replay_all_starts_at_the_first_retained_event() {
     assert_eq!(delivered(&addr, "console-logger"), 11);
     support::terminate(&a);
 }
+
+/// The follow-ups `ordered.done {"from": <event name>}` in the stream, in
+/// stream order.
+async fn relayed(js: &jetstream::Context) -> Vec<(String, String)> {
+    use futures_util::StreamExt;
+    let stream = js.get_stream("PLUGBUS").await.unwrap();
+    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+        .create_consumer(pull::Config {
+            filter_subject: "plugbus.events.*.ordered.done".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(10_000)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
+    while let Some(Ok(m)) = batch.next().await {
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        out.push((
+            v["correlation_id"].as_str().unwrap().to_owned(),
+            v["payload"]["from"].as_str().unwrap().to_owned(),
+        ));
+        m.ack().await.unwrap();
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_plugin_handles_each_runs_events_in_order_across_hosts_and_a_restart() {
+    let nats = NatsServer::start();
+    let dir = support::plugin_dir(&[]);
+    // Relays each `o.<run>.<step>` as `ordered.done {"from": name}`: the
+    // follow-ups' order in the stream is the order of handling.
+    support::install(
+        dir.path(),
+        &support::wasm("misbehave"),
+        "orderly",
+        "subscriptions = [\"o.**\"]\nordered = true\n[config]\nalways = \"relay\"\nrelay_to = \"ordered.done\"\n",
+    );
+    let (a, addr_a, _la) = host(dir.path(), &nats.url);
+    let (mut b, addr_b, _lb) = host(dir.path(), &nats.url);
+    let js = client(&nats.url).await;
+    let runs = 4;
+    let steps = 40;
+    let batch = |from: usize| -> Vec<Value> {
+        (from..from + 10)
+            .flat_map(|step| {
+                (0..runs).map(move |run| {
+                    json!({"name": format!("o.r{run}.s{step:03}"), "correlation_id": format!("run-{run}"), "payload": {}})
+                })
+            })
+            .collect()
+    };
+    post(&addr_a, &batch(0)).unwrap();
+    post(&addr_b, &batch(10)).unwrap();
+    // B dies mid-stream and comes back.
+    b.kill().unwrap();
+    let _ = b.wait();
+    post(&addr_a, &batch(20)).unwrap();
+    let (b2, addr_b2, _lb2) = host(dir.path(), &nats.url);
+    post(&addr_b2, &batch(30)).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let done = relayed(&js).await;
+        if done.len() >= runs * steps {
+            break done;
+        }
+        assert!(Instant::now() < deadline, "{} of {} relayed", done.len(), runs * steps);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        done.len(),
+        runs * steps,
+        "each event relayed once (follow-ups de-duplicated)"
+    );
+    for run in 0..runs {
+        let order: Vec<&str> = done
+            .iter()
+            .filter(|(c, _)| *c == format!("run-{run}"))
+            .map(|(_, from)| from.as_str())
+            .collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted, "run-{run} handled out of order");
+        assert_eq!(order.len(), steps);
+    }
+    // One consumer per partition, one message in flight over all hosts.
+    let status = plugins_of(&addr_a);
+    let consumers = status["nats"]["consumers"].as_object().unwrap();
+    assert_eq!(consumers.len(), 8, "{consumers:?}");
+    let mut stream = js.get_stream("PLUGBUS").await.unwrap();
+    let _ = stream.info().await.unwrap();
+    for k in 0..8 {
+        let mut c: jetstream::consumer::Consumer<pull::Config> =
+            stream.get_consumer(&format!("plugbus-orderly-p{k}")).await.unwrap();
+        let info = c.info().await.unwrap();
+        assert_eq!(info.config.max_ack_pending, 1);
+        assert_eq!(info.config.filter_subject, format!("plugbus.events.{k}.o.>"));
+    }
+    support::terminate(&a);
+    support::terminate(&b2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_slower_than_ack_wait_is_not_redelivered() {
+    let nats = NatsServer::start();
+    let dir = support::plugin_dir(&[]);
+    // `sleep` takes 5 s; its deadline allows 8; `ack_wait` is 1 s.
+    support::install(
+        dir.path(),
+        &support::wasm("misbehave"),
+        "misbehave",
+        "[limits]\ndeadline_ms = 8000\n",
+    );
+    let (a, addr, _log) = host(dir.path(), &nats.url);
+    let js = client(&nats.url).await;
+    post(&addr, &[json!({"name": "misbehave.sleep", "payload": {}})]).unwrap();
+    all_acknowledged(&js, "misbehave", Duration::from_secs(20)).await;
+    let status = plugins_of(&addr);
+    let plugin = &status["plugins"][0]["stats"];
+    assert_eq!(
+        plugin["delivered"], 1,
+        "handled once, never given to another try: {plugin}"
+    );
+    assert_eq!(plugin["ok"], 1, "{plugin}");
+    assert_eq!(status["nats"]["consumers"]["misbehave"]["redelivered"], 0);
+    support::terminate(&a);
+}

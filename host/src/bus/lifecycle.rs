@@ -207,6 +207,7 @@ async fn install_new(shared: &Arc<Shared>, prepared: Prepared, path: &Path) -> A
             patterns,
             handle.spec.limits.queue_capacity,
             matches!(handle.spec.manifest.replay, crate::manifest::CatchUp::All),
+            handle.spec.manifest.ordered,
             Arc::downgrade(shared),
         )
         .await;

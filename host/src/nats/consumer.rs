@@ -58,6 +58,11 @@ pub(crate) struct ConsumerHandle {
 }
 
 impl ConsumerHandle {
+    /// Tells the consumer to stop pulling, without waiting.
+    pub fn signal(&self) {
+        let _ = self.stop.send(true);
+    }
+
     /// Stops pulling, lets the in-flight events finish and acknowledges
     /// them, then returns.
     pub async fn stop(&self) {
@@ -70,35 +75,44 @@ impl ConsumerHandle {
 }
 
 /// The durable consumer name of plugin `plugin` (a `.` would be a subject
-/// separator in the server's API subjects).
-pub(crate) fn durable_name(plugin: &str) -> String {
-    format!("plugbus-{}", plugin.replace('.', "_"))
+/// separator in the server's API subjects), and of its partition's consumer
+/// when it is ordered.
+pub(crate) fn durable_name(plugin: &str, partition: Option<u32>) -> String {
+    match partition {
+        None => format!("plugbus-{}", plugin.replace('.', "_")),
+        Some(p) => format!("plugbus-{}-p{p}", plugin.replace('.', "_")),
+    }
 }
 
 /// Creates (or binds to) plugin `plugin`'s consumer, then starts pulling
 /// for it: once this returns, every event published next reaches the
 /// plugin. `replay_all`: a new consumer starts at the first retained message
-/// instead of the next one.
+/// instead of the next one. `partition`: an ordered plugin's consumer of
+/// that partition, with one message in flight over all hosts (`capacity` 1).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn start(
     js: jetstream::Context,
     options: &NatsOptions,
     plugin: &str,
+    partition: Option<u32>,
     patterns: Vec<Pattern>,
     capacity: usize,
     replay_all: bool,
     shared: Weak<Shared>,
 ) -> ConsumerHandle {
     let (stop, stopping) = watch::channel(false);
+    let name = durable_name(plugin, partition);
     let stats = Arc::new(Mutex::new(ConsumerStats {
-        consumer: durable_name(plugin),
+        consumer: name.clone(),
         ..ConsumerStats::default()
     }));
     let filter = match patterns.as_slice() {
-        [one] => wire::filter_for(one.as_str()),
-        _ => format!("{}.>", wire::SUBJECT_PREFIX),
+        [one] => wire::filter_in(Some(one.as_str()), partition),
+        _ => wire::filter_in(None, partition),
     };
+    let capacity = if partition.is_some() { 1 } else { capacity };
     let config = pull::Config {
-        durable_name: Some(durable_name(plugin)),
+        durable_name: Some(name.clone()),
         filter_subject: filter,
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ack_wait: options.ack_wait,
@@ -116,6 +130,7 @@ pub(crate) async fn start(
     let run = Run {
         js,
         stream: options.stream.clone(),
+        name,
         plugin: plugin.to_owned(),
         patterns,
         capacity,
@@ -141,6 +156,8 @@ pub(crate) async fn start(
 struct Run {
     js: jetstream::Context,
     stream: String,
+    /// The durable consumer's name.
+    name: String,
     plugin: String,
     patterns: Vec<Pattern>,
     capacity: usize,
@@ -212,9 +229,9 @@ impl Run {
             .get_stream(&self.stream)
             .await
             .map_err(|e| format!("stream `{}`: {e}", self.stream))?;
-        let name = durable_name(&self.plugin);
+        let name = &self.name;
         let mut consumer: jetstream::consumer::Consumer<pull::Config> = stream
-            .get_or_create_consumer(&name, self.config.clone())
+            .get_or_create_consumer(name, self.config.clone())
             .await
             .map_err(|e| format!("consumer `{name}`: {e}"))?;
         let info = consumer.info().await.map_err(|e| format!("consumer `{name}`: {e}"))?;
@@ -279,7 +296,7 @@ impl Run {
             self.ack(&message, AckKind::Nak(None)).await;
             return None;
         };
-        let (reply, outcome) = oneshot::channel();
+        let (reply, mut outcome) = oneshot::channel();
         if !shared.offer_to(
             &self.plugin,
             Job {
@@ -292,10 +309,34 @@ impl Run {
             self.record(|s| s.nakked += 1);
             return None;
         }
-        Some(async move { (message, outcome.await.ok()) })
+        // A handler (or a queue) slower than `ack_wait` must not make the
+        // server give the event to another host: say it is in progress
+        // twice per `ack_wait` until the outcome comes.
+        let every = (self.config.ack_wait / 2).max(Duration::from_millis(50));
+        Some(async move {
+            let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tokio::select! {
+                    result = &mut outcome => return (message, result.ok()),
+                    _ = progress.tick() => {
+                        let _ = message.ack_with(AckKind::Progress).await;
+                    }
+                }
+            }
+        })
     }
 
     async fn settle(&self, message: &jetstream::Message, outcome: Option<Outcome>) {
+        // The event's follow-ups were queued for publishing before its
+        // outcome came: acknowledge it only once they are in the stream, so
+        // a host dying in between loses none (the event comes back, and
+        // its follow-ups, published again, keep their ids).
+        if let Some(shared) = self.shared.upgrade()
+            && let Some(nats) = &shared.nats
+        {
+            let mark = nats.publisher.mark();
+            nats.publisher.settled_through(mark).await;
+        }
         let kind = match outcome {
             Some(Outcome::Ok | Outcome::Error(_)) => AckKind::Ack,
             Some(Outcome::Failed(_)) => AckKind::Term,

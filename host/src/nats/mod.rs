@@ -168,7 +168,8 @@ pub(crate) struct NatsLink {
     options: NatsOptions,
     js: jetstream::Context,
     pub publisher: publisher::Publisher,
-    consumers: Mutex<BTreeMap<String, consumer::ConsumerHandle>>,
+    /// Each plugin's consumers: one, or one per partition when ordered.
+    consumers: Mutex<BTreeMap<String, Vec<consumer::ConsumerHandle>>>,
 }
 
 impl NatsLink {
@@ -191,6 +192,9 @@ impl NatsLink {
         .await
         .map_err(|_| connect_err(format!("no answer within {:?}", options.connect_timeout)))?
         .map_err(|e| connect_err(e.to_string()))?;
+        // The context's ack permits equal the publisher's window, which
+        // never has more publishes out than that: a send never waits for a
+        // permit held by an ack the publisher is not polling.
         let js = jetstream::ContextBuilder::new()
             .max_ack_inflight(options.publish_window)
             .backpressure_on_inflight(true)
@@ -234,38 +238,50 @@ impl NatsLink {
         })
     }
 
-    /// Starts plugin `plugin`'s consumer (once per name: a hot swap keeps
-    /// it); returns once it is bound on the server. Callers serialise loads
-    /// (the bus's lifecycle lock), so two starts never race for one name.
+    /// Starts plugin `plugin`'s consumer, or with `ordered` one per
+    /// partition (once per name: a hot swap keeps them); returns once they
+    /// are bound on the server. Callers serialise loads (the bus's lifecycle
+    /// lock), so two starts never race for one name.
     pub async fn start_consumer(
         &self,
         plugin: &str,
         patterns: Vec<Pattern>,
         capacity: usize,
         replay_all: bool,
+        ordered: bool,
         shared: Weak<Shared>,
     ) {
         if crate::bus::lock(&self.consumers).contains_key(plugin) {
             return;
         }
-        let handle = consumer::start(
-            self.js.clone(),
-            &self.options,
-            plugin,
-            patterns,
-            capacity,
-            replay_all,
-            shared,
-        )
-        .await;
-        crate::bus::lock(&self.consumers).insert(plugin.to_owned(), handle);
+        let partitions: Vec<Option<u32>> = if ordered {
+            (0..self.options.partitions).map(Some).collect()
+        } else {
+            vec![None]
+        };
+        let mut handles = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            let handle = consumer::start(
+                self.js.clone(),
+                &self.options,
+                plugin,
+                partition,
+                patterns.clone(),
+                capacity,
+                replay_all,
+                shared.clone(),
+            )
+            .await;
+            handles.push(handle);
+        }
+        crate::bus::lock(&self.consumers).insert(plugin.to_owned(), handles);
     }
 
     /// Stops plugin `plugin`'s consumer: no more pulls; in-flight events
     /// finish and are acknowledged.
     pub async fn stop_consumer(&self, plugin: &str) {
-        let handle = crate::bus::lock(&self.consumers).remove(plugin);
-        if let Some(handle) = handle {
+        let handles = crate::bus::lock(&self.consumers).remove(plugin);
+        for handle in handles.iter().flatten() {
             handle.stop().await;
         }
     }
@@ -274,16 +290,28 @@ impl NatsLink {
     pub async fn stop_all(&self) {
         let handles: Vec<_> = std::mem::take(&mut *crate::bus::lock(&self.consumers))
             .into_values()
+            .flatten()
             .collect();
+        // Signal every consumer first, so they all stop pulling at once.
+        for h in &handles {
+            h.signal();
+        }
         for h in &handles {
             h.stop().await;
         }
     }
 
     pub fn status(&self) -> NatsStatus {
+        // An ordered plugin's partitions are listed as `<plugin>/p<k>`.
         let consumers = crate::bus::lock(&self.consumers)
             .iter()
-            .map(|(name, h)| (name.clone(), h.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()))
+            .flat_map(|(name, handles)| {
+                let ordered = handles.len() > 1;
+                handles.iter().enumerate().map(move |(k, h)| {
+                    let key = if ordered { format!("{name}/p{k}") } else { name.clone() };
+                    (key, h.stats.lock().unwrap_or_else(|e| e.into_inner()).clone())
+                })
+            })
             .collect();
         NatsStatus {
             url: self.options.url.clone(),

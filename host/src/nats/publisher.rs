@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde::Serialize;
@@ -60,6 +60,10 @@ struct Counters {
     /// says whether to look (the emit path never takes the lock otherwise).
     waiters: Mutex<HashMap<String, oneshot::Sender<Result<u64, String>>>>,
     waiting: AtomicBool,
+    /// Events taken from the queue whose every predecessor is settled too:
+    /// the `accepted` count up to which the stream has answered.
+    settled_through: AtomicU64,
+    advanced: Notify,
 }
 
 /// The stream's answer for one event: its stream sequence, or why it is not
@@ -70,6 +74,10 @@ pub(crate) type Confirmation = oneshot::Receiver<Result<u64, String>>;
 pub(crate) struct Publisher {
     tx: mpsc::Sender<Event>,
     counters: Arc<Counters>,
+    /// Held while an event is queued and counted, so the queue's order and
+    /// the `accepted` count agree (what [`settled_through`](Self::settled_through)
+    /// relies on). Uncontended in the common case: one lock per publish.
+    order: Mutex<()>,
 }
 
 impl Publisher {
@@ -85,31 +93,38 @@ impl Publisher {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let counters = Arc::new(Counters::default());
         runtime.spawn(run(js, rx, counters.clone(), partitions, window.max(1)));
-        Publisher { tx, counters }
+        Publisher {
+            tx,
+            counters,
+            order: Mutex::new(()),
+        }
     }
 
     /// Hands `event` to the publisher; never waits. A full queue drops it,
     /// counted and logged: never silently.
     pub fn publish(&self, event: &Event) {
         self.counters.outstanding.fetch_add(1, Relaxed);
-        match self.tx.try_send(event.clone()) {
-            Ok(()) => {
+        let sent = {
+            let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+            let sent = self.tx.try_send(event.clone()).is_ok();
+            if sent {
                 self.counters.accepted.fetch_add(1, Relaxed);
             }
-            Err(_) => {
-                let dropped = self.counters.dropped.fetch_add(1, Relaxed) + 1;
-                self.counters
-                    .answer(event.id(), Err("the NATS publish queue is full".into()));
-                settle(&self.counters);
-                // Once, then every 1024th: a storm would drown the log.
-                if dropped == 1 || dropped.is_multiple_of(1024) {
-                    tracing::error!(
-                        event = event.name(),
-                        event_id = event.id(),
-                        dropped,
-                        "the NATS publish queue is full; event not published to the stream"
-                    );
-                }
+            sent
+        };
+        if !sent {
+            let dropped = self.counters.dropped.fetch_add(1, Relaxed) + 1;
+            self.counters
+                .answer(event.id(), Err("the NATS publish queue is full".into()));
+            settle(&self.counters);
+            // Once, then every 1024th: a storm would drown the log.
+            if dropped == 1 || dropped.is_multiple_of(1024) {
+                tracing::error!(
+                    event = event.name(),
+                    event_id = event.id(),
+                    dropped,
+                    "the NATS publish queue is full; event not published to the stream"
+                );
             }
         }
     }
@@ -121,6 +136,27 @@ impl Publisher {
         waiters.insert(id.to_owned(), tx);
         self.counters.waiting.store(true, Relaxed);
         rx
+    }
+
+    /// How many events were accepted so far: a mark for
+    /// [`settled_through`](Self::settled_through).
+    pub fn mark(&self) -> u64 {
+        self.counters.accepted.load(Relaxed)
+    }
+
+    /// Waits until the first `mark` accepted events are all acknowledged
+    /// (or given up). A consumer waits for this before acknowledging an
+    /// event, so the follow-ups it caused are in the stream first: if this
+    /// host dies, the event is redelivered and the follow-ups, published
+    /// again with the same ids, are not stored twice.
+    pub async fn settled_through(&self, mark: u64) {
+        loop {
+            let advanced = self.counters.advanced.notified();
+            if self.counters.settled_through.load(Relaxed) >= mark {
+                return;
+            }
+            advanced.await;
+        }
     }
 
     /// Waits until every event handed over so far is acknowledged or given up.
@@ -179,52 +215,114 @@ async fn run(
 ) {
     let mut in_flight = FuturesUnordered::new();
     let mut open = true;
+    // Which of the events taken from the queue are settled, from the first
+    // one not yet settled (number `base`) on.
+    let mut base: u64 = 0;
+    let mut settled: std::collections::VecDeque<bool> = std::collections::VecDeque::new();
     while open || !in_flight.is_empty() {
         tokio::select! {
             // Settle answers first: they free window slots.
             biased;
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            Some(index) = in_flight.next(), if !in_flight.is_empty() => {
+                let index: u64 = index;
+                if let Some(slot) = settled.get_mut((index - base) as usize) {
+                    *slot = true;
+                }
+                let before = base;
+                while settled.front() == Some(&true) {
+                    settled.pop_front();
+                    base += 1;
+                }
+                if base != before {
+                    counters.settled_through.store(base, Relaxed);
+                    counters.advanced.notify_waiters();
+                }
+            }
             next = rx.recv(), if open && in_flight.len() < window => match next {
-                Some(event) => in_flight.push(publish_one(&js, event, partitions, &counters)),
+                Some(event) => {
+                    // Sent here, one after the other, so the stream stores
+                    // one host's events in the order they were published;
+                    // only the acks are awaited together.
+                    let index = base + settled.len() as u64;
+                    settled.push_back(false);
+                    let outgoing = Outgoing::new(event, partitions);
+                    let first = outgoing.send(&js).await;
+                    let counters = &counters;
+                    let js = &js;
+                    in_flight.push(async move {
+                        outgoing.finish(js, first, counters).await;
+                        index
+                    });
+                }
                 None => open = false,
             },
         }
     }
 }
 
-/// Publishes one event, retrying with the same id; settles it either way.
-async fn publish_one(js: &jetstream::Context, event: Event, partitions: u32, counters: &Counters) {
-    let subject = wire::subject_for(&event, partitions);
-    let body = bytes::Bytes::from(wire::encode(&event));
-    let mut delay = RETRY_DELAY;
-    for attempt in 1..=ATTEMPTS {
-        let message = PublishMessage::build().payload(body.clone()).message_id(event.id());
-        let answer = match js.send_publish(subject.clone(), message).await {
-            Ok(ack) => ack.await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match answer {
-            Ok(ack) => {
-                counters.acked.fetch_add(1, Relaxed);
-                if ack.duplicate {
-                    counters.duplicates.fetch_add(1, Relaxed);
-                }
-                counters.answer(event.id(), Ok(ack.sequence));
-                settle(counters);
-                return;
-            }
-            Err(reason) if attempt < ATTEMPTS => {
-                counters.retries.fetch_add(1, Relaxed);
-                tracing::warn!(event = event.name(), event_id = event.id(), attempt, %reason, "publish to the stream failed; retrying with the same id");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(reason) => {
-                counters.failed.fetch_add(1, Relaxed);
-                tracing::error!(event = event.name(), event_id = event.id(), %reason, "publish to the stream failed {ATTEMPTS} times; event not in the stream");
-                counters.answer(event.id(), Err(reason));
-            }
+/// One event on its way to the stream.
+struct Outgoing {
+    event: Event,
+    subject: String,
+    body: bytes::Bytes,
+}
+
+impl Outgoing {
+    fn new(event: Event, partitions: u32) -> Outgoing {
+        Outgoing {
+            subject: wire::subject_for(&event, partitions),
+            body: bytes::Bytes::from(wire::encode(&event)),
+            event,
         }
     }
-    settle(counters);
+
+    /// Sends the message (with `Nats-Msg-Id`); the ack comes later.
+    async fn send(&self, js: &jetstream::Context) -> Result<PublishAckFuture, String> {
+        let message = PublishMessage::build()
+            .payload(self.body.clone())
+            .message_id(self.event.id());
+        js.send_publish(self.subject.clone(), message)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Waits for the ack of the first send, retrying with the same id (a
+    /// retry comes after events sent since: order holds except across a
+    /// failed publish); settles the event either way.
+    async fn finish(self, js: &jetstream::Context, first: Result<PublishAckFuture, String>, counters: &Counters) {
+        let event = &self.event;
+        let mut sent = first;
+        let mut delay = RETRY_DELAY;
+        for attempt in 1..=ATTEMPTS {
+            let answer = match sent {
+                Ok(ack) => ack.await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(ack) => {
+                    counters.acked.fetch_add(1, Relaxed);
+                    if ack.duplicate {
+                        counters.duplicates.fetch_add(1, Relaxed);
+                    }
+                    counters.answer(event.id(), Ok(ack.sequence));
+                    settle(counters);
+                    return;
+                }
+                Err(reason) if attempt < ATTEMPTS => {
+                    counters.retries.fetch_add(1, Relaxed);
+                    tracing::warn!(event = event.name(), event_id = event.id(), attempt, %reason, "publish to the stream failed; retrying with the same id");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    sent = self.send(js).await;
+                }
+                Err(reason) => {
+                    counters.failed.fetch_add(1, Relaxed);
+                    tracing::error!(event = event.name(), event_id = event.id(), %reason, "publish to the stream failed {ATTEMPTS} times; event not in the stream");
+                    counters.answer(event.id(), Err(reason));
+                    break;
+                }
+            }
+        }
+        settle(counters);
+    }
 }

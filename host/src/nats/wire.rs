@@ -63,9 +63,16 @@ pub fn subject_for(event: &Event, partitions: u32) -> String {
 /// any partition: `*` stays one token, a final `**` becomes `>`, literal
 /// segments are made tokens as names are.
 pub fn filter_for(pattern: &str) -> String {
-    if pattern == "*" || pattern == "**" {
-        return format!("{SUBJECT_PREFIX}.*.>");
-    }
+    filter_in(Some(pattern), None)
+}
+
+/// The subject filter of a consumer: events matching `pattern` (every event
+/// when `None`), in `partition` (every partition when `None`).
+pub fn filter_in(pattern: Option<&str>, partition: Option<u32>) -> String {
+    let partition = partition.map_or_else(|| "*".to_owned(), |p| p.to_string());
+    let Some(pattern) = pattern.filter(|p| *p != "*" && *p != "**") else {
+        return format!("{SUBJECT_PREFIX}.{partition}.>");
+    };
     let tokens: Vec<String> = pattern
         .split('.')
         .map(|segment| match segment {
@@ -74,7 +81,7 @@ pub fn filter_for(pattern: &str) -> String {
             literal => subject_tokens(literal),
         })
         .collect();
-    format!("{SUBJECT_PREFIX}.*.{}", tokens.join("."))
+    format!("{SUBJECT_PREFIX}.{partition}.{}", tokens.join("."))
 }
 
 /// The envelope's JSON body.
@@ -149,6 +156,8 @@ mod tests {
         assert_eq!(filter_for("llm.**"), "plugbus.events.*.llm.>");
         assert_eq!(filter_for("**"), "plugbus.events.*.>");
         assert_eq!(filter_for("model_responded"), "plugbus.events.*.model_responded");
+        assert_eq!(filter_in(Some("tool.*"), Some(3)), "plugbus.events.3.tool.*");
+        assert_eq!(filter_in(None, Some(0)), "plugbus.events.0.>");
     }
 
     #[test]
