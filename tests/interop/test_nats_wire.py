@@ -14,7 +14,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import threading
 import time
 import urllib.request
 import uuid
@@ -24,6 +26,7 @@ from pathlib import Path
 import nats
 import pytest
 from nats.js.api import ConsumerConfig
+from nats.js.client import JetStreamContext
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("PLUGBUS_BIN", ROOT / "target" / "debug" / "plugbus"))
@@ -150,3 +153,88 @@ def test_the_host_publishes_on_the_documented_subjects(nats_url: str, host: str)
         assert msg_id == envelope["id"]
         assert envelope["name"] == "tool.called" and envelope["source"] == "host"
         assert set(envelope) >= {"name", "id", "time_unix_nanos", "correlation_id", "source", "payload"}
+
+
+def start_host(plugins: Path, url: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [str(BIN), "serve", "--plugins", str(plugins), "--nats", url, "--ack-wait-ms", "1000",
+         "--cache-dir", str(CACHE), "--listen", "127.0.0.1:0"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "warn"},
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        m = re.search(r"listening on (http://\S+)", line)
+        if m:
+            # Keep draining stderr so the host never blocks on a full pipe.
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            return proc, m.group(1)
+    pytest.fail("plugbus serve exited before listening")
+
+
+def test_ten_thousand_events_over_http_and_nats_py_survive_a_host_killed_mid_stream(
+    tmp_path: Path, nats_url: str
+) -> None:
+    plugins = tmp_path / "two-hosts"
+    plugins.mkdir()
+    shutil.copy(WASM / "console-logger.wasm", plugins)
+    (plugins / "console-logger.toml").write_text('subscriptions = ["step"]\n')
+    host_a, url_a = start_host(plugins, nats_url)
+    host_b, url_b = start_host(plugins, nats_url)
+    ids: set[str] = set()
+
+    def post(url: str, start: int) -> None:
+        events = [{"name": "step", "correlation_id": f"run-{i % 9}", "payload": {"i": i}} for i in range(start, start + 250)]
+        body = "".join(json.dumps(e) + "\n" for e in events).encode()
+        with urllib.request.urlopen(urllib.request.Request(url + "/events", data=body, method="POST"), timeout=30) as a:
+            ids.update(json.load(a)["ids"])
+
+    async def publish(js: JetStreamContext, start: int) -> None:
+        for i in range(start, start + 250):
+            corr = f"run-{i % 9}"
+            event_id = str(uuid.uuid4())
+            event = {"name": "step", "id": event_id, "correlation_id": corr, "payload": {"i": i}}
+            await js.publish(subject("step", corr), json.dumps(event).encode(), headers={"Nats-Msg-Id": event_id})
+            ids.add(event_id)
+
+    async def run() -> None:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        try:
+            for round in range(20):
+                http_to = url_a if round % 2 == 0 or round >= 10 else url_b
+                await asyncio.to_thread(post, http_to, round * 500)
+                await publish(js, round * 500 + 250)
+                if round == 9:
+                    # B freezes with messages taken, then dies without warning.
+                    host_b.send_signal(signal.SIGSTOP)
+                    await asyncio.sleep(0.2)
+                    host_b.kill()
+                    host_b.wait()
+            # Nothing lost: the consumer's acknowledged floor reaches the
+            # stream's last message, B's unacknowledged ones handled by A.
+            deadline = time.monotonic() + 60
+            while True:
+                stream = await js.stream_info("PLUGBUS")
+                info = await js.consumer_info("PLUGBUS", "plugbus-console-logger")
+                if info.ack_floor is not None and info.ack_floor.stream_seq == stream.state.last_seq \
+                        and info.num_pending == 0 and info.num_ack_pending == 0:
+                    break
+                assert time.monotonic() < deadline, (stream.state, info)
+                await asyncio.sleep(0.2)
+            assert stream.state.messages == 10_000 == len(ids)
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(run())
+        with urllib.request.urlopen(url_a + "/plugins", timeout=10) as answer:
+            doc = json.load(answer)
+        consumer = doc["nats"]["consumers"]["console-logger"]
+        # Duplicates: what B held when it died, at most the window (1,024).
+        assert 0 <= consumer["redelivered"] <= 1024, consumer
+        assert consumer["terminated"] == 0 and consumer["nakked"] == 0, consumer
+    finally:
+        host_a.terminate()
+        host_a.wait(timeout=15)
+        if host_b.poll() is None:
+            host_b.kill()
