@@ -240,9 +240,7 @@ impl StatsCell {
 
     /// Keeps `failure` on `event`, with its backtrace, as the last failure.
     pub fn failed(&self, event: &crate::Event, failure: &Failure, frames: &[String]) {
-        let at_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let at_unix_ms = crate::event::now_nanos() / 1_000_000;
         let record = LastFailure {
             kind: failure.kind(),
             message: failure.to_string(),

@@ -437,14 +437,7 @@ impl NatsServer {
     /// cannot.
     pub fn start() -> NatsServer {
         let dir = tempfile::tempdir().unwrap();
-        NatsServer::start_in(dir)
-    }
-
-    fn start_in(dir: tempfile::TempDir) -> NatsServer {
-        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| Path::new(p).is_file())
-            .expect("nats-server is not installed: run `make setup-nats` (Debian's nats-server)");
+        let bin = NatsServer::bin();
         let store = dir.path().join("store");
         let child = Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
@@ -470,17 +463,21 @@ impl NatsServer {
         NatsServer { child, url, dir }
     }
 
+    /// Debian's `nats-server`.
+    fn bin() -> &'static str {
+        ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .expect("nats-server is not installed: run `make setup-nats` (Debian's nats-server)")
+    }
+
     /// Kills the server (SIGKILL) and starts it again on the same store and
     /// port: what a crash and a restart look like to its clients.
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let port = self.url.rsplit(':').next().unwrap().to_owned();
-        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| Path::new(p).is_file())
-            .unwrap();
-        self.child = Command::new(bin)
+        self.child = Command::new(NatsServer::bin())
             .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
             .arg(self.dir.path().join("store"))
             .stdout(std::process::Stdio::null())
