@@ -2,8 +2,11 @@
 //! rebuild a read model, check a fixed plugin against history, or see what
 //! a plugin would have emitted.
 //!
-//! Events are fed in log order with their original sequence numbers, ids
-//! and times; with deterministic execution (see `determinism`) a plugin
+//! The history is an event log directory ([`Replay::new`]) or, with the
+//! `nats` feature, a NATS JetStream stream ([`Replay::nats`]), read through
+//! an ephemeral ordered consumer that leaves the plugins' durable consumers
+//! alone. Events are fed in log (or stream) order with their original
+//! sequence numbers (the stream's), ids and times; with deterministic execution (see `determinism`) a plugin
 //! replayed twice produces the same follow-ups, byte for byte, and the same
 //! ones it produced live (when it saw the same events from a fresh start).
 //! Follow-ups are, by [`ReplayEmit`]:
@@ -13,6 +16,8 @@
 //! - `discard`: dropped;
 //! - `publish`: published on the replay bus and appended to the log (their
 //!   ids are derived from their parent, so a consumer can de-duplicate).
+//!   Not from a stream: the live hosts would take them from it as new
+//!   events once the stream's duplicate window (2 minutes) has passed.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), plugbus::ReplayError> {
@@ -73,6 +78,13 @@ pub enum ReplayError {
     /// A plugin could not be loaded.
     #[error(transparent)]
     Plugin(#[from] LoadError),
+    /// The NATS server or stream could not be read.
+    #[cfg(feature = "nats")]
+    #[error(transparent)]
+    Nats(#[from] crate::nats::NatsError),
+    /// The replay's settings do not go together.
+    #[error("{0}")]
+    Settings(String),
     /// The plugin directory could not be read, or holds no such plugin.
     #[error("{}: {reason}", path.display())]
     Plugins {
@@ -90,6 +102,9 @@ pub struct ReplayReport {
     pub events: u64,
     /// Follow-ups the plugins emitted.
     pub follow_ups: u64,
+    /// Stream messages that are not plugbus events (logged and skipped);
+    /// always 0 for a log.
+    pub skipped: u64,
     /// The plugins, with their counters for the replay.
     pub plugins: Vec<PluginInfo>,
 }
@@ -98,12 +113,19 @@ pub struct ReplayReport {
 #[must_use]
 pub struct Replay {
     plugins: PathBuf,
-    log: PathBuf,
+    source: Source,
     from: u64,
     correlation: Option<String>,
     only: Option<String>,
     emit: ReplayEmit,
     bus: BusBuilder,
+}
+
+/// Where the replayed events come from.
+enum Source {
+    Log(PathBuf),
+    #[cfg(feature = "nats")]
+    Nats(crate::nats::NatsOptions),
 }
 
 /// Events fed between two waits for the plugins: a plugin queue (1024 by
@@ -114,9 +136,29 @@ const BATCH: usize = 256;
 impl Replay {
     /// Replays the log in `log` into every plugin of `plugins`.
     pub fn new(plugins: impl Into<PathBuf>, log: impl Into<PathBuf>) -> Replay {
+        Replay::of(plugins.into(), Source::Log(log.into()))
+    }
+
+    /// Replays the NATS JetStream stream of `nats` (its URL and stream
+    /// name; the rest of the options is not used) into every plugin of
+    /// `plugins`. Sequence numbers are the stream's.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), plugbus::ReplayError> {
+    /// let nats = plugbus::NatsOptions::new("nats://127.0.0.1:4222");
+    /// let report = plugbus::Replay::nats("plugins/dist", nats).only("cost-tracker").run(|_, _| {}).await?;
+    /// println!("{} events replayed from the stream", report.events);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "nats")]
+    pub fn nats(plugins: impl Into<PathBuf>, nats: crate::nats::NatsOptions) -> Replay {
+        Replay::of(plugins.into(), Source::Nats(nats))
+    }
+
+    fn of(plugins: PathBuf, source: Source) -> Replay {
         Replay {
-            plugins: plugins.into(),
-            log: log.into(),
+            plugins,
+            source,
             from: 0,
             correlation: None,
             only: None,
@@ -160,7 +202,9 @@ impl Replay {
     /// follow-up ([`ReplayEmit::Capture`] only), in order.
     ///
     /// # Errors
-    /// [`ReplayError`] naming the log file, the plugin or the directory.
+    /// [`ReplayError`] naming the log file (or the NATS server or stream),
+    /// the plugin or the directory; [`ReplayError::Settings`] for
+    /// [`ReplayEmit::Publish`] from a stream.
     pub async fn run(self, on_follow_up: impl FnMut(u64, &Event)) -> Result<ReplayReport, ReplayError> {
         Ok(self.run_then(on_follow_up, None).await?.0)
     }
@@ -209,32 +253,47 @@ impl Replay {
         query: Option<(&str, &str)>,
     ) -> Result<(ReplayReport, Option<Result<QueryAnswer, QueryError>>), ReplayError> {
         let files = self.plugin_files()?;
-        // Read the end first: in `publish` mode the log grows as we go.
-        let log = self.log.clone();
-        let end = tokio::task::spawn_blocking(move || LogStats::read(&log))
-            .await
-            .map_err(|e| Error::Engine(format!("log reader task failed: {e}")))??
-            .last_seq
-            .unwrap_or(0);
-        let (tx, rx) = std::sync::mpsc::channel();
         let mut builder = self.bus.watch(false);
+        builder.clear_plugin_dir();
+        builder.clear_log_dir();
+        // Read the end first: in `publish` mode the log grows as we go.
+        let mut batches = match &self.source {
+            Source::Log(log) => {
+                if self.emit == ReplayEmit::Publish {
+                    builder = builder.log_dir(log);
+                }
+                let path = log.clone();
+                let end = tokio::task::spawn_blocking(move || LogStats::read(&path))
+                    .await
+                    .map_err(|e| Error::Engine(format!("log reader task failed: {e}")))??
+                    .last_seq
+                    .unwrap_or(0);
+                Batches::Log(spawn_reader(log.clone(), self.from, end, self.correlation.clone()))
+            }
+            #[cfg(feature = "nats")]
+            Source::Nats(options) => {
+                if self.emit == ReplayEmit::Publish {
+                    return Err(ReplayError::Settings(format!(
+                        "follow-ups replayed from NATS stream `{}` cannot be published: the live hosts \
+                         would take them from the stream as new events once its duplicate window has \
+                         passed; capture them (the default) or discard them",
+                        options.stream
+                    )));
+                }
+                Batches::Nats(crate::nats::reader::read(options, self.from, BATCH).await?)
+            }
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
         builder.follow_ups = match self.emit {
             ReplayEmit::Capture => FollowUps::Capture(tx),
             ReplayEmit::Discard => FollowUps::Discard,
             ReplayEmit::Publish => FollowUps::Publish,
         };
-        builder.clear_plugin_dir();
-        if self.emit == ReplayEmit::Publish {
-            builder = builder.log_dir(&self.log);
-        } else {
-            builder.clear_log_dir();
-        }
         let bus = builder.build().await?;
         for file in &files {
             bus.load_plugin(file).await?;
         }
-        let reader = spawn_reader(self.log.clone(), self.from, end, self.correlation.clone());
-        let result = feed(&bus, reader, self.correlation.as_deref(), &rx, &mut on_follow_up).await;
+        let result = feed(&bus, &mut batches, self.correlation.as_deref(), &rx, &mut on_follow_up).await;
         let answer = match (&result, query) {
             (Ok(_), Some((plugin, request))) => Some(bus.query(plugin, request).await),
             _ => None,
@@ -245,6 +304,7 @@ impl Replay {
             ReplayReport {
                 events,
                 follow_ups,
+                skipped: batches.skipped(),
                 plugins: shutdown.plugins,
             },
             answer,
@@ -268,6 +328,36 @@ impl Replay {
             return Err(err(&self.plugins, "no *.wasm plugins".into()));
         }
         Ok(files)
+    }
+}
+
+/// The replayed events, in batches.
+enum Batches {
+    Log(tokio::sync::mpsc::Receiver<Result<Vec<Record>, LogError>>),
+    #[cfg(feature = "nats")]
+    Nats(crate::nats::reader::StreamReader),
+}
+
+impl Batches {
+    async fn next(&mut self) -> Option<Result<Vec<Event>, ReplayError>> {
+        match self {
+            Batches::Log(rx) => Some(
+                rx.recv()
+                    .await?
+                    .map(|records| records.into_iter().map(Record::into_event).collect())
+                    .map_err(ReplayError::from),
+            ),
+            #[cfg(feature = "nats")]
+            Batches::Nats(reader) => Some(reader.batches.recv().await?.map_err(ReplayError::from)),
+        }
+    }
+
+    fn skipped(&self) -> u64 {
+        match self {
+            Batches::Log(_) => 0,
+            #[cfg(feature = "nats")]
+            Batches::Nats(reader) => reader.skipped.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 }
 
@@ -316,19 +406,19 @@ fn spawn_reader(
 
 async fn feed(
     bus: &Bus,
-    mut reader: tokio::sync::mpsc::Receiver<Result<Vec<Record>, LogError>>,
+    batches: &mut Batches,
     correlation: Option<&str>,
     captured: &std::sync::mpsc::Receiver<Captured>,
     on_follow_up: &mut impl FnMut(u64, &Event),
 ) -> Result<(u64, u64), ReplayError> {
     let (mut events, mut follow_ups) = (0u64, 0u64);
     let mut order = Vec::new();
-    while let Some(batch) = reader.recv().await {
-        for record in batch? {
-            if correlation.is_some_and(|c| record.correlation_id.as_deref() != Some(c)) {
+    while let Some(batch) = batches.next().await {
+        for event in batch? {
+            if correlation.is_some_and(|c| event.correlation_id() != Some(c)) {
                 continue;
             }
-            bus.shared.publish_replayed(&record.into_event());
+            bus.shared.publish_replayed(&event);
             events += 1;
         }
         bus.flush().await;

@@ -2,17 +2,9 @@
 
 use crate::support;
 
-use std::process::{Command, Output};
+use std::process::Command;
 
-use support::{http, plugbus_bin, plugin_dir, wasm};
-
-fn plugbus(args: &[&str]) -> Output {
-    Command::new(plugbus_bin())
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run plugbus")
-}
+use support::{http, plugbus, plugbus_bin, plugin_dir, wasm};
 
 #[test]
 fn run_reports_json_and_survives_bad_lines_and_plugins() {

@@ -6,15 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{self, http, plugbus_bin, plugin_dir, try_http};
-
-fn plugbus(args: &[&str]) -> Output {
-    Command::new(plugbus_bin())
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run plugbus")
-}
+use crate::support::{self, http, plugbus, plugbus_bin, plugin_dir, try_http};
 
 fn json_lines(out: &Output) -> Vec<Value> {
     String::from_utf8_lossy(&out.stdout)

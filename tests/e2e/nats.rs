@@ -49,7 +49,25 @@ async fn all_acknowledged(js: &jetstream::Context, plugin: &str, within: Duratio
     }
 }
 
-fn host(plugins: &std::path::Path, url: &str) -> (std::process::Child, String, std::thread::JoinHandle<String>) {
+/// Waits until consumer `plugbus-<plugin>` has nothing pending and nothing
+/// unacknowledged (its floor stops at its filter's last match, not at the
+/// stream's last message).
+async fn all_settled(js: &jetstream::Context, plugin: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, floor, pending, ack_pending, _) = progress(js, plugin).await;
+        if floor > 0 && pending == 0 && ack_pending == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{plugin}: acknowledged floor {floor}, {pending} pending, {ack_pending} unacknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn host(plugins: &std::path::Path, url: &str) -> (support::Served, String, std::thread::JoinHandle<String>) {
     support::serve(&[
         "--plugins",
         plugins.to_str().unwrap(),
@@ -560,4 +578,150 @@ async fn a_handler_slower_than_ack_wait_is_not_redelivered() {
     assert_eq!(plugin["ok"], 1, "{plugin}");
     assert_eq!(status["nats"]["consumers"]["misbehave"]["redelivered"], 0);
     support::terminate(&a);
+}
+
+/// Every message of the stream: (stream sequence, envelope).
+async fn stream_messages(js: &jetstream::Context) -> Vec<(u64, Value)> {
+    use futures_util::StreamExt;
+    let stream = js.get_stream("PLUGBUS").await.unwrap();
+    let consumer: jetstream::consumer::Consumer<pull::Config> =
+        stream.create_consumer(pull::Config::default()).await.unwrap();
+    let mut out = Vec::new();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(10_000)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
+    while let Some(Ok(m)) = batch.next().await {
+        out.push((
+            m.info().unwrap().stream_sequence,
+            serde_json::from_slice(&m.payload).unwrap(),
+        ));
+        m.ack().await.unwrap();
+    }
+    out
+}
+
+/// `plugbus replay --nats` and `plugbus query --nats` read the stream (not
+/// a log): the follow-ups printed are the very ones the live host stored
+/// in the stream (same ids, derived from their parents), twice the same
+/// bytes, filtered by correlation id and start sequence; the rebuilt read
+/// model answers as the live one does; bad set-ups are named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_and_query_read_the_stream() {
+    let nats = NatsServer::start();
+    let dir = support::plugin_dir(&[]);
+    support::install(
+        dir.path(),
+        &support::wasm("agent-runs"),
+        "agent-runs",
+        "[limits]\nqueue_capacity = 4096\n",
+    );
+    support::install(
+        dir.path(),
+        &support::wasm("misbehave"),
+        "relay",
+        "subscriptions = [\"tool.called\"]\n[config]\nalways = \"relay\"\nrelay_to = \"tool.relayed\"\n",
+    );
+    let (a, addr, _log) = host(dir.path(), &nats.url);
+    let session = std::fs::read_to_string(support::workspace_root().join("examples/agent-session.jsonl")).unwrap();
+    let mut events: Vec<Value> = session
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| !e["name"].as_str().unwrap().starts_with("misbehave."))
+        .collect();
+    // A second run, so the correlation filter has something to leave out.
+    events.extend(
+        (0..5).map(|i| json!({"name": "tool.called", "correlation_id": "run-7", "payload": {"tool": format!("t{i}")}})),
+    );
+    post(&addr, &events).unwrap();
+    let js = client(&nats.url).await;
+    // The relay's follow-ups are stored before its events are acknowledged;
+    // then agent-runs has seen those too.
+    all_settled(&js, "relay", Duration::from_secs(30)).await;
+    all_acknowledged(&js, "agent-runs", Duration::from_secs(30)).await;
+    let (status, live) = support::http(&addr, "POST", "/plugins/agent-runs/query", br#"{"run": "run-42"}"#);
+    assert_eq!(status, 200, "{live}");
+    let live: Value = serde_json::from_str(&live).unwrap();
+    support::terminate(&a);
+
+    let stored = stream_messages(&js).await;
+    let relayed: Vec<&Value> = stored
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| e["name"] == "tool.relayed")
+        .collect();
+    assert_eq!(relayed.len(), 9, "4 calls in the session and 5 in run-7");
+
+    let (plugins, url) = (dir.path().to_str().unwrap(), nats.url.as_str());
+    let replay = |extra: &[&str]| {
+        let mut args = vec!["replay", "--plugins", plugins, "--nats", url, "--only", "relay"];
+        args.extend_from_slice(extra);
+        let out = support::plugbus(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    let first = replay(&[]);
+    assert_eq!(first, replay(&[]), "replaying the stream twice prints identical bytes");
+    let replayed: Vec<Value> = String::from_utf8(first)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(replayed.len(), relayed.len());
+    for (again, live) in replayed.iter().zip(&relayed) {
+        for key in ["id", "name", "correlation_id", "payload"] {
+            assert_eq!(again[key], live[key], "{key} differs between the stream and the replay");
+        }
+        // The parent is the stream's message at `parent_seq`.
+        let seq = again["parent_seq"].as_u64().unwrap();
+        let parent = &stored.iter().find(|(s, _)| *s == seq).unwrap().1;
+        assert_eq!(parent["name"], "tool.called");
+        assert_eq!(parent["correlation_id"], again["correlation_id"]);
+    }
+    let only = String::from_utf8(replay(&["--correlation", "run-7"])).unwrap();
+    assert_eq!(only.lines().count(), 5);
+    assert!(
+        only.lines().all(|l| l.contains("\"correlation_id\":\"run-7\"")),
+        "{only}"
+    );
+    let from = replayed[6]["parent_seq"].as_u64().unwrap();
+    let later = String::from_utf8(replay(&["--from", &from.to_string()])).unwrap();
+    assert_eq!(later.lines().count(), 3, "{later}");
+
+    // The read model rebuilt from the stream answers as the live one did.
+    let out = support::plugbus(&[
+        "query",
+        "--plugins",
+        plugins,
+        "--nats",
+        url,
+        "agent-runs",
+        r#"{"run": "run-42"}"#,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rebuilt: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rebuilt["answer"], live["answer"]);
+    assert_eq!(rebuilt["answer"]["tokens"], 36_280, "{rebuilt}");
+    assert_eq!(rebuilt["as_of_seq"], live["as_of_seq"]);
+
+    // Bad set-ups are named.
+    for (args, expected) in [
+        (vec!["--stream", "NOPE"], "NATS stream `NOPE`"),
+        (vec!["--emit", "publish"], "cannot be published"),
+    ] {
+        let mut all = vec!["replay", "--plugins", plugins, "--nats", url];
+        all.extend(args);
+        let out = support::plugbus(&all);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{err}");
+    }
+    let out = support::plugbus(&["replay", "--plugins", plugins, "--nats", "nats://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NATS server nats://127.0.0.1:1"));
+    let out = support::plugbus(&["replay", "--plugins", plugins]);
+    assert_ne!(out.status.code(), Some(0), "a history is required");
 }

@@ -83,16 +83,15 @@ pub enum Command {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
-    /// Feed a log's events into fresh instances of the plugins in DIR and print
-    /// the follow-ups they emit, as JSON Lines (deterministic: twice gives the same bytes).
+    /// Feed a log's (or a NATS stream's) events into fresh instances of the plugins in DIR
+    /// and print the follow-ups they emit, as JSON Lines (deterministic: twice gives the same bytes).
     Replay {
         /// Directory of `*.wasm` plugins (with optional manifests).
         #[arg(long, value_name = "DIR")]
         plugins: PathBuf,
-        /// The event log to read.
-        #[arg(long = "log", value_name = "DIR")]
-        log: PathBuf,
-        /// Start at this sequence number.
+        #[command(flatten)]
+        history: HistoryArgs,
+        /// Start at this sequence number (the stream's, with --nats).
         #[arg(long, value_name = "SEQ", conflicts_with = "correlation")]
         from: Option<u64>,
         /// Only the events of this correlation id.
@@ -101,21 +100,20 @@ pub enum Command {
         /// Only this plugin (`DIR/NAME.wasm`).
         #[arg(long, value_name = "NAME")]
         only: Option<String>,
-        /// Follow-ups: capture (print, never publish), discard, or publish (append to the log).
+        /// Follow-ups: capture (print, never publish), discard, or publish (append to the log; not with --nats).
         #[arg(long, value_name = "MODE", default_value = "capture")]
         emit: plugbus::ReplayEmit,
         #[command(flatten)]
         cache: CacheArgs,
     },
-    /// Rebuild a plugin's read model from an event log (a fresh instance,
-    /// every logged event) and ask it REQUEST; prints {"as_of_seq", "answer"}.
+    /// Rebuild a plugin's read model from an event log or a NATS stream (a fresh
+    /// instance, every event) and ask it REQUEST; prints {"as_of_seq", "answer"}.
     Query {
         /// Directory of `*.wasm` plugins (with optional manifests).
         #[arg(long, value_name = "DIR")]
         plugins: PathBuf,
-        /// The event log to rebuild from.
-        #[arg(long = "log", value_name = "DIR")]
-        log: PathBuf,
+        #[command(flatten)]
+        history: HistoryArgs,
         /// The plugin (`DIR/NAME.wasm`); it must export `query`.
         #[arg(value_name = "NAME")]
         name: String,
@@ -220,6 +218,39 @@ pub enum Lang {
 pub enum BindgenLang {
     /// `observer.h`, `observer.c`, `observer_component_type.o` (wit-bindgen-c).
     C,
+}
+
+/// Where replayed history comes from: an event log directory or a NATS
+/// JetStream stream (exactly one).
+#[derive(clap::Args)]
+pub struct HistoryArgs {
+    /// The event log to read.
+    #[arg(long = "log", value_name = "DIR", required_unless_present = "nats")]
+    log: Option<PathBuf>,
+    /// Or read the stream of this NATS JetStream server (`nats://HOST:PORT`), from its first retained event.
+    #[arg(long, value_name = "URL", conflicts_with = "log")]
+    nats: Option<String>,
+    /// The JetStream stream's name.
+    #[arg(long, value_name = "NAME", default_value = "PLUGBUS", requires = "nats")]
+    stream: String,
+}
+
+impl HistoryArgs {
+    /// A replay of this history into the plugins of `plugins`.
+    fn replay(&self, plugins: &std::path::Path) -> anyhow::Result<plugbus::Replay> {
+        match (&self.log, &self.nats) {
+            (_, Some(url)) => Ok(plugbus::Replay::nats(
+                plugins,
+                plugbus::NatsOptions::new(url).stream(&self.stream),
+            )),
+            (Some(dir), None) => {
+                log::check_dir(dir)?;
+                Ok(plugbus::Replay::new(plugins, dir))
+            }
+            // clap requires one of them.
+            (None, None) => anyhow::bail!("give --log DIR or --nats URL"),
+        }
+    }
 }
 
 /// Where compiled plugins are cached.
@@ -382,7 +413,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Dlq { command } => dlq::dlq(command).await,
         Command::Replay {
             plugins,
-            log,
+            history,
             from,
             correlation,
             only,
@@ -390,8 +421,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             cache,
         } => {
             replay::replay(replay::Args {
-                plugins: &plugins,
-                log: &log,
+                replay: history.replay(&plugins)?,
                 from,
                 correlation,
                 only,
@@ -402,12 +432,12 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Query {
             plugins,
-            log,
+            history,
             name,
             request,
             pretty,
             cache,
-        } => query::query(&plugins, &log, &name, &request, pretty, &cache).await,
+        } => query::query(history.replay(&plugins)?, &name, &request, pretty, &cache).await,
         Command::New { name, lang, dir, sdk } => new::new(&name, lang, dir.as_deref(), sdk.as_deref()),
         Command::Serve {
             plugins,

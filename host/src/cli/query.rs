@@ -1,24 +1,22 @@
-//! `plugbus query`: rebuild a plugin's read model from an event log and ask
-//! it one question (event sourcing's "fix the projection, rebuild it").
+//! `plugbus query`: rebuild a plugin's read model from an event log (or a
+//! NATS stream) and ask it one question (event sourcing's "fix the
+//! projection, rebuild it").
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use super::CacheArgs;
 
 pub async fn query(
-    plugins: &Path,
-    log: &Path,
+    replay: plugbus::Replay,
     name: &str,
     request: &str,
     pretty: bool,
     cache: &CacheArgs,
 ) -> anyhow::Result<ExitCode> {
-    super::log::check_dir(log)?;
     if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(request) {
         anyhow::bail!("the query is not JSON: {e}");
     }
-    let (report, answer) = plugbus::Replay::new(plugins, log)
+    let (report, answer) = replay
         .only(name)
         .bus(cache.apply(plugbus::Bus::builder()))
         .query(request)
@@ -28,7 +26,7 @@ pub async fn query(
         plugin = name,
         events = report.events,
         failures,
-        "read model rebuilt from the log"
+        "read model rebuilt from history"
     );
     match answer {
         Ok(answer) => {

@@ -1,8 +1,7 @@
-//! `plugbus replay`: feed an event log into fresh plugins and print what
-//! they emit.
+//! `plugbus replay`: feed an event log (or a NATS stream) into fresh
+//! plugins and print what they emit.
 
 use std::io::Write;
-use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::json;
@@ -10,8 +9,7 @@ use serde_json::json;
 use super::CacheArgs;
 
 pub struct Args<'a> {
-    pub plugins: &'a Path,
-    pub log: &'a Path,
+    pub replay: plugbus::Replay,
     pub from: Option<u64>,
     pub correlation: Option<String>,
     pub only: Option<String>,
@@ -20,8 +18,8 @@ pub struct Args<'a> {
 }
 
 pub async fn replay(args: Args<'_>) -> anyhow::Result<ExitCode> {
-    super::log::check_dir(args.log)?;
-    let mut replay = plugbus::Replay::new(args.plugins, args.log)
+    let mut replay = args
+        .replay
         .emit(args.emit)
         .bus(args.cache.apply(plugbus::Bus::builder()));
     if let Some(from) = args.from {
@@ -67,6 +65,12 @@ pub async fn replay(args: Args<'_>) -> anyhow::Result<ExitCode> {
         report.plugins.len(),
         report.follow_ups
     );
+    if report.skipped > 0 {
+        eprintln!(
+            "plugbus: {} messages of the stream are not plugbus events; skipped",
+            report.skipped
+        );
+    }
     for p in &report.plugins {
         let f = p.stats.failures.total();
         if f > 0 || p.stats.errors > 0 {

@@ -21,6 +21,7 @@
 
 pub(crate) mod consumer;
 pub(crate) mod publisher;
+pub(crate) mod reader;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -163,6 +164,30 @@ pub struct NatsStatus {
     pub consumers: BTreeMap<String, ConsumerStats>,
 }
 
+/// A client of the server in `options`, which reconnects by itself once
+/// connected (acknowledged events are in the stream, and pulls resume where
+/// they stopped).
+///
+/// # Errors
+/// [`NatsError::Connect`] naming the URL when the server does not answer
+/// within the connect timeout or refuses the connection.
+pub(crate) async fn connect_client(options: &NatsOptions) -> Result<async_nats::Client, NatsError> {
+    let connect_err = |reason: String| NatsError::Connect {
+        url: options.url.clone(),
+        reason,
+    };
+    tokio::time::timeout(
+        options.connect_timeout,
+        async_nats::ConnectOptions::new()
+            .connection_timeout(options.connect_timeout)
+            .max_reconnects(None)
+            .connect(options.url.as_str()),
+    )
+    .await
+    .map_err(|_| connect_err(format!("no answer within {:?}", options.connect_timeout)))?
+    .map_err(|e| connect_err(e.to_string()))
+}
+
 /// What a bus holds when it is on NATS.
 pub(crate) struct NatsLink {
     options: NatsOptions,
@@ -176,22 +201,7 @@ impl NatsLink {
     /// Connects, creates the stream or checks the existing one, and starts
     /// the publisher.
     pub async fn connect(options: NatsOptions) -> Result<NatsLink, NatsError> {
-        let connect_err = |reason: String| NatsError::Connect {
-            url: options.url.clone(),
-            reason,
-        };
-        let client = tokio::time::timeout(
-            options.connect_timeout,
-            async_nats::ConnectOptions::new()
-                .connection_timeout(options.connect_timeout)
-                // Reconnect forever once connected: acknowledged events are
-                // in the stream, and pulls resume where they stopped.
-                .max_reconnects(None)
-                .connect(options.url.as_str()),
-        )
-        .await
-        .map_err(|_| connect_err(format!("no answer within {:?}", options.connect_timeout)))?
-        .map_err(|e| connect_err(e.to_string()))?;
+        let client = connect_client(&options).await?;
         // The context's ack permits equal the publisher's window, which
         // never has more publishes out than that: a send never waits for a
         // permit held by an ack the publisher is not polling.

@@ -120,6 +120,16 @@ pub fn plugbus_bin() -> &'static Path {
     })
 }
 
+/// Runs the `plugbus` binary with `args` to completion (warnings and errors
+/// on its stderr).
+pub fn plugbus(args: &[&str]) -> std::process::Output {
+    Command::new(plugbus_bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run plugbus")
+}
+
 /// Copies `wasm` into `dir` as `<name>.wasm` with `manifest` as its
 /// `<name>.toml`.
 pub fn install(dir: &Path, wasm: &Path, name: &str, manifest: &str) {
@@ -281,23 +291,54 @@ pub fn try_http_with(
     Some((status, body))
 }
 
+/// A `plugbus serve` child process, killed (SIGKILL) when dropped if it is
+/// still running: a test that fails half-way leaves no server behind (one
+/// would keep the test harness's output pipe open). Derefs to the
+/// [`std::process::Child`].
+pub struct Served(std::process::Child);
+
+impl std::ops::Deref for Served {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// [`serve`] over the plugins in `plugins` with an event log in `log`.
-pub fn serve_logged(plugins: &Path, log: &Path) -> (std::process::Child, String, std::thread::JoinHandle<String>) {
+pub fn serve_logged(plugins: &Path, log: &Path) -> (Served, String, std::thread::JoinHandle<String>) {
     serve(&["--plugins", plugins.to_str().unwrap(), "--log", log.to_str().unwrap()])
 }
 
 /// Starts `plugbus serve ARGS --listen 127.0.0.1:0` and waits until it
 /// listens: `(child, address, stderr collected until the child exits)`.
-pub fn serve(args: &[&str]) -> (std::process::Child, String, std::thread::JoinHandle<String>) {
+pub fn serve(args: &[&str]) -> (Served, String, std::thread::JoinHandle<String>) {
     use std::io::BufRead;
-    let mut child = Command::new(plugbus_bin())
-        .arg("serve")
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Served(
+        Command::new(plugbus_bin())
+            .arg("serve")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
     let addr = loop {
