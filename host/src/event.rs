@@ -3,7 +3,9 @@
 //! An [`Event`] is an immutable, cheaply clonable handle (`Arc` inside): the
 //! same event goes to every handler and every plugin queue without copying.
 //! Its payload is serialised to JSON text at most once, the first time a
-//! plugin needs it, and that text is shared by all plugins.
+//! plugin needs it, and that text is shared by all plugins. An event that
+//! arrives as text (from a NATS stream) keeps that text for its plugins and
+//! parses the payload only if something asks for the value.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +40,10 @@ struct EventData {
     time_unix_nanos: u64,
     correlation_id: Option<String>,
     source: String,
-    payload: Value,
+    /// The payload. Set at construction, except for an event decoded from
+    /// text: then `wire` holds the text (checked as JSON when it was read)
+    /// and the value is parsed from it on first use.
+    payload: OnceLock<Value>,
     /// How many plugin emits led here: 0 for the embedder's events.
     depth: u8,
     /// Position in publish order (the log's sequence number when the bus
@@ -61,8 +66,32 @@ impl Clone for EventData {
             depth: self.depth,
             // A copy is a new event: it gets its own place when published.
             seq: AtomicU64::new(0),
-            wire: OnceLock::new(),
+            // The record is kept where it is the payload's only form.
+            wire: match self.payload.get() {
+                Some(_) => OnceLock::new(),
+                None => self.wire.clone(),
+            },
         }
+    }
+}
+
+impl EventData {
+    fn payload(&self) -> &Value {
+        self.payload.get_or_init(|| {
+            // Unset only for an event decoded from text, whose `wire` was
+            // set with that text, already checked as JSON.
+            self.wire
+                .get()
+                .and_then(|wire| serde_json::from_str(&wire.payload).ok())
+                .unwrap_or(Value::Null)
+        })
+    }
+
+    /// Forgets the record given to plugins after a field changed; the
+    /// payload is parsed first if the record was where it lived.
+    fn reset_wire(&mut self) {
+        self.payload();
+        self.wire = OnceLock::new();
     }
 }
 
@@ -82,7 +111,7 @@ impl Event {
             time_unix_nanos: now_nanos(),
             correlation_id: None,
             source: HOST_SOURCE.to_owned(),
-            payload,
+            payload: OnceLock::from(payload),
             depth: 0,
             seq: AtomicU64::new(0),
             wire: OnceLock::new(),
@@ -105,7 +134,7 @@ impl Event {
             time_unix_nanos: time_unix_nanos.unwrap_or_else(now_nanos),
             correlation_id,
             source: source.to_owned(),
-            payload,
+            payload: OnceLock::from(payload),
             depth: 0,
             seq: AtomicU64::new(0),
             wire: OnceLock::new(),
@@ -130,10 +159,45 @@ impl Event {
             time_unix_nanos,
             correlation_id,
             source,
-            payload,
+            payload: OnceLock::from(payload),
             depth,
             seq: AtomicU64::new(seq),
             wire: OnceLock::new(),
+        }))
+    }
+
+    /// An event read from text (a NATS message) at `seq`, whose payload is
+    /// `payload_json`, already checked as JSON: plugins get that text as it
+    /// is, and the value is parsed only if asked for.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decoded(
+        seq: u64,
+        name: String,
+        id: String,
+        time_unix_nanos: u64,
+        correlation_id: Option<String>,
+        source: String,
+        depth: u8,
+        payload_json: String,
+    ) -> Event {
+        let wire = wit::Event {
+            name: name.clone(),
+            id: id.clone(),
+            time_unix_nanos,
+            correlation_id: correlation_id.clone(),
+            source: source.clone(),
+            payload: payload_json,
+        };
+        Event(Arc::new(EventData {
+            name,
+            id,
+            time_unix_nanos,
+            correlation_id,
+            source,
+            payload: OnceLock::new(),
+            depth,
+            seq: AtomicU64::new(seq),
+            wire: OnceLock::from(wire),
         }))
     }
 
@@ -175,7 +239,7 @@ impl Event {
     pub fn with_correlation_id(mut self, id: impl Into<String>) -> Event {
         let data = Arc::make_mut(&mut self.0);
         data.correlation_id = Some(id.into());
-        data.wire = OnceLock::new();
+        data.reset_wire();
         self
     }
 
@@ -210,7 +274,7 @@ impl Event {
             time_unix_nanos: parent.time_unix_nanos().saturating_add(u64::from(index) + 1),
             correlation_id: Some(parent.correlation_id().unwrap_or(parent.id()).to_owned()),
             source: source.to_owned(),
-            payload,
+            payload: OnceLock::from(payload),
             depth: parent.0.depth.saturating_add(1),
             seq: AtomicU64::new(0),
             wire: OnceLock::new(),
@@ -249,7 +313,7 @@ impl Event {
 
     /// The JSON payload.
     pub fn payload(&self) -> &Value {
-        &self.0.payload
+        self.0.payload()
     }
 
     /// The payload as JSON text: serialised once, on first use, and the very
@@ -272,7 +336,7 @@ impl Event {
             time_unix_nanos: self.0.time_unix_nanos,
             correlation_id: self.0.correlation_id.clone(),
             source: self.0.source.clone(),
-            payload: self.0.payload.to_string(),
+            payload: self.0.payload().to_string(),
         })
     }
 }
@@ -284,7 +348,7 @@ impl fmt::Debug for Event {
             .field("id", &self.0.id)
             .field("source", &self.0.source)
             .field("correlation_id", &self.0.correlation_id)
-            .field("payload", &self.0.payload)
+            .field("payload", self.0.payload())
             .finish()
     }
 }
@@ -299,7 +363,7 @@ impl serde::Serialize for Event {
         st.serialize_field("time_unix_nanos", &self.0.time_unix_nanos)?;
         st.serialize_field("correlation_id", &self.0.correlation_id)?;
         st.serialize_field("source", &self.0.source)?;
-        st.serialize_field("payload", &self.0.payload)?;
+        st.serialize_field("payload", self.0.payload())?;
         st.end()
     }
 }

@@ -12,12 +12,13 @@
 //! | an envelope that does not parse | `Term` | it can never be handled; logged with the stream sequence |
 //! | an event the plugin's patterns do not match | `Ack` | the consumer's filter is wider than its patterns |
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
@@ -180,21 +181,37 @@ impl Run {
                 return;
             }
         };
-        let mut in_flight = FuturesUnordered::new();
+        // The outcomes awaited, each tagged with its message's token; the
+        // messages themselves, by token, with when they were taken.
+        let mut outcomes = FuturesUnordered::new();
+        let mut held: HashMap<u64, (jetstream::Message, tokio::time::Instant)> = HashMap::new();
+        let mut next_token = 0u64;
         let mut refresh = tokio::time::interval(Duration::from_secs(1));
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A handler (or a queue) slower than `ack_wait` must not make the
+        // server give the event to another host: four times per `ack_wait`,
+        // every message held longer than a quarter of it is said to be in
+        // progress (so the first word goes out before half of it).
+        let every = (self.config.ack_wait / 4).max(Duration::from_millis(25));
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut consumer = consumer;
         loop {
             tokio::select! {
                 biased;
                 _ = stopping.changed() => break,
-                Some((message, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
-                    self.settle(&message, outcome).await;
+                Some((token, outcome)) = outcomes.next(), if !outcomes.is_empty() => {
+                    if let Some((message, _)) = held.remove(&token) {
+                        self.settle(&message, outcome).await;
+                    }
                 }
-                next = messages.next(), if in_flight.len() < self.capacity => match next {
+                next = messages.next(), if held.len() < self.capacity => match next {
                     Some(Ok(message)) => {
-                        if let Some(waiting) = self.take(message).await {
-                            in_flight.push(waiting);
+                        if let Some(outcome) = self.take(&message).await {
+                            next_token += 1;
+                            let token = next_token;
+                            held.insert(token, (message, tokio::time::Instant::now()));
+                            outcomes.push(outcome.map(move |r| (token, r.ok())));
                         }
                     }
                     Some(Err(e)) => {
@@ -205,6 +222,11 @@ impl Run {
                     }
                     None => break,
                 },
+                _ = progress.tick(), if !held.is_empty() => {
+                    for (message, _) in held.values().filter(|(_, taken)| taken.elapsed() >= every) {
+                        let _ = message.ack_with(AckKind::Progress).await;
+                    }
+                }
                 _ = refresh.tick() => {
                     if let Ok(info) = consumer.info().await {
                         let (pending, ack_pending) = (info.num_pending, info.num_ack_pending as u64);
@@ -216,8 +238,10 @@ impl Run {
         // Stop pulling; what is in flight finishes (the worker drains its
         // queue) and is acknowledged by its outcome.
         drop(messages);
-        while let Some((message, outcome)) = in_flight.next().await {
-            self.settle(&message, outcome).await;
+        while let Some((token, outcome)) = outcomes.next().await {
+            if let Some((message, _)) = held.remove(&token) {
+                self.settle(&message, outcome).await;
+            }
         }
     }
 
@@ -267,11 +291,9 @@ impl Run {
         }
     }
 
-    /// Offers one message to the plugin; `None` when it was settled at once.
-    async fn take(
-        &self,
-        message: jetstream::Message,
-    ) -> Option<impl Future<Output = (jetstream::Message, Option<Outcome>)> + use<>> {
+    /// Offers one message to the plugin: its outcome to come, or `None`
+    /// when it was settled at once.
+    async fn take(&self, message: &jetstream::Message) -> Option<oneshot::Receiver<Outcome>> {
         let (seq, delivered) = match message.info() {
             Ok(info) => (info.stream_sequence, info.delivered),
             Err(_) => (0, 1),
@@ -283,20 +305,20 @@ impl Run {
             Ok(event) => event,
             Err(reason) => {
                 tracing::error!(plugin = %self.plugin, stream_seq = seq, %reason, "unreadable message on the stream; terminated");
-                self.ack(&message, AckKind::Term).await;
+                self.ack(message, AckKind::Term).await;
                 self.record(|s| s.terminated += 1);
                 return None;
             }
         };
         if !self.patterns.iter().any(|p| p.matches(event.name())) {
-            self.ack(&message, AckKind::Ack).await;
+            self.ack(message, AckKind::Ack).await;
             return None;
         }
         let Some(shared) = self.shared.upgrade() else {
-            self.ack(&message, AckKind::Nak(None)).await;
+            self.ack(message, AckKind::Nak(None)).await;
             return None;
         };
-        let (reply, mut outcome) = oneshot::channel();
+        let (reply, outcome) = oneshot::channel();
         if !shared.offer_to(
             &self.plugin,
             Job {
@@ -305,25 +327,11 @@ impl Run {
             },
         ) {
             // Not loaded here any more: someone else takes it.
-            self.ack(&message, AckKind::Nak(None)).await;
+            self.ack(message, AckKind::Nak(None)).await;
             self.record(|s| s.nakked += 1);
             return None;
         }
-        // A handler (or a queue) slower than `ack_wait` must not make the
-        // server give the event to another host: say it is in progress
-        // twice per `ack_wait` until the outcome comes.
-        let every = (self.config.ack_wait / 2).max(Duration::from_millis(50));
-        Some(async move {
-            let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            loop {
-                tokio::select! {
-                    result = &mut outcome => return (message, result.ok()),
-                    _ = progress.tick() => {
-                        let _ = message.ack_with(AckKind::Progress).await;
-                    }
-                }
-            }
-        })
+        Some(outcome)
     }
 
     async fn settle(&self, message: &jetstream::Message, outcome: Option<Outcome>) {

@@ -12,8 +12,8 @@
 //! - Body: `{"name", "id", "time_unix_nanos", "correlation_id", "source",
 //!   "payload", "depth"}`; `depth` (the follow-up depth) may be absent (0).
 
-use serde::Deserialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::event::Event;
 
@@ -84,18 +84,45 @@ pub fn filter_in(pattern: Option<&str>, partition: Option<u32>) -> String {
     format!("{SUBJECT_PREFIX}.{partition}.{}", tokens.join("."))
 }
 
+/// The envelope as written: the payload goes in as the text plugins get
+/// (serialised once per event), never through a `Value` tree.
+#[derive(Serialize)]
+struct Outgoing<'a> {
+    name: &'a str,
+    id: &'a str,
+    time_unix_nanos: u64,
+    correlation_id: Option<&'a str>,
+    source: &'a str,
+    payload: &'a RawValue,
+    #[serde(skip_serializing_if = "is_zero")]
+    depth: u8,
+}
+
+fn is_zero(depth: &u8) -> bool {
+    *depth == 0
+}
+
 /// The envelope's JSON body.
 pub fn encode(event: &Event) -> Vec<u8> {
-    let mut body = serde_json::to_value(event).unwrap_or(Value::Null);
-    if event.depth() > 0
-        && let Value::Object(map) = &mut body
-    {
-        map.insert("depth".into(), event.depth().into());
-    }
-    // A `Value` of strings, numbers and the payload: writing it cannot fail.
+    // The payload text is a `Value` written out: valid JSON.
+    let payload = serde_json::from_str::<&RawValue>(event.payload_json()).ok();
+    let null = RawValue::NULL;
+    let body = Outgoing {
+        name: event.name(),
+        id: event.id(),
+        time_unix_nanos: event.time_unix_nanos(),
+        correlation_id: event.correlation_id(),
+        source: event.source(),
+        payload: payload.unwrap_or(null),
+        depth: event.depth(),
+    };
+    // Strings, numbers and raw JSON: writing them cannot fail.
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
+/// The envelope as read. The payload stays text: it is checked as JSON
+/// here, handed to plugins as it is, and parsed only if something asks for
+/// its value (a native handler, a dead letter).
 #[derive(Deserialize)]
 struct Envelope {
     name: String,
@@ -103,8 +130,7 @@ struct Envelope {
     time_unix_nanos: Option<u64>,
     correlation_id: Option<String>,
     source: Option<String>,
-    #[serde(default)]
-    payload: Value,
+    payload: Option<Box<RawValue>>,
     #[serde(default)]
     depth: u8,
 }
@@ -120,7 +146,10 @@ pub fn decode(body: &[u8], seq: u64) -> Result<Event, String> {
     if e.id.is_empty() {
         return Err("`id` is empty".into());
     }
-    Ok(Event::restore(
+    let payload = e
+        .payload
+        .map_or_else(|| "null".to_owned(), |raw| String::from(Box::<str>::from(raw)));
+    Ok(Event::decoded(
         seq,
         e.name,
         e.id,
@@ -128,7 +157,7 @@ pub fn decode(body: &[u8], seq: u64) -> Result<Event, String> {
         e.correlation_id,
         e.source.unwrap_or_else(|| "nats".to_owned()),
         e.depth,
-        e.payload,
+        payload,
     ))
 }
 
@@ -178,6 +207,24 @@ mod tests {
         );
         let minimal = decode(br#"{"name": "ping", "id": "p-1"}"#, 3).unwrap();
         assert_eq!(minimal.source(), "nats");
-        assert_eq!(minimal.payload(), &Value::Null);
+        assert_eq!(minimal.payload(), &serde_json::Value::Null);
+        assert_eq!(minimal.payload_json(), "null");
+        // A payload that is not JSON is refused with the envelope.
+        assert!(decode(br#"{"name": "a", "id": "x", "payload": {"k": }}"#, 1).is_err());
+        // Plugins get the payload text as published; the value is there when asked.
+        let spaced = decode(br#"{"name": "a", "id": "x", "payload": {"b": 1, "a": [true]}}"#, 1).unwrap();
+        assert_eq!(spaced.payload_json(), r#"{"b": 1, "a": [true]}"#);
+        assert_eq!(spaced.payload(), &json!({"a": [true], "b": 1}));
+        let copy = spaced.clone().with_correlation_id("c");
+        assert_eq!(copy.payload(), &json!({"a": [true], "b": 1}));
+        assert_eq!(copy.correlation_id(), Some("c"));
+        // Written back, an event's envelope is what `decode` reads.
+        let followed = Event::follow_up(&e, "p", 0, "b".into(), json!({"x": "y"}));
+        let body: serde_json::Value = serde_json::from_slice(&encode(&followed)).unwrap();
+        assert_eq!(body["depth"], 1);
+        assert_eq!(body["payload"], json!({"x": "y"}));
+        assert_eq!(body["correlation_id"], "run-1");
+        let top: serde_json::Value = serde_json::from_slice(&encode(&e)).unwrap();
+        assert!(top.get("depth").is_none());
     }
 }
