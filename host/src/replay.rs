@@ -192,7 +192,7 @@ impl Replay {
     }
 
     /// The bus settings (limits, cache) to replay with. Its plugin
-    /// directory, watching and log settings are ignored.
+    /// directory, watching, log and NATS settings are ignored.
     pub fn bus(mut self, builder: BusBuilder) -> Self {
         self.bus = builder;
         self
@@ -256,6 +256,11 @@ impl Replay {
         let mut builder = self.bus.watch(false);
         builder.clear_plugin_dir();
         builder.clear_log_dir();
+        // The replay bus is local: on NATS it would publish what it replays.
+        #[cfg(feature = "nats")]
+        {
+            builder.nats = None;
+        }
         // Read the end first: in `publish` mode the log grows as we go.
         let mut batches = match &self.source {
             Source::Log(log) => {

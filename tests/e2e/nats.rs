@@ -555,7 +555,7 @@ async fn an_ordered_plugin_handles_each_runs_events_in_order_across_hosts_and_a_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handler_slower_than_ack_wait_is_not_redelivered() {
+async fn a_slow_handler_is_not_redelivered_and_a_stopping_host_takes_nothing_new() {
     let nats = NatsServer::start();
     let dir = support::plugin_dir(&[]);
     // `sleep` takes 5 s; its deadline allows 8; `ack_wait` is 1 s.
@@ -577,7 +577,54 @@ async fn a_handler_slower_than_ack_wait_is_not_redelivered() {
     );
     assert_eq!(plugin["ok"], 1, "{plugin}");
     assert_eq!(status["nats"]["consumers"]["misbehave"]["redelivered"], 0);
+
+    // Shut down while a slow event runs: the host stops pulling at once (an
+    // event published meanwhile goes to a puller standing in for another
+    // host), finishes the slow one within its grace and keeps saying it is
+    // in progress meanwhile, so that one is never given to the other puller.
+    post(&addr, &[json!({"name": "misbehave.sleep", "payload": {}})]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while progress(&js, "misbehave").await.3 == 0 {
+        assert!(Instant::now() < deadline, "the second event was never taken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     support::terminate(&a);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let late = json!({"name": "misbehave.ok", "id": "late-1", "payload": {}});
+    js.publish("plugbus.events.0.misbehave.ok", late.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut stream = js.get_stream("PLUGBUS").await.unwrap();
+    let _ = stream.info().await.unwrap();
+    let other: jetstream::consumer::Consumer<pull::Config> = stream.get_consumer("plugbus-misbehave").await.unwrap();
+    let mut taken = other
+        .fetch()
+        .max_messages(2)
+        .expires(Duration::from_secs(3))
+        .messages()
+        .await
+        .unwrap();
+    use futures_util::StreamExt;
+    let mut seqs = Vec::new();
+    while let Some(Ok(m)) = taken.next().await {
+        seqs.push(m.info().unwrap().stream_sequence);
+        m.ack().await.unwrap();
+    }
+    assert_eq!(
+        seqs,
+        [3],
+        "the stopping host took nothing new, and the slow event stayed with it"
+    );
+    let mut a = a;
+    assert!(a.wait().unwrap().success(), "a graceful exit");
+    let (last, floor, _, ack_pending, redelivered) = progress(&js, "misbehave").await;
+    assert_eq!(
+        (floor, ack_pending, redelivered),
+        (last, 0, 0),
+        "acknowledged by the host that ran it"
+    );
 }
 
 /// Every message of the stream: (stream sequence, envelope).

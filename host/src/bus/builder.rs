@@ -42,7 +42,7 @@ pub struct BusBuilder {
     schema_dirs: Vec<PathBuf>,
     schema_policy: crate::SchemaPolicy,
     #[cfg(feature = "nats")]
-    nats: Option<crate::nats::NatsOptions>,
+    pub(crate) nats: Option<crate::nats::NatsOptions>,
 }
 
 impl Bus {

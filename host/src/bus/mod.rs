@@ -844,6 +844,20 @@ impl Bus {
         Ok(seqs)
     }
 
+    /// On NATS, stops taking events from the stream: every consumer stops
+    /// pulling, and what this host already took is finished and
+    /// acknowledged (ok/`Err` → Ack, a trap → Term, a drop → Nak) before
+    /// this returns. The first step of a graceful shutdown, before
+    /// [`flush`](Self::flush) drains the queues (which would otherwise keep
+    /// being refilled from the stream); [`shutdown`](Self::shutdown) does it
+    /// too. Without NATS it does nothing.
+    #[cfg(feature = "nats")]
+    pub async fn stop_pulling(&self) {
+        if let Some(nats) = &self.shared.nats {
+            nats.stop_all().await;
+        }
+    }
+
     /// The bus's NATS side: the publisher's counters and each plugin's
     /// consumer; `None` when the bus is not on NATS.
     #[cfg(feature = "nats")]

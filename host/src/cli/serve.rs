@@ -89,10 +89,12 @@ pub async fn serve(
         .context("HTTP server failed")?;
     drop(dashboard);
     eprintln!("plugbus: shutting down; draining plugin queues");
-    // No more requests: let queued events and their follow-ups run within
-    // the grace period, then stop the workers with what is left of it.
+    // No more requests, and (on NATS) no more pulls: what this host took
+    // finishes and is acknowledged. Then queued events and their follow-ups
+    // run within the grace period, and the workers stop with what is left.
     let started = std::time::Instant::now();
-    let _ = tokio::time::timeout(grace, bus.flush()).await;
+    let _ = tokio::time::timeout(grace, bus.stop_pulling()).await;
+    let _ = tokio::time::timeout(grace.saturating_sub(started.elapsed()), bus.flush()).await;
     let report = bus.shutdown_with(grace.saturating_sub(started.elapsed())).await;
     for p in &report.plugins {
         eprintln!(

@@ -75,6 +75,15 @@ impl ConsumerHandle {
     }
 }
 
+/// Tells the server that every message held for `at_least` or longer is
+/// still in progress (`+WPI`), so it is not given to another host.
+async fn in_progress(held: &HashMap<u64, (jetstream::Message, tokio::time::Instant)>, at_least: Duration) {
+    for (message, _) in held.values().filter(|(_, taken)| taken.elapsed() >= at_least) {
+        // A lost progress ack means a redelivery at worst: at least once.
+        let _ = message.ack_with(AckKind::Progress).await;
+    }
+}
+
 /// The durable consumer name of plugin `plugin` (a `.` would be a subject
 /// separator in the server's API subjects), and of its partition's consumer
 /// when it is ordered.
@@ -222,11 +231,7 @@ impl Run {
                     }
                     None => break,
                 },
-                _ = progress.tick(), if !held.is_empty() => {
-                    for (message, _) in held.values().filter(|(_, taken)| taken.elapsed() >= every) {
-                        let _ = message.ack_with(AckKind::Progress).await;
-                    }
-                }
+                _ = progress.tick(), if !held.is_empty() => in_progress(&held, every).await,
                 _ = refresh.tick() => {
                     if let Ok(info) = consumer.info().await {
                         let (pending, ack_pending) = (info.num_pending, info.num_ack_pending as u64);
@@ -238,9 +243,14 @@ impl Run {
         // Stop pulling; what is in flight finishes (the worker drains its
         // queue) and is acknowledged by its outcome.
         drop(messages);
-        while let Some((token, outcome)) = outcomes.next().await {
-            if let Some((message, _)) = held.remove(&token) {
-                self.settle(&message, outcome).await;
+        while !outcomes.is_empty() {
+            tokio::select! {
+                Some((token, outcome)) = outcomes.next() => {
+                    if let Some((message, _)) = held.remove(&token) {
+                        self.settle(&message, outcome).await;
+                    }
+                }
+                _ = progress.tick() => in_progress(&held, every).await,
             }
         }
     }
