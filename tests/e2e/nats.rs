@@ -568,7 +568,23 @@ async fn a_slow_handler_is_not_redelivered_and_a_stopping_host_takes_nothing_new
     let (a, addr, _log) = host(dir.path(), &nats.url);
     let js = client(&nats.url).await;
     post(&addr, &[json!({"name": "misbehave.sleep", "payload": {}})]).unwrap();
+    // The host reports the server's counts (read once a second): one
+    // unacknowledged while the handler runs, none once it is done.
+    let counts = |addr: &str| {
+        let c = plugins_of(addr)["nats"]["consumers"]["misbehave"].clone();
+        (c["pending"].as_u64().unwrap(), c["ack_pending"].as_u64().unwrap())
+    };
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while counts(&addr) != (0, 1) {
+        assert!(Instant::now() < deadline, "{:?}", counts(&addr));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     all_acknowledged(&js, "misbehave", Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while counts(&addr) != (0, 0) {
+        assert!(Instant::now() < deadline, "{:?}", counts(&addr));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let status = plugins_of(&addr);
     let plugin = &status["plugins"][0]["stats"];
     assert_eq!(

@@ -53,6 +53,8 @@ pub struct ConsumerStats {
 
 /// The handle the bus keeps for a running consumer.
 pub(crate) struct ConsumerHandle {
+    /// The durable consumer's name on the server.
+    pub name: String,
     stop: watch::Sender<bool>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub stats: Arc<Mutex<ConsumerStats>>,
@@ -137,6 +139,7 @@ pub(crate) async fn start(
         },
         ..pull::Config::default()
     };
+    let durable = name.clone();
     let run = Run {
         js,
         stream: options.stream.clone(),
@@ -157,6 +160,7 @@ pub(crate) async fn start(
         }
     };
     ConsumerHandle {
+        name: durable,
         stop,
         task: Mutex::new(task),
         stats,
@@ -195,8 +199,6 @@ impl Run {
         let mut outcomes = FuturesUnordered::new();
         let mut held: HashMap<u64, (jetstream::Message, tokio::time::Instant)> = HashMap::new();
         let mut next_token = 0u64;
-        let mut refresh = tokio::time::interval(Duration::from_secs(1));
-        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A handler (or a queue) slower than `ack_wait` must not make the
         // server give the event to another host: four times per `ack_wait`,
         // every message held longer than a quarter of it is said to be in
@@ -204,7 +206,6 @@ impl Run {
         let every = (self.config.ack_wait / 4).max(Duration::from_millis(25));
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut consumer = consumer;
         loop {
             tokio::select! {
                 biased;
@@ -232,12 +233,6 @@ impl Run {
                     None => break,
                 },
                 _ = progress.tick(), if !held.is_empty() => in_progress(&held, every).await,
-                _ = refresh.tick() => {
-                    if let Ok(info) = consumer.info().await {
-                        let (pending, ack_pending) = (info.num_pending, info.num_ack_pending as u64);
-                        self.record(|s| { s.pending = pending; s.ack_pending = ack_pending; });
-                    }
-                }
             }
         }
         // Stop pulling; what is in flight finishes (the worker drains its

@@ -24,8 +24,8 @@ pub(crate) mod publisher;
 pub(crate) mod reader;
 pub mod wire;
 
-use std::collections::BTreeMap;
-use std::sync::{Mutex, Weak};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -194,7 +194,65 @@ pub(crate) struct NatsLink {
     js: jetstream::Context,
     pub publisher: publisher::Publisher,
     /// Each plugin's consumers: one, or one per partition when ordered.
-    consumers: Mutex<BTreeMap<String, Vec<consumer::ConsumerHandle>>>,
+    /// Shared with the task that refreshes their server-side counts.
+    consumers: Arc<Mutex<BTreeMap<String, Vec<consumer::ConsumerHandle>>>>,
+}
+
+/// How often the server's counts of this host's consumers (pending,
+/// unacknowledged) are read: once a second is fresh enough for a dashboard
+/// and `/metrics`, and it is one paged request per host whatever the number
+/// of consumers (an ordered plugin has one per partition).
+const COUNTS_EVERY: Duration = Duration::from_secs(1);
+
+/// Reads every consumer of `stream` from the server each [`COUNTS_EVERY`]
+/// and copies the counts of this host's into their stats; ends when the
+/// bus drops its link.
+async fn refresh_counts(
+    js: jetstream::Context,
+    stream: String,
+    consumers: Weak<Mutex<BTreeMap<String, Vec<consumer::ConsumerHandle>>>>,
+) {
+    use futures_util::StreamExt;
+    let mut tick = tokio::time::interval(COUNTS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(consumers) = consumers.upgrade() else {
+            return;
+        };
+        let by_name: HashMap<String, Arc<Mutex<ConsumerStats>>> = crate::bus::lock(&consumers)
+            .values()
+            .flatten()
+            .map(|h| (h.name.clone(), h.stats.clone()))
+            .collect();
+        drop(consumers);
+        if by_name.is_empty() {
+            continue;
+        }
+        let listing = match js.get_stream(&stream).await {
+            Ok(s) => s.consumers(),
+            Err(e) => {
+                tracing::debug!(stream = %stream, error = %e, "reading the consumers' counts failed");
+                continue;
+            }
+        };
+        let mut listing = std::pin::pin!(listing);
+        while let Some(item) = listing.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(stats) = by_name.get(&info.name) {
+                        let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                        s.pending = info.num_pending;
+                        s.ack_pending = info.num_ack_pending as u64;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(stream = %stream, error = %e, "reading the consumers' counts failed");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 impl NatsLink {
@@ -240,11 +298,17 @@ impl NatsLink {
             options.publish_window,
             &tokio::runtime::Handle::current(),
         );
+        let consumers = Arc::new(Mutex::new(BTreeMap::new()));
+        tokio::spawn(refresh_counts(
+            js.clone(),
+            options.stream.clone(),
+            Arc::downgrade(&consumers),
+        ));
         Ok(NatsLink {
             options,
             js,
             publisher,
-            consumers: Mutex::new(BTreeMap::new()),
+            consumers,
         })
     }
 
