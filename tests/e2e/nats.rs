@@ -446,14 +446,14 @@ async fn a_plugin_added_with_replay_all_starts_at_the_first_retained_event() {
     support::terminate(&a);
 }
 
-/// The follow-ups `ordered.done {"from": <event name>}` in the stream, in
-/// stream order.
-async fn relayed(js: &jetstream::Context) -> Vec<(String, String)> {
+/// The messages of the stream on subjects matching `filter`, in stream
+/// order: (stream sequence, envelope). Read by an ephemeral consumer.
+async fn stream_messages(js: &jetstream::Context, filter: &str) -> Vec<(u64, Value)> {
     use futures_util::StreamExt;
     let stream = js.get_stream("PLUGBUS").await.unwrap();
     let consumer: jetstream::consumer::Consumer<pull::Config> = stream
         .create_consumer(pull::Config {
-            filter_subject: "plugbus.events.*.ordered.done".into(),
+            filter_subject: filter.into(),
             ..Default::default()
         })
         .await
@@ -467,14 +467,28 @@ async fn relayed(js: &jetstream::Context) -> Vec<(String, String)> {
         .await
         .unwrap();
     while let Some(Ok(m)) = batch.next().await {
-        let v: Value = serde_json::from_slice(&m.payload).unwrap();
         out.push((
-            v["correlation_id"].as_str().unwrap().to_owned(),
-            v["payload"]["from"].as_str().unwrap().to_owned(),
+            m.info().unwrap().stream_sequence,
+            serde_json::from_slice(&m.payload).unwrap(),
         ));
         m.ack().await.unwrap();
     }
     out
+}
+
+/// The follow-ups `ordered.done {"from": <event name>}` in the stream, in
+/// stream order.
+async fn relayed(js: &jetstream::Context) -> Vec<(String, String)> {
+    stream_messages(js, "plugbus.events.*.ordered.done")
+        .await
+        .into_iter()
+        .map(|(_, v)| {
+            (
+                v["correlation_id"].as_str().unwrap().to_owned(),
+                v["payload"]["from"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -643,30 +657,6 @@ async fn a_slow_handler_is_not_redelivered_and_a_stopping_host_takes_nothing_new
     );
 }
 
-/// Every message of the stream: (stream sequence, envelope).
-async fn stream_messages(js: &jetstream::Context) -> Vec<(u64, Value)> {
-    use futures_util::StreamExt;
-    let stream = js.get_stream("PLUGBUS").await.unwrap();
-    let consumer: jetstream::consumer::Consumer<pull::Config> =
-        stream.create_consumer(pull::Config::default()).await.unwrap();
-    let mut out = Vec::new();
-    let mut batch = consumer
-        .fetch()
-        .max_messages(10_000)
-        .expires(Duration::from_secs(1))
-        .messages()
-        .await
-        .unwrap();
-    while let Some(Ok(m)) = batch.next().await {
-        out.push((
-            m.info().unwrap().stream_sequence,
-            serde_json::from_slice(&m.payload).unwrap(),
-        ));
-        m.ack().await.unwrap();
-    }
-    out
-}
-
 /// `plugbus replay --nats` and `plugbus query --nats` read the stream (not
 /// a log): the follow-ups printed are the very ones the live host stored
 /// in the stream (same ids, derived from their parents), twice the same
@@ -710,7 +700,7 @@ async fn replay_and_query_read_the_stream() {
     let live: Value = serde_json::from_str(&live).unwrap();
     support::terminate(&a);
 
-    let stored = stream_messages(&js).await;
+    let stored = stream_messages(&js, "plugbus.events.>").await;
     let relayed: Vec<&Value> = stored
         .iter()
         .map(|(_, e)| e)

@@ -215,6 +215,8 @@ async fn refresh_counts(
     use futures_util::StreamExt;
     let mut tick = tokio::time::interval(COUNTS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Looked up once (each lookup is a request for the stream's info).
+    let mut handle: Option<jetstream::stream::Stream> = None;
     loop {
         tick.tick().await;
         let Some(consumers) = consumers.upgrade() else {
@@ -229,12 +231,17 @@ async fn refresh_counts(
         if by_name.is_empty() {
             continue;
         }
-        let listing = match js.get_stream(&stream).await {
-            Ok(s) => s.consumers(),
-            Err(e) => {
-                tracing::debug!(stream = %stream, error = %e, "reading the consumers' counts failed");
-                continue;
+        if handle.is_none() {
+            match js.get_stream(&stream).await {
+                Ok(s) => handle = Some(s),
+                Err(e) => {
+                    tracing::debug!(stream = %stream, error = %e, "reading the consumers' counts failed");
+                    continue;
+                }
             }
+        }
+        let Some(listing) = handle.as_ref().map(|s| s.consumers()) else {
+            continue;
         };
         let mut listing = std::pin::pin!(listing);
         while let Some(item) = listing.next().await {
