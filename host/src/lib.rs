@@ -55,6 +55,7 @@
 //! - [`cloudevents`]: CloudEvents 1.0 in (structured, batch, binary) and out;
 //! - [`schema`]: JSON Schemas per event name, checked at emit;
 //! - [`nats`]: scale-out on NATS JetStream (publisher, per-plugin consumers);
+//! - [`failpoint`]: named fault-injection points (the `failpoints` feature);
 //! - [`cache`]: compiled artifacts on disk, verified before use;
 //! - [`event`], [`pattern`], [`limits`], [`manifest`], [`outcome`], [`stats`],
 //!   [`text`], [`ingest`], [`error`]: the vocabulary every layer shares.
@@ -65,6 +66,7 @@ pub mod cloudevents;
 pub mod dead_letter;
 pub mod error;
 pub mod event;
+pub mod failpoint;
 pub mod ingest;
 pub mod limits;
 pub mod log;

@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    plugbus::failpoint::setup();
     let args = cli::Args::parse();
     cli::init_tracing(args.quiet, args.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
