@@ -12,7 +12,7 @@
 
 CARGO    ?= cargo
 PLUGINS  := cost-tracker audit-log console-logger token-counter agent-runs misbehave
-FIXTURES := wrong-world
+FIXTURES := wrong-world ledger
 DIST     := plugins/dist
 WASM_OUT := target/wasm32-wasip2/plugin
 TEST_WASM := target/plugbus-test-wasm

@@ -3,29 +3,55 @@
 //!
 //! The event that trapped is left out of the replay that rebuilds the
 //! plugin's state (it would trap again), so it lands here instead of being
-//! lost. In memory the bus keeps the last [`MAX_KEPT`] per plugin; with an
-//! event log each is also appended, as one JSON line, to
-//! `<log dir>/dead-letters/<plugin>.jsonl`, which survives restarts and is
-//! what `plugbus dlq list` reads.
+//! lost. A letter is keyed by the event's id: an event recorded twice (the
+//! same poison event met again by a catch-up from the log) is one letter.
+//!
+//! # The file: a journal
+//! With an event log, `<log dir>/dead-letters/<plugin>.jsonl` is the record
+//! that survives restarts (what `plugbus dlq list` reads). It is a journal
+//! of JSON lines, each appended and synced (unless the log's durability is
+//! `off`) before the call returns:
+//! - a letter: a [`DeadLetter`] object;
+//! - a removal: `{"removed": "<event id>"}`, written by a redrive once the
+//!   letter's outcome is known and, for a plugin with `state`, kept in a
+//!   persisted snapshot (see `plugin::recovery`).
+//!
+//! Reading folds the lines: the live letters are those recorded and not
+//! removed, oldest first. A last line cut short by a crash is ignored (and
+//! cut off before the next append); a damaged line elsewhere is skipped with
+//! an error naming the file and line, never the whole file. The journal is
+//! compacted (rewritten with the live letters only, to a temporary file that
+//! is synced and renamed) once removals outnumber the live letters.
+//!
+//! In memory the store keeps the id of every live letter (so the worker can
+//! tell a dead-lettered event in a catch-up) and the newest [`MAX_KEPT`]
+//! letters in full (for [`Bus::dead_letters`](crate::Bus::dead_letters)); a
+//! redrive reads them all from the file.
 
-use std::collections::VecDeque;
-use std::io::Write;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
+use crate::failpoint;
 use crate::log::Record;
 use crate::outcome::Failure;
 
-/// Dead letters kept in memory per plugin: the newest 1000. A plugin that
-/// fails more often than that is quarantined long before; the file keeps all.
+/// Dead letters kept in full in memory per plugin: the newest 1000. A
+/// plugin that fails more often than that is quarantined long before; with
+/// a log the file keeps every one (and a redrive reads them from it).
+/// Without a log these are all there is.
 pub const MAX_KEPT: usize = 1000;
 
 /// The folder of the log directory holding dead-letter files.
 pub const DIR: &str = "dead-letters";
+
+/// Journal lines of removals at which the journal is rewritten, at least:
+/// below it a compaction would cost more than the lines it saves.
+const COMPACT_MIN_REMOVED: usize = 64;
 
 /// One event that failed a plugin hard.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,15 +70,22 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     pub(crate) fn new(plugin: &str, event: &Event, failure: &Failure) -> DeadLetter {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         DeadLetter {
             plugin: plugin.to_owned(),
             failure: failure.kind().to_owned(),
             reason: failure.to_string(),
-            failed_at_unix_nanos: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
+            failed_at_unix_nanos: crate::event::now_nanos(),
             event: Record::from_event(event),
         }
     }
+}
+
+/// A journal line: a removal or a letter.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Removed { removed: String },
+    Letter(Box<DeadLetter>),
 }
 
 /// What [`Bus::redrive`](crate::Bus::redrive) did.
@@ -64,92 +97,361 @@ pub struct Redrive {
     pub ok: u64,
     /// Answered with an `Err` (handled; not dead letters).
     pub errors: u64,
-    /// Failed hard again: dead letters again.
+    /// Failed hard again: they stay dead letters.
     pub failed: u64,
-    /// Not delivered (queue full, quarantined, unloaded): lost to the redrive.
+    /// Not delivered (queue full, quarantined, unloaded): they stay dead letters.
     pub dropped: u64,
 }
 
-/// A plugin's dead letters: shared by its worker (which adds) and the bus
-/// (which reads and redrives).
+/// Why the dead letters could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeadLetterError {
+    /// The file or directory could not be read or written.
+    #[error("{}: {reason}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        reason: String,
+    },
+    /// A line other than the last one is not a letter or a removal.
+    #[error("{}:{line}: {reason}", path.display())]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// The line number (1-based).
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The journal read back.
+struct Folded {
+    /// Live letters, oldest first.
+    letters: Vec<DeadLetter>,
+    /// Removal lines.
+    removed: usize,
+    /// Damaged lines other than the last: skipped.
+    damaged: Vec<DeadLetterError>,
+    /// Byte length of the whole lines (a torn last line excluded).
+    clean_len: u64,
+}
+
+/// Reads and folds one journal. `Ok(None)` when there is no file.
+fn fold(path: &Path) -> Result<Option<Folded>, DeadLetterError> {
+    let io = |e: std::io::Error| DeadLetterError::Io {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let mut reader = std::io::BufReader::new(file);
+    let mut order: Vec<String> = Vec::new();
+    let mut live: HashMap<String, DeadLetter> = HashMap::new();
+    let mut out = Folded {
+        letters: Vec::new(),
+        removed: 0,
+        damaged: Vec::new(),
+        clean_len: 0,
+    };
+    let mut line = Vec::new();
+    let mut number = 0;
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        number += 1;
+        let whole = line.last() == Some(&b'\n');
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if text.iter().all(u8::is_ascii_whitespace) {
+            if whole {
+                out.clean_len += n as u64;
+            }
+            continue;
+        }
+        match serde_json::from_slice::<Line>(text) {
+            // A last line without its newline was cut short by a crash, even
+            // when what is there parses: the append was not acknowledged.
+            _ if !whole => {
+                tracing::warn!(file = %path.display(), line = number, bytes = n, "dead letters: a torn last line is ignored");
+                break;
+            }
+            Ok(Line::Letter(letter)) => {
+                let id = letter.event.id.clone();
+                if !live.contains_key(&id) {
+                    order.push(id.clone());
+                    live.insert(id, *letter);
+                }
+            }
+            Ok(Line::Removed { removed }) => {
+                out.removed += 1;
+                live.remove(&removed);
+            }
+            Err(e) => out.damaged.push(DeadLetterError::Damaged {
+                path: path.to_owned(),
+                line: number,
+                reason: e.to_string(),
+            }),
+        }
+        out.clean_len += n as u64;
+    }
+    out.letters = order.into_iter().filter_map(|id| live.remove(&id)).collect();
+    Ok(Some(out))
+}
+
+/// The journal file of one plugin's dead letters.
+struct Journal {
+    path: PathBuf,
+    /// Sync each append (the log's durability is not `off`).
+    sync: bool,
+}
+
+impl Journal {
+    fn append(&self, lines: &[Vec<u8>]) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        failpoint::hit("dead_letter.append.before")?;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let mut buf = Vec::new();
+        for line in lines {
+            buf.extend_from_slice(line);
+            buf.push(b'\n');
+        }
+        f.write_all(&buf)?;
+        if self.sync {
+            failpoint::hit("dead_letter.sync.before")?;
+            f.sync_data()?;
+        }
+        failpoint::hit("dead_letter.append.after")?;
+        Ok(())
+    }
+
+    /// Rewrites the journal with `letters` only: to a temporary file, synced,
+    /// renamed over the journal, the directory synced.
+    fn rewrite(&self, letters: &[DeadLetter]) -> std::io::Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let tmp = self.path.with_extension("jsonl.tmp");
+        let mut buf = Vec::new();
+        for letter in letters {
+            serde_json::to_writer(&mut buf, letter).map_err(std::io::Error::other)?;
+            buf.push(b'\n');
+        }
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&buf)?;
+        if self.sync {
+            f.sync_data()?;
+        }
+        drop(f);
+        failpoint::hit("dead_letter.compact.rename")?;
+        std::fs::rename(&tmp, &self.path)?;
+        if self.sync {
+            crate::log::sync_dir(dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// What the store holds in memory.
+#[derive(Default)]
+struct Book {
+    /// Ids of every live letter.
+    live: HashSet<String>,
+    /// The newest [`MAX_KEPT`] live letters, oldest first.
+    recent: VecDeque<DeadLetter>,
+    /// Removal lines in the journal since it was last compacted.
+    removed_lines: usize,
+}
+
+/// A plugin's dead letters: shared by its worker (which adds letters and
+/// removes the redriven ones) and the bus (which lists and redrives).
 pub(crate) struct DeadLetters {
-    kept: Mutex<VecDeque<DeadLetter>>,
-    /// The JSON Lines file, when the bus has a log.
-    file: Option<PathBuf>,
+    book: Mutex<Book>,
+    /// The journal, when the bus has a log.
+    journal: Option<Journal>,
 }
 
 impl DeadLetters {
-    /// The plugin's dead letters; with a log, those a previous run recorded
-    /// are read back (the newest [`MAX_KEPT`]), so they can be redriven.
-    pub fn new(plugin: &str, log_dir: Option<&Path>) -> DeadLetters {
-        let mut kept = VecDeque::new();
-        if let Some(dir) = log_dir {
-            match read_dead_letters(dir, Some(plugin)) {
-                Ok(letters) => kept.extend(letters.into_iter().rev().take(MAX_KEPT).rev()),
-                Err(reason) => tracing::warn!(plugin, %reason, "cannot read the recorded dead letters"),
+    /// A store with no file: letters live as long as the bus.
+    pub fn in_memory() -> DeadLetters {
+        DeadLetters {
+            book: Mutex::new(Book::default()),
+            journal: None,
+        }
+    }
+
+    /// The plugin's dead letters kept in `log_dir`: those a previous run
+    /// recorded are read back (a blocking read: call it off the async
+    /// runtime). A torn last line is cut off so that appends start on a
+    /// line of their own; damaged lines are skipped with an error logged.
+    pub fn open(plugin: &str, log_dir: &Path, sync: bool) -> DeadLetters {
+        let journal = Journal {
+            path: log_dir.join(DIR).join(format!("{plugin}.jsonl")),
+            sync,
+        };
+        let mut book = Book::default();
+        match fold(&journal.path) {
+            Ok(None) => {}
+            Ok(Some(folded)) => {
+                for e in &folded.damaged {
+                    tracing::error!(plugin, error = %e, "a damaged dead letter is skipped");
+                }
+                if let Err(e) = cut_torn_tail(&journal.path, folded.clean_len) {
+                    tracing::error!(plugin, file = %journal.path.display(), error = %e, "cannot cut the torn last line of the dead letters");
+                }
+                for letter in folded.letters {
+                    book.live.insert(letter.event.id.clone());
+                    push_recent(&mut book.recent, letter);
+                }
+                book.removed_lines = folded.removed;
+            }
+            Err(e) => tracing::error!(plugin, error = %e, "cannot read the recorded dead letters"),
+        }
+        let store = DeadLetters {
+            book: Mutex::new(book),
+            journal: Some(journal),
+        };
+        store.maybe_compact();
+        store
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records `letter`, durably when there is a journal, unless a letter
+    /// for the same event is live already. Returns whether it is new. An
+    /// I/O error is logged; the letter is still kept in memory.
+    pub fn add(&self, letter: DeadLetter) -> bool {
+        let mut book = self.book();
+        if !book.live.insert(letter.event.id.clone()) {
+            return false;
+        }
+        if let Some(journal) = &self.journal {
+            let written = serde_json::to_vec(&letter)
+                .map_err(std::io::Error::other)
+                .and_then(|line| journal.append(&[line]));
+            if let Err(e) = written {
+                tracing::error!(plugin = %letter.plugin, file = %journal.path.display(), error = %e, "cannot write a dead letter");
             }
         }
-        DeadLetters {
-            kept: Mutex::new(kept),
-            file: log_dir.map(|d| d.join(DIR).join(format!("{plugin}.jsonl"))),
+        push_recent(&mut book.recent, letter);
+        true
+    }
+
+    /// Whether a live letter holds the event with this id.
+    pub fn contains(&self, event_id: &str) -> bool {
+        self.book().live.contains(event_id)
+    }
+
+    /// Removes the letters of these events (their outcome is known and
+    /// kept), durably when there is a journal.
+    ///
+    /// # Errors
+    /// The journal could not be written: the letters stay (in memory too),
+    /// so a later redrive or a restart still sees them.
+    pub fn remove(&self, event_ids: &[String]) -> std::io::Result<()> {
+        let mut book = self.book();
+        let gone: Vec<&String> = event_ids.iter().filter(|id| book.live.contains(*id)).collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        if let Some(journal) = &self.journal {
+            let lines: Vec<Vec<u8>> = gone
+                .iter()
+                .map(|id| serde_json::to_vec(&serde_json::json!({ "removed": id })))
+                .collect::<Result<_, _>>()
+                .map_err(std::io::Error::other)?;
+            journal.append(&lines)?;
+            book.removed_lines += gone.len();
+        }
+        let gone: HashSet<String> = gone.into_iter().cloned().collect();
+        book.live.retain(|id| !gone.contains(id));
+        book.recent.retain(|l| !gone.contains(&l.event.id));
+        drop(book);
+        self.maybe_compact();
+        Ok(())
+    }
+
+    /// Every live letter, oldest first: from the journal when there is one
+    /// (all of them), else the ones in memory.
+    pub fn all(&self) -> Vec<DeadLetter> {
+        let Some(journal) = &self.journal else {
+            return self.book().recent.iter().cloned().collect();
+        };
+        // Appends and removals hold the lock: read a consistent journal.
+        let book = self.book();
+        match fold(&journal.path) {
+            Ok(Some(folded)) => folded
+                .letters
+                .into_iter()
+                .filter(|l| book.live.contains(&l.event.id))
+                .collect(),
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the dead letters; using those in memory");
+                book.recent.iter().cloned().collect()
+            }
         }
     }
 
-    /// Takes every letter out (memory and file), for a redrive: those that
-    /// fail again are added back by the worker as new letters.
-    pub fn take_all(&self) -> Vec<DeadLetter> {
-        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(file) = &self.file
-            && let Err(e) = std::fs::write(file, b"")
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::error!(file = %file.display(), error = %e, "cannot clear the dead-letter file");
-        }
-        kept.drain(..).collect()
-    }
-
-    /// Keeps `letter`, and appends it to the file (an I/O error is logged:
-    /// the letter is still kept in memory).
-    pub fn add(&self, letter: DeadLetter) {
-        if let Some(file) = &self.file
-            && let Err(e) = append_line(file, &letter)
-        {
-            tracing::error!(plugin = %letter.plugin, file = %file.display(), error = %e, "cannot write a dead letter");
-        }
-        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() == MAX_KEPT {
-            kept.pop_front();
-        }
-        kept.push_back(letter);
-    }
-
-    /// The kept letters, oldest first.
+    /// The newest [`MAX_KEPT`] live letters, oldest first.
     pub fn list(&self) -> Vec<DeadLetter> {
-        self.kept
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.book().recent.iter().cloned().collect()
+    }
+
+    /// Rewrites the journal once removals outnumber the live letters.
+    fn maybe_compact(&self) {
+        let Some(journal) = &self.journal else { return };
+        let mut book = self.book();
+        if book.removed_lines < COMPACT_MIN_REMOVED || book.removed_lines < book.live.len() {
+            return;
+        }
+        let letters = match fold(&journal.path) {
+            Ok(Some(folded)) => folded.letters,
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, "dead letters not compacted");
+                return;
+            }
+        };
+        match journal.rewrite(&letters) {
+            Ok(()) => book.removed_lines = 0,
+            Err(e) => tracing::warn!(file = %journal.path.display(), error = %e, "dead letters not compacted"),
+        }
     }
 }
 
-fn append_line(path: &Path, letter: &DeadLetter) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+fn push_recent(recent: &mut VecDeque<DeadLetter>, letter: DeadLetter) {
+    if recent.len() == MAX_KEPT {
+        recent.pop_front();
     }
-    let mut line = serde_json::to_vec(letter).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    f.write_all(&line)
+    recent.push_back(letter);
+}
+
+/// Cuts `path` to `clean_len` if it is longer (a torn last line).
+fn cut_torn_tail(path: &Path, clean_len: u64) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    if file.metadata()?.len() > clean_len {
+        file.set_len(clean_len)?;
+        file.sync_data()?;
+    }
+    Ok(())
 }
 
 /// Reads the dead letters recorded in a log directory, for every plugin or
-/// the one named.
+/// the one named: the live ones (recorded and not redriven), oldest first.
+/// A torn last line is ignored.
 ///
 /// # Errors
-/// A message naming the file and line at fault.
-pub fn read_dead_letters(log_dir: &Path, plugin: Option<&str>) -> Result<Vec<DeadLetter>, String> {
+/// [`DeadLetterError`] naming the file (and line, for a damaged one).
+pub fn read_dead_letters(log_dir: &Path, plugin: Option<&str>) -> Result<Vec<DeadLetter>, DeadLetterError> {
     let dir = log_dir.join(DIR);
     let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
         Ok(entries) => entries
@@ -158,18 +460,121 @@ pub fn read_dead_letters(log_dir: &Path, plugin: Option<&str>) -> Result<Vec<Dea
             .filter(|p| plugin.is_none_or(|name| p.file_stem().is_some_and(|s| s == name)))
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
+        Err(e) => {
+            return Err(DeadLetterError::Io {
+                path: dir,
+                reason: e.to_string(),
+            });
+        }
     };
     files.sort();
     let mut letters = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let letter: DeadLetter =
-                serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", file.display(), i + 1))?;
-            letters.push(letter);
+        if let Some(mut folded) = fold(&file)? {
+            if let Some(e) = folded.damaged.pop() {
+                return Err(e);
+            }
+            letters.extend(folded.letters);
         }
     }
     letters.sort_by_key(|l| l.failed_at_unix_nanos);
     Ok(letters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn letter(i: u64) -> DeadLetter {
+        let event = Event::new("e", json!({ "i": i }));
+        event.set_seq(i);
+        DeadLetter::new("p", &event, &Failure::OutOfFuel)
+    }
+
+    #[test]
+    fn letters_are_keyed_by_event_and_removals_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetters::open("p", dir.path(), true);
+        let letters: Vec<DeadLetter> = (1..=3).map(letter).collect();
+        for l in &letters {
+            assert!(store.add(l.clone()));
+        }
+        assert!(!store.add(letters[1].clone()), "the same event is one letter");
+        store.remove(&[letters[0].event.id.clone()]).unwrap();
+        let again = DeadLetters::open("p", dir.path(), true);
+        let ids: Vec<u64> = again.all().iter().map(|l| l.event.seq).collect();
+        assert_eq!(ids, [2, 3]);
+        assert!(again.contains(&letters[2].event.id) && !again.contains(&letters[0].event.id));
+        assert_eq!(read_dead_letters(dir.path(), Some("p")).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn more_letters_than_memory_keeps_are_all_redrivable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetters::open("p", dir.path(), false);
+        for i in 1..=(MAX_KEPT as u64 + 500) {
+            store.add(letter(i));
+        }
+        assert_eq!(store.list().len(), MAX_KEPT);
+        assert_eq!(store.all().len(), MAX_KEPT + 500);
+        assert_eq!(DeadLetters::open("p", dir.path(), false).all().len(), MAX_KEPT + 500);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored_and_cut_before_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetters::open("p", dir.path(), true);
+        store.add(letter(1));
+        store.add(letter(2));
+        drop(store);
+        let path = dir.path().join(DIR).join("p.jsonl");
+        let whole = std::fs::read(&path).unwrap();
+        // A crash in the middle of the third append.
+        let mut torn = whole.clone();
+        torn.extend_from_slice(br#"{"plugin":"p","failure":"pan"#);
+        std::fs::write(&path, &torn).unwrap();
+        assert_eq!(read_dead_letters(dir.path(), None).unwrap().len(), 2);
+        let store = DeadLetters::open("p", dir.path(), true);
+        assert_eq!(std::fs::read(&path).unwrap(), whole, "the torn line is cut off");
+        store.add(letter(3));
+        let seqs: Vec<u64> = DeadLetters::open("p", dir.path(), true)
+            .all()
+            .iter()
+            .map(|l| l.event.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_damaged_line_in_the_middle_is_named_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetters::open("p", dir.path(), false);
+        store.add(letter(1));
+        drop(store);
+        let path = dir.path().join(DIR).join("p.jsonl");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(b"not json\n");
+        std::fs::write(&path, &bytes).unwrap();
+        DeadLetters::open("p", dir.path(), false).add(letter(2));
+        let err = read_dead_letters(dir.path(), None).unwrap_err().to_string();
+        assert!(err.contains("p.jsonl:2"), "{err}");
+        assert_eq!(DeadLetters::open("p", dir.path(), false).all().len(), 2);
+    }
+
+    #[test]
+    fn the_journal_is_compacted_once_removals_outnumber_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetters::open("p", dir.path(), false);
+        let letters: Vec<DeadLetter> = (1..=200).map(letter).collect();
+        for l in &letters {
+            store.add(l.clone());
+        }
+        let ids: Vec<String> = letters[..150].iter().map(|l| l.event.id.clone()).collect();
+        store.remove(&ids).unwrap();
+        let path = dir.path().join(DIR).join("p.jsonl");
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert_eq!(lines, 50, "rewritten with the live letters only");
+        assert_eq!(store.all().len(), 50);
+    }
 }

@@ -87,7 +87,7 @@ pub use bus::lifecycle::Reload;
 pub use bus::native::HandlerOptions;
 pub use bus::{Bus, DEFAULT_SHUTDOWN_GRACE, FailureHook, LoadFailure, ShutdownReport, Subscription};
 pub use cache::{CacheStats, default_cache_dir};
-pub use dead_letter::{DeadLetter, Redrive, read_dead_letters};
+pub use dead_letter::{DeadLetter, DeadLetterError, Redrive, read_dead_letters};
 pub use error::Error;
 pub use event::Event;
 pub use ingest::{IngestError, parse_event_line};

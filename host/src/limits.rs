@@ -71,6 +71,11 @@ pub struct Limits {
     /// plugin). Past it a stateless plugin's state cannot be rebuilt: after
     /// its next trap it starts empty and `plugbus.plugin.state_lost` says so.
     pub replay_max_events: usize,
+    /// …and at most this many payload bytes. Default 64 MiB: a count alone
+    /// would let 10,000 events of up to 1 MiB each hold 10 GiB; 64 MiB is the
+    /// default memory cap of one instance, and holds the 10,000 events of a
+    /// typical agent stream (a few KiB each). Past it, as past the count.
+    pub replay_max_bytes: usize,
     /// For plugins that export `query`: fuel one query may burn. Default
     /// 100 million, twice an event's: an event touches one entry of a read
     /// model while a query may scan all of it (listing 50 of `agent-runs`'
@@ -119,6 +124,7 @@ impl Default for Limits {
             snapshot_every: 1000,
             snapshot_interval: Duration::from_secs(10),
             replay_max_events: 10_000,
+            replay_max_bytes: 64 << 20,
             query_fuel: 100_000_000,
             query_deadline: Duration::from_millis(200),
             state_fuel: 1_000_000_000,

@@ -21,6 +21,7 @@
 //! snapshot_every = 1000                  # stateful plugins: events between snapshots
 //! snapshot_interval_ms = 10_000          # …or time between snapshots
 //! replay_max_events = 10_000             # events kept to rebuild state after a trap
+//! replay_max_mib = 64                    # …and payload bytes (MiB) kept for it
 //! query_fuel = 100_000_000               # plugins with `query`: budget of one query
 //! query_deadline_ms = 200
 //! state_fuel = 1_000_000_000             # plugins with `state`: budget of one snapshot or restore
@@ -106,6 +107,8 @@ pub struct RawLimits {
     pub snapshot_interval_ms: Option<u64>,
     /// Events kept to rebuild the plugin's state by replay after a trap.
     pub replay_max_events: Option<usize>,
+    /// Payload bytes (MiB) kept for that replay.
+    pub replay_max_mib: Option<u64>,
     /// Fuel one query may burn.
     pub query_fuel: Option<u64>,
     /// Wall-clock time one query may take, in milliseconds.
@@ -208,6 +211,7 @@ struct LimitOverrides {
     snapshot_every: Option<u32>,
     snapshot_interval: Option<Duration>,
     replay_max_events: Option<usize>,
+    replay_max_bytes: Option<usize>,
     query_fuel: Option<u64>,
     query_deadline: Option<Duration>,
     state_fuel: Option<u64>,
@@ -237,6 +241,9 @@ const MAX_QUEUE: usize = 1 << 20;
 const MAX_BACKOFF_MS: u64 = 86_400_000;
 /// Events kept for replay, at most: a million events is minutes of replay.
 const MAX_REPLAY: usize = 1 << 20;
+/// Most payload MiB a manifest may keep for replay: 16 GiB, far past any
+/// sensible memory cap, so only a typo is refused.
+const MAX_REPLAY_MIB: u64 = 16 << 10;
 
 impl Manifest {
     /// Reads and validates the manifest at `path`. Writable directory grants
@@ -325,6 +332,10 @@ impl Manifest {
                 .replay_max_events
                 .map(|v| in_range("replay_max_events", v as u64, 0, MAX_REPLAY as u64).map(|v| v as usize))
                 .transpose()?,
+            replay_max_bytes: l
+                .replay_max_mib
+                .map(|v| in_range("replay_max_mib", v, 0, MAX_REPLAY_MIB).map(|v| (v as usize) << 20))
+                .transpose()?,
             query_fuel: l
                 .query_fuel
                 .map(|v| in_range("query_fuel", v, 1, u64::MAX))
@@ -402,6 +413,7 @@ impl Manifest {
             snapshot_every: o.snapshot_every.unwrap_or(base.snapshot_every),
             snapshot_interval: o.snapshot_interval.unwrap_or(base.snapshot_interval),
             replay_max_events: o.replay_max_events.unwrap_or(base.replay_max_events),
+            replay_max_bytes: o.replay_max_bytes.unwrap_or(base.replay_max_bytes),
             query_fuel: o.query_fuel.unwrap_or(base.query_fuel),
             query_deadline: o.query_deadline.unwrap_or(base.query_deadline),
             state_fuel: o.state_fuel.unwrap_or(base.state_fuel),

@@ -256,6 +256,9 @@ impl Replay {
         let mut builder = self.bus.watch(false);
         builder.clear_plugin_dir();
         builder.clear_log_dir();
+        // Fresh instances, whatever `--emit` says: the live plugins'
+        // snapshots and dead letters are never read or written by a replay.
+        builder.keep_plugin_state = false;
         // The replay bus is local: on NATS it would publish what it replays.
         #[cfg(feature = "nats")]
         {

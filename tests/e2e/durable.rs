@@ -458,6 +458,39 @@ fn a_trap_no_longer_resets_the_cost_trackers_totals() {
                 "{stderr}"
             );
             assert!(json_lines(&plugbus(&["dlq", "list", "--log", log_dir, "--json"])).is_empty());
+
+            // Restarted after the redrive, one more call: the redriven event
+            // did not move the kept position back (nothing is applied twice)
+            // and the letter is gone (a second redrive finds nothing).
+            let more = dir.path().join("more.jsonl");
+            std::fs::write(&more, call(None)).unwrap();
+            let out = Command::new(plugbus_bin())
+                .args(["run", "--plugins", fixed.path().to_str().unwrap(), "--log", log_dir])
+                .arg(&more)
+                .env("RUST_LOG", "info")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{stderr}");
+            assert!(
+                stderr.contains("6 calls, 6000 prompt + 3000 completion tokens, $2.4000 total"),
+                "restart after the redrive: {stderr}"
+            );
+            let out = Command::new(plugbus_bin())
+                .args([
+                    "dlq",
+                    "redrive",
+                    "--log",
+                    log_dir,
+                    "--plugin",
+                    "cost-tracker",
+                    "--plugins",
+                ])
+                .arg(fixed.path())
+                .output()
+                .unwrap();
+            let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(report["redriven"], 0, "{report}");
         }
     }
 }

@@ -14,6 +14,7 @@ mod cli;
 mod cloudevents;
 mod dashboard;
 mod durable;
+mod exactly_once;
 mod isolation;
 mod languages;
 mod loading;

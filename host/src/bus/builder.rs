@@ -38,6 +38,8 @@ pub struct BusBuilder {
     log_dir: Option<PathBuf>,
     log_options: LogOptions,
     pub(crate) follow_ups: crate::plugin::port::FollowUps,
+    /// False on a replay's bus: plugins keep no state beside the log.
+    pub(crate) keep_plugin_state: bool,
     schemas: Vec<(String, serde_json::Value)>,
     schema_dirs: Vec<PathBuf>,
     schema_policy: crate::SchemaPolicy,
@@ -68,6 +70,7 @@ impl BusBuilder {
             log_dir: None,
             log_options: LogOptions::default(),
             follow_ups: crate::plugin::port::FollowUps::Publish,
+            keep_plugin_state: true,
             #[cfg(feature = "nats")]
             nats: None,
         }
@@ -286,6 +289,7 @@ impl BusBuilder {
             on_failure: self.on_failure,
             runtime,
             log: log.clone(),
+            keep_plugin_state: self.keep_plugin_state,
             follow_ups: self.follow_ups,
             schemas,
         };

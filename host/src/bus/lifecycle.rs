@@ -22,7 +22,7 @@ use crate::manifest::CatchUp;
 use crate::pattern::Pattern;
 use crate::plugin::catch_up::Cursor;
 use crate::plugin::port::BusPort;
-use crate::plugin::recovery::{KeptState, Recovery};
+use crate::plugin::recovery::{Handoff, KeptState, Snapshot};
 use crate::plugin::worker::{PluginHandle, Worker, WorkerState};
 use crate::plugin::{Instance, LoadError, LoadErrorKind, PluginCheck, PluginInfo, PluginSpec};
 use crate::stats::StatsCell;
@@ -61,45 +61,128 @@ async fn prepare(shared: &Arc<Shared>, path: &Path) -> Result<Prepared, LoadErro
     })
 }
 
-/// Starts the plugin's worker (held at `gate`, if any) and returns its handle.
-/// When the plugin catches up with the log, returns the two ends of the
-/// install handshake too (see `catch_up`).
+/// What a plugin finds beside the log when it starts, read off the async
+/// runtime before its worker is spawned.
+struct Kept {
+    dead_letters: Arc<DeadLetters>,
+    /// The snapshot to resume from.
+    resume: Option<Snapshot>,
+    /// The state must be rebuilt from the whole log (the kept snapshot is
+    /// damaged, or past the log's end).
+    rebuild: bool,
+}
+
+/// Reads a plugin's dead letters (a hot-swapped version shares its
+/// predecessor's, which may still add some as it drains) and, for a plugin
+/// with `state` that is not a hot-swapped version (that one takes its
+/// predecessor's state), its kept snapshot. A snapshot a redrive committed removes its letters here; a
+/// snapshot that fails its checksum, or records a position past the end of
+/// the log (the log lost a tail it never made durable), is not used: the
+/// state is rebuilt from the log instead.
+async fn read_kept(shared: &Shared, spec: &crate::plugin::PluginSpec, predecessor: Option<&PluginHandle>) -> Kept {
+    if let Some(old) = predecessor {
+        return Kept {
+            dead_letters: old.dead_letters.clone(),
+            resume: None,
+            rebuild: false,
+        };
+    }
+    let Some(log) = shared.state_log() else {
+        return Kept {
+            dead_letters: Arc::new(DeadLetters::in_memory()),
+            resume: None,
+            rebuild: false,
+        };
+    };
+    let dir = log.dir().to_owned();
+    let sync = log.options().durability != crate::Durability::Off;
+    let name = spec.name.to_string();
+    let stateful = spec.has_state();
+    let end = log.last_seq();
+    let read = tokio::task::spawn_blocking(move || {
+        let dead_letters = DeadLetters::open(&name, &dir, sync);
+        if !stateful {
+            return (dead_letters, Ok(None));
+        }
+        let snapshot = crate::plugin::recovery::load(&crate::plugin::recovery::snapshot_path(&dir, &name));
+        if let Ok(Some(s)) = &snapshot
+            && !s.letters.is_empty()
+            && let Err(e) = dead_letters.remove(&s.letters)
+        {
+            tracing::error!(plugin = name, error = %e, "cannot remove the letters the kept snapshot applied");
+        }
+        (dead_letters, snapshot)
+    })
+    .await;
+    let (dead_letters, snapshot) = match read {
+        Ok((letters, snapshot)) => (Arc::new(letters), snapshot),
+        Err(e) => (
+            Arc::new(DeadLetters::in_memory()),
+            Err(format!("reading the kept state failed: {e}")),
+        ),
+    };
+    let name = &*spec.name;
+    let (resume, rebuild) = match snapshot {
+        Ok(Some(s)) if s.seq.is_some_and(|seq| seq > end) => {
+            tracing::warn!(plugin = name, snapshot_seq = ?s.seq, log_end = end, "kept snapshot is past the end of the log; rebuilding the state from the log");
+            (None, true)
+        }
+        Ok(resume) => (resume, false),
+        Err(reason) => {
+            tracing::warn!(plugin = name, %reason, "kept snapshot unusable; rebuilding the state from the log");
+            (None, true)
+        }
+    };
+    Kept {
+        dead_letters,
+        resume,
+        rebuild,
+    }
+}
+
+/// Starts the plugin's worker (held at `gate`, if any: a hot swap) and
+/// returns its handle. When the plugin catches up with the log, returns the
+/// two ends of the install handshake too (see `catch_up`).
 fn spawn(
     shared: &Arc<Shared>,
     prepared: Prepared,
+    kept: Kept,
     seq: u64,
     stats: Arc<StatsCell>,
-    gate: Option<oneshot::Receiver<Option<Recovery>>>,
+    gate: Option<oneshot::Receiver<Option<Handoff>>>,
 ) -> (Arc<PluginHandle>, Option<Handshake>) {
     // A stateful plugin on a bus with a log resumes from the snapshot a
-    // previous run kept there, then catches up from just after it.
-    let resume = match &shared.log {
-        Some(log) if prepared.spec.has_state() => {
-            match crate::plugin::recovery::load(&crate::plugin::recovery::snapshot_path(log.dir(), &prepared.spec.name))
-            {
-                Ok(snapshot) => snapshot,
-                Err(reason) => {
-                    tracing::warn!(plugin = &*prepared.spec.name, %reason, "kept snapshot unusable; the plugin starts empty");
-                    None
-                }
-            }
-        }
-        _ => None,
+    // previous run kept there, then catches up from just after it. A
+    // hot-swapped version takes its predecessor's state instead (`gate`).
+    let Kept {
+        dead_letters,
+        resume,
+        rebuild,
+    } = kept;
+    let mode = if rebuild {
+        CatchUp::All
+    } else {
+        prepared.spec.manifest.replay
     };
-    let mode = prepared.spec.manifest.replay;
-    let (plan, handshake) = match &shared.log {
-        Some(log) if mode != CatchUp::None || resume.is_some() => {
+    let initial_snapshot = prepared.spec.has_state() && mode == CatchUp::None && resume.is_none();
+    let (plan, handshake) = match shared.state_log() {
+        Some(log) if gate.is_none() && (mode != CatchUp::None || resume.is_some() || initial_snapshot) => {
             let (ready_tx, ready_rx) = oneshot::channel();
             let (cut_tx, cut_rx) = oneshot::channel();
             let mut cursor = Cursor::new(log, mode, prepared.patterns.clone());
             if let Some(seq) = resume.as_ref().and_then(|s| s.seq) {
                 cursor = cursor.starting_at(seq + 1);
             }
+            if initial_snapshot {
+                // Nothing to read: it starts at the cut.
+                cursor = cursor.starting_at(u64::MAX);
+            }
             let plan = crate::plugin::catch_up::Plan {
                 log: log.clone(),
                 cursor,
                 ready: ready_tx,
                 cut: cut_rx,
+                initial_snapshot,
             };
             (
                 Some(plan),
@@ -116,7 +199,6 @@ fn spawn(
     let (queries_tx, queries_rx) = mpsc::channel(crate::query::QUERY_QUEUE);
     let (stop_tx, stop_rx) = oneshot::channel();
     let state = Arc::new(WorkerState::default());
-    let dead_letters = Arc::new(DeadLetters::new(&spec.name, shared.log.as_ref().map(|l| l.dir())));
     let handoff = Arc::new(Mutex::new(None));
     let worker = Worker::new(
         spec.clone(),
@@ -126,7 +208,7 @@ fn spawn(
         port(shared),
         dead_letters.clone(),
         KeptState {
-            file: shared.log.as_ref().map(|log| {
+            file: shared.state_log().map(|log| {
                 (
                     crate::plugin::recovery::snapshot_path(log.dir(), &spec.name),
                     log.options().durability != crate::Durability::Off,
@@ -134,6 +216,8 @@ fn spawn(
             }),
             resume,
             handoff: handoff.clone(),
+            log: shared.state_log().cloned(),
+            patterns: prepared.patterns.clone(),
         },
     );
     let task = shared.runtime.spawn(worker.run(rx, queries_rx, stop_rx, gate, plan));
@@ -198,7 +282,8 @@ async fn publish_handle(
 async fn install_new(shared: &Arc<Shared>, prepared: Prepared, path: &Path) -> Arc<PluginHandle> {
     let seq = shared.next_entry.fetch_add(1, Ordering::Relaxed);
     let patterns = prepared.patterns.clone();
-    let (handle, handshake) = spawn(shared, prepared, seq, Arc::new(StatsCell::default()), None);
+    let kept = read_kept(shared, &prepared.spec, None).await;
+    let (handle, handshake) = spawn(shared, prepared, kept, seq, Arc::new(StatsCell::default()), None);
     publish_handle(shared, &handle, &patterns, handshake).await;
     #[cfg(feature = "nats")]
     if let Some(nats) = &shared.nats {
@@ -288,7 +373,8 @@ impl Bus {
         }
         let (gate_tx, gate_rx) = oneshot::channel();
         let patterns = prepared.patterns.clone();
-        let (new, handshake) = spawn(shared, prepared, old.seq, old.stats.clone(), Some(gate_rx));
+        let kept = read_kept(shared, &prepared.spec, Some(&old)).await;
+        let (new, handshake) = spawn(shared, prepared, kept, old.seq, old.stats.clone(), Some(gate_rx));
         publish_handle(shared, &new, &patterns, handshake).await;
         // From here on no publish reaches the old queue; let it drain, then
         // open the gate for the new version.

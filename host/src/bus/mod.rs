@@ -141,6 +141,10 @@ pub(crate) struct Shared {
     pub(crate) next_entry: AtomicU64,
     /// The event log, when the bus has one: it numbers events.
     pub(crate) log: Option<EventLog>,
+    /// Whether plugins keep their state beside the log (snapshots, dead
+    /// letters, catch-up); false on a replay's bus, which must never touch
+    /// the live plugins' files.
+    keep_plugin_state: bool,
     /// What becomes of plugins' follow-up events (published, or captured
     /// by a replay).
     pub(crate) follow_ups: FollowUps,
@@ -182,6 +186,7 @@ pub(crate) struct Parts {
     pub on_failure: Option<FailureHook>,
     pub runtime: Handle,
     pub log: Option<EventLog>,
+    pub keep_plugin_state: bool,
     pub follow_ups: FollowUps,
     pub schemas: Option<crate::schema::Schemas>,
     #[cfg(feature = "nats")]
@@ -197,6 +202,7 @@ impl Shared {
             on_failure,
             runtime,
             log,
+            keep_plugin_state,
             follow_ups,
             schemas,
             #[cfg(feature = "nats")]
@@ -208,6 +214,7 @@ impl Shared {
             publish_lock: Mutex::new(()),
             next_entry: AtomicU64::new(1),
             log,
+            keep_plugin_state,
             follow_ups,
             schemas,
             #[cfg(feature = "nats")]
@@ -228,6 +235,12 @@ impl Shared {
             watcher: Mutex::new(None),
             me,
         }
+    }
+
+    /// The log plugins keep their state beside (snapshots, dead letters,
+    /// catch-up): the bus's log, unless this is a replay's bus.
+    pub(crate) fn state_log(&self) -> Option<&EventLog> {
+        self.log.as_ref().filter(|_| self.keep_plugin_state)
     }
 
     pub(crate) fn set_watcher(&self, stopper: Stopper) {
@@ -928,29 +941,49 @@ impl Bus {
     }
 
     /// Sends the named plugin's dead letters to it again, oldest first (after
-    /// a fixed version was loaded, say), and waits for each outcome. Those
-    /// that fail hard again, or cannot be delivered, stay dead letters.
-    /// `None` if no plugin has that name.
+    /// a fixed version was loaded, say), and waits for each outcome. Every
+    /// letter is redriven, however many (with a log they are read from the
+    /// journal). A letter is removed only once its outcome is known and kept:
+    /// handled (ok or a guest `Err`) and, for a plugin with `state` on a bus
+    /// with a log, included in a persisted snapshot. Letters that fail hard
+    /// again, or cannot be delivered, stay. A redrive cut short (the process
+    /// killed) leaves every letter whose removal was not committed, and the
+    /// plugin's kept state without them: running it again applies each
+    /// letter once. `None` if no plugin has that name.
     pub async fn redrive(&self, plugin: &str) -> Option<crate::dead_letter::Redrive> {
         let handle = lock(&self.shared.plugins).get(plugin).cloned()?;
-        let letters = handle.dead_letters.take_all();
+        let store = handle.dead_letters.clone();
+        let letters = match tokio::task::spawn_blocking(move || store.all()).await {
+            Ok(letters) => letters,
+            Err(e) => {
+                tracing::error!(plugin, error = %e, "reading the dead letters failed");
+                Vec::new()
+            }
+        };
         let mut report = crate::dead_letter::Redrive::default();
-        for letter in letters {
-            let (tx, rx) = oneshot::channel();
-            let job = Job {
-                event: letter.event.clone().into_event(),
-                reply: Some(tx),
-            };
-            self.shared.enqueue(&handle, job);
-            report.redriven += 1;
-            match rx.await.unwrap_or(Outcome::Dropped(DropReason::Unloaded)) {
-                Outcome::Ok => report.ok += 1,
-                Outcome::Error(_) => report.errors += 1,
-                Outcome::Failed(_) => report.failed += 1,
-                Outcome::Dropped(_) => {
+        // Letters in flight at once: at most half the plugin's queue, so a
+        // redrive never fills the queue live events need, and 64 at most,
+        // so the worker commits removals in batches while the rest wait.
+        let window = (handle.spec.limits.queue_capacity / 2).clamp(1, 64);
+        for chunk in letters.chunks(window) {
+            let mut outcomes = Vec::with_capacity(chunk.len());
+            for letter in chunk {
+                let (tx, rx) = oneshot::channel();
+                let job = Job {
+                    event: letter.event.clone().into_event(),
+                    reply: Some(tx),
+                };
+                self.shared.enqueue(&handle, job);
+                report.redriven += 1;
+                outcomes.push(rx);
+            }
+            for rx in outcomes {
+                match rx.await.unwrap_or(Outcome::Dropped(DropReason::Unloaded)) {
+                    Outcome::Ok => report.ok += 1,
+                    Outcome::Error(_) => report.errors += 1,
+                    Outcome::Failed(_) => report.failed += 1,
                     // Not delivered: it stays a dead letter.
-                    report.dropped += 1;
-                    handle.dead_letters.add(letter);
+                    Outcome::Dropped(_) => report.dropped += 1,
                 }
             }
         }
@@ -958,7 +991,9 @@ impl Bus {
             plugin,
             redriven = report.redriven,
             ok = report.ok,
+            errors = report.errors,
             failed = report.failed,
+            dropped = report.dropped,
             "dead letters redriven"
         );
         Some(report)

@@ -114,4 +114,9 @@ pub(crate) struct Plan {
     pub ready: oneshot::Sender<()>,
     /// The cut, once registered.
     pub cut: oneshot::Receiver<u64>,
+    /// A plugin with `state` starting on this log for the first time: it
+    /// reads nothing, and its initial state is kept as a snapshot at the
+    /// cut, so a crash before its first periodic snapshot restarts it from
+    /// there (caught up from the log) rather than empty.
+    pub initial_snapshot: bool,
 }

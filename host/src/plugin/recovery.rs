@@ -24,44 +24,78 @@ pub(crate) struct Snapshot {
     pub bytes: Arc<[u8]>,
     /// Sequence number of the last event the snapshot includes.
     pub seq: Option<u64>,
+    /// Ids of dead-lettered events a redrive applied to this state whose
+    /// letters may not be removed from the journal yet: a restart from this
+    /// snapshot removes them (the snapshot is what commits a redrive).
+    pub letters: Arc<[String]>,
+}
+
+#[cfg(test)]
+impl Snapshot {
+    pub fn new(bytes: Arc<[u8]>, seq: Option<u64>) -> Snapshot {
+        Snapshot {
+            bytes,
+            seq,
+            letters: Arc::from(Vec::new()),
+        }
+    }
 }
 
 /// The folder of the log directory holding snapshot files.
 pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
-/// First bytes of a snapshot file, with the format version.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"PBSNAP\x00\x01";
+/// First bytes of a snapshot file, format version 1: seq, crc, bytes.
+const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"PBSNAP\x00\x01";
+/// Format version 2: seq, crc, the redriven letters' ids, bytes.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"PBSNAP\x00\x02";
 
 /// Where a plugin's snapshot is kept beside the log.
 pub(crate) fn snapshot_path(log_dir: &Path, plugin: &str) -> PathBuf {
     log_dir.join(SNAPSHOT_DIR).join(format!("{plugin}.snap"))
 }
 
-/// Writes a snapshot file atomically: magic, seq (u64 LE), CRC-32 of the
-/// bytes (u32 LE), the bytes; to a temporary file, synced unless `sync` is
-/// false, then renamed over the previous one. A crash leaves the old or the
-/// new snapshot, never half of one.
+/// Temporary files of one process get distinct names, so that two writers
+/// of one plugin's snapshot (versions during a hot swap) never share one.
+static TMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Writes a snapshot file atomically: magic, seq (u64 LE), CRC-32 (u32 LE)
+/// of what follows, the length of the letters' JSON (u32 LE), that JSON, the
+/// bytes; to a temporary file, synced unless `sync` is false, then renamed
+/// over the previous one, and the directory synced. A crash leaves the old
+/// or the new snapshot, never half of one.
 pub(crate) fn persist(path: &Path, snapshot: &Snapshot, sync: bool) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("snap.tmp");
+    let n = TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("snap.{}-{n}.tmp", std::process::id()));
+    let letters = serde_json::to_vec(&*snapshot.letters).map_err(std::io::Error::other)?;
+    let letters_len = u32::try_from(letters.len()).map_err(std::io::Error::other)?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&letters_len.to_le_bytes());
+    crc.update(&letters);
+    crc.update(&snapshot.bytes);
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(SNAPSHOT_MAGIC)?;
     f.write_all(&snapshot.seq.unwrap_or(0).to_le_bytes())?;
-    f.write_all(&crc32fast::hash(&snapshot.bytes).to_le_bytes())?;
+    f.write_all(&crc.finalize().to_le_bytes())?;
+    f.write_all(&letters_len.to_le_bytes())?;
+    f.write_all(&letters)?;
     f.write_all(&snapshot.bytes)?;
     if sync {
+        crate::failpoint::hit("snapshot.sync.before")?;
         f.sync_data()?;
     }
     drop(f);
+    crate::failpoint::hit("snapshot.rename.before")?;
     std::fs::rename(&tmp, path)?;
     if sync {
         crate::log::sync_dir(dir)?;
     }
+    crate::failpoint::hit("snapshot.persist.after")?;
     Ok(())
 }
 
-/// Reads a snapshot file. `Ok(None)` when there is none; an error names
-/// what is wrong (the caller logs it and starts without the snapshot).
+/// Reads a snapshot file (format 1 or 2). `Ok(None)` when there is none;
+/// an error names what is wrong (the caller rebuilds from the log instead).
 pub(crate) fn load(path: &Path) -> Result<Option<Snapshot>, String> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
@@ -69,21 +103,40 @@ pub(crate) fn load(path: &Path) -> Result<Option<Snapshot>, String> {
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let bad = |why: &str| format!("{}: {why}", path.display());
-    let rest = bytes
-        .strip_prefix(SNAPSHOT_MAGIC)
-        .ok_or_else(|| bad("not a plugbus snapshot"))?;
+    let (v2, rest) = match (
+        bytes.strip_prefix(SNAPSHOT_MAGIC),
+        bytes.strip_prefix(SNAPSHOT_MAGIC_V1),
+    ) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => return Err(bad("not a plugbus snapshot")),
+    };
     if rest.len() < 12 {
         return Err(bad("cut short"));
     }
     let seq = u64::from_le_bytes(rest[..8].try_into().unwrap_or_default());
     let crc = u32::from_le_bytes(rest[8..12].try_into().unwrap_or_default());
-    let body = &rest[12..];
-    if crc32fast::hash(body) != crc {
+    let covered = &rest[12..];
+    if crc32fast::hash(covered) != crc {
         return Err(bad("checksum mismatch"));
     }
+    let (letters, body): (Vec<String>, &[u8]) = if v2 {
+        if covered.len() < 4 {
+            return Err(bad("cut short"));
+        }
+        let len = u32::from_le_bytes(covered[..4].try_into().unwrap_or_default()) as usize;
+        let Some(json) = covered.get(4..4 + len) else {
+            return Err(bad("cut short"));
+        };
+        let letters = serde_json::from_slice(json).map_err(|e| bad(&format!("bad letters list: {e}")))?;
+        (letters, &covered[4 + len..])
+    } else {
+        (Vec::new(), covered)
+    };
     Ok(Some(Snapshot {
         bytes: Arc::from(body),
         seq: (seq > 0).then_some(seq),
+        letters: Arc::from(letters),
     }))
 }
 
@@ -93,7 +146,20 @@ pub(crate) struct KeptState {
     pub file: Option<(PathBuf, bool)>,
     pub resume: Option<Snapshot>,
     /// Where to leave the final state for a hot-swapped successor.
-    pub handoff: Arc<std::sync::Mutex<Option<Recovery>>>,
+    pub handoff: Arc<std::sync::Mutex<Option<Handoff>>>,
+    /// The bus's log when plugin state is kept beside it: a snapshot is
+    /// persisted only once its position is durable there, and a state that
+    /// cannot be handed over is rebuilt from it.
+    pub log: Option<crate::log::EventLog>,
+    /// The plugin's subscriptions, for reading its events from the log.
+    pub patterns: Vec<crate::pattern::Pattern>,
+}
+
+/// What a stopped worker leaves for the version that replaces it.
+pub(crate) struct Handoff {
+    pub recovery: Recovery,
+    /// Sequence number of the last event the old version handled.
+    pub last_seq: Option<u64>,
 }
 
 /// Owned by the plugin's worker alone.
@@ -101,6 +167,8 @@ pub(crate) struct Recovery {
     pub snapshot: Option<Snapshot>,
     /// Events handled since the snapshot (or since the instance started).
     since: VecDeque<Event>,
+    /// Payload bytes of `since`.
+    since_bytes: usize,
     /// False once more events were handled than can be kept: the state can
     /// no longer be rebuilt by replay.
     complete: bool,
@@ -126,6 +194,7 @@ impl Default for Recovery {
         Recovery {
             snapshot: None,
             since: VecDeque::new(),
+            since_bytes: 0,
             complete: true,
             handled_since_snapshot: 0,
             last_snapshot: Instant::now(),
@@ -142,11 +211,16 @@ impl Recovery {
         if !self.complete {
             return;
         }
-        if self.since.len() >= limits.replay_max_events {
+        let bytes = event.payload_json().len();
+        if self.since.len() >= limits.replay_max_events
+            || self.since_bytes.saturating_add(bytes) > limits.replay_max_bytes
+        {
             self.complete = false;
             self.since = VecDeque::new();
+            self.since_bytes = 0;
             return;
         }
+        self.since_bytes += bytes;
         self.since.push_back(event.clone());
     }
 
@@ -160,6 +234,7 @@ impl Recovery {
     pub fn snapshotted(&mut self, snapshot: Snapshot) {
         self.snapshot = Some(snapshot);
         self.since.clear();
+        self.since_bytes = 0;
         self.complete = true;
         self.handled_since_snapshot = 0;
         self.last_snapshot = Instant::now();
@@ -179,8 +254,10 @@ impl Recovery {
     pub fn plan(&self, limits: &Limits) -> Plan {
         if !self.complete {
             return Plan::Lost(format!(
-                "more than {} events since its last snapshot or start (limits.replay_max_events)",
-                limits.replay_max_events
+                "more than {} events or {} MiB of payloads since its last snapshot or start \
+                 (limits.replay_max_events, replay_max_mib)",
+                limits.replay_max_events,
+                limits.replay_max_bytes >> 20
             ));
         }
         Plan::Rebuild {
@@ -209,10 +286,12 @@ mod tests {
         let snap = Snapshot {
             bytes: Arc::from(&b"{\"total\":3}"[..]),
             seq: Some(42),
+            letters: Arc::from(vec!["e-1".to_owned()]),
         };
         persist(&path, &snap, true).unwrap();
         let back = load(&path).unwrap().unwrap();
         assert_eq!((&*back.bytes, back.seq), (&*snap.bytes, Some(42)));
+        assert_eq!(&*back.letters, ["e-1".to_owned()]);
         let mut raw = std::fs::read(&path).unwrap();
         let last = raw.len() - 1;
         raw[last] ^= 1;
@@ -238,10 +317,7 @@ mod tests {
             Plan::Rebuild { snapshot: None, events } => assert_eq!(events.len(), 2),
             _ => panic!("expected a replay of two events"),
         }
-        r.snapshotted(Snapshot {
-            bytes: Arc::from(&b"s"[..]),
-            seq: Some(2),
-        });
+        r.snapshotted(Snapshot::new(Arc::from(&b"s"[..]), Some(2)));
         r.handled(&ev("c"), &limits);
         match r.plan(&limits) {
             Plan::Rebuild {
@@ -256,5 +332,20 @@ mod tests {
         assert!(matches!(r.plan(&limits), Plan::Lost(reason) if reason.contains("replay_max_events")));
         r.reset();
         assert!(matches!(r.plan(&limits), Plan::Rebuild { snapshot: None, events } if events.is_empty()));
+    }
+
+    #[test]
+    fn the_replay_buffer_is_bounded_by_payload_bytes_too() {
+        let limits = Limits {
+            replay_max_bytes: 1000,
+            ..Limits::default()
+        };
+        let mut r = Recovery::default();
+        let big = Event::new("e", Value::String("x".repeat(400)));
+        r.handled(&big, &limits);
+        r.handled(&big, &limits);
+        assert!(matches!(r.plan(&limits), Plan::Rebuild { events, .. } if events.len() == 2));
+        r.handled(&big, &limits);
+        assert!(matches!(r.plan(&limits), Plan::Lost(reason) if reason.contains("MiB")));
     }
 }

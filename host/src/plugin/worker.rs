@@ -21,7 +21,7 @@ use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::event::Event;
 use crate::outcome::{DropReason, Failure, Outcome};
 use crate::plugin::port::BusPort;
-use crate::plugin::recovery::{KeptState, Plan, Recovery, Snapshot};
+use crate::plugin::recovery::{Handoff, KeptState, Plan, Recovery, Snapshot};
 use crate::plugin::{CallError, Instance, PluginSpec, PluginState};
 use crate::query::{QueryAnswer, QueryError, QueryJob};
 use crate::stats::StatsCell;
@@ -159,11 +159,25 @@ pub(crate) struct Worker {
     snapshot_file: Option<(std::path::PathBuf, bool)>,
     /// A snapshot kept beside the log by a previous run, to restore first.
     resume: Option<Snapshot>,
-    /// Sequence number of the last event the plugin handled.
+    /// Highest sequence number among the events the plugin handled (a
+    /// redriven dead letter is older than the position: it never moves it
+    /// back).
     last_seq: Option<u64>,
     /// Where the worker leaves its state when it stops, for a successor.
-    handoff: Arc<std::sync::Mutex<Option<Recovery>>>,
+    handoff: Arc<std::sync::Mutex<Option<Handoff>>>,
+    /// The bus's log, when the plugin's state is kept beside it.
+    log: Option<crate::log::EventLog>,
+    /// The plugin's subscriptions, for reading its events from the log.
+    patterns: Vec<crate::pattern::Pattern>,
+    /// Ids of dead letters applied by a redrive (handled ok or err) whose
+    /// letters are not removed yet: removed once the state that includes
+    /// them is kept (see `commit_letters`).
+    letters_applied: Vec<String>,
 }
+
+/// Redriven letters applied before their removal is committed, at most:
+/// bounds the snapshot's list and the work a crash makes a redrive repeat.
+const COMMIT_LETTERS_EVERY: usize = 256;
 
 impl Worker {
     pub fn new(
@@ -193,6 +207,9 @@ impl Worker {
             resume: kept.resume,
             last_seq: None,
             handoff: kept.handoff,
+            log: kept.log,
+            patterns: kept.patterns,
+            letters_applied: Vec::new(),
         }
     }
 
@@ -205,7 +222,7 @@ impl Worker {
         mut rx: mpsc::Receiver<Job>,
         mut queries: mpsc::Receiver<QueryJob>,
         mut stop: oneshot::Receiver<()>,
-        gate: Option<oneshot::Receiver<Option<Recovery>>>,
+        gate: Option<oneshot::Receiver<Option<Handoff>>>,
         catch_up: Option<crate::plugin::catch_up::Plan>,
     ) {
         let _finished = FinishGuard(self.state.clone());
@@ -220,7 +237,12 @@ impl Worker {
         if let Some(plan) = catch_up
             && let Err(e) = self.catch_up(plan).await
         {
-            tracing::error!(plugin = &*self.spec.name, error = %e, "catch-up from the event log stopped; the plugin goes on with live events");
+            // A gap in what the plugin has seen: loud, never silent.
+            let reason = format!(
+                "catch-up from the event log stopped after seq {}: {e}; the plugin goes on with live events",
+                self.last_seq.unwrap_or(0)
+            );
+            self.state_lost(&reason);
         }
         if let Some(gate) = gate {
             // An error only means the swap was abandoned: run anyway.
@@ -271,6 +293,10 @@ impl Worker {
             } else {
                 self.run_one(&job.event, false).await
             };
+            if self.letters_applied.len() >= COMMIT_LETTERS_EVERY || (!self.letters_applied.is_empty() && rx.is_empty())
+            {
+                self.commit_letters().await;
+            }
             if let Some(reply) = job.reply {
                 let _ = reply.send(outcome);
             }
@@ -291,21 +317,26 @@ impl Worker {
         if self.recovery.handled_since_snapshot() > 0 {
             self.take_snapshot(self.last_seq).await;
         }
-        *self.handoff.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::mem::take(&mut self.recovery));
+        if !self.letters_applied.is_empty() {
+            self.commit_letters().await;
+        }
+        *self.handoff.lock().unwrap_or_else(|e| e.into_inner()) = Some(Handoff {
+            recovery: std::mem::take(&mut self.recovery),
+            last_seq: self.last_seq,
+        });
         // `_finished` marks the state unloaded when it drops, panics included.
         tracing::debug!(plugin = &*self.spec.name, "plugin worker stopped");
     }
 
-    /// A hot-swapped version on a bus without a log starts from its
-    /// predecessor's state: the predecessor's last snapshot restored (if this
-    /// version's `restore` accepts it) and the events it handled since
-    /// replayed, as after a trap. With a log the kept snapshot and the log
-    /// already did this (see `resume_from`).
-    async fn take_over(&mut self, predecessor: Recovery) {
-        if self.snapshot_file.is_some() {
-            return;
-        }
-        self.recovery = predecessor;
+    /// A hot-swapped version starts from its predecessor's state: the
+    /// predecessor's last snapshot (persisted beside the log, when there is
+    /// one, as it stopped) restored, if this version's `restore` accepts it,
+    /// and the events it handled since replayed, as after a trap. When that
+    /// fails and the bus has a log, the state is rebuilt from the log, up to
+    /// the last event the predecessor handled; otherwise it is lost, loudly.
+    async fn take_over(&mut self, predecessor: Handoff) {
+        self.recovery = predecessor.recovery;
+        self.last_seq = predecessor.last_seq;
         let Some(mut instance) = self.instance.take() else {
             return;
         };
@@ -317,12 +348,48 @@ impl Worker {
                     "new version started from the previous version's state"
                 );
                 self.stats.add_replayed(replayed as u64);
+                self.instance = Some(instance);
             }
-            Ok(Err((reason, _))) => self.state_lost(&reason),
+            Ok(Err((reason, _))) => {
+                self.instance = Some(instance);
+                let upto = self.last_seq.unwrap_or(0);
+                match self.log.clone() {
+                    Some(log) if upto > 0 => {
+                        tracing::warn!(plugin = &*self.spec.name, %reason, upto, "rebuilding the new version's state from the event log");
+                        self.recovery.reset();
+                        if let Err(e) = self.rebuild_from_log(log, upto).await {
+                            self.state_lost(&format!("{reason}; rebuilding from the event log failed: {e}"));
+                        }
+                    }
+                    _ => self.state_lost(&reason),
+                }
+            }
             // No instance at all: the next event builds one.
-            Err(_) => return,
+            Err(_) => {}
         }
-        self.instance = Some(instance);
+    }
+
+    /// Handles every logged event this plugin subscribes to, up to `upto`,
+    /// on a fresh instance (emits and logs silenced).
+    async fn rebuild_from_log(&mut self, log: crate::log::EventLog, upto: u64) -> Result<(), crate::LogError> {
+        let spec = self.spec.clone();
+        self.instance = Some(
+            spec.instantiate()
+                .await
+                .map_err(|e| crate::LogError::Failed(e.failure.to_string().into()))?,
+        );
+        let mut cursor =
+            crate::plugin::catch_up::Cursor::new(&log, crate::manifest::CatchUp::All, self.patterns.clone());
+        let last = self.last_seq;
+        loop {
+            let batch = cursor.read(upto).await?;
+            if batch.is_empty() {
+                break;
+            }
+            self.handle_history(&batch).await;
+        }
+        self.last_seq = last.max(self.last_seq);
+        Ok(())
     }
 
     /// Handles the logged history (see `catch_up`): phase 1, then tells the
@@ -333,6 +400,7 @@ impl Worker {
             mut cursor,
             ready,
             cut,
+            initial_snapshot,
         } = plan;
         let started = Instant::now();
         let mut handled = 0u64;
@@ -354,6 +422,9 @@ impl Worker {
             }
             handled += self.handle_history(&batch).await;
         }
+        if initial_snapshot {
+            self.take_snapshot(Some(cut)).await;
+        }
         tracing::info!(
             plugin = &*self.spec.name,
             events = handled,
@@ -365,12 +436,20 @@ impl Worker {
     }
 
     /// Handles logged events, emits and logs silenced; returns how many.
+    /// An event that is a live dead letter is skipped: it is applied only by
+    /// a redrive, which removes its letter.
     async fn handle_history(&mut self, events: &[Event]) -> u64 {
+        let mut handled = 0;
         for event in events {
+            if self.dead_letters.contains(event.id()) {
+                tracing::debug!(plugin = &*self.spec.name, event = event.name(), seq = ?event.seq(), "a dead-lettered event is left to redrive");
+                continue;
+            }
             self.run_one(event, true).await;
             self.stats.add_replayed(1);
+            handled += 1;
         }
-        events.len() as u64
+        handled
     }
 
     /// Runs one event, timed, its outcome fed to the breaker.
@@ -531,17 +610,24 @@ impl Worker {
             self.state.set(PluginState::Recovering);
             self.stats.set_memory(0);
             self.recovery.needs_rebuild = true;
-            self.dead_letters.add(DeadLetter::new(&spec.name, event, failure));
-            self.stats.dead_lettered();
+            // Keyed by event: a letter met again (a redrive that fails again,
+            // a redelivery) stays one letter.
+            if self.dead_letters.add(DeadLetter::new(&spec.name, event, failure)) {
+                self.stats.dead_lettered();
+            }
         } else {
             self.state.set(PluginState::Ready);
             self.stats.set_memory(instance.store.data().limiter.granted);
             self.recovery.handled(event, &spec.limits);
-            if event.seq().is_some() {
-                self.last_seq = event.seq();
+            if let Some(seq) = event.seq() {
+                // Never backwards: a redriven letter is older than the position.
+                self.last_seq = Some(self.last_seq.map_or(seq, |last| last.max(seq)));
+            }
+            if self.dead_letters.contains(event.id()) && !self.letters_applied.iter().any(|id| id == event.id()) {
+                self.letters_applied.push(event.id().to_owned());
             }
             self.instance = Some(instance);
-            self.maybe_snapshot(event).await;
+            self.maybe_snapshot().await;
         }
         self.finish(event, &outcome, fuel, &frames);
         outcome
@@ -579,49 +665,106 @@ impl Worker {
     /// Takes a snapshot of a plugin with `state` when one is due. A snapshot
     /// that traps poisons the instance like any trap: it is dropped and
     /// rebuilt (the events since the last good snapshot are still kept).
-    async fn maybe_snapshot(&mut self, event: &Event) {
+    async fn maybe_snapshot(&mut self) {
         if self.recovery.snapshot_due(&self.spec.limits) {
-            self.take_snapshot(event.seq()).await;
+            self.take_snapshot(self.last_seq).await;
+        }
+    }
+
+    /// Removes the letters a redrive applied, once the state that includes
+    /// them is kept: for a plugin with `state` and a log, after a snapshot
+    /// listing them is persisted (a crash before that leaves the letters and
+    /// a state without them; one after it, a snapshot whose list removes
+    /// them on the next start). Otherwise at once. A failure leaves them
+    /// for the next commit.
+    async fn commit_letters(&mut self) {
+        if self.spec.has_state() && self.snapshot_file.is_some() && !self.take_snapshot(self.last_seq).await {
+            tracing::warn!(
+                plugin = &*self.spec.name,
+                letters = self.letters_applied.len(),
+                "redriven letters kept until a snapshot holds them"
+            );
+            return;
+        }
+        let ids = std::mem::take(&mut self.letters_applied);
+        let store = self.dead_letters.clone();
+        let removed = tokio::task::spawn_blocking(move || store.remove(&ids).map_err(|e| (e, ids))).await;
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err((e, ids))) => {
+                tracing::error!(plugin = &*self.spec.name, error = %e, "cannot remove redriven dead letters; kept for the next commit");
+                self.letters_applied = ids;
+            }
+            Err(e) => tracing::error!(plugin = &*self.spec.name, error = %e, "dead-letter removal task failed"),
         }
     }
 
     /// Takes a snapshot now (`seq`: of the last event handled) and keeps it,
-    /// beside the log too when there is one.
-    async fn take_snapshot(&mut self, seq: Option<u64>) {
+    /// beside the log too when there is one, once `seq` is durable in the
+    /// log (a snapshot never claims a position a crash could take back).
+    /// Returns whether it was taken and, with a log, persisted.
+    async fn take_snapshot(&mut self, seq: Option<u64>) -> bool {
         let spec = self.spec.clone();
         if !spec.has_state() {
-            return;
+            return false;
         }
-        let Some(instance) = self.instance.as_mut() else { return };
+        let Some(instance) = self.instance.as_mut() else {
+            return false;
+        };
         match spec.snapshot(instance).await {
             Ok(Some(Ok(bytes))) => {
                 let snapshot = Snapshot {
                     bytes: bytes.into(),
                     seq,
+                    letters: self.letters_applied.clone().into(),
                 };
                 tracing::debug!(plugin = &*spec.name, seq = ?snapshot.seq, bytes = snapshot.bytes.len(), "snapshot taken");
+                let mut kept = true;
                 if let Some((path, sync)) = self.snapshot_file.clone() {
-                    let kept = snapshot.clone();
-                    let written =
-                        tokio::task::spawn_blocking(move || crate::plugin::recovery::persist(&path, &kept, sync)).await;
-                    if let Ok(Err(e)) | Err(e) = written.map_err(std::io::Error::other) {
-                        tracing::error!(plugin = &*spec.name, error = %e, "cannot keep the snapshot beside the log");
-                    }
+                    kept = Self::persist(&spec.name, self.log.clone(), path, sync, snapshot.clone()).await;
                 }
                 self.recovery.snapshotted(snapshot);
                 self.stats.snapshotted();
+                kept
             }
             Ok(Some(Err(reason))) => {
                 tracing::warn!(plugin = &*spec.name, ?seq, %reason, "plugin declined a snapshot; keeping the previous one");
                 self.recovery.snapshot_declined();
+                false
             }
-            Ok(None) => {}
+            Ok(None) => false,
             Err(e) => {
                 tracing::error!(plugin = &*spec.name, ?seq, failure = e.failure.kind(), backtrace = ?e.frames, "plugin failed while taking a snapshot: {}", e.failure);
                 self.instance = None;
                 self.state.set(PluginState::Recovering);
                 self.recovery.needs_rebuild = true;
                 self.recovery.snapshot_declined();
+                false
+            }
+        }
+    }
+
+    /// Writes `snapshot` beside the log once its position is durable there.
+    async fn persist(
+        name: &str,
+        log: Option<crate::log::EventLog>,
+        path: std::path::PathBuf,
+        sync: bool,
+        snapshot: Snapshot,
+    ) -> bool {
+        if let (Some(log), Some(seq)) = (&log, snapshot.seq)
+            && let Err(e) = log.wait_durable(seq).await
+        {
+            tracing::warn!(plugin = name, seq, error = %e, "snapshot not kept: its position is not durable in the log");
+            return false;
+        }
+        let written =
+            tokio::task::spawn_blocking(move || crate::plugin::recovery::persist(&path, &snapshot, sync)).await;
+        match written.map_err(std::io::Error::other) {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) | Err(e) => {
+                tracing::error!(plugin = name, error = %e, "cannot keep the snapshot beside the log");
+                false
             }
         }
     }
@@ -772,7 +915,7 @@ pub(crate) struct PluginHandle {
     pub state: Arc<WorkerState>,
     pub dead_letters: Arc<DeadLetters>,
     /// The state the worker left when it stopped, for a hot-swapped successor.
-    pub handoff: Arc<std::sync::Mutex<Option<Recovery>>>,
+    pub handoff: Arc<std::sync::Mutex<Option<Handoff>>>,
     /// Why the last hot reload of this plugin failed (the old version keeps
     /// running); cleared by a successful one.
     pub reload_error: std::sync::Mutex<Option<String>>,

@@ -295,7 +295,7 @@ pub fn try_http_with(
 /// still running: a test that fails half-way leaves no server behind (one
 /// would keep the test harness's output pipe open). Derefs to the
 /// [`std::process::Child`].
-pub struct Served(std::process::Child);
+pub struct Served(pub std::process::Child);
 
 impl std::ops::Deref for Served {
     type Target = std::process::Child;
