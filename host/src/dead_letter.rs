@@ -183,10 +183,9 @@ fn fold(path: &Path) -> Result<Option<Folded>, DeadLetterError> {
                 break;
             }
             Ok(Line::Letter(letter)) => {
-                let id = letter.event.id.clone();
-                if !live.contains_key(&id) {
-                    order.push(id.clone());
-                    live.insert(id, *letter);
+                if let std::collections::hash_map::Entry::Vacant(slot) = live.entry(letter.event.id.clone()) {
+                    order.push(letter.event.id.clone());
+                    slot.insert(*letter);
                 }
             }
             Ok(Line::Removed { removed }) => {

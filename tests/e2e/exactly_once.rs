@@ -416,7 +416,7 @@ fn model_checker() {
     if let Some(seed) = env_u64("PLUGBUS_MODEL_SEED") {
         return run_seeds(std::iter::once(seed));
     }
-    let seeds = env_u64("PLUGBUS_MODEL_SEEDS").unwrap_or(12);
+    let seeds = env_u64("PLUGBUS_MODEL_SEEDS").unwrap_or(100);
     run_seeds(0..seeds);
 }
 
