@@ -17,6 +17,7 @@ mod durable;
 mod isolation;
 mod languages;
 mod loading;
+mod log_faults;
 mod native;
 mod nats;
 mod projections;

@@ -708,7 +708,8 @@ impl Bus {
     /// # Errors
     /// [`LogError::Disabled`] when the bus has no log, [`LogError::Closed`]
     /// when the bus is shut down, [`LogError::Failed`] when the log stopped
-    /// on a write error.
+    /// on a write error, [`LogError::TooLarge`] (nothing published) when the
+    /// event would not fit a frame of the log ([`crate::log::MAX_FRAME`]).
     pub async fn emit_durable(&self, name: &str, payload: Value) -> Result<Event, LogError> {
         self.publish_durable(Event::new(name, payload)).await
     }
@@ -736,6 +737,8 @@ impl Bus {
         // All or nothing: one event its schema refuses refuses the group.
         for event in &events {
             self.shared.admit(event).map_err(|e| LogError::Refused(e.to_string()))?;
+            // Never acknowledge what the log could not read back.
+            log.check_size(event)?;
         }
         let mut published = Vec::new();
         let mut last = 0;
