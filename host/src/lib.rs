@@ -76,6 +76,8 @@ pub mod nats;
 pub mod outcome;
 pub mod pattern;
 pub mod plugin;
+#[cfg(any(test, feature = "failpoints"))]
+pub mod power_loss;
 pub mod query;
 pub mod replay;
 pub mod schema;

@@ -36,7 +36,7 @@ use crate::bus::Bus;
 use crate::bus::builder::BusBuilder;
 use crate::error::Error;
 use crate::event::Event;
-use crate::log::{LogError, LogReader, LogStats, Record};
+use crate::log::{LogError, LogReader, Record};
 use crate::plugin::port::{Captured, FollowUps};
 use crate::plugin::{LoadError, PluginInfo};
 use crate::query::{QueryAnswer, QueryError};
@@ -271,10 +271,9 @@ impl Replay {
                     builder = builder.log_dir(log);
                 }
                 let path = log.clone();
-                let end = tokio::task::spawn_blocking(move || LogStats::read(&path))
+                let end = tokio::task::spawn_blocking(move || crate::log::last_seq(&path))
                     .await
                     .map_err(|e| Error::Engine(format!("log reader task failed: {e}")))??
-                    .last_seq
                     .unwrap_or(0);
                 Batches::Log(spawn_reader(log.clone(), self.from, end, self.correlation.clone()))
             }

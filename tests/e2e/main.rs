@@ -18,6 +18,7 @@ mod exactly_once;
 mod isolation;
 mod languages;
 mod loading;
+mod log_faults;
 mod native;
 mod nats;
 mod projections;

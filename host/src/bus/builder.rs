@@ -266,7 +266,18 @@ impl BusBuilder {
         let history = (self.history > 0).then(|| History::new(self.history));
         let log = match self.log_dir {
             Some(dir) => {
-                let options = self.log_options;
+                let mut options = self.log_options;
+                let keep_state = self.keep_plugin_state;
+                let dir_for_floor = dir.clone();
+                // Retention keeps what the kept snapshots still need (their
+                // plugins resume from just after them) from the start.
+                if keep_state {
+                    let floor =
+                        tokio::task::spawn_blocking(move || crate::plugin::recovery::kept_floor(&dir_for_floor))
+                            .await
+                            .unwrap_or(0);
+                    options.retention_floor = options.retention_floor.max(floor);
+                }
                 // Opening checks the last segment: file I/O, off the runtime.
                 let log = tokio::task::spawn_blocking(move || EventLog::open(dir, options))
                     .await

@@ -401,6 +401,8 @@ impl Bus {
         };
         shared.remove(handle.seq);
         handle.stop_and_join().await;
+        // It no longer holds the log's retention back.
+        BusPort::snapshot_kept(&**shared, name, None);
         tracing::info!(plugin = name, "plugin unloaded");
         true
     }

@@ -145,6 +145,9 @@ pub(crate) struct Shared {
     /// letters, catch-up); false on a replay's bus, which must never touch
     /// the live plugins' files.
     keep_plugin_state: bool,
+    /// Per loaded plugin, the position of the snapshot it keeps beside the
+    /// log: the log's retention floor is the lowest plus one.
+    kept_snapshots: Mutex<BTreeMap<String, u64>>,
     /// What becomes of plugins' follow-up events (published, or captured
     /// by a replay).
     pub(crate) follow_ups: FollowUps,
@@ -215,6 +218,7 @@ impl Shared {
             next_entry: AtomicU64::new(1),
             log,
             keep_plugin_state,
+            kept_snapshots: Mutex::new(BTreeMap::new()),
             follow_ups,
             schemas,
             #[cfg(feature = "nats")]
@@ -283,6 +287,20 @@ impl BusPort for Shared {
 
     fn report_failure(&self, event: &Event, handler: &str, failure: &Failure) {
         Shared::report_failure(self, event, handler, failure);
+    }
+
+    fn snapshot_kept(&self, plugin: &str, seq: Option<u64>) {
+        let Some(log) = self.state_log() else { return };
+        let mut kept = lock(&self.kept_snapshots);
+        match seq {
+            Some(seq) => {
+                kept.insert(plugin.to_owned(), seq);
+            }
+            None => {
+                kept.remove(plugin);
+            }
+        }
+        log.set_retention_floor(kept.values().min().map_or(0, |seq| seq + 1));
     }
 }
 
@@ -721,7 +739,8 @@ impl Bus {
     /// # Errors
     /// [`LogError::Disabled`] when the bus has no log, [`LogError::Closed`]
     /// when the bus is shut down, [`LogError::Failed`] when the log stopped
-    /// on a write error.
+    /// on a write error, [`LogError::TooLarge`] (nothing published) when the
+    /// event would not fit a frame of the log ([`crate::log::MAX_FRAME`]).
     pub async fn emit_durable(&self, name: &str, payload: Value) -> Result<Event, LogError> {
         self.publish_durable(Event::new(name, payload)).await
     }
@@ -749,6 +768,8 @@ impl Bus {
         // All or nothing: one event its schema refuses refuses the group.
         for event in &events {
             self.shared.admit(event).map_err(|e| LogError::Refused(e.to_string()))?;
+            // Never acknowledge what the log could not read back.
+            log.check_size(event)?;
         }
         let mut published = Vec::new();
         let mut last = 0;

@@ -609,6 +609,9 @@ pub async fn bench(
     if want(&[14]) {
         nats_scenarios(&mut table, plugins, cache.path(), events).await?;
     }
+    if want(&[15]) {
+        catch_up_throughput(&mut table, plugins, cache.path(), events).await?;
+    }
     table.print();
     if let Some(path) = json_out {
         let doc = json!({ "events": events, "cores": std::thread::available_parallelism().map_or(1, |n| n.get()), "rows": table.0 });
@@ -737,6 +740,89 @@ async fn log_scenarios(table: &mut Table, plugins: &Path, cache: &Path, events: 
                 None,
             );
         }
+    }
+    Ok(())
+}
+
+/// Log sizes scenario 15 catches up over, in MiB: `PLUGBUS_BENCH_CATCH_UP_MB`
+/// (comma-separated), or `events` / 2,000, / 200 and / 20 (10, 100 and
+/// 1,000 MiB at the default 20,000 events): two orders of magnitude show
+/// whether the rate per event stays flat (linear cost), within this
+/// machine's disk budget.
+fn catch_up_sizes(events: u64) -> Vec<u64> {
+    match std::env::var("PLUGBUS_BENCH_CATCH_UP_MB") {
+        Ok(v) => v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+        Err(_) => {
+            let mut sizes: Vec<u64> = [2_000, 200, 20].iter().map(|d| (events / d).max(1)).collect();
+            sizes.dedup();
+            sizes
+        }
+    }
+}
+
+/// Bytes of the segment files in `log`.
+fn log_bytes(log: &Path) -> u64 {
+    std::fs::read_dir(log).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    })
+}
+
+/// Scenario 15: catch-up throughput. One log grown to each size in turn
+/// (the bench payload, durability off: writing is not what is measured);
+/// at each, token-counter with `replay = "all"` is loaded on a new bus and
+/// timed from the build until it has handled every logged event. A flat
+/// rate across sizes is linear cost.
+async fn catch_up_throughput(table: &mut Table, plugins: &Path, cache: &Path, events: u64) -> anyhow::Result<()> {
+    let log = tempfile::tempdir_in(std::env::temp_dir())?;
+    let empty = tempfile::tempdir()?;
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(plugins.join("token-counter.wasm"), dir.path().join("tc.wasm"))?;
+    std::fs::write(dir.path().join("tc.toml"), "replay = \"all\"\n")?;
+    let mut emitted = 0u64;
+    for mb in catch_up_sizes(events) {
+        let bus = open_logged(empty.path(), cache, log.path(), plugbus::Durability::Off).await?;
+        while log_bytes(log.path()) < mb << 20 {
+            for _ in 0..10_000 {
+                bus.emit("model_responded", payload(emitted));
+                emitted += 1;
+            }
+            // Paced on the writer, so that nothing overflows.
+            while bus.log_status().is_some_and(|s| s.queued > 16_384) {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            bus.emit_durable("bench.mark", Value::Null).await?;
+        }
+        let lost = bus.log_status().map_or(0, |s| s.lost);
+        bus.shutdown().await;
+        anyhow::ensure!(lost == 0, "{lost} events not logged while filling the log");
+        // A snapshot kept by the previous round would shorten this one.
+        let _ = std::fs::remove_dir_all(log.path().join("snapshots"));
+        let replayed = |bus: &plugbus::Bus| {
+            bus.plugins()
+                .into_iter()
+                .find(|p| p.name == "tc")
+                .map_or(0, |p| p.stats.replayed)
+        };
+        let t = Instant::now();
+        let bus = open_logged(dir.path(), cache, log.path(), plugbus::Durability::Off).await?;
+        while replayed(&bus) < emitted {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let secs = t.elapsed().as_secs_f64();
+        bus.shutdown().await;
+        let size = log_bytes(log.path()) as f64 / (1 << 20) as f64;
+        table.add(
+            "15 catch-up",
+            &format!("replay = \"all\" over {size:.0} MiB ({emitted} events)"),
+            emitted as f64 / secs,
+            "ev/s",
+            None,
+        );
     }
     Ok(())
 }

@@ -194,11 +194,10 @@ async fn tail(filter: &Filter, lines: u64) -> anyhow::Result<ExitCode> {
     let matcher = Matcher::new(filter)?;
     let from = match filter.from {
         Some(from) => from,
+        // The end, from the last segment only: checking the whole log
+        // could take minutes on a large one.
         None => {
-            let stats = LogStats::read(&filter.dir)?;
-            stats
-                .last_seq
-                .map_or(0, |last| last.saturating_sub(lines.saturating_sub(1)).max(1))
+            plugbus::log::last_seq(&filter.dir)?.map_or(0, |last| last.saturating_sub(lines.saturating_sub(1)).max(1))
         }
     };
     let mut next = from;

@@ -232,6 +232,11 @@ async fn post_events(
             )
                 .into_response()
         }
+        Err(e @ plugbus::LogError::TooLarge { limit, .. }) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Json(json!({ "error": e.to_string(), "limit_bytes": limit })),
+        )
+            .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e.to_string() }))).into_response(),
     }
 }

@@ -38,6 +38,7 @@ impl CorrelationIndex {
         let path = index_path(segment);
         let tmp = path.with_extension("cidx.tmp");
         std::fs::write(&tmp, text)?;
+        crate::failpoint::hit("log.index.rename")?;
         std::fs::rename(&tmp, &path)
     }
 

@@ -15,10 +15,17 @@
 //! segments; a gap is an event delivered live but never logged (the writer
 //! fell behind), which the bus announces with `plugbus.log.overflow`.
 //!
-//! Recovery (the pattern of Kafka's active segment): a frame cut short by a
-//! crash, a bad checksum on the very last frame, or a zero-filled tail is a
-//! *torn tail* and is truncated; any other bad frame is *corruption*, an
-//! error naming the file and byte offset.
+//! Damage is classified here by its shape alone (the pattern of Kafka's
+//! active segment): a frame cut short, a bad checksum on the very last frame,
+//! or a zero-filled tail is a *torn tail*; any other bad frame is
+//! *corruption*, an error naming the file and byte offset. Reopening a log
+//! for writing refines that with the durable mark ([`super::durable`]):
+//! damage at or past the synced length is a torn tail whatever its shape (a
+//! power loss leaves any mix of new and zero pages there), damage before it
+//! is corruption, even on the last frame.
+//!
+//! An event whose frame would pass [`MAX_FRAME`] is never written
+//! ([`encode`] refuses it): what is acknowledged can always be read back.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
@@ -39,7 +46,7 @@ pub(crate) const FRAME_FIXED: usize = 16;
 /// request body or a plugin emit may carry (1 MiB payload) plus its fields;
 /// 64 MiB leaves room for embedders' large events while stopping a corrupt
 /// length from making the reader allocate gigabytes.
-pub(crate) const MAX_FRAME: usize = 64 << 20;
+pub const MAX_FRAME: usize = 64 << 20;
 
 /// Extension of segment files.
 pub(crate) const SEGMENT_EXT: &str = "seg";
@@ -140,8 +147,29 @@ impl Record {
     }
 }
 
-/// Appends the frame of `event` at `seq` to `buf`.
-pub(crate) fn encode(buf: &mut Vec<u8>, seq: u64, event: &Event) {
+/// The longest frame `len` (body and `seq` + `time`) that `event` can
+/// encode to, whatever sequence number it gets. Serialises the event's
+/// payload if it was not yet (its text is kept for the plugins and the log).
+pub(crate) fn max_frame_len(event: &Event) -> usize {
+    let head = RecordHead {
+        seq: u64::MAX,
+        name: event.name(),
+        id: event.id(),
+        time_unix_nanos: event.time_unix_nanos(),
+        correlation_id: event.correlation_id(),
+        source: event.source(),
+        depth: event.depth(),
+    };
+    // Serialising plain fields into a `Vec` cannot fail; the head is small.
+    let head_len = serde_json::to_vec(&head).map_or(0, |v| v.len());
+    // `{…}` becomes `{…,"payload":<text>}`: 11 more bytes than the head.
+    FRAME_FIXED + head_len + 11 + event.payload_json().len()
+}
+
+/// Appends the frame of `event` at `seq` to `buf`. A frame longer than
+/// [`MAX_FRAME`] is not appended (`buf` is left as it was): `Err` with its
+/// length.
+pub(crate) fn encode(buf: &mut Vec<u8>, seq: u64, event: &Event) -> Result<(), usize> {
     let start = buf.len();
     buf.extend_from_slice(&[0; FRAME_PREFIX]);
     buf.extend_from_slice(&seq.to_le_bytes());
@@ -163,10 +191,17 @@ pub(crate) fn encode(buf: &mut Vec<u8>, seq: u64, event: &Event) {
     buf.extend_from_slice(b",\"payload\":");
     buf.extend_from_slice(event.payload_json().as_bytes());
     buf.push(b'}');
-    let len = u32::try_from(buf.len() - start - FRAME_PREFIX).unwrap_or(u32::MAX);
+    let len = buf.len() - start - FRAME_PREFIX;
+    if len > MAX_FRAME {
+        buf.truncate(start);
+        return Err(len);
+    }
+    // `len <= MAX_FRAME` (64 MiB) fits a u32.
+    let len32 = u32::try_from(len).unwrap_or(u32::MAX);
     let crc = crc32fast::hash(&buf[start + FRAME_PREFIX..]);
-    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start..start + 4].copy_from_slice(&len32.to_le_bytes());
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
 /// A frame read back: its position and checked contents.
@@ -359,7 +394,7 @@ mod tests {
         for i in 0..n {
             offsets.push(buf.len() as u64);
             let ev = Event::new(format!("e{i}"), json!({ "i": i }));
-            encode(&mut buf, first + i, &ev);
+            encode(&mut buf, first + i, &ev).unwrap();
         }
         std::fs::write(path, &buf).unwrap();
         offsets
@@ -390,7 +425,12 @@ mod tests {
         assert_eq!(parse_segment_name(&path), Some(5));
         let mut buf = MAGIC.to_vec();
         let ev = Event::new("tool.called", json!({"tool": "search"})).with_correlation_id("run-1");
-        encode(&mut buf, 5, &ev);
+        encode(&mut buf, 5, &ev).unwrap();
+        assert_eq!(
+            max_frame_len(&ev) - (buf.len() - MAGIC.len() - FRAME_PREFIX),
+            19,
+            "seq 5 vs u64::MAX"
+        );
         std::fs::write(&path, &buf).unwrap();
         let mut r = SegmentReader::open(&path, 5).unwrap().unwrap();
         let frame = r.next_frame(0).unwrap().unwrap().unwrap();
@@ -471,6 +511,21 @@ mod tests {
         let (seqs, damage) = read_all(&path, 2);
         assert!(seqs.is_empty());
         assert!(matches!(damage, Some(Damage::Corrupt { reason, .. }) if reason.contains("sequence")));
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_is_refused_and_leaves_the_buffer_as_it_was() {
+        let mut buf = MAGIC.to_vec();
+        let small = Event::new("small", json!(1));
+        encode(&mut buf, 1, &small).unwrap();
+        let before = buf.clone();
+        // A payload whose frame passes MAX_FRAME by a few bytes.
+        let big = Event::new("big", json!("x".repeat(MAX_FRAME)));
+        assert!(max_frame_len(&big) > MAX_FRAME);
+        let len = encode(&mut buf, 2, &big).unwrap_err();
+        assert!(len > MAX_FRAME && len <= max_frame_len(&big), "{len}");
+        assert_eq!(buf, before, "nothing of it is left in the batch");
+        encode(&mut buf, 2, &small).unwrap();
     }
 
     #[test]

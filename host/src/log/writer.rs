@@ -11,6 +11,21 @@
 //! buffer and writes it with one `write`, then syncs according to the
 //! [`Durability`] policy, and publishes how far the log is written and
 //! durable on a `watch` channel that durable emits wait on (group commit).
+//! After each successful sync, and before publishing it, it records the
+//! synced length in the durable mark ([`super::durable`]).
+//!
+//! A failed write, sync or segment roll stops the log for good
+//! ([`Progress::failed`]): nothing after it is written, `written` and
+//! `durable` never move again, every waiter gets
+//! [`LogError::Failed`](super::LogError::Failed), and the part of the
+//! failed batch that reached the file is cut off again (best effort; a
+//! reopen would truncate it as a torn tail anyway). Going on after a lost
+//! batch would leave a gap, or half a frame, in the middle of the log.
+//!
+//! Failpoints (`crate::failpoint`), in order of a batch's life:
+//! `log.write.before`, `log.write.torn` (writes half the batch, then fails),
+//! `log.write.after`, `log.sync.before`, `log.sync.after`, `log.durable_mark`,
+//! and on a segment roll `log.roll`, `log.dir_sync`, `log.index.rename`.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -23,10 +38,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
+use super::durable::{Mark, MarkFile};
 use super::index::CorrelationIndex;
 use super::segment::{self, MAGIC};
 use super::{Durability, LogOptions};
 use crate::event::Event;
+use crate::failpoint;
 
 /// Messages to the writer thread.
 pub(crate) enum Msg {
@@ -64,6 +81,15 @@ pub(crate) struct WriterShared {
     pub lost_last: AtomicU64,
     pub progress: watch::Sender<Progress>,
     pub on_overflow: OnceLock<OverflowHook>,
+    /// Events delivered live but not logged because their frame would pass
+    /// the reader's limit (also counted in `lost`).
+    pub oversize: AtomicU64,
+    /// The lowest sequence number a consumer still needs (0: none): see
+    /// [`EventLog::set_retention_floor`](super::EventLog::set_retention_floor).
+    pub retention_floor: AtomicU64,
+    /// Segments removed by the size limit although they held events at or
+    /// above the retention floor.
+    pub floor_breaches: AtomicU64,
 }
 
 /// The least time between two overflow reports: an overflowing log would
@@ -111,8 +137,15 @@ pub(crate) struct Writer {
     written_pending: u64,
     /// When the oldest frame not yet written was encoded.
     unwritten_since: Option<Instant>,
-    /// The segment being appended to.
+    /// Frames encoded into `buf` (lost if its write fails).
+    buf_frames: u64,
+    /// The segment being appended to, and the first sequence number its
+    /// name gives.
     active_path: PathBuf,
+    active_first: u64,
+    /// Where syncs are recorded; `None` once recording failed (the last
+    /// mark stays a valid lower bound).
+    mark: Option<MarkFile>,
     /// Correlation ids of the active segment, sealed beside it when it rolls.
     index: CorrelationIndex,
 }
@@ -129,7 +162,9 @@ impl Writer {
         sealed: Vec<(PathBuf, u64)>,
         shared: Arc<WriterShared>,
         index: CorrelationIndex,
+        mark: Option<MarkFile>,
     ) -> Writer {
+        let active_first = segment::parse_segment_name(&active_path).unwrap_or(written + 1);
         Writer {
             dir,
             options,
@@ -146,7 +181,10 @@ impl Writer {
             failed: None,
             written_pending: written,
             unwritten_since: None,
+            buf_frames: 0,
             active_path,
+            active_first,
+            mark,
             index,
         }
     }
@@ -209,7 +247,8 @@ impl Writer {
     /// frames must be written, or the group sync is due; `None`: no limit.
     fn next_deadline(&self) -> Option<Duration> {
         let write = self.unwritten_since.map(|t| COALESCE_TIME.saturating_sub(t.elapsed()));
-        let unsynced = self.durable < self.written_pending;
+        // A stopped log has nothing left to sync.
+        let unsynced = self.failed.is_none() && self.durable < self.written_pending;
         let sync = (unsynced && self.options.durability == Durability::Batched)
             .then(|| self.options.sync_interval.saturating_sub(self.last_sync.elapsed()));
         match (write, sync) {
@@ -226,37 +265,117 @@ impl Writer {
         let pending = self.segment_bytes + self.buf.len() as u64;
         if pending >= self.options.segment_bytes && pending > MAGIC.len() as u64 {
             self.write_out();
+            if self.failed.is_some() {
+                // Never roll past a lost batch.
+                self.shared.lost.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             if let Err(e) = self.roll(seq) {
                 self.fail(format!("cannot start a new segment in {}: {e}", self.dir.display()));
                 self.shared.lost.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         }
-        segment::encode(&mut self.buf, seq, event);
-        if let Some(correlation) = event.correlation_id() {
-            self.index.add(correlation, seq);
+        if let Err(bytes) = segment::encode(&mut self.buf, seq, event) {
+            // Only a plain emit gets here: durable ones are refused at
+            // publish (`EventLog::check_size`). Its number becomes a gap.
+            self.shared.lost.fetch_add(1, Ordering::Relaxed);
+            let total = self.shared.oversize.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(
+                dir = %self.dir.display(),
+                seq,
+                event = event.name(),
+                bytes,
+                limit = segment::MAX_FRAME,
+                oversize_total = total,
+                "event too large for the event log: delivered live but not logged"
+            );
+        } else {
+            self.buf_frames += 1;
+            if let Some(correlation) = event.correlation_id() {
+                self.index.add(correlation, seq);
+            }
         }
         self.written_pending = seq;
         self.unwritten_since.get_or_insert_with(Instant::now);
     }
 
-    /// Writes the encoded batch with one `write`.
+    /// Writes the encoded batch with one `write`. On failure the log stops
+    /// and the batch is lost (see the module docs).
     fn write_out(&mut self) {
         self.unwritten_since = None;
-        if self.buf.is_empty() {
+        if self.failed.is_some() {
+            self.discard_batch();
             return;
         }
-        match self.file.write_all(&self.buf) {
+        if self.buf.is_empty() {
+            // Only gaps (oversize events) since the last write.
+            self.written = self.written_pending;
+            if self.options.durability == Durability::Off {
+                self.durable = self.written;
+            }
+            return;
+        }
+        match self.write_batch() {
             Ok(()) => {
                 self.segment_bytes += self.buf.len() as u64;
                 self.written = self.written_pending;
                 if self.options.durability == Durability::Off {
                     self.durable = self.written;
                 }
+                self.buf_frames = 0;
+                self.buf.clear();
             }
-            Err(e) => self.fail(format!("cannot write to the event log in {}: {e}", self.dir.display())),
+            Err(e) => {
+                self.fail(format!("cannot write to the event log in {}: {e}", self.dir.display()));
+                // Cut off whatever part of the batch reached the file, so
+                // that readers of the live log never meet half a frame.
+                if let Err(e) = self.file.set_len(self.segment_bytes) {
+                    tracing::warn!(file = %self.active_path.display(), error = %e, "cannot cut the failed batch off the segment; it is truncated as a torn tail on reopening");
+                }
+                self.discard_batch();
+            }
         }
+    }
+
+    fn write_batch(&mut self) -> std::io::Result<()> {
+        failpoint::hit("log.write.before")?;
+        if let Err(e) = failpoint::hit("log.write.torn") {
+            // A write cut short: half the batch reaches the file.
+            self.file.write_all(&self.buf[..self.buf.len() / 2])?;
+            return Err(e);
+        }
+        self.file.write_all(&self.buf)?;
+        failpoint::hit("log.write.after")
+    }
+
+    /// Drops the encoded batch after a failure, counting its events lost.
+    fn discard_batch(&mut self) {
+        self.shared.lost.fetch_add(self.buf_frames, Ordering::Relaxed);
+        self.buf_frames = 0;
         self.buf.clear();
+    }
+
+    fn sync_file(&self) -> std::io::Result<()> {
+        failpoint::hit("log.sync.before")?;
+        self.file.sync_data()?;
+        failpoint::hit("log.sync.after")
+    }
+
+    /// Records that the active segment is synced up to its current length;
+    /// called after a successful sync, before the events are acknowledged.
+    fn record_mark(&mut self) {
+        let Some(file) = self.mark.as_mut() else { return };
+        let mark = Mark {
+            first_seq: self.active_first,
+            synced_len: self.segment_bytes,
+        };
+        if let Err(e) = file.record(mark) {
+            // The last mark recorded stays a valid lower bound: only
+            // damage in what was synced since would pass for a torn tail.
+            tracing::warn!(file = %file.path().display(), error = %e, "cannot record the durable mark; no longer recording it");
+            self.mark = None;
+        }
     }
 
     /// Syncs per the policy and publishes progress.
@@ -271,10 +390,11 @@ impl Writer {
             self.write_out();
         }
         if due && self.durable < self.written && self.failed.is_none() {
-            match self.file.sync_data() {
+            match self.sync_file() {
                 Ok(()) => {
                     self.durable = self.written;
                     self.last_sync = Instant::now();
+                    self.record_mark();
                 }
                 Err(e) => self.fail(format!("cannot sync the event log in {}: {e}", self.dir.display())),
             }
@@ -305,8 +425,9 @@ impl Writer {
     /// Closes the active segment (synced unless durability is off) and
     /// starts one whose first record is `first_seq`.
     fn roll(&mut self, first_seq: u64) -> std::io::Result<()> {
+        failpoint::hit("log.roll")?;
         if self.options.durability != Durability::Off {
-            self.file.sync_data()?;
+            self.sync_file()?;
             self.durable = self.written;
         }
         let path = self.dir.join(segment::segment_name(first_seq));
@@ -314,6 +435,7 @@ impl Writer {
         let old = std::mem::replace(&mut self.file, file);
         drop(old);
         let previous = std::mem::replace(&mut self.active_path, path);
+        self.active_first = first_seq;
         if let Err(e) = self.index.seal(&previous) {
             // Only a speed-up is lost: readers scan that segment.
             tracing::warn!(file = %previous.display(), error = %e, "cannot write the correlation index");
@@ -323,15 +445,23 @@ impl Writer {
             bytes: self.segment_bytes,
         });
         self.segment_bytes = MAGIC.len() as u64;
+        if self.options.durability != Durability::Off {
+            // `create_segment` synced the new header.
+            self.record_mark();
+        }
         tracing::debug!(dir = %self.dir.display(), first_seq, "event log segment started");
         self.apply_retention();
         Ok(())
     }
 
     /// Deletes the oldest sealed segments past the size or age limit. The
-    /// active segment is never deleted.
+    /// active segment is never deleted. A segment holding an event at or
+    /// above the retention floor is kept against the age limit; the size
+    /// limit (a disk budget) removes it anyway, loudly: a warning with its
+    /// sequence range and [`LogStatus::floor_breaches`](super::LogStatus::floor_breaches).
     fn apply_retention(&mut self) {
         let now = SystemTime::now();
+        let floor = self.shared.retention_floor.load(Ordering::Acquire);
         loop {
             let total: u64 = self.sealed.iter().map(|s| s.bytes).sum::<u64>() + self.segment_bytes;
             let Some(oldest) = self.sealed.front() else { break };
@@ -345,10 +475,34 @@ impl Writer {
             if !(over_size || over_age) {
                 break;
             }
+            // Its events run up to the one before the next segment's first.
+            let first_seq = segment::parse_segment_name(&oldest.path).unwrap_or(0);
+            let next_first = self
+                .sealed
+                .get(1)
+                .and_then(|s| segment::parse_segment_name(&s.path))
+                .unwrap_or(self.active_first);
+            let last_seq = next_first.saturating_sub(1);
+            let needed = floor > 0 && last_seq >= floor;
+            if needed && !over_size {
+                break;
+            }
             match std::fs::remove_file(&oldest.path) {
                 Ok(()) => {
                     let _ = std::fs::remove_file(super::index::index_path(&oldest.path));
-                    tracing::info!(file = %oldest.path.display(), bytes = oldest.bytes, "event log segment removed by retention");
+                    if needed {
+                        let breaches = self.shared.floor_breaches.fetch_add(1, Ordering::Relaxed) + 1;
+                        tracing::warn!(
+                            file = %oldest.path.display(),
+                            first_seq,
+                            last_seq,
+                            retention_floor = floor,
+                            floor_breaches = breaches,
+                            "event log segment removed by retention_bytes although a consumer still needs its events (retention floor)"
+                        );
+                    } else {
+                        tracing::info!(file = %oldest.path.display(), bytes = oldest.bytes, first_seq, last_seq, "event log segment removed by retention");
+                    }
                     self.sealed.pop_front();
                 }
                 Err(e) => {
@@ -389,6 +543,7 @@ pub(crate) fn create_segment(path: &Path, dir: &Path, durability: Durability) ->
     file.write_all(&MAGIC)?;
     if durability != Durability::Off {
         file.sync_data()?;
+        failpoint::hit("log.dir_sync")?;
         sync_dir(dir)?;
     }
     Ok(file)

@@ -28,6 +28,11 @@ pub(crate) trait BusPort: Send + Sync {
 
     /// Runs the embedder's failure hook, isolated like any handler.
     fn report_failure(&self, event: &Event, handler: &str, failure: &Failure);
+
+    /// A plugin's snapshot at `seq` is kept beside the log: the plugin needs
+    /// the log from `seq + 1` on (the log's retention floor follows the
+    /// lowest of these). `None`: the plugin keeps no snapshot any more.
+    fn snapshot_kept(&self, plugin: &str, seq: Option<u64>);
 }
 
 /// A follow-up with what orders it in a replay's output.

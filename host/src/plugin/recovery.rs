@@ -94,6 +94,28 @@ pub(crate) fn persist(path: &Path, snapshot: &Snapshot, sync: bool) -> std::io::
     Ok(())
 }
 
+/// The retention floor the snapshots kept in `log_dir` ask for: the lowest
+/// position after any of them (0 when there are none). Reads each file's
+/// header only.
+pub(crate) fn kept_floor(log_dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(log_dir.join(SNAPSHOT_DIR)) else {
+        return 0;
+    };
+    let mut floor: Option<u64> = None;
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if path.extension().is_none_or(|e| e != "snap") {
+            continue;
+        }
+        let mut head = [0u8; 16];
+        let read = std::fs::File::open(&path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
+        if read.is_ok() && (head[..8] == SNAPSHOT_MAGIC[..] || head[..8] == SNAPSHOT_MAGIC_V1[..]) {
+            let seq = u64::from_le_bytes(head[8..16].try_into().unwrap_or_default());
+            floor = Some(floor.map_or(seq + 1, |f| f.min(seq + 1)));
+        }
+    }
+    floor.unwrap_or(0)
+}
+
 /// Reads a snapshot file (format 1 or 2). `Ok(None)` when there is none;
 /// an error names what is wrong (the caller rebuilds from the log instead).
 pub(crate) fn load(path: &Path) -> Result<Option<Snapshot>, String> {

@@ -404,6 +404,9 @@ impl Worker {
         } = plan;
         let started = Instant::now();
         let mut handled = 0u64;
+        if let Some(seq) = self.last_seq {
+            self.report_retention_gap(&log, seq).await;
+        }
         loop {
             let batch = cursor.read(log.status().written_seq).await?;
             if batch.is_empty() {
@@ -433,6 +436,35 @@ impl Worker {
             "caught up with the event log"
         );
         Ok(())
+    }
+
+    /// Says so, loudly, when the events after `seq` (the kept snapshot's
+    /// position) are no longer all in the log: retention removed some.
+    async fn report_retention_gap(&mut self, log: &crate::log::EventLog, seq: u64) {
+        let dir = log.dir().to_owned();
+        let first = tokio::task::spawn_blocking(move || crate::log::first_retained_seq(&dir)).await;
+        if let Ok(Ok(Some(first))) = first
+            && first > seq + 1
+        {
+            let name = &*self.spec.name;
+            let (from, to) = (seq + 1, first - 1);
+            tracing::error!(
+                plugin = name,
+                from_seq = from,
+                to_seq = to,
+                "events the kept snapshot needs were removed by retention: the plugin's state misses them"
+            );
+            self.stats.rebuilt(false, 0);
+            self.meta(
+                "plugbus.plugin.state_lost",
+                json!({
+                    "name": name,
+                    "reason": format!("events {from}..={to} were removed by the log's retention before this plugin handled them"),
+                    "from_seq": from,
+                    "to_seq": to,
+                }),
+            );
+        }
     }
 
     /// Handles logged events, emits and logs silenced; returns how many.
@@ -644,6 +676,9 @@ impl Worker {
         let reason = match spec.restore(instance, &snapshot.bytes).await {
             Ok(Ok(())) => {
                 tracing::info!(plugin = &*spec.name, seq = ?snapshot.seq, bytes = snapshot.bytes.len(), "state restored from the snapshot kept with the log");
+                if let Some(bus) = self.bus.upgrade() {
+                    bus.snapshot_kept(&spec.name, Some(snapshot.seq.unwrap_or(0)));
+                }
                 self.last_seq = snapshot.seq;
                 self.recovery.snapshotted(snapshot);
                 return true;
@@ -722,6 +757,9 @@ impl Worker {
                 let mut kept = true;
                 if let Some((path, sync)) = self.snapshot_file.clone() {
                     kept = Self::persist(&spec.name, self.log.clone(), path, sync, snapshot.clone()).await;
+                    if kept && let Some(bus) = self.bus.upgrade() {
+                        bus.snapshot_kept(&spec.name, Some(snapshot.seq.unwrap_or(0)));
+                    }
                 }
                 self.recovery.snapshotted(snapshot);
                 self.stats.snapshotted();
