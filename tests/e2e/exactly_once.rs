@@ -724,3 +724,70 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Defect 13: a gap in a plugin's history is loud. The log's size limit
+/// removed segments the kept snapshot still needed (the retention floor
+/// holds back age-based retention only; a disk budget wins): the restarted
+/// plugin announces `plugbus.plugin.state_lost` with the missing range, and
+/// the log counts the breach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_removed_by_retention_before_a_plugin_saw_them_are_reported() {
+    let plugins = tempfile::tempdir().unwrap();
+    let log = tempfile::tempdir().unwrap();
+    support::install(
+        plugins.path(),
+        &support::wasm("ledger"),
+        "ledger",
+        &ledger_manifest(false, 1000, 0),
+    );
+    let small = plugbus::LogOptions {
+        segment_bytes: 4096,
+        retention_bytes: Some(16 << 10),
+        ..plugbus::LogOptions::default()
+    };
+    let open = || {
+        plugbus::Bus::builder()
+            .plugin_dir(plugins.path())
+            .log_dir(log.path())
+            .log_options(small.clone())
+            .cache_dir(support::shared_cache())
+            .build()
+    };
+    let bus = open().await.unwrap();
+    // Its snapshot is the one at its start (seq 0): it needs the whole log.
+    let snap = log.path().join("snapshots/ledger.snap");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !snap.exists() {
+        assert!(Instant::now() < deadline, "the initial snapshot was not kept");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let early = std::fs::read(&snap).unwrap();
+    emit_ledger(&bus, 0, 600, |_| false);
+    bus.flush().await;
+    // Durable once this one is: the writer has rolled and applied retention.
+    bus.emit_durable("ledger.last", json!({})).await.unwrap();
+    assert!(bus.log_status().unwrap().floor_breaches > 0, "{:?}", bus.log_status());
+    bus.shutdown().await;
+    // Back to the early snapshot (a crash before any other was kept).
+    std::fs::write(log.path().join("snapshots/ledger.snap"), &early).unwrap();
+    let first = plugbus::LogReader::open(log.path(), 0)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .seq;
+    assert!(first > 1, "retention removed the oldest segments");
+    let bus = open().await.unwrap();
+    bus.flush().await;
+    bus.shutdown().await;
+    let lost: Vec<Value> = plugbus::LogReader::open(log.path(), 0)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .filter(|r| r.name == "plugbus.plugin.state_lost")
+        .map(|r| r.payload)
+        .collect();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0]["name"], "ledger");
+    assert_eq!(lost[0]["from_seq"], 1);
+    assert!(lost[0]["to_seq"].as_u64().unwrap() >= first - 1, "{lost:?}");
+}

@@ -227,15 +227,16 @@ impl Worker {
     ) {
         let _finished = FinishGuard(self.state.clone());
         let mut catch_up = catch_up;
-        if let Some(snapshot) = self.resume.take()
-            && !self.resume_from(snapshot).await
-            && let Some(plan) = catch_up.as_mut()
-        {
-            // The snapshot is unusable: rebuild from the whole log instead.
-            plan.cursor.rewind();
+        let mut resumed = false;
+        if let Some(snapshot) = self.resume.take() {
+            resumed = self.resume_from(snapshot).await;
+            if !resumed && let Some(plan) = catch_up.as_mut() {
+                // The snapshot is unusable: rebuild from the whole log instead.
+                plan.cursor.rewind();
+            }
         }
         if let Some(plan) = catch_up
-            && let Err(e) = self.catch_up(plan).await
+            && let Err(e) = self.catch_up(plan, resumed).await
         {
             // A gap in what the plugin has seen: loud, never silent.
             let reason = format!(
@@ -394,7 +395,7 @@ impl Worker {
 
     /// Handles the logged history (see `catch_up`): phase 1, then tells the
     /// bus it may register the plugin, waits for the cut, and reads on to it.
-    async fn catch_up(&mut self, plan: crate::plugin::catch_up::Plan) -> Result<(), crate::LogError> {
+    async fn catch_up(&mut self, plan: crate::plugin::catch_up::Plan, resumed: bool) -> Result<(), crate::LogError> {
         let crate::plugin::catch_up::Plan {
             log,
             mut cursor,
@@ -404,8 +405,9 @@ impl Worker {
         } = plan;
         let started = Instant::now();
         let mut handled = 0u64;
-        if let Some(seq) = self.last_seq {
-            self.report_retention_gap(&log, seq).await;
+        if resumed {
+            // The kept snapshot needs every event after it.
+            self.report_retention_gap(&log, self.last_seq.unwrap_or(0)).await;
         }
         loop {
             let batch = cursor.read(log.status().written_seq).await?;
