@@ -554,7 +554,7 @@ fn encode_nats(nats: &plugbus::NatsStatus, encoder: &mut DescriptorEncoder) -> R
         )?)?;
     }
     type Field = fn(&plugbus::nats::ConsumerStats) -> u64;
-    let counters: [(&str, &str, Field); 4] = [
+    let counters: [(&str, &str, Field); 7] = [
         (
             "plugbus_nats_consumer_acked",
             "Messages this host acknowledged as handled",
@@ -574,6 +574,21 @@ fn encode_nats(nats: &plugbus::NatsStatus, encoder: &mut DescriptorEncoder) -> R
             "plugbus_nats_consumer_redelivered",
             "Redelivered messages this host took",
             |c| c.redelivered,
+        ),
+        (
+            "plugbus_nats_consumer_follow_ups_not_stored",
+            "Messages handed back (Nak) because a follow-up they caused was not stored",
+            |c| c.follow_ups_not_stored,
+        ),
+        (
+            "plugbus_nats_consumer_max_deliveries",
+            "MAX_DELIVERIES advisories: messages the server gave up after their last delivery",
+            |c| c.max_deliveries,
+        ),
+        (
+            "plugbus_nats_consumer_terminated_advisories",
+            "MSG_TERMINATED advisories for this consumer, by any host",
+            |c| c.terminated_advisories,
         ),
     ];
     for (name, help, field) in counters {
