@@ -1208,3 +1208,59 @@ async fn a_nemesis_loses_nothing_and_acknowledges_nothing_unstored() {
         support::terminate(host);
     }
 }
+
+/// The `nats.ack` failpoint: host A crashes (an abort, as `kill -9` would
+/// leave it) right before acknowledging an event whose follow-up it already
+/// stored. The event comes back after `ack_wait` to host B, which handles
+/// it again: the follow-up, published again under its derived id, is not
+/// stored twice, and B acknowledges the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_crashing_before_its_ack_loses_nothing_and_stores_the_follow_up_once() {
+    let nats = NatsServer::start();
+    let dir = support::plugin_dir(&[]);
+    support::install(
+        dir.path(),
+        &support::wasm("misbehave"),
+        "relay",
+        "subscriptions = [\"tool.called\"]\n[config]\nalways = \"relay\"\nrelay_to = \"tool.relayed\"\n",
+    );
+    let args = [
+        "--plugins",
+        dir.path().to_str().unwrap(),
+        "--nats",
+        &nats.url,
+        "--ack-wait-ms",
+        "1000",
+    ];
+    let (mut a, addr_a, log_a) = support::serve_with_env(&args, &[("FAILPOINTS", "nats.ack=return(crash)")]);
+    let js = client(&nats.url).await;
+    post(&addr_a, &[json!({"name": "tool.called", "payload": {}})]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = a.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "host A never reached its ack");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "{status:?}");
+    assert!(log_a.join().unwrap().contains("failpoint nats.ack"));
+    // Stored before the ack was due.
+    assert_eq!(stream_messages(&js, "plugbus.events.*.tool.relayed").await.len(), 1);
+
+    let (b, addr_b, _lb) = host(dir.path(), &nats.url);
+    until_status(&addr_b, Duration::from_secs(20), "B acknowledged the event", |s| {
+        s["nats"]["consumers"]["relay"]["acked"] == 1
+    })
+    .await;
+    let status = plugins_of(&addr_b);
+    assert_eq!(
+        status["nats"]["consumers"]["relay"]["redelivered"], 1,
+        "{}",
+        status["nats"]
+    );
+    assert_eq!(status["nats"]["publish"]["duplicates"], 1, "{}", status["nats"]);
+    assert_eq!(stream_messages(&js, "plugbus.events.*.tool.relayed").await.len(), 1);
+    all_settled(&js, "relay", Duration::from_secs(10)).await;
+    support::terminate(&b);
+}
