@@ -1264,3 +1264,47 @@ async fn a_host_crashing_before_its_ack_loses_nothing_and_stores_the_follow_up_o
     all_settled(&js, "relay", Duration::from_secs(10)).await;
     support::terminate(&b);
 }
+
+/// Defect 14 through `plugbus serve`: a `POST /events` waiting for the
+/// stream's confirmation from a frozen server, when the host is told to
+/// stop, answers 503 "shutting down" once the grace period is over (its
+/// publish attempts would take ~25 s more), and the host exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_waiting_on_a_frozen_server_answers_503_when_the_host_stops() {
+    let nats = NatsServer::start();
+    let dir = support::plugin_dir(&["console-logger"]);
+    let (mut a, addr, _log) = support::serve(&[
+        "--plugins",
+        dir.path().to_str().unwrap(),
+        "--nats",
+        &nats.url,
+        "--grace-ms",
+        "1000",
+    ]);
+    post(&addr, &[json!({"name": "warm", "payload": {}})]).unwrap();
+    let kill = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &nats.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    kill("-STOP");
+    let to = addr.clone();
+    let poster =
+        std::thread::spawn(move || support::try_http(&to, "POST", "/events", br#"{"name": "late", "payload": {}}"#));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    support::terminate(&a);
+    let answer = tokio::task::spawn_blocking(move || poster.join().unwrap())
+        .await
+        .unwrap();
+    kill("-CONT");
+    let (status, body) = answer.expect("an answer before the host exits");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("shutting down"), "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the host did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

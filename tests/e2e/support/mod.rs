@@ -533,6 +533,11 @@ impl NatsServer {
         }
     }
 
+    /// The server's process id (to freeze it with SIGSTOP, say).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Debian's `nats-server`.
     fn bin() -> &'static str {
         ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
