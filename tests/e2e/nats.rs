@@ -1114,6 +1114,20 @@ fn post_until_stored(addrs: &[&str], batch: &str, within: Duration) {
 /// host's open pull requests keep taking the messages that come back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nemesis_loses_nothing_and_acknowledges_nothing_unstored() {
+    nemesis(1).await;
+}
+
+/// The nemesis for longer: its faults repeated `rounds` times over
+/// 250 × 8 events (~1-2 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run with --ignored"]
+async fn a_longer_nemesis_loses_nothing_and_acknowledges_nothing_unstored() {
+    nemesis(8).await;
+}
+
+/// The nemesis's `rounds`: each posts 250 events while a host is frozen
+/// and thawed, another killed and replaced, and the server restarted.
+async fn nemesis(rounds: u64) {
     let mut nats = NatsServer::start_with("max_payload: 8192\n");
     let dir = support::plugin_dir(&[]);
     let misbehave = support::wasm("misbehave");
@@ -1136,31 +1150,41 @@ async fn a_nemesis_loses_nothing_and_acknowledges_nothing_unstored() {
     }
     let (a, addr_a, _la) = host(dir.path(), &nats.url);
     let (b, addr_b, _lb) = host(dir.path(), &nats.url);
-    let (mut c, addr_c, _lc) = host(dir.path(), &nats.url);
+    let (mut c, mut addr_c, _lc) = host(dir.path(), &nats.url);
+    let mut replacements = Vec::new();
     let js = client(&nats.url).await;
     let batch = |from: u64| -> String {
         let events: Vec<Value> = (from..from + 50)
-            .map(|i| json!({"specversion": "1.0", "id": format!("n-{i}"), "source": "/nemesis", "type": format!("n.s{i:03}"), "data": {"seq": i}}))
+            .map(|i| json!({"specversion": "1.0", "id": format!("n-{i}"), "source": "/nemesis", "type": format!("n.s{i:04}"), "data": {"seq": i}}))
             .collect();
         Value::Array(events).to_string()
     };
     let within = Duration::from_secs(30);
-    post_until_stored(&[&addr_b], &batch(0), within);
-    signal(&b, "-STOP");
-    post_until_stored(&[&addr_c], &batch(50), within);
-    c.kill().unwrap();
-    let _ = c.wait();
-    post_until_stored(&[&addr_a], &batch(100), within);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    signal(&b, "-CONT");
-    nats.restart();
-    post_until_stored(&[&addr_a, &addr_b], &batch(150), within);
-    post_until_stored(&[&addr_b, &addr_a], &batch(200), within);
+    for round in 0..rounds {
+        let base = round * 250;
+        if round > 0 {
+            // The killed host's replacement.
+            let (next, addr, log) = host(dir.path(), &nats.url);
+            replacements.push((std::mem::replace(&mut c, next), log));
+            addr_c = addr;
+        }
+        post_until_stored(&[&addr_b], &batch(base), within);
+        signal(&b, "-STOP");
+        post_until_stored(&[&addr_c], &batch(base + 50), within);
+        c.kill().unwrap();
+        let _ = c.wait();
+        post_until_stored(&[&addr_a], &batch(base + 100), within);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        signal(&b, "-CONT");
+        nats.restart();
+        post_until_stored(&[&addr_a, &addr_b], &batch(base + 150), within);
+        post_until_stored(&[&addr_b, &addr_a], &batch(base + 200), within);
+    }
 
     // Settled: nothing pending or unacknowledged for any plugin (big's
     // messages given up after their last delivery).
     for plugin in ["relay", "slow", "flaky", "big"] {
-        let deadline = Instant::now() + Duration::from_secs(40);
+        let deadline = Instant::now() + Duration::from_secs(30 + 10 * rounds);
         loop {
             let (_, _, pending, ack_pending, _) = progress(&js, plugin).await;
             if pending == 0 && ack_pending == 0 {
@@ -1179,7 +1203,8 @@ async fn a_nemesis_loses_nothing_and_acknowledges_nothing_unstored() {
         .iter()
         .map(|(_, e)| e["name"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!((stored.len(), names.len()), (250, 250), "each event stored once");
+    let total = (rounds * 250) as usize;
+    assert_eq!((stored.len(), names.len()), (total, total), "each event stored once");
     let relayed = stream_messages(&js, "plugbus.events.*.done.relay").await;
     let mut from: Vec<String> = relayed
         .iter()
