@@ -31,6 +31,20 @@ pub enum Error {
     #[cfg(feature = "nats")]
     #[error(transparent)]
     Nats(#[from] crate::nats::NatsError),
+    /// Both an event log and NATS were asked for. On NATS the stream is the
+    /// one history: its sequence numbers number events, and replay, queries
+    /// and a new plugin's catch-up read it. A local log would number the
+    /// same events a second way (snapshots in one scheme, resumed in the
+    /// other; a `replay = "all"` plugin would catch up from both and see
+    /// each event twice), so the combination is refused.
+    #[cfg(feature = "nats")]
+    #[error(
+        "an event log (`--log`, BusBuilder::log_dir) and NATS (`--nats`, BusBuilder::nats) cannot be used together: \
+         on NATS the stream is the one history (its sequence numbers number events; replay, queries and catch-up \
+         read it), and a local log would number the same events a second way, so a `replay = \"all\"` plugin \
+         would see each event twice; drop `--log` and read the stream with `plugbus replay --nats`"
+    )]
+    LogWithNats,
     /// `build()` was awaited outside a tokio runtime.
     #[error("the bus must be built inside a tokio runtime")]
     NoRuntime,

@@ -223,7 +223,8 @@ impl BusBuilder {
         Ok(Some(crate::schema::Schemas::new(by_name, self.schema_policy)))
     }
 
-    /// Joins a NATS JetStream stream (see [`crate::nats`]): events go to the
+    /// Joins a NATS JetStream stream (see [`crate::nats`]); not together
+    /// with [`log_dir`](Self::log_dir) (the stream is the one history). Events go to the
     /// stream, and each plugin pulls its share from a durable consumer
     /// shared with every other host that loads it.
     ///
@@ -242,8 +243,22 @@ impl BusBuilder {
         self
     }
 
+    /// Builds the bus: opens the log or joins NATS, watches the directory
+    /// if asked, and loads the plugins (a plugin that fails to load is
+    /// listed in [`Bus::load_failures`], not an error).
+    ///
+    /// # Errors
+    /// [`Error::LogWithNats`] when both an event log and NATS are asked for
+    /// (checked first: nothing is opened); [`Error::Nats`] naming the URL or
+    /// the stream; [`Error::Log`], [`Error::Schema`], [`Error::PluginDir`],
+    /// [`Error::Engine`], [`Error::Watch`], [`Error::NoRuntime`].
     pub async fn build(self) -> Result<Bus, Error> {
         let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        // One history: on NATS, the stream (see `Error::LogWithNats`).
+        #[cfg(feature = "nats")]
+        if self.log_dir.is_some() && self.nats.is_some() {
+            return Err(Error::LogWithNats);
+        }
         let schemas = self.compile_schemas()?;
         let mut limits = self.limits;
         if let Some(q) = self.queue_capacity {

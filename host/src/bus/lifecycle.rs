@@ -293,7 +293,7 @@ async fn install_new(shared: &Arc<Shared>, prepared: Prepared, path: &Path) -> A
             handle.spec.limits.queue_capacity,
             matches!(handle.spec.manifest.replay, crate::manifest::CatchUp::All),
             handle.spec.manifest.ordered,
-            Arc::downgrade(shared),
+            Arc::downgrade(shared) as std::sync::Weak<dyn crate::nats::port::NatsPort>,
         )
         .await;
     }

@@ -265,7 +265,16 @@ impl BusPort for Shared {
             return Err("the bus is shutting down; event not accepted".into());
         }
         match &self.follow_ups {
-            FollowUps::Publish => BusPort::publish(self, follow_up.event),
+            FollowUps::Publish => {
+                // On NATS, the parent's ack waits for this follow-up's
+                // store ack (or Naks when it is not stored).
+                #[cfg(feature = "nats")]
+                if let Some(nats) = &self.nats {
+                    nats.publisher
+                        .track(&follow_up.plugin, follow_up.parent_seq, follow_up.event.id());
+                }
+                BusPort::publish(self, follow_up.event)
+            }
             FollowUps::Capture(sink) => {
                 let _ = sink.send(follow_up);
             }
@@ -301,6 +310,33 @@ impl BusPort for Shared {
             }
         }
         log.set_retention_floor(kept.values().min().map_or(0, |seq| seq + 1));
+    }
+}
+
+#[cfg(feature = "nats")]
+impl crate::nats::port::NatsPort for Shared {
+    fn offer(&self, plugin: &str, job: Job) -> bool {
+        let handle = lock(&self.plugins).get(plugin).cloned();
+        match handle {
+            Some(p) => {
+                self.enqueue(&p, job);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn quarantine_left(&self, plugin: &str) -> Option<Duration> {
+        let handle = lock(&self.plugins).get(plugin).cloned()?;
+        if handle.quarantined_now() {
+            handle.state.retry_in()
+        } else {
+            None
+        }
+    }
+
+    fn announce(&self, event: Event) {
+        BusPort::publish(self, event);
     }
 }
 
@@ -370,6 +406,12 @@ impl Shared {
     fn dispatch(self: &Arc<Self>, event: &Event, mut waits: Option<&mut Vec<(String, Wait)>>, durable: bool) {
         if self.closed.load(Ordering::Acquire) {
             tracing::debug!(event = event.name(), "bus is shut down; event not delivered");
+            // Whoever waits for its store ack learns it will not come.
+            #[cfg(feature = "nats")]
+            if let Some(nats) = &self.nats {
+                nats.publisher
+                    .refuse(event, crate::nats::publisher::NotStored::ShutDown);
+            }
             return;
         }
         // The snapshot is taken under the publish lock, where every plugin
@@ -450,20 +492,6 @@ impl Shared {
             }
             Target::Plugin(_) => {}
         });
-    }
-
-    /// Offers `job` to the plugin named `plugin` (the current version, after
-    /// a hot swap), as a publish would; false when no such plugin is loaded.
-    #[cfg(feature = "nats")]
-    pub(crate) fn offer_to(&self, plugin: &str, job: Job) -> bool {
-        let handle = lock(&self.plugins).get(plugin).cloned();
-        match handle {
-            Some(p) => {
-                self.enqueue(&p, job);
-                true
-            }
-            None => false,
-        }
     }
 
     /// Offers `job` to plugin `p`'s queue, counted as in flight for
@@ -858,6 +886,9 @@ impl Bus {
         let Some(nats) = &self.shared.nats else {
             return Err(LogError::Refused("this bus is not on NATS".into()));
         };
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(LogError::Refused("the host is shutting down; not published".into()));
+        }
         let events: Vec<Event> = events.into_iter().collect();
         for event in &events {
             self.shared.admit(event).map_err(|e| LogError::Refused(e.to_string()))?;

@@ -5,7 +5,10 @@
 //!   request is durable under the log's policy, and carries their sequence
 //!   numbers and the policy (`{"ids", "seqs", "durable": true, "durability"}`);
 //!   with `--nats`, once the stream stored them (`{"ids", "stream_seqs",
-//!   "durable": true, "durability": "nats"}`);
+//!   "durable": true, "durability": "nats"}`), or 503 with the reason: a
+//!   request still unconfirmed once the host has been stopping for its
+//!   grace period answers 503 "shutting down" instead of holding the
+//!   shutdown up (the events may still be stored);
 //!   503 if the log has failed. A request with any malformed line is refused whole (400,
 //!   naming the line), so a client never has to guess what was accepted.
 //!   CloudEvents 1.0 too: structured (`application/cloudevents+json`),
@@ -74,8 +77,12 @@ pub async fn serve(
     // Open dashboard streams never end by themselves: they end when this
     // turns true, so the graceful shutdown is not held up by a browser tab.
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = Shutdown {
+        stopping: stopping.clone(),
+        grace,
+    };
     let dashboard = Dashboard::start(&bus, stopping);
-    let app = router(bus.clone()).merge(dashboard.routes());
+    let app = router(bus.clone(), shutdown).merge(dashboard.routes());
     eprintln!(
         "plugbus: listening on http://{addr} (plugins in {}; dashboard at /)",
         plugins.display()
@@ -108,7 +115,27 @@ pub async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-fn router(bus: plugbus::Bus) -> Router {
+/// What a request handler knows of the host's shutdown: whether it began
+/// (SIGTERM), and the grace period a request may still take after it.
+#[derive(Clone)]
+struct Shutdown {
+    stopping: tokio::sync::watch::Receiver<bool>,
+    grace: std::time::Duration,
+}
+
+impl Shutdown {
+    /// Resolves once the host has been stopping for the grace period
+    /// (never, while it runs).
+    async fn grace_over(mut self) {
+        if self.stopping.wait_for(|stopping| *stopping).await.is_err() {
+            // The sender is gone only once serving ended.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(self.grace).await;
+    }
+}
+
+fn router(bus: plugbus::Bus, shutdown: Shutdown) -> Router {
     Router::new()
         .route("/events", post(post_events))
         .route("/plugins", get(get_plugins))
@@ -118,6 +145,7 @@ fn router(bus: plugbus::Bus) -> Router {
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::Extension(shutdown))
         .with_state(bus)
 }
 
@@ -186,6 +214,7 @@ fn events_of(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<Vec<plugbus
 
 async fn post_events(
     State(bus): State<plugbus::Bus>,
+    axum::Extension(shutdown): axum::Extension<Shutdown>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
@@ -207,7 +236,18 @@ async fn post_events(
     // request: then they outlive this host.
     if bus.nats_status().is_some() {
         let ids: Vec<String> = events.iter().map(|e| e.id().to_owned()).collect();
-        return match bus.publish_to_stream(events).await {
+        // The graceful shutdown waits for this request: once its grace is
+        // spent, answer rather than hold the shutdown up (a server that
+        // does not answer would keep it for every publish attempt).
+        let stored = tokio::select! {
+            stored = bus.publish_to_stream(events) => stored,
+            () = shutdown.grace_over() => {
+                let reason = "the host is shutting down and the stream has not confirmed the events yet; \
+                              they may still be stored (CloudEvents retried with the same ids are stored once)";
+                return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": reason, "ids": ids }))).into_response();
+            }
+        };
+        return match stored {
             Ok(seqs) => (
                 StatusCode::ACCEPTED,
                 Json(json!({ "ids": ids, "stream_seqs": seqs, "durable": true, "durability": "nats" })),
@@ -559,7 +599,7 @@ fn encode_nats(nats: &plugbus::NatsStatus, encoder: &mut DescriptorEncoder) -> R
         )?)?;
     }
     type Field = fn(&plugbus::nats::ConsumerStats) -> u64;
-    let counters: [(&str, &str, Field); 4] = [
+    let counters: [(&str, &str, Field); 7] = [
         (
             "plugbus_nats_consumer_acked",
             "Messages this host acknowledged as handled",
@@ -579,6 +619,21 @@ fn encode_nats(nats: &plugbus::NatsStatus, encoder: &mut DescriptorEncoder) -> R
             "plugbus_nats_consumer_redelivered",
             "Redelivered messages this host took",
             |c| c.redelivered,
+        ),
+        (
+            "plugbus_nats_consumer_follow_ups_not_stored",
+            "Messages handed back (Nak) because a follow-up they caused was not stored",
+            |c| c.follow_ups_not_stored,
+        ),
+        (
+            "plugbus_nats_consumer_max_deliveries",
+            "MAX_DELIVERIES advisories: messages the server gave up after their last delivery",
+            |c| c.max_deliveries,
+        ),
+        (
+            "plugbus_nats_consumer_terminated_advisories",
+            "MSG_TERMINATED advisories for this consumer, by any host",
+            |c| c.terminated_advisories,
         ),
     ];
     for (name, help, field) in counters {

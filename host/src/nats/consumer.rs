@@ -1,30 +1,44 @@
 //! One plugin's durable pull consumer: every host that loads plugin `P`
 //! pulls from `plugbus-P`, so the stream's events for `P` are shared between
 //! hosts. A host holds at most the plugin's queue capacity of unacknowledged
-//! messages (it never pulls what the plugin cannot queue), and maps each
-//! outcome to an acknowledgement:
+//! messages (it never pulls what the plugin cannot queue), pulls nothing
+//! while the plugin is quarantined, and maps each outcome to an
+//! acknowledgement ([`verdict`]):
 //!
 //! | outcome | ack | why |
 //! |---|---|---|
-//! | ok, or the guest's `Err` | `Ack` | handled (an `Err` is the plugin's answer) |
-//! | a hard failure (trap, fuel, deadline, memory) | `Term` | the worker already recovered the plugin and kept the event as a dead letter: redelivering a poison event would fail again |
-//! | dropped (quarantined, unloaded, shutting down, queue full) | `Nak` | another host (or this one, later) takes it |
+//! | ok, or the guest's `Err`, every follow-up stored | `Ack` | handled (an `Err` is the plugin's answer) |
+//! | ok or `Err`, but a follow-up not stored (queue full, every attempt failed, too large) | `Nak(backoff)` | never acknowledged without its follow-ups; the server gives it up after `max_deliver` (a `MAX_DELIVERIES` advisory) |
+//! | a deterministic hard failure (trap, panic, out of fuel, memory, stack) | `Term` | the worker recovered the plugin and kept a dead letter; the same input would fail the same way again |
+//! | a transient hard failure (deadline, host error), first delivery | `Nak(backoff)` | a loaded machine misses a wall-clock deadline; another try (here or elsewhere) may pass |
+//! | a transient hard failure again on a redelivery | `Term` | it failed twice: treated as poison |
+//! | dropped: quarantined | `Nak(until the quarantine ends)` | comes back once the plugin takes events again |
+//! | dropped: unloaded, shutting down, queue full | `Nak(backoff)` | another host (or this one, later) takes it |
 //! | an envelope that does not parse | `Term` | it can never be handled; logged with the stream sequence |
 //! | an event the plugin's patterns do not match | `Ack` | the consumer's filter is wider than its patterns |
+//!
+//! `backoff` is 250 ms on the first delivery, doubling with each delivery,
+//! at most 8 s.
+//!
+//! The loop never waits for an acknowledgement's preconditions: outcomes and
+//! their follow-ups' store acks are awaited together, beside the pulls and
+//! the progress acks. Pulls carry an idle heartbeat, so a pull request the
+//! server lost is noticed within two heartbeats, not at its expiry.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
-use crate::bus::Shared;
+use crate::nats::port::NatsPort;
+use crate::nats::publisher::{NotStored, Publisher};
 use crate::nats::{NatsOptions, wire};
-use crate::outcome::Outcome;
+use crate::outcome::{DropReason, Failure, Outcome};
 use crate::pattern::Pattern;
 use crate::plugin::worker::Job;
 
@@ -41,6 +55,15 @@ pub struct ConsumerStats {
     pub terminated: u64,
     /// Messages that arrived redelivered (delivered more than once).
     pub redelivered: u64,
+    /// Of the `nakked`: handled, but a follow-up they caused was not stored.
+    pub follow_ups_not_stored: u64,
+    /// `MAX_DELIVERIES` advisories seen for this consumer (any host's
+    /// message): messages the server gave up on.
+    pub max_deliveries: u64,
+    /// `MSG_TERMINATED` advisories seen for this consumer (any host's Term).
+    pub terminated_advisories: u64,
+    /// True while the plugin is quarantined here and this host pulls nothing.
+    pub paused: bool,
     /// From the server, at the last refresh: messages not yet delivered.
     pub pending: u64,
     /// From the server: delivered and not yet acknowledged, over all hosts.
@@ -77,12 +100,110 @@ impl ConsumerHandle {
     }
 }
 
+/// First Nak delay: long enough that a failing event does not spin through
+/// its `max_deliver` deliveries in milliseconds, short enough that a
+/// passing hiccup costs a quarter second.
+const NAK_BASE: Duration = Duration::from_millis(250);
+
+/// Longest Nak delay: the fifth delivery (the default `max_deliver`) comes
+/// ~4 s after the first, the sixth ~8 s: a server restart or a burst of
+/// load is ridden out, and a poison message is given up within ~16 s.
+const NAK_MAX: Duration = Duration::from_secs(8);
+
+/// How often the server sends an idle heartbeat on a waiting pull: a lost
+/// pull request (a reconnect, a server restart) is noticed after two missed
+/// ones instead of at the request's expiry.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How long one pull request waits on the server: re-issued this often even
+/// when nothing is lost, a handful of tiny requests a minute per consumer.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+
+/// How soon a pull that could not start (the server away) is tried again.
+const PULL_RETRY: Duration = Duration::from_secs(1);
+
+/// The next message of the pull, or never when there is none.
+async fn next_message(messages: &mut Option<pull::Stream>) -> Option<Result<jetstream::Message, pull::MessagesError>> {
+    match messages {
+        Some(m) => m.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The Nak delay for a message delivered `delivered` times.
+pub(crate) fn backoff(delivered: i64) -> Duration {
+    let doublings = u32::try_from(delivered.saturating_sub(1).clamp(0, 5)).unwrap_or(5);
+    (NAK_BASE * 2u32.pow(doublings)).min(NAK_MAX)
+}
+
+/// How to acknowledge a message (see the module's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Handled: `Ack`.
+    Ack,
+    /// Not handled here: redeliver after the delay (`Nak`).
+    Nak(Duration),
+    /// Never to be handled: `Term`.
+    Term,
+}
+
+/// A hard failure the same event would cause again: a wasm plugin is
+/// deterministic (its state was restored), so only the wall clock and the
+/// host's own errors depend on the moment.
+fn deterministic(failure: &Failure) -> bool {
+    match failure {
+        Failure::Panic(_) | Failure::OutOfFuel | Failure::MemoryLimit | Failure::StackOverflow | Failure::Trap(_) => {
+            true
+        }
+        Failure::Deadline | Failure::Host(_) => false,
+    }
+}
+
+/// The acknowledgement of a message delivered `delivered` times whose
+/// handling ended with `outcome` (`None`: the worker went away) and whose
+/// follow-ups' storing ended with `follow_ups`; `quarantine_left` is how
+/// long the plugin stays quarantined.
+pub(crate) fn verdict(
+    outcome: Option<&Outcome>,
+    follow_ups: &Result<usize, NotStored>,
+    delivered: i64,
+    quarantine_left: Option<Duration>,
+) -> Verdict {
+    let later = Verdict::Nak(backoff(delivered));
+    match outcome {
+        Some(Outcome::Ok | Outcome::Error(_)) => match follow_ups {
+            Ok(_) => Verdict::Ack,
+            Err(_) => later,
+        },
+        Some(Outcome::Failed(f)) if deterministic(f) || delivered > 1 => Verdict::Term,
+        Some(Outcome::Failed(_)) => later,
+        Some(Outcome::Dropped(DropReason::Quarantined)) => {
+            Verdict::Nak(quarantine_left.unwrap_or_default().max(backoff(delivered)))
+        }
+        Some(Outcome::Dropped(DropReason::QueueFull | DropReason::Unloaded)) | None => later,
+    }
+}
+
+/// A message this host took and has not acknowledged yet.
+struct Held {
+    message: jetstream::Message,
+    taken: tokio::time::Instant,
+    delivered: i64,
+    seq: u64,
+}
+
+/// What became of a held message: its outcome and its follow-ups' storing.
+type Done = (u64, Option<Outcome>, Result<usize, NotStored>);
+
 /// Tells the server that every message held for `at_least` or longer is
 /// still in progress (`+WPI`), so it is not given to another host.
-async fn in_progress(held: &HashMap<u64, (jetstream::Message, tokio::time::Instant)>, at_least: Duration) {
-    for (message, _) in held.values().filter(|(_, taken)| taken.elapsed() >= at_least) {
+async fn in_progress(held: &HashMap<u64, Held>, at_least: Duration) {
+    for h in held.values().filter(|h| h.taken.elapsed() >= at_least) {
+        if crate::failpoint::hit("nats.progress").is_err() {
+            continue;
+        }
         // A lost progress ack means a redelivery at worst: at least once.
-        let _ = message.ack_with(AckKind::Progress).await;
+        let _ = h.message.ack_with(AckKind::Progress).await;
     }
 }
 
@@ -110,7 +231,8 @@ pub(crate) async fn start(
     patterns: Vec<Pattern>,
     capacity: usize,
     replay_all: bool,
-    shared: Weak<Shared>,
+    port: Weak<dyn NatsPort>,
+    publisher: Arc<Publisher>,
 ) -> ConsumerHandle {
     let (stop, stopping) = watch::channel(false);
     let name = durable_name(plugin, partition);
@@ -148,7 +270,8 @@ pub(crate) async fn start(
         patterns,
         capacity,
         config,
-        shared,
+        port,
+        publisher,
         stats: stats.clone(),
     };
     let task = match run.bind().await {
@@ -176,7 +299,8 @@ struct Run {
     patterns: Vec<Pattern>,
     capacity: usize,
     config: pull::Config,
-    shared: Weak<Shared>,
+    port: Weak<dyn NatsPort>,
+    publisher: Arc<Publisher>,
     stats: Arc<Mutex<ConsumerStats>>,
 }
 
@@ -185,19 +309,45 @@ impl Run {
         f(&mut self.stats.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
-    async fn run(self, consumer: jetstream::consumer::Consumer<pull::Config>, mut stopping: watch::Receiver<bool>) {
+    /// While the plugin is quarantined here: how long it stays so.
+    fn paused(&self) -> Option<Duration> {
+        self.port.upgrade()?.quarantine_left(&self.plugin)
+    }
+
+    /// Starts pulling: pull requests of up to the plugin's capacity, with
+    /// an idle heartbeat.
+    async fn pull(&self, consumer: &jetstream::consumer::Consumer<pull::Config>) -> Option<pull::Stream> {
         let batch = self.capacity.clamp(1, 256);
-        let mut messages = match consumer.stream().max_messages_per_batch(batch).messages().await {
-            Ok(m) => m,
-            Err(e) => {
-                self.record(|s| s.error = Some(format!("cannot pull: {e}")));
-                return;
+        let pull = consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
+            .messages()
+            .await;
+        match pull {
+            Ok(m) => {
+                self.record(|s| s.error = None);
+                Some(m)
             }
-        };
-        // The outcomes awaited, each tagged with its message's token; the
-        // messages themselves, by token, with when they were taken.
-        let mut outcomes = FuturesUnordered::new();
-        let mut held: HashMap<u64, (jetstream::Message, tokio::time::Instant)> = HashMap::new();
+            Err(e) => {
+                tracing::warn!(plugin = %self.plugin, consumer = %self.name, error = %e, "cannot pull from NATS; retrying");
+                self.record(|s| s.error = Some(format!("cannot pull: {e}")));
+                None
+            }
+        }
+    }
+
+    async fn run(self, consumer: jetstream::consumer::Consumer<pull::Config>, mut stopping: watch::Receiver<bool>) {
+        // `None` while the plugin is quarantined (or a pull could not
+        // start): no pull request is out, so the server hands this host
+        // nothing it would only hold or hand back.
+        let mut messages = self.pull(&consumer).await;
+        // What is awaited for each held message (its outcome, then its
+        // follow-ups' store acks), tagged with its token; the messages
+        // themselves, by token.
+        let mut done = FuturesUnordered::new();
+        let mut held: HashMap<u64, Held> = HashMap::new();
         let mut next_token = 0u64;
         // A handler (or a queue) slower than `ack_wait` must not make the
         // server give the event to another host: four times per `ack_wait`,
@@ -207,44 +357,68 @@ impl Run {
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // A quarantined plugin takes nothing: what the server would hand
+            // this host goes to another one (or waits), instead of coming
+            // back Nak'd at once and burning its deliveries.
+            let paused = self.paused();
+            if paused.is_some() != self.stats.lock().unwrap_or_else(|e| e.into_inner()).paused {
+                tracing::info!(plugin = %self.plugin, consumer = %self.name, paused = paused.is_some(), "quarantine: pulling {}", if paused.is_some() { "stopped" } else { "resumed" });
+                self.record(|s| s.paused = paused.is_some());
+            }
+            if paused.is_some() {
+                // What the dropped pull already took comes back after
+                // `ack_wait`, to whichever host pulls then.
+                messages = None;
+            } else if messages.is_none() {
+                messages = self.pull(&consumer).await;
+            }
+            let pulling = messages.is_some();
             tokio::select! {
                 biased;
                 _ = stopping.changed() => break,
-                Some((token, outcome)) = outcomes.next(), if !outcomes.is_empty() => {
-                    if let Some((message, _)) = held.remove(&token) {
-                        self.settle(&message, outcome).await;
-                    }
-                }
-                next = messages.next(), if held.len() < self.capacity => match next {
+                Some(finished) = done.next(), if !done.is_empty() => self.settle(&mut held, finished).await,
+                next = next_message(&mut messages), if held.len() < self.capacity && pulling => match next {
                     Some(Ok(message)) => {
-                        if let Some(outcome) = self.take(&message).await {
+                        let (seq, delivered) = match message.info() {
+                            Ok(info) => (info.stream_sequence, info.delivered),
+                            Err(_) => (0, 1),
+                        };
+                        if let Some(outcome) = self.take(&message, seq, delivered).await {
                             next_token += 1;
                             let token = next_token;
-                            held.insert(token, (message, tokio::time::Instant::now()));
-                            outcomes.push(outcome.map(move |r| (token, r.ok())));
+                            held.insert(token, Held { message, taken: tokio::time::Instant::now(), delivered, seq });
+                            let follow_ups = self.publisher.clone();
+                            let plugin = self.plugin.clone();
+                            done.push(async move {
+                                let outcome = outcome.await.ok();
+                                // The follow-ups were handed over before the
+                                // outcome came: their store acks, or why not.
+                                let stored = follow_ups.follow_ups_of(&plugin, seq).await;
+                                (token, outcome, stored)
+                            });
                         }
                     }
                     Some(Err(e)) => {
-                        // The client reconnects by itself; the stream keeps
+                        // The client reconnects by itself (and re-issues a
+                        // pull whose heartbeats stopped); the stream keeps
                         // what was not acknowledged.
-                        tracing::warn!(plugin = %self.plugin, error = %e, "pulling from NATS failed; retrying");
+                        tracing::warn!(plugin = %self.plugin, consumer = %self.name, error = %e, "pulling from NATS failed; retrying");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                     None => break,
                 },
+                // Until the quarantine ends, or a pull that failed to
+                // start is tried again.
+                _ = tokio::time::sleep(paused.unwrap_or(PULL_RETRY)), if !pulling => {}
                 _ = progress.tick(), if !held.is_empty() => in_progress(&held, every).await,
             }
         }
         // Stop pulling; what is in flight finishes (the worker drains its
         // queue) and is acknowledged by its outcome.
         drop(messages);
-        while !outcomes.is_empty() {
+        while !done.is_empty() {
             tokio::select! {
-                Some((token, outcome)) = outcomes.next() => {
-                    if let Some((message, _)) = held.remove(&token) {
-                        self.settle(&message, outcome).await;
-                    }
-                }
+                Some(finished) = done.next() => self.settle(&mut held, finished).await,
                 _ = progress.tick() => in_progress(&held, every).await,
             }
         }
@@ -298,11 +472,7 @@ impl Run {
 
     /// Offers one message to the plugin: its outcome to come, or `None`
     /// when it was settled at once.
-    async fn take(&self, message: &jetstream::Message) -> Option<oneshot::Receiver<Outcome>> {
-        let (seq, delivered) = match message.info() {
-            Ok(info) => (info.stream_sequence, info.delivered),
-            Err(_) => (0, 1),
-        };
+    async fn take(&self, message: &jetstream::Message, seq: u64, delivered: i64) -> Option<oneshot::Receiver<Outcome>> {
         if delivered > 1 {
             self.record(|s| s.redelivered += 1);
         }
@@ -319,54 +489,133 @@ impl Run {
             self.ack(message, AckKind::Ack).await;
             return None;
         }
-        let Some(shared) = self.shared.upgrade() else {
-            self.ack(message, AckKind::Nak(None)).await;
-            return None;
+        let offered = match self.port.upgrade() {
+            Some(port) => {
+                let (reply, outcome) = oneshot::channel();
+                port.offer(
+                    &self.plugin,
+                    Job {
+                        event,
+                        reply: Some(reply),
+                    },
+                )
+                .then_some(outcome)
+            }
+            None => None,
         };
-        let (reply, outcome) = oneshot::channel();
-        if !shared.offer_to(
-            &self.plugin,
-            Job {
-                event,
-                reply: Some(reply),
-            },
-        ) {
-            // Not loaded here any more: someone else takes it.
-            self.ack(message, AckKind::Nak(None)).await;
+        if offered.is_none() {
+            // Not loaded here (any more): someone else takes it.
+            self.ack(message, AckKind::Nak(Some(backoff(delivered)))).await;
             self.record(|s| s.nakked += 1);
-            return None;
         }
-        Some(outcome)
+        offered
     }
 
-    async fn settle(&self, message: &jetstream::Message, outcome: Option<Outcome>) {
-        // The event's follow-ups were queued for publishing before its
-        // outcome came: acknowledge it only once they are in the stream, so
-        // a host dying in between loses none (the event comes back, and
-        // its follow-ups, published again, keep their ids).
-        if let Some(shared) = self.shared.upgrade()
-            && let Some(nats) = &shared.nats
-        {
-            let mark = nats.publisher.mark();
-            nats.publisher.settled_through(mark).await;
+    /// Acknowledges a held message by its outcome and its follow-ups.
+    async fn settle(&self, held: &mut HashMap<u64, Held>, (token, outcome, stored): Done) {
+        let Some(h) = held.remove(&token) else { return };
+        let verdict = verdict(outcome.as_ref(), &stored, h.delivered, self.paused());
+        if let Err(reason) = &stored {
+            tracing::error!(plugin = %self.plugin, stream_seq = h.seq, delivered = h.delivered, %reason, ?verdict, "a follow-up of this event is not in the stream; the event is not acknowledged");
         }
-        let kind = match outcome {
-            Some(Outcome::Ok | Outcome::Error(_)) => AckKind::Ack,
-            Some(Outcome::Failed(_)) => AckKind::Term,
-            Some(Outcome::Dropped(_)) | None => AckKind::Nak(None),
+        if verdict == Verdict::Term
+            && let Some(Outcome::Failed(f)) = &outcome
+        {
+            tracing::warn!(plugin = %self.plugin, stream_seq = h.seq, delivered = h.delivered, failure = f.kind(), "event terminated on NATS after a hard failure");
+        }
+        let kind = match verdict {
+            Verdict::Ack => AckKind::Ack,
+            Verdict::Nak(delay) => AckKind::Nak(Some(delay)),
+            Verdict::Term => AckKind::Term,
         };
-        self.ack(message, kind).await;
-        self.record(|s| match kind {
-            AckKind::Ack => s.acked += 1,
-            AckKind::Term => s.terminated += 1,
-            _ => s.nakked += 1,
+        self.ack(&h.message, kind).await;
+        let not_stored = stored.is_err() && matches!(verdict, Verdict::Nak(_));
+        self.record(|s| match verdict {
+            Verdict::Ack => s.acked += 1,
+            Verdict::Term => s.terminated += 1,
+            Verdict::Nak(_) => {
+                s.nakked += 1;
+                s.follow_ups_not_stored += u64::from(not_stored);
+            }
         });
     }
 
     async fn ack(&self, message: &jetstream::Message, kind: AckKind) {
+        let point = match kind {
+            AckKind::Ack => "nats.ack",
+            AckKind::Nak(_) => "nats.nak",
+            AckKind::Term => "nats.term",
+            _ => "nats.progress",
+        };
+        // A failpoint that fails is a lost ack: the message comes back.
+        if let Err(e) = crate::failpoint::hit(point) {
+            tracing::warn!(plugin = %self.plugin, error = %e, "acknowledgement not sent");
+            return;
+        }
         // A lost ack means a redelivery after `ack_wait`: at least once.
         if let Err(e) = message.ack_with(kind).await {
             tracing::warn!(plugin = %self.plugin, error = %e, "acknowledging to NATS failed; the message will be redelivered");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STORED: Result<usize, NotStored> = Ok(1);
+
+    #[test]
+    fn the_ack_table() {
+        let first = Verdict::Nak(NAK_BASE);
+        assert_eq!(verdict(Some(&Outcome::Ok), &STORED, 1, None), Verdict::Ack);
+        assert_eq!(
+            verdict(Some(&Outcome::Error("no".into())), &STORED, 3, None),
+            Verdict::Ack
+        );
+        let lost = Err(NotStored::TooLarge("big".into()));
+        assert_eq!(verdict(Some(&Outcome::Ok), &lost, 1, None), first);
+        assert_eq!(
+            verdict(Some(&Outcome::Ok), &Err(NotStored::QueueFull), 2, None),
+            Verdict::Nak(NAK_BASE * 2)
+        );
+        for f in [
+            Failure::OutOfFuel,
+            Failure::Trap("t".into()),
+            Failure::Panic("p".into()),
+            Failure::MemoryLimit,
+            Failure::StackOverflow,
+        ] {
+            assert_eq!(verdict(Some(&Outcome::Failed(f)), &STORED, 1, None), Verdict::Term);
+        }
+        for f in [Failure::Deadline, Failure::Host("h".into())] {
+            assert_eq!(
+                verdict(Some(&Outcome::Failed(f.clone())), &STORED, 1, None),
+                first,
+                "{f}"
+            );
+            assert_eq!(verdict(Some(&Outcome::Failed(f)), &STORED, 2, None), Verdict::Term);
+        }
+        let quarantined = Outcome::Dropped(DropReason::Quarantined);
+        assert_eq!(
+            verdict(Some(&quarantined), &STORED, 1, Some(Duration::from_secs(3))),
+            Verdict::Nak(Duration::from_secs(3))
+        );
+        assert_eq!(verdict(Some(&quarantined), &STORED, 1, None), first);
+        assert_eq!(
+            verdict(Some(&Outcome::Dropped(DropReason::Unloaded)), &STORED, 1, None),
+            first
+        );
+        assert_eq!(verdict(None, &STORED, 1, None), first);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        assert_eq!(backoff(0), NAK_BASE);
+        assert_eq!(backoff(1), NAK_BASE);
+        assert_eq!(backoff(2), NAK_BASE * 2);
+        assert_eq!(backoff(5), NAK_BASE * 16);
+        assert_eq!(backoff(6), NAK_MAX);
+        assert_eq!(backoff(1000), NAK_MAX);
     }
 }

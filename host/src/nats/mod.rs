@@ -10,7 +10,11 @@
 //!
 //! - `nats::wire`: subjects, partitions and the JSON envelope;
 //! - `nats::publisher`: the non-blocking publish path (window, retries);
-//! - `nats::consumer`: one plugin's consumer and the outcome → ack mapping.
+//! - `nats::consumer`: one plugin's consumer and the outcome → ack mapping;
+//! - `nats::advisory`: the server's `MAX_DELIVERIES` and `MSG_TERMINATED`
+//!   advisories as counters and `plugbus.nats.*` events;
+//! - `nats::port`: what the consumers ask of the bus (the bus implements
+//!   it; nothing here imports the bus).
 //!
 //! What a host promises: an event is in the stream once its publish is
 //! acknowledged (`PublishStats::acked`); a plugin handles every event of
@@ -19,7 +23,9 @@
 //! so the stream drops their second copy); native handlers run only on the
 //! host that emitted the event.
 
+pub(crate) mod advisory;
 pub(crate) mod consumer;
+pub(crate) mod port;
 pub(crate) mod publisher;
 pub(crate) mod reader;
 pub mod wire;
@@ -32,10 +38,19 @@ use async_nats::jetstream;
 use serde::Serialize;
 
 pub use consumer::ConsumerStats;
-pub use publisher::PublishStats;
+pub use publisher::{NotStored, PublishStats};
 
-use crate::bus::Shared;
 use crate::pattern::Pattern;
+use port::NatsPort;
+
+/// Locks a mutex whose data stays consistent even if a holder panicked
+/// (every critical section here is a single insert, remove or read).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Each plugin's consumers on this host, by plugin name.
+pub(crate) type Consumers = Arc<Mutex<advisory::ConsumersMap>>;
 
 /// How a bus joins a NATS JetStream stream. Defaults: stream `PLUGBUS`, 8
 /// partitions, events kept 7 days, 2-minute duplicate window, `ack_wait` 30 s,
@@ -192,10 +207,14 @@ pub(crate) async fn connect_client(options: &NatsOptions) -> Result<async_nats::
 pub(crate) struct NatsLink {
     options: NatsOptions,
     js: jetstream::Context,
-    pub publisher: publisher::Publisher,
+    pub publisher: Arc<publisher::Publisher>,
     /// Each plugin's consumers: one, or one per partition when ordered.
-    /// Shared with the task that refreshes their server-side counts.
-    consumers: Arc<Mutex<BTreeMap<String, Vec<consumer::ConsumerHandle>>>>,
+    /// Shared with the tasks that refresh their server-side counts and
+    /// read the advisories.
+    consumers: Consumers,
+    /// Set once the advisory reader runs (started with the first consumer,
+    /// when the bus's port exists).
+    advisories: std::sync::OnceLock<()>,
 }
 
 /// How often the server's counts of this host's consumers (pending,
@@ -222,7 +241,7 @@ async fn refresh_counts(
         let Some(consumers) = consumers.upgrade() else {
             return;
         };
-        let by_name: HashMap<String, Arc<Mutex<ConsumerStats>>> = crate::bus::lock(&consumers)
+        let by_name: HashMap<String, Arc<Mutex<ConsumerStats>>> = lock(&consumers)
             .values()
             .flatten()
             .map(|h| (h.name.clone(), h.stats.clone()))
@@ -298,13 +317,13 @@ impl NatsLink {
                 info.config.subjects
             )));
         }
-        let publisher = publisher::Publisher::start(
+        let publisher = Arc::new(publisher::Publisher::start(
             js.clone(),
             options.partitions,
             options.publish_queue,
             options.publish_window,
             &tokio::runtime::Handle::current(),
-        );
+        ));
         let consumers = Arc::new(Mutex::new(BTreeMap::new()));
         tokio::spawn(refresh_counts(
             js.clone(),
@@ -316,6 +335,7 @@ impl NatsLink {
             js,
             publisher,
             consumers,
+            advisories: std::sync::OnceLock::new(),
         })
     }
 
@@ -330,10 +350,19 @@ impl NatsLink {
         capacity: usize,
         replay_all: bool,
         ordered: bool,
-        shared: Weak<Shared>,
+        port: Weak<dyn NatsPort>,
     ) {
-        if crate::bus::lock(&self.consumers).contains_key(plugin) {
+        if lock(&self.consumers).contains_key(plugin) {
             return;
+        }
+        if self.advisories.set(()).is_ok() {
+            advisory::start(
+                self.js.client(),
+                &self.options.stream,
+                Arc::downgrade(&self.consumers),
+                port.clone(),
+            )
+            .await;
         }
         let partitions: Vec<Option<u32>> = if ordered {
             (0..self.options.partitions).map(Some).collect()
@@ -350,18 +379,19 @@ impl NatsLink {
                 patterns.clone(),
                 capacity,
                 replay_all,
-                shared.clone(),
+                port.clone(),
+                self.publisher.clone(),
             )
             .await;
             handles.push(handle);
         }
-        crate::bus::lock(&self.consumers).insert(plugin.to_owned(), handles);
+        lock(&self.consumers).insert(plugin.to_owned(), handles);
     }
 
     /// Stops plugin `plugin`'s consumer: no more pulls; in-flight events
     /// finish and are acknowledged.
     pub async fn stop_consumer(&self, plugin: &str) {
-        let handles = crate::bus::lock(&self.consumers).remove(plugin);
+        let handles = lock(&self.consumers).remove(plugin);
         for handle in handles.iter().flatten() {
             handle.stop().await;
         }
@@ -369,7 +399,7 @@ impl NatsLink {
 
     /// Stops every consumer (shutdown).
     pub async fn stop_all(&self) {
-        let handles: Vec<_> = std::mem::take(&mut *crate::bus::lock(&self.consumers))
+        let handles: Vec<_> = std::mem::take(&mut *lock(&self.consumers))
             .into_values()
             .flatten()
             .collect();
@@ -384,7 +414,7 @@ impl NatsLink {
 
     pub fn status(&self) -> NatsStatus {
         // An ordered plugin's partitions are listed as `<plugin>/p<k>`.
-        let consumers = crate::bus::lock(&self.consumers)
+        let consumers = lock(&self.consumers)
             .iter()
             .flat_map(|(name, handles)| {
                 let ordered = handles.len() > 1;

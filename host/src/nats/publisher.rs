@@ -3,13 +3,24 @@
 //! bounded window of unanswered publish acks, retrying a failed publish with
 //! the same `Nats-Msg-Id` (so a retry that did reach the server is answered
 //! "duplicate", not stored twice).
+//!
+//! It also answers, per event id, whether the stream stored an event
+//! ([`Publisher::confirm`]) and, per handled message, whether every
+//! follow-up it caused was stored ([`Publisher::track`],
+//! [`Publisher::follow_ups_of`]): a consumer acknowledges an event only
+//! then, so a follow-up that never reached the stream leaves its parent
+//! unacknowledged.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use async_nats::jetstream::{
+    self,
+    context::{PublishAckFuture, PublishErrorKind},
+    message::PublishMessage,
+};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde::Serialize;
@@ -45,6 +56,28 @@ pub struct PublishStats {
     pub in_flight: u64,
 }
 
+/// Why an event is not in the stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotStored {
+    /// The publish queue was full: the event was dropped on this host.
+    #[error("the NATS publish queue is full")]
+    QueueFull,
+    /// The bus was shut down before the event was published.
+    #[error("the host is shutting down")]
+    ShutDown,
+    /// The server refuses a message this large (its `max_payload`): no
+    /// retry can store it.
+    #[error("too large for the NATS server: {0}")]
+    TooLarge(String),
+    /// Every publish attempt failed.
+    #[error("every publish attempt failed: {0}")]
+    Failed(String),
+}
+
+/// The stream's answer for one event: its stream sequence, or why it is not
+/// in the stream.
+pub(crate) type Answer = Result<u64, NotStored>;
+
 #[derive(Default)]
 struct Counters {
     accepted: AtomicU64,
@@ -58,26 +91,27 @@ struct Counters {
     settled: Notify,
     /// Callers waiting for particular events' acks, by event id; `waiting`
     /// says whether to look (the emit path never takes the lock otherwise).
-    waiters: Mutex<HashMap<String, oneshot::Sender<Result<u64, String>>>>,
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Answer>>>>,
     waiting: AtomicBool,
-    /// Events taken from the queue whose every predecessor is settled too:
-    /// the `accepted` count up to which the stream has answered.
-    settled_through: AtomicU64,
-    advanced: Notify,
 }
 
-/// The stream's answer for one event: its stream sequence, or why it is not
-/// in the stream.
-pub(crate) type Confirmation = oneshot::Receiver<Result<u64, String>>;
+/// The stream's answer for one event, to await.
+pub(crate) type Confirmation = oneshot::Receiver<Answer>;
+
+/// The follow-ups awaited per handled message: (plugin, the parent's stream
+/// sequence) → one confirmation per follow-up.
+type Tracked = HashMap<(Arc<str>, u64), Vec<Confirmation>>;
 
 /// The emit path's handle on the publisher task.
 pub(crate) struct Publisher {
     tx: mpsc::Sender<Event>,
     counters: Arc<Counters>,
     /// Held while an event is queued and counted, so the queue's order and
-    /// the `accepted` count agree (what [`settled_through`](Self::settled_through)
-    /// relies on). Uncontended in the common case: one lock per publish.
+    /// the `accepted` count agree. Uncontended in the common case: one lock
+    /// per publish.
     order: Mutex<()>,
+    /// Follow-ups whose parent is not acknowledged yet.
+    tracked: Mutex<Tracked>,
 }
 
 impl Publisher {
@@ -97,6 +131,7 @@ impl Publisher {
             tx,
             counters,
             order: Mutex::new(()),
+            tracked: Mutex::new(HashMap::new()),
         }
     }
 
@@ -114,8 +149,7 @@ impl Publisher {
         };
         if !sent {
             let dropped = self.counters.dropped.fetch_add(1, Relaxed) + 1;
-            self.counters
-                .answer(event.id(), Err("the NATS publish queue is full".into()));
+            self.counters.answer(event.id(), Err(NotStored::QueueFull));
             settle(&self.counters);
             // Once, then every 1024th: a storm would drown the log.
             if dropped == 1 || dropped.is_multiple_of(1024) {
@@ -133,29 +167,52 @@ impl Publisher {
     pub fn confirm(&self, id: &str) -> Confirmation {
         let (tx, rx) = oneshot::channel();
         let mut waiters = self.counters.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        waiters.insert(id.to_owned(), tx);
+        waiters.entry(id.to_owned()).or_default().push(tx);
         self.counters.waiting.store(true, Relaxed);
         rx
     }
 
-    /// How many events were accepted so far: a mark for
-    /// [`settled_through`](Self::settled_through).
-    pub fn mark(&self) -> u64 {
-        self.counters.accepted.load(Relaxed)
+    /// Answers whoever waits for `event` that it is not published (the bus
+    /// refused it, say because it is shut down).
+    pub fn refuse(&self, event: &Event, reason: NotStored) {
+        self.counters.answer(event.id(), Err(reason));
     }
 
-    /// Waits until the first `mark` accepted events are all acknowledged
-    /// (or given up). A consumer waits for this before acknowledging an
-    /// event, so the follow-ups it caused are in the stream first: if this
-    /// host dies, the event is redelivered and the follow-ups, published
-    /// again with the same ids, are not stored twice.
-    pub async fn settled_through(&self, mark: u64) {
-        loop {
-            let advanced = self.counters.advanced.notified();
-            if self.counters.settled_through.load(Relaxed) >= mark {
-                return;
+    /// Notes that plugin `plugin`, handling the message at stream sequence
+    /// `parent_seq`, emitted the follow-up `id` (called before it is
+    /// published): [`follow_ups_of`](Self::follow_ups_of) waits for it.
+    pub fn track(&self, plugin: &Arc<str>, parent_seq: u64, id: &str) {
+        let confirmation = self.confirm(id);
+        self.tracked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((plugin.clone(), parent_seq))
+            .or_default()
+            .push(confirmation);
+    }
+
+    /// The follow-ups plugin `plugin` emitted while handling the message at
+    /// `parent_seq` (all of them: the handler has finished), forgotten here;
+    /// the future resolves once the stream answered for each.
+    pub fn follow_ups_of(
+        &self,
+        plugin: &str,
+        parent_seq: u64,
+    ) -> impl Future<Output = Result<usize, NotStored>> + use<> {
+        let key: (Arc<str>, u64) = (Arc::from(plugin), parent_seq);
+        let confirmations = self
+            .tracked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key)
+            .unwrap_or_default();
+        async move {
+            let count = confirmations.len();
+            for confirmation in confirmations {
+                // A sender dropped unanswered: the publisher is gone.
+                confirmation.await.unwrap_or(Err(NotStored::ShutDown))?;
             }
-            advanced.await;
+            Ok(count)
         }
     }
 
@@ -186,13 +243,13 @@ impl Publisher {
 
 impl Counters {
     /// Tells whoever waits for event `id` how it went.
-    fn answer(&self, id: &str, result: Result<u64, String>) {
+    fn answer(&self, id: &str, result: Answer) {
         if !self.waiting.load(Relaxed) || id.is_empty() {
             return;
         }
         let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = waiters.remove(id) {
-            let _ = tx.send(result);
+        for tx in waiters.remove(id).unwrap_or_default() {
+            let _ = tx.send(result.clone());
         }
         if waiters.is_empty() {
             self.waiting.store(false, Relaxed);
@@ -215,44 +272,21 @@ async fn run(
 ) {
     let mut in_flight = FuturesUnordered::new();
     let mut open = true;
-    // Which of the events taken from the queue are settled, from the first
-    // one not yet settled (number `base`) on.
-    let mut base: u64 = 0;
-    let mut settled: std::collections::VecDeque<bool> = std::collections::VecDeque::new();
     while open || !in_flight.is_empty() {
         tokio::select! {
             // Settle answers first: they free window slots.
             biased;
-            Some(index) = in_flight.next(), if !in_flight.is_empty() => {
-                let index: u64 = index;
-                if let Some(slot) = settled.get_mut((index - base) as usize) {
-                    *slot = true;
-                }
-                let before = base;
-                while settled.front() == Some(&true) {
-                    settled.pop_front();
-                    base += 1;
-                }
-                if base != before {
-                    counters.settled_through.store(base, Relaxed);
-                    counters.advanced.notify_waiters();
-                }
-            }
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             next = rx.recv(), if open && in_flight.len() < window => match next {
                 Some(event) => {
                     // Sent here, one after the other, so the stream stores
                     // one host's events in the order they were published;
                     // only the acks are awaited together.
-                    let index = base + settled.len() as u64;
-                    settled.push_back(false);
                     let outgoing = Outgoing::new(event, partitions);
                     let first = outgoing.send(&js).await;
                     let counters = &counters;
                     let js = &js;
-                    in_flight.push(async move {
-                        outgoing.finish(js, first, counters).await;
-                        index
-                    });
+                    in_flight.push(outgoing.finish(js, first, counters));
                 }
                 None => open = false,
             },
@@ -277,25 +311,30 @@ impl Outgoing {
     }
 
     /// Sends the message (with `Nats-Msg-Id`); the ack comes later.
-    async fn send(&self, js: &jetstream::Context) -> Result<PublishAckFuture, String> {
+    /// `TooLarge` when no attempt can succeed; `Failed` for one that may.
+    async fn send(&self, js: &jetstream::Context) -> Result<PublishAckFuture, NotStored> {
+        crate::failpoint::hit("nats.publish").map_err(|e| NotStored::Failed(e.to_string()))?;
         let message = PublishMessage::build()
             .payload(self.body.clone())
             .message_id(self.event.id());
         js.send_publish(self.subject.clone(), message)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| match e.kind() {
+                PublishErrorKind::MaxPayloadExceeded => NotStored::TooLarge(e.to_string()),
+                _ => NotStored::Failed(e.to_string()),
+            })
     }
 
     /// Waits for the ack of the first send, retrying with the same id (a
     /// retry comes after events sent since: order holds except across a
     /// failed publish); settles the event either way.
-    async fn finish(self, js: &jetstream::Context, first: Result<PublishAckFuture, String>, counters: &Counters) {
+    async fn finish(self, js: &jetstream::Context, first: Result<PublishAckFuture, NotStored>, counters: &Counters) {
         let event = &self.event;
         let mut sent = first;
         let mut delay = RETRY_DELAY;
         for attempt in 1..=ATTEMPTS {
             let answer = match sent {
-                Ok(ack) => ack.await.map_err(|e| e.to_string()),
+                Ok(ack) => ack.await.map_err(|e| NotStored::Failed(e.to_string())),
                 Err(e) => Err(e),
             };
             match answer {
@@ -305,10 +344,9 @@ impl Outgoing {
                         counters.duplicates.fetch_add(1, Relaxed);
                     }
                     counters.answer(event.id(), Ok(ack.sequence));
-                    settle(counters);
-                    return;
+                    break;
                 }
-                Err(reason) if attempt < ATTEMPTS => {
+                Err(NotStored::Failed(reason)) if attempt < ATTEMPTS => {
                     counters.retries.fetch_add(1, Relaxed);
                     tracing::warn!(event = event.name(), event_id = event.id(), attempt, %reason, "publish to the stream failed; retrying with the same id");
                     tokio::time::sleep(delay).await;
@@ -317,7 +355,7 @@ impl Outgoing {
                 }
                 Err(reason) => {
                     counters.failed.fetch_add(1, Relaxed);
-                    tracing::error!(event = event.name(), event_id = event.id(), %reason, "publish to the stream failed {ATTEMPTS} times; event not in the stream");
+                    tracing::error!(event = event.name(), event_id = event.id(), source = event.source(), %reason, "event not in the stream");
                     counters.answer(event.id(), Err(reason));
                     break;
                 }

@@ -328,6 +328,11 @@ pub fn serve_logged(plugins: &Path, log: &Path) -> (Served, String, std::thread:
 /// Starts `plugbus serve ARGS --listen 127.0.0.1:0` and waits until it
 /// listens: `(child, address, stderr collected until the child exits)`.
 pub fn serve(args: &[&str]) -> (Served, String, std::thread::JoinHandle<String>) {
+    serve_with_env(args, &[])
+}
+
+/// [`serve`] with extra environment variables (`RUST_LOG`, `FAILPOINTS`).
+pub fn serve_with_env(args: &[&str], env: &[(&str, &str)]) -> (Served, String, std::thread::JoinHandle<String>) {
     use std::io::BufRead;
     let mut child = Served(
         Command::new(plugbus_bin())
@@ -335,6 +340,7 @@ pub fn serve(args: &[&str]) -> (Served, String, std::thread::JoinHandle<String>)
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap(),
@@ -471,16 +477,34 @@ pub struct NatsServer {
     child: std::process::Child,
     pub url: String,
     dir: tempfile::TempDir,
+    /// The configuration file given with `-c`, if any.
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
     /// Starts one; panics with the reason (naming `make setup-nats`) if it
     /// cannot.
     pub fn start() -> NatsServer {
+        NatsServer::start_with("")
+    }
+
+    /// Starts one with `config` (nats-server configuration text, say
+    /// `max_payload: 8192`) in a file given with `-c`; the command line's
+    /// address, port and store still apply.
+    pub fn start_with(config: &str) -> NatsServer {
         let dir = tempfile::tempdir().unwrap();
         let bin = NatsServer::bin();
         let store = dir.path().join("store");
-        let child = Command::new(bin)
+        let config = (!config.is_empty()).then(|| {
+            let path = dir.path().join("nats.conf");
+            std::fs::write(&path, config).unwrap();
+            path
+        });
+        let mut command = Command::new(bin);
+        if let Some(path) = &config {
+            command.arg("-c").arg(path);
+        }
+        let child = command
             .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
             .arg(&store)
             .arg("--ports_file_dir")
@@ -501,7 +525,17 @@ impl NatsServer {
             assert!(std::time::Instant::now() < deadline, "nats-server wrote no ports file");
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
-        NatsServer { child, url, dir }
+        NatsServer {
+            child,
+            url,
+            dir,
+            config,
+        }
+    }
+
+    /// The server's process id (to freeze it with SIGSTOP, say).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Debian's `nats-server`.
@@ -518,7 +552,11 @@ impl NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let port = self.url.rsplit(':').next().unwrap().to_owned();
-        self.child = Command::new(NatsServer::bin())
+        let mut command = Command::new(NatsServer::bin());
+        if let Some(path) = &self.config {
+            command.arg("-c").arg(path);
+        }
+        self.child = command
             .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
             .arg(self.dir.path().join("store"))
             .stdout(std::process::Stdio::null())

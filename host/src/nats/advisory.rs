@@ -1,0 +1,143 @@
+//! The server's word on messages it gave up or ended: the JetStream
+//! advisories `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`
+//! (a message delivered `max_deliver` times without an ack, never to come
+//! back) and `…MSG_TERMINATED.<stream>.<consumer>` (a `Term`, by any host),
+//! counted in the consumer's stats (`plugbus_nats_consumer_max_deliveries`,
+//! `…_terminated_advisories`) and published as bus events
+//! `plugbus.nats.max_deliveries` / `plugbus.nats.terminated`
+//! (`{"plugin", "consumer", "stream_seq", "deliveries"}`).
+//!
+//! Every host that runs the consumer sees each advisory: each counts it,
+//! and each publishes the event under one id derived from the advisory's,
+//! so the stream stores it once.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use crate::event::Event;
+use crate::nats::port::NatsPort;
+use crate::nats::{Consumers, lock};
+
+/// The fields of both advisories that matter here.
+#[derive(Deserialize)]
+struct Advisory {
+    /// Unique per advisory: the announced event's id derives from it.
+    id: String,
+    consumer: String,
+    stream_seq: u64,
+    #[serde(default)]
+    deliveries: u64,
+}
+
+/// Which advisory a message is.
+#[derive(Clone, Copy)]
+enum Kind {
+    MaxDeliveries,
+    Terminated,
+}
+
+impl Kind {
+    fn event_name(self) -> &'static str {
+        match self {
+            Kind::MaxDeliveries => "plugbus.nats.max_deliveries",
+            Kind::Terminated => "plugbus.nats.terminated",
+        }
+    }
+}
+
+/// How often the reader checks that its bus still exists while no
+/// advisory comes (the subscription alone would keep it waiting forever).
+const ALIVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Subscribes to both advisories of `stream` (before returning, so none
+/// after the first consumer's start is missed) and reads them until the
+/// bus drops its consumers.
+pub(crate) async fn start(
+    client: async_nats::Client,
+    stream: &str,
+    consumers: Weak<std::sync::Mutex<ConsumersMap>>,
+    port: Weak<dyn NatsPort>,
+) {
+    let mut subscriptions = Vec::new();
+    for (kind, what) in [
+        (Kind::MaxDeliveries, "MAX_DELIVERIES"),
+        (Kind::Terminated, "MSG_TERMINATED"),
+    ] {
+        let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.{what}.{stream}.*");
+        match client.subscribe(subject.clone()).await {
+            Ok(sub) => subscriptions.push(sub.map(move |m| (kind, m))),
+            Err(e) => {
+                tracing::warn!(%subject, error = %e, "cannot subscribe to the NATS advisories; they are not counted")
+            }
+        }
+    }
+    let mut all = futures_util::stream::select_all(subscriptions);
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::time::timeout(ALIVE_EVERY, all.next()).await;
+            let Some(consumers) = consumers.upgrade() else { return };
+            match next {
+                Ok(Some((kind, message))) => handle(kind, &message.payload, &consumers, &port),
+                Ok(None) => return,
+                Err(_) => {}
+            }
+        }
+    });
+}
+
+/// The consumers' map behind [`Consumers`].
+pub(crate) type ConsumersMap = std::collections::BTreeMap<String, Vec<crate::nats::consumer::ConsumerHandle>>;
+
+fn handle(kind: Kind, payload: &[u8], consumers: &Consumers, port: &Weak<dyn NatsPort>) {
+    let advisory: Advisory = match serde_json::from_slice(payload) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(error = %e, "an advisory that does not parse; ignored");
+            return;
+        }
+    };
+    // Only this host's consumers: another plugin's advisory is not ours.
+    let found = lock(consumers).iter().find_map(|(plugin, handles)| {
+        handles
+            .iter()
+            .find(|h| h.name == advisory.consumer)
+            .map(|h| (plugin.clone(), h.stats.clone()))
+    });
+    let Some((plugin, stats)) = found else { return };
+    {
+        let mut s = lock(&stats);
+        match kind {
+            Kind::MaxDeliveries => s.max_deliveries += 1,
+            Kind::Terminated => s.terminated_advisories += 1,
+        }
+    }
+    match kind {
+        Kind::MaxDeliveries => {
+            tracing::error!(plugin = %plugin, consumer = %advisory.consumer, stream_seq = advisory.stream_seq, deliveries = advisory.deliveries, "NATS gave the message up after its last delivery: not handled by this plugin")
+        }
+        Kind::Terminated => {
+            tracing::info!(plugin = %plugin, consumer = %advisory.consumer, stream_seq = advisory.stream_seq, deliveries = advisory.deliveries, "NATS message terminated")
+        }
+    }
+    if let Some(port) = port.upgrade() {
+        let payload = serde_json::json!({
+            "plugin": plugin,
+            "consumer": advisory.consumer,
+            "stream_seq": advisory.stream_seq,
+            "deliveries": advisory.deliveries,
+        });
+        port.announce(Event::decoded(
+            0,
+            kind.event_name().to_owned(),
+            format!("nats-advisory-{}", advisory.id),
+            crate::event::now_nanos(),
+            None,
+            "plugbus".to_owned(),
+            0,
+            payload.to_string(),
+        ));
+    }
+}
