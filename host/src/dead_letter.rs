@@ -306,7 +306,7 @@ impl DeadLetters {
                 }
                 for letter in folded.letters {
                     book.live.insert(letter.event.id.clone());
-                    push_recent(&mut book.recent, letter);
+                    let _ = push_recent(&mut book.recent, letter);
                 }
                 book.removed_lines = folded.removed;
             }
@@ -340,7 +340,13 @@ impl DeadLetters {
                 tracing::error!(plugin = %letter.plugin, file = %journal.path.display(), error = %e, "cannot write a dead letter");
             }
         }
-        push_recent(&mut book.recent, letter);
+        // Without a journal a letter pushed out of memory is gone: it is
+        // no longer live (and the set stays as bounded as the letters).
+        if let Some(evicted) = push_recent(&mut book.recent, letter)
+            && self.journal.is_none()
+        {
+            book.live.remove(&evicted.event.id);
+        }
         true
     }
 
@@ -427,11 +433,11 @@ impl DeadLetters {
     }
 }
 
-fn push_recent(recent: &mut VecDeque<DeadLetter>, letter: DeadLetter) {
-    if recent.len() == MAX_KEPT {
-        recent.pop_front();
-    }
+/// Keeps `letter` among the newest; returns the one it pushed out, if any.
+fn push_recent(recent: &mut VecDeque<DeadLetter>, letter: DeadLetter) -> Option<DeadLetter> {
+    let evicted = (recent.len() == MAX_KEPT).then(|| recent.pop_front()).flatten();
     recent.push_back(letter);
+    evicted
 }
 
 /// Cuts `path` to `clean_len` if it is longer (a torn last line).
