@@ -431,23 +431,27 @@ fn a_trap_no_longer_resets_the_cost_trackers_totals() {
             let fixed = tempfile::tempdir().unwrap();
             let manifest = "[limits]\nfuel = 5_000_000_000\ndeadline_ms = 20_000\nmemory_mib = 512\n[config]\nbudget_usd = \"1.00\"\n";
             support::install(fixed.path(), &wasm, "cost-tracker", manifest);
-            let out = Command::new(plugbus_bin())
-                .args([
-                    "dlq",
-                    "redrive",
-                    "--log",
-                    log_dir,
-                    "--plugin",
-                    "cost-tracker",
-                    "--plugins",
-                ])
-                .arg(fixed.path())
-                .env("RUST_LOG", "info")
-                .output()
-                .unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(out.status.success(), "{stderr}");
-            let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let redrive = || {
+                let out = Command::new(plugbus_bin())
+                    .args([
+                        "dlq",
+                        "redrive",
+                        "--log",
+                        log_dir,
+                        "--plugin",
+                        "cost-tracker",
+                        "--plugins",
+                    ])
+                    .arg(fixed.path())
+                    .env("RUST_LOG", "info")
+                    .output()
+                    .unwrap();
+                let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+                assert!(out.status.success(), "{stderr}");
+                let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+                (report, stderr)
+            };
+            let (report, stderr) = redrive();
             assert_eq!(
                 (report["redriven"].as_u64(), report["ok"].as_u64()),
                 (Some(1), Some(1)),
@@ -476,21 +480,7 @@ fn a_trap_no_longer_resets_the_cost_trackers_totals() {
                 stderr.contains("6 calls, 6000 prompt + 3000 completion tokens, $2.4000 total"),
                 "restart after the redrive: {stderr}"
             );
-            let out = Command::new(plugbus_bin())
-                .args([
-                    "dlq",
-                    "redrive",
-                    "--log",
-                    log_dir,
-                    "--plugin",
-                    "cost-tracker",
-                    "--plugins",
-                ])
-                .arg(fixed.path())
-                .output()
-                .unwrap();
-            let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-            assert_eq!(report["redriven"], 0, "{report}");
+            assert_eq!(redrive().0["redriven"], 0, "a second redrive finds nothing");
         }
     }
 }

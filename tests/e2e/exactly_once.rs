@@ -19,12 +19,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{self, Served, http, plugbus, plugbus_bin, try_http};
+use crate::support::{self, Served, http, plugbus, try_http};
 
 /// A tiny deterministic generator (xorshift64*): the sequence a seed gives
 /// must not depend on a crate's version.
@@ -73,38 +72,19 @@ struct Node {
 
 impl Node {
     fn start(plugins: &Path, log: &Path, durability: &str, failpoints: Option<&str>) -> Node {
-        use std::io::BufRead;
-        let mut cmd = Command::new(plugbus_bin());
-        cmd.args(["serve", "--plugins"])
-            .arg(plugins)
-            .arg("--log")
-            .arg(log)
-            .args(["--durability", durability, "--listen", "127.0.0.1:0", "--cache-dir"])
-            .arg(support::shared_cache())
-            .env("RUST_LOG", "warn")
-            .stderr(std::process::Stdio::piped());
-        if let Some(points) = failpoints {
-            cmd.env("FAILPOINTS", points);
-        }
-        let mut served = Served(cmd.spawn().unwrap());
-        let mut stderr = std::io::BufReader::new(served.stderr.take().unwrap());
-        let mut seen = String::new();
-        let addr = loop {
-            let mut line = String::new();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "serve exited before listening: {seen}"
-            );
-            seen.push_str(&line);
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        let stderr = std::thread::spawn(move || {
-            let mut all = seen;
-            let _ = std::io::Read::read_to_string(&mut stderr, &mut all);
-            all
-        });
+        let cache = support::shared_cache();
+        let args = [
+            "--plugins",
+            plugins.to_str().unwrap(),
+            "--log",
+            log.to_str().unwrap(),
+            "--durability",
+            durability,
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ];
+        let env: Vec<(&str, &str)> = failpoints.map(|p| ("FAILPOINTS", p)).into_iter().collect();
+        let (served, addr, stderr) = support::serve_with_env(&args, &env);
         Node {
             served,
             addr,
@@ -229,6 +209,20 @@ impl Drop for Node {
     }
 }
 
+/// A plugin directory holding the ledger with `manifest`, and an empty log
+/// directory.
+fn ledger_dirs(manifest: &str) -> (tempfile::TempDir, tempfile::TempDir) {
+    let plugins = tempfile::tempdir().unwrap();
+    support::install(plugins.path(), &support::wasm("ledger"), "ledger", manifest);
+    (plugins, tempfile::tempdir().unwrap())
+}
+
+/// `applied` holds exactly `n` events, each applied once.
+fn assert_each_once(applied: &BTreeMap<String, u64>, n: usize, what: &str) {
+    assert_eq!(applied.len(), n, "{what}: {applied:?}");
+    assert!(applied.values().all(|times| *times == 1), "{what}: {applied:?}");
+}
+
 fn ledger_event(n: u64, poison: bool) -> Value {
     json!({"name": format!("ledger.e{}", n % 3), "payload": {"n": n, "poison": poison}})
 }
@@ -251,6 +245,11 @@ const CRASH_POINTS: &[&str] = &[
     "dead_letter.append.before",
     "dead_letter.sync.before",
     "dead_letter.append.after",
+    "log.write.before",
+    "log.write.after",
+    "log.sync.before",
+    "log.sync.after",
+    "log.durable_mark",
 ];
 
 /// One run of the model checker; `Err` describes the first violation.
@@ -295,12 +294,16 @@ fn check_seed(seed: u64, wasm: &Path) -> Result<(), String> {
                 let skip = rng.below(3);
                 trace.push(format!("crash at {point} after {skip}"));
                 node.take().unwrap().stop();
-                let mut crashing = Node::start(
-                    plugins.path(),
-                    log.path(),
-                    durability,
-                    Some(&format!("{point}={skip}*off->return(crash)")),
-                );
+                let points = format!("{point}={skip}*off->return(crash)");
+                // A point on the start-up path may crash it before it listens.
+                let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    Node::start(plugins.path(), log.path(), durability, Some(&points))
+                }));
+                let Ok(mut crashing) = started else {
+                    trace.push("  crashed while starting".into());
+                    node = Some(Node::start(plugins.path(), log.path(), durability, None));
+                    continue;
+                };
                 for _ in 0..6 {
                     let batch: Vec<Value> = (0..1 + rng.below(8))
                         .map(|_| {
@@ -377,7 +380,16 @@ fn check_seed(seed: u64, wasm: &Path) -> Result<(), String> {
     let stderr = fin.stop();
     let logged = logged_ledger_ids(log.path());
     let in_log: BTreeSet<&String> = logged.iter().collect();
-    let fail = |what: String| Err(format!("{what}\ntrace: {trace:#?}\nlast stderr:\n{stderr}"));
+    let fail = |what: String| {
+        // A copy of the log to look at (`plugbus log show --log …`).
+        let kept = std::env::temp_dir().join(format!("plugbus-model-seed-{seed}"));
+        let _ = std::fs::remove_dir_all(&kept);
+        copy_dir(log.path(), &kept);
+        Err(format!(
+            "{what}\nlog kept in {}\ntrace: {trace:#?}\nlast stderr:\n{stderr}",
+            kept.display()
+        ))
+    };
     if let Some(lost) = acked.iter().find(|id| !in_log.contains(id)) {
         return fail(format!("acknowledged event {lost} is not in the log"));
     }
@@ -474,14 +486,7 @@ fn files_under(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 /// dead letters. A replay must leave them alone, whatever `--emit` says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_that_publishes_never_touches_the_live_plugins_state() {
-    let plugins = tempfile::tempdir().unwrap();
-    let log = tempfile::tempdir().unwrap();
-    support::install(
-        plugins.path(),
-        &support::wasm("ledger"),
-        "ledger",
-        &ledger_manifest(false, 3, 0),
-    );
+    let (plugins, log) = ledger_dirs(&ledger_manifest(false, 3, 0));
     let bus = ledger_bus(plugins.path(), log.path()).await;
     emit_ledger(&bus, 0, 10, |n| n == 4);
     bus.flush().await;
@@ -509,12 +514,7 @@ async fn a_replay_that_publishes_never_touches_the_live_plugins_state() {
     emit_ledger(&bus, 10, 11, |_| false);
     bus.flush().await;
     let applied = applied_in(&bus).await;
-    assert_eq!(
-        applied.len(),
-        10,
-        "nine before, one after, the poison event a letter: {applied:?}"
-    );
-    assert!(applied.values().all(|n| *n == 1), "{applied:?}");
+    assert_each_once(&applied, 10, "nine before, one after, the poison event a letter");
     assert_eq!(bus.dead_letters("ledger").unwrap().len(), 1);
     bus.shutdown().await;
 }
@@ -524,15 +524,8 @@ async fn a_replay_that_publishes_never_touches_the_live_plugins_state() {
 /// stateless one empty). Now the old version's final state is handed over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_reload_with_a_log_keeps_the_state_handled_since_the_last_snapshot() {
-    let plugins = tempfile::tempdir().unwrap();
-    let log = tempfile::tempdir().unwrap();
     // No snapshot within the test: 1,000 events or 10 s.
-    support::install(
-        plugins.path(),
-        &support::wasm("ledger"),
-        "ledger",
-        &ledger_manifest(false, 1000, 0),
-    );
+    let (plugins, log) = ledger_dirs(&ledger_manifest(false, 1000, 0));
     support::install(plugins.path(), &support::wasm("misbehave"), "misbehave", "");
     let bus = ledger_bus(plugins.path(), log.path()).await;
     let counts = support::Recorder::attach(&bus, "fixture.count");
@@ -554,15 +547,12 @@ async fn a_hot_reload_with_a_log_keeps_the_state_handled_since_the_last_snapshot
     bus.emit("misbehave.count", Value::Null);
     bus.flush().await;
     let applied = applied_in(&bus).await;
-    assert_eq!(applied.len(), 4, "three before the reload, one after: {applied:?}");
-    assert!(applied.values().all(|n| *n == 1), "{applied:?}");
+    assert_each_once(&applied, 4, "three before the reload, one after");
     assert_eq!(counts.events()[0].payload()["seen"], 2, "the stateless plugin too");
     bus.shutdown().await;
     // And a restart after it resumes from the new version's final snapshot.
     let bus = ledger_bus(plugins.path(), log.path()).await;
-    let applied = applied_in(&bus).await;
-    assert_eq!(applied.len(), 4, "{applied:?}");
-    assert!(applied.values().all(|n| *n == 1), "{applied:?}");
+    assert_each_once(&applied_in(&bus).await, 4, "after a restart");
     bus.shutdown().await;
 }
 
@@ -572,14 +562,7 @@ async fn a_hot_reload_with_a_log_keeps_the_state_handled_since_the_last_snapshot
 /// removes each only once applied; a second redrive finds none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_one_per_event_and_a_redrive_applies_each_once() {
-    let plugins = tempfile::tempdir().unwrap();
-    let log = tempfile::tempdir().unwrap();
-    support::install(
-        plugins.path(),
-        &support::wasm("ledger"),
-        "ledger",
-        &ledger_manifest(false, 1000, 0),
-    );
+    let (plugins, log) = ledger_dirs(&ledger_manifest(false, 1000, 0));
     let bus = ledger_bus(plugins.path(), log.path()).await;
     emit_ledger(&bus, 0, 40, |n| n % 4 == 1);
     bus.flush().await;
@@ -594,8 +577,7 @@ async fn dead_letters_are_one_per_event_and_a_redrive_applies_each_once() {
         let bus = ledger_bus(plugins.path(), log.path()).await;
         bus.flush().await;
         assert_eq!(bus.dead_letters("ledger").unwrap().len(), 10, "one letter per event");
-        let applied = applied_in(&bus).await;
-        assert!(applied.len() == 30 && applied.values().all(|n| *n == 1), "{applied:?}");
+        assert_each_once(&applied_in(&bus).await, 30, "restarted from the early snapshot");
         bus.shutdown().await;
     }
     let letters = plugbus::read_dead_letters(log.path(), Some("ledger")).unwrap();
@@ -605,9 +587,7 @@ async fn dead_letters_are_one_per_event_and_a_redrive_applies_each_once() {
     let bus = ledger_bus(plugins.path(), log.path()).await;
     let report = bus.redrive("ledger").await.unwrap();
     assert_eq!((report.redriven, report.ok), (10, 10), "{report:?}");
-    let applied = applied_in(&bus).await;
-    assert_eq!(applied.len(), 40, "{applied:?}");
-    assert!(applied.values().all(|n| *n == 1), "{applied:?}");
+    assert_each_once(&applied_in(&bus).await, 40, "redriven");
     assert_eq!(bus.redrive("ledger").await.unwrap().redriven, 0);
     bus.shutdown().await;
     assert!(
@@ -616,11 +596,7 @@ async fn dead_letters_are_one_per_event_and_a_redrive_applies_each_once() {
             .is_empty()
     );
     let bus = ledger_bus(plugins.path(), log.path()).await;
-    let applied = applied_in(&bus).await;
-    assert!(
-        applied.len() == 40 && applied.values().all(|n| *n == 1),
-        "after a restart: {applied:?}"
-    );
+    assert_each_once(&applied_in(&bus).await, 40, "after a restart");
     bus.shutdown().await;
 }
 
@@ -665,10 +641,8 @@ fn a_redrive_killed_at_any_step_applies_each_letter_once() {
         crashing.kill();
         let node = Node::start(plugins.path(), log.path(), "always", None);
         node.redrive();
-        let applied = node.applied();
         assert!(node.letters().is_empty(), "{point}");
-        assert_eq!(applied.len(), 30, "{point}: {applied:?}");
-        assert!(applied.values().all(|n| *n == 1), "{point}: {applied:?}");
+        assert_each_once(&node.applied(), 30, point);
         node.stop();
     }
 }
@@ -679,14 +653,7 @@ fn a_redrive_killed_at_any_step_applies_each_letter_once() {
 /// reuse those numbers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_past_the_end_of_the_log_is_not_resumed_from() {
-    let plugins = tempfile::tempdir().unwrap();
-    let log = tempfile::tempdir().unwrap();
-    support::install(
-        plugins.path(),
-        &support::wasm("ledger"),
-        "ledger",
-        &ledger_manifest(false, 1, 0),
-    );
+    let (plugins, log) = ledger_dirs(&ledger_manifest(false, 1, 0));
     let bus = ledger_bus(plugins.path(), log.path()).await;
     emit_ledger(&bus, 0, 3, |_| false);
     bus.flush().await;
@@ -732,14 +699,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// the log counts the breach.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_removed_by_retention_before_a_plugin_saw_them_are_reported() {
-    let plugins = tempfile::tempdir().unwrap();
-    let log = tempfile::tempdir().unwrap();
-    support::install(
-        plugins.path(),
-        &support::wasm("ledger"),
-        "ledger",
-        &ledger_manifest(false, 1000, 0),
-    );
+    let (plugins, log) = ledger_dirs(&ledger_manifest(false, 1000, 0));
     let small = plugbus::LogOptions {
         segment_bytes: 4096,
         retention_bytes: Some(16 << 10),

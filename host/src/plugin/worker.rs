@@ -645,9 +645,16 @@ impl Worker {
             self.stats.set_memory(0);
             self.recovery.needs_rebuild = true;
             // Keyed by event: a letter met again (a redrive that fails again,
-            // a redelivery) stays one letter.
-            if self.dead_letters.add(DeadLetter::new(&spec.name, event, failure)) {
-                self.stats.dead_lettered();
+            // a redelivery) stays one letter. With a log, a letter is kept
+            // only for an event the log holds durably: one for an event a
+            // crash took back would name an event that never happened (and
+            // a redrive would apply it).
+            if !self.dead_letters.contains(event.id())
+                && Self::durable_in_log(&spec.name, self.log.clone(), event).await
+            {
+                if self.dead_letters.add(DeadLetter::new(&spec.name, event, failure)) {
+                    self.stats.dead_lettered();
+                }
             }
         } else {
             self.state.set(PluginState::Ready);
@@ -784,6 +791,22 @@ impl Worker {
         }
     }
 
+    /// Waits until `event` is durable in the log the plugin's state is kept
+    /// beside (true at once without one). False when it never will be: the
+    /// log stopped or closed first.
+    async fn durable_in_log(plugin: &str, log: Option<crate::log::EventLog>, event: &Event) -> bool {
+        let (Some(log), Some(seq)) = (log, event.seq()) else {
+            return true;
+        };
+        match log.wait_durable(seq).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(plugin, event = event.name(), seq, error = %e, "no dead letter for an event the log does not hold");
+                false
+            }
+        }
+    }
+
     /// Writes `snapshot` beside the log once its position is durable there.
     async fn persist(
         name: &str,
@@ -793,7 +816,15 @@ impl Worker {
         snapshot: Snapshot,
     ) -> bool {
         if let (Some(log), Some(seq)) = (&log, snapshot.seq)
-            && let Err(e) = log.wait_durable(seq).await
+            && let Err(e) = if seq > log.last_seq() {
+                // Never numbered by this log (a position from before a crash
+                // that took the log's tail): it would wait forever.
+                Err(crate::LogError::Failed(
+                    format!("position {seq} is past the log's end").into(),
+                ))
+            } else {
+                log.wait_durable(seq).await
+            }
         {
             tracing::warn!(plugin = name, seq, error = %e, "snapshot not kept: its position is not durable in the log");
             return false;
