@@ -1322,7 +1322,8 @@ mod tests {
         }
     }
 
-    /// A few hundred seeds in every run (about a second); set
+    /// A few hundred seeds in every run (~20 s in a debug build, most of it
+    /// fsyncs); set
     /// `PLUGBUS_POWER_LOSS_SEEDS` for more.
     #[cfg(feature = "failpoints")]
     #[tokio::test]

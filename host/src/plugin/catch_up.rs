@@ -29,21 +29,12 @@ use crate::pattern::Pattern;
 const BATCH: usize = 1024;
 
 /// A position in the log and the filter of one plugin's catch-up.
-///
-/// It keeps one [`LogReader`] open across calls, so reading the log costs
-/// the same per event however far into a segment it is (reopening a reader
-/// walks the frame headers from its segment's start). A reader sees each
-/// segment as it was when it opened it: when it runs dry it is dropped, and
-/// the next call opens a new one at the next sequence number, which then
-/// sees what was appended since.
 pub(crate) struct Cursor {
     dir: PathBuf,
     next: u64,
     /// Skip events older than this (nanoseconds since the epoch).
     since_nanos: u64,
     patterns: Vec<Pattern>,
-    /// The open reader, positioned at `next`.
-    reader: Option<LogReader>,
 }
 
 impl Cursor {
@@ -61,14 +52,12 @@ impl Cursor {
             next: 0,
             since_nanos,
             patterns,
-            reader: None,
         }
     }
 
     /// Starts at sequence number `seq` instead (after a kept snapshot).
     pub fn starting_at(mut self, seq: u64) -> Cursor {
         self.next = self.next.max(seq);
-        self.reader = None;
         self
     }
 
@@ -76,73 +65,45 @@ impl Cursor {
     pub fn rewind(&mut self) {
         self.next = 0;
         self.since_nanos = 0;
-        self.reader = None;
     }
 
-    /// The next events for this plugin with sequence numbers up to `upto`;
-    /// empty when there are none left. Reads batches of [`BATCH`] records
-    /// until one holds an event for the plugin, or the log ends.
+    /// The next events for this plugin with sequence numbers up to `upto`
+    /// (at most [`BATCH`] records read); empty when there are none left.
     pub async fn read(&mut self, upto: u64) -> Result<Vec<Event>, LogError> {
-        loop {
-            if self.next > upto {
-                return Ok(Vec::new());
-            }
-            let (dir, from, reader) = (self.dir.clone(), self.next, self.reader.take());
-            let (reader, records, dry) = tokio::task::spawn_blocking(move || read_batch(&dir, from, reader, upto))
-                .await
-                .map_err(|e| LogError::Failed(format!("log reader task failed: {e}").into()))??;
-            // A reader that ran dry is reopened next time, to see what was
-            // appended since it opened.
-            self.reader = if dry { None } else { Some(reader) };
-            let Some(last) = records.last() else {
-                // Nothing left up to `upto` (a gap at the end, or the end).
-                self.next = upto + 1;
-                return Ok(Vec::new());
-            };
-            self.next = last.seq + 1;
-            let since = self.since_nanos;
-            let events: Vec<Event> = records
-                .into_iter()
-                .filter(|r| r.time_unix_nanos >= since && self.patterns.iter().any(|p| p.matches(&r.name)))
-                .map(crate::log::Record::into_event)
-                .collect();
-            if !events.is_empty() {
-                return Ok(events);
-            }
-            // A batch with nothing for this plugin: read on.
+        if self.next > upto {
+            return Ok(Vec::new());
         }
-    }
-}
-
-/// Up to [`BATCH`] records from `from` to `upto`, from `reader` (or a new
-/// one at `from`). Returns the reader, the records, and whether it ran dry
-/// (reached the end of what it saw) before `upto`.
-fn read_batch(
-    dir: &std::path::Path,
-    from: u64,
-    reader: Option<LogReader>,
-    upto: u64,
-) -> Result<(LogReader, Vec<crate::log::Record>, bool), LogError> {
-    let mut reader = match reader {
-        Some(reader) => reader,
-        None => LogReader::open(dir, from)?,
-    };
-    let mut out = Vec::new();
-    while out.len() < BATCH {
-        match reader.next() {
-            None => return Ok((reader, out, true)),
-            Some(record) => {
+        let (dir, from, since) = (self.dir.clone(), self.next, self.since_nanos);
+        let records = tokio::task::spawn_blocking(move || -> Result<Vec<crate::log::Record>, LogError> {
+            let mut out = Vec::new();
+            for record in LogReader::open(&dir, from)?.take(BATCH) {
                 let record = record?;
                 if record.seq > upto {
-                    // Past the cut: this record is read again next time,
-                    // by a new reader.
-                    return Ok((reader, out, true));
+                    break;
                 }
                 out.push(record);
             }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| LogError::Failed(format!("log reader task failed: {e}").into()))??;
+        let Some(last) = records.last() else {
+            // Nothing left up to `upto` (a gap at the end, or the end).
+            self.next = upto + 1;
+            return Ok(Vec::new());
+        };
+        self.next = last.seq + 1;
+        let events: Vec<Event> = records
+            .into_iter()
+            .filter(|r| r.time_unix_nanos >= since && self.patterns.iter().any(|p| p.matches(&r.name)))
+            .map(crate::log::Record::into_event)
+            .collect();
+        if events.is_empty() {
+            // A batch with nothing for this plugin: keep reading.
+            return Box::pin(self.read(upto)).await;
         }
+        Ok(events)
     }
-    Ok((reader, out, false))
 }
 
 /// What a worker needs to catch up, and how it talks to the bus installing it.
