@@ -103,6 +103,13 @@ const MAX_BATCH_BYTES: usize = 4 << 20;
 /// emitters' counter off this thread's cache line, while the room it gives
 /// back is a rounding error of the 65,536-event buffer.
 const RELEASE_EVERY: usize = 256;
+/// Events taken off the channel before the writer goes on to write, sync and
+/// publish its progress, even when more are waiting. Without a bound, a
+/// sustained load (the channel never empty) kept durable waiters and
+/// catch-up (`wait_written`) waiting until the load paused. 4,096 events
+/// are under 10 ms of the writer's measured throughput, and a round trip
+/// through the checks costs next to nothing next to them.
+const MAX_ROUND_EVENTS: usize = 4096;
 /// Under `batched` and `off`, encoded frames wait for more before one
 /// `write`, until there are this many bytes…
 const COALESCE_BYTES: usize = 256 << 10;
@@ -203,11 +210,13 @@ impl Writer {
                 None => Some(rx.recv().unwrap_or(Msg::Close)),
             };
             let mut taken = 0usize;
+            let mut round = 0usize;
             let mut next = first;
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Append(seq, event) => {
                         taken += 1;
+                        round += 1;
                         self.append(seq, &event);
                         if taken == RELEASE_EVERY {
                             // Under sustained load this loop does not end:
@@ -223,6 +232,11 @@ impl Writer {
                 }
                 if self.buf.len() >= MAX_BATCH_BYTES {
                     self.write_out();
+                }
+                if round >= MAX_ROUND_EVENTS {
+                    // Under sustained load the channel is never empty: go
+                    // write, sync and publish progress all the same.
+                    break;
                 }
                 next = rx.try_recv().ok();
             }

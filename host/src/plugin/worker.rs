@@ -651,10 +651,9 @@ impl Worker {
             // a redrive would apply it).
             if !self.dead_letters.contains(event.id())
                 && Self::durable_in_log(&spec.name, self.log.clone(), event).await
+                && self.dead_letters.add(DeadLetter::new(&spec.name, event, failure))
             {
-                if self.dead_letters.add(DeadLetter::new(&spec.name, event, failure)) {
-                    self.stats.dead_lettered();
-                }
+                self.stats.dead_lettered();
             }
         } else {
             self.state.set(PluginState::Ready);
