@@ -70,39 +70,42 @@ impl Cursor {
     /// The next events for this plugin with sequence numbers up to `upto`
     /// (at most [`BATCH`] records read); empty when there are none left.
     pub async fn read(&mut self, upto: u64) -> Result<Vec<Event>, LogError> {
-        if self.next > upto {
-            return Ok(Vec::new());
-        }
-        let (dir, from, since) = (self.dir.clone(), self.next, self.since_nanos);
-        let records = tokio::task::spawn_blocking(move || -> Result<Vec<crate::log::Record>, LogError> {
-            let mut out = Vec::new();
-            for record in LogReader::open(&dir, from)?.take(BATCH) {
-                let record = record?;
-                if record.seq > upto {
-                    break;
-                }
-                out.push(record);
+        // A batch with nothing for this plugin: read on (a loop, not a
+        // recursion, however long the stretch without a match).
+        loop {
+            if self.next > upto {
+                return Ok(Vec::new());
             }
-            Ok(out)
-        })
-        .await
-        .map_err(|e| LogError::Failed(format!("log reader task failed: {e}").into()))??;
-        let Some(last) = records.last() else {
-            // Nothing left up to `upto` (a gap at the end, or the end).
-            self.next = upto + 1;
-            return Ok(Vec::new());
-        };
-        self.next = last.seq + 1;
-        let events: Vec<Event> = records
-            .into_iter()
-            .filter(|r| r.time_unix_nanos >= since && self.patterns.iter().any(|p| p.matches(&r.name)))
-            .map(crate::log::Record::into_event)
-            .collect();
-        if events.is_empty() {
-            // A batch with nothing for this plugin: keep reading.
-            return Box::pin(self.read(upto)).await;
+            let (dir, from) = (self.dir.clone(), self.next);
+            let records = tokio::task::spawn_blocking(move || -> Result<Vec<crate::log::Record>, LogError> {
+                let mut out = Vec::new();
+                for record in LogReader::open(&dir, from)?.take(BATCH) {
+                    let record = record?;
+                    if record.seq > upto {
+                        break;
+                    }
+                    out.push(record);
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|e| LogError::Failed(format!("log reader task failed: {e}").into()))??;
+            let Some(last) = records.last() else {
+                // Nothing left up to `upto` (a gap at the end, or the end).
+                self.next = upto + 1;
+                return Ok(Vec::new());
+            };
+            self.next = last.seq + 1;
+            let since = self.since_nanos;
+            let events: Vec<Event> = records
+                .into_iter()
+                .filter(|r| r.time_unix_nanos >= since && self.patterns.iter().any(|p| p.matches(&r.name)))
+                .map(crate::log::Record::into_event)
+                .collect();
+            if !events.is_empty() {
+                return Ok(events);
+            }
         }
-        Ok(events)
     }
 }
 
