@@ -227,14 +227,34 @@ fn ledger_event(n: u64, poison: bool) -> Value {
     json!({"name": format!("ledger.e{}", n % 3), "payload": {"n": n, "poison": poison}})
 }
 
-/// The ids of the `ledger.*` events in the log, in order.
-fn logged_ledger_ids(log: &Path) -> Vec<String> {
+/// The records of the log in `log` whose name `keep` accepts, in order.
+fn logged(log: &Path, keep: impl Fn(&str) -> bool) -> Vec<plugbus::Record> {
     plugbus::LogReader::open(log, 0)
         .unwrap()
         .map(|r| r.unwrap())
-        .filter(|r| r.name.starts_with("ledger."))
+        .filter(|r| keep(&r.name))
+        .collect()
+}
+
+/// The ids of the `ledger.*` events in the log, in order.
+fn logged_ledger_ids(log: &Path) -> Vec<String> {
+    logged(log, |name| name.starts_with("ledger."))
+        .into_iter()
         .map(|r| r.id)
         .collect()
+}
+
+/// `plugbus replay --emit EMIT` of the log in `log` into the plugins of `plugins`.
+fn replay(plugins: &Path, log: &Path, emit: &str) -> std::process::Output {
+    plugbus(&[
+        "replay",
+        "--plugins",
+        plugins.to_str().unwrap(),
+        "--log",
+        log.to_str().unwrap(),
+        "--emit",
+        emit,
+    ])
 }
 
 /// The crash points an operation may pick.
@@ -353,15 +373,7 @@ fn check_seed(seed: u64, wasm: &Path) -> Result<(), String> {
             _ => {
                 trace.push("replay --emit publish".into());
                 node.take().unwrap().stop();
-                let out = plugbus(&[
-                    "replay",
-                    "--plugins",
-                    plugins.path().to_str().unwrap(),
-                    "--log",
-                    log.path().to_str().unwrap(),
-                    "--emit",
-                    "publish",
-                ]);
+                let out = replay(plugins.path(), log.path(), "publish");
                 if !out.status.success() {
                     return Err(format!(
                         "replay failed: {}\ntrace: {trace:?}",
@@ -494,15 +506,7 @@ async fn a_replay_that_publishes_never_touches_the_live_plugins_state() {
     let before = files_under(log.path());
     assert!(before.keys().any(|p| p.ends_with("ledger.snap")), "{before:?}");
     for emit in ["publish", "capture", "discard"] {
-        let out = plugbus(&[
-            "replay",
-            "--plugins",
-            plugins.path().to_str().unwrap(),
-            "--log",
-            log.path().to_str().unwrap(),
-            "--emit",
-            emit,
-        ]);
+        let out = replay(plugins.path(), log.path(), emit);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(
             files_under(log.path()),
@@ -740,14 +744,44 @@ async fn events_removed_by_retention_before_a_plugin_saw_them_are_reported() {
     let bus = open().await.unwrap();
     bus.flush().await;
     bus.shutdown().await;
-    let lost: Vec<Value> = plugbus::LogReader::open(log.path(), 0)
-        .unwrap()
-        .map(|r| r.unwrap())
-        .filter(|r| r.name == "plugbus.plugin.state_lost")
+    let lost: Vec<Value> = logged(log.path(), |name| name == "plugbus.plugin.state_lost")
+        .into_iter()
         .map(|r| r.payload)
         .collect();
     assert_eq!(lost.len(), 1, "{lost:?}");
     assert_eq!(lost[0]["name"], "ledger");
     assert_eq!(lost[0]["from_seq"], 1);
     assert!(lost[0]["to_seq"].as_u64().unwrap() >= first - 1, "{lost:?}");
+}
+
+/// Defect 8, the other branch: a new version that refuses its predecessor's
+/// state (here the 0.1.0 cost-tracker, without `state`, replacing today's)
+/// on a bus with a log is rebuilt from the log up to the predecessor's last
+/// event, so the budget still fires on the fourth $0.40 call. Lost instead,
+/// it would start from $0 and never fire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_refusing_the_state_is_rebuilt_from_the_log() {
+    let plugins = tempfile::tempdir().unwrap();
+    let log = tempfile::tempdir().unwrap();
+    let manifest = "[config]\nbudget_usd = \"1.50\"\n";
+    support::install(plugins.path(), &support::wasm("cost-tracker"), "cost-tracker", manifest);
+    let bus = ledger_bus(plugins.path(), log.path()).await;
+    let budget = support::Recorder::attach(&bus, "budget_exceeded");
+    let call = || json!({"model": "m", "usage": {"prompt_tokens": 1000, "completion_tokens": 500}, "cost_usd": 0.40});
+    for _ in 0..3 {
+        bus.emit("model_responded", call());
+    }
+    bus.flush().await;
+    std::fs::copy(support::compat_cost_tracker(), plugins.path().join("cost-tracker.wasm")).unwrap();
+    let (_, reload) = bus
+        .reload_plugin(plugins.path().join("cost-tracker.wasm"))
+        .await
+        .unwrap();
+    assert_eq!(reload, plugbus::Reload::Replaced);
+    bus.emit("model_responded", call());
+    bus.flush().await;
+    let fired = budget.events();
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].payload()["calls"], 4, "{:?}", fired[0].payload());
+    bus.shutdown().await;
 }

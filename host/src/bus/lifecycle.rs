@@ -208,12 +208,6 @@ fn spawn(
         port(shared),
         dead_letters.clone(),
         KeptState {
-            file: shared.state_log().map(|log| {
-                (
-                    crate::plugin::recovery::snapshot_path(log.dir(), &spec.name),
-                    log.options().durability != crate::Durability::Off,
-                )
-            }),
             resume,
             handoff: handoff.clone(),
             log: shared.state_log().cloned(),

@@ -1138,22 +1138,8 @@ mod tests {
             segment_bytes: 1_000,
             ..options()
         };
-        let log = EventLog::open(dir.path(), opts.clone()).unwrap();
-        append_n(&log, 100).await;
-        log.close();
-        drop(log);
-        let segments = list_segments(dir.path()).unwrap();
-        assert!(segments.len() >= 3);
-        // Age the two oldest segments by two hours.
-        let old = SystemTime::now() - Duration::from_secs(7200);
-        for (_, path) in &segments[..2] {
-            std::fs::File::options()
-                .write(true)
-                .open(path)
-                .unwrap()
-                .set_modified(old)
-                .unwrap();
-        }
+        // The two oldest segments aged by two hours.
+        let segments = aged_segments(dir.path(), &opts, 3, 2).await;
         let log = EventLog::open(
             dir.path(),
             LogOptions {
@@ -1172,6 +1158,28 @@ mod tests {
             "the two aged segments are gone, the rest kept"
         );
         assert_eq!(left[0].0, segments[2].0);
+    }
+
+    /// Appends 100 events to a new log in `dir` (at least `at_least`
+    /// segments), closes it and makes its `aged` oldest segments two hours
+    /// old; returns its segments.
+    async fn aged_segments(dir: &Path, opts: &LogOptions, at_least: usize, aged: usize) -> Vec<(u64, PathBuf)> {
+        let log = EventLog::open(dir, opts.clone()).unwrap();
+        append_n(&log, 100).await;
+        log.close();
+        drop(log);
+        let segments = segment_files(dir);
+        assert!(segments.len() >= at_least, "{segments:?}");
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        for (_, path) in &segments[..aged] {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        segments
     }
 
     /// The segment files of `dir`, oldest first.
@@ -1452,21 +1460,8 @@ mod tests {
             segment_bytes: 1_000,
             ..options()
         };
-        let log = EventLog::open(dir.path(), opts.clone()).unwrap();
-        append_n(&log, 100).await;
-        log.close();
-        drop(log);
-        let segments = segment_files(dir.path());
-        assert!(segments.len() >= 5);
-        let old = SystemTime::now() - Duration::from_secs(7200);
-        for (_, path) in &segments[..4] {
-            std::fs::File::options()
-                .write(true)
-                .open(path)
-                .unwrap()
-                .set_modified(old)
-                .unwrap();
-        }
+        // The four oldest segments aged by two hours.
+        let segments = aged_segments(dir.path(), &opts, 5, 4).await;
         // A consumer still needs the events from the third segment's second one on.
         let floor = segments[2].0 + 1;
         let log = EventLog::open(

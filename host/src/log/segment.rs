@@ -117,6 +117,21 @@ struct RecordHead<'a> {
     depth: u8,
 }
 
+impl<'a> RecordHead<'a> {
+    /// The head of `event`'s frame at `seq`.
+    fn of(event: &'a Event, seq: u64) -> RecordHead<'a> {
+        RecordHead {
+            seq,
+            name: event.name(),
+            id: event.id(),
+            time_unix_nanos: event.time_unix_nanos(),
+            correlation_id: event.correlation_id(),
+            source: event.source(),
+            depth: event.depth(),
+        }
+    }
+}
+
 impl Record {
     /// The record of a published event (`seq` 0 if it never was).
     pub fn from_event(event: &Event) -> Record {
@@ -151,15 +166,7 @@ impl Record {
 /// encode to, whatever sequence number it gets. Serialises the event's
 /// payload if it was not yet (its text is kept for the plugins and the log).
 pub(crate) fn max_frame_len(event: &Event) -> usize {
-    let head = RecordHead {
-        seq: u64::MAX,
-        name: event.name(),
-        id: event.id(),
-        time_unix_nanos: event.time_unix_nanos(),
-        correlation_id: event.correlation_id(),
-        source: event.source(),
-        depth: event.depth(),
-    };
+    let head = RecordHead::of(event, u64::MAX);
     // Serialising plain fields into a `Vec` cannot fail; the head is small.
     let head_len = serde_json::to_vec(&head).map_or(0, |v| v.len());
     // `{…}` becomes `{…,"payload":<text>}`: 11 more bytes than the head.
@@ -174,15 +181,7 @@ pub(crate) fn encode(buf: &mut Vec<u8>, seq: u64, event: &Event) -> Result<(), u
     buf.extend_from_slice(&[0; FRAME_PREFIX]);
     buf.extend_from_slice(&seq.to_le_bytes());
     buf.extend_from_slice(&event.time_unix_nanos().to_le_bytes());
-    let head = RecordHead {
-        seq,
-        name: event.name(),
-        id: event.id(),
-        time_unix_nanos: event.time_unix_nanos(),
-        correlation_id: event.correlation_id(),
-        source: event.source(),
-        depth: event.depth(),
-    };
+    let head = RecordHead::of(event, seq);
     // Serialising plain fields into a `Vec` cannot fail.
     serde_json::to_writer(&mut *buf, &head).expect("JSON into a Vec");
     // `{…}` becomes `{…,"payload":<text>}`. The payload's JSON text is the

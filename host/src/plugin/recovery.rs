@@ -162,16 +162,16 @@ pub(crate) fn load(path: &Path) -> Result<Option<Snapshot>, String> {
     }))
 }
 
-/// What a worker keeps beside the log: where its snapshots go (and whether
-/// to sync them), and the snapshot a previous run left, to resume from.
+/// What a worker keeps beside the log: the log (its snapshots go beside
+/// it), and the snapshot a previous run left, to resume from.
 pub(crate) struct KeptState {
-    pub file: Option<(PathBuf, bool)>,
     pub resume: Option<Snapshot>,
     /// Where to leave the final state for a hot-swapped successor.
     pub handoff: Arc<std::sync::Mutex<Option<Handoff>>>,
-    /// The bus's log when plugin state is kept beside it: a snapshot is
-    /// persisted only once its position is durable there, and a state that
-    /// cannot be handed over is rebuilt from it.
+    /// The bus's log when plugin state is kept beside it: snapshots are
+    /// written beside it (synced unless its durability is `off`), persisted
+    /// only once their position is durable there, and a state that cannot
+    /// be handed over is rebuilt from it.
     pub log: Option<crate::log::EventLog>,
     /// The plugin's subscriptions, for reading its events from the log.
     pub patterns: Vec<crate::pattern::Pattern>,

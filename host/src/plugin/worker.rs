@@ -191,6 +191,12 @@ impl Worker {
     ) -> Worker {
         let backoff = spec.limits.quarantine_backoff;
         stats.set_memory(instance.store.data().limiter.granted);
+        let snapshot_file = kept.log.as_ref().map(|log| {
+            (
+                crate::plugin::recovery::snapshot_path(log.dir(), &spec.name),
+                log.options().durability != crate::Durability::Off,
+            )
+        });
         Worker {
             spec,
             instance: Some(instance),
@@ -203,7 +209,7 @@ impl Worker {
             },
             recovery: Recovery::default(),
             dead_letters,
-            snapshot_file: kept.file,
+            snapshot_file,
             resume: kept.resume,
             last_seq: None,
             handoff: kept.handoff,
@@ -441,31 +447,24 @@ impl Worker {
     }
 
     /// Says so, loudly, when the events after `seq` (the kept snapshot's
-    /// position) are no longer all in the log: retention removed some.
+    /// position) are no longer all in the log: retention removed some. The
+    /// state the snapshot holds is kept: it only misses those events.
     async fn report_retention_gap(&mut self, log: &crate::log::EventLog, seq: u64) {
         let dir = log.dir().to_owned();
         let first = tokio::task::spawn_blocking(move || crate::log::first_retained_seq(&dir)).await;
         if let Ok(Ok(Some(first))) = first
             && first > seq + 1
         {
-            let name = &*self.spec.name;
             let (from, to) = (seq + 1, first - 1);
             tracing::error!(
-                plugin = name,
+                plugin = &*self.spec.name,
                 from_seq = from,
                 to_seq = to,
                 "events the kept snapshot needs were removed by retention: the plugin's state misses them"
             );
-            self.stats.rebuilt(false, 0);
-            self.meta(
-                "plugbus.plugin.state_lost",
-                json!({
-                    "name": name,
-                    "reason": format!("events {from}..={to} were removed by the log's retention before this plugin handled them"),
-                    "from_seq": from,
-                    "to_seq": to,
-                }),
-            );
+            let reason =
+                format!("events {from}..={to} were removed by the log's retention before this plugin handled them");
+            self.announce_state_lost(&reason, json!({ "from_seq": from, "to_seq": to }));
         }
     }
 
@@ -903,11 +902,21 @@ impl Worker {
     /// The state could not be brought back: the plugin starts empty, and
     /// `plugbus.plugin.state_lost` says why.
     fn state_lost(&mut self, reason: &str) {
+        tracing::warn!(plugin = &*self.spec.name, %reason, "plugin state lost; it starts empty");
+        self.announce_state_lost(reason, json!({}));
+        self.recovery.reset();
+    }
+
+    /// Counts a loss of state and publishes `plugbus.plugin.state_lost`
+    /// `{name, reason, …extra}`.
+    fn announce_state_lost(&self, reason: &str, extra: serde_json::Value) {
         let name = &*self.spec.name;
         self.stats.rebuilt(false, 0);
-        tracing::warn!(plugin = name, %reason, "plugin state lost; it starts empty");
-        self.meta("plugbus.plugin.state_lost", json!({ "name": name, "reason": reason }));
-        self.recovery.reset();
+        let mut payload = json!({ "name": name, "reason": reason });
+        if let (Some(payload), serde_json::Value::Object(extra)) = (payload.as_object_mut(), extra) {
+            payload.extend(extra);
+        }
+        self.meta("plugbus.plugin.state_lost", payload);
     }
 
     /// Restores `snapshot` into `instance` and replays `events`. On failure:
