@@ -30,6 +30,8 @@
 //! # Layout
 //! Dependencies run one way, top to bottom; no module imports one above it.
 //!
+//! - [`otlp`]: OpenTelemetry in: OTLP/HTTP trace requests whose GenAI spans
+//!   become events (`otlp::genai`, the mapping; docs/opentelemetry.md);
 //! - [`replay`]: feeding logged events into fresh plugins (`plugbus replay`);
 //! - [`bus`]: the [`Bus`] handle and its state (`Shared`, one home): emit,
 //!   flush, shutdown, redrive;
@@ -73,6 +75,8 @@ pub mod log;
 pub mod manifest;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod outcome;
 pub mod pattern;
 pub mod plugin;
@@ -87,7 +91,7 @@ pub mod text;
 pub use bus::builder::BusBuilder;
 pub use bus::lifecycle::Reload;
 pub use bus::native::HandlerOptions;
-pub use bus::{Bus, DEFAULT_SHUTDOWN_GRACE, FailureHook, LoadFailure, ShutdownReport, Subscription};
+pub use bus::{Bus, DEFAULT_SHUTDOWN_GRACE, FailureHook, LoadFailure, Published, ShutdownReport, Subscription};
 pub use cache::{CacheStats, default_cache_dir};
 pub use dead_letter::{DeadLetter, DeadLetterError, Redrive, read_dead_letters};
 pub use error::Error;

@@ -12,6 +12,7 @@ pub mod builder;
 pub(crate) mod history;
 pub(crate) mod lifecycle;
 pub(crate) mod native;
+pub(crate) mod recent_ids;
 pub(crate) mod registry;
 pub(crate) mod watch;
 
@@ -52,6 +53,17 @@ pub type FailureHook = Arc<dyn Fn(&Event, &str, &Failure) + Send + Sync>;
 /// drains a full default queue (1024 events) of any healthy plugin many
 /// times over; a plugin that needs longer is stuck, not busy.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What [`Bus::publish_once_all`] published.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The events published, in order (without the duplicates).
+    pub events: Vec<Event>,
+    /// Events skipped because their id was taken before.
+    pub duplicates: usize,
+    /// On NATS, the stream sequence number of each published event.
+    pub stream_seqs: Option<Vec<u64>>,
+}
 
 /// What [`Bus::shutdown_with`] did.
 #[derive(Debug, Clone)]
@@ -158,6 +170,8 @@ pub(crate) struct Shared {
     pub(crate) nats: Option<crate::nats::NatsLink>,
     /// The last event sequence number handed out, when there is no log.
     event_seq: AtomicU64,
+    /// Ids of events published idempotently ([`Bus::publish_once_all`]).
+    recent_ids: Mutex<recent_ids::RecentIds>,
     pub(crate) plugins: Mutex<BTreeMap<String, Arc<PluginHandle>>>,
     pub(crate) engine: Arc<PluginEngine>,
     pub(crate) limits: Limits,
@@ -224,6 +238,7 @@ impl Shared {
             #[cfg(feature = "nats")]
             nats,
             event_seq: AtomicU64::new(0),
+            recent_ids: Mutex::new(recent_ids::RecentIds::new(recent_ids::RECENT_IDS)),
             plugins: Mutex::new(BTreeMap::new()),
             engine: Arc::new(engine),
             limits,
@@ -809,6 +824,103 @@ impl Bus {
         }
         log.wait_durable(last).await?;
         Ok(published)
+    }
+
+    /// Publishes `events` in order, skipping every event whose id this bus
+    /// already took through this method: an idempotent ingest, for senders
+    /// that retry a request with the same derived ids (an OTLP exporter).
+    /// Returns once what was published is as safe as the bus makes it:
+    /// durable in the log under its policy (with a log), stored by the
+    /// stream (on NATS), or queued (neither).
+    ///
+    /// The window is the last [`RECENT_IDS`](recent_ids::RECENT_IDS) ids
+    /// published this way, and with a log also the ids of the log's last
+    /// that many events (read at the first call), so a retry that reaches a
+    /// restarted host is recognised too. On NATS the stream's own duplicate
+    /// window (`Nats-Msg-Id` = the event id) applies as well. Ids of a
+    /// publish that failed are forgotten, so the sender's retry is taken.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), plugbus::LogError> {
+    /// use plugbus::Event;
+    /// let bus = plugbus::Bus::builder().build().await.unwrap();
+    /// let first = bus.publish_once_all([Event::new("a", serde_json::Value::Null)]).await?;
+    /// let retry = bus.publish_once_all(first.events.clone()).await?;
+    /// assert_eq!((first.events.len(), retry.events.len(), retry.duplicates), (1, 0, 1));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`LogError::Refused`] when a schema refuses one of the events
+    /// (nothing is published); otherwise as for
+    /// [`publish_durable_all`](Self::publish_durable_all) with a log, or
+    /// [`publish_to_stream`](Self::publish_to_stream) on NATS.
+    pub async fn publish_once_all(&self, events: impl IntoIterator<Item = Event>) -> Result<Published, LogError> {
+        let events: Vec<Event> = events.into_iter().collect();
+        for event in &events {
+            self.shared.admit(event).map_err(|e| LogError::Refused(e.to_string()))?;
+            if let Some(log) = &self.shared.log {
+                log.check_size(event)?;
+            }
+        }
+        let (fresh, duplicates) = {
+            let mut recent = lock(&self.shared.recent_ids);
+            if let Some(log) = &self.shared.log {
+                recent.seed_from(log);
+            }
+            let before = events.len();
+            let fresh: Vec<Event> = events.into_iter().filter(|e| recent.insert(e.id())).collect();
+            let duplicates = before - fresh.len();
+            (fresh, duplicates)
+        };
+        let forget = |events: &[Event]| {
+            let mut recent = lock(&self.shared.recent_ids);
+            for event in events {
+                recent.forget(event.id());
+            }
+        };
+        #[cfg(feature = "nats")]
+        if self.shared.nats.is_some() {
+            let ids: Vec<Event> = fresh.clone();
+            return match self.publish_to_stream(fresh).await {
+                Ok(seqs) => Ok(Published {
+                    events: ids,
+                    duplicates,
+                    stream_seqs: Some(seqs),
+                }),
+                Err(e) => {
+                    forget(&ids);
+                    Err(e)
+                }
+            };
+        }
+        let Some(log) = &self.shared.log else {
+            let events = fresh.into_iter().map(|e| self.shared.publish(e)).collect();
+            return Ok(Published {
+                events,
+                duplicates,
+                stream_seqs: None,
+            });
+        };
+        let mut published = Vec::with_capacity(fresh.len());
+        let mut last = 0;
+        for (i, event) in fresh.iter().enumerate() {
+            let event = event.clone().unpublished();
+            self.shared.dispatch(&event, None, true);
+            let Some(seq) = event.seq() else {
+                // The bus shut down: this one and the rest were not published.
+                forget(&fresh[i..]);
+                return Err(LogError::Closed);
+            };
+            last = last.max(seq);
+            published.push(event);
+        }
+        log.wait_durable(last).await?;
+        Ok(Published {
+            events: published,
+            duplicates,
+            stream_seqs: None,
+        })
     }
 
     /// The event log's progress and counters, when the bus has a log.

@@ -77,6 +77,8 @@ pub enum Command {
         cache: CacheArgs,
         #[command(flatten)]
         log: LogArgs,
+        #[command(flatten)]
+        otlp: OtlpArgs,
     },
     /// Dead letters (events that made a plugin fail hard): list, redrive.
     Dlq {
@@ -304,6 +306,18 @@ pub struct LogArgs {
     ack_wait_ms: u64,
 }
 
+/// OpenTelemetry in, for `serve`: `POST /v1/traces` is on the main listener
+/// always; these add the exporters' default port and the pass-through.
+#[derive(clap::Args)]
+pub struct OtlpArgs {
+    /// Also take OTLP/HTTP on this address (`127.0.0.1:4318` is the exporters' default), beside the main listener.
+    #[arg(long, value_name = "ADDR")]
+    pub otlp_listen: Option<std::net::SocketAddr>,
+    /// Pass spans that are not GenAI spans through as `otel.span` events (default: dropped and counted).
+    #[arg(long)]
+    pub otlp_all: bool,
+}
+
 /// `--schema-policy`.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum SchemaPolicyArg {
@@ -445,7 +459,8 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             grace_ms,
             cache,
             log,
-        } => serve::serve(&plugins, listen, Duration::from_millis(grace_ms), &cache, &log).await,
+            otlp,
+        } => serve::serve(&plugins, listen, Duration::from_millis(grace_ms), &cache, &log, &otlp).await,
         Command::Check { file, json, cache } => check::check(&file, json, &cache).await,
         Command::Wit { out } => wit::wit(out.as_deref()),
         Command::Bindgen {

@@ -30,6 +30,11 @@
 //!   plugin, 413 a request over 64 KiB, 422 the plugin refused, 500 it
 //!   trapped, 501 it has no `query` export, 503 busy or shutting down, 504
 //!   it ran out of query fuel or time.
+//! - `POST /v1/traces`: OpenTelemetry spans over OTLP/HTTP (protobuf or
+//!   JSON, gzip or not); GenAI spans become events (`plugbus::otlp`,
+//!   docs/opentelemetry.md). Answers like `POST /events` once the events are
+//!   durable or stored; a retried request is not stored twice. Also on
+//!   `--otlp-listen ADDR` (the exporters' default port is 4318).
 //! - `GET /metrics`: Prometheus (OpenMetrics) text.
 //! - `GET /healthz`: liveness.
 //! - `GET /`: the live dashboard, and behind it `GET /dashboard/stream`,
@@ -54,9 +59,12 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelS
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde_json::json;
+use std::sync::Arc;
+
+use plugbus::otlp::{Encoding, MapOptions, OtlpError, Receiver};
 
 use super::dashboard::Dashboard;
-use super::{CacheArgs, LogArgs};
+use super::{CacheArgs, LogArgs, OtlpArgs};
 
 /// Largest request body: 1 MiB holds thousands of events per request while
 /// bounding what one client can make the host buffer.
@@ -68,11 +76,23 @@ pub async fn serve(
     grace: std::time::Duration,
     cache: &CacheArgs,
     log: &LogArgs,
+    otlp: &OtlpArgs,
 ) -> anyhow::Result<ExitCode> {
     let bus = super::open_bus(plugins, true, cache, log).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let otlp_listener = match otlp.otlp_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for OTLP on {addr}"))?,
+        ),
+        None => None,
+    };
+    let receiver = Arc::new(Receiver::new(MapOptions {
+        all_spans: otlp.otlp_all,
+    }));
     let addr = listener.local_addr()?;
     // Open dashboard streams never end by themselves: they end when this
     // turns true, so the graceful shutdown is not held up by a browser tab.
@@ -81,12 +101,28 @@ pub async fn serve(
         stopping: stopping.clone(),
         grace,
     };
-    let dashboard = Dashboard::start(&bus, stopping);
-    let app = router(bus.clone(), shutdown).merge(dashboard.routes());
+    let dashboard = Dashboard::start(&bus, stopping.clone());
+    let app = router(bus.clone(), shutdown.clone(), receiver.clone()).merge(dashboard.routes());
     eprintln!(
         "plugbus: listening on http://{addr} (plugins in {}; dashboard at /)",
         plugins.display()
     );
+    // The OTLP listener, when asked for: the trace route alone, stopped
+    // with the main one.
+    let otlp_server = otlp_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            eprintln!("plugbus: OTLP/HTTP on http://{addr}/v1/traces");
+        }
+        let app = otlp_router(bus.clone(), shutdown, receiver);
+        let mut stopping = stopping.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopping.wait_for(|stopping| *stopping).await;
+                })
+                .await
+        })
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
@@ -94,6 +130,12 @@ pub async fn serve(
         })
         .await
         .context("HTTP server failed")?;
+    if let Some(server) = otlp_server {
+        match server.await {
+            Ok(result) => result.context("OTLP HTTP server failed")?,
+            Err(e) => anyhow::bail!("OTLP HTTP server failed: {e}"),
+        }
+    }
     drop(dashboard);
     eprintln!("plugbus: shutting down; draining plugin queues");
     // No more requests, and (on NATS) no more pulls: what this host took
@@ -135,9 +177,13 @@ impl Shutdown {
     }
 }
 
-fn router(bus: plugbus::Bus, shutdown: Shutdown) -> Router {
+fn router(bus: plugbus::Bus, shutdown: Shutdown, receiver: Arc<Receiver>) -> Router {
     Router::new()
         .route("/events", post(post_events))
+        .route(
+            "/v1/traces",
+            post(post_traces).layer(DefaultBodyLimit::max(plugbus::otlp::MAX_BODY)),
+        )
         .route("/plugins", get(get_plugins))
         .route("/plugins/{name}/dead-letters", get(get_dead_letters))
         .route("/plugins/{name}/dead-letters/redrive", post(post_redrive))
@@ -146,7 +192,62 @@ fn router(bus: plugbus::Bus, shutdown: Shutdown) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::Extension(shutdown))
+        .layer(axum::Extension(receiver))
         .with_state(bus)
+}
+
+/// The routes of `--otlp-listen`: traces, and liveness for probes.
+fn otlp_router(bus: plugbus::Bus, shutdown: Shutdown, receiver: Arc<Receiver>) -> Router {
+    Router::new()
+        .route("/v1/traces", post(post_traces))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(DefaultBodyLimit::max(plugbus::otlp::MAX_BODY))
+        .layer(axum::Extension(shutdown))
+        .layer(axum::Extension(receiver))
+        .with_state(bus)
+}
+
+/// `POST /v1/traces`: one OTLP export request. 200 with the
+/// `ExportTraceServiceResponse` (a partial success names refused spans) in
+/// the request's encoding; errors carry a `google.rpc.Status` (protobuf) or
+/// `{"code", "message"}` (JSON) with the reason.
+async fn post_traces(
+    State(bus): State<plugbus::Bus>,
+    axum::Extension(shutdown): axum::Extension<Shutdown>,
+    axum::Extension(receiver): axum::Extension<Arc<Receiver>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let encoding = match Encoding::of(content_type) {
+        Ok(encoding) => encoding,
+        // Unknown encoding: answer in JSON, the one a person reads.
+        Err(e) => return otlp_error(&e, Encoding::Json),
+    };
+    let content_encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
+    let export = tokio::select! {
+        export = receiver.export(&bus, &body, encoding, content_encoding) => export,
+        () = shutdown.grace_over() => Err(OtlpError::Unavailable("the host is shutting down".into())),
+    };
+    match export {
+        Ok(export) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, encoding.content_type())],
+            export.response_body(encoding),
+        )
+            .into_response(),
+        Err(e) => otlp_error(&e, encoding),
+    }
+}
+
+fn otlp_error(error: &OtlpError, encoding: Encoding) -> Response {
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    (
+        status,
+        [(header::CONTENT_TYPE, encoding.content_type())],
+        plugbus::otlp::error_body(error, encoding),
+    )
+        .into_response()
 }
 
 async fn shutdown_signal() {
@@ -369,9 +470,12 @@ async fn answer_query(bus: &plugbus::Bus, name: &str, request: &str) -> Response
     }
 }
 
-async fn get_metrics(State(bus): State<plugbus::Bus>) -> Response {
+async fn get_metrics(
+    State(bus): State<plugbus::Bus>,
+    axum::Extension(receiver): axum::Extension<Arc<Receiver>>,
+) -> Response {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(BusMetrics(bus)));
+    registry.register_collector(Box::new(BusMetrics(bus, receiver)));
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &registry) {
         Ok(()) => (
@@ -388,7 +492,7 @@ async fn get_metrics(State(bus): State<plugbus::Bus>) -> Response {
 
 /// Reads the bus's counters at scrape time.
 #[derive(Debug)]
-struct BusMetrics(plugbus::Bus);
+struct BusMetrics(plugbus::Bus, Arc<Receiver>);
 
 impl Collector for BusMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -500,6 +604,49 @@ impl Collector for BusMetrics {
             family
                 .encode_family(&[("plugin", p.name.as_str())])?
                 .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &buckets, None)?;
+        }
+        let otlp = self.1.stats();
+        let mut family = encoder.encode_descriptor(
+            "plugbus_otlp_spans",
+            "OTLP spans received, by outcome (mapped to events, dropped as not GenAI, rejected)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, n) in [("mapped", otlp.mapped), ("dropped", otlp.dropped), ("rejected", otlp.rejected)] {
+            family
+                .encode_family(&[("outcome", outcome)])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "plugbus_otlp_requests",
+            "OTLP export requests, by outcome (ok, failed: 4xx or 5xx)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, n) in [("ok", otlp.requests), ("failed", otlp.failed_requests)] {
+            family
+                .encode_family(&[("outcome", outcome)])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+        for (name, help, value) in [
+            ("plugbus_otlp_events", "Events published from OTLP spans", otlp.events),
+            (
+                "plugbus_otlp_duplicates",
+                "Events from OTLP spans skipped as repeats of events already taken (exporter retries)",
+                otlp.duplicates,
+            ),
+            (
+                "plugbus_otlp_invalid_attributes",
+                "Span attributes with a wrong type or out of range, left out of the events",
+                otlp.invalid_attributes,
+            ),
+        ] {
+            prometheus_client::metrics::counter::ConstCounter::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
         }
         if let Some(log) = self.0.log_status() {
             prometheus_client::metrics::counter::ConstCounter::new(log.lost).encode(encoder.encode_descriptor(

@@ -1,0 +1,452 @@
+//! OpenTelemetry in: an OTLP/HTTP trace receiver whose GenAI spans become
+//! bus events (`POST /v1/traces` in `plugbus serve`; [`Receiver::export`]
+//! for any other front end, the Python package's span exporter included).
+//!
+//! - [`genai`]: the mapping from spans to events (docs/opentelemetry.md);
+//! - [`attributes`]: attribute values as JSON, typed lookups.
+//!
+//! A request is decoded whole (protobuf or OTLP JSON, gzip or not, within
+//! [`MAX_BODY`] and [`MAX_DECODED`]), mapped, then published with
+//! [`Bus::publish_once_all`]: the events' ids derive from the spans, so an
+//! exporter's retry of a request that was stored is not stored twice.
+//! The answer is the OTLP `ExportTraceServiceResponse`, with a partial
+//! success naming the spans refused.
+
+pub mod attributes;
+pub mod genai;
+
+use std::io::Read as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message as _;
+
+pub use genai::{MapOptions, Mapping, Rejected, SEMCONV_VERSION, map_request};
+
+use crate::bus::Bus;
+use crate::log::LogError;
+
+/// Largest request body as sent (compressed or not): an exporter's batch
+/// is 512 spans, a few hundred KiB even with message content; 16 MiB leaves
+/// room for large prompts while bounding what one client makes us buffer.
+pub const MAX_BODY: usize = 16 << 20;
+
+/// Largest body once gunzipped: text compresses ~10×, so a full compressed
+/// body may legitimately inflate past `MAX_BODY`; 64 MiB stops a gzip bomb.
+pub const MAX_DECODED: usize = 64 << 20;
+
+/// Most spans taken in one request: 100 exporter batches. More is refused
+/// (413) rather than held in memory as events at once.
+pub const MAX_SPANS: usize = 51_200;
+
+/// The two OTLP/HTTP encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// `application/x-protobuf`.
+    Protobuf,
+    /// `application/json` (OTLP JSON: hex ids, integer enums, 64-bit
+    /// integers as strings).
+    Json,
+}
+
+impl Encoding {
+    /// The encoding a `Content-Type` names (parameters ignored).
+    ///
+    /// # Errors
+    /// [`OtlpError::UnsupportedMediaType`] for anything else.
+    ///
+    /// ```
+    /// use plugbus::otlp::Encoding;
+    /// assert_eq!(Encoding::of(Some("application/json; charset=utf-8")).unwrap(), Encoding::Json);
+    /// assert!(Encoding::of(Some("text/plain")).is_err());
+    /// ```
+    pub fn of(content_type: Option<&str>) -> Result<Encoding, OtlpError> {
+        let essence = content_type
+            .map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        match essence.as_str() {
+            "application/x-protobuf" | "application/protobuf" => Ok(Encoding::Protobuf),
+            "application/json" => Ok(Encoding::Json),
+            _ => Err(OtlpError::UnsupportedMediaType(
+                content_type.unwrap_or("(none)").to_owned(),
+            )),
+        }
+    }
+
+    /// The `Content-Type` of an answer in this encoding.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => "application/x-protobuf",
+            Encoding::Json => "application/json",
+        }
+    }
+}
+
+/// Why a request was not taken. [`OtlpError::status`] gives the HTTP
+/// status the OTLP/HTTP spec asks for (exporters retry 429, 502, 503, 504
+/// and give up on the others).
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpError {
+    /// Neither `application/x-protobuf` nor `application/json` (415).
+    #[error("unsupported content type {0}: OTLP/HTTP takes application/x-protobuf or application/json")]
+    UnsupportedMediaType(String),
+    /// A `Content-Encoding` other than gzip or identity (415).
+    #[error("unsupported content encoding {0}: gzip or none")]
+    UnsupportedEncoding(String),
+    /// Over [`MAX_BODY`] as sent, [`MAX_DECODED`] gunzipped, or
+    /// [`MAX_SPANS`] spans (413).
+    #[error("request too large: {0}")]
+    TooLarge(String),
+    /// Not gzip, not protobuf or not OTLP JSON (400).
+    #[error("malformed OTLP request: {0}")]
+    Malformed(String),
+    /// A schema refused one of the events (400: a retry would be refused too).
+    #[error("an event was refused: {0}")]
+    Refused(String),
+    /// The bus could not store the events: the log failed or the host is
+    /// shutting down (503: retry later).
+    #[error("cannot store the events now: {0}")]
+    Unavailable(String),
+}
+
+impl OtlpError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            OtlpError::UnsupportedMediaType(_) | OtlpError::UnsupportedEncoding(_) => 415,
+            OtlpError::TooLarge(_) => 413,
+            OtlpError::Malformed(_) | OtlpError::Refused(_) => 400,
+            OtlpError::Unavailable(_) => 503,
+        }
+    }
+}
+
+/// `google.rpc.Status`, the body of an OTLP/HTTP error answer (the OTLP
+/// protos do not carry it; two fields are all an exporter reads).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+/// The body of an error answer in `encoding`: a `google.rpc.Status` as the
+/// OTLP/HTTP spec asks (protobuf), or `{"code", "message"}` (JSON).
+pub fn error_body(error: &OtlpError, encoding: Encoding) -> Vec<u8> {
+    // gRPC codes: INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE.
+    let code = match error.status() {
+        413 => 8,
+        503 => 14,
+        _ => 3,
+    };
+    let message = error.to_string();
+    match encoding {
+        Encoding::Protobuf => RpcStatus { code, message }.encode_to_vec(),
+        Encoding::Json => serde_json::json!({ "code": code, "message": message }).to_string().into_bytes(),
+    }
+}
+
+/// Decodes a request body: gunzips it when `content_encoding` says gzip
+/// (bounded by [`MAX_DECODED`]), then reads protobuf or OTLP JSON.
+///
+/// # Errors
+/// [`OtlpError`] naming what is wrong with the body.
+pub fn decode(body: &[u8], encoding: Encoding, content_encoding: Option<&str>) -> Result<ExportTraceServiceRequest, OtlpError> {
+    if body.len() > MAX_BODY {
+        return Err(OtlpError::TooLarge(format!("the body is {} bytes, over {MAX_BODY}", body.len())));
+    }
+    let inflated;
+    let body = match content_encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("" | "identity") => body,
+        Some("gzip" | "x-gzip") => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(body)
+                .take(MAX_DECODED as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| OtlpError::Malformed(format!("the gzip body cannot be read: {e}")))?;
+            if out.len() > MAX_DECODED {
+                return Err(OtlpError::TooLarge(format!("the body inflates past {MAX_DECODED} bytes")));
+            }
+            inflated = out;
+            &inflated[..]
+        }
+        Some(other) => return Err(OtlpError::UnsupportedEncoding(other.to_owned())),
+    };
+    let request = match encoding {
+        Encoding::Protobuf => ExportTraceServiceRequest::decode(body)
+            .map_err(|e| OtlpError::Malformed(format!("not an ExportTraceServiceRequest: {e}")))?,
+        Encoding::Json => serde_json::from_slice(body)
+            .map_err(|e| OtlpError::Malformed(format!("not OTLP JSON: {e}")))?,
+    };
+    let spans: usize = request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum();
+    if spans > MAX_SPANS {
+        return Err(OtlpError::TooLarge(format!("{spans} spans in one request, over {MAX_SPANS}")));
+    }
+    Ok(request)
+}
+
+/// What one export did.
+#[derive(Debug, Clone, Default)]
+pub struct Export {
+    /// Spans in the request.
+    pub spans: u64,
+    /// Spans that became events.
+    pub mapped: u64,
+    /// Spans that were not GenAI spans and were dropped.
+    pub dropped: u64,
+    /// Spans refused, each with its reason.
+    pub rejected: Vec<Rejected>,
+    /// Events published.
+    pub published: u64,
+    /// Events skipped as repeats of events taken before (a retry).
+    pub duplicates: u64,
+    /// Attributes with a wrong type or out of range, left out.
+    pub invalid_attributes: u64,
+}
+
+impl Export {
+    /// The OTLP answer: empty on full success, else a partial success with
+    /// the number of spans refused and the first reasons.
+    pub fn response(&self) -> ExportTraceServiceResponse {
+        if self.rejected.is_empty() {
+            return ExportTraceServiceResponse { partial_success: None };
+        }
+        let mut message = self
+            .rejected
+            .iter()
+            .take(3)
+            .map(|r| format!("span `{}`: {}", r.span, r.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if self.rejected.len() > 3 {
+            message.push_str(&format!("; and {} more", self.rejected.len() - 3));
+        }
+        ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: self.rejected.len() as i64,
+                error_message: message,
+            }),
+        }
+    }
+
+    /// [`response`](Self::response) encoded for the request's encoding.
+    pub fn response_body(&self, encoding: Encoding) -> Vec<u8> {
+        let response = self.response();
+        match encoding {
+            Encoding::Protobuf => response.encode_to_vec(),
+            // Plain data: serialising it cannot fail.
+            Encoding::Json => serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
+        }
+    }
+}
+
+/// Totals since the receiver was made (for `/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReceiverStats {
+    /// Requests taken (decoded and published).
+    pub requests: u64,
+    /// Requests refused (415, 413, 400, 503).
+    pub failed_requests: u64,
+    /// Spans received in requests taken.
+    pub spans: u64,
+    /// Spans mapped to events.
+    pub mapped: u64,
+    /// Spans dropped as not GenAI.
+    pub dropped: u64,
+    /// Spans refused.
+    pub rejected: u64,
+    /// Events published.
+    pub events: u64,
+    /// Events skipped as repeats.
+    pub duplicates: u64,
+    /// Attributes left out.
+    pub invalid_attributes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    failed_requests: AtomicU64,
+    spans: AtomicU64,
+    mapped: AtomicU64,
+    dropped: AtomicU64,
+    rejected: AtomicU64,
+    events: AtomicU64,
+    duplicates: AtomicU64,
+    invalid_attributes: AtomicU64,
+}
+
+/// An OTLP trace receiver feeding one bus: the mapping's options, the
+/// conversation ids of recent traces, and counters. Share it behind an
+/// `Arc` between request handlers.
+///
+/// ```
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use plugbus::otlp::{Encoding, MapOptions, Receiver};
+/// let bus = plugbus::Bus::builder().build().await?;
+/// let receiver = Receiver::new(MapOptions::default());
+/// let body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{
+///     "traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
+///     "name":"chat gpt-4.1","startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000800000000",
+///     "attributes":[{"key":"gen_ai.operation.name","value":{"stringValue":"chat"}},
+///                   {"key":"gen_ai.usage.input_tokens","value":{"intValue":"120"}}]}]}]}]}"#;
+/// let export = receiver.export(&bus, body, Encoding::Json, None).await?;
+/// assert_eq!((export.mapped, export.published), (1, 1));
+/// # Ok(()) }
+/// ```
+pub struct Receiver {
+    options: MapOptions,
+    memo: Mutex<genai::TraceMemo>,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("options", &self.options)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Receiver {
+    /// A receiver mapping spans with `options`.
+    pub fn new(options: MapOptions) -> Receiver {
+        Receiver {
+            options,
+            memo: Mutex::new(genai::TraceMemo::default()),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The mapping's options.
+    pub fn options(&self) -> MapOptions {
+        self.options
+    }
+
+    /// Decodes, maps and publishes one request body (see the module doc).
+    /// Returns once the events are as safe as the bus makes them (durable
+    /// with a log, stored on NATS).
+    ///
+    /// # Errors
+    /// [`OtlpError`]; nothing was published unless the error is
+    /// `Unavailable` after part of a request was stored (then a retry
+    /// stores only the rest: the ids are derived).
+    pub async fn export(
+        &self,
+        bus: &Bus,
+        body: &[u8],
+        encoding: Encoding,
+        content_encoding: Option<&str>,
+    ) -> Result<Export, OtlpError> {
+        let result = self.export_inner(bus, body, encoding, content_encoding).await;
+        let c = &self.counters;
+        match &result {
+            Ok(e) => {
+                c.requests.fetch_add(1, Ordering::Relaxed);
+                c.spans.fetch_add(e.spans, Ordering::Relaxed);
+                c.mapped.fetch_add(e.mapped, Ordering::Relaxed);
+                c.dropped.fetch_add(e.dropped, Ordering::Relaxed);
+                c.rejected.fetch_add(e.rejected.len() as u64, Ordering::Relaxed);
+                c.events.fetch_add(e.published, Ordering::Relaxed);
+                c.duplicates.fetch_add(e.duplicates, Ordering::Relaxed);
+                c.invalid_attributes.fetch_add(e.invalid_attributes, Ordering::Relaxed);
+            }
+            Err(e) => {
+                c.failed_requests.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(status = e.status(), "OTLP request refused: {e}");
+            }
+        }
+        result
+    }
+
+    async fn export_inner(
+        &self,
+        bus: &Bus,
+        body: &[u8],
+        encoding: Encoding,
+        content_encoding: Option<&str>,
+    ) -> Result<Export, OtlpError> {
+        let request = decode(body, encoding, content_encoding)?;
+        let mapping = {
+            // The lock is held only while mapping (no await inside).
+            let mut memo = self.memo.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            map_request(&request, self.options, &mut memo)
+        };
+        drop(request);
+        if mapping.invalid_attributes > 0 {
+            tracing::warn!(
+                count = mapping.invalid_attributes,
+                "OTLP spans with invalid attributes (left out of the events): {}",
+                mapping.invalid_messages.join("; ")
+            );
+        }
+        for rejected in mapping.rejected.iter().take(3) {
+            tracing::warn!(span = %rejected.span, "OTLP span refused: {}", rejected.reason);
+        }
+        let mut export = Export {
+            spans: mapping.spans,
+            mapped: mapping.mapped,
+            dropped: mapping.dropped,
+            rejected: mapping.rejected,
+            invalid_attributes: mapping.invalid_attributes,
+            ..Export::default()
+        };
+        let mut events = mapping.events;
+        // A span whose event the log cannot hold is refused alone, not the
+        // whole request (which the exporter would retry forever).
+        if let Some(log) = bus.event_log() {
+            let mut too_large: Vec<String> = Vec::new();
+            events.retain(|event| match log.check_size(event) {
+                Ok(()) => true,
+                Err(e) => {
+                    too_large.push(format!("{} ({e})", event.id()));
+                    false
+                }
+            });
+            for id in too_large {
+                export.mapped = export.mapped.saturating_sub(1);
+                export.rejected.push(Rejected {
+                    span: id,
+                    reason: "its event is larger than the log's largest frame".into(),
+                });
+            }
+        }
+        if events.is_empty() {
+            return Ok(export);
+        }
+        let published = bus.publish_once_all(events).await.map_err(|e| match e {
+            LogError::Refused(reason) => OtlpError::Refused(reason),
+            other => OtlpError::Unavailable(other.to_string()),
+        })?;
+        export.published = published.events.len() as u64;
+        export.duplicates = published.duplicates as u64;
+        Ok(export)
+    }
+
+    /// Totals since this receiver was made.
+    pub fn stats(&self) -> ReceiverStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ReceiverStats {
+            requests: get(&c.requests),
+            failed_requests: get(&c.failed_requests),
+            spans: get(&c.spans),
+            mapped: get(&c.mapped),
+            dropped: get(&c.dropped),
+            rejected: get(&c.rejected),
+            events: get(&c.events),
+            duplicates: get(&c.duplicates),
+            invalid_attributes: get(&c.invalid_attributes),
+        }
+    }
+}
