@@ -219,15 +219,13 @@ async fn post_traces(
     body: axum::body::Bytes,
 ) -> Response {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let encoding = match Encoding::of(content_type) {
-        Ok(encoding) => encoding,
-        // Unknown encoding: answer in JSON, the one a person reads.
-        Err(e) => return otlp_error(&e, Encoding::Json),
-    };
     let content_encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
-    let export = tokio::select! {
-        export = receiver.export(&bus, &body, encoding, content_encoding) => export,
-        () = shutdown.grace_over() => Err(OtlpError::Unavailable("the host is shutting down".into())),
+    let (encoding, export) = tokio::select! {
+        export = receiver.export_http(&bus, &body, content_type, content_encoding) => export,
+        () = shutdown.grace_over() => (
+            Encoding::of(content_type).unwrap_or(Encoding::Json),
+            Err(OtlpError::Unavailable("the host is shutting down".into())),
+        ),
     };
     match export {
         Ok(export) => (

@@ -241,10 +241,19 @@ impl Export {
     /// [`response`](Self::response) encoded for the request's encoding.
     pub fn response_body(&self, encoding: Encoding) -> Vec<u8> {
         let response = self.response();
-        match encoding {
-            Encoding::Protobuf => response.encode_to_vec(),
-            // Plain data: serialising it cannot fail.
-            Encoding::Json => serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
+        match (encoding, response.partial_success) {
+            (Encoding::Protobuf, partial_success) => ExportTraceServiceResponse { partial_success }.encode_to_vec(),
+            (Encoding::Json, None) => b"{}".to_vec(),
+            // By hand: OTLP JSON writes int64 as a decimal string, which the
+            // generated serde code does not.
+            (Encoding::Json, Some(partial)) => serde_json::json!({
+                "partialSuccess": {
+                    "rejectedSpans": partial.rejected_spans.to_string(),
+                    "errorMessage": partial.error_message,
+                }
+            })
+            .to_string()
+            .into_bytes(),
         }
     }
 }
@@ -331,6 +340,30 @@ impl Receiver {
     /// The mapping's options.
     pub fn options(&self) -> MapOptions {
         self.options
+    }
+
+    /// [`export`](Self::export) for an HTTP request: the encoding from its
+    /// `Content-Type` (a refusal is counted like any other), and the
+    /// encoding the answer must use (JSON when the type is unknown).
+    ///
+    /// # Errors
+    /// As for [`export`](Self::export), and
+    /// [`OtlpError::UnsupportedMediaType`].
+    pub async fn export_http(
+        &self,
+        bus: &Bus,
+        body: &[u8],
+        content_type: Option<&str>,
+        content_encoding: Option<&str>,
+    ) -> (Encoding, Result<Export, OtlpError>) {
+        match Encoding::of(content_type) {
+            Ok(encoding) => (encoding, self.export(bus, body, encoding, content_encoding).await),
+            Err(e) => {
+                self.counters.failed_requests.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(status = e.status(), "OTLP request refused: {e}");
+                (Encoding::Json, Err(e))
+            }
+        }
     }
 
     /// Decodes, maps and publishes one request body (see the module doc).
