@@ -88,7 +88,11 @@ pub enum PriceTableError {
     /// A model's entry lacks a price that has no default (`input`, `output`).
     Missing { model: String, field: &'static str },
     /// A price is not a finite, non-negative number.
-    BadPrice { model: String, field: String, value: String },
+    BadPrice {
+        model: String,
+        field: String,
+        value: String,
+    },
     /// An entry has a field that is not a price (a typo, say).
     UnknownField { model: String, field: String },
 }
@@ -259,7 +263,9 @@ pub fn cost_usd(price: &Price, tokens: &Tokens) -> f64 {
 /// `request_model` (a deployment name in `model` may hide the real one).
 /// Returns the key used and its prices.
 pub fn price_for<'t>(table: &'t PriceTable, model: &str, request_model: Option<&str>) -> Option<(&'t str, &'t Price)> {
-    table.lookup(model).or_else(|| request_model.and_then(|m| table.lookup(m)))
+    table
+        .lookup(model)
+        .or_else(|| request_model.and_then(|m| table.lookup(m)))
 }
 
 #[cfg(test)]
@@ -282,7 +288,10 @@ mod tests {
         assert_eq!(key("claude-sonnet-4-5-20250929").as_deref(), Some("claude-sonnet-4"));
         assert_eq!(key("claude-haiku-4-5-20251001").as_deref(), Some("claude-haiku-4"));
         assert_eq!(key("gemini-2.5-flash-lite").as_deref(), Some("gemini-2.5-flash-lite"));
-        assert_eq!(key("gemini-2.5-flash-preview-05-20").as_deref(), Some("gemini-2.5-flash"));
+        assert_eq!(
+            key("gemini-2.5-flash-preview-05-20").as_deref(),
+            Some("gemini-2.5-flash")
+        );
         assert_eq!(key("gemini-2.5-pro").as_deref(), Some("gemini-2.5-pro"));
         // No key is a prefix: not priced.
         assert_eq!(key("llama-3.1-70b"), None);
@@ -297,7 +306,10 @@ mod tests {
             for v in [p.input, p.output, p.cache_read, p.cache_creation] {
                 assert!(v.is_finite() && (0.0..=200.0).contains(&v), "{model}: {p:?}");
             }
-            assert!(p.cache_read <= p.input, "{model}: a cache read costs at most an input token");
+            assert!(
+                p.cache_read <= p.input,
+                "{model}: a cache read costs at most an input token"
+            );
         }
         let mut keys: Vec<&str> = DEFAULT_PRICES.iter().map(|(k, _)| *k).collect();
         keys.sort_unstable();
@@ -313,7 +325,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(table.len(), 2);
-        assert_eq!(table.lookup("acme-1-large"), Some(("acme-1", &Price::new(1.5, 6.0, 0.25, 1.5))));
+        assert_eq!(
+            table.lookup("acme-1-large"),
+            Some(("acme-1", &Price::new(1.5, 6.0, 0.25, 1.5)))
+        );
         let merged = PriceTable::builtin().extended_with(table);
         assert_eq!(merged.len(), DEFAULT_PRICES.len() + 1, "extends the default table");
         assert_eq!(
@@ -332,10 +347,7 @@ mod tests {
         assert_eq!(err("[1, 2]"), PriceTableError::NotAnObject);
         assert_eq!(err(r#""gpt-4o""#), PriceTableError::NotAnObject);
         assert_eq!(err(r#"{" ": {"input": 1, "output": 2}}"#), PriceTableError::EmptyModel);
-        assert_eq!(
-            err(r#"{"m": 2.5}"#),
-            PriceTableError::NotAnEntry { model: "m".into() }
-        );
+        assert_eq!(err(r#"{"m": 2.5}"#), PriceTableError::NotAnEntry { model: "m".into() });
         assert_eq!(
             err(r#"{"m": {"input": 1}}"#),
             PriceTableError::Missing {
@@ -376,7 +388,10 @@ mod tests {
         );
         // The messages name the model and the field.
         let text = err(r#"{"gpt-x": {"input": 1, "output": -3}}"#).to_string();
-        assert!(text.contains("`gpt-x`") && text.contains("`output`") && text.contains("-3"), "{text}");
+        assert!(
+            text.contains("`gpt-x`") && text.contains("`output`") && text.contains("-3"),
+            "{text}"
+        );
         assert!(err("{oops").to_string().starts_with("not JSON: "));
     }
 
