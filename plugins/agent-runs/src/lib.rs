@@ -115,6 +115,7 @@ struct Run {
     /// `tool.called` and `agent.tool_called` events.
     #[serde(default)]
     tool_calls: u64,
+    /// How its agent was named: what may rename it.
     #[serde(default)]
     naming: Naming,
     /// Its duration when it first finished: what its agent's average counts.
