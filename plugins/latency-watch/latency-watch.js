@@ -7,6 +7,12 @@
 // carries the key, the call's latency, the key's rolling p95 and the id of the
 // event that was slow, so an alerting observer can link back to it.
 //
+// Events mapped from OpenTelemetry GenAI spans (docs/opentelemetry.md) carry
+// the same fields: `latency_ms` is the span's duration (microsecond
+// precision) on `model_responded` and `tool.result`, and a model is keyed by
+// the response model the span names (`model:gpt-4o-2024-08-06`), which is
+// what a per-key threshold must name.
+//
 // Configuration (the manifest's `[config]`):
 //   threshold_ms         alert above this (default 2000)
 //   threshold_ms.<key>   per-key override, e.g. `threshold_ms.tool:web_search`

@@ -6,6 +6,12 @@ email addresses, and emits `security.secret_detected` once per event with the
 kinds found and where they were found. The secret itself never leaves the
 plugin: not in the follow-up event, not in a log line.
 
+Events mapped from OpenTelemetry GenAI spans (docs/opentelemetry.md) carry the
+content attributes (`args`, `result`, `input_messages`, `output_messages`,
+`system_instructions`) only when the producer opted in to sending them; they
+may be JSON objects and arrays or text, and every string at any depth is
+scanned.
+
 Built with componentize-py from the WIT in `wit/`:
     componentize-py -d wit -w observer componentize secret_scanner -o secret-scanner.wasm
 

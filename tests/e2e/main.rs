@@ -21,6 +21,7 @@ mod loading;
 mod log_faults;
 mod native;
 mod nats;
+mod otel_plugins;
 mod otlp;
 mod projections;
 mod reliability;

@@ -15,13 +15,13 @@ use crate::support;
 /// The native twin of `agent-runs`: runs and agents projected from logged
 /// records, exactly as the plugin's documentation states.
 #[derive(Default)]
-struct Native {
+pub(crate) struct Native {
     runs: BTreeMap<String, Value>,
     agents: BTreeMap<String, (u64, u64, u64, u64, u64)>,
 }
 
 impl Native {
-    fn of(records: &[plugbus::log::Record]) -> Native {
+    pub(crate) fn of(records: &[plugbus::log::Record]) -> Native {
         let mut n = Native::default();
         for r in records {
             n.apply(r);
@@ -35,43 +35,99 @@ impl Native {
         }
         let Some(id) = r.correlation_id.clone() else { return };
         let p = &r.payload;
+        let t = r.time_unix_nanos;
         let text = |f: &str| p.get(f).and_then(Value::as_str).map(str::to_owned);
+        let named = text("agent").or_else(|| text("agent_id"));
+        let run_started = r.name == "agent.run_started";
         let run = self.runs.entry(id).or_insert_with(|| {
-            let agent = text("agent")
-                .or_else(|| text("agent_id"))
-                .unwrap_or_else(|| r.source.clone());
+            let (agent, naming) = match &named {
+                Some(a) if run_started => (a.clone(), json!({ "run_started": t })),
+                Some(a) => (a.clone(), json!("payload")),
+                None => (r.source.clone(), json!("source")),
+            };
             json!({ "agent": agent, "status": "running", "tools": [], "tokens": 0, "cost_usd": 0.0,
-                    "errors": [], "events": 0, "first_ns": r.time_unix_nanos, "last_ns": r.time_unix_nanos,
-                    "finished": false })
+                    "errors": [], "model_calls": 0, "tool_calls": 0, "events": 0, "first_ns": t, "last_ns": t,
+                    "finished": false, "naming": naming, "finished_ms": 0 })
         });
-        let agent = run["agent"].as_str().unwrap().to_owned();
         if run["events"] == 0 {
-            self.agents.entry(agent.clone()).or_default().0 += 1;
+            let agent = run["agent"].as_str().unwrap().to_owned();
+            self.agents.entry(agent).or_default().0 += 1;
         }
+        // A later event renames the run: an earlier `agent.run_started`, or
+        // any naming event while the name came from the source alone.
+        if let Some(to) = &named {
+            let renamed = match (run_started, run["naming"].get("run_started").and_then(Value::as_u64)) {
+                (true, Some(at)) => (t < at).then(|| json!({ "run_started": t })),
+                (true, None) => Some(json!({ "run_started": t })),
+                (false, _) => (run["naming"] == "source").then(|| json!("payload")),
+            };
+            if let Some(naming) = renamed {
+                run["naming"] = naming;
+                let from = run["agent"].as_str().unwrap().to_owned();
+                if from != *to {
+                    let errors = run["errors"].as_array().unwrap().len() as u64;
+                    let tokens = run["tokens"].as_u64().unwrap();
+                    let finished = run["finished"] == true;
+                    let ms = run["finished_ms"].as_u64().unwrap();
+                    let a = self.agents.get_mut(&from).unwrap();
+                    a.0 -= 1;
+                    a.1 -= tokens;
+                    a.2 -= errors;
+                    if finished {
+                        a.3 -= 1;
+                        a.4 -= ms;
+                    }
+                    if a.0 == 0 {
+                        self.agents.remove(&from);
+                    }
+                    let b = self.agents.entry(to.clone()).or_default();
+                    b.0 += 1;
+                    b.1 += tokens;
+                    b.2 += errors;
+                    if finished {
+                        b.3 += 1;
+                        b.4 += ms;
+                    }
+                    run["agent"] = json!(to);
+                }
+            }
+        }
+        let agent = run["agent"].as_str().unwrap().to_owned();
         run["events"] = json!(run["events"].as_u64().unwrap() + 1);
-        run["first_ns"] = json!(run["first_ns"].as_u64().unwrap().min(r.time_unix_nanos));
-        run["last_ns"] = json!(run["last_ns"].as_u64().unwrap().max(r.time_unix_nanos));
-        let num = |ptr: &str| p.pointer(ptr).and_then(Value::as_u64).unwrap_or(0);
+        run["first_ns"] = json!(run["first_ns"].as_u64().unwrap().min(t));
+        run["last_ns"] = json!(run["last_ns"].as_u64().unwrap().max(t));
+        let num = |ptr: &str| p.pointer(ptr).and_then(Value::as_u64);
         let err_text = || match p.get("error") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
             Some(v) => Some(v.to_string()),
         };
+        let add = |run: &mut Value, field: &str, by: u64| run[field] = json!(run[field].as_u64().unwrap() + by);
+        let add_cost = |run: &mut Value| {
+            if let Some(c) = p.get("cost_usd").and_then(Value::as_f64) {
+                run["cost_usd"] = json!(run["cost_usd"].as_f64().unwrap() + c);
+            }
+        };
         let (mut tokens, mut error) = (0, None);
         match r.name.as_str() {
             "model_responded" => {
-                tokens = num("/usage/prompt_tokens") + num("/usage/completion_tokens");
-                if let Some(c) = p.get("cost_usd").and_then(Value::as_f64) {
-                    run["cost_usd"] = json!(run["cost_usd"].as_f64().unwrap() + c);
-                }
+                add(run, "model_calls", 1);
+                let prompt = num("/usage/prompt_tokens").or(num("/usage/input_tokens"));
+                let completion = num("/usage/completion_tokens").or(num("/usage/output_tokens"));
+                tokens = prompt.unwrap_or(0) + completion.unwrap_or(0);
+                add_cost(run);
+                error = err_text();
             }
-            "agent.tokens_generated" => tokens = num("/count"),
+            "cost.priced" => add_cost(run),
+            "agent.tokens_generated" => tokens = num("/count").unwrap_or(0),
             "tool.called" => {
+                add(run, "tool_calls", 1);
                 if let Some(t) = text("tool") {
                     run["tools"].as_array_mut().unwrap().push(json!(t));
                 }
             }
             "agent.tool_called" => {
+                add(run, "tool_calls", 1);
                 if let Some(t) = text("tool_name") {
                     run["tools"].as_array_mut().unwrap().push(json!(t));
                 }
@@ -84,7 +140,7 @@ impl Native {
             "agent.completed" | "agent.run_finished" => run["status"] = json!("completed"),
             _ => {}
         }
-        run["tokens"] = json!(run["tokens"].as_u64().unwrap() + tokens);
+        add(run, "tokens", tokens);
         let a = self.agents.entry(agent).or_default();
         a.1 += tokens;
         if let Some(e) = error {
@@ -92,17 +148,21 @@ impl Native {
             a.2 += 1;
         }
         if run["status"] != "running" && run["finished"] == false {
+            let ms = (run["last_ns"].as_u64().unwrap() - run["first_ns"].as_u64().unwrap()) / 1_000_000;
             run["finished"] = json!(true);
+            run["finished_ms"] = json!(ms);
             a.3 += 1;
-            a.4 += (run["last_ns"].as_u64().unwrap() - run["first_ns"].as_u64().unwrap()) / 1_000_000;
+            a.4 += ms;
         }
     }
 
     /// The plugin's answer to `{"run": id}`.
-    fn run(&self, id: &str) -> Value {
+    pub(crate) fn run(&self, id: &str) -> Value {
         let mut run = self.runs[id].clone();
         let o = run.as_object_mut().unwrap();
-        o.remove("finished");
+        for internal in ["finished", "naming", "finished_ms"] {
+            o.remove(internal);
+        }
         o.insert("run".into(), json!(id));
         let d = (o["last_ns"].as_u64().unwrap() - o["first_ns"].as_u64().unwrap()) / 1_000_000;
         o.insert("duration_ms".into(), json!(d));
@@ -110,7 +170,7 @@ impl Native {
     }
 
     /// The plugin's answer to `{"agents": true}`.
-    fn agents(&self) -> Value {
+    pub(crate) fn agents(&self) -> Value {
         let agents: serde_json::Map<String, Value> = self
             .agents
             .iter()
@@ -127,7 +187,7 @@ impl Native {
 }
 
 /// Every record of the log in `dir` up to and including `seq`.
-fn logged(dir: &Path, up_to: u64) -> Vec<plugbus::log::Record> {
+pub(crate) fn logged(dir: &Path, up_to: u64) -> Vec<plugbus::log::Record> {
     plugbus::LogReader::open(dir, 0)
         .unwrap()
         .map(|r| r.unwrap())
@@ -200,6 +260,8 @@ async fn agent_runs_answers_match_a_native_projection_of_the_same_events() {
 
     let run = bus.query("agent-runs", r#"{"run": "run-42"}"#).await.unwrap();
     let seq = run.as_of_seq.expect("the plugin handled events");
+    // cost-tracker's follow-ups reach the log after the events that caused them.
+    bus.event_log().unwrap().wait_written(seq).await.unwrap();
     let native = Native::of(&logged(log.path(), seq));
     assert_eq!(run.parse::<Value>().unwrap(), native.run("run-42"));
     let demo = run.parse::<Value>().unwrap();
