@@ -39,7 +39,15 @@ pub fn int(key: &str, value: i64) -> KeyValue {
 }
 
 /// A span of trace `trace` (a small number made into 16 bytes).
-pub fn span(trace: u64, id: u64, parent: Option<u64>, name: &str, start_ms: u64, end_ms: u64, attributes: Vec<KeyValue>) -> Span {
+pub fn span(
+    trace: u64,
+    id: u64,
+    parent: Option<u64>,
+    name: &str,
+    start_ms: u64,
+    end_ms: u64,
+    attributes: Vec<KeyValue>,
+) -> Span {
     Span {
         trace_id: [trace.to_be_bytes(), 0xfeed_u64.to_be_bytes()].concat(),
         span_id: id.to_be_bytes().to_vec(),
@@ -79,49 +87,102 @@ pub fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
 pub fn agent_session(trace: u64) -> Vec<Span> {
     let root = trace * 100;
     vec![
-        span(trace, root + 1, Some(root), "chat gpt-4.1-mini", 10, 830, vec![
-            text("gen_ai.operation.name", "chat"),
-            text("gen_ai.provider.name", "openai"),
-            text("gen_ai.request.model", "gpt-4.1-mini"),
-            text("gen_ai.response.model", "gpt-4.1-mini-2025-04-14"),
-            int("gen_ai.usage.input_tokens", 1850),
-            int("gen_ai.usage.output_tokens", 240),
-            attr("gen_ai.response.finish_reasons", Any::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue {
-                values: vec![AnyValue { value: Some(Any::StringValue("tool_calls".into())) }],
-            })),
-        ]),
-        span(trace, root + 2, Some(root), "execute_tool web_search", 840, 2080, vec![
-            text("gen_ai.operation.name", "execute_tool"),
-            text("gen_ai.tool.name", "web_search"),
-            text("gen_ai.tool.call.id", "call_1"),
-            text("gen_ai.tool.call.arguments", r#"{"query": "wasm sandbox isolation"}"#),
-        ]),
+        span(
+            trace,
+            root + 1,
+            Some(root),
+            "chat gpt-4.1-mini",
+            10,
+            830,
+            vec![
+                text("gen_ai.operation.name", "chat"),
+                text("gen_ai.provider.name", "openai"),
+                text("gen_ai.request.model", "gpt-4.1-mini"),
+                text("gen_ai.response.model", "gpt-4.1-mini-2025-04-14"),
+                int("gen_ai.usage.input_tokens", 1850),
+                int("gen_ai.usage.output_tokens", 240),
+                attr(
+                    "gen_ai.response.finish_reasons",
+                    Any::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue {
+                        values: vec![AnyValue {
+                            value: Some(Any::StringValue("tool_calls".into())),
+                        }],
+                    }),
+                ),
+            ],
+        ),
+        span(
+            trace,
+            root + 2,
+            Some(root),
+            "execute_tool web_search",
+            840,
+            2080,
+            vec![
+                text("gen_ai.operation.name", "execute_tool"),
+                text("gen_ai.tool.name", "web_search"),
+                text("gen_ai.tool.call.id", "call_1"),
+                text("gen_ai.tool.call.arguments", r#"{"query": "wasm sandbox isolation"}"#),
+            ],
+        ),
         Span {
             status: Some(Status {
                 code: 2,
                 message: "connection reset".into(),
             }),
-            ..span(trace, root + 3, Some(root), "execute_tool fetch_url", 2100, 2740, vec![
-                text("gen_ai.operation.name", "execute_tool"),
-                text("gen_ai.tool.name", "fetch_url"),
-                text("error.type", "ConnectionError"),
-            ])
+            ..span(
+                trace,
+                root + 3,
+                Some(root),
+                "execute_tool fetch_url",
+                2100,
+                2740,
+                vec![
+                    text("gen_ai.operation.name", "execute_tool"),
+                    text("gen_ai.tool.name", "fetch_url"),
+                    text("error.type", "ConnectionError"),
+                ],
+            )
         },
-        span(trace, root + 4, Some(root), "chat gpt-4.1", 2750, 5850, vec![
-            text("gen_ai.operation.name", "chat"),
-            text("gen_ai.system", "openai"),
-            text("gen_ai.request.model", "gpt-4.1"),
-            int("gen_ai.usage.prompt_tokens", 6200),
-            int("gen_ai.usage.completion_tokens", 910),
-            int("gen_ai.usage.cache_read.input_tokens", 4000),
-        ]),
-        span(trace, root, None, "invoke_agent research-assistant", 0, 6000, vec![
-            text("gen_ai.operation.name", "invoke_agent"),
-            text("gen_ai.agent.name", "research-assistant"),
-            text("gen_ai.agent.id", "agent-7"),
-        ]),
+        span(
+            trace,
+            root + 4,
+            Some(root),
+            "chat gpt-4.1",
+            2750,
+            5850,
+            vec![
+                text("gen_ai.operation.name", "chat"),
+                text("gen_ai.system", "openai"),
+                text("gen_ai.request.model", "gpt-4.1"),
+                int("gen_ai.usage.prompt_tokens", 6200),
+                int("gen_ai.usage.completion_tokens", 910),
+                int("gen_ai.usage.cache_read.input_tokens", 4000),
+            ],
+        ),
+        span(
+            trace,
+            root,
+            None,
+            "invoke_agent research-assistant",
+            0,
+            6000,
+            vec![
+                text("gen_ai.operation.name", "invoke_agent"),
+                text("gen_ai.agent.name", "research-assistant"),
+                text("gen_ai.agent.id", "agent-7"),
+            ],
+        ),
         // Not a GenAI span: dropped (or `otel.span` with --otlp-all).
-        span(trace, root + 5, Some(root), "GET /search", 900, 2000, vec![text("http.request.method", "GET")]),
+        span(
+            trace,
+            root + 5,
+            Some(root),
+            "GET /search",
+            900,
+            2000,
+            vec![text("http.request.method", "GET")],
+        ),
     ]
 }
 
@@ -138,7 +199,10 @@ async fn genai_spans_become_the_events_plugins_understand_in_time_order() {
     let export = receiver.export(&bus, &body, Encoding::Protobuf, None).await.unwrap();
     assert_eq!((export.spans, export.mapped, export.dropped), (6, 5, 1));
     assert!(export.rejected.is_empty() && export.duplicates == 0);
-    assert_eq!(export.published, 8, "two events per tool and agent span, one per model call");
+    assert_eq!(
+        export.published, 8,
+        "two events per tool and agent span, one per model call"
+    );
     bus.flush().await;
     let events = seen.events();
     let names: Vec<&str> = events.iter().map(|e| e.name()).collect();
@@ -158,9 +222,18 @@ async fn genai_spans_become_the_events_plugins_understand_in_time_order() {
     );
     let trace = hex(&[7u64.to_be_bytes(), 0xfeed_u64.to_be_bytes()].concat());
     for e in &events {
-        assert_eq!(e.correlation_id(), Some(trace.as_str()), "no conversation id: the trace id");
+        assert_eq!(
+            e.correlation_id(),
+            Some(trace.as_str()),
+            "no conversation id: the trace id"
+        );
         assert_eq!(e.source(), "research-svc");
-        assert_eq!(e.payload()["agent"], "research-assistant", "{}: inherited from invoke_agent", e.name());
+        assert_eq!(
+            e.payload()["agent"],
+            "research-assistant",
+            "{}: inherited from invoke_agent",
+            e.name()
+        );
         assert_eq!(e.payload()["otel"]["trace_id"], trace.as_str());
     }
     let times: Vec<u64> = events.iter().map(|e| e.time_unix_nanos()).collect();
@@ -187,11 +260,22 @@ async fn genai_spans_become_the_events_plugins_understand_in_time_order() {
         "the older prompt/completion names, and cache reads"
     );
 
-    assert_eq!(events[2].payload()["args"], json!({"query": "wasm sandbox isolation"}), "JSON content is JSON");
-    assert_eq!(events[2].id(), format!("otel-{trace}-{}-start", hex(&702u64.to_be_bytes())));
+    assert_eq!(
+        events[2].payload()["args"],
+        json!({"query": "wasm sandbox isolation"}),
+        "JSON content is JSON"
+    );
+    assert_eq!(
+        events[2].id(),
+        format!("otel-{trace}-{}-start", hex(&702u64.to_be_bytes()))
+    );
     assert_eq!(events[3].payload()["latency_ms"], 1240.0);
     assert!(events[3].payload().get("error").is_none());
-    assert_eq!(events[5].payload()["error"], "ConnectionError", "error.type names the failure");
+    assert_eq!(
+        events[5].payload()["error"],
+        "ConnectionError",
+        "error.type names the failure"
+    );
     assert_eq!(events[5].payload()["otel"]["status"], "error");
     assert_eq!(events[5].payload()["otel"]["status_message"], "connection reset");
     let finished = events[7].payload();
@@ -227,13 +311,23 @@ async fn a_conversation_id_on_any_span_of_a_trace_correlates_the_whole_run_acros
     let second = request("svc", vec![agent, spans[2].clone()]);
     let third = request("svc", vec![spans[3].clone()]);
     for body in [first, second, third] {
-        receiver.export(&bus, &body.encode_to_vec(), Encoding::Protobuf, None).await.unwrap();
+        receiver
+            .export(&bus, &body.encode_to_vec(), Encoding::Protobuf, None)
+            .await
+            .unwrap();
     }
     bus.flush().await;
-    let correlations: Vec<Option<String>> = seen.events().iter().map(|e| e.correlation_id().map(str::to_owned)).collect();
+    let correlations: Vec<Option<String>> = seen
+        .events()
+        .iter()
+        .map(|e| e.correlation_id().map(str::to_owned))
+        .collect();
     let trace = hex(&[9u64.to_be_bytes(), 0xfeed_u64.to_be_bytes()].concat());
     // Before any span of the trace named the conversation: the trace id.
-    assert_eq!(correlations[..3], [Some(trace.clone()), Some(trace.clone()), Some(trace)]);
+    assert_eq!(
+        correlations[..3],
+        [Some(trace.clone()), Some(trace.clone()), Some(trace)]
+    );
     assert!(
         correlations[3..].iter().all(|c| c.as_deref() == Some("conv-42")),
         "once named, the trace's spans in that request and later ones are the conversation: {correlations:?}"
@@ -304,7 +398,18 @@ fn a_retried_export_is_stored_once_even_after_a_restart() {
     let ids: std::collections::BTreeSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!((events.len(), ids.len()), (8, 8), "each span's events stored once");
     // A new span of the same trace is stored.
-    let more = request("svc", vec![span(11, 1199, Some(1100), "chat gpt-4.1", 7000, 7100, vec![text("gen_ai.operation.name", "chat")])]);
+    let more = request(
+        "svc",
+        vec![span(
+            11,
+            1199,
+            Some(1100),
+            "chat gpt-4.1",
+            7000,
+            7100,
+            vec![text("gen_ai.operation.name", "chat")],
+        )],
+    );
     let (status, _) = post_traces(&addr, "application/x-protobuf", None, &more.encode_to_vec());
     assert_eq!(status, 200);
     assert_eq!(logged(&log).len(), 9);
@@ -324,11 +429,29 @@ fn bad_otlp_requests_are_refused_with_their_reason_and_store_nothing() {
         assert!(answer.contains(reason), "`{reason}` not in {answer}");
     };
     refused("application/json", None, b"{\"resourceSpans\": [", 400, "not OTLP JSON");
-    refused("application/json", None, b"{\"resourceSpans\": [{\"scopeSpans\": [{\"spans\": [{\"traceId\": \"zz\"}]}]}]}", 400, "not OTLP JSON");
+    refused(
+        "application/json",
+        None,
+        b"{\"resourceSpans\": [{\"scopeSpans\": [{\"spans\": [{\"traceId\": \"zz\"}]}]}]}",
+        400,
+        "not OTLP JSON",
+    );
     // Protobuf errors come as a google.rpc.Status: the reason is its text.
-    refused("application/x-protobuf", None, &[0xff, 0xff, 0xff, 0xff], 400, "not an ExportTraceServiceRequest");
+    refused(
+        "application/x-protobuf",
+        None,
+        &[0xff, 0xff, 0xff, 0xff],
+        400,
+        "not an ExportTraceServiceRequest",
+    );
     refused("text/plain", None, b"hello", 415, "unsupported content type text/plain");
-    refused("application/json", Some("br"), b"{}", 415, "unsupported content encoding br");
+    refused(
+        "application/json",
+        Some("br"),
+        b"{}",
+        415,
+        "unsupported content encoding br",
+    );
     refused("application/json", Some("gzip"), b"not gzip at all", 400, "gzip");
     // A gzip bomb: 80 MiB of zeros in ~80 KiB.
     let bomb = gzip(&vec![0u8; 80 << 20]);
@@ -342,43 +465,226 @@ fn bad_otlp_requests_are_refused_with_their_reason_and_store_nothing() {
     // Spans with no end time, bad ids, ends before starts: refused alone,
     // as the partial success says; odd enum values and absurd token counts
     // do not stop a span.
-    let mut no_end = span(12, 1201, None, "chat a", 0, 5, vec![text("gen_ai.operation.name", "chat")]);
+    let mut no_end = span(
+        12,
+        1201,
+        None,
+        "chat a",
+        0,
+        5,
+        vec![text("gen_ai.operation.name", "chat")],
+    );
     no_end.end_time_unix_nano = 0;
-    let mut short_id = span(12, 1202, None, "chat b", 0, 5, vec![text("gen_ai.operation.name", "chat")]);
+    let mut short_id = span(
+        12,
+        1202,
+        None,
+        "chat b",
+        0,
+        5,
+        vec![text("gen_ai.operation.name", "chat")],
+    );
     short_id.span_id.truncate(4);
-    let backwards = span(12, 1203, None, "chat c", 9, 5, vec![text("gen_ai.operation.name", "chat")]);
-    let mut odd = span(12, 1204, None, "chat d", 0, 5, vec![
-        text("gen_ai.operation.name", "chat"),
-        int("gen_ai.usage.input_tokens", -3),
-        attr("gen_ai.usage.output_tokens", Any::DoubleValue(1e300)),
-        int("gen_ai.request.model", 5),
-    ]);
+    let backwards = span(
+        12,
+        1203,
+        None,
+        "chat c",
+        9,
+        5,
+        vec![text("gen_ai.operation.name", "chat")],
+    );
+    let mut odd = span(
+        12,
+        1204,
+        None,
+        "chat d",
+        0,
+        5,
+        vec![
+            text("gen_ai.operation.name", "chat"),
+            int("gen_ai.usage.input_tokens", -3),
+            attr("gen_ai.usage.output_tokens", Any::DoubleValue(1e300)),
+            int("gen_ai.request.model", 5),
+        ],
+    );
     odd.kind = 99;
-    odd.status = Some(Status { code: 17, message: String::new() });
+    odd.status = Some(Status {
+        code: 17,
+        message: String::new(),
+    });
     let body = serde_json::to_vec(&request("svc", vec![no_end, short_id, backwards, odd])).unwrap();
     let (status, answer) = post_traces(&addr, "application/json", None, &body);
     assert_eq!(status, 200, "{answer}");
     let answer: Value = serde_json::from_str(&answer).unwrap();
-    assert_eq!(answer["partialSuccess"]["rejectedSpans"], "3", "int64 as a string in OTLP JSON: {answer}");
+    assert_eq!(
+        answer["partialSuccess"]["rejectedSpans"], "3",
+        "int64 as a string in OTLP JSON: {answer}"
+    );
     let message = answer["partialSuccess"]["errorMessage"].as_str().unwrap();
-    for reason in ["no start or no end time", "span id is not 8 bytes", "ends before it starts"] {
+    for reason in [
+        "no start or no end time",
+        "span id is not 8 bytes",
+        "ends before it starts",
+    ] {
         assert!(message.contains(reason), "`{reason}` not in {message}");
     }
     let events = logged(&log);
     assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0]["payload"].get("usage"), None, "invalid token counts are left out");
-    assert_eq!(events[0]["payload"].get("model"), None, "a model that is not a string is left out");
+    assert_eq!(
+        events[0]["payload"].get("usage"),
+        None,
+        "invalid token counts are left out"
+    );
+    assert_eq!(
+        events[0]["payload"].get("model"),
+        None,
+        "a model that is not a string is left out"
+    );
     assert_eq!(events[0]["payload"]["otel"]["kind"], "unspecified");
     let (_, metrics) = support::http(&addr, "GET", "/metrics", b"");
     assert!(metrics.contains("plugbus_otlp_invalid_attributes_total 3"), "{metrics}");
-    assert!(metrics.contains("plugbus_otlp_requests_total{outcome=\"failed\"} 7"), "{metrics}");
+    assert!(
+        metrics.contains("plugbus_otlp_requests_total{outcome=\"failed\"} 7"),
+        "{metrics}"
+    );
 
     // 10,000 spans in one request: all taken.
     let many: Vec<Span> = (0..10_000u64)
-        .map(|i| span(13, 10_000 + i, None, "chat m", i, i + 1, vec![text("gen_ai.operation.name", "chat"), int("gen_ai.usage.input_tokens", 1)]))
+        .map(|i| {
+            span(
+                13,
+                10_000 + i,
+                None,
+                "chat m",
+                i,
+                i + 1,
+                vec![
+                    text("gen_ai.operation.name", "chat"),
+                    int("gen_ai.usage.input_tokens", 1),
+                ],
+            )
+        })
         .collect();
-    let (status, answer) = post_traces(&addr, "application/x-protobuf", Some("gzip"), &gzip(&request("svc", many).encode_to_vec()));
+    let (status, answer) = post_traces(
+        &addr,
+        "application/x-protobuf",
+        Some("gzip"),
+        &gzip(&request("svc", many).encode_to_vec()),
+    );
     assert_eq!(status, 200, "{answer}");
     assert_eq!(logged(&log).len(), 10_001);
     support::terminate(&served);
+}
+
+/// A CloudEvent at `ms` after [`T0`]: a hand-written emit with the time the
+/// span would have, so both feeds can be compared field for field.
+fn by_hand(ms: u64, name: &str, data: Value) -> plugbus::Event {
+    let ns = T0 + ms * MS;
+    let secs = (ns / 1_000_000_000) as i64;
+    let time = time::OffsetDateTime::from_unix_timestamp(secs).unwrap()
+        + time::Duration::nanoseconds((ns % 1_000_000_000) as i64);
+    let time = time.format(&time::format_description::well_known::Rfc3339).unwrap();
+    plugbus::cloudevents::from_json(&json!({
+        "specversion": "1.0", "id": format!("hand-{ms}-{name}"), "source": "/agents/research",
+        "type": name, "time": time, "correlationid": "run-21", "data": data,
+    }))
+    .unwrap()
+}
+
+/// The hand-written twin of [`agent_session`]: the emits an agent would
+/// write itself, with no cost (cost-tracker prices both from its table).
+fn hand_written_session() -> Vec<plugbus::Event> {
+    vec![
+        by_hand(0, "agent.run_started", json!({"agent": "research-assistant"})),
+        by_hand(
+            830,
+            "model_responded",
+            json!({"model": "gpt-4.1-mini-2025-04-14", "usage": {"prompt_tokens": 1850, "completion_tokens": 240}}),
+        ),
+        by_hand(
+            840,
+            "tool.called",
+            json!({"tool": "web_search", "args": {"query": "wasm sandbox isolation"}}),
+        ),
+        by_hand(2080, "tool.result", json!({"tool": "web_search", "latency_ms": 1240})),
+        by_hand(2100, "tool.called", json!({"tool": "fetch_url"})),
+        by_hand(
+            2740,
+            "tool.result",
+            json!({"tool": "fetch_url", "error": "ConnectionError"}),
+        ),
+        by_hand(
+            5850,
+            "model_responded",
+            json!({"model": "gpt-4.1", "usage": {"prompt_tokens": 6200, "completion_tokens": 910, "cache_read_tokens": 4000}}),
+        ),
+        by_hand(6000, "agent.run_finished", json!({"agent": "research-assistant"})),
+    ]
+}
+
+/// agent-runs' answer for run-21 and the costs cost-tracker priced.
+async fn runs_and_cost(bus: &plugbus::Bus, priced: &Recorder) -> (Value, Vec<f64>) {
+    bus.flush().await;
+    let answer: Value = bus
+        .query("agent-runs", r#"{"run": "run-21"}"#)
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    let costs = priced
+        .named("cost.priced")
+        .iter()
+        .map(|e| e.payload()["cost_usd"].as_f64().unwrap())
+        .collect();
+    (answer, costs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_session_by_hand_and_as_otlp_spans_gives_the_same_runs_and_cost() {
+    let open = |dir: &Path| {
+        plugbus::Bus::builder()
+            .plugin_dir(dir)
+            .watch(false)
+            .cache_dir(support::shared_cache())
+            .build()
+    };
+    let hand_dir = support::plugin_dir(&["cost-tracker", "agent-runs"]);
+    let hand = open(hand_dir.path()).await.unwrap();
+    let hand_priced = Recorder::attach(&hand, "cost.priced");
+    for event in hand_written_session() {
+        hand.publish(event);
+    }
+    let (hand_run, hand_costs) = runs_and_cost(&hand, &hand_priced).await;
+
+    let otel_dir = support::plugin_dir(&["cost-tracker", "agent-runs"]);
+    let otel = open(otel_dir.path()).await.unwrap();
+    let otel_priced = Recorder::attach(&otel, "cost.priced");
+    let mut spans = agent_session(21);
+    // pydantic-ai names the conversation on its spans; here only the agent's.
+    spans[4].attributes.push(text("gen_ai.conversation.id", "run-21"));
+    let body = request("research-svc", spans).encode_to_vec();
+    Receiver::new(MapOptions::default())
+        .export(&otel, &body, Encoding::Protobuf, None)
+        .await
+        .unwrap();
+    let (otel_run, otel_costs) = runs_and_cost(&otel, &otel_priced).await;
+
+    assert_eq!(hand_run, otel_run, "agent-runs builds the same run from both feeds");
+    assert_eq!(hand_costs, otel_costs, "cost-tracker prices both the same");
+    assert_eq!(otel_costs.len(), 2, "both model calls priced from the table");
+    let total: f64 = otel_costs.iter().sum();
+    assert!(total > 0.0);
+    assert!(
+        (otel_run["cost_usd"].as_f64().unwrap() - total).abs() < 1e-12,
+        "{otel_run}"
+    );
+    assert_eq!(otel_run["status"], "completed");
+    assert_eq!(otel_run["agent"], "research-assistant");
+    assert_eq!(otel_run["tools"], json!(["web_search", "fetch_url"]));
+    assert_eq!(otel_run["tokens"], 1850 + 240 + 6200 + 910);
+    assert_eq!(otel_run["errors"], json!(["ConnectionError"]));
+    assert_eq!(otel_run["duration_ms"], 6000);
+    hand.shutdown().await;
+    otel.shutdown().await;
 }

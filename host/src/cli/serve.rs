@@ -610,7 +610,11 @@ impl Collector for BusMetrics {
             None,
             MetricType::Counter,
         )?;
-        for (outcome, n) in [("mapped", otlp.mapped), ("dropped", otlp.dropped), ("rejected", otlp.rejected)] {
+        for (outcome, n) in [
+            ("mapped", otlp.mapped),
+            ("dropped", otlp.dropped),
+            ("rejected", otlp.rejected),
+        ] {
             family
                 .encode_family(&[("outcome", outcome)])?
                 .encode_counter::<NoLabelSet, _, u64>(&n, None)?;

@@ -30,15 +30,27 @@ fn any_to_json(value: Option<&Any>, depth: usize) -> Value {
         Some(Any::StringValue(s)) => Value::String(s.clone()),
         Some(Any::BoolValue(b)) => Value::Bool(*b),
         Some(Any::IntValue(i)) => Value::from(*i),
-        Some(Any::DoubleValue(d)) => serde_json::Number::from_f64(*d).map_or_else(|| Value::String(d.to_string()), Value::Number),
+        Some(Any::DoubleValue(d)) => {
+            serde_json::Number::from_f64(*d).map_or_else(|| Value::String(d.to_string()), Value::Number)
+        }
         Some(Any::BytesValue(b)) => Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
         // An index into a profiles string table: nothing to resolve it in a trace.
         Some(Any::StringValueStrindex(_)) => Value::Null,
-        Some(Any::ArrayValue(a)) => Value::Array(a.values.iter().map(|v| any_to_json(v.value.as_ref(), depth + 1)).collect()),
+        Some(Any::ArrayValue(a)) => Value::Array(
+            a.values
+                .iter()
+                .map(|v| any_to_json(v.value.as_ref(), depth + 1))
+                .collect(),
+        ),
         Some(Any::KvlistValue(kv)) => Value::Object(
             kv.values
                 .iter()
-                .map(|kv| (kv.key.clone(), any_to_json(kv.value.as_ref().and_then(|v| v.value.as_ref()), depth + 1)))
+                .map(|kv| {
+                    (
+                        kv.key.clone(),
+                        any_to_json(kv.value.as_ref().and_then(|v| v.value.as_ref()), depth + 1),
+                    )
+                })
                 .collect::<Map<String, Value>>(),
         ),
     }
@@ -60,7 +72,11 @@ pub struct Invalid {
 
 impl<'a> Attributes<'a> {
     fn get(&self, key: &str) -> Option<&'a Any> {
-        self.0.iter().rev().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()?.value.as_ref())
+        self.0
+            .iter()
+            .rev()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref()?.value.as_ref())
     }
 
     /// Whether the key is present at all.
@@ -91,7 +107,9 @@ impl<'a> Attributes<'a> {
                 .filter(|n| *n <= MAX_TOKENS)
                 .map(Some)
                 .ok_or_else(|| invalid(format!("{i} is not a token count from 0 to 2^53"))),
-            Some(Any::DoubleValue(d)) if d.fract() == 0.0 && (0.0..=MAX_TOKENS as f64).contains(d) => Ok(Some(*d as u64)),
+            Some(Any::DoubleValue(d)) if d.fract() == 0.0 && (0.0..=MAX_TOKENS as f64).contains(d) => {
+                Ok(Some(*d as u64))
+            }
             Some(Any::DoubleValue(d)) => Err(invalid(format!("{d} is not a token count from 0 to 2^53"))),
             Some(other) => Err(invalid(format!("expected an integer, got {}", kind(other)))),
         }

@@ -176,9 +176,10 @@ impl Checker<'_> {
             Err(invalid) => {
                 self.mapping.invalid_attributes += 1;
                 if self.mapping.invalid_messages.len() < MAX_MESSAGES {
-                    self.mapping
-                        .invalid_messages
-                        .push(format!("span `{}`: attribute `{}`: {}", self.span, invalid.key, invalid.reason));
+                    self.mapping.invalid_messages.push(format!(
+                        "span `{}`: attribute `{}`: {}",
+                        self.span, invalid.key, invalid.reason
+                    ));
                 }
                 None
             }
@@ -228,9 +229,10 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
     let mut conversations: HashMap<[u8; 16], &str> = HashMap::new();
     for (i, s) in spans.iter().enumerate() {
         by_id.insert(&s.span.span_id, i);
-        if let (Ok(trace), Ok(Some(conversation))) =
-            (<[u8; 16]>::try_from(&s.span.trace_id[..]), s.attrs.str("gen_ai.conversation.id"))
-        {
+        if let (Ok(trace), Ok(Some(conversation))) = (
+            <[u8; 16]>::try_from(&s.span.trace_id[..]),
+            s.attrs.str("gen_ai.conversation.id"),
+        ) {
             conversations.entry(trace).or_insert(conversation);
         }
     }
@@ -254,7 +256,9 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
             continue;
         }
         if span.span_id.len() != 8 || span.span_id.iter().all(|b| *b == 0) {
-            mapping.rejected.push(reject("its span id is not 8 bytes, or all zeros"));
+            mapping
+                .rejected
+                .push(reject("its span id is not 8 bytes, or all zeros"));
             continue;
         }
         if span.start_time_unix_nano == 0 || span.end_time_unix_nano == 0 {
@@ -343,7 +347,14 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
         let duration = millis(span.end_time_unix_nano - span.start_time_unix_nano);
         let (start, end) = (span.start_time_unix_nano, span.end_time_unix_nano);
         let mut push = |phase: u64, time: u64, name: &str, id: String, payload: Map<String, Value>| {
-            let event = Event::external(name, &id, source, Some(time), Some(correlation.clone()), Value::Object(payload));
+            let event = Event::external(
+                name,
+                &id,
+                source,
+                Some(time),
+                Some(correlation.clone()),
+                Value::Object(payload),
+            );
             timed.push((time, i * 2 + phase as usize, event));
         };
 
@@ -382,7 +393,11 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
                 put(&mut p, "error", error.clone());
                 put(&mut p, "input_messages", s.attrs.content("gen_ai.input.messages"));
                 put(&mut p, "output_messages", s.attrs.content("gen_ai.output.messages"));
-                put(&mut p, "system_instructions", s.attrs.content("gen_ai.system_instructions"));
+                put(
+                    &mut p,
+                    "system_instructions",
+                    s.attrs.content("gen_ai.system_instructions"),
+                );
                 p.insert("otel".into(), otel);
                 push(1, end, "model_responded", end_id, p);
             }

@@ -146,7 +146,9 @@ pub fn error_body(error: &OtlpError, encoding: Encoding) -> Vec<u8> {
     let message = error.to_string();
     match encoding {
         Encoding::Protobuf => RpcStatus { code, message }.encode_to_vec(),
-        Encoding::Json => serde_json::json!({ "code": code, "message": message }).to_string().into_bytes(),
+        Encoding::Json => serde_json::json!({ "code": code, "message": message })
+            .to_string()
+            .into_bytes(),
     }
 }
 
@@ -155,9 +157,16 @@ pub fn error_body(error: &OtlpError, encoding: Encoding) -> Vec<u8> {
 ///
 /// # Errors
 /// [`OtlpError`] naming what is wrong with the body.
-pub fn decode(body: &[u8], encoding: Encoding, content_encoding: Option<&str>) -> Result<ExportTraceServiceRequest, OtlpError> {
+pub fn decode(
+    body: &[u8],
+    encoding: Encoding,
+    content_encoding: Option<&str>,
+) -> Result<ExportTraceServiceRequest, OtlpError> {
     if body.len() > MAX_BODY {
-        return Err(OtlpError::TooLarge(format!("the body is {} bytes, over {MAX_BODY}", body.len())));
+        return Err(OtlpError::TooLarge(format!(
+            "the body is {} bytes, over {MAX_BODY}",
+            body.len()
+        )));
     }
     let inflated;
     let body = match content_encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
@@ -169,7 +178,9 @@ pub fn decode(body: &[u8], encoding: Encoding, content_encoding: Option<&str>) -
                 .read_to_end(&mut out)
                 .map_err(|e| OtlpError::Malformed(format!("the gzip body cannot be read: {e}")))?;
             if out.len() > MAX_DECODED {
-                return Err(OtlpError::TooLarge(format!("the body inflates past {MAX_DECODED} bytes")));
+                return Err(OtlpError::TooLarge(format!(
+                    "the body inflates past {MAX_DECODED} bytes"
+                )));
             }
             inflated = out;
             &inflated[..]
@@ -179,8 +190,9 @@ pub fn decode(body: &[u8], encoding: Encoding, content_encoding: Option<&str>) -
     let request = match encoding {
         Encoding::Protobuf => ExportTraceServiceRequest::decode(body)
             .map_err(|e| OtlpError::Malformed(format!("not an ExportTraceServiceRequest: {e}")))?,
-        Encoding::Json => serde_json::from_slice(body)
-            .map_err(|e| OtlpError::Malformed(format!("not OTLP JSON: {e}")))?,
+        Encoding::Json => {
+            serde_json::from_slice(body).map_err(|e| OtlpError::Malformed(format!("not OTLP JSON: {e}")))?
+        }
     };
     let spans: usize = request
         .resource_spans
@@ -189,7 +201,9 @@ pub fn decode(body: &[u8], encoding: Encoding, content_encoding: Option<&str>) -
         .map(|s| s.spans.len())
         .sum();
     if spans > MAX_SPANS {
-        return Err(OtlpError::TooLarge(format!("{spans} spans in one request, over {MAX_SPANS}")));
+        return Err(OtlpError::TooLarge(format!(
+            "{spans} spans in one request, over {MAX_SPANS}"
+        )));
     }
     Ok(request)
 }
