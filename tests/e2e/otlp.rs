@@ -688,3 +688,44 @@ async fn the_same_session_by_hand_and_as_otlp_spans_gives_the_same_runs_and_cost
     hand.shutdown().await;
     otel.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_a_retry_sent_to_another_host_is_stored_once() {
+    let nats = support::NatsServer::start();
+    let plugins = support::plugin_dir(&["console-logger"]);
+    let args = [
+        "--plugins",
+        plugins.path().to_str().unwrap(),
+        "--nats",
+        nats.url.as_str(),
+    ];
+    let (a, addr_a, _log_a) = support::serve(&args);
+    let (b, addr_b, _log_b) = support::serve(&args);
+    let body = request("svc", agent_session(31)).encode_to_vec();
+    // The exporter's first attempt reached A; its retry went to B (a load
+    // balancer between them), which never saw the ids: the stream drops them.
+    for addr in [&addr_a, &addr_b] {
+        let (status, answer) = post_traces(addr, "application/x-protobuf", None, &body);
+        assert_eq!(status, 200, "{answer}");
+    }
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let mut stream = js.get_stream("PLUGBUS").await.unwrap();
+    let info = stream.info().await.unwrap();
+    let otel_events = 8;
+    // Besides the spans' events: hosts announce plugin loads on the stream.
+    let (_, plugins_b) = support::http(&addr_b, "GET", "/plugins", b"");
+    let status: Value = serde_json::from_str(&plugins_b).unwrap();
+    assert_eq!(
+        status["nats"]["publish"]["duplicates"], otel_events,
+        "{}",
+        status["nats"]
+    );
+    assert!(info.state.messages >= otel_events, "{:?}", info.state);
+    let (_, metrics) = support::http(&addr_b, "GET", "/metrics", b"");
+    assert!(
+        metrics.contains("plugbus_otlp_events_total 8"),
+        "B published them: the stream dropped them\n{metrics}"
+    );
+    support::terminate(&a);
+    support::terminate(&b);
+}

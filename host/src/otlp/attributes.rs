@@ -150,10 +150,10 @@ impl<'a> Attributes<'a> {
         match self.get(key)? {
             Any::StringValue(s) => {
                 let trimmed = s.trim_start();
-                if trimmed.starts_with('{') || trimmed.starts_with('[') {
-                    if let Ok(v) = serde_json::from_str(s) {
-                        return Some(v);
-                    }
+                if (trimmed.starts_with('{') || trimmed.starts_with('['))
+                    && let Ok(v) = serde_json::from_str(s)
+                {
+                    return Some(v);
                 }
                 Some(Value::String(s.clone()))
             }

@@ -10,7 +10,8 @@ use anyhow::Context;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-#[path = "../../benches/payload.rs"]
+mod otlp;
+#[path = "../../../benches/payload.rs"]
 mod sample;
 use sample::payload;
 
@@ -265,7 +266,7 @@ fn rss_kib() -> Option<f64> {
 }
 
 /// The Python peer (scenario 7), embedded so the binary runs it from anywhere.
-const PYTHON_PEER: &str = include_str!("../../benches/python_peer.py");
+const PYTHON_PEER: &str = include_str!("../../../benches/python_peer.py");
 
 /// Scenario 7: emit p50/p99 of a plain-Python bus calling 10 JSON-parsing
 /// handlers inline (the `agent-event-bus` model), run now with the same
@@ -611,6 +612,9 @@ pub async fn bench(
     }
     if want(&[15]) {
         catch_up_throughput(&mut table, plugins, cache.path(), events).await?;
+    }
+    if want(&[16]) {
+        otlp::ingest(&mut table, events).await?;
     }
     table.print();
     if let Some(path) = json_out {
