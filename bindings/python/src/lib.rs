@@ -51,6 +51,9 @@ struct Inner {
     forwarded: Arc<AtomicU64>,
     /// The process that built the runtime.
     pid: u32,
+    /// Maps OpenTelemetry spans handed over by `PlugbusSpanExporter`
+    /// (made at the first export: it remembers traces' conversation ids).
+    otlp: std::sync::OnceLock<plugbus::otlp::Receiver>,
 }
 
 /// A plugbus bus for Python. Not for direct use: see `plugbus.EventBus`.
@@ -256,6 +259,7 @@ impl NativeBus {
                 follow_ups: Mutex::new(rx),
                 forwarded,
                 pid: std::process::id(),
+                otlp: std::sync::OnceLock::new(),
             })
         });
         let inner = inner.map_err(PlugbusError::new_err)?;
@@ -308,6 +312,46 @@ impl NativeBus {
             "id": report.event.id(),
             "seq": report.event.seq(),
             "deliveries": deliveries,
+        })
+        .to_string())
+    }
+
+    /// Maps one OTLP trace export body (`ExportTraceServiceRequest`,
+    /// protobuf or OTLP JSON by `content_type`) to events and publishes
+    /// them, as `POST /v1/traces` does (docs/opentelemetry.md); returns once
+    /// they are durable when the bus has a log. The summary as JSON:
+    /// `{"spans", "mapped", "dropped", "rejected": [{"span", "reason"}],
+    /// "published", "duplicates", "invalid_attributes"}`. `all_spans` (read
+    /// at the first call) passes non-GenAI spans through as `otel.span`.
+    /// `PlugbusError` names what is wrong with a body that cannot be read.
+    #[pyo3(signature = (body, content_type="application/x-protobuf", all_spans=false))]
+    fn export_otlp(&self, py: Python<'_>, body: &[u8], content_type: &str, all_spans: bool) -> PyResult<String> {
+        let inner = self.live()?;
+        let encoding =
+            plugbus::otlp::Encoding::of(Some(content_type)).map_err(|e| PlugbusError::new_err(e.to_string()))?;
+        let receiver = inner
+            .otlp
+            .get_or_init(|| plugbus::otlp::Receiver::new(plugbus::otlp::MapOptions { all_spans }));
+        let export = py
+            .detach(|| {
+                inner
+                    .runtime
+                    .block_on(receiver.export(&inner.bus, body, encoding, None))
+            })
+            .map_err(|e| PlugbusError::new_err(e.to_string()))?;
+        let rejected: Vec<serde_json::Value> = export
+            .rejected
+            .iter()
+            .map(|r| serde_json::json!({ "span": r.span, "reason": r.reason }))
+            .collect();
+        Ok(serde_json::json!({
+            "spans": export.spans,
+            "mapped": export.mapped,
+            "dropped": export.dropped,
+            "rejected": rejected,
+            "published": export.published,
+            "duplicates": export.duplicates,
+            "invalid_attributes": export.invalid_attributes,
         })
         .to_string())
     }
