@@ -38,8 +38,10 @@
 //! - `GET /metrics`: Prometheus (OpenMetrics) text.
 //! - `GET /healthz`: liveness.
 //! - `GET /`: the live dashboard, and behind it `GET /dashboard/stream`,
-//!   `/dashboard/snapshot` and the event export `GET /events/stream`
-//!   (plugbus JSON or CloudEvents; see `cli::dashboard`).
+//!   `/dashboard/snapshot`, the event export `GET /events/stream`
+//!   (plugbus JSON or CloudEvents) and a run's timeline `GET
+//!   /runs/<correlation id>/events` (from the log, else from the last
+//!   `--history` events; see `cli::dashboard`).
 //!
 //! The plugin directory is watched (hot reload). SIGINT or SIGTERM stops
 //! accepting requests, drains every plugin queue and exits 0.
@@ -70,15 +72,36 @@ use super::{CacheArgs, LogArgs, OtlpArgs};
 /// bounding what one client can make the host buffer.
 const MAX_BODY: usize = 1 << 20;
 
-pub async fn serve(
-    plugins: &FsPath,
-    listen: SocketAddr,
-    grace: std::time::Duration,
-    cache: &CacheArgs,
-    log: &LogArgs,
-    otlp: &OtlpArgs,
-) -> anyhow::Result<ExitCode> {
-    let bus = super::open_bus(plugins, true, cache, log).await?;
+/// Events kept in memory without `--log` for the dashboard's run timelines:
+/// a few MiB of recent events, minutes of a busy agent's activity.
+pub const DEFAULT_HISTORY: usize = 10_000;
+
+/// What `plugbus serve` is asked for on its command line.
+pub struct Options<'a> {
+    pub plugins: &'a FsPath,
+    pub listen: SocketAddr,
+    /// How long plugins may drain their queues at shutdown.
+    pub grace: std::time::Duration,
+    pub cache: &'a CacheArgs,
+    pub log: &'a LogArgs,
+    pub otlp: &'a OtlpArgs,
+    /// Events kept for [`plugbus::Bus::history`] when there is no log.
+    pub history: usize,
+}
+
+pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
+    let Options {
+        plugins,
+        listen,
+        grace,
+        cache,
+        log,
+        otlp,
+        history,
+    } = options;
+    // With a log, run timelines are read from it: no copy in memory.
+    let history = if log.dir.is_some() { 0 } else { history };
+    let bus = super::open_bus(plugins, true, cache, log, history).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -101,7 +124,7 @@ pub async fn serve(
         stopping: stopping.clone(),
         grace,
     };
-    let dashboard = Dashboard::start(&bus, stopping.clone());
+    let dashboard = Dashboard::start(&bus, history, stopping.clone());
     let app = router(bus.clone(), shutdown.clone(), receiver.clone()).merge(dashboard.routes());
     eprintln!(
         "plugbus: listening on http://{addr} (plugins in {}; dashboard at /)",
@@ -610,7 +633,11 @@ impl Collector for BusMetrics {
             None,
             MetricType::Counter,
         )?;
-        for (outcome, n) in [("mapped", otlp.mapped), ("dropped", otlp.dropped), ("rejected", otlp.rejected)] {
+        for (outcome, n) in [
+            ("mapped", otlp.mapped),
+            ("dropped", otlp.dropped),
+            ("rejected", otlp.rejected),
+        ] {
             family
                 .encode_family(&[("outcome", outcome)])?
                 .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
