@@ -1,11 +1,14 @@
 """The dashboard of `plugbus serve`, driven in Debian's headless Chromium
 (through its chromedriver, with Selenium): the demo's plugins appear, a
 plugin that traps shows its failure and backtrace within seconds, its
-quarantine counts down, and the filter narrows the event tail.
+quarantine counts down, and the filter narrows the event tail; the Runs
+view lists runs live from agent-runs, filters them, and opens a run on its
+timeline with OTel spans nested under their parents.
 
 Needs the `plugbus` binary (PLUGBUS_BIN), the built plugins (`make plugins`:
 plugins/dist and PLUGBUS_WASM_DIR) and `chromium` + `chromium-driver`
-(`make setup-browser`). Leaves a screenshot in target/dashboard.png.
+(`make setup-browser`). Leaves screenshots in target/dashboard.png and
+target/dashboard-runs.png.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("PLUGBUS_BIN", ROOT / "target" / "debug" / "plugbus"))
@@ -74,6 +78,14 @@ class Server:
         req = urllib.request.Request(self.url + "/events", data=body, method="POST")
         with urllib.request.urlopen(req, timeout=10) as answer:
             assert answer.status == 202
+
+    def queries(self, plugin: str) -> int:
+        """The queries `plugin` answered or refused so far (from /metrics)."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as answer:
+            metrics = answer.read().decode()
+        m = re.search(rf'^plugbus_plugin_queries_total{{plugin="{re.escape(plugin)}"}} (\d+)', metrics, re.M)
+        assert m, metrics
+        return int(m.group(1))
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -268,8 +280,6 @@ def timeline_rows(driver: WebDriver) -> list[dict[str, str]]:
 def test_the_runs_view_lists_runs_live_filters_them_and_opens_a_timeline_with_nested_spans(
     server: Server, browser: WebDriver
 ) -> None:
-    from selenium.webdriver.support.ui import Select
-
     browser.get(server.url + "/")
     eventually("the page goes live", lambda: text(browser, "#connection") == "live")
     # agent-runs answers runs queries: the Runs tab shows, naming it.
@@ -301,9 +311,10 @@ def test_the_runs_view_lists_runs_live_filters_them_and_opens_a_timeline_with_ne
     # in the order spans end (children first), as exporters send them.
     t0 = time.time_ns() - 2_000_000_000
     root, chat, tool = "00f067aa0ba902b7", "b7ad6b7169203331", "c1d2e3f405060708"
+    usage = {"prompt_tokens": 100, "completion_tokens": 20}
     server.post(
         {"name": "model_responded", **otel("run-otel", "chat gpt-4o", chat, root, t0 + 50_000_000, t0 + 450_000_000,
-                                           {"model": "gpt-4o", "usage": {"prompt_tokens": 100, "completion_tokens": 20}})},
+                                           {"model": "gpt-4o", "usage": usage})},
         {"name": "tool.called", **otel("run-otel", "execute_tool search", tool, root, t0 + 500_000_000,
                                        t0 + 800_000_000, {"tool": "search"})},
         {"name": "tool.result", **otel("run-otel", "execute_tool search", tool, root, t0 + 500_000_000,
@@ -353,9 +364,13 @@ def test_the_runs_view_lists_runs_live_filters_them_and_opens_a_timeline_with_ne
     eventually("the run's detail", lambda: browser.find_element(By.ID, "run-detail").is_displayed())
     assert text(browser, "#run-id") == "run-otel"
     assert "run=run-otel" in browser.current_url
+
     # (The demo's plugins add follow-ups of their own to the run: cost.priced, stats.event_counts.)
-    spans = lambda: [r for r in timeline_rows(browser) if r["span"]]  # noqa: E731
-    rows = eventually("three spans", lambda: (lambda r: r if len(r) == 3 else None)(spans()))
+    def spans() -> list[dict[str, str]] | None:
+        rows = [r for r in timeline_rows(browser) if r["span"]]
+        return rows if len(rows) == 3 else None
+
+    rows = eventually("three spans", spans)
     assert [r["span"] for r in rows] == [root, chat, tool], rows
     assert [r["depth"] for r in rows] == ["0", "1", "1"], rows
     assert "invoke_agent planner" in rows[0]["label"]
@@ -375,7 +390,10 @@ def test_the_runs_view_lists_runs_live_filters_them_and_opens_a_timeline_with_ne
 
     # A hand-written run: its events in order; a row opens to its payload, as text.
     browser.find_element(By.CSS_SELECTOR, '#run-rows tr[data-run="run-1"] td[data-field=agent]').click()
-    posted = lambda: [r for r in timeline_rows(browser) if r["source"] == "host"]  # noqa: E731
+
+    def posted() -> list[dict[str, str]]:
+        return [r for r in timeline_rows(browser) if r["source"] == "host"]
+
     eventually("run-1's timeline", lambda: len(posted()) == 5 and text(browser, "#run-id") == "run-1")
     names = [r["name"] for r in posted()]
     assert names == ["agent.run_started", "model_responded", "tool.called", "tool.result", "agent.completed"]
@@ -392,7 +410,15 @@ def test_the_runs_view_lists_runs_live_filters_them_and_opens_a_timeline_with_ne
     server.post({"name": "audit.note", "correlation_id": "run-1", "payload": {"note": "late"}})
     eventually("the late event", lambda: [r["name"] for r in posted()][-1:] == ["audit.note"])
 
-
-    # Back to the overview: the Runs view stops asking.
+    # At most one plugin query a second while the view shows, and none once it does not.
+    before = server.queries("agent-runs")
+    time.sleep(3.0)
+    asked = server.queries("agent-runs") - before
+    assert 1 <= asked <= 4, asked
     browser.find_element(By.ID, "tab-overview").click()
     eventually("the overview", lambda: browser.find_element(By.ID, "view-overview").is_displayed())
+    assert not browser.find_element(By.ID, "view-runs").is_displayed()
+    time.sleep(0.5)  # a query that was already on its way
+    before = server.queries("agent-runs")
+    time.sleep(2.5)
+    assert server.queries("agent-runs") == before

@@ -620,8 +620,15 @@ function pumpRuns() {
   } else if (runs.listedAt && open && !open.listed && now - open.summaryAt >= RUN_SUMMARY_EVERY_MS) {
     job = queryPlugin(source, { run: open.id }).then((result) => {
       open.summaryAt = Date.now();
-      if (result.ok && result.answer && runs.open === open) renderRunSummary(result.answer);
-      return result;
+      if (runs.open === open) {
+        if (result.ok && result.answer) renderRunSummary(result.answer);
+        // The plugin does not know the run (evicted, or never one of its runs): the timeline may still show it.
+        else if (result.status === 422) {
+          setText(ui.runSummary.querySelector('[data-field="status"]'), 'not known to the plugin');
+        }
+      }
+      // Only a failure of the plugin itself concerns the list.
+      return result.status === 422 ? { ok: true } : result;
     });
   } else {
     const filter = { ...runs.filter };
@@ -630,7 +637,7 @@ function pumpRuns() {
     if (filter.agent) request.agent = filter.agent;
     job = queryPlugin(source, { runs: request }).then((result) => {
       runs.listedAt = Date.now();
-      // Answers for a filter that changed meanwhile are dropped (the next one is asked at once).
+      // An answer for a filter that changed meanwhile is dropped (the next tick asks again).
       if (result.ok && filter.status === runs.filter.status && filter.agent === runs.filter.agent) {
         renderRuns(Array.isArray(result.answer && result.answer.runs) ? result.answer.runs : []);
       }
@@ -652,11 +659,6 @@ function pumpRuns() {
 function setRunsError(reason) {
   setText(ui.runsError, reason ? `query failed: ${reason}` : '');
   ui.runsError.hidden = !reason;
-}
-
-// Asks for the list again as soon as the one-a-second pace allows (a filter changed).
-function refreshRuns() {
-  pumpRuns();
 }
 
 const str = (v) => (typeof v === 'string' ? v : v == null ? '' : String(v));
@@ -733,9 +735,12 @@ function updateRunRow(row, r) {
 function renderRuns(list) {
   const present = new Set();
   const order = [];
+  const { status, agent } = runs.filter;
   for (const r of list) {
     const id = str(r && r.run);
     if (!id || present.has(id)) continue;
+    // A plugin that ignores a filter field still gets filtered here.
+    if ((status && r.status !== status) || (agent && r.agent !== agent)) continue;
     present.add(id);
     order.push(id);
     if (!runs.rows.has(id)) runs.rows.set(id, createRunRow(id));
@@ -997,8 +1002,10 @@ function renderTimeline(open) {
       label.append(el('span', { class: 'tl-span-name', text: item.name || names[0] || item.id }),
         el('span', { class: 'tl-events', text: names.join(' → ') }));
       const bar = el('span', { class: `tl-bar${item.status === 'error' ? ' error' : ''}` });
-      bar.style.left = pct(item.start ?? t0);
-      bar.style.width = `max(2px, ${(((item.end ?? item.start ?? t0) - (item.start ?? t0)) / range * 100).toFixed(3)}%)`;
+      const start = item.start ?? t0;
+      const share = ((item.end ?? start) - start) / range;
+      bar.style.left = pct(start);
+      bar.style.width = `max(2px, ${(share * 100).toFixed(3)}%)`;
       track.append(bar);
       length.textContent = item.end !== null && item.start !== null ? fmtNanos(item.end - item.start) : '';
       details = item.events;
@@ -1024,10 +1031,10 @@ function timelineDetails(key, events, t0) {
   const box = el('div', { class: 'tl-details', 'data-details-of': key });
   for (const ev of events) {
     const time = num(ev.time_unix_nanos);
-    const head = el('div', { class: 'tl-details-head mono' },
-      el('span', { text: str(ev.name) }),
-      el('span', { class: 'hint', text: ` seq ${ev.seq == null ? '—' : str(ev.seq)} · ${
-        time === null ? '—' : `${fmtClock(time / 1e6, true)} (+${fmtNanos(time - t0)})`} · source ${str(ev.source)}` }));
+    const when = time === null ? '—' : `${fmtClock(time / 1e6, true)} (+${fmtNanos(time - t0)})`;
+    const seq = ev.seq == null ? '—' : str(ev.seq);
+    const head = el('div', { class: 'tl-details-head mono' }, el('span', { text: str(ev.name) }),
+      el('span', { class: 'hint', text: ` seq ${seq} · ${when} · source ${str(ev.source)}` }));
     const payload = str(ev.payload) + (ev.payload_truncated ? '…' : '');
     box.append(head, el('pre', { class: 'tl-payload', text: payload }));
   }
@@ -1048,12 +1055,12 @@ function wireRunsControls() {
   ui.runsStatus.addEventListener('change', () => {
     runs.filter = { ...runs.filter, status: ui.runsStatus.value };
     writeLocation();
-    refreshRuns();
+    pumpRuns();
   });
   ui.runsAgent.addEventListener('change', () => {
     runs.filter = { ...runs.filter, agent: ui.runsAgent.value };
     writeLocation();
-    refreshRuns();
+    pumpRuns();
   });
   const openFrom = (e) => {
     const tr = e.target.closest('tr[data-run]');
