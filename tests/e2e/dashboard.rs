@@ -379,17 +379,26 @@ fn a_runs_timeline_is_read_from_the_log_in_order_bounded_and_unknown_runs_are_40
     let plugins = get_json(&addr, "/dashboard/snapshot");
     assert_eq!(plugin(&plugins, "agent-runs")["queryable"], true, "{plugins}");
     assert_eq!(plugin(&plugins, "console-logger")["queryable"], false);
-    let listed = get_json(
-        &addr,
-        "/plugins/agent-runs/query?q=%7B%22runs%22%3A%7B%22agent%22%3A%22planner%22%7D%7D",
-    );
-    let runs: Vec<&str> = listed["answer"]["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["run"].as_str().unwrap())
-        .collect();
-    assert_eq!(runs, ["run-a"], "{listed}");
+    // It answers what the page asks once it has taken the events (they
+    // reach plugins after the POST is answered).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = get_json(
+            &addr,
+            "/plugins/agent-runs/query?q=%7B%22runs%22%3A%7B%22agent%22%3A%22planner%22%7D%7D",
+        );
+        let runs: Vec<&str> = listed["answer"]["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["run"].as_str().unwrap())
+            .collect();
+        if runs == ["run-a"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "planner's runs: {listed}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // The whole run, oldest first, from the log.
     let (status, whole) = timeline(&addr, "/runs/run-a/events");

@@ -17,7 +17,8 @@
 //!   `plugbus::cloudevents` for the mapping). With `--schemas`, an event that
 //!   does not fit its schema refuses the request with 422 `{"error", "index",
 //!   "event", "path"}`.
-//! - `GET /plugins`: state, subscriptions, counters, last error per plugin;
+//! - `GET /plugins`: state, subscriptions, counters, last error per plugin,
+//!   and whether it exports `query` (`queryable`);
 //!   with `--log`, the log's position (`log`: last, written and durable seq,
 //!   queued, lost).
 //! - `GET /plugins/<name>/dead-letters`: the events that made it fail hard;
