@@ -294,3 +294,245 @@ fn the_event_export_streams_cloudevents_or_plugbus_json_filtered() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+/// `GET /runs/<id>/events` answered as JSON: `(status, body)`.
+fn timeline(addr: &str, path: &str) -> (u16, Value) {
+    let (status, body) = support::http(addr, "GET", path, b"");
+    let body = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+    (status, body)
+}
+
+fn names_of(timeline: &Value) -> Vec<String> {
+    timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// An OTel-fed event as the OTLP mapping publishes it: the span (`span_name`,
+/// `span`, `parent`, its times) in `otel`.
+fn otel_event(
+    name: &str,
+    run: &str,
+    (span_name, span): (&str, &str),
+    parent: Option<&str>,
+    start: u64,
+    end: u64,
+) -> Value {
+    let mut otel = json!({
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": span, "name": span_name,
+        "kind": "internal", "start_unix_nano": start, "end_unix_nano": end, "status": "ok",
+    });
+    if let Some(parent) = parent {
+        otel["parent_span_id"] = json!(parent);
+    }
+    json!({"name": name, "correlation_id": run, "payload": {"agent": "planner", "otel": otel}})
+}
+
+#[test]
+fn a_runs_timeline_is_read_from_the_log_in_order_bounded_and_unknown_runs_are_404() {
+    let dir = support::plugin_dir(&["agent-runs", "console-logger"]);
+    let log = tempfile::tempdir().unwrap();
+    let (mut child, addr, _stderr) = support::serve_logged(dir.path(), log.path());
+    let t0 = 1_764_648_000_000_000_000u64;
+    let big = "x".repeat(5_000);
+    post(
+        &addr,
+        &[
+            json!({"name": "agent.run_started", "correlation_id": "run-a", "payload": {"agent": "planner"}}),
+            json!({"name": "tool.called", "correlation_id": "run-b", "payload": {"tool": "elsewhere"}}),
+            json!({"name": "model_responded", "correlation_id": "run-a",
+                   "payload": {"model": "gpt-4o", "usage": {"input_tokens": 100, "output_tokens": 20}}}),
+            otel_event(
+                "agent.run_started",
+                "run-a",
+                ("invoke_agent planner", "00f067aa0ba902b7"),
+                None,
+                t0,
+                t0 + 900_000_000,
+            ),
+            otel_event(
+                "tool.called",
+                "run-a",
+                ("execute_tool search", "b7ad6b7169203331"),
+                Some("00f067aa0ba902b7"),
+                t0 + 100_000_000,
+                t0 + 400_000_000,
+            ),
+            json!({"name": "tool.result", "correlation_id": "run-a", "payload": {"tool": "search", "result": big}}),
+            json!({"name": "agent.completed", "correlation_id": "run-a", "payload": {}}),
+            json!({"name": "step", "correlation_id": "team/run 7", "payload": {}}),
+        ],
+    );
+    let order = [
+        "agent.run_started",
+        "model_responded",
+        "agent.run_started",
+        "tool.called",
+        "tool.result",
+        "agent.completed",
+    ];
+
+    // The page finds agent-runs among the plugins that export `query`.
+    let plugins = get_json(&addr, "/dashboard/snapshot");
+    assert_eq!(plugin(&plugins, "agent-runs")["queryable"], true, "{plugins}");
+    assert_eq!(plugin(&plugins, "console-logger")["queryable"], false);
+    // It answers what the page asks once it has taken the events (they
+    // reach plugins after the POST is answered).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = get_json(
+            &addr,
+            "/plugins/agent-runs/query?q=%7B%22runs%22%3A%7B%22agent%22%3A%22planner%22%7D%7D",
+        );
+        let runs: Vec<&str> = listed["answer"]["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["run"].as_str().unwrap())
+            .collect();
+        if runs == ["run-a"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "planner's runs: {listed}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The whole run, oldest first, from the log.
+    let (status, whole) = timeline(&addr, "/runs/run-a/events");
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(whole["run"], "run-a");
+    assert_eq!(whole["from"], "log");
+    assert_eq!(whole["truncated"], false);
+    assert_eq!(names_of(&whole), order);
+    let events = whole["events"].as_array().unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in log order: {seqs:?}");
+    assert_eq!(seqs[0], 1);
+    let first = &events[0];
+    assert_eq!(first["source"], "host");
+    assert!(first["id"].as_str().is_some_and(|id| !id.is_empty()));
+    assert!(first["time_unix_nanos"].as_u64().unwrap() > 0);
+    assert_eq!(first["payload"], r#"{"agent":"planner"}"#, "the payload's JSON text");
+    assert!(first.get("span").is_none(), "not OTel-fed: {first}");
+    // OTel-fed events carry their span, the child naming its parent.
+    let (parent, child_span) = (&events[2]["span"], &events[3]["span"]);
+    assert_eq!(parent["span_id"], "00f067aa0ba902b7");
+    assert!(parent.get("parent_span_id").is_none(), "a root: {parent}");
+    assert_eq!(child_span["parent_span_id"], "00f067aa0ba902b7");
+    assert_eq!(child_span["name"], "execute_tool search");
+    assert_eq!(child_span["start_unix_nano"], t0 + 100_000_000);
+    assert_eq!(child_span["end_unix_nano"], t0 + 400_000_000);
+    assert_eq!(child_span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    // A big payload is a preview, said to be cut.
+    let result = &events[4];
+    assert_eq!(result["payload_truncated"], true, "{result}");
+    assert_eq!(result["payload"].as_str().unwrap().chars().count(), 2_000);
+    assert!(events[0].get("payload_truncated").is_none());
+
+    // `limit` bounds an answer; `after` goes on from a seq, page by page.
+    let (status, page) = timeline(&addr, "/runs/run-a/events?limit=2");
+    assert_eq!(status, 200);
+    assert_eq!(names_of(&page), order[..2]);
+    assert_eq!(page["truncated"], true);
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let (status, page) = timeline(&addr, &format!("/runs/run-a/events?limit=4&after={after}"));
+        assert_eq!(status, 200, "{page}");
+        paged.extend(names_of(&page));
+        let Some(last) = page["events"].as_array().unwrap().last() else {
+            break;
+        };
+        after = last["seq"].as_u64().unwrap();
+        if page["truncated"] == false {
+            break;
+        }
+    }
+    assert_eq!(paged, order);
+    let (status, none_new) = timeline(&addr, &format!("/runs/run-a/events?after={}", seqs[5]));
+    assert_eq!(status, 200, "nothing new after the last seq is no error: {none_new}");
+    assert_eq!(none_new["events"], json!([]));
+    assert_eq!(none_new["truncated"], false);
+
+    // Other runs: their own events only; an id that needs escaping.
+    let (_, other) = timeline(&addr, "/runs/run-b/events");
+    assert_eq!(names_of(&other), ["tool.called"]);
+    let (status, escaped) = timeline(&addr, "/runs/team%2Frun%207/events");
+    assert_eq!(status, 200, "{escaped}");
+    assert_eq!(escaped["run"], "team/run 7");
+    assert_eq!(names_of(&escaped), ["step"]);
+
+    // Unknown runs and bad bounds are refused with a reason.
+    let (status, unknown) = timeline(&addr, "/runs/run-404/events");
+    assert_eq!(status, 404, "{unknown}");
+    let reason = unknown["error"].as_str().unwrap();
+    assert!(reason.contains("run-404") && reason.contains("log"), "{reason}");
+    for bad in ["limit=0", "limit=5001", "limit=many", "after=-3"] {
+        let (status, refused) = timeline(&addr, &format!("/runs/run-a/events?{bad}"));
+        assert_eq!(status, 400, "{bad}: {refused}");
+        let name = bad.split('=').next().unwrap();
+        assert!(refused["error"].as_str().unwrap().contains(name), "{bad}: {refused}");
+    }
+    let (status, _) = timeline(&addr, "/runs/run-a/events?limit=5000");
+    assert_eq!(status, 200, "the largest limit");
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
+#[test]
+fn without_a_log_a_runs_timeline_comes_from_the_history_it_keeps() {
+    let dir = support::plugin_dir(&["agent-runs"]);
+    let (mut child, addr, _stderr) = support::serve(&["--plugins", dir.path().to_str().unwrap(), "--history", "6"]);
+    post(
+        &addr,
+        &[
+            json!({"name": "old", "correlation_id": "run-gone", "payload": {}}),
+            json!({"name": "agent.run_started", "correlation_id": "run-h", "payload": {"agent": "a"}}),
+            json!({"name": "noise", "correlation_id": "run-x", "payload": {}}),
+        ],
+    );
+    post(
+        &addr,
+        &[
+            json!({"name": "tool.called", "correlation_id": "run-h", "payload": {"tool": "t"}}),
+            otel_event(
+                "model_responded",
+                "run-h",
+                ("chat m", "b7ad6b7169203331"),
+                Some("00f067aa0ba902b7"),
+                1,
+                2,
+            ),
+            json!({"name": "noise", "correlation_id": "run-x", "payload": {}}),
+            json!({"name": "agent.completed", "correlation_id": "run-h", "payload": {}}),
+        ],
+    );
+    // The last 6 events: `old` is gone.
+    let (status, kept) = timeline(&addr, "/runs/run-h/events");
+    assert_eq!(status, 200, "{kept}");
+    assert_eq!(kept["from"], "history");
+    assert_eq!(kept["history_capacity"], 6);
+    assert_eq!(
+        names_of(&kept),
+        ["agent.run_started", "tool.called", "model_responded", "agent.completed"]
+    );
+    assert_eq!(kept["events"][2]["span"]["parent_span_id"], "00f067aa0ba902b7");
+    let seqs: Vec<u64> = kept["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [2, 4, 5, 7], "numbered in publish order without a log too");
+    let (_, page) = timeline(&addr, "/runs/run-h/events?limit=1&after=2");
+    assert_eq!(names_of(&page), ["tool.called"]);
+    assert_eq!(page["truncated"], true);
+    let (status, gone) = timeline(&addr, "/runs/run-gone/events");
+    assert_eq!(status, 404, "fallen out of the history: {gone}");
+    assert!(gone["error"].as_str().unwrap().contains("last 6 events"), "{gone}");
+    child.kill().unwrap();
+    let _ = child.wait();
+}

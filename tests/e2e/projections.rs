@@ -295,6 +295,17 @@ async fn agent_runs_answers_match_a_native_projection_of_the_same_events() {
         .map(|r| r["run"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["trip-7", "run-42"], "newest first");
+    // By agent (the dashboard's Runs view filters so), with the status too.
+    let planner = ask(&bus, "agent-runs", r#"{"runs": {"agent": "planner"}}"#).await;
+    assert_eq!(planner["runs"].as_array().unwrap().len(), 1, "{planner}");
+    assert_eq!(planner["runs"][0]["run"], "trip-7");
+    let none = ask(
+        &bus,
+        "agent-runs",
+        r#"{"runs": {"agent": "planner", "status": "completed"}}"#,
+    )
+    .await;
+    assert_eq!(none["runs"], json!([]));
     let summary = ask(&bus, "agent-runs", r#"{"summary": true}"#).await;
     assert_eq!(summary["uncorrelated"], 1);
     assert_eq!(summary["runs"], 2);
@@ -314,6 +325,10 @@ async fn agent_runs_answers_match_a_native_projection_of_the_same_events() {
     assert!(matches!(
         bus.query("agent-runs", r#"{"runs": {"status": "paused"}}"#).await,
         Err(QueryError::Plugin { message, .. }) if message.contains("paused")
+    ));
+    assert!(matches!(
+        bus.query("agent-runs", r#"{"runs": {"agent": 7}}"#).await,
+        Err(QueryError::Plugin { message, .. }) if message.contains("`agent`")
     ));
     bus.shutdown().await;
 }

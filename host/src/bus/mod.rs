@@ -1284,6 +1284,7 @@ pub(crate) fn info(h: &PluginHandle) -> PluginInfo {
         size: h.spec.size,
         reload_error: lock(&h.reload_error).clone(),
         subscriptions: h.subscriptions.clone(),
+        queryable: h.spec.has_query(),
         state,
         quarantine_retry_in_ms: match state {
             PluginState::Quarantined => h

@@ -79,6 +79,10 @@ pub enum Command {
         log: LogArgs,
         #[command(flatten)]
         otlp: OtlpArgs,
+        /// Without --log: the last N events kept in memory, where the dashboard's run
+        /// timelines (GET /runs/ID/events) read them from (0: none). With --log the log is read.
+        #[arg(long, value_name = "N", default_value_t = serve::DEFAULT_HISTORY)]
+        history: usize,
     },
     /// Dead letters (events that made a plugin fail hard): list, redrive.
     Dlq {
@@ -383,16 +387,20 @@ pub fn init_tracing(quiet: bool, verbose: bool) {
 }
 
 /// Builds the bus for `run` and `serve`, reporting plugins that failed to load.
+/// The bus of `run` and `serve`; `history`: events kept for
+/// [`plugbus::Bus::history`] (0: none).
 async fn open_bus(
     plugins: &std::path::Path,
     watch: bool,
     cache: &CacheArgs,
     log: &LogArgs,
+    history: usize,
 ) -> anyhow::Result<plugbus::Bus> {
     let bus = log
         .apply(cache.apply(plugbus::Bus::builder()))
         .plugin_dir(plugins)
         .watch(watch)
+        .history(history)
         .build()
         .await?;
     for f in bus.load_failures() {
@@ -460,7 +468,19 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             cache,
             log,
             otlp,
-        } => serve::serve(&plugins, listen, Duration::from_millis(grace_ms), &cache, &log, &otlp).await,
+            history,
+        } => {
+            serve::serve(serve::Options {
+                plugins: &plugins,
+                listen,
+                grace: Duration::from_millis(grace_ms),
+                cache: &cache,
+                log: &log,
+                otlp: &otlp,
+                history,
+            })
+            .await
+        }
         Command::Check { file, json, cache } => check::check(&file, json, &cache).await,
         Command::Wit { out } => wit::wit(out.as_deref()),
         Command::Bindgen {

@@ -17,7 +17,8 @@
 //!   `plugbus::cloudevents` for the mapping). With `--schemas`, an event that
 //!   does not fit its schema refuses the request with 422 `{"error", "index",
 //!   "event", "path"}`.
-//! - `GET /plugins`: state, subscriptions, counters, last error per plugin;
+//! - `GET /plugins`: state, subscriptions, counters, last error per plugin,
+//!   and whether it exports `query` (`queryable`);
 //!   with `--log`, the log's position (`log`: last, written and durable seq,
 //!   queued, lost).
 //! - `GET /plugins/<name>/dead-letters`: the events that made it fail hard;
@@ -38,8 +39,10 @@
 //! - `GET /metrics`: Prometheus (OpenMetrics) text.
 //! - `GET /healthz`: liveness.
 //! - `GET /`: the live dashboard, and behind it `GET /dashboard/stream`,
-//!   `/dashboard/snapshot` and the event export `GET /events/stream`
-//!   (plugbus JSON or CloudEvents; see `cli::dashboard`).
+//!   `/dashboard/snapshot`, the event export `GET /events/stream`
+//!   (plugbus JSON or CloudEvents) and a run's timeline `GET
+//!   /runs/<correlation id>/events` (from the log, else from the last
+//!   `--history` events; see `cli::dashboard`).
 //!
 //! The plugin directory is watched (hot reload). SIGINT or SIGTERM stops
 //! accepting requests, drains every plugin queue and exits 0.
@@ -70,15 +73,36 @@ use super::{CacheArgs, LogArgs, OtlpArgs};
 /// bounding what one client can make the host buffer.
 const MAX_BODY: usize = 1 << 20;
 
-pub async fn serve(
-    plugins: &FsPath,
-    listen: SocketAddr,
-    grace: std::time::Duration,
-    cache: &CacheArgs,
-    log: &LogArgs,
-    otlp: &OtlpArgs,
-) -> anyhow::Result<ExitCode> {
-    let bus = super::open_bus(plugins, true, cache, log).await?;
+/// Events kept in memory without `--log` for the dashboard's run timelines:
+/// a few MiB of recent events, minutes of a busy agent's activity.
+pub const DEFAULT_HISTORY: usize = 10_000;
+
+/// What `plugbus serve` is asked for on its command line.
+pub struct Options<'a> {
+    pub plugins: &'a FsPath,
+    pub listen: SocketAddr,
+    /// How long plugins may drain their queues at shutdown.
+    pub grace: std::time::Duration,
+    pub cache: &'a CacheArgs,
+    pub log: &'a LogArgs,
+    pub otlp: &'a OtlpArgs,
+    /// Events kept for [`plugbus::Bus::history`] when there is no log.
+    pub history: usize,
+}
+
+pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
+    let Options {
+        plugins,
+        listen,
+        grace,
+        cache,
+        log,
+        otlp,
+        history,
+    } = options;
+    // With a log, run timelines are read from it: no copy in memory.
+    let history = if log.dir.is_some() { 0 } else { history };
+    let bus = super::open_bus(plugins, true, cache, log, history).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -101,7 +125,7 @@ pub async fn serve(
         stopping: stopping.clone(),
         grace,
     };
-    let dashboard = Dashboard::start(&bus, stopping.clone());
+    let dashboard = Dashboard::start(&bus, history, stopping.clone());
     let app = router(bus.clone(), shutdown.clone(), receiver.clone()).merge(dashboard.routes());
     eprintln!(
         "plugbus: listening on http://{addr} (plugins in {}; dashboard at /)",

@@ -126,6 +126,9 @@ pub struct PluginInfo {
     pub reload_error: Option<String>,
     /// The patterns it is subscribed to.
     pub subscriptions: Vec<String>,
+    /// Whether it exports `query` (a read model that
+    /// [`Bus::query`](crate::Bus::query) can ask).
+    pub queryable: bool,
     /// Its state.
     pub state: PluginState,
     /// While quarantined: milliseconds until the next event may run as a

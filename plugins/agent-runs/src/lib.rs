@@ -34,8 +34,9 @@
 //! The host's own announcements (`plugbus.*`) are not agent activity and
 //! are skipped; so are events without a correlation id (counted).
 //!
-//! Queries: `{"run": "<id>"}`, `{"runs": {"status": "running", "limit": 50}}`
-//! (newest first; both fields optional, `limit` at most 1000),
+//! Queries: `{"run": "<id>"}`, `{"runs": {"status": "running", "agent":
+//! "planner", "limit": 50}}` (newest first; every field optional, `limit`
+//! at most 1000),
 //! `{"agents": true}` and `{"summary": true}`.
 //!
 //! Memory is bounded by `[config] max_runs` (default 20,000): past it the
@@ -276,6 +277,11 @@ impl AgentRuns {
             ),
             Some(other) => return Err(format!("`status` must be a string, not {other}").into()),
         };
+        let agent = match filter.get("agent") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(a)) => Some(a.as_str()),
+            Some(other) => return Err(format!("`agent` must be a string, not {other}").into()),
+        };
         let limit = match filter.get("limit") {
             None | Some(Value::Null) => 50,
             Some(v) => v
@@ -287,6 +293,7 @@ impl AgentRuns {
             .runs
             .iter()
             .filter(|(_, r)| status.as_ref().is_none_or(|s| *s == r.status))
+            .filter(|(_, r)| agent.is_none_or(|a| a == r.agent))
             .collect();
         runs.sort_unstable_by_key(|(_, r)| std::cmp::Reverse(r.order));
         runs.truncate(limit as usize);

@@ -1140,7 +1140,7 @@ async fn dashboard_cost(table: &mut Table, plugins: &Path, cache: &Path, events:
     let (_stop, stopping) = tokio::sync::watch::channel(false);
     let with = plugbus::Bus::builder().build().await?;
     let without = plugbus::Bus::builder().build().await?;
-    let dashboard = Dashboard::start(&with, stopping.clone());
+    let dashboard = Dashboard::start(&with, 0, stopping.clone());
     let (mut w50, mut n50) = (Vec::new(), Vec::new());
     for _ in 0..4 {
         w50.push(emit_latency(&with, events).await.0);
@@ -1162,7 +1162,7 @@ async fn dashboard_cost(table: &mut Table, plugins: &Path, cache: &Path, events:
     const RATE: u64 = 10_000;
     let dir = plugin_dir(plugins, 100, None)?;
     let bus = open(dir.path(), cache).await?;
-    let dashboard = Dashboard::start(&bus, stopping);
+    let dashboard = Dashboard::start(&bus, 0, stopping);
     let filter = Filter::all();
     let mut after = Some(dashboard.next_snapshot(&filter, None).1);
     let emitter = {

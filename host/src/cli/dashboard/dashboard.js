@@ -1,5 +1,7 @@
 // plugbus dashboard: live operator view for `plugbus serve` (plain ES2020, no dependencies).
 // Reads snapshots from the SSE stream /dashboard/stream and updates the DOM in place.
+// The Runs view asks a plugin that answers agent-runs' queries (GET /plugins/NAME/query)
+// and reads a run's timeline from GET /runs/ID/events.
 // All server data is untrusted: it reaches the page only through textContent and attributes.
 'use strict';
 
@@ -12,6 +14,15 @@ const STATES = ['ready', 'recovering', 'quarantined', 'unloaded'];
 const PLUGIN_COLUMNS = ['name', 'state', 'language', 'counts', 'failures', 'dropped',
   'restarts', 'queue', 'latency', 'fuel', 'memory', 'dead_letters'];
 const NUMERIC_COLUMNS = ['counts', 'dropped', 'restarts', 'latency', 'fuel', 'dead_letters'];
+const RUNS_LIMIT = 100; // rows in the runs table
+const RUNS_QUERY_MS = 1000; // at most one plugin query per second, only while the Runs view shows
+const AGENTS_EVERY_MS = 10000;
+const RUN_SUMMARY_EVERY_MS = 5000;
+const TIMELINE_POLL_MS = 2000;
+const TIMELINE_PAGE = 500; // events per timeline request (the server's default)
+const TIMELINE_MAX = 5000; // events the page holds for one run
+const TIMELINE_MAX_DEPTH = 16; // indentation levels shown (deeper spans stay at the last)
+const RUN_STATUSES = ['running', 'completed', 'failed'];
 const CHART = { line: '#2563eb', fill: 'rgba(37, 99, 235, 0.12)', grid: '#e5e7eb',
   text: '#6b7280', font: '11px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace' };
 
@@ -26,6 +37,13 @@ const ui = {
   clear: $('filter-clear'), pause: $('pause-tail'), activeFilter: $('filter-active'),
   filterError: $('filter-error'),
   skipped: $('events-skipped'), eventRows: $('event-rows'), tailEmpty: $('tail-empty'),
+  tabs: { overview: $('tab-overview'), runs: $('tab-runs') },
+  views: { overview: $('view-overview'), runs: $('view-runs') },
+  runsSource: $('runs-source'), runsStatus: $('runs-status'), runsAgent: $('runs-agent'),
+  runsCount: $('runs-count'), runsError: $('runs-error'), runRows: $('run-rows'), runsEmpty: $('runs-empty'),
+  runDetail: $('run-detail'), runId: $('run-id'), runClose: $('run-close'), runSummary: $('run-summary'),
+  runErrors: $('run-errors'), timeline: $('timeline'), timelineInfo: $('timeline-info'),
+  timelineEmpty: $('timeline-empty'), timelineMore: $('timeline-more'), timelineNote: $('timeline-note'),
 };
 
 const state = {
@@ -33,6 +51,21 @@ const state = {
   lastSnapshotAt: 0, lastRate: [], loadFailuresKey: '',
   plugins: new Map(), // plugin name -> row record
   tailIds: new Set(), // ids of the events currently shown in the tail
+  view: 'overview', // the view asked for (Runs shows only once a plugin answers runs queries)
+};
+
+// The Runs view: which plugin answers, the table, the open run and its timeline.
+const runs = {
+  source: null, // name of the plugin answering {"runs": …}; null: the view is hidden
+  candidatesKey: '', // the queryable plugins (name@version) the source was picked among
+  probe: 0, // token of the latest detection; older ones give up
+  filter: { status: '', agent: '' },
+  rows: new Map(), // run id -> row record
+  agents: [], agentsKey: '',
+  inFlight: false, lastQueryAt: 0, pumpTimer: null,
+  listedAt: 0, listKey: '', agentsAt: 0,
+  open: null, // the open run: { id, summary, summaryAt, listed, events, lastSeq, truncated, ... }
+  expanded: new Set(), // timeline rows the operator opened (span or event keys)
 };
 
 // ---- DOM helpers -----------------------------------------------------------
@@ -172,6 +205,8 @@ function render(snap, arrival) {
   renderLoadFailures(snap.load_failures || []);
   renderLog(snap.log, plugins);
   renderEvents(snap.events || [], snap.events_skipped || 0);
+  considerRunsSources(plugins);
+  if (runsVisible()) { pumpRuns(); pollTimeline(); }
   updateConnection();
   drawChart(state.lastRate); // last: the log panel showing up changes the chart's width
 }
@@ -479,6 +514,573 @@ function clearTail() {
   trimTail();
 }
 
+// ---- runs view ---------------------------------------------------------------
+// Which plugin answers: among the plugins that export `query` (`queryable` in the
+// snapshot) and are not unloaded, `agent-runs` first and then by name, the first
+// that answers {"runs": {"limit": 1}} with a `runs` array. Picked again whenever
+// that set of plugins (or a version) changes, or the picked one stops answering.
+
+async function queryPlugin(name, request) {
+  try {
+    const response = await fetch(`/plugins/${encodeURIComponent(name)}/query`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(request),
+    });
+    const body = await response.json().catch(() => null);
+    if (response.ok && body && typeof body === 'object') return { ok: true, answer: body.answer };
+    const error = body && typeof body.error === 'string' ? body.error : `HTTP ${response.status}`;
+    return { ok: false, status: response.status, kind: body && body.kind, error };
+  } catch (err) {
+    return { ok: false, status: 0, error: String(err) };
+  }
+}
+
+// The plugin no longer answers at all (unloaded, replaced by one without `query`).
+const sourceGone = (result) => result.status === 404 || result.status === 501;
+// Worth asking again later (busy, out of time, unreachable).
+const transient = (result) => result.status === 0 || result.status >= 503;
+
+function considerRunsSources(plugins) {
+  const candidates = plugins.filter((p) => p.queryable && p.state !== 'unloaded');
+  candidates.sort((a, b) => {
+    if ((a.name === 'agent-runs') !== (b.name === 'agent-runs')) return a.name === 'agent-runs' ? -1 : 1;
+    return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+  });
+  const key = candidates.map((p) => `${p.name}@${p.version}`).join(' ');
+  if (key === runs.candidatesKey) return;
+  runs.candidatesKey = key;
+  detectRunsSource(candidates.map((p) => p.name));
+}
+
+async function detectRunsSource(names) {
+  const probe = ++runs.probe;
+  let found = null;
+  let retry = false;
+  for (const name of names) {
+    const result = await queryPlugin(name, { runs: { limit: 1 } });
+    if (probe !== runs.probe) return; // a newer detection runs
+    if (result.ok && result.answer && Array.isArray(result.answer.runs)) { found = name; break; }
+    if (!result.ok && transient(result)) retry = true;
+  }
+  setRunsSource(found);
+  // A candidate that could not answer now may later: look again in a while.
+  if (!found && retry) setTimeout(() => { if (probe === runs.probe) runs.candidatesKey = ''; }, 5000);
+}
+
+function setRunsSource(name) {
+  const changed = runs.source !== name;
+  runs.source = name;
+  ui.tabs.runs.hidden = !name;
+  setText(ui.runsSource, name ? `from plugin ${name}` : '');
+  if (changed) {
+    runs.listedAt = 0;
+    runs.agentsAt = 0;
+    showView();
+  }
+}
+
+const runsVisible = () => runs.source !== null && state.view === 'runs' && !document.hidden;
+
+function showView() {
+  const view = state.view === 'runs' && runs.source ? 'runs' : 'overview';
+  for (const name of ['overview', 'runs']) {
+    ui.views[name].hidden = name !== view;
+    setAttr(ui.tabs[name], 'aria-selected', String(name === view));
+  }
+  if (view === 'overview') drawChart(state.lastRate);
+  else { pumpRuns(); pollTimeline(true); }
+}
+
+function setView(view) {
+  state.view = view;
+  writeLocation();
+  showView();
+}
+
+// One plugin query at a time, at most one a second, only while the view shows:
+// the run list, or now and then the agents (for the filter) or the open run's summary.
+function pumpRuns() {
+  clearTimeout(runs.pumpTimer);
+  runs.pumpTimer = null;
+  if (!runsVisible() || runs.inFlight) return;
+  const now = Date.now();
+  const wait = runs.lastQueryAt + RUNS_QUERY_MS - now;
+  if (wait > 0) {
+    runs.pumpTimer = setTimeout(pumpRuns, wait);
+    return;
+  }
+  const source = runs.source;
+  const open = runs.open;
+  let job;
+  if (runs.listedAt && (!runs.agentsAt || now - runs.agentsAt >= AGENTS_EVERY_MS)) {
+    job = queryPlugin(source, { agents: true }).then((result) => {
+      runs.agentsAt = Date.now();
+      if (result.ok && result.answer) renderAgents(result.answer.agents);
+      return result;
+    });
+  } else if (runs.listedAt && open && !open.listed && now - open.summaryAt >= RUN_SUMMARY_EVERY_MS) {
+    job = queryPlugin(source, { run: open.id }).then((result) => {
+      open.summaryAt = Date.now();
+      if (runs.open === open) {
+        if (result.ok && result.answer) renderRunSummary(result.answer);
+        // The plugin does not know the run (evicted, or never one of its runs): the timeline may still show it.
+        else if (result.status === 422) {
+          setText(ui.runSummary.querySelector('[data-field="status"]'), 'not known to the plugin');
+        }
+      }
+      // Only a failure of the plugin itself concerns the list.
+      return result.status === 422 ? { ok: true } : result;
+    });
+  } else {
+    const filter = { ...runs.filter };
+    const request = { limit: RUNS_LIMIT };
+    if (filter.status) request.status = filter.status;
+    if (filter.agent) request.agent = filter.agent;
+    job = queryPlugin(source, { runs: request }).then((result) => {
+      runs.listedAt = Date.now();
+      // An answer for a filter that changed meanwhile is dropped (the next tick asks again).
+      if (result.ok && filter.status === runs.filter.status && filter.agent === runs.filter.agent) {
+        renderRuns(Array.isArray(result.answer && result.answer.runs) ? result.answer.runs : []);
+      }
+      return result;
+    });
+  }
+  runs.inFlight = true;
+  runs.lastQueryAt = now;
+  job.then((result) => {
+    runs.inFlight = false;
+    setRunsError(result.ok ? null : result.error);
+    if (!result.ok && sourceGone(result) && source === runs.source) {
+      runs.candidatesKey = ''; // pick again on the next snapshot
+      setRunsSource(null);
+    }
+  });
+}
+
+function setRunsError(reason) {
+  setText(ui.runsError, reason ? `query failed: ${reason}` : '');
+  ui.runsError.hidden = !reason;
+}
+
+const str = (v) => (typeof v === 'string' ? v : v == null ? '' : String(v));
+const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : null);
+
+function fmtCost(usd) {
+  const n = num(usd);
+  if (n === null) return '—';
+  return n === 0 ? '$0' : n < 1 ? `$${n.toFixed(4)}` : `$${n.toFixed(2)}`;
+}
+
+function fmtMs(ms) {
+  const n = num(ms);
+  if (n === null) return '—';
+  if (n === 0) return '0 ms';
+  if (n < 1000) return `${n < 10 ? n.toFixed(1) : Math.round(n)} ms`;
+  return fmtDuration(n);
+}
+
+// A span of nanoseconds (a relative time or a duration) for people.
+function fmtNanos(ns) {
+  if (ns < 1e3) return `${Math.round(ns)} ns`;
+  if (ns < 1e6) return `${(ns / 1e3).toFixed(ns < 1e4 ? 2 : 1)} µs`;
+  if (ns < 1e9) return `${(ns / 1e6).toFixed(ns < 1e7 ? 2 : 1)} ms`;
+  return ns < 6e10 ? `${(ns / 1e9).toFixed(3)} s` : fmtDuration(ns / 1e6);
+}
+
+function statusBadge(status) {
+  const name = RUN_STATUSES.includes(status) ? status : 'unknown';
+  return { text: str(status) || 'unknown', cls: `badge run-${name}` };
+}
+
+function createRunRow(id) {
+  const tr = el('tr', { 'data-run': id, tabindex: '0', title: 'open this run' });
+  const cells = {};
+  for (const field of ['run', 'status', 'agent', 'model_calls', 'tokens', 'cost_usd', 'tool_calls', 'errors',
+    'duration_ms', 'last']) {
+    tr.append((cells[field] = el('td', { 'data-field': field })));
+  }
+  for (const field of ['model_calls', 'tokens', 'cost_usd', 'tool_calls', 'errors', 'duration_ms']) {
+    cells[field].className = 'num';
+  }
+  cells.run.className = 'mono run-link';
+  cells.run.textContent = id;
+  cells.agent.className = 'agent';
+  cells.last.className = 'mono';
+  const badge = el('span', { class: 'badge' });
+  cells.status.append(badge);
+  return { tr, cells, badge, data: null };
+}
+
+function updateRunRow(row, r) {
+  const { cells } = row;
+  row.data = r;
+  const badge = statusBadge(r.status);
+  setText(row.badge, badge.text);
+  setAttr(row.badge, 'class', badge.cls);
+  setAttr(row.tr, 'data-status', str(r.status));
+  setText(cells.agent, str(r.agent));
+  setAttr(cells.agent, 'title', str(r.agent));
+  setText(cells.model_calls, fmtInt(num(r.model_calls)));
+  setText(cells.tokens, fmtInt(num(r.tokens)));
+  setText(cells.cost_usd, fmtCost(r.cost_usd));
+  setText(cells.tool_calls, fmtInt(num(r.tool_calls)));
+  const errors = Array.isArray(r.errors) ? r.errors.length : 0;
+  setCount(cells.errors, errors, 'bad');
+  setAttr(cells.errors, 'title', Array.isArray(r.errors) ? r.errors.map(str).join('\n') : '');
+  setText(cells.duration_ms, fmtMs(r.duration_ms));
+  const last = num(r.last_ns);
+  setText(cells.last, last ? fmtClock(last / 1e6, true) : '—');
+  setClass(row.tr, 'selected', runs.open !== null && runs.open.id === row.tr.dataset.run);
+}
+
+function renderRuns(list) {
+  const present = new Set();
+  const order = [];
+  const { status, agent } = runs.filter;
+  for (const r of list) {
+    const id = str(r && r.run);
+    if (!id || present.has(id)) continue;
+    // A plugin that ignores a filter field still gets filtered here.
+    if ((status && r.status !== status) || (agent && r.agent !== agent)) continue;
+    present.add(id);
+    order.push(id);
+    if (!runs.rows.has(id)) runs.rows.set(id, createRunRow(id));
+    updateRunRow(runs.rows.get(id), r);
+    if (runs.open && runs.open.id === id) {
+      runs.open.listed = true;
+      renderRunSummary(r);
+    }
+  }
+  if (runs.open && !present.has(runs.open.id)) runs.open.listed = false;
+  for (const [id, row] of runs.rows) {
+    if (present.has(id)) continue;
+    row.tr.remove();
+    runs.rows.delete(id);
+  }
+  // Newest first, as the plugin answers; move a row only when it is out of place.
+  let cursor = ui.runRows.firstElementChild;
+  for (const id of order) {
+    const tr = runs.rows.get(id).tr;
+    if (tr !== cursor) ui.runRows.insertBefore(tr, cursor);
+    else cursor = cursor.nextElementSibling;
+  }
+  ui.runsEmpty.hidden = order.length > 0;
+  const filtered = runs.filter.status || runs.filter.agent;
+  setText(ui.runsEmpty, filtered ? 'No runs match the filter.' : 'No runs yet.');
+  setText(ui.runsCount, order.length >= RUNS_LIMIT ? `newest ${fmtInt(RUNS_LIMIT)} runs`
+    : `${fmtInt(order.length)} run${order.length === 1 ? '' : 's'}`);
+  const agents = new Set(runs.agents);
+  if (list.some((r) => r && typeof r.agent === 'string' && !agents.has(r.agent))) runs.agentsAt = 0;
+}
+
+function renderAgents(agents) {
+  runs.agents = agents && typeof agents === 'object' ? Object.keys(agents).sort() : [];
+  syncAgentOptions();
+}
+
+// The agent filter's options: every agent known, and the one chosen even if none has runs now.
+function syncAgentOptions() {
+  const names = [...runs.agents];
+  if (runs.filter.agent && !names.includes(runs.filter.agent)) names.push(runs.filter.agent);
+  const key = names.join('\n');
+  if (key !== runs.agentsKey) {
+    runs.agentsKey = key;
+    ui.runsAgent.replaceChildren(el('option', { value: '', text: 'all agents' }),
+      ...names.map((name) => el('option', { value: name, text: name })));
+  }
+  ui.runsAgent.value = runs.filter.agent;
+}
+
+// ---- one run: summary and timeline ---------------------------------------------
+
+function openRun(id) {
+  if (runs.open && runs.open.id === id) return;
+  runs.open = {
+    id, listed: runs.rows.has(id), summaryAt: 0, events: [], ids: new Set(), lastSeq: 0,
+    truncated: false, from: '', historyCapacity: null, fetching: false, fetchedAt: 0, error: null, loaded: false,
+  };
+  runs.expanded.clear();
+  setText(ui.runId, id);
+  ui.runDetail.hidden = false;
+  for (const field of ['status', 'agent', 'model_calls', 'tokens', 'cost_usd', 'tool_calls', 'errors',
+    'duration_ms', 'tools']) {
+    setText(ui.runSummary.querySelector(`[data-field="${field}"]`), '…');
+  }
+  ui.runErrors.replaceChildren();
+  ui.runErrors.dataset.key = '';
+  ui.runErrors.hidden = true;
+  if (runs.rows.has(id)) renderRunSummary(runs.rows.get(id).data); // the figures the table has
+  ui.timeline.replaceChildren();
+  setText(ui.timelineInfo, 'loading…');
+  ui.timelineEmpty.hidden = true;
+  ui.timelineMore.hidden = true;
+  setText(ui.timelineNote, '');
+  for (const [rowId, row] of runs.rows) setClass(row.tr, 'selected', rowId === id);
+  writeLocation();
+  fetchTimeline(runs.open);
+  if (!runs.open.listed) pumpRuns();
+}
+
+function closeRun() {
+  runs.open = null;
+  ui.runDetail.hidden = true;
+  ui.timeline.replaceChildren();
+  for (const row of runs.rows.values()) setClass(row.tr, 'selected', false);
+  writeLocation();
+}
+
+function renderRunSummary(r) {
+  if (!r || typeof r !== 'object') return;
+  const field = (name) => ui.runSummary.querySelector(`[data-field="${name}"]`);
+  const badge = statusBadge(r.status);
+  const status = field('status');
+  if (status.textContent !== badge.text || !status.firstElementChild) {
+    status.replaceChildren(el('span', { class: badge.cls, text: badge.text }));
+  }
+  setText(field('agent'), str(r.agent) || '—');
+  setText(field('model_calls'), fmtInt(num(r.model_calls)));
+  setText(field('tokens'), fmtInt(num(r.tokens)));
+  setText(field('cost_usd'), fmtCost(r.cost_usd));
+  setText(field('tool_calls'), fmtInt(num(r.tool_calls)));
+  const errors = Array.isArray(r.errors) ? r.errors.map(str) : [];
+  setCount(field('errors'), errors.length, 'bad');
+  setText(field('duration_ms'), fmtMs(r.duration_ms));
+  setText(field('tools'), Array.isArray(r.tools) && r.tools.length ? r.tools.map(str).join(', ') : '—');
+  const key = errors.join('\n');
+  if (ui.runErrors.dataset.key !== key) {
+    ui.runErrors.dataset.key = key;
+    ui.runErrors.replaceChildren(...errors.map((e) => el('li', { text: e })));
+    ui.runErrors.hidden = errors.length === 0;
+  }
+}
+
+// Reads the open run's events: from the start, then (after=the last seq) what is new.
+async function fetchTimeline(open) {
+  if (open.fetching) return;
+  open.fetching = true;
+  open.fetchedAt = Date.now();
+  const params = new URLSearchParams({ limit: String(TIMELINE_PAGE) });
+  if (open.lastSeq) params.set('after', String(open.lastSeq));
+  let body = null;
+  let error = null;
+  try {
+    const response = await fetch(`/runs/${encodeURIComponent(open.id)}/events?${params}`);
+    body = await response.json().catch(() => null);
+    if (!response.ok) error = (body && typeof body.error === 'string') ? body.error : `HTTP ${response.status}`;
+  } catch (err) {
+    error = String(err);
+  }
+  open.fetching = false;
+  if (runs.open !== open) return;
+  if (error) {
+    open.error = error;
+    if (!open.loaded) {
+      setText(ui.timelineInfo, '');
+      setText(ui.timelineEmpty, error);
+      ui.timelineEmpty.hidden = false;
+    }
+    return;
+  }
+  open.error = null;
+  open.loaded = true;
+  open.from = str(body && body.from);
+  open.historyCapacity = num(body && body.history_capacity);
+  let added = 0;
+  for (const ev of Array.isArray(body && body.events) ? body.events : []) {
+    if (!ev || typeof ev !== 'object' || open.events.length >= TIMELINE_MAX) continue;
+    const id = str(ev.id);
+    if (id && open.ids.has(id)) continue;
+    if (id) open.ids.add(id);
+    open.events.push(ev);
+    added += 1;
+    const seq = num(ev.seq);
+    if (seq !== null && seq > open.lastSeq) open.lastSeq = seq;
+  }
+  open.truncated = Boolean(body && body.truncated);
+  if (added > 0 || !ui.timeline.firstElementChild) renderTimeline(open);
+  renderTimelineFoot(open);
+}
+
+// Live: what is new of the open run, every few seconds while the view shows.
+function pollTimeline(now = false) {
+  const open = runs.open;
+  if (!open || !runsVisible() || open.fetching || open.truncated || !open.loaded) return;
+  if (open.events.length >= TIMELINE_MAX) return;
+  if (now || Date.now() - open.fetchedAt >= TIMELINE_POLL_MS) fetchTimeline(open);
+}
+
+function renderTimelineFoot(open) {
+  const full = open.events.length >= TIMELINE_MAX;
+  ui.timelineMore.hidden = !open.truncated || full;
+  const from = open.from === 'log' ? 'from the event log'
+    : open.from === 'history' ? `from the last ${fmtInt(open.historyCapacity)} events kept in memory (no --log)` : '';
+  setText(ui.timelineInfo, `${fmtInt(open.events.length)} event${open.events.length === 1 ? '' : 's'} ${from}`);
+  setText(ui.timelineNote, full
+    ? `the page holds the first ${fmtInt(TIMELINE_MAX)} events; plugbus log show --correlation ${open.id} has them all`
+    : open.truncated ? 'more events follow' : '');
+  ui.timelineEmpty.hidden = open.events.length > 0;
+  if (open.events.length === 0) setText(ui.timelineEmpty, 'No events.');
+}
+
+// The timeline's rows: OTel-fed events grouped by span, each span under its parent
+// (otel.parent_span_id), the other events on their own; siblings by start time.
+function buildTimeline(events) {
+  const spans = new Map();
+  const roots = [];
+  let t0 = Infinity;
+  let t1 = -Infinity;
+  const seen = (t) => { if (t !== null) { t0 = Math.min(t0, t); t1 = Math.max(t1, t); } };
+  events.forEach((ev, index) => {
+    const time = num(ev.time_unix_nanos);
+    const span = ev.span && typeof ev.span === 'object' && typeof ev.span.span_id === 'string' ? ev.span : null;
+    if (!span) {
+      seen(time);
+      roots.push({ kind: 'event', key: `e:${str(ev.id) || index}`, ev, start: time ?? 0, end: null, order: index });
+      return;
+    }
+    const key = `s:${str(span.trace_id)}/${span.span_id}`;
+    let node = spans.get(key);
+    if (!node) {
+      node = { kind: 'span', key, trace: str(span.trace_id), id: span.span_id, parent: '', name: '', status: '',
+        start: null, end: null, events: [], children: [], order: index };
+      spans.set(key, node);
+    }
+    node.events.push(ev);
+    node.parent = node.parent || str(span.parent_span_id);
+    node.name = node.name || str(span.name);
+    if (span.status && span.status !== 'unset') node.status = str(span.status);
+    // The span's own start and end; the event's time only where the span lacks one.
+    const start = num(span.start_unix_nano) ?? time;
+    const end = num(span.end_unix_nano) ?? time;
+    if (start !== null) node.start = node.start === null ? start : Math.min(node.start, start);
+    if (end !== null) node.end = node.end === null ? end : Math.max(node.end, end);
+    seen(start);
+    seen(end);
+  });
+  const parentOf = (node) => (node.parent ? spans.get(`s:${node.trace}/${node.parent}`) : undefined);
+  for (const node of spans.values()) {
+    // A parent chain that loops (hostile or broken data) leaves the span at the top.
+    const chain = new Set([node]);
+    let parent = parentOf(node);
+    for (let up = parent; up; up = parentOf(up)) {
+      if (chain.has(up)) { parent = undefined; break; }
+      chain.add(up);
+    }
+    if (parent) parent.children.push(node); else roots.push(node);
+  }
+  const byStart = (a, b) => (a.start ?? 0) - (b.start ?? 0) || a.order - b.order;
+  const rows = [];
+  const walk = (items, depth) => {
+    items.sort(byStart);
+    for (const item of items) {
+      rows.push({ item, depth });
+      if (item.kind === 'span') walk(item.children, depth + 1);
+    }
+  };
+  walk(roots, 0);
+  return { rows, t0: Number.isFinite(t0) ? t0 : 0, t1: Number.isFinite(t1) ? t1 : 0 };
+}
+
+function renderTimeline(open) {
+  const { rows, t0, t1 } = buildTimeline(open.events);
+  const range = Math.max(t1 - t0, 1);
+  const pct = (t) => `${(Math.min(Math.max((t - t0) / range, 0), 1) * 100).toFixed(3)}%`;
+  const fragment = document.createDocumentFragment();
+  for (const { item, depth } of rows) {
+    const row = el('div', { class: `tl-row tl-${item.kind}`, role: 'treeitem', tabindex: '0',
+      'data-key': item.key, 'data-depth': String(depth) });
+    const label = el('div', { class: 'tl-label' });
+    label.style.paddingLeft = `${Math.min(depth, TIMELINE_MAX_DEPTH) * 18 + 4}px`;
+    const track = el('div', { class: 'tl-track' });
+    const when = el('div', { class: 'tl-time mono', text: `+${fmtNanos((item.start ?? t0) - t0)}` });
+    const length = el('div', { class: 'tl-duration mono' });
+    let details;
+    if (item.kind === 'span') {
+      row.setAttribute('data-span-id', item.id);
+      if (item.parent) row.setAttribute('data-parent-span-id', item.parent);
+      if (item.status) row.setAttribute('data-span-status', item.status);
+      const names = item.events.map((ev) => str(ev.name));
+      label.append(el('span', { class: 'tl-span-name', text: item.name || names[0] || item.id }),
+        el('span', { class: 'tl-events', text: names.join(' → ') }));
+      const bar = el('span', { class: `tl-bar${item.status === 'error' ? ' error' : ''}` });
+      const start = item.start ?? t0;
+      const share = ((item.end ?? start) - start) / range;
+      bar.style.left = pct(start);
+      bar.style.width = `max(2px, ${(share * 100).toFixed(3)}%)`;
+      track.append(bar);
+      length.textContent = item.end !== null && item.start !== null ? fmtNanos(item.end - item.start) : '';
+      details = item.events;
+    } else {
+      const ev = item.ev;
+      row.setAttribute('data-event-id', str(ev.id));
+      label.append(el('span', { class: 'tl-event-name mono', text: str(ev.name) }),
+        el('span', { class: 'tl-source', text: str(ev.source) }));
+      const tick = el('span', { class: 'tl-tick' });
+      tick.style.left = pct(item.start);
+      track.append(tick);
+      details = [ev];
+    }
+    row.append(when, label, track, length);
+    fragment.append(row);
+    if (runs.expanded.has(item.key)) fragment.append(timelineDetails(item.key, details, t0));
+  }
+  ui.timeline.replaceChildren(fragment);
+}
+
+// Under an opened row: each of its events with its seq, time, source and payload.
+function timelineDetails(key, events, t0) {
+  const box = el('div', { class: 'tl-details', 'data-details-of': key });
+  for (const ev of events) {
+    const time = num(ev.time_unix_nanos);
+    const when = time === null ? '—' : `${fmtClock(time / 1e6, true)} (+${fmtNanos(time - t0)})`;
+    const seq = ev.seq == null ? '—' : str(ev.seq);
+    const head = el('div', { class: 'tl-details-head mono' }, el('span', { text: str(ev.name) }),
+      el('span', { class: 'hint', text: ` seq ${seq} · ${when} · source ${str(ev.source)}` }));
+    const payload = str(ev.payload) + (ev.payload_truncated ? '…' : '');
+    box.append(head, el('pre', { class: 'tl-payload', text: payload }));
+  }
+  return box;
+}
+
+function toggleTimelineRow(row) {
+  const key = row.dataset.key;
+  if (!key || !runs.open) return;
+  if (runs.expanded.has(key)) runs.expanded.delete(key); else runs.expanded.add(key);
+  renderTimeline(runs.open);
+  const again = [...ui.timeline.querySelectorAll('.tl-row')].find((r) => r.dataset.key === key);
+  if (again) again.focus();
+}
+
+function wireRunsControls() {
+  for (const [name, tab] of Object.entries(ui.tabs)) tab.addEventListener('click', () => setView(name));
+  ui.runsStatus.addEventListener('change', () => {
+    runs.filter = { ...runs.filter, status: ui.runsStatus.value };
+    writeLocation();
+    pumpRuns();
+  });
+  ui.runsAgent.addEventListener('change', () => {
+    runs.filter = { ...runs.filter, agent: ui.runsAgent.value };
+    writeLocation();
+    pumpRuns();
+  });
+  const openFrom = (e) => {
+    const tr = e.target.closest('tr[data-run]');
+    if (tr) openRun(tr.dataset.run);
+  };
+  ui.runRows.addEventListener('click', openFrom);
+  ui.runRows.addEventListener('keydown', (e) => { if (e.key === 'Enter') openFrom(e); });
+  ui.runClose.addEventListener('click', closeRun);
+  ui.timelineMore.addEventListener('click', () => { if (runs.open) fetchTimeline(runs.open); });
+  ui.timeline.addEventListener('click', (e) => {
+    const row = e.target.closest('.tl-row');
+    if (row) toggleTimelineRow(row);
+  });
+  ui.timeline.addEventListener('keydown', (e) => {
+    const row = e.target.closest('.tl-row');
+    if (row && (e.key === 'Enter' || e.key === ' ')) { e.preventDefault(); toggleTimelineRow(row); }
+  });
+  document.addEventListener('visibilitychange', () => { if (runsVisible()) { pumpRuns(); pollTimeline(true); } });
+}
+
 // ---- filter and controls ---------------------------------------------------
 
 function filterParams(filter) {
@@ -488,18 +1090,54 @@ function filterParams(filter) {
   return params;
 }
 
-function readFilterFromLocation() {
+// Everything the address keeps: the tail's filter, the view, the runs filter, the open run.
+function readLocation() {
   const hash = new URLSearchParams(location.hash.slice(1));
   const query = new URLSearchParams(location.search);
   const pick = (key) => (hash.get(key) ?? query.get(key) ?? '').trim();
-  return { pattern: pick('pattern'), correlation_id: pick('correlation_id') };
+  const status = pick('status');
+  return {
+    filter: { pattern: pick('pattern'), correlation_id: pick('correlation_id') },
+    view: pick('view') === 'runs' ? 'runs' : 'overview',
+    runsFilter: { status: RUN_STATUSES.includes(status) ? status : '', agent: pick('agent') },
+    run: pick('run'),
+  };
+}
+
+function writeLocation() {
+  const params = filterParams(state.filter);
+  if (state.view === 'runs') params.set('view', 'runs');
+  if (runs.filter.status) params.set('status', runs.filter.status);
+  if (runs.filter.agent) params.set('agent', runs.filter.agent);
+  if (runs.open) params.set('run', runs.open.id);
+  const text = params.toString();
+  const url = `${location.pathname}${text ? `#${text}` : ''}`;
+  if (`${location.pathname}${location.hash}` !== url) history.replaceState(null, '', url);
+}
+
+function applyLocation() {
+  const wanted = readLocation();
+  runs.filter = wanted.runsFilter;
+  ui.runsStatus.value = runs.filter.status;
+  syncAgentOptions();
+  state.view = wanted.view;
+  if (wanted.run !== (runs.open ? runs.open.id : '')) {
+    if (wanted.run) openRun(wanted.run); else closeRun();
+  }
+  showView();
+  const f = wanted.filter;
+  if (f.pattern !== state.filter.pattern || f.correlation_id !== state.filter.correlation_id || !state.source) {
+    applyFilter(f);
+  } else {
+    writeLocation();
+  }
 }
 
 function applyFilter(filter) {
   ui.pattern.value = filter.pattern;
   ui.correlation.value = filter.correlation_id;
-  const params = filterParams(filter).toString();
-  history.replaceState(null, '', `${location.pathname}${params ? `#${params}` : ''}`);
+  state.filter = filter;
+  writeLocation();
   const shown = [filter.pattern && `pattern ${filter.pattern}`,
     filter.correlation_id && `correlation ${filter.correlation_id}`].filter(Boolean);
   setText(ui.activeFilter, shown.length ? shown.join(' · ') : 'all events');
@@ -516,13 +1154,14 @@ function wireControls() {
     const cell = e.target.closest('td[data-field="correlation_id"]');
     if (cell && cell.textContent) applyFilter({ ...formFilter(), correlation_id: cell.textContent });
   });
-  window.addEventListener('hashchange', () => applyFilter(readFilterFromLocation()));
+  window.addEventListener('hashchange', applyLocation);
   new ResizeObserver(() => drawChart(state.lastRate)).observe(ui.chart);
+  wireRunsControls();
 }
 
 function start() {
   wireControls();
-  applyFilter(readFilterFromLocation());
+  applyLocation();
   setInterval(tick, TICK_MS);
 }
 

@@ -17,10 +17,15 @@
 //!   that falls more than [`EXPORT_BUFFER`] events behind is told with an
 //!   `event: lagged` message (`{"skipped": n}`) and goes on from there.
 //!
+//! - `GET /runs/{correlation_id}/events?limit=N&after=SEQ`: one run's
+//!   event timeline, from the event log or the bus's history (see [`runs`]).
+//!
 //! The events reach the dashboard through one native handler on `**` that
 //! the dashboard subscribes at the lowest priority: it copies each event
 //! into a bounded ring (and into the export channel while someone listens).
 //! Every stream ends when the server shuts down.
+
+mod runs;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -93,6 +98,8 @@ struct Inner {
     rate: Mutex<VecDeque<(u64, f64)>>,
     /// Becomes true when the server shuts down: every stream ends.
     stopping: watch::Receiver<bool>,
+    /// Events the bus keeps in its history (run timelines without a log).
+    history_capacity: usize,
 }
 
 /// The most recent events, each with its position in the tap's count.
@@ -161,9 +168,11 @@ fn bad_request(reason: String) -> Response {
 
 impl Dashboard {
     /// Subscribes the dashboard's tap to `bus` and starts sampling its event
-    /// rate. `stopping` turning true ends every stream (the server is
-    /// shutting down and waits for open connections).
-    pub fn start(bus: &Bus, stopping: watch::Receiver<bool>) -> Dashboard {
+    /// rate. `history_capacity` is what the bus was built to keep in its
+    /// history (where run timelines come from without a log). `stopping`
+    /// turning true ends every stream (the server is shutting down and
+    /// waits for open connections).
+    pub fn start(bus: &Bus, history_capacity: usize, stopping: watch::Receiver<bool>) -> Dashboard {
         let (export, _) = broadcast::channel(EXPORT_BUFFER);
         let inner = Arc::new(Inner {
             bus: bus.clone(),
@@ -171,6 +180,7 @@ impl Dashboard {
             export,
             rate: Mutex::new(VecDeque::with_capacity(RATE_WINDOW)),
             stopping,
+            history_capacity,
         });
         let sampler = tokio::spawn(sample_rate_into(Arc::downgrade(&inner)));
         let tap = Arc::downgrade(&inner);
@@ -214,6 +224,7 @@ impl Dashboard {
             .route("/dashboard/snapshot", get(get_snapshot))
             .route("/dashboard/stream", get(get_stream))
             .route("/events/stream", get(get_export))
+            .route("/runs/{correlation_id}/events", get(runs::get_timeline))
             .with_state(self.clone())
     }
 }
@@ -355,6 +366,8 @@ struct PluginRow<'a> {
     size_bytes: u64,
     version: &'a str,
     subscriptions: &'a [String],
+    /// Exports `query`: the page asks such plugins for runs.
+    queryable: bool,
     delivered: u64,
     ok: u64,
     errors: u64,
@@ -387,6 +400,7 @@ impl<'a> PluginRow<'a> {
             size_bytes: p.size,
             version: &p.version,
             subscriptions: &p.subscriptions,
+            queryable: p.queryable,
             delivered: s.delivered,
             ok: s.ok,
             errors: s.errors,
