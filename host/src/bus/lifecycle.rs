@@ -174,7 +174,8 @@ fn spawn(
                 cursor = cursor.starting_at(seq + 1);
             }
             if initial_snapshot {
-                // Nothing to read: it starts at the cut.
+                // Nothing to read before the worker fixes its start (the
+                // log's end then) with a kept snapshot: see `catch_up`.
                 cursor = cursor.starting_at(u64::MAX);
             }
             let plan = crate::plugin::catch_up::Plan {

@@ -411,6 +411,14 @@ impl Worker {
         } = plan;
         let started = Instant::now();
         let mut handled = 0u64;
+        if initial_snapshot {
+            // The plugin's starting point, kept before anything is queued
+            // for it: every event after it reaches the plugin, from the log
+            // or live, whatever crash follows.
+            let start = log.last_seq();
+            cursor.move_to(start + 1);
+            self.take_snapshot(Some(start)).await;
+        }
         if resumed {
             // The kept snapshot needs every event after it.
             self.report_retention_gap(&log, self.last_seq.unwrap_or(0)).await;
@@ -432,9 +440,6 @@ impl Worker {
                 break;
             }
             handled += self.handle_history(&batch).await;
-        }
-        if initial_snapshot {
-            self.take_snapshot(Some(cut)).await;
         }
         tracing::info!(
             plugin = &*self.spec.name,
