@@ -76,7 +76,7 @@ class _Root:
         self.key = key  # the run id as text: the correlation id
         self.agent = agent
         self.start = start
-        self.members: list[UUID] = []
+        self.members: list[int] = []  # run ids (`UUID.int`) below it
 
 
 class _Call:
@@ -190,11 +190,12 @@ class _Mapper:
         self.guard = Guard(what)
         self.evicted = 0
         self._lock = threading.Lock()
-        self._roots: dict[UUID, _Root] = {}
+        # Keyed by `UUID.int`: hashing an int is native, a UUID's is Python.
+        self._roots: dict[int, _Root] = {}
         # Every open run -> its root (roots map to themselves), or the text
         # of the parent standing in for a root never seen.
-        self._root_of: dict[UUID, _Root | str] = {}
-        self._calls: dict[UUID, _Call] = {}
+        self._root_of: dict[int, _Root | str] = {}
+        self._calls: dict[int, _Call] = {}
 
     # ---- run tracking (under the lock) ----
 
@@ -205,18 +206,18 @@ class _Mapper:
         the root."""
         if parent_run_id is None:
             root = _Root(str(run_id), self.agent or name, time.monotonic_ns())
-            self._roots[run_id] = root
-            self._root_of[run_id] = root
+            self._roots[run_id.int] = root
+            self._root_of[run_id.int] = root
             self._bound()
             return root.key, root, True
-        found = self._root_of.get(parent_run_id)
+        found = self._root_of.get(parent_run_id.int)
         if found is None:
             found = str(parent_run_id)
-        self._root_of[run_id] = found
+        self._root_of[run_id.int] = found
         self._bound()
         if isinstance(found, str):
             return found, None, False
-        found.members.append(run_id)
+        found.members.append(run_id.int)
         return found.key, found, False
 
     def _bound(self) -> None:
@@ -231,8 +232,8 @@ class _Mapper:
     def _leave(self, run_id: UUID) -> _Root | None:
         """Forgets `run_id`; when it is a root, every run below it too, and
         returns the root."""
-        self._root_of.pop(run_id, None)
-        root = self._roots.pop(run_id, None)
+        self._root_of.pop(run_id.int, None)
+        root = self._roots.pop(run_id.int, None)
         if root is not None:
             for member in root.members:
                 self._root_of.pop(member, None)
@@ -312,7 +313,7 @@ class _Mapper:
             start = time.monotonic_ns()
             with self._lock:
                 root_id, root, new = self._enter(run_id, parent_run_id, name)
-                self._calls[run_id] = _Call(
+                self._calls[run_id.int] = _Call(
                     root_id,
                     self._agent_of(root),
                     start,
@@ -328,7 +329,7 @@ class _Mapper:
     def model_end(self, response: LLMResult | None, run_id: UUID, error: BaseException | None) -> None:
         try:
             with self._lock:
-                call = self._calls.pop(run_id, None)
+                call = self._calls.pop(run_id.int, None)
                 root = self._leave(run_id)
             if call is None:
                 return  # its start was not seen (or evicted): nothing to pair it with
@@ -377,7 +378,7 @@ class _Mapper:
             with self._lock:
                 root_id, root, new = self._enter(run_id, parent_run_id, tool)
                 agent = self._agent_of(root)
-                self._calls[run_id] = _Call(root_id, agent, start, tool, None, call_id)
+                self._calls[run_id.int] = _Call(root_id, agent, start, tool, None, call_id)
             if new and root is not None:
                 self._run_started(root)
             data: dict[str, Any] = {"tool": tool, "call_id": call_id}
@@ -392,7 +393,7 @@ class _Mapper:
     def tool_end(self, output: Any, run_id: UUID, error: BaseException | None) -> None:
         try:
             with self._lock:
-                call = self._calls.pop(run_id, None)
+                call = self._calls.pop(run_id.int, None)
                 root = self._leave(run_id)
             if call is None:
                 return
