@@ -113,65 +113,70 @@ def _run_name(serialized: dict[str, Any] | None, kwargs: dict[str, Any], default
     return default
 
 
-def _usage(response: LLMResult) -> dict[str, int] | None:
-    """The call's token counts: every generation's `usage_metadata` summed,
-    else the provider's `llm_output["token_usage"]` (older LLM classes)."""
+def _summary(response: LLMResult, data: dict[str, Any]) -> str | None:
+    """Puts the call's `usage` and `finish_reasons` into `data` and returns
+    the responding model, in one pass over the generations: usage is every
+    generation's `usage_metadata` summed (else the provider's
+    `llm_output["token_usage"]`, older LLM classes); the model and the
+    reasons come from `response_metadata` (else `generation_info`, else
+    `llm_output`)."""
     prompt = completion = 0
     cache_read: int | None = None
     cache_creation: int | None = None
     found = False
-    for generations in response.generations:
-        for generation in generations:
-            usage = getattr(getattr(generation, "message", None), "usage_metadata", None)
-            if not usage:
-                continue
-            found = True
-            prompt += int(usage.get("input_tokens") or 0)
-            completion += int(usage.get("output_tokens") or 0)
-            details = usage.get("input_token_details")
-            if details:
-                read = details.get("cache_read")
-                if read is not None:
-                    cache_read = (cache_read or 0) + int(read)
-                creation = details.get("cache_creation")
-                if creation is not None:
-                    cache_creation = (cache_creation or 0) + int(creation)
-    if not found:
-        output = response.llm_output or {}
-        legacy = output.get("token_usage") or output.get("usage")
-        if not isinstance(legacy, dict):
-            return None
-        prompt = int(legacy.get("prompt_tokens", legacy.get("input_tokens")) or 0)
-        completion = int(legacy.get("completion_tokens", legacy.get("output_tokens")) or 0)
-    usage_out = {"prompt_tokens": prompt, "completion_tokens": completion}
-    if cache_read is not None:
-        usage_out["cache_read_tokens"] = cache_read
-    if cache_creation is not None:
-        usage_out["cache_creation_tokens"] = cache_creation
-    return usage_out
-
-
-def _response_details(response: LLMResult) -> tuple[str | None, list[str] | None]:
-    """The responding model and the finish reasons, from the first
-    generation's `response_metadata` (else `llm_output`)."""
     model: str | None = None
     reasons: list[str] = []
     for generations in response.generations:
         for generation in generations:
             message = getattr(generation, "message", None)
-            metadata = getattr(message, "response_metadata", None) or generation.generation_info or {}
-            if model is None:
-                found = metadata.get("model_name") or metadata.get("model")
-                if isinstance(found, str):
-                    model = found
-            reason = metadata.get("finish_reason") or metadata.get("stop_reason")
-            if isinstance(reason, str):
-                reasons.append(reason)
-    if model is None and response.llm_output:
-        found = response.llm_output.get("model_name") or response.llm_output.get("model")
-        if isinstance(found, str):
-            model = found
-    return model, reasons or None
+            if message is not None:
+                usage = getattr(message, "usage_metadata", None)  # AIMessage only
+                metadata = message.response_metadata or generation.generation_info
+            else:
+                usage = None
+                metadata = generation.generation_info
+            if usage:
+                found = True
+                prompt += int(usage.get("input_tokens") or 0)
+                completion += int(usage.get("output_tokens") or 0)
+                details = usage.get("input_token_details")
+                if details:
+                    read = details.get("cache_read")
+                    if read is not None:
+                        cache_read = (cache_read or 0) + int(read)
+                    creation = details.get("cache_creation")
+                    if creation is not None:
+                        cache_creation = (cache_creation or 0) + int(creation)
+            if metadata:
+                if model is None:
+                    name = metadata.get("model_name") or metadata.get("model")
+                    if isinstance(name, str):
+                        model = name
+                reason = metadata.get("finish_reason") or metadata.get("stop_reason")
+                if isinstance(reason, str):
+                    reasons.append(reason)
+    output = response.llm_output
+    if output:
+        if model is None:
+            name = output.get("model_name") or output.get("model")
+            if isinstance(name, str):
+                model = name
+        if not found:
+            legacy = output.get("token_usage") or output.get("usage")
+            if isinstance(legacy, dict):
+                found = True
+                prompt = int(legacy.get("prompt_tokens", legacy.get("input_tokens")) or 0)
+                completion = int(legacy.get("completion_tokens", legacy.get("output_tokens")) or 0)
+    if found:
+        usage_out = {"prompt_tokens": prompt, "completion_tokens": completion}
+        if cache_read is not None:
+            usage_out["cache_read_tokens"] = cache_read
+        if cache_creation is not None:
+            usage_out["cache_creation_tokens"] = cache_creation
+        data["usage"] = usage_out
+    if reasons:
+        data["finish_reasons"] = reasons
+    return model
 
 
 class _Mapper:
@@ -208,13 +213,15 @@ class _Mapper:
             root = _Root(str(run_id), self.agent or name, time.monotonic_ns())
             self._roots[run_id.int] = root
             self._root_of[run_id.int] = root
-            self._bound()
+            if len(self._root_of) > self.max_open_runs:
+                self._bound()
             return root.key, root, True
         found = self._root_of.get(parent_run_id.int)
         if found is None:
             found = str(parent_run_id)
         self._root_of[run_id.int] = found
-        self._bound()
+        if len(self._root_of) > self.max_open_runs:
+            self._bound()
         if isinstance(found, str):
             return found, None, False
         found.members.append(run_id.int)
@@ -334,14 +341,7 @@ class _Mapper:
             if call is None:
                 return  # its start was not seen (or evicted): nothing to pair it with
             data: dict[str, Any] = {}
-            model = None
-            if response is not None:
-                model, reasons = _response_details(response)
-                usage = _usage(response)
-                if usage is not None:
-                    data["usage"] = usage
-                if reasons:
-                    data["finish_reasons"] = reasons
+            model = _summary(response, data) if response is not None else None
             model = model or call.name
             if model is not None:
                 data["model"] = model
