@@ -108,9 +108,10 @@ $(COMPONENTIZE_PY): plugins/toolchain/requirements.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check --require-hashes -r plugins/toolchain/requirements.txt
 	@touch $@
 
-# The Python package's tools: maturin and pytest, hash-checked, in a venv.
+# The Python package's tools: maturin and pytest, hash-checked, in a venv
+# (with the agent frameworks the adapters are tested against).
 setup-python-pkg: $(PY_VENV)/bin/maturin
-$(PY_VENV)/bin/maturin: $(PY_PKG)/requirements-dev.txt
+$(PY_VENV)/bin/maturin: $(PY_PKG)/requirements-dev.txt $(PY_PKG)/requirements-frameworks.txt
 	@command -v python3 >/dev/null || { echo "plugbus: python3 (3.10 or later) is needed for the Python package" >&2; exit 1; }
 	python3 -m venv $(PY_VENV)
 	$(PY_VENV)/bin/pip install -q --disable-pip-version-check --require-hashes -r $(PY_PKG)/requirements-dev.txt
@@ -126,16 +127,20 @@ python-test: python
 	$(PY_VENV)/bin/mypy --strict $(PY_PKG)/python/plugbus
 	PLUGBUS_WASM_DIR=$(CURDIR)/$(TEST_WASM) PLUGBUS_BIN=$(CURDIR)/target/debug/plugbus $(PY_VENV)/bin/python -m pytest -q $(PY_PKG)/tests
 
-# The Python emit benchmark, on a release build of the package installed (as
-# a wheel, not editable: an editable install shares the source tree's native
-# module with `make python`'s debug build) into a venv of its own.
+# The Python benchmarks (emit, and the agent-framework adapters' cost per
+# callback), on a release build of the package installed (as a wheel, not
+# editable: an editable install shares the source tree's native module with
+# `make python`'s debug build) into a venv of its own, with the frameworks
+# (hash-checked).
 PY_BENCH_VENV := target/python-bench-venv
 bench-python: plugins setup-python-pkg
 	@test -x $(PY_BENCH_VENV)/bin/python || python3 -m venv $(PY_BENCH_VENV)
+	$(PY_BENCH_VENV)/bin/pip install -q --disable-pip-version-check --require-hashes -r $(PY_PKG)/requirements-frameworks.txt
 	rm -rf target/wheels
 	$(PY_VENV)/bin/maturin build -q --release -m $(PY_PKG)/Cargo.toml -i $(PY_BENCH_VENV)/bin/python -o target/wheels
 	$(PY_BENCH_VENV)/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps target/wheels/plugbus-*.whl
 	$(PY_BENCH_VENV)/bin/python $(PY_PKG)/bench/emit.py --plugins $(DIST) --json target/bench-python.json
+	$(PY_BENCH_VENV)/bin/python $(PY_PKG)/bench/adapters.py --plugins $(DIST) --json target/bench-python-adapters.json
 
 # JavaScript: componentize-qjs (QuickJS), exactly as locked. Not `npm ci`:
 # componentize-qjs 0.4.5 lists optional platform bindings that were never
