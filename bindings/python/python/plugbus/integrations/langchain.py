@@ -76,7 +76,7 @@ class _Root:
         self.key = key  # the run id as text: the correlation id
         self.agent = agent
         self.start = start
-        self.members: list[int] = []  # run ids (`UUID.int`) below it
+        self.members: set[int] = set()  # its open runs (`UUID.int`)
 
 
 class _Call:
@@ -224,7 +224,7 @@ class _Mapper:
             self._bound()
         if isinstance(found, str):
             return found, None, False
-        found.members.append(run_id.int)
+        found.members.add(run_id.int)
         return found.key, found, False
 
     def _bound(self) -> None:
@@ -237,14 +237,18 @@ class _Mapper:
             self.evicted += 1
 
     def _leave(self, run_id: UUID) -> _Root | None:
-        """Forgets `run_id`; when it is a root, every run below it too, and
+        """Forgets `run_id`; when it is a root, every run still open below
+        it too (an end never called: a crash, a cancelled task), and
         returns the root."""
-        self._root_of.pop(run_id.int, None)
-        root = self._roots.pop(run_id.int, None)
+        key = run_id.int
+        found = self._root_of.pop(key, None)
+        root = self._roots.pop(key, None)
         if root is not None:
             for member in root.members:
                 self._root_of.pop(member, None)
                 self._calls.pop(member, None)
+        elif isinstance(found, _Root):
+            found.members.discard(key)
         return root
 
     def _agent_of(self, root: _Root | None) -> str | None:
