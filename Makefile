@@ -59,7 +59,7 @@ LANG_DIST  := event-counter secret-scanner latency-watch
 PY_PKG  := bindings/python
 PY_VENV := target/python-venv
 
-.PHONY: demo test setup setup-rust setup-c setup-python setup-js setup-python-pkg setup-browser setup-nats browser-test interop-test python python-test bench-python plugins rust-plugins lang-plugins lint example bench criterion fuzz clean
+.PHONY: otel-example demo test setup setup-rust setup-c setup-python setup-js setup-python-pkg setup-browser setup-nats browser-test interop-test python python-test bench-python plugins rust-plugins lang-plugins lint example bench criterion fuzz clean
 
 setup: setup-rust setup-c setup-python setup-js setup-python-pkg
 
@@ -223,6 +223,19 @@ demo: plugins
 
 example: plugins
 	$(CARGO) run -q -p agent-service -- $(DIST)
+
+# An OpenTelemetry-instrumented agent (pydantic-ai) feeding `plugbus serve`
+# over OTLP/HTTP, stopped by cost-tracker's budget (examples/otel-agent).
+OTEL_EXAMPLE := target/otel-example
+otel-example: plugins python
+	rm -rf $(OTEL_EXAMPLE) && mkdir -p $(OTEL_EXAMPLE)/plugins
+	cp $(DIST)/cost-tracker.wasm $(DIST)/agent-runs.wasm plugins/agent-runs/agent-runs.toml $(OTEL_EXAMPLE)/plugins/
+	printf '[config]\nbudget_usd = "0.05"\nprices = %s\n' "'{\"test\": {\"input\": 200.0, \"output\": 800.0}}'" > $(OTEL_EXAMPLE)/plugins/cost-tracker.toml
+	$(CARGO) build -q --bin plugbus
+	target/debug/plugbus -q serve --plugins $(OTEL_EXAMPLE)/plugins --listen 127.0.0.1:7079 --otlp-listen 127.0.0.1:4319 & \
+	  pid=$$!; trap "kill $$pid" EXIT; \
+	  for i in $$(seq 100); do $(PY_VENV)/bin/python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:7079/healthz')" 2>/dev/null && break; sleep 0.1; done; \
+	  $(PY_VENV)/bin/python examples/otel-agent/agent.py --plugbus http://127.0.0.1:7079 --otlp http://127.0.0.1:4319
 
 lint: setup-rust
 	$(CARGO) fmt --all --check

@@ -144,9 +144,26 @@ def test_pydantic_ai_through_the_in_process_exporter(plugin_dir: Callable[..., P
     bus.shutdown()
 
 
+# The example's set-up (as `make otel-example` writes it): the test model
+# priced so that the budget runs out after a few tasks.
+EXAMPLE_COST_TRACKER = """
+[config]
+budget_usd = "0.05"
+prices = '{"test": {"input": 200.0, "output": 800.0}}'
+"""
+
+
 @pytest.fixture
 def served(plugin_dir: Callable[..., Path], cache_dir: str, tmp_path: Path) -> Iterator[str]:
-    plugins = plugin_dir("cost-tracker", "agent-runs")
+    yield from serve(plugin_dir("cost-tracker", "agent-runs"), cache_dir, tmp_path)
+
+
+@pytest.fixture
+def served_example(plugin_dir: Callable[..., Path], cache_dir: str, tmp_path: Path) -> Iterator[str]:
+    yield from serve(plugin_dir("agent-runs", cost_tracker=EXAMPLE_COST_TRACKER), cache_dir, tmp_path)
+
+
+def serve(plugins: Path, cache_dir: str, tmp_path: Path) -> Iterator[str]:
     proc = subprocess.Popen(
         [str(BIN), "serve", "--plugins", str(plugins), "--log", str(tmp_path / "log"), "--cache-dir", cache_dir,
          "--listen", "127.0.0.1:0"],
@@ -182,3 +199,15 @@ def test_pydantic_ai_through_the_otlp_http_exporter_to_plugbus_serve(served: str
         metrics = answer.read().decode()
     assert 'plugbus_otlp_requests_total{outcome="ok"}' in metrics
     assert "plugbus_otlp_duplicates_total 0" in metrics
+
+
+def test_the_otel_agent_example_is_stopped_by_its_budget(served_example: str) -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "otel-agent" / "agent.py"),
+         "--plugbus", served_example, "--otlp", served_example],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "budget exceeded after" in out.stdout, out.stdout
+    assert "tasks done within the budget" not in out.stdout
+    assert "travel-agent: completed" in out.stdout, out.stdout

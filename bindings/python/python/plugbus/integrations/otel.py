@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger("plugbus.integrations.otel")
 
 
-class PlugbusSpanExporter(SpanExporter):  # type: ignore[misc]
+class PlugbusSpanExporter(SpanExporter):
     """Hands finished spans to `bus`'s GenAI mapping (see the module doc).
 
     `export` never raises: a bus that is shut down or a body the mapping
