@@ -363,3 +363,16 @@ def test_open_runs_are_bounded_and_dropped_when_the_root_ends() -> None:
     assert handler.open_runs == 3 and handler.evicted == 3
     with pytest.raises(ValueError):
         PlugbusCallbackHandler(bus, max_open_runs=0)
+
+
+def test_the_langchain_example_is_stopped_by_its_budget(plugin_dir: Callable[..., Path]) -> None:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[3]
+    out = subprocess.run(
+        [sys.executable, str(root / "examples" / "langchain-agent" / "agent.py"), str(plugin_dir("cost-tracker", "agent-runs"))],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "budget exceeded after 3 of 6 questions ($0.0576)" in out.stdout, out.stdout
+    assert out.stdout.count("weather-agent: completed, 2 model calls, 1 tool calls, 6000 tokens, $0.0192") == 3, out.stdout
