@@ -439,6 +439,7 @@ fn bench_runs_every_scenario_and_writes_json() {
         "13 dashboard",
         "14 nats",
         "15 catch-up",
+        "16 otlp ingest",
     ] {
         assert!(rows.iter().any(|r| r["scenario"] == scenario), "no row for {scenario}");
     }
@@ -458,7 +459,7 @@ fn bench_runs_every_scenario_and_writes_json() {
         "{rows:?}"
     );
     // A scenario that does not exist is a usage error, not an empty table.
-    let out = plugbus(&["bench", "--only", "16"]);
+    let out = plugbus(&["bench", "--only", "17"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--only"));
 }
