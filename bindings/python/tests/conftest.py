@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,36 @@ import pytest
 ROOT = Path(__file__).resolve().parents[3]
 WASM_DIR = Path(os.environ.get("PLUGBUS_WASM_DIR", ROOT / "target" / "plugbus-test-wasm"))
 CACHE_DIR = ROOT / "target" / "plugbus-test-cache"
+BIN = Path(os.environ.get("PLUGBUS_BIN", ROOT / "target" / "debug" / "plugbus"))
+
+
+def serve_plugbus(plugins: Path, *args: str) -> Iterator[str]:
+    """`plugbus serve --plugins PLUGINS ARGS` on a free loopback port, for a
+    fixture to `yield from`: yields its base URL once it listens, then stops
+    it with SIGTERM (a graceful shutdown) when the test is done."""
+    if not BIN.is_file():
+        pytest.fail(f"{BIN} is missing: build it with `cargo build` (or run `make test`)")
+    child = subprocess.Popen(
+        [str(BIN), "serve", "--plugins", str(plugins), "--listen", "127.0.0.1:0", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RUST_LOG": "warn"},
+    )
+    assert child.stderr is not None
+    address = None
+    for line in child.stderr:
+        if "listening on http://" in line:
+            address = line.split("listening on http://")[1].split()[0]
+            break
+    if address is None:
+        pytest.fail("plugbus serve exited before listening")
+    # Keep draining stderr so the server never blocks on a full pipe.
+    threading.Thread(target=child.stderr.read, daemon=True).start()
+    try:
+        yield f"http://{address}"
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
 
 
 @pytest.fixture

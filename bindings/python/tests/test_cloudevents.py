@@ -5,9 +5,6 @@ attribute. The audit-log plugin writes down what the bus made of them."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -18,35 +15,15 @@ import pytest
 from cloudevents.v1.conversion import to_binary, to_structured
 from cloudevents.v1.http import CloudEvent
 
-from conftest import ROOT
-
-BIN = Path(os.environ.get("PLUGBUS_BIN", ROOT / "target" / "debug" / "plugbus"))
+from conftest import serve_plugbus
 
 
 @pytest.fixture
 def server(plugin_dir: Callable[..., Path], cache_dir: str) -> Iterator[tuple[str, Path]]:
     """`plugbus serve` on a free loopback port: (base URL, the audit file)."""
-    if not BIN.is_file():
-        pytest.fail(f"{BIN} is missing: build it with `cargo build` (or run `make test`)")
     plugins = plugin_dir("audit-log")
-    child = subprocess.Popen(
-        [str(BIN), "serve", "--plugins", str(plugins), "--listen", "127.0.0.1:0", "--cache-dir", cache_dir],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "RUST_LOG": "warn"},
-    )
-    assert child.stderr is not None
-    address = None
-    for line in child.stderr:
-        if "listening on http://" in line:
-            address = line.split("listening on http://")[1].split()[0]
-            break
-    assert address, "serve exited before listening"
-    try:
-        yield f"http://{address}", plugins / "audit" / "events.jsonl"
-    finally:
-        child.send_signal(signal.SIGTERM)
-        child.wait(timeout=30)
+    for url in serve_plugbus(plugins, "--cache-dir", cache_dir):
+        yield url, plugins / "audit" / "events.jsonl"
 
 
 def post(url: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, object]]:

@@ -7,11 +7,8 @@ no network), into the real cost-tracker and agent-runs plugins."""
 from __future__ import annotations
 
 import json
-import os
-import re
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -35,8 +32,9 @@ from pydantic_ai.models.test import TestModel
 from plugbus import Event, EventBus
 from plugbus.integrations.otel import PlugbusSpanExporter
 
+from conftest import serve_plugbus
+
 ROOT = Path(__file__).resolve().parents[3]
-BIN = Path(os.environ.get("PLUGBUS_BIN", ROOT / "target" / "debug" / "plugbus"))
 
 
 def runs_of(bus: EventBus) -> list[dict[str, Any]]:
@@ -164,22 +162,7 @@ def served_example(plugin_dir: Callable[..., Path], cache_dir: str, tmp_path: Pa
 
 
 def serve(plugins: Path, cache_dir: str, tmp_path: Path) -> Iterator[str]:
-    proc = subprocess.Popen(
-        [str(BIN), "serve", "--plugins", str(plugins), "--log", str(tmp_path / "log"), "--cache-dir", cache_dir,
-         "--listen", "127.0.0.1:0"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "warn"},
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        m = re.search(r"listening on (http://\S+)", line)
-        if m:
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            yield m.group(1)
-            break
-    else:
-        pytest.fail("plugbus serve exited before listening")
-    proc.terminate()
-    proc.wait(timeout=30)
+    yield from serve_plugbus(plugins, "--log", str(tmp_path / "log"), "--cache-dir", cache_dir)
 
 
 def test_pydantic_ai_through_the_otlp_http_exporter_to_plugbus_serve(served: str) -> None:

@@ -808,13 +808,28 @@ impl Bus {
             return Err(LogError::Disabled);
         };
         let events: Vec<Event> = events.into_iter().collect();
-        // All or nothing: one event its schema refuses refuses the group.
-        for event in &events {
+        self.admit_all(&events)?;
+        self.publish_admitted_durable(log, events).await
+    }
+
+    /// All or nothing: a schema that refuses one event refuses the group,
+    /// and so does (with a log) an event that would not fit a frame: never
+    /// acknowledge what the log could not read back.
+    fn admit_all(&self, events: &[Event]) -> Result<(), LogError> {
+        for event in events {
             self.shared.admit(event).map_err(|e| LogError::Refused(e.to_string()))?;
-            // Never acknowledge what the log could not read back.
-            log.check_size(event)?;
+            if let Some(log) = &self.shared.log {
+                log.check_size(event)?;
+            }
         }
-        let mut published = Vec::new();
+        Ok(())
+    }
+
+    /// Publishes events already admitted to the bus with `log`, in order,
+    /// returning once all of them are durable (one wait for the group: the
+    /// log is written in order).
+    async fn publish_admitted_durable(&self, log: &EventLog, events: Vec<Event>) -> Result<Vec<Event>, LogError> {
+        let mut published = Vec::with_capacity(events.len());
         let mut last = 0;
         for event in events {
             let event = event.unpublished();
@@ -857,12 +872,7 @@ impl Bus {
     /// [`publish_to_stream`](Self::publish_to_stream) on NATS.
     pub async fn publish_once_all(&self, events: impl IntoIterator<Item = Event>) -> Result<Published, LogError> {
         let events: Vec<Event> = events.into_iter().collect();
-        for event in &events {
-            self.shared.admit(event).map_err(|e| LogError::Refused(e.to_string()))?;
-            if let Some(log) = &self.shared.log {
-                log.check_size(event)?;
-            }
-        }
+        self.admit_all(&events)?;
         let (fresh, duplicates) = {
             let mut recent = lock(&self.shared.recent_ids);
             if let Some(log) = &self.shared.log {
@@ -873,54 +883,35 @@ impl Bus {
             let duplicates = before - fresh.len();
             (fresh, duplicates)
         };
-        let forget = |events: &[Event]| {
+        let ids: Vec<String> = fresh.iter().map(|e| e.id().to_owned()).collect();
+        let stored = self.publish_fresh(fresh).await;
+        if stored.is_err() {
+            // Not (all) stored: the sender's retry must be taken.
             let mut recent = lock(&self.shared.recent_ids);
-            for event in events {
-                recent.forget(event.id());
+            for id in &ids {
+                recent.forget(id);
             }
-        };
+        }
+        let (events, stream_seqs) = stored?;
+        Ok(Published {
+            events,
+            duplicates,
+            stream_seqs,
+        })
+    }
+
+    /// The publishing half of [`publish_once_all`](Self::publish_once_all):
+    /// to the stream on NATS, durably with a log, else queued.
+    async fn publish_fresh(&self, fresh: Vec<Event>) -> Result<(Vec<Event>, Option<Vec<u64>>), LogError> {
         #[cfg(feature = "nats")]
         if self.shared.nats.is_some() {
-            let ids: Vec<Event> = fresh.clone();
-            return match self.publish_to_stream(fresh).await {
-                Ok(seqs) => Ok(Published {
-                    events: ids,
-                    duplicates,
-                    stream_seqs: Some(seqs),
-                }),
-                Err(e) => {
-                    forget(&ids);
-                    Err(e)
-                }
-            };
+            let seqs = self.stream_admitted(fresh.clone()).await?;
+            return Ok((fresh, Some(seqs)));
         }
-        let Some(log) = &self.shared.log else {
-            let events = fresh.into_iter().map(|e| self.shared.publish(e)).collect();
-            return Ok(Published {
-                events,
-                duplicates,
-                stream_seqs: None,
-            });
-        };
-        let mut published = Vec::with_capacity(fresh.len());
-        let mut last = 0;
-        for (i, event) in fresh.iter().enumerate() {
-            let event = event.clone().unpublished();
-            self.shared.dispatch(&event, None, true);
-            let Some(seq) = event.seq() else {
-                // The bus shut down: this one and the rest were not published.
-                forget(&fresh[i..]);
-                return Err(LogError::Closed);
-            };
-            last = last.max(seq);
-            published.push(event);
+        match &self.shared.log {
+            Some(log) => Ok((self.publish_admitted_durable(log, fresh).await?, None)),
+            None => Ok((fresh.into_iter().map(|e| self.shared.publish(e)).collect(), None)),
         }
-        log.wait_durable(last).await?;
-        Ok(Published {
-            events: published,
-            duplicates,
-            stream_seqs: None,
-        })
     }
 
     /// The event log's progress and counters, when the bus has a log.
@@ -995,16 +986,28 @@ impl Bus {
     /// attempt failed); `Closed` when the bus is not on NATS or shut down.
     #[cfg(feature = "nats")]
     pub async fn publish_to_stream(&self, events: impl IntoIterator<Item = Event>) -> Result<Vec<u64>, LogError> {
+        self.stream()?;
+        let events: Vec<Event> = events.into_iter().collect();
+        self.admit_all(&events)?;
+        self.stream_admitted(events).await
+    }
+
+    /// The bus's NATS link, if it is on NATS and not shutting down.
+    #[cfg(feature = "nats")]
+    fn stream(&self) -> Result<&crate::nats::NatsLink, LogError> {
         let Some(nats) = &self.shared.nats else {
             return Err(LogError::Refused("this bus is not on NATS".into()));
         };
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(LogError::Refused("the host is shutting down; not published".into()));
         }
-        let events: Vec<Event> = events.into_iter().collect();
-        for event in &events {
-            self.shared.admit(event).map_err(|e| LogError::Refused(e.to_string()))?;
-        }
+        Ok(nats)
+    }
+
+    /// [`publish_to_stream`](Self::publish_to_stream) for events already admitted.
+    #[cfg(feature = "nats")]
+    async fn stream_admitted(&self, events: Vec<Event>) -> Result<Vec<u64>, LogError> {
+        let nats = self.stream()?;
         let mut confirmations = Vec::with_capacity(events.len());
         for event in events {
             confirmations.push((event.id().to_owned(), nats.publisher.confirm(event.id())));

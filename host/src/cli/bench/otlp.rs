@@ -137,6 +137,15 @@ fn request(n: u64) -> ExportTraceServiceRequest {
     }
 }
 
+/// A bus with no plugins and its log in `dir`, `batched` as served by default.
+async fn logged_bus(dir: &std::path::Path) -> anyhow::Result<plugbus::Bus> {
+    Ok(plugbus::Bus::builder()
+        .log_dir(dir)
+        .durability(plugbus::Durability::Batched)
+        .build()
+        .await?)
+}
+
 /// Median of a few samples.
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -163,11 +172,7 @@ pub(super) async fn ingest(table: &mut Table, events: u64) -> anyhow::Result<()>
         decode_s.push(t.elapsed().as_secs_f64());
 
         let log = tempfile::tempdir()?;
-        let bus = plugbus::Bus::builder()
-            .log_dir(log.path())
-            .durability(plugbus::Durability::Batched)
-            .build()
-            .await?;
+        let bus = logged_bus(log.path()).await?;
         let receiver = plugbus::otlp::Receiver::new(plugbus::otlp::MapOptions::default());
         let t = Instant::now();
         for body in round {
@@ -183,11 +188,7 @@ pub(super) async fn ingest(table: &mut Table, events: u64) -> anyhow::Result<()>
         // its share one request after another: the group commit then
         // serves several requests per sync.
         let log = tempfile::tempdir()?;
-        let bus = plugbus::Bus::builder()
-            .log_dir(log.path())
-            .durability(plugbus::Durability::Batched)
-            .build()
-            .await?;
+        let bus = logged_bus(log.path()).await?;
         let receiver = std::sync::Arc::new(plugbus::otlp::Receiver::new(plugbus::otlp::MapOptions::default()));
         let shares: Vec<Vec<Vec<u8>>> = (0..EXPORTERS)
             .map(|k| round.iter().skip(k).step_by(EXPORTERS).cloned().collect())
@@ -224,11 +225,7 @@ pub(super) async fn ingest(table: &mut Table, events: u64) -> anyhow::Result<()>
             })
             .collect::<anyhow::Result<_>>()?;
         let log = tempfile::tempdir()?;
-        let bus = plugbus::Bus::builder()
-            .log_dir(log.path())
-            .durability(plugbus::Durability::Batched)
-            .build()
-            .await?;
+        let bus = logged_bus(log.path()).await?;
         let t = Instant::now();
         for events in mapped {
             bus.publish_once_all(events).await?;
