@@ -711,6 +711,24 @@ pub struct LogReader {
     /// In the current segment, the sequence numbers its correlation index
     /// lists for `correlation` (none: scanning).
     wanted: Option<std::collections::VecDeque<u64>>,
+    /// Where an earlier reader stopped: used when its segment is opened.
+    resume: Option<LogPosition>,
+}
+
+/// Where a [`LogReader`] stopped: the segment it was reading and the byte
+/// offset of its next frame. A reader opened later with
+/// [`LogReader::resume`] starts there instead of walking the segment's
+/// frames from its start, so a consumer that reads a growing log in
+/// batches (catch-up) costs time linear in what it reads, not in its
+/// position inside a 64 MiB segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPosition {
+    /// First sequence number of the segment (its file name).
+    segment: u64,
+    /// Offset of the next frame in that segment.
+    offset: u64,
+    /// The lowest sequence number that frame may carry.
+    next_seq: u64,
 }
 
 impl LogReader {
@@ -732,6 +750,37 @@ impl LogReader {
             done: false,
             correlation: None,
             wanted: None,
+            resume: None,
+        })
+    }
+
+    /// Starts at `position` (from [`LogReader::position`] of an earlier
+    /// reader of the same log) when it lies on the way to `from`: same
+    /// segment, not past `from`. Otherwise (retention removed that segment,
+    /// or `from` is elsewhere) it is ignored and the reader seeks as usual;
+    /// the result is the same, only slower.
+    #[must_use]
+    pub fn resume(mut self, position: Option<LogPosition>) -> LogReader {
+        self.resume = position.filter(|p| {
+            p.next_seq <= self.from
+                && self
+                    .segments
+                    .get(self.next)
+                    .is_some_and(|(first, _)| *first == p.segment)
+        });
+        self
+    }
+
+    /// Where this reader stands: after the last record it returned (the
+    /// next one it would read). `None` before it opened a segment.
+    pub fn position(&self) -> Option<LogPosition> {
+        let (path, reader, _) = self.current.as_ref()?;
+        let segment = self.segments.iter().find(|(_, p)| p == path)?.0;
+        let (offset, next_seq) = reader.position();
+        Some(LogPosition {
+            segment,
+            offset,
+            next_seq,
         })
     }
 
@@ -763,7 +812,7 @@ impl LogReader {
                     }
                     self.wanted = Some(wanted);
                 }
-                let reader = match SegmentReader::open(&path, first) {
+                let mut reader = match SegmentReader::open(&path, first) {
                     Ok(Ok(r)) => r,
                     Ok(Err(Damage::TornTail { .. })) if last => return Ok(None),
                     Ok(Err(Damage::TornTail { offset, reason } | Damage::Corrupt { offset, reason })) => {
@@ -773,6 +822,9 @@ impl LogReader {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(io_err(&path)(e)),
                 };
+                if let Some(at) = self.resume.take().filter(|p| p.segment == first) {
+                    reader.resume_at(at.offset, at.next_seq).map_err(io_err(&path))?;
+                }
                 self.current = Some((path, reader, last));
             }
             let Some((path, reader, last)) = self.current.as_mut() else {
@@ -986,6 +1038,75 @@ mod tests {
             .map(|r| r.unwrap().seq)
             .collect();
         assert_eq!(from, [12, 13, 14, 15]);
+    }
+
+    /// Catch-up reads a growing log in batches, each from where the last
+    /// stopped: resuming gives the same records as seeking, across segment
+    /// rolls and appends made between batches, and really starts at the
+    /// position (damage before it in the segment is not walked over again).
+    #[tokio::test]
+    async fn a_reader_resumes_where_an_earlier_one_stopped() {
+        let _serial = serial();
+        let dir = tempfile::tempdir().unwrap();
+        let opts = LogOptions {
+            segment_bytes: 4_000,
+            ..options()
+        };
+        let log = EventLog::open(dir.path(), opts).unwrap();
+        append_n(&log, 50).await;
+        let (mut next, mut position, mut seen) = (1u64, None, Vec::new());
+        for round in 0..40 {
+            let mut reader = LogReader::open(dir.path(), next).unwrap().resume(position);
+            for record in reader.by_ref().take(7) {
+                let record = record.unwrap();
+                seen.push(record.seq);
+                next = record.seq + 1;
+            }
+            position = reader.position().or(position);
+            if round % 3 == 0 {
+                append_n(&log, 5).await;
+            }
+        }
+        let total = log.last_seq();
+        while let Some(record) = LogReader::open(dir.path(), next).unwrap().resume(position).next() {
+            seen.push(record.unwrap().seq);
+            next += 1;
+        }
+        assert_eq!(seen, (1..=total).collect::<Vec<_>>());
+        log.close();
+        drop(log);
+
+        // Stop after the third frame of the first segment, then damage the
+        // second frame's length: a seek from the start trips over it, a
+        // resume does not.
+        let mut reader = LogReader::open(dir.path(), 1).unwrap();
+        for _ in 0..3 {
+            reader.next().unwrap().unwrap();
+        }
+        let at = reader.position();
+        let first = list_segments(dir.path()).unwrap()[0].1.clone();
+        let mut bytes = std::fs::read(&first).unwrap();
+        let second = segment::MAGIC.len()
+            + segment::FRAME_PREFIX
+            + u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        bytes[second..second + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&first, bytes).unwrap();
+        assert!(matches!(
+            LogReader::open(dir.path(), 4).unwrap().next(),
+            Some(Err(LogError::Corrupt { .. }))
+        ));
+        let resumed = LogReader::open(dir.path(), 4)
+            .unwrap()
+            .resume(at)
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(resumed.seq, 4);
+        // A position past `from` is not used: the reader seeks (and trips).
+        assert!(matches!(
+            LogReader::open(dir.path(), 2).unwrap().resume(at).next(),
+            Some(Err(LogError::Corrupt { .. }))
+        ));
     }
 
     #[tokio::test]

@@ -268,6 +268,27 @@ impl SegmentReader {
         }))
     }
 
+    /// Moves to `offset`, a frame boundary this file had when an earlier
+    /// reader of it stopped there ([`SegmentReader::position`]), whose next
+    /// frame carries `expect` or more. Segments are only appended to, so the
+    /// boundary stays one; an offset past the file's length (the file was
+    /// replaced) is refused with `false` and the reader stays at the start.
+    pub fn resume_at(&mut self, offset: u64, expect: u64) -> io::Result<bool> {
+        if offset < MAGIC.len() as u64 || offset > self.len || expect < self.expect {
+            return Ok(false);
+        }
+        self.reader.seek(SeekFrom::Start(offset))?;
+        self.offset = offset;
+        self.expect = expect;
+        Ok(true)
+    }
+
+    /// Where this reader stands: the offset of its next frame and the lowest
+    /// sequence number that frame may carry.
+    pub fn position(&self) -> (u64, u64) {
+        (self.offset, self.expect)
+    }
+
     /// The next frame; `Ok(None)` at a clean end of file. With `skip_before`,
     /// frames whose seq is lower are checked for position only, their bodies
     /// skipped unread (so seeking does not checksum what it passes over).

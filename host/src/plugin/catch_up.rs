@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 use crate::event::Event;
-use crate::log::{EventLog, LogError, LogReader};
+use crate::log::{EventLog, LogError, LogPosition, LogReader, Record};
 use crate::manifest::CatchUp;
 use crate::pattern::Pattern;
 
@@ -35,6 +35,11 @@ pub(crate) struct Cursor {
     /// Skip events older than this (nanoseconds since the epoch).
     since_nanos: u64,
     patterns: Vec<Pattern>,
+    /// Where the last batch's reader stopped, right after the record at
+    /// `next - 1`: the next batch starts reading there instead of walking
+    /// the segment from its start (which made catch-up quadratic in the
+    /// position inside a segment).
+    position: Option<LogPosition>,
 }
 
 impl Cursor {
@@ -52,6 +57,7 @@ impl Cursor {
             next: 0,
             since_nanos,
             patterns,
+            position: None,
         }
     }
 
@@ -64,12 +70,14 @@ impl Cursor {
     /// Moves to sequence number `seq`, back or forth.
     pub fn move_to(&mut self, seq: u64) {
         self.next = seq;
+        self.position = None;
     }
 
     /// Back to the start of the log (a kept snapshot could not be used).
     pub fn rewind(&mut self) {
         self.next = 0;
         self.since_nanos = 0;
+        self.position = None;
     }
 
     /// The next events for this plugin with sequence numbers up to `upto`
@@ -81,20 +89,28 @@ impl Cursor {
             if self.next > upto {
                 return Ok(Vec::new());
             }
-            let (dir, from) = (self.dir.clone(), self.next);
-            let records = tokio::task::spawn_blocking(move || -> Result<Vec<crate::log::Record>, LogError> {
+            let (dir, from, position) = (self.dir.clone(), self.next, self.position);
+            let read = move || -> Result<(Vec<Record>, Option<LogPosition>), LogError> {
                 let mut out = Vec::new();
-                for record in LogReader::open(&dir, from)?.take(BATCH) {
-                    let record = record?;
+                let mut reader = LogReader::open(&dir, from)?.resume(position);
+                let mut at = None;
+                while out.len() < BATCH {
+                    let Some(record) = reader.next().transpose()? else {
+                        break;
+                    };
                     if record.seq > upto {
                         break;
                     }
                     out.push(record);
+                    // Right after the record just taken, before reading on.
+                    at = reader.position();
                 }
-                Ok(out)
-            })
-            .await
-            .map_err(|e| LogError::Failed(format!("log reader task failed: {e}").into()))??;
+                Ok((out, at))
+            };
+            let (records, at) = tokio::task::spawn_blocking(read)
+                .await
+                .map_err(|e| LogError::Failed(format!("log reader task failed: {e}").into()))??;
+            self.position = at.or(self.position);
             let Some(last) = records.last() else {
                 // Nothing left up to `upto` (a gap at the end, or the end).
                 self.next = upto + 1;
@@ -105,7 +121,7 @@ impl Cursor {
             let events: Vec<Event> = records
                 .into_iter()
                 .filter(|r| r.time_unix_nanos >= since && self.patterns.iter().any(|p| p.matches(&r.name)))
-                .map(crate::log::Record::into_event)
+                .map(Record::into_event)
                 .collect();
             if !events.is_empty() {
                 return Ok(events);
