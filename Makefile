@@ -59,7 +59,7 @@ LANG_DIST  := event-counter secret-scanner latency-watch
 PY_PKG  := bindings/python
 PY_VENV := target/python-venv
 
-.PHONY: otel-example demo test setup setup-rust setup-c setup-python setup-js setup-python-pkg setup-browser setup-nats browser-test interop-test python python-test bench-python plugins rust-plugins lang-plugins lint example bench criterion fuzz clean
+.PHONY: otel-example demo test setup setup-rust setup-c setup-python setup-js setup-python-pkg setup-browser setup-nats setup-minisign browser-test interop-test python python-test bench-python plugins rust-plugins lang-plugins lint example bench criterion fuzz clean
 
 setup: setup-rust setup-c setup-python setup-js setup-python-pkg
 
@@ -98,6 +98,15 @@ setup-nats:
 		command -v apt-get >/dev/null || { echo "plugbus: the NATS tests need the Debian/Ubuntu package nats-server" >&2; exit 1; }; \
 		echo "installing nats-server"; \
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nats-server >/dev/null; \
+	}
+
+# Signature tests: Debian's minisign (makes keys and signatures plugbus
+# verifies, and verifies what `plugbus sign` makes).
+setup-minisign:
+	@dpkg-query -W -f='$${Status}' minisign 2>/dev/null | grep -q 'ok installed' || { \
+		command -v apt-get >/dev/null || { echo "plugbus: the signature tests need the Debian/Ubuntu package minisign" >&2; exit 1; }; \
+		echo "installing minisign"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends minisign >/dev/null; \
 	}
 
 # Python: componentize-py, hash-checked, in a venv of our own.
@@ -243,7 +252,7 @@ lint: setup-rust
 	$(CARGO) clippy --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS) $(FIXTURES)) -- -D warnings
 	$(CARGO) clippy -p plugbus-python -- -D warnings
 
-test: plugins lint setup-nats
+test: plugins lint setup-nats setup-minisign
 	$(CARGO) build --all-targets
 	PLUGBUS_WASM_DIR=$(CURDIR)/$(TEST_WASM) PLUGBUS_BIN=$(CURDIR)/target/debug/plugbus $(CARGO) test
 	$(MAKE) python-test

@@ -24,6 +24,9 @@ pub enum Error {
     /// The event log could not be opened.
     #[error(transparent)]
     Log(#[from] crate::log::LogError),
+    /// The trusted keys cannot be read, or signatures are required without any.
+    #[error("plugin signatures: {0}")]
+    Signature(#[from] crate::signature::SignatureError),
     /// A schema could not be read or compiled.
     #[error(transparent)]
     Schema(#[from] crate::schema::SchemaLoadError),

@@ -85,6 +85,7 @@ pub mod power_loss;
 pub mod query;
 pub mod replay;
 pub mod schema;
+pub mod signature;
 pub mod stats;
 pub mod text;
 
@@ -98,7 +99,7 @@ pub use error::Error;
 pub use event::Event;
 pub use ingest::{IngestError, parse_event_line};
 pub use limits::{Limits, MAX_CASCADE_DEPTH};
-pub use log::{Durability, EventLog, LogError, LogOptions, LogReader, LogStats, LogStatus, Record};
+pub use log::{Durability, EventLog, LogError, LogOptions, LogPosition, LogReader, LogStats, LogStatus, Record};
 pub use manifest::{Manifest, ManifestError};
 #[cfg(feature = "nats")]
 pub use nats::{NatsError, NatsOptions, NatsStatus};
@@ -108,4 +109,5 @@ pub use plugin::{LoadError, LoadErrorKind, PluginCheck, PluginInfo, PluginState}
 pub use query::{QueryAnswer, QueryError};
 pub use replay::{Replay, ReplayEmit, ReplayError, ReplayReport};
 pub use schema::{SchemaError, SchemaPolicy};
+pub use signature::{SignatureError, SignaturePolicy, Signer, TrustedKeys};
 pub use stats::{FailureCounts, LATENCY_BOUNDS, LastFailure, LatencyHistogram, PluginStats};

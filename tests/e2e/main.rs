@@ -26,4 +26,5 @@ mod otlp;
 mod projections;
 mod reliability;
 mod schemas;
+mod trust;
 mod watch;

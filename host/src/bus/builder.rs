@@ -43,6 +43,8 @@ pub struct BusBuilder {
     schemas: Vec<(String, serde_json::Value)>,
     schema_dirs: Vec<PathBuf>,
     schema_policy: crate::SchemaPolicy,
+    trusted_keys: Option<PathBuf>,
+    require_signed: bool,
     #[cfg(feature = "nats")]
     pub(crate) nats: Option<crate::nats::NatsOptions>,
 }
@@ -71,6 +73,8 @@ impl BusBuilder {
             log_options: LogOptions::default(),
             follow_ups: crate::plugin::port::FollowUps::Publish,
             keep_plugin_state: true,
+            trusted_keys: None,
+            require_signed: false,
             #[cfg(feature = "nats")]
             nats: None,
         }
@@ -101,6 +105,36 @@ impl BusBuilder {
     /// cached load skips Cranelift entirely.
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cache = CacheSetting::Dir(dir.into());
+        self
+    }
+
+    /// Trusts the minisign public keys at `path` (a `.pub` file, or every
+    /// `*.pub` in a directory) to sign plugins: a plugin with a signature
+    /// beside it (`name.wasm.minisig`) is loaded only if one of them signed
+    /// exactly its bytes, on every load and hot reload (see
+    /// [`crate::signature`]).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), plugbus::Error> {
+    /// let bus = plugbus::Bus::builder()
+    ///     .plugin_dir("plugins")
+    ///     .trusted_keys("/etc/plugbus/trusted-keys")
+    ///     .require_signed(true)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn trusted_keys(mut self, path: impl Into<PathBuf>) -> Self {
+        self.trusted_keys = Some(path.into());
+        self
+    }
+
+    /// Refuses plugins without a valid signature by a trusted key (needs
+    /// [`trusted_keys`](Self::trusted_keys)). A refused plugin is listed in
+    /// [`Bus::load_failures`] with the reason; a refused hot-reload leaves
+    /// the running version in place.
+    pub fn require_signed(mut self, require: bool) -> Self {
+        self.require_signed = require;
         self
     }
 
@@ -250,7 +284,8 @@ impl BusBuilder {
     /// # Errors
     /// [`Error::LogWithNats`] when both an event log and NATS are asked for
     /// (checked first: nothing is opened); [`Error::Nats`] naming the URL or
-    /// the stream; [`Error::Log`], [`Error::Schema`], [`Error::PluginDir`],
+    /// the stream; [`Error::Signature`] for unreadable trusted keys, or
+    /// signatures required without any; [`Error::Log`], [`Error::Schema`], [`Error::PluginDir`],
     /// [`Error::Engine`], [`Error::Watch`], [`Error::NoRuntime`].
     pub async fn build(self) -> Result<Bus, Error> {
         let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
@@ -260,6 +295,11 @@ impl BusBuilder {
             return Err(Error::LogWithNats);
         }
         let schemas = self.compile_schemas()?;
+        let keys = match &self.trusted_keys {
+            Some(path) => Some(crate::signature::TrustedKeys::read(path)?),
+            None => None,
+        };
+        let signatures = crate::signature::SignaturePolicy::new(keys, self.require_signed)?;
         let mut limits = self.limits;
         if let Some(q) = self.queue_capacity {
             limits.queue_capacity = q;
@@ -318,6 +358,7 @@ impl BusBuilder {
             keep_plugin_state: self.keep_plugin_state,
             follow_ups: self.follow_ups,
             schemas,
+            signatures,
         };
         let bus = Bus {
             shared: Arc::new_cyclic(|me| Shared::new(parts, me.clone())),

@@ -48,7 +48,7 @@ async fn prepare(shared: &Arc<Shared>, path: &Path) -> Result<Prepared, LoadErro
     if shared.closed.load(Ordering::Acquire) {
         return Err(err(LoadErrorKind::Closed));
     }
-    let spec = PluginSpec::load(&shared.engine, path, &shared.limits, port(shared)).await?;
+    let spec = PluginSpec::load(&shared.engine, path, &shared.limits, &shared.signatures, port(shared)).await?;
     let mut instance = spec
         .instantiate()
         .await
@@ -362,7 +362,10 @@ impl Bus {
         let Some(old) = lock(&shared.plugins).get(&name).cloned() else {
             return Ok((info(&*install_new(shared, prepared, path).await), Reload::Loaded));
         };
-        if old.spec.version == prepared.spec.version && old.spec.manifest_version == prepared.spec.manifest_version {
+        if old.spec.version == prepared.spec.version
+            && old.spec.manifest_version == prepared.spec.manifest_version
+            && old.spec.signer == prepared.spec.signer
+        {
             *lock(&old.reload_error) = None;
             return Ok((info(&old), Reload::Unchanged));
         }

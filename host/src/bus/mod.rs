@@ -175,6 +175,8 @@ pub(crate) struct Shared {
     pub(crate) plugins: Mutex<BTreeMap<String, Arc<PluginHandle>>>,
     pub(crate) engine: Arc<PluginEngine>,
     pub(crate) limits: Limits,
+    /// What plugin signatures must be (checked on every load and reload).
+    pub(crate) signatures: crate::signature::SignaturePolicy,
     history: Option<History>,
     on_failure: Option<FailureHook>,
     /// Events published since the bus was built.
@@ -206,6 +208,7 @@ pub(crate) struct Parts {
     pub keep_plugin_state: bool,
     pub follow_ups: FollowUps,
     pub schemas: Option<crate::schema::Schemas>,
+    pub signatures: crate::signature::SignaturePolicy,
     #[cfg(feature = "nats")]
     pub nats: Option<crate::nats::NatsLink>,
 }
@@ -222,6 +225,7 @@ impl Shared {
             keep_plugin_state,
             follow_ups,
             schemas,
+            signatures,
             #[cfg(feature = "nats")]
             nats,
         } = parts;
@@ -242,6 +246,7 @@ impl Shared {
             plugins: Mutex::new(BTreeMap::new()),
             engine: Arc::new(engine),
             limits,
+            signatures,
             history,
             on_failure,
             published: AtomicU64::new(0),
@@ -1299,6 +1304,7 @@ pub(crate) fn info(h: &PluginHandle) -> PluginInfo {
         queue_depth: h.tx.max_capacity() - h.tx.capacity(),
         queue_capacity: h.tx.max_capacity(),
         memory_limit_bytes: h.spec.limits.memory_bytes,
+        signer: h.spec.signer.clone(),
         stats: h.stats.snapshot(),
     }
 }

@@ -82,12 +82,15 @@ pub(crate) fn start(
     })
 }
 
-/// The plugin a path belongs to: `name` for `name.wasm` and `name.toml`.
-/// Hidden and temporary files are ignored.
+/// The plugin a path belongs to: `name` for `name.wasm`, `name.toml` and
+/// its signature `name.wasm.minisig`. Hidden and temporary files are ignored.
 fn plugin_of(path: &Path) -> Option<String> {
     let file = path.file_name()?.to_str()?;
     if file.starts_with('.') {
         return None;
+    }
+    if let Some(stem) = file.strip_suffix(".wasm.minisig") {
+        return Some(stem.to_owned());
     }
     let (stem, ext) = file.rsplit_once('.')?;
     matches!(ext, "wasm" | "toml").then(|| stem.to_owned())
@@ -149,6 +152,7 @@ fn fingerprint(path: &Path) -> Option<(u64, SystemTime)> {
 async fn apply(bus: &Bus, dir: &Path, name: &str) -> bool {
     let wasm = dir.join(format!("{name}.wasm"));
     let manifest = dir.join(format!("{name}.toml"));
+    let signature = crate::signature::signature_path(&wasm);
     if !wasm.is_file() {
         if bus.unload_plugin(name).await {
             meta(bus, "plugbus.plugin.unloaded", name, &wasm, None, None);
@@ -156,9 +160,9 @@ async fn apply(bus: &Bus, dir: &Path, name: &str) -> bool {
         forget_failure(bus, &wasm);
         return true;
     }
-    let before = (fingerprint(&wasm), fingerprint(&manifest));
+    let before = (fingerprint(&wasm), fingerprint(&manifest), fingerprint(&signature));
     tokio::time::sleep(SETTLE).await;
-    if (fingerprint(&wasm), fingerprint(&manifest)) != before {
+    if (fingerprint(&wasm), fingerprint(&manifest), fingerprint(&signature)) != before {
         return false;
     }
     match bus.reload_plugin(&wasm).await {
@@ -215,5 +219,10 @@ mod tests {
         assert_eq!(plugin_of(Path::new("/d/.cost-tracker.wasm.swp")), None);
         assert_eq!(plugin_of(Path::new("/d/notes.txt")), None);
         assert_eq!(plugin_of(Path::new("/d/x.wasm.part")), None);
+        assert_eq!(
+            plugin_of(Path::new("/d/cost-tracker.wasm.minisig")).as_deref(),
+            Some("cost-tracker")
+        );
+        assert_eq!(plugin_of(Path::new("/d/cost-tracker.wasm.minisig.tmp")), None);
     }
 }

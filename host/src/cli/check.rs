@@ -3,8 +3,13 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-pub async fn check(file: &Path, json: bool, cache: &super::CacheArgs) -> anyhow::Result<ExitCode> {
-    let bus = cache.apply(plugbus::Bus::builder()).build().await?;
+pub async fn check(
+    file: &Path,
+    json: bool,
+    cache: &super::CacheArgs,
+    trust: &super::TrustArgs,
+) -> anyhow::Result<ExitCode> {
+    let bus = trust.apply(cache.apply(plugbus::Bus::builder())).build().await?;
     let result = bus.check_plugin(file).await;
     bus.shutdown().await;
     match result {
@@ -15,6 +20,16 @@ pub async fn check(file: &Path, json: bool, cache: &super::CacheArgs) -> anyhow:
             println!("language:      {}", c.language.unwrap_or("unknown"));
             println!("size:          {} bytes", c.size);
             println!("version:       sha256:{}", c.version);
+            match &c.signer {
+                Some(s) => {
+                    println!("signed by:     key {} ({})", s.key_id, s.key_file.display());
+                    println!("               trusted comment: {}", s.trusted_comment);
+                }
+                None if plugbus::signature::signature_path(file).exists() => {
+                    println!("signed by:     not checked (give --trusted-keys)");
+                }
+                None => println!("signed by:     unsigned"),
+            }
             println!("subscriptions: {}", c.subscriptions.join(", "));
             println!("imports:");
             for i in &c.imports {

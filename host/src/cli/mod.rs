@@ -12,6 +12,7 @@ mod replay;
 mod report;
 mod run;
 mod serve;
+mod sign;
 mod wit;
 
 use std::path::PathBuf;
@@ -203,6 +204,30 @@ pub enum Command {
         json: bool,
         #[command(flatten)]
         cache: CacheArgs,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Sign a plugin: write FILE.minisig, a minisign signature (the format Debian's
+    /// `minisign -V` verifies) that `--trusted-keys` checks at load.
+    Sign {
+        /// The minisign secret key (from `plugbus keygen` or `minisign -G`).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// For a password-protected key: the environment variable holding its password.
+        #[arg(long, value_name = "VAR")]
+        password_env: Option<String>,
+        /// The trusted comment (signed too; default: the file name and the time).
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+        /// The plugin's `.wasm` file.
+        file: PathBuf,
+    },
+    /// Make a minisign key pair for signing plugins: KEY (secret, not password-protected,
+    /// mode 0600) and KEY.pub (public: put it in the hosts' --trusted-keys directory).
+    Keygen {
+        /// Where to write the secret key; the public key goes beside it as `.pub`.
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
     },
 }
 
@@ -280,7 +305,7 @@ impl CacheArgs {
     }
 }
 
-/// The event log, the event schemas and NATS of `run` and `serve`.
+/// The event log, the event schemas, NATS and plugin signatures of `run` and `serve`.
 #[derive(clap::Args)]
 pub struct LogArgs {
     /// Append every event to the event log in DIR (created if missing; numbering continues).
@@ -308,6 +333,29 @@ pub struct LogArgs {
     /// How long a message taken by a host may stay unacknowledged before the server gives it to another.
     #[arg(long, value_name = "MS", default_value_t = 30_000, requires = "nats", value_parser = clap::value_parser!(u64).range(100..))]
     ack_wait_ms: u64,
+    #[command(flatten)]
+    trust: TrustArgs,
+}
+
+/// Plugin signatures (see `plugbus::signature` and docs/trust.md).
+#[derive(clap::Args)]
+pub struct TrustArgs {
+    /// Trust the minisign public keys in PATH (a `.pub` file or a directory of them): a plugin with
+    /// a signature beside it (`NAME.wasm.minisig`) loads only if one of them signed exactly its bytes.
+    #[arg(long, value_name = "PATH")]
+    trusted_keys: Option<PathBuf>,
+    /// Refuse plugins without a valid signature by a trusted key.
+    #[arg(long, requires = "trusted_keys")]
+    require_signed: bool,
+}
+
+impl TrustArgs {
+    pub fn apply(&self, builder: plugbus::BusBuilder) -> plugbus::BusBuilder {
+        match &self.trusted_keys {
+            Some(path) => builder.trusted_keys(path).require_signed(self.require_signed),
+            None => builder,
+        }
+    }
 }
 
 /// OpenTelemetry in, for `serve`: `POST /v1/traces` is on the main listener
@@ -333,6 +381,7 @@ pub enum SchemaPolicyArg {
 
 impl LogArgs {
     pub fn apply(&self, builder: plugbus::BusBuilder) -> plugbus::BusBuilder {
+        let builder = self.trust.apply(builder);
         let builder = match &self.dir {
             Some(dir) => builder.log_dir(dir).durability(self.durability),
             None => builder,
@@ -481,7 +530,19 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             })
             .await
         }
-        Command::Check { file, json, cache } => check::check(&file, json, &cache).await,
+        Command::Check {
+            file,
+            json,
+            cache,
+            trust,
+        } => check::check(&file, json, &cache, &trust).await,
+        Command::Sign {
+            key,
+            password_env,
+            comment,
+            file,
+        } => sign::sign(&key, password_env.as_deref(), comment.as_deref(), &file),
+        Command::Keygen { key } => sign::keygen(&key),
         Command::Wit { out } => wit::wit(out.as_deref()),
         Command::Bindgen {
             lang: BindgenLang::C,

@@ -37,6 +37,7 @@ use crate::plugin::bindings::{
 use crate::plugin::ctx::PluginCtx;
 use crate::plugin::engine::{EPOCH_TICK, PluginEngine};
 use crate::plugin::port::BusPort;
+use crate::signature::{SignatureError, SignaturePolicy, Signer};
 use crate::stats::PluginStats;
 
 /// A plugin that could not be loaded. Names the file and the reason.
@@ -91,6 +92,9 @@ pub enum LoadErrorKind {
     /// The bus is shut down.
     #[error("the bus is shut down")]
     Closed,
+    /// Its signature is missing (when required), unknown, or does not verify.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
 }
 
 /// Lifecycle state of a loaded plugin.
@@ -141,6 +145,9 @@ pub struct PluginInfo {
     /// Its memory cap in bytes (the `memory_mib` limit), to compare with
     /// `stats.memory_bytes`.
     pub memory_limit_bytes: usize,
+    /// Who signed it, when trusted keys are configured and it is signed
+    /// (see [`crate::signature`]).
+    pub signer: Option<Signer>,
     /// Its counters.
     pub stats: PluginStats,
 }
@@ -162,6 +169,8 @@ pub struct PluginCheck {
     pub version: String,
     /// The language it was written in, when its toolchain recorded it.
     pub language: Option<&'static str>,
+    /// Who signed it, when trusted keys are configured and it is signed.
+    pub signer: Option<Signer>,
 }
 
 /// Everything needed to build instances of one plugin.
@@ -185,6 +194,8 @@ pub(crate) struct PluginSpec {
     pub language: Option<&'static str>,
     /// sha256 of the manifest, when there is one: a change reloads the plugin.
     pub manifest_version: Option<String>,
+    /// Who signed it (verified before it was compiled).
+    pub signer: Option<Signer>,
     pub bus: Weak<dyn BusPort>,
     /// Keeps the engine's epoch ticker running while any worker of this
     /// plugin is still draining, even after the bus itself is dropped.
@@ -225,6 +236,7 @@ impl PluginSpec {
         engine: &Arc<PluginEngine>,
         path: &Path,
         bus_limits: &Limits,
+        signatures: &SignaturePolicy,
         bus: Weak<dyn BusPort>,
     ) -> Result<PluginSpec, LoadError> {
         let err = |kind: LoadErrorKind| LoadError {
@@ -270,6 +282,8 @@ impl PluginSpec {
         }
         let bytes = tokio::fs::read(path).await.map_err(|e| err(e.into()))?;
         check_header(&bytes).map_err(err)?;
+        // Before anything runs or is compiled: a refused file costs a hash.
+        let signer = signatures.check(path, &bytes).map_err(|e| err(e.into()))?;
 
         // Hashing and compiling are CPU-bound: keep them off the async runtime.
         let eng = engine.clone();
@@ -341,6 +355,7 @@ impl PluginSpec {
             version,
             language,
             manifest_version,
+            signer,
             bus,
             _engine: engine.clone(),
         })
@@ -583,6 +598,7 @@ impl PluginSpec {
             size: self.size,
             version: self.version.clone(),
             language: self.language,
+            signer: self.signer.clone(),
         }
     }
 }

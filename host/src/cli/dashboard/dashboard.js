@@ -334,7 +334,8 @@ function updatePluginRow(row, p, arrival) {
   setText(parts.reloadError, p.reload_error ? `reload failed: ${p.reload_error}` : '');
   parts.reloadError.hidden = !p.reload_error;
   updateStateCell(row, p, arrival);
-  setText(cells.language, `${p.language || 'unknown'} · ${fmtBytes(p.size_bytes)}`);
+  const signed = p.signed_by ? ` · signed ${p.signed_by}` : '';
+  setText(cells.language, `${p.language || 'unknown'} · ${fmtBytes(p.size_bytes)}${signed}`);
   setAttr(cells.language, 'title', p.version ? `version ${p.version}` : '');
   setText(parts.delivered, fmtInt(p.delivered));
   setText(parts.ok, fmtInt(p.ok));

@@ -365,6 +365,8 @@ struct PluginRow<'a> {
     language: Option<&'static str>,
     size_bytes: u64,
     version: &'a str,
+    /// The key id that signed it, when signatures are checked.
+    signed_by: Option<&'a str>,
     subscriptions: &'a [String],
     /// Exports `query`: the page asks such plugins for runs.
     queryable: bool,
@@ -399,6 +401,7 @@ impl<'a> PluginRow<'a> {
             language: p.language,
             size_bytes: p.size,
             version: &p.version,
+            signed_by: p.signer.as_ref().map(|s| s.key_id.as_str()),
             subscriptions: &p.subscriptions,
             queryable: p.queryable,
             delivered: s.delivered,

@@ -1,0 +1,282 @@
+//! Signature-checked loading with real tools: Debian's `minisign` makes keys
+//! and signatures that plugbus verifies, and what `plugbus sign` makes,
+//! `minisign -V` verifies. Tampered files, unknown keys, swapped and garbage
+//! signatures and unsigned plugins are refused with the reason, on the first
+//! load and on a hot reload (the running version stays).
+
+use crate::support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use plugbus::{Bus, Outcome, PluginInfo};
+use serde_json::json;
+use support::{Recorder, wasm};
+
+/// Debian's `minisign` (`make setup` installs it).
+fn minisign() -> Command {
+    let found = Command::new("minisign")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "Debian's `minisign` is missing: `make setup` installs it (apt-get install minisign)"
+    );
+    Command::new("minisign")
+}
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A minisign key pair made by `minisign -G` (no password): (secret, public).
+fn minisign_keys(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (sk, pk) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.pub")));
+    run(minisign().args(["-G", "-W", "-p"]).arg(&pk).arg("-s").arg(&sk));
+    (sk, pk)
+}
+
+/// Signs `file` with `minisign -S`, with a trusted comment.
+fn minisign_sign(sk: &Path, file: &Path, comment: &str) {
+    run(minisign()
+        .arg("-S")
+        .arg("-s")
+        .arg(sk)
+        .arg("-m")
+        .arg(file)
+        .args(["-t", comment]));
+}
+
+/// The key id minisign printed in the public key's comment line.
+fn key_id(pk: &Path) -> String {
+    let text = std::fs::read_to_string(pk).unwrap();
+    text.lines().next().unwrap().rsplit(' ').next().unwrap().to_owned()
+}
+
+fn sig(wasm: &Path) -> PathBuf {
+    plugbus::signature::signature_path(wasm)
+}
+
+fn plugin(bus: &Bus, name: &str) -> Option<PluginInfo> {
+    bus.plugins().into_iter().find(|p| p.name == name)
+}
+
+fn reason(bus: &Bus, name: &str) -> String {
+    bus.load_failures()
+        .into_iter()
+        .find(|f| f.path.file_stem().is_some_and(|s| s == name))
+        .map(|f| f.reason)
+        .unwrap_or_else(|| panic!("{name} is not among the load failures: {:?}", bus.load_failures()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minisign_signatures_are_verified_and_every_bad_one_is_refused_with_its_reason() {
+    let keys = tempfile::tempdir().unwrap();
+    let trusted = keys.path().join("trusted");
+    std::fs::create_dir(&trusted).unwrap();
+    let (sk, _) = minisign_keys(&trusted, "release");
+    let (other_sk, _) = minisign_keys(keys.path(), "stranger");
+    // The secret key is not a public key: only `*.pub` files are read.
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(format!("{name}.wasm"));
+    let tc = wasm("token-counter");
+
+    std::fs::copy(&tc, d("good")).unwrap();
+    minisign_sign(&sk, &d("good"), "release 1.4 by ci");
+    std::fs::copy(&tc, d("unsigned")).unwrap();
+    // Signed, then one byte changed (a custom section's worth: still a
+    // valid component, so only the signature can catch it).
+    std::fs::copy(&tc, d("tampered")).unwrap();
+    minisign_sign(&sk, &d("tampered"), "tampered");
+    let mut bytes = std::fs::read(d("tampered")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(d("tampered"), bytes).unwrap();
+    std::fs::copy(&tc, d("stranger")).unwrap();
+    minisign_sign(&other_sk, &d("stranger"), "someone else");
+    // A trusted signature of another file (console-logger) beside this one.
+    std::fs::copy(wasm("console-logger"), d("swapped")).unwrap();
+    std::fs::copy(&tc, d("other")).unwrap();
+    minisign_sign(&sk, &d("other"), "other");
+    std::fs::rename(sig(&d("other")), sig(&d("swapped"))).unwrap();
+    std::fs::remove_file(d("other")).unwrap();
+    std::fs::copy(&tc, d("garbage")).unwrap();
+    std::fs::write(sig(&d("garbage")), "untrusted comment: x\nnot a signature\n").unwrap();
+
+    let bus = Bus::builder()
+        .plugin_dir(dir.path())
+        .trusted_keys(&trusted)
+        .require_signed(true)
+        .build()
+        .await
+        .unwrap();
+    let good = plugin(&bus, "good").expect("the signed plugin loads");
+    let signer = good.signer.expect("its signer is shown");
+    assert_eq!(signer.key_id, key_id(&trusted.join("release.pub")));
+    assert_eq!(signer.trusted_comment, "release 1.4 by ci");
+    assert_eq!(bus.plugins().len(), 1, "{:?}", bus.plugins());
+    let unsigned = reason(&bus, "unsigned");
+    assert!(
+        unsigned.contains("unsigned") && unsigned.contains("unsigned.wasm.minisig"),
+        "{unsigned}"
+    );
+    let tampered = reason(&bus, "tampered");
+    assert!(tampered.contains("bad signature"), "{tampered}");
+    let stranger = reason(&bus, "stranger");
+    assert!(stranger.contains("not among the trusted keys"), "{stranger}");
+    let swapped = reason(&bus, "swapped");
+    assert!(swapped.contains("bad signature"), "{swapped}");
+    let garbage = reason(&bus, "garbage");
+    assert!(garbage.contains("not a minisign signature"), "{garbage}");
+    let report = bus
+        .emit_and_wait("model_responded", json!({ "usage": { "prompt_tokens": 1 } }))
+        .await;
+    assert_eq!(report.outcome("good"), Some(&Outcome::Ok));
+    bus.shutdown().await;
+
+    // Not required: the unsigned one loads; a signature that does not
+    // verify is still refused (it means a changed file).
+    let bus = Bus::builder()
+        .plugin_dir(dir.path())
+        .trusted_keys(&trusted)
+        .build()
+        .await
+        .unwrap();
+    assert!(plugin(&bus, "unsigned").is_some_and(|p| p.signer.is_none()));
+    assert!(plugin(&bus, "tampered").is_none());
+    assert!(plugin(&bus, "good").is_some_and(|p| p.signer.is_some()));
+    bus.shutdown().await;
+
+    // Required without keys is a configuration error, named.
+    let err = Bus::builder()
+        .plugin_dir(dir.path())
+        .require_signed(true)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no trusted keys"), "{err}");
+    let err = Bus::builder()
+        .trusted_keys(keys.path().join("missing"))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
+/// Generous: a change normally lands in well under a second.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_reloaded_replacement_is_verified_before_it_replaces_anything() {
+    let keys = tempfile::tempdir().unwrap();
+    let (sk, pk) = minisign_keys(keys.path(), "release");
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("obs.wasm");
+    std::fs::copy(wasm("misbehave"), &target).unwrap();
+    minisign_sign(&sk, &target, "v1");
+    let bus = Bus::builder()
+        .plugin_dir(dir.path())
+        .watch(true)
+        .trusted_keys(&pk)
+        .require_signed(true)
+        .build()
+        .await
+        .unwrap();
+    let meta = Recorder::attach(&bus, "plugbus.plugin.*");
+    let v1 = plugin(&bus, "obs").expect("v1 loads");
+
+    // A new build dropped in with the old signature beside it: refused, v1 stays.
+    let staging = keys.path().join("v2.wasm");
+    std::fs::copy(wasm("console-logger"), &staging).unwrap();
+    std::fs::copy(&staging, dir.path().join(".obs.tmp")).unwrap();
+    std::fs::rename(dir.path().join(".obs.tmp"), &target).unwrap();
+    let failed = until("load_failed", || meta.named("plugbus.plugin.load_failed").pop()).await;
+    let why = failed.payload()["reason"].as_str().unwrap().to_owned();
+    assert!(why.contains("bad signature"), "{why}");
+    let info = plugin(&bus, "obs").unwrap();
+    assert_eq!(info.version, v1.version, "the running version stays");
+    assert!(info.reload_error.is_some_and(|e| e.contains("bad signature")));
+    let report = bus.emit_and_wait("misbehave.ok", json!({})).await;
+    assert_eq!(report.outcome("obs"), Some(&Outcome::Ok), "v1 still handles its events");
+
+    // Its own signature arrives: the watcher picks it up and v2 replaces v1.
+    minisign_sign(&sk, &staging, "v2");
+    std::fs::copy(sig(&staging), dir.path().join(".obs.sig.tmp")).unwrap();
+    std::fs::rename(dir.path().join(".obs.sig.tmp"), sig(&target)).unwrap();
+    let v2 = until("v2 replaces v1", || {
+        plugin(&bus, "obs").filter(|p| p.version != v1.version && p.reload_error.is_none())
+    })
+    .await;
+    assert_eq!(v2.signer.unwrap().trusted_comment, "v2");
+    bus.shutdown().await;
+}
+
+#[test]
+fn plugbus_sign_makes_what_minisign_verifies_and_check_shows_the_signer() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("plugins.key");
+    let out = support::plugbus(&["keygen", "--key", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pk = dir.path().join("plugins.key.pub");
+    // The secret key is private.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "secret key mode {mode:o}");
+    }
+    let again = support::plugbus(&["keygen", "--key", key.to_str().unwrap()]);
+    assert!(!again.status.success(), "an existing key is never overwritten");
+
+    let file = dir.path().join("tc.wasm");
+    std::fs::copy(wasm("token-counter"), &file).unwrap();
+    let out = support::plugbus(&[
+        "sign",
+        "--key",
+        key.to_str().unwrap(),
+        "--comment",
+        "built by ci #42",
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let verified = run(minisign().arg("-V").arg("-p").arg(&pk).arg("-m").arg(&file));
+    let said = String::from_utf8_lossy(&verified.stdout);
+    assert!(said.contains("built by ci #42"), "{said}");
+
+    let out = support::plugbus(&["check", file.to_str().unwrap(), "--trusted-keys", pk.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("signed by:     key {}", key_id(&pk))), "{text}");
+    assert!(text.contains("built by ci #42"), "{text}");
+
+    // Another key's signature: `check` refuses, naming the key.
+    let (other_sk, other_pk) = minisign_keys(dir.path(), "other");
+    minisign_sign(&other_sk, &file, "other");
+    let out = support::plugbus(&["check", file.to_str().unwrap(), "--trusted-keys", pk.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&key_id(&other_pk)) && err.contains("not among the trusted keys"),
+        "{err}"
+    );
+}
