@@ -625,56 +625,64 @@ impl Worker {
     async fn handle(&mut self, event: &Event, quiet: bool) -> Outcome {
         let spec = self.spec.clone();
         let instance = match self.instance.take() {
-            Some(instance) => instance,
-            None => match self.rebuild().await {
-                Ok(instance) => instance,
-                Err(e) => {
-                    let outcome = Outcome::Failed(e.failure);
-                    self.finish(event, &outcome, 0, &e.frames);
-                    return outcome;
+            Some(instance) => Ok(instance),
+            None => self.rebuild().await,
+        };
+        // An instance that cannot be built (instantiation failed, or ran
+        // past its deadline on a starved machine) fails this event like a
+        // trap would: it becomes a dead letter, never silently skipped
+        // (found by the long model checker, seed 1140).
+        let ran = match instance {
+            Ok(mut instance) => {
+                let (result, fuel) = spec.on_event(&mut instance, event, quiet).await;
+                match result {
+                    Ok(Ok(())) => Ok((Outcome::Ok, fuel, instance)),
+                    Ok(Err(msg)) => Ok((Outcome::Error(msg), fuel, instance)),
+                    Err(e) => Err((e.failure, e.frames, fuel)),
                 }
-            },
+            }
+            Err(e) => Err((e.failure, e.frames, 0)),
         };
-        let mut instance = instance;
-        let (result, fuel) = spec.on_event(&mut instance, event, quiet).await;
-        let (outcome, frames) = match result {
-            Ok(Ok(())) => (Outcome::Ok, Vec::new()),
-            Ok(Err(msg)) => (Outcome::Error(msg), Vec::new()),
-            Err(e) => (Outcome::Failed(e.failure), e.frames),
-        };
-        if let Outcome::Failed(failure) = &outcome {
-            // The store is poisoned: drop it; the next event gets a fresh
-            // instance with the state rebuilt, without this event.
-            self.state.set(PluginState::Recovering);
-            self.stats.set_memory(0);
-            self.recovery.needs_rebuild = true;
-            // Keyed by event: a letter met again (a redrive that fails again,
-            // a redelivery) stays one letter. With a log, a letter is kept
-            // only for an event the log holds durably: one for an event a
-            // crash took back would name an event that never happened (and
-            // a redrive would apply it).
-            if !self.dead_letters.contains(event.id())
-                && Self::durable_in_log(&spec.name, self.log.clone(), event).await
-                && self.dead_letters.add(DeadLetter::new(&spec.name, event, failure))
-            {
-                self.stats.dead_lettered();
+        match ran {
+            Err((failure, frames, fuel)) => {
+                // The store is poisoned (or was never built): drop it; the
+                // next event gets a fresh instance with the state rebuilt,
+                // without this event.
+                self.state.set(PluginState::Recovering);
+                self.stats.set_memory(0);
+                self.recovery.needs_rebuild = true;
+                // Keyed by event: a letter met again (a redrive that fails again,
+                // a redelivery) stays one letter. With a log, a letter is kept
+                // only for an event the log holds durably: one for an event a
+                // crash took back would name an event that never happened (and
+                // a redrive would apply it).
+                if !self.dead_letters.contains(event.id())
+                    && Self::durable_in_log(&spec.name, self.log.clone(), event).await
+                    && self.dead_letters.add(DeadLetter::new(&spec.name, event, &failure))
+                {
+                    self.stats.dead_lettered();
+                }
+                let outcome = Outcome::Failed(failure);
+                self.finish(event, &outcome, fuel, &frames);
+                outcome
             }
-        } else {
-            self.state.set(PluginState::Ready);
-            self.stats.set_memory(instance.store.data().limiter.granted);
-            self.recovery.handled(event, &spec.limits);
-            if let Some(seq) = event.seq() {
-                // Never backwards: a redriven letter is older than the position.
-                self.last_seq = Some(self.last_seq.map_or(seq, |last| last.max(seq)));
+            Ok((outcome, fuel, instance)) => {
+                self.state.set(PluginState::Ready);
+                self.stats.set_memory(instance.store.data().limiter.granted);
+                self.recovery.handled(event, &spec.limits);
+                if let Some(seq) = event.seq() {
+                    // Never backwards: a redriven letter is older than the position.
+                    self.last_seq = Some(self.last_seq.map_or(seq, |last| last.max(seq)));
+                }
+                if self.dead_letters.contains(event.id()) && !self.letters_applied.iter().any(|id| id == event.id()) {
+                    self.letters_applied.push(event.id().to_owned());
+                }
+                self.instance = Some(instance);
+                self.maybe_snapshot().await;
+                self.finish(event, &outcome, fuel, &[]);
+                outcome
             }
-            if self.dead_letters.contains(event.id()) && !self.letters_applied.iter().any(|id| id == event.id()) {
-                self.letters_applied.push(event.id().to_owned());
-            }
-            self.instance = Some(instance);
-            self.maybe_snapshot().await;
         }
-        self.finish(event, &outcome, fuel, &frames);
-        outcome
     }
 
     /// Restores the snapshot a previous run (or the version this one
@@ -852,6 +860,7 @@ impl Worker {
     async fn rebuild(&mut self) -> Result<Instance, CallError> {
         let spec = self.spec.clone();
         let name = &*spec.name;
+        crate::failpoint::hit("plugin.instantiate").map_err(|e| CallError::from(Failure::Host(e.to_string())))?;
         let mut instance = spec.instantiate().await?;
         self.stats.restarted();
         if !std::mem::take(&mut self.recovery.needs_rebuild) {
