@@ -24,6 +24,9 @@ pub enum Error {
     /// The event log could not be opened.
     #[error(transparent)]
     Log(#[from] crate::log::LogError),
+    /// The capability policy file cannot be used.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyFileError),
     /// The trusted keys cannot be read, or signatures are required without any.
     #[error("plugin signatures: {0}")]
     Signature(#[from] crate::signature::SignatureError),

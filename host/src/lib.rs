@@ -80,6 +80,7 @@ pub mod otlp;
 pub mod outcome;
 pub mod pattern;
 pub mod plugin;
+pub mod policy;
 #[cfg(any(test, feature = "failpoints"))]
 pub mod power_loss;
 pub mod query;
@@ -106,6 +107,7 @@ pub use nats::{NatsError, NatsOptions, NatsStatus};
 pub use outcome::{Delivery, DeliveryReport, DropReason, Failure, Outcome};
 pub use pattern::{Pattern, PatternError, validate_event_name};
 pub use plugin::{LoadError, LoadErrorKind, PluginCheck, PluginInfo, PluginState};
+pub use policy::{Policy, PolicyFileError, PolicyViolation};
 pub use query::{QueryAnswer, QueryError};
 pub use replay::{Replay, ReplayEmit, ReplayError, ReplayReport};
 pub use schema::{SchemaError, SchemaPolicy};

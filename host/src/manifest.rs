@@ -392,6 +392,55 @@ impl Manifest {
         })
     }
 
+    /// The `[limits]` this manifest raises above `base`: `(field, asked,
+    /// default)` in the manifest's own names and units (`deadline_ms`,
+    /// `memory_mib`, …), for the fields where more is more permissive (see
+    /// [`crate::policy`]).
+    pub fn raised_limits(&self, base: &Limits) -> Vec<(&'static str, u64, u64)> {
+        let o = &self.limits;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mib = |b: usize| (b as u64) >> 20;
+        let count = |n: usize| n as u64;
+        let asked: [(&'static str, Option<u64>, u64); 12] = [
+            ("fuel", o.fuel, base.fuel),
+            ("deadline_ms", o.deadline.map(ms), ms(base.deadline)),
+            ("memory_mib", o.memory_bytes.map(mib), mib(base.memory_bytes)),
+            (
+                "queue_capacity",
+                o.queue_capacity.map(count),
+                count(base.queue_capacity),
+            ),
+            (
+                "emits_per_event",
+                o.emits_per_event.map(u64::from),
+                u64::from(base.emits_per_event),
+            ),
+            (
+                "log_lines_per_event",
+                o.log_lines_per_event.map(u64::from),
+                u64::from(base.log_lines_per_event),
+            ),
+            (
+                "replay_max_events",
+                o.replay_max_events.map(count),
+                count(base.replay_max_events),
+            ),
+            (
+                "replay_max_mib",
+                o.replay_max_bytes.map(mib),
+                mib(base.replay_max_bytes),
+            ),
+            ("query_fuel", o.query_fuel, base.query_fuel),
+            ("query_deadline_ms", o.query_deadline.map(ms), ms(base.query_deadline)),
+            ("state_fuel", o.state_fuel, base.state_fuel),
+            ("state_deadline_ms", o.state_deadline.map(ms), ms(base.state_deadline)),
+        ];
+        asked
+            .into_iter()
+            .filter_map(|(name, asked, default)| asked.filter(|a| *a > default).map(|a| (name, a, default)))
+            .collect()
+    }
+
     /// `base` with this manifest's overrides applied.
     pub fn apply_limits(&self, base: &Limits) -> Limits {
         let o = &self.limits;

@@ -280,3 +280,107 @@ fn plugbus_sign_makes_what_minisign_verifies_and_check_shows_the_signer() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capability_policy_refuses_each_grant_it_does_not_allow_and_names_the_rule() {
+    let root = tempfile::tempdir().unwrap();
+    let (allowed, other) = (root.path().join("allowed"), root.path().join("other"));
+    std::fs::create_dir_all(allowed.join("audit")).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let (sk, pk) = minisign_keys(keys.path(), "ci");
+    let dir = tempfile::tempdir().unwrap();
+    let tc = wasm("token-counter");
+    let put = |name: &str, manifest: String| support::install(dir.path(), &tc, name, &manifest);
+    let ro = |host: &Path| format!("[[dirs]]\nhost = \"{}\"\nguest = \"/data\"\n", host.display());
+    let rw = |host: &Path| format!("{}writable = true\n", ro(host));
+    put("reader", ro(&allowed.join("audit")));
+    put("writer", rw(&allowed.join("audit")));
+    put("outsider", ro(&other));
+    put("catch-up", "replay = \"all\"\n".into());
+    put("greedy", "[limits]\nfuel = 900000000\n".into());
+    put("capped", "[limits]\nfuel = 90000000\nmemory_mib = 128\n".into());
+    put("over-cap", "[limits]\nmemory_mib = 512\n".into());
+    put("modest", "[limits]\nfuel = 1000000\ndeadline_ms = 50\n".into());
+    put("signed-catch-up", "replay = \"all\"\n".into());
+    minisign_sign(&sk, &dir.path().join("signed-catch-up.wasm"), "ci");
+    let policy = root.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[default]\n\n\
+             [plugin.reader]\ndirs = [{{ path = \"allowed\" }}]\n\n\
+             [plugin.writer]\ndirs = [{{ path = \"allowed\" }}]\n\n\
+             [plugin.capped]\nlimits = {{ fuel = 100000000, memory_mib = 256 }}\n\n\
+             [plugin.over-cap]\nlimits = {{ memory_mib = 256 }}\n\n\
+             [key.{}]\nreplay = true\n",
+            key_id(&pk)
+        ),
+    )
+    .unwrap();
+    let log = tempfile::tempdir().unwrap();
+    let bus = Bus::builder()
+        .plugin_dir(dir.path())
+        .log_dir(log.path())
+        .trusted_keys(&pk)
+        .policy(&policy)
+        .build()
+        .await
+        .unwrap();
+    let mut loaded: Vec<String> = bus.plugins().into_iter().map(|p| p.name).collect();
+    loaded.sort();
+    assert_eq!(
+        loaded,
+        ["capped", "modest", "reader", "signed-catch-up"],
+        "{:?}",
+        bus.load_failures()
+    );
+    let writer = reason(&bus, "writer");
+    assert!(
+        writer.contains("[plugin.writer]") && writer.contains("read-write"),
+        "{writer}"
+    );
+    let outsider = reason(&bus, "outsider");
+    assert!(
+        outsider.contains("[default]") && outsider.contains("allows no directory"),
+        "{outsider}"
+    );
+    let catch_up = reason(&bus, "catch-up");
+    assert!(
+        catch_up.contains("[default]") && catch_up.contains("replay"),
+        "{catch_up}"
+    );
+    let greedy = reason(&bus, "greedy");
+    assert!(
+        greedy.contains("fuel = 900000000") && greedy.contains("bus default"),
+        "{greedy}"
+    );
+    let over = reason(&bus, "over-cap");
+    assert!(
+        over.contains("[plugin.over-cap]") && over.contains("memory_mib = 512") && over.contains("cap of 256"),
+        "{over}"
+    );
+    assert!(
+        writer.contains(&policy.display().to_string()),
+        "the policy file is named: {writer}"
+    );
+    bus.shutdown().await;
+
+    // Without a policy every manifest is taken as written.
+    let bus = Bus::builder()
+        .plugin_dir(dir.path())
+        .log_dir(log.path())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(bus.plugins().len(), 9, "{:?}", bus.load_failures());
+    bus.shutdown().await;
+
+    // A policy that cannot be read or parsed stops the build, named.
+    std::fs::write(&policy, "[plugin.x]\nlimits = { fuell = 1 }\n").unwrap();
+    let err = Bus::builder().policy(&policy).build().await.unwrap_err();
+    assert!(
+        err.to_string().contains("fuell") && err.to_string().contains("policy.toml"),
+        "{err}"
+    );
+}

@@ -45,6 +45,7 @@ pub struct BusBuilder {
     schema_policy: crate::SchemaPolicy,
     trusted_keys: Option<PathBuf>,
     require_signed: bool,
+    policy: Option<PathBuf>,
     #[cfg(feature = "nats")]
     pub(crate) nats: Option<crate::nats::NatsOptions>,
 }
@@ -75,6 +76,7 @@ impl BusBuilder {
             keep_plugin_state: true,
             trusted_keys: None,
             require_signed: false,
+            policy: None,
             #[cfg(feature = "nats")]
             nats: None,
         }
@@ -135,6 +137,16 @@ impl BusBuilder {
     /// the running version in place.
     pub fn require_signed(mut self, require: bool) -> Self {
         self.require_signed = require;
+        self
+    }
+
+    /// Bounds what plugin manifests may grant (directories, catch-up,
+    /// limits above the defaults) with the capability policy in `path`, a
+    /// TOML file read when the bus is built (see [`crate::policy`]). A
+    /// manifest asking for more than its rule allows is refused like any
+    /// bad plugin, naming the rule.
+    pub fn policy(mut self, path: impl Into<PathBuf>) -> Self {
+        self.policy = Some(path.into());
         self
     }
 
@@ -285,7 +297,8 @@ impl BusBuilder {
     /// [`Error::LogWithNats`] when both an event log and NATS are asked for
     /// (checked first: nothing is opened); [`Error::Nats`] naming the URL or
     /// the stream; [`Error::Signature`] for unreadable trusted keys, or
-    /// signatures required without any; [`Error::Log`], [`Error::Schema`], [`Error::PluginDir`],
+    /// signatures required without any; [`Error::Policy`] for a policy file
+    /// that cannot be used; [`Error::Log`], [`Error::Schema`], [`Error::PluginDir`],
     /// [`Error::Engine`], [`Error::Watch`], [`Error::NoRuntime`].
     pub async fn build(self) -> Result<Bus, Error> {
         let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
@@ -300,6 +313,10 @@ impl BusBuilder {
             None => None,
         };
         let signatures = crate::signature::SignaturePolicy::new(keys, self.require_signed)?;
+        let policy = match &self.policy {
+            Some(path) => Some(crate::policy::Policy::read(path)?),
+            None => None,
+        };
         let mut limits = self.limits;
         if let Some(q) = self.queue_capacity {
             limits.queue_capacity = q;
@@ -359,6 +376,7 @@ impl BusBuilder {
             follow_ups: self.follow_ups,
             schemas,
             signatures,
+            policy,
         };
         let bus = Bus {
             shared: Arc::new_cyclic(|me| Shared::new(parts, me.clone())),

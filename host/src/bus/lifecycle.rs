@@ -48,7 +48,14 @@ async fn prepare(shared: &Arc<Shared>, path: &Path) -> Result<Prepared, LoadErro
     if shared.closed.load(Ordering::Acquire) {
         return Err(err(LoadErrorKind::Closed));
     }
-    let spec = PluginSpec::load(&shared.engine, path, &shared.limits, &shared.signatures, port(shared)).await?;
+    let spec = PluginSpec::load(
+        &shared.engine,
+        path,
+        &shared.limits,
+        (&shared.signatures, shared.policy.as_ref()),
+        port(shared),
+    )
+    .await?;
     let mut instance = spec
         .instantiate()
         .await

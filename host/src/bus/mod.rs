@@ -177,6 +177,8 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     /// What plugin signatures must be (checked on every load and reload).
     pub(crate) signatures: crate::signature::SignaturePolicy,
+    /// What manifests may grant, when a capability policy is set.
+    pub(crate) policy: Option<crate::policy::Policy>,
     history: Option<History>,
     on_failure: Option<FailureHook>,
     /// Events published since the bus was built.
@@ -209,6 +211,7 @@ pub(crate) struct Parts {
     pub follow_ups: FollowUps,
     pub schemas: Option<crate::schema::Schemas>,
     pub signatures: crate::signature::SignaturePolicy,
+    pub policy: Option<crate::policy::Policy>,
     #[cfg(feature = "nats")]
     pub nats: Option<crate::nats::NatsLink>,
 }
@@ -226,6 +229,7 @@ impl Shared {
             follow_ups,
             schemas,
             signatures,
+            policy,
             #[cfg(feature = "nats")]
             nats,
         } = parts;
@@ -247,6 +251,7 @@ impl Shared {
             engine: Arc::new(engine),
             limits,
             signatures,
+            policy,
             history,
             on_failure,
             published: AtomicU64::new(0),

@@ -337,7 +337,7 @@ pub struct LogArgs {
     trust: TrustArgs,
 }
 
-/// Plugin signatures (see `plugbus::signature` and docs/trust.md).
+/// Plugin signatures and the capability policy (see `plugbus::signature`, `plugbus::policy` and docs/trust.md).
 #[derive(clap::Args)]
 pub struct TrustArgs {
     /// Trust the minisign public keys in PATH (a `.pub` file or a directory of them): a plugin with
@@ -347,10 +347,18 @@ pub struct TrustArgs {
     /// Refuse plugins without a valid signature by a trusted key.
     #[arg(long, requires = "trusted_keys")]
     require_signed: bool,
+    /// Bound what plugin manifests may grant (directories, catch-up, raised limits) with this
+    /// capability policy (TOML; see docs/trust.md).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
 }
 
 impl TrustArgs {
     pub fn apply(&self, builder: plugbus::BusBuilder) -> plugbus::BusBuilder {
+        let builder = match &self.policy {
+            Some(path) => builder.policy(path),
+            None => builder,
+        };
         match &self.trusted_keys {
             Some(path) => builder.trusted_keys(path).require_signed(self.require_signed),
             None => builder,

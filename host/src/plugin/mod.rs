@@ -95,6 +95,9 @@ pub enum LoadErrorKind {
     /// Its signature is missing (when required), unknown, or does not verify.
     #[error(transparent)]
     Signature(#[from] SignatureError),
+    /// Its manifest asks for more than the capability policy allows.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyViolation),
 }
 
 /// Lifecycle state of a loaded plugin.
@@ -236,7 +239,7 @@ impl PluginSpec {
         engine: &Arc<PluginEngine>,
         path: &Path,
         bus_limits: &Limits,
-        signatures: &SignaturePolicy,
+        (signatures, policy): (&SignaturePolicy, Option<&crate::policy::Policy>),
         bus: Weak<dyn BusPort>,
     ) -> Result<PluginSpec, LoadError> {
         let err = |kind: LoadErrorKind| LoadError {
@@ -284,6 +287,11 @@ impl PluginSpec {
         check_header(&bytes).map_err(err)?;
         // Before anything runs or is compiled: a refused file costs a hash.
         let signer = signatures.check(path, &bytes).map_err(|e| err(e.into()))?;
+        if let Some(policy) = policy {
+            policy
+                .check(&name, signer.as_ref(), &manifest, bus_limits)
+                .map_err(|e| err(e.into()))?;
+        }
 
         // Hashing and compiling are CPU-bound: keep them off the async runtime.
         let eng = engine.clone();

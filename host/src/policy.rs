@@ -1,0 +1,316 @@
+//! The capability policy: a host-side TOML file bounding what plugin
+//! manifests may grant, per plugin name or per signing key.
+//!
+//! A manifest is written by whoever ships the plugin; the policy by whoever
+//! runs the host. Without a policy every manifest is taken as written
+//! (plugbus's behaviour before policies). With one, each plugin is checked
+//! against exactly one rule, the most specific that applies:
+//! `[plugin.NAME]`, else `[key.KEYID]` for the key that signed it (see
+//! [`crate::signature`]), else `[default]` (which, absent, allows nothing
+//! beyond the bus defaults). A manifest asking for more than its rule allows
+//! is refused, naming the rule and the grant:
+//!
+//! ```toml
+//! [default]                      # no directories, no catch-up, no raised limits
+//!
+//! [plugin.audit-log]
+//! dirs = [{ path = "/var/lib/plugbus/audit", writable = true }]
+//!
+//! [key.1AE249EE88D3B81B]         # anything our CI signed
+//! replay = true                  # may ask for replay = "all" / "since:…"
+//! limits = { memory_mib = 256, fuel = 200_000_000 }
+//! ```
+//!
+//! - `dirs`: host directories a manifest's `[[dirs]]` may grant, each with
+//!   everything below it; `writable = true` allows read-write grants there
+//!   too. Paths are resolved (symlinks, `..`) before they are compared; a
+//!   relative path is relative to the policy file.
+//! - `replay`: whether the manifest may ask for a catch-up from the log.
+//! - `limits`: the highest value of each `[limits]` field (same names and
+//!   units as the manifest) a manifest may raise it to; a limit not listed
+//!   may not be raised above the bus default. Lowering a limit is always
+//!   allowed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::limits::Limits;
+use crate::manifest::{CatchUp, Manifest};
+use crate::signature::Signer;
+
+/// Most bytes a policy file may have: a policy is a few rules; a bigger
+/// file is a wrong path.
+const MAX_POLICY_BYTES: u64 = 1 << 20;
+
+/// A policy file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("policy {}: {reason}", path.display())]
+pub struct PolicyFileError {
+    /// The policy file.
+    pub path: PathBuf,
+    /// What is wrong (for TOML errors, with the line).
+    pub reason: String,
+}
+
+/// A manifest asking for more than its rule allows.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("refused by the capability policy ({rule} in {}): {reason}", file.display())]
+pub struct PolicyViolation {
+    /// The rule that applied: `[plugin.NAME]`, `[key.ID]` or `[default]`.
+    pub rule: String,
+    /// The policy file.
+    pub file: PathBuf,
+    /// Which grant exceeded it.
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    default: Option<RawRule>,
+    #[serde(default)]
+    plugin: BTreeMap<String, RawRule>,
+    #[serde(default)]
+    key: BTreeMap<String, RawRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(default)]
+    dirs: Vec<RawDir>,
+    #[serde(default)]
+    replay: bool,
+    #[serde(default)]
+    limits: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDir {
+    path: PathBuf,
+    #[serde(default)]
+    writable: bool,
+}
+
+/// One rule, resolved.
+#[derive(Debug, Default)]
+struct Rule {
+    dirs: Vec<(PathBuf, bool)>,
+    replay: bool,
+    limits: BTreeMap<String, u64>,
+}
+
+/// A capability policy read from a file (see the module docs).
+#[derive(Debug)]
+pub struct Policy {
+    file: PathBuf,
+    default: Rule,
+    plugins: BTreeMap<String, Rule>,
+    keys: BTreeMap<String, Rule>,
+}
+
+impl Policy {
+    /// Reads and checks the policy at `path`.
+    ///
+    /// # Errors
+    /// [`PolicyFileError`] naming the file: unreadable, not TOML, an unknown
+    /// field or limit name.
+    pub fn read(path: impl AsRef<Path>) -> Result<Policy, PolicyFileError> {
+        let path = path.as_ref();
+        let err = |reason: String| PolicyFileError {
+            path: path.to_owned(),
+            reason,
+        };
+        let len = std::fs::metadata(path)
+            .map_err(|e| err(format!("cannot read: {e}")))?
+            .len();
+        if len > MAX_POLICY_BYTES {
+            return Err(err(format!("{len} bytes is more than a policy has")));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Policy::parse(path, base, &text)
+    }
+
+    /// Parses policy `text` (read from `file`; relative directories are
+    /// relative to `base`).
+    ///
+    /// # Errors
+    /// As [`Policy::read`].
+    pub fn parse(file: &Path, base: &Path, text: &str) -> Result<Policy, PolicyFileError> {
+        let err = |reason: String| PolicyFileError {
+            path: file.to_owned(),
+            reason,
+        };
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let resolve = |name: &str, rule: RawRule| -> Result<Rule, PolicyFileError> {
+            for limit in rule.limits.keys() {
+                if !RAISABLE.contains(&limit.as_str()) {
+                    return Err(err(format!(
+                        "{name}: unknown limit `{limit}` (one of: {})",
+                        RAISABLE.join(", ")
+                    )));
+                }
+            }
+            let dirs = rule
+                .dirs
+                .into_iter()
+                .map(|d| {
+                    let path = if d.path.is_absolute() {
+                        d.path
+                    } else {
+                        base.join(d.path)
+                    };
+                    (resolved(&path), d.writable)
+                })
+                .collect();
+            Ok(Rule {
+                dirs,
+                replay: rule.replay,
+                limits: rule.limits,
+            })
+        };
+        let default = match raw.default {
+            Some(rule) => resolve("[default]", rule)?,
+            None => Rule::default(),
+        };
+        let mut plugins = BTreeMap::new();
+        for (name, rule) in raw.plugin {
+            let rule = resolve(&format!("[plugin.{name}]"), rule)?;
+            plugins.insert(name, rule);
+        }
+        let mut keys = BTreeMap::new();
+        for (id, rule) in raw.key {
+            let rule = resolve(&format!("[key.{id}]"), rule)?;
+            keys.insert(id.to_ascii_uppercase(), rule);
+        }
+        Ok(Policy {
+            file: file.to_owned(),
+            default,
+            plugins,
+            keys,
+        })
+    }
+
+    /// Checks plugin `name` (signed by `signer`, if it is) whose manifest is
+    /// `manifest`, on a bus whose defaults are `base`.
+    ///
+    /// # Errors
+    /// [`PolicyViolation`] naming the rule and the first grant it refuses.
+    pub fn check(
+        &self,
+        name: &str,
+        signer: Option<&Signer>,
+        manifest: &Manifest,
+        base: &Limits,
+    ) -> Result<(), PolicyViolation> {
+        let (label, rule) = if let Some(rule) = self.plugins.get(name) {
+            (format!("[plugin.{name}]"), rule)
+        } else if let Some((id, rule)) = signer.and_then(|s| self.keys.get(&s.key_id).map(|r| (&s.key_id, r))) {
+            (format!("[key.{id}]"), rule)
+        } else {
+            ("[default]".to_owned(), &self.default)
+        };
+        let refuse = |reason: String| PolicyViolation {
+            rule: label.clone(),
+            file: self.file.clone(),
+            reason,
+        };
+        for grant in &manifest.dirs {
+            let host = resolved(&grant.host);
+            let allowed = rule
+                .dirs
+                .iter()
+                .any(|(dir, writable)| host.starts_with(dir) && (*writable || !grant.writable));
+            if !allowed {
+                let mode = if grant.writable { "read-write" } else { "read-only" };
+                return Err(refuse(format!(
+                    "[[dirs]] grants {} {mode}, which the rule does not allow{}",
+                    host.display(),
+                    if rule.dirs.is_empty() {
+                        " (it allows no directory)".to_owned()
+                    } else {
+                        format!(
+                            " (it allows: {})",
+                            rule.dirs
+                                .iter()
+                                .map(|(d, w)| format!("{}{}", d.display(), if *w { " rw" } else { " ro" }))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                )));
+            }
+        }
+        if manifest.replay != CatchUp::None && !rule.replay {
+            return Err(refuse(
+                "`replay` asks for a catch-up from the event log, which the rule does not allow (replay = true)".into(),
+            ));
+        }
+        for (limit, asked, default) in manifest.raised_limits(base) {
+            match rule.limits.get(limit) {
+                Some(cap) if asked <= *cap => {}
+                Some(cap) => {
+                    return Err(refuse(format!(
+                        "[limits] {limit} = {asked} is above the rule's cap of {cap}"
+                    )));
+                }
+                None => {
+                    return Err(refuse(format!(
+                        "[limits] {limit} = {asked} raises the bus default of {default}, which the rule does not allow"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `[limits]` fields a policy caps: those where a higher value gives a
+/// plugin more (time, memory, output, buffered history).
+pub(crate) const RAISABLE: &[&str] = &[
+    "fuel",
+    "deadline_ms",
+    "memory_mib",
+    "queue_capacity",
+    "emits_per_event",
+    "log_lines_per_event",
+    "replay_max_events",
+    "replay_max_mib",
+    "query_fuel",
+    "query_deadline_ms",
+    "state_fuel",
+    "state_deadline_ms",
+];
+
+/// `path` with symlinks and `..` resolved when it exists (as written otherwise).
+fn resolved(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_policies_name_the_file_and_the_field() {
+        let err = Policy::parse(
+            Path::new("p.toml"),
+            Path::new("."),
+            "[plugin.x]\nlimits = { fuell = 1 }\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("p.toml") && err.to_string().contains("fuell"),
+            "{err}"
+        );
+        let err = Policy::parse(Path::new("p.toml"), Path::new("."), "[plugin.x]\ndir = []\n").unwrap_err();
+        assert!(err.to_string().contains("dir"), "{err}");
+        let err = Policy::parse(Path::new("p.toml"), Path::new("."), "not toml [").unwrap_err();
+        assert!(err.to_string().contains("p.toml"), "{err}");
+    }
+}
