@@ -23,10 +23,12 @@
 //! a directory it owns are loaded; the directory is created private (0700)
 //! and must not be writable by anyone who should not run code as this user.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -53,6 +55,12 @@ pub struct CacheStats {
 
 pub(crate) struct ArtifactCache {
     dir: PathBuf,
+    /// One lock per artifact being loaded or compiled: a second load of the
+    /// same plugin (the watcher and the start-up scan, two hosts' worth of
+    /// hot reloads) waits for the first and then finds the artifact it
+    /// wrote, instead of compiling it again on the other core (single
+    /// flight). Entries are removed when their last user is done.
+    inflight: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     hits: AtomicU64,
     misses: AtomicU64,
     discarded: AtomicU64,
@@ -98,6 +106,7 @@ impl ArtifactCache {
         create_private_dir(&dir)?;
         Ok(ArtifactCache {
             dir,
+            inflight: Mutex::new(HashMap::new()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
@@ -115,8 +124,29 @@ impl ArtifactCache {
     }
 
     /// The component for `wasm`, from the cache or compiled (and then
-    /// cached). Blocking: call from a blocking thread.
+    /// cached), compiled at most once at a time per artifact: concurrent
+    /// callers for the same `hash` wait for the first and load what it
+    /// wrote. Blocking: call from a blocking thread.
     pub fn load_or_compile(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+        hash: &str,
+        plugin: &str,
+    ) -> wasmtime::Result<Component> {
+        let slot = Arc::clone(lock(&self.inflight).entry(hash.to_owned()).or_default());
+        let turn = lock(&slot);
+        let result = self.load_or_compile_alone(engine, wasm, hash, plugin);
+        drop(turn);
+        let mut inflight = lock(&self.inflight);
+        // The map's reference and ours: nobody else waits on this artifact.
+        if Arc::strong_count(&slot) == 2 {
+            inflight.remove(hash);
+        }
+        result
+    }
+
+    fn load_or_compile_alone(
         &self,
         engine: &Engine,
         wasm: &[u8],
@@ -216,6 +246,12 @@ const CHUNK: usize = 1 << 20;
 
 /// Writes `bytes` to a temporary name beside `path`, syncs, and renames it
 /// into place; on error the temporary file is removed.
+/// Locks `m`, going on if a panicking holder poisoned it: the data is a
+/// map of locks (or nothing), valid whatever happened mid-way.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     // Unique per process (pid) and per write within it (counter).
     static WRITES: AtomicU64 = AtomicU64::new(0);

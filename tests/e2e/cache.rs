@@ -130,3 +130,18 @@ async fn an_unwritable_cache_never_stops_a_plugin_loading() {
     assert!(bus.cache_stats().is_none());
     assert_eq!(bus.plugins()[0].version.len(), 64, "sha256 hex version");
 }
+
+/// Single flight: two loads of the same plugin at once on a cold cache (the
+/// watcher and the start-up scan, say) compile it once; the second waits
+/// and loads the artifact the first wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_loads_of_one_plugin_compile_it_once() {
+    let cache = tempfile::tempdir().unwrap();
+    let bus = Bus::builder().cache_dir(cache.path()).build().await.unwrap();
+    let wasm = support::wasm("token-counter");
+    let (a, b) = tokio::join!(bus.check_plugin(&wasm), bus.check_plugin(&wasm));
+    assert_eq!(a.unwrap().version, b.unwrap().version);
+    let stats = bus.cache_stats().unwrap();
+    assert_eq!((stats.misses, stats.hits), (1, 1), "{stats:?}");
+    bus.shutdown().await;
+}
