@@ -337,8 +337,21 @@ impl Event {
             time_unix_nanos: self.0.time_unix_nanos,
             correlation_id: self.0.correlation_id.clone(),
             source: self.0.source.clone(),
-            payload: self.0.payload().to_string(),
+            payload: json_text(self.0.payload()),
         })
+    }
+}
+
+/// `value` as compact JSON text, written straight into a byte buffer:
+/// `Value`'s `Display` goes through `fmt::Write` a piece at a time, which
+/// made it the log writer's largest cost (issue 22's profile of scenario 8).
+fn json_text(value: &Value) -> String {
+    let mut out = Vec::with_capacity(128);
+    match serde_json::to_writer(&mut out, value) {
+        // serde_json writes UTF-8 only.
+        Ok(()) => String::from_utf8(out).unwrap_or_else(|_| value.to_string()),
+        // Never for a `Value` (its keys are strings); the slow path is as good.
+        Err(_) => value.to_string(),
     }
 }
 
