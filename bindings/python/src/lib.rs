@@ -196,9 +196,11 @@ fn outcome_json(outcome: &Outcome) -> serde_json::Value {
 impl NativeBus {
     /// Builds the bus: loads the plugins of `plugin_dir` (and watches it),
     /// opens the log in `log_dir`. `limits` is TOML with the manifest's
-    /// `[limits]` keys.
+    /// `[limits]` keys. `trusted_keys`, `require_signed` and `policy`:
+    /// signature-checked loading and the capability policy (docs/trust.md).
     #[new]
-    #[pyo3(signature = (plugin_dir=None, log_dir=None, watch=false, limits=None, cache_dir=None, no_cache=false))]
+    #[pyo3(signature = (plugin_dir=None, log_dir=None, watch=false, limits=None, cache_dir=None, no_cache=false, trusted_keys=None, require_signed=false, policy=None))]
+    #[allow(clippy::too_many_arguments)] // Python keywords, one per builder option.
     fn new(
         py: Python<'_>,
         plugin_dir: Option<PathBuf>,
@@ -207,6 +209,9 @@ impl NativeBus {
         limits: Option<&str>,
         cache_dir: Option<PathBuf>,
         no_cache: bool,
+        trusted_keys: Option<PathBuf>,
+        require_signed: bool,
+        policy: Option<PathBuf>,
     ) -> PyResult<Self> {
         let limits = self::limits(limits)?;
         if let Some(dir) = &plugin_dir
@@ -236,6 +241,13 @@ impl NativeBus {
             }
             if no_cache {
                 builder = builder.no_cache();
+            }
+            if let Some(keys) = trusted_keys {
+                builder = builder.trusted_keys(keys);
+            }
+            builder = builder.require_signed(require_signed);
+            if let Some(policy) = policy {
+                builder = builder.policy(policy);
             }
             let bus = runtime.block_on(builder.build()).map_err(|e| e.to_string())?;
             let (tx, rx) = channel();

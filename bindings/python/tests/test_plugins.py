@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from conftest import BIN
 from plugbus import Event, EventBus, PlugbusError, QueryError
 
 USAGE = {"model": "gpt-4.1", "usage": {"prompt_tokens": 1000, "completion_tokens": 200}, "cost_usd": 0.75}
@@ -229,3 +231,25 @@ def test_a_watched_directory_loads_a_plugin_dropped_in(plugin_dir: Callable[...,
         bus.emit("model_responded", USAGE)
         bus.flush()
         assert stats(bus, "token-counter")["delivered"] == 1
+
+
+def test_signed_plugins_load_and_unsigned_ones_are_refused_when_required(
+    plugin_dir: Callable[..., Path], cache_dir: str, tmp_path: Path
+) -> None:
+    plugins = plugin_dir("cost-tracker", "console-logger")
+    key = tmp_path / "release.key"
+    subprocess.run([str(BIN), "keygen", "--key", str(key)], check=True, capture_output=True)
+    subprocess.run(
+        [str(BIN), "sign", "--key", str(key), "--comment", "py test", str(plugins / "cost-tracker.wasm")],
+        check=True,
+        capture_output=True,
+    )
+    public = tmp_path / "release.key.pub"
+    with EventBus(plugin_dir=plugins, cache_dir=cache_dir, trusted_keys=public, require_signed=True) as bus:
+        loaded = bus.plugins()
+        assert [p["name"] for p in loaded] == ["cost-tracker"]
+        assert loaded[0]["signer"]["trusted_comment"] == "py test"
+        failures = bus.load_failures()
+        assert len(failures) == 1 and "unsigned" in failures[0]["reason"], failures
+    with pytest.raises(PlugbusError, match="no trusted keys"):
+        EventBus(plugin_dir=plugins, cache_dir=cache_dir, require_signed=True)

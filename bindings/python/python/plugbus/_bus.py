@@ -134,7 +134,11 @@ class EventBus:
     - `limits`: the manifest's `[limits]` keys (`fuel`, `deadline_ms`,
       `memory_mib`, `queue_capacity`, ...) as the defaults for every plugin;
     - `log_dir`: keep every event in a plugbus event log there;
-    - `cache_dir` / `no_cache`: where compiled plugins are cached.
+    - `cache_dir` / `no_cache`: where compiled plugins are cached;
+    - `trusted_keys` / `require_signed`: minisign public keys (a `.pub` file
+      or a directory of them) trusted to sign plugins, and whether unsigned
+      plugins are refused (docs/trust.md);
+    - `policy`: a capability policy file bounding what manifests may grant.
 
     Raises `ValueError` for a bad `history_size` or limit, and
     `PlugbusError` for a plugin directory or log that cannot be used.
@@ -152,6 +156,9 @@ class EventBus:
         watch: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
         no_cache: bool = False,
+        trusted_keys: str | os.PathLike[str] | None = None,
+        require_signed: bool = False,
+        policy: str | os.PathLike[str] | None = None,
     ) -> None:
         if history_size < 1:
             raise ValueError("history_size must be >= 1")
@@ -177,6 +184,9 @@ class EventBus:
                 limits=None if limits is None else _limits_toml(limits),
                 cache_dir=None if cache_dir is None else os.fspath(cache_dir),
                 no_cache=no_cache,
+                trusted_keys=None if trusted_keys is None else os.fspath(trusted_keys),
+                require_signed=require_signed,
+                policy=None if policy is None else os.fspath(policy),
             )
             self._dispatcher = threading.Thread(
                 target=self._dispatch_follow_ups, name="plugbus-follow-ups", daemon=True

@@ -20,6 +20,9 @@ class NativeBus:
         limits: str | None = None,
         cache_dir: str | PathLike[str] | None = None,
         no_cache: bool = False,
+        trusted_keys: str | PathLike[str] | None = None,
+        require_signed: bool = False,
+        policy: str | PathLike[str] | None = None,
     ) -> None: ...
     def publish(self, name: str, data: object, correlation_id: str | None = None) -> tuple[str, int, int | None]:
         """Raises ValueError (nothing published) when data has no JSON form."""
