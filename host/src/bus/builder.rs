@@ -403,19 +403,48 @@ impl BusBuilder {
                 .map_err(|e| Error::Watch(format!("{}: {e}", dir.display())))?;
             bus.shared.set_watcher(Box::new(move || Box::pin(handle.stop())));
         }
-        for file in files {
+        load_all(&bus, files).await;
+        Ok(bus)
+    }
+}
+
+/// Loads `files` (sorted by name), as many at once as there are cores:
+/// compiling is CPU-bound and one plugin's compile (seconds for an
+/// interpreted one) should not wait behind another's. Installation itself
+/// is serialised by the bus; failures are listed in name order, whatever
+/// order the loads finished in.
+async fn load_all(bus: &Bus, files: Vec<PathBuf>) {
+    let parallel = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mut pending = files.into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    let mut failures = Vec::new();
+    loop {
+        while running.len() < parallel {
+            let Some(file) = pending.next() else { break };
+            let bus = bus.clone();
             // `reload_plugin`, not `load_plugin`: the watcher may already have
             // loaded this file, in which case it is simply unchanged.
-            if let Err(e) = bus.reload_plugin(&file).await {
+            running.spawn(async move {
+                let result = bus.reload_plugin(&file).await;
+                (file, result)
+            });
+        }
+        let Some(done) = running.join_next().await else { break };
+        match done {
+            Ok((_, Ok(_))) => {}
+            Ok((file, Err(e))) => {
                 tracing::error!(file = %file.display(), error = %e.kind, "plugin not loaded");
-                lock(&bus.shared.load_failures).push(LoadFailure {
+                failures.push(LoadFailure {
                     path: file,
                     reason: e.kind.to_string(),
                 });
             }
+            // A load that panicked: a bug, logged; the others go on.
+            Err(e) => tracing::error!(error = %e, "a plugin load task failed"),
         }
-        Ok(bus)
     }
+    failures.sort_by(|a, b| a.path.cmp(&b.path));
+    lock(&bus.shared.load_failures).extend(failures);
 }
 
 /// The `*.wasm` files of `dir`, sorted by name.
