@@ -110,7 +110,8 @@ pub struct Policy {
     file: PathBuf,
     default: Rule,
     plugins: BTreeMap<String, Rule>,
-    keys: BTreeMap<String, Rule>,
+    /// By key id (the number: ids are written with or without leading zeros).
+    keys: BTreeMap<u64, Rule>,
 }
 
 impl Policy {
@@ -185,8 +186,10 @@ impl Policy {
         }
         let mut keys = BTreeMap::new();
         for (id, rule) in raw.key {
-            let rule = resolve(&format!("[key.{id}]"), rule)?;
-            keys.insert(id.to_ascii_uppercase(), rule);
+            let label = format!("[key.{id}]");
+            let number = crate::signature::parse_key_id(&id)
+                .ok_or_else(|| err(format!("{label}: `{id}` is not a key id (hex, as minisign prints it)")))?;
+            keys.insert(number, resolve(&label, rule)?);
         }
         Ok(Policy {
             file: file.to_owned(),
@@ -210,7 +213,10 @@ impl Policy {
     ) -> Result<(), PolicyViolation> {
         let (label, rule) = if let Some(rule) = self.plugins.get(name) {
             (format!("[plugin.{name}]"), rule)
-        } else if let Some((id, rule)) = signer.and_then(|s| self.keys.get(&s.key_id).map(|r| (&s.key_id, r))) {
+        } else if let Some((id, rule)) = signer.and_then(|s| {
+            let number = crate::signature::parse_key_id(&s.key_id)?;
+            self.keys.get(&number).map(|r| (&s.key_id, r))
+        }) {
             (format!("[key.{id}]"), rule)
         } else {
             ("[default]".to_owned(), &self.default)

@@ -55,7 +55,7 @@ pub enum SignatureError {
     /// Signed with a key that is not trusted.
     #[error("signed by key {key_id}, which is not among the trusted keys ({trusted})")]
     UnknownKey {
-        /// The key id the signature names (16 hex digits, as minisign prints it).
+        /// The key id the signature names (hex, as minisign prints it).
         key_id: String,
         /// The trusted key ids.
         trusted: String,
@@ -97,7 +97,7 @@ pub enum SignatureError {
 /// Who signed a plugin, as verified.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Signer {
-    /// The signing key's id: 16 hex digits, as `minisign` prints it.
+    /// The signing key's id in hex, as `minisign` prints it.
     pub key_id: String,
     /// The trusted key file that verified it.
     pub key_file: PathBuf,
@@ -297,10 +297,17 @@ pub fn signature_path(wasm: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// A key id as minisign prints it: the 8 id bytes as a little-endian
-/// integer in 16 upper-case hex digits.
-fn key_id_text(id: u64) -> String {
-    format!("{id:016X}")
+/// A key id as Debian's `minisign` prints it in a public key's comment: the
+/// 8 id bytes as a little-endian integer in upper-case hex, without leading
+/// zeros (`%PRIX64`), so the id an operator copies from a `.pub` file is the
+/// one plugbus shows.
+pub(crate) fn key_id_text(id: u64) -> String {
+    format!("{id:X}")
+}
+
+/// Parses a key id written in hex (with or without leading zeros).
+pub(crate) fn parse_key_id(text: &str) -> Option<u64> {
+    u64::from_str_radix(text.trim(), 16).ok()
 }
 
 /// The key id in a base64 line that decodes to `len` bytes (algorithm, id,
@@ -344,6 +351,16 @@ mod tests {
             signature_path(Path::new("/p/cost-tracker.wasm")),
             Path::new("/p/cost-tracker.wasm.minisig")
         );
+    }
+
+    /// Debian's minisign prints ids with `%PRIX64`: no leading zeros (an id
+    /// starting with a 0 nibble, 1 in 16 keys, once made the shown id differ).
+    #[test]
+    fn key_ids_are_written_as_minisign_writes_them() {
+        assert_eq!(key_id_text(0x074B_303C_A365_0B87), "74B303CA3650B87");
+        assert_eq!(parse_key_id("074B303CA3650B87"), Some(0x074B_303C_A365_0B87));
+        assert_eq!(parse_key_id("74b303ca3650b87"), Some(0x074B_303C_A365_0B87));
+        assert_eq!(parse_key_id("not hex"), None);
     }
 
     #[test]
