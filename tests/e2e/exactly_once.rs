@@ -443,14 +443,9 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
     }
 }
 
-/// Seed 1918 of the long model checker, made deterministic: a stateful
-/// plugin starting on a log for the first time writes its initial snapshot
-/// (slowed here to 2 s); events acknowledged meanwhile must reach it after
-/// a SIGKILL. Before the fix the snapshot was written after the plugin was
-/// registered, the host already took events, and the restart, finding no
-/// snapshot, took the plugin for a new one and skipped them.
-#[test]
-fn events_taken_while_a_new_plugins_first_snapshot_is_written_survive_a_kill() {
+/// Temporary plugin and log directories with the ledger (broken version,
+/// no periodic snapshot), and a node over them with `failpoints`.
+fn ledger_node(failpoints: &str) -> (tempfile::TempDir, tempfile::TempDir, Node) {
     let plugins = tempfile::tempdir().unwrap();
     let log = tempfile::tempdir().unwrap();
     support::install(
@@ -459,12 +454,19 @@ fn events_taken_while_a_new_plugins_first_snapshot_is_written_survive_a_kill() {
         "ledger",
         &ledger_manifest(false, 1000, 0),
     );
-    let node = Node::start(
-        plugins.path(),
-        log.path(),
-        "always",
-        Some("snapshot.rename.before=1*sleep(2000)"),
-    );
+    let node = Node::start(plugins.path(), log.path(), "always", Some(failpoints));
+    (plugins, log, node)
+}
+
+/// Seed 1918 of the long model checker, made deterministic: a stateful
+/// plugin starting on a log for the first time writes its initial snapshot
+/// (slowed here to 2 s); events acknowledged meanwhile must reach it after
+/// a SIGKILL. Before the fix the snapshot was written after the plugin was
+/// registered, the host already took events, and the restart, finding no
+/// snapshot, took the plugin for a new one and skipped them.
+#[test]
+fn events_taken_while_a_new_plugins_first_snapshot_is_written_survive_a_kill() {
+    let (plugins, log, node) = ledger_node("snapshot.rename.before=1*sleep(2000)");
     let batch: Vec<Value> = (1..=5).map(|n| ledger_event(n, false)).collect();
     let acked = node.emit(&batch).expect("the events are acknowledged");
     node.kill();
@@ -484,20 +486,7 @@ fn events_taken_while_a_new_plugins_first_snapshot_is_written_survive_a_kill() {
 /// redrive applies it once.
 #[test]
 fn an_event_whose_instance_cannot_be_rebuilt_is_dead_lettered_not_lost() {
-    let plugins = tempfile::tempdir().unwrap();
-    let log = tempfile::tempdir().unwrap();
-    support::install(
-        plugins.path(),
-        &support::wasm("ledger"),
-        "ledger",
-        &ledger_manifest(false, 1000, 0),
-    );
-    let node = Node::start(
-        plugins.path(),
-        log.path(),
-        "always",
-        Some("plugin.instantiate=1*return"),
-    );
+    let (_plugins, _log, node) = ledger_node("plugin.instantiate=1*return");
     // The poison traps; `after` needs the rebuild that fails; `last` the next.
     let batch = [ledger_event(1, true), ledger_event(2, false), ledger_event(3, false)];
     let ids = node.emit(&batch).expect("acknowledged");

@@ -8,11 +8,10 @@ use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use plugbus::{Bus, Outcome, PluginInfo};
 use serde_json::json;
-use support::{Recorder, wasm};
+use support::{Recorder, until, wasm};
 
 /// Debian's `minisign` (`make setup` installs it).
 fn minisign() -> Command {
@@ -170,20 +169,6 @@ async fn minisign_signatures_are_verified_and_every_bad_one_is_refused_with_its_
         .await
         .unwrap_err();
     assert!(err.to_string().contains("missing"), "{err}");
-}
-
-/// Generous: a change normally lands in well under a second.
-const DEADLINE: Duration = Duration::from_secs(30);
-
-async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,25 +7,11 @@ use crate::support;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use plugbus::{Bus, Outcome, PluginInfo};
 use serde_json::json;
-use support::{Recorder, plugin_dir, wasm};
-
-/// Generous: a change normally lands in well under a second.
-const DEADLINE: Duration = Duration::from_secs(30);
-
-async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use support::{Recorder, plugin_dir, until, wasm};
 
 fn plugin(bus: &Bus, name: &str) -> Option<PluginInfo> {
     bus.plugins().into_iter().find(|p| p.name == name)

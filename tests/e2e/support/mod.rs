@@ -578,3 +578,20 @@ impl Drop for NatsServer {
         let _ = self.child.wait();
     }
 }
+
+/// Polls `check` every 50 ms until it gives a value, failing the test after
+/// 30 s (generous: what it waits for normally lands in well under a second;
+/// nothing asserts on how fast).
+pub async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
