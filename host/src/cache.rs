@@ -244,14 +244,15 @@ impl ArtifactCache {
 /// Bytes read at a time while checking an artifact.
 const CHUNK: usize = 1 << 20;
 
-/// Writes `bytes` to a temporary name beside `path`, syncs, and renames it
-/// into place; on error the temporary file is removed.
 /// Locks `m`, going on if a panicking holder poisoned it: the data is a
-/// map of locks (or nothing), valid whatever happened mid-way.
+/// map of locks (or nothing), valid whatever happened mid-way. (The bus has
+/// the same helper; the cache sits below the bus and does not import it.)
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Writes `bytes` to a temporary name beside `path`, syncs, and renames it
+/// into place; on error the temporary file is removed.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     // Unique per process (pid) and per write within it (counter).
     static WRITES: AtomicU64 = AtomicU64::new(0);
