@@ -243,7 +243,7 @@ otel-example: plugins python
 	$(CARGO) build -q --bin plugbus
 	target/debug/plugbus -q serve --plugins $(OTEL_EXAMPLE)/plugins --listen 127.0.0.1:7079 --otlp-listen 127.0.0.1:4319 & \
 	  pid=$$!; trap "kill $$pid" EXIT; \
-	  for i in $$(seq 100); do $(PY_VENV)/bin/python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:7079/healthz')" 2>/dev/null && break; sleep 0.1; done; \
+	  for i in $$(seq 600); do $(PY_VENV)/bin/python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:7079/readyz')" 2>/dev/null && break; sleep 0.1; done; \
 	  $(PY_VENV)/bin/python examples/otel-agent/agent.py --plugbus http://127.0.0.1:7079 --otlp http://127.0.0.1:4319
 
 lint: setup-rust

@@ -93,6 +93,7 @@ pub mod text;
 pub use bus::builder::BusBuilder;
 pub use bus::lifecycle::Reload;
 pub use bus::native::HandlerOptions;
+pub use bus::startup::StartupStatus;
 pub use bus::{Bus, DEFAULT_SHUTDOWN_GRACE, FailureHook, LoadFailure, Published, ShutdownReport, Subscription};
 pub use cache::{CacheStats, default_cache_dir};
 pub use dead_letter::{DeadLetter, DeadLetterError, Redrive, read_dead_letters};

@@ -26,11 +26,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::dispatch(args.command)) {
+    let code = match runtime.block_on(cli::dispatch(args.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("plugbus: {}", cli::error_text(&e));
             ExitCode::FAILURE
         }
-    }
+    };
+    // What is left on blocking threads once the command is done is
+    // abandoned work: a plugin still compiling when `serve` was stopped
+    // during start-up (seconds for an interpreted one). A short wait lets a
+    // cache file being written finish; dropping the runtime would wait for
+    // the compile itself.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    code
 }

@@ -69,9 +69,11 @@ class Server:
             m = re.search(r"listening on (http://\S+)", line)
             if m:
                 self.url = m.group(1)
+            # Plugins load once it listens: start once they are in.
+            if "plugbus: ready" in line:
                 break
         else:
-            pytest.fail("plugbus serve exited before listening:\n" + "".join(seen))
+            pytest.fail("plugbus serve exited before it was ready:\n" + "".join(seen))
 
     def post(self, *events: dict[str, object]) -> None:
         body = "".join(json.dumps(e) + "\n" for e in events).encode()

@@ -26,5 +26,6 @@ mod otlp;
 mod projections;
 mod reliability;
 mod schemas;
+mod startup;
 mod trust;
 mod watch;

@@ -79,13 +79,18 @@ def host(tmp_path: Path, nats_url: str) -> Iterator[str]:
         stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "warn"},
     )
     assert proc.stderr is not None
+    base: str | None = None
     for line in proc.stderr:
         m = re.search(r"listening on (http://\S+)", line)
         if m:
-            yield m.group(1)
+            base = m.group(1)
+        # Plugins load once it listens: start once they are in.
+        if base and "plugbus: ready" in line:
             break
     else:
-        pytest.fail("plugbus serve exited before listening")
+        pytest.fail("plugbus serve exited before it was ready")
+    assert base is not None
+    yield base
     proc.terminate()
     proc.wait(timeout=15)
 
@@ -162,13 +167,17 @@ def start_host(plugins: Path, url: str) -> tuple[subprocess.Popen[str], str]:
         stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "warn"},
     )
     assert proc.stderr is not None
+    base: str | None = None
     for line in proc.stderr:
         m = re.search(r"listening on (http://\S+)", line)
         if m:
+            base = m.group(1)
+        # Plugins load once it listens: start once they are in.
+        if base and "plugbus: ready" in line:
             # Keep draining stderr so the host never blocks on a full pipe.
             threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, m.group(1)
-    pytest.fail("plugbus serve exited before listening")
+            return proc, base
+    pytest.fail("plugbus serve exited before it was ready")
 
 
 def test_ten_thousand_events_over_http_and_nats_py_survive_a_host_killed_mid_stream(

@@ -20,8 +20,9 @@ BIN = Path(os.environ.get("PLUGBUS_BIN", ROOT / "target" / "debug" / "plugbus"))
 
 def serve_plugbus(plugins: Path, *args: str) -> Iterator[str]:
     """`plugbus serve --plugins PLUGINS ARGS` on a free loopback port, for a
-    fixture to `yield from`: yields its base URL once it listens, then stops
-    it with SIGTERM (a graceful shutdown) when the test is done."""
+    fixture to `yield from`: yields its base URL once its plugins are loaded
+    (`plugbus: ready`), then stops it with SIGTERM (a graceful shutdown) when
+    the test is done."""
     if not BIN.is_file():
         pytest.fail(f"{BIN} is missing: build it with `cargo build` (or run `make test`)")
     child = subprocess.Popen(
@@ -32,12 +33,16 @@ def serve_plugbus(plugins: Path, *args: str) -> Iterator[str]:
     )
     assert child.stderr is not None
     address = None
+    ready = False
     for line in child.stderr:
         if "listening on http://" in line:
             address = line.split("listening on http://")[1].split()[0]
+        # Plugins load once it listens: start once they are in.
+        if "plugbus: ready" in line:
+            ready = True
             break
-    if address is None:
-        pytest.fail("plugbus serve exited before listening")
+    if address is None or not ready:
+        pytest.fail("plugbus serve exited before it was ready")
     # Keep draining stderr so the server never blocks on a full pipe.
     threading.Thread(target=child.stderr.read, daemon=True).start()
     try:

@@ -291,7 +291,8 @@ impl BusBuilder {
 
     /// Builds the bus: opens the log or joins NATS, watches the directory
     /// if asked, and loads the plugins (a plugin that fails to load is
-    /// listed in [`Bus::load_failures`], not an error).
+    /// listed in [`Bus::load_failures`], not an error). Returns once every
+    /// plugin is loaded or refused; [`start`](Self::start) returns before.
     ///
     /// # Errors
     /// [`Error::LogWithNats`] when both an event log and NATS are asked for
@@ -301,6 +302,54 @@ impl BusBuilder {
     /// that cannot be used; [`Error::Log`], [`Error::Schema`], [`Error::PluginDir`],
     /// [`Error::Engine`], [`Error::Watch`], [`Error::NoRuntime`].
     pub async fn build(self) -> Result<Bus, Error> {
+        let (bus, files) = self.open().await?;
+        load_all(&bus, files).await;
+        Ok(bus)
+    }
+
+    /// Like [`build`](Self::build), but returns as soon as the bus accepts
+    /// events: the plugins of the directory load in the background, as many
+    /// at once as there are cores ([`Bus::startup`] says which are still
+    /// loading, [`Bus::ready`] waits for them). With a log and kept plugin
+    /// state, an event accepted meanwhile reaches every plugin of the
+    /// directory all the same: each reads the log from the first event
+    /// accepted before it goes live (`bus::startup`). Without, such an event
+    /// reaches only the plugins loaded by then
+    /// ([`StartupStatus::catches_up`](crate::StartupStatus::catches_up) is false).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let bus = plugbus::Bus::builder().log_dir(dir.path()).start().await.unwrap();
+    /// bus.publish_durable(plugbus::Event::new("agent.started", serde_json::Value::Null))
+    ///     .await
+    ///     .unwrap();
+    /// assert!(bus.ready().await.ready);
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`build`](Self::build): everything but the plugins themselves
+    /// is resolved before it returns.
+    pub async fn start(self) -> Result<Bus, Error> {
+        let (bus, files) = self.open().await?;
+        let shared = &bus.shared;
+        let floor = shared.state_log().map(|log| log.last_seq() + 1);
+        shared.startup.begin(&files, floor);
+        if files.is_empty() {
+            shared.startup.finish();
+            return Ok(bus);
+        }
+        let loading = bus.clone();
+        let task = shared.runtime.spawn(async move {
+            load_all(&loading, files).await;
+        });
+        shared.startup.set_loader(task.abort_handle());
+        Ok(bus)
+    }
+
+    /// Everything but the plugins: the bus, and the plugin files to load.
+    async fn open(self) -> Result<(Bus, Vec<PathBuf>), Error> {
         let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
         // One history: on NATS, the stream (see `Error::LogWithNats`).
         #[cfg(feature = "nats")]
@@ -403,8 +452,7 @@ impl BusBuilder {
                 .map_err(|e| Error::Watch(format!("{}: {e}", dir.display())))?;
             bus.shared.set_watcher(Box::new(move || Box::pin(handle.stop())));
         }
-        load_all(&bus, files).await;
-        Ok(bus)
+        Ok((bus, files))
     }
 }
 
@@ -431,8 +479,9 @@ async fn load_all(bus: &Bus, files: Vec<PathBuf>) {
         }
         let Some(done) = running.join_next().await else { break };
         match done {
-            Ok((_, Ok(_))) => {}
+            Ok((file, Ok(_))) => bus.shared.startup.loaded(&file, true),
             Ok((file, Err(e))) => {
+                bus.shared.startup.loaded(&file, false);
                 tracing::error!(file = %file.display(), error = %e.kind, "plugin not loaded");
                 failures.push(LoadFailure {
                     path: file,
@@ -445,6 +494,7 @@ async fn load_all(bus: &Bus, files: Vec<PathBuf>) {
     }
     failures.sort_by(|a, b| a.path.cmp(&b.path));
     lock(&bus.shared.load_failures).extend(failures);
+    bus.shared.startup.finish();
 }
 
 /// The `*.wasm` files of `dir`, sorted by name.

@@ -40,14 +40,24 @@ struct Prepared {
     patterns: Vec<Pattern>,
 }
 
+/// A bus that shut down installs nothing more: checked before a compile,
+/// and again under the lifecycle lock (a compile outlasts a shutdown).
+fn refuse_if_closed(shared: &Shared, path: &Path) -> Result<(), LoadError> {
+    if shared.closed.load(Ordering::Acquire) {
+        return Err(LoadError {
+            path: path.to_owned(),
+            kind: LoadErrorKind::Closed,
+        });
+    }
+    Ok(())
+}
+
 async fn prepare(shared: &Arc<Shared>, path: &Path) -> Result<Prepared, LoadError> {
     let err = |kind| LoadError {
         path: path.to_owned(),
         kind,
     };
-    if shared.closed.load(Ordering::Acquire) {
-        return Err(err(LoadErrorKind::Closed));
-    }
+    refuse_if_closed(shared, path)?;
     let spec = PluginSpec::load(
         &shared.engine,
         path,
@@ -172,8 +182,15 @@ fn spawn(
         prepared.spec.manifest.replay
     };
     let initial_snapshot = prepared.spec.has_state() && mode == CatchUp::None && resume.is_none();
+    // Installed while the bus starts (`bus::startup`): the events accepted
+    // since the first one are read from the log before the live ones.
+    // Those events are new to the plugin whatever else it reads first.
+    let live_from = shared.startup.floor().filter(|_| gate.is_none());
+    let floor = live_from.filter(|_| mode == CatchUp::None && resume.is_none());
     let (plan, handshake) = match shared.state_log() {
-        Some(log) if gate.is_none() && (mode != CatchUp::None || resume.is_some() || initial_snapshot) => {
+        Some(log)
+            if gate.is_none() && (mode != CatchUp::None || resume.is_some() || initial_snapshot || floor.is_some()) =>
+        {
             let (ready_tx, ready_rx) = oneshot::channel();
             let (cut_tx, cut_rx) = oneshot::channel();
             let mut cursor = Cursor::new(log, mode, prepared.patterns.clone());
@@ -182,15 +199,19 @@ fn spawn(
             }
             if initial_snapshot {
                 // Nothing to read before the worker fixes its start (the
-                // log's end then) with a kept snapshot: see `catch_up`.
+                // log's end then, or just before the start-up floor) with a
+                // kept snapshot: see `catch_up`.
                 cursor = cursor.starting_at(u64::MAX);
+            } else if let Some(floor) = floor {
+                cursor = cursor.starting_at(floor);
             }
             let plan = crate::plugin::catch_up::Plan {
                 log: log.clone(),
                 cursor,
                 ready: ready_tx,
                 cut: cut_rx,
-                initial_snapshot,
+                initial_snapshot: initial_snapshot.then(|| floor.map(|f| f - 1)),
+                live_from,
             };
             (
                 Some(plan),
@@ -328,6 +349,7 @@ impl Bus {
         let shared = &self.shared;
         let prepared = prepare(shared, path).await?;
         let _serial = shared.lifecycle.lock().await;
+        refuse_if_closed(shared, path)?;
         let name = prepared.spec.name.to_string();
         if lock(&shared.plugins).contains_key(&name) {
             return Err(LoadError {
@@ -365,6 +387,7 @@ impl Bus {
             }
         };
         let _serial = shared.lifecycle.lock().await;
+        refuse_if_closed(shared, path)?;
         let name = prepared.spec.name.to_string();
         let Some(old) = lock(&shared.plugins).get(&name).cloned() else {
             return Ok((info(&*install_new(shared, prepared, path).await), Reload::Loaded));

@@ -14,6 +14,7 @@ pub(crate) mod lifecycle;
 pub(crate) mod native;
 pub(crate) mod recent_ids;
 pub(crate) mod registry;
+pub mod startup;
 pub(crate) mod watch;
 
 use std::collections::BTreeMap;
@@ -195,6 +196,8 @@ pub(crate) struct Shared {
     pub(crate) lifecycle: tokio::sync::Mutex<()>,
     /// Stops the directory watcher, when watching (dropping it stops it too).
     watcher: Mutex<Option<Stopper>>,
+    /// The plugins of the directory loading in the background (`start`).
+    pub(crate) startup: startup::Startup,
     /// This very `Shared`, for the calls through [`BusPort`] that need its `Arc`.
     me: Weak<Shared>,
 }
@@ -260,6 +263,7 @@ impl Shared {
             closed: AtomicBool::new(false),
             runtime,
             load_failures: Mutex::new(Vec::new()),
+            startup: startup::Startup::default(),
             lifecycle: tokio::sync::Mutex::new(()),
             watcher: Mutex::new(None),
             me,
@@ -1209,6 +1213,8 @@ impl Bus {
     /// that event, which its deadline bounds).
     pub async fn shutdown_with(&self, grace: Duration) -> ShutdownReport {
         let started = std::time::Instant::now();
+        // Plugins still loading at start-up are not installed any more.
+        self.shared.startup.abort();
         let watcher = lock(&self.shared.watcher).take();
         if let Some(stop) = watcher {
             stop().await;

@@ -446,24 +446,35 @@ pub fn init_tracing(quiet: bool, verbose: bool) {
 /// Builds the bus for `run` and `serve`, reporting plugins that failed to load.
 /// The bus of `run` and `serve`; `history`: events kept for
 /// [`plugbus::Bus::history`] (0: none).
+/// The bus of `run` and `serve`. `background`: return before the plugins
+/// are loaded ([`plugbus::BusBuilder::start`]); the caller then reports
+/// the skipped ones with [`report_skipped`] once [`plugbus::Bus::ready`].
 async fn open_bus(
     plugins: &std::path::Path,
     watch: bool,
     cache: &CacheArgs,
     log: &LogArgs,
     history: usize,
+    background: bool,
 ) -> anyhow::Result<plugbus::Bus> {
-    let bus = log
+    let builder = log
         .apply(cache.apply(plugbus::Bus::builder()))
         .plugin_dir(plugins)
         .watch(watch)
-        .history(history)
-        .build()
-        .await?;
+        .history(history);
+    if background {
+        return Ok(builder.start().await?);
+    }
+    let bus = builder.build().await?;
+    report_skipped(&bus);
+    Ok(bus)
+}
+
+/// Prints the plugin files the bus refused at start, with the reason.
+fn report_skipped(bus: &plugbus::Bus) {
     for f in bus.load_failures() {
         eprintln!("plugbus: skipped {}: {}", f.path.display(), f.reason);
     }
-    Ok(bus)
 }
 
 pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

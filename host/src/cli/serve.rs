@@ -37,7 +37,14 @@
 //!   durable or stored; a retried request is not stored twice. Also on
 //!   `--otlp-listen ADDR` (the exporters' default port is 4318).
 //! - `GET /metrics`: Prometheus (OpenMetrics) text.
-//! - `GET /healthz`: liveness.
+//! - `GET /healthz`: liveness, from the moment the host listens.
+//! - `GET /readyz`: readiness: 200 once every plugin of the directory at
+//!   start is loaded or refused, 503 before; the body says which are still
+//!   loading (`plugbus::StartupStatus`). The host listens at once and loads
+//!   plugins in the background: with `--log`, events accepted meanwhile reach
+//!   every plugin (read back from the log); without (or on NATS),
+//!   `POST /events` and `/v1/traces` answer 503 with `Retry-After: 1` until
+//!   ready.
 //! - `GET /`: the live dashboard, and behind it `GET /dashboard/stream`,
 //!   `/dashboard/snapshot`, the event export `GET /events/stream`
 //!   (plugbus JSON or CloudEvents) and a run's timeline `GET
@@ -102,7 +109,9 @@ pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
     } = options;
     // With a log, run timelines are read from it: no copy in memory.
     let history = if log.dir.is_some() { 0 } else { history };
-    let bus = super::open_bus(plugins, true, cache, log, history).await?;
+    // Listening at once: the plugins load in the background (`/readyz`).
+    let started = std::time::Instant::now();
+    let bus = super::open_bus(plugins, true, cache, log, history, true).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -125,12 +134,26 @@ pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
         stopping: stopping.clone(),
         grace,
     };
+    let stop_signal = shutdown_signal();
     let dashboard = Dashboard::start(&bus, history, stopping.clone());
     let app = router(bus.clone(), shutdown.clone(), receiver.clone()).merge(dashboard.routes());
     eprintln!(
         "plugbus: listening on http://{addr} (plugins in {}; dashboard at /)",
         plugins.display()
     );
+    let announcer = bus.clone();
+    tokio::spawn(async move {
+        let status = announcer.ready().await;
+        if status.ready {
+            super::report_skipped(&announcer);
+            eprintln!(
+                "plugbus: ready: {} plugins loaded, {} skipped, in {} ms",
+                status.loaded,
+                status.failed,
+                started.elapsed().as_millis()
+            );
+        }
+    });
     // The OTLP listener, when asked for: the trace route alone, stopped
     // with the main one.
     let otlp_server = otlp_listener.map(|listener| {
@@ -149,7 +172,7 @@ pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            shutdown_signal().await;
+            stop_signal.await;
             let _ = stopping_tx.send(true);
         })
         .await
@@ -214,6 +237,7 @@ fn router(bus: plugbus::Bus, shutdown: Shutdown, receiver: Arc<Receiver>) -> Rou
         .route("/plugins/{name}/query", get(get_query).post(post_query))
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(get_readyz))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::Extension(shutdown))
         .layer(axum::Extension(receiver))
@@ -225,6 +249,7 @@ fn otlp_router(bus: plugbus::Bus, shutdown: Shutdown, receiver: Arc<Receiver>) -
     Router::new()
         .route("/v1/traces", post(post_traces))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(get_readyz))
         .layer(DefaultBodyLimit::max(plugbus::otlp::MAX_BODY))
         .layer(axum::Extension(shutdown))
         .layer(axum::Extension(receiver))
@@ -244,6 +269,10 @@ async fn post_traces(
 ) -> Response {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let content_encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
+    if let Some(reason) = still_starting(&bus) {
+        let encoding = Encoding::of(content_type).unwrap_or(Encoding::Json);
+        return retry_later(otlp_error(&OtlpError::Unavailable(reason), encoding));
+    }
     let (encoding, export) = tokio::select! {
         export = receiver.export_http(&bus, &body, content_type, content_encoding) => export,
         () = shutdown.grace_over() => (
@@ -272,25 +301,68 @@ fn otlp_error(error: &OtlpError, encoding: Encoding) -> Response {
         .into_response()
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when it is first polled: a signal sent as soon as the host
+/// says it listens is a graceful stop, never the default kill.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (interrupt, terminate) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {},
+                        _ = terminate.recv() => {},
+                    }
+                }
+                // No signal handling on this system: Ctrl-C at least.
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            Err(_) => std::future::pending().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `GET /readyz`: 200 once every plugin of the directory at start is
+/// loaded or refused, 503 before; the body is the start-up status either way.
+async fn get_readyz(State(bus): State<plugbus::Bus>) -> Response {
+    let status = bus.startup();
+    let code = if status.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(status)).into_response()
+}
+
+/// While plugins load, an event the still-loading ones would never see
+/// (no log to read it back from) is refused: `Some(reason)`. `None`: go ahead.
+fn still_starting(bus: &plugbus::Bus) -> Option<String> {
+    let status = bus.startup();
+    if status.ready || status.catches_up {
+        return None;
+    }
+    Some(format!(
+        "starting: {} plugins still loading and no event log to catch them up from; retry shortly",
+        status.loading.len()
+    ))
+}
+
+/// `response` as 503 with `Retry-After: 1`: the answer clients and OTLP
+/// exporters retry on.
+fn retry_later(mut response: Response) -> Response {
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
 }
 
 fn bad_request(reason: String) -> Response {
@@ -355,6 +427,9 @@ async fn post_events(
     if events.is_empty() {
         return bad_request("no events in the request body".into());
     }
+    if let Some(reason) = still_starting(&bus) {
+        return retry_later(Json(json!({ "error": reason })).into_response());
+    }
     // On NATS, acknowledge once the stream has stored every event of the
     // request: then they outlive this host.
     if bus.nats_status().is_some() {
@@ -408,6 +483,7 @@ async fn get_plugins(State(bus): State<plugbus::Bus>) -> Response {
     Json(json!({
         "plugins": bus.plugins(),
         "load_failures": bus.load_failures(),
+        "startup": bus.startup(),
         "log": bus.log_status(),
         "nats": bus.nats_status(),
     }))

@@ -13,7 +13,9 @@
 //!    phases is what was published meanwhile, so the queue does not fill.
 //!
 //! Follow-ups and log lines are silenced during catch-up (it is history;
-//! the originals are in the log), as in any replay.
+//! the originals are in the log), as in any replay; except for the events
+//! accepted while the bus was starting (`bus::startup`), which the plugin
+//! handles there for the first time.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -145,5 +147,13 @@ pub(crate) struct Plan {
     /// from that snapshot, caught up from the log: an event accepted while
     /// its first snapshot was being written is not skipped as if the
     /// plugin were new (found by the long model checker, seed 1918).
-    pub initial_snapshot: bool,
+    /// `Some(Some(seq))`: the snapshot is at `seq` instead of the log's
+    /// end (a plugin installed while the bus starts: just before the
+    /// start-up floor, see `bus::startup`).
+    pub initial_snapshot: Option<Option<u64>>,
+    /// The start-up floor, for a plugin installed while the bus starts:
+    /// events from it on were accepted in this run before the plugin was
+    /// live, so they are handled as live ones (follow-ups and logs not
+    /// silenced), not as history.
+    pub live_from: Option<u64>,
 }

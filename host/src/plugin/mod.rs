@@ -297,6 +297,8 @@ impl PluginSpec {
         let eng = engine.clone();
         let plugin = name.clone();
         let (component, version, language) = tokio::task::spawn_blocking(move || {
+            // A test can slow a load down (`sleep(ms)`) or fail it here.
+            crate::failpoint::hit("plugin.compile").map_err(|e| wasmtime::Error::msg(e.to_string()))?;
             let version = content_hash(&bytes);
             let language = producers::language(&bytes);
             let _span = tracing::info_span!("compile", plugin = %plugin, bytes = bytes.len()).entered();

@@ -393,7 +393,7 @@ impl Worker {
             if batch.is_empty() {
                 break;
             }
-            self.handle_history(&batch).await;
+            self.handle_history(&batch, u64::MAX).await;
         }
         self.last_seq = last.max(self.last_seq);
         Ok(())
@@ -408,14 +408,16 @@ impl Worker {
             ready,
             cut,
             initial_snapshot,
+            live_from,
         } = plan;
+        let live_from = live_from.unwrap_or(u64::MAX);
         let started = Instant::now();
         let mut handled = 0u64;
-        if initial_snapshot {
+        if let Some(at) = initial_snapshot {
             // The plugin's starting point, kept before anything is queued
             // for it: every event after it reaches the plugin, from the log
             // or live, whatever crash follows.
-            let start = log.last_seq();
+            let start = at.unwrap_or_else(|| log.last_seq());
             cursor.move_to(start + 1);
             self.take_snapshot(Some(start)).await;
         }
@@ -428,7 +430,7 @@ impl Worker {
             if batch.is_empty() {
                 break;
             }
-            handled += self.handle_history(&batch).await;
+            handled += self.handle_history(&batch, live_from).await;
         }
         let _ = ready.send(());
         // An error means the install was abandoned (shutdown): stop here.
@@ -439,7 +441,7 @@ impl Worker {
             if batch.is_empty() {
                 break;
             }
-            handled += self.handle_history(&batch).await;
+            handled += self.handle_history(&batch, live_from).await;
         }
         tracing::info!(
             plugin = &*self.spec.name,
@@ -476,14 +478,18 @@ impl Worker {
     /// Handles logged events, emits and logs silenced; returns how many.
     /// An event that is a live dead letter is skipped: it is applied only by
     /// a redrive, which removes its letter.
-    async fn handle_history(&mut self, events: &[Event]) -> u64 {
+    /// Events numbered `live_from` or later were accepted while the bus
+    /// started and this plugin never saw them: they run as live ones (their
+    /// follow-ups and logs are new), the others quietly.
+    async fn handle_history(&mut self, events: &[Event], live_from: u64) -> u64 {
         let mut handled = 0;
         for event in events {
             if self.dead_letters.contains(event.id()) {
                 tracing::debug!(plugin = &*self.spec.name, event = event.name(), seq = ?event.seq(), "a dead-lettered event is left to redrive");
                 continue;
             }
-            self.run_one(event, true).await;
+            let quiet = event.seq().is_none_or(|seq| seq < live_from);
+            self.run_one(event, quiet).await;
             self.stats.add_replayed(1);
             handled += 1;
         }

@@ -325,14 +325,68 @@ pub fn serve_logged(plugins: &Path, log: &Path) -> (Served, String, std::thread:
     serve(&["--plugins", plugins.to_str().unwrap(), "--log", log.to_str().unwrap()])
 }
 
-/// Starts `plugbus serve ARGS --listen 127.0.0.1:0` and waits until it
-/// listens: `(child, address, stderr collected until the child exits)`.
+/// Starts `plugbus serve ARGS --listen 127.0.0.1:0` and waits until its
+/// plugins are loaded: `(child, address, stderr collected until the child
+/// exits)`.
 pub fn serve(args: &[&str]) -> (Served, String, std::thread::JoinHandle<String>) {
     serve_with_env(args, &[])
 }
 
 /// [`serve`] with extra environment variables (`RUST_LOG`, `FAILPOINTS`).
 pub fn serve_with_env(args: &[&str], env: &[(&str, &str)]) -> (Served, String, std::thread::JoinHandle<String>) {
+    serve_starting(args, env).wait_ready()
+}
+
+/// A `plugbus serve` that listens, its plugins maybe still loading.
+pub struct Starting {
+    pub child: Served,
+    pub addr: String,
+    stderr: std::io::BufReader<std::process::ChildStderr>,
+    seen: String,
+}
+
+impl Starting {
+    /// Waits for `plugbus: ready` (every plugin loaded or skipped), then
+    /// drains the rest of stderr on a thread: `(child, address, stderr
+    /// collected until the child exits)`.
+    pub fn wait_ready(mut self) -> (Served, String, std::thread::JoinHandle<String>) {
+        use std::io::BufRead;
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.stderr.read_line(&mut line).unwrap() > 0,
+                "serve exited before it was ready: {}",
+                self.seen
+            );
+            self.seen.push_str(&line);
+            if line.contains("plugbus: ready") {
+                break;
+            }
+        }
+        self.drain()
+    }
+
+    /// Drains stderr on a thread (so the child never blocks on a full
+    /// pipe) without waiting for anything more.
+    pub fn drain(self) -> (Served, String, std::thread::JoinHandle<String>) {
+        let Starting {
+            child,
+            addr,
+            mut stderr,
+            seen,
+        } = self;
+        let log = std::thread::spawn(move || {
+            let mut all = seen;
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut all);
+            all
+        });
+        (child, addr, log)
+    }
+}
+
+/// Starts `plugbus serve ARGS --listen 127.0.0.1:0` with `env` and returns
+/// as soon as it listens (it loads its plugins after that).
+pub fn serve_starting(args: &[&str], env: &[(&str, &str)]) -> Starting {
     use std::io::BufRead;
     let mut child = Served(
         Command::new(plugbus_bin())
@@ -358,13 +412,12 @@ pub fn serve_with_env(args: &[&str], env: &[(&str, &str)]) -> (Served, String, s
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    let log = std::thread::spawn(move || {
-        let mut all = seen;
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut all);
-        all
-    });
-    (child, addr, log)
+    Starting {
+        child,
+        addr,
+        stderr,
+        seen,
+    }
 }
 
 /// One server-sent event: its `event:` type (`message` when absent), its
