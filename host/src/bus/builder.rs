@@ -456,13 +456,18 @@ impl BusBuilder {
     }
 }
 
-/// Loads `files` (sorted by name), as many at once as there are cores:
+/// Loads `files`, as many at once as there are cores, the largest first:
 /// compiling is CPU-bound and one plugin's compile (seconds for an
 /// interpreted one) should not wait behind another's. Installation itself
 /// is serialised by the bus; failures are listed in name order, whatever
 /// order the loads finished in.
-async fn load_all(bus: &Bus, files: Vec<PathBuf>) {
+async fn load_all(bus: &Bus, mut files: Vec<PathBuf>) {
     let parallel = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    // Largest first (longest job first): compile time grows with size, and
+    // the longest compile started last would finish last, alone, with the
+    // other cores idle. Ties and unreadable sizes keep name order.
+    let size = |f: &PathBuf| std::fs::metadata(f).map_or(0, |m| m.len());
+    files.sort_by_cached_key(|f| std::cmp::Reverse(size(f)));
     let mut pending = files.into_iter();
     let mut running = tokio::task::JoinSet::new();
     let mut failures = Vec::new();
