@@ -28,7 +28,7 @@ use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -244,12 +244,7 @@ impl ArtifactCache {
 /// Bytes read at a time while checking an artifact.
 const CHUNK: usize = 1 << 20;
 
-/// Locks `m`, going on if a panicking holder poisoned it: the data is a
-/// map of locks (or nothing), valid whatever happened mid-way. (The bus has
-/// the same helper; the cache sits below the bus and does not import it.)
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 /// Writes `bytes` to a temporary name beside `path`, syncs, and renames it
 /// into place; on error the temporary file is removed.

@@ -41,6 +41,8 @@
 //!   - `bus::registry`: the lock-free subscription index;
 //!   - `bus::native`: native handlers (priority, `once`), isolated with `catch_unwind`;
 //!   - `bus::history`: the optional ring of recent events;
+//!   - [`bus::startup`]: plugins loading in the background while the bus
+//!     accepts events ([`BusBuilder::start`], `/readyz`);
 //! - [`plugin`]: one plugin: loading and validating a `.wasm`, building
 //!   instances, calling them; it reaches the bus only through `plugin::port`;
 //!   - `plugin::worker`: the task that owns a plugin's store and runs its queue;
@@ -59,8 +61,11 @@
 //! - [`nats`]: scale-out on NATS JetStream (publisher, per-plugin consumers);
 //! - [`failpoint`]: named fault-injection points (the `failpoints` feature);
 //! - [`cache`]: compiled artifacts on disk, verified before use;
+//! - [`signature`], [`policy`]: which plugins may load (minisign signatures)
+//!   and what their manifests may grant;
 //! - [`event`], [`pattern`], [`limits`], [`manifest`], [`outcome`], [`stats`],
-//!   [`text`], [`ingest`], [`error`]: the vocabulary every layer shares.
+//!   [`text`], [`ingest`], [`error`]: the vocabulary every layer shares;
+//!   `sync`: the poison-tolerant lock every layer uses.
 
 pub mod bus;
 pub mod cache;
@@ -88,6 +93,7 @@ pub mod replay;
 pub mod schema;
 pub mod signature;
 pub mod stats;
+pub(crate) mod sync;
 pub mod text;
 
 pub use bus::builder::BusBuilder;

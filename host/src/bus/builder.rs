@@ -361,7 +361,7 @@ impl BusBuilder {
             Some(path) => Some(crate::signature::TrustedKeys::read(path)?),
             None => None,
         };
-        let signatures = crate::signature::SignaturePolicy::new(keys, self.require_signed)?;
+        let signatures = Arc::new(crate::signature::SignaturePolicy::new(keys, self.require_signed)?);
         let policy = match &self.policy {
             Some(path) => Some(crate::policy::Policy::read(path)?),
             None => None,

@@ -134,11 +134,7 @@ pub struct LoadFailure {
     pub reason: String,
 }
 
-/// Locks a mutex whose data stays consistent even if a holder panicked
-/// (every critical section here is a single insert, remove or read).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::sync::lock;
 
 fn native_name(id: u64) -> String {
     format!("native#{id}")
@@ -177,7 +173,7 @@ pub(crate) struct Shared {
     pub(crate) engine: Arc<PluginEngine>,
     pub(crate) limits: Limits,
     /// What plugin signatures must be (checked on every load and reload).
-    pub(crate) signatures: crate::signature::SignaturePolicy,
+    pub(crate) signatures: Arc<crate::signature::SignaturePolicy>,
     /// What manifests may grant, when a capability policy is set.
     pub(crate) policy: Option<crate::policy::Policy>,
     history: Option<History>,
@@ -213,7 +209,7 @@ pub(crate) struct Parts {
     pub keep_plugin_state: bool,
     pub follow_ups: FollowUps,
     pub schemas: Option<crate::schema::Schemas>,
-    pub signatures: crate::signature::SignaturePolicy,
+    pub signatures: Arc<crate::signature::SignaturePolicy>,
     pub policy: Option<crate::policy::Policy>,
     #[cfg(feature = "nats")]
     pub nats: Option<crate::nats::NatsLink>,

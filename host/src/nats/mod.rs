@@ -43,11 +43,7 @@ pub use publisher::{NotStored, PublishStats};
 use crate::pattern::Pattern;
 use port::NatsPort;
 
-/// Locks a mutex whose data stays consistent even if a holder panicked
-/// (every critical section here is a single insert, remove or read).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::sync::lock;
 
 /// Each plugin's consumers on this host, by plugin name.
 pub(crate) type Consumers = Arc<Mutex<advisory::ConsumersMap>>;

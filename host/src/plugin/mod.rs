@@ -239,7 +239,7 @@ impl PluginSpec {
         engine: &Arc<PluginEngine>,
         path: &Path,
         bus_limits: &Limits,
-        (signatures, policy): (&SignaturePolicy, Option<&crate::policy::Policy>),
+        (signatures, policy): (&Arc<SignaturePolicy>, Option<&crate::policy::Policy>),
         bus: Weak<dyn BusPort>,
     ) -> Result<PluginSpec, LoadError> {
         let err = |kind: LoadErrorKind| LoadError {
@@ -285,8 +285,19 @@ impl PluginSpec {
         }
         let bytes = tokio::fs::read(path).await.map_err(|e| err(e.into()))?;
         check_header(&bytes).map_err(err)?;
-        // Before anything runs or is compiled: a refused file costs a hash.
-        let signer = signatures.check(path, &bytes).map_err(|e| err(e.into()))?;
+        // Before anything runs or is compiled: a refused file costs a hash
+        // (of up to `MAX_WASM_BYTES`, and a read of the signature file: off
+        // the async runtime).
+        let (bytes, signer) = {
+            let (signatures, file) = (signatures.clone(), path.to_owned());
+            tokio::task::spawn_blocking(move || {
+                let signer = signatures.check(&file, &bytes);
+                (bytes, signer)
+            })
+            .await
+            .map_err(|e| err(LoadErrorKind::Invalid(format!("signature check task failed: {e}"))))?
+        };
+        let signer = signer.map_err(|e| err(e.into()))?;
         if let Some(policy) = policy {
             policy
                 .check(&name, signer.as_ref(), &manifest, bus_limits)
