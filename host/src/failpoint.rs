@@ -38,12 +38,43 @@ pub fn hit(name: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Configures the failpoints named in `FAILPOINTS` (a no-op without the
-/// `failpoints` feature). Call once at process start; the configuration
-/// lives as long as the process.
-pub fn setup() {
-    #[cfg(feature = "failpoints")]
-    std::mem::forget(fail::FailScenario::setup());
+/// Configures the failpoints named in `FAILPOINTS` (`name=action;…`).
+/// Call once at process start; the configuration lives as long as the
+/// process. Without the `failpoints` feature a set `FAILPOINTS` is ignored
+/// with a warning on stderr.
+///
+/// # Errors
+/// The entry of `FAILPOINTS` that is not `name=action`, or whose action the
+/// `fail` crate refuses, with the reason.
+pub fn setup() -> Result<(), String> {
+    let Some(spec) = std::env::var_os("FAILPOINTS") else {
+        return Ok(());
+    };
+    if !enabled() {
+        eprintln!(
+            "plugbus: FAILPOINTS is set but this build has no failpoints (build with `--features failpoints`, \
+             as the workspace's tests do); ignored"
+        );
+        return Ok(());
+    }
+    let spec = spec.into_string().map_err(|_| "FAILPOINTS is not UTF-8".to_owned())?;
+    for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((name, actions)) = entry.split_once('=') else {
+            return Err(format!("FAILPOINTS: `{entry}` is not name=action"));
+        };
+        configure(name.trim(), actions.trim()).map_err(|e| format!("FAILPOINTS: failpoint `{name}`: {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "failpoints")]
+fn configure(name: &str, actions: &str) -> Result<(), String> {
+    fail::cfg(name, actions)
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn configure(_name: &str, _actions: &str) -> Result<(), String> {
+    Ok(())
 }
 
 /// Whether failpoints are compiled in.

@@ -16,7 +16,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    plugbus::failpoint::setup();
+    if let Err(e) = plugbus::failpoint::setup() {
+        eprintln!("plugbus: {e}");
+        return ExitCode::from(2);
+    }
     let args = cli::Args::parse();
     cli::init_tracing(args.quiet, args.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -56,11 +56,11 @@ def eventually(what: str, probe: Callable[[], T | None], timeout: float = 10.0) 
 class Server:
     """A `plugbus serve` on a free loopback port, stopped with SIGTERM."""
 
-    def __init__(self, plugins: Path, log: Path) -> None:
+    def __init__(self, plugins: Path, log: Path, *, wait_ready: bool = True, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [str(BIN), "serve", "--plugins", str(plugins), "--log", str(log),
              "--cache-dir", str(CACHE), "--listen", "127.0.0.1:0"],
-            stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "warn"},
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "warn", **(env or {})},
         )
         assert self.proc.stderr is not None
         seen = []
@@ -69,6 +69,8 @@ class Server:
             m = re.search(r"listening on (http://\S+)", line)
             if m:
                 self.url = m.group(1)
+                if not wait_ready:
+                    break
             # Plugins load once it listens: start once they are in.
             if "plugbus: ready" in line:
                 break
@@ -151,6 +153,30 @@ def tail(driver: WebDriver) -> list[tuple[str, str]]:
 def countdown(driver: WebDriver) -> float | None:
     m = re.search(r"retry in ([\d.]+) s", text(driver, 'tr[data-plugin="misbehave"] .countdown'))
     return float(m.group(1)) if m else None
+
+
+def test_the_dashboard_lists_the_plugins_still_loading_while_the_host_starts(
+    tmp_path: Path, browser: WebDriver
+) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    for name in ("cost-tracker", "console-logger"):
+        shutil.copy(DIST / f"{name}.wasm", plugins)
+    # Each load waits 4 s before compiling (a failpoint): the page opens
+    # while both are still loading.
+    srv = Server(plugins, tmp_path / "log", wait_ready=False, env={"FAILPOINTS": "plugin.compile=sleep(4000)"})
+    try:
+        browser.get(srv.url + "/")
+        eventually("the page goes live", lambda: text(browser, "#connection") == "live")
+        loading = eventually("the start-up panel", lambda: text(browser, "#startup-panel"))
+        assert "cost-tracker.wasm" in loading and "console-logger.wasm" in loading, loading
+        assert "caught up from the log" in loading, loading
+        eventually("cost-tracker's row", lambda: browser.find_elements(By.CSS_SELECTOR, 'tr[data-plugin="cost-tracker"]'),
+                   timeout=30.0)
+        eventually("the start-up panel goes away",
+                   lambda: not browser.find_element(By.CSS_SELECTOR, "#startup-panel").is_displayed())
+    finally:
+        srv.stop()
 
 
 def test_the_dashboard_shows_plugins_failures_quarantine_and_a_filtered_tail(

@@ -463,3 +463,21 @@ fn bench_runs_every_scenario_and_writes_json() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--only"));
 }
+
+#[test]
+fn a_malformed_failpoints_variable_is_refused_naming_the_entry() {
+    for (spec, says) in [
+        ("plugin.compile", "`plugin.compile` is not name=action"),
+        ("plugin.compile=sleep(", "failpoint `plugin.compile`"),
+    ] {
+        let out = Command::new(plugbus_bin())
+            .arg("--version")
+            .env("FAILPOINTS", spec)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{spec}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{spec}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -33,6 +33,7 @@ const ui = {
   pluginCount: $('stat-plugins'), rejected: $('stat-rejected'),
   chart: $('rate-chart'), pluginRows: $('plugin-rows'), pluginsEmpty: $('plugins-empty'),
   loadFailures: $('load-failures'), loadFailuresPanel: $('load-failures-panel'), log: $('log'),
+  startupPanel: $('startup-panel'), startupCount: $('startup-count'), startupLoading: $('startup-loading'),
   form: $('filter-form'), pattern: $('filter-pattern'), correlation: $('filter-correlation'),
   clear: $('filter-clear'), pause: $('pause-tail'), activeFilter: $('filter-active'),
   filterError: $('filter-error'),
@@ -203,6 +204,7 @@ function render(snap, arrival) {
   renderTotals(snap, plugins);
   renderPlugins(plugins, arrival);
   renderLoadFailures(snap.load_failures || []);
+  renderStartup(snap.startup);
   renderLog(snap.log, plugins);
   renderEvents(snap.events || [], snap.events_skipped || 0);
   considerRunsSources(plugins);
@@ -445,6 +447,21 @@ function placePluginRows(plugins) {
     place(row.tr);
     if (row.failure) place(row.failure.tr);
   }
+}
+
+// The plugins still loading while the host starts (it listens at once).
+function renderStartup(startup) {
+  const loading = startup && !startup.ready ? (startup.loading || []) : [];
+  ui.startupPanel.hidden = loading.length === 0;
+  if (loading.length === 0) return;
+  const note = startup.catches_up ? 'events sent meanwhile are caught up from the log'
+    : 'events are refused (503) until they are in';
+  setText(ui.startupCount, `${fmtInt(loading.length)} plugin${loading.length === 1 ? '' : 's'} (${note})`);
+  const names = loading.map((path) => String(path).split('/').pop());
+  const key = names.join('\n');
+  if (ui.startupLoading.dataset.key === key) return;
+  ui.startupLoading.dataset.key = key;
+  ui.startupLoading.replaceChildren(...names.map((name) => el('li', { class: 'mono', text: name })));
 }
 
 function renderLoadFailures(failures) {

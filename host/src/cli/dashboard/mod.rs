@@ -284,6 +284,7 @@ impl Inner {
             rate,
             plugins: plugins.iter().map(PluginRow::of).collect(),
             load_failures: bus.load_failures(),
+            startup: bus.startup(),
             log: bus.log_status(),
             events: events.iter().map(EventRow::of).collect(),
             events_skipped: skipped,
@@ -351,6 +352,8 @@ struct Snapshot<'a> {
     rate: Vec<(u64, f64)>,
     plugins: Vec<PluginRow<'a>>,
     load_failures: Vec<LoadFailure>,
+    /// The plugins still loading while the host starts.
+    startup: plugbus::StartupStatus,
     log: Option<LogStatus>,
     events: Vec<EventRow<'a>>,
     events_skipped: u64,
