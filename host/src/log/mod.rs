@@ -43,7 +43,7 @@ mod writer;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -221,6 +221,8 @@ struct Inner {
     /// Sequence number of the first event this process appended.
     opened_at: u64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The writer thread, to wake it (`EventLog::wake_writer`).
+    writer: std::thread::Thread,
     /// Held (locked) while the log is open for writing; released by `close`.
     lock: Mutex<Option<File>>,
 }
@@ -333,6 +335,7 @@ impl EventLog {
             oversize: AtomicU64::new(0),
             retention_floor: AtomicU64::new(options.retention_floor),
             floor_breaches: AtomicU64::new(0),
+            asleep: AtomicBool::new(false),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let w = Writer::new(
@@ -361,6 +364,7 @@ impl EventLog {
                 progress: progress_rx,
                 last_seq: AtomicU64::new(last_seq),
                 opened_at: last_seq + 1,
+                writer: thread.thread().clone(),
                 thread: Mutex::new(Some(thread)),
                 lock: Mutex::new(Some(lock)),
             }),
@@ -410,7 +414,26 @@ impl EventLog {
             self.count_lost(seq);
             return (seq, false);
         }
+        self.wake_writer(queued + 1);
         (seq, true)
+    }
+
+    /// Wakes the writer after an append when it must: under `always` (each
+    /// event is synced at once), when it sleeps idle, or when `queued`
+    /// events reach a multiple of [`writer::WAKE_BACKLOG`]. Otherwise it is
+    /// polling on its own clock (`Writer::next_message`).
+    fn wake_writer(&self, queued: usize) {
+        let inner = &self.inner;
+        let shared = &inner.shared;
+        // Pairs with the writer's fence between saying it sleeps and
+        // looking at the channel once more.
+        fence(Ordering::SeqCst);
+        let wake = inner.options.durability == Durability::Always
+            || queued.is_multiple_of(writer::WAKE_BACKLOG)
+            || (shared.asleep.load(Ordering::Relaxed) && shared.asleep.swap(false, Ordering::AcqRel));
+        if wake {
+            inner.writer.unpark();
+        }
     }
 
     /// Checks that `event` fits a frame of the log, so that it can be read
@@ -515,6 +538,7 @@ impl EventLog {
     /// are counted as lost. Idempotent; blocks until the writer has exited.
     pub fn close(&self) {
         let _ = self.inner.tx.send(Msg::Close);
+        self.inner.writer.unpark();
         let thread = self.inner.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread
             && thread.join().is_err()
@@ -528,6 +552,7 @@ impl EventLog {
 impl Drop for Inner {
     fn drop(&mut self) {
         let _ = self.tx.send(Msg::Close);
+        self.writer.unpark();
         if let Some(thread) = self.thread.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = thread.join();
         }
