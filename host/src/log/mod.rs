@@ -1038,6 +1038,49 @@ mod tests {
         last
     }
 
+    /// The writer sleeps when it has nothing to do and emitters do not wake
+    /// it per event: an append to a sleeping writer must wake it, every
+    /// time (a lost wake-up would leave the event unwritten until the next
+    /// append). Each round waits until the writer sleeps, then appends one
+    /// event and waits for it to be written (and synced, under `batched`).
+    #[tokio::test]
+    async fn an_append_wakes_a_sleeping_writer_every_time() {
+        let _serial = serial();
+        for durability in [Durability::Batched, Durability::Off] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = EventLog::open(
+                dir.path(),
+                LogOptions {
+                    durability,
+                    ..LogOptions::default()
+                },
+            )
+            .unwrap();
+            for round in 0..200 {
+                let asleep = async {
+                    while !log.inner.shared.asleep.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(5), asleep)
+                    .await
+                    .unwrap_or_else(|_| panic!("{durability}: the writer never went to sleep (round {round})"));
+                let (seq, queued) = log.append(&Event::new("e", json!({ "round": round })), round % 2 == 0);
+                assert!(queued);
+                let written = async {
+                    log.wait_written(seq).await.unwrap();
+                    if durability == Durability::Batched {
+                        log.wait_durable(seq).await.unwrap();
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(5), written)
+                    .await
+                    .unwrap_or_else(|_| panic!("{durability}: event {seq} never written: the writer slept on"));
+            }
+            log.close();
+        }
+    }
+
     #[tokio::test]
     async fn appends_are_numbered_durable_and_survive_reopening() {
         let _serial = serial();
