@@ -923,3 +923,31 @@ async fn replay_can_publish_and_catch_up_can_take_a_window() {
         bus.shutdown().await;
     }
 }
+
+/// `--sync-interval-ms` sets the group-sync period of `batched` (shown in
+/// `GET /plugins`' log status), and asks for `--log`.
+#[test]
+fn the_group_sync_period_is_set_from_the_command_line() {
+    let plugins = plugin_dir(&["console-logger"]);
+    let log = tempfile::tempdir().unwrap();
+    let p = plugins.path().to_str().unwrap();
+    let (mut child, addr, stderr) = support::serve(&[
+        "--plugins",
+        p,
+        "--log",
+        log.path().to_str().unwrap(),
+        "--sync-interval-ms",
+        "2",
+    ]);
+    let (_, body) = http(&addr, "GET", "/plugins", b"");
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["log"]["sync_interval_ms"], 2, "{status}");
+    assert_eq!(status["log"]["durability"], "batched", "{status}");
+    support::terminate(&child);
+    assert!(child.wait().unwrap().success());
+    drop(stderr.join());
+
+    let out = plugbus(&["serve", "--plugins", p, "--sync-interval-ms", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--log"), "{out:?}");
+}

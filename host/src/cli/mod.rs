@@ -314,6 +314,10 @@ pub struct LogArgs {
     /// When a logged event counts as durable: always (fsync per batch), batched (group sync every 5 ms), off.
     #[arg(long, value_name = "POLICY", default_value = "batched", requires = "dir")]
     durability: plugbus::Durability,
+    /// The group-sync period under `--durability batched`: a durable answer (`POST /events`, OTLP) waits for
+    /// the next sync; shorter answers sooner at more fdatasyncs per second.
+    #[arg(long, value_name = "MS", default_value_t = 5, requires = "dir", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    sync_interval_ms: u64,
     /// Check events against the JSON Schemas in DIR (`<event-name>.schema.json`).
     #[arg(long, value_name = "DIR")]
     schemas: Option<PathBuf>,
@@ -391,7 +395,10 @@ impl LogArgs {
     pub fn apply(&self, builder: plugbus::BusBuilder) -> plugbus::BusBuilder {
         let builder = self.trust.apply(builder);
         let builder = match &self.dir {
-            Some(dir) => builder.log_dir(dir).durability(self.durability),
+            Some(dir) => builder
+                .log_dir(dir)
+                .durability(self.durability)
+                .sync_interval(Duration::from_millis(self.sync_interval_ms)),
             None => builder,
         };
         let builder = match &self.schemas {

@@ -234,6 +234,8 @@ pub struct LogStatus {
     pub dir: PathBuf,
     /// The policy.
     pub durability: Durability,
+    /// The group-sync period under [`Durability::Batched`], in milliseconds.
+    pub sync_interval_ms: u64,
     /// Highest sequence number handed to an event.
     pub last_seq: u64,
     /// Highest sequence number written to the file.
@@ -521,6 +523,7 @@ impl EventLog {
         LogStatus {
             dir: self.inner.dir.clone(),
             durability: self.inner.options.durability,
+            sync_interval_ms: u64::try_from(self.inner.options.sync_interval.as_millis()).unwrap_or(u64::MAX),
             last_seq: self.last_seq(),
             written_seq: p.written,
             durable_seq: p.durable,
