@@ -445,6 +445,11 @@ impl EventLog {
     /// # Errors
     /// [`LogError::TooLarge`] with its frame's length and the limit.
     pub fn check_size(&self, event: &Event) -> Result<(), LogError> {
+        // The cheap bound first: it settles nearly every event without
+        // serialising its payload on the publisher's thread.
+        if segment::frame_len_bound(event) <= MAX_FRAME {
+            return Ok(());
+        }
         let bytes = segment::max_frame_len(event);
         if bytes > MAX_FRAME {
             return Err(LogError::TooLarge {

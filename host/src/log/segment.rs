@@ -162,6 +162,51 @@ impl Record {
     }
 }
 
+/// A bound on the frame `len` of `event` that costs no serialisation: the
+/// text of every string at its longest (each byte escaped as `\u00XX`),
+/// numbers at their longest, and every separator. Most events are orders of
+/// magnitude under [`MAX_FRAME`] by this bound alone, so the exact length
+/// ([`max_frame_len`], which serialises the payload) is only needed near
+/// the limit, and the payload's text is left for the log writer's thread to
+/// make.
+pub(crate) fn frame_len_bound(event: &Event) -> usize {
+    // The head's fields, their keys and punctuation: 160 bytes is over the
+    // keys and separators of `RecordHead` with both numbers at 20 digits.
+    let strings = [
+        event.name(),
+        event.id(),
+        event.source(),
+        event.correlation_id().unwrap_or(""),
+    ];
+    let head: usize = strings.iter().map(|s| json_str_bound(s)).sum::<usize>() + 160;
+    FRAME_FIXED + head + 11 + json_len_bound(event.payload())
+}
+
+/// The longest JSON text `s` can serialise to, quotes included.
+fn json_str_bound(s: &str) -> usize {
+    s.len().saturating_mul(6).saturating_add(2)
+}
+
+/// The longest compact JSON text `value` can serialise to.
+fn json_len_bound(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match value {
+        Value::Null => 4,
+        Value::Bool(_) => 5,
+        // An `f64` in serde_json's shortest form, or an `i64`/`u64`: at most 24.
+        Value::Number(_) => 24,
+        Value::String(s) => json_str_bound(s),
+        Value::Array(items) => items
+            .iter()
+            .fold(2usize, |n, v| n.saturating_add(json_len_bound(v)).saturating_add(1)),
+        Value::Object(map) => map.iter().fold(2usize, |n, (k, v)| {
+            n.saturating_add(json_str_bound(k))
+                .saturating_add(json_len_bound(v))
+                .saturating_add(2)
+        }),
+    }
+}
+
 /// The longest frame `len` (body and `seq` + `time`) that `event` can
 /// encode to, whatever sequence number it gets. Serialises the event's
 /// payload if it was not yet (its text is kept for the plugins and the log).
@@ -407,6 +452,47 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::io::Write;
+
+    /// The cheap bound `check_size` trusts is never under the real length,
+    /// however the payload escapes (control characters, quotes, non-ASCII)
+    /// and whatever its numbers.
+    #[test]
+    fn the_frame_length_bound_is_never_under_the_encoded_length() {
+        let nasty = "\u{1}\u{1f}\"\\\n\té€😀</script>";
+        let payloads = [
+            json!(null),
+            json!({}),
+            json!({ "i": 1 }),
+            json!({ "s": nasty, nasty: [nasty, nasty] }),
+            json!([
+                f64::MIN_POSITIVE,
+                -f64::MAX,
+                f64::MAX,
+                i64::MIN,
+                u64::MAX,
+                -0.0,
+                1e-7,
+                123.456e300
+            ]),
+            json!({ "deep": [[[{ "a": [true, false, null, "\u{0}".repeat(1000)] }]]] }),
+            json!("x".repeat(100_000)),
+        ];
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let mut ev = Event::new(format!("ev.{nasty}"), payload);
+            if i % 2 == 0 {
+                ev = ev.with_correlation_id(nasty);
+            }
+            let mut buf = Vec::new();
+            encode(&mut buf, u64::MAX, &ev).unwrap();
+            let encoded = buf.len() - FRAME_PREFIX;
+            assert!(
+                frame_len_bound(&ev) >= encoded,
+                "payload {i}: bound {} < {encoded}",
+                frame_len_bound(&ev)
+            );
+            assert!(frame_len_bound(&ev) >= max_frame_len(&ev), "payload {i}");
+        }
+    }
 
     fn write_segment(path: &Path, first: u64, n: u64) -> Vec<u64> {
         let mut buf = MAGIC.to_vec();
