@@ -56,9 +56,15 @@ fn minisign_sign(sk: &Path, file: &Path, comment: &str) {
 }
 
 /// The key id minisign printed in the public key's comment line.
+/// The key id in a `.pub` file's comment, as plugbus shows ids (`{:X}`,
+/// like Debian's minisign). The comment is free text: Debian's minisign
+/// writes the id unpadded, the minisign crate (`plugbus keygen`) pads it to
+/// 16 digits, so it is read as a number (an id with a leading zero digit
+/// made a string comparison fail one run in sixteen).
 fn key_id(pk: &Path) -> String {
     let text = std::fs::read_to_string(pk).unwrap();
-    text.lines().next().unwrap().rsplit(' ').next().unwrap().to_owned()
+    let written = text.lines().next().unwrap().rsplit(' ').next().unwrap();
+    format!("{:X}", u64::from_str_radix(written, 16).unwrap())
 }
 
 fn sig(wasm: &Path) -> PathBuf {
@@ -223,6 +229,13 @@ fn plugbus_sign_makes_what_minisign_verifies_and_check_shows_the_signer() {
     let out = support::plugbus(&["keygen", "--key", key.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let pk = dir.path().join("plugins.key.pub");
+    // The public key file names its id as Debian's minisign writes it and
+    // as plugbus shows it (no zero padding).
+    let comment = std::fs::read_to_string(&pk).unwrap().lines().next().unwrap().to_owned();
+    assert_eq!(
+        comment,
+        format!("untrusted comment: minisign public key {}", key_id(&pk))
+    );
     // The secret key is private.
     #[cfg(unix)]
     {

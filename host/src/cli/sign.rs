@@ -67,7 +67,19 @@ pub fn keygen(key: &Path) -> anyhow::Result<ExitCode> {
     }
     let pair = minisign::KeyPair::generate_unencrypted_keypair().map_err(|e| anyhow::anyhow!("{e}"))?;
     let secret = pair.sk.to_box(None).map_err(|e| anyhow::anyhow!("{e}"))?.into_string();
-    let public = pair.pk.to_box().map_err(|e| anyhow::anyhow!("{e}"))?.into_string();
+    // Written as Debian's minisign writes it (the crate pads the id to 16
+    // digits): the id in the comment is then the one `check`, the
+    // dashboard and refusals show.
+    let keynum: [u8; 8] = pair
+        .pk
+        .keynum()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("a minisign key number is 8 bytes"))?;
+    let public = format!(
+        "untrusted comment: minisign public key {:X}\n{}\n",
+        u64::from_le_bytes(keynum),
+        pair.pk.to_base64()
+    );
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
