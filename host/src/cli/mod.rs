@@ -450,12 +450,11 @@ pub fn init_tracing(quiet: bool, verbose: bool) {
     tracing_subscriber::registry().with(fmt).with(spinner).init();
 }
 
-/// Builds the bus for `run` and `serve`, reporting plugins that failed to load.
 /// The bus of `run` and `serve`; `history`: events kept for
-/// [`plugbus::Bus::history`] (0: none).
-/// The bus of `run` and `serve`. `background`: return before the plugins
-/// are loaded ([`plugbus::BusBuilder::start`]); the caller then reports
-/// the skipped ones with [`report_skipped`] once [`plugbus::Bus::ready`].
+/// [`plugbus::Bus::history`] (0: none). Plugins that failed to load are
+/// reported once loaded; with `background` it returns before they are
+/// ([`plugbus::BusBuilder::start`]) and the caller reports them with
+/// [`report_skipped`] once [`plugbus::Bus::ready`].
 async fn open_bus(
     plugins: &std::path::Path,
     watch: bool,

@@ -427,20 +427,21 @@ impl EventLog {
     fn wake_writer(&self, queued: usize) {
         let inner = &self.inner;
         let shared = &inner.shared;
-        // Pairs with the writer's fence between saying it sleeps and
-        // looking at the channel once more.
-        fence(Ordering::SeqCst);
-        let wake = inner.options.durability == Durability::Always
-            || queued.is_multiple_of(writer::WAKE_BACKLOG)
-            || (shared.asleep.load(Ordering::Relaxed) && shared.asleep.swap(false, Ordering::AcqRel));
+        let wake = inner.options.durability == Durability::Always || queued.is_multiple_of(writer::WAKE_BACKLOG) || {
+            // Pairs with the writer's fence between saying it sleeps
+            // and looking at the channel once more.
+            fence(Ordering::SeqCst);
+            shared.asleep.load(Ordering::Relaxed) && shared.asleep.swap(false, Ordering::AcqRel)
+        };
         if wake {
             inner.writer.unpark();
         }
     }
 
     /// Checks that `event` fits a frame of the log, so that it can be read
-    /// back once acknowledged. Serialises its payload if it was not yet (the
-    /// text is kept for the plugins and the writer).
+    /// back once acknowledged. A bound that serialises nothing settles all
+    /// but events near the limit; for those, the payload is serialised here
+    /// (the text is kept for the plugins and the writer).
     ///
     /// # Errors
     /// [`LogError::TooLarge`] with its frame's length and the limit.

@@ -266,8 +266,9 @@ impl Writer {
     /// and `off`; only when it has nothing to do does it sleep until an
     /// append wakes it (`asleep`). A wake-up per event cost the emitter a
     /// syscall and, on a busy machine, its core to the woken writer: emit
-    /// p99 with the log on was 6× off. Under `always`, and past
-    /// [`WAKE_BACKLOG`] queued events, every append wakes it.
+    /// p99 with the log on was 6× off. Under `always` every append wakes
+    /// it, and otherwise each append that brings the queue to a multiple of
+    /// [`WAKE_BACKLOG`] events.
     fn next_message(&self, rx: &Receiver<Msg>) -> Option<Msg> {
         loop {
             match rx.try_recv() {

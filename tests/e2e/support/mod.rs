@@ -350,19 +350,7 @@ impl Starting {
     /// drains the rest of stderr on a thread: `(child, address, stderr
     /// collected until the child exits)`.
     pub fn wait_ready(mut self) -> (Served, String, std::thread::JoinHandle<String>) {
-        use std::io::BufRead;
-        loop {
-            let mut line = String::new();
-            assert!(
-                self.stderr.read_line(&mut line).unwrap() > 0,
-                "serve exited before it was ready: {}",
-                self.seen
-            );
-            self.seen.push_str(&line);
-            if line.contains("plugbus: ready") {
-                break;
-            }
-        }
+        line_with(&mut self.stderr, &mut self.seen, "plugbus: ready", "it was ready");
         self.drain()
     }
 
@@ -384,10 +372,31 @@ impl Starting {
     }
 }
 
+/// Reads `stderr` (kept in `seen`) up to the first line containing
+/// `needle`, and returns it; fails naming `what` if the child exits first.
+fn line_with(
+    stderr: &mut std::io::BufReader<std::process::ChildStderr>,
+    seen: &mut String,
+    needle: &str,
+    what: &str,
+) -> String {
+    use std::io::BufRead;
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited before {what}: {seen}"
+        );
+        seen.push_str(&line);
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
 /// Starts `plugbus serve ARGS --listen 127.0.0.1:0` with `env` and returns
 /// as soon as it listens (it loads its plugins after that).
 pub fn serve_starting(args: &[&str], env: &[(&str, &str)]) -> Starting {
-    use std::io::BufRead;
     let mut child = Served(
         Command::new(plugbus_bin())
             .arg("serve")
@@ -401,17 +410,13 @@ pub fn serve_starting(args: &[&str], env: &[(&str, &str)]) -> Starting {
     );
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "serve exited before listening: {seen}"
-        );
-        seen.push_str(&line);
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let line = line_with(&mut stderr, &mut seen, "listening on http://", "listening");
+    let addr = line
+        .split("listening on http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
     Starting {
         child,
         addr,
