@@ -71,6 +71,16 @@
 //! }
 //! export_plugin!(TokenCounter, state, query);
 //! ```
+//!
+//! # Batches
+//! Every plugin exported with [`export_plugin!`] also exports WIT 0.1.3's
+//! `batch-handler`: when events wait in its queue, the host hands them over
+//! in one call, and the SDK runs [`Plugin::on_event`] on each in order,
+//! telling the host which event it is on first (`batch-host.begin-event`),
+//! so follow-ups, log lines, [`Event::seq`] and the per-event budgets are
+//! that event's exactly as in one call per event. Nothing to write: a
+//! rebuild against this SDK is enough. A manifest can turn it off with
+//! `[limits] max_batch = 1`.
 
 // Lets the generated bindings name this crate as `::plugbus_guest` both here
 // and in the plugins that expand `export_plugin!`.
@@ -84,7 +94,7 @@ pub use wit_bindgen as __wit_bindgen;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "observer",
+        world: "batch-observer",
         pub_export_macro: true,
         export_macro_name: "__export_observer",
         default_bindings_module: "::plugbus_guest::bindings",
@@ -111,7 +121,7 @@ pub mod __world_types {
 }
 
 /// The canonical ABI of `state.snapshot`, `state.restore` and
-/// `query.query` (WIT 0.1.2): each returns a `result` through a 12-byte
+/// `query.query` (WIT 0.1.3): each returns a `result` through a 12-byte
 /// return area (discriminant at 0, the list or string at 4 and 8), released
 /// by its post-return function.
 #[doc(hidden)]
@@ -192,8 +202,8 @@ pub mod __export_abi {
     }
 }
 
-use bindings::plugbus::observer::host;
 pub use bindings::plugbus::observer::types::Level;
+use bindings::plugbus::observer::{batch_host, host};
 
 /// An event delivered to the plugin.
 #[derive(Debug, Clone)]
@@ -381,6 +391,27 @@ pub fn __with_state<P: Plugin, R>(
     })
 }
 
+/// Handles a batch, for the `batch-handler.on-events` export: each event
+/// in order through [`Plugin::on_event`], telling the host first which
+/// event it is on, so follow-ups, log lines and budgets are that event's.
+#[doc(hidden)]
+pub fn __on_events<P: Plugin>(
+    state: &'static std::thread::LocalKey<std::cell::RefCell<Option<P>>>,
+    events: Vec<bindings::plugbus::observer::types::Event>,
+) -> Vec<std::result::Result<(), String>> {
+    __with_state(state, |p| {
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| {
+                // The host refuses more than u32::MAX events per batch long before.
+                batch_host::begin_event(i as u32);
+                p.on_event(&Event::from(event)).map_err(|e| e.0)
+            })
+            .collect()
+    })
+}
+
 /// The plugin's state as JSON, for the `state.snapshot` export.
 #[doc(hidden)]
 pub fn __snapshot<P: Plugin + serde::Serialize>(
@@ -428,18 +459,18 @@ pub fn __query<P: Plugin>(
 macro_rules! export_plugin {
     ($plugin:ty, state, query) => {
         $crate::export_plugin!(@handler $plugin);
-        $crate::export_plugin!(@world "component-type:plugbus:observer@0.1.2:projection", PROJECTION);
+        $crate::export_plugin!(@world "component-type:plugbus:observer@0.1.3:projection", PROJECTION);
         $crate::export_plugin!(@state $plugin);
         $crate::export_plugin!(@query $plugin);
     };
     ($plugin:ty, state) => {
         $crate::export_plugin!(@handler $plugin);
-        $crate::export_plugin!(@world "component-type:plugbus:observer@0.1.2:stateful-observer", STATEFUL);
+        $crate::export_plugin!(@world "component-type:plugbus:observer@0.1.3:stateful-observer", STATEFUL);
         $crate::export_plugin!(@state $plugin);
     };
     ($plugin:ty, query) => {
         $crate::export_plugin!(@handler $plugin);
-        $crate::export_plugin!(@world "component-type:plugbus:observer@0.1.2:queryable-observer", QUERYABLE);
+        $crate::export_plugin!(@world "component-type:plugbus:observer@0.1.3:queryable-observer", QUERYABLE);
         $crate::export_plugin!(@query $plugin);
     };
     ($plugin:ty) => {
@@ -455,20 +486,20 @@ macro_rules! export_plugin {
     };
     (@state $plugin:ty) => {
         const _: () = {
-            #[unsafe(export_name = "plugbus:observer/state@0.1.2#snapshot")]
+            #[unsafe(export_name = "plugbus:observer/state@0.1.3#snapshot")]
             unsafe extern "C" fn __plugbus_export_snapshot() -> *mut u8 {
                 $crate::__export_abi::snapshot($crate::__snapshot::<$plugin>(&__PLUGBUS_STATE))
             }
-            #[unsafe(export_name = "cabi_post_plugbus:observer/state@0.1.2#snapshot")]
+            #[unsafe(export_name = "cabi_post_plugbus:observer/state@0.1.3#snapshot")]
             unsafe extern "C" fn __plugbus_post_snapshot(area: *mut u8) {
                 unsafe { $crate::__export_abi::post_return(area) }
             }
-            #[unsafe(export_name = "plugbus:observer/state@0.1.2#restore")]
+            #[unsafe(export_name = "plugbus:observer/state@0.1.3#restore")]
             unsafe extern "C" fn __plugbus_export_restore(ptr: *mut u8, len: usize) -> *mut u8 {
                 let bytes = unsafe { $crate::__export_abi::take_arg(ptr, len) };
                 $crate::__export_abi::restore($crate::__restore::<$plugin>(&__PLUGBUS_STATE, &bytes))
             }
-            #[unsafe(export_name = "cabi_post_plugbus:observer/state@0.1.2#restore")]
+            #[unsafe(export_name = "cabi_post_plugbus:observer/state@0.1.3#restore")]
             unsafe extern "C" fn __plugbus_post_restore(area: *mut u8) {
                 unsafe { $crate::__export_abi::post_return(area) }
             }
@@ -476,12 +507,12 @@ macro_rules! export_plugin {
     };
     (@query $plugin:ty) => {
         const _: () = {
-            #[unsafe(export_name = "plugbus:observer/query@0.1.2#query")]
+            #[unsafe(export_name = "plugbus:observer/query@0.1.3#query")]
             unsafe extern "C" fn __plugbus_export_query(ptr: *mut u8, len: usize) -> *mut u8 {
                 let request = unsafe { $crate::__export_abi::take_arg(ptr, len) };
                 $crate::__export_abi::query($crate::__query::<$plugin>(&__PLUGBUS_STATE, &request))
             }
-            #[unsafe(export_name = "cabi_post_plugbus:observer/query@0.1.2#query")]
+            #[unsafe(export_name = "cabi_post_plugbus:observer/query@0.1.3#query")]
             unsafe extern "C" fn __plugbus_post_query(area: *mut u8) {
                 unsafe { $crate::__export_abi::post_return(area) }
             }
@@ -504,6 +535,13 @@ macro_rules! export_plugin {
                     let event = $crate::Event::from(event);
                     $crate::__with_state(&__PLUGBUS_STATE, |p| <$plugin as $crate::Plugin>::on_event(p, &event))
                         .map_err(|e| e.message().to_owned())
+                }
+            }
+            impl $crate::bindings::exports::plugbus::observer::batch_handler::Guest for Export {
+                fn on_events(
+                    events: ::std::vec::Vec<$crate::bindings::plugbus::observer::types::Event>,
+                ) -> ::std::vec::Vec<::core::result::Result<(), ::std::string::String>> {
+                    $crate::__on_events::<$plugin>(&__PLUGBUS_STATE, events)
                 }
             }
     $crate::bindings::__export_observer!(Export with_types_in $crate::bindings);

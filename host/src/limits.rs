@@ -99,6 +99,19 @@ pub struct Limits {
     /// Wall-clock time one `snapshot` or `restore` may take. Default 1 s:
     /// the plugin's events wait meanwhile.
     pub state_deadline: Duration,
+    /// For plugins that export `batch-handler`: most events handed over in
+    /// one `on-events` call. Default 64: enough that the call's fixed cost
+    /// (entry, arming, the async poll) is a few percent of a small
+    /// plugin's per-event work, while a batch holds at most this many
+    /// events' worth of the guest's memory and a trap in it re-runs at most
+    /// this many events one by one. The worker takes what is already queued
+    /// and never waits to fill a batch. 1 turns batching off.
+    pub max_batch: usize,
+    /// …and at most this many payload bytes per batch (a batch always takes
+    /// at least one event, whatever its size). Default 1 MiB: the events
+    /// are copied into the guest's memory at once, so this bounds that
+    /// copy against the memory cap.
+    pub batch_bytes: usize,
 }
 
 /// Deepest chain of follow-up events: an event emitted by a plugin while
@@ -129,6 +142,8 @@ impl Default for Limits {
             query_deadline: Duration::from_millis(200),
             state_fuel: 1_000_000_000,
             state_deadline: Duration::from_secs(1),
+            max_batch: 64,
+            batch_bytes: 1 << 20,
         }
     }
 }

@@ -26,6 +26,8 @@
 //! query_deadline_ms = 200
 //! state_fuel = 1_000_000_000             # plugins with `state`: budget of one snapshot or restore
 //! state_deadline_ms = 1000
+//! max_batch = 64                         # plugins with `batch-handler`: most events per call (1: one by one)
+//! batch_kib = 1024                       # …and most payload KiB per call
 //!
 //! [config]                               # served by host.config(key)
 //! budget_usd = "5.00"
@@ -117,6 +119,10 @@ pub struct RawLimits {
     pub state_fuel: Option<u64>,
     /// Wall-clock time one snapshot or restore may take, in milliseconds.
     pub state_deadline_ms: Option<u64>,
+    /// Most events per `on-events` call (1: one call per event).
+    pub max_batch: Option<usize>,
+    /// Most payload KiB per `on-events` call.
+    pub batch_kib: Option<u64>,
 }
 
 /// One `[[dirs]]` entry as written.
@@ -216,6 +222,8 @@ struct LimitOverrides {
     query_deadline: Option<Duration>,
     state_fuel: Option<u64>,
     state_deadline: Option<Duration>,
+    max_batch: Option<usize>,
+    batch_bytes: Option<usize>,
 }
 
 /// A directory the plugin may see.
@@ -236,6 +244,11 @@ const MAX_DEADLINE_MS: u64 = 60_000;
 /// See [`MAX_DEADLINE_MS`]; also the size of the engine's memory slots.
 pub const MAX_MEMORY_MIB: u64 = 4096;
 const MAX_QUEUE: usize = 1 << 20;
+/// Most events per batch a manifest may ask for: past a few hundred the
+/// call's fixed cost is long amortised, and a trap re-runs the whole batch.
+const MAX_BATCH: usize = 4096;
+/// Most payload KiB per batch a manifest may ask for: the largest memory cap.
+const MAX_BATCH_KIB: u64 = MAX_MEMORY_MIB << 10;
 /// Longest quarantine backoff a manifest may ask for: a day. A plugin that
 /// has failed every probe for that long needs a person, not a timer.
 const MAX_BACKOFF_MS: u64 = 86_400_000;
@@ -352,6 +365,14 @@ impl Manifest {
                 .state_deadline_ms
                 .map(|v| in_range("state_deadline_ms", v, 1, MAX_DEADLINE_MS).map(Duration::from_millis))
                 .transpose()?,
+            max_batch: l
+                .max_batch
+                .map(|v| in_range("max_batch", v as u64, 1, MAX_BATCH as u64).map(|v| v as usize))
+                .transpose()?,
+            batch_bytes: l
+                .batch_kib
+                .map(|v| in_range("batch_kib", v, 1, MAX_BATCH_KIB).map(|v| (v as usize) << 10))
+                .transpose()?,
         };
         let mut dirs = Vec::with_capacity(raw.dirs.len());
         for (i, d) in raw.dirs.into_iter().enumerate() {
@@ -401,7 +422,8 @@ impl Manifest {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let mib = |b: usize| (b as u64) >> 20;
         let count = |n: usize| n as u64;
-        let asked: [(&'static str, Option<u64>, u64); 12] = [
+        let kib = |b: usize| (b as u64) >> 10;
+        let asked: [(&'static str, Option<u64>, u64); 14] = [
             ("fuel", o.fuel, base.fuel),
             ("deadline_ms", o.deadline.map(ms), ms(base.deadline)),
             ("memory_mib", o.memory_bytes.map(mib), mib(base.memory_bytes)),
@@ -434,6 +456,8 @@ impl Manifest {
             ("query_deadline_ms", o.query_deadline.map(ms), ms(base.query_deadline)),
             ("state_fuel", o.state_fuel, base.state_fuel),
             ("state_deadline_ms", o.state_deadline.map(ms), ms(base.state_deadline)),
+            ("max_batch", o.max_batch.map(count), count(base.max_batch)),
+            ("batch_kib", o.batch_bytes.map(kib), kib(base.batch_bytes)),
         ];
         asked
             .into_iter()
@@ -467,6 +491,8 @@ impl Manifest {
             query_deadline: o.query_deadline.unwrap_or(base.query_deadline),
             state_fuel: o.state_fuel.unwrap_or(base.state_fuel),
             state_deadline: o.state_deadline.unwrap_or(base.state_deadline),
+            max_batch: o.max_batch.unwrap_or(base.max_batch),
+            batch_bytes: o.batch_bytes.unwrap_or(base.batch_bytes),
         }
     }
 }

@@ -291,6 +291,8 @@ pub(crate) const RAISABLE: &[&str] = &[
     "query_deadline_ms",
     "state_fuel",
     "state_deadline_ms",
+    "max_batch",
+    "batch_kib",
 ];
 
 /// `path` with symlinks and `..` resolved when it exists (as written otherwise).

@@ -29,6 +29,13 @@ pub struct PluginStats {
     pub fuel_consumed: u64,
     /// Snapshots taken of its state (plugins with the `state` export).
     pub snapshots: u64,
+    /// `on-events` calls that handled a batch of two or more events
+    /// (plugins with the `batch-handler` export); a failed batch, whose
+    /// events then ran one call each, is not counted.
+    pub batches: u64,
+    /// Events handled in those batches (`batched / batches` is the mean
+    /// batch size).
+    pub batched: u64,
     /// Rebuilds after a failure that brought its state back (restore of the
     /// last snapshot and/or replay of the events handled since).
     pub state_restored: u64,
@@ -201,6 +208,8 @@ pub(crate) struct StatsCell {
     restarts: AtomicU64,
     fuel: AtomicU64,
     snapshots: AtomicU64,
+    batches: AtomicU64,
+    batched: AtomicU64,
     state_restored: AtomicU64,
     state_lost: AtomicU64,
     replayed: AtomicU64,
@@ -277,6 +286,12 @@ impl StatsCell {
         self.snapshots.fetch_add(1, Relaxed);
     }
 
+    /// A batch of `events` events handled in one call.
+    pub fn batch(&self, events: usize) {
+        self.batches.fetch_add(1, Relaxed);
+        self.batched.fetch_add(events as u64, Relaxed);
+    }
+
     /// A rebuild after a failure: whether the state came back, and how many
     /// events were replayed for it.
     pub fn rebuilt(&self, restored: bool, replayed: u64) {
@@ -322,6 +337,8 @@ impl StatsCell {
             restarts: self.restarts.load(Relaxed),
             fuel_consumed: self.fuel.load(Relaxed),
             snapshots: self.snapshots.load(Relaxed),
+            batches: self.batches.load(Relaxed),
+            batched: self.batched.load(Relaxed),
             state_restored: self.state_restored.load(Relaxed),
             state_lost: self.state_lost.load(Relaxed),
             replayed: self.replayed.load(Relaxed),

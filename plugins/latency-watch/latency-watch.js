@@ -26,7 +26,7 @@
 // the host snapshots them and hands them back after a trap, a hot reload or a
 // restart with the event log, and the p95s go on from where they were.
 
-import * as host from "plugbus:observer/host@0.1.2";
+import * as host from "plugbus:observer/host@0.1.3";
 
 let settings = null;
 let windows = new Map(); // key -> { samples: number[], next: number, count: number }

@@ -133,7 +133,7 @@ fn check_describes_a_plugin_and_refuses_a_bad_one() {
         stdout.contains("cost-tracker") && stdout.contains("model_responded"),
         "{stdout}"
     );
-    assert!(stdout.contains("plugbus:observer/host@0.1.2"), "{stdout}");
+    assert!(stdout.contains("plugbus:observer/host@0.1.3"), "{stdout}");
 
     let out = plugbus(&["check", "--json", wasm("misbehave").to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -440,6 +440,7 @@ fn bench_runs_every_scenario_and_writes_json() {
         "14 nats",
         "15 catch-up",
         "16 otlp ingest",
+        "17 batched delivery",
     ] {
         assert!(rows.iter().any(|r| r["scenario"] == scenario), "no row for {scenario}");
     }

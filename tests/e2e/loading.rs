@@ -167,15 +167,15 @@ async fn a_component_built_for_another_wit_version_is_refused() {
         )
         .unwrap();
     }
-    // The same WAT built for 0.1.0, 0.1.1 and 0.1.2 is accepted: one semver
+    // The same WAT built for 0.1.0 to 0.1.3 is accepted: one semver
     // track on wasmtime; the refusal is about the version alone.
-    for version in ["0.1.0", "0.1.1", "0.1.2"] {
+    for version in ["0.1.0", "0.1.1", "0.1.2", "0.1.3"] {
         let ok = support::component_from_wat(&support::wat_observer("x", returns_ok), version);
         std::fs::write(dir.path().join(format!("v{}.wasm", version.replace('.', "_"))), ok).unwrap();
     }
     let bus = Bus::builder().plugin_dir(dir.path()).build().await.unwrap();
     let loaded: Vec<String> = bus.plugins().into_iter().map(|p| p.name).collect();
-    assert_eq!(loaded, ["v0_1_0", "v0_1_1", "v0_1_2"]);
+    assert_eq!(loaded, ["v0_1_0", "v0_1_1", "v0_1_2", "v0_1_3"]);
     let failures = bus.load_failures();
     assert_eq!(failures.len(), 2);
     for f in failures {

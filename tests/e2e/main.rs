@@ -9,6 +9,7 @@
 
 mod support;
 
+mod batching;
 mod cache;
 mod cli;
 mod cloudevents;

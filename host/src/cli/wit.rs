@@ -104,6 +104,6 @@ mod tests {
     fn the_built_in_package_has_the_observer_world() {
         let (resolve, package) = resolve(None).unwrap();
         assert!(resolve.select_world(&[package], Some(WORLD)).is_ok());
-        assert_eq!(resolve.packages[package].name.to_string(), "plugbus:observer@0.1.2");
+        assert_eq!(resolve.packages[package].name.to_string(), "plugbus:observer@0.1.3");
     }
 }

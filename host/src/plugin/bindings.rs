@@ -4,11 +4,17 @@
 //! guest); exports are called with wasmtime's async entry points so a plugin
 //! waiting inside WASI can be bounded by a timer.
 //!
-//! Three worlds: `observer` (what every plugin exports), `stateful-observer`
-//! (the optional `state` export, since 0.1.1) and `queryable-observer` (the
-//! optional `query` export, since 0.1.2). The last two reuse the first's
+//! Worlds: `observer` (what every plugin exports), `stateful-observer`
+//! (the optional `state` export, since 0.1.1), `queryable-observer` (the
+//! optional `query` export, since 0.1.2) and `batch-observer` (the optional
+//! `batch-handler` export, since 0.1.3). The others reuse the first's
 //! types and host imports; only their own export is used, looked up per
-//! plugin, so plugins without it load unchanged.
+//! plugin, so plugins without it load unchanged. The batch parts are used
+//! without generated bindings: `batch-host.begin-event` is linked by hand
+//! (see `engine`), since it needs the store itself to refill fuel and rearm
+//! the deadline per event, and `on-events` is called as a typed function
+//! over borrowed event records (see `PluginSpec::on_events`), which
+//! generated bindings would make the host copy per call.
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -52,10 +58,16 @@ pub(crate) use stateful::exports::plugbus::observer::state::{Guest as StateExpor
 
 /// The export every plugin must provide. Found in components built against
 /// any 0.1.x version of the package (wasmtime matches the `0.1` track).
-pub(crate) const HANDLER_EXPORT: &str = "plugbus:observer/handler@0.1.2";
+pub(crate) const HANDLER_EXPORT: &str = "plugbus:observer/handler@0.1.3";
 
 /// The optional export of plugins whose state survives traps (since 0.1.1).
-pub(crate) const STATE_EXPORT: &str = "plugbus:observer/state@0.1.2";
+pub(crate) const STATE_EXPORT: &str = "plugbus:observer/state@0.1.3";
 
 /// The optional export of plugins that answer queries (since 0.1.2).
-pub(crate) const QUERY_EXPORT: &str = "plugbus:observer/query@0.1.2";
+pub(crate) const QUERY_EXPORT: &str = "plugbus:observer/query@0.1.3";
+
+/// The optional export of plugins that take events in batches (since 0.1.3).
+pub(crate) const BATCH_EXPORT: &str = "plugbus:observer/batch-handler@0.1.3";
+
+/// The import `batch-handler` plugins call between events (since 0.1.3).
+pub(crate) const BATCH_HOST_IMPORT: &str = "plugbus:observer/batch-host@0.1.3";

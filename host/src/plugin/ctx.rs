@@ -2,17 +2,19 @@
 //!
 //! A [`PluginCtx`] lives inside its plugin's `Store`, which the plugin's
 //! worker task owns. It implements the WIT `host` interface (log, emit,
-//! config, abort), the WASI view (an empty context plus the manifest's
-//! directory grants), the memory limiter, and the per-event budgets.
+//! config, abort) and `batch-host.begin-event`, the WASI view (an empty
+//! context plus the manifest's directory grants), the memory limiter, and
+//! the per-event budgets.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{ResourceLimiter, StoreContextMut, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
@@ -30,6 +32,27 @@ use crate::text::truncate;
 /// 1 MiB is far above any observer's follow-up event.
 const MAX_EMIT_PAYLOAD: usize = 1 << 20;
 
+/// What a call's follow-ups and log lines become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Voice {
+    /// Published and written: an event handled for the first time.
+    Live,
+    /// Follow-ups published, log lines dropped: an event run again alone
+    /// after the batch it was in trapped, once the batch had written its
+    /// lines but published nothing.
+    Hushed,
+    /// Both dropped: an event replayed to rebuild state (its follow-ups
+    /// were published and its lines written the first time).
+    Silent,
+}
+
+impl Voice {
+    /// `Silent` when `quiet`, else `Live`.
+    pub fn quiet_if(quiet: bool) -> Voice {
+        if quiet { Voice::Silent } else { Voice::Live }
+    }
+}
+
 /// Store data for one plugin instance.
 pub(crate) struct PluginCtx {
     pub plugin: Arc<str>,
@@ -43,16 +66,90 @@ pub(crate) struct PluginCtx {
     pub emits_left: u32,
     /// Follow-ups emitted while handling `current`: part of their ids.
     emit_index: u32,
-    /// True while the host replays events to rebuild the plugin's state:
-    /// follow-ups were published the first time, so `emit` drops them, and
-    /// log lines were written the first time, so they are dropped too.
-    replaying: bool,
+    /// What follow-ups and log lines of the current call become.
+    voice: Voice,
     /// True during a `query` call: a query may not change what later events
     /// see, so `emit` is refused.
     pub querying: bool,
     determinism: Determinism,
     pub logs: Arc<LogBudget>,
     log_line_bytes: usize,
+    /// The batch `on-events` is handling, while it runs.
+    pub batch: Option<Batch>,
+}
+
+/// A batch being handled by `on-events`: its events, which one the guest
+/// is on, and what each finished event cost. Follow-ups are held here
+/// until the call returns: published then, or dropped if it trapped (the
+/// events then run one call each and emit again).
+pub(crate) struct Batch {
+    events: Vec<Event>,
+    /// The event begun last (`begin-event`), if any yet.
+    at: Option<usize>,
+    /// Per finished event, in order: fuel burned and time taken.
+    pub marks: Vec<Mark>,
+    /// When the current event began, and the fuel it was given.
+    began: Instant,
+    fuel: u64,
+    /// Each event's budgets, as `arm` would set them for a single event.
+    limits: EventBudgets,
+    /// Follow-ups emitted so far, in emit order.
+    pub held: Vec<Captured>,
+}
+
+/// What one event of a batch cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Mark {
+    pub fuel: u64,
+    pub elapsed: Duration,
+}
+
+/// The budgets one event starts with.
+#[derive(Clone, Copy)]
+struct EventBudgets {
+    fuel: u64,
+    ticks: u64,
+    emits: u32,
+    log_lines: u32,
+}
+
+impl Batch {
+    /// Whether the guest began every event (the last one included).
+    pub fn all_begun(&self) -> bool {
+        self.events.is_empty() || self.at == Some(self.events.len() - 1)
+    }
+
+    /// Closes the current event's mark with the fuel left now.
+    fn close(&mut self, fuel_left: u64) {
+        if self.at.is_some() {
+            let mark = self.current_mark(fuel_left);
+            self.marks.push(mark);
+        }
+    }
+
+    /// What the current event has cost so far, with `fuel_left` now.
+    fn current_mark(&self, fuel_left: u64) -> Mark {
+        Mark {
+            fuel: self.fuel.saturating_sub(fuel_left),
+            elapsed: self.began.elapsed(),
+        }
+    }
+
+    /// The event the call failed on, with what it cost, when the call failed
+    /// inside an event it had begun (`None` when it failed before its
+    /// first `begin-event`, or after its last event finished).
+    pub fn failed_in(&self, fuel_left: u64) -> Option<(usize, Mark)> {
+        self.at
+            .filter(|at| *at == self.marks.len())
+            .map(|at| (at, self.current_mark(fuel_left)))
+    }
+
+    /// Closes the last event's mark when the call has returned.
+    pub fn finish(&mut self, fuel_left: u64) {
+        if self.marks.len() < self.events.len() {
+            self.close(fuel_left);
+        }
+    }
 }
 
 impl PluginCtx {
@@ -102,25 +199,67 @@ impl PluginCtx {
             current: None,
             emits_left: limits.emits_per_event,
             emit_index: 0,
-            replaying: false,
+            voice: Voice::Live,
             querying: false,
             determinism,
             logs,
             log_line_bytes: limits.log_line_bytes,
+            batch: None,
         })
     }
 
+    /// Starts a batch call over `events` (see [`Batch`]); `ticks` is one
+    /// event's epoch deadline. The first `begin-event` starts event 0.
+    pub fn begin_batch(&mut self, events: Vec<Event>, limits: &Limits, ticks: u64, voice: Voice) {
+        self.begin(None, limits, voice);
+        self.batch = Some(Batch {
+            marks: Vec::with_capacity(events.len()),
+            events,
+            at: None,
+            began: Instant::now(),
+            fuel: limits.fuel,
+            limits: EventBudgets {
+                fuel: limits.fuel,
+                ticks,
+                emits: limits.emits_per_event,
+                log_lines: if voice == Voice::Live {
+                    limits.log_lines_per_event
+                } else {
+                    0
+                },
+            },
+            held: Vec::new(),
+        });
+    }
+
+    /// Warns about the log lines the event just finished had to drop.
+    pub fn report_dropped_logs(&self) {
+        let dropped = self.logs.dropped();
+        if dropped > 0 && self.voice == Voice::Live {
+            tracing::warn!(
+                plugin = &*self.plugin,
+                event = self.event_name(),
+                dropped,
+                "log lines over the per-event budget were dropped"
+            );
+        }
+    }
+
     /// Resets the per-event budgets, virtual time and randomness before a
-    /// call; `replaying` silences emits and logs (see the field).
-    pub fn begin(&mut self, event: Option<Event>, limits: &Limits, replaying: bool) {
+    /// call; `voice` says what its emits and log lines become.
+    pub fn begin(&mut self, event: Option<Event>, limits: &Limits, voice: Voice) {
         self.determinism.begin(event.as_ref());
         self.current = event;
         self.emits_left = limits.emits_per_event;
         self.emit_index = 0;
-        self.replaying = replaying;
+        self.voice = voice;
         self.querying = false;
         self.limiter.refused = false;
-        self.logs.reset(if replaying { 0 } else { limits.log_lines_per_event });
+        self.logs.reset(if voice == Voice::Live {
+            limits.log_lines_per_event
+        } else {
+            0
+        });
     }
 
     fn event_name(&self) -> &str {
@@ -195,7 +334,7 @@ impl host::Host for PluginCtx {
         };
         let index = self.emit_index;
         self.emit_index += 1;
-        if self.replaying {
+        if self.voice == Voice::Silent {
             // Published when the event was first handled.
             return Ok(Ok(()));
         }
@@ -212,6 +351,11 @@ impl host::Host for PluginCtx {
             index,
             event,
         };
+        if let Some(batch) = self.batch.as_mut() {
+            // Published when the batch call returns (see `Batch`).
+            batch.held.push(captured);
+            return Ok(Ok(()));
+        }
         Ok(bus.follow_up(captured))
     }
 
@@ -228,6 +372,44 @@ impl host::Host for PluginCtx {
             truncate(&message, self.log_line_bytes).into_owned(),
         )))
     }
+}
+
+/// `batch-host.begin-event`: moves a batch call to `events[index]`, closing
+/// the previous event's mark and giving the new one the budgets a call of
+/// its own would have (fuel, deadline, emits, log lines, virtual time and
+/// randomness). Takes the store, not just the context: fuel and the epoch
+/// deadline live there. An index out of order is an error that stops the
+/// call (it then fails like a trap).
+pub(crate) fn begin_event(mut store: StoreContextMut<'_, PluginCtx>, index: u32) -> wasmtime::Result<()> {
+    let fuel_left = store.get_fuel().unwrap_or(0);
+    let ctx = store.data_mut();
+    let Some(batch) = ctx.batch.as_mut() else {
+        return Ok(());
+    };
+    let expected = batch.at.map_or(0, |at| at + 1);
+    if index as usize != expected || expected >= batch.events.len() {
+        let len = batch.events.len();
+        return Err(wasmtime::Error::msg(format!(
+            "batch-host.begin-event({index}) out of order: the next event of this {len}-event batch is {expected}"
+        )));
+    }
+    batch.close(fuel_left);
+    batch.at = Some(expected);
+    batch.began = Instant::now();
+    let budgets = batch.limits;
+    batch.fuel = budgets.fuel;
+    let event = batch.events[expected].clone();
+    if expected > 0 {
+        ctx.report_dropped_logs();
+    }
+    ctx.determinism.begin(Some(&event));
+    ctx.current = Some(event);
+    ctx.emits_left = budgets.emits;
+    ctx.emit_index = 0;
+    ctx.logs.reset(budgets.log_lines);
+    store.set_fuel(budgets.fuel)?;
+    store.set_epoch_deadline(budgets.ticks);
+    Ok(())
 }
 
 /// The memory cap, recording whether it refused a grow so that the trap that

@@ -26,7 +26,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use crate::cache::ArtifactCache;
 use crate::manifest::MAX_MEMORY_MIB;
-use crate::plugin::bindings::Observer;
+use crate::plugin::bindings::{BATCH_HOST_IMPORT, Observer};
 use crate::plugin::ctx::PluginCtx;
 
 /// Period of the epoch ticker: the granularity of wall-clock deadlines. One
@@ -81,6 +81,13 @@ impl PluginEngine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Observer::add_to_linker::<_, HasSelf<_>>(&mut linker, |ctx| ctx)?;
+        // By hand, not through bindgen: `begin-event` needs the store (fuel
+        // and the epoch deadline), which a generated host trait cannot reach.
+        linker
+            .instance(BATCH_HOST_IMPORT)?
+            .func_wrap("begin-event", |store, (index,): (u32,)| {
+                crate::plugin::ctx::begin_event(store, index)
+            })?;
         let cache = cache_root.and_then(|root| match ArtifactCache::open(root, &engine) {
             Ok(cache) => Some(cache),
             Err(e) => {

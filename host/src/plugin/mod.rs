@@ -22,7 +22,7 @@ use std::sync::{Arc, Weak};
 
 use serde::Serialize;
 use wasmtime::Store;
-use wasmtime::component::{Component, InstancePre};
+use wasmtime::component::{Component, ComponentExportIndex, Func, InstancePre};
 
 use crate::cache::content_hash;
 use crate::event::Event;
@@ -30,13 +30,15 @@ use crate::limits::Limits;
 use crate::manifest::{Manifest, ManifestError};
 use crate::outcome::{Failure, backtrace_frames, classify};
 use crate::pattern::{Pattern, PatternError};
+use crate::plugin::bindings::plugbus::observer::types as wit;
 use crate::plugin::bindings::{
-    HANDLER_EXPORT, Observer, ObserverIndices, QUERY_EXPORT, QueryExport, QueryIndices, STATE_EXPORT, StateExport,
-    StateIndices,
+    BATCH_EXPORT, HANDLER_EXPORT, Observer, ObserverIndices, QUERY_EXPORT, QueryExport, QueryIndices, STATE_EXPORT,
+    StateExport, StateIndices,
 };
-use crate::plugin::ctx::PluginCtx;
+use crate::plugin::ctx::{Mark, PluginCtx, Voice};
 use crate::plugin::engine::{EPOCH_TICK, PluginEngine};
 use crate::plugin::port::BusPort;
+use crate::plugin::port::Captured;
 use crate::signature::{SignatureError, SignaturePolicy, Signer};
 use crate::stats::PluginStats;
 
@@ -186,6 +188,8 @@ pub(crate) struct PluginSpec {
     state: Option<StateIndices>,
     /// The optional `query` export, when the plugin has one.
     query: Option<QueryIndices>,
+    /// `batch-handler.on-events`, when the plugin exports it.
+    batch: Option<ComponentExportIndex>,
     pub limits: Limits,
     pub config: Arc<BTreeMap<String, String>>,
     pub manifest: Manifest,
@@ -211,6 +215,28 @@ pub(crate) struct Instance {
     pub bindings: Observer,
     state: Option<StateExport>,
     query: Option<QueryExport>,
+    /// `on-events`, type-checked when the instance was built.
+    batch: Option<Func>,
+}
+
+/// The params and results of `on-events`: the events are lowered from the
+/// host's records in place (the `&` forwards), never copied first.
+type OnEventsParams<'a> = (&'a [&'a wit::Event],);
+type OnEventsResults = (Vec<Result<(), String>>,);
+
+/// What one `on-events` call gave back.
+pub(crate) struct BatchRun {
+    /// One answer per event, or the failure of the whole call (a trap, or
+    /// an answer that breaks the batch contract).
+    pub result: Result<Vec<Result<(), String>>, CallError>,
+    /// Per event the plugin finished, in order: fuel burned, time taken
+    /// (after a failure, the events before the one it failed on).
+    pub marks: Vec<Mark>,
+    /// After a failure inside an event the plugin had begun: which one, and
+    /// what it cost until then.
+    pub failed_in: Option<(usize, Mark)>,
+    /// The follow-ups it emitted, in order: to publish if it succeeded.
+    pub held: Vec<Captured>,
 }
 
 /// A failed call: what kind, plus the wasm backtrace when there is one.
@@ -326,7 +352,7 @@ impl PluginSpec {
         let ty = component.component_type();
         let imports: Vec<String> = ty.imports(&engine.engine).map(|(n, _)| n.to_owned()).collect();
         // `get_export_index` matches the semver track: a 0.1.0 plugin's
-        // `handler@0.1.0` answers to the host's `handler@0.1.2`.
+        // `handler@0.1.0` answers to the host's `handler@0.1.3`.
         if component.get_export_index(None, HANDLER_EXPORT).is_none() {
             let exports: Vec<&str> = ty.exports(&engine.engine).map(|(n, _)| n).collect();
             return Err(err(LoadErrorKind::WrongWorld(format!(
@@ -360,6 +386,14 @@ impl PluginSpec {
                     .map_err(|e| err(LoadErrorKind::WrongWorld(format!("its `query` export: {e:#}"))))?,
             ),
         };
+        let batch = match component.get_export_index(None, BATCH_EXPORT) {
+            None => None,
+            Some(iface) => Some(component.get_export_index(Some(&iface), "on-events").ok_or_else(|| {
+                err(LoadErrorKind::WrongWorld(
+                    "its `batch-handler` export has no `on-events` function".into(),
+                ))
+            })?),
+        };
         let limits = manifest.apply_limits(bus_limits);
         Ok(PluginSpec {
             name,
@@ -368,6 +402,7 @@ impl PluginSpec {
             indices,
             state,
             query,
+            batch,
             limits,
             config: Arc::new(manifest.config.clone()),
             manifest,
@@ -395,7 +430,7 @@ impl PluginSpec {
         let mut store = Store::new(self.pre.engine(), ctx);
         store.limiter(|ctx| &mut ctx.limiter);
         store.epoch_deadline_trap();
-        self.arm(&mut store, None, false);
+        self.arm(&mut store, None, Voice::Live);
         let instance = self
             .pre
             .instantiate_async(&mut store)
@@ -421,12 +456,36 @@ impl PluginSpec {
             ),
             None => None,
         };
+        let batch = match &self.batch {
+            Some(index) => {
+                let func = instance.get_func(&mut store, index).ok_or_else(|| {
+                    CallError::from(Failure::Host("its `batch-handler.on-events` export is missing".into()))
+                })?;
+                // Checked once here; each call re-types it with its own
+                // borrow's lifetime.
+                func.typed::<OnEventsParams<'static>, OnEventsResults>(&store)
+                    .map_err(|e| Failure::Host(format!("its `batch-handler.on-events` export: {e:#}")))?;
+                Some(func)
+            }
+            None => None,
+        };
         Ok(Instance {
             store,
             bindings,
             state,
             query,
+            batch,
         })
+    }
+
+    /// Most events one call may take: the `max_batch` limit for a plugin
+    /// that exports `batch-handler`, 1 for any other.
+    pub fn max_batch(&self) -> usize {
+        if self.batch.is_some() {
+            self.limits.max_batch.max(1)
+        } else {
+            1
+        }
     }
 
     /// Whether the plugin exports `state` (snapshot and restore).
@@ -447,7 +506,7 @@ impl PluginSpec {
             return Ok(Err("the plugin has no `query` export".into()));
         };
         let (fuel, deadline) = (self.limits.query_fuel, self.limits.query_deadline);
-        self.arm_with(&mut instance.store, None, false, fuel, deadline);
+        self.arm_with(&mut instance.store, None, Voice::Live, fuel, deadline);
         instance.store.data_mut().querying = true;
         let call = query.call_query(&mut instance.store, request);
         let answer = tokio::time::timeout(Self::timeout(deadline), call).await;
@@ -467,7 +526,7 @@ impl PluginSpec {
             return Ok(None);
         };
         let (fuel, deadline) = (self.limits.state_fuel, self.limits.state_deadline);
-        self.arm_with(&mut instance.store, None, true, fuel, deadline);
+        self.arm_with(&mut instance.store, None, Voice::Silent, fuel, deadline);
         let call = state.call_snapshot(&mut instance.store);
         let answer = tokio::time::timeout(Self::timeout(deadline), call).await;
         Ok(Some(match self.settle(answer, &instance.store)? {
@@ -488,7 +547,7 @@ impl PluginSpec {
             return Ok(Err("the plugin has no `state` export".into()));
         };
         let (fuel, deadline) = (self.limits.state_fuel, self.limits.state_deadline);
-        self.arm_with(&mut instance.store, None, true, fuel, deadline);
+        self.arm_with(&mut instance.store, None, Voice::Silent, fuel, deadline);
         let call = state.call_restore(&mut instance.store, bytes);
         let answer = tokio::time::timeout(Self::timeout(deadline), call).await;
         Ok(self.settle(answer, &instance.store)?.map_err(crate::text::cap))
@@ -499,7 +558,7 @@ impl PluginSpec {
         if let Some(subs) = &self.manifest.subscriptions {
             return Ok(subs.clone());
         }
-        self.arm(&mut instance.store, None, false);
+        self.arm(&mut instance.store, None, Voice::Live);
         let call = instance
             .bindings
             .plugbus_observer_handler()
@@ -515,15 +574,15 @@ impl PluginSpec {
     }
 
     /// Runs `on-event` with fresh budgets. Returns the guest's answer and the
-    /// fuel burned, or the failure. `replaying` silences the plugin's emits
-    /// and logs: the event is being replayed to rebuild state.
+    /// fuel burned, or the failure. `voice` says what the plugin's emits and
+    /// logs become (silenced while the event is replayed to rebuild state).
     pub async fn on_event(
         &self,
         instance: &mut Instance,
         event: &Event,
-        replaying: bool,
+        voice: Voice,
     ) -> (Result<Result<(), String>, CallError>, u64) {
-        self.arm(&mut instance.store, Some(event.clone()), replaying);
+        self.arm(&mut instance.store, Some(event.clone()), voice);
         let call = instance
             .bindings
             .plugbus_observer_handler()
@@ -536,8 +595,8 @@ impl PluginSpec {
         let fuel = self.limits.fuel.saturating_sub(instance.store.get_fuel().unwrap_or(0));
         instance.store.data_mut().current = None;
         let dropped = instance.store.data().logs.dropped();
-        // While replaying, every line is dropped on purpose.
-        if dropped > 0 && !replaying {
+        // Unless live, every line is dropped on purpose.
+        if dropped > 0 && voice == Voice::Live {
             tracing::warn!(
                 plugin = &*self.name,
                 event = event.name(),
@@ -548,9 +607,98 @@ impl PluginSpec {
         (result, fuel)
     }
 
+    /// Runs `on-events` over `events` (a plugin with `batch-handler`). Each
+    /// event gets the budgets of a call of its own as the guest begins it
+    /// (see `ctx::begin_event`); the host's timer allows the sum of their
+    /// deadlines. Follow-ups are held, not published: the caller publishes
+    /// `held` when the whole call succeeded. `voice` as for
+    /// [`on_event`](Self::on_event).
+    pub async fn on_events(&self, instance: &mut Instance, events: &[Event], voice: Voice) -> BatchRun {
+        let Some(func) = instance.batch else {
+            return BatchRun {
+                result: Err(Failure::Host("the plugin has no `batch-handler` export".into()).into()),
+                marks: Vec::new(),
+                failed_in: None,
+                held: Vec::new(),
+            };
+        };
+        let ticks = Self::ticks(self.limits.deadline);
+        self.arm(&mut instance.store, None, voice);
+        instance
+            .store
+            .data_mut()
+            .begin_batch(events.to_vec(), &self.limits, ticks, voice);
+        let wires: Vec<&wit::Event> = events.iter().map(Event::wire).collect();
+        let n = u32::try_from(events.len()).unwrap_or(u32::MAX);
+        let answer = tokio::time::timeout(Self::timeout(self.limits.deadline * n), async {
+            let typed = func.typed::<OnEventsParams<'_>, OnEventsResults>(&instance.store)?;
+            let (results,) = typed.call_async(&mut instance.store, (&wires[..],)).await?;
+            Ok(results)
+        })
+        .await;
+        let fuel_left = instance.store.get_fuel().unwrap_or(0);
+        let ctx = instance.store.data_mut();
+        let mut batch = ctx.batch.take();
+        let mut failed_in = None;
+        if let Some(batch) = batch.as_mut() {
+            // After a failure `marks` holds only the events that finished.
+            if matches!(answer, Ok(Ok(_))) {
+                batch.finish(fuel_left);
+            } else {
+                failed_in = batch.failed_in(fuel_left);
+            }
+            ctx.report_dropped_logs();
+        }
+        ctx.current = None;
+        let mut result = self.settle(answer, &instance.store).map(|answers| {
+            answers
+                .into_iter()
+                .map(|a| a.map_err(crate::text::cap))
+                .collect::<Vec<_>>()
+        });
+        let (marks, held, all_begun) = match batch {
+            Some(b) => {
+                let all = b.all_begun();
+                (b.marks, b.held, all)
+            }
+            None => (Vec::new(), Vec::new(), false),
+        };
+        // The batch contract: one answer per event, every event begun.
+        if let Ok(answers) = &result {
+            let broken = if answers.len() != events.len() {
+                Some(format!(
+                    "`on-events` answered {} results for {} events",
+                    answers.len(),
+                    events.len()
+                ))
+            } else if !all_begun {
+                Some(format!(
+                    "`on-events` returned without calling `batch-host.begin-event` for each of its {} events",
+                    events.len()
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = broken {
+                result = Err(Failure::Host(reason).into());
+            }
+        }
+        BatchRun {
+            result,
+            marks,
+            failed_in,
+            held,
+        }
+    }
+
+    /// The epoch ticks of a `deadline`.
+    fn ticks(deadline: std::time::Duration) -> u64 {
+        (deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+    }
+
     /// Refills fuel, arms the epoch deadline and resets per-event budgets.
-    fn arm(&self, store: &mut Store<PluginCtx>, event: Option<Event>, quiet: bool) {
-        self.arm_with(store, event, quiet, self.limits.fuel, self.limits.deadline);
+    fn arm(&self, store: &mut Store<PluginCtx>, event: Option<Event>, voice: Voice) {
+        self.arm_with(store, event, voice, self.limits.fuel, self.limits.deadline);
     }
 
     /// [`arm`](Self::arm) with a given fuel and deadline (a query's).
@@ -558,20 +706,19 @@ impl PluginSpec {
         &self,
         store: &mut Store<PluginCtx>,
         event: Option<Event>,
-        quiet: bool,
+        voice: Voice,
         fuel: u64,
         deadline: std::time::Duration,
     ) {
         // `set_fuel` only fails when fuel is not enabled, which the engine
         // always enables; nothing to handle.
         let _ = store.set_fuel(fuel);
-        let ticks = (deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1;
-        store.set_epoch_deadline(ticks);
+        store.set_epoch_deadline(Self::ticks(deadline));
         // Long computations yield to the async runtime every ~1 ms of fuel so
         // one plugin never holds a runtime thread for its whole deadline.
         let _ = store.fuel_async_yield_interval(Some(YIELD_FUEL));
         let limits = self.limits.clone();
-        store.data_mut().begin(event, &limits, quiet);
+        store.data_mut().begin(event, &limits, voice);
     }
 
     /// The host-side bound on one call with this `deadline`: the deadline
@@ -607,13 +754,16 @@ impl PluginSpec {
     pub fn check(&self, subscriptions: &[Pattern]) -> PluginCheck {
         PluginCheck {
             name: self.name.to_string(),
-            world: match (self.state.is_some(), self.query.is_some()) {
-                (true, true) => "plugbus:observer/projection@0.1.2",
-                (true, false) => "plugbus:observer/stateful-observer@0.1.2",
-                (false, true) => "plugbus:observer/queryable-observer@0.1.2",
-                (false, false) => "plugbus:observer/observer@0.1.2",
-            }
-            .to_owned(),
+            world: format!(
+                "plugbus:observer/{}@0.1.3{}",
+                match (self.state.is_some(), self.query.is_some()) {
+                    (true, true) => "projection",
+                    (true, false) => "stateful-observer",
+                    (false, true) => "queryable-observer",
+                    (false, false) => "observer",
+                },
+                if self.batch.is_some() { " + batch-handler" } else { "" }
+            ),
             subscriptions: subscriptions.iter().map(|p| p.as_str().to_owned()).collect(),
             imports: self.imports.clone(),
             size: self.size,

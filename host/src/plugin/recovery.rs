@@ -252,6 +252,16 @@ impl Recovery {
             || (self.handled_since_snapshot > 0 && self.last_snapshot.elapsed() >= limits.snapshot_interval)
     }
 
+    /// Events that can be handled before a snapshot is due by count (at
+    /// least 1; `usize::MAX` without periodic snapshots): a batch stops
+    /// there, so snapshots fall every `snapshot_every` events, batched or not.
+    pub fn until_snapshot(&self, limits: &Limits) -> usize {
+        if limits.snapshot_every == 0 {
+            return usize::MAX;
+        }
+        limits.snapshot_every.saturating_sub(self.handled_since_snapshot).max(1) as usize
+    }
+
     /// A snapshot was taken after the last handled event.
     pub fn snapshotted(&mut self, snapshot: Snapshot) {
         self.snapshot = Some(snapshot);

@@ -9,6 +9,7 @@
 //! failing event left out and kept as a dead letter. A guest `err` keeps the
 //! instance and its state.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::event::Event;
 use crate::outcome::{DropReason, Failure, Outcome};
+use crate::plugin::ctx::Voice;
 use crate::plugin::port::BusPort;
 use crate::plugin::recovery::{Handoff, KeptState, Plan, Recovery, Snapshot};
 use crate::plugin::{CallError, Instance, PluginSpec, PluginState};
@@ -258,10 +260,20 @@ impl Worker {
             }
         }
         let mut stopping = false;
+        // A job taken from the queue that did not fit the last batch.
+        let mut carry: Option<Job> = None;
         loop {
             // Queries go ahead of queued events: each runs between two
-            // events, and a caller is not kept behind a full queue.
-            let next = if stopping {
+            // events (or batches), and a caller is not kept behind a full queue.
+            let next = if let Some(job) = carry.take() {
+                match queries.try_recv() {
+                    Ok(query) => {
+                        carry = Some(job);
+                        Next::Query(query)
+                    }
+                    Err(_) => Next::Job(Some(job)),
+                }
+            } else if stopping {
                 tokio::select! {
                     biased;
                     Some(query) = queries.recv() => Next::Query(query),
@@ -293,22 +305,34 @@ impl Worker {
                 Next::Job(job) => job,
             };
             let Some(job) = job else { break };
-            let outcome = if self.state.abandoned() {
-                self.drop_job(&job, DropReason::Unloaded)
+            let (jobs, outcomes) = if self.state.abandoned() {
+                let outcome = self.drop_job(&job, DropReason::Unloaded);
+                (vec![job], vec![outcome])
             } else if self.state.quarantined_now() {
-                self.drop_job(&job, DropReason::Quarantined)
+                let outcome = self.drop_job(&job, DropReason::Quarantined);
+                (vec![job], vec![outcome])
             } else {
-                self.run_one(&job.event, false).await
+                let jobs = self.gather(job, &mut rx, &mut carry);
+                let outcomes = if let [job] = &jobs[..] {
+                    vec![self.run_one(&job.event, Voice::Live).await]
+                } else {
+                    let events: Vec<Event> = jobs.iter().map(|job| job.event.clone()).collect();
+                    self.run_batch(&events, Voice::Live, true).await
+                };
+                (jobs, outcomes)
             };
-            if self.letters_applied.len() >= COMMIT_LETTERS_EVERY || (!self.letters_applied.is_empty() && rx.is_empty())
+            if self.letters_applied.len() >= COMMIT_LETTERS_EVERY
+                || (!self.letters_applied.is_empty() && rx.is_empty() && carry.is_none())
             {
                 self.commit_letters().await;
             }
-            if let Some(reply) = job.reply {
-                let _ = reply.send(outcome);
-            }
-            if let Some(bus) = self.bus.upgrade() {
-                bus.job_done();
+            for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                if let Some(reply) = job.reply {
+                    let _ = reply.send(outcome);
+                }
+                if let Some(bus) = self.bus.upgrade() {
+                    bus.job_done();
+                }
             }
         }
         // Queries that arrive from here on are answered by their dropped
@@ -481,25 +505,267 @@ impl Worker {
     /// Events numbered `live_from` or later were accepted while the bus
     /// started and this plugin never saw them: they run as live ones (their
     /// follow-ups and logs are new), the others quietly.
+    /// Consecutive events that are not letters and share a voice go to the
+    /// plugin in batches, as queued ones do.
     async fn handle_history(&mut self, events: &[Event], live_from: u64) -> u64 {
+        let voice = |event: &Event| Voice::quiet_if(event.seq().is_none_or(|seq| seq < live_from));
         let mut handled = 0;
+        let mut run: Vec<Event> = Vec::new();
         for event in events {
-            if self.dead_letters.contains(event.id()) {
+            let letter = self.dead_letters.contains(event.id());
+            if letter {
                 tracing::debug!(plugin = &*self.spec.name, event = event.name(), seq = ?event.seq(), "a dead-lettered event is left to redrive");
+            }
+            if let Some(first) = run.first()
+                && (letter || voice(first) != voice(event))
+            {
+                let run_voice = voice(first);
+                handled += self.handle_run(std::mem::take(&mut run), run_voice).await;
+            }
+            if !letter {
+                run.push(event.clone());
+            }
+        }
+        match run.first() {
+            Some(first) => {
+                let run_voice = voice(first);
+                handled + self.handle_run(run, run_voice).await
+            }
+            None => handled,
+        }
+    }
+
+    /// Handles `run` (events of one voice) in batches; returns how many.
+    async fn handle_run(&mut self, run: Vec<Event>, voice: Voice) -> u64 {
+        let mut rest = &run[..];
+        while !rest.is_empty() {
+            let n = batch_len(rest, self.batch_limit(), self.spec.limits.batch_bytes);
+            let (batch, tail) = rest.split_at(n);
+            if let [event] = batch {
+                self.run_one(event, voice).await;
+            } else {
+                self.run_batch(batch, voice, false).await;
+            }
+            rest = tail;
+        }
+        self.stats.add_replayed(run.len() as u64);
+        run.len() as u64
+    }
+
+    /// Most events the next batch may take: `max_batch`, and for a plugin
+    /// with `state` no more than until its next snapshot is due.
+    fn batch_limit(&self) -> usize {
+        let max = self.spec.max_batch();
+        if self.spec.has_state() {
+            max.min(self.recovery.until_snapshot(&self.spec.limits))
+        } else {
+            max
+        }
+    }
+
+    /// Takes `first` and the jobs queued behind it into one batch: as many
+    /// as are already waiting, up to the plugin's `max_batch` and
+    /// `batch_bytes`, never waiting for more. A job that would pass the byte
+    /// bound is left in `carry` for the next batch.
+    fn gather(&self, first: Job, rx: &mut mpsc::Receiver<Job>, carry: &mut Option<Job>) -> Vec<Job> {
+        let max = self.batch_limit();
+        if max <= 1 || rx.is_empty() {
+            return vec![first];
+        }
+        let budget = self.spec.limits.batch_bytes;
+        let mut bytes = payload_bytes(&first.event);
+        let mut jobs = vec![first];
+        while jobs.len() < max {
+            let Ok(job) = rx.try_recv() else { break };
+            bytes += payload_bytes(&job.event);
+            if bytes > budget {
+                *carry = Some(job);
+                break;
+            }
+            jobs.push(job);
+        }
+        jobs
+    }
+
+    /// Runs `events` in `on-events` calls. When a call succeeds, each event
+    /// gets its own outcome, counters and latency, and the follow-ups are
+    /// published in emit order. When it fails (a trap, a broken answer),
+    /// nothing of it counted: the state is rebuilt as after any trap and
+    /// the events run again, so only the event that fails is a dead letter
+    /// and every other is applied once:
+    /// - the events the call finished, before the one it failed on, run
+    ///   again as a batch (they are not the poison; their log lines were
+    ///   written, so they write none now);
+    /// - the one it failed on fails at once when it failed on its own
+    ///   budgets (a dead letter, as unbatched), else runs alone;
+    /// - the rest run as a batch, which may fail on a later poison event
+    ///   the same way.
+    ///
+    /// Each part is shorter than the failed call, so this ends, and a
+    /// stream with a few poison events stays batched between them. A call
+    /// that failed after every event finished (an answer that breaks the
+    /// contract) is followed by one call per event. When a failure dropped
+    /// the instance it is rebuilt first; when there can be no instance, the
+    /// first event fails, as it would unbatched. A loop over the parts, not
+    /// recursion: a runaway plugin splits every batch into 64 parts.
+    async fn run_batch(&mut self, events: &[Event], voice: Voice, queued: bool) -> Vec<Outcome> {
+        let spec = self.spec.clone();
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut steps = VecDeque::from([Step::Batch(0..events.len(), voice)]);
+        while let Some(step) = steps.pop_front() {
+            let stopped = queued && (self.state.abandoned() || self.state.quarantined_now());
+            let (range, voice) = match step {
+                Step::Each(range, voice, hushed) => {
+                    outcomes.extend(self.run_each(&events[range], voice, hushed, queued).await);
+                    continue;
+                }
+                Step::Poison(at, mark, e) if !stopped => {
+                    let event = &events[at];
+                    tracing::debug!(
+                        plugin = &*spec.name,
+                        event = event.name(),
+                        "the batch's poison event fails without running again"
+                    );
+                    // The state holds exactly the events before it.
+                    let outcome = self.letter_and_finish(event, e.failure, mark.fuel, &e.frames).await;
+                    self.stats.observe(mark.elapsed);
+                    self.update_breaker(&outcome);
+                    outcomes.push(outcome);
+                    continue;
+                }
+                Step::Poison(at, ..) => {
+                    outcomes.extend(self.run_each(&events[at..=at], voice, 0, queued).await);
+                    continue;
+                }
+                Step::Batch(range, voice) if range.len() < 2 || stopped => {
+                    let hushed = if voice == Voice::Hushed { range.len() } else { 0 };
+                    outcomes.extend(self.run_each(&events[range], voice, hushed, queued).await);
+                    continue;
+                }
+                Step::Batch(range, voice) => (range, voice),
+            };
+            let part = &events[range.clone()];
+            let mut instance = match self.instance.take() {
+                Some(instance) => instance,
+                None => match self.rebuild().await {
+                    Ok(instance) => instance,
+                    Err(e) => {
+                        // As `handle` does: the first event fails like a
+                        // trap (a dead letter, never skipped).
+                        self.state.set(PluginState::Recovering);
+                        self.stats.set_memory(0);
+                        self.recovery.needs_rebuild = true;
+                        let outcome = self.letter_and_finish(&part[0], e.failure, 0, &e.frames).await;
+                        self.update_breaker(&outcome);
+                        outcomes.push(outcome);
+                        steps.push_front(Step::Batch(range.start + 1..range.end, voice));
+                        continue;
+                    }
+                },
+            };
+            let run = spec.on_events(&mut instance, part, voice).await;
+            let answers = match run.result {
+                Ok(answers) => answers,
+                Err(e) => {
+                    // The store is poisoned: drop it; the next call
+                    // rebuilds the state from before this part.
+                    self.state.set(PluginState::Recovering);
+                    self.stats.set_memory(0);
+                    self.recovery.needs_rebuild = true;
+                    let finished = run.marks.len();
+                    tracing::warn!(
+                        plugin = &*spec.name,
+                        events = part.len(),
+                        finished,
+                        failure = e.failure.kind(),
+                        "a batch failed: {}; its events run again",
+                        e.failure
+                    );
+                    if finished >= part.len() {
+                        steps.push_front(Step::Each(range, voice, part.len()));
+                        continue;
+                    }
+                    let at = range.start + finished;
+                    let hushed = if voice == Voice::Live { Voice::Hushed } else { voice };
+                    // A failure inside an event the plugin began, on that
+                    // event's own budgets, is what a call of its own would
+                    // have met: that event is the poison. Not so for the
+                    // memory cap (the batch's copy of every event counts
+                    // against it) or the host's refusals: run it again.
+                    let failed = match (run.failed_in, &e.failure) {
+                        (_, Failure::MemoryLimit | Failure::Host(_)) | (None, _) => Step::Each(at..at + 1, voice, 0),
+                        (Some((_, mark)), _) => Step::Poison(at, mark, e),
+                    };
+                    steps.push_front(Step::Batch(at + 1..range.end, voice));
+                    steps.push_front(failed);
+                    steps.push_front(Step::Batch(range.start..at, hushed));
+                    continue;
+                }
+            };
+            self.state.set(PluginState::Ready);
+            self.stats.set_memory(instance.store.data().limiter.granted);
+            self.stats.batch(part.len());
+            self.instance = Some(instance);
+            if voice != Voice::Silent
+                && let Some(bus) = self.bus.upgrade()
+            {
+                for follow_up in run.held {
+                    if let Err(reason) = bus.follow_up(follow_up) {
+                        tracing::debug!(plugin = &*spec.name, %reason, "follow-up of a batch not accepted");
+                    }
+                }
+            }
+            for (i, (event, answer)) in part.iter().zip(answers).enumerate() {
+                let outcome = match answer {
+                    Ok(()) => Outcome::Ok,
+                    Err(message) => Outcome::Error(message),
+                };
+                let mark = run.marks.get(i).copied().unwrap_or_default();
+                self.applied(event);
+                self.stats.observe(mark.elapsed);
+                self.update_breaker(&outcome);
+                self.finish(event, &outcome, mark.fuel, &[]);
+                outcomes.push(outcome);
+            }
+            self.maybe_snapshot().await;
+        }
+        outcomes
+    }
+
+    /// Runs `events` one call each; the first `hushed` write no log lines
+    /// (a failed batch wrote them). Queued events (`queued`) are dropped
+    /// instead once the plugin is quarantined or abandoned, as the queue's
+    /// next events would be.
+    async fn run_each(&mut self, events: &[Event], voice: Voice, hushed: usize, queued: bool) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            let dropped = if !queued {
+                None
+            } else if self.state.abandoned() {
+                Some(DropReason::Unloaded)
+            } else if self.state.quarantined_now() {
+                Some(DropReason::Quarantined)
+            } else {
+                None
+            };
+            if let Some(reason) = dropped {
+                outcomes.push(count_drop(&self.stats, &self.spec.name, event, reason));
                 continue;
             }
-            let quiet = event.seq().is_none_or(|seq| seq < live_from);
-            self.run_one(event, quiet).await;
-            self.stats.add_replayed(1);
-            handled += 1;
+            let voice = if voice == Voice::Live && i < hushed {
+                Voice::Hushed
+            } else {
+                voice
+            };
+            outcomes.push(self.run_one(event, voice).await);
         }
-        handled
+        outcomes
     }
 
     /// Runs one event, timed, its outcome fed to the breaker.
-    async fn run_one(&mut self, event: &Event, quiet: bool) -> Outcome {
+    async fn run_one(&mut self, event: &Event, voice: Voice) -> Outcome {
         let started = Instant::now();
-        let outcome = self.handle(event, quiet).await;
+        let outcome = self.handle(event, voice).await;
         self.stats.observe(started.elapsed());
         self.update_breaker(&outcome);
         outcome
@@ -560,7 +826,7 @@ impl Worker {
     }
 
     fn drop_job(&self, job: &Job, reason: DropReason) -> Outcome {
-        count_drop(&self.stats, &self.spec.name, job, reason)
+        count_drop(&self.stats, &self.spec.name, &job.event, reason)
     }
 
     /// Counts consecutive hard failures; quarantines the plugin past the
@@ -626,9 +892,9 @@ impl Worker {
         }
     }
 
-    /// Runs one event (`quiet`: a logged one being caught up on, its emits
-    /// and logs silenced), rebuilding the instance first if needed.
-    async fn handle(&mut self, event: &Event, quiet: bool) -> Outcome {
+    /// Runs one event (`voice`: silent for a logged one being caught up on,
+    /// its emits and logs dropped), rebuilding the instance first if needed.
+    async fn handle(&mut self, event: &Event, voice: Voice) -> Outcome {
         let spec = self.spec.clone();
         let instance = match self.instance.take() {
             Some(instance) => Ok(instance),
@@ -640,7 +906,7 @@ impl Worker {
         // (found by the long model checker, seed 1140).
         let ran = match instance {
             Ok(mut instance) => {
-                let (result, fuel) = spec.on_event(&mut instance, event, quiet).await;
+                let (result, fuel) = spec.on_event(&mut instance, event, voice).await;
                 match result {
                     Ok(Ok(())) => Ok((Outcome::Ok, fuel, instance)),
                     Ok(Err(msg)) => Ok((Outcome::Error(msg), fuel, instance)),
@@ -657,37 +923,49 @@ impl Worker {
                 self.state.set(PluginState::Recovering);
                 self.stats.set_memory(0);
                 self.recovery.needs_rebuild = true;
-                // Keyed by event: a letter met again (a redrive that fails again,
-                // a redelivery) stays one letter. With a log, a letter is kept
-                // only for an event the log holds durably: one for an event a
-                // crash took back would name an event that never happened (and
-                // a redrive would apply it).
-                if !self.dead_letters.contains(event.id())
-                    && Self::durable_in_log(&spec.name, self.log.clone(), event).await
-                    && self.dead_letters.add(DeadLetter::new(&spec.name, event, &failure))
-                {
-                    self.stats.dead_lettered();
-                }
-                let outcome = Outcome::Failed(failure);
-                self.finish(event, &outcome, fuel, &frames);
-                outcome
+                self.letter_and_finish(event, failure, fuel, &frames).await
             }
             Ok((outcome, fuel, instance)) => {
                 self.state.set(PluginState::Ready);
                 self.stats.set_memory(instance.store.data().limiter.granted);
-                self.recovery.handled(event, &spec.limits);
-                if let Some(seq) = event.seq() {
-                    // Never backwards: a redriven letter is older than the position.
-                    self.last_seq = Some(self.last_seq.map_or(seq, |last| last.max(seq)));
-                }
-                if self.dead_letters.contains(event.id()) && !self.letters_applied.iter().any(|id| id == event.id()) {
-                    self.letters_applied.push(event.id().to_owned());
-                }
+                self.applied(event);
                 self.instance = Some(instance);
                 self.maybe_snapshot().await;
                 self.finish(event, &outcome, fuel, &[]);
                 outcome
             }
+        }
+    }
+
+    /// Books an event that failed the plugin hard: its dead letter, counters
+    /// and report. Keyed by event: a letter met again (a redrive that fails
+    /// again, a redelivery) stays one letter. With a log, a letter is kept
+    /// only for an event the log holds durably: one for an event a crash
+    /// took back would name an event that never happened (and a redrive
+    /// would apply it).
+    async fn letter_and_finish(&mut self, event: &Event, failure: Failure, fuel: u64, frames: &[String]) -> Outcome {
+        let name = self.spec.name.clone();
+        if !self.dead_letters.contains(event.id())
+            && Self::durable_in_log(&name, self.log.clone(), event).await
+            && self.dead_letters.add(DeadLetter::new(&name, event, &failure))
+        {
+            self.stats.dead_lettered();
+        }
+        let outcome = Outcome::Failed(failure);
+        self.finish(event, &outcome, fuel, frames);
+        outcome
+    }
+
+    /// Books an event the plugin handled (ok or err): kept for replay after
+    /// a trap, its position, and whether it was a redriven letter.
+    fn applied(&mut self, event: &Event) {
+        self.recovery.handled(event, &self.spec.limits);
+        if let Some(seq) = event.seq() {
+            // Never backwards: a redriven letter is older than the position.
+            self.last_seq = Some(self.last_seq.map_or(seq, |last| last.max(seq)));
+        }
+        if self.dead_letters.contains(event.id()) && !self.letters_applied.iter().any(|id| id == event.id()) {
+            self.letters_applied.push(event.id().to_owned());
         }
     }
 
@@ -955,19 +1233,31 @@ impl Worker {
                 Err(e) => return Err((format!("restore failed: {}", e.failure), Some(e.failure))),
             }
         }
-        for event in events {
-            let (result, _fuel) = spec.on_event(instance, event, true).await;
-            if let Err(e) = result {
-                return Err((
-                    format!(
-                        "replaying event {} ({}) failed: {}",
-                        event.seq().unwrap_or(0),
-                        event.name(),
-                        e.failure
-                    ),
-                    Some(e.failure),
-                ));
+        let replay_failed = |event: &Event, failure: Failure| {
+            (
+                format!(
+                    "replaying event {} ({}) failed: {failure}",
+                    event.seq().unwrap_or(0),
+                    event.name()
+                ),
+                Some(failure),
+            )
+        };
+        let mut rest = events;
+        while let Some(first) = rest.first() {
+            let n = batch_len(rest, spec.max_batch(), spec.limits.batch_bytes);
+            let (batch, tail) = rest.split_at(n);
+            if n == 1 {
+                let (result, _fuel) = spec.on_event(instance, first, Voice::Silent).await;
+                if let Err(e) = result {
+                    return Err(replay_failed(first, e.failure));
+                }
+            } else if let Err(e) = spec.on_events(instance, batch, Voice::Silent).await.result {
+                // Replays are silent and the state is lost either way: which
+                // event failed is only for the message.
+                return Err(replay_failed(first, e.failure));
             }
+            rest = tail;
         }
         Ok(())
     }
@@ -1050,7 +1340,7 @@ impl PluginHandle {
 
     /// Drops `job` for this plugin: counts it and answers its waiter.
     pub fn refuse(&self, job: Job, reason: DropReason) {
-        let outcome = count_drop(&self.stats, &self.spec.name, &job, reason);
+        let outcome = count_drop(&self.stats, &self.spec.name, &job.event, reason);
         if let Some(reply) = job.reply {
             let _ = reply.send(outcome);
         }
@@ -1096,11 +1386,42 @@ impl PluginHandle {
     }
 }
 
+/// One part of a batch still to run (see `Worker::run_batch`).
+enum Step {
+    /// These events in one call (one call each when fewer than two).
+    Batch(std::ops::Range<usize>, Voice),
+    /// These events one call each, the first `.2` of them writing no log lines.
+    Each(std::ops::Range<usize>, Voice, usize),
+    /// The event a batch failed on, on its own budgets: failed without
+    /// running again, with what it cost and why.
+    Poison(usize, crate::plugin::ctx::Mark, CallError),
+}
+
+/// How many events from the front of `events` make one batch: at most
+/// `max`, and no more than `bytes` of payload (always at least one).
+fn batch_len(events: &[Event], max: usize, bytes: usize) -> usize {
+    let mut total = 0;
+    let mut n = 0;
+    for event in events.iter().take(max.max(1)) {
+        total += payload_bytes(event);
+        if n > 0 && total > bytes {
+            break;
+        }
+        n += 1;
+    }
+    n.max(1).min(events.len())
+}
+
+/// The bytes of `event`'s payload as plugins receive it.
+fn payload_bytes(event: &Event) -> usize {
+    event.wire().payload.len()
+}
+
 /// Counts an event dropped for `plugin` (by the publisher or the worker) and
 /// logs it; the caller answers the waiter.
-fn count_drop(stats: &StatsCell, plugin: &str, job: &Job, reason: DropReason) -> Outcome {
+fn count_drop(stats: &StatsCell, plugin: &str, event: &Event, reason: DropReason) -> Outcome {
     let outcome = Outcome::Dropped(reason);
     stats.record(&outcome, 0);
-    tracing::debug!(plugin, event = job.event.name(), %reason, "event dropped for plugin");
+    tracing::debug!(plugin, event = event.name(), %reason, "event dropped for plugin");
     outcome
 }

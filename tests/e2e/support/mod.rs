@@ -227,7 +227,7 @@ pub fn wat_observer(subscription: &str, on_event: &str) -> String {
 pub fn component_from_wat(wat: &str, version: &str) -> Vec<u8> {
     let wit = std::fs::read_to_string(workspace_root().join("wit/observer.wit")).unwrap();
     let wit = wit.replace(
-        "package plugbus:observer@0.1.2;",
+        "package plugbus:observer@0.1.3;",
         &format!("package plugbus:observer@{version};"),
     );
     let mut resolve = wit_parser::Resolve::default();

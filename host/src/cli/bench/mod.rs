@@ -10,6 +10,7 @@ use anyhow::Context;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+mod batching;
 mod otlp;
 #[path = "../../../benches/payload.rs"]
 mod sample;
@@ -615,6 +616,9 @@ pub async fn bench(
     }
     if want(&[16]) {
         otlp::ingest(&mut table, events).await?;
+    }
+    if want(&[17]) {
+        batching::batched_delivery(&mut table, plugins, cache.path(), events).await?;
     }
     table.print();
     if let Some(path) = json_out {

@@ -1,0 +1,352 @@
+//! Batched delivery (WIT 0.1.3 `batch-handler`): a plugin that exports
+//! `on-events` gets the events already queued in one call, and nothing a
+//! user can see differs from one call per event: order, outcomes,
+//! counters, follow-ups (payloads, ids, correlation), dead letters, replay
+//! output. Each test runs the same events through a batched copy and an
+//! unbatched one (`max_batch = 1`) and compares.
+//!
+//! The tests run on a current-thread runtime: the events are all queued
+//! before a worker runs, so batches form every time (a multi-thread
+//! runtime would race the emitter against the worker).
+
+use crate::support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use plugbus::{Bus, PluginStats, Replay};
+use serde_json::{Value, json};
+use support::{Recorder, install, wasm};
+
+/// The actions of the misbehave fixture a random stream draws from, with
+/// their weights: follow-ups that depend on the plugin's state (`count`)
+/// and on the event (`clock`), guest errors, and traps (the poison events).
+const ACTIONS: &[(&str, u32)] = &[
+    ("ok", 30),
+    ("count", 30),
+    ("clock", 15),
+    ("error", 10),
+    ("panic", 8),
+    ("unreachable", 7),
+];
+
+/// A small deterministic generator (xorshift), so a failing seed can be rerun.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn action(&mut self) -> &'static str {
+        let total: u32 = ACTIONS.iter().map(|(_, w)| w).sum();
+        let mut pick = (self.next() % u64::from(total)) as u32;
+        for (action, weight) in ACTIONS {
+            if pick < *weight {
+                return action;
+            }
+            pick -= weight;
+        }
+        unreachable!("the weights cover every pick")
+    }
+}
+
+/// `misbehave` installed twice: `batched` (the default `max_batch`) and
+/// `single` (`max_batch = 1`); neither is ever quarantined.
+fn pair(dir: &Path) {
+    let misbehave = wasm("misbehave");
+    install(dir, &misbehave, "batched", "[limits]\nquarantine_after = 0\n");
+    install(
+        dir,
+        &misbehave,
+        "single",
+        "[limits]\nquarantine_after = 0\nmax_batch = 1\n",
+    );
+}
+
+fn stats(bus: &Bus, name: &str) -> PluginStats {
+    bus.plugins().into_iter().find(|p| p.name == name).unwrap().stats
+}
+
+/// Per source plugin, its follow-ups in publish order: (name, correlation
+/// id, payload). A plugin's randomness is seeded by its name (so `hash` and
+/// `order` differ between two names by design): those two fields are left
+/// out here, and compared by the replay test, which keeps the name.
+fn follow_ups(recorder: &Recorder) -> BTreeMap<String, Vec<(String, Option<String>, Value)>> {
+    let mut by_source: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for e in recorder.events() {
+        let mut payload = e.payload().clone();
+        if let Some(fields) = payload.as_object_mut() {
+            fields.remove("hash");
+            fields.remove("order");
+        }
+        by_source.entry(e.source().to_owned()).or_default().push((
+            e.name().to_owned(),
+            e.correlation_id().map(str::to_owned),
+            payload,
+        ));
+    }
+    by_source
+}
+
+#[tokio::test]
+async fn a_batched_plugin_is_indistinguishable_from_one_call_per_event() {
+    for seed in [0x9E37_79B9_7F4A_7C15u64, 7, 1_000_003, 0xDEAD_BEEF] {
+        let dir = tempfile::tempdir().unwrap();
+        pair(dir.path());
+        let bus = Bus::builder()
+            .plugin_dir(dir.path())
+            .cache_dir(support::shared_cache())
+            .build()
+            .await
+            .unwrap();
+        let recorder = Recorder::attach(&bus, "fixture.*");
+        let mut rng = Rng(seed);
+        let mut actions = Vec::new();
+        // All queued before either worker runs (current-thread runtime).
+        for i in 0..300 {
+            let action = rng.action();
+            actions.push(action);
+            let event = plugbus::Event::new(format!("misbehave.{action}"), json!({ "i": i }))
+                .with_correlation_id(format!("run-{}", rng.next() % 5));
+            bus.publish(event);
+        }
+        bus.flush().await;
+
+        let (batched, single) = (stats(&bus, "batched"), stats(&bus, "single"));
+        assert!(
+            batched.batches > 0 && batched.batched > 2 * batched.batches,
+            "seed {seed}: the batched copy took its events in batches: {batched:?}"
+        );
+        assert_eq!(single.batches, 0, "seed {seed}");
+        let counters = |s: &PluginStats| {
+            (
+                s.delivered,
+                s.ok,
+                s.errors,
+                s.failures.panic,
+                s.failures.trap,
+                s.dead_letters,
+                s.dropped,
+            )
+        };
+        let traps = actions
+            .iter()
+            .filter(|a| matches!(**a, "panic" | "unreachable"))
+            .count() as u64;
+        assert_eq!(
+            counters(&single).5,
+            traps,
+            "seed {seed}: one dead letter per poison event"
+        );
+        assert_eq!(counters(&batched), counters(&single), "seed {seed}: the same outcomes");
+
+        let letters = |name: &str| {
+            let mut ids: Vec<String> = bus
+                .dead_letters(name)
+                .unwrap()
+                .into_iter()
+                .map(|l| l.event.id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(
+            letters("batched"),
+            letters("single"),
+            "seed {seed}: the same dead letters"
+        );
+
+        let mut by_source = follow_ups(&recorder);
+        let (from_batched, from_single) = (
+            by_source.remove("batched").unwrap_or_default(),
+            by_source.remove("single").unwrap_or_default(),
+        );
+        let expected = actions.iter().filter(|a| matches!(**a, "count" | "clock")).count();
+        assert_eq!(
+            from_single.len(),
+            expected,
+            "seed {seed}: one follow-up per count/clock"
+        );
+        assert_eq!(
+            from_batched, from_single,
+            "seed {seed}: the same follow-ups (names, correlation ids, payloads: the state-dependent \
+             `seen`, the per-event clock, randomness and seq) in the same order"
+        );
+        bus.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_trap_in_a_batch_dead_letters_only_the_poison_event_and_applies_the_others_once() {
+    let dir = tempfile::tempdir().unwrap();
+    install(
+        dir.path(),
+        &wasm("misbehave"),
+        "misbehave",
+        "[limits]\nquarantine_after = 0\n",
+    );
+    let bus = Bus::builder()
+        .plugin_dir(dir.path())
+        .cache_dir(support::shared_cache())
+        .build()
+        .await
+        .unwrap();
+    let counts = Recorder::attach(&bus, "fixture.count");
+    let mut poison = None;
+    for i in 0..11 {
+        let event = bus.emit(if i == 5 { "misbehave.panic" } else { "misbehave.count" }, json!({}));
+        if i == 5 {
+            poison = Some(event.id().to_owned());
+        }
+    }
+    bus.flush().await;
+
+    let seen: Vec<u64> = counts
+        .events()
+        .iter()
+        .map(|e| e.payload()["seen"].as_u64().unwrap())
+        .collect();
+    // The poison event counts itself before it panics; that instance is
+    // lost and the state rebuilt from the five events before it.
+    assert_eq!(
+        seen,
+        (1..=10).collect::<Vec<_>>(),
+        "every other event applied once, in order (the failed batch's follow-ups were dropped, \
+         not published before the same events ran again)"
+    );
+    let letters = bus.dead_letters("misbehave").unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        Some(&letters[0].event.id),
+        poison.as_ref(),
+        "only the poison event is a letter"
+    );
+    let s = stats(&bus, "misbehave");
+    assert_eq!((s.delivered, s.ok, s.failures.panic), (11, 10, 1));
+    assert_eq!(
+        (s.batches, s.batched),
+        (2, 10),
+        "the failed batch is not counted; the events around the poison ran as two batches \
+         (the poison failed on its own budgets: a dead letter without running again)"
+    );
+    bus.shutdown().await;
+}
+
+#[tokio::test]
+async fn replay_output_is_byte_identical_whether_the_plugin_takes_batches_or_not() {
+    let plugins = tempfile::tempdir().unwrap();
+    let log = tempfile::tempdir().unwrap();
+    install(
+        plugins.path(),
+        &wasm("misbehave"),
+        "misbehave",
+        "[limits]\nquarantine_after = 0\n",
+    );
+    let bus = Bus::builder()
+        .plugin_dir(plugins.path())
+        .cache_dir(support::shared_cache())
+        .log_dir(log.path())
+        .build()
+        .await
+        .unwrap();
+    let live = Recorder::attach(&bus, "fixture.*");
+    let mut rng = Rng(42);
+    for i in 0..200 {
+        bus.emit(&format!("misbehave.{}", rng.action()), json!({ "i": i }));
+    }
+    bus.flush().await;
+    assert!(stats(&bus, "misbehave").batches > 0, "the live run was batched");
+    bus.shutdown().await;
+    let live: Vec<(String, String, String)> = live
+        .events()
+        .iter()
+        .map(|e| (e.id().to_owned(), e.name().to_owned(), e.payload_json().to_owned()))
+        .collect();
+
+    async fn replay(plugins: &Path, log: &Path) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        Replay::new(plugins, log)
+            .only("misbehave")
+            .run(|_, e| out.push((e.id().to_owned(), e.name().to_owned(), e.payload_json().to_owned())))
+            .await
+            .unwrap();
+        out
+    }
+    let batched = replay(plugins.path(), log.path()).await;
+    std::fs::write(
+        plugins.path().join("misbehave.toml"),
+        "[limits]\nquarantine_after = 0\nmax_batch = 1\n",
+    )
+    .unwrap();
+    let single = replay(plugins.path(), log.path()).await;
+    assert!(!single.is_empty());
+    assert_eq!(batched, single, "replay, batched or not, emits the same bytes");
+    // Live order is publish order, which batching keeps per plugin too.
+    assert_eq!(batched, live, "and the same follow-ups, ids included, as the live run");
+}
+
+#[tokio::test]
+async fn a_batch_stops_at_the_byte_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    // 400-byte payloads, 1 KiB per batch: two events per call.
+    install(dir.path(), &wasm("misbehave"), "misbehave", "[limits]\nbatch_kib = 1\n");
+    let bus = Bus::builder()
+        .plugin_dir(dir.path())
+        .cache_dir(support::shared_cache())
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        bus.emit("misbehave.ok", json!({ "pad": "x".repeat(390) }));
+    }
+    bus.flush().await;
+    let s = stats(&bus, "misbehave");
+    assert_eq!((s.delivered, s.ok), (20, 20));
+    assert!(s.batches > 0, "{s:?}");
+    assert_eq!(s.batched, 2 * s.batches, "every batch is cut at the byte bound: {s:?}");
+    bus.shutdown().await;
+}
+
+#[tokio::test]
+async fn plugins_built_for_wit_0_1_2_run_unchanged_one_call_per_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = support::workspace_root().join("plugins/fixtures/compat-0.1.2");
+    std::fs::copy(
+        fixtures.join("token-counter-0.1.2.wasm"),
+        dir.path().join("token-counter.wasm"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixtures.join("event-counter-0.1.2.wasm"),
+        dir.path().join("event-counter.wasm"),
+    )
+    .unwrap();
+    let bus = Bus::builder()
+        .plugin_dir(dir.path())
+        .cache_dir(support::shared_cache())
+        .build()
+        .await
+        .unwrap();
+    assert!(bus.load_failures().is_empty(), "{:?}", bus.load_failures());
+    let reports = Recorder::attach(&bus, "token-counter.**");
+    for _ in 0..50 {
+        bus.emit(
+            "model_responded",
+            json!({ "usage": { "prompt_tokens": 10, "completion_tokens": 5 } }),
+        );
+    }
+    bus.flush().await;
+    for name in ["token-counter", "event-counter"] {
+        let s = stats(&bus, name);
+        assert_eq!((s.delivered, s.ok, s.batches), (50, 50, 0), "{name}: {s:?}");
+    }
+    let answer = bus.query("event-counter", "{}").await.unwrap();
+    let table: Value = serde_json::from_str(answer.answer.get()).unwrap();
+    assert_eq!(table["total"], 50, "{table}");
+    assert!(reports.events().is_empty(), "no report below its threshold");
+    bus.shutdown().await;
+}
