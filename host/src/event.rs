@@ -166,10 +166,9 @@ impl Event {
         }))
     }
 
-    /// An event read from text (a NATS message) at `seq`, whose payload is
-    /// `payload_json`, already checked as JSON: plugins get that text as it
-    /// is, and the value is parsed only if asked for.
-    #[cfg(feature = "nats")]
+    /// An event read from text (a NATS message, a log frame) at `seq`,
+    /// whose payload is `payload_json`, already checked as JSON: plugins get
+    /// that text as it is, and the value is parsed only if asked for.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn decoded(
         seq: u64,

@@ -36,7 +36,7 @@ use crate::bus::Bus;
 use crate::bus::builder::BusBuilder;
 use crate::error::Error;
 use crate::event::Event;
-use crate::log::{LogError, LogReader, Record};
+use crate::log::{LogError, LogReader};
 use crate::plugin::port::{Captured, FollowUps};
 use crate::plugin::{LoadError, PluginInfo};
 use crate::query::{QueryAnswer, QueryError};
@@ -340,7 +340,7 @@ impl Replay {
 
 /// The replayed events, in batches.
 enum Batches {
-    Log(tokio::sync::mpsc::Receiver<Result<Vec<Record>, LogError>>),
+    Log(tokio::sync::mpsc::Receiver<Result<Vec<Event>, LogError>>),
     #[cfg(feature = "nats")]
     Nats(crate::nats::reader::StreamReader),
 }
@@ -348,12 +348,7 @@ enum Batches {
 impl Batches {
     async fn next(&mut self) -> Option<Result<Vec<Event>, ReplayError>> {
         match self {
-            Batches::Log(rx) => Some(
-                rx.recv()
-                    .await?
-                    .map(|records| records.into_iter().map(Record::into_event).collect())
-                    .map_err(ReplayError::from),
-            ),
+            Batches::Log(rx) => Some(rx.recv().await?.map_err(ReplayError::from)),
             #[cfg(feature = "nats")]
             Batches::Nats(reader) => Some(reader.batches.recv().await?.map_err(ReplayError::from)),
         }
@@ -374,11 +369,11 @@ fn spawn_reader(
     from: u64,
     end: u64,
     correlation: Option<String>,
-) -> tokio::sync::mpsc::Receiver<Result<Vec<Record>, LogError>> {
+) -> tokio::sync::mpsc::Receiver<Result<Vec<Event>, LogError>> {
     // Four batches ahead: reading stays ahead of the plugins with bounded memory.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     std::thread::spawn(move || {
-        let reader = match LogReader::open(&log, from) {
+        let mut reader = match LogReader::open(&log, from) {
             Ok(r) => match correlation {
                 Some(id) => r.correlation(id),
                 None => r,
@@ -389,11 +384,11 @@ fn spawn_reader(
             }
         };
         let mut batch = Vec::with_capacity(BATCH);
-        for record in reader {
-            match record {
-                Ok(r) if r.seq > end => break,
-                Ok(r) => {
-                    batch.push(r);
+        while let Some(event) = reader.next_event() {
+            match event {
+                Ok(e) if e.seq().unwrap_or(0) > end => break,
+                Ok(e) => {
+                    batch.push(e);
                     if batch.len() == BATCH && tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err() {
                         return;
                     }

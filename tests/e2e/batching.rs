@@ -350,3 +350,51 @@ async fn plugins_built_for_wit_0_1_2_run_unchanged_one_call_per_event() {
     assert!(reports.events().is_empty(), "no report below its threshold");
     bus.shutdown().await;
 }
+
+#[tokio::test]
+async fn c_python_and_javascript_plugins_take_batches_with_the_results_of_one_call_per_event() {
+    let dir = tempfile::tempdir().unwrap();
+    for plugin in ["tokens-c", "tokens-py", "tokens-js"] {
+        let wasm = support::lang_wasm(plugin);
+        install(dir.path(), &wasm, plugin, "[limits]\nquarantine_after = 0\n");
+        install(
+            dir.path(),
+            &wasm,
+            &format!("{plugin}-single"),
+            "[limits]\nquarantine_after = 0\nmax_batch = 1\n",
+        );
+    }
+    let bus = Bus::builder()
+        .plugin_dir(dir.path())
+        .cache_dir(support::shared_cache())
+        .build()
+        .await
+        .unwrap();
+    assert!(bus.load_failures().is_empty(), "{:?}", bus.load_failures());
+    let reports = Recorder::attach(&bus, "fixture.tokens");
+    for i in 0..200u64 {
+        let name = match i {
+            100 => "tokens.spin",
+            50 | 150 | 199 => "tokens.report",
+            _ => "model_responded",
+        };
+        bus.emit(name, json!({ "usage": { "prompt_tokens": i, "completion_tokens": 1 } }));
+    }
+    bus.flush().await;
+    let by_source = follow_ups(&reports);
+    for plugin in ["tokens-c", "tokens-py", "tokens-js"] {
+        let (batched, single) = (stats(&bus, plugin), stats(&bus, &format!("{plugin}-single")));
+        assert!(batched.batches > 0, "{plugin}: {batched:?}");
+        let counters = |s: &PluginStats| (s.delivered, s.ok, s.errors, s.failures.total(), s.dead_letters);
+        assert_eq!(counters(&batched), counters(&single), "{plugin}");
+        assert_eq!(counters(&batched).3, 1, "{plugin}: the spin alone failed");
+        let reports = by_source.get(plugin).unwrap();
+        assert_eq!(reports.len(), 3, "{plugin}: {reports:?}");
+        assert_eq!(
+            Some(reports),
+            by_source.get(&format!("{plugin}-single")),
+            "{plugin}: the same totals as one call per event"
+        );
+    }
+    bus.shutdown().await;
+}

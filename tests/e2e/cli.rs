@@ -460,7 +460,7 @@ fn bench_runs_every_scenario_and_writes_json() {
         "{rows:?}"
     );
     // A scenario that does not exist is a usage error, not an empty table.
-    let out = plugbus(&["bench", "--only", "17"]);
+    let out = plugbus(&["bench", "--only", "18"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--only"));
 }

@@ -614,7 +614,7 @@ fn recover(path: &Path, first: u64, synced: Option<u64>) -> Result<(u64, Correla
             match r.next_frame(0).map_err(io_err(path))? {
                 Ok(Some(frame)) => {
                     last = frame.seq;
-                    if let Ok(record) = frame.record()
+                    if let Ok(record) = frame.raw()
                         && let Some(correlation) = &record.correlation_id
                     {
                         index.add(correlation, frame.seq);
@@ -899,17 +899,31 @@ impl LogReader {
     }
 }
 
-impl Iterator for LogReader {
-    type Item = Result<Record, LogError>;
+impl LogReader {
+    /// The next event (with the correlation filter applied), its payload
+    /// left as the logged text (see `Frame::raw`): what catch-up and replay
+    /// read. [`Iterator::next`] gives the same records as [`Record`]s.
+    pub(crate) fn next_event(&mut self) -> Option<Result<Event, LogError>> {
+        self.next_parsed(
+            |frame| frame.raw().map(segment::RawRecord::into_event),
+            Event::correlation_id,
+        )
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
+    /// The next frame parsed by `parse`, skipping those whose
+    /// `correlation` is not the one asked for; after an error, nothing.
+    fn next_parsed<T>(
+        &mut self,
+        parse: impl Fn(&segment::Frame) -> Result<T, serde_json::Error>,
+        correlation: impl Fn(&T) -> Option<&str>,
+    ) -> Option<Result<T, LogError>> {
         loop {
             if self.done {
                 return None;
             }
             let item = match self.advance() {
-                Ok(Some(frame)) => match frame.record() {
-                    Ok(record) => Ok(record),
+                Ok(Some(frame)) => match parse(&frame) {
+                    Ok(item) => Ok(item),
                     Err(e) => {
                         let path = self.current.as_ref().map(|c| c.0.clone()).unwrap_or_default();
                         Err(LogError::Corrupt {
@@ -926,21 +940,29 @@ impl Iterator for LogReader {
                 Err(e) => Err(e),
             };
             match item {
-                Ok(record)
+                Ok(item)
                     if self
                         .correlation
                         .as_deref()
-                        .is_some_and(|c| record.correlation_id.as_deref() != Some(c)) =>
+                        .is_some_and(|c| correlation(&item) != Some(c)) =>
                 {
                     continue;
                 }
-                Ok(record) => return Some(Ok(record)),
+                Ok(item) => return Some(Ok(item)),
                 Err(e) => {
                     self.done = true;
                     return Some(Err(e));
                 }
             }
         }
+    }
+}
+
+impl Iterator for LogReader {
+    type Item = Result<Record, LogError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_parsed(segment::Frame::record, |r| r.correlation_id.as_deref())
     }
 }
 

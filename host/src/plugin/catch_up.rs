@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 use crate::event::Event;
-use crate::log::{EventLog, LogError, LogPosition, LogReader, Record};
+use crate::log::{EventLog, LogError, LogPosition, LogReader};
 use crate::manifest::CatchUp;
 use crate::pattern::Pattern;
 
@@ -92,38 +92,37 @@ impl Cursor {
                 return Ok(Vec::new());
             }
             let (dir, from, position) = (self.dir.clone(), self.next, self.position);
-            let read = move || -> Result<(Vec<Record>, Option<LogPosition>), LogError> {
+            let read = move || -> Result<(Vec<Event>, Option<LogPosition>), LogError> {
                 let mut out = Vec::new();
                 let mut reader = LogReader::open(&dir, from)?.resume(position);
                 let mut at = None;
                 while out.len() < BATCH {
-                    let Some(record) = reader.next().transpose()? else {
+                    let Some(event) = reader.next_event().transpose()? else {
                         break;
                     };
-                    if record.seq > upto {
+                    if event.seq().unwrap_or(0) > upto {
                         break;
                     }
-                    out.push(record);
+                    out.push(event);
                     // Right after the record just taken, before reading on.
                     at = reader.position();
                 }
                 Ok((out, at))
             };
-            let (records, at) = tokio::task::spawn_blocking(read)
+            let (read, at) = tokio::task::spawn_blocking(read)
                 .await
                 .map_err(|e| LogError::Failed(format!("log reader task failed: {e}").into()))??;
             self.position = at.or(self.position);
-            let Some(last) = records.last() else {
+            let Some(last) = read.last() else {
                 // Nothing left up to `upto` (a gap at the end, or the end).
                 self.next = upto + 1;
                 return Ok(Vec::new());
             };
-            self.next = last.seq + 1;
+            self.next = last.seq().unwrap_or(0) + 1;
             let since = self.since_nanos;
-            let events: Vec<Event> = records
+            let events: Vec<Event> = read
                 .into_iter()
-                .filter(|r| r.time_unix_nanos >= since && self.patterns.iter().any(|p| p.matches(&r.name)))
-                .map(Record::into_event)
+                .filter(|e| e.time_unix_nanos() >= since && self.patterns.iter().any(|p| p.matches(e.name())))
                 .collect();
             if !events.is_empty() {
                 return Ok(events);

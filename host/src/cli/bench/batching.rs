@@ -18,6 +18,9 @@ const ROUNDS: usize = 3;
 /// Events at one per millisecond for the low-rate latency, at most.
 const LOW_RATE_EVENTS: u64 = 1000;
 
+/// Events per round for the interpreted languages, at most (~20 µs each).
+const LANGUAGE_EVENTS: u64 = 20_000;
+
 /// A directory with token-counter as `tc`, with `manifest` beside it.
 fn tc_dir(plugins: &Path, manifest: &str) -> anyhow::Result<tempfile::TempDir> {
     let dir = tempfile::tempdir()?;
@@ -32,7 +35,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs scenario 17 and adds its rows to `table`.
-pub async fn batched_delivery(table: &mut Table, plugins: &Path, cache: &Path, events: u64) -> anyhow::Result<()> {
+pub async fn batched_delivery(
+    table: &mut Table,
+    plugins: &Path,
+    fixtures: &Path,
+    cache: &Path,
+    events: u64,
+) -> anyhow::Result<()> {
     // Saturated throughput: batched, one call per event, native handler.
     let batched_dir = tc_dir(plugins, "")?;
     let single_dir = tc_dir(plugins, "[limits]\nmax_batch = 1\n")?;
@@ -97,6 +106,38 @@ pub async fn batched_delivery(table: &mut Table, plugins: &Path, cache: &Path, e
         "µs",
         None,
     );
+
+    // Each language's `tokens` fixture, batched or not (the same budget for
+    // both: the interpreted languages' manifests' limits).
+    for (lang, plugin) in super::LANGUAGES.iter().skip(1) {
+        let file = [plugins, fixtures]
+            .iter()
+            .map(|d| d.join(format!("{plugin}.wasm")))
+            .find(|f| f.is_file());
+        let Some(file) = file else {
+            eprintln!("plugbus bench: skipping {lang}: {plugin}.wasm not built (make lang-plugins)");
+            continue;
+        };
+        let limits = "subscriptions = [\"model_responded\"]\n[limits]\nmemory_mib = 128\nfuel = 500_000_000\n";
+        let (mut b, mut one) = (Vec::new(), Vec::new());
+        for (max_batch, rates) in [("", &mut b), ("max_batch = 1\n", &mut one)] {
+            let dir = tempfile::tempdir()?;
+            std::fs::copy(&file, dir.path().join("tok.wasm"))?;
+            std::fs::write(dir.path().join("tok.toml"), format!("{limits}{max_batch}"))?;
+            let bus = open(dir.path(), cache).await?;
+            for _ in 0..ROUNDS {
+                rates.push(plugin_throughput(&bus, events.min(LANGUAGE_EVENTS), "tok").await);
+            }
+            bus.shutdown().await;
+        }
+        table.add(
+            "17 batched delivery",
+            &format!("{lang}: batched (vs one call per event)"),
+            median(b),
+            "ev/s",
+            Some(median(one)),
+        );
+    }
 
     // Catch-up and replay of the same history (`events` long), batched or not.
     let history = events;

@@ -618,7 +618,7 @@ pub async fn bench(
         otlp::ingest(&mut table, events).await?;
     }
     if want(&[17]) {
-        batching::batched_delivery(&mut table, plugins, cache.path(), events).await?;
+        batching::batched_delivery(&mut table, plugins, fixtures, cache.path(), events).await?;
     }
     table.print();
     if let Some(path) = json_out {
