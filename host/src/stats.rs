@@ -36,6 +36,12 @@ pub struct PluginStats {
     /// Events handled in those batches (`batched / batches` is the mean
     /// batch size).
     pub batched: u64,
+    /// Time its worker spent on events, in nanoseconds: the calls, rebuilds,
+    /// snapshots and the host's own bookkeeping, not waiting for events or
+    /// answering queries. `busy_nanos / delivered` is what an event costs
+    /// the plugin's thread, whatever the emitter's pace; against the time
+    /// since it loaded, how busy the plugin is.
+    pub busy_nanos: u64,
     /// Rebuilds after a failure that brought its state back (restore of the
     /// last snapshot and/or replay of the events handled since).
     pub state_restored: u64,
@@ -210,6 +216,7 @@ pub(crate) struct StatsCell {
     snapshots: AtomicU64,
     batches: AtomicU64,
     batched: AtomicU64,
+    busy_nanos: AtomicU64,
     state_restored: AtomicU64,
     state_lost: AtomicU64,
     replayed: AtomicU64,
@@ -286,6 +293,12 @@ impl StatsCell {
         self.snapshots.fetch_add(1, Relaxed);
     }
 
+    /// The worker spent `time` on events.
+    pub fn busy(&self, time: std::time::Duration) {
+        self.busy_nanos
+            .fetch_add(u64::try_from(time.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
     /// A batch of `events` events handled in one call.
     pub fn batch(&self, events: usize) {
         self.batches.fetch_add(1, Relaxed);
@@ -339,6 +352,7 @@ impl StatsCell {
             snapshots: self.snapshots.load(Relaxed),
             batches: self.batches.load(Relaxed),
             batched: self.batched.load(Relaxed),
+            busy_nanos: self.busy_nanos.load(Relaxed),
             state_restored: self.state_restored.load(Relaxed),
             state_lost: self.state_lost.load(Relaxed),
             replayed: self.replayed.load(Relaxed),

@@ -305,6 +305,7 @@ impl Worker {
                 Next::Job(job) => job,
             };
             let Some(job) = job else { break };
+            let busy = Instant::now();
             let (jobs, outcomes) = if self.state.abandoned() {
                 let outcome = self.drop_job(&job, DropReason::Unloaded);
                 (vec![job], vec![outcome])
@@ -334,6 +335,7 @@ impl Worker {
                     bus.job_done();
                 }
             }
+            self.stats.busy(busy.elapsed());
         }
         // Queries that arrive from here on are answered by their dropped
         // reply channel: the caller sees `ShuttingDown`.
