@@ -241,6 +241,23 @@ async fn two_hosts_share_a_plugin_and_a_host_killed_mid_stream_loses_nothing() {
         .as_u64()
         .unwrap();
     assert!(slow_on_a > 0);
+    // A's backlog reached the plugin in batches (the consumer pulls up to
+    // the queue's capacity; the worker hands over what is queued), while
+    // the acknowledgements above stayed one per message.
+    let slow = status["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "slow")
+        .unwrap();
+    let (batches, batched) = (
+        slow["stats"]["batches"].as_u64().unwrap(),
+        slow["stats"]["batched"].as_u64().unwrap(),
+    );
+    assert!(
+        batches > 0 && batched > batches,
+        "slow on A: {batched} events in {batches} batches"
+    );
     support::terminate(&a);
 }
 
