@@ -51,6 +51,8 @@ PY_PLUGINS := secret-scanner:plugins/secret-scanner:secret_scanner
 # Plugins of the batch-observer world (WIT 0.1.3): they also export `on-events`.
 PY_BATCH_PLUGINS := tokens-py:plugins/fixtures/tokens-py:tokens
 JS_BATCH_PLUGINS := tokens-js:plugins/fixtures/tokens-js/tokens.js
+# A plugin of the batch-only-observer world (only `on-events`).
+JS_BATCH_ONLY_PLUGINS := batch-only-js:plugins/fixtures/batch-only-js/batch-only.js
 # Plugins that export `state` (world stateful-observer).
 JS_STATE_PLUGINS := latency-watch:plugins/latency-watch/latency-watch.js
 # Plugins that export `state` and `query` (world projection).
@@ -238,6 +240,10 @@ lang-build:
 	@for spec in $(call only,js,$(JS_BATCH_PLUGINS)); do name=$${spec%%:*}; src=$${spec#*:}; \
 		echo "  JS      $$name (batch-observer)"; \
 		$(FROZEN) $(COMPONENTIZE_QJS) --sync --wit wit --world batch-observer --js $$src -o $(LANG_OUT)/$$name.wasm >/dev/null || exit 1; \
+	done
+	@for spec in $(call only,js,$(JS_BATCH_ONLY_PLUGINS)); do name=$${spec%%:*}; src=$${spec#*:}; \
+		echo "  JS      $$name (batch-only-observer)"; \
+		$(FROZEN) $(COMPONENTIZE_QJS) --sync --wit wit --world batch-only-observer --js $$src -o $(LANG_OUT)/$$name.wasm >/dev/null || exit 1; \
 	done
 	@for spec in $(call only,python,$(PY_BATCH_PLUGINS)); do name=$${spec%%:*}; rest=$${spec#*:}; dir=$${rest%%:*}; module=$${rest#*:}; \
 		echo "  Python  $$name (batch-observer)"; \

@@ -398,3 +398,80 @@ async fn c_python_and_javascript_plugins_take_batches_with_the_results_of_one_ca
     }
     bus.shutdown().await;
 }
+
+/// A plugin of the `batch-only-observer` world exports `on-events` and
+/// nothing else: every delivery is a batch (a single event, a batch of
+/// one, including the events run alone after a trap), its subscriptions
+/// come from its manifest, and what it does is what the same work with
+/// `on-event` does. Without `subscriptions` in its manifest it is refused,
+/// naming them.
+#[tokio::test]
+async fn a_plugin_exporting_only_on_events_works_and_needs_its_subscriptions_in_its_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let only = support::lang_wasm("batch-only-js");
+    let subs = "subscriptions = [\"model_responded\", \"tokens.*\"]\n";
+    install(
+        dir.path(),
+        &only,
+        "only",
+        &format!("{subs}[limits]\nquarantine_after = 0\n"),
+    );
+    // Every event alone: each one a batch of one.
+    install(
+        dir.path(),
+        &only,
+        "only-single",
+        &format!("{subs}[limits]\nquarantine_after = 0\nmax_batch = 1\n"),
+    );
+    install(
+        dir.path(),
+        &support::lang_wasm("tokens-js"),
+        "reference",
+        "[limits]\nquarantine_after = 0\nmax_batch = 1\n",
+    );
+    install(dir.path(), &only, "no-subs", "");
+    let bus = Bus::builder()
+        .plugin_dir(dir.path())
+        .cache_dir(support::shared_cache())
+        .build()
+        .await
+        .unwrap();
+    let failures = bus.load_failures();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let refused = format!("{}: {}", failures[0].path.display(), failures[0].reason);
+    assert!(
+        refused.contains("no-subs") && refused.contains("batch-only-observer") && refused.contains("subscriptions"),
+        "{refused}"
+    );
+    let reports = Recorder::attach(&bus, "fixture.tokens");
+    for i in 0..120u64 {
+        let name = match i {
+            60 => "tokens.spin",
+            30 | 90 | 119 => "tokens.report",
+            _ => "model_responded",
+        };
+        bus.emit(name, json!({ "usage": { "prompt_tokens": i, "completion_tokens": 2 } }));
+    }
+    bus.flush().await;
+    let counters = |s: &PluginStats| (s.delivered, s.ok, s.errors, s.failures.total(), s.dead_letters);
+    let reference = stats(&bus, "reference");
+    assert_eq!(counters(&reference), (120, 119, 0, 1, 1), "{reference:?}");
+    let by_source = follow_ups(&reports);
+    assert_eq!(by_source["reference"].len(), 3, "{by_source:?}");
+    for name in ["only", "only-single"] {
+        let s = stats(&bus, name);
+        assert_eq!(counters(&s), counters(&reference), "{name}: {s:?}");
+        assert_eq!(
+            by_source.get(name),
+            by_source.get("reference"),
+            "{name}: the same totals as on-event"
+        );
+    }
+    let (batched, single) = (stats(&bus, "only"), stats(&bus, "only-single"));
+    assert!(batched.batched > batched.batches, "{batched:?}");
+    assert_eq!(
+        single.batches, 0,
+        "batches of one are not counted as batches: {single:?}"
+    );
+    bus.shutdown().await;
+}

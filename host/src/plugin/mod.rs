@@ -183,7 +183,9 @@ pub(crate) struct PluginSpec {
     pub name: Arc<str>,
     pub path: PathBuf,
     pub pre: InstancePre<PluginCtx>,
-    indices: ObserverIndices,
+    /// The `handler` export; `None` for a `batch-only-observer` plugin,
+    /// whose every delivery is an `on-events` call.
+    indices: Option<ObserverIndices>,
     /// The optional `state` export, when the plugin has one.
     state: Option<StateIndices>,
     /// The optional `query` export, when the plugin has one.
@@ -212,7 +214,8 @@ pub(crate) struct PluginSpec {
 /// A live instance: the plugin's store and its bindings.
 pub(crate) struct Instance {
     pub store: Store<PluginCtx>,
-    pub bindings: Observer,
+    /// `None` for a `batch-only-observer` plugin.
+    bindings: Option<Observer>,
     state: Option<StateExport>,
     query: Option<QueryExport>,
     /// `on-events`, type-checked when the instance was built.
@@ -353,7 +356,16 @@ impl PluginSpec {
         let imports: Vec<String> = ty.imports(&engine.engine).map(|(n, _)| n.to_owned()).collect();
         // `get_export_index` matches the semver track: a 0.1.0 plugin's
         // `handler@0.1.0` answers to the host's `handler@0.1.3`.
-        if component.get_export_index(None, HANDLER_EXPORT).is_none() {
+        let has_handler = component.get_export_index(None, HANDLER_EXPORT).is_some();
+        let batch_only = !has_handler && component.get_export_index(None, BATCH_EXPORT).is_some();
+        if batch_only && manifest.subscriptions.is_none() {
+            return Err(err(LoadErrorKind::WrongWorld(format!(
+                "it exports only `{BATCH_EXPORT}` (world batch-only-observer), which has no `subscriptions()`: \
+                 list them in its manifest (`subscriptions = [\"...\"]` in {}.toml)",
+                name
+            ))));
+        }
+        if !has_handler && !batch_only {
             let exports: Vec<&str> = ty.exports(&engine.engine).map(|(n, _)| n).collect();
             return Err(err(LoadErrorKind::WrongWorld(format!(
                 "it does not export `{HANDLER_EXPORT}` (it exports: {})",
@@ -370,8 +382,11 @@ impl PluginSpec {
                 imports.join(", ")
             )))
         })?;
-        let indices =
-            ObserverIndices::new(&instance_pre).map_err(|e| err(LoadErrorKind::WrongWorld(format!("{e:#}"))))?;
+        let indices = if has_handler {
+            Some(ObserverIndices::new(&instance_pre).map_err(|e| err(LoadErrorKind::WrongWorld(format!("{e:#}"))))?)
+        } else {
+            None
+        };
         let state = match component.get_export_index(None, STATE_EXPORT) {
             None => None,
             Some(_) => Some(
@@ -436,10 +451,14 @@ impl PluginSpec {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| self.call_error(&e, &store))?;
-        let bindings = self
-            .indices
-            .load(&mut store, &instance)
-            .map_err(|e| self.call_error(&e, &store))?;
+        let bindings = match &self.indices {
+            Some(indices) => Some(
+                indices
+                    .load(&mut store, &instance)
+                    .map_err(|e| self.call_error(&e, &store))?,
+            ),
+            None => None,
+        };
         let state = match &self.state {
             Some(indices) => Some(
                 indices
@@ -558,9 +577,12 @@ impl PluginSpec {
         if let Some(subs) = &self.manifest.subscriptions {
             return Ok(subs.clone());
         }
+        // A batch-only plugin without them in its manifest is refused at load.
+        let Some(bindings) = &instance.bindings else {
+            return Ok(Vec::new());
+        };
         self.arm(&mut instance.store, None, Voice::Live);
-        let call = instance
-            .bindings
+        let call = bindings
             .plugbus_observer_handler()
             .call_subscriptions(&mut instance.store);
         let answer = tokio::time::timeout(Self::timeout(self.limits.deadline), call).await;
@@ -582,9 +604,11 @@ impl PluginSpec {
         event: &Event,
         voice: Voice,
     ) -> (Result<Result<(), String>, CallError>, u64) {
+        let Some(bindings) = &instance.bindings else {
+            return self.on_event_as_batch(instance, event, voice).await;
+        };
         self.arm(&mut instance.store, Some(event.clone()), voice);
-        let call = instance
-            .bindings
+        let call = bindings
             .plugbus_observer_handler()
             .call_on_event(&mut instance.store, event.wire());
         let answer = tokio::time::timeout(Self::timeout(self.limits.deadline), call).await;
@@ -605,6 +629,35 @@ impl PluginSpec {
             );
         }
         (result, fuel)
+    }
+
+    /// [`on_event`](Self::on_event) for a `batch-only-observer` plugin: a
+    /// batch of one, whose follow-ups are published when it succeeds (as
+    /// `on-event`'s are while it runs, unless the voice is silent).
+    async fn on_event_as_batch(
+        &self,
+        instance: &mut Instance,
+        event: &Event,
+        voice: Voice,
+    ) -> (Result<Result<(), String>, CallError>, u64) {
+        let run = self.on_events(instance, std::slice::from_ref(event), voice).await;
+        match run.result {
+            Ok(mut answers) => {
+                if voice != Voice::Silent
+                    && let Some(bus) = self.bus.upgrade()
+                {
+                    for follow_up in run.held {
+                        if let Err(reason) = bus.follow_up(follow_up) {
+                            tracing::debug!(plugin = &*self.name, event = event.name(), %reason, "follow-up not accepted");
+                        }
+                    }
+                }
+                let fuel = run.marks.first().map_or(0, |m| m.fuel);
+                // One answer per event was checked by `on_events`.
+                (Ok(answers.pop().unwrap_or(Ok(()))), fuel)
+            }
+            Err(e) => (Err(e), run.failed_in.map_or(0, |(_, mark)| mark.fuel)),
+        }
     }
 
     /// Runs `on-events` over `events` (a plugin with `batch-handler`). Each
@@ -757,12 +810,17 @@ impl PluginSpec {
             world: format!(
                 "plugbus:observer/{}@0.1.3{}",
                 match (self.state.is_some(), self.query.is_some()) {
+                    _ if self.indices.is_none() => "batch-only-observer",
                     (true, true) => "projection",
                     (true, false) => "stateful-observer",
                     (false, true) => "queryable-observer",
                     (false, false) => "observer",
                 },
-                if self.batch.is_some() { " + batch-handler" } else { "" }
+                if self.batch.is_some() && self.indices.is_some() {
+                    " + batch-handler"
+                } else {
+                    ""
+                }
             ),
             subscriptions: subscriptions.iter().map(|p| p.as_str().to_owned()).collect(),
             imports: self.imports.clone(),
