@@ -67,6 +67,20 @@ fn pair(dir: &Path) {
     );
 }
 
+/// `n` events for the `tokens` fixtures: `model_responded` with `i` prompt
+/// tokens at place `i`, except a `tokens.spin` (a runaway event) at `spin`
+/// and a `tokens.report` at each of `reports`.
+fn emit_tokens(bus: &Bus, n: u64, spin: u64, reports: &[u64]) {
+    for i in 0..n {
+        let name = match i {
+            _ if i == spin => "tokens.spin",
+            _ if reports.contains(&i) => "tokens.report",
+            _ => "model_responded",
+        };
+        bus.emit(name, json!({ "usage": { "prompt_tokens": i, "completion_tokens": 1 } }));
+    }
+}
+
 fn stats(bus: &Bus, name: &str) -> PluginStats {
     bus.plugins().into_iter().find(|p| p.name == name).unwrap().stats
 }
@@ -372,14 +386,7 @@ async fn c_python_and_javascript_plugins_take_batches_with_the_results_of_one_ca
         .unwrap();
     assert!(bus.load_failures().is_empty(), "{:?}", bus.load_failures());
     let reports = Recorder::attach(&bus, "fixture.tokens");
-    for i in 0..200u64 {
-        let name = match i {
-            100 => "tokens.spin",
-            50 | 150 | 199 => "tokens.report",
-            _ => "model_responded",
-        };
-        bus.emit(name, json!({ "usage": { "prompt_tokens": i, "completion_tokens": 1 } }));
-    }
+    emit_tokens(&bus, 200, 100, &[50, 150, 199]);
     bus.flush().await;
     let by_source = follow_ups(&reports);
     for plugin in ["tokens-c", "tokens-py", "tokens-js"] {
@@ -444,14 +451,7 @@ async fn a_plugin_exporting_only_on_events_works_and_needs_its_subscriptions_in_
         "{refused}"
     );
     let reports = Recorder::attach(&bus, "fixture.tokens");
-    for i in 0..120u64 {
-        let name = match i {
-            60 => "tokens.spin",
-            30 | 90 | 119 => "tokens.report",
-            _ => "model_responded",
-        };
-        bus.emit(name, json!({ "usage": { "prompt_tokens": i, "completion_tokens": 2 } }));
-    }
+    emit_tokens(&bus, 120, 60, &[30, 90, 119]);
     bus.flush().await;
     let counters = |s: &PluginStats| (s.delivered, s.ok, s.errors, s.failures.total(), s.dead_letters);
     let reference = stats(&bus, "reference");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::sample::payload;
-use super::{Table, open, open_logged, percentile, plugin_throughput, throughput};
+use super::{Table, open, open_logged, percentile, plugin_throughput, throughput, wait_for_writer};
 
 /// Rounds of each throughput comparison, alternating the sides: these
 /// machines are shared, and one round can land on a busy moment.
@@ -176,9 +176,7 @@ pub async fn batched_delivery(
     for i in 0..history {
         bus.emit("model_responded", payload(i));
         if i % 10_000 == 9_999 {
-            while bus.log_status().is_some_and(|s| s.queued > 16_384) {
-                std::thread::sleep(Duration::from_micros(50));
-            }
+            wait_for_writer(&bus);
         }
     }
     bus.emit_durable("bench.mark", Value::Null).await?;
