@@ -47,13 +47,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 C_BATCH_PLUGINS := tokens-c:plugins/fixtures/tokens-c/tokens.c
 # C plugins that export `state` and `query` (world projection, bindings of their own).
 C_PROJECTION_PLUGINS := event-counter:plugins/event-counter/event_counter.c
-PY_PLUGINS := secret-scanner:plugins/secret-scanner:secret_scanner
 # Plugins of the batch-observer world (WIT 0.1.3): they also export `on-events`.
-PY_BATCH_PLUGINS := tokens-py:plugins/fixtures/tokens-py:tokens
+PY_BATCH_PLUGINS := tokens-py:plugins/fixtures/tokens-py:tokens secret-scanner:plugins/secret-scanner:secret_scanner
 JS_BATCH_PLUGINS := tokens-js:plugins/fixtures/tokens-js/tokens.js
 # A plugin of the batch-only-observer world (only `on-events`).
 JS_BATCH_ONLY_PLUGINS := batch-only-js:plugins/fixtures/batch-only-js/batch-only.js
-# Plugins that export `state` (world stateful-observer).
+# Plugins that export `state` and `on-events` (world stateful-batch-observer).
 JS_STATE_PLUGINS := latency-watch:plugins/latency-watch/latency-watch.js
 # Plugins that export `state` and `query` (world projection).
 PY_PROJECTION_PLUGINS := state-py:plugins/fixtures/state-py:state
@@ -233,10 +232,6 @@ lang-build:
 		$(CLANG) $(C_FLAGS) -I $(C_PROJECTION_BINDINGS) $$src $(C_PROJECTION_BINDINGS)/projection.c \
 			$(C_PROJECTION_BINDINGS)/projection_component_type.o -o $(LANG_OUT)/$$name.wasm || exit 1; \
 	done
-	@for spec in $(call only,python,$(PY_PLUGINS)); do name=$${spec%%:*}; rest=$${spec#*:}; dir=$${rest%%:*}; module=$${rest#*:}; \
-		echo "  Python  $$name"; \
-		$(COMPONENTIZE_PY) -d wit -w observer componentize -p $$dir $$module -o $(LANG_OUT)/$$name.wasm >/dev/null || exit 1; \
-	done
 	@for spec in $(call only,js,$(JS_BATCH_PLUGINS)); do name=$${spec%%:*}; src=$${spec#*:}; \
 		echo "  JS      $$name (batch-observer)"; \
 		$(FROZEN) $(COMPONENTIZE_QJS) --sync --wit wit --world batch-observer --js $$src -o $(LANG_OUT)/$$name.wasm >/dev/null || exit 1; \
@@ -254,8 +249,8 @@ lang-build:
 		$(COMPONENTIZE_PY) -d wit -w projection componentize -p $$dir $$module -o $(LANG_OUT)/$$name.wasm >/dev/null || exit 1; \
 	done
 	@for spec in $(call only,js,$(JS_STATE_PLUGINS)); do name=$${spec%%:*}; src=$${spec#*:}; \
-		echo "  JS      $$name (stateful-observer)"; \
-		$(FROZEN) $(COMPONENTIZE_QJS) --sync --wit wit --world stateful-observer --js $$src -o $(LANG_OUT)/$$name.wasm >/dev/null || exit 1; \
+		echo "  JS      $$name (stateful-batch-observer)"; \
+		$(FROZEN) $(COMPONENTIZE_QJS) --sync --wit wit --world stateful-batch-observer --js $$src -o $(LANG_OUT)/$$name.wasm >/dev/null || exit 1; \
 	done
 	@for spec in $(call only,js,$(JS_PROJECTION_PLUGINS)); do name=$${spec%%:*}; src=$${spec#*:}; \
 		echo "  JS      $$name (projection)"; \

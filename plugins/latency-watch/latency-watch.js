@@ -22,11 +22,14 @@
 // Host calls are not possible while the engine snapshots the module at build
 // time, so configuration is read on the first event, never at import.
 //
-// Its windows are durable: it exports `state` (world `stateful-observer`), so
-// the host snapshots them and hands them back after a trap, a hot reload or a
-// restart with the event log, and the p95s go on from where they were.
+// Its windows are durable: it exports `state` (world
+// `stateful-batch-observer`), so the host snapshots them and hands them back
+// after a trap, a hot reload or a restart with the event log, and the p95s go
+// on from where they were. It also exports `batchHandler`: the events waiting
+// in its queue come in one call.
 
 import * as host from "plugbus:observer/host@0.1.3";
+import * as batchHost from "plugbus:observer/batch-host@0.1.3";
 
 let settings = null;
 let windows = new Map(); // key -> { samples: number[], next: number, count: number }
@@ -104,37 +107,56 @@ export const handler = {
   },
 
   onEvent(event) {
-    if (settings === null) settings = loadSettings();
-    let payload;
-    try {
-      payload = JSON.parse(event.payload);
-    } catch (e) {
-      throw `payload of ${event.name} is not JSON: ${e}`;
-    }
-    const latency = payload.latency_ms;
-    if (typeof latency !== "number" || !Number.isFinite(latency)) return;
-    const key = keyOf(event, payload);
-    if (key === null) return;
-
-    const w = record(key, latency);
-    const threshold = thresholdFor(key);
-    if (latency > threshold) {
-      const alert = {
-        key,
-        latency_ms: latency,
-        threshold_ms: threshold,
-        p95_ms: p95(w.samples),
-        samples: w.samples.length,
-        event_id: event.id,
-        event_name: event.name,
-      };
-      host.log("warn", `${key} took ${latency}ms (threshold ${threshold}ms, p95 ${alert.p95_ms}ms)`);
-      host.emit("alert.latency", JSON.stringify(alert));
-    }
-    seen += 1;
-    if (settings.reportEvery > 0 && seen % settings.reportEvery === 0) report();
+    handle(event);
   },
 };
+
+export const batchHandler = {
+  onEvents(batch) {
+    return batch.map((event, i) => {
+      // Before each event: its emits, logs and budgets are its own.
+      batchHost.beginEvent(i);
+      try {
+        handle(event);
+        return { tag: "ok", val: undefined };
+      } catch (e) {
+        return { tag: "err", val: String(e) };
+      }
+    });
+  },
+};
+
+function handle(event) {
+  if (settings === null) settings = loadSettings();
+  let payload;
+  try {
+    payload = JSON.parse(event.payload);
+  } catch (e) {
+    throw `payload of ${event.name} is not JSON: ${e}`;
+  }
+  const latency = payload.latency_ms;
+  if (typeof latency !== "number" || !Number.isFinite(latency)) return;
+  const key = keyOf(event, payload);
+  if (key === null) return;
+
+  const w = record(key, latency);
+  const threshold = thresholdFor(key);
+  if (latency > threshold) {
+    const alert = {
+      key,
+      latency_ms: latency,
+      threshold_ms: threshold,
+      p95_ms: p95(w.samples),
+      samples: w.samples.length,
+      event_id: event.id,
+      event_name: event.name,
+    };
+    host.log("warn", `${key} took ${latency}ms (threshold ${threshold}ms, p95 ${alert.p95_ms}ms)`);
+    host.emit("alert.latency", JSON.stringify(alert));
+  }
+  seen += 1;
+  if (settings.reportEvery > 0 && seen % settings.reportEvery === 0) report();
+}
 
 // Text to bytes and back as UTF-8 (QuickJS has no TextEncoder).
 function utf8(text) {

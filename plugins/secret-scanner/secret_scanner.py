@@ -12,8 +12,10 @@ content attributes (`args`, `result`, `input_messages`, `output_messages`,
 may be JSON objects and arrays or text, and every string at any depth is
 scanned.
 
-Built with componentize-py from the WIT in `wit/`:
-    componentize-py -d wit -w observer componentize secret_scanner -o secret-scanner.wasm
+Built with componentize-py from the WIT in `wit/`, for the `batch-observer`
+world (it also exports `on-events`: the events waiting in its queue come in
+one call):
+    componentize-py -d wit -w batch-observer componentize secret_scanner -o secret-scanner.wasm
 
 Configuration (the manifest's `[config]`):
     kinds      comma-separated kinds to report (default: all of KINDS)
@@ -22,10 +24,11 @@ Configuration (the manifest's `[config]`):
 
 import json
 import re
+from typing import List
 
-from componentize_py_types import Err
+from componentize_py_types import Err, Ok, Result
 from wit_world import exports
-from wit_world.imports import host
+from wit_world.imports import batch_host, host
 from wit_world.imports.types import Event, Level
 
 # The credential shapes, most specific first: a string that matches an
@@ -108,14 +111,13 @@ def scan(text, kinds):
     return found
 
 
-class Handler(exports.Handler):
+class Scanner:
+    """The plugin's state and its work on one event (shared by both exports)."""
+
     def __init__(self) -> None:
         self.settings = None
         self.scanned = 0
         self.detections = 0
-
-    def subscriptions(self):
-        return ["tool.**", "model_responded"]
 
     def on_event(self, event: Event) -> None:
         if self.settings is None:
@@ -146,3 +148,28 @@ class Handler(exports.Handler):
             host.emit("security.secret_detected", json.dumps(detail))
         except Err as e:
             raise Err(f"could not emit security.secret_detected: {e.value}")
+
+
+SCANNER = Scanner()
+
+
+class Handler(exports.Handler):
+    def subscriptions(self) -> List[str]:
+        return ["tool.**", "model_responded"]
+
+    def on_event(self, event: Event) -> None:
+        SCANNER.on_event(event)
+
+
+class BatchHandler(exports.BatchHandler):
+    def on_events(self, events: List[Event]) -> List[Result[None, str]]:
+        results: List[Result[None, str]] = []
+        for i, event in enumerate(events):
+            # Before each event: its emits, logs and budgets are its own.
+            batch_host.begin_event(i)
+            try:
+                SCANNER.on_event(event)
+                results.append(Ok(None))
+            except Err as e:
+                results.append(e)
+        return results

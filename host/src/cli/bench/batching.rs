@@ -137,8 +137,14 @@ pub async fn batched_delivery(
     );
 
     // Each language's `tokens` fixture, batched or not (the same budget for
-    // both: the interpreted languages' manifests' limits).
-    for (lang, plugin) in super::LANGUAGES.iter().skip(1) {
+    // both: the interpreted languages' manifests' limits); and the
+    // first-party Python and JavaScript plugins that take batches (their
+    // scans, windows and p95s over the same `model_responded` events).
+    let first_party = [
+        ("Python, first-party secret-scanner", "secret-scanner"),
+        ("JavaScript, first-party latency-watch", "latency-watch"),
+    ];
+    for (lang, plugin) in super::LANGUAGES.iter().skip(1).chain(&first_party) {
         let file = [plugins, fixtures]
             .iter()
             .map(|d| d.join(format!("{plugin}.wasm")))
