@@ -475,3 +475,89 @@ async fn a_plugin_exporting_only_on_events_works_and_needs_its_subscriptions_in_
     );
     bus.shutdown().await;
 }
+
+/// Queries run between calls, never inside a batch: an answer "as of" event
+/// S holds exactly the events up to S, whether they came in batches or one
+/// call each. Queried while the events pour in (the ledger fixture answers
+/// which event ids it applied and how often).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_between_batches_see_exactly_the_events_up_to_their_as_of_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = tempfile::tempdir().unwrap();
+    let ledger = wasm("ledger");
+    // Queues that hold the whole stream: an event dropped for a full queue
+    // would be missing from the answers for another reason.
+    install(dir.path(), &ledger, "ledger", "[limits]\nqueue_capacity = 4096\n");
+    install(
+        dir.path(),
+        &ledger,
+        "ledger-single",
+        "[limits]\nqueue_capacity = 4096\nmax_batch = 1\n",
+    );
+    let bus = Bus::builder()
+        .plugin_dir(dir.path())
+        .log_dir(log.path())
+        .cache_dir(support::shared_cache())
+        .build()
+        .await
+        .unwrap();
+    let emitter = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for i in 0..3000u64 {
+                let event = bus.emit("ledger.tick", json!({ "i": i }));
+                sent.push((event.seq().expect("published with a log"), event.id().to_owned()));
+                if i % 100 == 99 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            sent
+        })
+    };
+    let mut answers = Vec::new();
+    while !emitter.is_finished() || answers.len() < 4 {
+        for name in ["ledger", "ledger-single"] {
+            let answer = bus.query(name, r#"{"applied": true}"#).await.unwrap();
+            let value: Value = serde_json::from_str(answer.answer.get()).unwrap();
+            answers.push((name, answer.as_of_seq, value));
+        }
+    }
+    let sent = emitter.await.unwrap();
+    bus.flush().await;
+    for name in ["ledger", "ledger-single"] {
+        let answer = bus.query(name, r#"{"applied": true}"#).await.unwrap();
+        answers.push((
+            name,
+            answer.as_of_seq,
+            serde_json::from_str(answer.answer.get()).unwrap(),
+        ));
+    }
+    let mut partial = 0;
+    for (name, as_of, answer) in &answers {
+        let expected: Vec<&str> = sent
+            .iter()
+            .filter(|(seq, _)| as_of.is_some_and(|s| *seq <= s))
+            .map(|(_, id)| id.as_str())
+            .collect();
+        let applied = answer["applied"].as_object().unwrap();
+        let mut ids: Vec<&str> = applied.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        let mut want = expected.clone();
+        want.sort_unstable();
+        assert_eq!(
+            ids, want,
+            "{name} as of {as_of:?}: the events up to it, no more, no fewer"
+        );
+        assert!(applied.values().all(|n| n == 1), "{name}: each applied once");
+        if !expected.is_empty() && expected.len() < sent.len() {
+            partial += 1;
+        }
+    }
+    assert!(partial > 0, "some answers came mid-stream ({} answers)", answers.len());
+    let batched = stats(&bus, "ledger");
+    assert!(batched.batches > 0, "{batched:?}");
+    assert_eq!(batched.delivered, 3000, "{batched:?}");
+    assert_eq!(stats(&bus, "ledger-single").batches, 0);
+    bus.shutdown().await;
+}
