@@ -81,6 +81,16 @@ fn emit_tokens(bus: &Bus, n: u64, spin: u64, reports: &[u64]) {
     }
 }
 
+/// A bus on the plugins in `dir`, with the tests' shared compile cache.
+async fn open(dir: &Path) -> Bus {
+    Bus::builder()
+        .plugin_dir(dir)
+        .cache_dir(support::shared_cache())
+        .build()
+        .await
+        .unwrap()
+}
+
 fn stats(bus: &Bus, name: &str) -> PluginStats {
     bus.plugins().into_iter().find(|p| p.name == name).unwrap().stats
 }
@@ -111,12 +121,7 @@ async fn a_batched_plugin_is_indistinguishable_from_one_call_per_event() {
     for seed in [0x9E37_79B9_7F4A_7C15u64, 7, 1_000_003, 0xDEAD_BEEF] {
         let dir = tempfile::tempdir().unwrap();
         pair(dir.path());
-        let bus = Bus::builder()
-            .plugin_dir(dir.path())
-            .cache_dir(support::shared_cache())
-            .build()
-            .await
-            .unwrap();
+        let bus = open(dir.path()).await;
         let recorder = Recorder::attach(&bus, "fixture.*");
         let mut rng = Rng(seed);
         let mut actions = Vec::new();
@@ -203,12 +208,7 @@ async fn a_trap_in_a_batch_dead_letters_only_the_poison_event_and_applies_the_ot
         "misbehave",
         "[limits]\nquarantine_after = 0\n",
     );
-    let bus = Bus::builder()
-        .plugin_dir(dir.path())
-        .cache_dir(support::shared_cache())
-        .build()
-        .await
-        .unwrap();
+    let bus = open(dir.path()).await;
     let counts = Recorder::attach(&bus, "fixture.count");
     let mut poison = None;
     for i in 0..11 {
@@ -308,12 +308,7 @@ async fn a_batch_stops_at_the_byte_bound() {
     let dir = tempfile::tempdir().unwrap();
     // 400-byte payloads, 1 KiB per batch: two events per call.
     install(dir.path(), &wasm("misbehave"), "misbehave", "[limits]\nbatch_kib = 1\n");
-    let bus = Bus::builder()
-        .plugin_dir(dir.path())
-        .cache_dir(support::shared_cache())
-        .build()
-        .await
-        .unwrap();
+    let bus = open(dir.path()).await;
     for _ in 0..20 {
         bus.emit("misbehave.ok", json!({ "pad": "x".repeat(390) }));
     }
@@ -339,12 +334,7 @@ async fn plugins_built_for_wit_0_1_2_run_unchanged_one_call_per_event() {
         dir.path().join("event-counter.wasm"),
     )
     .unwrap();
-    let bus = Bus::builder()
-        .plugin_dir(dir.path())
-        .cache_dir(support::shared_cache())
-        .build()
-        .await
-        .unwrap();
+    let bus = open(dir.path()).await;
     assert!(bus.load_failures().is_empty(), "{:?}", bus.load_failures());
     let reports = Recorder::attach(&bus, "token-counter.**");
     for _ in 0..50 {
@@ -378,12 +368,7 @@ async fn c_python_and_javascript_plugins_take_batches_with_the_results_of_one_ca
             "[limits]\nquarantine_after = 0\nmax_batch = 1\n",
         );
     }
-    let bus = Bus::builder()
-        .plugin_dir(dir.path())
-        .cache_dir(support::shared_cache())
-        .build()
-        .await
-        .unwrap();
+    let bus = open(dir.path()).await;
     assert!(bus.load_failures().is_empty(), "{:?}", bus.load_failures());
     let reports = Recorder::attach(&bus, "fixture.tokens");
     emit_tokens(&bus, 200, 100, &[50, 150, 199]);
@@ -437,12 +422,7 @@ async fn a_plugin_exporting_only_on_events_works_and_needs_its_subscriptions_in_
         "[limits]\nquarantine_after = 0\nmax_batch = 1\n",
     );
     install(dir.path(), &only, "no-subs", "");
-    let bus = Bus::builder()
-        .plugin_dir(dir.path())
-        .cache_dir(support::shared_cache())
-        .build()
-        .await
-        .unwrap();
+    let bus = open(dir.path()).await;
     let failures = bus.load_failures();
     assert_eq!(failures.len(), 1, "{failures:?}");
     let refused = format!("{}: {}", failures[0].path.display(), failures[0].reason);
@@ -535,18 +515,17 @@ async fn queries_between_batches_see_exactly_the_events_up_to_their_as_of_seq() 
     }
     let mut partial = 0;
     for (name, as_of, answer) in &answers {
-        let expected: Vec<&str> = sent
+        let mut expected: Vec<&str> = sent
             .iter()
             .filter(|(seq, _)| as_of.is_some_and(|s| *seq <= s))
             .map(|(_, id)| id.as_str())
             .collect();
+        expected.sort_unstable();
         let applied = answer["applied"].as_object().unwrap();
         let mut ids: Vec<&str> = applied.keys().map(String::as_str).collect();
         ids.sort_unstable();
-        let mut want = expected.clone();
-        want.sort_unstable();
         assert_eq!(
-            ids, want,
+            ids, expected,
             "{name} as of {as_of:?}: the events up to it, no more, no fewer"
         );
         assert!(applied.values().all(|n| n == 1), "{name}: each applied once");

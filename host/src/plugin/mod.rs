@@ -643,20 +643,26 @@ impl PluginSpec {
         let run = self.on_events(instance, std::slice::from_ref(event), voice).await;
         match run.result {
             Ok(mut answers) => {
-                if voice != Voice::Silent
-                    && let Some(bus) = self.bus.upgrade()
-                {
-                    for follow_up in run.held {
-                        if let Err(reason) = bus.follow_up(follow_up) {
-                            tracing::debug!(plugin = &*self.name, event = event.name(), %reason, "follow-up not accepted");
-                        }
-                    }
-                }
+                self.publish_held(run.held, voice);
                 let fuel = run.marks.first().map_or(0, |m| m.fuel);
                 // One answer per event was checked by `on_events`.
                 (Ok(answers.pop().unwrap_or(Ok(()))), fuel)
             }
             Err(e) => (Err(e), run.failed_in.map_or(0, |(_, mark)| mark.fuel)),
+        }
+    }
+
+    /// Publishes the follow-ups a successful `on-events` call held, unless
+    /// `voice` is silent (a replay: they were published when it ran live).
+    pub fn publish_held(&self, held: Vec<Captured>, voice: Voice) {
+        if voice == Voice::Silent {
+            return;
+        }
+        let Some(bus) = self.bus.upgrade() else { return };
+        for follow_up in held {
+            if let Err(reason) = bus.follow_up(follow_up) {
+                tracing::debug!(plugin = &*self.name, %reason, "follow-up of a batch not accepted");
+            }
         }
     }
 

@@ -708,15 +708,7 @@ impl Worker {
             self.stats.set_memory(instance.store.data().limiter.granted);
             self.stats.batch(part.len());
             self.instance = Some(instance);
-            if voice != Voice::Silent
-                && let Some(bus) = self.bus.upgrade()
-            {
-                for follow_up in run.held {
-                    if let Err(reason) = bus.follow_up(follow_up) {
-                        tracing::debug!(plugin = &*spec.name, %reason, "follow-up of a batch not accepted");
-                    }
-                }
-            }
+            spec.publish_held(run.held, voice);
             for (i, (event, answer)) in part.iter().zip(answers).enumerate() {
                 let outcome = match answer {
                     Ok(()) => Outcome::Ok,

@@ -59,12 +59,12 @@ pub async fn batched_delivery(
         if s.batches > 0 {
             batch_size.push(s.batched as f64 / s.batches as f64);
         }
-        busy_batched.push(s.busy_nanos as f64 / 1e3 / s.delivered.max(1) as f64);
+        busy_batched.push(busy_per_event(&s));
         bus.shutdown().await;
         let bus = open(single_dir.path(), cache).await?;
         single.push(plugin_throughput(&bus, events, "tc").await);
         let s = tc_stats(&bus);
-        busy_single.push(s.busy_nanos as f64 / 1e3 / s.delivered.max(1) as f64);
+        busy_single.push(busy_per_event(&s));
         bus.shutdown().await;
         let bus = open(work_dir.path(), cache).await?;
         work.push(plugin_throughput(&bus, events / 16, "tc").await);
@@ -269,6 +269,11 @@ async fn native_throughput(events: u64) -> anyhow::Result<(f64, f64)> {
     let rate = throughput(&bus, events).await;
     bus.shutdown().await;
     Ok((rate, nanos.load(Relaxed) as f64 / 1e3 / events.max(1) as f64))
+}
+
+/// The plugin's thread's time per event handled, in µs.
+fn busy_per_event(s: &plugbus::PluginStats) -> f64 {
+    s.busy_nanos as f64 / 1e3 / s.delivered.max(1) as f64
 }
 
 /// token-counter's counters on `bus`.
