@@ -81,6 +81,14 @@
 //! that event's exactly as in one call per event. Nothing to write: a
 //! rebuild against this SDK is enough. A manifest can turn it off with
 //! `[limits] max_batch = 1`.
+//!
+//! # Requests
+//! With the `http` feature, [`http`] sends requests through `wasi:http`, to
+//! the origins the manifest's `[http]` table grants; replayed events get the
+//! recorded answers instead of sending again (docs/http.md).
+
+#[cfg(feature = "http")]
+pub mod http;
 
 // Lets the generated bindings name this crate as `::plugbus_guest` both here
 // and in the plugins that expand `export_plugin!`.

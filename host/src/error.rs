@@ -24,6 +24,9 @@ pub enum Error {
     /// The event log could not be opened.
     #[error(transparent)]
     Log(#[from] crate::log::LogError),
+    /// The request journal beside the log cannot be opened.
+    #[error(transparent)]
+    Journal(#[from] crate::http::JournalError),
     /// The capability policy file cannot be used.
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyFileError),

@@ -61,6 +61,8 @@
 //! - [`nats`]: scale-out on NATS JetStream (publisher, per-plugin consumers);
 //! - [`failpoint`]: named fault-injection points (the `failpoints` feature);
 //! - [`cache`]: compiled artifacts on disk, verified before use;
+//! - [`http`]: outbound requests for plugins (`wasi:http`): grants, the
+//!   address check, the request journal that keeps replay from sending twice;
 //! - [`signature`], [`policy`]: which plugins may load (minisign signatures)
 //!   and what their manifests may grant;
 //! - [`event`], [`pattern`], [`limits`], [`manifest`], [`outcome`], [`stats`],
@@ -74,6 +76,7 @@ pub mod dead_letter;
 pub mod error;
 pub mod event;
 pub mod failpoint;
+pub mod http;
 pub mod ingest;
 pub mod limits;
 pub mod log;

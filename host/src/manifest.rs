@@ -36,6 +36,13 @@
 //! host = "audit"                         # relative to this file
 //! guest = "/audit"
 //! writable = true
+//!
+//! [http]                                 # outbound requests (docs/http.md); none without it
+//! allow = ["https://hooks.example.com"]
+//!
+//! [secrets]                              # served by host.config(key) too; never shown or logged
+//! webhook_url = { env = "ALERT_WEBHOOK_URL" }
+//! api_token = { file = "token.txt" }     # relative to this file; trailing newline dropped
 //! ```
 
 use std::collections::BTreeMap;
@@ -44,6 +51,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::http::{HttpGrant, RawHttp};
 use crate::limits::Limits;
 use crate::pattern::Pattern;
 
@@ -79,6 +87,39 @@ pub struct RawManifest {
     /// across hosts (one consumer per partition, one message in flight).
     #[serde(default)]
     pub ordered: bool,
+    /// Outbound HTTP grant (`wasi:http`); without it every request is refused.
+    pub http: Option<RawHttp>,
+    /// Secrets by key: where each value is read from.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, RawSecret>,
+}
+
+/// Where a secret's value comes from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    /// An environment variable of the host process.
+    pub env: Option<String>,
+    /// A file, relative to the manifest's folder; one trailing newline is dropped.
+    pub file: Option<PathBuf>,
+}
+
+/// A secret's value: never printed (its `Debug` says `<redacted>`), never
+/// serialised; the plugin reads it with `host.config(key)`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for handing to the plugin.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// `[limits]` as written; absent fields keep the bus defaults.
@@ -153,6 +194,10 @@ pub struct Manifest {
     pub replay: CatchUp,
     /// On NATS: per-correlation-id order across hosts.
     pub ordered: bool,
+    /// The `[http]` grant; `None`: no table, every request refused.
+    pub http: Option<std::sync::Arc<HttpGrant>>,
+    /// `[secrets]`, read when the manifest was loaded.
+    pub secrets: BTreeMap<String, Secret>,
 }
 
 /// How much of the event log a plugin handles when it is loaded (at start,
@@ -403,6 +448,34 @@ impl Manifest {
             None => CatchUp::None,
             Some(text) => CatchUp::parse(text).map_err(|e| format!("replay: {e}"))?,
         };
+        let http = raw
+            .http
+            .map(|h| HttpGrant::validate(h).map(std::sync::Arc::new))
+            .transpose()?;
+        let mut secrets = BTreeMap::new();
+        for (key, source) in raw.secrets {
+            if raw.config.contains_key(&key) {
+                return Err(format!("secrets.{key}: also a [config] key; a key is one or the other"));
+            }
+            let value = match (source.env, source.file) {
+                (Some(var), None) => std::env::var(&var)
+                    .map_err(|_| format!("secrets.{key}: environment variable {var} is not set (or not UTF-8)"))?,
+                (None, Some(file)) => {
+                    let path = base.join(&file);
+                    let mut text = std::fs::read_to_string(&path)
+                        .map_err(|e| format!("secrets.{key}: cannot read `{}`: {}", path.display(), e.kind()))?;
+                    if text.ends_with('\n') {
+                        text.pop();
+                        if text.ends_with('\r') {
+                            text.pop();
+                        }
+                    }
+                    text
+                }
+                _ => return Err(format!("secrets.{key}: give exactly one of `env` or `file`")),
+            };
+            secrets.insert(key, Secret(value));
+        }
         Ok(Manifest {
             subscriptions,
             limits,
@@ -410,6 +483,8 @@ impl Manifest {
             dirs,
             replay,
             ordered: raw.ordered,
+            http,
+            secrets,
         })
     }
 

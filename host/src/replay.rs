@@ -118,6 +118,7 @@ pub struct Replay {
     correlation: Option<String>,
     only: Option<String>,
     emit: ReplayEmit,
+    live_requests: bool,
     bus: BusBuilder,
 }
 
@@ -163,6 +164,7 @@ impl Replay {
             correlation: None,
             only: None,
             emit: ReplayEmit::Capture,
+            live_requests: false,
             bus: BusBuilder::new(),
         }
     }
@@ -188,6 +190,16 @@ impl Replay {
     /// What becomes of follow-ups.
     pub fn emit(mut self, emit: ReplayEmit) -> Self {
         self.emit = emit;
+        self
+    }
+
+    /// Sends the plugins' outbound requests that the live run's request
+    /// journal has no answer for (by default they are refused: a replay
+    /// never repeats a side effect). Only with [`ReplayEmit::Publish`]:
+    /// the replay then acts like a live run. Requests the journal answers
+    /// are never sent again either way.
+    pub fn live_requests(mut self, live: bool) -> Self {
+        self.live_requests = live;
         self
     }
 
@@ -259,6 +271,22 @@ impl Replay {
         // Fresh instances, whatever `--emit` says: the live plugins'
         // snapshots and dead letters are never read or written by a replay.
         builder.keep_plugin_state = false;
+        if self.live_requests && self.emit != ReplayEmit::Publish {
+            return Err(ReplayError::Settings(
+                "live requests (--live-requests) need --emit publish: a replay that only prints \
+                 what the plugins emit must not act on the world"
+                    .into(),
+            ));
+        }
+        // Plugins' requests are answered from the live run's journal.
+        builder.replay_requests = Some((
+            match &self.source {
+                Source::Log(log) => Some(log.clone()),
+                #[cfg(feature = "nats")]
+                Source::Nats(_) => None,
+            },
+            self.live_requests,
+        ));
         // The replay bus is local: on NATS it would publish what it replays.
         #[cfg(feature = "nats")]
         {

@@ -46,6 +46,9 @@ pub struct BusBuilder {
     trusted_keys: Option<PathBuf>,
     require_signed: bool,
     policy: Option<PathBuf>,
+    /// Set by a replay: answer plugins' requests from this log directory's
+    /// journal; `true`: send those it has no answer for.
+    pub(crate) replay_requests: Option<(Option<PathBuf>, bool)>,
     #[cfg(feature = "nats")]
     pub(crate) nats: Option<crate::nats::NatsOptions>,
 }
@@ -77,6 +80,7 @@ impl BusBuilder {
             trusted_keys: None,
             require_signed: false,
             policy: None,
+            replay_requests: None,
             #[cfg(feature = "nats")]
             nats: None,
         }
@@ -394,6 +398,33 @@ impl BusBuilder {
         };
         let engine = PluginEngine::new(cache_root.as_deref()).map_err(|e| Error::Engine(format!("{e:#}")))?;
         let history = (self.history > 0).then(|| History::new(self.history));
+        let http = match (&self.replay_requests, &self.log_dir) {
+            (Some((dir, live)), _) => {
+                let dir = dir.clone();
+                crate::http::send::HttpSetup {
+                    journal: match dir {
+                        Some(dir) => {
+                            tokio::task::spawn_blocking(move || crate::http::RequestJournal::open_read_only(&dir))
+                                .await
+                                .map_err(|e| Error::Engine(format!("journal open task failed: {e}")))??
+                        }
+                        None => crate::http::RequestJournal::memory(),
+                    },
+                    replay_run: true,
+                    live_in_replay: *live,
+                }
+            }
+            (None, Some(dir)) if self.keep_plugin_state => {
+                let (dir, sync) = (dir.clone(), self.log_options.durability != crate::log::Durability::Off);
+                crate::http::send::HttpSetup {
+                    journal: tokio::task::spawn_blocking(move || crate::http::RequestJournal::open(&dir, sync))
+                        .await
+                        .map_err(|e| Error::Engine(format!("journal open task failed: {e}")))??,
+                    ..Default::default()
+                }
+            }
+            _ => crate::http::send::HttpSetup::default(),
+        };
         let log = match self.log_dir {
             Some(dir) => {
                 let mut options = self.log_options;
@@ -435,6 +466,7 @@ impl BusBuilder {
             schemas,
             signatures,
             policy,
+            http,
         };
         let bus = Bus {
             shared: Arc::new_cyclic(|me| Shared::new(parts, me.clone())),

@@ -63,6 +63,7 @@ async fn prepare(shared: &Arc<Shared>, path: &Path) -> Result<Prepared, LoadErro
         path,
         &shared.limits,
         (&shared.signatures, shared.policy.as_ref()),
+        &shared.http,
         port(shared),
     )
     .await?;

@@ -176,6 +176,8 @@ pub(crate) struct Shared {
     pub(crate) signatures: Arc<crate::signature::SignaturePolicy>,
     /// What manifests may grant, when a capability policy is set.
     pub(crate) policy: Option<crate::policy::Policy>,
+    /// Plugins' outbound requests: the journal, and whether this bus replays.
+    pub(crate) http: crate::http::send::HttpSetup,
     history: Option<History>,
     on_failure: Option<FailureHook>,
     /// Events published since the bus was built.
@@ -211,6 +213,7 @@ pub(crate) struct Parts {
     pub schemas: Option<crate::schema::Schemas>,
     pub signatures: Arc<crate::signature::SignaturePolicy>,
     pub policy: Option<crate::policy::Policy>,
+    pub http: crate::http::send::HttpSetup,
     #[cfg(feature = "nats")]
     pub nats: Option<crate::nats::NatsLink>,
 }
@@ -229,6 +232,7 @@ impl Shared {
             schemas,
             signatures,
             policy,
+            http,
             #[cfg(feature = "nats")]
             nats,
         } = parts;
@@ -251,6 +255,7 @@ impl Shared {
             limits,
             signatures,
             policy,
+            http,
             history,
             on_failure,
             published: AtomicU64::new(0),
@@ -1313,5 +1318,8 @@ pub(crate) fn info(h: &PluginHandle) -> PluginInfo {
         memory_limit_bytes: h.spec.limits.memory_bytes,
         signer: h.spec.signer.clone(),
         stats: h.stats.snapshot(),
+        http_allow: h.spec.outbound.grant.allow.iter().map(|o| o.text.clone()).collect(),
+        http: (!h.spec.outbound.grant.is_empty()).then(|| h.spec.outbound.stats.snapshot()),
+        secrets: h.spec.manifest.secrets.keys().cloned().collect(),
     }
 }

@@ -110,6 +110,10 @@ pub enum Command {
         /// Follow-ups: capture (print, never publish), discard, or publish (append to the log; not with --nats).
         #[arg(long, value_name = "MODE", default_value = "capture")]
         emit: plugbus::ReplayEmit,
+        /// Send plugins' requests the live run's request journal has no answer
+        /// for (default: refused; a replay never repeats a side effect). Needs --emit publish.
+        #[arg(long)]
+        live_requests: bool,
         #[command(flatten)]
         cache: CacheArgs,
     },
@@ -439,7 +443,19 @@ pub fn init_tracing(quiet: bool, verbose: bool) {
     };
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // At `trace`, wasmtime's WASI bindings log every host call's arguments:
+    // a plugin's request URL, headers and body, which can hold its secrets.
+    // Off unless RUST_LOG names those crates itself.
+    let asked = std::env::var("RUST_LOG").unwrap_or_default();
+    for quiet in ["wasmtime_wasi_http=debug", "wasmtime_wasi=debug"] {
+        let krate = quiet.split('=').next().unwrap_or(quiet);
+        if !asked.contains(krate)
+            && let Ok(directive) = quiet.parse()
+        {
+            filter = filter.add_directive(directive);
+        }
+    }
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -514,6 +530,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             correlation,
             only,
             emit,
+            live_requests,
             cache,
         } => {
             replay::replay(replay::Args {
@@ -522,6 +539,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 correlation,
                 only,
                 emit,
+                live_requests,
                 cache: &cache,
             })
             .await

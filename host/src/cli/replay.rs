@@ -14,6 +14,7 @@ pub struct Args<'a> {
     pub correlation: Option<String>,
     pub only: Option<String>,
     pub emit: plugbus::ReplayEmit,
+    pub live_requests: bool,
     pub cache: &'a CacheArgs,
 }
 
@@ -21,6 +22,7 @@ pub async fn replay(args: Args<'_>) -> anyhow::Result<ExitCode> {
     let mut replay = args
         .replay
         .emit(args.emit)
+        .live_requests(args.live_requests)
         .bus(args.cache.apply(plugbus::Bus::builder()));
     if let Some(from) = args.from {
         replay = replay.from(from);

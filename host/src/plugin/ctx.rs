@@ -3,8 +3,9 @@
 //! A [`PluginCtx`] lives inside its plugin's `Store`, which the plugin's
 //! worker task owns. It implements the WIT `host` interface (log, emit,
 //! config, abort) and `batch-host.begin-event`, the WASI view (an empty
-//! context plus the manifest's directory grants), the memory limiter, and
-//! the per-event budgets.
+//! context plus the manifest's directory grants), the `wasi:http` view (every
+//! request through `http::send`), the memory limiter, and the per-event
+//! budgets.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -17,10 +18,12 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreContextMut, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::event::Event;
+use crate::http::send::{Outbound, PluginHttp};
 use crate::limits::{Limits, MAX_CASCADE_DEPTH};
-use crate::manifest::DirGrant;
+use crate::manifest::{DirGrant, Secret};
 use crate::outcome::GuestAbort;
 use crate::pattern::validate_event_name;
 use crate::plugin::bindings::plugbus::observer::{host, types};
@@ -53,14 +56,27 @@ impl Voice {
     }
 }
 
+/// `[config]`, shared by a plugin's instances.
+pub(crate) type Config = Arc<BTreeMap<String, String>>;
+/// `[secrets]`, shared by a plugin's instances.
+pub(crate) type Secrets = Arc<BTreeMap<String, Secret>>;
+
 /// Store data for one plugin instance.
 pub(crate) struct PluginCtx {
     pub plugin: Arc<str>,
     wasi: WasiCtx,
     table: ResourceTable,
     pub limiter: MemoryLimiter,
-    config: Arc<BTreeMap<String, String>>,
+    config: Config,
+    /// `[secrets]`: also served by `config`, never logged.
+    secrets: Secrets,
     bus: Weak<dyn BusPort>,
+    http_ctx: WasiHttpCtx,
+    /// The hook every outgoing request passes, and its per-event state.
+    pub http: PluginHttp,
+    /// When the current event's own deadline ends (time waited on requests
+    /// is added to it, up to the grant's I/O budget).
+    pub deadline_at: Instant,
     /// The event being handled; `None` during `subscriptions()`.
     pub current: Option<Event>,
     pub emits_left: u32,
@@ -93,6 +109,8 @@ pub(crate) struct Batch {
     fuel: u64,
     /// Each event's budgets, as `arm` would set them for a single event.
     limits: EventBudgets,
+    /// One event's wall-clock deadline.
+    deadline: Duration,
     /// Follow-ups emitted so far, in emit order.
     pub held: Vec<Captured>,
 }
@@ -157,8 +175,9 @@ impl PluginCtx {
     pub fn new(
         plugin: Arc<str>,
         limits: &Limits,
-        config: Arc<BTreeMap<String, String>>,
+        (config, secrets): (Config, Secrets),
         dirs: &[DirGrant],
+        outbound: Arc<Outbound>,
         bus: Weak<dyn BusPort>,
     ) -> wasmtime::Result<PluginCtx> {
         let logs = Arc::new(LogBudget::default());
@@ -189,13 +208,18 @@ impl PluginCtx {
             logs.clone(),
             limits.log_line_bytes,
         ));
+        let http = PluginHttp::new(outbound);
         Ok(PluginCtx {
             plugin,
             wasi: wasi.build(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits.memory_bytes),
             config,
+            secrets,
             bus,
+            http_ctx: WasiHttpCtx::new(),
+            http,
+            deadline_at: Instant::now() + limits.deadline,
             current: None,
             emits_left: limits.emits_per_event,
             emit_index: 0,
@@ -218,6 +242,7 @@ impl PluginCtx {
             at: None,
             began: Instant::now(),
             fuel: limits.fuel,
+            deadline: limits.deadline,
             limits: EventBudgets {
                 fuel: limits.fuel,
                 ticks,
@@ -249,6 +274,7 @@ impl PluginCtx {
     /// call; `voice` says what its emits and log lines become.
     pub fn begin(&mut self, event: Option<Event>, limits: &Limits, voice: Voice) {
         self.determinism.begin(event.as_ref());
+        self.http.begin(event.clone(), voice != Voice::Live);
         self.current = event;
         self.emits_left = limits.emits_per_event;
         self.emit_index = 0;
@@ -264,6 +290,33 @@ impl PluginCtx {
 
     fn event_name(&self) -> &str {
         self.current.as_ref().map_or("", Event::name)
+    }
+
+    /// A query begins: emits and requests are refused while it runs.
+    pub fn begin_query(&mut self) {
+        self.querying = true;
+        self.http.begin_query();
+    }
+
+    /// At the epoch deadline: how many more ticks the call may run because
+    /// it waited on requests (the time waited, up to the grant's I/O
+    /// budget, added to the event's own deadline), or `None`: stop it.
+    pub fn io_extension(&self) -> Option<u64> {
+        let waited = Duration::from_nanos(self.http.io_waited.load(Ordering::Relaxed));
+        let until = self.deadline_at + waited.min(self.http.io_budget());
+        let left = until.checked_duration_since(Instant::now())?;
+        let ticks = left.as_micros() / crate::plugin::engine::EPOCH_TICK.as_micros();
+        (ticks > 0).then_some(ticks as u64)
+    }
+}
+
+impl WasiHttpView for PluginCtx {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
+        }
     }
 }
 
@@ -364,7 +417,10 @@ impl host::Host for PluginCtx {
     }
 
     fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.config.get(&key).cloned())
+        Ok(match self.config.get(&key) {
+            Some(value) => Some(value.clone()),
+            None => self.secrets.get(&key).map(|s| s.expose().to_owned()),
+        })
     }
 
     fn abort(&mut self, message: String) -> wasmtime::Result<()> {
@@ -397,12 +453,16 @@ pub(crate) fn begin_event(mut store: StoreContextMut<'_, PluginCtx>, index: u32)
     batch.at = Some(expected);
     batch.began = Instant::now();
     let budgets = batch.limits;
+    let deadline = batch.deadline;
     batch.fuel = budgets.fuel;
     let event = batch.events[expected].clone();
     if expected > 0 {
         ctx.report_dropped_logs();
     }
     ctx.determinism.begin(Some(&event));
+    let replaying = ctx.voice != Voice::Live;
+    ctx.http.begin(Some(event.clone()), replaying);
+    ctx.deadline_at = Instant::now() + deadline;
     ctx.current = Some(event);
     ctx.emits_left = budgets.emits;
     ctx.emit_index = 0;

@@ -80,6 +80,10 @@ impl PluginEngine {
         tracing::debug!(pooled, "wasm engine ready");
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // Every plugin may import `wasi:http`; without an `[http]` grant its
+        // requests are refused by the hook (an error the guest sees), never
+        // a link failure.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         Observer::add_to_linker::<_, HasSelf<_>>(&mut linker, |ctx| ctx)?;
         // By hand, not through bindgen: `begin-event` needs the store (fuel
         // and the epoch deadline), which a generated host trait cannot reach.

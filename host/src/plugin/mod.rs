@@ -26,6 +26,7 @@ use wasmtime::component::{Component, ComponentExportIndex, Func, InstancePre};
 
 use crate::cache::content_hash;
 use crate::event::Event;
+use crate::http::send::{HttpSetup, Outbound};
 use crate::limits::Limits;
 use crate::manifest::{Manifest, ManifestError};
 use crate::outcome::{Failure, backtrace_frames, classify};
@@ -155,6 +156,13 @@ pub struct PluginInfo {
     pub signer: Option<Signer>,
     /// Its counters.
     pub stats: PluginStats,
+    /// The origins its `[http]` grant allows (empty: no requests).
+    pub http_allow: Vec<String>,
+    /// Its outbound requests since this version loaded, when it has an
+    /// `[http]` grant.
+    pub http: Option<crate::http::HttpCounts>,
+    /// The keys of its `[secrets]` (never their values).
+    pub secrets: Vec<String>,
 }
 
 /// What `plugbus check` reports about a plugin file.
@@ -194,6 +202,10 @@ pub(crate) struct PluginSpec {
     batch: Option<ComponentExportIndex>,
     pub limits: Limits,
     pub config: Arc<BTreeMap<String, String>>,
+    /// `[secrets]`, served by `host.config` after `[config]`.
+    secrets: Arc<BTreeMap<String, crate::manifest::Secret>>,
+    /// Its outbound requests: grant, journal, counters, limits.
+    pub outbound: Arc<Outbound>,
     pub manifest: Manifest,
     pub imports: Vec<String>,
     pub size: u64,
@@ -269,6 +281,7 @@ impl PluginSpec {
         path: &Path,
         bus_limits: &Limits,
         (signatures, policy): (&Arc<SignaturePolicy>, Option<&crate::policy::Policy>),
+        http: &HttpSetup,
         bus: Weak<dyn BusPort>,
     ) -> Result<PluginSpec, LoadError> {
         let err = |kind: LoadErrorKind| LoadError {
@@ -410,6 +423,7 @@ impl PluginSpec {
             })?),
         };
         let limits = manifest.apply_limits(bus_limits);
+        let plugin_name_for_http = name.clone();
         Ok(PluginSpec {
             name,
             path: path.to_owned(),
@@ -420,6 +434,13 @@ impl PluginSpec {
             batch,
             limits,
             config: Arc::new(manifest.config.clone()),
+            secrets: Arc::new(manifest.secrets.clone()),
+            outbound: Arc::new(Outbound::new(
+                plugin_name_for_http,
+                manifest.http.clone().unwrap_or_default(),
+                http,
+                announce(bus.clone()),
+            )),
             manifest,
             imports,
             size,
@@ -437,14 +458,24 @@ impl PluginSpec {
         let ctx = PluginCtx::new(
             self.name.clone(),
             &self.limits,
-            self.config.clone(),
+            (self.config.clone(), self.secrets.clone()),
             &self.manifest.dirs,
+            self.outbound.clone(),
             self.bus.clone(),
         )
         .map_err(|e| Failure::Host(format!("cannot grant directories: {e:#}")))?;
         let mut store = Store::new(self.pre.engine(), ctx);
         store.limiter(|ctx| &mut ctx.limiter);
-        store.epoch_deadline_trap();
+        if self.outbound.grant.is_empty() {
+            store.epoch_deadline_trap();
+        } else {
+            // Time waited on requests extends the event's deadline, up to
+            // the grant's I/O budget; past that, the same trap as always.
+            store.epoch_deadline_callback(|ctx| match ctx.data().io_extension() {
+                Some(ticks) => Ok(wasmtime::UpdateDeadline::Continue(ticks)),
+                None => Err(wasmtime::Trap::Interrupt.into()),
+            });
+        }
         self.arm(&mut store, None, Voice::Live);
         let instance = self
             .pre
@@ -526,7 +557,7 @@ impl PluginSpec {
         };
         let (fuel, deadline) = (self.limits.query_fuel, self.limits.query_deadline);
         self.arm_with(&mut instance.store, None, Voice::Live, fuel, deadline);
-        instance.store.data_mut().querying = true;
+        instance.store.data_mut().begin_query();
         let call = query.call_query(&mut instance.store, request);
         let answer = tokio::time::timeout(Self::timeout(deadline), call).await;
         let result = self
@@ -611,7 +642,7 @@ impl PluginSpec {
         let call = bindings
             .plugbus_observer_handler()
             .call_on_event(&mut instance.store, event.wire());
-        let answer = tokio::time::timeout(Self::timeout(self.limits.deadline), call).await;
+        let answer = tokio::time::timeout(self.event_timeout(1), call).await;
         // The guest's error text is capped before anything keeps or logs it.
         let result = self
             .settle(answer, &instance.store)
@@ -689,7 +720,7 @@ impl PluginSpec {
             .begin_batch(events.to_vec(), &self.limits, ticks, voice);
         let wires: Vec<&wit::Event> = events.iter().map(Event::wire).collect();
         let n = u32::try_from(events.len()).unwrap_or(u32::MAX);
-        let answer = tokio::time::timeout(Self::timeout(self.limits.deadline * n), async {
+        let answer = tokio::time::timeout(self.event_timeout(n), async {
             let typed = func.typed::<OnEventsParams<'_>, OnEventsResults>(&instance.store)?;
             let (results,) = typed.call_async(&mut instance.store, (&wires[..],)).await?;
             Ok(results)
@@ -778,6 +809,7 @@ impl PluginSpec {
         let _ = store.fuel_async_yield_interval(Some(YIELD_FUEL));
         let limits = self.limits.clone();
         store.data_mut().begin(event, &limits, voice);
+        store.data_mut().deadline_at = std::time::Instant::now() + deadline;
     }
 
     /// The host-side bound on one call with this `deadline`: the deadline
@@ -786,6 +818,17 @@ impl PluginSpec {
     /// call.
     fn timeout(deadline: std::time::Duration) -> std::time::Duration {
         deadline + EPOCH_TICK * 5
+    }
+
+    /// The host-side bound on a call handling `n` events: their deadlines,
+    /// plus their I/O budgets when the plugin may make requests.
+    fn event_timeout(&self, n: u32) -> std::time::Duration {
+        let io = if self.outbound.grant.is_empty() {
+            std::time::Duration::ZERO
+        } else {
+            self.outbound.grant.io_budget
+        };
+        Self::timeout((self.limits.deadline + io) * n)
     }
 
     /// The result of a call bounded by [`timeout`](Self::timeout): its
@@ -836,6 +879,16 @@ impl PluginSpec {
             signer: self.signer.clone(),
         }
     }
+}
+
+/// Publishes `plugbus.*` events for the plugin's request hook (which does
+/// not reach into `plugin`'s port itself).
+fn announce(bus: Weak<dyn BusPort>) -> crate::http::send::Announce {
+    Arc::new(move |event| {
+        if let Some(bus) = bus.upgrade() {
+            bus.publish(event);
+        }
+    })
 }
 
 /// Largest snapshot the host keeps, in bytes. A snapshot is held in memory

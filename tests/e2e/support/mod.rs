@@ -20,6 +20,8 @@ pub const PLUGINS: &[&str] = &[
     "agent-runs",
     "misbehave",
     "wrong-world",
+    "fetcher",
+    "webhook-alert",
 ];
 
 pub fn workspace_root() -> PathBuf {

@@ -1,0 +1,205 @@
+//! Which addresses a plugin's request may connect to without a grant of
+//! their own: not loopback, private, link-local, the cloud metadata address
+//! or any other address that reaches into the host's own network (the SSRF
+//! rule), and address ranges for granting them.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Why an address may not be reached unless granted: the kind of address it
+/// is, or `None` for a public address.
+///
+/// ```
+/// use plugbus::http::special_address;
+/// assert_eq!(special_address("127.0.0.1".parse().unwrap()), Some("loopback"));
+/// assert_eq!(special_address("169.254.169.254".parse().unwrap()), Some("the cloud metadata address"));
+/// assert_eq!(special_address("::ffff:10.0.0.1".parse().unwrap()), Some("private"));
+/// assert_eq!(special_address("93.184.215.14".parse().unwrap()), None);
+/// ```
+pub fn special_address(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => special_v4(v4),
+        IpAddr::V6(v6) => {
+            // An IPv4 address written as IPv6 reaches the IPv4 host.
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return special_v4(v4);
+            }
+            special_v6(v6)
+        }
+    }
+}
+
+/// The metadata service of AWS, GCP, Azure, OpenStack (and Oracle's second one).
+const METADATA_V4: [Ipv4Addr; 2] = [Ipv4Addr::new(169, 254, 169, 254), Ipv4Addr::new(169, 254, 170, 2)];
+
+fn special_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, ..] = ip.octets();
+    if METADATA_V4.contains(&ip) {
+        Some("the cloud metadata address")
+    } else if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_private() {
+        Some("private")
+    } else if ip.is_link_local() {
+        Some("link-local")
+    } else if ip.is_unspecified() || a == 0 {
+        Some("unspecified (\"this host\")")
+    } else if a == 100 && (64..128).contains(&b) {
+        Some("shared address space (carrier-grade NAT)")
+    } else if ip.is_broadcast() || ip.is_multicast() || a >= 240 {
+        Some("broadcast, multicast or reserved")
+    } else if a == 198 && (b == 18 || b == 19) {
+        Some("benchmarking (198.18.0.0/15)")
+    } else {
+        None
+    }
+}
+
+fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
+    let first = ip.segments()[0];
+    if ip == Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254) {
+        Some("the cloud metadata address")
+    } else if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_unspecified() {
+        Some("unspecified (\"this host\")")
+    } else if first & 0xffc0 == 0xfe80 {
+        Some("link-local")
+    } else if first & 0xfe00 == 0xfc00 {
+        Some("private (unique local)")
+    } else if ip.is_multicast() {
+        Some("broadcast, multicast or reserved")
+    } else if ip.to_ipv4().is_some() {
+        // IPv4-compatible (::a.b.c.d, deprecated): treat like its v4 address.
+        ip.to_ipv4().and_then(special_v4)
+    } else if first == 0x0064 && ip.segments()[1] == 0xff9b {
+        // NAT64 (64:ff9b::/96) reaches the embedded IPv4 address.
+        let [.., c, d] = ip.segments();
+        special_v4(Ipv4Addr::new((c >> 8) as u8, c as u8, (d >> 8) as u8, d as u8))
+    } else {
+        None
+    }
+}
+
+/// An address or a CIDR range (`127.0.0.1`, `10.0.0.0/8`, `fd00::/8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    base: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// One address.
+    pub fn single(ip: IpAddr) -> IpRange {
+        IpRange {
+            base: ip,
+            prefix: if ip.is_ipv4() { 32 } else { 128 },
+        }
+    }
+
+    /// Parses an address or `address/prefix`.
+    ///
+    /// # Errors
+    /// A message naming `text`.
+    ///
+    /// ```
+    /// use plugbus::http::IpRange;
+    /// let r = IpRange::parse("10.0.0.0/8").unwrap();
+    /// assert!(r.contains("10.2.3.4".parse().unwrap()));
+    /// assert!(!r.contains("11.0.0.1".parse().unwrap()));
+    /// assert!(IpRange::parse("10.0.0.0/33").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<IpRange, String> {
+        let bad = || format!("`{text}` is not an IP address or CIDR range (e.g. 127.0.0.1, 10.0.0.0/8)");
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (text, None),
+        };
+        let base: IpAddr = addr
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| bad())?;
+        let max = if base.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(IpRange { base, prefix })
+    }
+
+    /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as
+    /// its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.base, ip) {
+            (IpAddr::V4(base), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(base) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(base), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(base) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for IpRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(text: &str) -> Option<&'static str> {
+        special_address(text.parse().unwrap())
+    }
+
+    #[test]
+    fn every_way_into_the_host_network_is_special() {
+        for (addr, what) in [
+            ("127.0.0.1", "loopback"),
+            ("127.255.0.9", "loopback"),
+            ("::1", "loopback"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("10.1.2.3", "private"),
+            ("172.16.0.1", "private"),
+            ("192.168.1.1", "private"),
+            ("169.254.1.1", "link-local"),
+            ("fe80::1", "link-local"),
+            ("fd12::1", "private (unique local)"),
+            ("169.254.169.254", "the cloud metadata address"),
+            ("fd00:ec2::254", "the cloud metadata address"),
+            ("0.0.0.0", "unspecified (\"this host\")"),
+            ("::", "unspecified (\"this host\")"),
+            ("100.64.0.1", "shared address space (carrier-grade NAT)"),
+            ("64:ff9b::a9fe:a9fe", "the cloud metadata address"),
+        ] {
+            assert_eq!(kind(addr), Some(what), "{addr}");
+        }
+        for public in ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c", "8.8.8.8"] {
+            assert_eq!(kind(public), None, "{public}");
+        }
+    }
+
+    #[test]
+    fn ranges_contain_their_addresses() {
+        let lo = IpRange::parse("127.0.0.1").unwrap();
+        assert!(lo.contains("127.0.0.1".parse().unwrap()));
+        assert!(lo.contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!lo.contains("127.0.0.2".parse().unwrap()));
+        let all = IpRange::parse("0.0.0.0/0").unwrap();
+        assert!(all.contains("1.2.3.4".parse().unwrap()));
+        let v6 = IpRange::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("fe80::1".parse().unwrap()));
+        assert!(IpRange::parse("host.example").is_err());
+    }
+}

@@ -1,0 +1,682 @@
+//! Sending a plugin's request: the one `wasi:http` hook every outgoing
+//! request passes. In order: the journal (an answer recorded for this
+//! request is given back, nothing is sent), the grant (origin), the limits
+//! (rate, concurrency, body), the address check on what the name resolves to
+//! (the address checked is the address connected to: no DNS-rebinding gap),
+//! then the request itself, sent with an `Idempotency-Key`, its response read
+//! whole (bounded) and journaled before the guest sees it.
+//!
+//! `wasi:http` never follows redirects: a 3xx goes to the guest, and a
+//! request to its `Location` passes this same hook, so a redirect reaches
+//! only what the grant allows.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+use crate::event::Event;
+use crate::http::address::special_address;
+use crate::http::grant::{HttpGrant, Scheme, parse_ip_host, split_host_port};
+use crate::http::journal::{Recorded, RequestJournal, RequestKey};
+use crate::http::stats::HttpStats;
+
+/// What every instance of one loaded plugin shares: its grant, the bus's
+/// journal, its counters and the limits' live state.
+pub(crate) struct Outbound {
+    pub plugin: Arc<str>,
+    pub grant: Arc<HttpGrant>,
+    pub journal: RequestJournal,
+    pub stats: Arc<HttpStats>,
+    setup: HttpSetup,
+    announce: Announce,
+    in_flight: Arc<Semaphore>,
+    bucket: Mutex<Bucket>,
+}
+
+/// What a bus tells its plugins' request hooks.
+#[derive(Clone)]
+pub(crate) struct HttpSetup {
+    /// Where outcomes are recorded and looked up.
+    pub journal: RequestJournal,
+    /// The bus is a `plugbus replay`: every event is handled again.
+    pub replay_run: bool,
+    /// In a replay, send a request the journal has no answer for
+    /// (`plugbus replay --live-requests`) instead of refusing it.
+    pub live_in_replay: bool,
+}
+
+impl Default for HttpSetup {
+    /// A live bus without a log: the memory journal.
+    fn default() -> Self {
+        HttpSetup {
+            journal: RequestJournal::memory(),
+            replay_run: false,
+            live_in_replay: false,
+        }
+    }
+}
+
+impl Outbound {
+    pub fn new(plugin: Arc<str>, grant: Arc<HttpGrant>, setup: &HttpSetup, announce: Announce) -> Outbound {
+        Outbound {
+            in_flight: Arc::new(Semaphore::new(grant.max_concurrent as usize)),
+            bucket: Mutex::new(Bucket {
+                tokens: f64::from(grant.per_second),
+                at: Instant::now(),
+            }),
+            plugin,
+            grant,
+            journal: setup.journal.clone(),
+            stats: Arc::new(HttpStats::default()),
+            setup: setup.clone(),
+            announce,
+        }
+    }
+
+    /// Counts, logs and (unless `quiet`: an event handled again) announces
+    /// a refusal as `plugbus.plugin.request_refused`, with the rule.
+    fn refused(&self, event: &str, url: &str, rule: &str, quiet: bool) {
+        self.stats.refused.fetch_add(1, Relaxed);
+        tracing::warn!(plugin = &*self.plugin, event, url, rule, "request refused");
+        if !quiet {
+            (self.announce)(Event::new(
+                "plugbus.plugin.request_refused",
+                json!({ "name": &*self.plugin, "event": event, "url": url, "rule": rule }),
+            ));
+        }
+    }
+
+    /// Takes one request from the per-second budget (a token bucket holding
+    /// one second's worth).
+    fn take_token(&self) -> bool {
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let rate = f64::from(self.grant.per_second);
+        let now = Instant::now();
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(rate);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Publishes a `plugbus.*` event on the bus (the plugin's port, wrapped by
+/// its caller so that this module does not reach into `plugin`).
+pub(crate) type Announce = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// The per-instance hook state: which event the instance is on, how many
+/// requests it made for it, and whether it is being replayed.
+pub(crate) struct PluginHttp {
+    outbound: Arc<Outbound>,
+    /// The event being handled; `None` outside events (no request allowed).
+    event: Option<Event>,
+    next_index: u32,
+    /// True while the event is handled again (state rebuilt, a batch re-run,
+    /// a replay): requests are answered from the journal only.
+    replaying: bool,
+    /// True when the plugin's own voice is not live (state rebuilt, a
+    /// batch re-run): never sent, even with `--live-requests`.
+    silent: bool,
+    querying: bool,
+    /// Nanoseconds spent waiting on requests since the event began: added to
+    /// its wall-clock deadline, up to the grant's I/O budget.
+    pub io_waited: Arc<AtomicU64>,
+}
+
+impl PluginHttp {
+    pub fn new(outbound: Arc<Outbound>) -> PluginHttp {
+        PluginHttp {
+            outbound,
+            event: None,
+            next_index: 0,
+            replaying: false,
+            silent: false,
+            querying: false,
+            io_waited: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A new event (or none) begins; `silent`: it is handled again to
+    /// rebuild state, its requests answered from the journal only.
+    pub fn begin(&mut self, event: Option<Event>, silent: bool) {
+        self.event = event;
+        self.next_index = 0;
+        self.silent = silent;
+        self.replaying = silent || self.outbound.setup.replay_run;
+        self.querying = false;
+        self.io_waited.store(0, Relaxed);
+    }
+
+    /// A query begins: requests are refused (a query may not act).
+    pub fn begin_query(&mut self) {
+        self.begin(None, false);
+        self.querying = true;
+    }
+
+    /// The I/O budget one event has.
+    pub fn io_budget(&self) -> Duration {
+        self.outbound.grant.io_budget
+    }
+
+    /// Refuses a request (see [`Outbound::refused`]).
+    fn refuse(&self, url: &str, rule: String, error: Error) -> Error {
+        let event = self.event.as_ref().map_or("", Event::name);
+        self.outbound.refused(event, url, &rule, self.replaying);
+        error
+    }
+}
+
+type Sent = wasmtime_wasi_http::Result<(
+    http::Response<WasiBody>,
+    Box<dyn Future<Output = Result<(), Error>> + Send>,
+)>;
+
+impl WasiHttpHooks for PluginHttp {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> Box<dyn Future<Output = Sent> + Send> {
+        let url = request.uri().to_string();
+        let decided = self.decide(&request);
+        let outbound = self.outbound.clone();
+        let waited = self.io_waited.clone();
+        Box::new(async move {
+            let (key, target) = match decided? {
+                Decided::Answered(recorded) => return answer(&recorded),
+                Decided::Refused(error) => return Err(error),
+                Decided::Send(key, target) => (key, target),
+            };
+            let Target {
+                permit,
+                scheme,
+                host,
+                port,
+                event,
+            } = target;
+            let started = Instant::now();
+            let outcome = send(&outbound, request, options, (&key, &event), (scheme, host, port)).await;
+            drop(permit);
+            let elapsed = started.elapsed();
+            waited.fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+            outbound.stats.observe(elapsed);
+            let recorded = match outcome {
+                Ok(response) => response,
+                Err(Unsent(error)) => return Err(error),
+            };
+            let for_guest = answer(&recorded);
+            let journal = outbound.journal.clone();
+            match tokio::task::spawn_blocking(move || journal.put(key, recorded)).await {
+                Ok(Ok(())) => for_guest,
+                Ok(Err(e)) => {
+                    tracing::error!(plugin = &*outbound.plugin, url, error = %e, "request sent but not journaled: a replay of this event will not find it");
+                    Err(Error::InternalError(Some(format!("request journal: {e}"))))
+                }
+                Err(e) => Err(Error::InternalError(Some(format!("request journal: {e}")))),
+            }
+        })
+    }
+}
+
+/// What happens to a request, decided before anything is awaited.
+enum Decided {
+    /// The journal has its outcome: given back, nothing sent.
+    Answered(Arc<Recorded>),
+    /// Refused by a rule (never sent).
+    Refused(Error),
+    /// To send.
+    Send(RequestKey, Target),
+}
+
+/// A request the checks let through: where it goes, and its concurrency permit.
+struct Target {
+    permit: tokio::sync::OwnedSemaphorePermit,
+    scheme: Scheme,
+    host: String,
+    port: u16,
+    /// The event's name, for refusals found while sending.
+    event: String,
+}
+
+/// A request that failed before it could reach the server: not journaled.
+struct Unsent(Error);
+
+impl PluginHttp {
+    /// The request's key, its journaled answer if there is one, else what
+    /// the rules say. `Err`: refused whatever the journal holds (no event,
+    /// a query, an unreadable journal).
+    fn decide(&mut self, request: &http::Request<WasiBody>) -> Result<Decided, Error> {
+        let url = request.uri().to_string();
+        if self.querying {
+            return Err(self.refuse(&url, "a query may not make requests".into(), Error::HttpRequestDenied));
+        }
+        let Some(event) = &self.event else {
+            return Err(self.refuse(
+                &url,
+                "requests are only allowed while handling an event".into(),
+                Error::HttpRequestDenied,
+            ));
+        };
+        let key = RequestKey {
+            plugin: self.outbound.plugin.to_string(),
+            event: event.id().to_owned(),
+            index: self.next_index,
+        };
+        self.next_index += 1;
+        // The index is in memory; a hit reads one record back (page cache).
+        match self.outbound.journal.get(&key) {
+            Ok(Some(recorded)) => {
+                self.outbound.stats.replayed.fetch_add(1, Relaxed);
+                tracing::debug!(
+                    plugin = &*self.outbound.plugin,
+                    url,
+                    index = key.index,
+                    "request answered from the journal"
+                );
+                return Ok(Decided::Answered(recorded));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(plugin = &*self.outbound.plugin, url, error = %e, "request journal unreadable; request not sent");
+                return Err(Error::InternalError(Some(format!("request journal: {e}"))));
+            }
+        }
+        Ok(match self.check(request, &url) {
+            Ok(target) => Decided::Send(key, target),
+            Err(error) => Decided::Refused(error),
+        })
+    }
+
+    /// Grant, replay, rate and concurrency checks for a request the journal
+    /// does not answer.
+    fn check(&self, request: &http::Request<WasiBody>, url: &str) -> Result<Target, Error> {
+        let grant = &self.outbound.grant;
+        if grant.is_empty() {
+            return Err(self.refuse(
+                url,
+                "the plugin has no [http] grant in its manifest".into(),
+                Error::HttpRequestDenied,
+            ));
+        }
+        let uri = request.uri();
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::Http,
+            Some("https") => Scheme::Https,
+            other => {
+                return Err(self.refuse(
+                    url,
+                    format!("scheme {other:?} is not http or https"),
+                    Error::HttpRequestDenied,
+                ));
+            }
+        };
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
+        let Some((host, port)) = split_host_port(authority) else {
+            return Err(self.refuse(
+                url,
+                format!("bad authority `{authority}`"),
+                Error::HttpRequestUriInvalid,
+            ));
+        };
+        let host = host.to_ascii_lowercase();
+        let port = port.unwrap_or(scheme.default_port());
+        if grant.origin_for(scheme, &host, port).is_none() {
+            let granted: Vec<String> = grant.allow.iter().map(ToString::to_string).collect();
+            return Err(self.refuse(
+                url,
+                format!("origin not in http.allow ({})", granted.join(", ")),
+                Error::HttpRequestDenied,
+            ));
+        }
+        if self.replaying && (self.silent || !self.outbound.setup.live_in_replay) {
+            return Err(self.refuse(
+                url,
+                "replaying: the journal has no answer for this request, and a replay never sends one".into(),
+                Error::HttpRequestDenied,
+            ));
+        }
+        if !self.outbound.take_token() {
+            return Err(self.refuse(
+                url,
+                format!("http.per_second ({}) reached", grant.per_second),
+                Error::ConnectionLimitReached,
+            ));
+        }
+        let Ok(permit) = self.outbound.in_flight.clone().try_acquire_owned() else {
+            return Err(self.refuse(
+                url,
+                format!(
+                    "http.max_concurrent ({}) requests already in flight",
+                    grant.max_concurrent
+                ),
+                Error::ConnectionLimitReached,
+            ));
+        };
+        Ok(Target {
+            permit,
+            scheme,
+            host,
+            port,
+            event: self.event.as_ref().map_or("", Event::name).to_owned(),
+        })
+    }
+}
+
+/// Sends the request; the outcome to journal, or why nothing was sent.
+async fn send(
+    out: &Outbound,
+    request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    (key, event): (&RequestKey, &str),
+    (scheme, host, port): (Scheme, String, u16),
+) -> Result<Recorded, Unsent> {
+    let grant = &out.grant;
+    let url = request.uri().to_string();
+    // Only live requests get this far: a refusal here is announced.
+    let refuse = |rule: String, error: Error| {
+        out.refused(event, &url, &rule, false);
+        Unsent(error)
+    };
+    // The body first: a request over the limit is refused before any connection.
+    let (mut parts, body) = request.into_parts();
+    let body = match Limited::new(body, grant.request_body_bytes).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return Err(refuse(
+                format!(
+                    "request body over http.request_body_kib ({} KiB)",
+                    grant.request_body_bytes >> 10
+                ),
+                Error::HttpRequestBodySize(None),
+            ));
+        }
+    };
+    let addr = resolve(&host, port)
+        .await
+        .map_err(|e| refuse(format!("`{host}` does not resolve: {e}"), dns_error(&e)))?;
+    let addr = pick_address(grant, &host, &addr).map_err(|rule| refuse(rule, Error::DestinationIpProhibited))?;
+    let connect_timeout = options
+        .and_then(|o| o.connect_timeout)
+        .map_or(grant.connect_timeout, |t| t.min(grant.connect_timeout));
+    let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            out.stats.failed.fetch_add(1, Relaxed);
+            tracing::warn!(plugin = &*out.plugin, url, %addr, error = %e, "request failed: cannot connect");
+            return Ok(Recorded::Failed(connect_code(&e).into()));
+        }
+        Err(_) => {
+            out.stats.failed.fetch_add(1, Relaxed);
+            return Ok(Recorded::Failed("connection-timeout".into()));
+        }
+    };
+    parts.headers.insert(
+        "idempotency-key",
+        http::HeaderValue::from_str(&key.idempotency_key()).map_err(|_| Unsent(Error::InternalError(None)))?,
+    );
+    parts.uri = http::Uri::builder()
+        .path_and_query(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
+        .build()
+        .map_err(|_| Unsent(Error::HttpRequestUriInvalid))?;
+    let sent_bytes = body.len() as u64;
+    let request = http::Request::from_parts(parts, Full::new(body));
+    let exchange = async {
+        let response = match scheme {
+            Scheme::Http => exchange(TokioIo::new(stream), request).await,
+            Scheme::Https => {
+                let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|_| "tls-protocol-error")?;
+                let tls = tokio_rustls::TlsConnector::from(tls_config().map_err(|_| "tls-certificate-error")?)
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| {
+                        if e.to_string().contains("certificate") {
+                            "tls-certificate-error"
+                        } else {
+                            "tls-protocol-error"
+                        }
+                    })?;
+                exchange(TokioIo::new(tls), request).await
+            }
+        }?;
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, grant.response_body_bytes)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    "http-response-body-size"
+                } else {
+                    "http-response-incomplete"
+                }
+            })?
+            .to_bytes();
+        Ok::<_, &'static str>((parts, body))
+    };
+    let recorded = match tokio::time::timeout(grant.timeout, exchange).await {
+        Ok(Ok((parts, body))) => {
+            out.stats.sent.fetch_add(1, Relaxed);
+            out.stats.bytes_out.fetch_add(sent_bytes, Relaxed);
+            out.stats.bytes_in.fetch_add(body.len() as u64, Relaxed);
+            Recorded::Response {
+                status: parts.status.as_u16(),
+                headers: parts
+                    .headers
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                    .collect(),
+                body: body.to_vec(),
+            }
+        }
+        Ok(Err(code)) => {
+            out.stats.failed.fetch_add(1, Relaxed);
+            tracing::warn!(plugin = &*out.plugin, url, error = code, "request failed");
+            Recorded::Failed(code.into())
+        }
+        Err(_) => {
+            out.stats.failed.fetch_add(1, Relaxed);
+            tracing::warn!(
+                plugin = &*out.plugin,
+                url,
+                timeout_ms = grant.timeout.as_millis() as u64,
+                "request failed: http.timeout_ms passed"
+            );
+            Recorded::Failed("http-response-timeout".into())
+        }
+    };
+    Ok(recorded)
+}
+
+/// One HTTP/1.1 exchange on a connected stream.
+async fn exchange<S>(
+    io: TokioIo<S>,
+    request: http::Request<Full<Bytes>>,
+) -> Result<http::Response<hyper::body::Incoming>, &'static str>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|_| "connection-terminated")?;
+    // The connection task ends when the response is read and the sender dropped.
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender.send_request(request).await.map_err(|e| {
+        if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+            "connection-terminated"
+        } else {
+            "http-protocol-error"
+        }
+    })
+}
+
+/// The addresses `host` resolves to (an IP literal is itself).
+async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    if let Some(ip) = parse_ip_host(host) {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    if addrs.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"));
+    }
+    Ok(addrs)
+}
+
+/// The first resolved address the grant lets the request reach; `Err` with
+/// the rule when none.
+pub(crate) fn pick_address(grant: &HttpGrant, host: &str, addrs: &[SocketAddr]) -> Result<SocketAddr, String> {
+    let mut refused = Vec::new();
+    for addr in addrs {
+        let ip: IpAddr = addr.ip();
+        match special_address(ip) {
+            Some(kind) if !grant.address_granted(ip) => refused.push(format!("{ip} ({kind})")),
+            _ => return Ok(*addr),
+        }
+    }
+    Err(format!(
+        "`{host}` resolves to {}, which http.allow_addresses does not list (an address reaching into the host's network must be granted by address)",
+        refused.join(", ")
+    ))
+}
+
+fn dns_error(e: &std::io::Error) -> Error {
+    Error::DnsError {
+        rcode: Some(e.to_string()),
+        info_code: None,
+    }
+}
+
+fn connect_code(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection-refused",
+        std::io::ErrorKind::TimedOut => "connection-timeout",
+        _ => "destination-unavailable",
+    }
+}
+
+/// The `wasi:http` error of a journaled failure code.
+fn error_of(code: &str) -> Error {
+    match code {
+        "connection-refused" => Error::ConnectionRefused,
+        "connection-timeout" => Error::ConnectionTimeout,
+        "connection-terminated" => Error::ConnectionTerminated,
+        "destination-unavailable" => Error::DestinationUnavailable,
+        "tls-protocol-error" => Error::TlsProtocolError,
+        "tls-certificate-error" => Error::TlsCertificateError,
+        "http-response-body-size" => Error::HttpResponseBodySize(None),
+        "http-response-incomplete" => Error::HttpResponseIncomplete,
+        "http-response-timeout" => Error::HttpResponseTimeout,
+        "http-protocol-error" => Error::HttpProtocolError,
+        other => Error::InternalError(Some(other.to_owned())),
+    }
+}
+
+/// What the guest gets for a recorded outcome.
+fn answer(recorded: &Recorded) -> Sent {
+    match recorded {
+        Recorded::Failed(code) => Err(error_of(code)),
+        Recorded::Response { status, headers, body } => {
+            let mut builder = http::Response::builder().status(*status);
+            for (k, v) in headers {
+                builder = builder.header(k, v);
+            }
+            let body = Full::new(Bytes::from(body.clone()))
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            let response = builder
+                .body(body)
+                .map_err(|e| Error::InternalError(Some(format!("journaled response: {e}"))))?;
+            Ok((response, Box::new(async { Ok(()) })))
+        }
+    }
+}
+
+/// The TLS client settings: the system's trust store, ring, TLS 1.2 and 1.3.
+/// Built once per process.
+fn tls_config() -> Result<Arc<tokio_rustls::rustls::ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<tokio_rustls::rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            use tokio_rustls::rustls;
+            let mut roots = rustls::RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err("no trusted root certificates found on this system".into());
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::grant::RawHttp;
+
+    #[test]
+    fn the_address_connected_to_is_the_one_checked() {
+        let grant = HttpGrant::validate(RawHttp {
+            allow: vec!["http://hooks.example.com".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        let lo: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let public: SocketAddr = "93.184.215.14:80".parse().unwrap();
+        let e = pick_address(&grant, "hooks.example.com", &[lo]).unwrap_err();
+        assert!(
+            e.contains("127.0.0.1 (loopback)") && e.contains("allow_addresses"),
+            "{e}"
+        );
+        assert_eq!(pick_address(&grant, "hooks.example.com", &[lo, public]), Ok(public));
+        let granted = HttpGrant::validate(RawHttp {
+            allow: vec!["http://hooks.example.com".into()],
+            allow_addresses: vec!["127.0.0.0/8".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(pick_address(&granted, "hooks.example.com", &[lo]), Ok(lo));
+    }
+
+    #[test]
+    fn journaled_failures_come_back_as_the_same_error() {
+        for code in [
+            "connection-refused",
+            "connection-timeout",
+            "http-response-timeout",
+            "http-response-body-size",
+        ] {
+            let Err(e) = answer(&Recorded::Failed(code.into())) else {
+                panic!("{code} answered")
+            };
+            assert!(!matches!(e, Error::InternalError(_)), "{code}");
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! Outbound HTTP for plugins (issue 21): grants, the address check, limits,
+//! I/O time and the deadline, the request journal under trap recovery,
+//! restart and `plugbus replay`, secrets, and the `webhook-alert` plugin.
+//!
+//! The servers are real: a small HTTP/1.1 server on loopback, started by
+//! each test, that counts what reaches it (the witness that nothing is sent
+//! twice) and can answer slowly or with a large body.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use plugbus::{Bus, Event, Outcome};
+use serde_json::{Value, json};
+
+use crate::support::{self, Recorder, install, wasm};
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A loopback HTTP/1.1 server: answers `200` with the request's body echoed
+/// (`/slow/<ms>` after a delay, `/big/<n>` with `n` bytes, `/status/<code>`
+/// with that status), one request per connection, and records every request.
+struct Server {
+    port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let log = log.clone();
+                std::thread::spawn(move || answer(stream, &log));
+            }
+        });
+        Server { port, seen }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn answer(stream: TcpStream, log: &Mutex<Vec<Seen>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (
+        parts.next().unwrap_or("").to_owned(),
+        parts.next().unwrap_or("").to_owned(),
+    );
+    let mut headers = Vec::new();
+    let mut length = 0usize;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.trim().split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    let mut body = vec![0u8; length];
+    let _ = reader.read_exact(&mut body);
+    let body = String::from_utf8_lossy(&body).into_owned();
+    log.lock().unwrap().push(Seen {
+        method,
+        path: path.clone(),
+        headers,
+        body: body.clone(),
+    });
+    let (status, reply) = if let Some(ms) = path.strip_prefix("/slow/") {
+        std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+        (200, body)
+    } else if let Some(n) = path.strip_prefix("/big/") {
+        (200, "x".repeat(n.parse().unwrap_or(0)))
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        (code.parse().unwrap_or(500), body)
+    } else {
+        (200, body)
+    };
+    let mut stream = stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+        reply.len()
+    );
+}
+
+/// A port nothing listens on (bound, then closed).
+fn dead_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A plugin directory holding the fetcher fixture with `manifest`.
+fn fetcher_dir(manifest: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), &wasm("fetcher"), "fetcher", manifest);
+    dir
+}
+
+async fn start_bus(plugins: &Path, log: Option<&Path>) -> Bus {
+    let mut b = Bus::builder().plugin_dir(plugins);
+    if let Some(log) = log {
+        b = b.log_dir(log);
+    }
+    let bus = b.build().await.unwrap();
+    assert!(bus.load_failures().is_empty(), "{:?}", bus.load_failures());
+    bus
+}
+
+/// A `fetch` event for these requests (`(method, url, body)`).
+fn fetch(requests: &[(&str, &str, &str)]) -> Value {
+    json!({ "requests": requests.iter().map(|(m, u, b)| json!({"method": m, "url": u, "body": b})).collect::<Vec<_>>() })
+}
+
+/// What each request of the last `fetch` came to: the `fetched` follow-ups.
+fn fetched(rec: &Recorder) -> Vec<Value> {
+    rec.named("fetched").iter().map(|e| e.payload().clone()).collect()
+}
+
+#[tokio::test]
+async fn a_granted_origin_is_reached_and_every_other_request_is_refused_with_its_rule() {
+    let server = Server::start();
+    let other = Server::start();
+    let port = server.port;
+    let granted = fetcher_dir(&format!("[http]\nallow = [\"http://127.0.0.1:{port}\"]\n"));
+    let bus = start_bus(granted.path(), None).await;
+    let rec = Recorder::attach(&bus, "fetched");
+    let refused = Recorder::attach(&bus, "plugbus.plugin.request_refused");
+    let report = bus
+        .emit_and_wait(
+            "fetch",
+            fetch(&[
+                ("POST", &server.url("/hook"), "hello"),
+                ("GET", &other.url("/"), ""),
+                ("GET", &format!("http://localhost:{port}/"), ""),
+                ("GET", "http://169.254.169.254/latest/meta-data/", ""),
+                ("GET", &format!("https://127.0.0.1:{port}/"), ""),
+            ]),
+        )
+        .await;
+    bus.flush().await;
+    assert_eq!(report.outcome("fetcher"), Some(&Outcome::Ok));
+    let got = fetched(&rec);
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert_eq!(got[0]["status"], 200);
+    assert_eq!(got[0]["body"], "hello");
+    // Another port, another name for the same address, the metadata
+    // address, another scheme: none is the granted origin.
+    for refused in &got[1..] {
+        assert_eq!(refused["error"], "request failed: HttpRequestDenied", "{got:?}");
+    }
+    let seen = server.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path.as_str(), seen[0].body.as_str()),
+        ("POST", "/hook", "hello")
+    );
+    let key = plugbus::http::RequestKey {
+        plugin: "fetcher".into(),
+        event: report.event.id().into(),
+        index: 0,
+    };
+    assert_eq!(seen[0].header("idempotency-key"), Some(key.idempotency_key().as_str()));
+    assert!(other.seen().is_empty());
+    // Each refusal says which rule refused it.
+    let rules: Vec<String> = refused
+        .events()
+        .iter()
+        .map(|e| e.payload()["rule"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(rules.len(), 4, "{rules:?}");
+    assert!(
+        rules.iter().all(|r| r.starts_with("origin not in http.allow")),
+        "{rules:?}"
+    );
+    let info = bus.plugins().into_iter().find(|p| p.name == "fetcher").unwrap();
+    let counts = info.http.unwrap();
+    assert_eq!((counts.sent, counts.refused, counts.failed), (1, 4, 0));
+    bus.shutdown().await;
+
+    // `localhost` granted by name resolves to loopback, which is not
+    // granted by address: the resolved address is what is checked.
+    let by_name = fetcher_dir(&format!("[http]\nallow = [\"http://localhost:{port}\"]\n"));
+    let bus = start_bus(by_name.path(), None).await;
+    let rec = Recorder::attach(&bus, "fetched");
+    let refused = Recorder::attach(&bus, "plugbus.plugin.request_refused");
+    bus.emit_and_wait("fetch", fetch(&[("GET", &format!("http://localhost:{port}/"), "")]))
+        .await;
+    bus.flush().await;
+    assert_eq!(
+        fetched(&rec)[0]["error"],
+        "request failed: DestinationIpProhibited",
+        "{:?}",
+        fetched(&rec)
+    );
+    let rule = refused.events()[0].payload()["rule"].as_str().unwrap().to_owned();
+    assert!(
+        rule.contains("(loopback)") && rule.contains("allow_addresses"),
+        "{rule}"
+    );
+    assert_eq!(server.seen().len(), 1);
+    bus.shutdown().await;
+
+    // Granting loopback by address lets the name through.
+    let by_address = fetcher_dir(&format!(
+        "[http]\nallow = [\"http://localhost:{port}\"]\nallow_addresses = [\"127.0.0.0/8\", \"::1\"]\n"
+    ));
+    let bus = start_bus(by_address.path(), None).await;
+    let rec = Recorder::attach(&bus, "fetched");
+    bus.emit_and_wait("fetch", fetch(&[("GET", &format!("http://localhost:{port}/x"), "")]))
+        .await;
+    bus.flush().await;
+    assert_eq!(fetched(&rec)[0]["status"], 200, "{:?}", fetched(&rec));
+    bus.shutdown().await;
+
+    // No [http] table at all: refused, never a link failure.
+    let none = fetcher_dir("");
+    let bus = start_bus(none.path(), None).await;
+    let rec = Recorder::attach(&bus, "fetched");
+    let report = bus
+        .emit_and_wait("fetch", fetch(&[("GET", &server.url("/"), "")]))
+        .await;
+    bus.flush().await;
+    assert_eq!(report.outcome("fetcher"), Some(&Outcome::Ok));
+    assert_eq!(fetched(&rec)[0]["error"], "request failed: HttpRequestDenied");
+    assert_eq!(server.seen().len(), 2);
+    bus.shutdown().await;
+}
+
+#[tokio::test]
+async fn limits_refuse_or_fail_the_request_and_a_dead_server_is_an_error_not_a_trap() {
+    let server = Server::start();
+    let dead = dead_port();
+    let dir = fetcher_dir(&format!(
+        "[http]\nallow = [\"http://127.0.0.1:{}\", \"http://127.0.0.1:{dead}\"]\n\
+         per_second = 4\nrequest_body_kib = 1\nresponse_body_kib = 1\n",
+        server.port
+    ));
+    let bus = start_bus(dir.path(), None).await;
+    let rec = Recorder::attach(&bus, "fetched");
+    let big = "b".repeat(2000);
+    let report = bus
+        .emit_and_wait(
+            "fetch",
+            fetch(&[
+                ("POST", &server.url("/"), &big),
+                ("GET", &server.url("/big/5000"), ""),
+                ("GET", &format!("http://127.0.0.1:{dead}/"), ""),
+                ("GET", &server.url("/"), ""),
+                ("GET", &server.url("/"), ""),
+            ]),
+        )
+        .await;
+    bus.flush().await;
+    assert_eq!(
+        report.outcome("fetcher"),
+        Some(&Outcome::Ok),
+        "a failed request fails no event"
+    );
+    let got = fetched(&rec);
+    assert_eq!(got[0]["error"], "request failed: HttpRequestBodySize", "{got:?}");
+    assert_eq!(got[1]["error"], "request failed: HttpResponseBodySize", "{got:?}");
+    assert_eq!(got[2]["error"], "request failed: ConnectionRefused", "{got:?}");
+    // Four requests started this second (the body-size refusal, the big
+    // body, the dead server, this one); the fifth is over `per_second`.
+    assert_eq!(got[3]["status"], 200, "{got:?}");
+    assert_eq!(got[4]["error"], "request failed: ConnectionLimitReached", "{got:?}");
+    // The oversized request body never reached the server.
+    assert!(server.seen().iter().all(|s| s.body.len() < 2000));
+    let counts = bus.plugins()[0].http.clone().unwrap();
+    assert_eq!((counts.sent, counts.refused, counts.failed), (1, 2, 2), "{counts:?}");
+    bus.shutdown().await;
+}
+
+#[tokio::test]
+async fn time_waiting_on_a_request_counts_against_the_io_budget_not_the_deadline() {
+    let server = Server::start();
+    let manifest = |io_budget_ms: u64| {
+        format!(
+            "[limits]\ndeadline_ms = 50\nquarantine_after = 0\n[http]\nallow = [\"http://127.0.0.1:{}\"]\nio_budget_ms = {io_budget_ms}\n",
+            server.port
+        )
+    };
+    // A 300 ms answer, six times the deadline: within a 2 s I/O budget.
+    let dir = fetcher_dir(&manifest(2000));
+    let bus = start_bus(dir.path(), None).await;
+    let rec = Recorder::attach(&bus, "fetched");
+    let report = bus
+        .emit_and_wait("fetch", fetch(&[("GET", &server.url("/slow/300"), "")]))
+        .await;
+    bus.flush().await;
+    assert_eq!(report.outcome("fetcher"), Some(&Outcome::Ok), "{report:?}");
+    assert_eq!(fetched(&rec)[0]["status"], 200);
+    bus.shutdown().await;
+    // The same answer past a 100 ms I/O budget: the deadline stops the event.
+    let dir = fetcher_dir(&manifest(100));
+    let bus = start_bus(dir.path(), None).await;
+    let report = bus
+        .emit_and_wait("fetch", fetch(&[("GET", &server.url("/slow/300"), "")]))
+        .await;
+    assert!(
+        matches!(
+            report.outcome("fetcher"),
+            Some(Outcome::Failed(plugbus::Failure::Deadline))
+        ),
+        "{report:?}"
+    );
+    bus.shutdown().await;
+}
+
+#[tokio::test]
+async fn trap_recovery_restart_and_replay_send_nothing_twice() {
+    let server = Server::start();
+    let plugins = fetcher_dir(&format!(
+        "replay = \"all\"\n[limits]\nquarantine_after = 0\n[http]\nallow = [\"http://127.0.0.1:{}\"]\n",
+        server.port
+    ));
+    let log = tempfile::tempdir().unwrap();
+    let bus = start_bus(plugins.path(), Some(log.path())).await;
+    let rec = Recorder::attach(&bus, "fetched");
+    for i in 0..3 {
+        bus.emit("fetch", fetch(&[("POST", &server.url(&format!("/e{i}")), "x")]));
+    }
+    // The fourth posts, then traps: the instance is rebuilt and the three
+    // events before it are replayed to bring its state back. Their requests
+    // are answered from the journal.
+    let mut trap = fetch(&[("POST", &server.url("/e3"), "x")]);
+    trap["then"] = json!("panic");
+    let report = bus.emit_and_wait("fetch", trap).await;
+    assert!(
+        matches!(report.outcome("fetcher"), Some(Outcome::Failed(_))),
+        "{report:?}"
+    );
+    bus.emit_and_wait("fetch", fetch(&[("POST", &server.url("/e4"), "x")]))
+        .await;
+    bus.flush().await;
+    let paths = |s: &Server| s.seen().iter().map(|r| r.path.clone()).collect::<Vec<_>>();
+    assert_eq!(paths(&server), ["/e0", "/e1", "/e2", "/e3", "/e4"]);
+    let live = fetched(&rec);
+    let counts = bus.plugins()[0].http.clone().unwrap();
+    assert_eq!(counts.sent, 5);
+    assert!(
+        counts.replayed >= 3,
+        "the rebuild replayed the three events before the trap: {counts:?}"
+    );
+    bus.shutdown().await;
+
+    // A restart whose plugin catches up on the whole log: answered from the
+    // journal, nothing sent (the dead-lettered event is not handled again).
+    let bus = start_bus(plugins.path(), Some(log.path())).await;
+    bus.flush().await;
+    assert_eq!(paths(&server).len(), 5, "{:?}", paths(&server));
+    let counts = bus.plugins()[0].http.clone().unwrap();
+    assert_eq!((counts.sent, counts.refused, counts.replayed), (0, 0, 4), "{counts:?}");
+    bus.shutdown().await;
+
+    // `plugbus replay`: the same answers as live, nothing sent.
+    let out = support::plugbus(&[
+        "replay",
+        "--plugins",
+        plugins.path().to_str().unwrap(),
+        "--log",
+        log.path().to_str().unwrap(),
+        "--no-cache",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["name"] == "fetched")
+        .map(|v| v["payload"].clone())
+        .collect();
+    assert_eq!(replayed, live, "a replay's requests get the live run's answers");
+    assert_eq!(paths(&server).len(), 5);
+
+    // Without the journal, a replay refuses the requests instead of sending them.
+    std::fs::remove_file(log.path().join(plugbus::http::JOURNAL_FILE)).unwrap();
+    let out = support::plugbus(&[
+        "replay",
+        "--plugins",
+        plugins.path().to_str().unwrap(),
+        "--log",
+        log.path().to_str().unwrap(),
+        "--no-cache",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("HttpRequestDenied"), "{text}");
+    assert_eq!(paths(&server).len(), 5);
+    // And `--live-requests` is only for a replay that publishes.
+    let out = support::plugbus(&[
+        "replay",
+        "--plugins",
+        plugins.path().to_str().unwrap(),
+        "--log",
+        log.path().to_str().unwrap(),
+        "--live-requests",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--emit publish"));
+}
+
+/// The webhook-alert plugin in `dir`, posting to `url` (kept in a secret file).
+fn install_webhook_alert(dir: &Path, server: &Server, url: &str, extra: &str) {
+    std::fs::write(dir.join("webhook-url.txt"), format!("{url}\n")).unwrap();
+    install(
+        dir,
+        &wasm("webhook-alert"),
+        "webhook-alert",
+        &format!(
+            "subscriptions = [\"budget_exceeded\", \"alert.*\"]\n{extra}\n[secrets]\nwebhook_url = {{ file = \"webhook-url.txt\" }}\n\
+             [http]\nallow = [\"http://127.0.0.1:{}\"]\n",
+            server.port
+        ),
+    );
+}
+
+#[tokio::test]
+async fn webhook_alert_fires_once_for_the_budget_case_also_across_a_restart() {
+    let server = Server::start();
+    let plugins = support::plugin_dir(&["cost-tracker"]);
+    install_webhook_alert(
+        plugins.path(),
+        &server,
+        &server.url("/hooks/T0k3n-s3cr3t"),
+        "[config]\nformat = \"slack\"",
+    );
+    let log = tempfile::tempdir().unwrap();
+    let bus = start_bus(plugins.path(), Some(log.path())).await;
+    let call = |cost: f64| json!({"model": "gpt-4o", "usage": {"prompt_tokens": 10, "completion_tokens": 5}, "cost_usd": cost});
+    for _ in 0..5 {
+        bus.publish(Event::new("model_responded", call(0.02)).with_correlation_id("run-1"));
+    }
+    bus.flush().await;
+    support::until("the alert", || (!server.seen().is_empty()).then_some(())).await;
+    bus.flush().await;
+    let seen = server.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let body: Value = serde_json::from_str(&seen[0].body).unwrap();
+    assert!(
+        body["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Budget exceeded (run run-1)"),
+        "{body}"
+    );
+    assert_eq!(seen[0].path, "/hooks/T0k3n-s3cr3t");
+    // The same alert again (another host's cost-tracker, say): deduplicated.
+    budget_exceeded(&bus, "run-1").await;
+    bus.shutdown().await;
+
+    let bus = start_bus(plugins.path(), Some(log.path())).await;
+    budget_exceeded(&bus, "run-1").await;
+    bus.flush().await;
+    assert_eq!(server.seen().len(), 1, "a restart does not alert again");
+    // Another run does alert.
+    budget_exceeded(&bus, "run-2").await;
+    bus.flush().await;
+    assert_eq!(server.seen().len(), 2);
+    // The secret is nowhere in what the bus shows.
+    let shown = serde_json::to_string(&bus.plugins()).unwrap();
+    assert!(!shown.contains("T0k3n-s3cr3t"), "{shown}");
+    assert!(shown.contains("webhook_url"), "the secret's key is listed: {shown}");
+    bus.shutdown().await;
+}
+
+/// A `budget_exceeded` of run `run`, handled by the time this returns.
+async fn budget_exceeded(bus: &Bus, run: &str) {
+    bus.publish(Event::new("budget_exceeded", json!({"budget_usd": 0.05, "spent_usd": 0.06})).with_correlation_id(run));
+    bus.flush().await;
+}
+
+#[test]
+fn a_secret_never_shows_in_logs_the_api_or_check_and_a_missing_one_is_named() {
+    let server = Server::start();
+    let plugins = tempfile::tempdir().unwrap();
+    install_webhook_alert(plugins.path(), &server, &server.url("/hooks/T0k3n-s3cr3t"), "");
+    let (served, addr, stderr) = support::serve_with_env(
+        &["--plugins", plugins.path().to_str().unwrap()],
+        &[("RUST_LOG", "trace")],
+    );
+    let (status, body) = support::http(
+        &addr,
+        "POST",
+        "/events",
+        br#"{"name":"alert.latency","payload":{"p99_ms":900}}"#,
+    );
+    assert!((200..300).contains(&status), "{status} {body}");
+    let (_, plugins_json) = support::http(&addr, "GET", "/plugins", b"");
+    let (_, dashboard) = support::http(&addr, "GET", "/", b"");
+    drop(served);
+    let logs = stderr.join().unwrap();
+    assert_eq!(server.seen().len(), 1, "the alert was posted");
+    for (what, text) in [
+        ("GET /plugins", &plugins_json),
+        ("the dashboard", &dashboard),
+        ("the logs", &logs),
+    ] {
+        assert!(!text.contains("T0k3n-s3cr3t"), "the secret is in {what}: {text}");
+    }
+    assert!(plugins_json.contains("\"secrets\":[\"webhook_url\"]"), "{plugins_json}");
+    let out = support::plugbus(&[
+        "check",
+        "--json",
+        plugins.path().join("webhook-alert.wasm").to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("T0k3n-s3cr3t"), "{text}");
+
+    // A missing secret fails the load, naming the secret and where it was looked for.
+    std::fs::remove_file(plugins.path().join("webhook-url.txt")).unwrap();
+    let out = support::plugbus(&["check", plugins.path().join("webhook-alert.wasm").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("secrets.webhook_url") && text.contains("webhook-url.txt"),
+        "{text}"
+    );
+}
