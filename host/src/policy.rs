@@ -19,6 +19,8 @@
 //! [key.1AE249EE88D3B81B]         # anything our CI signed
 //! replay = true                  # may ask for replay = "all" / "since:…"
 //! limits = { memory_mib = 256, fuel = 200_000_000 }
+//! http = ["https://*.example.com", "http://127.0.0.1:4318"]
+//! http_addresses = ["10.0.0.0/8"]
 //! ```
 //!
 //! - `dirs`: host directories a manifest's `[[dirs]]` may grant, each with
@@ -26,6 +28,12 @@
 //!   too. Paths are resolved (symlinks, `..`) before they are compared; a
 //!   relative path is relative to the policy file.
 //! - `replay`: whether the manifest may ask for a catch-up from the log.
+//! - `http`: origins a manifest's `[http] allow` may list: each must be one
+//!   of these, or within a `*.name` one (same scheme and port). None: no
+//!   outbound requests at all.
+//! - `http_addresses`: ranges a manifest's `[http] allow_addresses` may
+//!   grant names to resolve into (each must lie within one of these). A
+//!   literal-IP origin the rule allows brings its own address.
 //! - `limits`: the highest value of each `[limits]` field (same names and
 //!   units as the manifest) a manifest may raise it to; a limit not listed
 //!   may not be raised above the bus default. Lowering a limit is always
@@ -36,6 +44,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::http::{HostRule, IpRange, Origin};
 use crate::limits::Limits;
 use crate::manifest::{CatchUp, Manifest};
 use crate::signature::Signer;
@@ -86,6 +95,10 @@ struct RawRule {
     replay: bool,
     #[serde(default)]
     limits: BTreeMap<String, u64>,
+    #[serde(default)]
+    http: Vec<String>,
+    #[serde(default)]
+    http_addresses: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +115,8 @@ struct Rule {
     dirs: Vec<(PathBuf, bool)>,
     replay: bool,
     limits: BTreeMap<String, u64>,
+    http: Vec<Origin>,
+    http_addresses: Vec<IpRange>,
 }
 
 /// A capability policy read from a file (see the module docs).
@@ -169,10 +184,22 @@ impl Policy {
                     (resolved(&path), d.writable)
                 })
                 .collect();
+            let http = rule
+                .http
+                .iter()
+                .map(|o| Origin::parse(o).map_err(|e| err(format!("{name}: http: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let http_addresses = rule
+                .http_addresses
+                .iter()
+                .map(|a| IpRange::parse(a).map_err(|e| err(format!("{name}: http_addresses: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(Rule {
                 dirs,
                 replay: rule.replay,
                 limits: rule.limits,
+                http,
+                http_addresses,
             })
         };
         let default = match raw.default {
@@ -257,6 +284,32 @@ impl Policy {
                 "`replay` asks for a catch-up from the event log, which the rule does not allow (replay = true)".into(),
             ));
         }
+        if let Some(grant) = &manifest.http {
+            for origin in &grant.allow {
+                if !rule.http.iter().any(|p| origin_within(origin, p)) {
+                    return Err(refuse(format!(
+                        "[http] allow lists {}, which the rule does not allow ({})",
+                        origin.text,
+                        if rule.http.is_empty() {
+                            "it allows no outbound requests".to_owned()
+                        } else {
+                            format!("it allows: {}", rule.http.iter().map(|o| o.text.as_str()).collect::<Vec<_>>().join(", "))
+                        }
+                    )));
+                }
+            }
+            for range in &grant.allow_addresses {
+                let own = grant
+                    .allow
+                    .iter()
+                    .any(|o| matches!(o.host, HostRule::Ip(ip) if IpRange::single(ip) == *range));
+                if !own && !rule.http_addresses.iter().any(|p| p.covers(range)) {
+                    return Err(refuse(format!(
+                        "[http] allow_addresses grants {range}, which the rule's http_addresses does not cover"
+                    )));
+                }
+            }
+        }
         for (limit, asked, default) in manifest.raised_limits(base) {
             match rule.limits.get(limit) {
                 Some(cap) if asked <= *cap => {}
@@ -295,6 +348,24 @@ pub(crate) const RAISABLE: &[&str] = &[
     "batch_kib",
 ];
 
+/// Whether manifest origin `asked` is within policy origin `allowed`.
+fn origin_within(asked: &Origin, allowed: &Origin) -> bool {
+    if asked.scheme != allowed.scheme || asked.port != allowed.port {
+        return false;
+    }
+    let under = |name: &str, parent: &str| {
+        name.strip_suffix(parent)
+            .is_some_and(|head| head.len() > 1 && head.ends_with('.'))
+    };
+    match (&asked.host, &allowed.host) {
+        (HostRule::Name(a), HostRule::Name(b)) => a == b,
+        (HostRule::Ip(a), HostRule::Ip(b)) => a == b,
+        (HostRule::Name(a), HostRule::Subdomains(p)) => under(a, p),
+        (HostRule::Subdomains(a), HostRule::Subdomains(p)) => a == p || under(a, p),
+        _ => false,
+    }
+}
+
 /// `path` with symlinks and `..` resolved when it exists (as written otherwise).
 fn resolved(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
@@ -320,5 +391,31 @@ mod tests {
         assert!(err.to_string().contains("dir"), "{err}");
         let err = Policy::parse(Path::new("p.toml"), Path::new("."), "not toml [").unwrap_err();
         assert!(err.to_string().contains("p.toml"), "{err}");
+    }
+
+    #[test]
+    fn http_grants_must_lie_within_the_rules_origins_and_ranges() {
+        let policy = Policy::parse(
+            Path::new("p.toml"),
+            Path::new("."),
+            "[default]\n[plugin.alerts]\nhttp = [\"https://*.example.com\", \"http://127.0.0.1:4318\"]\nhttp_addresses = [\"10.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        let manifest = |http: &str| Manifest::parse(Path::new("m.toml"), &format!("[http]\n{http}\n")).unwrap();
+        let base = Limits::default();
+        let ok = |name: &str, http: &str| policy.check(name, None, &manifest(http), &base);
+        assert!(ok("alerts", "allow = [\"https://hooks.example.com\", \"https://*.eu.example.com\"]").is_ok());
+        assert!(ok("alerts", "allow = [\"http://127.0.0.1:4318\"]").is_ok());
+        assert!(ok("alerts", "allow = [\"https://a.example.com\"]\nallow_addresses = [\"10.1.0.0/16\"]").is_ok());
+        for (name, http, says) in [
+            ("alerts", "allow = [\"https://example.com\"]", "https://example.com"),
+            ("alerts", "allow = [\"http://hooks.example.com\"]", "http://hooks.example.com"),
+            ("alerts", "allow = [\"http://127.0.0.1:4319\"]", "127.0.0.1:4319"),
+            ("alerts", "allow = [\"https://a.example.com\"]\nallow_addresses = [\"127.0.0.1\"]", "127.0.0.1/32"),
+            ("other", "allow = [\"https://hooks.example.com\"]", "allows no outbound requests"),
+        ] {
+            let e = ok(name, http).unwrap_err().to_string();
+            assert!(e.contains(says), "{http}: {e}");
+        }
     }
 }

@@ -36,11 +36,13 @@ impl Seen {
 }
 
 /// A loopback HTTP/1.1 server: answers `200` with the request's body echoed
-/// (`/slow/<ms>` after a delay, `/big/<n>` with `n` bytes, `/status/<code>`
-/// with that status), one request per connection, and records every request.
+/// (`/slow/<ms>` after a delay, `/hold` once the test releases it, `/big/<n>`
+/// with `n` bytes, `/status/<code>` with that status), one request per connection, and records every request.
 struct Server {
     port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// `/hold` requests wait until this is set.
+    released: Arc<(Mutex<bool>, std::sync::Condvar)>,
 }
 
 impl Server {
@@ -48,15 +50,23 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
+        let released = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let (log, gate) = (seen.clone(), released.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let log = log.clone();
-                std::thread::spawn(move || answer(stream, &log));
+                let (log, gate) = (log.clone(), gate.clone());
+                std::thread::spawn(move || answer(stream, &log, &gate));
             }
         });
-        Server { port, seen }
+        Server { port, seen, released }
+    }
+
+    /// Lets every `/hold` request (held now or later) be answered.
+    fn release(&self) {
+        let (flag, cv) = &*self.released;
+        *flag.lock().unwrap() = true;
+        cv.notify_all();
     }
 
     fn url(&self, path: &str) -> String {
@@ -68,7 +78,7 @@ impl Server {
     }
 }
 
-fn answer(stream: TcpStream, log: &Mutex<Vec<Seen>>) {
+fn answer(stream: TcpStream, log: &Mutex<Vec<Seen>>, gate: &(Mutex<bool>, std::sync::Condvar)) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -102,7 +112,11 @@ fn answer(stream: TcpStream, log: &Mutex<Vec<Seen>>) {
         headers,
         body: body.clone(),
     });
-    let (status, reply) = if let Some(ms) = path.strip_prefix("/slow/") {
+    let (status, reply) = if path == "/hold" {
+        let (flag, cv) = gate;
+        let _released = cv.wait_while(flag.lock().unwrap(), |released| !*released).unwrap();
+        (200, body)
+    } else if let Some(ms) = path.strip_prefix("/slow/") {
         std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
         (200, body)
     } else if let Some(n) = path.strip_prefix("/big/") {
@@ -341,6 +355,52 @@ async fn time_waiting_on_a_request_counts_against_the_io_budget_not_the_deadline
         ),
         "{report:?}"
     );
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_waiting_on_a_server_delays_nobody_else() {
+    let server = Server::start();
+    let plugins = tempfile::tempdir().unwrap();
+    install(
+        plugins.path(),
+        &wasm("fetcher"),
+        "fetcher",
+        &format!(
+            "[http]\nallow = [\"http://127.0.0.1:{}\"]\nio_budget_ms = 600000\ntimeout_ms = 600000\n",
+            server.port
+        ),
+    );
+    // Nine others, subscribed to what the agent emits.
+    for i in 0..9 {
+        install(plugins.path(), &wasm("token-counter"), &format!("counter-{i}"), "");
+    }
+    let bus = start_bus(plugins.path(), None).await;
+    // The fetcher's request is held by the server until the end of the test.
+    bus.emit("fetch", fetch(&[("GET", &server.url("/hold"), "")]));
+    support::until("the held request", || (!server.seen().is_empty()).then_some(())).await;
+    // Fewer than a queue holds (1,024): none is dropped for a full queue.
+    const EVENTS: u64 = 500;
+    for _ in 0..EVENTS {
+        bus.emit("model_responded", json!({"usage": {"prompt_tokens": 3, "completion_tokens": 4}}));
+    }
+    // Every other plugin handles every event while the fetcher still waits.
+    support::until("the others", || {
+        let done = bus
+            .plugins()
+            .iter()
+            .filter(|p| p.name.starts_with("counter-") && p.stats.ok == EVENTS)
+            .count();
+        (done == 9).then_some(())
+    })
+    .await;
+    let fetcher = bus.plugins().into_iter().find(|p| p.name == "fetcher").unwrap();
+    assert_eq!(fetcher.stats.delivered, 0, "the fetcher is still waiting on its server");
+    assert!(bus.plugins().iter().all(|p| p.stats.dropped == 0));
+    server.release();
+    bus.flush().await;
+    let fetcher = bus.plugins().into_iter().find(|p| p.name == "fetcher").unwrap();
+    assert_eq!(fetcher.stats.ok, 1);
     bus.shutdown().await;
 }
 

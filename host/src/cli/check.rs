@@ -31,6 +31,12 @@ pub async fn check(
                 None => println!("signed by:     unsigned"),
             }
             println!("subscriptions: {}", c.subscriptions.join(", "));
+            if !c.http_allow.is_empty() {
+                println!("http allow:    {}", c.http_allow.join(", "));
+            }
+            if !c.secrets.is_empty() {
+                println!("secrets:       {} (values not shown)", c.secrets.join(", "));
+            }
             println!("imports:");
             for i in &c.imports {
                 println!("  {i}");

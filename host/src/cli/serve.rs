@@ -674,6 +674,36 @@ impl Collector for BusMetrics {
             }
         }
         let mut family = encoder.encode_descriptor(
+            "plugbus_plugin_http_requests",
+            "Outbound requests of plugins with an [http] grant, by outcome: sent (a response), refused (a rule; never sent), failed (connect, timeout, TLS, body size), replayed (answered from the request journal)",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in &plugins {
+            let Some(h) = &p.http else { continue };
+            for (outcome, n) in [("sent", h.sent), ("refused", h.refused), ("failed", h.failed), ("replayed", h.replayed)] {
+                family
+                    .encode_family(&[("plugin", p.name.as_str()), ("outcome", outcome)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
+        for (name, help, field) in [
+            (
+                "plugbus_plugin_http_bytes_out",
+                "Request body bytes plugins sent",
+                (|h: &plugbus::http::HttpCounts| h.bytes_out) as fn(&plugbus::http::HttpCounts) -> u64,
+            ),
+            ("plugbus_plugin_http_bytes_in", "Response body bytes plugins received", |h| h.bytes_in),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for p in &plugins {
+                let Some(h) = &p.http else { continue };
+                family
+                    .encode_family(&[("plugin", p.name.as_str())])?
+                    .encode_counter::<NoLabelSet, _, u64>(&field(h), None)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
             "plugbus_plugin_memory_bytes",
             "Linear memory held by the plugin's instance",
             None,

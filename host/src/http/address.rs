@@ -148,6 +148,13 @@ impl IpRange {
     }
 }
 
+impl IpRange {
+    /// Whether every address of `other` is in this range.
+    pub fn covers(&self, other: &IpRange) -> bool {
+        other.prefix >= self.prefix && self.contains(other.base)
+    }
+}
+
 impl std::fmt::Display for IpRange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.base, self.prefix)

@@ -184,6 +184,10 @@ pub struct PluginCheck {
     pub language: Option<&'static str>,
     /// Who signed it, when trusted keys are configured and it is signed.
     pub signer: Option<Signer>,
+    /// The origins its manifest's `[http]` grant allows.
+    pub http_allow: Vec<String>,
+    /// The keys of its `[secrets]` (never their values).
+    pub secrets: Vec<String>,
 }
 
 /// Everything needed to build instances of one plugin.
@@ -877,6 +881,8 @@ impl PluginSpec {
             version: self.version.clone(),
             language: self.language,
             signer: self.signer.clone(),
+            http_allow: self.outbound.grant.allow.iter().map(|o| o.text.clone()).collect(),
+            secrets: self.manifest.secrets.keys().cloned().collect(),
         }
     }
 }
