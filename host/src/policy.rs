@@ -293,7 +293,10 @@ impl Policy {
                         if rule.http.is_empty() {
                             "it allows no outbound requests".to_owned()
                         } else {
-                            format!("it allows: {}", rule.http.iter().map(|o| o.text.as_str()).collect::<Vec<_>>().join(", "))
+                            format!(
+                                "it allows: {}",
+                                rule.http.iter().map(|o| o.text.as_str()).collect::<Vec<_>>().join(", ")
+                            )
                         }
                     )));
                 }
@@ -404,15 +407,39 @@ mod tests {
         let manifest = |http: &str| Manifest::parse(Path::new("m.toml"), &format!("[http]\n{http}\n")).unwrap();
         let base = Limits::default();
         let ok = |name: &str, http: &str| policy.check(name, None, &manifest(http), &base);
-        assert!(ok("alerts", "allow = [\"https://hooks.example.com\", \"https://*.eu.example.com\"]").is_ok());
+        assert!(
+            ok(
+                "alerts",
+                "allow = [\"https://hooks.example.com\", \"https://*.eu.example.com\"]"
+            )
+            .is_ok()
+        );
         assert!(ok("alerts", "allow = [\"http://127.0.0.1:4318\"]").is_ok());
-        assert!(ok("alerts", "allow = [\"https://a.example.com\"]\nallow_addresses = [\"10.1.0.0/16\"]").is_ok());
+        assert!(
+            ok(
+                "alerts",
+                "allow = [\"https://a.example.com\"]\nallow_addresses = [\"10.1.0.0/16\"]"
+            )
+            .is_ok()
+        );
         for (name, http, says) in [
             ("alerts", "allow = [\"https://example.com\"]", "https://example.com"),
-            ("alerts", "allow = [\"http://hooks.example.com\"]", "http://hooks.example.com"),
+            (
+                "alerts",
+                "allow = [\"http://hooks.example.com\"]",
+                "http://hooks.example.com",
+            ),
             ("alerts", "allow = [\"http://127.0.0.1:4319\"]", "127.0.0.1:4319"),
-            ("alerts", "allow = [\"https://a.example.com\"]\nallow_addresses = [\"127.0.0.1\"]", "127.0.0.1/32"),
-            ("other", "allow = [\"https://hooks.example.com\"]", "allows no outbound requests"),
+            (
+                "alerts",
+                "allow = [\"https://a.example.com\"]\nallow_addresses = [\"127.0.0.1\"]",
+                "127.0.0.1/32",
+            ),
+            (
+                "other",
+                "allow = [\"https://hooks.example.com\"]",
+                "allows no outbound requests",
+            ),
         ] {
             let e = ok(name, http).unwrap_err().to_string();
             assert!(e.contains(says), "{http}: {e}");

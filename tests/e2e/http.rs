@@ -382,7 +382,10 @@ async fn a_plugin_waiting_on_a_server_delays_nobody_else() {
     // Fewer than a queue holds (1,024): none is dropped for a full queue.
     const EVENTS: u64 = 500;
     for _ in 0..EVENTS {
-        bus.emit("model_responded", json!({"usage": {"prompt_tokens": 3, "completion_tokens": 4}}));
+        bus.emit(
+            "model_responded",
+            json!({"usage": {"prompt_tokens": 3, "completion_tokens": 4}}),
+        );
     }
     // Every other plugin handles every event while the fetcher still waits.
     support::until("the others", || {

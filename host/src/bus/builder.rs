@@ -398,33 +398,8 @@ impl BusBuilder {
         };
         let engine = PluginEngine::new(cache_root.as_deref()).map_err(|e| Error::Engine(format!("{e:#}")))?;
         let history = (self.history > 0).then(|| History::new(self.history));
-        let http = match (&self.replay_requests, &self.log_dir) {
-            (Some((dir, live)), _) => {
-                let dir = dir.clone();
-                crate::http::send::HttpSetup {
-                    journal: match dir {
-                        Some(dir) => {
-                            tokio::task::spawn_blocking(move || crate::http::RequestJournal::open_read_only(&dir))
-                                .await
-                                .map_err(|e| Error::Engine(format!("journal open task failed: {e}")))??
-                        }
-                        None => crate::http::RequestJournal::memory(),
-                    },
-                    replay_run: true,
-                    live_in_replay: *live,
-                }
-            }
-            (None, Some(dir)) if self.keep_plugin_state => {
-                let (dir, sync) = (dir.clone(), self.log_options.durability != crate::log::Durability::Off);
-                crate::http::send::HttpSetup {
-                    journal: tokio::task::spawn_blocking(move || crate::http::RequestJournal::open(&dir, sync))
-                        .await
-                        .map_err(|e| Error::Engine(format!("journal open task failed: {e}")))??,
-                    ..Default::default()
-                }
-            }
-            _ => crate::http::send::HttpSetup::default(),
-        };
+        let log_dir = self.log_dir.clone();
+        let journal_sync = self.log_options.durability != crate::log::Durability::Off;
         let log = match self.log_dir {
             Some(dir) => {
                 let mut options = self.log_options;
@@ -446,6 +421,34 @@ impl BusBuilder {
                 Some(log)
             }
             None => None,
+        };
+        // After the log: opening it creates its directory.
+        let http = match (&self.replay_requests, &log_dir) {
+            (Some((dir, live)), _) => {
+                let dir = dir.clone();
+                crate::http::send::HttpSetup {
+                    journal: match dir {
+                        Some(dir) => {
+                            tokio::task::spawn_blocking(move || crate::http::RequestJournal::open_read_only(&dir))
+                                .await
+                                .map_err(|e| Error::Engine(format!("journal open task failed: {e}")))??
+                        }
+                        None => crate::http::RequestJournal::memory(),
+                    },
+                    replay_run: true,
+                    live_in_replay: *live,
+                }
+            }
+            (None, Some(dir)) if self.keep_plugin_state => {
+                let (dir, sync) = (dir.clone(), journal_sync);
+                crate::http::send::HttpSetup {
+                    journal: tokio::task::spawn_blocking(move || crate::http::RequestJournal::open(&dir, sync))
+                        .await
+                        .map_err(|e| Error::Engine(format!("journal open task failed: {e}")))??,
+                    ..Default::default()
+                }
+            }
+            _ => crate::http::send::HttpSetup::default(),
         };
         #[cfg(feature = "nats")]
         let nats = match self.nats {

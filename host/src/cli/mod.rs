@@ -155,7 +155,7 @@ pub enum Command {
         #[arg(long, default_value_t = 20_000)]
         events: u64,
         /// Only the scenarios with these numbers (and those measured with them), e.g. `--only 5,6`.
-        #[arg(long, value_delimiter = ',', value_name = "N,...", value_parser = clap::value_parser!(u32).range(1..=17))]
+        #[arg(long, value_delimiter = ',', value_name = "N,...", value_parser = clap::value_parser!(u32).range(1..=18))]
         only: Vec<u32>,
         /// Also write the results as JSON.
         #[arg(long, value_name = "FILE")]

@@ -681,7 +681,12 @@ impl Collector for BusMetrics {
         )?;
         for p in &plugins {
             let Some(h) = &p.http else { continue };
-            for (outcome, n) in [("sent", h.sent), ("refused", h.refused), ("failed", h.failed), ("replayed", h.replayed)] {
+            for (outcome, n) in [
+                ("sent", h.sent),
+                ("refused", h.refused),
+                ("failed", h.failed),
+                ("replayed", h.replayed),
+            ] {
                 family
                     .encode_family(&[("plugin", p.name.as_str()), ("outcome", outcome)])?
                     .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
@@ -693,7 +698,11 @@ impl Collector for BusMetrics {
                 "Request body bytes plugins sent",
                 (|h: &plugbus::http::HttpCounts| h.bytes_out) as fn(&plugbus::http::HttpCounts) -> u64,
             ),
-            ("plugbus_plugin_http_bytes_in", "Response body bytes plugins received", |h| h.bytes_in),
+            (
+                "plugbus_plugin_http_bytes_in",
+                "Response body bytes plugins received",
+                |h| h.bytes_in,
+            ),
         ] {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for p in &plugins {

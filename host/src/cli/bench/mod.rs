@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 mod batching;
 mod otlp;
+mod outbound;
 #[path = "../../../benches/payload.rs"]
 mod sample;
 use sample::payload;
@@ -619,6 +620,9 @@ pub async fn bench(
     }
     if want(&[17]) {
         batching::batched_delivery(&mut table, plugins, fixtures, cache.path(), events).await?;
+    }
+    if want(&[18]) {
+        outbound::outbound(&mut table, fixtures, cache.path()).await?;
     }
     table.print();
     if let Some(path) = json_out {

@@ -337,7 +337,9 @@ function updatePluginRow(row, p, arrival) {
   parts.reloadError.hidden = !p.reload_error;
   updateStateCell(row, p, arrival);
   const signed = p.signed_by ? ` · signed ${p.signed_by}` : '';
-  setText(cells.language, `${p.language || 'unknown'} · ${fmtBytes(p.size_bytes)}${signed}`);
+  const h = p.http;
+  const http = h ? ` · http ${fmtInt(h.sent)} sent, ${fmtInt(h.refused)} refused, ${fmtInt(h.failed)} failed, ${fmtInt(h.replayed)} replayed` : '';
+  setText(cells.language, `${p.language || 'unknown'} · ${fmtBytes(p.size_bytes)}${signed}${http}`);
   setAttr(cells.language, 'title', p.version ? `version ${p.version}` : '');
   setText(parts.delivered, fmtInt(p.delivered));
   setText(parts.ok, fmtInt(p.ok));

@@ -391,6 +391,9 @@ struct PluginRow<'a> {
     reload_error: Option<&'a str>,
     last_error: Option<&'a str>,
     last_failure: Option<&'a LastFailure>,
+    /// Outbound requests, for a plugin with an `[http]` grant (counts only:
+    /// never URLs or secrets).
+    http: Option<&'a plugbus::http::HttpCounts>,
 }
 
 impl<'a> PluginRow<'a> {
@@ -425,6 +428,7 @@ impl<'a> PluginRow<'a> {
             reload_error: p.reload_error.as_deref(),
             last_error: s.last_error.as_deref(),
             last_failure: s.last_failure.as_ref(),
+            http: p.http.as_ref(),
         }
     }
 }

@@ -1,0 +1,144 @@
+//! Scenario 18: outbound requests. The `fetcher` fixture posts one small
+//! JSON body per event to a local server; per request, `emit_and_wait` of
+//! that event (the whole handling: dispatch, the guest's `wasi:http` calls,
+//! the grant and address checks, the request, the journal) against the same
+//! request from a native tokio client (hyper, one connection per request, as
+//! the host sends them). Rounds alternate the two in one run; the medians of
+//! their p50s are reported. Then the same with the journal on disk (a log
+//! with `batched` durability: one `fdatasync` per request) against memory.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use http_body_util::{BodyExt as _, Full};
+use serde_json::json;
+
+use super::Table;
+
+/// Requests per round and side: enough for a stable p50, few enough that a
+/// fsync per request stays within seconds.
+const REQUESTS: usize = 400;
+/// Rounds alternating the native client and the plugin.
+const ROUNDS: usize = 3;
+/// The request body: an alert's size.
+const BODY: &str = r#"{"text":"Budget exceeded (run run-1): $0.0712 spent of $0.05"}"#;
+
+/// Echoes a POST's body.
+async fn serve() -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().route("/hook", axum::routing::post(|body: String| async move { body }));
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, task))
+}
+
+/// One request from a native client: connect, HTTP/1.1, post, read the body.
+async fn native_request(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let request = http::Request::post("/hook")
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from_static(BODY.as_bytes())))?;
+    let response = sender.send_request(request).await?;
+    let body = response.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(body.len() == BODY.len(), "echo of {} bytes", body.len());
+    Ok(())
+}
+
+fn p50(mut samples: Vec<Duration>) -> f64 {
+    samples.sort_unstable();
+    samples[samples.len() / 2].as_secs_f64() * 1e6
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// p50 of one event's handling, each event making one request, in µs.
+async fn plugin_p50(bus: &plugbus::Bus, addr: std::net::SocketAddr) -> anyhow::Result<f64> {
+    let url = format!("http://{addr}/hook");
+    let mut samples = Vec::with_capacity(REQUESTS);
+    for _ in 0..REQUESTS {
+        let event = json!({ "requests": [{ "method": "POST", "url": url, "body": BODY }] });
+        let t = Instant::now();
+        let report = bus.emit_and_wait("fetch", event).await;
+        samples.push(t.elapsed());
+        anyhow::ensure!(
+            report.outcome("fetcher") == Some(&plugbus::Outcome::Ok),
+            "fetcher failed: {report:?}"
+        );
+    }
+    let counts = bus
+        .plugins()
+        .into_iter()
+        .find_map(|p| p.http)
+        .context("fetcher has no request counters")?;
+    anyhow::ensure!(counts.failed == 0 && counts.refused == 0, "requests failed: {counts:?}");
+    Ok(p50(samples))
+}
+
+/// Scenario 18 (skipped when the `fetcher` fixture is not built).
+pub async fn outbound(table: &mut Table, fixtures: &Path, cache: &Path) -> anyhow::Result<()> {
+    let file = fixtures.join("fetcher.wasm");
+    if !file.is_file() {
+        eprintln!(
+            "plugbus bench: skipping 18: {} not built (make plugins)",
+            file.display()
+        );
+        return Ok(());
+    }
+    let (addr, server) = serve().await?;
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(&file, dir.path().join("fetcher.wasm"))?;
+    std::fs::write(
+        dir.path().join("fetcher.toml"),
+        format!("[http]\nallow = [\"http://{addr}\"]\nper_second = 10000\n"),
+    )?;
+    let log = tempfile::tempdir()?;
+    let memory = plugbus::Bus::builder()
+        .plugin_dir(dir.path())
+        .cache_dir(cache)
+        .build()
+        .await?;
+    let logged = super::open_logged(dir.path(), cache, log.path(), plugbus::Durability::Batched).await?;
+    let (mut native, mut plugin, mut journaled) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let mut samples = Vec::with_capacity(REQUESTS);
+        for _ in 0..REQUESTS {
+            let t = Instant::now();
+            native_request(addr).await?;
+            samples.push(t.elapsed());
+        }
+        native.push(p50(samples));
+        plugin.push(plugin_p50(&memory, addr).await?);
+        journaled.push(plugin_p50(&logged, addr).await?);
+    }
+    memory.shutdown().await;
+    logged.shutdown().await;
+    server.abort();
+    let (native, plugin, journaled) = (median(native), median(plugin), median(journaled));
+    table.add(
+        "18 outbound http",
+        "p50 per request: plugin event, journal in memory (vs native tokio client)",
+        plugin,
+        "µs",
+        Some(native),
+    );
+    table.add(
+        "18 outbound http",
+        "p50 per request: plugin event, journal on disk (vs in memory)",
+        journaled,
+        "µs",
+        Some(plugin),
+    );
+    Ok(())
+}
