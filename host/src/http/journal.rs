@@ -308,6 +308,12 @@ impl RequestJournal {
         }
     }
 
+    /// Whether records stay in memory (no file I/O: `put` never blocks).
+    pub fn in_memory(&self) -> bool {
+        let store = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(&*store, Store::Memory { .. } | Store::File { read_only: true, .. })
+    }
+
     /// Requests recorded.
     pub fn len(&self) -> usize {
         let store = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -224,7 +224,13 @@ impl WasiHttpHooks for PluginHttp {
             };
             let for_guest = answer(&recorded);
             let journal = outbound.journal.clone();
-            match tokio::task::spawn_blocking(move || journal.put(key, recorded)).await {
+            // A file journal writes (and syncs) off the runtime's threads.
+            let put = if journal.in_memory() {
+                Ok(journal.put(key, recorded))
+            } else {
+                tokio::task::spawn_blocking(move || journal.put(key, recorded)).await
+            };
+            match put {
                 Ok(Ok(())) => for_guest,
                 Ok(Err(e)) => {
                     tracing::error!(plugin = &*outbound.plugin, url, error = %e, "request sent but not journaled: a replay of this event will not find it");

@@ -4,8 +4,10 @@
 //! the grant and address checks, the request, the journal) against the same
 //! request from a native tokio client (hyper, one connection per request, as
 //! the host sends them). Rounds alternate the two in one run; the medians of
-//! their p50s are reported. Then the same with the journal on disk (a log
-//! with `batched` durability: one `fdatasync` per request) against memory.
+//! their p50s are reported; and the request's own share: the event minus
+//! the same event making no request. Then the same with the journal on disk
+//! (a log with `batched` durability: one `fdatasync` per request) against
+//! memory.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -63,12 +65,16 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// p50 of one event's handling, each event making one request, in µs.
-async fn plugin_p50(bus: &plugbus::Bus, addr: std::net::SocketAddr) -> anyhow::Result<f64> {
-    let url = format!("http://{addr}/hook");
+/// p50 of one event's handling, each event making one request (none when
+/// `addr` is `None`: the event's own cost), in µs.
+async fn plugin_p50(bus: &plugbus::Bus, addr: Option<std::net::SocketAddr>) -> anyhow::Result<f64> {
+    let requests = match addr {
+        Some(addr) => json!([{ "method": "POST", "url": format!("http://{addr}/hook"), "body": BODY }]),
+        None => json!([]),
+    };
     let mut samples = Vec::with_capacity(REQUESTS);
     for _ in 0..REQUESTS {
-        let event = json!({ "requests": [{ "method": "POST", "url": url, "body": BODY }] });
+        let event = json!({ "requests": requests });
         let t = Instant::now();
         let report = bus.emit_and_wait("fetch", event).await;
         samples.push(t.elapsed());
@@ -110,7 +116,7 @@ pub async fn outbound(table: &mut Table, fixtures: &Path, cache: &Path) -> anyho
         .build()
         .await?;
     let logged = super::open_logged(dir.path(), cache, log.path(), plugbus::Durability::Batched).await?;
-    let (mut native, mut plugin, mut journaled) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut native, mut plugin, mut journaled, mut bare) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let mut samples = Vec::with_capacity(REQUESTS);
         for _ in 0..REQUESTS {
@@ -119,17 +125,25 @@ pub async fn outbound(table: &mut Table, fixtures: &Path, cache: &Path) -> anyho
             samples.push(t.elapsed());
         }
         native.push(p50(samples));
-        plugin.push(plugin_p50(&memory, addr).await?);
-        journaled.push(plugin_p50(&logged, addr).await?);
+        plugin.push(plugin_p50(&memory, Some(addr)).await?);
+        journaled.push(plugin_p50(&logged, Some(addr)).await?);
+        bare.push(plugin_p50(&memory, None).await?);
     }
     memory.shutdown().await;
     logged.shutdown().await;
     server.abort();
-    let (native, plugin, journaled) = (median(native), median(plugin), median(journaled));
+    let (native, plugin, journaled, bare) = (median(native), median(plugin), median(journaled), median(bare));
     table.add(
         "18 outbound http",
         "p50 per request: plugin event, journal in memory (vs native tokio client)",
         plugin,
+        "µs",
+        Some(native),
+    );
+    table.add(
+        "18 outbound http",
+        "p50 per request: plugin event minus the same event making no request (vs native)",
+        plugin - bare,
         "µs",
         Some(native),
     );
