@@ -15,10 +15,10 @@
 CARGO    ?= cargo
 PLUGINS  := cost-tracker audit-log console-logger token-counter agent-runs misbehave
 FIXTURES := wrong-world ledger fetcher
-# First-party plugins that need settings of their own (a webhook URL secret)
+# First-party plugins that need settings of their own (a webhook URL, a collector)
 # before they can run: built into plugins/dist/extra with their manifests,
 # to copy into a plugin directory when wanted (docs/http.md).
-EXTRA_PLUGINS := webhook-alert
+EXTRA_PLUGINS := webhook-alert otlp-export
 DIST     := plugins/dist
 WASM_OUT := target/wasm32-wasip2/plugin
 TEST_WASM := target/plugbus-test-wasm
@@ -327,6 +327,8 @@ lint: setup-rust
 test: plugins lint setup-nats setup-minisign reproducible-test
 	$(CARGO) build --all-targets
 	PLUGBUS_WASM_DIR=$(CURDIR)/$(TEST_WASM) PLUGBUS_BIN=$(CURDIR)/target/debug/plugbus $(CARGO) test
+	@# The first-party plugins' own unit tests, natively.
+	$(CARGO) test -q -p cost-tracker -p webhook-alert -p otlp-export
 	$(MAKE) python-test
 	$(MAKE) browser-test
 	$(MAKE) interop-test

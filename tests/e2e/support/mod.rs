@@ -22,6 +22,7 @@ pub const PLUGINS: &[&str] = &[
     "wrong-world",
     "fetcher",
     "webhook-alert",
+    "otlp-export",
 ];
 
 pub fn workspace_root() -> PathBuf {
