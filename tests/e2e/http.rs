@@ -1,6 +1,6 @@
 //! Outbound HTTP for plugins (issue 21): grants, the address check, limits,
 //! I/O time and the deadline, the request journal under trap recovery,
-//! restart and `plugbus replay`, secrets, and the `webhook-alert` plugin.
+//! restart, hot reload, `plugbus replay` and a NATS redelivery, secrets, and the `webhook-alert` plugin.
 //!
 //! The servers are real: a small HTTP/1.1 server on loopback, started by
 //! each test, that counts what reaches it (the witness that nothing is sent
@@ -451,6 +451,17 @@ async fn trap_recovery_restart_and_replay_send_nothing_twice() {
     assert_eq!(paths(&server).len(), 5, "{:?}", paths(&server));
     let counts = bus.plugins()[0].http.clone().unwrap();
     assert_eq!((counts.sent, counts.refused, counts.replayed), (0, 0, 4), "{counts:?}");
+    // A hot reload (a new manifest: a new version) hands over: whatever the
+    // new version handles again (here: nothing, the plugin keeps no state)
+    // is answered from the journal, and nothing is sent.
+    let manifest = plugins.path().join("fetcher.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, format!("{text}[config]\nversion = \"2\"\n")).unwrap();
+    bus.reload_plugin(plugins.path().join("fetcher.wasm")).await.unwrap();
+    bus.flush().await;
+    assert_eq!(paths(&server).len(), 5, "{:?}", paths(&server));
+    let counts = bus.plugins()[0].http.clone().unwrap();
+    assert_eq!((counts.sent, counts.refused), (0, 0), "{counts:?}");
     bus.shutdown().await;
 
     // `plugbus replay`: the same answers as live, nothing sent.
@@ -497,6 +508,61 @@ async fn trap_recovery_restart_and_replay_send_nothing_twice() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--emit publish"));
+}
+
+#[test]
+fn a_nats_redelivery_carries_the_same_idempotency_key() {
+    let nats = support::NatsServer::start();
+    let server = Server::start();
+    let plugins = fetcher_dir(&format!(
+        "[http]\nallow = [\"http://127.0.0.1:{}\"]\nio_budget_ms = 600000\ntimeout_ms = 600000\n",
+        server.port
+    ));
+    let host = || {
+        support::serve(&[
+            "--plugins",
+            plugins.path().to_str().unwrap(),
+            "--nats",
+            &nats.url,
+            "--ack-wait-ms",
+            "1000",
+        ])
+    };
+    // Host A takes the event and sends its request, which the server holds;
+    // A dies before it can acknowledge the event.
+    let (mut a, addr_a, _log_a) = host();
+    let body = json!({"name": "fetch", "payload": fetch(&[("POST", &server.url("/hold"), "alert")])}).to_string();
+    let (status, answer) = support::http(&addr_a, "POST", "/events", body.as_bytes());
+    assert_eq!(status, 202, "{answer}");
+    let id = serde_json::from_str::<Value>(&answer).unwrap()["ids"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let waited = std::time::Instant::now();
+    while server.seen().is_empty() && waited.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.kill().unwrap();
+    let _ = a.wait();
+    server.release();
+    // Host B gets it again once the ack wait has passed, and sends it again:
+    // its journal (in memory, on NATS) never saw it. The receiver can tell.
+    let (_b, _addr_b, _log_b) = host();
+    let waited = std::time::Instant::now();
+    while server.seen().len() < 2 && waited.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let key = plugbus::http::RequestKey {
+        plugin: "fetcher".into(),
+        event: id,
+        index: 0,
+    }
+    .idempotency_key();
+    for request in &seen {
+        assert_eq!(request.header("idempotency-key"), Some(key.as_str()), "{seen:?}");
+    }
 }
 
 /// The webhook-alert plugin in `dir`, posting to `url` (kept in a secret file).
@@ -546,6 +612,28 @@ async fn webhook_alert_fires_once_for_the_budget_case_also_across_a_restart() {
     assert_eq!(seen[0].path, "/hooks/T0k3n-s3cr3t");
     // The same alert again (another host's cost-tracker, say): deduplicated.
     budget_exceeded(&bus, "run-1").await;
+    // A hot reload (a new manifest) hands the state over; what the new
+    // version handles again is answered from the journal.
+    let manifest = plugins.path().join("webhook-alert.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("format = \"slack\"", "format = \"slack\"\nper_minute = \"9\""),
+    )
+    .unwrap();
+    bus.reload_plugin(plugins.path().join("webhook-alert.wasm"))
+        .await
+        .unwrap();
+    budget_exceeded(&bus, "run-1").await;
+    assert_eq!(server.seen().len(), 1, "a reload does not alert again");
+    let counts = bus
+        .plugins()
+        .into_iter()
+        .find(|p| p.name == "webhook-alert")
+        .unwrap()
+        .http
+        .unwrap();
+    assert_eq!(counts.sent, 0, "{counts:?}");
     bus.shutdown().await;
 
     let bus = start_bus(plugins.path(), Some(log.path())).await;
