@@ -7,7 +7,8 @@
 //! their p50s are reported; and the request's own share: the event minus
 //! the same event making no request. Then the same with the journal on disk
 //! (a log with `batched` durability: one `fdatasync` per request) against
-//! memory.
+//! memory. Last, `otlp-export`'s throughput: `model_responded` events turned
+//! into spans and posted in batches of 512 to the same local server.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -30,7 +31,9 @@ const BODY: &str = r#"{"text":"Budget exceeded (run run-1): $0.0712 spent of $0.
 async fn serve() -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let app = axum::Router::new().route("/hook", axum::routing::post(|body: String| async move { body }));
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(|body: String| async move { body }))
+        .route("/v1/traces", axum::routing::post(|_body: String| async move { "{}" }));
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -92,8 +95,53 @@ async fn plugin_p50(bus: &plugbus::Bus, addr: Option<std::net::SocketAddr>) -> a
     Ok(p50(samples))
 }
 
+/// Spans per `otlp-export` batch in the throughput run: the OTel SDKs'
+/// default export batch.
+const EXPORT_BATCH: u64 = 512;
+
+/// Events (spans) per second through `otlp-export`, from the first emit
+/// until its query says every span was sent.
+async fn export_throughput(
+    file: &Path,
+    cache: &Path,
+    addr: std::net::SocketAddr,
+    events: u64,
+) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(file, dir.path().join("otlp-export.wasm"))?;
+    std::fs::write(
+        dir.path().join("otlp-export.toml"),
+        format!(
+            "[limits]\nqueue_capacity = 65536\n[config]\nendpoint = \"http://{addr}/v1/traces\"\nbatch_spans = \"{EXPORT_BATCH}\"\nbatch_ms = \"3600000\"\n\
+             [http]\nallow = [\"http://{addr}\"]\nper_second = 10000\n"
+        ),
+    )?;
+    let bus = plugbus::Bus::builder().plugin_dir(dir.path()).cache_dir(cache).build().await?;
+    let events = events - events % EXPORT_BATCH;
+    let t = Instant::now();
+    for i in 0..events {
+        bus.publish(
+            plugbus::Event::new(
+                "model_responded",
+                json!({"model": "gpt-4.1-mini", "provider": "openai", "usage": {"prompt_tokens": 900 + i % 100, "completion_tokens": 120}, "latency_ms": 640}),
+            )
+            .with_correlation_id(format!("run-{}", i % 64)),
+        );
+        if i % 4096 == 4095 {
+            bus.flush().await;
+        }
+    }
+    bus.flush().await;
+    let elapsed = t.elapsed();
+    let answer = bus.query("otlp-export", "{}").await.map_err(|e| anyhow::anyhow!("query: {e}"))?;
+    let sent = serde_json::from_str::<serde_json::Value>(answer.answer.get())?["sent"].as_u64().unwrap_or(0);
+    bus.shutdown().await;
+    anyhow::ensure!(sent == events, "otlp-export sent {sent} of {events} spans");
+    Ok(events as f64 / elapsed.as_secs_f64())
+}
+
 /// Scenario 18 (skipped when the `fetcher` fixture is not built).
-pub async fn outbound(table: &mut Table, fixtures: &Path, cache: &Path) -> anyhow::Result<()> {
+pub async fn outbound(table: &mut Table, fixtures: &Path, cache: &Path, events: u64) -> anyhow::Result<()> {
     let file = fixtures.join("fetcher.wasm");
     if !file.is_file() {
         eprintln!(
@@ -131,6 +179,13 @@ pub async fn outbound(table: &mut Table, fixtures: &Path, cache: &Path) -> anyho
     }
     memory.shutdown().await;
     logged.shutdown().await;
+    let export = fixtures.join("otlp-export.wasm");
+    let spans = if export.is_file() {
+        Some(export_throughput(&export, cache, addr, events).await?)
+    } else {
+        eprintln!("plugbus bench: skipping otlp-export: {} not built", export.display());
+        None
+    };
     server.abort();
     let (native, plugin, journaled, bare) = (median(native), median(plugin), median(journaled), median(bare));
     table.add(
@@ -154,5 +209,14 @@ pub async fn outbound(table: &mut Table, fixtures: &Path, cache: &Path) -> anyho
         "µs",
         Some(plugin),
     );
+    if let Some(spans) = spans {
+        table.add(
+            "18 outbound http",
+            "otlp-export: model events exported as spans, batches of 512, local receiver",
+            spans,
+            "spans/s",
+            None,
+        );
+    }
     Ok(())
 }
