@@ -34,6 +34,8 @@
 //! - `http_addresses`: ranges a manifest's `[http] allow_addresses` may
 //!   grant names to resolve into (each must lie within one of these). A
 //!   literal-IP origin the rule allows brings its own address.
+//! - `limits` also caps the `[http]` limits, as `"http.per_second"` and so
+//!   on (quoted keys): one above its default needs a cap at or above it.
 //! - `limits`: the highest value of each `[limits]` field (same names and
 //!   units as the manifest) a manifest may raise it to; a limit not listed
 //!   may not be raised above the bus default. Lowering a limit is always
@@ -165,10 +167,11 @@ impl Policy {
         let raw: RawPolicy = toml::from_str(text).map_err(|e| err(e.to_string()))?;
         let resolve = |name: &str, rule: RawRule| -> Result<Rule, PolicyFileError> {
             for limit in rule.limits.keys() {
-                if !RAISABLE.contains(&limit.as_str()) {
+                if !RAISABLE.contains(&limit.as_str()) && !HTTP_RAISABLE.contains(&limit.as_str()) {
                     return Err(err(format!(
-                        "{name}: unknown limit `{limit}` (one of: {})",
-                        RAISABLE.join(", ")
+                        "{name}: unknown limit `{limit}` (one of: {}, {})",
+                        RAISABLE.join(", "),
+                        HTTP_RAISABLE.join(", ")
                     )));
                 }
             }
@@ -301,6 +304,52 @@ impl Policy {
                     )));
                 }
             }
+            let d = crate::http::HttpGrant::default();
+            let ms = |t: std::time::Duration| u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
+            for (limit, asked, default) in [
+                (
+                    "http.max_concurrent",
+                    u64::from(grant.max_concurrent),
+                    u64::from(d.max_concurrent),
+                ),
+                ("http.per_second", u64::from(grant.per_second), u64::from(d.per_second)),
+                (
+                    "http.request_body_kib",
+                    (grant.request_body_bytes >> 10) as u64,
+                    (d.request_body_bytes >> 10) as u64,
+                ),
+                (
+                    "http.response_body_kib",
+                    (grant.response_body_bytes >> 10) as u64,
+                    (d.response_body_bytes >> 10) as u64,
+                ),
+                (
+                    "http.connect_timeout_ms",
+                    ms(grant.connect_timeout),
+                    ms(d.connect_timeout),
+                ),
+                ("http.timeout_ms", ms(grant.timeout), ms(d.timeout)),
+                ("http.io_budget_ms", ms(grant.io_budget), ms(d.io_budget)),
+            ] {
+                if asked <= default {
+                    continue;
+                }
+                match rule.limits.get(limit) {
+                    Some(cap) if asked <= *cap => {}
+                    Some(cap) => {
+                        return Err(refuse(format!(
+                            "[http] {} = {asked} is above the rule's cap of {cap}",
+                            &limit[5..]
+                        )));
+                    }
+                    None => {
+                        return Err(refuse(format!(
+                            "[http] {} = {asked} raises the default of {default}, which the rule does not allow (limits.\"{limit}\")",
+                            &limit[5..]
+                        )));
+                    }
+                }
+            }
             for range in &grant.allow_addresses {
                 let own = grant
                     .allow
@@ -368,6 +417,17 @@ fn origin_within(asked: &Origin, allowed: &Origin) -> bool {
         _ => false,
     }
 }
+
+/// The `[http]` limits a policy caps, as `limits` keys (`"http.per_second"`).
+pub(crate) const HTTP_RAISABLE: &[&str] = &[
+    "http.max_concurrent",
+    "http.per_second",
+    "http.request_body_kib",
+    "http.response_body_kib",
+    "http.connect_timeout_ms",
+    "http.timeout_ms",
+    "http.io_budget_ms",
+];
 
 /// `path` with symlinks and `..` resolved when it exists (as written otherwise).
 fn resolved(path: &Path) -> PathBuf {

@@ -674,6 +674,24 @@ fn a_secret_never_shows_in_logs_the_api_or_check_and_a_missing_one_is_named() {
     );
     assert!((200..300).contains(&status), "{status} {body}");
     let (_, plugins_json) = support::http(&addr, "GET", "/plugins", b"");
+    // The server saw the request a moment before the plugin counted it.
+    let sent = "plugbus_plugin_http_requests_total{plugin=\"webhook-alert\",outcome=\"sent\"} 1";
+    let mut metrics = String::new();
+    for _ in 0..500 {
+        metrics = support::http(&addr, "GET", "/metrics", b"").1;
+        if metrics.contains(sent) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        metrics.contains("plugbus_plugin_http_requests_total{plugin=\"webhook-alert\",outcome=\"sent\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("plugbus_plugin_http_request_seconds_count{plugin=\"webhook-alert\"} 1"),
+        "{metrics}"
+    );
     let (_, dashboard) = support::http(&addr, "GET", "/", b"");
     drop(served);
     let logs = stderr.join().unwrap();

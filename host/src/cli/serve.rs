@@ -742,6 +742,25 @@ impl Collector for BusMetrics {
                 .encode_family(&[("plugin", p.name.as_str())])?
                 .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &buckets, None)?;
         }
+        let mut family = encoder.encode_descriptor(
+            "plugbus_plugin_http_request_seconds",
+            "Time plugins' outbound requests took (sent or failed), connect to last body byte",
+            None,
+            MetricType::Histogram,
+        )?;
+        for p in &plugins {
+            let Some(h) = &p.http else { continue };
+            let buckets: Vec<(f64, u64)> = plugbus::http::LATENCY_BOUNDS_MS
+                .iter()
+                .map(|ms| *ms as f64 / 1e3)
+                .chain([f64::MAX]) // +Inf
+                .zip(h.latency_ms.iter().copied())
+                .collect();
+            let count = h.latency_ms.iter().sum();
+            family
+                .encode_family(&[("plugin", p.name.as_str())])?
+                .encode_histogram::<NoLabelSet>(h.latency_sum_us as f64 / 1e6, count, &buckets, None)?;
+        }
         let otlp = self.1.stats();
         let mut family = encoder.encode_descriptor(
             "plugbus_otlp_spans",

@@ -444,9 +444,10 @@ async fn send(
         .map_err(|_| Unsent(Error::HttpRequestUriInvalid))?;
     let sent_bytes = body.len() as u64;
     let request = http::Request::from_parts(parts, Full::new(body));
+    let limit = grant.response_body_bytes;
     let exchange = async {
-        let response = match scheme {
-            Scheme::Http => exchange(TokioIo::new(stream), request).await,
+        match scheme {
+            Scheme::Http => exchange(TokioIo::new(stream), request, limit).await,
             Scheme::Https => {
                 let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone())
                     .map_err(|_| "tls-protocol-error")?;
@@ -460,22 +461,9 @@ async fn send(
                             "tls-protocol-error"
                         }
                     })?;
-                exchange(TokioIo::new(tls), request).await
+                exchange(TokioIo::new(tls), request, limit).await
             }
-        }?;
-        let (parts, body) = response.into_parts();
-        let body = Limited::new(body, grant.response_body_bytes)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                    "http-response-body-size"
-                } else {
-                    "http-response-incomplete"
-                }
-            })?
-            .to_bytes();
-        Ok::<_, &'static str>((parts, body))
+        }
     };
     let recorded = match tokio::time::timeout(grant.timeout, exchange).await {
         Ok(Ok((parts, body))) => {
@@ -511,28 +499,55 @@ async fn send(
     Ok(recorded)
 }
 
-/// One HTTP/1.1 exchange on a connected stream.
+/// One HTTP/1.1 exchange on a connected stream: the response head and its
+/// whole body (at most `limit` bytes). The connection is driven in this same
+/// future (no task of its own: one less hop between threads per request).
 async fn exchange<S>(
     io: TokioIo<S>,
     request: http::Request<Full<Bytes>>,
-) -> Result<http::Response<hyper::body::Incoming>, &'static str>
+    limit: usize,
+) -> Result<(http::response::Parts, Bytes), &'static str>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|_| "connection-terminated")?;
-    // The connection task ends when the response is read and the sender dropped.
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender.send_request(request).await.map_err(|e| {
-        if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
-            "connection-terminated"
-        } else {
-            "http-protocol-error"
+    let work = async {
+        let response = sender.send_request(request).await.map_err(|e| {
+            if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+                "connection-terminated"
+            } else {
+                "http-protocol-error"
+            }
+        })?;
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, limit)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    "http-response-body-size"
+                } else {
+                    "http-response-incomplete"
+                }
+            })?
+            .to_bytes();
+        Ok((parts, body))
+    };
+    tokio::pin!(conn, work);
+    let mut driving = true;
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            ended = &mut conn, if driving => {
+                driving = false;
+                // A connection that ended early fails the exchange, which
+                // `work` then reports; one that ended cleanly leaves it to finish.
+                let _ = ended;
+            }
         }
-    })
+    }
 }
 
 /// The addresses `host` resolves to (an IP literal is itself).

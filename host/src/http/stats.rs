@@ -21,6 +21,7 @@ pub(crate) struct HttpStats {
     pub bytes_out: AtomicU64,
     pub bytes_in: AtomicU64,
     latency: [AtomicU64; LATENCY_BOUNDS_MS.len() + 1],
+    latency_us: AtomicU64,
 }
 
 impl HttpStats {
@@ -32,6 +33,8 @@ impl HttpStats {
             .position(|b| ms <= *b)
             .unwrap_or(LATENCY_BOUNDS_MS.len());
         self.latency[bucket].fetch_add(1, Relaxed);
+        self.latency_us
+            .fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Relaxed);
     }
 
     pub fn snapshot(&self) -> HttpCounts {
@@ -43,6 +46,7 @@ impl HttpStats {
             bytes_out: self.bytes_out.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
             latency_ms: self.latency.iter().map(|c| c.load(Relaxed)).collect(),
+            latency_sum_us: self.latency_us.load(Relaxed),
         }
     }
 }
@@ -64,4 +68,6 @@ pub struct HttpCounts {
     pub bytes_in: u64,
     /// Requests per latency bucket: `≤` each of [`LATENCY_BOUNDS_MS`], then the rest.
     pub latency_ms: Vec<u64>,
+    /// Their total time, in microseconds.
+    pub latency_sum_us: u64,
 }

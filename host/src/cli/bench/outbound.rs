@@ -101,12 +101,7 @@ const EXPORT_BATCH: u64 = 512;
 
 /// Events (spans) per second through `otlp-export`, from the first emit
 /// until its query says every span was sent.
-async fn export_throughput(
-    file: &Path,
-    cache: &Path,
-    addr: std::net::SocketAddr,
-    events: u64,
-) -> anyhow::Result<f64> {
+async fn export_throughput(file: &Path, cache: &Path, addr: std::net::SocketAddr, events: u64) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
     std::fs::copy(file, dir.path().join("otlp-export.wasm"))?;
     std::fs::write(
@@ -116,7 +111,11 @@ async fn export_throughput(
              [http]\nallow = [\"http://{addr}\"]\nper_second = 10000\n"
         ),
     )?;
-    let bus = plugbus::Bus::builder().plugin_dir(dir.path()).cache_dir(cache).build().await?;
+    let bus = plugbus::Bus::builder()
+        .plugin_dir(dir.path())
+        .cache_dir(cache)
+        .build()
+        .await?;
     let events = events - events % EXPORT_BATCH;
     let t = Instant::now();
     for i in 0..events {
@@ -133,8 +132,13 @@ async fn export_throughput(
     }
     bus.flush().await;
     let elapsed = t.elapsed();
-    let answer = bus.query("otlp-export", "{}").await.map_err(|e| anyhow::anyhow!("query: {e}"))?;
-    let sent = serde_json::from_str::<serde_json::Value>(answer.answer.get())?["sent"].as_u64().unwrap_or(0);
+    let answer = bus
+        .query("otlp-export", "{}")
+        .await
+        .map_err(|e| anyhow::anyhow!("query: {e}"))?;
+    let sent = serde_json::from_str::<serde_json::Value>(answer.answer.get())?["sent"]
+        .as_u64()
+        .unwrap_or(0);
     bus.shutdown().await;
     anyhow::ensure!(sent == events, "otlp-export sent {sent} of {events} spans");
     Ok(events as f64 / elapsed.as_secs_f64())
