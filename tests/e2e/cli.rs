@@ -441,6 +441,7 @@ fn bench_runs_every_scenario_and_writes_json() {
         "15 catch-up",
         "16 otlp ingest",
         "17 batched delivery",
+        "18 outbound http",
     ] {
         assert!(rows.iter().any(|r| r["scenario"] == scenario), "no row for {scenario}");
     }
@@ -460,7 +461,7 @@ fn bench_runs_every_scenario_and_writes_json() {
         "{rows:?}"
     );
     // A scenario that does not exist is a usage error, not an empty table.
-    let out = plugbus(&["bench", "--only", "18"]);
+    let out = plugbus(&["bench", "--only", "19"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--only"));
 }

@@ -40,9 +40,10 @@ const ATTEMPTS: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct OtlpExport {
-    /// Spans waiting to be sent (OTLP JSON), oldest first, with the event
-    /// time each was made at.
-    pending: VecDeque<(u64, Value)>,
+    /// Spans waiting to be sent (OTLP JSON text: serialised once, when
+    /// made, so a flush only joins them), oldest first, with the event time
+    /// each was made at.
+    pending: VecDeque<(u64, String)>,
     /// Open agent runs: correlation id → (start time, agent name).
     runs: BTreeMap<String, (u64, String)>,
     /// Open tool calls: call id → start time.
@@ -303,17 +304,21 @@ impl OtlpExport {
         }
     }
 
-    /// The OTLP request body for `spans`.
-    fn request(&self, spans: Vec<Value>) -> Value {
-        json!({
+    /// The OTLP request body for the pending spans: the envelope around
+    /// their JSON texts, joined.
+    fn request(&self) -> String {
+        let envelope = json!({
             "resourceSpans": [{
                 "resource": { "attributes": [text("service.name", &self.settings.service)] },
                 "scopeSpans": [{
                     "scope": { "name": "plugbus.otlp-export", "version": env!("CARGO_PKG_VERSION") },
-                    "spans": spans,
+                    "spans": ["SPANS"],
                 }],
             }],
         })
+        .to_string();
+        let spans: Vec<&str> = self.pending.iter().map(|(_, s)| s.as_str()).collect();
+        envelope.replacen("\"SPANS\"", &spans.join(","), 1)
     }
 
     /// Sends the pending spans; they stay pending if the collector does not
@@ -322,12 +327,16 @@ impl OtlpExport {
         let Some(endpoint) = self.settings.endpoint.clone() else {
             return Err("no `endpoint` in [config]".into());
         };
-        let spans: Vec<Value> = self.pending.iter().map(|(_, s)| s.clone()).collect();
-        let count = spans.len();
-        let body = self.request(spans);
+        let count = self.pending.len();
+        let body = self.request();
         let mut last = String::new();
         for attempt in 1..=ATTEMPTS {
-            match http::post_json(&endpoint, &body) {
+            match http::request(
+                "POST",
+                &endpoint,
+                &[("content-type", "application/json")],
+                body.as_bytes(),
+            ) {
                 Ok(r) if r.is_success() => {
                     self.pending.clear();
                     self.failed_at = None;
@@ -376,7 +385,7 @@ impl Plugin for OtlpExport {
         let payload: Value = event.payload()?;
         let now = event.time_unix_nanos;
         if let Some(span) = self.on(event, &payload) {
-            self.pending.push_back((now, span));
+            self.pending.push_back((now, span.to_string()));
             while self.pending.len() > self.settings.max_pending {
                 self.pending.pop_front();
                 self.dropped += 1;

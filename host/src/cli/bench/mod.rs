@@ -622,7 +622,7 @@ pub async fn bench(
         batching::batched_delivery(&mut table, plugins, fixtures, cache.path(), events).await?;
     }
     if want(&[18]) {
-        outbound::outbound(&mut table, fixtures, cache.path(), events).await?;
+        outbound::outbound(&mut table, [plugins, fixtures], cache.path(), events).await?;
     }
     table.print();
     if let Some(path) = json_out {

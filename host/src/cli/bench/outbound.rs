@@ -116,7 +116,7 @@ async fn export_throughput(file: &Path, cache: &Path, addr: std::net::SocketAddr
         .cache_dir(cache)
         .build()
         .await?;
-    let events = events - events % EXPORT_BATCH;
+    let events = (events / EXPORT_BATCH).max(1) * EXPORT_BATCH;
     let t = Instant::now();
     for i in 0..events {
         bus.publish(
@@ -145,15 +145,12 @@ async fn export_throughput(file: &Path, cache: &Path, addr: std::net::SocketAddr
 }
 
 /// Scenario 18 (skipped when the `fetcher` fixture is not built).
-pub async fn outbound(table: &mut Table, fixtures: &Path, cache: &Path, events: u64) -> anyhow::Result<()> {
-    let file = fixtures.join("fetcher.wasm");
-    if !file.is_file() {
-        eprintln!(
-            "plugbus bench: skipping 18: {} not built (make plugins)",
-            file.display()
-        );
+pub async fn outbound(table: &mut Table, dirs: [&Path; 2], cache: &Path, events: u64) -> anyhow::Result<()> {
+    let find = |name: &str| dirs.iter().map(|d| d.join(name)).find(|f| f.is_file());
+    let Some(file) = find("fetcher.wasm") else {
+        eprintln!("plugbus bench: skipping 18: fetcher.wasm not built (make plugins)");
         return Ok(());
-    }
+    };
     let (addr, server) = serve().await?;
     let dir = tempfile::tempdir()?;
     std::fs::copy(&file, dir.path().join("fetcher.wasm"))?;
@@ -183,12 +180,12 @@ pub async fn outbound(table: &mut Table, fixtures: &Path, cache: &Path, events: 
     }
     memory.shutdown().await;
     logged.shutdown().await;
-    let export = fixtures.join("otlp-export.wasm");
-    let spans = if export.is_file() {
-        Some(export_throughput(&export, cache, addr, events).await?)
-    } else {
-        eprintln!("plugbus bench: skipping otlp-export: {} not built", export.display());
-        None
+    let spans = match find("otlp-export.wasm") {
+        Some(export) => Some(export_throughput(&export, cache, addr, events).await?),
+        None => {
+            eprintln!("plugbus bench: skipping otlp-export: otlp-export.wasm not built");
+            None
+        }
     };
     server.abort();
     let (native, plugin, journaled, bare) = (median(native), median(plugin), median(journaled), median(bare));
