@@ -37,7 +37,8 @@ impl Seen {
 
 /// A loopback HTTP/1.1 server: answers `200` with the request's body echoed
 /// (`/slow/<ms>` after a delay, `/hold` once the test releases it, `/big/<n>`
-/// with `n` bytes, `/status/<code>` with that status), one request per connection, and records every request.
+/// with `n` bytes, `/status/<code>` with that status, `/redirect/<port>` a
+/// 302 to that port's `/`), one request per connection, and records every request.
 struct Server {
     port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -123,6 +124,13 @@ fn answer(stream: TcpStream, log: &Mutex<Vec<Seen>>, gate: &(Mutex<bool>, std::s
         (200, "x".repeat(n.parse().unwrap_or(0)))
     } else if let Some(code) = path.strip_prefix("/status/") {
         (code.parse().unwrap_or(500), body)
+    } else if let Some(port) = path.strip_prefix("/redirect/") {
+        let mut stream = stream;
+        let _ = write!(
+            stream,
+            "HTTP/1.1 302 Found\r\nlocation: http://127.0.0.1:{port}/\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        return;
     } else {
         (200, body)
     };
@@ -263,6 +271,26 @@ async fn a_granted_origin_is_reached_and_every_other_request_is_refused_with_its
     assert_eq!(fetched(&rec)[0]["status"], 200, "{:?}", fetched(&rec));
     bus.shutdown().await;
 
+    // A redirect is the guest's to follow (the host follows none), and its
+    // target passes the same checks: here, another port, not granted.
+    let redirected = fetcher_dir(&format!("[http]\nallow = [\"http://127.0.0.1:{port}\"]\n"));
+    let bus = start_bus(redirected.path(), None).await;
+    let rec = Recorder::attach(&bus, "fetched");
+    bus.emit_and_wait(
+        "fetch",
+        fetch(&[
+            ("GET", &server.url(&format!("/redirect/{}", other.port)), ""),
+            ("GET", &other.url("/"), ""),
+        ]),
+    )
+    .await;
+    bus.flush().await;
+    let got = fetched(&rec);
+    assert_eq!(got[0]["status"], 302, "{got:?}");
+    assert_eq!(got[1]["error"], "request failed: HttpRequestDenied", "{got:?}");
+    assert!(other.seen().is_empty(), "the redirect's target was never reached");
+    bus.shutdown().await;
+
     // No [http] table at all: refused, never a link failure.
     let none = fetcher_dir("");
     let bus = start_bus(none.path(), None).await;
@@ -273,7 +301,7 @@ async fn a_granted_origin_is_reached_and_every_other_request_is_refused_with_its
     bus.flush().await;
     assert_eq!(report.outcome("fetcher"), Some(&Outcome::Ok));
     assert_eq!(fetched(&rec)[0]["error"], "request failed: HttpRequestDenied");
-    assert_eq!(server.seen().len(), 2);
+    assert_eq!(server.seen().len(), 3);
     bus.shutdown().await;
 }
 

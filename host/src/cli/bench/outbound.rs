@@ -7,7 +7,9 @@
 //! their p50s are reported; and the request's own share: the event minus
 //! the same event making no request. Then the same with the journal on disk
 //! (a log with `batched` durability: one `fdatasync` per request) against
-//! memory. Last, `otlp-export`'s throughput: `model_responded` events turned
+//! memory. Then nine observers beside a tenth that waits 2 s on every request
+//! (its server is slow), against the nine alone: their throughput and the
+//! emitter's p99. Last, `otlp-export`'s throughput: `model_responded` events turned
 //! into spans and posted in batches of 512 to the same local server.
 
 use std::path::Path;
@@ -33,7 +35,14 @@ async fn serve() -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandl
     let addr = listener.local_addr()?;
     let app = axum::Router::new()
         .route("/hook", axum::routing::post(|body: String| async move { body }))
-        .route("/v1/traces", axum::routing::post(|_body: String| async move { "{}" }));
+        .route("/v1/traces", axum::routing::post(|_body: String| async move { "{}" }))
+        .route(
+            "/slow",
+            axum::routing::post(|| async {
+                tokio::time::sleep(SLOW).await;
+                "late"
+            }),
+        );
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -93,6 +102,82 @@ async fn plugin_p50(bus: &plugbus::Bus, addr: Option<std::net::SocketAddr>) -> a
         .context("fetcher has no request counters")?;
     anyhow::ensure!(counts.failed == 0 && counts.refused == 0, "requests failed: {counts:?}");
     Ok(p50(samples))
+}
+
+/// How long the slow server takes to answer (the figure).
+const SLOW: Duration = Duration::from_secs(2);
+/// Observers beside the one waiting on the slow server.
+const OTHERS: usize = 9;
+
+/// Nine token-counters' throughput and the emitter's p99, beside a tenth
+/// plugin that waits `SLOW` on every request it makes (`slow = true`) or
+/// without it: `(events/s, emit p99 µs)`. A `fetch` every 500 events keeps
+/// the slow one waiting throughout.
+async fn beside_a_slow_plugin(
+    files: (&Path, &Path),
+    cache: &Path,
+    addr: std::net::SocketAddr,
+    events: u64,
+    slow: bool,
+) -> anyhow::Result<(f64, f64)> {
+    let (tokens, fetcher) = files;
+    let dir = tempfile::tempdir()?;
+    for i in 0..OTHERS {
+        std::fs::copy(tokens, dir.path().join(format!("counter-{i}.wasm")))?;
+        std::fs::write(
+            dir.path().join(format!("counter-{i}.toml")),
+            "[limits]\nqueue_capacity = 1048576\n",
+        )?;
+    }
+    if slow {
+        std::fs::copy(fetcher, dir.path().join("fetcher.wasm"))?;
+        std::fs::write(
+            dir.path().join("fetcher.toml"),
+            format!("[http]\nallow = [\"http://{addr}\"]\ntimeout_ms = 600000\nio_budget_ms = 600000\n"),
+        )?;
+    }
+    let bus = plugbus::Bus::builder()
+        .plugin_dir(dir.path())
+        .cache_dir(cache)
+        .build()
+        .await?;
+    let url = format!("http://{addr}/slow");
+    let mut emits = Vec::with_capacity(events as usize);
+    let t = Instant::now();
+    for i in 0..events {
+        if i % 500 == 0 {
+            bus.emit("fetch", json!({ "requests": [{ "method": "POST", "url": url }] }));
+        }
+        let e = Instant::now();
+        bus.emit(
+            "model_responded",
+            json!({"model": "gpt-4.1-mini", "usage": {"prompt_tokens": 900, "completion_tokens": 120}}),
+        );
+        emits.push(e.elapsed());
+    }
+    loop {
+        let done = bus
+            .plugins()
+            .iter()
+            .filter(|p| p.name.starts_with("counter-") && p.stats.delivered + p.stats.dropped >= events)
+            .count();
+        if done == OTHERS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let elapsed = t.elapsed();
+    let dropped: u64 = bus
+        .plugins()
+        .iter()
+        .filter(|p| p.name.starts_with("counter-"))
+        .map(|p| p.stats.dropped)
+        .sum();
+    bus.shutdown_with(Duration::ZERO).await;
+    anyhow::ensure!(dropped == 0, "{dropped} events dropped");
+    emits.sort_unstable();
+    let p99 = emits[emits.len() * 99 / 100].as_secs_f64() * 1e6;
+    Ok((events as f64 / elapsed.as_secs_f64(), p99))
 }
 
 /// Spans per `otlp-export` batch in the throughput run: the OTel SDKs'
@@ -180,6 +265,21 @@ pub async fn outbound(table: &mut Table, dirs: [&Path; 2], cache: &Path, events:
     }
     memory.shutdown().await;
     logged.shutdown().await;
+    let beside = match find("token-counter.wasm") {
+        Some(tokens) => {
+            let (mut with, mut without) = (Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                without.push(beside_a_slow_plugin((&tokens, &file), cache, addr, events, false).await?);
+                with.push(beside_a_slow_plugin((&tokens, &file), cache, addr, events, true).await?);
+            }
+            let pick = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| median(v.iter().map(f).collect());
+            Some((
+                (pick(&with, |r| r.0), pick(&without, |r| r.0)),
+                (pick(&with, |r| r.1), pick(&without, |r| r.1)),
+            ))
+        }
+        None => None,
+    };
     let spans = match find("otlp-export.wasm") {
         Some(export) => Some(export_throughput(&export, cache, addr, events).await?),
         None => {
@@ -210,6 +310,22 @@ pub async fn outbound(table: &mut Table, dirs: [&Path; 2], cache: &Path, events:
         "µs",
         Some(plugin),
     );
+    if let Some(((with, without), (p99_with, p99_without))) = beside {
+        table.add(
+            "18 outbound http",
+            "9 observers' events/s beside a 10th waiting 2 s per request (vs without it)",
+            with,
+            "events/s",
+            Some(without),
+        );
+        table.add(
+            "18 outbound http",
+            "emit p99 beside a plugin waiting 2 s per request (vs without it)",
+            p99_with,
+            "µs",
+            Some(p99_without),
+        );
+    }
     if let Some(spans) = spans {
         table.add(
             "18 outbound http",
