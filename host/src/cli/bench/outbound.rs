@@ -268,9 +268,12 @@ pub async fn outbound(table: &mut Table, dirs: [&Path; 2], cache: &Path, events:
     let beside = match find("token-counter.wasm") {
         Some(tokens) => {
             let (mut with, mut without) = (Vec::new(), Vec::new());
-            for _ in 0..ROUNDS {
-                without.push(beside_a_slow_plugin((&tokens, &file), cache, addr, events, false).await?);
-                with.push(beside_a_slow_plugin((&tokens, &file), cache, addr, events, true).await?);
+            // Each side goes first in turn: the order itself showed in the figures.
+            for round in 0..ROUNDS + 1 {
+                for slow in [round % 2 == 1, round % 2 == 0] {
+                    let run = beside_a_slow_plugin((&tokens, &file), cache, addr, events, slow).await?;
+                    if slow { with.push(run) } else { without.push(run) }
+                }
             }
             let pick = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| median(v.iter().map(f).collect());
             Some((
