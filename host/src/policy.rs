@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::http::{HostRule, IpRange, Origin};
+use crate::http::{HostRule, IpRange, Origin, is_subdomain};
 use crate::limits::Limits;
 use crate::manifest::{CatchUp, Manifest};
 use crate::signature::Signer;
@@ -405,15 +405,11 @@ fn origin_within(asked: &Origin, allowed: &Origin) -> bool {
     if asked.scheme != allowed.scheme || asked.port != allowed.port {
         return false;
     }
-    let under = |name: &str, parent: &str| {
-        name.strip_suffix(parent)
-            .is_some_and(|head| head.len() > 1 && head.ends_with('.'))
-    };
     match (&asked.host, &allowed.host) {
         (HostRule::Name(a), HostRule::Name(b)) => a == b,
         (HostRule::Ip(a), HostRule::Ip(b)) => a == b,
-        (HostRule::Name(a), HostRule::Subdomains(p)) => under(a, p),
-        (HostRule::Subdomains(a), HostRule::Subdomains(p)) => a == p || under(a, p),
+        (HostRule::Name(a), HostRule::Subdomains(p)) => is_subdomain(a, p),
+        (HostRule::Subdomains(a), HostRule::Subdomains(p)) => a == p || is_subdomain(a, p),
         _ => false,
     }
 }

@@ -493,14 +493,7 @@ async fn trap_recovery_restart_and_replay_send_nothing_twice() {
     bus.shutdown().await;
 
     // `plugbus replay`: the same answers as live, nothing sent.
-    let out = support::plugbus(&[
-        "replay",
-        "--plugins",
-        plugins.path().to_str().unwrap(),
-        "--log",
-        log.path().to_str().unwrap(),
-        "--no-cache",
-    ]);
+    let out = replay(plugins.path(), log.path(), "--no-cache");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -513,27 +506,13 @@ async fn trap_recovery_restart_and_replay_send_nothing_twice() {
 
     // Without the journal, a replay refuses the requests instead of sending them.
     std::fs::remove_file(log.path().join(plugbus::http::JOURNAL_FILE)).unwrap();
-    let out = support::plugbus(&[
-        "replay",
-        "--plugins",
-        plugins.path().to_str().unwrap(),
-        "--log",
-        log.path().to_str().unwrap(),
-        "--no-cache",
-    ]);
+    let out = replay(plugins.path(), log.path(), "--no-cache");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("HttpRequestDenied"), "{text}");
     assert_eq!(paths(&server).len(), 5);
     // And `--live-requests` is only for a replay that publishes.
-    let out = support::plugbus(&[
-        "replay",
-        "--plugins",
-        plugins.path().to_str().unwrap(),
-        "--log",
-        log.path().to_str().unwrap(),
-        "--live-requests",
-    ]);
+    let out = replay(plugins.path(), log.path(), "--live-requests");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--emit publish"));
 }
@@ -677,6 +656,18 @@ async fn webhook_alert_fires_once_for_the_budget_case_also_across_a_restart() {
     assert!(!shown.contains("T0k3n-s3cr3t"), "{shown}");
     assert!(shown.contains("webhook_url"), "the secret's key is listed: {shown}");
     bus.shutdown().await;
+}
+
+/// `plugbus replay` of `log` into `plugins`, with one more flag.
+fn replay(plugins: &Path, log: &Path, flag: &str) -> std::process::Output {
+    support::plugbus(&[
+        "replay",
+        "--plugins",
+        plugins.to_str().unwrap(),
+        "--log",
+        log.to_str().unwrap(),
+        flag,
+    ])
 }
 
 /// A `budget_exceeded` of run `run`, handled by the time this returns.

@@ -181,9 +181,7 @@ impl Origin {
         }
         match &self.host {
             HostRule::Name(name) => host == name,
-            HostRule::Subdomains(parent) => host
-                .strip_suffix(parent.as_str())
-                .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+            HostRule::Subdomains(parent) => is_subdomain(host, parent),
             HostRule::Ip(ip) => parse_ip_host(host) == Some(*ip),
         }
     }
@@ -199,6 +197,13 @@ impl std::fmt::Display for Origin {
         };
         write!(f, "{}://{host}:{}", self.scheme.name(), self.port)
     }
+}
+
+/// Whether `name` is a subdomain of `parent` (`a.example.com` of
+/// `example.com`; not `example.com` itself, nor `badexample.com`).
+pub(crate) fn is_subdomain(name: &str, parent: &str) -> bool {
+    name.strip_suffix(parent)
+        .is_some_and(|head| head.len() > 1 && head.ends_with('.'))
 }
 
 /// `host` and `port` of `host[:port]`, `[v6][:port]`; `None` for a bad port.

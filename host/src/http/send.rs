@@ -34,7 +34,6 @@ use crate::http::stats::HttpStats;
 pub(crate) struct Outbound {
     pub plugin: Arc<str>,
     pub grant: Arc<HttpGrant>,
-    pub journal: RequestJournal,
     pub stats: Arc<HttpStats>,
     setup: HttpSetup,
     announce: Announce,
@@ -75,7 +74,6 @@ impl Outbound {
             }),
             plugin,
             grant,
-            journal: setup.journal.clone(),
             stats: Arc::new(HttpStats::default()),
             setup: setup.clone(),
             announce,
@@ -223,7 +221,7 @@ impl WasiHttpHooks for PluginHttp {
                 Err(Unsent(error)) => return Err(error),
             };
             let for_guest = answer(&recorded);
-            let journal = outbound.journal.clone();
+            let journal = outbound.setup.journal.clone();
             // A file journal writes (and syncs) off the runtime's threads.
             let put = if journal.in_memory() {
                 Ok(journal.put(key, recorded))
@@ -288,7 +286,7 @@ impl PluginHttp {
         };
         self.next_index += 1;
         // The index is in memory; a hit reads one record back (page cache).
-        match self.outbound.journal.get(&key) {
+        match self.outbound.setup.journal.get(&key) {
             Ok(Some(recorded)) => {
                 self.outbound.stats.replayed.fetch_add(1, Relaxed);
                 tracing::debug!(

@@ -136,11 +136,7 @@ async fn beside_a_slow_plugin(
             format!("[http]\nallow = [\"http://{addr}\"]\ntimeout_ms = 600000\nio_budget_ms = 600000\n"),
         )?;
     }
-    let bus = plugbus::Bus::builder()
-        .plugin_dir(dir.path())
-        .cache_dir(cache)
-        .build()
-        .await?;
+    let bus = super::open(dir.path(), cache).await?;
     let url = format!("http://{addr}/slow");
     let mut emits = Vec::with_capacity(events as usize);
     let t = Instant::now();
@@ -196,11 +192,7 @@ async fn export_throughput(file: &Path, cache: &Path, addr: std::net::SocketAddr
              [http]\nallow = [\"http://{addr}\"]\nper_second = 10000\n"
         ),
     )?;
-    let bus = plugbus::Bus::builder()
-        .plugin_dir(dir.path())
-        .cache_dir(cache)
-        .build()
-        .await?;
+    let bus = super::open(dir.path(), cache).await?;
     let events = (events / EXPORT_BATCH).max(1) * EXPORT_BATCH;
     let t = Instant::now();
     for i in 0..events {
@@ -244,11 +236,7 @@ pub async fn outbound(table: &mut Table, dirs: [&Path; 2], cache: &Path, events:
         format!("[http]\nallow = [\"http://{addr}\"]\nper_second = 10000\n"),
     )?;
     let log = tempfile::tempdir()?;
-    let memory = plugbus::Bus::builder()
-        .plugin_dir(dir.path())
-        .cache_dir(cache)
-        .build()
-        .await?;
+    let memory = super::open(dir.path(), cache).await?;
     let logged = super::open_logged(dir.path(), cache, log.path(), plugbus::Durability::Batched).await?;
     let (mut native, mut plugin, mut journaled, mut bare) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
