@@ -70,7 +70,7 @@ LANG_DIST  := event-counter secret-scanner latency-watch
 PY_PKG  := bindings/python
 PY_VENV := target/python-venv
 
-.PHONY: reproducible-test lang-build setup-faketime otel-example demo test setup setup-rust setup-c setup-python setup-js setup-python-pkg setup-browser setup-nats setup-minisign browser-test interop-test python python-test bench-python plugins rust-plugins lang-plugins lint example bench criterion fuzz clean
+.PHONY: reproducible-test lang-build setup-faketime otel-example demo test setup setup-rust setup-c setup-python setup-js setup-python-pkg setup-browser setup-nats setup-minisign setup-registry browser-test interop-test python python-test bench-python plugins rust-plugins lang-plugins lint example bench criterion fuzz clean
 
 setup: setup-rust setup-c setup-python setup-js setup-python-pkg
 
@@ -118,6 +118,16 @@ setup-minisign:
 		command -v apt-get >/dev/null || { echo "plugbus: the signature tests need the Debian/Ubuntu package minisign" >&2; exit 1; }; \
 		echo "installing minisign"; \
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends minisign >/dev/null; \
+	}
+
+# OCI registry tests: Debian's docker-registry (the CNCF distribution
+# registry, 2.8); each test starts its own on a free loopback port with a
+# temporary storage root.
+setup-registry:
+	@dpkg-query -W -f='$${Status}' docker-registry 2>/dev/null | grep -q 'ok installed' || { \
+		command -v apt-get >/dev/null || { echo "plugbus: the OCI registry tests need the Debian/Ubuntu package docker-registry" >&2; exit 1; }; \
+		echo "installing docker-registry"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-registry >/dev/null; \
 	}
 
 # Python: componentize-py, hash-checked, in a venv of our own.
@@ -324,7 +334,7 @@ lint: setup-rust
 	$(CARGO) clippy --target wasm32-wasip2 $(PLUGIN_CRATES) -- -D warnings
 	$(CARGO) clippy -p plugbus-python -- -D warnings
 
-test: plugins lint setup-nats setup-minisign reproducible-test
+test: plugins lint setup-nats setup-minisign setup-registry reproducible-test
 	$(CARGO) build --all-targets
 	PLUGBUS_WASM_DIR=$(CURDIR)/$(TEST_WASM) PLUGBUS_BIN=$(CURDIR)/target/debug/plugbus $(CARGO) test
 	@# The first-party plugins' own unit tests, natively.
@@ -334,8 +344,9 @@ test: plugins lint setup-nats setup-minisign reproducible-test
 	$(MAKE) interop-test
 
 # The scale-out wire format spoken by a plain NATS client (nats-py) to a real
-# `plugbus serve --nats` over a real nats-server.
-interop-test: setup-nats setup-python-pkg
+# `plugbus serve --nats` over a real nats-server; and the plugin artifacts a
+# third-party OCI client (oras) pushes and pulls, on a real docker-registry.
+interop-test: setup-nats setup-registry setup-python-pkg
 	$(PY_VENV)/bin/mypy --strict tests/interop
 	PLUGBUS_WASM_DIR=$(CURDIR)/$(TEST_WASM) PLUGBUS_BIN=$(CURDIR)/target/debug/plugbus $(PY_VENV)/bin/python -m pytest -q tests/interop
 

@@ -65,6 +65,8 @@
 //!   address check, the request journal that keeps replay from sending twice;
 //! - [`signature`], [`policy`]: which plugins may load (minisign signatures)
 //!   and what their manifests may grant;
+//! - [`oci`]: plugins in OCI registries (push, verified pull, `plugins.lock`);
+//!   below the bus: it only writes plugin directories, which the bus loads;
 //! - [`event`], [`pattern`], [`limits`], [`manifest`], [`outcome`], [`stats`],
 //!   [`text`], [`ingest`], [`error`]: the vocabulary every layer shares;
 //!   `sync`: the poison-tolerant lock every layer uses.
@@ -83,6 +85,8 @@ pub mod log;
 pub mod manifest;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "oci")]
+pub mod oci;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod outcome;

@@ -287,6 +287,28 @@ impl SignaturePolicy {
         };
         keys.verify(bytes, &sig_path, &text).map(Some)
     }
+
+    /// Checks `bytes` against a signature held in memory, `(name, text)`
+    /// (the name is for messages), or against none: how a pull checks an
+    /// artifact before any of it is in place. Same outcomes as
+    /// [`check`](Self::check).
+    ///
+    /// # Errors
+    /// Any [`SignatureError`] saying why the plugin must not run.
+    pub fn check_signature(
+        &self,
+        bytes: &[u8],
+        signature: Option<(&Path, &str)>,
+    ) -> Result<Option<Signer>, SignatureError> {
+        let Some(keys) = &self.keys else {
+            return Ok(None);
+        };
+        match signature {
+            Some((name, text)) => keys.verify(bytes, name, text).map(Some),
+            None if self.require => Err(SignatureError::Unsigned(PathBuf::from("no signature"))),
+            None => Ok(None),
+        }
+    }
 }
 
 /// The signature file of `wasm`: `name.wasm.minisig`.

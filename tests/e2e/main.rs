@@ -23,6 +23,7 @@ mod loading;
 mod log_faults;
 mod native;
 mod nats;
+mod oci;
 mod otel_plugins;
 mod otlp;
 mod projections;

@@ -14,7 +14,7 @@ use serde_json::json;
 use support::{Recorder, until, wasm};
 
 /// Debian's `minisign` (`make setup` installs it).
-fn minisign() -> Command {
+pub(crate) fn minisign() -> Command {
     let found = Command::new("minisign")
         .arg("-v")
         .output()
@@ -38,14 +38,14 @@ fn run(cmd: &mut Command) -> std::process::Output {
 }
 
 /// A minisign key pair made by `minisign -G` (no password): (secret, public).
-fn minisign_keys(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn minisign_keys(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let (sk, pk) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.pub")));
     run(minisign().args(["-G", "-W", "-p"]).arg(&pk).arg("-s").arg(&sk));
     (sk, pk)
 }
 
 /// Signs `file` with `minisign -S`, with a trusted comment.
-fn minisign_sign(sk: &Path, file: &Path, comment: &str) {
+pub(crate) fn minisign_sign(sk: &Path, file: &Path, comment: &str) {
     run(minisign()
         .arg("-S")
         .arg("-s")

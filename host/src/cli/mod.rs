@@ -6,6 +6,7 @@ mod dashboard;
 mod dlq;
 mod log;
 mod new;
+mod oci;
 mod progress;
 mod query;
 mod replay;
@@ -226,6 +227,48 @@ pub enum Command {
         /// The plugin's `.wasm` file.
         file: PathBuf,
     },
+    /// Push a plugin to an OCI registry as a CNCF Wasm artifact: FILE, and beside it its manifest
+    /// (NAME.toml) and signature (NAME.wasm.minisig) when present. Prints the manifest digest.
+    Push {
+        /// The plugin's `.wasm` file.
+        file: PathBuf,
+        /// Where to: oci://REGISTRY/REPOSITORY:TAG (plain HTTP for loopback registries).
+        #[arg(value_name = "REF")]
+        reference: String,
+        #[command(flatten)]
+        registry: oci::RegistryArgs,
+        /// Print JSON (reference, digests, layers).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pull a plugin from an OCI registry into a plugin directory: bounded, checked against its
+    /// digests (and its signature with --trusted-keys), renamed into place only once verified.
+    /// Without REF: install what DIR/plugins.lock lists (as run and serve do at start).
+    Pull {
+        /// oci://REGISTRY/REPOSITORY:TAG or …@sha256:DIGEST.
+        #[arg(value_name = "REF")]
+        reference: Option<String>,
+        /// The plugin directory to install into.
+        #[arg(long, value_name = "DIR")]
+        plugins: PathBuf,
+        /// Install as NAME.wasm (default: the artifact's file name, else the repository's last segment).
+        #[arg(long, value_name = "NAME", requires = "reference")]
+        name: Option<String>,
+        /// Record the plugin, pinned by digest, in DIR/plugins.lock.
+        #[arg(long, requires = "reference")]
+        lock: bool,
+        /// Verify signatures against the minisign public keys in PATH (a `.pub` file or a directory).
+        #[arg(long, value_name = "PATH")]
+        trusted_keys: Option<PathBuf>,
+        /// Refuse an artifact without a valid signature by a trusted key.
+        #[arg(long, requires = "trusted_keys")]
+        require_signed: bool,
+        #[command(flatten)]
+        registry: oci::RegistryArgs,
+        /// Print one JSON object per plugin.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make a minisign key pair for signing plugins: KEY (secret, not password-protected,
     /// mode 0600) and KEY.pub (public: put it in the hosts' --trusted-keys directory).
     Keygen {
@@ -343,6 +386,9 @@ pub struct LogArgs {
     ack_wait_ms: u64,
     #[command(flatten)]
     trust: TrustArgs,
+    /// Credentials and transport for the registries DIR/plugins.lock names.
+    #[command(flatten)]
+    registry: oci::RegistryArgs,
 }
 
 /// Plugin signatures and the capability policy (see `plugbus::signature`, `plugbus::policy` and docs/trust.md).
@@ -362,6 +408,12 @@ pub struct TrustArgs {
 }
 
 impl TrustArgs {
+    /// The signature policy these flags describe (for checks made outside
+    /// a bus: pulls).
+    pub fn signature_policy(&self) -> anyhow::Result<plugbus::SignaturePolicy> {
+        oci::signature_policy(self.trusted_keys.as_deref(), self.require_signed)
+    }
+
     pub fn apply(&self, builder: plugbus::BusBuilder) -> plugbus::BusBuilder {
         let builder = match &self.policy {
             Some(path) => builder.policy(path),
@@ -479,6 +531,8 @@ async fn open_bus(
     history: usize,
     background: bool,
 ) -> anyhow::Result<plugbus::Bus> {
+    // Remote plugins the directory pins are installed before anything loads.
+    oci::sync_before_start(plugins, &log.registry, &log.trust.signature_policy()?).await?;
     let builder = log
         .apply(cache.apply(plugbus::Bus::builder()))
         .plugin_dir(plugins)
@@ -586,6 +640,34 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             file,
         } => sign::sign(&key, password_env.as_deref(), comment.as_deref(), &file),
         Command::Keygen { key } => sign::keygen(&key),
+        Command::Push {
+            file,
+            reference,
+            registry,
+            json,
+        } => oci::push(&file, &reference, &registry, json).await,
+        Command::Pull {
+            reference,
+            plugins,
+            name,
+            lock,
+            trusted_keys,
+            require_signed,
+            registry,
+            json,
+        } => {
+            oci::pull(oci::PullOptions {
+                reference: reference.as_deref(),
+                plugins: &plugins,
+                name: name.as_deref(),
+                lock,
+                registry: &registry,
+                trusted_keys: trusted_keys.as_ref(),
+                require_signed,
+                json,
+            })
+            .await
+        }
         Command::Wit { out } => wit::wit(out.as_deref()),
         Command::Bindgen {
             lang: BindgenLang::C,

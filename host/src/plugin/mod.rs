@@ -274,8 +274,9 @@ impl From<Failure> for CallError {
 }
 
 /// Most bytes a `.wasm` may have: far above the largest interpreted plugin
-/// (~20 MB) while bounding what a stray file costs to read.
-const MAX_WASM_BYTES: u64 = 256 << 20;
+/// (~20 MB) while bounding what a stray file costs to read (or a registry
+/// costs to download: [`crate::oci`] uses it as its default cap).
+pub const MAX_WASM_BYTES: u64 = 256 << 20;
 
 impl PluginSpec {
     /// Reads, validates, compiles and links the plugin at `path`.
@@ -909,15 +910,26 @@ pub const MAX_SUBSCRIPTIONS: usize = 256;
 /// Fuel between two yields to the async runtime (~1 ms of work here).
 const YIELD_FUEL: u64 = 2_000_000;
 
+/// Whether `name` may name a plugin (`name.wasm`): 1 to 64 ASCII letters,
+/// digits, `-`, `_` or `.`, not starting with a dot (hidden files are not
+/// plugins).
+///
+/// ```
+/// assert!(plugbus::plugin::valid_plugin_name("cost-tracker"));
+/// assert!(!plugbus::plugin::valid_plugin_name("../etc"));
+/// ```
+pub fn valid_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 fn plugin_name(path: &Path) -> Result<String, LoadErrorKind> {
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-    let ok = !stem.is_empty()
-        && !stem.starts_with('.')
-        && stem.len() <= 64
-        && stem
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if valid_plugin_name(stem) {
         Ok(stem.to_owned())
     } else {
         Err(LoadErrorKind::BadName(stem.to_owned()))
@@ -926,7 +938,7 @@ fn plugin_name(path: &Path) -> Result<String, LoadErrorKind> {
 
 /// Distinguishes "not wasm" and "core module" from a component before handing
 /// the bytes to the compiler, for a clearer message.
-fn check_header(bytes: &[u8]) -> Result<(), LoadErrorKind> {
+pub(crate) fn check_header(bytes: &[u8]) -> Result<(), LoadErrorKind> {
     const MAGIC: &[u8; 4] = b"\0asm";
     match bytes {
         [m0, m1, m2, m3, rest @ ..] if [*m0, *m1, *m2, *m3] == *MAGIC => match rest {

@@ -1,0 +1,189 @@
+//! Installing a pulled plugin: write to a hidden staging directory inside
+//! the plugin directory (same filesystem, ignored by the watcher), verify
+//! there, then rename into place with the component last, so a watching
+//! bus sees the manifest and signature before the code they belong to and
+//! never a half-written file.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::OciError;
+use super::artifact::sha256_digest;
+use super::reference::PluginRef;
+use crate::signature::{SignatureError, SignaturePolicy, Signer, signature_path};
+
+/// What a pull installed.
+#[derive(Clone, Debug)]
+pub struct Pulled {
+    /// The reference pulled.
+    pub reference: String,
+    /// The plugin's name.
+    pub name: String,
+    /// The installed component, `DIR/NAME.wasm`.
+    pub wasm: PathBuf,
+    /// The manifest digest (`sha256:…`).
+    pub digest: String,
+    /// The component's digest.
+    pub wasm_digest: String,
+    /// Whether the artifact carried a manifest (`NAME.toml`).
+    pub has_manifest: bool,
+    /// Who signed it, when trusted keys were given and it is signed.
+    pub signer: Option<Signer>,
+    /// False when the same component, manifest and signature were installed
+    /// already (nothing was written).
+    pub changed: bool,
+}
+
+/// A fetched artifact, not yet on disk.
+pub(crate) struct Staged<'a> {
+    pub reference: &'a PluginRef,
+    pub digest: &'a str,
+    pub name: &'a str,
+    pub wasm: Vec<u8>,
+    pub manifest: Option<Vec<u8>>,
+    pub signature: Option<Vec<u8>>,
+}
+
+/// Verifies `staged` and installs it into `dir` (see the module docs).
+/// A signature the artifact does not carry is removed from `dir` (it is
+/// another version's: it would refuse the new bytes); a manifest it does
+/// not carry is left (it is the operator's).
+pub(crate) fn install(staged: Staged<'_>, dir: &Path, policy: &SignaturePolicy) -> Result<Pulled, OciError> {
+    let reference = staged.reference;
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| OciError::Io { path, source }
+    };
+    check_dir(dir)?;
+    if let Some(text) = &staged.manifest {
+        let text = std::str::from_utf8(text).map_err(|e| OciError::BadManifest {
+            reference: reference.to_string(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str::<crate::manifest::RawManifest>(text).map_err(|e| OciError::BadManifest {
+            reference: reference.to_string(),
+            reason: e.to_string().trim_end().to_owned(),
+        })?;
+    }
+    let wasm_name = format!("{}.wasm", staged.name);
+    let target = dir.join(&wasm_name);
+    let manifest_target = target.with_extension("toml");
+    let signature_target = signature_path(&target);
+    let wasm_digest = sha256_digest(&staged.wasm);
+    let same = |path: &Path, want: Option<&Vec<u8>>| match (std::fs::read(path), want) {
+        (Ok(have), Some(want)) => &have == want,
+        (Err(e), None) => e.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    };
+    let unchanged = same(&target, Some(&staged.wasm))
+        && same(&signature_target, staged.signature.as_ref())
+        && (staged.manifest.is_none() || same(&manifest_target, staged.manifest.as_ref()));
+
+    // The same check a load makes, before anything is in place: a refused
+    // artifact never reaches the directory.
+    let signature_name = PathBuf::from(format!("{wasm_name}.minisig"));
+    let signature_text = match &staged.signature {
+        Some(bytes) => Some(std::str::from_utf8(bytes).map_err(|_| OciError::Signature {
+            reference: reference.to_string(),
+            source: SignatureError::Malformed {
+                path: signature_name.clone(),
+                reason: "not UTF-8 text".to_owned(),
+            },
+        })?),
+        None => None,
+    };
+    let signer = policy
+        .check_signature(&staged.wasm, signature_text.map(|t| (signature_name.as_path(), t)))
+        .map_err(|source| match source {
+            SignatureError::Unsigned(_) => OciError::Unsigned {
+                reference: reference.to_string(),
+            },
+            source => OciError::Signature {
+                reference: reference.to_string(),
+                source,
+            },
+        })?;
+    let pulled = Pulled {
+        reference: reference.to_string(),
+        name: staged.name.to_owned(),
+        wasm: target.clone(),
+        digest: staged.digest.to_owned(),
+        wasm_digest,
+        has_manifest: staged.manifest.is_some(),
+        signer,
+        changed: !unchanged,
+    };
+    if unchanged {
+        return Ok(pulled);
+    }
+    let stage = StageDir::create(dir).map_err(io(dir))?;
+    let write = |file: &str, bytes: &[u8]| -> Result<PathBuf, OciError> {
+        let path = stage.path.join(file);
+        write_synced(&path, bytes).map_err(io(&path))?;
+        Ok(path)
+    };
+    let staged_wasm = write(&wasm_name, &staged.wasm)?;
+    let staged_manifest = match &staged.manifest {
+        Some(bytes) => Some(write(&format!("{}.toml", staged.name), bytes)?),
+        None => None,
+    };
+    let staged_signature = match &staged.signature {
+        Some(bytes) => Some(write(&format!("{wasm_name}.minisig"), bytes)?),
+        None => None,
+    };
+    if let Some(from) = staged_manifest {
+        std::fs::rename(&from, &manifest_target).map_err(io(&manifest_target))?;
+    }
+    match staged_signature {
+        Some(from) => std::fs::rename(&from, &signature_target).map_err(io(&signature_target))?,
+        None => match std::fs::remove_file(&signature_target) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&signature_target)(e)),
+            _ => {}
+        },
+    }
+    std::fs::rename(&staged_wasm, &target).map_err(io(&target))?;
+    // The renames survive power loss once the directory is synced.
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    tracing::info!(reference = %reference, plugin = staged.name, digest = staged.digest, "plugin installed");
+    Ok(pulled)
+}
+
+/// Fails unless `dir` is a directory (checked before anything is fetched).
+pub(crate) fn check_dir(dir: &Path) -> Result<(), OciError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(OciError::Io {
+        path: dir.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "the plugin directory does not exist"),
+    })
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// A hidden directory inside the plugin directory, removed with whatever is
+/// left in it when dropped (a refused or failed pull leaves nothing).
+struct StageDir {
+    path: PathBuf,
+}
+
+impl StageDir {
+    fn create(dir: &Path) -> std::io::Result<StageDir> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(".plugbus-pull-{}-{n}", std::process::id()));
+        std::fs::create_dir(&path)?;
+        Ok(StageDir { path })
+    }
+}
+
+impl Drop for StageDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

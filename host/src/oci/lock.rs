@@ -1,0 +1,232 @@
+//! `plugins.lock`: remote plugins a plugin directory pins by digest, which
+//! `plugbus serve` (and `plugbus pull --locked`) installs before the bus
+//! starts.
+//!
+//! ```toml
+//! # written by `plugbus pull --lock`; read by `plugbus serve`
+//! [[plugin]]
+//! name = "cost-tracker"
+//! reference = "oci://registry.example.com/plugbus/cost-tracker:1.2"
+//! digest = "sha256:…"   # the manifest: what is pulled (the tag is informational)
+//! wasm = "sha256:…"     # the component: an installed copy with this digest is kept
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::install::Pulled;
+use super::reference::PluginRef;
+use super::{OciError, Registry, transfer};
+use crate::signature::SignaturePolicy;
+
+/// The lock file's name inside a plugin directory.
+pub const LOCK_FILE: &str = "plugins.lock";
+
+/// Most bytes a lock file may have: a few hundred bytes per plugin.
+const MAX_LOCK_BYTES: u64 = 1 << 20;
+
+/// The remote plugins of a directory.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Lock {
+    /// One entry per plugin, by name.
+    #[serde(default, rename = "plugin")]
+    pub plugins: Vec<LockEntry>,
+}
+
+/// One remote plugin.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LockEntry {
+    /// The plugin's name (`NAME.wasm` in the directory).
+    pub name: String,
+    /// Where it came from, as given to `plugbus pull`.
+    pub reference: String,
+    /// The artifact's manifest digest: what is pulled.
+    pub digest: String,
+    /// The component's digest: an installed copy with it is kept as is.
+    pub wasm: String,
+}
+
+/// What [`sync_lock`] did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    /// Plugins pulled and installed.
+    pub installed: Vec<Pulled>,
+    /// Plugins whose installed component already had the locked digest.
+    pub present: Vec<String>,
+}
+
+impl Lock {
+    /// The lock file of `dir`.
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(LOCK_FILE)
+    }
+
+    /// Reads `dir`'s lock file; `None` when there is none.
+    ///
+    /// # Errors
+    /// [`OciError::Lock`] naming the file and the fault (an unreadable file,
+    /// bad TOML, an entry with a bad name, reference or digest, a name
+    /// twice).
+    pub fn read(dir: &Path) -> Result<Option<Lock>, OciError> {
+        let path = Lock::path(dir);
+        let bad = |reason: String| OciError::Lock {
+            path: path.clone(),
+            reason,
+        };
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(bad(e.to_string())),
+            Ok(m) if m.len() > MAX_LOCK_BYTES => {
+                return Err(bad(format!("{} bytes, above the cap of {MAX_LOCK_BYTES}", m.len())));
+            }
+            Ok(_) => {}
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+        let lock: Lock = toml::from_str(&text).map_err(|e| bad(e.to_string().trim_end().to_owned()))?;
+        let mut names = std::collections::BTreeSet::new();
+        for entry in &lock.plugins {
+            let at = |what: String| bad(format!("plugin {:?}: {what}", entry.name));
+            if !crate::plugin::valid_plugin_name(&entry.name) {
+                return Err(at("not a valid plugin name".to_owned()));
+            }
+            if !names.insert(entry.name.as_str()) {
+                return Err(at("listed twice".to_owned()));
+            }
+            entry.reference.parse::<PluginRef>().map_err(|e| at(e.to_string()))?;
+            for (field, digest) in [("digest", &entry.digest), ("wasm", &entry.wasm)] {
+                if !is_sha256(digest) {
+                    return Err(at(format!("{field} {digest:?} is not sha256:<64 hex digits>")));
+                }
+            }
+        }
+        Ok(Some(lock))
+    }
+
+    /// Adds `entry`, replacing one of the same name.
+    pub fn upsert(&mut self, entry: LockEntry) {
+        match self.plugins.iter_mut().find(|e| e.name == entry.name) {
+            Some(slot) => *slot = entry,
+            None => self.plugins.push(entry),
+        }
+    }
+
+    /// Writes the lock file of `dir` (to a hidden file, then renamed).
+    ///
+    /// # Errors
+    /// [`OciError::Io`] naming the file.
+    pub fn write(&self, dir: &Path) -> Result<(), OciError> {
+        let path = Lock::path(dir);
+        let tmp = dir.join(format!(".{LOCK_FILE}.{}.tmp", std::process::id()));
+        let io = |source| OciError::Io {
+            path: path.clone(),
+            source,
+        };
+        // Plain strings and a list of tables: serialising cannot fail.
+        let body = toml::to_string(self).expect("lock serialises");
+        let text = format!(
+            "# Remote plugins, pinned by digest: `plugbus serve` installs them at start.\n# Written by `plugbus pull --lock`.\n\n{body}"
+        );
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)
+    }
+}
+
+fn is_sha256(digest: &str) -> bool {
+    digest
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+/// Installs every plugin of `dir`'s lock file that is not installed with its
+/// locked digest, pulling each by its manifest digest (never by tag), under
+/// the same checks as [`pull`](super::pull). Without a lock file it does
+/// nothing.
+///
+/// # Errors
+/// The first plugin that cannot be installed: its [`OciError`] names the
+/// reference; the plugins before it are installed, the ones after it are
+/// not tried.
+pub async fn sync_lock(dir: &Path, registry: &Registry, policy: &SignaturePolicy) -> Result<SyncReport, OciError> {
+    let mut report = SyncReport::default();
+    let Some(lock) = Lock::read(dir)? else {
+        return Ok(report);
+    };
+    for entry in lock.plugins {
+        let installed = dir.join(format!("{}.wasm", entry.name));
+        if std::fs::read(&installed).is_ok_and(|bytes| super::sha256_digest(&bytes) == entry.wasm) {
+            report.present.push(entry.name);
+            continue;
+        }
+        // Validated by `Lock::read`.
+        let reference: PluginRef = entry.reference.parse()?;
+        let pinned = reference.pinned(&entry.digest);
+        let pulled = transfer::pull(&pinned, dir, registry, policy, Some(&entry.name)).await?;
+        if pulled.wasm_digest != entry.wasm {
+            return Err(OciError::Digest {
+                reference: pinned.to_string(),
+                what: format!("plugin {}'s component (the lock's wasm digest)", entry.name),
+                expected: entry.wasm,
+                actual: pulled.wasm_digest,
+            });
+        }
+        report.installed.push(pulled);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn locks_round_trip_and_refuse_bad_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Lock::read(dir.path()).unwrap().is_none());
+        let mut lock = Lock::default();
+        let entry = |name: &str| LockEntry {
+            name: name.to_owned(),
+            reference: "oci://127.0.0.1:5000/p/x:1".to_owned(),
+            digest: D.to_owned(),
+            wasm: D.to_owned(),
+        };
+        lock.upsert(entry("a"));
+        lock.upsert(entry("b"));
+        lock.upsert(entry("a"));
+        lock.write(dir.path()).unwrap();
+        assert_eq!(Lock::read(dir.path()).unwrap().unwrap(), lock);
+        assert_eq!(lock.plugins.len(), 2);
+
+        for (text, expect) in [
+            (
+                "[[plugin]]\nname = \"../x\"\nreference = \"oci://r.io/x:1\"\ndigest = \"D\"\nwasm = \"D\"\n",
+                "valid plugin name",
+            ),
+            (
+                "[[plugin]]\nname = \"x\"\nreference = \"x:1\"\ndigest = \"D\"\nwasm = \"D\"\n",
+                "oci://",
+            ),
+            (
+                "[[plugin]]\nname = \"x\"\nreference = \"oci://r.io/x:1\"\ndigest = \"sha256:00\"\nwasm = \"D\"\n",
+                "digest",
+            ),
+            (
+                "[[plugin]]\nname = \"x\"\nreference = \"oci://r.io/x:1\"\ndigest = \"D\"\nwasm = \"D\"\nextra = 1\n",
+                "unknown field",
+            ),
+            (
+                "[[plugin]]\nname = \"x\"\nreference = \"oci://r.io/x:1\"\ndigest = \"D\"\nwasm = \"D\"\n[[plugin]]\nname = \"x\"\nreference = \"oci://r.io/x:1\"\ndigest = \"D\"\nwasm = \"D\"\n",
+                "twice",
+            ),
+            ("not toml [", "plugins.lock"),
+        ] {
+            std::fs::write(Lock::path(dir.path()), text.replace("\"D\"", &format!("\"{D}\""))).unwrap();
+            let e = Lock::read(dir.path()).unwrap_err().to_string();
+            assert!(e.contains(expect) && e.contains("plugins.lock"), "{expect}: {e}");
+        }
+    }
+}

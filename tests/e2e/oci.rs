@@ -1,0 +1,454 @@
+//! Plugins through a real OCI registry (Debian's `docker-registry`, the CNCF
+//! distribution registry, started per test on loopback): `plugbus push` and
+//! `plugbus pull`, digests checked against bytes tampered in the registry's
+//! own storage, signatures under `--require-signed` when a tag moves, size
+//! caps, and `plugins.lock` installed by `serve` at start.
+
+use crate::support;
+use crate::trust::{minisign_keys, minisign_sign};
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{http, plugbus, serve, wasm};
+
+/// A `docker-registry serve` on a free loopback port with its storage in a
+/// temporary directory; killed when dropped.
+struct Registry {
+    child: Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let found = Command::new("docker-registry")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "Debian's `docker-registry` is missing: `make setup-registry` installs it (apt-get install docker-registry)"
+        );
+        // A free port, found by binding; another process could take it
+        // before the registry does, so a registry that exits is retried.
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr = format!("127.0.0.1:{port}");
+            let config = dir.path().join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                    dir.path().join("data").display()
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                if support::try_http(&addr, "GET", "/v2/", b"").is_some_and(|(status, _)| status == 200) {
+                    return Registry { child, addr, dir };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("docker-registry did not start");
+    }
+
+    /// `oci://ADDR/REPO`.
+    fn reference(&self, repo: &str) -> String {
+        format!("oci://{}/{repo}", self.addr)
+    }
+
+    /// The file the registry keeps blob `digest` in.
+    fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `plugbus ARGS`, expecting success; its stdout.
+fn ok(args: &[&str]) -> String {
+    let out = plugbus(args);
+    assert!(
+        out.status.success(),
+        "plugbus {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `plugbus ARGS`, expecting failure; its stderr.
+fn fails(args: &[&str]) -> String {
+    let out = plugbus(args);
+    assert!(
+        !out.status.success(),
+        "plugbus {args:?} succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// What a plugin directory holds, hidden entries included (a staging
+/// directory left behind would show here).
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A source directory with cost-tracker and its manifest, signed with a
+/// fresh minisign key: (source dir, keys dir, the public key).
+fn signed_source() -> (tempfile::TempDir, tempfile::TempDir, PathBuf) {
+    let src = support::plugin_dir(&["cost-tracker"]);
+    let keys = tempfile::tempdir().unwrap();
+    let (sk, pk) = minisign_keys(keys.path(), "release");
+    minisign_sign(&sk, &src.path().join("cost-tracker.wasm"), "cost-tracker release");
+    (src, keys, pk)
+}
+
+#[test]
+fn a_pushed_plugin_pulls_back_byte_for_byte_verified_and_locked() {
+    let registry = Registry::start();
+    let (src, _keys, pk) = signed_source();
+    let reference = registry.reference("plugbus/cost-tracker:1.0");
+    let pushed = json(&ok(&[
+        "push",
+        s(&src.path().join("cost-tracker.wasm")),
+        &reference,
+        "--json",
+    ]));
+    let media: Vec<&str> = pushed["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["media_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        media,
+        [
+            "application/wasm",
+            "application/vnd.plugbus.manifest.v1+toml",
+            "application/vnd.plugbus.signature.v1+minisign"
+        ]
+    );
+    // The same files push to the same digest (no timestamp without
+    // SOURCE_DATE_EPOCH).
+    let again = json(&ok(&[
+        "push",
+        s(&src.path().join("cost-tracker.wasm")),
+        &reference,
+        "--json",
+    ]));
+    assert_eq!(again["digest"], pushed["digest"]);
+
+    let dst = tempfile::tempdir().unwrap();
+    let pull = |extra: &[&str]| {
+        let mut args = vec!["pull", &reference, "--plugins", s(dst.path()), "--json"];
+        args.extend_from_slice(extra);
+        json(&ok(&args))
+    };
+    let pulled = pull(&["--trusted-keys", s(&pk), "--require-signed", "--lock"]);
+    assert_eq!(pulled["digest"], pushed["digest"]);
+    assert_eq!(pulled["changed"], true);
+    assert!(pulled["signer"].is_string(), "{pulled}");
+    for file in ["cost-tracker.wasm", "cost-tracker.toml", "cost-tracker.wasm.minisig"] {
+        assert_eq!(
+            std::fs::read(dst.path().join(file)).unwrap(),
+            std::fs::read(src.path().join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    assert_eq!(
+        listing(dst.path()),
+        [
+            "cost-tracker.toml",
+            "cost-tracker.wasm",
+            "cost-tracker.wasm.minisig",
+            "plugins.lock"
+        ]
+    );
+    let lock = std::fs::read_to_string(dst.path().join("plugins.lock")).unwrap();
+    assert!(lock.contains(pushed["digest"].as_str().unwrap()), "{lock}");
+    assert!(lock.contains(pushed["wasm_digest"].as_str().unwrap()), "{lock}");
+    // The pulled plugin loads, signed.
+    let check = ok(&[
+        "check",
+        s(&dst.path().join("cost-tracker.wasm")),
+        "--trusted-keys",
+        s(&pk),
+        "--require-signed",
+    ]);
+    assert!(check.contains("cost-tracker"), "{check}");
+    // Pulling what is installed changes nothing.
+    assert_eq!(pull(&[])["changed"], false);
+}
+
+#[test]
+fn bytes_changed_in_the_registry_are_refused_and_nothing_is_written() {
+    let registry = Registry::start();
+    let (src, _keys, _) = signed_source();
+    let reference = registry.reference("plugbus/cost-tracker:1");
+    let pushed = json(&ok(&[
+        "push",
+        s(&src.path().join("cost-tracker.wasm")),
+        &reference,
+        "--json",
+    ]));
+    // One byte of the stored component changed, its length kept: the
+    // registry serves it under the old digest.
+    let blob = registry.blob_file(pushed["wasm_digest"].as_str().unwrap());
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let err = fails(&["pull", &reference, "--plugins", s(dst.path())]);
+    assert!(
+        err.contains("digest mismatch for the component layer") && err.contains(&reference),
+        "{err}"
+    );
+    assert!(listing(dst.path()).is_empty(), "{:?}", listing(dst.path()));
+
+    // A reference pinned to a digest the registry does not have.
+    let pinned = format!(
+        "{}@sha256:{}",
+        registry.reference("plugbus/cost-tracker"),
+        "0".repeat(64)
+    );
+    let err = fails(&["pull", &pinned, "--plugins", s(dst.path())]);
+    assert!(err.contains(&pinned) && err.contains("manifest unknown"), "{err}");
+    assert!(listing(dst.path()).is_empty());
+}
+
+#[test]
+fn a_tag_moved_to_an_unsigned_or_badly_signed_artifact_is_refused_and_the_installed_version_stays() {
+    let registry = Registry::start();
+    let (src, keys, pk) = signed_source();
+    let reference = registry.reference("plugbus/cost-tracker:stable");
+    ok(&["push", s(&src.path().join("cost-tracker.wasm")), &reference]);
+    let dst = tempfile::tempdir().unwrap();
+    let pull_signed = || {
+        plugbus(&[
+            "pull",
+            &reference,
+            "--plugins",
+            s(dst.path()),
+            "--trusted-keys",
+            s(&pk),
+            "--require-signed",
+        ])
+    };
+    assert!(pull_signed().status.success());
+    let installed = listing(dst.path());
+    let wasm_before = std::fs::read(dst.path().join("cost-tracker.wasm")).unwrap();
+
+    // The tag moves to the same plugin, rebuilt differently and unsigned.
+    let unsigned = tempfile::tempdir().unwrap();
+    std::fs::copy(wasm("token-counter"), unsigned.path().join("cost-tracker.wasm")).unwrap();
+    ok(&["push", s(&unsigned.path().join("cost-tracker.wasm")), &reference]);
+    let out = pull_signed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unsigned") && err.contains(&reference),
+        "{err}"
+    );
+    assert_eq!(listing(dst.path()), installed);
+    assert_eq!(
+        std::fs::read(dst.path().join("cost-tracker.wasm")).unwrap(),
+        wasm_before
+    );
+
+    // Signed by a key nobody trusts.
+    let (stranger, _) = minisign_keys(keys.path(), "stranger");
+    minisign_sign(&stranger, &unsigned.path().join("cost-tracker.wasm"), "not ours");
+    ok(&["push", s(&unsigned.path().join("cost-tracker.wasm")), &reference]);
+    let err = String::from_utf8(pull_signed().stderr).unwrap();
+    assert!(err.contains("not among the trusted keys"), "{err}");
+
+    // A signature layer of garbage.
+    std::fs::write(unsigned.path().join("cost-tracker.wasm.minisig"), "garbage\n").unwrap();
+    ok(&["push", s(&unsigned.path().join("cost-tracker.wasm")), &reference]);
+    let err = String::from_utf8(pull_signed().stderr).unwrap();
+    assert!(err.contains("is not a minisign signature"), "{err}");
+    assert_eq!(listing(dst.path()), installed);
+    assert_eq!(
+        std::fs::read(dst.path().join("cost-tracker.wasm")).unwrap(),
+        wasm_before
+    );
+}
+
+#[test]
+fn bad_input_is_refused_naming_the_reference_and_leaves_the_directory_alone() {
+    let registry = Registry::start();
+    let src = support::plugin_dir(&["cost-tracker"]);
+    let reference = registry.reference("plugbus/cost-tracker:1");
+    ok(&["push", s(&src.path().join("cost-tracker.wasm")), &reference]);
+    let dst = tempfile::tempdir().unwrap();
+
+    // A component above the cap: refused from its descriptor.
+    let err = fails(&[
+        "pull",
+        &reference,
+        "--plugins",
+        s(dst.path()),
+        "--max-wasm-bytes",
+        "1000",
+    ]);
+    assert!(
+        err.contains("above the cap of 1000 bytes") && err.contains(&reference),
+        "{err}"
+    );
+    // A registry nobody listens on.
+    let dead = format!("oci://127.0.0.1:{}/plugbus/x:1", free_port());
+    let err = fails(&["pull", &dead, "--plugins", s(dst.path())]);
+    assert!(err.contains(&dead) && err.contains("Connection refused"), "{err}");
+    // A repository the registry does not have.
+    let missing = registry.reference("plugbus/nothing:1");
+    let err = fails(&["pull", &missing, "--plugins", s(dst.path())]);
+    assert!(err.contains(&missing) && err.contains("manifest unknown"), "{err}");
+    // No registry named: plugbus never guesses Docker Hub.
+    let err = fails(&["pull", "oci://plugbus/cost-tracker:1", "--plugins", s(dst.path())]);
+    assert!(err.contains("name the registry"), "{err}");
+    // A file that is not a component is not pushed.
+    std::fs::write(dst.path().join("junk.wasm"), b"not wasm").unwrap();
+    let err = fails(&[
+        "push",
+        s(&dst.path().join("junk.wasm")),
+        &registry.reference("plugbus/junk:1"),
+    ]);
+    assert!(err.contains("not a WebAssembly component"), "{err}");
+    std::fs::remove_file(dst.path().join("junk.wasm")).unwrap();
+    // A manifest layer that is not a plugbus manifest.
+    let bad = tempfile::tempdir().unwrap();
+    std::fs::copy(wasm("token-counter"), bad.path().join("tc.wasm")).unwrap();
+    std::fs::write(bad.path().join("tc.toml"), "subscriptions = 3\n").unwrap();
+    let bad_ref = registry.reference("plugbus/tc:1");
+    ok(&["push", s(&bad.path().join("tc.wasm")), &bad_ref]);
+    let err = fails(&["pull", &bad_ref, "--plugins", s(dst.path())]);
+    assert!(
+        err.contains("not a plugbus manifest") && err.contains(&bad_ref),
+        "{err}"
+    );
+    // A missing plugin directory is named before anything is fetched.
+    let err = fails(&["pull", &reference, "--plugins", "/nonexistent/plugins"]);
+    assert!(err.contains("/nonexistent/plugins"), "{err}");
+
+    assert!(listing(dst.path()).is_empty(), "{:?}", listing(dst.path()));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn serve_installs_the_locked_digest_at_start_whatever_the_tag_now_names() {
+    let registry = Registry::start();
+    let src = support::plugin_dir(&["cost-tracker"]);
+    let reference = registry.reference("plugbus/cost-tracker:latest");
+    ok(&["push", s(&src.path().join("cost-tracker.wasm")), &reference]);
+    let first = tempfile::tempdir().unwrap();
+    let locked = json(&ok(&[
+        "pull",
+        &reference,
+        "--plugins",
+        s(first.path()),
+        "--lock",
+        "--json",
+    ]));
+    // The tag moves on; the lock still names the first digest.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::copy(wasm("token-counter"), other.path().join("cost-tracker.wasm")).unwrap();
+    ok(&["push", s(&other.path().join("cost-tracker.wasm")), &reference]);
+
+    // A host with only the lock file installs the locked version and runs it.
+    let host = tempfile::tempdir().unwrap();
+    std::fs::copy(first.path().join("plugins.lock"), host.path().join("plugins.lock")).unwrap();
+    {
+        let (_served, addr, _log) = serve(&["--plugins", s(host.path())]);
+        let (status, body) = http(&addr, "GET", "/plugins", b"");
+        assert_eq!(status, 200);
+        let plugins: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let ct = plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "cost-tracker")
+            .unwrap_or_else(|| panic!("{body}"));
+        let wasm_digest = locked["wasm_digest"].as_str().unwrap();
+        assert_eq!(format!("sha256:{}", ct["version"].as_str().unwrap()), wasm_digest);
+    }
+    assert_eq!(
+        std::fs::read(host.path().join("cost-tracker.wasm")).unwrap(),
+        std::fs::read(src.path().join("cost-tracker.wasm")).unwrap()
+    );
+
+    // With the registry gone, an installed copy with the locked digest is
+    // enough to start; a missing one stops the start, naming the reference.
+    drop(registry);
+    {
+        let (_served, addr, _log) = serve(&["--plugins", s(host.path())]);
+        assert_eq!(http(&addr, "GET", "/plugins", b"").0, 200);
+    }
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::copy(first.path().join("plugins.lock"), empty.path().join("plugins.lock")).unwrap();
+    let out = Command::new(support::plugbus_bin())
+        .args(["serve", "--plugins", s(empty.path()), "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("plugins.lock")
+            && err.contains("plugbus/cost-tracker@sha256:")
+            && err.contains("Connection refused"),
+        "{err}"
+    );
+    assert_eq!(listing(empty.path()), ["plugins.lock"]);
+}
