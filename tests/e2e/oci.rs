@@ -19,10 +19,43 @@ struct Registry {
     child: Child,
     addr: String,
     dir: tempfile::TempDir,
+    /// The htpasswd file's directory, for a registry that asks for credentials.
+    _auth: Option<tempfile::TempDir>,
 }
 
 impl Registry {
     fn start() -> Registry {
+        Registry::start_with("")
+    }
+
+    /// A registry that asks for `user`/`password` (htpasswd, bcrypt: made
+    /// with Python's `crypt`, which Debian's libxcrypt backs).
+    fn with_basic_auth(user: &str, password: &str) -> Registry {
+        let out = Command::new("python3")
+            .args([
+                "-W",
+                "ignore",
+                "-c",
+                "import crypt, sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+                password,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let hash = String::from_utf8(out.stdout).unwrap();
+        let auth = tempfile::tempdir().unwrap();
+        let htpasswd = auth.path().join("htpasswd");
+        std::fs::write(&htpasswd, format!("{user}:{}", hash.trim())).unwrap();
+        let mut registry = Registry::start_with(&format!(
+            "auth:\n  htpasswd:\n    realm: plugbus-test\n    path: {}\n",
+            htpasswd.display()
+        ));
+        registry._auth = Some(auth);
+        registry
+    }
+
+    /// Starts one with `extra` configuration (YAML top-level sections).
+    fn start_with(extra: &str) -> Registry {
         let found = Command::new("docker-registry")
             .arg("--version")
             .output()
@@ -45,7 +78,7 @@ impl Registry {
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{extra}",
                     dir.path().join("data").display()
                 ),
             )
@@ -62,8 +95,14 @@ impl Registry {
                 if matches!(child.try_wait(), Ok(Some(_))) {
                     break;
                 }
-                if support::try_http(&addr, "GET", "/v2/", b"").is_some_and(|(status, _)| status == 200) {
-                    return Registry { child, addr, dir };
+                // 401 when it asks for credentials: it answers either way.
+                if support::try_http(&addr, "GET", "/v2/", b"").is_some_and(|(status, _)| matches!(status, 200 | 401)) {
+                    return Registry {
+                        child,
+                        addr,
+                        dir,
+                        _auth: None,
+                    };
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -376,6 +415,52 @@ fn bad_input_is_refused_naming_the_reference_and_leaves_the_directory_alone() {
     assert!(err.contains("/nonexistent/plugins"), "{err}");
 
     assert!(listing(dst.path()).is_empty(), "{:?}", listing(dst.path()));
+}
+
+#[test]
+fn a_registry_that_asks_for_credentials_gets_them_from_the_environment_and_never_prints_them() {
+    let password = "pl4gbus-s3cret-Zq";
+    let registry = Registry::with_basic_auth("ci", password);
+    let src = support::plugin_dir(&["cost-tracker"]);
+    let file = src.path().join("cost-tracker.wasm");
+    let reference = registry.reference("plugbus/cost-tracker:1");
+    let run = |args: &[&str], env_password: Option<&str>| {
+        let mut cmd = Command::new(support::plugbus_bin());
+        cmd.args(args)
+            .env("RUST_LOG", "debug")
+            .env_remove("PLUGBUS_REGISTRY_PASSWORD");
+        if let Some(p) = env_password {
+            cmd.env("PLUGBUS_REGISTRY_PASSWORD", p);
+        }
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!text.contains(password), "the password was printed: {text}");
+        (out.status.success(), text)
+    };
+    let (ok_, text) = run(&["push", s(&file), &reference], None);
+    assert!(!ok_ && text.contains(&reference) && text.contains("401"), "{text}");
+    let (ok_, text) = run(&["push", s(&file), &reference, "--registry-user", "ci"], Some("wrong"));
+    assert!(!ok_ && text.contains(&reference), "{text}");
+    let (ok_, text) = run(&["push", s(&file), &reference, "--registry-user", "ci"], None);
+    assert!(!ok_ && text.contains("PLUGBUS_REGISTRY_PASSWORD"), "{text}");
+    let (ok_, text) = run(&["push", s(&file), &reference, "--registry-user", "ci"], Some(password));
+    assert!(ok_, "{text}");
+    let dst = tempfile::tempdir().unwrap();
+    let (ok_, text) = run(&["pull", &reference, "--plugins", s(dst.path())], None);
+    assert!(!ok_ && text.contains("Not authorized"), "{text}");
+    let (ok_, text) = run(
+        &["pull", &reference, "--plugins", s(dst.path()), "--registry-user", "ci"],
+        Some(password),
+    );
+    assert!(ok_, "{text}");
+    assert_eq!(
+        std::fs::read(dst.path().join("cost-tracker.wasm")).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
 }
 
 fn free_port() -> u16 {
