@@ -67,6 +67,8 @@
 //!   and what their manifests may grant;
 //! - [`oci`]: plugins in OCI registries (push, verified pull, `plugins.lock`);
 //!   below the bus: it only writes plugin directories, which the bus loads;
+//! - [`fleet`]: one plugin set for a NATS fleet (a JetStream key-value
+//!   bucket each host converges its plugin directory on, through `oci`);
 //! - [`event`], [`pattern`], [`limits`], [`manifest`], [`outcome`], [`stats`],
 //!   [`text`], [`ingest`], [`error`]: the vocabulary every layer shares;
 //!   `sync`: the poison-tolerant lock every layer uses.
@@ -78,6 +80,8 @@ pub mod dead_letter;
 pub mod error;
 pub mod event;
 pub mod failpoint;
+#[cfg(all(feature = "oci", feature = "nats"))]
+pub mod fleet;
 pub mod http;
 pub mod ingest;
 pub mod limits;

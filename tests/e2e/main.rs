@@ -16,6 +16,7 @@ mod cloudevents;
 mod dashboard;
 mod durable;
 mod exactly_once;
+mod fleet;
 mod http;
 mod isolation;
 mod languages;

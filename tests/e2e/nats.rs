@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::support::{self, NatsServer};
 
-async fn client(url: &str) -> jetstream::Context {
+pub(crate) async fn client(url: &str) -> jetstream::Context {
     jetstream::new(async_nats::connect(url).await.unwrap())
 }
 
@@ -511,7 +511,7 @@ async fn a_plugin_added_with_replay_all_starts_at_the_first_retained_event() {
 
 /// The messages of the stream on subjects matching `filter`, in stream
 /// order: (stream sequence, envelope). Read by an ephemeral consumer.
-async fn stream_messages(js: &jetstream::Context, filter: &str) -> Vec<(u64, Value)> {
+pub(crate) async fn stream_messages(js: &jetstream::Context, filter: &str) -> Vec<(u64, Value)> {
     use futures_util::StreamExt;
     let stream = js.get_stream("PLUGBUS").await.unwrap();
     let consumer: jetstream::consumer::Consumer<pull::Config> = stream

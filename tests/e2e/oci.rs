@@ -15,7 +15,7 @@ use support::{http, plugbus, serve, wasm};
 
 /// A `docker-registry serve` on a free loopback port with its storage in a
 /// temporary directory; killed when dropped.
-struct Registry {
+pub(crate) struct Registry {
     child: Child,
     addr: String,
     dir: tempfile::TempDir,
@@ -24,7 +24,7 @@ struct Registry {
 }
 
 impl Registry {
-    fn start() -> Registry {
+    pub(crate) fn start() -> Registry {
         Registry::start_with("")
     }
 
@@ -113,7 +113,7 @@ impl Registry {
     }
 
     /// `oci://ADDR/REPO`.
-    fn reference(&self, repo: &str) -> String {
+    pub(crate) fn reference(&self, repo: &str) -> String {
         format!("oci://{}/{repo}", self.addr)
     }
 
@@ -137,7 +137,7 @@ impl Drop for Registry {
 }
 
 /// Runs `plugbus ARGS`, expecting success; its stdout.
-fn ok(args: &[&str]) -> String {
+pub(crate) fn ok(args: &[&str]) -> String {
     let out = plugbus(args);
     assert!(
         out.status.success(),
@@ -159,11 +159,11 @@ fn fails(args: &[&str]) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
-fn json(stdout: &str) -> serde_json::Value {
+pub(crate) fn json(stdout: &str) -> serde_json::Value {
     serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }
 
-fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 

@@ -4,6 +4,7 @@ mod bench;
 mod check;
 mod dashboard;
 mod dlq;
+mod fleet;
 mod log;
 mod new;
 mod oci;
@@ -85,6 +86,13 @@ pub enum Command {
         /// timelines (GET /runs/ID/events) read them from (0: none). With --log the log is read.
         #[arg(long, value_name = "N", default_value_t = serve::DEFAULT_HISTORY)]
         history: usize,
+        #[command(flatten)]
+        fleet: fleet::FleetArgs,
+    },
+    /// One plugin set for a NATS fleet: publish a version, remove a plugin, see what each host runs.
+    Fleet {
+        #[command(subcommand)]
+        command: fleet::FleetCommand,
     },
     /// Dead letters (events that made a plugin fail hard): list, redrive.
     Dlq {
@@ -615,6 +623,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             log,
             otlp,
             history,
+            fleet,
         } => {
             serve::serve(serve::Options {
                 plugins: &plugins,
@@ -624,6 +633,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 log: &log,
                 otlp: &otlp,
                 history,
+                fleet: &fleet,
             })
             .await
         }
@@ -640,6 +650,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             file,
         } => sign::sign(&key, password_env.as_deref(), comment.as_deref(), &file),
         Command::Keygen { key } => sign::keygen(&key),
+        Command::Fleet { command } => fleet::fleet(command).await,
         Command::Push {
             file,
             reference,

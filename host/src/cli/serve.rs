@@ -95,6 +95,8 @@ pub struct Options<'a> {
     pub otlp: &'a OtlpArgs,
     /// Events kept for [`plugbus::Bus::history`] when there is no log.
     pub history: usize,
+    /// Membership of a fleet's plugin set.
+    pub fleet: &'a super::fleet::FleetArgs,
 }
 
 pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
@@ -106,11 +108,14 @@ pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
         log,
         otlp,
         history,
+        fleet,
     } = options;
     // With a log, run timelines are read from it: no copy in memory.
     let history = if log.dir.is_some() { 0 } else { history };
     // Listening at once: the plugins load in the background (`/readyz`).
     let started = std::time::Instant::now();
+    // The fleet's set is installed before the bus loads anything.
+    let member = super::fleet::join(fleet, log.nats.as_deref(), plugins, &log.registry, &log.trust).await?;
     let bus = super::open_bus(plugins, true, cache, log, history, true).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -135,6 +140,14 @@ pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
         grace,
     };
     let stop_signal = shutdown_signal();
+    if let Some(member) = member {
+        let stopping = stopping.clone();
+        tokio::spawn(async move {
+            if let Err(e) = member.follow(stopping).await {
+                tracing::error!(error = %e, "fleet: cannot follow the plugin set; this host keeps its plugins as they are");
+            }
+        });
+    }
     let dashboard = Dashboard::start(&bus, history, stopping.clone());
     let app = router(bus.clone(), shutdown.clone(), receiver.clone()).merge(dashboard.routes());
     eprintln!(

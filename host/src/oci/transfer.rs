@@ -171,7 +171,7 @@ pub async fn pull(
     let plan = artifact::plan(reference, &manifest, registry.max_wasm_bytes)?;
     let config = fetch(&client, reference, &plan.config, "the config").await?;
     artifact::check_config(reference, &config)?;
-    let wasm = fetch(&client, reference, &plan.wasm, "the component layer").await?;
+    let wasm = fetch(&client, reference, &plan.wasm, COMPONENT).await?;
     let info = artifact::component_info(reference, &wasm)?;
     let name = match name {
         Some(n) => n.to_owned(),
@@ -211,6 +211,9 @@ pub async fn pull(
         policy,
     )
 }
+
+/// How the component's layer is named in errors (and the corruption failpoint).
+const COMPONENT: &str = "the component layer";
 
 /// Downloads the blob `d`, refusing more bytes than it declares (the cap was
 /// checked against the declared size) and bytes that do not hash to its
@@ -253,6 +256,15 @@ async fn fetch(client: &Client, reference: &PluginRef, d: &Descriptor, what: &st
         }
         hasher.update(&chunk);
         bytes.extend_from_slice(&chunk);
+    }
+    // Fault injection: the component arrives with one byte changed (a
+    // corrupt copy), as a bad mirror or a flipped bit in transit would give.
+    if what == COMPONENT && crate::failpoint::hit("oci.component.corrupt").is_err() && !bytes.is_empty() {
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        let mut again = Sha256::new();
+        again.update(&bytes);
+        hasher = again;
     }
     let actual = format!("sha256:{:x}", hasher.finalize());
     if actual != d.digest {

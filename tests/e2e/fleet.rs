@@ -1,0 +1,160 @@
+//! One plugin set for a NATS fleet: three real `plugbus serve --nats
+//! --fleet` hosts over a real nats-server, plugins from a real
+//! docker-registry. A version pushed to the fleet reaches every host; a
+//! host given a corrupt copy refuses it and stops pulling that plugin's
+//! consumer; after convergence no event is handled by the old version
+//! (checked from the stream: the follow-ups only the new version emits).
+
+use crate::nats::{client, stream_messages};
+use crate::oci::{Registry, json, ok, s};
+use crate::support::{self, NatsServer, wasm};
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// `GET /plugins` of one host: the version (sha256 of the wasm) of `name`,
+/// if it runs it.
+fn version_of(addr: &str, name: &str) -> Option<String> {
+    let (status, body) = support::http(addr, "GET", "/plugins", b"");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .map(|p| format!("sha256:{}", p["version"].as_str().unwrap()))
+}
+
+fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn status(nats: &str) -> Value {
+    json(&ok(&["fleet", "status", "--nats", nats, "--json"]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_converges_and_a_host_with_a_corrupt_copy_stops_pulling_rather_than_run_the_old_version() {
+    let nats = NatsServer::start();
+    let registry = Registry::start();
+    // Two versions of plugin `meter`: v1 emits nothing; v2 (token-counter's
+    // code) answers `token-counter.report` with `token-counter.totals`.
+    let v1 = tempfile::tempdir().unwrap();
+    std::fs::copy(wasm("console-logger"), v1.path().join("meter.wasm")).unwrap();
+    let v2 = tempfile::tempdir().unwrap();
+    std::fs::copy(wasm("token-counter"), v2.path().join("meter.wasm")).unwrap();
+    let (ref1, ref2) = (
+        registry.reference("plugbus/meter:v1"),
+        registry.reference("plugbus/meter:v2"),
+    );
+    let d1 = json(&ok(&["push", s(&v1.path().join("meter.wasm")), &ref1, "--json"]))["wasm_digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let d2 = json(&ok(&["push", s(&v2.path().join("meter.wasm")), &ref2, "--json"]))["wasm_digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&["fleet", "push", &ref1, "--nats", &nats.url]);
+
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let host = |i: usize, env: &[(&str, &str)]| {
+        let id = ["a", "b", "c"][i];
+        support::serve_with_env(
+            &[
+                "--plugins",
+                s(dirs[i].path()),
+                "--nats",
+                &nats.url,
+                "--ack-wait-ms",
+                "1000",
+                "--fleet",
+                "--fleet-host",
+                id,
+            ],
+            env,
+        )
+    };
+    let (_a, addr_a, _) = host(0, &[]);
+    let (_b, addr_b, _) = host(1, &[]);
+    // Host c's second download of a component arrives corrupt (its first,
+    // v1's, is intact).
+    let (_c, addr_c, log_c) = host(2, &[("FAILPOINTS", "oci.component.corrupt=1*off->return")]);
+    let addrs = [addr_a.as_str(), addr_b.as_str(), addr_c.as_str()];
+    for addr in addrs {
+        assert_eq!(version_of(addr, "meter").as_deref(), Some(d1.as_str()), "{addr}");
+    }
+    wait_for("three hosts reporting v1", Duration::from_secs(10), || {
+        let st = status(&nats.url);
+        st["converged"] == true && st["hosts"].as_array().unwrap().len() == 3
+    });
+
+    // v2 for the fleet: a and b hot-reload it; c refuses its corrupt copy
+    // and unloads v1 rather than keep handling meter's stream with it.
+    ok(&["fleet", "push", &ref2, "--nats", &nats.url]);
+    wait_for("a and b on v2, c without meter", Duration::from_secs(20), || {
+        version_of(&addr_a, "meter").as_deref() == Some(d2.as_str())
+            && version_of(&addr_b, "meter").as_deref() == Some(d2.as_str())
+            && version_of(&addr_c, "meter").is_none()
+    });
+    assert!(!dirs[2].path().join("meter.wasm").exists());
+    assert!(dirs[2].path().join(".meter.wasm.refused").exists());
+    let st = status(&nats.url);
+    assert_eq!(st["converged"], false, "{st}");
+    let c = st["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == "c")
+        .unwrap()
+        .clone();
+    let reason = c["refused"]["meter"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("digest mismatch") && reason.contains("plugbus/meter@sha256:"),
+        "{st}"
+    );
+
+    // After convergence every report is answered by v2: exactly one
+    // totals follow-up per report in the stream (v1 would answer none).
+    let reports: Vec<Value> = (0..24)
+        .map(|i| json!({"name": "token-counter.report", "payload": {}, "correlation_id": format!("run-{i}")}))
+        .collect();
+    let body: String = reports.iter().map(|e| format!("{e}\n")).collect();
+    let (code, answer) = support::http(&addr_c, "POST", "/events", body.as_bytes());
+    assert_eq!(code, 202, "{answer}");
+    let js = client(&nats.url).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let totals = stream_messages(&js, "plugbus.events.*.token-counter.totals")
+            .await
+            .len();
+        if totals >= reports.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{totals} totals of {}", reports.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        stream_messages(&js, "plugbus.events.*.token-counter.totals")
+            .await
+            .len(),
+        reports.len()
+    );
+
+    // Removed from the fleet: gone from every host.
+    ok(&["fleet", "remove", "meter", "--nats", &nats.url]);
+    wait_for("meter unloaded everywhere", Duration::from_secs(20), || {
+        addrs.iter().all(|a| version_of(a, "meter").is_none())
+    });
+    assert!(!dirs[0].path().join("meter.wasm").exists());
+    drop((_a, _b, _c));
+    let log_c = log_c.join().unwrap();
+    assert!(log_c.contains("cannot install the fleet's version"), "{log_c}");
+}
