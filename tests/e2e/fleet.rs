@@ -148,12 +148,23 @@ async fn a_fleet_converges_and_a_host_with_a_corrupt_copy_stops_pulling_rather_t
         reports.len()
     );
 
+    // A version that installs but does not load (another world): no host
+    // keeps running v2 in its place.
+    let v3 = tempfile::tempdir().unwrap();
+    std::fs::copy(wasm("wrong-world"), v3.path().join("meter.wasm")).unwrap();
+    let ref3 = registry.reference("plugbus/meter:v3");
+    ok(&["push", s(&v3.path().join("meter.wasm")), &ref3]);
+    ok(&["fleet", "push", &ref3, "--nats", &nats.url]);
+    wait_for("v2 unloaded on a and b", Duration::from_secs(20), || {
+        version_of(&addr_a, "meter").is_none() && version_of(&addr_b, "meter").is_none()
+    });
+
     // Removed from the fleet: gone from every host.
     ok(&["fleet", "remove", "meter", "--nats", &nats.url]);
-    wait_for("meter unloaded everywhere", Duration::from_secs(20), || {
-        addrs.iter().all(|a| version_of(a, "meter").is_none())
+    wait_for("meter's files gone everywhere", Duration::from_secs(20), || {
+        dirs.iter().all(|d| !d.path().join("meter.wasm").exists())
     });
-    assert!(!dirs[0].path().join("meter.wasm").exists());
+    assert!(addrs.iter().all(|a| version_of(a, "meter").is_none()));
     drop((_a, _b, _c));
     let log_c = log_c.join().unwrap();
     assert!(log_c.contains("cannot install the fleet's version"), "{log_c}");

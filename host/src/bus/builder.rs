@@ -30,6 +30,7 @@ enum CacheSetting {
 pub struct BusBuilder {
     plugin_dir: Option<PathBuf>,
     watch: bool,
+    exact_versions: bool,
     cache: CacheSetting,
     pub(crate) limits: Limits,
     queue_capacity: Option<usize>,
@@ -65,6 +66,7 @@ impl BusBuilder {
         BusBuilder {
             plugin_dir: None,
             watch: false,
+            exact_versions: false,
             cache: CacheSetting::Default,
             limits: Limits::default(),
             queue_capacity: None,
@@ -102,6 +104,19 @@ impl BusBuilder {
     /// Requires [`plugin_dir`](Self::plugin_dir).
     pub fn watch(mut self, enable: bool) -> Self {
         self.watch = enable;
+        self
+    }
+
+    /// With [`watch`](Self::watch): a changed plugin that cannot be loaded
+    /// (refused signature, wrong world, bad manifest…) unloads the running
+    /// version instead of leaving it in place, so the bus runs the
+    /// directory's version of each plugin or none. Off by default (a
+    /// botched local edit should not stop a working plugin); `plugbus serve
+    /// --fleet` turns it on, since there the other hosts run the
+    /// directory's version and this one must not handle the plugin's
+    /// stream with other code.
+    pub fn exact_versions(mut self, enable: bool) -> Self {
+        self.exact_versions = enable;
         self
     }
 
@@ -492,8 +507,13 @@ impl BusBuilder {
                 .plugin_dir
                 .clone()
                 .ok_or_else(|| Error::Watch("watch(true) needs a plugin_dir".into()))?;
-            let handle = crate::bus::watch::start(Arc::downgrade(&bus.shared), dir.clone(), &bus.shared.runtime)
-                .map_err(|e| Error::Watch(format!("{}: {e}", dir.display())))?;
+            let handle = crate::bus::watch::start(
+                Arc::downgrade(&bus.shared),
+                dir.clone(),
+                self.exact_versions,
+                &bus.shared.runtime,
+            )
+            .map_err(|e| Error::Watch(format!("{}: {e}", dir.display())))?;
             bus.shared.set_watcher(Box::new(move || Box::pin(handle.stop())));
         }
         Ok((bus, files))

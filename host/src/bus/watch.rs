@@ -61,6 +61,7 @@ impl Drop for WatchHandle {
 pub(crate) fn start(
     shared: Weak<Shared>,
     dir: PathBuf,
+    exact: bool,
     runtime: &tokio::runtime::Handle,
 ) -> notify::Result<WatchHandle> {
     let (tx, rx) = mpsc::unbounded_channel::<PathBuf>();
@@ -74,7 +75,7 @@ pub(crate) fn start(
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     let (stop_tx, stop_rx) = oneshot::channel();
-    let task = runtime.spawn(run(shared, dir, rx, stop_rx));
+    let task = runtime.spawn(run(shared, dir, exact, rx, stop_rx));
     Ok(WatchHandle {
         _watcher: watcher,
         stop: Some(stop_tx),
@@ -99,6 +100,7 @@ fn plugin_of(path: &Path) -> Option<String> {
 async fn run(
     shared: Weak<Shared>,
     dir: PathBuf,
+    exact: bool,
     mut rx: mpsc::UnboundedReceiver<PathBuf>,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -127,7 +129,7 @@ async fn run(
             pending.remove(&name);
             let Some(shared) = shared.upgrade() else { return };
             let bus = Bus { shared };
-            if !apply(&bus, &dir, &name).await {
+            if !apply(&bus, &dir, &name, exact).await {
                 // Still being written: look again after another quiet period.
                 pending.insert(name, Instant::now());
             }
@@ -148,8 +150,9 @@ fn fingerprint(path: &Path) -> Option<(u64, SystemTime)> {
 }
 
 /// Brings plugin `name` in line with the directory. Returns false when its
-/// files are still changing.
-async fn apply(bus: &Bus, dir: &Path, name: &str) -> bool {
+/// files are still changing. With `exact`, a change that cannot be loaded
+/// unloads the running version (the directory's version or none).
+async fn apply(bus: &Bus, dir: &Path, name: &str, exact: bool) -> bool {
     let wasm = dir.join(format!("{name}.wasm"));
     let manifest = dir.join(format!("{name}.toml"));
     let signature = crate::signature::signature_path(&wasm);
@@ -178,14 +181,22 @@ async fn apply(bus: &Bus, dir: &Path, name: &str) -> bool {
         Err(e) => {
             let reason = e.kind.to_string();
             tracing::error!(plugin = name, file = %wasm.display(), error = %reason, "plugin change not applied");
-            let mut failures = lock(&bus.shared.load_failures);
-            failures.retain(|f| f.path != wasm);
-            failures.push(LoadFailure {
-                path: wasm.clone(),
-                reason: reason.clone(),
-            });
-            drop(failures);
+            {
+                let mut failures = lock(&bus.shared.load_failures);
+                failures.retain(|f| f.path != wasm);
+                failures.push(LoadFailure {
+                    path: wasm.clone(),
+                    reason: reason.clone(),
+                });
+            }
             meta(bus, "plugbus.plugin.load_failed", name, &wasm, None, Some(&reason));
+            if exact && bus.unload_plugin(name).await {
+                tracing::warn!(
+                    plugin = name,
+                    "the running version is unloaded: it is not the directory's (exact versions)"
+                );
+                meta(bus, "plugbus.plugin.unloaded", name, &wasm, None, Some(&reason));
+            }
         }
     }
     true

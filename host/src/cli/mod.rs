@@ -538,6 +538,7 @@ async fn open_bus(
     log: &LogArgs,
     history: usize,
     background: bool,
+    exact_versions: bool,
 ) -> anyhow::Result<plugbus::Bus> {
     // Remote plugins the directory pins are installed before anything loads.
     oci::sync_before_start(plugins, &log.registry, &log.trust.signature_policy()?).await?;
@@ -545,6 +546,7 @@ async fn open_bus(
         .apply(cache.apply(plugbus::Bus::builder()))
         .plugin_dir(plugins)
         .watch(watch)
+        .exact_versions(exact_versions)
         .history(history);
     if background {
         return Ok(builder.start().await?);

@@ -174,7 +174,8 @@ pub async fn sync_before_start(
     registry: &RegistryArgs,
     policy: &SignaturePolicy,
 ) -> anyhow::Result<()> {
-    if Lock::read(plugins)?.is_none() {
+    // A missing or wrong plugin directory is the bus's to report.
+    if !plugins.is_dir() || Lock::read(plugins)?.is_none() {
         return Ok(());
     }
     let report = oci::sync_lock(plugins, &registry.registry()?, policy)

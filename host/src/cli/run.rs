@@ -32,7 +32,7 @@ pub async fn run(
             .with_context(|| format!("cannot open events file {input}"))?;
         Box::new(BufReader::new(file))
     };
-    let bus = super::open_bus(plugins, watch, cache, log, 0, false).await?;
+    let bus = super::open_bus(plugins, watch, cache, log, 0, false, false).await?;
     let mut report = Report::default();
     let mut lines = reader.lines();
     let mut lineno = 0u64;

@@ -116,7 +116,8 @@ pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     // The fleet's set is installed before the bus loads anything.
     let member = super::fleet::join(fleet, log.nats.as_deref(), plugins, &log.registry, &log.trust).await?;
-    let bus = super::open_bus(plugins, true, cache, log, history, true).await?;
+    // A fleet's host runs the set's version of a plugin or none.
+    let bus = super::open_bus(plugins, true, cache, log, history, true, member.is_some()).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
