@@ -12,7 +12,8 @@
 //!
 //! A host that cannot install the fleet's version of a plugin (the copy it
 //! got is corrupt, the signature does not verify under its trusted keys, the
-//! registry is unreachable) does not keep running its old version: it moves
+//! registry is unreachable, or, with a load check, its bus would not load
+//! it) does not keep running its old version: it moves
 //! `NAME.wasm` aside (to the hidden `.NAME.wasm.refused`), so the bus unloads
 //! it and stops pulling from NAME's consumer, and the other hosts handle
 //! NAME's stream with the fleet's code alone. It reports the refusal and
@@ -22,12 +23,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
-use crate::oci::{self, LockEntry, OciError, PluginRef, Registry};
+use crate::oci::{self, LoadCheck, LockEntry, OciError, PluginRef, Registry};
 use crate::signature::{SignaturePolicy, signature_path};
 
 /// The bucket's default name.
@@ -270,6 +272,7 @@ pub struct Member {
     registry: Registry,
     policy: SignaturePolicy,
     report: HostReport,
+    check: Option<Arc<LoadCheck>>,
 }
 
 impl Member {
@@ -285,7 +288,15 @@ impl Member {
                 host,
                 ..HostReport::default()
             },
+            check: None,
         }
+    }
+
+    /// From now on, each new version must also pass `check` (loaded as the
+    /// running bus would load it) before it replaces anything; one that
+    /// does not is refused like a corrupt copy.
+    pub fn set_load_check(&mut self, check: Arc<LoadCheck>) {
+        self.check = Some(check);
     }
 
     /// What this host runs of the set, as last reported.
@@ -380,7 +391,13 @@ impl Member {
         let result = match entry.reference.parse::<PluginRef>() {
             Ok(reference) => {
                 let pinned = reference.pinned(&entry.digest);
-                oci::pull(&pinned, &self.dir, &self.registry, &self.policy, Some(&entry.name)).await
+                let name = Some(entry.name.as_str());
+                match &self.check {
+                    Some(check) => {
+                        oci::pull_checked(&pinned, &self.dir, &self.registry, &self.policy, name, check.as_ref()).await
+                    }
+                    None => oci::pull(&pinned, &self.dir, &self.registry, &self.policy, name).await,
+                }
             }
             Err(e) => Err(e),
         };

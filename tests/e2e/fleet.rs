@@ -97,12 +97,17 @@ async fn a_fleet_converges_and_a_host_with_a_corrupt_copy_stops_pulling_rather_t
 
     // v2 for the fleet: a and b hot-reload it; c refuses its corrupt copy
     // and unloads v1 rather than keep handling meter's stream with it.
+    let pushed = Instant::now();
     ok(&["fleet", "push", &ref2, "--nats", &nats.url]);
     wait_for("a and b on v2, c without meter", Duration::from_secs(20), || {
         version_of(&addr_a, "meter").as_deref() == Some(d2.as_str())
             && version_of(&addr_b, "meter").as_deref() == Some(d2.as_str())
             && version_of(&addr_c, "meter").is_none()
     });
+    eprintln!(
+        "fleet: v2 reached a and b (c refused it) {:?} after `fleet push`",
+        pushed.elapsed()
+    );
     assert!(!dirs[2].path().join("meter.wasm").exists());
     assert!(dirs[2].path().join(".meter.wasm.refused").exists());
     let st = status(&nats.url);
@@ -157,6 +162,17 @@ async fn a_fleet_converges_and_a_host_with_a_corrupt_copy_stops_pulling_rather_t
     ok(&["fleet", "push", &ref3, "--nats", &nats.url]);
     wait_for("v2 unloaded on a and b", Duration::from_secs(20), || {
         version_of(&addr_a, "meter").is_none() && version_of(&addr_b, "meter").is_none()
+    });
+    // Refused before it replaced anything, and reported.
+    assert!(dirs[0].path().join(".meter.wasm.refused").exists());
+    wait_for("a reporting the refusal", Duration::from_secs(10), || {
+        let st = status(&nats.url);
+        st["hosts"].as_array().unwrap().iter().any(|h| {
+            h["host"] == "a"
+                && h["refused"]["meter"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("does not load"))
+        })
     });
 
     // Removed from the fleet: gone from every host.

@@ -141,7 +141,19 @@ pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
         grace,
     };
     let stop_signal = shutdown_signal();
-    if let Some(member) = member {
+    if let Some(mut member) = member {
+        // A new version is loaded as this bus would load it (signature,
+        // policy, world, manifest) before it replaces anything.
+        let checker = bus.clone();
+        member.set_load_check(Arc::new(move |path| {
+            let bus = checker.clone();
+            Box::pin(async move {
+                bus.check_plugin(&path)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.kind.to_string())
+            })
+        }));
         let stopping = stopping.clone();
         tokio::spawn(async move {
             if let Err(e) = member.follow(stopping).await {

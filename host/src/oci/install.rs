@@ -12,6 +12,12 @@ use super::artifact::sha256_digest;
 use super::reference::PluginRef;
 use crate::signature::{SignatureError, SignaturePolicy, Signer, signature_path};
 
+/// A last check before a pulled plugin replaces anything: given the staged
+/// component (its manifest and signature beside it, under the same file
+/// names), `Err(reason)` refuses it. `plugbus serve --fleet` passes one that
+/// loads it as its bus would ([`crate::Bus::check_plugin`]).
+pub type LoadCheck = dyn Fn(PathBuf) -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync;
+
 /// What a pull installed.
 #[derive(Clone, Debug)]
 pub struct Pulled {
@@ -48,7 +54,12 @@ pub(crate) struct Staged<'a> {
 /// A signature the artifact does not carry is removed from `dir` (it is
 /// another version's: it would refuse the new bytes); a manifest it does
 /// not carry is left (it is the operator's).
-pub(crate) fn install(staged: Staged<'_>, dir: &Path, policy: &SignaturePolicy) -> Result<Pulled, OciError> {
+pub(crate) async fn install(
+    staged: Staged<'_>,
+    dir: &Path,
+    policy: &SignaturePolicy,
+    check: Option<&LoadCheck>,
+) -> Result<Pulled, OciError> {
     let reference = staged.reference;
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -131,6 +142,16 @@ pub(crate) fn install(staged: Staged<'_>, dir: &Path, policy: &SignaturePolicy) 
         Some(bytes) => Some(write(&format!("{wasm_name}.minisig"), bytes)?),
         None => None,
     };
+    // The caller's last word (a bus loading it as it would), on the staged
+    // files: a refused plugin never replaces anything.
+    if let Some(check) = check {
+        check(staged_wasm.clone())
+            .await
+            .map_err(|reason| OciError::LoadRefused {
+                reference: reference.to_string(),
+                reason,
+            })?;
+    }
     if let Some(from) = staged_manifest {
         std::fs::rename(&from, &manifest_target).map_err(io(&manifest_target))?;
     }

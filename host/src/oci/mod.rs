@@ -37,10 +37,10 @@ pub use artifact::{
     LayerRole, MANIFEST_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE, SIGNATURE_MEDIA_TYPE, TITLE_ANNOTATION,
     WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE, sha256_digest,
 };
-pub use install::Pulled;
+pub use install::{LoadCheck, Pulled};
 pub use lock::{LOCK_FILE, Lock, LockEntry, SyncReport, sync_lock};
 pub use reference::PluginRef;
-pub use transfer::{Pushed, pull, push};
+pub use transfer::{Pushed, pull, pull_checked, push};
 
 use crate::signature::SignatureError;
 
@@ -178,6 +178,14 @@ pub enum OciError {
         reference: String,
         /// Why.
         source: SignatureError,
+    },
+    /// The caller's load check refused the staged plugin.
+    #[error("{reference}: the plugin does not load: {reason}")]
+    LoadRefused {
+        /// The reference.
+        reference: String,
+        /// Why it does not load.
+        reason: String,
     },
     /// Signatures are required and the artifact carries none.
     #[error(

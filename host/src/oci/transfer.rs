@@ -11,7 +11,7 @@ use oci_client::{Client, RegistryOperation};
 use sha2::{Digest as _, Sha256};
 
 use super::artifact::{self, Descriptor, Layer, LayerRole};
-use super::install::{self, Pulled, Staged};
+use super::install::{self, LoadCheck, Pulled, Staged};
 use super::reference::PluginRef;
 use super::{Auth, OciError, Registry};
 use crate::signature::{SignaturePolicy, signature_path};
@@ -146,6 +146,33 @@ pub async fn pull(
     policy: &SignaturePolicy,
     name: Option<&str>,
 ) -> Result<Pulled, OciError> {
+    pull_inner(reference, dir, registry, policy, name, None).await
+}
+
+/// [`pull`], with a last `check` on the staged files before anything is
+/// renamed into place (see [`LoadCheck`]).
+///
+/// # Errors
+/// As [`pull`], and [`OciError::LoadRefused`] when `check` refuses.
+pub async fn pull_checked(
+    reference: &PluginRef,
+    dir: &Path,
+    registry: &Registry,
+    policy: &SignaturePolicy,
+    name: Option<&str>,
+    check: &LoadCheck,
+) -> Result<Pulled, OciError> {
+    pull_inner(reference, dir, registry, policy, name, Some(check)).await
+}
+
+async fn pull_inner(
+    reference: &PluginRef,
+    dir: &Path,
+    registry: &Registry,
+    policy: &SignaturePolicy,
+    name: Option<&str>,
+    check: Option<&LoadCheck>,
+) -> Result<Pulled, OciError> {
     install::check_dir(dir)?;
     let client = client(reference, registry)?;
     let err = |e| registry_error(reference, e);
@@ -209,7 +236,9 @@ pub async fn pull(
         },
         dir,
         policy,
+        check,
     )
+    .await
 }
 
 /// How the component's layer is named in errors (and the corruption failpoint).
