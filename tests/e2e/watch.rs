@@ -177,6 +177,35 @@ async fn an_invalid_replacement_keeps_the_old_version_running() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_exact_versions_a_replacement_that_does_not_load_unloads_the_old_one() {
+    let dir = plugin_dir(&["misbehave"]);
+    let bus = Bus::builder()
+        .plugin_dir(dir.path())
+        .watch(true)
+        .exact_versions(true)
+        .build()
+        .await
+        .unwrap();
+    let meta = Recorder::attach(&bus, "plugbus.plugin.*");
+    assert!(plugin(&bus, "misbehave").is_some());
+    install(&wasm("wrong-world"), dir.path(), "misbehave");
+    let unloaded = until("unloaded meta-event", || meta.named("plugbus.plugin.unloaded").pop()).await;
+    assert!(unloaded.payload()["reason"].is_string(), "{unloaded:?}");
+    assert!(
+        plugin(&bus, "misbehave").is_none(),
+        "the old version must not keep running"
+    );
+    assert_eq!(meta.named("plugbus.plugin.load_failed").len(), 1);
+    let report = bus.emit_and_wait("misbehave.ok", json!({})).await;
+    assert_eq!(report.outcome("misbehave"), None);
+
+    // A version that loads brings it back.
+    install(&wasm("misbehave"), dir.path(), "misbehave");
+    until("loaded again", || plugin(&bus, "misbehave")).await;
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_partial_write_is_not_loaded_half_written() {
     let dir = plugin_dir(&["console-logger"]);
     let (bus, meta) = watched(dir.path()).await;
