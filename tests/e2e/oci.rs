@@ -418,6 +418,37 @@ fn bad_input_is_refused_naming_the_reference_and_leaves_the_directory_alone() {
 }
 
 #[test]
+fn a_pull_killed_before_its_renames_installs_nothing_and_the_next_one_cleans_up() {
+    let registry = Registry::start();
+    let (src, _keys, _) = signed_source();
+    let reference = registry.reference("plugbus/cost-tracker:1");
+    ok(&["push", s(&src.path().join("cost-tracker.wasm")), &reference]);
+    let dst = tempfile::tempdir().unwrap();
+    // The process aborts with every file staged and none renamed.
+    let out = Command::new(support::plugbus_bin())
+        .args(["pull", &reference, "--plugins", s(dst.path())])
+        .env("RUST_LOG", "warn")
+        .env("FAILPOINTS", "oci.install.staged=return(crash)")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let left = listing(dst.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with(".plugbus-pull-"), "{left:?}");
+    // The bus ignores hidden entries: nothing loads from it.
+    let (_served, addr, _log) = support::serve(&["--plugins", s(dst.path())]);
+    let (_, body) = http(&addr, "GET", "/plugins", b"");
+    assert!(!body.contains("cost-tracker"), "{body}");
+    drop(_served);
+    // The next pull installs and removes the orphan.
+    ok(&["pull", &reference, "--plugins", s(dst.path())]);
+    assert_eq!(
+        listing(dst.path()),
+        ["cost-tracker.toml", "cost-tracker.wasm", "cost-tracker.wasm.minisig"]
+    );
+}
+
+#[test]
 fn a_registry_that_asks_for_credentials_gets_them_from_the_environment_and_never_prints_them() {
     let password = "pl4gbus-s3cret-Zq";
     let registry = Registry::with_basic_auth("ci", password);

@@ -142,6 +142,9 @@ pub(crate) async fn install(
         Some(bytes) => Some(write(&format!("{wasm_name}.minisig"), bytes)?),
         None => None,
     };
+    // Fault injection: the process dies with everything staged and nothing
+    // renamed (`return(crash)`), or the install fails there.
+    crate::failpoint::hit("oci.install.staged").map_err(io(&stage.path))?;
     // The caller's last word (a bus loading it as it would), on the staged
     // files: a refused plugin never replaces anything.
     if let Some(check) = check {
@@ -193,13 +196,44 @@ struct StageDir {
     path: PathBuf,
 }
 
+/// Staging directories are named `.plugbus-pull-PID-N`.
+const STAGE_PREFIX: &str = ".plugbus-pull-";
+
 impl StageDir {
     fn create(dir: &Path) -> std::io::Result<StageDir> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
+        remove_orphans(dir);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(".plugbus-pull-{}-{n}", std::process::id()));
+        let path = dir.join(format!("{STAGE_PREFIX}{}-{n}", std::process::id()));
         std::fs::create_dir(&path)?;
         Ok(StageDir { path })
+    }
+}
+
+/// Removes the staging directories of pulls whose process is gone (killed
+/// between staging and renaming: nothing of theirs was installed). Where
+/// there is no `/proc` to ask, they are left.
+fn remove_orphans(dir: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(STAGE_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::info!(dir = %entry.path().display(), "removing the staging directory of an interrupted pull");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
