@@ -29,7 +29,7 @@ use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
-use crate::oci::{self, LoadCheck, LockEntry, OciError, PluginRef, Registry};
+use crate::oci::{LoadCheck, LockEntry, OciError, PluginRef, Registry};
 use crate::signature::{SignaturePolicy, signature_path};
 
 /// The bucket's default name.
@@ -383,36 +383,16 @@ impl Member {
 
     /// Installs the set's version of one plugin, or refuses it.
     async fn apply(&mut self, entry: &LockEntry) {
-        let installed = self.dir.join(format!("{}.wasm", entry.name));
-        if std::fs::read(&installed).is_ok_and(|bytes| oci::sha256_digest(&bytes) == entry.wasm) {
-            self.accept(entry);
-            return;
-        }
-        let result = match entry.reference.parse::<PluginRef>() {
-            Ok(reference) => {
-                let pinned = reference.pinned(&entry.digest);
-                let name = Some(entry.name.as_str());
-                match &self.check {
-                    Some(check) => {
-                        oci::pull_checked(&pinned, &self.dir, &self.registry, &self.policy, name, check.as_ref()).await
-                    }
-                    None => oci::pull(&pinned, &self.dir, &self.registry, &self.policy, name).await,
+        match entry
+            .install(&self.dir, &self.registry, &self.policy, self.check.as_deref())
+            .await
+        {
+            Ok(pulled) => {
+                if pulled.is_some() {
+                    tracing::info!(plugin = %entry.name, digest = %entry.wasm, "fleet: version installed");
                 }
-            }
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(pulled) if pulled.wasm_digest == entry.wasm => {
-                tracing::info!(plugin = %entry.name, digest = %entry.wasm, "fleet: version installed");
                 self.accept(entry);
             }
-            Ok(pulled) => self.refuse(
-                entry,
-                format!(
-                    "the artifact's component is {}, the set says {}",
-                    pulled.wasm_digest, entry.wasm
-                ),
-            ),
             Err(e) => self.refuse(entry, e.to_string()),
         }
     }

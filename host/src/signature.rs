@@ -270,42 +270,37 @@ impl SignaturePolicy {
     /// # Errors
     /// Any [`SignatureError`] saying why the plugin must not run.
     pub fn check(&self, wasm: &Path, bytes: &[u8]) -> Result<Option<Signer>, SignatureError> {
-        let Some(keys) = &self.keys else {
+        if self.keys.is_none() {
             return Ok(None);
-        };
+        }
         let sig_path = signature_path(wasm);
         let text = match read_small(&sig_path) {
-            Ok(text) => text,
-            Err(SignatureError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return if self.require {
-                    Err(SignatureError::Unsigned(sig_path))
-                } else {
-                    Ok(None)
-                };
-            }
+            Ok(text) => Some(text),
+            Err(SignatureError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        keys.verify(bytes, &sig_path, &text).map(Some)
+        self.check_signature(bytes, &sig_path, text.as_deref())
     }
 
-    /// Checks `bytes` against a signature held in memory, `(name, text)`
-    /// (the name is for messages), or against none: how a pull checks an
-    /// artifact before any of it is in place. Same outcomes as
-    /// [`check`](Self::check).
+    /// Checks `bytes` against the signature text `signature` (`None`: there
+    /// is none) named `name` in messages: what [`check`](Self::check) does
+    /// once it has read the file, and how a pull checks an artifact before
+    /// any of it is in place.
     ///
     /// # Errors
     /// Any [`SignatureError`] saying why the plugin must not run.
     pub fn check_signature(
         &self,
         bytes: &[u8],
-        signature: Option<(&Path, &str)>,
+        name: &Path,
+        signature: Option<&str>,
     ) -> Result<Option<Signer>, SignatureError> {
         let Some(keys) = &self.keys else {
             return Ok(None);
         };
         match signature {
-            Some((name, text)) => keys.verify(bytes, name, text).map(Some),
-            None if self.require => Err(SignatureError::Unsigned(PathBuf::from("no signature"))),
+            Some(text) => keys.verify(bytes, name, text).map(Some),
+            None if self.require => Err(SignatureError::Unsigned(name.to_owned())),
             None => Ok(None),
         }
     }

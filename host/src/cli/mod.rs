@@ -541,7 +541,7 @@ async fn open_bus(
     exact_versions: bool,
 ) -> anyhow::Result<plugbus::Bus> {
     // Remote plugins the directory pins are installed before anything loads.
-    oci::sync_before_start(plugins, &log.registry, &log.trust.signature_policy()?).await?;
+    oci::sync_before_start(plugins, &log.registry, &log.trust).await?;
     let builder = log
         .apply(cache.apply(plugbus::Bus::builder()))
         .plugin_dir(plugins)

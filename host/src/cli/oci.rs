@@ -120,13 +120,13 @@ pub async fn pull(options: PullOptions<'_>) -> anyhow::Result<ExitCode> {
             vec![pulled]
         }
         None => {
-            if Lock::read(options.plugins)?.is_none() {
+            let Some(lock) = Lock::read(options.plugins)? else {
                 anyhow::bail!(
                     "give a reference (oci://REGISTRY/REPOSITORY:TAG), or list plugins in {}",
                     Lock::path(options.plugins).display()
                 );
-            }
-            let report = oci::sync_lock(options.plugins, &registry, &policy).await?;
+            };
+            let report = oci::sync_lock(options.plugins, &lock, &registry, &policy).await?;
             for name in &report.present {
                 if !options.json {
                     println!("{name}: installed, as locked");
@@ -172,13 +172,16 @@ pub async fn pull(options: PullOptions<'_>) -> anyhow::Result<ExitCode> {
 pub async fn sync_before_start(
     plugins: &Path,
     registry: &RegistryArgs,
-    policy: &SignaturePolicy,
+    trust: &super::TrustArgs,
 ) -> anyhow::Result<()> {
     // A missing or wrong plugin directory is the bus's to report.
-    if !plugins.is_dir() || Lock::read(plugins)?.is_none() {
+    if !plugins.is_dir() {
         return Ok(());
     }
-    let report = oci::sync_lock(plugins, &registry.registry()?, policy)
+    let Some(lock) = Lock::read(plugins)? else {
+        return Ok(());
+    };
+    let report = oci::sync_lock(plugins, &lock, &registry.registry()?, &trust.signature_policy()?)
         .await
         .with_context(|| format!("installing the plugins {} lists", Lock::path(plugins).display()))?;
     for p in report.installed {

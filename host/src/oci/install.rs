@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::OciError;
-use super::artifact::sha256_digest;
 use super::reference::PluginRef;
 use crate::signature::{SignatureError, SignaturePolicy, Signer, signature_path};
 
@@ -44,6 +43,9 @@ pub struct Pulled {
 pub(crate) struct Staged<'a> {
     pub reference: &'a PluginRef,
     pub digest: &'a str,
+    /// The component's digest, as its descriptor gave it (the bytes were
+    /// checked against it while downloading).
+    pub wasm_digest: &'a str,
     pub name: &'a str,
     pub wasm: Vec<u8>,
     pub manifest: Option<Vec<u8>>,
@@ -80,7 +82,6 @@ pub(crate) async fn install(
     let target = dir.join(&wasm_name);
     let manifest_target = target.with_extension("toml");
     let signature_target = signature_path(&target);
-    let wasm_digest = sha256_digest(&staged.wasm);
     let same = |path: &Path, want: Option<&Vec<u8>>| match (std::fs::read(path), want) {
         (Ok(have), Some(want)) => &have == want,
         (Err(e), None) => e.kind() == std::io::ErrorKind::NotFound,
@@ -92,7 +93,8 @@ pub(crate) async fn install(
 
     // The same check a load makes, before anything is in place: a refused
     // artifact never reaches the directory.
-    let signature_name = PathBuf::from(format!("{wasm_name}.minisig"));
+    let signature_file = format!("{wasm_name}.minisig");
+    let signature_name = PathBuf::from(&signature_file);
     let signature_text = match &staged.signature {
         Some(bytes) => Some(std::str::from_utf8(bytes).map_err(|_| OciError::Signature {
             reference: reference.to_string(),
@@ -104,7 +106,7 @@ pub(crate) async fn install(
         None => None,
     };
     let signer = policy
-        .check_signature(&staged.wasm, signature_text.map(|t| (signature_name.as_path(), t)))
+        .check_signature(&staged.wasm, &signature_name, signature_text)
         .map_err(|source| match source {
             SignatureError::Unsigned(_) => OciError::Unsigned {
                 reference: reference.to_string(),
@@ -119,7 +121,7 @@ pub(crate) async fn install(
         name: staged.name.to_owned(),
         wasm: target.clone(),
         digest: staged.digest.to_owned(),
-        wasm_digest,
+        wasm_digest: staged.wasm_digest.to_owned(),
         has_manifest: staged.manifest.is_some(),
         signer,
         changed: !unchanged,
@@ -139,7 +141,7 @@ pub(crate) async fn install(
         None => None,
     };
     let staged_signature = match &staged.signature {
-        Some(bytes) => Some(write(&format!("{wasm_name}.minisig"), bytes)?),
+        Some(bytes) => Some(write(&signature_file, bytes)?),
         None => None,
     };
     // Fault injection: the process dies with everything staged and nothing

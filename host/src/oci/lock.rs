@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::install::Pulled;
+use super::install::{LoadCheck, Pulled};
 use super::reference::PluginRef;
 use super::{OciError, Registry, transfer};
 use crate::signature::SignaturePolicy;
@@ -47,6 +47,41 @@ pub struct LockEntry {
     pub digest: String,
     /// The component's digest: an installed copy with it is kept as is.
     pub wasm: String,
+}
+
+impl LockEntry {
+    /// Installs this plugin into `dir` unless a component with its `wasm`
+    /// digest is installed already (`Ok(None)`): pulled by its manifest
+    /// digest, never its tag, under `policy` and, when given, `check`. A
+    /// `plugins.lock` entry and a fleet's set entry install the same way.
+    ///
+    /// # Errors
+    /// The pull's [`OciError`], naming the pinned reference, or
+    /// [`OciError::Digest`] when the artifact's component is not the entry's
+    /// `wasm` digest.
+    pub async fn install(
+        &self,
+        dir: &Path,
+        registry: &Registry,
+        policy: &SignaturePolicy,
+        check: Option<&LoadCheck>,
+    ) -> Result<Option<Pulled>, OciError> {
+        let installed = dir.join(format!("{}.wasm", self.name));
+        if std::fs::read(&installed).is_ok_and(|bytes| super::sha256_digest(&bytes) == self.wasm) {
+            return Ok(None);
+        }
+        let pinned = self.reference.parse::<PluginRef>()?.pinned(&self.digest);
+        let pulled = transfer::pull_inner(&pinned, dir, registry, policy, Some(&self.name), check).await?;
+        if pulled.wasm_digest != self.wasm {
+            return Err(OciError::Digest {
+                reference: pinned.to_string(),
+                what: format!("plugin {}'s component (the pinned wasm digest)", self.name),
+                expected: self.wasm.clone(),
+                actual: pulled.wasm_digest,
+            });
+        }
+        Ok(Some(pulled))
+    }
 }
 
 /// What [`sync_lock`] did.
@@ -140,39 +175,27 @@ fn is_sha256(digest: &str) -> bool {
         .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
-/// Installs every plugin of `dir`'s lock file that is not installed with its
-/// locked digest, pulling each by its manifest digest (never by tag), under
-/// the same checks as [`pull`](super::pull). Without a lock file it does
-/// nothing.
+/// Installs every plugin of `lock` (read from `dir` with [`Lock::read`])
+/// that is not installed with its locked digest, pulling each by its
+/// manifest digest (never by tag), under the same checks as
+/// [`pull`](super::pull).
 ///
 /// # Errors
 /// The first plugin that cannot be installed: its [`OciError`] names the
 /// reference; the plugins before it are installed, the ones after it are
 /// not tried.
-pub async fn sync_lock(dir: &Path, registry: &Registry, policy: &SignaturePolicy) -> Result<SyncReport, OciError> {
+pub async fn sync_lock(
+    dir: &Path,
+    lock: &Lock,
+    registry: &Registry,
+    policy: &SignaturePolicy,
+) -> Result<SyncReport, OciError> {
     let mut report = SyncReport::default();
-    let Some(lock) = Lock::read(dir)? else {
-        return Ok(report);
-    };
-    for entry in lock.plugins {
-        let installed = dir.join(format!("{}.wasm", entry.name));
-        if std::fs::read(&installed).is_ok_and(|bytes| super::sha256_digest(&bytes) == entry.wasm) {
-            report.present.push(entry.name);
-            continue;
+    for entry in &lock.plugins {
+        match entry.install(dir, registry, policy, None).await? {
+            Some(pulled) => report.installed.push(pulled),
+            None => report.present.push(entry.name.clone()),
         }
-        // Validated by `Lock::read`.
-        let reference: PluginRef = entry.reference.parse()?;
-        let pinned = reference.pinned(&entry.digest);
-        let pulled = transfer::pull(&pinned, dir, registry, policy, Some(&entry.name)).await?;
-        if pulled.wasm_digest != entry.wasm {
-            return Err(OciError::Digest {
-                reference: pinned.to_string(),
-                what: format!("plugin {}'s component (the lock's wasm digest)", entry.name),
-                expected: entry.wasm,
-                actual: pulled.wasm_digest,
-            });
-        }
-        report.installed.push(pulled);
     }
     Ok(report)
 }

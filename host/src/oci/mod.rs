@@ -40,7 +40,7 @@ pub use artifact::{
 pub use install::{LoadCheck, Pulled};
 pub use lock::{LOCK_FILE, Lock, LockEntry, SyncReport, sync_lock};
 pub use reference::PluginRef;
-pub use transfer::{Pushed, pull, pull_checked, push};
+pub use transfer::{Pushed, pull, push};
 
 use crate::signature::SignatureError;
 

@@ -150,22 +150,8 @@ pub async fn pull(
 }
 
 /// [`pull`], with a last `check` on the staged files before anything is
-/// renamed into place (see [`LoadCheck`]).
-///
-/// # Errors
-/// As [`pull`], and [`OciError::LoadRefused`] when `check` refuses.
-pub async fn pull_checked(
-    reference: &PluginRef,
-    dir: &Path,
-    registry: &Registry,
-    policy: &SignaturePolicy,
-    name: Option<&str>,
-    check: &LoadCheck,
-) -> Result<Pulled, OciError> {
-    pull_inner(reference, dir, registry, policy, name, Some(check)).await
-}
-
-async fn pull_inner(
+/// renamed into place (see [`LoadCheck`]): what a lock entry's install uses.
+pub(crate) async fn pull_inner(
     reference: &PluginRef,
     dir: &Path,
     registry: &Registry,
@@ -229,6 +215,7 @@ async fn pull_inner(
         Staged {
             reference,
             digest: &digest,
+            wasm_digest: &plan.wasm.digest,
             name: &name,
             wasm,
             manifest: manifest_text,
@@ -272,7 +259,9 @@ async fn fetch(client: &Client, reference: &PluginRef, d: &Descriptor, what: &st
             Ok(chunk) => chunk,
             // oci-client's verifying stream fails at the end on a digest
             // mismatch; with every byte counted, say so in our own terms.
-            Err(_) if bytes.len() as u64 == d.size && artifact::sha256_digest(&bytes) != d.digest => break,
+            Err(_) if bytes.len() as u64 == d.size && format!("sha256:{:x}", hasher.clone().finalize()) != d.digest => {
+                break;
+            }
             Err(e) => {
                 return Err(OciError::Registry {
                     reference: reference.to_string(),
