@@ -40,6 +40,7 @@ C_FLAGS    := --target=wasm32-wasi --sysroot=/usr -mexec-model=reactor -O2 -Wall
 C_BINDINGS := target/c-bindings
 C_PROJECTION_BINDINGS := target/c-bindings-projection
 C_BATCH_BINDINGS := target/c-bindings-batch
+C_HTTP_BINDINGS := target/c-bindings-http
 VENV       := $(TOOLS)/venv
 COMPONENTIZE_PY  := $(VENV)/bin/componentize-py
 COMPONENTIZE_QJS := $(TOOLS)/js/node_modules/.bin/componentize-qjs
@@ -61,6 +62,9 @@ JS_STATE_PLUGINS := latency-watch:plugins/latency-watch/latency-watch.js
 # Plugins that export `state` and `query` (world projection).
 PY_PROJECTION_PLUGINS := state-py:plugins/fixtures/state-py:state
 JS_PROJECTION_PLUGINS := state-js:plugins/fixtures/state-js/state.js
+# Plugins that send requests through wasi:http (world http-observer, wit/http.wit).
+C_HTTP_PLUGINS  := fetch-c:plugins/fixtures/fetch-c/fetch.c
+PY_HTTP_PLUGINS := fetch-py:plugins/fixtures/fetch-py:fetch
 # Which of them are first-party plugins (into plugins/dist) rather than fixtures.
 LANG_DIST  := event-counter secret-scanner latency-watch
 
@@ -239,6 +243,7 @@ lang-build:
 	@mkdir -p $(LANG_OUT)
 	$(CARGO) run -q -p plugbus -- -q bindgen c --wit wit --world batch-observer --out $(C_BATCH_BINDINGS) >/dev/null
 	$(CARGO) run -q -p plugbus -- -q bindgen c --wit wit --world projection --out $(C_PROJECTION_BINDINGS) >/dev/null
+	$(CARGO) run -q -p plugbus -- -q bindgen c --wit wit --world http-observer --out $(C_HTTP_BINDINGS) >/dev/null
 	@for spec in $(call only,c,$(C_BATCH_PLUGINS)); do name=$${spec%%:*}; src=$${spec#*:}; \
 		echo "  C       $$name (batch-observer)"; \
 		$(CLANG) $(C_FLAGS) -I $(C_BATCH_BINDINGS) $$src $(C_BATCH_BINDINGS)/batch_observer.c \
@@ -248,6 +253,15 @@ lang-build:
 		echo "  C       $$name (projection)"; \
 		$(CLANG) $(C_FLAGS) -I $(C_PROJECTION_BINDINGS) $$src $(C_PROJECTION_BINDINGS)/projection.c \
 			$(C_PROJECTION_BINDINGS)/projection_component_type.o -o $(LANG_OUT)/$$name.wasm || exit 1; \
+	done
+	@for spec in $(call only,c,$(C_HTTP_PLUGINS)); do name=$${spec%%:*}; src=$${spec#*:}; \
+		echo "  C       $$name (http-observer)"; \
+		$(CLANG) $(C_FLAGS) -I $(C_HTTP_BINDINGS) $$src $(C_HTTP_BINDINGS)/http_observer.c \
+			$(C_HTTP_BINDINGS)/http_observer_component_type.o -o $(LANG_OUT)/$$name.wasm || exit 1; \
+	done
+	@for spec in $(call only,python,$(PY_HTTP_PLUGINS)); do name=$${spec%%:*}; rest=$${spec#*:}; dir=$${rest%%:*}; module=$${rest#*:}; \
+		echo "  Python  $$name (http-observer)"; \
+		$(COMPONENTIZE_PY) -d wit -w http-observer componentize -p $$dir $$module -o $(LANG_OUT)/$$name.wasm >/dev/null || exit 1; \
 	done
 	@for spec in $(call only,js,$(JS_BATCH_PLUGINS)); do name=$${spec%%:*}; src=$${spec#*:}; \
 		echo "  JS      $$name (batch-observer)"; \

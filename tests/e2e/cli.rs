@@ -296,6 +296,50 @@ fn wit_and_bindgen_hand_out_the_contract_the_host_speaks() {
     assert!(header.contains("exports_plugbus_observer_handler_on_event"));
     assert!(work.path().join("observer_component_type.o").is_file());
 
+    // `--out` writes the whole package, the vendored WASI deps included, byte
+    // for byte as wit/ holds it; the built-in package has the http worlds.
+    let package = work.path().join("wit");
+    let out = plugbus(&["wit", "--out", package.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let repo_wit = support::workspace_root().join("wit");
+    let mut files = vec!["observer.wit".to_owned(), "http.wit".to_owned()];
+    for dep in std::fs::read_dir(repo_wit.join("deps")).unwrap() {
+        let dep = dep.unwrap().file_name().into_string().unwrap();
+        files.push(format!("deps/{dep}/{dep}.wit"));
+    }
+    assert_eq!(files.len(), 9, "{files:?}");
+    for file in &files {
+        assert_eq!(
+            std::fs::read(package.join(file)).unwrap(),
+            std::fs::read(repo_wit.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    let http = work.path().join("http");
+    let out = plugbus(&[
+        "bindgen",
+        "c",
+        "--world",
+        "http-observer",
+        "--out",
+        http.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let header = std::fs::read_to_string(http.join("http_observer.h")).unwrap();
+    assert!(header.contains("wasi_http_outgoing_handler_handle"));
+    let out = plugbus(&[
+        "bindgen",
+        "c",
+        "--world",
+        "no-such-world",
+        "--out",
+        http.to_str().unwrap(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("http-observer"),
+        "the error lists the worlds"
+    );
+
     // A missing or broken WIT directory is an error naming it.
     let missing = work.path().join("no-such-wit");
     let out = plugbus(&["bindgen", "c", "--out", "x", "--wit", missing.to_str().unwrap()]);

@@ -517,6 +517,97 @@ async fn trap_recovery_restart_and_replay_send_nothing_twice() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--emit publish"));
 }
 
+/// C and Python plugins (the `http-observer` world, `wit/http.wit`) go
+/// through the same hook as Rust ones: the grant, the journal under trap
+/// recovery and restart catch-up, the `Idempotency-Key`. Their fixtures
+/// behave as the Rust `fetcher` does, so the expectations are the same.
+#[tokio::test]
+async fn c_and_python_plugins_send_requests_through_the_same_grant_and_journal() {
+    for fixture in ["fetch-c", "fetch-py"] {
+        let server = Server::start();
+        let plugins = tempfile::tempdir().unwrap();
+        install(
+            plugins.path(),
+            &support::lang_wasm(fixture),
+            "fetch",
+            &format!(
+                "replay = \"all\"\n[limits]\nquarantine_after = 0\n[http]\nallow = [\"http://127.0.0.1:{}\"]\n",
+                server.port
+            ),
+        );
+        let log = tempfile::tempdir().unwrap();
+        let start = || async {
+            let bus = Bus::builder()
+                .plugin_dir(plugins.path())
+                .log_dir(log.path())
+                .cache_dir(support::shared_cache())
+                .build()
+                .await
+                .unwrap();
+            assert!(bus.load_failures().is_empty(), "{fixture}: {:?}", bus.load_failures());
+            bus
+        };
+        let bus = start().await;
+        let rec = Recorder::attach(&bus, "fetched");
+        let ungranted = format!("http://127.0.0.1:{}/b", dead_port());
+        let report = bus
+            .emit_and_wait(
+                "fetch",
+                fetch(&[("POST", &server.url("/a"), "hello"), ("GET", &ungranted, "")]),
+            )
+            .await;
+        assert_eq!(report.outcome("fetch"), Some(&Outcome::Ok), "{fixture}: {report:?}");
+        // A trap after a request: the event is dead-lettered and a fresh
+        // instance takes the next one (these plugins keep no state, so
+        // nothing is replayed into it); its request was sent once.
+        let mut trap = fetch(&[("POST", &server.url("/c"), "x")]);
+        trap["then"] = json!("panic");
+        let report = bus.emit_and_wait("fetch", trap).await;
+        assert!(
+            matches!(report.outcome("fetch"), Some(Outcome::Failed(_))),
+            "{fixture}: {report:?}"
+        );
+        bus.flush().await;
+        let seen = server.seen();
+        let paths: Vec<&str> = seen.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["/a", "/c"], "{fixture}: each request sent once");
+        assert_eq!(
+            (seen[0].method.as_str(), seen[0].body.as_str()),
+            ("POST", "hello"),
+            "{fixture}"
+        );
+        let key = seen[0].header("idempotency-key").unwrap_or_default();
+        assert!(
+            key.len() == 32 && key.chars().all(|c| c.is_ascii_hexdigit()),
+            "{fixture}: key {key:?}"
+        );
+        let answers = fetched(&rec);
+        assert_eq!(
+            answers[0],
+            json!({"index": 0, "status": 200, "body": "hello"}),
+            "{fixture}"
+        );
+        assert_eq!(answers[1]["index"], 1, "{fixture}");
+        assert!(
+            answers[1]["error"].as_str().unwrap_or("").contains("HttpRequestDenied"),
+            "{fixture}: {:?}",
+            answers[1]
+        );
+        let counts = bus.plugins()[0].http.clone().unwrap();
+        assert_eq!((counts.sent, counts.refused), (2, 1), "{fixture}: {counts:?}");
+        bus.shutdown().await;
+
+        // A restart catches up on the log (`replay = "all"`): the first
+        // event's request is answered from the journal, nothing is sent.
+        let bus = start().await;
+        bus.flush().await;
+        assert_eq!(server.seen().len(), 2, "{fixture}");
+        let counts = bus.plugins()[0].http.clone().unwrap();
+        assert_eq!((counts.sent, counts.replayed), (0, 1), "{fixture}: {counts:?}");
+        bus.shutdown().await;
+    }
+}
+
 #[test]
 fn a_nats_redelivery_carries_the_same_idempotency_key() {
     let nats = support::NatsServer::start();

@@ -4,30 +4,67 @@
 //! The WIT package in `wit/` is compiled into this binary (the host bindings
 //! come from the same text), so what these commands write always matches the
 //! host that will load the plugin. Python and JavaScript toolchains read WIT
-//! directly (`plugbus wit --out DIR`); C needs generated bindings
-//! (`plugbus bindgen c --out DIR`), which the `wit-bindgen-c` library produces
-//! here so that a C plugin needs only clang and no extra Rust tool install.
+//! directly (`plugbus wit --out DIR`: the package and the WASI 0.2 packages
+//! its `http-observer` worlds import, under `deps/`); C needs generated
+//! bindings (`plugbus bindgen c --out DIR`), which the `wit-bindgen-c` library
+//! produces here so that a C plugin needs only clang and no extra Rust tool
+//! install.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use wit_bindgen_core::wit_parser::{PackageId, Resolve};
+use wit_bindgen_core::wit_parser::{PackageId, Resolve, SourceMap};
 
 /// The WIT package the host speaks, as written in `wit/`.
 pub const OBSERVER_WIT: &str = include_str!("../../../wit/observer.wit");
 /// The file name it is written under.
 const WIT_FILE: &str = "observer.wit";
-/// The world plugins implement.
-const WORLD: &str = "observer";
+/// The worlds of plugins that send HTTP requests (`wit/http.wit`).
+const HTTP_WIT: &str = include_str!("../../../wit/http.wit");
+/// The WASI 0.2 packages `http.wit` imports, vendored in `wit/deps` at the
+/// release the host's wasmtime-wasi-http implements.
+const DEPS: &[(&str, &str)] = &[
+    ("deps/cli/cli.wit", include_str!("../../../wit/deps/cli/cli.wit")),
+    (
+        "deps/clocks/clocks.wit",
+        include_str!("../../../wit/deps/clocks/clocks.wit"),
+    ),
+    (
+        "deps/filesystem/filesystem.wit",
+        include_str!("../../../wit/deps/filesystem/filesystem.wit"),
+    ),
+    ("deps/http/http.wit", include_str!("../../../wit/deps/http/http.wit")),
+    ("deps/io/io.wit", include_str!("../../../wit/deps/io/io.wit")),
+    (
+        "deps/random/random.wit",
+        include_str!("../../../wit/deps/random/random.wit"),
+    ),
+    (
+        "deps/sockets/sockets.wit",
+        include_str!("../../../wit/deps/sockets/sockets.wit"),
+    ),
+];
 
-/// `plugbus wit [--out DIR]`: prints the WIT package, or writes it to DIR.
+/// `plugbus wit [--out DIR]`: prints `observer.wit`, or writes the whole
+/// package to DIR (`observer.wit`, `http.wit` and the WASI packages under
+/// `deps/`), ready for `componentize-py -d DIR` or `componentize-qjs --wit DIR`.
+///
+/// # Errors
+/// A file that cannot be written, named.
 pub fn wit(out: Option<&Path>) -> anyhow::Result<ExitCode> {
     match out {
         None => print!("{OBSERVER_WIT}"),
         Some(dir) => {
-            write_file(&dir.join(WIT_FILE), OBSERVER_WIT.as_bytes())?;
-            println!("wrote {}", dir.join(WIT_FILE).display());
+            let files = [(WIT_FILE, OBSERVER_WIT), ("http.wit", HTTP_WIT)];
+            for (name, text) in files.iter().chain(DEPS) {
+                write_file(&dir.join(name), text.as_bytes())?;
+            }
+            println!(
+                "wrote {} and {} (with its WASI 0.2 deps)",
+                dir.join(WIT_FILE).display(),
+                dir.join("http.wit").display()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -41,9 +78,10 @@ pub fn wit(out: Option<&Path>) -> anyhow::Result<ExitCode> {
 /// the right world), with the world's name in snake case.
 pub fn bindgen_c(out: &Path, wit: Option<&Path>, world: &str) -> anyhow::Result<ExitCode> {
     let (mut resolve, package) = resolve(wit)?;
-    let world = resolve
-        .select_world(&[package], Some(world))
-        .with_context(|| format!("the WIT package has no world `{world}` (worlds: {WORLD}, stateful-observer, queryable-observer, projection)"))?;
+    let world = resolve.select_world(&[package], Some(world)).with_context(|| {
+        let worlds: Vec<&str> = resolve.packages[package].worlds.keys().map(String::as_str).collect();
+        format!("the WIT package has no world `{world}` (worlds: {})", worlds.join(", "))
+    })?;
     let mut files = wit_bindgen_core::Files::default();
     wit_bindgen_c::Opts::default()
         .build()
@@ -77,9 +115,24 @@ fn resolve(dir: Option<&Path>) -> anyhow::Result<(Resolve, PackageId)> {
                 .with_context(|| format!("parsing the WIT package in {}", dir.display()))?
                 .0
         }
-        None => resolve
-            .push_str(PathBuf::from(WIT_FILE), OBSERVER_WIT)
-            .context("parsing the built-in WIT package")?,
+        None => {
+            let parse = |files: &[(&str, &str)]| {
+                let mut map = SourceMap::new();
+                for (name, text) in files {
+                    map.push_str(name, *text);
+                }
+                map.parse()
+                    .map_err(|(_, e)| anyhow::anyhow!("parsing the built-in WIT package: {e}"))
+            };
+            let main = parse(&[(WIT_FILE, OBSERVER_WIT), ("http.wit", HTTP_WIT)])?;
+            let deps = DEPS
+                .iter()
+                .map(|file| parse(std::slice::from_ref(file)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            resolve
+                .push_groups(main, deps)
+                .context("resolving the built-in WIT package")?
+        }
     };
     Ok((resolve, package))
 }
@@ -100,10 +153,42 @@ fn write_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// The world plugins implement.
+    const WORLD: &str = "observer";
+
     #[test]
     fn the_built_in_package_has_the_observer_world() {
         let (resolve, package) = resolve(None).unwrap();
         assert!(resolve.select_world(&[package], Some(WORLD)).is_ok());
         assert_eq!(resolve.packages[package].name.to_string(), "plugbus:observer@0.1.3");
+    }
+
+    #[test]
+    fn the_built_in_package_resolves_the_http_worlds_against_the_vendored_wasi() {
+        let (resolve, package) = resolve(None).unwrap();
+        let world = resolve.select_world(&[package], Some("http-observer")).unwrap();
+        let imports: Vec<String> = resolve.worlds[world]
+            .imports
+            .keys()
+            .map(|k| resolve.name_world_key(k))
+            .collect();
+        assert!(
+            imports.contains(&"wasi:http/outgoing-handler@0.2.12".to_string()),
+            "{imports:?}"
+        );
+        assert!(
+            imports.contains(&"plugbus:observer/host@0.1.3".to_string()),
+            "{imports:?}"
+        );
+    }
+
+    #[test]
+    fn wit_out_writes_a_package_the_parser_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        wit(Some(dir.path())).unwrap();
+        let (resolve, package) = resolve(Some(dir.path())).unwrap();
+        for world in [WORLD, "http-observer", "stateful-http-observer", "projection"] {
+            assert!(resolve.select_world(&[package], Some(world)).is_ok(), "{world}");
+        }
     }
 }
