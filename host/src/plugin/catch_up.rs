@@ -27,10 +27,21 @@ use crate::log::{EventLog, LogError, LogPosition, LogReader};
 use crate::manifest::CatchUp;
 use crate::pattern::Pattern;
 
-/// Records read per step: bounds the memory of one batch.
+/// Records read per step: bounds the memory of one batch. With the batch
+/// read ahead (see [`Cursor`]) at most two are held.
 const BATCH: usize = 1024;
 
+/// One read's records, each with the reader's position right after it.
+type Read = Vec<(Event, Option<LogPosition>)>;
+
 /// A position in the log and the filter of one plugin's catch-up.
+///
+/// Reading overlaps handling: when a read fills a whole batch, the next
+/// one starts at once on a blocking thread while the plugin handles the
+/// batch just returned, so the log's decoding and the plugin's work run on
+/// two cores instead of taking turns (catch-up was half idle). What is read
+/// ahead is used only by a read starting exactly where it did, and cut to
+/// that read's `upto`; a cursor moved in between drops it.
 pub(crate) struct Cursor {
     dir: PathBuf,
     next: u64,
@@ -42,6 +53,16 @@ pub(crate) struct Cursor {
     /// the segment from its start (which made catch-up quadratic in the
     /// position inside a segment).
     position: Option<LogPosition>,
+    /// The batch being read ahead, from `(next, position)` as they were
+    /// when it started.
+    ahead: Option<Ahead>,
+}
+
+/// A read started ahead of its use.
+struct Ahead {
+    from: u64,
+    position: Option<LogPosition>,
+    read: tokio::task::JoinHandle<Result<Read, LogError>>,
 }
 
 impl Cursor {
@@ -60,6 +81,7 @@ impl Cursor {
             since_nanos,
             patterns,
             position: None,
+            ahead: None,
         }
     }
 
@@ -82,6 +104,28 @@ impl Cursor {
         self.position = None;
     }
 
+    /// Starts reading at most [`BATCH`] records from `(from, position)` up
+    /// to `upto`, on a blocking thread.
+    fn start_read(&self, from: u64, position: Option<LogPosition>, upto: u64) -> Ahead {
+        let dir = self.dir.clone();
+        let read = tokio::task::spawn_blocking(move || -> Result<Read, LogError> {
+            let mut out = Vec::with_capacity(BATCH);
+            let mut reader = LogReader::open(&dir, from)?.resume(position);
+            while out.len() < BATCH {
+                let Some(event) = reader.next_event().transpose()? else {
+                    break;
+                };
+                if event.seq().unwrap_or(0) > upto {
+                    break;
+                }
+                // Right after the record just taken, before reading on.
+                out.push((event, reader.position()));
+            }
+            Ok(out)
+        });
+        Ahead { from, position, read }
+    }
+
     /// The next events for this plugin with sequence numbers up to `upto`
     /// (at most [`BATCH`] records read); empty when there are none left.
     pub async fn read(&mut self, upto: u64) -> Result<Vec<Event>, LogError> {
@@ -89,39 +133,37 @@ impl Cursor {
         // recursion, however long the stretch without a match).
         loop {
             if self.next > upto {
+                self.ahead = None;
                 return Ok(Vec::new());
             }
-            let (dir, from, position) = (self.dir.clone(), self.next, self.position);
-            let read = move || -> Result<(Vec<Event>, Option<LogPosition>), LogError> {
-                let mut out = Vec::new();
-                let mut reader = LogReader::open(&dir, from)?.resume(position);
-                let mut at = None;
-                while out.len() < BATCH {
-                    let Some(event) = reader.next_event().transpose()? else {
-                        break;
-                    };
-                    if event.seq().unwrap_or(0) > upto {
-                        break;
-                    }
-                    out.push(event);
-                    // Right after the record just taken, before reading on.
-                    at = reader.position();
-                }
-                Ok((out, at))
+            // The read ahead if it starts here (it may have read past
+            // `upto`: cut below), else a read of its own.
+            let ahead = match self.ahead.take() {
+                Some(a) if a.from == self.next && a.position == self.position => a,
+                _ => self.start_read(self.next, self.position, upto),
             };
-            let (read, at) = tokio::task::spawn_blocking(read)
+            let mut read = ahead
+                .read
                 .await
                 .map_err(|e| LogError::Failed(format!("log reader task failed: {e}").into()))??;
-            self.position = at.or(self.position);
-            let Some(last) = read.last() else {
+            let full = read.len() == BATCH;
+            read.retain(|(e, _)| e.seq().unwrap_or(0) <= upto);
+            let Some((last, at)) = read.last() else {
                 // Nothing left up to `upto` (a gap at the end, or the end).
-                self.next = upto + 1;
+                self.next = upto.saturating_add(1);
                 return Ok(Vec::new());
             };
             self.next = last.seq().unwrap_or(0) + 1;
+            self.position = at.or(self.position);
+            // A whole batch came back: more is likely; read it while this
+            // one is handled.
+            if full && self.next <= upto {
+                self.ahead = Some(self.start_read(self.next, self.position, upto));
+            }
             let since = self.since_nanos;
             let events: Vec<Event> = read
                 .into_iter()
+                .map(|(e, _)| e)
                 .filter(|e| e.time_unix_nanos() >= since && self.patterns.iter().any(|p| p.matches(e.name())))
                 .collect();
             if !events.is_empty() {
@@ -155,4 +197,73 @@ pub(crate) struct Plan {
     /// live, so they are handled as live ones (follow-ups and logs not
     /// silenced), not as history.
     pub live_from: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{Durability, LogOptions};
+    use serde_json::json;
+
+    /// Reading ahead never loses, repeats or reorders an event: a read whose
+    /// `upto` is short of what was read ahead is cut to it, the next read
+    /// goes on from there, and a moved cursor reads from where it was moved.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reading_ahead_gives_every_event_once_in_order_up_to_each_reads_bound() {
+        // Failpoints are process-wide: hold the scenario lock like every
+        // other test that runs a log writer.
+        #[cfg(feature = "failpoints")]
+        let _serial = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let options = LogOptions {
+            durability: Durability::Off,
+            ..LogOptions::default()
+        };
+        let log = EventLog::open(dir.path(), options).unwrap();
+        let (mut kept, mut last) = (Vec::new(), 0);
+        for i in 0..5 * BATCH as u64 {
+            let name = if i % 3 == 0 { "other" } else { "kept" };
+            last = log.append(&Event::new(name, json!({ "i": i })), false).0;
+            if name == "kept" {
+                kept.push(last);
+            }
+        }
+        log.wait_written(last).await.unwrap();
+        let mut cursor = Cursor::new(&log, CatchUp::All, vec![Pattern::parse("kept").unwrap()]);
+        let mut seen = Vec::new();
+        let mut take = |batch: Vec<Event>, upto: u64| {
+            assert!(batch.iter().all(|e| e.name() == "kept" && e.seq().unwrap() <= upto));
+            seen.extend(batch.iter().map(|e| e.seq().unwrap()));
+        };
+        // One whole batch (the next is read ahead, up to 3 batches)...
+        let cut = BATCH as u64 + BATCH as u64 / 2;
+        take(cursor.read(3 * BATCH as u64).await.unwrap(), 3 * BATCH as u64);
+        // ...then reads up to the middle of what was read ahead...
+        loop {
+            let batch = cursor.read(cut).await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            take(batch, cut);
+        }
+        // ...then the rest.
+        loop {
+            let batch = cursor.read(u64::MAX).await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            take(batch, u64::MAX);
+        }
+        assert_eq!(seen, kept, "every kept event once, in order");
+        // Moved back while the next batch is being read ahead: that batch
+        // is dropped, the read starts where the cursor was moved to.
+        let mut cursor = Cursor::new(&log, CatchUp::All, vec![Pattern::parse("kept").unwrap()]);
+        assert!(!cursor.read(u64::MAX).await.unwrap().is_empty());
+        assert!(cursor.ahead.is_some());
+        cursor.move_to(kept[10]);
+        let again = cursor.read(kept[12]).await.unwrap();
+        let seqs: Vec<u64> = again.iter().map(|e| e.seq().unwrap()).collect();
+        assert_eq!(seqs, kept[10..=12]);
+        log.close();
+    }
 }

@@ -299,7 +299,7 @@ async fn catch_up(dir: &Path, cache: &Path, log: &Path, history: u64) -> anyhow:
     let t = Instant::now();
     let bus = open_logged(dir, cache, log, plugbus::Durability::Off).await?;
     while replayed(&bus) < history {
-        std::thread::sleep(Duration::from_millis(2));
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let rate = history as f64 / t.elapsed().as_secs_f64();
     bus.shutdown().await;
