@@ -204,11 +204,10 @@ impl RequestJournal {
                 .open(&path)
                 .map_err(io)?
         };
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io)?;
-        let (index, end) = scan(&path, &bytes)?;
-        if end < bytes.len() as u64 && !read_only {
-            tracing::warn!(path = %path.display(), kept = end, cut = bytes.len() as u64 - end, "request journal: torn last record cut off");
+        let size = file.metadata().map_err(io)?.len();
+        let (index, end) = scan(&path, &file, size)?;
+        if end < size && !read_only {
+            tracing::warn!(path = %path.display(), kept = end, cut = size - end, "request journal: torn last record cut off");
             file.set_len(end).map_err(io)?;
             file.seek(SeekFrom::End(0)).map_err(io)?;
         }
@@ -331,36 +330,64 @@ impl RequestJournal {
 
 /// Indexes the records of `bytes`; returns the index and where the last
 /// whole record ends.
-fn scan(path: &Path, bytes: &[u8]) -> Result<(Index, u64), JournalError> {
+/// A record's key alone: the index needs nothing else, and the outcome's
+/// body (base64) is then skipped, not decoded.
+#[derive(Deserialize)]
+struct KeyOnly {
+    key: RequestKey,
+}
+
+/// The index of the `size` bytes of `file` and where its last whole record
+/// ends. Reads one record at a time (memory bounded by the largest record,
+/// not the file). A record cut short, or one whose checksum fails, at the
+/// very end is a torn write: the scan stops before it. A bad record before
+/// the end is an error.
+fn scan(path: &Path, file: &File, size: u64) -> Result<(Index, u64), JournalError> {
     let mut index = HashMap::new();
-    let mut at = 0usize;
-    while at < bytes.len() {
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    reader.seek(SeekFrom::Start(0)).map_err(|source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut at = 0u64;
+    let mut json = Vec::new();
+    while at < size {
         let corrupt = |reason: String| JournalError::Corrupt {
             path: path.to_owned(),
-            offset: at as u64,
+            offset: at,
             reason,
         };
-        let Some(head) = bytes.get(at..at + 8) else { break };
+        let io = |source| JournalError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if size - at < 8 {
+            break;
+        }
+        let mut head = [0u8; 8];
+        reader.read_exact(&mut head).map_err(io)?;
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
         if len > MAX_RECORD {
             return Err(corrupt(format!("length {len} is past the largest record")));
         }
-        let Some(json) = bytes.get(at + 8..at + 8 + len as usize) else {
+        let end = at + 8 + u64::from(len);
+        if end > size {
             break;
-        };
-        let last = at + 8 + len as usize == bytes.len();
-        if crc32fast::hash(json) != crc {
-            if last {
+        }
+        json.resize(len as usize, 0);
+        reader.read_exact(&mut json).map_err(io)?;
+        if crc32fast::hash(&json) != crc {
+            if end == size {
                 break;
             }
             return Err(corrupt("checksum mismatch".into()));
         }
-        let record: Record = serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))?;
-        index.insert(record.key, (at as u64 + 8, len));
-        at += 8 + len as usize;
+        let record: KeyOnly = serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
+        index.insert(record.key, (at + 8, len));
+        at = end;
     }
-    Ok((index, at as u64))
+    Ok((index, at))
 }
 
 #[cfg(test)]
@@ -409,6 +436,26 @@ mod tests {
         let j = RequestJournal::open_read_only(dir.path()).unwrap();
         assert_eq!(j.len(), 3);
         assert_eq!(j.get(&key(3)).unwrap().as_deref(), Some(&ok("three")));
+    }
+
+    #[test]
+    fn a_last_record_with_a_bad_checksum_or_a_short_head_is_a_torn_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = RequestJournal::open(dir.path(), false).unwrap();
+        j.put(key(1), ok("one")).unwrap();
+        drop(j);
+        let path = dir.path().join(JOURNAL_FILE);
+        let good = std::fs::read(&path).unwrap();
+        // The whole last record is there but its bytes are not those
+        // checksummed (the page with its end never reached the disk); then
+        // only part of a record's head.
+        let whole = [&good[..], &good[..good.len() - 1], b"x"].concat();
+        for tail in [whole, [&good[..], &[3u8, 0, 0][..]].concat()] {
+            std::fs::write(&path, &tail).unwrap();
+            let j = RequestJournal::open(dir.path(), false).unwrap();
+            assert_eq!(j.len(), 1);
+            assert_eq!(std::fs::read(&path).unwrap(), good, "cut back to the whole records");
+        }
     }
 
     #[test]
