@@ -318,6 +318,37 @@ impl Member {
         Ok(())
     }
 
+    /// After the bus's start-up: a set version installed by
+    /// [`converge`](Self::converge) that the bus then could not load (the
+    /// start-up load is the check for those) is reported as refused, with
+    /// the loader's reason, and its file moved aside like any refused
+    /// version, so `fleet status` shows why this host is off that plugin's
+    /// stream. `failures`: `(file, reason)` of the bus's load failures.
+    pub async fn started(&mut self, failures: &[(PathBuf, String)]) {
+        let mut changed = false;
+        for (path, reason) in failures {
+            // The bus loads only from this directory; a manifest's failure
+            // (`NAME.toml`) is its plugin's.
+            let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let Some(wasm) = self.report.plugins.get(name).cloned() else {
+                continue;
+            };
+            let entry = LockEntry {
+                name: name.to_owned(),
+                reference: String::new(),
+                digest: String::new(),
+                wasm,
+            };
+            self.refuse(&entry, format!("does not load: {reason}"));
+            changed = true;
+        }
+        if changed {
+            self.send_report().await;
+        }
+    }
+
     /// Follows the set until `shutdown` turns true: each change is applied as
     /// it comes (a new version installed or refused, a removed plugin's
     /// files deleted) and reported.

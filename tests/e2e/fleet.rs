@@ -175,13 +175,43 @@ async fn a_fleet_converges_and_a_host_with_a_corrupt_copy_stops_pulling_rather_t
         })
     });
 
+    // A host joining now installs v3 before its bus starts (no running bus
+    // to check it against yet): its start-up load refuses it, and the host
+    // reports that rather than appearing to run the set.
+    let dir_d = tempfile::tempdir().unwrap();
+    let (_d, addr_d, _) = support::serve_with_env(
+        &[
+            "--plugins",
+            s(dir_d.path()),
+            "--nats",
+            &nats.url,
+            "--fleet",
+            "--fleet-host",
+            "d",
+        ],
+        &[],
+    );
+    wait_for("d reporting that v3 does not load", Duration::from_secs(20), || {
+        let st = status(&nats.url);
+        st["hosts"].as_array().unwrap().iter().any(|h| {
+            h["host"] == "d"
+                && h["plugins"].get("meter").is_none()
+                && h["refused"]["meter"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("does not load"))
+        })
+    });
+    assert!(version_of(&addr_d, "meter").is_none());
+    assert!(dir_d.path().join(".meter.wasm.refused").exists());
+    assert!(!dir_d.path().join("meter.wasm").exists());
+
     // Removed from the fleet: gone from every host.
     ok(&["fleet", "remove", "meter", "--nats", &nats.url]);
     wait_for("meter's files gone everywhere", Duration::from_secs(20), || {
         dirs.iter().all(|d| !d.path().join("meter.wasm").exists())
     });
     assert!(addrs.iter().all(|a| version_of(a, "meter").is_none()));
-    drop((_a, _b, _c));
+    drop((_a, _b, _c, _d));
     let log_c = log_c.join().unwrap();
     assert!(log_c.contains("cannot install the fleet's version"), "{log_c}");
 }

@@ -155,7 +155,18 @@ pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
             })
         }));
         let stopping = stopping.clone();
+        let started = bus.clone();
         tokio::spawn(async move {
+            // The set installed before the start is checked by the start-up
+            // load itself: a version that did not load is reported.
+            if started.ready().await.ready {
+                let failures: Vec<_> = started
+                    .load_failures()
+                    .into_iter()
+                    .map(|f| (f.path, f.reason))
+                    .collect();
+                member.started(&failures).await;
+            }
             if let Err(e) = member.follow(stopping).await {
                 tracing::error!(error = %e, "fleet: cannot follow the plugin set; this host keeps its plugins as they are");
             }
