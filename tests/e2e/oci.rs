@@ -455,10 +455,13 @@ fn a_registry_that_asks_for_credentials_gets_them_from_the_environment_and_never
     let src = support::plugin_dir(&["cost-tracker"]);
     let file = src.path().join("cost-tracker.wasm");
     let reference = registry.reference("plugbus/cost-tracker:1");
+    // Whatever this machine's ~/.docker holds plays no part.
+    let no_docker_config = tempfile::tempdir().unwrap();
     let run = |args: &[&str], env_password: Option<&str>| {
         let mut cmd = Command::new(support::plugbus_bin());
         cmd.args(args)
             .env("RUST_LOG", "debug")
+            .env("DOCKER_CONFIG", no_docker_config.path())
             .env_remove("PLUGBUS_REGISTRY_PASSWORD");
         if let Some(p) = env_password {
             cmd.env("PLUGBUS_REGISTRY_PASSWORD", p);
@@ -492,6 +495,70 @@ fn a_registry_that_asks_for_credentials_gets_them_from_the_environment_and_never
         std::fs::read(dst.path().join("cost-tracker.wasm")).unwrap(),
         std::fs::read(&file).unwrap()
     );
+
+    // Without --registry-user: Docker's client configuration for this
+    // registry, as `docker login` writes it, then through a credential
+    // helper (a real program on PATH speaking the helper protocol).
+    let host = reference
+        .trim_start_matches("oci://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let docker = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let helper = bin.path().join("docker-credential-plugbus-test");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread server\nif [ \"$server\" = \"{host}\" ]; then\n  printf '{{\"ServerURL\":\"%s\",\"Username\":\"ci\",\"Secret\":\"{password}\"}}' \"$server\"\nelse\n  echo 'credentials not found in native keychain'; exit 1\nfi\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
+    let pull_with = |config: &str| {
+        std::fs::write(docker.path().join("config.json"), config).unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let out = Command::new(support::plugbus_bin())
+            .args(["pull", &reference, "--plugins", s(dst.path())])
+            .env("DOCKER_CONFIG", docker.path())
+            .env("PATH", &path)
+            .env("RUST_LOG", "debug")
+            .env_remove("PLUGBUS_REGISTRY_PASSWORD")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!text.contains(password), "the password was printed: {text}");
+        let pulled = dst.path().join("cost-tracker.wasm").is_file();
+        (out.status.success() && pulled, text)
+    };
+    let stored = base64_of(&format!("ci:{password}"));
+    let (ok_, text) = pull_with(&format!(r#"{{"auths": {{"{host}": {{"auth": "{stored}"}}}}}}"#));
+    assert!(ok_, "docker login's entry: {text}");
+    let (ok_, text) = pull_with(&format!(r#"{{"credHelpers": {{"{host}": "plugbus-test"}}}}"#));
+    assert!(ok_, "the registry's credential helper: {text}");
+    let (ok_, text) = pull_with(r#"{"credsStore": "plugbus-test"}"#);
+    assert!(ok_, "the default credential helper: {text}");
+    // A helper holding nothing for it: anonymous, refused by the registry.
+    let (ok_, text) = pull_with(r#"{"auths": {"elsewhere.example.com": {"auth": "eDp5"}}}"#);
+    assert!(!ok_ && text.contains("Not authorized"), "{text}");
+    // A broken configuration is an error naming it, not an anonymous pull.
+    let (ok_, text) = pull_with("{ not json");
+    assert!(
+        !ok_ && text.contains("config.json") && text.contains("registry credentials"),
+        "{text}"
+    );
+}
+
+/// Standard base64, as Docker stores `user:password`.
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
 }
 
 fn free_port() -> u16 {

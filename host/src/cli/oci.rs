@@ -11,7 +11,9 @@ use plugbus::{SignaturePolicy, TrustedKeys};
 /// How to reach a registry (push, pull, and the lock sync of run/serve).
 #[derive(clap::Args, Clone)]
 pub struct RegistryArgs {
-    /// Registry user name (basic authentication, or the token exchange the registry asks for).
+    /// Registry user name (basic authentication, or the token exchange the registry asks for). Without
+    /// it, Docker's client configuration is used for the registry ($DOCKER_CONFIG/config.json, else
+    /// ~/.docker/config.json: credential helpers and `docker login` entries), else none.
     #[arg(long, value_name = "USER")]
     registry_user: Option<String>,
     /// The environment variable holding the registry password or token.
@@ -33,7 +35,9 @@ pub struct RegistryArgs {
 impl RegistryArgs {
     pub fn registry(&self) -> anyhow::Result<Registry> {
         let auth = match &self.registry_user {
-            None => Auth::Anonymous,
+            // Docker's client configuration, if it holds anything for the
+            // registry (`docker login`, credential helpers), else anonymous.
+            None => Auth::DockerConfig,
             Some(user) => Auth::Basic {
                 username: user.clone(),
                 password: std::env::var(&self.registry_password_env).with_context(|| {

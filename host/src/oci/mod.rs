@@ -25,6 +25,7 @@
 //! docs/oci.md has the layout, the checks and the lock file's format.
 
 mod artifact;
+mod credentials;
 mod install;
 mod lock;
 mod reference;
@@ -83,6 +84,13 @@ pub enum Auth {
     /// No credentials (a public or local registry).
     #[default]
     Anonymous,
+    /// Whatever Docker's client configuration holds for the reference's
+    /// registry (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`:
+    /// its credential helper, stored `auths` entry or default helper, in
+    /// Docker's order), else anonymous. What `plugbus push`/`pull` use
+    /// without `--registry-user`, so a registry logged into with `docker
+    /// login`, `oras login` or `crane auth login` needs no flag.
+    DockerConfig,
     /// HTTP basic authentication (or the token exchange a registry asks
     /// for, which `oci-client` does with these).
     Basic {
@@ -97,6 +105,7 @@ impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Auth::Anonymous => f.write_str("Anonymous"),
+            Auth::DockerConfig => f.write_str("DockerConfig"),
             Auth::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
         }
     }
@@ -121,6 +130,15 @@ pub enum OciError {
         /// The reference.
         reference: String,
         /// What the registry or the connection said.
+        reason: String,
+    },
+    /// The registry's credentials could not be read (Docker's client
+    /// configuration, a credential helper).
+    #[error("{reference}: registry credentials: {reason}")]
+    Credentials {
+        /// The reference.
+        reference: String,
+        /// What is wrong, naming the file or helper.
         reason: String,
     },
     /// The artifact is not a plugin (wrong or unknown media types).

@@ -89,7 +89,7 @@ pub async fn push(wasm: &Path, reference: &PluginRef, registry: &Registry) -> Re
     let client = client(reference, registry)?;
     let err = |e| registry_error(reference, e);
     client
-        .auth(reference.oci(), &auth(registry), RegistryOperation::Push)
+        .auth(reference.oci(), &auth(registry, reference)?, RegistryOperation::Push)
         .await
         .map_err(err)?;
     let config_digest = artifact::sha256_digest(&built.config);
@@ -165,7 +165,7 @@ pub(crate) async fn pull_inner(
     let (manifest, digest) = client
         .pull_manifest_raw(
             reference.oci(),
-            &auth(registry),
+            &auth(registry, reference)?,
             &[artifact::OCI_MANIFEST_MEDIA_TYPE, artifact::OCI_INDEX_MEDIA_TYPE],
         )
         .await
@@ -321,11 +321,22 @@ fn client(reference: &PluginRef, registry: &Registry) -> Result<Client, OciError
     Client::try_from(config).map_err(|e| registry_error(reference, e))
 }
 
-fn auth(registry: &Registry) -> RegistryAuth {
-    match &registry.auth {
+/// The credentials for `reference`'s registry.
+fn auth(registry: &Registry, reference: &PluginRef) -> Result<RegistryAuth, OciError> {
+    Ok(match &registry.auth {
         Auth::Anonymous => RegistryAuth::Anonymous,
         Auth::Basic { username, password } => RegistryAuth::Basic(username.clone(), password.clone()),
-    }
+        Auth::DockerConfig => match super::credentials::lookup(reference.registry()) {
+            Ok(Some((username, password))) => RegistryAuth::Basic(username, password),
+            Ok(None) => RegistryAuth::Anonymous,
+            Err(reason) => {
+                return Err(OciError::Credentials {
+                    reference: reference.to_string(),
+                    reason,
+                });
+            }
+        },
+    })
 }
 
 /// A registry error with its causes (reqwest's own text is terse: "error
