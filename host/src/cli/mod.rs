@@ -188,7 +188,8 @@ pub enum Command {
     /// Print the WIT package plugins implement (`plugbus:observer`), or write
     /// it into DIR for a toolchain that reads WIT (componentize-py, componentize-qjs).
     Wit {
-        /// Write `observer.wit` into this directory instead of printing it.
+        /// Write the package into this directory instead of printing `observer.wit`: `observer.wit`,
+        /// `http.wit` (the worlds that import wasi:http) and the WASI 0.2 packages they use, in `deps/`.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
