@@ -89,7 +89,11 @@ pub async fn push(wasm: &Path, reference: &PluginRef, registry: &Registry) -> Re
     let client = client(reference, registry)?;
     let err = |e| registry_error(reference, e);
     client
-        .auth(reference.oci(), &auth(registry, reference)?, RegistryOperation::Push)
+        .auth(
+            reference.oci(),
+            &auth(registry, reference).await?,
+            RegistryOperation::Push,
+        )
         .await
         .map_err(err)?;
     let config_digest = artifact::sha256_digest(&built.config);
@@ -165,7 +169,7 @@ pub(crate) async fn pull_inner(
     let (manifest, digest) = client
         .pull_manifest_raw(
             reference.oci(),
-            &auth(registry, reference)?,
+            &auth(registry, reference).await?,
             &[artifact::OCI_MANIFEST_MEDIA_TYPE, artifact::OCI_INDEX_MEDIA_TYPE],
         )
         .await
@@ -321,21 +325,28 @@ fn client(reference: &PluginRef, registry: &Registry) -> Result<Client, OciError
     Client::try_from(config).map_err(|e| registry_error(reference, e))
 }
 
-/// The credentials for `reference`'s registry.
-fn auth(registry: &Registry, reference: &PluginRef) -> Result<RegistryAuth, OciError> {
+/// The credentials for `reference`'s registry (Docker's configuration is
+/// read, and a credential helper run, on a blocking thread).
+async fn auth(registry: &Registry, reference: &PluginRef) -> Result<RegistryAuth, OciError> {
     Ok(match &registry.auth {
         Auth::Anonymous => RegistryAuth::Anonymous,
         Auth::Basic { username, password } => RegistryAuth::Basic(username.clone(), password.clone()),
-        Auth::DockerConfig => match super::credentials::lookup(reference.registry()) {
-            Ok(Some((username, password))) => RegistryAuth::Basic(username, password),
-            Ok(None) => RegistryAuth::Anonymous,
-            Err(reason) => {
-                return Err(OciError::Credentials {
-                    reference: reference.to_string(),
-                    reason,
-                });
+        Auth::DockerConfig => {
+            let host = reference.registry().to_owned();
+            let found = tokio::task::spawn_blocking(move || super::credentials::lookup(&host))
+                .await
+                .unwrap_or_else(|e| Err(format!("credential lookup failed: {e}")));
+            match found {
+                Ok(Some((username, password))) => RegistryAuth::Basic(username, password),
+                Ok(None) => RegistryAuth::Anonymous,
+                Err(reason) => {
+                    return Err(OciError::Credentials {
+                        reference: reference.to_string(),
+                        reason,
+                    });
+                }
             }
-        },
+        }
     })
 }
 
