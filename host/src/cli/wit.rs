@@ -182,6 +182,45 @@ mod tests {
         );
     }
 
+    /// `wit/deps` is the WASI the host implements: byte for byte the WIT
+    /// that the wasmtime-wasi-http crate this build links ships. After a
+    /// wasmtime upgrade this fails until the deps are vendored again.
+    #[test]
+    fn the_vendored_wasi_is_the_wit_of_the_linked_wasmtime_wasi_http() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = std::process::Command::new(cargo)
+            .args(["metadata", "--format-version", "1", "--offline", "--manifest-path"])
+            .arg(root.join("Cargo.toml"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let manifest = meta["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "wasmtime-wasi-http")
+            .and_then(|p| p["manifest_path"].as_str())
+            .expect("wasmtime-wasi-http is a dependency");
+        let crate_deps = Path::new(manifest).parent().unwrap().join("wit/deps");
+        let mut compared = 0;
+        for entry in std::fs::read_dir(&crate_deps).unwrap() {
+            let file = entry.unwrap().path();
+            let name = file.file_stem().unwrap().to_str().unwrap().to_owned();
+            let vendored = root.join(format!("wit/deps/{name}/{name}.wit"));
+            assert_eq!(
+                std::fs::read(&vendored).unwrap_or_default(),
+                std::fs::read(&file).unwrap(),
+                "{} differs from {}",
+                vendored.display(),
+                file.display()
+            );
+            compared += 1;
+        }
+        assert_eq!(compared, DEPS.len());
+    }
+
     #[test]
     fn wit_out_writes_a_package_the_parser_reads_back_whole() {
         let dir = tempfile::tempdir().unwrap();
