@@ -332,16 +332,11 @@ impl Member {
             let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
                 continue;
             };
-            let Some(wasm) = self.report.plugins.get(name).cloned() else {
+            if !self.report.plugins.contains_key(name) {
                 continue;
-            };
-            let entry = LockEntry {
-                name: name.to_owned(),
-                reference: String::new(),
-                digest: String::new(),
-                wasm,
-            };
-            self.refuse(&entry, format!("does not load: {reason}"));
+            }
+            let source = path.display().to_string();
+            self.refuse(name, &source, format!("does not load: {reason}"));
             changed = true;
         }
         if changed {
@@ -424,7 +419,7 @@ impl Member {
                 }
                 self.accept(entry);
             }
-            Err(e) => self.refuse(entry, e.to_string()),
+            Err(e) => self.refuse(&entry.name, &entry.reference, e.to_string()),
         }
     }
 
@@ -434,21 +429,23 @@ impl Member {
     }
 
     /// The fleet's version cannot run here: the old one must not either.
-    fn refuse(&mut self, entry: &LockEntry, reason: String) {
-        let wasm = self.dir.join(format!("{}.wasm", entry.name));
-        let aside = self.dir.join(format!(".{}.wasm.refused", entry.name));
+    /// `reference`: where the refused version came from (the set entry's
+    /// reference, or the installed file), for the log.
+    fn refuse(&mut self, name: &str, reference: &str, reason: String) {
+        let wasm = self.dir.join(format!("{name}.wasm"));
+        let aside = self.dir.join(format!(".{name}.wasm.refused"));
         match std::fs::rename(&wasm, &aside) {
             Ok(()) => tracing::error!(
-                plugin = %entry.name, reference = %entry.reference, %reason,
+                plugin = %name, %reference, %reason,
                 "fleet: cannot install the fleet's version; the old one is unloaded (moved to {})", aside.display()
             ),
             Err(_) => tracing::error!(
-                plugin = %entry.name, reference = %entry.reference, %reason,
+                plugin = %name, %reference, %reason,
                 "fleet: cannot install the fleet's version"
             ),
         }
-        self.report.plugins.remove(&entry.name);
-        self.report.refused.insert(entry.name.clone(), reason);
+        self.report.plugins.remove(name);
+        self.report.refused.insert(name.to_owned(), reason);
     }
 
     async fn send_report(&mut self) {

@@ -457,14 +457,20 @@ fn a_registry_that_asks_for_credentials_gets_them_from_the_environment_and_never
     let reference = registry.reference("plugbus/cost-tracker:1");
     // Whatever this machine's ~/.docker holds plays no part.
     let no_docker_config = tempfile::tempdir().unwrap();
-    let run = |args: &[&str], env_password: Option<&str>| {
+    // `plugbus ARGS` with the password in its environment (or none), Docker's
+    // client configuration in `docker_config` and `path` as PATH; the
+    // password must never be printed.
+    let run_with = |args: &[&str], env_password: Option<&str>, docker_config: &Path, path: Option<&str>| {
         let mut cmd = Command::new(support::plugbus_bin());
         cmd.args(args)
             .env("RUST_LOG", "debug")
-            .env("DOCKER_CONFIG", no_docker_config.path())
+            .env("DOCKER_CONFIG", docker_config)
             .env_remove("PLUGBUS_REGISTRY_PASSWORD");
         if let Some(p) = env_password {
             cmd.env("PLUGBUS_REGISTRY_PASSWORD", p);
+        }
+        if let Some(path) = path {
+            cmd.env("PATH", path);
         }
         let out = cmd.output().unwrap();
         let text = format!(
@@ -475,6 +481,7 @@ fn a_registry_that_asks_for_credentials_gets_them_from_the_environment_and_never
         assert!(!text.contains(password), "the password was printed: {text}");
         (out.status.success(), text)
     };
+    let run = |args: &[&str], env_password: Option<&str>| run_with(args, env_password, no_docker_config.path(), None);
     let (ok_, text) = run(&["push", s(&file), &reference], None);
     assert!(!ok_ && text.contains(&reference) && text.contains("401"), "{text}");
     let (ok_, text) = run(&["push", s(&file), &reference, "--registry-user", "ci"], Some("wrong"));
@@ -500,10 +507,9 @@ fn a_registry_that_asks_for_credentials_gets_them_from_the_environment_and_never
     // registry, as `docker login` writes it, then through a credential
     // helper (a real program on PATH speaking the helper protocol).
     let host = reference
-        .trim_start_matches("oci://")
-        .split('/')
-        .next()
+        .parse::<plugbus::oci::PluginRef>()
         .unwrap()
+        .registry()
         .to_owned();
     let docker = tempfile::tempdir().unwrap();
     let bin = tempfile::tempdir().unwrap();
@@ -520,31 +526,26 @@ fn a_registry_that_asks_for_credentials_gets_them_from_the_environment_and_never
     let pull_with = |config: &str| {
         std::fs::write(docker.path().join("config.json"), config).unwrap();
         let dst = tempfile::tempdir().unwrap();
-        let out = Command::new(support::plugbus_bin())
-            .args(["pull", &reference, "--plugins", s(dst.path())])
-            .env("DOCKER_CONFIG", docker.path())
-            .env("PATH", &path)
-            .env("RUST_LOG", "debug")
-            .env_remove("PLUGBUS_REGISTRY_PASSWORD")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let (ok_, text) = run_with(
+            &["pull", &reference, "--plugins", s(dst.path())],
+            None,
+            docker.path(),
+            Some(&path),
         );
-        assert!(!text.contains(password), "the password was printed: {text}");
-        let pulled = dst.path().join("cost-tracker.wasm").is_file();
-        (out.status.success() && pulled, text)
+        (ok_ && dst.path().join("cost-tracker.wasm").is_file(), text)
     };
-    let stored = base64_of(&format!("ci:{password}"));
+    // `user:password` in base64, as `docker login` stores it.
+    let stored = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("ci:{password}"))
+    };
     let (ok_, text) = pull_with(&format!(r#"{{"auths": {{"{host}": {{"auth": "{stored}"}}}}}}"#));
     assert!(ok_, "docker login's entry: {text}");
     let (ok_, text) = pull_with(&format!(r#"{{"credHelpers": {{"{host}": "plugbus-test"}}}}"#));
     assert!(ok_, "the registry's credential helper: {text}");
     let (ok_, text) = pull_with(r#"{"credsStore": "plugbus-test"}"#);
     assert!(ok_, "the default credential helper: {text}");
-    // A helper holding nothing for it: anonymous, refused by the registry.
+    // Nothing for this registry: anonymous, refused by the registry.
     let (ok_, text) = pull_with(r#"{"auths": {"elsewhere.example.com": {"auth": "eDp5"}}}"#);
     assert!(!ok_ && text.contains("Not authorized"), "{text}");
     // A broken configuration is an error naming it, not an anonymous pull.
@@ -553,12 +554,6 @@ fn a_registry_that_asks_for_credentials_gets_them_from_the_environment_and_never
         !ok_ && text.contains("config.json") && text.contains("registry credentials"),
         "{text}"
     );
-}
-
-/// Standard base64, as Docker stores `user:password`.
-fn base64_of(text: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(text)
 }
 
 fn free_port() -> u16 {

@@ -32,7 +32,7 @@ use crate::pattern::Pattern;
 const BATCH: usize = 1024;
 
 /// One read's records, each with the reader's position right after it.
-type Read = Vec<(Event, Option<LogPosition>)>;
+type Records = Vec<(Event, Option<LogPosition>)>;
 
 /// A position in the log and the filter of one plugin's catch-up.
 ///
@@ -62,7 +62,7 @@ pub(crate) struct Cursor {
 struct Ahead {
     from: u64,
     position: Option<LogPosition>,
-    read: tokio::task::JoinHandle<Result<Read, LogError>>,
+    read: tokio::task::JoinHandle<Result<Records, LogError>>,
 }
 
 impl Cursor {
@@ -108,7 +108,7 @@ impl Cursor {
     /// to `upto`, on a blocking thread.
     fn start_read(&self, from: u64, position: Option<LogPosition>, upto: u64) -> Ahead {
         let dir = self.dir.clone();
-        let read = tokio::task::spawn_blocking(move || -> Result<Read, LogError> {
+        let read = tokio::task::spawn_blocking(move || -> Result<Records, LogError> {
             let mut out = Vec::with_capacity(BATCH);
             let mut reader = LogReader::open(&dir, from)?.resume(position);
             while out.len() < BATCH {
