@@ -517,6 +517,92 @@ async fn trap_recovery_restart_and_replay_send_nothing_twice() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--emit publish"));
 }
 
+/// Log retention removes old history: the journal then drops the requests
+/// of the events gone (so it does not grow for ever), but keeps a dead
+/// letter's (a redrive sends nothing) and every request of an event the log
+/// still holds (a replay of it sends nothing and is refused nothing).
+#[tokio::test]
+async fn retention_compacts_the_journal_but_keeps_what_can_be_handled_again() {
+    let server = Server::start();
+    let plugins = fetcher_dir(&format!(
+        "[limits]\nquarantine_after = 0\n[http]\nallow = [\"http://127.0.0.1:{}\"]\nper_second = 1000\n",
+        server.port
+    ));
+    let log = tempfile::tempdir().unwrap();
+    // Small segments and a small budget: retention removes segments early.
+    let options = plugbus::LogOptions {
+        segment_bytes: 4_000,
+        retention_bytes: Some(12_000),
+        ..plugbus::LogOptions::default()
+    };
+    let bus = Bus::builder()
+        .plugin_dir(plugins.path())
+        .log_dir(log.path())
+        .log_options(options)
+        .build()
+        .await
+        .unwrap();
+    // The first event posts, then traps: a dead letter, with a request.
+    let mut poison = fetch(&[("POST", &server.url("/poison"), "x")]);
+    poison["then"] = json!("panic");
+    bus.emit_and_wait("fetch", poison).await;
+    const EVENTS: usize = 80;
+    for i in 0..EVENTS {
+        bus.emit_and_wait("fetch", fetch(&[("POST", &server.url(&format!("/e{i}")), "x")]))
+            .await;
+    }
+    bus.flush().await;
+    assert_eq!(server.seen().len(), EVENTS + 1);
+    let journaled = || plugbus::http::RequestJournal::open_read_only(log.path()).unwrap();
+    // The compaction runs on a thread of its own once a segment is removed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while journaled().len() > EVENTS / 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the journal was not compacted: {} records",
+            journaled().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = plugbus::log::first_retained_seq(log.path()).unwrap().unwrap();
+    assert!(first > 1, "retention removed segments");
+    let letters = bus.dead_letters("fetcher").unwrap();
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0].event.seq < first,
+        "the dead letter's event is gone from the log"
+    );
+    let key = plugbus::http::RequestKey {
+        plugin: "fetcher".into(),
+        event: letters[0].event.id.clone(),
+        index: 0,
+    };
+    assert!(
+        journaled().get(&key).unwrap().is_some(),
+        "the dead letter's request is kept"
+    );
+    // A redrive hands the poison event over again (it traps again): its
+    // request is answered from the journal, not sent.
+    let redrive = bus.redrive("fetcher").await.unwrap();
+    assert_eq!((redrive.redriven, redrive.failed), (1, 1), "{redrive:?}");
+    assert_eq!(server.seen().len(), EVENTS + 1);
+    bus.shutdown().await;
+
+    // A replay of what the log still holds: every request answered from
+    // the journal (none refused, none sent).
+    let out = replay(plugins.path(), log.path(), "--no-cache");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fetched: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["name"] == "fetched")
+        .collect();
+    assert!(!fetched.is_empty(), "{text}");
+    assert!(!text.contains("HttpRequestDenied"), "{text}");
+    assert_eq!(server.seen().len(), EVENTS + 1);
+}
+
 /// C and Python plugins (the `http-observer` world, `wit/http.wit`) go
 /// through the same hook as Rust ones: the grant, the journal under trap
 /// recovery and restart catch-up, the `Idempotency-Key`. Their fixtures

@@ -490,6 +490,7 @@ impl BusBuilder {
             shared: Arc::new_cyclic(|me| Shared::new(parts, me.clone())),
         };
         if let Some(log) = &log {
+            crate::bus::retention::watch(&bus.shared, log);
             let weak = Arc::downgrade(&bus.shared);
             log.on_overflow(move |lost, first_seq, last_seq| {
                 if let Some(shared) = weak.upgrade() {

@@ -14,6 +14,7 @@ pub(crate) mod lifecycle;
 pub(crate) mod native;
 pub(crate) mod recent_ids;
 pub(crate) mod registry;
+pub(crate) mod retention;
 pub mod startup;
 pub(crate) mod watch;
 

@@ -13,6 +13,17 @@
 //! at open; a damaged record before the end is an error naming the file and
 //! offset, never silently skipped (skipping would resend its request).
 //!
+//! Each record also carries the event's sequence number in the log, so the
+//! journal can be compacted when the log's retention removes history
+//! ([`RequestJournal::compact`]): a request of an event below the log's
+//! first retained number and below every kept plugin snapshot can never be
+//! handled again by a catch-up, a trap recovery or a replay, so its record is
+//! dropped, unless the caller keeps it (a dead-lettered event, which a
+//! redrive hands to its plugin again). Compaction copies the records kept to
+//! `http-journal.compacting`, syncs it and renames it over the journal: a
+//! crash before the rename leaves the old journal whole (the partial copy is
+//! removed at the next open), a crash after it the new one.
+//!
 //! Without a log the journal lives in memory and keeps the last
 //! [`MEMORY_ENTRIES`] outcomes: enough for trap recovery, which replays at
 //! most `replay_max_events` events; nothing survives the process.
@@ -28,6 +39,8 @@ use serde::{Deserialize, Serialize};
 
 /// The journal's file name in the log directory.
 pub const JOURNAL_FILE: &str = "http-journal";
+/// The copy a compaction writes before renaming it over [`JOURNAL_FILE`].
+const COMPACTING_FILE: &str = "http-journal.compacting";
 /// Outcomes a journal without a log keeps: trap recovery replays at most a
 /// plugin's `replay_max_events` (10,000 by default) events, few of which make
 /// requests; 16,384 entries of at most a response body each bound memory.
@@ -104,6 +117,10 @@ mod b64 {
 #[derive(Serialize, Deserialize)]
 struct Record {
     key: RequestKey,
+    /// The event's sequence number in the log (absent: unknown, never
+    /// compacted away).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
     outcome: Recorded,
 }
 
@@ -130,14 +147,36 @@ pub enum JournalError {
     },
 }
 
+/// What a compaction did ([`RequestJournal::compact`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Compaction {
+    /// Records kept.
+    pub kept: usize,
+    /// Records dropped.
+    pub removed: usize,
+    /// The file's size before and after.
+    pub bytes_before: u64,
+    /// See `bytes_before`.
+    pub bytes_after: u64,
+}
+
 /// The journal: shared by every plugin of a bus (cheap handles).
 #[derive(Clone)]
 pub struct RequestJournal {
     inner: Arc<Mutex<Store>>,
+    /// Held through a compaction: one at a time.
+    compacting: Arc<Mutex<()>>,
 }
 
-/// Where each record's JSON is in the file: offset and length.
-type Index = HashMap<RequestKey, (u64, u32)>;
+/// Where one record's JSON is in the file, and its event's sequence number.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    offset: u64,
+    len: u32,
+    seq: Option<u64>,
+}
+
+type Index = HashMap<RequestKey, Entry>;
 
 enum Store {
     File {
@@ -158,11 +197,16 @@ enum Store {
 impl RequestJournal {
     /// A journal in memory (a bus without a log).
     pub fn memory() -> RequestJournal {
+        RequestJournal::of(Store::Memory {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+        })
+    }
+
+    fn of(store: Store) -> RequestJournal {
         RequestJournal {
-            inner: Arc::new(Mutex::new(Store::Memory {
-                entries: HashMap::new(),
-                order: VecDeque::new(),
-            })),
+            inner: Arc::new(Mutex::new(store)),
+            compacting: Arc::new(Mutex::new(())),
         }
     }
 
@@ -190,6 +234,17 @@ impl RequestJournal {
             path: path.clone(),
             source,
         };
+        if !read_only {
+            // What a compaction cut short by a crash left: the journal it
+            // was copying from is whole.
+            match std::fs::remove_file(dir.join(COMPACTING_FILE)) {
+                Ok(()) => {
+                    tracing::warn!(path = %path.display(), "request journal: an unfinished compaction's copy removed")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
         let mut file = if read_only {
             match File::open(&path) {
                 Ok(f) => f,
@@ -211,16 +266,14 @@ impl RequestJournal {
             file.set_len(end).map_err(io)?;
             file.seek(SeekFrom::End(0)).map_err(io)?;
         }
-        Ok(RequestJournal {
-            inner: Arc::new(Mutex::new(Store::File {
-                path,
-                file,
-                end,
-                index,
-                sync,
-                read_only,
-            })),
-        })
+        Ok(RequestJournal::of(Store::File {
+            path,
+            file,
+            end,
+            index,
+            sync,
+            read_only,
+        }))
     }
 
     /// The recorded outcome of `key`, if there is one.
@@ -233,7 +286,7 @@ impl RequestJournal {
         match &*store {
             Store::Memory { entries, .. } => Ok(entries.get(key).cloned()),
             Store::File { path, file, index, .. } => {
-                let Some(&(offset, len)) = index.get(key) else {
+                let Some(&Entry { offset, len, .. }) = index.get(key) else {
                     return Ok(None);
                 };
                 let mut buf = vec![0u8; len as usize];
@@ -252,12 +305,14 @@ impl RequestJournal {
         }
     }
 
-    /// Records `key`'s outcome (blocking: call from a blocking thread).
-    /// A read-only journal (a replay's) keeps it in memory only.
+    /// Records `key`'s outcome (blocking: call from a blocking thread);
+    /// `seq` is the event's sequence number in the log, what
+    /// [`compact`](Self::compact) goes by. A read-only journal (a replay's)
+    /// keeps nothing.
     ///
     /// # Errors
     /// [`JournalError`] when the record cannot be written.
-    pub fn put(&self, key: RequestKey, outcome: Recorded) -> Result<(), JournalError> {
+    pub fn put(&self, key: RequestKey, seq: Option<u64>, outcome: Recorded) -> Result<(), JournalError> {
         let mut store = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match &mut *store {
             Store::Memory { entries, order } => {
@@ -282,6 +337,7 @@ impl RequestJournal {
             } => {
                 let json = serde_json::to_vec(&Record {
                     key: key.clone(),
+                    seq,
                     outcome,
                 })
                 .map_err(|e| JournalError::Io {
@@ -300,9 +356,171 @@ impl RequestJournal {
                 if *sync {
                     file.sync_data().map_err(io)?;
                 }
-                index.insert(key, (*end + 8, json.len() as u32));
+                index.insert(
+                    key,
+                    Entry {
+                        offset: *end + 8,
+                        len: json.len() as u32,
+                        seq,
+                    },
+                );
                 *end += rec.len() as u64;
                 Ok(())
+            }
+        }
+    }
+
+    /// Drops the records of events numbered below `floor` (those whose
+    /// number is unknown stay), except those `keep` asks for, by copying the
+    /// rest to a new file renamed over the journal. Requests recorded
+    /// meanwhile are not held up while the old records are copied; those
+    /// recorded since are copied last, under the lock. One compaction runs
+    /// at a time; a read-only or memory journal is left as it is. Blocking:
+    /// call from a blocking thread.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), plugbus::http::JournalError> {
+    /// use plugbus::http::{Recorded, RequestJournal, RequestKey};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let journal = RequestJournal::open(dir.path(), false)?;
+    /// let key = |event: &str| RequestKey { plugin: "p".into(), event: event.into(), index: 0 };
+    /// journal.put(key("old"), Some(3), Recorded::Failed("timeout".into()))?;
+    /// journal.put(key("new"), Some(30), Recorded::Failed("timeout".into()))?;
+    /// let done = journal.compact(10, |_| false)?;
+    /// assert_eq!((done.kept, done.removed), (1, 1));
+    /// assert!(journal.get(&key("old"))?.is_none() && journal.get(&key("new"))?.is_some());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`JournalError::Io`] when the copy cannot be written or renamed; the
+    /// journal is then left as it was.
+    pub fn compact(&self, floor: u64, keep: impl Fn(&RequestKey) -> bool) -> Result<Compaction, JournalError> {
+        let _one = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
+        // What to copy, decided under the lock; copied without it.
+        let (path, source, copied_to, live, before) = {
+            let store = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let Store::File {
+                path,
+                file,
+                end,
+                index,
+                read_only: false,
+                ..
+            } = &*store
+            else {
+                return Ok(Compaction::default());
+            };
+            let mut live: Vec<(RequestKey, Entry)> = index
+                .iter()
+                .filter(|(key, e)| e.seq.is_none_or(|seq| seq >= floor) || keep(key))
+                .map(|(key, e)| (key.clone(), *e))
+                .collect();
+            if live.len() == index.len() {
+                return Ok(Compaction {
+                    kept: live.len(),
+                    removed: 0,
+                    bytes_before: *end,
+                    bytes_after: *end,
+                });
+            }
+            let source = file.try_clone().map_err(|source| JournalError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            live.sort_by_key(|(_, e)| e.offset);
+            let removed = index.len() - live.len();
+            (path.clone(), source, *end, live, (removed, *end))
+        };
+        let tmp = path.with_file_name(COMPACTING_FILE);
+        let io = |source| JournalError::Io {
+            path: tmp.clone(),
+            source,
+        };
+        let result = (|| {
+            let out = File::options()
+                .read(true)
+                .append(true)
+                .create(true)
+                .truncate(false)
+                .open(&tmp)
+                .map_err(io)?;
+            out.set_len(0).map_err(io)?;
+            let mut writer = std::io::BufWriter::with_capacity(1 << 16, &out);
+            let mut index = Index::with_capacity(live.len());
+            let mut at = 0u64;
+            let mut buf = Vec::new();
+            for (key, e) in live {
+                // The record's head (length and checksum) and its JSON.
+                buf.resize(e.len as usize + 8, 0);
+                source.read_exact_at(&mut buf, e.offset - 8).map_err(io)?;
+                writer.write_all(&buf).map_err(io)?;
+                index.insert(key, Entry { offset: at + 8, ..e });
+                at += buf.len() as u64;
+            }
+            crate::failpoint::hit("http_journal.compact.copied").map_err(io)?;
+            // Records written meanwhile: the bytes past `copied_to`, whole
+            // records appended since, copied as they are.
+            let mut store = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let Store::File {
+                path,
+                file,
+                end,
+                index: old,
+                sync,
+                ..
+            } = &mut *store
+            else {
+                return Ok(None);
+            };
+            let mut newer: Vec<(&RequestKey, &Entry)> = old.iter().filter(|(_, e)| e.offset >= copied_to).collect();
+            newer.sort_by_key(|(_, e)| e.offset);
+            buf.resize((*end - copied_to) as usize, 0);
+            source.read_exact_at(&mut buf, copied_to).map_err(io)?;
+            writer.write_all(&buf).map_err(io)?;
+            for (key, e) in newer {
+                index.insert(
+                    key.clone(),
+                    Entry {
+                        offset: e.offset - copied_to + at,
+                        ..*e
+                    },
+                );
+            }
+            at += buf.len() as u64;
+            writer.flush().map_err(io)?;
+            drop(writer);
+            if *sync {
+                out.sync_data().map_err(io)?;
+            }
+            crate::failpoint::hit("http_journal.compact.rename").map_err(io)?;
+            std::fs::rename(&tmp, &*path).map_err(io)?;
+            // `out` was opened for appending: it is the journal now, whatever
+            // the directory's sync below comes to.
+            *file = out;
+            *old = index;
+            let kept = old.len();
+            *end = at;
+            if *sync {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                crate::log::sync_dir(dir).map_err(|source| JournalError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            Ok(Some((kept, at)))
+        })();
+        match result {
+            Ok(Some((kept, after))) => Ok(Compaction {
+                kept,
+                removed: before.0,
+                bytes_before: before.1,
+                bytes_after: after,
+            }),
+            Ok(None) => Ok(Compaction::default()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
             }
         }
     }
@@ -335,6 +553,8 @@ impl RequestJournal {
 #[derive(Deserialize)]
 struct KeyOnly {
     key: RequestKey,
+    #[serde(default)]
+    seq: Option<u64>,
 }
 
 /// The index of the `size` bytes of `file` and where its last whole record
@@ -384,7 +604,14 @@ fn scan(path: &Path, file: &File, size: u64) -> Result<(Index, u64), JournalErro
             return Err(corrupt("checksum mismatch".into()));
         }
         let record: KeyOnly = serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
-        index.insert(record.key, (at + 8, len));
+        index.insert(
+            record.key,
+            Entry {
+                offset: at + 8,
+                len,
+                seq: record.seq,
+            },
+        );
         at = end;
     }
     Ok((index, at))
@@ -414,8 +641,9 @@ mod tests {
     fn records_survive_reopening_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         let j = RequestJournal::open(dir.path(), true).unwrap();
-        j.put(key(1), ok("one")).unwrap();
-        j.put(key(2), Recorded::Failed("connection-refused".into())).unwrap();
+        j.put(key(1), None, ok("one")).unwrap();
+        j.put(key(2), None, Recorded::Failed("connection-refused".into()))
+            .unwrap();
         drop(j);
         let path = dir.path().join(JOURNAL_FILE);
         let good = std::fs::metadata(&path).unwrap().len();
@@ -431,7 +659,7 @@ mod tests {
         );
         assert_eq!(j.get(&key(3)).unwrap(), None);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
-        j.put(key(3), ok("three")).unwrap();
+        j.put(key(3), None, ok("three")).unwrap();
         drop(j);
         let j = RequestJournal::open_read_only(dir.path()).unwrap();
         assert_eq!(j.len(), 3);
@@ -442,7 +670,7 @@ mod tests {
     fn a_last_record_with_a_bad_checksum_or_a_short_head_is_a_torn_write() {
         let dir = tempfile::tempdir().unwrap();
         let j = RequestJournal::open(dir.path(), false).unwrap();
-        j.put(key(1), ok("one")).unwrap();
+        j.put(key(1), None, ok("one")).unwrap();
         drop(j);
         let path = dir.path().join(JOURNAL_FILE);
         let good = std::fs::read(&path).unwrap();
@@ -462,8 +690,8 @@ mod tests {
     fn a_damaged_record_before_the_end_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let j = RequestJournal::open(dir.path(), false).unwrap();
-        j.put(key(1), ok("one")).unwrap();
-        j.put(key(2), ok("two")).unwrap();
+        j.put(key(1), None, ok("one")).unwrap();
+        j.put(key(2), None, ok("two")).unwrap();
         drop(j);
         let path = dir.path().join(JOURNAL_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -476,11 +704,115 @@ mod tests {
         assert!(text.contains("http-journal") && text.contains("byte 0"), "{text}");
     }
 
+    /// Every key's answer, read back.
+    fn answers(j: &RequestJournal, keys: impl IntoIterator<Item = u32>) -> Vec<Option<Recorded>> {
+        keys.into_iter()
+            .map(|i| j.get(&key(i)).unwrap().map(|r| (*r).clone()))
+            .collect()
+    }
+
+    #[test]
+    fn compaction_drops_records_below_the_floor_unless_kept_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        let j = RequestJournal::open(dir.path(), true).unwrap();
+        // Events 0..20 numbered 100..120; event 3 dead-lettered (kept);
+        // event 20's number is unknown (kept whatever the floor).
+        for i in 0..20 {
+            j.put(key(i), Some(100 + u64::from(i)), ok(&format!("body {i}")))
+                .unwrap();
+        }
+        j.put(key(20), None, Recorded::Failed("timeout".into())).unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        let expected = |i: u32| {
+            (i == 3 || i >= 10).then(|| {
+                if i == 20 {
+                    Recorded::Failed("timeout".into())
+                } else {
+                    ok(&format!("body {i}"))
+                }
+            })
+        };
+        let done = j.compact(110, |k| k.event == "e3").unwrap();
+        assert_eq!((done.kept, done.removed, done.bytes_before), (12, 9, before));
+        let after = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(done.bytes_after, after);
+        assert!(after < before, "{after} < {before}");
+        assert_eq!(answers(&j, 0..21), (0..21).map(expected).collect::<Vec<_>>());
+        // Nothing left to drop: the file is not rewritten.
+        let again = j.compact(110, |k| k.event == "e3").unwrap();
+        assert_eq!((again.removed, again.bytes_after), (0, after));
+        // Appends go on in the new file, and reopening finds the same.
+        j.put(key(21), Some(121), ok("body 21")).unwrap();
+        drop(j);
+        assert!(!dir.path().join(COMPACTING_FILE).exists());
+        let j = RequestJournal::open(dir.path(), true).unwrap();
+        assert_eq!(j.len(), 13);
+        let mut want: Vec<_> = (0..21).map(expected).collect();
+        want.push(Some(ok("body 21")));
+        assert_eq!(answers(&j, 0..22), want);
+        // A read-only journal (a replay's) is never rewritten.
+        let ro = RequestJournal::open_read_only(dir.path()).unwrap();
+        assert_eq!(ro.compact(u64::MAX, |_| false).unwrap(), Compaction::default());
+        assert_eq!(answers(&ro, 0..22), want);
+    }
+
+    /// Records put while a compaction copies the old ones are in the new
+    /// file; a compaction whose rename fails leaves the journal as it was;
+    /// the copy of one cut short by a crash is removed at the next open.
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn compaction_keeps_records_put_meanwhile_and_a_failed_one_changes_nothing() {
+        let _serial = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let j = RequestJournal::open(dir.path(), false).unwrap();
+        for i in 0..10 {
+            j.put(key(i), Some(u64::from(i)), ok(&format!("body {i}"))).unwrap();
+        }
+        fail::cfg("http_journal.compact.copied", "pause").unwrap();
+        let compacting = {
+            let j = j.clone();
+            std::thread::spawn(move || j.compact(5, |_| false).unwrap())
+        };
+        // The old records are being copied (the compaction is paused after
+        // them, without the lock): a put goes through.
+        while !dir.path().join(COMPACTING_FILE).exists() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        j.put(key(10), Some(10), ok("body 10")).unwrap();
+        fail::remove("http_journal.compact.copied");
+        let done = compacting.join().unwrap();
+        assert_eq!((done.kept, done.removed), (6, 5));
+        let want: Vec<_> = (0..11).map(|i| (i >= 5).then(|| ok(&format!("body {i}")))).collect();
+        assert_eq!(answers(&j, 0..11), want);
+        drop(j);
+        let j = RequestJournal::open(dir.path(), false).unwrap();
+        assert_eq!(answers(&j, 0..11), want);
+
+        // A rename that fails: nothing changes, no copy is left behind.
+        let bytes = std::fs::read(dir.path().join(JOURNAL_FILE)).unwrap();
+        fail::cfg("http_journal.compact.rename", "return").unwrap();
+        let e = j.compact(8, |_| false).unwrap_err();
+        fail::remove("http_journal.compact.rename");
+        assert!(e.to_string().contains("http-journal.compacting"), "{e}");
+        assert_eq!(std::fs::read(dir.path().join(JOURNAL_FILE)).unwrap(), bytes);
+        assert!(!dir.path().join(COMPACTING_FILE).exists());
+        assert_eq!(answers(&j, 0..11), want);
+        drop(j);
+
+        // A crash mid-copy leaves a partial copy: the next open removes it
+        // and keeps the journal.
+        std::fs::write(dir.path().join(COMPACTING_FILE), &bytes[..bytes.len() / 2]).unwrap();
+        let j = RequestJournal::open(dir.path(), false).unwrap();
+        assert!(!dir.path().join(COMPACTING_FILE).exists());
+        assert_eq!(answers(&j, 0..11), want);
+    }
+
     #[test]
     fn the_memory_journal_keeps_the_last_entries() {
         let j = RequestJournal::memory();
         for i in 0..(MEMORY_ENTRIES as u32 + 10) {
-            j.put(key(i), ok("x")).unwrap();
+            j.put(key(i), None, ok("x")).unwrap();
         }
         assert_eq!(j.len(), MEMORY_ENTRIES);
         assert!(j.get(&key(0)).unwrap().is_none());

@@ -209,6 +209,7 @@ impl WasiHttpHooks for PluginHttp {
                 host,
                 port,
                 event,
+                seq,
             } = target;
             let started = Instant::now();
             let outcome = send(&outbound, request, options, (&key, &event), (scheme, host, port)).await;
@@ -224,9 +225,9 @@ impl WasiHttpHooks for PluginHttp {
             let journal = outbound.setup.journal.clone();
             // A file journal writes (and syncs) off the runtime's threads.
             let put = if journal.in_memory() {
-                Ok(journal.put(key, recorded))
+                Ok(journal.put(key, seq, recorded))
             } else {
-                tokio::task::spawn_blocking(move || journal.put(key, recorded)).await
+                tokio::task::spawn_blocking(move || journal.put(key, seq, recorded)).await
             };
             match put {
                 Ok(Ok(())) => for_guest,
@@ -258,6 +259,8 @@ struct Target {
     port: u16,
     /// The event's name, for refusals found while sending.
     event: String,
+    /// The event's sequence number, journaled with the outcome.
+    seq: Option<u64>,
 }
 
 /// A request that failed before it could reach the server: not journaled.
@@ -380,6 +383,7 @@ impl PluginHttp {
             host,
             port,
             event: self.event.as_ref().map_or("", Event::name).to_owned(),
+            seq: self.event.as_ref().and_then(Event::seq),
         })
     }
 }

@@ -334,6 +334,7 @@ impl EventLog {
             lost_last: AtomicU64::new(0),
             progress: progress_tx,
             on_overflow: OnceLock::new(),
+            on_retained: OnceLock::new(),
             oversize: AtomicU64::new(0),
             retention_floor: AtomicU64::new(options.retention_floor),
             floor_breaches: AtomicU64::new(0),
@@ -487,6 +488,13 @@ impl EventLog {
     /// at most once a second. Only the first hook set is kept.
     pub(crate) fn on_overflow(&self, hook: impl Fn(u64, u64, u64) + Send + Sync + 'static) {
         let _ = self.inner.shared.on_overflow.set(Box::new(hook));
+    }
+
+    /// Sets what is called (on the writer thread: it must not block) after
+    /// retention removed segments, with the first sequence number the log
+    /// still holds. Only the first hook set is kept.
+    pub(crate) fn on_retained(&self, hook: impl Fn(u64) + Send + Sync + 'static) {
+        let _ = self.inner.shared.on_retained.set(Box::new(hook));
     }
 
     /// Waits until the event numbered `seq` is durable under the policy.

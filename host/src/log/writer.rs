@@ -67,6 +67,9 @@ pub(crate) struct Progress {
 
 /// Called with `(lost since the last call, first lost seq, last lost seq)`.
 pub(crate) type OverflowHook = Box<dyn Fn(u64, u64, u64) + Send + Sync>;
+/// Called with the log's first retained sequence number after retention
+/// removed segments.
+pub(crate) type RetainedHook = Box<dyn Fn(u64) + Send + Sync>;
 
 /// State shared by the senders (the bus) and the writer thread.
 pub(crate) struct WriterShared {
@@ -81,6 +84,7 @@ pub(crate) struct WriterShared {
     pub lost_last: AtomicU64,
     pub progress: watch::Sender<Progress>,
     pub on_overflow: OnceLock<OverflowHook>,
+    pub on_retained: OnceLock<RetainedHook>,
     /// Events delivered live but not logged because their frame would pass
     /// the reader's limit (also counted in `lost`).
     pub oversize: AtomicU64,
@@ -517,6 +521,7 @@ impl Writer {
     fn apply_retention(&mut self) {
         let now = SystemTime::now();
         let floor = self.shared.retention_floor.load(Ordering::Acquire);
+        let mut removed = false;
         loop {
             let total: u64 = self.sealed.iter().map(|s| s.bytes).sum::<u64>() + self.segment_bytes;
             let Some(oldest) = self.sealed.front() else { break };
@@ -559,12 +564,21 @@ impl Writer {
                         tracing::info!(file = %oldest.path.display(), bytes = oldest.bytes, first_seq, last_seq, "event log segment removed by retention");
                     }
                     self.sealed.pop_front();
+                    removed = true;
                 }
                 Err(e) => {
                     tracing::warn!(file = %oldest.path.display(), error = %e, "cannot remove an old event log segment");
                     break;
                 }
             }
+        }
+        if removed && let Some(hook) = self.shared.on_retained.get() {
+            let first = self
+                .sealed
+                .front()
+                .and_then(|s| segment::parse_segment_name(&s.path))
+                .unwrap_or(self.active_first);
+            hook(first);
         }
     }
 

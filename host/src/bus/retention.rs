@@ -1,0 +1,96 @@
+//! What the bus does when the event log's retention removes history: the
+//! request journal drops the records that no handling can ask for again.
+//!
+//! A request's record is needed while its event may be handled again: by a
+//! restart's catch-up or a trap recovery (from a kept plugin snapshot, at
+//! or above the log's retention floor), by `plugbus replay` (events the log
+//! still holds), or by a redrive (a dead letter). So once retention has
+//! removed segments, the records of events numbered below both the log's
+//! first retained event and its retention floor are dropped, except those
+//! of live dead letters. A plugin not loaded at that moment keeps the
+//! records of its dead letters as its dead-letter file lists them (all of
+//! its records when that file cannot be read).
+//!
+//! The compaction runs on a blocking thread, never on the log writer's
+//! (which only signals), one at a time; requests being recorded meanwhile
+//! are not held up while old records are copied (see
+//! [`RequestJournal::compact`](crate::http::RequestJournal::compact)).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Weak};
+
+use crate::bus::Shared;
+use crate::dead_letter::DeadLetters;
+use crate::http::RequestKey;
+use crate::log::EventLog;
+use crate::sync::lock;
+
+/// Compacts the request journal each time the log's retention removes
+/// segments (a bus with a log whose plugins keep their state).
+pub(crate) fn watch(shared: &Arc<Shared>, log: &EventLog) {
+    if shared.state_log().is_none() || shared.http.journal.in_memory() {
+        return;
+    }
+    let weak = Arc::downgrade(shared);
+    let runtime = shared.runtime.clone();
+    log.on_retained(move |first_retained| {
+        let weak = weak.clone();
+        // The hook runs on the log writer's thread: hand the work over.
+        runtime.spawn_blocking(move || compact(&weak, first_retained));
+    });
+}
+
+/// Drops the journal's records below what the log and the kept snapshots
+/// still need.
+fn compact(shared: &Weak<Shared>, first_retained: u64) {
+    let Some(shared) = shared.upgrade() else { return };
+    let Some(log) = shared.state_log() else { return };
+    let retention_floor = log.status().retention_floor;
+    let floor = match retention_floor {
+        0 => first_retained,
+        snapshots => first_retained.min(snapshots),
+    };
+    let loaded: HashMap<String, Arc<DeadLetters>> = lock(&shared.plugins)
+        .iter()
+        .map(|(name, h)| (name.clone(), h.dead_letters.clone()))
+        .collect();
+    let dir = log.dir().to_owned();
+    // Unloaded plugins' letters come from their files, read once each.
+    let unloaded = RefCell::new(HashMap::<String, Option<HashSet<String>>>::new());
+    let keep = |key: &RequestKey| match loaded.get(&key.plugin) {
+        Some(letters) => letters.contains(&key.event),
+        None => unloaded
+            .borrow_mut()
+            .entry(key.plugin.clone())
+            .or_insert_with(|| letter_ids(&dir, &key.plugin))
+            .as_ref()
+            .is_none_or(|ids| ids.contains(&key.event)),
+    };
+    let result = shared.http.journal.compact(floor, keep);
+    match result {
+        Ok(done) if done.removed > 0 => tracing::info!(
+            floor,
+            kept = done.kept,
+            removed = done.removed,
+            bytes_before = done.bytes_before,
+            bytes_after = done.bytes_after,
+            "request journal compacted after log retention"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "request journal compaction failed; the journal is unchanged"),
+    }
+}
+
+/// The event ids of `plugin`'s live dead letters in the log directory
+/// `dir`; `None` when they cannot be read (keep everything).
+fn letter_ids(dir: &Path, plugin: &str) -> Option<HashSet<String>> {
+    match crate::dead_letter::read_dead_letters(dir, Some(plugin)) {
+        Ok(letters) => Some(letters.into_iter().map(|l| l.event.id).collect()),
+        Err(e) => {
+            tracing::warn!(plugin, error = %e, "dead letters unreadable: the plugin's journaled requests are all kept");
+            None
+        }
+    }
+}
