@@ -148,6 +148,63 @@ fn check_describes_a_plugin_and_refuses_a_bad_one() {
     );
 }
 
+/// `--log-segment-bytes` and `--log-retention-bytes` bound the log `run`
+/// (and `serve`) writes; the flags' units are checked, naming the value.
+#[test]
+fn log_retention_flags_bound_the_log_and_refuse_bad_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plugins, log) = (dir.path().join("plugins"), dir.path().join("log"));
+    std::fs::create_dir(&plugins).unwrap();
+    let events = dir.path().join("events.jsonl");
+    let line = r#"{"name": "model_responded", "payload": {"model": "gpt-4.1-mini", "usage": {"prompt_tokens": 1200}}}"#;
+    std::fs::write(&events, format!("{line}\n").repeat(2_000)).unwrap();
+    let (plugins, log, events) = (
+        plugins.to_str().unwrap(),
+        log.to_str().unwrap(),
+        events.to_str().unwrap(),
+    );
+    let out = plugbus(&[
+        "run",
+        "--plugins",
+        plugins,
+        "--log",
+        log,
+        "--log-segment-bytes",
+        "16KiB",
+        "--log-retention-bytes",
+        "64KiB",
+        events,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first = plugbus::log::first_retained_seq(log).unwrap().unwrap();
+    assert!(first > 1, "retention removed the oldest segments");
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(log).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().extension().is_some_and(|e| e == "seg") {
+            let len = entry.metadata().unwrap().len();
+            assert!(len <= 17 << 10, "a segment of {len} bytes");
+            bytes += len;
+        }
+    }
+    // The budget plus the segment being written, at most.
+    assert!(bytes <= (64 + 17) << 10, "{bytes} bytes of segments");
+    assert_eq!(plugbus::log::last_seq(log).unwrap(), Some(2_000));
+    for (flag, value, says) in [
+        ("--log-retention-bytes", "10 parsecs", "unknown size unit `parsecs`"),
+        ("--log-retention-age", "7", "needs a unit"),
+        ("--log-segment-bytes", "1KiB", "below the smallest, 4KiB"),
+    ] {
+        let out = plugbus(&["run", "--plugins", plugins, "--log", log, flag, value, events]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(says),
+            "{flag} {value}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn bad_arguments_exit_with_2() {
     assert_eq!(plugbus(&["run"]).status.code(), Some(2));

@@ -232,6 +232,33 @@ impl BusBuilder {
         self
     }
 
+    /// Shorthand for setting only the log's retention
+    /// ([`LogOptions::retention_bytes`], [`LogOptions::retention_age`]):
+    /// the oldest segments are removed while the log is larger than
+    /// `bytes`, and once their last event is older than `age` (unless a kept
+    /// plugin snapshot still needs them). The request journal is compacted
+    /// with it. `None`: no limit (the default).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), plugbus::Error> {
+    /// let week = std::time::Duration::from_secs(7 * 86_400);
+    /// let bus = plugbus::Bus::builder().log_dir("agent-log").retention(Some(10 << 30), Some(week)).build().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn retention(mut self, bytes: Option<u64>, age: Option<std::time::Duration>) -> Self {
+        self.log_options.retention_bytes = bytes;
+        self.log_options.retention_age = age;
+        self
+    }
+
+    /// Shorthand for setting only the size at which a log segment is closed
+    /// and the next begun ([`LogOptions::segment_bytes`], default 64 MiB):
+    /// retention removes whole segments, so this is its granularity.
+    pub fn segment_bytes(mut self, bytes: u64) -> Self {
+        self.log_options.segment_bytes = bytes;
+        self
+    }
+
     /// Called on every hard failure of a native handler or plugin, after it
     /// is logged. Runs on the thread that saw the failure; keep it short. A
     /// panic inside it is caught.

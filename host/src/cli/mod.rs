@@ -15,6 +15,7 @@ mod report;
 mod run;
 mod serve;
 mod sign;
+mod units;
 mod wit;
 
 use std::path::PathBuf;
@@ -374,6 +375,19 @@ pub struct LogArgs {
     /// the next sync; shorter answers sooner at more fdatasyncs per second.
     #[arg(long, value_name = "MS", default_value_t = 5, requires = "dir", value_parser = clap::value_parser!(u64).range(1..=10_000))]
     sync_interval_ms: u64,
+    /// Remove the log's oldest segments while it is larger than SIZE (`10GiB`, `500MB`; whole segments of
+    /// 64 MiB go), even those a kept plugin snapshot still needs (with a warning). The request journal is
+    /// compacted with it. Default: keep everything.
+    #[arg(long, value_name = "SIZE", requires = "dir", value_parser = units::parse_size)]
+    log_retention_bytes: Option<u64>,
+    /// Remove the log's segments whose last event is older than AGE (`7d`, `12h`), unless a kept plugin
+    /// snapshot still needs their events. Default: keep everything.
+    #[arg(long, value_name = "AGE", requires = "dir", value_parser = units::parse_duration)]
+    log_retention_age: Option<Duration>,
+    /// The size at which a log segment is closed and the next begun (at least 4KiB): retention removes
+    /// whole segments, so this is its granularity.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", requires = "dir", value_parser = units::parse_segment_size)]
+    log_segment_bytes: u64,
     /// Check events against the JSON Schemas in DIR (`<event-name>.schema.json`).
     #[arg(long, value_name = "DIR")]
     schemas: Option<PathBuf>,
@@ -463,7 +477,9 @@ impl LogArgs {
             Some(dir) => builder
                 .log_dir(dir)
                 .durability(self.durability)
-                .sync_interval(Duration::from_millis(self.sync_interval_ms)),
+                .sync_interval(Duration::from_millis(self.sync_interval_ms))
+                .retention(self.log_retention_bytes, self.log_retention_age)
+                .segment_bytes(self.log_segment_bytes),
             None => builder,
         };
         let builder = match &self.schemas {
