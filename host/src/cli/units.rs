@@ -21,9 +21,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "m" | "mib" => 1 << 20,
         "g" | "gib" => 1 << 30,
         "t" | "tib" => 1 << 40,
-        other => {
+        _ => {
             return Err(format!(
-                "unknown size unit `{other}` (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+                "unknown size unit `{unit}` (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
             ));
         }
     };
