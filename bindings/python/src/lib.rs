@@ -198,8 +198,10 @@ impl NativeBus {
     /// opens the log in `log_dir`. `limits` is TOML with the manifest's
     /// `[limits]` keys. `trusted_keys`, `require_signed` and `policy`:
     /// signature-checked loading and the capability policy (docs/trust.md).
+    /// `log_retention_bytes`, `log_retention_age_s` and `log_segment_bytes`:
+    /// the log's retention (docs/durability.md).
     #[new]
-    #[pyo3(signature = (plugin_dir=None, log_dir=None, watch=false, limits=None, cache_dir=None, no_cache=false, trusted_keys=None, require_signed=false, policy=None))]
+    #[pyo3(signature = (plugin_dir=None, log_dir=None, watch=false, limits=None, cache_dir=None, no_cache=false, trusted_keys=None, require_signed=false, policy=None, log_retention_bytes=None, log_retention_age_s=None, log_segment_bytes=None))]
     #[allow(clippy::too_many_arguments)] // Python keywords, one per builder option.
     fn new(
         py: Python<'_>,
@@ -212,8 +214,25 @@ impl NativeBus {
         trusted_keys: Option<PathBuf>,
         require_signed: bool,
         policy: Option<PathBuf>,
+        log_retention_bytes: Option<u64>,
+        log_retention_age_s: Option<f64>,
+        log_segment_bytes: Option<u64>,
     ) -> PyResult<Self> {
         let limits = self::limits(limits)?;
+        let retention_age = log_retention_age_s
+            .map(|s| {
+                Duration::try_from_secs_f64(s).map_err(|_| {
+                    PyValueError::new_err(format!("log_retention_age_s: {s} is not a number of seconds >= 0"))
+                })
+            })
+            .transpose()?;
+        // The CLI's smallest segment (`--log-segment-bytes`): smaller ones
+        // would be rolled every few events.
+        if let Some(bytes) = log_segment_bytes.filter(|b| *b < 4096) {
+            return Err(PyValueError::new_err(format!(
+                "log_segment_bytes: a segment of {bytes} bytes is below the smallest, 4096"
+            )));
+        }
         if let Some(dir) = &plugin_dir
             && !dir.is_dir()
         {
@@ -234,7 +253,10 @@ impl NativeBus {
                 builder = builder.plugin_dir(dir);
             }
             if let Some(dir) = log_dir {
-                builder = builder.log_dir(dir);
+                builder = builder.log_dir(dir).retention(log_retention_bytes, retention_age);
+                if let Some(bytes) = log_segment_bytes {
+                    builder = builder.segment_bytes(bytes);
+                }
             }
             if let Some(dir) = cache_dir {
                 builder = builder.cache_dir(dir);

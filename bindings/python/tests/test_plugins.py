@@ -194,6 +194,27 @@ def test_a_log_keeps_the_events(plugin_dir: Callable[..., Path], cache_dir: str,
         assert again.emit("x").seq == 3
 
 
+def test_log_retention_bounds_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    with EventBus(log_dir=log, log_segment_bytes=4096, log_retention_bytes=16_384) as bus:
+        for i in range(500):
+            bus.emit("model_responded", USAGE | {"i": i})
+        bus.flush()
+        assert bus.emit("x").seq == 501
+    segments = sorted(log.glob("*.seg"))
+    # The budget plus the segment being written, at most; the oldest gone.
+    assert sum(f.stat().st_size for f in segments) <= 16_384 + 4_096 + 512
+    assert int(segments[0].stem) > 1
+    for bad, says in [
+        ({"log_segment_bytes": 100}, "below the smallest"),
+        ({"log_retention_age_s": -1.0}, "log_retention_age_s"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            EventBus(log_dir=tmp_path / "other", **bad)
+    with pytest.raises(ValueError, match="need a log_dir"):
+        EventBus(log_retention_bytes=1)
+
+
 def test_data_reaches_plugins_as_json_dumps_would_write_it(plugin_dir: Callable[..., Path], cache_dir: str) -> None:
     plugins = plugin_dir("audit-log")
     with EventBus(plugin_dir=plugins, cache_dir=cache_dir) as bus:

@@ -134,6 +134,10 @@ class EventBus:
     - `limits`: the manifest's `[limits]` keys (`fuel`, `deadline_ms`,
       `memory_mib`, `queue_capacity`, ...) as the defaults for every plugin;
     - `log_dir`: keep every event in a plugbus event log there;
+    - `log_retention_bytes` / `log_retention_age_s` / `log_segment_bytes`:
+      bound that log (the oldest whole segments are removed while it is
+      larger, or once older; segments of 64 MiB by default, at least 4096
+      bytes); default: keep everything (docs/durability.md);
     - `cache_dir` / `no_cache`: where compiled plugins are cached;
     - `trusted_keys` / `require_signed`: minisign public keys (a `.pub` file
       or a directory of them) trusted to sign plugins, and whether unsigned
@@ -159,6 +163,9 @@ class EventBus:
         trusted_keys: str | os.PathLike[str] | None = None,
         require_signed: bool = False,
         policy: str | os.PathLike[str] | None = None,
+        log_retention_bytes: int | None = None,
+        log_retention_age_s: float | None = None,
+        log_segment_bytes: int | None = None,
     ) -> None:
         if history_size < 1:
             raise ValueError("history_size must be >= 1")
@@ -187,6 +194,9 @@ class EventBus:
                 trusted_keys=None if trusted_keys is None else os.fspath(trusted_keys),
                 require_signed=require_signed,
                 policy=None if policy is None else os.fspath(policy),
+                log_retention_bytes=log_retention_bytes,
+                log_retention_age_s=log_retention_age_s,
+                log_segment_bytes=log_segment_bytes,
             )
             self._dispatcher = threading.Thread(
                 target=self._dispatch_follow_ups, name="plugbus-follow-ups", daemon=True
@@ -194,6 +204,10 @@ class EventBus:
             self._dispatcher.start()
         elif limits is not None:
             _limits_toml(limits)  # still validate what was asked
+        if log_dir is None and (
+            log_retention_bytes is not None or log_retention_age_s is not None or log_segment_bytes is not None
+        ):
+            raise ValueError("log_retention_bytes, log_retention_age_s and log_segment_bytes need a log_dir")
         _live_buses.add(self)
 
     # ---- subscription ----

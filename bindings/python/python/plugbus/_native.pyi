@@ -23,6 +23,9 @@ class NativeBus:
         trusted_keys: str | PathLike[str] | None = None,
         require_signed: bool = False,
         policy: str | PathLike[str] | None = None,
+        log_retention_bytes: int | None = None,
+        log_retention_age_s: float | None = None,
+        log_segment_bytes: int | None = None,
     ) -> None: ...
     def publish(self, name: str, data: object, correlation_id: str | None = None) -> tuple[str, int, int | None]:
         """Raises ValueError (nothing published) when data has no JSON form."""
