@@ -1087,7 +1087,7 @@ impl Worker {
         let (Some(log), Some(seq)) = (log, event.seq()) else {
             return true;
         };
-        match log.wait_durable(seq).await {
+        match log.wait_durable_in_turn(seq).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(plugin, event = event.name(), seq, error = %e, "no dead letter for an event the log does not hold");
@@ -1112,7 +1112,7 @@ impl Worker {
                     format!("position {seq} is past the log's end").into(),
                 ))
             } else {
-                log.wait_durable(seq).await
+                log.wait_durable_in_turn(seq).await
             }
         {
             tracing::warn!(plugin = name, seq, error = %e, "snapshot not kept: its position is not durable in the log");
