@@ -524,12 +524,12 @@ impl EventLog {
         self.wait_until(seq, |p| p.durable).await
     }
 
-    /// Tells the writer that a caller waits for `seq` to be durable: under
-    /// `batched` the group sync is then made early (see
-    /// [`LogOptions::sync_interval`]).
+    /// Tells the writer that a caller waits for `seq` to be durable: its
+    /// events are written without waiting for more, and under `batched`
+    /// the group sync is made early (see [`LogOptions::sync_interval`]).
     fn want_durable(&self, seq: u64) {
         let inner = &self.inner;
-        if inner.options.durability != Durability::Batched || inner.progress.borrow().durable >= seq {
+        if inner.options.durability == Durability::Always || inner.progress.borrow().durable >= seq {
             return;
         }
         if inner.shared.wanted.fetch_max(seq, Ordering::AcqRel) < seq {
