@@ -588,6 +588,12 @@ async fn retention_compacts_the_journal_but_keeps_what_can_be_handled_again() {
     assert_eq!(server.seen().len(), EVENTS + 1);
     bus.shutdown().await;
 
+    // `plugbus log stats` counts what the journal holds now.
+    let out = support::plugbus(&["log", "stats", "--log", log.path().to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["request_journal"]["records"], journaled().len());
+    assert!(stats["request_journal"]["bytes"].as_u64().unwrap() > 0, "{stats}");
     // A replay of what the log still holds: every request answered from
     // the journal (none refused, none sent).
     let out = replay(plugins.path(), log.path(), "--no-cache");

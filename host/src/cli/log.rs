@@ -78,8 +78,23 @@ pub(super) fn check_dir(dir: &Path) -> anyhow::Result<()> {
 fn stats(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     check_dir(dir)?;
     let s = LogStats::read(dir)?;
+    // Plugins' outbound requests, journaled beside the log (docs/http.md).
+    let journal = match std::fs::metadata(dir.join(plugbus::http::JOURNAL_FILE)) {
+        Ok(meta) => Some((plugbus::http::RequestJournal::open_read_only(dir)?.len(), meta.len())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "{}: {e}",
+                dir.join(plugbus::http::JOURNAL_FILE).display()
+            ));
+        }
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        let mut value = serde_json::to_value(&s)?;
+        if let (Some((records, bytes)), Some(map)) = (journal, value.as_object_mut()) {
+            map.insert("request_journal".into(), json!({ "records": records, "bytes": bytes }));
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!("log       {}", s.dir.display());
@@ -97,6 +112,9 @@ fn stats(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
             "gaps      {} events delivered live but not logged (see plugbus.log.overflow)",
             s.gaps
         );
+    }
+    if let Some((records, bytes)) = journal {
+        println!("requests  {records} journaled ({bytes} bytes)");
     }
     Ok(ExitCode::SUCCESS)
 }
