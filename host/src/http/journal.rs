@@ -373,8 +373,9 @@ impl RequestJournal {
     /// Drops the records of events numbered below `floor` (those whose
     /// number is unknown stay), except those `keep` asks for, by copying the
     /// rest to a new file renamed over the journal. Requests recorded
-    /// meanwhile are not held up while the old records are copied; those
-    /// recorded since are copied last, under the lock. One compaction runs
+    /// meanwhile are not held up while `keep` is asked (it may read files)
+    /// or the old records are copied; those recorded since are copied last,
+    /// under the lock. One compaction runs
     /// at a time; a read-only or memory journal is left as it is. Blocking:
     /// call from a blocking thread.
     ///
@@ -397,33 +398,49 @@ impl RequestJournal {
     /// journal is then left as it was.
     pub fn compact(&self, floor: u64, keep: impl Fn(&RequestKey) -> bool) -> Result<Compaction, JournalError> {
         let _one = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
+        // The records below the floor, found under the lock; `keep` is then
+        // asked without it (it may read files), so requests being recorded
+        // are not held up by it.
+        let below: Vec<(RequestKey, u64)> = {
+            let store = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            match &*store {
+                Store::File {
+                    index,
+                    read_only: false,
+                    ..
+                } => index
+                    .iter()
+                    .filter(|(_, e)| e.seq.is_some_and(|seq| seq < floor))
+                    .map(|(key, e)| (key.clone(), e.offset))
+                    .collect(),
+                _ => return Ok(Compaction::default()),
+            }
+        };
+        // A record is identified by its place: a key recorded again since
+        // (at a new offset) is not dropped with the old record.
+        let dropped: HashMap<RequestKey, u64> = below.into_iter().filter(|(key, _)| !keep(key)).collect();
         // What to copy, decided under the lock; copied without it.
         let (path, source, copied_to, live, before) = {
             let store = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             let Store::File {
-                path,
-                file,
-                end,
-                index,
-                read_only: false,
-                ..
+                path, file, end, index, ..
             } = &*store
             else {
                 return Ok(Compaction::default());
             };
-            let mut live: Vec<(RequestKey, Entry)> = index
-                .iter()
-                .filter(|(key, e)| e.seq.is_none_or(|seq| seq >= floor) || keep(key))
-                .map(|(key, e)| (key.clone(), *e))
-                .collect();
-            if live.len() == index.len() {
+            if dropped.is_empty() {
                 return Ok(Compaction {
-                    kept: live.len(),
+                    kept: index.len(),
                     removed: 0,
                     bytes_before: *end,
                     bytes_after: *end,
                 });
             }
+            let mut live: Vec<(RequestKey, Entry)> = index
+                .iter()
+                .filter(|(key, e)| dropped.get(*key) != Some(&e.offset))
+                .map(|(key, e)| (key.clone(), *e))
+                .collect();
             let source = file.try_clone().map_err(|source| JournalError::Io {
                 path: path.clone(),
                 source,
