@@ -226,11 +226,10 @@ impl NativeBus {
                 })
             })
             .transpose()?;
-        // The CLI's smallest segment (`--log-segment-bytes`): smaller ones
-        // would be rolled every few events.
-        if let Some(bytes) = log_segment_bytes.filter(|b| *b < 4096) {
+        if let Some(bytes) = log_segment_bytes.filter(|b| *b < plugbus::log::MIN_SEGMENT_BYTES) {
             return Err(PyValueError::new_err(format!(
-                "log_segment_bytes: a segment of {bytes} bytes is below the smallest, 4096"
+                "log_segment_bytes: a segment of {bytes} bytes is below the smallest, {}",
+                plugbus::log::MIN_SEGMENT_BYTES
             )));
         }
         if let Some(dir) = &plugin_dir

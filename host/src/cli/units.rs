@@ -32,16 +32,18 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is too large"))
 }
 
-/// Parses a log segment size ([`parse_size`]), at least 4 KiB: smaller
-/// segments would be rolled (a file created and the directory synced) every
-/// few events.
+/// Parses a log segment size ([`parse_size`]), at least
+/// [`plugbus::log::MIN_SEGMENT_BYTES`].
 ///
 /// # Errors
-/// As [`parse_size`], or the size is below 4 KiB.
+/// As [`parse_size`], or the size is below the smallest.
 pub fn parse_segment_size(text: &str) -> Result<u64, String> {
     let bytes = parse_size(text)?;
-    if bytes < 4 << 10 {
-        return Err(format!("a segment of {bytes} bytes is below the smallest, 4KiB"));
+    if bytes < plugbus::log::MIN_SEGMENT_BYTES {
+        return Err(format!(
+            "a segment of {bytes} bytes is below the smallest, {}KiB",
+            plugbus::log::MIN_SEGMENT_BYTES >> 10
+        ));
     }
     Ok(bytes)
 }

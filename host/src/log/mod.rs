@@ -127,6 +127,7 @@ pub struct LogOptions {
     pub buffer_events: usize,
     /// Size at which a segment is closed and a new one started. Default
     /// 64 MiB: retention removes whole segments, so this is its granularity.
+    /// The CLI and the Python package refuse less than [`MIN_SEGMENT_BYTES`].
     pub segment_bytes: u64,
     /// Remove the oldest segments while the log is larger than this. Default:
     /// no limit (the log is the history plugins are rebuilt from).
@@ -138,6 +139,12 @@ pub struct LogOptions {
     /// [`EventLog::set_retention_floor`]. Default 0: no floor.
     pub retention_floor: u64,
 }
+
+/// The smallest segment the CLI (`--log-segment-bytes`) and the Python
+/// package accept: smaller ones would be rolled (a file created and the
+/// directory synced) every few events. The library itself takes any size
+/// (its tests roll segments of a few frames).
+pub const MIN_SEGMENT_BYTES: u64 = 4 << 10;
 
 impl Default for LogOptions {
     fn default() -> Self {
