@@ -375,9 +375,8 @@ impl RequestJournal {
     /// rest to a new file renamed over the journal. Requests recorded
     /// meanwhile are not held up while `keep` is asked (it may read files)
     /// or the old records are copied; those recorded since are copied last,
-    /// under the lock. One compaction runs
-    /// at a time; a read-only or memory journal is left as it is. Blocking:
-    /// call from a blocking thread.
+    /// under the lock. One compaction runs at a time; a read-only or memory
+    /// journal is left as it is. Blocking: call from a blocking thread.
     ///
     /// ```
     /// # fn main() -> Result<(), plugbus::http::JournalError> {
@@ -490,12 +489,11 @@ impl RequestJournal {
             else {
                 return Ok(None);
             };
-            let mut newer: Vec<(&RequestKey, &Entry)> = old.iter().filter(|(_, e)| e.offset >= copied_to).collect();
-            newer.sort_by_key(|(_, e)| e.offset);
             buf.resize((*end - copied_to) as usize, 0);
             source.read_exact_at(&mut buf, copied_to).map_err(io)?;
             writer.write_all(&buf).map_err(io)?;
-            for (key, e) in newer {
+            // They keep their order: only their offsets move.
+            for (key, e) in old.iter().filter(|(_, e)| e.offset >= copied_to) {
                 index.insert(
                     key.clone(),
                     Entry {
