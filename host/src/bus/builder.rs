@@ -225,8 +225,8 @@ impl BusBuilder {
 
     /// Shorthand for setting only the group-sync period under
     /// [`Durability::Batched`] ([`LogOptions::sync_interval`], default
-    /// 5 ms): shorter answers durable emits sooner, at more `fdatasync`s
-    /// per second.
+    /// 5 ms): the longest a plain emit stays unsynced. Durable emits do not
+    /// wait for it (their sync comes at most 1 ms after the last one).
     pub fn sync_interval(mut self, period: std::time::Duration) -> Self {
         self.log_options.sync_interval = period;
         self

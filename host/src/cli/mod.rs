@@ -368,11 +368,13 @@ pub struct LogArgs {
     /// Append every event to the event log in DIR (created if missing; numbering continues).
     #[arg(long = "log", value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// When a logged event counts as durable: always (fsync per batch), batched (group sync every 5 ms), off.
+    /// When a logged event counts as durable: always (fsync per batch), batched (group sync every 5 ms, or within
+    /// 1 ms when a caller waits), off.
     #[arg(long, value_name = "POLICY", default_value = "batched", requires = "dir")]
     durability: plugbus::Durability,
-    /// The group-sync period under `--durability batched`: a durable answer (`POST /events`, OTLP) waits for
-    /// the next sync; shorter answers sooner at more fdatasyncs per second.
+    /// The group-sync period under `--durability batched`: the longest a plain event stays unsynced (what a
+    /// power loss can take). A durable answer (`POST /events`, OTLP) does not wait for it: its sync comes at
+    /// most 1 ms after the previous one.
     #[arg(long, value_name = "MS", default_value_t = 5, requires = "dir", value_parser = clap::value_parser!(u64).range(1..=10_000))]
     sync_interval_ms: u64,
     /// Remove the log's oldest segments while it is larger than SIZE (`10GiB`, `500MB`; whole segments of

@@ -9,7 +9,7 @@
 //! | policy | durable when | survives a process crash | survives power loss |
 //! |---|---|---|---|
 //! | `always` | its batch is written and `fdatasync`ed | every durable event | every durable event |
-//! | `batched` (default) | the next group sync (every [`LogOptions::sync_interval`], 5 ms) is done | every durable event, and every written one | every durable event |
+//! | `batched` (default) | the next group sync is done: every [`LogOptions::sync_interval`] (5 ms), or at most 1 ms after the last one when a caller waits | every durable event, and every written one | every durable event |
 //! | `off` | written to the OS (page cache) | every durable event | what the OS had flushed |
 //!
 //! A plain `emit` never waits: its event is written within a millisecond
@@ -65,7 +65,8 @@ use crate::event::Event;
 pub enum Durability {
     /// `fdatasync` after every batch, before acknowledging it.
     Always,
-    /// Group commit: one `fdatasync` every [`LogOptions::sync_interval`].
+    /// Group commit: one `fdatasync` every [`LogOptions::sync_interval`],
+    /// sooner (1 ms after the last) when a caller waits for durability.
     #[default]
     Batched,
     /// Never sync; the OS writes the page cache back when it chooses.
