@@ -557,7 +557,8 @@ impl Writer {
     fn apply_retention(&mut self) {
         let now = SystemTime::now();
         let floor = self.shared.retention_floor.load(Ordering::Acquire);
-        let mut removed = false;
+        // The first sequence number kept, once a segment was removed.
+        let mut first_kept = None;
         loop {
             let total: u64 = self.sealed.iter().map(|s| s.bytes).sum::<u64>() + self.segment_bytes;
             let Some(oldest) = self.sealed.front() else { break };
@@ -600,7 +601,7 @@ impl Writer {
                         tracing::info!(file = %oldest.path.display(), bytes = oldest.bytes, first_seq, last_seq, "event log segment removed by retention");
                     }
                     self.sealed.pop_front();
-                    removed = true;
+                    first_kept = Some(next_first);
                 }
                 Err(e) => {
                     tracing::warn!(file = %oldest.path.display(), error = %e, "cannot remove an old event log segment");
@@ -608,12 +609,7 @@ impl Writer {
                 }
             }
         }
-        if removed && let Some(hook) = self.shared.on_retained.get() {
-            let first = self
-                .sealed
-                .front()
-                .and_then(|s| segment::parse_segment_name(&s.path))
-                .unwrap_or(self.active_first);
+        if let (Some(first), Some(hook)) = (first_kept, self.shared.on_retained.get()) {
             hook(first);
         }
     }
