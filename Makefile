@@ -153,9 +153,14 @@ $(PY_VENV)/bin/maturin: $(PY_PKG)/requirements-dev.txt $(PY_PKG)/requirements-fr
 
 # Builds the `plugbus` Python package and installs it into the venv (editable:
 # the Python half is read from bindings/python/python).
+# On failure, the native build's own error and the machine's free disk and
+# memory are printed last, where a CI log's tail shows them.
 python: setup-python-pkg setup-rust
 	VIRTUAL_ENV=$(CURDIR)/$(PY_VENV) PATH="$(CURDIR)/$(PY_VENV)/bin:$$PATH" \
-		$(PY_VENV)/bin/maturin develop -q -m $(PY_PKG)/Cargo.toml
+		$(PY_VENV)/bin/maturin develop -q -m $(PY_PKG)/Cargo.toml || { \
+		echo "plugbus: the Python package's native library did not build; cargo says:" >&2; \
+		$(CARGO) build --lib -p plugbus-python 2>&1 | grep -v '^ *Compiling' | tail -40 >&2; \
+		df -h . >&2; free -m >&2 || true; exit 1; }
 
 python-test: python
 	$(PY_VENV)/bin/mypy --strict $(PY_PKG)/python/plugbus

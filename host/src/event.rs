@@ -322,6 +322,13 @@ impl Event {
         &self.wire().payload
     }
 
+    /// The payload's JSON text if it exists already (an event read or
+    /// mapped from text, or one whose text was asked for), without
+    /// serialising or parsing anything.
+    pub(crate) fn payload_json_if_written(&self) -> Option<&str> {
+        self.0.wire.get().map(|w| w.payload.as_str())
+    }
+
     /// How many plugin emits led to this event (0 for the embedder's own).
     pub fn depth(&self) -> u8 {
         self.0.depth

@@ -189,8 +189,26 @@ mod tests {
     fn the_vendored_wasi_is_the_wit_of_the_linked_wasmtime_wasi_http() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // Only this machine's platform: without the filter, cargo wants the
+        // sources of every platform's dependencies (android_system_properties…),
+        // which an offline build machine never downloaded.
+        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+        let version = std::process::Command::new(rustc).arg("-vV").output().unwrap();
+        let version = String::from_utf8_lossy(&version.stdout);
+        let host = version
+            .lines()
+            .find_map(|l| l.strip_prefix("host: "))
+            .expect("rustc -vV names the host");
         let out = std::process::Command::new(cargo)
-            .args(["metadata", "--format-version", "1", "--offline", "--manifest-path"])
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--offline",
+                "--filter-platform",
+                host,
+            ])
+            .arg("--manifest-path")
             .arg(root.join("Cargo.toml"))
             .output()
             .unwrap();

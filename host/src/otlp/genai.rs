@@ -13,10 +13,11 @@ use std::collections::{HashMap, VecDeque};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::event::Event;
 use crate::otlp::attributes::{Attributes, Invalid};
+use crate::otlp::payload::JsonObject;
 
 /// The semantic-conventions version whose GenAI attribute names this
 /// mapping reads (the older names listed in the module doc are read too).
@@ -187,12 +188,6 @@ impl Checker<'_> {
     }
 }
 
-fn put(map: &mut Map<String, Value>, key: &str, value: Option<impl Into<Value>>) {
-    if let Some(value) = value {
-        map.insert(key.to_owned(), value.into());
-    }
-}
-
 /// Maps every span of `request` (see the module doc and
 /// docs/opentelemetry.md). Never fails: a span that cannot be mapped is
 /// listed in [`Mapping::rejected`], a bad attribute is left out and counted.
@@ -316,48 +311,55 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
                 .unwrap_or_else(|| "error".to_owned())
         });
 
-        let mut otel = Map::new();
-        otel.insert("trace_id".into(), Value::String(trace_hex.clone()));
         let span_hex = hex(&span.span_id);
-        otel.insert("span_id".into(), Value::String(span_hex.clone()));
-        if !span.parent_span_id.is_empty() {
-            otel.insert("parent_span_id".into(), Value::String(hex(&span.parent_span_id)));
-        }
-        otel.insert("name".into(), Value::String(span.name.clone()));
-        otel.insert("kind".into(), Value::String(kind_name(span.kind).into()));
-        otel.insert("start_unix_nano".into(), json!(span.start_time_unix_nano));
-        otel.insert("end_unix_nano".into(), json!(span.end_time_unix_nano));
         let status = match status_code {
             1 => "ok",
             2 => "error",
             _ => "unset",
         };
-        otel.insert("status".into(), Value::String(status.into()));
-        if !status_message.is_empty() {
-            otel.insert("status_message".into(), Value::String(status_message.into()));
-        }
-        put(&mut otel, "service", s.service);
-        if !s.scope.is_empty() {
-            otel.insert("scope".into(), Value::String(s.scope.into()));
-        }
-        let otel = Value::Object(otel);
+        // Keys in ascending order (see `payload`).
+        let otel = {
+            let mut o = JsonObject::new();
+            o.u64("end_unix_nano", span.end_time_unix_nano);
+            o.str("kind", kind_name(span.kind));
+            o.str("name", &span.name);
+            if !span.parent_span_id.is_empty() {
+                o.str("parent_span_id", &hex(&span.parent_span_id));
+            }
+            if !s.scope.is_empty() {
+                o.str("scope", s.scope);
+            }
+            o.opt_str("service", s.service);
+            o.str("span_id", &span_hex);
+            o.u64("start_unix_nano", span.start_time_unix_nano);
+            o.str("status", status);
+            if !status_message.is_empty() {
+                o.str("status_message", status_message);
+            }
+            o.str("trace_id", &trace_hex);
+            o.finish()
+        };
 
         let source = s.service.unwrap_or("otlp");
         let end_id = format!("otel-{trace_hex}-{span_hex}");
         let duration = millis(span.end_time_unix_nano - span.start_time_unix_nano);
         let (start, end) = (span.start_time_unix_nano, span.end_time_unix_nano);
-        let mut push = |phase: u64, time: u64, name: &str, id: String, payload: Map<String, Value>| {
-            let event = Event::external(
-                name,
-                &id,
-                source,
-                Some(time),
+        let mut push = |phase: u64, time: u64, name: &str, id: String, payload: JsonObject| {
+            let event = Event::decoded(
+                0,
+                name.to_owned(),
+                id,
+                time,
                 Some(correlation.clone()),
-                Value::Object(payload),
+                source.to_owned(),
+                0,
+                payload.finish(),
             );
             timed.push((time, i * 2 + phase as usize, event));
         };
+        let error = error.as_deref();
 
+        // Every payload below writes its keys in ascending order.
         match s.operation {
             Operation::Model => {
                 let request_model = check.ok(s.attrs.str("gen_ai.request.model"));
@@ -372,109 +374,103 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
                 let cache_read = check.ok(s.attrs.tokens("gen_ai.usage.cache_read.input_tokens"));
                 let cache_creation = check.ok(s.attrs.tokens("gen_ai.usage.cache_creation.input_tokens"));
                 let finish = check.ok(s.attrs.strings("gen_ai.response.finish_reasons"));
-                let mut p = Map::new();
-                put(&mut p, "model", response_model.or(request_model));
-                put(&mut p, "request_model", request_model);
-                put(&mut p, "provider", provider);
-                put(&mut p, "operation", s.operation_name);
-                let mut usage = Map::new();
-                put(&mut usage, "prompt_tokens", input);
-                put(&mut usage, "completion_tokens", output);
-                put(&mut usage, "cache_read_tokens", cache_read);
-                put(&mut usage, "cache_creation_tokens", cache_creation);
-                if !usage.is_empty() {
-                    p.insert("usage".into(), Value::Object(usage));
-                }
-                p.insert("latency_ms".into(), json!(duration));
-                put(&mut p, "finish_reasons", finish);
-                put(&mut p, "agent", agent);
-                put(&mut p, "agent_id", agent_id);
-                put(&mut p, "conversation_id", own_conversation);
-                put(&mut p, "error", error.clone());
-                put(&mut p, "input_messages", s.attrs.content("gen_ai.input.messages"));
-                put(&mut p, "output_messages", s.attrs.content("gen_ai.output.messages"));
-                put(
-                    &mut p,
+                let mut p = JsonObject::new();
+                p.opt_str("agent", agent);
+                p.opt_str("agent_id", agent_id);
+                p.opt_str("conversation_id", own_conversation);
+                p.opt_str("error", error);
+                p.opt_strings("finish_reasons", finish.as_deref());
+                p.opt_value("input_messages", s.attrs.content("gen_ai.input.messages").as_ref());
+                p.f64("latency_ms", duration);
+                p.opt_str("model", response_model.or(request_model));
+                p.opt_str("operation", s.operation_name);
+                p.raw("otel", &otel);
+                p.opt_value("output_messages", s.attrs.content("gen_ai.output.messages").as_ref());
+                p.opt_str("provider", provider);
+                p.opt_str("request_model", request_model);
+                p.opt_value(
                     "system_instructions",
-                    s.attrs.content("gen_ai.system_instructions"),
+                    s.attrs.content("gen_ai.system_instructions").as_ref(),
                 );
-                p.insert("otel".into(), otel);
+                p.object_if_any("usage", |u| {
+                    u.opt_u64("cache_creation_tokens", cache_creation);
+                    u.opt_u64("cache_read_tokens", cache_read);
+                    u.opt_u64("completion_tokens", output);
+                    u.opt_u64("prompt_tokens", input);
+                });
                 push(1, end, "model_responded", end_id, p);
             }
             Operation::Tool => {
                 let tool = check.ok(s.attrs.str("gen_ai.tool.name"));
                 let call_id = check.ok(s.attrs.str("gen_ai.tool.call.id"));
                 let tool_type = check.ok(s.attrs.str("gen_ai.tool.type"));
-                let mut called = Map::new();
-                put(&mut called, "tool", tool);
-                put(&mut called, "call_id", call_id);
-                put(&mut called, "tool_type", tool_type);
-                put(&mut called, "args", s.attrs.content("gen_ai.tool.call.arguments"));
-                put(&mut called, "agent", agent);
-                called.insert("otel".into(), otel.clone());
+                let mut called = JsonObject::new();
+                called.opt_str("agent", agent);
+                called.opt_value("args", s.attrs.content("gen_ai.tool.call.arguments").as_ref());
+                called.opt_str("call_id", call_id);
+                called.raw("otel", &otel);
+                called.opt_str("tool", tool);
+                called.opt_str("tool_type", tool_type);
                 push(0, start, "tool.called", format!("{end_id}-start"), called);
-                let mut result = Map::new();
-                put(&mut result, "tool", tool);
-                put(&mut result, "call_id", call_id);
-                put(&mut result, "tool_type", tool_type);
-                result.insert("latency_ms".into(), json!(duration));
-                put(&mut result, "result", s.attrs.content("gen_ai.tool.call.result"));
-                put(&mut result, "error", error.clone());
-                put(&mut result, "agent", agent);
-                result.insert("otel".into(), otel);
+                let mut result = JsonObject::new();
+                result.opt_str("agent", agent);
+                result.opt_str("call_id", call_id);
+                result.opt_str("error", error);
+                result.f64("latency_ms", duration);
+                result.raw("otel", &otel);
+                result.opt_value("result", s.attrs.content("gen_ai.tool.call.result").as_ref());
+                result.opt_str("tool", tool);
+                result.opt_str("tool_type", tool_type);
                 push(1, end, "tool.result", end_id, result);
             }
             Operation::Agent => {
                 let model = check.ok(s.attrs.str("gen_ai.request.model"));
-                let mut started = Map::new();
-                put(&mut started, "agent", agent);
-                put(&mut started, "agent_id", agent_id);
-                put(&mut started, "model", model);
-                started.insert("otel".into(), otel.clone());
+                let mut started = JsonObject::new();
+                started.opt_str("agent", agent);
+                started.opt_str("agent_id", agent_id);
+                started.opt_str("model", model);
+                started.raw("otel", &otel);
                 push(0, start, "agent.run_started", format!("{end_id}-start"), started);
-                let mut finished = Map::new();
-                put(&mut finished, "agent", agent);
-                put(&mut finished, "agent_id", agent_id);
-                let name = match &error {
-                    Some(error) => {
-                        finished.insert("error".into(), Value::String(error.clone()));
-                        "agent.failed"
-                    }
-                    None => {
-                        finished.insert("status".into(), Value::String("completed".into()));
-                        "agent.run_finished"
-                    }
-                };
-                finished.insert("duration_ms".into(), json!(duration));
                 let input = check.ok(s.attrs.tokens("gen_ai.usage.input_tokens"));
                 let output = check.ok(s.attrs.tokens("gen_ai.usage.output_tokens"));
-                let mut usage = Map::new();
-                put(&mut usage, "prompt_tokens", input);
-                put(&mut usage, "completion_tokens", output);
-                if !usage.is_empty() {
-                    finished.insert("usage".into(), Value::Object(usage));
+                let mut finished = JsonObject::new();
+                finished.opt_str("agent", agent);
+                finished.opt_str("agent_id", agent_id);
+                finished.f64("duration_ms", duration);
+                finished.opt_str("error", error);
+                finished.raw("otel", &otel);
+                if error.is_none() {
+                    finished.str("status", "completed");
                 }
-                finished.insert("otel".into(), otel);
+                finished.object_if_any("usage", |u| {
+                    u.opt_u64("completion_tokens", output);
+                    u.opt_u64("prompt_tokens", input);
+                });
+                let name = if error.is_some() {
+                    "agent.failed"
+                } else {
+                    "agent.run_finished"
+                };
                 push(1, end, name, end_id, finished);
             }
             Operation::CreateAgent => {
                 let model = check.ok(s.attrs.str("gen_ai.request.model"));
-                let mut created = Map::new();
-                put(&mut created, "agent", agent);
-                put(&mut created, "agent_id", agent_id);
-                put(&mut created, "model", model);
-                put(&mut created, "error", error.clone());
-                created.insert("otel".into(), otel);
+                let mut created = JsonObject::new();
+                created.opt_str("agent", agent);
+                created.opt_str("agent_id", agent_id);
+                created.opt_str("error", error);
+                created.opt_str("model", model);
+                created.raw("otel", &otel);
                 push(1, end, "agent.created", end_id, created);
             }
             Operation::Other => {
-                let mut p = Map::new();
-                p.insert("name".into(), Value::String(span.name.clone()));
-                p.insert("kind".into(), Value::String(kind_name(span.kind).into()));
-                p.insert("duration_ms".into(), json!(duration));
-                p.insert("attributes".into(), Value::Object(s.attrs.to_object()));
-                put(&mut p, "error", error.clone());
-                p.insert("otel".into(), otel);
+                let mut p = JsonObject::new();
+                p.opt_value("attributes", Some(&Value::Object(s.attrs.to_object())));
+                p.f64("duration_ms", duration);
+                p.opt_str("error", error);
+                p.str("kind", kind_name(span.kind));
+                p.str("name", &span.name);
+                p.raw("otel", &otel);
                 push(1, end, "otel.span", end_id, p);
             }
         }
@@ -482,4 +478,218 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
     timed.sort_by_key(|(time, ordinal, _)| (*time, *ordinal));
     mapping.events = timed.into_iter().map(|(_, _, e)| e).collect();
     mapping
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, any_value::Value as Any};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status};
+    use serde_json::json;
+
+    use super::*;
+
+    fn kv(key: &str, value: Any) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..Default::default()
+        }
+    }
+
+    fn text(key: &str, value: &str) -> KeyValue {
+        kv(key, Any::StringValue(value.into()))
+    }
+
+    fn span(id: u8, parent: Option<u8>, name: &str, status: Option<(i32, &str)>, attributes: Vec<KeyValue>) -> Span {
+        Span {
+            trace_id: vec![7; 16],
+            span_id: vec![0, 0, 0, 0, 0, 0, 0, id],
+            parent_span_id: parent.map(|p| vec![0, 0, 0, 0, 0, 0, 0, p]).unwrap_or_default(),
+            name: name.into(),
+            kind: 3,
+            start_time_unix_nano: 1_000_000_000 + u64::from(id) * 10_000_000,
+            end_time_unix_nano: 1_000_000_000 + u64::from(id) * 10_000_000 + 2_500_000,
+            attributes,
+            status: status.map(|(code, message)| Status {
+                code,
+                message: message.into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Every kind of event the mapping writes, with every optional field
+    /// present somewhere: each payload's text is exactly the compact,
+    /// key-sorted serialisation of its value (what the mapping wrote when
+    /// it built `serde_json` values), and the values are those of the table
+    /// in docs/opentelemetry.md.
+    #[test]
+    fn every_payload_is_the_sorted_compact_text_of_its_value() {
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![text("service.name", "svc")],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(opentelemetry_proto::tonic::common::v1::InstrumentationScope {
+                        name: "scope-a".into(),
+                        ..Default::default()
+                    }),
+                    spans: vec![
+                        span(
+                            1,
+                            None,
+                            "invoke_agent a",
+                            Some((2, "boom")),
+                            vec![
+                                text("gen_ai.operation.name", "invoke_agent"),
+                                text("gen_ai.agent.name", "a"),
+                                text("gen_ai.agent.id", "a-1"),
+                                text("gen_ai.request.model", "m"),
+                                kv("gen_ai.usage.input_tokens", Any::IntValue(5)),
+                            ],
+                        ),
+                        span(
+                            2,
+                            Some(1),
+                            "chat m",
+                            None,
+                            vec![
+                                text("gen_ai.operation.name", "chat"),
+                                text("gen_ai.system", "openai"),
+                                text("gen_ai.request.model", "m"),
+                                text("gen_ai.conversation.id", "conv \"1\""),
+                                kv("gen_ai.usage.prompt_tokens", Any::IntValue(10)),
+                                kv("gen_ai.usage.output_tokens", Any::DoubleValue(3.0)),
+                                kv("gen_ai.usage.cache_read.input_tokens", Any::IntValue(1)),
+                                kv("gen_ai.usage.cache_creation.input_tokens", Any::IntValue(2)),
+                                kv(
+                                    "gen_ai.response.finish_reasons",
+                                    Any::ArrayValue(ArrayValue {
+                                        values: vec![AnyValue {
+                                            value: Some(Any::StringValue("stop".into())),
+                                        }],
+                                    }),
+                                ),
+                                text("gen_ai.input.messages", r#"[{"role": "user", "b": 1, "a": 2}]"#),
+                                text("gen_ai.output.messages", "plain text"),
+                                text("gen_ai.system_instructions", "be brief"),
+                                text("error.type", "timeout"),
+                            ],
+                        ),
+                        span(
+                            3,
+                            Some(1),
+                            "execute_tool t",
+                            Some((1, "")),
+                            vec![
+                                text("gen_ai.operation.name", "execute_tool"),
+                                text("gen_ai.tool.name", "t"),
+                                text("gen_ai.tool.call.id", "c1"),
+                                text("gen_ai.tool.type", "function"),
+                                text("gen_ai.tool.call.arguments", r#"{"q": "x"}"#),
+                                text("gen_ai.tool.call.result", "42"),
+                            ],
+                        ),
+                        span(
+                            4,
+                            None,
+                            "create_agent b",
+                            None,
+                            vec![
+                                text("gen_ai.operation.name", "create_agent"),
+                                text("gen_ai.agent.name", "b"),
+                                text("gen_ai.request.model", "m2"),
+                            ],
+                        ),
+                        span(
+                            5,
+                            None,
+                            "GET /",
+                            None,
+                            vec![text("http.method", "GET"), kv("n", Any::IntValue(1))],
+                        ),
+                        span(
+                            6,
+                            None,
+                            "invoke_agent c",
+                            None,
+                            vec![
+                                text("gen_ai.operation.name", "invoke_agent"),
+                                text("gen_ai.agent.name", "c"),
+                            ],
+                        ),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let mapping = map_request(&request, MapOptions { all_spans: true }, &mut TraceMemo::default());
+        assert_eq!(mapping.mapped, 6);
+        let names: Vec<&str> = mapping.events.iter().map(Event::name).collect();
+        assert_eq!(
+            names,
+            [
+                "agent.run_started",
+                "agent.failed",
+                "model_responded",
+                "tool.called",
+                "tool.result",
+                "agent.created",
+                "otel.span",
+                "agent.run_started",
+                "agent.run_finished"
+            ]
+        );
+        for event in &mapping.events {
+            assert_eq!(event.payload_json(), event.payload().to_string(), "{}", event.name());
+            assert_eq!(event.correlation_id(), Some("conv \"1\""));
+            assert_eq!(event.source(), "svc");
+        }
+        let model = &mapping.events[2];
+        assert_eq!(model.id(), format!("otel-{}-0000000000000002", "07".repeat(16)));
+        let mut payload = model.payload().clone();
+        let otel = payload.as_object_mut().and_then(|p| p.remove("otel")).unwrap();
+        assert_eq!(
+            payload,
+            json!({
+                "agent": "a", "agent_id": "a-1", "conversation_id": "conv \"1\"",
+                "error": "timeout", "finish_reasons": ["stop"],
+                "input_messages": [{"a": 2, "b": 1, "role": "user"}],
+                "latency_ms": 2.5, "model": "m", "operation": "chat",
+                "output_messages": "plain text", "provider": "openai",
+                "request_model": "m", "system_instructions": "be brief",
+                "usage": {"cache_creation_tokens": 2, "cache_read_tokens": 1,
+                          "completion_tokens": 3, "prompt_tokens": 10},
+            })
+        );
+        assert_eq!(
+            otel,
+            json!({
+                "end_unix_nano": 1_022_500_000u64, "kind": "client", "name": "chat m",
+                "parent_span_id": "0000000000000001", "scope": "scope-a", "service": "svc",
+                "span_id": "0000000000000002", "start_unix_nano": 1_020_000_000u64,
+                "status": "unset", "trace_id": "07".repeat(16),
+            })
+        );
+        let failed = mapping.events[1].payload();
+        assert_eq!(failed["error"], "boom");
+        assert_eq!(failed["usage"], json!({"prompt_tokens": 5}));
+        assert_eq!(failed["otel"]["status_message"], "boom");
+        assert!(failed.get("status").is_none());
+        assert_eq!(mapping.events[3].payload()["args"], json!({"q": "x"}));
+        assert_eq!(mapping.events[4].payload()["result"], "42");
+        assert_eq!(mapping.events[4].payload()["otel"]["status"], "ok");
+        assert_eq!(mapping.events[5].payload()["model"], "m2");
+        assert_eq!(
+            mapping.events[6].payload()["attributes"],
+            json!({"http.method": "GET", "n": 1})
+        );
+        let finished = mapping.events[8].payload();
+        assert_eq!(finished["status"], "completed");
+        assert!(finished.get("usage").is_none());
+    }
 }

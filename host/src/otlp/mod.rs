@@ -3,7 +3,8 @@
 //! for any other front end, the Python package's span exporter included).
 //!
 //! - [`genai`]: the mapping from spans to events (docs/opentelemetry.md);
-//! - [`attributes`]: attribute values as JSON, typed lookups.
+//! - [`attributes`]: attribute values as JSON, typed lookups;
+//! - `payload`: a mapped event's payload written straight to JSON text.
 //!
 //! A request is decoded whole (protobuf or OTLP JSON, gzip or not, within
 //! [`MAX_BODY`] and [`MAX_DECODED`]), mapped, then published with
@@ -14,6 +15,7 @@
 
 pub mod attributes;
 pub mod genai;
+mod payload;
 
 use std::io::Read as _;
 use std::sync::Mutex;
