@@ -184,10 +184,11 @@ fn kind(value: &Any) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn kv(key: &str, value: Any) -> KeyValue {
+    /// An attribute, for tests that build spans.
+    pub(crate) fn kv(key: &str, value: Any) -> KeyValue {
         KeyValue {
             key: key.into(),
             value: Some(AnyValue { value: Some(value) }),

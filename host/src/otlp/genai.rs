@@ -488,14 +488,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    fn kv(key: &str, value: Any) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: Some(AnyValue { value: Some(value) }),
-            ..Default::default()
-        }
-    }
+    use crate::otlp::attributes::tests::kv;
 
     fn text(key: &str, value: &str) -> KeyValue {
         kv(key, Any::StringValue(value.into()))
