@@ -516,7 +516,7 @@ pub fn init_tracing(quiet: bool, verbose: bool) {
     let default = if quiet {
         "warn"
     } else if verbose {
-        "debug,cranelift_codegen=info,wasmtime=info"
+        "debug,wasmtime=info"
     } else {
         "info"
     };
@@ -526,8 +526,19 @@ pub fn init_tracing(quiet: bool, verbose: bool) {
     // At `trace`, wasmtime's WASI bindings log every host call's arguments:
     // a plugin's request URL, headers and body, which can hold its secrets.
     // Off unless RUST_LOG names those crates itself.
+    // And the code generator's passes: at `debug` or `trace` they describe
+    // every instruction of every function compiled, millions of lines that
+    // make one plugin's first compile take half a minute instead of half a
+    // second. Kept at `info` unless RUST_LOG names them.
     let asked = std::env::var("RUST_LOG").unwrap_or_default();
-    for quiet in ["wasmtime_wasi_http=debug", "wasmtime_wasi=debug"] {
+    for quiet in [
+        "wasmtime_wasi_http=debug",
+        "wasmtime_wasi=debug",
+        "cranelift_codegen=info",
+        "cranelift_frontend=info",
+        "regalloc2=info",
+        "wasmtime_cranelift=info",
+    ] {
         let krate = quiet.split('=').next().unwrap_or(quiet);
         if !asked.contains(krate)
             && let Ok(directive) = quiet.parse()
