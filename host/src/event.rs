@@ -166,9 +166,10 @@ impl Event {
         }))
     }
 
-    /// An event read from text (a NATS message, a log frame) at `seq`,
-    /// whose payload is `payload_json`, already checked as JSON: plugins get
-    /// that text as it is, and the value is parsed only if asked for.
+    /// An event read from text (a NATS message, a log frame) at `seq`, or
+    /// written as text (an OTLP span's mapping, `seq` 0: not yet published),
+    /// whose payload is `payload_json`, valid JSON: plugins get that text as
+    /// it is, and the value is parsed only if asked for.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn decoded(
         seq: u64,

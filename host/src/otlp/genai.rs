@@ -304,11 +304,10 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
         let status_code = span.status.as_ref().map_or(0, |st| st.code);
         let status_message = span.status.as_ref().map_or("", |st| st.message.as_str());
         let error_type = check.ok(s.attrs.str("error.type"));
-        let error: Option<String> = (status_code == 2 || error_type.is_some()).then(|| {
+        let error: Option<&str> = (status_code == 2 || error_type.is_some()).then(|| {
             error_type
-                .map(str::to_owned)
-                .or_else(|| (!status_message.is_empty()).then(|| status_message.to_owned()))
-                .unwrap_or_else(|| "error".to_owned())
+                .or((!status_message.is_empty()).then_some(status_message))
+                .unwrap_or("error")
         });
 
         let span_hex = hex(&span.span_id);
@@ -357,7 +356,6 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
             );
             timed.push((time, i * 2 + phase as usize, event));
         };
-        let error = error.as_deref();
 
         // Every payload below writes its keys in ascending order.
         match s.operation {

@@ -31,12 +31,13 @@ const INITIAL_CAPACITY: usize = 512;
 impl JsonObject {
     /// An empty object.
     pub(crate) fn new() -> JsonObject {
-        let mut out = Vec::with_capacity(INITIAL_CAPACITY);
-        out.push(b'{');
-        JsonObject::around(out)
+        JsonObject::with_capacity(INITIAL_CAPACITY)
     }
 
-    fn around(out: Vec<u8>) -> JsonObject {
+    /// An empty object with room for `bytes` of text.
+    fn with_capacity(bytes: usize) -> JsonObject {
+        let mut out = Vec::with_capacity(bytes);
+        out.push(b'{');
         JsonObject {
             out,
             empty: true,
@@ -128,8 +129,8 @@ impl JsonObject {
     /// A nested object, written by `fill`; left out when `fill` writes
     /// nothing (as the mapping leaves out an empty `usage`).
     pub(crate) fn object_if_any(&mut self, key: &str, fill: impl FnOnce(&mut JsonObject)) {
-        let mut nested = JsonObject::around(Vec::with_capacity(64));
-        nested.out.push(b'{');
+        // A nested object here is `usage`: a few counts.
+        let mut nested = JsonObject::with_capacity(64);
         fill(&mut nested);
         if !nested.is_empty() {
             self.raw(key, &nested.finish());
