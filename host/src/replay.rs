@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::bus::Bus;
-use crate::bus::builder::BusBuilder;
+use crate::bus::builder::{BusBuilder, ReplayJournal};
 use crate::error::Error;
 use crate::event::Event;
 use crate::log::{LogError, LogReader};
@@ -279,14 +279,12 @@ impl Replay {
             ));
         }
         // Plugins' requests are answered from the live run's journal.
-        builder.replay_requests = Some((
-            match &self.source {
-                Source::Log(log) => Some(log.clone()),
-                #[cfg(feature = "nats")]
-                Source::Nats(_) => None,
-            },
-            self.live_requests,
-        ));
+        let journal = match &self.source {
+            Source::Log(log) => ReplayJournal::Log(log.clone()),
+            #[cfg(feature = "nats")]
+            Source::Nats(options) => ReplayJournal::Opened(crate::nats::replay_journal(options).await?),
+        };
+        builder.replay_requests = Some((journal, self.live_requests));
         // The replay bus is local: on NATS it would publish what it replays.
         #[cfg(feature = "nats")]
         {

@@ -736,7 +736,8 @@ fn a_nats_redelivery_carries_the_same_idempotency_key() {
     let _ = a.wait();
     server.release();
     // Host B gets it again once the ack wait has passed, and sends it again:
-    // its journal (in memory, on NATS) never saw it. The receiver can tell.
+    // A died before the response, so the stream's journal has no answer for
+    // it. The receiver can tell.
     let (_b, _addr_b, _log_b) = host();
     let waited = std::time::Instant::now();
     while server.seen().len() < 2 && waited.elapsed() < Duration::from_secs(30) {
@@ -753,6 +754,97 @@ fn a_nats_redelivery_carries_the_same_idempotency_key() {
     for request in &seen {
         assert_eq!(request.header("idempotency-key"), Some(key.as_str()), "{seen:?}");
     }
+}
+
+/// The journal on NATS is the stream's key-value bucket, shared by every
+/// host: host A sends an event's request, records the answer and dies
+/// before its ack (failpoint `nats.ack`); host B, handed the event again,
+/// answers the request from the bucket and sends nothing. A second event's
+/// response (1.5 MB, more than one NATS message) is stored in parts, and
+/// `plugbus replay --nats` answers both from the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_redelivery_to_another_host_answers_from_the_streams_journal() {
+    let nats = support::NatsServer::start();
+    let server = Server::start();
+    let plugins = fetcher_dir(&format!(
+        "[http]\nallow = [\"http://127.0.0.1:{}\"]\nresponse_body_kib = 2048\n",
+        server.port
+    ));
+    let args = [
+        "--plugins",
+        plugins.path().to_str().unwrap(),
+        "--nats",
+        &nats.url,
+        "--ack-wait-ms",
+        "1000",
+    ];
+    let (mut a, addr_a, log_a) = support::serve_with_env(&args, &[("FAILPOINTS", "nats.ack=return(crash)")]);
+    let small = json!({"name": "fetch", "payload": fetch(&[("POST", &server.url("/echo"), "alert")])});
+    let mut big = fetch(&[("GET", &server.url("/big/1500000"), "")]);
+    big["report"] = json!(false);
+    let body = format!("{small}\n{}\n", json!({"name": "fetch", "payload": big}));
+    let (status, answer) = support::http(&addr_a, "POST", "/events", body.as_bytes());
+    assert_eq!(status, 202, "{answer}");
+    let waited = std::time::Instant::now();
+    let exit = loop {
+        if let Some(exit) = a.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "host A never reached its ack"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!exit.success(), "{exit:?}");
+    assert!(log_a.join().unwrap().contains("failpoint nats.ack"));
+    let sent_by_a = server.seen().len();
+    assert!(sent_by_a >= 1, "A sent its first event's request before its ack");
+
+    let (b, addr_b, _log_b) = support::serve(&args);
+    let waited = std::time::Instant::now();
+    let counts = loop {
+        let (status, body) = support::http(&addr_b, "GET", "/plugins", b"");
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let http = v["plugins"][0]["http"].clone();
+        if http["replayed"].as_u64().unwrap_or(0) + http["sent"].as_u64().unwrap_or(0) >= 2 {
+            break http;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "B never handled both events: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Every request A sent (and recorded) is answered from the bucket.
+    assert_eq!(counts["replayed"].as_u64(), Some(sent_by_a as u64), "{counts}");
+    assert_eq!(counts["sent"].as_u64(), Some(2 - sent_by_a as u64), "{counts}");
+    let paths: Vec<String> = server.seen().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, ["/echo", "/big/1500000"], "each request reached the server once");
+    support::terminate(&b);
+
+    // A replay of the stream gets the live run's answers, the large one too
+    // (an unanswered request would be refused and fail its event).
+    let out = support::plugbus(&[
+        "replay",
+        "--plugins",
+        plugins.path().to_str().unwrap(),
+        "--nats",
+        &nats.url,
+        "--no-cache",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("errors"), "{stderr}");
+    let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["name"] == "fetched")
+        .map(|v| v["payload"].clone())
+        .collect();
+    assert_eq!(replayed, [json!({"index": 0, "status": 200, "body": "alert"})]);
+    assert_eq!(server.seen().len(), 2, "a replay sends nothing");
 }
 
 /// The webhook-alert plugin in `dir`, posting to `url` (kept in a secret file).

@@ -25,6 +25,15 @@ enum CacheSetting {
     Off,
 }
 
+/// Where a replay finds the live run's request journal.
+pub(crate) enum ReplayJournal {
+    /// The file journal of this log directory, opened read-only.
+    Log(PathBuf),
+    /// One already opened (a NATS stream's bucket, read-only).
+    #[cfg(feature = "nats")]
+    Opened(crate::http::RequestJournal),
+}
+
 /// Configures and builds a [`Bus`].
 #[must_use]
 pub struct BusBuilder {
@@ -47,9 +56,9 @@ pub struct BusBuilder {
     trusted_keys: Option<PathBuf>,
     require_signed: bool,
     policy: Option<PathBuf>,
-    /// Set by a replay: answer plugins' requests from this log directory's
+    /// Set by a replay: answer plugins' requests from the live run's
     /// journal; `true`: send those it has no answer for.
-    pub(crate) replay_requests: Option<(Option<PathBuf>, bool)>,
+    pub(crate) replay_requests: Option<(ReplayJournal, bool)>,
     #[cfg(feature = "nats")]
     pub(crate) nats: Option<crate::nats::NatsOptions>,
 }
@@ -404,7 +413,7 @@ impl BusBuilder {
     }
 
     /// Everything but the plugins: the bus, and the plugin files to load.
-    async fn open(self) -> Result<(Bus, Vec<PathBuf>), Error> {
+    async fn open(mut self) -> Result<(Bus, Vec<PathBuf>), Error> {
         let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
         // One history: on NATS, the stream (see `Error::LogWithNats`).
         #[cfg(feature = "nats")]
@@ -465,22 +474,21 @@ impl BusBuilder {
             None => None,
         };
         // After the log: opening it creates its directory.
-        let http = match (&self.replay_requests, &log_dir) {
-            (Some((dir, live)), _) => {
-                let dir = dir.clone();
-                crate::http::send::HttpSetup {
-                    journal: match dir {
-                        Some(dir) => {
-                            tokio::task::spawn_blocking(move || crate::http::RequestJournal::open_read_only(&dir))
-                                .await
-                                .map_err(|e| Error::Engine(format!("journal open task failed: {e}")))??
-                        }
-                        None => crate::http::RequestJournal::memory(),
-                    },
-                    replay_run: true,
-                    live_in_replay: *live,
-                }
-            }
+        #[cfg_attr(not(feature = "nats"), allow(unused_mut))]
+        let mut http = match (self.replay_requests.take(), &log_dir) {
+            (Some((journal, live)), _) => crate::http::send::HttpSetup {
+                journal: match journal {
+                    ReplayJournal::Log(dir) => {
+                        tokio::task::spawn_blocking(move || crate::http::RequestJournal::open_read_only(&dir))
+                            .await
+                            .map_err(|e| Error::Engine(format!("journal open task failed: {e}")))??
+                    }
+                    #[cfg(feature = "nats")]
+                    ReplayJournal::Opened(journal) => journal,
+                },
+                replay_run: true,
+                live_in_replay: live,
+            },
             (None, Some(dir)) if self.keep_plugin_state => {
                 let (dir, sync) = (dir.clone(), journal_sync);
                 crate::http::send::HttpSetup {
@@ -497,6 +505,15 @@ impl BusBuilder {
             Some(options) => Some(crate::nats::NatsLink::connect(options).await?),
             None => None,
         };
+        // On NATS a live bus's requests are journaled in the stream's bucket,
+        // shared by every host (a replay's bus has its journal already).
+        #[cfg(feature = "nats")]
+        if let Some(link) = &nats
+            && !http.replay_run
+            && self.keep_plugin_state
+        {
+            http.journal = link.request_journal().await?;
+        }
         let parts = Parts {
             #[cfg(feature = "nats")]
             nats,

@@ -27,6 +27,11 @@
 //! Without a log the journal lives in memory and keeps the last
 //! [`MEMORY_ENTRIES`] outcomes: enough for trap recovery, which replays at
 //! most `replay_max_events` events; nothing survives the process.
+//!
+//! On NATS (with the `nats` feature) the records go to a JetStream key-value
+//! bucket shared by every host of the stream (`kv_journal`): a record is
+//! stored by the server before the guest sees the response, so an event
+//! redelivered to another host, or replayed from the stream, finds it.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -124,7 +129,7 @@ struct Record {
     outcome: Recorded,
 }
 
-/// A journal that cannot be opened or written. Names the file.
+/// A journal that cannot be opened or written. Names the file (or bucket).
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     /// Reading or writing the file failed.
@@ -134,6 +139,14 @@ pub enum JournalError {
         path: PathBuf,
         /// The error.
         source: std::io::Error,
+    },
+    /// The NATS key-value bucket could not be read or written.
+    #[error("request journal in NATS bucket `{bucket}`: {reason}")]
+    Nats {
+        /// The bucket.
+        bucket: String,
+        /// The server's answer or what is wrong with a value.
+        reason: String,
     },
     /// A record before the end of the file is damaged.
     #[error("request journal {}: record at byte {offset} is damaged ({reason}); move the file aside to start a new journal (its requests may then be sent again)", path.display())]
@@ -166,6 +179,17 @@ pub struct RequestJournal {
     inner: Arc<Mutex<Store>>,
     /// Held through a compaction: one at a time.
     compacting: Arc<Mutex<()>>,
+    /// On NATS: the shared bucket, used instead of `inner` by
+    /// [`lookup`](Self::lookup) and [`record`](Self::record).
+    #[cfg(feature = "nats")]
+    remote: Option<Arc<Remote>>,
+}
+
+/// A journal bucket, and whether this bus may write it (a replay's may not).
+#[cfg(feature = "nats")]
+struct Remote {
+    kv: super::kv_journal::KvJournal,
+    read_only: bool,
 }
 
 /// Where one record's JSON is in the file, and its event's sequence number.
@@ -207,7 +231,121 @@ impl RequestJournal {
         RequestJournal {
             inner: Arc::new(Mutex::new(store)),
             compacting: Arc::new(Mutex::new(())),
+            #[cfg(feature = "nats")]
+            remote: None,
         }
+    }
+
+    /// The journal of a NATS stream: bucket `bucket` (created if needed,
+    /// values kept `max_age`, the stream's own age limit), shared by every
+    /// host of the stream.
+    ///
+    /// # Errors
+    /// [`JournalError::Nats`] naming the bucket.
+    #[cfg(feature = "nats")]
+    pub(crate) async fn nats(
+        js: &async_nats::jetstream::Context,
+        bucket: &str,
+        max_age: std::time::Duration,
+    ) -> Result<RequestJournal, JournalError> {
+        let kv = super::kv_journal::KvJournal::open(js, bucket, max_age)
+            .await
+            .map_err(|reason| JournalError::Nats {
+                bucket: bucket.to_owned(),
+                reason,
+            })?;
+        Ok(RequestJournal::with_remote(kv, false))
+    }
+
+    /// The journal of a NATS stream, to answer a replay's requests: never
+    /// written, and empty when the bucket does not exist.
+    ///
+    /// # Errors
+    /// [`JournalError::Nats`] naming the bucket.
+    #[cfg(feature = "nats")]
+    pub(crate) async fn nats_read_only(
+        js: &async_nats::jetstream::Context,
+        bucket: &str,
+    ) -> Result<RequestJournal, JournalError> {
+        match super::kv_journal::KvJournal::open_existing(js, bucket).await {
+            Ok(Some(kv)) => Ok(RequestJournal::with_remote(kv, true)),
+            Ok(None) => Ok(RequestJournal::memory()),
+            Err(reason) => Err(JournalError::Nats {
+                bucket: bucket.to_owned(),
+                reason,
+            }),
+        }
+    }
+
+    #[cfg(feature = "nats")]
+    fn with_remote(kv: super::kv_journal::KvJournal, read_only: bool) -> RequestJournal {
+        let mut journal = RequestJournal::memory();
+        journal.remote = Some(Arc::new(Remote { kv, read_only }));
+        journal
+    }
+
+    /// The recorded outcome of `key`, if there is one, from wherever this
+    /// journal keeps it (a file read, or on NATS the bucket).
+    ///
+    /// # Errors
+    /// [`JournalError`] when the record cannot be read back.
+    pub async fn lookup(&self, key: &RequestKey) -> Result<Option<Arc<Recorded>>, JournalError> {
+        #[cfg(feature = "nats")]
+        if let Some(remote) = &self.remote {
+            let err = |reason: String| JournalError::Nats {
+                bucket: remote.kv.bucket().to_owned(),
+                reason,
+            };
+            let Some(bytes) = remote.kv.get(&key.idempotency_key()).await.map_err(err)? else {
+                return Ok(None);
+            };
+            let record: Record = serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
+            // Two keys with one hash would need a SHA-256 collision.
+            if record.key != *key {
+                return Err(err(format!(
+                    "the record under {} is {:?}'s",
+                    key.idempotency_key(),
+                    record.key
+                )));
+            }
+            return Ok(Some(Arc::new(record.outcome)));
+        }
+        // A file read is one record from the page cache: not worth a thread.
+        self.get(key)
+    }
+
+    /// Records `key`'s outcome where this journal keeps it, returning once
+    /// it is kept: in memory, written (and synced) to the file on a
+    /// blocking thread, or stored by the NATS server.
+    ///
+    /// # Errors
+    /// [`JournalError`] when the record cannot be kept.
+    pub async fn record(&self, key: RequestKey, seq: Option<u64>, outcome: Recorded) -> Result<(), JournalError> {
+        #[cfg(feature = "nats")]
+        if let Some(remote) = &self.remote {
+            if remote.read_only {
+                return Ok(());
+            }
+            let name = key.idempotency_key();
+            let bytes = serde_json::to_vec(&Record { key, seq, outcome }).map_err(|e| JournalError::Nats {
+                bucket: remote.kv.bucket().to_owned(),
+                reason: e.to_string(),
+            })?;
+            return remote.kv.put(&name, &bytes).await.map_err(|reason| JournalError::Nats {
+                bucket: remote.kv.bucket().to_owned(),
+                reason,
+            });
+        }
+        if self.in_memory() {
+            return self.put(key, seq, outcome);
+        }
+        let journal = self.clone();
+        tokio::task::spawn_blocking(move || journal.put(key, seq, outcome))
+            .await
+            .map_err(|e| JournalError::Io {
+                path: PathBuf::from(JOURNAL_FILE),
+                source: std::io::Error::other(format!("journal task failed: {e}")),
+            })?
     }
 
     /// Opens (or creates) the journal in log directory `dir`; `sync`:
@@ -540,13 +678,19 @@ impl RequestJournal {
         }
     }
 
-    /// Whether records stay in memory (no file I/O: `put` never blocks).
+    /// Whether records stay in memory (no file I/O, no NATS bucket: `put`
+    /// never blocks).
     pub fn in_memory(&self) -> bool {
+        #[cfg(feature = "nats")]
+        if self.remote.is_some() {
+            return false;
+        }
         let store = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         matches!(&*store, Store::Memory { .. } | Store::File { read_only: true, .. })
     }
 
-    /// Requests recorded.
+    /// Requests recorded (in memory or the file; a NATS bucket's are not
+    /// counted).
     pub fn len(&self) -> usize {
         let store = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match &*store {

@@ -194,15 +194,30 @@ impl WasiHttpHooks for PluginHttp {
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = Sent> + Send> {
         let url = request.uri().to_string();
-        let decided = self.decide(&request);
+        let decided = self.decide(&url);
         let outbound = self.outbound.clone();
         let waited = self.io_waited.clone();
         Box::new(async move {
-            let (key, target) = match decided? {
-                Decided::Answered(recorded) => return answer(&recorded),
-                Decided::Refused(error) => return Err(error),
-                Decided::Send(key, target) => (key, target),
-            };
+            let (key, checks) = decided?;
+            // The journal first: an answer recorded for this key is given
+            // back and nothing is sent (or counted against the limits).
+            match outbound.setup.journal.lookup(&key).await {
+                Ok(Some(recorded)) => {
+                    outbound.stats.replayed.fetch_add(1, Relaxed);
+                    tracing::debug!(
+                        plugin = &*outbound.plugin,
+                        url,
+                        index = key.index,
+                        "request answered from the journal"
+                    );
+                    return answer(&recorded);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(plugin = &*outbound.plugin, url, error = %e, "request journal unreadable; request not sent");
+                    return Err(Error::InternalError(Some(format!("request journal: {e}"))));
+                }
+            }
             let Target {
                 permit,
                 scheme,
@@ -210,7 +225,7 @@ impl WasiHttpHooks for PluginHttp {
                 port,
                 event,
                 seq,
-            } = target;
+            } = checks.check(&request, &url)?;
             let started = Instant::now();
             let outcome = send(&outbound, request, options, (&key, &event), (scheme, host, port)).await;
             drop(permit);
@@ -222,33 +237,15 @@ impl WasiHttpHooks for PluginHttp {
                 Err(Unsent(error)) => return Err(error),
             };
             let for_guest = answer(&recorded);
-            let journal = outbound.setup.journal.clone();
-            // A file journal writes (and syncs) off the runtime's threads.
-            let put = if journal.in_memory() {
-                Ok(journal.put(key, seq, recorded))
-            } else {
-                tokio::task::spawn_blocking(move || journal.put(key, seq, recorded)).await
-            };
-            match put {
-                Ok(Ok(())) => for_guest,
-                Ok(Err(e)) => {
+            match outbound.setup.journal.record(key, seq, recorded).await {
+                Ok(()) => for_guest,
+                Err(e) => {
                     tracing::error!(plugin = &*outbound.plugin, url, error = %e, "request sent but not journaled: a replay of this event will not find it");
                     Err(Error::InternalError(Some(format!("request journal: {e}"))))
                 }
-                Err(e) => Err(Error::InternalError(Some(format!("request journal: {e}")))),
             }
         })
     }
-}
-
-/// What happens to a request, decided before anything is awaited.
-enum Decided {
-    /// The journal has its outcome: given back, nothing sent.
-    Answered(Arc<Recorded>),
-    /// Refused by a rule (never sent).
-    Refused(Error),
-    /// To send.
-    Send(RequestKey, Target),
 }
 
 /// A request the checks let through: where it goes, and its concurrency permit.
@@ -266,18 +263,27 @@ struct Target {
 /// A request that failed before it could reach the server: not journaled.
 struct Unsent(Error);
 
+/// What the checks of a request the journal does not answer need, taken
+/// from the instance when the guest makes the request (the checks run
+/// after the journal's answer, which may be awaited).
+struct Checks {
+    outbound: Arc<Outbound>,
+    event: String,
+    seq: Option<u64>,
+    replaying: bool,
+    silent: bool,
+}
+
 impl PluginHttp {
-    /// The request's key, its journaled answer if there is one, else what
-    /// the rules say. `Err`: refused whatever the journal holds (no event,
-    /// a query, an unreadable journal).
-    fn decide(&mut self, request: &http::Request<WasiBody>) -> Result<Decided, Error> {
-        let url = request.uri().to_string();
+    /// The request's key and what its checks need. `Err`: refused whatever
+    /// the journal holds (no event, a query).
+    fn decide(&mut self, url: &str) -> Result<(RequestKey, Checks), Error> {
         if self.querying {
-            return Err(self.refuse(&url, "a query may not make requests".into(), Error::HttpRequestDenied));
+            return Err(self.refuse(url, "a query may not make requests".into(), Error::HttpRequestDenied));
         }
         let Some(event) = &self.event else {
             return Err(self.refuse(
-                &url,
+                url,
                 "requests are only allowed while handling an event".into(),
                 Error::HttpRequestDenied,
             ));
@@ -287,34 +293,28 @@ impl PluginHttp {
             event: event.id().to_owned(),
             index: self.next_index,
         };
+        let checks = Checks {
+            outbound: self.outbound.clone(),
+            event: event.name().to_owned(),
+            seq: event.seq(),
+            replaying: self.replaying,
+            silent: self.silent,
+        };
         self.next_index += 1;
-        // The index is in memory; a hit reads one record back (page cache).
-        match self.outbound.setup.journal.get(&key) {
-            Ok(Some(recorded)) => {
-                self.outbound.stats.replayed.fetch_add(1, Relaxed);
-                tracing::debug!(
-                    plugin = &*self.outbound.plugin,
-                    url,
-                    index = key.index,
-                    "request answered from the journal"
-                );
-                return Ok(Decided::Answered(recorded));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(plugin = &*self.outbound.plugin, url, error = %e, "request journal unreadable; request not sent");
-                return Err(Error::InternalError(Some(format!("request journal: {e}"))));
-            }
-        }
-        Ok(match self.check(request, &url) {
-            Ok(target) => Decided::Send(key, target),
-            Err(error) => Decided::Refused(error),
-        })
+        Ok((key, checks))
+    }
+}
+
+impl Checks {
+    /// Refuses a request (see [`Outbound::refused`]).
+    fn refuse(&self, url: &str, rule: String, error: Error) -> Error {
+        self.outbound.refused(&self.event, url, &rule, self.replaying);
+        error
     }
 
     /// Grant, replay, rate and concurrency checks for a request the journal
     /// does not answer.
-    fn check(&self, request: &http::Request<WasiBody>, url: &str) -> Result<Target, Error> {
+    fn check(self, request: &http::Request<WasiBody>, url: &str) -> Result<Target, Error> {
         let grant = &self.outbound.grant;
         if grant.is_empty() {
             return Err(self.refuse(
@@ -382,8 +382,8 @@ impl PluginHttp {
             scheme,
             host,
             port,
-            event: self.event.as_ref().map_or("", Event::name).to_owned(),
-            seq: self.event.as_ref().and_then(Event::seq),
+            seq: self.seq,
+            event: self.event,
         })
     }
 }

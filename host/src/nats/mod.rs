@@ -213,6 +213,40 @@ pub(crate) struct NatsLink {
     advisories: std::sync::OnceLock<()>,
 }
 
+impl NatsLink {
+    /// The stream's request journal (see [`journal_bucket`]), created if
+    /// needed, its records kept as long as the stream keeps events.
+    ///
+    /// # Errors
+    /// [`JournalError`](crate::http::JournalError) naming the bucket.
+    pub(crate) async fn request_journal(&self) -> Result<crate::http::RequestJournal, crate::http::JournalError> {
+        crate::http::RequestJournal::nats(&self.js, &journal_bucket(&self.options.stream), self.options.max_age).await
+    }
+}
+
+/// The key-value bucket holding the request journal of `stream`: every
+/// host of the stream records its plugins' requests there, so a redelivery
+/// to another host, or a replay of the stream, answers them from it.
+pub fn journal_bucket(stream: &str) -> String {
+    format!("{stream}_REQUESTS")
+}
+
+/// The request journal of the stream of `options`, to answer a replay's
+/// requests: read-only, empty when the stream's hosts never made one.
+///
+/// # Errors
+/// [`NatsError`] naming the server, or the bucket that cannot be read.
+pub(crate) async fn replay_journal(options: &NatsOptions) -> Result<crate::http::RequestJournal, NatsError> {
+    let js = jetstream::new(connect_client(options).await?);
+    let bucket = journal_bucket(&options.stream);
+    crate::http::RequestJournal::nats_read_only(&js, &bucket)
+        .await
+        .map_err(|e| NatsError::Stream {
+            stream: bucket,
+            reason: e.to_string(),
+        })
+}
+
 /// How often the server's counts of this host's consumers (pending,
 /// unacknowledged) are read: once a second is fresh enough for a dashboard
 /// and `/metrics`, and it is one paged request per host whatever the number
