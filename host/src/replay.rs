@@ -129,9 +129,9 @@ enum Source {
     Nats(crate::nats::NatsOptions),
 }
 
-/// Events fed between two waits for the plugins: a plugin queue (1024 by
-/// default) never overflows, and the follow-ups of a batch are ordered
-/// together.
+/// Events read, and fed between two waits for the plugins, at most: a
+/// plugin queue (1024 by default) never overflows, and the follow-ups of a
+/// batch are ordered together (see `chunk_len` for smaller queues).
 const BATCH: usize = 256;
 
 impl Replay {
@@ -439,8 +439,10 @@ async fn feed(
     captured: &std::sync::mpsc::Receiver<Captured>,
     on_follow_up: &mut impl FnMut(u64, &Event),
 ) -> Result<(u64, u64), ReplayError> {
+    let chunk = chunk_len(&bus.plugins());
     let (mut events, mut follow_ups) = (0u64, 0u64);
     let mut order = Vec::new();
+    let mut fed = 0usize;
     while let Some(batch) = batches.next().await {
         for event in batch? {
             if correlation.is_some_and(|c| event.correlation_id() != Some(c)) {
@@ -448,14 +450,44 @@ async fn feed(
             }
             bus.shared.publish_replayed(&event);
             events += 1;
-        }
-        bus.flush().await;
-        order.extend(captured.try_iter());
-        order.sort_by(|a, b| (a.parent_seq, &a.plugin, a.index).cmp(&(b.parent_seq, &b.plugin, b.index)));
-        for c in order.drain(..) {
-            follow_ups += 1;
-            on_follow_up(c.parent_seq, &c.event);
+            fed += 1;
+            if fed == chunk {
+                fed = 0;
+                settle(bus, captured, &mut order, &mut follow_ups, on_follow_up).await;
+            }
         }
     }
+    settle(bus, captured, &mut order, &mut follow_ups, on_follow_up).await;
     Ok((events, follow_ups))
+}
+
+/// Events fed between two waits for the plugins: [`BATCH`], or half the
+/// smallest queue among the plugins (at least 1), so that a plugin whose
+/// manifest gives it a small queue is never offered more than it holds
+/// (a replay waits; it never drops), with room left for follow-ups.
+fn chunk_len(plugins: &[PluginInfo]) -> usize {
+    plugins
+        .iter()
+        .map(|p| (p.queue_capacity / 2).max(1))
+        .min()
+        .unwrap_or(BATCH)
+        .min(BATCH)
+}
+
+/// Waits until the plugins have handled everything fed, then hands the
+/// follow-ups captured meanwhile to `on_follow_up` in order.
+async fn settle(
+    bus: &Bus,
+    captured: &std::sync::mpsc::Receiver<Captured>,
+    order: &mut Vec<Captured>,
+    follow_ups: &mut u64,
+    on_follow_up: &mut impl FnMut(u64, &Event),
+) {
+    bus.flush().await;
+    order.extend(captured.try_iter());
+    order.sort_by(|a, b| (a.parent_seq, &a.plugin, a.index).cmp(&(b.parent_seq, &b.plugin, b.index)));
+    for c in order.drain(..) {
+        *follow_ups += 1;
+        on_follow_up(c.parent_seq, &c.event);
+    }
 }

@@ -924,6 +924,45 @@ async fn replay_can_publish_and_catch_up_can_take_a_window() {
     }
 }
 
+/// A replay never offers a plugin more events than its queue holds: with
+/// `queue_capacity = 4` in its manifest, every one of 600 logged events is
+/// handled (fed 256 at a time, half of them were dropped as "queue full").
+#[tokio::test]
+async fn a_replay_into_a_plugin_with_a_small_queue_drops_nothing() {
+    let dir = plugin_dir(&["misbehave"]);
+    let log = tempfile::tempdir().unwrap();
+    let bus = plugbus::Bus::builder()
+        .plugin_dir(dir.path())
+        .log_dir(log.path())
+        .build()
+        .await
+        .unwrap();
+    for i in 0..600 {
+        bus.emit("misbehave.clock", Value::Null);
+        if i % 100 == 99 {
+            bus.flush().await;
+        }
+    }
+    bus.flush().await;
+    bus.shutdown().await;
+
+    let small = tempfile::tempdir().unwrap();
+    support::install(
+        small.path(),
+        &support::wasm("misbehave"),
+        "misbehave",
+        "[limits]\nqueue_capacity = 4\n",
+    );
+    let mut captured = 0;
+    let report = plugbus::Replay::new(small.path(), log.path())
+        .run(|_, e| captured += usize::from(e.name() == "fixture.clock"))
+        .await
+        .unwrap();
+    let stats = &report.plugins[0].stats;
+    assert_eq!((stats.delivered, stats.dropped), (600, 0), "{stats:?}");
+    assert_eq!(captured, 600, "one follow-up per event, as live");
+}
+
 /// `--sync-interval-ms` sets the group-sync period of `batched` (shown in
 /// `GET /plugins`' log status), and asks for `--log`.
 #[test]

@@ -74,6 +74,12 @@ pub async fn replay(args: Args<'_>) -> anyhow::Result<ExitCode> {
         );
     }
     for p in &report.plugins {
+        if p.stats.dropped > 0 {
+            eprintln!(
+                "plugbus: {}: {} events dropped during the replay (its queue was full): what it rebuilt is incomplete",
+                p.name, p.stats.dropped
+            );
+        }
         let f = p.stats.failures.total();
         if f > 0 || p.stats.errors > 0 {
             eprintln!(
