@@ -131,7 +131,8 @@ enum Source {
 
 /// Events read, and fed between two waits for the plugins, at most: a
 /// plugin queue (1024 by default) never overflows, and the follow-ups of a
-/// batch are ordered together (see `chunk_len` for smaller queues).
+/// batch are ordered together (fewer when a plugin's queue is smaller:
+/// [`Bus::lossless_burst`]).
 const BATCH: usize = 256;
 
 impl Replay {
@@ -439,7 +440,8 @@ async fn feed(
     captured: &std::sync::mpsc::Receiver<Captured>,
     on_follow_up: &mut impl FnMut(u64, &Event),
 ) -> Result<(u64, u64), ReplayError> {
-    let chunk = chunk_len(&bus.plugins());
+    // Never more than the smallest plugin queue holds: a replay drops nothing.
+    let chunk = bus.lossless_burst(BATCH);
     let (mut events, mut follow_ups) = (0u64, 0u64);
     let mut order = Vec::new();
     let mut fed = 0usize;
@@ -459,19 +461,6 @@ async fn feed(
     }
     settle(bus, captured, &mut order, &mut follow_ups, on_follow_up).await;
     Ok((events, follow_ups))
-}
-
-/// Events fed between two waits for the plugins: [`BATCH`], or half the
-/// smallest queue among the plugins (at least 1), so that a plugin whose
-/// manifest gives it a small queue is never offered more than it holds
-/// (a replay waits; it never drops), with room left for follow-ups.
-fn chunk_len(plugins: &[PluginInfo]) -> usize {
-    plugins
-        .iter()
-        .map(|p| (p.queue_capacity / 2).max(1))
-        .min()
-        .unwrap_or(BATCH)
-        .min(BATCH)
 }
 
 /// Waits until the plugins have handled everything fed, then hands the

@@ -67,6 +67,38 @@ fn run_reports_json_and_survives_bad_lines_and_plugins() {
     assert_eq!(plugin("cost-tracker")["ok"], 2);
 }
 
+/// `plugbus run` waits for the plugins often enough that none drops an
+/// event, also one whose manifest gives it a queue of 2 (it waited every
+/// 256 events: 279 of 300 were dropped).
+#[test]
+fn run_drops_nothing_into_a_plugin_with_a_small_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    support::install(
+        dir.path(),
+        &wasm("misbehave"),
+        "misbehave",
+        "[limits]\nqueue_capacity = 2\n",
+    );
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, "{\"name\":\"misbehave.clock\"}\n".repeat(300)).unwrap();
+    let out = plugbus(&[
+        "run",
+        "--plugins",
+        dir.path().to_str().unwrap(),
+        "--report",
+        "json",
+        events.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plugin = &report["plugins"][0];
+    assert_eq!(
+        (&plugin["delivered"], &plugin["dropped"]),
+        (&300.into(), &0.into()),
+        "{plugin}"
+    );
+}
+
 #[test]
 fn run_with_a_missing_directory_fails_naming_it() {
     let out = plugbus(&["run", "--plugins", "/no/such/dir", "-"]);

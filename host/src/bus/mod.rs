@@ -1116,6 +1116,28 @@ impl Bus {
             .unwrap_or_else(|_| Err(QueryError::ShuttingDown(plugin.to_owned())))
     }
 
+    /// How many events a caller that waits ([`flush`](Self::flush)) between
+    /// bursts may publish in one burst without any plugin's queue
+    /// overflowing: half the smallest queue of the loaded plugins (at least
+    /// 1; the other half is room for follow-ups), and at most `cap`.
+    /// `plugbus run` and [`Replay`](crate::Replay) feed events this way, so a
+    /// plugin whose manifest gives it a small `queue_capacity` drops nothing.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), plugbus::Error> {
+    /// let bus = plugbus::Bus::builder().build().await?;
+    /// assert_eq!(bus.lossless_burst(256), 256, "no plugin: the cap");
+    /// # Ok(()) }
+    /// ```
+    pub fn lossless_burst(&self, cap: usize) -> usize {
+        lock(&self.shared.plugins)
+            .values()
+            .map(|p| (p.spec.limits.queue_capacity / 2).max(1))
+            .min()
+            .unwrap_or(cap)
+            .clamp(1, cap.max(1))
+    }
+
     /// The dead letters of the named plugin (the events that made it fail
     /// hard, newest [`MAX_KEPT`](crate::dead_letter::MAX_KEPT)), oldest
     /// first; `None` if no plugin has that name.

@@ -9,11 +9,12 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use super::report::Report;
 use super::{CacheArgs, LogArgs, ReportFormat};
 
-/// Events emitted between two waits for the plugins. A replayed file arrives
-/// far faster than plugins run, and a plugin queue (1024 by default) that
-/// overflows drops events; waiting every 256 keeps replay lossless without
-/// serialising it event by event.
-const BATCH: u64 = 256;
+/// Events emitted between two waits for the plugins, at most. A replayed
+/// file arrives far faster than plugins run, and a plugin queue that
+/// overflows drops events; waiting every 256 (or half the smallest queue,
+/// `Bus::lossless_burst`) keeps the run lossless without serialising it
+/// event by event.
+const BATCH: usize = 256;
 
 pub async fn run(
     plugins: &Path,
@@ -37,6 +38,8 @@ pub async fn run(
     let mut lines = reader.lines();
     let mut lineno = 0u64;
     let mut interrupted = false;
+    let mut burst = bus.lossless_burst(BATCH);
+    let mut in_burst = 0;
     loop {
         let line = tokio::select! {
             line = lines.next_line() => line.with_context(|| format!("reading {input}"))?,
@@ -55,8 +58,12 @@ pub async fn run(
             Ok(event) => {
                 bus.publish(event);
                 report.events += 1;
-                if report.events % BATCH == 0 {
+                in_burst += 1;
+                if in_burst >= burst {
                     bus.flush().await;
+                    in_burst = 0;
+                    // With --watch, plugins come and go.
+                    burst = bus.lossless_burst(BATCH);
                 }
             }
             Err(e) => {
