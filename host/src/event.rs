@@ -15,8 +15,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::ser::SerializeStruct;
 use serde_json::Value;
 
-use crate::plugin::bindings::plugbus::observer::types as wit;
-
 /// `source` of events emitted by the embedding application.
 pub const HOST_SOURCE: &str = "host";
 
@@ -41,7 +39,7 @@ struct EventData {
     correlation_id: Option<String>,
     source: String,
     /// The payload. Set at construction, except for an event decoded from
-    /// text: then `wire` holds the text (checked as JSON when it was read)
+    /// text: then `text` holds it (checked as JSON when it was read)
     /// and the value is parsed from it on first use.
     payload: OnceLock<Value>,
     /// How many plugin emits led here: 0 for the embedder's events.
@@ -50,8 +48,9 @@ struct EventData {
     /// has a log); 0 until published. Set once, by the bus, under its
     /// publish lock.
     seq: AtomicU64,
-    /// The WIT record handed to plugins, built once on first use.
-    wire: OnceLock<wit::Event>,
+    /// The payload as JSON text, written once on first use (or the text
+    /// the event was decoded from): what every plugin is handed.
+    text: OnceLock<String>,
 }
 
 impl Clone for EventData {
@@ -66,11 +65,7 @@ impl Clone for EventData {
             depth: self.depth,
             // A copy is a new event: it gets its own place when published.
             seq: AtomicU64::new(0),
-            // The record is kept where it is the payload's only form.
-            wire: match self.payload.get() {
-                Some(_) => OnceLock::new(),
-                None => self.wire.clone(),
-            },
+            text: self.text.clone(),
         }
     }
 }
@@ -78,20 +73,13 @@ impl Clone for EventData {
 impl EventData {
     fn payload(&self) -> &Value {
         self.payload.get_or_init(|| {
-            // Unset only for an event decoded from text, whose `wire` was
+            // Unset only for an event decoded from text, whose `text` was
             // set with that text, already checked as JSON.
-            self.wire
+            self.text
                 .get()
-                .and_then(|wire| serde_json::from_str(&wire.payload).ok())
+                .and_then(|text| serde_json::from_str(text).ok())
                 .unwrap_or(Value::Null)
         })
-    }
-
-    /// Forgets the record given to plugins after a field changed; the
-    /// payload is parsed first if the record was where it lived.
-    fn reset_wire(&mut self) {
-        self.payload();
-        self.wire = OnceLock::new();
     }
 }
 
@@ -114,7 +102,7 @@ impl Event {
             payload: OnceLock::from(payload),
             depth: 0,
             seq: AtomicU64::new(0),
-            wire: OnceLock::new(),
+            text: OnceLock::new(),
         }))
     }
 
@@ -137,7 +125,7 @@ impl Event {
             payload: OnceLock::from(payload),
             depth: 0,
             seq: AtomicU64::new(0),
-            wire: OnceLock::new(),
+            text: OnceLock::new(),
         }))
     }
 
@@ -162,7 +150,7 @@ impl Event {
             payload: OnceLock::from(payload),
             depth,
             seq: AtomicU64::new(seq),
-            wire: OnceLock::new(),
+            text: OnceLock::new(),
         }))
     }
 
@@ -181,14 +169,6 @@ impl Event {
         depth: u8,
         payload_json: String,
     ) -> Event {
-        let wire = wit::Event {
-            name: name.clone(),
-            id: id.clone(),
-            time_unix_nanos,
-            correlation_id: correlation_id.clone(),
-            source: source.clone(),
-            payload: payload_json,
-        };
         Event(Arc::new(EventData {
             name,
             id,
@@ -198,7 +178,7 @@ impl Event {
             payload: OnceLock::new(),
             depth,
             seq: AtomicU64::new(seq),
-            wire: OnceLock::from(wire),
+            text: OnceLock::from(payload_json),
         }))
     }
 
@@ -239,8 +219,8 @@ impl Event {
     /// Sets the correlation id that ties this event to an agent run or request.
     pub fn with_correlation_id(mut self, id: impl Into<String>) -> Event {
         let data = Arc::make_mut(&mut self.0);
+        // The payload's text does not depend on it: kept.
         data.correlation_id = Some(id.into());
-        data.reset_wire();
         self
     }
 
@@ -278,7 +258,7 @@ impl Event {
             payload: OnceLock::from(payload),
             depth: parent.0.depth.saturating_add(1),
             seq: AtomicU64::new(0),
-            wire: OnceLock::new(),
+            text: OnceLock::new(),
         }))
     }
 
@@ -320,14 +300,14 @@ impl Event {
     /// The payload as JSON text: serialised once, on first use, and the very
     /// text every plugin receives.
     pub fn payload_json(&self) -> &str {
-        &self.wire().payload
+        self.0.text.get_or_init(|| json_text(self.0.payload()))
     }
 
     /// The payload's JSON text if it exists already (an event read or
     /// mapped from text, or one whose text was asked for), without
     /// serialising or parsing anything.
     pub(crate) fn payload_json_if_written(&self) -> Option<&str> {
-        self.0.wire.get().map(|w| w.payload.as_str())
+        self.0.text.get().map(String::as_str)
     }
 
     /// How many plugin emits led to this event (0 for the embedder's own).
@@ -335,18 +315,36 @@ impl Event {
         self.0.depth
     }
 
-    /// The record given to plugins; the payload is serialised on first use
-    /// and the same text serves every plugin.
-    pub(crate) fn wire(&self) -> &wit::Event {
-        self.0.wire.get_or_init(|| wit::Event {
-            name: self.0.name.clone(),
-            id: self.0.id.clone(),
+    /// The record given to plugins: borrowed from the event, so nothing is
+    /// copied until it is lowered into a guest's memory; the payload's text
+    /// is written on first use and the same text serves every plugin.
+    pub(crate) fn wire(&self) -> WireEvent<'_> {
+        WireEvent {
+            name: &self.0.name,
+            id: &self.0.id,
             time_unix_nanos: self.0.time_unix_nanos,
-            correlation_id: self.0.correlation_id.clone(),
-            source: self.0.source.clone(),
-            payload: json_text(self.0.payload()),
-        })
+            correlation_id: self.0.correlation_id.as_deref(),
+            source: &self.0.source,
+            payload: self.payload_json(),
+        }
     }
+}
+
+/// The WIT `event` record (`plugbus:observer/types`), lowered straight from
+/// an [`Event`]'s fields: the bindings' own record type owns its strings,
+/// which would copy each of them once per event before the copy into the
+/// guest. Checked against the plugin's export when an instance is built.
+#[derive(Clone, Copy, wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+pub(crate) struct WireEvent<'a> {
+    name: &'a str,
+    id: &'a str,
+    #[component(name = "time-unix-nanos")]
+    time_unix_nanos: u64,
+    #[component(name = "correlation-id")]
+    correlation_id: Option<&'a str>,
+    source: &'a str,
+    payload: &'a str,
 }
 
 /// `value` as compact JSON text, written straight into a byte buffer:
@@ -428,15 +426,16 @@ mod tests {
     }
 
     #[test]
-    fn wire_payload_is_serialised_once_and_reset_by_builders() {
+    fn the_payload_text_is_written_once_and_shared_by_clones() {
         let ev = Event::new("a", json!({"k": 1}));
-        let first: *const wit::Event = ev.wire();
+        let first: *const str = ev.payload_json();
         assert!(
-            std::ptr::eq(first, ev.clone().wire()),
+            std::ptr::eq(first, ev.clone().payload_json()),
             "clones share the serialised payload"
         );
         assert_eq!(ev.wire().payload, r#"{"k":1}"#);
         let ev = ev.with_correlation_id("c");
-        assert_eq!(ev.wire().correlation_id.as_deref(), Some("c"));
+        assert_eq!(ev.wire().correlation_id, Some("c"));
+        assert_eq!(ev.payload_json(), r#"{"k":1}"#);
     }
 }

@@ -25,13 +25,12 @@ use wasmtime::Store;
 use wasmtime::component::{Component, ComponentExportIndex, Func, InstancePre};
 
 use crate::cache::content_hash;
-use crate::event::Event;
+use crate::event::{Event, WireEvent};
 use crate::http::send::{HttpSetup, Outbound};
 use crate::limits::Limits;
 use crate::manifest::{Manifest, ManifestError};
 use crate::outcome::{Failure, backtrace_frames, classify};
 use crate::pattern::{Pattern, PatternError};
-use crate::plugin::bindings::plugbus::observer::types as wit;
 use crate::plugin::bindings::{
     BATCH_EXPORT, HANDLER_EXPORT, Observer, ObserverIndices, QUERY_EXPORT, QueryExport, QueryIndices, STATE_EXPORT,
     StateExport, StateIndices,
@@ -204,6 +203,8 @@ pub(crate) struct PluginSpec {
     query: Option<QueryIndices>,
     /// `batch-handler.on-events`, when the plugin exports it.
     batch: Option<ComponentExportIndex>,
+    /// `handler.on-event`, when the plugin exports `handler`.
+    on_event: Option<ComponentExportIndex>,
     pub limits: Limits,
     pub config: Arc<BTreeMap<String, String>>,
     /// `[secrets]`, served by `host.config` after `[config]`.
@@ -236,12 +237,18 @@ pub(crate) struct Instance {
     query: Option<QueryExport>,
     /// `on-events`, type-checked when the instance was built.
     batch: Option<Func>,
+    /// `on-event`, type-checked when the instance was built; called with
+    /// the event's fields borrowed (see [`WireEvent`]).
+    on_event: Option<Func>,
 }
 
 /// The params and results of `on-events`: the events are lowered from the
-/// host's records in place (the `&` forwards), never copied first.
-type OnEventsParams<'a> = (&'a [&'a wit::Event],);
+/// host's records in place (borrowed fields), never copied first.
+type OnEventsParams<'a> = (&'a [WireEvent<'a>],);
 type OnEventsResults = (Vec<Result<(), String>>,);
+/// The params and results of `on-event`, lowered the same way.
+type OnEventParams<'a> = (WireEvent<'a>,);
+type OnEventResults = (Result<(), String>,);
 
 /// What one `on-events` call gave back.
 pub(crate) struct BatchRun {
@@ -427,6 +434,14 @@ impl PluginSpec {
                 ))
             })?),
         };
+        let on_event = match component.get_export_index(None, HANDLER_EXPORT) {
+            None => None,
+            Some(iface) => Some(component.get_export_index(Some(&iface), "on-event").ok_or_else(|| {
+                err(LoadErrorKind::WrongWorld(
+                    "its `handler` export has no `on-event` function".into(),
+                ))
+            })?),
+        };
         let limits = manifest.apply_limits(bus_limits);
         let plugin_name_for_http = name.clone();
         Ok(PluginSpec {
@@ -437,6 +452,7 @@ impl PluginSpec {
             state,
             query,
             batch,
+            on_event,
             limits,
             config: Arc::new(manifest.config.clone()),
             secrets: Arc::new(manifest.secrets.clone()),
@@ -524,12 +540,24 @@ impl PluginSpec {
             }
             None => None,
         };
+        let on_event = match &self.on_event {
+            Some(index) => {
+                let func = instance
+                    .get_func(&mut store, index)
+                    .ok_or_else(|| CallError::from(Failure::Host("its `handler.on-event` export is missing".into())))?;
+                func.typed::<OnEventParams<'static>, OnEventResults>(&store)
+                    .map_err(|e| Failure::Host(format!("its `handler.on-event` export: {e:#}")))?;
+                Some(func)
+            }
+            None => None,
+        };
         Ok(Instance {
             store,
             bindings,
             state,
             query,
             batch,
+            on_event,
         })
     }
 
@@ -640,14 +668,16 @@ impl PluginSpec {
         event: &Event,
         voice: Voice,
     ) -> (Result<Result<(), String>, CallError>, u64) {
-        let Some(bindings) = &instance.bindings else {
+        let Some(func) = instance.on_event else {
             return self.on_event_as_batch(instance, event, voice).await;
         };
         self.arm(&mut instance.store, Some(event.clone()), voice);
-        let call = bindings
-            .plugbus_observer_handler()
-            .call_on_event(&mut instance.store, event.wire());
-        let answer = tokio::time::timeout(self.event_timeout(1), call).await;
+        let answer = tokio::time::timeout(self.event_timeout(1), async {
+            let typed = func.typed::<OnEventParams<'_>, OnEventResults>(&instance.store)?;
+            let (result,) = typed.call_async(&mut instance.store, (event.wire(),)).await?;
+            Ok(result)
+        })
+        .await;
         // The guest's error text is capped before anything keeps or logs it.
         let result = self
             .settle(answer, &instance.store)
@@ -723,7 +753,7 @@ impl PluginSpec {
             .store
             .data_mut()
             .begin_batch(events.to_vec(), &self.limits, ticks, voice);
-        let wires: Vec<&wit::Event> = events.iter().map(Event::wire).collect();
+        let wires: Vec<WireEvent<'_>> = events.iter().map(Event::wire).collect();
         let n = u32::try_from(events.len()).unwrap_or(u32::MAX);
         let answer = tokio::time::timeout(self.event_timeout(n), async {
             let typed = func.typed::<OnEventsParams<'_>, OnEventsResults>(&instance.store)?;

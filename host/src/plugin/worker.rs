@@ -1408,7 +1408,7 @@ fn batch_len(events: &[Event], max: usize, bytes: usize) -> usize {
 
 /// The bytes of `event`'s payload as plugins receive it.
 fn payload_bytes(event: &Event) -> usize {
-    event.wire().payload.len()
+    event.payload_json().len()
 }
 
 /// Counts an event dropped for `plugin` (by the publisher or the worker) and
