@@ -250,6 +250,45 @@ type OnEventsResults = (Vec<Result<(), String>>,);
 type OnEventParams<'a> = (WireEvent<'a>,);
 type OnEventResults = (Result<(), String>,);
 
+/// The index of function `func` of the exported interface `export` (named
+/// `what` in errors), when the plugin exports that interface.
+fn export_func(
+    component: &Component,
+    export: &str,
+    what: &str,
+    func: &str,
+) -> Result<Option<ComponentExportIndex>, LoadErrorKind> {
+    let Some(iface) = component.get_export_index(None, export) else {
+        return Ok(None);
+    };
+    match component.get_export_index(Some(&iface), func) {
+        Some(index) => Ok(Some(index)),
+        None => Err(LoadErrorKind::WrongWorld(format!(
+            "its `{what}` export has no `{func}` function"
+        ))),
+    }
+}
+
+/// The function at `index` of `instance`, checked to have the parameters
+/// `P` and results `R` (`what` names it in errors).
+fn typed_func<P, R>(
+    instance: &wasmtime::component::Instance,
+    store: &mut Store<PluginCtx>,
+    index: &ComponentExportIndex,
+    what: &str,
+) -> Result<Func, CallError>
+where
+    P: wasmtime::component::ComponentNamedList + wasmtime::component::Lower,
+    R: wasmtime::component::ComponentNamedList + wasmtime::component::Lift,
+{
+    let func = instance
+        .get_func(&mut *store, index)
+        .ok_or_else(|| CallError::from(Failure::Host(format!("its `{what}` export is missing"))))?;
+    func.typed::<P, R>(&*store)
+        .map_err(|e| Failure::Host(format!("its `{what}` export: {e:#}")))?;
+    Ok(func)
+}
+
 /// What one `on-events` call gave back.
 pub(crate) struct BatchRun {
     /// One answer per event, or the failure of the whole call (a trap, or
@@ -381,8 +420,10 @@ impl PluginSpec {
         let imports: Vec<String> = ty.imports(&engine.engine).map(|(n, _)| n.to_owned()).collect();
         // `get_export_index` matches the semver track: a 0.1.0 plugin's
         // `handler@0.1.0` answers to the host's `handler@0.1.3`.
-        let has_handler = component.get_export_index(None, HANDLER_EXPORT).is_some();
-        let batch_only = !has_handler && component.get_export_index(None, BATCH_EXPORT).is_some();
+        let on_event = export_func(&component, HANDLER_EXPORT, "handler", "on-event").map_err(err)?;
+        let batch = export_func(&component, BATCH_EXPORT, "batch-handler", "on-events").map_err(err)?;
+        let has_handler = on_event.is_some();
+        let batch_only = !has_handler && batch.is_some();
         if batch_only && manifest.subscriptions.is_none() {
             return Err(err(LoadErrorKind::WrongWorld(format!(
                 "it exports only `{BATCH_EXPORT}` (world batch-only-observer), which has no `subscriptions()`: \
@@ -425,22 +466,6 @@ impl PluginSpec {
                 QueryIndices::new(&instance_pre)
                     .map_err(|e| err(LoadErrorKind::WrongWorld(format!("its `query` export: {e:#}"))))?,
             ),
-        };
-        let batch = match component.get_export_index(None, BATCH_EXPORT) {
-            None => None,
-            Some(iface) => Some(component.get_export_index(Some(&iface), "on-events").ok_or_else(|| {
-                err(LoadErrorKind::WrongWorld(
-                    "its `batch-handler` export has no `on-events` function".into(),
-                ))
-            })?),
-        };
-        let on_event = match component.get_export_index(None, HANDLER_EXPORT) {
-            None => None,
-            Some(iface) => Some(component.get_export_index(Some(&iface), "on-event").ok_or_else(|| {
-                err(LoadErrorKind::WrongWorld(
-                    "its `handler` export has no `on-event` function".into(),
-                ))
-            })?),
         };
         let limits = manifest.apply_limits(bus_limits);
         let plugin_name_for_http = name.clone();
@@ -527,28 +552,24 @@ impl PluginSpec {
             ),
             None => None,
         };
+        // Checked once here; each call re-types them with its own borrow's
+        // lifetime.
         let batch = match &self.batch {
-            Some(index) => {
-                let func = instance.get_func(&mut store, index).ok_or_else(|| {
-                    CallError::from(Failure::Host("its `batch-handler.on-events` export is missing".into()))
-                })?;
-                // Checked once here; each call re-types it with its own
-                // borrow's lifetime.
-                func.typed::<OnEventsParams<'static>, OnEventsResults>(&store)
-                    .map_err(|e| Failure::Host(format!("its `batch-handler.on-events` export: {e:#}")))?;
-                Some(func)
-            }
+            Some(index) => Some(typed_func::<OnEventsParams<'static>, OnEventsResults>(
+                &instance,
+                &mut store,
+                index,
+                "batch-handler.on-events",
+            )?),
             None => None,
         };
         let on_event = match &self.on_event {
-            Some(index) => {
-                let func = instance
-                    .get_func(&mut store, index)
-                    .ok_or_else(|| CallError::from(Failure::Host("its `handler.on-event` export is missing".into())))?;
-                func.typed::<OnEventParams<'static>, OnEventResults>(&store)
-                    .map_err(|e| Failure::Host(format!("its `handler.on-event` export: {e:#}")))?;
-                Some(func)
-            }
+            Some(index) => Some(typed_func::<OnEventParams<'static>, OnEventResults>(
+                &instance,
+                &mut store,
+                index,
+                "handler.on-event",
+            )?),
             None => None,
         };
         Ok(Instance {
