@@ -108,24 +108,18 @@ impl Fleet {
             .await
             .map_err(|e| err(e.to_string()))?;
         let js = jetstream::new(client);
-        // The bucket's stream is made here, the way the key-value API lays
-        // it out, rather than by `create_key_value`: that one first asks for
-        // the account's limits in a form Debian's nats-server 2.9 does not
-        // answer in.
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some("plugbus: the fleet's plugin set, and each host's report".to_owned()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: HISTORY,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            ..Default::default()
-        })
+        let store = crate::kv_bucket::open(
+            &js,
+            bucket,
+            crate::kv_bucket::BucketSpec {
+                description: "plugbus: the fleet's plugin set, and each host's report",
+                history: HISTORY,
+                max_age: std::time::Duration::ZERO,
+                discard: jetstream::stream::DiscardPolicy::New,
+            },
+        )
         .await
-        .map_err(|e| err(e.to_string()))?;
-        let store = js.get_key_value(bucket).await.map_err(|e| err(e.to_string()))?;
+        .map_err(err)?;
         Ok(Fleet {
             store,
             url: url.to_owned(),

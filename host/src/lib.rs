@@ -69,6 +69,8 @@
 //!   below the bus: it only writes plugin directories, which the bus loads;
 //! - [`fleet`]: one plugin set for a NATS fleet (a JetStream key-value
 //!   bucket each host converges its plugin directory on, through `oci`);
+//! - `kv_bucket`: JetStream key-value buckets made the way Debian's
+//!   nats-server 2.9 accepts (the fleet's, the request journal's);
 //! - [`event`], [`pattern`], [`limits`], [`manifest`], [`outcome`], [`stats`],
 //!   [`text`], [`ingest`], [`error`]: the vocabulary every layer shares;
 //!   `sync`: the poison-tolerant lock every layer uses.
@@ -84,6 +86,8 @@ pub mod failpoint;
 pub mod fleet;
 pub mod http;
 pub mod ingest;
+#[cfg(feature = "nats")]
+mod kv_bucket;
 pub mod limits;
 pub mod log;
 pub mod manifest;

@@ -160,6 +160,16 @@ pub enum JournalError {
     },
 }
 
+#[cfg(feature = "nats")]
+impl JournalError {
+    fn nats(bucket: &str, reason: impl ToString) -> JournalError {
+        JournalError::Nats {
+            bucket: bucket.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// What a compaction did ([`RequestJournal::compact`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Compaction {
@@ -250,10 +260,7 @@ impl RequestJournal {
     ) -> Result<RequestJournal, JournalError> {
         let kv = super::kv_journal::KvJournal::open(js, bucket, max_age)
             .await
-            .map_err(|reason| JournalError::Nats {
-                bucket: bucket.to_owned(),
-                reason,
-            })?;
+            .map_err(|reason| JournalError::nats(bucket, reason))?;
         Ok(RequestJournal::with_remote(kv, false))
     }
 
@@ -270,10 +277,7 @@ impl RequestJournal {
         match super::kv_journal::KvJournal::open_existing(js, bucket).await {
             Ok(Some(kv)) => Ok(RequestJournal::with_remote(kv, true)),
             Ok(None) => Ok(RequestJournal::memory()),
-            Err(reason) => Err(JournalError::Nats {
-                bucket: bucket.to_owned(),
-                reason,
-            }),
+            Err(reason) => Err(JournalError::nats(bucket, reason)),
         }
     }
 
@@ -292,10 +296,7 @@ impl RequestJournal {
     pub async fn lookup(&self, key: &RequestKey) -> Result<Option<Arc<Recorded>>, JournalError> {
         #[cfg(feature = "nats")]
         if let Some(remote) = &self.remote {
-            let err = |reason: String| JournalError::Nats {
-                bucket: remote.kv.bucket().to_owned(),
-                reason,
-            };
+            let err = |reason: String| JournalError::nats(remote.kv.bucket(), reason);
             let Some(bytes) = remote.kv.get(&key.idempotency_key()).await.map_err(err)? else {
                 return Ok(None);
             };
@@ -327,14 +328,9 @@ impl RequestJournal {
                 return Ok(());
             }
             let name = key.idempotency_key();
-            let bytes = serde_json::to_vec(&Record { key, seq, outcome }).map_err(|e| JournalError::Nats {
-                bucket: remote.kv.bucket().to_owned(),
-                reason: e.to_string(),
-            })?;
-            return remote.kv.put(&name, &bytes).await.map_err(|reason| JournalError::Nats {
-                bucket: remote.kv.bucket().to_owned(),
-                reason,
-            });
+            let err = |reason: String| JournalError::nats(remote.kv.bucket(), reason);
+            let bytes = serde_json::to_vec(&Record { key, seq, outcome }).map_err(|e| err(e.to_string()))?;
+            return remote.kv.put(&name, &bytes).await.map_err(err);
         }
         if self.in_memory() {
             return self.put(key, seq, outcome);

@@ -47,24 +47,14 @@ impl KvJournal {
     /// # Errors
     /// The server's answer, as text.
     pub async fn open(js: &jetstream::Context, bucket: &str, max_age: Duration) -> Result<KvJournal, String> {
-        // Made the way the key-value API lays a bucket out, rather than by
-        // `create_key_value`, which first asks for the account's limits in a
-        // form Debian's nats-server 2.9 does not answer in (as `fleet` does).
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some("plugbus: the outcome of every request a plugin sent (the request journal)".into()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
+        let spec = crate::kv_bucket::BucketSpec {
+            description: "plugbus: the outcome of every request a plugin sent (the request journal)",
+            history: 1,
             max_age,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
             discard: jetstream::stream::DiscardPolicy::Old,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        KvJournal::bind(js, bucket).await
+        };
+        let store = crate::kv_bucket::open(js, bucket, spec).await?;
+        Ok(KvJournal::of(js, store, bucket))
     }
 
     /// Opens `bucket` if it exists (a replay reads the live run's journal
@@ -74,7 +64,10 @@ impl KvJournal {
     /// The server's answer, as text.
     pub async fn open_existing(js: &jetstream::Context, bucket: &str) -> Result<Option<KvJournal>, String> {
         match js.get_stream(format!("KV_{bucket}")).await {
-            Ok(_) => Ok(Some(KvJournal::bind(js, bucket).await?)),
+            Ok(_) => {
+                let store = js.get_key_value(bucket).await.map_err(|e| e.to_string())?;
+                Ok(Some(KvJournal::of(js, store, bucket)))
+            }
             Err(e) => match e.kind() {
                 jetstream::context::GetStreamErrorKind::JetStream(j)
                     if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
@@ -86,14 +79,13 @@ impl KvJournal {
         }
     }
 
-    async fn bind(js: &jetstream::Context, bucket: &str) -> Result<KvJournal, String> {
-        let store = js.get_key_value(bucket).await.map_err(|e| e.to_string())?;
+    fn of(js: &jetstream::Context, store: kv::Store, bucket: &str) -> KvJournal {
         let max_payload = js.client().server_info().max_payload;
-        Ok(KvJournal {
+        KvJournal {
             store,
             bucket: bucket.to_owned(),
             part: max_payload.saturating_sub(FRAMING).max(MIN_PART),
-        })
+        }
     }
 
     /// The bucket's name, for errors.
