@@ -121,6 +121,15 @@ pub struct Limits {
 /// terminate.
 pub const MAX_CASCADE_DEPTH: u8 = 8;
 
+impl Limits {
+    /// Events a feeder that waits between bursts (a redrive, `plugbus run`,
+    /// a replay) may offer one plugin at once: half its queue, at least 1,
+    /// so the other half stays free for live events and follow-ups.
+    pub(crate) fn burst(&self) -> usize {
+        (self.queue_capacity / 2).max(1)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

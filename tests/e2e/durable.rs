@@ -926,7 +926,8 @@ async fn replay_can_publish_and_catch_up_can_take_a_window() {
 
 /// A replay never offers a plugin more events than its queue holds: with
 /// `queue_capacity = 4` in its manifest, every one of 600 logged events is
-/// handled (fed 256 at a time, half of them were dropped as "queue full").
+/// handled (fed 256 between two waits, 580 of them were dropped as "queue
+/// full").
 #[tokio::test]
 async fn a_replay_into_a_plugin_with_a_small_queue_drops_nothing() {
     let dir = plugin_dir(&["misbehave"]);

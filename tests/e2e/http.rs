@@ -700,6 +700,19 @@ async fn c_and_python_plugins_send_requests_through_the_same_grant_and_journal()
     }
 }
 
+/// `serve` arguments for a host of `plugins` on the NATS server at `url`,
+/// whose unacknowledged messages go to another host after one second.
+fn nats_host<'a>(plugins: &'a Path, url: &'a str) -> [&'a str; 6] {
+    [
+        "--plugins",
+        plugins.to_str().unwrap(),
+        "--nats",
+        url,
+        "--ack-wait-ms",
+        "1000",
+    ]
+}
+
 #[test]
 fn a_nats_redelivery_carries_the_same_idempotency_key() {
     let nats = support::NatsServer::start();
@@ -708,16 +721,7 @@ fn a_nats_redelivery_carries_the_same_idempotency_key() {
         "[http]\nallow = [\"http://127.0.0.1:{}\"]\nio_budget_ms = 600000\ntimeout_ms = 600000\n",
         server.port
     ));
-    let host = || {
-        support::serve(&[
-            "--plugins",
-            plugins.path().to_str().unwrap(),
-            "--nats",
-            &nats.url,
-            "--ack-wait-ms",
-            "1000",
-        ])
-    };
+    let host = || support::serve(&nats_host(plugins.path(), &nats.url));
     // Host A takes the event and sends its request, which the server holds;
     // A dies before it can acknowledge the event.
     let (mut a, addr_a, _log_a) = host();
@@ -770,14 +774,7 @@ async fn a_nats_redelivery_to_another_host_answers_from_the_streams_journal() {
         "[http]\nallow = [\"http://127.0.0.1:{}\"]\nresponse_body_kib = 2048\n",
         server.port
     ));
-    let args = [
-        "--plugins",
-        plugins.path().to_str().unwrap(),
-        "--nats",
-        &nats.url,
-        "--ack-wait-ms",
-        "1000",
-    ];
+    let args = nats_host(plugins.path(), &nats.url);
     let (mut a, addr_a, log_a) = support::serve_with_env(&args, &[("FAILPOINTS", "nats.ack=return(crash)")]);
     let small = json!({"name": "fetch", "payload": fetch(&[("POST", &server.url("/echo"), "alert")])});
     let mut big = fetch(&[("GET", &server.url("/big/1500000"), "")]);
@@ -785,17 +782,7 @@ async fn a_nats_redelivery_to_another_host_answers_from_the_streams_journal() {
     let body = format!("{small}\n{}\n", json!({"name": "fetch", "payload": big}));
     let (status, answer) = support::http(&addr_a, "POST", "/events", body.as_bytes());
     assert_eq!(status, 202, "{answer}");
-    let waited = std::time::Instant::now();
-    let exit = loop {
-        if let Some(exit) = a.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            waited.elapsed() < Duration::from_secs(30),
-            "host A never reached its ack"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = support::exit_of(&mut a, Duration::from_secs(30), "host A never reached its ack").await;
     assert!(!exit.success(), "{exit:?}");
     assert!(log_a.join().unwrap().contains("failpoint nats.ack"));
     let sent_by_a = server.seen().len();

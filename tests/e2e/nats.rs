@@ -1269,14 +1269,7 @@ async fn a_host_crashing_before_its_ack_loses_nothing_and_stores_the_follow_up_o
     let (mut a, addr_a, log_a) = support::serve_with_env(&args, &[("FAILPOINTS", "nats.ack=return(crash)")]);
     let js = client(&nats.url).await;
     post(&addr_a, &[json!({"name": "tool.called", "payload": {}})]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = a.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "host A never reached its ack");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = support::exit_of(&mut a, Duration::from_secs(20), "host A never reached its ack").await;
     assert!(!status.success(), "{status:?}");
     assert!(log_a.join().unwrap().contains("failpoint nats.ack"));
     // Stored before the ack was due.

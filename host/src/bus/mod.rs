@@ -1132,7 +1132,7 @@ impl Bus {
     pub fn lossless_burst(&self, cap: usize) -> usize {
         lock(&self.shared.plugins)
             .values()
-            .map(|p| (p.spec.limits.queue_capacity / 2).max(1))
+            .map(|p| p.spec.limits.burst())
             .min()
             .unwrap_or(cap)
             .clamp(1, cap.max(1))
@@ -1169,7 +1169,7 @@ impl Bus {
         // Letters in flight at once: at most half the plugin's queue, so a
         // redrive never fills the queue live events need, and 64 at most,
         // so the worker commits removals in batches while the rest wait.
-        let window = (handle.spec.limits.queue_capacity / 2).clamp(1, 64);
+        let window = handle.spec.limits.burst().min(64);
         for chunk in letters.chunks(window) {
             let mut outcomes = Vec::with_capacity(chunk.len());
             for letter in chunk {

@@ -523,6 +523,23 @@ impl SseStream {
     }
 }
 
+/// Waits (polling every 20 ms) for `child` to exit on its own; fails the
+/// test with `what` if it still runs after `within`.
+pub async fn exit_of(
+    child: &mut std::process::Child,
+    within: std::time::Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Sends SIGTERM to `child`.
 pub fn terminate(child: &std::process::Child) {
     let status = Command::new("kill")
