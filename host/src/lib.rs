@@ -41,6 +41,7 @@
 //!   - `bus::registry`: the lock-free subscription index;
 //!   - `bus::native`: native handlers (priority, `once`), isolated with `catch_unwind`;
 //!   - `bus::history`: the optional ring of recent events;
+//!   - [`bus::pacer`]: feeding a stream of events as fast as the plugins run, dropping nothing;
 //!   - [`bus::startup`]: plugins loading in the background while the bus
 //!     accepts events ([`BusBuilder::start`], `/readyz`);
 //! - [`plugin`]: one plugin: loading and validating a `.wasm`, building
@@ -114,6 +115,7 @@ pub mod text;
 pub use bus::builder::BusBuilder;
 pub use bus::lifecycle::Reload;
 pub use bus::native::HandlerOptions;
+pub use bus::pacer::Pacer;
 pub use bus::startup::StartupStatus;
 pub use bus::{Bus, DEFAULT_SHUTDOWN_GRACE, FailureHook, LoadFailure, Published, ShutdownReport, Subscription};
 pub use cache::{CacheStats, default_cache_dir};

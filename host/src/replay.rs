@@ -129,14 +129,20 @@ enum Source {
     Nats(crate::nats::NatsOptions),
 }
 
-/// Events read from the log (or stream) at a time, and fed between two
-/// waits for the plugins at most. What is fed is also at most half the
-/// smallest plugin queue ([`Bus::lossless_burst`]): 512 with the default
-/// queue of 1024, so no queue overflows, with room for follow-ups. Each
-/// wait is a moment the plugins' workers idle (measured: feeding 512 rather
-/// than 256 between waits replays ~7% faster); the follow-ups fed between
-/// two waits are ordered together.
+/// Events read from the log (or stream) at a time, and the cap on the
+/// burst fed to the plugins ([`Bus::pacer`]): with the default queue of
+/// 1024 the burst is 512 (half the smallest queue), fed 256 at a time
+/// while the plugins still hold up to 256, so no queue overflows, there is
+/// room for follow-ups, and the plugins' workers never idle waiting for
+/// the feed.
 const BATCH: usize = 1024;
+
+/// Captured follow-ups held for ordering before the replay waits for the
+/// plugins to finish everything fed (the only point where every follow-up
+/// of what was fed is known, so they can be handed on in log order). At a
+/// few hundred bytes each, this many keeps a few MiB, and the wait comes
+/// once per this many follow-ups instead of once per window.
+const HELD_FOLLOW_UPS: usize = 8192;
 
 impl Replay {
     /// Replays the log in `log` into every plugin of `plugins`.
@@ -443,11 +449,11 @@ async fn feed(
     captured: &std::sync::mpsc::Receiver<Captured>,
     on_follow_up: &mut impl FnMut(u64, &Event),
 ) -> Result<(u64, u64), ReplayError> {
-    // Never more than the smallest plugin queue holds: a replay drops nothing.
-    let chunk = bus.lossless_burst(BATCH);
+    // Never more than the smallest plugin queue holds: a replay drops
+    // nothing, and the plugins never wait for the feed.
+    let mut pacer = bus.pacer(BATCH);
     let (mut events, mut follow_ups) = (0u64, 0u64);
     let mut order = Vec::new();
-    let mut fed = 0usize;
     while let Some(batch) = batches.next().await {
         for event in batch? {
             if correlation.is_some_and(|c| event.correlation_id() != Some(c)) {
@@ -455,10 +461,11 @@ async fn feed(
             }
             bus.shared.publish_replayed(&event);
             events += 1;
-            fed += 1;
-            if fed == chunk {
-                fed = 0;
-                settle(bus, captured, &mut order, &mut follow_ups, on_follow_up).await;
+            if pacer.fed().await {
+                order.extend(captured.try_iter());
+                if order.len() >= HELD_FOLLOW_UPS {
+                    settle(bus, captured, &mut order, &mut follow_ups, on_follow_up).await;
+                }
             }
         }
     }
@@ -467,7 +474,9 @@ async fn feed(
 }
 
 /// Waits until the plugins have handled everything fed, then hands the
-/// follow-ups captured meanwhile to `on_follow_up` in order.
+/// follow-ups captured since the last settle to `on_follow_up` in order:
+/// by the event they follow, then plugin, then their place among that
+/// plugin's follow-ups of it.
 async fn settle(
     bus: &Bus,
     captured: &std::sync::mpsc::Receiver<Captured>,

@@ -927,7 +927,8 @@ async fn replay_can_publish_and_catch_up_can_take_a_window() {
 /// A replay never offers a plugin more events than its queue holds: with
 /// `queue_capacity = 4` in its manifest, every one of 600 logged events is
 /// handled (fed 256 between two waits, 580 of them were dropped as "queue
-/// full").
+/// full"), and the follow-ups of two plugins fed at their own pace are
+/// handed on in log order.
 #[tokio::test]
 async fn a_replay_into_a_plugin_with_a_small_queue_drops_nothing() {
     let dir = plugin_dir(&["misbehave"]);
@@ -954,14 +955,66 @@ async fn a_replay_into_a_plugin_with_a_small_queue_drops_nothing() {
         "misbehave",
         "[limits]\nqueue_capacity = 4\n",
     );
-    let mut captured = 0;
+    // A second copy with the default queue: the two run at their own pace,
+    // and their follow-ups must still come out in log order.
+    support::install(small.path(), &support::wasm("misbehave"), "misbehave-b", "");
+    let mut captured = Vec::new();
     let report = plugbus::Replay::new(small.path(), log.path())
-        .run(|_, e| captured += usize::from(e.name() == "fixture.clock"))
+        .run(|parent, e| {
+            if e.name() == "fixture.clock" {
+                captured.push((parent, e.source().to_owned()));
+            }
+        })
         .await
         .unwrap();
-    let stats = &report.plugins[0].stats;
-    assert_eq!((stats.delivered, stats.dropped), (600, 0), "{stats:?}");
-    assert_eq!(captured, 600, "one follow-up per event, as live");
+    for p in &report.plugins {
+        assert_eq!(
+            (p.stats.delivered, p.stats.dropped),
+            (600, 0),
+            "{}: {:?}",
+            p.name,
+            p.stats
+        );
+    }
+    assert_eq!(captured.len(), 1200, "one follow-up per event and plugin, as live");
+    let mut ordered = captured.clone();
+    ordered.sort();
+    assert_eq!(captured, ordered, "follow-ups in log order, then plugin");
+}
+
+/// A replay keeps the plugins' queues topped up (it feeds the next half
+/// burst while they still work on the last) and still hands on captured
+/// follow-ups in log order: here one plugin is much slower than the other,
+/// so when the feed goes on, the fast one's follow-ups of later events are
+/// already captured while the slow one's of earlier events are not.
+#[tokio::test]
+async fn a_replay_orders_the_follow_ups_of_plugins_running_at_different_paces() {
+    let log = tempfile::tempdir().unwrap();
+    let bus = plugbus::Bus::builder().log_dir(log.path()).build().await.unwrap();
+    for _ in 0..1500 {
+        bus.emit("misbehave.clock", Value::Null);
+    }
+    bus.flush().await;
+    bus.shutdown().await;
+
+    let plugins = tempfile::tempdir().unwrap();
+    support::install(plugins.path(), &support::wasm("misbehave"), "fast", "");
+    support::install(
+        plugins.path(),
+        &support::wasm("misbehave"),
+        "slow",
+        "[config]\nwork = \"300000\"\n",
+    );
+    let mut captured = Vec::new();
+    let report = plugbus::Replay::new(plugins.path(), log.path())
+        .run(|parent, e| captured.push((parent, e.source().to_owned())))
+        .await
+        .unwrap();
+    assert_eq!(report.events, 1500);
+    assert_eq!(captured.len(), 3000, "one follow-up per event and plugin");
+    let mut ordered = captured.clone();
+    ordered.sort();
+    assert_eq!(captured, ordered, "follow-ups in log order, then plugin");
 }
 
 /// `--sync-interval-ms` sets the group-sync period of `batched` (shown in

@@ -12,6 +12,7 @@ pub mod builder;
 pub(crate) mod history;
 pub(crate) mod lifecycle;
 pub(crate) mod native;
+pub mod pacer;
 pub(crate) mod recent_ids;
 pub(crate) mod registry;
 pub(crate) mod retention;
@@ -187,6 +188,10 @@ pub(crate) struct Shared {
     /// [`Bus::flush`] waits for.
     pending: AtomicUsize,
     idle: Notify,
+    /// The level of `pending` a [`Bus::drain_to`] waits for (`usize::MAX`:
+    /// none); `drained` is notified when `pending` falls to it.
+    low_water: AtomicUsize,
+    drained: Notify,
     pub(crate) closed: AtomicBool,
     pub(crate) runtime: Handle,
     pub(crate) load_failures: Mutex<Vec<LoadFailure>>,
@@ -262,6 +267,8 @@ impl Shared {
             published: AtomicU64::new(0),
             pending: AtomicUsize::new(0),
             idle: Notify::new(),
+            low_water: AtomicUsize::new(usize::MAX),
+            drained: Notify::new(),
             closed: AtomicBool::new(false),
             runtime,
             load_failures: Mutex::new(Vec::new()),
@@ -561,8 +568,15 @@ impl Shared {
 
     /// One queued job or async handler finished.
     pub(crate) fn done(&self) {
-        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // SeqCst pairs with `drain_to`'s store of its level and load of
+        // `pending`: either it sees this decrement or this sees its level.
+        let left = self.pending.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == 0 {
             self.idle.notify_waiters();
+        }
+        // `pending` falls one at a time, so it passes through the level.
+        if left == self.low_water.load(Ordering::SeqCst) {
+            self.drained.notify_waiters();
         }
     }
 
@@ -991,6 +1005,48 @@ impl Bus {
         }
     }
 
+    /// Waits until at most `level` plugin jobs are queued or running on
+    /// this host (one per event and plugin it goes to, follow-ups
+    /// included), where [`flush`](Self::flush) waits for none: a feeder
+    /// that tops the queues up from there keeps the plugins' workers busy
+    /// while it waits. [`Bus::pacer`] does that for a stream of events.
+    ///
+    /// One level is watched per bus: when two callers wait at once with
+    /// different levels, one of them may wake only when the bus is idle
+    /// (later than its level, never earlier).
+    pub async fn drain_to(&self, level: usize) {
+        let shared = &self.shared;
+        if shared.pending.load(Ordering::SeqCst) <= level {
+            return;
+        }
+        shared.low_water.store(level, Ordering::SeqCst);
+        // Reset when done or cancelled, unless another caller has set its
+        // own level meanwhile.
+        struct Reset<'a>(&'a AtomicUsize, usize);
+        impl Drop for Reset<'_> {
+            fn drop(&mut self) {
+                let _ = self
+                    .0
+                    .compare_exchange(self.1, usize::MAX, Ordering::SeqCst, Ordering::SeqCst);
+            }
+        }
+        let _reset = Reset(&shared.low_water, level);
+        loop {
+            let drained = shared.drained.notified();
+            let idle = shared.idle.notified();
+            tokio::pin!(drained, idle);
+            drained.as_mut().enable();
+            idle.as_mut().enable();
+            if shared.pending.load(Ordering::SeqCst) <= level {
+                break;
+            }
+            tokio::select! {
+                () = drained => {}
+                () = idle => {}
+            }
+        }
+    }
+
     /// Publishes `events` (as [`publish`](Self::publish) does, schemas
     /// included) and waits until the stream has stored each: their stream
     /// sequence numbers. What `POST /events` answers with on NATS, so a
@@ -1116,12 +1172,12 @@ impl Bus {
             .unwrap_or_else(|_| Err(QueryError::ShuttingDown(plugin.to_owned())))
     }
 
-    /// How many events a caller that waits ([`flush`](Self::flush)) between
-    /// bursts may publish in one burst without any plugin's queue
-    /// overflowing: half the smallest queue of the loaded plugins (at least
-    /// 1; the other half is room for follow-ups), and at most `cap`.
-    /// `plugbus run` and [`Replay`](crate::Replay) feed events this way, so a
-    /// plugin whose manifest gives it a small `queue_capacity` drops nothing.
+    /// How many events may be queued for the plugins at once without any
+    /// plugin's queue overflowing: half the smallest queue of the loaded
+    /// plugins (at least 1; the other half is room for follow-ups), and at
+    /// most `cap`. A [`Pacer`](crate::Pacer) keeps a feed within it, so
+    /// `plugbus run` and a [`Replay`](crate::Replay) drop nothing into a
+    /// plugin whose manifest gives it a small `queue_capacity`.
     ///
     /// ```
     /// # async fn demo() -> Result<(), plugbus::Error> {

@@ -9,12 +9,11 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use super::report::Report;
 use super::{CacheArgs, LogArgs, ReportFormat};
 
-/// Events emitted between two waits for the plugins, at most. A replayed
-/// file arrives far faster than plugins run, and a plugin queue that
-/// overflows drops events; waiting every 256 (or half the smallest queue,
-/// `Bus::lossless_burst`) keeps the run lossless without serialising it
-/// event by event.
-const BATCH: usize = 256;
+/// The cap on a burst of events fed to the plugins (`Bus::pacer`). A file
+/// arrives far faster than plugins run, and a plugin queue that overflows
+/// drops events; feeding half a burst while the plugins still hold the
+/// other half keeps the run lossless without leaving them idle.
+const BATCH: usize = 512;
 
 pub async fn run(
     plugins: &Path,
@@ -38,8 +37,7 @@ pub async fn run(
     let mut lines = reader.lines();
     let mut lineno = 0u64;
     let mut interrupted = false;
-    let mut burst = bus.lossless_burst(BATCH);
-    let mut in_burst = 0;
+    let mut pacer = bus.pacer(BATCH);
     loop {
         let line = tokio::select! {
             line = lines.next_line() => line.with_context(|| format!("reading {input}"))?,
@@ -58,13 +56,8 @@ pub async fn run(
             Ok(event) => {
                 bus.publish(event);
                 report.events += 1;
-                in_burst += 1;
-                if in_burst >= burst {
-                    bus.flush().await;
-                    in_burst = 0;
-                    // With --watch, plugins come and go.
-                    burst = bus.lossless_burst(BATCH);
-                }
+                // With --watch, plugins come and go: the pacer follows.
+                pacer.fed().await;
             }
             Err(e) => {
                 eprintln!("plugbus: {input}:{lineno}: {e}");
