@@ -138,18 +138,22 @@ impl Batch {
     }
 
     /// Closes the current event's mark with the fuel left now.
-    fn close(&mut self, fuel_left: u64) {
+    fn close(&mut self, fuel_left: u64, now: Instant) {
         if self.at.is_some() {
-            let mark = self.current_mark(fuel_left);
+            let mark = self.mark_at(fuel_left, now);
             self.marks.push(mark);
         }
     }
 
     /// What the current event has cost so far, with `fuel_left` now.
     fn current_mark(&self, fuel_left: u64) -> Mark {
+        self.mark_at(fuel_left, Instant::now())
+    }
+
+    fn mark_at(&self, fuel_left: u64, now: Instant) -> Mark {
         Mark {
             fuel: self.fuel.saturating_sub(fuel_left),
-            elapsed: self.began.elapsed(),
+            elapsed: now.saturating_duration_since(self.began),
         }
     }
 
@@ -165,7 +169,7 @@ impl Batch {
     /// Closes the last event's mark when the call has returned.
     pub fn finish(&mut self, fuel_left: u64) {
         if self.marks.len() < self.events.len() {
-            self.close(fuel_left);
+            self.close(fuel_left, Instant::now());
         }
     }
 }
@@ -449,9 +453,11 @@ pub(crate) fn begin_event(mut store: StoreContextMut<'_, PluginCtx>, index: u32)
             "batch-host.begin-event({index}) out of order: the next event of this {len}-event batch is {expected}"
         )));
     }
-    batch.close(fuel_left);
+    // One clock read ends the last event and starts this one.
+    let now = Instant::now();
+    batch.close(fuel_left, now);
     batch.at = Some(expected);
-    batch.began = Instant::now();
+    batch.began = now;
     let budgets = batch.limits;
     let deadline = batch.deadline;
     batch.fuel = budgets.fuel;
@@ -462,7 +468,7 @@ pub(crate) fn begin_event(mut store: StoreContextMut<'_, PluginCtx>, index: u32)
     ctx.determinism.begin(Some(&event));
     let replaying = ctx.voice != Voice::Live;
     ctx.http.begin(Some(event.clone()), replaying);
-    ctx.deadline_at = Instant::now() + deadline;
+    ctx.deadline_at = now + deadline;
     ctx.current = Some(event);
     ctx.emits_left = budgets.emits;
     ctx.emit_index = 0;
