@@ -144,6 +144,11 @@ const BATCH: usize = 1024;
 /// once per this many follow-ups instead of once per window.
 const HELD_FOLLOW_UPS: usize = 8192;
 
+/// Events fed at most before held follow-ups are handed on, however few:
+/// `plugbus replay` prints as it goes (about ten times a second at this
+/// machine's replay rate) instead of at the end of a long log.
+const HAND_ON_EVERY: u64 = 65_536;
+
 impl Replay {
     /// Replays the log in `log` into every plugin of `plugins`.
     pub fn new(plugins: impl Into<PathBuf>, log: impl Into<PathBuf>) -> Replay {
@@ -454,6 +459,7 @@ async fn feed(
     let mut pacer = bus.pacer(BATCH);
     let (mut events, mut follow_ups) = (0u64, 0u64);
     let mut order = Vec::new();
+    let mut since_settle = 0u64;
     while let Some(batch) = batches.next().await {
         for event in batch? {
             if correlation.is_some_and(|c| event.correlation_id() != Some(c)) {
@@ -461,10 +467,12 @@ async fn feed(
             }
             bus.shared.publish_replayed(&event);
             events += 1;
+            since_settle += 1;
             if pacer.fed().await {
                 order.extend(captured.try_iter());
-                if order.len() >= HELD_FOLLOW_UPS {
+                if order.len() >= HELD_FOLLOW_UPS || (!order.is_empty() && since_settle >= HAND_ON_EVERY) {
                     settle(bus, captured, &mut order, &mut follow_ups, on_follow_up).await;
+                    since_settle = 0;
                 }
             }
         }

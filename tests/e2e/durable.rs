@@ -1017,6 +1017,43 @@ async fn a_replay_orders_the_follow_ups_of_plugins_running_at_different_paces() 
     assert_eq!(captured, ordered, "follow-ups in log order, then plugin");
 }
 
+/// A long replay hands on what it captured as it goes, not only at the
+/// end: when the first follow-up (of the first event) reaches the caller,
+/// audit-log (which appends each event to its file as it handles it) has
+/// not yet seen the whole log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_replay_hands_on_follow_ups_before_its_end() {
+    const EVENTS: usize = 70_000;
+    let log = tempfile::tempdir().unwrap();
+    let bus = plugbus::Bus::builder().log_dir(log.path()).build().await.unwrap();
+    bus.emit("misbehave.clock", Value::Null);
+    for i in 1..EVENTS {
+        bus.emit("misbehave.ok", Value::Null);
+        if i % 10_000 == 0 {
+            bus.flush().await;
+        }
+    }
+    bus.flush().await;
+    bus.shutdown().await;
+
+    let plugins = support::plugin_dir(&["misbehave", "audit-log"]);
+    let audit = plugins.path().join("audit/events.jsonl");
+    let mut seen_then = None;
+    let report = plugbus::Replay::new(plugins.path(), log.path())
+        .run(|_, _| {
+            seen_then.get_or_insert_with(|| std::fs::read_to_string(&audit).unwrap().lines().count());
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.events, EVENTS as u64);
+    assert_eq!(std::fs::read_to_string(&audit).unwrap().lines().count(), EVENTS);
+    let seen_then = seen_then.expect("one follow-up");
+    assert!(
+        seen_then < EVENTS,
+        "handed on at the end: audit-log had seen {seen_then} events"
+    );
+}
+
 /// `--sync-interval-ms` sets the group-sync period of `batched` (shown in
 /// `GET /plugins`' log status), and asks for `--log`.
 #[test]
