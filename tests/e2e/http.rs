@@ -700,19 +700,6 @@ async fn c_and_python_plugins_send_requests_through_the_same_grant_and_journal()
     }
 }
 
-/// `serve` arguments for a host of `plugins` on the NATS server at `url`,
-/// whose unacknowledged messages go to another host after one second.
-fn nats_host<'a>(plugins: &'a Path, url: &'a str) -> [&'a str; 6] {
-    [
-        "--plugins",
-        plugins.to_str().unwrap(),
-        "--nats",
-        url,
-        "--ack-wait-ms",
-        "1000",
-    ]
-}
-
 #[test]
 fn a_nats_redelivery_carries_the_same_idempotency_key() {
     let nats = support::NatsServer::start();
@@ -721,7 +708,7 @@ fn a_nats_redelivery_carries_the_same_idempotency_key() {
         "[http]\nallow = [\"http://127.0.0.1:{}\"]\nio_budget_ms = 600000\ntimeout_ms = 600000\n",
         server.port
     ));
-    let host = || support::serve(&nats_host(plugins.path(), &nats.url));
+    let host = || support::serve(&support::nats_host(plugins.path(), &nats.url));
     // Host A takes the event and sends its request, which the server holds;
     // A dies before it can acknowledge the event.
     let (mut a, addr_a, _log_a) = host();
@@ -774,7 +761,7 @@ async fn a_nats_redelivery_to_another_host_answers_from_the_streams_journal() {
         "[http]\nallow = [\"http://127.0.0.1:{}\"]\nresponse_body_kib = 2048\n",
         server.port
     ));
-    let args = nats_host(plugins.path(), &nats.url);
+    let args = support::nats_host(plugins.path(), &nats.url);
     let (mut a, addr_a, log_a) = support::serve_with_env(&args, &[("FAILPOINTS", "nats.ack=return(crash)")]);
     let small = json!({"name": "fetch", "payload": fetch(&[("POST", &server.url("/echo"), "alert")])});
     let mut big = fetch(&[("GET", &server.url("/big/1500000"), "")]);

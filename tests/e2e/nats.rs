@@ -71,28 +71,14 @@ async fn all_settled(js: &jetstream::Context, plugin: &str, within: Duration) {
 }
 
 fn host(plugins: &std::path::Path, url: &str) -> (support::Served, String, std::thread::JoinHandle<String>) {
-    support::serve(&[
-        "--plugins",
-        plugins.to_str().unwrap(),
-        "--nats",
-        url,
-        "--ack-wait-ms",
-        "1000",
-    ])
+    support::serve(&support::nats_host(plugins, url))
 }
 
 /// [`host`] logging at `info` (pulls, acks, quarantine), for a test that
 /// prints the hosts' logs when it fails.
 fn host_logged(plugins: &std::path::Path, url: &str) -> (support::Served, String, std::thread::JoinHandle<String>) {
     support::serve_with_env(
-        &[
-            "--plugins",
-            plugins.to_str().unwrap(),
-            "--nats",
-            url,
-            "--ack-wait-ms",
-            "1000",
-        ],
+        &support::nats_host(plugins, url),
         &[("RUST_LOG", "info,async_nats=debug")],
     )
 }

@@ -328,6 +328,19 @@ pub fn serve_logged(plugins: &Path, log: &Path) -> (Served, String, std::thread:
     serve(&["--plugins", plugins.to_str().unwrap(), "--log", log.to_str().unwrap()])
 }
 
+/// `serve` arguments for a host of `plugins` on the NATS server at `url`,
+/// whose unacknowledged messages go to another host after one second.
+pub fn nats_host<'a>(plugins: &'a Path, url: &'a str) -> [&'a str; 6] {
+    [
+        "--plugins",
+        plugins.to_str().unwrap(),
+        "--nats",
+        url,
+        "--ack-wait-ms",
+        "1000",
+    ]
+}
+
 /// Starts `plugbus serve ARGS --listen 127.0.0.1:0` and waits until its
 /// plugins are loaded: `(child, address, stderr collected until the child
 /// exits)`.
