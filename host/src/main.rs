@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let args = cli::Args::parse();
-    cli::init_tracing(args.quiet, args.verbose);
+    cli::logging::init(args.quiet, args.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

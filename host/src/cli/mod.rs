@@ -6,6 +6,7 @@ mod dashboard;
 mod dlq;
 mod fleet;
 mod log;
+pub mod logging;
 mod new;
 mod oci;
 mod progress;
@@ -23,7 +24,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
 
 /// plugbus: an event bus whose observers are sandboxed WebAssembly plugins.
 #[derive(Parser)]
@@ -510,50 +510,6 @@ pub enum ReportFormat {
     Text,
     /// One JSON object.
     Json,
-}
-
-pub fn init_tracing(quiet: bool, verbose: bool) {
-    let default = if quiet {
-        "warn"
-    } else if verbose {
-        "debug,wasmtime=info"
-    } else {
-        "info"
-    };
-    use std::io::IsTerminal;
-    use tracing_subscriber::prelude::*;
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // At `trace`, wasmtime's WASI bindings log every host call's arguments:
-    // a plugin's request URL, headers and body, which can hold its secrets.
-    // Off unless RUST_LOG names those crates itself.
-    // And the code generator's passes: at `debug` or `trace` they describe
-    // every instruction of every function compiled, millions of lines that
-    // make one plugin's first compile take half a minute instead of half a
-    // second. Kept at `info` unless RUST_LOG names them.
-    let asked = std::env::var("RUST_LOG").unwrap_or_default();
-    for quiet in [
-        "wasmtime_wasi_http=debug",
-        "wasmtime_wasi=debug",
-        "cranelift_codegen=info",
-        "cranelift_frontend=info",
-        "regalloc2=info",
-        "wasmtime_cranelift=info",
-    ] {
-        let krate = quiet.split('=').next().unwrap_or(quiet);
-        if !asked.contains(krate)
-            && let Ok(directive) = quiet.parse()
-        {
-            filter = filter.add_directive(directive);
-        }
-    }
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .compact()
-        .with_filter(filter);
-    // The spinner sees `compile` spans whatever the log level; only on a terminal.
-    let spinner = std::io::stderr().is_terminal().then(progress::CompileSpinner::default);
-    tracing_subscriber::registry().with(fmt).with(spinner).init();
 }
 
 /// The bus of `run` and `serve`; `history`: events kept for
