@@ -231,6 +231,15 @@ async fn a_granted_origin_is_reached_and_every_other_request_is_refused_with_its
         rules.iter().all(|r| r.starts_with("origin not in http.allow")),
         "{rules:?}"
     );
+    // A refusal names the origin, never the path or query (a webhook's URL
+    // is often its secret).
+    let urls: Vec<String> = refused
+        .events()
+        .iter()
+        .map(|e| e.payload()["url"].to_string())
+        .collect();
+    assert!(urls.contains(&"\"http://169.254.169.254/…\"".to_owned()), "{urls:?}");
+    assert!(!urls.iter().any(|u| u.contains("meta-data")), "{urls:?}");
     let info = bus.plugins().into_iter().find(|p| p.name == "fetcher").unwrap();
     let counts = info.http.unwrap();
     assert_eq!((counts.sent, counts.refused, counts.failed), (1, 4, 0));

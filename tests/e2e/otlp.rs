@@ -729,3 +729,75 @@ async fn on_nats_a_retry_sent_to_another_host_is_stored_once() {
     support::terminate(&a);
     support::terminate(&b);
 }
+
+/// What real exporters send besides the plain forms: a body compressed with
+/// `deflate` (zlib, offered by the Python OTLP exporter), a gzip body of
+/// several members, OTLP JSON with an empty list attribute written as
+/// `{"arrayValue": {}}` (proto3 JSON leaves out an empty repeated field).
+/// And a span whose event a schema refuses is refused alone, in the partial
+/// success, not with the rest of its request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exporters_compressions_empty_lists_and_one_refused_span_do_not_cost_the_request() {
+    let bus = plugbus::Bus::builder()
+        .schema(
+            "model_responded",
+            json!({"type": "object", "properties": {"model": {"const": "good"}}}),
+        )
+        .schema_policy(plugbus::SchemaPolicy::Reject)
+        .build()
+        .await
+        .unwrap();
+    let seen = Recorder::attach(&bus, "model_responded");
+    let receiver = Receiver::new(MapOptions::default());
+    let chat = |id: u64, model: &str| {
+        span(
+            21,
+            id,
+            None,
+            "chat",
+            id,
+            id + 1,
+            vec![
+                text("gen_ai.operation.name", "chat"),
+                text("gen_ai.request.model", model),
+            ],
+        )
+    };
+
+    // One span refused by its schema, the other stored.
+    let body = request("svc", vec![chat(1, "good"), chat(2, "bad")]).encode_to_vec();
+    let export = receiver.export(&bus, &body, Encoding::Protobuf, None).await.unwrap();
+    assert_eq!((export.mapped, export.published), (1, 1), "{export:?}");
+    assert_eq!(export.rejected.len(), 1, "{export:?}");
+    assert!(export.rejected[0].reason.contains("schema"), "{:?}", export.rejected);
+
+    // OTLP JSON with an empty list, deflated.
+    let mut json_body = serde_json::to_value(request("svc", vec![chat(3, "good")])).unwrap();
+    json_body["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["attributes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"key": "gen_ai.response.finish_reasons", "value": {"arrayValue": {}}}));
+    let text_body = serde_json::to_vec(&json_body).unwrap();
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(&text_body).unwrap();
+    let export = receiver
+        .export(&bus, &z.finish().unwrap(), Encoding::Json, Some("deflate"))
+        .await
+        .unwrap();
+    assert_eq!((export.published, export.rejected.len()), (1, 0), "{export:?}");
+
+    // One request's bytes gzipped as two members (`cat a.gz b.gz`).
+    let whole = request("svc", vec![chat(4, "good")]).encode_to_vec();
+    let (a, b) = whole.split_at(whole.len() / 2);
+    let two_members = [gzip(a), gzip(b)].concat();
+    let export = receiver
+        .export(&bus, &two_members, Encoding::Protobuf, Some("gzip"))
+        .await
+        .unwrap();
+    assert_eq!(export.published, 1, "{export:?}");
+
+    bus.flush().await;
+    let models: Vec<Value> = seen.events().iter().map(|e| e.payload()["model"].clone()).collect();
+    assert_eq!(models, [json!("good"), json!("good"), json!("good")]);
+    bus.shutdown().await;
+}

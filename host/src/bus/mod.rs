@@ -903,6 +903,20 @@ impl Bus {
     pub async fn publish_once_all(&self, events: impl IntoIterator<Item = Event>) -> Result<Published, LogError> {
         let events: Vec<Event> = events.into_iter().collect();
         self.admit_all(&events)?;
+        self.publish_once_admitted(events).await
+    }
+
+    /// Applies the schema policy to one new event, as every publish does
+    /// (counted and logged): `Err` when the event must not be published.
+    /// For a front end that refuses events one by one
+    /// ([`publish_once_admitted`](Self::publish_once_admitted) then takes the rest).
+    pub(crate) fn admit_one(&self, event: &Event) -> Result<(), crate::SchemaError> {
+        self.shared.admit(event)
+    }
+
+    /// [`publish_once_all`](Self::publish_once_all) for events already
+    /// admitted ([`admit_one`](Self::admit_one), and the log's size check).
+    pub(crate) async fn publish_once_admitted(&self, events: Vec<Event>) -> Result<Published, LogError> {
         let (fresh, duplicates) = {
             let mut recent = lock(&self.shared.recent_ids);
             if let Some(log) = &self.shared.log {

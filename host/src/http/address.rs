@@ -49,6 +49,8 @@ fn special_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("broadcast, multicast or reserved")
     } else if a == 198 && (b == 18 || b == 19) {
         Some("benchmarking (198.18.0.0/15)")
+    } else if a == 192 && b == 0 && ip.octets()[2] == 0 {
+        Some("IETF protocol assignments (192.0.0.0/24)")
     } else {
         None
     }
@@ -66,18 +68,32 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("link-local")
     } else if first & 0xfe00 == 0xfc00 {
         Some("private (unique local)")
+    } else if first & 0xffc0 == 0xfec0 {
+        Some("private (site-local, deprecated)")
+    } else if first == 0x2001 && ip.segments()[1] == 0 {
+        Some("a Teredo tunnel (2001::/32)")
     } else if ip.is_multicast() {
         Some("broadcast, multicast or reserved")
     } else if ip.to_ipv4().is_some() {
         // IPv4-compatible (::a.b.c.d, deprecated): treat like its v4 address.
         ip.to_ipv4().and_then(special_v4)
-    } else if first == 0x0064 && ip.segments()[1] == 0xff9b {
-        // NAT64 (64:ff9b::/96) reaches the embedded IPv4 address.
+    } else if (first == 0x0064 && ip.segments()[1] == 0xff9b) || ip.segments()[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        // NAT64 (64:ff9b::/96) and IPv4-translated (::ffff:0:a.b.c.d)
+        // addresses reach the embedded IPv4 address.
         let [.., c, d] = ip.segments();
-        special_v4(Ipv4Addr::new((c >> 8) as u8, c as u8, (d >> 8) as u8, d as u8))
+        special_v4(v4_of(c, d))
+    } else if first == 0x2002 {
+        // 6to4 (2002:aabb:ccdd::/48) is routed to the IPv4 address aa.bb.cc.dd.
+        let [_, c, d, ..] = ip.segments();
+        special_v4(v4_of(c, d))
     } else {
         None
     }
+}
+
+/// The IPv4 address held in two IPv6 segments.
+fn v4_of(high: u16, low: u16) -> Ipv4Addr {
+    Ipv4Addr::from((u32::from(high) << 16) | u32::from(low))
 }
 
 /// An address or a CIDR range (`127.0.0.1`, `10.0.0.0/8`, `fd00::/8`).
@@ -124,6 +140,23 @@ impl IpRange {
         if prefix > max {
             return Err(bad());
         }
+        // An IPv4-mapped range (`::ffff:10.0.0.0/104`) is the IPv4 range it
+        // maps (`10.0.0.0/8`): kept as IPv6 it would be a different set of
+        // addresses (`::ffff:10.0.0.0/8` is `::/8`, loopback and NAT64
+        // included) while `contains` reads its base as IPv4.
+        if let IpAddr::V6(v6) = base
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            return match prefix.checked_sub(96) {
+                Some(p4) => Ok(IpRange {
+                    base: IpAddr::V4(v4),
+                    prefix: p4,
+                }),
+                None => Err(format!(
+                    "`{text}`: an IPv4-mapped range needs a prefix of at least /96 (write the IPv4 range instead)"
+                )),
+            };
+        }
         Ok(IpRange { base, prefix })
     }
 
@@ -149,9 +182,10 @@ impl IpRange {
 }
 
 impl IpRange {
-    /// Whether every address of `other` is in this range.
+    /// Whether every address of `other` is in this range (ranges of one
+    /// family only: an IPv6 range never covers an IPv4 one, nor the reverse).
     pub fn covers(&self, other: &IpRange) -> bool {
-        other.prefix >= self.prefix && self.contains(other.base)
+        self.base.is_ipv4() == other.base.is_ipv4() && other.prefix >= self.prefix && self.contains(other.base)
     }
 }
 
@@ -188,10 +222,22 @@ mod tests {
             ("::", "unspecified (\"this host\")"),
             ("100.64.0.1", "shared address space (carrier-grade NAT)"),
             ("64:ff9b::a9fe:a9fe", "the cloud metadata address"),
+            ("::ffff:0:7f00:1", "loopback"),
+            ("2002:a9fe:a9fe::1", "the cloud metadata address"),
+            ("2002:c0a8:101::1", "private"),
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "a Teredo tunnel (2001::/32)"),
+            ("fec0::1", "private (site-local, deprecated)"),
+            ("192.0.0.8", "IETF protocol assignments (192.0.0.0/24)"),
         ] {
             assert_eq!(kind(addr), Some(what), "{addr}");
         }
-        for public in ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c", "8.8.8.8"] {
+        for public in [
+            "93.184.215.14",
+            "2606:2800:21f:cb07:6820:80da:af6b:8b2c",
+            "8.8.8.8",
+            "2002:808:808::1",
+            "2001:4860:4860::8888",
+        ] {
             assert_eq!(kind(public), None, "{public}");
         }
     }
@@ -208,5 +254,25 @@ mod tests {
         assert!(v6.contains("fd12::1".parse().unwrap()));
         assert!(!v6.contains("fe80::1".parse().unwrap()));
         assert!(IpRange::parse("host.example").is_err());
+    }
+
+    #[test]
+    fn an_ipv4_mapped_range_is_its_ipv4_range() {
+        // Kept as IPv6, `::ffff:10.0.0.0/8` would be `::/8`: loopback, NAT64
+        // and IPv4-compatible addresses, passed off as "10.0.0.0/8".
+        let mapped = IpRange::parse("::ffff:10.0.0.0/104").unwrap();
+        assert_eq!(mapped, IpRange::parse("10.0.0.0/8").unwrap());
+        assert!(!mapped.contains("::1".parse().unwrap()));
+        assert!(!mapped.contains("64:ff9b::a9fe:a9fe".parse().unwrap()));
+        assert!(IpRange::parse("::ffff:10.0.0.0/8").is_err());
+        assert_eq!(
+            IpRange::parse("::ffff:127.0.0.1").unwrap(),
+            IpRange::parse("127.0.0.1").unwrap()
+        );
+        // A policy's IPv4 range never covers an IPv6 one, nor the reverse.
+        let policy = IpRange::parse("10.0.0.0/8").unwrap();
+        assert!(policy.covers(&mapped));
+        assert!(!policy.covers(&IpRange::parse("::a00:0/104").unwrap()));
+        assert!(!IpRange::parse("::/0").unwrap().covers(&policy));
     }
 }

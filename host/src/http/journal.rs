@@ -434,6 +434,13 @@ impl RequestJournal {
                     offset,
                     reason: e.to_string(),
                 })?;
+                if record.key != *key {
+                    return Err(JournalError::Corrupt {
+                        path: path.clone(),
+                        offset,
+                        reason: format!("the record there is {:?}'s, not {key:?}'s", record.key),
+                    });
+                }
                 Ok(Some(Arc::new(record.outcome)))
             }
         }
@@ -486,9 +493,16 @@ impl RequestJournal {
                     path: path.clone(),
                     source,
                 };
-                file.write_all(&rec).map_err(io)?;
-                if *sync {
-                    file.sync_data().map_err(io)?;
+                let written = file
+                    .write_all(&rec)
+                    .and_then(|()| if *sync { file.sync_data() } else { Ok(()) });
+                if let Err(e) = written {
+                    // Part of the record may be in the file: cut it off, or
+                    // every later record would be indexed at the wrong
+                    // offset. If even that fails, `get` still refuses a
+                    // record whose key is not the one asked for.
+                    let _ = file.set_len(*end);
+                    return Err(io(e));
                 }
                 index.insert(
                     key,

@@ -193,7 +193,7 @@ impl WasiHttpHooks for PluginHttp {
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = Sent> + Send> {
-        let url = request.uri().to_string();
+        let url = shown_url(request.uri());
         let decided = self.decide(&url);
         let outbound = self.outbound.clone();
         let waited = self.io_waited.clone();
@@ -397,7 +397,7 @@ async fn send(
     (scheme, host, port): (Scheme, String, u16),
 ) -> Result<Recorded, Unsent> {
     let grant = &out.grant;
-    let url = request.uri().to_string();
+    let url = shown_url(request.uri());
     // Only live requests get this far: a refusal here is announced.
     let refuse = |rule: String, error: Error| {
         out.refused(event, &url, &rule, false);
@@ -417,14 +417,25 @@ async fn send(
             ));
         }
     };
-    let addr = resolve(&host, port)
-        .await
-        .map_err(|e| refuse(format!("`{host}` does not resolve: {e}"), dns_error(&e)))?;
-    let addr = pick_address(grant, &host, &addr).map_err(|rule| refuse(rule, Error::DestinationIpProhibited))?;
+    // `timeout_ms` bounds the whole request, from the name lookup to the last
+    // body byte; `connect_timeout_ms` the lookup and the connect within it.
+    let started = tokio::time::Instant::now();
+    let deadline = started + grant.timeout;
     let connect_timeout = options
         .and_then(|o| o.connect_timeout)
         .map_or(grant.connect_timeout, |t| t.min(grant.connect_timeout));
-    let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+    let connect_deadline = deadline.min(started + connect_timeout);
+    let addr = match tokio::time::timeout_at(connect_deadline, resolve(&host, port)).await {
+        Ok(resolved) => resolved.map_err(|e| refuse(format!("`{host}` does not resolve: {e}"), dns_error(&e)))?,
+        Err(_) => {
+            return Err(refuse(
+                format!("`{host}` did not resolve within http.connect_timeout_ms"),
+                Error::DnsTimeout,
+            ));
+        }
+    };
+    let addr = pick_address(grant, &host, &addr).map_err(|rule| refuse(rule, Error::DestinationIpProhibited))?;
+    let stream = match tokio::time::timeout_at(connect_deadline, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             out.stats.failed.fetch_add(1, Relaxed);
@@ -467,7 +478,7 @@ async fn send(
             }
         }
     };
-    let recorded = match tokio::time::timeout(grant.timeout, exchange).await {
+    let recorded = match tokio::time::timeout_at(deadline, exchange).await {
         Ok(Ok((parts, body))) => {
             out.stats.sent.fetch_add(1, Relaxed);
             out.stats.bytes_out.fetch_add(sent_bytes, Relaxed);
@@ -499,6 +510,22 @@ async fn send(
         }
     };
     Ok(recorded)
+}
+
+/// A request's URL as logs, events and errors show it: scheme, host and
+/// port only. The path, query and any `user:password@` stay out, since a
+/// webhook's URL is often its secret (Slack's, Discord's, a token in the
+/// query): `https://user:pw@hooks.example.com/services/T0/B0/SECRET?x=1`
+/// is shown as `https://hooks.example.com/…`.
+pub(crate) fn shown_url(uri: &http::Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("?");
+    let host = uri.host().unwrap_or("");
+    let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    let rest = match uri.path_and_query().map(|p| p.as_str()) {
+        None | Some("" | "/") => "",
+        Some(_) => "/…",
+    };
+    format!("{scheme}://{host}{port}{rest}")
 }
 
 /// One HTTP/1.1 exchange on a connected stream: the response head and its
@@ -686,6 +713,23 @@ mod tests {
         })
         .unwrap();
         assert_eq!(pick_address(&granted, "hooks.example.com", &[lo]), Ok(lo));
+    }
+
+    #[test]
+    fn a_shown_url_keeps_only_the_origin() {
+        for (url, shown) in [
+            (
+                "https://user:pw@hooks.example.com/services/T0/B0/SECRET?x=1",
+                "https://hooks.example.com/…",
+            ),
+            ("http://127.0.0.1:4318/v1/traces", "http://127.0.0.1:4318/…"),
+            ("http://[::1]:8080/?token=SECRET", "http://[::1]:8080/…"),
+            ("https://hooks.example.com", "https://hooks.example.com"),
+            ("https://hooks.example.com/", "https://hooks.example.com"),
+        ] {
+            let uri: http::Uri = url.parse().unwrap();
+            assert_eq!(shown_url(&uri), shown, "{url}");
+        }
     }
 
     #[test]

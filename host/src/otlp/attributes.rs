@@ -96,6 +96,15 @@ impl<'a> Attributes<'a> {
         }
     }
 
+    /// A name or id: a string, where an empty one counts as absent (some
+    /// instrumentations send `""` for "none": pydantic-ai's conversation id).
+    ///
+    /// # Errors
+    /// As for [`str`](Self::str).
+    pub fn name(&self, key: &'static str) -> Result<Option<&'a str>, Invalid> {
+        Ok(self.str(key)?.filter(|s| !s.is_empty()))
+    }
+
     /// A token count: a whole number from 0 to 2^53 (an int, or a double
     /// holding a whole number, as some SDKs send). Anything else is `Err`.
     pub fn tokens(&self, key: &'static str) -> Result<Option<u64>, Invalid> {

@@ -226,7 +226,7 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
         by_id.insert(&s.span.span_id, i);
         if let (Ok(trace), Ok(Some(conversation))) = (
             <[u8; 16]>::try_from(&s.span.trace_id[..]),
-            s.attrs.str("gen_ai.conversation.id"),
+            s.attrs.name("gen_ai.conversation.id"),
         ) {
             conversations.entry(trace).or_insert(conversation);
         }
@@ -275,8 +275,8 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
             mapping: &mut mapping,
             span: &span.name,
         };
-        let mut agent = check.ok(s.attrs.str("gen_ai.agent.name"));
-        let mut agent_id = check.ok(s.attrs.str("gen_ai.agent.id"));
+        let mut agent = check.ok(s.attrs.name("gen_ai.agent.name"));
+        let mut agent_id = check.ok(s.attrs.name("gen_ai.agent.id"));
         if agent.is_none() {
             let mut parent = &span.parent_span_id;
             for _ in 0..MAX_ANCESTORS {
@@ -285,16 +285,16 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
                 };
                 let up = &spans[p];
                 if up.operation == Operation::Agent
-                    && let Ok(Some(name)) = up.attrs.str("gen_ai.agent.name")
+                    && let Ok(Some(name)) = up.attrs.name("gen_ai.agent.name")
                 {
                     agent = Some(name);
-                    agent_id = agent_id.or(up.attrs.str("gen_ai.agent.id").ok().flatten());
+                    agent_id = agent_id.or(up.attrs.name("gen_ai.agent.id").ok().flatten());
                     break;
                 }
                 parent = &up.span.parent_span_id;
             }
         }
-        let own_conversation = check.ok(s.attrs.str("gen_ai.conversation.id"));
+        let own_conversation = check.ok(s.attrs.name("gen_ai.conversation.id"));
         let trace_hex = hex(&trace);
         let correlation = own_conversation
             .or_else(|| conversations.get(&trace).copied())
@@ -507,6 +507,49 @@ mod tests {
                 message: message.into(),
             }),
             ..Default::default()
+        }
+    }
+
+    /// pydantic-ai sends `gen_ai.conversation.id = ""` when there is none:
+    /// two unrelated runs must not become one run correlated by `""`.
+    #[test]
+    fn an_empty_conversation_id_or_agent_name_counts_as_absent() {
+        let run = |trace: u8| {
+            let mut s = span(
+                1,
+                None,
+                "invoke_agent",
+                None,
+                vec![
+                    text("gen_ai.operation.name", "invoke_agent"),
+                    text("gen_ai.conversation.id", ""),
+                    text("gen_ai.agent.name", ""),
+                ],
+            );
+            s.trace_id = vec![trace; 16];
+            s
+        };
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![run(1), run(2)],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let mapping = map_request(&request, MapOptions::default(), &mut TraceMemo::default());
+        let mut correlations: Vec<Option<&str>> = mapping.events.iter().map(Event::correlation_id).collect();
+        correlations.sort();
+        let (one, two) = ("01".repeat(16), "02".repeat(16));
+        assert_eq!(
+            correlations,
+            [Some(&*one), Some(&*one), Some(&*two), Some(&*two)],
+            "each run is its own trace"
+        );
+        for event in &mapping.events {
+            assert!(event.payload().get("conversation_id").is_none(), "{}", event.payload());
+            assert_ne!(event.payload().get("agent"), Some(&json!("")), "{}", event.payload());
         }
     }
 

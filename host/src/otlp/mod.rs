@@ -15,6 +15,7 @@
 
 pub mod attributes;
 pub mod genai;
+mod json;
 mod payload;
 
 use std::io::Read as _;
@@ -96,7 +97,7 @@ pub enum OtlpError {
     #[error("unsupported content type {0}: OTLP/HTTP takes application/x-protobuf or application/json")]
     UnsupportedMediaType(String),
     /// A `Content-Encoding` other than gzip or identity (415).
-    #[error("unsupported content encoding {0}: gzip or none")]
+    #[error("unsupported content encoding {0}: gzip, deflate or none")]
     UnsupportedEncoding(String),
     /// Over [`MAX_BODY`] as sent, [`MAX_DECODED`] gunzipped, or
     /// [`MAX_SPANS`] spans (413).
@@ -173,18 +174,16 @@ pub fn decode(
     let inflated;
     let body = match content_encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
         None | Some("" | "identity") => body,
+        // Every member of a gzip stream (a body may be several, concatenated).
         Some("gzip" | "x-gzip") => {
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(body)
-                .take(MAX_DECODED as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| OtlpError::Malformed(format!("the gzip body cannot be read: {e}")))?;
-            if out.len() > MAX_DECODED {
-                return Err(OtlpError::TooLarge(format!(
-                    "the body inflates past {MAX_DECODED} bytes"
-                )));
-            }
-            inflated = out;
+            inflated = inflate(flate2::read::MultiGzDecoder::new(body), "gzip")?;
+            &inflated[..]
+        }
+        // HTTP's `deflate` is zlib (RFC 9110), what the OTLP exporters that
+        // offer it send; a raw deflate stream is taken too.
+        Some("deflate") => {
+            inflated = inflate(flate2::read::ZlibDecoder::new(body), "deflate")
+                .or_else(|_| inflate(flate2::read::DeflateDecoder::new(body), "deflate"))?;
             &inflated[..]
         }
         Some(other) => return Err(OtlpError::UnsupportedEncoding(other.to_owned())),
@@ -192,9 +191,7 @@ pub fn decode(
     let request = match encoding {
         Encoding::Protobuf => ExportTraceServiceRequest::decode(body)
             .map_err(|e| OtlpError::Malformed(format!("not an ExportTraceServiceRequest: {e}")))?,
-        Encoding::Json => {
-            serde_json::from_slice(body).map_err(|e| OtlpError::Malformed(format!("not OTLP JSON: {e}")))?
-        }
+        Encoding::Json => json::from_slice(body).map_err(|e| OtlpError::Malformed(format!("not OTLP JSON: {e}")))?,
     };
     let spans: usize = request
         .resource_spans
@@ -208,6 +205,27 @@ pub fn decode(
         )));
     }
     Ok(request)
+}
+
+/// The span an event was mapped from, named as its end event's id (a
+/// span's start event is `<that id>-start`).
+fn span_of(event_id: &str) -> String {
+    event_id.strip_suffix("-start").unwrap_or(event_id).to_owned()
+}
+
+/// A compressed body, inflated up to [`MAX_DECODED`] bytes.
+fn inflate(mut reader: impl std::io::Read, what: &str) -> Result<Vec<u8>, OtlpError> {
+    let mut out = Vec::new();
+    (&mut reader)
+        .take(MAX_DECODED as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| OtlpError::Malformed(format!("the {what} body cannot be read: {e}")))?;
+    if out.len() > MAX_DECODED {
+        return Err(OtlpError::TooLarge(format!(
+            "the body inflates past {MAX_DECODED} bytes"
+        )));
+    }
+    Ok(out)
 }
 
 /// What one export did.
@@ -450,30 +468,44 @@ impl Receiver {
             invalid_attributes: mapping.invalid_attributes,
             ..Export::default()
         };
-        let mut events = mapping.events;
-        // A span whose event the log cannot hold is refused alone, not the
-        // whole request (which the exporter would retry forever).
-        if let Some(log) = bus.event_log() {
-            let mut too_large: Vec<String> = Vec::new();
-            events.retain(|event| match log.check_size(event) {
-                Ok(()) => true,
-                Err(e) => {
-                    too_large.push(format!("{} ({e})", event.id()));
-                    false
+        // A span whose event its schema refuses (`--schemas`) or the log
+        // cannot hold is refused alone, in the partial success, not the whole
+        // request (which the exporter would drop or retry forever). A span
+        // mapped to two events (a tool call's start and end) is refused
+        // whole: none of its events is published.
+        let mut refused: Vec<(String, String)> = Vec::new();
+        for event in &mapping.events {
+            let reason = match bus.admit_one(event) {
+                Err(e) => Some(format!("its event is refused by its schema: {e}")),
+                Ok(()) => match bus.event_log().map(|log| log.check_size(event)) {
+                    Some(Err(e)) => Some(format!("its event is larger than the log's largest frame ({e})")),
+                    _ => None,
+                },
+            };
+            if let Some(reason) = reason {
+                let span = span_of(event.id());
+                if !refused.iter().any(|(s, _)| *s == span) {
+                    refused.push((span, reason));
                 }
-            });
-            for id in too_large {
-                export.mapped = export.mapped.saturating_sub(1);
-                export.rejected.push(Rejected {
-                    span: id,
-                    reason: "its event is larger than the log's largest frame".into(),
-                });
             }
+        }
+        let events: Vec<crate::Event> = if refused.is_empty() {
+            mapping.events
+        } else {
+            mapping
+                .events
+                .into_iter()
+                .filter(|e| !refused.iter().any(|(s, _)| *s == span_of(e.id())))
+                .collect()
+        };
+        for (span, reason) in refused {
+            export.mapped = export.mapped.saturating_sub(1);
+            export.rejected.push(Rejected { span, reason });
         }
         if events.is_empty() {
             return Ok(export);
         }
-        let published = bus.publish_once_all(events).await.map_err(|e| match e {
+        let published = bus.publish_once_admitted(events).await.map_err(|e| match e {
             LogError::Refused(reason) => OtlpError::Refused(reason),
             other => OtlpError::Unavailable(other.to_string()),
         })?;
