@@ -1,15 +1,19 @@
 """plugbus.integrations without the frameworks: never imported by `plugbus`,
 a clear ImportError naming the extra when missing, and payload values the
-plugins can always read."""
+plugins can always read. Then the LangChain handler on hand-built results
+and single tool calls (skipped without langchain-core), no plugins needed."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,3 +104,125 @@ def test_payload_values_are_always_something_plugins_can_read(
         assert bus.plugins()[0]["stats"]["delivered"] == 1
     assert error_text(ValueError("boom")) == "ValueError: boom"
     assert error_text(KeyError()) == "KeyError"
+
+
+# ---- the LangChain handler on hand-built results (real langchain-core) ----
+
+
+def langchain_handlers() -> tuple[type[Any], type[Any]]:
+    if sys.version_info < (3, 11):  # langchain-core needs 3.11: not in a 3.10 venv
+        pytest.skip("langchain-core needs Python 3.11")
+    pytest.importorskip("langchain_core")
+    from plugbus.integrations.langchain import AsyncPlugbusCallbackHandler, PlugbusCallbackHandler
+
+    return PlugbusCallbackHandler, AsyncPlugbusCallbackHandler
+
+
+def drive(handler: Any, method: str, *args: Any, **kwargs: Any) -> None:
+    """Calls a callback of either handler (the async one's on a loop)."""
+    done = getattr(handler, method)(*args, **kwargs)
+    if asyncio.iscoroutine(done):
+        asyncio.run(done)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_langchain_usage_counts_one_choice_per_prompt(kind: str) -> None:
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration, LLMResult
+
+    handler_type = langchain_handlers()[kind == "async"]
+
+    def choice(usage: dict[str, Any] | None, reason: str) -> ChatGeneration:
+        return ChatGeneration(
+            message=AIMessage(
+                content=reason,
+                usage_metadata=usage,
+                response_metadata={"model_name": "gpt-test-1", "finish_reason": reason},
+            )
+        )
+
+    # As langchain-openai builds an n=3 response: every choice's message
+    # carries the whole response's usage.
+    whole = {
+        "input_tokens": 100,
+        "output_tokens": 30,
+        "total_tokens": 130,
+        "input_token_details": {"cache_read": 40, "cache_creation": 5},
+    }
+    second = {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}
+    response = LLMResult(
+        generations=[
+            [choice(whole, "stop"), choice(whole, "length"), choice(whole, "stop")],
+            # a prompt whose first choice has no usage: the first that has counts
+            [choice(None, "stop"), choice(second, "stop"), choice(second, "stop")],
+        ]
+    )
+    bus = EventBus(keep_history=True)
+    handler = handler_type(bus)
+    run_id = uuid.uuid4()
+    drive(handler, "on_chat_model_start", {"name": "ChatOpenAI"}, [[], []], run_id=run_id)
+    drive(handler, "on_llm_end", response, run_id=run_id)
+    responded = next(e.data for e in bus.history(10) if e.type == "model_responded")
+    assert responded["usage"] == {
+        "prompt_tokens": 100 + 7,
+        "completion_tokens": 30 + 3,
+        "cache_read_tokens": 40,
+        "cache_creation_tokens": 5,
+    }
+    # ... while every choice still has its finish reason.
+    assert responded["finish_reasons"] == ["stop", "length", "stop", "stop", "stop", "stop"]
+    assert responded["model"] == "gpt-test-1"
+    assert handler.failures == 0 and handler.open_runs == 0
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_langchain_tool_call_id_is_the_models_on_the_call_and_its_result(kind: str) -> None:
+    from langchain_core.tools import tool
+
+    handler_type = langchain_handlers()[kind == "async"]
+
+    @tool
+    def lookup(query: str) -> str:
+        """Looks something up."""
+        return f"found {query}"
+
+    @tool
+    def broken(query: str) -> str:
+        """A lookup service that is down."""
+        raise RuntimeError("down")
+
+    bus = EventBus(keep_history=True)
+    handler = handler_type(bus)
+
+    def run(target: Any, value: Any, fails: bool = False) -> tuple[uuid.UUID, dict[str, Any], dict[str, Any]]:
+        """Invokes the tool as a run of its own; its run id, tool.called, tool.result."""
+        run_id = uuid.uuid4()
+        config: Any = {"callbacks": [handler], "run_id": run_id}
+        try:
+            if kind == "async":
+                asyncio.run(target.ainvoke(value, config=config))
+            else:
+                target.invoke(value, config=config)
+        except RuntimeError:
+            assert fails
+        else:
+            assert not fails
+        events = [e for e in bus.history(100) if e.correlation_id == str(run_id)]
+        ended = "agent.failed" if fails else "agent.run_finished"
+        assert [e.type for e in events] == ["agent.run_started", "tool.called", "tool.result", ended]
+        return run_id, events[1].data, events[2].data
+
+    # Called from a model's tool call (LangChain passes `tool_call_id=`): its id.
+    _, called, result = run(lookup, {"name": "lookup", "args": {"query": "x"}, "id": "call_7", "type": "tool_call"})
+    assert called["call_id"] == result["call_id"] == "call_7"
+    assert result["result"] == "found x"
+    # ... on a tool that raises too (on_tool_error).
+    _, called, result = run(
+        broken, {"name": "broken", "args": {"query": "x"}, "id": "call_8", "type": "tool_call"}, fails=True
+    )
+    assert called["call_id"] == result["call_id"] == "call_8"
+    assert result["error"] == "RuntimeError: down"
+    # Called with plain arguments (no tool call): the tool's own run id.
+    run_id, called, result = run(lookup, {"query": "y"})
+    assert called["call_id"] == result["call_id"] == str(run_id)  # the tool is the root here
+    assert handler.failures == 0 and handler.open_runs == 0

@@ -160,11 +160,9 @@ def check_agent_run(bus: EventBus, run_id: uuid.UUID, weather_tool: str) -> None
     called, results = by_tool(events, "tool.called"), by_tool(events, "tool.result")
     assert called[weather_tool]["args"] == {"city": "Paris"}
     assert called["broken_lookup"]["args"] == {"query": "forecast"}
-    for name in (weather_tool, "broken_lookup"):
-        # call_id: the tool's own run id, the same on the call and its result.
-        assert called[name]["call_id"] == results[name]["call_id"]
-        uuid.UUID(called[name]["call_id"])
-        assert called[name]["call_id"] != str(run_id)
+    for name, call_id in ((weather_tool, "call_1"), ("broken_lookup", "call_2")):
+        # call_id: the model's tool-call id, the same on the call and its result.
+        assert called[name]["call_id"] == results[name]["call_id"] == call_id
         assert called[name]["agent"] == results[name]["agent"] == "support-agent"
     ok = results[weather_tool]
     assert ok["result"] == "sunny in Paris" and "error" not in ok

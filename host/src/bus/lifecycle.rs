@@ -196,7 +196,7 @@ fn spawn(
             let (cut_tx, cut_rx) = oneshot::channel();
             let mut cursor = Cursor::new(log, mode, prepared.patterns.clone());
             if let Some(seq) = resume.as_ref().and_then(|s| s.seq) {
-                cursor = cursor.starting_at(seq + 1);
+                cursor = cursor.resuming_at(seq + 1);
             }
             if initial_snapshot {
                 // Nothing to read before the worker fixes its start (the

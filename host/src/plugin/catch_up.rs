@@ -91,6 +91,16 @@ impl Cursor {
         self
     }
 
+    /// Starts at `seq`, right after a kept snapshot: every event from there
+    /// on is read, whatever its time. A `since:` window bounds only a
+    /// catch-up with no state to resume; a snapshot needs all that follows
+    /// it, or events logged while the plugin was away (or stamped with an
+    /// old time) would be skipped and then passed by its next snapshot.
+    pub fn resuming_at(mut self, seq: u64) -> Cursor {
+        self.since_nanos = 0;
+        self.starting_at(seq)
+    }
+
     /// Moves to sequence number `seq`, back or forth.
     pub fn move_to(&mut self, seq: u64) {
         self.next = seq;

@@ -46,7 +46,7 @@ struct OtlpExport {
     pending: VecDeque<(u64, String)>,
     /// Open agent runs: correlation id → (start time, agent name).
     runs: BTreeMap<String, (u64, String)>,
-    /// Open tool calls: call id → start time.
+    /// Open tool calls: (run, call id) → start time.
     tools: BTreeMap<String, u64>,
     /// Event time of the last failed send (the next waits `batch_ms`).
     failed_at: Option<u64>,
@@ -105,6 +105,13 @@ fn hash64(seed: u64, parts: &[&str]) -> u64 {
         }
     }
     h
+}
+
+/// The key of an open tool call: its run and its call id (a model's
+/// tool-call ids, `call_1`…, repeat across concurrent runs).
+fn open_call(event: &Event, call: &str) -> String {
+    let run = event.correlation_id.as_deref().unwrap_or("");
+    format!("{run}\u{1f}{call}")
 }
 
 /// A 32-hex trace id for a run (correlation id, else the event's own id).
@@ -230,7 +237,7 @@ impl OtlpExport {
             }
             "tool.called" => {
                 if let Some(call) = payload["call_id"].as_str() {
-                    self.tools.insert(call.to_owned(), end);
+                    self.tools.insert(open_call(event, call), end);
                 }
                 None
             }
@@ -251,7 +258,7 @@ impl OtlpExport {
                     a.push(text("error.type", e));
                 }
                 a.extend(common);
-                let opened = call.and_then(|c| self.tools.remove(c));
+                let opened = call.and_then(|c| self.tools.remove(&open_call(event, c)));
                 let start = payload["otel"]["start_unix_nano"]
                     .as_u64()
                     .or(opened)

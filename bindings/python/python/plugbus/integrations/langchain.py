@@ -23,7 +23,7 @@ every event of the runs below it:
 | root error | `agent.failed` | `agent`, `error`, `duration_ms` |
 | `on_chat_model_start` / `on_llm_start`, then `on_llm_end` | `model_responded` | `model`, `request_model`, `provider`, `usage` {`prompt_tokens`, `completion_tokens`, `cache_read_tokens`, `cache_creation_tokens`}, `latency_ms`, `finish_reasons`, `agent` |
 | `on_llm_error` | `model_responded` | `model`, `request_model`, `provider`, `latency_ms`, `error`, `agent` |
-| `on_tool_start` | `tool.called` | `tool`, `call_id` (the tool's run id), `args`, `agent` |
+| `on_tool_start` | `tool.called` | `tool`, `call_id` (the model's tool-call id, else the tool's run id), `args`, `agent` |
 | `on_tool_end` / `on_tool_error` | `tool.result` | `tool`, `call_id`, `latency_ms`, `result`, `error`, `agent` |
 
 Fields are present only when LangChain gives them. `agent` is the
@@ -115,11 +115,17 @@ def _run_name(serialized: dict[str, Any] | None, kwargs: dict[str, Any], default
 
 def _summary(response: LLMResult, data: dict[str, Any]) -> str | None:
     """Puts the call's `usage` and `finish_reasons` into `data` and returns
-    the responding model, in one pass over the generations: usage is every
-    generation's `usage_metadata` summed (else the provider's
+    the responding model, in one pass over the generations: usage is, per
+    prompt (the outer list), the `usage_metadata` of its first generation
+    that has one, summed over the prompts (else the provider's
     `llm_output["token_usage"]`, older LLM classes); the model and the
     reasons come from `response_metadata` (else `generation_info`, else
-    `llm_output`)."""
+    `llm_output`), the reasons from every generation.
+
+    Only one generation per prompt counts: with several choices (`n` > 1)
+    the partner packages (langchain-openai, ...) give each choice's message
+    the whole response's usage, so summing them would count it `n` times
+    (LangChain's own `UsageMetadataCallbackHandler` reads one too)."""
     prompt = completion = 0
     cache_read: int | None = None
     cache_creation: int | None = None
@@ -127,16 +133,17 @@ def _summary(response: LLMResult, data: dict[str, Any]) -> str | None:
     model: str | None = None
     reasons: list[str] = []
     for generations in response.generations:
+        counted = False  # this prompt's usage is in: its other choices repeat it
         for generation in generations:
             message = getattr(generation, "message", None)
             if message is not None:
-                usage = getattr(message, "usage_metadata", None)  # AIMessage only
+                usage = None if counted else getattr(message, "usage_metadata", None)  # AIMessage only
                 metadata = message.response_metadata or generation.generation_info
             else:
                 usage = None
                 metadata = generation.generation_info
             if usage:
-                found = True
+                found = counted = True
                 prompt += int(usage.get("input_tokens") or 0)
                 completion += int(usage.get("output_tokens") or 0)
                 details = usage.get("input_token_details")
@@ -378,7 +385,11 @@ class _Mapper:
         try:
             tool = _run_name(serialized, kwargs, "tool")
             start = time.monotonic_ns()
-            call_id = str(run_id)
+            # The model's tool-call id when the tool ran from one (what OTel
+            # calls `gen_ai.tool.call.id`), else the tool's run id; the end
+            # and error callbacks reuse it from the `_Call`.
+            model_call_id = kwargs.get("tool_call_id")
+            call_id = model_call_id if isinstance(model_call_id, str) and model_call_id else str(run_id)
             with self._lock:
                 root_id, root, new = self._enter(run_id, parent_run_id, tool)
                 agent = self._agent_of(root)
