@@ -1131,3 +1131,58 @@ async fn a_restarted_plugin_with_a_since_window_resumes_its_snapshot_with_every_
     );
     bus.shutdown().await;
 }
+
+/// A redrive whose last letter traps again leaves no instance to snapshot
+/// the letters it applied; their removal waits. A second redrive (what a
+/// user does after seeing `failed: 1`) must not apply them again, and the
+/// letters that were applied must leave the dead-letter list. Before, each
+/// was applied twice and stayed a letter.
+// One thread: the redrive queues all its letters before the worker runs,
+// so the removal of the ten is committed (or not) after the eleventh traps.
+#[tokio::test]
+async fn a_second_redrive_never_applies_a_letter_twice() {
+    let plugins = tempfile::tempdir().unwrap();
+    let manifest = |fixed: bool| {
+        format!("[limits]\nquarantine_after = 0\nfuel = 5000000\nmax_batch = 1\n[config]\nfixed = \"{fixed}\"\n")
+    };
+    support::install(plugins.path(), &support::wasm("ledger"), "ledger", &manifest(false));
+    let log = tempfile::tempdir().unwrap();
+    let bus = plugbus::Bus::builder()
+        .plugin_dir(plugins.path())
+        .log_dir(log.path())
+        .build()
+        .await
+        .unwrap();
+    for n in 0..10 {
+        bus.emit("ledger.x", json!({ "poison": true, "n": n }));
+    }
+    // Out of fuel in either version: it traps on every redrive.
+    let big: Vec<u64> = (0..120_000).collect();
+    bus.emit("ledger.big", json!({ "arr": big }));
+    bus.flush().await;
+    assert_eq!(bus.dead_letters("ledger").unwrap().len(), 11);
+
+    std::fs::write(plugins.path().join("ledger.toml"), manifest(true)).unwrap();
+    bus.reload_plugin(plugins.path().join("ledger.wasm")).await.unwrap();
+    let first = bus.redrive("ledger").await.unwrap();
+    assert_eq!((first.ok, first.failed), (10, 1), "{first:?}");
+    let second = bus.redrive("ledger").await.unwrap();
+    assert_eq!(second.failed, 1, "{second:?}");
+    bus.flush().await;
+
+    let answer = bus.query("ledger", "{}").await.unwrap();
+    let value: Value = serde_json::from_str(answer.answer.get()).unwrap();
+    assert_eq!(value["events"], 10, "{value}");
+    assert!(
+        value["applied"].as_object().unwrap().values().all(|n| n == 1),
+        "each redriven letter applied once: {value}"
+    );
+    let left: Vec<String> = bus
+        .dead_letters("ledger")
+        .unwrap()
+        .iter()
+        .map(|l| l.event.name.clone())
+        .collect();
+    assert_eq!(left, ["ledger.big"], "only the letter that still traps is left");
+    bus.shutdown().await;
+}

@@ -182,6 +182,10 @@ pub(crate) struct Handoff {
     pub recovery: Recovery,
     /// Sequence number of the last event the old version handled.
     pub last_seq: Option<u64>,
+    /// Redriven letters the old version applied whose removal no snapshot
+    /// committed yet: the new version's state includes them (its snapshot
+    /// and `recovery` do), so it commits them and never applies them again.
+    pub letters_applied: Vec<String>,
 }
 
 /// Owned by the plugin's worker alone.

@@ -313,13 +313,34 @@ impl Worker {
                 let outcome = self.drop_job(&job, DropReason::Quarantined);
                 (vec![job], vec![outcome])
             } else {
-                let jobs = self.gather(job, &mut rx, &mut carry);
-                let outcomes = if let [job] = &jobs[..] {
+                let mut jobs = self.gather(job, &mut rx, &mut carry);
+                // A redrive of a letter already applied (its removal waits
+                // for a snapshot that holds it): once is enough.
+                let (repeated, mut skipped): (Vec<Job>, Vec<Outcome>) = (
+                    jobs.extract_if(.., |job| self.letters_applied.iter().any(|id| id == job.event.id()))
+                        .collect(),
+                    Vec::new(),
+                );
+                for job in &repeated {
+                    tracing::info!(
+                        plugin = &*self.spec.name,
+                        event = job.event.name(),
+                        event_id = job.event.id(),
+                        "redriven letter already applied, its removal pending: not applied again"
+                    );
+                    skipped.push(Outcome::Ok);
+                }
+                let outcomes = if jobs.is_empty() {
+                    Vec::new()
+                } else if let [job] = &jobs[..] {
                     vec![self.run_one(&job.event, Voice::Live).await]
                 } else {
                     let events: Vec<Event> = jobs.iter().map(|job| job.event.clone()).collect();
                     self.run_batch(&events, Voice::Live, true).await
                 };
+                let mut outcomes = outcomes;
+                outcomes.append(&mut skipped);
+                jobs.extend(repeated);
                 (jobs, outcomes)
             };
             if self.letters_applied.len() >= COMMIT_LETTERS_EVERY
@@ -356,6 +377,7 @@ impl Worker {
         *self.handoff.lock().unwrap_or_else(|e| e.into_inner()) = Some(Handoff {
             recovery: std::mem::take(&mut self.recovery),
             last_seq: self.last_seq,
+            letters_applied: std::mem::take(&mut self.letters_applied),
         });
         // `_finished` marks the state unloaded when it drops, panics included.
         tracing::debug!(plugin = &*self.spec.name, "plugin worker stopped");
@@ -370,6 +392,7 @@ impl Worker {
     async fn take_over(&mut self, predecessor: Handoff) {
         self.recovery = predecessor.recovery;
         self.last_seq = predecessor.last_seq;
+        self.letters_applied = predecessor.letters_applied;
         let Some(mut instance) = self.instance.take() else {
             return;
         };
@@ -1011,7 +1034,16 @@ impl Worker {
     /// them on the next start). Otherwise at once. A failure leaves them
     /// for the next commit.
     async fn commit_letters(&mut self) {
-        if self.spec.has_state() && self.snapshot_file.is_some() && !self.take_snapshot(self.last_seq).await {
+        let snapshot_needed = self.spec.has_state() && self.snapshot_file.is_some();
+        if snapshot_needed && self.instance.is_none() {
+            // The last event trapped: the state that includes the letters
+            // is brought back now (snapshot + the events since), so that a
+            // snapshot can hold it, instead of leaving them applied but live.
+            if let Ok(instance) = self.rebuild().await {
+                self.instance = Some(instance);
+            }
+        }
+        if snapshot_needed && !self.take_snapshot(self.last_seq).await {
             tracing::warn!(
                 plugin = &*self.spec.name,
                 letters = self.letters_applied.len(),
