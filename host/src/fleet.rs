@@ -39,6 +39,13 @@ pub const DEFAULT_BUCKET: &str = "PLUGBUS_FLEET";
 /// in `nats kv history`, small enough not to matter.
 const HISTORY: i64 = 8;
 
+/// The first wait before watching the set again after a watch could not
+/// start (the server away); doubled after each failure.
+const REWATCH_BASE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The longest wait between two attempts to watch the set.
+const REWATCH_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
 const PLUGIN_PREFIX: &str = "plugin.";
 const HOST_PREFIX: &str = "host.";
 
@@ -342,17 +349,32 @@ impl Member {
     /// it comes (a new version installed or refused, a removed plugin's
     /// files deleted) and reported.
     ///
+    /// A watch that ends (the server went away) is logged and restarted,
+    /// and one that cannot start is logged and tried again with a backoff
+    /// ([`REWATCH_BASE`], doubling up to [`REWATCH_MAX`]), until `shutdown`.
+    ///
     /// # Errors
-    /// [`FleetError::Nats`] when the watch cannot start; a watch that ends
-    /// (the server went away) is logged and restarted.
+    /// None so far: every failure is retried.
     pub async fn follow(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), FleetError> {
+        let mut wait = REWATCH_BASE;
         loop {
-            let mut watch = self
-                .fleet
-                .store
-                .watch_with_history(format!("{PLUGIN_PREFIX}>"))
-                .await
-                .map_err(|e| self.fleet.nats_error(e))?;
+            let started = self.fleet.store.watch_with_history(format!("{PLUGIN_PREFIX}>")).await;
+            let mut watch = match started {
+                Ok(watch) => {
+                    wait = REWATCH_BASE;
+                    watch
+                }
+                Err(e) => {
+                    let e = self.fleet.nats_error(e);
+                    tracing::warn!(error = %e, retry_in = ?wait, "fleet: cannot watch the plugin set; retrying");
+                    tokio::select! {
+                        _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(REWATCH_MAX);
+                    continue;
+                }
+            };
             loop {
                 let next = tokio::select! {
                     _ = shutdown.wait_for(|stop| *stop) => return Ok(()),

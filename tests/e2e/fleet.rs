@@ -35,6 +35,46 @@ fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Two versions of plugin `meter` pushed to `registry`: v1 emits nothing;
+/// v2 (token-counter's code) answers `token-counter.report` with
+/// `token-counter.totals`. Their directories, references and digests.
+struct Meter {
+    v1: tempfile::TempDir,
+    v2: tempfile::TempDir,
+    ref1: String,
+    ref2: String,
+    d1: String,
+    d2: String,
+}
+
+impl Meter {
+    fn push(registry: &Registry) -> Meter {
+        let v1 = tempfile::tempdir().unwrap();
+        std::fs::copy(wasm("console-logger"), v1.path().join("meter.wasm")).unwrap();
+        let v2 = tempfile::tempdir().unwrap();
+        std::fs::copy(wasm("token-counter"), v2.path().join("meter.wasm")).unwrap();
+        let (ref1, ref2) = (
+            registry.reference("plugbus/meter:v1"),
+            registry.reference("plugbus/meter:v2"),
+        );
+        let digest = |dir: &tempfile::TempDir, reference: &str| {
+            json(&ok(&["push", s(&dir.path().join("meter.wasm")), reference, "--json"]))["wasm_digest"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let (d1, d2) = (digest(&v1, &ref1), digest(&v2, &ref2));
+        Meter {
+            v1,
+            v2,
+            ref1,
+            ref2,
+            d1,
+            d2,
+        }
+    }
+}
+
 fn status(nats: &str) -> Value {
     json(&ok(&["fleet", "status", "--nats", nats, "--json"]))
 }
@@ -43,24 +83,14 @@ fn status(nats: &str) -> Value {
 async fn a_fleet_converges_and_a_host_with_a_corrupt_copy_stops_pulling_rather_than_run_the_old_version() {
     let nats = NatsServer::start();
     let registry = Registry::start();
-    // Two versions of plugin `meter`: v1 emits nothing; v2 (token-counter's
-    // code) answers `token-counter.report` with `token-counter.totals`.
-    let v1 = tempfile::tempdir().unwrap();
-    std::fs::copy(wasm("console-logger"), v1.path().join("meter.wasm")).unwrap();
-    let v2 = tempfile::tempdir().unwrap();
-    std::fs::copy(wasm("token-counter"), v2.path().join("meter.wasm")).unwrap();
-    let (ref1, ref2) = (
-        registry.reference("plugbus/meter:v1"),
-        registry.reference("plugbus/meter:v2"),
-    );
-    let d1 = json(&ok(&["push", s(&v1.path().join("meter.wasm")), &ref1, "--json"]))["wasm_digest"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let d2 = json(&ok(&["push", s(&v2.path().join("meter.wasm")), &ref2, "--json"]))["wasm_digest"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let Meter {
+        v1: _v1,
+        v2: _v2,
+        ref1,
+        ref2,
+        d1,
+        d2,
+    } = Meter::push(&registry);
     ok(&["fleet", "push", &ref1, "--nats", &nats.url]);
 
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -214,4 +244,68 @@ async fn a_fleet_converges_and_a_host_with_a_corrupt_copy_stops_pulling_rather_t
     drop((_a, _b, _c, _d));
     let log_c = log_c.join().unwrap();
     assert!(log_c.contains("cannot install the fleet's version"), "{log_c}");
+}
+
+/// A host's watch of the set survives a server that stays away a while:
+/// the watch ends, watching again fails as long as the server does not
+/// answer, and the host keeps trying (with a backoff) until it does; a
+/// version pushed afterwards still reaches it. Before, the first failed
+/// attempt to watch again ended the host's membership for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_host_keeps_watching_the_set_after_the_server_was_away() {
+    let nats = NatsServer::start();
+    let registry = Registry::start();
+    let Meter {
+        v1: _v1,
+        v2: _v2,
+        ref1,
+        ref2,
+        d1,
+        d2,
+    } = Meter::push(&registry);
+    ok(&["fleet", "push", &ref1, "--nats", &nats.url]);
+    let dir = tempfile::tempdir().unwrap();
+    let (host, addr, log) = support::serve_with_env(
+        &[
+            "--plugins",
+            s(dir.path()),
+            "--nats",
+            &nats.url,
+            "--fleet",
+            "--fleet-host",
+            "a",
+        ],
+        &[("RUST_LOG", "warn,plugbus=info")],
+    );
+    assert_eq!(version_of(&addr, "meter").as_deref(), Some(d1.as_str()));
+
+    // The server stops answering (frozen) for 30 s: the watch ends after
+    // its missed heartbeats (~10 s), and watching again times out (the
+    // client's 10 s request timeout) while the server is still away.
+    let pid = nats.pid().to_string();
+    let signal = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    signal("-CONT");
+
+    ok(&["fleet", "push", &ref2, "--nats", &nats.url]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while version_of(&addr, "meter").as_deref() != Some(d2.as_str()) {
+        if Instant::now() > deadline {
+            support::terminate(&host.0);
+            panic!("v2 never reached the host:\n{}", log.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    support::terminate(&host.0);
+    let log = log.join().unwrap();
+    assert!(log.contains("fleet: cannot watch the plugin set; retrying"), "{log}");
 }

@@ -1321,3 +1321,150 @@ async fn a_post_waiting_on_a_frozen_server_answers_503_when_the_host_stops() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The correlation ids of the `fixture.count` follow-ups in the stream (one
+/// per event plugin `misbehave` with `always = "count"` handled).
+async fn counted(js: &jetstream::Context) -> Vec<String> {
+    let mut ids: Vec<String> = stream_messages(js, "plugbus.events.*.fixture.count")
+        .await
+        .into_iter()
+        .map(|(_, v)| v["correlation_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Waits (20 s at most) until the events `counted` finds are `want`.
+async fn until_counted(js: &jetstream::Context, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counted(js).await != want {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}\n{}",
+            counted(js).await,
+            consumer_infos(js, "sub").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until host `addr` runs plugin `name` with `subscriptions`.
+async fn until_subscribed(addr: &str, name: &str, subscriptions: &[&str]) {
+    until_status(addr, Duration::from_secs(20), "the reloaded subscriptions", |v| {
+        v["plugins"].as_array().unwrap().iter().any(|p| {
+            p["name"] == name
+                && p["subscriptions"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().map(|s| s.as_str().unwrap()).eq(subscriptions.iter().copied()))
+        })
+    })
+    .await;
+}
+
+/// A hot reload (the watched directory; the fleet installs versions the
+/// same way) that changes a plugin's subscriptions changes what its
+/// consumer takes: each message is matched against the running version,
+/// and a consumer whose filter or `max_ack_pending` no longer fits is
+/// changed on the server. Before, the consumer kept the first version's
+/// patterns: events only the new version subscribes to were acknowledged
+/// unhandled (lost), and the old version's were handed to the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_reload_changes_the_patterns_and_the_filter_its_consumer_takes() {
+    let nats = NatsServer::start();
+    let js = client(&nats.url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = |subscriptions: &str, limits: &str| {
+        format!("subscriptions = [{subscriptions}]\n{limits}[config]\nalways = \"count\"\n")
+    };
+    // v1: one pattern, so its consumer filters on `plugbus.events.*.a.count`.
+    support::install(
+        dir.path(),
+        &support::wasm("misbehave"),
+        "sub",
+        &manifest("\"a.count\"", ""),
+    );
+    let (h, addr, log) = host(dir.path(), &nats.url);
+    let event = |name: &str, run: &str| json!({"name": name, "payload": {}, "correlation_id": run});
+    post(&addr, &[event("a.count", "a1")]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counted(&js).await != ["a1"] {
+        assert!(Instant::now() < deadline, "{:?}", counted(&js).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // v2 subscribes to `c.count` too: its consumer needs the wide filter.
+    std::fs::write(dir.path().join("sub.toml"), manifest("\"a.count\", \"c.count\"", "")).unwrap();
+    until_subscribed(&addr, "sub", &["a.count", "c.count"]).await;
+    post(&addr, &[event("c.count", "c2"), event("b.count", "b2")]).unwrap();
+
+    // v3 takes `b.count` instead of `c.count` (the same wide filter), with
+    // another queue capacity (the consumer's `max_ack_pending`).
+    until_counted(&js, &["a1", "c2"]).await;
+    std::fs::write(
+        dir.path().join("sub.toml"),
+        manifest("\"a.count\", \"b.count\"", "[limits]\nqueue_capacity = 7\n"),
+    )
+    .unwrap();
+    until_subscribed(&addr, "sub", &["a.count", "b.count"]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut consumer: jetstream::consumer::Consumer<pull::Config> = js
+            .get_stream("PLUGBUS")
+            .await
+            .unwrap()
+            .get_consumer("plugbus-sub")
+            .await
+            .unwrap();
+        if consumer.info().await.unwrap().config.max_ack_pending == 7 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", consumer_infos(&js, "sub").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    post(&addr, &[event("c.count", "c3"), event("b.count", "b3")]).unwrap();
+    all_settled(&js, "sub", Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = plugins_of(&addr);
+    assert!(
+        status["nats"]["consumers"]["sub"]["error"].is_null(),
+        "{}",
+        status["nats"]
+    );
+    support::terminate(&h);
+    let log = log.join().unwrap();
+    assert_eq!(counted(&js).await, ["a1", "b3", "c2"], "{log}");
+}
+
+/// A consumer deleted on the server (an operator's `nats consumer rm`)
+/// ends the host's pull: the host says so in the consumer's `error` and its
+/// log, creates the consumer again, and keeps handling events. Before, the
+/// consumer's task ended silently and the plugin took nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_deleted_on_the_server_is_created_again_and_pulled() {
+    let nats = NatsServer::start();
+    let js = client(&nats.url).await;
+    let dir = tempfile::tempdir().unwrap();
+    support::install(
+        dir.path(),
+        &support::wasm("misbehave"),
+        "sub",
+        "subscriptions = [\"a.count\"]\n[config]\nalways = \"count\"\n",
+    );
+    let (h, addr, log) = host(dir.path(), &nats.url);
+    let event = |run: &str| json!({"name": "a.count", "payload": {}, "correlation_id": run});
+    post(&addr, &[event("r1")]).unwrap();
+    all_settled(&js, "sub", Duration::from_secs(20)).await;
+    let stream = js.get_stream("PLUGBUS").await.unwrap();
+    stream.delete_consumer("plugbus-sub").await.unwrap();
+    // Created again by the host (with a backoff from half a second).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stream.consumer_info("plugbus-sub").await.is_err() {
+        assert!(Instant::now() < deadline, "the consumer was not created again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    post(&addr, &[event("r2")]).unwrap();
+    until_counted(&js, &["r1", "r2"]).await;
+    support::terminate(&h);
+    let log = log.join().unwrap();
+    assert!(log.contains("ended (deleted on the server?)"), "{log}");
+}

@@ -411,6 +411,17 @@ impl Bus {
         // The old version left its state: the new one starts from it.
         let state = lock(&old.handoff).take();
         let _ = gate_tx.send(state);
+        // On NATS: the consumer matches each message against the running
+        // version; one whose filter, queue or ordering changed is re-created.
+        #[cfg(feature = "nats")]
+        if let Some(nats) = &shared.nats {
+            let manifest = &new.spec.manifest;
+            let replay_all = matches!(manifest.replay, CatchUp::All);
+            let port = Arc::downgrade(shared) as Weak<dyn crate::nats::port::NatsPort>;
+            let capacity = new.spec.limits.queue_capacity;
+            nats.start_consumer(&name, patterns, capacity, replay_all, manifest.ordered, port)
+                .await;
+        }
         tracing::info!(plugin = %name, file = %path.display(), from = &old.spec.version[..12], to = &new.spec.version[..12], "plugin replaced");
         Ok((info(&new), Reload::Replaced))
     }

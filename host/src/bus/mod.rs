@@ -353,14 +353,21 @@ impl BusPort for Shared {
 
 #[cfg(feature = "nats")]
 impl crate::nats::port::NatsPort for Shared {
-    fn offer(&self, plugin: &str, job: Job) -> bool {
+    fn offer(
+        &self,
+        plugin: &str,
+        job: Job,
+        subscribed: &mut dyn FnMut(&[String]) -> bool,
+    ) -> crate::nats::port::Offered {
+        use crate::nats::port::Offered;
         let handle = lock(&self.plugins).get(plugin).cloned();
         match handle {
+            Some(p) if !subscribed(&p.subscriptions) => Offered::NotSubscribed,
             Some(p) => {
                 self.enqueue(&p, job);
-                true
+                Offered::Queued
             }
-            None => false,
+            None => Offered::NotLoaded,
         }
     }
 

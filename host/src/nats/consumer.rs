@@ -10,12 +10,12 @@
 //! | ok, or the guest's `Err`, every follow-up stored | `Ack` | handled (an `Err` is the plugin's answer) |
 //! | ok or `Err`, but a follow-up not stored (queue full, every attempt failed, too large) | `Nak(backoff)` | never acknowledged without its follow-ups; the server gives it up after `max_deliver` (a `MAX_DELIVERIES` advisory) |
 //! | a deterministic hard failure (trap, panic, out of fuel, memory, stack) | `Term` | the worker recovered the plugin and kept a dead letter; the same input would fail the same way again |
-//! | a transient hard failure (deadline, host error), first delivery | `Nak(backoff)` | a loaded machine misses a wall-clock deadline; another try (here or elsewhere) may pass |
-//! | a transient hard failure again on a redelivery | `Term` | it failed twice: treated as poison |
+//! | a transient hard failure (deadline, host error), the first one of this event here | `Nak(backoff)` | a loaded machine misses a wall-clock deadline; another try (here or elsewhere) may pass |
+//! | a transient hard failure of an event that already failed transiently here | `Term` | it failed twice: treated as poison |
 //! | dropped: quarantined | `Nak(until the quarantine ends)` | comes back once the plugin takes events again |
 //! | dropped: unloaded, shutting down, queue full | `Nak(backoff)` | another host (or this one, later) takes it |
 //! | an envelope that does not parse | `Term` | it can never be handled; logged with the stream sequence |
-//! | an event the plugin's patterns do not match | `Ack` | the consumer's filter is wider than its patterns |
+//! | an event the running version's patterns do not match | `Ack` | the consumer's filter is wider than its patterns |
 //!
 //! `backoff` is 250 ms on the first delivery, doubling with each delivery,
 //! at most 8 s.
@@ -25,7 +25,7 @@
 //! the progress acks. Pulls carry an idle heartbeat, so a pull request the
 //! server lost is noticed within two heartbeats, not at its expiry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -35,7 +35,7 @@ use futures_util::stream::FuturesUnordered;
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
-use crate::nats::port::NatsPort;
+use crate::nats::port::{NatsPort, Offered};
 use crate::nats::publisher::{NotStored, Publisher};
 use crate::nats::{NatsOptions, wire};
 use crate::outcome::{DropReason, Failure, Outcome};
@@ -78,6 +78,9 @@ pub struct ConsumerStats {
 pub(crate) struct ConsumerHandle {
     /// The durable consumer's name on the server.
     pub name: String,
+    /// Its subject filter and `max_ack_pending` (see [`shape`]): a hot
+    /// reload that needs others re-creates the consumer.
+    pub shape: (String, usize),
     stop: watch::Sender<bool>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub stats: Arc<Mutex<ConsumerStats>>,
@@ -122,6 +125,47 @@ const PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// How soon a pull that could not start (the server away) is tried again.
 const PULL_RETRY: Duration = Duration::from_secs(1);
 
+/// The first wait before binding a consumer whose pull ended (deleted on the
+/// server) again; it doubles after each failed attempt, up to
+/// [`REBIND_MAX`].
+const REBIND_BASE: Duration = Duration::from_millis(500);
+
+/// The longest wait between two attempts to bind a lost consumer again.
+const REBIND_MAX: Duration = Duration::from_secs(30);
+
+/// How many events that failed transiently on this host a consumer
+/// remembers (their stream sequences): far more than can be in flight
+/// between a failure and its redelivery.
+const TRANSIENT_KEPT: usize = 4096;
+
+/// The stream sequences of the last [`TRANSIENT_KEPT`] events that failed
+/// transiently (a deadline, a host error) on this host: a second transient
+/// failure of one of them is poison (`Term`), while a redelivery for any
+/// other reason (a queue-full or quarantine `Nak`, a host that died, a
+/// follow-up not stored) followed by a first transient failure is not.
+#[derive(Default)]
+pub(crate) struct TransientFailures {
+    seqs: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl TransientFailures {
+    /// Records a transient failure of the event at stream sequence `seq`:
+    /// true when it had failed transiently here before.
+    pub(crate) fn failed(&mut self, seq: u64) -> bool {
+        if !self.seqs.insert(seq) {
+            return true;
+        }
+        self.order.push_back(seq);
+        if self.order.len() > TRANSIENT_KEPT
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.seqs.remove(&oldest);
+        }
+        false
+    }
+}
+
 /// The next message of the pull, or never when there is none.
 async fn next_message(messages: &mut Option<pull::Stream>) -> Option<Result<jetstream::Message, pull::MessagesError>> {
     match messages {
@@ -162,12 +206,16 @@ fn deterministic(failure: &Failure) -> bool {
 /// The acknowledgement of a message delivered `delivered` times whose
 /// handling ended with `outcome` (`None`: the worker went away) and whose
 /// follow-ups' storing ended with `follow_ups`; `quarantine_left` is how
-/// long the plugin stays quarantined.
+/// long the plugin stays quarantined; `failed_before`: the event had
+/// already failed transiently on this host ([`TransientFailures`]). A
+/// redelivery alone says nothing: it may follow a queue-full or quarantine
+/// `Nak`, or a host that died.
 pub(crate) fn verdict(
     outcome: Option<&Outcome>,
     follow_ups: &Result<usize, NotStored>,
     delivered: i64,
     quarantine_left: Option<Duration>,
+    failed_before: bool,
 ) -> Verdict {
     let later = Verdict::Nak(backoff(delivered));
     match outcome {
@@ -175,7 +223,7 @@ pub(crate) fn verdict(
             Ok(_) => Verdict::Ack,
             Err(_) => later,
         },
-        Some(Outcome::Failed(f)) if deterministic(f) || delivered > 1 => Verdict::Term,
+        Some(Outcome::Failed(f)) if deterministic(f) || failed_before => Verdict::Term,
         Some(Outcome::Failed(_)) => later,
         Some(Outcome::Dropped(DropReason::Quarantined)) => {
             Verdict::Nak(quarantine_left.unwrap_or_default().max(backoff(delivered)))
@@ -217,11 +265,34 @@ pub(crate) fn durable_name(plugin: &str, partition: Option<u32>) -> String {
     }
 }
 
+/// The subject filter and `max_ack_pending` of a consumer for `patterns`
+/// (of `partition`, when ordered: one message in flight).
+pub(crate) fn shape(patterns: &[Pattern], partition: Option<u32>, capacity: usize) -> (String, usize) {
+    let filter = match patterns {
+        [one] => wire::filter_in(Some(one.as_str()), partition),
+        _ => wire::filter_in(None, partition),
+    };
+    (filter, if partition.is_some() { 1 } else { capacity })
+}
+
+/// A hot reload that changed what the plugin's consumer must be (its
+/// filter, its `max_ack_pending`, or ordered or not): the consumer is
+/// updated on the server, or re-created after its acknowledged floor when
+/// the server cannot update it (a filter, on 2.9).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Reshape {
+    /// Where a consumer that does not exist yet starts (the previous
+    /// consumers' acknowledged floor + 1): nothing the previous version's
+    /// consumer had not acknowledged is skipped.
+    pub from: Option<u64>,
+}
+
 /// Creates (or binds to) plugin `plugin`'s consumer, then starts pulling
 /// for it: once this returns, every event published next reaches the
 /// plugin. `replay_all`: a new consumer starts at the first retained message
 /// instead of the next one. `partition`: an ordered plugin's consumer of
 /// that partition, with one message in flight over all hosts (`capacity` 1).
+/// `reshape`: a hot reload changed the consumer this plugin needs.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn start(
     js: jetstream::Context,
@@ -231,6 +302,7 @@ pub(crate) async fn start(
     patterns: Vec<Pattern>,
     capacity: usize,
     replay_all: bool,
+    reshape: Option<Reshape>,
     port: Weak<dyn NatsPort>,
     publisher: Arc<Publisher>,
 ) -> ConsumerHandle {
@@ -240,11 +312,7 @@ pub(crate) async fn start(
         consumer: name.clone(),
         ..ConsumerStats::default()
     }));
-    let filter = match patterns.as_slice() {
-        [one] => wire::filter_in(Some(one.as_str()), partition),
-        _ => wire::filter_in(None, partition),
-    };
-    let capacity = if partition.is_some() { 1 } else { capacity };
+    let (filter, capacity) = shape(&patterns, partition, capacity);
     let config = pull::Config {
         durable_name: Some(name.clone()),
         filter_subject: filter,
@@ -262,18 +330,25 @@ pub(crate) async fn start(
         ..pull::Config::default()
     };
     let durable = name.clone();
+    let shape = (config.filter_subject.clone(), capacity);
     let run = Run {
         js,
         stream: options.stream.clone(),
         name,
         plugin: plugin.to_owned(),
-        patterns,
+        patterns: Mutex::new((patterns.iter().map(|p| p.as_str().to_owned()).collect(), patterns)),
+        transient: Mutex::new(TransientFailures::default()),
         capacity,
         config,
         port,
         publisher,
         stats: stats.clone(),
     };
+    if let Some(reshape) = reshape
+        && let Err(reason) = run.reshape(reshape).await
+    {
+        tracing::error!(plugin, consumer = %durable, %reason, "cannot change the plugin's NATS consumer for its new version");
+    }
     let task = match run.bind().await {
         Ok(consumer) => Some(tokio::spawn(run.run(consumer, stopping))),
         Err(reason) => {
@@ -284,6 +359,7 @@ pub(crate) async fn start(
     };
     ConsumerHandle {
         name: durable,
+        shape,
         stop,
         task: Mutex::new(task),
         stats,
@@ -296,7 +372,11 @@ struct Run {
     /// The durable consumer's name.
     name: String,
     plugin: String,
-    patterns: Vec<Pattern>,
+    /// The running version's subscriptions as last seen (each message is
+    /// matched against the version it is offered to), and parsed.
+    patterns: Mutex<(Vec<String>, Vec<Pattern>)>,
+    /// Events that failed transiently here (see [`verdict`]).
+    transient: Mutex<TransientFailures>,
     capacity: usize,
     config: pull::Config,
     port: Weak<dyn NatsPort>,
@@ -338,7 +418,7 @@ impl Run {
         }
     }
 
-    async fn run(self, consumer: jetstream::consumer::Consumer<pull::Config>, mut stopping: watch::Receiver<bool>) {
+    async fn run(self, mut consumer: jetstream::consumer::Consumer<pull::Config>, mut stopping: watch::Receiver<bool>) {
         // `None` while the plugin is quarantined (or a pull could not
         // start): no pull request is out, so the server hands this host
         // nothing it would only hold or hand back.
@@ -356,7 +436,26 @@ impl Run {
         let every = (self.config.ack_wait / 4).max(Duration::from_millis(25));
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Set when the pull ended (the consumer was deleted on the server):
+        // when to bind it again, and the wait after that attempt.
+        let mut lost: Option<(tokio::time::Instant, Duration)> = None;
         loop {
+            if let Some((at, wait)) = lost
+                && tokio::time::Instant::now() >= at
+            {
+                match self.bind().await {
+                    Ok(bound) => {
+                        tracing::info!(plugin = %self.plugin, consumer = %self.name, "NATS consumer bound again; pulling");
+                        consumer = bound;
+                        lost = None;
+                    }
+                    Err(reason) => {
+                        tracing::warn!(plugin = %self.plugin, consumer = %self.name, %reason, retry_in = ?wait, "cannot bind the NATS consumer again");
+                        self.record(|s| s.error = Some(reason));
+                        lost = Some((tokio::time::Instant::now() + wait, (wait * 2).min(REBIND_MAX)));
+                    }
+                }
+            }
             // A quarantined plugin takes nothing: what the server would hand
             // this host goes to another one (or waits), instead of coming
             // back Nak'd at once and burning its deliveries.
@@ -369,7 +468,7 @@ impl Run {
                 // What the dropped pull already took comes back after
                 // `ack_wait`, to whichever host pulls then.
                 messages = None;
-            } else if messages.is_none() {
+            } else if messages.is_none() && lost.is_none() {
                 messages = self.pull(&consumer).await;
             }
             let pulling = messages.is_some();
@@ -405,11 +504,24 @@ impl Run {
                         tracing::warn!(plugin = %self.plugin, consumer = %self.name, error = %e, "pulling from NATS failed; retrying");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
-                    None => break,
+                    None => {
+                        // The pull ended: the consumer is gone on the
+                        // server (deleted by an operator, or by another
+                        // host re-creating it). Bind (create) it again,
+                        // with a backoff, until the host stops.
+                        let reason = format!("the pull from consumer `{}` ended (deleted on the server?); binding it again", self.name);
+                        tracing::error!(plugin = %self.plugin, consumer = %self.name, "{reason}");
+                        self.record(|s| s.error = Some(reason));
+                        messages = None;
+                        lost = Some((tokio::time::Instant::now() + REBIND_BASE, REBIND_BASE * 2));
+                    }
                 },
-                // Until the quarantine ends, or a pull that failed to
-                // start is tried again.
-                _ = tokio::time::sleep(paused.unwrap_or(PULL_RETRY)), if !pulling => {}
+                // Until the quarantine ends, a pull that failed to start is
+                // tried again, or a lost consumer is bound again.
+                _ = tokio::time::sleep(match lost {
+                    Some((at, _)) => at.saturating_duration_since(tokio::time::Instant::now()),
+                    None => paused.unwrap_or(PULL_RETRY),
+                }), if !pulling => {}
                 _ = progress.tick(), if !held.is_empty() => in_progress(&held, every).await,
             }
         }
@@ -422,6 +534,76 @@ impl Run {
                 _ = progress.tick() => in_progress(&held, every).await,
             }
         }
+    }
+
+    /// After a hot reload changed the consumer this plugin needs: makes the
+    /// server's consumer this version's. One that exists with the same
+    /// filter is updated in place (its position kept); one with another
+    /// filter (or that the server does not update) is deleted and created
+    /// again from just after its acknowledged floor: an in-place filter
+    /// change would keep the position, past the events the old filter
+    /// skipped but the new one matches. One that does not exist yet starts
+    /// at `reshape.from` (after the previous consumers' floor). Other hosts
+    /// still on the previous version then report their consumer as
+    /// configured differently until they run this one.
+    async fn reshape(&self, reshape: Reshape) -> Result<(), String> {
+        let name = &self.name;
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| format!("stream `{}`: {e}", self.stream))?;
+        let want = &self.config;
+        let from = match stream.consumer_info(name).await {
+            Ok(info) => {
+                let have = &info.config;
+                if have.filter_subject == want.filter_subject
+                    && have.max_ack_pending == want.max_ack_pending
+                    && have.ack_wait == want.ack_wait
+                    && have.max_deliver == want.max_deliver
+                {
+                    return Ok(());
+                }
+                if have.filter_subject == want.filter_subject {
+                    // The update keeps the consumer's own start.
+                    let update = pull::Config {
+                        deliver_policy: have.deliver_policy,
+                        ..want.clone()
+                    };
+                    match stream.create_consumer(update).await {
+                        Ok(_) => {
+                            tracing::info!(plugin = %self.plugin, consumer = %name, max_ack_pending = want.max_ack_pending, "NATS consumer updated for the plugin's new version");
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            tracing::warn!(plugin = %self.plugin, consumer = %name, error = %e, "the server cannot update the NATS consumer; re-creating it after its acknowledged floor");
+                        }
+                    }
+                }
+                stream
+                    .delete_consumer(name)
+                    .await
+                    .map_err(|e| format!("deleting consumer `{name}`: {e}"))?;
+                info.ack_floor.stream_sequence + 1
+            }
+            Err(_) => match reshape.from {
+                Some(from) => from,
+                // Created by `bind` as for a new plugin.
+                None => return Ok(()),
+            },
+        };
+        let config = pull::Config {
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from.max(1),
+            },
+            ..want.clone()
+        };
+        stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| format!("creating consumer `{name}`: {e}"))?;
+        tracing::info!(plugin = %self.plugin, consumer = %name, filter = %want.filter_subject, from_stream_seq = from, "NATS consumer created for the plugin's new version");
+        Ok(())
     }
 
     /// Creates or binds the durable consumer, refusing one whose server-side
@@ -485,36 +667,53 @@ impl Run {
                 return None;
             }
         };
-        if !self.patterns.iter().any(|p| p.matches(event.name())) {
-            self.ack(message, AckKind::Ack).await;
-            return None;
-        }
-        let offered = match self.port.upgrade() {
-            Some(port) => {
-                let (reply, outcome) = oneshot::channel();
-                port.offer(
-                    &self.plugin,
-                    Job {
-                        event,
-                        reply: Some(reply),
-                    },
-                )
-                .then_some(outcome)
-            }
-            None => None,
+        let Some(port) = self.port.upgrade() else {
+            return self.not_loaded(message, delivered).await;
         };
-        if offered.is_none() {
-            // Not loaded here (any more): someone else takes it.
-            self.ack(message, AckKind::Nak(Some(backoff(delivered)))).await;
-            self.record(|s| s.nakked += 1);
+        let (reply, outcome) = oneshot::channel();
+        let name = event.name().to_owned();
+        // Matched against the version the event is offered to (its current
+        // subscriptions, after any hot reload), parsed again only when they
+        // changed.
+        let mut subscribed = |subscriptions: &[String]| {
+            let mut seen = self.patterns.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.0 != subscriptions {
+                seen.1 = subscriptions.iter().filter_map(|p| Pattern::parse(p).ok()).collect();
+                seen.0 = subscriptions.to_vec();
+            }
+            seen.1.iter().any(|p| p.matches(&name))
+        };
+        let job = Job {
+            event,
+            reply: Some(reply),
+        };
+        match port.offer(&self.plugin, job, &mut subscribed) {
+            Offered::Queued => Some(outcome),
+            Offered::NotSubscribed => {
+                self.ack(message, AckKind::Ack).await;
+                None
+            }
+            Offered::NotLoaded => self.not_loaded(message, delivered).await,
         }
-        offered
+    }
+
+    /// Not loaded here (any more): someone else takes it.
+    async fn not_loaded(&self, message: &jetstream::Message, delivered: i64) -> Option<oneshot::Receiver<Outcome>> {
+        self.ack(message, AckKind::Nak(Some(backoff(delivered)))).await;
+        self.record(|s| s.nakked += 1);
+        None
     }
 
     /// Acknowledges a held message by its outcome and its follow-ups.
     async fn settle(&self, held: &mut HashMap<u64, Held>, (token, outcome, stored): Done) {
         let Some(h) = held.remove(&token) else { return };
-        let verdict = verdict(outcome.as_ref(), &stored, h.delivered, self.paused());
+        let failed_before = match &outcome {
+            Some(Outcome::Failed(f)) if !deterministic(f) && h.seq > 0 => {
+                self.transient.lock().unwrap_or_else(|e| e.into_inner()).failed(h.seq)
+            }
+            _ => false,
+        };
+        let verdict = verdict(outcome.as_ref(), &stored, h.delivered, self.paused(), failed_before);
         if let Err(reason) = &stored {
             tracing::error!(plugin = %self.plugin, stream_seq = h.seq, delivered = h.delivered, %reason, ?verdict, "a follow-up of this event is not in the stream; the event is not acknowledged");
         }
@@ -568,15 +767,15 @@ mod tests {
     #[test]
     fn the_ack_table() {
         let first = Verdict::Nak(NAK_BASE);
-        assert_eq!(verdict(Some(&Outcome::Ok), &STORED, 1, None), Verdict::Ack);
+        assert_eq!(verdict(Some(&Outcome::Ok), &STORED, 1, None, false), Verdict::Ack);
         assert_eq!(
-            verdict(Some(&Outcome::Error("no".into())), &STORED, 3, None),
+            verdict(Some(&Outcome::Error("no".into())), &STORED, 3, None, false),
             Verdict::Ack
         );
         let lost = Err(NotStored::TooLarge("big".into()));
-        assert_eq!(verdict(Some(&Outcome::Ok), &lost, 1, None), first);
+        assert_eq!(verdict(Some(&Outcome::Ok), &lost, 1, None, false), first);
         assert_eq!(
-            verdict(Some(&Outcome::Ok), &Err(NotStored::QueueFull), 2, None),
+            verdict(Some(&Outcome::Ok), &Err(NotStored::QueueFull), 2, None, false),
             Verdict::Nak(NAK_BASE * 2)
         );
         for f in [
@@ -586,27 +785,68 @@ mod tests {
             Failure::MemoryLimit,
             Failure::StackOverflow,
         ] {
-            assert_eq!(verdict(Some(&Outcome::Failed(f)), &STORED, 1, None), Verdict::Term);
+            assert_eq!(
+                verdict(Some(&Outcome::Failed(f)), &STORED, 1, None, false),
+                Verdict::Term
+            );
         }
         for f in [Failure::Deadline, Failure::Host("h".into())] {
             assert_eq!(
-                verdict(Some(&Outcome::Failed(f.clone())), &STORED, 1, None),
+                verdict(Some(&Outcome::Failed(f.clone())), &STORED, 1, None, false),
                 first,
                 "{f}"
             );
-            assert_eq!(verdict(Some(&Outcome::Failed(f)), &STORED, 2, None), Verdict::Term);
+            // Failed transiently here before: poison.
+            assert_eq!(
+                verdict(Some(&Outcome::Failed(f)), &STORED, 2, None, true),
+                Verdict::Term
+            );
         }
         let quarantined = Outcome::Dropped(DropReason::Quarantined);
         assert_eq!(
-            verdict(Some(&quarantined), &STORED, 1, Some(Duration::from_secs(3))),
+            verdict(Some(&quarantined), &STORED, 1, Some(Duration::from_secs(3)), false),
             Verdict::Nak(Duration::from_secs(3))
         );
-        assert_eq!(verdict(Some(&quarantined), &STORED, 1, None), first);
+        assert_eq!(verdict(Some(&quarantined), &STORED, 1, None, false), first);
         assert_eq!(
-            verdict(Some(&Outcome::Dropped(DropReason::Unloaded)), &STORED, 1, None),
+            verdict(Some(&Outcome::Dropped(DropReason::Unloaded)), &STORED, 1, None, false),
             first
         );
-        assert_eq!(verdict(None, &STORED, 1, None), first);
+        assert_eq!(verdict(None, &STORED, 1, None, false), first);
+    }
+
+    /// A redelivery for another reason (a queue-full or quarantine `Nak`, a
+    /// host that died, a follow-up not stored) followed by a first transient
+    /// failure is `Nak`'d, not terminated: only a second transient failure
+    /// of the same event here is poison.
+    #[test]
+    fn a_first_transient_failure_on_a_redelivery_is_nakked_and_a_second_terminated() {
+        let mut failures = TransientFailures::default();
+        for f in [Failure::Deadline, Failure::Host("h".into())] {
+            let seq = if f == Failure::Deadline { 7 } else { 8 };
+            // Delivered a third time (two queue-full Naks before), failing
+            // for the first time.
+            let before = failures.failed(seq);
+            assert!(!before);
+            assert_eq!(
+                verdict(Some(&Outcome::Failed(f.clone())), &STORED, 3, None, before),
+                Verdict::Nak(NAK_BASE * 4),
+                "{f}"
+            );
+            // Its next delivery fails again: terminated.
+            let before = failures.failed(seq);
+            assert!(before);
+            assert_eq!(
+                verdict(Some(&Outcome::Failed(f.clone())), &STORED, 4, None, before),
+                Verdict::Term
+            );
+        }
+        // Bounded: the oldest are forgotten.
+        for seq in 100..100 + TRANSIENT_KEPT as u64 {
+            failures.failed(seq);
+        }
+        assert!(!failures.failed(7));
+        assert!(failures.failed(100 + TRANSIENT_KEPT as u64 - 1));
     }
 
     #[test]

@@ -370,8 +370,13 @@ impl NatsLink {
     }
 
     /// Starts plugin `plugin`'s consumer, or with `ordered` one per
-    /// partition (once per name: a hot swap keeps them); returns once they
-    /// are bound on the server. Callers serialise loads (the bus's lifecycle
+    /// partition; returns once they are bound on the server. Called again
+    /// after a hot swap: consumers that still fit (same filter, same
+    /// `max_ack_pending`, ordered or not) are kept, since each message is
+    /// matched against the running version's subscriptions; otherwise they
+    /// are stopped (what they took finishes and is acknowledged) and the
+    /// new version's started in their place, changed on the server (see
+    /// `consumer::Reshape`). Callers serialise loads (the bus's lifecycle
     /// lock), so two starts never race for one name.
     pub async fn start_consumer(
         &self,
@@ -382,9 +387,27 @@ impl NatsLink {
         ordered: bool,
         port: Weak<dyn NatsPort>,
     ) {
-        if lock(&self.consumers).contains_key(plugin) {
-            return;
-        }
+        let partitions: Vec<Option<u32>> = if ordered {
+            (0..self.options.partitions).map(Some).collect()
+        } else {
+            vec![None]
+        };
+        let shapes: Vec<(String, usize)> = partitions
+            .iter()
+            .map(|p| consumer::shape(&patterns, *p, capacity))
+            .collect();
+        let previous = {
+            let mut consumers = lock(&self.consumers);
+            match consumers.get(plugin) {
+                Some(running) if running.iter().map(|h| &h.shape).eq(shapes.iter()) => return,
+                Some(_) => consumers.remove(plugin),
+                None => None,
+            }
+        };
+        let reshape = match previous {
+            Some(previous) => Some(self.retire(plugin, previous, &partitions).await),
+            None => None,
+        };
         if self.advisories.set(()).is_ok() {
             advisory::start(
                 self.js.client(),
@@ -394,11 +417,6 @@ impl NatsLink {
             )
             .await;
         }
-        let partitions: Vec<Option<u32>> = if ordered {
-            (0..self.options.partitions).map(Some).collect()
-        } else {
-            vec![None]
-        };
         let mut handles = Vec::with_capacity(partitions.len());
         for partition in partitions {
             let handle = consumer::start(
@@ -409,6 +427,7 @@ impl NatsLink {
                 patterns.clone(),
                 capacity,
                 replay_all,
+                reshape,
                 port.clone(),
                 self.publisher.clone(),
             )
@@ -416,6 +435,46 @@ impl NatsLink {
             handles.push(handle);
         }
         lock(&self.consumers).insert(plugin.to_owned(), handles);
+    }
+
+    /// Stops the consumers of a plugin's previous version, whose filter,
+    /// `max_ack_pending` or partitioning its new version changed: what they
+    /// took finishes and is acknowledged. Returns where a new consumer
+    /// starts (just after the lowest acknowledged floor among them), and
+    /// logs the ones the new version does not use any more: they stay on
+    /// the server for hosts still running the previous version.
+    async fn retire(
+        &self,
+        plugin: &str,
+        previous: Vec<consumer::ConsumerHandle>,
+        partitions: &[Option<u32>],
+    ) -> consumer::Reshape {
+        tracing::info!(
+            plugin,
+            "the plugin's new version needs other NATS consumers; re-creating them"
+        );
+        for h in &previous {
+            h.stop().await;
+        }
+        let mut from = None;
+        if let Ok(stream) = self.js.get_stream(&self.options.stream).await {
+            for h in &previous {
+                match stream.consumer_info(&h.name).await {
+                    Ok(info) => {
+                        let next = info.ack_floor.stream_sequence + 1;
+                        from = Some(from.map_or(next, |f: u64| f.min(next)));
+                    }
+                    Err(e) => {
+                        tracing::warn!(plugin, consumer = %h.name, error = %e, "cannot read the previous consumer's acknowledged floor")
+                    }
+                }
+            }
+        }
+        let kept: Vec<String> = partitions.iter().map(|p| consumer::durable_name(plugin, *p)).collect();
+        for h in previous.iter().filter(|h| !kept.contains(&h.name)) {
+            tracing::warn!(plugin, consumer = %h.name, "the plugin's new version no longer uses this NATS consumer; it stays on the server for hosts running the previous version: delete it (`nats consumer rm`) once none does");
+        }
+        consumer::Reshape { from }
     }
 
     /// Stops plugin `plugin`'s consumer: no more pulls; in-flight events
