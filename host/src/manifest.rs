@@ -104,21 +104,38 @@ pub struct RawSecret {
     pub file: Option<PathBuf>,
 }
 
-/// A secret's value: never printed (its `Debug` says `<redacted>`), never
-/// serialised; the plugin reads it with `host.config(key)`.
+/// A secret's value: never printed (its `Debug` shows only where it was
+/// read from), never serialised; the plugin reads it with `host.config(key)`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret {
+    value: String,
+    source: SecretSource,
+}
+
+/// Where a secret was read from: what a capability policy bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable of the host process.
+    Env(String),
+    /// A file (the manifest's folder joined with the path it gave).
+    File(PathBuf),
+}
 
 impl Secret {
     /// The value, for handing to the plugin.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
+    }
+
+    /// Where the value was read from.
+    pub fn source(&self) -> &SecretSource {
+        &self.source
     }
 }
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
+        write!(f, "<redacted, from {:?}>", self.source)
     }
 }
 
@@ -457,9 +474,12 @@ impl Manifest {
             if raw.config.contains_key(&key) {
                 return Err(format!("secrets.{key}: also a [config] key; a key is one or the other"));
             }
-            let value = match (source.env, source.file) {
-                (Some(var), None) => std::env::var(&var)
-                    .map_err(|_| format!("secrets.{key}: environment variable {var} is not set (or not UTF-8)"))?,
+            let (value, source) = match (source.env, source.file) {
+                (Some(var), None) => (
+                    std::env::var(&var)
+                        .map_err(|_| format!("secrets.{key}: environment variable {var} is not set (or not UTF-8)"))?,
+                    SecretSource::Env(var),
+                ),
                 (None, Some(file)) => {
                     let path = base.join(&file);
                     let mut text = std::fs::read_to_string(&path)
@@ -470,11 +490,11 @@ impl Manifest {
                             text.pop();
                         }
                     }
-                    text
+                    (text, SecretSource::File(path))
                 }
                 _ => return Err(format!("secrets.{key}: give exactly one of `env` or `file`")),
             };
-            secrets.insert(key, Secret(value));
+            secrets.insert(key, Secret { value, source });
         }
         Ok(Manifest {
             subscriptions,

@@ -21,6 +21,8 @@
 //! limits = { memory_mib = 256, fuel = 200_000_000 }
 //! http = ["https://*.example.com", "http://127.0.0.1:4318"]
 //! http_addresses = ["10.0.0.0/8"]
+//! secret_env = ["PLUGBUS_WEBHOOK_URL", "ALERTS_*"]
+//! secret_dirs = ["/etc/plugbus/secrets"]
 //! ```
 //!
 //! - `dirs`: host directories a manifest's `[[dirs]]` may grant, each with
@@ -34,6 +36,13 @@
 //! - `http_addresses`: ranges a manifest's `[http] allow_addresses` may
 //!   grant names to resolve into (each must lie within one of these). A
 //!   literal-IP origin the rule allows brings its own address.
+//! - `secret_env`: host environment variables a manifest's `[secrets]` may
+//!   read (`{ env = "NAME" }`); a trailing `*` matches names starting with
+//!   what precedes it. None: no secret from the environment.
+//! - `secret_dirs`: directories a `{ file = "…" }` secret may be read from,
+//!   each with everything below it (resolved as for `dirs`). None: no
+//!   secret from a file. A plugin could send a secret's value out through
+//!   a granted origin, so which secrets it may read is the operator's call.
 //! - `limits` also caps the `[http]` limits, as `"http.per_second"` and so
 //!   on (quoted keys): one above its default needs a cap at or above it.
 //! - `limits`: the highest value of each `[limits]` field (same names and
@@ -48,7 +57,7 @@ use serde::Deserialize;
 
 use crate::http::{HostRule, IpRange, Origin, is_subdomain};
 use crate::limits::Limits;
-use crate::manifest::{CatchUp, Manifest};
+use crate::manifest::{CatchUp, Manifest, SecretSource};
 use crate::signature::Signer;
 
 /// Most bytes a policy file may have: a policy is a few rules; a bigger
@@ -101,6 +110,10 @@ struct RawRule {
     http: Vec<String>,
     #[serde(default)]
     http_addresses: Vec<String>,
+    #[serde(default)]
+    secret_env: Vec<String>,
+    #[serde(default)]
+    secret_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +132,8 @@ struct Rule {
     limits: BTreeMap<String, u64>,
     http: Vec<Origin>,
     http_addresses: Vec<IpRange>,
+    secret_env: Vec<String>,
+    secret_dirs: Vec<PathBuf>,
 }
 
 /// A capability policy read from a file (see the module docs).
@@ -175,18 +190,9 @@ impl Policy {
                     )));
                 }
             }
-            let dirs = rule
-                .dirs
-                .into_iter()
-                .map(|d| {
-                    let path = if d.path.is_absolute() {
-                        d.path
-                    } else {
-                        base.join(d.path)
-                    };
-                    (resolved(&path), d.writable)
-                })
-                .collect();
+            let absolute = |path: PathBuf| resolved(&if path.is_absolute() { path } else { base.join(path) });
+            let dirs = rule.dirs.into_iter().map(|d| (absolute(d.path), d.writable)).collect();
+            let secret_dirs = rule.secret_dirs.into_iter().map(absolute).collect();
             let http = rule
                 .http
                 .iter()
@@ -203,6 +209,8 @@ impl Policy {
                 limits: rule.limits,
                 http,
                 http_addresses,
+                secret_env: rule.secret_env,
+                secret_dirs,
             })
         };
         let default = match raw.default {
@@ -362,6 +370,44 @@ impl Policy {
                 }
             }
         }
+        for (key, secret) in &manifest.secrets {
+            let allowed = match secret.source() {
+                SecretSource::Env(name) => rule.secret_env.iter().any(|allowed| match allowed.strip_suffix('*') {
+                    Some(prefix) => name.starts_with(prefix),
+                    None => name == allowed,
+                }),
+                SecretSource::File(path) => {
+                    let path = resolved(path);
+                    rule.secret_dirs.iter().any(|dir| path.starts_with(dir))
+                }
+            };
+            if !allowed {
+                let (what, rule_field, listed) = match secret.source() {
+                    SecretSource::Env(name) => (
+                        format!("environment variable {name}"),
+                        "secret_env",
+                        rule.secret_env.join(", "),
+                    ),
+                    SecretSource::File(path) => (
+                        format!("file {}", resolved(path).display()),
+                        "secret_dirs",
+                        rule.secret_dirs
+                            .iter()
+                            .map(|d| d.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ),
+                };
+                return Err(refuse(format!(
+                    "[secrets] {key} reads the {what}, which the rule does not allow ({})",
+                    if listed.is_empty() {
+                        format!("its {rule_field} is empty")
+                    } else {
+                        format!("{rule_field}: {listed}")
+                    }
+                )));
+            }
+        }
         for (limit, asked, default) in manifest.raised_limits(base) {
             match rule.limits.get(limit) {
                 Some(cap) if asked <= *cap => {}
@@ -450,6 +496,53 @@ mod tests {
         assert!(err.to_string().contains("dir"), "{err}");
         let err = Policy::parse(Path::new("p.toml"), Path::new("."), "not toml [").unwrap_err();
         assert!(err.to_string().contains("p.toml"), "{err}");
+    }
+
+    /// A plugin could send a secret's value out through a granted origin:
+    /// which host variables and files it may read is bounded by the rule.
+    #[test]
+    fn secrets_must_come_from_the_rules_variables_and_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = dir.path().join("secrets");
+        std::fs::create_dir(&allowed).unwrap();
+        std::fs::write(allowed.join("token"), "t0ken\n").unwrap();
+        std::fs::write(dir.path().join("elsewhere"), "x").unwrap();
+        // SAFETY: set before any thread of this test reads the environment;
+        // the names are this test's own.
+        unsafe {
+            std::env::set_var("PLUGBUS_POLICY_TEST_URL", "https://hooks.example.com/T0");
+            std::env::set_var("PLUGBUS_POLICY_TEST_OTHER", "x");
+            std::env::set_var("ALERTS_POLICY_TEST_KEY", "x");
+        }
+        let policy = Policy::parse(
+            Path::new("p.toml"),
+            dir.path(),
+            "[default]\n[plugin.alerts]\nsecret_env = [\"PLUGBUS_POLICY_TEST_URL\", \"ALERTS_*\"]\nsecret_dirs = [\"secrets\"]\n",
+        )
+        .unwrap();
+        let manifest =
+            |secrets: &str| Manifest::parse(&dir.path().join("m.toml"), &format!("[secrets]\n{secrets}\n")).unwrap();
+        let base = Limits::default();
+        let check = |name: &str, secrets: &str| policy.check(name, None, &manifest(secrets), &base);
+        assert!(check("alerts", "url = { env = \"PLUGBUS_POLICY_TEST_URL\" }").is_ok());
+        assert!(check("alerts", "k = { env = \"ALERTS_POLICY_TEST_KEY\" }").is_ok());
+        assert!(check("alerts", "t = { file = \"secrets/token\" }").is_ok());
+        for (secrets, names) in [
+            (
+                "o = { env = \"PLUGBUS_POLICY_TEST_OTHER\" }",
+                "environment variable PLUGBUS_POLICY_TEST_OTHER",
+            ),
+            ("e = { file = \"elsewhere\" }", "elsewhere"),
+            ("e = { file = \"secrets/../elsewhere\" }", "elsewhere"),
+        ] {
+            let e = check("alerts", secrets).unwrap_err();
+            assert!(e.to_string().contains(names) && e.rule == "[plugin.alerts]", "{e}");
+        }
+        let e = check("other", "url = { env = \"PLUGBUS_POLICY_TEST_URL\" }").unwrap_err();
+        assert!(
+            e.rule == "[default]" && e.reason.contains("its secret_env is empty"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -301,6 +301,11 @@ async fn a_capability_policy_refuses_each_grant_it_does_not_allow_and_names_the_
     put("over-cap", "[limits]\nmemory_mib = 512\n".into());
     put("modest", "[limits]\nfuel = 1000000\ndeadline_ms = 50\n".into());
     put("signed-catch-up", "replay = \"all\"\n".into());
+    std::fs::write(allowed.join("token"), "t0ken").unwrap();
+    std::fs::write(other.join("token"), "t0ken").unwrap();
+    let secret = |file: &Path| format!("[secrets]\ntoken = {{ file = \"{}\" }}\n", file.display());
+    put("keeper", secret(&allowed.join("token")));
+    put("leaker", secret(&other.join("token")));
     minisign_sign(&sk, &dir.path().join("signed-catch-up.wasm"), "ci");
     let policy = root.path().join("policy.toml");
     std::fs::write(
@@ -311,6 +316,8 @@ async fn a_capability_policy_refuses_each_grant_it_does_not_allow_and_names_the_
              [plugin.writer]\ndirs = [{{ path = \"allowed\" }}]\n\n\
              [plugin.capped]\nlimits = {{ fuel = 100000000, memory_mib = 256 }}\n\n\
              [plugin.over-cap]\nlimits = {{ memory_mib = 256 }}\n\n\
+             [plugin.keeper]\nsecret_dirs = [\"allowed\"]\n\n\
+             [plugin.leaker]\nsecret_dirs = [\"allowed\"]\n\n\
              [key.{}]\nreplay = true\n",
             key_id(&pk)
         ),
@@ -329,9 +336,14 @@ async fn a_capability_policy_refuses_each_grant_it_does_not_allow_and_names_the_
     loaded.sort();
     assert_eq!(
         loaded,
-        ["capped", "modest", "reader", "signed-catch-up"],
+        ["capped", "keeper", "modest", "reader", "signed-catch-up"],
         "{:?}",
         bus.load_failures()
+    );
+    let leaker = reason(&bus, "leaker");
+    assert!(
+        leaker.contains("[plugin.leaker]") && leaker.contains("[secrets] token reads the file"),
+        "{leaker}"
     );
     let writer = reason(&bus, "writer");
     assert!(
@@ -371,7 +383,7 @@ async fn a_capability_policy_refuses_each_grant_it_does_not_allow_and_names_the_
         .build()
         .await
         .unwrap();
-    assert_eq!(bus.plugins().len(), 9, "{:?}", bus.load_failures());
+    assert_eq!(bus.plugins().len(), 11, "{:?}", bus.load_failures());
     bus.shutdown().await;
 
     // A policy that cannot be read or parsed stops the build, named.
