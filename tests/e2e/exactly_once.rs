@@ -878,3 +878,66 @@ async fn a_new_version_refusing_the_state_is_rebuilt_from_the_log() {
     assert_eq!(fired[0].payload()["calls"], 4, "{:?}", fired[0].payload());
     bus.shutdown().await;
 }
+
+/// The log's retention floor counts every kept snapshot, not only those of
+/// the plugins loaded so far: plugin `a`, absent for a run (failing to
+/// load, or still compiling), keeps the segments its snapshot needs while
+/// `b` moves on and age retention runs. Before, the first snapshot `b` kept
+/// set the floor from `b` alone, retention removed what `a` needed, and `a`
+/// came back with `plugbus.plugin.state_lost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_absent_for_a_run_keeps_the_log_its_snapshot_needs() {
+    let manifest = ledger_manifest(false, 10, 0);
+    let (both, absent_a) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for name in ["a", "b"] {
+        support::install(both.path(), &support::wasm("ledger"), name, &manifest);
+    }
+    support::install(absent_a.path(), &support::wasm("ledger"), "b", &manifest);
+    let log = tempfile::tempdir().unwrap();
+    let open = |plugins: &Path| {
+        plugbus::Bus::builder()
+            .plugin_dir(plugins)
+            .log_dir(log.path())
+            .segment_bytes(4096)
+            .retention(None, Some(Duration::from_millis(1)))
+            .cache_dir(support::shared_cache())
+            .build()
+    };
+    let bus = open(both.path()).await.unwrap();
+    emit_ledger(&bus, 0, 20, |_| false);
+    bus.flush().await;
+    bus.shutdown().await;
+
+    let bus = open(absent_a.path()).await.unwrap();
+    // In steps, so that segments roll (and retention runs) after `b`'s
+    // snapshots moved the floor past them, and after they are 1 ms old.
+    for step in 1..16 {
+        emit_ledger(&bus, step * 20, step * 20 + 20, |_| false);
+        bus.flush().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    bus.emit_durable("other.last", json!({})).await.unwrap();
+    bus.shutdown().await;
+    let first = plugbus::LogReader::open(log.path(), 0)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .seq;
+    assert!(
+        first <= 21,
+        "segments `a` needs were removed: the log starts at {first}"
+    );
+
+    let bus = open(both.path()).await.unwrap();
+    bus.flush().await;
+    let answer = bus.query("a", r#"{"applied": true}"#).await.unwrap();
+    let v: Value = serde_json::from_str(answer.answer.get()).unwrap();
+    bus.shutdown().await;
+    let lost: Vec<Value> = logged(log.path(), |name| name == "plugbus.plugin.state_lost")
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert!(lost.is_empty(), "{lost:?}");
+    assert_eq!(v["events"], 320, "a saw every event: {}", v["events"]);
+}

@@ -451,19 +451,24 @@ impl BusBuilder {
         let history = (self.history > 0).then(|| History::new(self.history));
         let log_dir = self.log_dir.clone();
         let journal_sync = self.log_options.durability != crate::log::Durability::Off;
+        let mut kept_snapshots = std::collections::BTreeMap::new();
         let log = match self.log_dir {
             Some(dir) => {
                 let mut options = self.log_options;
                 let keep_state = self.keep_plugin_state;
                 let dir_for_floor = dir.clone();
                 // Retention keeps what the kept snapshots still need (their
-                // plugins resume from just after them) from the start.
+                // plugins resume from just after them) from the start, and
+                // for every plugin whose snapshot is there, loaded yet or
+                // not (still compiling, or failing to load this run).
                 if keep_state {
-                    let floor =
-                        tokio::task::spawn_blocking(move || crate::plugin::recovery::kept_floor(&dir_for_floor))
+                    kept_snapshots =
+                        tokio::task::spawn_blocking(move || crate::plugin::recovery::kept_positions(&dir_for_floor))
                             .await
-                            .unwrap_or(0);
-                    options.retention_floor = options.retention_floor.max(floor);
+                            .unwrap_or_default();
+                    options.retention_floor = options
+                        .retention_floor
+                        .max(crate::plugin::recovery::floor_of(&kept_snapshots));
                 }
                 // Opening checks the last segment: file I/O, off the runtime.
                 let log = tokio::task::spawn_blocking(move || EventLog::open(dir, options))
@@ -524,6 +529,7 @@ impl BusBuilder {
             runtime,
             log: log.clone(),
             keep_plugin_state: self.keep_plugin_state,
+            kept_snapshots,
             follow_ups: self.follow_ups,
             schemas,
             signatures,

@@ -156,8 +156,11 @@ pub(crate) struct Shared {
     /// letters, catch-up); false on a replay's bus, which must never touch
     /// the live plugins' files.
     keep_plugin_state: bool,
-    /// Per loaded plugin, the position of the snapshot it keeps beside the
-    /// log: the log's retention floor is the lowest plus one.
+    /// Per plugin, the position of the snapshot it keeps beside the log:
+    /// the log's retention floor is the lowest plus one. Seeded at open from
+    /// the snapshot files, so a plugin not loaded yet (compiling, or failing
+    /// to load this run) still holds back what it needs; an entry leaves
+    /// only when its plugin is unloaded.
     kept_snapshots: Mutex<BTreeMap<String, u64>>,
     /// What becomes of plugins' follow-up events (published, or captured
     /// by a replay).
@@ -215,6 +218,8 @@ pub(crate) struct Parts {
     pub runtime: Handle,
     pub log: Option<EventLog>,
     pub keep_plugin_state: bool,
+    /// The snapshots kept beside the log at open, by plugin.
+    pub kept_snapshots: BTreeMap<String, u64>,
     pub follow_ups: FollowUps,
     pub schemas: Option<crate::schema::Schemas>,
     pub signatures: Arc<crate::signature::SignaturePolicy>,
@@ -234,6 +239,7 @@ impl Shared {
             runtime,
             log,
             keep_plugin_state,
+            kept_snapshots,
             follow_ups,
             schemas,
             signatures,
@@ -249,7 +255,7 @@ impl Shared {
             next_entry: AtomicU64::new(1),
             log,
             keep_plugin_state,
-            kept_snapshots: Mutex::new(BTreeMap::new()),
+            kept_snapshots: Mutex::new(kept_snapshots),
             follow_ups,
             schemas,
             #[cfg(feature = "nats")]
@@ -347,7 +353,7 @@ impl BusPort for Shared {
                 kept.remove(plugin);
             }
         }
-        log.set_retention_floor(kept.values().min().map_or(0, |seq| seq + 1));
+        log.set_retention_floor(crate::plugin::recovery::floor_of(&kept));
     }
 }
 

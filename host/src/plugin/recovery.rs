@@ -9,7 +9,7 @@
 //! history: keeping them costs a pointer each, plus their payloads for as
 //! long as they are kept, which [`Limits::replay_max_events`] bounds.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -94,26 +94,34 @@ pub(crate) fn persist(path: &Path, snapshot: &Snapshot, sync: bool) -> std::io::
     Ok(())
 }
 
-/// The retention floor the snapshots kept in `log_dir` ask for: the lowest
-/// position after any of them (0 when there are none). Reads each file's
-/// header only.
-pub(crate) fn kept_floor(log_dir: &Path) -> u64 {
+/// The snapshots kept in `log_dir`: each plugin's name and the position of
+/// its snapshot. Reads each file's header only.
+pub(crate) fn kept_positions(log_dir: &Path) -> BTreeMap<String, u64> {
+    let mut kept = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(log_dir.join(SNAPSHOT_DIR)) else {
-        return 0;
+        return kept;
     };
-    let mut floor: Option<u64> = None;
     for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
         if path.extension().is_none_or(|e| e != "snap") {
             continue;
         }
+        let Some(plugin) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
         let mut head = [0u8; 16];
         let read = std::fs::File::open(&path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
         if read.is_ok() && (head[..8] == SNAPSHOT_MAGIC[..] || head[..8] == SNAPSHOT_MAGIC_V1[..]) {
             let seq = u64::from_le_bytes(head[8..16].try_into().unwrap_or_default());
-            floor = Some(floor.map_or(seq + 1, |f| f.min(seq + 1)));
+            kept.insert(plugin.to_owned(), seq);
         }
     }
-    floor.unwrap_or(0)
+    kept
+}
+
+/// The retention floor snapshots at `positions` ask for: the lowest
+/// position after any of them (0 when there are none).
+pub(crate) fn floor_of(positions: &BTreeMap<String, u64>) -> u64 {
+    positions.values().min().map_or(0, |seq| seq + 1)
 }
 
 /// Reads a snapshot file (format 1 or 2). `Ok(None)` when there is none;
