@@ -1003,3 +1003,56 @@ fn a_secret_never_shows_in_logs_the_api_or_check_and_a_missing_one_is_named() {
         "{text}"
     );
 }
+
+/// A journaled answer goes back only to the request it answered. Two
+/// CloudEvents share an id (`order-1`) from two sources, and each asks for
+/// its own URL: the second's request has the first's key. Before, it got
+/// the first request's response (`/from-a`'s) and nothing was sent; now it
+/// is refused, naming the journal, and never answered with another
+/// request's response.
+#[test]
+fn a_journaled_answer_is_never_given_to_another_request() {
+    let server = Server::start();
+    let plugins = fetcher_dir(&format!("[http]\nallow = [\"http://127.0.0.1:{}\"]\n", server.port));
+    let log = tempfile::tempdir().unwrap();
+    let (served, addr, _stderr) = support::serve_logged(plugins.path(), log.path());
+    for (source, path) in [("/src/a", "/from-a"), ("/src/b", "/from-b")] {
+        let event = json!({
+            "specversion": "1.0", "id": "order-1", "source": source, "type": "fetch",
+            "data": fetch(&[("GET", &server.url(path), "")]),
+        });
+        let (status, answer) = support::http_with(
+            &addr,
+            "POST",
+            "/events",
+            &[("Content-Type", "application/cloudevents+json")],
+            event.to_string().as_bytes(),
+        );
+        assert_eq!(status, 202, "{answer}");
+    }
+    let fetched = || -> Vec<Value> {
+        plugbus::LogReader::open(log.path(), 0)
+            .map(|r| {
+                r.filter_map(Result::ok)
+                    .filter(|r| r.name == "fetched")
+                    .map(|r| r.payload)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fetched().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", fetched());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    support::terminate(&served);
+    let got = fetched();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0]["status"], 200, "{got:?}");
+    assert_eq!(
+        got[1]["error"], "request failed: HttpRequestDenied",
+        "not the first request's answer: {got:?}"
+    );
+    let seen: Vec<String> = server.seen().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(seen, ["/from-a"]);
+}

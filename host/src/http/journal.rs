@@ -126,8 +126,35 @@ struct Record {
     /// compacted away).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     seq: Option<u64>,
+    /// The request's [`fingerprint`] (absent in records written before it
+    /// was kept: such a record answers whatever request has its key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request: Option<String>,
     outcome: Recorded,
 }
+
+/// What identifies a request beyond its key: a hash of its method and URL.
+/// A journaled answer is given back only to the request it answered: a
+/// plugin version that asks in another order, or two events sharing an id,
+/// never get another request's response.
+///
+/// ```
+/// use plugbus::http::fingerprint;
+/// assert_eq!(fingerprint("POST", "https://h.example/a"), fingerprint("POST", "https://h.example/a"));
+/// assert_ne!(fingerprint("POST", "https://h.example/a"), fingerprint("GET", "https://h.example/a"));
+/// ```
+pub fn fingerprint(method: &str, url: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(method.as_bytes());
+    h.update([0]);
+    h.update(url.as_bytes());
+    h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A journaled answer and the fingerprint of the request it answered
+/// (`None`: a record from before fingerprints were kept).
+pub type Journaled = (Arc<Recorded>, Option<String>);
 
 /// A journal that cannot be opened or written. Names the file (or bucket).
 #[derive(Debug, thiserror::Error)]
@@ -223,7 +250,7 @@ enum Store {
         read_only: bool,
     },
     Memory {
-        entries: HashMap<RequestKey, Arc<Recorded>>,
+        entries: HashMap<RequestKey, Journaled>,
         order: VecDeque<RequestKey>,
     },
 }
@@ -293,7 +320,7 @@ impl RequestJournal {
     ///
     /// # Errors
     /// [`JournalError`] when the record cannot be read back.
-    pub async fn lookup(&self, key: &RequestKey) -> Result<Option<Arc<Recorded>>, JournalError> {
+    pub async fn lookup(&self, key: &RequestKey) -> Result<Option<Journaled>, JournalError> {
         #[cfg(feature = "nats")]
         if let Some(remote) = &self.remote {
             let err = |reason: String| JournalError::nats(remote.kv.bucket(), reason);
@@ -309,10 +336,10 @@ impl RequestJournal {
                     record.key
                 )));
             }
-            return Ok(Some(Arc::new(record.outcome)));
+            return Ok(Some((Arc::new(record.outcome), record.request)));
         }
         // A file read is one record from the page cache: not worth a thread.
-        self.get(key)
+        self.get_journaled(key)
     }
 
     /// Records `key`'s outcome where this journal keeps it, returning once
@@ -321,7 +348,13 @@ impl RequestJournal {
     ///
     /// # Errors
     /// [`JournalError`] when the record cannot be kept.
-    pub async fn record(&self, key: RequestKey, seq: Option<u64>, outcome: Recorded) -> Result<(), JournalError> {
+    pub async fn record(
+        &self,
+        key: RequestKey,
+        seq: Option<u64>,
+        request: Option<String>,
+        outcome: Recorded,
+    ) -> Result<(), JournalError> {
         #[cfg(feature = "nats")]
         if let Some(remote) = &self.remote {
             if remote.read_only {
@@ -329,14 +362,20 @@ impl RequestJournal {
             }
             let name = key.idempotency_key();
             let err = |reason: String| JournalError::nats(remote.kv.bucket(), reason);
-            let bytes = serde_json::to_vec(&Record { key, seq, outcome }).map_err(|e| err(e.to_string()))?;
+            let bytes = serde_json::to_vec(&Record {
+                key,
+                seq,
+                request,
+                outcome,
+            })
+            .map_err(|e| err(e.to_string()))?;
             return remote.kv.put(&name, &bytes).await.map_err(err);
         }
         if self.in_memory() {
-            return self.put(key, seq, outcome);
+            return self.put_request(key, seq, request, outcome);
         }
         let journal = self.clone();
-        tokio::task::spawn_blocking(move || journal.put(key, seq, outcome))
+        tokio::task::spawn_blocking(move || journal.put_request(key, seq, request, outcome))
             .await
             .map_err(|e| JournalError::Io {
                 path: PathBuf::from(JOURNAL_FILE),
@@ -415,6 +454,14 @@ impl RequestJournal {
     /// # Errors
     /// [`JournalError`] when the record cannot be read back.
     pub fn get(&self, key: &RequestKey) -> Result<Option<Arc<Recorded>>, JournalError> {
+        Ok(self.get_journaled(key)?.map(|(outcome, _)| outcome))
+    }
+
+    /// [`get`](Self::get), with the fingerprint of the request answered.
+    ///
+    /// # Errors
+    /// As for [`get`](Self::get).
+    pub fn get_journaled(&self, key: &RequestKey) -> Result<Option<Journaled>, JournalError> {
         // Poisoning needs a panic while the lock is held; no code below panics.
         let store = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match &*store {
@@ -441,7 +488,7 @@ impl RequestJournal {
                         reason: format!("the record there is {:?}'s, not {key:?}'s", record.key),
                     });
                 }
-                Ok(Some(Arc::new(record.outcome)))
+                Ok(Some((Arc::new(record.outcome), record.request)))
             }
         }
     }
@@ -454,10 +501,24 @@ impl RequestJournal {
     /// # Errors
     /// [`JournalError`] when the record cannot be written.
     pub fn put(&self, key: RequestKey, seq: Option<u64>, outcome: Recorded) -> Result<(), JournalError> {
+        self.put_request(key, seq, None, outcome)
+    }
+
+    /// [`put`](Self::put), with the [`fingerprint`] of the request answered.
+    ///
+    /// # Errors
+    /// As for [`put`](Self::put).
+    pub fn put_request(
+        &self,
+        key: RequestKey,
+        seq: Option<u64>,
+        request: Option<String>,
+        outcome: Recorded,
+    ) -> Result<(), JournalError> {
         let mut store = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match &mut *store {
             Store::Memory { entries, order } => {
-                if entries.insert(key.clone(), Arc::new(outcome)).is_none() {
+                if entries.insert(key.clone(), (Arc::new(outcome), request)).is_none() {
                     order.push_back(key);
                     if order.len() > MEMORY_ENTRIES
                         && let Some(old) = order.pop_front()
@@ -479,6 +540,7 @@ impl RequestJournal {
                 let json = serde_json::to_vec(&Record {
                     key: key.clone(),
                     seq,
+                    request,
                     outcome,
                 })
                 .map_err(|e| JournalError::Io {

@@ -22,5 +22,7 @@ pub(crate) mod stats;
 pub use address::{IpRange, special_address};
 pub(crate) use grant::is_subdomain;
 pub use grant::{HostRule, HttpGrant, Origin, RawHttp, Scheme};
-pub use journal::{JOURNAL_FILE, JournalError, MEMORY_ENTRIES, Recorded, RequestJournal, RequestKey};
+pub use journal::{
+    JOURNAL_FILE, JournalError, Journaled, MEMORY_ENTRIES, Recorded, RequestJournal, RequestKey, fingerprint,
+};
 pub use stats::{HttpCounts, LATENCY_BOUNDS_MS};

@@ -26,7 +26,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 use crate::event::Event;
 use crate::http::address::special_address;
 use crate::http::grant::{HttpGrant, Scheme, parse_ip_host, split_host_port};
-use crate::http::journal::{Recorded, RequestJournal, RequestKey};
+use crate::http::journal::{Recorded, RequestJournal, RequestKey, fingerprint};
 use crate::http::stats::HttpStats;
 
 /// What every instance of one loaded plugin shares: its grant, the bus's
@@ -194,6 +194,7 @@ impl WasiHttpHooks for PluginHttp {
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = Sent> + Send> {
         let url = shown_url(request.uri());
+        let request_id = fingerprint(request.method().as_str(), &request.uri().to_string());
         let decided = self.decide(&url);
         let outbound = self.outbound.clone();
         let waited = self.io_waited.clone();
@@ -202,7 +203,21 @@ impl WasiHttpHooks for PluginHttp {
             // The journal first: an answer recorded for this key is given
             // back and nothing is sent (or counted against the limits).
             match outbound.setup.journal.lookup(&key).await {
-                Ok(Some(recorded)) => {
+                Ok(Some((_, Some(answered)))) if answered != request_id => {
+                    // Another request has this key's answer (a version that
+                    // asks in another order, two events sharing an id):
+                    // never given another request's response, never sent
+                    // under a key whose answer is kept.
+                    return Err(checks.refuse(
+                        &url,
+                        format!(
+                            "the request journal holds the answer to another request (method or URL) as request {} of this event",
+                            key.index
+                        ),
+                        Error::HttpRequestDenied,
+                    ));
+                }
+                Ok(Some((recorded, _))) => {
                     outbound.stats.replayed.fetch_add(1, Relaxed);
                     tracing::debug!(
                         plugin = &*outbound.plugin,
@@ -237,7 +252,12 @@ impl WasiHttpHooks for PluginHttp {
                 Err(Unsent(error)) => return Err(error),
             };
             let for_guest = answer(&recorded);
-            match outbound.setup.journal.record(key, seq, recorded).await {
+            match outbound
+                .setup
+                .journal
+                .record(key, seq, Some(request_id), recorded)
+                .await
+            {
                 Ok(()) => for_guest,
                 Err(e) => {
                     tracing::error!(plugin = &*outbound.plugin, url, error = %e, "request sent but not journaled: a replay of this event will not find it");
