@@ -56,14 +56,23 @@ pub(crate) struct Cursor {
     /// The batch being read ahead, from `(next, position)` as they were
     /// when it started.
     ahead: Option<Ahead>,
+    /// Events the last read found removed by the log's retention while this
+    /// cursor still needed them (`from..=to`), for the worker to announce.
+    gap: Option<(u64, u64)>,
+    /// Gaps ending before this were announced already (at the start).
+    gaps_known_before: u64,
 }
 
 /// A read started ahead of its use.
 struct Ahead {
     from: u64,
     position: Option<LogPosition>,
-    read: tokio::task::JoinHandle<Result<Records, LogError>>,
+    read: tokio::task::JoinHandle<Result<Read, LogError>>,
 }
+
+/// A read's records, and the events retention removed before them that it
+/// needed (`from..=to`), if any.
+type Read = (Records, Option<(u64, u64)>);
 
 impl Cursor {
     /// A cursor at the start of what `mode` asks for.
@@ -82,7 +91,20 @@ impl Cursor {
             patterns,
             position: None,
             ahead: None,
+            gap: None,
+            gaps_known_before: 0,
         }
+    }
+
+    /// Events removed by retention that the last read skipped (`from..=to`):
+    /// taken once.
+    pub fn take_gap(&mut self) -> Option<(u64, u64)> {
+        self.gap.take()
+    }
+
+    /// A gap ending before `seq` was announced already: not again.
+    pub fn gaps_known_before(&mut self, seq: u64) {
+        self.gaps_known_before = self.gaps_known_before.max(seq);
     }
 
     /// Starts at sequence number `seq` instead (after a kept snapshot).
@@ -118,7 +140,7 @@ impl Cursor {
     /// to `upto`, on a blocking thread.
     fn start_read(&self, from: u64, position: Option<LogPosition>, upto: u64) -> Ahead {
         let dir = self.dir.clone();
-        let read = tokio::task::spawn_blocking(move || -> Result<Records, LogError> {
+        let read = tokio::task::spawn_blocking(move || -> Result<Read, LogError> {
             let mut out = Vec::with_capacity(BATCH);
             let mut reader = LogReader::open(&dir, from)?.resume(position);
             while out.len() < BATCH {
@@ -131,7 +153,18 @@ impl Cursor {
                 // Right after the record just taken, before reading on.
                 out.push((event, reader.position()));
             }
-            Ok(out)
+            // Nothing at `from` (a read from 0 takes what the log has): were
+            // the events there removed by retention while this catch-up ran?
+            let skipped = out.first().is_none_or(|(e, _)| e.seq().unwrap_or(0) > from);
+            let gap = if from > 0 && skipped {
+                match crate::log::first_retained_seq(&dir)? {
+                    Some(first) if first > from => Some((from, (first - 1).min(upto))),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            Ok((out, gap))
         });
         Ahead { from, position, read }
     }
@@ -152,10 +185,18 @@ impl Cursor {
                 Some(a) if a.from == self.next && a.position == self.position => a,
                 _ => self.start_read(self.next, self.position, upto),
             };
-            let mut read = ahead
+            let (mut read, gap) = ahead
                 .read
                 .await
                 .map_err(|e| LogError::Failed(format!("log reader task failed: {e}").into()))??;
+            if let Some((from, to)) = gap
+                && to >= self.gaps_known_before
+                && from <= to
+            {
+                let from = from.max(self.gaps_known_before);
+                self.gap = Some(self.gap.map_or((from, to), |(f, _)| (f, to)));
+                self.gaps_known_before = to + 1;
+            }
             let full = read.len() == BATCH;
             read.retain(|(e, _)| e.seq().unwrap_or(0) <= upto);
             let Some((last, at)) = read.last() else {
@@ -214,6 +255,57 @@ mod tests {
     use super::*;
     use crate::log::{Durability, LogOptions};
     use serde_json::json;
+
+    /// Segments removed by retention while a catch-up runs (here: deleted
+    /// between two reads) are a gap the cursor reports, with its range,
+    /// instead of reading on from the first segment left as if nothing had
+    /// been skipped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_removed_while_a_catch_up_runs_are_reported_as_a_gap() {
+        #[cfg(feature = "failpoints")]
+        let _serial = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let options = LogOptions {
+            durability: Durability::Off,
+            segment_bytes: 16 << 10,
+            ..LogOptions::default()
+        };
+        let log = EventLog::open(dir.path(), options).unwrap();
+        let mut last = 0;
+        for i in 0..3 * BATCH as u64 {
+            last = log.append(&Event::new("kept", json!({ "i": i })), false).0;
+        }
+        log.wait_written(last).await.unwrap();
+        let mut cursor = Cursor::new(&log, CatchUp::All, vec![Pattern::parse("kept").unwrap()]);
+        // Exactly one batch, nothing read ahead.
+        let first = cursor.read(BATCH as u64).await.unwrap();
+        assert_eq!(first.last().and_then(Event::seq), Some(BATCH as u64));
+        assert_eq!(cursor.take_gap(), None);
+        // "Retention" removes every segment that starts at or below 2,000.
+        let mut removed_up_to = 0;
+        let mut segments: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| {
+                let path = e.unwrap().path();
+                let seq = path.file_stem()?.to_str()?.parse::<u64>().ok()?;
+                Some((seq, path))
+            })
+            .collect();
+        segments.sort();
+        for (seq, path) in &segments {
+            if *seq <= 2000 {
+                std::fs::remove_file(path).unwrap();
+            } else if path.extension().is_some_and(|e| e == "seg") && removed_up_to == 0 {
+                removed_up_to = seq - 1;
+            }
+        }
+        assert!(removed_up_to > BATCH as u64, "{segments:?}");
+        let next = cursor.read(u64::MAX).await.unwrap();
+        assert_eq!(next.first().and_then(Event::seq), Some(removed_up_to + 1));
+        assert_eq!(cursor.take_gap(), Some((BATCH as u64 + 1, removed_up_to)));
+        assert_eq!(cursor.take_gap(), None, "taken once");
+        log.close();
+    }
 
     /// Reading ahead never loses, repeats or reorders an event: a read whose
     /// `upto` is short of what was read ahead is cut to it, the next read

@@ -439,6 +439,7 @@ impl Worker {
         let last = self.last_seq;
         loop {
             let batch = cursor.read(upto).await?;
+            self.announce_gap(cursor.take_gap());
             if batch.is_empty() {
                 break;
             }
@@ -472,10 +473,13 @@ impl Worker {
         }
         if resumed {
             // The kept snapshot needs every event after it.
-            self.report_retention_gap(&log, self.last_seq.unwrap_or(0)).await;
+            if let Some(first) = self.report_retention_gap(&log, self.last_seq.unwrap_or(0)).await {
+                cursor.gaps_known_before(first);
+            }
         }
         loop {
             let batch = cursor.read(log.status().written_seq).await?;
+            self.announce_gap(cursor.take_gap());
             if batch.is_empty() {
                 break;
             }
@@ -487,6 +491,7 @@ impl Worker {
         log.wait_written(cut).await?;
         loop {
             let batch = cursor.read(cut).await?;
+            self.announce_gap(cursor.take_gap());
             if batch.is_empty() {
                 break;
             }
@@ -505,23 +510,32 @@ impl Worker {
     /// Says so, loudly, when the events after `seq` (the kept snapshot's
     /// position) are no longer all in the log: retention removed some. The
     /// state the snapshot holds is kept: it only misses those events.
-    async fn report_retention_gap(&mut self, log: &crate::log::EventLog, seq: u64) {
+    /// Returns the log's first retained sequence number, when there is one.
+    async fn report_retention_gap(&mut self, log: &crate::log::EventLog, seq: u64) -> Option<u64> {
         let dir = log.dir().to_owned();
         let first = tokio::task::spawn_blocking(move || crate::log::first_retained_seq(&dir)).await;
-        if let Ok(Ok(Some(first))) = first
-            && first > seq + 1
-        {
-            let (from, to) = (seq + 1, first - 1);
-            tracing::error!(
-                plugin = &*self.spec.name,
-                from_seq = from,
-                to_seq = to,
-                "events the kept snapshot needs were removed by retention: the plugin's state misses them"
-            );
-            let reason =
-                format!("events {from}..={to} were removed by the log's retention before this plugin handled them");
-            self.announce_state_lost(&reason, json!({ "from_seq": from, "to_seq": to }));
+        let Ok(Ok(Some(first))) = first else { return None };
+        if first > seq + 1 {
+            self.announce_gap(Some((seq + 1, first - 1)));
         }
+        Some(first)
+    }
+
+    /// Announces events `from..=to` removed by the log's retention before
+    /// this plugin handled them (at the start of a catch-up, or while it
+    /// ran): `plugbus.plugin.state_lost` with the range. The state is kept:
+    /// it only misses those events.
+    fn announce_gap(&mut self, gap: Option<(u64, u64)>) {
+        let Some((from, to)) = gap else { return };
+        tracing::error!(
+            plugin = &*self.spec.name,
+            from_seq = from,
+            to_seq = to,
+            "events the plugin needs were removed by retention: its state misses them"
+        );
+        let reason =
+            format!("events {from}..={to} were removed by the log's retention before this plugin handled them");
+        self.announce_state_lost(&reason, json!({ "from_seq": from, "to_seq": to }));
     }
 
     /// Handles logged events, emits and logs silenced; returns how many.
