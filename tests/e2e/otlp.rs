@@ -349,6 +349,44 @@ fn post_traces(addr: &str, content_type: &str, encoding: Option<&str>, body: &[u
     support::http_with(addr, "POST", "/v1/traces", &headers, body)
 }
 
+/// `google.rpc.Status`, the body of an OTLP/HTTP error answer in protobuf.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+/// `POST /v1/traces` with the answer's status, `Content-Type` and body as
+/// bytes (a protobuf `Status` is not text).
+fn post_traces_raw(addr: &str, content_type: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    // The server may answer and close before reading all of a large body.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP answer");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, content_type, raw[split + 4..].to_vec())
+}
+
 /// The events in `log`, as `plugbus log show --json` prints them.
 fn logged(log: &Path) -> Vec<Value> {
     let out = support::plugbus(&["log", "show", "--json", "--log", log.to_str().unwrap()]);
@@ -456,10 +494,32 @@ fn bad_otlp_requests_are_refused_with_their_reason_and_store_nothing() {
     // A gzip bomb: 80 MiB of zeros in ~80 KiB.
     let bomb = gzip(&vec![0u8; 80 << 20]);
     refused("application/x-protobuf", Some("gzip"), &bomb, 413, "inflates past");
-    // Over the body cap as sent.
-    let huge = vec![b' '; plugbus::otlp::MAX_BODY + 1];
-    let (status, _) = post_traces(&addr, "application/json", None, &huge);
-    assert_eq!(status, 413);
+    // Over the body cap as sent, just or by far: a 413 with a
+    // google.rpc.Status (RESOURCE_EXHAUSTED) in the request's encoding, as
+    // for any other refusal, not the HTTP server's plain-text rejection.
+    for size in [plugbus::otlp::MAX_BODY + 1, plugbus::otlp::MAX_BODY + (1 << 20)] {
+        let huge = vec![b' '; size];
+        let (status, content_type, answer) = post_traces_raw(&addr, "application/json", &huge);
+        assert_eq!(status, 413, "{}", String::from_utf8_lossy(&answer));
+        assert_eq!(content_type, "application/json", "{}", String::from_utf8_lossy(&answer));
+        let answer: Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["code"], 8, "{answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains("request too large"),
+            "{answer}"
+        );
+        let (status, content_type, answer) = post_traces_raw(&addr, "application/x-protobuf", &huge);
+        assert_eq!(status, 413, "{}", String::from_utf8_lossy(&answer));
+        assert_eq!(
+            content_type,
+            "application/x-protobuf",
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        let answer = RpcStatus::decode(answer.as_slice()).unwrap();
+        assert_eq!(answer.code, 8, "{answer:?}");
+        assert!(answer.message.contains("request too large"), "{answer:?}");
+    }
     assert!(logged(&log).is_empty(), "nothing of a refused request is stored");
 
     // Spans with no end time, bad ids, ends before starts: refused alone,
@@ -545,7 +605,7 @@ fn bad_otlp_requests_are_refused_with_their_reason_and_store_nothing() {
     let (_, metrics) = support::http(&addr, "GET", "/metrics", b"");
     assert!(metrics.contains("plugbus_otlp_invalid_attributes_total 3"), "{metrics}");
     assert!(
-        metrics.contains("plugbus_otlp_requests_total{outcome=\"failed\"} 7"),
+        metrics.contains("plugbus_otlp_requests_total{outcome=\"failed\"} 11"),
         "{metrics}"
     );
 

@@ -51,9 +51,11 @@ struct Inner {
     forwarded: Arc<AtomicU64>,
     /// The process that built the runtime.
     pid: u32,
-    /// Maps OpenTelemetry spans handed over by `PlugbusSpanExporter`
-    /// (made at the first export: it remembers traces' conversation ids).
-    otlp: std::sync::OnceLock<plugbus::otlp::Receiver>,
+    /// Map OpenTelemetry spans handed over by `PlugbusSpanExporter`: one
+    /// receiver per `all_spans` setting (index 0: GenAI spans only, 1: all
+    /// spans), each made at its first export and shared by the exporters of
+    /// that setting (it remembers traces' conversation ids).
+    otlp: [std::sync::OnceLock<plugbus::otlp::Receiver>; 2],
 }
 
 /// A plugbus bus for Python. Not for direct use: see `plugbus.EventBus`.
@@ -292,7 +294,7 @@ impl NativeBus {
                 follow_ups: Mutex::new(rx),
                 forwarded,
                 pid: std::process::id(),
-                otlp: std::sync::OnceLock::new(),
+                otlp: [std::sync::OnceLock::new(), std::sync::OnceLock::new()],
             })
         });
         let inner = inner.map_err(PlugbusError::new_err)?;
@@ -354,16 +356,16 @@ impl NativeBus {
     /// them, as `POST /v1/traces` does (docs/opentelemetry.md); returns once
     /// they are durable when the bus has a log. The summary as JSON:
     /// `{"spans", "mapped", "dropped", "rejected": [{"span", "reason"}],
-    /// "published", "duplicates", "invalid_attributes"}`. `all_spans` (read
-    /// at the first call) passes non-GenAI spans through as `otel.span`.
+    /// "published", "duplicates", "invalid_attributes"}`. `all_spans` passes
+    /// non-GenAI spans through as `otel.span`; it is read at every call
+    /// (exporters of both settings may share a bus).
     /// `PlugbusError` names what is wrong with a body that cannot be read.
     #[pyo3(signature = (body, content_type="application/x-protobuf", all_spans=false))]
     fn export_otlp(&self, py: Python<'_>, body: &[u8], content_type: &str, all_spans: bool) -> PyResult<String> {
         let inner = self.live()?;
         let encoding =
             plugbus::otlp::Encoding::of(Some(content_type)).map_err(|e| PlugbusError::new_err(e.to_string()))?;
-        let receiver = inner
-            .otlp
+        let receiver = inner.otlp[usize::from(all_spans)]
             .get_or_init(|| plugbus::otlp::Receiver::new(plugbus::otlp::MapOptions { all_spans }));
         let export = py
             .detach(|| {

@@ -24,8 +24,10 @@ from agents import (
     Agent,
     GuardrailFunctionOutput,
     InputGuardrailTripwireTriggered,
+    MaxTurnsExceeded,
     ModelResponse,
     RunConfig,
+    RunErrorHandlerResult,
     Runner,
     Usage,
     function_tool,
@@ -54,7 +56,9 @@ class FakeModel(Model):
     """A scripted model: each call takes the next turn (output items and
     token counts, or an exception to raise), inside the span the SDK's own
     models open: a `generation` span (Chat Completions: model and usage on
-    the span) or a `response` span (Responses API: the response object)."""
+    the span) or a `response` span (Responses API: the response object, or,
+    as `response-redacted`, what the SDK keeps without sensitive data: the
+    usage and the response id, no model)."""
 
     def __init__(self, turns: list[Turn], span: str = "generation") -> None:
         self.turns = list(turns)
@@ -81,6 +85,17 @@ class FakeModel(Model):
                 resp.set_error({"message": "Error", "data": {"error": str(turn)}})
                 raise turn
             output, prompt, completion = turn
+            if self.span == "response-redacted":
+                resp.span_data.usage = {
+                    "requests": 1,
+                    "input_tokens": prompt,
+                    "output_tokens": completion,
+                    "total_tokens": prompt + completion,
+                    "input_tokens_details": {"cached_tokens": 5, "cache_write_tokens": 0},
+                    "output_tokens_details": {"reasoning_tokens": 0},
+                }
+                resp.span_data._response_id = "resp_1"
+                return self._response(output, prompt, completion)
             resp.span_data.response = Response(
                 id="resp_1",
                 created_at=0,
@@ -268,6 +283,91 @@ def test_a_run_with_tools_a_guardrail_and_a_handoff_is_one_run_for_the_plugins(
     assert answer["tokens"] == 100 + 20 + 150 + 10 + 200 + 5
     assert answer["errors"] == [failed["error"]]
     assert stats(bus, "cost-tracker")["delivered"] == 3 and stats(bus, "cost-tracker")["errors"] == 0
+    assert processor.failures == 0 and processor.open_traces == 0
+
+
+@pytest.mark.parametrize("default_model", [None, "gpt-4.1"])
+def test_a_responses_api_call_without_sensitive_data_takes_the_default_model(
+    bus: EventBus, no_network: list[object], default_model: str | None
+) -> None:
+    # The SDK's Responses model keeps no response object (so no model) when
+    # trace_include_sensitive_data is off: only the usage and the id.
+    if default_model is None:
+        processor = PlugbusTracingProcessor(bus)
+    else:
+        processor = PlugbusTracingProcessor(bus, default_model=default_model)
+    set_trace_processors([processor])
+    try:
+        model = FakeModel([([say("Hi.")], 1000, 100)], "response-redacted")
+        agent = Agent(name="triage", instructions="Route.", model=model)
+        trace_id = gen_trace_id()
+        config = RunConfig(workflow_name="support", trace_id=trace_id, trace_include_sensitive_data=False)
+        assert asyncio.run(Runner.run(agent, "hi", run_config=config)).final_output == "Hi."
+    finally:
+        set_trace_processors([])
+    events = of_trace(bus, trace_id)
+    model_call = next(e.data for e in events if e.type == "model_responded")
+    assert model_call["usage"] == {
+        "prompt_tokens": 1000,
+        "completion_tokens": 100,
+        "cache_read_tokens": 5,
+        "cache_creation_tokens": 0,
+    }
+    assert model_call["response_id"] == "resp_1"
+    priced = [e.data for e in events if e.type == "cost.priced"]
+    if default_model is None:
+        assert "model" not in model_call and priced == []
+    else:
+        assert model_call["model"] == "gpt-4.1"
+        assert len(priced) == 1 and priced[0]["priced_as"] == "gpt-4.1" and priced[0]["cost_usd"] > 0
+    assert processor.failures == 0
+
+
+def test_the_default_model_never_replaces_the_spans_own(bus: EventBus, no_network: list[object]) -> None:
+    processor = PlugbusTracingProcessor(bus, default_model="gpt-4.1")
+    set_trace_processors([processor])
+    try:
+        agent = Agent(name="triage", instructions="Route.", model=FakeModel([([say("Hi.")], 10, 1)], "response"))
+        trace_id = gen_trace_id()
+        assert run(agent, trace_id) == "Hi."
+    finally:
+        set_trace_processors([])
+    model_call = next(e.data for e in of_trace(bus, trace_id) if e.type == "model_responded")
+    assert model_call["model"] == "gpt-fake"
+
+
+@pytest.mark.parametrize("recovered", [False, True])
+def test_a_run_past_max_turns_is_failed_even_when_a_handler_recovers_it(
+    bus: EventBus, processor: PlugbusTracingProcessor, recovered: bool
+) -> None:
+    """Pins the limit the module documents: the SDK sets "Max turns
+    exceeded" on the agent span before it calls `error_handlers["max_turns"]`,
+    and the trace says nothing of what the handler did, so a recovered run
+    and a failed one look alike. If this fails, the SDK changed: the
+    processor (and its documentation) can then tell them apart."""
+    agent = Agent(
+        name="triage",
+        instructions="Route.",
+        model=FakeModel([([call("get_weather", {"city": "Paris"}, "c1")], 10, 1)] * 2),
+        tools=[get_weather],
+    )
+    trace_id = gen_trace_id()
+    config = RunConfig(workflow_name="support", trace_id=trace_id)
+
+    def give_up(data: Any) -> Any:
+        return RunErrorHandlerResult(final_output="Gave up.", include_in_history=False)
+
+    if recovered:
+        result = asyncio.run(
+            Runner.run(agent, "hi", run_config=config, max_turns=1, error_handlers={"max_turns": give_up})
+        )
+        assert result.final_output == "Gave up."
+    else:
+        with pytest.raises(MaxTurnsExceeded):
+            asyncio.run(Runner.run(agent, "hi", run_config=config, max_turns=1))
+    events = of_trace(bus, trace_id)
+    assert events[-1].type == "agent.failed"
+    assert events[-1].data["error"] == "Max turns exceeded"
     assert processor.failures == 0 and processor.open_traces == 0
 
 

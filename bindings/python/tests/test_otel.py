@@ -88,6 +88,32 @@ def test_sdk_spans_become_runs_and_priced_calls(plugin_dir: Callable[..., Path],
     bus.shutdown()
 
 
+@pytest.mark.parametrize("first", [False, True])
+def test_exporters_on_one_bus_keep_their_own_all_spans(
+    plugin_dir: Callable[..., Path], cache_dir: str, first: bool
+) -> None:
+    # The bus's receiver was once made by the first export, with that
+    # exporter's setting: the other exporter's was silently ignored.
+    bus = EventBus(plugin_dir=plugin_dir("agent-runs"), cache_dir=cache_dir)
+    passed: list[Event] = []
+    bus.on("otel.span", passed.append)
+    for all_spans in (first, not first):
+        exporter = PlugbusSpanExporter(bus, all_spans=all_spans)
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        with provider.get_tracer("web").start_as_current_span(f"GET /health all_spans={all_spans}"):
+            pass  # not GenAI: an otel.span only with all_spans
+        provider.shutdown()
+        assert exporter.failures == 0 and exporter.last_export is not None
+        if all_spans:
+            assert (exporter.last_export["mapped"], exporter.last_export["published"]) == (1, 1)
+        else:
+            assert (exporter.last_export["dropped"], exporter.last_export["published"]) == (1, 0)
+    bus.flush()
+    assert [e.data["name"] for e in passed] == ["GET /health all_spans=True"]
+    bus.shutdown()
+
+
 def test_a_bus_without_its_native_half_is_refused_clearly() -> None:
     with pytest.raises(ValueError, match="plugin_dir or log_dir"):
         PlugbusSpanExporter(EventBus())

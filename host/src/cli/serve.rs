@@ -302,10 +302,25 @@ async fn post_traces(
     axum::Extension(shutdown): axum::Extension<Shutdown>,
     axum::Extension(receiver): axum::Extension<Arc<Receiver>>,
     headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let content_encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
+    // A body over the route's limit (or cut short) is refused like any other
+    // bad request: a `google.rpc.Status` in the request's encoding, not
+    // axum's plain-text rejection.
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let error = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                OtlpError::TooLarge(format!("the body is over {} bytes", plugbus::otlp::MAX_BODY))
+            } else {
+                OtlpError::Malformed(format!("the body cannot be read: {}", rejection.body_text()))
+            };
+            receiver.refused(&error);
+            return otlp_error(&error, Encoding::of(content_type).unwrap_or(Encoding::Json));
+        }
+    };
     if let Some(reason) = still_starting(&bus) {
         let encoding = Encoding::of(content_type).unwrap_or(Encoding::Json);
         return retry_later(otlp_error(&OtlpError::Unavailable(reason), encoding));

@@ -393,11 +393,18 @@ impl Receiver {
         match Encoding::of(content_type) {
             Ok(encoding) => (encoding, self.export(bus, body, encoding, content_encoding).await),
             Err(e) => {
-                self.counters.failed_requests.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(status = e.status(), "OTLP request refused: {e}");
+                self.refused(&e);
                 (Encoding::Json, Err(e))
             }
         }
+    }
+
+    /// Counts (and logs) a request refused before it reached
+    /// [`export`](Self::export): a body the HTTP server would not read whole
+    /// (over [`MAX_BODY`]), say.
+    pub fn refused(&self, error: &OtlpError) {
+        self.counters.failed_requests.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(status = error.status(), "OTLP request refused: {error}");
     }
 
     /// Decodes, maps and publishes one request body (see the module doc).
@@ -428,10 +435,7 @@ impl Receiver {
                 c.duplicates.fetch_add(e.duplicates, Ordering::Relaxed);
                 c.invalid_attributes.fetch_add(e.invalid_attributes, Ordering::Relaxed);
             }
-            Err(e) => {
-                c.failed_requests.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(status = e.status(), "OTLP request refused: {e}");
-            }
+            Err(e) => self.refused(e),
         }
         result
     }

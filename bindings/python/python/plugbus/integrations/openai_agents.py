@@ -24,13 +24,24 @@ event from its spans:
 
 Fields are present only when the span has them (the SDK leaves out inputs,
 outputs and the response object when `trace_include_sensitive_data` is
-off). The run's `agent` is the constructor's `agent`, else the first agent
+off). The Responses API's span then carries the usage and, for OpenAI's own
+endpoint, the response id, but no model: pass `default_model` (the model your
+agents use) so that `model_responded` names one and cost-tracker can price
+it; without it the call has no `model` and is priced at $0. The run's `agent` is the constructor's `agent`, else the first agent
 that runs in the trace, else the workflow name; every other event's
 `agent` is the agent whose span encloses it. The SDK fills a tool span's
 input only after the span started, so `tool.called` rarely has `args`:
 `tool.result` carries them. A run has failed when an `agent`, `task` or
 `turn` span that is not inside a tool (an agent used as a tool may fail
 without failing the run) ended with an error.
+
+A run ended by `max_turns` is reported as failed ("Max turns exceeded") even
+when an `error_handlers={"max_turns": ...}` handler recovered it and
+`Runner.run` returned normally: the SDK (0.24) sets that error on the agent
+span before it calls the handler, and nothing in the trace says whether the
+handler recovered (a trace has no outcome; the span of a run the handler did
+not recover ends with that same error, the SDK keeping it rather than adding
+its own). A processor sees only the trace, so it cannot tell the two apart.
 
 The processor's methods are called synchronously by the SDK: they only
 enqueue (`bus.emit`), never block, never raise (failures are counted in
@@ -157,6 +168,9 @@ class PlugbusTracingProcessor(TracingProcessor):
     `capture_content`: include tool arguments and results (default True).
     `max_open_traces`: traces tracked at once; past it the oldest are
     dropped (counted in `evicted`).
+    `default_model`: the `model` of a model call whose span names none (the
+    Responses API with `trace_include_sensitive_data=False`), so that it can
+    be priced; a model the span names is kept.
     """
 
     def __init__(
@@ -166,6 +180,7 @@ class PlugbusTracingProcessor(TracingProcessor):
         agent: str | None = None,
         capture_content: bool = True,
         max_open_traces: int = DEFAULT_MAX_OPEN_TRACES,
+        default_model: str | None = None,
     ) -> None:
         if max_open_traces < 1:
             raise ValueError("max_open_traces must be >= 1")
@@ -173,6 +188,7 @@ class PlugbusTracingProcessor(TracingProcessor):
         self._agent = agent
         self._capture = capture_content
         self._max_traces = max_open_traces
+        self._default_model = default_model
         self._guard = Guard(type(self).__name__)
         self._lock = threading.Lock()
         self._traces: dict[str, _Trace] = {}
@@ -356,8 +372,14 @@ class PlugbusTracingProcessor(TracingProcessor):
                 if usage is None:
                     usage = _usage(getattr(response, "usage", None))
                 response_id = getattr(response, "id", None)
-                if isinstance(response_id, str):
-                    payload["response_id"] = response_id
+            else:
+                # Without sensitive data the SDK keeps the id alone (for
+                # OpenAI's own endpoint).
+                response_id = getattr(data, "_response_id", None)
+            if isinstance(response_id, str):
+                payload["response_id"] = response_id
+        if not isinstance(model, str) or not model:
+            model = self._default_model
         if isinstance(model, str):
             payload["model"] = model
         if usage is not None:
