@@ -67,6 +67,8 @@ pub(crate) struct Cursor {
 struct Ahead {
     from: u64,
     position: Option<LogPosition>,
+    /// The bound it read up to (a later read may ask for more).
+    upto: u64,
     read: tokio::task::JoinHandle<Result<Read, LogError>>,
 }
 
@@ -166,7 +168,12 @@ impl Cursor {
             };
             Ok((out, gap))
         });
-        Ahead { from, position, read }
+        Ahead {
+            from,
+            position,
+            upto,
+            read,
+        }
     }
 
     /// The next events for this plugin with sequence numbers up to `upto`
@@ -185,6 +192,9 @@ impl Cursor {
                 Some(a) if a.from == self.next && a.position == self.position => a,
                 _ => self.start_read(self.next, self.position, upto),
             };
+            // What this read covers: up to its own bound, which a read
+            // started ahead (for an earlier call) may have had lower.
+            let bound = ahead.upto.min(upto);
             let (mut read, gap) = ahead
                 .read
                 .await
@@ -200,8 +210,12 @@ impl Cursor {
             let full = read.len() == BATCH;
             read.retain(|(e, _)| e.seq().unwrap_or(0) <= upto);
             let Some((last, at)) = read.last() else {
-                // Nothing left up to `upto` (a gap at the end, or the end).
-                self.next = upto.saturating_add(1);
+                // Nothing left up to `bound` (a gap at the end, or the end).
+                self.next = bound.saturating_add(1);
+                if bound < upto {
+                    // Read on past the earlier bound, up to this one.
+                    continue;
+                }
                 return Ok(Vec::new());
             };
             self.next = last.seq().unwrap_or(0) + 1;
@@ -255,6 +269,46 @@ mod tests {
     use super::*;
     use crate::log::{Durability, LogOptions};
     use serde_json::json;
+
+    /// A read started ahead for an earlier, lower bound that finds nothing
+    /// (a number with no record: an oversize plain emit, delivered live but
+    /// never logged) stops at that bound: the next read goes on from there,
+    /// not from past its own bound. Before, every event up to the later
+    /// bound was skipped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_empty_read_ahead_never_skips_past_its_own_bound() {
+        #[cfg(feature = "failpoints")]
+        let _serial = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let options = LogOptions {
+            durability: Durability::Off,
+            ..LogOptions::default()
+        };
+        let log = EventLog::open(dir.path(), options).unwrap();
+        for i in 0..BATCH as u64 {
+            log.append(&Event::new("kept", json!({ "i": i })), false);
+        }
+        let (hole, _) = log.append(&Event::new("kept", json!("x".repeat(crate::log::MAX_FRAME))), false);
+        assert_eq!(hole, BATCH as u64 + 1);
+        let mut last = 0;
+        for i in 0..10u64 {
+            last = log.append(&Event::new("kept", json!({ "after": i })), false).0;
+        }
+        log.wait_written(last).await.unwrap();
+        let mut cursor = Cursor::new(&log, CatchUp::All, vec![Pattern::parse("kept").unwrap()]);
+        // A whole batch, and a read ahead up to the hole alone.
+        assert_eq!(cursor.read(hole).await.unwrap().len(), BATCH);
+        assert!(cursor.ahead.is_some());
+        let rest: Vec<u64> = cursor
+            .read(u64::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(Event::seq)
+            .collect();
+        assert_eq!(rest, (hole + 1..=last).collect::<Vec<_>>());
+        log.close();
+    }
 
     /// Segments removed by retention while a catch-up runs (here: deleted
     /// between two reads) are a gap the cursor reports, with its range,
