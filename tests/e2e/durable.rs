@@ -1186,3 +1186,67 @@ async fn a_second_redrive_never_applies_a_letter_twice() {
     assert_eq!(left, ["ledger.big"], "only the letter that still traps is left");
     bus.shutdown().await;
 }
+
+/// A kept snapshot that records a position the log does not have at open
+/// (the log lost a tail it never made durable; here: another log's
+/// snapshot) is stale, even once this run's events have numbers that high:
+/// the state is rebuilt from the log. Before, the check used the log's end
+/// at load time, so events accepted before the plugin loaded made the
+/// stale snapshot pass, and this run's events up to its position were
+/// skipped as if the plugin had seen them.
+#[tokio::test]
+async fn a_snapshot_past_the_logs_end_at_open_is_stale_however_far_the_log_grew() {
+    let plugins = tempfile::tempdir().unwrap();
+    support::install(
+        plugins.path(),
+        &support::wasm("ledger"),
+        "ledger",
+        "[limits]\nsnapshot_every = 1\n",
+    );
+    // Log A: the ledger's snapshot at seq 10.
+    let a = tempfile::tempdir().unwrap();
+    let bus = plugbus::Bus::builder()
+        .plugin_dir(plugins.path())
+        .log_dir(a.path())
+        .build()
+        .await
+        .unwrap();
+    for n in 0..10 {
+        bus.emit("ledger.e", json!({ "a": n }));
+    }
+    bus.flush().await;
+    bus.shutdown().await;
+    // Log B: five events, then A's snapshot (as if B had lost a tail).
+    let b = tempfile::tempdir().unwrap();
+    let bus = plugbus::Bus::builder().log_dir(b.path()).build().await.unwrap();
+    for n in 0..5 {
+        bus.emit("ledger.e", json!({ "b": n }));
+    }
+    bus.flush().await;
+    bus.shutdown().await;
+    std::fs::create_dir_all(b.path().join("snapshots")).unwrap();
+    std::fs::copy(
+        a.path().join("snapshots/ledger.snap"),
+        b.path().join("snapshots/ledger.snap"),
+    )
+    .unwrap();
+    // Ten events of this run (6..=15) before the plugin loads.
+    let bus = plugbus::Bus::builder().log_dir(b.path()).build().await.unwrap();
+    for n in 5..15 {
+        bus.emit("ledger.e", json!({ "b": n }));
+    }
+    bus.flush().await;
+    bus.load_plugin(plugins.path().join("ledger.wasm")).await.unwrap();
+    bus.flush().await;
+    let answer = bus.query("ledger", "{}").await.unwrap();
+    let value: Value = serde_json::from_str(answer.answer.get()).unwrap();
+    bus.shutdown().await;
+    let in_b: std::collections::BTreeSet<String> = plugbus::LogReader::open(b.path(), 0)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .filter(|r| r.name == "ledger.e")
+        .map(|r| r.id)
+        .collect();
+    let applied: std::collections::BTreeSet<String> = value["applied"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(applied, in_b, "the state is log B's events, each once: {value}");
+}

@@ -162,6 +162,9 @@ pub(crate) struct Shared {
     /// to load this run) still holds back what it needs; an entry leaves
     /// only when its plugin is unloaded.
     kept_snapshots: Mutex<BTreeMap<String, u64>>,
+    /// Plugins that kept a snapshot in this process: theirs may record a
+    /// position at or past the log's end at open (events of this run).
+    kept_this_run: Mutex<std::collections::BTreeSet<String>>,
     /// What becomes of plugins' follow-up events (published, or captured
     /// by a replay).
     pub(crate) follow_ups: FollowUps,
@@ -256,6 +259,7 @@ impl Shared {
             log,
             keep_plugin_state,
             kept_snapshots: Mutex::new(kept_snapshots),
+            kept_this_run: Mutex::new(std::collections::BTreeSet::new()),
             follow_ups,
             schemas,
             #[cfg(feature = "nats")]
@@ -348,6 +352,7 @@ impl BusPort for Shared {
         match seq {
             Some(seq) => {
                 kept.insert(plugin.to_owned(), seq);
+                lock(&self.kept_this_run).insert(plugin.to_owned());
             }
             None => {
                 kept.remove(plugin);
@@ -402,6 +407,19 @@ impl Shared {
     /// Applies the schema policy to a new event from the embedder: `Err`
     /// when it must not be delivered (policy `Reject`). Counted and logged
     /// either way.
+    /// The last position a kept snapshot of `plugin` may record: the log's
+    /// end as this process found it, unless the plugin kept a snapshot in
+    /// this run (then the log's end now). A snapshot past it is stale (the
+    /// log lost a tail it never made durable, and this run's events reuse
+    /// those numbers), however far the log has grown since.
+    pub(crate) fn snapshot_end(&self, log: &EventLog, plugin: &str) -> u64 {
+        if lock(&self.kept_this_run).contains(plugin) {
+            log.last_seq()
+        } else {
+            log.opened_at().saturating_sub(1)
+        }
+    }
+
     fn admit(&self, event: &Event) -> Result<(), crate::SchemaError> {
         let Some(schemas) = &self.schemas else { return Ok(()) };
         let Err(e) = schemas.check(event.name(), event.payload()) else {
