@@ -266,6 +266,11 @@ struct Book {
     recent: VecDeque<DeadLetter>,
     /// Removal lines in the journal since it was last compacted.
     removed_lines: usize,
+    /// Letters whose write to the journal failed: written again before the
+    /// next letter, and before the plugin's next snapshot is kept (which
+    /// waits for them: a snapshot past an unwritten letter's event would
+    /// lose it at the next restart).
+    unwritten: Vec<DeadLetter>,
 }
 
 /// A plugin's dead letters: shared by its worker (which adds letters and
@@ -326,18 +331,17 @@ impl DeadLetters {
 
     /// Records `letter`, durably when there is a journal, unless a letter
     /// for the same event is live already. Returns whether it is new. An
-    /// I/O error is logged; the letter is still kept in memory.
+    /// I/O error is logged and the letter kept in memory, to be written
+    /// again ([`write_unwritten`](Self::write_unwritten)).
     pub fn add(&self, letter: DeadLetter) -> bool {
         let mut book = self.book();
         if !book.live.insert(letter.event.id.clone()) {
             return false;
         }
         if let Some(journal) = &self.journal {
-            let written = serde_json::to_vec(&letter)
-                .map_err(std::io::Error::other)
-                .and_then(|line| journal.append(&[line]));
-            if let Err(e) = written {
-                tracing::error!(plugin = %letter.plugin, file = %journal.path.display(), error = %e, "cannot write a dead letter");
+            book.unwritten.push(letter.clone());
+            if let Err(e) = Self::write(journal, &mut book) {
+                tracing::error!(plugin = %letter.plugin, file = %journal.path.display(), error = %e, unwritten = book.unwritten.len(), "cannot write a dead letter; kept in memory, written again before the plugin's next snapshot");
             }
         }
         // Without a journal a letter pushed out of memory is gone: it is
@@ -348,6 +352,32 @@ impl DeadLetters {
             book.live.remove(&evicted.event.id);
         }
         true
+    }
+
+    /// Writes the letters whose write failed before, if any: the plugin's
+    /// snapshot is kept only once they are written.
+    ///
+    /// # Errors
+    /// The journal's I/O error; the letters stay in memory, unwritten.
+    pub fn write_unwritten(&self) -> std::io::Result<()> {
+        let Some(journal) = &self.journal else { return Ok(()) };
+        let mut book = self.book();
+        Self::write(journal, &mut book)
+    }
+
+    /// Appends `book.unwritten` to the journal, and forgets them once written.
+    fn write(journal: &Journal, book: &mut Book) -> std::io::Result<()> {
+        if book.unwritten.is_empty() {
+            return Ok(());
+        }
+        let lines = book
+            .unwritten
+            .iter()
+            .map(|l| serde_json::to_vec(l).map_err(std::io::Error::other))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        journal.append(&lines)?;
+        book.unwritten.clear();
+        Ok(())
     }
 
     /// Whether a live letter holds the event with this id.
@@ -378,6 +408,7 @@ impl DeadLetters {
         }
         let gone: HashSet<String> = gone.into_iter().cloned().collect();
         book.live.retain(|id| !gone.contains(id));
+        book.unwritten.retain(|l| !gone.contains(&l.event.id));
         book.recent.retain(|l| !gone.contains(&l.event.id));
         drop(book);
         self.maybe_compact();
@@ -392,13 +423,16 @@ impl DeadLetters {
         };
         // Appends and removals hold the lock: read a consistent journal.
         let book = self.book();
+        // Letters whose write failed are live too: after the written ones.
+        let unwritten = book.unwritten.iter().cloned();
         match fold(&journal.path) {
             Ok(Some(folded)) => folded
                 .letters
                 .into_iter()
                 .filter(|l| book.live.contains(&l.event.id))
+                .chain(unwritten)
                 .collect(),
-            Ok(None) => Vec::new(),
+            Ok(None) => unwritten.collect(),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the dead letters; using those in memory");
                 book.recent.iter().cloned().collect()

@@ -941,3 +941,34 @@ async fn a_plugin_absent_for_a_run_keeps_the_log_its_snapshot_needs() {
     assert!(lost.is_empty(), "{lost:?}");
     assert_eq!(v["events"], 320, "a saw every event: {}", v["events"]);
 }
+
+/// A dead letter whose write fails (the disk said no, once) is written again
+/// before the plugin's next snapshot is kept: the snapshots that move past
+/// its event wait for it. Before, it stayed in memory only while snapshots
+/// moved on, and after a restart its event was neither applied nor a letter.
+#[test]
+fn a_dead_letter_whose_write_failed_is_written_before_a_snapshot_passes_it() {
+    let (plugins, log) = ledger_dirs(&ledger_manifest(false, 1, 0));
+    let node = Node::start(
+        plugins.path(),
+        log.path(),
+        "always",
+        Some("dead_letter.append.before=1*return(error)"),
+    );
+    let events: Vec<Value> = (0..6).map(|n| ledger_event(n, n == 0)).collect();
+    node.emit(&events).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.applied().len() < 5 {
+        assert!(Instant::now() < deadline, "{:?}", node.applied());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.stop();
+    let node = Node::start(plugins.path(), log.path(), "always", None);
+    assert_eq!(
+        node.letters().len(),
+        1,
+        "the poison event is a letter after the restart"
+    );
+    assert_each_once(&node.applied(), 5, "after the restart");
+    node.stop();
+}

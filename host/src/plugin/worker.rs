@@ -1099,6 +1099,16 @@ impl Worker {
                 };
                 tracing::debug!(plugin = &*spec.name, seq = ?snapshot.seq, bytes = snapshot.bytes.len(), "snapshot taken");
                 let mut kept = true;
+                if self.snapshot_file.is_some()
+                    && let Err(e) = self.dead_letters.write_unwritten()
+                {
+                    // A snapshot past an event whose letter is only in
+                    // memory would lose both at the next restart: the
+                    // last kept snapshot stays, and the event is handled
+                    // again from it after a restart.
+                    tracing::error!(plugin = &*spec.name, error = %e, "snapshot not kept: a dead letter could not be written yet");
+                    return false;
+                }
                 if let Some((path, sync)) = self.snapshot_file.clone() {
                     kept = Self::persist(&spec.name, self.log.clone(), path, sync, snapshot.clone()).await;
                     if kept && let Some(bus) = self.bus.upgrade() {
