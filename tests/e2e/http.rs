@@ -1056,3 +1056,46 @@ fn a_journaled_answer_is_never_given_to_another_request() {
     let seen: Vec<String> = server.seen().iter().map(|s| s.path.clone()).collect();
     assert_eq!(seen, ["/from-a"]);
 }
+
+/// A request refused once it passed the grant (a body over the limit, a
+/// name that does not resolve, an address not granted) is journaled with
+/// its error like any outcome: handling the event again gives the guest the
+/// error the live run gave. Before, a replay answered those with
+/// `HttpRequestDenied` (no journal entry), so state rebuilt by replay could
+/// differ from the live state.
+#[tokio::test]
+async fn a_request_refused_live_gets_the_same_error_when_replayed() {
+    let server = Server::start();
+    let plugins = fetcher_dir(&format!(
+        "[http]\nallow = [\"http://127.0.0.1:{}\"]\nrequest_body_kib = 1\n",
+        server.port
+    ));
+    let log = tempfile::tempdir().unwrap();
+    let bus = start_bus(plugins.path(), Some(log.path())).await;
+    let rec = Recorder::attach(&bus, "fetched");
+    bus.emit_and_wait(
+        "fetch",
+        fetch(&[
+            ("POST", &server.url("/big"), &"x".repeat(2048)),
+            ("POST", &server.url("/ok"), "x"),
+        ]),
+    )
+    .await;
+    bus.flush().await;
+    let live = fetched(&rec);
+    bus.shutdown().await;
+    assert_eq!(live[0]["error"], "request failed: HttpRequestBodySize", "{live:?}");
+    assert_eq!(live[1]["status"], 200, "{live:?}");
+
+    let out = replay(plugins.path(), log.path(), "--no-cache");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["name"] == "fetched")
+        .map(|v| v["payload"].clone())
+        .collect();
+    assert_eq!(replayed, live, "the live run's errors, not HttpRequestDenied");
+    let paths: Vec<String> = server.seen().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, ["/ok"], "nothing sent again");
+}

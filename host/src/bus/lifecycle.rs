@@ -116,7 +116,7 @@ async fn read_kept(shared: &Shared, spec: &crate::plugin::PluginSpec, predecesso
     let sync = log.options().durability != crate::Durability::Off;
     let name = spec.name.to_string();
     let stateful = spec.has_state();
-    let end = shared.snapshot_end(&log, &name);
+    let end = shared.snapshot_end(log, &name);
     let read = tokio::task::spawn_blocking(move || {
         let dead_letters = DeadLetters::open(&name, &dir, sync);
         if !stateful {

@@ -418,22 +418,24 @@ async fn send(
 ) -> Result<Recorded, Unsent> {
     let grant = &out.grant;
     let url = shown_url(request.uri());
-    // Only live requests get this far: a refusal here is announced.
-    let refuse = |rule: String, error: Error| {
+    // Only live requests get this far: a refusal here is announced, and
+    // journaled like any outcome (`code`, see `error_of`), so that handling
+    // the event again gives the guest the same error the live run gave.
+    let refuse = |rule: String, code: &str| {
         out.refused(event, &url, &rule, false);
-        Unsent(error)
+        Recorded::Failed(code.to_owned())
     };
     // The body first: a request over the limit is refused before any connection.
     let (mut parts, body) = request.into_parts();
     let body = match Limited::new(body, grant.request_body_bytes).collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => {
-            return Err(refuse(
+            return Ok(refuse(
                 format!(
                     "request body over http.request_body_kib ({} KiB)",
                     grant.request_body_bytes >> 10
                 ),
-                Error::HttpRequestBodySize(None),
+                "http-request-body-size",
             ));
         }
     };
@@ -446,15 +448,19 @@ async fn send(
         .map_or(grant.connect_timeout, |t| t.min(grant.connect_timeout));
     let connect_deadline = deadline.min(started + connect_timeout);
     let addr = match tokio::time::timeout_at(connect_deadline, resolve(&host, port)).await {
-        Ok(resolved) => resolved.map_err(|e| refuse(format!("`{host}` does not resolve: {e}"), dns_error(&e)))?,
+        Ok(Ok(addr)) => addr,
+        Ok(Err(e)) => return Ok(refuse(format!("`{host}` does not resolve: {e}"), "dns-error")),
         Err(_) => {
-            return Err(refuse(
+            return Ok(refuse(
                 format!("`{host}` did not resolve within http.connect_timeout_ms"),
-                Error::DnsTimeout,
+                "dns-timeout",
             ));
         }
     };
-    let addr = pick_address(grant, &host, &addr).map_err(|rule| refuse(rule, Error::DestinationIpProhibited))?;
+    let addr = match pick_address(grant, &host, &addr) {
+        Ok(addr) => addr,
+        Err(rule) => return Ok(refuse(rule, "destination-ip-prohibited")),
+    };
     let stream = match tokio::time::timeout_at(connect_deadline, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
@@ -628,13 +634,6 @@ pub(crate) fn pick_address(grant: &HttpGrant, host: &str, addrs: &[SocketAddr]) 
     ))
 }
 
-fn dns_error(e: &std::io::Error) -> Error {
-    Error::DnsError {
-        rcode: Some(e.to_string()),
-        info_code: None,
-    }
-}
-
 fn connect_code(e: &std::io::Error) -> &'static str {
     match e.kind() {
         std::io::ErrorKind::ConnectionRefused => "connection-refused",
@@ -656,6 +655,13 @@ fn error_of(code: &str) -> Error {
         "http-response-incomplete" => Error::HttpResponseIncomplete,
         "http-response-timeout" => Error::HttpResponseTimeout,
         "http-protocol-error" => Error::HttpProtocolError,
+        "http-request-body-size" => Error::HttpRequestBodySize(None),
+        "dns-error" => Error::DnsError {
+            rcode: None,
+            info_code: None,
+        },
+        "dns-timeout" => Error::DnsTimeout,
+        "destination-ip-prohibited" => Error::DestinationIpProhibited,
         other => Error::InternalError(Some(other.to_owned())),
     }
 }
@@ -759,6 +765,10 @@ mod tests {
             "connection-timeout",
             "http-response-timeout",
             "http-response-body-size",
+            "http-request-body-size",
+            "dns-error",
+            "dns-timeout",
+            "destination-ip-prohibited",
         ] {
             let Err(e) = answer(&Recorded::Failed(code.into())) else {
                 panic!("{code} answered")
