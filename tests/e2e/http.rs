@@ -504,12 +504,7 @@ async fn trap_recovery_restart_and_replay_send_nothing_twice() {
     // `plugbus replay`: the same answers as live, nothing sent.
     let out = replay(plugins.path(), log.path(), "--no-cache");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["name"] == "fetched")
-        .map(|v| v["payload"].clone())
-        .collect();
+    let replayed = replayed_fetched(&out);
     assert_eq!(replayed, live, "a replay's requests get the live run's answers");
     assert_eq!(paths(&server).len(), 5);
 
@@ -820,12 +815,7 @@ async fn a_nats_redelivery_to_another_host_answers_from_the_streams_journal() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("errors"), "{stderr}");
-    let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["name"] == "fetched")
-        .map(|v| v["payload"].clone())
-        .collect();
+    let replayed = replayed_fetched(&out);
     assert_eq!(replayed, [json!({"index": 0, "status": 200, "body": "alert"})]);
     assert_eq!(server.seen().len(), 2, "a replay sends nothing");
 }
@@ -917,6 +907,16 @@ async fn webhook_alert_fires_once_for_the_budget_case_also_across_a_restart() {
 }
 
 /// `plugbus replay` of `log` into `plugins`, with one more flag.
+/// The payloads of the `fetched` events a `plugbus replay` printed.
+fn replayed_fetched(out: &std::process::Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["name"] == "fetched")
+        .map(|v| v["payload"].clone())
+        .collect()
+}
+
 fn replay(plugins: &Path, log: &Path, flag: &str) -> std::process::Output {
     support::plugbus(&[
         "replay",
@@ -1089,12 +1089,7 @@ async fn a_request_refused_live_gets_the_same_error_when_replayed() {
 
     let out = replay(plugins.path(), log.path(), "--no-cache");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["name"] == "fetched")
-        .map(|v| v["payload"].clone())
-        .collect();
+    let replayed = replayed_fetched(&out);
     assert_eq!(replayed, live, "the live run's errors, not HttpRequestDenied");
     let paths: Vec<String> = server.seen().iter().map(|r| r.path.clone()).collect();
     assert_eq!(paths, ["/ok"], "nothing sent again");

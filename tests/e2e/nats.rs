@@ -1468,3 +1468,192 @@ async fn a_consumer_deleted_on_the_server_is_created_again_and_pulled() {
     let log = log.join().unwrap();
     assert!(log.contains("ended (deleted on the server?)"), "{log}");
 }
+
+/// A plugin directory with `misbehave` as `name`, doing `always` for every
+/// event after `work` loop iterations (a handler that runs for seconds),
+/// with the fuel and deadline to finish.
+fn slow_plugin(name: &str, always: &str, work: u64) -> tempfile::TempDir {
+    let dir = support::plugin_dir(&[]);
+    support::install(
+        dir.path(),
+        &support::wasm("misbehave"),
+        name,
+        &format!(
+            "subscriptions = [\"tool.called\"]\n[config]\nalways = \"{always}\"\nrelay_to = \"tool.relayed\"\nwork = \"{work}\"\n[limits]\nfuel = 100_000_000_000\ndeadline_ms = 60000\n"
+        ),
+    );
+    dir
+}
+
+/// Loop iterations of `misbehave`'s `work` that take ~3 s here.
+const SLOW_WORK: u64 = 1_500_000_000;
+
+/// Waits until host-side consumer `plugbus-<plugin>` has one message out
+/// (the host took the event and its handler runs).
+async fn until_taken(js: &jetstream::Context, plugin: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while progress(js, plugin).await.3 == 0 {
+        assert!(Instant::now() < deadline, "the event was never taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Review #1: a host stopped while a handler runs past the grace period
+/// closes its bus before the handler emits its follow-up, which is refused.
+/// The event it was handling must not be acknowledged (it would be lost
+/// with its follow-up): it is Nak'd, and the next host's delivery stores
+/// the follow-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_refused_by_a_host_stopping_past_its_grace_leaves_its_event_unacknowledged() {
+    let nats = NatsServer::start();
+    let dir = slow_plugin("relay", "relay", SLOW_WORK);
+    let args = [
+        "--plugins",
+        dir.path().to_str().unwrap(),
+        "--nats",
+        &nats.url,
+        "--ack-wait-ms",
+        "1000",
+        "--grace-ms",
+        "200",
+    ];
+    let (mut a, addr, log_a) = support::serve(&args);
+    let js = client(&nats.url).await;
+    let parent = post(&addr, &[json!({"name": "tool.called", "payload": {}})]).unwrap()[0];
+    until_taken(&js, "relay").await;
+    let started = Instant::now();
+    support::terminate(&a);
+    let status = support::exit_of(&mut a, Duration::from_secs(60), "host A did not exit").await;
+    assert!(status.success(), "{status:?}");
+    let log_a = log_a.join().unwrap();
+    assert!(
+        started.elapsed() > Duration::from_millis(500),
+        "the handler must outlast the grace period: {:?}\n{log_a}",
+        started.elapsed()
+    );
+    let (_, floor, _, _, _) = progress(&js, "relay").await;
+    assert!(
+        floor < parent,
+        "event {parent} acknowledged (floor {floor}) although its follow-up was refused\n{}\n{log_a}",
+        consumer_infos(&js, "relay").await
+    );
+    assert!(stream_messages(&js, "plugbus.events.*.tool.relayed").await.is_empty());
+    assert!(log_a.contains("the host is shutting down"), "{log_a}");
+
+    // The next host takes it again and stores the follow-up.
+    let (b, addr_b, _lb) = support::serve(&args[..6]);
+    until_status(&addr_b, Duration::from_secs(30), "B acknowledged the event", |s| {
+        s["nats"]["consumers"]["relay"]["acked"] == 1
+    })
+    .await;
+    assert_eq!(stream_messages(&js, "plugbus.events.*.tool.relayed").await.len(), 1);
+    all_settled(&js, "relay", Duration::from_secs(10)).await;
+    support::terminate(&b);
+}
+
+/// Review #3: acknowledgements are fire-and-forget; a host that exits
+/// right after queueing its last Ack must still deliver it (the client is
+/// flushed and the server answers a round trip first), or the event is
+/// redelivered and handled twice. The Ack of an event whose handler
+/// outlasts the grace period comes after the consumer's stop gave up
+/// waiting, and is held 300 ms more by a failpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_host_delivers_its_last_acks_before_it_exits() {
+    let nats = NatsServer::start();
+    let dir = slow_plugin("slow", "ok", SLOW_WORK);
+    let args = [
+        "--plugins",
+        dir.path().to_str().unwrap(),
+        "--nats",
+        &nats.url,
+        "--ack-wait-ms",
+        "1000",
+        "--grace-ms",
+        "200",
+    ];
+    let (mut a, addr, log_a) = support::serve_with_env(&args, &[("FAILPOINTS", "nats.ack=sleep(300)")]);
+    let js = client(&nats.url).await;
+    let parent = post(&addr, &[json!({"name": "tool.called", "payload": {}})]).unwrap()[0];
+    until_taken(&js, "slow").await;
+    support::terminate(&a);
+    let status = support::exit_of(&mut a, Duration::from_secs(60), "host A did not exit").await;
+    assert!(status.success(), "{status:?}");
+    let log_a = log_a.join().unwrap();
+    let (_, floor, pending, ack_pending, redelivered) = progress(&js, "slow").await;
+    assert_eq!(
+        (floor, pending, ack_pending, redelivered),
+        (parent, 0, 0, 0),
+        "the Ack reached the server before the host exited\n{}\n{log_a}",
+        consumer_infos(&js, "slow").await
+    );
+    assert!(
+        !log_a.contains("may not have reached") && !log_a.contains("did not confirm"),
+        "{log_a}"
+    );
+}
+
+/// Review #2: the stream's duplicate window must cover a redelivered
+/// event's re-emitted follow-ups (`ack_wait` plus the longest plugin
+/// deadline), or they are stored twice: a host refuses to start with an
+/// `ack_wait` the window does not cover (the stream it creates, or an
+/// existing one's own window), naming both, and reports an existing
+/// stream's window shorter than plugbus's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_wait_the_duplicate_window_does_not_cover_is_refused() {
+    let refused = |url: &str, ack_wait_ms: &str| {
+        let dir = support::plugin_dir(&[]);
+        let mut child = support::Served(
+            std::process::Command::new(support::plugbus_bin())
+                .args(["serve", "--plugins", dir.path().to_str().unwrap(), "--nats", url])
+                .args(["--ack-wait-ms", ack_wait_ms, "--listen", "127.0.0.1:0"])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve --ack-wait-ms {ack_wait_ms} kept running"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("--ack-wait-ms {ack_wait_ms}")) && stderr.contains("duplicate window"),
+            "{stderr}"
+        );
+        stderr
+    };
+    // The stream plugbus creates: a 2-minute window.
+    let nats = NatsServer::start();
+    let stderr = refused(&nats.url, "200000");
+    assert!(stderr.contains("120s"), "{stderr}");
+    // An existing stream with a 100 s window: 45 s is too long, the
+    // default 30 s fits, with a warning.
+    let other = NatsServer::start();
+    let js = client(&other.url).await;
+    js.create_stream(jetstream::stream::Config {
+        name: "PLUGBUS".into(),
+        subjects: vec!["plugbus.events.>".into()],
+        duplicate_window: Duration::from_secs(100),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let stderr = refused(&other.url, "45000");
+    assert!(stderr.contains("100s"), "{stderr}");
+    let dir = support::plugin_dir(&["console-logger"]);
+    let (a, _addr, log) = support::serve(&["--plugins", dir.path().to_str().unwrap(), "--nats", &other.url]);
+    support::terminate(&a);
+    let log = log.join().unwrap();
+    assert!(
+        log.contains("duplicate window is shorter than the one plugbus creates"),
+        "{log}"
+    );
+}

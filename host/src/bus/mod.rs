@@ -309,20 +309,33 @@ impl BusPort for Shared {
     }
 
     fn follow_up(&self, follow_up: Captured) -> Result<(), String> {
+        // On NATS, the parent's ack waits for this follow-up's store ack (or
+        // Naks when it is not stored). Tracked before anything can refuse
+        // it: a follow-up refused because the bus is closing (a shutdown
+        // past its grace period, the parent's handler still running) then
+        // answers the parent's wait with `ShutDown`, so the parent is Nak'd
+        // and its next delivery produces the follow-ups, instead of being
+        // acknowledged without them.
+        #[cfg(feature = "nats")]
+        let nats = match (&self.nats, &self.follow_ups) {
+            (Some(nats), FollowUps::Publish) => {
+                nats.publisher
+                    .track(&follow_up.plugin, follow_up.parent_seq, follow_up.event.id());
+                Some(nats)
+            }
+            _ => None,
+        };
         if self.closed.load(Ordering::Acquire) {
+            #[cfg(feature = "nats")]
+            if let Some(nats) = nats {
+                nats.publisher
+                    .refuse(&follow_up.event, crate::nats::publisher::NotStored::ShutDown);
+            }
             return Err("the bus is shutting down; event not accepted".into());
         }
         match &self.follow_ups {
-            FollowUps::Publish => {
-                // On NATS, the parent's ack waits for this follow-up's
-                // store ack (or Naks when it is not stored).
-                #[cfg(feature = "nats")]
-                if let Some(nats) = &self.nats {
-                    nats.publisher
-                        .track(&follow_up.plugin, follow_up.parent_seq, follow_up.event.id());
-                }
-                BusPort::publish(self, follow_up.event)
-            }
+            // Closing after the check above is answered by `dispatch`.
+            FollowUps::Publish => BusPort::publish(self, follow_up.event),
             FollowUps::Capture(sink) => {
                 let _ = sink.send(follow_up);
             }
@@ -1389,14 +1402,15 @@ impl Bus {
         if dropped > 0 {
             tracing::warn!(dropped, "shutdown grace period ran out; queued events dropped");
         }
-        // On NATS: what was published gets its ack (or is given up) before
-        // the connection goes, within what is left of the grace period.
+        // On NATS: the consumers settle what they took (a stop cut short by
+        // the grace period left them running), what was published gets its
+        // ack (or is given up), and the client's queued acknowledgements
+        // reach the server before the connection goes, within what is left
+        // of the grace period.
         #[cfg(feature = "nats")]
         if let Some(nats) = &self.shared.nats {
             let left = grace.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
-            if tokio::time::timeout(left, nats.publisher.flush()).await.is_err() {
-                tracing::warn!(stats = ?nats.publisher.stats(), "events still unacknowledged by the NATS server at shutdown");
-            }
+            nats.finish(left).await;
         }
         if let Some(log) = self.shared.log.clone() {
             // Writes and syncs what is queued; joining the writer thread blocks.

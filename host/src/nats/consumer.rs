@@ -33,7 +33,7 @@ use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde::Serialize;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::nats::port::{NatsPort, Offered};
 use crate::nats::publisher::{NotStored, Publisher};
@@ -82,7 +82,8 @@ pub(crate) struct ConsumerHandle {
     /// reload that needs others re-creates the consumer.
     pub shape: (String, usize),
     stop: watch::Sender<bool>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Closed once the consumer's task has ended (see [`Ending`]).
+    ended: Ending,
     pub stats: Arc<Mutex<ConsumerStats>>,
 }
 
@@ -93,13 +94,38 @@ impl ConsumerHandle {
     }
 
     /// Stops pulling, lets the in-flight events finish and acknowledges
-    /// them, then returns.
+    /// them, then returns. Cancel-safe: a stop cut short by a timeout
+    /// leaves the task running to its end, which [`ending`](Self::ending)
+    /// still awaits.
     pub async fn stop(&self) {
         let _ = self.stop.send(true);
-        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
+        self.ended.wait().await;
+    }
+
+    /// What resolves once the consumer's task has ended (its last
+    /// acknowledgement handed to the client), kept by whoever must wait for
+    /// it after this handle is gone (the shutdown).
+    pub fn ending(&self) -> Ending {
+        self.ended.clone()
+    }
+}
+
+/// The end of a consumer's task, to await any number of times: the task
+/// holds the receiving side and drops it when it ends (returns, panics or
+/// is dropped with the runtime).
+#[derive(Clone)]
+pub(crate) struct Ending(mpsc::Sender<()>);
+
+impl Ending {
+    /// An ending and what the task holds until it ends.
+    fn new() -> (Ending, mpsc::Receiver<()>) {
+        let (tx, rx) = mpsc::channel(1);
+        (Ending(tx), rx)
+    }
+
+    /// Resolves once the task has ended.
+    pub async fn wait(&self) {
+        self.0.closed().await;
     }
 }
 
@@ -111,7 +137,7 @@ const NAK_BASE: Duration = Duration::from_millis(250);
 /// Longest Nak delay: the fifth delivery (the default `max_deliver`) comes
 /// ~4 s after the first, the sixth ~8 s: a server restart or a burst of
 /// load is ridden out, and a poison message is given up within ~16 s.
-const NAK_MAX: Duration = Duration::from_secs(8);
+pub(crate) const NAK_MAX: Duration = Duration::from_secs(8);
 
 /// How often the server sends an idle heartbeat on a waiting pull: a lost
 /// pull request (a reconnect, a server restart) is noticed after two missed
@@ -349,19 +375,24 @@ pub(crate) async fn start(
     {
         tracing::error!(plugin, consumer = %durable, %reason, "cannot change the plugin's NATS consumer for its new version");
     }
-    let task = match run.bind().await {
-        Ok(consumer) => Some(tokio::spawn(run.run(consumer, stopping))),
+    let (ended, alive) = Ending::new();
+    match run.bind().await {
+        Ok(consumer) => {
+            tokio::spawn(async move {
+                let _alive = alive;
+                run.run(consumer, stopping).await;
+            });
+        }
         Err(reason) => {
             tracing::error!(plugin, %reason, "the plugin's NATS consumer does not run");
             run.record(|s| s.error = Some(reason));
-            None
         }
-    };
+    }
     ConsumerHandle {
         name: durable,
         shape,
         stop,
-        task: Mutex::new(task),
+        ended,
         stats,
     }
 }

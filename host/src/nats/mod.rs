@@ -132,6 +132,16 @@ impl NatsOptions {
         self
     }
 
+    /// The duplicate window of a stream this host creates (default 2
+    /// minutes): a repeated event id within it is not stored again. It must
+    /// cover a redelivered event's re-emitted follow-ups: `ack_wait` plus
+    /// the longest plugin deadline (60 s), or the bus refuses to
+    /// start. An existing stream keeps its own window (checked the same way).
+    pub fn duplicate_window(mut self, window: Duration) -> NatsOptions {
+        self.duplicate_window = window;
+        self
+    }
+
     /// Deliveries of one message at most (default 5).
     pub fn max_deliver(mut self, n: i64) -> NatsOptions {
         self.max_deliver = n;
@@ -199,6 +209,56 @@ pub(crate) async fn connect_client(options: &NatsOptions) -> Result<async_nats::
     .map_err(|e| connect_err(e.to_string()))
 }
 
+/// The longest a plugin may run on one event (the manifest's largest
+/// `deadline_ms`): a redelivered parent re-emits its follow-ups up to this
+/// long after it was taken again.
+const LONGEST_HANDLING: Duration = Duration::from_secs(60);
+
+/// The longest time between a follow-up's first store and its re-emission
+/// by a redelivered parent, with `ack_wait`: the first handling emits it
+/// and runs on for up to [`LONGEST_HANDLING`] (its host saying it is in
+/// progress); the parent comes back `ack_wait` after that host died (or
+/// after a Nak's backoff, at most `consumer::NAK_MAX`), and its next
+/// handling emits the follow-up again. The stream drops that copy only
+/// within its duplicate window.
+pub(crate) fn redelivery_gap(ack_wait: Duration) -> Duration {
+    LONGEST_HANDLING + ack_wait.max(consumer::NAK_MAX)
+}
+
+/// Refuses an `ack_wait` for which a redelivered parent's follow-ups could
+/// come back after the stream's duplicate window (`window`, the stream's
+/// own when it exists) and be stored twice; warns about a stream whose
+/// window is shorter than the one plugbus creates.
+fn check_duplicate_window(options: &NatsOptions, window: Duration) -> Result<(), String> {
+    let gap = redelivery_gap(options.ack_wait);
+    if gap > window {
+        return Err(format!(
+            "its duplicate window is {window:?}, but with ack_wait {ack_wait:?} (`--ack-wait-ms {ms}`) a redelivered \
+             event may re-emit its follow-ups up to {gap:?} after they were stored (ack_wait + the longest plugin \
+             deadline, {LONGEST_HANDLING:?}), and they would be stored twice: lower `--ack-wait-ms` to at most \
+             {max_ms} or give the stream a duplicate window of at least {gap:?} (`nats stream edit {stream} \
+             --dupe-window`)",
+            ack_wait = options.ack_wait,
+            ms = options.ack_wait.as_millis(),
+            max_ms = window.saturating_sub(LONGEST_HANDLING).as_millis(),
+            stream = options.stream,
+        ));
+    }
+    if window < options.duplicate_window {
+        tracing::warn!(
+            stream = %options.stream,
+            duplicate_window = ?window,
+            assumed = ?options.duplicate_window,
+            "the stream's duplicate window is shorter than the one plugbus creates streams with"
+        );
+    }
+    Ok(())
+}
+
+/// How long a shutdown waits at least for the client's last writes to reach
+/// the server, even when its grace period is spent.
+const FLUSH_AT_LEAST: Duration = Duration::from_secs(1);
+
 /// What a bus holds when it is on NATS.
 pub(crate) struct NatsLink {
     options: NatsOptions,
@@ -211,6 +271,10 @@ pub(crate) struct NatsLink {
     /// Set once the advisory reader runs (started with the first consumer,
     /// when the bus's port exists).
     advisories: std::sync::OnceLock<()>,
+    /// The ends of the consumers [`stop_all`](Self::stop_all) stopped: a
+    /// stop cut short by the grace period leaves their tasks settling what
+    /// they took, which [`finish`](Self::finish) still waits for.
+    stopped: Mutex<Vec<consumer::Ending>>,
 }
 
 impl NatsLink {
@@ -347,6 +411,7 @@ impl NatsLink {
                 info.config.subjects
             )));
         }
+        check_duplicate_window(&options, info.config.duplicate_window).map_err(stream_err)?;
         let publisher = Arc::new(publisher::Publisher::start(
             js.clone(),
             options.partitions,
@@ -366,6 +431,7 @@ impl NatsLink {
             publisher,
             consumers,
             advisories: std::sync::OnceLock::new(),
+            stopped: Mutex::new(Vec::new()),
         })
     }
 
@@ -496,8 +562,57 @@ impl NatsLink {
         for h in &handles {
             h.signal();
         }
+        lock(&self.stopped).extend(handles.iter().map(consumer::ConsumerHandle::ending));
         for h in &handles {
             h.stop().await;
+        }
+    }
+
+    /// The last step of a shutdown, once the plugins' workers have stopped
+    /// (every outcome is in): waits for the stopped consumers to settle
+    /// what they took (their follow-ups' store acks, then the Ack, Nak or
+    /// Term) and for the publisher's last acks, then flushes the client and
+    /// makes one round trip to the server, so the acknowledgements queued
+    /// in the client reached the server before the process exits (one lost
+    /// there would mean a redelivery: the event handled twice). All within
+    /// `within`; what is left then is logged.
+    pub async fn finish(&self, within: Duration) {
+        let endings = std::mem::take(&mut *lock(&self.stopped));
+        let deadline = tokio::time::Instant::now() + within;
+        let settled = async {
+            for ending in &endings {
+                ending.wait().await;
+            }
+        };
+        if tokio::time::timeout_at(deadline, settled).await.is_err() {
+            tracing::warn!("NATS consumers still settling events at shutdown; those events will be redelivered");
+        }
+        if tokio::time::timeout_at(deadline, self.publisher.flush()).await.is_err() {
+            tracing::warn!(stats = ?self.publisher.stats(), "events still unacknowledged by the NATS server at shutdown");
+        }
+        // A flush writes what the client queued (the acks are
+        // fire-and-forget); the server answers a request only after it read
+        // everything sent before it on this connection.
+        let client = self.js.client();
+        let delivered = async {
+            client.flush().await.map_err(|e| e.to_string())?;
+            // Any answer will do: the account's JetStream info.
+            client
+                .request("$JS.API.INFO", bytes::Bytes::new())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<(), String>(())
+        };
+        // At least a moment for the flush, even when the grace period is spent.
+        let flush_by = deadline.max(tokio::time::Instant::now() + FLUSH_AT_LEAST);
+        match tokio::time::timeout_at(flush_by, delivered).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                tracing::warn!(%reason, "the last acknowledgements may not have reached the NATS server; those events will be redelivered")
+            }
+            Err(_) => tracing::warn!(
+                "the NATS server did not confirm the last acknowledgements in time; those events may be redelivered"
+            ),
         }
     }
 

@@ -270,6 +270,16 @@ mod tests {
     use crate::log::{Durability, LogOptions};
     use serde_json::json;
 
+    /// A log in `dir` that never syncs (these tests read what was written).
+    fn unsynced_log(dir: &std::path::Path, segment_bytes: u64) -> EventLog {
+        let options = LogOptions {
+            durability: Durability::Off,
+            segment_bytes,
+            ..LogOptions::default()
+        };
+        EventLog::open(dir, options).unwrap()
+    }
+
     /// A read started ahead for an earlier, lower bound that finds nothing
     /// (a number with no record: an oversize plain emit, delivered live but
     /// never logged) stops at that bound: the next read goes on from there,
@@ -280,11 +290,7 @@ mod tests {
         #[cfg(feature = "failpoints")]
         let _serial = fail::FailScenario::setup();
         let dir = tempfile::tempdir().unwrap();
-        let options = LogOptions {
-            durability: Durability::Off,
-            ..LogOptions::default()
-        };
-        let log = EventLog::open(dir.path(), options).unwrap();
+        let log = unsynced_log(dir.path(), LogOptions::default().segment_bytes);
         for i in 0..BATCH as u64 {
             log.append(&Event::new("kept", json!({ "i": i })), false);
         }
@@ -319,12 +325,7 @@ mod tests {
         #[cfg(feature = "failpoints")]
         let _serial = fail::FailScenario::setup();
         let dir = tempfile::tempdir().unwrap();
-        let options = LogOptions {
-            durability: Durability::Off,
-            segment_bytes: 16 << 10,
-            ..LogOptions::default()
-        };
-        let log = EventLog::open(dir.path(), options).unwrap();
+        let log = unsynced_log(dir.path(), 16 << 10);
         let mut last = 0;
         for i in 0..3 * BATCH as u64 {
             last = log.append(&Event::new("kept", json!({ "i": i })), false).0;
@@ -371,11 +372,7 @@ mod tests {
         #[cfg(feature = "failpoints")]
         let _serial = fail::FailScenario::setup();
         let dir = tempfile::tempdir().unwrap();
-        let options = LogOptions {
-            durability: Durability::Off,
-            ..LogOptions::default()
-        };
-        let log = EventLog::open(dir.path(), options).unwrap();
+        let log = unsynced_log(dir.path(), LogOptions::default().segment_bytes);
         let (mut kept, mut last) = (Vec::new(), 0);
         for i in 0..5 * BATCH as u64 {
             let name = if i % 3 == 0 { "other" } else { "kept" };
