@@ -26,7 +26,9 @@
 //!
 //! Without a log the journal lives in memory and keeps the last
 //! [`MEMORY_ENTRIES`] outcomes: enough for trap recovery, which replays at
-//! most `replay_max_events` events; nothing survives the process.
+//! most `replay_max_events` events; nothing survives the process. When it
+//! is full, the plugin holding the most entries loses its oldest: a busy
+//! plugin never evicts a quiet one's records before its trap recovery.
 //!
 //! On NATS (with the `nats` feature) the records go to a JetStream key-value
 //! bucket shared by every host of the stream (`kv_journal`): a record is
@@ -251,7 +253,8 @@ enum Store {
     },
     Memory {
         entries: HashMap<RequestKey, Journaled>,
-        order: VecDeque<RequestKey>,
+        /// Each plugin's keys, oldest first.
+        order: HashMap<String, VecDeque<RequestKey>>,
     },
 }
 
@@ -260,7 +263,7 @@ impl RequestJournal {
     pub fn memory() -> RequestJournal {
         RequestJournal::of(Store::Memory {
             entries: HashMap::new(),
-            order: VecDeque::new(),
+            order: HashMap::new(),
         })
     }
 
@@ -519,12 +522,14 @@ impl RequestJournal {
         match &mut *store {
             Store::Memory { entries, order } => {
                 if entries.insert(key.clone(), (Arc::new(outcome), request)).is_none() {
-                    order.push_back(key);
-                    if order.len() > MEMORY_ENTRIES
-                        && let Some(old) = order.pop_front()
+                    order.entry(key.plugin.clone()).or_default().push_back(key);
+                    if entries.len() > MEMORY_ENTRIES
+                        && let Some(keys) = order.values_mut().max_by_key(|keys| keys.len())
+                        && let Some(old) = keys.pop_front()
                     {
                         entries.remove(&old);
                     }
+                    order.retain(|_, keys| !keys.is_empty());
                 }
                 Ok(())
             }
@@ -1048,5 +1053,25 @@ mod tests {
         assert_eq!(j.len(), MEMORY_ENTRIES);
         assert!(j.get(&key(0)).unwrap().is_none());
         assert!(j.get(&key(MEMORY_ENTRIES as u32 + 9)).unwrap().is_some());
+    }
+
+    /// A full memory journal evicts from the plugin holding the most
+    /// entries: a quiet plugin's records outlive a busy one's flood. Before,
+    /// the oldest entry went, whoever's it was.
+    #[test]
+    fn a_busy_plugin_never_evicts_a_quiet_ones_records() {
+        let j = RequestJournal::memory();
+        let quiet = RequestKey {
+            plugin: "quiet".into(),
+            event: "e0".into(),
+            index: 0,
+        };
+        j.put(quiet.clone(), None, ok("quiet")).unwrap();
+        for i in 0..(MEMORY_ENTRIES as u32 + 10) {
+            j.put(key(i), None, ok("x")).unwrap();
+        }
+        assert_eq!(j.len(), MEMORY_ENTRIES);
+        assert_eq!(j.get(&quiet).unwrap().as_deref(), Some(&ok("quiet")));
+        assert!(j.get(&key(10)).unwrap().is_none(), "the busy plugin's oldest went");
     }
 }
