@@ -78,6 +78,20 @@ impl DeadLetter {
             event: Record::from_event(event),
         }
     }
+
+    /// The letter of an event NATS gives up after `deliveries` deliveries
+    /// (`max_deliver`) without a hard failure: failure kind
+    /// `max_deliveries`, the reason naming the last delivery's outcome.
+    #[cfg(feature = "nats")]
+    pub(crate) fn given_up(plugin: &str, event: &Event, deliveries: i64, last: &str) -> DeadLetter {
+        DeadLetter {
+            plugin: plugin.to_owned(),
+            failure: "max_deliveries".to_owned(),
+            reason: format!("NATS gave it up after {deliveries} deliveries; the last: {last}"),
+            failed_at_unix_nanos: crate::event::now_nanos(),
+            event: Record::from_event(event),
+        }
+    }
 }
 
 /// A journal line: a removal or a letter.
@@ -112,6 +126,14 @@ pub enum DeadLetterError {
         /// The file or directory.
         path: PathBuf,
         /// The operating system's error.
+        reason: String,
+    },
+    /// The stream's dead-letter bucket on NATS could not be read or written.
+    #[error("NATS bucket `{bucket}`: {reason}")]
+    Nats {
+        /// The key-value bucket.
+        bucket: String,
+        /// What the server said.
         reason: String,
     },
     /// A line other than the last one is not a letter or a removal.

@@ -291,6 +291,114 @@ async fn a_poison_event_is_terminated_and_dead_lettered_after_one_recovery() {
     support::terminate(&a);
 }
 
+/// `plugbus dlq list --nats URL --json`: the stream's dead letters.
+fn stream_letters(url: &str) -> Vec<Value> {
+    let out = support::plugbus(&["dlq", "list", "--nats", url, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A poison event's dead letter is stored in the stream's bucket before
+/// its message is ended, so it outlives the host that met it. Host A's
+/// first store fails (failpoint): that `Term` becomes a `Nak`, the event
+/// comes back, fails again and is ended once its letter is stored. A is
+/// killed; host B, running a fixed version, redrives the letter (every
+/// host's letters are in the bucket): applied once, removed, and a second
+/// redrive finds nothing. Before, the letter lived only in A's memory and
+/// died with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_events_dead_letter_outlives_its_host_and_is_redriven_once_elsewhere() {
+    let nats = NatsServer::start();
+    let broken = support::plugin_dir(&[]);
+    support::install(
+        broken.path(),
+        &support::wasm("misbehave"),
+        "misbehave",
+        "[limits]\nquarantine_after = 0\n",
+    );
+    let (mut a, addr_a, _log_a) = support::serve_with_env(
+        &support::nats_host(broken.path(), &nats.url),
+        &[("FAILPOINTS", "nats.dead_letter.keep=1*return")],
+    );
+    let js = client(&nats.url).await;
+    assert!(stream_letters(&nats.url).is_empty());
+    post(
+        &addr_a,
+        &[
+            json!({"name": "misbehave.ok", "payload": {}}),
+            json!({"name": "misbehave.panic", "payload": {"n": 7}}),
+        ],
+    )
+    .unwrap();
+    let status = until_status(&addr_a, Duration::from_secs(20), "the poison event ended", |s| {
+        s["nats"]["consumers"]["misbehave"]["terminated"] == 1
+    })
+    .await;
+    let consumer = &status["nats"]["consumers"]["misbehave"];
+    assert_eq!(consumer["dead_letters_not_stored"], 1, "{consumer}");
+    assert_eq!(consumer["dead_letters"], 1, "{consumer}");
+    assert_eq!(
+        consumer["nakked"], 1,
+        "the Term whose letter failed became a Nak: {consumer}"
+    );
+    assert_eq!(consumer["acked"], 1, "{consumer}");
+    let letters = stream_letters(&nats.url);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["plugin"], "misbehave");
+    assert_eq!(letters[0]["failure"], "panic");
+    assert_eq!(letters[0]["event"]["name"], "misbehave.panic");
+    assert_eq!(letters[0]["event"]["payload"]["n"], 7);
+    let (_, metrics) = support::http(&addr_a, "GET", "/metrics", b"");
+    assert!(
+        metrics.contains("plugbus_nats_consumer_dead_letters_total{plugin=\"misbehave\"} 1"),
+        "{metrics}"
+    );
+    a.kill().unwrap();
+    a.wait().unwrap();
+    // Still there with its host gone.
+    assert_eq!(stream_letters(&nats.url).len(), 1);
+
+    let fixed = support::plugin_dir(&[]);
+    support::install(
+        fixed.path(),
+        &support::wasm("misbehave"),
+        "misbehave",
+        "[config]\nalways = \"count\"\n",
+    );
+    let (b, addr_b, _log_b) = host(fixed.path(), &nats.url);
+    let (_, listed) = support::http(&addr_b, "GET", "/plugins/misbehave/dead-letters", b"");
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(
+        listed["dead_letters"].as_array().unwrap().len(),
+        1,
+        "A's letter, seen by B: {listed}"
+    );
+    let (status, report) = support::http(&addr_b, "POST", "/plugins/misbehave/dead-letters/redrive", b"");
+    assert_eq!(status, 200, "{report}");
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["redrive"]["redriven"], 1, "{report}");
+    assert_eq!(report["redrive"]["ok"], 1, "{report}");
+    assert!(stream_letters(&nats.url).is_empty(), "removed once handled");
+    let (_, report) = support::http(&addr_b, "POST", "/plugins/misbehave/dead-letters/redrive", b"");
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["redrive"]["redriven"], 0, "nothing applied twice: {report}");
+    // The redriven letter's follow-up is in the stream once.
+    let mut counted = Vec::new();
+    for _ in 0..100 {
+        counted = stream_messages(&js, "plugbus.events.*.fixture.count").await;
+        if !counted.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counted.len(), 1, "{counted:?}");
+    support::terminate(&b);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_event_id_is_stored_and_handled_once() {
     let nats = NatsServer::start();
@@ -879,7 +987,12 @@ async fn a_follow_up_the_server_cannot_store_leaves_its_event_unacknowledged() {
             ),
         );
     }
-    let (a, addr, _log) = host(dir.path(), &nats.url);
+    // The first dead letter a last delivery stores fails: the server's
+    // MAX_DELIVERIES advisory makes the host keep it then.
+    let (a, addr, _log) = support::serve_with_env(
+        &support::nats_host(dir.path(), &nats.url),
+        &[("FAILPOINTS", "nats.dead_letter.keep=1*return")],
+    );
     let js = client(&nats.url).await;
     let parents = post(
         &addr,
@@ -933,6 +1046,37 @@ async fn a_follow_up_the_server_cannot_store_leaves_its_event_unacknowledged() {
         .collect();
     given_up.sort();
     assert_eq!(given_up, parents);
+    // Each given-up event is kept as `big`'s dead letter: two stored before
+    // the Nak of their last delivery, the one whose store failed after the
+    // server's advisory.
+    let letters = support::until("three dead letters", || {
+        let letters = stream_letters(&nats.url);
+        (letters.len() == 3).then_some(letters)
+    })
+    .await;
+    let mut lettered: Vec<u64> = letters
+        .iter()
+        .map(|l| {
+            assert_eq!(l["plugin"], "big", "{l}");
+            assert_eq!(l["failure"], "max_deliveries", "{l}");
+            l["event"]["seq"].as_u64().unwrap()
+        })
+        .collect();
+    lettered.sort();
+    assert_eq!(lettered, parents);
+    let reasons: Vec<&str> = letters.iter().map(|l| l["reason"].as_str().unwrap()).collect();
+    let on_nak = reasons
+        .iter()
+        .filter(|r| r.contains("a follow-up was not stored"))
+        .count();
+    let on_advisory = reasons.iter().filter(|r| r.contains("no letter from the host")).count();
+    assert_eq!((on_nak, on_advisory), (2, 1), "{reasons:?}");
+    let big = &status["nats"]["consumers"]["big"];
+    assert_eq!(
+        (&big["dead_letters"], &big["dead_letters_not_stored"]),
+        (&json!(2), &json!(1)),
+        "{big}"
+    );
     let (_, metrics) = support::http(&addr, "GET", "/metrics", b"");
     for line in [
         "plugbus_nats_consumer_max_deliveries_total{plugin=\"big\"} 3",

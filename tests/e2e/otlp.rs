@@ -350,6 +350,9 @@ fn post_traces(addr: &str, content_type: &str, encoding: Option<&str>, body: &[u
 }
 
 /// `google.rpc.Status`, the body of an OTLP/HTTP error answer in protobuf.
+/// Written here from `google/rpc/status.proto`, deliberately not the
+/// receiver's own type: the test checks the wire form an exporter decodes,
+/// not that the receiver agrees with itself.
 #[derive(Clone, PartialEq, prost::Message)]
 struct RpcStatus {
     #[prost(int32, tag = "1")]

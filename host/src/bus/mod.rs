@@ -1253,16 +1253,56 @@ impl Bus {
     }
 
     /// The dead letters of the named plugin (the events that made it fail
-    /// hard, newest [`MAX_KEPT`](crate::dead_letter::MAX_KEPT)), oldest
-    /// first; `None` if no plugin has that name.
+    /// hard, newest [`MAX_KEPT`](crate::dead_letter::MAX_KEPT)) this
+    /// process met, oldest first; `None` if no plugin has that name. For all
+    /// of them (the journal's, or on NATS every host's), see
+    /// [`kept_dead_letters`](Self::kept_dead_letters).
     pub fn dead_letters(&self, plugin: &str) -> Option<Vec<crate::DeadLetter>> {
         lock(&self.shared.plugins).get(plugin).map(|h| h.dead_letters.list())
+    }
+
+    /// Every dead letter kept for the named plugin, oldest first: with a
+    /// log, its journal (all of them, not only the newest in memory); on
+    /// NATS, the stream's bucket (every host's letters); otherwise those in
+    /// memory. `None` if no plugin has that name.
+    ///
+    /// # Errors
+    /// [`DeadLetterError`](crate::DeadLetterError) naming the journal file
+    /// or the NATS bucket that could not be read.
+    pub async fn kept_dead_letters(
+        &self,
+        plugin: &str,
+    ) -> Option<Result<Vec<crate::DeadLetter>, crate::DeadLetterError>> {
+        let handle = lock(&self.shared.plugins).get(plugin).cloned()?;
+        #[cfg(feature = "nats")]
+        if let Some(nats) = &self.shared.nats {
+            return Some(
+                nats.letters
+                    .list(Some(plugin))
+                    .await
+                    .map_err(|reason| crate::DeadLetterError::Nats {
+                        bucket: nats.letters.name().to_owned(),
+                        reason,
+                    }),
+            );
+        }
+        let store = handle.dead_letters.clone();
+        Some(match tokio::task::spawn_blocking(move || store.all()).await {
+            Ok(letters) => Ok(letters),
+            Err(e) => {
+                tracing::error!(plugin, error = %e, "reading the dead letters failed; using those in memory");
+                Ok(handle.dead_letters.list())
+            }
+        })
     }
 
     /// Sends the named plugin's dead letters to it again, oldest first (after
     /// a fixed version was loaded, say), and waits for each outcome. Every
     /// letter is redriven, however many (with a log they are read from the
-    /// journal). A letter is removed only once its outcome is known and kept:
+    /// journal; on NATS from the stream's bucket, so this host redrives
+    /// every host's letters of the plugin, and a handled one is removed from
+    /// the bucket at once: a redrive cut short between the two applies it
+    /// again, at least once). A letter is removed only once its outcome is known and kept:
     /// handled (ok or a guest `Err`) and, for a plugin with `state` on a bus
     /// with a log, included in a persisted snapshot. Letters that fail hard
     /// again, or cannot be delivered, stay. A redrive cut short (the process
@@ -1271,13 +1311,13 @@ impl Bus {
     /// letter once. `None` if no plugin has that name.
     pub async fn redrive(&self, plugin: &str) -> Option<crate::dead_letter::Redrive> {
         let handle = lock(&self.shared.plugins).get(plugin).cloned()?;
-        let store = handle.dead_letters.clone();
-        let letters = match tokio::task::spawn_blocking(move || store.all()).await {
-            Ok(letters) => letters,
-            Err(e) => {
-                tracing::error!(plugin, error = %e, "reading the dead letters failed");
+        let letters = match self.kept_dead_letters(plugin).await {
+            Some(Ok(letters)) => letters,
+            Some(Err(e)) => {
+                tracing::error!(plugin, error = %e, "reading the dead letters failed; nothing redriven");
                 Vec::new()
             }
+            None => Vec::new(),
         };
         let mut report = crate::dead_letter::Redrive::default();
         // Letters in flight at once: at most half the plugin's queue, so a
@@ -1296,14 +1336,37 @@ impl Bus {
                 report.redriven += 1;
                 outcomes.push(rx);
             }
-            for rx in outcomes {
-                match rx.await.unwrap_or(Outcome::Dropped(DropReason::Unloaded)) {
-                    Outcome::Ok => report.ok += 1,
-                    Outcome::Error(_) => report.errors += 1,
-                    Outcome::Failed(_) => report.failed += 1,
+            for (rx, letter) in outcomes.into_iter().zip(chunk) {
+                let handled = match rx.await.unwrap_or(Outcome::Dropped(DropReason::Unloaded)) {
+                    Outcome::Ok => {
+                        report.ok += 1;
+                        true
+                    }
+                    Outcome::Error(_) => {
+                        report.errors += 1;
+                        true
+                    }
+                    Outcome::Failed(_) => {
+                        report.failed += 1;
+                        false
+                    }
                     // Not delivered: it stays a dead letter.
-                    Outcome::Dropped(_) => report.dropped += 1,
+                    Outcome::Dropped(_) => {
+                        report.dropped += 1;
+                        false
+                    }
+                };
+                // On NATS the stream's bucket holds the letters; there is no
+                // snapshot to wait for: a handled letter goes at once.
+                #[cfg(feature = "nats")]
+                if handled
+                    && let Some(nats) = &self.shared.nats
+                    && let Err(e) = nats.letters.remove(plugin, &letter.event.id).await
+                {
+                    tracing::error!(plugin, event_id = %letter.event.id, bucket = nats.letters.name(), error = %e, "a redriven dead letter was handled but could not be removed: a later redrive applies it again");
                 }
+                #[cfg(not(feature = "nats"))]
+                let _ = (handled, letter);
             }
         }
         tracing::info!(

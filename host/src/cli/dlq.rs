@@ -1,8 +1,9 @@
-//! `plugbus dlq list`: the dead letters recorded in a log directory.
+//! `plugbus dlq`: the dead letters recorded in a log directory or a NATS
+//! stream's bucket (list), and a redrive over a log.
 
 use std::path::PathBuf;
 
-use super::CacheArgs;
+use super::{CacheArgs, HistoryArgs};
 use std::process::ExitCode;
 
 use clap::Subcommand;
@@ -10,10 +11,11 @@ use clap::Subcommand;
 #[derive(Subcommand)]
 pub enum DlqCommand {
     /// List dead letters: the events that made a plugin fail hard, oldest first.
+    /// With `--nats URL`, the stream's dead letters: every host's, from its
+    /// bucket (`<STREAM>_DEAD_LETTERS`).
     List {
-        /// The log directory (as given to `--log`).
-        #[arg(long = "log", value_name = "DIR")]
-        dir: PathBuf,
+        #[command(flatten)]
+        history: HistoryArgs,
         /// Only this plugin's.
         #[arg(long, value_name = "NAME")]
         plugin: Option<String>,
@@ -61,9 +63,8 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::List { dir, plugin, json } => {
-            super::log::check_dir(&dir)?;
-            let letters = plugbus::read_dead_letters(&dir, plugin.as_deref()).map_err(anyhow::Error::msg)?;
+        DlqCommand::List { history, plugin, json } => {
+            let letters = history.dead_letters(plugin.as_deref()).await?;
             for l in &letters {
                 if json {
                     println!("{}", serde_json::to_string(l)?);

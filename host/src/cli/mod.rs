@@ -339,6 +339,22 @@ impl HistoryArgs {
             (None, None) => anyhow::bail!("give --log DIR or --nats URL"),
         }
     }
+
+    /// The dead letters this history keeps (of `plugin` only, when given):
+    /// the log's journals, or the NATS stream's bucket.
+    async fn dead_letters(&self, plugin: Option<&str>) -> anyhow::Result<Vec<plugbus::DeadLetter>> {
+        match (&self.log, &self.nats) {
+            (_, Some(url)) => {
+                let options = plugbus::NatsOptions::new(url).stream(&self.stream);
+                Ok(plugbus::nats::read_dead_letters(&options, plugin).await?)
+            }
+            (Some(dir), None) => {
+                log::check_dir(dir)?;
+                Ok(plugbus::read_dead_letters(dir, plugin)?)
+            }
+            (None, None) => anyhow::bail!("give --log DIR or --nats URL"),
+        }
+    }
 }
 
 /// Where compiled plugins are cached.

@@ -21,7 +21,8 @@
 //!   and whether it exports `query` (`queryable`);
 //!   with `--log`, the log's position (`log`: last, written and durable seq,
 //!   queued, lost).
-//! - `GET /plugins/<name>/dead-letters`: the events that made it fail hard;
+//! - `GET /plugins/<name>/dead-letters`: the events that made it fail hard
+//!   (all kept: the log's journal, or on NATS the stream's bucket);
 //!   `POST /plugins/<name>/dead-letters/redrive` sends them to it again
 //!   (after a fixed version was dropped into the directory).
 //! - `GET /plugins/<name>/query?q=<urlencoded JSON>` and `POST
@@ -543,8 +544,13 @@ async fn get_plugins(State(bus): State<plugbus::Bus>) -> Response {
 }
 
 async fn get_dead_letters(State(bus): State<plugbus::Bus>, Path(name): Path<String>) -> Response {
-    match bus.dead_letters(&name) {
-        Some(letters) => Json(json!({ "plugin": name, "dead_letters": letters })).into_response(),
+    match bus.kept_dead_letters(&name).await {
+        Some(Ok(letters)) => Json(json!({ "plugin": name, "dead_letters": letters })).into_response(),
+        Some(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": format!("dead letters of `{name}`: {e}") })),
+        )
+            .into_response(),
         None => (
             StatusCode::NOT_FOUND,
             Json(json!({ "error": format!("no plugin named `{name}`") })),
@@ -958,7 +964,7 @@ fn encode_nats(nats: &plugbus::NatsStatus, encoder: &mut DescriptorEncoder) -> R
         )?)?;
     }
     type Field = fn(&plugbus::nats::ConsumerStats) -> u64;
-    let counters: [(&str, &str, Field); 7] = [
+    let counters: [(&str, &str, Field); 9] = [
         (
             "plugbus_nats_consumer_acked",
             "Messages this host acknowledged as handled",
@@ -993,6 +999,16 @@ fn encode_nats(nats: &plugbus::NatsStatus, encoder: &mut DescriptorEncoder) -> R
             "plugbus_nats_consumer_terminated_advisories",
             "MSG_TERMINATED advisories for this consumer, by any host",
             |c| c.terminated_advisories,
+        ),
+        (
+            "plugbus_nats_consumer_dead_letters",
+            "Dead letters this host stored in the stream's bucket",
+            |c| c.dead_letters,
+        ),
+        (
+            "plugbus_nats_consumer_dead_letters_not_stored",
+            "Dead letters this host could not store (each such Term became a Nak)",
+            |c| c.dead_letters_not_stored,
         ),
     ];
     for (name, help, field) in counters {

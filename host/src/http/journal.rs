@@ -31,7 +31,7 @@
 //! plugin never evicts a quiet one's records before its trap recovery.
 //!
 //! On NATS (with the `nats` feature) the records go to a JetStream key-value
-//! bucket shared by every host of the stream (`kv_journal`): a record is
+//! bucket shared by every host of the stream (`kv_bucket::parted`): a record is
 //! stored by the server before the guest sees the response, so an event
 //! redelivered to another host, or replayed from the stream, finds it.
 
@@ -227,7 +227,7 @@ pub struct RequestJournal {
 /// A journal bucket, and whether this bus may write it (a replay's may not).
 #[cfg(feature = "nats")]
 struct Remote {
-    kv: super::kv_journal::KvJournal,
+    kv: crate::kv_bucket::parted::PartedBucket,
     read_only: bool,
 }
 
@@ -288,9 +288,18 @@ impl RequestJournal {
         bucket: &str,
         max_age: std::time::Duration,
     ) -> Result<RequestJournal, JournalError> {
-        let kv = super::kv_journal::KvJournal::open(js, bucket, max_age)
-            .await
-            .map_err(|reason| JournalError::nats(bucket, reason))?;
+        let kv = crate::kv_bucket::parted::PartedBucket::open(
+            js,
+            bucket,
+            crate::kv_bucket::BucketSpec {
+                description: "plugbus: the outcome of every request a plugin sent (the request journal)",
+                history: 1,
+                max_age,
+                discard: async_nats::jetstream::stream::DiscardPolicy::Old,
+            },
+        )
+        .await
+        .map_err(|reason| JournalError::nats(bucket, reason))?;
         Ok(RequestJournal::with_remote(kv, false))
     }
 
@@ -304,7 +313,7 @@ impl RequestJournal {
         js: &async_nats::jetstream::Context,
         bucket: &str,
     ) -> Result<RequestJournal, JournalError> {
-        match super::kv_journal::KvJournal::open_existing(js, bucket).await {
+        match crate::kv_bucket::parted::PartedBucket::open_existing(js, bucket).await {
             Ok(Some(kv)) => Ok(RequestJournal::with_remote(kv, true)),
             Ok(None) => Ok(RequestJournal::memory()),
             Err(reason) => Err(JournalError::nats(bucket, reason)),
@@ -312,7 +321,7 @@ impl RequestJournal {
     }
 
     #[cfg(feature = "nats")]
-    fn with_remote(kv: super::kv_journal::KvJournal, read_only: bool) -> RequestJournal {
+    fn with_remote(kv: crate::kv_bucket::parted::PartedBucket, read_only: bool) -> RequestJournal {
         let mut journal = RequestJournal::memory();
         journal.remote = Some(Arc::new(Remote { kv, read_only }));
         journal

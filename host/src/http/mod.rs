@@ -6,16 +6,12 @@
 //!   link-local, the metadata address…);
 //! - `journal`: each request's outcome by (plugin, event id, request index),
 //!   answering it again instead of sending it twice;
-//! - `kv_journal`: the journal's store on NATS, a key-value bucket every host
-//!   of the stream shares;
 //! - `send`: the `wasi:http` hook every request passes;
 //! - `stats`: per-plugin counters.
 
 mod address;
 mod grant;
 mod journal;
-#[cfg(feature = "nats")]
-mod kv_journal;
 pub(crate) mod send;
 pub(crate) mod stats;
 

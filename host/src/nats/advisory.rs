@@ -10,14 +10,24 @@
 //! Every host that runs the consumer sees each advisory: each counts it,
 //! and each publishes the event under one id derived from the advisory's,
 //! so the stream stores it once.
+//!
+//! A given-up message is normally kept as a dead letter by the host that
+//! `Nak`ed its last delivery (`nats::consumer`); when no host did (the last
+//! delivery's host died and `ack_wait` ran out, or its store failed), the
+//! hosts that see the advisory read the message from the stream and keep
+//! its letter, so every event a plugin never handled has one.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use async_nats::jetstream;
 
 use futures_util::StreamExt;
 use serde::Deserialize;
 
+use crate::dead_letter::DeadLetter;
 use crate::event::Event;
+use crate::nats::dead_letters::LetterBucket;
 use crate::nats::port::NatsPort;
 use crate::nats::{Consumers, lock};
 
@@ -56,11 +66,18 @@ const ALIVE_EVERY: Duration = Duration::from_secs(1);
 /// after the first consumer's start is missed) and reads them until the
 /// bus drops its consumers.
 pub(crate) async fn start(
-    client: async_nats::Client,
+    js: jetstream::Context,
+    letters: Arc<LetterBucket>,
     stream: &str,
     consumers: Weak<std::sync::Mutex<ConsumersMap>>,
     port: Weak<dyn NatsPort>,
 ) {
+    let client = js.client();
+    let given_up = GivenUp {
+        js,
+        letters,
+        stream: stream.to_owned(),
+    };
     let mut subscriptions = Vec::new();
     for (kind, what) in [
         (Kind::MaxDeliveries, "MAX_DELIVERIES"),
@@ -80,7 +97,7 @@ pub(crate) async fn start(
             let next = tokio::time::timeout(ALIVE_EVERY, all.next()).await;
             let Some(consumers) = consumers.upgrade() else { return };
             match next {
-                Ok(Some((kind, message))) => handle(kind, &message.payload, &consumers, &port),
+                Ok(Some((kind, message))) => handle(kind, &message.payload, &consumers, &port, &given_up),
                 Ok(None) => return,
                 Err(_) => {}
             }
@@ -91,7 +108,7 @@ pub(crate) async fn start(
 /// The consumers' map behind [`Consumers`].
 pub(crate) type ConsumersMap = std::collections::BTreeMap<String, Vec<crate::nats::consumer::ConsumerHandle>>;
 
-fn handle(kind: Kind, payload: &[u8], consumers: &Consumers, port: &Weak<dyn NatsPort>) {
+fn handle(kind: Kind, payload: &[u8], consumers: &Consumers, port: &Weak<dyn NatsPort>, given_up: &GivenUp) {
     let advisory: Advisory = match serde_json::from_slice(payload) {
         Ok(a) => a,
         Err(e) => {
@@ -116,7 +133,12 @@ fn handle(kind: Kind, payload: &[u8], consumers: &Consumers, port: &Weak<dyn Nat
     }
     match kind {
         Kind::MaxDeliveries => {
-            tracing::error!(plugin = %plugin, consumer = %advisory.consumer, stream_seq = advisory.stream_seq, deliveries = advisory.deliveries, "NATS gave the message up after its last delivery: not handled by this plugin")
+            tracing::error!(plugin = %plugin, consumer = %advisory.consumer, stream_seq = advisory.stream_seq, deliveries = advisory.deliveries, "NATS gave the message up after its last delivery: not handled by this plugin");
+            tokio::spawn(
+                given_up
+                    .clone()
+                    .keep(plugin.clone(), advisory.stream_seq, advisory.deliveries),
+            );
         }
         Kind::Terminated => {
             tracing::info!(plugin = %plugin, consumer = %advisory.consumer, stream_seq = advisory.stream_seq, deliveries = advisory.deliveries, "NATS message terminated")
@@ -139,5 +161,48 @@ fn handle(kind: Kind, payload: &[u8], consumers: &Consumers, port: &Weak<dyn Nat
             0,
             payload.to_string(),
         ));
+    }
+}
+
+/// What a host needs to keep the dead letter of a message the server gave
+/// up: the stream to read it from and the bucket to keep it in.
+#[derive(Clone)]
+struct GivenUp {
+    js: jetstream::Context,
+    letters: Arc<LetterBucket>,
+    stream: String,
+}
+
+impl GivenUp {
+    /// Keeps the letter of the message at `seq`, unless `plugin` already has
+    /// one for its event (the last delivery's host kept it).
+    async fn keep(self, plugin: String, seq: u64, deliveries: u64) {
+        let result: Result<bool, String> = async {
+            let stream = self.js.get_stream(&self.stream).await.map_err(|e| e.to_string())?;
+            let message = stream.get_raw_message(seq).await.map_err(|e| e.to_string())?;
+            let event = crate::nats::wire::decode(&message.payload, seq)?;
+            if self.letters.contains(&plugin, event.id()).await? {
+                return Ok(false);
+            }
+            let deliveries = i64::try_from(deliveries).unwrap_or(i64::MAX);
+            let letter = DeadLetter::given_up(
+                &plugin,
+                &event,
+                deliveries,
+                "no letter from the host of its last delivery (it went away, or its store failed)",
+            );
+            self.letters.keep(&letter).await?;
+            Ok(true)
+        }
+        .await;
+        match result {
+            Ok(true) => {
+                tracing::warn!(plugin = %plugin, stream_seq = seq, "a message NATS gave up is kept as a dead letter")
+            }
+            Ok(false) => {}
+            Err(reason) => {
+                tracing::error!(plugin = %plugin, stream_seq = seq, %reason, "the dead letter of a message NATS gave up could not be kept")
+            }
+        }
     }
 }

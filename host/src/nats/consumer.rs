@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | ok, or the guest's `Err`, every follow-up stored | `Ack` | handled (an `Err` is the plugin's answer) |
 //! | ok or `Err`, but a follow-up not stored (queue full, every attempt failed, too large) | `Nak(backoff)` | never acknowledged without its follow-ups; the server gives it up after `max_deliver` (a `MAX_DELIVERIES` advisory) |
-//! | a deterministic hard failure (trap, panic, out of fuel, memory, stack) | `Term` | the worker recovered the plugin and kept a dead letter; the same input would fail the same way again |
+//! | a deterministic hard failure (trap, panic, out of fuel, memory, stack) | `Term` | the worker recovered the plugin; the same input would fail the same way again |
 //! | a transient hard failure (deadline, host error), the first one of this event here | `Nak(backoff)` | a loaded machine misses a wall-clock deadline; another try (here or elsewhere) may pass |
 //! | a transient hard failure of an event that already failed transiently here | `Term` | it failed twice: treated as poison |
 //! | dropped: quarantined | `Nak(until the quarantine ends)` | comes back once the plugin takes events again |
@@ -19,6 +19,13 @@
 //!
 //! `backoff` is 250 ms on the first delivery, doubling with each delivery,
 //! at most 8 s.
+//!
+//! **Dead letters.** Before a message is ended (`Term`) for a hard failure,
+//! and before the `Nak` of its last delivery (`max_deliver`: the server
+//! gives it up), its event is stored as a dead letter in the stream's
+//! bucket (`nats::dead_letters`) and the store acknowledged. A letter that
+//! cannot be stored turns the `Term` into a `Nak`: the event comes back
+//! rather than vanishing with no record.
 //!
 //! The loop never waits for an acknowledgement's preconditions: outcomes and
 //! their follow-ups' store acks are awaited together, beside the pulls and
@@ -35,6 +42,8 @@ use futures_util::stream::FuturesUnordered;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::dead_letter::DeadLetter;
+use crate::nats::dead_letters::LetterBucket;
 use crate::nats::port::{NatsPort, Offered};
 use crate::nats::publisher::{NotStored, Publisher};
 use crate::nats::{NatsOptions, wire};
@@ -62,6 +71,11 @@ pub struct ConsumerStats {
     pub max_deliveries: u64,
     /// `MSG_TERMINATED` advisories seen for this consumer (any host's Term).
     pub terminated_advisories: u64,
+    /// Dead letters this host stored in the stream's bucket (before a
+    /// `Term`, or before the `Nak` of a last delivery).
+    pub dead_letters: u64,
+    /// Dead letters it could not store: each such `Term` became a `Nak`.
+    pub dead_letters_not_stored: u64,
     /// True while the plugin is quarantined here and this host pulls nothing.
     pub paused: bool,
     /// From the server, at the last refresh: messages not yet delivered.
@@ -331,6 +345,7 @@ pub(crate) async fn start(
     reshape: Option<Reshape>,
     port: Weak<dyn NatsPort>,
     publisher: Arc<Publisher>,
+    letters: Arc<LetterBucket>,
 ) -> ConsumerHandle {
     let (stop, stopping) = watch::channel(false);
     let name = durable_name(plugin, partition);
@@ -368,6 +383,7 @@ pub(crate) async fn start(
         config,
         port,
         publisher,
+        letters,
         stats: stats.clone(),
     };
     if let Some(reshape) = reshape
@@ -412,6 +428,8 @@ struct Run {
     config: pull::Config,
     port: Weak<dyn NatsPort>,
     publisher: Arc<Publisher>,
+    /// The stream's dead letters.
+    letters: Arc<LetterBucket>,
     stats: Arc<Mutex<ConsumerStats>>,
 }
 
@@ -744,14 +762,31 @@ impl Run {
             }
             _ => false,
         };
-        let verdict = verdict(outcome.as_ref(), &stored, h.delivered, self.paused(), failed_before);
+        let mut verdict = verdict(outcome.as_ref(), &stored, h.delivered, self.paused(), failed_before);
         if let Err(reason) = &stored {
             tracing::error!(plugin = %self.plugin, stream_seq = h.seq, delivered = h.delivered, %reason, ?verdict, "a follow-up of this event is not in the stream; the event is not acknowledged");
+        }
+        // The server gives a message up after its last delivery's `Nak`.
+        let last_delivery =
+            matches!(verdict, Verdict::Nak(_)) && self.config.max_deliver > 0 && h.delivered >= self.config.max_deliver;
+        if verdict == Verdict::Term || last_delivery {
+            match self.keep_letter(&h, outcome.as_ref(), &stored).await {
+                Ok(()) => self.record(|s| s.dead_letters += 1),
+                Err(reason) => {
+                    self.record(|s| s.dead_letters_not_stored += 1);
+                    if verdict == Verdict::Term {
+                        tracing::error!(plugin = %self.plugin, stream_seq = h.seq, %reason, "the event's dead letter could not be stored; not ended (Nak): it comes back");
+                        verdict = Verdict::Nak(backoff(h.delivered));
+                    } else {
+                        tracing::error!(plugin = %self.plugin, stream_seq = h.seq, %reason, "the server gives this event up after this delivery and its dead letter could not be stored (the MAX_DELIVERIES advisory tries again)");
+                    }
+                }
+            }
         }
         if verdict == Verdict::Term
             && let Some(Outcome::Failed(f)) = &outcome
         {
-            tracing::warn!(plugin = %self.plugin, stream_seq = h.seq, delivered = h.delivered, failure = f.kind(), "event terminated on NATS after a hard failure");
+            tracing::warn!(plugin = %self.plugin, stream_seq = h.seq, delivered = h.delivered, failure = f.kind(), "event terminated on NATS after a hard failure; kept as a dead letter");
         }
         let kind = match verdict {
             Verdict::Ack => AckKind::Ack,
@@ -768,6 +803,31 @@ impl Run {
                 s.follow_ups_not_stored += u64::from(not_stored);
             }
         });
+    }
+
+    /// Stores the held message's event as a dead letter in the stream's
+    /// bucket, described by its outcome; returns once the server has it.
+    async fn keep_letter(
+        &self,
+        h: &Held,
+        outcome: Option<&Outcome>,
+        stored: &Result<usize, NotStored>,
+    ) -> Result<(), String> {
+        let event = wire::decode(&h.message.payload, h.seq)?;
+        let letter = match outcome {
+            Some(Outcome::Failed(f)) => DeadLetter::new(&self.plugin, &event, f),
+            other => {
+                let last = match (other, stored) {
+                    (Some(Outcome::Dropped(reason)), _) => format!("dropped: {reason}"),
+                    (Some(_), Err(reason)) => format!("a follow-up was not stored: {reason}"),
+                    (Some(Outcome::Error(e)), Ok(_)) => format!("error: {e}"),
+                    (Some(_), Ok(_)) => "handled".to_owned(),
+                    (None, _) => "no outcome: the plugin went away".to_owned(),
+                };
+                DeadLetter::given_up(&self.plugin, &event, h.delivered, &last)
+            }
+        };
+        self.letters.keep(&letter).await
     }
 
     async fn ack(&self, message: &jetstream::Message, kind: AckKind) {

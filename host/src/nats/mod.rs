@@ -13,6 +13,8 @@
 //! - `nats::consumer`: one plugin's consumer and the outcome → ack mapping;
 //! - `nats::advisory`: the server's `MAX_DELIVERIES` and `MSG_TERMINATED`
 //!   advisories as counters and `plugbus.nats.*` events;
+//! - `nats::dead_letters`: the stream's dead letters, a key-value bucket
+//!   every host shares (stored before a message is ended);
 //! - `nats::port`: what the consumers ask of the bus (the bus implements
 //!   it; nothing here imports the bus).
 //!
@@ -25,6 +27,7 @@
 
 pub(crate) mod advisory;
 pub(crate) mod consumer;
+pub(crate) mod dead_letters;
 pub(crate) mod port;
 pub(crate) mod publisher;
 pub(crate) mod reader;
@@ -38,6 +41,7 @@ use async_nats::jetstream;
 use serde::Serialize;
 
 pub use consumer::ConsumerStats;
+pub use dead_letters::dead_letter_bucket;
 pub use publisher::{NotStored, PublishStats};
 
 use crate::pattern::Pattern;
@@ -264,6 +268,8 @@ pub(crate) struct NatsLink {
     options: NatsOptions,
     js: jetstream::Context,
     pub publisher: Arc<publisher::Publisher>,
+    /// The stream's dead letters, shared by every host.
+    pub(crate) letters: Arc<dead_letters::LetterBucket>,
     /// Each plugin's consumers: one, or one per partition when ordered.
     /// Shared with the tasks that refresh their server-side counts and
     /// read the advisories.
@@ -309,6 +315,33 @@ pub(crate) async fn replay_journal(options: &NatsOptions) -> Result<crate::http:
             stream: bucket,
             reason: e.to_string(),
         })
+}
+
+/// The dead letters kept in the stream of `options` (of `plugin` only,
+/// when given), every host's, oldest first: what `plugbus dlq list --nats`
+/// shows. Empty when no host of the stream ever made the bucket; never
+/// makes it.
+///
+/// # Errors
+/// [`DeadLetterError::Nats`](crate::DeadLetterError::Nats) naming the
+/// server or the bucket that cannot be read.
+pub async fn read_dead_letters(
+    options: &NatsOptions,
+    plugin: Option<&str>,
+) -> Result<Vec<crate::DeadLetter>, crate::DeadLetterError> {
+    let bucket = dead_letter_bucket(&options.stream);
+    let err = |reason: String| crate::DeadLetterError::Nats {
+        bucket: bucket.clone(),
+        reason,
+    };
+    let js = jetstream::new(connect_client(options).await.map_err(|e| err(e.to_string()))?);
+    match dead_letters::LetterBucket::open_existing(&js, &options.stream)
+        .await
+        .map_err(err)?
+    {
+        Some(letters) => letters.list(plugin).await.map_err(err),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// How often the server's counts of this host's consumers (pending,
@@ -412,6 +445,12 @@ impl NatsLink {
             )));
         }
         check_duplicate_window(&options, info.config.duplicate_window).map_err(stream_err)?;
+        let letters = dead_letters::LetterBucket::open(&js, &options.stream)
+            .await
+            .map_err(|reason| NatsError::Stream {
+                stream: format!("KV_{}", dead_letter_bucket(&options.stream)),
+                reason,
+            })?;
         let publisher = Arc::new(publisher::Publisher::start(
             js.clone(),
             options.partitions,
@@ -429,6 +468,7 @@ impl NatsLink {
             options,
             js,
             publisher,
+            letters: Arc::new(letters),
             consumers,
             advisories: std::sync::OnceLock::new(),
             stopped: Mutex::new(Vec::new()),
@@ -476,7 +516,8 @@ impl NatsLink {
         };
         if self.advisories.set(()).is_ok() {
             advisory::start(
-                self.js.client(),
+                self.js.clone(),
+                self.letters.clone(),
                 &self.options.stream,
                 Arc::downgrade(&self.consumers),
                 port.clone(),
@@ -496,6 +537,7 @@ impl NatsLink {
                 reshape,
                 port.clone(),
                 self.publisher.clone(),
+                self.letters.clone(),
             )
             .await;
             handles.push(handle);

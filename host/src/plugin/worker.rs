@@ -313,35 +313,8 @@ impl Worker {
                 let outcome = self.drop_job(&job, DropReason::Quarantined);
                 (vec![job], vec![outcome])
             } else {
-                let mut jobs = self.gather(job, &mut rx, &mut carry);
-                // A redrive of a letter already applied (its removal waits
-                // for a snapshot that holds it): once is enough.
-                let (repeated, mut skipped): (Vec<Job>, Vec<Outcome>) = (
-                    jobs.extract_if(.., |job| self.letters_applied.iter().any(|id| id == job.event.id()))
-                        .collect(),
-                    Vec::new(),
-                );
-                for job in &repeated {
-                    tracing::info!(
-                        plugin = &*self.spec.name,
-                        event = job.event.name(),
-                        event_id = job.event.id(),
-                        "redriven letter already applied, its removal pending: not applied again"
-                    );
-                    skipped.push(Outcome::Ok);
-                }
-                let outcomes = if jobs.is_empty() {
-                    Vec::new()
-                } else if let [job] = &jobs[..] {
-                    vec![self.run_one(&job.event, Voice::Live).await]
-                } else {
-                    let events: Vec<Event> = jobs.iter().map(|job| job.event.clone()).collect();
-                    self.run_batch(&events, Voice::Live, true).await
-                };
-                let mut outcomes = outcomes;
-                outcomes.append(&mut skipped);
-                jobs.extend(repeated);
-                (jobs, outcomes)
+                let jobs = self.gather(job, &mut rx, &mut carry);
+                self.deliver(jobs).await
             };
             if self.letters_applied.len() >= COMMIT_LETTERS_EVERY
                 || (!self.letters_applied.is_empty() && rx.is_empty() && carry.is_none())
@@ -381,6 +354,38 @@ impl Worker {
         });
         // `_finished` marks the state unloaded when it drops, panics included.
         tracing::debug!(plugin = &*self.spec.name, "plugin worker stopped");
+    }
+
+    /// Delivers the jobs gathered for one turn, in order, and returns them
+    /// with their outcomes, pairwise. A redriven letter already applied (its
+    /// removal waits for a snapshot that holds it) is answered `Ok` without
+    /// running again: once is enough.
+    async fn deliver(&mut self, mut jobs: Vec<Job>) -> (Vec<Job>, Vec<Outcome>) {
+        let repeated: Vec<Job> = if self.letters_applied.is_empty() {
+            Vec::new()
+        } else {
+            jobs.extract_if(.., |job| self.letters_applied.iter().any(|id| id == job.event.id()))
+                .collect()
+        };
+        let mut outcomes = match &jobs[..] {
+            [] => Vec::new(),
+            [job] => vec![self.run_one(&job.event, Voice::Live).await],
+            _ => {
+                let events: Vec<Event> = jobs.iter().map(|job| job.event.clone()).collect();
+                self.run_batch(&events, Voice::Live, true).await
+            }
+        };
+        for job in &repeated {
+            tracing::info!(
+                plugin = &*self.spec.name,
+                event = job.event.name(),
+                event_id = job.event.id(),
+                "redriven letter already applied, its removal pending: not applied again"
+            );
+            outcomes.push(Outcome::Ok);
+        }
+        jobs.extend(repeated);
+        (jobs, outcomes)
     }
 
     /// A hot-swapped version starts from its predecessor's state: the

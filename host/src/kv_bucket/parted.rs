@@ -1,23 +1,15 @@
-//! The request journal's store on NATS: a JetStream key-value bucket shared
-//! by every host of a stream, so that an event redelivered to another host
-//! (its first host died after the request but before its ack), or read by
-//! `plugbus replay --nats`, gets the request's recorded outcome instead of
-//! the request being sent again.
+//! Values larger than one NATS message in a JetStream key-value bucket:
+//! the request journal on NATS (`http::journal`) and the stream's dead
+//! letters (`nats::dead_letters`) keep their records through it, so that a
+//! record as large as the server allows an event to be still fits.
 //!
-//! The bucket holds bytes (the journal's own record encoding) under a
-//! request's `Idempotency-Key` (32 hex digits). A value larger than the
-//! server takes in one message (`max_payload`, 1 MiB by default; a response
-//! body of the largest default grant is 1 MiB before base64) is split: parts
-//! 1… go under `<key>.<n>` first, then the head under `<key>` (the part count
-//! and part 0). A reader that finds the head finds every part, since they
-//! were stored before it; a writer that died between them left parts without
-//! a head, which no reader sees and the bucket's age limit removes.
-//!
-//! Kept for the stream's own `max_age` (a week by default): an event older
-//! than that can no longer be redelivered or replayed, so its requests
-//! cannot be asked for again. One value per key (history 1).
-
-use std::time::Duration;
+//! A value larger than the server takes in one message (`max_payload`,
+//! 1 MiB by default) is split: parts 1… go under `<key>.<n>` first, then the
+//! head under `<key>` (the part count and part 0). A reader that finds the
+//! head finds every part, since they were stored before it; a writer that
+//! died between them left parts without a head, which no reader sees (and a
+//! bucket's age limit, or the next write of the key, replaces). A key given
+//! here never ends in `.<digits>` itself, so heads and parts never collide.
 
 use async_nats::jetstream::{self, kv};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -32,41 +24,38 @@ const MIN_PART: usize = 16 << 10;
 /// cannot make a reader loop for long.
 const MAX_PARTS: u32 = 4096;
 
-/// A journal bucket on one NATS server.
-pub(crate) struct KvJournal {
+/// A bucket of split values on one NATS server.
+pub(crate) struct PartedBucket {
     store: kv::Store,
     bucket: String,
     /// Largest part written, from the server's `max_payload`.
     part: usize,
 }
 
-impl KvJournal {
-    /// Opens `bucket`, creating it (file storage, one value per key, values
-    /// kept `max_age`) if needed.
+impl PartedBucket {
+    /// Opens `bucket`, making it as `spec` says if it does not exist.
     ///
     /// # Errors
     /// The server's answer, as text.
-    pub async fn open(js: &jetstream::Context, bucket: &str, max_age: Duration) -> Result<KvJournal, String> {
-        let spec = crate::kv_bucket::BucketSpec {
-            description: "plugbus: the outcome of every request a plugin sent (the request journal)",
-            history: 1,
-            max_age,
-            discard: jetstream::stream::DiscardPolicy::Old,
-        };
-        let store = crate::kv_bucket::open(js, bucket, spec).await?;
-        Ok(KvJournal::of(js, store, bucket))
+    pub async fn open(
+        js: &jetstream::Context,
+        bucket: &str,
+        spec: super::BucketSpec<'_>,
+    ) -> Result<PartedBucket, String> {
+        let store = super::open(js, bucket, spec).await?;
+        Ok(PartedBucket::of(js, store, bucket))
     }
 
-    /// Opens `bucket` if it exists (a replay reads the live run's journal
-    /// and never makes one): `None` when it does not.
+    /// Opens `bucket` if it exists (a reader that must never make one, such
+    /// as a replay): `None` when it does not.
     ///
     /// # Errors
     /// The server's answer, as text.
-    pub async fn open_existing(js: &jetstream::Context, bucket: &str) -> Result<Option<KvJournal>, String> {
+    pub async fn open_existing(js: &jetstream::Context, bucket: &str) -> Result<Option<PartedBucket>, String> {
         match js.get_stream(format!("KV_{bucket}")).await {
             Ok(_) => {
                 let store = js.get_key_value(bucket).await.map_err(|e| e.to_string())?;
-                Ok(Some(KvJournal::of(js, store, bucket)))
+                Ok(Some(PartedBucket::of(js, store, bucket)))
             }
             Err(e) => match e.kind() {
                 jetstream::context::GetStreamErrorKind::JetStream(j)
@@ -79,9 +68,9 @@ impl KvJournal {
         }
     }
 
-    fn of(js: &jetstream::Context, store: kv::Store, bucket: &str) -> KvJournal {
+    fn of(js: &jetstream::Context, store: kv::Store, bucket: &str) -> PartedBucket {
         let max_payload = js.client().server_info().max_payload;
-        KvJournal {
+        PartedBucket {
             store,
             bucket: bucket.to_owned(),
             part: max_payload.saturating_sub(FRAMING).max(MIN_PART),
@@ -147,4 +136,50 @@ impl KvJournal {
         self.store.put(key, head.freeze()).await.map_err(|e| e.to_string())?;
         Ok(())
     }
+    /// Every key whose value has a head (parts are left out), in the
+    /// bucket's order.
+    ///
+    /// # Errors
+    /// The server's answer, as text.
+    pub async fn keys(&self) -> Result<Vec<String>, String> {
+        use futures_util::TryStreamExt;
+        let keys: Vec<String> = self
+            .store
+            .keys()
+            .await
+            .map_err(|e| e.to_string())?
+            .try_collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(keys.into_iter().filter(|k| !is_part(k)).collect())
+    }
+
+    /// Removes the value under `key`: its head first (readers no longer see
+    /// it), then its parts. Nothing to remove is not an error.
+    ///
+    /// # Errors
+    /// The server's answer, as text.
+    pub async fn delete(&self, key: &str) -> Result<(), String> {
+        let Some(head) = self.store.get(key).await.map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        let count = head
+            .first_chunk::<4>()
+            .map_or(1, |c| u32::from_le_bytes(*c))
+            .clamp(1, MAX_PARTS);
+        self.store.purge(key).await.map_err(|e| e.to_string())?;
+        for n in 1..count {
+            self.store
+                .purge(format!("{key}.{n}"))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// A part's key: `<key>.<n>`, `n` digits.
+fn is_part(key: &str) -> bool {
+    key.rsplit_once('.')
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }

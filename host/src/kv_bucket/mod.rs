@@ -1,10 +1,15 @@
 //! JetStream key-value buckets, opened and made if needed the way the
-//! key-value API lays them out: the fleet's plugin set (`fleet`) and the
-//! request journal on NATS (`http::kv_journal`) each keep one.
+//! key-value API lays them out: the fleet's plugin set (`fleet`), the
+//! request journal on NATS (`http::journal`) and the stream's dead letters
+//! (`nats::dead_letters`) each keep one.
+//!
+//! - `parted`: values larger than one message, split into parts.
 //!
 //! The bucket's stream (`KV_<bucket>`) is made here rather than by
 //! async-nats's `create_key_value`, which first asks for the account's
 //! limits in a form Debian's nats-server 2.9 does not answer in.
+
+pub(crate) mod parted;
 
 use std::time::Duration;
 
