@@ -115,6 +115,12 @@ pub struct Redrive {
     pub failed: u64,
     /// Not delivered (queue full, quarantined, unloaded): they stay dead letters.
     pub dropped: u64,
+    /// On NATS: letters another redrive (on any host) was sending, or had
+    /// handled since this one listed them: left to it.
+    pub claimed_elsewhere: u64,
+    /// On NATS: handled, but a follow-up they emitted was not stored in the
+    /// stream: they stay dead letters.
+    pub follow_ups_not_stored: u64,
 }
 
 /// Why the dead letters could not be read.

@@ -326,6 +326,10 @@ async fn a_poison_events_dead_letter_outlives_its_host_and_is_redriven_once_else
     );
     let js = client(&nats.url).await;
     assert!(stream_letters(&nats.url).is_empty());
+    // A stream no host ever ran: an error naming its bucket, not silence.
+    let out = support::plugbus(&["dlq", "list", "--nats", &nats.url, "--stream", "NOPE"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("NOPE_DEAD_LETTERS"), "{stderr}");
     post(
         &addr_a,
         &[
@@ -397,6 +401,130 @@ async fn a_poison_events_dead_letter_outlives_its_host_and_is_redriven_once_else
     }
     assert_eq!(counted.len(), 1, "{counted:?}");
     support::terminate(&b);
+}
+
+/// Dead letters of a plugin whose name has dots (`mis..behave`: a key
+/// token would be empty without escaping) and of an event as large as the
+/// server takes (a letter over its 8 KiB `max_payload`, stored in parts)
+/// are kept; then redrives run on two hosts at once, and twice at once on
+/// one of them: each letter is applied exactly once over all of them (a
+/// claim in the bucket, and one redrive at a time per host), and none is
+/// left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrives_on_two_hosts_at_once_apply_each_letter_once_whatever_its_name_or_size() {
+    let nats = NatsServer::start_with("max_payload: 8192\n");
+    let name = "mis..behave";
+    let broken = support::plugin_dir(&[]);
+    support::install(
+        broken.path(),
+        &support::wasm("misbehave"),
+        name,
+        "[limits]\nquarantine_after = 0\n",
+    );
+    let (mut a, addr_a, _log_a) = host(broken.path(), &nats.url);
+    let mut events: Vec<Value> = (0..19)
+        .map(|i| json!({"name": "misbehave.panic", "payload": {"i": i}}))
+        .collect();
+    events.push(json!({"name": "misbehave.panic", "payload": {"big": "x".repeat(7900)}}));
+    for event in &events {
+        post(&addr_a, std::slice::from_ref(event)).unwrap();
+    }
+    let letters = support::until("20 dead letters", || {
+        let letters = stream_letters(&nats.url);
+        (letters.len() == 20).then_some(letters)
+    })
+    .await;
+    assert!(letters.iter().all(|l| l["plugin"] == name), "{letters:?}");
+    assert!(
+        letters
+            .iter()
+            .any(|l| l["event"]["payload"]["big"].as_str().map(str::len) == Some(7900)),
+        "the large letter, whole"
+    );
+    a.kill().unwrap();
+    a.wait().unwrap();
+
+    // The fixed version, slowed so that the redrives overlap.
+    let fixed = support::plugin_dir(&[]);
+    support::install(
+        fixed.path(),
+        &support::wasm("misbehave"),
+        name,
+        "[config]\nalways = \"count\"\nwork = \"2000000\"\n[limits]\nfuel = 1000000000\ndeadline_ms = 5000\n",
+    );
+    let (b, addr_b, _log_b) = host(fixed.path(), &nats.url);
+    let (c, addr_c, _log_c) = host(fixed.path(), &nats.url);
+    let path = format!("/plugins/{name}/dead-letters/redrive");
+    let redrives: Vec<_> = [&addr_b, &addr_b, &addr_c, &addr_c]
+        .into_iter()
+        .map(|addr| {
+            let (addr, path) = (addr.clone(), path.clone());
+            std::thread::spawn(move || {
+                let (status, report) = support::http(&addr, "POST", &path, b"");
+                assert_eq!(status, 200, "{report}");
+                serde_json::from_str::<Value>(&report).unwrap()["redrive"].clone()
+            })
+        })
+        .collect();
+    let reports: Vec<Value> = redrives.into_iter().map(|t| t.join().unwrap()).collect();
+    let sum = |field: &str| reports.iter().map(|r| r[field].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(sum("ok"), 20, "each letter applied once over all redrives: {reports:?}");
+    assert_eq!(sum("redriven"), 20, "{reports:?}");
+    assert_eq!(
+        sum("failed") + sum("dropped") + sum("follow_ups_not_stored"),
+        0,
+        "{reports:?}"
+    );
+    assert!(stream_letters(&nats.url).is_empty(), "every letter removed");
+    support::terminate(&b);
+    support::terminate(&c);
+}
+
+/// A dead-letter bucket that never answers (its stream deleted, a silent
+/// subscriber on its subjects: every store waits for an ack that never
+/// comes) must not hold up the consumer: the letter's store is bounded and
+/// runs beside the loop, so the other events are acknowledged once each,
+/// and only the poison event comes back (its `Term` became a `Nak`). Before,
+/// the loop waited 5 s on each store: with a 1 s `ack_wait` the handled
+/// events came back again and again (24 redeliveries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_store_that_never_answers_holds_up_no_other_event() {
+    let nats = NatsServer::start();
+    let dir = support::plugin_dir(&[]);
+    support::install(
+        dir.path(),
+        &support::wasm("misbehave"),
+        "misbehave",
+        "[limits]\nquarantine_after = 0\n",
+    );
+    let (a, addr, _log) = host(dir.path(), &nats.url);
+    let js = client(&nats.url).await;
+    js.delete_stream("KV_PLUGBUS_DEAD_LETTERS").await.unwrap();
+    let _silent = js.client().subscribe("$KV.PLUGBUS_DEAD_LETTERS.>").await.unwrap();
+    js.client().flush().await.unwrap();
+    let mut events = vec![json!({"name": "misbehave.panic", "payload": {}})];
+    events.extend((0..5).map(|i| json!({"name": "misbehave.ok", "payload": {"i": i}})));
+    post(&addr, &events).unwrap();
+    let status = until_status(
+        &addr,
+        Duration::from_secs(30),
+        "the five ok events acknowledged, the poison handed back",
+        |s| {
+            let c = &s["nats"]["consumers"]["misbehave"];
+            c["acked"] == 5 && c["nakked"].as_u64() >= Some(1)
+        },
+    )
+    .await;
+    let consumer = &status["nats"]["consumers"]["misbehave"];
+    assert!(consumer["dead_letters_not_stored"].as_u64().unwrap() >= 1, "{consumer}");
+    assert_eq!(consumer["terminated"], 0, "never ended without its letter: {consumer}");
+    // Only the poison event is handed back (at most max_deliver - 1 times).
+    assert!(consumer["redelivered"].as_u64().unwrap() <= 4, "{consumer}");
+    assert_eq!(
+        plugins_of(&addr)["plugins"][0]["stats"]["failures"]["panic"],
+        consumer["redelivered"].as_u64().unwrap() + 1
+    );
+    support::terminate(&a);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1077,6 +1205,15 @@ async fn a_follow_up_the_server_cannot_store_leaves_its_event_unacknowledged() {
         (&json!(2), &json!(1)),
         "{big}"
     );
+    // A redrive into the same version handles them, but their follow-ups
+    // still cannot be stored: they stay letters (removed, the relays would
+    // be lost with no record).
+    let (status, report) = support::http(&addr, "POST", "/plugins/big/dead-letters/redrive", b"");
+    assert_eq!(status, 200, "{report}");
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["redrive"]["ok"], 3, "{report}");
+    assert_eq!(report["redrive"]["follow_ups_not_stored"], 3, "{report}");
+    assert_eq!(stream_letters(&nats.url).len(), 3, "kept");
     let (_, metrics) = support::http(&addr, "GET", "/metrics", b"");
     for line in [
         "plugbus_nats_consumer_max_deliveries_total{plugin=\"big\"} 3",

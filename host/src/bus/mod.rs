@@ -148,6 +148,9 @@ pub(crate) struct Shared {
     pub(crate) writer: Mutex<()>,
     /// Orders the enqueue phase of publishing; see `dispatch`.
     pub(crate) publish_lock: Mutex<()>,
+    /// Serialises redrives: two at once (a client retrying a slow one)
+    /// would both send every letter.
+    pub(crate) redriving: tokio::sync::Mutex<()>,
     /// Registry entry numbers (subscription ids): delivery order among handlers.
     pub(crate) next_entry: AtomicU64,
     /// The event log, when the bus has one: it numbers events.
@@ -255,6 +258,7 @@ impl Shared {
             registry: ArcSwap::from_pointee(Registry::default()),
             writer: Mutex::new(()),
             publish_lock: Mutex::new(()),
+            redriving: tokio::sync::Mutex::new(()),
             next_entry: AtomicU64::new(1),
             log,
             keep_plugin_state,
@@ -1300,9 +1304,11 @@ impl Bus {
     /// a fixed version was loaded, say), and waits for each outcome. Every
     /// letter is redriven, however many (with a log they are read from the
     /// journal; on NATS from the stream's bucket, so this host redrives
-    /// every host's letters of the plugin, and a handled one is removed from
-    /// the bucket at once: a redrive cut short between the two applies it
-    /// again, at least once). A letter is removed only once its outcome is known and kept:
+    /// every host's letters of the plugin, each claimed first so that
+    /// redrives on several hosts never both send one, and a handled one is
+    /// removed once its follow-ups are in the stream: a redrive cut short
+    /// between the two applies it again, at least once). One redrive runs
+    /// at a time on a bus; another waits for it. A letter is removed only once its outcome is known and kept:
     /// handled (ok or a guest `Err`) and, for a plugin with `state` on a bus
     /// with a log, included in a persisted snapshot. Letters that fail hard
     /// again, or cannot be delivered, stay. A redrive cut short (the process
@@ -1311,6 +1317,7 @@ impl Bus {
     /// letter once. `None` if no plugin has that name.
     pub async fn redrive(&self, plugin: &str) -> Option<crate::dead_letter::Redrive> {
         let handle = lock(&self.shared.plugins).get(plugin).cloned()?;
+        let _one_at_a_time = self.shared.redriving.lock().await;
         let letters = match self.kept_dead_letters(plugin).await {
             Some(Ok(letters)) => letters,
             Some(Err(e)) => {
@@ -1327,6 +1334,25 @@ impl Bus {
         for chunk in letters.chunks(window) {
             let mut outcomes = Vec::with_capacity(chunk.len());
             for letter in chunk {
+                #[cfg(feature = "nats")]
+                let claim = match &self.shared.nats {
+                    Some(nats) => match nats.letters.claim(plugin, &letter.event.id).await {
+                        Ok(Some(claim)) => Some(claim),
+                        Ok(None) => {
+                            // Another host's redrive is sending it now.
+                            report.claimed_elsewhere += 1;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::error!(plugin, event_id = %letter.event.id, error = %e, "cannot claim a dead letter for this redrive; left for the next");
+                            report.dropped += 1;
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                #[cfg(not(feature = "nats"))]
+                let claim = ();
                 let (tx, rx) = oneshot::channel();
                 let job = Job {
                     event: letter.event.clone().into_event(),
@@ -1334,9 +1360,9 @@ impl Bus {
                 };
                 self.shared.enqueue(&handle, job);
                 report.redriven += 1;
-                outcomes.push(rx);
+                outcomes.push((rx, letter, claim));
             }
-            for (rx, letter) in outcomes.into_iter().zip(chunk) {
+            for (rx, letter, claim) in outcomes {
                 let handled = match rx.await.unwrap_or(Outcome::Dropped(DropReason::Unloaded)) {
                     Outcome::Ok => {
                         report.ok += 1;
@@ -1356,17 +1382,13 @@ impl Bus {
                         false
                     }
                 };
-                // On NATS the stream's bucket holds the letters; there is no
-                // snapshot to wait for: a handled letter goes at once.
                 #[cfg(feature = "nats")]
-                if handled
-                    && let Some(nats) = &self.shared.nats
-                    && let Err(e) = nats.letters.remove(plugin, &letter.event.id).await
-                {
-                    tracing::error!(plugin, event_id = %letter.event.id, bucket = nats.letters.name(), error = %e, "a redriven dead letter was handled but could not be removed: a later redrive applies it again");
+                if let (Some(nats), Some(claim)) = (&self.shared.nats, claim) {
+                    Self::settle_stream_letter(nats, plugin, letter, handled, &mut report).await;
+                    nats.letters.release(claim).await;
                 }
                 #[cfg(not(feature = "nats"))]
-                let _ = (handled, letter);
+                let _ = (handled, letter, claim);
             }
         }
         tracing::info!(
@@ -1376,9 +1398,39 @@ impl Bus {
             errors = report.errors,
             failed = report.failed,
             dropped = report.dropped,
+            claimed_elsewhere = report.claimed_elsewhere,
+            follow_ups_not_stored = report.follow_ups_not_stored,
             "dead letters redriven"
         );
         Some(report)
+    }
+
+    /// On NATS, after a redriven letter's outcome: once its follow-ups are
+    /// in the stream (as a consumer waits for before its `Ack`), a handled
+    /// letter leaves the stream's bucket; one whose follow-ups were not
+    /// stored stays, counted. (There is no snapshot to wait for: plugin
+    /// state on NATS lives in the host's memory.)
+    #[cfg(feature = "nats")]
+    async fn settle_stream_letter(
+        nats: &crate::nats::NatsLink,
+        plugin: &str,
+        letter: &crate::DeadLetter,
+        handled: bool,
+        report: &mut crate::dead_letter::Redrive,
+    ) {
+        // Always taken: the publisher forgets them only here.
+        let stored = nats.publisher.follow_ups_of(plugin, letter.event.seq).await;
+        if !handled {
+            return;
+        }
+        if let Err(reason) = stored {
+            report.follow_ups_not_stored += 1;
+            tracing::error!(plugin, event_id = %letter.event.id, %reason, "a redriven dead letter was handled but a follow-up was not stored: it stays a letter");
+            return;
+        }
+        if let Err(e) = nats.letters.remove(plugin, &letter.event.id).await {
+            tracing::error!(plugin, event_id = %letter.event.id, error = %e, "a redriven dead letter was handled but could not be removed: a later redrive applies it again");
+        }
     }
 
     /// Events published since the bus was built (by the host and by plugins).

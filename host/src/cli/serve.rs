@@ -1007,7 +1007,7 @@ fn encode_nats(nats: &plugbus::NatsStatus, encoder: &mut DescriptorEncoder) -> R
         ),
         (
             "plugbus_nats_consumer_dead_letters_not_stored",
-            "Dead letters this host could not store (each such Term became a Nak)",
+            "Dead letters this host could not store in time (the Term became a Nak; on a last delivery the advisory tries again)",
             |c| c.dead_letters_not_stored,
         ),
     ];

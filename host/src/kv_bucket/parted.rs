@@ -16,9 +16,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// Bytes kept free in each message for the subject and protocol framing.
 const FRAMING: usize = 1024;
-/// The smallest part, whatever a server announces: below this, a record of
-/// headers alone would need many round trips.
-const MIN_PART: usize = 16 << 10;
 /// Most parts one value may have: 4,096 × ~1 MiB bounds a record far above
 /// the largest response body a grant allows (64 MiB), and a corrupt head
 /// cannot make a reader loop for long.
@@ -73,13 +70,20 @@ impl PartedBucket {
         PartedBucket {
             store,
             bucket: bucket.to_owned(),
-            part: max_payload.saturating_sub(FRAMING).max(MIN_PART),
+            // Never above what the server takes; a server with a tiny
+            // `max_payload` gets parts of half of it (more of them).
+            part: max_payload.saturating_sub(FRAMING).max(max_payload / 2).max(64),
         }
     }
 
     /// The bucket's name, for errors.
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    /// The bucket itself, for small values that need no parts.
+    pub fn store(&self) -> &kv::Store {
+        &self.store
     }
 
     /// The value stored under `key`, if its head is there.

@@ -77,6 +77,8 @@ pub(crate) async fn start(
         js,
         letters,
         stream: stream.to_owned(),
+        handle: Arc::new(tokio::sync::OnceCell::new()),
+        at_once: Arc::new(tokio::sync::Semaphore::new(GIVEN_UP_AT_ONCE)),
     };
     let mut subscriptions = Vec::new();
     for (kind, what) in [
@@ -164,6 +166,11 @@ fn handle(kind: Kind, payload: &[u8], consumers: &Consumers, port: &Weak<dyn Nat
     }
 }
 
+/// Given-up messages whose letters one host reads and keeps at once: these
+/// come in bursts exactly when something is wrong (a server or host away),
+/// and each costs a few round trips; the rest wait their turn.
+const GIVEN_UP_AT_ONCE: usize = 4;
+
 /// What a host needs to keep the dead letter of a message the server gave
 /// up: the stream to read it from and the bucket to keep it in.
 #[derive(Clone)]
@@ -171,17 +178,33 @@ struct GivenUp {
     js: jetstream::Context,
     letters: Arc<LetterBucket>,
     stream: String,
+    /// The stream, looked up once.
+    handle: Arc<tokio::sync::OnceCell<jetstream::stream::Stream>>,
+    at_once: Arc<tokio::sync::Semaphore>,
 }
 
 impl GivenUp {
-    /// Keeps the letter of the message at `seq`, unless `plugin` already has
-    /// one for its event (the last delivery's host kept it).
+    /// Keeps the letter of the message at `seq`, unless `plugin` has, or
+    /// had, one for its event (the last delivery's host kept it, or a
+    /// redrive already handled it). A letter kept here may name an event
+    /// whose last handling finished just after its `ack_wait` ran out: a
+    /// redrive then handles it again (at least once).
     async fn keep(self, plugin: String, seq: u64, deliveries: u64) {
+        let Ok(_permit) = self.at_once.acquire().await else {
+            return;
+        };
         let result: Result<bool, String> = async {
-            let stream = self.js.get_stream(&self.stream).await.map_err(|e| e.to_string())?;
-            let message = stream.get_raw_message(seq).await.map_err(|e| e.to_string())?;
+            let stream = self
+                .handle
+                .get_or_try_init(|| async { self.js.get_stream(&self.stream).await })
+                .await
+                .map_err(|e| format!("stream `{}`: {e}", self.stream))?;
+            let message = stream
+                .get_raw_message(seq)
+                .await
+                .map_err(|e| format!("stream `{}`, sequence {seq}: {e}", self.stream))?;
             let event = crate::nats::wire::decode(&message.payload, seq)?;
-            if self.letters.contains(&plugin, event.id()).await? {
+            if self.letters.recorded(&plugin, event.id()).await? {
                 return Ok(false);
             }
             let deliveries = i64::try_from(deliveries).unwrap_or(i64::MAX);

@@ -74,7 +74,8 @@ pub struct ConsumerStats {
     /// Dead letters this host stored in the stream's bucket (before a
     /// `Term`, or before the `Nak` of a last delivery).
     pub dead_letters: u64,
-    /// Dead letters it could not store: each such `Term` became a `Nak`.
+    /// Dead letters it could not store (in time): the `Term` became a
+    /// `Nak`, and on a last delivery the server's advisory tries again.
     pub dead_letters_not_stored: u64,
     /// True while the plugin is quarantined here and this host pulls nothing.
     pub paused: bool,
@@ -157,6 +158,34 @@ pub(crate) const NAK_MAX: Duration = Duration::from_secs(8);
 /// pull request (a reconnect, a server restart) is noticed after two missed
 /// ones instead of at the request's expiry.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Stores the event of the message at `seq` (its `payload`) as `plugin`'s
+/// dead letter, described by its outcome; returns once the server has it.
+async fn keep_letter(
+    letters: &LetterBucket,
+    plugin: &str,
+    payload: &[u8],
+    seq: u64,
+    delivered: i64,
+    outcome: Option<&Outcome>,
+    stored: &Result<usize, NotStored>,
+) -> Result<(), String> {
+    let event = wire::decode(payload, seq)?;
+    let letter = match outcome {
+        Some(Outcome::Failed(f)) => DeadLetter::new(plugin, &event, f),
+        other => {
+            let last = match (other, stored) {
+                (Some(Outcome::Dropped(reason)), _) => format!("dropped: {reason}"),
+                (Some(_), Err(reason)) => format!("a follow-up was not stored: {reason}"),
+                (Some(Outcome::Error(e)), Ok(_)) => format!("error: {e}"),
+                (Some(_), Ok(_)) => "handled".to_owned(),
+                (None, _) => "no outcome: the plugin went away".to_owned(),
+            };
+            DeadLetter::given_up(plugin, &event, delivered, &last)
+        }
+    };
+    letters.keep(&letter).await
+}
 
 /// How long one pull request waits on the server: re-issued this often even
 /// when nothing is lost, a handful of tiny requests a minute per consumer.
@@ -280,8 +309,26 @@ struct Held {
     seq: u64,
 }
 
-/// What became of a held message: its outcome and its follow-ups' storing.
-type Done = (u64, Option<Outcome>, Result<usize, NotStored>);
+/// What became of a held message: its token, its outcome, its follow-ups'
+/// storing, and what [`Settling`] worked out before the acknowledgement.
+type Done = (u64, Option<Outcome>, Result<usize, NotStored>, Settling);
+
+/// Worked out for a held message beside the loop (so a slow store never
+/// holds up the other messages' pulls, acks and progress words).
+struct Settling {
+    /// A transient failure of an event that already failed transiently here.
+    failed_before: bool,
+    /// Whether its dead letter was stored, when the message ends (`Term`)
+    /// or is given up after this delivery; `None` when it does neither.
+    letter: Option<Result<(), String>>,
+}
+
+/// How long storing one dead letter may take before the message is handed
+/// back (`Nak`) instead of ended: a quarter of `ack_wait`, at most 10 s (the
+/// message is still said to be in progress meanwhile).
+fn letter_timeout(ack_wait: Duration) -> Duration {
+    (ack_wait / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
+}
 
 /// Tells the server that every message held for `at_least` or longer is
 /// still in progress (`+WPI`), so it is not given to another host.
@@ -378,7 +425,7 @@ pub(crate) async fn start(
         name,
         plugin: plugin.to_owned(),
         patterns: Mutex::new((patterns.iter().map(|p| p.as_str().to_owned()).collect(), patterns)),
-        transient: Mutex::new(TransientFailures::default()),
+        transient: Arc::new(Mutex::new(TransientFailures::default())),
         capacity,
         config,
         port,
@@ -423,7 +470,7 @@ struct Run {
     /// matched against the version it is offered to), and parsed.
     patterns: Mutex<(Vec<String>, Vec<Pattern>)>,
     /// Events that failed transiently here (see [`verdict`]).
-    transient: Mutex<TransientFailures>,
+    transient: Arc<Mutex<TransientFailures>>,
     capacity: usize,
     config: pull::Config,
     port: Weak<dyn NatsPort>,
@@ -532,17 +579,48 @@ impl Run {
                             Err(_) => (0, 1),
                         };
                         if let Some(outcome) = self.take(&message, seq, delivered).await {
+                            let payload = message.payload.clone();
                             next_token += 1;
                             let token = next_token;
                             held.insert(token, Held { message, taken: tokio::time::Instant::now(), delivered, seq });
                             let follow_ups = self.publisher.clone();
                             let plugin = self.plugin.clone();
+                            let transient = self.transient.clone();
+                            let letters = self.letters.clone();
+                            let (max_deliver, ack_wait) = (self.config.max_deliver, self.config.ack_wait);
                             done.push(async move {
                                 let outcome = outcome.await.ok();
                                 // The follow-ups were handed over before the
                                 // outcome came: their store acks, or why not.
                                 let stored = follow_ups.follow_ups_of(&plugin, seq).await;
-                                (token, outcome, stored)
+                                let failed_before = match &outcome {
+                                    Some(Outcome::Failed(f)) if !deterministic(f) && seq > 0 => {
+                                        transient.lock().unwrap_or_else(|e| e.into_inner()).failed(seq)
+                                    }
+                                    _ => false,
+                                };
+                                // Ended here, or given up by the server after
+                                // this delivery's `Nak` (quarantine only
+                                // changes a `Nak`'s delay): its letter first.
+                                let letter = match verdict(outcome.as_ref(), &stored, delivered, None, failed_before) {
+                                    Verdict::Term => true,
+                                    Verdict::Nak(_) => max_deliver > 0 && delivered >= max_deliver,
+                                    Verdict::Ack => false,
+                                };
+                                let letter = if letter {
+                                    let keep = keep_letter(&letters, &plugin, &payload, seq, delivered, outcome.as_ref(), &stored);
+                                    Some(match tokio::time::timeout(letter_timeout(ack_wait), keep).await {
+                                        Ok(kept) => kept,
+                                        Err(_) => Err(format!(
+                                            "bucket `{}`: not stored within {:?}",
+                                            letters.name(),
+                                            letter_timeout(ack_wait)
+                                        )),
+                                    })
+                                } else {
+                                    None
+                                };
+                                (token, outcome, stored, Settling { failed_before, letter })
                             });
                         }
                     }
@@ -754,32 +832,34 @@ impl Run {
     }
 
     /// Acknowledges a held message by its outcome and its follow-ups.
-    async fn settle(&self, held: &mut HashMap<u64, Held>, (token, outcome, stored): Done) {
+    async fn settle(&self, held: &mut HashMap<u64, Held>, (token, outcome, stored, settling): Done) {
         let Some(h) = held.remove(&token) else { return };
-        let failed_before = match &outcome {
-            Some(Outcome::Failed(f)) if !deterministic(f) && h.seq > 0 => {
-                self.transient.lock().unwrap_or_else(|e| e.into_inner()).failed(h.seq)
-            }
-            _ => false,
-        };
-        let mut verdict = verdict(outcome.as_ref(), &stored, h.delivered, self.paused(), failed_before);
+        let mut verdict = verdict(
+            outcome.as_ref(),
+            &stored,
+            h.delivered,
+            self.paused(),
+            settling.failed_before,
+        );
         if let Err(reason) = &stored {
             tracing::error!(plugin = %self.plugin, stream_seq = h.seq, delivered = h.delivered, %reason, ?verdict, "a follow-up of this event is not in the stream; the event is not acknowledged");
         }
-        // The server gives a message up after its last delivery's `Nak`.
-        let last_delivery =
-            matches!(verdict, Verdict::Nak(_)) && self.config.max_deliver > 0 && h.delivered >= self.config.max_deliver;
-        if verdict == Verdict::Term || last_delivery {
-            match self.keep_letter(&h, outcome.as_ref(), &stored).await {
-                Ok(()) => self.record(|s| s.dead_letters += 1),
-                Err(reason) => {
-                    self.record(|s| s.dead_letters_not_stored += 1);
-                    if verdict == Verdict::Term {
-                        tracing::error!(plugin = %self.plugin, stream_seq = h.seq, %reason, "the event's dead letter could not be stored; not ended (Nak): it comes back");
-                        verdict = Verdict::Nak(backoff(h.delivered));
-                    } else {
-                        tracing::error!(plugin = %self.plugin, stream_seq = h.seq, %reason, "the server gives this event up after this delivery and its dead letter could not be stored (the MAX_DELIVERIES advisory tries again)");
-                    }
+        match settling.letter {
+            None => {}
+            Some(Ok(())) => self.record(|s| s.dead_letters += 1),
+            Some(Err(reason)) => {
+                self.record(|s| s.dead_letters_not_stored += 1);
+                let last = self.config.max_deliver > 0 && h.delivered >= self.config.max_deliver;
+                if verdict == Verdict::Term {
+                    // Handed back, never ended without a letter: it comes
+                    // back, or after its last delivery the server gives it
+                    // up and its MAX_DELIVERIES advisory tries the letter again.
+                    verdict = Verdict::Nak(backoff(h.delivered));
+                }
+                if last {
+                    tracing::error!(plugin = %self.plugin, stream_seq = h.seq, delivered = h.delivered, %reason, "the server gives this event up after this delivery and its dead letter could not be stored (the MAX_DELIVERIES advisory tries again)");
+                } else {
+                    tracing::error!(plugin = %self.plugin, stream_seq = h.seq, delivered = h.delivered, %reason, "the event's dead letter could not be stored; not ended (Nak): it comes back");
                 }
             }
         }
@@ -803,31 +883,6 @@ impl Run {
                 s.follow_ups_not_stored += u64::from(not_stored);
             }
         });
-    }
-
-    /// Stores the held message's event as a dead letter in the stream's
-    /// bucket, described by its outcome; returns once the server has it.
-    async fn keep_letter(
-        &self,
-        h: &Held,
-        outcome: Option<&Outcome>,
-        stored: &Result<usize, NotStored>,
-    ) -> Result<(), String> {
-        let event = wire::decode(&h.message.payload, h.seq)?;
-        let letter = match outcome {
-            Some(Outcome::Failed(f)) => DeadLetter::new(&self.plugin, &event, f),
-            other => {
-                let last = match (other, stored) {
-                    (Some(Outcome::Dropped(reason)), _) => format!("dropped: {reason}"),
-                    (Some(_), Err(reason)) => format!("a follow-up was not stored: {reason}"),
-                    (Some(Outcome::Error(e)), Ok(_)) => format!("error: {e}"),
-                    (Some(_), Ok(_)) => "handled".to_owned(),
-                    (None, _) => "no outcome: the plugin went away".to_owned(),
-                };
-                DeadLetter::given_up(&self.plugin, &event, h.delivered, &last)
-            }
-        };
-        self.letters.keep(&letter).await
     }
 
     async fn ack(&self, message: &jetstream::Message, kind: AckKind) {

@@ -8,14 +8,22 @@
 //! ended: a host that cannot store it does not end the message (`Nak`), so
 //! the event comes back rather than disappearing with no record.
 //!
-//! Keys are `<plugin>/<digest>`, the digest the first 16 bytes of the
-//! SHA-256 of the event id in hex: a letter is keyed by (plugin, event), so
-//! the same event ended twice (two hosts, a redrive that fails again) is one
-//! letter. Plugin names never hold `/`, so a plugin's letters are the keys
-//! that start with `<plugin>/`. Values are a [`DeadLetter`] as JSON, split
-//! into parts when larger than one message (`kv_bucket::parted`). Letters
-//! are kept until a redrive handles them (no age limit): like the log's
-//! dead-letter journal, they are the record of what a plugin never handled.
+//! Keys are `<plugin>/<digest>`: the plugin's name with each `.` written
+//! `=` (a key's `.` separates subject tokens, and a name such as `a..b`
+//! would make an empty one; names never hold `=` or `/`, so the mapping is
+//! one to one and a plugin's letters are the keys that start with
+//! `<plugin>/`), and the first 16 bytes of the SHA-256 of the event id in
+//! hex: a letter is keyed by (plugin, event), so the same event ended twice
+//! (two hosts, a redrive that fails again) is one letter. Values are a
+//! [`DeadLetter`] as JSON, split into parts when larger than one message
+//! (`kv_bucket::parted`). Letters are kept until a redrive handles them (no
+//! age limit): like the log's dead-letter journal, they are the record of
+//! what a plugin never handled.
+//!
+//! A redrive claims each letter before sending it (`<key>.claim`, created
+//! only if absent, holding when the claim lapses), so redrives on two hosts
+//! never both send one; a claim whose redrive died lapses after
+//! [`CLAIM_LEASE`].
 
 use async_nats::jetstream;
 
@@ -27,12 +35,30 @@ pub fn dead_letter_bucket(stream: &str) -> String {
     format!("{stream}_DEAD_LETTERS")
 }
 
+/// How long a redrive's claim on a letter holds: far longer than a chunk of
+/// letters takes to run (64 at most, each bounded by the plugin's
+/// deadline); a claim left by a redrive that died lapses after it.
+pub const CLAIM_LEASE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The key prefix of `plugin`'s letters.
+fn prefix(plugin: &str) -> String {
+    format!("{}/", plugin.replace('.', "="))
+}
+
 /// The key of `plugin`'s letter for the event `event_id`.
 fn key(plugin: &str, event_id: &str) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(event_id.as_bytes());
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{plugin}/{hex}")
+    format!("{}{hex}", prefix(plugin))
+}
+
+/// The suffix of a claim's key.
+const CLAIM: &str = ".claim";
+
+/// A redrive's hold on one letter, released once its outcome is settled.
+pub(crate) struct Claim {
+    key: String,
 }
 
 /// The dead letters of one stream.
@@ -78,17 +104,93 @@ impl LetterBucket {
     /// # Errors
     /// The server's answer, as text.
     pub async fn keep(&self, letter: &DeadLetter) -> Result<(), String> {
-        let json = serde_json::to_vec(letter).map_err(|e| e.to_string())?;
-        crate::failpoint::hit("nats.dead_letter.keep").map_err(|e| e.to_string())?;
-        self.values.put(&key(&letter.plugin, &letter.event.id), &json).await
+        let key = key(&letter.plugin, &letter.event.id);
+        let err = |e: String| format!("bucket `{}`, key `{key}`: {e}", self.name());
+        let json = serde_json::to_vec(letter).map_err(|e| err(e.to_string()))?;
+        crate::failpoint::hit("nats.dead_letter.keep").map_err(|e| err(e.to_string()))?;
+        self.values
+            .put(&key, &json)
+            .await
+            .map_err(|e| err(format!("{e} (a letter of {} bytes)", json.len())))
     }
 
-    /// Whether `plugin` has a letter for `event_id`.
+    /// Whether `plugin` has, or had, a letter for `event_id`: a letter, or
+    /// the marker a redrive's removal left (so a late keeper never brings
+    /// back a letter a redrive already handled).
     ///
     /// # Errors
     /// The server's answer, as text.
-    pub async fn contains(&self, plugin: &str, event_id: &str) -> Result<bool, String> {
-        Ok(self.values.get(&key(plugin, event_id)).await?.is_some())
+    pub async fn recorded(&self, plugin: &str, event_id: &str) -> Result<bool, String> {
+        let entry = self
+            .values
+            .store()
+            .entry(key(plugin, event_id))
+            .await
+            .map_err(|e| format!("bucket `{}`: {e}", self.name()))?;
+        Ok(entry.is_some())
+    }
+
+    /// Claims `plugin`'s letter for `event_id` for this redrive: `None` when
+    /// another redrive holds it (a claim not yet lapsed).
+    ///
+    /// # Errors
+    /// The server's answer, as text.
+    pub async fn claim(&self, plugin: &str, event_id: &str) -> Result<Option<Claim>, String> {
+        use async_nats::jetstream::kv::{CreateErrorKind, Operation, UpdateErrorKind};
+        let store = self.values.store();
+        let claim = format!("{}{CLAIM}", key(plugin, event_id));
+        let now = crate::event::now_nanos();
+        let until = now.saturating_add(CLAIM_LEASE.as_nanos() as u64);
+        let value = bytes::Bytes::from(until.to_string());
+        let err = |e: &dyn std::fmt::Display| format!("bucket `{}`, key `{claim}`: {e}", self.name());
+        let claimed = match store.create(&claim, value.clone()).await {
+            Ok(_) => true,
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                // Held: taken over only once lapsed, and only if nobody else did.
+                match store.entry(claim.clone()).await.map_err(|e| err(&e))? {
+                    None => false,
+                    Some(held) => {
+                        let lapsed = held.operation != Operation::Put
+                            || std::str::from_utf8(&held.value)
+                                .ok()
+                                .and_then(|t| t.parse::<u64>().ok())
+                                .is_none_or(|t| t <= now);
+                        lapsed
+                            && match store.update(&claim, value, held.revision).await {
+                                Ok(_) => true,
+                                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => false,
+                                Err(e) => return Err(err(&e)),
+                            }
+                    }
+                }
+            }
+            Err(e) => return Err(err(&e)),
+        };
+        if !claimed {
+            return Ok(None);
+        }
+        // A redrive that held it before may have handled and removed it
+        // since this one listed it: still a letter, or not to be sent.
+        let still = store.get(key(plugin, event_id)).await.map_err(|e| err(&e));
+        let claim = Claim { key: claim };
+        match still {
+            Ok(Some(_)) => Ok(Some(claim)),
+            Ok(None) => {
+                self.release(claim).await;
+                Ok(None)
+            }
+            Err(reason) => {
+                self.release(claim).await;
+                Err(reason)
+            }
+        }
+    }
+
+    /// Releases a claim (its letter handled and removed, or kept).
+    pub async fn release(&self, claim: Claim) {
+        if let Err(e) = self.values.store().purge(&claim.key).await {
+            tracing::warn!(bucket = self.name(), key = %claim.key, error = %e, "cannot release a redrive's claim on a dead letter; it lapses on its own");
+        }
     }
 
     /// Every letter (of `plugin` only, when given), oldest first. A value
@@ -98,15 +200,27 @@ impl LetterBucket {
     /// # Errors
     /// The server's answer, as text.
     pub async fn list(&self, plugin: Option<&str>) -> Result<Vec<DeadLetter>, String> {
-        let prefix = plugin.map(|p| format!("{p}/"));
+        let prefix = plugin.map(prefix);
         let mut letters = Vec::new();
-        for k in self.values.keys().await? {
-            if prefix.as_deref().is_some_and(|p| !k.starts_with(p)) {
+        let keys = self
+            .values
+            .keys()
+            .await
+            .map_err(|e| format!("bucket `{}`: {e}", self.name()))?;
+        for k in keys {
+            if k.ends_with(CLAIM) || prefix.as_deref().is_some_and(|p| !k.starts_with(p)) {
                 continue;
             }
-            // Removed between the listing and the read: not a letter any more.
-            let Some(bytes) = self.values.get(&k).await? else {
-                continue;
+            // Removed between the listing and the read: not a letter any
+            // more. One that cannot be read is named and skipped, never the
+            // whole list.
+            let bytes = match self.values.get(&k).await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(bucket = self.name(), key = %k, error = %e, "a dead letter that cannot be read; skipped");
+                    continue;
+                }
             };
             match serde_json::from_slice::<DeadLetter>(&bytes) {
                 Ok(letter) => letters.push(letter),
@@ -124,7 +238,11 @@ impl LetterBucket {
     /// # Errors
     /// The server's answer, as text.
     pub async fn remove(&self, plugin: &str, event_id: &str) -> Result<(), String> {
-        self.values.delete(&key(plugin, event_id)).await
+        let key = key(plugin, event_id);
+        self.values
+            .delete(&key)
+            .await
+            .map_err(|e| format!("bucket `{}`, key `{key}`: {e}", self.name()))
     }
 }
 
@@ -135,10 +253,23 @@ mod tests {
     #[test]
     fn keys_are_per_plugin_and_event_and_never_look_like_parts() {
         let a = key("cost.tracker", "evt-1");
-        assert!(a.starts_with("cost.tracker/"), "{a}");
+        assert!(a.starts_with("cost=tracker/"), "{a}");
         assert_eq!(a, key("cost.tracker", "evt-1"), "stable");
         assert_ne!(a, key("cost.tracker", "evt-2"));
         assert_ne!(a, key("cost", "evt-1"));
+        assert_ne!(a, key("cost_tracker", "evt-1"));
+        // Every legal name (letters, digits, `-`, `_`, `.`) makes a key the
+        // server takes: no empty token, whatever the dots.
+        for name in ["a..b", ".a", "a.", "A-b_c.9", "..."] {
+            let k = key(name, "e");
+            assert!(
+                k.split('.').all(|token| !token.is_empty())
+                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b)),
+                "{name}: {k}"
+            );
+            assert!(k.starts_with(&prefix(name)));
+        }
+        assert_ne!(prefix("a.b"), prefix("a_b"));
         // 32 hex digits after the slash: never `.<digits>` at the end.
         let digest = a.rsplit_once('/').unwrap().1;
         assert_eq!(digest.len(), 32);

@@ -267,6 +267,8 @@ const FLUSH_AT_LEAST: Duration = Duration::from_secs(1);
 pub(crate) struct NatsLink {
     options: NatsOptions,
     js: jetstream::Context,
+    /// For key-value buckets and reads: without the publisher's window.
+    buckets: jetstream::Context,
     pub publisher: Arc<publisher::Publisher>,
     /// The stream's dead letters, shared by every host.
     pub(crate) letters: Arc<dead_letters::LetterBucket>,
@@ -290,7 +292,12 @@ impl NatsLink {
     /// # Errors
     /// [`JournalError`](crate::http::JournalError) naming the bucket.
     pub(crate) async fn request_journal(&self) -> Result<crate::http::RequestJournal, crate::http::JournalError> {
-        crate::http::RequestJournal::nats(&self.js, &journal_bucket(&self.options.stream), self.options.max_age).await
+        crate::http::RequestJournal::nats(
+            &self.buckets,
+            &journal_bucket(&self.options.stream),
+            self.options.max_age,
+        )
+        .await
     }
 }
 
@@ -319,12 +326,12 @@ pub(crate) async fn replay_journal(options: &NatsOptions) -> Result<crate::http:
 
 /// The dead letters kept in the stream of `options` (of `plugin` only,
 /// when given), every host's, oldest first: what `plugbus dlq list --nats`
-/// shows. Empty when no host of the stream ever made the bucket; never
-/// makes it.
+/// shows. Never makes the bucket.
 ///
 /// # Errors
 /// [`DeadLetterError::Nats`](crate::DeadLetterError::Nats) naming the
-/// server or the bucket that cannot be read.
+/// server or the bucket that cannot be read, or that does not exist (no
+/// host of that stream ever ran: a wrong `--stream`?).
 pub async fn read_dead_letters(
     options: &NatsOptions,
     plugin: Option<&str>,
@@ -340,7 +347,10 @@ pub async fn read_dead_letters(
         .map_err(err)?
     {
         Some(letters) => letters.list(plugin).await.map_err(err),
-        None => Ok(Vec::new()),
+        None => Err(err(format!(
+            "no such bucket: no host of stream `{}` has run on this server (is the stream's name right?)",
+            options.stream
+        ))),
     }
 }
 
@@ -413,6 +423,10 @@ impl NatsLink {
     /// the publisher.
     pub async fn connect(options: NatsOptions) -> Result<NatsLink, NatsError> {
         let client = connect_client(&options).await?;
+        // Key-value buckets (dead letters, the request journal) get a context
+        // of their own: their puts never take the publisher's ack permits,
+        // nor wait behind its window.
+        let buckets = jetstream::new(client.clone());
         // The context's ack permits equal the publisher's window, which
         // never has more publishes out than that: a send never waits for a
         // permit held by an ack the publisher is not polling.
@@ -445,7 +459,7 @@ impl NatsLink {
             )));
         }
         check_duplicate_window(&options, info.config.duplicate_window).map_err(stream_err)?;
-        let letters = dead_letters::LetterBucket::open(&js, &options.stream)
+        let letters = dead_letters::LetterBucket::open(&buckets, &options.stream)
             .await
             .map_err(|reason| NatsError::Stream {
                 stream: format!("KV_{}", dead_letter_bucket(&options.stream)),
@@ -467,6 +481,7 @@ impl NatsLink {
         Ok(NatsLink {
             options,
             js,
+            buckets,
             publisher,
             letters: Arc::new(letters),
             consumers,
@@ -516,7 +531,7 @@ impl NatsLink {
         };
         if self.advisories.set(()).is_ok() {
             advisory::start(
-                self.js.clone(),
+                self.buckets.clone(),
                 self.letters.clone(),
                 &self.options.stream,
                 Arc::downgrade(&self.consumers),
