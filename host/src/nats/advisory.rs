@@ -190,42 +190,57 @@ impl GivenUp {
     /// whose last handling finished just after its `ack_wait` ran out: a
     /// redrive then handles it again (at least once).
     async fn keep(self, plugin: String, seq: u64, deliveries: u64) {
+        // Tried again for a minute: these advisories come exactly when the
+        // server or a host is in trouble (a restart, a reconnect).
+        const PATIENCE: Duration = Duration::from_secs(60);
         let Ok(_permit) = self.at_once.acquire().await else {
             return;
         };
-        let result: Result<bool, String> = async {
-            let stream = self
-                .handle
-                .get_or_try_init(|| async { self.js.get_stream(&self.stream).await })
-                .await
-                .map_err(|e| format!("stream `{}`: {e}", self.stream))?;
-            let message = stream
-                .get_raw_message(seq)
-                .await
-                .map_err(|e| format!("stream `{}`, sequence {seq}: {e}", self.stream))?;
-            let event = crate::nats::wire::decode(&message.payload, seq)?;
-            if self.letters.recorded(&plugin, event.id()).await? {
-                return Ok(false);
-            }
-            let deliveries = i64::try_from(deliveries).unwrap_or(i64::MAX);
-            let letter = DeadLetter::given_up(
-                &plugin,
-                &event,
-                deliveries,
-                "no letter from the host of its last delivery (it went away, or its store failed)",
-            );
-            self.letters.keep(&letter).await?;
-            Ok(true)
-        }
-        .await;
-        match result {
-            Ok(true) => {
-                tracing::warn!(plugin = %plugin, stream_seq = seq, "a message NATS gave up is kept as a dead letter")
-            }
-            Ok(false) => {}
-            Err(reason) => {
-                tracing::error!(plugin = %plugin, stream_seq = seq, %reason, "the dead letter of a message NATS gave up could not be kept")
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut wait = Duration::from_millis(250);
+        loop {
+            match self.try_keep(&plugin, seq, deliveries).await {
+                Ok(true) => {
+                    tracing::warn!(plugin = %plugin, stream_seq = seq, "a message NATS gave up is kept as a dead letter");
+                    return;
+                }
+                Ok(false) => return,
+                Err(reason) if tokio::time::Instant::now() + wait >= deadline => {
+                    tracing::error!(plugin = %plugin, stream_seq = seq, %reason, "the dead letter of a message NATS gave up could not be kept");
+                    return;
+                }
+                Err(reason) => {
+                    tracing::warn!(plugin = %plugin, stream_seq = seq, %reason, retry_in = ?wait, "keeping the dead letter of a message NATS gave up failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
             }
         }
+    }
+
+    /// One attempt: `Ok(false)` when the letter exists or existed.
+    async fn try_keep(&self, plugin: &str, seq: u64, deliveries: u64) -> Result<bool, String> {
+        let stream = self
+            .handle
+            .get_or_try_init(|| async { self.js.get_stream(&self.stream).await })
+            .await
+            .map_err(|e| format!("stream `{}`: {e}", self.stream))?;
+        let message = stream
+            .get_raw_message(seq)
+            .await
+            .map_err(|e| format!("stream `{}`, sequence {seq}: {e}", self.stream))?;
+        let event = crate::nats::wire::decode(&message.payload, seq)?;
+        if self.letters.recorded(plugin, event.id()).await? {
+            return Ok(false);
+        }
+        let deliveries = i64::try_from(deliveries).unwrap_or(i64::MAX);
+        let letter = DeadLetter::given_up(
+            plugin,
+            &event,
+            deliveries,
+            "no letter from the host of its last delivery (it went away, or its store failed)",
+        );
+        self.letters.keep(&letter).await?;
+        Ok(true)
     }
 }

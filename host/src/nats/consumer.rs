@@ -171,6 +171,9 @@ async fn keep_letter(
     stored: &Result<usize, NotStored>,
 ) -> Result<(), String> {
     let event = wire::decode(payload, seq)?;
+    // This path's own failpoint (the advisory's keeper does not pass it), so
+    // a test can make the host's stores fail and see the advisory keep them.
+    crate::failpoint::hit("nats.dead_letter.keep").map_err(|e| format!("bucket `{}`: {e}", letters.name()))?;
     let letter = match outcome {
         Some(Outcome::Failed(f)) => DeadLetter::new(plugin, &event, f),
         other => {
@@ -185,6 +188,42 @@ async fn keep_letter(
         }
     };
     letters.keep(&letter).await
+}
+
+/// [`keep_letter`], tried again with a backoff (100 ms doubling to 2 s,
+/// each attempt bounded by 5 s) for up to `patience`: a server restarting,
+/// or a bucket slow for a moment, costs a wait, not a letter. The message is
+/// still held meanwhile (and said to be in progress), so the server neither
+/// hands it to another host nor gives it up.
+#[allow(clippy::too_many_arguments)]
+async fn keep_letter_patiently(
+    letters: &LetterBucket,
+    plugin: &str,
+    payload: &[u8],
+    seq: u64,
+    delivered: i64,
+    outcome: Option<&Outcome>,
+    stored: &Result<usize, NotStored>,
+    patience: Duration,
+) -> Result<(), String> {
+    const ATTEMPT: Duration = Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let attempt = keep_letter(letters, plugin, payload, seq, delivered, outcome, stored);
+        let error = match tokio::time::timeout(left.min(ATTEMPT), attempt).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(_) => format!("bucket `{}`: no answer within {:?}", letters.name(), left.min(ATTEMPT)),
+        };
+        if tokio::time::Instant::now() + wait >= deadline {
+            return Err(format!("{error} (tried for {patience:?})"));
+        }
+        tracing::warn!(plugin, stream_seq = seq, error = %error, retry_in = ?wait, "storing a dead letter failed; trying again");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(2));
+    }
 }
 
 /// How long one pull request waits on the server: re-issued this often even
@@ -323,11 +362,12 @@ struct Settling {
     letter: Option<Result<(), String>>,
 }
 
-/// How long storing one dead letter may take before the message is handed
-/// back (`Nak`) instead of ended: a quarter of `ack_wait`, at most 10 s (the
-/// message is still said to be in progress meanwhile).
-fn letter_timeout(ack_wait: Duration) -> Duration {
-    (ack_wait / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
+/// How long storing one dead letter is tried before the message is handed
+/// back (`Nak`) instead of ended: four times `ack_wait`, between 2 s and
+/// 60 s: long enough to ride out a server restart; bounded, so a bucket
+/// that never answers costs each poison event that long, not for ever.
+fn letter_patience(ack_wait: Duration) -> Duration {
+    (ack_wait * 4).clamp(Duration::from_secs(2), Duration::from_secs(60))
 }
 
 /// Tells the server that every message held for `at_least` or longer is
@@ -608,15 +648,19 @@ impl Run {
                                     Verdict::Ack => false,
                                 };
                                 let letter = if letter {
-                                    let keep = keep_letter(&letters, &plugin, &payload, seq, delivered, outcome.as_ref(), &stored);
-                                    Some(match tokio::time::timeout(letter_timeout(ack_wait), keep).await {
-                                        Ok(kept) => kept,
-                                        Err(_) => Err(format!(
-                                            "bucket `{}`: not stored within {:?}",
-                                            letters.name(),
-                                            letter_timeout(ack_wait)
-                                        )),
-                                    })
+                                    Some(
+                                        keep_letter_patiently(
+                                            &letters,
+                                            &plugin,
+                                            &payload,
+                                            seq,
+                                            delivered,
+                                            outcome.as_ref(),
+                                            &stored,
+                                            letter_patience(ack_wait),
+                                        )
+                                        .await,
+                                    )
                                 } else {
                                     None
                                 };

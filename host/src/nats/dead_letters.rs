@@ -107,7 +107,6 @@ impl LetterBucket {
         let key = key(&letter.plugin, &letter.event.id);
         let err = |e: String| format!("bucket `{}`, key `{key}`: {e}", self.name());
         let json = serde_json::to_vec(letter).map_err(|e| err(e.to_string()))?;
-        crate::failpoint::hit("nats.dead_letter.keep").map_err(|e| err(e.to_string()))?;
         self.values
             .put(&key, &json)
             .await
