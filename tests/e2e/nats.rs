@@ -70,6 +70,14 @@ async fn all_settled(js: &jetstream::Context, plugin: &str, within: Duration) {
     }
 }
 
+/// A plugin directory holding the misbehave fixture as `name`, with
+/// `manifest`.
+fn misbehave_dir(name: &str, manifest: &str) -> tempfile::TempDir {
+    let dir = support::plugin_dir(&[]);
+    support::install(dir.path(), &support::wasm("misbehave"), name, manifest);
+    dir
+}
+
 fn host(plugins: &std::path::Path, url: &str) -> (support::Served, String, std::thread::JoinHandle<String>) {
     support::serve(&support::nats_host(plugins, url))
 }
@@ -242,13 +250,7 @@ async fn two_hosts_share_a_plugin_and_a_host_killed_mid_stream_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_event_is_terminated_and_dead_lettered_after_one_recovery() {
     let nats = NatsServer::start();
-    let dir = support::plugin_dir(&[]);
-    support::install(
-        dir.path(),
-        &support::wasm("misbehave"),
-        "misbehave",
-        "[limits]\nquarantine_after = 0\n",
-    );
+    let dir = misbehave_dir("misbehave", "[limits]\nquarantine_after = 0\n");
     let (a, addr, _log) = host(dir.path(), &nats.url);
     let js = client(&nats.url).await;
     post(
@@ -313,13 +315,7 @@ fn stream_letters(url: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_events_dead_letter_outlives_its_host_and_is_redriven_once_elsewhere() {
     let nats = NatsServer::start();
-    let broken = support::plugin_dir(&[]);
-    support::install(
-        broken.path(),
-        &support::wasm("misbehave"),
-        "misbehave",
-        "[limits]\nquarantine_after = 0\n",
-    );
+    let broken = misbehave_dir("misbehave", "[limits]\nquarantine_after = 0\n");
     let (mut a, addr_a, _log_a) = support::serve_with_env(
         &support::nats_host(broken.path(), &nats.url),
         // Six failures: every attempt of the first delivery (tried again
@@ -371,13 +367,7 @@ async fn a_poison_events_dead_letter_outlives_its_host_and_is_redriven_once_else
     // Still there with its host gone.
     assert_eq!(stream_letters(&nats.url).len(), 1);
 
-    let fixed = support::plugin_dir(&[]);
-    support::install(
-        fixed.path(),
-        &support::wasm("misbehave"),
-        "misbehave",
-        "[config]\nalways = \"count\"\n",
-    );
+    let fixed = misbehave_dir("misbehave", "[config]\nalways = \"count\"\n");
     let (b, addr_b, _log_b) = host(fixed.path(), &nats.url);
     let (_, listed) = support::http(&addr_b, "GET", "/plugins/misbehave/dead-letters", b"");
     let listed: Value = serde_json::from_str(&listed).unwrap();
@@ -419,13 +409,7 @@ async fn a_poison_events_dead_letter_outlives_its_host_and_is_redriven_once_else
 async fn redrives_on_two_hosts_at_once_apply_each_letter_once_whatever_its_name_or_size() {
     let nats = NatsServer::start_with("max_payload: 8192\n");
     let name = "mis..behave";
-    let broken = support::plugin_dir(&[]);
-    support::install(
-        broken.path(),
-        &support::wasm("misbehave"),
-        name,
-        "[limits]\nquarantine_after = 0\n",
-    );
+    let broken = misbehave_dir(name, "[limits]\nquarantine_after = 0\n");
     let (mut a, addr_a, _log_a) = host(broken.path(), &nats.url);
     let mut events: Vec<Value> = (0..19)
         .map(|i| json!({"name": "misbehave.panic", "payload": {"i": i}}))
@@ -450,10 +434,7 @@ async fn redrives_on_two_hosts_at_once_apply_each_letter_once_whatever_its_name_
     a.wait().unwrap();
 
     // The fixed version, slowed so that the redrives overlap.
-    let fixed = support::plugin_dir(&[]);
-    support::install(
-        fixed.path(),
-        &support::wasm("misbehave"),
+    let fixed = misbehave_dir(
         name,
         "[config]\nalways = \"count\"\nwork = \"2000000\"\n[limits]\nfuel = 1000000000\ndeadline_ms = 5000\n",
     );
@@ -495,13 +476,7 @@ async fn redrives_on_two_hosts_at_once_apply_each_letter_once_whatever_its_name_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_store_that_never_answers_holds_up_no_other_event() {
     let nats = NatsServer::start();
-    let dir = support::plugin_dir(&[]);
-    support::install(
-        dir.path(),
-        &support::wasm("misbehave"),
-        "misbehave",
-        "[limits]\nquarantine_after = 0\n",
-    );
+    let dir = misbehave_dir("misbehave", "[limits]\nquarantine_after = 0\n");
     let (a, addr, _log) = host(dir.path(), &nats.url);
     let js = client(&nats.url).await;
     js.delete_stream("KV_PLUGBUS_DEAD_LETTERS").await.unwrap();
@@ -1554,10 +1529,7 @@ async fn nemesis(rounds: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_crashing_before_its_ack_loses_nothing_and_stores_the_follow_up_once() {
     let nats = NatsServer::start();
-    let dir = support::plugin_dir(&[]);
-    support::install(
-        dir.path(),
-        &support::wasm("misbehave"),
+    let dir = misbehave_dir(
         "relay",
         "subscriptions = [\"tool.called\"]\n[config]\nalways = \"relay\"\nrelay_to = \"tool.relayed\"\n",
     );

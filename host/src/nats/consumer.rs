@@ -159,70 +159,69 @@ pub(crate) const NAK_MAX: Duration = Duration::from_secs(8);
 /// ones instead of at the request's expiry.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// Stores the event of the message at `seq` (its `payload`) as `plugin`'s
-/// dead letter, described by its outcome; returns once the server has it.
-async fn keep_letter(
-    letters: &LetterBucket,
-    plugin: &str,
-    payload: &[u8],
+/// What a held message's dead letter is made of.
+struct LetterOf<'a> {
+    plugin: &'a str,
+    /// The message's payload: the event's envelope.
+    payload: &'a [u8],
+    /// Its stream sequence.
     seq: u64,
+    /// Its deliveries so far, this one included.
     delivered: i64,
-    outcome: Option<&Outcome>,
-    stored: &Result<usize, NotStored>,
-) -> Result<(), String> {
-    let event = wire::decode(payload, seq)?;
-    // This path's own failpoint (the advisory's keeper does not pass it), so
-    // a test can make the host's stores fail and see the advisory keep them.
-    crate::failpoint::hit("nats.dead_letter.keep").map_err(|e| format!("bucket `{}`: {e}", letters.name()))?;
-    let letter = match outcome {
-        Some(Outcome::Failed(f)) => DeadLetter::new(plugin, &event, f),
-        other => {
-            let last = match (other, stored) {
-                (Some(Outcome::Dropped(reason)), _) => format!("dropped: {reason}"),
-                (Some(_), Err(reason)) => format!("a follow-up was not stored: {reason}"),
-                (Some(Outcome::Error(e)), Ok(_)) => format!("error: {e}"),
-                (Some(_), Ok(_)) => "handled".to_owned(),
-                (None, _) => "no outcome: the plugin went away".to_owned(),
-            };
-            DeadLetter::given_up(plugin, &event, delivered, &last)
-        }
-    };
-    letters.keep(&letter).await
+    outcome: Option<&'a Outcome>,
+    /// Its follow-ups' storing.
+    stored: &'a Result<usize, NotStored>,
 }
 
-/// [`keep_letter`], tried again with a backoff (100 ms doubling to 2 s,
-/// each attempt bounded by 5 s) for up to `patience`: a server restarting,
-/// or a bucket slow for a moment, costs a wait, not a letter. The message is
-/// still held meanwhile (and said to be in progress), so the server neither
-/// hands it to another host nor gives it up.
-#[allow(clippy::too_many_arguments)]
-async fn keep_letter_patiently(
-    letters: &LetterBucket,
-    plugin: &str,
-    payload: &[u8],
-    seq: u64,
-    delivered: i64,
-    outcome: Option<&Outcome>,
-    stored: &Result<usize, NotStored>,
-    patience: Duration,
-) -> Result<(), String> {
-    const ATTEMPT: Duration = Duration::from_secs(5);
-    let deadline = tokio::time::Instant::now() + patience;
-    let mut wait = Duration::from_millis(100);
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let attempt = keep_letter(letters, plugin, payload, seq, delivered, outcome, stored);
-        let error = match tokio::time::timeout(left.min(ATTEMPT), attempt).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => e,
-            Err(_) => format!("bucket `{}`: no answer within {:?}", letters.name(), left.min(ATTEMPT)),
+impl LetterOf<'_> {
+    /// Stores the event as the plugin's dead letter, described by its
+    /// outcome; returns once the server has it.
+    async fn keep(&self, letters: &LetterBucket) -> Result<(), String> {
+        let event = wire::decode(self.payload, self.seq)?;
+        // This path's own failpoint (the advisory's keeper does not pass
+        // it), so a test can make the host's stores fail and see the
+        // advisory keep them.
+        crate::failpoint::hit("nats.dead_letter.keep").map_err(|e| format!("bucket `{}`: {e}", letters.name()))?;
+        let letter = match self.outcome {
+            Some(Outcome::Failed(f)) => DeadLetter::new(self.plugin, &event, f),
+            other => {
+                let last = match (other, self.stored) {
+                    (Some(Outcome::Dropped(reason)), _) => format!("dropped: {reason}"),
+                    (Some(_), Err(reason)) => format!("a follow-up was not stored: {reason}"),
+                    (Some(Outcome::Error(e)), Ok(_)) => format!("error: {e}"),
+                    (Some(_), Ok(_)) => "handled".to_owned(),
+                    (None, _) => "no outcome: the plugin went away".to_owned(),
+                };
+                DeadLetter::given_up(self.plugin, &event, self.delivered, &last)
+            }
         };
-        if tokio::time::Instant::now() + wait >= deadline {
-            return Err(format!("{error} (tried for {patience:?})"));
+        letters.keep(&letter).await
+    }
+
+    /// [`keep`](Self::keep), tried again with a backoff (100 ms doubling to
+    /// 2 s, each attempt bounded by 5 s) for up to `patience`: a server
+    /// restarting, or a bucket slow for a moment, costs a wait, not a
+    /// letter. The message is still held meanwhile (and said to be in
+    /// progress), so the server neither hands it to another host nor gives
+    /// it up.
+    async fn keep_patiently(&self, letters: &LetterBucket, patience: Duration) -> Result<(), String> {
+        const ATTEMPT: Duration = Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let error = match tokio::time::timeout(left.min(ATTEMPT), self.keep(letters)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e,
+                Err(_) => format!("bucket `{}`: no answer within {:?}", letters.name(), left.min(ATTEMPT)),
+            };
+            if tokio::time::Instant::now() + wait >= deadline {
+                return Err(format!("{error} (tried for {patience:?})"));
+            }
+            tracing::warn!(plugin = self.plugin, stream_seq = self.seq, error = %error, retry_in = ?wait, "storing a dead letter failed; trying again");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
         }
-        tracing::warn!(plugin, stream_seq = seq, error = %error, retry_in = ?wait, "storing a dead letter failed; trying again");
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -648,19 +647,15 @@ impl Run {
                                     Verdict::Ack => false,
                                 };
                                 let letter = if letter {
-                                    Some(
-                                        keep_letter_patiently(
-                                            &letters,
-                                            &plugin,
-                                            &payload,
-                                            seq,
-                                            delivered,
-                                            outcome.as_ref(),
-                                            &stored,
-                                            letter_patience(ack_wait),
-                                        )
-                                        .await,
-                                    )
+                                    let of = LetterOf {
+                                        plugin: &plugin,
+                                        payload: &payload,
+                                        seq,
+                                        delivered,
+                                        outcome: outcome.as_ref(),
+                                        stored: &stored,
+                                    };
+                                    Some(of.keep_patiently(&letters, letter_patience(ack_wait)).await)
                                 } else {
                                     None
                                 };

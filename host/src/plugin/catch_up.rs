@@ -47,6 +47,8 @@ pub(crate) struct Cursor {
     next: u64,
     /// Skip events older than this (nanoseconds since the epoch).
     since_nanos: u64,
+    /// Events numbered this or later are read whatever their time.
+    windowless_from: u64,
     patterns: Vec<Pattern>,
     /// Where the last batch's reader stopped, right after the record at
     /// `next - 1`: the next batch starts reading there instead of walking
@@ -90,6 +92,7 @@ impl Cursor {
             dir: log.dir().to_owned(),
             next: 0,
             since_nanos,
+            windowless_from: u64::MAX,
             patterns,
             position: None,
             ahead: None,
@@ -123,6 +126,26 @@ impl Cursor {
     pub fn resuming_at(mut self, seq: u64) -> Cursor {
         self.since_nanos = 0;
         self.starting_at(seq)
+    }
+
+    /// Whether a `since:` window bounds this cursor: a catch-up with no
+    /// state to resume.
+    pub fn windowed(&self) -> bool {
+        self.since_nanos > 0
+    }
+
+    /// The last sequence number this cursor has gone past (read, or found
+    /// nothing up to); 0 before any read.
+    pub fn covered(&self) -> u64 {
+        self.next.saturating_sub(1)
+    }
+
+    /// Reads the events numbered `seq` or later whatever their time: those
+    /// accepted while the bus started (its start-up floor), new to a plugin
+    /// installed then, which a `since:` window must not skip (start-up may
+    /// take longer than the window).
+    pub fn windowless_from(&mut self, seq: u64) {
+        self.windowless_from = seq;
     }
 
     /// Moves to sequence number `seq`, back or forth.
@@ -225,11 +248,14 @@ impl Cursor {
             if full && self.next <= upto {
                 self.ahead = Some(self.start_read(self.next, self.position, upto));
             }
-            let since = self.since_nanos;
+            let (since, windowless_from) = (self.since_nanos, self.windowless_from);
             let events: Vec<Event> = read
                 .into_iter()
                 .map(|(e, _)| e)
-                .filter(|e| e.time_unix_nanos() >= since && self.patterns.iter().any(|p| p.matches(e.name())))
+                .filter(|e| {
+                    let in_window = e.time_unix_nanos() >= since || e.seq().is_some_and(|seq| seq >= windowless_from);
+                    in_window && self.patterns.iter().any(|p| p.matches(e.name()))
+                })
                 .collect();
             if !events.is_empty() {
                 return Ok(events);

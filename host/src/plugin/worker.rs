@@ -466,6 +466,9 @@ impl Worker {
             live_from,
         } = plan;
         let live_from = live_from.unwrap_or(u64::MAX);
+        // Events accepted while the bus started are new to this plugin,
+        // whatever their age: no `since:` window skips them.
+        cursor.windowless_from(live_from);
         let started = Instant::now();
         let mut handled = 0u64;
         if let Some(at) = initial_snapshot {
@@ -477,11 +480,21 @@ impl Worker {
             self.take_snapshot(Some(start)).await;
         }
         if resumed {
-            // The kept snapshot needs every event after it.
+            // The kept snapshot needs every event after it, with no `since:`
+            // window, even one at position 0 (before any event: it reads
+            // back as no position, so the bus did not resume the cursor).
+            cursor = cursor.resuming_at(0);
             if let Some(first) = self.report_retention_gap(&log, self.last_seq.unwrap_or(0)).await {
                 cursor.gaps_known_before(first);
             }
         }
+        // A `since:` window bounds this first catch-up only: what it read is
+        // kept as a snapshot before the plugin is registered, as a new
+        // plugin's initial state is (above). Without it, a crash before the
+        // first periodic snapshot restarted the plugin windowed again, and
+        // the events it had handled live, older than the window by then,
+        // were never applied again.
+        let keep_window = !resumed && cursor.windowed() && self.spec.has_state();
         loop {
             let batch = cursor.read(log.status().written_seq).await?;
             self.announce_gap(cursor.take_gap());
@@ -489,6 +502,9 @@ impl Worker {
                 break;
             }
             handled += self.handle_history(&batch, live_from).await;
+        }
+        if keep_window {
+            self.take_snapshot(Some(cursor.covered())).await;
         }
         let _ = ready.send(());
         // An error means the install was abandoned (shutdown): stop here.
