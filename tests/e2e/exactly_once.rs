@@ -1253,6 +1253,69 @@ fn a_since_window_never_drops_what_the_plugin_handled_before_a_kill() {
     expect_each_applied_once(plugins.path(), log.path(), &acked);
 }
 
+/// A stateful plugin's windowed first catch-up whose last event is poison
+/// still keeps what it built as a snapshot before it takes live events: the
+/// trap left it no instance, and the snapshot was skipped, silently (a crash
+/// before its first periodic snapshot then applied the window again).
+#[test]
+fn a_since_catch_up_ending_on_a_poison_event_still_keeps_its_state() {
+    let manifest = format!("replay = \"since:1h\"\n{}", ledger_manifest(false, 1000, 0));
+    let (plugins, log) = ledger_dirs(&manifest);
+    // History logged before the plugin exists: the poison alone (a trap
+    // inside a longer batch is recovered within it, instance and all).
+    let empty = tempfile::tempdir().unwrap();
+    let node = Node::start(empty.path(), log.path(), "always", None);
+    let acked = node.emit(&[ledger_event(1, true)]).expect("acknowledged");
+    node.stop();
+    let node = Node::start(plugins.path(), log.path(), "always", None);
+    let snapshot = log.path().join("snapshots").join("ledger.snap");
+    assert!(snapshot.exists(), "kept before the plugin took live events");
+    let live: Vec<Value> = (4..=5).map(|n| ledger_event(n, false)).collect();
+    let live = node.emit(&live).expect("acknowledged");
+    node.kill();
+    let fin = Node::start(plugins.path(), log.path(), "always", None);
+    let (applied, letters) = (fin.applied(), fin.letters());
+    fin.stop();
+    assert_eq!(letters, acked, "the poison event is a letter");
+    for id in &live {
+        assert_eq!(applied.get(id), Some(&1), "{id} applied once: {applied:?}");
+    }
+}
+
+/// A plugin new to a log (its earlier state gone: here its snapshot file
+/// removed, as when a version without `state` is replaced by one with it)
+/// starts at the log's end; a redrive then applies a letter older than that
+/// start. The position stays at the start: before, it fell back to the
+/// letter's, the next snapshot claimed that position, and a restart applied
+/// every event after it again, history the plugin had never taken.
+#[test]
+fn a_redriven_letter_older_than_a_new_plugins_start_never_moves_its_position_back() {
+    let (plugins, log) = ledger_dirs(&ledger_manifest(false, 1000, 0));
+    let node = Node::start(plugins.path(), log.path(), "always", None);
+    let acked = node
+        .emit(&[ledger_event(1, true), ledger_event(2, false), ledger_event(3, false)])
+        .expect("acknowledged");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.letters().is_empty() || node.applied().len() < 2 {
+        assert!(Instant::now() < deadline, "{:?}", node.applied());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.stop();
+    std::fs::remove_file(log.path().join("snapshots").join("ledger.snap")).unwrap();
+    std::fs::write(plugins.path().join("ledger.toml"), ledger_manifest(true, 1000, 1)).unwrap();
+    let node = Node::start(plugins.path(), log.path(), "always", None);
+    assert_eq!(node.redrive()["redrive"]["ok"], 1, "the letter handled");
+    node.kill();
+    let fin = Node::start(plugins.path(), log.path(), "always", None);
+    let applied = fin.applied();
+    fin.stop();
+    assert_eq!(
+        applied,
+        BTreeMap::from([(acked[0].clone(), 1)]),
+        "the letter once, and none of the history before the new start"
+    );
+}
+
 /// Events acknowledged while `serve` starts (its plugin still loading:
 /// compiling is slowed to 1.5 s) reach a plugin with a `replay = "since:…"`
 /// window they are already outside of (`0s`): they were accepted after the

@@ -193,23 +193,29 @@ impl GivenUp {
         // Tried again for a minute: these advisories come exactly when the
         // server or a host is in trouble (a restart, a reconnect).
         const PATIENCE: Duration = Duration::from_secs(60);
-        let Ok(_permit) = self.at_once.acquire().await else {
-            return;
-        };
         let deadline = tokio::time::Instant::now() + PATIENCE;
         let mut wait = Duration::from_millis(250);
         loop {
-            match self.try_keep(&plugin, seq, deliveries).await {
+            // A permit per attempt, never held across the waits.
+            let attempt = match self.at_once.acquire().await {
+                Ok(_permit) => self.try_keep(&plugin, seq, deliveries).await,
+                Err(_) => return,
+            };
+            match attempt {
                 Ok(true) => {
                     tracing::warn!(plugin = %plugin, stream_seq = seq, "a message NATS gave up is kept as a dead letter");
                     return;
                 }
                 Ok(false) => return,
-                Err(reason) if tokio::time::Instant::now() + wait >= deadline => {
+                Err(Attempt::Final(reason)) => {
+                    tracing::error!(plugin = %plugin, stream_seq = seq, %reason, "the dead letter of a message NATS gave up cannot be kept");
+                    return;
+                }
+                Err(Attempt::Again(reason)) if tokio::time::Instant::now() + wait >= deadline => {
                     tracing::error!(plugin = %plugin, stream_seq = seq, %reason, "the dead letter of a message NATS gave up could not be kept");
                     return;
                 }
-                Err(reason) => {
+                Err(Attempt::Again(reason)) => {
                     tracing::warn!(plugin = %plugin, stream_seq = seq, %reason, retry_in = ?wait, "keeping the dead letter of a message NATS gave up failed; trying again");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
@@ -219,18 +225,28 @@ impl GivenUp {
     }
 
     /// One attempt: `Ok(false)` when the letter exists or existed.
-    async fn try_keep(&self, plugin: &str, seq: u64, deliveries: u64) -> Result<bool, String> {
+    async fn try_keep(&self, plugin: &str, seq: u64, deliveries: u64) -> Result<bool, Attempt> {
         let stream = self
             .handle
             .get_or_try_init(|| async { self.js.get_stream(&self.stream).await })
             .await
-            .map_err(|e| format!("stream `{}`: {e}", self.stream))?;
-        let message = stream
-            .get_raw_message(seq)
+            .map_err(|e| Attempt::Again(format!("stream `{}`: {e}", self.stream)))?;
+        let message = stream.get_raw_message(seq).await.map_err(|e| {
+            let reason = format!("stream `{}`, sequence {seq}: {e}", self.stream);
+            // Removed by the stream's limits: it will not come back.
+            if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound {
+                Attempt::Final(reason)
+            } else {
+                Attempt::Again(reason)
+            }
+        })?;
+        let event = crate::nats::wire::decode(&message.payload, seq).map_err(Attempt::Final)?;
+        if self
+            .letters
+            .recorded(plugin, event.id())
             .await
-            .map_err(|e| format!("stream `{}`, sequence {seq}: {e}", self.stream))?;
-        let event = crate::nats::wire::decode(&message.payload, seq)?;
-        if self.letters.recorded(plugin, event.id()).await? {
+            .map_err(Attempt::Again)?
+        {
             return Ok(false);
         }
         let deliveries = i64::try_from(deliveries).unwrap_or(i64::MAX);
@@ -240,7 +256,13 @@ impl GivenUp {
             deliveries,
             "no letter from the host of its last delivery (it went away, or its store failed)",
         );
-        self.letters.keep(&letter).await?;
+        self.letters.keep(&letter).await.map_err(Attempt::Again)?;
         Ok(true)
     }
+}
+
+/// Why one attempt failed: worth trying again, or never.
+enum Attempt {
+    Again(String),
+    Final(String),
 }

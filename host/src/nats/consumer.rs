@@ -204,7 +204,14 @@ impl LetterOf<'_> {
     /// letter. The message is still held meanwhile (and said to be in
     /// progress), so the server neither hands it to another host nor gives
     /// it up.
-    async fn keep_patiently(&self, letters: &LetterBucket, patience: Duration) -> Result<(), String> {
+    /// A consumer told to stop gives up between attempts (its message is
+    /// handed back): an unload or a reload never waits out the patience.
+    async fn keep_patiently(
+        &self,
+        letters: &LetterBucket,
+        patience: Duration,
+        mut stopping: watch::Receiver<bool>,
+    ) -> Result<(), String> {
         const ATTEMPT: Duration = Duration::from_secs(5);
         let deadline = tokio::time::Instant::now() + patience;
         let mut wait = Duration::from_millis(100);
@@ -218,8 +225,14 @@ impl LetterOf<'_> {
             if tokio::time::Instant::now() + wait >= deadline {
                 return Err(format!("{error} (tried for {patience:?})"));
             }
+            if *stopping.borrow() {
+                return Err(format!("{error} (the consumer is stopping)"));
+            }
             tracing::warn!(plugin = self.plugin, stream_seq = self.seq, error = %error, retry_in = ?wait, "storing a dead letter failed; trying again");
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopping.changed() => return Err(format!("{error} (the consumer is stopping)")),
+            }
             wait = (wait * 2).min(Duration::from_secs(2));
         }
     }
@@ -363,10 +376,14 @@ struct Settling {
 
 /// How long storing one dead letter is tried before the message is handed
 /// back (`Nak`) instead of ended: four times `ack_wait`, between 2 s and
-/// 60 s: long enough to ride out a server restart; bounded, so a bucket
-/// that never answers costs each poison event that long, not for ever.
-fn letter_patience(ack_wait: Duration) -> Duration {
-    (ack_wait * 4).clamp(Duration::from_secs(2), Duration::from_secs(60))
+/// 10 s: long enough to ride out a server restart; bounded, so a bucket
+/// that never answers costs each poison event that long, not for ever, and
+/// short, since it adds to the time a redelivered parent's follow-ups must
+/// stay within the stream's duplicate window (`nats::redelivery_gap`).
+pub(crate) fn letter_patience(ack_wait: Duration) -> Duration {
+    ack_wait
+        .saturating_mul(4)
+        .clamp(Duration::from_secs(2), Duration::from_secs(10))
 }
 
 /// Tells the server that every message held for `at_least` or longer is
@@ -627,6 +644,7 @@ impl Run {
                             let transient = self.transient.clone();
                             let letters = self.letters.clone();
                             let (max_deliver, ack_wait) = (self.config.max_deliver, self.config.ack_wait);
+                            let stop = stopping.clone();
                             done.push(async move {
                                 let outcome = outcome.await.ok();
                                 // The follow-ups were handed over before the
@@ -655,7 +673,7 @@ impl Run {
                                         outcome: outcome.as_ref(),
                                         stored: &stored,
                                     };
-                                    Some(of.keep_patiently(&letters, letter_patience(ack_wait)).await)
+                                    Some(of.keep_patiently(&letters, letter_patience(ack_wait), stop).await)
                                 } else {
                                     None
                                 };

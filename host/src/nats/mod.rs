@@ -223,10 +223,12 @@ const LONGEST_HANDLING: Duration = Duration::from_secs(60);
 /// and runs on for up to [`LONGEST_HANDLING`] (its host saying it is in
 /// progress); the parent comes back `ack_wait` after that host died (or
 /// after a Nak's backoff, at most `consumer::NAK_MAX`), and its next
-/// handling emits the follow-up again. The stream drops that copy only
-/// within its duplicate window.
+/// handling emits the follow-up again. A poison event whose dead letter
+/// could not be stored adds the time its store was tried
+/// (`consumer::letter_patience`, at most 10 s) before its `Nak`. The stream
+/// drops that copy only within its duplicate window.
 pub(crate) fn redelivery_gap(ack_wait: Duration) -> Duration {
-    LONGEST_HANDLING + ack_wait.max(consumer::NAK_MAX)
+    LONGEST_HANDLING + ack_wait.max(consumer::NAK_MAX) + consumer::letter_patience(ack_wait)
 }
 
 /// Refuses an `ack_wait` for which a redelivered parent's follow-ups could
@@ -239,12 +241,15 @@ fn check_duplicate_window(options: &NatsOptions, window: Duration) -> Result<(),
         return Err(format!(
             "its duplicate window is {window:?}, but with ack_wait {ack_wait:?} (`--ack-wait-ms {ms}`) a redelivered \
              event may re-emit its follow-ups up to {gap:?} after they were stored (ack_wait + the longest plugin \
-             deadline, {LONGEST_HANDLING:?}), and they would be stored twice: lower `--ack-wait-ms` to at most \
+             deadline, {LONGEST_HANDLING:?}, + the time a dead letter's store is tried, {patience:?}), and they would be stored twice: lower `--ack-wait-ms` to at most \
              {max_ms} or give the stream a duplicate window of at least {gap:?} (`nats stream edit {stream} \
              --dupe-window`)",
             ack_wait = options.ack_wait,
             ms = options.ack_wait.as_millis(),
-            max_ms = window.saturating_sub(LONGEST_HANDLING).as_millis(),
+            patience = consumer::letter_patience(options.ack_wait),
+            max_ms = window
+                .saturating_sub(LONGEST_HANDLING + consumer::letter_patience(Duration::MAX))
+                .as_millis(),
             stream = options.stream,
         ));
     }

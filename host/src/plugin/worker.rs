@@ -477,7 +477,9 @@ impl Worker {
             // or live, whatever crash follows.
             let start = at.unwrap_or_else(|| log.last_seq());
             cursor.move_to(start + 1);
-            self.take_snapshot(Some(start)).await;
+            if self.take_snapshot(Some(start)).await {
+                self.hold_position(start);
+            }
         }
         if resumed {
             // The kept snapshot needs every event after it, with no `since:`
@@ -504,8 +506,30 @@ impl Worker {
             handled += self.handle_history(&batch, live_from).await;
         }
         if keep_window {
-            self.take_snapshot(Some(cursor.covered())).await;
+            let at = cursor.covered();
+            if self.instance.is_none() {
+                // The window's last event trapped: bring the state back
+                // (snapshot + the events since) so a snapshot can hold it.
+                if let Ok(instance) = self.rebuild().await {
+                    self.instance = Some(instance);
+                }
+            }
+            if self.take_snapshot(Some(at)).await {
+                self.hold_position(at);
+            } else {
+                tracing::error!(
+                    plugin = &*self.spec.name,
+                    up_to_seq = at,
+                    "the state a `since:` catch-up built could not be kept as a snapshot: a crash before the next \
+                     snapshot would apply the window again"
+                );
+            }
         }
+        // The window bounds the first read only: from here on the log is read
+        // as live delivery goes, every event whatever its time (one stamped
+        // old, a CloudEvent's own `time` or a redriven letter's follow-up, is
+        // applied now, as after a crash the snapshot's resumption would).
+        cursor = cursor.resuming_at(0);
         let _ = ready.send(());
         // An error means the install was abandoned (shutdown): stop here.
         let Ok(cut) = cut.await else { return Ok(()) };
@@ -1006,6 +1030,13 @@ impl Worker {
         let outcome = Outcome::Failed(failure);
         self.finish(event, &outcome, fuel, frames);
         outcome
+    }
+
+    /// After a snapshot kept at `seq` (a starting point): the position is
+    /// at least there, so a later snapshot never claims an earlier one (a
+    /// redriven letter older than it is applied with the position kept).
+    fn hold_position(&mut self, seq: u64) {
+        self.last_seq = Some(self.last_seq.map_or(seq, |last| last.max(seq)));
     }
 
     /// Books an event the plugin handled (ok or err): kept for replay after
