@@ -503,6 +503,45 @@ async fn a_dead_letter_store_that_never_answers_holds_up_no_other_event() {
     support::terminate(&a);
 }
 
+/// A letter whose store landed though its answer was lost (failpoint
+/// `nats.dead_letter.kept`: every store "fails" after the server took it)
+/// leaves the event handed back, not ended. Host A is killed while it
+/// tries; host B, running a fixed version, handles the redelivery and
+/// acknowledges it: the letter, naming an event handled now, is removed
+/// (a redrive would have applied it a second time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_for_an_event_handled_on_its_redelivery_is_removed() {
+    let nats = NatsServer::start();
+    let broken = misbehave_dir("misbehave", "[limits]\nquarantine_after = 0\n");
+    let (mut a, addr_a, _log_a) = support::serve_with_env(
+        &support::nats_host(broken.path(), &nats.url),
+        &[("FAILPOINTS", "nats.dead_letter.kept=return")],
+    );
+    post(&addr_a, &[json!({"name": "misbehave.panic", "payload": {}})]).unwrap();
+    support::until("the letter stored", || {
+        (stream_letters(&nats.url).len() == 1).then_some(())
+    })
+    .await;
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let fixed = misbehave_dir("misbehave", "[config]\nalways = \"count\"\n");
+    let (b, addr_b, _log_b) = host(fixed.path(), &nats.url);
+    let status = until_status(&addr_b, Duration::from_secs(30), "the redelivery acknowledged", |s| {
+        s["nats"]["consumers"]["misbehave"]["acked"] == 1
+    })
+    .await;
+    assert_eq!(
+        status["nats"]["consumers"]["misbehave"]["redelivered"], 1,
+        "{}",
+        status["nats"]
+    );
+    support::until("the letter removed", || {
+        stream_letters(&nats.url).is_empty().then_some(())
+    })
+    .await;
+    support::terminate(&b);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_event_id_is_stored_and_handled_once() {
     let nats = NatsServer::start();

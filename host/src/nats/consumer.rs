@@ -195,7 +195,10 @@ impl LetterOf<'_> {
                 DeadLetter::given_up(self.plugin, &event, self.delivered, &last)
             }
         };
-        letters.keep(&letter).await
+        letters.keep(&letter).await?;
+        // A store the server took whose answer is lost looks like a failure
+        // (the Term becomes a Nak): the letter exists anyway.
+        crate::failpoint::hit("nats.dead_letter.kept").map_err(|e| format!("bucket `{}`: {e}", letters.name()))
     }
 
     /// [`keep`](Self::keep), tried again with a backoff (100 ms doubling to
@@ -931,6 +934,23 @@ impl Run {
             Verdict::Term => AckKind::Term,
         };
         self.ack(&h.message, kind).await;
+        if verdict == Verdict::Ack && h.delivered > 1 {
+            // Handled on a redelivery: a letter an earlier delivery kept (its
+            // store landed though it seemed to fail, so it was handed back)
+            // names an event handled now, and a redrive would apply it again.
+            let (letters, plugin, payload, seq) = (
+                self.letters.clone(),
+                self.plugin.clone(),
+                h.message.payload.clone(),
+                h.seq,
+            );
+            tokio::spawn(async move {
+                let Ok(event) = wire::decode(&payload, seq) else { return };
+                if let Err(e) = letters.remove(&plugin, event.id()).await {
+                    tracing::warn!(plugin = %plugin, stream_seq = seq, error = %e, "cannot remove the dead letter of an event handled on its redelivery");
+                }
+            });
+        }
         let not_stored = stored.is_err() && matches!(verdict, Verdict::Nak(_));
         self.record(|s| match verdict {
             Verdict::Ack => s.acked += 1,
