@@ -88,13 +88,9 @@ impl Hasher for ShaHasher {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The sha256 of `bytes` in hex: the plugin's version in logs and meta-events.
 pub(crate) fn content_hash(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
+    crate::text::hex(&Sha256::digest(bytes))
 }
 
 impl ArtifactCache {
@@ -102,7 +98,7 @@ impl ArtifactCache {
     pub fn open(root: &Path, engine: &Engine) -> std::io::Result<ArtifactCache> {
         let mut h = ShaHasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut h);
-        let dir = root.join(&hex(&h.0.finalize())[..16]);
+        let dir = root.join(&crate::text::hex(&h.0.finalize())[..16]);
         create_private_dir(&dir)?;
         Ok(ArtifactCache {
             dir,

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::Event;
 use crate::failpoint;
 use crate::log::Record;
-use crate::outcome::Failure;
+use crate::outcome::{Failure, Outcome};
 
 /// Dead letters kept in full in memory per plugin: the newest 1000. A
 /// plugin that fails more often than that is quarantined long before; with
@@ -70,10 +70,15 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     pub(crate) fn new(plugin: &str, event: &Event, failure: &Failure) -> DeadLetter {
+        DeadLetter::now(plugin, event, failure.kind(), failure.to_string())
+    }
+
+    /// A letter failing now, of kind `failure`, described by `reason`.
+    fn now(plugin: &str, event: &Event, failure: &str, reason: String) -> DeadLetter {
         DeadLetter {
             plugin: plugin.to_owned(),
-            failure: failure.kind().to_owned(),
-            reason: failure.to_string(),
+            failure: failure.to_owned(),
+            reason,
             failed_at_unix_nanos: crate::event::now_nanos(),
             event: Record::from_event(event),
         }
@@ -84,13 +89,8 @@ impl DeadLetter {
     /// `max_deliveries`, the reason naming the last delivery's outcome.
     #[cfg(feature = "nats")]
     pub(crate) fn given_up(plugin: &str, event: &Event, deliveries: i64, last: &str) -> DeadLetter {
-        DeadLetter {
-            plugin: plugin.to_owned(),
-            failure: "max_deliveries".to_owned(),
-            reason: format!("NATS gave it up after {deliveries} deliveries; the last: {last}"),
-            failed_at_unix_nanos: crate::event::now_nanos(),
-            event: Record::from_event(event),
-        }
+        let reason = format!("NATS gave it up after {deliveries} deliveries; the last: {last}");
+        DeadLetter::now(plugin, event, "max_deliveries", reason)
     }
 }
 
@@ -121,6 +121,21 @@ pub struct Redrive {
     /// On NATS: handled, but a follow-up they emitted was not stored in the
     /// stream: they stay dead letters.
     pub follow_ups_not_stored: u64,
+}
+
+impl Redrive {
+    /// Counts one redriven letter's outcome; returns whether it was
+    /// handled (ok, or a guest `Err`). A letter not delivered (queue full,
+    /// quarantined, unloaded) or failing hard again stays a dead letter.
+    pub(crate) fn count(&mut self, outcome: &Outcome) -> bool {
+        match outcome {
+            Outcome::Ok => self.ok += 1,
+            Outcome::Error(_) => self.errors += 1,
+            Outcome::Failed(_) => self.failed += 1,
+            Outcome::Dropped(_) => self.dropped += 1,
+        }
+        matches!(outcome, Outcome::Ok | Outcome::Error(_))
+    }
 }
 
 /// Why the dead letters could not be read.

@@ -6,6 +6,10 @@
 //! wasm name section is guest data). Event names and patterns have their
 //! own limit ([`MAX_NAME_LEN`](crate::pattern::MAX_NAME_LEN)) and emitted
 //! payloads theirs (1 MiB). A truncated text says how much was cut.
+//!
+//! Also [`hex`]: bytes as lowercase hex, the one rendering of digests and
+//! ids the host writes (cache keys, journal and dead-letter keys, OCI
+//! digests, OTLP ids).
 
 use std::borrow::Cow;
 
@@ -35,6 +39,21 @@ pub(crate) fn cap(s: String) -> String {
         return s;
     }
     truncate(&s, MAX_GUEST_TEXT).into_owned()
+}
+
+/// `bytes` as lowercase hex, two digits a byte.
+///
+/// ```
+/// assert_eq!(plugbus::text::hex(&[0x0f, 0xa0]), "0fa0");
+/// ```
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 #[cfg(test)]

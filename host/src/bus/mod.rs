@@ -958,6 +958,7 @@ impl Bus {
     /// (counted and logged): `Err` when the event must not be published.
     /// For a front end that refuses events one by one
     /// ([`publish_once_admitted`](Self::publish_once_admitted) then takes the rest).
+    #[cfg(feature = "otlp")]
     pub(crate) fn admit_one(&self, event: &Event) -> Result<(), crate::SchemaError> {
         self.shared.admit(event)
     }
@@ -1308,9 +1309,10 @@ impl Bus {
     /// redrives on several hosts never both send one, and a handled one is
     /// removed once its follow-ups are in the stream: a redrive cut short
     /// between the two applies it again, at least once). One redrive runs
-    /// at a time on a bus; another waits for it. A letter is removed only once its outcome is known and kept:
-    /// handled (ok or a guest `Err`) and, for a plugin with `state` on a bus
-    /// with a log, included in a persisted snapshot. Letters that fail hard
+    /// at a time on a bus; another waits for it. A letter is removed only
+    /// once its outcome is known and kept: handled (ok or a guest `Err`)
+    /// and, for a plugin with `state` on a bus with a log, included in a
+    /// persisted snapshot. Letters that fail hard
     /// again, or cannot be delivered, stay. A redrive cut short (the process
     /// killed) leaves every letter whose removal was not committed, and the
     /// plugin's kept state without them: running it again applies each
@@ -1363,25 +1365,7 @@ impl Bus {
                 outcomes.push((rx, letter, claim));
             }
             for (rx, letter, claim) in outcomes {
-                let handled = match rx.await.unwrap_or(Outcome::Dropped(DropReason::Unloaded)) {
-                    Outcome::Ok => {
-                        report.ok += 1;
-                        true
-                    }
-                    Outcome::Error(_) => {
-                        report.errors += 1;
-                        true
-                    }
-                    Outcome::Failed(_) => {
-                        report.failed += 1;
-                        false
-                    }
-                    // Not delivered: it stays a dead letter.
-                    Outcome::Dropped(_) => {
-                        report.dropped += 1;
-                        false
-                    }
-                };
+                let handled = report.count(&rx.await.unwrap_or(Outcome::Dropped(DropReason::Unloaded)));
                 #[cfg(feature = "nats")]
                 if let (Some(nats), Some(claim)) = (&self.shared.nats, claim) {
                     Self::settle_stream_letter(nats, plugin, letter, handled, &mut report).await;

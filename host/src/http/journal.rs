@@ -86,7 +86,7 @@ impl RequestKey {
             h.update(part);
         }
         h.update(self.index.to_le_bytes());
-        h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+        crate::text::hex(&h.finalize()[..16])
     }
 }
 
@@ -151,7 +151,7 @@ pub fn fingerprint(method: &str, url: &str) -> String {
     h.update(method.as_bytes());
     h.update([0]);
     h.update(url.as_bytes());
-    h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::text::hex(&h.finalize()[..8])
 }
 
 /// A journaled answer and the fingerprint of the request it answered

@@ -205,8 +205,9 @@ impl LetterOf<'_> {
     /// 2 s, each attempt bounded by 5 s) for up to `patience`: a server
     /// restarting, or a bucket slow for a moment, costs a wait, not a
     /// letter. The message is still held meanwhile (and said to be in
-    /// progress), so the server neither hands it to another host nor gives
-    /// it up.
+    /// progress), so a server that is up neither hands it to another host
+    /// nor gives it up.
+    ///
     /// A consumer told to stop gives up between attempts (its message is
     /// handed back): an unload or a reload never waits out the patience.
     async fn keep_patiently(
@@ -375,6 +376,12 @@ struct Settling {
     /// Whether its dead letter was stored, when the message ends (`Term`)
     /// or is given up after this delivery; `None` when it does neither.
     letter: Option<Result<(), String>>,
+}
+
+/// Whether a message delivered `delivered` times is at its last delivery:
+/// the server gives it up after this one's `Nak` (`max_deliver` ≤ 0: never).
+fn last_delivery(delivered: i64, max_deliver: i64) -> bool {
+    max_deliver > 0 && delivered >= max_deliver
 }
 
 /// How long storing one dead letter is tried before the message is handed
@@ -664,7 +671,7 @@ impl Run {
                                 // changes a `Nak`'s delay): its letter first.
                                 let letter = match verdict(outcome.as_ref(), &stored, delivered, None, failed_before) {
                                     Verdict::Term => true,
-                                    Verdict::Nak(_) => max_deliver > 0 && delivered >= max_deliver,
+                                    Verdict::Nak(_) => last_delivery(delivered, max_deliver),
                                     Verdict::Ack => false,
                                 };
                                 let letter = if letter {
@@ -909,7 +916,7 @@ impl Run {
             Some(Ok(())) => self.record(|s| s.dead_letters += 1),
             Some(Err(reason)) => {
                 self.record(|s| s.dead_letters_not_stored += 1);
-                let last = self.config.max_deliver > 0 && h.delivered >= self.config.max_deliver;
+                let last = last_delivery(h.delivered, self.config.max_deliver);
                 if verdict == Verdict::Term {
                     // Handed back, never ended without a letter: it comes
                     // back, or after its last delivery the server gives it

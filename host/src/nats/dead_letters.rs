@@ -49,8 +49,7 @@ fn prefix(plugin: &str) -> String {
 fn key(plugin: &str, event_id: &str) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(event_id.as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}{hex}", prefix(plugin))
+    format!("{}{}", prefix(plugin), crate::text::hex(&digest[..16]))
 }
 
 /// The suffix of a claim's key.

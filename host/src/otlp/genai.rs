@@ -138,15 +138,7 @@ struct SpanAt<'a> {
 }
 
 /// Lowercase hex, as OTLP JSON writes ids.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    out
-}
+pub use crate::text::hex;
 
 fn kind_name(kind: i32) -> &'static str {
     match kind {

@@ -496,7 +496,8 @@ impl Worker {
         // first periodic snapshot restarted the plugin windowed again, and
         // the events it had handled live, older than the window by then,
         // were never applied again.
-        let keep_window = !resumed && cursor.windowed() && self.spec.has_state();
+        // (A resumed cursor reads windowless already.)
+        let keep_window = cursor.windowed() && self.spec.has_state();
         loop {
             let batch = cursor.read(log.status().written_seq).await?;
             self.announce_gap(cursor.take_gap());
@@ -507,13 +508,8 @@ impl Worker {
         }
         if keep_window {
             let at = cursor.covered();
-            if self.instance.is_none() {
-                // The window's last event trapped: bring the state back
-                // (snapshot + the events since) so a snapshot can hold it.
-                if let Ok(instance) = self.rebuild().await {
-                    self.instance = Some(instance);
-                }
-            }
+            // Even when the window's last event trapped.
+            self.restore_instance().await;
             if self.take_snapshot(Some(at)).await {
                 self.hold_position(at);
             } else {
@@ -1032,11 +1028,22 @@ impl Worker {
         outcome
     }
 
-    /// After a snapshot kept at `seq` (a starting point): the position is
-    /// at least there, so a later snapshot never claims an earlier one (a
-    /// redriven letter older than it is applied with the position kept).
+    /// Moves the position to `seq` if that is further, never backwards: a
+    /// redriven letter is older than the position, and one older than a
+    /// starting snapshot kept at `seq` is applied with the position left
+    /// there (a later snapshot never claims an earlier one).
     fn hold_position(&mut self, seq: u64) {
         self.last_seq = Some(self.last_seq.map_or(seq, |last| last.max(seq)));
+    }
+
+    /// Brings the state back (snapshot + the events since) when the last
+    /// event trapped and left no instance, so that a snapshot can hold it.
+    async fn restore_instance(&mut self) {
+        if self.instance.is_none()
+            && let Ok(instance) = self.rebuild().await
+        {
+            self.instance = Some(instance);
+        }
     }
 
     /// Books an event the plugin handled (ok or err): kept for replay after
@@ -1044,8 +1051,7 @@ impl Worker {
     fn applied(&mut self, event: &Event) {
         self.recovery.handled(event, &self.spec.limits);
         if let Some(seq) = event.seq() {
-            // Never backwards: a redriven letter is older than the position.
-            self.last_seq = Some(self.last_seq.map_or(seq, |last| last.max(seq)));
+            self.hold_position(seq);
         }
         if self.dead_letters.contains(event.id()) && !self.letters_applied.iter().any(|id| id == event.id()) {
             self.letters_applied.push(event.id().to_owned());
@@ -1101,13 +1107,10 @@ impl Worker {
     /// for the next commit.
     async fn commit_letters(&mut self) {
         let snapshot_needed = self.spec.has_state() && self.snapshot_file.is_some();
-        if snapshot_needed && self.instance.is_none() {
-            // The last event trapped: the state that includes the letters
-            // is brought back now (snapshot + the events since), so that a
-            // snapshot can hold it, instead of leaving them applied but live.
-            if let Ok(instance) = self.rebuild().await {
-                self.instance = Some(instance);
-            }
+        if snapshot_needed {
+            // The state that includes the letters, even after a trap: held
+            // by a snapshot instead of leaving them applied but live.
+            self.restore_instance().await;
         }
         if snapshot_needed && !self.take_snapshot(self.last_seq).await {
             tracing::warn!(
