@@ -38,6 +38,19 @@ pub fn hit(name: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The argument of the failpoint `name` when it is configured to
+/// `return(ARG)`: a value a test sets in place of a constant (a lease, say).
+/// `None` when it is not configured, or without the `failpoints` feature.
+pub fn value(name: &str) -> Option<String> {
+    #[cfg(feature = "failpoints")]
+    return fail::eval(name, |arg| arg).flatten();
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = name;
+        None
+    }
+}
+
 /// Configures the failpoints named in `FAILPOINTS` (`name=action;…`).
 /// Call once at process start; the configuration lives as long as the
 /// process. Without the `failpoints` feature a set `FAILPOINTS` is ignored

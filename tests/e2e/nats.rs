@@ -466,6 +466,67 @@ async fn redrives_on_two_hosts_at_once_apply_each_letter_once_whatever_its_name_
     support::terminate(&c);
 }
 
+/// A redrive that takes longer than its claims' lease keeps its letters:
+/// it renews the claims while it holds them, so a redrive started on
+/// another host meanwhile finds them claimed, never lapsed. The lease is
+/// shortened to 600 ms (failpoint `nats.dead_letter.claim_lease`) and the
+/// fixed version is slowed (~100-200 ms a letter), so host B's chunk of twelve
+/// outlives it. Without the renewal host C took the letters B had not
+/// settled yet, and they were applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_slower_than_its_claims_lease_keeps_them() {
+    const LETTERS: u64 = 12;
+    let nats = NatsServer::start();
+    let broken = misbehave_dir("misbehave", "[limits]\nquarantine_after = 0\n");
+    let (mut a, addr_a, _log_a) = host(broken.path(), &nats.url);
+    let events: Vec<Value> = (0..LETTERS)
+        .map(|i| json!({"name": "misbehave.panic", "payload": {"i": i}}))
+        .collect();
+    post(&addr_a, &events).unwrap();
+    support::until("twelve dead letters", || {
+        (stream_letters(&nats.url).len() as u64 == LETTERS).then_some(())
+    })
+    .await;
+    a.kill().unwrap();
+    a.wait().unwrap();
+
+    let fixed = misbehave_dir(
+        "misbehave",
+        "[config]\nalways = \"count\"\nwork = \"200000000\"\n[limits]\nfuel = 10000000000\ndeadline_ms = 10000\n",
+    );
+    let short_lease = [("FAILPOINTS", "nats.dead_letter.claim_lease=return(600)")];
+    let args = support::nats_host(fixed.path(), &nats.url);
+    let (b, addr_b, _log_b) = support::serve_with_env(&args, &short_lease);
+    let (c, addr_c, _log_c) = support::serve_with_env(&args, &short_lease);
+    let redrive = |addr: String| {
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let (status, report) = support::http(&addr, "POST", "/plugins/misbehave/dead-letters/redrive", b"");
+            assert_eq!(status, 200, "{report}");
+            let report = serde_json::from_str::<Value>(&report).unwrap()["redrive"].clone();
+            (report, started.elapsed())
+        })
+    };
+    let on_b = redrive(addr_b.clone());
+    // Past B's first lease, with B still handling its chunk.
+    std::thread::sleep(Duration::from_millis(1000));
+    let (on_c, _) = redrive(addr_c.clone()).join().unwrap();
+    let (on_b, took) = on_b.join().unwrap();
+    assert!(
+        took > Duration::from_millis(1200),
+        "B's redrive must outlive its claims' first lease to test anything: {took:?}"
+    );
+    assert!(
+        on_c["claimed_elsewhere"].as_u64() > Some(0),
+        "C ran while B held letters: {on_c}"
+    );
+    let ok = on_b["ok"].as_u64().unwrap() + on_c["ok"].as_u64().unwrap();
+    assert_eq!(ok, LETTERS, "each letter applied once: B {on_b}, C {on_c}");
+    assert!(stream_letters(&nats.url).is_empty(), "every letter removed");
+    support::terminate(&b);
+    support::terminate(&c);
+}
+
 /// A dead-letter bucket that never answers (its stream deleted, a silent
 /// subscriber on its subjects: every store waits for an ack that never
 /// comes) must not hold up the consumer: the letter's store is bounded and

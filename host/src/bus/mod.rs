@@ -1335,11 +1335,15 @@ impl Bus {
         let window = handle.spec.limits.burst().min(64);
         for chunk in letters.chunks(window) {
             let mut outcomes = Vec::with_capacity(chunk.len());
+            // The chunk's claims, by the letter's place in `outcomes`: taken
+            // when the letter is settled, renewed meanwhile.
+            #[cfg(feature = "nats")]
+            let held = Mutex::new(Vec::with_capacity(chunk.len()));
             for letter in chunk {
                 #[cfg(feature = "nats")]
-                let claim = match &self.shared.nats {
-                    Some(nats) => match nats.letters.claim(plugin, &letter.event.id).await {
-                        Ok(Some(claim)) => Some(claim),
+                if let Some(nats) = &self.shared.nats {
+                    match nats.letters.claim(plugin, &letter.event.id).await {
+                        Ok(Some(claim)) => lock(&held).push(Some(claim)),
                         Ok(None) => {
                             // Another host's redrive is sending it now.
                             report.claimed_elsewhere += 1;
@@ -1350,11 +1354,8 @@ impl Bus {
                             report.dropped += 1;
                             continue;
                         }
-                    },
-                    None => None,
-                };
-                #[cfg(not(feature = "nats"))]
-                let claim = ();
+                    }
+                }
                 let (tx, rx) = oneshot::channel();
                 let job = Job {
                     event: letter.event.clone().into_event(),
@@ -1362,18 +1363,32 @@ impl Bus {
                 };
                 self.shared.enqueue(&handle, job);
                 report.redriven += 1;
-                outcomes.push((rx, letter, claim));
+                outcomes.push((rx, letter));
             }
-            for (rx, letter, claim) in outcomes {
-                let handled = report.count(&rx.await.unwrap_or(Outcome::Dropped(DropReason::Unloaded)));
-                #[cfg(feature = "nats")]
-                if let (Some(nats), Some(claim)) = (&self.shared.nats, claim) {
-                    Self::settle_stream_letter(nats, plugin, letter, handled, &mut report).await;
-                    nats.letters.release(claim).await;
+            let settle = async {
+                #[cfg_attr(not(feature = "nats"), allow(unused_variables))]
+                for (i, (rx, letter)) in outcomes.into_iter().enumerate() {
+                    let handled = report.count(&rx.await.unwrap_or(Outcome::Dropped(DropReason::Unloaded)));
+                    #[cfg(feature = "nats")]
+                    if let Some(nats) = &self.shared.nats {
+                        Self::settle_stream_letter(nats, plugin, letter, handled, &mut report).await;
+                        // `None`: lost to another redrive (logged by the renewal).
+                        let claim = lock(&held).get_mut(i).and_then(Option::take);
+                        if let Some(claim) = claim {
+                            nats.letters.release(claim).await;
+                        }
+                    }
+                    #[cfg(not(feature = "nats"))]
+                    let _ = (handled, letter);
                 }
-                #[cfg(not(feature = "nats"))]
-                let _ = (handled, letter, claim);
+            };
+            #[cfg(feature = "nats")]
+            match &self.shared.nats {
+                Some(nats) => Self::renewing_claims(&nats.letters, &held, plugin, settle).await,
+                None => settle.await,
             }
+            #[cfg(not(feature = "nats"))]
+            settle.await;
         }
         tracing::info!(
             plugin,
@@ -1387,6 +1402,52 @@ impl Bus {
             "dead letters redriven"
         );
         Some(report)
+    }
+
+    /// Runs `settle` (a redrive chunk's outcomes, each letter's claim taken
+    /// from `held` as it is settled) while renewing the claims still held
+    /// every third of the lease, so a chunk that runs longer than the lease
+    /// (slow letters, an I/O budget of minutes, follow-ups waiting on the
+    /// server) never lets another redrive take a letter it is handling.
+    #[cfg(feature = "nats")]
+    async fn renewing_claims<F: Future<Output = ()>>(
+        letters: &crate::nats::dead_letters::LetterBucket,
+        held: &Mutex<Vec<Option<crate::nats::dead_letters::Claim>>>,
+        plugin: &str,
+        settle: F,
+    ) {
+        let every = crate::nats::dead_letters::claim_lease() / 3;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut settle = std::pin::pin!(settle);
+        loop {
+            tokio::select! {
+                () = &mut settle => return,
+                _ = tick.tick() => {
+                    // `settle` is not polled meanwhile: the claims taken out
+                    // here are put back before it looks at them again.
+                    let taken: Vec<(usize, crate::nats::dead_letters::Claim)> = lock(held)
+                        .iter_mut()
+                        .enumerate()
+                        .filter_map(|(i, c)| c.take().map(|c| (i, c)))
+                        .collect();
+                    for (i, mut claim) in taken {
+                        match letters.renew(&mut claim).await {
+                            Ok(true) => lock(held)[i] = Some(claim),
+                            Ok(false) => tracing::error!(
+                                plugin,
+                                claim = claim.key(),
+                                "a redrive's claim on a dead letter lapsed (its host paused past the lease) and another redrive took it: that letter may be applied twice"
+                            ),
+                            Err(e) => {
+                                tracing::warn!(plugin, error = %e, "cannot renew a redrive's claim on a dead letter; trying again");
+                                lock(held)[i] = Some(claim);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// On NATS, after a redriven letter's outcome: once its follow-ups are

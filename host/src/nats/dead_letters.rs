@@ -23,7 +23,10 @@
 //! A redrive claims each letter before sending it (`<key>.claim`, created
 //! only if absent, holding when the claim lapses), so redrives on two hosts
 //! never both send one; a claim whose redrive died lapses after
-//! [`CLAIM_LEASE`].
+//! [`CLAIM_LEASE`]. A live redrive renews its claims while it holds them
+//! (every third of the lease), so a slow one never sees a letter it is
+//! still handling taken by another; a claim is renewed and released only
+//! at the revision it holds, never another redrive's.
 
 use async_nats::jetstream;
 
@@ -35,10 +38,29 @@ pub fn dead_letter_bucket(stream: &str) -> String {
     format!("{stream}_DEAD_LETTERS")
 }
 
-/// How long a redrive's claim on a letter holds: far longer than a chunk of
-/// letters takes to run (64 at most, each bounded by the plugin's
-/// deadline); a claim left by a redrive that died lapses after it.
+/// How long a redrive's claim on a letter holds unless renewed: the time a
+/// claim left by a redrive that died (its host killed, frozen) keeps other
+/// redrives from the letter. A live redrive renews it every third of this,
+/// however long its letters take (a chunk of 64, each bounded by the
+/// plugin's deadline and I/O budget and its follow-ups' store); ten
+/// minutes leaves room for a host frozen in a pause between renewals.
 pub const CLAIM_LEASE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The claim lease in force: [`CLAIM_LEASE`], or in a build with failpoints
+/// the milliseconds of `nats.dead_letter.claim_lease=return(MS)` (tests
+/// shorten it to see a slow redrive outlive an unrenewed lease).
+pub fn claim_lease() -> std::time::Duration {
+    crate::failpoint::value("nats.dead_letter.claim_lease")
+        .and_then(|ms| ms.parse().ok())
+        .map_or(CLAIM_LEASE, std::time::Duration::from_millis)
+}
+
+/// A claim's value: the wall-clock time (ns) until which it holds, a lease
+/// from `now`.
+fn lease_from(now: u64) -> bytes::Bytes {
+    let until = now.saturating_add(u64::try_from(claim_lease().as_nanos()).unwrap_or(u64::MAX));
+    bytes::Bytes::from(until.to_string())
+}
 
 /// The key prefix of `plugin`'s letters.
 fn prefix(plugin: &str) -> String {
@@ -58,6 +80,17 @@ const CLAIM: &str = ".claim";
 /// A redrive's hold on one letter, released once its outcome is settled.
 pub(crate) struct Claim {
     key: String,
+    /// The claim's revision in the bucket: renewals and the release expect
+    /// it, so a claim that lapsed and was taken by another redrive is
+    /// neither extended nor removed by this one.
+    revision: u64,
+}
+
+impl Claim {
+    /// The claim's key in the bucket (`<letter's key>.claim`).
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
 }
 
 /// The dead letters of one stream.
@@ -138,39 +171,41 @@ impl LetterBucket {
         let store = self.values.store();
         let claim = format!("{}{CLAIM}", key(plugin, event_id));
         let now = crate::event::now_nanos();
-        let until = now.saturating_add(CLAIM_LEASE.as_nanos() as u64);
-        let value = bytes::Bytes::from(until.to_string());
+        let value = lease_from(now);
         let err = |e: &dyn std::fmt::Display| format!("bucket `{}`, key `{claim}`: {e}", self.name());
-        let claimed = match store.create(&claim, value.clone()).await {
-            Ok(_) => true,
+        let revision = match store.create(&claim, value.clone()).await {
+            Ok(revision) => Some(revision),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
                 // Held: taken over only once lapsed, and only if nobody else did.
                 match store.entry(claim.clone()).await.map_err(|e| err(&e))? {
-                    None => false,
+                    None => None,
                     Some(held) => {
                         let lapsed = held.operation != Operation::Put
                             || std::str::from_utf8(&held.value)
                                 .ok()
                                 .and_then(|t| t.parse::<u64>().ok())
                                 .is_none_or(|t| t <= now);
-                        lapsed
-                            && match store.update(&claim, value, held.revision).await {
-                                Ok(_) => true,
-                                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => false,
+                        if lapsed {
+                            match store.update(&claim, value, held.revision).await {
+                                Ok(revision) => Some(revision),
+                                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => None,
                                 Err(e) => return Err(err(&e)),
                             }
+                        } else {
+                            None
+                        }
                     }
                 }
             }
             Err(e) => return Err(err(&e)),
         };
-        if !claimed {
+        let Some(revision) = revision else {
             return Ok(None);
-        }
+        };
         // A redrive that held it before may have handled and removed it
         // since this one listed it: still a letter, or not to be sent.
         let still = store.get(key(plugin, event_id)).await.map_err(|e| err(&e));
-        let claim = Claim { key: claim };
+        let claim = Claim { key: claim, revision };
         match still {
             Ok(Some(_)) => Ok(Some(claim)),
             Ok(None) => {
@@ -184,10 +219,35 @@ impl LetterBucket {
         }
     }
 
-    /// Releases a claim (its letter handled and removed, or kept).
+    /// Extends a claim this redrive holds by a lease from now. `Ok(false)`:
+    /// the claim is no longer this redrive's (it lapsed, its host frozen
+    /// past the lease, and another redrive took it).
+    ///
+    /// # Errors
+    /// The server's answer, as text (the claim may still hold: renew again).
+    pub async fn renew(&self, claim: &mut Claim) -> Result<bool, String> {
+        use async_nats::jetstream::kv::UpdateErrorKind;
+        let value = lease_from(crate::event::now_nanos());
+        match self.values.store().update(&claim.key, value, claim.revision).await {
+            Ok(revision) => {
+                claim.revision = revision;
+                Ok(true)
+            }
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(format!("bucket `{}`, key `{}`: {e}", self.name(), claim.key)),
+        }
+    }
+
+    /// Releases a claim (its letter handled and removed, or kept), unless
+    /// it is no longer this redrive's.
     pub async fn release(&self, claim: Claim) {
-        if let Err(e) = self.values.store().purge(&claim.key).await {
-            tracing::warn!(bucket = self.name(), key = %claim.key, error = %e, "cannot release a redrive's claim on a dead letter; it lapses on its own");
+        if let Err(e) = self
+            .values
+            .store()
+            .purge_expect_revision(&claim.key, Some(claim.revision))
+            .await
+        {
+            tracing::warn!(bucket = self.name(), key = %claim.key, error = %e, "cannot release a redrive's claim on a dead letter (taken by another redrive, or the server's answer lost); it lapses on its own");
         }
     }
 
