@@ -356,8 +356,8 @@ lint: setup-rust
 test: plugins lint setup-nats setup-minisign setup-registry reproducible-test
 	$(CARGO) build --all-targets
 	PLUGBUS_WASM_DIR=$(CURDIR)/$(TEST_WASM) PLUGBUS_BIN=$(CURDIR)/target/debug/plugbus $(CARGO) test
-	@# The first-party plugins' own unit tests, natively.
-	$(CARGO) test -q -p cost-tracker -p webhook-alert -p otlp-export
+	@# The first-party plugins' and the SDK's http helper's own unit tests, natively.
+	$(CARGO) test -q -p cost-tracker -p webhook-alert -p otlp-export -p plugbus-guest --features plugbus-guest/http
 	$(MAKE) python-test
 	$(MAKE) browser-test
 	$(MAKE) interop-test

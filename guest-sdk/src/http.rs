@@ -124,7 +124,7 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -
         "HEAD" => Method::Head,
         other => Method::Other(other.to_owned()),
     };
-    let bad = |what: &str| Error::Url(format!("{url}: bad {what}"));
+    let bad = |what: &str| Error::Url(format!("{}: bad {what}", shown(url)));
     request.set_method(&method).map_err(|()| bad("method"))?;
     request.set_scheme(Some(&scheme)).map_err(|()| bad("scheme"))?;
     request.set_authority(Some(authority)).map_err(|()| bad("authority"))?;
@@ -183,22 +183,42 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -
     Ok(Response { status, headers, body })
 }
 
+/// `url` as errors show it: scheme, host and port only (no user info, path or
+/// query), since a webhook's URL is often its own secret (Slack's, a token
+/// in the query), and an error goes to the host's log and `GET /plugins`.
+fn shown(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let more = if matches!(&rest[end..], "" | "/") { "" } else { "/…" };
+    format!("{scheme}{host}{more}")
+}
+
 /// `(scheme, authority, path-with-query)` of an absolute http(s) URL.
 fn split_url(url: &str) -> Result<(Scheme, &str, &str), Error> {
     let (scheme, rest) = url
         .split_once("://")
-        .ok_or_else(|| Error::Url(format!("{url}: no scheme")))?;
+        .ok_or_else(|| Error::Url(format!("{}: no scheme", shown(url))))?;
     let scheme = match scheme.to_ascii_lowercase().as_str() {
         "http" => Scheme::Http,
         "https" => Scheme::Https,
-        other => return Err(Error::Url(format!("{url}: scheme `{other}` is not http or https"))),
+        other => {
+            return Err(Error::Url(format!(
+                "{}: scheme `{other}` is not http or https",
+                shown(url)
+            )));
+        }
     };
     let (authority, path) = match rest.find(['/', '?']) {
         Some(at) => rest.split_at(at),
         None => (rest, "/"),
     };
     if authority.is_empty() {
-        return Err(Error::Url(format!("{url}: no host")));
+        return Err(Error::Url(format!("{}: no host", shown(url))));
     }
     Ok((scheme, authority, path))
 }
@@ -213,5 +233,26 @@ fn code_name(code: &ErrorCode) -> String {
             let text = text.strip_prefix("ErrorCode::").unwrap_or(&text);
             text.split([' ', '(', '{']).next().unwrap_or(text).to_owned()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn errors_show_only_the_origin_of_a_url() {
+        for (url, shown) in [
+            ("hooks.example.com/services/T0/B0/SECRET", "hooks.example.com/…"),
+            (
+                "https://user:pw@hooks.example.com/x?token=SECRET",
+                "https://hooks.example.com/…",
+            ),
+            ("ftp://files.example.com/SECRET", "ftp://files.example.com/…"),
+            ("http://127.0.0.1:4318/", "http://127.0.0.1:4318"),
+            ("https:///SECRET", "https:///…"),
+        ] {
+            assert_eq!(super::shown(url), shown, "{url}");
+        }
+        let e = super::request("POST", "hooks.example.com/services/T0/B0/SECRET", &[], b"").unwrap_err();
+        assert!(!e.to_string().contains("SECRET"), "{e}");
     }
 }

@@ -104,6 +104,29 @@ pub struct RawSecret {
     pub file: Option<PathBuf>,
 }
 
+/// What is wrong with a `[secrets]` entry that is not `{ env = "NAME" }` or
+/// `{ file = "path" }` (a value written inline, an unknown field), said
+/// without quoting it; `None` when `[secrets]` is well formed (or the text is
+/// not TOML at all, which the typed parse reports).
+fn inline_secret(text: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let secrets = table.get("secrets")?;
+    let Some(secrets) = secrets.as_table() else {
+        return Some("[secrets] must be a table of `key = { env = \"NAME\" }` or `key = { file = \"path\" }`".into());
+    };
+    secrets.iter().find_map(|(key, source)| {
+        let well_formed = source.as_table().is_some_and(|t| {
+            t.iter()
+                .all(|(field, v)| matches!(field.as_str(), "env" | "file") && v.is_str())
+        });
+        (!well_formed).then(|| {
+            format!(
+                "secrets.{key}: must be {{ env = \"NAME\" }} or {{ file = \"path\" }}; a secret's value never goes in the manifest (not quoted here)"
+            )
+        })
+    })
+}
+
 /// A secret's value: never printed (its `Debug` shows only where it was
 /// read from), never serialised; the plugin reads it with `host.config(key)`.
 #[derive(Clone, PartialEq, Eq)]
@@ -346,7 +369,11 @@ impl Manifest {
             path: path.to_owned(),
             reason,
         };
-        let raw: RawManifest = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        let raw: RawManifest = toml::from_str(text).map_err(|e| {
+            // A parse error quotes the offending line; under [secrets] that
+            // line may hold a secret written inline, so it is described instead.
+            err(inline_secret(text).unwrap_or_else(|| e.to_string().trim_end().to_owned()))
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Manifest::validate(raw, base).map_err(err)
     }
@@ -601,6 +628,23 @@ mod tests {
         let path = dir.path().join("p.toml");
         std::fs::write(&path, text).unwrap();
         Manifest::load(&path)
+    }
+
+    #[test]
+    fn a_secret_written_inline_is_refused_without_quoting_it() {
+        for text in [
+            "[secrets]\ntoken = \"sk-live-INLINE123\"\n",
+            "[secrets]\ntoken = { env = \"T\", value = \"sk-live-INLINE123\" }\n",
+            "[secrets]\ntoken = { env = 7 }\n# sk-live-INLINE123\n",
+            "secrets = \"sk-live-INLINE123\"\n",
+        ] {
+            let e = load(text).unwrap_err().to_string();
+            assert!(!e.contains("INLINE123"), "{e}");
+            assert!(e.contains("secrets"), "{e}");
+        }
+        // Other errors still quote their line.
+        let e = load("[limits]\nfuel = \"lots\"\n").unwrap_err().to_string();
+        assert!(e.contains("lots"), "{e}");
     }
 
     #[test]

@@ -359,11 +359,7 @@ impl Policy {
                 }
             }
             for range in &grant.allow_addresses {
-                let own = grant
-                    .allow
-                    .iter()
-                    .any(|o| matches!(o.host, HostRule::Ip(ip) if IpRange::single(ip) == *range));
-                if !own && !rule.http_addresses.iter().any(|p| p.covers(range)) {
+                if !rule.http_addresses.iter().any(|p| p.covers(range)) {
                     return Err(refuse(format!(
                         "[http] allow_addresses grants {range}, which the rule's http_addresses does not cover"
                     )));

@@ -193,20 +193,23 @@ async fn a_granted_origin_is_reached_and_every_other_request_is_refused_with_its
                 ("GET", &format!("http://localhost:{port}/"), ""),
                 ("GET", "http://169.254.169.254/latest/meta-data/", ""),
                 ("GET", &format!("https://127.0.0.1:{port}/"), ""),
+                ("GET", &format!("http://user:S3CRET@127.0.0.1:{port}/"), ""),
             ]),
         )
         .await;
     bus.flush().await;
     assert_eq!(report.outcome("fetcher"), Some(&Outcome::Ok));
     let got = fetched(&rec);
-    assert_eq!(got.len(), 5, "{got:?}");
+    assert_eq!(got.len(), 6, "{got:?}");
     assert_eq!(got[0]["status"], 200);
     assert_eq!(got[0]["body"], "hello");
     // Another port, another name for the same address, the metadata
     // address, another scheme: none is the granted origin.
-    for refused in &got[1..] {
+    for refused in &got[1..5] {
         assert_eq!(refused["error"], "request failed: HttpRequestDenied", "{got:?}");
     }
+    // User info in the URL: refused, the password never quoted.
+    assert_eq!(got[5]["error"], "request failed: HttpRequestUriInvalid", "{got:?}");
     let seen = server.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(
@@ -226,11 +229,14 @@ async fn a_granted_origin_is_reached_and_every_other_request_is_refused_with_its
         .iter()
         .map(|e| e.payload()["rule"].as_str().unwrap_or("").to_owned())
         .collect();
-    assert_eq!(rules.len(), 4, "{rules:?}");
+    assert_eq!(rules.len(), 5, "{rules:?}");
     assert!(
-        rules.iter().all(|r| r.starts_with("origin not in http.allow")),
+        rules[..4].iter().all(|r| r.starts_with("origin not in http.allow")),
         "{rules:?}"
     );
+    assert!(rules[4].contains("user info"), "{rules:?}");
+    let texts: Vec<String> = refused.events().iter().map(|e| e.payload().to_string()).collect();
+    assert!(!texts.iter().any(|t| t.contains("S3CRET")), "{texts:?}");
     // A refusal names the origin, never the path or query (a webhook's URL
     // is often its secret).
     let urls: Vec<String> = refused
@@ -242,7 +248,7 @@ async fn a_granted_origin_is_reached_and_every_other_request_is_refused_with_its
     assert!(!urls.iter().any(|u| u.contains("meta-data")), "{urls:?}");
     let info = bus.plugins().into_iter().find(|p| p.name == "fetcher").unwrap();
     let counts = info.http.unwrap();
-    assert_eq!((counts.sent, counts.refused, counts.failed), (1, 4, 0));
+    assert_eq!((counts.sent, counts.refused, counts.failed), (1, 5, 0));
     bus.shutdown().await;
 
     // `localhost` granted by name resolves to loopback, which is not

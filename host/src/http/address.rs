@@ -106,6 +106,8 @@ pub struct IpRange {
 impl IpRange {
     /// One address.
     pub fn single(ip: IpAddr) -> IpRange {
+        // An IPv4-mapped address is the IPv4 address (as `contains` compares).
+        let ip = ip.to_canonical();
         IpRange {
             base: ip,
             prefix: if ip.is_ipv4() { 32 } else { 128 },
@@ -127,7 +129,14 @@ impl IpRange {
     pub fn parse(text: &str) -> Result<IpRange, String> {
         let bad = || format!("`{text}` is not an IP address or CIDR range (e.g. 127.0.0.1, 10.0.0.0/8)");
         let (addr, prefix) = match text.split_once('/') {
-            Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            Some((a, p)) => (
+                a,
+                Some(
+                    crate::http::grant::digits(p)
+                        .and_then(|p| p.parse::<u8>().ok())
+                        .ok_or_else(bad)?,
+                ),
+            ),
             None => (text, None),
         };
         let base: IpAddr = addr

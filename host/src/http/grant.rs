@@ -154,7 +154,13 @@ impl Origin {
         if rest.contains(['/', '?', '#', '@']) {
             return Err(bad("an origin has no path, query, fragment or user"));
         }
-        let (host, port) = split_host_port(rest).ok_or_else(|| bad("the port is not a number"))?;
+        let (host, port) = split_host_port(rest).ok_or_else(|| {
+            bad(if rest.starts_with('[') && !rest.contains(']') {
+                "an IPv6 address needs its closing `]`"
+            } else {
+                "the port is not a number"
+            })
+        })?;
         let port = port.unwrap_or(scheme.default_port());
         let host = if let Some(ip) = parse_ip_host(host) {
             HostRule::Ip(ip)
@@ -207,19 +213,34 @@ pub(crate) fn is_subdomain(name: &str, parent: &str) -> bool {
 }
 
 /// `host` and `port` of `host[:port]`, `[v6][:port]`; `None` for a bad port.
+/// An empty port (`host:`) is the scheme's default, as RFC 3986 says.
 pub(crate) fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
     if let Some(rest) = authority.strip_prefix('[') {
         let (host, after) = rest.split_once(']')?;
         return match after.strip_prefix(':') {
-            Some(port) => Some((host, Some(port.parse().ok()?))),
+            Some(port) => Some((host, port_of(port)?)),
             None if after.is_empty() => Some((host, None)),
             None => None,
         };
     }
     match authority.rsplit_once(':') {
-        Some((host, port)) => Some((host, Some(port.parse().ok()?))),
+        Some((host, port)) => Some((host, port_of(port)?)),
         None => Some((authority, None)),
     }
+}
+
+/// A port written in decimal digits only (Rust's parser also takes `+80`);
+/// `Some(None)` for an empty one.
+fn port_of(text: &str) -> Option<Option<u16>> {
+    if text.is_empty() {
+        return Some(None);
+    }
+    digits(text)?.parse().ok().map(Some)
+}
+
+/// `text` when it is decimal digits only.
+pub(crate) fn digits(text: &str) -> Option<&str> {
+    (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then_some(text)
 }
 
 /// An IP literal host (brackets already removed).
@@ -297,15 +318,18 @@ impl HttpGrant {
             .iter()
             .map(|o| Origin::parse(o).map_err(|e| format!("http.allow: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut allow_addresses = raw
+        // A literal-IP origin reaches its own address at its own port (the
+        // request's check says so); it grants the address to no name.
+        let allow_addresses = raw
             .allow_addresses
             .iter()
             .map(|a| IpRange::parse(a).map_err(|e| format!("http.allow_addresses: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
-        for origin in &allow {
-            if let HostRule::Ip(ip) = origin.host {
-                allow_addresses.push(IpRange::single(ip));
-            }
+        if allow.is_empty() && !allow_addresses.is_empty() {
+            return Err(
+                "http.allow_addresses without http.allow grants nothing: list the origins the plugin may reach in http.allow"
+                    .into(),
+            );
         }
         let range = |field: &str, v: u64, lo: u64, hi: u64| {
             if (lo..=hi).contains(&v) {
@@ -356,7 +380,8 @@ impl HttpGrant {
         self.allow.iter().find(|o| o.admits(scheme, host, port))
     }
 
-    /// Whether a special address was granted.
+    /// Whether a special address was granted by `allow_addresses` (to any
+    /// granted origin).
     pub fn address_granted(&self, ip: IpAddr) -> bool {
         self.allow_addresses.iter().any(|r| r.contains(ip))
     }
@@ -394,14 +419,30 @@ mod tests {
     }
 
     #[test]
-    fn literal_ip_origins_grant_their_address_and_fields_are_bounded() {
+    fn literal_ip_origins_grant_their_address_to_no_name_and_fields_are_bounded() {
         let grant = HttpGrant::validate(RawHttp {
             allow: vec!["http://127.0.0.1:4318".into()],
             ..Default::default()
         })
         .unwrap();
-        assert!(grant.address_granted("127.0.0.1".parse().unwrap()));
-        assert!(!grant.address_granted("127.0.0.2".parse().unwrap()));
+        assert!(!grant.address_granted("127.0.0.1".parse().unwrap()));
+        let e = HttpGrant::validate(RawHttp {
+            allow_addresses: vec!["127.0.0.1".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("without http.allow"), "{e}");
+        for (authority, split) in [
+            ("127.0.0.1:", Some(("127.0.0.1", None))),
+            ("[::1]:", Some(("::1", None))),
+            ("h:8080", Some(("h", Some(8080)))),
+            ("h:+80", None),
+            ("h:8o", None),
+        ] {
+            assert_eq!(split_host_port(authority), split, "{authority}");
+        }
+        let e = Origin::parse("http://[::1").unwrap_err();
+        assert!(e.contains("closing `]`"), "{e}");
         let e = HttpGrant::validate(RawHttp {
             timeout_ms: Some(0),
             ..Default::default()

@@ -25,7 +25,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::event::Event;
 use crate::http::address::special_address;
-use crate::http::grant::{HttpGrant, Scheme, parse_ip_host, split_host_port};
+use crate::http::grant::{HostRule, HttpGrant, Scheme, parse_ip_host, split_host_port};
 use crate::http::journal::{Recorded, RequestJournal, RequestKey, fingerprint};
 use crate::http::stats::HttpStats;
 
@@ -238,11 +238,19 @@ impl WasiHttpHooks for PluginHttp {
                 scheme,
                 host,
                 port,
+                literal,
                 event,
                 seq,
             } = checks.check(&request, &url)?;
             let started = Instant::now();
-            let outcome = send(&outbound, request, options, (&key, &event), (scheme, host, port)).await;
+            let outcome = send(
+                &outbound,
+                request,
+                options,
+                (&key, &event),
+                (scheme, host, port, literal),
+            )
+            .await;
             drop(permit);
             let elapsed = started.elapsed();
             waited.fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Relaxed);
@@ -274,6 +282,8 @@ struct Target {
     scheme: Scheme,
     host: String,
     port: u16,
+    /// The address of the literal-IP origin that admitted the request.
+    literal: Option<IpAddr>,
     /// The event's name, for refusals found while sending.
     event: String,
     /// The event's sequence number, journaled with the outcome.
@@ -356,6 +366,14 @@ impl Checks {
             }
         };
         let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
+        if authority.contains('@') {
+            // Never echoed: `user:password@` is a credential.
+            return Err(self.refuse(
+                url,
+                "the URL holds user info (`user:password@`); send credentials in a header".into(),
+                Error::HttpRequestUriInvalid,
+            ));
+        }
         let Some((host, port)) = split_host_port(authority) else {
             return Err(self.refuse(
                 url,
@@ -365,14 +383,18 @@ impl Checks {
         };
         let host = host.to_ascii_lowercase();
         let port = port.unwrap_or(scheme.default_port());
-        if grant.origin_for(scheme, &host, port).is_none() {
+        let Some(origin) = grant.origin_for(scheme, &host, port) else {
             let granted: Vec<String> = grant.allow.iter().map(ToString::to_string).collect();
             return Err(self.refuse(
                 url,
                 format!("origin not in http.allow ({})", granted.join(", ")),
                 Error::HttpRequestDenied,
             ));
-        }
+        };
+        let literal = match origin.host {
+            HostRule::Ip(ip) => Some(ip),
+            _ => None,
+        };
         if self.replaying && (self.silent || !self.outbound.setup.live_in_replay) {
             return Err(self.refuse(
                 url,
@@ -402,6 +424,7 @@ impl Checks {
             scheme,
             host,
             port,
+            literal,
             seq: self.seq,
             event: self.event,
         })
@@ -414,7 +437,7 @@ async fn send(
     request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
     (key, event): (&RequestKey, &str),
-    (scheme, host, port): (Scheme, String, u16),
+    (scheme, host, port, literal): (Scheme, String, u16, Option<IpAddr>),
 ) -> Result<Recorded, Unsent> {
     let grant = &out.grant;
     let url = shown_url(request.uri());
@@ -457,7 +480,7 @@ async fn send(
             ));
         }
     };
-    let addr = match pick_address(grant, &host, &addr) {
+    let addr = match pick_address(grant, literal, &host, &addr) {
         Ok(addr) => addr,
         Err(rule) => return Ok(refuse(rule, "destination-ip-prohibited")),
     };
@@ -618,13 +641,22 @@ async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
 }
 
 /// The first resolved address the grant lets the request reach; `Err` with
-/// the rule when none.
-pub(crate) fn pick_address(grant: &HttpGrant, host: &str, addrs: &[SocketAddr]) -> Result<SocketAddr, String> {
+/// the rule when none. `literal`: the address of the literal-IP origin that
+/// admitted the request (`http://127.0.0.1:4318`), which the request may
+/// reach; a name reaches a special address only through `allow_addresses`
+/// (a literal origin grants its address to no name and no other port).
+pub(crate) fn pick_address(
+    grant: &HttpGrant,
+    literal: Option<IpAddr>,
+    host: &str,
+    addrs: &[SocketAddr],
+) -> Result<SocketAddr, String> {
     let mut refused = Vec::new();
     for addr in addrs {
         let ip: IpAddr = addr.ip();
+        let own = literal.is_some_and(|l| l.to_canonical() == ip.to_canonical());
         match special_address(ip) {
-            Some(kind) if !grant.address_granted(ip) => refused.push(format!("{ip} ({kind})")),
+            Some(kind) if !own && !grant.address_granted(ip) => refused.push(format!("{ip} ({kind})")),
             _ => return Ok(*addr),
         }
     }
@@ -726,19 +758,40 @@ mod tests {
         .unwrap();
         let lo: SocketAddr = "127.0.0.1:80".parse().unwrap();
         let public: SocketAddr = "93.184.215.14:80".parse().unwrap();
-        let e = pick_address(&grant, "hooks.example.com", &[lo]).unwrap_err();
+        let e = pick_address(&grant, None, "hooks.example.com", &[lo]).unwrap_err();
         assert!(
             e.contains("127.0.0.1 (loopback)") && e.contains("allow_addresses"),
             "{e}"
         );
-        assert_eq!(pick_address(&grant, "hooks.example.com", &[lo, public]), Ok(public));
+        assert_eq!(
+            pick_address(&grant, None, "hooks.example.com", &[lo, public]),
+            Ok(public)
+        );
         let granted = HttpGrant::validate(RawHttp {
             allow: vec!["http://hooks.example.com".into()],
             allow_addresses: vec!["127.0.0.0/8".into()],
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(pick_address(&granted, "hooks.example.com", &[lo]), Ok(lo));
+        assert_eq!(pick_address(&granted, None, "hooks.example.com", &[lo]), Ok(lo));
+        // A literal origin reaches its own address, in either form, and
+        // grants it to no name.
+        let literal = HttpGrant::validate(RawHttp {
+            allow: vec!["http://127.0.0.1:4318".into(), "https://*.example.com".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        let own = Some("127.0.0.1".parse().unwrap());
+        let lo_4318: SocketAddr = "127.0.0.1:4318".parse().unwrap();
+        assert_eq!(pick_address(&literal, own, "127.0.0.1", &[lo_4318]), Ok(lo_4318));
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:4318".parse().unwrap();
+        let mapped_own = Some("::ffff:127.0.0.1".parse().unwrap());
+        assert_eq!(
+            pick_address(&literal, mapped_own, "::ffff:127.0.0.1", &[mapped]),
+            Ok(mapped)
+        );
+        let e = pick_address(&literal, None, "rebound.example.com", &[lo]).unwrap_err();
+        assert!(e.contains("127.0.0.1 (loopback)"), "{e}");
     }
 
     #[test]
