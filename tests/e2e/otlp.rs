@@ -612,8 +612,8 @@ fn bad_otlp_requests_are_refused_with_their_reason_and_store_nothing() {
         "{metrics}"
     );
 
-    // 10,000 spans in one request: all taken.
-    let many: Vec<Span> = (0..10_000u64)
+    // As many spans as a request may hold: all taken.
+    let many: Vec<Span> = (0..plugbus::otlp::MAX_SPANS as u64)
         .map(|i| {
             span(
                 13,
@@ -636,8 +636,124 @@ fn bad_otlp_requests_are_refused_with_their_reason_and_store_nothing() {
         &gzip(&request("svc", many).encode_to_vec()),
     );
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(logged(&log).len(), 10_001);
+    assert_eq!(logged(&log).len(), plugbus::otlp::MAX_SPANS + 1);
     support::terminate(&served);
+}
+
+fn refused_as_too_large(result: Result<plugbus::otlp::Export, plugbus::otlp::OtlpError>, reason: &str) {
+    match result {
+        Err(e) => {
+            assert_eq!(e.status(), 413, "{e}");
+            assert!(e.to_string().contains(reason), "`{reason}` not in {e}");
+        }
+        Ok(export) => panic!("taken ({} events), not refused for `{reason}`", export.published),
+    }
+}
+
+/// Requests that weigh little but would decode, or map, into far more are
+/// refused (413) before they are: eight million empty spans fit in 16 MiB
+/// (2.7 GB once decoded, measured before the count), one span can carry
+/// half a million empty attributes, and a 100 KiB `service.name` is copied
+/// into each of 700 spans' events. And a request's events fit in half the
+/// window of recent ids, so its retry is stored once: before, a request of
+/// 17,001 tool spans (34,002 events) was stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_would_decode_or_map_into_far_more_than_they_weigh_are_refused() {
+    let bus = plugbus::Bus::builder().build().await.unwrap();
+    let receiver = Receiver::new(MapOptions::default());
+    let export = |body: Vec<u8>, encoding: Encoding, content_encoding: Option<&'static str>| {
+        let (bus, receiver) = (&bus, &receiver);
+        async move { receiver.export(bus, &body, encoding, content_encoding).await }
+    };
+    let empty_spans = request("svc", vec![Span::default(); 20_000]).encode_to_vec();
+    refused_as_too_large(
+        export(gzip(&empty_spans), Encoding::Protobuf, Some("gzip")).await,
+        "spans in one request",
+    );
+    let mut wide = span(20, 1, None, "chat", 0, 1, vec![text("gen_ai.operation.name", "chat")]);
+    wide.attributes
+        .extend(std::iter::repeat_n(KeyValue::default(), 600_000));
+    refused_as_too_large(
+        export(
+            request("svc", vec![wide.clone()]).encode_to_vec(),
+            Encoding::Protobuf,
+            None,
+        )
+        .await,
+        "elements",
+    );
+    refused_as_too_large(
+        export(
+            serde_json::to_vec(&request("svc", vec![wide])).unwrap(),
+            Encoding::Json,
+            None,
+        )
+        .await,
+        "elements",
+    );
+    let copied: Vec<Span> = (0..700)
+        .map(|i| {
+            span(
+                21,
+                100 + i,
+                None,
+                "chat",
+                i,
+                i + 1,
+                vec![text("gen_ai.operation.name", "chat")],
+            )
+        })
+        .collect();
+    refused_as_too_large(
+        export(
+            request(&"s".repeat(100 << 10), copied).encode_to_vec(),
+            Encoding::Protobuf,
+            None,
+        )
+        .await,
+        "map to more than",
+    );
+    // A zlib bomb is too large, not "corrupt": 70 MiB of spaces.
+    let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    zlib.write_all(&vec![b' '; 70 << 20]).unwrap();
+    refused_as_too_large(
+        export(zlib.finish().unwrap(), Encoding::Json, Some("deflate")).await,
+        "inflates past",
+    );
+    assert_eq!(bus.published(), 0, "nothing of a refused request is published");
+
+    let tools = |n: u64| -> Vec<Span> {
+        (0..n)
+            .map(|i| {
+                span(
+                    22,
+                    1_000 + i,
+                    None,
+                    "execute_tool t",
+                    i,
+                    i + 1,
+                    vec![
+                        text("gen_ai.operation.name", "execute_tool"),
+                        text("gen_ai.tool.name", "t"),
+                    ],
+                )
+            })
+            .collect()
+    };
+    refused_as_too_large(
+        export(request("svc", tools(17_001)).encode_to_vec(), Encoding::Protobuf, None).await,
+        "spans in one request",
+    );
+    let full = request("svc", tools(plugbus::otlp::MAX_SPANS as u64)).encode_to_vec();
+    let first = export(full.clone(), Encoding::Protobuf, None).await.unwrap();
+    assert_eq!(first.published, 2 * plugbus::otlp::MAX_SPANS as u64);
+    let retry = export(full, Encoding::Protobuf, None).await.unwrap();
+    assert_eq!(
+        (retry.published, retry.duplicates),
+        (0, 2 * plugbus::otlp::MAX_SPANS as u64),
+        "a retry of the largest request is stored once"
+    );
+    bus.shutdown().await;
 }
 
 /// A CloudEvent at `ms` after [`T0`]: a hand-written emit with the time the

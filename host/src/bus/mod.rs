@@ -980,10 +980,7 @@ impl Bus {
         let stored = self.publish_fresh(fresh).await;
         if stored.is_err() {
             // Not (all) stored: the sender's retry must be taken.
-            let mut recent = lock(&self.shared.recent_ids);
-            for id in &ids {
-                recent.forget(id);
-            }
+            lock(&self.shared.recent_ids).forget(ids.iter().map(String::as_str));
         }
         let (events, stream_seqs) = stored?;
         Ok(Published {

@@ -50,10 +50,16 @@ impl RecentIds {
         true
     }
 
-    /// Forgets `id` (its publish failed: a retry must not be skipped).
-    pub(crate) fn forget(&mut self, id: &str) {
-        if self.set.remove(id) {
-            self.order.retain(|kept| &**kept != id);
+    /// Forgets `ids` (their publish failed: a retry must not be skipped),
+    /// in one pass over the window however many they are.
+    pub(crate) fn forget<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut removed = false;
+        for id in ids {
+            removed |= self.set.remove(id);
+        }
+        if removed {
+            let set = &self.set;
+            self.order.retain(|kept| set.contains(kept));
         }
     }
 
@@ -101,7 +107,7 @@ mod tests {
         assert!(!ids.insert("a"), "a repeat is recognised");
         assert!(ids.insert("d"), "a fourth id pushes the oldest out");
         assert!(ids.insert("a"), "a is forgotten once three newer came");
-        ids.forget("d");
+        ids.forget(["d"]);
         assert!(ids.insert("d"), "a forgotten id is new again");
         assert_eq!(ids.order.len(), 3);
         assert_eq!(ids.set.len(), 3);

@@ -98,6 +98,9 @@ pub struct Mapping {
     pub invalid_attributes: u64,
     /// The first few of those, for the log.
     pub invalid_messages: Vec<String>,
+    /// The events would hold more than [`MAX_MAPPED`](crate::otlp::MAX_MAPPED)
+    /// bytes: mapping stopped there (the request is refused, 413).
+    pub too_large: bool,
 }
 
 /// The GenAI operation of a span, as the mapping treats it.
@@ -135,6 +138,11 @@ struct SpanAt<'a> {
     scope: &'a str,
     operation: Operation,
     operation_name: Option<&'a str>,
+    /// `gen_ai.agent.name` and `.id` when valid, looked up once: the
+    /// agent of every descendant without one of its own (a lookup per
+    /// descendant scanned the ancestor's attributes each time).
+    agent: Option<&'a str>,
+    agent_id: Option<&'a str>,
 }
 
 /// Lowercase hex, as OTLP JSON writes ids.
@@ -205,6 +213,8 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
                     scope,
                     operation: Operation::of(operation_name),
                     operation_name,
+                    agent: attrs.name("gen_ai.agent.name").ok().flatten(),
+                    agent_id: attrs.name("gen_ai.agent.id").ok().flatten(),
                 });
             }
         }
@@ -228,7 +238,13 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
     }
 
     let mut timed: Vec<(u64, usize, Event)> = Vec::with_capacity(spans.len());
+    // Bytes of events made so far (see `Mapping::too_large`).
+    let mut made = 0usize;
     for (i, s) in spans.iter().enumerate() {
+        if made > crate::otlp::MAX_MAPPED {
+            mapping.too_large = true;
+            break;
+        }
         let span = s.span;
         let reject = |reason: &str| Rejected {
             span: span.name.clone(),
@@ -277,10 +293,10 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
                 };
                 let up = &spans[p];
                 if up.operation == Operation::Agent
-                    && let Ok(Some(name)) = up.attrs.name("gen_ai.agent.name")
+                    && let Some(name) = up.agent
                 {
                     agent = Some(name);
-                    agent_id = agent_id.or(up.attrs.name("gen_ai.agent.id").ok().flatten());
+                    agent_id = agent_id.or(up.agent_id);
                     break;
                 }
                 parent = &up.span.parent_span_id;
@@ -336,6 +352,8 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
         let duration = millis(span.end_time_unix_nano - span.start_time_unix_nano);
         let (start, end) = (span.start_time_unix_nano, span.end_time_unix_nano);
         let mut push = |phase: u64, time: u64, name: &str, id: String, payload: JsonObject| {
+            let payload = payload.finish();
+            made += payload.len() + id.len() + source.len() + correlation.len();
             let event = Event::decoded(
                 0,
                 name.to_owned(),
@@ -344,7 +362,7 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
                 Some(correlation.clone()),
                 source.to_owned(),
                 0,
-                payload.finish(),
+                payload,
             );
             timed.push((time, i * 2 + phase as usize, event));
         };

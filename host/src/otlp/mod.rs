@@ -14,6 +14,7 @@
 //! success naming the spans refused.
 
 pub mod attributes;
+pub mod budget;
 pub mod genai;
 mod json;
 mod payload;
@@ -41,9 +42,25 @@ pub const MAX_BODY: usize = 16 << 20;
 /// body may legitimately inflate past `MAX_BODY`; 64 MiB stops a gzip bomb.
 pub const MAX_DECODED: usize = 64 << 20;
 
-/// Most spans taken in one request: 100 exporter batches. More is refused
-/// (413) rather than held in memory as events at once.
-pub const MAX_SPANS: usize = 51_200;
+/// Most spans taken in one request: 16 exporter batches of 512. More is
+/// refused (413) rather than held in memory as events at once; and a
+/// request's events (at most two per span) must fit in half the bus's
+/// window of recent ids (32,768), or an exporter's retry of it would push its own first ids out of the window
+/// and be stored a second time.
+pub const MAX_SPANS: usize = crate::bus::recent_ids::RECENT_IDS / 4;
+
+/// Most elements (messages, strings, objects, arrays: see [`budget`]) in
+/// one request, counted before it is decoded: a decoded element takes up
+/// to ~100 bytes however few it took on the wire, so this bounds a request
+/// to ~50 MiB once decoded. An exporter's batch of 512 spans with 40
+/// attributes each is ~80,000.
+pub const MAX_ELEMENTS: usize = 512 << 10;
+
+/// Most bytes of events a request may map to (payloads, ids, sources and
+/// correlation ids together): a resource's `service.name` or a trace's
+/// conversation id is copied into each of its events, so a small body
+/// could otherwise map to gigabytes.
+pub const MAX_MAPPED: usize = MAX_DECODED;
 
 /// The two OTLP/HTTP encodings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,14 +197,33 @@ pub fn decode(
             &inflated[..]
         }
         // HTTP's `deflate` is zlib (RFC 9110), what the OTLP exporters that
-        // offer it send; a raw deflate stream is taken too.
+        // offer it send; a raw deflate stream (no zlib header) is taken too.
+        Some("deflate") if zlib_header(body) => {
+            inflated = inflate(flate2::read::ZlibDecoder::new(body), "deflate")?;
+            &inflated[..]
+        }
         Some("deflate") => {
-            inflated = inflate(flate2::read::ZlibDecoder::new(body), "deflate")
-                .or_else(|_| inflate(flate2::read::DeflateDecoder::new(body), "deflate"))?;
+            inflated = inflate(flate2::read::DeflateDecoder::new(body), "deflate")?;
             &inflated[..]
         }
         Some(other) => return Err(OtlpError::UnsupportedEncoding(other.to_owned())),
     };
+    let counts = match encoding {
+        Encoding::Protobuf => budget::protobuf(body)?,
+        Encoding::Json => budget::json(body),
+    };
+    if counts.spans > MAX_SPANS {
+        return Err(OtlpError::TooLarge(format!(
+            "{} spans in one request, over {MAX_SPANS} (lower the exporter's batch size)",
+            counts.spans
+        )));
+    }
+    if counts.elements > MAX_ELEMENTS {
+        return Err(OtlpError::TooLarge(format!(
+            "{} elements (spans, attributes, values) in one request, over {MAX_ELEMENTS} (lower the exporter's batch size)",
+            counts.elements
+        )));
+    }
     let request = match encoding {
         Encoding::Protobuf => ExportTraceServiceRequest::decode(body)
             .map_err(|e| OtlpError::Malformed(format!("not an ExportTraceServiceRequest: {e}")))?,
@@ -211,6 +247,15 @@ pub fn decode(
 /// span's start event is `<that id>-start`).
 fn span_of(event_id: &str) -> String {
     event_id.strip_suffix("-start").unwrap_or(event_id).to_owned()
+}
+
+/// Whether `body` starts with a zlib header (RFC 1950: method 8, a window
+/// of at most 32 KiB, the two bytes a multiple of 31).
+fn zlib_header(body: &[u8]) -> bool {
+    match body {
+        [cmf, flg, ..] => cmf & 0x0f == 8 && cmf >> 4 <= 7 && (u16::from(*cmf) << 8 | u16::from(*flg)) % 31 == 0,
+        _ => false,
+    }
 }
 
 /// A compressed body, inflated up to [`MAX_DECODED`] bytes.
@@ -454,6 +499,11 @@ impl Receiver {
             map_request(&request, self.options, &mut memo)
         };
         drop(request);
+        if mapping.too_large {
+            return Err(OtlpError::TooLarge(format!(
+                "its spans map to more than {MAX_MAPPED} bytes of events (a resource's service.name or a conversation id is copied into each of its events)"
+            )));
+        }
         if mapping.invalid_attributes > 0 {
             tracing::warn!(
                 count = mapping.invalid_attributes,
@@ -478,6 +528,7 @@ impl Receiver {
         // mapped to two events (a tool call's start and end) is refused
         // whole: none of its events is published.
         let mut refused: Vec<(String, String)> = Vec::new();
+        let mut refused_spans: std::collections::HashSet<String> = std::collections::HashSet::new();
         for event in &mapping.events {
             let reason = match bus.admit_one(event) {
                 Err(e) => Some(format!("its event is refused by its schema: {e}")),
@@ -488,7 +539,7 @@ impl Receiver {
             };
             if let Some(reason) = reason {
                 let span = span_of(event.id());
-                if !refused.iter().any(|(s, _)| *s == span) {
+                if refused_spans.insert(span.clone()) {
                     refused.push((span, reason));
                 }
             }
@@ -499,7 +550,7 @@ impl Receiver {
             mapping
                 .events
                 .into_iter()
-                .filter(|e| !refused.iter().any(|(s, _)| *s == span_of(e.id())))
+                .filter(|e| !refused_spans.contains(&span_of(e.id())))
                 .collect()
         };
         for (span, reason) in refused {
