@@ -7,7 +7,9 @@
 //! - `payload`: a mapped event's payload written straight to JSON text.
 //!
 //! A request is decoded whole (protobuf or OTLP JSON, gzip or not, within
-//! [`MAX_BODY`] and [`MAX_DECODED`]), mapped, then published with
+//! [`MAX_BODY`] and [`MAX_DECODED`], its spans and elements counted on the
+//! wire first: [`MAX_SPANS`], [`MAX_ELEMENTS`]), mapped (within
+//! [`MAX_MAPPED`] bytes of events), then published with
 //! [`Bus::publish_once_all`]: the events' ids derive from the spans, so an
 //! exporter's retry of a request that was stored is not stored twice.
 //! The answer is the OTLP `ExportTraceServiceResponse`, with a partial
@@ -492,13 +494,23 @@ impl Receiver {
         encoding: Encoding,
         content_encoding: Option<&str>,
     ) -> Result<Export, OtlpError> {
-        let request = decode(body, encoding, content_encoding)?;
-        let mapping = {
+        // Decoding and mapping are CPU work (bounded by the limits above, up
+        // to a few hundred ms for the largest request): on a multi-threaded
+        // runtime the thread is handed over for it, so the server's other
+        // requests (health checks, events) run on the other workers.
+        let work = || -> Result<Mapping, OtlpError> {
+            let request = decode(body, encoding, content_encoding)?;
             // The lock is held only while mapping (no await inside).
             let mut memo = self.memo.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            map_request(&request, self.options, &mut memo)
+            Ok(map_request(&request, self.options, &mut memo))
         };
-        drop(request);
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let mapping = if multi_threaded {
+            tokio::task::block_in_place(work)?
+        } else {
+            work()?
+        };
         if mapping.too_large {
             return Err(OtlpError::TooLarge(format!(
                 "its spans map to more than {MAX_MAPPED} bytes of events (a resource's service.name or a conversation id is copied into each of its events)"
