@@ -74,7 +74,8 @@
 //!   nats-server 2.9 accepts (the fleet's, the request journal's);
 //! - [`event`], [`pattern`], [`limits`], [`manifest`], [`outcome`], [`stats`],
 //!   [`text`], [`ingest`], [`error`]: the vocabulary every layer shares;
-//!   `sync`: the poison-tolerant lock every layer uses.
+//!   `sync`: the poison-tolerant lock every layer uses; `files`: reading
+//!   only regular files, bounded (no FIFO or device hangs a load).
 
 pub mod bus;
 pub mod cache;
@@ -83,6 +84,7 @@ pub mod dead_letter;
 pub mod error;
 pub mod event;
 pub mod failpoint;
+pub(crate) mod files;
 #[cfg(all(feature = "oci", feature = "nats"))]
 pub mod fleet;
 pub mod http;

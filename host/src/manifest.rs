@@ -322,6 +322,120 @@ pub struct DirGrant {
     pub writable: bool,
 }
 
+/// A directory grant bound to the directory it named once the plugin
+/// passed its checks: the canonical path and the directory's identity
+/// (device and inode). Each new instance is granted the directory only while
+/// both still match ([`PinnedDir::verify`]): a directory moved away and
+/// replaced (by a symlink to somewhere else, say) after the policy allowed
+/// it is refused, not granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedDir {
+    /// The grant; its `host` is the canonical path.
+    pub grant: DirGrant,
+    dev: u64,
+    ino: u64,
+}
+
+impl PinnedDir {
+    /// Checks that the grant's path still resolves to itself and is the
+    /// same directory as when it was pinned.
+    ///
+    /// # Errors
+    /// A message naming the directory and what changed.
+    pub fn verify(&self) -> Result<(), String> {
+        let host = &self.grant.host;
+        let (dev, ino) = identity(host).map_err(|e| {
+            format!(
+                "granted directory {} is not the one checked when the plugin was loaded: {e} \
+                 (reload the plugin to grant what is there now)",
+                host.display()
+            )
+        })?;
+        if (dev, ino) != (self.dev, self.ino) {
+            return Err(format!(
+                "granted directory {} is not the one checked when the plugin was loaded: \
+                 it was replaced (reload the plugin to grant what is there now)",
+                host.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The identity of the directory at canonical path `host`: its device and
+/// inode, when `host` still resolves to itself (no symlink on the way) and
+/// is a directory.
+fn identity(host: &Path) -> Result<(u64, u64), String> {
+    use std::os::unix::fs::MetadataExt;
+    let now = host.canonicalize().map_err(|e| format!("cannot resolve it: {e}"))?;
+    if now != host {
+        return Err(format!("it now resolves to {}", now.display()));
+    }
+    let meta = std::fs::metadata(host).map_err(|e| e.to_string())?;
+    if !meta.is_dir() {
+        return Err("it is not a directory".into());
+    }
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// Whether nothing (not even a dangling symlink) is at `path`.
+fn is_missing(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// `path`, which does not exist, as it will be once created: its nearest
+/// existing ancestor resolved (symlinks, `..`), then the rest with `.` and
+/// `..` applied (nothing there exists to hold a symlink).
+fn resolve_missing(path: &Path) -> Result<PathBuf, String> {
+    let existing = path
+        .ancestors()
+        .find(|a| !a.as_os_str().is_empty() && !is_missing(a))
+        .unwrap_or(Path::new("."));
+    let mut resolved = existing
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", existing.display()))?;
+    if !resolved.is_dir() {
+        return Err(format!("{} is not a directory", resolved.display()));
+    }
+    let rest = path.strip_prefix(existing).unwrap_or(path);
+    for part in rest.components() {
+        match part {
+            std::path::Component::Normal(name) => resolved.push(name),
+            std::path::Component::ParentDir => {
+                resolved.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(resolved)
+}
+
+/// Creates the directory at `host` (resolved by [`resolve_missing`]) and
+/// whatever of its parents is missing, one at a time, each a real directory
+/// (not a symlink) where it was expected.
+fn create_missing(host: &Path) -> Result<(), String> {
+    let missing: Vec<&Path> = host.ancestors().take_while(|a| is_missing(a)).collect();
+    for dir in missing.into_iter().rev() {
+        match std::fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+        }
+        let made = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if !made.is_dir() {
+            return Err(format!("{} is not a directory", dir.display()));
+        }
+    }
+    Ok(())
+}
+
+/// Most bytes a manifest may have: a manifest is a few dozen lines; a
+/// bigger file is not one.
+pub(crate) const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+/// Most bytes a `{ file = "…" }` secret may have: a key, a token or a
+/// certificate chain is far smaller.
+const MAX_SECRET_BYTES: u64 = 1 << 20;
+
 /// Upper bounds on what a manifest may ask for: beyond them a typo (an extra
 /// zero) is more likely than intent, and the memory cap must fit the pooling
 /// allocator's slots.
@@ -344,8 +458,9 @@ const MAX_REPLAY: usize = 1 << 20;
 const MAX_REPLAY_MIB: u64 = 16 << 10;
 
 impl Manifest {
-    /// Reads and validates the manifest at `path`. Writable directory grants
-    /// that do not exist yet are created; read-only ones must exist.
+    /// Reads and validates the manifest at `path`. Read-only directory
+    /// grants must exist; writable ones that do not are created later, by
+    /// [`Manifest::pin_dirs`], once the plugin has passed its checks.
     ///
     /// # Errors
     /// [`ManifestError`] naming the file and the field at fault.
@@ -354,7 +469,9 @@ impl Manifest {
             path: path.to_owned(),
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let bytes =
+            crate::files::read_regular(path, MAX_MANIFEST_BYTES).map_err(|e| err(format!("cannot read: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|e| err(format!("not UTF-8: {e}")))?;
         Manifest::parse(path, &text)
     }
 
@@ -472,16 +589,21 @@ impl Manifest {
                 ));
             }
             let host = base.join(&d.host);
-            if d.writable && !host.exists() {
-                std::fs::create_dir_all(&host)
-                    .map_err(|e| format!("dirs[{i}].host: cannot create `{}`: {e}", host.display()))?;
-            }
-            let host = host
-                .canonicalize()
-                .map_err(|e| format!("dirs[{i}].host: `{}`: {e}", host.display()))?;
-            if !host.is_dir() {
-                return Err(format!("dirs[{i}].host: `{}` is not a directory", host.display()));
-            }
+            // Nothing is created here: the manifest may yet be refused (by
+            // the signature check or the policy). A writable grant that does
+            // not exist yet is resolved as far as it exists, and created by
+            // `pin_dirs` once the plugin has passed them.
+            let host = if d.writable && is_missing(&host) {
+                resolve_missing(&host).map_err(|e| format!("dirs[{i}].host: `{}`: {e}", host.display()))?
+            } else {
+                let host = host
+                    .canonicalize()
+                    .map_err(|e| format!("dirs[{i}].host: `{}`: {e}", host.display()))?;
+                if !host.is_dir() {
+                    return Err(format!("dirs[{i}].host: `{}` is not a directory", host.display()));
+                }
+                host
+            };
             dirs.push(DirGrant {
                 host,
                 guest: d.guest,
@@ -509,8 +631,16 @@ impl Manifest {
                 ),
                 (None, Some(file)) => {
                     let path = base.join(&file);
-                    let mut text = std::fs::read_to_string(&path)
-                        .map_err(|e| format!("secrets.{key}: cannot read `{}`: {}", path.display(), e.kind()))?;
+                    // A regular file only: a FIFO or a device (`/dev/zero`)
+                    // named here must not hang or exhaust the host, even
+                    // for a manifest about to be refused.
+                    let mut text = crate::files::read_regular(&path, MAX_SECRET_BYTES)
+                        .map_err(|e| match e.kind() {
+                            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::FileTooLarge => e.to_string(),
+                            kind => kind.to_string(),
+                        })
+                        .and_then(|bytes| String::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned()))
+                        .map_err(|e| format!("secrets.{key}: cannot read `{}`: {e}", path.display()))?;
                     if text.ends_with('\n') {
                         text.pop();
                         if text.ends_with('\r') {
@@ -533,6 +663,33 @@ impl Manifest {
             http,
             secrets,
         })
+    }
+
+    /// Creates the writable directory grants that do not exist yet, then
+    /// pins every grant to the directory there ([`PinnedDir`]). Call it once
+    /// the plugin has passed the signature check and the policy: a refused
+    /// manifest must not create anything.
+    ///
+    /// # Errors
+    /// A message naming the grant (`dirs[i].host`) that could not be
+    /// created, or no longer resolves to the path checked.
+    pub fn pin_dirs(&self) -> Result<Vec<PinnedDir>, String> {
+        self.dirs
+            .iter()
+            .enumerate()
+            .map(|(i, grant)| {
+                let fail = |e: String| format!("dirs[{i}].host: `{}`: {e}", grant.host.display());
+                if grant.writable && is_missing(&grant.host) {
+                    create_missing(&grant.host).map_err(fail)?;
+                }
+                let (dev, ino) = identity(&grant.host).map_err(fail)?;
+                Ok(PinnedDir {
+                    grant: grant.clone(),
+                    dev,
+                    ino,
+                })
+            })
+            .collect()
     }
 
     /// The `[limits]` this manifest raises above `base`: `(field, asked,
@@ -676,7 +833,12 @@ writable = true
         let m = Manifest::load(&path).unwrap();
         assert_eq!(m.subscriptions.as_ref().unwrap().len(), 2);
         assert_eq!(m.config["budget_usd"], "1.5");
-        assert!(dir.path().join("out").is_dir(), "a writable grant is created");
+        assert!(!dir.path().join("out").exists(), "nothing is created before the checks");
+        m.pin_dirs().unwrap();
+        assert!(
+            dir.path().join("out").is_dir(),
+            "a writable grant is created once pinned"
+        );
         assert_eq!(m.dirs[0].guest, "/out");
         let l = m.apply_limits(&Limits::default());
         assert_eq!(
@@ -710,6 +872,68 @@ writable = true
         assert!(e.contains("dirs[0].guest"), "{e}");
         let e = load("this is not toml").unwrap_err().to_string();
         assert!(e.contains("p.toml"), "{e}");
+    }
+
+    /// Parsing a manifest creates nothing, whatever it grants: a manifest
+    /// the signature check or the policy refuses must leave no trace. The
+    /// path checked is the one created, `..` included.
+    #[test]
+    fn writable_grants_are_created_only_when_pinned_where_they_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap().join("plugins");
+        std::fs::create_dir(&root).unwrap();
+        let path = root.join("m.toml");
+        let m = Manifest::parse(
+            &path,
+            "[[dirs]]\nhost = \"a/b/../c/d\"\nguest = \"/d\"\nwritable = true\n\
+             [[dirs]]\nhost = \"x/../../escaped\"\nguest = \"/e\"\nwritable = true\n",
+        )
+        .unwrap();
+        assert_eq!(m.dirs[0].host, root.join("a/c/d"));
+        assert_eq!(m.dirs[1].host, root.parent().unwrap().join("escaped"));
+        assert!(!root.join("a").exists() && !root.join("x").exists());
+        assert!(!root.parent().unwrap().join("escaped").exists());
+
+        let m = Manifest::parse(
+            &path,
+            "[[dirs]]\nhost = \"a/b/../c/d\"\nguest = \"/d\"\nwritable = true\n",
+        )
+        .unwrap();
+        let pinned = m.pin_dirs().unwrap();
+        assert!(root.join("a/c/d").is_dir() && !root.join("a/b").exists());
+        assert_eq!(pinned[0].grant.host, root.join("a/c/d"));
+        pinned[0].verify().unwrap();
+    }
+
+    /// A granted directory moved away and replaced after the checks (by a
+    /// symlink elsewhere, or another directory) is no longer granted.
+    #[test]
+    fn a_pinned_directory_replaced_after_the_checks_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("allowed/sub")).unwrap();
+        std::fs::create_dir(root.join("elsewhere")).unwrap();
+        let m = Manifest::parse(
+            &root.join("m.toml"),
+            "[[dirs]]\nhost = \"allowed/sub\"\nguest = \"/d\"\nwritable = true\n",
+        )
+        .unwrap();
+        let pinned = m.pin_dirs().unwrap();
+        pinned[0].verify().unwrap();
+        std::fs::rename(root.join("allowed/sub"), root.join("allowed/sub.old")).unwrap();
+        std::os::unix::fs::symlink(root.join("elsewhere"), root.join("allowed/sub")).unwrap();
+        let e = pinned[0].verify().unwrap_err();
+        assert!(
+            e.contains(&root.join("allowed/sub").display().to_string()) && e.contains("elsewhere"),
+            "{e}"
+        );
+        std::fs::remove_file(root.join("allowed/sub")).unwrap();
+        std::fs::create_dir(root.join("allowed/sub")).unwrap();
+        let e = pinned[0].verify().unwrap_err();
+        assert!(e.contains("replaced"), "{e}");
+        std::fs::remove_dir(root.join("allowed/sub")).unwrap();
+        std::fs::rename(root.join("allowed/sub.old"), root.join("allowed/sub")).unwrap();
+        pinned[0].verify().unwrap();
     }
 
     #[test]

@@ -7,8 +7,11 @@
 //! against exactly one rule, the most specific that applies:
 //! `[plugin.NAME]`, else `[key.KEYID]` for the key that signed it (see
 //! [`crate::signature`]), else `[default]` (which, absent, allows nothing
-//! beyond the bus defaults). A manifest asking for more than its rule allows
-//! is refused, naming the rule and the grant:
+//! beyond the bus defaults). Rules are not combined: a `[plugin.NAME]` rule
+//! replaces the signer's `[key.KEYID]` rule. It applies to any file of that
+//! name, signed or not, so grants meant for a signer belong in `[key.KEYID]`
+//! with `--require-signed` (docs/trust.md). A manifest asking for more than
+//! its rule allows is refused, naming the rule and the grant:
 //!
 //! ```toml
 //! [default]                      # no directories, no catch-up, no raised limits

@@ -89,6 +89,21 @@ pub enum SignatureError {
     /// The trusted-keys location holds no key.
     #[error("no minisign public key (*.pub) in {0}")]
     NoKeys(PathBuf),
+    /// Two trusted key files hold different keys with the same key id: a
+    /// signature naming that id could be checked against either.
+    #[error(
+        "{} and {} both hold a key with id {key_id}, and the keys differ: remove the one that is not trusted",
+        first.display(),
+        second.display()
+    )]
+    DuplicateKeyId {
+        /// The key id (hex, as minisign prints it).
+        key_id: String,
+        /// The file read first.
+        first: PathBuf,
+        /// The file read second.
+        second: PathBuf,
+    },
     /// `require_signed` without any trusted key.
     #[error("signatures are required but no trusted keys are configured (--trusted-keys)")]
     RequiredWithoutKeys,
@@ -109,6 +124,9 @@ pub struct Signer {
 #[derive(Debug)]
 struct TrustedKey {
     key: minisign_verify::PublicKey,
+    /// The decoded key line (algorithm, id, Ed25519 key): what tells two
+    /// files with the same id apart.
+    raw: Vec<u8>,
     file: PathBuf,
 }
 
@@ -131,7 +149,9 @@ impl TrustedKeys {
     /// # Errors
     /// [`SignatureError::Io`] if it cannot be read (a missing path
     /// included), [`SignatureError::BadKey`] naming a file that is not a
-    /// public key, [`SignatureError::NoKeys`] for a directory without any.
+    /// public key, [`SignatureError::NoKeys`] for a directory without any,
+    /// [`SignatureError::DuplicateKeyId`] naming two files with different
+    /// keys under one id (the same key in two files is a warning).
     pub fn read(path: impl AsRef<Path>) -> Result<TrustedKeys, SignatureError> {
         let path = path.as_ref();
         let io = |source| SignatureError::Io {
@@ -163,10 +183,13 @@ impl TrustedKeys {
     }
 
     /// Adds the public key in `text` (a `minisign.pub` file's content, or
-    /// its base64 line alone), read from `file`.
+    /// its base64 line alone), read from `file`. A key already present
+    /// under the same id is kept (the same key read twice is logged).
     ///
     /// # Errors
-    /// [`SignatureError::BadKey`] when `text` is not a minisign public key.
+    /// [`SignatureError::BadKey`] when `text` is not a minisign public key,
+    /// [`SignatureError::DuplicateKeyId`] when a different key with its id
+    /// was added before.
     pub fn add(&mut self, file: &Path, text: &str) -> Result<(), SignatureError> {
         let bad = |reason: &str| SignatureError::BadKey {
             path: file.to_owned(),
@@ -181,13 +204,33 @@ impl TrustedKeys {
         // Bytes 2..10 of the decoded key are its id (little-endian), as in
         // every signature it makes.
         let id = decoded_key_id(line, 42).ok_or_else(|| bad("not a 42-byte Ed25519 key"))?;
-        self.keys.insert(
-            id,
-            TrustedKey {
-                key,
-                file: file.to_owned(),
-            },
-        );
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(line)
+            .map_err(|e| bad(&e.to_string()))?;
+        match self.keys.entry(id) {
+            std::collections::btree_map::Entry::Occupied(seen) if seen.get().raw == raw => {
+                tracing::warn!(
+                    key_id = %key_id_text(id),
+                    used = %seen.get().file.display(),
+                    ignored = %file.display(),
+                    "the same trusted key is in two files"
+                );
+            }
+            std::collections::btree_map::Entry::Occupied(seen) => {
+                return Err(SignatureError::DuplicateKeyId {
+                    key_id: key_id_text(id),
+                    first: seen.get().file.clone(),
+                    second: file.to_owned(),
+                });
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(TrustedKey {
+                    key,
+                    raw,
+                    file: file.to_owned(),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -344,14 +387,14 @@ fn read_small(path: &Path) -> Result<String, SignatureError> {
         path: path.to_owned(),
         source,
     };
-    let len = std::fs::metadata(path).map_err(io)?.len();
-    if len > MAX_SIGNATURE_BYTES {
-        return Err(SignatureError::Malformed {
+    // A regular file only: a FIFO in its place would block the read forever.
+    let bytes = crate::files::read_regular(path, MAX_SIGNATURE_BYTES).map_err(|e| match e.kind() {
+        std::io::ErrorKind::FileTooLarge => SignatureError::Malformed {
             path: path.to_owned(),
-            reason: format!("{len} bytes is more than a signature or key has"),
-        });
-    }
-    let bytes = std::fs::read(path).map_err(io)?;
+            reason: format!("{e}: more than a signature or key has"),
+        },
+        _ => io(e),
+    })?;
     String::from_utf8(bytes).map_err(|_| SignatureError::Malformed {
         path: path.to_owned(),
         reason: "not UTF-8 text".into(),
@@ -395,6 +438,34 @@ mod tests {
         assert!(err.to_string().contains("p.wasm.minisig"), "{err}");
     }
 
+    /// Two files with one key id: the same key is kept once; different keys
+    /// are refused, naming both files (the later one once replaced the other).
+    #[test]
+    fn a_key_id_in_two_files_is_refused_when_the_keys_differ() {
+        let key = |id: u64, fill: u8| {
+            let mut raw = b"Ed".to_vec();
+            raw.extend_from_slice(&id.to_le_bytes());
+            raw.extend_from_slice(&[fill; 32]);
+            format!(
+                "untrusted comment: minisign public key {id:X}\n{}\n",
+                base64::engine::general_purpose::STANDARD.encode(raw)
+            )
+        };
+        let mut keys = TrustedKeys::default();
+        keys.add(Path::new("a.pub"), &key(0xABC, 1)).unwrap();
+        keys.add(Path::new("b.pub"), &key(0xABC, 1)).unwrap();
+        keys.add(Path::new("c.pub"), &key(0xDEF, 2)).unwrap();
+        assert_eq!(keys.ids(), ["ABC", "DEF"]);
+        let err = keys.add(Path::new("d.pub"), &key(0xABC, 3)).unwrap_err();
+        assert!(matches!(err, SignatureError::DuplicateKeyId { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("a.pub") && text.contains("d.pub") && text.contains("ABC"),
+            "{text}"
+        );
+        assert_eq!(keys.keys[&0xABC].file, Path::new("a.pub"));
+    }
+
     #[test]
     fn requiring_signatures_needs_keys() {
         assert!(matches!(
@@ -403,5 +474,26 @@ mod tests {
         ));
         let policy = SignaturePolicy::new(None, false).unwrap();
         assert_eq!(policy.check(Path::new("/nowhere/x.wasm"), b"").unwrap(), None);
+    }
+
+    /// A FIFO named like a signature once blocked the load forever, waiting
+    /// for a writer: it is refused, named.
+    #[test]
+    fn a_fifo_in_place_of_a_signature_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = dir.path().join("p.wasm");
+        let fifo = signature_path(&wasm);
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let policy = SignaturePolicy::new(Some(TrustedKeys::default()), false).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(policy.check(&wasm, b"wasm").map_err(|e| e.to_string()));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO signature blocked");
+        let err = result.unwrap_err();
+        assert!(err.contains("p.wasm.minisig") && err.contains("FIFO"), "{err}");
     }
 }

@@ -387,3 +387,69 @@ fn an_eight_mib_error_message_is_capped_everywhere() {
     let stats = plugbus::LogStats::read(&log).unwrap();
     assert!(stats.bytes < 4096, "{stats:?}");
 }
+
+/// A granted directory is pinned when the plugin loads (its canonical path
+/// and its identity): a directory moved away and replaced by a symlink to
+/// somewhere else after the policy allowed it is not granted to the next
+/// instance, which once preopened wherever the symlink led.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_directory_swapped_after_the_checks_is_not_granted_again() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path().canonicalize().unwrap();
+    let (sub, old, elsewhere) = (
+        root.join("allowed/sub"),
+        root.join("allowed/sub.old"),
+        root.join("elsewhere"),
+    );
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::create_dir(&elsewhere).unwrap();
+    let plugins = root.join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    // The fixture's `escape` writes /tmp/plugbus-escape: here, into the grant.
+    support::install(
+        &plugins,
+        &support::wasm("misbehave"),
+        "misbehave",
+        &format!(
+            "[limits]\nfuel = 1000000\n[[dirs]]\nhost = \"{}\"\nguest = \"/tmp\"\nwritable = true\n",
+            sub.display()
+        ),
+    );
+    let policy = root.join("policy.toml");
+    std::fs::write(&policy, "[default]\ndirs = [{ path = \"allowed\", writable = true }]\n").unwrap();
+    let bus = Bus::builder()
+        .plugin_dir(&plugins)
+        .policy(&policy)
+        .build()
+        .await
+        .unwrap();
+    assert!(bus.load_failures().is_empty(), "{:?}", bus.load_failures());
+    let escape = |bus: Bus| async move { bus.emit_and_wait("misbehave.escape", json!({})).await };
+    let report = escape(bus.clone()).await;
+    assert_eq!(report.outcome("misbehave"), Some(&Outcome::Ok));
+    assert!(sub.join("plugbus-escape").is_file(), "the grant is written to");
+
+    std::fs::rename(&sub, &old).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &sub).unwrap();
+    // A trap: the next event gets a new instance.
+    let report = bus.emit_and_wait("misbehave.spin", json!({})).await;
+    assert_eq!(report.outcome("misbehave"), Some(&Outcome::Failed(Failure::OutOfFuel)));
+    let report = escape(bus.clone()).await;
+    match report.outcome("misbehave") {
+        Some(Outcome::Failed(Failure::Host(why))) => {
+            assert!(why.contains(&sub.display().to_string()), "{why}")
+        }
+        other => panic!("the swapped directory was granted: {other:?}"),
+    }
+    assert!(
+        !elsewhere.join("plugbus-escape").exists(),
+        "the plugin wrote where the symlink led"
+    );
+
+    // The directory checked at load, back in place, is granted again.
+    std::fs::remove_file(&sub).unwrap();
+    std::fs::rename(&old, &sub).unwrap();
+    let report = escape(bus.clone()).await;
+    assert_eq!(report.outcome("misbehave"), Some(&Outcome::Ok));
+    bus.shutdown().await;
+}

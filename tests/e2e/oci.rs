@@ -630,3 +630,196 @@ fn serve_installs_the_locked_digest_at_start_whatever_the_tag_now_names() {
     );
     assert_eq!(listing(empty.path()), ["plugins.lock"]);
 }
+
+/// A lock entry whose `wasm` is another component's digest (here
+/// token-counter's, on event-counter's artifact): refused before anything is
+/// fetched, by `pull` and by `serve` at start; the plugin directory keeps
+/// what it had (the artifact's component was once installed under the
+/// entry's name, then reported as a digest mismatch).
+#[test]
+fn a_lock_entry_whose_wasm_is_not_its_artifacts_component_installs_nothing() {
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    let push = |plugin: &str| {
+        let file = src.path().join(format!("{plugin}.wasm"));
+        std::fs::copy(wasm(plugin), &file).unwrap();
+        json(&ok(&[
+            "push",
+            s(&file),
+            &registry.reference(&format!("plugbus/{plugin}:1")),
+            "--json",
+        ]))
+    };
+    let event_counter = push("event-counter");
+    let token_counter = push("token-counter");
+    let dst = tempfile::tempdir().unwrap();
+    let lock = |wasm: &serde_json::Value| {
+        std::fs::write(
+            dst.path().join("plugins.lock"),
+            format!(
+                "[[plugin]]\nname = \"token-counter\"\nreference = \"{}\"\ndigest = \"{}\"\nwasm = \"{}\"\n",
+                registry.reference("plugbus/event-counter:1"),
+                event_counter["digest"].as_str().unwrap(),
+                wasm.as_str().unwrap()
+            ),
+        )
+        .unwrap();
+    };
+    lock(&token_counter["wasm_digest"]);
+    // An older token-counter is installed: it must stay as it is.
+    let installed = std::fs::read(wasm("cost-tracker")).unwrap();
+    std::fs::write(dst.path().join("token-counter.wasm"), &installed).unwrap();
+    let before = listing(dst.path());
+    let unchanged = || {
+        assert_eq!(listing(dst.path()), before);
+        assert_eq!(std::fs::read(dst.path().join("token-counter.wasm")).unwrap(), installed);
+    };
+
+    let err = fails(&["pull", "--plugins", s(dst.path())]);
+    assert!(
+        err.contains("digest mismatch")
+            && err.contains(token_counter["wasm_digest"].as_str().unwrap())
+            && err.contains(event_counter["wasm_digest"].as_str().unwrap()),
+        "{err}"
+    );
+    unchanged();
+    let out = Command::new(support::plugbus_bin())
+        .args(["serve", "--plugins", s(dst.path()), "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("digest mismatch"), "{err}");
+    unchanged();
+
+    // With the artifact's own component digest, the entry installs.
+    lock(&event_counter["wasm_digest"]);
+    ok(&["pull", "--plugins", s(dst.path())]);
+    assert_eq!(
+        std::fs::read(dst.path().join("token-counter.wasm")).unwrap(),
+        std::fs::read(wasm("event-counter")).unwrap()
+    );
+}
+
+/// Serves one artifact pushed to `registry` (its manifest, config and
+/// layers, read from the registry's storage), naming the manifest by its
+/// sha512 in `Docker-Content-Digest`, as the distribution spec allows; plain
+/// HTTP on a loopback port, one request per connection. Its address.
+fn sha512_registry(registry: &Registry, manifest_digest: &str) -> String {
+    use std::io::{Read, Write};
+    let manifest_file = registry.blob_file(manifest_digest);
+    let manifest = std::fs::read(&manifest_file).unwrap();
+    let out = Command::new("sha512sum").arg(&manifest_file).output().unwrap();
+    assert!(out.status.success());
+    let sha512 = String::from_utf8(out.stdout).unwrap();
+    let sha512 = format!("sha512:{}", sha512.split_whitespace().next().unwrap());
+    let blobs = registry.dir.path().join("data/docker/registry/v2/blobs/sha256");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head);
+            let mut words = head.split(' ');
+            let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            let blob = |digest: &str| {
+                let hex = digest.strip_prefix("sha256:")?;
+                std::fs::read(blobs.join(hex.get(..2)?).join(hex).join("data")).ok()
+            };
+            let (status, headers, body) = if path == "/v2/" {
+                ("200 OK", String::new(), b"{}".to_vec())
+            } else if path.contains("/manifests/") {
+                (
+                    "200 OK",
+                    format!(
+                        "Content-Type: application/vnd.oci.image.manifest.v1+json\r\nDocker-Content-Digest: {sha512}\r\n"
+                    ),
+                    manifest.clone(),
+                )
+            } else if let Some(bytes) = path.split_once("/blobs/").and_then(|(_, d)| blob(d)) {
+                ("200 OK", "Content-Type: application/octet-stream\r\n".to_owned(), bytes)
+            } else {
+                ("404 Not Found", String::new(), Vec::new())
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            if method != "HEAD" {
+                let _ = stream.write_all(&body);
+            }
+        }
+    });
+    addr
+}
+
+/// A registry that names manifests by sha512: `pull --lock` records the
+/// sha256 of the manifest bytes (what `plugins.lock` pins; the registry's
+/// digest once made a lock plugbus then refused), and the lock installs.
+#[test]
+fn a_registry_that_names_manifests_by_sha512_still_gets_a_lock_plugbus_reads() {
+    let registry = Registry::start();
+    let src = support::plugin_dir(&["cost-tracker"]);
+    let pushed = json(&ok(&[
+        "push",
+        s(&src.path().join("cost-tracker.wasm")),
+        &registry.reference("plugbus/cost-tracker:1"),
+        "--json",
+    ]));
+    let digest = pushed["digest"].as_str().unwrap();
+    let reference = format!("oci://{}/plugbus/cost-tracker:1", sha512_registry(&registry, digest));
+    let dst = tempfile::tempdir().unwrap();
+    let pulled = json(&ok(&[
+        "pull",
+        &reference,
+        "--plugins",
+        s(dst.path()),
+        "--lock",
+        "--json",
+    ]));
+    assert_eq!(pulled["digest"], digest);
+    let lock = std::fs::read_to_string(dst.path().join("plugins.lock")).unwrap();
+    assert!(lock.contains(digest) && !lock.contains("sha512"), "{lock}");
+    // Another host installs from it (pinned by sha256; the registry still
+    // answers in sha512).
+    let host = tempfile::tempdir().unwrap();
+    std::fs::copy(dst.path().join("plugins.lock"), host.path().join("plugins.lock")).unwrap();
+    let out = ok(&["pull", "--plugins", s(host.path())]);
+    assert!(out.contains("installed"), "{out}");
+    assert_eq!(
+        std::fs::read(host.path().join("cost-tracker.wasm")).unwrap(),
+        std::fs::read(src.path().join("cost-tracker.wasm")).unwrap()
+    );
+}
+
+/// HTTPS to a registry that speaks plain HTTP: rustls's "received corrupt
+/// message of type InvalidContentType" comes with what it means and the
+/// flag. 0.0.0.0 reaches this machine's loopback on Linux without being a
+/// loopback address, so plugbus speaks HTTPS to it unless told otherwise.
+#[test]
+fn https_to_a_plain_http_registry_is_explained() {
+    let registry = Registry::start();
+    let src = support::plugin_dir(&["cost-tracker"]);
+    ok(&[
+        "push",
+        s(&src.path().join("cost-tracker.wasm")),
+        &registry.reference("plugbus/cost-tracker:1"),
+    ]);
+    let port = registry.addr.rsplit(':').next().unwrap();
+    let reference = format!("oci://0.0.0.0:{port}/plugbus/cost-tracker:1");
+    let dst = tempfile::tempdir().unwrap();
+    let err = fails(&["pull", &reference, "--plugins", s(dst.path())]);
+    assert!(
+        err.contains(&reference) && err.contains("may speak plain HTTP") && err.contains("--plain-http"),
+        "{err}"
+    );
+    assert!(listing(dst.path()).is_empty());
+    ok(&["pull", &reference, "--plugins", s(dst.path()), "--plain-http"]);
+    assert!(dst.path().join("cost-tracker.wasm").is_file());
+}

@@ -209,6 +209,11 @@ async fn a_hot_reloaded_replacement_is_verified_before_it_replaces_anything() {
     assert!(info.reload_error.is_some_and(|e| e.contains("bad signature")));
     let report = bus.emit_and_wait("misbehave.ok", json!({})).await;
     assert_eq!(report.outcome("obs"), Some(&Outcome::Ok), "v1 still handles its events");
+    // Reported once: checking the file reads it, and that read is no change
+    // (it once made a refusal, two ERROR lines and a `load_failed`, every
+    // ~350 ms forever).
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(meta.named("plugbus.plugin.load_failed").len(), 1);
 
     // Its own signature arrives: the watcher picks it up and v2 replaces v1.
     minisign_sign(&sk, &staging, "v2");
@@ -277,6 +282,182 @@ fn plugbus_sign_makes_what_minisign_verifies_and_check_shows_the_signer() {
         err.contains(&key_id(&other_pk)) && err.contains("not among the trusted keys"),
         "{err}"
     );
+}
+
+/// `plugbus sign` with Debian minisign's keys: an unprotected one (`-G -W`:
+/// no key derivation, and a checksum of zeros) needs no password, a
+/// password-protected one its password; `minisign -V` verifies both.
+#[test]
+fn plugbus_sign_uses_the_keys_debian_minisign_makes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tc.wasm");
+    std::fs::copy(wasm("token-counter"), &file).unwrap();
+    let sign = |key: &Path, extra: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(support::plugbus_bin());
+        cmd.args(["sign", "--key", key.to_str().unwrap()])
+            .args(extra)
+            .arg(&file)
+            .env_remove("PLUGBUS_TEST_KEY_PASSWORD");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let verified = |pk: &Path, comment: &str| {
+        let out = run(minisign().arg("-V").arg("-p").arg(pk).arg("-m").arg(&file));
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains(comment), "{said}");
+    };
+
+    let (sk, pk) = minisign_keys(dir.path(), "unprotected");
+    let out = sign(&sk, &["--comment", "unprotected key"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    verified(&pk, "unprotected key");
+    // A password given for it is not needed, and not an error.
+    let out = sign(
+        &sk,
+        &[
+            "--comment",
+            "still unprotected",
+            "--password-env",
+            "PLUGBUS_TEST_KEY_PASSWORD",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    verified(&pk, "still unprotected");
+
+    // A password-protected key (minisign reads the password from stdin
+    // when it is not a terminal).
+    let (sk, pk) = (dir.path().join("protected.key"), dir.path().join("protected.pub"));
+    let mut child = minisign()
+        .args(["-G", "-p"])
+        .arg(&pk)
+        .arg("-s")
+        .arg(&sk)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"c0rrect horse\nc0rrect horse\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let out = sign(&sk, &["--comment", "protected key"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("password-protected"), "{err}");
+    let out = sign(
+        &sk,
+        &[
+            "--comment",
+            "protected key",
+            "--password-env",
+            "PLUGBUS_TEST_KEY_PASSWORD",
+        ],
+        &[("PLUGBUS_TEST_KEY_PASSWORD", "c0rrect horse")],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    verified(&pk, "protected key");
+
+    // Not a secret key at all.
+    let out = sign(&pk, &[], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is not a minisign secret key"),
+        "{err}"
+    );
+}
+
+/// A trusted comment is one line of the signature file: one with a line
+/// break once made a signature nothing verifies, with exit status 0.
+#[test]
+fn plugbus_sign_refuses_a_trusted_comment_with_a_line_break() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("plugins.key");
+    let out = support::plugbus(&["keygen", "--key", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file = dir.path().join("tc.wasm");
+    std::fs::copy(wasm("token-counter"), &file).unwrap();
+    for comment in ["release 1\nforged: yes", "release 1\r", "release\r\n1"] {
+        let out = support::plugbus(&[
+            "sign",
+            "--key",
+            key.to_str().unwrap(),
+            "--comment",
+            comment,
+            file.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("--comment") && err.contains("cannot contain"),
+            "{comment:?}: {err}"
+        );
+        assert!(!sig(&file).exists(), "{comment:?}: a signature was written");
+    }
+}
+
+/// Two trusted key files with one key id and different keys: the later one
+/// once silently replaced the other; the bus now refuses to start, naming
+/// both. The same key in two files is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_different_trusted_keys_with_one_id_stop_the_start_naming_both_files() {
+    use base64::Engine as _;
+    let keys = tempfile::tempdir().unwrap();
+    let trusted = keys.path().join("trusted");
+    std::fs::create_dir(&trusted).unwrap();
+    let (sk, pk) = minisign_keys(&trusted, "release");
+    std::fs::copy(&pk, trusted.join("zz-copy.pub")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(wasm("token-counter"), dir.path().join("tc.wasm")).unwrap();
+    minisign_sign(&sk, &dir.path().join("tc.wasm"), "release");
+    let bus = Bus::builder()
+        .plugin_dir(dir.path())
+        .trusted_keys(&trusted)
+        .require_signed(true)
+        .build()
+        .await
+        .unwrap();
+    assert!(plugin(&bus, "tc").is_some_and(|p| p.signer.is_some()));
+    bus.shutdown().await;
+
+    // Another key given release's id (ids are chosen at key generation,
+    // not derived from the key: anyone can write a key file with any id).
+    let (_, other) = minisign_keys(keys.path(), "other");
+    let line = |path: &Path| {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut forged = b64.decode(line(&other)).unwrap();
+    forged[2..10].copy_from_slice(&b64.decode(line(&pk)).unwrap()[2..10]);
+    std::fs::write(
+        trusted.join("zz-other.pub"),
+        format!("untrusted comment: minisign public key\n{}\n", b64.encode(&forged)),
+    )
+    .unwrap();
+    let err = Bus::builder()
+        .plugin_dir(dir.path())
+        .trusted_keys(&trusted)
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("release.pub") && err.contains("zz-other.pub") && err.contains(&key_id(&pk)),
+        "{err}"
+    );
+    // The command line too.
+    let out = support::plugbus(&[
+        "check",
+        dir.path().join("tc.wasm").to_str().unwrap(),
+        "--trusted-keys",
+        trusted.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("zz-other.pub"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,4 +574,75 @@ async fn a_capability_policy_refuses_each_grant_it_does_not_allow_and_names_the_
         err.to_string().contains("fuell") && err.to_string().contains("policy.toml"),
         "{err}"
     );
+}
+
+/// A manifest's writable `[[dirs]]` grant is created only once the plugin
+/// has passed the signature check and the capability policy: an unsigned or
+/// refused manifest once made the host create any directory tree it named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_manifest_creates_no_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path().canonicalize().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let (_, pk) = minisign_keys(keys.path(), "ci");
+    let dir = root.join("plugins");
+    std::fs::create_dir(&dir).unwrap();
+    let grant = |host: &Path| {
+        format!(
+            "[[dirs]]\nhost = \"{}\"\nguest = \"/data\"\nwritable = true\n",
+            host.display()
+        )
+    };
+
+    // Unsigned, signatures required: `check` refuses it and creates nothing.
+    let unsigned_dir = root.join("made-for-unsigned/deep");
+    support::install(&dir, &wasm("token-counter"), "unsigned", &grant(&unsigned_dir));
+    let file = dir.join("unsigned.wasm");
+    let out = support::plugbus(&[
+        "check",
+        file.to_str().unwrap(),
+        "--require-signed",
+        "--trusted-keys",
+        pk.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("unsigned"), "{err}");
+    assert!(
+        !root.join("made-for-unsigned").exists(),
+        "a refused manifest created its directory"
+    );
+    std::fs::remove_file(&file).unwrap();
+    std::fs::remove_file(dir.join("unsigned.toml")).unwrap();
+
+    // Refused by the policy (it allows `allowed` only): nothing is created;
+    // the plugin the policy allows gets its directory.
+    let allowed = root.join("allowed");
+    std::fs::create_dir(&allowed).unwrap();
+    support::install(
+        &dir,
+        &wasm("token-counter"),
+        "outsider",
+        &grant(&root.join("outside/deep")),
+    );
+    support::install(
+        &dir,
+        &wasm("token-counter"),
+        "insider",
+        &grant(&allowed.join("inside/deep")),
+    );
+    let policy = root.join("policy.toml");
+    std::fs::write(&policy, "[default]\ndirs = [{ path = \"allowed\", writable = true }]\n").unwrap();
+    let bus = Bus::builder().plugin_dir(&dir).policy(&policy).build().await.unwrap();
+    assert!(plugin(&bus, "insider").is_some(), "{:?}", bus.load_failures());
+    let outsider = reason(&bus, "outsider");
+    assert!(
+        outsider.contains("[default]") && outsider.contains("outside"),
+        "{outsider}"
+    );
+    assert!(
+        !root.join("outside").exists(),
+        "a refused manifest created its directory"
+    );
+    assert!(allowed.join("inside/deep").is_dir(), "an allowed grant is created");
+    bus.shutdown().await;
 }

@@ -167,12 +167,68 @@ async fn an_invalid_replacement_keeps_the_old_version_running() {
     .await;
     assert_eq!(plugin(&bus, "misbehave").unwrap().version, v1.version);
 
-    // Putting a good file back clears the error.
+    // Putting a good file back clears the error, and the load failure: the
+    // file is the running version's again (its reload is `Unchanged`).
+    assert_eq!(bus.load_failures().len(), 1, "{:?}", bus.load_failures());
     install(&wasm("misbehave"), dir.path(), "misbehave");
     until("reload error cleared", || {
         plugin(&bus, "misbehave").filter(|p| p.reload_error.is_none())
     })
     .await;
+    until("load failure cleared", || bus.load_failures().is_empty().then_some(())).await;
+    bus.shutdown().await;
+}
+
+/// The watcher acts on changes to the plugin's files, not on the host's own
+/// reads of them: every load reads the `.wasm` (and its manifest), and
+/// inotify reports those opens and reads. Acting on them reloaded a plugin
+/// ~3 times a second forever after a hot reload, and reported a refused file
+/// every ~350 ms forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_acted_on_once_and_the_hosts_own_reads_are_not_changes() {
+    let dir = plugin_dir(&["misbehave"]);
+    let cache = tempfile::tempdir().unwrap();
+    let bus = Bus::builder()
+        .plugin_dir(dir.path())
+        .watch(true)
+        .cache_dir(cache.path())
+        .build()
+        .await
+        .unwrap();
+    let meta = Recorder::attach(&bus, "plugbus.plugin.*");
+    // Every load, the unchanged reloads included, goes through the cache.
+    let loads = || bus.cache_stats().map(|s| s.hits + s.misses).unwrap();
+    let quiet = Duration::from_secs(2);
+
+    install(&wasm("console-logger"), dir.path(), "misbehave");
+    until("reloaded", || meta.named("plugbus.plugin.reloaded").pop()).await;
+    // Let the reload's own burst of events settle (the debounce), then count.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after_reload = loads();
+    tokio::time::sleep(quiet).await;
+    assert_eq!(loads(), after_reload, "the plugin was loaded again with no change");
+    assert_eq!(meta.named("plugbus.plugin.reloaded").len(), 1);
+
+    // A refused replacement is reported once, not once per look at it.
+    std::fs::write(dir.path().join("misbehave.wasm"), b"\0asm garbage, not a component").unwrap();
+    until("load_failed", || meta.named("plugbus.plugin.load_failed").pop()).await;
+    tokio::time::sleep(quiet).await;
+    assert_eq!(
+        meta.named("plugbus.plugin.load_failed").len(),
+        1,
+        "{:?}",
+        meta.named("plugbus.plugin.load_failed")
+    );
+    assert_eq!(meta.named("plugbus.plugin.reloaded").len(), 1);
+
+    // The next change to the file is tried (and reported) again.
+    std::fs::write(dir.path().join("misbehave.wasm"), b"\0asm other garbage").unwrap();
+    until("second load_failed", || {
+        (meta.named("plugbus.plugin.load_failed").len() == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(quiet).await;
+    assert_eq!(meta.named("plugbus.plugin.load_failed").len(), 2);
     bus.shutdown().await;
 }
 

@@ -1,6 +1,6 @@
 //! The manifest parser and validator: any text gives a manifest or an
 //! error naming the field, never a panic. Inputs with directory grants are
-//! parsed but not validated (validation creates writable directories).
+//! parsed but not validated (validation resolves them on the filesystem).
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

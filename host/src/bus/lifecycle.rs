@@ -396,6 +396,9 @@ impl Bus {
         if old.spec.version == prepared.spec.version
             && old.spec.manifest_version == prepared.spec.manifest_version
             && old.spec.signer == prepared.spec.signer
+            // A granted directory replaced since: the new load pinned (and
+            // the policy allowed) what is there now.
+            && old.spec.dirs == prepared.spec.dirs
         {
             *lock(&old.reload_error) = None;
             return Ok((info(&old), Reload::Unchanged));

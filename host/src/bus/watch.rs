@@ -11,6 +11,13 @@
 //! reliable way to install a plugin is still to write it elsewhere on the
 //! same filesystem and rename it into place.
 //!
+//! Only events that can change a plugin count: files created, written,
+//! renamed, removed, or their metadata changed ([`changes_plugin`]). Opening
+//! and reading do not: the host's own reads of a plugin's files (every load
+//! and reload reads them) must not start another reload. A change that is
+//! refused is reported once: the same files (size, times, inode) are not
+//! tried again until one of them changes.
+//!
 //! Each change is announced on the bus as a meta-event:
 //! `plugbus.plugin.loaded`, `.reloaded`, `.unloaded` or `.load_failed`,
 //! with payload `{name, file, version, reason}`.
@@ -20,7 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Weak;
 use std::time::{Duration, Instant, SystemTime};
 
-use notify::{RecursiveMode, Watcher as _};
+use notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
+use notify::{EventKind, RecursiveMode, Watcher as _};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
@@ -66,11 +74,12 @@ pub(crate) fn start(
 ) -> notify::Result<WatchHandle> {
     let (tx, rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-        Ok(event) => {
+        Ok(event) if changes_plugin(&event.kind) => {
             for path in event.paths {
                 let _ = tx.send(path);
             }
         }
+        Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "plugin directory watch error"),
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
@@ -81,6 +90,24 @@ pub(crate) fn start(
         stop: Some(stop_tx),
         task,
     })
+}
+
+/// Whether a file event of this kind can change a plugin: a file created,
+/// written (or closed after writing), renamed, removed, or its metadata
+/// (mode, owner, times) changed. Opens, reads and closes without writing
+/// cannot, and the host makes them itself whenever it loads a plugin: acting
+/// on them reloaded every plugin over and over. An access-time update alone
+/// cannot either.
+fn changes_plugin(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        // Backends that cannot say what happened.
+        EventKind::Any => true,
+        EventKind::Other => false,
+    }
 }
 
 /// The plugin a path belongs to: `name` for `name.wasm`, `name.toml` and
@@ -105,6 +132,8 @@ async fn run(
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut pending: HashMap<String, Instant> = HashMap::new();
+    // The files of each plugin whose change was refused, as they were then.
+    let mut refused: HashMap<String, Fingerprints> = HashMap::new();
     loop {
         let next_due = pending.values().min().map(|t| *t + DEBOUNCE);
         tokio::select! {
@@ -129,7 +158,7 @@ async fn run(
             pending.remove(&name);
             let Some(shared) = shared.upgrade() else { return };
             let bus = Bus { shared };
-            if !apply(&bus, &dir, &name, exact).await {
+            if !apply(&bus, &dir, &name, exact, &mut refused).await {
                 // Still being written: look again after another quiet period.
                 pending.insert(name, Instant::now());
             }
@@ -144,15 +173,30 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn fingerprint(path: &Path) -> Option<(u64, SystemTime)> {
+/// What identifies one version of a file without reading it: size,
+/// modification and change times, and inode (a rename over it changes the
+/// inode; a `chmod` the change time).
+type Fingerprint = (u64, SystemTime, i64, i64, u64);
+
+/// A plugin's `.wasm`, manifest and signature, each `None` when missing.
+type Fingerprints = [Option<Fingerprint>; 3];
+
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
-    Some((m.len(), m.modified().ok()?))
+    Some((m.len(), m.modified().ok()?, m.ctime(), m.ctime_nsec(), m.ino()))
+}
+
+fn fingerprints(files: &[&Path; 3]) -> Fingerprints {
+    files.map(fingerprint)
 }
 
 /// Brings plugin `name` in line with the directory. Returns false when its
 /// files are still changing. With `exact`, a change that cannot be loaded
-/// unloads the running version (the directory's version or none).
-async fn apply(bus: &Bus, dir: &Path, name: &str, exact: bool) -> bool {
+/// unloads the running version (the directory's version or none). A change
+/// refused before is not tried again while the files are as they were then
+/// (`refused`): the refusal was reported once.
+async fn apply(bus: &Bus, dir: &Path, name: &str, exact: bool, refused: &mut HashMap<String, Fingerprints>) -> bool {
     let wasm = dir.join(format!("{name}.wasm"));
     let manifest = dir.join(format!("{name}.toml"));
     let signature = crate::signature::signature_path(&wasm);
@@ -161,13 +205,20 @@ async fn apply(bus: &Bus, dir: &Path, name: &str, exact: bool) -> bool {
             meta(bus, "plugbus.plugin.unloaded", name, &wasm, None, None);
         }
         forget_failure(bus, &wasm);
+        refused.remove(name);
         return true;
     }
-    let before = (fingerprint(&wasm), fingerprint(&manifest), fingerprint(&signature));
+    let files = [wasm.as_path(), manifest.as_path(), signature.as_path()];
+    let before = fingerprints(&files);
     tokio::time::sleep(SETTLE).await;
-    if (fingerprint(&wasm), fingerprint(&manifest), fingerprint(&signature)) != before {
+    if fingerprints(&files) != before {
         return false;
     }
+    if refused.get(name) == Some(&before) {
+        tracing::debug!(plugin = name, file = %wasm.display(), "files unchanged since their refusal; not tried again");
+        return true;
+    }
+    refused.remove(name);
     match bus.reload_plugin(&wasm).await {
         Ok((info, Reload::Loaded)) => {
             forget_failure(bus, &wasm);
@@ -177,8 +228,11 @@ async fn apply(bus: &Bus, dir: &Path, name: &str, exact: bool) -> bool {
             forget_failure(bus, &wasm);
             meta(bus, "plugbus.plugin.reloaded", name, &wasm, Some(&info.version), None);
         }
-        Ok((_, Reload::Unchanged)) => {}
+        // The running version's files are back (after a refused
+        // replacement, say): nothing to reload, and nothing failed.
+        Ok((_, Reload::Unchanged)) => forget_failure(bus, &wasm),
         Err(e) => {
+            refused.insert(name.to_owned(), before);
             let reason = e.kind.to_string();
             tracing::error!(plugin = name, file = %wasm.display(), error = %reason, "plugin change not applied");
             {
@@ -216,6 +270,31 @@ fn meta(bus: &Bus, event: &str, name: &str, file: &Path, version: Option<&str>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_are_not_changes() {
+        use notify::event::{CreateKind, DataChange, RemoveKind, RenameMode};
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)),
+            EventKind::Other,
+        ] {
+            assert!(!changes_plugin(&kind), "{kind:?}");
+        }
+        for kind in [
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(changes_plugin(&kind), "{kind:?}");
+        }
+    }
 
     #[test]
     fn only_plugin_files_count() {

@@ -228,10 +228,11 @@ pub enum Command {
         /// The minisign secret key (from `plugbus keygen` or `minisign -G`).
         #[arg(long, value_name = "KEY")]
         key: PathBuf,
-        /// For a password-protected key: the environment variable holding its password.
+        /// For a password-protected key: the environment variable holding its password (an
+        /// unprotected key, from `plugbus keygen` or `minisign -G -W`, needs none).
         #[arg(long, value_name = "VAR")]
         password_env: Option<String>,
-        /// The trusted comment (signed too; default: the file name and the time).
+        /// The trusted comment, one line (signed too; default: the file name and the time).
         #[arg(long, value_name = "TEXT")]
         comment: Option<String>,
         /// The plugin's `.wasm` file.

@@ -10,21 +10,13 @@ use anyhow::{Context, bail};
 
 /// Signs `file` with the secret key at `key`, writing `file.minisig`.
 pub fn sign(key: &Path, password_env: Option<&str>, comment: Option<&str>, file: &Path) -> anyhow::Result<ExitCode> {
+    // Checked before the key is read: nothing is written for a comment
+    // that would make a signature no verifier accepts.
+    if let Some(c) = comment {
+        check_trusted_comment(c)?;
+    }
     let text = std::fs::read_to_string(key).with_context(|| format!("reading the secret key {}", key.display()))?;
-    let secret = match minisign::SecretKey::from_unencrypted_box(text.clone().into()) {
-        Ok(secret) => secret,
-        Err(_) => {
-            let Some(var) = password_env else {
-                bail!(
-                    "{} is password-protected (or not a minisign secret key): give --password-env VAR with the password in VAR",
-                    key.display()
-                );
-            };
-            let password = std::env::var(var).with_context(|| format!("reading the key's password from ${var}"))?;
-            minisign::SecretKey::from_box(text.into(), Some(password))
-                .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?
-        }
-    };
+    let secret = read_secret_key(key, &text, password_env)?;
     let public =
         minisign::PublicKey::from_secret_key(&secret).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
     let bytes = std::fs::File::open(file).with_context(|| format!("reading {}", file.display()))?;
@@ -36,8 +28,12 @@ pub fn sign(key: &Path, password_env: Option<&str>, comment: Option<&str>, file:
         .map_or(0, |d| d.as_secs());
     let trusted = match comment {
         Some(c) => c.to_owned(),
-        // minisign's own default, with the file name as it adds it.
-        None => format!("timestamp:{now}\tfile:{name}\thashed"),
+        // minisign's own default, with the file name as it adds it (a line
+        // break in the name would break the signature's line).
+        None => format!(
+            "timestamp:{now}\tfile:{}\thashed",
+            name.replace(['\n', '\r', '\0'], "_")
+        ),
     };
     let signature = minisign::sign(
         Some(&public),
@@ -51,6 +47,85 @@ pub fn sign(key: &Path, password_env: Option<&str>, comment: Option<&str>, file:
     write_new_or_replace(&out, signature.into_string().as_bytes())?;
     println!("{}", out.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The trusted comment is one line of the signature file: a line break in it
+/// (or a NUL, where Debian's `minisign` stops reading) makes a signature
+/// that neither plugbus nor `minisign -V` verifies.
+fn check_trusted_comment(comment: &str) -> anyhow::Result<()> {
+    if let Some(c) = comment.chars().find(|c| matches!(c, '\n' | '\r' | '\0')) {
+        bail!(
+            "--comment: the trusted comment is one line of the signature file and cannot contain {}",
+            c.escape_default()
+        );
+    }
+    Ok(())
+}
+
+/// The secret key in `text` (a minisign secret key file, read from `path`).
+///
+/// The key's second line is, in base64: the signature algorithm `Ed`, the
+/// key derivation `Sc` (scrypt: password-protected) or `\0\0` (none: `minisign
+/// -G -W`, `plugbus keygen`), the checksum algorithm `B2`, the scrypt salt
+/// and limits, then the key id, the Ed25519 key and its BLAKE2b checksum
+/// (158 bytes). Debian's minisign 0.11 writes an unprotected key's checksum as
+/// zeros, which the `minisign` crate refuses as corrupted: such a key is
+/// read as is, and signing checks its signature against the key's own
+/// public half, so a damaged key still fails.
+fn read_secret_key(path: &Path, text: &str, password_env: Option<&str>) -> anyhow::Result<minisign::SecretKey> {
+    use base64::Engine as _;
+    const LEN: usize = 158;
+    // The crate reads the key from the second line of a box.
+    let boxed = |line: &str| minisign::SecretKeyBox::from(format!("untrusted comment: minisign secret key\n{line}\n"));
+    let not_a_key = |why: &str| anyhow::anyhow!("{} is not a minisign secret key: {why}", path.display());
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
+        .ok_or_else(|| not_a_key("no key line"))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(line)
+        .map_err(|_| not_a_key("the key line is not base64"))?;
+    if bytes.len() != LEN {
+        return Err(not_a_key(&format!("{} bytes, not {LEN}", bytes.len())));
+    }
+    if &bytes[0..2] != b"Ed" {
+        return Err(not_a_key("the signature algorithm is not Ed25519 (Ed)"));
+    }
+    if &bytes[4..6] != b"B2" {
+        return Err(not_a_key("the checksum algorithm is not BLAKE2b (B2)"));
+    }
+    match &bytes[2..4] {
+        [0, 0] => {
+            if let Some(var) = password_env {
+                eprintln!(
+                    "note: {} is not password-protected: --password-env {var} is not used",
+                    path.display()
+                );
+            }
+            let key = if bytes[LEN - 32..].iter().all(|&b| b == 0) {
+                minisign::SecretKey::from_bytes(&bytes)
+            } else {
+                minisign::SecretKey::from_unencrypted_box(boxed(line))
+            };
+            key.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        }
+        b"Sc" => {
+            let Some(var) = password_env else {
+                bail!(
+                    "{} is password-protected: give --password-env VAR with the password in VAR",
+                    path.display()
+                );
+            };
+            let password = std::env::var(var).with_context(|| format!("reading the key's password from ${var}"))?;
+            minisign::SecretKey::from_box(boxed(line), Some(password))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        }
+        other => Err(not_a_key(&format!(
+            "unknown key derivation {:?} (minisign uses Sc, or none)",
+            String::from_utf8_lossy(other)
+        ))),
+    }
 }
 
 /// Writes a new key pair: `key` (secret) and `key.pub`.

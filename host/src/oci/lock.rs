@@ -58,7 +58,8 @@ impl LockEntry {
     /// # Errors
     /// The pull's [`OciError`], naming the pinned reference, or
     /// [`OciError::Digest`] when the artifact's component is not the entry's
-    /// `wasm` digest.
+    /// `wasm` digest (refused before any of it is fetched: nothing is
+    /// written to `dir`).
     pub async fn install(
         &self,
         dir: &Path,
@@ -71,15 +72,18 @@ impl LockEntry {
             return Ok(None);
         }
         let pinned = self.reference.parse::<PluginRef>()?.pinned(&self.digest);
-        let pulled = transfer::pull_inner(&pinned, dir, registry, policy, Some(&self.name), check).await?;
-        if pulled.wasm_digest != self.wasm {
-            return Err(OciError::Digest {
-                reference: pinned.to_string(),
-                what: format!("plugin {}'s component (the pinned wasm digest)", self.name),
-                expected: self.wasm.clone(),
-                actual: pulled.wasm_digest,
-            });
-        }
+        // The entry's `wasm` is checked against the artifact's component
+        // before anything is fetched or installed.
+        let pulled = transfer::pull_inner(
+            &pinned,
+            dir,
+            registry,
+            policy,
+            Some(&self.name),
+            Some(&self.wasm),
+            check,
+        )
+        .await?;
         Ok(Some(pulled))
     }
 }

@@ -150,23 +150,28 @@ pub async fn pull(
     policy: &SignaturePolicy,
     name: Option<&str>,
 ) -> Result<Pulled, OciError> {
-    pull_inner(reference, dir, registry, policy, name, None).await
+    pull_inner(reference, dir, registry, policy, name, None, None).await
 }
 
-/// [`pull`], with a last `check` on the staged files before anything is
-/// renamed into place (see [`LoadCheck`]): what a lock entry's install uses.
+/// [`pull`], with the component's digest pinned (`wasm`: a lock entry's, checked against the
+/// component layer's descriptor before any of it is fetched), and a last `check` on the staged
+/// files before anything is renamed into place (see [`LoadCheck`]): what a lock entry's install
+/// uses.
 pub(crate) async fn pull_inner(
     reference: &PluginRef,
     dir: &Path,
     registry: &Registry,
     policy: &SignaturePolicy,
     name: Option<&str>,
+    wasm: Option<&str>,
     check: Option<&LoadCheck>,
 ) -> Result<Pulled, OciError> {
     install::check_dir(dir)?;
     let client = client(reference, registry)?;
     let err = |e| registry_error(reference, e);
-    let (manifest, digest) = client
+    // The registry's `Docker-Content-Digest` (which `oci-client` checked
+    // the bytes against) is not what is recorded: see `manifest_digest`.
+    let (manifest, _) = client
         .pull_manifest_raw(
             reference.oci(),
             &auth(registry, reference).await?,
@@ -174,18 +179,21 @@ pub(crate) async fn pull_inner(
         )
         .await
         .map_err(err)?;
-    let actual = artifact::sha256_digest(&manifest);
-    if let Some(expected) = reference.digest()
-        && expected != actual
+    let digest = manifest_digest(reference, &manifest)?;
+    let plan = artifact::plan(reference, &manifest, registry.max_wasm_bytes)?;
+    // A pinned component that is not this artifact's is refused before a
+    // byte of it is fetched (the bytes are then checked against the
+    // descriptor's digest): nothing reaches the plugin directory.
+    if let Some(expected) = wasm
+        && plan.wasm.digest != expected
     {
         return Err(OciError::Digest {
             reference: reference.to_string(),
-            what: "the manifest".to_owned(),
+            what: format!("{COMPONENT} (the locked wasm digest)"),
             expected: expected.to_owned(),
-            actual,
+            actual: plan.wasm.digest,
         });
     }
-    let plan = artifact::plan(reference, &manifest, registry.max_wasm_bytes)?;
     let config = fetch(&client, reference, &plan.config, "the config").await?;
     artifact::check_config(reference, &config)?;
     let wasm = fetch(&client, reference, &plan.wasm, COMPONENT).await?;
@@ -230,6 +238,43 @@ pub(crate) async fn pull_inner(
         check,
     )
     .await
+}
+
+/// The digest a pull records for the manifest `bytes` (in [`Pulled::digest`],
+/// hence `plugins.lock` and a fleet's set): their sha256, computed here,
+/// whatever algorithm the registry's `Docker-Content-Digest` header used
+/// (`plugins.lock` pins sha256 only, so a `sha512:` from the registry would
+/// write a lock plugbus then refuses). When `reference` pins a digest, the
+/// bytes must have it, in its own algorithm.
+///
+/// # Errors
+/// [`OciError::Digest`] when the bytes are not the pinned manifest,
+/// [`OciError::Reference`] for a pin in an algorithm plugbus cannot check.
+pub(crate) fn manifest_digest(reference: &PluginRef, bytes: &[u8]) -> Result<String, OciError> {
+    let sha256 = artifact::sha256_digest(bytes);
+    let Some(expected) = reference.digest() else {
+        return Ok(sha256);
+    };
+    let actual = match expected.split_once(':').map_or("", |(algorithm, _)| algorithm) {
+        "sha256" => sha256.clone(),
+        "sha384" => format!("sha384:{}", crate::text::hex(&sha2::Sha384::digest(bytes))),
+        "sha512" => format!("sha512:{}", crate::text::hex(&sha2::Sha512::digest(bytes))),
+        other => {
+            return Err(OciError::Reference {
+                reference: reference.to_string(),
+                reason: format!("digest algorithm {other:?}: plugbus checks sha256, sha384 and sha512"),
+            });
+        }
+    };
+    if actual != expected {
+        return Err(OciError::Digest {
+            reference: reference.to_string(),
+            what: "the manifest".to_owned(),
+            expected: expected.to_owned(),
+            actual,
+        });
+    }
+    Ok(sha256)
 }
 
 /// How the component's layer is named in errors (and the corruption failpoint).
@@ -365,6 +410,73 @@ fn registry_error(reference: &PluginRef, e: oci_client::errors::OciDistributionE
     }
     OciError::Registry {
         reference: reference.to_string(),
-        reason,
+        reason: explain(reference, reason),
+    }
+}
+
+/// A registry error's text, with the likely cause when rustls's own is
+/// cryptic: a plain-HTTP registry answers the TLS handshake with an HTTP
+/// response, which rustls reports as "received corrupt message of type
+/// InvalidContentType".
+fn explain(reference: &PluginRef, reason: String) -> String {
+    if reason.contains("InvalidContentType") {
+        return format!(
+            "{} did not answer HTTPS with TLS: it may speak plain HTTP, which plugbus uses only for registries on this machine, or with --plain-http (Registry::plain_http) ({reason})",
+            reference.registry()
+        );
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MANIFEST: &[u8] = br#"{"schemaVersion":2}"#;
+
+    fn pinned(digest: &str) -> PluginRef {
+        format!("oci://registry.example.com/p/x@{digest}").parse().unwrap()
+    }
+
+    /// The recorded digest is the sha256 computed here, whatever the
+    /// registry's header said, and a pin in any algorithm is checked.
+    #[test]
+    fn the_recorded_manifest_digest_is_the_local_sha256_and_pins_are_checked() {
+        let sha256 = artifact::sha256_digest(MANIFEST);
+        let sha512 = format!("sha512:{}", crate::text::hex(&sha2::Sha512::digest(MANIFEST)));
+        let tagged: PluginRef = "oci://registry.example.com/p/x:1".parse().unwrap();
+        assert_eq!(manifest_digest(&tagged, MANIFEST).unwrap(), sha256);
+        assert_eq!(manifest_digest(&pinned(&sha256), MANIFEST).unwrap(), sha256);
+        // Pinned by sha512: checked in sha512, recorded in sha256 (what
+        // `plugins.lock` accepts).
+        assert_eq!(manifest_digest(&pinned(&sha512), MANIFEST).unwrap(), sha256);
+        for wrong in [
+            format!("sha256:{}", "0".repeat(64)),
+            format!("sha512:{}", "0".repeat(128)),
+        ] {
+            let e = manifest_digest(&pinned(&wrong), MANIFEST).unwrap_err();
+            assert!(
+                matches!(&e, OciError::Digest { expected, .. } if *expected == wrong),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tls_handshake_answered_in_plain_http_is_explained() {
+        let r: PluginRef = "oci://registry.example.com:5000/p/x:1".parse().unwrap();
+        let said = explain(
+            &r,
+            "error sending request: client error (Connect): received corrupt message of type InvalidContentType"
+                .to_owned(),
+        );
+        assert!(
+            said.contains("registry.example.com:5000")
+                && said.contains("plain HTTP")
+                && said.contains("--plain-http")
+                && said.contains("InvalidContentType"),
+            "{said}"
+        );
+        assert_eq!(explain(&r, "manifest unknown".to_owned()), "manifest unknown");
     }
 }

@@ -3,7 +3,8 @@
 //! A [`PluginCtx`] lives inside its plugin's `Store`, which the plugin's
 //! worker task owns. It implements the WIT `host` interface (log, emit,
 //! config, abort) and `batch-host.begin-event`, the WASI view (an empty
-//! context plus the manifest's directory grants), the `wasi:http` view (every
+//! context plus the manifest's directory grants, each only while it is still
+//! the directory pinned at load), the `wasi:http` view (every
 //! request through `http::send`), the memory limiter, and the per-event
 //! budgets.
 
@@ -23,7 +24,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::event::Event;
 use crate::http::send::{Outbound, PluginHttp};
 use crate::limits::{Limits, MAX_CASCADE_DEPTH};
-use crate::manifest::{DirGrant, Secret};
+use crate::manifest::{PinnedDir, Secret};
 use crate::outcome::GuestAbort;
 use crate::pattern::validate_event_name;
 use crate::plugin::bindings::plugbus::observer::{host, types};
@@ -180,7 +181,7 @@ impl PluginCtx {
         plugin: Arc<str>,
         limits: &Limits,
         (config, secrets): (Config, Secrets),
-        dirs: &[DirGrant],
+        dirs: &[PinnedDir],
         outbound: Arc<Outbound>,
         bus: Weak<dyn BusPort>,
     ) -> wasmtime::Result<PluginCtx> {
@@ -192,7 +193,12 @@ impl PluginCtx {
             .secure_random(determinism.random())
             .insecure_random(determinism.random())
             .insecure_random_seed(determinism.insecure_seed());
-        for d in dirs {
+        for pinned in dirs {
+            // The directory the policy allowed at load, or none: a grant
+            // moved away and replaced since (by a symlink elsewhere, say) is
+            // refused, and so is the instance.
+            pinned.verify().map_err(wasmtime::Error::msg)?;
+            let d = &pinned.grant;
             let perms = if d.writable {
                 FsPerms::ReadWrite
             } else {

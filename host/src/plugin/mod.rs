@@ -28,7 +28,7 @@ use crate::cache::content_hash;
 use crate::event::{Event, WireEvent};
 use crate::http::send::{HttpSetup, Outbound};
 use crate::limits::Limits;
-use crate::manifest::{Manifest, ManifestError};
+use crate::manifest::{Manifest, ManifestError, PinnedDir};
 use crate::outcome::{Failure, backtrace_frames, classify};
 use crate::pattern::{Pattern, PatternError};
 use crate::plugin::bindings::{
@@ -212,6 +212,10 @@ pub(crate) struct PluginSpec {
     /// Its outbound requests: grant, journal, counters, limits.
     pub outbound: Arc<Outbound>,
     pub manifest: Manifest,
+    /// The manifest's directory grants, pinned once the plugin passed its
+    /// checks: each instance gets them only while they are still the same
+    /// directories.
+    pub dirs: Vec<PinnedDir>,
     pub imports: Vec<String>,
     pub size: u64,
     /// sha256 of the `.wasm`, in hex.
@@ -324,6 +328,16 @@ impl From<Failure> for CallError {
 /// costs to download: [`crate::oci`] uses it as its default cap).
 pub const MAX_WASM_BYTES: u64 = 256 << 20;
 
+/// [`crate::files::read_regular`] off the async runtime: a regular file of
+/// at most `max` bytes (a FIFO or a device in its place is refused, never
+/// waited on).
+async fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || crate::files::read_regular(&path, max))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
 impl PluginSpec {
     /// Reads, validates, compiles and links the plugin at `path`.
     /// Compilation runs on a blocking thread, off the async runtime.
@@ -347,7 +361,7 @@ impl PluginSpec {
         let manifest_bytes = if manifest_path == path {
             Err(std::io::Error::from(std::io::ErrorKind::NotFound))
         } else {
-            tokio::fs::read(&manifest_path).await
+            read_regular(&manifest_path, crate::manifest::MAX_MANIFEST_BYTES).await
         };
         let (manifest, manifest_version) = match manifest_bytes {
             Ok(bytes) => {
@@ -370,13 +384,13 @@ impl PluginSpec {
                 })));
             }
         };
-        let size = tokio::fs::metadata(path).await.map_err(|e| err(e.into()))?.len();
-        if size > MAX_WASM_BYTES {
-            return Err(err(LoadErrorKind::Invalid(format!(
-                "{size} bytes is more than the {MAX_WASM_BYTES}-byte limit"
-            ))));
-        }
-        let bytes = tokio::fs::read(path).await.map_err(|e| err(e.into()))?;
+        let bytes = read_regular(path, MAX_WASM_BYTES).await.map_err(|e| {
+            err(match e.kind() {
+                std::io::ErrorKind::FileTooLarge => LoadErrorKind::Invalid(e.to_string()),
+                _ => e.into(),
+            })
+        })?;
+        let size = bytes.len() as u64;
         check_header(&bytes).map_err(err)?;
         // Before anything runs or is compiled: a refused file costs a hash
         // (of up to `MAX_WASM_BYTES`, and a read of the signature file: off
@@ -467,6 +481,15 @@ impl PluginSpec {
                     .map_err(|e| err(LoadErrorKind::WrongWorld(format!("its `query` export: {e:#}"))))?,
             ),
         };
+        // Only now, with the signature and the policy passed and the
+        // component valid: create the writable directories granted, and
+        // pin every grant to the directory the policy saw.
+        let dirs = manifest.pin_dirs().map_err(|reason| {
+            err(LoadErrorKind::Manifest(ManifestError {
+                path: manifest_path.clone(),
+                reason,
+            }))
+        })?;
         let limits = manifest.apply_limits(bus_limits);
         let plugin_name_for_http = name.clone();
         Ok(PluginSpec {
@@ -488,6 +511,7 @@ impl PluginSpec {
                 announce(bus.clone()),
             )),
             manifest,
+            dirs,
             imports,
             size,
             version,
@@ -505,7 +529,7 @@ impl PluginSpec {
             self.name.clone(),
             &self.limits,
             (self.config.clone(), self.secrets.clone()),
-            &self.manifest.dirs,
+            &self.dirs,
             self.outbound.clone(),
             self.bus.clone(),
         )
