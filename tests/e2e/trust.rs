@@ -393,6 +393,19 @@ fn plugbus_sign_refuses_a_trusted_comment_with_a_line_break() {
         );
         assert!(!sig(&file).exists(), "{comment:?}: a signature was written");
     }
+    // Nor one past what a verifier reads of a signature file.
+    let long = "x".repeat(9000);
+    let out = support::plugbus(&[
+        "sign",
+        "--key",
+        key.to_str().unwrap(),
+        "--comment",
+        &long,
+        file.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("at most"), "{err}");
+    assert!(!sig(&file).exists(), "a signature was written");
 }
 
 /// Two trusted key files with one key id and different keys: the later one

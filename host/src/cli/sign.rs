@@ -59,6 +59,15 @@ fn check_trusted_comment(comment: &str) -> anyhow::Result<()> {
             c.escape_default()
         );
     }
+    // The rest of a signature file is ~300 bytes; verifiers read at most
+    // 8 KiB of it (plugbus's `MAX_SIGNATURE_BYTES`).
+    const MAX_COMMENT: usize = 4 << 10;
+    if comment.len() > MAX_COMMENT {
+        bail!(
+            "--comment: {} bytes; a trusted comment may have at most {MAX_COMMENT} (the signature file must stay under 8 KiB)",
+            comment.len()
+        );
+    }
     Ok(())
 }
 
