@@ -115,11 +115,11 @@ struct Context<'a> {
 }
 
 fn event(ctx: Context<'_>, payload: Value) -> Result<Event, CloudEventError> {
-    if ctx.id.is_empty() || ctx.id.len() > MAX_ID_BYTES {
-        return Err(bad("id", format!("must be 1 to {MAX_ID_BYTES} bytes")));
-    }
-    if ctx.source.is_empty() || ctx.source.len() > MAX_SOURCE_BYTES {
-        return Err(bad("source", format!("must be 1 to {MAX_SOURCE_BYTES} bytes")));
+    crate::event::check_external_id(ctx.id, MAX_ID_BYTES).map_err(|e| bad("id", e))?;
+    crate::event::check_external_id(ctx.source, MAX_SOURCE_BYTES).map_err(|e| bad("source", e))?;
+    if let Some(id) = ctx.correlation_id {
+        crate::event::check_external_id(id, crate::event::MAX_CORRELATION_ID_BYTES)
+            .map_err(|e| bad("correlationid", e))?;
     }
     validate_event_name(ctx.kind).map_err(|e| bad("type", format!("not a plugbus event name: {e}")))?;
     let time = ctx.time.map(time_nanos).transpose()?;
@@ -328,6 +328,11 @@ mod tests {
         assert_eq!(attr(ce(json!({"data_base64": "!!"}))), "data_base64");
         assert_eq!(attr(ce(json!({"Bad-Name": 1}))), "Bad-Name");
         assert_eq!(attr(ce(json!({"id": 7}))), "id");
+        // A line break in an id once passed, and broke every stream it was
+        // exported to (`GET /events/stream`).
+        assert_eq!(attr(ce(json!({"id": "a\nb"}))), "id");
+        assert_eq!(attr(ce(json!({"source": "s\r"}))), "source");
+        assert_eq!(attr(ce(json!({"correlationid": "r".repeat(257)}))), "correlationid");
         let batch = from_batch(br#"[{"specversion":"1.0","id":"1","source":"s","type":"ok"}, {"specversion":"1.0"}]"#);
         let e = batch.unwrap_err();
         assert_eq!((e.index, e.attribute.as_str()), (Some(1), "id"));

@@ -83,6 +83,34 @@ impl EventData {
     }
 }
 
+/// Longest correlation id taken from outside (`POST /events`, JSON Lines,
+/// CloudEvents): run ids, conversation ids and UUIDs are far shorter, and
+/// every event of a run carries its id (the dashboard shows it in each row).
+pub const MAX_CORRELATION_ID_BYTES: usize = 256;
+
+/// Checks an id taken from outside (an event id, a correlation id): 1 to
+/// `max` bytes, no control characters (a line break in an id breaks the
+/// text formats it is written into: server-sent events, logs, JSON Lines
+/// tools).
+///
+/// # Errors
+/// What is wrong with it.
+///
+/// ```
+/// assert!(plugbus::check_external_id("run-1", 256).is_ok());
+/// assert!(plugbus::check_external_id("a\nb", 256).is_err());
+/// assert!(plugbus::check_external_id("", 256).is_err());
+/// ```
+pub fn check_external_id(id: &str, max: usize) -> Result<(), String> {
+    if id.is_empty() || id.len() > max {
+        return Err(format!("must be 1 to {max} bytes"));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("must not contain control characters (line breaks, NUL)".into());
+    }
+    Ok(())
+}
+
 /// The current time in nanoseconds since the Unix epoch.
 pub(crate) fn now_nanos() -> u64 {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);

@@ -16,6 +16,9 @@ pub enum IngestError {
     /// The name is not a valid event name.
     #[error("invalid event name: {0}")]
     Name(#[from] PatternError),
+    /// The correlation id is empty, too long or holds control characters.
+    #[error("invalid correlation_id: {0}")]
+    CorrelationId(String),
 }
 
 #[derive(Deserialize)]
@@ -42,6 +45,10 @@ struct Line {
 pub fn parse_event_line(line: &str) -> Result<Event, IngestError> {
     let line: Line = serde_json::from_str(line)?;
     validate_event_name(&line.name)?;
+    if let Some(id) = &line.correlation_id {
+        crate::event::check_external_id(id, crate::event::MAX_CORRELATION_ID_BYTES)
+            .map_err(IngestError::CorrelationId)?;
+    }
     let event = Event::new(line.name, line.payload);
     Ok(match line.correlation_id {
         Some(id) => event.with_correlation_id(id),
@@ -71,5 +78,12 @@ mod tests {
         assert!(matches!(parse_event_line(r#"[1,2]"#), Err(IngestError::Json(_))));
         let ev = parse_event_line(r#"{"name":"a"}"#).unwrap();
         assert!(ev.payload().is_null());
+        for id in ["", "a\nb", &"r".repeat(257)] {
+            let line = serde_json::json!({"name": "a", "correlation_id": id}).to_string();
+            assert!(
+                matches!(parse_event_line(&line), Err(IngestError::CorrelationId(_))),
+                "{id:?}"
+            );
+        }
     }
 }

@@ -616,3 +616,107 @@ fn a_malformed_failpoints_variable_is_refused_naming_the_entry() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// A web page the operator visits cannot use the operator's browser to post
+/// events, redrive dead letters or read the API: a request a browser marks
+/// cross-site (`Origin`, `Sec-Fetch-Site`) that changes anything is refused,
+/// and so is a `Host` that is not an IP address, localhost or an
+/// `--allow-host` name (DNS rebinding). Agents, SDKs and the dashboard
+/// itself are not affected. Before, a `no-cors` fetch from another site
+/// posted events and ran a redrive, and a rebound name read everything.
+#[test]
+fn a_web_page_cannot_drive_or_read_the_api_through_the_operators_browser() {
+    let dir = plugin_dir(&["console-logger"]);
+    let (served, addr, _log) = support::serve(&[
+        "--plugins",
+        dir.path().to_str().unwrap(),
+        "--allow-host",
+        "agents.internal",
+    ]);
+    let event = br#"{"name":"agent.step","payload":{"n":1}}"#;
+    let refused = |method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        let (status, answer) = support::http_with(&addr, method, path, headers, body);
+        assert_eq!(status, 403, "{method} {path} {headers:?}: {answer}");
+        answer
+    };
+    // A form, or fetch(…, {mode: "no-cors"}), from another site.
+    refused(
+        "POST",
+        "/events",
+        &[("Origin", "http://evil.example:17880"), ("Content-Type", "text/plain")],
+        event,
+    );
+    refused("POST", "/events", &[("Origin", "null")], event);
+    refused(
+        "POST",
+        "/plugins/console-logger/dead-letters/redrive",
+        &[("Sec-Fetch-Site", "cross-site")],
+        b"",
+    );
+    refused("POST", "/v1/traces", &[("Sec-Fetch-Site", "same-site")], b"{}");
+    // DNS rebinding: the page's own name made to resolve to 127.0.0.1.
+    let port = addr.rsplit_once(':').unwrap().1;
+    let answer = refused(
+        "GET",
+        "/plugins",
+        &[("Host", &format!("rebind.attacker.example:{port}"))],
+        b"",
+    );
+    assert!(answer.contains("--allow-host"), "{answer}");
+    refused("GET", "/", &[("Host", "rebind.attacker.example")], b"");
+
+    // The dashboard's own requests, a client that is not a browser, and a
+    // name of the operator's are answered.
+    let origin = format!("http://{addr}");
+    let same = [("Origin", origin.as_str()), ("Sec-Fetch-Site", "same-origin")];
+    assert_eq!(support::http_with(&addr, "POST", "/events", &same, event).0, 202);
+    assert_eq!(http(&addr, "POST", "/events", event).0, 202);
+    assert_eq!(
+        support::http_with(&addr, "GET", "/plugins", &[("Host", "agents.internal")], b"").0,
+        200
+    );
+    assert_eq!(
+        support::http_with(&addr, "GET", "/plugins", &[("Host", &format!("localhost:{port}"))], b"").0,
+        200
+    );
+    // Only the two events taken reached the plugin.
+    let (_, metrics) = http(&addr, "GET", "/metrics", b"");
+    assert!(metrics.contains("plugbus_events_published_total 2"), "{metrics}");
+    support::terminate(&served);
+}
+
+/// A client that sent half a request and waits does not hold the shutdown:
+/// past the grace period its connection is closed and the host exits (it
+/// waited for the client to go away, however long).
+#[test]
+fn a_half_sent_request_does_not_hold_the_shutdown() {
+    use std::io::Write as _;
+    let dir = plugin_dir(&["console-logger"]);
+    let (mut child, addr, log) = support::serve(&["--plugins", dir.path().to_str().unwrap(), "--grace-ms", "500"]);
+    let mut stuck = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stuck,
+        "POST /events HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 1000\r\n\r\n{{\"na"
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "still running 20 s after SIGTERM, held by a half-sent request"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+    assert!(log.join().unwrap().contains("grace period"));
+    drop(stuck);
+}

@@ -14,6 +14,7 @@ mod query;
 mod replay;
 mod report;
 mod run;
+mod same_origin;
 mod serve;
 mod sign;
 mod units;
@@ -87,6 +88,11 @@ pub enum Command {
         /// timelines (GET /runs/ID/events) read them from (0: none). With --log the log is read.
         #[arg(long, value_name = "N", default_value_t = serve::DEFAULT_HISTORY)]
         history: usize,
+        /// A host name the API answers to besides IP addresses and localhost (repeatable). A host
+        /// on loopback refuses other names (DNS rebinding); on another address, listing names
+        /// makes it refuse the rest.
+        #[arg(long = "allow-host", value_name = "NAME")]
+        allow_hosts: Vec<String>,
         #[command(flatten)]
         fleet: fleet::FleetArgs,
     },
@@ -628,6 +634,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             log,
             otlp,
             history,
+            allow_hosts,
             fleet,
         } => {
             serve::serve(serve::Options {
@@ -638,6 +645,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 log: &log,
                 otlp: &otlp,
                 history,
+                allow_hosts: &allow_hosts,
                 fleet: &fleet,
             })
             .await

@@ -38,6 +38,8 @@
 //!   durable or stored; a retried request is not stored twice. Also on
 //!   `--otlp-listen ADDR` (the exporters' default port is 4318).
 //! - `GET /metrics`: Prometheus (OpenMetrics) text.
+//! - Every route: what a web browser sends on behalf of another site (DNS
+//!   rebinding, cross-site requests) is refused with 403 (`same_origin`).
 //! - `GET /healthz`: liveness, from the moment the host listens.
 //! - `GET /readyz`: readiness: 200 once every plugin of the directory at
 //!   start is loaded or refused, 503 before; the body says which are still
@@ -75,6 +77,7 @@ use std::sync::Arc;
 use plugbus::otlp::{Encoding, MapOptions, OtlpError, Receiver};
 
 use super::dashboard::Dashboard;
+use super::same_origin::{self, SameOrigin};
 use super::{CacheArgs, LogArgs, OtlpArgs};
 
 /// Largest request body: 1 MiB holds thousands of events per request while
@@ -96,6 +99,8 @@ pub struct Options<'a> {
     pub otlp: &'a OtlpArgs,
     /// Events kept for [`plugbus::Bus::history`] when there is no log.
     pub history: usize,
+    /// Host names the API answers to besides IP addresses and localhost.
+    pub allow_hosts: &'a [String],
     /// Membership of a fleet's plugin set.
     pub fleet: &'a super::fleet::FleetArgs,
 }
@@ -109,6 +114,7 @@ pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
         log,
         otlp,
         history,
+        allow_hosts,
         fleet,
     } = options;
     // With a log, run timelines are read from it: no copy in memory.
@@ -174,7 +180,12 @@ pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
         });
     }
     let dashboard = Dashboard::start(&bus, history, stopping.clone());
-    let app = router(bus.clone(), shutdown.clone(), receiver.clone()).merge(dashboard.routes());
+    let app = router(bus.clone(), shutdown.clone(), receiver.clone())
+        .merge(dashboard.routes())
+        .layer(axum::middleware::from_fn_with_state(
+            SameOrigin::new(addr.ip(), allow_hosts),
+            same_origin::guard,
+        ));
     eprintln!(
         "plugbus: listening on http://{addr} (plugins in {}; dashboard at /)",
         plugins.display()
@@ -198,7 +209,9 @@ pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
         if let Ok(addr) = listener.local_addr() {
             eprintln!("plugbus: OTLP/HTTP on http://{addr}/v1/traces");
         }
-        let app = otlp_router(bus.clone(), shutdown, receiver);
+        let rules = SameOrigin::new(listener.local_addr().map_or(addr.ip(), |a| a.ip()), allow_hosts);
+        let app = otlp_router(bus.clone(), shutdown, receiver)
+            .layer(axum::middleware::from_fn_with_state(rules, same_origin::guard));
         let mut stopping = stopping.clone();
         tokio::spawn(async move {
             axum::serve(listener, app)
@@ -208,17 +221,29 @@ pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
                 .await
         })
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            stop_signal.await;
-            let _ = stopping_tx.send(true);
-        })
-        .await
-        .context("HTTP server failed")?;
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        stop_signal.await;
+        let _ = stopping_tx.send(true);
+    });
+    // Requests in flight at the signal may finish within the grace period;
+    // one that never ends (a client that sent half a body and waits) must
+    // not hold the shutdown: past it, open connections are dropped.
+    let grace_over = {
+        let mut stopping = stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+            tokio::time::sleep(grace).await;
+        }
+    };
+    tokio::select! {
+        served = server => served.context("HTTP server failed")?,
+        () = grace_over => eprintln!("plugbus: requests still open after the grace period; closing their connections"),
+    }
     if let Some(server) = otlp_server {
-        match server.await {
-            Ok(result) => result.context("OTLP HTTP server failed")?,
-            Err(e) => anyhow::bail!("OTLP HTTP server failed: {e}"),
+        match tokio::time::timeout(grace, server).await {
+            Ok(Ok(result)) => result.context("OTLP HTTP server failed")?,
+            Ok(Err(e)) => anyhow::bail!("OTLP HTTP server failed: {e}"),
+            Err(_) => eprintln!("plugbus: OTLP requests still open after the grace period; closing their connections"),
         }
     }
     drop(dashboard);

@@ -594,5 +594,12 @@ fn export_message(event: &Event, format: Format) -> SseEvent {
         Format::Plugbus => serde_json::to_string(event).unwrap_or_default(),
         Format::CloudEvents => plugbus::cloudevents::to_json(event).to_string(),
     };
-    SseEvent::default().id(event.id()).data(data)
+    let message = SseEvent::default().data(data);
+    // An id is one line of the stream: one that could break it (from a
+    // source that does not check ids) is left out rather than panicking.
+    if event.id().chars().any(char::is_control) {
+        message
+    } else {
+        message.id(event.id())
+    }
 }
