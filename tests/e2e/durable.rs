@@ -1250,3 +1250,45 @@ async fn a_snapshot_past_the_logs_end_at_open_is_stale_however_far_the_log_grew(
     let applied: std::collections::BTreeSet<String> = value["applied"].as_object().unwrap().keys().cloned().collect();
     assert_eq!(applied, in_b, "the state is log B's events, each once: {value}");
 }
+
+/// A plugin that falls behind on a bus with a log misses nothing: a burst
+/// of 3,000 events into a plugin whose queue holds 4, emitted with no
+/// pause, is handled whole and in order (the `checker` errs on any gap),
+/// the events its queue could not take read back from the log; the
+/// emitter never waited. Before, 2,900-odd of them were dropped as "queue
+/// full", though the log held them and `POST /events` had answered 202
+/// `durable: true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_whose_queue_overflows_reads_the_rest_from_the_log() {
+    const EVENTS: u64 = 3_000;
+    let plugins = tempfile::tempdir().unwrap();
+    support::install(
+        plugins.path(),
+        &support::wasm("misbehave"),
+        "misbehave",
+        "[config]\nrole = \"checker\"\nwork = \"20000\"\n[limits]\nqueue_capacity = 4\n",
+    );
+    let log = tempfile::tempdir().unwrap();
+    let bus = plugbus::Bus::builder()
+        .plugin_dir(plugins.path())
+        .log_dir(log.path())
+        .build()
+        .await
+        .unwrap();
+    for seq in 0..EVENTS {
+        bus.emit("misbehave.seq", serde_json::json!({ "seq": seq }));
+    }
+    bus.flush().await;
+    let stats = bus.plugins().into_iter().find(|p| p.name == "misbehave").unwrap().stats;
+    assert_eq!(
+        (stats.ok, stats.errors, stats.dropped),
+        (EVENTS, 0, 0),
+        "every event, in order, none dropped: {stats:?}"
+    );
+    // Back to its queue: the next event is queued and handled as usual.
+    let report = bus
+        .emit_and_wait("misbehave.seq", serde_json::json!({ "seq": EVENTS }))
+        .await;
+    assert_eq!(report.outcome("misbehave"), Some(&plugbus::Outcome::Ok), "{report:?}");
+    bus.shutdown().await;
+}

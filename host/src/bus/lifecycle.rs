@@ -229,6 +229,10 @@ fn spawn(
     let (queries_tx, queries_rx) = mpsc::channel(crate::query::QUERY_QUEUE);
     let (stop_tx, stop_rx) = oneshot::channel();
     let state = Arc::new(WorkerState::default());
+    if shared.state_log().is_some() {
+        // A full queue leaves its events in the log, read back by the worker.
+        state.overflow.enable();
+    }
     let handoff = Arc::new(Mutex::new(None));
     let worker = Worker::new(
         spec.clone(),

@@ -377,6 +377,11 @@ impl BusPort for Shared {
         }
         log.set_retention_floor(crate::plugin::recovery::floor_of(&kept));
     }
+
+    fn under_publish_lock(&self, f: &mut dyn FnMut()) {
+        let _order = lock(&self.publish_lock);
+        f();
+    }
 }
 
 #[cfg(feature = "nats")]
@@ -538,7 +543,7 @@ impl Shared {
                         }
                         None => (None, None),
                     };
-                    self.enqueue(
+                    self.enqueue_live(
                         p,
                         Job {
                             event: event.clone(),
@@ -588,6 +593,21 @@ impl Shared {
         } else {
             self.pending.fetch_add(1, Ordering::AcqRel);
             if !p.offer(job) {
+                self.done();
+            }
+        }
+    }
+
+    /// [`enqueue`](Self::enqueue) for an event published live, under the
+    /// publish lock: on a bus with a log, one the queue cannot take is left
+    /// in the log for the plugin to read back
+    /// ([`PluginHandle::offer_live`]), still in flight until it has.
+    fn enqueue_live(&self, p: &PluginHandle, job: Job) {
+        if p.quarantined_now() {
+            p.refuse(job, DropReason::Quarantined);
+        } else {
+            self.pending.fetch_add(1, Ordering::AcqRel);
+            if !p.offer_live(job) {
                 self.done();
             }
         }

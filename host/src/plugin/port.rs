@@ -33,6 +33,10 @@ pub(crate) trait BusPort: Send + Sync {
     /// the log from `seq + 1` on (the log's retention floor follows the
     /// lowest of these). `None`: the plugin keeps no snapshot any more.
     fn snapshot_kept(&self, plugin: &str, seq: Option<u64>);
+
+    /// Runs `f` under the bus's publish lock: no event is published (given
+    /// its sequence number and offered to the plugins) meanwhile.
+    fn under_publish_lock(&self, f: &mut dyn FnMut());
 }
 
 /// A follow-up with what orders it in a replay's output.

@@ -55,6 +55,50 @@ pub(crate) struct WorkerState {
     /// Set (and notified) when the worker task has ended, however it ended.
     finished: AtomicBool,
     finished_notify: tokio::sync::Notify,
+    /// Events a full queue left in the log for the worker to read back.
+    pub(crate) overflow: Overflow,
+}
+
+/// A plugin that falls behind on a bus with a log misses nothing: when its
+/// queue is full, the event (and every event for it after that one, until
+/// it has caught up) is left in the log instead of dropped, and the worker
+/// reads them back from there once its queue is empty. The publisher never
+/// waits for it. Only events published live take part (under the bus's
+/// publish lock, so in sequence order): the queue then holds only events
+/// older than the first one left in the log, and the worker, after them,
+/// reads the log from that one on. It goes back to its queue under the
+/// publish lock once it has read up to the last event left (see
+/// `Worker::read_overflow`).
+#[derive(Default)]
+pub(crate) struct Overflow {
+    /// The worker can read its events back from the bus's log.
+    enabled: AtomicBool,
+    range: std::sync::Mutex<OverflowRange>,
+}
+
+/// The events left in the log: sequence numbers `first..=last` (those the
+/// plugin subscribes to), `count` of them; `first` is 0 when none is.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct OverflowRange {
+    first: u64,
+    last: u64,
+    count: u64,
+}
+
+impl Overflow {
+    /// Lets a full queue leave events in the log (the bus has one, and the
+    /// worker reads it).
+    pub(crate) fn enable(&self) {
+        self.enabled.store(true, Ordering::Release);
+    }
+
+    fn range(&self) -> std::sync::MutexGuard<'_, OverflowRange> {
+        self.range.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pending(&self) -> bool {
+        self.range().first != 0
+    }
 }
 
 impl Default for WorkerState {
@@ -66,6 +110,7 @@ impl Default for WorkerState {
             abandon: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             finished_notify: tokio::sync::Notify::new(),
+            overflow: Overflow::default(),
         }
     }
 }
@@ -329,6 +374,11 @@ impl Worker {
                     bus.job_done();
                 }
             }
+            // The queue is empty: the events a full queue left in the log
+            // come next (they are all newer than what was queued).
+            if rx.is_empty() && carry.is_none() && self.state.overflow.pending() {
+                self.read_overflow().await;
+            }
             self.stats.busy(busy.elapsed());
         }
         // Queries that arrive from here on are answered by their dropped
@@ -354,6 +404,92 @@ impl Worker {
         });
         // `_finished` marks the state unloaded when it drops, panics included.
         tracing::debug!(plugin = &*self.spec.name, "plugin worker stopped");
+    }
+
+    /// Reads the events a full queue left in the log (see [`Overflow`]) and
+    /// handles them as the live events they are, in order; once it has read
+    /// up to the last one left, it goes back to its queue, under the bus's
+    /// publish lock (an event published after that is queued again; one
+    /// left in the log meanwhile moves the end further, and it reads on).
+    /// Stopped short (the shutdown's grace period over, the log unreadable),
+    /// it lets go of the rest: the position the plugin's snapshots hold is
+    /// still before them, so a restart reads them again.
+    async fn read_overflow(&mut self) {
+        let state = self.state.clone();
+        let first = state.overflow.range().first;
+        let mut upto = state.overflow.range().last;
+        if let Some(log) = self.log.clone() {
+            let mut cursor =
+                crate::plugin::catch_up::Cursor::new(&log, crate::manifest::CatchUp::All, self.patterns.clone())
+                    .resuming_at(first);
+            'reading: loop {
+                if let Err(e) = log.wait_written(upto).await {
+                    self.state_lost(&format!("reading back events its full queue left in the log: {e}"));
+                    break;
+                }
+                loop {
+                    if state.abandoned() {
+                        break 'reading;
+                    }
+                    let batch = match cursor.read(upto).await {
+                        Ok(batch) => batch,
+                        Err(e) => {
+                            self.state_lost(&format!(
+                                "reading back events its full queue left in the log stopped after seq {}: {e}",
+                                cursor.covered()
+                            ));
+                            break 'reading;
+                        }
+                    };
+                    self.announce_gap(cursor.take_gap());
+                    if batch.is_empty() {
+                        break;
+                    }
+                    self.handle_history(&batch, 0).await;
+                }
+                let Some(bus) = self.bus.upgrade() else { break };
+                let mut caught_up = None;
+                bus.under_publish_lock(&mut || {
+                    let mut range = state.overflow.range();
+                    if range.last == upto {
+                        caught_up = Some(range.count);
+                        *range = OverflowRange::default();
+                    } else {
+                        upto = range.last;
+                    }
+                });
+                if let Some(count) = caught_up {
+                    tracing::info!(
+                        plugin = &*self.spec.name,
+                        events = count,
+                        from_seq = first,
+                        up_to_seq = upto,
+                        "caught up with the events its full queue left in the log; back to its queue"
+                    );
+                    for _ in 0..count {
+                        bus.job_done();
+                    }
+                    return;
+                }
+            }
+        }
+        // Stopped short: nothing more is left in the log for this worker.
+        let Some(bus) = self.bus.upgrade() else { return };
+        let mut left = 0;
+        bus.under_publish_lock(&mut || {
+            let mut range = state.overflow.range();
+            left = range.count;
+            *range = OverflowRange::default();
+        });
+        tracing::warn!(
+            plugin = &*self.spec.name,
+            events = left,
+            from_seq = first,
+            "events left in the log by a full queue not read back (shutting down, or the log failed): a restart reads them from the plugin's snapshot on"
+        );
+        for _ in 0..left {
+            bus.job_done();
+        }
     }
 
     /// Delivers the jobs gathered for one turn, in order, and returns them
@@ -1434,6 +1570,54 @@ impl PluginHandle {
         };
         self.refuse(job, reason);
         false
+    }
+
+    /// [`offer`](Self::offer) for an event published live, under the bus's
+    /// publish lock: on a bus with a log, a full queue leaves the event in
+    /// the log for the worker to read back (see [`Overflow`]) instead of
+    /// dropping it; so does every later event until the worker has caught
+    /// up. Returns whether the job was queued or left in the log (then it
+    /// stays in flight until the worker has read it). A waiter on a job left
+    /// in the log is answered at once, `Dropped(QueueFull)`: the event is
+    /// handled later, from the log.
+    pub fn offer_live(&self, job: Job) -> bool {
+        let overflow = &self.state.overflow;
+        let Some(seq) = job.event.seq().filter(|_| overflow.enabled.load(Ordering::Acquire)) else {
+            return self.offer(job);
+        };
+        let mut range = overflow.range();
+        let job = if range.first == 0 {
+            match self.tx.try_send(job) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Full(job)) => {
+                    range.first = seq;
+                    tracing::warn!(
+                        plugin = &*self.spec.name,
+                        event = job.event.name(),
+                        seq,
+                        "plugin queue full: its events are left in the event log and read back from there"
+                    );
+                    job
+                }
+                Err(mpsc::error::TrySendError::Closed(job)) => {
+                    drop(range);
+                    self.refuse(job, DropReason::Unloaded);
+                    return false;
+                }
+            }
+        } else if self.tx.is_closed() {
+            drop(range);
+            self.refuse(job, DropReason::Unloaded);
+            return false;
+        } else {
+            job
+        };
+        range.last = seq;
+        range.count += 1;
+        if let Some(reply) = job.reply {
+            let _ = reply.send(Outcome::Dropped(DropReason::QueueFull));
+        }
+        true
     }
 
     /// True while the plugin is quarantined: the publisher drops its events
