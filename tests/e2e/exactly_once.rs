@@ -352,6 +352,10 @@ struct Witness {
     /// `replay = "since:…"`: a window that may bound only a catch-up with
     /// no state to resume, never what a restart owes the plugin.
     since: Option<&'static str>,
+    /// A queue of a few events (`queue_capacity`): the walk's batches
+    /// overflow it, and the events it cannot take are read back from the
+    /// log (`Overflow`), through crashes, reloads and redrives.
+    queue: Option<u64>,
 }
 
 impl Witness {
@@ -360,7 +364,12 @@ impl Witness {
             .since
             .map(|window| format!("replay = \"since:{window}\"\n"))
             .unwrap_or_default();
-        format!("{replay}{}", ledger_manifest(fixed, self.snapshot_every, generation))
+        let limits = ledger_manifest(fixed, self.snapshot_every, generation);
+        let limits = match self.queue {
+            Some(queue) => limits.replacen("[limits]\n", &format!("[limits]\nqueue_capacity = {queue}\n"), 1),
+            None => limits,
+        };
+        format!("{replay}{limits}")
     }
 
     /// Every witness's manifest, for [`Node::reload_all`].
@@ -420,6 +429,7 @@ fn check_seed(seed: u64, wasm: &Path) -> Result<(), String> {
         name: "ledger",
         snapshot_every: 1 + rng.below(8),
         since: rng.chance(25).then(|| WINDOWS[rng.below(2) as usize]),
+        queue: rng.chance(30).then(|| 1 + rng.below(3)),
     }];
     // A second ledger on the same log, most often one that snapshots
     // rarely (only when it stops, or every 10 s): its old snapshot holds
@@ -430,6 +440,7 @@ fn check_seed(seed: u64, wasm: &Path) -> Result<(), String> {
             name: "tally",
             snapshot_every,
             since: rng.chance(40).then(|| WINDOWS[rng.below(2) as usize]),
+            queue: rng.chance(30).then(|| 1 + rng.below(3)),
         });
     }
     let retention = rng.chance(40);
@@ -464,7 +475,7 @@ fn check_seed(seed: u64, wasm: &Path) -> Result<(), String> {
         "durability {durability}, retention {retention}, witnesses {:?}",
         witnesses
             .iter()
-            .map(|w| (w.name, w.snapshot_every, w.since))
+            .map(|w| (w.name, w.snapshot_every, w.since, w.queue))
             .collect::<Vec<_>>()
     )];
     // Every node's stderr, in order, for the failure report.

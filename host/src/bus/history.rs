@@ -8,29 +8,61 @@ use crate::event::Event;
 
 pub(crate) struct History {
     capacity: usize,
-    events: Mutex<VecDeque<Event>>,
+    max_bytes: usize,
+    kept: Mutex<Kept>,
 }
 
+/// The events kept, each with its size ([`Event::approx_bytes`]), and their sum.
+#[derive(Default)]
+struct Kept {
+    events: VecDeque<(Event, usize)>,
+    bytes: usize,
+}
+
+/// Memory the history may hold, whatever its count: 10,000 events of
+/// ~6 KiB. Events arrive from outside (`POST /events`: 1 MiB of small
+/// numbers parses into ~18 MiB), so a count alone bounds nothing.
+pub(crate) const HISTORY_BYTES: usize = 64 << 20;
+
 impl History {
+    /// At most `capacity` events and [`HISTORY_BYTES`] of them.
     pub fn new(capacity: usize) -> History {
+        History::bounded(capacity, HISTORY_BYTES)
+    }
+
+    fn bounded(capacity: usize, max_bytes: usize) -> History {
         History {
             capacity,
-            events: Mutex::new(VecDeque::with_capacity(capacity)),
+            max_bytes,
+            kept: Mutex::new(Kept {
+                events: VecDeque::with_capacity(capacity.min(1 << 16)),
+                bytes: 0,
+            }),
         }
     }
 
     pub fn push(&self, event: &Event) {
-        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        if events.len() == self.capacity {
-            events.pop_front();
+        let size = event.approx_bytes();
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        // The oldest go first; the newest event is kept whatever its size.
+        while !kept.events.is_empty() && (kept.events.len() >= self.capacity || kept.bytes + size > self.max_bytes) {
+            if let Some((_, gone)) = kept.events.pop_front() {
+                kept.bytes -= gone;
+            }
         }
-        events.push_back(event.clone());
+        kept.events.push_back((event.clone(), size));
+        kept.bytes += size;
     }
 
     /// The last `n` events, oldest first.
     pub fn last(&self, n: usize) -> Vec<Event> {
-        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        events.iter().skip(events.len().saturating_sub(n)).cloned().collect()
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let events = &kept.events;
+        events
+            .iter()
+            .skip(events.len().saturating_sub(n))
+            .map(|(e, _)| e.clone())
+            .collect()
     }
 }
 
@@ -47,5 +79,19 @@ mod tests {
         let names: Vec<String> = h.last(10).iter().map(|e| e.name().to_owned()).collect();
         assert_eq!(names, ["e2", "e3", "e4"]);
         assert_eq!(h.last(1)[0].name(), "e4");
+    }
+
+    #[test]
+    fn the_bytes_are_bounded_as_well_as_the_count() {
+        let big = || Event::new("big", serde_json::json!(vec![0; 10_000]));
+        let h = History::bounded(1000, 3 * big().approx_bytes());
+        for _ in 0..10 {
+            h.push(&big());
+        }
+        assert_eq!(h.last(100).len(), 3, "three fit in the bytes");
+        let huge = Event::new("huge", serde_json::json!(vec![0; 100_000]));
+        h.push(&huge);
+        assert_eq!(h.last(100).len(), 1, "the newest is kept whatever its size");
+        assert_eq!(h.last(1)[0].name(), "huge");
     }
 }

@@ -85,7 +85,8 @@ use super::{CacheArgs, LogArgs, OtlpArgs};
 const MAX_BODY: usize = 1 << 20;
 
 /// Events kept in memory without `--log` for the dashboard's run timelines:
-/// a few MiB of recent events, minutes of a busy agent's activity.
+/// minutes of a busy agent's activity; the history also stops at 64 MiB
+/// (`Event::approx_bytes`), whatever the count.
 pub const DEFAULT_HISTORY: usize = 10_000;
 
 /// What `plugbus serve` is asked for on its command line.

@@ -53,8 +53,13 @@ use tokio::sync::{broadcast, watch};
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Events kept for the tail: enough for a filter to find matches among the
-/// last seconds of a busy bus, bounded to a few hundred KiB.
+/// last seconds of a busy bus, a few hundred KiB of ordinary events.
 pub const TAIL_CAPACITY: usize = 1000;
+
+/// Memory the tail may hold, whatever its count: events come from outside
+/// (`POST /events`), and 1 MiB of small numbers parses into ~18 MiB, so
+/// 1,000 of them bound nothing. 16 MiB is 1,000 events of 16 KiB.
+pub const TAIL_BYTES: usize = 16 << 20;
 
 /// Events sent per snapshot at most: 100 rows a second is more than anyone
 /// reads, and keeps the page's work bounded at 10,000 events/s.
@@ -107,7 +112,27 @@ struct Inner {
 struct Tail {
     /// Events seen so far; the newest has number `seen`.
     seen: u64,
-    events: VecDeque<(u64, Event)>,
+    /// Each event with its number and its size when it came.
+    events: VecDeque<(u64, Event, usize)>,
+    /// The events' sizes ([`Event::approx_bytes`]), summed: at most
+    /// [`TAIL_BYTES`].
+    bytes: usize,
+}
+
+impl Tail {
+    /// Keeps `event` as the newest, dropping the oldest past `capacity`
+    /// events or `max_bytes` (the newest is kept whatever its size).
+    fn push(&mut self, event: &Event, capacity: usize, max_bytes: usize) {
+        let size = event.approx_bytes();
+        self.seen += 1;
+        while !self.events.is_empty() && (self.events.len() >= capacity || self.bytes + size > max_bytes) {
+            if let Some((_, _, gone)) = self.events.pop_front() {
+                self.bytes -= gone;
+            }
+        }
+        self.events.push_back((self.seen, event.clone(), size));
+        self.bytes += size;
+    }
 }
 
 /// Which events a stream wants.
@@ -232,13 +257,7 @@ impl Dashboard {
 impl Inner {
     fn observe(&self, event: &Event) {
         {
-            let mut tail = lock(&self.tail);
-            tail.seen += 1;
-            let n = tail.seen;
-            if tail.events.len() == TAIL_CAPACITY {
-                tail.events.pop_front();
-            }
-            tail.events.push_back((n, event.clone()));
+            lock(&self.tail).push(event, TAIL_CAPACITY, TAIL_BYTES);
         }
         if self.export.receiver_count() > 0 {
             // Only fails when nobody listens any more.
@@ -253,7 +272,7 @@ impl Inner {
         let tail = lock(&self.tail);
         let mut picked: Vec<Event> = Vec::new();
         let mut skipped = 0u64;
-        for (n, event) in tail.events.iter().rev() {
+        for (n, event, _) in tail.events.iter().rev() {
             if *n <= after {
                 break;
             }
@@ -601,5 +620,25 @@ fn export_message(event: &Event, format: Format) -> SseEvent {
         message
     } else {
         message.id(event.id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_is_bounded_in_bytes_as_well_as_in_events() {
+        let big = || Event::new("big", json!(vec![0; 10_000]));
+        let mut tail = Tail::default();
+        for _ in 0..10 {
+            tail.push(&big(), 1000, 3 * big().approx_bytes());
+        }
+        assert_eq!((tail.events.len(), tail.seen), (3, 10));
+        for _ in 0..10 {
+            tail.push(&Event::new("small", json!({})), 4, usize::MAX);
+        }
+        assert_eq!(tail.events.len(), 4);
+        assert_eq!(tail.events.back().map(|e| e.0), Some(20));
     }
 }
