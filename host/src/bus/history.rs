@@ -41,8 +41,9 @@ impl History {
         }
     }
 
-    pub fn push(&self, event: &Event) {
-        let size = event.approx_bytes();
+    /// Keeps `event`, of `size` bytes ([`Event::approx_bytes`], measured
+    /// by the caller before it takes the publish lock).
+    pub fn push(&self, event: &Event, size: usize) {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         // The oldest go first; the newest event is kept whatever its size.
         while !kept.events.is_empty() && (kept.events.len() >= self.capacity || kept.bytes + size > self.max_bytes) {
@@ -74,7 +75,8 @@ mod tests {
     fn keeps_the_most_recent_oldest_first() {
         let h = History::new(3);
         for i in 0..5 {
-            h.push(&Event::new(format!("e{i}"), serde_json::Value::Null));
+            let e = Event::new(format!("e{i}"), serde_json::Value::Null);
+            h.push(&e, e.approx_bytes());
         }
         let names: Vec<String> = h.last(10).iter().map(|e| e.name().to_owned()).collect();
         assert_eq!(names, ["e2", "e3", "e4"]);
@@ -86,11 +88,12 @@ mod tests {
         let big = || Event::new("big", serde_json::json!(vec![0; 10_000]));
         let h = History::bounded(1000, 3 * big().approx_bytes());
         for _ in 0..10 {
-            h.push(&big());
+            let e = big();
+            h.push(&e, e.approx_bytes());
         }
         assert_eq!(h.last(100).len(), 3, "three fit in the bytes");
         let huge = Event::new("huge", serde_json::json!(vec![0; 100_000]));
-        h.push(&huge);
+        h.push(&huge, huge.approx_bytes());
         assert_eq!(h.last(100).len(), 1, "the newest is kept whatever its size");
         assert_eq!(h.last(1)[0].name(), "huge");
     }

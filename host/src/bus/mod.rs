@@ -508,6 +508,9 @@ impl Shared {
         // The snapshot is taken under the publish lock, where every plugin
         // change is stored too: once a plugin is swapped or unloaded, no
         // publish can still offer events to its old queue.
+        // Measured before the lock: a large payload is walked while other
+        // publishers go on.
+        let history_size = self.history.as_ref().map(|_| event.approx_bytes());
         let registry = {
             let _order = lock(&self.publish_lock);
             let registry = self.registry.load_full();
@@ -516,8 +519,8 @@ impl Shared {
                 self.sequence(event, durable);
             }
             self.published.fetch_add(1, Ordering::Relaxed);
-            if let Some(history) = &self.history {
-                history.push(event);
+            if let (Some(history), Some(size)) = (&self.history, history_size) {
+                history.push(event, size);
             }
             // On NATS the stream is the queue: plugins pull their events
             // from their consumers, on whichever host takes them.
