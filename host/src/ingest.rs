@@ -16,6 +16,10 @@ pub enum IngestError {
     /// The name is not a valid event name.
     #[error("invalid event name: {0}")]
     Name(#[from] PatternError),
+    /// Not a JSON object (an array, a string: serde would read an array as
+    /// the fields in order).
+    #[error("an event is a JSON object {{\"name\", \"payload\", \"correlation_id\"}}")]
+    NotAnObject,
     /// The correlation id is empty, too long or holds control characters.
     #[error("invalid correlation_id: {0}")]
     CorrelationId(String),
@@ -43,7 +47,25 @@ struct Line {
 /// assert!(plugbus::parse_event_line(r#"{"name":"a..b"}"#).is_err());
 /// ```
 pub fn parse_event_line(line: &str) -> Result<Event, IngestError> {
-    let line: Line = serde_json::from_str(line)?;
+    if !line.trim_start().starts_with('{') {
+        return Err(IngestError::NotAnObject);
+    }
+    event_of(serde_json::from_str(line)?)
+}
+
+/// [`parse_event_line`] for a record already parsed as JSON (an element of
+/// a JSON array of events, say).
+///
+/// # Errors
+/// [`IngestError`] saying what is wrong with the record.
+pub fn parse_event_value(value: Value) -> Result<Event, IngestError> {
+    if !value.is_object() {
+        return Err(IngestError::NotAnObject);
+    }
+    event_of(serde_json::from_value(value)?)
+}
+
+fn event_of(line: Line) -> Result<Event, IngestError> {
     validate_event_name(&line.name)?;
     if let Some(id) = &line.correlation_id {
         crate::event::check_external_id(id, crate::event::MAX_CORRELATION_ID_BYTES)
@@ -75,7 +97,16 @@ mod tests {
             parse_event_line(r#"{"name":"a.*"}"#),
             Err(IngestError::Name(_))
         ));
-        assert!(matches!(parse_event_line(r#"[1,2]"#), Err(IngestError::Json(_))));
+        assert!(matches!(parse_event_line(r#"[1,2]"#), Err(IngestError::NotAnObject)));
+        // Serde alone reads an array as the fields in order.
+        assert!(matches!(
+            parse_event_line(r#"["tool.called", {"x": 1}, "run-1"]"#),
+            Err(IngestError::NotAnObject)
+        ));
+        assert!(matches!(
+            parse_event_value(serde_json::json!(["a", null])),
+            Err(IngestError::NotAnObject)
+        ));
         let ev = parse_event_line(r#"{"name":"a"}"#).unwrap();
         assert!(ev.payload().is_null());
         for id in ["", "a\nb", &"r".repeat(257)] {

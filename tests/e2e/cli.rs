@@ -480,6 +480,15 @@ fn serve_accepts_events_over_http_reports_and_drains_on_sigterm() {
     assert!(body.contains("line 2"), "{body}");
     let (status, _) = http(&addr, "POST", "/events", b"");
     assert_eq!(status, 400);
+    // An event is an object: an array in its place is refused (serde reads
+    // one as the fields in order), and a pretty-printed one's own error is
+    // given, not a line's.
+    let (status, body) = http(&addr, "POST", "/events", br#"["tool.called", {"x": 1}, "run-1"]"#);
+    assert_eq!(status, 400);
+    assert!(body.contains("event 0") && body.contains("JSON object"), "{body}");
+    let (status, body) = http(&addr, "POST", "/events", b"{\n  \"name\": \"a..b\"\n}\n");
+    assert_eq!(status, 400);
+    assert!(body.contains("invalid event name"), "{body}");
     let (status, _) = http(&addr, "POST", "/events", &vec![b' '; 2 << 20]);
     assert_eq!(status, 413, "bodies are bounded");
 
@@ -679,9 +688,17 @@ fn a_web_page_cannot_drive_or_read_the_api_through_the_operators_browser() {
         support::http_with(&addr, "GET", "/plugins", &[("Host", &format!("localhost:{port}"))], b"").0,
         200
     );
-    // Only the two events taken reached the plugin.
+    // A JSON array of events, from a client that is not a browser.
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/events",
+        br#"[{"name":"agent.step"},{"name":"tool.called"}]"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    // Only the events taken reached the bus.
     let (_, metrics) = http(&addr, "GET", "/metrics", b"");
-    assert!(metrics.contains("plugbus_events_published_total 2"), "{metrics}");
+    assert!(metrics.contains("plugbus_events_published_total 4"), "{metrics}");
     support::terminate(&served);
 }
 

@@ -1,6 +1,6 @@
 //! `plugbus serve`: a long-running host for agents written in any language.
 //!
-//! - `POST /events`: one JSON event, or JSON Lines; answers 202 with the
+//! - `POST /events`: one JSON event, a JSON array of them, or JSON Lines; answers 202 with the
 //!   assigned ids. With `--log`, the answer comes once every event of the
 //!   request is durable under the log's policy, and carries their sequence
 //!   numbers and the policy (`{"ids", "seqs", "durable": true, "durability"}`);
@@ -474,9 +474,22 @@ fn events_of(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<Vec<plugbus
             .map_err(|e| e.to_string());
     }
     let body = std::str::from_utf8(body).map_err(|e| format!("the body is not UTF-8: {e}"))?;
-    // One JSON object (possibly pretty-printed), or one per line.
-    match plugbus::parse_event_line(body) {
-        Ok(event) => Ok(vec![event]),
+    // A JSON array of events, one JSON object (possibly pretty-printed), or
+    // one object per line (JSON Lines).
+    if body.trim_start().starts_with('[') {
+        let items: Vec<serde_json::Value> =
+            serde_json::from_str(body).map_err(|e| format!("the body is not a JSON array of events: {e}"))?;
+        return items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| plugbus::parse_event_value(item).map_err(|e| format!("event {i}: {e}")))
+            .collect();
+    }
+    match serde_json::from_str::<serde_json::Value>(body) {
+        // One whole JSON value: its own error, not a line's.
+        Ok(value) => plugbus::parse_event_value(value)
+            .map(|e| vec![e])
+            .map_err(|e| e.to_string()),
         Err(_) => body
             .lines()
             .enumerate()
