@@ -52,6 +52,10 @@ pub enum DropReason {
     Unloaded,
     /// The plugin is quarantined after repeated failures.
     Quarantined,
+    /// Not dropped: the plugin's queue was full on a bus with a log, which
+    /// keeps the event; the plugin handles it from there once it has caught
+    /// up (a waiter is answered at once with this).
+    Deferred,
 }
 
 impl Failure {
@@ -114,6 +118,7 @@ impl fmt::Display for DropReason {
             DropReason::QueueFull => "queue full",
             DropReason::Unloaded => "unloaded",
             DropReason::Quarantined => "quarantined",
+            DropReason::Deferred => "deferred: the queue was full, the plugin reads it from the log",
         })
     }
 }

@@ -476,14 +476,16 @@ impl Shared {
 
     /// Numbers the event (and queues it for the log). Called under the
     /// publish lock, so sequence order is publish order.
-    fn sequence(&self, event: &Event, durable: bool) {
+    /// Gives `event` its sequence number; with a log, appends it there.
+    /// Returns whether the log took it (its writer's buffer may be full), or
+    /// `true` without a log.
+    fn sequence(&self, event: &Event, durable: bool) -> bool {
         match &self.log {
-            Some(log) => {
-                log.append(event, durable);
-            }
+            Some(log) => log.append(event, durable).1,
             None => {
                 let seq = self.event_seq.fetch_add(1, Ordering::Relaxed) + 1;
                 event.set_seq(seq);
+                true
             }
         }
     }
@@ -515,9 +517,7 @@ impl Shared {
             let _order = lock(&self.publish_lock);
             let registry = self.registry.load_full();
             // A replayed event keeps the place it has in the log.
-            if event.seq().is_none() {
-                self.sequence(event, durable);
-            }
+            let stored = event.seq().is_some() || self.sequence(event, durable);
             self.published.fetch_add(1, Ordering::Relaxed);
             if let (Some(history), Some(size)) = (&self.history, history_size) {
                 history.push(event, size);
@@ -552,6 +552,7 @@ impl Shared {
                             event: event.clone(),
                             reply,
                         },
+                        stored,
                     );
                     if let (Some(waits), Some(rx)) = (waits.as_deref_mut(), rx) {
                         waits.push((p.spec.name.to_string(), Wait::Reply(rx)));
@@ -605,12 +606,12 @@ impl Shared {
     /// publish lock: on a bus with a log, one the queue cannot take is left
     /// in the log for the plugin to read back
     /// ([`PluginHandle::offer_live`]), still in flight until it has.
-    fn enqueue_live(&self, p: &PluginHandle, job: Job) {
+    fn enqueue_live(&self, p: &PluginHandle, job: Job, stored: bool) {
         if p.quarantined_now() {
             p.refuse(job, DropReason::Quarantined);
         } else {
             self.pending.fetch_add(1, Ordering::AcqRel);
-            if !p.offer_live(job) {
+            if !p.offer_live(job, stored) {
                 self.done();
             }
         }

@@ -352,7 +352,7 @@ pub(crate) fn verdict(
         Some(Outcome::Dropped(DropReason::Quarantined)) => {
             Verdict::Nak(quarantine_left.unwrap_or_default().max(backoff(delivered)))
         }
-        Some(Outcome::Dropped(DropReason::QueueFull | DropReason::Unloaded)) | None => later,
+        Some(Outcome::Dropped(DropReason::QueueFull | DropReason::Unloaded | DropReason::Deferred)) | None => later,
     }
 }
 

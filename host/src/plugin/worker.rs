@@ -220,6 +220,27 @@ pub(crate) struct Worker {
     /// letters are not removed yet: removed once the state that includes
     /// them is kept (see `commit_letters`).
     letters_applied: Vec<String>,
+    /// Reading back the events a full queue left in the log, when it is.
+    read_back: Option<ReadBack>,
+}
+
+/// Events a full queue left in the log handled per step of reading them
+/// back: a query waits for at most this many (one batch's worth).
+const READ_BACK_STEP: usize = 64;
+
+/// How long one step waits for the log's writer to have written the events
+/// to read back, before the worker looks at its queries and its shutdown.
+const READ_BACK_WAIT: Duration = Duration::from_millis(100);
+
+/// Reading back the events a full queue left in the log (see [`Overflow`]).
+struct ReadBack {
+    cursor: crate::plugin::catch_up::Cursor,
+    /// The first event left, for the log lines.
+    first: u64,
+    /// Read up to here: the range's end when it was last looked at.
+    upto: u64,
+    /// Read from the log and not handled yet.
+    events: VecDeque<Event>,
 }
 
 /// Redriven letters applied before their removal is committed, at most:
@@ -263,6 +284,7 @@ impl Worker {
             log: kept.log,
             patterns: kept.patterns,
             letters_applied: Vec::new(),
+            read_back: None,
         }
     }
 
@@ -308,6 +330,23 @@ impl Worker {
         // A job taken from the queue that did not fit the last batch.
         let mut carry: Option<Job> = None;
         loop {
+            // The events a full queue left in the log come once the queue is
+            // empty (they are all newer than what it held), a step at a time,
+            // so a query still waits for one step at most.
+            if carry.is_none() && rx.is_empty() && self.state.overflow.pending() {
+                match queries.try_recv() {
+                    Ok(query) => {
+                        let answer = if self.state.abandoned() {
+                            Err(QueryError::ShuttingDown(self.spec.name.to_string()))
+                        } else {
+                            self.query(&query.request).await
+                        };
+                        let _ = query.reply.send(answer);
+                    }
+                    Err(_) => self.read_back_step().await,
+                }
+                continue;
+            }
             // Queries go ahead of queued events: each runs between two
             // events (or batches), and a caller is not kept behind a full queue.
             let next = if let Some(job) = carry.take() {
@@ -374,11 +413,6 @@ impl Worker {
                     bus.job_done();
                 }
             }
-            // The queue is empty: the events a full queue left in the log
-            // come next (they are all newer than what was queued).
-            if rx.is_empty() && carry.is_none() && self.state.overflow.pending() {
-                self.read_overflow().await;
-            }
             self.stats.busy(busy.elapsed());
         }
         // Queries that arrive from here on are answered by their dropped
@@ -406,88 +440,132 @@ impl Worker {
         tracing::debug!(plugin = &*self.spec.name, "plugin worker stopped");
     }
 
-    /// Reads the events a full queue left in the log (see [`Overflow`]) and
-    /// handles them as the live events they are, in order; once it has read
-    /// up to the last one left, it goes back to its queue, under the bus's
-    /// publish lock (an event published after that is queued again; one
-    /// left in the log meanwhile moves the end further, and it reads on).
-    /// Stopped short (the shutdown's grace period over, the log unreadable),
-    /// it lets go of the rest: the position the plugin's snapshots hold is
-    /// still before them, so a restart reads them again.
-    async fn read_overflow(&mut self) {
-        let state = self.state.clone();
-        let first = state.overflow.range().first;
-        let mut upto = state.overflow.range().last;
-        if let Some(log) = self.log.clone() {
-            let mut cursor =
-                crate::plugin::catch_up::Cursor::new(&log, crate::manifest::CatchUp::All, self.patterns.clone())
-                    .resuming_at(first);
-            'reading: loop {
-                if let Err(e) = log.wait_written(upto).await {
-                    self.state_lost(&format!("reading back events its full queue left in the log: {e}"));
-                    break;
+    /// One step of reading back the events a full queue left in the log
+    /// (see [`Overflow`]): handles up to [`READ_BACK_STEP`] of them, as the
+    /// live events they are, in order; or reads on from the log; or, having
+    /// read up to the last one left, goes back to the queue under the bus's
+    /// publish lock (an event published after that is queued again; one left
+    /// in the log meanwhile moves the end further, and reading goes on).
+    /// Quarantined, or stopping past the grace period, it lets go of the
+    /// rest: dropped as a quarantined plugin's events are, or read again at
+    /// a restart (a plugin's snapshots are never past them).
+    async fn read_back_step(&mut self) {
+        if self.state.abandoned() {
+            return self.let_go_of_overflow(
+                "the shutdown's grace period is over; a restart reads them from the plugin's snapshot on",
+            );
+        }
+        if self.state.quarantined_now() {
+            return self.let_go_of_overflow("the plugin is quarantined: dropped, as its live events are");
+        }
+        let Some(log) = self.log.clone() else {
+            return self.let_go_of_overflow("no log to read them from");
+        };
+        let mut reading = match self.read_back.take() {
+            Some(reading) => reading,
+            None => {
+                let range = *self.state.overflow.range();
+                ReadBack {
+                    cursor: crate::plugin::catch_up::Cursor::new(
+                        &log,
+                        crate::manifest::CatchUp::All,
+                        self.patterns.clone(),
+                    )
+                    .resuming_at(range.first),
+                    first: range.first,
+                    upto: range.last,
+                    events: VecDeque::new(),
                 }
-                loop {
-                    if state.abandoned() {
-                        break 'reading;
-                    }
-                    let batch = match cursor.read(upto).await {
-                        Ok(batch) => batch,
-                        Err(e) => {
-                            self.state_lost(&format!(
-                                "reading back events its full queue left in the log stopped after seq {}: {e}",
-                                cursor.covered()
-                            ));
-                            break 'reading;
-                        }
-                    };
-                    self.announce_gap(cursor.take_gap());
-                    if batch.is_empty() {
-                        break;
-                    }
-                    self.handle_history(&batch, 0).await;
+            }
+        };
+        if reading.events.is_empty() {
+            // Bounded, so that a shutdown is seen while the writer is behind.
+            match tokio::time::timeout(READ_BACK_WAIT, log.wait_written(reading.upto)).await {
+                Err(_) => {
+                    self.read_back = Some(reading);
+                    return;
                 }
-                let Some(bus) = self.bus.upgrade() else { break };
+                Ok(Err(e)) => {
+                    return self.read_back_failed(&format!("the log failed: {e}"));
+                }
+                Ok(Ok(_)) => {}
+            }
+            let batch = match reading.cursor.read(reading.upto).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    return self
+                        .read_back_failed(&format!("reading stopped after seq {}: {e}", reading.cursor.covered()));
+                }
+            };
+            self.announce_gap(reading.cursor.take_gap());
+            if batch.is_empty() {
+                // Read up to `upto`: back to the queue, unless more were left.
+                let Some(bus) = self.bus.upgrade() else { return };
+                let state = self.state.clone();
                 let mut caught_up = None;
                 bus.under_publish_lock(&mut || {
                     let mut range = state.overflow.range();
-                    if range.last == upto {
+                    if range.last == reading.upto {
                         caught_up = Some(range.count);
                         *range = OverflowRange::default();
                     } else {
-                        upto = range.last;
+                        reading.upto = range.last;
                     }
                 });
-                if let Some(count) = caught_up {
-                    tracing::info!(
-                        plugin = &*self.spec.name,
-                        events = count,
-                        from_seq = first,
-                        up_to_seq = upto,
-                        "caught up with the events its full queue left in the log; back to its queue"
-                    );
-                    for _ in 0..count {
-                        bus.job_done();
+                match caught_up {
+                    Some(count) => {
+                        tracing::info!(
+                            plugin = &*self.spec.name,
+                            events = count,
+                            from_seq = reading.first,
+                            up_to_seq = reading.upto,
+                            "caught up with the events its full queue left in the log; back to its queue"
+                        );
+                        for _ in 0..count {
+                            bus.job_done();
+                        }
                     }
-                    return;
+                    None => self.read_back = Some(reading),
                 }
+                return;
             }
+            reading.events.extend(batch);
         }
-        // Stopped short: nothing more is left in the log for this worker.
+        let n = reading.events.len().min(READ_BACK_STEP);
+        let step: Vec<Event> = reading.events.drain(..n).collect();
+        self.read_back = Some(reading);
+        self.handle_history(&step, 0).await;
+    }
+
+    /// The log could not give back the events a full queue left there: said
+    /// loudly, the state kept (it is intact; it only misses those events),
+    /// and the range let go.
+    fn read_back_failed(&mut self, why: &str) {
+        let reason = format!("the events its full queue left in the event log could not be read back: {why}");
+        self.announce_state_lost(&reason, json!({}));
+        self.let_go_of_overflow(&reason);
+    }
+
+    /// Stops reading back: nothing more is left in the log for this worker,
+    /// and the events that were are done as far as `flush` goes.
+    fn let_go_of_overflow(&mut self, why: &str) {
+        self.read_back = None;
         let Some(bus) = self.bus.upgrade() else { return };
-        let mut left = 0;
+        let state = self.state.clone();
+        let mut left = OverflowRange::default();
         bus.under_publish_lock(&mut || {
             let mut range = state.overflow.range();
-            left = range.count;
+            left = *range;
             *range = OverflowRange::default();
         });
         tracing::warn!(
             plugin = &*self.spec.name,
-            events = left,
-            from_seq = first,
-            "events left in the log by a full queue not read back (shutting down, or the log failed): a restart reads them from the plugin's snapshot on"
+            events = left.count,
+            from_seq = left.first,
+            up_to_seq = left.last,
+            "events its full queue left in the event log not read back: {why}"
         );
-        for _ in 0..left {
+        for _ in 0..left.count {
             bus.job_done();
         }
     }
@@ -1578,14 +1656,28 @@ impl PluginHandle {
     /// dropping it; so does every later event until the worker has caught
     /// up. Returns whether the job was queued or left in the log (then it
     /// stays in flight until the worker has read it). A waiter on a job left
-    /// in the log is answered at once, `Dropped(QueueFull)`: the event is
+    /// in the log is answered at once, `Dropped(Deferred)`: the event is
     /// handled later, from the log.
-    pub fn offer_live(&self, job: Job) -> bool {
+    ///
+    /// `stored`: the log took the event (one it refused, its writer's buffer
+    /// full, cannot be read back: it is queued, or dropped if it cannot be
+    /// queued in order).
+    pub fn offer_live(&self, job: Job, stored: bool) -> bool {
         let overflow = &self.state.overflow;
         let Some(seq) = job.event.seq().filter(|_| overflow.enabled.load(Ordering::Acquire)) else {
             return self.offer(job);
         };
         let mut range = overflow.range();
+        if !stored {
+            if range.first == 0 {
+                drop(range);
+                return self.offer(job);
+            }
+            // Queued now it would run before the older events left in the log.
+            drop(range);
+            self.refuse(job, DropReason::QueueFull);
+            return false;
+        }
         let job = if range.first == 0 {
             match self.tx.try_send(job) {
                 Ok(()) => return true,
@@ -1615,7 +1707,7 @@ impl PluginHandle {
         range.last = seq;
         range.count += 1;
         if let Some(reply) = job.reply {
-            let _ = reply.send(Outcome::Dropped(DropReason::QueueFull));
+            let _ = reply.send(Outcome::Dropped(DropReason::Deferred));
         }
         true
     }
