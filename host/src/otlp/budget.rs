@@ -73,13 +73,21 @@ impl Message {
 const MAX_DEPTH: usize = 100;
 
 /// Counts the spans and elements of a protobuf `ExportTraceServiceRequest`.
+/// An element takes at least two bytes on the wire (a tag and a length), so
+/// a body of at most `2 × max_elements` bytes cannot hold too many: then
+/// only the spans are counted (the walk skips over each span whole), which
+/// costs next to nothing; `elements` is then a bound, not a count.
 ///
 /// # Errors
 /// [`OtlpError::Malformed`] for a body that is not protobuf (which the
 /// decoder would refuse too).
-pub fn protobuf(body: &[u8]) -> Result<Counts, OtlpError> {
+pub fn protobuf(body: &[u8], max_elements: usize) -> Result<Counts, OtlpError> {
     let mut counts = Counts::default();
-    walk(body, Message::Request, 0, &mut counts)?;
+    let deep = body.len() / 2 > max_elements;
+    walk(body, Message::Request, 0, &mut counts, deep)?;
+    if !deep {
+        counts.elements = body.len() / 2;
+    }
     Ok(counts)
 }
 
@@ -108,7 +116,7 @@ fn skip(buf: &mut &[u8], n: usize) -> Result<(), OtlpError> {
     Ok(())
 }
 
-fn walk(mut buf: &[u8], message: Message, depth: usize, counts: &mut Counts) -> Result<(), OtlpError> {
+fn walk(mut buf: &[u8], message: Message, depth: usize, counts: &mut Counts, deep: bool) -> Result<(), OtlpError> {
     if depth > MAX_DEPTH {
         return Err(malformed("messages nested too deep"));
     }
@@ -132,8 +140,11 @@ fn walk(mut buf: &[u8], message: Message, depth: usize, counts: &mut Counts) -> 
                 if let Some(child) = message.child(field) {
                     if child == Message::Span {
                         counts.spans += 1;
+                        if !deep {
+                            continue;
+                        }
                     }
-                    walk(inner, child, depth + 1, counts)?;
+                    walk(inner, child, depth + 1, counts, deep)?;
                 }
             }
             _ => return Err(malformed("a group or an unknown wire type")),
@@ -214,15 +225,22 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let counts = protobuf(&request.encode_to_vec()).unwrap();
+        let body = request.encode_to_vec();
+        let shallow = protobuf(&body, usize::MAX).unwrap();
+        assert_eq!(
+            (shallow.spans, shallow.elements),
+            (3, body.len() / 2),
+            "spans only, elements bounded"
+        );
+        let counts = protobuf(&body, 0).unwrap();
         assert_eq!(counts.spans, 3);
         // The resource spans, the scope spans and 3 spans; in each full span
         // 10: its name, two key-values (4 each: the pair, its key, its value,
         // what the value holds: a string, an array) and the array's value.
         assert_eq!(counts.elements, 1 + 1 + 3 + 2 * 10, "{counts:?}");
-        assert!(protobuf(&[0x0a, 0x05, 0x12]).is_err(), "a field past the end");
-        assert!(protobuf(&[0x0b]).is_err(), "a group");
-        assert_eq!(protobuf(&[]).unwrap(), Counts::default());
+        assert!(protobuf(&[0x0a, 0x05, 0x12], 0).is_err(), "a field past the end");
+        assert!(protobuf(&[0x0b], 0).is_err(), "a group");
+        assert_eq!(protobuf(&[], 0).unwrap(), Counts::default());
     }
 
     #[test]

@@ -211,7 +211,7 @@ pub fn decode(
         Some(other) => return Err(OtlpError::UnsupportedEncoding(other.to_owned())),
     };
     let counts = match encoding {
-        Encoding::Protobuf => budget::protobuf(body)?,
+        Encoding::Protobuf => budget::protobuf(body, MAX_ELEMENTS)?,
         Encoding::Json => budget::json(body),
     };
     if counts.spans > MAX_SPANS {

@@ -68,11 +68,15 @@ pub(crate) struct WorkerState {
 /// older than the first one left in the log, and the worker, after them,
 /// reads the log from that one on. It goes back to its queue under the
 /// publish lock once it has read up to the last event left (see
-/// `Worker::read_overflow`).
+/// `Worker::read_back_step`).
 #[derive(Default)]
 pub(crate) struct Overflow {
     /// The worker can read its events back from the bus's log.
     enabled: AtomicBool,
+    /// A range is open (`range.first != 0`): read without the mutex by the
+    /// publisher's fast path. Like the range, changed only under the bus's
+    /// publish lock.
+    active: AtomicBool,
     range: std::sync::Mutex<OverflowRange>,
 }
 
@@ -97,7 +101,16 @@ impl Overflow {
     }
 
     fn pending(&self) -> bool {
-        self.range().first != 0
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Closes the range; under the publish lock. Returns what it held.
+    fn close(&self) -> OverflowRange {
+        let mut range = self.range();
+        let held = *range;
+        *range = OverflowRange::default();
+        self.active.store(false, Ordering::Release);
+        held
     }
 }
 
@@ -504,12 +517,11 @@ impl Worker {
                 let state = self.state.clone();
                 let mut caught_up = None;
                 bus.under_publish_lock(&mut || {
-                    let mut range = state.overflow.range();
-                    if range.last == reading.upto {
-                        caught_up = Some(range.count);
-                        *range = OverflowRange::default();
+                    let last = state.overflow.range().last;
+                    if last == reading.upto {
+                        caught_up = Some(state.overflow.close().count);
                     } else {
-                        reading.upto = range.last;
+                        reading.upto = last;
                     }
                 });
                 match caught_up {
@@ -553,11 +565,7 @@ impl Worker {
         let Some(bus) = self.bus.upgrade() else { return };
         let state = self.state.clone();
         let mut left = OverflowRange::default();
-        bus.under_publish_lock(&mut || {
-            let mut range = state.overflow.range();
-            left = *range;
-            *range = OverflowRange::default();
-        });
+        bus.under_publish_lock(&mut || left = state.overflow.close());
         tracing::warn!(
             plugin = &*self.spec.name,
             events = left.count,
@@ -1667,45 +1675,46 @@ impl PluginHandle {
         let Some(seq) = job.event.seq().filter(|_| overflow.enabled.load(Ordering::Acquire)) else {
             return self.offer(job);
         };
-        let mut range = overflow.range();
-        if !stored {
-            if range.first == 0 {
-                drop(range);
-                return self.offer(job);
-            }
-            // Queued now it would run before the older events left in the log.
-            drop(range);
-            self.refuse(job, DropReason::QueueFull);
-            return false;
-        }
-        let job = if range.first == 0 {
+        // No range open (the common case): the queue, without the mutex.
+        let job = if !overflow.active.load(Ordering::Acquire) {
             match self.tx.try_send(job) {
                 Ok(()) => return true,
+                // Opens a range, below.
+                Err(mpsc::error::TrySendError::Full(job)) if stored => job,
                 Err(mpsc::error::TrySendError::Full(job)) => {
-                    range.first = seq;
-                    tracing::warn!(
-                        plugin = &*self.spec.name,
-                        event = job.event.name(),
-                        seq,
-                        "plugin queue full: its events are left in the event log and read back from there"
-                    );
-                    job
+                    self.refuse(job, DropReason::QueueFull);
+                    return false;
                 }
                 Err(mpsc::error::TrySendError::Closed(job)) => {
-                    drop(range);
                     self.refuse(job, DropReason::Unloaded);
                     return false;
                 }
             }
+        } else if !stored {
+            // Queued now it would run before the older events left in the
+            // log; the log itself does not have it.
+            self.refuse(job, DropReason::QueueFull);
+            return false;
         } else if self.tx.is_closed() {
-            drop(range);
             self.refuse(job, DropReason::Unloaded);
             return false;
         } else {
             job
         };
+        let mut range = overflow.range();
+        if range.first == 0 {
+            range.first = seq;
+            overflow.active.store(true, Ordering::Release);
+            tracing::warn!(
+                plugin = &*self.spec.name,
+                event = job.event.name(),
+                seq,
+                "plugin queue full: its events are left in the event log and read back from there"
+            );
+        }
         range.last = seq;
         range.count += 1;
+        drop(range);
         if let Some(reply) = job.reply {
             let _ = reply.send(Outcome::Dropped(DropReason::Deferred));
         }
