@@ -8,6 +8,16 @@ use serde_json::{Value, json};
 
 use crate::support::{self, http, plugbus, plugbus_bin, plugin_dir, try_http};
 
+/// A bus over the plugin directory `plugins` with its log in `log`.
+async fn logged_bus(plugins: &std::path::Path, log: &std::path::Path) -> plugbus::Bus {
+    plugbus::Bus::builder()
+        .plugin_dir(plugins)
+        .log_dir(log)
+        .build()
+        .await
+        .unwrap()
+}
+
 fn json_lines(out: &Output) -> Vec<Value> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -1147,12 +1157,7 @@ async fn a_second_redrive_never_applies_a_letter_twice() {
     };
     support::install(plugins.path(), &support::wasm("ledger"), "ledger", &manifest(false));
     let log = tempfile::tempdir().unwrap();
-    let bus = plugbus::Bus::builder()
-        .plugin_dir(plugins.path())
-        .log_dir(log.path())
-        .build()
-        .await
-        .unwrap();
+    let bus = logged_bus(plugins.path(), log.path()).await;
     for n in 0..10 {
         bus.emit("ledger.x", json!({ "poison": true, "n": n }));
     }
@@ -1205,12 +1210,7 @@ async fn a_snapshot_past_the_logs_end_at_open_is_stale_however_far_the_log_grew(
     );
     // Log A: the ledger's snapshot at seq 10.
     let a = tempfile::tempdir().unwrap();
-    let bus = plugbus::Bus::builder()
-        .plugin_dir(plugins.path())
-        .log_dir(a.path())
-        .build()
-        .await
-        .unwrap();
+    let bus = logged_bus(plugins.path(), a.path()).await;
     for n in 0..10 {
         bus.emit("ledger.e", json!({ "a": n }));
     }
@@ -1269,12 +1269,7 @@ async fn a_plugin_whose_queue_overflows_reads_the_rest_from_the_log() {
         "[config]\nrole = \"checker\"\nwork = \"20000\"\n[limits]\nqueue_capacity = 4\n",
     );
     let log = tempfile::tempdir().unwrap();
-    let bus = plugbus::Bus::builder()
-        .plugin_dir(plugins.path())
-        .log_dir(log.path())
-        .build()
-        .await
-        .unwrap();
+    let bus = logged_bus(plugins.path(), log.path()).await;
     for seq in 0..EVENTS {
         bus.emit("misbehave.seq", serde_json::json!({ "seq": seq }));
     }

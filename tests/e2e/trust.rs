@@ -61,6 +61,15 @@ pub(crate) fn minisign_sign(sk: &Path, file: &Path, comment: &str) {
 /// writes the id unpadded, the minisign crate (`plugbus keygen`) pads it to
 /// 16 digits, so it is read as a number (an id with a leading zero digit
 /// made a string comparison fail one run in sixteen).
+/// A key pair made by `plugbus keygen` in `dir`: the secret key's path
+/// (the public one beside it, `.pub`).
+fn keygen(dir: &Path) -> PathBuf {
+    let key = dir.join("plugins.key");
+    let out = support::plugbus(&["keygen", "--key", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    key
+}
+
 fn key_id(pk: &Path) -> String {
     let text = std::fs::read_to_string(pk).unwrap();
     let written = text.lines().next().unwrap().rsplit(' ').next().unwrap();
@@ -230,9 +239,7 @@ async fn a_hot_reloaded_replacement_is_verified_before_it_replaces_anything() {
 #[test]
 fn plugbus_sign_makes_what_minisign_verifies_and_check_shows_the_signer() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("plugins.key");
-    let out = support::plugbus(&["keygen", "--key", key.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = keygen(dir.path());
     let pk = dir.path().join("plugins.key.pub");
     // The public key file names its id as Debian's minisign writes it and
     // as plugbus shows it (no zero padding).
@@ -372,9 +379,7 @@ fn plugbus_sign_uses_the_keys_debian_minisign_makes() {
 #[test]
 fn plugbus_sign_refuses_a_trusted_comment_with_a_line_break() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("plugins.key");
-    let out = support::plugbus(&["keygen", "--key", key.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = keygen(dir.path());
     let file = dir.path().join("tc.wasm");
     std::fs::copy(wasm("token-counter"), &file).unwrap();
     for comment in ["release 1\nforged: yes", "release 1\r", "release\r\n1"] {
