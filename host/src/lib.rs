@@ -74,8 +74,10 @@
 //!   nats-server 2.9 accepts (the fleet's, the request journal's);
 //! - [`event`], [`pattern`], [`limits`], [`manifest`], [`outcome`], [`stats`],
 //!   [`text`], [`ingest`], [`error`]: the vocabulary every layer shares;
-//!   `sync`: the poison-tolerant lock every layer uses; `files`: reading
-//!   only regular files, bounded (no FIFO or device hangs a load).
+//!   `sync`: the poison-tolerant lock every layer uses; [`ring`]: the
+//!   count- and byte-bounded ring of recent events (the history, the
+//!   dashboard's tail); `files`: reading only regular files, bounded (no
+//!   FIFO or device hangs a load).
 
 pub mod bus;
 pub mod cache;
@@ -108,6 +110,7 @@ pub mod policy;
 pub mod power_loss;
 pub mod query;
 pub mod replay;
+pub mod ring;
 pub mod schema;
 pub mod signature;
 pub mod stats;

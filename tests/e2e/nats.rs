@@ -1499,9 +1499,12 @@ async fn nemesis(rounds: u64) {
             &format!("subscriptions = [\"n.*\"]\n{limits}[config]\n{config}"),
         );
     }
-    let (a, addr_a, _la) = host(dir.path(), &nats.url);
-    let (b, addr_b, _lb) = host(dir.path(), &nats.url);
-    let (mut c, mut addr_c, _lc) = host(dir.path(), &nats.url);
+    // Every host's log, read when a check fails.
+    let mut logs = Vec::new();
+    let (a, addr_a, la) = host_logged(dir.path(), &nats.url);
+    let (b, addr_b, lb) = host_logged(dir.path(), &nats.url);
+    let (mut c, mut addr_c, lc) = host_logged(dir.path(), &nats.url);
+    logs.extend([("a", la), ("b", lb), ("c", lc)]);
     let mut replacements = Vec::new();
     let js = client(&nats.url).await;
     let batch = |from: u64| -> String {
@@ -1515,8 +1518,9 @@ async fn nemesis(rounds: u64) {
         let base = round * 250;
         if round > 0 {
             // The killed host's replacement.
-            let (next, addr, log) = host(dir.path(), &nats.url);
-            replacements.push((std::mem::replace(&mut c, next), log));
+            let (next, addr, log) = host_logged(dir.path(), &nats.url);
+            replacements.push(std::mem::replace(&mut c, next));
+            logs.push(("c'", log));
             addr_c = addr;
         }
         post_until_stored(&[&addr_b], &batch(base), within);
@@ -1598,7 +1602,38 @@ async fn nemesis(rounds: u64) {
     };
     let big = lettered("big");
     let missing: Vec<&String> = expected.iter().filter(|n| !big.contains_key(*n)).collect();
-    assert!(missing.is_empty(), "big: events with no dead letter: {missing:?}");
+    if !missing.is_empty() {
+        // What the hosts said about each: who took its last delivery, and
+        // what became of its letter.
+        for host in [&a, &b] {
+            support::terminate(host);
+        }
+        let _ = c.kill();
+        let said: Vec<(&str, String)> = logs
+            .into_iter()
+            .map(|(h, l)| (h, l.join().unwrap_or_default()))
+            .collect();
+        let mut report = String::new();
+        for name in &missing {
+            let seq = stored
+                .iter()
+                .find(|(_, e)| e["name"] == name.as_str())
+                .map_or(0, |(s, _)| *s);
+            report.push_str(&format!("{name} (stream_seq {seq}):\n"));
+            let needle = format!("stream_seq={seq}");
+            let about = |l: &&str| {
+                l.contains("big")
+                    && l.match_indices(&needle)
+                        .any(|(i, _)| !l[i + needle.len()..].starts_with(|c: char| c.is_ascii_digit()))
+            };
+            for (host, log) in &said {
+                for line in log.lines().filter(about) {
+                    report.push_str(&format!("  [{host}] {line}\n"));
+                }
+            }
+        }
+        panic!("big: {} events with no dead letter:\n{report}", missing.len());
+    }
     let flaky = lettered("flaky");
     for (seq, e) in &stored {
         let name = e["name"].as_str().unwrap();

@@ -1,22 +1,15 @@
 //! An optional ring buffer of the most recent events, for debugging and for
 //! late observers that want context.
 
-use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use crate::event::Event;
+use crate::ring::SizedRing;
 
 pub(crate) struct History {
     capacity: usize,
     max_bytes: usize,
-    kept: Mutex<Kept>,
-}
-
-/// The events kept, each with its size ([`Event::approx_bytes`]), and their sum.
-#[derive(Default)]
-struct Kept {
-    events: VecDeque<(Event, usize)>,
-    bytes: usize,
+    kept: Mutex<SizedRing<Event>>,
 }
 
 /// Memory the history may hold, whatever its count: 10,000 events of
@@ -34,10 +27,7 @@ impl History {
         History {
             capacity,
             max_bytes,
-            kept: Mutex::new(Kept {
-                events: VecDeque::with_capacity(capacity.min(1 << 16)),
-                bytes: 0,
-            }),
+            kept: Mutex::new(SizedRing::with_capacity(capacity.min(1 << 16))),
         }
     }
 
@@ -45,25 +35,13 @@ impl History {
     /// by the caller before it takes the publish lock).
     pub fn push(&self, event: &Event, size: usize) {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        // The oldest go first; the newest event is kept whatever its size.
-        while !kept.events.is_empty() && (kept.events.len() >= self.capacity || kept.bytes + size > self.max_bytes) {
-            if let Some((_, gone)) = kept.events.pop_front() {
-                kept.bytes -= gone;
-            }
-        }
-        kept.events.push_back((event.clone(), size));
-        kept.bytes += size;
+        kept.push(event.clone(), size, self.capacity, self.max_bytes);
     }
 
     /// The last `n` events, oldest first.
     pub fn last(&self, n: usize) -> Vec<Event> {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        let events = &kept.events;
-        events
-            .iter()
-            .skip(events.len().saturating_sub(n))
-            .map(|(e, _)| e.clone())
-            .collect()
+        kept.iter().skip(kept.len().saturating_sub(n)).cloned().collect()
     }
 }
 

@@ -592,14 +592,7 @@ impl Shared {
     /// Offers `job` to plugin `p`'s queue, counted as in flight for
     /// [`Bus::flush`]; a quarantined plugin refuses it at once.
     fn enqueue(&self, p: &PluginHandle, job: Job) {
-        if p.quarantined_now() {
-            p.refuse(job, DropReason::Quarantined);
-        } else {
-            self.pending.fetch_add(1, Ordering::AcqRel);
-            if !p.offer(job) {
-                self.done();
-            }
-        }
+        self.enqueue_by(p, job, PluginHandle::offer);
     }
 
     /// [`enqueue`](Self::enqueue) for an event published live, under the
@@ -607,11 +600,17 @@ impl Shared {
     /// in the log for the plugin to read back
     /// ([`PluginHandle::offer_live`]), still in flight until it has.
     fn enqueue_live(&self, p: &PluginHandle, job: Job, stored: bool) {
+        self.enqueue_by(p, job, |p, job| p.offer_live(job, stored));
+    }
+
+    /// Both enqueues: `offer` answers whether `p` took the job (or will
+    /// read it back), which then counts as in flight until it is done.
+    fn enqueue_by(&self, p: &PluginHandle, job: Job, offer: impl FnOnce(&PluginHandle, Job) -> bool) {
         if p.quarantined_now() {
             p.refuse(job, DropReason::Quarantined);
         } else {
             self.pending.fetch_add(1, Ordering::AcqRel);
-            if !p.offer_live(job, stored) {
+            if !offer(p, job) {
                 self.done();
             }
         }

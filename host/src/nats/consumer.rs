@@ -913,7 +913,12 @@ impl Run {
         }
         match settling.letter {
             None => {}
-            Some(Ok(())) => self.record(|s| s.dead_letters += 1),
+            Some(Ok(())) => {
+                self.record(|s| s.dead_letters += 1);
+                if verdict != Verdict::Term {
+                    tracing::warn!(plugin = %self.plugin, stream_seq = h.seq, delivered = h.delivered, "the server gives this event up after this delivery; kept as a dead letter");
+                }
+            }
             Some(Err(reason)) => {
                 self.record(|s| s.dead_letters_not_stored += 1);
                 let last = last_delivery(h.delivered, self.config.max_deliver);

@@ -22,6 +22,15 @@ pub(crate) trait BusPort: Send + Sync {
     /// One queued job (or async handler) finished.
     fn job_done(&self);
 
+    /// `count` queued jobs finished (events read back from the log, or
+    /// given up), one at a time: the bus's drain levels are passed through
+    /// one by one.
+    fn jobs_done(&self, count: u64) {
+        for _ in 0..count {
+            self.job_done();
+        }
+    }
+
     /// Checks a follow-up against the schema of its name: `Err` with the
     /// reason, which the guest's `emit` returns.
     fn check_schema(&self, name: &str, payload: &serde_json::Value) -> Result<(), String>;

@@ -533,9 +533,7 @@ impl Worker {
                             up_to_seq = reading.upto,
                             "caught up with the events its full queue left in the log; back to its queue"
                         );
-                        for _ in 0..count {
-                            bus.job_done();
-                        }
+                        bus.jobs_done(count);
                     }
                     None => self.read_back = Some(reading),
                 }
@@ -573,9 +571,7 @@ impl Worker {
             up_to_seq = left.last,
             "events its full queue left in the event log not read back: {why}"
         );
-        for _ in 0..left.count {
-            bus.job_done();
-        }
+        bus.jobs_done(left.count);
     }
 
     /// Delivers the jobs gathered for one turn, in order, and returns them

@@ -40,6 +40,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::stream::{self, Stream};
+use plugbus::ring::SizedRing;
 use plugbus::{
     Bus, Event, FailureCounts, HandlerOptions, LastFailure, LoadFailure, LogStatus, Pattern, PluginInfo, PluginState,
 };
@@ -112,26 +113,18 @@ struct Inner {
 struct Tail {
     /// Events seen so far; the newest has number `seen`.
     seen: u64,
-    /// Each event with its number and its size when it came.
-    events: VecDeque<(u64, Event, usize)>,
-    /// The events' sizes ([`Event::approx_bytes`]), summed: at most
-    /// [`TAIL_BYTES`].
-    bytes: usize,
+    /// Each event with its number, at most [`TAIL_BYTES`] of them
+    /// ([`Event::approx_bytes`]).
+    events: SizedRing<(u64, Event)>,
 }
 
 impl Tail {
     /// Keeps `event` as the newest, dropping the oldest past `capacity`
     /// events or `max_bytes` (the newest is kept whatever its size).
     fn push(&mut self, event: &Event, capacity: usize, max_bytes: usize) {
-        let size = event.approx_bytes();
         self.seen += 1;
-        while !self.events.is_empty() && (self.events.len() >= capacity || self.bytes + size > max_bytes) {
-            if let Some((_, _, gone)) = self.events.pop_front() {
-                self.bytes -= gone;
-            }
-        }
-        self.events.push_back((self.seen, event.clone(), size));
-        self.bytes += size;
+        self.events
+            .push((self.seen, event.clone()), event.approx_bytes(), capacity, max_bytes);
     }
 }
 
@@ -272,7 +265,7 @@ impl Inner {
         let tail = lock(&self.tail);
         let mut picked: Vec<Event> = Vec::new();
         let mut skipped = 0u64;
-        for (n, event, _) in tail.events.iter().rev() {
+        for (n, event) in tail.events.iter().rev() {
             if *n <= after {
                 break;
             }
@@ -639,6 +632,6 @@ mod tests {
             tail.push(&Event::new("small", json!({})), 4, usize::MAX);
         }
         assert_eq!(tail.events.len(), 4);
-        assert_eq!(tail.events.back().map(|e| e.0), Some(20));
+        assert_eq!(tail.events.newest().map(|e| e.0), Some(20));
     }
 }
