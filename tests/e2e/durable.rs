@@ -1255,6 +1255,65 @@ async fn a_snapshot_past_the_logs_end_at_open_is_stale_however_far_the_log_grew(
     assert_eq!(applied, in_b, "the state is log B's events, each once: {value}");
 }
 
+/// Events a full queue left in the log stay there until the plugin has
+/// read them: retention by age holds back from the first of them, as it
+/// does for a kept snapshot. The plugin here keeps no snapshot (no floor of
+/// its own) and is slow; while it reads back, other traffic rolls 4 KiB
+/// segments whose events are all older than the age limit. Before, those
+/// segments were removed under it: events skipped, the `checker` erring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_left_in_the_log_by_a_full_queue_are_kept_from_retention_until_read() {
+    const EVENTS: u64 = 200;
+    let plugins = tempfile::tempdir().unwrap();
+    support::install(
+        plugins.path(),
+        &support::wasm("misbehave"),
+        "misbehave",
+        "[config]\nrole = \"checker\"\nwork = \"1000000\"\n\
+         [limits]\nqueue_capacity = 1\nsnapshot_every = 0\nsnapshot_interval_ms = 3600000\n",
+    );
+    let log = tempfile::tempdir().unwrap();
+    let bus = plugbus::Bus::builder()
+        .plugin_dir(plugins.path())
+        .log_dir(log.path())
+        .segment_bytes(4096)
+        .retention(None, Some(Duration::from_millis(1)))
+        .build()
+        .await
+        .unwrap();
+    for seq in 0..EVENTS {
+        bus.emit("misbehave.seq", json!({ "seq": seq }));
+    }
+    let floor = bus.log_status().unwrap().retention_floor;
+    assert!(
+        floor > 0 && floor <= EVENTS,
+        "the range's first event held: floor {floor}"
+    );
+    // Other traffic: each roll applies retention to what is older than 1 ms.
+    let behind = |bus: &plugbus::Bus| {
+        let stats = bus.plugins().into_iter().find(|p| p.name == "misbehave").unwrap().stats;
+        stats.ok + stats.errors + stats.dropped < EVENTS && stats.state_lost == 0
+    };
+    let mut rolled = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while behind(&bus) && std::time::Instant::now() < deadline {
+        for _ in 0..50 {
+            bus.emit("other.traffic", json!({ "pad": "x".repeat(100) }));
+        }
+        rolled += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    bus.flush().await;
+    let stats = bus.plugins().into_iter().find(|p| p.name == "misbehave").unwrap().stats;
+    assert_eq!(
+        (stats.ok, stats.errors, stats.dropped, stats.state_lost),
+        (EVENTS, 0, 0, 0),
+        "every event, in order, none skipped ({rolled} bursts of other traffic): {stats:?}"
+    );
+    assert_eq!(bus.log_status().unwrap().retention_floor, 0, "let go once read");
+    bus.shutdown().await;
+}
+
 /// A plugin that falls behind on a bus with a log misses nothing: a burst
 /// of 3,000 events into a plugin whose queue holds 4, emitted with no
 /// pause, is handled whole and in order (the `checker` errs on any gap),

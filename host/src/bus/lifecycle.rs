@@ -229,9 +229,9 @@ fn spawn(
     let (queries_tx, queries_rx) = mpsc::channel(crate::query::QUERY_QUEUE);
     let (stop_tx, stop_rx) = oneshot::channel();
     let state = Arc::new(WorkerState::default());
-    if shared.state_log().is_some() {
+    if let Some(log) = shared.state_log() {
         // A full queue leaves its events in the log, read back by the worker.
-        state.overflow.enable();
+        state.overflow.enable(log.clone());
     }
     let handoff = Arc::new(Mutex::new(None));
     let worker = Worker::new(

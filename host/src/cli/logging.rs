@@ -33,6 +33,9 @@ pub fn init(quiet: bool, verbose: bool) {
     let rust_log = std::env::var("RUST_LOG").ok();
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        // Colours on a terminal only: a log file or journal (and anything
+        // that greps it for `plugin=…`) gets plain text.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()))
         .with_target(false)
         .compact()
         .with_filter(filter(quiet, verbose, rust_log.as_deref()));

@@ -218,6 +218,28 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
     }
 }
 
+/// A position retention keeps while this lives ([`EventLog::pin`]).
+pub(crate) struct LogPin {
+    shared: Arc<WriterShared>,
+    id: u64,
+}
+
+impl Drop for LogPin {
+    fn drop(&mut self) {
+        self.shared
+            .pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl std::fmt::Debug for LogPin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogPin").field("id", &self.id).finish()
+    }
+}
+
 /// The writing side of a log directory, held by the bus. Cheap to clone.
 #[derive(Clone)]
 pub struct EventLog {
@@ -264,7 +286,8 @@ pub struct LogStatus {
     /// Of `lost`, events too large for a frame ([`MAX_FRAME`]).
     pub oversize: u64,
     /// The retention floor: the lowest sequence number a consumer still
-    /// needs (0: none). See [`EventLog::set_retention_floor`].
+    /// needs (0: none), whether set ([`EventLog::set_retention_floor`]) or
+    /// held by a plugin reading back what its full queue left in the log.
     pub retention_floor: u64,
     /// Segments the size limit removed although they held events at or
     /// above the retention floor (each also a warning with its range).
@@ -351,6 +374,8 @@ impl EventLog {
             on_retained: OnceLock::new(),
             oversize: AtomicU64::new(0),
             retention_floor: AtomicU64::new(options.retention_floor),
+            pins: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            next_pin: AtomicU64::new(0),
             floor_breaches: AtomicU64::new(0),
             asleep: AtomicBool::new(false),
             wanted: AtomicU64::new(0),
@@ -489,6 +514,18 @@ impl EventLog {
         self.inner.shared.retention_floor.store(seq, Ordering::Release);
     }
 
+    /// Holds back retention from `seq` on while the returned pin lives, as
+    /// the retention floor does (the size limit still wins, loudly): a
+    /// plugin reading events its full queue left in the log keeps them
+    /// there until it has read them. The floor reported in
+    /// [`LogStatus::retention_floor`] counts pins.
+    pub(crate) fn pin(&self, seq: u64) -> LogPin {
+        let shared = self.inner.shared.clone();
+        let id = shared.next_pin.fetch_add(1, Ordering::Relaxed);
+        shared.pins.lock().unwrap_or_else(|e| e.into_inner()).insert(id, seq);
+        LogPin { shared, id }
+    }
+
     fn count_lost(&self, seq: u64) {
         let shared = &self.inner.shared;
         shared.lost.fetch_add(1, Ordering::Relaxed);
@@ -583,7 +620,7 @@ impl EventLog {
             queued: self.inner.shared.queued.load(Ordering::Relaxed),
             lost: self.inner.shared.lost.load(Ordering::Relaxed),
             oversize: self.inner.shared.oversize.load(Ordering::Relaxed),
-            retention_floor: self.inner.shared.retention_floor.load(Ordering::Relaxed),
+            retention_floor: self.inner.shared.floor(),
             floor_breaches: self.inner.shared.floor_breaches.load(Ordering::Relaxed),
             failed: p.failed.map(|f| f.to_string()),
         }

@@ -91,6 +91,11 @@ pub(crate) struct WriterShared {
     /// The lowest sequence number a consumer still needs (0: none): see
     /// [`EventLog::set_retention_floor`](super::EventLog::set_retention_floor).
     pub retention_floor: AtomicU64,
+    /// Positions held against retention like the floor, while their
+    /// [`LogPin`](super::LogPin)s live: pin number → sequence number.
+    pub pins: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
+    /// The next pin's number.
+    pub next_pin: AtomicU64,
     /// Segments removed by the size limit although they held events at or
     /// above the retention floor.
     pub floor_breaches: AtomicU64,
@@ -101,6 +106,19 @@ pub(crate) struct WriterShared {
     /// events are then written at once and, under `batched`, synced early
     /// ([`EARLY_SYNC_GAP`]).
     pub wanted: AtomicU64,
+}
+
+impl WriterShared {
+    /// The retention floor in effect: the lowest of the floor set and the
+    /// pins held (0: none).
+    pub fn floor(&self) -> u64 {
+        let set = self.retention_floor.load(Ordering::Acquire);
+        let pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        match (set, pins.values().min().copied().unwrap_or(0)) {
+            (0, x) | (x, 0) => x,
+            (a, b) => a.min(b),
+        }
+    }
 }
 
 /// Events queued at which an emitter wakes the writer whatever it is
@@ -556,7 +574,7 @@ impl Writer {
     /// sequence range and [`LogStatus::floor_breaches`](super::LogStatus::floor_breaches).
     fn apply_retention(&mut self) {
         let now = SystemTime::now();
-        let floor = self.shared.retention_floor.load(Ordering::Acquire);
+        let floor = self.shared.floor();
         // The first sequence number kept, once a segment was removed.
         let mut first_kept = None;
         loop {

@@ -78,6 +78,12 @@ pub(crate) struct Overflow {
     /// publish lock.
     active: AtomicBool,
     range: std::sync::Mutex<OverflowRange>,
+    /// The log, to pin an open range's first event in it.
+    log: std::sync::OnceLock<crate::log::EventLog>,
+    /// Holds retention back from the open range's first event until the
+    /// range closes: a plugin without snapshots (no floor of its own) would
+    /// otherwise find the events it has yet to read removed by age.
+    pin: std::sync::Mutex<Option<crate::log::LogPin>>,
 }
 
 /// The events left in the log: sequence numbers `first..=last` (those the
@@ -90,10 +96,15 @@ struct OverflowRange {
 }
 
 impl Overflow {
-    /// Lets a full queue leave events in the log (the bus has one, and the
-    /// worker reads it).
-    pub(crate) fn enable(&self) {
+    /// Lets a full queue leave events in `log` (the bus's; the worker reads
+    /// it).
+    pub(crate) fn enable(&self, log: crate::log::EventLog) {
+        let _ = self.log.set(log);
         self.enabled.store(true, Ordering::Release);
+    }
+
+    fn pin(&self) -> std::sync::MutexGuard<'_, Option<crate::log::LogPin>> {
+        self.pin.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn range(&self) -> std::sync::MutexGuard<'_, OverflowRange> {
@@ -110,6 +121,7 @@ impl Overflow {
         let held = *range;
         *range = OverflowRange::default();
         self.active.store(false, Ordering::Release);
+        *self.pin() = None;
         held
     }
 }
@@ -1701,6 +1713,7 @@ impl PluginHandle {
         if range.first == 0 {
             range.first = seq;
             overflow.active.store(true, Ordering::Release);
+            *overflow.pin() = overflow.log.get().map(|log| log.pin(seq));
             tracing::warn!(
                 plugin = &*self.spec.name,
                 event = job.event.name(),
