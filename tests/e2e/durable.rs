@@ -1256,8 +1256,8 @@ async fn a_snapshot_past_the_logs_end_at_open_is_stale_however_far_the_log_grew(
 }
 
 /// Events a full queue left in the log stay there until the plugin has
-/// read them: retention by age holds back from the first of them, as it
-/// does for a kept snapshot. The plugin here keeps no snapshot (no floor of
+/// read them: retention by age holds back from the first of them not read
+/// yet, as it does for a kept snapshot. The plugin here keeps no snapshot (no floor of
 /// its own) and is slow; while it reads back, other traffic rolls 4 KiB
 /// segments whose events are all older than the age limit. Before, those
 /// segments were removed under it: events skipped, the `checker` erring.
@@ -1296,7 +1296,10 @@ async fn events_left_in_the_log_by_a_full_queue_are_kept_from_retention_until_re
     };
     let mut rolled = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // The floor follows the reading: what is read is kept no longer.
+    let mut floors = Vec::new();
     while behind(&bus) && std::time::Instant::now() < deadline {
+        floors.push(bus.log_status().unwrap().retention_floor);
         for _ in 0..50 {
             bus.emit("other.traffic", json!({ "pad": "x".repeat(100) }));
         }
@@ -1311,6 +1314,10 @@ async fn events_left_in_the_log_by_a_full_queue_are_kept_from_retention_until_re
         "every event, in order, none skipped ({rolled} bursts of other traffic): {stats:?}"
     );
     assert_eq!(bus.log_status().unwrap().retention_floor, 0, "let go once read");
+    assert!(
+        floors.iter().any(|f| *f > floor),
+        "the floor moved up as the plugin read (from {floor}): {floors:?}"
+    );
     bus.shutdown().await;
 }
 

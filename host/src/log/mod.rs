@@ -224,6 +224,22 @@ pub(crate) struct LogPin {
     id: u64,
 }
 
+impl LogPin {
+    /// Moves the held position to `seq` (a reader that has gone past the
+    /// events before it no longer needs them kept).
+    pub(crate) fn advance(&self, seq: u64) {
+        if let Some(held) = self
+            .shared
+            .pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&self.id)
+        {
+            *held = (*held).max(seq);
+        }
+    }
+}
+
 impl Drop for LogPin {
     fn drop(&mut self) {
         self.shared
@@ -514,10 +530,11 @@ impl EventLog {
         self.inner.shared.retention_floor.store(seq, Ordering::Release);
     }
 
-    /// Holds back retention from `seq` on while the returned pin lives, as
-    /// the retention floor does (the size limit still wins, loudly): a
-    /// plugin reading events its full queue left in the log keeps them
-    /// there until it has read them. The floor reported in
+    /// Holds back retention from `seq` on while the returned pin lives (or
+    /// from where [`LogPin::advance`] moved it), as the retention floor does
+    /// (the size limit still wins, loudly): a plugin reading events its full
+    /// queue left in the log keeps those it has not read yet. The floor
+    /// reported in
     /// [`LogStatus::retention_floor`] counts pins.
     pub(crate) fn pin(&self, seq: u64) -> LogPin {
         let shared = self.inner.shared.clone();

@@ -146,6 +146,9 @@ struct FinishGuard(Arc<WorkerState>);
 impl Drop for FinishGuard {
     fn drop(&mut self) {
         self.0.set(PluginState::Unloaded);
+        // A range left open (the task ended by a panic) holds retention
+        // back no more: nothing will read it.
+        *self.0.overflow.pin() = None;
         self.0.finished.store(true, Ordering::Release);
         self.0.finished_notify.notify_waiters();
     }
@@ -523,6 +526,10 @@ impl Worker {
                 }
             };
             self.announce_gap(reading.cursor.take_gap());
+            // What is read is in memory now: the log need keep only the rest.
+            if let Some(pin) = self.state.overflow.pin().as_ref() {
+                pin.advance(reading.cursor.covered() + 1);
+            }
             if batch.is_empty() {
                 // Read up to `upto`: back to the queue, unless more were left.
                 let Some(bus) = self.bus.upgrade() else { return };
