@@ -254,6 +254,12 @@ impl StatsCell {
         }
     }
 
+    /// Counts `count` events dropped at once (a range left in the log and
+    /// let go of unread).
+    pub fn dropped_many(&self, count: u64) {
+        self.dropped.fetch_add(count, Relaxed);
+    }
+
     /// Keeps `failure` on `event`, with its backtrace, as the last failure.
     pub fn failed(&self, event: &crate::Event, failure: &Failure, frames: &[String]) {
         let at_unix_ms = crate::event::now_nanos() / 1_000_000;

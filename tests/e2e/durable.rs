@@ -1255,6 +1255,58 @@ async fn a_snapshot_past_the_logs_end_at_open_is_stale_however_far_the_log_grew(
     assert_eq!(applied, in_b, "the state is log B's events, each once: {value}");
 }
 
+/// A plugin quarantined while it reads back what its full queue left in
+/// the log counts every event once, handled or dropped. Two copies of one
+/// plugin, each behind from the start (a queue of 2, slow events):
+/// - `long` panics on its second event, still in its queue, and is
+///   quarantined for 300 ms: it lets go of the events left in the log
+///   unread, which are now counted dropped (they were not counted at all);
+/// - `short` panics every 97 events and is quarantined for 2 ms, shorter
+///   than its recovery: an event published while it is quarantined now
+///   joins those left in the log instead of being refused (refused, its
+///   number fell inside what the read-back after the quarantine handled:
+///   dropped and handled both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_quarantined_while_it_reads_back_counts_every_event_once() {
+    const EVENTS: u64 = 2_000;
+    let plugins = tempfile::tempdir().unwrap();
+    for (name, backoff) in [("long", 300), ("short", 2)] {
+        support::install(
+            plugins.path(),
+            &support::wasm("misbehave"),
+            name,
+            &format!(
+                "subscriptions = [\"{name}.*\"]\n[config]\nwork = \"100000\"\n\
+                 [limits]\nqueue_capacity = 2\nquarantine_after = 1\n\
+                 quarantine_backoff_ms = {backoff}\nquarantine_backoff_max_ms = {backoff}\n"
+            ),
+        );
+    }
+    let log = tempfile::tempdir().unwrap();
+    let bus = logged_bus(plugins.path(), log.path()).await;
+    for i in 0..EVENTS {
+        bus.emit(if i == 1 { "long.panic" } else { "long.ok" }, Value::Null);
+        bus.emit(if i % 97 == 50 { "short.panic" } else { "short.ok" }, Value::Null);
+        if i % 20 == 19 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    bus.flush().await;
+    for plugin in bus.plugins() {
+        let stats = plugin.stats;
+        assert_eq!(
+            stats.delivered + stats.dropped,
+            EVENTS,
+            "{}: each event once: {stats:?}",
+            plugin.name
+        );
+        if plugin.name == "long" {
+            assert!(stats.dropped > 0, "long let go of what it had not read: {stats:?}");
+        }
+    }
+    bus.shutdown().await;
+}
+
 /// Events a full queue left in the log stay there until the plugin has
 /// read them: retention by age holds back from the first of them not read
 /// yet, as it does for a kept snapshot. The plugin here keeps no snapshot (no floor of

@@ -592,21 +592,33 @@ impl Shared {
     /// Offers `job` to plugin `p`'s queue, counted as in flight for
     /// [`Bus::flush`]; a quarantined plugin refuses it at once.
     fn enqueue(&self, p: &PluginHandle, job: Job) {
-        self.enqueue_by(p, job, PluginHandle::offer);
+        self.enqueue_by(p, job, p.quarantined_now(), PluginHandle::offer);
     }
 
     /// [`enqueue`](Self::enqueue) for an event published live, under the
     /// publish lock: on a bus with a log, one the queue cannot take is left
     /// in the log for the plugin to read back
-    /// ([`PluginHandle::offer_live`]), still in flight until it has.
+    /// ([`PluginHandle::offer_live`]), still in flight until it has. While
+    /// the plugin has events left there, a quarantine does not refuse the
+    /// event: it joins them, and is read back once the quarantine is over
+    /// or let go of (and counted dropped) with them. Refused, its number
+    /// would fall inside what is read back: dropped and handled both.
     fn enqueue_live(&self, p: &PluginHandle, job: Job, stored: bool) {
-        self.enqueue_by(p, job, |p, job| p.offer_live(job, stored));
+        let refused = p.quarantined_now() && !p.reading_back();
+        self.enqueue_by(p, job, refused, |p, job| p.offer_live(job, stored));
     }
 
     /// Both enqueues: `offer` answers whether `p` took the job (or will
-    /// read it back), which then counts as in flight until it is done.
-    fn enqueue_by(&self, p: &PluginHandle, job: Job, offer: impl FnOnce(&PluginHandle, Job) -> bool) {
-        if p.quarantined_now() {
+    /// read it back), which then counts as in flight until it is done;
+    /// `quarantined` refuses it at once.
+    fn enqueue_by(
+        &self,
+        p: &PluginHandle,
+        job: Job,
+        quarantined: bool,
+        offer: impl FnOnce(&PluginHandle, Job) -> bool,
+    ) {
+        if quarantined {
             p.refuse(job, DropReason::Quarantined);
         } else {
             self.pending.fetch_add(1, Ordering::AcqRel);

@@ -269,6 +269,9 @@ struct ReadBack {
     upto: u64,
     /// Read from the log and not handled yet.
     events: VecDeque<Event>,
+    /// Handled so far (each counted by its outcome): the rest of the
+    /// range's events are counted dropped if it is let go of.
+    handled: u64,
 }
 
 /// Redriven letters applied before their removal is committed, at most:
@@ -503,6 +506,7 @@ impl Worker {
                     first: range.first,
                     upto: range.last,
                     events: VecDeque::new(),
+                    handled: 0,
                 }
             }
         };
@@ -562,6 +566,7 @@ impl Worker {
         }
         let n = reading.events.len().min(READ_BACK_STEP);
         let step: Vec<Event> = reading.events.drain(..n).collect();
+        reading.handled += step.len() as u64;
         self.read_back = Some(reading);
         self.handle_history(&step, 0).await;
     }
@@ -578,7 +583,7 @@ impl Worker {
     /// Stops reading back: nothing more is left in the log for this worker,
     /// and the events that were are done as far as `flush` goes.
     fn let_go_of_overflow(&mut self, why: &str) {
-        self.read_back = None;
+        let handled = self.read_back.take().map_or(0, |reading| reading.handled);
         let Some(bus) = self.bus.upgrade() else { return };
         let state = self.state.clone();
         let mut left = OverflowRange::default();
@@ -590,6 +595,8 @@ impl Worker {
             up_to_seq = left.last,
             "events its full queue left in the event log not read back: {why}"
         );
+        // Dropped, like live events refused for the same reason: counted.
+        self.stats.dropped_many(left.count.saturating_sub(handled));
         bus.jobs_done(left.count);
     }
 
@@ -1742,6 +1749,13 @@ impl PluginHandle {
     /// as in flight, so a quarantined plugin costs an emit next to nothing.
     pub fn quarantined_now(&self) -> bool {
         self.state.quarantined_now()
+    }
+
+    /// Whether a full queue left events in the log that the worker has yet
+    /// to read back (read under the bus's publish lock, which opens and
+    /// closes the range).
+    pub fn reading_back(&self) -> bool {
+        self.state.overflow.pending()
     }
 
     /// Drops `job` for this plugin: counts it and answers its waiter.
