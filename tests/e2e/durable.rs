@@ -1307,6 +1307,51 @@ async fn a_plugin_quarantined_while_it_reads_back_counts_every_event_once() {
     bus.shutdown().await;
 }
 
+/// The size limit is a disk budget and breaks the pin of a plugin reading
+/// back (loudly): the events it removed unread are counted dropped, so
+/// handled + dropped is still every event (they were counted nowhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_a_size_limit_removed_before_they_were_read_back_are_counted_dropped() {
+    const EVENTS: u64 = 200;
+    let plugins = tempfile::tempdir().unwrap();
+    support::install(
+        plugins.path(),
+        &support::wasm("misbehave"),
+        "misbehave",
+        "[config]\nwork = \"1000000\"\n[limits]\nqueue_capacity = 1\nsnapshot_every = 0\n\
+         snapshot_interval_ms = 3600000\n",
+    );
+    let log = tempfile::tempdir().unwrap();
+    let bus = plugbus::Bus::builder()
+        .plugin_dir(plugins.path())
+        .log_dir(log.path())
+        .segment_bytes(4096)
+        .retention(Some(8192), None)
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..EVENTS {
+        bus.emit("misbehave.ok", Value::Null);
+    }
+    let counted = |bus: &plugbus::Bus| {
+        let stats = bus.plugins().into_iter().find(|p| p.name == "misbehave").unwrap().stats;
+        stats.delivered + stats.dropped
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while counted(&bus) < EVENTS && std::time::Instant::now() < deadline {
+        for _ in 0..50 {
+            bus.emit("other.traffic", json!({ "pad": "x".repeat(100) }));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    bus.flush().await;
+    let stats = bus.plugins().into_iter().find(|p| p.name == "misbehave").unwrap().stats;
+    assert_eq!(stats.delivered + stats.dropped, EVENTS, "each event once: {stats:?}");
+    assert!(stats.dropped > 0, "the size limit removed some unread: {stats:?}");
+    assert!(bus.log_status().unwrap().floor_breaches > 0);
+    bus.shutdown().await;
+}
+
 /// Events a full queue left in the log stay there until the plugin has
 /// read them: retention by age holds back from the first of them not read
 /// yet, as it does for a kept snapshot. The plugin here keeps no snapshot (no floor of

@@ -518,6 +518,8 @@ impl Worker {
                     return;
                 }
                 Ok(Err(e)) => {
+                    // Kept for the let-go: what it handled is counted already.
+                    self.read_back = Some(reading);
                     return self.read_back_failed(&format!("the log failed: {e}"));
                 }
                 Ok(Ok(_)) => {}
@@ -525,8 +527,9 @@ impl Worker {
             let batch = match reading.cursor.read(reading.upto).await {
                 Ok(batch) => batch,
                 Err(e) => {
-                    return self
-                        .read_back_failed(&format!("reading stopped after seq {}: {e}", reading.cursor.covered()));
+                    let why = format!("reading stopped after seq {}: {e}", reading.cursor.covered());
+                    self.read_back = Some(reading);
+                    return self.read_back_failed(&why);
                 }
             };
             self.announce_gap(reading.cursor.take_gap());
@@ -556,6 +559,9 @@ impl Worker {
                             up_to_seq = reading.upto,
                             "caught up with the events its full queue left in the log; back to its queue"
                         );
+                        // Any the log no longer had (the size limit breaks
+                        // the pin, announced as a gap) were never handled.
+                        self.stats.dropped_many(count.saturating_sub(reading.handled));
                         bus.jobs_done(count);
                     }
                     None => self.read_back = Some(reading),
