@@ -1307,45 +1307,74 @@ async fn a_plugin_quarantined_while_it_reads_back_counts_every_event_once() {
     bus.shutdown().await;
 }
 
-/// The size limit is a disk budget and breaks the pin of a plugin reading
-/// back (loudly): the events it removed unread are counted dropped, so
-/// handled + dropped is still every event (they were counted nowhere).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_a_size_limit_removed_before_they_were_read_back_are_counted_dropped() {
-    const EVENTS: u64 = 200;
+/// A bus with a log of 4 KiB segments under `retention` (bytes, age) and
+/// one slow `misbehave` (~1 ms an event, a queue of 1, no snapshots), with
+/// `config` added to its `[config]`: a burst fills its queue at once, and
+/// the rest is left in the log. Returns the bus and its two directories.
+async fn slow_reader(
+    config: &str,
+    retention: (Option<u64>, Option<Duration>),
+) -> (plugbus::Bus, tempfile::TempDir, tempfile::TempDir) {
     let plugins = tempfile::tempdir().unwrap();
     support::install(
         plugins.path(),
         &support::wasm("misbehave"),
         "misbehave",
-        "[config]\nwork = \"1000000\"\n[limits]\nqueue_capacity = 1\nsnapshot_every = 0\n\
-         snapshot_interval_ms = 3600000\n",
+        &format!(
+            "[config]\n{config}work = \"1000000\"\n\
+             [limits]\nqueue_capacity = 1\nsnapshot_every = 0\nsnapshot_interval_ms = 3600000\n"
+        ),
     );
     let log = tempfile::tempdir().unwrap();
     let bus = plugbus::Bus::builder()
         .plugin_dir(plugins.path())
         .log_dir(log.path())
         .segment_bytes(4096)
-        .retention(Some(8192), None)
+        .retention(retention.0, retention.1)
         .build()
         .await
         .unwrap();
-    for _ in 0..EVENTS {
-        bus.emit("misbehave.ok", Value::Null);
-    }
-    let counted = |bus: &plugbus::Bus| {
-        let stats = bus.plugins().into_iter().find(|p| p.name == "misbehave").unwrap().stats;
-        stats.delivered + stats.dropped
-    };
+    (bus, plugins, log)
+}
+
+/// Publishes traffic no plugin reads, rolling segments (retention runs at
+/// each roll), until `done` says so (asked before each burst) or a minute
+/// passes; returns how many bursts it published.
+async fn roll_segments_until(bus: &plugbus::Bus, mut done: impl FnMut(&plugbus::Bus) -> bool) -> usize {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while counted(&bus) < EVENTS && std::time::Instant::now() < deadline {
+    let mut bursts = 0;
+    while !done(bus) && std::time::Instant::now() < deadline {
         for _ in 0..50 {
             bus.emit("other.traffic", json!({ "pad": "x".repeat(100) }));
         }
+        bursts += 1;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    bursts
+}
+
+/// `misbehave`'s counters.
+fn misbehave_stats(bus: &plugbus::Bus) -> plugbus::PluginStats {
+    bus.plugins().into_iter().find(|p| p.name == "misbehave").unwrap().stats
+}
+
+/// The size limit is a disk budget and breaks the pin of a plugin reading
+/// back (loudly): the events it removed unread are counted dropped, so
+/// handled + dropped is still every event (they were counted nowhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_a_size_limit_removed_before_they_were_read_back_are_counted_dropped() {
+    const EVENTS: u64 = 200;
+    let (bus, _plugins, _log) = slow_reader("", (Some(8192), None)).await;
+    for _ in 0..EVENTS {
+        bus.emit("misbehave.ok", Value::Null);
+    }
+    roll_segments_until(&bus, |bus| {
+        let stats = misbehave_stats(bus);
+        stats.delivered + stats.dropped >= EVENTS
+    })
+    .await;
     bus.flush().await;
-    let stats = bus.plugins().into_iter().find(|p| p.name == "misbehave").unwrap().stats;
+    let stats = misbehave_stats(&bus);
     assert_eq!(stats.delivered + stats.dropped, EVENTS, "each event once: {stats:?}");
     assert!(stats.dropped > 0, "the size limit removed some unread: {stats:?}");
     assert!(bus.log_status().unwrap().floor_breaches > 0);
@@ -1361,23 +1390,7 @@ async fn events_a_size_limit_removed_before_they_were_read_back_are_counted_drop
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_left_in_the_log_by_a_full_queue_are_kept_from_retention_until_read() {
     const EVENTS: u64 = 200;
-    let plugins = tempfile::tempdir().unwrap();
-    support::install(
-        plugins.path(),
-        &support::wasm("misbehave"),
-        "misbehave",
-        "[config]\nrole = \"checker\"\nwork = \"1000000\"\n\
-         [limits]\nqueue_capacity = 1\nsnapshot_every = 0\nsnapshot_interval_ms = 3600000\n",
-    );
-    let log = tempfile::tempdir().unwrap();
-    let bus = plugbus::Bus::builder()
-        .plugin_dir(plugins.path())
-        .log_dir(log.path())
-        .segment_bytes(4096)
-        .retention(None, Some(Duration::from_millis(1)))
-        .build()
-        .await
-        .unwrap();
+    let (bus, _plugins, _log) = slow_reader("role = \"checker\"\n", (None, Some(Duration::from_millis(1)))).await;
     for seq in 0..EVENTS {
         bus.emit("misbehave.seq", json!({ "seq": seq }));
     }
@@ -1387,24 +1400,16 @@ async fn events_left_in_the_log_by_a_full_queue_are_kept_from_retention_until_re
         "the range's first event held: floor {floor}"
     );
     // Other traffic: each roll applies retention to what is older than 1 ms.
-    let behind = |bus: &plugbus::Bus| {
-        let stats = bus.plugins().into_iter().find(|p| p.name == "misbehave").unwrap().stats;
-        stats.ok + stats.errors + stats.dropped < EVENTS && stats.state_lost == 0
-    };
-    let mut rolled = 0;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     // The floor follows the reading: what is read is kept no longer.
     let mut floors = Vec::new();
-    while behind(&bus) && std::time::Instant::now() < deadline {
+    let rolled = roll_segments_until(&bus, |bus| {
         floors.push(bus.log_status().unwrap().retention_floor);
-        for _ in 0..50 {
-            bus.emit("other.traffic", json!({ "pad": "x".repeat(100) }));
-        }
-        rolled += 1;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        let stats = misbehave_stats(bus);
+        stats.ok + stats.errors + stats.dropped >= EVENTS || stats.state_lost > 0
+    })
+    .await;
     bus.flush().await;
-    let stats = bus.plugins().into_iter().find(|p| p.name == "misbehave").unwrap().stats;
+    let stats = misbehave_stats(&bus);
     assert_eq!(
         (stats.ok, stats.errors, stats.dropped, stats.state_lost),
         (EVENTS, 0, 0, 0),
