@@ -517,19 +517,14 @@ impl Worker {
                     self.read_back = Some(reading);
                     return;
                 }
-                Ok(Err(e)) => {
-                    // Kept for the let-go: what it handled is counted already.
-                    self.read_back = Some(reading);
-                    return self.read_back_failed(&format!("the log failed: {e}"));
-                }
+                Ok(Err(e)) => return self.read_back_failed(&format!("the log failed: {e}"), reading.handled),
                 Ok(Ok(_)) => {}
             }
             let batch = match reading.cursor.read(reading.upto).await {
                 Ok(batch) => batch,
                 Err(e) => {
                     let why = format!("reading stopped after seq {}: {e}", reading.cursor.covered());
-                    self.read_back = Some(reading);
-                    return self.read_back_failed(&why);
+                    return self.read_back_failed(&why, reading.handled);
                 }
             };
             self.announce_gap(reading.cursor.take_gap());
@@ -561,8 +556,7 @@ impl Worker {
                         );
                         // Any the log no longer had (the size limit breaks
                         // the pin, announced as a gap) were never handled.
-                        self.stats.dropped_many(count.saturating_sub(reading.handled));
-                        bus.jobs_done(count);
+                        self.finish_range(&*bus, count, reading.handled);
                     }
                     None => self.read_back = Some(reading),
                 }
@@ -579,17 +573,24 @@ impl Worker {
 
     /// The log could not give back the events a full queue left there: said
     /// loudly, the state kept (it is intact; it only misses those events),
-    /// and the range let go.
-    fn read_back_failed(&mut self, why: &str) {
+    /// and the range let go (`handled` of its events were handled).
+    fn read_back_failed(&mut self, why: &str, handled: u64) {
         let reason = format!("the events its full queue left in the event log could not be read back: {why}");
         self.announce_state_lost(&reason, json!({}));
-        self.let_go_of_overflow(&reason);
+        self.let_go(&reason, handled);
     }
 
-    /// Stops reading back: nothing more is left in the log for this worker,
-    /// and the events that were are done as far as `flush` goes.
+    /// Stops reading back, whatever was read so far: nothing more is left
+    /// in the log for this worker, and the events that were are done as far
+    /// as `flush` goes.
     fn let_go_of_overflow(&mut self, why: &str) {
         let handled = self.read_back.take().map_or(0, |reading| reading.handled);
+        self.let_go(why, handled);
+    }
+
+    /// [`let_go_of_overflow`](Self::let_go_of_overflow) once the reading is
+    /// put away, `handled` of the range's events handled.
+    fn let_go(&mut self, why: &str, handled: u64) {
         let Some(bus) = self.bus.upgrade() else { return };
         let state = self.state.clone();
         let mut left = OverflowRange::default();
@@ -602,8 +603,15 @@ impl Worker {
             "events its full queue left in the event log not read back: {why}"
         );
         // Dropped, like live events refused for the same reason: counted.
-        self.stats.dropped_many(left.count.saturating_sub(handled));
-        bus.jobs_done(left.count);
+        self.finish_range(&*bus, left.count, handled);
+    }
+
+    /// Books a closed range of `count` events of which `handled` were
+    /// handled (and counted so): the rest count as dropped, and all of them
+    /// are done as far as `flush` goes. Every subscribed event counts once.
+    fn finish_range(&self, bus: &dyn BusPort, count: u64, handled: u64) {
+        self.stats.dropped_many(count.saturating_sub(handled));
+        bus.jobs_done(count);
     }
 
     /// Delivers the jobs gathered for one turn, in order, and returns them
