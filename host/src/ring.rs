@@ -18,8 +18,9 @@ use std::collections::VecDeque;
 #[derive(Debug)]
 pub struct SizedRing<T> {
     items: VecDeque<(T, usize)>,
-    /// The items' sizes, summed.
-    bytes: usize,
+    /// The items' total size; wider than a size, so that no sum of sizes
+    /// overflows it (absurd sizes are still counted exactly).
+    bytes: u128,
 }
 
 impl<T> Default for SizedRing<T> {
@@ -41,13 +42,14 @@ impl<T> SizedRing<T> {
     /// past `capacity` items or `max_bytes`; the newest is kept whatever
     /// its size.
     pub fn push(&mut self, item: T, size: usize, capacity: usize, max_bytes: usize) {
-        while !self.items.is_empty() && (self.items.len() >= capacity || self.bytes + size > max_bytes) {
+        while !self.items.is_empty() && (self.items.len() >= capacity || self.bytes + size as u128 > max_bytes as u128)
+        {
             if let Some((_, gone)) = self.items.pop_front() {
-                self.bytes -= gone;
+                self.bytes -= gone as u128;
             }
         }
         self.items.push_back((item, size));
-        self.bytes += size;
+        self.bytes += size as u128;
     }
 
     /// How many items are kept.
@@ -94,5 +96,14 @@ mod tests {
         );
         ring.push(11, 10, 100, 25);
         assert_eq!(ring.iter().copied().collect::<Vec<_>>(), [11], "its bytes went with it");
+    }
+
+    #[test]
+    fn sizes_past_the_address_space_do_not_overflow() {
+        let mut ring = SizedRing::default();
+        ring.push(1, usize::MAX, 10, usize::MAX);
+        ring.push(2, usize::MAX, 10, usize::MAX);
+        ring.push(3, 5, 10, 100);
+        assert_eq!(ring.iter().copied().collect::<Vec<_>>(), [3]);
     }
 }

@@ -1353,6 +1353,76 @@ async fn roll_segments_until(bus: &plugbus::Bus, mut done: impl FnMut(&plugbus::
     bursts
 }
 
+thread_local! {
+    /// Set on the thread of the one test that pauses at the
+    /// `plugin.overflow.open` failpoint (a process-wide callback).
+    static PAUSE_AT_OVERFLOW_OPEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A range of events left in the log can open while the worker, having
+/// emptied its queue in the meantime, waits on it: no later event goes to
+/// the queue, so only the range's own signal wakes it. Without that signal
+/// the plugin stalled, and `flush` with it, until something else (a query,
+/// the shutdown) woke the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_opened_while_the_worker_waits_on_its_queue_wakes_it() {
+    const EVENTS: u64 = 20;
+    // The publisher (this test's thread) pauses between finding the queue
+    // full and opening the range, long enough for the worker to empty it.
+    fail::cfg_callback("plugin.overflow.open", || {
+        if PAUSE_AT_OVERFLOW_OPEN.with(std::cell::Cell::get) {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })
+    .unwrap();
+    let (bus, _plugins, _log) = slow_reader("", (None, None)).await;
+    PAUSE_AT_OVERFLOW_OPEN.with(|p| p.set(true));
+    for _ in 0..EVENTS {
+        bus.emit("misbehave.ok", Value::Null);
+    }
+    PAUSE_AT_OVERFLOW_OPEN.with(|p| p.set(false));
+    let flushed = tokio::time::timeout(Duration::from_secs(20), bus.flush()).await;
+    let stats = misbehave_stats(&bus);
+    assert!(
+        flushed.is_ok(),
+        "the worker never read back the events left in the log: {stats:?}"
+    );
+    assert_eq!((stats.delivered, stats.dropped), (EVENTS, 0), "{stats:?}");
+    bus.shutdown().await;
+}
+
+/// An event left in the log whose id is that of a live dead letter (an
+/// event sent again with its id) is delivered when read back, as the queue
+/// would have delivered it. Read-back skipped it as history the plugin had
+/// seen, and it was counted neither delivered nor dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_back_event_with_a_dead_letters_id_is_delivered_and_counted() {
+    let (bus, _plugins, _log) = slow_reader("", (None, None)).await;
+    let poison = bus.publish(plugbus::Event::new("misbehave.panic", Value::Null));
+    bus.flush().await;
+    assert_eq!(misbehave_stats(&bus).dead_letters, 1);
+    // The queue (of 1) fills at once: the rest, the poison's copy among
+    // them, are left in the log and read back.
+    for _ in 0..10 {
+        bus.emit("misbehave.ok", Value::Null);
+    }
+    let copy = bus.publish(poison.clone());
+    assert_eq!(copy.id(), poison.id());
+    for _ in 0..10 {
+        bus.emit("misbehave.ok", Value::Null);
+    }
+    let flushed = tokio::time::timeout(Duration::from_secs(20), bus.flush()).await;
+    let stats = misbehave_stats(&bus);
+    assert!(flushed.is_ok(), "{stats:?}");
+    assert_eq!(
+        stats.delivered + stats.dropped,
+        22,
+        "every event counted once: {stats:?}"
+    );
+    assert_eq!(stats.dropped, 0, "{stats:?}");
+    bus.shutdown().await;
+}
+
 /// `misbehave`'s counters.
 fn misbehave_stats(bus: &plugbus::Bus) -> plugbus::PluginStats {
     bus.plugins().into_iter().find(|p| p.name == "misbehave").unwrap().stats

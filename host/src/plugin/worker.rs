@@ -84,6 +84,12 @@ pub(crate) struct Overflow {
     /// range closes: a plugin without snapshots (no floor of its own) would
     /// otherwise find the events it has yet to read removed by age.
     pin: std::sync::Mutex<Option<crate::log::LogPin>>,
+    /// Signalled when a range opens. The worker may have emptied its queue
+    /// and started waiting on it between the publisher finding the queue
+    /// full and opening the range; no later event goes to the queue then,
+    /// so only this wakes it to read them back (a stored permit: the wake
+    /// is not lost if the worker is not waiting yet).
+    opened: tokio::sync::Notify,
 }
 
 /// The events left in the log: sequence numbers `first..=last` (those the
@@ -101,6 +107,14 @@ impl Overflow {
     pub(crate) fn enable(&self, log: crate::log::EventLog) {
         let _ = self.log.set(log);
         self.enabled.store(true, Ordering::Release);
+    }
+
+    /// Whether the log writes `event` (one over its largest frame is
+    /// delivered live but never written, so it cannot be read back). Asked
+    /// only when a queue is full: nearly every event is settled by a bound
+    /// that serialises nothing.
+    fn log_can_hold(&self, event: &Event) -> bool {
+        self.log.get().is_none_or(|log| log.check_size(event).is_ok())
     }
 
     fn pin(&self) -> std::sync::MutexGuard<'_, Option<crate::log::LogPin>> {
@@ -360,6 +374,7 @@ impl Worker {
         let mut stopping = false;
         // A job taken from the queue that did not fit the last batch.
         let mut carry: Option<Job> = None;
+        let state = self.state.clone();
         loop {
             // The events a full queue left in the log come once the queue is
             // empty (they are all newer than what it held), a step at a time,
@@ -393,6 +408,8 @@ impl Worker {
                     biased;
                     Some(query) = queries.recv() => Next::Query(query),
                     job = rx.recv() => Next::Job(job),
+                    // Events left in the log: read them back (loop top).
+                    () = state.overflow.opened.notified() => continue,
                 }
             } else {
                 tokio::select! {
@@ -405,6 +422,7 @@ impl Worker {
                     }
                     Some(query) = queries.recv() => Next::Query(query),
                     job = rx.recv() => Next::Job(job),
+                    () = state.overflow.opened.notified() => continue,
                 }
             };
             let job = match next {
@@ -534,7 +552,9 @@ impl Worker {
             }
             if batch.is_empty() {
                 // Read up to `upto`: back to the queue, unless more were left.
-                let Some(bus) = self.bus.upgrade() else { return };
+                let Some(bus) = self.bus.upgrade() else {
+                    return self.bus_gone();
+                };
                 let state = self.state.clone();
                 let mut caught_up = None;
                 bus.under_publish_lock(&mut || {
@@ -568,7 +588,10 @@ impl Worker {
         let step: Vec<Event> = reading.events.drain(..n).collect();
         reading.handled += step.len() as u64;
         self.read_back = Some(reading);
-        self.handle_history(&step, 0).await;
+        // Live events the plugin has never seen, delivered as the queue
+        // would have: no dead-letter check (that is for history it has
+        // seen), so every one of them is handled and counted.
+        self.handle_run(step, Voice::Live).await;
     }
 
     /// The log could not give back the events a full queue left there: said
@@ -591,7 +614,9 @@ impl Worker {
     /// [`let_go_of_overflow`](Self::let_go_of_overflow) once the reading is
     /// put away, `handled` of the range's events handled.
     fn let_go(&mut self, why: &str, handled: u64) {
-        let Some(bus) = self.bus.upgrade() else { return };
+        let Some(bus) = self.bus.upgrade() else {
+            return self.bus_gone();
+        };
         let state = self.state.clone();
         let mut left = OverflowRange::default();
         bus.under_publish_lock(&mut || left = state.overflow.close());
@@ -604,6 +629,15 @@ impl Worker {
         );
         // Dropped, like live events refused for the same reason: counted.
         self.finish_range(&*bus, left.count, handled);
+    }
+
+    /// The bus was dropped without a shutdown while a range was open:
+    /// nobody publishes or waits on `flush` any more. The range is closed
+    /// (its pin with it) so that the worker neither reads it back again
+    /// from its start, as a fresh reading would, nor spins on it.
+    fn bus_gone(&mut self) {
+        self.read_back = None;
+        self.state.overflow.close();
     }
 
     /// Books a closed range of `count` events of which `handled` were
@@ -1716,7 +1750,12 @@ impl PluginHandle {
             match self.tx.try_send(job) {
                 Ok(()) => return true,
                 // Opens a range, below.
-                Err(mpsc::error::TrySendError::Full(job)) if stored => job,
+                Err(mpsc::error::TrySendError::Full(job)) if stored && overflow.log_can_hold(&job.event) => {
+                    // A test pauses here: the worker may empty its queue
+                    // and wait on it before the range is open.
+                    let _ = crate::failpoint::hit("plugin.overflow.open");
+                    job
+                }
                 Err(mpsc::error::TrySendError::Full(job)) => {
                     self.refuse(job, DropReason::QueueFull);
                     return false;
@@ -1726,7 +1765,7 @@ impl PluginHandle {
                     return false;
                 }
             }
-        } else if !stored {
+        } else if !stored || !overflow.log_can_hold(&job.event) {
             // Queued now it would run before the older events left in the
             // log; the log itself does not have it.
             self.refuse(job, DropReason::QueueFull);
@@ -1742,6 +1781,7 @@ impl PluginHandle {
             range.first = seq;
             overflow.active.store(true, Ordering::Release);
             *overflow.pin() = overflow.log.get().map(|log| log.pin(seq));
+            overflow.opened.notify_one();
             tracing::warn!(
                 plugin = &*self.spec.name,
                 event = job.event.name(),
