@@ -1423,6 +1423,53 @@ async fn a_read_back_event_with_a_dead_letters_id_is_delivered_and_counted() {
     bus.shutdown().await;
 }
 
+/// A quarantine that begins while a plugin reads back the events its full
+/// queue left in the log stops the reading at the next batch, as it stops
+/// the queue: the rest are dropped (and counted), not run on the
+/// quarantined plugin. Read-back took 64 events a step, so with smaller
+/// batches the rest of the step still ran, and the first success among
+/// them released the quarantine. (One event a batch here: a trap inside a
+/// batch runs the batch's other events as well, queued or read back.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantine_during_read_back_stops_it_at_the_next_batch() {
+    let plugins = tempfile::tempdir().unwrap();
+    support::install(
+        plugins.path(),
+        &support::wasm("misbehave"),
+        "misbehave",
+        "[config]\nwork = \"1000000\"\n\
+         [limits]\nqueue_capacity = 1\nmax_batch = 1\nquarantine_after = 1\nquarantine_backoff_ms = 3600000\n\
+         snapshot_every = 0\nsnapshot_interval_ms = 3600000\n",
+    );
+    let log = tempfile::tempdir().unwrap();
+    let bus = plugbus::Bus::builder()
+        .plugin_dir(plugins.path())
+        .log_dir(log.path())
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        bus.emit("misbehave.ok", Value::Null);
+    }
+    bus.emit("misbehave.panic", Value::Null);
+    for _ in 0..30 {
+        bus.emit("misbehave.ok", Value::Null);
+    }
+    let flushed = tokio::time::timeout(Duration::from_secs(20), bus.flush()).await;
+    let stats = misbehave_stats(&bus);
+    assert!(flushed.is_ok(), "{stats:?}");
+    assert_eq!(
+        stats.delivered + stats.dropped,
+        36,
+        "every event counted once: {stats:?}"
+    );
+    assert!(
+        stats.dropped >= 29,
+        "the events after the poison's batch are dropped, not run: {stats:?}"
+    );
+    bus.shutdown().await;
+}
+
 /// `misbehave`'s counters.
 fn misbehave_stats(bus: &plugbus::Bus) -> plugbus::PluginStats {
     bus.plugins().into_iter().find(|p| p.name == "misbehave").unwrap().stats

@@ -584,7 +584,10 @@ impl Worker {
             }
             reading.events.extend(batch);
         }
-        let n = reading.events.len().min(READ_BACK_STEP);
+        // One batch a step (as the queue would give it): a quarantine that
+        // begins in this step is seen before the next, and lets go of the
+        // rest instead of running them on the quarantined plugin.
+        let n = reading.events.len().min(READ_BACK_STEP).min(self.batch_limit().max(1));
         let step: Vec<Event> = reading.events.drain(..n).collect();
         reading.handled += step.len() as u64;
         self.read_back = Some(reading);
