@@ -593,8 +593,9 @@ impl Worker {
         self.read_back = Some(reading);
         // Live events the plugin has never seen, delivered as the queue
         // would have: no dead-letter check (that is for history it has
-        // seen), so every one of them is handled and counted.
-        self.handle_run(step, Voice::Live).await;
+        // seen), so every one of them is handled and counted; those after
+        // a quarantine that begins in the batch are dropped (and counted).
+        self.handle_run(step, Voice::Live, true).await;
     }
 
     /// The log could not give back the events a full queue left there: said
@@ -895,7 +896,7 @@ impl Worker {
                 && (letter || voice(first) != voice(event))
             {
                 let run_voice = voice(first);
-                handled += self.handle_run(std::mem::take(&mut run), run_voice).await;
+                handled += self.handle_run(std::mem::take(&mut run), run_voice, false).await;
             }
             if !letter {
                 run.push(event.clone());
@@ -904,14 +905,17 @@ impl Worker {
         match run.first() {
             Some(first) => {
                 let run_voice = voice(first);
-                handled + self.handle_run(run, run_voice).await
+                handled + self.handle_run(run, run_voice, false).await
             }
             None => handled,
         }
     }
 
     /// Handles `run` (events of one voice) in batches; returns how many.
-    async fn handle_run(&mut self, run: Vec<Event>, voice: Voice) -> u64 {
+    /// `queued`: they take the place of queued events (read back from the
+    /// log), so a batch's events after a quarantine or the end of the grace
+    /// period are dropped as the queue's would be; history runs whole.
+    async fn handle_run(&mut self, run: Vec<Event>, voice: Voice, queued: bool) -> u64 {
         let mut rest = &run[..];
         while !rest.is_empty() {
             let n = batch_len(rest, self.batch_limit(), self.spec.limits.batch_bytes);
@@ -919,7 +923,7 @@ impl Worker {
             if let [event] = batch {
                 self.run_one(event, voice).await;
             } else {
-                self.run_batch(batch, voice, false).await;
+                self.run_batch(batch, voice, queued).await;
             }
             rest = tail;
         }
