@@ -1381,13 +1381,8 @@ async fn a_range_opened_while_the_worker_waits_on_its_queue_wakes_it() {
         bus.emit("misbehave.ok", Value::Null);
     }
     PAUSE_AT_OVERFLOW_OPEN.with(|p| p.set(false));
-    let flushed = tokio::time::timeout(Duration::from_secs(20), bus.flush()).await;
-    let stats = misbehave_stats(&bus);
-    assert!(
-        flushed.is_ok(),
-        "the worker never read back the events left in the log: {stats:?}"
-    );
-    assert_eq!((stats.delivered, stats.dropped), (EVENTS, 0), "{stats:?}");
+    let stats = flush_and_count(&bus, EVENTS).await;
+    assert_eq!(stats.dropped, 0, "{stats:?}");
     bus.shutdown().await;
 }
 
@@ -1411,14 +1406,7 @@ async fn a_read_back_event_with_a_dead_letters_id_is_delivered_and_counted() {
     for _ in 0..10 {
         bus.emit("misbehave.ok", Value::Null);
     }
-    let flushed = tokio::time::timeout(Duration::from_secs(20), bus.flush()).await;
-    let stats = misbehave_stats(&bus);
-    assert!(flushed.is_ok(), "{stats:?}");
-    assert_eq!(
-        stats.delivered + stats.dropped,
-        22,
-        "every event counted once: {stats:?}"
-    );
+    let stats = flush_and_count(&bus, 22).await;
     assert_eq!(stats.dropped, 0, "{stats:?}");
     bus.shutdown().await;
 }
@@ -1432,14 +1420,33 @@ async fn a_read_back_event_with_a_dead_letters_id_is_delivered_and_counted() {
 /// the poison is never the last of its batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quarantine_during_read_back_stops_it_at_the_next_batch() {
+    quarantine_during_read_back("max_batch = 8\n", Value::Null).await;
+}
+
+/// The same when the byte bound cuts a step into batches of one event:
+/// those ran one by one with no look at the quarantine, so the events after
+/// the poison in its step ran, and the first success released it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantine_during_read_back_stops_it_when_batches_are_single_events() {
+    // Each payload is over half of the 1 KiB bound: one event a batch.
+    quarantine_during_read_back("max_batch = 8\nbatch_kib = 1\n", json!({ "pad": "x".repeat(600) })).await;
+}
+
+/// `misbehave` quarantined by its first failure, with `limits` added; three
+/// good events, a poison one and 30 more, each carrying `payload`, into a
+/// queue of one: the poison is read back from the log, in its first batch
+/// or step, and the 30 after it are dropped.
+async fn quarantine_during_read_back(limits: &str, payload: Value) {
     let plugins = tempfile::tempdir().unwrap();
     support::install(
         plugins.path(),
         &support::wasm("misbehave"),
         "misbehave",
-        "[config]\nwork = \"1000000\"\n\
-         [limits]\nqueue_capacity = 1\nmax_batch = 8\nquarantine_after = 1\nquarantine_backoff_ms = 3600000\n\
-         snapshot_every = 0\nsnapshot_interval_ms = 3600000\n",
+        &format!(
+            "[config]\nwork = \"1000000\"\n\
+             [limits]\nqueue_capacity = 1\nquarantine_after = 1\nquarantine_backoff_ms = 3600000\n\
+             snapshot_every = 0\nsnapshot_interval_ms = 3600000\n{limits}"
+        ),
     );
     let log = tempfile::tempdir().unwrap();
     let bus = plugbus::Bus::builder()
@@ -1449,27 +1456,35 @@ async fn a_quarantine_during_read_back_stops_it_at_the_next_batch() {
         .await
         .unwrap();
     // The first one or two are queued, the rest left in the log: the
-    // poison is the 2nd or 3rd of the first batch read back.
+    // poison is the 2nd or 3rd read back.
     for _ in 0..3 {
-        bus.emit("misbehave.ok", Value::Null);
+        bus.emit("misbehave.ok", payload.clone());
     }
-    bus.emit("misbehave.panic", Value::Null);
+    bus.emit("misbehave.panic", payload.clone());
     for _ in 0..30 {
-        bus.emit("misbehave.ok", Value::Null);
+        bus.emit("misbehave.ok", payload.clone());
     }
-    let flushed = tokio::time::timeout(Duration::from_secs(20), bus.flush()).await;
-    let stats = misbehave_stats(&bus);
-    assert!(flushed.is_ok(), "{stats:?}");
-    assert_eq!(
-        stats.delivered + stats.dropped,
-        34,
-        "every event counted once: {stats:?}"
-    );
+    let stats = flush_and_count(&bus, 34).await;
     assert_eq!(
         stats.dropped, 30,
         "the events after the poison are dropped, not run: {stats:?}"
     );
     bus.shutdown().await;
+}
+
+/// Flushes `bus` (within 20 s: a worker that stalls fails the test) and
+/// checks that each of the `events` published to `misbehave` was counted
+/// once, delivered or dropped; returns its counters.
+async fn flush_and_count(bus: &plugbus::Bus, events: u64) -> plugbus::PluginStats {
+    let flushed = tokio::time::timeout(Duration::from_secs(20), bus.flush()).await;
+    let stats = misbehave_stats(bus);
+    assert!(flushed.is_ok(), "flush timed out: {stats:?}");
+    assert_eq!(
+        stats.delivered + stats.dropped,
+        events,
+        "every event counted once: {stats:?}"
+    );
+    stats
 }
 
 /// `misbehave`'s counters.
@@ -1492,9 +1507,7 @@ async fn events_a_size_limit_removed_before_they_were_read_back_are_counted_drop
         stats.delivered + stats.dropped >= EVENTS
     })
     .await;
-    bus.flush().await;
-    let stats = misbehave_stats(&bus);
-    assert_eq!(stats.delivered + stats.dropped, EVENTS, "each event once: {stats:?}");
+    let stats = flush_and_count(&bus, EVENTS).await;
     assert!(stats.dropped > 0, "the size limit removed some unread: {stats:?}");
     assert!(bus.log_status().unwrap().floor_breaches > 0);
     bus.shutdown().await;

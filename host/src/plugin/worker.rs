@@ -920,8 +920,10 @@ impl Worker {
         while !rest.is_empty() {
             let n = batch_len(rest, self.batch_limit(), self.spec.limits.batch_bytes);
             let (batch, tail) = rest.split_at(n);
-            if let [event] = batch {
-                self.run_one(event, voice).await;
+            if batch.len() == 1 {
+                // Through `run_each`, which drops a queued event as the queue
+                // would once the plugin is quarantined or abandoned.
+                self.run_each(batch, voice, 0, queued).await;
             } else {
                 self.run_batch(batch, voice, queued).await;
             }
