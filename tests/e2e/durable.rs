@@ -1591,3 +1591,59 @@ async fn a_plugin_whose_queue_overflows_reads_the_rest_from_the_log() {
     assert_eq!(report.outcome("misbehave"), Some(&plugbus::Outcome::Ok), "{report:?}");
     bus.shutdown().await;
 }
+
+/// A panic in a plugin's worker (a bug in the host, made here by the
+/// `plugin.worker.panic` failpoint) ends its task in the middle of a turn.
+/// Its events nobody will handle (the rest of that turn, its queue, the
+/// range its full queue left in the log) are counted dropped and done, so
+/// `flush` returns and each event counts once; later events for the plugin
+/// are refused. Before, they were counted nowhere and `flush` waited
+/// forever. The panicking turn is a batch from the queue here, a step
+/// reading back from the log in the next test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_panics_mid_turn_counts_its_events_and_flush_returns() {
+    panic_mid_turn(1).await;
+}
+
+/// As above, the panic in a step reading back the events a full queue
+/// left in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_panics_while_reading_back_counts_its_events_and_flush_returns() {
+    panic_mid_turn(12).await;
+}
+
+/// `misbehave` (slow, a queue of 4, on a bus with a log) gets `before`
+/// events, one named `misbehave.hostpanic` that makes its worker panic,
+/// and 30 more; then 5 more once it has stopped.
+async fn panic_mid_turn(before: u64) {
+    // Only a turn holding this name panics: no other test emits it.
+    fail::cfg("plugin.worker.panic", "return(misbehave.hostpanic)").unwrap();
+    let plugins = tempfile::tempdir().unwrap();
+    support::install(
+        plugins.path(),
+        &support::wasm("misbehave"),
+        "misbehave",
+        "[config]\nwork = \"1000000\"\n[limits]\nqueue_capacity = 4\n",
+    );
+    let log = tempfile::tempdir().unwrap();
+    let bus = logged_bus(plugins.path(), log.path()).await;
+    for _ in 0..before {
+        bus.emit("misbehave.ok", Value::Null);
+    }
+    bus.emit("misbehave.hostpanic", Value::Null);
+    for _ in 0..30 {
+        bus.emit("misbehave.ok", Value::Null);
+    }
+    let stats = flush_and_count(&bus, before + 31).await;
+    assert!(
+        stats.dropped >= 31,
+        "the panicking turn's and every later event: {stats:?}"
+    );
+    let info = bus.plugins().into_iter().find(|p| p.name == "misbehave").unwrap();
+    assert_eq!(info.state, plugbus::PluginState::Unloaded);
+    for _ in 0..5 {
+        bus.emit("misbehave.ok", Value::Null);
+    }
+    flush_and_count(&bus, before + 36).await;
+    bus.shutdown().await;
+}

@@ -57,6 +57,25 @@ pub(crate) struct WorkerState {
     finished_notify: tokio::sync::Notify,
     /// Events a full queue left in the log for the worker to read back.
     pub(crate) overflow: Overflow,
+    /// Events whose outcome the worker has counted (delivered or dropped),
+    /// ever: with `in_hand`, how many of an interrupted turn's events were.
+    settled: AtomicU64,
+    /// The events the worker is handling now (a turn): when the task ends
+    /// in the middle of one (a panic in the host), its drop guard counts
+    /// those not counted yet as dropped, and the turn's jobs as done.
+    in_hand: std::sync::Mutex<Option<InHand>>,
+}
+
+/// The worker's current turn, as its drop guard needs it.
+#[derive(Debug, Clone, Copy)]
+struct InHand {
+    /// Events in the turn.
+    events: u64,
+    /// `WorkerState::settled` when it began.
+    settled_before: u64,
+    /// Jobs taken from the queue (each one job of the bus's `pending`), or
+    /// events read back from the log (done with their range).
+    queued: bool,
 }
 
 /// A plugin that falls behind on a bus with a log misses nothing: when its
@@ -99,6 +118,9 @@ struct OverflowRange {
     first: u64,
     last: u64,
     count: u64,
+    /// Of them, read back and handled (each counted by its outcome): the
+    /// rest count as dropped if the range is let go of.
+    handled: u64,
 }
 
 impl Overflow {
@@ -150,21 +172,90 @@ impl Default for WorkerState {
             finished: AtomicBool::new(false),
             finished_notify: tokio::sync::Notify::new(),
             overflow: Overflow::default(),
+            settled: AtomicU64::new(0),
+            in_hand: std::sync::Mutex::new(None),
         }
     }
 }
 
-/// Marks the worker finished when its task ends, even by a panic.
-struct FinishGuard(Arc<WorkerState>);
+/// Owns the worker's queue, and marks the worker finished when its task
+/// ends, even by a panic. A task that ends normally has drained its queue
+/// and its range. One that a panic (a bug in the host) ends in the middle
+/// has events that nobody will handle: they are counted dropped (each
+/// once: those of the turn it was in that were counted already are not)
+/// and done, so that `flush` returns and no waiter hangs; and later events
+/// for the plugin are refused (its queue is closed).
+struct FinishGuard {
+    state: Arc<WorkerState>,
+    stats: Arc<StatsCell>,
+    bus: Weak<dyn BusPort>,
+    name: Arc<str>,
+    rx: mpsc::Receiver<Job>,
+    /// A job taken from the queue that did not fit the last batch.
+    carry: Option<Job>,
+}
 
 impl Drop for FinishGuard {
     fn drop(&mut self) {
-        self.0.set(PluginState::Unloaded);
-        // A range left open (the task ended by a panic) holds retention
-        // back no more: nothing will read it.
-        *self.0.overflow.pin() = None;
-        self.0.finished.store(true, Ordering::Release);
-        self.0.finished_notify.notify_waiters();
+        self.state.set(PluginState::Unloaded);
+        let turn = self.state.in_hand().take();
+        let unfinished = turn.is_some() || self.carry.is_some() || !self.rx.is_empty() || self.state.overflow.pending();
+        match self.bus.upgrade() {
+            Some(bus) if unfinished => self.give_up(&*bus, turn),
+            // A range left open holds retention back no more: nothing will
+            // read it.
+            _ => *self.state.overflow.pin() = None,
+        }
+        self.state.finished.store(true, Ordering::Release);
+        self.state.finished_notify.notify_waiters();
+    }
+}
+
+impl FinishGuard {
+    /// Counts and lets go of every event the task ended before finishing:
+    /// its turn's, its queue's and its range's.
+    fn give_up(&mut self, bus: &dyn BusPort, turn: Option<InHand>) {
+        let mut queued: Vec<Job> = self.carry.take().into_iter().collect();
+        let mut range = OverflowRange::default();
+        let (rx, overflow) = (&mut self.rx, &self.state.overflow);
+        // Under the publish lock: no event joins the queue or the range
+        // after they are emptied.
+        bus.under_publish_lock(&mut || {
+            rx.close();
+            while let Ok(job) = rx.try_recv() {
+                queued.push(job);
+            }
+            range = overflow.close();
+        });
+        // The turn's events whose outcome was not counted yet.
+        let uncounted = turn.map_or(0, |turn| {
+            let counted = self.state.settled.load(Ordering::Relaxed) - turn.settled_before;
+            turn.events.saturating_sub(counted)
+        });
+        match turn {
+            Some(turn) if turn.queued => {
+                self.stats.dropped_many(uncounted);
+                bus.jobs_done(turn.events);
+            }
+            // Counted handled as its step began.
+            Some(_) => range.handled = range.handled.saturating_sub(uncounted),
+            None => {}
+        }
+        tracing::error!(
+            plugin = &*self.name,
+            turn = uncounted,
+            queued = queued.len(),
+            left_in_log = range.count.saturating_sub(range.handled),
+            "plugin worker stopped in the middle of its work (a bug in the host): its events not handled are dropped"
+        );
+        for job in queued {
+            let outcome = count_drop(&self.stats, &self.name, &job.event, DropReason::Unloaded);
+            if let Some(reply) = job.reply {
+                let _ = reply.send(outcome);
+            }
+            bus.job_done();
+        }
+        finish_range(&self.stats, bus, range);
     }
 }
 
@@ -226,6 +317,29 @@ impl WorkerState {
     fn abandoned(&self) -> bool {
         self.abandon.load(Ordering::Acquire)
     }
+
+    /// The worker counted one event's outcome.
+    fn settle(&self) {
+        self.settled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn in_hand(&self) -> std::sync::MutexGuard<'_, Option<InHand>> {
+        self.in_hand.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The worker begins a turn of `events` (`queued`: jobs from its queue).
+    fn begin_turn(&self, events: usize, queued: bool) {
+        *self.in_hand() = Some(InHand {
+            events: events as u64,
+            settled_before: self.settled.load(Ordering::Relaxed),
+            queued,
+        });
+    }
+
+    /// The turn is over: its events are counted, its jobs done.
+    fn end_turn(&self) {
+        *self.in_hand() = None;
+    }
 }
 
 /// Consecutive-failure counting and backoff: owned by the worker alone.
@@ -281,11 +395,9 @@ struct ReadBack {
     first: u64,
     /// Read up to here: the range's end when it was last looked at.
     upto: u64,
-    /// Read from the log and not handled yet.
+    /// Read from the log and not handled yet (the range counts those
+    /// handled).
     events: VecDeque<Event>,
-    /// Handled so far (each counted by its outcome): the rest of the
-    /// range's events are counted dropped if it is let go of.
-    handled: u64,
 }
 
 /// Redriven letters applied before their removal is committed, at most:
@@ -339,13 +451,24 @@ impl Worker {
     /// stay in order across the swap.
     pub async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Job>,
+        rx: mpsc::Receiver<Job>,
         mut queries: mpsc::Receiver<QueryJob>,
         mut stop: oneshot::Receiver<()>,
         gate: Option<oneshot::Receiver<Option<Handoff>>>,
         catch_up: Option<crate::plugin::catch_up::Plan>,
     ) {
-        let _finished = FinishGuard(self.state.clone());
+        let mut guard = FinishGuard {
+            state: self.state.clone(),
+            stats: self.stats.clone(),
+            bus: self.bus.clone(),
+            name: self.spec.name.clone(),
+            rx,
+            carry: None,
+        };
+        // The queue, and a job taken from it that did not fit the last
+        // batch: the guard holds them, to count them should the task end
+        // before they are handled.
+        let FinishGuard { rx, carry, .. } = &mut guard;
         let mut catch_up = catch_up;
         let mut resumed = false;
         if let Some(snapshot) = self.resume.take() {
@@ -372,8 +495,6 @@ impl Worker {
             }
         }
         let mut stopping = false;
-        // A job taken from the queue that did not fit the last batch.
-        let mut carry: Option<Job> = None;
         let state = self.state.clone();
         loop {
             // The events a full queue left in the log come once the queue is
@@ -398,7 +519,7 @@ impl Worker {
             let next = if let Some(job) = carry.take() {
                 match queries.try_recv() {
                     Ok(query) => {
-                        carry = Some(job);
+                        *carry = Some(job);
                         Next::Query(query)
                     }
                     Err(_) => Next::Job(Some(job)),
@@ -446,7 +567,9 @@ impl Worker {
                 let outcome = self.drop_job(&job, DropReason::Quarantined);
                 (vec![job], vec![outcome])
             } else {
-                let jobs = self.gather(job, &mut rx, &mut carry);
+                let jobs = self.gather(job, rx, carry);
+                self.state.begin_turn(jobs.len(), true);
+                host_bug_point(jobs.iter().map(|job| &job.event));
                 self.deliver(jobs).await
             };
             if self.letters_applied.len() >= COMMIT_LETTERS_EVERY
@@ -462,6 +585,7 @@ impl Worker {
                     bus.job_done();
                 }
             }
+            self.state.end_turn();
             self.stats.busy(busy.elapsed());
         }
         // Queries that arrive from here on are answered by their dropped
@@ -485,7 +609,7 @@ impl Worker {
             last_seq: self.last_seq,
             letters_applied: std::mem::take(&mut self.letters_applied),
         });
-        // `_finished` marks the state unloaded when it drops, panics included.
+        // `guard` marks the state unloaded when it drops, panics included.
         tracing::debug!(plugin = &*self.spec.name, "plugin worker stopped");
     }
 
@@ -524,7 +648,6 @@ impl Worker {
                     first: range.first,
                     upto: range.last,
                     events: VecDeque::new(),
-                    handled: 0,
                 }
             }
         };
@@ -535,14 +658,14 @@ impl Worker {
                     self.read_back = Some(reading);
                     return;
                 }
-                Ok(Err(e)) => return self.read_back_failed(&format!("the log failed: {e}"), reading.handled),
+                Ok(Err(e)) => return self.read_back_failed(&format!("the log failed: {e}")),
                 Ok(Ok(_)) => {}
             }
             let batch = match reading.cursor.read(reading.upto).await {
                 Ok(batch) => batch,
                 Err(e) => {
                     let why = format!("reading stopped after seq {}: {e}", reading.cursor.covered());
-                    return self.read_back_failed(&why, reading.handled);
+                    return self.read_back_failed(&why);
                 }
             };
             self.announce_gap(reading.cursor.take_gap());
@@ -560,23 +683,23 @@ impl Worker {
                 bus.under_publish_lock(&mut || {
                     let last = state.overflow.range().last;
                     if last == reading.upto {
-                        caught_up = Some(state.overflow.close().count);
+                        caught_up = Some(state.overflow.close());
                     } else {
                         reading.upto = last;
                     }
                 });
                 match caught_up {
-                    Some(count) => {
+                    Some(range) => {
                         tracing::info!(
                             plugin = &*self.spec.name,
-                            events = count,
+                            events = range.count,
                             from_seq = reading.first,
                             up_to_seq = reading.upto,
                             "caught up with the events its full queue left in the log; back to its queue"
                         );
                         // Any the log no longer had (the size limit breaks
                         // the pin, announced as a gap) were never handled.
-                        self.finish_range(&*bus, count, reading.handled);
+                        finish_range(&self.stats, &*bus, range);
                     }
                     None => self.read_back = Some(reading),
                 }
@@ -589,35 +712,32 @@ impl Worker {
         // rest instead of running them on the quarantined plugin.
         let n = reading.events.len().min(READ_BACK_STEP).min(self.batch_limit().max(1));
         let step: Vec<Event> = reading.events.drain(..n).collect();
-        reading.handled += step.len() as u64;
+        self.state.overflow.range().handled += step.len() as u64;
         self.read_back = Some(reading);
         // Live events the plugin has never seen, delivered as the queue
         // would have: no dead-letter check (that is for history it has
         // seen), so every one of them is handled and counted; those after
         // a quarantine that begins in the batch are dropped (and counted).
+        self.state.begin_turn(step.len(), false);
+        host_bug_point(step.iter());
         self.handle_run(step, Voice::Live, true).await;
+        self.state.end_turn();
     }
 
     /// The log could not give back the events a full queue left there: said
     /// loudly, the state kept (it is intact; it only misses those events),
-    /// and the range let go (`handled` of its events were handled).
-    fn read_back_failed(&mut self, why: &str, handled: u64) {
+    /// and the range let go.
+    fn read_back_failed(&mut self, why: &str) {
         let reason = format!("the events its full queue left in the event log could not be read back: {why}");
         self.announce_state_lost(&reason, json!({}));
-        self.let_go(&reason, handled);
+        self.let_go_of_overflow(&reason);
     }
 
     /// Stops reading back, whatever was read so far: nothing more is left
     /// in the log for this worker, and the events that were are done as far
-    /// as `flush` goes.
+    /// as `flush` goes (those not handled counted dropped).
     fn let_go_of_overflow(&mut self, why: &str) {
-        let handled = self.read_back.take().map_or(0, |reading| reading.handled);
-        self.let_go(why, handled);
-    }
-
-    /// [`let_go_of_overflow`](Self::let_go_of_overflow) once the reading is
-    /// put away, `handled` of the range's events handled.
-    fn let_go(&mut self, why: &str, handled: u64) {
+        self.read_back = None;
         let Some(bus) = self.bus.upgrade() else {
             return self.bus_gone();
         };
@@ -626,13 +746,13 @@ impl Worker {
         bus.under_publish_lock(&mut || left = state.overflow.close());
         tracing::warn!(
             plugin = &*self.spec.name,
-            events = left.count,
+            events = left.count.saturating_sub(left.handled),
             from_seq = left.first,
             up_to_seq = left.last,
             "events its full queue left in the event log not read back: {why}"
         );
         // Dropped, like live events refused for the same reason: counted.
-        self.finish_range(&*bus, left.count, handled);
+        finish_range(&self.stats, &*bus, left);
     }
 
     /// The bus was dropped without a shutdown while a range was open:
@@ -642,14 +762,6 @@ impl Worker {
     fn bus_gone(&mut self) {
         self.read_back = None;
         self.state.overflow.close();
-    }
-
-    /// Books a closed range of `count` events of which `handled` were
-    /// handled (and counted so): the rest count as dropped, and all of them
-    /// are done as far as `flush` goes. Every subscribed event counts once.
-    fn finish_range(&self, bus: &dyn BusPort, count: u64, handled: u64) {
-        self.stats.dropped_many(count.saturating_sub(handled));
-        bus.jobs_done(count);
     }
 
     /// Delivers the jobs gathered for one turn, in order, and returns them
@@ -1123,6 +1235,7 @@ impl Worker {
             };
             if let Some(reason) = dropped {
                 outcomes.push(count_drop(&self.stats, &self.spec.name, event, reason));
+                self.state.settle();
                 continue;
             }
             let voice = if voice == Voice::Live && i < hushed {
@@ -1199,6 +1312,7 @@ impl Worker {
     }
 
     fn drop_job(&self, job: &Job, reason: DropReason) -> Outcome {
+        self.state.settle();
         count_drop(&self.stats, &self.spec.name, &job.event, reason)
     }
 
@@ -1671,6 +1785,7 @@ impl Worker {
     fn finish(&self, event: &Event, outcome: &Outcome, fuel: u64, frames: &[String]) {
         let plugin = &*self.spec.name;
         self.stats.record(outcome, fuel);
+        self.state.settle();
         if let Outcome::Failed(failure) = outcome {
             self.stats.failed(event, failure, frames);
         }
@@ -1898,6 +2013,26 @@ fn batch_len(events: &[Event], max: usize, bytes: usize) -> usize {
 /// The bytes of `event`'s payload as plugins receive it.
 fn payload_bytes(event: &Event) -> usize {
     event.payload_json().len()
+}
+
+/// Where a test makes the host panic in a worker's turn (failpoint
+/// `plugin.worker.panic` set to `return(NAME)`: a turn holding an event
+/// named NAME), as a bug in the host would. Without the `failpoints`
+/// feature: nothing.
+fn host_bug_point<'a>(mut events: impl Iterator<Item = &'a Event>) {
+    if let Some(name) = crate::failpoint::value("plugin.worker.panic")
+        && events.any(|event| event.name() == name)
+    {
+        panic!("failpoint plugin.worker.panic: a turn holding {name}");
+    }
+}
+
+/// Books a closed range: those of its events not handled count as dropped,
+/// and all of them are done as far as `flush` goes. Every subscribed event
+/// counts once.
+fn finish_range(stats: &StatsCell, bus: &dyn BusPort, range: OverflowRange) {
+    stats.dropped_many(range.count.saturating_sub(range.handled));
+    bus.jobs_done(range.count);
 }
 
 /// Counts an event dropped for `plugin` (by the publisher or the worker) and
