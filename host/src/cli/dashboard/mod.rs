@@ -14,8 +14,9 @@
 //! - `GET /events/stream?format=plugbus|cloudevents&pattern=P&correlation_id=C`:
 //!   every matching event as one server-sent event (`id:` the event id,
 //!   `data:` the plugbus JSON envelope or a structured CloudEvent). A client
-//!   that falls more than [`EXPORT_BUFFER`] events behind is told with an
-//!   `event: lagged` message (`{"skipped": n}`) and goes on from there.
+//!   that falls more than [`EXPORT_BUFFER`] events or [`EXPORT_BYTES`]
+//!   behind skips the events that do not fit, and is told before the next
+//!   one it gets, with an `event: lagged` message (`{"skipped": n}`).
 //!
 //! - `GET /runs/{correlation_id}/events?limit=N&after=SEQ`: one run's
 //!   event timeline, from the event log or the bus's history (see [`runs`]).
@@ -25,6 +26,7 @@
 //! into a bounded ring (and into the export channel while someone listens).
 //! Every stream ends when the server shuts down.
 
+mod export;
 mod runs;
 
 use std::collections::VecDeque;
@@ -46,7 +48,9 @@ use plugbus::{
 };
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
+
+use export::{ExportHub, Received};
 
 /// How often a dashboard gets a snapshot: twice a second keeps the page
 /// under a second behind, and 100 plugins' rows twice a second are a few
@@ -72,6 +76,12 @@ pub const RATE_WINDOW: usize = 300;
 /// Events an export client may fall behind before it is told it lagged:
 /// half a second at 8,000 events/s.
 pub const EXPORT_BUFFER: usize = 4096;
+
+/// Memory one export client's backlog may hold ([`Event::approx_bytes`]),
+/// whatever its count: as for the tail, 4,096 events from `POST /events`
+/// could otherwise hold gigabytes. Past it, as past [`EXPORT_BUFFER`], the
+/// client skips events and is told how many.
+pub const EXPORT_BYTES: usize = 16 << 20;
 
 /// Characters of payload a tail row carries: a preview, not the event.
 const PAYLOAD_PREVIEW: usize = 200;
@@ -100,7 +110,7 @@ impl Drop for AbortOnDrop {
 struct Inner {
     bus: Bus,
     tail: Mutex<Tail>,
-    export: broadcast::Sender<Event>,
+    export: ExportHub,
     rate: Mutex<VecDeque<(u64, f64)>>,
     /// Becomes true when the server shuts down: every stream ends.
     stopping: watch::Receiver<bool>,
@@ -191,7 +201,7 @@ impl Dashboard {
     /// turning true ends every stream (the server is shutting down and
     /// waits for open connections).
     pub fn start(bus: &Bus, history_capacity: usize, stopping: watch::Receiver<bool>) -> Dashboard {
-        let (export, _) = broadcast::channel(EXPORT_BUFFER);
+        let export = ExportHub::new(EXPORT_BUFFER, EXPORT_BYTES);
         let inner = Arc::new(Inner {
             bus: bus.clone(),
             tail: Mutex::new(Tail::default()),
@@ -252,10 +262,7 @@ impl Inner {
         {
             lock(&self.tail).push(event, TAIL_CAPACITY, TAIL_BYTES);
         }
-        if self.export.receiver_count() > 0 {
-            // Only fails when nobody listens any more.
-            let _ = self.export.send(event.clone());
-        }
+        self.export.send(event);
     }
 
     /// The matching events after number `after` (oldest first, at most
@@ -554,7 +561,7 @@ enum Format {
 }
 
 struct Exporting {
-    events: broadcast::Receiver<Event>,
+    events: export::ExportReceiver,
     filter: Filter,
     format: Format,
     stopping: watch::Receiver<bool>,
@@ -588,12 +595,12 @@ async fn get_export(State(dash): State<Dashboard>, Query(params): Query<StreamPa
                 _ = s.stopping.changed() => return None,
             };
             let message = match next {
-                Ok(event) if s.filter.matches(&event) => export_message(&event, s.format),
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(skipped)) => SseEvent::default()
+                Some(Received::Event(event)) if s.filter.matches(&event) => export_message(&event, s.format),
+                Some(Received::Event(_)) => continue,
+                Some(Received::Lagged(skipped)) => SseEvent::default()
                     .event("lagged")
                     .data(json!({ "skipped": skipped }).to_string()),
-                Err(broadcast::error::RecvError::Closed) => return None,
+                None => return None,
             };
             return Some((Ok::<_, Infallible>(message), s));
         }

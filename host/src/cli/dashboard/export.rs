@@ -1,0 +1,190 @@
+//! The export stream's fan-out: every client of `GET /events/stream` gets
+//! the bus's events through a queue of its own, bounded in events and in
+//! bytes, so that a client that reads slowly (or not at all) holds at most
+//! that much memory and never slows the bus. Past either bound the newest
+//! events are skipped for that client, and the next event it does get is
+//! preceded by how many it missed.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use plugbus::Event;
+use tokio::sync::mpsc;
+
+/// What a client receives, in order.
+#[derive(Debug)]
+pub(super) enum Received {
+    Event(Event),
+    /// This many events were skipped here: the client's queue was full.
+    Lagged(u64),
+}
+
+/// The listening clients: cheap to share; the tap sends, each stream holds
+/// an [`ExportReceiver`].
+pub(super) struct ExportHub {
+    listeners: Mutex<Vec<Listener>>,
+    /// How many listen, read without the lock (nobody: nothing to do).
+    count: AtomicUsize,
+    max_events: usize,
+    max_bytes: usize,
+}
+
+/// What a client's queue carries: an event with its size, or a skip.
+enum Item {
+    Event(Event, usize),
+    Lagged(u64),
+}
+
+struct Listener {
+    tx: mpsc::UnboundedSender<Item>,
+    backlog: Arc<Backlog>,
+    /// Events skipped since the last one sent (written under the hub's lock).
+    skipped: u64,
+}
+
+/// What a client's queue holds: its receiver takes off what it reads.
+#[derive(Default)]
+struct Backlog {
+    events: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// One client's end.
+pub(super) struct ExportReceiver {
+    rx: mpsc::UnboundedReceiver<Item>,
+    backlog: Arc<Backlog>,
+}
+
+impl ExportHub {
+    /// A hub whose clients may each fall `max_events` events or
+    /// `max_bytes` ([`Event::approx_bytes`]) behind; one event over the
+    /// byte bound is still sent to a client whose queue is empty.
+    pub(super) fn new(max_events: usize, max_bytes: usize) -> ExportHub {
+        ExportHub {
+            listeners: Mutex::new(Vec::new()),
+            count: AtomicUsize::new(0),
+            max_events,
+            max_bytes,
+        }
+    }
+
+    /// A new client, receiving the events sent from now on.
+    pub(super) fn subscribe(&self) -> ExportReceiver {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(Backlog::default());
+        let mut listeners = self.lock();
+        listeners.push(Listener {
+            tx,
+            backlog: backlog.clone(),
+            skipped: 0,
+        });
+        self.count.store(listeners.len(), Ordering::Release);
+        ExportReceiver { rx, backlog }
+    }
+
+    /// Offers `event` to every client: queued, or skipped (and counted)
+    /// for one whose queue is full. Clients that went away are forgotten.
+    pub(super) fn send(&self, event: &Event) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let size = event.approx_bytes();
+        let mut listeners = self.lock();
+        listeners.retain_mut(|listener| {
+            let backlog = &listener.backlog;
+            let events = backlog.events.load(Ordering::Acquire);
+            let bytes = backlog.bytes.load(Ordering::Acquire);
+            if events >= self.max_events || (events > 0 && bytes.saturating_add(size) > self.max_bytes) {
+                listener.skipped += 1;
+                return !listener.tx.is_closed();
+            }
+            if listener.skipped > 0 && listener.tx.send(Item::Lagged(listener.skipped)).is_err() {
+                return false;
+            }
+            listener.skipped = 0;
+            backlog.events.fetch_add(1, Ordering::AcqRel);
+            backlog.bytes.fetch_add(size, Ordering::AcqRel);
+            listener.tx.send(Item::Event(event.clone(), size)).is_ok()
+        });
+        self.count.store(listeners.len(), Ordering::Release);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Listener>> {
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ExportReceiver {
+    /// The next event (or skip), waiting for it; `None` once the hub is
+    /// gone.
+    pub(super) async fn recv(&mut self) -> Option<Received> {
+        let item = self.rx.recv().await?;
+        Some(self.taken(item))
+    }
+
+    /// `item` is read: what it held leaves the backlog.
+    fn taken(&self, item: Item) -> Received {
+        match item {
+            Item::Event(event, size) => {
+                self.backlog.events.fetch_sub(1, Ordering::AcqRel);
+                self.backlog.bytes.fetch_sub(size, Ordering::AcqRel);
+                Received::Event(event)
+            }
+            Item::Lagged(n) => Received::Lagged(n),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn take(rx: &mut ExportReceiver) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Ok(item) = rx.rx.try_recv() {
+            seen.push(match rx.taken(item) {
+                Received::Event(e) => e.name().to_owned(),
+                Received::Lagged(n) => format!("lagged {n}"),
+            });
+        }
+        seen
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_holds_at_most_the_byte_bound_and_is_told_what_it_missed() {
+        let big = |name: &str| Event::new(name, json!(vec![0; 10_000]));
+        let size = big("e0").approx_bytes();
+        let hub = ExportHub::new(1000, 3 * size);
+        let mut slow = hub.subscribe();
+        let mut fast = hub.subscribe();
+        for i in 0..10 {
+            hub.send(&big(&format!("e{i}")));
+            // The other client reads each one at once: it misses nothing.
+            assert_eq!(take(&mut fast), [format!("e{i}")]);
+            assert!(slow.backlog.bytes.load(Ordering::Acquire) <= 3 * size);
+        }
+        assert_eq!(take(&mut slow), ["e0", "e1", "e2"]);
+        hub.send(&big("e10"));
+        assert_eq!(take(&mut slow), ["lagged 7", "e10"]);
+        assert_eq!(slow.backlog.bytes.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn the_event_bound_holds_for_small_events_and_a_gone_client_is_forgotten() {
+        let hub = ExportHub::new(4, usize::MAX);
+        let mut rx = hub.subscribe();
+        for i in 0..6 {
+            hub.send(&Event::new(format!("e{i}"), json!({})));
+        }
+        assert_eq!(take(&mut rx), ["e0", "e1", "e2", "e3"]);
+        drop(rx);
+        hub.send(&Event::new("after", json!({})));
+        assert_eq!(hub.count.load(Ordering::Acquire), 0);
+        // One event over the byte bound still reaches an idle client.
+        let hub = ExportHub::new(4, 1);
+        let mut rx = hub.subscribe();
+        hub.send(&Event::new("big", json!(vec![0; 1000])));
+        assert_eq!(take(&mut rx), ["big"]);
+    }
+}
