@@ -94,7 +94,7 @@ pub(crate) struct Overflow {
     enabled: AtomicBool,
     /// A range is open (`range.first != 0`): read without the mutex by the
     /// publisher's fast path. Like the range, changed only under the bus's
-    /// publish lock.
+    /// publish lock (but for the range's `handled`, the worker's own).
     active: AtomicBool,
     range: std::sync::Mutex<OverflowRange>,
     /// The log, to pin an open range's first event in it.
@@ -198,13 +198,11 @@ struct FinishGuard {
 impl Drop for FinishGuard {
     fn drop(&mut self) {
         self.state.set(PluginState::Unloaded);
-        let turn = self.state.in_hand().take();
-        let unfinished = turn.is_some() || self.carry.is_some() || !self.rx.is_empty() || self.state.overflow.pending();
         match self.bus.upgrade() {
-            Some(bus) if unfinished => self.give_up(&*bus, turn),
+            Some(bus) => self.give_up(&*bus),
             // A range left open holds retention back no more: nothing will
             // read it.
-            _ => *self.state.overflow.pin() = None,
+            None => *self.state.overflow.pin() = None,
         }
         self.state.finished.store(true, Ordering::Release);
         self.state.finished_notify.notify_waiters();
@@ -212,14 +210,16 @@ impl Drop for FinishGuard {
 }
 
 impl FinishGuard {
-    /// Counts and lets go of every event the task ended before finishing:
-    /// its turn's, its queue's and its range's.
-    fn give_up(&mut self, bus: &dyn BusPort, turn: Option<InHand>) {
+    /// Closes the queue, and counts and lets go of every event the task
+    /// ended before finishing: its turn's, its queue's and its range's
+    /// (nothing, when it ended normally).
+    fn give_up(&mut self, bus: &dyn BusPort) {
+        let turn = self.state.in_hand().take();
         let mut queued: Vec<Job> = self.carry.take().into_iter().collect();
         let mut range = OverflowRange::default();
         let (rx, overflow) = (&mut self.rx, &self.state.overflow);
-        // Under the publish lock: no event joins the queue or the range
-        // after they are emptied.
+        // Under the publish lock: no live event joins the queue or the
+        // range after they are emptied.
         bus.under_publish_lock(&mut || {
             rx.close();
             while let Ok(job) = rx.try_recv() {
@@ -227,6 +227,21 @@ impl FinishGuard {
             }
             range = overflow.close();
         });
+        // An offer outside the publish lock (NATS, a redrive) may hold a
+        // send permit taken before the close, its job not in the queue
+        // yet: the permits all come back once it lands (a `try_send`,
+        // which never waits, is the only way in: microseconds). Bounded
+        // all the same, this being a destructor.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while rx.capacity() < rx.max_capacity() && Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(job) => queued.push(job),
+                Err(_) => std::thread::yield_now(),
+            }
+        }
+        if turn.is_none() && queued.is_empty() && range.count == 0 {
+            return;
+        }
         // The turn's events whose outcome was not counted yet.
         let uncounted = turn.map_or(0, |turn| {
             let counted = self.state.settled.load(Ordering::Relaxed) - turn.settled_before;
@@ -561,9 +576,11 @@ impl Worker {
             let Some(job) = job else { break };
             let busy = Instant::now();
             let (jobs, outcomes) = if self.state.abandoned() {
+                self.state.begin_turn(1, true);
                 let outcome = self.drop_job(&job, DropReason::Unloaded);
                 (vec![job], vec![outcome])
             } else if self.state.quarantined_now() {
+                self.state.begin_turn(1, true);
                 let outcome = self.drop_job(&job, DropReason::Quarantined);
                 (vec![job], vec![outcome])
             } else {
@@ -577,6 +594,9 @@ impl Worker {
             {
                 self.commit_letters().await;
             }
+            // What is left of the turn cannot fail: from here its jobs are
+            // done by this loop, not by the drop guard.
+            self.state.end_turn();
             for (job, outcome) in jobs.into_iter().zip(outcomes) {
                 if let Some(reply) = job.reply {
                     let _ = reply.send(outcome);
@@ -585,7 +605,6 @@ impl Worker {
                     bus.job_done();
                 }
             }
-            self.state.end_turn();
             self.stats.busy(busy.elapsed());
         }
         // Queries that arrive from here on are answered by their dropped
@@ -790,6 +809,8 @@ impl Worker {
                 event_id = job.event.id(),
                 "redriven letter already applied, its removal pending: not applied again"
             );
+            // Settled for the turn (counted when it was applied).
+            self.state.settle();
             outcomes.push(Outcome::Ok);
         }
         jobs.extend(repeated);
