@@ -58,23 +58,28 @@ pub(crate) struct WorkerState {
     /// Events a full queue left in the log for the worker to read back.
     pub(crate) overflow: Overflow,
     /// Events whose outcome the worker has counted (delivered or dropped),
-    /// ever: with `in_hand`, how many of an interrupted turn's events were.
+    /// ever: with the turn's, how many of an interrupted turn's events were.
+    /// Written by the worker alone (its drop guard reads them on the same
+    /// thread, or after the runtime handed the task over): plain loads and
+    /// stores, no read-modify-write on the path of every event.
     settled: AtomicU64,
-    /// The events the worker is handling now (a turn): when the task ends
-    /// in the middle of one (a panic in the host), its drop guard counts
-    /// those not counted yet as dropped, and the turn's jobs as done.
-    in_hand: std::sync::Mutex<Option<InHand>>,
+    /// The events the worker is handling now (a turn; 0: none): when the
+    /// task ends in the middle of one (a panic in the host), its drop guard
+    /// counts those not counted yet as dropped, and the turn's jobs as done.
+    turn_events: AtomicU64,
+    /// `settled` when the turn began.
+    turn_settled_before: AtomicU64,
+    /// The turn's events are jobs taken from the queue (each one job of the
+    /// bus's `pending`), not events read back from the log (done with their
+    /// range).
+    turn_queued: AtomicBool,
 }
 
-/// The worker's current turn, as its drop guard needs it.
+/// The worker's current turn, as its drop guard reads it.
 #[derive(Debug, Clone, Copy)]
 struct InHand {
-    /// Events in the turn.
     events: u64,
-    /// `WorkerState::settled` when it began.
     settled_before: u64,
-    /// Jobs taken from the queue (each one job of the bus's `pending`), or
-    /// events read back from the log (done with their range).
     queued: bool,
 }
 
@@ -173,7 +178,9 @@ impl Default for WorkerState {
             finished_notify: tokio::sync::Notify::new(),
             overflow: Overflow::default(),
             settled: AtomicU64::new(0),
-            in_hand: std::sync::Mutex::new(None),
+            turn_events: AtomicU64::new(0),
+            turn_settled_before: AtomicU64::new(0),
+            turn_queued: AtomicBool::new(false),
         }
     }
 }
@@ -214,7 +221,7 @@ impl FinishGuard {
     /// ended before finishing: its turn's, its queue's and its range's
     /// (nothing, when it ended normally).
     fn give_up(&mut self, bus: &dyn BusPort) {
-        let turn = self.state.in_hand().take();
+        let turn = self.state.in_hand();
         let mut queued: Vec<Job> = self.carry.take().into_iter().collect();
         let mut range = OverflowRange::default();
         let (rx, overflow) = (&mut self.rx, &self.state.overflow);
@@ -335,25 +342,31 @@ impl WorkerState {
 
     /// The worker counted one event's outcome.
     fn settle(&self) {
-        self.settled.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn in_hand(&self) -> std::sync::MutexGuard<'_, Option<InHand>> {
-        self.in_hand.lock().unwrap_or_else(|e| e.into_inner())
+        let settled = self.settled.load(Ordering::Relaxed);
+        self.settled.store(settled + 1, Ordering::Relaxed);
     }
 
     /// The worker begins a turn of `events` (`queued`: jobs from its queue).
     fn begin_turn(&self, events: usize, queued: bool) {
-        *self.in_hand() = Some(InHand {
-            events: events as u64,
-            settled_before: self.settled.load(Ordering::Relaxed),
-            queued,
-        });
+        self.turn_settled_before
+            .store(self.settled.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.turn_queued.store(queued, Ordering::Relaxed);
+        self.turn_events.store(events as u64, Ordering::Relaxed);
     }
 
     /// The turn is over: its events are counted, its jobs done.
     fn end_turn(&self) {
-        *self.in_hand() = None;
+        self.turn_events.store(0, Ordering::Relaxed);
+    }
+
+    /// The turn the worker is in, if any.
+    fn in_hand(&self) -> Option<InHand> {
+        let events = self.turn_events.load(Ordering::Relaxed);
+        (events > 0).then(|| InHand {
+            events,
+            settled_before: self.turn_settled_before.load(Ordering::Relaxed),
+            queued: self.turn_queued.load(Ordering::Relaxed),
+        })
     }
 }
 
