@@ -8,6 +8,16 @@ use serde_json::{Value, json};
 
 use crate::support::{self, http, plugbus, plugbus_bin, plugin_dir, try_http};
 
+/// A bus on a log with `misbehave` installed with `manifest`; the plugin
+/// and log directories live as long as the second half.
+async fn misbehave_on_a_log(manifest: &str) -> (plugbus::Bus, (tempfile::TempDir, tempfile::TempDir)) {
+    let plugins = tempfile::tempdir().unwrap();
+    support::install(plugins.path(), &support::wasm("misbehave"), "misbehave", manifest);
+    let log = tempfile::tempdir().unwrap();
+    let bus = logged_bus(plugins.path(), log.path()).await;
+    (bus, (plugins, log))
+}
+
 /// A bus over the plugin directory `plugins` with its log in `log`.
 async fn logged_bus(plugins: &std::path::Path, log: &std::path::Path) -> plugbus::Bus {
     plugbus::Bus::builder()
@@ -1437,24 +1447,12 @@ async fn a_quarantine_during_read_back_stops_it_when_batches_are_single_events()
 /// queue of one: the poison is read back from the log, in its first batch
 /// or step, and the 30 after it are dropped.
 async fn quarantine_during_read_back(limits: &str, payload: Value) {
-    let plugins = tempfile::tempdir().unwrap();
-    support::install(
-        plugins.path(),
-        &support::wasm("misbehave"),
-        "misbehave",
-        &format!(
-            "[config]\nwork = \"1000000\"\n\
-             [limits]\nqueue_capacity = 1\nquarantine_after = 1\nquarantine_backoff_ms = 3600000\n\
-             snapshot_every = 0\nsnapshot_interval_ms = 3600000\n{limits}"
-        ),
-    );
-    let log = tempfile::tempdir().unwrap();
-    let bus = plugbus::Bus::builder()
-        .plugin_dir(plugins.path())
-        .log_dir(log.path())
-        .build()
-        .await
-        .unwrap();
+    let (bus, _dirs) = misbehave_on_a_log(&format!(
+        "[config]\nwork = \"1000000\"\n\
+         [limits]\nqueue_capacity = 1\nquarantine_after = 1\nquarantine_backoff_ms = 3600000\n\
+         snapshot_every = 0\nsnapshot_interval_ms = 3600000\n{limits}"
+    ))
+    .await;
     // The first one or two are queued, the rest left in the log: the
     // poison is the 2nd or 3rd read back.
     for _ in 0..3 {
@@ -1565,15 +1563,8 @@ async fn events_left_in_the_log_by_a_full_queue_are_kept_from_retention_until_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_whose_queue_overflows_reads_the_rest_from_the_log() {
     const EVENTS: u64 = 3_000;
-    let plugins = tempfile::tempdir().unwrap();
-    support::install(
-        plugins.path(),
-        &support::wasm("misbehave"),
-        "misbehave",
-        "[config]\nrole = \"checker\"\nwork = \"20000\"\n[limits]\nqueue_capacity = 4\n",
-    );
-    let log = tempfile::tempdir().unwrap();
-    let bus = logged_bus(plugins.path(), log.path()).await;
+    let (bus, _dirs) =
+        misbehave_on_a_log("[config]\nrole = \"checker\"\nwork = \"20000\"\n[limits]\nqueue_capacity = 4\n").await;
     for seq in 0..EVENTS {
         bus.emit("misbehave.seq", serde_json::json!({ "seq": seq }));
     }
@@ -1618,15 +1609,7 @@ async fn a_worker_that_panics_while_reading_back_counts_its_events_and_flush_ret
 async fn panic_mid_turn(before: u64) {
     // Only a turn holding this name panics: no other test emits it.
     fail::cfg("plugin.worker.panic", "return(misbehave.hostpanic)").unwrap();
-    let plugins = tempfile::tempdir().unwrap();
-    support::install(
-        plugins.path(),
-        &support::wasm("misbehave"),
-        "misbehave",
-        "[config]\nwork = \"1000000\"\n[limits]\nqueue_capacity = 4\n",
-    );
-    let log = tempfile::tempdir().unwrap();
-    let bus = logged_bus(plugins.path(), log.path()).await;
+    let (bus, _dirs) = misbehave_on_a_log("[config]\nwork = \"1000000\"\n[limits]\nqueue_capacity = 4\n").await;
     for _ in 0..before {
         bus.emit("misbehave.ok", Value::Null);
     }
