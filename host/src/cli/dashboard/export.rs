@@ -73,6 +73,9 @@ impl ExportHub {
         let (tx, rx) = mpsc::unbounded_channel();
         let backlog = Arc::new(Backlog::default());
         let mut listeners = self.lock();
+        // Clients gone since the last event (a quiet bus sends nothing
+        // that would find them), so that reconnecting ones do not pile up.
+        listeners.retain(|listener| !listener.tx.is_closed());
         listeners.push(Listener {
             tx,
             backlog: backlog.clone(),
@@ -82,13 +85,13 @@ impl ExportHub {
         ExportReceiver { rx, backlog }
     }
 
-    /// Offers `event` to every client: queued, or skipped (and counted)
-    /// for one whose queue is full. Clients that went away are forgotten.
-    pub(super) fn send(&self, event: &Event) {
+    /// Offers `event` (of `size` bytes, [`Event::approx_bytes`]) to every
+    /// client: queued, or skipped (and counted) for one whose queue is
+    /// full. Clients that went away are forgotten.
+    pub(super) fn send(&self, event: &Event, size: usize) {
         if self.count.load(Ordering::Acquire) == 0 {
             return;
         }
-        let size = event.approx_bytes();
         let mut listeners = self.lock();
         listeners.retain_mut(|listener| {
             let backlog = &listener.backlog;
@@ -159,32 +162,51 @@ mod tests {
         let mut slow = hub.subscribe();
         let mut fast = hub.subscribe();
         for i in 0..10 {
-            hub.send(&big(&format!("e{i}")));
+            let event = big(&format!("e{i}"));
+            hub.send(&event, event.approx_bytes());
             // The other client reads each one at once: it misses nothing.
             assert_eq!(take(&mut fast), [format!("e{i}")]);
             assert!(slow.backlog.bytes.load(Ordering::Acquire) <= 3 * size);
         }
         assert_eq!(take(&mut slow), ["e0", "e1", "e2"]);
-        hub.send(&big("e10"));
+        hub.send(&big("e10"), size);
         assert_eq!(take(&mut slow), ["lagged 7", "e10"]);
         assert_eq!(slow.backlog.bytes.load(Ordering::Acquire), 0);
     }
 
+    fn send_small(hub: &ExportHub, name: &str) {
+        hub.send(&Event::new(name, json!({})), 100);
+    }
+
     #[test]
-    fn the_event_bound_holds_for_small_events_and_a_gone_client_is_forgotten() {
+    fn the_event_bound_frees_up_as_the_client_reads_and_a_gone_client_is_forgotten() {
         let hub = ExportHub::new(4, usize::MAX);
         let mut rx = hub.subscribe();
         for i in 0..6 {
-            hub.send(&Event::new(format!("e{i}"), json!({})));
+            send_small(&hub, &format!("e{i}"));
         }
         assert_eq!(take(&mut rx), ["e0", "e1", "e2", "e3"]);
+        // Read: room for four more, then one skipped.
+        for i in 6..11 {
+            send_small(&hub, &format!("e{i}"));
+        }
+        assert_eq!(take(&mut rx), ["lagged 2", "e6", "e7", "e8", "e9"]);
+        assert_eq!(rx.backlog.events.load(Ordering::Acquire), 0);
+        // A client gone with a full queue: forgotten at the next event…
+        for i in 0..4 {
+            send_small(&hub, &format!("f{i}"));
+        }
         drop(rx);
-        hub.send(&Event::new("after", json!({})));
+        send_small(&hub, "after");
         assert_eq!(hub.count.load(Ordering::Acquire), 0);
+        // …or when the next client comes, on a quiet bus.
+        drop(hub.subscribe());
+        let _third = hub.subscribe();
+        assert_eq!(hub.lock().len(), 1);
         // One event over the byte bound still reaches an idle client.
         let hub = ExportHub::new(4, 1);
         let mut rx = hub.subscribe();
-        hub.send(&Event::new("big", json!(vec![0; 1000])));
+        hub.send(&Event::new("big", json!(vec![0; 1000])), 5000);
         assert_eq!(take(&mut rx), ["big"]);
     }
 }

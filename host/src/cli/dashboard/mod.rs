@@ -23,7 +23,7 @@
 //!
 //! The events reach the dashboard through one native handler on `**` that
 //! the dashboard subscribes at the lowest priority: it copies each event
-//! into a bounded ring (and into the export channel while someone listens).
+//! into a bounded ring (and into each export client's queue, see [`export`]).
 //! Every stream ends when the server shuts down.
 
 mod export;
@@ -129,12 +129,12 @@ struct Tail {
 }
 
 impl Tail {
-    /// Keeps `event` as the newest, dropping the oldest past `capacity`
-    /// events or `max_bytes` (the newest is kept whatever its size).
-    fn push(&mut self, event: &Event, capacity: usize, max_bytes: usize) {
+    /// Keeps `event` (of `size` bytes, [`Event::approx_bytes`]) as the
+    /// newest, dropping the oldest past `capacity` events or `max_bytes`
+    /// (the newest is kept whatever its size).
+    fn push(&mut self, event: &Event, size: usize, capacity: usize, max_bytes: usize) {
         self.seen += 1;
-        self.events
-            .push((self.seen, event.clone()), event.approx_bytes(), capacity, max_bytes);
+        self.events.push((self.seen, event.clone()), size, capacity, max_bytes);
     }
 }
 
@@ -259,10 +259,12 @@ impl Dashboard {
 
 impl Inner {
     fn observe(&self, event: &Event) {
+        // Measured once (a walk of the payload) for the tail and the export.
+        let size = event.approx_bytes();
         {
-            lock(&self.tail).push(event, TAIL_CAPACITY, TAIL_BYTES);
+            lock(&self.tail).push(event, size, TAIL_CAPACITY, TAIL_BYTES);
         }
-        self.export.send(event);
+        self.export.send(event, size);
     }
 
     /// The matching events after number `after` (oldest first, at most
@@ -632,11 +634,11 @@ mod tests {
         let big = || Event::new("big", json!(vec![0; 10_000]));
         let mut tail = Tail::default();
         for _ in 0..10 {
-            tail.push(&big(), 1000, 3 * big().approx_bytes());
+            tail.push(&big(), big().approx_bytes(), 1000, 3 * big().approx_bytes());
         }
         assert_eq!((tail.events.len(), tail.seen), (3, 10));
         for _ in 0..10 {
-            tail.push(&Event::new("small", json!({})), 4, usize::MAX);
+            tail.push(&Event::new("small", json!({})), 100, 4, usize::MAX);
         }
         assert_eq!(tail.events.len(), 4);
         assert_eq!(tail.events.newest().map(|e| e.0), Some(20));
