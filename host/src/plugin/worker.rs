@@ -588,17 +588,17 @@ impl Worker {
             };
             let Some(job) = job else { break };
             let busy = Instant::now();
+            self.state.begin_turn(1, true);
             let (jobs, outcomes) = if self.state.abandoned() {
-                self.state.begin_turn(1, true);
                 let outcome = self.drop_job(&job, DropReason::Unloaded);
                 (vec![job], vec![outcome])
             } else if self.state.quarantined_now() {
-                self.state.begin_turn(1, true);
                 let outcome = self.drop_job(&job, DropReason::Quarantined);
                 (vec![job], vec![outcome])
             } else {
                 let jobs = self.gather(job, rx, carry);
-                self.state.begin_turn(jobs.len(), true);
+                // The turn holds what was gathered (nothing is counted yet).
+                self.state.turn_events.store(jobs.len() as u64, Ordering::Relaxed);
                 host_bug_point(jobs.iter().map(|job| &job.event));
                 self.deliver(jobs).await
             };
