@@ -1607,7 +1607,9 @@ async fn a_worker_that_panics_while_reading_back_counts_its_events_and_flush_ret
 /// events, one named `misbehave.hostpanic` that makes its worker panic,
 /// and 30 more; then 5 more once it has stopped.
 async fn panic_mid_turn(before: u64) {
-    // Only a turn holding this name panics: no other test emits it.
+    // Only a turn holding this name panics: no other test emits it. Never
+    // removed: the two tests using it run at once, and one removing it
+    // before the other's worker got there would fail the other.
     fail::cfg("plugin.worker.panic", "return(misbehave.hostpanic)").unwrap();
     let (bus, _dirs) = misbehave_on_a_log("[config]\nwork = \"1000000\"\n[limits]\nqueue_capacity = 4\n").await;
     for _ in 0..before {

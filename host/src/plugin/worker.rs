@@ -57,8 +57,10 @@ pub(crate) struct WorkerState {
     finished_notify: tokio::sync::Notify,
     /// Events a full queue left in the log for the worker to read back.
     pub(crate) overflow: Overflow,
-    /// Events whose outcome the worker has counted (delivered or dropped),
-    /// ever: with the turn's, how many of an interrupted turn's events were.
+    /// Events the worker has settled, ever: their outcome counted
+    /// (delivered or dropped), or, for a redriven letter already applied,
+    /// deliberately not counted again. With the turn's, how many of an
+    /// interrupted turn's events were.
     /// Written by the worker alone (its drop guard reads them on the same
     /// thread, or after the runtime handed the task over): plain loads and
     /// stores, no read-modify-write on the path of every event.
@@ -722,6 +724,10 @@ impl Worker {
                 });
                 match caught_up {
                     Some(range) => {
+                        // Booked before anything else: the range is closed.
+                        // Any the log no longer had (the size limit breaks
+                        // the pin, announced as a gap) were never handled.
+                        finish_range(&self.stats, &*bus, range);
                         tracing::info!(
                             plugin = &*self.spec.name,
                             events = range.count,
@@ -729,9 +735,6 @@ impl Worker {
                             up_to_seq = reading.upto,
                             "caught up with the events its full queue left in the log; back to its queue"
                         );
-                        // Any the log no longer had (the size limit breaks
-                        // the pin, announced as a gap) were never handled.
-                        finish_range(&self.stats, &*bus, range);
                     }
                     None => self.read_back = Some(reading),
                 }
@@ -776,6 +779,9 @@ impl Worker {
         let state = self.state.clone();
         let mut left = OverflowRange::default();
         bus.under_publish_lock(&mut || left = state.overflow.close());
+        // Booked before anything else: the range is closed. Dropped, like
+        // live events refused for the same reason: counted.
+        finish_range(&self.stats, &*bus, left);
         tracing::warn!(
             plugin = &*self.spec.name,
             events = left.count.saturating_sub(left.handled),
@@ -783,8 +789,6 @@ impl Worker {
             up_to_seq = left.last,
             "events its full queue left in the event log not read back: {why}"
         );
-        // Dropped, like live events refused for the same reason: counted.
-        finish_range(&self.stats, &*bus, left);
     }
 
     /// The bus was dropped without a shutdown while a range was open:
@@ -807,6 +811,11 @@ impl Worker {
             jobs.extract_if(.., |job| self.letters_applied.iter().any(|id| id == job.event.id()))
                 .collect()
         };
+        // Settled for the turn before the rest run (counted when they were
+        // applied; a host panic below must not count them dropped).
+        for _ in &repeated {
+            self.state.settle();
+        }
         let mut outcomes = match &jobs[..] {
             [] => Vec::new(),
             [job] => vec![self.run_one(&job.event, Voice::Live).await],
@@ -822,8 +831,6 @@ impl Worker {
                 event_id = job.event.id(),
                 "redriven letter already applied, its removal pending: not applied again"
             );
-            // Settled for the turn (counted when it was applied).
-            self.state.settle();
             outcomes.push(Outcome::Ok);
         }
         jobs.extend(repeated);
