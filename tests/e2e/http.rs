@@ -401,6 +401,42 @@ async fn time_waiting_on_a_request_counts_against_the_io_budget_not_the_deadline
     bus.shutdown().await;
 }
 
+/// The time a request waits on the journal is I/O too: a replay whose
+/// journal answers each request in 300 ms (failpoint `http_journal.lookup`,
+/// as a cold disk or a far NATS bucket would) is not stopped by a 50 ms
+/// deadline.
+#[tokio::test]
+async fn time_waiting_on_the_journal_counts_against_the_io_budget_not_the_deadline() {
+    let server = Server::start();
+    let dir = fetcher_dir(&format!(
+        "[limits]\ndeadline_ms = 50\nquarantine_after = 0\n[http]\nallow = [\"http://127.0.0.1:{}\"]\n",
+        server.port
+    ));
+    let log = tempfile::tempdir().unwrap();
+    let bus = start_bus(dir.path(), Some(log.path())).await;
+    for i in 0..2 {
+        let report = bus
+            .emit_and_wait("fetch", fetch(&[("POST", &server.url(&format!("/e{i}")), "x")]))
+            .await;
+        assert_eq!(report.outcome("fetcher"), Some(&Outcome::Ok), "{report:?}");
+    }
+    bus.shutdown().await;
+    let out = std::process::Command::new(support::plugbus_bin())
+        .args(["replay", "--plugins", dir.path().to_str().unwrap()])
+        .args(["--log", log.path().to_str().unwrap(), "--no-cache"])
+        .env("RUST_LOG", "warn")
+        .env("FAILPOINTS", "http_journal.lookup=sleep(300)")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("failures"), "{stderr}");
+    let replayed = replayed_fetched(&out);
+    assert_eq!(replayed.len(), 2, "{stderr}");
+    assert!(replayed.iter().all(|v| v["status"] == 200), "{replayed:?}");
+    assert_eq!(server.seen().len(), 2, "a replay sends nothing");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_waiting_on_a_server_delays_nobody_else() {
     let server = Server::start();

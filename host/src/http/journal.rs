@@ -333,6 +333,11 @@ impl RequestJournal {
     /// # Errors
     /// [`JournalError`] when the record cannot be read back.
     pub async fn lookup(&self, key: &RequestKey) -> Result<Option<Journaled>, JournalError> {
+        // A slow lookup (`sleep(ms)`: a cold disk, a far bucket) or a failed one.
+        crate::failpoint::hit("http_journal.lookup").map_err(|source| JournalError::Io {
+            path: PathBuf::from(JOURNAL_FILE),
+            source,
+        })?;
         #[cfg(feature = "nats")]
         if let Some(remote) = &self.remote {
             let err = |reason: String| JournalError::nats(remote.kv.bucket(), reason);

@@ -198,7 +198,7 @@ impl WasiHttpHooks for PluginHttp {
         let decided = self.decide(&url);
         let outbound = self.outbound.clone();
         let waited = self.io_waited.clone();
-        Box::new(async move {
+        let exchange = async move {
             let (key, checks) = decided?;
             // The journal first: an answer recorded for this key is given
             // back and nothing is sent (or counted against the limits).
@@ -252,9 +252,7 @@ impl WasiHttpHooks for PluginHttp {
             )
             .await;
             drop(permit);
-            let elapsed = started.elapsed();
-            waited.fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Relaxed);
-            outbound.stats.observe(elapsed);
+            outbound.stats.observe(started.elapsed());
             let recorded = match outcome {
                 Ok(response) => response,
                 Err(Unsent(error)) => return Err(error),
@@ -272,6 +270,15 @@ impl WasiHttpHooks for PluginHttp {
                     Err(Error::InternalError(Some(format!("request journal: {e}"))))
                 }
             }
+        };
+        Box::new(async move {
+            // All of it is time waited on I/O, not the guest's own: the
+            // journal's lookup (a file, or a NATS bucket's parts) and its
+            // record (synced with the log) as much as the exchange.
+            let started = Instant::now();
+            let result = exchange.await;
+            waited.fetch_add(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX), Relaxed);
+            result
         })
     }
 }
