@@ -655,6 +655,49 @@ async fn retention_compacts_the_journal_but_keeps_what_can_be_handled_again() {
     assert_eq!(server.seen().len(), EVENTS + 1);
 }
 
+/// `Bus::shutdown` waits for the journal compactions retention started:
+/// once it returns, nothing rewrites the journal behind the caller (here
+/// each compaction is slowed by 300 ms, failpoint `bus.retention.compact`).
+#[tokio::test]
+async fn shutdown_waits_for_the_journal_compaction_retention_started() {
+    let server = Server::start();
+    let plugins = fetcher_dir(&format!(
+        "[http]\nallow = [\"http://127.0.0.1:{}\"]\nper_second = 1000\n",
+        server.port
+    ));
+    let log = tempfile::tempdir().unwrap();
+    let options = plugbus::LogOptions {
+        segment_bytes: 4_000,
+        retention_bytes: Some(12_000),
+        ..plugbus::LogOptions::default()
+    };
+    let bus = Bus::builder()
+        .plugin_dir(plugins.path())
+        .log_dir(log.path())
+        .log_options(options)
+        .build()
+        .await
+        .unwrap();
+    // Only retention's compactions hit it (this test's, and the other
+    // retention test's, which waits for its own): never removed, so a
+    // compaction started late is slowed too.
+    fail::cfg("bus.retention.compact", "sleep(300)").unwrap();
+    const EVENTS: usize = 60;
+    for i in 0..EVENTS {
+        bus.emit_and_wait("fetch", fetch(&[("POST", &server.url(&format!("/e{i}")), "x")]))
+            .await;
+    }
+    bus.shutdown().await;
+    assert!(plugbus::log::first_retained_seq(log.path()).unwrap().unwrap() > 1);
+    let journal = plugbus::http::RequestJournal::open_read_only(log.path()).unwrap();
+    assert!(
+        journal.len() < EVENTS / 2,
+        "compacted by then: {} records",
+        journal.len()
+    );
+    assert!(!log.path().join("http-journal.compacting").exists());
+}
+
 /// C and Python plugins (the `http-observer` world, `wit/http.wit`) go
 /// through the same hook as Rust ones: the grant, the journal under trap
 /// recovery and restart catch-up, the `Idempotency-Key`. Their fixtures

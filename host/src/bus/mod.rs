@@ -189,6 +189,9 @@ pub(crate) struct Shared {
     pub(crate) policy: Option<crate::policy::Policy>,
     /// Plugins' outbound requests: the journal, and whether this bus replays.
     pub(crate) http: crate::http::send::HttpSetup,
+    /// The request journal's compactions after log retention, which
+    /// shutdown waits for.
+    pub(crate) compactions: Arc<retention::Compactions>,
     history: Option<History>,
     on_failure: Option<FailureHook>,
     /// Events published since the bus was built.
@@ -276,6 +279,7 @@ impl Shared {
             signatures,
             policy,
             http,
+            compactions: Arc::default(),
             history,
             on_failure,
             published: AtomicU64::new(0),
@@ -1610,6 +1614,8 @@ impl Bus {
                 tracing::error!(error = %e, "closing the event log failed");
             }
         }
+        // The log is closed: no compaction starts after these.
+        self.shared.compactions.settle().await;
         ShutdownReport {
             drained,
             dropped,

@@ -15,17 +15,47 @@
 //! (which only signals), one at a time; requests being recorded meanwhile
 //! are not held up while old records are copied (see
 //! [`RequestJournal::compact`](crate::http::RequestJournal::compact)).
+//! [`Bus::shutdown`](crate::Bus::shutdown) waits for those started: once it
+//! returns, the journal is not rewritten behind the caller's back.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Weak};
 
+use std::sync::Mutex;
+
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
 use crate::bus::Shared;
 use crate::dead_letter::DeadLetters;
 use crate::http::RequestKey;
 use crate::log::EventLog;
 use crate::sync::lock;
+
+/// The compactions started and not yet waited for; the bus owns it, the
+/// log's retention hook holds a handle.
+#[derive(Default)]
+pub(crate) struct Compactions(Mutex<Vec<JoinHandle<()>>>);
+
+impl Compactions {
+    fn start(&self, runtime: &Handle, work: impl FnOnce() + Send + 'static) {
+        let mut running = lock(&self.0);
+        running.retain(|h| !h.is_finished());
+        running.push(runtime.spawn_blocking(work));
+    }
+
+    /// Waits for the compactions started so far.
+    pub(crate) async fn settle(&self) {
+        let running = std::mem::take(&mut *lock(&self.0));
+        for h in running {
+            if let Err(e) = h.await {
+                tracing::error!(error = %e, "a request journal compaction failed to finish");
+            }
+        }
+    }
+}
 
 /// Compacts the request journal each time the log's retention removes
 /// segments (a bus with a log whose plugins keep their state).
@@ -35,16 +65,21 @@ pub(crate) fn watch(shared: &Arc<Shared>, log: &EventLog) {
     }
     let weak = Arc::downgrade(shared);
     let runtime = shared.runtime.clone();
+    // The hook holds the list, never the bus: the last handle on the bus
+    // must not be dropped on the log writer's thread.
+    let compactions = shared.compactions.clone();
     log.on_retained(move |first_retained| {
         let weak = weak.clone();
         // The hook runs on the log writer's thread: hand the work over.
-        runtime.spawn_blocking(move || compact(&weak, first_retained));
+        compactions.start(&runtime, move || compact(&weak, first_retained));
     });
 }
 
 /// Drops the journal's records below what the log and the kept snapshots
 /// still need.
 fn compact(shared: &Weak<Shared>, first_retained: u64) {
+    // `sleep(ms)`: a slow compaction (a large journal, a busy disk).
+    let _ = crate::failpoint::hit("bus.retention.compact");
     let Some(shared) = shared.upgrade() else { return };
     let Some(log) = shared.state_log() else { return };
     let retention_floor = log.status().retention_floor;
