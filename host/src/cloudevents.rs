@@ -242,29 +242,63 @@ pub fn from_binary<'h>(
 /// (`datacontenttype` is `application/json`; the plugbus sequence number
 /// and cascade depth go in the `plugbusseq` and `plugbusdepth` extensions).
 pub fn to_json(event: &Event) -> Value {
-    let time = i128::from(event.time_unix_nanos());
-    let time = time::OffsetDateTime::from_unix_timestamp_nanos(time)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
-    let mut out = serde_json::json!({
-        "specversion": "1.0",
-        "id": event.id(),
-        "source": event.source(),
-        "type": event.name(),
-        "datacontenttype": "application/json",
-        "data": event.payload(),
-    });
-    if let Some(time) = time {
-        out["time"] = time.into();
+    serde_json::to_value(Structured::of(event)).unwrap_or(Value::Null)
+}
+
+/// [`to_json`] written as JSON text, on one line: the same document, its
+/// `data` the payload's text as it is ([`Event::payload_out`]), so an event
+/// read as text is not parsed to be written.
+///
+/// ```
+/// let event = plugbus::Event::new("tool.called", serde_json::json!({"tool": "search"}));
+/// let text = plugbus::cloudevents::to_text(&event);
+/// let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+/// assert_eq!(back, plugbus::cloudevents::to_json(&event));
+/// ```
+pub fn to_text(event: &Event) -> String {
+    // Strings, numbers and JSON text: writing them cannot fail.
+    serde_json::to_string(&Structured::of(event)).unwrap_or_default()
+}
+
+/// A structured-mode CloudEvent borrowed from an event, its attributes in
+/// name order (as a `Value`'s map writes them).
+#[derive(serde::Serialize)]
+struct Structured<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlationid: Option<&'a str>,
+    data: crate::event::PayloadOut<'a>,
+    datacontenttype: &'static str,
+    id: &'a str,
+    plugbusdepth: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plugbusseq: Option<u64>,
+    source: &'a str,
+    specversion: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time: Option<String>,
+    #[serde(rename = "type")]
+    kind: &'a str,
+}
+
+impl<'a> Structured<'a> {
+    fn of(event: &'a Event) -> Structured<'a> {
+        let time = i128::from(event.time_unix_nanos());
+        let time = time::OffsetDateTime::from_unix_timestamp_nanos(time)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+        Structured {
+            correlationid: event.correlation_id(),
+            data: event.payload_out(),
+            datacontenttype: "application/json",
+            id: event.id(),
+            plugbusdepth: event.depth(),
+            plugbusseq: event.seq(),
+            source: event.source(),
+            specversion: "1.0",
+            time,
+            kind: event.name(),
+        }
     }
-    if let Some(id) = event.correlation_id() {
-        out["correlationid"] = id.into();
-    }
-    if let Some(seq) = event.seq() {
-        out["plugbusseq"] = seq.into();
-    }
-    out["plugbusdepth"] = event.depth().into();
-    out
 }
 
 #[cfg(test)]

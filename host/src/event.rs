@@ -370,6 +370,20 @@ impl Event {
         self.0.payload()
     }
 
+    /// The payload for JSON output (`serde_json`): its text as it is when it
+    /// has one on a single line, so an event read or mapped as text (a log
+    /// frame, a NATS message, an OTLP span) is written without being
+    /// parsed, and keeps no parsed value (~18× its text, for numbers) in
+    /// the buffers that hold it; else its value, written compact.
+    ///
+    /// ```
+    /// let event = plugbus::Event::new("a", serde_json::json!({"n": [1, 2]}));
+    /// assert_eq!(serde_json::to_string(&event.payload_out()).unwrap(), r#"{"n":[1,2]}"#);
+    /// ```
+    pub fn payload_out(&self) -> PayloadOut<'_> {
+        PayloadOut(&self.0)
+    }
+
     /// The payload as JSON text: serialised once, on first use, and the very
     /// text every plugin receives.
     pub fn payload_json(&self) -> &str {
@@ -561,7 +575,8 @@ impl fmt::Debug for Event {
 }
 
 /// Serialises as `{name, id, time_unix_nanos, correlation_id, source, payload}`,
-/// the shape the audit log and the CLI write.
+/// the shape the audit log and the CLI write; the payload as
+/// [`Event::payload_out`] writes it.
 impl serde::Serialize for Event {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut st = s.serialize_struct("Event", 6)?;
@@ -570,8 +585,25 @@ impl serde::Serialize for Event {
         st.serialize_field("time_unix_nanos", &self.0.time_unix_nanos)?;
         st.serialize_field("correlation_id", &self.0.correlation_id)?;
         st.serialize_field("source", &self.0.source)?;
-        st.serialize_field("payload", self.0.payload())?;
+        st.serialize_field("payload", &self.payload_out())?;
         st.end()
+    }
+}
+
+/// An event's payload as JSON output writes it ([`Event::payload_out`]).
+#[derive(Clone, Copy)]
+pub struct PayloadOut<'a>(&'a EventData);
+
+impl serde::Serialize for PayloadOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // A text holds no line break outside its strings (JSON escapes
+        // them inside): the one-line outputs (JSON Lines, SSE) stay one line.
+        if let Some(text) = self.0.text.get().filter(|t| !t.contains(['\n', '\r']))
+            && let Ok(raw) = serde_json::from_str::<&serde_json::value::RawValue>(text)
+        {
+            return raw.serialize(s);
+        }
+        self.0.payload().serialize(s)
     }
 }
 
@@ -625,5 +657,34 @@ mod tests {
         let ev = ev.with_correlation_id("c");
         assert_eq!(ev.wire().0.correlation_id, Some("c"));
         assert_eq!(ev.payload_json(), r#"{"k":1}"#);
+    }
+
+    fn from_text(text: &str) -> Event {
+        Event::decoded(7, "a".into(), "id-1".into(), 1, None, "nats".into(), 0, text.into())
+    }
+
+    #[test]
+    fn an_event_read_as_text_is_written_from_its_text_without_being_parsed() {
+        let ev = from_text(r#"{"b": [1, 2], "a": "x\ny"}"#);
+        let line = serde_json::to_string(&ev).unwrap();
+        assert_eq!(
+            line,
+            r#"{"name":"a","id":"id-1","time_unix_nanos":1,"correlation_id":null,"source":"nats","payload":{"b": [1, 2], "a": "x\ny"}}"#
+        );
+        assert!(ev.0.payload.get().is_none(), "not parsed");
+        let size = ev.approx_bytes();
+        let _ = serde_json::to_string(&ev.payload_out()).unwrap();
+        assert_eq!(ev.approx_bytes(), size, "nothing kept");
+    }
+
+    #[test]
+    fn a_text_with_a_line_break_is_written_on_one_line_from_its_value() {
+        let ev = from_text("{\n  \"a\": 1\r\n}");
+        assert_eq!(serde_json::to_string(&ev.payload_out()).unwrap(), r#"{"a":1}"#);
+        // An event made from a value writes its compact text.
+        let ev = Event::new("a", serde_json::json!({"n": [1, 2]}));
+        assert_eq!(serde_json::to_string(&ev.payload_out()).unwrap(), r#"{"n":[1,2]}"#);
+        let _ = ev.payload_json();
+        assert_eq!(serde_json::to_string(&ev.payload_out()).unwrap(), r#"{"n":[1,2]}"#);
     }
 }

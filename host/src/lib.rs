@@ -126,7 +126,7 @@ pub use bus::{Bus, DEFAULT_SHUTDOWN_GRACE, FailureHook, LoadFailure, Published, 
 pub use cache::{CacheStats, default_cache_dir};
 pub use dead_letter::{DeadLetter, DeadLetterError, Redrive, read_dead_letters};
 pub use error::Error;
-pub use event::{Event, MAX_CORRELATION_ID_BYTES, check_external_id};
+pub use event::{Event, MAX_CORRELATION_ID_BYTES, PayloadOut, check_external_id};
 pub use ingest::{IngestError, parse_event_line, parse_event_value};
 pub use limits::{Limits, MAX_CASCADE_DEPTH};
 pub use log::{Durability, EventLog, LogError, LogOptions, LogPosition, LogReader, LogStats, LogStatus, Record};

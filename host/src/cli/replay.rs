@@ -4,9 +4,22 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use serde_json::json;
+use serde::Serialize;
 
 use super::CacheArgs;
+
+/// One line of the output: a follow-up and the event it followed, its
+/// fields in the order they have always been written (by name).
+#[derive(Serialize)]
+struct Line<'a> {
+    correlation_id: Option<&'a str>,
+    id: &'a str,
+    name: &'a str,
+    parent_seq: u64,
+    payload: plugbus::PayloadOut<'a>,
+    source: &'a str,
+    time_unix_nanos: u64,
+}
 
 pub struct Args<'a> {
     pub replay: plugbus::Replay,
@@ -40,16 +53,21 @@ pub async fn replay(args: Args<'_>) -> anyhow::Result<ExitCode> {
             if write_error.is_some() {
                 return;
             }
-            let line = json!({
-                "parent_seq": parent_seq,
-                "name": event.name(),
-                "id": event.id(),
-                "time_unix_nanos": event.time_unix_nanos(),
-                "correlation_id": event.correlation_id(),
-                "source": event.source(),
-                "payload": event.payload(),
-            });
-            if let Err(e) = writeln!(out, "{line}") {
+            let line = Line {
+                correlation_id: event.correlation_id(),
+                id: event.id(),
+                name: event.name(),
+                parent_seq,
+                payload: event.payload_out(),
+                source: event.source(),
+                time_unix_nanos: event.time_unix_nanos(),
+            };
+            // Strings, numbers and JSON text: writing them fails only as
+            // the output does.
+            let written = serde_json::to_writer(&mut out, &line)
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n"));
+            if let Err(e) = written {
                 write_error = Some(e);
             }
         })

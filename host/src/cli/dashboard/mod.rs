@@ -613,7 +613,7 @@ async fn get_export(State(dash): State<Dashboard>, Query(params): Query<StreamPa
 fn export_message(event: &Event, format: Format) -> SseEvent {
     let data = match format {
         Format::Plugbus => serde_json::to_string(event).unwrap_or_default(),
-        Format::CloudEvents => plugbus::cloudevents::to_json(event).to_string(),
+        Format::CloudEvents => plugbus::cloudevents::to_text(event),
     };
     let message = SseEvent::default().data(data);
     // An id is one line of the stream: one that could break it (from a
