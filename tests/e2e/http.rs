@@ -570,8 +570,10 @@ async fn trap_recovery_restart_and_replay_send_nothing_twice() {
 #[tokio::test]
 async fn retention_compacts_the_journal_but_keeps_what_can_be_handled_again() {
     let server = Server::start();
+    // A rebuild after a trap replays at most 10 events (past that the
+    // state cannot be rebuilt): this plugin holds no old request back.
     let plugins = fetcher_dir(&format!(
-        "[limits]\nquarantine_after = 0\n[http]\nallow = [\"http://127.0.0.1:{}\"]\nper_second = 1000\n",
+        "[limits]\nquarantine_after = 0\nreplay_max_events = 10\n[http]\nallow = [\"http://127.0.0.1:{}\"]\nper_second = 1000\n",
         server.port
     ));
     let log = tempfile::tempdir().unwrap();
@@ -655,6 +657,84 @@ async fn retention_compacts_the_journal_but_keeps_what_can_be_handled_again() {
     assert_eq!(server.seen().len(), EVENTS + 1);
 }
 
+/// A plugin without `state` is brought back after a trap by replaying every
+/// event since its instance started: retention may remove those events from
+/// the log, but the journal keeps their requests while the worker may hand
+/// them over again, so the rebuild's requests are answered, none refused.
+/// A second plugin that keeps only 5 events for a rebuild
+/// (`replay_max_events`) shows that compaction ran meanwhile.
+#[tokio::test]
+async fn a_rebuild_after_retention_gets_every_answer_from_the_journal() {
+    let server = Server::start();
+    let plugins = tempfile::tempdir().unwrap();
+    let grant = format!(
+        "[http]\nallow = [\"http://127.0.0.1:{}\"]\nper_second = 1000\n",
+        server.port
+    );
+    install(
+        plugins.path(),
+        &wasm("fetcher"),
+        "fetcher",
+        &format!("[limits]\nquarantine_after = 0\n{grant}"),
+    );
+    install(
+        plugins.path(),
+        &wasm("fetcher"),
+        "short",
+        &format!("[limits]\nquarantine_after = 0\nreplay_max_events = 5\n{grant}"),
+    );
+    let log = tempfile::tempdir().unwrap();
+    let options = plugbus::LogOptions {
+        segment_bytes: 4_000,
+        retention_bytes: Some(12_000),
+        ..plugbus::LogOptions::default()
+    };
+    let bus = Bus::builder()
+        .plugin_dir(plugins.path())
+        .log_dir(log.path())
+        .log_options(options)
+        .build()
+        .await
+        .unwrap();
+    const EVENTS: usize = 60;
+    for i in 0..EVENTS {
+        bus.emit_and_wait("fetch", fetch(&[("POST", &server.url(&format!("/e{i}")), "x")]))
+            .await;
+    }
+    bus.flush().await;
+    let journaled = || plugbus::http::RequestJournal::open_read_only(log.path()).unwrap().len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while journaled() >= 2 * EVENTS - 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never compacted: {} records",
+            journaled()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(plugbus::log::first_retained_seq(log.path()).unwrap().unwrap() > 1);
+    assert!(journaled() >= EVENTS, "fetcher's records are kept: {}", journaled());
+    // A trap: the next event rebuilds `fetcher` by replaying all 60.
+    let mut trap = fetch(&[("POST", &server.url("/trap"), "x")]);
+    trap["then"] = json!("panic");
+    bus.emit_and_wait("fetch", trap).await;
+    bus.emit_and_wait("fetch", fetch(&[("POST", &server.url("/after"), "x")]))
+        .await;
+    bus.flush().await;
+    let infos = bus.plugins();
+    let counts = infos
+        .iter()
+        .find(|p| p.name == "fetcher")
+        .unwrap()
+        .http
+        .clone()
+        .unwrap();
+    assert_eq!(counts.refused, 0, "{counts:?}");
+    assert!(counts.replayed >= EVENTS as u64, "{counts:?}");
+    assert_eq!(server.seen().len(), 2 * EVENTS + 4, "nothing sent twice");
+    bus.shutdown().await;
+}
+
 /// `Bus::shutdown` waits for the journal compactions retention started:
 /// once it returns, nothing rewrites the journal behind the caller (here
 /// each compaction is slowed by 300 ms, failpoint `bus.retention.compact`).
@@ -662,7 +742,7 @@ async fn retention_compacts_the_journal_but_keeps_what_can_be_handled_again() {
 async fn shutdown_waits_for_the_journal_compaction_retention_started() {
     let server = Server::start();
     let plugins = fetcher_dir(&format!(
-        "[http]\nallow = [\"http://127.0.0.1:{}\"]\nper_second = 1000\n",
+        "[limits]\nreplay_max_events = 5\n[http]\nallow = [\"http://127.0.0.1:{}\"]\nper_second = 1000\n",
         server.port
     ));
     let log = tempfile::tempdir().unwrap();

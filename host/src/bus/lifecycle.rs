@@ -229,6 +229,11 @@ fn spawn(
     let (queries_tx, queries_rx) = mpsc::channel(crate::query::QUERY_QUEUE);
     let (stop_tx, stop_rx) = oneshot::channel();
     let state = Arc::new(WorkerState::default());
+    {
+        let mut workers = lock(&shared.workers);
+        workers.retain(|(_, w)| w.strong_count() > 0);
+        workers.push((spec.name.to_string(), Arc::downgrade(&state)));
+    }
     if let Some(log) = shared.state_log() {
         // A full queue leaves its events in the log, read back by the worker.
         state.overflow.enable(log.clone());

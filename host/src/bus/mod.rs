@@ -192,6 +192,10 @@ pub(crate) struct Shared {
     /// The request journal's compactions after log retention, which
     /// shutdown waits for.
     pub(crate) compactions: Arc<retention::Compactions>,
+    /// Every plugin worker's state while it lives (loaded, or draining
+    /// after an unload or a swap), by plugin name: the events each may
+    /// still hand to its plugin hold that plugin's journaled requests.
+    pub(crate) workers: Mutex<Vec<(String, Weak<crate::plugin::worker::WorkerState>)>>,
     history: Option<History>,
     on_failure: Option<FailureHook>,
     /// Events published since the bus was built.
@@ -280,6 +284,7 @@ impl Shared {
             policy,
             http,
             compactions: Arc::default(),
+            workers: Mutex::new(Vec::new()),
             history,
             on_failure,
             published: AtomicU64::new(0),

@@ -7,7 +7,10 @@
 //! still holds), or by a redrive (a dead letter). So once retention has
 //! removed segments, the records of events numbered below both the log's
 //! first retained event and its retention floor are dropped, except those
-//! of live dead letters. A plugin not loaded at that moment keeps the
+//! of live dead letters and those of events a plugin's worker may still
+//! hand to its plugin (a rebuild's replay after a trap covers every event
+//! since the plugin's last snapshot, or since its instance started when
+//! it keeps no state). A plugin not loaded at that moment keeps the
 //! records of its dead letters as its dead-letter file lists them (all of
 //! its records when that file cannot be read).
 //!
@@ -94,14 +97,25 @@ fn compact(shared: &Weak<Shared>, first_retained: u64) {
     let dir = log.dir().to_owned();
     // Unloaded plugins' letters come from their files, read once each.
     let unloaded = RefCell::new(HashMap::<String, Option<HashSet<String>>>::new());
-    let keep = |key: &RequestKey| match loaded.get(&key.plugin) {
-        Some(letters) => letters.contains(&key.event),
-        None => unloaded
-            .borrow_mut()
-            .entry(key.plugin.clone())
-            .or_insert_with(|| letter_ids(&dir, &key.plugin))
-            .as_ref()
-            .is_none_or(|ids| ids.contains(&key.event)),
+    // What the workers may still hand to their plugins, read once, after
+    // the journal found the records below the floor (a record made since
+    // is not among them) and before any letter is looked at (an event whose
+    // letter is not written yet is still held by its worker then).
+    let held = std::cell::OnceCell::<HashMap<String, u64>>::new();
+    let keep = |key: &RequestKey, seq: u64| {
+        let held = held.get_or_init(|| held_by_workers(&shared));
+        if held.get(&key.plugin).is_some_and(|floor| seq >= *floor) {
+            return true;
+        }
+        match loaded.get(&key.plugin) {
+            Some(letters) => letters.contains(&key.event),
+            None => unloaded
+                .borrow_mut()
+                .entry(key.plugin.clone())
+                .or_insert_with(|| letter_ids(&dir, &key.plugin))
+                .as_ref()
+                .is_none_or(|ids| ids.contains(&key.event)),
+        }
     };
     let result = shared.http.journal.compact(floor, keep);
     match result {
@@ -116,6 +130,24 @@ fn compact(shared: &Weak<Shared>, first_retained: u64) {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "request journal compaction failed; the journal is unchanged"),
     }
+}
+
+/// Per plugin, the lowest sequence number of an event one of its workers
+/// may still hand to it: a rebuild's replay after a trap (the events since
+/// its snapshot, or since its instance started), a batch run again, events
+/// read from the log and not handled yet. Their requests must be answered
+/// from the journal then, whatever the log's retention removed.
+fn held_by_workers(shared: &Shared) -> HashMap<String, u64> {
+    let mut held = HashMap::<String, u64>::new();
+    for (plugin, worker) in lock(&shared.workers).iter() {
+        let Some(floor) = worker.upgrade().and_then(|w| w.journal_floor()) else {
+            continue;
+        };
+        held.entry(plugin.clone())
+            .and_modify(|f| *f = (*f).min(floor))
+            .or_insert(floor);
+    }
+    held
 }
 
 /// The event ids of `plugin`'s live dead letters in the log directory

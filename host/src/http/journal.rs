@@ -600,9 +600,11 @@ impl RequestJournal {
     }
 
     /// Drops the records of events numbered below `floor` (those whose
-    /// number is unknown stay), except those `keep` asks for, by copying the
-    /// rest to a new file renamed over the journal. Requests recorded
-    /// meanwhile are not held up while `keep` is asked (it may read files)
+    /// number is unknown stay), except those `keep` asks for (given the
+    /// key and the event's number; asked only after the records below the
+    /// floor were found, so it may read what holds records back then), by
+    /// copying the rest to a new file renamed over the journal. Requests
+    /// recorded meanwhile are not held up while `keep` is asked (it may read files)
     /// or the old records are copied; those recorded since are copied last,
     /// under the lock. One compaction runs at a time; a read-only or memory
     /// journal is left as it is. Blocking: call from a blocking thread.
@@ -615,7 +617,7 @@ impl RequestJournal {
     /// let key = |event: &str| RequestKey { plugin: "p".into(), event: event.into(), index: 0 };
     /// journal.put(key("old"), Some(3), Recorded::Failed("timeout".into()))?;
     /// journal.put(key("new"), Some(30), Recorded::Failed("timeout".into()))?;
-    /// let done = journal.compact(10, |_| false)?;
+    /// let done = journal.compact(10, |_, _| false)?;
     /// assert_eq!((done.kept, done.removed), (1, 1));
     /// assert!(journal.get(&key("old"))?.is_none() && journal.get(&key("new"))?.is_some());
     /// # Ok(()) }
@@ -624,12 +626,12 @@ impl RequestJournal {
     /// # Errors
     /// [`JournalError::Io`] when the copy cannot be written or renamed; the
     /// journal is then left as it was.
-    pub fn compact(&self, floor: u64, keep: impl Fn(&RequestKey) -> bool) -> Result<Compaction, JournalError> {
+    pub fn compact(&self, floor: u64, keep: impl Fn(&RequestKey, u64) -> bool) -> Result<Compaction, JournalError> {
         let _one = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
         // The records below the floor, found under the lock; `keep` is then
         // asked without it (it may read files), so requests being recorded
         // are not held up by it.
-        let below: Vec<(RequestKey, u64)> = {
+        let below: Vec<(RequestKey, u64, u64)> = {
             let store = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             match &*store {
                 Store::File {
@@ -638,15 +640,18 @@ impl RequestJournal {
                     ..
                 } => index
                     .iter()
-                    .filter(|(_, e)| e.seq.is_some_and(|seq| seq < floor))
-                    .map(|(key, e)| (key.clone(), e.offset))
+                    .filter_map(|(key, e)| e.seq.filter(|seq| *seq < floor).map(|seq| (key.clone(), e.offset, seq)))
                     .collect(),
                 _ => return Ok(Compaction::default()),
             }
         };
         // A record is identified by its place: a key recorded again since
         // (at a new offset) is not dropped with the old record.
-        let dropped: HashMap<RequestKey, u64> = below.into_iter().filter(|(key, _)| !keep(key)).collect();
+        let dropped: HashMap<RequestKey, u64> = below
+            .into_iter()
+            .filter(|(key, _, seq)| !keep(key, *seq))
+            .map(|(key, offset, _)| (key, offset))
+            .collect();
         // What to copy, decided under the lock; copied without it.
         let (path, source, copied_to, live, before) = {
             let store = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -983,14 +988,14 @@ mod tests {
                 }
             })
         };
-        let done = j.compact(110, |k| k.event == "e3").unwrap();
+        let done = j.compact(110, |k, _| k.event == "e3").unwrap();
         assert_eq!((done.kept, done.removed, done.bytes_before), (12, 9, before));
         let after = std::fs::metadata(&path).unwrap().len();
         assert_eq!(done.bytes_after, after);
         assert!(after < before, "{after} < {before}");
         assert_eq!(answers(&j, 0..21), (0..21).map(expected).collect::<Vec<_>>());
         // Nothing left to drop: the file is not rewritten.
-        let again = j.compact(110, |k| k.event == "e3").unwrap();
+        let again = j.compact(110, |k, _| k.event == "e3").unwrap();
         assert_eq!((again.removed, again.bytes_after), (0, after));
         // Appends go on in the new file, and reopening finds the same.
         j.put(key(21), Some(121), ok("body 21")).unwrap();
@@ -1003,7 +1008,7 @@ mod tests {
         assert_eq!(answers(&j, 0..22), want);
         // A read-only journal (a replay's) is never rewritten.
         let ro = RequestJournal::open_read_only(dir.path()).unwrap();
-        assert_eq!(ro.compact(u64::MAX, |_| false).unwrap(), Compaction::default());
+        assert_eq!(ro.compact(u64::MAX, |_, _| false).unwrap(), Compaction::default());
         assert_eq!(answers(&ro, 0..22), want);
     }
 
@@ -1022,7 +1027,7 @@ mod tests {
         fail::cfg("http_journal.compact.copied", "pause").unwrap();
         let compacting = {
             let j = j.clone();
-            std::thread::spawn(move || j.compact(5, |_| false).unwrap())
+            std::thread::spawn(move || j.compact(5, |_, _| false).unwrap())
         };
         // The old records are being copied (the compaction is paused after
         // them, without the lock): a put goes through.
@@ -1042,7 +1047,7 @@ mod tests {
         // A rename that fails: nothing changes, no copy is left behind.
         let bytes = std::fs::read(dir.path().join(JOURNAL_FILE)).unwrap();
         fail::cfg("http_journal.compact.rename", "return").unwrap();
-        let e = j.compact(8, |_| false).unwrap_err();
+        let e = j.compact(8, |_, _| false).unwrap_err();
         fail::remove("http_journal.compact.rename");
         assert!(e.to_string().contains("http-journal.compacting"), "{e}");
         assert_eq!(std::fs::read(dir.path().join(JOURNAL_FILE)).unwrap(), bytes);

@@ -203,6 +203,9 @@ pub(crate) struct Recovery {
     since: VecDeque<Event>,
     /// Payload bytes of `since`.
     since_bytes: usize,
+    /// The lowest sequence number in `since` (a redriven letter is older
+    /// than the events handled before it).
+    oldest: Option<u64>,
     /// False once more events were handled than can be kept: the state can
     /// no longer be rebuilt by replay.
     complete: bool,
@@ -229,6 +232,7 @@ impl Default for Recovery {
             snapshot: None,
             since: VecDeque::new(),
             since_bytes: 0,
+            oldest: None,
             complete: true,
             handled_since_snapshot: 0,
             last_snapshot: Instant::now(),
@@ -252,10 +256,20 @@ impl Recovery {
             self.complete = false;
             self.since = VecDeque::new();
             self.since_bytes = 0;
+            self.oldest = None;
             return;
         }
         self.since_bytes += bytes;
+        if let Some(seq) = event.seq() {
+            self.oldest = Some(self.oldest.map_or(seq, |oldest| oldest.min(seq)));
+        }
         self.since.push_back(event.clone());
+    }
+
+    /// The sequence number of the oldest event a rebuild would hand to the
+    /// plugin again (none when it would hand none, or could not rebuild).
+    pub fn oldest_seq(&self) -> Option<u64> {
+        if self.complete { self.oldest } else { None }
     }
 
     /// Whether a plugin with `state` should be snapshotted now.
@@ -279,6 +293,7 @@ impl Recovery {
         self.snapshot = Some(snapshot);
         self.since.clear();
         self.since_bytes = 0;
+        self.oldest = None;
         self.complete = true;
         self.handled_since_snapshot = 0;
         self.last_snapshot = Instant::now();

@@ -75,6 +75,11 @@ pub(crate) struct WorkerState {
     /// bus's `pending`), not events read back from the log (done with their
     /// range).
     turn_queued: AtomicBool,
+    /// The lowest sequence number of an event the worker may still hand
+    /// to its plugin again (a rebuild's replay, a batch run again, events
+    /// read from the log and not handled yet); 0: none. The request
+    /// journal keeps the plugin's records from there on (`bus::retention`).
+    journal_floor: AtomicU64,
 }
 
 /// The worker's current turn, as its drop guard reads it.
@@ -183,6 +188,7 @@ impl Default for WorkerState {
             turn_events: AtomicU64::new(0),
             turn_settled_before: AtomicU64::new(0),
             turn_queued: AtomicBool::new(false),
+            journal_floor: AtomicU64::new(0),
         }
     }
 }
@@ -356,9 +362,27 @@ impl WorkerState {
         self.turn_events.store(events as u64, Ordering::Relaxed);
     }
 
+    /// The turn holds `events` now (jobs gathered behind its first; none
+    /// of them counted yet).
+    fn grow_turn(&self, events: usize) {
+        self.turn_events.store(events as u64, Ordering::Relaxed);
+    }
+
     /// The turn is over: its events are counted, its jobs done.
     fn end_turn(&self) {
         self.turn_events.store(0, Ordering::Relaxed);
+    }
+
+    /// The lowest sequence number of an event the worker may still hand to
+    /// its plugin again, if any: the plugin's journaled requests from there
+    /// on are kept. Set before such events are handled (records made after
+    /// a compaction's scan are not in it; those made before were made
+    /// under this floor), so a compaction reads it after its scan.
+    pub(crate) fn journal_floor(&self) -> Option<u64> {
+        match self.journal_floor.load(Ordering::Acquire) {
+            0 => None,
+            seq => Some(seq),
+        }
     }
 
     /// The turn the worker is in, if any.
@@ -599,8 +623,8 @@ impl Worker {
                 (vec![job], vec![outcome])
             } else {
                 let jobs = self.gather(job, rx, carry);
-                // The turn holds what was gathered (nothing is counted yet).
-                self.state.turn_events.store(jobs.len() as u64, Ordering::Relaxed);
+                self.state.grow_turn(jobs.len());
+                self.hold_journal(jobs.iter().filter_map(|job| job.event.seq()).min());
                 host_bug_point(jobs.iter().map(|job| &job.event));
                 self.deliver(jobs).await
             };
@@ -612,6 +636,7 @@ impl Worker {
             // What is left of the turn cannot fail: from here its jobs are
             // done by this loop, not by the drop guard.
             self.state.end_turn();
+            self.hold_journal(None);
             for (job, outcome) in jobs.into_iter().zip(outcomes) {
                 if let Some(reply) = job.reply {
                     let _ = reply.send(outcome);
@@ -800,6 +825,17 @@ impl Worker {
         self.state.overflow.close();
     }
 
+    /// Holds the plugin's journaled requests from the oldest event a rebuild
+    /// would replay, or from `from` (events about to be handled or read from
+    /// the log) when older: see [`WorkerState::journal_floor`].
+    fn hold_journal(&self, from: Option<u64>) {
+        let floor = match (self.recovery.oldest_seq(), from) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(0),
+        };
+        self.state.journal_floor.store(floor, Ordering::Release);
+    }
+
     /// Delivers the jobs gathered for one turn, in order, and returns them
     /// with their outcomes, pairwise. A redriven letter already applied (its
     /// removal waits for a snapshot that holds it) is answered `Ok` without
@@ -845,6 +881,7 @@ impl Worker {
     /// the last event the predecessor handled; otherwise it is lost, loudly.
     async fn take_over(&mut self, predecessor: Handoff) {
         self.recovery = predecessor.recovery;
+        self.hold_journal(None);
         self.last_seq = predecessor.last_seq;
         self.letters_applied = predecessor.letters_applied;
         let Some(mut instance) = self.instance.take() else {
@@ -892,6 +929,7 @@ impl Worker {
             crate::plugin::catch_up::Cursor::new(&log, crate::manifest::CatchUp::All, self.patterns.clone());
         let last = self.last_seq;
         loop {
+            self.hold_journal(Some(cursor.covered() + 1));
             let batch = cursor.read(upto).await?;
             self.announce_gap(cursor.take_gap());
             if batch.is_empty() {
@@ -948,6 +986,7 @@ impl Worker {
         // (A resumed cursor reads windowless already.)
         let keep_window = cursor.windowed() && self.spec.has_state();
         loop {
+            self.hold_journal(Some(cursor.covered() + 1));
             let batch = cursor.read(log.status().written_seq).await?;
             self.announce_gap(cursor.take_gap());
             if batch.is_empty() {
@@ -980,6 +1019,7 @@ impl Worker {
         let Ok(cut) = cut.await else { return Ok(()) };
         log.wait_written(cut).await?;
         loop {
+            self.hold_journal(Some(cursor.covered() + 1));
             let batch = cursor.read(cut).await?;
             self.announce_gap(cursor.take_gap());
             if batch.is_empty() {
@@ -1069,17 +1109,16 @@ impl Worker {
     /// log), so a batch's events after a quarantine or the end of the grace
     /// period are dropped as the queue's would be; history runs whole.
     async fn handle_run(&mut self, run: Vec<Event>, voice: Voice, queued: bool) -> u64 {
+        // Held until the next turn or read: the rest of a catch-up's chunk
+        // is in memory meanwhile.
+        self.hold_journal(run.iter().filter_map(Event::seq).min());
         let mut rest = &run[..];
         while !rest.is_empty() {
             let n = batch_len(rest, self.batch_limit(), self.spec.limits.batch_bytes);
             let (batch, tail) = rest.split_at(n);
-            if batch.len() == 1 {
-                // Through `run_each`, which drops a queued event as the queue
-                // would once the plugin is quarantined or abandoned.
-                self.run_each(batch, voice, 0, queued).await;
-            } else {
-                self.run_batch(batch, voice, queued).await;
-            }
+            // A one-event batch too: `run_batch` drops a queued event as the
+            // queue would once the plugin is quarantined or abandoned.
+            self.run_batch(batch, voice, queued).await;
             rest = tail;
         }
         self.stats.add_replayed(run.len() as u64);
