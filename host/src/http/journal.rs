@@ -216,6 +216,9 @@ pub struct Compaction {
 #[derive(Clone)]
 pub struct RequestJournal {
     inner: Arc<Mutex<Store>>,
+    /// The store is memory, or a file opened read-only: it never writes
+    /// (fixed at open, so asking takes no lock).
+    writes_nothing: bool,
     /// Held through a compaction: one at a time.
     compacting: Arc<Mutex<()>>,
     /// On NATS: the shared bucket, used instead of `inner` by
@@ -269,6 +272,7 @@ impl RequestJournal {
 
     fn of(store: Store) -> RequestJournal {
         RequestJournal {
+            writes_nothing: matches!(store, Store::Memory { .. } | Store::File { read_only: true, .. }),
             inner: Arc::new(Mutex::new(store)),
             compacting: Arc::new(Mutex::new(())),
             #[cfg(feature = "nats")]
@@ -356,7 +360,26 @@ impl RequestJournal {
             return Ok(Some((Arc::new(record.outcome), record.request)));
         }
         // A file read is one record from the page cache: not worth a thread.
-        self.get_journaled(key)
+        // But a writer holding the lock may be syncing (a record's
+        // `fdatasync`, a compaction's copy and rename): then the lookup
+        // waits on a blocking thread, never on one of the runtime's, whose
+        // other tasks (other plugins' events) would wait too.
+        let inline = match self.inner.try_lock() {
+            Ok(store) => Some(get_in(&store, key)),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(get_in(&p.into_inner(), key)),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        if let Some(found) = inline {
+            return found;
+        }
+        let journal = self.clone();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || journal.get_journaled(&key))
+            .await
+            .map_err(|e| JournalError::Io {
+                path: PathBuf::from(JOURNAL_FILE),
+                source: std::io::Error::other(format!("journal task failed: {e}")),
+            })?
     }
 
     /// Records `key`'s outcome where this journal keeps it, returning once
@@ -481,33 +504,7 @@ impl RequestJournal {
     pub fn get_journaled(&self, key: &RequestKey) -> Result<Option<Journaled>, JournalError> {
         // Poisoning needs a panic while the lock is held; no code below panics.
         let store = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        match &*store {
-            Store::Memory { entries, .. } => Ok(entries.get(key).cloned()),
-            Store::File { path, file, index, .. } => {
-                let Some(&Entry { offset, len, .. }) = index.get(key) else {
-                    return Ok(None);
-                };
-                let mut buf = vec![0u8; len as usize];
-                file.read_exact_at(&mut buf, offset)
-                    .map_err(|source| JournalError::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
-                let record: Record = serde_json::from_slice(&buf).map_err(|e| JournalError::Corrupt {
-                    path: path.clone(),
-                    offset,
-                    reason: e.to_string(),
-                })?;
-                if record.key != *key {
-                    return Err(JournalError::Corrupt {
-                        path: path.clone(),
-                        offset,
-                        reason: format!("the record there is {:?}'s, not {key:?}'s", record.key),
-                    });
-                }
-                Ok(Some((Arc::new(record.outcome), record.request)))
-            }
-        }
+        get_in(&store, key)
     }
 
     /// Records `key`'s outcome (blocking: call from a blocking thread);
@@ -781,8 +778,7 @@ impl RequestJournal {
         if self.remote.is_some() {
             return false;
         }
-        let store = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        matches!(&*store, Store::Memory { .. } | Store::File { read_only: true, .. })
+        self.writes_nothing
     }
 
     /// Requests recorded (in memory or the file; a NATS bucket's are not
@@ -870,6 +866,37 @@ fn scan(path: &Path, file: &File, size: u64) -> Result<(Index, u64), JournalErro
         at = end;
     }
     Ok((index, at))
+}
+
+/// `key`'s record in `store`, read under its lock.
+fn get_in(store: &Store, key: &RequestKey) -> Result<Option<Journaled>, JournalError> {
+    match store {
+        Store::Memory { entries, .. } => Ok(entries.get(key).cloned()),
+        Store::File { path, file, index, .. } => {
+            let Some(&Entry { offset, len, .. }) = index.get(key) else {
+                return Ok(None);
+            };
+            let mut buf = vec![0u8; len as usize];
+            file.read_exact_at(&mut buf, offset)
+                .map_err(|source| JournalError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            let record: Record = serde_json::from_slice(&buf).map_err(|e| JournalError::Corrupt {
+                path: path.clone(),
+                offset,
+                reason: e.to_string(),
+            })?;
+            if record.key != *key {
+                return Err(JournalError::Corrupt {
+                    path: path.clone(),
+                    offset,
+                    reason: format!("the record there is {:?}'s, not {key:?}'s", record.key),
+                });
+            }
+            Ok(Some((Arc::new(record.outcome), record.request)))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1010,6 +1037,56 @@ mod tests {
         let ro = RequestJournal::open_read_only(dir.path()).unwrap();
         assert_eq!(ro.compact(u64::MAX, |_, _| false).unwrap(), Compaction::default());
         assert_eq!(answers(&ro, 0..22), want);
+    }
+
+    /// A lookup that would wait for the lock while a writer holds it (here
+    /// a compaction paused before its rename) waits on a blocking thread:
+    /// the runtime's thread goes on with other tasks meanwhile.
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn a_lookup_behind_a_writer_leaves_the_runtime_thread_free() {
+        let _serial = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let j = RequestJournal::open(dir.path(), false).unwrap();
+        for i in 0..10 {
+            j.put(key(i), Some(u64::from(i)), ok(&format!("body {i}"))).unwrap();
+        }
+        fail::cfg("http_journal.compact.rename", "pause").unwrap();
+        let compacting = {
+            let j = j.clone();
+            std::thread::spawn(move || j.compact(5, |_, _| false).unwrap())
+        };
+        // Paused under the lock.
+        while j.inner.try_lock().is_ok() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // Should the lookup block the thread, nothing else would let the
+        // compaction go: this does, late, and the order below tells.
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if finished.recv_timeout(std::time::Duration::from_secs(5)).is_err() {
+                fail::remove("http_journal.compact.rename");
+            }
+        });
+        let order = std::sync::Mutex::new(Vec::new());
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let found = runtime.block_on(async {
+            let lookup = async {
+                let found = j.lookup(&key(7)).await.unwrap();
+                order.lock().unwrap().push("lookup");
+                found
+            };
+            let other = async {
+                order.lock().unwrap().push("other task");
+                fail::remove("http_journal.compact.rename");
+            };
+            tokio::join!(lookup, other).0
+        });
+        let _ = done.send(());
+        assert_eq!(*order.lock().unwrap(), ["other task", "lookup"]);
+        assert_eq!(found.map(|(outcome, _)| (*outcome).clone()), Some(ok("body 7")));
+        compacting.join().unwrap();
+        watchdog.join().unwrap();
     }
 
     /// Records put while a compaction copies the old ones are in the new
