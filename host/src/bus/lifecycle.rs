@@ -234,6 +234,9 @@ fn spawn(
         workers.retain(|(_, w)| w.strong_count() > 0);
         workers.push((spec.name.to_string(), Arc::downgrade(&state)));
     }
+    if gate.is_some() {
+        state.hold_every_request();
+    }
     if let Some(log) = shared.state_log() {
         // A full queue leaves its events in the log, read back by the worker.
         state.overflow.enable(log.clone());

@@ -385,6 +385,13 @@ impl WorkerState {
         }
     }
 
+    /// Holds every journaled request of the plugin: a swapped-in version
+    /// until it has taken its predecessor's state (and with it the events
+    /// a rebuild would replay), which the predecessor held until then.
+    pub(crate) fn hold_every_request(&self) {
+        self.journal_floor.store(1, Ordering::Release);
+    }
+
     /// The turn the worker is in, if any.
     fn in_hand(&self) -> Option<InHand> {
         let events = self.turn_events.load(Ordering::Relaxed);
