@@ -242,7 +242,8 @@ pub fn from_binary<'h>(
 /// (`datacontenttype` is `application/json`; the plugbus sequence number
 /// and cascade depth go in the `plugbusseq` and `plugbusdepth` extensions).
 pub fn to_json(event: &Event) -> Value {
-    serde_json::to_value(Structured::of(event)).unwrap_or(Value::Null)
+    // Values only: writing them into a `Value` cannot fail.
+    serde_json::to_value(Structured::of(event, event.payload())).unwrap_or(Value::Null)
 }
 
 /// [`to_json`] written as JSON text, on one line: the same document, its
@@ -257,16 +258,16 @@ pub fn to_json(event: &Event) -> Value {
 /// ```
 pub fn to_text(event: &Event) -> String {
     // Strings, numbers and JSON text: writing them cannot fail.
-    serde_json::to_string(&Structured::of(event)).unwrap_or_default()
+    serde_json::to_string(&Structured::of(event, event.payload_out())).unwrap_or_default()
 }
 
 /// A structured-mode CloudEvent borrowed from an event, its attributes in
 /// name order (as a `Value`'s map writes them).
 #[derive(serde::Serialize)]
-struct Structured<'a> {
+struct Structured<'a, D> {
     #[serde(skip_serializing_if = "Option::is_none")]
     correlationid: Option<&'a str>,
-    data: crate::event::PayloadOut<'a>,
+    data: D,
     datacontenttype: &'static str,
     id: &'a str,
     plugbusdepth: u8,
@@ -280,15 +281,15 @@ struct Structured<'a> {
     kind: &'a str,
 }
 
-impl<'a> Structured<'a> {
-    fn of(event: &'a Event) -> Structured<'a> {
+impl<'a, D: serde::Serialize> Structured<'a, D> {
+    fn of(event: &'a Event, data: D) -> Structured<'a, D> {
         let time = i128::from(event.time_unix_nanos());
         let time = time::OffsetDateTime::from_unix_timestamp_nanos(time)
             .ok()
             .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
         Structured {
             correlationid: event.correlation_id(),
-            data: event.payload_out(),
+            data,
             datacontenttype: "application/json",
             id: event.id(),
             plugbusdepth: event.depth(),
@@ -393,5 +394,25 @@ mod tests {
         assert_eq!(err.attribute, "data");
         let e = from_binary(headers, Some("text/plain; charset=utf-8"), b"hi").unwrap();
         assert_eq!(e.payload(), &json!("hi"));
+    }
+
+    #[test]
+    fn the_text_form_writes_a_text_payload_as_it_is_and_reads_back_as_the_value_form() {
+        let event = Event::decoded(
+            9,
+            "tool.called".into(),
+            "t-1".into(),
+            1_700_000_000_000_000_000,
+            Some("run-1".into()),
+            "nats".into(),
+            1,
+            r#"{"tool": "search", "args": [1, 2]}"#.into(),
+        );
+        let text = to_text(&event);
+        assert!(text.contains(r#""data":{"tool": "search", "args": [1, 2]}"#), "{text}");
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, to_json(&event));
+        assert_eq!(back["plugbusseq"], 9);
+        assert_eq!(back["correlationid"], "run-1");
     }
 }

@@ -103,11 +103,11 @@ fn compact(shared: &Weak<Shared>, first_retained: u64) {
     // letter is not written yet is still held by its worker then).
     let held = std::cell::OnceCell::<HashMap<String, u64>>::new();
     let keep = |key: &RequestKey, seq: u64| {
-        let held = held.get_or_init(|| held_by_workers(&shared));
+        let held = held.get_or_init(|| held_by_workers(&shared, None));
         if held.get(&key.plugin).is_some_and(|floor| seq >= *floor) {
             return true;
         }
-        match loaded.get(&key.plugin) {
+        let lettered = match loaded.get(&key.plugin) {
             Some(letters) => letters.contains(&key.event),
             None => unloaded
                 .borrow_mut()
@@ -115,7 +115,14 @@ fn compact(shared: &Weak<Shared>, first_retained: u64) {
                 .or_insert_with(|| letter_ids(&dir, &key.plugin))
                 .as_ref()
                 .is_none_or(|ids| ids.contains(&key.event)),
-        }
+        };
+        // A letter removed since the floors were read was redriven: its
+        // worker lowered its floor to the event before, so the plugin's
+        // floor read now holds the record if a rebuild may replay it.
+        lettered
+            || held_by_workers(&shared, Some(&key.plugin))
+                .get(&key.plugin)
+                .is_some_and(|floor| seq >= *floor)
     };
     let result = shared.http.journal.compact(floor, keep);
     match result {
@@ -137,9 +144,13 @@ fn compact(shared: &Weak<Shared>, first_retained: u64) {
 /// its snapshot, or since its instance started), a batch run again, events
 /// read from the log and not handled yet. Their requests must be answered
 /// from the journal then, whatever the log's retention removed.
-fn held_by_workers(shared: &Shared) -> HashMap<String, u64> {
+/// `only`: that plugin's alone.
+fn held_by_workers(shared: &Shared, only: Option<&str>) -> HashMap<String, u64> {
     let mut held = HashMap::<String, u64>::new();
     for (plugin, worker) in lock(&shared.workers).iter() {
+        if only.is_some_and(|only| only != plugin) {
+            continue;
+        }
         let Some(floor) = worker.upgrade().and_then(|w| w.journal_floor()) else {
             continue;
         };
