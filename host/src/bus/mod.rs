@@ -1619,8 +1619,14 @@ impl Bus {
                 tracing::error!(error = %e, "closing the event log failed");
             }
         }
-        // The log is closed: no compaction starts after these.
-        self.shared.compactions.settle().await;
+        // The log is closed: no compaction starts after these. One cut
+        // short by the process ending leaves the journal as it was (the copy
+        // is renamed over it only when whole), so what is left of the grace
+        // period bounds the wait.
+        let left = grace.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+        if tokio::time::timeout(left, self.shared.compactions.settle()).await.is_err() {
+            tracing::warn!("the request journal's compaction still running after the shutdown grace period");
+        }
         ShutdownReport {
             drained,
             dropped,
