@@ -1624,7 +1624,10 @@ impl Bus {
         // is renamed over it only when whole), so what is left of the grace
         // period bounds the wait.
         let left = grace.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
-        if tokio::time::timeout(left, self.shared.compactions.settle()).await.is_err() {
+        if tokio::time::timeout(left, self.shared.compactions.settle())
+            .await
+            .is_err()
+        {
             tracing::warn!("the request journal's compaction still running after the shutdown grace period");
         }
         ShutdownReport {
