@@ -577,19 +577,7 @@ async fn retention_compacts_the_journal_but_keeps_what_can_be_handled_again() {
         server.port
     ));
     let log = tempfile::tempdir().unwrap();
-    // Small segments and a small budget: retention removes segments early.
-    let options = plugbus::LogOptions {
-        segment_bytes: 4_000,
-        retention_bytes: Some(12_000),
-        ..plugbus::LogOptions::default()
-    };
-    let bus = Bus::builder()
-        .plugin_dir(plugins.path())
-        .log_dir(log.path())
-        .log_options(options)
-        .build()
-        .await
-        .unwrap();
+    let bus = bus_with_short_retention(plugins.path(), log.path()).await;
     // The first event posts, then traps: a dead letter, with a request.
     let mut poison = fetch(&[("POST", &server.url("/poison"), "x")]);
     poison["then"] = json!("panic");
@@ -684,18 +672,7 @@ async fn a_rebuild_after_retention_gets_every_answer_from_the_journal() {
         &format!("[limits]\nquarantine_after = 0\nreplay_max_events = 5\n{grant}"),
     );
     let log = tempfile::tempdir().unwrap();
-    let options = plugbus::LogOptions {
-        segment_bytes: 4_000,
-        retention_bytes: Some(12_000),
-        ..plugbus::LogOptions::default()
-    };
-    let bus = Bus::builder()
-        .plugin_dir(plugins.path())
-        .log_dir(log.path())
-        .log_options(options)
-        .build()
-        .await
-        .unwrap();
+    let bus = bus_with_short_retention(plugins.path(), log.path()).await;
     const EVENTS: usize = 60;
     for i in 0..EVENTS {
         bus.emit_and_wait("fetch", fetch(&[("POST", &server.url(&format!("/e{i}")), "x")]))
@@ -746,18 +723,7 @@ async fn shutdown_waits_for_the_journal_compaction_retention_started() {
         server.port
     ));
     let log = tempfile::tempdir().unwrap();
-    let options = plugbus::LogOptions {
-        segment_bytes: 4_000,
-        retention_bytes: Some(12_000),
-        ..plugbus::LogOptions::default()
-    };
-    let bus = Bus::builder()
-        .plugin_dir(plugins.path())
-        .log_dir(log.path())
-        .log_options(options)
-        .build()
-        .await
-        .unwrap();
+    let bus = bus_with_short_retention(plugins.path(), log.path()).await;
     // Only retention's compactions hit it (this test's, and the other
     // retention test's, which waits for its own): never removed, so a
     // compaction started late is slowed too.
@@ -1083,6 +1049,23 @@ fn replayed_fetched(out: &std::process::Output) -> Vec<Value> {
         .filter(|v| v["name"] == "fetched")
         .map(|v| v["payload"].clone())
         .collect()
+}
+
+/// A bus on `plugins` whose log in `log` has small segments and a small
+/// budget: retention removes segments after a few dozen events.
+async fn bus_with_short_retention(plugins: &Path, log: &Path) -> Bus {
+    let options = plugbus::LogOptions {
+        segment_bytes: 4_000,
+        retention_bytes: Some(12_000),
+        ..plugbus::LogOptions::default()
+    };
+    Bus::builder()
+        .plugin_dir(plugins)
+        .log_dir(log)
+        .log_options(options)
+        .build()
+        .await
+        .unwrap()
 }
 
 fn replay(plugins: &Path, log: &Path, flag: &str) -> std::process::Output {

@@ -1039,6 +1039,23 @@ mod tests {
         assert_eq!(answers(&ro, 0..22), want);
     }
 
+    /// A journal in `dir` holding requests 0..10 (event `i` numbered `i`),
+    /// and a compaction below 5 running on a thread of its own, which
+    /// pauses at `failpoint` (the caller removes it).
+    #[cfg(feature = "failpoints")]
+    fn compacting_paused_at(dir: &Path, failpoint: &str) -> (RequestJournal, std::thread::JoinHandle<Compaction>) {
+        let j = RequestJournal::open(dir, false).unwrap();
+        for i in 0..10 {
+            j.put(key(i), Some(u64::from(i)), ok(&format!("body {i}"))).unwrap();
+        }
+        fail::cfg(failpoint, "pause").unwrap();
+        let compacting = {
+            let j = j.clone();
+            std::thread::spawn(move || j.compact(5, |_, _| false).unwrap())
+        };
+        (j, compacting)
+    }
+
     /// A lookup that would wait for the lock while a writer holds it (here
     /// a compaction paused before its rename) waits on a blocking thread:
     /// the runtime's thread goes on with other tasks meanwhile.
@@ -1047,15 +1064,7 @@ mod tests {
     fn a_lookup_behind_a_writer_leaves_the_runtime_thread_free() {
         let _serial = fail::FailScenario::setup();
         let dir = tempfile::tempdir().unwrap();
-        let j = RequestJournal::open(dir.path(), false).unwrap();
-        for i in 0..10 {
-            j.put(key(i), Some(u64::from(i)), ok(&format!("body {i}"))).unwrap();
-        }
-        fail::cfg("http_journal.compact.rename", "pause").unwrap();
-        let compacting = {
-            let j = j.clone();
-            std::thread::spawn(move || j.compact(5, |_, _| false).unwrap())
-        };
+        let (j, compacting) = compacting_paused_at(dir.path(), "http_journal.compact.rename");
         // Paused under the lock.
         while j.inner.try_lock().is_ok() {
             std::thread::sleep(std::time::Duration::from_millis(1));
@@ -1097,15 +1106,7 @@ mod tests {
     fn compaction_keeps_records_put_meanwhile_and_a_failed_one_changes_nothing() {
         let _serial = fail::FailScenario::setup();
         let dir = tempfile::tempdir().unwrap();
-        let j = RequestJournal::open(dir.path(), false).unwrap();
-        for i in 0..10 {
-            j.put(key(i), Some(u64::from(i)), ok(&format!("body {i}"))).unwrap();
-        }
-        fail::cfg("http_journal.compact.copied", "pause").unwrap();
-        let compacting = {
-            let j = j.clone();
-            std::thread::spawn(move || j.compact(5, |_, _| false).unwrap())
-        };
+        let (j, compacting) = compacting_paused_at(dir.path(), "http_journal.compact.copied");
         // The old records are being copied (the compaction is paused after
         // them, without the lock): a put goes through.
         while !dir.path().join(COMPACTING_FILE).exists() {
