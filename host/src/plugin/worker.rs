@@ -843,6 +843,20 @@ impl Worker {
         self.state.journal_floor.store(floor, Ordering::Release);
     }
 
+    /// The next logged events of `cursor`, up to `upto`, their journaled
+    /// requests held first (the plugin may have seen them before a
+    /// restart); a retention gap met on the way is announced.
+    async fn read_history(
+        &mut self,
+        cursor: &mut crate::plugin::catch_up::Cursor,
+        upto: u64,
+    ) -> Result<Vec<Event>, crate::LogError> {
+        self.hold_journal(Some(cursor.covered() + 1));
+        let batch = cursor.read(upto).await?;
+        self.announce_gap(cursor.take_gap());
+        Ok(batch)
+    }
+
     /// Delivers the jobs gathered for one turn, in order, and returns them
     /// with their outcomes, pairwise. A redriven letter already applied (its
     /// removal waits for a snapshot that holds it) is answered `Ok` without
@@ -936,9 +950,7 @@ impl Worker {
             crate::plugin::catch_up::Cursor::new(&log, crate::manifest::CatchUp::All, self.patterns.clone());
         let last = self.last_seq;
         loop {
-            self.hold_journal(Some(cursor.covered() + 1));
-            let batch = cursor.read(upto).await?;
-            self.announce_gap(cursor.take_gap());
+            let batch = self.read_history(&mut cursor, upto).await?;
             if batch.is_empty() {
                 break;
             }
@@ -993,9 +1005,7 @@ impl Worker {
         // (A resumed cursor reads windowless already.)
         let keep_window = cursor.windowed() && self.spec.has_state();
         loop {
-            self.hold_journal(Some(cursor.covered() + 1));
-            let batch = cursor.read(log.status().written_seq).await?;
-            self.announce_gap(cursor.take_gap());
+            let batch = self.read_history(&mut cursor, log.status().written_seq).await?;
             if batch.is_empty() {
                 break;
             }
@@ -1026,9 +1036,7 @@ impl Worker {
         let Ok(cut) = cut.await else { return Ok(()) };
         log.wait_written(cut).await?;
         loop {
-            self.hold_journal(Some(cursor.covered() + 1));
-            let batch = cursor.read(cut).await?;
-            self.announce_gap(cursor.take_gap());
+            let batch = self.read_history(&mut cursor, cut).await?;
             if batch.is_empty() {
                 break;
             }
