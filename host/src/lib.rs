@@ -51,6 +51,7 @@
 //!   - `plugin::catch_up`: a plugin loaded with `replay = "all"` handles the log first;
 //!   - `plugin::ctx`: what an instance can reach (host imports, WASI, budgets);
 //!   - `plugin::determinism`: virtual clocks and seeded randomness per event;
+//!   - `plugin::granted_dirs`: the granted directories, unchanged by an event handled again;
 //!   - `plugin::engine`, `plugin::bindings`: the wasmtime engine, linker and WIT bindings;
 //!   - `plugin::port`: the narrow handle plugin code reaches the bus through;
 //!   - `plugin::producers`: a plugin's source language, read from the component;

@@ -1368,3 +1368,106 @@ fn events_taken_during_start_up_reach_a_plugin_whose_since_window_they_left() {
         assert_eq!(applied.get(id), Some(&1), "{id} applied once: {applied:?}");
     }
 }
+
+/// Changes to granted directories are side effects too: an event handled
+/// again must not make them twice. audit-log (no `state`) appends each
+/// event to its file; a large event hits its memory cap, and the rebuild
+/// replays every event the lost instance had handled (20, then 40). Before,
+/// each replayed event was appended again: 120 lines for 60 events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_handled_again_writes_nothing_to_granted_directories() {
+    let plugins = support::plugin_dir(&["audit-log"]);
+    let manifest = plugins.path().join("audit-log.toml");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    // The deadline out of reach: copying the large event in is slow on a
+    // loaded machine, and the memory cap must be what stops it.
+    text.push_str("\n[limits]\nmemory_mib = 4\ndeadline_ms = 10000\n");
+    std::fs::write(&manifest, text).unwrap();
+    let bus = plugbus::Bus::builder()
+        .plugin_dir(plugins.path())
+        .cache_dir(support::shared_cache())
+        .build()
+        .await
+        .unwrap();
+    let large = || json!({ "pad": "x".repeat(6 << 20) });
+    let mut expected = Vec::new();
+    for i in 0..20 {
+        let report = bus.emit_and_wait("audit.small", json!({ "i": i })).await;
+        expected.push(report.event.id().to_owned());
+    }
+    let report = bus.emit_and_wait("audit.large", large()).await;
+    assert!(
+        matches!(
+            report.deliveries[0].outcome,
+            plugbus::Outcome::Failed(plugbus::Failure::MemoryLimit)
+        ),
+        "{:?}",
+        report.deliveries[0].outcome
+    );
+    for i in 20..40 {
+        expected.push(bus.emit("audit.small", json!({ "i": i })).id().to_owned());
+    }
+    bus.emit("audit.large", large());
+    for i in 40..60 {
+        expected.push(bus.emit("audit.small", json!({ "i": i })).id().to_owned());
+    }
+    bus.flush().await;
+    let stats = bus.plugins().into_iter().find(|p| p.name == "audit-log").unwrap().stats;
+    bus.shutdown().await;
+    assert_eq!(stats.failures.memory_limit, 2, "{stats:?}");
+    let audited: Vec<String> = support::audit_lines(plugins.path())
+        .iter()
+        .filter(|l| l["name"] == "audit.small")
+        .map(|l| l["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(audited.len(), expected.len(), "each small event appended once");
+    assert_eq!(audited, expected);
+}
+
+/// The same for a plugin with `state`, and for a batch: the ledger appends
+/// each applied event's id to a file it keeps open. A trap rebuilds it from
+/// its snapshot and the events since (replayed, writing nothing); a poison
+/// event in the middle of a batch fails it, and the batch's events before
+/// the poison run again (their lines were written; before, twice). Events
+/// sent at once while the ledger recovers from a first poison queue up
+/// behind it, so the second poison lands mid-batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_run_again_writes_nothing_to_granted_directories_again() {
+    // A deadline out of reach on a loaded machine: only the poison fails.
+    let mut manifest = ledger_manifest(false, 1000, 0).replace("[limits]\n", "[limits]\ndeadline_ms = 10000\n");
+    manifest
+        .push_str("applied_file = \"/out/applied.txt\"\n[[dirs]]\nhost = \"out\"\nguest = \"/out\"\nwritable = true\n");
+    let (plugins, log) = ledger_dirs(&manifest);
+    let bus = ledger_bus(plugins.path(), log.path()).await;
+    let mut expected = Vec::new();
+    for n in 0..10 {
+        let report = bus
+            .emit_and_wait(&format!("ledger.e{}", n % 3), json!({"n": n, "poison": false}))
+            .await;
+        expected.push(report.event.id().to_owned());
+    }
+    let report = bus.emit_and_wait("ledger.e0", json!({"n": 10, "poison": true})).await;
+    assert!(
+        matches!(report.deliveries[0].outcome, plugbus::Outcome::Failed(_)),
+        "{:?}",
+        report.deliveries[0].outcome
+    );
+    for n in 11..33 {
+        let event = bus.emit(
+            &format!("ledger.e{}", n % 3),
+            json!({"n": n, "poison": n == 11 || n == 22}),
+        );
+        if n != 11 && n != 22 {
+            expected.push(event.id().to_owned());
+        }
+    }
+    bus.flush().await;
+    let applied = applied_in(&bus).await;
+    assert_eq!(bus.dead_letters("ledger").unwrap().len(), 3);
+    bus.shutdown().await;
+    assert_each_once(&applied, expected.len(), "every good event applied once");
+    let written = std::fs::read_to_string(plugins.path().join("out/applied.txt")).unwrap();
+    let written: Vec<&str> = written.lines().collect();
+    assert_eq!(written.len(), expected.len(), "each applied event written once");
+    assert_eq!(written, expected);
+}

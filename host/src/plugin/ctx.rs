@@ -4,7 +4,8 @@
 //! worker task owns. It implements the WIT `host` interface (log, emit,
 //! config, abort) and `batch-host.begin-event`, the WASI view (an empty
 //! context plus the manifest's directory grants, each only while it is still
-//! the directory pinned at load), the `wasi:http` view (every
+//! the directory pinned at load, through the write gate of `granted_dirs`),
+//! the `wasi:http` view (every
 //! request through `http::send`), the memory limiter, and the per-event
 //! budgets.
 
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreContextMut, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -29,6 +31,7 @@ use crate::outcome::GuestAbort;
 use crate::pattern::validate_event_name;
 use crate::plugin::bindings::plugbus::observer::{host, types};
 use crate::plugin::determinism::Determinism;
+use crate::plugin::granted_dirs::{GatedView, WriteGate};
 use crate::plugin::port::{BusPort, Captured};
 use crate::text::truncate;
 
@@ -41,12 +44,12 @@ const MAX_EMIT_PAYLOAD: usize = 1 << 20;
 pub(crate) enum Voice {
     /// Published and written: an event handled for the first time.
     Live,
-    /// Follow-ups published, log lines dropped: an event run again alone
-    /// after the batch it was in trapped, once the batch had written its
-    /// lines but published nothing.
+    /// Follow-ups published, log lines and changes to granted directories
+    /// dropped: an event run again after the batch it was in failed, once
+    /// the batch had written its lines and files but published nothing.
     Hushed,
-    /// Both dropped: an event replayed to rebuild state (its follow-ups
-    /// were published and its lines written the first time).
+    /// All dropped: an event replayed to rebuild state (its follow-ups
+    /// were published, its lines and files written the first time).
     Silent,
 }
 
@@ -93,6 +96,9 @@ pub(crate) struct PluginCtx {
     log_line_bytes: usize,
     /// The batch `on-events` is handling, while it runs.
     pub batch: Option<Batch>,
+    /// Closed while an event is handled again: its changes to granted
+    /// directories are discarded (`granted_dirs`).
+    write_gate: WriteGate,
 }
 
 /// A batch being handled by `on-events`: its events, which one the guest
@@ -239,6 +245,7 @@ impl PluginCtx {
             logs,
             log_line_bytes: limits.log_line_bytes,
             batch: None,
+            write_gate: WriteGate::default(),
         })
     }
 
@@ -289,6 +296,7 @@ impl PluginCtx {
         self.emits_left = limits.emits_per_event;
         self.emit_index = 0;
         self.voice = voice;
+        self.write_gate.set_open(voice == Voice::Live);
         self.querying = false;
         self.limiter.refused = false;
         self.logs.reset(if voice == Voice::Live {
@@ -327,6 +335,17 @@ impl WasiHttpView for PluginCtx {
             table: &mut self.table,
             hooks: &mut self.http,
         }
+    }
+}
+
+impl PluginCtx {
+    /// Its granted directories, through the write gate.
+    pub(crate) fn granted_dirs(&mut self) -> GatedView<'_> {
+        let fs = WasiFilesystemCtxView {
+            ctx: self.wasi.filesystem(),
+            table: &mut self.table,
+        };
+        GatedView::new(fs, &self.write_gate)
     }
 }
 

@@ -80,6 +80,9 @@ impl PluginEngine {
         tracing::debug!(pooled, "wasm engine ready");
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // Its filesystem again, gated: an event handled again changes no
+        // granted directory (see `granted_dirs`).
+        crate::plugin::granted_dirs::add_to_linker(&mut linker)?;
         // Every plugin may import `wasi:http`; without an `[http]` grant its
         // requests are refused by the hook (an error the guest sees), never
         // a link failure.

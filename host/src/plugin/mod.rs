@@ -11,6 +11,7 @@ pub(crate) mod catch_up;
 pub(crate) mod ctx;
 pub(crate) mod determinism;
 pub(crate) mod engine;
+pub(crate) mod granted_dirs;
 pub(crate) mod port;
 pub(crate) mod producers;
 pub(crate) mod recovery;

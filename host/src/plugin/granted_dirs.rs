@@ -1,0 +1,408 @@
+//! A plugin's granted directories as it sees them: wasmtime-wasi's
+//! `wasi:filesystem`, except that while an event is handled again its
+//! changes are discarded.
+//!
+//! An event handled again (replayed to rebuild state after a trap, run again
+//! after the batch it was in failed, or caught up from the log after a
+//! restart) already changed the directories the first time. Writing again would append its line to an audit file twice, or add
+//! a count to a file-kept counter twice. So while the store's [`WriteGate`]
+//! is closed, every change succeeds without touching the disk: data written
+//! through a descriptor or a stream is dropped, a truncating open keeps the
+//! file's content, and `set-size`, `set-times`, `create-directory`, `link`,
+//! `symlink`, `rename`, `unlink` and `remove-directory` do nothing. Reads see
+//! the directories as they are now, with the first run's changes in them.
+//!
+//! The gate is checked at each write, not when a stream opens: a plugin that
+//! keeps a file open across events (audit-log does) writes through the same
+//! stream whether it runs live or again. Opening a file with `create` still
+//! creates it (empty), so a replay can open what a live run would.
+//!
+//! `plugbus replay` is not handling events again in this sense: it runs
+//! fresh instances on purpose, and their first run of each event writes.
+//!
+//! Every other function is wasmtime-wasi's own (`WasiFilesystemCtxView`),
+//! called as it is; this module only decides whether a change reaches it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use wasmtime::component::{HasData, Linker, Resource};
+use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
+use wasmtime_wasi::p2::bindings::filesystem::types::{
+    self, Descriptor, DirectoryEntryStream, HostDescriptor, HostDirectoryEntryStream,
+};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, FsError, FsResult, OutputStream, Pollable, StreamResult};
+
+use crate::plugin::ctx::PluginCtx;
+
+/// Whether the plugin's changes to its granted directories reach the disk:
+/// open while an event is handled for the first time, closed while one is
+/// handled again. One per store, shared with the streams the store opened
+/// (they outlive the call that opened them).
+#[derive(Clone, Default)]
+pub(crate) struct WriteGate(Arc<AtomicBool>);
+
+impl WriteGate {
+    /// Opens the gate (`true`: changes are made) or closes it.
+    pub fn set_open(&self, open: bool) {
+        // Set and read on the store's own task, between and inside calls.
+        self.0.store(!open, Ordering::Relaxed);
+    }
+
+    /// Whether changes are discarded now.
+    fn discarding(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Replaces wasmtime-wasi's `wasi:filesystem/types` in `linker` (which
+/// already has every WASI interface) with the gated one.
+///
+/// # Errors
+///
+/// When the linker refuses a definition (a wasmtime bug, not bad input).
+pub(crate) fn add_to_linker(linker: &mut Linker<PluginCtx>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let added = types::add_to_linker::<PluginCtx, GatedDirs>(linker, PluginCtx::granted_dirs);
+    linker.allow_shadowing(false);
+    added
+}
+
+/// [`HasData`] for the gated filesystem: what its host functions borrow.
+struct GatedDirs;
+
+impl HasData for GatedDirs {
+    type Data<'a> = GatedView<'a>;
+}
+
+/// wasmtime-wasi's filesystem view and the store's gate.
+pub(crate) struct GatedView<'a> {
+    fs: WasiFilesystemCtxView<'a>,
+    gate: &'a WriteGate,
+}
+
+impl<'a> GatedView<'a> {
+    /// The view the store's filesystem functions are called with.
+    pub fn new(fs: WasiFilesystemCtxView<'a>, gate: &'a WriteGate) -> GatedView<'a> {
+        GatedView { fs, gate }
+    }
+}
+
+impl types::Host for GatedView<'_> {
+    fn convert_error_code(&mut self, err: FsError) -> wasmtime::Result<types::ErrorCode> {
+        types::Host::convert_error_code(&mut self.fs, err)
+    }
+
+    fn filesystem_error_code(&mut self, err: Resource<wasmtime::Error>) -> wasmtime::Result<Option<types::ErrorCode>> {
+        types::Host::filesystem_error_code(&mut self.fs, err)
+    }
+}
+
+/// What a live call would have answered before it wrote to `fd`: a file
+/// the plugin may write to, or wasmtime-wasi's error.
+fn writable(fs: &mut WasiFilesystemCtxView<'_>, fd: &Resource<Descriptor>) -> FsResult<()> {
+    match fs.table.get(fd)? {
+        wasmtime_wasi::filesystem::Descriptor::File(f) if f.perms.write_not_permitted() => {
+            Err(types::ErrorCode::NotPermitted.into())
+        }
+        wasmtime_wasi::filesystem::Descriptor::File(_) => Ok(()),
+        wasmtime_wasi::filesystem::Descriptor::Dir(_) => Err(types::ErrorCode::BadDescriptor.into()),
+    }
+}
+
+/// Wraps a stream wasmtime-wasi opened so each write checks the gate.
+fn gated(view: &mut GatedView<'_>, stream: Resource<DynOutputStream>) -> FsResult<Resource<DynOutputStream>> {
+    let inner = view.fs.table.delete(stream)?;
+    let wrapped: DynOutputStream = Box::new(GatedStream {
+        inner,
+        gate: view.gate.clone(),
+    });
+    Ok(view.fs.table.push(wrapped)?)
+}
+
+impl HostDescriptor for GatedView<'_> {
+    async fn advise(
+        &mut self,
+        fd: Resource<Descriptor>,
+        offset: types::Filesize,
+        len: types::Filesize,
+        advice: types::Advice,
+    ) -> FsResult<()> {
+        self.fs.advise(fd, offset, len, advice).await
+    }
+
+    async fn sync_data(&mut self, fd: Resource<Descriptor>) -> FsResult<()> {
+        self.fs.sync_data(fd).await
+    }
+
+    async fn get_flags(&mut self, fd: Resource<Descriptor>) -> FsResult<types::DescriptorFlags> {
+        self.fs.get_flags(fd).await
+    }
+
+    async fn get_type(&mut self, fd: Resource<Descriptor>) -> FsResult<types::DescriptorType> {
+        self.fs.get_type(fd).await
+    }
+
+    async fn set_size(&mut self, fd: Resource<Descriptor>, size: types::Filesize) -> FsResult<()> {
+        if self.gate.discarding() {
+            return writable(&mut self.fs, &fd);
+        }
+        self.fs.set_size(fd, size).await
+    }
+
+    async fn set_times(
+        &mut self,
+        fd: Resource<Descriptor>,
+        atim: types::NewTimestamp,
+        mtim: types::NewTimestamp,
+    ) -> FsResult<()> {
+        if self.gate.discarding() {
+            return Ok(());
+        }
+        self.fs.set_times(fd, atim, mtim).await
+    }
+
+    async fn read(
+        &mut self,
+        fd: Resource<Descriptor>,
+        len: types::Filesize,
+        offset: types::Filesize,
+    ) -> FsResult<(Vec<u8>, bool)> {
+        self.fs.read(fd, len, offset).await
+    }
+
+    async fn write(
+        &mut self,
+        fd: Resource<Descriptor>,
+        buf: Vec<u8>,
+        offset: types::Filesize,
+    ) -> FsResult<types::Filesize> {
+        if self.gate.discarding() {
+            writable(&mut self.fs, &fd)?;
+            return Ok(buf.len() as types::Filesize);
+        }
+        self.fs.write(fd, buf, offset).await
+    }
+
+    async fn read_directory(&mut self, fd: Resource<Descriptor>) -> FsResult<Resource<DirectoryEntryStream>> {
+        self.fs.read_directory(fd).await
+    }
+
+    async fn sync(&mut self, fd: Resource<Descriptor>) -> FsResult<()> {
+        self.fs.sync(fd).await
+    }
+
+    async fn create_directory_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
+        if self.gate.discarding() {
+            return Ok(());
+        }
+        self.fs.create_directory_at(fd, path).await
+    }
+
+    async fn stat(&mut self, fd: Resource<Descriptor>) -> FsResult<types::DescriptorStat> {
+        self.fs.stat(fd).await
+    }
+
+    async fn stat_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+    ) -> FsResult<types::DescriptorStat> {
+        self.fs.stat_at(fd, path_flags, path).await
+    }
+
+    async fn set_times_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+        atim: types::NewTimestamp,
+        mtim: types::NewTimestamp,
+    ) -> FsResult<()> {
+        if self.gate.discarding() {
+            return Ok(());
+        }
+        self.fs.set_times_at(fd, path_flags, path, atim, mtim).await
+    }
+
+    async fn link_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        old_path_flags: types::PathFlags,
+        old_path: String,
+        new_descriptor: Resource<Descriptor>,
+        new_path: String,
+    ) -> FsResult<()> {
+        if self.gate.discarding() {
+            return Ok(());
+        }
+        self.fs
+            .link_at(fd, old_path_flags, old_path, new_descriptor, new_path)
+            .await
+    }
+
+    async fn open_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+        mut oflags: types::OpenFlags,
+        flags: types::DescriptorFlags,
+    ) -> FsResult<Resource<Descriptor>> {
+        if self.gate.discarding() {
+            // The first run emptied it already and wrote what it holds now.
+            oflags &= !types::OpenFlags::TRUNCATE;
+        }
+        self.fs.open_at(fd, path_flags, path, oflags, flags).await
+    }
+
+    fn drop(&mut self, fd: Resource<Descriptor>) -> wasmtime::Result<()> {
+        HostDescriptor::drop(&mut self.fs, fd)
+    }
+
+    async fn readlink_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<String> {
+        self.fs.readlink_at(fd, path).await
+    }
+
+    async fn remove_directory_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
+        if self.gate.discarding() {
+            return Ok(());
+        }
+        self.fs.remove_directory_at(fd, path).await
+    }
+
+    async fn rename_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        old_path: String,
+        new_fd: Resource<Descriptor>,
+        new_path: String,
+    ) -> FsResult<()> {
+        if self.gate.discarding() {
+            return Ok(());
+        }
+        self.fs.rename_at(fd, old_path, new_fd, new_path).await
+    }
+
+    async fn symlink_at(&mut self, fd: Resource<Descriptor>, src_path: String, dest_path: String) -> FsResult<()> {
+        if self.gate.discarding() {
+            return Ok(());
+        }
+        self.fs.symlink_at(fd, src_path, dest_path).await
+    }
+
+    async fn unlink_file_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
+        if self.gate.discarding() {
+            return Ok(());
+        }
+        self.fs.unlink_file_at(fd, path).await
+    }
+
+    fn read_via_stream(
+        &mut self,
+        fd: Resource<Descriptor>,
+        offset: types::Filesize,
+    ) -> FsResult<Resource<DynInputStream>> {
+        self.fs.read_via_stream(fd, offset)
+    }
+
+    fn write_via_stream(
+        &mut self,
+        fd: Resource<Descriptor>,
+        offset: types::Filesize,
+    ) -> FsResult<Resource<DynOutputStream>> {
+        let stream = self.fs.write_via_stream(fd, offset)?;
+        gated(self, stream)
+    }
+
+    fn append_via_stream(&mut self, fd: Resource<Descriptor>) -> FsResult<Resource<DynOutputStream>> {
+        let stream = self.fs.append_via_stream(fd)?;
+        gated(self, stream)
+    }
+
+    async fn is_same_object(&mut self, a: Resource<Descriptor>, b: Resource<Descriptor>) -> wasmtime::Result<bool> {
+        self.fs.is_same_object(a, b).await
+    }
+
+    async fn metadata_hash(&mut self, fd: Resource<Descriptor>) -> FsResult<types::MetadataHashValue> {
+        self.fs.metadata_hash(fd).await
+    }
+
+    async fn metadata_hash_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+    ) -> FsResult<types::MetadataHashValue> {
+        self.fs.metadata_hash_at(fd, path_flags, path).await
+    }
+}
+
+impl HostDirectoryEntryStream for GatedView<'_> {
+    async fn read_directory_entry(
+        &mut self,
+        stream: Resource<DirectoryEntryStream>,
+    ) -> FsResult<Option<types::DirectoryEntry>> {
+        self.fs.read_directory_entry(stream).await
+    }
+
+    fn drop(&mut self, stream: Resource<DirectoryEntryStream>) -> wasmtime::Result<()> {
+        HostDirectoryEntryStream::drop(&mut self.fs, stream)
+    }
+}
+
+/// A file's output stream whose writes are dropped while the gate is
+/// closed: accepted, as a live write would be, and never handed on.
+struct GatedStream {
+    inner: DynOutputStream,
+    gate: WriteGate,
+}
+
+#[async_trait::async_trait]
+impl OutputStream for GatedStream {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        if self.gate.discarding() {
+            // As a live write would: refused if the stream is closed.
+            self.inner.check_write()?;
+            return Ok(());
+        }
+        self.inner.write(bytes)
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        self.inner.flush()
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        self.inner.check_write()
+    }
+
+    async fn blocking_write_and_flush(&mut self, bytes: Bytes) -> StreamResult<()> {
+        if self.gate.discarding() {
+            self.inner.check_write()?;
+            return Ok(());
+        }
+        self.inner.blocking_write_and_flush(bytes).await
+    }
+
+    fn write_zeroes(&mut self, nelem: usize) -> StreamResult<()> {
+        if self.gate.discarding() {
+            self.inner.check_write()?;
+            return Ok(());
+        }
+        self.inner.write_zeroes(nelem)
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for GatedStream {
+    async fn ready(&mut self) {
+        self.inner.ready().await
+    }
+}
