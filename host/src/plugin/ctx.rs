@@ -339,6 +339,12 @@ impl WasiHttpView for PluginCtx {
 }
 
 impl PluginCtx {
+    /// Lets the call being armed change granted directories whatever its
+    /// voice (a snapshot: silent, but taken once).
+    pub(crate) fn open_writes(&self) {
+        self.write_gate.set_open(true);
+    }
+
     /// Its granted directories, through the write gate.
     pub(crate) fn granted_dirs(&mut self) -> GatedView<'_> {
         let fs = WasiFilesystemCtxView {

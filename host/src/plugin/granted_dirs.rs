@@ -4,11 +4,12 @@
 //!
 //! An event handled again (replayed to rebuild state after a trap, run again
 //! after the batch it was in failed, or caught up from the log after a
-//! restart) already changed the directories the first time. Writing again would append its line to an audit file twice, or add
-//! a count to a file-kept counter twice. So while the store's [`WriteGate`]
-//! is closed, every change succeeds without touching the disk: data written
-//! through a descriptor or a stream is dropped, a truncating open keeps the
-//! file's content, and `set-size`, `set-times`, `create-directory`, `link`,
+//! restart) already changed the directories the first time. Writing again
+//! would append its line to an audit file twice, or add a count to a
+//! file-kept counter twice. So while the store's [`WriteGate`] is closed,
+//! every change succeeds without touching the disk: data written through a
+//! descriptor or a stream is dropped, a truncating open keeps the file's
+//! content, and `set-size`, `set-times`, `create-directory`, `link`,
 //! `symlink`, `rename`, `unlink` and `remove-directory` do nothing. Reads see
 //! the directories as they are now, with the first run's changes in them.
 //!
@@ -17,8 +18,10 @@
 //! stream whether it runs live or again. Opening a file with `create` still
 //! creates it (empty), so a replay can open what a live run would.
 //!
-//! `plugbus replay` is not handling events again in this sense: it runs
-//! fresh instances on purpose, and their first run of each event writes.
+//! Calls made once whatever happens later, a query and a snapshot, write as
+//! a live event does. `plugbus replay` is not handling events again in this
+//! sense: it runs fresh instances on purpose, and their first run of each
+//! event writes.
 //!
 //! Every other function is wasmtime-wasi's own (`WasiFilesystemCtxView`),
 //! called as it is; this module only decides whether a change reaches it.

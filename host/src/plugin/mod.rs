@@ -656,6 +656,9 @@ impl PluginSpec {
         };
         let (fuel, deadline) = (self.limits.state_fuel, self.limits.state_deadline);
         self.arm_with(&mut instance.store, None, Voice::Silent, fuel, deadline);
+        // Silent (nothing to publish), yet taken once: what it writes to a
+        // granted directory (a buffer flushed, say) is written.
+        instance.store.data_mut().open_writes();
         let call = state.call_snapshot(&mut instance.store);
         let answer = tokio::time::timeout(Self::timeout(deadline), call).await;
         Ok(Some(match self.settle(answer, &instance.store)? {
