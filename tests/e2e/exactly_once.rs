@@ -1471,3 +1471,63 @@ async fn a_batch_run_again_writes_nothing_to_granted_directories_again() {
     assert_eq!(written.len(), expected.len(), "each applied event written once");
     assert_eq!(written, expected);
 }
+
+/// A follow-up is published by the run of its event that succeeds, never
+/// by one that fails: the ledger, called once per event, emits
+/// `witness.applied` and then traps on a poison event; the redrive into the
+/// fixed version emits it again. Before, a one-event call published each
+/// follow-up at its `emit`, so the trapped call's went out and the redrive's
+/// was a second copy (a batch already held them until it returned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_is_published_only_by_the_run_of_its_event_that_succeeds() {
+    let manifest = |fixed: bool, generation: u64| {
+        ledger_manifest(fixed, 1000, generation).replace("[limits]\n", "[limits]\nmax_batch = 1\n")
+            + "echo = \"true\"\n"
+    };
+    let (plugins, log) = ledger_dirs(&manifest(false, 0));
+    let bus = ledger_bus(plugins.path(), log.path()).await;
+    let witness = support::Recorder::attach(&bus, "witness.applied");
+    let ids: Vec<String> = (0..6)
+        .map(|n| {
+            bus.emit(&format!("ledger.e{}", n % 3), json!({"n": n, "poison": n % 3 == 1}))
+                .id()
+                .to_owned()
+        })
+        .collect();
+    bus.flush().await;
+    assert_eq!(bus.dead_letters("ledger").unwrap().len(), 2);
+    let seen = |rec: &support::Recorder| -> Vec<String> {
+        rec.named("witness.applied")
+            .iter()
+            .map(|e| e.payload()["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let good: Vec<String> = ids
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| n % 3 != 1)
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(seen(&witness), good, "no follow-up of a call that trapped");
+    bus.shutdown().await;
+
+    std::fs::write(plugins.path().join("ledger.toml"), manifest(true, 1)).unwrap();
+    let bus = ledger_bus(plugins.path(), log.path()).await;
+    let witness = support::Recorder::attach(&bus, "witness.applied");
+    let report = bus.redrive("ledger").await.unwrap();
+    assert_eq!((report.redriven, report.ok), (2, 2), "{report:?}");
+    bus.flush().await;
+    let poison: Vec<String> = vec![ids[1].clone(), ids[4].clone()];
+    assert_eq!(seen(&witness), poison, "the redrive publishes them, once");
+    bus.shutdown().await;
+    // In the log: each event's follow-up once.
+    let logged: Vec<String> = logged(log.path(), |name| name == "witness.applied")
+        .iter()
+        .map(|r| r.payload["id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut all = logged.clone();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), logged.len(), "a follow-up logged twice: {logged:?}");
+    assert_eq!(logged.len(), 6);
+}

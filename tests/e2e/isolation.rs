@@ -453,3 +453,34 @@ async fn a_granted_directory_swapped_after_the_checks_is_not_granted_again() {
     assert_eq!(report.outcome("misbehave"), Some(&Outcome::Ok));
     bus.shutdown().await;
 }
+
+/// A plugin's follow-ups are published once its call has returned, so a
+/// slow native handler on one runs on the plugin's thread but not on its
+/// deadline. Before, a plugin called once per event published each
+/// follow-up inside its `emit`, where the native handler ran: misbehave
+/// (`max_batch = 1`, a 100 ms deadline) failed with `deadline` behind a
+/// 300 ms handler, and was dead-lettered for someone else's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_native_handler_on_a_follow_up_is_not_the_plugins_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = "[limits]\nmax_batch = 1\ndeadline_ms = 100\n";
+    support::install(dir.path(), &support::wasm("misbehave"), "misbehave", manifest);
+    let bus = Bus::builder()
+        .plugin_dir(dir.path())
+        .cache_dir(support::shared_cache())
+        .build()
+        .await
+        .unwrap();
+    let rec = Recorder::attach(&bus, "fixture.count");
+    bus.on("fixture.count", |_| {
+        std::thread::sleep(std::time::Duration::from_millis(300))
+    })
+    .unwrap();
+    let report = bus.emit_and_wait("misbehave.count", json!({})).await;
+    assert_eq!(report.outcome("misbehave"), Some(&Outcome::Ok), "{report:?}");
+    // Published before the outcome was reported.
+    assert_eq!(rec.named("fixture.count").len(), 1);
+    let stats = bus.plugins().into_iter().find(|p| p.name == "misbehave").unwrap().stats;
+    assert_eq!(stats.failures.total(), 0, "{stats:?}");
+    bus.shutdown().await;
+}

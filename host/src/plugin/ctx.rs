@@ -99,6 +99,10 @@ pub(crate) struct PluginCtx {
     /// Closed while an event is handled again: its changes to granted
     /// directories are discarded (`granted_dirs`).
     write_gate: WriteGate,
+    /// The follow-ups of a one-event `on-event` call, held until it returns
+    /// as a batch's are: published then (so native handlers on them run
+    /// outside the plugin's deadline), or dropped if it failed.
+    pub held: Vec<Captured>,
 }
 
 /// A batch being handled by `on-events`: its events, which one the guest
@@ -246,6 +250,7 @@ impl PluginCtx {
             log_line_bytes: limits.log_line_bytes,
             batch: None,
             write_gate: WriteGate::default(),
+            held: Vec::new(),
         })
     }
 
@@ -297,6 +302,7 @@ impl PluginCtx {
         self.emit_index = 0;
         self.voice = voice;
         self.write_gate.set_open(voice == Voice::Live);
+        self.held.clear();
         self.querying = false;
         self.limiter.refused = false;
         self.logs.reset(if voice == Voice::Live {
@@ -439,12 +445,12 @@ impl host::Host for PluginCtx {
             index,
             event,
         };
-        if let Some(batch) = self.batch.as_mut() {
-            // Published when the batch call returns (see `Batch`).
-            batch.held.push(captured);
-            return Ok(Ok(()));
+        // Published when the call returns (see `Batch` and `held`).
+        match self.batch.as_mut() {
+            Some(batch) => batch.held.push(captured),
+            None => self.held.push(captured),
         }
-        Ok(bus.follow_up(captured))
+        Ok(Ok(()))
     }
 
     fn event_seq(&mut self) -> wasmtime::Result<Option<u64>> {

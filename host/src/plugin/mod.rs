@@ -733,6 +733,12 @@ impl PluginSpec {
             .map(|answer| answer.map_err(crate::text::cap));
         let fuel = self.limits.fuel.saturating_sub(instance.store.get_fuel().unwrap_or(0));
         instance.store.data_mut().current = None;
+        // As a batch's: published once the call has succeeded (an `Err` the
+        // guest returned included), dropped when it failed.
+        let held = std::mem::take(&mut instance.store.data_mut().held);
+        if result.is_ok() {
+            self.publish_held(held, voice);
+        }
         let dropped = instance.store.data().logs.dropped();
         // Unless live, every line is dropped on purpose.
         if dropped > 0 && voice == Voice::Live {
@@ -748,7 +754,7 @@ impl PluginSpec {
 
     /// [`on_event`](Self::on_event) for a `batch-only-observer` plugin: a
     /// batch of one, whose follow-ups are published when it succeeds (as
-    /// `on-event`'s are while it runs, unless the voice is silent).
+    /// `on-event`'s are, unless the voice is silent).
     async fn on_event_as_batch(
         &self,
         instance: &mut Instance,
@@ -767,7 +773,7 @@ impl PluginSpec {
         }
     }
 
-    /// Publishes the follow-ups a successful `on-events` call held, unless
+    /// Publishes the follow-ups a successful call held, unless
     /// `voice` is silent (a replay: they were published when it ran live).
     pub fn publish_held(&self, held: Vec<Captured>, voice: Voice) {
         if voice == Voice::Silent {
