@@ -1433,8 +1433,25 @@ async fn an_event_handled_again_writes_nothing_to_granted_directories() {
 /// behind it, so the second poison lands mid-batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_run_again_writes_nothing_to_granted_directories_again() {
+    handled_again_writes_once(true).await;
+}
+
+/// The same with positional writes: each new instance opens the file at
+/// offset 0 and writes on from its own offset, which the events handled
+/// again move past what the first runs wrote. Before the gate kept that
+/// offset, the first live write after a rebuild went to offset 0 and
+/// overwrote the first lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positional_writes_after_events_handled_again_go_where_the_plugin_believes() {
+    handled_again_writes_once(false).await;
+}
+
+/// The ledger writing each applied id to a file (appending or not) through
+/// two traps, one of them mid-batch: each id written once, in order.
+async fn handled_again_writes_once(append: bool) {
     // A deadline out of reach on a loaded machine: only the poison fails.
     let mut manifest = ledger_manifest(false, 1000, 0).replace("[limits]\n", "[limits]\ndeadline_ms = 10000\n");
+    manifest.push_str(&format!("applied_append = \"{append}\"\n"));
     manifest
         .push_str("applied_file = \"/out/applied.txt\"\n[[dirs]]\nhost = \"out\"\nguest = \"/out\"\nwritable = true\n");
     let (plugins, log) = ledger_dirs(&manifest);

@@ -15,8 +15,12 @@
 //!
 //! The gate is checked at each write, not when a stream opens: a plugin that
 //! keeps a file open across events (audit-log does) writes through the same
-//! stream whether it runs live or again. Opening a file with `create` still
-//! creates it (empty), so a replay can open what a live run would.
+//! stream whether it runs live or again. A stream that writes at a position
+//! goes on from where the plugin believes it is: the dropped writes move it.
+//! Opening a file with `create` still creates it (empty), and `exclusive`
+//! is ignored, so a replay opens what the live run created. A read-only
+//! grant refuses a change whether or not it would be discarded, so a
+//! replay takes the branch the live run took.
 //!
 //! Calls made once whatever happens later, a query and a snapshot, write as
 //! a live event does. `plugbus replay` is not handling events again in this
@@ -114,12 +118,54 @@ fn writable(fs: &mut WasiFilesystemCtxView<'_>, fd: &Resource<Descriptor>) -> Fs
     }
 }
 
-/// Wraps a stream wasmtime-wasi opened so each write checks the gate.
-fn gated(view: &mut GatedView<'_>, stream: Resource<DynOutputStream>) -> FsResult<Resource<DynOutputStream>> {
+/// What a live call would have answered before it changed something under
+/// the directory `fd`: a directory the plugin may change, or wasmtime-wasi's
+/// error (a read-only grant stays read-only when the change is discarded, so
+/// a replay takes the branch the live run took).
+fn mutable_dir(fs: &mut WasiFilesystemCtxView<'_>, fd: &Resource<Descriptor>) -> FsResult<()> {
+    match fs.table.get(fd)? {
+        wasmtime_wasi::filesystem::Descriptor::Dir(d) if d.perms.write_not_permitted() => {
+            Err(types::ErrorCode::NotPermitted.into())
+        }
+        wasmtime_wasi::filesystem::Descriptor::Dir(_) => Ok(()),
+        wasmtime_wasi::filesystem::Descriptor::File(_) => Err(types::ErrorCode::NotDirectory.into()),
+    }
+}
+
+/// [`writable`] or [`mutable_dir`], whichever `fd` is (`set-times`).
+fn mutable(fs: &mut WasiFilesystemCtxView<'_>, fd: &Resource<Descriptor>) -> FsResult<()> {
+    let read_only = match fs.table.get(fd)? {
+        wasmtime_wasi::filesystem::Descriptor::Dir(d) => d.perms.write_not_permitted(),
+        wasmtime_wasi::filesystem::Descriptor::File(f) => f.perms.write_not_permitted(),
+    };
+    if read_only {
+        return Err(types::ErrorCode::NotPermitted.into());
+    }
+    Ok(())
+}
+
+/// Wraps a stream wasmtime-wasi opened on `fd` so each write checks the
+/// gate; `position` is where a `write-via-stream` stream starts (`None`
+/// for an appending one).
+fn gated(
+    view: &mut GatedView<'_>,
+    fd: &Resource<Descriptor>,
+    stream: Resource<DynOutputStream>,
+    position: Option<u64>,
+) -> FsResult<Resource<DynOutputStream>> {
+    let at = match (position, view.fs.table.get(fd)?) {
+        (Some(next), wasmtime_wasi::filesystem::Descriptor::File(f)) => Some(Position {
+            file: f.file.clone(),
+            next,
+            apart: false,
+        }),
+        _ => None,
+    };
     let inner = view.fs.table.delete(stream)?;
     let wrapped: DynOutputStream = Box::new(GatedStream {
         inner,
         gate: view.gate.clone(),
+        at,
     });
     Ok(view.fs.table.push(wrapped)?)
 }
@@ -161,7 +207,7 @@ impl HostDescriptor for GatedView<'_> {
         mtim: types::NewTimestamp,
     ) -> FsResult<()> {
         if self.gate.discarding() {
-            return Ok(());
+            return mutable(&mut self.fs, &fd);
         }
         self.fs.set_times(fd, atim, mtim).await
     }
@@ -198,7 +244,7 @@ impl HostDescriptor for GatedView<'_> {
 
     async fn create_directory_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
         if self.gate.discarding() {
-            return Ok(());
+            return mutable_dir(&mut self.fs, &fd);
         }
         self.fs.create_directory_at(fd, path).await
     }
@@ -225,7 +271,7 @@ impl HostDescriptor for GatedView<'_> {
         mtim: types::NewTimestamp,
     ) -> FsResult<()> {
         if self.gate.discarding() {
-            return Ok(());
+            return mutable_dir(&mut self.fs, &fd);
         }
         self.fs.set_times_at(fd, path_flags, path, atim, mtim).await
     }
@@ -239,7 +285,8 @@ impl HostDescriptor for GatedView<'_> {
         new_path: String,
     ) -> FsResult<()> {
         if self.gate.discarding() {
-            return Ok(());
+            mutable_dir(&mut self.fs, &fd)?;
+            return mutable_dir(&mut self.fs, &new_descriptor);
         }
         self.fs
             .link_at(fd, old_path_flags, old_path, new_descriptor, new_path)
@@ -255,8 +302,9 @@ impl HostDescriptor for GatedView<'_> {
         flags: types::DescriptorFlags,
     ) -> FsResult<Resource<Descriptor>> {
         if self.gate.discarding() {
-            // The first run emptied it already and wrote what it holds now.
-            oflags &= !types::OpenFlags::TRUNCATE;
+            // The first run emptied it already and wrote what it holds now;
+            // and it created the file it asked for, which exists now.
+            oflags &= !(types::OpenFlags::TRUNCATE | types::OpenFlags::EXCLUSIVE);
         }
         self.fs.open_at(fd, path_flags, path, oflags, flags).await
     }
@@ -271,7 +319,7 @@ impl HostDescriptor for GatedView<'_> {
 
     async fn remove_directory_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
         if self.gate.discarding() {
-            return Ok(());
+            return mutable_dir(&mut self.fs, &fd);
         }
         self.fs.remove_directory_at(fd, path).await
     }
@@ -284,21 +332,22 @@ impl HostDescriptor for GatedView<'_> {
         new_path: String,
     ) -> FsResult<()> {
         if self.gate.discarding() {
-            return Ok(());
+            mutable_dir(&mut self.fs, &fd)?;
+            return mutable_dir(&mut self.fs, &new_fd);
         }
         self.fs.rename_at(fd, old_path, new_fd, new_path).await
     }
 
     async fn symlink_at(&mut self, fd: Resource<Descriptor>, src_path: String, dest_path: String) -> FsResult<()> {
         if self.gate.discarding() {
-            return Ok(());
+            return mutable_dir(&mut self.fs, &fd);
         }
         self.fs.symlink_at(fd, src_path, dest_path).await
     }
 
     async fn unlink_file_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
         if self.gate.discarding() {
-            return Ok(());
+            return mutable_dir(&mut self.fs, &fd);
         }
         self.fs.unlink_file_at(fd, path).await
     }
@@ -316,13 +365,15 @@ impl HostDescriptor for GatedView<'_> {
         fd: Resource<Descriptor>,
         offset: types::Filesize,
     ) -> FsResult<Resource<DynOutputStream>> {
+        let borrowed = Resource::new_borrow(fd.rep());
         let stream = self.fs.write_via_stream(fd, offset)?;
-        gated(self, stream)
+        gated(self, &borrowed, stream, Some(offset))
     }
 
     fn append_via_stream(&mut self, fd: Resource<Descriptor>) -> FsResult<Resource<DynOutputStream>> {
+        let borrowed = Resource::new_borrow(fd.rep());
         let stream = self.fs.append_via_stream(fd)?;
-        gated(self, stream)
+        gated(self, &borrowed, stream, None)
     }
 
     async fn is_same_object(&mut self, a: Resource<Descriptor>, b: Resource<Descriptor>) -> wasmtime::Result<bool> {
@@ -361,17 +412,71 @@ impl HostDirectoryEntryStream for GatedView<'_> {
 struct GatedStream {
     inner: DynOutputStream,
     gate: WriteGate,
+    /// For a stream that writes at a position (`write-via-stream`): where
+    /// its next byte goes. `None` for an appending one, whose dropped writes
+    /// move nothing.
+    at: Option<Position>,
+}
+
+/// Where a positional stream's next byte goes, kept by the wrapper: a
+/// dropped write moves it as a written one would (the guest's own offset
+/// moved), which wasmtime-wasi's stream cannot be told.
+struct Position {
+    file: Arc<std::fs::File>,
+    next: u64,
+    /// A write was dropped: the inner stream's position is behind, so the
+    /// live writes that follow go to `next` directly.
+    apart: bool,
+}
+
+impl GatedStream {
+    /// Drops `len` bytes as if written.
+    fn drop_bytes(&mut self, len: usize) -> StreamResult<()> {
+        if let Some(at) = &mut self.at {
+            at.next += len as u64;
+            at.apart = true;
+            return Ok(());
+        }
+        // As a live write would: refused if the stream is closed.
+        self.inner.check_write().map(|_| ())
+    }
+
+    /// Writes `bytes` at the wrapper's position, once the inner stream is
+    /// behind it: a plain positional write, as wasmtime-wasi's stream makes
+    /// on a blocking thread (a plugin's file write, small and local).
+    fn write_apart(&mut self, bytes: &[u8]) -> Option<StreamResult<()>> {
+        let at = self.at.as_mut().filter(|at| at.apart)?;
+        use std::os::unix::fs::FileExt;
+        Some(match at.file.write_all_at(bytes, at.next) {
+            Ok(()) => {
+                at.next += bytes.len() as u64;
+                Ok(())
+            }
+            Err(e) => Err(wasmtime_wasi::p2::StreamError::LastOperationFailed(e.into())),
+        })
+    }
+
+    /// Counts `len` bytes handed to the inner stream.
+    fn advance(&mut self, len: usize) {
+        if let Some(at) = &mut self.at {
+            at.next += len as u64;
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl OutputStream for GatedStream {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
         if self.gate.discarding() {
-            // As a live write would: refused if the stream is closed.
-            self.inner.check_write()?;
-            return Ok(());
+            return self.drop_bytes(bytes.len());
         }
-        self.inner.write(bytes)
+        if let Some(done) = self.write_apart(&bytes) {
+            return done;
+        }
+        let len = bytes.len();
+        self.inner.write(bytes)?;
+        self.advance(len);
+        Ok(())
     }
 
     fn flush(&mut self) -> StreamResult<()> {
@@ -384,18 +489,27 @@ impl OutputStream for GatedStream {
 
     async fn blocking_write_and_flush(&mut self, bytes: Bytes) -> StreamResult<()> {
         if self.gate.discarding() {
-            self.inner.check_write()?;
-            return Ok(());
+            return self.drop_bytes(bytes.len());
         }
-        self.inner.blocking_write_and_flush(bytes).await
+        if let Some(done) = self.write_apart(&bytes) {
+            return done;
+        }
+        let len = bytes.len();
+        self.inner.blocking_write_and_flush(bytes).await?;
+        self.advance(len);
+        Ok(())
     }
 
     fn write_zeroes(&mut self, nelem: usize) -> StreamResult<()> {
         if self.gate.discarding() {
-            self.inner.check_write()?;
-            return Ok(());
+            return self.drop_bytes(nelem);
         }
-        self.inner.write_zeroes(nelem)
+        if let Some(done) = self.write_apart(&vec![0; nelem]) {
+            return done;
+        }
+        self.inner.write_zeroes(nelem)?;
+        self.advance(nelem);
+        Ok(())
     }
 
     async fn cancel(&mut self) {

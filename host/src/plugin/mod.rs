@@ -782,7 +782,7 @@ impl PluginSpec {
         let Some(bus) = self.bus.upgrade() else { return };
         for follow_up in held {
             if let Err(reason) = bus.follow_up(follow_up) {
-                tracing::debug!(plugin = &*self.name, %reason, "follow-up of a batch not accepted");
+                tracing::debug!(plugin = &*self.name, %reason, "follow-up not accepted");
             }
         }
     }
