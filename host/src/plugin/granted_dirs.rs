@@ -424,8 +424,8 @@ struct GatedStream {
 struct Position {
     file: Arc<std::fs::File>,
     next: u64,
-    /// A write was dropped: the inner stream's position is behind, so the
-    /// live writes that follow go to `next` directly.
+    /// A write was dropped: the inner stream's position is behind, and is
+    /// replaced by one at `next` before the next live write.
     apart: bool,
 }
 
@@ -441,19 +441,17 @@ impl GatedStream {
         self.inner.check_write().map(|_| ())
     }
 
-    /// Writes `bytes` at the wrapper's position, once the inner stream is
-    /// behind it: a plain positional write, as wasmtime-wasi's stream makes
-    /// on a blocking thread (a plugin's file write, small and local).
-    fn write_apart(&mut self, bytes: &[u8]) -> Option<StreamResult<()>> {
-        let at = self.at.as_mut().filter(|at| at.apart)?;
-        use std::os::unix::fs::FileExt;
-        Some(match at.file.write_all_at(bytes, at.next) {
-            Ok(()) => {
-                at.next += bytes.len() as u64;
-                Ok(())
-            }
-            Err(e) => Err(wasmtime_wasi::p2::StreamError::LastOperationFailed(e.into())),
-        })
+    /// Before a live write: a stream left behind by dropped writes is
+    /// replaced by one writing where the plugin believes it is.
+    fn catch_up(&mut self) {
+        if let Some(at) = self.at.as_mut().filter(|at| at.apart) {
+            at.apart = false;
+            self.inner = Box::new(PositionalStream {
+                file: at.file.clone(),
+                next: at.next,
+                state: Pending::Idle,
+            });
+        }
     }
 
     /// Counts `len` bytes handed to the inner stream.
@@ -470,9 +468,7 @@ impl OutputStream for GatedStream {
         if self.gate.discarding() {
             return self.drop_bytes(bytes.len());
         }
-        if let Some(done) = self.write_apart(&bytes) {
-            return done;
-        }
+        self.catch_up();
         let len = bytes.len();
         self.inner.write(bytes)?;
         self.advance(len);
@@ -491,9 +487,7 @@ impl OutputStream for GatedStream {
         if self.gate.discarding() {
             return self.drop_bytes(bytes.len());
         }
-        if let Some(done) = self.write_apart(&bytes) {
-            return done;
-        }
+        self.catch_up();
         let len = bytes.len();
         self.inner.blocking_write_and_flush(bytes).await?;
         self.advance(len);
@@ -504,9 +498,7 @@ impl OutputStream for GatedStream {
         if self.gate.discarding() {
             return self.drop_bytes(nelem);
         }
-        if let Some(done) = self.write_apart(&vec![0; nelem]) {
-            return done;
-        }
+        self.catch_up();
         self.inner.write_zeroes(nelem)?;
         self.advance(nelem);
         Ok(())
@@ -514,6 +506,99 @@ impl OutputStream for GatedStream {
 
     async fn cancel(&mut self) {
         self.inner.cancel().await
+    }
+}
+
+/// Most bytes a [`PositionalStream`] takes per write: wasmtime-wasi's own
+/// file streams take as much (`check-write` tells the guest).
+const POSITIONAL_WRITE_CAPACITY: usize = 2 << 20;
+
+/// A file stream writing at a position, each write on a blocking thread as
+/// wasmtime-wasi's are: what a [`GatedStream`] writes through once dropped
+/// writes have left wasmtime-wasi's own stream behind.
+struct PositionalStream {
+    file: Arc<std::fs::File>,
+    next: u64,
+    state: Pending,
+}
+
+/// A [`PositionalStream`]'s last write.
+enum Pending {
+    Idle,
+    Writing(tokio::sync::oneshot::Receiver<std::io::Result<()>>),
+    Failed(std::io::Error),
+    /// The failure was reported: the stream takes no more, as wasmtime-wasi's.
+    Closed,
+}
+
+impl PositionalStream {
+    /// Takes the last write's result (`None`: its task ended without one).
+    fn settle(&mut self, result: Option<std::io::Result<()>>) {
+        self.state = match result {
+            Some(Ok(())) => Pending::Idle,
+            Some(Err(e)) => Pending::Failed(e),
+            None => Pending::Failed(std::io::Error::other("the write's blocking task ended without an answer")),
+        };
+    }
+}
+
+#[async_trait::async_trait]
+impl OutputStream for PositionalStream {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        if matches!(self.state, Pending::Closed) {
+            return Err(wasmtime_wasi::p2::StreamError::Closed);
+        }
+        if !matches!(self.state, Pending::Idle) {
+            return Err(wasmtime_wasi::p2::StreamError::trap(
+                "write not permitted: check_write not called first",
+            ));
+        }
+        let (file, at) = (self.file.clone(), self.next);
+        self.next += bytes.len() as u64;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let _ = tx.send(file.write_all_at(&bytes, at));
+        });
+        self.state = Pending::Writing(rx);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        // Nothing is buffered: each write goes to the file as it is made.
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        if let Pending::Writing(rx) = &mut self.state {
+            match rx.try_recv() {
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return Ok(0),
+                Ok(result) => self.settle(Some(result)),
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => self.settle(None),
+            }
+        }
+        match &self.state {
+            Pending::Idle => Ok(POSITIONAL_WRITE_CAPACITY),
+            Pending::Closed => Err(wasmtime_wasi::p2::StreamError::Closed),
+            Pending::Writing(_) => Ok(0),
+            Pending::Failed(_) => match std::mem::replace(&mut self.state, Pending::Closed) {
+                Pending::Failed(e) => Err(wasmtime_wasi::p2::StreamError::LastOperationFailed(e.into())),
+                other => {
+                    self.state = other;
+                    Ok(0)
+                }
+            },
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for PositionalStream {
+    async fn ready(&mut self) {
+        if let Pending::Writing(rx) = &mut self.state {
+            let result = rx.await.ok();
+            self.settle(result);
+        }
     }
 }
 
