@@ -537,7 +537,9 @@ impl PositionalStream {
         self.state = match result {
             Some(Ok(())) => Pending::Idle,
             Some(Err(e)) => Pending::Failed(e),
-            None => Pending::Failed(std::io::Error::other("the write's blocking task ended without an answer")),
+            None => Pending::Failed(std::io::Error::other(
+                "the write's blocking task ended without an answer",
+            )),
         };
     }
 }
