@@ -86,6 +86,16 @@
 //! With the `http` feature, [`http`] sends requests through `wasi:http`, to
 //! the origins the manifest's `[http]` table grants; replayed events get the
 //! recorded answers instead of sending again (docs/http.md).
+//!
+//! # Files
+//! A manifest's `[[dirs]]` grants directories, which `std::fs` reaches at
+//! their guest paths. What an event changes there is changed once: while an
+//! event is handled again (the replay after a trap, a failed batch's events
+//! run again, a catch-up after a restart) writes succeed and are dropped,
+//! and renames, removals and truncations do nothing. Open a file you write
+//! event by event in append mode (`OpenOptions::new().append(true)`), as
+//! `audit-log` does, and write each event's bytes during its own call (no
+//! `BufWriter` flushed by a later event); docs/durability.md has the rest.
 
 #[cfg(feature = "http")]
 pub mod http;
