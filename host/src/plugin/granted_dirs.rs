@@ -106,37 +106,29 @@ impl types::Host for GatedView<'_> {
     }
 }
 
-/// What a live call would have answered before it wrote to `fd`: a file
-/// the plugin may write to, or wasmtime-wasi's error.
-fn writable(fs: &mut WasiFilesystemCtxView<'_>, fd: &Resource<Descriptor>) -> FsResult<()> {
-    match fs.table.get(fd)? {
-        wasmtime_wasi::filesystem::Descriptor::File(f) if f.perms.write_not_permitted() => {
-            Err(types::ErrorCode::NotPermitted.into())
-        }
-        wasmtime_wasi::filesystem::Descriptor::File(_) => Ok(()),
-        wasmtime_wasi::filesystem::Descriptor::Dir(_) => Err(types::ErrorCode::BadDescriptor.into()),
-    }
+/// What a change discarded needs `fd` to be, as wasmtime-wasi checks it
+/// before a live change.
+#[derive(Clone, Copy)]
+enum Target {
+    /// A file (`write`, `set-size`).
+    File,
+    /// A directory (creating, removing, renaming, linking under it).
+    Dir,
+    /// Either (`set-times`).
+    Any,
 }
 
-/// What a live call would have answered before it changed something under
-/// the directory `fd`: a directory the plugin may change, or wasmtime-wasi's
-/// error (a read-only grant stays read-only when the change is discarded, so
-/// a replay takes the branch the live run took).
-fn mutable_dir(fs: &mut WasiFilesystemCtxView<'_>, fd: &Resource<Descriptor>) -> FsResult<()> {
-    match fs.table.get(fd)? {
-        wasmtime_wasi::filesystem::Descriptor::Dir(d) if d.perms.write_not_permitted() => {
-            Err(types::ErrorCode::NotPermitted.into())
-        }
-        wasmtime_wasi::filesystem::Descriptor::Dir(_) => Ok(()),
-        wasmtime_wasi::filesystem::Descriptor::File(_) => Err(types::ErrorCode::NotDirectory.into()),
-    }
-}
-
-/// [`writable`] or [`mutable_dir`], whichever `fd` is (`set-times`).
-fn mutable(fs: &mut WasiFilesystemCtxView<'_>, fd: &Resource<Descriptor>) -> FsResult<()> {
-    let read_only = match fs.table.get(fd)? {
-        wasmtime_wasi::filesystem::Descriptor::Dir(d) => d.perms.write_not_permitted(),
-        wasmtime_wasi::filesystem::Descriptor::File(f) => f.perms.write_not_permitted(),
+/// What a live call would have answered before it changed `fd`: `Ok` for a
+/// descriptor of the `target` kind on a writable grant, else wasmtime-wasi's
+/// error. A read-only grant stays read-only when the change is discarded,
+/// so a replay takes the branch the live run took.
+fn may_change(fs: &mut WasiFilesystemCtxView<'_>, fd: &Resource<Descriptor>, target: Target) -> FsResult<()> {
+    use wasmtime_wasi::filesystem::Descriptor::{Dir, File};
+    let read_only = match (fs.table.get(fd)?, target) {
+        (File(_), Target::Dir) => return Err(types::ErrorCode::NotDirectory.into()),
+        (Dir(_), Target::File) => return Err(types::ErrorCode::BadDescriptor.into()),
+        (File(f), _) => f.perms.write_not_permitted(),
+        (Dir(d), _) => d.perms.write_not_permitted(),
     };
     if read_only {
         return Err(types::ErrorCode::NotPermitted.into());
@@ -195,7 +187,7 @@ impl HostDescriptor for GatedView<'_> {
 
     async fn set_size(&mut self, fd: Resource<Descriptor>, size: types::Filesize) -> FsResult<()> {
         if self.gate.discarding() {
-            return writable(&mut self.fs, &fd);
+            return may_change(&mut self.fs, &fd, Target::File);
         }
         self.fs.set_size(fd, size).await
     }
@@ -207,7 +199,7 @@ impl HostDescriptor for GatedView<'_> {
         mtim: types::NewTimestamp,
     ) -> FsResult<()> {
         if self.gate.discarding() {
-            return mutable(&mut self.fs, &fd);
+            return may_change(&mut self.fs, &fd, Target::Any);
         }
         self.fs.set_times(fd, atim, mtim).await
     }
@@ -228,7 +220,7 @@ impl HostDescriptor for GatedView<'_> {
         offset: types::Filesize,
     ) -> FsResult<types::Filesize> {
         if self.gate.discarding() {
-            writable(&mut self.fs, &fd)?;
+            may_change(&mut self.fs, &fd, Target::File)?;
             return Ok(buf.len() as types::Filesize);
         }
         self.fs.write(fd, buf, offset).await
@@ -244,7 +236,7 @@ impl HostDescriptor for GatedView<'_> {
 
     async fn create_directory_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
         if self.gate.discarding() {
-            return mutable_dir(&mut self.fs, &fd);
+            return may_change(&mut self.fs, &fd, Target::Dir);
         }
         self.fs.create_directory_at(fd, path).await
     }
@@ -271,7 +263,7 @@ impl HostDescriptor for GatedView<'_> {
         mtim: types::NewTimestamp,
     ) -> FsResult<()> {
         if self.gate.discarding() {
-            return mutable_dir(&mut self.fs, &fd);
+            return may_change(&mut self.fs, &fd, Target::Dir);
         }
         self.fs.set_times_at(fd, path_flags, path, atim, mtim).await
     }
@@ -285,8 +277,8 @@ impl HostDescriptor for GatedView<'_> {
         new_path: String,
     ) -> FsResult<()> {
         if self.gate.discarding() {
-            mutable_dir(&mut self.fs, &fd)?;
-            return mutable_dir(&mut self.fs, &new_descriptor);
+            may_change(&mut self.fs, &fd, Target::Dir)?;
+            return may_change(&mut self.fs, &new_descriptor, Target::Dir);
         }
         self.fs
             .link_at(fd, old_path_flags, old_path, new_descriptor, new_path)
@@ -319,7 +311,7 @@ impl HostDescriptor for GatedView<'_> {
 
     async fn remove_directory_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
         if self.gate.discarding() {
-            return mutable_dir(&mut self.fs, &fd);
+            return may_change(&mut self.fs, &fd, Target::Dir);
         }
         self.fs.remove_directory_at(fd, path).await
     }
@@ -332,22 +324,22 @@ impl HostDescriptor for GatedView<'_> {
         new_path: String,
     ) -> FsResult<()> {
         if self.gate.discarding() {
-            mutable_dir(&mut self.fs, &fd)?;
-            return mutable_dir(&mut self.fs, &new_fd);
+            may_change(&mut self.fs, &fd, Target::Dir)?;
+            return may_change(&mut self.fs, &new_fd, Target::Dir);
         }
         self.fs.rename_at(fd, old_path, new_fd, new_path).await
     }
 
     async fn symlink_at(&mut self, fd: Resource<Descriptor>, src_path: String, dest_path: String) -> FsResult<()> {
         if self.gate.discarding() {
-            return mutable_dir(&mut self.fs, &fd);
+            return may_change(&mut self.fs, &fd, Target::Dir);
         }
         self.fs.symlink_at(fd, src_path, dest_path).await
     }
 
     async fn unlink_file_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
         if self.gate.discarding() {
-            return mutable_dir(&mut self.fs, &fd);
+            return may_change(&mut self.fs, &fd, Target::Dir);
         }
         self.fs.unlink_file_at(fd, path).await
     }
