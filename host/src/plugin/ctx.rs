@@ -99,16 +99,16 @@ pub(crate) struct PluginCtx {
     /// Closed while an event is handled again: its changes to granted
     /// directories are discarded (`granted_dirs`).
     write_gate: WriteGate,
-    /// The follow-ups of a one-event `on-event` call, held until it returns
-    /// as a batch's are: published then (so native handlers on them run
-    /// outside the plugin's deadline), or dropped if it failed.
+    /// The follow-ups of the call being made, in emit order, held until it
+    /// returns: published then (so native handlers on them run outside the
+    /// plugin's deadline), or dropped if it failed (a failed batch's events
+    /// then run again and emit again).
     pub held: Vec<Captured>,
 }
 
 /// A batch being handled by `on-events`: its events, which one the guest
-/// is on, and what each finished event cost. Follow-ups are held here
-/// until the call returns: published then, or dropped if it trapped (the
-/// events then run one call each and emit again).
+/// is on, and what each finished event cost. Its follow-ups are held in
+/// [`PluginCtx::held`] as every call's are.
 pub(crate) struct Batch {
     events: Vec<Event>,
     /// The event begun last (`begin-event`), if any yet.
@@ -122,8 +122,6 @@ pub(crate) struct Batch {
     limits: EventBudgets,
     /// One event's wall-clock deadline.
     deadline: Duration,
-    /// Follow-ups emitted so far, in emit order.
-    pub held: Vec<Captured>,
 }
 
 /// What one event of a batch cost.
@@ -275,7 +273,6 @@ impl PluginCtx {
                     0
                 },
             },
-            held: Vec::new(),
         });
     }
 
@@ -445,11 +442,8 @@ impl host::Host for PluginCtx {
             index,
             event,
         };
-        // Published when the call returns (see `Batch` and `held`).
-        match self.batch.as_mut() {
-            Some(batch) => batch.held.push(captured),
-            None => self.held.push(captured),
-        }
+        // Published when the call returns (see `held`).
+        self.held.push(captured);
         Ok(Ok(()))
     }
 

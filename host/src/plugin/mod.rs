@@ -836,12 +836,13 @@ impl PluginSpec {
                 .map(|a| a.map_err(crate::text::cap))
                 .collect::<Vec<_>>()
         });
-        let (marks, held, all_begun) = match batch {
+        let held = std::mem::take(&mut instance.store.data_mut().held);
+        let (marks, all_begun) = match batch {
             Some(b) => {
                 let all = b.all_begun();
-                (b.marks, b.held, all)
+                (b.marks, all)
             }
-            None => (Vec::new(), Vec::new(), false),
+            None => (Vec::new(), false),
         };
         // The batch contract: one answer per event, every event begun.
         if let Ok(answers) = &result {
