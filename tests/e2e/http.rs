@@ -1245,3 +1245,37 @@ async fn a_request_refused_live_gets_the_same_error_when_replayed() {
     let paths: Vec<String> = server.seen().iter().map(|r| r.path.clone()).collect();
     assert_eq!(paths, ["/ok"], "nothing sent again");
 }
+
+/// A refusal by a limit depends on the moment: it is journaled too, so the
+/// replay gives the error the live run gave, not `HTTP-request-denied`.
+#[tokio::test]
+async fn a_request_refused_by_a_limit_gets_the_same_error_when_replayed() {
+    let server = Server::start();
+    let plugins = fetcher_dir(&format!(
+        "[http]\nallow = [\"http://127.0.0.1:{}\"]\nper_second = 1\n",
+        server.port
+    ));
+    let log = tempfile::tempdir().unwrap();
+    let bus = start_bus(plugins.path(), Some(log.path())).await;
+    let rec = Recorder::attach(&bus, "fetched");
+    bus.emit_and_wait(
+        "fetch",
+        fetch(&[
+            ("POST", &server.url("/first"), "x"),
+            ("POST", &server.url("/second"), "x"),
+        ]),
+    )
+    .await;
+    bus.flush().await;
+    let live = fetched(&rec);
+    bus.shutdown().await;
+    assert_eq!(live[0]["status"], 200, "{live:?}");
+    assert_eq!(live[1]["error"], "request failed: ConnectionLimitReached", "{live:?}");
+
+    let out = replay(plugins.path(), log.path(), "--no-cache");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let replayed = replayed_fetched(&out);
+    assert_eq!(replayed, live, "the live run's refusal, not HttpRequestDenied");
+    let paths: Vec<String> = server.seen().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, ["/first"], "nothing sent again");
+}

@@ -395,6 +395,37 @@ impl RequestJournal {
         request: Option<String>,
         outcome: Recorded,
     ) -> Result<(), JournalError> {
+        self.record_as(key, seq, request, outcome, true).await
+    }
+
+    /// [`record`](Self::record) without a sync of its own: in a file
+    /// journal the record is written (a process crash keeps it, the page
+    /// cache holds it) and made durable by the next synced record or
+    /// compaction, so power loss before then may lose it. For outcomes
+    /// that sent nothing (a request refused by the plugin's rate or
+    /// concurrency limit), which a plugin hammering its limit would
+    /// otherwise pay a sync each for.
+    ///
+    /// # Errors
+    /// As for [`record`](Self::record).
+    pub async fn record_unsynced(
+        &self,
+        key: RequestKey,
+        seq: Option<u64>,
+        request: Option<String>,
+        outcome: Recorded,
+    ) -> Result<(), JournalError> {
+        self.record_as(key, seq, request, outcome, false).await
+    }
+
+    async fn record_as(
+        &self,
+        key: RequestKey,
+        seq: Option<u64>,
+        request: Option<String>,
+        outcome: Recorded,
+        synced: bool,
+    ) -> Result<(), JournalError> {
         #[cfg(feature = "nats")]
         if let Some(remote) = &self.remote {
             if remote.read_only {
@@ -415,7 +446,7 @@ impl RequestJournal {
             return self.put_request(key, seq, request, outcome);
         }
         let journal = self.clone();
-        tokio::task::spawn_blocking(move || journal.put_request(key, seq, request, outcome))
+        tokio::task::spawn_blocking(move || journal.put_with(key, seq, request, outcome, synced))
             .await
             .map_err(|e| JournalError::Io {
                 path: PathBuf::from(JOURNAL_FILE),
@@ -529,6 +560,19 @@ impl RequestJournal {
         request: Option<String>,
         outcome: Recorded,
     ) -> Result<(), JournalError> {
+        self.put_with(key, seq, request, outcome, true)
+    }
+
+    /// [`put_request`](Self::put_request); `synced`: sync the record before
+    /// returning (when the journal was opened to sync).
+    fn put_with(
+        &self,
+        key: RequestKey,
+        seq: Option<u64>,
+        request: Option<String>,
+        outcome: Recorded,
+        synced: bool,
+    ) -> Result<(), JournalError> {
         let mut store = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match &mut *store {
             Store::Memory { entries, order } => {
@@ -573,7 +617,7 @@ impl RequestJournal {
                 };
                 let written = file
                     .write_all(&rec)
-                    .and_then(|()| if *sync { file.sync_data() } else { Ok(()) });
+                    .and_then(|()| if *sync && synced { file.sync_data() } else { Ok(()) });
                 if let Err(e) = written {
                     // Part of the record may be in the file: cut it off, or
                     // every later record would be indexed at the wrong

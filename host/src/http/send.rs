@@ -233,6 +233,34 @@ impl WasiHttpHooks for PluginHttp {
                     return Err(Error::InternalError(Some(format!("request journal: {e}"))));
                 }
             }
+            let seq = checks.seq;
+            let target = match checks.check(&request, &url) {
+                Ok(target) => target,
+                Err(Refused { error, journal: None }) => return Err(error),
+                Err(Refused {
+                    error,
+                    journal: Some(code),
+                }) => {
+                    // A limit's refusal depends on the moment, so handling
+                    // the event again must be told it, not decide afresh
+                    // (that would be `HTTP-request-denied`). Written without
+                    // a sync of its own, and only for an event's first
+                    // requests: a plugin hammering its limit costs a bounded
+                    // number of writes per event.
+                    if key.index < JOURNALED_REFUSALS {
+                        let recorded = Recorded::Failed(code.to_owned());
+                        if let Err(e) = outbound
+                            .setup
+                            .journal
+                            .record_unsynced(key, seq, Some(request_id), recorded)
+                            .await
+                        {
+                            tracing::warn!(plugin = &*outbound.plugin, url, error = %e, "refusal not journaled: handling the event again answers HTTP-request-denied");
+                        }
+                    }
+                    return Err(error);
+                }
+            };
             let Target {
                 permit,
                 scheme,
@@ -241,7 +269,7 @@ impl WasiHttpHooks for PluginHttp {
                 literal,
                 event,
                 seq,
-            } = checks.check(&request, &url)?;
+            } = target;
             let started = Instant::now();
             let outcome = send(
                 &outbound,
@@ -300,6 +328,27 @@ struct Target {
 /// A request that failed before it could reach the server: not journaled.
 struct Unsent(Error);
 
+/// A request the checks refused: the guest's error, and the code to journal
+/// when the refusal depends on the moment (a limit) rather than on the
+/// request and the grant, which decide the same way when the event is
+/// handled again.
+struct Refused {
+    error: Error,
+    journal: Option<&'static str>,
+}
+
+impl From<Error> for Refused {
+    fn from(error: Error) -> Refused {
+        Refused { error, journal: None }
+    }
+}
+
+/// An event's requests whose refusal by a limit is journaled: the first 32.
+/// Enough for any plugin that does not loop on a refusal (webhook-alert and
+/// otlp-export make one request per event or flush); past it, a refusal is
+/// answered `HTTP-request-denied` when the event is handled again.
+const JOURNALED_REFUSALS: u32 = 32;
+
 /// What the checks of a request the journal does not answer need, taken
 /// from the instance when the guest makes the request (the checks run
 /// after the journal's answer, which may be awaited).
@@ -351,80 +400,86 @@ impl Checks {
 
     /// Grant, replay, rate and concurrency checks for a request the journal
     /// does not answer.
-    fn check(self, request: &http::Request<WasiBody>, url: &str) -> Result<Target, Error> {
+    fn check(self, request: &http::Request<WasiBody>, url: &str) -> Result<Target, Refused> {
         let grant = &self.outbound.grant;
         if grant.is_empty() {
-            return Err(self.refuse(
+            return Err(Refused::from(self.refuse(
                 url,
                 "the plugin has no [http] grant in its manifest".into(),
                 Error::HttpRequestDenied,
-            ));
+            )));
         }
         let uri = request.uri();
         let scheme = match uri.scheme_str() {
             Some("http") => Scheme::Http,
             Some("https") => Scheme::Https,
             other => {
-                return Err(self.refuse(
+                return Err(Refused::from(self.refuse(
                     url,
                     format!("scheme {other:?} is not http or https"),
                     Error::HttpRequestDenied,
-                ));
+                )));
             }
         };
         let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
         if authority.contains('@') {
             // Never echoed: `user:password@` is a credential.
-            return Err(self.refuse(
+            return Err(Refused::from(self.refuse(
                 url,
                 "the URL holds user info (`user:password@`); send credentials in a header".into(),
                 Error::HttpRequestUriInvalid,
-            ));
+            )));
         }
         let Some((host, port)) = split_host_port(authority) else {
-            return Err(self.refuse(
+            return Err(Refused::from(self.refuse(
                 url,
                 format!("bad authority `{authority}`"),
                 Error::HttpRequestUriInvalid,
-            ));
+            )));
         };
         let host = host.to_ascii_lowercase();
         let port = port.unwrap_or(scheme.default_port());
         let Some(origin) = grant.origin_for(scheme, &host, port) else {
             let granted: Vec<String> = grant.allow.iter().map(ToString::to_string).collect();
-            return Err(self.refuse(
+            return Err(Refused::from(self.refuse(
                 url,
                 format!("origin not in http.allow ({})", granted.join(", ")),
                 Error::HttpRequestDenied,
-            ));
+            )));
         };
         let literal = match origin.host {
             HostRule::Ip(ip) => Some(ip),
             _ => None,
         };
         if self.replaying && (self.silent || !self.outbound.setup.live_in_replay) {
-            return Err(self.refuse(
+            return Err(Refused::from(self.refuse(
                 url,
                 "replaying: the journal has no answer for this request, and a replay never sends one".into(),
                 Error::HttpRequestDenied,
-            ));
+            )));
         }
         if !self.outbound.take_token() {
-            return Err(self.refuse(
-                url,
-                format!("http.per_second ({}) reached", grant.per_second),
-                Error::ConnectionLimitReached,
-            ));
+            return Err(Refused {
+                error: self.refuse(
+                    url,
+                    format!("http.per_second ({}) reached", grant.per_second),
+                    Error::ConnectionLimitReached,
+                ),
+                journal: Some(LIMIT_REACHED),
+            });
         }
         let Ok(permit) = self.outbound.in_flight.clone().try_acquire_owned() else {
-            return Err(self.refuse(
-                url,
-                format!(
-                    "http.max_concurrent ({}) requests already in flight",
-                    grant.max_concurrent
+            return Err(Refused {
+                error: self.refuse(
+                    url,
+                    format!(
+                        "http.max_concurrent ({}) requests already in flight",
+                        grant.max_concurrent
+                    ),
+                    Error::ConnectionLimitReached,
                 ),
-                Error::ConnectionLimitReached,
-            ));
+                journal: Some(LIMIT_REACHED),
+            });
         };
         Ok(Target {
             permit,
@@ -682,6 +737,9 @@ fn connect_code(e: &std::io::Error) -> &'static str {
 }
 
 /// The `wasi:http` error of a journaled failure code.
+/// The journaled code of a refusal by the rate or concurrency limit.
+const LIMIT_REACHED: &str = "connection-limit-reached";
+
 fn error_of(code: &str) -> Error {
     match code {
         "connection-refused" => Error::ConnectionRefused,
@@ -701,6 +759,7 @@ fn error_of(code: &str) -> Error {
         },
         "dns-timeout" => Error::DnsTimeout,
         "destination-ip-prohibited" => Error::DestinationIpProhibited,
+        LIMIT_REACHED => Error::ConnectionLimitReached,
         other => Error::InternalError(Some(other.to_owned())),
     }
 }
