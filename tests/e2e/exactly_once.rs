@@ -1489,6 +1489,60 @@ async fn handled_again_writes_once(append: bool) {
     assert_eq!(written, expected);
 }
 
+/// An event handled again gets the answers its live run got from the
+/// granted directories, so the state it rebuilds is the live one: the
+/// ledger keeps, per event, the answers to an exclusive create of a name of
+/// its own, a write to and a truncation of a file opened for reading only,
+/// and an append under a read-only grant. Before, a discarded change
+/// succeeded where the live one failed (`EBADF`, `EINVAL`), and the state
+/// rebuilt after a trap differed from the state before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_handled_again_gets_the_live_answers_from_granted_directories() {
+    let mut manifest = ledger_manifest(false, 1000, 0).replace("[limits]\n", "[limits]\ndeadline_ms = 10000\n");
+    manifest.push_str(
+        "probe = \"true\"\n[[dirs]]\nhost = \"out\"\nguest = \"/out\"\nwritable = true\n\
+         [[dirs]]\nhost = \"ro\"\nguest = \"/ro\"\n",
+    );
+    let (plugins, log) = ledger_dirs(&manifest);
+    for dir in ["out", "ro"] {
+        std::fs::create_dir_all(plugins.path().join(dir)).unwrap();
+        std::fs::write(plugins.path().join(dir).join("seed.txt"), "seed\n").unwrap();
+    }
+    let bus = ledger_bus(plugins.path(), log.path()).await;
+    let probes = |bus: &plugbus::Bus| {
+        let bus = bus.clone();
+        async move {
+            let answer = bus.query("ledger", r#"{"applied": true}"#).await.unwrap();
+            let v: Value = serde_json::from_str(answer.answer.get()).unwrap();
+            v["probes"].clone()
+        }
+    };
+    for n in 0..6 {
+        bus.emit_and_wait(&format!("ledger.e{}", n % 3), json!({"n": n, "poison": false}))
+            .await;
+    }
+    let live = probes(&bus).await;
+    assert_eq!(live.as_array().map(Vec::len), Some(6), "{live}");
+    let first = live[0].as_str().unwrap();
+    assert!(
+        first.starts_with("create_new ok · write ") && !first.contains("write ok") && !first.contains("set_len ok"),
+        "the live answers: {first}"
+    );
+    let report = bus.emit_and_wait("ledger.e0", json!({"n": 6, "poison": true})).await;
+    assert!(
+        matches!(report.deliveries[0].outcome, plugbus::Outcome::Failed(_)),
+        "{:?}",
+        report.deliveries[0].outcome
+    );
+    let rebuilt = probes(&bus).await;
+    bus.shutdown().await;
+    assert_eq!(rebuilt, live, "the state rebuilt by replay has the live run's answers");
+    for dir in ["out", "ro"] {
+        let seed = std::fs::read_to_string(plugins.path().join(dir).join("seed.txt")).unwrap();
+        assert_eq!(seed, "seed\n", "{dir}/seed.txt untouched");
+    }
+}
+
 /// A follow-up is published by the run of its event that succeeds, never
 /// by one that fails: the ledger, called once per event, emits
 /// `witness.applied` and then traps on a poison event; the redrive into the

@@ -18,9 +18,13 @@
 //! stream whether it runs live or again. A stream that writes at a position
 //! goes on from where the plugin believes it is: the dropped writes move it.
 //! Opening a file with `create` still creates it (empty), and `exclusive`
-//! is ignored, so a replay opens what the live run created. A read-only
-//! grant refuses a change whether or not it would be discarded, so a
-//! replay takes the branch the live run took.
+//! is ignored, so a replay opens what the live run created. A discarded
+//! change is refused as a live one would be when the refusal does not
+//! depend on what the disk holds (a read-only grant, a file open for
+//! reading only, a closed stream), so a replay takes the branch the live
+//! run took; one that depends on the disk's contents at the time (a file
+//! already gone) cannot be answered as it was, since the disk is as the
+//! live run left it.
 //!
 //! Calls made once whatever happens later, a query and a snapshot, write as
 //! a live event does. `plugbus replay` is not handling events again in this
@@ -35,6 +39,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use wasmtime::component::{HasData, Linker, Resource};
+use wasmtime_wasi::OpenMode;
 use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     self, Descriptor, DirectoryEntryStream, HostDescriptor, HostDirectoryEntryStream,
@@ -106,12 +111,14 @@ impl types::Host for GatedView<'_> {
     }
 }
 
-/// What a change discarded needs `fd` to be, as wasmtime-wasi checks it
-/// before a live change.
+/// What a change discarded needs `fd` to be, as wasmtime-wasi (or the
+/// system) checks it before a live change.
 #[derive(Clone, Copy)]
 enum Target {
-    /// A file (`write`, `set-size`).
-    File,
+    /// A file open for writing (`write`, `set-size`); the error is what the
+    /// system answers on a file open for reading only (`EBADF` for a write,
+    /// `EINVAL` for a truncation).
+    File(types::ErrorCode),
     /// A directory (creating, removing, renaming, linking under it).
     Dir,
     /// Either (`set-times`).
@@ -124,13 +131,33 @@ enum Target {
 /// so a replay takes the branch the live run took.
 fn may_change(fs: &mut WasiFilesystemCtxView<'_>, fd: &Resource<Descriptor>, target: Target) -> FsResult<()> {
     use wasmtime_wasi::filesystem::Descriptor::{Dir, File};
-    let read_only = match (fs.table.get(fd)?, target) {
-        (File(_), Target::Dir) => return Err(types::ErrorCode::NotDirectory.into()),
-        (Dir(_), Target::File) => return Err(types::ErrorCode::BadDescriptor.into()),
-        (File(f), _) => f.perms.write_not_permitted(),
-        (Dir(d), _) => d.perms.write_not_permitted(),
+    match (fs.table.get(fd)?, target) {
+        (File(_), Target::Dir) => Err(types::ErrorCode::NotDirectory.into()),
+        (Dir(_), Target::File(_)) => Err(types::ErrorCode::BadDescriptor.into()),
+        (File(f), _) if f.perms.write_not_permitted() => Err(types::ErrorCode::NotPermitted.into()),
+        (Dir(d), _) if d.perms.write_not_permitted() => Err(types::ErrorCode::NotPermitted.into()),
+        (File(f), Target::File(not_open_for_writing)) if !f.open_mode.contains(OpenMode::WRITE) => {
+            Err(not_open_for_writing.into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// [`may_change`] for a change naming two directories (`link-at`,
+/// `rename-at`): both writable, and under one grant, as wasmtime-wasi
+/// requires of a live one.
+fn may_change_both(
+    fs: &mut WasiFilesystemCtxView<'_>,
+    a: &Resource<Descriptor>,
+    b: &Resource<Descriptor>,
+) -> FsResult<()> {
+    may_change(fs, a, Target::Dir)?;
+    may_change(fs, b, Target::Dir)?;
+    let perms = |d: &wasmtime_wasi::filesystem::Descriptor| match d {
+        wasmtime_wasi::filesystem::Descriptor::Dir(d) => Some(d.perms),
+        wasmtime_wasi::filesystem::Descriptor::File(_) => None,
     };
-    if read_only {
+    if perms(fs.table.get(a)?) != perms(fs.table.get(b)?) {
         return Err(types::ErrorCode::NotPermitted.into());
     }
     Ok(())
@@ -145,18 +172,23 @@ fn gated(
     stream: Resource<DynOutputStream>,
     position: Option<u64>,
 ) -> FsResult<Resource<DynOutputStream>> {
-    let at = match (position, view.fs.table.get(fd)?) {
-        (Some(next), wasmtime_wasi::filesystem::Descriptor::File(f)) => Some(Position {
-            file: f.file.clone(),
-            next,
-            apart: false,
-        }),
-        _ => None,
+    let (at, writable) = match (position, view.fs.table.get(fd)?) {
+        (Some(next), wasmtime_wasi::filesystem::Descriptor::File(f)) => (
+            Some(Position {
+                file: f.file.clone(),
+                next,
+                apart: false,
+            }),
+            f.open_mode.contains(OpenMode::WRITE),
+        ),
+        (None, wasmtime_wasi::filesystem::Descriptor::File(f)) => (None, f.open_mode.contains(OpenMode::WRITE)),
+        _ => (None, true),
     };
     let inner = view.fs.table.delete(stream)?;
     let wrapped: DynOutputStream = Box::new(GatedStream {
         inner,
         gate: view.gate.clone(),
+        writable,
         at,
     });
     Ok(view.fs.table.push(wrapped)?)
@@ -187,7 +219,7 @@ impl HostDescriptor for GatedView<'_> {
 
     async fn set_size(&mut self, fd: Resource<Descriptor>, size: types::Filesize) -> FsResult<()> {
         if self.gate.discarding() {
-            return may_change(&mut self.fs, &fd, Target::File);
+            return may_change(&mut self.fs, &fd, Target::File(types::ErrorCode::Invalid));
         }
         self.fs.set_size(fd, size).await
     }
@@ -220,7 +252,7 @@ impl HostDescriptor for GatedView<'_> {
         offset: types::Filesize,
     ) -> FsResult<types::Filesize> {
         if self.gate.discarding() {
-            may_change(&mut self.fs, &fd, Target::File)?;
+            may_change(&mut self.fs, &fd, Target::File(types::ErrorCode::BadDescriptor))?;
             return Ok(buf.len() as types::Filesize);
         }
         self.fs.write(fd, buf, offset).await
@@ -277,8 +309,11 @@ impl HostDescriptor for GatedView<'_> {
         new_path: String,
     ) -> FsResult<()> {
         if self.gate.discarding() {
-            may_change(&mut self.fs, &fd, Target::Dir)?;
-            return may_change(&mut self.fs, &new_descriptor, Target::Dir);
+            may_change_both(&mut self.fs, &fd, &new_descriptor)?;
+            if old_path_flags.contains(types::PathFlags::SYMLINK_FOLLOW) {
+                return Err(types::ErrorCode::Invalid.into());
+            }
+            return Ok(());
         }
         self.fs
             .link_at(fd, old_path_flags, old_path, new_descriptor, new_path)
@@ -291,12 +326,20 @@ impl HostDescriptor for GatedView<'_> {
         path_flags: types::PathFlags,
         path: String,
         mut oflags: types::OpenFlags,
-        flags: types::DescriptorFlags,
+        mut flags: types::DescriptorFlags,
     ) -> FsResult<Resource<Descriptor>> {
-        if self.gate.discarding() {
+        // A directory's open with either flag is refused live (`invalid`):
+        // left to wasmtime-wasi to refuse the same way.
+        let changing = types::OpenFlags::TRUNCATE | types::OpenFlags::EXCLUSIVE;
+        if self.gate.discarding() && !oflags.contains(types::OpenFlags::DIRECTORY) && oflags.intersects(changing) {
             // The first run emptied it already and wrote what it holds now;
-            // and it created the file it asked for, which exists now.
-            oflags &= !(types::OpenFlags::TRUNCATE | types::OpenFlags::EXCLUSIVE);
+            // and it created the file it asked for, which exists now. A
+            // truncating open is a writing one: the descriptor keeps the
+            // access (and a read-only grant refuses it) as live.
+            if oflags.contains(types::OpenFlags::TRUNCATE) {
+                flags |= types::DescriptorFlags::WRITE;
+            }
+            oflags &= !changing;
         }
         self.fs.open_at(fd, path_flags, path, oflags, flags).await
     }
@@ -324,8 +367,7 @@ impl HostDescriptor for GatedView<'_> {
         new_path: String,
     ) -> FsResult<()> {
         if self.gate.discarding() {
-            may_change(&mut self.fs, &fd, Target::Dir)?;
-            return may_change(&mut self.fs, &new_fd, Target::Dir);
+            return may_change_both(&mut self.fs, &fd, &new_fd);
         }
         self.fs.rename_at(fd, old_path, new_fd, new_path).await
     }
@@ -404,6 +446,9 @@ impl HostDirectoryEntryStream for GatedView<'_> {
 struct GatedStream {
     inner: DynOutputStream,
     gate: WriteGate,
+    /// The file is open for writing: a live write reaches it (one that is
+    /// not fails with `EBADF`, and a dropped one does the same).
+    writable: bool,
     /// For a stream that writes at a position (`write-via-stream`): where
     /// its next byte goes. `None` for an appending one, whose dropped writes
     /// move nothing.
@@ -422,15 +467,22 @@ struct Position {
 }
 
 impl GatedStream {
-    /// Drops `len` bytes as if written.
+    /// Drops `len` bytes as if written: refused as a live write would be
+    /// (the stream closed or failed, the file not open for writing).
     fn drop_bytes(&mut self, len: usize) -> StreamResult<()> {
-        if let Some(at) = &mut self.at {
-            at.next += len as u64;
-            at.apart = true;
-            return Ok(());
+        self.inner.check_write()?;
+        if !self.writable {
+            return Err(wasmtime_wasi::p2::StreamError::LastOperationFailed(
+                std::io::Error::from_raw_os_error(libc::EBADF).into(),
+            ));
         }
-        // As a live write would: refused if the stream is closed.
-        self.inner.check_write().map(|_| ())
+        if let Some(at) = &mut self.at {
+            // Saturating: the live write at such an offset fails (`EINVAL`),
+            // and so does the first live write after (never one at 0).
+            at.next = at.next.saturating_add(len as u64);
+            at.apart = true;
+        }
+        Ok(())
     }
 
     /// Before a live write: a stream left behind by dropped writes is
@@ -449,7 +501,7 @@ impl GatedStream {
     /// Counts `len` bytes handed to the inner stream.
     fn advance(&mut self, len: usize) {
         if let Some(at) = &mut self.at {
-            at.next += len as u64;
+            at.next = at.next.saturating_add(len as u64);
         }
     }
 }
@@ -477,6 +529,8 @@ impl OutputStream for GatedStream {
 
     async fn blocking_write_and_flush(&mut self, bytes: Bytes) -> StreamResult<()> {
         if self.gate.discarding() {
+            // As a live one: after the stream's last write settled.
+            self.inner.ready().await;
             return self.drop_bytes(bytes.len());
         }
         self.catch_up();
@@ -501,9 +555,10 @@ impl OutputStream for GatedStream {
     }
 }
 
-/// Most bytes a [`PositionalStream`] takes per write: wasmtime-wasi's own
-/// file streams take as much (`check-write` tells the guest).
-const POSITIONAL_WRITE_CAPACITY: usize = 2 << 20;
+/// Most bytes a [`PositionalStream`] takes per write: 64 KiB, what
+/// wasmtime-wasi's own file streams take (`check-write` tells the guest), so
+/// a stream answers the same before and after it was replaced.
+const POSITIONAL_WRITE_CAPACITY: usize = 64 << 10;
 
 /// A file stream writing at a position, each write on a blocking thread as
 /// wasmtime-wasi's are: what a [`GatedStream`] writes through once dropped
@@ -548,7 +603,7 @@ impl OutputStream for PositionalStream {
             ));
         }
         let (file, at) = (self.file.clone(), self.next);
-        self.next += bytes.len() as u64;
+        self.next = self.next.saturating_add(bytes.len() as u64);
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
@@ -561,6 +616,11 @@ impl OutputStream for PositionalStream {
     fn flush(&mut self) -> StreamResult<()> {
         // Nothing is buffered: each write goes to the file as it is made.
         Ok(())
+    }
+
+    async fn cancel(&mut self) {
+        self.settle_last().await;
+        self.state = Pending::Closed;
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
@@ -586,13 +646,21 @@ impl OutputStream for PositionalStream {
     }
 }
 
-#[async_trait::async_trait]
-impl Pollable for PositionalStream {
-    async fn ready(&mut self) {
+impl PositionalStream {
+    /// Waits for the last write, so none is left running once the guest
+    /// dropped the stream (as wasmtime-wasi's own streams wait).
+    async fn settle_last(&mut self) {
         if let Pending::Writing(rx) = &mut self.state {
             let result = rx.await.ok();
             self.settle(result);
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for PositionalStream {
+    async fn ready(&mut self) {
+        self.settle_last().await
     }
 }
 
