@@ -10,9 +10,7 @@ use support::{http, plugbus, plugbus_bin, plugin_dir, wasm};
 fn run_reports_json_and_survives_bad_lines_and_plugins() {
     let dir = plugin_dir(&["cost-tracker", "console-logger", "misbehave"]);
     let events = dir.path().join("events.jsonl");
-    std::fs::write(
-        &events,
-        concat!(
+    let mut bytes = concat!(
             r#"{"name":"model_responded","payload":{"model":"m","usage":{"prompt_tokens":1000,"completion_tokens":500},"cost_usd":0.04},"correlation_id":"r1"}"#,
             "\n",
             "this is not json\n",
@@ -23,9 +21,13 @@ fn run_reports_json_and_survives_bad_lines_and_plugins() {
             "\n",
             r#"{"name":"bad..name"}"#,
             "\n",
-        ),
     )
-    .unwrap();
+    .as_bytes()
+    .to_vec();
+    // A line that is not UTF-8 is that line's error; the next line (ending
+    // in CR LF) is still read. Before, the run stopped there, with no report.
+    bytes.extend_from_slice(b"{\"name\":\"x\",\"payload\":\"caf\xe9\"}\n{\"name\":\"ping\"}\r\n");
+    std::fs::write(&events, bytes).unwrap();
     let out = plugbus(&[
         "run",
         "--plugins",
@@ -41,9 +43,13 @@ fn run_reports_json_and_survives_bad_lines_and_plugins() {
         "line number of the bad line: {stderr}"
     );
     assert!(stderr.contains("events.jsonl:6:"), "{stderr}");
+    assert!(
+        stderr.contains("events.jsonl:7: not UTF-8 (byte 27 of the line)"),
+        "{stderr}"
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
-    assert_eq!(report["events"], 3);
-    assert_eq!(report["invalid_lines"], 2);
+    assert_eq!(report["events"], 4);
+    assert_eq!(report["invalid_lines"], 3);
     let plugin = |name: &str| {
         report["plugins"]
             .as_array()
@@ -62,8 +68,8 @@ fn run_reports_json_and_survives_bad_lines_and_plugins() {
     for kind in plugbus::Failure::KINDS {
         assert!(fixture["failures"].get(kind).is_some(), "missing failures.{kind}");
     }
-    // console-logger sees the 3 events plus cost-tracker's budget_exceeded.
-    assert_eq!(plugin("console-logger")["delivered"], 4);
+    // console-logger sees the 4 events plus cost-tracker's budget_exceeded.
+    assert_eq!(plugin("console-logger")["delivered"], 5);
     assert_eq!(plugin("cost-tracker")["ok"], 2);
 }
 

@@ -34,25 +34,49 @@ pub async fn run(
     };
     let bus = super::open_bus(plugins, watch, cache, log, 0, false, false).await?;
     let mut report = Report::default();
-    let mut lines = reader.lines();
+    // Split on bytes, not text: a line that is not UTF-8 is that line's
+    // error, reported with its number, and the run goes on.
+    let mut lines = reader.split(b'\n');
     let mut lineno = 0u64;
     let mut interrupted = false;
+    let mut read_error = false;
     let mut pacer = bus.pacer(BATCH);
     loop {
         let line = tokio::select! {
-            line = lines.next_line() => line.with_context(|| format!("reading {input}"))?,
+            line = lines.next_segment() => line,
             _ = tokio::signal::ctrl_c() => {
                 eprintln!("plugbus: interrupted; draining queues");
                 interrupted = true;
                 break;
             }
         };
-        let Some(line) = line else { break };
+        let line = match line {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(e) => {
+                // What was read is handled and reported; the rest is not.
+                eprintln!("plugbus: reading {input} after line {lineno}: {e}; the lines after it are not read");
+                read_error = true;
+                break;
+            }
+        };
         lineno += 1;
+        let line = match String::from_utf8(line) {
+            Ok(line) => line,
+            Err(e) => {
+                eprintln!(
+                    "plugbus: {input}:{lineno}: not UTF-8 (byte {} of the line)",
+                    e.utf8_error().valid_up_to() + 1
+                );
+                report.invalid_lines += 1;
+                continue;
+            }
+        };
+        let line = line.strip_suffix('\r').unwrap_or(&line);
         if line.trim().is_empty() {
             continue;
         }
-        match plugbus::parse_event_line(&line) {
+        match plugbus::parse_event_line(line) {
             Ok(event) => {
                 bus.publish(event);
                 report.events += 1;
@@ -89,5 +113,9 @@ pub async fn run(
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report.to_json())?),
         ReportFormat::Text => print!("{}", report.to_text()),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if read_error {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

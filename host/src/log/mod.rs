@@ -1368,6 +1368,25 @@ mod tests {
         assert_eq!(stats.events, 400 - stats.first_seq.unwrap() + 1);
     }
 
+    /// A segment named past any sequence a log reaches (a hand-made or
+    /// damaged directory) is refused when the log opens, naming the file:
+    /// before, the log took it as its tail and the next append overflowed.
+    #[tokio::test]
+    async fn a_segment_named_past_the_last_possible_sequence_is_refused_naming_it() {
+        let _serial = serial();
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path(), options()).unwrap();
+        append_n(&log, 3).await;
+        log.close();
+        drop(log);
+        let stray = dir.path().join("18446744073709551614.seg");
+        std::fs::copy(dir.path().join(segment::segment_name(1)), &stray).unwrap();
+        let err = EventLog::open(dir.path(), options()).unwrap_err();
+        assert!(err.to_string().contains("18446744073709551614.seg"), "{err}");
+        let read = LogReader::open(dir.path(), 1).map(|_| ()).unwrap_err();
+        assert!(read.to_string().contains("18446744073709551614.seg"), "{read}");
+    }
+
     #[tokio::test]
     async fn a_torn_tail_is_truncated_on_open_and_corruption_is_named() {
         let _serial = serial();

@@ -53,6 +53,12 @@ pub const MAX_FRAME: usize = 64 << 20;
 /// Extension of segment files.
 pub(crate) const SEGMENT_EXT: &str = "seg";
 
+/// The highest sequence number a log holds: 2^62, which a log appending a
+/// million events a second reaches in ~146,000 years. A segment name or a
+/// frame past it is damage (or a hand-made file), refused when read, so
+/// that no arithmetic on sequence numbers can overflow.
+pub(crate) const MAX_SEQ: u64 = 1 << 62;
+
 /// The file name of the segment whose first record is `first_seq`.
 pub(crate) fn segment_name(first_seq: u64) -> String {
     format!("{first_seq:020}.{SEGMENT_EXT}")
@@ -76,6 +82,15 @@ pub(crate) fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if let Some(first) = parse_segment_name(&path) {
+            if first > MAX_SEQ {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: a segment starting at sequence {first}, past any a log reaches ({MAX_SEQ}); not written by plugbus",
+                        path.display()
+                    ),
+                ));
+            }
             segments.push((first, path));
         }
     }
@@ -424,6 +439,9 @@ impl SegmentReader {
                     self.len - offset,
                     FRAME_PREFIX + len
                 ));
+            }
+            if seq > MAX_SEQ {
+                return self.bad(offset, format!("sequence {seq} past any a log reaches ({MAX_SEQ})"));
             }
             let body_len = len - FRAME_FIXED;
             if seq < skip_before && seq >= self.expect {
