@@ -109,7 +109,7 @@ fn stats(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     }
     if s.gaps > 0 {
         println!(
-            "gaps      {} events delivered live but not logged (see plugbus.log.overflow)",
+            "gaps      {} sequence numbers missing: events delivered live but not logged (each loss named by a plugbus.log.overflow event), or a segment file removed",
             s.gaps
         );
     }

@@ -21,6 +21,13 @@ pub async fn query(
         .bus(cache.apply(plugbus::Bus::builder()))
         .query(request)
         .await?;
+    if let Some((low, high)) = report.missing_range {
+        eprintln!(
+            "plugbus: warning: the log misses {} events numbered {low} to {high} (delivered live but not logged, \
+             named by plugbus.log.overflow events, or a segment file removed): what the replay rebuilt does not hold them",
+            report.missing
+        );
+    }
     let failures: u64 = report.plugins.iter().map(|p| p.stats.failures.total()).sum();
     tracing::info!(
         plugin = name,

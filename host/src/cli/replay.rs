@@ -85,6 +85,13 @@ pub async fn replay(args: Args<'_>) -> anyhow::Result<ExitCode> {
         report.plugins.len(),
         report.follow_ups
     );
+    if let Some((low, high)) = report.missing_range {
+        eprintln!(
+            "plugbus: warning: the log misses {} events numbered {low} to {high} (delivered live but not logged, \
+             named by plugbus.log.overflow events, or a segment file removed): what the replay rebuilt does not hold them",
+            report.missing
+        );
+    }
     if report.skipped > 0 {
         eprintln!(
             "plugbus: {} messages of the stream are not plugbus events; skipped",

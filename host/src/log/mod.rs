@@ -1087,7 +1087,8 @@ pub struct LogStats {
     /// Time of the last event.
     pub last_time_unix_nanos: Option<u64>,
     /// Sequence numbers missing from the log up to the last one: events
-    /// that were delivered live but not logged (see `plugbus.log.overflow`).
+    /// that were delivered live but not logged (each loss is named by a
+    /// `plugbus.log.overflow` event), or a segment file removed by hand.
     pub gaps: u64,
 }
 
