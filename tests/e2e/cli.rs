@@ -743,3 +743,65 @@ fn a_half_sent_request_does_not_hold_the_shutdown() {
     assert!(log.join().unwrap().contains("grace period"));
     drop(stuck);
 }
+
+/// A client that starts a request and never finishes it is cut off after
+/// `--client-timeout-ms`: a head never ended (the connection is closed), a
+/// body that stops coming (400, naming the wait); a body declared larger
+/// than any route takes is refused at once (413), before it is read.
+/// Before, each held its connection, and its task, for as long as the client
+/// kept it open.
+#[test]
+fn a_request_never_finished_is_cut_off_after_the_client_timeout() {
+    use std::io::{Read as _, Write as _};
+    let dir = plugin_dir(&["console-logger"]);
+    let (served, addr, _log) =
+        support::serve(&["--plugins", dir.path().to_str().unwrap(), "--client-timeout-ms", "500"]);
+    let connect = || {
+        let stream = std::net::TcpStream::connect(&addr).unwrap();
+        // Far past the client timeout: a read that waits this long failed the test.
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        stream
+    };
+    let answer = |stream: &mut std::net::TcpStream| {
+        let mut text = String::new();
+        match stream.read_to_string(&mut text) {
+            Ok(_) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => text,
+            Err(e) => panic!("no answer and no close within 20 s: {e} (read so far: {text:?})"),
+        }
+    };
+
+    let mut head = connect();
+    write!(head, "POST /events HTTP/1.1\r\nHost: {addr}\r\nContent-Le").unwrap();
+    let text = answer(&mut head);
+    assert!(!text.contains("202"), "{text}");
+
+    let mut body = connect();
+    write!(
+        body,
+        "POST /events HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"na"
+    )
+    .unwrap();
+    let text = answer(&mut body);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(
+        text.contains("no part of the request body arrived for 500 ms"),
+        "{text}"
+    );
+
+    let mut huge = connect();
+    write!(
+        huge,
+        "POST /events HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 99999999999999\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let text = answer(&mut huge);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+
+    // The host still answers, and an event still goes in.
+    let (status, _) = http(&addr, "POST", "/events", br#"{"name":"ping"}"#);
+    assert_eq!(status, 202);
+    support::terminate(&served);
+}

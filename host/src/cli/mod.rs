@@ -5,6 +5,7 @@ mod check;
 mod dashboard;
 mod dlq;
 mod fleet;
+mod http_server;
 mod log;
 pub mod logging;
 mod new;
@@ -78,6 +79,10 @@ pub enum Command {
         /// On SIGINT/SIGTERM, how long plugins may take to drain their queues.
         #[arg(long, value_name = "MS", default_value_t = 10_000)]
         grace_ms: u64,
+        /// How long a client may take to send a request's head, or leave its body waiting for
+        /// the next part (and a kept-alive connection stay idle); past it the connection is closed.
+        #[arg(long, value_name = "MS", default_value_t = http_server::DEFAULT_CLIENT_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
+        client_timeout_ms: u64,
         #[command(flatten)]
         cache: CacheArgs,
         #[command(flatten)]
@@ -630,6 +635,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             plugins,
             listen,
             grace_ms,
+            client_timeout_ms,
             cache,
             log,
             otlp,
@@ -641,6 +647,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 plugins: &plugins,
                 listen,
                 grace: Duration::from_millis(grace_ms),
+                client_timeout: Duration::from_millis(client_timeout_ms),
                 cache: &cache,
                 log: &log,
                 otlp: &otlp,

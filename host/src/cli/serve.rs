@@ -77,6 +77,7 @@ use std::sync::Arc;
 use plugbus::otlp::{Encoding, MapOptions, OtlpError, Receiver};
 
 use super::dashboard::Dashboard;
+use super::http_server;
 use super::same_origin::{self, SameOrigin};
 use super::{CacheArgs, LogArgs, OtlpArgs};
 
@@ -95,6 +96,9 @@ pub struct Options<'a> {
     pub listen: SocketAddr,
     /// How long plugins may drain their queues at shutdown.
     pub grace: std::time::Duration,
+    /// How long a client may leave a request's head or body unfinished
+    /// (`http_server::DEFAULT_CLIENT_TIMEOUT`).
+    pub client_timeout: std::time::Duration,
     pub cache: &'a CacheArgs,
     pub log: &'a LogArgs,
     pub otlp: &'a OtlpArgs,
@@ -111,6 +115,7 @@ pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
         plugins,
         listen,
         grace,
+        client_timeout,
         cache,
         log,
         otlp,
@@ -186,7 +191,11 @@ pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
         .layer(axum::middleware::from_fn_with_state(
             SameOrigin::new(addr.ip(), allow_hosts),
             same_origin::guard,
-        ));
+        ))
+        // The largest body a route takes: an OTLP export's.
+        .layer(axum::middleware::from_fn(move |request, next| {
+            http_server::bounded_body(MAX_BODY.max(plugbus::otlp::MAX_BODY), client_timeout, request, next)
+        }));
     eprintln!(
         "plugbus: listening on http://{addr} (plugins in {}; dashboard at /)",
         plugins.display()
@@ -212,17 +221,16 @@ pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
         }
         let rules = SameOrigin::new(listener.local_addr().map_or(addr.ip(), |a| a.ip()), allow_hosts);
         let app = otlp_router(bus.clone(), shutdown, receiver)
-            .layer(axum::middleware::from_fn_with_state(rules, same_origin::guard));
+            .layer(axum::middleware::from_fn_with_state(rules, same_origin::guard))
+            .layer(axum::middleware::from_fn(move |request, next| {
+                http_server::bounded_body(plugbus::otlp::MAX_BODY, client_timeout, request, next)
+            }));
         let mut stopping = stopping.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopping.wait_for(|stopping| *stopping).await;
-                })
-                .await
-        })
+        tokio::spawn(http_server::serve(listener, app, client_timeout, async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        }))
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = http_server::serve(listener, app, client_timeout, async move {
         stop_signal.await;
         let _ = stopping_tx.send(true);
     });

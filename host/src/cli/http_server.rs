@@ -1,0 +1,160 @@
+//! The HTTP server under `plugbus serve`: the router on hyper's HTTP/1
+//! connections, with the timeouts `axum::serve` does not set, so a client
+//! that starts a request and never finishes it holds a connection (a task
+//! and a socket) for seconds, not forever.
+//!
+//! The client timeout (`--client-timeout-ms`, default
+//! [`DEFAULT_CLIENT_TIMEOUT`]) bounds both waits on a client:
+//! - a request's head (request line and headers) must arrive within it of
+//!   its first byte, and a kept-alive connection waiting for its next
+//!   request is closed after as long;
+//! - each part of a request's body must arrive within it of the previous
+//!   one; past it the request fails (400, naming the wait) and nothing of
+//!   it is used.
+//! - A body declared (`Content-Length`) larger than any route takes is
+//!   refused at once with 413, before any of it is read.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper::body::{Frame, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+/// How long a client may take to send a request's head, how long an idle
+/// kept-alive connection stays open, and the longest wait for the next part
+/// of a body: 30 s, hyper's own head timeout once a timer is set (nginx
+/// waits 60 s for either). No client of this API (exporters, agents, the
+/// dashboard) needs more on any network, and a body is at most 16 MiB (an
+/// OTLP export).
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `app` on `listener` until `stop` resolves, then stops accepting
+/// and lets each open connection finish its request in flight (the caller
+/// bounds how long). Answers no request itself: the router does.
+///
+/// # Errors
+/// Never: a failed accept (out of file descriptors, say) is logged and
+/// retried a moment later, as `axum::serve` does; the result leaves room
+/// for failures to come.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    client_timeout: Duration,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(client_timeout);
+    let graceful = GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stop => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // Out of file descriptors, mostly: wait for some to close.
+                tracing::error!(error = %e, "cannot accept a connection; trying again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// A failure of one connection, not of the listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
+}
+
+/// Middleware: refuses a body declared larger than `largest` (413, before
+/// reading it) and fails one whose next part takes longer than `idle`.
+pub async fn bounded_body(largest: usize, idle: Duration, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(declared) = declared.filter(|d| *d > largest as u64) {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body declared ({declared} bytes) is larger than any request here takes ({largest} bytes)\n"),
+        )
+            .into_response();
+    }
+    next.run(request.map(|body| Body::new(IdleTimeout::new(body, idle))))
+        .await
+}
+
+/// A request body that fails when its next part does not arrive within
+/// `idle` of the last one (or of the start).
+struct IdleTimeout {
+    inner: Body,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleTimeout {
+    fn new(inner: Body, idle: Duration) -> IdleTimeout {
+        IdleTimeout {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl HttpBody for IdleTimeout {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(next);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(format!(
+                    "no part of the request body arrived for {} ms (--client-timeout-ms)",
+                    this.idle.as_millis()
+                ))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
