@@ -12,7 +12,9 @@
 //!   one; past it the request fails (400, naming the wait) and nothing of
 //!   it is used.
 //! - A body declared (`Content-Length`) larger than any route takes is
-//!   refused at once with 413, before any of it is read.
+//!   refused at once with 413, before any of it is read: the route sees a
+//!   body over its limit (http-body-util's `LengthLimitError`, which axum
+//!   answers 413), so it answers in its own format (OTLP's `Status`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,9 +24,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
-use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use hyper::body::{Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -99,12 +100,11 @@ pub async fn bounded_body(largest: usize, idle: Duration, request: Request, next
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(declared) = declared.filter(|d| *d > largest as u64) {
-        return (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body declared ({declared} bytes) is larger than any request here takes ({largest} bytes)\n"),
-        )
-            .into_response();
+    if declared.is_some_and(|d| d > largest as u64) {
+        // A body whose first part is over a limit of 0: what the route's
+        // own limit would find after reading `largest` bytes, found now.
+        let over = http_body_util::Limited::new(http_body_util::Full::new(Bytes::from_static(b" ")), 0);
+        return next.run(request.map(|_| Body::new(over))).await;
     }
     next.run(request.map(|body| Body::new(IdleTimeout::new(body, idle))))
         .await
