@@ -497,6 +497,22 @@ fn serve_accepts_events_over_http_reports_and_drains_on_sigterm() {
     assert!(body.contains("invalid event name"), "{body}");
     let (status, _) = http(&addr, "POST", "/events", &vec![b' '; 2 << 20]);
     assert_eq!(status, 413, "bodies are bounded");
+    // A compressed body is refused naming its encoding (before: "not UTF-8"
+    // for gzip, and `br` went unnoticed).
+    for encoding in ["gzip", "br"] {
+        let (status, body) = support::http_with(
+            &addr,
+            "POST",
+            "/events",
+            &[("Content-Encoding", encoding)],
+            b"{\"name\":\"fine\"}",
+        );
+        assert_eq!(status, 415, "{body}");
+        assert!(
+            body.contains(&format!("unsupported content encoding {encoding}")),
+            "{body}"
+        );
+    }
 
     let start = std::time::Instant::now();
     let plugins = loop {

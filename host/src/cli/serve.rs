@@ -513,6 +513,16 @@ async fn post_events(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    // A compressed body is not JSON text: refused by name, as `/v1/traces`
+    // refuses an encoding it does not take, instead of failing as bad UTF-8.
+    if let Some(encoding) = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_ascii_lowercase())
+        .filter(|e| !e.is_empty() && e != "identity")
+    {
+        let reason = format!("unsupported content encoding {encoding}: POST /events takes an uncompressed body");
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, Json(json!({ "error": reason }))).into_response();
+    }
     let events = match events_of(&headers, &body) {
         Ok(events) => events,
         Err(reason) => return bad_request(reason),

@@ -105,6 +105,18 @@ impl<'a> Attributes<'a> {
         Ok(self.str(key)?.filter(|s| !s.is_empty()))
     }
 
+    /// An id naming something outside (a conversation): a [`name`](Self::name)
+    /// that is also 1 to `max` bytes with no control characters, as every id
+    /// taken from outside is ([`crate::check_external_id`]).
+    pub fn id(&self, key: &'static str, max: usize) -> Result<Option<&'a str>, Invalid> {
+        match self.name(key)? {
+            None => Ok(None),
+            Some(id) => crate::event::check_external_id(id, max)
+                .map(|()| Some(id))
+                .map_err(|reason| Invalid { key, reason }),
+        }
+    }
+
     /// A token count: a whole number from 0 to 2^53 (an int, or a double
     /// holding a whole number, as some SDKs send). Anything else is `Err`.
     pub fn tokens(&self, key: &'static str) -> Result<Option<u64>, Invalid> {

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::Value;
 
-use crate::event::Event;
+use crate::event::{Event, MAX_CORRELATION_ID_BYTES};
 use crate::otlp::attributes::{Attributes, Invalid};
 use crate::otlp::payload::JsonObject;
 
@@ -36,6 +36,9 @@ pub const REMEMBERED_TRACES: usize = 4_096;
 
 /// Invalid-attribute messages kept per request (the count is exact).
 const MAX_MESSAGES: usize = 8;
+
+/// The attribute naming a conversation: the run's correlation id.
+const CONVERSATION: &str = "gen_ai.conversation.id";
 
 /// What the mapping does with spans that are not GenAI spans it knows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -228,7 +231,7 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
         by_id.insert(&s.span.span_id, i);
         if let (Ok(trace), Ok(Some(conversation))) = (
             <[u8; 16]>::try_from(&s.span.trace_id[..]),
-            s.attrs.name("gen_ai.conversation.id"),
+            s.attrs.id(CONVERSATION, MAX_CORRELATION_ID_BYTES),
         ) {
             conversations.entry(trace).or_insert(conversation);
         }
@@ -302,7 +305,9 @@ pub fn map_request(request: &ExportTraceServiceRequest, options: MapOptions, mem
                 parent = &up.span.parent_span_id;
             }
         }
-        let own_conversation = check.ok(s.attrs.name("gen_ai.conversation.id"));
+        // One too long (or with a line break) to be a correlation id is a
+        // counted invalid attribute: the trace id names the run instead.
+        let own_conversation = check.ok(s.attrs.id(CONVERSATION, MAX_CORRELATION_ID_BYTES));
         let trace_hex = hex(&trace);
         let correlation = own_conversation
             .or_else(|| conversations.get(&trace).copied())
@@ -561,6 +566,53 @@ mod tests {
             assert!(event.payload().get("conversation_id").is_none(), "{}", event.payload());
             assert_ne!(event.payload().get("agent"), Some(&json!("")), "{}", event.payload());
         }
+    }
+
+    /// A conversation id no correlation id could be (over 256 bytes, or with
+    /// a line break) is a counted invalid attribute, and the trace id names
+    /// the run: before, a 5,000-byte id became every event's correlation id,
+    /// which `POST /events` and CloudEvents refuse.
+    #[test]
+    fn a_conversation_id_unfit_for_a_correlation_id_gives_way_to_the_trace_id() {
+        let run = |trace: u8, conversation: &str| {
+            let mut s = span(
+                1,
+                None,
+                "invoke_agent",
+                None,
+                vec![
+                    text("gen_ai.operation.name", "invoke_agent"),
+                    text("gen_ai.conversation.id", conversation),
+                ],
+            );
+            s.trace_id = vec![trace; 16];
+            s
+        };
+        let long = "c".repeat(MAX_CORRELATION_ID_BYTES + 1);
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![run(1, &long), run(2, "a\nb"), run(3, "conv-3")],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let mapping = map_request(&request, MapOptions::default(), &mut TraceMemo::default());
+        let mut correlations: Vec<&str> = mapping.events.iter().filter_map(Event::correlation_id).collect();
+        correlations.sort_unstable();
+        correlations.dedup();
+        let (one, two) = ("01".repeat(16), "02".repeat(16));
+        assert_eq!(correlations, [&*one, &*two, "conv-3"]);
+        assert_eq!(mapping.invalid_attributes, 2, "{:?}", mapping.invalid_messages);
+        assert!(
+            mapping
+                .invalid_messages
+                .iter()
+                .any(|m| m.contains("gen_ai.conversation.id") && m.contains("1 to 256 bytes")),
+            "{:?}",
+            mapping.invalid_messages
+        );
     }
 
     /// Every kind of event the mapping writes, with every optional field
