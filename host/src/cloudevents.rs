@@ -102,7 +102,16 @@ fn check_name(name: &str) -> Result<(), CloudEventError> {
 fn time_nanos(text: &str) -> Result<u64, CloudEventError> {
     let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map_err(|e| bad("time", format!("`{text}` is not an RFC 3339 time: {e}")))?;
-    u64::try_from(t.unix_timestamp_nanos()).map_err(|_| bad("time", format!("`{text}` is before 1970")))
+    let nanos = t.unix_timestamp_nanos();
+    u64::try_from(nanos).map_err(|_| {
+        let why = if nanos < 0 {
+            "before 1970"
+        } else {
+            // Event times are nanoseconds since 1970 in 64 bits.
+            "after 2554-07-21, the last time an event can carry"
+        };
+        bad("time", format!("`{text}` is {why}"))
+    })
 }
 
 /// The checked context attributes, whatever the mode carried them in.
@@ -359,6 +368,11 @@ mod tests {
         assert_eq!(attr(ce(json!({"source": ""}))), "source");
         assert_eq!(attr(ce(json!({"type": "a..b"}))), "type");
         assert_eq!(attr(ce(json!({"time": "yesterday"}))), "time");
+        // Past what 64 bits of nanoseconds hold: said so (it read "before 1970").
+        let far = from_json(&ce(json!({"time": "9999-12-31T23:59:59Z"}))).unwrap_err();
+        assert!(far.to_string().contains("after 2554-07-21"), "{far}");
+        let early = from_json(&ce(json!({"time": "1969-12-31T23:59:59Z"}))).unwrap_err();
+        assert!(early.to_string().contains("before 1970"), "{early}");
         assert_eq!(attr(ce(json!({"data": 1, "data_base64": "AA=="}))), "data_base64");
         assert_eq!(attr(ce(json!({"data_base64": "!!"}))), "data_base64");
         assert_eq!(attr(ce(json!({"Bad-Name": 1}))), "Bad-Name");

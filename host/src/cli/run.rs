@@ -73,6 +73,12 @@ pub async fn run(
             }
         };
         let line = line.strip_suffix('\r').unwrap_or(&line);
+        // A byte-order mark (Windows tools write one) opens the file, not the event.
+        let line = if lineno == 1 {
+            line.strip_prefix('\u{feff}').unwrap_or(line)
+        } else {
+            line
+        };
         if line.trim().is_empty() {
             continue;
         }

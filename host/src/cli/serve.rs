@@ -482,6 +482,8 @@ fn events_of(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<Vec<plugbus
             .map_err(|e| e.to_string());
     }
     let body = std::str::from_utf8(body).map_err(|e| format!("the body is not UTF-8: {e}"))?;
+    // A byte-order mark opens the text, not the first event.
+    let body = body.strip_prefix('\u{feff}').unwrap_or(body);
     // A JSON array of events, one JSON object (possibly pretty-printed), or
     // one object per line (JSON Lines).
     if body.trim_start().starts_with('[') {

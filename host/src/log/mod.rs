@@ -325,6 +325,12 @@ impl EventLog {
     /// errors.
     pub fn open(dir: impl Into<PathBuf>, options: LogOptions) -> Result<EventLog, LogError> {
         let dir = dir.into();
+        if dir.exists() && !dir.is_dir() {
+            return Err(io_err(&dir)(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                "a file, not a directory: a log is a directory of segments",
+            )));
+        }
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let lock_path = dir.join("LOCK");
         let lock = std::fs::OpenOptions::new()
@@ -1367,6 +1373,19 @@ mod tests {
         assert!(stats.first_seq.unwrap() > 1, "old segments were removed: {stats:?}");
         assert_eq!(stats.gaps, 0);
         assert_eq!(stats.events, 400 - stats.first_seq.unwrap() + 1);
+    }
+
+    /// A log path that is a file is refused saying so (it read "File exists").
+    #[test]
+    fn a_log_path_that_is_a_file_is_refused_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("events");
+        std::fs::write(&file, "x").unwrap();
+        let err = EventLog::open(&file, options()).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            err.contains("a file, not a directory") && err.contains("events"),
+            "{err}"
+        );
     }
 
     /// A segment named past any sequence a log reaches (a hand-made or
