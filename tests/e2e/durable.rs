@@ -1690,7 +1690,10 @@ async fn a_replay_of_a_log_missing_a_segment_names_the_events_it_misses() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let said = format!("the log misses {} events numbered {low} to {high}", high - low + 1);
+    let said = format!(
+        "the log misses {} events numbered between {low} and {high}",
+        high - low + 1
+    );
     assert!(stderr.contains(&said), "{said}: {stderr}");
     let out = plugbus(&[
         "query",

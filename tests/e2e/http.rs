@@ -1246,6 +1246,41 @@ async fn a_request_refused_live_gets_the_same_error_when_replayed() {
     assert_eq!(paths, ["/ok"], "nothing sent again");
 }
 
+/// A refusal by a limit sent nothing, so an event handled live again (a
+/// dead letter's redrive) asks the limits afresh instead of getting the
+/// journaled refusal back: the second request, refused live under
+/// `per_second = 1`, is sent by the redrive once the second has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_asks_the_limits_afresh_for_a_request_they_refused() {
+    let server = Server::start();
+    let plugins = fetcher_dir(&format!(
+        "[limits]\nquarantine_after = 0\n[http]\nallow = [\"http://127.0.0.1:{}\"]\nper_second = 1\n",
+        server.port
+    ));
+    let log = tempfile::tempdir().unwrap();
+    let bus = start_bus(plugins.path(), Some(log.path())).await;
+    let mut poison = fetch(&[
+        ("POST", &server.url("/first"), "x"),
+        ("POST", &server.url("/second"), "x"),
+    ]);
+    poison["then"] = json!("panic");
+    bus.emit_and_wait("fetch", poison).await;
+    bus.flush().await;
+    let paths = || -> Vec<String> { server.seen().iter().map(|r| r.path.clone()).collect() };
+    assert_eq!(paths(), ["/first"], "the second request was over the limit");
+    assert_eq!(bus.dead_letters("fetcher").unwrap().len(), 1);
+    // A token back in the bucket.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    bus.redrive("fetcher").await.unwrap();
+    bus.flush().await;
+    bus.shutdown().await;
+    assert_eq!(
+        paths(),
+        ["/first", "/second"],
+        "the first answered from the journal, the second sent now"
+    );
+}
+
 /// A refusal by a limit depends on the moment: it is journaled too, so the
 /// replay gives the error the live run gave, not `HTTP-request-denied`.
 #[tokio::test]

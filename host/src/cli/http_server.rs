@@ -6,8 +6,9 @@
 //! The client timeout (`--client-timeout-ms`, default
 //! [`DEFAULT_CLIENT_TIMEOUT`]) bounds both waits on a client:
 //! - a request's head (request line and headers) must arrive within it of
-//!   its first byte, and a kept-alive connection waiting for its next
-//!   request is closed after as long;
+//!   the connection being ready for one (accepted, or its last response
+//!   sent): so a kept-alive connection left idle is closed after as long,
+//!   as nginx and Apache close theirs (clients open a new one);
 //! - each part of a request's body must arrive within it of the previous
 //!   one; past it the request fails (400, naming the wait) and nothing of
 //!   it is used.
@@ -67,10 +68,13 @@ pub async fn serve(
             Ok((stream, _)) => stream,
             Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
-                // Out of file descriptors, mostly: wait for some to close.
+                // Out of file descriptors, mostly: wait for some to close
+                // (or for the stop).
                 tracing::error!(error = %e, "cannot accept a connection; trying again in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = &mut stop => break,
+                }
             }
         };
         let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
@@ -111,11 +115,13 @@ pub async fn bounded_body(largest: usize, idle: Duration, request: Request, next
 }
 
 /// A request body that fails when its next part does not arrive within
-/// `idle` of the last one (or of the start).
+/// `idle` of the handler asking for it: the timer starts at the first read
+/// that waits (not before the handler reads, nor before an `Expect:
+/// 100-continue` client was told to send) and restarts at each part.
 struct IdleTimeout {
     inner: Body,
     idle: Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl IdleTimeout {
@@ -123,7 +129,7 @@ impl IdleTimeout {
         IdleTimeout {
             inner,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
         }
     }
 }
@@ -136,11 +142,17 @@ impl HttpBody for IdleTimeout {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + this.idle;
-                this.timer.as_mut().reset(next);
+                if let Some(timer) = &mut this.timer {
+                    timer.as_mut().reset(tokio::time::Instant::now() + this.idle);
+                }
                 Poll::Ready(frame)
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
+            Poll::Pending => match this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.idle)))
+                .as_mut()
+                .poll(cx)
+            {
                 Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(format!(
                     "no part of the request body arrived for {} ms (--client-timeout-ms)",
                     this.idle.as_millis()

@@ -87,7 +87,7 @@ pub async fn replay(args: Args<'_>) -> anyhow::Result<ExitCode> {
     );
     if let Some((low, high)) = report.missing_range {
         eprintln!(
-            "plugbus: warning: the log misses {} events numbered {low} to {high} (delivered live but not logged, \
+            "plugbus: warning: the log misses {} events numbered between {low} and {high} (delivered live but not logged, \
              named by plugbus.log.overflow events, or a segment file removed): what the replay rebuilt does not hold them",
             report.missing
         );

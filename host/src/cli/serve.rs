@@ -236,7 +236,8 @@ pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
     });
     // Requests in flight at the signal may finish within the grace period;
     // one that never ends (a client that sent half a body and waits) must
-    // not hold the shutdown: past it, open connections are dropped.
+    // not hold the shutdown: past it, the server stops waiting for them
+    // (their tasks end with the process).
     let grace_over = {
         let mut stopping = stopping.clone();
         async move {

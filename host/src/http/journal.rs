@@ -815,6 +815,16 @@ impl RequestJournal {
         }
     }
 
+    /// Whether every host of a NATS stream shares this journal (its
+    /// bucket), rather than this bus alone.
+    pub fn is_shared(&self) -> bool {
+        #[cfg(feature = "nats")]
+        if self.remote.is_some() {
+            return true;
+        }
+        false
+    }
+
     /// Whether records stay in memory (no file I/O, no NATS bucket: `put`
     /// never blocks).
     pub fn in_memory(&self) -> bool {

@@ -217,6 +217,10 @@ impl WasiHttpHooks for PluginHttp {
                         Error::HttpRequestDenied,
                     ));
                 }
+                // A refusal by a limit sent nothing: an event handled live
+                // again (a redrive, a redelivery) asks the limits afresh, and
+                // its outcome replaces the refusal.
+                Ok(Some((recorded, _))) if !checks.replaying && is_limit_refusal(&recorded) => {}
                 Ok(Some((recorded, _))) => {
                     outbound.stats.replayed.fetch_add(1, Relaxed);
                     tracing::debug!(
@@ -241,13 +245,16 @@ impl WasiHttpHooks for PluginHttp {
                     error,
                     journal: Some(code),
                 }) => {
-                    // A limit's refusal depends on the moment, so handling
-                    // the event again must be told it, not decide afresh
+                    // A limit's refusal depends on the moment, so rebuilding
+                    // the plugin's state must be told it, not decide afresh
                     // (that would be `HTTP-request-denied`). Written without
                     // a sync of its own, and only for an event's first
                     // requests: a plugin hammering its limit costs a bounded
-                    // number of writes per event.
-                    if key.index < JOURNALED_REFUSALS {
+                    // number of writes per event. Not on NATS, whose journal
+                    // every host shares: there a put is a round trip, and a
+                    // refusal on one host must not overwrite the response
+                    // another host got for the same event.
+                    if key.index < JOURNALED_REFUSALS && !outbound.setup.journal.is_shared() {
                         let recorded = Recorded::Failed(code.to_owned());
                         if let Err(e) = outbound
                             .setup
@@ -736,10 +743,15 @@ fn connect_code(e: &std::io::Error) -> &'static str {
     }
 }
 
-/// The `wasi:http` error of a journaled failure code.
 /// The journaled code of a refusal by the rate or concurrency limit.
 const LIMIT_REACHED: &str = "connection-limit-reached";
 
+/// Whether `recorded` is a refusal by a limit (nothing was sent).
+fn is_limit_refusal(recorded: &Recorded) -> bool {
+    matches!(recorded, Recorded::Failed(code) if code == LIMIT_REACHED)
+}
+
+/// The `wasi:http` error of a journaled failure code.
 fn error_of(code: &str) -> Error {
     match code {
         "connection-refused" => Error::ConnectionRefused,

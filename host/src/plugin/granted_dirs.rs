@@ -144,20 +144,27 @@ fn may_change(fs: &mut WasiFilesystemCtxView<'_>, fd: &Resource<Descriptor>, tar
 }
 
 /// [`may_change`] for a change naming two directories (`link-at`,
-/// `rename-at`): both writable, and under one grant, as wasmtime-wasi
-/// requires of a live one.
+/// `rename-at`), in wasmtime-wasi's order: both directories, both writable,
+/// then (a link) not following symlinks, then both under one grant.
 fn may_change_both(
     fs: &mut WasiFilesystemCtxView<'_>,
     a: &Resource<Descriptor>,
     b: &Resource<Descriptor>,
+    follows_symlinks: bool,
 ) -> FsResult<()> {
-    may_change(fs, a, Target::Dir)?;
-    may_change(fs, b, Target::Dir)?;
+    use wasmtime_wasi::filesystem::Descriptor::{Dir, File};
     let perms = |d: &wasmtime_wasi::filesystem::Descriptor| match d {
-        wasmtime_wasi::filesystem::Descriptor::Dir(d) => Some(d.perms),
-        wasmtime_wasi::filesystem::Descriptor::File(_) => None,
+        Dir(d) => Ok(d.perms),
+        File(_) => Err(types::ErrorCode::NotDirectory),
     };
-    if perms(fs.table.get(a)?) != perms(fs.table.get(b)?) {
+    let (a, b) = (perms(fs.table.get(a)?)?, perms(fs.table.get(b)?)?);
+    if a.write_not_permitted() || b.write_not_permitted() {
+        return Err(types::ErrorCode::NotPermitted.into());
+    }
+    if follows_symlinks {
+        return Err(types::ErrorCode::Invalid.into());
+    }
+    if a != b {
         return Err(types::ErrorCode::NotPermitted.into());
     }
     Ok(())
@@ -188,6 +195,7 @@ fn gated(
     let wrapped: DynOutputStream = Box::new(GatedStream {
         inner,
         gate: view.gate.clone(),
+        failed: Failed::No,
         writable,
         at,
     });
@@ -253,6 +261,10 @@ impl HostDescriptor for GatedView<'_> {
     ) -> FsResult<types::Filesize> {
         if self.gate.discarding() {
             may_change(&mut self.fs, &fd, Target::File(types::ErrorCode::BadDescriptor))?;
+            if offset > MAX_OFFSET {
+                // Live, the system refuses the offset (`EINVAL`).
+                return Err(types::ErrorCode::Invalid.into());
+            }
             return Ok(buf.len() as types::Filesize);
         }
         self.fs.write(fd, buf, offset).await
@@ -309,11 +321,8 @@ impl HostDescriptor for GatedView<'_> {
         new_path: String,
     ) -> FsResult<()> {
         if self.gate.discarding() {
-            may_change_both(&mut self.fs, &fd, &new_descriptor)?;
-            if old_path_flags.contains(types::PathFlags::SYMLINK_FOLLOW) {
-                return Err(types::ErrorCode::Invalid.into());
-            }
-            return Ok(());
+            let follows = old_path_flags.contains(types::PathFlags::SYMLINK_FOLLOW);
+            return may_change_both(&mut self.fs, &fd, &new_descriptor, follows);
         }
         self.fs
             .link_at(fd, old_path_flags, old_path, new_descriptor, new_path)
@@ -337,6 +346,11 @@ impl HostDescriptor for GatedView<'_> {
             // truncating open is a writing one: the descriptor keeps the
             // access (and a read-only grant refuses it) as live.
             if oflags.contains(types::OpenFlags::TRUNCATE) {
+                // Live, a descriptor not asked to write is opened to read
+                // too (wasmtime-wasi's `open-at`): kept so.
+                if !flags.contains(types::DescriptorFlags::WRITE) {
+                    flags |= types::DescriptorFlags::READ;
+                }
                 flags |= types::DescriptorFlags::WRITE;
             }
             oflags &= !changing;
@@ -367,7 +381,7 @@ impl HostDescriptor for GatedView<'_> {
         new_path: String,
     ) -> FsResult<()> {
         if self.gate.discarding() {
-            return may_change_both(&mut self.fs, &fd, &new_fd);
+            return may_change_both(&mut self.fs, &fd, &new_fd, false);
         }
         self.fs.rename_at(fd, old_path, new_fd, new_path).await
     }
@@ -446,6 +460,11 @@ impl HostDirectoryEntryStream for GatedView<'_> {
 struct GatedStream {
     inner: DynOutputStream,
     gate: WriteGate,
+    /// A discarded write that a live one would have failed (the file not
+    /// open for writing, an offset the system refuses): reported, as a live
+    /// stream reports its write's failure, by the next `check-write` or
+    /// `flush`, after which the stream is closed.
+    failed: Failed,
     /// The file is open for writing: a live write reaches it (one that is
     /// not fails with `EBADF`, and a dropped one does the same).
     writable: bool,
@@ -454,6 +473,20 @@ struct GatedStream {
     /// move nothing.
     at: Option<Position>,
 }
+
+/// A [`GatedStream`]'s discarded write that would have failed live.
+enum Failed {
+    No,
+    /// Not reported yet: the `errno` the system gives such a write.
+    Pending(i32),
+    /// Reported: the stream takes nothing more, as a live one after a
+    /// failed write.
+    Closed,
+}
+
+/// The largest offset the system writes at: a file offset is a signed
+/// 64-bit number (`off_t`), so a write past it fails with `EINVAL`.
+const MAX_OFFSET: u64 = i64::MAX as u64;
 
 /// Where a positional stream's next byte goes, kept by the wrapper: a
 /// dropped write moves it as a written one would (the guest's own offset
@@ -467,22 +500,45 @@ struct Position {
 }
 
 impl GatedStream {
-    /// Drops `len` bytes as if written: refused as a live write would be
-    /// (the stream closed or failed, the file not open for writing).
+    /// Drops `len` bytes as if written, failing as a live write would: at
+    /// once when the stream is closed, at the next `check-write` when the
+    /// write itself would fail (the file not open for writing, an offset
+    /// the system refuses).
     fn drop_bytes(&mut self, len: usize) -> StreamResult<()> {
+        self.settle_failed()?;
         self.inner.check_write()?;
         if !self.writable {
-            return Err(wasmtime_wasi::p2::StreamError::LastOperationFailed(
-                std::io::Error::from_raw_os_error(libc::EBADF).into(),
-            ));
+            self.failed = Failed::Pending(libc::EBADF);
+            return Ok(());
         }
         if let Some(at) = &mut self.at {
-            // Saturating: the live write at such an offset fails (`EINVAL`),
-            // and so does the first live write after (never one at 0).
+            if at.next > MAX_OFFSET {
+                self.failed = Failed::Pending(libc::EINVAL);
+                return Ok(());
+            }
+            // Saturating: the live write at such an offset fails, and so
+            // does the first live write after (never one at 0).
             at.next = at.next.saturating_add(len as u64);
             at.apart = true;
         }
         Ok(())
+    }
+
+    /// Reports a discarded write's failure once, then that the stream is closed.
+    fn settle_failed(&mut self) -> StreamResult<()> {
+        match std::mem::replace(&mut self.failed, Failed::No) {
+            Failed::No => Ok(()),
+            Failed::Pending(errno) => {
+                self.failed = Failed::Closed;
+                Err(wasmtime_wasi::p2::StreamError::LastOperationFailed(
+                    std::io::Error::from_raw_os_error(errno).into(),
+                ))
+            }
+            Failed::Closed => {
+                self.failed = Failed::Closed;
+                Err(wasmtime_wasi::p2::StreamError::Closed)
+            }
+        }
     }
 
     /// Before a live write: a stream left behind by dropped writes is
@@ -520,18 +576,22 @@ impl OutputStream for GatedStream {
     }
 
     fn flush(&mut self) -> StreamResult<()> {
+        self.settle_failed()?;
         self.inner.flush()
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
+        self.settle_failed()?;
         self.inner.check_write()
     }
 
     async fn blocking_write_and_flush(&mut self, bytes: Bytes) -> StreamResult<()> {
         if self.gate.discarding() {
-            // As a live one: after the stream's last write settled.
+            // As a live one: after the stream's last write settled, and
+            // failing now if the write would.
             self.inner.ready().await;
-            return self.drop_bytes(bytes.len());
+            self.drop_bytes(bytes.len())?;
+            return self.settle_failed();
         }
         self.catch_up();
         let len = bytes.len();
