@@ -1217,33 +1217,43 @@ fn a_journaled_answer_is_never_given_to_another_request() {
 #[tokio::test]
 async fn a_request_refused_live_gets_the_same_error_when_replayed() {
     let server = Server::start();
+    let big = "x".repeat(2048);
+    let (live, replayed, paths) = live_then_replayed(
+        &server,
+        "request_body_kib = 1",
+        &[("POST", &server.url("/big"), &big), ("POST", &server.url("/ok"), "x")],
+    )
+    .await;
+    assert_eq!(live[0]["error"], "request failed: HttpRequestBodySize", "{live:?}");
+    assert_eq!(live[1]["status"], 200, "{live:?}");
+    assert_eq!(replayed, live, "the live run's errors, not HttpRequestDenied");
+    assert_eq!(paths, ["/ok"], "nothing sent again");
+}
+
+/// One `fetch` event with `requests` into the fetcher (granted the test
+/// server's origin, with `grant` added to its `[http]`) on a bus with a log,
+/// then `plugbus replay` of that log: what the requests came to live, what
+/// they came to in the replay, and the paths the server saw.
+async fn live_then_replayed(
+    server: &Server,
+    grant: &str,
+    requests: &[(&str, &str, &str)],
+) -> (Vec<Value>, Vec<Value>, Vec<String>) {
     let plugins = fetcher_dir(&format!(
-        "[http]\nallow = [\"http://127.0.0.1:{}\"]\nrequest_body_kib = 1\n",
+        "[http]\nallow = [\"http://127.0.0.1:{}\"]\n{grant}\n",
         server.port
     ));
     let log = tempfile::tempdir().unwrap();
     let bus = start_bus(plugins.path(), Some(log.path())).await;
     let rec = Recorder::attach(&bus, "fetched");
-    bus.emit_and_wait(
-        "fetch",
-        fetch(&[
-            ("POST", &server.url("/big"), &"x".repeat(2048)),
-            ("POST", &server.url("/ok"), "x"),
-        ]),
-    )
-    .await;
+    bus.emit_and_wait("fetch", fetch(requests)).await;
     bus.flush().await;
     let live = fetched(&rec);
     bus.shutdown().await;
-    assert_eq!(live[0]["error"], "request failed: HttpRequestBodySize", "{live:?}");
-    assert_eq!(live[1]["status"], 200, "{live:?}");
-
     let out = replay(plugins.path(), log.path(), "--no-cache");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let replayed = replayed_fetched(&out);
-    assert_eq!(replayed, live, "the live run's errors, not HttpRequestDenied");
-    let paths: Vec<String> = server.seen().iter().map(|r| r.path.clone()).collect();
-    assert_eq!(paths, ["/ok"], "nothing sent again");
+    let paths = server.seen().iter().map(|r| r.path.clone()).collect();
+    (live, replayed_fetched(&out), paths)
 }
 
 /// A refusal by a limit sent nothing, so an event handled live again (a
@@ -1286,31 +1296,17 @@ async fn a_redrive_asks_the_limits_afresh_for_a_request_they_refused() {
 #[tokio::test]
 async fn a_request_refused_by_a_limit_gets_the_same_error_when_replayed() {
     let server = Server::start();
-    let plugins = fetcher_dir(&format!(
-        "[http]\nallow = [\"http://127.0.0.1:{}\"]\nper_second = 1\n",
-        server.port
-    ));
-    let log = tempfile::tempdir().unwrap();
-    let bus = start_bus(plugins.path(), Some(log.path())).await;
-    let rec = Recorder::attach(&bus, "fetched");
-    bus.emit_and_wait(
-        "fetch",
-        fetch(&[
+    let (live, replayed, paths) = live_then_replayed(
+        &server,
+        "per_second = 1",
+        &[
             ("POST", &server.url("/first"), "x"),
             ("POST", &server.url("/second"), "x"),
-        ]),
+        ],
     )
     .await;
-    bus.flush().await;
-    let live = fetched(&rec);
-    bus.shutdown().await;
     assert_eq!(live[0]["status"], 200, "{live:?}");
     assert_eq!(live[1]["error"], "request failed: ConnectionLimitReached", "{live:?}");
-
-    let out = replay(plugins.path(), log.path(), "--no-cache");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let replayed = replayed_fetched(&out);
     assert_eq!(replayed, live, "the live run's refusal, not HttpRequestDenied");
-    let paths: Vec<String> = server.seen().iter().map(|r| r.path.clone()).collect();
     assert_eq!(paths, ["/first"], "nothing sent again");
 }
