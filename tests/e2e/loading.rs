@@ -40,6 +40,10 @@ async fn bad_plugins_are_refused_by_name_and_the_rest_load() {
     .unwrap();
     // A healthy plugin with a broken manifest is not loaded either.
     std::fs::write(d.join("cost-tracker.toml"), "[limits]\nfule = 5\n").unwrap();
+    // Entries named like plugins that are no file: each reported, not
+    // skipped without a word.
+    std::fs::create_dir(d.join("folder.wasm")).unwrap();
+    std::os::unix::fs::symlink(d.join("gone"), d.join("dangling.wasm")).unwrap();
 
     let bus = Bus::builder().plugin_dir(d).build().await.unwrap();
     let loaded: Vec<String> = bus.plugins().into_iter().map(|p| p.name).collect();
@@ -67,7 +71,9 @@ async fn bad_plugins_are_refused_by_name_and_the_rest_load() {
         manifest.contains("cost-tracker.toml") && manifest.contains("fule"),
         "{manifest}"
     );
-    assert_eq!(failures.len(), 6);
+    assert!(reason("folder.wasm").contains("not a regular file (a directory)"));
+    assert!(reason("dangling.wasm").contains("No such file"));
+    assert_eq!(failures.len(), 8);
 
     // The survivor works.
     let report = bus.emit_and_wait("anything", json!({})).await;

@@ -617,12 +617,15 @@ async fn load_all(bus: &Bus, mut files: Vec<PathBuf>) {
     bus.shared.startup.finish();
 }
 
-/// The `*.wasm` files of `dir`, sorted by name.
+/// The `*.wasm` entries of `dir`, sorted by name: every one, so that one
+/// that is not a plugin file (a directory, a FIFO, a dangling link) fails
+/// its load naming itself, in `load_failures`, instead of being skipped
+/// without a word.
 pub(crate) fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
+        if path.extension().is_some_and(|e| e == "wasm") {
             files.push(path);
         }
     }

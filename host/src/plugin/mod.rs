@@ -78,7 +78,7 @@ pub enum LoadErrorKind {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     /// The file name cannot be a plugin name.
-    #[error("`{0}` is not a valid plugin name (letters, digits, `-`, `_`, `.`; at most 64)")]
+    #[error("`{0}` is not a valid plugin name (1 to 64 letters, digits, `-`, `_` and `.`, not starting with `.`)")]
     BadName(String),
     /// The plugin's own `subscriptions()` answer is invalid.
     #[error("invalid subscription: {0}")]
@@ -1018,7 +1018,13 @@ fn plugin_name(path: &Path) -> Result<String, LoadErrorKind> {
     if valid_plugin_name(stem) {
         Ok(stem.to_owned())
     } else {
-        Err(LoadErrorKind::BadName(stem.to_owned()))
+        // No name at all (`/`, `.wasm`): the path, so the message names something.
+        let named = if stem.is_empty() {
+            path.display().to_string()
+        } else {
+            stem.to_owned()
+        };
+        Err(LoadErrorKind::BadName(named))
     }
 }
 
