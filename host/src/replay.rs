@@ -406,6 +406,14 @@ impl Replay {
             reason,
         };
         if let Some(name) = &self.only {
+            // A name, not a path: `../elsewhere/x` would load a plugin from
+            // outside the directory asked for.
+            if !crate::plugin::valid_plugin_name(name) {
+                return Err(err(
+                    &self.plugins,
+                    format!("`{name}` is not a plugin name (the file name in the directory, without `.wasm`)"),
+                ));
+            }
             let file = self.plugins.join(format!("{name}.wasm"));
             if !file.is_file() {
                 return Err(err(&file, format!("no plugin named `{name}`")));

@@ -1706,4 +1706,19 @@ async fn a_replay_of_a_log_missing_a_segment_names_the_events_it_misses() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&said), "{said}: {stderr}");
+    // `--only` takes a name, not a path out of the directory.
+    let out = plugbus(&[
+        "replay",
+        "--plugins",
+        plugins.path().to_str().unwrap(),
+        "--log",
+        log.path().to_str().unwrap(),
+        "--only",
+        "../agent-runs",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("is not a plugin name"),
+        "{stderr}"
+    );
 }
