@@ -499,6 +499,11 @@ fn serve_accepts_events_over_http_reports_and_drains_on_sigterm() {
     assert!(body.contains("invalid event name"), "{body}");
     let (status, _) = http(&addr, "POST", "/events", &vec![b' '; 2 << 20]);
     assert_eq!(status, 413, "bodies are bounded");
+    // The host's own announcements cannot be posted (a fake
+    // `plugbus.plugin.quarantined` would set off webhook-alert).
+    let (status, body) = http(&addr, "POST", "/events", br#"{"name":"plugbus.plugin.quarantined"}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("the host's own announcements"), "{body}");
     // A compressed body is refused naming its encoding (before: "not UTF-8"
     // for gzip, and `br` went unnoticed).
     for encoding in ["gzip", "br"] {

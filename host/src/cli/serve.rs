@@ -530,6 +530,21 @@ async fn post_events(
         Ok(events) => events,
         Err(reason) => return bad_request(reason),
     };
+    // The host's own announcements (a plugin loaded or quarantined, the
+    // log's overflow) are its alone: a client posting one would make an
+    // observer (webhook-alert on `plugbus.plugin.quarantined`) act on a
+    // fake. The request is refused whole.
+    if let Some((index, event)) = events
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.name().starts_with("plugbus."))
+    {
+        let reason = format!(
+            "event {index}: `{}`: names under `plugbus.` are the host's own announcements; an event from outside may not take one",
+            event.name()
+        );
+        return bad_request(reason);
+    }
     // Schemas: the request is refused whole, naming the event and the path.
     for (index, event) in events.iter().enumerate() {
         if let Err(e) = bus.check_schema(event) {
