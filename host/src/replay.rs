@@ -380,13 +380,6 @@ impl Replay {
         };
         let shutdown = bus.shutdown().await;
         let (events, follow_ups, missing) = result?;
-        // A stream's numbers have gaps of their own (other subjects,
-        // deleted messages): counted for a log only.
-        let missing = if matches!(batches, Batches::Log(_)) {
-            missing
-        } else {
-            Missing::default()
-        };
         Ok((
             ReplayReport {
                 events,
@@ -510,14 +503,16 @@ async fn feed(
     let mut order = Vec::new();
     let mut since_settle = 0u64;
     let mut missing = Missing::default();
+    // Gaps between the events of one correlation id are its others'; a
+    // stream's numbers have gaps of their own (other subjects, deleted
+    // messages): counted for a whole log only.
+    let count_gaps = correlation.is_none() && matches!(batches, Batches::Log(_));
     while let Some(batch) = batches.next().await {
         for event in batch? {
             if correlation.is_some_and(|c| event.correlation_id() != Some(c)) {
                 continue;
             }
-            if correlation.is_none()
-                && let Some(seq) = event.seq()
-            {
+            if count_gaps && let Some(seq) = event.seq() {
                 missing.saw(seq);
             }
             bus.shared.publish_replayed(&event);

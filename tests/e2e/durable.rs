@@ -1679,46 +1679,23 @@ async fn a_replay_of_a_log_missing_a_segment_names_the_events_it_misses() {
     assert_eq!(report.missing, high - low + 1);
     assert_eq!(report.missing_range, Some((low, high)));
 
-    let out = plugbus(&[
-        "replay",
-        "--plugins",
-        plugins.path().to_str().unwrap(),
-        "--log",
-        log.path().to_str().unwrap(),
-        "--emit",
-        "discard",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    // A `plugbus` command on this log: whether it succeeded, and its stderr.
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--plugins", plugins.path().to_str().unwrap()]);
+        all.extend(["--log", log.path().to_str().unwrap()]);
+        let out = plugbus(&all);
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
     let said = format!(
         "the log misses {} events numbered between {low} and {high}",
         high - low + 1
     );
-    assert!(stderr.contains(&said), "{said}: {stderr}");
-    let out = plugbus(&[
-        "query",
-        "agent-runs",
-        "{}",
-        "--plugins",
-        plugins.path().to_str().unwrap(),
-        "--log",
-        log.path().to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, stderr) = cli(&["replay", "--emit", "discard"]);
+    assert!(ok && stderr.contains(&said), "{said}: {stderr}");
+    let (_, stderr) = cli(&["query", "agent-runs", "{}"]);
     assert!(stderr.contains(&said), "{said}: {stderr}");
     // `--only` takes a name, not a path out of the directory.
-    let out = plugbus(&[
-        "replay",
-        "--plugins",
-        plugins.path().to_str().unwrap(),
-        "--log",
-        log.path().to_str().unwrap(),
-        "--only",
-        "../agent-runs",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("is not a plugin name"),
-        "{stderr}"
-    );
+    let (ok, stderr) = cli(&["replay", "--only", "../agent-runs"]);
+    assert!(!ok && stderr.contains("is not a plugin name"), "{stderr}");
 }

@@ -21,13 +21,7 @@ pub async fn query(
         .bus(cache.apply(plugbus::Bus::builder()))
         .query(request)
         .await?;
-    if let Some((low, high)) = report.missing_range {
-        eprintln!(
-            "plugbus: warning: the log misses {} events numbered between {low} and {high} (delivered live but not logged, \
-             named by plugbus.log.overflow events, or a segment file removed): what the replay rebuilt does not hold them",
-            report.missing
-        );
-    }
+    super::replay::warn_missing(&report);
     let failures: u64 = report.plugins.iter().map(|p| p.stats.failures.total()).sum();
     tracing::info!(
         plugin = name,

@@ -85,13 +85,7 @@ pub async fn replay(args: Args<'_>) -> anyhow::Result<ExitCode> {
         report.plugins.len(),
         report.follow_ups
     );
-    if let Some((low, high)) = report.missing_range {
-        eprintln!(
-            "plugbus: warning: the log misses {} events numbered between {low} and {high} (delivered live but not logged, \
-             named by plugbus.log.overflow events, or a segment file removed): what the replay rebuilt does not hold them",
-            report.missing
-        );
-    }
+    warn_missing(&report);
     if report.skipped > 0 {
         eprintln!(
             "plugbus: {} messages of the stream are not plugbus events; skipped",
@@ -117,4 +111,16 @@ pub async fn replay(args: Args<'_>) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Warns when the log missed events between those replayed
+/// ([`plugbus::ReplayReport::missing`]): what was rebuilt lacks them.
+pub(super) fn warn_missing(report: &plugbus::ReplayReport) {
+    if let Some((low, high)) = report.missing_range {
+        eprintln!(
+            "plugbus: warning: the log misses {} events numbered between {low} and {high} (delivered live but not logged, \
+             named by plugbus.log.overflow events, or a segment file removed): what the replay rebuilt does not hold them",
+            report.missing
+        );
+    }
 }

@@ -179,17 +179,16 @@ fn gated(
     stream: Resource<DynOutputStream>,
     position: Option<u64>,
 ) -> FsResult<Resource<DynOutputStream>> {
-    let (at, writable) = match (position, view.fs.table.get(fd)?) {
-        (Some(next), wasmtime_wasi::filesystem::Descriptor::File(f)) => (
-            Some(Position {
+    let (at, writable) = match view.fs.table.get(fd)? {
+        wasmtime_wasi::filesystem::Descriptor::File(f) => (
+            position.map(|next| Position {
                 file: f.file.clone(),
                 next,
                 apart: false,
             }),
             f.open_mode.contains(OpenMode::WRITE),
         ),
-        (None, wasmtime_wasi::filesystem::Descriptor::File(f)) => (None, f.open_mode.contains(OpenMode::WRITE)),
-        _ => (None, true),
+        wasmtime_wasi::filesystem::Descriptor::Dir(_) => (None, true),
     };
     let inner = view.fs.table.delete(stream)?;
     let wrapped: DynOutputStream = Box::new(GatedStream {
@@ -475,6 +474,7 @@ struct GatedStream {
 }
 
 /// A [`GatedStream`]'s discarded write that would have failed live.
+#[derive(Clone, Copy)]
 enum Failed {
     No,
     /// Not reported yet: the `errno` the system gives such a write.
@@ -526,7 +526,7 @@ impl GatedStream {
 
     /// Reports a discarded write's failure once, then that the stream is closed.
     fn settle_failed(&mut self) -> StreamResult<()> {
-        match std::mem::replace(&mut self.failed, Failed::No) {
+        match self.failed {
             Failed::No => Ok(()),
             Failed::Pending(errno) => {
                 self.failed = Failed::Closed;
@@ -534,10 +534,7 @@ impl GatedStream {
                     std::io::Error::from_raw_os_error(errno).into(),
                 ))
             }
-            Failed::Closed => {
-                self.failed = Failed::Closed;
-                Err(wasmtime_wasi::p2::StreamError::Closed)
-            }
+            Failed::Closed => Err(wasmtime_wasi::p2::StreamError::Closed),
         }
     }
 
@@ -649,6 +646,15 @@ impl PositionalStream {
             )),
         };
     }
+
+    /// Waits for the last write, so none is left running once the guest
+    /// dropped the stream (as wasmtime-wasi's own streams wait).
+    async fn settle_last(&mut self) {
+        if let Pending::Writing(rx) = &mut self.state {
+            let result = rx.await.ok();
+            self.settle(result);
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -702,17 +708,6 @@ impl OutputStream for PositionalStream {
                     Ok(0)
                 }
             },
-        }
-    }
-}
-
-impl PositionalStream {
-    /// Waits for the last write, so none is left running once the guest
-    /// dropped the stream (as wasmtime-wasi's own streams wait).
-    async fn settle_last(&mut self) {
-        if let Pending::Writing(rx) = &mut self.state {
-            let result = rx.await.ok();
-            self.settle(result);
         }
     }
 }
