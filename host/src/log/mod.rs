@@ -694,6 +694,56 @@ impl std::fmt::Debug for EventLog {
 /// and zero pages there, so valid frames after a zero page are dropped
 /// too), and damage before it, or a file shorter than it, is corruption.
 /// Without it, the shape decides (see [`segment`]).
+/// How damage found in a log's last segment is judged, alike by recovery
+/// at open (which truncates a torn tail) and by every reader (for which it
+/// is where the log ends): with a durable mark, damage at or past the
+/// synced length is a torn tail and damage before it is corruption,
+/// whatever its shape; without one (a log from before marks), by its shape
+/// alone (see [`segment`]).
+fn judge_tail(damage: Damage, synced: Option<u64>) -> Damage {
+    let Some(synced) = synced else {
+        return damage;
+    };
+    let (Damage::TornTail { offset, reason } | Damage::Corrupt { offset, reason }) = damage;
+    if offset < synced {
+        Damage::Corrupt {
+            offset,
+            reason: format!("{reason}, inside the {synced} bytes recorded as synced (acknowledged events)"),
+        }
+    } else {
+        Damage::TornTail {
+            offset,
+            reason: format!("{reason}, past the {synced} bytes recorded as synced"),
+        }
+    }
+}
+
+/// A last segment `len` bytes long, shorter than the length its durable
+/// mark vouches for, lost acknowledged events (files only grow: the writer
+/// records the mark after syncing that much).
+fn check_synced_len(path: &Path, len: u64, synced: Option<u64>) -> Result<(), LogError> {
+    match synced {
+        Some(synced) if len < synced => Err(LogError::Corrupt {
+            path: path.to_owned(),
+            offset: len,
+            reason: format!(
+                "the file ends at byte {len}, before the {synced} bytes recorded as synced: acknowledged events are missing"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The length the durable mark of the log in `dir` vouches for in its last
+/// segment (`segments`' last), as [`durable::Found::synced_len`] says.
+fn synced_len_of_last(dir: &Path, segments: &[(u64, PathBuf)]) -> Result<Option<u64>, LogError> {
+    let Some((first, _)) = segments.last() else {
+        return Ok(None);
+    };
+    let mark = durable::read(dir).map_err(io_err(&dir.join(durable::MARK_FILE)))?;
+    Ok(mark.synced_len(*first))
+}
+
 fn recover(path: &Path, first: u64, synced: Option<u64>) -> Result<(u64, CorrelationIndex), LogError> {
     let mut index = CorrelationIndex::default();
     // A sidecar of the active segment would go stale as it grows.
@@ -704,16 +754,7 @@ fn recover(path: &Path, first: u64, synced: Option<u64>) -> Result<(u64, Correla
         reason,
     };
     let len = std::fs::metadata(path).map_err(io_err(path))?.len();
-    if let Some(synced) = synced
-        && len < synced
-    {
-        return Err(corrupt(
-            len,
-            format!(
-                "the file ends at byte {len}, before the {synced} bytes recorded as synced: acknowledged events are missing"
-            ),
-        ));
-    }
+    check_synced_len(path, len, synced)?;
     let mut last = first.saturating_sub(1);
     let damage = match SegmentReader::open(path, first).map_err(io_err(path))? {
         Err(d) => Some(d),
@@ -732,19 +773,10 @@ fn recover(path: &Path, first: u64, synced: Option<u64>) -> Result<(u64, Correla
             }
         },
     };
-    let (offset, reason) = match (damage, synced) {
-        (None, _) => return Ok((last, index)),
-        (Some(Damage::Corrupt { offset, reason }), None) => return Err(corrupt(offset, reason)),
-        (Some(Damage::TornTail { offset, reason }), None) => (offset, reason),
-        (Some(Damage::TornTail { offset, reason } | Damage::Corrupt { offset, reason }), Some(synced)) => {
-            if offset < synced {
-                return Err(corrupt(
-                    offset,
-                    format!("{reason}, inside the {synced} bytes recorded as synced (acknowledged events)"),
-                ));
-            }
-            (offset, format!("{reason}, past the {synced} bytes recorded as synced"))
-        }
+    let (offset, reason) = match damage.map(|d| judge_tail(d, synced)) {
+        None => return Ok((last, index)),
+        Some(Damage::Corrupt { offset, reason }) => return Err(corrupt(offset, reason)),
+        Some(Damage::TornTail { offset, reason }) => (offset, reason),
     };
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -793,6 +825,7 @@ pub fn first_retained_seq(dir: impl AsRef<Path>) -> Result<Option<u64>, LogError
 pub fn last_seq(dir: impl AsRef<Path>) -> Result<Option<u64>, LogError> {
     let dir = dir.as_ref();
     let segments = list_segments(dir).map_err(io_err(dir))?;
+    let synced = synced_len_of_last(dir, &segments)?;
     for (i, (first, path)) in segments.iter().enumerate().rev() {
         let is_last = i + 1 == segments.len();
         let corrupt = |offset, reason| LogError::Corrupt {
@@ -800,25 +833,30 @@ pub fn last_seq(dir: impl AsRef<Path>) -> Result<Option<u64>, LogError> {
             offset,
             reason,
         };
+        // Damage in the last segment is judged as recovery judges it.
+        let judge = |damage| if is_last { judge_tail(damage, synced) } else { damage };
         let mut reader = match SegmentReader::open(path, *first) {
             Ok(Ok(r)) => r,
-            Ok(Err(Damage::TornTail { .. })) if is_last => continue,
-            Ok(Err(Damage::TornTail { offset, reason } | Damage::Corrupt { offset, reason })) => {
-                return Err(corrupt(offset, reason));
-            }
+            Ok(Err(damage)) => match judge(damage) {
+                Damage::TornTail { .. } => continue,
+                Damage::Corrupt { offset, reason } => return Err(corrupt(offset, reason)),
+            },
             // Removed by retention since the listing: older ones are gone too.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(path)(e)),
         };
+        if is_last {
+            check_synced_len(path, reader.file_len(), synced)?;
+        }
         let mut found = None;
         loop {
             match reader.next_frame(0).map_err(io_err(path))? {
                 Ok(Some(frame)) => found = Some(frame.seq),
                 Ok(None) => break,
-                Err(Damage::TornTail { .. }) if is_last => break,
-                Err(Damage::TornTail { offset, reason } | Damage::Corrupt { offset, reason }) => {
-                    return Err(corrupt(offset, reason));
-                }
+                Err(damage) => match judge(damage) {
+                    Damage::TornTail { .. } => break,
+                    Damage::Corrupt { offset, reason } => return Err(corrupt(offset, reason)),
+                },
             }
         }
         if found.is_some() {
@@ -854,6 +892,9 @@ pub struct LogReader {
     wanted: Option<std::collections::VecDeque<u64>>,
     /// Where an earlier reader stopped: used when its segment is opened.
     resume: Option<LogPosition>,
+    /// What the durable mark vouches for in the last segment listed:
+    /// damage in it is judged as recovery judges it ([`judge_tail`]).
+    synced: Option<u64>,
 }
 
 /// Where a [`LogReader`] stopped: the segment it was reading and the byte
@@ -883,7 +924,9 @@ impl LogReader {
         let segments = list_segments(dir).map_err(io_err(dir))?;
         // Start at the last segment whose first seq is <= from.
         let next = segments.iter().rposition(|(first, _)| *first <= from).unwrap_or(0);
+        let synced = synced_len_of_last(dir, &segments)?;
         Ok(LogReader {
+            synced,
             segments,
             next,
             current: None,
@@ -955,14 +998,19 @@ impl LogReader {
                 }
                 let mut reader = match SegmentReader::open(&path, first) {
                     Ok(Ok(r)) => r,
-                    Ok(Err(Damage::TornTail { .. })) if last => return Ok(None),
-                    Ok(Err(Damage::TornTail { offset, reason } | Damage::Corrupt { offset, reason })) => {
-                        return Err(LogError::Corrupt { path, offset, reason });
-                    }
+                    Ok(Err(damage)) => match self.judge(damage, last) {
+                        Damage::TornTail { .. } => return Ok(None),
+                        Damage::Corrupt { offset, reason } => {
+                            return Err(LogError::Corrupt { path, offset, reason });
+                        }
+                    },
                     // A segment removed by retention while we read: skip it.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(io_err(&path)(e)),
                 };
+                if last {
+                    check_synced_len(&path, reader.file_len(), self.synced)?;
+                }
                 if let Some(at) = self.resume.take().filter(|p| p.segment == first) {
                     reader.resume_at(at.offset, at.next_seq).map_err(io_err(&path))?;
                 }
@@ -993,14 +1041,25 @@ impl LogReader {
                     return Ok(Some(frame));
                 }
                 Ok(None) => self.current = None,
-                Err(Damage::TornTail { .. }) if *last => return Ok(None),
-                Err(Damage::TornTail { offset, reason } | Damage::Corrupt { offset, reason }) => {
-                    return Err(LogError::Corrupt {
-                        path: path.clone(),
-                        offset,
-                        reason,
-                    });
+                Err(damage) => {
+                    let last = *last;
+                    let path = path.clone();
+                    return match self.judge(damage, last) {
+                        Damage::TornTail { .. } => Ok(None),
+                        Damage::Corrupt { offset, reason } => Err(LogError::Corrupt { path, offset, reason }),
+                    };
                 }
+            }
+        }
+    }
+
+    /// Damage in the last segment is where the log ends if recovery would
+    /// judge it a torn tail; anywhere else it is corruption.
+    fn judge(&self, damage: Damage, last: bool) -> Damage {
+        match damage {
+            damage if last => judge_tail(damage, self.synced),
+            Damage::TornTail { offset, reason } | Damage::Corrupt { offset, reason } => {
+                Damage::Corrupt { offset, reason }
             }
         }
     }
@@ -1623,6 +1682,9 @@ mod tests {
         assert!(bytes.len() as u64 > zero_at + 8192);
         bytes[zero_at as usize..zero_at as usize + 4096].fill(0);
         std::fs::write(&seg, &bytes).unwrap();
+        // Readers of the log before it is reopened end where recovery will
+        // cut it.
+        let read_before = read_seqs(dir.path());
         // It opens: the zeros and everything after them are a torn tail.
         let log = EventLog::open(dir.path(), options()).unwrap();
         let last = log.last_seq();
@@ -1631,6 +1693,20 @@ mod tests {
         log.close();
         drop(log);
         assert_eq!(read_seqs(dir.path()), (1..=last).collect::<Vec<_>>());
+        assert_eq!(read_before, (1..=last).collect::<Vec<_>>());
+        let synced = std::fs::metadata(&seg).unwrap().len();
+
+        // Past the synced length, a damaged frame followed by good ones
+        // (by shape alone, corruption) is a torn tail too, for readers as
+        // for recovery: the log ends before it.
+        append_unsynced(&seg, last + 1..=last + 3, 100);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[synced as usize + 20] ^= 0x01;
+        std::fs::write(&seg, &bytes).unwrap();
+        assert_eq!(read_seqs(dir.path()), (1..=last).collect::<Vec<_>>());
+        assert_eq!(super::last_seq(dir.path()).unwrap(), Some(last));
+        assert_eq!(LogStats::read(dir.path()).unwrap().last_seq, Some(last));
+        std::fs::write(&seg, &bytes[..synced as usize]).unwrap();
 
         // A flipped bit in the last frame, which was synced: corruption,
         // named, not a torn tail to drop.
@@ -1651,12 +1727,36 @@ mod tests {
             }
             other => panic!("expected corruption of the last frame, got {other:?}"),
         }
+        // Readers say so too, instead of ending one event early.
+        assert_readers_refuse(dir.path(), &seg, "inside the");
         bytes[at] ^= 0x01;
         // A file shorter than what was synced: acknowledged events are gone.
-        std::fs::write(&seg, &bytes[..bytes.len() - 100]).unwrap();
+        // Cut at a frame boundary, so only the mark tells.
+        std::fs::write(&seg, &bytes[..last_frame as usize]).unwrap();
         let err = EventLog::open(dir.path(), options()).unwrap_err();
         assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("recorded as synced"), "{err}");
+        assert_readers_refuse(dir.path(), &seg, "recorded as synced");
+    }
+
+    /// Every reader of the log in `dir` (records, its end, its stats)
+    /// refuses it as corrupt, naming `seg` and `why`.
+    fn assert_readers_refuse(dir: &Path, seg: &Path, why: &str) {
+        let read: Result<Vec<Record>, LogError> = LogReader::open(dir, 0).unwrap().collect();
+        let errors = [
+            read.map(|_| ()).unwrap_err(),
+            super::last_seq(dir).map(|_| ()).unwrap_err(),
+            LogStats::read(dir).map(|_| ()).unwrap_err(),
+        ];
+        for err in errors {
+            match &err {
+                LogError::Corrupt { path, reason, .. } => {
+                    assert_eq!(path, seg);
+                    assert!(reason.contains(why), "{reason}");
+                }
+                other => panic!("expected corruption, got {other:?}"),
+            }
+        }
     }
 
     /// One round of the power-loss model: acknowledged appends under

@@ -382,6 +382,11 @@ impl SegmentReader {
         }))
     }
 
+    /// The file's length when it was opened: how far this reader reads.
+    pub fn file_len(&self) -> u64 {
+        self.len
+    }
+
     /// Moves to `offset`, a frame boundary this file had when an earlier
     /// reader of it stopped there ([`SegmentReader::position`]), whose next
     /// frame carries `expect` or more. Segments are only appended to, so the
