@@ -814,6 +814,36 @@ fn a_request_never_finished_is_cut_off_after_the_client_timeout() {
         "{text}"
     );
 
+    // A byte every 300 ms arrives well inside the wait for each part, but
+    // at ~3 bytes/s: cut off at 500 ms plus a second per 500 bytes, not
+    // after the 100 bytes' 30 s.
+    let mut trickle = connect();
+    write!(
+        trickle,
+        "POST /events HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    .unwrap();
+    let mut cut = false;
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // Readable means the server has answered (or closed): stop writing,
+        // or a byte arriving after its close resets the connection and the
+        // answer with it. (The cut comes ~0.5 s after the head, ~0.1 s
+        // before the second byte would be written.)
+        trickle.set_nonblocking(true).unwrap();
+        let mut peek = [0u8; 1];
+        let answered = !matches!(trickle.peek(&mut peek), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        trickle.set_nonblocking(false).unwrap();
+        if answered || trickle.write_all(b" ").is_err() {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "a body trickled at ~3 bytes/s was read for 30 s");
+    let text = answer(&mut trickle);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("slower than 500 bytes/s"), "{text}");
+
     let mut huge = connect();
     write!(
         huge,
