@@ -222,12 +222,26 @@ pub fn from_batch(body: &[u8]) -> Result<Vec<Event>, CloudEventError> {
 }
 
 /// A binary-mode request: the attributes in `ce-*` headers (names compared
-/// without case), the content type in `content_type`, the data in `body`.
+/// without case; values percent-decoded, then read as UTF-8, as the HTTP
+/// binding says), the content type in `content_type`, the data in `body`.
+///
+/// ```
+/// let headers = [
+///     ("ce-specversion", &b"1.0"[..]),
+///     ("ce-id", b"a-1"),
+///     ("ce-source", b"/agents/caf%C3%A9"),
+///     ("ce-type", b"tool.called"),
+/// ];
+/// let event = plugbus::cloudevents::from_binary(headers, Some("application/json"), b"{}")?;
+/// assert_eq!(event.source(), "/agents/café");
+/// # Ok::<(), plugbus::cloudevents::CloudEventError>(())
+/// ```
 ///
 /// # Errors
-/// A [`CloudEventError`] naming the attribute (or `data`) at fault.
+/// A [`CloudEventError`] naming the attribute (or `data`) at fault: a
+/// value that is not UTF-8 once decoded included.
 pub fn from_binary<'h>(
-    headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+    headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<Event, CloudEventError> {
@@ -236,7 +250,10 @@ pub fn from_binary<'h>(
         let lower = name.to_ascii_lowercase();
         if let Some(attribute) = lower.strip_prefix("ce-") {
             check_name(attribute)?;
-            attributes.insert(attribute.to_owned(), Value::String(value.to_owned()));
+            let text = percent_encoding::percent_decode(value)
+                .decode_utf8()
+                .map_err(|e| bad(attribute, format!("not UTF-8 text once percent-decoded: {e}")))?;
+            attributes.insert(attribute.to_owned(), Value::String(text.into_owned()));
         }
     }
     if attributes.contains_key("data_base64") {
@@ -390,13 +407,13 @@ mod tests {
 
     #[test]
     fn binary_mode_reads_headers_and_body() {
-        let headers = [
-            ("ce-specversion", "1.0"),
-            ("CE-ID", "b-1"),
-            ("ce-source", "/x"),
-            ("ce-type", "model_responded"),
-            ("ce-correlationid", "run-1"),
-            ("host", "ignored"),
+        let headers: [(&str, &[u8]); 6] = [
+            ("ce-specversion", b"1.0"),
+            ("CE-ID", b"b-1"),
+            ("ce-source", b"/x"),
+            ("ce-type", b"model_responded"),
+            ("ce-correlationid", b"run%2D1"),
+            ("host", b"ignored"),
         ];
         let e = from_binary(headers, Some("application/json"), br#"{"usage": {}}"#).unwrap();
         assert_eq!(
@@ -408,6 +425,14 @@ mod tests {
         assert_eq!(err.attribute, "data");
         let e = from_binary(headers, Some("text/plain; charset=utf-8"), b"hi").unwrap();
         assert_eq!(e.payload(), &json!("hi"));
+        // A value that is not UTF-8 (raw, or once decoded) is named.
+        for bad_value in [&b"run-\xfe"[..], b"run-%FE"] {
+            let mut headers = headers;
+            headers[4].1 = bad_value;
+            let err = from_binary(headers, Some("application/json"), b"{}").unwrap_err();
+            assert_eq!(err.attribute, "correlationid", "{err}");
+            assert!(err.reason.contains("not UTF-8"), "{err}");
+        }
     }
 
     #[test]

@@ -48,7 +48,8 @@ fn cloudevents_in_every_http_mode_become_plugbus_events() {
         &[
             ("ce-specversion", "1.0"),
             ("ce-id", "bin-1"),
-            ("ce-source", "/bin"),
+            // Percent-encoded, as the HTTP binding says header values are.
+            ("ce-source", "/b%69n"),
             ("ce-type", "agent.completed"),
             ("ce-correlationid", "run-1"),
             ("Content-Type", "application/json"),
@@ -94,6 +95,29 @@ fn cloudevents_in_every_http_mode_become_plugbus_events() {
             "{oops".to_owned(),
             "`data`",
         ),
+        (
+            // The binary mode's other attributes without its version.
+            vec![
+                ("ce-id", "x"),
+                ("ce-source", "/s"),
+                ("ce-type", "t"),
+                ("Content-Type", "application/json"),
+            ],
+            "{}".to_owned(),
+            "`specversion`: required",
+        ),
+        (
+            vec![
+                ("ce-specversion", "1.0"),
+                ("ce-id", "x"),
+                ("ce-source", "/s"),
+                ("ce-type", "t"),
+                ("ce-correlationid", "run-%FE"),
+                ("Content-Type", "application/json"),
+            ],
+            "{}".to_owned(),
+            "`correlationid`: not UTF-8",
+        ),
     ] {
         let (status, answer) = support::http_with(&addr, "POST", "/events", &headers, body.as_bytes());
         assert_eq!(status, 400, "{answer}");
@@ -112,4 +136,5 @@ fn cloudevents_in_every_http_mode_become_plugbus_events() {
     assert_eq!(s.payload, json!({"tool": "search"}));
     assert_eq!(records[2].payload, json!("hi"));
     assert_eq!(records[3].payload, json!({"steps": 4}));
+    assert_eq!(records[3].source, "/bin");
 }

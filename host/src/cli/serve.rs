@@ -473,11 +473,14 @@ fn events_of(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<Vec<plugbus
             .map(|e| vec![e])
             .map_err(|e| e.to_string());
     }
-    if headers.contains_key("ce-specversion") {
-        let ce_headers: Vec<(&str, &str)> = headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
-            .collect();
+    // Binary mode: `ce-specversion` says so; the other required attributes
+    // without it are a CloudEvent missing its version, refused as one
+    // (rather than read as plugbus JSON and refused for a missing `name`).
+    if ["ce-specversion", "ce-type", "ce-id", "ce-source"]
+        .iter()
+        .any(|h| headers.contains_key(*h))
+    {
+        let ce_headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
         return cloudevents::from_binary(ce_headers, content_type, body)
             .map(|e| vec![e])
             .map_err(|e| e.to_string());
