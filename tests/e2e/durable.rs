@@ -135,6 +135,21 @@ fn log_commands_name_a_missing_directory_and_a_corrupt_file() {
     let out = plugbus(&["log", "stats", "--log", "/no/such/log"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/log"));
+    // A directory of other files is not read as a log with no events; an
+    // empty one is an empty log.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("notes.txt"), "not a log").unwrap();
+    for args in [&["log", "stats"][..], &["log", "show"][..], &["dlq", "list"][..]] {
+        let mut full = args.to_vec();
+        full.extend(["--log", other.path().to_str().unwrap()]);
+        let out = plugbus(&full);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("not an event log"), "{args:?}: {stderr}");
+    }
+    let empty = tempfile::tempdir().unwrap();
+    let out = plugbus(&["log", "stats", "--log", empty.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let log = tempfile::tempdir().unwrap();
     let out = Command::new(plugbus_bin())

@@ -67,10 +67,29 @@ pub async fn log(command: LogCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Fails naming `dir` when it is not a directory (a log given by mistake).
+/// Fails naming `dir` when it is not a directory, or is a directory that
+/// holds files but no event log (no segment, no `LOCK`: a path given by
+/// mistake, which would otherwise read as a log with no events). An empty
+/// directory is an empty log.
 pub(super) fn check_dir(dir: &Path) -> anyhow::Result<()> {
     if !dir.is_dir() {
         anyhow::bail!("event log {}: no such directory", dir.display());
+    }
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("event log {}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name())
+        .collect::<Vec<_>>();
+    let is_log = entries.iter().any(|name| {
+        let name = Path::new(name);
+        name == Path::new("LOCK") || name.extension().is_some_and(|ext| ext == "seg")
+    });
+    if !entries.is_empty() && !is_log {
+        anyhow::bail!(
+            "event log {}: not an event log (its {} entries hold no segment file `*.seg` and no LOCK); give the directory `--log` wrote",
+            dir.display(),
+            entries.len()
+        );
     }
     Ok(())
 }
