@@ -588,6 +588,16 @@ impl Manifest {
                     d.guest
                 ));
             }
+            // Two grants at one guest path: the guest would see only one of
+            // them (which, the preopen order decides), the other silently
+            // unused.
+            let same = |guest: &str| guest.trim_end_matches('/') == d.guest.trim_end_matches('/');
+            if let Some(j) = dirs.iter().position(|g: &DirGrant| same(&g.guest)) {
+                return Err(format!(
+                    "dirs[{i}].guest: `{}` is granted twice (also dirs[{j}]); give each grant its own guest path",
+                    d.guest
+                ));
+            }
             let host = base.join(&d.host);
             // Nothing is created here: the manifest may yet be refused (by
             // the signature check or the policy). A writable grant that does
@@ -702,7 +712,15 @@ impl Manifest {
         let mib = |b: usize| (b as u64) >> 20;
         let count = |n: usize| n as u64;
         let kib = |b: usize| (b as u64) >> 10;
-        let asked: [(&'static str, Option<u64>, u64); 14] = [
+        // More failures before quarantine is more host time spent on a
+        // failing plugin; 0 (never quarantined) is more than any number.
+        let tolerated = |n: u32| if n == 0 { u64::MAX } else { u64::from(n) };
+        let asked: [(&'static str, Option<u64>, u64); 15] = [
+            (
+                "quarantine_after",
+                o.quarantine_after.map(tolerated),
+                tolerated(base.quarantine_after),
+            ),
             ("fuel", o.fuel, base.fuel),
             ("deadline_ms", o.deadline.map(ms), ms(base.deadline)),
             ("memory_mib", o.memory_bytes.map(mib), mib(base.memory_bytes)),
@@ -870,6 +888,13 @@ writable = true
         assert!(e.contains("dirs[0].host"), "{e}");
         let e = load("[[dirs]]\nhost = \".\"\nguest = \"x\"\n").unwrap_err().to_string();
         assert!(e.contains("dirs[0].guest"), "{e}");
+        let e = load("[[dirs]]\nhost = \".\"\nguest = \"/x\"\n[[dirs]]\nhost = \".\"\nguest = \"/x/\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("dirs[1].guest") && e.contains("granted twice (also dirs[0])"),
+            "{e}"
+        );
         let e = load("this is not toml").unwrap_err().to_string();
         assert!(e.contains("p.toml"), "{e}");
     }

@@ -51,7 +51,9 @@
 //! - `limits`: the highest value of each `[limits]` field (same names and
 //!   units as the manifest) a manifest may raise it to; a limit not listed
 //!   may not be raised above the bus default. Lowering a limit is always
-//!   allowed.
+//!   allowed. `quarantine_after` (failures in a row before quarantine) is
+//!   one: `0` (never quarantined) is above any number, in a manifest and
+//!   in a cap alike.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -161,13 +163,10 @@ impl Policy {
             path: path.to_owned(),
             reason,
         };
-        let len = std::fs::metadata(path)
-            .map_err(|e| err(format!("cannot read: {e}")))?
-            .len();
-        if len > MAX_POLICY_BYTES {
-            return Err(err(format!("{len} bytes is more than a policy has")));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        // A regular file only, and bounded: a FIFO would wait forever and
+        // `/dev/zero` would fill memory.
+        let bytes = crate::files::read_regular(path, MAX_POLICY_BYTES).map_err(|e| err(format!("cannot read: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|e| err(format!("not UTF-8 text: {e}")))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Policy::parse(path, base, &text)
     }
@@ -226,10 +225,18 @@ impl Policy {
             plugins.insert(name, rule);
         }
         let mut keys = BTreeMap::new();
+        let mut spelt = BTreeMap::new();
         for (id, rule) in raw.key {
             let label = format!("[key.{id}]");
             let number = crate::signature::parse_key_id(&id)
                 .ok_or_else(|| err(format!("{label}: `{id}` is not a key id (hex, as minisign prints it)")))?;
+            if let Some(other) = spelt.insert(number, id.clone()) {
+                // One key written two ways (case, leading zeros): which rule
+                // won would depend on the spellings' order, not the file's.
+                return Err(err(format!(
+                    "{label}: the same key as [key.{other}]; write each key's rule once"
+                )));
+            }
             keys.insert(number, resolve(&label, rule)?);
         }
         Ok(Policy {
@@ -408,16 +415,33 @@ impl Policy {
             }
         }
         for (limit, asked, default) in manifest.raised_limits(base) {
-            match rule.limits.get(limit) {
-                Some(cap) if asked <= *cap => {}
+            // `quarantine_after = 0` is "never", in a cap as in a manifest.
+            let never = |v: u64| limit == "quarantine_after" && (v == 0 || v == u64::MAX);
+            let shown = |v: u64| {
+                if never(v) {
+                    "0 (never)".to_owned()
+                } else {
+                    v.to_string()
+                }
+            };
+            match rule
+                .limits
+                .get(limit)
+                .map(|cap| if never(*cap) { u64::MAX } else { *cap })
+            {
+                Some(cap) if asked <= cap => {}
                 Some(cap) => {
                     return Err(refuse(format!(
-                        "[limits] {limit} = {asked} is above the rule's cap of {cap}"
+                        "[limits] {limit} = {} is above the rule's cap of {}",
+                        shown(asked),
+                        shown(cap)
                     )));
                 }
                 None => {
                     return Err(refuse(format!(
-                        "[limits] {limit} = {asked} raises the bus default of {default}, which the rule does not allow"
+                        "[limits] {limit} = {} raises the bus default of {}, which the rule does not allow",
+                        shown(asked),
+                        shown(default)
                     )));
                 }
             }
@@ -429,6 +453,7 @@ impl Policy {
 /// The `[limits]` fields a policy caps: those where a higher value gives a
 /// plugin more (time, memory, output, buffered history).
 pub(crate) const RAISABLE: &[&str] = &[
+    "quarantine_after",
     "fuel",
     "deadline_ms",
     "memory_mib",
@@ -495,6 +520,37 @@ mod tests {
         assert!(err.to_string().contains("dir"), "{err}");
         let err = Policy::parse(Path::new("p.toml"), Path::new("."), "not toml [").unwrap_err();
         assert!(err.to_string().contains("p.toml"), "{err}");
+        // A FIFO or a device where the policy should be: refused, never
+        // waited on or read without end.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("policy.toml");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        for path in [fifo, PathBuf::from("/dev/zero")] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let read = path.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(Policy::read(&read).map(|_| ()).map_err(|e| e.to_string()));
+            });
+            let err = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("reading the policy blocked")
+                .unwrap_err();
+            assert!(err.contains("not a regular file"), "{}: {err}", path.display());
+        }
+        // One key spelt two ways is one rule written twice.
+        let err = Policy::parse(
+            Path::new("p.toml"),
+            Path::new("."),
+            "[key.fc6b4a8f353961ba]\nreplay = true\n[key.FC6B4A8F353961BA]\nreplay = false\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("the same key as"), "{err}");
     }
 
     /// A plugin could send a secret's value out through a granted origin:
@@ -592,5 +648,34 @@ mod tests {
             let e = ok(name, http).unwrap_err().to_string();
             assert!(e.contains(says), "{http}: {e}");
         }
+    }
+
+    /// Switching quarantine off (or tolerating more failures) spends more
+    /// of the host on a failing plugin: a raise like any other.
+    #[test]
+    fn quarantine_after_is_capped_and_zero_is_never() {
+        let policy = Policy::parse(
+            Path::new("p.toml"),
+            Path::new("."),
+            "[default]\n[plugin.lenient]\nlimits = { quarantine_after = 20 }\n[plugin.never]\nlimits = { quarantine_after = 0 }\n",
+        )
+        .unwrap();
+        let base = Limits::default();
+        let check = |name: &str, n: u32| {
+            let manifest =
+                Manifest::parse(Path::new("m.toml"), &format!("[limits]\nquarantine_after = {n}\n")).unwrap();
+            policy.check(name, None, &manifest, &base).map_err(|e| e.to_string())
+        };
+        assert!(check("strict", 3).is_ok(), "lowering is allowed");
+        let e = check("strict", 0).unwrap_err();
+        assert!(
+            e.contains("quarantine_after = 0 (never) raises the bus default of 5"),
+            "{e}"
+        );
+        assert!(check("strict", 6).unwrap_err().contains("raises the bus default"));
+        assert!(check("lenient", 20).is_ok());
+        let e = check("lenient", 0).unwrap_err();
+        assert!(e.contains("above the rule's cap of 20"), "{e}");
+        assert!(check("never", 0).is_ok());
     }
 }

@@ -163,9 +163,22 @@ impl TrustedKeys {
                 .map_err(io)?
                 .filter_map(Result::ok)
                 .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "pub") && p.is_file())
+                // Every `*.pub` entry: one that cannot be read as a key (a
+                // FIFO, a directory, a dangling link) stops the start naming
+                // itself, as a garbage key file does, instead of leaving its
+                // key out without a word.
+                .filter(|p| p.extension().is_some_and(|x| x == "pub"))
                 .collect();
             files.sort();
+            if files.len() > MAX_TRUSTED_KEYS {
+                return Err(SignatureError::BadKey {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "{} key files, more than the {MAX_TRUSTED_KEYS} a trusted-keys directory may hold",
+                        files.len()
+                    ),
+                });
+            }
             files
         } else {
             std::fs::metadata(path).map_err(io)?;
@@ -175,7 +188,7 @@ impl TrustedKeys {
             return Err(SignatureError::NoKeys(path.to_owned()));
         }
         let mut keys = TrustedKeys::default();
-        for file in files.into_iter().take(MAX_TRUSTED_KEYS) {
+        for file in files {
             let text = read_small(&file)?;
             keys.add(&file, &text)?;
         }
@@ -495,5 +508,32 @@ mod tests {
             .expect("reading a FIFO signature blocked");
         let err = result.unwrap_err();
         assert!(err.contains("p.wasm.minisig") && err.contains("FIFO"), "{err}");
+    }
+
+    /// A `*.pub` entry of a trusted-keys directory that is no key file (a
+    /// FIFO, a dangling link) is refused naming it, never skipped (its key
+    /// would be missing without a word) and never waited on.
+    #[test]
+    fn every_pub_entry_of_a_trusted_keys_directory_must_be_a_key_file() {
+        for make in ["fifo", "dangling"] {
+            let dir = tempfile::tempdir().unwrap();
+            let entry = dir.path().join("odd.pub");
+            if make == "fifo" {
+                let made = std::process::Command::new("mkfifo").arg(&entry).status().unwrap();
+                assert!(made.success());
+            } else {
+                std::os::unix::fs::symlink(dir.path().join("gone"), &entry).unwrap();
+            }
+            let path = dir.path().to_owned();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(TrustedKeys::read(&path).map(|_| ()).map_err(|e| e.to_string()));
+            });
+            let result = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("reading the keys blocked");
+            let err = result.unwrap_err();
+            assert!(err.contains("odd.pub"), "{make}: {err}");
+        }
     }
 }

@@ -7,7 +7,8 @@
 //! own limit ([`MAX_NAME_LEN`](crate::pattern::MAX_NAME_LEN)) and emitted
 //! payloads theirs (1 MiB). A truncated text says how much was cut.
 //!
-//! Also [`hex`]: bytes as lowercase hex, the one rendering of digests and
+//! Also [`printable`]: control characters escaped for printing; and
+//! [`hex`]: bytes as lowercase hex, the one rendering of digests and
 //! ids the host writes (cache keys, journal and dead-letter keys, OCI
 //! digests, OTLP ids).
 
@@ -39,6 +40,30 @@ pub(crate) fn cap(s: String) -> String {
         return s;
     }
     truncate(&s, MAX_GUEST_TEXT).into_owned()
+}
+
+/// `s` with its control characters escaped (`\n`, `\u{1b}`), for text
+/// from a file name or a peer that the host prints on a terminal or writes
+/// to a line-oriented log: a name holding a newline or an escape sequence
+/// must not forge a line or recolour the terminal.
+///
+/// ```
+/// assert_eq!(plugbus::text::printable("a\nb\u{1b}[31m"), "a\\nb\\u{1b}[31m");
+/// assert_eq!(plugbus::text::printable("Bob's plugins"), "Bob's plugins");
+/// ```
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 /// `bytes` as lowercase hex, two digits a byte.

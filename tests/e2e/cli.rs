@@ -114,6 +114,41 @@ fn run_with_a_missing_directory_fails_naming_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/dir"));
 }
 
+/// Plugin file names a user gets wrong or an attacker chooses: `host` (the
+/// source of the host's and the application's events) is reserved; a
+/// manifest beside no plugin of its name is warned about (its grants and
+/// limits would silently be missing); a name holding a newline or an
+/// escape sequence is printed escaped, so it forges no line of output.
+#[test]
+fn plugin_file_names_that_would_mislead_are_refused_or_warned_about() {
+    let dir = plugin_dir(&[]);
+    let logger = wasm("console-logger");
+    std::fs::copy(&logger, dir.path().join("host.wasm")).unwrap();
+    std::fs::copy(&logger, dir.path().join("my_plugin.wasm")).unwrap();
+    std::fs::write(dir.path().join("my-plugin.toml"), "[limits]\nfuel = 1000\n").unwrap();
+    std::fs::copy(&logger, dir.path().join("nl\nFORGED ERROR \u{1b}[31mred.wasm")).unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, "{\"name\":\"ping\"}\n").unwrap();
+    let out = plugbus(&[
+        "run",
+        "--plugins",
+        dir.path().to_str().unwrap(),
+        events.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stderr.contains("`host` is reserved"), "{stderr}");
+    assert!(
+        stderr.contains("my-plugin.toml") && stderr.contains("applies to nothing"),
+        "{stderr}"
+    );
+    for text in [&stderr, &stdout] {
+        assert!(text.contains("nl\\nFORGED ERROR \\u{1b}[31mred"), "{text}");
+        assert!(!text.contains('\u{1b}'), "a raw escape sequence: {text}");
+        assert!(!text.lines().any(|l| l.starts_with("FORGED")), "a forged line: {text}");
+    }
+}
+
 /// Every CLI error path names the thing at fault once, on one line, with
 /// no part of the message repeated (an error that both showed and chained
 /// its OS error used to print it twice).

@@ -62,6 +62,33 @@ async fn added_plugins_load_and_removed_ones_unload() {
     bus.shutdown().await;
 }
 
+/// An entry added at run time that is no plugin file (a directory, a
+/// dangling link) fails its load naming itself, as it does at start,
+/// instead of passing for a removal without a word; removing it clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_entry_that_is_no_plugin_file_is_a_load_failure() {
+    let dir = plugin_dir(&["console-logger"]);
+    let (bus, _meta) = watched(dir.path()).await;
+    let odd = dir.path().join("odd.wasm");
+    let dangling = dir.path().join("dangling.wasm");
+    std::fs::create_dir(&odd).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("gone.wasm"), &dangling).unwrap();
+    let mut failures = until("both listed as load failures", || {
+        let failures = bus.load_failures();
+        (failures.len() == 2).then_some(failures)
+    })
+    .await;
+    failures.sort_by(|a, b| a.path.cmp(&b.path));
+    assert_eq!(failures[0].path, dangling);
+    assert_eq!(failures[1].path, odd);
+    assert!(failures[1].reason.contains("a directory"), "{}", failures[1].reason);
+    std::fs::remove_dir(&odd).unwrap();
+    std::fs::remove_file(&dangling).unwrap();
+    until("the failures cleared", || bus.load_failures().is_empty().then_some(())).await;
+    assert!(plugin(&bus, "console-logger").is_some());
+    bus.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replacement_swaps_without_losing_or_repeating_an_event() {
     let dir = plugin_dir(&["misbehave"]);

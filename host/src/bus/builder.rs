@@ -602,7 +602,8 @@ async fn load_all(bus: &Bus, mut files: Vec<PathBuf>) {
             Ok((file, Ok(_))) => bus.shared.startup.loaded(&file, true),
             Ok((file, Err(e))) => {
                 bus.shared.startup.loaded(&file, false);
-                tracing::error!(file = %file.display(), error = %e.kind, "plugin not loaded");
+                let shown = file.display().to_string();
+                tracing::error!(file = %crate::text::printable(&shown), error = %e.kind, "plugin not loaded");
                 failures.push(LoadFailure {
                     path: file,
                     reason: e.kind.to_string(),
@@ -621,14 +622,32 @@ async fn load_all(bus: &Bus, mut files: Vec<PathBuf>) {
 /// that is not a plugin file (a directory, a FIFO, a dangling link) fails
 /// its load naming itself, in `load_failures`, instead of being skipped
 /// without a word.
+///
+/// A manifest (`NAME.toml`) with no `NAME.wasm` beside it is logged as a
+/// warning: a plugin's name is its file's, so a manifest beside a
+/// differently spelt file (`my-plugin.toml` by `my_plugin.wasm`) applies to
+/// nothing, and its grants, limits and secrets would silently be missing.
 pub(crate) fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
+    let mut manifests = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "wasm") {
-            files.push(path);
+        match path.extension() {
+            Some(e) if e == "wasm" => files.push(path),
+            Some(e) if e == "toml" => manifests.push(path),
+            _ => {}
         }
     }
     files.sort();
+    manifests.sort();
+    for manifest in manifests {
+        if !files.contains(&manifest.with_extension("wasm")) {
+            let shown = manifest.display().to_string();
+            tracing::warn!(
+                manifest = %crate::text::printable(&shown),
+                "a manifest with no plugin of its name beside it (a plugin's name is its .wasm file's): it applies to nothing"
+            );
+        }
+    }
     Ok(files)
 }

@@ -200,7 +200,11 @@ async fn apply(bus: &Bus, dir: &Path, name: &str, exact: bool, refused: &mut Has
     let wasm = dir.join(format!("{name}.wasm"));
     let manifest = dir.join(format!("{name}.toml"));
     let signature = crate::signature::signature_path(&wasm);
-    if !wasm.is_file() {
+    // Gone: unloaded. An entry that is there but is no plugin file (a
+    // directory, a dangling or looping link, a FIFO) goes on to fail its
+    // load naming itself, as it would at start, instead of passing for a
+    // removal without a word.
+    if std::fs::symlink_metadata(&wasm).is_err() {
         if bus.unload_plugin(name).await {
             meta(bus, "plugbus.plugin.unloaded", name, &wasm, None, None);
         }

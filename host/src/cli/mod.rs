@@ -573,7 +573,8 @@ async fn open_bus(
 /// Prints the plugin files the bus refused at start, with the reason.
 fn report_skipped(bus: &plugbus::Bus) {
     for f in bus.load_failures() {
-        eprintln!("plugbus: skipped {}: {}", f.path.display(), f.reason);
+        let path = f.path.display().to_string();
+        eprintln!("plugbus: skipped {}: {}", plugbus::text::printable(&path), f.reason);
     }
 }
 

@@ -178,8 +178,9 @@ pub async fn sync_before_start(
     registry: &RegistryArgs,
     trust: &super::TrustArgs,
 ) -> anyhow::Result<()> {
-    // A missing or wrong plugin directory is the bus's to report.
-    if !plugins.is_dir() {
+    // A missing, wrong or unreadable plugin directory is the bus's to
+    // report, naming the directory (not a lock file the user never made).
+    if !plugins.is_dir() || std::fs::read_dir(plugins).is_err() {
         return Ok(());
     }
     let Some(lock) = Lock::read(plugins)? else {

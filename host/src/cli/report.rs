@@ -82,7 +82,8 @@ impl Report {
             );
         }
         for l in &self.load_failures {
-            let _ = writeln!(out, "not loaded: {}: {}", l.path.display(), l.reason);
+            let path = l.path.display().to_string();
+            let _ = writeln!(out, "not loaded: {}: {}", plugbus::text::printable(&path), l.reason);
         }
         out
     }

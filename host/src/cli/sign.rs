@@ -189,6 +189,10 @@ fn write_new_or_replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        // Leave nothing half-done behind (the target may be a directory).
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("renaming into {}", path.display()));
+    }
     Ok(())
 }

@@ -162,10 +162,18 @@ impl Origin {
             })
         })?;
         let port = port.unwrap_or(scheme.default_port());
+        if port == 0 {
+            return Err(bad("port 0 is no port a server listens on"));
+        }
         let host = if let Some(ip) = parse_ip_host(host) {
             HostRule::Ip(ip)
         } else if let Some(parent) = host.strip_prefix("*.") {
             check_name(parent).map_err(|why| bad(&why))?;
+            if !parent.contains('.') {
+                return Err(bad(&format!(
+                    "`*.{parent}` would grant every name under a top-level domain; name a domain (`*.example.{parent}`)"
+                )));
+            }
             HostRule::Subdomains(parent.to_ascii_lowercase())
         } else {
             check_name(host).map_err(|why| bad(&why))?;
@@ -258,11 +266,23 @@ fn check_name(name: &str) -> Result<(), String> {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("`{name}` is not a host name (wildcards: only a leading `*.`)"))
+    if !ok {
+        return Err(format!("`{name}` is not a host name (wildcards: only a leading `*.`)"));
     }
+    // A name whose last label is a number (`2130706433`, `0x7f.1`,
+    // `256.1.1.1`) is no DNS name: URL parsers read it as an IPv4 address
+    // (or refuse it), so it could only ever stand for an address.
+    let last = name.rsplit('.').next().unwrap_or(name);
+    let hex = last
+        .strip_prefix("0x")
+        .or_else(|| last.strip_prefix("0X"))
+        .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if hex || last.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`{name}` ends in a number, so it is no host name: write an IP address in its usual form (`127.0.0.1`)"
+        ));
+    }
+    Ok(())
 }
 
 /// A plugin's validated `[http]` grant: no grant at all means every request
@@ -413,6 +433,11 @@ mod tests {
             "https://x.com:port",
             "https://user@x.com",
             "https://ex*ample.com",
+            "https://example.com:0",
+            "https://*.com",
+            "https://0x7f.1",
+            "https://2130706433",
+            "https://256.1.1.1",
         ] {
             assert!(Origin::parse(bad).is_err(), "{bad}");
         }

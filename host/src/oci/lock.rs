@@ -115,15 +115,15 @@ impl Lock {
             path: path.clone(),
             reason,
         };
-        match std::fs::metadata(&path) {
+        // A regular file only, and bounded: anyone who can write the plugin
+        // directory could put a FIFO (a wait forever) or a link to
+        // `/dev/zero` (memory filled) here.
+        let bytes = match crate::files::read_regular(&path, MAX_LOCK_BYTES) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(bad(e.to_string())),
-            Ok(m) if m.len() > MAX_LOCK_BYTES => {
-                return Err(bad(format!("{} bytes, above the cap of {MAX_LOCK_BYTES}", m.len())));
-            }
-            Ok(_) => {}
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+            Ok(bytes) => bytes,
+        };
+        let text = String::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8 text: {e}")))?;
         let lock: Lock = toml::from_str(&text).map_err(|e| bad(e.to_string().trim_end().to_owned()))?;
         let mut names = std::collections::BTreeSet::new();
         for entry in &lock.plugins {
@@ -255,5 +255,29 @@ mod tests {
             let e = Lock::read(dir.path()).unwrap_err().to_string();
             assert!(e.contains(expect) && e.contains("plugins.lock"), "{expect}: {e}");
         }
+        // Whoever can write the plugin directory could put a FIFO or a link
+        // to /dev/zero there: refused, never waited on or read without end.
+        std::fs::remove_file(Lock::path(dir.path())).unwrap();
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(Lock::path(dir.path()))
+                .status()
+                .unwrap()
+                .success()
+        );
+        let fifo_dir = dir.path().to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(Lock::read(&fifo_dir).map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO lock file blocked")
+            .unwrap_err();
+        assert!(e.contains("plugins.lock") && e.contains("FIFO"), "{e}");
+        std::fs::remove_file(Lock::path(dir.path())).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", Lock::path(dir.path())).unwrap();
+        let e = Lock::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("a device"), "{e}");
     }
 }

@@ -78,8 +78,14 @@ pub enum LoadErrorKind {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     /// The file name cannot be a plugin name.
-    #[error("`{0}` is not a valid plugin name (1 to 64 letters, digits, `-`, `_` and `.`, not starting with `.`)")]
+    #[error("`{}` is not a valid plugin name (1 to 64 letters, digits, `-`, `_` and `.`, not starting with `.`)", crate::text::printable(.0))]
     BadName(String),
+    /// The file name is a name the host keeps for itself.
+    #[error(
+        "`{0}` is reserved: it is the source of the events the host and the application publish, \
+         so a plugin of that name could pass its follow-ups off as theirs; rename the file"
+    )]
+    ReservedName(String),
     /// The plugin's own `subscriptions()` answer is invalid.
     #[error("invalid subscription: {0}")]
     Subscription(#[from] PatternError),
@@ -1015,6 +1021,9 @@ pub fn valid_plugin_name(name: &str) -> bool {
 
 fn plugin_name(path: &Path) -> Result<String, LoadErrorKind> {
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    if stem == crate::event::HOST_SOURCE {
+        return Err(LoadErrorKind::ReservedName(stem.to_owned()));
+    }
     if valid_plugin_name(stem) {
         Ok(stem.to_owned())
     } else {
