@@ -61,6 +61,19 @@ pub(crate) fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Runs `read` on a thread of its own and gives its result, failing the
+/// test if it has not finished within 10 s: for tests of reads that once
+/// blocked forever (a FIFO), which must fail, not hang the suite.
+#[cfg(test)]
+pub(crate) fn finishes<T: Send + 'static>(what: &str, read: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(read());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what} blocked"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -532,15 +532,11 @@ mod tests {
                 .success()
         );
         for path in [fifo, PathBuf::from("/dev/zero")] {
-            let (tx, rx) = std::sync::mpsc::channel();
             let read = path.clone();
-            std::thread::spawn(move || {
-                let _ = tx.send(Policy::read(&read).map(|_| ()).map_err(|e| e.to_string()));
-            });
-            let err = rx
-                .recv_timeout(std::time::Duration::from_secs(10))
-                .expect("reading the policy blocked")
-                .unwrap_err();
+            let err = crate::files::finishes("reading the policy", move || {
+                Policy::read(&read).map(|_| ()).map_err(|e| e.to_string())
+            })
+            .unwrap_err();
             assert!(err.contains("not a regular file"), "{}: {err}", path.display());
         }
         // One key spelt two ways is one rule written twice.

@@ -499,13 +499,9 @@ mod tests {
         let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
         assert!(made.success());
         let policy = SignaturePolicy::new(Some(TrustedKeys::default()), false).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(policy.check(&wasm, b"wasm").map_err(|e| e.to_string()));
+        let result = crate::files::finishes("reading a FIFO signature", move || {
+            policy.check(&wasm, b"wasm").map_err(|e| e.to_string())
         });
-        let result = rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("reading a FIFO signature blocked");
         let err = result.unwrap_err();
         assert!(err.contains("p.wasm.minisig") && err.contains("FIFO"), "{err}");
     }
@@ -525,13 +521,9 @@ mod tests {
                 std::os::unix::fs::symlink(dir.path().join("gone"), &entry).unwrap();
             }
             let path = dir.path().to_owned();
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let _ = tx.send(TrustedKeys::read(&path).map(|_| ()).map_err(|e| e.to_string()));
+            let result = crate::files::finishes("reading the keys", move || {
+                TrustedKeys::read(&path).map(|_| ()).map_err(|e| e.to_string())
             });
-            let result = rx
-                .recv_timeout(std::time::Duration::from_secs(10))
-                .expect("reading the keys blocked");
             let err = result.unwrap_err();
             assert!(err.contains("odd.pub"), "{make}: {err}");
         }

@@ -266,14 +266,10 @@ mod tests {
                 .success()
         );
         let fifo_dir = dir.path().to_owned();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(Lock::read(&fifo_dir).map(|_| ()).map_err(|e| e.to_string()));
-        });
-        let e = rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("reading a FIFO lock file blocked")
-            .unwrap_err();
+        let e = crate::files::finishes("reading a FIFO lock file", move || {
+            Lock::read(&fifo_dir).map(|_| ()).map_err(|e| e.to_string())
+        })
+        .unwrap_err();
         assert!(e.contains("plugins.lock") && e.contains("FIFO"), "{e}");
         std::fs::remove_file(Lock::path(dir.path())).unwrap();
         std::os::unix::fs::symlink("/dev/zero", Lock::path(dir.path())).unwrap();
