@@ -694,27 +694,29 @@ impl std::fmt::Debug for EventLog {
 /// and zero pages there, so valid frames after a zero page are dropped
 /// too), and damage before it, or a file shorter than it, is corruption.
 /// Without it, the shape decides (see [`segment`]).
-/// How damage found in a log's last segment is judged, alike by recovery
-/// at open (which truncates a torn tail) and by every reader (for which it
-/// is where the log ends): with a durable mark, damage at or past the
-/// synced length is a torn tail and damage before it is corruption,
-/// whatever its shape; without one (a log from before marks), by its shape
-/// alone (see [`segment`]).
-fn judge_tail(damage: Damage, synced: Option<u64>) -> Damage {
-    let Some(synced) = synced else {
-        return damage;
+/// How damage found in a log's segment is judged, alike by recovery at
+/// open (which truncates a torn tail) and by every reader (for which it is
+/// where the log ends): `Ok` with its offset and reason for a torn tail,
+/// `Err` for corruption. Only the `last` segment can have a torn tail.
+/// There, with a durable mark, damage at or past the synced length is a
+/// torn tail and damage before it is corruption, whatever its shape;
+/// without one (a log from before marks), its shape decides (see
+/// [`segment`]). A misplaced whole frame is never a torn write.
+fn judge_damage(damage: Damage, last: bool, synced: Option<u64>) -> Result<(u64, String), (u64, String)> {
+    let (offset, reason, torn_shape) = match damage {
+        Damage::TornTail { offset, reason } => (offset, reason, true),
+        Damage::Corrupt { offset, reason } => (offset, reason, false),
+        Damage::Misplaced { offset, reason } => return Err((offset, reason)),
     };
-    let (Damage::TornTail { offset, reason } | Damage::Corrupt { offset, reason }) = damage;
-    if offset < synced {
-        Damage::Corrupt {
+    match synced {
+        _ if !last => Err((offset, reason)),
+        None if torn_shape => Ok((offset, reason)),
+        None => Err((offset, reason)),
+        Some(synced) if offset < synced => Err((
             offset,
-            reason: format!("{reason}, inside the {synced} bytes recorded as synced (acknowledged events)"),
-        }
-    } else {
-        Damage::TornTail {
-            offset,
-            reason: format!("{reason}, past the {synced} bytes recorded as synced"),
-        }
+            format!("{reason}, inside the {synced} bytes recorded as synced (acknowledged events)"),
+        )),
+        Some(synced) => Ok((offset, format!("{reason}, past the {synced} bytes recorded as synced"))),
     }
 }
 
@@ -773,10 +775,10 @@ fn recover(path: &Path, first: u64, synced: Option<u64>) -> Result<(u64, Correla
             }
         },
     };
-    let (offset, reason) = match damage.map(|d| judge_tail(d, synced)) {
+    let (offset, reason) = match damage.map(|d| judge_damage(d, true, synced)) {
         None => return Ok((last, index)),
-        Some(Damage::Corrupt { offset, reason }) => return Err(corrupt(offset, reason)),
-        Some(Damage::TornTail { offset, reason }) => (offset, reason),
+        Some(Err((offset, reason))) => return Err(corrupt(offset, reason)),
+        Some(Ok(torn)) => torn,
     };
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -833,13 +835,11 @@ pub fn last_seq(dir: impl AsRef<Path>) -> Result<Option<u64>, LogError> {
             offset,
             reason,
         };
-        // Damage in the last segment is judged as recovery judges it.
-        let judge = |damage| if is_last { judge_tail(damage, synced) } else { damage };
         let mut reader = match SegmentReader::open(path, *first) {
             Ok(Ok(r)) => r,
-            Ok(Err(damage)) => match judge(damage) {
-                Damage::TornTail { .. } => continue,
-                Damage::Corrupt { offset, reason } => return Err(corrupt(offset, reason)),
+            Ok(Err(damage)) => match judge_damage(damage, is_last, synced) {
+                Ok(_) => continue,
+                Err((offset, reason)) => return Err(corrupt(offset, reason)),
             },
             // Removed by retention since the listing: older ones are gone too.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -853,9 +853,9 @@ pub fn last_seq(dir: impl AsRef<Path>) -> Result<Option<u64>, LogError> {
             match reader.next_frame(0).map_err(io_err(path))? {
                 Ok(Some(frame)) => found = Some(frame.seq),
                 Ok(None) => break,
-                Err(damage) => match judge(damage) {
-                    Damage::TornTail { .. } => break,
-                    Damage::Corrupt { offset, reason } => return Err(corrupt(offset, reason)),
+                Err(damage) => match judge_damage(damage, is_last, synced) {
+                    Ok(_) => break,
+                    Err((offset, reason)) => return Err(corrupt(offset, reason)),
                 },
             }
         }
@@ -893,7 +893,7 @@ pub struct LogReader {
     /// Where an earlier reader stopped: used when its segment is opened.
     resume: Option<LogPosition>,
     /// What the durable mark vouches for in the last segment listed:
-    /// damage in it is judged as recovery judges it ([`judge_tail`]).
+    /// damage in it is judged as recovery judges it ([`judge_damage`]).
     synced: Option<u64>,
 }
 
@@ -998,11 +998,9 @@ impl LogReader {
                 }
                 let mut reader = match SegmentReader::open(&path, first) {
                     Ok(Ok(r)) => r,
-                    Ok(Err(damage)) => match self.judge(damage, last) {
-                        Damage::TornTail { .. } => return Ok(None),
-                        Damage::Corrupt { offset, reason } => {
-                            return Err(LogError::Corrupt { path, offset, reason });
-                        }
+                    Ok(Err(damage)) => match judge_damage(damage, last, self.synced) {
+                        Ok(_) => return Ok(None),
+                        Err((offset, reason)) => return Err(LogError::Corrupt { path, offset, reason }),
                     },
                     // A segment removed by retention while we read: skip it.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -1042,24 +1040,15 @@ impl LogReader {
                 }
                 Ok(None) => self.current = None,
                 Err(damage) => {
-                    let last = *last;
-                    let path = path.clone();
-                    return match self.judge(damage, last) {
-                        Damage::TornTail { .. } => Ok(None),
-                        Damage::Corrupt { offset, reason } => Err(LogError::Corrupt { path, offset, reason }),
+                    return match judge_damage(damage, *last, self.synced) {
+                        Ok(_) => Ok(None),
+                        Err((offset, reason)) => Err(LogError::Corrupt {
+                            path: path.clone(),
+                            offset,
+                            reason,
+                        }),
                     };
                 }
-            }
-        }
-    }
-
-    /// Damage in the last segment is where the log ends if recovery would
-    /// judge it a torn tail; anywhere else it is corruption.
-    fn judge(&self, damage: Damage, last: bool) -> Damage {
-        match damage {
-            damage if last => judge_tail(damage, self.synced),
-            Damage::TornTail { offset, reason } | Damage::Corrupt { offset, reason } => {
-                Damage::Corrupt { offset, reason }
             }
         }
     }
@@ -1737,6 +1726,35 @@ mod tests {
         assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("recorded as synced"), "{err}");
         assert_readers_refuse(dir.path(), &seg, "recorded as synced");
+    }
+
+    /// A last segment renamed by hand holds whole frames numbered below its
+    /// name: no power loss writes those, so it is corruption, refused by
+    /// recovery and readers alike, even where no byte is vouched for as
+    /// synced (the mark names the old name). Recovery used to truncate it
+    /// as a torn tail, deleting every acknowledged event in it.
+    #[tokio::test]
+    async fn a_renamed_last_segment_is_refused_not_truncated() {
+        let _serial = serial();
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path(), options()).unwrap();
+        append_n(&log, 20).await;
+        log.close();
+        drop(log);
+        let renamed = dir.path().join(segment::segment_name(5));
+        std::fs::rename(dir.path().join(segment::segment_name(1)), &renamed).unwrap();
+        let bytes = std::fs::metadata(&renamed).unwrap().len();
+        let err = EventLog::open(dir.path(), options()).unwrap_err();
+        assert!(
+            matches!(&err, LogError::Corrupt { path, .. } if *path == renamed),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("sequence 1 where 5 or more was expected"),
+            "{err}"
+        );
+        assert_eq!(std::fs::metadata(&renamed).unwrap().len(), bytes, "nothing truncated");
+        assert_readers_refuse(dir.path(), &renamed, "sequence 1");
     }
 
     /// Every reader of the log in `dir` (records, its end, its stats)

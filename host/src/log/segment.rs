@@ -341,6 +341,11 @@ pub(crate) enum Damage {
     TornTail { offset: u64, reason: String },
     /// Anything else: the file is corrupt at `offset`.
     Corrupt { offset: u64, reason: String },
+    /// A whole frame, its checksum right, where it cannot be (numbered
+    /// below what the segment's name or the frame before allows): a file
+    /// renamed or spliced, never a torn write, so corruption wherever it
+    /// lies, even past the synced length.
+    Misplaced { offset: u64, reason: String },
 }
 
 /// Reads the frames of one segment file in order, checking each.
@@ -468,10 +473,10 @@ impl SegmentReader {
                 return self.bad(offset, "checksum mismatch".into());
             }
             if seq < self.expect {
-                return self.bad(
+                return Ok(Err(Damage::Misplaced {
                     offset,
-                    format!("sequence {seq} where {} or more was expected", self.expect),
-                );
+                    reason: format!("sequence {seq} where {} or more was expected", self.expect),
+                }));
             }
             self.offset = end;
             self.expect = seq + 1;
@@ -723,7 +728,7 @@ mod tests {
         // Read it as if it started at 2: the first frame is out of sequence.
         let (seqs, damage) = read_all(&path, 2);
         assert!(seqs.is_empty());
-        assert!(matches!(damage, Some(Damage::Corrupt { reason, .. }) if reason.contains("sequence")));
+        assert!(matches!(damage, Some(Damage::Misplaced { reason, .. }) if reason.contains("sequence")));
     }
 
     #[test]
