@@ -247,7 +247,9 @@ type Index = HashMap<RequestKey, Entry>;
 enum Store {
     File {
         path: PathBuf,
-        file: File,
+        /// Shared so that a record's sync runs outside the lock (see
+        /// `put_with`); replaced whole by a compaction.
+        file: Arc<File>,
         end: u64,
         index: Index,
         sync: bool,
@@ -512,7 +514,7 @@ impl RequestJournal {
         }
         Ok(RequestJournal::of(Store::File {
             path,
-            file,
+            file: Arc::new(file),
             end,
             index,
             sync,
@@ -615,10 +617,7 @@ impl RequestJournal {
                     path: path.clone(),
                     source,
                 };
-                let written = file
-                    .write_all(&rec)
-                    .and_then(|()| if *sync && synced { file.sync_data() } else { Ok(()) });
-                if let Err(e) = written {
+                if let Err(e) = (&**file).write_all(&rec) {
                     // Part of the record may be in the file: cut it off, or
                     // every later record would be indexed at the wrong
                     // offset. If even that fails, `get` still refuses a
@@ -635,6 +634,23 @@ impl RequestJournal {
                     },
                 );
                 *end += rec.len() as u64;
+                // The sync runs after the lock is released: another
+                // plugin's record, refusal or lookup does not wait for this
+                // one's `fdatasync` (~0.2-0.5 ms here), and records synced
+                // at once share the disk's flush. A compaction meanwhile
+                // copies this record into the file it syncs before its
+                // rename, so the record is durable either way.
+                let to_sync = (*sync && synced).then(|| (Arc::clone(file), path.clone()));
+                drop(store);
+                if let Some((file, path)) = to_sync {
+                    // The record stays indexed if its sync fails (other
+                    // records may follow it now): the caller reports the
+                    // request as not journaled, and a replay may still find
+                    // its outcome.
+                    crate::failpoint::hit("http_journal.sync")
+                        .and_then(|()| file.sync_data())
+                        .map_err(|source| JournalError::Io { path, source })?;
+                }
                 Ok(())
             }
         }
@@ -787,7 +803,7 @@ impl RequestJournal {
             std::fs::rename(&tmp, &*path).map_err(io)?;
             // `out` was opened for appending: it is the journal now, whatever
             // the directory's sync below comes to.
-            *file = out;
+            *file = Arc::new(out);
             *old = index;
             let kept = old.len();
             *end = at;
@@ -1155,6 +1171,50 @@ mod tests {
         assert_eq!(found.map(|(outcome, _)| (*outcome).clone()), Some(ok("body 7")));
         compacting.join().unwrap();
         watchdog.join().unwrap();
+    }
+
+    /// A record's sync runs outside the journal's lock: while one record
+    /// waits for the disk (its sync paused here), another plugin's record
+    /// and lookup go on. Before, they waited for that sync.
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn a_record_waiting_for_its_sync_holds_up_no_other_record() {
+        let _serial = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let j = RequestJournal::open(dir.path(), true).unwrap();
+        fail::cfg("http_journal.sync", "pause").unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let syncing = {
+            let (j, order) = (j.clone(), order.clone());
+            std::thread::spawn(move || {
+                j.put(key(1), Some(1), ok("first")).unwrap();
+                order.lock().unwrap().push("synced");
+            })
+        };
+        // Should the sync hold the lock, nothing below could go on until
+        // this lets the sync finish, late, and the order tells.
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let watchdog = {
+            let order = order.clone();
+            std::thread::spawn(move || {
+                if finished.recv_timeout(std::time::Duration::from_secs(5)).is_err() {
+                    order.lock().unwrap().push("watchdog");
+                    fail::remove("http_journal.sync");
+                }
+            })
+        };
+        // Written (and indexed) before its sync.
+        while j.get(&key(1)).unwrap().is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        j.put_with(key(2), Some(2), None, ok("second"), false).unwrap();
+        assert_eq!(j.get(&key(2)).unwrap().map(|r| (*r).clone()), Some(ok("second")));
+        order.lock().unwrap().push("other record");
+        let _ = done.send(());
+        fail::remove("http_journal.sync");
+        syncing.join().unwrap();
+        watchdog.join().unwrap();
+        assert_eq!(*order.lock().unwrap(), ["other record", "synced"]);
     }
 
     /// Records put while a compaction copies the old ones are in the new
