@@ -291,6 +291,38 @@ fn the_event_export_streams_cloudevents_or_plugbus_json_filtered() {
     assert_eq!(status, 400);
     let (status, _) = SseStream::open(&addr, "/events/stream?pattern=**.x");
     assert_eq!(status, 400);
+
+    // Clients are capped (256 export streams, 64 page streams, counting the
+    // two above): one more is told to come back, the others keep their
+    // streams. Idle clients cost the host; a cap bounds what they cost.
+    let mut held: Vec<SseStream> = (0..254)
+        .map(|_| {
+            SseStream::open(&addr, "/events/stream")
+                .1
+                .expect("an export stream under the cap")
+        })
+        .collect();
+    let (status, _) = SseStream::open(&addr, "/events/stream");
+    assert_eq!(status, 503, "the 257th export stream");
+    held.extend((0..64).map(|_| {
+        SseStream::open(&addr, "/dashboard/stream")
+            .1
+            .expect("a page stream under the cap")
+    }));
+    let (status, _) = SseStream::open(&addr, "/dashboard/stream");
+    assert_eq!(status, 503, "the 65th page stream");
+    // One gone makes room.
+    drop(held.pop());
+    let reopened = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        SseStream::open(&addr, "/dashboard/stream").0 == 200
+    });
+    assert!(reopened, "a page stream closed gives its place back");
+    post(&addr, &[json!({"name": "tool.called", "payload": {}})]);
+    assert!(
+        ce.next(Duration::from_secs(5)).is_some(),
+        "the first client still streams"
+    );
     child.kill().unwrap();
     let _ = child.wait();
 }

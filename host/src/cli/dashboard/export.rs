@@ -3,18 +3,60 @@
 //! bytes, so that a client that reads slowly (or not at all) holds at most
 //! that much memory and never slows the bus. Past either bound the newest
 //! events are skipped for that client, and the next event it does get is
-//! preceded by how many it missed.
+//! preceded by how many it missed. An event's text in each format is made
+//! once and shared by every client (a 1 MiB event sent to hundreds of
+//! clients is serialised once, not once each), and the number of clients
+//! is capped ([`MAX_EXPORT_CLIENTS`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use plugbus::Event;
 use tokio::sync::mpsc;
 
+/// Clients of the export stream at once: far more than the collectors and
+/// tools one host feeds, while bounding what they cost together (each may
+/// hold up to its byte bound of events and a message in its socket). One
+/// more is answered 503 with `Retry-After`.
+pub const MAX_EXPORT_CLIENTS: usize = 256;
+
+/// The export stream's formats.
+#[derive(Clone, Copy)]
+pub(super) enum Format {
+    Plugbus,
+    CloudEvents,
+}
+
+/// An event offered to the clients, with its text in each format, made by
+/// the first client that asks and shared by the others.
+#[derive(Debug)]
+pub(super) struct Exported {
+    pub event: Event,
+    texts: [OnceLock<String>; 2],
+}
+
+impl Exported {
+    fn new(event: Event) -> Exported {
+        Exported {
+            event,
+            texts: [OnceLock::new(), OnceLock::new()],
+        }
+    }
+
+    /// The event as one line of JSON in `format`.
+    pub(super) fn text(&self, format: Format) -> &str {
+        let (slot, make): (usize, fn(&Event) -> String) = match format {
+            Format::Plugbus => (0, |e| serde_json::to_string(e).unwrap_or_default()),
+            Format::CloudEvents => (1, plugbus::cloudevents::to_text),
+        };
+        self.texts[slot].get_or_init(|| make(&self.event))
+    }
+}
+
 /// What a client receives, in order.
 #[derive(Debug)]
 pub(super) enum Received {
-    Event(Event),
+    Event(Arc<Exported>),
     /// This many events were skipped here: the client's queue was full.
     Lagged(u64),
 }
@@ -31,7 +73,7 @@ pub(super) struct ExportHub {
 
 /// What a client's queue carries: an event with its size, or a skip.
 enum Item {
-    Event(Event, usize),
+    Event(Arc<Exported>, usize),
     Lagged(u64),
 }
 
@@ -68,21 +110,25 @@ impl ExportHub {
         }
     }
 
-    /// A new client, receiving the events sent from now on.
-    pub(super) fn subscribe(&self) -> ExportReceiver {
+    /// A new client, receiving the events sent from now on; `None` when
+    /// [`MAX_EXPORT_CLIENTS`] are listening already.
+    pub(super) fn subscribe(&self) -> Option<ExportReceiver> {
         let (tx, rx) = mpsc::unbounded_channel();
         let backlog = Arc::new(Backlog::default());
         let mut listeners = self.lock();
         // Clients gone since the last event (a quiet bus sends nothing
         // that would find them), so that reconnecting ones do not pile up.
         listeners.retain(|listener| !listener.tx.is_closed());
+        if listeners.len() >= MAX_EXPORT_CLIENTS {
+            return None;
+        }
         listeners.push(Listener {
             tx,
             backlog: backlog.clone(),
             skipped: 0,
         });
         self.count.store(listeners.len(), Ordering::Release);
-        ExportReceiver { rx, backlog }
+        Some(ExportReceiver { rx, backlog })
     }
 
     /// Offers `event` (of `size` bytes, [`Event::approx_bytes`]) to every
@@ -92,6 +138,7 @@ impl ExportHub {
         if self.count.load(Ordering::Acquire) == 0 {
             return;
         }
+        let exported = Arc::new(Exported::new(event.clone()));
         let mut listeners = self.lock();
         listeners.retain_mut(|listener| {
             let backlog = &listener.backlog;
@@ -107,7 +154,7 @@ impl ExportHub {
             listener.skipped = 0;
             backlog.events.fetch_add(1, Ordering::AcqRel);
             backlog.bytes.fetch_add(size, Ordering::AcqRel);
-            listener.tx.send(Item::Event(event.clone(), size)).is_ok()
+            listener.tx.send(Item::Event(exported.clone(), size)).is_ok()
         });
         self.count.store(listeners.len(), Ordering::Release);
     }
@@ -128,10 +175,10 @@ impl ExportReceiver {
     /// `item` is read: what it held leaves the backlog.
     fn taken(&self, item: Item) -> Received {
         match item {
-            Item::Event(event, size) => {
+            Item::Event(exported, size) => {
                 self.backlog.events.fetch_sub(1, Ordering::AcqRel);
                 self.backlog.bytes.fetch_sub(size, Ordering::AcqRel);
-                Received::Event(event)
+                Received::Event(exported)
             }
             Item::Lagged(n) => Received::Lagged(n),
         }
@@ -147,7 +194,7 @@ mod tests {
         let mut seen = Vec::new();
         while let Ok(item) = rx.rx.try_recv() {
             seen.push(match rx.taken(item) {
-                Received::Event(e) => e.name().to_owned(),
+                Received::Event(e) => e.event.name().to_owned(),
                 Received::Lagged(n) => format!("lagged {n}"),
             });
         }
@@ -159,8 +206,8 @@ mod tests {
         let big = |name: &str| Event::new(name, json!(vec![0; 10_000]));
         let size = big("e0").approx_bytes();
         let hub = ExportHub::new(1000, 3 * size);
-        let mut slow = hub.subscribe();
-        let mut fast = hub.subscribe();
+        let mut slow = hub.subscribe().unwrap();
+        let mut fast = hub.subscribe().unwrap();
         for i in 0..10 {
             let event = big(&format!("e{i}"));
             hub.send(&event, event.approx_bytes());
@@ -181,7 +228,7 @@ mod tests {
     #[test]
     fn the_event_bound_frees_up_as_the_client_reads_and_a_gone_client_is_forgotten() {
         let hub = ExportHub::new(4, usize::MAX);
-        let mut rx = hub.subscribe();
+        let mut rx = hub.subscribe().unwrap();
         for i in 0..6 {
             send_small(&hub, &format!("e{i}"));
         }
@@ -201,12 +248,43 @@ mod tests {
         assert_eq!(hub.count.load(Ordering::Acquire), 0);
         // …or when the next client comes, on a quiet bus.
         drop(hub.subscribe());
-        let _third = hub.subscribe();
+        let _third = hub.subscribe().unwrap();
         assert_eq!(hub.lock().len(), 1);
         // One event over the byte bound still reaches an idle client.
         let hub = ExportHub::new(4, 1);
-        let mut rx = hub.subscribe();
+        let mut rx = hub.subscribe().unwrap();
         hub.send(&Event::new("big", json!(vec![0; 1000])), 5000);
         assert_eq!(take(&mut rx), ["big"]);
+    }
+
+    #[test]
+    fn clients_share_each_events_text_and_are_capped() {
+        let hub = ExportHub::new(4, usize::MAX);
+        let mut clients: Vec<ExportReceiver> = (0..MAX_EXPORT_CLIENTS).map(|_| hub.subscribe().unwrap()).collect();
+        assert!(hub.subscribe().is_none(), "one client over the cap");
+        send_small(&hub, "e");
+        let received: Vec<Arc<Exported>> = clients
+            .iter_mut()
+            .map(|rx| {
+                let item = rx.rx.try_recv().unwrap();
+                match rx.taken(item) {
+                    Received::Event(e) => e,
+                    Received::Lagged(_) => panic!("lagged"),
+                }
+            })
+            .collect();
+        let first = received[0].text(Format::Plugbus).as_ptr();
+        assert!(
+            received.iter().all(|e| e.text(Format::Plugbus).as_ptr() == first),
+            "made once"
+        );
+        assert!(
+            received[0]
+                .text(Format::CloudEvents)
+                .contains("\"specversion\":\"1.0\"")
+        );
+        // A client gone makes room for another.
+        clients.pop();
+        assert!(hub.subscribe().is_some());
     }
 }
