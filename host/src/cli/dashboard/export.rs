@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use bytes::Bytes;
 use plugbus::Event;
 use tokio::sync::mpsc;
 
@@ -27,30 +28,69 @@ pub(super) enum Format {
     CloudEvents,
 }
 
-/// An event offered to the clients, with its text in each format, made by
-/// the first client that asks and shared by the others.
+/// How long a stream may stay silent before it sends a comment line, so
+/// that proxies and clients keep it open (axum's `KeepAlive` default).
+pub(super) const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// An event offered to the clients, with its server-sent-event frame in
+/// each format, made by the first client that asks and shared by the
+/// others: each client's copy is a reference, not the bytes.
 #[derive(Debug)]
 pub(super) struct Exported {
     pub event: Event,
-    texts: [OnceLock<String>; 2],
+    frames: [OnceLock<Bytes>; 2],
 }
 
 impl Exported {
     fn new(event: Event) -> Exported {
         Exported {
             event,
-            texts: [OnceLock::new(), OnceLock::new()],
+            frames: [OnceLock::new(), OnceLock::new()],
         }
     }
 
-    /// The event as one line of JSON in `format`.
-    pub(super) fn text(&self, format: Format) -> &str {
+    /// The event as one server-sent event in `format`.
+    pub(super) fn frame(&self, format: Format) -> Bytes {
         let (slot, make): (usize, fn(&Event) -> String) = match format {
             Format::Plugbus => (0, |e| serde_json::to_string(e).unwrap_or_default()),
             Format::CloudEvents => (1, plugbus::cloudevents::to_text),
         };
-        self.texts[slot].get_or_init(|| make(&self.event))
+        self.frames[slot]
+            .get_or_init(|| sse_frame(None, Some(self.event.id()), &make(&self.event)))
+            .clone()
     }
+}
+
+/// One server-sent event: its `event:` type and `id:` (an id that could
+/// break the stream, holding a line break, is left out), then `text` as
+/// `data:` lines, one per line of it.
+pub(super) fn sse_frame(kind: Option<&str>, id: Option<&str>, text: &str) -> Bytes {
+    let mut out = Vec::with_capacity(text.len() + 64);
+    if let Some(kind) = kind {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(kind.as_bytes());
+        out.push(b'\n');
+    }
+    if let Some(id) = id.filter(|id| !id.chars().any(char::is_control)) {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'\n');
+    }
+    // CR LF, LF and CR all end a line in the protocol.
+    let mut rest = text;
+    loop {
+        let end = rest.find(['\r', '\n']).unwrap_or(rest.len());
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&rest.as_bytes()[..end]);
+        out.push(b'\n');
+        if end == rest.len() {
+            break;
+        }
+        let skip = if rest[end..].starts_with("\r\n") { 2 } else { 1 };
+        rest = &rest[end + skip..];
+    }
+    out.push(b'\n');
+    Bytes::from(out)
 }
 
 /// What a client receives, in order.
@@ -258,6 +298,17 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_puts_each_line_of_its_text_on_a_data_line() {
+        let frame = sse_frame(Some("lagged"), Some("a\nb"), "{\r\n\"x\": 1\n}\r");
+        assert_eq!(
+            &frame[..],
+            b"event: lagged\ndata: {\ndata: \"x\": 1\ndata: }\ndata: \n\n"
+        );
+        let frame = sse_frame(None, Some("e-1"), "{}");
+        assert_eq!(&frame[..], b"id: e-1\ndata: {}\n\n");
+    }
+
+    #[test]
     fn clients_share_each_events_text_and_are_capped() {
         let hub = ExportHub::new(4, usize::MAX);
         let mut clients: Vec<ExportReceiver> = (0..MAX_EXPORT_CLIENTS).map(|_| hub.subscribe().unwrap()).collect();
@@ -273,16 +324,13 @@ mod tests {
                 }
             })
             .collect();
-        let first = received[0].text(Format::Plugbus).as_ptr();
+        let first = received[0].frame(Format::Plugbus).as_ptr();
         assert!(
-            received.iter().all(|e| e.text(Format::Plugbus).as_ptr() == first),
+            received.iter().all(|e| e.frame(Format::Plugbus).as_ptr() == first),
             "made once"
         );
-        assert!(
-            received[0]
-                .text(Format::CloudEvents)
-                .contains("\"specversion\":\"1.0\"")
-        );
+        let ce = received[0].frame(Format::CloudEvents);
+        assert!(std::str::from_utf8(&ce).unwrap().contains("\"specversion\":\"1.0\""));
         // A client gone makes room for another.
         clients.pop();
         assert!(hub.subscribe().is_some());

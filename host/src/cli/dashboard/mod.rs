@@ -615,41 +615,39 @@ async fn get_export(State(dash): State<Dashboard>, Query(params): Query<StreamPa
         format,
         stopping: dash.inner.stopping.clone(),
     };
-    let events = stream::unfold(state, |mut s| async move {
+    // Frames written as bytes shared by every client (an event's frame is
+    // made once), with a comment line after `KEEP_ALIVE` of silence.
+    let frames = stream::unfold(state, |mut s| async move {
         loop {
             if *s.stopping.borrow() {
                 return None;
             }
             let next = tokio::select! {
                 next = s.events.recv() => next,
+                () = tokio::time::sleep(export::KEEP_ALIVE) => {
+                    return Some((Ok::<_, Infallible>(bytes::Bytes::from_static(b":\n\n")), s));
+                }
                 _ = s.stopping.changed() => return None,
             };
-            let message = match next {
-                Some(Received::Event(exported)) if s.filter.matches(&exported.event) => {
-                    export_message(&exported, s.format)
-                }
+            let frame = match next {
+                Some(Received::Event(exported)) if s.filter.matches(&exported.event) => exported.frame(s.format),
                 Some(Received::Event(_)) => continue,
-                Some(Received::Lagged(skipped)) => SseEvent::default()
-                    .event("lagged")
-                    .data(json!({ "skipped": skipped }).to_string()),
+                Some(Received::Lagged(skipped)) => {
+                    export::sse_frame(Some("lagged"), None, &json!({ "skipped": skipped }).to_string())
+                }
                 None => return None,
             };
-            return Some((Ok::<_, Infallible>(message), s));
+            return Some((Ok(frame), s));
         }
     });
-    sse(events)
-}
-
-fn export_message(exported: &export::Exported, format: Format) -> SseEvent {
-    let event = &exported.event;
-    let message = SseEvent::default().data(exported.text(format));
-    // An id is one line of the stream: one that could break it (from a
-    // source that does not check ids) is left out rather than panicking.
-    if event.id().chars().any(char::is_control) {
-        message
-    } else {
-        message.id(event.id())
-    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(frames),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
