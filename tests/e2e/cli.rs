@@ -149,6 +149,47 @@ fn plugin_file_names_that_would_mislead_are_refused_or_warned_about() {
     }
 }
 
+/// A plugin's dead letters stay readable over HTTP when it is not loaded
+/// (removed, or failing to load) on a host with a log: they are in the
+/// log's journal, and `dlq redrive` cannot reach a log a server holds.
+/// Redriving them needs the plugin: 404 says it is not loaded.
+#[test]
+fn the_dead_letters_of_a_plugin_not_loaded_are_listed_from_the_log() {
+    let dir = plugin_dir(&["misbehave"]);
+    let log = tempfile::tempdir().unwrap();
+    let (served, addr, _stderr) = support::serve_logged(dir.path(), log.path());
+    for _ in 0..2 {
+        let (status, body) = http(&addr, "POST", "/events", br#"{"name":"misbehave.panic"}"#);
+        assert_eq!(status, 202, "{body}");
+    }
+    let listed = |addr: &str| {
+        let (status, body) = http(addr, "GET", "/plugins/misbehave/dead-letters", b"");
+        let letters: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        (status, letters["dead_letters"].as_array().map_or(0, Vec::len), body)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while listed(&addr).1 < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two dead letters: {}",
+            listed(&addr).2
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Stopped (and the log's lock released) before the next host opens it.
+    drop(served);
+    std::fs::remove_file(dir.path().join("misbehave.wasm")).unwrap();
+    let (served, addr, _stderr) = support::serve_logged(dir.path(), log.path());
+    let (status, count, body) = listed(&addr);
+    assert_eq!((status, count), (200, 2), "{body}");
+    let (status, body) = http(&addr, "POST", "/plugins/misbehave/dead-letters/redrive", b"");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no plugin named `misbehave` is loaded"), "{body}");
+    let (status, body) = http(&addr, "GET", "/plugins/ghost/dead-letters", b"");
+    assert_eq!(status, 404, "{body}");
+    drop(served);
+}
+
 /// Every CLI error path names the thing at fault once, on one line, with
 /// no part of the message repeated (an error that both showed and chained
 /// its OS error used to print it twice).

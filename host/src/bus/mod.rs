@@ -1310,7 +1310,9 @@ impl Bus {
     /// Every dead letter kept for the named plugin, oldest first: with a
     /// log, its journal (all of them, not only the newest in memory); on
     /// NATS, the stream's bucket (every host's letters); otherwise those in
-    /// memory. `None` if no plugin has that name.
+    /// memory. With a log or on NATS, the letters of a plugin that is not
+    /// loaded (still loading, removed, or failing to load) are read there
+    /// too. `None` if no plugin has that name and none are kept for it.
     ///
     /// # Errors
     /// [`DeadLetterError`](crate::DeadLetterError) naming the journal file
@@ -1319,19 +1321,42 @@ impl Bus {
         &self,
         plugin: &str,
     ) -> Option<Result<Vec<crate::DeadLetter>, crate::DeadLetterError>> {
-        let handle = lock(&self.shared.plugins).get(plugin).cloned()?;
+        let handle = lock(&self.shared.plugins).get(plugin).cloned();
+        if handle.is_none() && !crate::plugin::valid_plugin_name(plugin) {
+            return None;
+        }
         #[cfg(feature = "nats")]
         if let Some(nats) = &self.shared.nats {
-            return Some(
-                nats.letters
-                    .list(Some(plugin))
-                    .await
-                    .map_err(|reason| crate::DeadLetterError::Nats {
-                        bucket: nats.letters.name().to_owned(),
-                        reason,
-                    }),
-            );
+            let letters = nats
+                .letters
+                .list(Some(plugin))
+                .await
+                .map_err(|reason| crate::DeadLetterError::Nats {
+                    bucket: nats.letters.name().to_owned(),
+                    reason,
+                });
+            return match letters {
+                Ok(letters) if letters.is_empty() && handle.is_none() => None,
+                letters => Some(letters),
+            };
         }
+        let Some(handle) = handle else {
+            // Not loaded: what its journal beside the log keeps.
+            let dir = self.shared.log.as_ref()?.dir().to_owned();
+            let name = plugin.to_owned();
+            let read = tokio::task::spawn_blocking(move || crate::dead_letter::read_dead_letters(&dir, Some(&name)))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(crate::DeadLetterError::Io {
+                        path: PathBuf::from(crate::dead_letter::DIR),
+                        reason: format!("reading the dead letters failed: {e}"),
+                    })
+                });
+            return match read {
+                Ok(letters) if letters.is_empty() => None,
+                read => Some(read),
+            };
+        };
         let store = handle.dead_letters.clone();
         Some(match tokio::task::spawn_blocking(move || store.all()).await {
             Ok(letters) => Ok(letters),

@@ -629,23 +629,45 @@ async fn get_dead_letters(State(bus): State<plugbus::Bus>, Path(name): Path<Stri
             Json(json!({ "error": format!("dead letters of `{name}`: {e}") })),
         )
             .into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": format!("no plugin named `{name}`") })),
-        )
-            .into_response(),
+        None => not_loaded(&bus, &name),
     }
 }
 
 async fn post_redrive(State(bus): State<plugbus::Bus>, Path(name): Path<String>) -> Response {
     match bus.redrive(&name).await {
         Some(report) => Json(json!({ "plugin": name, "redrive": report })).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": format!("no plugin named `{name}`") })),
-        )
-            .into_response(),
+        None => not_loaded(&bus, &name),
     }
+}
+
+/// The answer for plugin `name` that is not loaded: 503 with `Retry-After`
+/// while its file is still loading at start (it will be there shortly, as
+/// `POST /events` answers then), else 404.
+fn not_loaded(bus: &plugbus::Bus, name: &str) -> Response {
+    // No plugin name is longer than 64 characters: a longer one is cut
+    // rather than echoed whole.
+    let shown: String = match name.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}…", &name[..cut]),
+        None => name.to_owned(),
+    };
+    let loading = bus
+        .startup()
+        .loading
+        .iter()
+        .any(|file| file.file_stem().is_some_and(|stem| stem == name));
+    if loading {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(json!({ "error": format!("plugin `{shown}` is still loading; retry shortly"), "kind": "loading" })),
+        )
+            .into_response();
+    }
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": format!("no plugin named `{shown}` is loaded"), "kind": "unknown_plugin" })),
+    )
+        .into_response()
 }
 
 /// `?q=` of `GET /plugins/<name>/query`.
@@ -689,6 +711,7 @@ async fn answer_query(bus: &plugbus::Bus, name: &str, request: &str) -> Response
     }
     match bus.query(name, request).await {
         Ok(answer) => Json(answer).into_response(),
+        Err(E::UnknownPlugin(_)) => not_loaded(bus, name),
         Err(e) => {
             let status = match &e {
                 E::UnknownPlugin(_) => StatusCode::NOT_FOUND,
