@@ -96,7 +96,7 @@ pub enum Command {
         /// A host name the API answers to besides IP addresses and localhost (repeatable). A host
         /// on loopback refuses other names (DNS rebinding); on another address, listing names
         /// makes it refuse the rest.
-        #[arg(long = "allow-host", value_name = "NAME")]
+        #[arg(long = "allow-host", value_name = "NAME", value_parser = same_origin::allowed_host)]
         allow_hosts: Vec<String>,
         #[command(flatten)]
         fleet: fleet::FleetArgs,

@@ -7,6 +7,10 @@
 //!   answers only requests whose `Host` is an IP address, `localhost` (or a
 //!   name under it), or a name given with `--allow-host`. A host listening
 //!   on another address checks `Host` only when `--allow-host` lists names.
+//!   The name of an absolute-form target (`GET http://name/…`) is checked
+//!   as `Host` is, and a request with two `Host` headers, a non-ASCII one,
+//!   or none at all in HTTP/1.1 is answered 400 (RFC 9112), so no name
+//!   slips past unread.
 //! - **Cross-site requests** (a form or `fetch(…, {mode: "no-cors"})` from
 //!   another origin, which the browser sends without asking): a request
 //!   that changes something (any method but GET, HEAD and OPTIONS) is
@@ -36,17 +40,33 @@ pub struct SameOrigin {
 
 impl SameOrigin {
     /// The rules for a server listening on `listen`, answering to the
-    /// extra names `allowed`.
+    /// extra names `allowed` (each as [`allowed_host`] reads it).
     pub fn new(listen: IpAddr, allowed: &[String]) -> SameOrigin {
         SameOrigin {
             loopback: listen.is_loopback(),
-            allowed: Arc::new(allowed.iter().map(|h| h.to_ascii_lowercase()).collect()),
+            allowed: Arc::new(
+                allowed
+                    .iter()
+                    .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                    .collect(),
+            ),
         }
     }
 
     /// Why a request with these `headers` and `method` is refused, if it is.
-    pub fn refusal(&self, method: &Method, headers: &HeaderMap) -> Option<String> {
+    /// `target_authority`: the host of an absolute-form request target
+    /// (`GET http://name/path`), which a server takes instead of `Host`
+    /// (RFC 9112, 3.2.2), checked as `Host` is. (A request whose `Host` is
+    /// malformed was answered 400 before: [`malformed_host`].)
+    pub fn refusal(&self, method: &Method, headers: &HeaderMap, target_authority: Option<&str>) -> Option<String> {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if let Some(target) = target_authority
+            && !self.host_allowed(target)
+        {
+            return Some(format!(
+                "the request's target names `{target}`, which is not allowed (absolute-form targets are checked as Host is)"
+            ));
+        }
         if let Some(host) = host
             && !self.host_allowed(host)
         {
@@ -103,9 +123,56 @@ impl SameOrigin {
     }
 }
 
+/// What is wrong with a request's `Host` headers, if anything (RFC 9112,
+/// 3.2: a server answers 400 to a request with none, when `required`, or
+/// with more than one): a second `Host` the check below never read, or
+/// one that is not ASCII, would otherwise pass unchecked.
+pub fn malformed_host(headers: &HeaderMap, required: bool) -> Option<&'static str> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Some("more than one Host header: which one names this server is ambiguous"),
+        (Some(host), None) if host.to_str().is_err() => Some("a Host header that is not ASCII text is no host name"),
+        (None, _) if required => Some("no Host header: an HTTP/1.1 request must name the host it is for"),
+        _ => None,
+    }
+}
+
+/// A `--allow-host` value: a DNS name (letters, digits, `-`, dots between
+/// labels; a trailing dot is the same name), lower-cased. A wildcard, a
+/// port or anything else would never match a request's `Host`, so it is
+/// refused instead of being taken without a word.
+///
+/// # Errors
+/// What is wrong with the value.
+pub fn allowed_host(value: &str) -> Result<String, String> {
+    let name = value.trim_end_matches('.');
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "`{value}` is not a host name (letters, digits and `-` in dot-separated labels; no wildcards, ports or addresses: IP addresses are always answered)"
+        ));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
 /// The middleware: a refused request gets 403 and `{"error": reason}`.
 pub async fn guard(State(rules): State<SameOrigin>, request: Request, next: Next) -> Response {
-    match rules.refusal(request.method(), request.headers()) {
+    let target = request.uri().authority().map(|a| a.as_str().to_owned());
+    let host_required = request.version() >= axum::http::Version::HTTP_11 && target.is_none();
+    if let Some(reason) = malformed_host(request.headers(), host_required) {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({ "error": reason })),
+        )
+            .into_response();
+    }
+    match rules.refusal(request.method(), request.headers(), target.as_deref()) {
         Some(reason) => {
             tracing::warn!(
                 method = %request.method(),
@@ -146,16 +213,20 @@ mod tests {
             "agents.internal:7070",
             "10.1.2.3",
         ] {
-            assert_eq!(rules.refusal(&Method::GET, &headers(&[("host", host)])), None, "{host}");
+            assert_eq!(
+                rules.refusal(&Method::GET, &headers(&[("host", host)]), None),
+                None,
+                "{host}"
+            );
         }
         for host in ["rebind.attacker.example:7070", "localhost.attacker.example", "[zz]:1"] {
-            let refused = rules.refusal(&Method::GET, &headers(&[("host", host)]));
+            let refused = rules.refusal(&Method::GET, &headers(&[("host", host)]), None);
             assert!(refused.is_some_and(|r| r.contains("--allow-host")), "{host}");
         }
         // Bound elsewhere, with no list: any name (a LAN host's DNS name).
         let public = SameOrigin::new("0.0.0.0".parse().unwrap(), &[]);
         assert_eq!(
-            public.refusal(&Method::GET, &headers(&[("host", "bus.lan:7070")])),
+            public.refusal(&Method::GET, &headers(&[("host", "bus.lan:7070")]), None),
             None
         );
     }
@@ -163,7 +234,7 @@ mod tests {
     #[test]
     fn cross_site_changes_are_refused_and_same_origin_ones_taken() {
         let rules = SameOrigin::new("127.0.0.1".parse().unwrap(), &[]);
-        let post = |pairs: &[(&'static str, &str)]| rules.refusal(&Method::POST, &headers(pairs));
+        let post = |pairs: &[(&'static str, &str)]| rules.refusal(&Method::POST, &headers(pairs), None);
         assert_eq!(post(&[("host", "127.0.0.1:7070")]), None, "curl, an SDK");
         assert_eq!(
             post(&[
@@ -187,7 +258,48 @@ mod tests {
         let get = rules.refusal(
             &Method::GET,
             &headers(&[("host", "127.0.0.1:7070"), ("origin", "http://evil.example")]),
+            None,
         );
         assert_eq!(get, None);
+    }
+
+    /// Only the first `Host` was read, a non-ASCII one passed unread, and an
+    /// absolute-form target's name was never looked at.
+    #[test]
+    fn every_name_the_request_gives_is_checked() {
+        let rules = SameOrigin::new("127.0.0.1".parse().unwrap(), &[]);
+        let mut two = headers(&[("host", "localhost:7070")]);
+        two.append(header::HOST, "evil.example".parse().unwrap());
+        assert!(malformed_host(&two, true).is_some_and(|r| r.contains("more than one")));
+        let mut raw = HeaderMap::new();
+        raw.insert(
+            header::HOST,
+            axum::http::HeaderValue::from_bytes(b"\xc3\xa9vil.example").unwrap(),
+        );
+        assert!(malformed_host(&raw, true).is_some_and(|r| r.contains("not ASCII")));
+        assert!(malformed_host(&HeaderMap::new(), true).is_some_and(|r| r.contains("no Host")));
+        assert_eq!(malformed_host(&HeaderMap::new(), false), None, "HTTP/1.0");
+        let refused = rules.refusal(&Method::GET, &headers(&[("host", "localhost")]), Some("evil.example"));
+        assert!(refused.is_some_and(|r| r.contains("evil.example")));
+        assert_eq!(
+            rules.refusal(&Method::GET, &HeaderMap::new(), Some("127.0.0.1:7070")),
+            None
+        );
+    }
+
+    #[test]
+    fn allowed_hosts_are_names_that_can_match() {
+        assert_eq!(allowed_host("Bus.Example.").unwrap(), "bus.example");
+        for bad in ["", "a b", "*.dev.test", "bus.example:7070", ".", "-a.example"] {
+            assert!(allowed_host(bad).is_err(), "{bad:?}");
+        }
+        let rules = SameOrigin::new("127.0.0.1".parse().unwrap(), &[allowed_host("other.test.").unwrap()]);
+        for host in ["other.test", "other.test.", "OTHER.test:7070"] {
+            assert_eq!(
+                rules.refusal(&Method::GET, &headers(&[("host", host)]), None),
+                None,
+                "{host}"
+            );
+        }
     }
 }
