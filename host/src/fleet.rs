@@ -105,15 +105,17 @@ impl Fleet {
     /// [`FleetError::Nats`] naming the server and bucket.
     pub async fn connect(url: &str, bucket: &str) -> Result<Fleet, FleetError> {
         let err = |reason: String| FleetError::Nats {
-            url: url.to_owned(),
+            url: crate::nats::shown_url(url),
             bucket: bucket.to_owned(),
             reason,
         };
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(std::time::Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        let client = crate::nats::with_url_credentials(
+            async_nats::ConnectOptions::new().connection_timeout(std::time::Duration::from_secs(5)),
+            url,
+        )
+        .connect(url)
+        .await
+        .map_err(|e| err(e.to_string()))?;
         let js = jetstream::new(client);
         let store = crate::kv_bucket::open(
             &js,
@@ -129,7 +131,7 @@ impl Fleet {
         .map_err(err)?;
         Ok(Fleet {
             store,
-            url: url.to_owned(),
+            url: crate::nats::shown_url(url),
             bucket: bucket.to_owned(),
         })
     }

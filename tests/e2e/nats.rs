@@ -671,7 +671,10 @@ fn an_unreachable_server_is_a_clear_error_naming_it() {
 async fn a_consumer_configured_differently_on_the_server_is_reported_not_reused() {
     let nats = NatsServer::start();
     let js = client(&nats.url).await;
-    // Someone made the stream and the consumer already, with another max_deliver.
+    // Someone made the stream and the consumer already, with another
+    // max_deliver, and one ack covering every message before it (under
+    // which a message a killed host held is lost once another host acks a
+    // later one).
     let stream = js
         .get_or_create_stream(jetstream::stream::Config {
             name: "PLUGBUS".into(),
@@ -686,6 +689,7 @@ async fn a_consumer_configured_differently_on_the_server_is_reported_not_reused(
             durable_name: Some("plugbus-console-logger".into()),
             filter_subject: "plugbus.events.*.*".into(),
             max_deliver: 99,
+            ack_policy: jetstream::consumer::AckPolicy::All,
             ..Default::default()
         })
         .await
@@ -702,7 +706,9 @@ async fn a_consumer_configured_differently_on_the_server_is_reported_not_reused(
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(
-        error.contains("different configuration") && error.contains("max_deliver 99"),
+        error.contains("different configuration")
+            && error.contains("max_deliver 99")
+            && error.contains("ack_policy All"),
         "{error}"
     );
     support::terminate(&a);
@@ -2040,28 +2046,14 @@ async fn a_stopping_host_delivers_its_last_acks_before_it_exits() {
 async fn an_ack_wait_the_duplicate_window_does_not_cover_is_refused() {
     let refused = |url: &str, ack_wait_ms: &str| {
         let dir = support::plugin_dir(&[]);
-        let mut child = support::Served(
-            std::process::Command::new(support::plugbus_bin())
-                .args(["serve", "--plugins", dir.path().to_str().unwrap(), "--nats", url])
-                .args(["--ack-wait-ms", ack_wait_ms, "--listen", "127.0.0.1:0"])
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve --ack-wait-ms {ack_wait_ms} kept running"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-        assert_eq!(status.code(), Some(1), "{stderr}");
+        let stderr = support::serve_refused(&[
+            "--plugins",
+            dir.path().to_str().unwrap(),
+            "--nats",
+            url,
+            "--ack-wait-ms",
+            ack_wait_ms,
+        ]);
         assert!(
             stderr.contains(&format!("--ack-wait-ms {ack_wait_ms}")) && stderr.contains("duplicate window"),
             "{stderr}"
@@ -2093,5 +2085,61 @@ async fn an_ack_wait_the_duplicate_window_does_not_cover_is_refused() {
     assert!(
         log.contains("duplicate window is shorter than the one plugbus creates"),
         "{log}"
+    );
+}
+
+/// A stream made beforehand must keep every message until its limits, on
+/// disk: a work-queue stream refuses the consumers each plugin needs (every
+/// event accepted, none handled), an interest stream deletes what was
+/// acknowledged (replay and catch-up find nothing), and a memory stream
+/// loses everything at a server restart while `POST /events` says durable.
+/// Each is refused at start, naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_does_not_keep_events_on_disk_is_refused() {
+    use jetstream::stream::{RetentionPolicy, StorageType};
+    for (retention, storage, says) in [
+        (RetentionPolicy::WorkQueue, StorageType::File, "WorkQueue retention"),
+        (RetentionPolicy::Interest, StorageType::File, "Interest retention"),
+        (RetentionPolicy::Limits, StorageType::Memory, "Memory storage"),
+    ] {
+        let nats = NatsServer::start();
+        client(&nats.url)
+            .await
+            .create_stream(jetstream::stream::Config {
+                name: "PLUGBUS".into(),
+                subjects: vec!["plugbus.events.>".into()],
+                duplicate_window: Duration::from_secs(120),
+                retention,
+                storage,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let dir = support::plugin_dir(&["console-logger"]);
+        let stderr = support::serve_refused(&["--plugins", dir.path().to_str().unwrap(), "--nats", &nats.url]);
+        assert!(stderr.contains(says) && stderr.contains("PLUGBUS"), "{says}: {stderr}");
+    }
+}
+
+/// A server that requires a user and password: the credentials in the
+/// `--nats` URL are used (the client reads none from the URL itself, so
+/// such a server could not be used at all), and the password is never
+/// shown: not in `GET /plugins`, not in the error for a wrong one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_url_are_used_and_never_shown() {
+    let nats = NatsServer::start_with("authorization { user: alice, password: \"s3cr%t\" }\n");
+    let with = |password: &str| nats.url.replacen("nats://", &format!("nats://alice:{password}@"), 1);
+    let dir = support::plugin_dir(&["console-logger"]);
+    let (a, addr, _log) = support::serve(&["--plugins", dir.path().to_str().unwrap(), "--nats", &with("s3cr%25t")]);
+    let status = plugins_of(&addr);
+    let shown = status["nats"]["url"].as_str().unwrap().to_owned();
+    assert!(shown.contains("alice:***@") && !shown.contains("s3cr"), "{shown}");
+    let (code, body) = support::http(&addr, "POST", "/events", br#"{"name":"ping"}"#);
+    assert_eq!(code, 202, "{body}");
+    support::terminate(&a);
+    let stderr = support::serve_refused(&["--plugins", dir.path().to_str().unwrap(), "--nats", &with("wrong-pass")]);
+    assert!(
+        stderr.contains("alice:***@") && !stderr.contains("wrong-pass"),
+        "{stderr}"
     );
 }

@@ -752,6 +752,7 @@ impl Run {
             Ok(info) => {
                 let have = &info.config;
                 if have.filter_subject == want.filter_subject
+                    && have.ack_policy == want.ack_policy
                     && have.max_ack_pending == want.max_ack_pending
                     && have.ack_wait == want.ack_wait
                     && have.max_deliver == want.max_deliver
@@ -817,6 +818,16 @@ impl Run {
         let have = &info.config;
         let want = &self.config;
         let mut differ = Vec::new();
+        // Each message acknowledged on its own: under `all`, one ack covers
+        // every message before it, so a message a host died holding is
+        // never redelivered once another host acks a later one (lost);
+        // under `none` nothing is ever redelivered.
+        if have.ack_policy != want.ack_policy {
+            differ.push(format!(
+                "ack_policy {:?} (asked {:?}: each message acknowledged on its own)",
+                have.ack_policy, want.ack_policy
+            ));
+        }
         if have.filter_subject != want.filter_subject {
             differ.push(format!(
                 "filter_subject `{}` (asked `{}`)",

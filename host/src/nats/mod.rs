@@ -198,19 +198,65 @@ pub struct NatsStatus {
 /// within the connect timeout or refuses the connection.
 pub(crate) async fn connect_client(options: &NatsOptions) -> Result<async_nats::Client, NatsError> {
     let connect_err = |reason: String| NatsError::Connect {
-        url: options.url.clone(),
+        url: shown_url(&options.url),
         reason,
     };
-    tokio::time::timeout(
-        options.connect_timeout,
+    let connect = with_url_credentials(
         async_nats::ConnectOptions::new()
             .connection_timeout(options.connect_timeout)
-            .max_reconnects(None)
-            .connect(options.url.as_str()),
-    )
-    .await
-    .map_err(|_| connect_err(format!("no answer within {:?}", options.connect_timeout)))?
-    .map_err(|e| connect_err(e.to_string()))
+            .max_reconnects(None),
+        &options.url,
+    );
+    tokio::time::timeout(options.connect_timeout, connect.connect(options.url.as_str()))
+        .await
+        .map_err(|_| connect_err(format!("no answer within {:?}", options.connect_timeout)))?
+        .map_err(|e| connect_err(e.to_string()))
+}
+
+/// `connect` with the credentials `url` carries: the client reads none
+/// from the URL itself, so a user and password (`nats://user:pass@host`) or
+/// a token (`nats://token@host`) given there are handed over as options,
+/// percent-decoded.
+pub(crate) fn with_url_credentials(connect: async_nats::ConnectOptions, url: &str) -> async_nats::ConnectOptions {
+    let Ok(addr) = url.parse::<async_nats::ServerAddr>() else {
+        return connect;
+    };
+    let decoded = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    match (addr.username(), addr.password()) {
+        (Some(user), Some(pass)) => connect.user_and_password(decoded(user), decoded(pass)),
+        (Some(token), None) => connect.token(decoded(token)),
+        _ => connect,
+    }
+}
+
+/// `url` as it may be shown (errors, `GET /plugins`, logs): a password,
+/// or a token given as the user, replaced by `***`.
+///
+/// ```text
+/// nats://alice:s3cret@nats.internal:4222  ->  nats://alice:***@nats.internal:4222
+/// nats://t0ken@nats.internal              ->  nats://***@nats.internal
+/// ```
+pub(crate) fn shown_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    let prefix = if url.contains("://") {
+        format!("{scheme}://")
+    } else {
+        String::new()
+    };
+    format!("{prefix}{shown}{}", &rest[at..])
 }
 
 /// The longest a plugin may run on one event (the manifest's largest
@@ -229,6 +275,31 @@ const LONGEST_HANDLING: Duration = Duration::from_secs(60);
 /// drops that copy only within its duplicate window.
 pub(crate) fn redelivery_gap(ack_wait: Duration) -> Duration {
     LONGEST_HANDLING + ack_wait.max(consumer::NAK_MAX) + consumer::letter_patience(ack_wait)
+}
+
+/// A stream made beforehand (by hand, or by another tool) must keep what
+/// plugbus relies on: every message kept until its age or size limit
+/// (`limits` retention: `workqueue` refuses the consumers every plugin
+/// needs, `interest` deletes a message once acknowledged, leaving nothing
+/// for replay, queries or catch-up), on the server's disk (`file`: a
+/// memory stream loses every event at a server restart, while `POST
+/// /events` would answer that it is durable).
+fn check_retention_and_storage(
+    retention: jetstream::stream::RetentionPolicy,
+    storage: jetstream::stream::StorageType,
+) -> Result<(), String> {
+    use jetstream::stream::{RetentionPolicy, StorageType};
+    if retention != RetentionPolicy::Limits {
+        return Err(format!(
+            "it exists with {retention:?} retention; plugbus needs Limits (messages kept until their age or size limit, for every consumer, replay and catch-up)"
+        ));
+    }
+    if storage != StorageType::File {
+        return Err(format!(
+            "it exists with {storage:?} storage; plugbus needs File (a memory stream loses every event at a server restart)"
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses an `ack_wait` for which a redelivered parent's follow-ups could
@@ -464,6 +535,7 @@ impl NatsLink {
             )));
         }
         check_duplicate_window(&options, info.config.duplicate_window).map_err(stream_err)?;
+        check_retention_and_storage(info.config.retention, info.config.storage).map_err(stream_err)?;
         let letters = dead_letters::LetterBucket::open(&buckets, &options.stream)
             .await
             .map_err(|reason| NatsError::Stream {
@@ -691,7 +763,7 @@ impl NatsLink {
             })
             .collect();
         NatsStatus {
-            url: self.options.url.clone(),
+            url: shown_url(&self.options.url),
             stream: self.options.stream.clone(),
             partitions: self.options.partitions,
             publish: self.publisher.stats(),

@@ -75,8 +75,11 @@ pub(crate) async fn read(options: &NatsOptions, from: u64, batch: usize) -> Resu
     let end = state.last_sequence;
     let stream_name = options.stream.clone();
     let counted = skipped.clone();
+    let start = from.max(state.first_sequence);
     tokio::spawn(async move {
         let mut events = Vec::with_capacity(batch);
+        // The last sequence read: a stall names the message after it.
+        let mut read = start.saturating_sub(1);
         loop {
             let next = match tokio::time::timeout(IDLE, messages.next()).await {
                 Ok(Some(next)) => next,
@@ -85,7 +88,13 @@ pub(crate) async fn read(options: &NatsOptions, from: u64, batch: usize) -> Resu
                     let _ = tx
                         .send(Err(NatsError::Stream {
                             stream: stream_name,
-                            reason: format!("no message for {IDLE:?} while reading up to sequence {end}"),
+                            reason: format!(
+                                "no message for {IDLE:?} after sequence {read} while reading up to sequence {end}: \
+                                 the next message may be one the NATS client cannot read (a header that is not \
+                                 UTF-8, or a status line: published by something other than plugbus); \
+                                 `--from {}` reads past it",
+                                read + 2
+                            ),
                         }))
                         .await;
                     return;
@@ -111,6 +120,7 @@ pub(crate) async fn read(options: &NatsOptions, from: u64, batch: usize) -> Resu
             if seq > end {
                 break;
             }
+            read = read.max(seq);
             match wire::decode(&message.payload, seq) {
                 Ok(event) => events.push(event),
                 Err(reason) => {

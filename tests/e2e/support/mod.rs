@@ -354,6 +354,32 @@ pub fn serve(args: &[&str]) -> (Served, String, std::thread::JoinHandle<String>)
     serve_with_env(args, &[])
 }
 
+/// Runs `plugbus serve ARGS --listen 127.0.0.1:0`, which must refuse to
+/// start: exit 1 within 20 s. Its stderr.
+pub fn serve_refused(args: &[&str]) -> String {
+    let mut child = Served(
+        Command::new(plugbus_bin())
+            .arg("serve")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "serve {args:?} kept running");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 /// [`serve`] with extra environment variables (`RUST_LOG`, `FAILPOINTS`).
 pub fn serve_with_env(args: &[&str], env: &[(&str, &str)]) -> (Served, String, std::thread::JoinHandle<String>) {
     serve_starting(args, env).wait_ready()
