@@ -678,6 +678,16 @@ fn http_queries_answer_with_the_documented_status_codes() {
     let big = format!(r#"{{"run": "{}"}}"#, "x".repeat(70_000));
     let (status, text) = support::http(&addr, "POST", "/plugins/agent-runs/query", big.as_bytes());
     assert_eq!(status, 413, "{text}");
+    // A compressed body is refused by name, as POST /events refuses it.
+    let (status, text) = support::http_with(
+        &addr,
+        "POST",
+        "/plugins/agent-runs/query",
+        &[("Content-Encoding", "gzip")],
+        br#"{"agents": true}"#,
+    );
+    assert_eq!(status, 415, "{text}");
+    assert!(text.contains("content encoding gzip"), "{text}");
     // After the failed queries misbehave still answers, its state kept.
     let (status, text) = support::http(&addr, "POST", "/plugins/misbehave/query", b"{}");
     assert_eq!(status, 200, "{text}");

@@ -519,15 +519,8 @@ async fn post_events(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    // A compressed body is not JSON text: refused by name, as `/v1/traces`
-    // refuses an encoding it does not take, instead of failing as bad UTF-8.
-    if let Some(encoding) = headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_ascii_lowercase())
-        .filter(|e| !e.is_empty() && e != "identity")
-    {
-        let reason = format!("unsupported content encoding {encoding}: POST /events takes an uncompressed body");
-        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, Json(json!({ "error": reason }))).into_response();
+    if let Some(refused) = compressed("POST /events", &headers) {
+        return refused;
     }
     let events = match events_of(&headers, &body) {
         Ok(events) => events,
@@ -690,8 +683,29 @@ async fn get_query(
     }
 }
 
-async fn post_query(State(bus): State<plugbus::Bus>, Path(name): Path<String>, body: String) -> Response {
+async fn post_query(
+    State(bus): State<plugbus::Bus>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> Response {
+    if let Some(refused) = compressed("a query", &headers) {
+        return refused;
+    }
     answer_query(&bus, &name, &body).await
+}
+
+/// 415 for a body with a `Content-Encoding` (other than `identity`): a
+/// compressed body is not JSON text, so it is refused by name, as
+/// `/v1/traces` refuses an encoding it does not take, instead of failing as
+/// bad UTF-8 or being read as text.
+fn compressed(route: &str, headers: &axum::http::HeaderMap) -> Option<Response> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_ascii_lowercase())
+        .filter(|e| !e.is_empty() && e != "identity")?;
+    let reason = format!("unsupported content encoding {encoding}: {route} takes an uncompressed body");
+    Some((StatusCode::UNSUPPORTED_MEDIA_TYPE, Json(json!({ "error": reason }))).into_response())
 }
 
 /// Checks the request is JSON, asks the plugin, maps a [`plugbus::QueryError`]

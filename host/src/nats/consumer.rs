@@ -872,6 +872,16 @@ impl Run {
                 return None;
             }
         };
+        // The subject routed it to the consumers whose filters match its
+        // name: one whose body names another event (written by something
+        // other than plugbus) reached the wrong plugins and would pass the
+        // right ones by. Ended, named, like any unreadable message.
+        if let Err(reason) = wire::check_subject(message.subject.as_str(), event.name()) {
+            tracing::error!(plugin = %self.plugin, stream_seq = seq, %reason, "message on the wrong subject; terminated");
+            self.ack(message, AckKind::Term).await;
+            self.record(|s| s.terminated += 1);
+            return None;
+        }
         let Some(port) = self.port.upgrade() else {
             return self.not_loaded(message, delivered).await;
         };

@@ -59,6 +59,26 @@ pub fn subject_for(event: &Event, partitions: u32) -> String {
     )
 }
 
+/// Whether `subject` is one event `name` is published on (any partition).
+///
+/// # Errors
+/// What the subject and the name say, when they disagree.
+pub fn check_subject(subject: &str, name: &str) -> Result<(), String> {
+    let tokens = subject
+        .strip_prefix(SUBJECT_PREFIX)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|rest| rest.split_once('.'))
+        .map(|(_, tokens)| tokens);
+    let expected = subject_tokens(name);
+    if tokens == Some(expected.as_str()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "its subject `{subject}` is not that of the event it holds, `{name}` (expected `{SUBJECT_PREFIX}.<partition>.{expected}`)"
+        ))
+    }
+}
+
 /// The subject filter for events matching plugbus pattern `pattern`, in
 /// any partition: `*` stays one token, a final `**` becomes `>`, literal
 /// segments are made tokens as names are.
@@ -187,6 +207,11 @@ mod tests {
         assert_eq!(filter_for("model_responded"), "plugbus.events.*.model_responded");
         assert_eq!(filter_in(Some("tool.*"), Some(3)), "plugbus.events.3.tool.*");
         assert_eq!(filter_in(None, Some(0)), "plugbus.events.0.>");
+        assert!(check_subject(&subject_for(&e, 8), "tool.called").is_ok());
+        assert!(check_subject("plugbus.events.3.a_b", "a>b").is_ok());
+        let e = check_subject("plugbus.events.0.misbehave.panic", "model_responded").unwrap_err();
+        assert!(e.contains("model_responded") && e.contains("misbehave.panic"), "{e}");
+        assert!(check_subject("plugbus.events.0", "x").is_err());
     }
 
     #[test]
