@@ -291,6 +291,16 @@ fn the_event_export_streams_cloudevents_or_plugbus_json_filtered() {
     assert_eq!(status, 400);
     let (status, _) = SseStream::open(&addr, "/events/stream?pattern=**.x");
     assert_eq!(status, 400);
+    // A malformed query string is refused in JSON, as every other bad input.
+    let (status, _) = SseStream::open(&addr, "/events/stream?format=plugbus&format=cloudevents");
+    assert_eq!(status, 400);
+    let (status, text) = support::http(&addr, "GET", "/dashboard/snapshot?pattern=a&pattern=b", b"");
+    assert_eq!(status, 400, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert!(
+        v["error"].as_str().unwrap().contains("malformed query string"),
+        "{text}"
+    );
 
     // Clients are capped (256 export streams, 64 page streams, counting the
     // two above): one more is told to come back, the others keep their

@@ -309,18 +309,25 @@ fn check_retention_and_storage(
 fn check_duplicate_window(options: &NatsOptions, window: Duration) -> Result<(), String> {
     let gap = redelivery_gap(options.ack_wait);
     if gap > window {
+        let max_ms = window
+            .saturating_sub(LONGEST_HANDLING + consumer::letter_patience(Duration::MAX))
+            .as_millis();
+        // A window shorter than the handling and the letter's patience
+        // alone leaves no `ack_wait` that fits: only the window can change.
+        let lower = if max_ms > 0 {
+            format!("lower `--ack-wait-ms` to at most {max_ms} or ")
+        } else {
+            String::new()
+        };
         return Err(format!(
             "its duplicate window is {window:?}, but with ack_wait {ack_wait:?} (`--ack-wait-ms {ms}`) a redelivered \
              event may re-emit its follow-ups up to {gap:?} after they were stored (ack_wait + the longest plugin \
-             deadline, {LONGEST_HANDLING:?}, + the time a dead letter's store is tried, {patience:?}), and they would be stored twice: lower `--ack-wait-ms` to at most \
-             {max_ms} or give the stream a duplicate window of at least {gap:?} (`nats stream edit {stream} \
+             deadline, {LONGEST_HANDLING:?}, + the time a dead letter's store is tried, {patience:?}), and they would be stored twice: {lower}\
+             give the stream a duplicate window of at least {gap:?} (`nats stream edit {stream} \
              --dupe-window`)",
             ack_wait = options.ack_wait,
             ms = options.ack_wait.as_millis(),
             patience = consumer::letter_patience(options.ack_wait),
-            max_ms = window
-                .saturating_sub(LONGEST_HANDLING + consumer::letter_patience(Duration::MAX))
-                .as_millis(),
             stream = options.stream,
         ));
     }

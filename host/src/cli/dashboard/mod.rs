@@ -203,6 +203,22 @@ fn bad_request(reason: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({ "error": reason }))).into_response()
 }
 
+/// A query string read as `T`, refused as the other routes refuse bad
+/// input: 400 with `{"error": …}` in JSON (axum's own `Query` answers in
+/// plain text).
+pub(super) struct JsonQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S> for JsonQuery<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Response> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(JsonQuery(value)),
+            Err(e) => Err(bad_request(format!("malformed query string: {}", e.body_text()))),
+        }
+    }
+}
+
 /// 503 with `Retry-After`: a stream over its cap of clients.
 fn busy(reason: String) -> Response {
     (
@@ -509,7 +525,7 @@ impl<'a> EventRow<'a> {
     }
 }
 
-async fn get_snapshot(State(dash): State<Dashboard>, Query(params): Query<StreamParams>) -> Response {
+async fn get_snapshot(State(dash): State<Dashboard>, JsonQuery(params): JsonQuery<StreamParams>) -> Response {
     let filter = match params.filter() {
         Ok(f) => f,
         Err(reason) => return bad_request(reason),
@@ -531,7 +547,7 @@ struct Ticking {
     stopping: watch::Receiver<bool>,
 }
 
-async fn get_stream(State(dash): State<Dashboard>, Query(params): Query<StreamParams>) -> Response {
+async fn get_stream(State(dash): State<Dashboard>, JsonQuery(params): JsonQuery<StreamParams>) -> Response {
     let filter = match params.filter() {
         Ok(f) => f,
         Err(reason) => return bad_request(reason),
@@ -591,7 +607,7 @@ struct Exporting {
     stopping: watch::Receiver<bool>,
 }
 
-async fn get_export(State(dash): State<Dashboard>, Query(params): Query<StreamParams>) -> Response {
+async fn get_export(State(dash): State<Dashboard>, JsonQuery(params): JsonQuery<StreamParams>) -> Response {
     let filter = match params.filter() {
         Ok(f) => f,
         Err(reason) => return bad_request(reason),

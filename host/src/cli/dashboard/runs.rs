@@ -16,7 +16,7 @@
 use std::path::Path as FsPath;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use plugbus::{Event, LogError, LogReader, Record};
@@ -265,7 +265,7 @@ fn read_history(history: &[Event], run: &str, after: u64, limit: usize) -> (Vec<
 pub(super) async fn get_timeline(
     State(dash): State<Dashboard>,
     Path(run): Path<String>,
-    Query(params): Query<TimelineParams>,
+    super::JsonQuery(params): super::JsonQuery<TimelineParams>,
 ) -> Result<Json<Value>, TimelineError> {
     let (limit, after) = params.parse()?;
     let bus = &dash.inner.bus;
