@@ -136,11 +136,12 @@ fn handle(kind: Kind, payload: &[u8], consumers: &Consumers, port: &Weak<dyn Nat
     match kind {
         Kind::MaxDeliveries => {
             tracing::error!(plugin = %plugin, consumer = %advisory.consumer, stream_seq = advisory.stream_seq, deliveries = advisory.deliveries, "NATS gave the message up after its last delivery: not handled by this plugin");
-            tokio::spawn(
-                given_up
-                    .clone()
-                    .keep(plugin.clone(), advisory.stream_seq, advisory.deliveries),
-            );
+            tokio::spawn(given_up.clone().keep(
+                plugin.clone(),
+                advisory.stream_seq,
+                advisory.deliveries,
+                stats.clone(),
+            ));
         }
         Kind::Terminated => {
             tracing::info!(plugin = %plugin, consumer = %advisory.consumer, stream_seq = advisory.stream_seq, deliveries = advisory.deliveries, "NATS message terminated")
@@ -189,7 +190,16 @@ impl GivenUp {
     /// redrive already handled it). A letter kept here may name an event
     /// whose last handling finished just after its `ack_wait` ran out: a
     /// redrive then handles it again (at least once).
-    async fn keep(self, plugin: String, seq: u64, deliveries: u64) {
+    /// A letter that cannot be kept is counted in `stats`
+    /// (`dead_letters_not_stored`), as the consumer counts its own.
+    async fn keep(
+        self,
+        plugin: String,
+        seq: u64,
+        deliveries: u64,
+        stats: Arc<std::sync::Mutex<crate::nats::consumer::ConsumerStats>>,
+    ) {
+        let not_stored = || lock(&stats).dead_letters_not_stored += 1;
         // Tried again for a minute: these advisories come exactly when the
         // server or a host is in trouble (a restart, a reconnect).
         const PATIENCE: Duration = Duration::from_secs(60);
@@ -209,10 +219,12 @@ impl GivenUp {
                 Ok(false) => return,
                 Err(Attempt::Final(reason)) => {
                     tracing::error!(plugin = %plugin, stream_seq = seq, %reason, "the dead letter of a message NATS gave up cannot be kept");
+                    not_stored();
                     return;
                 }
                 Err(Attempt::Again(reason)) if tokio::time::Instant::now() + wait >= deadline => {
                     tracing::error!(plugin = %plugin, stream_seq = seq, %reason, "the dead letter of a message NATS gave up could not be kept");
+                    not_stored();
                     return;
                 }
                 Err(Attempt::Again(reason)) => {
