@@ -1215,6 +1215,13 @@ mod tests {
     #[cfg(not(feature = "failpoints"))]
     struct Serial;
 
+    /// A log in `dir` holding events 1 to `n`, synced and closed.
+    async fn written_and_closed(dir: &Path, n: u64) {
+        let log = EventLog::open(dir, options()).unwrap();
+        append_n(&log, n).await;
+        log.close();
+    }
+
     async fn append_n(log: &EventLog, n: u64) -> u64 {
         let mut last = 0;
         for i in 0..n {
@@ -1443,10 +1450,7 @@ mod tests {
     async fn a_segment_named_past_the_last_possible_sequence_is_refused_naming_it() {
         let _serial = serial();
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::open(dir.path(), options()).unwrap();
-        append_n(&log, 3).await;
-        log.close();
-        drop(log);
+        written_and_closed(dir.path(), 3).await;
         let stray = dir.path().join("18446744073709551614.seg");
         std::fs::copy(dir.path().join(segment::segment_name(1)), &stray).unwrap();
         let err = EventLog::open(dir.path(), options()).unwrap_err();
@@ -1459,10 +1463,7 @@ mod tests {
     async fn a_torn_tail_is_truncated_on_open_and_corruption_is_named() {
         let _serial = serial();
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::open(dir.path(), options()).unwrap();
-        append_n(&log, 3).await;
-        log.close();
-        drop(log);
+        written_and_closed(dir.path(), 3).await;
         let seg = dir.path().join(segment::segment_name(1));
         let len = std::fs::metadata(&seg).unwrap().len();
         // A crash in the middle of the fourth frame.
@@ -1657,10 +1658,7 @@ mod tests {
     async fn damage_past_the_synced_length_is_a_torn_tail_and_before_it_corruption() {
         let _serial = serial();
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::open(dir.path(), options()).unwrap();
-        append_n(&log, 20).await;
-        log.close();
-        drop(log);
+        written_and_closed(dir.path(), 20).await;
         let seg = dir.path().join(segment::segment_name(1));
         let synced = std::fs::metadata(&seg).unwrap().len();
         // Unsynced frames 21..=60 (~20 KiB), then a power loss zeroes the
@@ -1737,10 +1735,7 @@ mod tests {
     async fn a_renamed_last_segment_is_refused_not_truncated() {
         let _serial = serial();
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::open(dir.path(), options()).unwrap();
-        append_n(&log, 20).await;
-        log.close();
-        drop(log);
+        written_and_closed(dir.path(), 20).await;
         let renamed = dir.path().join(segment::segment_name(5));
         std::fs::rename(dir.path().join(segment::segment_name(1)), &renamed).unwrap();
         let bytes = std::fs::metadata(&renamed).unwrap().len();
