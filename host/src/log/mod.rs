@@ -684,16 +684,6 @@ impl std::fmt::Debug for EventLog {
     }
 }
 
-/// Checks the last segment of a log being opened for writing; truncates a
-/// torn tail. Returns the last sequence number in it (or the one before its
-/// first, when it is empty), and its correlation index so far.
-///
-/// `synced` is the length the durable mark vouches for (`None`: no mark
-/// file, a log from before marks). With it, damage at or past that length
-/// is a torn tail whatever its shape (a power loss leaves any mix of new
-/// and zero pages there, so valid frames after a zero page are dropped
-/// too), and damage before it, or a file shorter than it, is corruption.
-/// Without it, the shape decides (see [`segment`]).
 /// How damage found in a log's segment is judged, alike by recovery at
 /// open (which truncates a torn tail) and by every reader (for which it is
 /// where the log ends): `Ok` with its offset and reason for a torn tail,
@@ -746,6 +736,17 @@ fn synced_len_of_last(dir: &Path, segments: &[(u64, PathBuf)]) -> Result<Option<
     Ok(mark.synced_len(*first))
 }
 
+/// Checks the last segment of a log being opened for writing; truncates a
+/// torn tail. Returns the last sequence number in it (or the one before its
+/// first, when it is empty), and its correlation index so far.
+///
+/// `synced` is the length the durable mark vouches for (`None`: no mark
+/// file, a log from before marks). With it, damage at or past that length
+/// is a torn tail whatever its shape (a power loss leaves any mix of new
+/// and zero pages there, so valid frames after a zero page are dropped
+/// too), and damage before it, or a file shorter than it, is corruption.
+/// Without it, the shape decides (see [`segment`]); [`judge_damage`]
+/// judges, as for every reader.
 fn recover(path: &Path, first: u64, synced: Option<u64>) -> Result<(u64, CorrelationIndex), LogError> {
     let mut index = CorrelationIndex::default();
     // A sidecar of the active segment would go stale as it grows.
