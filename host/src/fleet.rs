@@ -226,7 +226,7 @@ impl Fleet {
         };
         let entry: LockEntry = serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
         if key.strip_prefix(PLUGIN_PREFIX) != Some(entry.name.as_str())
-            || !crate::plugin::valid_plugin_name(&entry.name)
+            || !crate::manifest::valid_plugin_name(&entry.name)
         {
             return Err(bad(format!("names plugin {:?}", entry.name)));
         }
@@ -411,7 +411,7 @@ impl Member {
                 Err(e) => tracing::error!(plugin = %name, error = %e, "fleet: entry refused"),
             },
             kv::Operation::Delete | kv::Operation::Purge => {
-                if !crate::plugin::valid_plugin_name(&name) {
+                if !crate::manifest::valid_plugin_name(&name) {
                     return;
                 }
                 let wasm = self.dir.join(format!("{name}.wasm"));

@@ -55,6 +55,24 @@ use crate::http::{HttpGrant, RawHttp};
 use crate::limits::Limits;
 use crate::pattern::Pattern;
 
+/// Whether `name` may name a plugin (`name.wasm`): 1 to 64 ASCII letters,
+/// digits, `-`, `_` or `.`, not starting with a dot (hidden files are not
+/// plugins). The rule for every plugin name the host is given: files,
+/// `plugins.lock`, the fleet's bucket, a policy's `[plugin.NAME]`.
+///
+/// ```
+/// assert!(plugbus::manifest::valid_plugin_name("cost-tracker"));
+/// assert!(!plugbus::manifest::valid_plugin_name("../etc"));
+/// ```
+pub fn valid_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 /// A manifest that could not be used. Names the file and the field.
 #[derive(Debug, thiserror::Error)]
 #[error("manifest {}: {reason}", path.display())]

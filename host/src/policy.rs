@@ -221,7 +221,17 @@ impl Policy {
         };
         let mut plugins = BTreeMap::new();
         for (name, rule) in raw.plugin {
-            let rule = resolve(&format!("[plugin.{name}]"), rule)?;
+            let label = format!("[plugin.{}]", crate::text::printable(&name));
+            // A rule no plugin could ever match is a typo or a path
+            // (`[plugin."../evil"]`): refused, not silently unused.
+            if !crate::manifest::valid_plugin_name(&name) || name == crate::event::HOST_SOURCE {
+                return Err(err(format!(
+                    "{label}: `{}` cannot name a plugin (a plugin's name is its file's: 1 to 64 letters, digits, `-`, `_` and `.`, not starting with `.`, and not `{}`)",
+                    crate::text::printable(&name),
+                    crate::event::HOST_SOURCE
+                )));
+            }
+            let rule = resolve(&label, rule)?;
             plugins.insert(name, rule);
         }
         let mut keys = BTreeMap::new();
@@ -518,6 +528,11 @@ mod tests {
         );
         let err = Policy::parse(Path::new("p.toml"), Path::new("."), "[plugin.x]\ndir = []\n").unwrap_err();
         assert!(err.to_string().contains("dir"), "{err}");
+        // A rule no plugin file could ever be named for.
+        for name in ["\"../evil\"", "\".hidden\"", "host", "\"a b\""] {
+            let err = Policy::parse(Path::new("p.toml"), Path::new("."), &format!("[plugin.{name}]\n")).unwrap_err();
+            assert!(err.to_string().contains("cannot name a plugin"), "{name}: {err}");
+        }
         let err = Policy::parse(Path::new("p.toml"), Path::new("."), "not toml [").unwrap_err();
         assert!(err.to_string().contains("p.toml"), "{err}");
         // A FIFO or a device where the policy should be: refused, never

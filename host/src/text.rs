@@ -66,6 +66,18 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     out.into()
 }
 
+/// A path as [`printable`] text: a file name is anyone's choice, and a
+/// newline or escape sequence in it must not forge a log line or a
+/// terminal's output.
+///
+/// ```
+/// let path = std::path::Path::new("plugins/evil\nname.wasm");
+/// assert_eq!(plugbus::text::printable_path(path), "plugins/evil\\nname.wasm");
+/// ```
+pub fn printable_path(path: &std::path::Path) -> String {
+    printable(&path.display().to_string()).into_owned()
+}
+
 /// `bytes` as lowercase hex, two digits a byte.
 ///
 /// ```

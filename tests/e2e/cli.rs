@@ -114,6 +114,30 @@ fn run_with_a_missing_directory_fails_naming_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/dir"));
 }
 
+/// A directory whose every plugin is refused leaves the events nothing to
+/// reach: `run` says so and exits 1 instead of reporting a run that did
+/// nothing as a success. One plugin that loads is enough to run.
+#[test]
+fn run_with_every_plugin_refused_fails_naming_the_directory() {
+    let dir = plugin_dir(&[]);
+    std::fs::write(dir.path().join("broken.wasm"), b"not wasm").unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, "{\"name\": \"a\", \"payload\": {}}\n").unwrap();
+    let (plugins, input) = (dir.path().to_str().unwrap(), events.to_str().unwrap());
+    let out = plugbus(&["run", "--plugins", plugins, input]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("broken.wasm") && stderr.contains("no plugin in"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(plugins), "{stderr}");
+
+    std::fs::copy(wasm("console-logger"), dir.path().join("console-logger.wasm")).unwrap();
+    let out = plugbus(&["run", "--plugins", plugins, input]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Plugin file names a user gets wrong or an attacker chooses: `host` (the
 /// source of the host's and the application's events) is reserved; a
 /// manifest beside no plugin of its name is warned about (its grants and
@@ -187,6 +211,110 @@ fn the_dead_letters_of_a_plugin_not_loaded_are_listed_from_the_log() {
     assert!(body.contains("no plugin named `misbehave` is loaded"), "{body}");
     let (status, body) = http(&addr, "GET", "/plugins/ghost/dead-letters", b"");
     assert_eq!(status, 404, "{body}");
+    drop(served);
+}
+
+/// A redrive of a quarantined plugin would only see its letters dropped
+/// (a quarantined plugin receives nothing until its backoff is over): 503
+/// with `Retry-After`, the letters untouched, instead of a 200 whose
+/// report counts them all dropped.
+#[test]
+fn a_redrive_of_a_quarantined_plugin_is_refused_until_its_backoff_is_over() {
+    let dir = plugin_dir(&["misbehave"]);
+    std::fs::write(
+        dir.path().join("misbehave.toml"),
+        "[limits]\nquarantine_after = 2\nquarantine_backoff_ms = 60000\n",
+    )
+    .unwrap();
+    let log = tempfile::tempdir().unwrap();
+    let (served, addr, _stderr) = support::serve_logged(dir.path(), log.path());
+    for _ in 0..2 {
+        let (status, body) = http(&addr, "POST", "/events", br#"{"name":"misbehave.panic"}"#);
+        assert_eq!(status, 202, "{body}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, body) = http(&addr, "GET", "/plugins", b"");
+        if body.contains("\"quarantined\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never quarantined: {body}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (status, headers, body) =
+        support::http_full(&addr, "POST", "/plugins/misbehave/dead-letters/redrive", &[], b"");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"quarantined\"") && body.contains("misbehave"), "{body}");
+    let retry: u64 = support::header(&headers, "retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!((1..=60).contains(&retry), "{headers:?}");
+    let (status, body) = http(&addr, "GET", "/plugins/misbehave/dead-letters", b"");
+    assert_eq!(status, 200, "{body}");
+    let letters: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(letters["dead_letters"].as_array().map(Vec::len), Some(2), "{body}");
+    // Listed a page at a time, oldest first.
+    let page = |query: &str| {
+        let (status, body) = http(&addr, "GET", &format!("/plugins/misbehave/dead-letters?{query}"), b"");
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default(),
+        )
+    };
+    let (status, first) = page("limit=1");
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        (first["total"].as_u64(), first["next_offset"].as_u64()),
+        (Some(2), Some(1)),
+        "{first}"
+    );
+    let (_, second) = page("offset=1&limit=1");
+    assert_eq!(second["next_offset"], serde_json::Value::Null, "{second}");
+    assert_eq!(
+        [&first, &second].map(|p| p["dead_letters"][0]["event"]["id"].clone()),
+        [
+            letters["dead_letters"][0]["event"]["id"].clone(),
+            letters["dead_letters"][1]["event"]["id"].clone()
+        ]
+    );
+    for bad in ["limit=0", "limit=10001", "offset=-1"] {
+        let (status, answer) = page(bad);
+        assert_eq!(status, 400, "{bad}: {answer}");
+    }
+    drop(served);
+}
+
+/// Every error of serve's API is JSON, the ones axum makes included: an
+/// unknown path, a wrong method (with `Allow`), a body over the limit.
+#[test]
+fn every_error_of_the_api_is_json() {
+    let dir = plugin_dir(&[]);
+    let (served, addr, _stderr) = support::serve(&["--plugins", dir.path().to_str().unwrap()]);
+    let error_of = |status: u16, body: &str| {
+        let v: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {body:?}"));
+        v["error"].as_str().unwrap_or_else(|| panic!("{body}")).to_owned()
+    };
+    let (status, body) = http(&addr, "GET", "/no/such/route", b"");
+    assert_eq!(status, 404);
+    assert!(error_of(status, &body).contains("/no/such/route"), "{body}");
+    let (status, head, body) = support::http_full(&addr, "DELETE", "/events", &[], b"");
+    assert_eq!(status, 405, "{body}");
+    assert!(error_of(status, &body).contains("DELETE"), "{body}");
+    assert_eq!(support::header(&head, "allow"), Some("POST"), "{head}");
+    // Over serve's 1 MiB: refused by the body's limit.
+    let big = vec![b' '; (1 << 20) + 1];
+    let (status, head, body) = support::http_full(&addr, "POST", "/plugins/x/query", &[], &big);
+    assert_eq!(status, 413, "{body}");
+    assert!(!error_of(status, &body).is_empty(), "{body}");
+    assert!(
+        support::header(&head, "content-type").is_some_and(|ct| ct.starts_with("application/json")),
+        "{head}"
+    );
+    // Not UTF-8: the extractor's rejection, as JSON.
+    let (status, body) = http(&addr, "POST", "/plugins/x/query", b"\xff\xfe");
+    assert_eq!(status, 400, "{body}");
+    error_of(status, &body);
     drop(served);
 }
 

@@ -2121,6 +2121,43 @@ async fn a_stream_that_does_not_keep_events_on_disk_is_refused() {
     }
 }
 
+/// A stream made beforehand with a `max_msg_size` below the server's
+/// `max_payload`: the client sends a larger event, and the stream refuses
+/// it. No retry can store it, so none is made, and `POST /events` answers
+/// 413 naming the event, not a 503 a client would retry. Smaller events
+/// go on being stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_the_streams_message_size_is_refused_at_once() {
+    let nats = NatsServer::start();
+    client(&nats.url)
+        .await
+        .create_stream(jetstream::stream::Config {
+            name: "PLUGBUS".into(),
+            subjects: vec!["plugbus.events.>".into()],
+            duplicate_window: Duration::from_secs(120),
+            max_message_size: 2048,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let dir = support::plugin_dir(&["console-logger"]);
+    let (a, addr, _log) = support::serve(&["--plugins", dir.path().to_str().unwrap(), "--nats", &nats.url]);
+    let big = format!(r#"{{"name":"big","payload":{{"text":"{}"}}}}"#, "x".repeat(4096));
+    let (code, body) = support::http(&addr, "POST", "/events", big.as_bytes());
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("too large for the NATS stream"), "{body}");
+    let (code, body) = support::http(&addr, "POST", "/events", br#"{"name":"small"}"#);
+    assert_eq!(code, 202, "{body}");
+    let status = plugins_of(&addr);
+    let publish = &status["nats"]["publish"];
+    assert_eq!(
+        (publish["retries"].as_u64(), publish["failed"].as_u64()),
+        (Some(0), Some(1)),
+        "{publish}"
+    );
+    support::terminate(&a);
+}
+
 /// A server that requires a user and password: the credentials in the
 /// `--nats` URL are used (the client reads none from the URL itself, so
 /// such a server could not be used at all), and the password is never

@@ -602,8 +602,7 @@ async fn load_all(bus: &Bus, mut files: Vec<PathBuf>) {
             Ok((file, Ok(_))) => bus.shared.startup.loaded(&file, true),
             Ok((file, Err(e))) => {
                 bus.shared.startup.loaded(&file, false);
-                let shown = file.display().to_string();
-                tracing::error!(file = %crate::text::printable(&shown), error = %e.kind, "plugin not loaded");
+                tracing::error!(file = %crate::text::printable_path(&file), error = %e.kind, "plugin not loaded");
                 failures.push(LoadFailure {
                     path: file,
                     reason: e.kind.to_string(),
@@ -641,10 +640,10 @@ pub(crate) fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     files.sort();
     manifests.sort();
     for manifest in manifests {
-        if !files.contains(&manifest.with_extension("wasm")) {
-            let shown = manifest.display().to_string();
+        // `files` is sorted: one lookup each, however many plugins.
+        if files.binary_search(&manifest.with_extension("wasm")).is_err() {
             tracing::warn!(
-                manifest = %crate::text::printable(&shown),
+                manifest = %crate::text::printable_path(&manifest),
                 "a manifest with no plugin of its name beside it (a plugin's name is its .wasm file's): it applies to nothing"
             );
         }

@@ -1159,7 +1159,8 @@ impl Bus {
     /// # Errors
     /// [`LogError::Refused`] naming the first event that is not in the
     /// stream (refused by its schema, publish queue full, or every publish
-    /// attempt failed); `Closed` when the bus is not on NATS or shut down.
+    /// attempt failed), [`LogError::TooLargeForStream`] for one the stream
+    /// refuses by its size; `Closed` when the bus is not on NATS or shut down.
     #[cfg(feature = "nats")]
     pub async fn publish_to_stream(&self, events: impl IntoIterator<Item = Event>) -> Result<Vec<u64>, LogError> {
         self.stream()?;
@@ -1193,6 +1194,9 @@ impl Bus {
         for (id, confirmation) in confirmations {
             match confirmation.await {
                 Ok(Ok(seq)) => seqs.push(seq),
+                Ok(Err(crate::nats::NotStored::TooLarge(reason))) => {
+                    return Err(LogError::TooLargeForStream(id, reason));
+                }
                 Ok(Err(reason)) => return Err(LogError::Refused(format!("event {id}: {reason}"))),
                 Err(_) => return Err(LogError::Refused(format!("event {id}: the bus shut down"))),
             }

@@ -573,8 +573,11 @@ async fn open_bus(
 /// Prints the plugin files the bus refused at start, with the reason.
 fn report_skipped(bus: &plugbus::Bus) {
     for f in bus.load_failures() {
-        let path = f.path.display().to_string();
-        eprintln!("plugbus: skipped {}: {}", plugbus::text::printable(&path), f.reason);
+        eprintln!(
+            "plugbus: skipped {}: {}",
+            plugbus::text::printable_path(&f.path),
+            f.reason
+        );
     }
 }
 

@@ -82,8 +82,12 @@ impl Report {
             );
         }
         for l in &self.load_failures {
-            let path = l.path.display().to_string();
-            let _ = writeln!(out, "not loaded: {}: {}", plugbus::text::printable(&path), l.reason);
+            let _ = writeln!(
+                out,
+                "not loaded: {}: {}",
+                plugbus::text::printable_path(&l.path),
+                l.reason
+            );
         }
         out
     }

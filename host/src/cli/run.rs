@@ -33,6 +33,16 @@ pub async fn run(
         Box::new(BufReader::new(file))
     };
     let bus = super::open_bus(plugins, watch, cache, log, 0, false, false).await?;
+    // Every plugin file refused (each named above): the events would reach
+    // nothing, and a run that did nothing must not look like a success.
+    // Watching, a fixed file may still come, so the run goes on.
+    if !watch && bus.plugins().is_empty() && !bus.load_failures().is_empty() {
+        bus.shutdown().await;
+        anyhow::bail!(
+            "no plugin in {} could be loaded (each refusal is above): nothing would handle the events",
+            plugbus::text::printable_path(plugins)
+        );
+    }
     let mut report = Report::default();
     // Split on bytes, not text: a line that is not UTF-8 is that line's
     // error, reported with its number, and the run goes on.

@@ -146,16 +146,9 @@ pub fn malformed_host(headers: &HeaderMap, required: bool) -> Option<&'static st
 /// What is wrong with the value.
 pub fn allowed_host(value: &str) -> Result<String, String> {
     let name = value.trim_end_matches('.');
-    let label_ok = |label: &str| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-    };
-    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+    if let Some(fault) = plugbus::http::host_name_fault(name) {
         return Err(format!(
-            "`{value}` is not a host name (letters, digits and `-` in dot-separated labels; no wildcards, ports or addresses: IP addresses are always answered)"
+            "`{value}` is not a host name ({fault}; no wildcards, ports or addresses: IP addresses are always answered)"
         ));
     }
     Ok(name.to_ascii_lowercase())
@@ -290,7 +283,15 @@ mod tests {
     #[test]
     fn allowed_hosts_are_names_that_can_match() {
         assert_eq!(allowed_host("Bus.Example.").unwrap(), "bus.example");
-        for bad in ["", "a b", "*.dev.test", "bus.example:7070", ".", "-a.example"] {
+        for bad in [
+            "",
+            "a b",
+            "*.dev.test",
+            "bus.example:7070",
+            ".",
+            "-a.example",
+            "10.1.1.1",
+        ] {
             assert!(allowed_host(bad).is_err(), "{bad:?}");
         }
         let rules = SameOrigin::new("127.0.0.1".parse().unwrap(), &[allowed_host("other.test.").unwrap()]);

@@ -188,6 +188,9 @@ pub async fn serve(options: Options<'_>) -> anyhow::Result<ExitCode> {
     let dashboard = Dashboard::start(&bus, history, stopping.clone());
     let app = router(bus.clone(), shutdown.clone(), receiver.clone())
         .merge(dashboard.routes())
+        .fallback(no_such_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::map_response(json_errors))
         .layer(axum::middleware::from_fn_with_state(
             SameOrigin::new(addr.ip(), allow_hosts),
             same_origin::guard,
@@ -315,6 +318,59 @@ fn router(bus: plugbus::Bus, shutdown: Shutdown, receiver: Arc<Receiver>) -> Rou
         .layer(axum::Extension(shutdown))
         .layer(axum::Extension(receiver))
         .with_state(bus)
+}
+
+/// 404 for a path no route serves, in JSON like every other error.
+async fn no_such_route(uri: axum::http::Uri) -> Response {
+    let path = plugbus::text::printable(uri.path()).into_owned();
+    (
+        StatusCode::NOT_FOUND,
+        Json(
+            json!({ "error": format!("no such route: {path} (the routes are listed in the README, `plugbus serve`)") }),
+        ),
+    )
+        .into_response()
+}
+
+/// 405 for a route that does not take the request's method (axum adds the
+/// `Allow` header naming those it takes).
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let path = plugbus::text::printable(uri.path()).into_owned();
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({ "error": format!("{method} is not allowed on {path} (see the Allow header)") })),
+    )
+        .into_response()
+}
+
+/// Largest plain-text error body rewritten as JSON by [`json_errors`]: an
+/// extractor's rejection is one line; anything longer is left as it is.
+const MAX_PLAIN_ERROR: usize = 4096;
+
+/// Rewrites a plain-text error answer (axum's extractors reject a body
+/// over its limit, bad UTF-8, a malformed path with text) as
+/// `{"error": text}`, so that every error of the API is JSON. Its status
+/// and other headers (`Allow`, `Retry-After`) are kept.
+async fn json_errors(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/plain"));
+    if response.status().as_u16() < 400 || !plain {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(text) = axum::body::to_bytes(body, MAX_PLAIN_ERROR).await else {
+        return (parts.status, Json(json!({ "error": parts.status.to_string() }))).into_response();
+    };
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let error = String::from_utf8_lossy(&text).trim().to_owned();
+    let mut json = Json(json!({ "error": error })).into_response();
+    let json_headers = std::mem::take(json.headers_mut());
+    parts.headers.extend(json_headers);
+    Response::from_parts(parts, json.into_body())
 }
 
 /// The routes of `--otlp-listen`: traces, and liveness for probes.
@@ -575,6 +631,12 @@ async fn post_events(
                 Json(json!({ "ids": ids, "stream_seqs": seqs, "durable": true, "durability": "nats" })),
             )
                 .into_response(),
+            // No retry could store it: not a 503 a client would retry.
+            Err(e @ plugbus::LogError::TooLargeForStream(..)) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Json(json!({ "error": e.to_string(), "ids": ids })),
+            )
+                .into_response(),
             Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e.to_string() }))).into_response(),
         };
     }
@@ -614,9 +676,53 @@ async fn get_plugins(State(bus): State<plugbus::Bus>) -> Response {
     .into_response()
 }
 
-async fn get_dead_letters(State(bus): State<plugbus::Bus>, Path(name): Path<String>) -> Response {
+/// Letters in one answer of `GET /plugins/<name>/dead-letters` unless
+/// `limit` says otherwise: a journal may hold any number (a plugin that
+/// failed on a whole backlog), and an answer holding every one of them,
+/// payloads and all, could run to gigabytes.
+const LETTERS_PAGE: usize = 1000;
+
+/// The most `limit` may ask for in one answer.
+const MAX_LETTERS_PAGE: usize = 10_000;
+
+/// `?offset=&limit=` of `GET /plugins/<name>/dead-letters`.
+#[derive(serde::Deserialize)]
+struct LettersPage {
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+/// A page of the plugin's letters, oldest first: `dead_letters`, `total`
+/// and `next_offset` (`null` on the last page).
+async fn get_dead_letters(
+    State(bus): State<plugbus::Bus>,
+    Path(name): Path<String>,
+    page: Result<Query<LettersPage>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let page = match page {
+        Ok(Query(page)) => page,
+        Err(e) => return bad_request(format!("malformed query string (offset, limit: numbers): {e}")),
+    };
+    let limit = page.limit.unwrap_or(LETTERS_PAGE);
+    if !(1..=MAX_LETTERS_PAGE).contains(&limit) {
+        return bad_request(format!("limit must be 1 to {MAX_LETTERS_PAGE}, not {limit}"));
+    }
     match bus.kept_dead_letters(&name).await {
-        Some(Ok(letters)) => Json(json!({ "plugin": name, "dead_letters": letters })).into_response(),
+        Some(Ok(letters)) => {
+            let total = letters.len();
+            let start = page.offset.min(total);
+            let end = start.saturating_add(limit).min(total);
+            let next = (end < total).then_some(end);
+            Json(json!({
+                "plugin": name,
+                "dead_letters": &letters[start..end],
+                "total": total,
+                "offset": start,
+                "next_offset": next,
+            }))
+            .into_response()
+        }
         Some(Err(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "error": format!("dead letters of `{name}`: {e}") })),
@@ -627,6 +733,28 @@ async fn get_dead_letters(State(bus): State<plugbus::Bus>, Path(name): Path<Stri
 }
 
 async fn post_redrive(State(bus): State<plugbus::Bus>, Path(name): Path<String>) -> Response {
+    // A quarantined plugin drops what it is sent until its backoff is over:
+    // a redrive now would send every letter to be dropped (they stay
+    // letters). Said at once, with when to come back.
+    let quarantined = bus
+        .plugins()
+        .into_iter()
+        .find(|p| p.name == name)
+        .filter(|p| p.state == plugbus::PluginState::Quarantined)
+        .and_then(|p| p.quarantine_retry_in_ms)
+        .filter(|ms| *ms > 0);
+    if let Some(ms) = quarantined {
+        let retry = ms.div_ceil(1000).max(1).to_string();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, retry)],
+            Json(json!({
+                "error": format!("plugin `{name}` is quarantined for another {ms} ms: a redrive now would only drop its letters (they stay letters); retry then, or load a fixed version"),
+                "kind": "quarantined",
+            })),
+        )
+            .into_response();
+    }
     match bus.redrive(&name).await {
         Some(report) => Json(json!({ "plugin": name, "redrive": report })).into_response(),
         None => not_loaded(&bus, &name),

@@ -256,33 +256,48 @@ pub(crate) fn parse_ip_host(host: &str) -> Option<IpAddr> {
     host.trim_start_matches('[').trim_end_matches(']').parse().ok()
 }
 
-fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        });
-    if !ok {
-        return Err(format!("`{name}` is not a host name (wildcards: only a leading `*.`)"));
+/// Why `name` is not a DNS host name, if it is not one: dot-separated
+/// labels of ASCII letters, digits and `-` (not first or last), each at most
+/// 63 bytes, 253 in all (RFC 1123), and a last label that is not a number
+/// (`2130706433`, `0x7f.1` and `256.1.1.1` are read as IPv4 addresses by URL
+/// parsers, or refused, so they could only ever stand for an address).
+/// A trailing root dot is the caller's to remove. One rule for every host
+/// name the host is given: `[http] allow`, `serve --allow-host`.
+///
+/// ```
+/// assert!(plugbus::http::host_name_fault("hooks.example.com").is_none());
+/// assert!(plugbus::http::host_name_fault("0x7f.1").is_some());
+/// assert!(plugbus::http::host_name_fault("*.example.com").is_some());
+/// ```
+pub fn host_name_fault(name: &str) -> Option<&'static str> {
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Some("letters, digits and `-` in dot-separated labels of at most 63 bytes");
     }
-    // A name whose last label is a number (`2130706433`, `0x7f.1`,
-    // `256.1.1.1`) is no DNS name: URL parsers read it as an IPv4 address
-    // (or refuse it), so it could only ever stand for an address.
     let last = name.rsplit('.').next().unwrap_or(name);
     let hex = last
         .strip_prefix("0x")
         .or_else(|| last.strip_prefix("0X"))
         .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
     if hex || last.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "`{name}` ends in a number, so it is no host name: write an IP address in its usual form (`127.0.0.1`)"
-        ));
+        return Some("it ends in a number, which URL parsers read as an IPv4 address");
     }
-    Ok(())
+    None
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    match host_name_fault(name) {
+        None => Ok(()),
+        Some(fault) => Err(format!(
+            "`{name}` is not a host name: {fault} (wildcards: only a leading `*.`; an IP address in its usual form, `127.0.0.1`)"
+        )),
+    }
 }
 
 /// A plugin's validated `[http]` grant: no grant at all means every request

@@ -17,7 +17,7 @@ pub(crate) mod stats;
 
 pub use address::{IpRange, special_address};
 pub(crate) use grant::is_subdomain;
-pub use grant::{HostRule, HttpGrant, Origin, RawHttp, Scheme};
+pub use grant::{HostRule, HttpGrant, Origin, RawHttp, Scheme, host_name_fault};
 pub use journal::{
     JOURNAL_FILE, JournalError, Journaled, MEMORY_ENTRIES, Recorded, RequestJournal, RequestKey, fingerprint,
 };

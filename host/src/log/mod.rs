@@ -203,6 +203,11 @@ pub enum LogError {
         /// [`MAX_FRAME`].
         limit: usize,
     },
+    /// On NATS: the stream refuses a message this large (the server's
+    /// `max_payload` or the stream's `max_msg_size`): not stored, and no
+    /// retry could store it. The event's id and the server's answer.
+    #[error("not published: event {0} is too large for the NATS stream ({1})")]
+    TooLargeForStream(String, String),
     /// The log stopped after a write failure; the reason.
     #[error("the event log stopped: {0}")]
     Failed(Arc<str>),

@@ -65,8 +65,8 @@ pub enum NotStored {
     /// The bus was shut down before the event was published.
     #[error("the host is shutting down")]
     ShutDown,
-    /// The server refuses a message this large (its `max_payload`): no
-    /// retry can store it.
+    /// The server refuses a message this large (its `max_payload`, or the
+    /// stream's `max_msg_size`): no retry can store it.
     #[error("too large for the NATS server: {0}")]
     TooLarge(String),
     /// Every publish attempt failed.
@@ -294,6 +294,22 @@ async fn run(
     }
 }
 
+/// Why the stream did not store a message it answered: `TooLarge` when the
+/// stream's own `max_msg_size` refuses it (the JetStream error 10054, below
+/// the server's `max_payload`, so the client sent it): no retry can store
+/// it, so none is made. Any other answer may pass on a retry.
+fn ack_refusal(e: &async_nats::jetstream::context::PublishError) -> NotStored {
+    use async_nats::jetstream::ErrorCode;
+    let refused = std::error::Error::source(e)
+        .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|js| js.error_code() == ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM);
+    if refused {
+        NotStored::TooLarge(format!("the stream's max_msg_size: {e}"))
+    } else {
+        NotStored::Failed(e.to_string())
+    }
+}
+
 /// One event on its way to the stream.
 struct Outgoing {
     event: Event,
@@ -334,7 +350,7 @@ impl Outgoing {
         let mut delay = RETRY_DELAY;
         for attempt in 1..=ATTEMPTS {
             let answer = match sent {
-                Ok(ack) => ack.await.map_err(|e| NotStored::Failed(e.to_string())),
+                Ok(ack) => ack.await.map_err(|e| ack_refusal(&e)),
                 Err(e) => Err(e),
             };
             match answer {

@@ -128,7 +128,7 @@ impl Lock {
         let mut names = std::collections::BTreeSet::new();
         for entry in &lock.plugins {
             let at = |what: String| bad(format!("plugin {:?}: {what}", entry.name));
-            if !crate::plugin::valid_plugin_name(&entry.name) {
+            if !crate::manifest::valid_plugin_name(&entry.name) {
                 return Err(at("not a valid plugin name".to_owned()));
             }
             if !names.insert(entry.name.as_str()) {

@@ -204,11 +204,11 @@ pub(crate) async fn pull_inner(
             .wasm
             .title()
             .and_then(|t| t.strip_suffix(".wasm"))
-            .filter(|t| crate::plugin::valid_plugin_name(t))
+            .filter(|t| crate::manifest::valid_plugin_name(t))
             .unwrap_or(reference.last_segment())
             .to_owned(),
     };
-    if !crate::plugin::valid_plugin_name(&name) {
+    if !crate::manifest::valid_plugin_name(&name) {
         return Err(OciError::Name {
             reference: reference.to_string(),
             name,

@@ -30,6 +30,12 @@ const INT32_FIELDS: [&str; 6] = [
 /// The direct decode's error when the rewritten body does not decode either
 /// (it names the place in the body as sent).
 pub(crate) fn from_slice<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, serde_json::Error> {
+    // A request is a JSON object. Serde would also read a struct from an
+    // array (`[]` an empty request, `[[...]]` its fields by position),
+    // which no OTLP exporter sends.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(serde::de::Error::custom("an OTLP JSON request is a JSON object"));
+    }
     let first = match serde_json::from_slice(body) {
         Ok(request) => return Ok(request),
         Err(e) => e,
@@ -151,5 +157,9 @@ mod tests {
         let e = from_slice::<ExportTraceServiceRequest>(br#"{"resourceSpans": 5}"#).unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");
         assert!(from_slice::<ExportTraceServiceRequest>(b"not json").is_err());
+        for body in [&b"[]"[..], b" [[]]", b"null", b"5", b""] {
+            let e = from_slice::<ExportTraceServiceRequest>(body).unwrap_err();
+            assert!(e.to_string().contains("JSON object"), "{e}");
+        }
     }
 }

@@ -75,7 +75,9 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    /// The encoding a `Content-Type` names (parameters ignored).
+    /// The encoding a `Content-Type` names. Parameters are ignored, except
+    /// a JSON body's `charset`: JSON is UTF-8 (RFC 8259, 8.1), so another
+    /// one is refused rather than read as UTF-8.
     ///
     /// # Errors
     /// [`OtlpError::UnsupportedMediaType`] for anything else.
@@ -83,18 +85,27 @@ impl Encoding {
     /// ```
     /// use plugbus::otlp::Encoding;
     /// assert_eq!(Encoding::of(Some("application/json; charset=utf-8")).unwrap(), Encoding::Json);
+    /// assert!(Encoding::of(Some("application/json; charset=iso-8859-1")).is_err());
     /// assert!(Encoding::of(Some("text/plain")).is_err());
     /// ```
     pub fn of(content_type: Option<&str>) -> Result<Encoding, OtlpError> {
-        let essence = content_type
-            .map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-            .unwrap_or_default();
+        let refused = || OtlpError::UnsupportedMediaType(content_type.unwrap_or("(none)").to_owned());
+        let mut parts = content_type.unwrap_or_default().split(';');
+        let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
         match essence.as_str() {
             "application/x-protobuf" | "application/protobuf" => Ok(Encoding::Protobuf),
-            "application/json" => Ok(Encoding::Json),
-            _ => Err(OtlpError::UnsupportedMediaType(
-                content_type.unwrap_or("(none)").to_owned(),
-            )),
+            "application/json" => {
+                let charset = parts.filter_map(|p| p.split_once('=')).find_map(|(k, v)| {
+                    k.trim()
+                        .eq_ignore_ascii_case("charset")
+                        .then(|| v.trim().trim_matches('"').to_ascii_lowercase())
+                });
+                match charset.as_deref() {
+                    None | Some("utf-8" | "utf8") => Ok(Encoding::Json),
+                    Some(_) => Err(refused()),
+                }
+            }
+            _ => Err(refused()),
         }
     }
 

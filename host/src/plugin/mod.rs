@@ -1002,22 +1002,7 @@ pub const MAX_SUBSCRIPTIONS: usize = 256;
 /// Fuel between two yields to the async runtime (~1 ms of work here).
 const YIELD_FUEL: u64 = 2_000_000;
 
-/// Whether `name` may name a plugin (`name.wasm`): 1 to 64 ASCII letters,
-/// digits, `-`, `_` or `.`, not starting with a dot (hidden files are not
-/// plugins).
-///
-/// ```
-/// assert!(plugbus::plugin::valid_plugin_name("cost-tracker"));
-/// assert!(!plugbus::plugin::valid_plugin_name("../etc"));
-/// ```
-pub fn valid_plugin_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with('.')
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
+pub use crate::manifest::valid_plugin_name;
 
 fn plugin_name(path: &Path) -> Result<String, LoadErrorKind> {
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();

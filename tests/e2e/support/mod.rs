@@ -264,14 +264,8 @@ pub fn http_with(addr: &str, method: &str, path: &str, headers: &[(&str, &str)],
         .unwrap_or_else(|| panic!("no HTTP answer from {addr} to {method} {path}"))
 }
 
-/// [`try_http`] with extra request headers.
-pub fn try_http_with(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Option<(u16, String)> {
+/// One HTTP/1.1 exchange: the raw answer, `None` if the server is gone.
+fn try_exchange(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(30))).ok()?;
@@ -291,7 +285,43 @@ pub fn try_http_with(
     let _ = s.write_all(body);
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
+    Some(String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// [`try_http_with`], the whole answer: `(status, head, body)`, the head's
+/// header names in lower case.
+pub fn http_full(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, String) {
+    let text = try_exchange(addr, method, path, headers, body)
+        .unwrap_or_else(|| panic!("no HTTP answer from {addr} to {method} {path}"));
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let head = head
+        .lines()
+        .map(|l| match l.split_once(':') {
+            Some((k, v)) => format!("{}:{v}", k.to_ascii_lowercase()),
+            None => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    (status, head, body.to_owned())
+}
+
+/// The value of header `name` (lower case) in a head from [`http_full`].
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// [`try_http`] with extra request headers.
+pub fn try_http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
+    let text = try_exchange(addr, method, path, headers, body)?;
     let status = text.split(' ').nth(1)?.parse().ok()?;
     let body = text
         .split_once("\r\n\r\n")
