@@ -22,9 +22,7 @@ use serde_json::{Map, Value};
 use crate::event::Event;
 use crate::pattern::validate_event_name;
 
-/// Longest `id` accepted, in bytes: ids are UUIDs or similar; this bounds
-/// what one event makes the host keep.
-const MAX_ID_BYTES: usize = 256;
+use crate::event::MAX_ID_BYTES;
 /// Longest `source` accepted, in bytes (a URI reference).
 const MAX_SOURCE_BYTES: usize = 1024;
 

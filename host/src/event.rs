@@ -88,6 +88,11 @@ impl EventData {
 /// every event of a run carries its id (the dashboard shows it in each row).
 pub const MAX_CORRELATION_ID_BYTES: usize = 256;
 
+/// Longest event id taken from outside (a CloudEvent's `id`, a message on
+/// the NATS stream), in bytes: the ids plugbus makes are UUIDs (36 bytes),
+/// and this bounds what one event makes the host keep, log and journal.
+pub const MAX_ID_BYTES: usize = 256;
+
 /// Checks an id taken from outside (an event id, a correlation id): 1 to
 /// `max` bytes, no control characters (a line break in an id breaks the
 /// text formats it is written into: server-sent events, logs, JSON Lines

@@ -163,9 +163,9 @@ struct Envelope {
 pub fn decode(body: &[u8], seq: u64) -> Result<Event, String> {
     let e: Envelope = serde_json::from_slice(body).map_err(|e| format!("not a plugbus envelope: {e}"))?;
     crate::pattern::validate_event_name(&e.name).map_err(|err| format!("event name: {err}"))?;
-    if e.id.is_empty() {
-        return Err("`id` is empty".into());
-    }
+    // What plugbus writes always passes; anything else (another client's
+    // message) is refused before its id is kept, logged or journaled.
+    crate::event::check_external_id(&e.id, crate::event::MAX_ID_BYTES).map_err(|why| format!("`id` {why}"))?;
     let payload = e
         .payload
         .map_or_else(|| "null".to_owned(), |raw| String::from(Box::<str>::from(raw)));
@@ -236,6 +236,19 @@ mod tests {
         assert_eq!(minimal.payload_json(), "null");
         // A payload that is not JSON is refused with the envelope.
         assert!(decode(br#"{"name": "a", "id": "x", "payload": {"k": }}"#, 1).is_err());
+        // Another client's message with an id plugbus never makes.
+        let huge = format!(
+            r#"{{"name": "a", "id": "{}"}}"#,
+            "i".repeat(crate::event::MAX_ID_BYTES + 1)
+        );
+        for body in [
+            huge.as_str(),
+            r#"{"name": "a", "id": ""}"#,
+            r#"{"name": "a", "id": "a\nb"}"#,
+        ] {
+            let e = decode(body.as_bytes(), 1).unwrap_err();
+            assert!(e.starts_with("`id` must"), "{e}");
+        }
         // Plugins get the payload text as published; the value is there when asked.
         let spaced = decode(br#"{"name": "a", "id": "x", "payload": {"b": 1, "a": [true]}}"#, 1).unwrap();
         assert_eq!(spaced.payload_json(), r#"{"b": 1, "a": [true]}"#);
