@@ -113,7 +113,7 @@ impl Fleet {
             async_nats::ConnectOptions::new().connection_timeout(std::time::Duration::from_secs(5)),
             url,
         )
-        .connect(url)
+        .connect(crate::nats::servers(url))
         .await
         .map_err(|e| err(e.to_string()))?;
         let js = jetstream::new(client);

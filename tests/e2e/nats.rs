@@ -2174,6 +2174,18 @@ async fn credentials_in_the_url_are_used_and_never_shown() {
     let (code, body) = support::http(&addr, "POST", "/events", br#"{"name":"ping"}"#);
     assert_eq!(code, 202, "{body}");
     support::terminate(&a);
+    // A server list (a cluster's seeds): the first is down, the second
+    // answers; the credentials carried by the list are used, and hidden.
+    let list = format!("nats://127.0.0.1:1,{}", with("s3cr%25t"));
+    let (a, addr, _log) = support::serve(&["--plugins", dir.path().to_str().unwrap(), "--nats", &list]);
+    let (code, body) = support::http(&addr, "POST", "/events", br#"{"name":"ping"}"#);
+    assert_eq!(code, 202, "{body}");
+    let shown = plugins_of(&addr)["nats"]["url"].as_str().unwrap().to_owned();
+    assert!(
+        shown.starts_with("nats://127.0.0.1:1,") && shown.contains("alice:***@") && !shown.contains("s3cr"),
+        "{shown}"
+    );
+    support::terminate(&a);
     let stderr = support::serve_refused(&["--plugins", dir.path().to_str().unwrap(), "--nats", &with("wrong-pass")]);
     assert!(
         stderr.contains("alice:***@") && !stderr.contains("wrong-pass"),

@@ -424,7 +424,7 @@ pub struct LogArgs {
     /// An event its schema refuses: `reject` (not delivered; POST /events answers 422) or `warn` (delivered, logged).
     #[arg(long, value_name = "POLICY", default_value = "reject", requires = "schemas")]
     schema_policy: SchemaPolicyArg,
-    /// Share the bus through this NATS JetStream server (`nats://HOST:PORT`): events go to the stream,
+    /// Share the bus through this NATS JetStream server (`nats://HOST:PORT`, or a comma-separated list of a cluster's servers): events go to the stream,
     /// plugins pull their share from durable consumers shared with every host that loads them.
     #[arg(long, value_name = "URL")]
     nats: Option<String>,

@@ -207,18 +207,30 @@ pub(crate) async fn connect_client(options: &NatsOptions) -> Result<async_nats::
             .max_reconnects(None),
         &options.url,
     );
-    tokio::time::timeout(options.connect_timeout, connect.connect(options.url.as_str()))
+    tokio::time::timeout(options.connect_timeout, connect.connect(servers(&options.url)))
         .await
         .map_err(|_| connect_err(format!("no answer within {:?}", options.connect_timeout)))?
         .map_err(|e| connect_err(e.to_string()))
 }
 
+/// The servers of a `--nats` value: one URL, or several separated by commas
+/// (`nats://a:4222,nats://b:4222`, a cluster's seed list, as other NATS
+/// clients take it); the client tries them in turn and reconnects to any.
+pub(crate) fn servers(url: &str) -> Vec<&str> {
+    url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+}
+
 /// `connect` with the credentials `url` carries: the client reads none
 /// from the URL itself, so a user and password (`nats://user:pass@host`) or
 /// a token (`nats://token@host`) given there are handed over as options,
-/// percent-decoded.
+/// percent-decoded. In a list of servers, the first that carries any
+/// (the client has one set of credentials for every server).
 pub(crate) fn with_url_credentials(connect: async_nats::ConnectOptions, url: &str) -> async_nats::ConnectOptions {
-    let Ok(addr) = url.parse::<async_nats::ServerAddr>() else {
+    let Some(addr) = servers(url)
+        .into_iter()
+        .filter_map(|one| one.parse::<async_nats::ServerAddr>().ok())
+        .find(|addr| addr.username().is_some())
+    else {
         return connect;
     };
     let decoded = |text: &str| {
@@ -241,6 +253,9 @@ pub(crate) fn with_url_credentials(connect: async_nats::ConnectOptions, url: &st
 /// nats://t0ken@nats.internal              ->  nats://***@nats.internal
 /// ```
 pub(crate) fn shown_url(url: &str) -> String {
+    if url.contains(',') {
+        return servers(url).into_iter().map(shown_url).collect::<Vec<_>>().join(",");
+    }
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let authority_end = rest.find('/').unwrap_or(rest.len());
     let Some(at) = rest[..authority_end].rfind('@') else {
@@ -776,5 +791,25 @@ impl NatsLink {
             publish: self.publisher.stats(),
             consumers,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_list_is_split_and_each_password_hidden() {
+        assert_eq!(servers("nats://a:4222"), ["nats://a:4222"]);
+        assert_eq!(
+            servers(" nats://a:4222, nats://b:4222 ,"),
+            ["nats://a:4222", "nats://b:4222"]
+        );
+        assert_eq!(
+            shown_url("nats://alice:s3cret@a:4222,nats://bob:pw@b:4222"),
+            "nats://alice:***@a:4222,nats://bob:***@b:4222"
+        );
+        assert_eq!(shown_url("nats://t0ken@a"), "nats://***@a");
+        assert_eq!(shown_url("nats://a:4222"), "nats://a:4222");
     }
 }
