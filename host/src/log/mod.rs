@@ -349,8 +349,7 @@ impl EventLog {
             Err(std::fs::TryLockError::WouldBlock) => return Err(LogError::Locked { path: dir }),
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
         }
-        let mut segments = list_segments(&dir).map_err(io_err(&dir))?;
-        let mark = durable::read(&dir).map_err(io_err(&dir.join(durable::MARK_FILE)))?;
+        let (mut segments, mark) = segments_and_mark(&dir)?;
         let (active_path, (last_seq, index)) = match segments.pop() {
             Some((first, path)) => (path.clone(), recover(&path, first, mark.synced_len(first))?),
             None => {
@@ -731,14 +730,50 @@ fn check_synced_len(path: &Path, len: u64, synced: Option<u64>) -> Result<(), Lo
     }
 }
 
-/// The length the durable mark of the log in `dir` vouches for in its last
-/// segment (`segments`' last), as [`durable::Found::synced_len`] says.
-fn synced_len_of_last(dir: &Path, segments: &[(u64, PathBuf)]) -> Result<Option<u64>, LogError> {
-    let Some((first, _)) = segments.last() else {
-        return Ok(None);
-    };
+/// The segments of the log in `dir` and its durable mark, checked against
+/// each other. The mark is read first: a writer names a segment in it only
+/// once the segment exists, so a listing made after holds every segment
+/// the mark can name (one made before could miss one a writer started
+/// meanwhile, and take it for removed).
+///
+/// # Errors
+/// The directory's or the mark's I/O error; as [`check_mark_names_a_segment`].
+fn segments_and_mark(dir: &Path) -> Result<(Vec<(u64, PathBuf)>, durable::Found), LogError> {
     let mark = durable::read(dir).map_err(io_err(&dir.join(durable::MARK_FILE)))?;
-    Ok(mark.synced_len(*first))
+    let segments = list_segments(dir).map_err(io_err(dir))?;
+    check_mark_names_a_segment(dir, &segments, mark)?;
+    Ok((segments, mark))
+}
+
+/// The length `mark` vouches for in the last of `segments`, as
+/// [`durable::Found::synced_len`] says.
+fn synced_len_of_last(segments: &[(u64, PathBuf)], mark: durable::Found) -> Option<u64> {
+    segments.last().and_then(|(first, _)| mark.synced_len(*first))
+}
+
+/// A mark naming a segment after the last one there is (or any, when there
+/// is none) as synced past its header vouches for events that are gone:
+/// the writer creates a segment and syncs its directory entry before a mark
+/// names it, so only a removal takes it away. Corruption, like a last
+/// segment cut below its mark: read as a shorter log, acknowledged events
+/// would be missing without a word, and a writer would number new events
+/// with their sequence numbers again.
+fn check_mark_names_a_segment(dir: &Path, segments: &[(u64, PathBuf)], mark: durable::Found) -> Result<(), LogError> {
+    let durable::Found::Mark(mark) = mark else {
+        return Ok(());
+    };
+    let after_last = segments.last().is_none_or(|(first, _)| mark.first_seq > *first);
+    if after_last && mark.synced_len > segment::MAGIC.len() as u64 {
+        return Err(LogError::Corrupt {
+            path: dir.join(segment::segment_name(mark.first_seq)),
+            offset: 0,
+            reason: format!(
+                "the segment is missing, and the durable mark records {} bytes of it as synced: acknowledged events are missing",
+                mark.synced_len
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Checks the last segment of a log being opened for writing; truncates a
@@ -832,8 +867,8 @@ pub fn first_retained_seq(dir: impl AsRef<Path>) -> Result<Option<u64>, LogError
 /// [`LogError::Corrupt`] naming the file if the segment read is damaged.
 pub fn last_seq(dir: impl AsRef<Path>) -> Result<Option<u64>, LogError> {
     let dir = dir.as_ref();
-    let segments = list_segments(dir).map_err(io_err(dir))?;
-    let synced = synced_len_of_last(dir, &segments)?;
+    let (segments, mark) = segments_and_mark(dir)?;
+    let synced = synced_len_of_last(&segments, mark);
     for (i, (first, path)) in segments.iter().enumerate().rev() {
         let is_last = i + 1 == segments.len();
         let corrupt = |offset, reason| LogError::Corrupt {
@@ -924,13 +959,14 @@ impl LogReader {
     ///
     /// # Errors
     /// [`LogError::Io`] if the directory cannot be listed (a missing
-    /// directory included).
+    /// directory included); [`LogError::Corrupt`] if the durable mark names
+    /// a synced segment that is gone.
     pub fn open(dir: impl AsRef<Path>, from: u64) -> Result<LogReader, LogError> {
         let dir = dir.as_ref();
-        let segments = list_segments(dir).map_err(io_err(dir))?;
+        let (segments, mark) = segments_and_mark(dir)?;
         // Start at the last segment whose first seq is <= from.
         let next = segments.iter().rposition(|(first, _)| *first <= from).unwrap_or(0);
-        let synced = synced_len_of_last(dir, &segments)?;
+        let synced = synced_len_of_last(&segments, mark);
         Ok(LogReader {
             synced,
             segments,
@@ -1756,6 +1792,48 @@ mod tests {
         );
         assert_eq!(std::fs::metadata(&renamed).unwrap().len(), bytes, "nothing truncated");
         assert_readers_refuse(dir.path(), &renamed, "sequence 1");
+    }
+
+    /// A last segment removed (by hand, or a tool "cleaning up"), or the
+    /// only one: the durable mark still names it as synced. Before, every
+    /// reader took the log for a shorter one without a word, and a writer
+    /// opening it numbered new events with the lost events' sequence
+    /// numbers again.
+    #[tokio::test]
+    async fn a_removed_last_segment_is_refused_not_read_as_a_shorter_log() {
+        let _serial = serial();
+        let small = || LogOptions {
+            segment_bytes: 512,
+            ..options()
+        };
+        for only in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = EventLog::open(dir.path(), if only { options() } else { small() }).unwrap();
+            append_n(&log, 40).await;
+            log.close();
+            let segments = list_segments(dir.path()).unwrap();
+            assert_eq!(segments.len() == 1, only, "{segments:?}");
+            let (_, last) = segments.last().unwrap().clone();
+            std::fs::remove_file(&last).unwrap();
+            let why = "the segment is missing";
+            let err = EventLog::open(dir.path(), small()).map(|_| ()).unwrap_err();
+            assert!(
+                matches!(&err, LogError::Corrupt { path, reason, .. } if *path == last && reason.contains(why)),
+                "{err}"
+            );
+            let errors = [
+                LogReader::open(dir.path(), 0).map(|_| ()).unwrap_err(),
+                super::last_seq(dir.path()).map(|_| ()).unwrap_err(),
+                LogStats::read(dir.path()).map(|_| ()).unwrap_err(),
+            ];
+            for err in errors {
+                assert!(
+                    matches!(&err, LogError::Corrupt { path, reason, .. } if *path == last && reason.contains(why)),
+                    "{err}"
+                );
+            }
+            assert!(!last.exists(), "nothing recreated in its place");
+        }
     }
 
     /// Every reader of the log in `dir` (records, its end, its stats)
