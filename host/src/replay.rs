@@ -31,13 +31,15 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::bus::Bus;
 use crate::bus::builder::{BusBuilder, ReplayJournal};
 use crate::error::Error;
 use crate::event::Event;
 use crate::log::{LogError, LogReader};
-use crate::plugin::port::{Captured, FollowUps};
+use crate::plugin::port::{Captured, FollowUps, Republish};
 use crate::plugin::{LoadError, PluginInfo};
 use crate::query::{QueryAnswer, QueryError};
 
@@ -100,8 +102,13 @@ pub enum ReplayError {
 pub struct ReplayReport {
     /// Logged events fed to the plugins.
     pub events: u64,
-    /// Follow-ups the plugins emitted.
+    /// Follow-ups the plugins emitted (captured, discarded or published,
+    /// as `--emit` says; with `publish`, those the log held already too).
     pub follow_ups: u64,
+    /// With [`ReplayEmit::Publish`]: follow-ups not published because the
+    /// log holds them already (the live run logged them: the same id);
+    /// `follow_ups` less these were appended.
+    pub already_logged: u64,
     /// Stream messages that are not plugbus events (logged and skipped);
     /// always 0 for a log.
     pub skipped: u64,
@@ -338,6 +345,7 @@ impl Replay {
             builder.nats = None;
         }
         // Read the end first: in `publish` mode the log grows as we go.
+        let mut logged_follow_ups = None;
         let mut batches = match &self.source {
             Source::Log(log) => {
                 if self.emit == ReplayEmit::Publish {
@@ -348,6 +356,13 @@ impl Replay {
                     .await
                     .map_err(|e| Error::Engine(format!("log reader task failed: {e}")))??
                     .unwrap_or(0);
+                if self.emit == ReplayEmit::Publish {
+                    let (path, from) = (log.clone(), self.from);
+                    let ids = tokio::task::spawn_blocking(move || logged_follow_up_ids(&path, from, end))
+                        .await
+                        .map_err(|e| Error::Engine(format!("log reader task failed: {e}")))??;
+                    logged_follow_ups = Some(ids);
+                }
                 Batches::Log(spawn_reader(log.clone(), self.from, end, self.correlation.clone()))
             }
             #[cfg(feature = "nats")]
@@ -364,10 +379,15 @@ impl Replay {
             }
         };
         let (tx, rx) = std::sync::mpsc::channel();
+        let discarded = Arc::new(AtomicU64::new(0));
+        let republish = Arc::new(Republish {
+            logged: logged_follow_ups.unwrap_or_default(),
+            ..Republish::default()
+        });
         builder.follow_ups = match self.emit {
             ReplayEmit::Capture => FollowUps::Capture(tx),
-            ReplayEmit::Discard => FollowUps::Discard,
-            ReplayEmit::Publish => FollowUps::Publish,
+            ReplayEmit::Discard => FollowUps::Discard(discarded.clone()),
+            ReplayEmit::Publish => FollowUps::Republish(republish.clone()),
         };
         let bus = builder.build().await?;
         for file in &files {
@@ -379,11 +399,14 @@ impl Replay {
             _ => None,
         };
         let shutdown = bus.shutdown().await;
-        let (events, follow_ups, missing) = result?;
+        let (events, captured, missing) = result?;
+        let published = republish.published.load(Ordering::Relaxed);
+        let already_logged = republish.already_logged.load(Ordering::Relaxed);
         Ok((
             ReplayReport {
                 events,
-                follow_ups,
+                follow_ups: captured + discarded.load(Ordering::Relaxed) + published + already_logged,
+                already_logged,
                 skipped: batches.skipped(),
                 plugins: shutdown.plugins,
                 missing: missing.count,
@@ -447,6 +470,28 @@ impl Batches {
 }
 
 /// Reads `[from, end]` of the log on a thread of its own, in batches.
+/// The ids of the follow-ups (depth above 0) in the log in `dir` from
+/// `from` to `end`: what a replay publishing its follow-ups must not append
+/// again. Every follow-up of an event replayed comes after it in the log,
+/// so none before `from` can be one.
+///
+/// # Errors
+/// The reader's [`LogError`].
+fn logged_follow_up_ids(dir: &Path, from: u64, end: u64) -> Result<std::collections::HashSet<String>, LogError> {
+    let mut reader = LogReader::open(dir, from)?;
+    let mut ids = std::collections::HashSet::new();
+    while let Some(event) = reader.next_event() {
+        let event = event?;
+        if event.seq().unwrap_or(0) > end {
+            break;
+        }
+        if event.depth() > 0 {
+            ids.insert(event.id().to_owned());
+        }
+    }
+    Ok(ids)
+}
+
 fn spawn_reader(
     log: PathBuf,
     from: u64,

@@ -886,6 +886,38 @@ async fn a_replay_that_publishes_never_touches_the_live_plugins_state() {
     bus.shutdown().await;
 }
 
+/// `replay --emit publish` appends the follow-ups the log lacks (events
+/// logged but never handled: here, logged before the plugin was there)
+/// and none that it holds: a follow-up made again has the id of the one
+/// logged. Before, every run appended each follow-up again, with the same
+/// id, and said "0 follow-ups".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_publishes_appends_each_missing_follow_up_once() {
+    let manifest = format!("{}echo = \"true\"\n", ledger_manifest(true, 1000, 0));
+    let (plugins, log) = ledger_dirs(&manifest);
+    let bare = plugbus::Bus::builder().log_dir(log.path()).build().await.unwrap();
+    emit_ledger(&bare, 0, 6, |_| false);
+    bare.flush().await;
+    bare.shutdown().await;
+    let witnesses = || logged(log.path(), |name| name == "witness.applied");
+    assert!(witnesses().is_empty());
+    for round in 0..3 {
+        let out = replay(plugins.path(), log.path(), "publish");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("6 follow-ups"), "round {round}: {stderr}");
+        let ids: Vec<String> = witnesses().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids.len(), 6, "round {round}: each follow-up logged once: {ids:?}");
+        let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), 6, "{ids:?}");
+        assert_eq!(
+            stderr.contains("6 of the follow-ups are in the log already"),
+            round > 0,
+            "round {round}: {stderr}"
+        );
+    }
+}
+
 /// Defect 8: a hot reload on a bus with a log started the new version from
 /// the snapshot read before the old version wrote its final one (and a
 /// stateless one empty). Now the old version's final state is handed over.

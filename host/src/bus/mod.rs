@@ -352,7 +352,17 @@ impl BusPort for Shared {
             FollowUps::Capture(sink) => {
                 let _ = sink.send(follow_up);
             }
-            FollowUps::Discard => {}
+            FollowUps::Discard(count) => {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            FollowUps::Republish(republish) => {
+                if republish.logged.contains(follow_up.event.id()) {
+                    republish.already_logged.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    republish.published.fetch_add(1, Ordering::Relaxed);
+                    BusPort::publish(self, follow_up.event);
+                }
+            }
         }
         Ok(())
     }

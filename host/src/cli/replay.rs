@@ -72,11 +72,17 @@ pub async fn replay(args: Args<'_>) -> anyhow::Result<ExitCode> {
             }
         })
         .await?;
-    match write_error {
-        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
-        _ => {
-            let _ = out.flush();
+    // The output's last bytes are written by the flush: its error (a full
+    // disk) is the run's too. A reader that went away (`| head`) is not.
+    let flushed = match write_error {
+        Some(e) => Err(e),
+        None => out.flush(),
+    };
+    match flushed {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(anyhow::Error::new(e).context("writing the follow-ups to stdout"));
         }
+        _ => {}
     }
     drop(out);
     eprintln!(
@@ -85,6 +91,12 @@ pub async fn replay(args: Args<'_>) -> anyhow::Result<ExitCode> {
         report.plugins.len(),
         report.follow_ups
     );
+    if report.already_logged > 0 {
+        eprintln!(
+            "plugbus: {} of the follow-ups are in the log already (the live run logged them) and were not appended again",
+            report.already_logged
+        );
+    }
     warn_missing(&report);
     if report.skipped > 0 {
         eprintln!(

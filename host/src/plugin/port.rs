@@ -66,6 +66,23 @@ pub(crate) enum FollowUps {
     Publish,
     /// Sent to a replay, which orders and prints them; never published.
     Capture(std::sync::mpsc::Sender<Captured>),
-    /// Dropped.
-    Discard,
+    /// Dropped (counted).
+    Discard(std::sync::Arc<std::sync::atomic::AtomicU64>),
+    /// A replay's `--emit publish`: published unless the log holds it
+    /// already (see [`Republish`]).
+    Republish(std::sync::Arc<Republish>),
+}
+
+/// What a replay publishing its follow-ups knows and counts. A follow-up's
+/// id is derived from its parent's and its place among the parent's emits,
+/// so the one a replay makes again has the id of the one the live run
+/// logged, if it did: that one is not appended a second time.
+#[derive(Default)]
+pub(crate) struct Republish {
+    /// Ids of the follow-ups the log holds in the range replayed.
+    pub logged: std::collections::HashSet<String>,
+    /// Follow-ups published (the log did not hold them).
+    pub published: std::sync::atomic::AtomicU64,
+    /// Follow-ups not published: the log holds them already.
+    pub already_logged: std::sync::atomic::AtomicU64,
 }
