@@ -284,6 +284,52 @@ fn a_redrive_of_a_quarantined_plugin_is_refused_until_its_backoff_is_over() {
     drop(served);
 }
 
+/// A command whose output cannot be written (stdout on a full disk) fails
+/// with exit 1 and says so; it panicked with a backtrace (`println!`), or,
+/// for `replay`, exited 0 having written nothing.
+#[test]
+fn output_that_cannot_be_written_is_an_error_not_a_panic() {
+    let dir = plugin_dir(&["console-logger", "ledger"]);
+    // A follow-up per event, for `replay` to print.
+    std::fs::write(dir.path().join("ledger.toml"), "[config]\necho = \"true\"\n").unwrap();
+    let log = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, "{\"name\": \"ledger.a\", \"payload\": {}}\n").unwrap();
+    let (plugins, log_dir) = (dir.path().to_str().unwrap(), log.path().to_str().unwrap());
+    let out = plugbus(&["run", "--plugins", plugins, "--log", log_dir, events.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let wasm = support::wasm("console-logger");
+    let commands: [&[&str]; 5] = [
+        &["wit"],
+        &["log", "stats", "--log", log_dir],
+        &["check", wasm.to_str().unwrap()],
+        &[
+            "query",
+            "--plugins",
+            plugins,
+            "--log",
+            log_dir,
+            "ledger",
+            r#"{"applied": true}"#,
+        ],
+        &["replay", "--plugins", plugins, "--log", log_dir],
+    ];
+    for args in commands {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let out = std::process::Command::new(support::plugbus_bin())
+            .args(args)
+            .stdout(full)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("No space left on device") && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
 /// Every error of serve's API is JSON, the ones axum makes included: an
 /// unknown path, a wrong method (with `Allow`), a body over the limit.
 #[test]

@@ -13,33 +13,33 @@ pub async fn check(
     let result = bus.check_plugin(file).await;
     bus.shutdown().await;
     match result {
-        Ok(c) if json => println!("{}", serde_json::to_string_pretty(&c)?),
+        Ok(c) if json => outln!("{}", serde_json::to_string_pretty(&c)?)?,
         Ok(c) => {
-            println!("name:          {}", c.name);
-            println!("world:         {}", c.world);
-            println!("language:      {}", c.language.unwrap_or("unknown"));
-            println!("size:          {} bytes", c.size);
-            println!("version:       sha256:{}", c.version);
+            outln!("name:          {}", c.name)?;
+            outln!("world:         {}", c.world)?;
+            outln!("language:      {}", c.language.unwrap_or("unknown"))?;
+            outln!("size:          {} bytes", c.size)?;
+            outln!("version:       sha256:{}", c.version)?;
             match &c.signer {
                 Some(s) => {
-                    println!("signed by:     key {} ({})", s.key_id, s.key_file.display());
-                    println!("               trusted comment: {}", s.trusted_comment);
+                    outln!("signed by:     key {} ({})", s.key_id, s.key_file.display())?;
+                    outln!("               trusted comment: {}", s.trusted_comment)?;
                 }
                 None if plugbus::signature::signature_path(file).exists() => {
-                    println!("signed by:     not checked (give --trusted-keys)");
+                    outln!("signed by:     not checked (give --trusted-keys)")?;
                 }
-                None => println!("signed by:     unsigned"),
+                None => outln!("signed by:     unsigned")?,
             }
-            println!("subscriptions: {}", c.subscriptions.join(", "));
+            outln!("subscriptions: {}", c.subscriptions.join(", "))?;
             if !c.http_allow.is_empty() {
-                println!("http allow:    {}", c.http_allow.join(", "));
+                outln!("http allow:    {}", c.http_allow.join(", "))?;
             }
             if !c.secrets.is_empty() {
-                println!("secrets:       {} (values not shown)", c.secrets.join(", "));
+                outln!("secrets:       {} (values not shown)", c.secrets.join(", "))?;
             }
-            println!("imports:");
+            outln!("imports:")?;
             for i in &c.imports {
-                println!("  {i}");
+                outln!("  {i}")?;
             }
         }
         Err(e) => {

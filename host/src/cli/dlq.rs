@@ -56,7 +56,7 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             bus.flush().await;
             bus.shutdown().await;
             let report = report.unwrap_or_default();
-            println!("{}", serde_json::to_string(&report)?);
+            outln!("{}", serde_json::to_string(&report)?)?;
             eprintln!(
                 "plugbus: {plugin}: {} redriven, {} ok, {} errors, {} failed again",
                 report.redriven, report.ok, report.errors, report.failed
@@ -67,9 +67,9 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             let letters = history.dead_letters(plugin.as_deref()).await?;
             for l in &letters {
                 if json {
-                    println!("{}", serde_json::to_string(l)?);
+                    outln!("{}", serde_json::to_string(l)?)?;
                 } else {
-                    println!(
+                    outln!(
                         "{}  {:<16} {:<14} seq {:<8} {:<24} {}",
                         super::log::rfc3339(l.failed_at_unix_nanos),
                         l.plugin,
@@ -78,7 +78,7 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
                         l.event.name,
                         // One line per letter: a panic message may hold several.
                         l.reason.replace('\n', " ")
-                    );
+                    )?;
                 }
             }
             if !json {

@@ -108,16 +108,19 @@ pub async fn fleet(command: FleetCommand) -> anyhow::Result<ExitCode> {
                 wasm: pulled.wasm_digest.clone(),
             };
             let revision = fleet.publish(&entry).await?;
-            println!(
+            outln!(
                 "fleet {}: {} is now {} ({}), revision {revision}",
-                target.bucket, entry.name, entry.reference, entry.digest
-            );
+                target.bucket,
+                entry.name,
+                entry.reference,
+                entry.digest
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         FleetCommand::Remove { name, target } => {
             let fleet = Fleet::connect(&target.nats, &target.bucket).await?;
             fleet.remove(&name).await?;
-            println!("fleet {}: {name} removed", target.bucket);
+            outln!("fleet {}: {name} removed", target.bucket)?;
             Ok(ExitCode::SUCCESS)
         }
         FleetCommand::Status { target, json } => {
@@ -128,14 +131,14 @@ pub async fn fleet(command: FleetCommand) -> anyhow::Result<ExitCode> {
                 .iter()
                 .all(|h| h.refused.is_empty() && set.iter().all(|e| h.plugins.get(&e.name) == Some(&e.wasm)));
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"set": set, "hosts": hosts, "converged": converged})
-                );
+                )?;
             } else {
-                println!("fleet {} on {}: {} plugins", target.bucket, target.nats, set.len());
+                outln!("fleet {} on {}: {} plugins", target.bucket, target.nats, set.len())?;
                 for e in &set {
-                    println!("  {}  {}  {}", e.name, e.wasm, e.reference);
+                    outln!("  {}  {}  {}", e.name, e.wasm, e.reference)?;
                 }
                 for h in &hosts {
                     let behind: Vec<&str> = set
@@ -143,7 +146,7 @@ pub async fn fleet(command: FleetCommand) -> anyhow::Result<ExitCode> {
                         .filter(|e| h.plugins.get(&e.name) != Some(&e.wasm))
                         .map(|e| e.name.as_str())
                         .collect();
-                    println!(
+                    outln!(
                         "  host {}: {}",
                         h.host,
                         if behind.is_empty() {
@@ -151,12 +154,12 @@ pub async fn fleet(command: FleetCommand) -> anyhow::Result<ExitCode> {
                         } else {
                             format!("not running {}", behind.join(", "))
                         }
-                    );
+                    )?;
                     for (name, reason) in &h.refused {
-                        println!("    refused {name}: {reason}");
+                        outln!("    refused {name}: {reason}")?;
                     }
                 }
-                println!("{}", if converged { "converged" } else { "not converged" });
+                outln!("{}", if converged { "converged" } else { "not converged" })?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -113,27 +113,27 @@ fn stats(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         if let (Some((records, bytes)), Some(map)) = (journal, value.as_object_mut()) {
             map.insert("request_journal".into(), json!({ "records": records, "bytes": bytes }));
         }
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("log       {}", s.dir.display());
-    println!("segments  {} ({} bytes)", s.segments, s.bytes);
-    println!("events    {}", s.events);
+    outln!("log       {}", s.dir.display())?;
+    outln!("segments  {} ({} bytes)", s.segments, s.bytes)?;
+    outln!("events    {}", s.events)?;
     match (s.first_seq, s.last_seq) {
-        (Some(first), Some(last)) => println!("sequence  {first}..={last}"),
-        _ => println!("sequence  (empty)"),
+        (Some(first), Some(last)) => outln!("sequence  {first}..={last}")?,
+        _ => outln!("sequence  (empty)")?,
     }
     if let (Some(first), Some(last)) = (s.first_time_unix_nanos, s.last_time_unix_nanos) {
-        println!("time      {} .. {}", rfc3339(first), rfc3339(last));
+        outln!("time      {} .. {}", rfc3339(first), rfc3339(last))?;
     }
     if s.gaps > 0 {
-        println!(
+        outln!(
             "gaps      {} sequence numbers missing: events delivered live but not logged (each loss named by a plugbus.log.overflow event), or a segment file removed",
             s.gaps
-        );
+        )?;
     }
     if let Some((records, bytes)) = journal {
-        println!("requests  {records} journaled ({bytes} bytes)");
+        outln!("requests  {records} journaled ({bytes} bytes)")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,42 @@
 //! Argument parsing and the subcommands.
 
+/// `print!` that returns the write's error instead of panicking: a full
+/// disk or a closed file descriptor behind stdout is the command's error
+/// (exit 1, named), not a panic with a backtrace. A reader that went away
+/// (`plugbus log stats | head -1`) is not an error: the rest is dropped.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let mut stdout = ::std::io::stdout().lock();
+        $crate::cli::stdout_result(
+            ::std::io::Write::write_fmt(&mut stdout, format_args!($($arg)*))
+                .and_then(|()| ::std::io::Write::flush(&mut stdout)),
+        )
+    }};
+}
+
+/// `println!` as [`out!`] is `print!`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        let mut stdout = ::std::io::stdout().lock();
+        $crate::cli::stdout_result(
+            ::std::io::Write::write_fmt(&mut stdout, format_args!($($arg)*))
+                .and_then(|()| ::std::io::Write::write_all(&mut stdout, b"\n"))
+                .and_then(|()| ::std::io::Write::flush(&mut stdout)),
+        )
+    }};
+}
+
+/// A write to stdout's outcome as the command's: see [`out!`].
+///
+/// # Errors
+/// The write's error, named, unless the reader went away.
+fn stdout_result(written: std::io::Result<()>) -> anyhow::Result<()> {
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::Error::new(e).context("writing to stdout")),
+        _ => Ok(()),
+    }
+}
+
 mod bench;
 mod check;
 mod dashboard;

@@ -131,26 +131,26 @@ pub fn new(name: &str, lang: Lang, dir: Option<&Path>, sdk: Option<&Path>) -> an
         }
         std::fs::write(&path, fill(contents)).with_context(|| format!("writing {}", path.display()))?;
     }
-    println!("created plugin `{name}` in {}", root.display());
+    outln!("created plugin `{name}` in {}", root.display())?;
     let root = root.display();
     match lang {
         Lang::Rust => {
-            println!("  cd {root} && cargo build --release");
-            println!(
+            outln!("  cd {root} && cargo build --release")?;
+            outln!(
                 "  then copy target/wasm32-wasip2/release/{}.wasm into your plugin directory",
                 name.replace('-', "_")
-            );
+            )?;
         }
-        Lang::C | Lang::Js => println!("  cd {root} && make       # see README.md for the toolchain"),
+        Lang::C | Lang::Js => outln!("  cd {root} && make       # see README.md for the toolchain")?,
         Lang::Python => {
-            println!(
+            outln!(
                 "  cd {root} && python3 -m venv .venv && .venv/bin/pip install --require-hashes -r requirements.txt"
-            );
-            println!("  make COMPONENTIZE_PY=.venv/bin/componentize-py");
+            )?;
+            outln!("  make COMPONENTIZE_PY=.venv/bin/componentize-py")?;
         }
     }
     if lang != Lang::Rust {
-        println!("  then copy {name}.wasm (and {name}.toml) into your plugin directory");
+        outln!("  then copy {name}.wasm (and {name}.toml) into your plugin directory")?;
     }
     Ok(ExitCode::SUCCESS)
 }

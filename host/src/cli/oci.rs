@@ -74,7 +74,7 @@ pub async fn push(file: &Path, reference: &str, registry: &RegistryArgs, json: b
             .iter()
             .map(|(role, title)| serde_json::json!({"media_type": role.media_type(), "title": title}))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "reference": pushed.reference,
@@ -82,10 +82,10 @@ pub async fn push(file: &Path, reference: &str, registry: &RegistryArgs, json: b
                 "wasm_digest": pushed.wasm_digest,
                 "layers": layers,
             })
-        );
+        )?;
     } else {
-        println!("pushed {} ({} layers)", pushed.reference, pushed.layers.len());
-        println!("digest {}", pushed.digest);
+        outln!("pushed {} ({} layers)", pushed.reference, pushed.layers.len())?;
+        outln!("digest {}", pushed.digest)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -133,7 +133,7 @@ pub async fn pull(options: PullOptions<'_>) -> anyhow::Result<ExitCode> {
             let report = oci::sync_lock(options.plugins, &lock, &registry, &policy).await?;
             for name in &report.present {
                 if !options.json {
-                    println!("{name}: installed, as locked");
+                    outln!("{name}: installed, as locked")?;
                 }
             }
             report.installed
@@ -141,7 +141,7 @@ pub async fn pull(options: PullOptions<'_>) -> anyhow::Result<ExitCode> {
     };
     for p in &pulled {
         if options.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({
                     "reference": p.reference,
@@ -152,19 +152,19 @@ pub async fn pull(options: PullOptions<'_>) -> anyhow::Result<ExitCode> {
                     "changed": p.changed,
                     "signer": p.signer.as_ref().map(|s| &s.key_id),
                 })
-            );
+            )?;
         } else {
             let what = if p.changed { "installed" } else { "unchanged" };
             let signed = p
                 .signer
                 .as_ref()
                 .map_or_else(String::new, |s| format!(", signed by {}", s.key_id));
-            println!(
+            outln!(
                 "{what} {} from {} ({}{signed})",
                 p.wasm.display(),
                 p.reference,
                 p.digest
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -38,7 +38,7 @@ pub async fn query(
             } else {
                 serde_json::to_string(&answer)?
             };
-            println!("{text}");
+            outln!("{text}")?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -126,8 +126,8 @@ pub async fn run(
         }
     }
     match format {
-        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report.to_json())?),
-        ReportFormat::Text => print!("{}", report.to_text()),
+        ReportFormat::Json => outln!("{}", serde_json::to_string_pretty(&report.to_json())?)?,
+        ReportFormat::Text => out!("{}", report.to_text())?,
     }
     Ok(if read_error {
         ExitCode::FAILURE

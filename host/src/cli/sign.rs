@@ -45,7 +45,7 @@ pub fn sign(key: &Path, password_env: Option<&str>, comment: Option<&str>, file:
     .map_err(|e| anyhow::anyhow!("signing {}: {e}", file.display()))?;
     let out = plugbus::signature::signature_path(file);
     write_new_or_replace(&out, signature.into_string().as_bytes())?;
-    println!("{}", out.display());
+    outln!("{}", out.display())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -174,11 +174,11 @@ pub fn keygen(key: &Path) -> anyhow::Result<ExitCode> {
     file.write_all(secret.as_bytes())?;
     file.sync_all()?;
     std::fs::write(&public_path, public.as_bytes()).with_context(|| format!("writing {}", public_path.display()))?;
-    println!("secret key: {} (keep it private)", key.display());
-    println!(
+    outln!("secret key: {} (keep it private)", key.display())?;
+    outln!(
         "public key: {} (give it to the hosts' --trusted-keys)",
         public_path.display()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

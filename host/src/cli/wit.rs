@@ -54,17 +54,17 @@ const DEPS: &[(&str, &str)] = &[
 /// A file that cannot be written, named.
 pub fn wit(out: Option<&Path>) -> anyhow::Result<ExitCode> {
     match out {
-        None => print!("{OBSERVER_WIT}"),
+        None => out!("{OBSERVER_WIT}")?,
         Some(dir) => {
             let files = [(WIT_FILE, OBSERVER_WIT), ("http.wit", HTTP_WIT)];
             for (name, text) in files.iter().chain(DEPS) {
                 write_file(&dir.join(name), text.as_bytes())?;
             }
-            println!(
+            outln!(
                 "wrote {} and {} (with its WASI 0.2 deps)",
                 dir.join(WIT_FILE).display(),
                 dir.join("http.wit").display()
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -97,7 +97,7 @@ pub fn bindgen_c(out: &Path, wit: Option<&Path>, world: &str) -> anyhow::Result<
         bail!("wit-bindgen-c produced no files");
     }
     for path in &written {
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display())?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -47,22 +47,27 @@ impl Table {
         });
     }
 
-    fn print(&self) {
-        println!(
+    fn print(&self) -> anyhow::Result<()> {
+        outln!(
             "{:<22} {:<50} {:>16} {:>16} {:>7}",
-            "scenario", "measure", "value", "baseline", "ratio"
-        );
+            "scenario",
+            "measure",
+            "value",
+            "baseline",
+            "ratio"
+        )?;
         for r in &self.0 {
             let fmt = |v: f64| format!("{v:.3} {}", r.unit);
-            println!(
+            outln!(
                 "{:<22} {:<50} {:>16} {:>16} {:>7}",
                 r.scenario,
                 r.measure,
                 fmt(r.value),
                 r.baseline.map(fmt).unwrap_or_default(),
                 r.ratio.map(|x| format!("{x:.3}")).unwrap_or_default()
-            );
+            )?;
         }
+        Ok(())
     }
 }
 
@@ -624,7 +629,7 @@ pub async fn bench(
     if want(&[18]) {
         outbound::outbound(&mut table, [plugins, fixtures], cache.path(), events).await?;
     }
-    table.print();
+    table.print()?;
     if let Some(path) = json_out {
         let doc = json!({ "events": events, "cores": std::thread::available_parallelism().map_or(1, |n| n.get()), "rows": table.0 });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)
