@@ -532,8 +532,27 @@ fn cut_torn_tail(path: &Path, clean_len: u64) -> std::io::Result<()> {
 /// A torn last line is ignored.
 ///
 /// # Errors
-/// [`DeadLetterError`] naming the file (and line, for a damaged one).
+/// [`DeadLetterError`] naming the file (and line, for a damaged one): one
+/// damaged line fails the whole read. [`read_dead_letters_past_damage`]
+/// reads the rest.
 pub fn read_dead_letters(log_dir: &Path, plugin: Option<&str>) -> Result<Vec<DeadLetter>, DeadLetterError> {
+    let (letters, mut damaged) = read_dead_letters_past_damage(log_dir, plugin)?;
+    match damaged.pop() {
+        Some(e) => Err(e),
+        None => Ok(letters),
+    }
+}
+
+/// [`read_dead_letters`], skipping damaged lines (as a plugin's store does
+/// when it opens, and a redrive): the letters that could be read, and what
+/// is wrong with each line that could not, naming its file and line.
+///
+/// # Errors
+/// [`DeadLetterError`] naming the directory or a file that cannot be read.
+pub fn read_dead_letters_past_damage(
+    log_dir: &Path,
+    plugin: Option<&str>,
+) -> Result<(Vec<DeadLetter>, Vec<DeadLetterError>), DeadLetterError> {
     let dir = log_dir.join(DIR);
     let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
         Ok(entries) => entries
@@ -550,17 +569,15 @@ pub fn read_dead_letters(log_dir: &Path, plugin: Option<&str>) -> Result<Vec<Dea
         }
     };
     files.sort();
-    let mut letters = Vec::new();
+    let (mut letters, mut damaged) = (Vec::new(), Vec::new());
     for file in files {
-        if let Some(mut folded) = fold(&file)? {
-            if let Some(e) = folded.damaged.pop() {
-                return Err(e);
-            }
+        if let Some(folded) = fold(&file)? {
+            damaged.extend(folded.damaged);
             letters.extend(folded.letters);
         }
     }
     letters.sort_by_key(|l| l.failed_at_unix_nanos);
-    Ok(letters)
+    Ok((letters, damaged))
 }
 
 #[cfg(test)]
@@ -641,6 +658,9 @@ mod tests {
         DeadLetters::open("p", dir.path(), false).add(letter(2));
         let err = read_dead_letters(dir.path(), None).unwrap_err().to_string();
         assert!(err.contains("p.jsonl:2"), "{err}");
+        let (letters, damaged) = read_dead_letters_past_damage(dir.path(), None).unwrap();
+        assert_eq!((letters.len(), damaged.len()), (2, 1));
+        assert!(damaged[0].to_string().contains("p.jsonl:2"), "{}", damaged[0]);
         assert_eq!(DeadLetters::open("p", dir.path(), false).all().len(), 2);
     }
 

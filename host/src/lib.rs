@@ -125,7 +125,7 @@ pub use bus::pacer::Pacer;
 pub use bus::startup::StartupStatus;
 pub use bus::{Bus, DEFAULT_SHUTDOWN_GRACE, FailureHook, LoadFailure, Published, ShutdownReport, Subscription};
 pub use cache::{CacheStats, default_cache_dir};
-pub use dead_letter::{DeadLetter, DeadLetterError, Redrive, read_dead_letters};
+pub use dead_letter::{DeadLetter, DeadLetterError, Redrive, read_dead_letters, read_dead_letters_past_damage};
 pub use error::Error;
 pub use event::{Event, MAX_CORRELATION_ID_BYTES, PayloadOut, check_external_id};
 pub use ingest::{IngestError, parse_event_line, parse_event_value};

@@ -284,6 +284,72 @@ fn a_redrive_of_a_quarantined_plugin_is_refused_until_its_backoff_is_over() {
     drop(served);
 }
 
+/// The dead-letter commands offline: a damaged journal line is named and
+/// skipped by `dlq list` as a redrive skips it (it hid every other letter);
+/// `dlq redrive --plugin` takes a name, not a path out of `--plugins`; a
+/// redrive whose letters fail again exits 1 (it said 0: "done"); and
+/// `new` refuses the name `host`, which no loader takes.
+#[test]
+fn dead_letter_commands_name_damage_and_refuse_paths() {
+    let dir = plugin_dir(&["misbehave"]);
+    let log = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        "{\"name\": \"misbehave.panic\"}\n{\"name\": \"misbehave.panic\"}\n",
+    )
+    .unwrap();
+    let (plugins, log_dir) = (dir.path().to_str().unwrap(), log.path().to_str().unwrap());
+    let out = plugbus(&["run", "--plugins", plugins, "--log", log_dir, events.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let journal = log.path().join("dead-letters/misbehave.jsonl");
+    let mut text = std::fs::read_to_string(&journal).unwrap();
+    text.insert_str(text.find('\n').unwrap() + 1, "not json\n");
+    std::fs::write(&journal, text).unwrap();
+    let out = plugbus(&["dlq", "list", "--log", log_dir, "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2, "{stderr}");
+    assert!(
+        stderr.contains("misbehave.jsonl:2") && stderr.contains("damaged"),
+        "{stderr}"
+    );
+
+    let outside = format!("../{}/misbehave", dir.path().file_name().unwrap().to_str().unwrap());
+    let out = plugbus(&[
+        "dlq",
+        "redrive",
+        "--log",
+        log_dir,
+        "--plugins",
+        plugins,
+        "--plugin",
+        &outside,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a plugin name"));
+    // The same broken version: both letters fail again, and stay.
+    let out = plugbus(&[
+        "dlq",
+        "redrive",
+        "--log",
+        log_dir,
+        "--plugins",
+        plugins,
+        "--plugin",
+        "misbehave",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("2 failed again"), "{stderr}");
+
+    let scratch = tempfile::tempdir().unwrap();
+    let out = plugbus(&["new", "host", "--dir", scratch.path().join("host").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reserved"));
+    assert!(!scratch.path().join("host").exists());
+}
+
 /// A command whose output cannot be written (stdout on a full disk) fails
 /// with exit 1 and says so; it panicked with a backtrace (`println!`), or,
 /// for `replay`, exited 0 having written nothing.

@@ -1358,14 +1358,23 @@ impl Bus {
             // Not loaded: what its journal beside the log keeps.
             let dir = self.shared.log.as_ref()?.dir().to_owned();
             let name = plugin.to_owned();
-            let read = tokio::task::spawn_blocking(move || crate::dead_letter::read_dead_letters(&dir, Some(&name)))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(crate::DeadLetterError::Io {
-                        path: PathBuf::from(crate::dead_letter::DIR),
-                        reason: format!("reading the dead letters failed: {e}"),
-                    })
-                });
+            // Damaged lines are skipped, as the store of a loaded plugin
+            // skips them, and logged.
+            let read = tokio::task::spawn_blocking(move || {
+                crate::dead_letter::read_dead_letters_past_damage(&dir, Some(&name)).map(|(letters, damaged)| {
+                    for e in damaged {
+                        tracing::error!(plugin = name, error = %e, "a damaged dead letter is skipped");
+                    }
+                    letters
+                })
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::DeadLetterError::Io {
+                    path: PathBuf::from(crate::dead_letter::DIR),
+                    reason: format!("reading the dead letters failed: {e}"),
+                })
+            });
             return match read {
                 Ok(letters) if letters.is_empty() => None,
                 read => Some(read),

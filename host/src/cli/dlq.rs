@@ -49,6 +49,15 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             plugin,
             cache,
         } => {
+            // A name, not a path: `../elsewhere/x` would load a plugin from
+            // outside the directory given.
+            if !plugbus::manifest::valid_plugin_name(&plugin) {
+                anyhow::bail!(
+                    "`{}` is not a plugin name (the file name in {}, without `.wasm`)",
+                    plugbus::text::printable(&plugin),
+                    plugbus::text::printable_path(&plugins)
+                );
+            }
             super::log::check_dir(&dir)?;
             let bus = cache.apply(plugbus::Bus::builder()).log_dir(&dir).build().await?;
             bus.load_plugin(plugins.join(format!("{plugin}.wasm"))).await?;
@@ -58,10 +67,16 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             let report = report.unwrap_or_default();
             outln!("{}", serde_json::to_string(&report)?)?;
             eprintln!(
-                "plugbus: {plugin}: {} redriven, {} ok, {} errors, {} failed again",
-                report.redriven, report.ok, report.errors, report.failed
+                "plugbus: {plugin}: {} redriven, {} ok, {} errors, {} failed again, {} not delivered",
+                report.redriven, report.ok, report.errors, report.failed, report.dropped
             );
-            Ok(ExitCode::SUCCESS)
+            // Letters that are letters still: not a success a script could
+            // take for "done".
+            Ok(if report.failed > 0 || report.dropped > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         DlqCommand::List { history, plugin, json } => {
             let letters = history.dead_letters(plugin.as_deref()).await?;

@@ -399,7 +399,16 @@ impl HistoryArgs {
             }
             (Some(dir), None) => {
                 log::check_dir(dir)?;
-                Ok(plugbus::read_dead_letters(dir, plugin)?)
+                // One damaged line hides no other letter: it is named, and
+                // skipped as a redrive skips it.
+                let (letters, damaged) = plugbus::read_dead_letters_past_damage(dir, plugin)?;
+                for e in damaged {
+                    eprintln!(
+                        "plugbus: skipped a damaged dead letter: {}",
+                        plugbus::text::printable(&e.to_string())
+                    );
+                }
+                Ok(letters)
             }
             (None, None) => anyhow::bail!("give --log DIR or --nats URL"),
         }

@@ -98,7 +98,13 @@ fn type_name(name: &str) -> String {
 pub fn new(name: &str, lang: Lang, dir: Option<&Path>, sdk: Option<&Path>) -> anyhow::Result<ExitCode> {
     if !valid_name(name) {
         bail!(
-            "`{name}` is not a valid plugin name: use lowercase letters, digits, `-` and `_`, starting with a letter"
+            "`{}` is not a valid plugin name: use lowercase letters, digits, `-` and `_`, starting with a letter",
+            plugbus::text::printable(name)
+        );
+    }
+    if name == plugbus::event::HOST_SOURCE {
+        bail!(
+            "`{name}` is reserved: it is the source of the events the host and the application publish, so no host loads a plugin of that name; choose another"
         );
     }
     let root = dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(name));
@@ -136,8 +142,10 @@ pub fn new(name: &str, lang: Lang, dir: Option<&Path>, sdk: Option<&Path>) -> an
     match lang {
         Lang::Rust => {
             outln!("  cd {root} && cargo build --release")?;
+            // Cargo names the file after the crate (`-` becomes `_`); a
+            // plugin's name is its file's, and its manifest `{name}.toml`.
             outln!(
-                "  then copy target/wasm32-wasip2/release/{}.wasm into your plugin directory",
+                "  then copy target/wasm32-wasip2/release/{}.wasm into your plugin directory as {name}.wasm (with {name}.toml)",
                 name.replace('-', "_")
             )?;
         }
