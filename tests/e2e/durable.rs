@@ -859,6 +859,74 @@ fn log_tail_follows_a_growing_log() {
     done.store(true, std::sync::atomic::Ordering::Release);
 }
 
+/// `log tail -n N` with a filter starts at the N-th last *matching* event
+/// (it counted every event, so a name seen only early printed nothing),
+/// and `-n 0` prints no past event, only the next ones.
+#[test]
+fn log_tail_counts_the_events_its_filter_matches() {
+    use std::io::BufRead;
+    let log = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir(&[]);
+    let events = log.path().join("events");
+    let run = |names: &[&str]| {
+        let input = log.path().join("in.jsonl");
+        let lines: Vec<String> = names.iter().map(|n| json!({ "name": n }).to_string()).collect();
+        std::fs::write(&input, lines.join("\n")).unwrap();
+        let out = Command::new(plugbus_bin())
+            .args(["run", "--plugins", plugins.path().to_str().unwrap(), "--log"])
+            .arg(&events)
+            .arg(&input)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["a.one", "x.one", "a.two", "x.two", "x.three", "x.four"]);
+    // The first line a tail started with `args` prints (killed after, or
+    // after 60 s if it prints nothing: the test fails rather than hangs).
+    let first_line = |args: &[&str], then: &dyn Fn()| -> Value {
+        let mut tail = Command::new(plugbus_bin())
+            .args(["log", "tail", "--json", "--log"])
+            .arg(&events)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = tail.id().to_string();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let finished = done.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(60));
+            if !finished.load(std::sync::atomic::Ordering::Acquire) {
+                let _ = Command::new("kill").args(["-9", &pid]).status();
+            }
+        });
+        let mut lines = std::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+        // Started and past its first read before more is appended.
+        std::thread::sleep(Duration::from_millis(500));
+        then();
+        let line = lines.next().and_then(Result::ok).unwrap_or_default();
+        let _ = tail.kill();
+        let _ = tail.wait();
+        done.store(true, std::sync::atomic::Ordering::Release);
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{args:?}: {e}: {line:?}"))
+    };
+    let first = first_line(&["-n", "2", "--name", "a.*"], &|| {});
+    assert_eq!(
+        (first["name"].as_str(), first["seq"].as_u64()),
+        (Some("a.one"), Some(1)),
+        "{first}"
+    );
+    let first = first_line(&["-n", "1", "--name", "a.*"], &|| {});
+    assert_eq!(first["name"], "a.two", "{first}");
+    let first = first_line(&["-n", "0"], &|| run(&["b.five"]));
+    assert_eq!(
+        (first["name"].as_str(), first["seq"].as_u64()),
+        (Some("b.five"), Some(7)),
+        "{first}"
+    );
+}
+
 /// A hot-swapped version starts from its predecessor's state, without a
 /// log: token-counter (with `state`) from its final snapshot, misbehave
 /// (without) by replaying what the old version handled.

@@ -48,7 +48,8 @@ pub enum LogCommand {
     Tail {
         #[command(flatten)]
         filter: Filter,
-        /// Without --from, start this many events before the end.
+        /// Without --from, start this many events before the end, counting only the events --name and
+        /// --correlation match (0: print only the events appended from now on).
         #[arg(short = 'n', long, default_value_t = 10)]
         lines: u64,
     },
@@ -224,6 +225,41 @@ fn print_from(dir: &Path, from: u64, m: &Matcher, out: &mut impl Write) -> anyho
     Ok(last)
 }
 
+/// Where `tail -n lines` starts: at the `lines`-th last event `m` matches
+/// (every matching one when fewer match), or just past the end for 0.
+/// Unfiltered, the end is read from the last segment only (checking the
+/// whole log could take minutes on a large one); with `--correlation` the
+/// segments' correlation index skips the others; with `--name` the log is
+/// read through, as only that finds the last events of a name.
+fn start_of_last(dir: &Path, m: &Matcher, lines: u64) -> anyhow::Result<u64> {
+    let end = plugbus::log::last_seq(dir)?.unwrap_or(0);
+    if lines == 0 {
+        return Ok(end + 1);
+    }
+    if m.name.is_none() && m.correlation.is_none() {
+        return Ok(end.saturating_sub(lines - 1).max(1));
+    }
+    let mut reader = LogReader::open(dir, 0)?;
+    if let Some(id) = &m.correlation {
+        reader = reader.correlation(id.clone());
+    }
+    let keep = usize::try_from(lines).unwrap_or(usize::MAX);
+    let mut last = std::collections::VecDeque::new();
+    for record in reader {
+        let record = record?;
+        if record.seq > end {
+            break;
+        }
+        if m.matches(&record) {
+            if last.len() == keep {
+                last.pop_front();
+            }
+            last.push_back(record.seq);
+        }
+    }
+    Ok(last.front().copied().unwrap_or(end + 1))
+}
+
 /// How often `tail` looks for new events.
 const TAIL_POLL: Duration = Duration::from_millis(200);
 
@@ -231,10 +267,9 @@ async fn tail(filter: &Filter, lines: u64) -> anyhow::Result<ExitCode> {
     let matcher = Matcher::new(filter)?;
     let from = match filter.from {
         Some(from) => from,
-        // The end, from the last segment only: checking the whole log
-        // could take minutes on a large one.
         None => {
-            plugbus::log::last_seq(&filter.dir)?.map_or(0, |last| last.saturating_sub(lines.saturating_sub(1)).max(1))
+            let (dir, m) = (filter.dir.clone(), matcher.clone());
+            tokio::task::spawn_blocking(move || start_of_last(&dir, &m, lines)).await??
         }
     };
     let mut next = from;
