@@ -32,7 +32,9 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(cli::dispatch(args.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("plugbus: {}", cli::error_text(&e));
+            // An error may quote a name, a path or a plugin's own text:
+            // no escape sequence of theirs reaches the terminal.
+            eprintln!("plugbus: {}", plugbus::text::printable_lines(&cli::error_text(&e)));
             ExitCode::FAILURE
         }
     };

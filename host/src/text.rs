@@ -66,6 +66,30 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     out.into()
 }
 
+/// `s` with every control character escaped except line breaks and tabs:
+/// for a multi-line message (an error with its context, a TOML parser's
+/// caret diagram) that may quote what a user or a plugin wrote. No escape
+/// sequence or bell reaches the terminal; the message keeps its lines.
+///
+/// ```
+/// assert_eq!(plugbus::text::printable_lines("a\u{1b}[2J\nb\tc"), "a\\u{1b}[2J\nb\tc");
+/// ```
+pub fn printable_lines(s: &str) -> Cow<'_, str> {
+    let escaped = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !s.chars().any(escaped) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if escaped(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
 /// A path as [`printable`] text: a file name is anyone's choice, and a
 /// newline or escape sequence in it must not forge a log line or a
 /// terminal's output.

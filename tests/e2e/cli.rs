@@ -430,6 +430,20 @@ fn every_error_of_the_api_is_json() {
     drop(served);
 }
 
+/// A name or path quoted in an error is printed with its control
+/// characters escaped: an escape sequence (clear the screen, a bell) in an
+/// argument, a file name or a plugin's own message never acts on the
+/// terminal of whoever reads the error.
+#[test]
+fn errors_print_escape_sequences_escaped() {
+    let raw = "x\u{1b}[2J\u{7}y";
+    let out = plugbus(&["log", "stats", "--log", &format!("/no/such/{raw}")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains('\u{1b}') && !stderr.contains('\u{7}'), "{stderr:?}");
+    assert!(stderr.contains("x\\u{1b}[2J\\u{7}y"), "{stderr:?}");
+}
+
 /// Every CLI error path names the thing at fault once, on one line, with
 /// no part of the message repeated (an error that both showed and chained
 /// its OS error used to print it twice).

@@ -382,7 +382,12 @@ fn plugbus_sign_refuses_a_trusted_comment_with_a_line_break() {
     let key = keygen(dir.path());
     let file = dir.path().join("tc.wasm");
     std::fs::copy(wasm("token-counter"), &file).unwrap();
-    for comment in ["release 1\nforged: yes", "release 1\r", "release\r\n1"] {
+    for comment in [
+        "release 1\nforged: yes",
+        "release 1\r",
+        "release\r\n1",
+        "release \u{1b}[2J1",
+    ] {
         let out = support::plugbus(&[
             "sign",
             "--key",

@@ -23,7 +23,10 @@ pub async fn check(
             match &c.signer {
                 Some(s) => {
                     outln!("signed by:     key {} ({})", s.key_id, s.key_file.display())?;
-                    outln!("               trusted comment: {}", s.trusted_comment)?;
+                    outln!(
+                        "               trusted comment: {}",
+                        plugbus::text::printable(&s.trusted_comment)
+                    )?;
                 }
                 None if plugbus::signature::signature_path(file).exists() => {
                     outln!("signed by:     not checked (give --trusted-keys)")?;

@@ -74,6 +74,13 @@ pub async fn log(command: LogCommand) -> anyhow::Result<ExitCode> {
 /// directory is an empty log.
 pub(super) fn check_dir(dir: &Path) -> anyhow::Result<()> {
     if !dir.is_dir() {
+        // A file is not "no such directory".
+        if dir.exists() {
+            anyhow::bail!(
+                "event log {}: not a directory (a log is a directory of segments)",
+                dir.display()
+            );
+        }
         anyhow::bail!("event log {}: no such directory", dir.display());
     }
     let entries = std::fs::read_dir(dir)
@@ -117,7 +124,7 @@ fn stats(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         outln!("{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    outln!("log       {}", s.dir.display())?;
+    outln!("log       {}", plugbus::text::printable_path(&s.dir))?;
     outln!("segments  {} ({} bytes)", s.segments, s.bytes)?;
     outln!("events    {}", s.events)?;
     match (s.first_seq, s.last_seq) {
@@ -194,8 +201,10 @@ impl Matcher {
                 r.seq,
                 rfc3339(r.time_unix_nanos),
                 r.name,
-                r.source,
-                r.correlation_id.as_deref().unwrap_or("-"),
+                // From outside (a NATS message, a native emitter): shown
+                // with its control characters escaped.
+                plugbus::text::printable(&r.source),
+                plugbus::text::printable(r.correlation_id.as_deref().unwrap_or("-")),
                 payload
             )
         }

@@ -51,11 +51,13 @@ pub fn sign(key: &Path, password_env: Option<&str>, comment: Option<&str>, file:
 
 /// The trusted comment is one line of the signature file: a line break in it
 /// (or a NUL, where Debian's `minisign` stops reading) makes a signature
-/// that neither plugbus nor `minisign -V` verifies.
+/// that neither plugbus nor `minisign -V` verifies; and it is printed
+/// (`check`, `minisign -V`), so no other control character (an escape
+/// sequence would act on the terminal of whoever checks the plugin).
 fn check_trusted_comment(comment: &str) -> anyhow::Result<()> {
-    if let Some(c) = comment.chars().find(|c| matches!(c, '\n' | '\r' | '\0')) {
+    if let Some(c) = comment.chars().find(|c| c.is_control()) {
         bail!(
-            "--comment: the trusted comment is one line of the signature file and cannot contain {}",
+            "--comment: the trusted comment is one printed line of the signature file and cannot contain {}",
             c.escape_default()
         );
     }
