@@ -390,8 +390,29 @@ impl Replay {
             ReplayEmit::Publish => FollowUps::Republish(republish.clone()),
         };
         let bus = builder.build().await?;
+        // Every plugin the replay was asked for, or none: a replay without
+        // one of them rebuilds something else than the live run. Each file
+        // that fails is named, not only the first.
+        let mut failed = Vec::new();
         for file in &files {
-            bus.load_plugin(file).await?;
+            if let Err(e) = bus.load_plugin(file).await {
+                failed.push(e);
+            }
+        }
+        if !failed.is_empty() {
+            bus.shutdown().await;
+            if failed.len() == 1 {
+                return Err(ReplayError::Plugin(failed.remove(0)));
+            }
+            let reasons: Vec<String> = failed.iter().map(ToString::to_string).collect();
+            return Err(ReplayError::Plugins {
+                path: self.plugins.clone(),
+                reason: format!(
+                    "{} plugins could not be loaded, and a replay runs all of them or none (--only NAME picks one): {}",
+                    failed.len(),
+                    reasons.join("; ")
+                ),
+            });
         }
         let result = feed(&bus, &mut batches, self.correlation.as_deref(), &rx, &mut on_follow_up).await;
         let answer = match (&result, query) {
@@ -421,6 +442,14 @@ impl Replay {
             path: path.to_owned(),
             reason,
         };
+        if !self.plugins.is_dir() {
+            let why = if self.plugins.exists() {
+                "not a directory"
+            } else {
+                "no such directory"
+            };
+            return Err(err(&self.plugins, format!("plugin directory: {why}")));
+        }
         if let Some(name) = &self.only {
             // A name, not a path: `../elsewhere/x` would load a plugin from
             // outside the directory asked for.

@@ -348,6 +348,32 @@ fn dead_letter_commands_name_damage_and_refuse_paths() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("reserved"));
     assert!(!scratch.path().join("host").exists());
+    // A file where a directory is meant: said so, not "exists" or "File exists".
+    let file = events.to_str().unwrap();
+    for args in [
+        &["new", "w", "--dir", file][..],
+        &["wit", "--out", file][..],
+        &["bindgen", "c", "--out", file][..],
+        &["replay", "--plugins", file, "--log", log_dir][..],
+    ] {
+        let out = plugbus(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("a file") || stderr.contains("not a directory"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // Several plugins that fail to load: each named by a replay.
+    std::fs::write(dir.path().join("bad-one.wasm"), b"not wasm").unwrap();
+    std::fs::write(dir.path().join("bad-two.wasm"), b"not wasm").unwrap();
+    let out = plugbus(&["replay", "--plugins", plugins, "--log", log_dir]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("bad-one.wasm") && stderr.contains("bad-two.wasm"),
+        "{stderr}"
+    );
 }
 
 /// A command whose output cannot be written (stdout on a full disk) fails

@@ -416,6 +416,13 @@ fn plugbus_sign_refuses_a_trusted_comment_with_a_line_break() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("at most"), "{err}");
     assert!(!sig(&file).exists(), "a signature was written");
+    // Nor a file that is no plugin.
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, "{\"name\": \"a\"}\n").unwrap();
+    let out = support::plugbus(&["sign", "--key", key.to_str().unwrap(), events.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not a WebAssembly file"), "{err}");
+    assert!(!sig(&events).exists(), "a signature was written");
 }
 
 /// Two trusted key files with one key id and different keys: the later one

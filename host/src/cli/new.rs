@@ -108,6 +108,12 @@ pub fn new(name: &str, lang: Lang, dir: Option<&Path>, sdk: Option<&Path>) -> an
         );
     }
     let root = dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(name));
+    if root.exists() && !root.is_dir() {
+        bail!(
+            "{} is a file; give a directory to create, or an empty one",
+            root.display()
+        );
+    }
     if root.exists() && root.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{} already exists and is not empty", root.display());
     }

@@ -19,7 +19,19 @@ pub fn sign(key: &Path, password_env: Option<&str>, comment: Option<&str>, file:
     let secret = read_secret_key(key, &text, password_env)?;
     let public =
         minisign::PublicKey::from_secret_key(&secret).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
-    let bytes = std::fs::File::open(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut bytes = std::fs::File::open(file).with_context(|| format!("reading {}", file.display()))?;
+    // A plugin is a WebAssembly component: a signature over anything else
+    // (an events file, a manifest given by mistake) trusts nothing a host
+    // loads.
+    let mut magic = [0u8; 4];
+    let is_wasm = std::io::Read::read_exact(&mut bytes, &mut magic).is_ok() && magic == *b"\0asm";
+    if !is_wasm {
+        bail!(
+            "{}: not a WebAssembly file; `sign` signs plugins (.wasm)",
+            file.display()
+        );
+    }
+    std::io::Seek::rewind(&mut bytes).with_context(|| format!("reading {}", file.display()))?;
     let name = file
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());

@@ -56,6 +56,7 @@ pub fn wit(out: Option<&Path>) -> anyhow::Result<ExitCode> {
     match out {
         None => out!("{OBSERVER_WIT}")?,
         Some(dir) => {
+            check_out_dir(dir)?;
             let files = [(WIT_FILE, OBSERVER_WIT), ("http.wit", HTTP_WIT)];
             for (name, text) in files.iter().chain(DEPS) {
                 write_file(&dir.join(name), text.as_bytes())?;
@@ -77,6 +78,7 @@ pub fn wit(out: Option<&Path>) -> anyhow::Result<ExitCode> {
 /// component type, which the linker embeds so the result is a component of
 /// the right world), with the world's name in snake case.
 pub fn bindgen_c(out: &Path, wit: Option<&Path>, world: &str) -> anyhow::Result<ExitCode> {
+    check_out_dir(out)?;
     let (mut resolve, package) = resolve(wit)?;
     let world = resolve.select_world(&[package], Some(world)).with_context(|| {
         let worlds: Vec<&str> = resolve.packages[package].worlds.keys().map(String::as_str).collect();
@@ -139,6 +141,14 @@ fn resolve(dir: Option<&Path>) -> anyhow::Result<(Resolve, PackageId)> {
 
 /// Writes through a temp file and a rename, so a build reading `path` never
 /// sees half a file.
+/// `--out` names a directory to write into (made if missing), not a file.
+fn check_out_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("--out {}: a file, not a directory to write into", dir.display());
+    }
+    Ok(())
+}
+
 fn write_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
