@@ -97,7 +97,7 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
                 }
             }
             if !json {
-                eprintln!("{} dead letters", letters.len());
+                eprintln!("{}", super::units::counted(letters.len() as u64, "dead letter"));
             }
             Ok(ExitCode::SUCCESS)
         }

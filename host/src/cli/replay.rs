@@ -86,10 +86,10 @@ pub async fn replay(args: Args<'_>) -> anyhow::Result<ExitCode> {
     }
     drop(out);
     eprintln!(
-        "plugbus: replayed {} events into {} plugins; {} follow-ups",
-        report.events,
-        report.plugins.len(),
-        report.follow_ups
+        "plugbus: replayed {} into {}; {}",
+        super::units::counted(report.events, "event"),
+        super::units::counted(report.plugins.len() as u64, "plugin"),
+        super::units::counted(report.follow_ups, "follow-up")
     );
     if report.already_logged > 0 {
         eprintln!(

@@ -3,6 +3,17 @@
 
 use std::time::Duration;
 
+/// `n` and `noun`, the noun in the plural unless `n` is 1 (`1 event`,
+/// `2 events`, `1 dead letter`, `0 follow-ups`); `noun` takes an `s`.
+pub fn counted(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Parses a size: a whole number with an optional unit, `B`, decimal
 /// (`KB`, `MB`, `GB`, `TB`: powers of 1000) or binary (`KiB`, `MiB`, `GiB`,
 /// `TiB`, or `K`, `M`, `G`, `T`: powers of 1024), case-insensitive.
