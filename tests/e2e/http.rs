@@ -559,7 +559,7 @@ async fn trap_recovery_restart_and_replay_send_nothing_twice() {
     assert_eq!(paths(&server).len(), 5);
     // And `--live-requests` is only for a replay that publishes.
     let out = replay(plugins.path(), log.path(), "--live-requests");
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "bad arguments");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--emit publish"));
 }
 

@@ -661,6 +661,16 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             live_requests,
             cache,
         } => {
+            if live_requests && emit != plugbus::ReplayEmit::Publish {
+                // Bad arguments (exit 2, as clap's own), not a failed run.
+                use clap::CommandFactory;
+                Args::command()
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "--live-requests needs --emit publish: a replay that only prints what the plugins emit must not act on the world",
+                    )
+                    .exit();
+            }
             replay::replay(replay::Args {
                 replay: history.replay(&plugins)?,
                 from,
