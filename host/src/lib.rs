@@ -130,7 +130,9 @@ pub use error::Error;
 pub use event::{Event, MAX_CORRELATION_ID_BYTES, PayloadOut, check_external_id};
 pub use ingest::{IngestError, parse_event_line, parse_event_value};
 pub use limits::{Limits, MAX_CASCADE_DEPTH};
-pub use log::{Durability, EventLog, LogError, LogOptions, LogPosition, LogReader, LogStats, LogStatus, Record};
+pub use log::{
+    Durability, EventLog, LogError, LogOptions, LogPosition, LogReader, LogStats, LogStatus, Record, TornTail,
+};
 pub use manifest::{Manifest, ManifestError};
 #[cfg(feature = "nats")]
 pub use nats::{NatsError, NatsOptions, NatsStatus};

@@ -140,6 +140,15 @@ fn stats(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
             s.gaps
         )?;
     }
+    if let Some(torn) = &s.torn_tail {
+        outln!(
+            "torn tail {} bytes from byte {} of {} ({}): a write a crash cut short, never acknowledged; the next writer to open the log cuts them off",
+            torn.bytes,
+            torn.offset,
+            plugbus::text::printable_path(&torn.path),
+            torn.reason
+        )?;
+    }
     if let Some((records, bytes)) = journal {
         outln!("requests  {records} journaled ({bytes} bytes)")?;
     }

@@ -936,6 +936,24 @@ pub struct LogReader {
     /// What the durable mark vouches for in the last segment listed:
     /// damage in it is judged as recovery judges it ([`judge_damage`]).
     synced: Option<u64>,
+    /// Where the reader found the log to end in a torn tail, if it did.
+    torn_tail: Option<TornTail>,
+}
+
+/// Damage at the end of a log's last segment that recovery judges a torn
+/// write (past what the durable mark vouches for): readers end the log
+/// there, and the next writer to open the log cuts it off. What
+/// [`LogStats`] reports, so that it is seen before it is cut.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TornTail {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Where the damage starts.
+    pub offset: u64,
+    /// Bytes from there to the end of the file (what a writer cuts off).
+    pub bytes: u64,
+    /// What is wrong there.
+    pub reason: String,
 }
 
 /// Where a [`LogReader`] stopped: the segment it was reading and the byte
@@ -977,6 +995,7 @@ impl LogReader {
             correlation: None,
             wanted: None,
             resume: None,
+            torn_tail: None,
         })
     }
 
@@ -1041,7 +1060,10 @@ impl LogReader {
                 let mut reader = match SegmentReader::open(&path, first) {
                     Ok(Ok(r)) => r,
                     Ok(Err(damage)) => match judge_damage(damage, last, self.synced) {
-                        Ok(_) => return Ok(None),
+                        Ok((offset, reason)) => {
+                            self.torn_tail = Some(TornTail::of(&path, offset, reason));
+                            return Ok(None);
+                        }
                         Err((offset, reason)) => return Err(LogError::Corrupt { path, offset, reason }),
                     },
                     // A segment removed by retention while we read: skip it.
@@ -1083,7 +1105,10 @@ impl LogReader {
                 Ok(None) => self.current = None,
                 Err(damage) => {
                     return match judge_damage(damage, *last, self.synced) {
-                        Ok(_) => Ok(None),
+                        Ok((offset, reason)) => {
+                            self.torn_tail = Some(TornTail::of(path, offset, reason));
+                            Ok(None)
+                        }
                         Err((offset, reason)) => Err(LogError::Corrupt {
                             path: path.clone(),
                             offset,
@@ -1096,7 +1121,25 @@ impl LogReader {
     }
 }
 
+impl TornTail {
+    fn of(path: &Path, offset: u64, reason: String) -> TornTail {
+        let len = std::fs::metadata(path).map_or(offset, |m| m.len());
+        TornTail {
+            path: path.to_owned(),
+            offset,
+            bytes: len.saturating_sub(offset),
+            reason,
+        }
+    }
+}
+
 impl LogReader {
+    /// Where this reader found the log to end in a torn tail, once it has
+    /// read to the end (`None`: it ended cleanly, or has not got there).
+    pub fn torn_tail(&self) -> Option<&TornTail> {
+        self.torn_tail.as_ref()
+    }
+
     /// The next event (with the correlation filter applied), its payload
     /// left as the logged text (see `Frame::raw`): what catch-up and replay
     /// read. [`Iterator::next`] gives the same records as [`Record`]s.
@@ -1186,6 +1229,10 @@ pub struct LogStats {
     /// that were delivered live but not logged (each loss is named by a
     /// `plugbus.log.overflow` event), or a segment file removed by hand.
     pub gaps: u64,
+    /// A torn tail at the end of the last segment (the end of a write a
+    /// crash or power loss cut short, never acknowledged): the next writer
+    /// to open the log cuts it off.
+    pub torn_tail: Option<TornTail>,
 }
 
 impl LogStats {
@@ -1209,6 +1256,7 @@ impl LogStats {
             first_time_unix_nanos: None,
             last_time_unix_nanos: None,
             gaps: 0,
+            torn_tail: None,
         };
         let mut reader = LogReader::open(dir, 0)?;
         // A segment is named by the first number it was opened for: numbers
@@ -1225,6 +1273,7 @@ impl LogStats {
             stats.last_seq = Some(frame.seq);
             stats.last_time_unix_nanos = Some(frame.time_unix_nanos);
         }
+        stats.torn_tail = reader.torn_tail().cloned();
         Ok(stats)
     }
 }
@@ -1792,6 +1841,26 @@ mod tests {
         );
         assert_eq!(std::fs::metadata(&renamed).unwrap().len(), bytes, "nothing truncated");
         assert_readers_refuse(dir.path(), &renamed, "sequence 1");
+    }
+
+    /// Bytes past the synced length that are no frame (a write a crash cut
+    /// short) end the log for readers as for recovery, and `LogStats` says
+    /// so, with where and how much, before a writer cuts them off.
+    #[tokio::test]
+    async fn stats_report_a_torn_tail_before_it_is_cut() {
+        let _serial = serial();
+        let dir = tempfile::tempdir().unwrap();
+        written_and_closed(dir.path(), 5).await;
+        let clean = LogStats::read(dir.path()).unwrap();
+        assert_eq!((clean.events, clean.torn_tail.clone()), (5, None));
+        let (_, seg) = list_segments(dir.path()).unwrap().pop().unwrap();
+        let len = std::fs::metadata(&seg).unwrap().len();
+        let mut file = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+        std::io::Write::write_all(&mut file, &[0xAB; 26]).unwrap();
+        let stats = LogStats::read(dir.path()).unwrap();
+        assert_eq!(stats.events, 5);
+        let torn = stats.torn_tail.expect("a torn tail");
+        assert_eq!((torn.path, torn.offset, torn.bytes), (seg, len, 26), "{}", torn.reason);
     }
 
     /// A last segment removed (by hand, or a tool "cleaning up"), or the
