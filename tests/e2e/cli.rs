@@ -316,29 +316,23 @@ fn dead_letter_commands_name_damage_and_refuse_paths() {
     );
 
     let outside = format!("../{}/misbehave", dir.path().file_name().unwrap().to_str().unwrap());
-    let out = plugbus(&[
-        "dlq",
-        "redrive",
-        "--log",
-        log_dir,
-        "--plugins",
-        plugins,
-        "--plugin",
-        &outside,
-    ]);
+    let redrive = |plugin: &str| {
+        plugbus(&[
+            "dlq",
+            "redrive",
+            "--log",
+            log_dir,
+            "--plugins",
+            plugins,
+            "--plugin",
+            plugin,
+        ])
+    };
+    let out = redrive(&outside);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a plugin name"));
     // The same broken version: both letters fail again, and stay.
-    let out = plugbus(&[
-        "dlq",
-        "redrive",
-        "--log",
-        log_dir,
-        "--plugins",
-        plugins,
-        "--plugin",
-        "misbehave",
-    ]);
+    let out = redrive("misbehave");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("2 failed again"), "{stderr}");

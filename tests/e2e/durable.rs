@@ -1,6 +1,7 @@
 //! The event log end to end: the CLI writing and reading it, a server killed
 //! mid-load, torn tails and corruption, durable emits and overflow.
 
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -806,93 +807,43 @@ fn plugin_state_comes_back_after_the_server_is_killed() {
     );
 }
 
-/// `plugbus log tail` prints the last events, then follows the log as
-/// another process appends to it.
-#[test]
-fn log_tail_follows_a_growing_log() {
-    use std::io::BufRead;
-    let log = tempfile::tempdir().unwrap();
+/// Appends events named `names` to the log in `log` from another process
+/// (`plugbus run`, no plugins).
+fn append_named(log: &Path, names: &[&str]) {
     let plugins = plugin_dir(&[]);
-    // Appends events to the log from another process.
-    let run = |names: &[&str]| {
-        let input = log.path().join("in.jsonl");
-        let lines: Vec<String> = names.iter().map(|n| json!({ "name": n }).to_string()).collect();
-        std::fs::write(&input, lines.join("\n")).unwrap();
-        let out = Command::new(plugbus_bin())
-            .args(["run", "--plugins", plugins.path().to_str().unwrap(), "--log"])
-            .arg(log.path().join("events"))
-            .arg(&input)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
-    run(&["a.one", "a.two", "a.three"]);
-    let mut tail = Command::new(plugbus_bin())
-        .args(["log", "tail", "--json", "-n", "2", "--log"])
-        .arg(log.path().join("events"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
+    let input = plugins.path().join("in.jsonl");
+    let lines: Vec<String> = names.iter().map(|n| json!({ "name": n }).to_string()).collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let out = Command::new(plugbus_bin())
+        .args(["run", "--plugins", plugins.path().to_str().unwrap(), "--log"])
+        .arg(log)
+        .arg(&input)
+        .env("RUST_LOG", "warn")
+        .output()
         .unwrap();
-    // A tail that never prints must fail the test, not hang it.
-    let pid = tail.id().to_string();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let finished = done.clone();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(60));
-        if !finished.load(std::sync::atomic::Ordering::Acquire) {
-            let _ = Command::new("kill").args(["-9", &pid]).status();
-        }
-    });
-    let mut lines = std::io::BufReader::new(tail.stdout.take().unwrap()).lines();
-    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
-    assert_eq!(next()["name"], "a.two", "the last two events first");
-    assert_eq!(next()["name"], "a.three");
-    run(&["b.four"]);
-    let followed = next();
-    assert_eq!(
-        (followed["name"].as_str(), followed["seq"].as_u64()),
-        (Some("b.four"), Some(4))
-    );
-    tail.kill().unwrap();
-    tail.wait().unwrap();
-    done.store(true, std::sync::atomic::Ordering::Release);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// `log tail -n N` with a filter starts at the N-th last *matching* event
-/// (it counted every event, so a name seen only early printed nothing),
-/// and `-n 0` prints no past event, only the next ones.
-#[test]
-fn log_tail_counts_the_events_its_filter_matches() {
-    use std::io::BufRead;
-    let log = tempfile::tempdir().unwrap();
-    let plugins = plugin_dir(&[]);
-    let events = log.path().join("events");
-    let run = |names: &[&str]| {
-        let input = log.path().join("in.jsonl");
-        let lines: Vec<String> = names.iter().map(|n| json!({ "name": n }).to_string()).collect();
-        std::fs::write(&input, lines.join("\n")).unwrap();
-        let out = Command::new(plugbus_bin())
-            .args(["run", "--plugins", plugins.path().to_str().unwrap(), "--log"])
-            .arg(&events)
-            .arg(&input)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
-    run(&["a.one", "x.one", "a.two", "x.two", "x.three", "x.four"]);
-    // The first line a tail started with `args` prints (killed after, or
-    // after 60 s if it prints nothing: the test fails rather than hangs).
-    let first_line = |args: &[&str], then: &dyn Fn()| -> Value {
-        let mut tail = Command::new(plugbus_bin())
+/// A `plugbus log tail --json` of `log` with `args`, killed when dropped,
+/// and after 60 s if still running: a tail that never prints fails the
+/// test instead of hanging it.
+struct Tail {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Tail {
+    fn start(log: &Path, args: &[&str]) -> Tail {
+        use std::io::BufRead;
+        let mut child = Command::new(plugbus_bin())
             .args(["log", "tail", "--json", "--log"])
-            .arg(&events)
+            .arg(log)
             .args(args)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let pid = tail.id().to_string();
+        let pid = child.id().to_string();
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let finished = done.clone();
         std::thread::spawn(move || {
@@ -901,25 +852,64 @@ fn log_tail_counts_the_events_its_filter_matches() {
                 let _ = Command::new("kill").args(["-9", &pid]).status();
             }
         });
-        let mut lines = std::io::BufReader::new(tail.stdout.take().unwrap()).lines();
-        // Started and past its first read before more is appended.
-        std::thread::sleep(Duration::from_millis(500));
-        then();
-        let line = lines.next().and_then(Result::ok).unwrap_or_default();
-        let _ = tail.kill();
-        let _ = tail.wait();
-        done.store(true, std::sync::atomic::Ordering::Release);
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{args:?}: {e}: {line:?}"))
-    };
-    let first = first_line(&["-n", "2", "--name", "a.*"], &|| {});
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        Tail { child, lines, done }
+    }
+
+    /// The next event it prints.
+    fn next(&mut self) -> Value {
+        let line = self.lines.next().and_then(Result::ok).unwrap_or_default();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.done.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// `plugbus log tail` prints the last events, then follows the log as
+/// another process appends to it.
+#[test]
+fn log_tail_follows_a_growing_log() {
+    let log = tempfile::tempdir().unwrap();
+    let events = log.path().join("events");
+    append_named(&events, &["a.one", "a.two", "a.three"]);
+    let mut tail = Tail::start(&events, &["-n", "2"]);
+    assert_eq!(tail.next()["name"], "a.two", "the last two events first");
+    assert_eq!(tail.next()["name"], "a.three");
+    append_named(&events, &["b.four"]);
+    let followed = tail.next();
+    assert_eq!(
+        (followed["name"].as_str(), followed["seq"].as_u64()),
+        (Some("b.four"), Some(4))
+    );
+}
+
+/// `log tail -n N` with a filter starts at the N-th last *matching* event
+/// (it counted every event, so a name seen only early printed nothing),
+/// and `-n 0` prints no past event, only the next ones.
+#[test]
+fn log_tail_counts_the_events_its_filter_matches() {
+    let log = tempfile::tempdir().unwrap();
+    let events = log.path().join("events");
+    append_named(&events, &["a.one", "x.one", "a.two", "x.two", "x.three", "x.four"]);
+    let first = Tail::start(&events, &["-n", "2", "--name", "a.*"]).next();
     assert_eq!(
         (first["name"].as_str(), first["seq"].as_u64()),
         (Some("a.one"), Some(1)),
         "{first}"
     );
-    let first = first_line(&["-n", "1", "--name", "a.*"], &|| {});
+    let first = Tail::start(&events, &["-n", "1", "--name", "a.*"]).next();
     assert_eq!(first["name"], "a.two", "{first}");
-    let first = first_line(&["-n", "0"], &|| run(&["b.five"]));
+    let mut tail = Tail::start(&events, &["-n", "0"]);
+    // Started and past its first read before more is appended.
+    std::thread::sleep(Duration::from_millis(500));
+    append_named(&events, &["b.five"]);
+    let first = tail.next();
     assert_eq!(
         (first["name"].as_str(), first["seq"].as_u64()),
         (Some("b.five"), Some(7)),

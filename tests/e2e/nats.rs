@@ -2088,6 +2088,22 @@ async fn an_ack_wait_the_duplicate_window_does_not_cover_is_refused() {
     );
 }
 
+/// Makes the stream plugbus would use (`PLUGBUS`, its subjects, a
+/// 2-minute duplicate window) on the server at `url` before any host does,
+/// with the other settings of `config`.
+async fn stream_beforehand(url: &str, config: jetstream::stream::Config) {
+    client(url)
+        .await
+        .create_stream(jetstream::stream::Config {
+            name: "PLUGBUS".into(),
+            subjects: vec!["plugbus.events.>".into()],
+            duplicate_window: Duration::from_secs(120),
+            ..config
+        })
+        .await
+        .unwrap();
+}
+
 /// A stream made beforehand must keep every message until its limits, on
 /// disk: a work-queue stream refuses the consumers each plugin needs (every
 /// event accepted, none handled), an interest stream deletes what was
@@ -2103,18 +2119,15 @@ async fn a_stream_that_does_not_keep_events_on_disk_is_refused() {
         (RetentionPolicy::Limits, StorageType::Memory, "Memory storage"),
     ] {
         let nats = NatsServer::start();
-        client(&nats.url)
-            .await
-            .create_stream(jetstream::stream::Config {
-                name: "PLUGBUS".into(),
-                subjects: vec!["plugbus.events.>".into()],
-                duplicate_window: Duration::from_secs(120),
+        stream_beforehand(
+            &nats.url,
+            jetstream::stream::Config {
                 retention,
                 storage,
                 ..Default::default()
-            })
-            .await
-            .unwrap();
+            },
+        )
+        .await;
         let dir = support::plugin_dir(&["console-logger"]);
         let stderr = support::serve_refused(&["--plugins", dir.path().to_str().unwrap(), "--nats", &nats.url]);
         assert!(stderr.contains(says) && stderr.contains("PLUGBUS"), "{says}: {stderr}");
@@ -2129,17 +2142,14 @@ async fn a_stream_that_does_not_keep_events_on_disk_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_over_the_streams_message_size_is_refused_at_once() {
     let nats = NatsServer::start();
-    client(&nats.url)
-        .await
-        .create_stream(jetstream::stream::Config {
-            name: "PLUGBUS".into(),
-            subjects: vec!["plugbus.events.>".into()],
-            duplicate_window: Duration::from_secs(120),
+    stream_beforehand(
+        &nats.url,
+        jetstream::stream::Config {
             max_message_size: 2048,
             ..Default::default()
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     let dir = support::plugin_dir(&["console-logger"]);
     let (a, addr, _log) = support::serve(&["--plugins", dir.path().to_str().unwrap(), "--nats", &nats.url]);
     let big = format!(r#"{{"name":"big","payload":{{"text":"{}"}}}}"#, "x".repeat(4096));
