@@ -21,10 +21,12 @@
 //!   and whether it exports `query` (`queryable`);
 //!   with `--log`, the log's position (`log`: last, written and durable seq,
 //!   queued, lost).
-//! - `GET /plugins/<name>/dead-letters`: the events that made it fail hard
-//!   (all kept: the log's journal, or on NATS the stream's bucket);
-//!   `POST /plugins/<name>/dead-letters/redrive` sends them to it again
-//!   (after a fixed version was dropped into the directory).
+//! - `GET /plugins/<name>/dead-letters?offset=&limit=`: the events that
+//!   made it fail hard (all kept: the log's journal, or on NATS the
+//!   stream's bucket), a page at a time (1,000 by default) with `total` and
+//!   `next_offset`; `POST /plugins/<name>/dead-letters/redrive` sends them
+//!   to it again (after a fixed version was dropped into the directory);
+//!   503 with `Retry-After` while it is quarantined.
 //! - `GET /plugins/<name>/query?q=<urlencoded JSON>` and `POST
 //!   /plugins/<name>/query` with a JSON body: asks a plugin that exports
 //!   `query` (a read model); 200 `{"as_of_seq", "answer"}`. Errors are
@@ -38,6 +40,9 @@
 //!   durable or stored; a retried request is not stored twice. Also on
 //!   `--otlp-listen ADDR` (the exporters' default port is 4318).
 //! - `GET /metrics`: Prometheus (OpenMetrics) text.
+//! - Any other path: 404; a route's wrong method: 405 with `Allow`. Every
+//!   error answer is JSON, `{"error": …}`, axum's own rejections included
+//!   (`json_errors`).
 //! - Every route: what a web browser sends on behalf of another site (DNS
 //!   rebinding, cross-site requests) is refused with 403 (`same_origin`).
 //! - `GET /healthz`: liveness, from the moment the host listens.
