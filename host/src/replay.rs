@@ -498,7 +498,6 @@ impl Batches {
     }
 }
 
-/// Reads `[from, end]` of the log on a thread of its own, in batches.
 /// The ids of the follow-ups (depth above 0) in the log in `dir` from
 /// `from` to `end`: what a replay publishing its follow-ups must not append
 /// again. Every follow-up of an event replayed comes after it in the log,
@@ -521,6 +520,7 @@ fn logged_follow_up_ids(dir: &Path, from: u64, end: u64) -> Result<std::collecti
     Ok(ids)
 }
 
+/// Reads `[from, end]` of the log on a thread of its own, in batches.
 fn spawn_reader(
     log: PathBuf,
     from: u64,

@@ -52,18 +52,7 @@ pub(crate) fn cap(s: String) -> String {
 /// assert_eq!(plugbus::text::printable("Bob's plugins"), "Bob's plugins");
 /// ```
 pub fn printable(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
-        return s.into();
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out.into()
+    escape_where(s, char::is_control)
 }
 
 /// `s` with every control character escaped except line breaks and tabs:
@@ -75,8 +64,13 @@ pub fn printable(s: &str) -> Cow<'_, str> {
 /// assert_eq!(plugbus::text::printable_lines("a\u{1b}[2J\nb\tc"), "a\\u{1b}[2J\nb\tc");
 /// ```
 pub fn printable_lines(s: &str) -> Cow<'_, str> {
-    let escaped = |c: char| c.is_control() && c != '\n' && c != '\t';
-    if !s.chars().any(escaped) {
+    escape_where(s, |c| c.is_control() && c != '\n' && c != '\t')
+}
+
+/// `s` with each character `escaped` picks written as its Rust escape
+/// (`\u{1b}`); borrowed when there is none.
+fn escape_where(s: &str, escaped: impl Fn(char) -> bool) -> Cow<'_, str> {
+    if !s.chars().any(&escaped) {
         return s.into();
     }
     let mut out = String::with_capacity(s.len() + 8);
