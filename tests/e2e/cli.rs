@@ -384,6 +384,27 @@ fn output_that_cannot_be_written_is_an_error_not_a_panic() {
     let (plugins, log_dir) = (dir.path().to_str().unwrap(), log.path().to_str().unwrap());
     let out = plugbus(&["run", "--plugins", plugins, "--log", log_dir, events.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // `--pretty` indents the answer and keeps the compact form's key order.
+    let query = [
+        "query",
+        "--plugins",
+        plugins,
+        "--log",
+        log_dir,
+        "ledger",
+        r#"{"applied": true}"#,
+    ];
+    let compact = plugbus(&query);
+    let pretty = plugbus(&[&query[..], &["--pretty"]].concat());
+    let (compact, pretty) = (
+        String::from_utf8_lossy(&compact.stdout),
+        String::from_utf8_lossy(&pretty.stdout),
+    );
+    assert!(compact.starts_with(r#"{"as_of_seq":1,"answer":{"#), "{compact}");
+    assert!(
+        pretty.starts_with("{\n  \"as_of_seq\": 1,\n  \"answer\": {\n"),
+        "{pretty}"
+    );
     let wasm = support::wasm("console-logger");
     let commands: [&[&str]; 5] = [
         &["wit"],
@@ -725,6 +746,42 @@ fn new_scaffolds_c_python_and_js_plugins_that_build_and_run() {
         // 5 events from the file + one `<name>.long_answer` from each of the
         // three plugins (each subscribes to `*`).
         assert_eq!((p["delivered"].as_u64(), p["ok"].as_u64()), (Some(8), Some(8)), "{p}");
+    }
+}
+
+#[test]
+fn history_commands_name_both_sources_and_refuse_a_stream_without_nats() {
+    let plugins = plugin_dir(&[]);
+    let plugins = plugins.path().to_str().unwrap();
+    let log = tempfile::tempdir().unwrap();
+    let log = log.path().to_str().unwrap();
+    for args in [
+        &["dlq", "list"][..],
+        &["replay", "--plugins", plugins],
+        &["query", "--plugins", plugins, "x", "{}"],
+    ] {
+        let out = plugbus(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("<--log <DIR>|--nats <URL>>"), "{args:?}: {stderr}");
+
+        let mut both = args.to_vec();
+        both.extend(["--log", log, "--nats", "nats://127.0.0.1:1"]);
+        let out = plugbus(&both);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("cannot be used with"), "{args:?}: {stderr}");
+
+        // A stream name means nothing to a log: refused, not ignored.
+        let mut stream = args.to_vec();
+        stream.extend(["--log", log, "--stream", "OTHER"]);
+        let out = plugbus(&stream);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot be used with") && stderr.contains("'--stream <NAME>'"),
+            "{args:?}: {stderr}"
+        );
     }
 }
 

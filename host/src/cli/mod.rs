@@ -253,8 +253,13 @@ pub enum Command {
         /// A WIT package directory to use instead of the one built into this binary.
         #[arg(long, value_name = "DIR")]
         wit: Option<PathBuf>,
-        /// The world: `observer`, or `stateful-observer` for a plugin that exports `state`
-        /// (snapshot and restore, so its state survives traps, reloads and restarts).
+        /// The world (`plugbus wit` prints them all): `observer`; `stateful-observer` for a
+        /// plugin that exports `state` (snapshot and restore, so its state survives traps,
+        /// reloads and restarts); `queryable-observer` and `projection` (`state` too) for one
+        /// that answers queries; `batch-observer`, `stateful-batch-observer` and
+        /// `batch-only-observer` for one that handles events in batches; `http-observer` and
+        /// `stateful-http-observer` for one that sends HTTP requests. A name the WIT package
+        /// does not have is refused with the list of those it has.
         #[arg(long, value_name = "WORLD", default_value = "observer")]
         world: String,
     },
@@ -361,21 +366,32 @@ pub enum BindgenLang {
 /// JetStream stream (exactly one).
 #[derive(clap::Args)]
 pub struct HistoryArgs {
+    #[command(flatten)]
+    source: HistorySource,
+    /// The JetStream stream's name (with `--nats`).
+    // `requires = "nats"` is not checked here (clap leaves it unchecked
+    // beside the required group), so the one wrong pairing is refused.
+    #[arg(long, value_name = "NAME", default_value = "PLUGBUS", conflicts_with = "log")]
+    stream: String,
+}
+
+/// [`HistoryArgs`]'s source, a group of its own so that clap's usage and
+/// error name both choices: `<--log <DIR>|--nats <URL>>`.
+#[derive(clap::Args)]
+#[group(id = "history_source", required = true, multiple = false)]
+struct HistorySource {
     /// The event log to read.
-    #[arg(long = "log", value_name = "DIR", required_unless_present = "nats")]
+    #[arg(long = "log", value_name = "DIR")]
     log: Option<PathBuf>,
     /// Or read the stream of this NATS JetStream server (`nats://HOST:PORT`), from its first retained event.
-    #[arg(long, value_name = "URL", conflicts_with = "log")]
+    #[arg(long, value_name = "URL")]
     nats: Option<String>,
-    /// The JetStream stream's name.
-    #[arg(long, value_name = "NAME", default_value = "PLUGBUS", requires = "nats")]
-    stream: String,
 }
 
 impl HistoryArgs {
     /// A replay of this history into the plugins of `plugins`.
     fn replay(&self, plugins: &std::path::Path) -> anyhow::Result<plugbus::Replay> {
-        match (&self.log, &self.nats) {
+        match (&self.source.log, &self.source.nats) {
             (_, Some(url)) => Ok(plugbus::Replay::nats(
                 plugins,
                 plugbus::NatsOptions::new(url).stream(&self.stream),
@@ -392,7 +408,7 @@ impl HistoryArgs {
     /// The dead letters this history keeps (of `plugin` only, when given):
     /// the log's journals, or the NATS stream's bucket.
     async fn dead_letters(&self, plugin: Option<&str>) -> anyhow::Result<Vec<plugbus::DeadLetter>> {
-        match (&self.log, &self.nats) {
+        match (&self.source.log, &self.source.nats) {
             (_, Some(url)) => {
                 let options = plugbus::NatsOptions::new(url).stream(&self.stream);
                 Ok(plugbus::nats::read_dead_letters(&options, plugin).await?)

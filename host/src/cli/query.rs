@@ -32,9 +32,17 @@ pub async fn query(
     match answer {
         Ok(answer) => {
             let text = if pretty {
-                // The raw answer is printed as the plugin wrote it: parse it to indent it.
-                let answer: serde_json::Value = serde_json::to_value(&answer)?;
-                serde_json::to_string_pretty(&answer)?
+                // The raw answer is printed as the plugin wrote it: parse it
+                // to indent it, keeping `as_of_seq` first as in the compact form.
+                #[derive(serde::Serialize)]
+                struct Pretty {
+                    as_of_seq: Option<u64>,
+                    answer: serde_json::Value,
+                }
+                serde_json::to_string_pretty(&Pretty {
+                    as_of_seq: answer.as_of_seq,
+                    answer: answer.parse()?,
+                })?
             } else {
                 serde_json::to_string(&answer)?
             };
