@@ -109,11 +109,12 @@ impl Fleet {
             bucket: bucket.to_owned(),
             reason,
         };
+        let servers = crate::nats::tcp_servers(url).map_err(err)?;
         let client = crate::nats::with_url_credentials(
             async_nats::ConnectOptions::new().connection_timeout(std::time::Duration::from_secs(5)),
             url,
         )
-        .connect(crate::nats::servers(url))
+        .connect(servers)
         .await
         .map_err(|e| err(e.to_string()))?;
         let js = jetstream::new(client);

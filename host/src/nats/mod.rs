@@ -207,7 +207,8 @@ pub(crate) async fn connect_client(options: &NatsOptions) -> Result<async_nats::
             .max_reconnects(None),
         &options.url,
     );
-    tokio::time::timeout(options.connect_timeout, connect.connect(servers(&options.url)))
+    let servers = tcp_servers(&options.url).map_err(connect_err)?;
+    tokio::time::timeout(options.connect_timeout, connect.connect(servers))
         .await
         .map_err(|_| connect_err(format!("no answer within {:?}", options.connect_timeout)))?
         .map_err(|e| connect_err(e.to_string()))
@@ -218,6 +219,35 @@ pub(crate) async fn connect_client(options: &NatsOptions) -> Result<async_nats::
 /// clients take it); the client tries them in turn and reconnects to any.
 pub(crate) fn servers(url: &str) -> Vec<&str> {
     url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+}
+
+/// [`servers`], refusing a WebSocket URL (`ws://`, `wss://`): the client is
+/// built without WebSocket support and would speak plain NATS over TCP to
+/// that port instead, failing with a protocol error, or, on a server's NATS
+/// port, connecting without the WebSocket the URL asked for.
+///
+/// # Errors
+/// The reason, naming the URL (its password hidden), for a WebSocket URL.
+pub(crate) fn tcp_servers(url: &str) -> Result<Vec<&str>, String> {
+    let servers = servers(url);
+    match servers.iter().find(|s| {
+        let scheme = s.split_once("://").map_or("", |(scheme, _)| scheme);
+        scheme.eq_ignore_ascii_case("ws") || scheme.eq_ignore_ascii_case("wss")
+    }) {
+        Some(ws) => {
+            // The error names the whole value already; one of a list is named again.
+            let which = if servers.len() > 1 {
+                format!("{} is ", shown_url(ws))
+            } else {
+                String::new()
+            };
+            Err(format!(
+                "{which}a WebSocket URL, which plugbus does not speak: give the server's NATS \
+                 port (`nats://HOST:4222`, or `tls://` for TLS)"
+            ))
+        }
+        None => Ok(servers),
+    }
 }
 
 /// `connect` with the credentials `url` carries: the client reads none
@@ -801,6 +831,14 @@ mod tests {
     #[test]
     fn a_server_list_is_split_and_each_password_hidden() {
         assert_eq!(servers("nats://a:4222"), ["nats://a:4222"]);
+        assert_eq!(
+            tcp_servers("nats://a:4222,tls://b").unwrap(),
+            ["nats://a:4222", "tls://b"]
+        );
+        for ws in ["ws://a:8080", "nats://a:4222, WSS://u:secret@b:443"] {
+            let e = tcp_servers(ws).unwrap_err();
+            assert!(e.contains("WebSocket") && !e.contains("secret"), "{e}");
+        }
         assert_eq!(
             servers(" nats://a:4222, nats://b:4222 ,"),
             ["nats://a:4222", "nats://b:4222"]
