@@ -70,6 +70,17 @@ pub enum SignatureError {
         /// The key id it names.
         key_id: String,
     },
+    /// A legacy minisign signature (of the file itself, not of its BLAKE2b
+    /// hash), refused whatever it signs.
+    #[error(
+        "{path} (key {key_id}) is a legacy minisign signature (`minisign -S -l`, or minisign before 0.8), which is not accepted: sign the plugin again with `minisign -S` or `plugbus sign`"
+    )]
+    Legacy {
+        /// The signature file.
+        path: PathBuf,
+        /// The key id it names.
+        key_id: String,
+    },
     /// A signature file exists but cannot be read.
     #[error("cannot read {path}: {source}")]
     Io {
@@ -277,13 +288,18 @@ impl TrustedKeys {
         };
         // Legacy (non-prehashed) signatures are refused: minisign has made
         // prehashed ones by default since 0.8 and `plugbus sign` only makes those.
-        trusted
-            .key
-            .verify(bytes, &signature, false)
-            .map_err(|_| SignatureError::Mismatch {
+        trusted.key.verify(bytes, &signature, false).map_err(|e| match e {
+            // What minisign-verify answers for a legacy signature when
+            // legacy ones are not allowed, before looking at the bytes.
+            minisign_verify::Error::UnexpectedAlgorithm => SignatureError::Legacy {
                 path: sig_path.to_owned(),
                 key_id: key_id.clone(),
-            })?;
+            },
+            _ => SignatureError::Mismatch {
+                path: sig_path.to_owned(),
+                key_id: key_id.clone(),
+            },
+        })?;
         Ok(Signer {
             key_id,
             key_file: trusted.file.clone(),

@@ -125,6 +125,15 @@ async fn minisign_signatures_are_verified_and_every_bad_one_is_refused_with_its_
     std::fs::remove_file(d("other")).unwrap();
     std::fs::copy(&tc, d("garbage")).unwrap();
     std::fs::write(sig(&d("garbage")), "untrusted comment: x\nnot a signature\n").unwrap();
+    // A legacy signature (of the bytes, not their hash) by the trusted key:
+    // refused as legacy, not as a changed file.
+    std::fs::copy(&tc, d("legacy")).unwrap();
+    run(minisign()
+        .args(["-S", "-l", "-s"])
+        .arg(&sk)
+        .arg("-m")
+        .arg(d("legacy"))
+        .args(["-t", "legacy"]));
 
     let bus = Bus::builder()
         .plugin_dir(dir.path())
@@ -151,6 +160,11 @@ async fn minisign_signatures_are_verified_and_every_bad_one_is_refused_with_its_
     assert!(swapped.contains("bad signature"), "{swapped}");
     let garbage = reason(&bus, "garbage");
     assert!(garbage.contains("not a minisign signature"), "{garbage}");
+    let legacy = reason(&bus, "legacy");
+    assert!(
+        legacy.contains("legacy minisign signature") && legacy.contains("legacy.wasm.minisig"),
+        "{legacy}"
+    );
     let report = bus
         .emit_and_wait("model_responded", json!({ "usage": { "prompt_tokens": 1 } }))
         .await;
