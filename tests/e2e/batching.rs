@@ -320,6 +320,29 @@ async fn a_batch_stops_at_the_byte_bound() {
     bus.shutdown().await;
 }
 
+/// Each event of a batch is held to its own deadline, also while it waits
+/// in a host call (a WASI sleep, where epoch interruption cannot stop it):
+/// the host's timer bounds each event from its start. It once bounded the
+/// call by the sum of its events' deadlines, so the first of 30 queued
+/// `sleep` events ran 1.5 s against a 50 ms deadline, and a backlog kept the
+/// plugin (and `flush`, and shutdown) busy for seconds.
+#[tokio::test]
+async fn each_event_of_a_batch_is_held_to_its_own_deadline_in_a_host_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = "[limits]\ndeadline_ms = 50\nquarantine_after = 0\n";
+    install(dir.path(), &wasm("misbehave"), "misbehave", limits);
+    let bus = open(dir.path()).await;
+    for _ in 0..30 {
+        bus.emit("misbehave.sleep", json!({}));
+    }
+    bus.flush().await;
+    let s = stats(&bus, "misbehave");
+    assert_eq!((s.delivered, s.failures.deadline), (30, 30), "{s:?}");
+    // Past 1 s (20 deadlines) is the histogram's last bucket: empty.
+    assert_eq!(s.latency.buckets.last(), Some(&0), "{:?}", s.latency);
+    bus.shutdown().await;
+}
+
 #[tokio::test]
 async fn plugins_built_for_wit_0_1_2_run_unchanged_one_call_per_event() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,8 +11,8 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,9 @@ pub(crate) struct PluginCtx {
     /// When the current event's own deadline ends (time waited on requests
     /// is added to it, up to the grant's I/O budget).
     pub deadline_at: Instant,
+    /// When the current event began, shared with the host's timer around a
+    /// call: a batch's timer bounds each event from its own start.
+    pub event_clock: Arc<EventClock>,
     /// The event being handled; `None` during `subscriptions()`.
     pub current: Option<Event>,
     pub emits_left: u32,
@@ -238,6 +241,7 @@ impl PluginCtx {
             http_ctx: WasiHttpCtx::new(),
             http,
             deadline_at: Instant::now() + limits.deadline,
+            event_clock: Arc::default(),
             current: None,
             emits_left: limits.emits_per_event,
             emit_index: 0,
@@ -500,6 +504,7 @@ pub(crate) fn begin_event(mut store: StoreContextMut<'_, PluginCtx>, index: u32)
     let replaying = ctx.voice != Voice::Live;
     ctx.http.begin(Some(event.clone()), replaying);
     ctx.deadline_at = now + deadline;
+    ctx.event_clock.start(now);
     ctx.current = Some(event);
     ctx.emits_left = budgets.emits;
     ctx.emit_index = 0;
@@ -507,6 +512,31 @@ pub(crate) fn begin_event(mut store: StoreContextMut<'_, PluginCtx>, index: u32)
     store.set_fuel(budgets.fuel)?;
     store.set_epoch_deadline(budgets.ticks);
     Ok(())
+}
+
+/// When a plugin's current event began, readable by the host's timer while
+/// the call holds the store (an atomic, written by the worker's thread only).
+#[derive(Debug, Default)]
+pub(crate) struct EventClock(AtomicU64);
+
+impl EventClock {
+    /// The instant every clock counts from.
+    fn epoch() -> Instant {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
+    }
+
+    /// The current event began at `at`.
+    pub fn start(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(Self::epoch()).as_nanos();
+        self.0
+            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// When the current event began.
+    pub fn began(&self) -> Instant {
+        Self::epoch() + Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
 }
 
 /// The memory cap, recording whether it refused a grow so that the trap that

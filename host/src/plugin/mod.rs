@@ -727,7 +727,7 @@ impl PluginSpec {
             return self.on_event_as_batch(instance, event, voice).await;
         };
         self.arm(&mut instance.store, Some(event.clone()), voice);
-        let answer = tokio::time::timeout(self.event_timeout(1), async {
+        let answer = tokio::time::timeout(self.event_timeout(), async {
             let typed = func.typed::<OnEventParams<'_>, OnEventResults>(&instance.store)?;
             let (result,) = typed.call_async(&mut instance.store, (event.wire(),)).await?;
             Ok(result)
@@ -795,8 +795,10 @@ impl PluginSpec {
 
     /// Runs `on-events` over `events` (a plugin with `batch-handler`). Each
     /// event gets the budgets of a call of its own as the guest begins it
-    /// (see `ctx::begin_event`); the host's timer allows the sum of their
-    /// deadlines. Follow-ups are held, not published: the caller publishes
+    /// (see `ctx::begin_event`), the host's timer included: it bounds each
+    /// event from its own start, so one event blocked in a host call (a
+    /// WASI sleep, a read) fails when its own deadline has passed, not after
+    /// the whole batch's. Follow-ups are held, not published: the caller publishes
     /// `held` when the whole call succeeded. `voice` as for
     /// [`on_event`](Self::on_event).
     pub async fn on_events(&self, instance: &mut Instance, events: &[Event], voice: Voice) -> BatchRun {
@@ -815,8 +817,8 @@ impl PluginSpec {
             .data_mut()
             .begin_batch(events.to_vec(), &self.limits, ticks, voice);
         let wires: Vec<WireEvent<'_>> = events.iter().map(Event::wire).collect();
-        let n = u32::try_from(events.len()).unwrap_or(u32::MAX);
-        let answer = tokio::time::timeout(self.event_timeout(n), async {
+        let clock = instance.store.data().event_clock.clone();
+        let answer = each_event_bounded(&clock, self.event_timeout(), async {
             let typed = func.typed::<OnEventsParams<'_>, OnEventsResults>(&instance.store)?;
             let (results,) = typed.call_async(&mut instance.store, (&wires[..],)).await?;
             Ok(results)
@@ -906,7 +908,9 @@ impl PluginSpec {
         let _ = store.fuel_async_yield_interval(Some(YIELD_FUEL));
         let limits = self.limits.clone();
         store.data_mut().begin(event, &limits, voice);
-        store.data_mut().deadline_at = std::time::Instant::now() + deadline;
+        let now = std::time::Instant::now();
+        store.data_mut().deadline_at = now + deadline;
+        store.data().event_clock.start(now);
     }
 
     /// The host-side bound on one call with this `deadline`: the deadline
@@ -917,15 +921,15 @@ impl PluginSpec {
         deadline + EPOCH_TICK * 5
     }
 
-    /// The host-side bound on a call handling `n` events: their deadlines,
-    /// plus their I/O budgets when the plugin may make requests.
-    fn event_timeout(&self, n: u32) -> std::time::Duration {
+    /// The host-side bound on the call of one event: its deadline, plus its
+    /// I/O budget when the plugin may make requests.
+    fn event_timeout(&self) -> std::time::Duration {
         let io = if self.outbound.grant.is_empty() {
             std::time::Duration::ZERO
         } else {
             self.outbound.grant.io_budget
         };
-        Self::timeout((self.limits.deadline + io) * n)
+        Self::timeout(self.limits.deadline + io)
     }
 
     /// The result of a call bounded by [`timeout`](Self::timeout): its
@@ -976,6 +980,27 @@ impl PluginSpec {
             signer: self.signer.clone(),
             http_allow: self.outbound.grant.allow.iter().map(|o| o.text.clone()).collect(),
             secrets: self.manifest.secrets.keys().cloned().collect(),
+        }
+    }
+}
+
+/// Runs `call` (a batch's) bounded per event: it fails with the timer's
+/// `Elapsed` once the event in progress (as `clock` says) has run `bound`
+/// since it began. Epoch interruption stops guest code at its deadline, but
+/// not a guest waiting in a host call; this timer does, event by event.
+async fn each_event_bounded<F: std::future::Future>(
+    clock: &ctx::EventClock,
+    bound: std::time::Duration,
+    call: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut call = std::pin::pin!(call);
+    loop {
+        let until = clock.began() + bound;
+        match tokio::time::timeout_at(until.into(), call.as_mut()).await {
+            Ok(answer) => return Ok(answer),
+            // The next event began meanwhile: it has a bound of its own.
+            Err(_) if clock.began() + bound > std::time::Instant::now() => {}
+            Err(elapsed) => return Err(elapsed),
         }
     }
 }
