@@ -88,6 +88,32 @@ impl EventData {
 /// every event of a run carries its id (the dashboard shows it in each row).
 pub const MAX_CORRELATION_ID_BYTES: usize = 256;
 
+/// Deepest nesting of arrays and objects in a payload that plugbus takes
+/// from an embedder or a plugin. Everything that reads events back parses
+/// them with serde_json's default recursion limit (128 levels): a log
+/// frame, a NATS message and `POST /events` wrap the payload in one object,
+/// so 126 levels inside it are what every reader reads back (and what a
+/// plugin's own serde_json parses). The Python binding and a plugin's
+/// `emit` refuse deeper payloads; text from outside is parsed under the
+/// limit already.
+pub const MAX_PAYLOAD_DEPTH: usize = 126;
+
+/// Whether `value` nests arrays and objects deeper than `max` levels (a
+/// scalar is 0, `[1]` is 1). Walks no deeper than `max + 1`.
+///
+/// ```
+/// use plugbus::event::nested_deeper_than;
+/// assert!(!nested_deeper_than(&serde_json::json!({"a": [1]}), 2));
+/// assert!(nested_deeper_than(&serde_json::json!({"a": [[1]]}), 2));
+/// ```
+pub fn nested_deeper_than(value: &Value, max: usize) -> bool {
+    match value {
+        Value::Array(items) => max == 0 || items.iter().any(|v| nested_deeper_than(v, max - 1)),
+        Value::Object(map) => max == 0 || map.values().any(|v| nested_deeper_than(v, max - 1)),
+        _ => false,
+    }
+}
+
 /// Longest event id taken from outside (a CloudEvent's `id`, a message on
 /// the NATS stream), in bytes: the ids plugbus makes are UUIDs (36 bytes),
 /// and this bounds what one event makes the host keep, log and journal.

@@ -108,9 +108,10 @@ fn event(name: &str, value: serde_json::Value, correlation_id: Option<String>) -
     }
 }
 
-/// Deepest nesting converted, as Python's `json` module allows by default
-/// (its recursion limit): deeper data is "not JSON-serialisable".
-const MAX_DEPTH: usize = 512;
+/// Deepest nesting converted: what every reader of the event log reads back
+/// (`plugbus::event::MAX_PAYLOAD_DEPTH`); deeper data is "not
+/// JSON-serialisable" and reaches Python handlers only.
+const MAX_DEPTH: usize = plugbus::event::MAX_PAYLOAD_DEPTH;
 
 /// `data` as JSON, converted directly (no JSON text in between), accepting
 /// what `json.dumps` accepts: dicts (keys str, int, float, bool or None,

@@ -1863,6 +1863,38 @@ mod tests {
         assert_eq!((torn.path, torn.offset, torn.bytes), (seg, len, 26), "{}", torn.reason);
     }
 
+    /// `event::MAX_PAYLOAD_DEPTH` is what a frame holds and every reader
+    /// reads back, the records' parse (`log show`, the dashboard) included:
+    /// one level more was once taken from Python and made `log show` call
+    /// the whole log corrupt.
+    #[tokio::test]
+    async fn a_payload_at_the_depth_limit_is_read_back_and_one_deeper_is_not() {
+        let _serial = serial();
+        let nested = |depth: usize| (0..depth).fold(json!(0), |inner, _| json!([inner]));
+        let deepest = nested(crate::event::MAX_PAYLOAD_DEPTH);
+        assert!(!crate::event::nested_deeper_than(
+            &deepest,
+            crate::event::MAX_PAYLOAD_DEPTH
+        ));
+        let deeper = nested(crate::event::MAX_PAYLOAD_DEPTH + 1);
+        assert!(crate::event::nested_deeper_than(
+            &deeper,
+            crate::event::MAX_PAYLOAD_DEPTH
+        ));
+        for (payload, readable) in [(deepest, true), (deeper, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = EventLog::open(dir.path(), options()).unwrap();
+            let last = log.append(&Event::new("deep", payload.clone()), true).0;
+            log.wait_durable(last).await.unwrap();
+            log.close();
+            let read = LogReader::open(dir.path(), 0).unwrap().next().unwrap();
+            assert_eq!(read.is_ok(), readable, "{read:?}");
+            if let Ok(record) = read {
+                assert_eq!(record.payload, payload);
+            }
+        }
+    }
+
     /// A last segment removed (by hand, or a tool "cleaning up"), or the
     /// only one: the durable mark still names it as synced. Before, every
     /// reader took the log for a shorter one without a word, and a writer

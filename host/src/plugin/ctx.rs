@@ -427,6 +427,13 @@ impl host::Host for PluginCtx {
             Ok(v) => v,
             Err(e) => return Ok(Err(format!("payload is not valid JSON: {e}"))),
         };
+        // One level more than every reader of the log reads back.
+        if crate::event::nested_deeper_than(&payload, crate::event::MAX_PAYLOAD_DEPTH) {
+            return Ok(Err(format!(
+                "payload nests arrays and objects deeper than {} levels",
+                crate::event::MAX_PAYLOAD_DEPTH
+            )));
+        }
         let index = self.emit_index;
         self.emit_index += 1;
         if self.voice == Voice::Silent {
