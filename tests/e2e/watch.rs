@@ -65,6 +65,66 @@ async fn added_plugins_load_and_removed_ones_unload() {
 /// An entry added at run time that is no plugin file (a directory, a
 /// dangling link) fails its load naming itself, as it does at start,
 /// instead of passing for a removal without a word; removing it clears it.
+/// The directory removed (or moved away) and made again: its plugins
+/// unload, and the new directory is watched and read. The watch once died
+/// with the directory, without a word: nothing put back was ever loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_directory_removed_and_made_again_is_watched_again() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("plugins");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(wasm("console-logger"), dir.join("console-logger.wasm")).unwrap();
+    let (bus, _meta) = watched(&dir).await;
+    assert!(plugin(&bus, "console-logger").is_some());
+
+    // Moved away: unloaded, and changes in its new place are not taken.
+    let away = parent.path().join("away");
+    std::fs::rename(&dir, &away).unwrap();
+    until("unloaded with its directory", || {
+        plugin(&bus, "console-logger").is_none().then_some(())
+    })
+    .await;
+    std::fs::remove_dir_all(&away).unwrap();
+
+    std::fs::create_dir(&dir).unwrap();
+    install(&wasm("misbehave"), &dir, "misbehave");
+    until("the new directory's plugin loaded", || plugin(&bus, "misbehave")).await;
+    let report = bus.emit_and_wait("misbehave.ok", json!({})).await;
+    assert_eq!(report.outcome("misbehave"), Some(&Outcome::Ok));
+    // And it is watched: a later change is seen as usual.
+    install(&wasm("console-logger"), &dir, "console-logger");
+    until("a later plugin loaded", || plugin(&bus, "console-logger")).await;
+    bus.shutdown().await;
+}
+
+/// Kubernetes mounts a ConfigMap as links through `..data`, and an update
+/// swaps `..data` in one rename: no event names a plugin file. The
+/// directory is read again and the changed plugin reloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_style_atomic_update_of_links_reloads_the_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let v1 = d.join("..v1");
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::copy(wasm("console-logger"), v1.join("obs.wasm")).unwrap();
+    std::os::unix::fs::symlink("..v1", d.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/obs.wasm", d.join("obs.wasm")).unwrap();
+    let (bus, _meta) = watched(d).await;
+    let before = plugin(&bus, "obs").expect("loaded through the links").version;
+
+    let v2 = d.join("..v2");
+    std::fs::create_dir(&v2).unwrap();
+    std::fs::copy(wasm("misbehave"), v2.join("obs.wasm")).unwrap();
+    std::os::unix::fs::symlink("..v2", d.join("..data_tmp")).unwrap();
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+    let after = until("reloaded through the swapped links", || {
+        plugin(&bus, "obs").filter(|p| p.version != before)
+    })
+    .await;
+    assert_eq!(after.subscriptions, ["misbehave.*"]);
+    bus.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_added_entry_that_is_no_plugin_file_is_a_load_failure() {
     let dir = plugin_dir(&["console-logger"]);

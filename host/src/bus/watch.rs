@@ -18,6 +18,18 @@
 //! refused is reported once: the same files (size, times, inode) are not
 //! tried again until one of them changes.
 //!
+//! Some changes name no plugin file, and the whole directory is looked at
+//! again (every plugin file in it, and every plugin loaded from it; files
+//! unchanged since their load are left alone): the system dropped file
+//! events (its queue overflowed), or an entry whose name starts with `..`
+//! changed (Kubernetes mounts a ConfigMap or Secret as links through
+//! `..data`, which an update swaps in one rename). When the directory itself
+//! is removed or moved away, its plugins are unloaded with a warning, and
+//! it is watched again, and read again, once a directory is back at its
+//! path ([`ROOT_POLL`]). Not seen: a symlinked plugin file whose target
+//! changes, and `--plugins` given as a symlink that is repointed (replace
+//! the file or the link itself).
+//!
 //! Each change is announced on the bus as a meta-event:
 //! `plugbus.plugin.loaded`, `.reloaded`, `.unloaded` or `.load_failed`,
 //! with payload `{name, file, version, reason}`.
@@ -42,9 +54,24 @@ pub const DEBOUNCE: Duration = Duration::from_millis(250);
 /// Size and mtime must hold still this long before a file is read.
 pub const SETTLE: Duration = Duration::from_millis(100);
 
-/// Keeps the watcher running; dropping it stops watching.
+/// How often a removed plugin directory is looked for again: the parent is
+/// not watched, so its return is noticed by looking (one `stat`).
+pub const ROOT_POLL: Duration = Duration::from_millis(500);
+
+/// What the watcher's callback hands the watch task.
+#[derive(Debug)]
+enum Signal {
+    /// A file that may belong to a plugin changed.
+    Path(PathBuf),
+    /// Look at the whole directory again, for this reason.
+    Rescan(&'static str),
+    /// The watched directory itself changed: removed, moved, or only its
+    /// metadata (the task checks which).
+    Root,
+}
+
+/// Keeps the watcher running (the task owns it); dropping it stops watching.
 pub(crate) struct WatchHandle {
-    _watcher: notify::RecommendedWatcher,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -72,24 +99,103 @@ pub(crate) fn start(
     exact: bool,
     runtime: &tokio::runtime::Handle,
 ) -> notify::Result<WatchHandle> {
-    let (tx, rx) = mpsc::unbounded_channel::<PathBuf>();
+    let (tx, rx) = mpsc::unbounded_channel::<Signal>();
+    let root = dir.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+        Ok(event) if event.need_rescan() => {
+            let _ = tx.send(Signal::Rescan("the system dropped file events (its queue overflowed)"));
+        }
         Ok(event) if changes_plugin(&event.kind) => {
             for path in event.paths {
-                let _ = tx.send(path);
+                let signal = if path == root {
+                    Signal::Root
+                } else if is_atomic_writer_entry(&path) {
+                    Signal::Rescan("an atomic update of the directory's links (`..data`)")
+                } else {
+                    Signal::Path(path)
+                };
+                let _ = tx.send(signal);
             }
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "plugin directory watch error"),
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let root = Root {
+        inode: inode(&dir),
+        dir,
+        watcher,
+        lost: false,
+    };
     let (stop_tx, stop_rx) = oneshot::channel();
-    let task = runtime.spawn(run(shared, dir, exact, rx, stop_rx));
+    let task = runtime.spawn(run(shared, root, exact, rx, stop_rx));
     Ok(WatchHandle {
-        _watcher: watcher,
         stop: Some(stop_tx),
         task,
     })
+}
+
+/// The watched directory and its watch.
+struct Root {
+    dir: PathBuf,
+    watcher: notify::RecommendedWatcher,
+    /// The directory's inode when it was watched: a directory back at its
+    /// path after a removal is another one, to be watched again.
+    inode: Option<u64>,
+    /// The directory is gone (removed or moved away) and not watched.
+    lost: bool,
+}
+
+impl Root {
+    /// After a `Root` signal: whether the directory at the path is still
+    /// the one watched. If not, its watch is dropped and it is marked lost.
+    fn check(&mut self) -> bool {
+        if !self.lost && inode(&self.dir).is_some() && inode(&self.dir) == self.inode {
+            return true;
+        }
+        if !self.lost {
+            let _ = self.watcher.unwatch(&self.dir);
+            self.lost = true;
+            tracing::warn!(
+                dir = %self.dir.display(),
+                "the plugin directory was removed or moved away: its plugins are unloaded; it is watched again when it is back"
+            );
+        }
+        false
+    }
+
+    /// While lost: watches the directory again once one is at its path.
+    fn try_rewatch(&mut self) -> bool {
+        if !self.dir.is_dir() {
+            return false;
+        }
+        match self.watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                self.inode = inode(&self.dir);
+                self.lost = false;
+                tracing::info!(dir = %self.dir.display(), "the plugin directory is back: watched and read again");
+                true
+            }
+            Err(e) => {
+                tracing::debug!(dir = %self.dir.display(), error = %e, "the plugin directory cannot be watched yet");
+                false
+            }
+        }
+    }
+}
+
+fn inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().filter(|m| m.is_dir()).map(|m| m.ino())
+}
+
+/// Entries whose names start with `..` (`..data`, `..2026_12_07_…`): what
+/// Kubernetes' atomic writer swaps when it updates a mounted ConfigMap or
+/// Secret, whose visible files are links through them.
+fn is_atomic_writer_entry(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|f| f.to_str())
+        .is_some_and(|f| f.starts_with("..") && f != "..")
 }
 
 /// Whether a file event of this kind can change a plugin: a file created,
@@ -126,9 +232,9 @@ fn plugin_of(path: &Path) -> Option<String> {
 
 async fn run(
     shared: Weak<Shared>,
-    dir: PathBuf,
+    mut root: Root,
     exact: bool,
-    mut rx: mpsc::UnboundedReceiver<PathBuf>,
+    mut rx: mpsc::UnboundedReceiver<Signal>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut pending: HashMap<String, Instant> = HashMap::new();
@@ -136,18 +242,33 @@ async fn run(
     let mut refused: HashMap<String, Fingerprints> = HashMap::new();
     loop {
         let next_due = pending.values().min().map(|t| *t + DEBOUNCE);
+        let next_look = root.lost.then(|| Instant::now() + ROOT_POLL);
         tokio::select! {
             _ = &mut stop => return,
-            path = rx.recv() => match path {
-                Some(path) => {
-                    if let Some(name) = plugin_of(&path) {
-                        pending.insert(name, Instant::now());
+            signal = rx.recv() => {
+                let Some(signal) = signal else { return };
+                let rescan = match signal {
+                    Signal::Path(path) => {
+                        if let Some(name) = plugin_of(&path) {
+                            pending.insert(name, Instant::now());
+                        }
+                        None
                     }
-                    continue;
+                    Signal::Rescan(why) => Some(why),
+                    Signal::Root if root.check() => None,
+                    Signal::Root => Some("the plugin directory is gone"),
+                };
+                if let Some(why) = rescan {
+                    let Some(shared) = shared.upgrade() else { return };
+                    rescan_all(&Bus { shared }, &root.dir, why, &mut pending);
                 }
-                None => return,
+                continue;
             },
-            _ = sleep_until(next_due) => {}
+            _ = sleep_until(next_due.into_iter().chain(next_look).min()) => {}
+        }
+        if root.lost && root.try_rewatch() {
+            let Some(shared) = shared.upgrade() else { return };
+            rescan_all(&Bus { shared }, &root.dir, "the plugin directory is back", &mut pending);
         }
         let due: Vec<String> = pending
             .iter()
@@ -158,11 +279,31 @@ async fn run(
             pending.remove(&name);
             let Some(shared) = shared.upgrade() else { return };
             let bus = Bus { shared };
-            if !apply(&bus, &dir, &name, exact, &mut refused).await {
+            if !apply(&bus, &root.dir, &name, exact, &mut refused).await {
                 // Still being written: look again after another quiet period.
                 pending.insert(name, Instant::now());
             }
         }
+    }
+}
+
+/// Marks every plugin of `dir` to be looked at: the plugin files in it and
+/// the plugins loaded from it (those whose files are gone unload). A
+/// plugin whose files did not change since its load is left as it is.
+fn rescan_all(bus: &Bus, dir: &Path, why: &str, pending: &mut HashMap<String, Instant>) {
+    let mut names: Vec<String> = bus
+        .plugins()
+        .into_iter()
+        .filter(|p| p.path.parent() == Some(dir))
+        .map(|p| p.name)
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        names.extend(entries.filter_map(|e| plugin_of(&e.ok()?.path())));
+    }
+    tracing::info!(dir = %dir.display(), reason = why, plugins = names.len(), "looking at every plugin of the directory again");
+    let now = Instant::now();
+    for name in names {
+        pending.insert(name, now);
     }
 }
 
