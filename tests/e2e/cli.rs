@@ -881,6 +881,8 @@ fn new_refuses_bad_names_and_existing_folders() {
 #[test]
 fn serve_accepts_events_over_http_reports_and_drains_on_sigterm() {
     let dir = plugin_dir(&["console-logger", "misbehave"]);
+    // One file that is no plugin: a load failure, counted in /metrics.
+    std::fs::write(dir.path().join("broken.wasm"), b"not wasm").unwrap();
     let (mut child, addr, log) = support::serve(&["--plugins", dir.path().to_str().unwrap()]);
 
     let lines = "{\"name\":\"agent.step\",\"payload\":{\"n\":1}}\n{\"name\":\"misbehave.spin\"}\n{\"name\":\"tool.called\",\"correlation_id\":\"r\"}\n";
@@ -966,6 +968,7 @@ fn serve_accepts_events_over_http_reports_and_drains_on_sigterm() {
         );
     }
     assert!(metrics.contains("plugbus_events_published_total 3"), "{metrics}");
+    assert!(metrics.contains("\nplugbus_load_failures 1\n"), "{metrics}");
     assert!(metrics.contains("plugbus_plugin_delivered_total{plugin=\"console-logger\"} 3"));
     assert!(metrics.contains("plugbus_plugin_failures_total{plugin=\"misbehave\",kind=\"out_of_fuel\"} 1"));
     assert!(metrics.contains("plugbus_plugin_handler_seconds_count{plugin=\"console-logger\"} 3"));

@@ -908,6 +908,15 @@ impl Collector for BusMetrics {
             None,
             MetricType::Counter,
         )?)?;
+        // Alerting on a plugin that did not load, or a replacement that was
+        // refused (the old version keeps running), needs no log scraping.
+        let failures = u64::try_from(self.0.load_failures().len()).unwrap_or(u64::MAX);
+        prometheus_client::metrics::gauge::ConstGauge::new(failures).encode(encoder.encode_descriptor(
+            "plugbus_load_failures",
+            "Plugin files that are not running as they are on disk: failed to load, or a replacement refused",
+            None,
+            MetricType::Gauge,
+        )?)?;
         type Field = fn(&plugbus::PluginStats) -> u64;
         let counters: [(&str, &str, Field); 8] = [
             ("plugbus_plugin_delivered", "Events the plugin ran", |s| s.delivered),
