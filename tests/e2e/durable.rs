@@ -332,7 +332,7 @@ async fn emit_durable_waits_for_the_log_and_numbering_survives_a_reopen() {
     assert_eq!(next.seq(), Some(3));
     // A second bus on the same directory is refused, naming it.
     let err = plugbus::Bus::builder().log_dir(log.path()).build().await.unwrap_err();
-    assert!(err.to_string().contains("in use by another process"), "{err}");
+    assert!(err.to_string().contains("in use by another bus"), "{err}");
     bus.shutdown().await;
     let names: Vec<String> = plugbus::LogReader::open(log.path(), 0)
         .unwrap()

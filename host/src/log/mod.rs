@@ -182,8 +182,13 @@ pub enum LogError {
         /// What is wrong.
         reason: String,
     },
-    /// Another process is writing this log directory.
-    #[error("event log {} is in use by another process (its LOCK file is held)", path.display())]
+    /// Another bus is writing this log directory: in another process, or
+    /// in this one (its LOCK is held per open, not per process). A process
+    /// forked from one holding it holds it too until it exits.
+    #[error(
+        "event log {} is in use by another bus, in this process or another (its LOCK file is held; a process forked from the one that opened it holds it too until it exits)",
+        path.display()
+    )]
     Locked {
         /// The log directory.
         path: PathBuf,
