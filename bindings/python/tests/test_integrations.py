@@ -106,6 +106,36 @@ def test_payload_values_are_always_something_plugins_can_read(
     assert error_text(KeyError()) == "KeyError"
 
 
+
+def test_text_without_utf8_form_is_made_readable(plugin_dir: Callable[..., Path], cache_dir: str) -> None:
+    # json.loads makes lone surrogates from a model's "\\ud800"; no UTF-8
+    # has them, so the bus would refuse the whole event.
+    value = jsonable({"lone\ud800": ["x\udc00y", "\ud83d\ude00"], "ok": "caf\u00e9"})
+    assert value == {"lone\ufffd": ["x\ufffdy", "\U0001f600"], "ok": "caf\u00e9"}  # a pair is its character
+    with EventBus(plugin_dir=plugin_dir("console-logger"), cache_dir=cache_dir) as bus:
+        bus.emit("tool.result", value)
+        bus.flush()
+        assert bus.unserialisable == 0
+        assert bus.plugins()[0]["stats"]["delivered"] == 1
+
+
+def test_an_event_the_plugins_cannot_get_is_an_adapter_failure(
+    plugin_dir: Callable[..., Path], cache_dir: str
+) -> None:
+    from plugbus.integrations._common import Guard, emit
+
+    guard = Guard("Adapter")
+    with EventBus(plugin_dir=plugin_dir("console-logger"), cache_dir=cache_dir) as bus:
+        emit(bus, guard, "tool.result", {"result": math.nan, "big": 2**70}, "run-1")
+        assert guard.failures == 0 and bus.unserialisable == 0  # the payload is always made readable
+        # ... but a correlation id without UTF-8 form cannot be: counted.
+        emit(bus, guard, "tool.result", {}, "run-\ud800")
+        assert guard.failures == 1
+    # Without plugins there is nobody to miss it.
+    emit(EventBus(), guard, "tool.result", {}, "run-\ud800")
+    assert guard.failures == 1
+
+
 # ---- the LangChain handler on hand-built results (real langchain-core) ----
 
 
@@ -226,3 +256,77 @@ def test_langchain_tool_call_id_is_the_models_on_the_call_and_its_result(kind: s
     run_id, called, result = run(lookup, {"query": "y"})
     assert called["call_id"] == result["call_id"] == str(run_id)  # the tool is the root here
     assert handler.failures == 0 and handler.open_runs == 0
+
+
+@pytest.mark.parametrize(
+    ("token_usage", "usage"),
+    [
+        ({"prompt_tokens": "n/a", "completion_tokens": 3}, {"prompt_tokens": 0, "completion_tokens": 3}),
+        ({"prompt_tokens": None, "completion_tokens": {"x": 1}}, {"prompt_tokens": 0, "completion_tokens": 0}),
+        ({"prompt_tokens": math.nan, "completion_tokens": math.inf}, {"prompt_tokens": 0, "completion_tokens": 0}),
+        ({"prompt_tokens": 2**70, "completion_tokens": 3}, {"prompt_tokens": 0, "completion_tokens": 3}),
+    ],
+)
+def test_langchain_unreadable_usage_loses_neither_the_call_nor_the_run(
+    plugin_dir: Callable[..., Path], cache_dir: str, token_usage: dict[str, Any], usage: dict[str, int]
+) -> None:
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration, LLMResult
+
+    handler_type = langchain_handlers()[0]
+    with EventBus(
+        plugin_dir=plugin_dir("cost-tracker", "agent-runs"), cache_dir=cache_dir, keep_history=True
+    ) as bus:
+        handler = handler_type(bus)
+        run_id = uuid.uuid4()
+        handler.on_chat_model_start({"name": "m"}, [[]], run_id=run_id, invocation_params={"model": "gpt-4o"})
+        response = LLMResult(
+            generations=[[ChatGeneration(message=AIMessage(content="x"))]], llm_output={"token_usage": token_usage}
+        )
+        handler.on_llm_end(response, run_id=run_id)
+        bus.flush()
+        events = [e for e in bus.history(10) if e.source == "host"]  # not cost-tracker's cost.priced
+        assert [e.type for e in events] == ["agent.run_started", "model_responded", "agent.run_finished"]
+        assert all(e.seq is not None for e in events)  # every one reached the plugins
+        assert events[1].data["usage"] == usage
+        assert handler.failures == 0 and handler.open_runs == 0
+        answer = bus.query("agent-runs", {"run": str(run_id)})["answer"]
+        assert answer["status"] == "completed" and answer["model_calls"] == 1
+        assert next(p for p in bus.plugins() if p["name"] == "cost-tracker")["stats"]["errors"] == 0
+
+
+def test_langchain_text_without_utf8_form_still_reaches_the_plugins(
+    plugin_dir: Callable[..., Path], cache_dir: str
+) -> None:
+    handler_type = langchain_handlers()[0]
+    with EventBus(plugin_dir=plugin_dir("agent-runs"), cache_dir=cache_dir, keep_history=True) as bus:
+        handler = handler_type(bus)
+        run_id = uuid.uuid4()
+        handler.on_tool_start({"name": "look\ud800up"}, "q\udc00", run_id=run_id)
+        handler.on_tool_end("found \ud800 it", run_id=run_id)
+        bus.flush()
+        events = bus.history(10)
+        assert [e.type for e in events] == ["agent.run_started", "tool.called", "tool.result", "agent.run_finished"]
+        assert all(e.seq is not None for e in events) and bus.unserialisable == 0
+        assert events[1].data["args"] == "q\ufffd" and events[2].data["result"] == "found \ufffd it"
+        assert handler.failures == 0
+        answer = bus.query("agent-runs", {"run": str(run_id)})["answer"]
+        assert answer["tools"] == ["look\ufffdup"] and answer["status"] == "completed"
+
+
+def test_langchain_a_response_that_cannot_be_read_still_ends_the_run() -> None:
+    from langchain_core.outputs import LLMResult
+
+    handler_type = langchain_handlers()[0]
+    bus = EventBus(keep_history=True)
+    handler = handler_type(bus)
+    run_id = uuid.uuid4()
+    handler.on_chat_model_start({"name": "m"}, [[]], run_id=run_id, invocation_params={"model": "gpt-4o"})
+    # Not what LangChain promises: reading it raises inside the handler.
+    handler.on_llm_end(LLMResult.model_construct(generations=5, llm_output=None), run_id=run_id)
+    # Counted, and only the usage is lost: the call and the run's end are not.
+    assert handler.failures == 1
+    assert [e.type for e in bus.history(10)] == ["agent.run_started", "model_responded", "agent.run_finished"]
+    responded = bus.history(10)[1].data
+    assert responded["model"] == "gpt-4o" and "usage" not in responded and "error" not in responded
+    assert handler.open_runs == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -35,7 +36,7 @@ from agents import (
     set_trace_processors,
 )
 from agents.models.interface import Model
-from agents.tracing import gen_trace_id, generation_span, response_span
+from agents.tracing import function_span, gen_trace_id, generation_span, response_span, trace
 from openai.types.responses import (
     Response,
     ResponseFunctionToolCall,
@@ -454,3 +455,44 @@ def test_a_processor_on_a_shut_down_bus_never_raises_into_the_sdk(
     assert len(ours) == 1 and "shut down" in ours[0].getMessage()
     assert not [r for r in caplog.records if r.name.startswith("openai.agents") and r.levelno >= logging.WARNING]
     assert processor.open_traces == 0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "readable"),
+    [
+        ('{"city": "Paris", "n": NaN}', {"city": "Paris", "n": None}),
+        ('{"city": "Paris", "n": 123456789012345678901234567890}', {"city": "Paris", "n": "123456789012345678901234567890"}),
+        ('{"city": "Paris\\ud800"}', {"city": "Paris\ufffd"}),
+    ],
+)
+def test_tool_arguments_with_no_json_form_still_reach_the_plugins(
+    bus: EventBus, processor: PlugbusTracingProcessor, arguments: str, readable: dict[str, Any]
+) -> None:
+    # What a model wrote parses (json.loads takes NaN, any integer, lone
+    # surrogates) but has no JSON form a plugin reads: made readable, as
+    # every other payload value is, rather than losing both tool events.
+    trace_id = gen_trace_id()
+    with trace("support", trace_id=trace_id):
+        with function_span("get_weather", input=arguments) as span:
+            span.span_data.output = "sunny"
+    events = of_trace(bus, trace_id)
+    assert [e.type for e in events] == ["agent.run_started", "tool.called", "tool.result", "agent.run_finished"]
+    assert all(e.seq is not None for e in events)  # every one reached the plugins
+    assert bus.unserialisable == 0 and processor.failures == 0
+    assert events[1].data["args"] == events[2].data["args"] == readable
+    answer = bus.query("agent-runs", {"run": trace_id})["answer"]
+    assert answer["tools"] == ["get_weather"] and answer["status"] == "completed"
+
+
+def test_unreadable_usage_still_reports_the_model_call(bus: EventBus, processor: PlugbusTracingProcessor) -> None:
+    trace_id = gen_trace_id()
+    usage = {"input_tokens": "many", "output_tokens": 7, "input_tokens_details": {"cached_tokens": math.nan}}
+    with trace("support", trace_id=trace_id):
+        with generation_span(model="gpt-fake", usage=usage):
+            pass
+    events = of_trace(bus, trace_id)
+    assert [e.type for e in events] == ["agent.run_started", "model_responded", "agent.run_finished"]
+    # An unreadable count is 0 (prompt, completion) or left out (cache).
+    assert events[1].data["usage"] == {"prompt_tokens": 0, "completion_tokens": 7}
+    assert processor.failures == 0
+    assert stats(bus, "cost-tracker")["errors"] == 0

@@ -4,9 +4,10 @@ Wasm observers in the same bus.
 Python handlers behave exactly as in agent-event-bus: sync handlers run
 inline, in registration order, on the emitting thread; async handlers are
 awaited together by `emit_async`, and run under `asyncio.run` by `emit` when
-no loop is running (scheduled on the running loop otherwise). Handler errors
-go to `handler_error_callback(event, handler, exc)`; strict mode re-raises
-the first one.
+no loop is running (scheduled on the running loop otherwise, as a task the
+bus holds until done). Handler errors go to
+`handler_error_callback(event, handler, exc)`; strict mode re-raises the
+first one (except where nothing is left to raise into: see `set_strict`).
 
 With `plugin_dir` (or `log_dir`), a native plugbus bus runs beside: every
 emitted event whose data is JSON-serialisable is published to the matching
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import inspect
 import json
 import logging
@@ -89,24 +91,79 @@ def _default_error_callback(event: Event, handler: Handler, exc: BaseException) 
     )
 
 
-def _limits_toml(limits: Mapping[str, int | str | bool]) -> str:
-    """The manifest's `[limits]` table for `limits` (validated natively)."""
+#: Every limit, and every log size, is an unsigned 64-bit number natively.
+_U64_MAX = 2**64 - 1
+
+
+def _limits_toml(limits: Mapping[str, int]) -> str:
+    """The manifest's `[limits]` table for `limits`. Its shape is checked
+    here, with or without plugins: a mapping of limit names (ASCII letters,
+    digits, `_`) to whole numbers in 0..2**64-1 (every limit is one; a bool
+    is not). Which names exist and their ranges are checked natively."""
+    if not isinstance(limits, Mapping):
+        raise TypeError(f"limits must be a mapping of limit names to whole numbers, not {type(limits).__name__}")
     lines = ["[limits]"]
     for key, value in limits.items():
-        if not isinstance(key, str) or not key.replace("_", "").isalnum():
+        if not isinstance(key, str) or not key.isascii() or not key.replace("_", "").isalnum():
             raise ValueError(f"limits: {key!r} is not a limit name")
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, int):
-            text = str(value)
-        else:
+        if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"limits.{key}: {value!r} is not a whole number")
-        lines.append(f"{key} = {text}")
+        if not 0 <= value <= _U64_MAX:
+            raise ValueError(f"limits.{key}: {value} is outside 0..2**64-1")
+        lines.append(f"{key} = {value}")
     return "\n".join(lines) + "\n"
+
+
+def _check_history_size(history_size: int) -> None:
+    if isinstance(history_size, bool) or not isinstance(history_size, int):
+        raise TypeError(f"history_size must be an int, not {type(history_size).__name__}")
+    if history_size < 1:
+        raise ValueError("history_size must be >= 1")
+
+
+def _check_bytes(name: str, value: int | None) -> None:
+    """A log size: None, or a whole number of bytes the native side takes
+    (it would raise a bare OverflowError for one outside 0..2**64-1)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int (bytes), not {type(value).__name__}")
+    if not 0 <= value <= _U64_MAX:
+        raise ValueError(f"{name}: {value} is not a number of bytes in 0..2**64-1")
+
+
+def _check_log_options(
+    log_dir: object,
+    log_retention_bytes: int | None,
+    log_retention_age_s: float | None,
+    log_segment_bytes: int | None,
+) -> None:
+    """The log options' types and whether they have a log to bound (their
+    ranges beyond that are checked natively, before anything is built)."""
+    _check_bytes("log_retention_bytes", log_retention_bytes)
+    _check_bytes("log_segment_bytes", log_segment_bytes)
+    if log_retention_age_s is not None and (
+        isinstance(log_retention_age_s, bool) or not isinstance(log_retention_age_s, (int, float))
+    ):
+        raise TypeError(f"log_retention_age_s must be a number of seconds, not {type(log_retention_age_s).__name__}")
+    if log_dir is None and (
+        log_retention_bytes is not None or log_retention_age_s is not None or log_segment_bytes is not None
+    ):
+        raise ValueError("log_retention_bytes, log_retention_age_s and log_segment_bytes need a log_dir")
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
+
+
+def _request_json(request: Any) -> str:
+    """A query request object as JSON text. NaN and infinities are refused
+    (ValueError), as `emit` refuses them: `json.dumps` would write `NaN`,
+    which is not JSON."""
+    try:
+        return json.dumps(request, allow_nan=False)
+    except ValueError as e:
+        raise ValueError(f"query request has no JSON form: {e}") from None
 
 
 class _Subscription:
@@ -144,8 +201,11 @@ class EventBus:
       plugins are refused (docs/trust.md);
     - `policy`: a capability policy file bounding what manifests may grant.
 
-    Raises `ValueError` for a bad `history_size` or limit, and
+    Raises `TypeError` for an argument of the wrong type, `ValueError`
+    for a bad `history_size`, limit or log size (naming it), and
     `PlugbusError` for a plugin directory or log that cannot be used.
+    Every argument is checked before anything is built, and a bus that
+    fails half-way is shut down: a failed constructor leaves no threads.
     """
 
     def __init__(
@@ -155,7 +215,7 @@ class EventBus:
         history_size: int = 100,
         handler_error_callback: ErrorCallback | None = None,
         plugin_dir: str | os.PathLike[str] | None = None,
-        limits: Mapping[str, int | str | bool] | None = None,
+        limits: Mapping[str, int] | None = None,
         log_dir: str | os.PathLike[str] | None = None,
         watch: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
@@ -167,8 +227,13 @@ class EventBus:
         log_retention_age_s: float | None = None,
         log_segment_bytes: int | None = None,
     ) -> None:
-        if history_size < 1:
-            raise ValueError("history_size must be >= 1")
+        # Everything that can be refused is refused before the native bus
+        # and its threads exist (a ValueError after would leak them).
+        _check_history_size(history_size)
+        if handler_error_callback is not None and not callable(handler_error_callback):
+            raise TypeError(f"handler_error_callback must be callable, not {type(handler_error_callback).__name__}")
+        limits_toml = None if limits is None else _limits_toml(limits)
+        _check_log_options(log_dir, log_retention_bytes, log_retention_age_s, log_segment_bytes)
         self._subs: list[_Subscription] = []
         # Matching subscriptions per event name, rebuilt after any change
         # to `_subs`: an agent emits a handful of names many times.
@@ -183,12 +248,15 @@ class EventBus:
         self._stopping = threading.Event()
         self._dispatched = 0
         self._dispatched_cond = threading.Condition()
+        # Async handlers' tasks on a running loop, held until done: the loop
+        # keeps only a weak reference to a task.
+        self._tasks: set[asyncio.Task[Any]] = set()
         if plugin_dir is not None or log_dir is not None:
             self._native = NativeBus(
                 plugin_dir=None if plugin_dir is None else os.fspath(plugin_dir),
                 log_dir=None if log_dir is None else os.fspath(log_dir),
                 watch=watch,
-                limits=None if limits is None else _limits_toml(limits),
+                limits=limits_toml,
                 cache_dir=None if cache_dir is None else os.fspath(cache_dir),
                 no_cache=no_cache,
                 trusted_keys=None if trusted_keys is None else os.fspath(trusted_keys),
@@ -198,16 +266,16 @@ class EventBus:
                 log_retention_age_s=log_retention_age_s,
                 log_segment_bytes=log_segment_bytes,
             )
-            self._dispatcher = threading.Thread(
-                target=self._dispatch_follow_ups, name="plugbus-follow-ups", daemon=True
-            )
-            self._dispatcher.start()
-        elif limits is not None:
-            _limits_toml(limits)  # still validate what was asked
-        if log_dir is None and (
-            log_retention_bytes is not None or log_retention_age_s is not None or log_segment_bytes is not None
-        ):
-            raise ValueError("log_retention_bytes, log_retention_age_s and log_segment_bytes need a log_dir")
+            try:
+                self._dispatcher = threading.Thread(
+                    target=self._dispatch_follow_ups, name="plugbus-follow-ups", daemon=True
+                )
+                self._dispatcher.start()
+            except BaseException:
+                # Nobody will ever get this bus to shut it down.
+                self._stopping.set()
+                self._native.shutdown()
+                raise
         _live_buses.add(self)
 
     # ---- subscription ----
@@ -219,7 +287,8 @@ class EventBus:
     def on(self, pattern: str, handler: Handler | None = None, *, priority: int = 0) -> Any:
         """Register `handler` for `pattern`; as a decorator (`@bus.on("llm.*")`)
         or a call (`bus.on("llm.*", h)`). Returns the handler. Raises
-        `ValueError` for an invalid pattern.
+        `ValueError` for an invalid pattern, `TypeError` for a handler that
+        is not callable.
 
         Handlers of one event run from the highest `priority` to the lowest
         (default 0; ties in registration order). Wasm plugins are not part of
@@ -242,6 +311,9 @@ class EventBus:
             raise TypeError(f"priority must be an int, not {type(priority).__name__}")
 
         def register(h: H) -> H:
+            # Refused now, not at the first emit that matches.
+            if not callable(h):
+                raise TypeError(f"handler must be callable, not {type(h).__name__}")
             with self._lock:
                 # `_subs` is kept in delivery order: after every handler of a
                 # higher or equal priority, before the first of a lower one.
@@ -338,9 +410,12 @@ class EventBus:
 
     def set_strict(self, strict: bool = True) -> None:
         """Strict mode: the first handler error is re-raised from `emit` and
-        the remaining handlers are not called. (Follow-ups from plugins are
-        dispatched on the bus's own thread, where errors always go to the
-        error callback.)"""
+        the remaining handlers are not called. Two kinds of error happen
+        where nothing can re-raise them, and always go to the error
+        callback: follow-ups from plugins (dispatched on the bus's own
+        thread), and an async handler that `emit` scheduled on a running
+        loop (it fails after `emit` returned; `await emit_async` re-raises
+        such errors in strict mode)."""
         self._strict = bool(strict)
 
     @property
@@ -383,15 +458,25 @@ class EventBus:
         is JSON text or a JSON-serialisable object. Returns
         `{"as_of_seq": int | None, "answer": <parsed JSON>}`; the answer
         reflects exactly the plugin's events up to `as_of_seq`. Raises
-        `QueryError` (with `kind`). The GIL is released while waiting."""
-        text = request if isinstance(request, str) else json.dumps(request)
-        if self._native is None:
+        `QueryError` (with `kind`; `shutting_down` once the bus is shut
+        down), and `TypeError` / `ValueError` for a request object with no
+        JSON form (NaN and infinities included, as `emit` refuses them).
+        The GIL is released while waiting."""
+        text = request if isinstance(request, str) else _request_json(request)
+        native = self._native
+        if native is None:
             raise QueryError("unknown_plugin", f"no plugin named `{plugin}` is loaded")
+        if self._stopping.is_set():
+            raise QueryError("shutting_down", "the bus is shut down")
         try:
-            as_of_seq, answer = self._native.query(plugin, text)
+            as_of_seq, answer = native.query(plugin, text)
         except _NativeQueryError as e:
             kind, message = e.args
             raise QueryError(kind, message) from None
+        except PlugbusError as e:
+            if self._stopping.is_set():  # shut down by another thread meanwhile
+                raise QueryError("shutting_down", str(e)) from None
+            raise
         return {"as_of_seq": as_of_seq, "answer": json.loads(answer)}
 
     @property
@@ -502,7 +587,7 @@ class EventBus:
             try:
                 result = sub.handler(event)
                 if result is not None and inspect.isawaitable(result):
-                    self._run_awaitable(result)
+                    self._run_awaitable(result, event, sub.handler)
             except BaseException as exc:
                 if strict:
                     raise
@@ -514,14 +599,29 @@ class EventBus:
         except BaseException:
             logger.exception("plugbus: handler_error_callback raised")
 
-    @staticmethod
-    def _run_awaitable(awaitable: Awaitable[Any]) -> None:
+    def _run_awaitable(self, awaitable: Awaitable[Any], event: Event, handler: Handler) -> None:
+        """Runs an async handler's awaitable: to completion under
+        `asyncio.run` when no loop runs here (errors raise to `_deliver`),
+        else as a task on the running loop, held until done, whose error
+        goes to the error callback (`emit` has returned by then)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             asyncio.run(_await(awaitable))
             return
-        loop.create_task(_await(awaitable))
+        task = loop.create_task(_await(awaitable))
+        with self._lock:
+            self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._task_done, event, handler))
+
+    def _task_done(self, event: Event, handler: Handler, task: asyncio.Task[Any]) -> None:
+        with self._lock:
+            self._tasks.discard(task)
+        if task.cancelled():
+            return  # the loop is closing (asyncio.run cancels what is left)
+        exc = task.exception()  # retrieved: asyncio does not log it again
+        if exc is not None:
+            self._report(event, handler, exc)
 
     def _dispatch_follow_ups(self) -> None:
         """The dispatcher thread: plugins' follow-ups to Python handlers."""
@@ -544,17 +644,39 @@ class EventBus:
 
 
 _named: dict[str, EventBus] = {}
+#: Guards `_named` and `_building`; never held while a bus is built.
 _named_lock = threading.Lock()
+#: One lock per name, held while that name's bus is built (loading its
+#: plugins can take seconds): callers of that name wait for that bus, and
+#: callers of other names do not.
+_building: dict[str, threading.Lock] = {}
+
+
+def _live_named(name: str) -> EventBus | None:
+    """The named bus, unless there is none or it was shut down. Under
+    `_named_lock`."""
+    bus = _named.get(name)
+    return None if bus is None or bus._stopping.is_set() else bus
 
 
 def get_bus(name: str = "default", **options: Any) -> EventBus:
     """The process-wide bus called `name`, created with `options` (the
     `EventBus` keywords) on first use: the same bus anywhere in the process.
-    Options given later are ignored."""
+    Options given later are ignored. Building one name's bus does not hold
+    up `get_bus` for other names."""
     with _named_lock:
-        bus = _named.get(name)
-        if bus is None or bus._stopping.is_set():
-            bus = _named[name] = EventBus(**options)
+        bus = _live_named(name)
+        if bus is not None:
+            return bus
+        building = _building.setdefault(name, threading.Lock())
+    with building:
+        # Another caller of this name may have built it while we waited.
+        with _named_lock:
+            bus = _live_named(name)
+        if bus is None:
+            bus = EventBus(**options)
+            with _named_lock:
+                _named[name] = bus
         return bus
 
 
@@ -570,8 +692,9 @@ def _shutdown_all() -> None:
 def _after_fork_in_child() -> None:
     """The parent's runtimes do not exist in a forked child: its buses with
     plugins raise `PlugbusError` when used, and named buses start afresh."""
-    global _named_lock
+    global _named_lock, _building
     _named_lock = threading.Lock()
+    _building = {}  # a lock another thread held at fork() stays held here
     _named.clear()
     for bus in list(_live_buses):
         bus._dispatcher = None

@@ -31,6 +31,8 @@ constructor's `agent`, else the root run's name. A failed model call is a
 `model_responded` with `error` (and no usage); a tool that returns an error
 (`ToolMessage` with `status="error"`) is a `tool.result` with `error` too.
 
+Every payload field is made JSON-safe (`_common.jsonable`), so the plugins
+always get the event; a token count that is not a number counts as 0.
 The handlers never raise into LangChain (their own failures, a bus that is
 shut down included, are counted in `.failures` and logged once) and never
 block: they only call `bus.emit`, never `flush` or `emit_and_wait`.
@@ -46,7 +48,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from ._common import Guard, error_text, jsonable
+from ._common import Guard, count, emit, error_text, jsonable
 
 try:
     from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
@@ -125,7 +127,10 @@ def _summary(response: LLMResult, data: dict[str, Any]) -> str | None:
     Only one generation per prompt counts: with several choices (`n` > 1)
     the partner packages (langchain-openai, ...) give each choice's message
     the whole response's usage, so summing them would count it `n` times
-    (LangChain's own `UsageMetadataCallbackHandler` reads one too)."""
+    (LangChain's own `UsageMetadataCallbackHandler` reads one too).
+
+    A count that is not a number a plugin can use (`"n/a"`, NaN, beyond 64
+    bits: see `count`) adds 0: the call is still reported."""
     prompt = completion = 0
     cache_read: int | None = None
     cache_creation: int | None = None
@@ -144,16 +149,16 @@ def _summary(response: LLMResult, data: dict[str, Any]) -> str | None:
                 metadata = generation.generation_info
             if usage:
                 found = counted = True
-                prompt += int(usage.get("input_tokens") or 0)
-                completion += int(usage.get("output_tokens") or 0)
+                prompt += count(usage.get("input_tokens")) or 0
+                completion += count(usage.get("output_tokens")) or 0
                 details = usage.get("input_token_details")
-                if details:
-                    read = details.get("cache_read")
+                if isinstance(details, dict):
+                    read = count(details.get("cache_read"))
                     if read is not None:
-                        cache_read = (cache_read or 0) + int(read)
-                    creation = details.get("cache_creation")
+                        cache_read = (cache_read or 0) + read
+                    creation = count(details.get("cache_creation"))
                     if creation is not None:
-                        cache_creation = (cache_creation or 0) + int(creation)
+                        cache_creation = (cache_creation or 0) + creation
             if metadata:
                 if model is None:
                     name = metadata.get("model_name") or metadata.get("model")
@@ -172,8 +177,8 @@ def _summary(response: LLMResult, data: dict[str, Any]) -> str | None:
             legacy = output.get("token_usage") or output.get("usage")
             if isinstance(legacy, dict):
                 found = True
-                prompt = int(legacy.get("prompt_tokens", legacy.get("input_tokens")) or 0)
-                completion = int(legacy.get("completion_tokens", legacy.get("output_tokens")) or 0)
+                prompt = count(legacy.get("prompt_tokens", legacy.get("input_tokens"))) or 0
+                completion = count(legacy.get("completion_tokens", legacy.get("output_tokens"))) or 0
     if found:
         usage_out = {"prompt_tokens": prompt, "completion_tokens": completion}
         if cache_read is not None:
@@ -184,6 +189,16 @@ def _summary(response: LLMResult, data: dict[str, Any]) -> str | None:
     if reasons:
         data["finish_reasons"] = reasons
     return model
+
+
+def _tool_output(output: Any) -> tuple[Any, str | None]:
+    """A tool's (content, error): a ToolMessage (the tool was called with a
+    tool call) carries the content, and status "error" is a handled tool
+    error whose content is its message; any other output is the content."""
+    content = getattr(output, "content", output)
+    if getattr(output, "status", None) != "error":
+        return content, None
+    return content, content if isinstance(content, str) else str(jsonable(content))
 
 
 class _Mapper:
@@ -264,7 +279,9 @@ class _Mapper:
     # ---- emitting ----
 
     def _emit(self, name: str, data: dict[str, Any], correlation_id: str) -> None:
-        self.bus.emit(name, data, correlation_id=correlation_id)
+        # Every field made JSON-safe; an event the plugins still miss is
+        # counted in `.failures`.
+        emit(self.bus, self.guard, name, data, correlation_id)
 
     def _run_started(self, root: _Root) -> None:
         self._emit("agent.run_started", {"agent": root.agent}, root.key)
@@ -345,14 +362,24 @@ class _Mapper:
             self.guard.failed(where, e)
 
     def model_end(self, response: LLMResult | None, run_id: UUID, error: BaseException | None) -> None:
+        where = "on_llm_error" if error is not None else "on_llm_end"
+        # Read the response first: a provider's odd result must cost its
+        # usage at most, never the event or the end of the run, which the
+        # bookkeeping below commits to emitting.
+        data: dict[str, Any] = {}
+        model = None
+        if response is not None:
+            try:
+                model = _summary(response, data)
+            except Exception as e:
+                self.guard.failed(where, e)
+                data = {}
         try:
             with self._lock:
                 call = self._calls.pop(run_id.int, None)
                 root = self._leave(run_id)
             if call is None:
                 return  # its start was not seen (or evicted): nothing to pair it with
-            data: dict[str, Any] = {}
-            model = _summary(response, data) if response is not None else None
             model = model or call.name
             if model is not None:
                 data["model"] = model
@@ -369,7 +396,7 @@ class _Mapper:
             if root is not None:
                 self._run_ended(root, error)
         except Exception as e:
-            self.guard.failed("on_llm_error" if error is not None else "on_llm_end", e)
+            self.guard.failed(where, e)
 
     # ---- tools ----
 
@@ -398,7 +425,7 @@ class _Mapper:
                 self._run_started(root)
             data: dict[str, Any] = {"tool": tool, "call_id": call_id}
             if self.capture_content:
-                data["args"] = jsonable(inputs) if inputs is not None else input_str
+                data["args"] = inputs if inputs is not None else input_str
             if agent is not None:
                 data["agent"] = agent
             self._emit("tool.called", data, root_id)
@@ -406,6 +433,16 @@ class _Mapper:
             self.guard.failed("on_tool_start", e)
 
     def tool_end(self, output: Any, run_id: UUID, error: BaseException | None) -> None:
+        where = "on_tool_error" if error is not None else "on_tool_end"
+        # Read the output before the bookkeeping (as `model_end` does): an
+        # odd output costs its content at most, never the event.
+        failed = error_text(error) if error is not None else None
+        content = None
+        if error is None:
+            try:
+                content, failed = _tool_output(output)
+            except Exception as e:
+                self.guard.failed(where, e)
         try:
             with self._lock:
                 call = self._calls.pop(run_id.int, None)
@@ -413,15 +450,8 @@ class _Mapper:
             if call is None:
                 return
             data: dict[str, Any] = {"tool": call.name, "call_id": call.call_id, "latency_ms": _ms(call.start)}
-            failed = error_text(error) if error is not None else None
-            if error is None:
-                # A ToolMessage (the tool was called with a tool call) carries
-                # the content; status "error" is a handled tool error.
-                content = getattr(output, "content", output)
-                if getattr(output, "status", None) == "error":
-                    failed = content if isinstance(content, str) else str(jsonable(content))
-                if self.capture_content:
-                    data["result"] = jsonable(content)
+            if error is None and self.capture_content:
+                data["result"] = content
             if failed is not None:
                 data["error"] = failed
             if call.agent is not None:
@@ -430,7 +460,7 @@ class _Mapper:
             if root is not None:
                 self._run_ended(root, error)
         except Exception as e:
-            self.guard.failed("on_tool_error" if error is not None else "on_tool_end", e)
+            self.guard.failed(where, e)
 
 
 class _Settings:

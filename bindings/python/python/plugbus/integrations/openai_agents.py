@@ -43,6 +43,10 @@ handler recovered (a trace has no outcome; the span of a run the handler did
 not recover ends with that same error, the SDK keeping it rather than adding
 its own). A processor sees only the trace, so it cannot tell the two apart.
 
+Every payload field is made JSON-safe (`_common.jsonable`: a tool's
+arguments may hold `NaN` or a 30-digit number), so the plugins always get
+the event; a token count that is not a number counts as 0.
+
 The processor's methods are called synchronously by the SDK: they only
 enqueue (`bus.emit`), never block, never raise (failures are counted in
 `.failures` and logged once). `force_flush` and `shutdown` do not touch the
@@ -56,7 +60,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._common import Guard, jsonable
+from ._common import Guard, count, emit
 
 try:
     from agents.tracing import TracingProcessor
@@ -128,7 +132,9 @@ def _span_error(error: Any) -> str | None:
 
 def _usage(usage: Any) -> dict[str, int] | None:
     """The SDK's usage (a span's `usage` dict, or a Responses API `usage`
-    object) in the vocabulary's terms."""
+    object) in the vocabulary's terms. A count that is not a number (a
+    provider's `"n/a"`, NaN, ...) is 0 for the prompt and completion and
+    left out for the cache counts: the call is still reported."""
     if usage is None:
         return None
     get = usage.get if isinstance(usage, dict) else lambda key, default=None: getattr(usage, key, default)
@@ -136,28 +142,30 @@ def _usage(usage: Any) -> dict[str, int] | None:
     completion = get("output_tokens")
     if prompt is None and completion is None:
         return None
-    out = {"prompt_tokens": int(prompt or 0), "completion_tokens": int(completion or 0)}
+    out = {"prompt_tokens": count(prompt) or 0, "completion_tokens": count(completion) or 0}
     details = get("input_tokens_details")
     if details is not None:
         dget = details.get if isinstance(details, dict) else lambda key, default=None: getattr(details, key, default)
-        cached = dget("cached_tokens")
+        cached = count(dget("cached_tokens"))
         if cached is not None:
-            out["cache_read_tokens"] = int(cached)
-        written = dget("cache_write_tokens")
+            out["cache_read_tokens"] = cached
+        written = count(dget("cache_write_tokens"))
         if written is not None:
-            out["cache_creation_tokens"] = int(written)
+            out["cache_creation_tokens"] = written
     return out
 
 
 def _args(value: Any) -> Any:
     """A tool's input: the SDK passes the model's JSON arguments as text;
-    carried as that JSON when it parses, else as the text."""
+    carried as that JSON when it parses, else as the text. (What the model
+    wrote may have no form a plugin can read, `NaN` or a 30-digit number:
+    `_emit` makes the payload JSON-safe.)"""
     if isinstance(value, str) and value[:1] in ("{", "["):
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
             return value
-    return jsonable(value)
+    return value
 
 
 class PlugbusTracingProcessor(TracingProcessor):
@@ -221,7 +229,9 @@ class PlugbusTracingProcessor(TracingProcessor):
         return state
 
     def _emit(self, name: str, data: dict[str, Any], trace_id: str) -> None:
-        self._bus.emit(name, data, correlation_id=trace_id)
+        # Every field made JSON-safe; an event the plugins still miss is
+        # counted in `.failures`.
+        emit(self._bus, self._guard, name, data, trace_id)
 
     @staticmethod
     def _claim_start(state: _Trace | None) -> bool:
@@ -343,7 +353,7 @@ class PlugbusTracingProcessor(TracingProcessor):
                         payload["args"] = _args(tool_input)
                     output = getattr(data, "output", None)
                     if output is not None:
-                        payload["result"] = jsonable(output)
+                        payload["result"] = output
                 if error is not None:
                     payload["error"] = error
                 name = "tool.result"
