@@ -97,6 +97,34 @@ async fn a_plugin_directory_removed_and_made_again_is_watched_again() {
     bus.shutdown().await;
 }
 
+/// Changes to different plugins are applied side by side: a slow one (a
+/// Python plugin compiling on a cold cache, seconds) holds up no other.
+/// They were applied one after another, so a plugin replaced meanwhile
+/// waited for that compile (26.8 s in the sweep that found it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_plugin_change_holds_up_no_other() {
+    let dir = plugin_dir(&[]);
+    let cold = tempfile::tempdir().unwrap();
+    let bus = Bus::builder()
+        .plugin_dir(dir.path())
+        .watch(true)
+        .cache_dir(cold.path())
+        .build()
+        .await
+        .unwrap();
+    install(&wasm("tokens-py"), dir.path(), "slow");
+    // Past the debounce (250 ms) and settle (100 ms) times: its compile runs.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    install(&wasm("misbehave"), dir.path(), "fast");
+    until("the fast plugin loaded", || plugin(&bus, "fast")).await;
+    assert!(
+        plugin(&bus, "slow").is_none(),
+        "the fast plugin waited for the slow one's compile"
+    );
+    // Shutting down waits for the compile in progress.
+    bus.shutdown().await;
+}
+
 /// Kubernetes mounts a ConfigMap as links through `..data`, and an update
 /// swaps `..data` in one rename: no event names a plugin file. The
 /// directory is read again and the changed plugin reloaded.

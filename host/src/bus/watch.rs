@@ -30,19 +30,24 @@
 //! changes, and `--plugins` given as a symlink that is repointed (replace
 //! the file or the link itself).
 //!
+//! Changes to different plugins are applied side by side (up to the cores:
+//! their compiles run in parallel), one at a time per plugin; the swap
+//! itself, and the old version's drain, stay one at a time on the bus.
+//!
 //! Each change is announced on the bus as a meta-event:
 //! `plugbus.plugin.loaded`, `.reloaded`, `.unloaded` or `.load_failed`,
 //! with payload `{name, file, version, reason}`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Weak;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
 use crate::bus::lifecycle::Reload;
 use crate::bus::{Bus, LoadFailure, Shared, lock};
@@ -239,12 +244,30 @@ async fn run(
 ) {
     let mut pending: HashMap<String, Instant> = HashMap::new();
     // The files of each plugin whose change was refused, as they were then.
-    let mut refused: HashMap<String, Fingerprints> = HashMap::new();
+    let refused: Arc<Refused> = Arc::default();
+    // Changes being applied, one per plugin at most; different plugins'
+    // run side by side (a slow compile or drain of one held up every
+    // other plugin's change), up to the cores compilation can use.
+    let mut applying: JoinSet<(String, bool)> = JoinSet::new();
+    let mut in_flight: HashMap<String, tokio::task::Id> = HashMap::new();
+    let most = std::thread::available_parallelism().map_or(2, usize::from).max(2);
     loop {
-        let next_due = pending.values().min().map(|t| *t + DEBOUNCE);
+        let next_due = if in_flight.len() < most {
+            pending
+                .iter()
+                .filter(|(name, _)| !in_flight.contains_key(*name))
+                .map(|(_, t)| *t + DEBOUNCE)
+                .min()
+        } else {
+            None
+        };
         let next_look = root.lost.then(|| Instant::now() + ROOT_POLL);
         tokio::select! {
-            _ = &mut stop => return,
+            _ = &mut stop => {
+                // Changes in progress finish: none is left half-applied.
+                while applying.join_next().await.is_some() {}
+                return;
+            }
             signal = rx.recv() => {
                 let Some(signal) = signal else { return };
                 let rescan = match signal {
@@ -264,6 +287,28 @@ async fn run(
                 }
                 continue;
             },
+            Some(done) = applying.join_next(), if !applying.is_empty() => {
+                match done {
+                    Ok((name, settled)) => {
+                        in_flight.remove(&name);
+                        if !settled {
+                            // Still being written: look again after another quiet period.
+                            pending.entry(name).or_insert_with(Instant::now);
+                        }
+                    }
+                    // `apply` does not panic on any input; a bug that does is
+                    // logged, and its plugin is looked at again.
+                    Err(e) => {
+                        let name = in_flight.iter().find(|(_, id)| **id == e.id()).map(|(n, _)| n.clone());
+                        tracing::error!(plugin = name.as_deref(), error = %e, "applying a plugin change failed");
+                        if let Some(name) = name {
+                            in_flight.remove(&name);
+                            pending.insert(name, Instant::now());
+                        }
+                    }
+                }
+                continue;
+            },
             _ = sleep_until(next_due.into_iter().chain(next_look).min()) => {}
         }
         if root.lost && root.try_rewatch() {
@@ -272,20 +317,28 @@ async fn run(
         }
         let due: Vec<String> = pending
             .iter()
-            .filter(|(_, t)| t.elapsed() >= DEBOUNCE)
+            .filter(|(name, t)| t.elapsed() >= DEBOUNCE && !in_flight.contains_key(*name))
             .map(|(n, _)| n.clone())
+            .take(most.saturating_sub(in_flight.len()))
             .collect();
         for name in due {
             pending.remove(&name);
             let Some(shared) = shared.upgrade() else { return };
-            let bus = Bus { shared };
-            if !apply(&bus, &root.dir, &name, exact, &mut refused).await {
-                // Still being written: look again after another quiet period.
-                pending.insert(name, Instant::now());
-            }
+            let (dir, refused) = (root.dir.clone(), refused.clone());
+            let task = applying.spawn({
+                let name = name.clone();
+                async move {
+                    let settled = apply(&Bus { shared }, &dir, &name, exact, &refused).await;
+                    (name, settled)
+                }
+            });
+            in_flight.insert(name, task.id());
         }
     }
 }
+
+/// The files of each plugin whose change was refused, as they were then.
+type Refused = Mutex<HashMap<String, Fingerprints>>;
 
 /// Marks every plugin of `dir` to be looked at: the plugin files in it and
 /// the plugins loaded from it (those whose files are gone unload). A
@@ -337,7 +390,7 @@ fn fingerprints(files: &[&Path; 3]) -> Fingerprints {
 /// unloads the running version (the directory's version or none). A change
 /// refused before is not tried again while the files are as they were then
 /// (`refused`): the refusal was reported once.
-async fn apply(bus: &Bus, dir: &Path, name: &str, exact: bool, refused: &mut HashMap<String, Fingerprints>) -> bool {
+async fn apply(bus: &Bus, dir: &Path, name: &str, exact: bool, refused: &Refused) -> bool {
     let wasm = dir.join(format!("{name}.wasm"));
     let manifest = dir.join(format!("{name}.toml"));
     let signature = crate::signature::signature_path(&wasm);
@@ -350,7 +403,7 @@ async fn apply(bus: &Bus, dir: &Path, name: &str, exact: bool, refused: &mut Has
             meta(bus, "plugbus.plugin.unloaded", name, &wasm, None, None);
         }
         forget_failure(bus, &wasm);
-        refused.remove(name);
+        lock(refused).remove(name);
         return true;
     }
     let files = [wasm.as_path(), manifest.as_path(), signature.as_path()];
@@ -359,11 +412,11 @@ async fn apply(bus: &Bus, dir: &Path, name: &str, exact: bool, refused: &mut Has
     if fingerprints(&files) != before {
         return false;
     }
-    if refused.get(name) == Some(&before) {
+    if lock(refused).get(name) == Some(&before) {
         tracing::debug!(plugin = name, file = %wasm.display(), "files unchanged since their refusal; not tried again");
         return true;
     }
-    refused.remove(name);
+    lock(refused).remove(name);
     match bus.reload_plugin(&wasm).await {
         Ok((info, Reload::Loaded)) => {
             forget_failure(bus, &wasm);
@@ -377,7 +430,7 @@ async fn apply(bus: &Bus, dir: &Path, name: &str, exact: bool, refused: &mut Has
         // replacement, say): nothing to reload, and nothing failed.
         Ok((_, Reload::Unchanged)) => forget_failure(bus, &wasm),
         Err(e) => {
-            refused.insert(name.to_owned(), before);
+            lock(refused).insert(name.to_owned(), before);
             let reason = e.kind.to_string();
             tracing::error!(plugin = name, file = %wasm.display(), error = %reason, "plugin change not applied");
             {
