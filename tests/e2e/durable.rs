@@ -305,6 +305,23 @@ fn serve_killed_mid_load_keeps_every_acknowledged_event() {
     );
 }
 
+/// An embedder's event names are not validated (`Bus::emit`, the Python
+/// binding): `log show` prints a name's control characters escaped, as it
+/// does a source's and a correlation id's, never a raw terminal sequence.
+#[tokio::test]
+async fn log_show_escapes_an_embedders_event_name() {
+    let plugins = plugin_dir(&[]);
+    let log = tempfile::tempdir().unwrap();
+    let bus = logged_bus(plugins.path(), log.path()).await;
+    bus.emit_durable("evil\u{1b}[31mred", json!({})).await.unwrap();
+    bus.shutdown().await;
+    let out = plugbus(&["log", "show", "--log", log.path().to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("evil\\u{1b}[31mred"), "{text}");
+    assert!(!text.contains('\u{1b}'), "a raw escape sequence: {text:?}");
+}
+
 #[tokio::test]
 async fn emit_durable_waits_for_the_log_and_numbering_survives_a_reopen() {
     let log = tempfile::tempdir().unwrap();

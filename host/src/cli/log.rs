@@ -209,9 +209,10 @@ impl Matcher {
                 "{:>8}  {}  {:<28} {:<16} {:<14} {}",
                 r.seq,
                 rfc3339(r.time_unix_nanos),
-                r.name,
-                // From outside (a NATS message, a native emitter): shown
-                // with its control characters escaped.
+                // From outside (a NATS message, a native or Python emitter:
+                // the embedder's names are not validated): shown with
+                // their control characters escaped.
+                plugbus::text::printable(&r.name),
                 plugbus::text::printable(&r.source),
                 plugbus::text::printable(r.correlation_id.as_deref().unwrap_or("-")),
                 payload
