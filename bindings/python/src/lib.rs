@@ -108,6 +108,28 @@ fn event(name: &str, value: serde_json::Value, correlation_id: Option<String>) -
     }
 }
 
+thread_local! {
+    /// The id of the event this thread is publishing for Python, while it
+    /// does: the forwarder to Python handlers (run inline by the publish)
+    /// skips it, as Python dispatched it already. A host announcement
+    /// (`plugbus.*`) is forwarded, and so was a Python event of such a
+    /// name, which its handlers then got twice.
+    static FROM_PYTHON: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `publish` (of `event`, from Python) with [`FROM_PYTHON`] set.
+fn publishing_from_python<T>(event: &Event, publish: impl FnOnce() -> T) -> T {
+    FROM_PYTHON.with(|id| *id.borrow_mut() = Some(event.id().to_owned()));
+    let out = publish();
+    FROM_PYTHON.with(|id| *id.borrow_mut() = None);
+    out
+}
+
+/// Whether `event` is the one this thread is publishing for Python.
+fn from_python(event: &Event) -> bool {
+    FROM_PYTHON.with(|id| id.borrow().as_deref() == Some(event.id()))
+}
+
 /// Deepest nesting converted: what every reader of the event log reads back
 /// (`plugbus::event::MAX_PAYLOAD_DEPTH`); deeper data is "not
 /// JSON-serialisable" and reaches Python handlers only.
@@ -283,7 +305,7 @@ impl NativeBus {
             // there already. Only a channel send runs here, on whichever
             // thread published the event.
             bus.on("**", move |e: &Event| {
-                if e.source() != "host" || e.name().starts_with("plugbus.") {
+                if (e.source() != "host" || e.name().starts_with("plugbus.")) && !from_python(e) {
                     count.fetch_add(1, Ordering::AcqRel);
                     let _ = lock(&tx).send(e.clone());
                 }
@@ -316,7 +338,8 @@ impl NativeBus {
         correlation_id: Option<String>,
     ) -> PyResult<(String, u64, Option<u64>)> {
         let inner = self.live()?;
-        let event = inner.bus.publish(event(name, data_json(data)?, correlation_id));
+        let event = event(name, data_json(data)?, correlation_id);
+        let event = publishing_from_python(&event, || inner.bus.publish(event.clone()));
         Ok((event.id().to_owned(), event.time_unix_nanos(), event.seq()))
     }
 
@@ -332,7 +355,11 @@ impl NativeBus {
     ) -> PyResult<String> {
         let inner = self.live()?;
         let event = event(name, data_json(data)?, correlation_id);
-        let report = py.detach(|| inner.runtime.block_on(inner.bus.publish_and_wait(event)));
+        let report = py.detach(|| {
+            publishing_from_python(&event, || {
+                inner.runtime.block_on(inner.bus.publish_and_wait(event.clone()))
+            })
+        });
         let deliveries: Vec<serde_json::Value> = report
             .deliveries
             .iter()

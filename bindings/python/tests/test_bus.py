@@ -264,3 +264,19 @@ def test_data_nested_past_what_the_log_reads_back_is_refused(tmp_path: Path) -> 
     )
     assert shown.returncode == 0, shown.stderr
     assert "deep.ok" in shown.stdout and "deep.refused" not in shown.stdout
+
+
+def test_a_python_event_named_like_an_announcement_reaches_handlers_once(tmp_path: Path) -> None:
+    """The host's own `plugbus.*` announcements are forwarded to Python
+    handlers; a Python event of such a name was too, after its handlers
+    had run inline: they got it twice (and history held it twice)."""
+    bus = EventBus(log_dir=tmp_path / "log", keep_history=True)
+    got: list[tuple[str, int | None, str]] = []
+    bus.on("plugbus.**", lambda e: got.append((e.type, e.seq, threading.current_thread().name)))
+    bus.emit("plugbus.my_event", {"x": 1})
+    bus.emit_and_wait("plugbus.my_other", {"x": 2})
+    bus.flush()
+    bus.shutdown()
+    assert [(name, seq) for name, seq, _ in got] == [("plugbus.my_event", 1), ("plugbus.my_other", 2)]
+    assert all(thread != "plugbus-follow-ups" for _, _, thread in got), got
+    assert [e.type for e in bus.history()] == ["plugbus.my_event", "plugbus.my_other"]
