@@ -280,3 +280,31 @@ def test_a_python_event_named_like_an_announcement_reaches_handlers_once(tmp_pat
     assert [(name, seq) for name, seq, _ in got] == [("plugbus.my_event", 1), ("plugbus.my_other", 2)]
     assert all(thread != "plugbus-follow-ups" for _, _, thread in got), got
     assert [e.type for e in bus.history()] == ["plugbus.my_event", "plugbus.my_other"]
+
+
+def test_a_bus_dropped_without_shutdown_is_collected_and_stopped(tmp_path: Path) -> None:
+    """agent-event-bus has no `shutdown()` for users to call: a bus with a
+    native side that nobody holds any more is collected, and its plugins,
+    threads and log lock go with it. Its dispatcher thread held it, so it
+    never was (20 dropped buses: 20 alive, 145 OS threads)."""
+    before = bus_threads()
+    log = tmp_path / "log"
+
+    def use_and_drop() -> weakref.ref[EventBus]:
+        bus = EventBus(log_dir=log)
+        bus.on("a", lambda e: None)
+        bus.emit("a", {"x": 1})
+        bus.flush()
+        return weakref.ref(bus)
+
+    gone = use_and_drop()
+    gc.collect()
+    assert gone() is None, "the bus is still alive"
+    deadline = time.monotonic() + 10
+    while bus_threads() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert bus_threads() == before
+    # The log's lock went with it: the same directory opens again.
+    again = EventBus(log_dir=log)
+    assert again.emit("b", {}).seq == 2
+    again.shutdown()

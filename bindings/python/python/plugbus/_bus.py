@@ -33,11 +33,14 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _patterns
 from ._native import NativeBus, PlugbusError
 from ._native import QueryError as _NativeQueryError
+
+if TYPE_CHECKING:
+    from ._native import FollowUp  # the stub's alias: no runtime name
 
 logger = logging.getLogger("plugbus")
 
@@ -266,15 +269,21 @@ class EventBus:
                 log_retention_age_s=log_retention_age_s,
                 log_segment_bytes=log_segment_bytes,
             )
+            # A bus dropped without `shutdown()` (agent-event-bus has none
+            # to call) is collected: the dispatcher holds it weakly, and
+            # this stops its plugins and threads then.
+            self._finalizer = weakref.finalize(self, _stop_native, self._native, self._stopping)
             try:
                 self._dispatcher = threading.Thread(
-                    target=self._dispatch_follow_ups, name="plugbus-follow-ups", daemon=True
+                    target=_dispatch_follow_ups,
+                    args=(weakref.ref(self), self._native, self._stopping),
+                    name="plugbus-follow-ups",
+                    daemon=True,
                 )
                 self._dispatcher.start()
             except BaseException:
                 # Nobody will ever get this bus to shut it down.
-                self._stopping.set()
-                self._native.shutdown()
+                self._finalizer()
                 raise
         _live_buses.add(self)
 
@@ -521,7 +530,7 @@ class EventBus:
         if dispatcher is not None and dispatcher is not threading.current_thread():
             dispatcher.join(timeout=5)
         if self._native is not None:
-            self._native.shutdown()
+            self._finalizer()  # stops the native bus, once
         with self._dispatched_cond:
             self._dispatched_cond.notify_all()
         _live_buses.discard(self)
@@ -623,24 +632,40 @@ class EventBus:
         if exc is not None:
             self._report(event, handler, exc)
 
-    def _dispatch_follow_ups(self) -> None:
-        """The dispatcher thread: plugins' follow-ups to Python handlers."""
-        native = self._native
-        assert native is not None
-        while not self._stopping.is_set():
-            try:
-                received = native.next_follow_up(_POLL_MS)
-            except PlugbusError:
-                break
-            if received is None:
-                continue
-            name, payload, event_id, _time_ns, correlation_id, source, seq = received
-            event = Event(name, json.loads(payload), time.monotonic(), event_id, correlation_id, source, seq)
-            self._record(event)
-            self._deliver(event, strict=False)
-            with self._dispatched_cond:
-                self._dispatched += 1
-                self._dispatched_cond.notify_all()
+    def _dispatch(self, received: FollowUp) -> None:
+        """One follow-up from the native bus, to the Python handlers."""
+        name, payload, event_id, _time_ns, correlation_id, source, seq = received
+        event = Event(name, json.loads(payload), time.monotonic(), event_id, correlation_id, source, seq)
+        self._record(event)
+        self._deliver(event, strict=False)
+        with self._dispatched_cond:
+            self._dispatched += 1
+            self._dispatched_cond.notify_all()
+
+
+def _dispatch_follow_ups(bus_ref: weakref.ref[EventBus], native: NativeBus, stopping: threading.Event) -> None:
+    """The dispatcher thread: plugins' follow-ups to Python handlers. It
+    holds its bus only while it hands one over, so a bus nobody else holds
+    is collected (and its finaliser stops the native bus and this thread)."""
+    while not stopping.is_set():
+        try:
+            received = native.next_follow_up(_POLL_MS)
+        except PlugbusError:
+            break
+        if received is None:
+            continue
+        bus = bus_ref()
+        if bus is None:
+            break
+        bus._dispatch(received)
+        del bus
+
+
+def _stop_native(native: NativeBus, stopping: threading.Event) -> None:
+    """A bus's finaliser (it holds nothing of the bus itself): collected or
+    shut down, its plugins stop and its dispatcher thread ends."""
+    stopping.set()
+    native.shutdown()
 
 
 _named: dict[str, EventBus] = {}
