@@ -163,22 +163,45 @@ impl Fleet {
     /// # Errors
     /// [`FleetError::Nats`].
     pub async fn remove(&self, name: &str) -> Result<(), FleetError> {
-        self.store
-            .delete(format!("{PLUGIN_PREFIX}{name}"))
+        let key = format!("{PLUGIN_PREFIX}{name}");
+        let not_in_set = |reason: &str| FleetError::Entry {
+            bucket: self.bucket.clone(),
+            key: key.clone(),
+            reason: reason.to_owned(),
+        };
+        if !crate::manifest::valid_plugin_name(name) {
+            return Err(not_in_set("not a plugin name"));
+        }
+        // A removal is kept and applied by every host at every start: one
+        // of a name the set never had would only delete hosts' own files.
+        if self
+            .store
+            .get(key.clone())
             .await
-            .map_err(|e| self.nats_error(e))
+            .map_err(|e| self.nats_error(e))?
+            .is_none()
+        {
+            return Err(not_in_set("no such plugin in the set (see `plugbus fleet status`)"));
+        }
+        self.store.delete(key.clone()).await.map_err(|e| self.nats_error(e))
     }
 
-    /// The set: every `plugin.*` entry.
+    /// The set: every `plugin.*` entry that reads as one, and a
+    /// [`FleetError::Entry`] for each that does not (not what plugbus
+    /// writes: garbage, or a newer version's entry). One bad entry stops
+    /// neither a host nor `fleet status`: it is reported, the rest applied.
     ///
     /// # Errors
-    /// [`FleetError::Nats`], or [`FleetError::Entry`] for a malformed entry.
-    pub async fn set(&self) -> Result<Vec<LockEntry>, FleetError> {
-        let mut out = Vec::new();
+    /// [`FleetError::Nats`] when the bucket cannot be read.
+    pub async fn set(&self) -> Result<(Vec<LockEntry>, Vec<FleetError>), FleetError> {
+        let (mut out, mut bad) = (Vec::new(), Vec::new());
         for (key, value) in self.entries(PLUGIN_PREFIX).await? {
-            out.push(self.parse_entry(&key, &value)?);
+            match self.parse_entry(&key, &value) {
+                Ok(entry) => out.push(entry),
+                Err(e) => bad.push(e),
+            }
         }
-        Ok(out)
+        Ok((out, bad))
     }
 
     /// Every host's last report.
@@ -315,7 +338,11 @@ impl Member {
     /// [`FleetError`] when the bucket cannot be read; a plugin that cannot be
     /// installed is refused and reported, not an error.
     pub async fn converge(&mut self) -> Result<(), FleetError> {
-        for entry in self.fleet.set().await? {
+        let (set, unreadable) = self.fleet.set().await?;
+        for e in unreadable {
+            tracing::error!(error = %e, "fleet: entry refused");
+        }
+        for entry in set {
             self.apply(&entry).await;
         }
         self.send_report().await;
@@ -416,11 +443,22 @@ impl Member {
                     return;
                 }
                 let wasm = self.dir.join(format!("{name}.wasm"));
-                for path in [signature_path(&wasm), wasm.with_extension("toml"), wasm] {
-                    let _ = std::fs::remove_file(path);
-                }
                 self.report.plugins.remove(&name);
                 self.report.refused.remove(&name);
+                // Only what a registry installed (the set, a pull) goes: a
+                // removal is kept in the bucket and seen again at every
+                // start, and a host's own plugin of that name is not the
+                // set's to remove.
+                let marker = crate::oci::install::digest_marker(&self.dir, &name);
+                if !marker.exists() {
+                    if wasm.exists() {
+                        tracing::info!(plugin = %name, file = %wasm.display(), "fleet: plugin removed from the set; this host's own file of that name stays (no registry installed it)");
+                    }
+                    return;
+                }
+                for path in [signature_path(&wasm), wasm.with_extension("toml"), wasm, marker] {
+                    let _ = std::fs::remove_file(path);
+                }
                 tracing::info!(plugin = %name, "fleet: plugin removed from the set");
             }
         }

@@ -309,3 +309,70 @@ async fn a_fleet_host_keeps_watching_the_set_after_the_server_was_away() {
     let log = log.join().unwrap();
     assert!(log.contains("fleet: cannot watch the plugin set; retrying"), "{log}");
 }
+
+/// A version that changes only the plugin's manifest (its `[config]`,
+/// limits or grants) reaches a host that runs the same component: hosts
+/// once kept the old manifest while `fleet status` said converged.
+/// Removals: `fleet remove` of a name the set does not have is refused (a
+/// removal is kept and applied by every host at every start), and a host
+/// never deletes its own file of a removed name (no registry installed
+/// it). One unreadable entry stops neither `fleet status` nor a host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_changes_removals_and_unreadable_entries_are_applied_as_published() {
+    let nats = NatsServer::start();
+    let registry = Registry::start();
+    let pushed = |tag: &str, manifest: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(wasm("console-logger"), dir.path().join("meter.wasm")).unwrap();
+        std::fs::write(dir.path().join("meter.toml"), manifest).unwrap();
+        let reference = registry.reference(&format!("plugbus/meter:{tag}"));
+        ok(&["push", s(&dir.path().join("meter.wasm")), &reference]);
+        (dir, reference)
+    };
+    let (one, two) = ("[config]\nround = \"1\"\n", "[config]\nround = \"2\"\n");
+    let (_d1, ref1) = pushed("m1", one);
+    let (_d2, ref2) = pushed("m2", two);
+    ok(&["fleet", "push", &ref1, "--nats", &nats.url]);
+
+    // The host's own plugin, named like a plugin the set had and removed.
+    let js = crate::nats::client(&nats.url).await;
+    let bucket = js.get_key_value("PLUGBUS_FLEET").await.unwrap();
+    bucket.put("plugin.mine", "{}".into()).await.unwrap();
+    bucket.delete("plugin.mine").await.unwrap();
+    // And an entry no plugbus wrote.
+    bucket.put("plugin.broken", "not json".into()).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(wasm("console-logger"), dir.path().join("mine.wasm")).unwrap();
+    let (host, addr, _log) = support::serve(&[
+        "--plugins",
+        s(dir.path()),
+        "--nats",
+        &nats.url,
+        "--fleet",
+        "--fleet-host",
+        "a",
+    ]);
+    assert!(version_of(&addr, "meter").is_some());
+    assert!(version_of(&addr, "mine").is_some(), "the host's own plugin was deleted");
+    let manifest = || std::fs::read_to_string(dir.path().join("meter.toml")).unwrap_or_default();
+    assert_eq!(manifest(), one);
+    let st = status(&nats.url);
+    let unreadable = st["unreadable"].as_array().unwrap();
+    assert!(
+        unreadable.len() == 1 && unreadable[0].as_str().unwrap().contains("plugin.broken"),
+        "{st}"
+    );
+
+    // The same component, another manifest.
+    ok(&["fleet", "push", &ref2, "--nats", &nats.url]);
+    wait_for("the new manifest on the host", Duration::from_secs(30), || {
+        manifest() == two
+    });
+
+    let out = support::plugbus(&["fleet", "remove", "nosuch", "--nats", &nats.url]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such plugin in the set"));
+    support::terminate(&host.0);
+    assert!(dir.path().join("mine.wasm").exists());
+}

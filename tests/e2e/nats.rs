@@ -2201,4 +2201,17 @@ async fn credentials_in_the_url_are_used_and_never_shown() {
         stderr.contains("alice:***@") && !stderr.contains("wrong-pass"),
         "{stderr}"
     );
+    // `fleet status` names the server without the password, and `-v` does
+    // not print the client's connect options (which hold it).
+    let out = support::plugbus(&["-v", "fleet", "status", "--nats", &with("s3cr%25t")]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("alice:***@"), "{stdout}");
+    assert!(
+        !stdout.contains("s3cr") && !stderr.contains("s3cr"),
+        "{stdout}\n{stderr}"
+    );
 }

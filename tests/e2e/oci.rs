@@ -240,9 +240,18 @@ fn a_pushed_plugin_pulls_back_byte_for_byte_verified_and_locked() {
             "{file}"
         );
     }
+    // The artifact the files came from, for a lock or fleet entry to
+    // compare (a version may change the manifest alone).
+    assert_eq!(
+        std::fs::read_to_string(dst.path().join(".cost-tracker.oci-digest"))
+            .unwrap()
+            .trim(),
+        pulled["digest"].as_str().unwrap()
+    );
     assert_eq!(
         listing(dst.path()),
         [
+            ".cost-tracker.oci-digest",
             "cost-tracker.toml",
             "cost-tracker.wasm",
             "cost-tracker.wasm.minisig",
@@ -444,7 +453,12 @@ fn a_pull_killed_before_its_renames_installs_nothing_and_the_next_one_cleans_up(
     ok(&["pull", &reference, "--plugins", s(dst.path())]);
     assert_eq!(
         listing(dst.path()),
-        ["cost-tracker.toml", "cost-tracker.wasm", "cost-tracker.wasm.minisig"]
+        [
+            ".cost-tracker.oci-digest",
+            "cost-tracker.toml",
+            "cost-tracker.wasm",
+            "cost-tracker.wasm.minisig"
+        ]
     );
 }
 

@@ -125,20 +125,31 @@ pub async fn fleet(command: FleetCommand) -> anyhow::Result<ExitCode> {
         }
         FleetCommand::Status { target, json } => {
             let fleet = Fleet::connect(&target.nats, &target.bucket).await?;
-            let set = fleet.set().await?;
+            let (set, unreadable) = fleet.set().await?;
+            let unreadable: Vec<String> = unreadable.iter().map(ToString::to_string).collect();
             let hosts = fleet.hosts().await?;
-            let converged = hosts
-                .iter()
-                .all(|h| h.refused.is_empty() && set.iter().all(|e| h.plugins.get(&e.name) == Some(&e.wasm)));
+            // No host reporting is not a fleet that runs the set.
+            let converged = !hosts.is_empty()
+                && unreadable.is_empty()
+                && hosts
+                    .iter()
+                    .all(|h| h.refused.is_empty() && set.iter().all(|e| h.plugins.get(&e.name) == Some(&e.wasm)));
             if json {
                 outln!(
                     "{}",
-                    serde_json::json!({"set": set, "hosts": hosts, "converged": converged})
+                    serde_json::json!({"set": set, "unreadable": unreadable, "hosts": hosts, "converged": converged})
                 )?;
             } else {
-                outln!("fleet {} on {}: {} plugins", target.bucket, target.nats, set.len())?;
+                let shown = plugbus::nats::shown_url(&target.nats);
+                outln!("fleet {} on {shown}: {} plugins", target.bucket, set.len())?;
                 for e in &set {
                     outln!("  {}  {}  {}", e.name, e.wasm, e.reference)?;
+                }
+                for e in &unreadable {
+                    outln!("  unreadable entry: {e}")?;
+                }
+                if hosts.is_empty() {
+                    outln!("  no host has reported")?;
                 }
                 for h in &hosts {
                     let behind: Vec<&str> = set

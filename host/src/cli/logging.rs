@@ -17,8 +17,11 @@ use super::progress;
 ///   a plugin's request URL, headers and body, which can hold its secrets;
 /// - at `debug` or `trace`, the code generator's passes describe every
 ///   instruction of every function compiled: millions of lines that make one
-///   plugin's first compile take half a minute instead of half a second.
-const CAPS: [(&str, LevelFilter); 6] = [
+///   plugin's first compile take half a minute instead of half a second;
+/// - at `debug`, the NATS client logs its connect options, the password of
+///   a `nats://user:password@…` URL included.
+const CAPS: [(&str, LevelFilter); 7] = [
+    ("async_nats", LevelFilter::INFO),
     ("wasmtime_wasi_http", LevelFilter::DEBUG),
     ("wasmtime_wasi", LevelFilter::DEBUG),
     ("cranelift_codegen", LevelFilter::INFO),
@@ -123,6 +126,7 @@ mod tests {
             tracing::event!(target: "wasmtime_wasi::p2", Level::TRACE, "t");
             tracing::event!(target: "cranelift_codegen::isa", Level::INFO, "i");
             tracing::event!(target: "cranelift_codegen::isa", Level::DEBUG, "d");
+            tracing::event!(target: "async_nats::connector", Level::DEBUG, "d");
         });
         let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.clone()
@@ -166,6 +170,9 @@ mod tests {
             !verbose.contains(&"cranelift_codegen::isa DEBUG".to_owned()),
             "{verbose:?}"
         );
+        // The NATS client's connect options hold a URL's password.
+        assert!(!verbose.iter().any(|l| l.starts_with("async_nats")), "{verbose:?}");
+        assert!(!all.iter().any(|l| l.starts_with("async_nats")), "{all:?}");
     }
 
     #[test]

@@ -282,7 +282,7 @@ pub(crate) fn with_url_credentials(connect: async_nats::ConnectOptions, url: &st
 /// nats://alice:s3cret@nats.internal:4222  ->  nats://alice:***@nats.internal:4222
 /// nats://t0ken@nats.internal              ->  nats://***@nats.internal
 /// ```
-pub(crate) fn shown_url(url: &str) -> String {
+pub fn shown_url(url: &str) -> String {
     if url.contains(',') {
         return servers(url).into_iter().map(shown_url).collect::<Vec<_>>().join(",");
     }

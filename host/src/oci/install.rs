@@ -116,6 +116,7 @@ pub(crate) async fn install(
                 source,
             },
         })?;
+    let marker = digest_marker(dir, staged.name);
     let pulled = Pulled {
         reference: reference.to_string(),
         name: staged.name.to_owned(),
@@ -127,6 +128,7 @@ pub(crate) async fn install(
         changed: !unchanged,
     };
     if unchanged {
+        record_digest(&marker, staged.digest).map_err(io(&marker))?;
         return Ok(pulled);
     }
     let stage = StageDir::create(dir).map_err(io(dir))?;
@@ -168,10 +170,40 @@ pub(crate) async fn install(
         },
     }
     std::fs::rename(&staged_wasm, &target).map_err(io(&target))?;
+    record_digest(&marker, staged.digest).map_err(io(&marker))?;
     // The renames survive power loss once the directory is synced.
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
     tracing::info!(reference = %reference, plugin = staged.name, digest = staged.digest, "plugin installed");
     Ok(pulled)
+}
+
+/// The hidden file beside `NAME.wasm` naming the artifact (its manifest
+/// digest) its files were last installed from: a lock or fleet entry whose
+/// digest it is needs no pull (the component alone does not say: a new
+/// version may change only the manifest or the signature), and a fleet
+/// removes only what a registry installed. The watcher ignores it.
+pub(crate) fn digest_marker(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(".{name}.oci-digest"))
+}
+
+/// The manifest digest `marker` records, if any.
+pub(crate) fn recorded_digest(marker: &Path) -> Option<String> {
+    crate::files::read_regular(marker, 256)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .map(|text| text.trim().to_owned())
+}
+
+/// Records `digest` in `marker`, replacing it in one rename.
+fn record_digest(marker: &Path, digest: &str) -> std::io::Result<()> {
+    if recorded_digest(marker).as_deref() == Some(digest) {
+        return Ok(());
+    }
+    let mut tmp = marker.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    write_synced(&tmp, format!("{digest}\n").as_bytes())?;
+    std::fs::rename(&tmp, marker)
 }
 
 /// Fails unless `dir` is a directory (checked before anything is fetched).

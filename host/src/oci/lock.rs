@@ -1,5 +1,5 @@
 //! `plugins.lock`: remote plugins a plugin directory pins by digest, which
-//! `plugbus serve` (and `plugbus pull --locked`) installs before the bus
+//! `plugbus serve` (and `plugbus pull --plugins DIR` without a reference) installs before the bus
 //! starts.
 //!
 //! ```toml
@@ -50,8 +50,10 @@ pub struct LockEntry {
 }
 
 impl LockEntry {
-    /// Installs this plugin into `dir` unless a component with its `wasm`
-    /// digest is installed already (`Ok(None)`): pulled by its manifest
+    /// Installs this plugin into `dir` unless it is installed already
+    /// (`Ok(None)`: its component has the `wasm` digest and its files were
+    /// installed from this manifest `digest`, as the hidden `.NAME.oci-digest`
+    /// records): pulled by its manifest
     /// digest, never its tag, under `policy` and, when given, `check`. A
     /// `plugins.lock` entry and a fleet's set entry install the same way.
     ///
@@ -68,7 +70,14 @@ impl LockEntry {
         check: Option<&LoadCheck>,
     ) -> Result<Option<Pulled>, OciError> {
         let installed = dir.join(format!("{}.wasm", self.name));
-        if std::fs::read(&installed).is_ok_and(|bytes| super::sha256_digest(&bytes) == self.wasm) {
+        // Installed from this very artifact, and the component unchanged
+        // since: nothing to fetch. The component alone does not say (a
+        // version may change only its manifest or signature): without the
+        // record, the artifact is pulled and only what differs is written.
+        let marker = super::install::digest_marker(dir, &self.name);
+        if super::install::recorded_digest(&marker).as_deref() == Some(self.digest.as_str())
+            && std::fs::read(&installed).is_ok_and(|bytes| super::sha256_digest(&bytes) == self.wasm)
+        {
             return Ok(None);
         }
         let pinned = self.reference.parse::<PluginRef>()?.pinned(&self.digest);
@@ -136,7 +145,7 @@ impl Lock {
             }
             entry.reference.parse::<PluginRef>().map_err(|e| at(e.to_string()))?;
             for (field, digest) in [("digest", &entry.digest), ("wasm", &entry.wasm)] {
-                if !is_sha256(digest) {
+                if !super::is_sha256(digest) {
                     return Err(at(format!("{field} {digest:?} is not sha256:<64 hex digits>")));
                 }
             }
@@ -171,12 +180,6 @@ impl Lock {
         std::fs::write(&tmp, text).map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)
     }
-}
-
-fn is_sha256(digest: &str) -> bool {
-    digest
-        .strip_prefix("sha256:")
-        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 /// Installs every plugin of `lock` (read from `dir` with [`Lock::read`])

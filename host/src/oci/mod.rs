@@ -26,7 +26,7 @@
 
 mod artifact;
 mod credentials;
-mod install;
+pub(crate) mod install;
 mod lock;
 mod reference;
 mod transfer;
@@ -238,4 +238,14 @@ pub enum OciError {
         /// What is wrong (and where).
         reason: String,
     },
+}
+
+/// Whether `digest` is a SHA-256 digest as plugbus writes and takes them
+/// (`sha256:` and 64 lower-case hex digits): a lock entry's, and every
+/// descriptor's before it goes into a registry URL (`sha256:../../x` would
+/// ask the registry for another path).
+pub(crate) fn is_sha256(digest: &str) -> bool {
+    digest
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }

@@ -290,6 +290,15 @@ async fn fetch(client: &Client, reference: &PluginRef, d: &Descriptor, what: &st
         size,
         cap: d.size,
     };
+    if !super::is_sha256(&d.digest) {
+        return Err(OciError::MediaType {
+            reference: reference.to_string(),
+            what: format!(
+                "{what}'s digest `{}` is not sha256:<64 hex digits>",
+                crate::text::printable(&d.digest)
+            ),
+        });
+    }
     let mut stream = client
         .pull_blob_stream(reference.oci(), &d.to_oci())
         .await
