@@ -438,6 +438,17 @@ impl NativeBus {
         serde_json::to_string(&inner.bus.load_failures()).map_err(|e| PlugbusError::new_err(e.to_string()))
     }
 
+    /// The event log's progress and losses as JSON (`None` without a log):
+    /// `last_seq`, `durable_seq`, `lost`, `oversize`, `failed`, ...
+    fn log_status(&self) -> PyResult<Option<String>> {
+        let inner = self.live()?;
+        inner
+            .bus
+            .log_status()
+            .map(|status| serde_json::to_string(&status).map_err(|e| PlugbusError::new_err(e.to_string())))
+            .transpose()
+    }
+
     /// Asks a plugin's read model; `(as_of_seq, answer JSON)`.
     fn query(&self, py: Python<'_>, plugin: &str, request: &str) -> PyResult<(Option<u64>, String)> {
         let inner = self.live()?;

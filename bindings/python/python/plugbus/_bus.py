@@ -436,7 +436,11 @@ class EventBus:
 
     def history(self, n: int = 100) -> list[Event]:
         """Up to the last `n` events, oldest first; `[]` when history is off.
-        Raises `ValueError` for a negative `n`."""
+        Raises `ValueError` for a negative `n`. "Oldest first" is the order
+        they were recorded: each thread's own events in the order it
+        emitted them, but events of several threads emitting at once may
+        be recorded in another order than their `seq` (sort by `seq` for
+        the bus's publish order)."""
         if self._history is None:
             return []
         if n < 0:
@@ -461,6 +465,23 @@ class EventBus:
             return []
         result: list[dict[str, Any]] = json.loads(self._native.load_failures())
         return result
+
+    def log_status(self) -> dict[str, Any] | None:
+        """The event log's progress, or None without `log_dir`:
+        `last_seq` (the highest number handed out), `written_seq`,
+        `durable_seq`, `queued`, `lost` (events delivered live but never
+        logged since the log was opened: its buffer was full, or the log
+        failed), `oversize` (of those, events over the log's 64 MiB frame:
+        they have a `seq` but the log has a gap there), `failed` (why the
+        log stopped, if it did), and the retention fields
+        (docs/durability.md)."""
+        if self._native is None:
+            return None
+        text = self._native.log_status()
+        if text is None:
+            return None
+        status: dict[str, Any] = json.loads(text)
+        return status
 
     def query(self, plugin: str, request: Any) -> dict[str, Any]:
         """Ask a plugin's read model (a plugin exporting `query`). `request`
