@@ -188,8 +188,25 @@ async fn a_fleet_converges_and_a_host_with_a_corrupt_copy_stops_pulling_rather_t
     let v3 = tempfile::tempdir().unwrap();
     std::fs::copy(wasm("wrong-world"), v3.path().join("meter.wasm")).unwrap();
     let ref3 = registry.reference("plugbus/meter:v3");
-    ok(&["push", s(&v3.path().join("meter.wasm")), &ref3]);
-    ok(&["fleet", "push", &ref3, "--nats", &nats.url]);
+    let v3_pushed = json(&ok(&["push", s(&v3.path().join("meter.wasm")), &ref3, "--json"]));
+    // `fleet push` loads it first, and refuses to publish it.
+    let out = support::plugbus(&["fleet", "push", &ref3, "--nats", &nats.url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("does not load as a plugin"), "{stderr}");
+    // Written into the set some other way (another tool, an older
+    // plugbus), the hosts refuse it themselves.
+    let entry = json!({
+        "name": "meter",
+        "reference": ref3,
+        "digest": v3_pushed["digest"],
+        "wasm": v3_pushed["wasm_digest"],
+    });
+    let fleet_bucket = js.get_key_value("PLUGBUS_FLEET").await.unwrap();
+    fleet_bucket
+        .put("plugin.meter", entry.to_string().into())
+        .await
+        .unwrap();
     wait_for("v2 unloaded on a and b", Duration::from_secs(20), || {
         version_of(&addr_a, "meter").is_none() && version_of(&addr_b, "meter").is_none()
     });

@@ -355,11 +355,16 @@ fn a_tag_moved_to_an_unsigned_or_badly_signed_artifact_is_refused_and_the_instal
     let err = String::from_utf8(pull_signed().stderr).unwrap();
     assert!(err.contains("not among the trusted keys"), "{err}");
 
-    // A signature layer of garbage.
+    // A signature of garbage is not pushed (a pull refuses such a layer
+    // too: `oci::install`'s unit test); the tag stays where it was.
     std::fs::write(unsigned.path().join("cost-tracker.wasm.minisig"), "garbage\n").unwrap();
-    ok(&["push", s(&unsigned.path().join("cost-tracker.wasm")), &reference]);
+    let err = fails(&["push", s(&unsigned.path().join("cost-tracker.wasm")), &reference]);
+    assert!(
+        err.contains("cost-tracker.wasm.minisig is not a minisign signature"),
+        "{err}"
+    );
     let err = String::from_utf8(pull_signed().stderr).unwrap();
-    assert!(err.contains("is not a minisign signature"), "{err}");
+    assert!(err.contains("not among the trusted keys"), "{err}");
     assert_eq!(listing(dst.path()), installed);
     assert_eq!(
         std::fs::read(dst.path().join("cost-tracker.wasm")).unwrap(),
@@ -388,6 +393,21 @@ fn bad_input_is_refused_naming_the_reference_and_leaves_the_directory_alone() {
         err.contains("above the cap of 1000 bytes") && err.contains(&reference),
         "{err}"
     );
+    // A manifest or a signature beside the component that every pull would
+    // refuse: refused at the push, naming the file.
+    let broken = tempfile::tempdir().unwrap();
+    let file = broken.path().join("bad.wasm");
+    std::fs::copy(src.path().join("cost-tracker.wasm"), &file).unwrap();
+    std::fs::write(broken.path().join("bad.toml"), "[limits\n").unwrap();
+    let err = fails(&["push", s(&file), &registry.reference("plugbus/bad:1")]);
+    assert!(
+        err.contains("not a plugbus manifest") && err.contains("bad.toml"),
+        "{err}"
+    );
+    std::fs::remove_file(broken.path().join("bad.toml")).unwrap();
+    std::fs::write(broken.path().join("bad.wasm.minisig"), "untrusted comment: x\nnope\n").unwrap();
+    let err = fails(&["push", s(&file), &registry.reference("plugbus/bad:1")]);
+    assert!(err.contains("bad.wasm.minisig is not a minisign signature"), "{err}");
     // A registry nobody listens on.
     let dead = format!("oci://127.0.0.1:{}/plugbus/x:1", free_port());
     let err = fails(&["pull", &dead, "--plugins", s(dst.path())]);
@@ -408,15 +428,15 @@ fn bad_input_is_refused_naming_the_reference_and_leaves_the_directory_alone() {
     ]);
     assert!(err.contains("not a WebAssembly component"), "{err}");
     std::fs::remove_file(dst.path().join("junk.wasm")).unwrap();
-    // A manifest layer that is not a plugbus manifest.
+    // A manifest that is not a plugbus manifest is not pushed (a pull
+    // refuses such a layer too: `oci::install`'s unit test).
     let bad = tempfile::tempdir().unwrap();
     std::fs::copy(wasm("token-counter"), bad.path().join("tc.wasm")).unwrap();
     std::fs::write(bad.path().join("tc.toml"), "subscriptions = 3\n").unwrap();
     let bad_ref = registry.reference("plugbus/tc:1");
-    ok(&["push", s(&bad.path().join("tc.wasm")), &bad_ref]);
-    let err = fails(&["pull", &bad_ref, "--plugins", s(dst.path())]);
+    let err = fails(&["push", s(&bad.path().join("tc.wasm")), &bad_ref]);
     assert!(
-        err.contains("not a plugbus manifest") && err.contains(&bad_ref),
+        err.contains("not a plugbus manifest") && err.contains(&bad_ref) && err.contains("tc.toml"),
         "{err}"
     );
     // A missing plugin directory is named before anything is fetched.

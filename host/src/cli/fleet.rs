@@ -100,6 +100,19 @@ pub async fn fleet(command: FleetCommand) -> anyhow::Result<ExitCode> {
                 name.as_deref(),
             )
             .await?;
+            // What every host will do with it: load it as a bus does (world,
+            // manifest, exports). One that does not load would be refused,
+            // and unloaded, on every host.
+            let bus = plugbus::Bus::builder().build().await?;
+            let checked = bus.check_plugin(&pulled.wasm).await;
+            bus.shutdown().await;
+            if let Err(e) = checked {
+                anyhow::bail!(
+                    "{reference}: not published: {} does not load as a plugin, so every host would refuse it: {}",
+                    pulled.name,
+                    e.kind
+                );
+            }
             let fleet = Fleet::connect(&target.nats, &target.bucket).await?;
             let entry = LockEntry {
                 name: pulled.name.clone(),

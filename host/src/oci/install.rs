@@ -276,3 +276,54 @@ impl Drop for StageDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pull refuses a manifest layer that is not a plugbus manifest (an
+    /// artifact `plugbus push` would not make: it checks the file first),
+    /// before anything is written.
+    #[tokio::test]
+    async fn a_manifest_layer_that_is_no_manifest_is_refused_and_nothing_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let reference: PluginRef = "oci://127.0.0.1:5000/plugbus/tc:1".parse().unwrap();
+        let staged = Staged {
+            reference: &reference,
+            digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            wasm_digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            name: "tc",
+            wasm: b"\0asm".to_vec(),
+            manifest: Some(b"subscriptions = 3\n".to_vec()),
+            signature: None,
+        };
+        let policy = SignaturePolicy::default();
+        let err = install(staged, dir.path(), &policy, None).await.unwrap_err();
+        assert!(matches!(err, OciError::BadManifest { .. }), "{err}");
+        assert!(err.to_string().contains("not a plugbus manifest"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// Likewise a signature layer of garbage, when signatures are checked.
+    #[tokio::test]
+    async fn a_signature_layer_of_garbage_is_refused_and_nothing_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let reference: PluginRef = "oci://127.0.0.1:5000/plugbus/tc:1".parse().unwrap();
+        let staged = Staged {
+            reference: &reference,
+            digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            wasm_digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            name: "tc",
+            wasm: b"\0asm".to_vec(),
+            manifest: None,
+            signature: Some(b"garbage\n".to_vec()),
+        };
+        let policy = SignaturePolicy::new(Some(crate::signature::TrustedKeys::default()), false).unwrap();
+        let err = install(staged, dir.path(), &policy, None).await.unwrap_err();
+        assert!(
+            err.to_string().contains("tc.wasm.minisig is not a minisign signature"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

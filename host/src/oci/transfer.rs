@@ -66,6 +66,14 @@ pub async fn push(wasm: &Path, reference: &PluginRef, registry: &Registry) -> Re
     }];
     let manifest = wasm.with_extension("toml");
     if let Some(bytes) = optional(&manifest)? {
+        // Every pull refuses a manifest that is not one: so does the push,
+        // naming the file, before anything is uploaded.
+        let bad = |reason: String| OciError::BadManifest {
+            reference: format!("{reference} ({})", crate::text::printable_path(&manifest)),
+            reason,
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|e| bad(e.to_string()))?;
+        toml::from_str::<crate::manifest::RawManifest>(text).map_err(|e| bad(e.to_string().trim_end().to_owned()))?;
         layers.push(Layer {
             role: LayerRole::Manifest,
             title: title(&manifest),
@@ -74,6 +82,15 @@ pub async fn push(wasm: &Path, reference: &PluginRef, registry: &Registry) -> Re
     }
     let signature = signature_path(wasm);
     if let Some(bytes) = optional(&signature)? {
+        let malformed = |reason: String| OciError::Signature {
+            reference: reference.to_string(),
+            source: crate::signature::SignatureError::Malformed {
+                path: signature.clone(),
+                reason,
+            },
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|_| malformed("not UTF-8 text".to_owned()))?;
+        minisign_verify::Signature::decode(text).map_err(|e| malformed(e.to_string()))?;
         layers.push(Layer {
             role: LayerRole::Signature,
             title: title(&signature),
