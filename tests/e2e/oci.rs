@@ -252,6 +252,7 @@ fn a_pushed_plugin_pulls_back_byte_for_byte_verified_and_locked() {
         listing(dst.path()),
         [
             ".cost-tracker.oci-digest",
+            ".plugins.lock.guard",
             "cost-tracker.toml",
             "cost-tracker.wasm",
             "cost-tracker.wasm.minisig",

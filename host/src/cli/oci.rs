@@ -112,14 +112,14 @@ pub async fn pull(options: PullOptions<'_>) -> anyhow::Result<ExitCode> {
             let reference: PluginRef = reference.parse()?;
             let pulled = oci::pull(&reference, options.plugins, &registry, &policy, options.name).await?;
             if options.lock {
-                let mut lock = Lock::read(options.plugins)?.unwrap_or_default();
-                lock.upsert(LockEntry {
-                    name: pulled.name.clone(),
-                    reference: reference.to_string(),
-                    digest: pulled.digest.clone(),
-                    wasm: pulled.wasm_digest.clone(),
-                });
-                lock.write(options.plugins)?;
+                Lock::update(options.plugins, |lock| {
+                    lock.upsert(LockEntry {
+                        name: pulled.name.clone(),
+                        reference: reference.to_string(),
+                        digest: pulled.digest.clone(),
+                        wasm: pulled.wasm_digest.clone(),
+                    });
+                })?;
             }
             vec![pulled]
         }

@@ -208,12 +208,25 @@ fn record_digest(marker: &Path, digest: &str) -> std::io::Result<()> {
 
 /// Fails unless `dir` is a directory (checked before anything is fetched).
 pub(crate) fn check_dir(dir: &Path) -> Result<(), OciError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
+    let (kind, why) = match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => (
+            std::io::ErrorKind::NotADirectory,
+            "not a directory: give the plugin directory",
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            (std::io::ErrorKind::NotFound, "the plugin directory does not exist")
+        }
+        Err(e) => {
+            return Err(OciError::Io {
+                path: dir.to_owned(),
+                source: e,
+            });
+        }
+    };
     Err(OciError::Io {
         path: dir.to_owned(),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "the plugin directory does not exist"),
+        source: std::io::Error::new(kind, why),
     })
 }
 

@@ -177,8 +177,45 @@ impl Lock {
         let text = format!(
             "# Remote plugins, pinned by digest: `plugbus serve` installs them at start.\n# Written by `plugbus pull --lock`.\n\n{body}"
         );
-        std::fs::write(&tmp, text).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)
+        // Synced before the rename: after a power loss the lock is the old
+        // one or the new one, never an empty file.
+        let write = || -> std::io::Result<()> {
+            use std::io::Write as _;
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        };
+        write().map_err(io)
+    }
+
+    /// Reads `dir`'s lock (an empty one when there is none), lets `change`
+    /// edit it and writes it back, holding an exclusive lock on the hidden
+    /// `.plugins.lock.guard` meanwhile: two `pull --lock` into one directory
+    /// at once each keep their entry (read, change, write unguarded, one
+    /// entry in three was lost).
+    ///
+    /// # Errors
+    /// As [`read`](Self::read) and [`write`](Self::write); [`OciError::Io`]
+    /// naming the guard file when it cannot be opened or locked.
+    pub fn update(dir: &Path, change: impl FnOnce(&mut Lock)) -> Result<(), OciError> {
+        let guard_path = dir.join(format!(".{LOCK_FILE}.guard"));
+        let guard = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&guard_path)
+            .and_then(|file| file.lock().map(|()| file))
+            .map_err(|source| OciError::Io {
+                path: guard_path.clone(),
+                source,
+            })?;
+        let mut lock = Lock::read(dir)?.unwrap_or_default();
+        change(&mut lock);
+        let written = lock.write(dir);
+        drop(guard); // closing the file releases its lock
+        written
     }
 }
 
@@ -212,6 +249,29 @@ mod tests {
     use super::*;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// Sixteen updates at once, each adding its own entry: all kept.
+    #[test]
+    fn updates_at_once_each_keep_their_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        std::thread::scope(|scope| {
+            for i in 0..16 {
+                let dir = dir.path();
+                scope.spawn(move || {
+                    Lock::update(dir, |lock| {
+                        lock.upsert(LockEntry {
+                            name: format!("p{i}"),
+                            reference: "oci://127.0.0.1:5000/p/x:1".to_owned(),
+                            digest: D.to_owned(),
+                            wasm: D.to_owned(),
+                        });
+                    })
+                    .unwrap();
+                });
+            }
+        });
+        assert_eq!(Lock::read(dir.path()).unwrap().unwrap().plugins.len(), 16);
+    }
 
     #[test]
     fn locks_round_trip_and_refuse_bad_entries() {

@@ -301,11 +301,14 @@ const COMPONENT: &str = "the component layer";
 /// checked against the declared size) and bytes that do not hash to its
 /// digest.
 async fn fetch(client: &Client, reference: &PluginRef, d: &Descriptor, what: &str) -> Result<Vec<u8>, OciError> {
-    let too_large = |size: u64| OciError::TooLarge {
+    // The cap was checked against the declared size; a registry sending
+    // more than it declared is not to be believed.
+    let too_large = |size: u64| OciError::Registry {
         reference: reference.to_string(),
-        what: format!("{what} ({})", d.digest),
-        size,
-        cap: d.size,
+        reason: format!(
+            "{what} ({}): the registry sent {size} bytes, more than the {} its descriptor declares",
+            d.digest, d.size
+        ),
     };
     if !super::is_sha256(&d.digest) {
         return Err(OciError::MediaType {
