@@ -760,24 +760,19 @@ fn history_commands_name_both_sources_and_refuse_a_stream_without_nats() {
         &["replay", "--plugins", plugins],
         &["query", "--plugins", plugins, "x", "{}"],
     ] {
-        let out = plugbus(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        // `args` and `more`, refused by clap (exit 2): its stderr.
+        let refused = |more: &[&str]| {
+            let out = plugbus(&[args, more].concat());
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert_eq!(out.status.code(), Some(2), "{args:?} {more:?}: {stderr}");
+            stderr
+        };
+        let stderr = refused(&[]);
         assert!(stderr.contains("<--log <DIR>|--nats <URL>>"), "{args:?}: {stderr}");
-
-        let mut both = args.to_vec();
-        both.extend(["--log", log, "--nats", "nats://127.0.0.1:1"]);
-        let out = plugbus(&both);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let stderr = refused(&["--log", log, "--nats", "nats://127.0.0.1:1"]);
         assert!(stderr.contains("cannot be used with"), "{args:?}: {stderr}");
-
         // A stream name means nothing to a log: refused, not ignored.
-        let mut stream = args.to_vec();
-        stream.extend(["--log", log, "--stream", "OTHER"]);
-        let out = plugbus(&stream);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let stderr = refused(&["--log", log, "--stream", "OTHER"]);
         assert!(
             stderr.contains("cannot be used with") && stderr.contains("'--stream <NAME>'"),
             "{args:?}: {stderr}"

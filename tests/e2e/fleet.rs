@@ -75,6 +75,23 @@ impl Meter {
     }
 }
 
+/// `plugbus serve --fleet` as host `id`: plugins in `dir`, NATS at `nats`,
+/// with `extra` arguments and `env`.
+fn fleet_host(
+    dir: &std::path::Path,
+    nats: &str,
+    id: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (support::Served, String, std::thread::JoinHandle<String>) {
+    let args = [
+        &["--plugins", s(dir), "--nats", nats, "--fleet", "--fleet-host", id][..],
+        extra,
+    ]
+    .concat();
+    support::serve_with_env(&args, env)
+}
+
 fn status(nats: &str) -> Value {
     json(&ok(&["fleet", "status", "--nats", nats, "--json"]))
 }
@@ -96,20 +113,7 @@ async fn a_fleet_converges_and_a_host_with_a_corrupt_copy_stops_pulling_rather_t
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let host = |i: usize, env: &[(&str, &str)]| {
         let id = ["a", "b", "c"][i];
-        support::serve_with_env(
-            &[
-                "--plugins",
-                s(dirs[i].path()),
-                "--nats",
-                &nats.url,
-                "--ack-wait-ms",
-                "1000",
-                "--fleet",
-                "--fleet-host",
-                id,
-            ],
-            env,
-        )
+        fleet_host(dirs[i].path(), &nats.url, id, &["--ack-wait-ms", "1000"], env)
     };
     let (_a, addr_a, _) = host(0, &[]);
     let (_b, addr_b, _) = host(1, &[]);
@@ -226,18 +230,7 @@ async fn a_fleet_converges_and_a_host_with_a_corrupt_copy_stops_pulling_rather_t
     // to check it against yet): its start-up load refuses it, and the host
     // reports that rather than appearing to run the set.
     let dir_d = tempfile::tempdir().unwrap();
-    let (_d, addr_d, _) = support::serve_with_env(
-        &[
-            "--plugins",
-            s(dir_d.path()),
-            "--nats",
-            &nats.url,
-            "--fleet",
-            "--fleet-host",
-            "d",
-        ],
-        &[],
-    );
+    let (_d, addr_d, _) = fleet_host(dir_d.path(), &nats.url, "d", &[], &[]);
     wait_for("d reporting that v3 does not load", Duration::from_secs(20), || {
         let st = status(&nats.url);
         st["hosts"].as_array().unwrap().iter().any(|h| {
@@ -282,18 +275,7 @@ async fn a_fleet_host_keeps_watching_the_set_after_the_server_was_away() {
     } = Meter::push(&registry);
     ok(&["fleet", "push", &ref1, "--nats", &nats.url]);
     let dir = tempfile::tempdir().unwrap();
-    let (host, addr, log) = support::serve_with_env(
-        &[
-            "--plugins",
-            s(dir.path()),
-            "--nats",
-            &nats.url,
-            "--fleet",
-            "--fleet-host",
-            "a",
-        ],
-        &[("RUST_LOG", "warn,plugbus=info")],
-    );
+    let (host, addr, log) = fleet_host(dir.path(), &nats.url, "a", &[], &[("RUST_LOG", "warn,plugbus=info")]);
     assert_eq!(version_of(&addr, "meter").as_deref(), Some(d1.as_str()));
 
     // The server stops answering (frozen) for 30 s: the watch ends after
@@ -361,15 +343,7 @@ async fn manifest_changes_removals_and_unreadable_entries_are_applied_as_publish
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(wasm("console-logger"), dir.path().join("mine.wasm")).unwrap();
-    let (host, addr, _log) = support::serve(&[
-        "--plugins",
-        s(dir.path()),
-        "--nats",
-        &nats.url,
-        "--fleet",
-        "--fleet-host",
-        "a",
-    ]);
+    let (host, addr, _log) = fleet_host(dir.path(), &nats.url, "a", &[], &[]);
     assert!(version_of(&addr, "meter").is_some());
     assert!(version_of(&addr, "mine").is_some(), "the host's own plugin was deleted");
     let manifest = || std::fs::read_to_string(dir.path().join("meter.toml")).unwrap_or_default();

@@ -155,7 +155,8 @@ impl Root {
     /// After a `Root` signal: whether the directory at the path is still
     /// the one watched. If not, its watch is dropped and it is marked lost.
     fn check(&mut self) -> bool {
-        if !self.lost && inode(&self.dir).is_some() && inode(&self.dir) == self.inode {
+        let now = inode(&self.dir);
+        if !self.lost && now.is_some() && now == self.inode {
             return true;
         }
         if !self.lost {

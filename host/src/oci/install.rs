@@ -294,22 +294,32 @@ impl Drop for StageDir {
 mod tests {
     use super::*;
 
+    fn reference() -> PluginRef {
+        "oci://127.0.0.1:5000/plugbus/tc:1".parse().unwrap()
+    }
+
+    /// Plugin `tc`'s artifact, fetched, with this manifest and signature.
+    fn staged<'a>(reference: &'a PluginRef, manifest: Option<&[u8]>, signature: Option<&[u8]>) -> Staged<'a> {
+        const ZERO: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        Staged {
+            reference,
+            digest: ZERO,
+            wasm_digest: ZERO,
+            name: "tc",
+            wasm: b"\0asm".to_vec(),
+            manifest: manifest.map(<[u8]>::to_vec),
+            signature: signature.map(<[u8]>::to_vec),
+        }
+    }
+
     /// A pull refuses a manifest layer that is not a plugbus manifest (an
     /// artifact `plugbus push` would not make: it checks the file first),
     /// before anything is written.
     #[tokio::test]
     async fn a_manifest_layer_that_is_no_manifest_is_refused_and_nothing_written() {
         let dir = tempfile::tempdir().unwrap();
-        let reference: PluginRef = "oci://127.0.0.1:5000/plugbus/tc:1".parse().unwrap();
-        let staged = Staged {
-            reference: &reference,
-            digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000",
-            wasm_digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000",
-            name: "tc",
-            wasm: b"\0asm".to_vec(),
-            manifest: Some(b"subscriptions = 3\n".to_vec()),
-            signature: None,
-        };
+        let reference = reference();
+        let staged = staged(&reference, Some(b"subscriptions = 3\n"), None);
         let policy = SignaturePolicy::default();
         let err = install(staged, dir.path(), &policy, None).await.unwrap_err();
         assert!(matches!(err, OciError::BadManifest { .. }), "{err}");
@@ -321,16 +331,8 @@ mod tests {
     #[tokio::test]
     async fn a_signature_layer_of_garbage_is_refused_and_nothing_written() {
         let dir = tempfile::tempdir().unwrap();
-        let reference: PluginRef = "oci://127.0.0.1:5000/plugbus/tc:1".parse().unwrap();
-        let staged = Staged {
-            reference: &reference,
-            digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000",
-            wasm_digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000",
-            name: "tc",
-            wasm: b"\0asm".to_vec(),
-            manifest: None,
-            signature: Some(b"garbage\n".to_vec()),
-        };
+        let reference = reference();
+        let staged = staged(&reference, None, Some(b"garbage\n"));
         let policy = SignaturePolicy::new(Some(crate::signature::TrustedKeys::default()), false).unwrap();
         let err = install(staged, dir.path(), &policy, None).await.unwrap_err();
         assert!(
