@@ -68,15 +68,8 @@ pub(crate) async fn install(
         move |source| OciError::Io { path, source }
     };
     check_dir(dir)?;
-    if let Some(text) = &staged.manifest {
-        let text = std::str::from_utf8(text).map_err(|e| OciError::BadManifest {
-            reference: reference.to_string(),
-            reason: e.to_string(),
-        })?;
-        toml::from_str::<crate::manifest::RawManifest>(text).map_err(|e| OciError::BadManifest {
-            reference: reference.to_string(),
-            reason: e.to_string().trim_end().to_owned(),
-        })?;
+    if let Some(bytes) = &staged.manifest {
+        check_manifest_layer(bytes, || reference.to_string())?;
     }
     let wasm_name = format!("{}.wasm", staged.name);
     let target = dir.join(&wasm_name);
@@ -175,6 +168,22 @@ pub(crate) async fn install(
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
     tracing::info!(reference = %reference, plugin = staged.name, digest = staged.digest, "plugin installed");
     Ok(pulled)
+}
+
+/// Checks a manifest layer as every pull does, and a push before it
+/// uploads one: UTF-8 text that parses as a plugbus manifest.
+///
+/// # Errors
+/// [`OciError::BadManifest`] naming `reference()` (the reference, or the
+/// file being pushed) and the fault.
+pub(crate) fn check_manifest_layer(bytes: &[u8], reference: impl Fn() -> String) -> Result<(), OciError> {
+    let bad = |reason: String| OciError::BadManifest {
+        reference: reference(),
+        reason,
+    };
+    let text = std::str::from_utf8(bytes).map_err(|e| bad(e.to_string()))?;
+    toml::from_str::<crate::manifest::RawManifest>(text).map_err(|e| bad(e.to_string().trim_end().to_owned()))?;
+    Ok(())
 }
 
 /// The hidden file beside `NAME.wasm` naming the artifact (its manifest

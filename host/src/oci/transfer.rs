@@ -68,12 +68,9 @@ pub async fn push(wasm: &Path, reference: &PluginRef, registry: &Registry) -> Re
     if let Some(bytes) = optional(&manifest)? {
         // Every pull refuses a manifest that is not one: so does the push,
         // naming the file, before anything is uploaded.
-        let bad = |reason: String| OciError::BadManifest {
-            reference: format!("{reference} ({})", crate::text::printable_path(&manifest)),
-            reason,
-        };
-        let text = std::str::from_utf8(&bytes).map_err(|e| bad(e.to_string()))?;
-        toml::from_str::<crate::manifest::RawManifest>(text).map_err(|e| bad(e.to_string().trim_end().to_owned()))?;
+        super::install::check_manifest_layer(&bytes, || {
+            format!("{reference} ({})", crate::text::printable_path(&manifest))
+        })?;
         layers.push(Layer {
             role: LayerRole::Manifest,
             title: title(&manifest),
